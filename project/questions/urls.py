@@ -1,0 +1,9 @@
+from django.urls import path
+
+from project.questions import views
+
+app_name = "questions"
+urlpatterns = [
+    path("", views.question_list, name="list"),
+    path("<int:pk>/", views.question_detail, name="detail"),
+]

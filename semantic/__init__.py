@@ -1,0 +1,7 @@
+"""django-semantic: embeddings of your models' text in PostgreSQL, kept up to date by django-q2."""
+
+from semantic.fields import EmbeddingField
+from semantic.tasks import embed_pending, suspend_embedding
+
+__all__ = ["EmbeddingField", "embed_pending", "suspend_embedding"]
+__version__ = "0.1.0"

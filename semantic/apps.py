@@ -1,0 +1,18 @@
+from django.apps import AppConfig
+from django.db.models.signals import post_migrate, pre_migrate
+
+
+class SemanticConfig(AppConfig):
+    name = "semantic"
+    verbose_name = "Semantic search"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from semantic import checks  # noqa: F401  (registers the system checks)
+        from semantic.operations import ensure_vector_extension
+        from semantic.tasks import install_sweep_schedule
+
+        # Before any app's migrations run, so models with an EmbeddingField can be
+        # created without their migrations depending on this app's.
+        pre_migrate.connect(ensure_vector_extension, sender=self)
+        post_migrate.connect(install_sweep_schedule, sender=self)

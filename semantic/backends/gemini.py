@@ -1,0 +1,151 @@
+"""Gemini embeddings through Google's google-genai SDK.
+
+One :meth:`GeminiBackend.embed` call is one ``models.embed_content`` call with a
+list of texts, which the SDK sends as a single ``:batchEmbedContents`` request.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Sequence
+from itertools import groupby
+from typing import Any
+
+from semantic.backends.base import EmbeddingBackend, EmbeddingError, Vector, l2_normalize
+from semantic.text import redact
+
+TRANSIENT_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+class GeminiBackend(EmbeddingBackend):
+    """``gemini-embedding-001`` (or any Gemini embedding model) over the Gemini API.
+
+    Options (``SEMANTIC["BACKEND_OPTIONS"]``): ``api_key`` and ``base_url`` override
+    ``SEMANTIC["API_KEY"]`` / ``SEMANTIC["BASE_URL"]``; ``timeout`` is in seconds.
+    Inputs are truncated to ``max_input_chars`` (about 2,048 tokens of English text).
+    Vectors smaller than the model's native 3,072 are L2-normalised, because the API
+    only normalises the full-size output.
+    """
+
+    name = "gemini"
+    default_model = "gemini-embedding-001"
+    max_batch_size = 100
+    max_input_chars = 8000
+    native_dimensions = 3072
+    default_dimensions = 768
+    supported_dimensions = range(128, 3073)
+
+    def __init__(
+        self,
+        *,
+        model: str | None = None,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> None:
+        from semantic.conf import semantic_settings as conf
+
+        super().__init__(model=model, **options)
+        self.api_key = api_key or conf.API_KEY
+        self.base_url = base_url or conf.BASE_URL
+        self.timeout = timeout if timeout is not None else conf.TIMEOUT
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            if not self.api_key:
+                raise EmbeddingError(
+                    "No Gemini API key: set SEMANTIC['API_KEY'] or the GEMINI_API_KEY "
+                    "environment variable, or remove SEMANTIC['BACKEND'] to use the local model.",
+                    transient=False,
+                )
+            from google import genai
+            from google.genai import types
+
+            http_options = types.HttpOptions(
+                base_url=self.base_url, timeout=int(self.timeout * 1000)
+            )
+            self._client = genai.Client(api_key=self.api_key, http_options=http_options)
+        return self._client
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        task_type: str,
+        dimensions: int,
+        titles: Sequence[str | None] | None = None,
+    ) -> list[Vector]:
+        # The SDK sends one title for the whole request, so rows with different titles
+        # go in separate requests; rows without titles (the usual case) share one.
+        items = list(zip(texts, titles or [None] * len(texts)))
+        vectors: list[Vector] = []
+        for title, group in groupby(items, key=lambda item: item[1]):
+            chunk = [text for text, _ in group]
+            vectors.extend(self._embed_request(chunk, task_type, dimensions, title))
+        return vectors
+
+    def _embed_request(
+        self, texts: list[str], task_type: str, dimensions: int, title: str | None
+    ) -> list[Vector]:
+        from google.genai import errors, types
+
+        config = types.EmbedContentConfig(
+            task_type=task_type, title=title, output_dimensionality=dimensions
+        )
+        try:
+            response = self.client.models.embed_content(
+                model=self.model, contents=texts, config=config
+            )
+        except errors.APIError as exc:
+            raise EmbeddingError(
+                self._clean(f"Gemini API error {exc.code}: {exc.message or exc.status or ''}"),
+                transient=exc.code in TRANSIENT_STATUS,
+                retry_after=_retry_after(exc),
+            ) from None
+        except errors.UnknownApiResponseError as exc:
+            raise EmbeddingError(
+                self._clean(f"Gemini API sent a response that is not JSON: {str(exc)[:200]}"),
+                transient=True,
+            ) from None
+        except Exception as exc:  # httpx timeouts and connection errors
+            raise EmbeddingError(
+                self._clean(f"Gemini API request failed: {type(exc).__name__}: {exc}"),
+                transient=True,
+            ) from None
+        embeddings = response.embeddings or []
+        if len(embeddings) != len(texts):
+            raise EmbeddingError(
+                f"Gemini API returned {len(embeddings)} embeddings for {len(texts)} texts.",
+                transient=True,
+            )
+        vectors = [list(e.values or []) for e in embeddings]
+        for vector in vectors:
+            if len(vector) != dimensions:
+                raise EmbeddingError(
+                    f"Gemini API returned a vector of {len(vector)} dimensions, "
+                    f"expected {dimensions}.",
+                    transient=False,
+                )
+        if dimensions < self.native_dimensions:
+            vectors = [l2_normalize(v) for v in vectors]
+        return vectors
+
+    def _clean(self, message: str) -> str:
+        return redact(message, self.api_key)
+
+
+def _retry_after(exc: Any) -> float | None:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    value = headers.get("retry-after") if headers is not None else None
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value)
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None

@@ -1,0 +1,129 @@
+"""System checks: configuration mistakes reported by ``manage.py check``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.apps import apps
+from django.core import checks
+from django.db import connections, models
+
+from semantic.conf import GEMINI_BACKEND, semantic_settings as conf
+
+
+@checks.register()
+def check_backend(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
+    try:
+        backend_class = conf.BACKEND
+    except ImportError as exc:
+        return [
+            checks.Error(
+                str(exc),
+                hint="Set SEMANTIC['BACKEND'] to an import string such as "
+                f"'{GEMINI_BACKEND}', or remove it to choose automatically.",
+                id="semantic.E001",
+            )
+        ]
+    errors: list[checks.CMessage] = []
+    if getattr(backend_class, "name", "") == "gemini" and not (
+        conf.API_KEY or conf.BACKEND_OPTIONS.get("api_key")
+    ):
+        errors.append(
+            checks.Error(
+                "The Gemini backend is selected but no API key is configured.",
+                hint="Set the GEMINI_API_KEY environment variable (or SEMANTIC['API_KEY']), "
+                "or remove SEMANTIC['BACKEND'] to use the local model.",
+                id="semantic.E002",
+            )
+        )
+    if not conf.SYNC and not apps.is_installed("django_q"):
+        errors.append(
+            checks.Error(
+                "django_q is not in INSTALLED_APPS, so nothing will run the embedding tasks.",
+                hint="Add 'django_q' to INSTALLED_APPS and run 'manage.py qcluster', "
+                "or set SEMANTIC['SYNC'] = True to embed inline.",
+                id="semantic.E005",
+            )
+        )
+    return errors
+
+
+@checks.register(checks.Tags.models)
+def check_fields(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
+    from semantic.fields import embedding_fields
+
+    try:
+        backend_class = conf.BACKEND
+    except ImportError:
+        return []  # reported by check_backend
+    backend = _backend_for_checks(backend_class)
+    errors: list[checks.CMessage] = []
+    configs = app_configs or apps.get_app_configs()
+    for model in (m for config in configs for m in config.get_models()):
+        for field in embedding_fields(model):
+            errors += _check_field(model, field, backend)
+    return errors
+
+
+def _check_field(model: type[models.Model], field: Any, backend: Any) -> list[checks.CMessage]:
+    errors: list[checks.CMessage] = []
+    label = f"{model._meta.label}.{field.name}"
+    if backend is not None and field.dimensions not in backend.supported_dimensions:
+        errors.append(
+            checks.Error(
+                f"{label} stores {field.dimensions} dimensions, which the {backend.model_id} "
+                "backend cannot produce.",
+                hint=f"Set dimensions={backend.default_dimensions} on the field (then makemigrations), "
+                "or choose a backend that makes vectors of this size.",
+                obj=field,
+                id="semantic.E003",
+            )
+        )
+    if not field.source_is_method:
+        for name in (*field.source, field.title_source):
+            if not name:
+                continue
+            try:
+                source = model._meta.get_field(name)
+            except Exception:
+                source = None
+            if not isinstance(source, (models.CharField, models.TextField)):
+                errors.append(
+                    checks.Error(
+                        f"{label} reads its text from {name!r}, which is not a text field or method of "
+                        f"{model._meta.label}.",
+                        hint="source and title_source name CharFields, TextFields, or a method returning text.",
+                        obj=field,
+                        id="semantic.E006",
+                    )
+                )
+    return errors
+
+
+def _backend_for_checks(backend_class: type) -> Any:
+    try:
+        return backend_class(model=conf.MODEL, **conf.BACKEND_OPTIONS)
+    except Exception:
+        return None
+
+
+@checks.register(checks.Tags.database)
+def check_extension(databases: Any = None, **kwargs: Any) -> list[checks.CMessage]:
+    errors: list[checks.CMessage] = []
+    for alias in databases or []:
+        connection = connections[alias]
+        if connection.vendor != "postgresql":
+            continue
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")
+            available = cursor.fetchone() is not None
+        if not available:
+            errors.append(
+                checks.Error(
+                    f"The pgvector extension is not installed on the PostgreSQL server of database {alias!r}.",
+                    hint="Install pgvector on the server (e.g. apt install postgresql-17-pgvector, "
+                    "or see https://github.com/pgvector/pgvector#installation), then run migrate.",
+                    id="semantic.E004",
+                )
+            )
+    return errors

@@ -1,0 +1,111 @@
+"""The ``SEMANTIC`` settings dict, read lazily.
+
+Like Django REST framework's ``api_settings``: every key has a default, values are
+read from ``settings.SEMANTIC`` on first access and cached, and the cache is dropped
+when the setting changes, so ``override_settings(SEMANTIC=...)`` works in tests.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.utils.module_loading import import_string
+
+GEMINI_BACKEND = "semantic.backends.gemini.GeminiBackend"
+LOCAL_BACKEND = "semantic.backends.local.LocalBackend"
+
+DEFAULTS: dict[str, Any] = {
+    # Import string of the backend class. None: Gemini when an API key is configured,
+    # otherwise the local sentence-transformers model.
+    "BACKEND": None,
+    # Extra keyword arguments for the backend class.
+    "BACKEND_OPTIONS": {},
+    # Gemini API key. None: the GEMINI_API_KEY or GOOGLE_API_KEY environment variable.
+    "API_KEY": None,
+    # Model name. None: the backend's default (gemini-embedding-001, all-MiniLM-L6-v2).
+    "MODEL": None,
+    # Default vector size of an EmbeddingField that does not set ``dimensions``.
+    # None: the backend's default size (768 for Gemini, 384 for the local model).
+    "DIMENSIONS": None,
+    # Override the Gemini API base URL (proxies, tests).
+    "BASE_URL": None,
+    # Seconds before one embedding request is abandoned.
+    "TIMEOUT": 30.0,
+    # Run embedding inline on commit instead of through django-q2 (scripts, tests).
+    "SYNC": False,
+    # Rows per API request; None: the backend's cap.
+    "BATCH_SIZE": None,
+    # Attempts at one batch before its rows are recorded as failed.
+    "MAX_ATTEMPTS": 4,
+    # Seconds before the first retry; doubles each attempt (capped by MAX_BACKOFF).
+    "BACKOFF": 1.0,
+    "MAX_BACKOFF": 60.0,
+    # django-q2 cluster name to queue tasks on; None: the default cluster.
+    "QUEUE": None,
+    # Minutes between django-q2 sweeps of rows the save hook did not see; None: no schedule.
+    "SWEEP_MINUTES": 5,
+}
+
+IMPORT_STRINGS = {"BACKEND"}
+
+ENVIRONMENT_KEYS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+
+
+class SemanticSettings:
+    """Attribute access to ``settings.SEMANTIC`` with defaults."""
+
+    def __init__(self) -> None:
+        self._cached: set[str] = set()
+        self._user: dict[str, Any] | None = None
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        if self._user is None:
+            self._user = dict(getattr(settings, "SEMANTIC", None) or {})
+        return self._user
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr not in DEFAULTS:
+            raise AttributeError(f"Invalid SEMANTIC setting: {attr!r}")
+        value = self.user_settings.get(attr, DEFAULTS[attr])
+        if attr == "API_KEY" and not value:
+            value = next((os.environ[k] for k in ENVIRONMENT_KEYS if os.environ.get(k)), None)
+        if attr == "BACKEND" and value is None:
+            value = GEMINI_BACKEND if self.API_KEY else LOCAL_BACKEND
+        if attr in IMPORT_STRINGS and isinstance(value, str):
+            value = perform_import(value, attr)
+        self._cached.add(attr)
+        setattr(self, attr, value)
+        return value
+
+    def reload(self) -> None:
+        for attr in self._cached:
+            delattr(self, attr)
+        self._cached.clear()
+        self._user = None
+        from semantic.backends import get_backend
+
+        get_backend.cache_clear()
+
+
+def perform_import(value: str, setting_name: str) -> Any:
+    try:
+        return import_string(value)
+    except ImportError as exc:
+        raise ImportError(
+            f"Could not import {value!r} for setting SEMANTIC[{setting_name!r}]: {exc}"
+        ) from exc
+
+
+semantic_settings = SemanticSettings()
+
+
+def reload_settings(*, setting: str, **kwargs: Any) -> None:
+    if setting == "SEMANTIC":
+        semantic_settings.reload()
+
+
+setting_changed.connect(reload_settings)

@@ -1,0 +1,263 @@
+"""Embedding rows: find the work, batch it, call the backend with retries, write back.
+
+Every write is conditional on the row still holding the text that was embedded
+(``WHERE <name>_source_hash = <hash sent>``), so a row edited while its batch was in
+flight keeps no vector of its old text; the edit's own task embeds the new text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field as dataclass_field
+from datetime import timedelta
+from typing import Any
+
+from django.db import connections, models, router
+from django.db.models import CharField, Exists, OuterRef, Q
+from django.db.models.functions import Cast
+from django.utils import timezone
+
+from semantic.backends import EmbeddingBackend, EmbeddingError, Vector, get_backend
+from semantic.conf import semantic_settings as conf
+from semantic.fields import EmbeddingField
+from semantic.models import EmbeddingFailure
+from semantic.text import clean, redact
+
+logger = logging.getLogger("semantic")
+
+#: Seconds a worker waits for another worker embedding the same field.
+LOCK_WAIT = 30.0
+
+
+@dataclass
+class Item:
+    pk: Any
+    hash: str | None
+    text: str
+    title: str | None
+    attempts: int = 0
+
+
+@dataclass
+class Outcome:
+    """What one run did, returned by tasks (and stored by django-q2)."""
+
+    embedded: int = 0
+    cleared: int = 0
+    failed: int = 0
+    changed_in_flight: int = 0
+    requests: int = 0
+    errors: list[str] = dataclass_field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def pending_rows(model: type[models.Model], field: EmbeddingField) -> models.QuerySet:
+    """Rows of ``model`` that need ``field`` embedded and are not waiting out a failure."""
+    waiting = EmbeddingFailure.objects.filter(
+        model_label=model._meta.label,
+        field_name=field.name,
+        object_pk=Cast(OuterRef("pk"), CharField()),
+    ).filter(
+        Q(retry_at__gt=timezone.now())
+        | Q(permanent=True, source_hash=OuterRef(field.source_hash_name))
+    )
+    return model._base_manager.filter(field.needs_embedding()).exclude(Exists(waiting))
+
+
+class Embedder:
+    """Embeds one field of one model."""
+
+    def __init__(
+        self,
+        model: type[models.Model],
+        field: EmbeddingField,
+        *,
+        backend: EmbeddingBackend | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        self.model = model
+        self.field = field
+        self.backend = backend or get_backend()
+        cap = self.backend.max_batch_size
+        self.batch_size = max(1, min(batch_size or conf.BATCH_SIZE or cap, cap))
+        self.spec = field.spec()
+        self.outcome = Outcome()
+
+    def run(self, pks: Sequence[Any] | None = None, *, limit: int | None = None) -> Outcome:
+        """Embed the pending rows among ``pks``, filling each request with other pending rows.
+
+        With ``pks=None``, embed every pending row (at most ``limit``). A row is
+        tried at most once per run, so a run always ends.
+        """
+        own = set(pks) if pks is not None else None
+        tried: set[Any] = set()
+        with self.lock():
+            while limit is None or len(tried) < limit:
+                size = self.batch_size if limit is None else min(self.batch_size, limit - len(tried))
+                batch = self.next_batch(own, tried, size)
+                if not batch:
+                    break
+                tried.update(row.pk for row in batch)
+                self.process(batch)
+                if own is not None and own <= tried:
+                    break
+        return self.outcome
+
+    def next_batch(self, own: set[Any] | None, tried: set[Any], size: int) -> list[models.Model]:
+        rows = pending_rows(self.model, self.field).exclude(pk__in=tried).defer(self.field.attname)
+        batch: list[models.Model] = []
+        if own is not None:
+            batch = list(rows.filter(pk__in=own - tried).order_by("pk")[:size])
+            if not batch:
+                return []
+            rows = rows.exclude(pk__in=own)
+        if len(batch) < size:
+            batch += list(rows.order_by("pk")[: size - len(batch)])
+        return batch
+
+    def process(self, rows: list[models.Model]) -> None:
+        items = []
+        for row in rows:
+            text = clean(self.field.source_text(row), self.backend.max_input_chars)
+            title = self.field.title_text(row)
+            items.append(Item(row.pk, self.field.text_hash(row), text, title and clean(title, 1000)))
+        self.write_all([(item, None) for item in items if not item.text])
+        self.embed([item for item in items if item.text])
+
+    def embed(self, items: list[Item]) -> None:
+        """Embed ``items`` in one request, retrying transient errors with backoff."""
+        if not items:
+            return
+        while True:
+            for item in items:
+                item.attempts += 1
+            self.outcome.requests += 1
+            try:
+                vectors = self.backend.embed(
+                    [item.text for item in items],
+                    task_type=self.field.task_type,
+                    dimensions=self.field.dimensions,
+                    titles=[item.title for item in items] if self.field.title_source else None,
+                )
+                self.check(vectors, len(items))
+            except EmbeddingError as exc:
+                error = exc
+            except Exception as exc:  # a backend bug must not lose the batch
+                error = EmbeddingError(f"{type(exc).__name__}: {exc}", transient=True)
+            else:
+                self.write_all(list(zip(items, vectors)))
+                return
+            message = redact(str(error), getattr(self.backend, "api_key", None), conf.API_KEY)
+            if not error.transient:
+                if len(items) > 1:
+                    # One bad text fails the whole request: split to find it.
+                    half = len(items) // 2
+                    self.embed(items[:half])
+                    self.embed(items[half:])
+                else:
+                    self.fail(items, message, permanent=True)
+                return
+            attempt = items[0].attempts
+            wait = error.retry_after if error.retry_after is not None else conf.BACKOFF * 2 ** (attempt - 1)
+            if attempt >= conf.MAX_ATTEMPTS or wait > conf.MAX_BACKOFF:
+                self.fail(items, message, permanent=False, retry_in=max(wait, conf.MAX_BACKOFF))
+                return
+            logger.info("Embedding request failed (%s); retrying in %.1fs.", message, wait)
+            time.sleep(wait)
+
+    def check(self, vectors: list[Vector], expected: int) -> None:
+        if len(vectors) != expected:
+            raise EmbeddingError(f"The backend returned {len(vectors)} vectors for {expected} texts.", transient=True)
+        for vector in vectors:
+            if len(vector) != self.field.dimensions:
+                raise EmbeddingError(
+                    f"The backend returned a {len(vector)}-dimensional vector; "
+                    f"{self.model._meta.label}.{self.field.name} stores {self.field.dimensions}.",
+                    transient=False,
+                )
+
+    def write_all(self, results: list[tuple[Item, Vector | None]]) -> None:
+        written = [item.pk for item, vector in results if self.write(item, vector)]
+        if written:
+            self.failures().filter(object_pk__in=[str(pk) for pk in written]).delete()
+
+    def write(self, item: Item, vector: Vector | None) -> bool:
+        """Store ``vector`` if the row still holds the text it was made from."""
+        field = self.field
+        still_same = (
+            Q(**{f"{field.source_hash_name}__isnull": True})
+            if item.hash is None
+            else Q(**{field.source_hash_name: item.hash})
+        )
+        values = {
+            field.attname: vector,
+            field.embedded_hash_name: item.hash,
+            field.model_name: self.spec if item.hash is not None else None,
+        }
+        if not self.model._base_manager.filter(still_same, pk=item.pk).update(**values):
+            self.outcome.changed_in_flight += 1
+            return False
+        if vector is None:
+            self.outcome.cleared += 1
+        else:
+            self.outcome.embedded += 1
+        return True
+
+    def fail(self, items: list[Item], message: str, *, permanent: bool, retry_in: float = 0) -> None:
+        label = f"{self.model._meta.label}.{self.field.name}"
+        logger.warning("Embedding %d row(s) of %s failed: %s", len(items), label, message)
+        self.outcome.failed += len(items)
+        if message not in self.outcome.errors:
+            self.outcome.errors.append(message)
+        retry_at = None if permanent else timezone.now() + timedelta(seconds=retry_in)
+        for item in items:
+            failure, _ = self.failures().get_or_create(
+                object_pk=str(item.pk), defaults={"error": message}
+            )
+            failure.attempts += item.attempts
+            failure.error = message
+            failure.permanent = permanent
+            failure.source_hash = item.hash
+            failure.retry_at = retry_at
+            failure.save()
+
+    def failures(self) -> models.QuerySet[EmbeddingFailure]:
+        return EmbeddingFailure.objects.filter(model_label=self.model._meta.label, field_name=self.field.name)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Serialise workers embedding the same field, so no row is paid for twice.
+
+        Skipped in ``SYNC`` mode, where embedding runs inline in one process. After
+        ``LOCK_WAIT`` seconds a worker goes ahead anyway: the conditional writes keep
+        the result right, at worst a row is embedded twice.
+        """
+        if conf.SYNC:
+            yield
+            return
+        key = int.from_bytes(
+            hashlib.md5(f"semantic:{self.model._meta.label}.{self.field.name}".encode()).digest()[:8],
+            "big",
+            signed=True,
+        )
+        connection = connections[router.db_for_write(self.model)]
+        deadline = time.monotonic() + LOCK_WAIT
+        with connection.cursor() as cursor:
+            while True:
+                cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+                locked = cursor.fetchone()[0]
+                if locked or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            if locked:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", [key])

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+
+class EmbeddingFailure(models.Model):
+    """A row whose text could not be embedded, with the last error.
+
+    Deleted as soon as the row is embedded. Transient failures (rate limits, server
+    errors, time-outs) are retried by the sweep after ``retry_at``; permanent ones
+    (the API rejected the text) wait until the text changes or
+    ``manage.py semantic_embed --failed`` retries them.
+    """
+
+    model_label = models.CharField(_("model"), max_length=200)
+    field_name = models.CharField(_("field"), max_length=200)
+    object_pk = models.CharField(_("object id"), max_length=200)
+    source_hash = models.CharField(_("text hash"), max_length=32, null=True, blank=True)
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    error = models.TextField(_("error"))
+    permanent = models.BooleanField(_("permanent"), default=False)
+    first_failed_at = models.DateTimeField(_("first failed"), auto_now_add=True)
+    last_failed_at = models.DateTimeField(_("last failed"), auto_now=True)
+    retry_at = models.DateTimeField(_("retry after"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("embedding failure")
+        verbose_name_plural = _("embedding failures")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model_label", "field_name", "object_pk"], name="semantic_failure_unique_row"
+            )
+        ]
+        ordering = ["-last_failed_at"]
+
+    def __str__(self) -> str:
+        return f"{self.model_label}.{self.field_name} #{self.object_pk}"

@@ -1,0 +1,115 @@
+"""What the django-q2 worker runs, and how saves hand work to it.
+
+Tasks receive identifiers only (``"app_label.Model"``, field name, primary keys),
+never text or keys, so nothing sensitive is stored in django-q2's queue or results.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from django.apps import apps
+from django.db import models, transaction
+
+from semantic.conf import semantic_settings as conf
+from semantic.fields import embedding_fields, get_embedding_field
+
+logger = logging.getLogger("semantic")
+
+SWEEP_SCHEDULE_NAME = "semantic.embed_pending"
+
+_suspended: ContextVar[bool] = ContextVar("semantic_suspended", default=False)
+
+
+@contextmanager
+def suspend_embedding() -> Iterator[None]:
+    """Save rows without queueing their embedding (imports, data migrations).
+
+    The rows stay pending in the database; the next sweep or
+    ``manage.py semantic_embed`` embeds them.
+    """
+    token = _suspended.set(True)
+    try:
+        yield
+    finally:
+        _suspended.reset(token)
+
+
+def embedding_suspended() -> bool:
+    return _suspended.get()
+
+
+def enqueue(model: type[models.Model], field_name: str, pks: Sequence[Any], *, using: str | None = None) -> None:
+    """Embed these rows once the current transaction commits."""
+    label = model._meta.label
+    pks = list(pks)
+
+    def send() -> None:
+        if conf.SYNC:
+            embed_rows(label, field_name, pks)
+            return
+        from django_q.tasks import async_task
+
+        options: dict[str, Any] = {"task_name": f"semantic: embed {label}.{field_name}"}
+        if conf.QUEUE:
+            options["cluster"] = conf.QUEUE
+        async_task("semantic.tasks.embed_rows", label, field_name, pks, **options)
+
+    transaction.on_commit(send, using=using, robust=True)
+
+
+def embed_rows(label: str, field_name: str, pks: Sequence[Any] | None = None) -> dict[str, Any]:
+    """Worker task: embed the pending rows among ``pks`` (and others, to fill requests)."""
+    from semantic.embedder import Embedder
+
+    model = apps.get_model(label)
+    field = get_embedding_field(model, field_name)
+    return Embedder(model, field).run(pks).as_dict()
+
+
+def embed_pending(*targets: str | type[models.Model], limit: int | None = None) -> dict[str, Any]:
+    """Embed every row that needs it: new, changed, stale, or due for a retry.
+
+    Catches rows written without ``save()`` (``bulk_create``, ``QuerySet.update()``,
+    raw SQL). ``targets`` are models or ``"app_label.Model"`` labels; all models with
+    an EmbeddingField when none are given. Returns a summary per ``label.field``.
+    """
+    from semantic.embedder import Embedder
+
+    summary = {}
+    for model, field in iter_fields(targets):
+        summary[f"{model._meta.label}.{field.name}"] = Embedder(model, field).run(limit=limit).as_dict()
+    return summary
+
+
+def iter_fields(targets: Iterable[str | type[models.Model]] = ()) -> Iterator[tuple[type[models.Model], Any]]:
+    models_ = [apps.get_model(t) if isinstance(t, str) else t for t in targets] or apps.get_models()
+    for model in models_:
+        for field in embedding_fields(model):
+            yield model, field
+
+
+def install_sweep_schedule(**kwargs: Any) -> None:
+    """Create (or update) the django-q2 schedule that runs :func:`embed_pending`."""
+    if not apps.is_installed("django_q"):
+        return
+    from django_q.models import Schedule
+
+    using = kwargs.get("using", "default")
+    if conf.SWEEP_MINUTES is None:
+        Schedule.objects.using(using).filter(name=SWEEP_SCHEDULE_NAME).delete()
+        return
+    Schedule.objects.using(using).update_or_create(
+        name=SWEEP_SCHEDULE_NAME,
+        defaults={
+            "func": "semantic.tasks.embed_pending",
+            "schedule_type": Schedule.MINUTES,
+            "minutes": conf.SWEEP_MINUTES,
+            "repeats": -1,
+            "cluster": conf.QUEUE,
+        },
+    )

@@ -1,0 +1,33 @@
+"""Preparing text for an embedding model, and keeping secrets out of messages."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def source_hash(text: str | None) -> str | None:
+    """MD5 of the source text; None for no text. Matches PostgreSQL's ``md5()``."""
+    if not text:
+        return None
+    return hashlib.md5(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def clean(text: str, max_chars: int) -> str:
+    """Text safe to send: no NUL or control bytes, no lone surrogates, at most ``max_chars``.
+
+    Returns ``""`` for text with nothing but whitespace, which is never sent.
+    """
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    text = _CONTROL.sub(" ", text).strip()
+    return text[:max_chars]
+
+
+def redact(message: str, *secrets: str | None) -> str:
+    """``message`` with every secret replaced by ``[redacted]``."""
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "[redacted]")
+    return message
