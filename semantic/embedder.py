@@ -217,8 +217,11 @@ class Embedder:
             self.outcome.errors.append(message)
         retry_at = None if permanent else timezone.now() + timedelta(seconds=retry_in)
         for item in items:
-            failure, _ = self.failures().get_or_create(
-                object_pk=str(item.pk), defaults={"error": message}
+            failure, _ = EmbeddingFailure.objects.get_or_create(
+                model_label=self.model._meta.label,
+                field_name=self.field.name,
+                object_pk=str(item.pk),
+                defaults={"error": message},
             )
             failure.attempts += item.attempts
             failure.error = message

@@ -86,6 +86,17 @@ def embed_pending(*targets: str | type[models.Model], limit: int | None = None) 
     return summary
 
 
+def queue_pending(*targets: str | type[models.Model]) -> str:
+    """Queue :func:`embed_pending` on django-q2; returns the task id."""
+    from django_q.tasks import async_task
+
+    labels = [t if isinstance(t, str) else t._meta.label for t in targets]
+    options: dict[str, Any] = {"task_name": "semantic: embed pending rows"}
+    if conf.QUEUE:
+        options["cluster"] = conf.QUEUE
+    return async_task("semantic.tasks.embed_pending", *labels, **options)
+
+
 def iter_fields(targets: Iterable[str | type[models.Model]] = ()) -> Iterator[tuple[type[models.Model], Any]]:
     models_ = [apps.get_model(t) if isinstance(t, str) else t for t in targets] or apps.get_models()
     for model in models_:

@@ -7,6 +7,7 @@ list of texts, which the SDK sends as a single ``:batchEmbedContents`` request.
 from __future__ import annotations
 
 import email.utils
+import json
 import time
 from collections.abc import Sequence
 from itertools import groupby
@@ -96,8 +97,9 @@ class GeminiBackend(EmbeddingBackend):
         config = types.EmbedContentConfig(
             task_type=task_type, title=title, output_dimensionality=dimensions
         )
+        client = self.client
         try:
-            response = self.client.models.embed_content(
+            response = client.models.embed_content(
                 model=self.model, contents=texts, config=config
             )
         except errors.APIError as exc:
@@ -106,7 +108,7 @@ class GeminiBackend(EmbeddingBackend):
                 transient=exc.code in TRANSIENT_STATUS,
                 retry_after=_retry_after(exc),
             ) from None
-        except errors.UnknownApiResponseError as exc:
+        except (errors.UnknownApiResponseError, json.JSONDecodeError) as exc:
             raise EmbeddingError(
                 self._clean(f"Gemini API sent a response that is not JSON: {str(exc)[:200]}"),
                 transient=True,

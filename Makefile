@@ -1,0 +1,29 @@
+# Two commands for a fresh clone:
+#   make demo   virtualenv, install, embedded PostgreSQL, migrate, sample data, worker, web server
+#   make test   the whole test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: demo test install
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[local,dev]"
+	touch $@
+
+demo: install
+	$(PY) manage.py migrate --verbosity 0
+	$(PY) manage.py load_demo_data
+	@echo "Demo: http://$(HOST):$(PORT)/  admin: http://$(HOST):$(PORT)/admin/ (user admin, password admin)"
+	trap 'kill 0' INT TERM EXIT; \
+	$(PY) manage.py qcluster & \
+	$(PY) manage.py runserver $(HOST):$(PORT)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)

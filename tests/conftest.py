@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fake_gemini import FakeGemini
+
+
+@pytest.fixture(scope="session")
+def gemini_server() -> Iterator[FakeGemini]:
+    with FakeGemini() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def fake_gemini(gemini_server: FakeGemini, settings) -> Iterator[FakeGemini]:
+    """Every test talks to the fake Gemini server, reset to answer normally."""
+    gemini_server.reset()
+    settings.SEMANTIC = {**settings.SEMANTIC, "BASE_URL": gemini_server.base_url}
+    yield gemini_server
+    gemini_server.reset()
+
+
+@pytest.fixture
+def semantic_settings(settings):
+    """Change SEMANTIC keys for one test: ``semantic_settings(SYNC=False)``."""
+
+    def change(**values):
+        settings.SEMANTIC = {**settings.SEMANTIC, **values}
+
+    return change
+
+
+@pytest.fixture
+def all_logs(caplog):
+    caplog.set_level(logging.DEBUG)
+    return caplog

@@ -1,0 +1,72 @@
+"""Settings for the test suite: the demo's database, a test app, and the Gemini
+backend pointed at the fake server that tests start (see tests/conftest.py)."""
+
+from project.database import database_settings
+
+SECRET_KEY = "tests"
+DEBUG = False
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
+USE_TZ = True
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_q",
+    "semantic",
+    "tests.testapp",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+ROOT_URLCONF = "tests.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+DATABASES = {"default": database_settings()}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+STATIC_URL = "static/"
+
+TEST_API_KEY = "AIzaTEST-do-not-leak-0123456789"
+
+SEMANTIC = {
+    "BACKEND": "semantic.backends.gemini.GeminiBackend",
+    "API_KEY": TEST_API_KEY,
+    "BASE_URL": "http://127.0.0.1:9",  # replaced by the fake_gemini fixture
+    "SYNC": True,
+    "BACKOFF": 0.01,
+    "MAX_BACKOFF": 2.0,
+    "TIMEOUT": 5.0,
+}
+
+Q_CLUSTER = {
+    "name": "semantic-tests",
+    "orm": "default",
+    "workers": 1,
+    "timeout": 60,
+    "retry": 120,
+    "poll": 0.1,
+    "catch_up": False,
+}
+
+# A django-q2 worker started by tests/test_worker.py joins the test run's fake server.
+import os  # noqa: E402
+
+if os.environ.get("SEMANTIC_TEST_BASE_URL"):
+    SEMANTIC["BASE_URL"] = os.environ["SEMANTIC_TEST_BASE_URL"]

@@ -1,0 +1,119 @@
+import pytest
+from django.core import checks
+from django.db import connection
+
+from semantic.checks import check_backend, check_extension, check_fields
+from semantic.operations import INSTALL_HINT
+
+
+def ids(messages):
+    return [m.id for m in messages]
+
+
+def test_configuration_used_by_the_tests_is_clean():
+    assert check_backend() == []
+    assert check_fields() == []
+
+
+def test_unknown_backend(semantic_settings):
+    semantic_settings(BACKEND="semantic.backends.nope.Backend")
+    (error,) = check_backend()
+    assert error.id == "semantic.E001"
+    assert "SEMANTIC['BACKEND']" in error.msg and "nope" in error.msg
+
+
+def test_gemini_without_a_key(semantic_settings, monkeypatch):
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    semantic_settings(API_KEY=None)
+    assert ids(check_backend()) == ["semantic.E002"]
+    assert "GEMINI_API_KEY" in check_backend()[0].hint
+
+
+def test_key_from_the_environment(semantic_settings, monkeypatch):
+    monkeypatch.setenv("GEMINI_API_KEY", "from-env")
+    semantic_settings(API_KEY=None)
+    assert check_backend() == []
+
+
+def test_dimensions_the_backend_cannot_make(semantic_settings):
+    semantic_settings(BACKEND="semantic.backends.local.LocalBackend")
+    errors = check_fields()
+    assert set(ids(errors)) == {"semantic.E003"}
+    # Note is 384-dimensional, the local model's size; every other test field is not.
+    labels = sorted(e.obj.model._meta.label + "." + e.obj.name for e in errors)
+    assert "testapp.Note.embedding" not in labels
+    assert "testapp.Article.embedding" in labels
+    assert "dimensions=384" in errors[0].hint
+
+
+def test_django_q_missing(settings, semantic_settings):
+    semantic_settings(SYNC=False)
+    settings.INSTALLED_APPS = [a for a in settings.INSTALLED_APPS if a != "django_q"]
+    assert "semantic.E005" in ids(check_backend())
+    semantic_settings(SYNC=True)
+    assert "semantic.E005" not in ids(check_backend())
+
+
+def test_source_that_is_not_a_text_field():
+    from django.db import models
+    from django.test.utils import isolate_apps
+
+    from semantic import EmbeddingField
+
+    with isolate_apps("tests.testapp"):
+
+        class Bad(models.Model):
+            count = models.IntegerField()
+            embedding = EmbeddingField(source=("count", "missing"), dimensions=128)
+
+            class Meta:
+                app_label = "testapp"
+
+        errors = check_fields(app_configs=[Bad._meta.apps.get_app_config("testapp")])
+        assert ids(errors) == ["semantic.E006", "semantic.E006"]
+        assert "'count'" in errors[0].msg and "'missing'" in errors[1].msg
+
+
+@pytest.mark.django_db
+def test_extension_check_passes_where_pgvector_is_available():
+    assert check_extension(databases=["default"]) == []
+    assert "semantic.E004" not in ids(checks.run_checks(databases=["default"]))
+
+
+@pytest.fixture
+def database_without_pgvector():
+    """A fresh database without the extension, reached as a role that may not create it."""
+    import psycopg
+    from django.db.backends.postgresql.base import DatabaseWrapper
+
+    params = connection.get_connection_params()
+    admin = psycopg.connect(**params, autocommit=True)
+    try:
+        admin.execute("DROP DATABASE IF EXISTS semantic_noext")
+        admin.execute("DROP ROLE IF EXISTS semantic_plain")
+        admin.execute("CREATE ROLE semantic_plain LOGIN PASSWORD 'plain'")
+        admin.execute("CREATE DATABASE semantic_noext")
+    except psycopg.errors.InsufficientPrivilege:
+        pytest.skip("the test database user may not create roles")
+    wrapper = DatabaseWrapper(
+        {**connection.settings_dict, "NAME": "semantic_noext", "USER": "semantic_plain", "PASSWORD": "plain"},
+        alias="noext",
+    )
+    yield wrapper
+    wrapper.close()
+    admin.execute("DROP DATABASE IF EXISTS semantic_noext")
+    admin.execute("DROP ROLE IF EXISTS semantic_plain")
+    admin.close()
+
+
+@pytest.mark.django_db
+def test_missing_extension_error_says_what_to_install(database_without_pgvector):
+    from django.db import DatabaseError
+
+    from semantic.operations import create_extension
+
+    with pytest.raises(DatabaseError) as info:
+        create_extension(database_without_pgvector)
+    assert INSTALL_HINT in str(info.value)
+    assert "permission denied" in str(info.value)

@@ -1,0 +1,296 @@
+"""The save path: every save ends with the right vector, through the real google-genai
+client and the fake Gemini server, in SYNC mode (the worker path is test_worker.py)."""
+
+import math
+import threading
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from semantic import embed_pending, suspend_embedding
+from semantic.fields import get_embedding_field
+from semantic.models import EmbeddingFailure
+from tests.fake_gemini import fake_vector
+from tests.testapp.models import Article, Document, Snippet
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def expected(text, dims=128):
+    v = np.array(fake_vector(text, dims))
+    return v / np.linalg.norm(v)
+
+
+def stored(obj, name="embedding"):
+    obj.refresh_from_db()
+    value = getattr(obj, name)
+    return None if value is None else np.array(value.to_list() if hasattr(value, "to_list") else value)
+
+
+def test_save_embeds_the_text(fake_gemini):
+    article = Article.objects.create(title="Reset password", body="I forgot my password")
+    assert fake_gemini.request_count == 1
+    assert fake_gemini.texts() == ["Reset password\n\nI forgot my password"]
+    vector = stored(article)
+    assert np.allclose(vector, expected("Reset password\n\nI forgot my password"), atol=1e-6)
+    assert math.isclose(float(np.linalg.norm(vector)), 1.0, rel_tol=1e-5)
+    assert article.embedding_embedded_hash == article.embedding_source_hash
+    assert article.embedding_model == "gemini:gemini-embedding-001|SEMANTIC_SIMILARITY|128"
+
+
+def test_unchanged_text_makes_no_request(fake_gemini):
+    article = Article.objects.create(title="Same", body="text")
+    fake_gemini.reset()
+    article.save()
+    Article.objects.get(pk=article.pk).save()
+    embed_pending()
+    assert fake_gemini.request_count == 0
+
+
+def test_saving_a_copy_loaded_before_the_vector_keeps_the_vector(fake_gemini):
+    with suspend_embedding():
+        article = Article.objects.create(title="Loaded early", body="")
+    early = Article.objects.get(pk=article.pk)
+    embed_pending()
+    fake_gemini.reset()
+    early.save()  # its in-memory vector is None; the stored one must survive
+    assert stored(article) is not None
+    assert fake_gemini.request_count == 0
+
+
+def test_fields_are_independent(fake_gemini):
+    doc = Document.objects.create(title="Invoices", text="How to export invoices")
+    assert fake_gemini.request_count == 2
+    fake_gemini.reset()
+    doc.text = "How to export invoices as CSV"
+    doc.save()
+    assert fake_gemini.request_count == 1
+    (item,) = fake_gemini.requests[0]["body"]["requests"]
+    assert item["taskType"] == "RETRIEVAL_DOCUMENT"
+    assert item["title"] == "Invoices"
+    assert item["outputDimensionality"] == 3072
+    doc.refresh_from_db()
+    assert doc.summary_embedded_hash == doc.summary_source_hash
+    assert doc.content_embedded_hash == doc.content_source_hash
+
+
+def test_halfvec_column_for_3072_dimensions():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = 'testapp_document'::regclass AND attname IN ('summary', 'content') ORDER BY attname"
+        )
+        assert [row[0] for row in cursor.fetchall()] == ["halfvec(3072)", "vector(256)"]
+    doc = Document.objects.create(title="t", text="full size")
+    assert len(stored(doc, "content")) == 3072
+
+
+def test_bulk_create_is_caught_by_the_sweep_in_batches(fake_gemini):
+    Article.objects.bulk_create(Article(title=f"Bulk article {i}", body="") for i in range(250))
+    assert fake_gemini.request_count == 0
+    result = embed_pending()
+    assert result["testapp.Article.embedding"]["embedded"] == 250
+    assert fake_gemini.request_count == 3  # ceil(250 / 100)
+    assert not Article.objects.filter(embedding__isnull=True).exists()
+
+
+def test_queryset_update_is_caught_by_the_sweep(fake_gemini):
+    a = Article.objects.create(title="One", body="")
+    Article.objects.create(title="Two", body="")
+    fake_gemini.reset()
+    Article.objects.filter(pk=a.pk).update(body="changed without save()")
+    embed_pending()
+    assert fake_gemini.texts() == ["One\n\nchanged without save()"]
+    assert np.allclose(stored(a), expected("One\n\nchanged without save()"), atol=1e-6)
+
+
+def test_saves_in_one_transaction_share_requests(fake_gemini):
+    with transaction.atomic():
+        for i in range(30):
+            Article.objects.create(title=f"In a transaction {i}", body="")
+        assert fake_gemini.request_count == 0  # nothing leaves before commit
+    assert fake_gemini.request_count == 1
+    assert Article.objects.filter(embedding__isnull=False).count() == 30
+
+
+def test_rollback_sends_nothing(fake_gemini):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        Article.objects.create(title="Rolled back", body="")
+        raise RuntimeError
+    assert fake_gemini.request_count == 0
+
+
+def test_row_edited_while_its_batch_is_in_flight_ends_with_its_final_text(fake_gemini):
+    article = Article.objects.create(title="Draft", body="")
+    fake_gemini.reset()
+    edited = threading.Event()
+
+    def edit_during_first_request(record):
+        if not edited.is_set():
+            edited.set()
+            # Another request/process saves the row while the API call is running.
+            Article.objects.filter(pk=article.pk).update(body="final text")
+
+    fake_gemini.on_request = edit_during_first_request
+    Article.objects.filter(pk=article.pk).update(body="first edit")
+    summary = embed_pending()["testapp.Article.embedding"]
+    assert summary["changed_in_flight"] == 1
+    embed_pending()
+    assert np.allclose(stored(article), expected("Draft\n\nfinal text"), atol=1e-6)
+    assert article.embedding_embedded_hash == article.embedding_source_hash
+
+
+def test_empty_text_makes_no_request_and_no_vector(fake_gemini):
+    blank = Article.objects.create(title="", body="")
+    spaces = Article.objects.create(title="   ", body="\n\t ")
+    embed_pending()
+    assert fake_gemini.request_count == 0
+    assert stored(blank) is None and stored(spaces) is None
+    assert not EmbeddingFailure.objects.exists()
+
+
+def test_text_emptied_clears_the_old_vector(fake_gemini):
+    article = Article.objects.create(title="Had text", body="")
+    article.title = ""
+    article.save()
+    assert stored(article) is None
+    assert fake_gemini.request_count == 1
+
+
+def test_huge_text_is_truncated(fake_gemini):
+    Article.objects.create(title="x" * 200, body="y" * 50_000)
+    (text,) = fake_gemini.texts()
+    assert len(text) == 8000
+    assert Article.objects.get().embedding is not None
+
+
+def test_nul_bytes_and_lone_surrogates_are_cleaned(fake_gemini):
+    snippet = Snippet.objects.create(escaped=r"before\x00after \ud800 end")
+    (text,) = fake_gemini.texts()
+    assert "\x00" not in text and "\ud800" not in text
+    assert text.startswith("before") and text.endswith("end")
+    assert stored(snippet) is not None
+
+
+def test_transient_errors_are_retried_until_success(fake_gemini):
+    fake_gemini.fail_next(500, times=2)
+    article = Article.objects.create(title="Flaky", body="")
+    assert fake_gemini.request_count == 3
+    assert stored(article) is not None
+    assert not EmbeddingFailure.objects.exists()
+
+
+def test_429_waits_for_retry_after(fake_gemini):
+    fake_gemini.fail_next(429, retry_after="1")
+    article = Article.objects.create(title="Rate limited", body="")
+    first, second = fake_gemini.requests
+    assert second["time"] - first["time"] >= 1.0
+    assert stored(article) is not None
+
+
+def test_exhausted_retries_record_a_failure_then_a_later_sweep_succeeds(fake_gemini):
+    fake_gemini.fail_next(503, times=settings.SEMANTIC["MAX_ATTEMPTS"] if "MAX_ATTEMPTS" in settings.SEMANTIC else 4)
+    article = Article.objects.create(title="Outage", body="keep me")
+    failure = EmbeddingFailure.objects.get()
+    assert failure.object_pk == str(article.pk)
+    assert failure.attempts == 4
+    assert "503" in failure.error
+    assert not failure.permanent and failure.retry_at > timezone.now()
+    article.refresh_from_db()
+    assert article.body == "keep me" and article.embedding is None
+
+    assert embed_pending()["testapp.Article.embedding"]["requests"] == 0  # waits for retry_at
+    EmbeddingFailure.objects.update(retry_at=timezone.now() - timedelta(seconds=1))
+    embed_pending()
+    assert stored(article) is not None
+    assert not EmbeddingFailure.objects.exists()
+
+
+def test_permanent_error_isolates_the_bad_text_without_a_retry_storm(fake_gemini):
+    fake_gemini.reject_marker = "REJECT"
+    Article.objects.bulk_create(
+        [Article(title=f"good {i}", body="") for i in range(7)] + [Article(title="REJECT me", body="")]
+    )
+    embed_pending()
+    assert Article.objects.filter(embedding__isnull=False).count() == 7
+    failure = EmbeddingFailure.objects.get()
+    assert failure.permanent and "400" in failure.error
+    assert fake_gemini.request_count <= 1 + 2 * 3  # one batch, then halving down to the bad row
+
+    fake_gemini.reset()
+    embed_pending()
+    assert fake_gemini.request_count == 0  # not retried while the text is unchanged
+    bad = Article.objects.get(title="REJECT me")
+    bad.title = "fixed"
+    bad.save()
+    assert stored(bad) is not None
+    assert not EmbeddingFailure.objects.exists()
+
+
+def test_timeouts_are_recorded_as_transient_failures(fake_gemini, semantic_settings):
+    semantic_settings(TIMEOUT=0.2, MAX_ATTEMPTS=2)
+    fake_gemini.latency = 1.0
+    article = Article.objects.create(title="Slow", body="")
+    failure = EmbeddingFailure.objects.get()
+    assert failure.attempts == 2 and not failure.permanent
+    assert "Timeout" in failure.error or "timed out" in failure.error
+    assert stored(article) is None
+
+
+def test_missing_key_is_recorded_with_how_to_fix(fake_gemini, semantic_settings, monkeypatch):
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    semantic_settings(API_KEY=None)
+    Article.objects.create(title="No key", body="")
+    failure = EmbeddingFailure.objects.get()
+    assert failure.permanent
+    assert "GEMINI_API_KEY" in failure.error
+    assert fake_gemini.request_count == 0
+
+
+def test_the_key_never_reaches_logs_failures_or_results(fake_gemini, all_logs):
+    key = settings.TEST_API_KEY
+    fake_gemini.fail_next(400, body='{"error": {"code": 400, "message": "API key %s not valid"}}' % key)
+    Article.objects.bulk_create([Article(title="leak?", body="")])
+    result = embed_pending()
+    assert fake_gemini.requests[0]["api_key"] == key  # it was sent, as a header
+    assert key not in repr(result)
+    assert key not in all_logs.text
+    assert key not in EmbeddingFailure.objects.get().error
+    assert "[redacted]" in EmbeddingFailure.objects.get().error
+
+
+def test_changing_the_model_makes_rows_stale_not_wrong(fake_gemini, semantic_settings):
+    article = Article.objects.create(title="Model switch", body="")
+    field = get_embedding_field(Article)
+    assert not Article.objects.filter(field.needs_embedding()).exists()
+    semantic_settings(MODEL="gemini-embedding-002")
+    assert Article.objects.filter(field.needs_embedding()).get() == article
+    assert not Article.objects.filter(field.is_current()).exists()
+    fake_gemini.reset()
+    embed_pending()
+    assert fake_gemini.requests[0]["model"] == "gemini-embedding-002"
+    article.refresh_from_db()
+    assert article.embedding_model.startswith("gemini:gemini-embedding-002|")
+
+
+def test_suspend_embedding_defers_to_the_sweep(fake_gemini):
+    with suspend_embedding():
+        Article.objects.create(title="Imported", body="")
+    assert fake_gemini.request_count == 0
+    embed_pending()
+    assert fake_gemini.request_count == 1
+
+
+def test_raw_saves_are_skipped(fake_gemini):
+    from django.core import serializers
+
+    data = '[{"model": "testapp.article", "pk": 999, "fields": {"title": "fixture", "body": ""}}]'
+    for obj in serializers.deserialize("json", data):
+        obj.save()
+    assert fake_gemini.request_count == 0
+    assert Article.objects.filter(get_embedding_field(Article).needs_embedding()).count() == 1

@@ -1,0 +1,90 @@
+"""The Gemini backend through the real google-genai client and the fake server."""
+
+import math
+
+import pytest
+from django.conf import settings
+
+from semantic.backends import EmbeddingError
+from semantic.backends.gemini import GeminiBackend
+from tests.fake_gemini import fake_vector
+
+
+def backend(fake, **options):
+    return GeminiBackend(base_url=fake.base_url, **options)
+
+
+def test_one_request_for_a_list_of_texts(fake_gemini):
+    vectors = backend(fake_gemini).embed(
+        ["first text", "second text", "third"], task_type="SEMANTIC_SIMILARITY", dimensions=768
+    )
+    assert len(vectors) == 3
+    assert fake_gemini.request_count == 1
+    request = fake_gemini.requests[0]
+    assert request["model"] == "gemini-embedding-001"
+    assert request["api_key"] == settings.TEST_API_KEY
+    items = request["body"]["requests"]
+    assert [i["content"]["parts"][0]["text"] for i in items] == ["first text", "second text", "third"]
+    assert {i["taskType"] for i in items} == {"SEMANTIC_SIMILARITY"}
+    assert {i["outputDimensionality"] for i in items} == {768}
+
+
+def test_reduced_dimensions_are_normalised(fake_gemini):
+    (vector,) = backend(fake_gemini).embed(["hello world"], task_type="CLUSTERING", dimensions=256)
+    raw = fake_vector("hello world", 256)
+    assert math.isclose(math.sqrt(sum(x * x for x in raw)), 3.0)  # the server does not normalise
+    assert math.isclose(math.sqrt(sum(x * x for x in vector)), 1.0, rel_tol=1e-6)
+
+
+def test_titles_are_sent_per_request(fake_gemini):
+    backend(fake_gemini).embed(
+        ["a", "b", "c"], task_type="RETRIEVAL_DOCUMENT", dimensions=768, titles=["T1", "T1", "T2"]
+    )
+    assert fake_gemini.request_count == 2
+    assert [r["title"] for r in fake_gemini.requests[0]["body"]["requests"]] == ["T1", "T1"]
+    assert [r["title"] for r in fake_gemini.requests[1]["body"]["requests"]] == ["T2"]
+
+
+@pytest.mark.parametrize(
+    ("status", "transient"), [(429, True), (500, True), (503, True), (400, False), (403, False)]
+)
+def test_errors_are_classified(fake_gemini, status, transient):
+    fake_gemini.fail_next(status, retry_after="7" if status == 429 else None)
+    with pytest.raises(EmbeddingError) as info:
+        backend(fake_gemini).embed(["x"], task_type="SEMANTIC_SIMILARITY", dimensions=768)
+    assert info.value.transient is transient
+    assert str(status) in str(info.value)
+    if status == 429:
+        assert info.value.retry_after == 7.0
+
+
+def test_malformed_json_is_transient(fake_gemini):
+    fake_gemini.malformed_next()
+    with pytest.raises(EmbeddingError) as info:
+        backend(fake_gemini).embed(["x"], task_type="SEMANTIC_SIMILARITY", dimensions=768)
+    assert info.value.transient
+    assert "not JSON" in str(info.value)
+
+
+def test_timeout_is_transient(fake_gemini):
+    fake_gemini.latency = 2.0
+    with pytest.raises(EmbeddingError) as info:
+        backend(fake_gemini, timeout=0.3).embed(["x"], task_type="SEMANTIC_SIMILARITY", dimensions=768)
+    assert info.value.transient
+
+
+def test_missing_key_says_how_to_fix(fake_gemini):
+    b = backend(fake_gemini)
+    b.api_key = None
+    with pytest.raises(EmbeddingError, match="GEMINI_API_KEY"):
+        b.embed(["x"], task_type="SEMANTIC_SIMILARITY", dimensions=768)
+    assert fake_gemini.request_count == 0
+
+
+def test_key_never_in_error_messages(fake_gemini):
+    key = settings.TEST_API_KEY
+    fake_gemini.fail_next(400, body='{"error": {"code": 400, "message": "API key %s is invalid"}}' % key)
+    with pytest.raises(EmbeddingError) as info:
+        backend(fake_gemini).embed(["x"], task_type="SEMANTIC_SIMILARITY", dimensions=768)
+    assert key not in str(info.value)
+    assert "[redacted]" in str(info.value)

@@ -1,0 +1,52 @@
+"""The local sentence-transformers backend with the packaged all-MiniLM-L6-v2 weights."""
+
+import numpy as np
+import pytest
+
+from semantic import embed_pending
+from semantic.backends import EmbeddingError
+from semantic.backends.local import LocalBackend
+from tests.testapp.models import Note
+
+
+@pytest.fixture(scope="module")
+def local():
+    return LocalBackend()
+
+
+def test_paraphrase_is_closer_than_an_unrelated_sentence(local):
+    a, b, c = np.array(
+        local.embed(
+            ["How do I reset my password?", "I forgot my password, how can I change it?", "The train to Paris is late."],
+            task_type="SEMANTIC_SIMILARITY",
+            dimensions=384,
+        )
+    )
+    assert np.isclose(np.linalg.norm(a), 1.0, atol=1e-5)
+    assert a @ b > 0.6
+    assert a @ c < 0.2
+
+
+def test_wrong_dimensions_say_what_to_set(local):
+    with pytest.raises(EmbeddingError, match="dimensions=384"):
+        local.embed(["x"], task_type="SEMANTIC_SIMILARITY", dimensions=768)
+
+
+def test_a_tampered_model_file_is_refused(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"not the weights")
+    backend = LocalBackend(path=str(tmp_path), sha256="0" * 64)
+    with pytest.raises(EmbeddingError, match="SHA-256"):
+        backend.load()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rows_embedded_through_the_field(semantic_settings, fake_gemini):
+    semantic_settings(BACKEND="semantic.backends.local.LocalBackend")
+    Note.objects.create(text="A man is playing a guitar.")
+    Note.objects.create(text="Someone plays the guitar.")
+    Note.objects.create(text="The stock market fell sharply today.")
+    embed_pending()
+    vectors = [np.array(n.embedding) for n in Note.objects.order_by("pk")]
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
+    assert fake_gemini.request_count == 0
+    assert Note.objects.first().embedding_model == "local:all-MiniLM-L6-v2|SEMANTIC_SIMILARITY|384"

@@ -1,0 +1,48 @@
+from django.db import models
+
+from semantic import EmbeddingField
+
+
+class Article(models.Model):
+    """Text from two fields, embedded for similarity."""
+
+    title = models.CharField(max_length=200)
+    body = models.TextField(blank=True)
+    embedding = EmbeddingField(source=("title", "body"), dimensions=128)
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class Document(models.Model):
+    """Two independent embeddings; text from a method; a 3072-dim halfvec."""
+
+    title = models.CharField(max_length=200)
+    text = models.TextField(blank=True)
+    summary = EmbeddingField(source="title", dimensions=256)
+    content = EmbeddingField(
+        source="full_text", task_type="RETRIEVAL_DOCUMENT", title_source="title", dimensions=3072
+    )
+
+    def full_text(self) -> str:
+        return self.text
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class Snippet(models.Model):
+    """Text from a method that may return bytes PostgreSQL could never store."""
+
+    escaped = models.TextField()
+    embedding = EmbeddingField(source="decoded", dimensions=128)
+
+    def decoded(self) -> str:
+        return self.escaped.encode("ascii").decode("unicode_escape")
+
+
+class Note(models.Model):
+    """Sized for the local model (384 dimensions)."""
+
+    text = models.TextField()
+    embedding = EmbeddingField(source="text", dimensions=384)
