@@ -198,7 +198,7 @@ class Embedder:
         values = {
             field.attname: vector,
             field.embedded_hash_name: item.hash,
-            field.model_name: self.spec if item.hash is not None else None,
+            field.model_name: self.spec if vector is not None else None,
         }
         if not self.model._base_manager.filter(still_same, pk=item.pk).update(**values):
             self.outcome.changed_in_flight += 1

@@ -245,9 +245,7 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
     def needs_embedding(self) -> Q:
         """Rows whose vector is missing, out of date, or made by another model."""
         changed = IsDistinctFrom(F(self.embedded_hash_name), F(self.source_hash_name))
-        stale = Q(**{f"{self.source_hash_name}__isnull": False}) & Q(
-            IsDistinctFrom(F(self.model_name), Value(self.spec()))
-        )
+        stale = Q(**{f"{self.attname}__isnull": False}) & Q(IsDistinctFrom(F(self.model_name), Value(self.spec())))
         return Q(changed) | stale
 
     def is_current(self) -> Q:
@@ -269,7 +267,7 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
         if self.source_is_method and kwargs.get("update_fields") is not None:
             sender._base_manager.filter(pk=instance.pk).update(**{self.source_hash_name: current})
         if current == getattr(instance, self.embedded_hash_name) and (
-            current is None or getattr(instance, self.model_name) == self.spec()
+            getattr(instance, self.attname) is None or getattr(instance, self.model_name) == self.spec()
         ):
             return
         tasks.enqueue(sender, self.name, [instance.pk], using=kwargs.get("using"))

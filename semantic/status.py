@@ -1,0 +1,75 @@
+"""Where each row stands: embedded, pending, stale, failed, or empty.
+
+``embedded``  the vector matches the row's text and the current model settings.
+``pending``   the text is new or changed since it was embedded.
+``stale``     the vector matches the text but was made by another model, task type or size.
+``failed``    the row needs embedding and its last attempt failed (see EmbeddingFailure).
+``empty``     the row has no text to embed, so it has no vector.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+from django.db.models import Case, CharField, Count, Exists, F, OuterRef, Q, Value, When
+from django.db.models.functions import Cast
+
+from semantic.fields import EmbeddingField, IsDistinctFrom, get_embedding_field
+from semantic.models import EmbeddingFailure
+
+STATES = ("embedded", "pending", "stale", "failed", "empty")
+
+
+def state_expression(model: type[models.Model], field: EmbeddingField) -> Case:
+    """A SQL expression giving each row's state for ``field`` (one of :data:`STATES`)."""
+    failed = Exists(
+        EmbeddingFailure.objects.filter(
+            model_label=model._meta.label,
+            field_name=field.name,
+            object_pk=Cast(OuterRef("pk"), CharField()),
+        )
+    )
+    changed = Q(IsDistinctFrom(F(field.embedded_hash_name), F(field.source_hash_name)))
+    return Case(
+        When(Q(failed) & field.needs_embedding(), then=Value("failed")),
+        When(changed, then=Value("pending")),
+        When(Q(**{f"{field.attname}__isnull": True}), then=Value("empty")),
+        When(field.needs_embedding(), then=Value("stale")),
+        default=Value("embedded"),
+        output_field=CharField(),
+    )
+
+
+def with_state(queryset: models.QuerySet, field: str | None = None, *, name: str = "embedding_state") -> models.QuerySet:
+    """``queryset`` annotated with each row's state as ``name``."""
+    model = queryset.model
+    return queryset.annotate(**{name: state_expression(model, get_embedding_field(model, field))})
+
+
+def field_status(model: type[models.Model], field: EmbeddingField) -> dict[str, Any]:
+    """Counts of rows per state, in one query, plus the settings the field embeds with."""
+    rows = (
+        model._base_manager.annotate(_state=state_expression(model, field))
+        .values("_state")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    counts = dict.fromkeys(STATES, 0)
+    counts.update({row["_state"]: row["n"] for row in rows})
+    return {
+        "model": model._meta.label,
+        "field": field.name,
+        "spec": field.spec(),
+        "dimensions": field.dimensions,
+        "task_type": field.task_type,
+        "total": sum(counts.values()),
+        **counts,
+    }
+
+
+def status_report() -> list[dict[str, Any]]:
+    """:func:`field_status` for every EmbeddingField of every installed model."""
+    from semantic.tasks import iter_fields
+
+    return [field_status(model, field) for model, field in iter_fields()]
