@@ -248,6 +248,14 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
         stale = Q(**{f"{self.attname}__isnull": False}) & Q(IsDistinctFrom(F(self.model_name), Value(self.spec())))
         return Q(changed) | stale
 
+    def searchable(self) -> Q:
+        """Rows whose stored vector may be compared with vectors made now.
+
+        Queries use this and nothing else to pick rows, so a vector made by another
+        model, task type or size is never compared with the query's.
+        """
+        return Q(**{f"{self.attname}__isnull": False, self.model_name: self.spec()})
+
     def is_current(self) -> Q:
         """Rows whose vector matches their text and the current settings."""
         return Q(
