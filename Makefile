@@ -21,8 +21,8 @@ demo: install
 	$(PY) manage.py migrate --verbosity 0
 	$(PY) manage.py load_demo_data
 	@echo "Demo: http://$(HOST):$(PORT)/  admin: http://$(HOST):$(PORT)/admin/ (user admin, password admin)"
-	trap 'kill 0' INT TERM EXIT; \
-	$(PY) manage.py qcluster & \
+	$(PY) manage.py qcluster & worker=$$!; \
+	trap 'kill -INT $$worker 2>/dev/null; wait $$worker' EXIT; \
 	$(PY) manage.py runserver $(HOST):$(PORT)
 
 test: install
