@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import models
-from django.db.models import Case, CharField, Count, Exists, F, OuterRef, Q, Value, When
+from django.db.models import Case, CharField, Count, Exists, OuterRef, Q, Value, When
 from django.db.models.functions import Cast
 
-from semantic.fields import EmbeddingField, IsDistinctFrom, get_embedding_field
+from semantic.fields import EmbeddingField, get_embedding_field
 from semantic.models import EmbeddingFailure
 
 STATES = ("embedded", "pending", "stale", "failed", "empty")
@@ -30,7 +30,7 @@ def state_expression(model: type[models.Model], field: EmbeddingField) -> Case:
             object_pk=Cast(OuterRef("pk"), CharField()),
         )
     )
-    changed = Q(IsDistinctFrom(F(field.embedded_hash_name), F(field.source_hash_name)))
+    changed = Q(**{field.pending_name: True})
     return Case(
         When(Q(failed) & field.needs_embedding(), then=Value("failed")),
         When(changed, then=Value("pending")),

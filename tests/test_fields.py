@@ -82,3 +82,34 @@ def test_python_hash_matches_the_generated_column(title, body):
 @pytest.mark.django_db
 def test_no_missing_migrations():
     call_command("makemigrations", "--check", "--dry-run", verbosity=0)
+
+
+@pytest.mark.django_db
+def test_the_search_for_work_can_use_the_partial_index():
+    from django.db import connection
+
+    from semantic.embedder import pending_rows
+
+    field = get_embedding_field(Article)
+    index = field.pending_index(Article).name
+    assert index in {i.name for i in Article._meta.indexes}
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        plan = pending_rows(Article, field).explain()
+    assert index in plan
+
+
+@pytest.mark.django_db
+def test_pending_column_follows_both_hashes():
+    from semantic import suspend_embedding
+
+    with suspend_embedding():
+        article = Article.objects.create(title="t", body="b")
+    article.refresh_from_db()
+    assert article.embedding_pending is True
+    Article.objects.filter(pk=article.pk).update(embedding_embedded_hash=article.embedding_source_hash)
+    article.refresh_from_db()
+    assert article.embedding_pending is False
+    Article.objects.filter(pk=article.pk).update(body="changed")
+    article.refresh_from_db()
+    assert article.embedding_pending is True
