@@ -1,7 +1,16 @@
 """django-semantic: embeddings of your models' text in PostgreSQL, kept up to date by django-q2."""
 
+from semantic.embed import embed
 from semantic.fields import EmbeddingField
+from semantic.query import SemanticManager, SemanticQuerySet
 from semantic.tasks import embed_pending, suspend_embedding
 
-__all__ = ["EmbeddingField", "embed_pending", "suspend_embedding"]
+__all__ = [
+    "EmbeddingField",
+    "SemanticManager",
+    "SemanticQuerySet",
+    "embed",
+    "embed_pending",
+    "suspend_embedding",
+]
 __version__ = "0.1.0"

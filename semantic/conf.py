@@ -45,6 +45,11 @@ DEFAULTS: dict[str, Any] = {
     "MAX_BACKOFF": 60.0,
     # django-q2 cluster name to queue tasks on; None: the default cluster.
     "QUEUE": None,
+    # similar_to() with other filters compares up to this many filtered rows exactly;
+    # above it, it walks the HNSW index with pgvector's iterative scan.
+    "EXACT_SEARCH_MAX_ROWS": 20_000,
+    # Django cache holding query embeddings; None: no caching.
+    "CACHE": "default",
     # Minutes between django-q2 sweeps of rows the save hook did not see; None: no schedule.
     "SWEEP_MINUTES": 5,
 }

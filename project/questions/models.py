@@ -1,7 +1,8 @@
 from django.db import models
 from django.urls import reverse
 
-from semantic import EmbeddingField
+from semantic import EmbeddingField, SemanticManager
+from semantic.indexes import EmbeddingIndex
 
 
 class Question(models.Model):
@@ -13,8 +14,11 @@ class Question(models.Model):
 
     embedding = EmbeddingField(source=("title", "body"))
 
+    objects = SemanticManager()
+
     class Meta:
         ordering = ["-created"]
+        indexes = [EmbeddingIndex(fields=["embedding"], name="question_embedding_hnsw")]
 
     def __str__(self) -> str:
         return self.title

@@ -1,6 +1,7 @@
 from django.db import models
 
-from semantic import EmbeddingField
+from semantic import EmbeddingField, SemanticManager
+from semantic.indexes import EmbeddingIndex
 
 
 class Article(models.Model):
@@ -9,6 +10,12 @@ class Article(models.Model):
     title = models.CharField(max_length=200)
     body = models.TextField(blank=True)
     embedding = EmbeddingField(source=("title", "body"), dimensions=128)
+    category = models.CharField(max_length=20, blank=True, default="")
+
+    objects = SemanticManager()
+
+    class Meta:
+        indexes = [EmbeddingIndex(fields=["embedding"], name="article_embedding_hnsw")]
 
     def __str__(self) -> str:
         return self.title
@@ -23,6 +30,11 @@ class Document(models.Model):
     content = EmbeddingField(
         source="full_text", task_type="RETRIEVAL_DOCUMENT", title_source="title", dimensions=3072
     )
+
+    objects = SemanticManager()
+
+    class Meta:
+        indexes = [EmbeddingIndex(fields=["content"], name="document_content_hnsw")]
 
     def full_text(self) -> str:
         return self.text
@@ -46,3 +58,5 @@ class Note(models.Model):
 
     text = models.TextField()
     embedding = EmbeddingField(source="text", dimensions=384)
+
+    objects = SemanticManager()

@@ -1,0 +1,234 @@
+"""similar_to, duplicates and friends, on real PostgreSQL with vectors from the fake
+Gemini server (hashed bag of words: texts sharing words are near each other)."""
+
+import numpy as np
+import pytest
+from django.core.cache import cache
+from django.core.paginator import Paginator
+from django.db import connection
+
+from semantic import embed, suspend_embedding
+from semantic.models import EmbeddingFailure
+from semantic.query import query_task_type
+from semantic.fields import get_embedding_field
+from tests.testapp.models import Article, Document, Note
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TITLES = [
+    "reset my account password",
+    "reset the password of my account",
+    "export invoices as csv",
+    "export all invoices to csv",
+    "mobile app crashes on start",
+    "dark mode for the dashboard",
+]
+
+
+@pytest.fixture
+def articles(fake_gemini):
+    cache.clear()
+    Article.objects.bulk_create(
+        Article(title=title, body="", category="billing" if "invoice" in title else "other") for title in TITLES
+    )
+    from semantic import embed_pending
+
+    embed_pending()
+    fake_gemini.reset()
+    return {a.title: a for a in Article.objects.all()}
+
+
+def titles(qs):
+    return [a.title for a in qs]
+
+
+def test_similar_to_text_orders_nearest_first(articles):
+    results = list(Article.objects.similar_to("how do I reset my password")[:3])
+    assert titles(results)[:2] == ["reset my account password", "reset the password of my account"]
+    sims = [r.similarity for r in results]
+    assert sims == sorted(sims, reverse=True)
+    for r in results:
+        assert r.similarity == pytest.approx(1 - r.distance)
+        assert -1 <= r.similarity <= 1
+
+
+def test_similar_to_an_instance_excludes_it(articles):
+    source = articles["export invoices as csv"]
+    results = list(Article.objects.similar_to(source)[:2])
+    assert source not in results
+    assert titles(results)[0] == "export all invoices to csv"
+
+
+def test_similar_to_a_vector_matches_numpy(articles):
+    rng = np.random.default_rng(1)
+    query = rng.normal(size=128)
+    results = list(Article.objects.similar_to(list(query)))
+    vectors = {a.title: np.array(a.embedding) for a in Article.objects.all()}
+    expected = sorted(vectors, key=lambda t: -(vectors[t] @ query) / (np.linalg.norm(vectors[t]) * np.linalg.norm(query)))
+    assert titles(results) == expected
+    top = results[0]
+    v = vectors[top.title]
+    assert top.similarity == pytest.approx(v @ query / (np.linalg.norm(v) * np.linalg.norm(query)), abs=1e-5)
+
+
+def test_chains_with_filter_exclude_values_slicing_and_paginator(articles):
+    qs = Article.objects.similar_to("export invoices").filter(category="billing")
+    assert set(titles(qs)) == {"export invoices as csv", "export all invoices to csv"}
+    assert titles(Article.objects.similar_to("export invoices").exclude(category="billing"))[0] != "export invoices as csv"
+    values = list(Article.objects.similar_to("dark mode").values("title", "similarity")[:1])
+    assert values[0]["title"] == "dark mode for the dashboard" and values[0]["similarity"] > 0.5
+    page = Paginator(Article.objects.similar_to("reset password"), 4).page(2)
+    assert len(page.object_list) == 2 and page.paginator.count == 6
+    assert Article.objects.similar_to("reset password").count() == 6
+
+
+def test_min_similarity_filters_at_the_boundary(articles):
+    best, second = Article.objects.similar_to("export invoices as csv")[:2]
+    assert best.similarity == pytest.approx(1.0, abs=1e-6)
+    at = Article.objects.similar_to("export invoices as csv", min_similarity=second.similarity - 1e-9)
+    above = Article.objects.similar_to("export invoices as csv", min_similarity=second.similarity + 1e-6)
+    assert titles(at) == [best.title, second.title]
+    assert titles(above) == [best.title]
+
+
+def test_rows_without_embedding_or_from_another_model_are_skipped(articles, semantic_settings):
+    with suspend_embedding():
+        Article.objects.create(title="reset my account password too", body="")
+    assert "reset my account password too" not in titles(Article.objects.similar_to("reset password"))
+    Article.objects.filter(title="dark mode for the dashboard").update(embedding_model="gemini:old-model|SEMANTIC_SIMILARITY|128")
+    assert "dark mode for the dashboard" not in titles(Article.objects.similar_to("dark mode"))
+    semantic_settings(MODEL="another-model")
+    assert list(Article.objects.similar_to([1.0] * 128)) == []
+
+
+def test_repeated_search_is_served_from_the_cache(articles, fake_gemini):
+    list(Article.objects.similar_to("reset my password please"))
+    assert fake_gemini.request_count == 1
+    list(Article.objects.similar_to("reset my password please"))
+    assert fake_gemini.request_count == 1
+    list(Article.objects.similar_to("something else"))
+    assert fake_gemini.request_count == 2
+
+
+def test_retrieval_fields_search_with_the_query_task_type(fake_gemini):
+    cache.clear()
+    Document.objects.create(title="Invoices", text="Exporting invoices to CSV")
+    fake_gemini.reset()
+    list(Document.objects.similar_to("how to export invoices", field="content"))
+    (item,) = fake_gemini.requests[0]["body"]["requests"]
+    assert item["taskType"] == "RETRIEVAL_QUERY"
+    list(Document.objects.similar_to("invoices can be exported", field="content", task_type="FACT_VERIFICATION"))
+    assert fake_gemini.requests[1]["body"]["requests"][0]["taskType"] == "FACT_VERIFICATION"
+    with pytest.raises(ValueError, match="does not search"):
+        Document.objects.similar_to("x", field="summary", task_type="RETRIEVAL_QUERY")
+    field = get_embedding_field(Document, "summary")
+    assert query_task_type(field) == "SEMANTIC_SIMILARITY"
+
+
+def test_halfvec_field_is_searchable(fake_gemini):
+    cache.clear()
+    Document.objects.create(title="Invoices", text="Exporting invoices to CSV")
+    Document.objects.create(title="Passwords", text="Resetting a password")
+    assert Document.objects.similar_to("resetting password", field="content").first().title == "Passwords"
+
+
+def test_bad_arguments_are_clear(articles):
+    with pytest.raises(ValueError, match="no EmbeddingField named 'nope'"):
+        Article.objects.similar_to("x", field="nope")
+    with pytest.raises(ValueError, match="has 3 dimensions; testapp.Article.embedding stores 128"):
+        Article.objects.similar_to([1.0, 2.0, 3.0])
+    for bad in (1.5, -2, "high", True):
+        with pytest.raises(ValueError, match="from -1 to 1"):
+            Article.objects.duplicates(bad)
+        with pytest.raises(ValueError, match="from -1 to 1"):
+            Article.objects.similar_to("x", min_similarity=bad)
+    with pytest.raises(ValueError, match="several EmbeddingFields"):
+        Document.objects.similar_to("x")
+    with pytest.raises(TypeError, match="takes a text"):
+        Article.objects.similar_to(42)
+    with pytest.raises(TypeError, match="got a Note"):
+        Article.objects.similar_to(Note(text="x"))
+    with pytest.raises(ValueError, match="empty text"):
+        Article.objects.similar_to("   ")
+    from semantic.query import SemanticQuerySet
+
+    with pytest.raises(ValueError, match="has no EmbeddingField"):
+        SemanticQuerySet(EmbeddingFailure).similar_to("x")
+
+
+def test_instance_without_embedding_says_why(fake_gemini):
+    with suspend_embedding():
+        article = Article.objects.create(title="not yet", body="")
+    with pytest.raises(ValueError, match="has no embedding yet"):
+        Article.objects.similar_to(article)
+
+
+def test_duplicates_pairs_and_groups(articles):
+    pairs = Article.objects.duplicates(0.5)
+    named = {(a.title, b.title) for a, b, _ in pairs}
+    assert ("reset my account password", "reset the password of my account") in named or (
+        "reset the password of my account",
+        "reset my account password",
+    ) in named
+    for a, b, similarity in pairs:
+        assert a.pk < b.pk and similarity >= 0.5
+    assert len({(a.pk, b.pk) for a, b, _ in pairs}) == len(pairs)
+    groups = Article.objects.duplicate_groups(0.5)
+    assert {frozenset(a.title for a in g) for g in groups} >= {
+        frozenset({"reset my account password", "reset the password of my account"}),
+        frozenset({"export invoices as csv", "export all invoices to csv"}),
+    }
+
+
+def test_duplicates_respect_filters_and_threshold(articles):
+    billing = Article.objects.filter(category="billing").duplicates(0.5)
+    assert {(a.title, b.title) for a, b, _ in billing} <= {
+        ("export invoices as csv", "export all invoices to csv"),
+        ("export all invoices to csv", "export invoices as csv"),
+    }
+    assert len(billing) == 1
+    sim = billing[0][2]
+    assert len(Article.objects.filter(category="billing").duplicates(sim - 1e-6)) == 1
+    assert Article.objects.filter(category="billing").duplicates(min(1.0, sim + 1e-4)) == []
+
+
+def test_duplicates_of_before_creating(articles):
+    found = list(Article.objects.duplicates_of("reset my account password", 0.9))
+    assert titles(found) == ["reset my account password"]
+    assert list(Article.objects.duplicates_of("completely unrelated words here", 0.9)) == []
+    same = articles["export invoices as csv"]
+    assert titles(Article.objects.duplicates_of(same, 0.5)) == ["export all invoices to csv"]
+
+
+def test_embed_returns_vectors_and_caches(fake_gemini):
+    cache.clear()
+    first = embed(["alpha beta", "gamma"], dimensions=256)
+    assert [len(v) for v in first] == [256, 256]
+    assert embed(["alpha beta"], dimensions=256) == first[:1]
+    assert fake_gemini.request_count == 1
+    with pytest.raises(TypeError, match="list of texts"):
+        embed("alpha")
+
+
+def test_hnsw_index_serves_unfiltered_queries_and_settings_stay_local(articles):
+    with connection.cursor() as cursor:
+        # On six rows a scan is cheaper; forbid the alternatives to see the index can serve the order.
+        cursor.execute("SET enable_seqscan = off; SET enable_sort = off")
+        try:
+            plan = Article.objects.similar_to([1.0] * 128)[:5].explain()
+        finally:
+            cursor.execute("RESET enable_seqscan; RESET enable_sort")
+    assert "article_embedding_hnsw" in plan
+    list(Article.objects.similar_to([1.0] * 128, ef_search=77)[:5])
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('hnsw.ef_search', true)")
+        assert cursor.fetchone()[0] in (None, "40")
+
+
+def test_broad_filters_walk_the_index_with_iterative_scans(articles, semantic_settings):
+    exact = titles(Article.objects.similar_to("export invoices").filter(category="other"))
+    semantic_settings(EXACT_SEARCH_MAX_ROWS=1)  # every filter counts as broad now
+    assert titles(Article.objects.similar_to("export invoices").filter(category="other")) == exact
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('hnsw.iterative_scan', true)")
+        assert cursor.fetchone()[0] in (None, "off")
