@@ -60,3 +60,16 @@ class Note(models.Model):
     embedding = EmbeddingField(source="text", dimensions=384)
 
     objects = SemanticManager()
+
+
+class Passage(models.Model):
+    """768-dimensional halfvec vectors for the benchmarks (benchmarks/vectors.py)."""
+
+    text = models.TextField()
+    group = models.IntegerField(db_index=True, default=0)
+    embedding = EmbeddingField(source="text", dimensions=768, halfvec=True)
+
+    objects = SemanticManager()
+
+    class Meta:
+        indexes = [EmbeddingIndex(fields=["embedding"], name="passage_embedding_hnsw")]
