@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from django.db import models, transaction
-from django.db.models import F, FloatField, Value
+from django.db.models import F, FloatField, Q, Value
 from django.db.models.expressions import ExpressionWrapper
 from django.db.models.sql import Query
 from django.db.models.sql.compiler import SQLCompiler
@@ -53,12 +53,22 @@ class SemanticQuery(Query):
 
     def get_compiler(self, using: str | None = None, connection: Any = None, elide_empty: bool = True) -> Any:
         compiler = super().get_compiler(using, connection, elide_empty)
-        if self.semantic is not None and type(compiler) is SQLCompiler:
-            return SemanticCompiler(self, compiler.connection, compiler.using, elide_empty)
+        if self.semantic is not None and isinstance(compiler, SQLCompiler) and type(compiler).__name__ == "SQLCompiler":
+            compiler.__class__ = semantic_compiler(type(compiler))
         return compiler
 
 
-class SemanticCompiler(SQLCompiler):
+_compilers: dict[type, type] = {}
+
+
+def semantic_compiler(base: type) -> type:
+    """The database backend's SELECT compiler with :class:`SemanticCompilerMixin` on top."""
+    if base not in _compilers:
+        _compilers[base] = type("SemanticCompiler", (SemanticCompilerMixin, base), {})
+    return _compilers[base]
+
+
+class SemanticCompilerMixin:
     """Runs a ``similar_to()`` query with the index settings it needs, for that query only."""
 
     query: SemanticQuery
@@ -68,25 +78,25 @@ class SemanticCompiler(SQLCompiler):
         assert search is not None
         extra_filters = len(self.query.where.children) > search.own_filters
         settings: dict[str, str] = {}
-        query = self.query
         if extra_filters and self._candidates_at_most(conf.EXACT_SEARCH_MAX_ROWS):
-            query = self._exact(query)
+            self.query = self._exact(self.query)
         elif extra_filters:
             settings = {"hnsw.iterative_scan": "strict_order", "hnsw.max_scan_tuples": "200000"}
             settings["hnsw.ef_search"] = str(max(search.ef_search or 0, 200))
         elif search.ef_search:
             settings["hnsw.ef_search"] = str(search.ef_search)
-        compiler = SQLCompiler(query, self.connection, self.using, self.elide_empty)
+        run = super().execute_sql  # type: ignore[misc]
         if not settings:
-            return compiler.execute_sql(result_type, chunked_fetch=chunked_fetch, chunk_size=chunk_size)
-        with transaction.atomic(using=self.using, savepoint=False), self.connection.cursor() as cursor:
+            return run(result_type, chunked_fetch=chunked_fetch, chunk_size=chunk_size)
+        connection = self.connection  # type: ignore[attr-defined]
+        with transaction.atomic(using=self.using, savepoint=False), connection.cursor() as cursor:  # type: ignore[attr-defined]
             previous = {}
             for name, value in settings.items():
                 cursor.execute("SELECT current_setting(%s, true), set_config(%s, %s, true)", [name, name, value])
                 previous[name] = cursor.fetchone()[0]
             try:
                 # Fetch everything before the settings are put back.
-                return compiler.execute_sql(result_type, chunked_fetch=False, chunk_size=chunk_size)
+                return run(result_type, chunked_fetch=False, chunk_size=chunk_size)
             finally:
                 for name, value in previous.items():
                     if value is None:
@@ -103,13 +113,14 @@ class SemanticCompiler(SQLCompiler):
         probe.clear_select_clause()
         probe.add_fields(["pk"])
         probe.set_annotation_mask(())
-        compiler = probe.get_compiler(using=self.using)
+        compiler = probe.get_compiler(using=self.using)  # type: ignore[attr-defined]
         rows = compiler.execute_sql("multi")
         return sum(len(chunk) for chunk in rows) <= limit
 
     def _exact(self, query: SemanticQuery) -> SemanticQuery:
         """The same query, ordered by an expression the HNSW index cannot serve."""
         exact = query.clone()
+        exact.semantic = query.semantic
         exact.order_by = tuple(
             ExpressionWrapper(F("distance") + Value(0.0), output_field=FloatField()).asc()
             if item in ("distance", F("distance").asc())
@@ -147,20 +158,25 @@ class SemanticQuerySet(models.QuerySet):
             check_threshold(min_similarity, "min_similarity")
         if ef_search is not None and (not isinstance(ef_search, int) or not 1 <= ef_search <= 1000):
             raise ValueError(f"ef_search must be an integer from 1 to 1000, not {ef_search!r}.")
-        # The stored vectors are large and rarely wanted in results: load them on access.
-        qs = self.filter(embedding_field.searchable()).defer(embedding_field.attname)
+        distance = CosineDistance(F(embedding_field.attname), Value(vector_literal(vector)))
+        conditions = embedding_field.searchable()
         if exclude_pk is not None:
-            qs = qs.exclude(pk=exclude_pk)
-        qs = qs.annotate(
-            distance=CosineDistance(F(embedding_field.attname), Value(vector_literal(vector))),
-            similarity=ExpressionWrapper(Value(1.0) - F("distance"), output_field=FloatField()),
-        )
+            conditions &= ~Q(pk=exclude_pk)
+        # One clone, built in place: this runs on every search, and each chained
+        # filter()/annotate() would copy the whole query again.
+        qs = self._chain()
+        query = qs.query
+        query.add_q(conditions)
+        query.add_annotation(distance, "distance")
+        query.add_annotation(ExpressionWrapper(Value(1.0) - F("distance"), output_field=FloatField()), "similarity")
         if min_similarity is not None:
-            qs = qs.filter(distance__lte=1.0 - min_similarity)
-        qs = qs.order_by("distance")
+            query.add_q(Q(distance__lte=1.0 - min_similarity))
+        # The stored vectors are large and rarely wanted in results: load them on access.
+        query.add_deferred_loading([embedding_field.attname])
+        query.clear_ordering(force=True)
+        query.add_ordering("distance")
         # Filters added before or after this call are the caller's; the rest are ours.
-        own_filters = len(qs.query.where.children) - filters_before
-        qs.query.semantic = SemanticSearch(own_filters=own_filters, ef_search=ef_search)
+        query.semantic = SemanticSearch(own_filters=len(query.where.children) - filters_before, ef_search=ef_search)
         return qs
 
     def duplicates_of(
