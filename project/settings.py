@@ -61,10 +61,9 @@ LANGUAGE_CODE = "en"
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "static"
 
-# 384 dimensions: the local model's size, and one Gemini can produce too, so the
-# schema is the same whether or not GEMINI_API_KEY is set.
+# Without GEMINI_API_KEY the local model embeds; with it, Gemini. The demo field
+# stores 384 dimensions, which both can produce, so the schema is the same either way.
 SEMANTIC = {
-    "DIMENSIONS": 384,
     "SWEEP_MINUTES": 1,
 }
 

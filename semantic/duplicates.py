@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from django.db import connections, models, transaction
@@ -14,6 +16,9 @@ from semantic.fields import EmbeddingField
 T = TypeVar("T", bound=Hashable)
 
 OUTER = "semantic_outer"
+#: Tables smaller than this are searched over one connection.
+SPLIT_MIN_ROWS = 5_000
+MAX_WORKERS = 8
 
 
 def find_pairs(
@@ -23,37 +28,84 @@ def find_pairs(
     *,
     neighbours: int,
     ef_search: int,
+    workers: int | None = None,
 ) -> list[tuple[Any, Any, float]]:
     """Primary-key pairs ``(a, b, similarity)``, ``a < b``, among the queryset's rows.
 
     Every row asks the HNSW index for its ``neighbours`` nearest rows (a LATERAL
-    join; PostgreSQL spreads the rows over parallel workers). A small ``ef_search``
-    keeps each probe cheap: near duplicates are the easiest neighbours to find.
+    join). A small ``ef_search`` keeps each probe cheap: near duplicates are the
+    easiest neighbours to find. PostgreSQL does not run such a join in parallel, so
+    large tables are split into ``workers`` primary-key ranges searched over as many
+    connections at once (one per CPU core by default; one inside a transaction,
+    whose uncommitted rows other connections could not see).
     """
-    column = connections[queryset.db].ops.quote_name(field.attname)
     rows = queryset.filter(field.searchable()).order_by()
-    outer_sql, outer_params = rows.values("pk", field.attname).query.sql_with_params()
+    connection = connections[queryset.db]
+    automatic = workers is None
+    if workers is None:
+        workers = 1 if connection.in_atomic_block else min(os.cpu_count() or 1, MAX_WORKERS)
+    parts = split(rows, workers, min_rows=SPLIT_MIN_ROWS if automatic else 2)
+    if len(parts) == 1:
+        found = probe(parts[0], rows, field, threshold, neighbours, ef_search)
+    else:
+        with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+            jobs = [pool.submit(in_own_connection, probe, p, rows, field, threshold, neighbours, ef_search) for p in parts]
+            found = [pair for job in jobs for pair in job.result()]
+    best: dict[tuple[Any, Any], float] = {}
+    for a, b, similarity in found:
+        best[(a, b)] = max(similarity, best.get((a, b), -1.0))
+    return sorted(((a, b, s) for (a, b), s in best.items()), key=lambda p: (-p[2], p[0], p[1]))
+
+
+def split(rows: models.QuerySet, workers: int, *, min_rows: int) -> list[models.QuerySet]:
+    """The rows cut into about ``workers`` primary-key ranges of equal size."""
+    total = rows.count()
+    if workers <= 1 or total < max(min_rows, workers):
+        return [rows]
+    ordered = rows.order_by("pk").values_list("pk", flat=True)
+    bounds = [ordered[total * i // workers] for i in range(1, workers)]
+    parts = [rows.filter(pk__lt=bounds[0])]
+    parts += [rows.filter(pk__gte=low, pk__lt=high) for low, high in zip(bounds, bounds[1:])]
+    parts.append(rows.filter(pk__gte=bounds[-1]))
+    return parts
+
+
+def probe(
+    outer: models.QuerySet,
+    rows: models.QuerySet,
+    field: EmbeddingField,
+    threshold: float,
+    neighbours: int,
+    ef_search: int,
+) -> list[tuple[Any, Any, float]]:
+    """Pairs found by probing the index once for each row of ``outer``."""
+    connection = connections[rows.db]
+    column = connection.ops.quote_name(field.attname)
+    outer_sql, outer_params = outer.values("pk", field.attname).query.sql_with_params()
     inner = (
         rows.annotate(_distance=CosineDistance(field.attname, RawSQL(f"{OUTER}.{column}", [])))
         .order_by("_distance")
         .values("pk", "_distance")[:neighbours]
     )
     inner_sql, inner_params = inner.query.sql_with_params()
-    pk = '"pk"'
     sql = f"""
-        SELECT LEAST({OUTER}.{pk}, near.{pk}) AS a, GREATEST({OUTER}.{pk}, near.{pk}) AS b,
-               MAX(1 - near._distance) AS similarity
+        SELECT LEAST({OUTER}."pk", near."pk"), GREATEST({OUTER}."pk", near."pk"), 1 - near._distance
         FROM ({outer_sql}) {OUTER}
         CROSS JOIN LATERAL ({inner_sql}) near
-        WHERE near.{pk} <> {OUTER}.{pk} AND near._distance <= %s
-        GROUP BY 1, 2
-        ORDER BY similarity DESC, a, b
+        WHERE near."pk" <> {OUTER}."pk" AND near._distance <= %s
     """
-    connection = connections[queryset.db]
-    with transaction.atomic(using=queryset.db), connection.cursor() as cursor:
+    with transaction.atomic(using=rows.db), connection.cursor() as cursor:
         cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(max(ef_search, neighbours))])
         cursor.execute(sql, [*outer_params, *inner_params, 1.0 - threshold])
         return [(a, b, float(similarity)) for a, b, similarity in cursor.fetchall()]
+
+
+def in_own_connection(function: Any, *args: Any) -> Any:
+    """Run ``function`` in this thread's own database connection, closed afterwards."""
+    try:
+        return function(*args)
+    finally:
+        connections.close_all()
 
 
 def connected_groups(pairs: Iterable[tuple[T, T]]) -> list[list[T]]:

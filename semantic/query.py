@@ -197,17 +197,22 @@ class SemanticQuerySet(models.QuerySet):
         field: str | None = None,
         neighbours: int = 5,
         ef_search: int = 20,
+        workers: int | None = None,
     ) -> list[tuple[models.Model, models.Model, float]]:
         """Pairs ``(a, b, similarity)`` with ``a.pk < b.pk``, most similar first.
 
         Each row of the queryset probes the index for its ``neighbours`` nearest rows
         of the queryset, so the work grows with the number of rows, not its square.
+        Large tables are searched over ``workers`` connections at once (default: one
+        per CPU core, or one inside a transaction).
         """
         from semantic.duplicates import find_pairs
 
         check_threshold(threshold, "threshold")
         embedding_field = get_embedding_field(self.model, field)
-        pairs = find_pairs(self, embedding_field, threshold, neighbours=neighbours, ef_search=ef_search)
+        pairs = find_pairs(
+            self, embedding_field, threshold, neighbours=neighbours, ef_search=ef_search, workers=workers
+        )
         objects = self.model._base_manager.using(self.db).in_bulk({pk for pair in pairs for pk in pair[:2]})
         return [(objects[a], objects[b], similarity) for a, b, similarity in pairs]
 

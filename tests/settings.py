@@ -1,7 +1,11 @@
 """Settings for the test suite: the demo's database, a test app, and the Gemini
 backend pointed at the fake server that tests start (see tests/conftest.py)."""
 
+from pathlib import Path
+
 from project.database import database_settings
+
+BASE_DIR = Path(__file__).resolve().parent.parent
 
 SECRET_KEY = "tests"
 DEBUG = False
@@ -17,6 +21,7 @@ INSTALLED_APPS = [
     "django_q",
     "semantic",
     "tests.testapp",
+    "project.questions",
 ]
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -28,7 +33,7 @@ ROOT_URLCONF = "tests.urls"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        "DIRS": [BASE_DIR / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [

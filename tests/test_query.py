@@ -225,10 +225,30 @@ def test_hnsw_index_serves_unfiltered_queries_and_settings_stay_local(articles):
         assert cursor.fetchone()[0] in (None, "40")
 
 
-def test_broad_filters_walk_the_index_with_iterative_scans(articles, semantic_settings):
-    exact = titles(Article.objects.similar_to("export invoices").filter(category="other"))
+def test_filtered_queries_choose_exact_or_iterative_search(articles, semantic_settings):
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as selective:
+        exact = titles(Article.objects.filter(category="other").similar_to("export invoices"))
+    assert "+ 0.0" in selective.captured_queries[-1]["sql"]  # an order the index cannot serve: exact
+    assert len(selective.captured_queries) == 2  # the bounded count of candidates, then the search
+
     semantic_settings(EXACT_SEARCH_MAX_ROWS=1)  # every filter counts as broad now
-    assert titles(Article.objects.similar_to("export invoices").filter(category="other")) == exact
+    with CaptureQueriesContext(connection) as broad:
+        assert titles(Article.objects.filter(category="other").similar_to("export invoices")) == exact
+    sql = " ".join(q["sql"] for q in broad.captured_queries)
+    assert "hnsw.iterative_scan" in sql and "+ 0.0" not in sql
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_setting('hnsw.iterative_scan', true)")
         assert cursor.fetchone()[0] in (None, "off")
+
+    with CaptureQueriesContext(connection) as unfiltered:
+        list(Article.objects.similar_to("export invoices", ef_search=64)[:3])
+    sql = " ".join(q["sql"] for q in unfiltered.captured_queries)
+    assert "hnsw.ef_search" in sql and "iterative" not in sql and "+ 0.0" not in sql
+
+
+def test_duplicates_split_over_several_connections_find_the_same_pairs(articles):
+    one = [(a.pk, b.pk, round(s, 6)) for a, b, s in Article.objects.duplicates(0.3, workers=1)]
+    three = [(a.pk, b.pk, round(s, 6)) for a, b, s in Article.objects.duplicates(0.3, workers=3)]
+    assert one == three and len(one) >= 2

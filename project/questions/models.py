@@ -12,7 +12,7 @@ class Question(models.Model):
     body = models.TextField(blank=True)
     created = models.DateTimeField(auto_now_add=True)
 
-    embedding = EmbeddingField(source=("title", "body"))
+    embedding = EmbeddingField(source=("title", "body"), dimensions=384)
 
     objects = SemanticManager()
 

@@ -1,0 +1,76 @@
+"""The demo site's pages: search by meaning, similar questions, "did you mean…?"."""
+
+import pytest
+from django.core.cache import cache
+from django.urls import reverse
+
+from project.questions.models import Question
+from semantic import embed_pending
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def questions(fake_gemini):
+    cache.clear()
+    Question.objects.bulk_create(
+        [
+            Question(title="How do I reset my password", body="I forgot my password"),
+            Question(title="Reset forgotten password", body="Cannot remember my password"),
+            Question(title="Export invoices to CSV", body="Need a spreadsheet of invoices"),
+        ]
+    )
+    embed_pending()
+    return {q.title: q for q in Question.objects.all()}
+
+
+def test_search_by_meaning_orders_by_similarity(client, questions):
+    response = client.get(reverse("questions:list"), {"q": "password reset"})
+    assert response.status_code == 200
+    page = list(response.context["page"])
+    assert {q.title for q in page[:2]} == {"How do I reset my password", "Reset forgotten password"}
+    assert page[0].similarity >= page[-1].similarity
+    assert "Nearest to “password reset”" in response.content.decode()
+
+
+def test_list_without_query_shows_everything(client, questions):
+    response = client.get(reverse("questions:list"))
+    assert len(response.context["page"]) == 3
+
+
+def test_detail_shows_similar_questions(client, questions):
+    question = questions["How do I reset my password"]
+    response = client.get(question.get_absolute_url())
+    similar = list(response.context["similar"])
+    assert similar[0].title == "Reset forgotten password"
+    assert question not in similar
+
+
+def test_detail_of_a_question_not_yet_embedded(client, fake_gemini):
+    from semantic import suspend_embedding
+
+    with suspend_embedding():
+        question = Question.objects.create(title="Brand new", body="")
+    response = client.get(question.get_absolute_url())
+    assert response.context["similar"] is None
+    assert "being embedded" in response.content.decode()
+
+
+def test_asking_a_duplicate_gets_did_you_mean_first(client, questions):
+    data = {"title": "How do I reset my password", "body": "I forgot my password"}
+    response = client.post(reverse("questions:ask"), data)
+    assert response.status_code == 200
+    assert [q.title for q in response.context["duplicates"]] == ["How do I reset my password"]
+    assert "Did you mean" in response.content.decode()
+    assert Question.objects.count() == 3
+
+    response = client.post(reverse("questions:ask"), {**data, "confirm": "1"})
+    assert response.status_code == 302
+    assert Question.objects.count() == 4
+
+
+def test_asking_something_new_posts_it(client, questions):
+    response = client.post(reverse("questions:ask"), {"title": "Dark mode for the dashboard", "body": ""})
+    assert response.status_code == 302
+    new = Question.objects.get(title="Dark mode for the dashboard")
+    assert new.embedding is not None  # SYNC in tests: embedded on commit
