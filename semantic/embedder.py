@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field as dataclass_field
 from datetime import timedelta
 from typing import Any
@@ -89,37 +89,51 @@ class Embedder:
         self.spec = field.spec()
         self.outcome = Outcome()
 
-    def run(self, pks: Sequence[Any] | None = None, *, limit: int | None = None) -> Outcome:
-        """Embed the pending rows among ``pks``, filling each request with other pending rows.
+    def run(
+        self,
+        pks: Sequence[Any] | None = None,
+        *,
+        limit: int | None = None,
+        fill: bool = True,
+        on_batch: Callable[[Outcome, int], None] | None = None,
+    ) -> Outcome:
+        """Embed the pending rows among ``pks``; with ``pks=None``, every pending row.
 
-        With ``pks=None``, embed every pending row (at most ``limit``). A row is
-        tried at most once per run, so a run always ends.
+        With ``fill``, requests with room left take other pending rows too (so rows
+        saved one by one still share requests). Rows are visited in primary-key order
+        and each at most once, so a run always ends; ``limit`` caps the rows visited.
+        ``on_batch(outcome, rows_visited)`` is called after every request.
         """
-        own = set(pks) if pks is not None else None
-        tried: set[Any] = set()
-        with self.lock():
-            while limit is None or len(tried) < limit:
-                size = self.batch_size if limit is None else min(self.batch_size, limit - len(tried))
-                batch = self.next_batch(own, tried, size)
+        visited = 0
+        after: Any = None
+        own = sorted(set(pks)) if pks is not None else None
+        with self.lock() if fill else nullcontext():
+            while limit is None or visited < limit:
+                size = self.batch_size if limit is None else min(self.batch_size, limit - visited)
+                rows = pending_rows(self.model, self.field).defer(self.field.attname)
+                batch: list[models.Model] = []
+                if own is not None:
+                    if not own:
+                        break
+                    chunk, own = own[:size], own[size:]
+                    batch = list(rows.filter(pk__in=chunk).order_by("pk"))
+                    rows = rows.exclude(pk__in=chunk)
+                if (own is None or fill) and len(batch) < size:
+                    if after is not None:
+                        rows = rows.filter(pk__gt=after)
+                    extra = list(rows.order_by("pk")[: size - len(batch)])
+                    if extra:
+                        after = extra[-1].pk
+                    batch += extra
                 if not batch:
+                    if own:
+                        continue
                     break
-                tried.update(row.pk for row in batch)
+                visited += len(batch)
                 self.process(batch)
-                if own is not None and own <= tried:
-                    break
+                if on_batch:
+                    on_batch(self.outcome, visited)
         return self.outcome
-
-    def next_batch(self, own: set[Any] | None, tried: set[Any], size: int) -> list[models.Model]:
-        rows = pending_rows(self.model, self.field).exclude(pk__in=tried).defer(self.field.attname)
-        batch: list[models.Model] = []
-        if own is not None:
-            batch = list(rows.filter(pk__in=own - tried).order_by("pk")[:size])
-            if not batch:
-                return []
-            rows = rows.exclude(pk__in=own)
-        if len(batch) < size:
-            batch += list(rows.order_by("pk")[: size - len(batch)])
-        return batch
 
     def process(self, rows: list[models.Model]) -> None:
         items = []
