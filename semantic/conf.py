@@ -50,6 +50,8 @@ DEFAULTS: dict[str, Any] = {
     "EXACT_SEARCH_MAX_ROWS": 20_000,
     # Django cache holding query embeddings; None: no caching.
     "CACHE": "default",
+    # USD per million input tokens for semantic_embed --dry-run; None: the built-in price.
+    "PRICE_PER_MILLION_TOKENS": None,
     # Minutes between django-q2 sweeps of rows the save hook did not see; None: no schedule.
     "SWEEP_MINUTES": 5,
 }

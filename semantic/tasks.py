@@ -71,6 +71,18 @@ def embed_rows(label: str, field_name: str, pks: Sequence[Any] | None = None) ->
     return Embedder(model, field).run(pks).as_dict()
 
 
+def embed_chunk(label: str, field_name: str, pks: Sequence[Any]) -> dict[str, Any]:
+    """Worker task for ``semantic_embed --queue``: exactly these rows, no others.
+
+    Chunks are disjoint, so workers share a backfill without waiting for each other.
+    """
+    from semantic.embedder import Embedder
+
+    model = apps.get_model(label)
+    field = get_embedding_field(model, field_name)
+    return Embedder(model, field).run(pks, fill=False).as_dict()
+
+
 def embed_pending(*targets: str | type[models.Model], limit: int | None = None) -> dict[str, Any]:
     """Embed every row that needs it: new, changed, stale, or due for a retry.
 

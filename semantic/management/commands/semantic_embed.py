@@ -1,0 +1,112 @@
+import time
+
+from django.core.management.base import BaseCommand, CommandError
+
+from semantic import reembed
+from semantic.backends import get_backend
+from semantic.conf import semantic_settings as conf
+from semantic.management.targets import resolve_all
+
+
+class Command(BaseCommand):
+    help = (
+        "Embed the rows that need it: new, changed, stale (made by another model or size) and failed "
+        "ones, for the named app_label.Model[.field] targets or every EmbeddingField. Runs inline with a "
+        "progress display, or hands the work to django-q2 workers with --queue. Safe to interrupt: "
+        "finished batches are kept, and running it again carries on."
+    )
+
+    NOTHING = "{label}: nothing to embed."
+    DRY_RUN = "{label}: {rows} rows, {characters} characters (about {tokens} tokens){cost}."
+    COST = ", estimated cost USD {cost:.4f} at {price} per million tokens"
+    QUEUED = "{label}: queued {rows} rows as {tasks} django-q2 tasks; run `manage.py qcluster` to process them."
+    DONE = "{label}: {embedded} embedded, {cleared} without text, {failed} failed, {changed} changed while in flight, {requests} requests."
+    PROGRESS = "{label}: {visited}/{total} rows, {rate:.1f} rows/s, about {eta} left"
+    FAILED_HINT = "Failed rows are listed in the admin (Embedding failures); retry them with --failed."
+    RESUME_HINT = "Interrupted; batches already written are kept. Run the command again (without --all) to carry on."
+
+    def add_arguments(self, parser):
+        parser.add_argument("targets", nargs="*", help="app_label.Model or app_label.Model.field (default: all)")
+        which = parser.add_mutually_exclusive_group()
+        which.add_argument("--all", action="store_true", dest="everything", help="re-embed every row, even current ones")
+        which.add_argument("--failed", action="store_true", help="only retry rows whose embedding failed")
+        parser.add_argument("--batch-size", type=int, help="rows per API request (default: the backend's cap)")
+        parser.add_argument("--limit", type=int, help="stop after this many rows")
+        parser.add_argument("--queue", action="store_true", help="hand the rows to django-q2 workers instead")
+        parser.add_argument("--dry-run", action="store_true", help="count rows, characters and cost; change nothing")
+
+    def handle(self, targets, everything, failed, batch_size, limit, queue, dry_run, **options):
+        if batch_size is not None and batch_size < 1:
+            raise CommandError("--batch-size must be a positive number.")
+        if limit is not None and limit < 1:
+            raise CommandError("--limit must be a positive number.")
+        try:
+            for model, field in resolve_all(targets):
+                label = f"{model._meta.label}.{field.name}"
+                self.current = label
+                kwargs = {"everything": everything, "failed": failed}
+                if dry_run:
+                    self.report_plan(label, reembed.plan(model, field, limit=limit, **kwargs))
+                elif queue:
+                    total = reembed.plan(model, field, limit=limit, **kwargs).rows
+                    if not total:
+                        self.stdout.write(self.NOTHING.format(label=label))
+                        continue
+                    tasks = reembed.queue(model, field, batch_size=batch_size, limit=limit, **kwargs)
+                    self.stdout.write(self.QUEUED.format(label=label, rows=total, tasks=tasks))
+                else:
+                    self.embed(model, field, label, batch_size=batch_size, limit=limit, **kwargs)
+        except KeyboardInterrupt:
+            self.stderr.write("\n" + self.RESUME_HINT)
+            raise SystemExit(130) from None
+
+    def report_plan(self, label, plan):
+        cost = ""
+        backend = get_backend()
+        if backend.name == "gemini":
+            price = conf.PRICE_PER_MILLION_TOKENS or reembed.PRICE_PER_MILLION_TOKENS
+            cost = self.COST.format(cost=plan.tokens * price / 1e6, price=price)
+        self.stdout.write(
+            self.DRY_RUN.format(label=label, rows=plan.rows, characters=plan.characters, tokens=plan.tokens, cost=cost)
+        )
+
+    def embed(self, model, field, label, **kwargs):
+        total = reembed.select(model, field, everything=kwargs["everything"], failed=kwargs["failed"]).count()
+        if kwargs["limit"]:
+            total = min(total, kwargs["limit"])
+        if not total:
+            self.stdout.write(self.NOTHING.format(label=label))
+            return
+        started = time.monotonic()
+        last_line = [0.0]
+        tty = hasattr(self.stdout, "isatty") and self.stdout.isatty()
+
+        def progress(outcome, visited):
+            elapsed = max(time.monotonic() - started, 1e-6)
+            rate = visited / elapsed
+            eta = time.strftime("%H:%M:%S", time.gmtime(max(total - visited, 0) / rate)) if rate else "?"
+            line = self.PROGRESS.format(label=label, visited=visited, total=total, rate=rate, eta=eta)
+            if tty:
+                width = 30
+                done = int(width * min(visited / total, 1))
+                self.stdout.write(f"\r[{'#' * done}{'.' * (width - done)}] {line}", ending="")
+                self.stdout.flush()
+            elif time.monotonic() - last_line[0] >= 5 or visited >= total:
+                last_line[0] = time.monotonic()
+                self.stdout.write(line)
+
+        outcome = reembed.run(model, field, on_batch=progress, **kwargs)
+        if tty:
+            self.stdout.write("")
+        self.stdout.write(
+            self.DONE.format(
+                label=label,
+                embedded=outcome.embedded,
+                cleared=outcome.cleared,
+                failed=outcome.failed,
+                changed=outcome.changed_in_flight,
+                requests=outcome.requests,
+            )
+        )
+        if outcome.failed:
+            self.stderr.write(self.FAILED_HINT)

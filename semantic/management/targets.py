@@ -1,0 +1,60 @@
+"""Naming models and fields on the command line: ``app_label.Model[.field]``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.apps import apps
+from django.core.management.base import CommandError
+from django.db import models
+
+from semantic.fields import EmbeddingField, embedding_fields
+
+BAD_TARGET = "{target!r} is not app_label.Model or app_label.Model.field."
+UNKNOWN_MODEL = "Unknown model {label!r}; models with an EmbeddingField: {known}."
+NO_FIELD = "{label} has no EmbeddingField."
+UNKNOWN_FIELD = "{label} has no EmbeddingField named {name!r}; it has {names}."
+
+
+def resolve(target: str) -> list[tuple[type[models.Model], EmbeddingField]]:
+    """The (model, field) pairs a target names: one field, or every one of a model."""
+    parts = target.split(".")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise CommandError(BAD_TARGET.format(target=target))
+    label = ".".join(parts[:2])
+    try:
+        model = apps.get_model(label)
+    except (LookupError, ValueError):
+        raise CommandError(UNKNOWN_MODEL.format(label=label, known=", ".join(known_models()) or "none")) from None
+    fields = embedding_fields(model)
+    if not fields:
+        raise CommandError(NO_FIELD.format(label=model._meta.label))
+    if len(parts) == 3:
+        chosen = [f for f in fields if f.name == parts[2]]
+        if not chosen:
+            names = ", ".join(f.name for f in fields)
+            raise CommandError(UNKNOWN_FIELD.format(label=model._meta.label, name=parts[2], names=names))
+        fields = chosen
+    return [(model, field) for field in fields]
+
+
+def resolve_all(targets: list[str]) -> list[tuple[type[models.Model], EmbeddingField]]:
+    if not targets:
+        return [(m, f) for m in apps.get_models() for f in embedding_fields(m)]
+    return [pair for target in targets for pair in resolve(target)]
+
+
+def known_models() -> list[str]:
+    return sorted(m._meta.label for m in apps.get_models() if embedding_fields(m))
+
+
+def threshold_type(value: Any) -> float:
+    import argparse
+
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not -1.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is outside -1..1 (cosine similarity)")
+    return number

@@ -1,0 +1,122 @@
+"""Re-embedding many rows: what ``manage.py semantic_embed`` calls."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import models
+
+from semantic.embedder import Embedder, Outcome, pending_rows
+from semantic.fields import EmbeddingField
+from semantic.models import EmbeddingFailure
+
+#: Gemini API price assumed by --dry-run, USD per million input tokens
+#: (gemini-embedding-001, Google's Gemini API pricing page, 2025). About 4 characters
+#: make a token in English. Override with SEMANTIC["PRICE_PER_MILLION_TOKENS"].
+PRICE_PER_MILLION_TOKENS = 0.15
+CHARS_PER_TOKEN = 4
+
+
+@dataclass
+class Plan:
+    rows: int
+    characters: int
+
+    @property
+    def tokens(self) -> int:
+        return -(-self.characters // CHARS_PER_TOKEN)
+
+
+def failed_pks(model: type[models.Model], field: EmbeddingField) -> list[str]:
+    return list(
+        EmbeddingFailure.objects.filter(model_label=model._meta.label, field_name=field.name).values_list(
+            "object_pk", flat=True
+        )
+    )
+
+
+def select(model: type[models.Model], field: EmbeddingField, *, everything: bool, failed: bool) -> models.QuerySet:
+    """The rows a run would embed."""
+    if failed:
+        return model._base_manager.filter(pk__in=failed_pks(model, field))
+    if everything:
+        return model._base_manager.all()
+    return pending_rows(model, field)
+
+
+def plan(model: type[models.Model], field: EmbeddingField, *, everything: bool, failed: bool, limit: int | None) -> Plan:
+    """How many rows and characters a run would send (reads the texts, writes nothing)."""
+    rows = select(model, field, everything=everything, failed=failed).defer(field.attname).order_by("pk")
+    if limit is not None:
+        rows = rows[:limit]
+    count = characters = 0
+    for row in rows.iterator(chunk_size=2000):
+        count += 1
+        characters += len(field.source_text(row))
+    return Plan(count, characters)
+
+
+def prepare(model: type[models.Model], field: EmbeddingField, *, everything: bool, failed: bool) -> list[Any] | None:
+    """Make the chosen rows pending; returns the primary keys to embed, or None for all pending."""
+    if failed:
+        pks = failed_pks(model, field)
+        EmbeddingFailure.objects.filter(model_label=model._meta.label, field_name=field.name).update(
+            retry_at=None, permanent=False
+        )
+        return [model._meta.pk.to_python(pk) for pk in pks]
+    if everything:
+        # The vectors stay searchable until their replacements are written.
+        model._base_manager.update(**{field.embedded_hash_name: None})
+    return None
+
+
+def run(
+    model: type[models.Model],
+    field: EmbeddingField,
+    *,
+    everything: bool = False,
+    failed: bool = False,
+    batch_size: int | None = None,
+    limit: int | None = None,
+    on_batch: Callable[[Outcome, int], None] | None = None,
+) -> Outcome:
+    """Embed the chosen rows inline, committing each batch as it is written.
+
+    Interrupted, it loses only the batch in flight; run again, it carries on with the
+    rows still pending.
+    """
+    pks = prepare(model, field, everything=everything, failed=failed)
+    return Embedder(model, field, batch_size=batch_size).run(pks, limit=limit, fill=False, on_batch=on_batch)
+
+
+def queue(
+    model: type[models.Model],
+    field: EmbeddingField,
+    *,
+    everything: bool = False,
+    failed: bool = False,
+    batch_size: int | None = None,
+    limit: int | None = None,
+    chunk: int = 1000,
+) -> int:
+    """Hand the chosen rows to django-q2 workers in chunks; returns the number of tasks."""
+    from django_q.tasks import async_task
+
+    from semantic.conf import semantic_settings as conf
+
+    pks = prepare(model, field, everything=everything, failed=failed)
+    if pks is None:
+        rows = pending_rows(model, field).order_by("pk").values_list("pk", flat=True)
+        pks = list(rows[:limit] if limit is not None else rows)
+    elif limit is not None:
+        pks = pks[:limit]
+    options: dict[str, Any] = {"task_name": f"semantic: re-embed {model._meta.label}.{field.name}"}
+    if conf.QUEUE:
+        options["cluster"] = conf.QUEUE
+    tasks = 0
+    for start in range(0, len(pks), chunk):
+        async_task("semantic.tasks.embed_chunk", model._meta.label, field.name, pks[start : start + chunk], **options)
+        tasks += 1
+    return tasks

@@ -1,0 +1,180 @@
+"""Management commands: semantic_embed, semantic_status, semantic_search, semantic_duplicates."""
+
+import csv
+import io
+import json
+
+import pytest
+from django.core.cache import cache
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from semantic import suspend_embedding
+from semantic.management.commands.semantic_duplicates import Command as Duplicates
+from semantic.management.commands.semantic_embed import Command as Embed
+from semantic.management.commands.semantic_search import Command as Search
+from semantic.management.targets import BAD_TARGET, NO_FIELD, UNKNOWN_FIELD, UNKNOWN_MODEL
+from semantic.models import EmbeddingFailure
+from tests.testapp.models import Article
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def run(*args, **kwargs):
+    out, err = io.StringIO(), io.StringIO()
+    call_command(*args, stdout=out, stderr=err, **kwargs)
+    return out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def backlog(fake_gemini):
+    with suspend_embedding():
+        Article.objects.bulk_create(Article(title=f"Backlog article number {i}", body="") for i in range(25))
+    return Article.objects.order_by("pk")
+
+
+def test_embed_pending_rows_with_progress_lines(backlog, fake_gemini):
+    out, _ = run("semantic_embed", "testapp.Article", "--batch-size", "10")
+    assert fake_gemini.request_count == 3
+    assert not Article.objects.filter(embedding__isnull=True).exists()
+    assert Embed.DONE.format(
+        label="testapp.Article.embedding", embedded=25, cleared=0, failed=0, changed=0, requests=3
+    ) in out
+    assert "25/25 rows" in out  # not a terminal: plain lines
+    out, _ = run("semantic_embed", "testapp.Article")
+    assert Embed.NOTHING.format(label="testapp.Article.embedding") in out
+
+
+def test_limit_then_resume(backlog, fake_gemini):
+    run("semantic_embed", "testapp.Article.embedding", "--limit", "10")
+    assert Article.objects.filter(embedding__isnull=False).count() == 10
+    run("semantic_embed", "testapp.Article.embedding")  # carries on with the rest
+    assert Article.objects.filter(embedding__isnull=False).count() == 25
+    assert fake_gemini.request_count == 2
+
+
+def test_interrupted_run_keeps_written_batches(backlog, fake_gemini):
+    from semantic import reembed
+    from semantic.fields import get_embedding_field
+
+    field = get_embedding_field(Article)
+    calls = []
+
+    def interrupt(outcome, visited):
+        calls.append(visited)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        reembed.run(Article, field, batch_size=5, on_batch=interrupt)
+    assert Article.objects.filter(embedding__isnull=False).count() == 10
+    out, _ = run("semantic_embed", "testapp.Article")
+    assert Article.objects.filter(embedding__isnull=False).count() == 25
+    assert "15 embedded" in out
+
+
+def test_all_re_embeds_current_rows(backlog, fake_gemini):
+    run("semantic_embed")
+    fake_gemini.reset()
+    run("semantic_embed", "testapp.Article", "--all")
+    assert fake_gemini.request_count == 1
+    assert len(fake_gemini.texts()) == 25
+
+
+def test_failed_retries_only_failed_rows(backlog, fake_gemini):
+    fake_gemini.reject_marker = "number 3"
+    run("semantic_embed", "testapp.Article")
+    assert EmbeddingFailure.objects.count() == 1
+    fake_gemini.reset()
+    _, err = run("semantic_embed", "testapp.Article")  # permanent: not retried by default
+    assert fake_gemini.request_count == 0
+    out, _ = run("semantic_embed", "testapp.Article", "--failed")
+    assert fake_gemini.texts() == ["Backlog article number 3"]
+    assert not EmbeddingFailure.objects.exists()
+
+
+def test_dry_run_counts_and_prices_without_writing(backlog, fake_gemini):
+    out, _ = run("semantic_embed", "testapp.Article", "--dry-run")
+    characters = sum(len(f"{a.title}\n\n") for a in backlog)
+    assert Embed.DRY_RUN.split("{cost}")[0].format(
+        label="testapp.Article.embedding", rows=25, characters=characters, tokens=-(-characters // 4)
+    ) in out
+    assert "estimated cost USD" in out
+    assert fake_gemini.request_count == 0
+    assert not Article.objects.filter(embedding__isnull=False).exists()
+
+
+def test_queue_hands_chunks_to_django_q(backlog, fake_gemini, semantic_settings):
+    from django_q.models import OrmQ
+
+    out, _ = run("semantic_embed", "testapp.Article", "--queue")
+    assert Embed.QUEUED.format(label="testapp.Article.embedding", rows=25, tasks=1) in out
+    assert OrmQ.objects.count() == 1
+    assert fake_gemini.request_count == 0
+    from semantic.tasks import embed_chunk
+
+    pks = list(Article.objects.values_list("pk", flat=True)[:5])
+    assert embed_chunk("testapp.Article", "embedding", pks)["embedded"] == 5
+    assert Article.objects.filter(embedding__isnull=False).count() == 5  # exactly the chunk
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nonsense"], BAD_TARGET.format(target="nonsense")),
+        (["testapp.Nope"], UNKNOWN_MODEL.split("{known}")[0].format(label="testapp.Nope")),
+        (["semantic.EmbeddingFailure"], NO_FIELD.format(label="semantic.EmbeddingFailure")),
+        (["testapp.Document.nope"], UNKNOWN_FIELD.format(label="testapp.Document", name="nope", names="summary, content")),
+        (["testapp.Article", "--batch-size", "-1"], "--batch-size must be a positive number."),
+        (["testapp.Article", "--limit", "0"], "--limit must be a positive number."),
+    ],
+)
+def test_embed_bad_arguments(args, message):
+    with pytest.raises(CommandError) as info:
+        run("semantic_embed", *args)
+    assert message in str(info.value)
+
+
+def test_status_table_and_json(backlog, fake_gemini):
+    run("semantic_embed", "testapp.Article", "--limit", "5")
+    out, _ = run("semantic_status", "testapp.Article")
+    assert out.splitlines()[0].split()[:3] == ["field", "total", "embedded"]
+    row = next(line for line in out.splitlines() if line.startswith("testapp.Article.embedding"))
+    assert row.split()[1:4] == ["25", "5", "20"]
+    data = json.loads(run("semantic_status", "--json")[0])
+    article = next(r for r in data if r["model"] == "testapp.Article")
+    assert (article["total"], article["embedded"], article["pending"]) == (25, 5, 20)
+    assert {r["model"] for r in data} >= {"testapp.Article", "testapp.Document", "questions.Question"}
+
+
+def test_search_prints_nearest_rows(fake_gemini):
+    cache.clear()
+    Article.objects.create(title="reset my password", body="")
+    Article.objects.create(title="export invoices", body="")
+    out, _ = run("semantic_search", "testapp.Article", "password reset", "-k", "1")
+    lines = out.splitlines()
+    assert len(lines) == 1 and "reset my password" in lines[0]
+    with pytest.raises(CommandError, match="several EmbeddingFields"):
+        run("semantic_search", "testapp.Document", "x")
+    with pytest.raises(CommandError, match="-k must be at least 1"):
+        run("semantic_search", "testapp.Article", "x", "-k", "0")
+    Article.objects.all().delete()
+    out, _ = run("semantic_search", "testapp.Article", "password")
+    assert out.strip() == Search.NO_RESULTS
+
+
+def test_duplicates_export_csv_json_and_file(fake_gemini, tmp_path):
+    Article.objects.create(title="reset my account password", body="")
+    Article.objects.create(title="reset the password of my account", body="")
+    Article.objects.create(title="dark mode", body="")
+    out, _ = run("semantic_duplicates", "testapp.Article", "--threshold", "0.5")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert {r["text"] for r in rows} == {"reset my account password", "reset the password of my account"}
+    assert {r["group"] for r in rows} == {"1"}
+    target = tmp_path / "dups.json"
+    out, _ = run("semantic_duplicates", "testapp.Article.embedding", "--threshold", "0.5", "--format", "json", "--output", str(target))
+    assert Duplicates.WROTE.format(groups=1, rows=2, output=target) in out
+    assert len(json.loads(target.read_text())) == 2
+    for bad in ("2", "abc"):
+        with pytest.raises(CommandError, match="threshold"):
+            run("semantic_duplicates", "testapp.Article", "--threshold", bad)
