@@ -36,3 +36,31 @@ class EmbeddingFailure(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_label}.{self.field_name} #{self.object_pk}"
+
+
+class DismissedPair(models.Model):
+    """Two rows someone marked "not a duplicate", so duplicate review stops showing them."""
+
+    model_label = models.CharField(_("model"), max_length=200)
+    field_name = models.CharField(_("field"), max_length=200)
+    first_pk = models.CharField(_("first object id"), max_length=200)
+    second_pk = models.CharField(_("second object id"), max_length=200)
+    dismissed_by = models.CharField(_("dismissed by"), max_length=150, blank=True)
+    dismissed_at = models.DateTimeField(_("dismissed at"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("pair marked not a duplicate")
+        verbose_name_plural = _("pairs marked not duplicates")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model_label", "field_name", "first_pk", "second_pk"], name="semantic_dismissed_pair_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_label} #{self.first_pk} ≠ #{self.second_pk}"
+
+    @classmethod
+    def ordered(cls, a: object, b: object) -> tuple[str, str]:
+        first, second = sorted([a, b])  # type: ignore[type-var]
+        return str(first), str(second)

@@ -1,0 +1,348 @@
+"""Django admin: "Find similar", duplicate review, re-embedding and embedding status.
+
+Add :class:`SemanticAdminMixin` to the ModelAdmin of any model with an EmbeddingField::
+
+    @admin.register(Question)
+    class QuestionAdmin(SemanticAdminMixin, admin.ModelAdmin):
+        list_display = ["title"]
+
+Every page and action shows only rows ``get_queryset()`` admits, and needs the view
+permission (change, for re-embedding and marking pairs "not a duplicate").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import models
+from django.db.models import F, Value
+from django.http import Http404, HttpRequest, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.translation import gettext_lazy as _, ngettext
+from pgvector.django import CosineDistance
+
+from semantic.duplicates import connected_groups
+from semantic.fields import EmbeddingField, get_embedding_field
+from semantic.models import DismissedPair, EmbeddingFailure
+from semantic.query import (
+    DEFAULT_DUPLICATE_THRESHOLD,
+    SemanticQuerySet,
+    check_threshold,
+    query_vector,
+    vector_literal,
+)
+from semantic.status import STATES, status_report, with_state
+from semantic.tasks import enqueue
+
+STATE_ANNOTATION = "semantic_state"
+
+
+class EmbeddingStateFilter(admin.SimpleListFilter):
+    title = _("embedding")
+    parameter_name = "embedding_state"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(state, state) for state in STATES]
+
+    def queryset(self, request: HttpRequest, queryset: models.QuerySet) -> models.QuerySet:
+        if self.value() in STATES:
+            return queryset.filter(**{STATE_ANNOTATION: self.value()})
+        return queryset
+
+
+class SemanticAdminMixin:
+    """Semantic actions, pages, list column and filter for a ModelAdmin."""
+
+    #: Which EmbeddingField to use; None when the model has just one.
+    semantic_field: str | None = None
+    #: How many neighbours "Find similar" and the change form show.
+    similar_count = 5
+    #: Starting threshold of duplicate review (adjustable on the page).
+    duplicate_threshold = DEFAULT_DUPLICATE_THRESHOLD
+    similar_template = "semantic/admin/similar.html"
+    duplicates_template = "semantic/admin/duplicates.html"
+    change_form_template = "semantic/admin/change_form.html"
+    change_list_template = "semantic/admin/change_list.html"
+
+    # -- permissions (override to taste) ------------------------------------------------
+
+    def has_semantic_view_permission(self, request: HttpRequest) -> bool:
+        return self.has_view_permission(request)  # type: ignore[attr-defined]
+
+    def has_semantic_change_permission(self, request: HttpRequest) -> bool:
+        return self.has_change_permission(request)  # type: ignore[attr-defined]
+
+    # -- the field and the rows ------------------------------------------------------------
+
+    def get_embedding_field(self) -> EmbeddingField:
+        return get_embedding_field(self.model, self.semantic_field)  # type: ignore[attr-defined]
+
+    def semantic_queryset(self, request: HttpRequest) -> SemanticQuerySet:
+        """The rows this user may see (``get_queryset()``), as a SemanticQuerySet."""
+        visible = self.get_queryset(request)  # type: ignore[attr-defined]
+        rows = SemanticQuerySet(self.model, using=visible.db)  # type: ignore[attr-defined]
+        return rows.filter(pk__in=visible.values("pk")) if visible.query.where else rows
+
+    def get_queryset(self, request: HttpRequest) -> models.QuerySet:
+        qs = super().get_queryset(request)  # type: ignore[misc]
+        return with_state(qs, self.semantic_field, name=STATE_ANNOTATION)
+
+    # -- changelist: state column, filter, search by meaning ------------------------------
+
+    @admin.display(description=_("embedding"), ordering=STATE_ANNOTATION)
+    def embedding_state(self, obj: models.Model) -> str:
+        return getattr(obj, STATE_ANNOTATION, "")
+
+    def get_list_display(self, request: HttpRequest) -> list[Any]:
+        return [*super().get_list_display(request), "embedding_state"]  # type: ignore[misc]
+
+    def get_list_filter(self, request: HttpRequest) -> list[Any]:
+        return [*super().get_list_filter(request), EmbeddingStateFilter]  # type: ignore[misc]
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        # "semantic" is our toggle, not a field lookup: keep it away from ChangeList.
+        request.semantic_search = request.GET.get("semantic") == "1"  # type: ignore[attr-defined]
+        if "semantic" in request.GET:
+            request.GET = request.GET.copy()
+            del request.GET["semantic"]
+        context = {"semantic_search": request.semantic_search, **(extra_context or {})}  # type: ignore[attr-defined]
+        return super().changelist_view(request, context)  # type: ignore[misc]
+
+    def get_search_results(self, request: HttpRequest, queryset: models.QuerySet, search_term: str) -> Any:
+        """With the "by meaning" toggle on, the 100 rows nearest to the search text."""
+        if not (getattr(request, "semantic_search", False) and search_term.strip()):
+            return super().get_search_results(request, queryset, search_term)  # type: ignore[misc]
+        field = self.get_embedding_field()
+        nearest = self.semantic_queryset(request).similar_to(search_term, field=field.name).values_list("pk", flat=True)[:100]
+        vector, _ = query_vector(self.model, field, search_term)  # type: ignore[attr-defined]
+        similarity = Value(1.0) - CosineDistance(F(field.attname), Value(vector_literal(vector)))
+        # ChangeList orders before it searches, so this ordering stands.
+        ranked = queryset.filter(pk__in=list(nearest)).annotate(semantic_similarity=similarity)
+        return ranked.order_by("-semantic_similarity", "-pk"), False
+
+    # -- actions --------------------------------------------------------------------------
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions = super().get_actions(request)  # type: ignore[misc]
+        for name in ("find_similar", "find_duplicates", "reembed"):
+            func = getattr(type(self), name)
+            if all(getattr(self, f"has_{p}_permission")(request) for p in func.allowed_permissions):
+                actions[name] = (func, name, func.short_description)
+        return actions
+
+    @admin.action(description=_("Find similar"), permissions=["semantic_view"])
+    def find_similar(self, request: HttpRequest, queryset: models.QuerySet) -> TemplateResponse:
+        field = self.get_embedding_field()
+        visible = self.semantic_queryset(request)
+        results = []
+        for obj in queryset.order_by("pk")[:20]:
+            if getattr(obj, field.attname) is None:
+                results.append((obj, None))
+                continue
+            results.append((obj, list(visible.similar_to(obj, field=field.name)[: self.similar_count])))
+        return self.render_semantic(request, self.similar_template, _("Similar items"), {"results": results})
+
+    @admin.action(description=_("Find duplicates among selected"), permissions=["semantic_view"])
+    def find_duplicates(self, request: HttpRequest, queryset: models.QuerySet) -> TemplateResponse:
+        visible = self.semantic_queryset(request).filter(pk__in=queryset.values("pk"))
+        return self.duplicate_page(request, visible, selected=True)
+
+    @admin.action(description=_("Re-embed"), permissions=["semantic_change"])
+    def reembed(self, request: HttpRequest, queryset: models.QuerySet) -> None:
+        field = self.get_embedding_field()
+        pks = list(queryset.values_list("pk", flat=True))
+        self.model._base_manager.filter(pk__in=pks).update(**{field.embedded_hash_name: None})  # type: ignore[attr-defined]
+        EmbeddingFailure.objects.filter(
+            model_label=self.model._meta.label, field_name=field.name, object_pk__in=[str(pk) for pk in pks]  # type: ignore[attr-defined]
+        ).delete()
+        enqueue(self.model, field.name, pks)  # type: ignore[attr-defined]
+        self.message_user(  # type: ignore[attr-defined]
+            request,
+            ngettext("Queued %d row for embedding.", "Queued %d rows for embedding.", len(pks)) % len(pks),
+            messages.SUCCESS,
+        )
+
+    # -- pages ----------------------------------------------------------------------------
+
+    def get_urls(self) -> list[Any]:
+        opts = self.model._meta  # type: ignore[attr-defined]
+        wrap = self.admin_site.admin_view  # type: ignore[attr-defined]
+        name = f"{opts.app_label}_{opts.model_name}"
+        return [
+            path("duplicates/", wrap(self.duplicates_view), name=f"{name}_duplicates"),
+            path("duplicates/dismiss/", wrap(self.dismiss_view), name=f"{name}_dismiss_duplicate"),
+            *super().get_urls(),  # type: ignore[misc]
+        ]
+
+    def duplicates_view(self, request: HttpRequest) -> TemplateResponse:
+        if not self.has_semantic_view_permission(request):
+            raise PermissionDenied
+        return self.duplicate_page(request, self.semantic_queryset(request))
+
+    def dismiss_view(self, request: HttpRequest) -> HttpResponseRedirect:
+        if request.method != "POST" or not self.has_semantic_change_permission(request):
+            raise PermissionDenied
+        visible = self.semantic_queryset(request)
+        a, b = (visible_object(visible, request.POST.get(key)) for key in ("first", "second"))
+        first, second = DismissedPair.ordered(a.pk, b.pk)
+        DismissedPair.objects.get_or_create(
+            model_label=self.model._meta.label,  # type: ignore[attr-defined]
+            field_name=self.get_embedding_field().name,
+            first_pk=first,
+            second_pk=second,
+            defaults={"dismissed_by": request.user.get_username()},
+        )
+        self.message_user(request, _("Marked “%(a)s” and “%(b)s” as not duplicates.") % {"a": a, "b": b})  # type: ignore[attr-defined]
+        opts = self.model._meta  # type: ignore[attr-defined]
+        url = reverse(f"admin:{opts.app_label}_{opts.model_name}_duplicates")
+        threshold = request.POST.get("threshold", "")
+        return HttpResponseRedirect(f"{url}?threshold={threshold}" if threshold else url)
+
+    def duplicate_page(self, request: HttpRequest, rows: SemanticQuerySet, *, selected: bool = False) -> TemplateResponse:
+        threshold, error = self.duplicate_page_threshold(request)
+        field = self.get_embedding_field()
+        groups: list[list[Any]] = []
+        if error is None:
+            dismissed = set(
+                DismissedPair.objects.filter(
+                    model_label=self.model._meta.label, field_name=field.name  # type: ignore[attr-defined]
+                ).values_list("first_pk", "second_pk")
+            )
+            pairs = [
+                (a, b, s) for a, b, s in rows.duplicates(threshold, field=field.name)
+                if DismissedPair.ordered(a.pk, b.pk) not in dismissed
+            ]
+            similarity = {DismissedPair.ordered(a.pk, b.pk): s for a, b, s in pairs}
+            for group in connected_groups((a, b) for a, b, _ in pairs):
+                links = [
+                    (x, y, similarity[DismissedPair.ordered(x.pk, y.pk)])
+                    for i, x in enumerate(group) for y in group[i + 1 :]
+                    if DismissedPair.ordered(x.pk, y.pk) in similarity
+                ]
+                groups.append([group, links])
+        context = {
+            "groups": groups,
+            "threshold": threshold,
+            "threshold_error": error,
+            "selected": selected,
+            "can_dismiss": self.has_semantic_change_permission(request),
+        }
+        return self.render_semantic(request, self.duplicates_template, _("Likely duplicates"), context)
+
+    def duplicate_page_threshold(self, request: HttpRequest) -> tuple[float, str | None]:
+        raw = request.GET.get("threshold") or request.POST.get("threshold")
+        if not raw:
+            return self.duplicate_threshold, None
+        try:
+            value = float(raw)
+            check_threshold(value, "threshold")
+        except ValueError:
+            return self.duplicate_threshold, _("The threshold must be a number from -1 to 1; “%s” is not.") % raw
+        return value, None
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None) -> Any:
+        context = dict(extra_context or {})
+        obj = self.get_object(request, object_id) if object_id else None  # type: ignore[attr-defined]
+        if obj is not None and self.has_semantic_view_permission(request):
+            field = self.get_embedding_field()
+            if getattr(obj, field.attname) is not None:
+                context["semantic_similar"] = list(
+                    self.semantic_queryset(request).similar_to(obj, field=field.name)[: self.similar_count]
+                )
+            else:
+                context["semantic_similar"] = None
+            context["semantic_state"] = getattr(obj, STATE_ANNOTATION, "")
+        return super().change_view(request, object_id, form_url, context)  # type: ignore[misc]
+
+    def render_semantic(self, request: HttpRequest, template: str, title: str, context: dict[str, Any]) -> TemplateResponse:
+        opts = self.model._meta  # type: ignore[attr-defined]
+        base = {
+            **self.admin_site.each_context(request),  # type: ignore[attr-defined]
+            "opts": opts,
+            "title": title,
+            "changelist_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"),
+            "duplicates_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_duplicates"),
+            "dismiss_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_dismiss_duplicate"),
+        }
+        return TemplateResponse(request, template, {**base, **context})
+
+
+@admin.register(EmbeddingFailure)
+class EmbeddingFailureAdmin(admin.ModelAdmin):
+    list_display = ["model_label", "field_name", "object_pk", "attempts", "permanent", "short_error", "last_failed_at"]
+    list_filter = ["model_label", "field_name", "permanent"]
+    readonly_fields = [f.name for f in EmbeddingFailure._meta.fields]
+    change_list_template = "semantic/admin/failure_change_list.html"
+
+    @admin.display(description=_("error"))
+    def short_error(self, obj: EmbeddingFailure) -> str:
+        return obj.error[:120]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def get_urls(self) -> list[Any]:
+        return [
+            path("status/", self.admin_site.admin_view(self.status_view), name="semantic_status"),
+            *super().get_urls(),
+        ]
+
+    def status_view(self, request: HttpRequest) -> Any:
+        """Counts per model and field, the last errors, and a button to retry failed rows."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        if request.method == "POST":
+            if not self.has_change_permission(request):
+                raise PermissionDenied
+            retried = self.retry_failed()
+            self.message_user(request, ngettext("Queued %d failed row again.", "Queued %d failed rows again.", retried) % retried)
+            return HttpResponseRedirect(reverse("admin:semantic_status"))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Embedding status"),
+            "opts": self.model._meta,
+            "report": status_report(),
+            "states": STATES,
+            "errors": EmbeddingFailure.objects.order_by("-last_failed_at")[:20],
+            "can_retry": self.has_change_permission(request),
+        }
+        return TemplateResponse(request, "semantic/admin/status.html", context)
+
+    def retry_failed(self) -> int:
+        from django.apps import apps
+
+        count = 0
+        for (label, field_name), pks in _failures_by_field().items():
+            model = apps.get_model(label)
+            EmbeddingFailure.objects.filter(model_label=label, field_name=field_name).update(retry_at=None, permanent=False)
+            enqueue(model, field_name, [model._meta.pk.to_python(pk) for pk in pks])
+            count += len(pks)
+        return count
+
+
+def visible_object(rows: models.QuerySet, pk: Any) -> models.Model:
+    """The row with this primary key among ``rows``; 404 for a missing, hidden or malformed key."""
+    try:
+        return get_object_or_404(rows, pk=pk)
+    except (ValueError, ValidationError):
+        raise Http404 from None
+
+
+def _failures_by_field() -> dict[tuple[str, str], list[str]]:
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for label, field_name, pk in EmbeddingFailure.objects.values_list("model_label", "field_name", "object_pk"):
+        grouped.setdefault((label, field_name), []).append(pk)
+    return grouped
+
+
+@admin.register(DismissedPair)
+class DismissedPairAdmin(admin.ModelAdmin):
+    list_display = ["model_label", "field_name", "first_pk", "second_pk", "dismissed_by", "dismissed_at"]
+    list_filter = ["model_label"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False

@@ -1,0 +1,189 @@
+"""The admin mixin, the embedding status page and their permissions, through the test client."""
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.core.cache import cache
+from django.urls import reverse
+
+from semantic import embed_pending, suspend_embedding
+from semantic.models import DismissedPair, EmbeddingFailure
+from tests.testapp.models import Article
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHANGELIST = "admin:testapp_article_changelist"
+DUPLICATES = "admin:testapp_article_duplicates"
+DISMISS = "admin:testapp_article_dismiss_duplicate"
+
+
+@pytest.fixture
+def articles(fake_gemini):
+    cache.clear()
+    Article.objects.bulk_create(
+        [
+            Article(title="reset my account password"),
+            Article(title="reset the password of my account"),
+            Article(title="export invoices as csv"),
+            Article(title="export all invoices to csv"),
+            Article(title="reset account password secret", category="hidden"),
+        ]
+    )
+    embed_pending()
+    fake_gemini.reset()
+    return {a.title: a for a in Article.objects.all()}
+
+
+def staff(username, *perms):
+    user = User.objects.create_user(username, password="pw", is_staff=True)
+    for codename in perms:
+        user.user_permissions.add(Permission.objects.get(codename=codename))
+    return user
+
+
+@pytest.fixture
+def viewer(client):
+    client.force_login(staff("viewer", "view_article", "view_embeddingfailure"))
+    return client
+
+
+@pytest.fixture
+def editor(client):
+    client.force_login(staff("editor", "view_article", "change_article", "view_embeddingfailure", "change_embeddingfailure"))
+    return client
+
+
+def act(client, action, *objs):
+    data = {"action": action, "index": 0, "_selected_action": [o.pk for o in objs]}
+    return client.post(reverse(CHANGELIST), data, follow=True)
+
+
+def test_changelist_shows_state_column_and_filters_by_it(editor, articles):
+    with suspend_embedding():
+        Article.objects.create(title="waiting")
+    response = editor.get(reverse(CHANGELIST))
+    assert "embedding" in [h["text"] for h in response.context["result_headers"]]
+    assert "pending" in response.content.decode()
+    response = editor.get(reverse(CHANGELIST), {"embedding_state": "pending"})
+    assert [a.title for a in response.context["cl"].result_list] == ["waiting"]
+
+
+def test_find_similar_lists_neighbours_with_scores(viewer, articles):
+    response = act(viewer, "find_similar", articles["reset my account password"])
+    assert response.status_code == 200
+    (obj, neighbours), = response.context["results"]
+    assert neighbours[0].title == "reset the password of my account"
+    assert all(n.title != "reset account password secret" for n in neighbours)  # hidden by get_queryset
+    page = response.content.decode()
+    assert reverse("admin:testapp_article_change", args=[neighbours[0].pk]) in page
+    assert f"{neighbours[0].similarity:.3f}" in page
+
+
+def test_find_similar_for_several_rows_and_an_unembedded_one(viewer, articles):
+    with suspend_embedding():
+        new = Article.objects.create(title="not embedded yet")
+    response = act(viewer, "find_similar", articles["export invoices as csv"], new)
+    results = dict(response.context["results"])
+    assert results[new] is None
+    assert "Not embedded yet" in response.content.decode()
+
+
+def test_action_without_selection_says_so(viewer, articles):
+    response = viewer.post(reverse(CHANGELIST), {"action": "find_similar", "index": 0}, follow=True)
+    assert "Items must be selected" in response.content.decode()
+
+
+def test_find_duplicates_among_selected(viewer, articles):
+    chosen = ("reset my account password", "reset the password of my account", "export invoices as csv")
+    response = act(viewer, "find_duplicates", *[articles[t] for t in chosen])
+    groups = response.context["groups"]
+    # 0.816 similar with the fake server's vectors, over the default threshold of 0.81
+    assert [{a.title for a in group} for group, _ in groups] == [set(chosen[:2])]
+
+
+def test_reembed_needs_change_permission(viewer, articles):
+    response = viewer.get(reverse(CHANGELIST))
+    assert "reembed" not in response.context["action_form"].fields["action"].choices.__repr__()
+
+
+def test_reembed_queues_and_says_how_many(editor, articles, fake_gemini):
+    response = act(editor, "reembed", articles["export invoices as csv"], articles["export all invoices to csv"])
+    assert "Queued 2 rows for embedding." in response.content.decode()
+    assert fake_gemini.request_count == 1 and len(fake_gemini.texts()) == 2  # SYNC in tests: done on commit
+
+
+def test_duplicate_review_page_with_adjustable_threshold(viewer, articles):
+    response = viewer.get(reverse(DUPLICATES), {"threshold": "0.5"})
+    assert response.status_code == 200
+    titles = [{a.title for a in group} for group, _ in response.context["groups"]]
+    assert {"reset my account password", "reset the password of my account"} in titles
+    assert all("reset account password secret" not in t for t in titles)
+    assert viewer.get(reverse(DUPLICATES), {"threshold": "0.999"}).context["groups"] == []
+
+
+@pytest.mark.parametrize("bad", ["abc", "2", "-1.5"])
+def test_duplicate_review_rejects_bad_thresholds(viewer, articles, bad):
+    response = viewer.get(reverse(DUPLICATES), {"threshold": bad})
+    assert response.status_code == 200
+    assert "must be a number from -1 to 1" in response.content.decode()
+    assert response.context["groups"] == []
+
+
+def test_marking_not_a_duplicate_hides_the_pair(editor, articles):
+    a, b = articles["export invoices as csv"], articles["export all invoices to csv"]
+    response = editor.post(reverse(DISMISS), {"first": b.pk, "second": a.pk, "threshold": "0.5"}, follow=True)
+    assert "as not duplicates" in response.content.decode()
+    assert DismissedPair.objects.get().first_pk == str(min(a.pk, b.pk))
+    titles = [{x.title for x in group} for group, _ in response.context["groups"]]
+    assert {a.title, b.title} not in titles
+
+
+def test_dismiss_refusals(editor, articles, client):
+    a, b = articles["export invoices as csv"], articles["export all invoices to csv"]
+    hidden = articles["reset account password secret"]
+    assert editor.post(reverse(DISMISS), {"first": a.pk, "second": 999999}).status_code == 404
+    assert editor.post(reverse(DISMISS), {"first": a.pk, "second": hidden.pk}).status_code == 404
+    assert editor.post(reverse(DISMISS), {"first": a.pk, "second": "x"}).status_code == 404
+    assert editor.get(reverse(DISMISS)).status_code == 403
+    client.force_login(staff("looker", "view_article"))
+    assert client.post(reverse(DISMISS), {"first": a.pk, "second": b.pk}).status_code == 403
+    assert not DismissedPair.objects.exists()
+
+
+def test_pages_refuse_users_without_view_permission(client, articles):
+    client.force_login(staff("nobody"))
+    assert client.get(reverse(DUPLICATES)).status_code == 403
+    assert client.get(reverse("admin:semantic_status")).status_code == 403
+
+
+def test_change_form_shows_similar_items(viewer, articles):
+    obj = articles["reset my account password"]
+    response = viewer.get(reverse("admin:testapp_article_change", args=[obj.pk]))
+    assert [x.title for x in response.context["semantic_similar"]][0] == "reset the password of my account"
+    assert "Similar items" in response.content.decode()
+
+
+def test_search_by_meaning_orders_by_similarity(viewer, articles):
+    response = viewer.get(reverse(CHANGELIST), {"q": "help with account password reset", "semantic": "1"})
+    titles = [a.title for a in response.context["cl"].result_list]
+    assert set(titles[:2]) == {"reset my account password", "reset the password of my account"}
+    assert "reset account password secret" not in titles
+    assert 'id="semantic-toggle" checked' in response.content.decode().replace("\n", "")
+    plain = viewer.get(reverse(CHANGELIST), {"q": "help with account password reset"})
+    assert [a.title for a in plain.context["cl"].result_list] == []  # every word must appear: none match
+
+
+def test_status_page_counts_errors_and_never_shows_the_key(editor, articles, fake_gemini, settings):
+    fake_gemini.fail_next(400, body='{"error": {"code": 400, "message": "key %s rejected"}}' % settings.TEST_API_KEY)
+    Article.objects.create(title="will fail")
+    response = editor.get(reverse("admin:semantic_status"))
+    page = response.content.decode()
+    row = next(r for r in response.context["report"] if r["model"] == "testapp.Article")
+    assert (row["total"], row["embedded"], row["failed"]) == (6, 5, 1)
+    assert "rejected" in page and settings.TEST_API_KEY not in page
+    response = editor.post(reverse("admin:semantic_status"), follow=True)
+    assert "Queued 1 failed row again." in response.content.decode()
+    assert not EmbeddingFailure.objects.exists()
+
+
+def test_status_retry_needs_change_permission(viewer, articles):
+    assert viewer.post(reverse("admin:semantic_status")).status_code == 403

@@ -1,0 +1,15 @@
+from django.contrib import admin
+
+from semantic.admin import SemanticAdminMixin
+from tests.testapp.models import Article
+
+
+@admin.register(Article)
+class ArticleAdmin(SemanticAdminMixin, admin.ModelAdmin):
+    """Hides category "hidden", to show that semantic pages respect get_queryset()."""
+
+    list_display = ["title", "category"]
+    search_fields = ["title"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).exclude(category="hidden")
