@@ -1,0 +1,116 @@
+"""A real browser (Debian's Chromium, headless, driven by Playwright) against a live server:
+the admin's "Find similar" and duplicate review, and the demo site's search by meaning.
+Screenshots of the pages go to docs/screenshots/ for the README."""
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.cache import cache
+
+from project.questions.models import Question
+from semantic import embed_pending
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium is not installed (make test installs it)"),
+]
+
+QUESTIONS = [
+    ("How do I reset my password?", "I forgot the password for my account."),
+    ("I forgot my password, how do I reset it?", "Locked out of my account."),
+    ("How do I export my invoices as CSV?", "Our accountant needs a spreadsheet."),
+    ("Export all invoices to a CSV file", "Downloading invoices one by one is slow."),
+    ("The mobile app crashes on start", "Since the update it closes at once."),
+    ("Dark mode for the dashboard", "The white background is hard on the eyes."),
+]
+
+
+@pytest.fixture
+def page(live_server, fake_gemini):
+    from playwright.sync_api import sync_playwright
+
+    cache.clear()
+    Question.objects.bulk_create(Question(title=t, body=b) for t, b in QUESTIONS)
+    embed_pending()
+    User.objects.create_superuser("admin", "admin@example.com", "admin")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as profile, sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, args=FLAGS, headless=True, viewport={"width": 1200, "height": 800}
+        )
+        page = context.new_page()
+        page.base_url = live_server.url
+        yield page
+        context.close()
+
+
+def login(page):
+    page.goto(f"{page.base_url}/admin/login/")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", "admin")
+    page.click("input[type=submit]")
+    page.wait_for_url(f"{page.base_url}/admin/")
+
+
+def test_admin_find_similar_and_duplicate_review(page):
+    login(page)
+    page.goto(f"{page.base_url}/admin/questions/question/")
+    page.screenshot(path=SCREENSHOTS / "admin-changelist.png")
+    row = page.locator("#result_list tr", has_text="How do I reset my password?")
+    row.locator("input.action-select").check()
+    page.select_option("select[name=action]", "find_similar")
+    page.click("button[name=index]")
+    page.wait_for_selector(".semantic-similar")
+    section = page.locator(".semantic-similar section").first
+    assert "How do I reset my password?" in section.locator("h2").inner_text()
+    first = section.locator("tbody tr").first
+    assert "I forgot my password, how do I reset it?" in first.inner_text()
+    assert float(first.locator(".semantic-score").inner_text()) > 0.3
+    page.screenshot(path=SCREENSHOTS / "admin-find-similar.png", full_page=True)
+
+    page.goto(f"{page.base_url}/admin/questions/question/duplicates/?threshold=0.5")
+    groups = page.locator(".semantic-group")
+    assert groups.count() >= 1
+    text = groups.first.inner_text()
+    assert "invoices" in text.lower() or "password" in text.lower()
+    page.screenshot(path=SCREENSHOTS / "admin-duplicate-review.png", full_page=True)
+
+    before = groups.count()
+    groups.first.locator("input[value='Not a duplicate']").first.click()
+    page.wait_for_selector(".messagelist")
+    assert "not duplicates" in page.locator(".messagelist").inner_text()
+    assert page.locator(".semantic-group").count() <= before
+
+
+def test_demo_site_search_by_meaning(page):
+    page.goto(f"{page.base_url}/?q=reset+forgotten+password")
+    items = page.locator("ol li")
+    assert "password" in items.first.inner_text().lower()
+    assert float(items.first.locator(".score").inner_text()) > 0.3
+    page.screenshot(path=SCREENSHOTS / "demo-search.png", full_page=True)
+    items.first.locator("a").click()
+    page.wait_for_selector("h2:has-text('Similar questions')")
+    assert page.locator("ol li").count() >= 1
+    page.goto(f"{page.base_url}/ask/")
+    page.fill("#id_title", "How do I reset my password?")
+    page.fill("#id_body", "I forgot the password for my account.")
+    page.click("button:has-text('Post')")
+    page.wait_for_selector(".notice")
+    assert "Did you mean" in page.locator(".notice").inner_text()
+    page.screenshot(path=SCREENSHOTS / "demo-did-you-mean.png", full_page=True)
