@@ -197,12 +197,40 @@ class Embedder:
                 )
 
     def write_all(self, results: list[tuple[Item, Vector | None]]) -> None:
-        written = [item.pk for item, vector in results if self.write(item, vector)]
+        vectors = [(item, vector) for item, vector in results if vector is not None]
+        written = self.write_vectors(vectors) if vectors else []
+        written += [item.pk for item, vector in results if vector is None and self.write(item, None)]
         if written:
             self.failures().filter(object_pk__in=[str(pk) for pk in written]).delete()
 
+    def write_vectors(self, results: list[tuple[Item, Vector]]) -> list[Any]:
+        """Store a batch of vectors in one statement, each only if its row still holds its text."""
+        field = self.field
+        connection = connections[router.db_for_write(self.model)]
+        quote = connection.ops.quote_name
+        pk = self.model._meta.pk
+        rows = ", ".join(["(%s, %s, %s)"] * len(results))
+        sql = (
+            f"UPDATE {quote(self.model._meta.db_table)} AS t "
+            f"SET {quote(field.column)} = v.vector::{field.db_type(connection)}, "
+            f"{quote(field.embedded_hash_name)} = v.hash, {quote(field.model_name)} = %s "
+            f"FROM (VALUES {rows}) AS v(pk, hash, vector) "
+            f"WHERE t.{quote(pk.column)} = v.pk::{pk.rel_db_type(connection)} "
+            f"AND t.{quote(field.source_hash_name)} = v.hash "
+            f"RETURNING t.{quote(pk.column)}"
+        )
+        params: list[Any] = [self.spec]
+        for item, vector in results:
+            params += [str(item.pk), item.hash, "[" + ",".join(map(str, vector)) + "]"]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            written = [row[0] for row in cursor.fetchall()]
+        self.outcome.embedded += len(written)
+        self.outcome.changed_in_flight += len(results) - len(written)
+        return written
+
     def write(self, item: Item, vector: Vector | None) -> bool:
-        """Store ``vector`` if the row still holds the text it was made from."""
+        """Store ``vector`` (None: no text, no vector) if the row still holds the text it was made from."""
         field = self.field
         still_same = (
             Q(**{f"{field.source_hash_name}__isnull": True})
