@@ -36,7 +36,10 @@ def main() -> None:
         Article.objects.all().delete()
         with suspend_embedding():
             Article.objects.bulk_create(
-                (Article(title=f"Backfill article {i}", body=f"Body text of row {i} for the backfill") for i in range(args.rows)),
+                (
+                    Article(title=f"Backfill article {i}", body=f"Body text of row {i} for the backfill")
+                    for i in range(args.rows)
+                ),
                 batch_size=5000,
             )
 
@@ -49,7 +52,8 @@ def main() -> None:
     for start in range(0, len(texts), backend.max_batch_size):
         backend.embed(texts[start : start + backend.max_batch_size], task_type="SEMANTIC_SIMILARITY", dimensions=128)
     baseline_rate = len(texts) / (time.monotonic() - started)
-    print(f"baseline: backend called directly, {len(texts)} texts, {server.request_count} requests, {baseline_rate:.0f} rows/s")
+    requests = server.request_count
+    print(f"baseline: backend called directly, {len(texts)} texts, {requests} requests, {baseline_rate:.0f} rows/s")
 
     server.reset()
     server.latency = args.latency
@@ -58,9 +62,11 @@ def main() -> None:
     seconds = time.monotonic() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     embedded = Article.objects.filter(embedding__isnull=False).count()
-    print(f"semantic_embed inline: {embedded} rows in {seconds:.0f}s, {embedded / seconds:.0f} rows/s "
-          f"({embedded / seconds / baseline_rate:.2f} x baseline), {server.request_count} requests, "
-          f"peak memory of this process {peak:.0f} MB")
+    print(
+        f"semantic_embed inline: {embedded} rows in {seconds:.0f}s, {embedded / seconds:.0f} rows/s "
+        f"({embedded / seconds / baseline_rate:.2f} x baseline), {server.request_count} requests, "
+        f"peak memory of this process {peak:.0f} MB"
+    )
 
     load()
     server.reset()
@@ -75,7 +81,10 @@ def main() -> None:
         def done() -> bool:
             nonlocal peak_workers
             processes = [worker, *psutil.Process(worker.pid).children(recursive=True)]
-            rss = sum(p.memory_info().rss for p in (psutil.Process(x.pid) if not isinstance(x, psutil.Process) else x for x in processes))
+            rss = sum(
+                p.memory_info().rss
+                for p in (psutil.Process(x.pid) if not isinstance(x, psutil.Process) else x for x in processes)
+            )
             peak_workers = max(peak_workers, rss / 2**20)
             return not Article.objects.filter(embedding__isnull=True).exists()
 
@@ -83,9 +92,11 @@ def main() -> None:
     finally:
         worker.terminate()
         worker.wait(60)
-    print(f"semantic_embed --queue, one qcluster with two workers: {args.rows} rows in {seconds:.0f}s, "
-          f"{args.rows / seconds:.0f} rows/s ({args.rows / seconds / baseline_rate:.2f} x baseline), "
-          f"{server.request_count} requests, peak memory of the cluster's processes {peak_workers:.0f} MB")
+    print(
+        f"semantic_embed --queue, one qcluster with two workers: {args.rows} rows in {seconds:.0f}s, "
+        f"{args.rows / seconds:.0f} rows/s ({args.rows / seconds / baseline_rate:.2f} x baseline), "
+        f"{server.request_count} requests, peak memory of the cluster's processes {peak_workers:.0f} MB"
+    )
     server.stop()
 
 

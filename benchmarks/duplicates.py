@@ -50,18 +50,24 @@ def main() -> None:
     found_pairs = {tuple(sorted((to_index[a.pk], to_index[b.pk]))) for a, b, _ in found}
     planted_found = sum(1 for a, b in planted if tuple(sorted((a, b))) in found_pairs)
     print(f"{len(ids)} rows x {dataset.DIMENSIONS} halfvec, {len(planted)} planted pairs, threshold {args.threshold}")
-    print(f"duplicates(neighbours={args.neighbours}, ef_search={args.ef_search}): {orm_seconds:.1f}s, "
-          f"{len(found_pairs)} pairs, planted recall {planted_found / len(planted):.3f}")
+    print(
+        f"duplicates(neighbours={args.neighbours}, ef_search={args.ef_search}): {orm_seconds:.1f}s, "
+        f"{len(found_pairs)} pairs, planted recall {planted_found / len(planted):.3f}"
+    )
     if args.skip_numpy:
         return
     started = time.monotonic()
     exact = numpy_pairs(vectors, args.threshold)
     numpy_seconds = time.monotonic() - started
-    print(f"numpy exact blockwise scan: {numpy_seconds:.1f}s, {len(exact)} pairs "
-          f"(planted among them: {sum(1 for p in planted if tuple(sorted(p)) in exact)})")
-    print(f"time ratio duplicates()/numpy: {orm_seconds / numpy_seconds:.2f}; "
-          f"recall vs exact pairs: {len(found_pairs & exact) / max(1, len(exact)):.3f}; "
-          f"pairs not in the exact set: {len(found_pairs - exact)}")
+    print(
+        f"numpy exact blockwise scan: {numpy_seconds:.1f}s, {len(exact)} pairs "
+        f"(planted among them: {sum(1 for p in planted if tuple(sorted(p)) in exact)})"
+    )
+    print(
+        f"time ratio duplicates()/numpy: {orm_seconds / numpy_seconds:.2f}; "
+        f"recall vs exact pairs: {len(found_pairs & exact) / max(1, len(exact)):.3f}; "
+        f"pairs not in the exact set: {len(found_pairs - exact)}"
+    )
 
 
 if __name__ == "__main__":

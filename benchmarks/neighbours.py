@@ -77,8 +77,8 @@ def main() -> None:
             mask = np.ones(len(ids), bool) if group is None else groups == group
             scores = vectors[mask] @ q
             exact = list(ids[mask][np.argsort(-scores)[:10]])
-            t_raw, found_raw = timed(lambda: run_raw(q, group))
-            t_orm, found_orm = timed(lambda: run_orm(q, group))
+            t_raw, found_raw = timed(lambda q=q, group=group: run_raw(q, group))
+            t_orm, found_orm = timed(lambda q=q, group=group: run_orm(q, group))
             raw_times.append(t_raw)
             orm_times.append(t_orm)
             raw_recalls.append(recall(found_raw, exact))
@@ -95,12 +95,17 @@ def main() -> None:
         c.execute("EXPLAIN " + raw.format(filter=""), ["[" + ",".join(["0.01"] * 768) + "]", spec])
         uses_index = any("passage_embedding_hnsw" in row[0] for row in c.fetchall())
     orm_plan = Passage.objects.similar_to(list(map(float, qs[0])))[:10].explain()
-    print(f"{len(ids)} rows x {dataset.DIMENSIONS} halfvec, pgvector {version}, HNSW m=16 ef_construction=64, "
-          f"{QUERIES} queries, top 10; HNSW index in the plan: raw SQL {uses_index}, "
-          f"similar_to {'passage_embedding_hnsw' in orm_plan}")
-    print(f"{'':12} {'similar_to median':>18} {'raw SQL median':>15} {'ratio':>6} {'recall@10':>10} {'raw recall@10':>14}")
+    print(
+        f"{len(ids)} rows x {dataset.DIMENSIONS} halfvec, pgvector {version}, HNSW m=16 ef_construction=64, "
+        f"{QUERIES} queries, top 10; HNSW index in the plan: raw SQL {uses_index}, "
+        f"similar_to {'passage_embedding_hnsw' in orm_plan}"
+    )
+    print(
+        f"{'':12} {'similar_to median':>18} {'raw SQL median':>15} {'ratio':>6} {'recall@10':>10} {'raw recall@10':>14}"
+    )
     for label, (orm, raw_t, orm_recall, raw_recall) in report.items():
-        print(f"{label:12} {orm * 1000:15.2f} ms {raw_t * 1000:12.2f} ms {orm / raw_t:6.2f} {orm_recall:10.3f} {raw_recall:14.3f}")
+        times = f"{orm * 1000:15.2f} ms {raw_t * 1000:12.2f} ms {orm / raw_t:6.2f}"
+        print(f"{label:12} {times} {orm_recall:10.3f} {raw_recall:14.3f}")
 
 
 if __name__ == "__main__":

@@ -93,8 +93,10 @@ def main() -> None:
     print(f"Spearman x100 sentence-transformers directly:           {rho_direct:.2f}")
     print(f"difference: {abs(rho_orm - rho_direct):.3f} (must be <= 0.5)")
     print(f"max |similarity difference| per pair: {np.max(np.abs(through_orm - direct)):.5f}")
-    print(f"embedding {len(sentences)} rows through the worker: {worker_seconds:.1f}s "
-          f"(direct encode {direct_seconds:.1f}s, ratio {worker_seconds / direct_seconds:.2f})")
+    print(
+        f"embedding {len(sentences)} rows through the worker: {worker_seconds:.1f}s "
+        f"(direct encode {direct_seconds:.1f}s, ratio {worker_seconds / direct_seconds:.2f})"
+    )
     print(f"{len(pairs)} pair similarities through similar_to: {orm_seconds:.1f}s")
     print(f"duplicate threshold maximising F1 for score >= 4: {threshold:.2f} (F1 {f1:.3f})")
 

@@ -58,7 +58,7 @@ def load(vectors: np.ndarray, groups: np.ndarray, seed: int = SEED) -> list[int]
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE testapp_passage RESTART IDENTITY")
         cursor.execute("DROP INDEX IF EXISTS passage_embedding_hnsw")
-        with cursor.copy("COPY testapp_passage (text, \"group\", embedding) FROM STDIN") as copy:
+        with cursor.copy('COPY testapp_passage (text, "group", embedding) FROM STDIN') as copy:
             for i, (vector, group) in enumerate(zip(vectors, groups)):
                 copy.write_row((f"{marker} #{i}", int(group), HalfVector(vector).to_text()))
         cursor.execute(

@@ -22,7 +22,8 @@ from django.http import Http404, HttpRequest, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.translation import gettext_lazy as _, ngettext
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 from pgvector.django import CosineDistance
 
 from semantic.duplicates import connected_groups
@@ -117,7 +118,9 @@ class SemanticAdminMixin:
         if not (getattr(request, "semantic_search", False) and search_term.strip()):
             return super().get_search_results(request, queryset, search_term)  # type: ignore[misc]
         field = self.get_embedding_field()
-        nearest = self.semantic_queryset(request).similar_to(search_term, field=field.name).values_list("pk", flat=True)[:100]
+        nearest = (
+            self.semantic_queryset(request).similar_to(search_term, field=field.name).values_list("pk", flat=True)[:100]
+        )
         vector, _ = query_vector(self.model, field, search_term)  # type: ignore[attr-defined]
         similarity = Value(1.0) - CosineDistance(F(field.attname), Value(vector_literal(vector)))
         # ChangeList orders before it searches, so this ordering stands.
@@ -157,7 +160,9 @@ class SemanticAdminMixin:
         pks = list(queryset.values_list("pk", flat=True))
         self.model._base_manager.filter(pk__in=pks).update(**{field.embedded_hash_name: None})  # type: ignore[attr-defined]
         EmbeddingFailure.objects.filter(
-            model_label=self.model._meta.label, field_name=field.name, object_pk__in=[str(pk) for pk in pks]  # type: ignore[attr-defined]
+            model_label=self.model._meta.label,
+            field_name=field.name,
+            object_pk__in=[str(pk) for pk in pks],  # type: ignore[attr-defined]
         ).delete()
         enqueue(self.model, field.name, pks)  # type: ignore[attr-defined]
         self.message_user(  # type: ignore[attr-defined]
@@ -202,25 +207,30 @@ class SemanticAdminMixin:
         threshold = request.POST.get("threshold", "")
         return HttpResponseRedirect(f"{url}?threshold={threshold}" if threshold else url)
 
-    def duplicate_page(self, request: HttpRequest, rows: SemanticQuerySet, *, selected: bool = False) -> TemplateResponse:
+    def duplicate_page(
+        self, request: HttpRequest, rows: SemanticQuerySet, *, selected: bool = False
+    ) -> TemplateResponse:
         threshold, error = self.duplicate_page_threshold(request)
         field = self.get_embedding_field()
         groups: list[list[Any]] = []
         if error is None:
             dismissed = set(
                 DismissedPair.objects.filter(
-                    model_label=self.model._meta.label, field_name=field.name  # type: ignore[attr-defined]
+                    model_label=self.model._meta.label,
+                    field_name=field.name,  # type: ignore[attr-defined]
                 ).values_list("first_pk", "second_pk")
             )
             pairs = [
-                (a, b, s) for a, b, s in rows.duplicates(threshold, field=field.name)
+                (a, b, s)
+                for a, b, s in rows.duplicates(threshold, field=field.name)
                 if DismissedPair.ordered(a.pk, b.pk) not in dismissed
             ]
             similarity = {DismissedPair.ordered(a.pk, b.pk): s for a, b, s in pairs}
             for group in connected_groups((a, b) for a, b, _ in pairs):
                 links = [
                     (x, y, similarity[DismissedPair.ordered(x.pk, y.pk)])
-                    for i, x in enumerate(group) for y in group[i + 1 :]
+                    for i, x in enumerate(group)
+                    for y in group[i + 1 :]
                     if DismissedPair.ordered(x.pk, y.pk) in similarity
                 ]
                 groups.append([group, links])
@@ -258,7 +268,9 @@ class SemanticAdminMixin:
             context["semantic_state"] = getattr(obj, STATE_ANNOTATION, "")
         return super().change_view(request, object_id, form_url, context)  # type: ignore[misc]
 
-    def render_semantic(self, request: HttpRequest, template: str, title: str, context: dict[str, Any]) -> TemplateResponse:
+    def render_semantic(
+        self, request: HttpRequest, template: str, title: str, context: dict[str, Any]
+    ) -> TemplateResponse:
         opts = self.model._meta  # type: ignore[attr-defined]
         base = {
             **self.admin_site.each_context(request),  # type: ignore[attr-defined]
@@ -299,7 +311,9 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
             if not self.has_change_permission(request):
                 raise PermissionDenied
             retried = self.retry_failed()
-            self.message_user(request, ngettext("Queued %d failed row again.", "Queued %d failed rows again.", retried) % retried)
+            self.message_user(
+                request, ngettext("Queued %d failed row again.", "Queued %d failed rows again.", retried) % retried
+            )
             return HttpResponseRedirect(reverse("admin:semantic_status"))
         context = {
             **self.admin_site.each_context(request),
@@ -318,7 +332,9 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
         count = 0
         for (label, field_name), pks in _failures_by_field().items():
             model = apps.get_model(label)
-            EmbeddingFailure.objects.filter(model_label=label, field_name=field_name).update(retry_at=None, permanent=False)
+            EmbeddingFailure.objects.filter(model_label=label, field_name=field_name).update(
+                retry_at=None, permanent=False
+            )
             enqueue(model, field_name, [model._meta.pk.to_python(pk) for pk in pks])
             count += len(pks)
         return count

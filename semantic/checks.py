@@ -8,7 +8,8 @@ from django.apps import apps
 from django.core import checks
 from django.db import connections, models
 
-from semantic.conf import GEMINI_BACKEND, semantic_settings as conf
+from semantic.conf import GEMINI_BACKEND
+from semantic.conf import semantic_settings as conf
 
 
 @checks.register()
@@ -25,9 +26,7 @@ def check_backend(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessag
             )
         ]
     errors: list[checks.CMessage] = []
-    if getattr(backend_class, "name", "") == "gemini" and not (
-        conf.API_KEY or conf.BACKEND_OPTIONS.get("api_key")
-    ):
+    if getattr(backend_class, "name", "") == "gemini" and not (conf.API_KEY or conf.BACKEND_OPTIONS.get("api_key")):
         errors.append(
             checks.Error(
                 "The Gemini backend is selected but no API key is configured.",
@@ -71,8 +70,7 @@ def _check_field(model: type[models.Model], field: Any, backend: Any) -> list[ch
     if backend is not None and field.dimensions not in backend.supported_dimensions:
         errors.append(
             checks.Error(
-                f"{label} stores {field.dimensions} dimensions, which the {backend.model_id} "
-                "backend cannot produce.",
+                f"{label} stores {field.dimensions} dimensions, which the {backend.model_id} backend cannot produce.",
                 hint=f"Set dimensions={backend.default_dimensions} on the field (then makemigrations), "
                 "or choose a backend that makes vectors of this size.",
                 obj=field,

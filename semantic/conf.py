@@ -102,9 +102,7 @@ def perform_import(value: str, setting_name: str) -> Any:
     try:
         return import_string(value)
     except ImportError as exc:
-        raise ImportError(
-            f"Could not import {value!r} for setting SEMANTIC[{setting_name!r}]: {exc}"
-        ) from exc
+        raise ImportError(f"Could not import {value!r} for setting SEMANTIC[{setting_name!r}]: {exc}") from exc
 
 
 semantic_settings = SemanticSettings()

@@ -49,7 +49,9 @@ def find_pairs(
         found = probe(parts[0], rows, field, threshold, neighbours, ef_search)
     else:
         with ThreadPoolExecutor(max_workers=len(parts)) as pool:
-            jobs = [pool.submit(in_own_connection, probe, p, rows, field, threshold, neighbours, ef_search) for p in parts]
+            jobs = [
+                pool.submit(in_own_connection, probe, p, rows, field, threshold, neighbours, ef_search) for p in parts
+            ]
             found = [pair for job in jobs for pair in job.result()]
     best: dict[tuple[Any, Any], float] = {}
     for a, b, similarity in found:

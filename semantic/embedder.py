@@ -12,7 +12,8 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field as dataclass_field
+from dataclasses import asdict, dataclass
+from dataclasses import field as dataclass_field
 from datetime import timedelta
 from typing import Any
 
@@ -63,10 +64,7 @@ def pending_rows(model: type[models.Model], field: EmbeddingField) -> models.Que
         model_label=model._meta.label,
         field_name=field.name,
         object_pk=Cast(OuterRef("pk"), CharField()),
-    ).filter(
-        Q(retry_at__gt=timezone.now())
-        | Q(permanent=True, source_hash=OuterRef(field.source_hash_name))
-    )
+    ).filter(Q(retry_at__gt=timezone.now()) | Q(permanent=True, source_hash=OuterRef(field.source_hash_name)))
     return model._base_manager.filter(field.needs_embedding()).exclude(Exists(waiting))
 
 

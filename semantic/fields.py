@@ -104,8 +104,7 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
     ) -> None:
         if task_type not in TASK_TYPES:
             raise ValueError(
-                f"EmbeddingField task_type {task_type!r} is not a Gemini task type; "
-                f"use one of {', '.join(TASK_TYPES)}."
+                f"EmbeddingField task_type {task_type!r} is not a Gemini task type; use one of {', '.join(TASK_TYPES)}."
             )
         if isinstance(source, str):
             source = (source,)

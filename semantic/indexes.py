@@ -18,7 +18,9 @@ class EmbeddingIndex(HnswIndex):
     (defaults 16 and 64).
     """
 
-    def __init__(self, *, fields: list[str], name: str, m: int | None = None, ef_construction: int | None = None, **kwargs: Any):
+    def __init__(
+        self, *, fields: list[str], name: str, m: int | None = None, ef_construction: int | None = None, **kwargs: Any
+    ):
         if len(fields) != 1:
             raise ValueError("EmbeddingIndex covers exactly one EmbeddingField.")
         super().__init__(fields=fields, name=name, m=m, ef_construction=ef_construction, **kwargs)

@@ -46,7 +46,9 @@ def select(model: type[models.Model], field: EmbeddingField, *, everything: bool
     return pending_rows(model, field)
 
 
-def plan(model: type[models.Model], field: EmbeddingField, *, everything: bool, failed: bool, limit: int | None) -> Plan:
+def plan(
+    model: type[models.Model], field: EmbeddingField, *, everything: bool, failed: bool, limit: int | None
+) -> Plan:
     """How many rows and characters a run would send (reads the texts, writes nothing)."""
     rows = select(model, field, everything=everything, failed=failed).defer(field.attname).order_by("pk")
     if limit is not None:

@@ -41,7 +41,9 @@ def state_expression(model: type[models.Model], field: EmbeddingField) -> Case:
     )
 
 
-def with_state(queryset: models.QuerySet, field: str | None = None, *, name: str = "embedding_state") -> models.QuerySet:
+def with_state(
+    queryset: models.QuerySet, field: str | None = None, *, name: str = "embedding_state"
+) -> models.QuerySet:
     """``queryset`` annotated with each row's state as ``name``."""
     model = queryset.model
     return queryset.annotate(**{name: state_expression(model, get_embedding_field(model, field))})

@@ -79,7 +79,9 @@ class FakeGemini:
     def texts(self) -> list[str]:
         return [r["content"]["parts"][0]["text"] for req in self.requests for r in req["body"].get("requests", [])]
 
-    def fail_next(self, status: int, *, times: int = 1, retry_after: str | None = None, body: str | None = None) -> None:
+    def fail_next(
+        self, status: int, *, times: int = 1, retry_after: str | None = None, body: str | None = None
+    ) -> None:
         headers = {"Retry-After": retry_after} if retry_after is not None else {}
         if body is None:
             body = json.dumps({"error": {"code": status, "message": f"fake error {status}", "status": "FAKE"}})
@@ -146,7 +148,13 @@ class FakeGemini:
                     return self._send(fault.status, fault.body, fault.headers)
                 texts = ["".join(p.get("text", "") for p in r["content"]["parts"]) for r in body.get("requests", [])]
                 if fake.reject_marker and any(fake.reject_marker in text for text in texts):
-                    error = {"error": {"code": 400, "message": "Request contains an invalid argument.", "status": "INVALID_ARGUMENT"}}
+                    error = {
+                        "error": {
+                            "code": 400,
+                            "message": "Request contains an invalid argument.",
+                            "status": "INVALID_ARGUMENT",
+                        }
+                    }
                     return self._send(400, json.dumps(error))
                 embeddings = []
                 for item in body.get("requests", []):

@@ -48,7 +48,9 @@ def viewer(client):
 
 @pytest.fixture
 def editor(client):
-    client.force_login(staff("editor", "view_article", "change_article", "view_embeddingfailure", "change_embeddingfailure"))
+    client.force_login(
+        staff("editor", "view_article", "change_article", "view_embeddingfailure", "change_embeddingfailure")
+    )
     return client
 
 
@@ -70,7 +72,7 @@ def test_changelist_shows_state_column_and_filters_by_it(editor, articles):
 def test_find_similar_lists_neighbours_with_scores(viewer, articles):
     response = act(viewer, "find_similar", articles["reset my account password"])
     assert response.status_code == 200
-    (obj, neighbours), = response.context["results"]
+    ((obj, neighbours),) = response.context["results"]
     assert neighbours[0].title == "reset the password of my account"
     assert all(n.title != "reset account password secret" for n in neighbours)  # hidden by get_queryset
     page = response.content.decode()

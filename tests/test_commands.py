@@ -37,9 +37,10 @@ def test_embed_pending_rows_with_progress_lines(backlog, fake_gemini):
     out, _ = run("semantic_embed", "testapp.Article", "--batch-size", "10")
     assert fake_gemini.request_count == 3
     assert not Article.objects.filter(embedding__isnull=True).exists()
-    assert Embed.DONE.format(
-        label="testapp.Article.embedding", embedded=25, cleared=0, failed=0, changed=0, requests=3
-    ) in out
+    assert (
+        Embed.DONE.format(label="testapp.Article.embedding", embedded=25, cleared=0, failed=0, changed=0, requests=3)
+        in out
+    )
     assert "25/25 rows" in out  # not a terminal: plain lines
     out, _ = run("semantic_embed", "testapp.Article")
     assert Embed.NOTHING.format(label="testapp.Article.embedding") in out
@@ -96,9 +97,12 @@ def test_failed_retries_only_failed_rows(backlog, fake_gemini):
 def test_dry_run_counts_and_prices_without_writing(backlog, fake_gemini):
     out, _ = run("semantic_embed", "testapp.Article", "--dry-run")
     characters = sum(len(f"{a.title}\n\n") for a in backlog)
-    assert Embed.DRY_RUN.split("{cost}")[0].format(
-        label="testapp.Article.embedding", rows=25, characters=characters, tokens=-(-characters // 4)
-    ) in out
+    assert (
+        Embed.DRY_RUN.split("{cost}")[0].format(
+            label="testapp.Article.embedding", rows=25, characters=characters, tokens=-(-characters // 4)
+        )
+        in out
+    )
     assert "estimated cost USD" in out
     assert fake_gemini.request_count == 0
     assert not Article.objects.filter(embedding__isnull=False).exists()
@@ -124,7 +128,10 @@ def test_queue_hands_chunks_to_django_q(backlog, fake_gemini, semantic_settings)
         (["nonsense"], BAD_TARGET.format(target="nonsense")),
         (["testapp.Nope"], UNKNOWN_MODEL.split("{known}")[0].format(label="testapp.Nope")),
         (["semantic.EmbeddingFailure"], NO_FIELD.format(label="semantic.EmbeddingFailure")),
-        (["testapp.Document.nope"], UNKNOWN_FIELD.format(label="testapp.Document", name="nope", names="summary, content")),
+        (
+            ["testapp.Document.nope"],
+            UNKNOWN_FIELD.format(label="testapp.Document", name="nope", names="summary, content"),
+        ),
         (["testapp.Article", "--batch-size", "-1"], "--batch-size must be a positive number."),
         (["testapp.Article", "--limit", "0"], "--limit must be a positive number."),
     ],
@@ -172,7 +179,16 @@ def test_duplicates_export_csv_json_and_file(fake_gemini, tmp_path):
     assert {r["text"] for r in rows} == {"reset my account password", "reset the password of my account"}
     assert {r["group"] for r in rows} == {"1"}
     target = tmp_path / "dups.json"
-    out, _ = run("semantic_duplicates", "testapp.Article.embedding", "--threshold", "0.5", "--format", "json", "--output", str(target))
+    out, _ = run(
+        "semantic_duplicates",
+        "testapp.Article.embedding",
+        "--threshold",
+        "0.5",
+        "--format",
+        "json",
+        "--output",
+        str(target),
+    )
     assert Duplicates.WROTE.format(groups=1, rows=2, output=target) in out
     assert len(json.loads(target.read_text())) == 2
     for bad in ("2", "abc"):

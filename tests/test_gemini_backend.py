@@ -45,9 +45,7 @@ def test_titles_are_sent_per_request(fake_gemini):
     assert [r["title"] for r in fake_gemini.requests[1]["body"]["requests"]] == ["T2"]
 
 
-@pytest.mark.parametrize(
-    ("status", "transient"), [(429, True), (500, True), (503, True), (400, False), (403, False)]
-)
+@pytest.mark.parametrize(("status", "transient"), [(429, True), (500, True), (503, True), (400, False), (403, False)])
 def test_errors_are_classified(fake_gemini, status, transient):
     fake_gemini.fail_next(status, retry_after="7" if status == 429 else None)
     with pytest.raises(EmbeddingError) as info:

@@ -17,7 +17,11 @@ def local():
 def test_paraphrase_is_closer_than_an_unrelated_sentence(local):
     a, b, c = np.array(
         local.embed(
-            ["How do I reset my password?", "I forgot my password, how can I change it?", "The train to Paris is late."],
+            [
+                "How do I reset my password?",
+                "I forgot my password, how can I change it?",
+                "The train to Paris is late.",
+            ],
             task_type="SEMANTIC_SIMILARITY",
             dimensions=384,
         )

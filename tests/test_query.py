@@ -8,9 +8,9 @@ from django.core.paginator import Paginator
 from django.db import connection
 
 from semantic import embed, suspend_embedding
+from semantic.fields import get_embedding_field
 from semantic.models import EmbeddingFailure
 from semantic.query import query_task_type
-from semantic.fields import get_embedding_field
 from tests.testapp.models import Article, Document, Note
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -64,7 +64,9 @@ def test_similar_to_a_vector_matches_numpy(articles):
     query = rng.normal(size=128)
     results = list(Article.objects.similar_to(list(query)))
     vectors = {a.title: np.array(a.embedding) for a in Article.objects.all()}
-    expected = sorted(vectors, key=lambda t: -(vectors[t] @ query) / (np.linalg.norm(vectors[t]) * np.linalg.norm(query)))
+    expected = sorted(
+        vectors, key=lambda t: -(vectors[t] @ query) / (np.linalg.norm(vectors[t]) * np.linalg.norm(query))
+    )
     assert titles(results) == expected
     top = results[0]
     v = vectors[top.title]
@@ -74,7 +76,9 @@ def test_similar_to_a_vector_matches_numpy(articles):
 def test_chains_with_filter_exclude_values_slicing_and_paginator(articles):
     qs = Article.objects.similar_to("export invoices").filter(category="billing")
     assert set(titles(qs)) == {"export invoices as csv", "export all invoices to csv"}
-    assert titles(Article.objects.similar_to("export invoices").exclude(category="billing"))[0] != "export invoices as csv"
+    assert (
+        titles(Article.objects.similar_to("export invoices").exclude(category="billing"))[0] != "export invoices as csv"
+    )
     values = list(Article.objects.similar_to("dark mode").values("title", "similarity")[:1])
     assert values[0]["title"] == "dark mode for the dashboard" and values[0]["similarity"] > 0.5
     page = Paginator(Article.objects.similar_to("reset password"), 4).page(2)
@@ -95,7 +99,9 @@ def test_rows_without_embedding_or_from_another_model_are_skipped(articles, sema
     with suspend_embedding():
         Article.objects.create(title="reset my account password too", body="")
     assert "reset my account password too" not in titles(Article.objects.similar_to("reset password"))
-    Article.objects.filter(title="dark mode for the dashboard").update(embedding_model="gemini:old-model|SEMANTIC_SIMILARITY|128")
+    Article.objects.filter(title="dark mode for the dashboard").update(
+        embedding_model="gemini:old-model|SEMANTIC_SIMILARITY|128"
+    )
     assert "dark mode for the dashboard" not in titles(Article.objects.similar_to("dark mode"))
     semantic_settings(MODEL="another-model")
     assert list(Article.objects.similar_to([1.0] * 128)) == []

@@ -25,7 +25,13 @@ def test_every_state_is_counted(fake_gemini, semantic_settings):
     assert states == {embedded.pk: "embedded", empty.pk: "empty", pending.pk: "pending", failed.pk: "failed"}
 
     status = field_status(Article, field)
-    assert (status["total"], status["embedded"], status["pending"], status["failed"], status["empty"]) == (4, 1, 1, 1, 1)
+    assert (status["total"], status["embedded"], status["pending"], status["failed"], status["empty"]) == (
+        4,
+        1,
+        1,
+        1,
+        1,
+    )
 
     semantic_settings(MODEL="another-model")
     status = field_status(Article, field)

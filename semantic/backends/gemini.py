@@ -66,9 +66,7 @@ class GeminiBackend(EmbeddingBackend):
             from google import genai
             from google.genai import types
 
-            http_options = types.HttpOptions(
-                base_url=self.base_url, timeout=int(self.timeout * 1000)
-            )
+            http_options = types.HttpOptions(base_url=self.base_url, timeout=int(self.timeout * 1000))
             self._client = genai.Client(api_key=self.api_key, http_options=http_options)
         return self._client
 
@@ -89,19 +87,13 @@ class GeminiBackend(EmbeddingBackend):
             vectors.extend(self._embed_request(chunk, task_type, dimensions, title))
         return vectors
 
-    def _embed_request(
-        self, texts: list[str], task_type: str, dimensions: int, title: str | None
-    ) -> list[Vector]:
+    def _embed_request(self, texts: list[str], task_type: str, dimensions: int, title: str | None) -> list[Vector]:
         from google.genai import errors, types
 
-        config = types.EmbedContentConfig(
-            task_type=task_type, title=title, output_dimensionality=dimensions
-        )
+        config = types.EmbedContentConfig(task_type=task_type, title=title, output_dimensionality=dimensions)
         client = self.client
         try:
-            response = client.models.embed_content(
-                model=self.model, contents=texts, config=config
-            )
+            response = client.models.embed_content(model=self.model, contents=texts, config=config)
         except errors.APIError as exc:
             raise EmbeddingError(
                 self._clean(f"Gemini API error {exc.code}: {exc.message or exc.status or ''}"),
@@ -128,8 +120,7 @@ class GeminiBackend(EmbeddingBackend):
         for vector in vectors:
             if len(vector) != dimensions:
                 raise EmbeddingError(
-                    f"Gemini API returned a vector of {len(vector)} dimensions, "
-                    f"expected {dimensions}.",
+                    f"Gemini API returned a vector of {len(vector)} dimensions, expected {dimensions}.",
                     transient=False,
                 )
         if dimensions < self.native_dimensions:

@@ -71,8 +71,7 @@ class LocalBackend(EmbeddingBackend):
                     digest = _sha256(weights)
                     if digest != self.sha256:
                         raise EmbeddingError(
-                            f"{weights} has SHA-256 {digest}, expected {self.sha256}; "
-                            "reinstall the model package.",
+                            f"{weights} has SHA-256 {digest}, expected {self.sha256}; reinstall the model package.",
                             transient=False,
                         )
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -27,9 +27,7 @@ class Document(models.Model):
     title = models.CharField(max_length=200)
     text = models.TextField(blank=True)
     summary = EmbeddingField(source="title", dimensions=256)
-    content = EmbeddingField(
-        source="full_text", task_type="RETRIEVAL_DOCUMENT", title_source="title", dimensions=3072
-    )
+    content = EmbeddingField(source="full_text", task_type="RETRIEVAL_DOCUMENT", title_source="title", dimensions=3072)
 
     objects = SemanticManager()
 

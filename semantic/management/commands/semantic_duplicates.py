@@ -9,10 +9,7 @@ from semantic.query import DEFAULT_DUPLICATE_THRESHOLD, SemanticQuerySet
 
 
 class Command(BaseCommand):
-    help = (
-        "Export groups of near-duplicate rows (rows linked by pairs at least THRESHOLD similar) "
-        "as CSV or JSON."
-    )
+    help = "Export groups of near-duplicate rows (rows linked by pairs at least THRESHOLD similar) as CSV or JSON."
 
     WROTE = "Wrote {groups} groups ({rows} rows) to {output}."
 

@@ -20,7 +20,10 @@ class Command(BaseCommand):
     DRY_RUN = "{label}: {rows} rows, {characters} characters (about {tokens} tokens){cost}."
     COST = ", estimated cost USD {cost:.4f} at {price} per million tokens"
     QUEUED = "{label}: queued {rows} rows as {tasks} django-q2 tasks; run `manage.py qcluster` to process them."
-    DONE = "{label}: {embedded} embedded, {cleared} without text, {failed} failed, {changed} changed while in flight, {requests} requests."
+    DONE = (
+        "{label}: {embedded} embedded, {cleared} without text, {failed} failed, "
+        "{changed} changed while in flight, {requests} requests."
+    )
     PROGRESS = "{label}: {visited}/{total} rows, {rate:.1f} rows/s, about {eta} left"
     FAILED_HINT = "Failed rows are listed in the admin (Embedding failures); retry them with --failed."
     RESUME_HINT = "Interrupted; batches already written are kept. Run the command again (without --all) to carry on."
@@ -28,7 +31,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("targets", nargs="*", help="app_label.Model or app_label.Model.field (default: all)")
         which = parser.add_mutually_exclusive_group()
-        which.add_argument("--all", action="store_true", dest="everything", help="re-embed every row, even current ones")
+        which.add_argument(
+            "--all", action="store_true", dest="everything", help="re-embed every row, even current ones"
+        )
         which.add_argument("--failed", action="store_true", help="only retry rows whose embedding failed")
         parser.add_argument("--batch-size", type=int, help="rows per API request (default: the backend's cap)")
         parser.add_argument("--limit", type=int, help="stop after this many rows")
