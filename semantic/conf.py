@@ -48,6 +48,10 @@ DEFAULTS: dict[str, Any] = {
     # similar_to() with other filters compares up to this many filtered rows exactly;
     # above it, it walks the HNSW index with pgvector's iterative scan.
     "EXACT_SEARCH_MAX_ROWS": 20_000,
+    # Shared by every worker and command using the same key; None: no cap.
+    "REQUESTS_PER_MINUTE": None,
+    "TOKENS_PER_MINUTE": None,
+    "RATE_LIMIT_WINDOW": 60,
     # Django cache holding query embeddings; None: no caching.
     "CACHE": "default",
     # USD per million input tokens for semantic_embed --dry-run; None: the built-in price.

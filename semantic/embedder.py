@@ -22,6 +22,7 @@ from django.db.models import CharField, Exists, OuterRef, Q
 from django.db.models.functions import Cast
 from django.utils import timezone
 
+from semantic import ratelimit
 from semantic.backends import EmbeddingBackend, EmbeddingError, Vector, get_backend
 from semantic.conf import semantic_settings as conf
 from semantic.fields import EmbeddingField
@@ -30,6 +31,8 @@ from semantic.text import clean, redact
 
 logger = logging.getLogger("semantic")
 
+#: About this many characters make a token (for the shared tokens-per-minute limit).
+CHARS_PER_TOKEN = 4
 #: Seconds a worker waits for another worker embedding the same field.
 LOCK_WAIT = 30.0
 
@@ -149,6 +152,7 @@ class Embedder:
         while True:
             for item in items:
                 item.attempts += 1
+            ratelimit.acquire(self.backend, tokens=sum(len(item.text) for item in items) // CHARS_PER_TOKEN + 1)
             self.outcome.requests += 1
             try:
                 vectors = self.backend.embed(
@@ -181,7 +185,10 @@ class Embedder:
                 self.fail(items, message, permanent=False, retry_in=max(wait, conf.MAX_BACKOFF))
                 return
             logger.info("Embedding request failed (%s); retrying in %.1fs.", message, wait)
-            time.sleep(wait)
+            if error.retry_after is not None:
+                ratelimit.pause(self.backend, wait)  # every worker on this key waits, this one too
+            else:
+                time.sleep(wait)
 
     def check(self, vectors: list[Vector], expected: int) -> None:
         if len(vectors) != expected:

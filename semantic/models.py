@@ -64,3 +64,24 @@ class DismissedPair(models.Model):
     def ordered(cls, a: object, b: object) -> tuple[str, str]:
         first, second = sorted([a, b])  # type: ignore[type-var]
         return str(first), str(second)
+
+
+class RateLimit(models.Model):
+    """Requests and tokens spent in the current window, shared by every worker and command.
+
+    One row per backend model and API key (``key`` holds a hash, never the key).
+    ``paused_until`` is set when the API answers 429, so every process waits.
+    """
+
+    key = models.CharField(_("key"), max_length=100, primary_key=True)
+    window_start = models.DateTimeField(_("window start"))
+    requests = models.PositiveIntegerField(_("requests"), default=0)
+    tokens = models.PositiveBigIntegerField(_("tokens"), default=0)
+    paused_until = models.DateTimeField(_("paused until"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("rate limit")
+        verbose_name_plural = _("rate limits")
+
+    def __str__(self) -> str:
+        return self.key

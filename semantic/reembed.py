@@ -8,7 +8,7 @@ from typing import Any
 
 from django.db import models
 
-from semantic.embedder import Embedder, Outcome, pending_rows
+from semantic.embedder import CHARS_PER_TOKEN, Embedder, Outcome, pending_rows
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingFailure
 
@@ -16,7 +16,6 @@ from semantic.models import EmbeddingFailure
 #: (gemini-embedding-001, Google's Gemini API pricing page, 2025). About 4 characters
 #: make a token in English. Override with SEMANTIC["PRICE_PER_MILLION_TOKENS"].
 PRICE_PER_MILLION_TOKENS = 0.15
-CHARS_PER_TOKEN = 4
 
 
 @dataclass

@@ -1,0 +1,72 @@
+"""The shared rate limit: a 429 pauses every worker on the key; requests per window are capped."""
+
+import threading
+import time
+
+import pytest
+from django.conf import settings
+from django.db import connections
+
+from semantic import suspend_embedding
+from semantic.models import RateLimit
+from semantic.tasks import embed_chunk
+from tests.testapp.models import Article
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def rows(prefix, count):
+    with suspend_embedding():
+        Article.objects.bulk_create(Article(title=f"{prefix} {i}") for i in range(count))
+    return list(Article.objects.filter(title__startswith=prefix).values_list("pk", flat=True))
+
+
+def worker(pks, results):
+    try:
+        results.append(embed_chunk("testapp.Article", "embedding", pks))
+    finally:
+        connections.close_all()
+
+
+def test_a_429_pauses_every_worker_sharing_the_key(fake_gemini):
+    first, second = rows("first worker", 3), rows("second worker", 3)
+    fake_gemini.fail_next(429, retry_after="1")
+    results = []
+    a = threading.Thread(target=worker, args=(first, results))
+    a.start()
+    deadline = time.monotonic() + 10
+    while not RateLimit.objects.filter(paused_until__isnull=False).exists():
+        assert time.monotonic() < deadline, "the 429 was not shared"
+        time.sleep(0.02)
+    b = threading.Thread(target=worker, args=(second, results))
+    b.start()
+    a.join(30)
+    b.join(30)
+    rejected = fake_gemini.requests[0]
+    later = fake_gemini.requests[1:]
+    assert len(later) == 2 and all(r["time"] - rejected["time"] >= 0.95 for r in later)
+    texts = {r["body"]["requests"][0]["content"]["parts"][0]["text"].split()[0] for r in later}
+    assert texts == {"first", "second"}  # the second worker waited too, without a 429 of its own
+    assert sum(r["embedded"] for r in results) == 6
+    state = RateLimit.objects.get()
+    assert settings.TEST_API_KEY not in state.key and state.key.startswith("gemini:")
+
+
+def test_requests_per_window_are_capped(fake_gemini, semantic_settings):
+    semantic_settings(REQUESTS_PER_MINUTE=2, RATE_LIMIT_WINDOW=1, BATCH_SIZE=1)
+    pks = rows("limited", 5)
+    started = time.monotonic()
+    assert embed_chunk("testapp.Article", "embedding", pks)["embedded"] == 5
+    assert time.monotonic() - started >= 2.0
+    times = [r["time"] for r in fake_gemini.requests]
+    assert len(times) == 5
+    assert all(times[i + 2] - times[i] >= 0.9 for i in range(len(times) - 2))
+
+
+def test_tokens_per_window_are_capped(fake_gemini, semantic_settings):
+    semantic_settings(TOKENS_PER_MINUTE=10, RATE_LIMIT_WINDOW=1, BATCH_SIZE=1)
+    pks = rows("a title long enough to cost about ten tokens each time", 2)
+    started = time.monotonic()
+    embed_chunk("testapp.Article", "embedding", pks)
+    assert time.monotonic() - started >= 0.9
+    assert fake_gemini.request_count == 2
