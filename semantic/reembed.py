@@ -103,9 +103,7 @@ def queue(
     chunk: int = 1000,
 ) -> int:
     """Hand the chosen rows to django-q2 workers in chunks; returns the number of tasks."""
-    from django_q.tasks import async_task
-
-    from semantic.conf import semantic_settings as conf
+    from semantic.tasks import queue_task
 
     pks = prepare(model, field, everything=everything, failed=failed)
     if pks is None:
@@ -113,11 +111,10 @@ def queue(
         pks = list(rows[:limit] if limit is not None else rows)
     elif limit is not None:
         pks = pks[:limit]
-    options: dict[str, Any] = {"task_name": f"semantic: re-embed {model._meta.label}.{field.name}"}
-    if conf.QUEUE:
-        options["cluster"] = conf.QUEUE
+    name = f"semantic: re-embed {model._meta.label}.{field.name}"
     tasks = 0
     for start in range(0, len(pks), chunk):
-        async_task("semantic.tasks.embed_chunk", model._meta.label, field.name, pks[start : start + chunk], **options)
+        chunk_pks = pks[start : start + chunk]
+        queue_task("semantic.tasks.embed_chunk", model._meta.label, field.name, chunk_pks, batch_size, name=name)
         tasks += 1
     return tasks

@@ -52,12 +52,7 @@ def enqueue(model: type[models.Model], field_name: str, pks: Sequence[Any], *, u
         if conf.SYNC:
             embed_rows(label, field_name, pks)
             return
-        from django_q.tasks import async_task
-
-        options: dict[str, Any] = {"task_name": f"semantic: embed {label}.{field_name}"}
-        if conf.QUEUE:
-            options["cluster"] = conf.QUEUE
-        async_task("semantic.tasks.embed_rows", label, field_name, pks, **options)
+        queue_task("semantic.tasks.embed_rows", label, field_name, pks, name=f"semantic: embed {label}.{field_name}")
 
     transaction.on_commit(send, using=using, robust=True)
 
@@ -71,7 +66,7 @@ def embed_rows(label: str, field_name: str, pks: Sequence[Any] | None = None) ->
     return Embedder(model, field).run(pks).as_dict()
 
 
-def embed_chunk(label: str, field_name: str, pks: Sequence[Any]) -> dict[str, Any]:
+def embed_chunk(label: str, field_name: str, pks: Sequence[Any], batch_size: int | None = None) -> dict[str, Any]:
     """Worker task for ``semantic_embed --queue``: exactly these rows, no others.
 
     Chunks are disjoint, so workers share a backfill without waiting for each other.
@@ -80,7 +75,7 @@ def embed_chunk(label: str, field_name: str, pks: Sequence[Any]) -> dict[str, An
 
     model = apps.get_model(label)
     field = get_embedding_field(model, field_name)
-    return Embedder(model, field).run(pks, fill=False).as_dict()
+    return Embedder(model, field, batch_size=batch_size).run(pks, fill=False).as_dict()
 
 
 def embed_pending(*targets: str | type[models.Model], limit: int | None = None) -> dict[str, Any]:
@@ -100,13 +95,18 @@ def embed_pending(*targets: str | type[models.Model], limit: int | None = None) 
 
 def queue_pending(*targets: str | type[models.Model]) -> str:
     """Queue :func:`embed_pending` on django-q2; returns the task id."""
+    labels = [t if isinstance(t, str) else t._meta.label for t in targets]
+    return queue_task("semantic.tasks.embed_pending", *labels, name="semantic: embed pending rows")
+
+
+def queue_task(func: str, *args: Any, name: str) -> str:
+    """Hand ``func(*args)`` to django-q2, on the cluster ``SEMANTIC["QUEUE"]`` names."""
     from django_q.tasks import async_task
 
-    labels = [t if isinstance(t, str) else t._meta.label for t in targets]
-    options: dict[str, Any] = {"task_name": "semantic: embed pending rows"}
+    options: dict[str, Any] = {"task_name": name}
     if conf.QUEUE:
         options["cluster"] = conf.QUEUE
-    return async_task("semantic.tasks.embed_pending", *labels, **options)
+    return async_task(func, *args, **options)
 
 
 def iter_fields(targets: Iterable[str | type[models.Model]] = ()) -> Iterator[tuple[type[models.Model], Any]]:

@@ -111,9 +111,11 @@ def test_dry_run_counts_and_prices_without_writing(backlog, fake_gemini):
 def test_queue_hands_chunks_to_django_q(backlog, fake_gemini, semantic_settings):
     from django_q.models import OrmQ
 
-    out, _ = run("semantic_embed", "testapp.Article", "--queue")
+    out, _ = run("semantic_embed", "testapp.Article", "--queue", "--batch-size", "7")
     assert Embed.QUEUED.format(label="testapp.Article.embedding", rows=25, tasks=1) in out
-    assert OrmQ.objects.count() == 1
+    (queued,) = OrmQ.objects.all()
+    assert queued.task["func"] == "semantic.tasks.embed_chunk"
+    assert queued.task["args"][1:] == ("embedding", sorted(a.pk for a in backlog), 7)
     assert fake_gemini.request_count == 0
     from semantic.tasks import embed_chunk
 
