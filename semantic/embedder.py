@@ -218,7 +218,8 @@ class Embedder:
         sql = (
             f"UPDATE {quote(self.model._meta.db_table)} AS t "
             f"SET {quote(field.column)} = v.vector::{field.db_type(connection)}, "
-            f"{quote(field.embedded_hash_name)} = v.hash, {quote(field.model_name)} = %s "
+            f"{quote(field.embedded_hash_name)} = v.hash, {quote(field.model_name)} = %s, "
+            f"{quote(field.pending_since_name)} = NULL "
             f"FROM (VALUES {rows}) AS v(pk, hash, vector) "
             f"WHERE t.{quote(pk.column)} = v.pk::{pk.rel_db_type(connection)} "
             f"AND t.{quote(field.source_hash_name)} = v.hash "
@@ -246,6 +247,7 @@ class Embedder:
             field.attname: vector,
             field.embedded_hash_name: item.hash,
             field.model_name: self.spec if vector is not None else None,
+            field.pending_since_name: None,
         }
         if not self.model._base_manager.filter(still_same, pk=item.pk).update(**values):
             self.outcome.changed_in_flight += 1

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import models
+from django.db.models import Case, F, When
+from django.db.models.functions import Coalesce, Now
 
 from semantic.embedder import CHARS_PER_TOKEN, Embedder, Outcome, pending_rows
 from semantic.fields import EmbeddingField
@@ -69,7 +71,15 @@ def prepare(model: type[models.Model], field: EmbeddingField, *, everything: boo
         return [model._meta.pk.to_python(pk) for pk in pks]
     if everything:
         # The vectors stay searchable until their replacements are written.
-        model._base_manager.update(**{field.embedded_hash_name: None})
+        waiting = Coalesce(F(field.pending_since_name), Now())
+        model._base_manager.update(
+            **{
+                field.embedded_hash_name: None,
+                field.pending_since_name: Case(
+                    When(**{f"{field.source_hash_name}__isnull": False}, then=waiting), default=None
+                ),
+            }
+        )
     return None
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import models
-from django.db.models import Case, CharField, Count, Exists, OuterRef, Q, Value, When
+from django.db.models import Case, CharField, Count, Exists, Min, OuterRef, Q, Value, When
 from django.db.models.functions import Cast
+from django.utils import timezone
 
 from semantic.fields import EmbeddingField, get_embedding_field
 from semantic.models import EmbeddingFailure
@@ -59,6 +60,9 @@ def field_status(model: type[models.Model], field: EmbeddingField) -> dict[str, 
     )
     counts = dict.fromkeys(STATES, 0)
     counts.update({row["_state"]: row["n"] for row in rows})
+    oldest = model._base_manager.filter(**{field.pending_name: True}).aggregate(oldest=Min(field.pending_since_name))[
+        "oldest"
+    ]
     return {
         "model": model._meta.label,
         "field": field.name,
@@ -67,6 +71,8 @@ def field_status(model: type[models.Model], field: EmbeddingField) -> dict[str, 
         "task_type": field.task_type,
         "total": sum(counts.values()),
         **counts,
+        "oldest_pending_since": oldest,
+        "oldest_pending_seconds": round((timezone.now() - oldest).total_seconds()) if oldest else None,
     }
 
 

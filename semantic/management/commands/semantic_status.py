@@ -1,6 +1,7 @@
 import json
 
 from django.core.management.base import BaseCommand
+from django.core.serializers.json import DjangoJSONEncoder
 
 from semantic.management.targets import resolve_all
 from semantic.status import STATES, field_status
@@ -9,10 +10,12 @@ from semantic.status import STATES, field_status
 class Command(BaseCommand):
     help = (
         "Show, per model and EmbeddingField, how many rows are embedded, pending, stale "
-        "(made by another model or size), failed or empty, and the model in use."
+        "(made by another model or size), failed or empty, how long the oldest pending row "
+        "has waited, and the model, task type and dimensions in use. --json prints the same "
+        "for monitoring (oldest_pending_seconds is null when nothing waits)."
     )
 
-    HEADER = "{:<32} {:>8} " + " ".join("{:>9}" for _ in STATES) + "  {}"
+    HEADER = "{:<32} {:>8} " + " ".join("{:>9}" for _ in STATES) + " {:>14}  {}"
     NOTHING = "No model has an EmbeddingField."
 
     def add_arguments(self, parser):
@@ -27,11 +30,26 @@ class Command(BaseCommand):
         if not report:
             self.stdout.write(self.NOTHING)
             return
-        self.stdout.write(self.HEADER.format("field", "total", *STATES, "model|task type|dimensions"))
+        self.stdout.write(self.HEADER.format("field", "total", *STATES, "oldest pending", "model|task type|dimensions"))
         for row in report:
             name = f"{row['model']}.{row['field']}"
-            self.stdout.write(self.HEADER.format(name, row["total"], *(row[s] for s in STATES), row["spec"]))
+            age = _age(row["oldest_pending_seconds"])
+            self.stdout.write(self.HEADER.format(name, row["total"], *(row[s] for s in STATES), age, row["spec"]))
+
+
+def _age(seconds):
+    """``95`` -> ``"1m 35s"``; None -> ``"-"``."""
+    if seconds is None:
+        return "-"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    if seconds or not parts:
+        parts.append(f"{seconds}s")
+    return " ".join(parts[:2])
 
 
 def _dumps(report):
-    return json.dumps(report, indent=2)
+    return json.dumps(report, indent=2, cls=DjangoJSONEncoder)
