@@ -3,11 +3,18 @@
 import csv
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from django.core.cache import cache
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
 
 from semantic import suspend_embedding
 from semantic.management.commands.semantic_duplicates import Command as Duplicates
@@ -18,6 +25,8 @@ from semantic.models import EmbeddingFailure
 from tests.testapp.models import Article
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
 
 
 def run(*args, **kwargs):
@@ -54,24 +63,44 @@ def test_limit_then_resume(backlog, fake_gemini):
     assert fake_gemini.request_count == 2
 
 
-def test_interrupted_run_keeps_written_batches(backlog, fake_gemini):
-    from semantic import reembed
-    from semantic.fields import get_embedding_field
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
+def test_interrupted_run_keeps_written_batches(backlog, fake_gemini, sig):
+    fake_gemini.latency = 0.3
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "SEMANTIC_TEST_DATABASE": connection.settings_dict["NAME"],
+        "SEMANTIC_TEST_BASE_URL": fake_gemini.base_url,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "semantic_embed", "testapp.Article", "--batch-size", "5"],
+        cwd=BASE_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    embedded = Article.objects.filter(embedding__isnull=False)
+    deadline = time.monotonic() + 60
+    while embedded.count() < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=30)
+    kept = set(embedded.values_list("pk", flat=True))
+    assert 5 <= len(kept) < 25, "interrupt mid-run"
+    if sig == signal.SIGINT:
+        assert process.returncode == 130
+        assert Embed.RESUME_HINT in err
+    else:
+        assert process.returncode == -signal.SIGKILL
 
-    field = get_embedding_field(Article)
-    calls = []
-
-    def interrupt(outcome, visited):
-        calls.append(visited)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        reembed.run(Article, field, batch_size=5, on_batch=interrupt)
-    assert Article.objects.filter(embedding__isnull=False).count() == 10
+    fake_gemini.reset()
     out, _ = run("semantic_embed", "testapp.Article")
-    assert Article.objects.filter(embedding__isnull=False).count() == 25
-    assert "15 embedded" in out
+    assert embedded.count() == 25
+    # The rerun sent only the rows the interrupted run had not written.
+    sent = set(fake_gemini.texts())
+    assert sent == {a.title for a in backlog if a.pk not in kept}
+    assert f"{25 - len(kept)} embedded" in out
 
 
 def test_all_re_embeds_current_rows(backlog, fake_gemini):
