@@ -27,7 +27,7 @@ from django.utils.translation import ngettext
 from pgvector.django import CosineDistance
 
 from semantic.duplicates import connected_groups
-from semantic.fields import EmbeddingField, get_embedding_field
+from semantic.fields import EmbeddingField
 from semantic.models import DismissedPair, EmbeddingFailure
 from semantic.query import (
     DEFAULT_DUPLICATE_THRESHOLD,
@@ -37,6 +37,7 @@ from semantic.query import (
     vector_literal,
 )
 from semantic.status import STATES, status_report, with_state
+from semantic.switch import serving_field
 from semantic.tasks import enqueue
 
 STATE_ANNOTATION = "semantic_state"
@@ -80,7 +81,7 @@ class SemanticAdminMixin:
     # -- the field and the rows ------------------------------------------------------------
 
     def get_embedding_field(self) -> EmbeddingField:
-        return get_embedding_field(self.model, self.semantic_field)  # type: ignore[attr-defined]
+        return serving_field(self.model, self.semantic_field)  # type: ignore[attr-defined]
 
     def semantic_queryset(self, request: HttpRequest) -> SemanticQuerySet:
         """The rows this user may see (``get_queryset()``), as a SemanticQuerySet."""
@@ -90,7 +91,7 @@ class SemanticAdminMixin:
 
     def get_queryset(self, request: HttpRequest) -> models.QuerySet:
         qs = super().get_queryset(request)  # type: ignore[misc]
-        return with_state(qs, self.semantic_field, name=STATE_ANNOTATION)
+        return with_state(qs, self.get_embedding_field().name, name=STATE_ANNOTATION)
 
     # -- changelist: state column, filter, search by meaning ------------------------------
 

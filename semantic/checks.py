@@ -55,12 +55,11 @@ def check_fields(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage
         backend_class = conf.BACKEND
     except ImportError:
         return []  # reported by check_backend
-    backend = _backend_for_checks(backend_class)
     errors: list[checks.CMessage] = []
     configs = app_configs or apps.get_app_configs()
     for model in (m for config in configs for m in config.get_models()):
         for field in embedding_fields(model):
-            errors += _check_field(model, field, backend)
+            errors += _check_field(model, field, _backend_for_checks(backend_class, field.embedding_model))
     return errors
 
 
@@ -75,6 +74,30 @@ def _check_field(model: type[models.Model], field: Any, backend: Any) -> list[ch
                 "or choose a backend that makes vectors of this size.",
                 obj=field,
                 id="semantic.E003",
+            )
+        )
+    if field.replaces:
+        try:
+            replaced = model._meta.get_field(field.replaces)
+        except Exception:
+            replaced = None  # already deleted: this field now serves its queries
+        if field.replaces == field.name or (replaced is not None and not isinstance(replaced, type(field))):
+            errors.append(
+                checks.Error(
+                    f"{label} replaces {field.replaces!r}, which is not another EmbeddingField of {model._meta.label}.",
+                    hint="replaces names the EmbeddingField this one takes over from (see semantic.switch).",
+                    obj=field,
+                    id="semantic.E007",
+                )
+            )
+    if field.embedding_model and backend is not None and backend.name == "local":
+        errors.append(
+            checks.Warning(
+                f"{label} sets embedding_model={field.embedding_model!r}, but the local backend always runs "
+                "its own model; its vectors are stored under that name.",
+                hint="Set SEMANTIC['API_KEY'] to embed with the Gemini model, or drop embedding_model.",
+                obj=field,
+                id="semantic.W001",
             )
         )
     if not field.source_is_method:
@@ -98,9 +121,9 @@ def _check_field(model: type[models.Model], field: Any, backend: Any) -> list[ch
     return errors
 
 
-def _backend_for_checks(backend_class: type) -> Any:
+def _backend_for_checks(backend_class: type, model: str | None) -> Any:
     try:
-        return backend_class(model=conf.MODEL, **conf.BACKEND_OPTIONS)
+        return backend_class(model=model or conf.MODEL, **conf.BACKEND_OPTIONS)
     except Exception:
         return None
 

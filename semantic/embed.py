@@ -20,9 +20,10 @@ def embed(
     *,
     task_type: str = "SEMANTIC_SIMILARITY",
     dimensions: int | None = None,
+    model: str | None = None,
     cache: bool = True,
 ) -> list[Vector]:
-    """Embed ``texts`` with the configured backend, one vector per text.
+    """Embed ``texts`` with the configured backend (and ``model``), one vector per text.
 
     Vectors are cached (Django cache ``SEMANTIC["CACHE"]``) under the backend's model,
     the task type, the size and the text, so repeating a search costs no API call.
@@ -31,7 +32,7 @@ def embed(
     """
     if isinstance(texts, str):
         raise TypeError("embed() takes a list of texts; wrap a single text in a list.")
-    backend = get_backend()
+    backend = get_backend(model)
     dimensions = dimensions or conf.DIMENSIONS or backend.default_dimensions
     cleaned = [clean(text, backend.max_input_chars) for text in texts]
     if not all(cleaned):

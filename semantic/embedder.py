@@ -23,7 +23,7 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 
 from semantic import ratelimit
-from semantic.backends import EmbeddingBackend, EmbeddingError, Vector, get_backend
+from semantic.backends import EmbeddingBackend, EmbeddingError, Vector
 from semantic.conf import semantic_settings as conf
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingFailure
@@ -84,7 +84,7 @@ class Embedder:
     ) -> None:
         self.model = model
         self.field = field
-        self.backend = backend or get_backend()
+        self.backend = backend or field.backend
         cap = self.backend.max_batch_size
         self.batch_size = max(1, min(batch_size or conf.BATCH_SIZE or cap, cap))
         self.spec = field.spec()

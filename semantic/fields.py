@@ -118,6 +118,12 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
     the backend's default size. Vectors over 2,000 dimensions are stored as
     ``halfvec`` (the largest ``vector`` pgvector can index with HNSW); pass
     ``halfvec=True`` to store smaller ones at half precision too.
+
+    ``embedding_model`` pins this field to a model of the backend (default:
+    ``SEMANTIC["MODEL"]``). ``replaces`` names another EmbeddingField of the model that
+    this one is to take over from: both are kept up to date, queries keep using the
+    old one until ``manage.py semantic_embed app.Model.<this field> --switch`` has
+    filled this one and switched them over (see :mod:`semantic.switch`).
     """
 
     description = "Embedding of the row's text"
@@ -132,6 +138,8 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
         title_source: str | None = None,
         dimensions: int | None = None,
         halfvec: bool | None = None,
+        embedding_model: str | None = None,
+        replaces: str | None = None,
         **kwargs: Any,
     ) -> None:
         if task_type not in TASK_TYPES:
@@ -144,6 +152,8 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
             raise ValueError("EmbeddingField source must be a field name, a tuple of field names, or a method name.")
         self.source = tuple(source)
         self.task_type = task_type
+        self.embedding_model = embedding_model
+        self.replaces = replaces
         self.title_source = title_source
         if dimensions is None:
             dimensions = default_dimensions()
@@ -167,6 +177,10 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
             kwargs["title_source"] = self.title_source
         if self._halfvec_arg is not None:
             kwargs["halfvec"] = self._halfvec_arg
+        if self.embedding_model:
+            kwargs["embedding_model"] = self.embedding_model
+        if self.replaces:
+            kwargs["replaces"] = self.replaces
         return name, "semantic.fields.EmbeddingField", args, kwargs
 
     def db_type(self, connection: Any) -> str:
@@ -315,11 +329,16 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
 
     # -- what needs doing ----------------------------------------------------------
 
-    def spec(self) -> str:
-        """Identifies vectors made under the current settings: model, task type, size."""
+    @property
+    def backend(self) -> Any:
+        """The backend that embeds this field, for its ``embedding_model``."""
         from semantic.backends import get_backend
 
-        return f"{get_backend().model_id}|{self.task_type}|{self.dimensions}"
+        return get_backend(self.embedding_model)
+
+    def spec(self) -> str:
+        """Identifies vectors made under the current settings: model, task type, size."""
+        return f"{self.backend.model_id}|{self.task_type}|{self.dimensions}"
 
     def needs_embedding(self) -> Q:
         """Rows whose vector is missing, out of date, or made by another model."""

@@ -85,3 +85,24 @@ class RateLimit(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+
+class FieldSwitch(models.Model):
+    """Queries that name ``field_name`` of ``model_label`` are served by ``serving_field``.
+
+    Written by ``manage.py semantic_embed app.Model.<field> --switch`` once the field
+    that ``replaces`` another is fully embedded; see :mod:`semantic.switch`.
+    """
+
+    model_label = models.CharField(_("model"), max_length=200)
+    field_name = models.CharField(_("field"), max_length=200)
+    serving_field = models.CharField(_("served by"), max_length=200)
+    switched_at = models.DateTimeField(_("switched at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("embedding field switch")
+        verbose_name_plural = _("embedding field switches")
+        constraints = [models.UniqueConstraint(fields=["model_label", "field_name"], name="semantic_switch_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.model_label}.{self.field_name} → {self.serving_field}"

@@ -27,7 +27,8 @@ from pgvector.django import CosineDistance
 
 from semantic.conf import semantic_settings as conf
 from semantic.embed import embed
-from semantic.fields import EmbeddingField, get_embedding_field
+from semantic.fields import EmbeddingField
+from semantic.switch import serving_field
 
 #: Default ``threshold`` of duplicates(); see docs/benchmarks.md for how it was chosen.
 DEFAULT_DUPLICATE_THRESHOLD = 0.81
@@ -151,7 +152,7 @@ class SemanticQuerySet(models.QuerySet):
         (``RETRIEVAL_QUERY`` for ``RETRIEVAL_DOCUMENT`` fields; pass ``task_type`` for
         ``QUESTION_ANSWERING`` or ``FACT_VERIFICATION``) and cached.
         """
-        embedding_field = get_embedding_field(self.model, field)
+        embedding_field = serving_field(self.model, field)
         filters_before = len(self.query.where.children)
         vector, exclude_pk = query_vector(self.model, embedding_field, query, task_type=task_type)
         if min_similarity is not None:
@@ -209,7 +210,7 @@ class SemanticQuerySet(models.QuerySet):
         from semantic.duplicates import find_pairs
 
         check_threshold(threshold, "threshold")
-        embedding_field = get_embedding_field(self.model, field)
+        embedding_field = serving_field(self.model, field)
         pairs = find_pairs(
             self, embedding_field, threshold, neighbours=neighbours, ef_search=ef_search, workers=workers
         )
@@ -251,7 +252,12 @@ def query_vector(
             )
         return [float(x) for x in vector], query.pk
     if isinstance(query, str):
-        (vector,) = embed([query], task_type=query_task_type(field, task_type), dimensions=field.dimensions)
+        (vector,) = embed(
+            [query],
+            task_type=query_task_type(field, task_type),
+            dimensions=field.dimensions,
+            model=field.embedding_model,
+        )
         return vector, None
     if isinstance(query, Iterable):
         vector = [float(x) for x in query]

@@ -47,6 +47,11 @@ def select(model: type[models.Model], field: EmbeddingField, *, everything: bool
     return pending_rows(model, field)
 
 
+def stale_rows(model: type[models.Model], field: EmbeddingField) -> models.QuerySet:
+    """Rows whose text is unchanged but whose vector was made by another model, task type or size."""
+    return model._base_manager.filter(field.needs_embedding(), **{field.pending_name: False})
+
+
 def plan(
     model: type[models.Model], field: EmbeddingField, *, everything: bool, failed: bool, limit: int | None
 ) -> Plan:

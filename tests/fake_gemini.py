@@ -7,7 +7,15 @@ the same text always gets the same vector. As the real API, it only normalises
 full-size (3072) vectors.
 
 It counts requests and can be told to misbehave: answer 429 with Retry-After, 500,
-400, malformed JSON, or slowly. Run it alone for benchmarks::
+400, malformed JSON, or slowly.
+
+It also runs batch embedding jobs (``client.batches.create_embeddings``): ``POST
+models/<model>:asyncBatchEmbedContent`` creates ``batches/fake-<n>``, ``GET
+batches/<id>`` returns it as the real long-running operation (each GET moves it on,
+``BATCH_STATE_*`` in ``metadata.state``, results in
+``metadata.output.inlinedResponses.inlinedResponses``), ``POST batches/<id>:cancel``
+and ``DELETE batches/<id>`` cancel and forget it. Jobs can fail as a whole or per
+input. Run it alone for benchmarks::
 
     python -m tests.fake_gemini --port 8765 --latency 0.2
 """
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -27,6 +36,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 PATH = re.compile(r"^/v1(?:beta)?/models/(?P<model>[^/:]+):batchEmbedContents$")
+BATCH_CREATE = re.compile(r"^/v1(?:beta)?/models/(?P<model>[^/:]+):asyncBatchEmbedContent$")
+JOB = re.compile(r"^/v1(?:beta)?/(?P<name>batches/[^/:]+)$")
+JOB_CANCEL = re.compile(r"^/v1(?:beta)?/(?P<name>batches/[^/:]+):cancel$")
 WORD = re.compile(r"\w+")
 NATIVE_DIMENSIONS = 3072
 
@@ -45,11 +57,56 @@ def fake_vector(text: str, dimensions: int, task_type: str | None = None) -> lis
     return [scale * x / norm for x in vector]
 
 
+def api_error(code: int, message: str, status: str) -> str:
+    return json.dumps({"error": {"code": code, "message": message, "status": status}})
+
+
 @dataclass
 class Fault:
     status: int
     body: str
     headers: dict[str, str]
+
+
+@dataclass
+class BatchJob:
+    """A batch embedding job; its outcome is fixed at creation and shown once it is done."""
+
+    name: str
+    model: str
+    display_name: str | None
+    polls_left: int
+    #: One ``{"response": ...}`` or ``{"error": ...}`` per input, in input order.
+    responses: list[dict[str, Any]]
+    #: The whole job fails with this message.
+    error: str | None
+    state: str = "BATCH_STATE_PENDING"
+
+    @property
+    def done(self) -> bool:
+        return self.state not in ("BATCH_STATE_PENDING", "BATCH_STATE_RUNNING")
+
+    def poll(self) -> None:
+        """One GET: running until the last poll, then failed or succeeded."""
+        if self.done:
+            return
+        self.polls_left -= 1
+        if self.polls_left > 0:
+            self.state = "BATCH_STATE_RUNNING"
+        else:
+            self.state = "BATCH_STATE_FAILED" if self.error else "BATCH_STATE_SUCCEEDED"
+
+    def operation(self) -> dict[str, Any]:
+        """The job as the API returns it: a long-running operation."""
+        metadata: dict[str, Any] = {"model": self.model, "state": self.state}
+        if self.display_name:
+            metadata["displayName"] = self.display_name
+        operation: dict[str, Any] = {"name": self.name, "metadata": metadata, "done": self.done}
+        if self.state == "BATCH_STATE_SUCCEEDED":
+            metadata["output"] = {"inlinedResponses": {"inlinedResponses": self.responses}}
+        elif self.state == "BATCH_STATE_FAILED":
+            operation["error"] = {"code": 13, "message": self.error}
+        return operation
 
 
 class FakeGemini:
@@ -62,6 +119,15 @@ class FakeGemini:
         self.on_request: Callable[[dict[str, Any]], None] | None = None
         #: Answer 400 to any request with a text containing this marker.
         self.reject_marker: str | None = None
+        #: ``asyncBatchEmbedContent`` requests, each with the job ``name`` (``requests`` has only the others).
+        self.batch_requests: list[dict[str, Any]] = []
+        self.jobs: dict[str, BatchJob] = {}
+        #: A new job is done at its n-th GET (RUNNING before).
+        self.batch_polls_until_done = 1
+        #: Inputs of a batch job containing this marker get an error instead of an embedding.
+        self.reject_batch_marker: str | None = None
+        self._batch_failures: list[str] = []
+        self._job_ids = itertools.count(1)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((host, port), self._handler())
         self._server.daemon_threads = True
@@ -92,13 +158,48 @@ class FakeGemini:
         with self._lock:
             self.faults += [Fault(200, '{"embeddings": [', {})] * times
 
+    def fail_next_batch(self, message: str) -> None:
+        """The next batch job created ends as ``BATCH_STATE_FAILED`` with this error."""
+        with self._lock:
+            self._batch_failures.append(message)
+
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
             self.faults.clear()
+            self.batch_requests.clear()
+            self.jobs.clear()
+            self._batch_failures.clear()
         self.on_request = None
         self.reject_marker = None
+        self.reject_batch_marker = None
+        self.batch_polls_until_done = 1
         self.latency = 0.0
+
+    def _create_job(self, record: dict[str, Any]) -> BatchJob:
+        batch = record["body"]["batch"]
+        items = [r["request"] for r in batch["inputConfig"]["requests"]["requests"]]
+        responses: list[dict[str, Any]] = []
+        for item in items:
+            text = "".join(p.get("text", "") for p in item["content"]["parts"])
+            if self.reject_batch_marker and self.reject_batch_marker in text:
+                responses.append({"error": {"code": 3, "message": "Request contains an invalid argument."}})
+            else:
+                dims = item.get("outputDimensionality") or NATIVE_DIMENSIONS
+                responses.append({"response": {"embedding": {"values": fake_vector(text, dims, item.get("taskType"))}}})
+        with self._lock:
+            job = BatchJob(
+                name=f"batches/fake-{next(self._job_ids)}",
+                model=f"models/{record['model']}",
+                display_name=batch.get("displayName"),
+                polls_left=self.batch_polls_until_done,
+                responses=responses,
+                error=self._batch_failures.pop(0) if self._batch_failures else None,
+            )
+            record["name"] = job.name
+            self.batch_requests.append(record)
+            self.jobs[job.name] = job
+        return job
 
     def start(self) -> FakeGemini:
         self._thread.start()
@@ -121,10 +222,34 @@ class FakeGemini:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
+            def do_GET(self) -> None:
+                match = JOB.match(self.path.split("?")[0])
+                with fake._lock:
+                    job = fake.jobs.get(match["name"]) if match else None
+                    if job:
+                        job.poll()
+                        operation = job.operation()
+                if not job:
+                    return self._send(404, api_error(404, "Requested entity was not found.", "NOT_FOUND"))
+                return self._send(200, json.dumps(operation))
+
+            def do_DELETE(self) -> None:
+                match = JOB.match(self.path.split("?")[0])
+                with fake._lock:
+                    job = fake.jobs.pop(match["name"], None) if match else None
+                if not job:
+                    return self._send(404, api_error(404, "Requested entity was not found.", "NOT_FOUND"))
+                return self._send(200, "{}")
+
             def do_POST(self) -> None:
-                match = PATH.match(self.path.split("?")[0])
+                path = self.path.split("?")[0]
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
+                if create := BATCH_CREATE.match(path):
+                    return self._create_batch(create["model"], raw)
+                if cancel := JOB_CANCEL.match(path):
+                    return self._cancel_batch(cancel["name"])
+                match = PATH.match(path)
                 if not match:
                     return self._send(404, json.dumps({"error": {"code": 404, "message": "not found"}}))
                 try:
@@ -162,6 +287,28 @@ class FakeGemini:
                     dims = item.get("outputDimensionality") or NATIVE_DIMENSIONS
                     embeddings.append({"values": fake_vector(text, dims, item.get("taskType"))})
                 return self._send(200, json.dumps({"embeddings": embeddings}))
+
+            def _create_batch(self, model: str, raw: bytes) -> None:
+                try:
+                    record = {
+                        "model": model,
+                        "body": json.loads(raw),
+                        "api_key": self.headers.get("x-goog-api-key"),
+                        "time": time.monotonic(),
+                    }
+                    job = fake._create_job(record)
+                except (ValueError, KeyError, TypeError):
+                    return self._send(400, api_error(400, "Invalid batch request.", "INVALID_ARGUMENT"))
+                return self._send(200, json.dumps(job.operation()))
+
+            def _cancel_batch(self, name: str) -> None:
+                with fake._lock:
+                    job = fake.jobs.get(name)
+                    if job and not job.done:
+                        job.state = "BATCH_STATE_CANCELLED"
+                if not job:
+                    return self._send(404, api_error(404, "Requested entity was not found.", "NOT_FOUND"))
+                return self._send(200, "{}")
 
             def _send(self, status: int, body: str, headers: dict[str, str] | None = None) -> None:
                 data = body.encode()

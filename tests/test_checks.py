@@ -1,6 +1,9 @@
+from types import SimpleNamespace
+
 import pytest
 from django.core import checks
-from django.db import connection
+from django.db import connection, models
+from django.test.utils import isolate_apps
 
 from semantic.checks import check_backend, check_extension, check_fields
 from semantic.operations import INSTALL_HINT
@@ -38,8 +41,11 @@ def test_key_from_the_environment(semantic_settings, monkeypatch):
 
 def test_dimensions_the_backend_cannot_make(semantic_settings):
     semantic_settings(BACKEND="semantic.backends.local.LocalBackend")
-    errors = check_fields()
-    assert set(ids(errors)) == {"semantic.E003"}
+    messages = check_fields()
+    errors = [m for m in messages if m.id == "semantic.E003"]
+    (warning,) = [m for m in messages if m.id != "semantic.E003"]
+    # Review.embedding_next pins a Gemini model, which the local backend cannot run.
+    assert warning.id == "semantic.W001" and "embedding_model='gemini-embedding-next'" in warning.msg
     # Note is 384-dimensional, the local model's size; every other test field is not.
     labels = sorted(e.obj.model._meta.label + "." + e.obj.name for e in errors)
     assert "testapp.Note.embedding" not in labels
@@ -117,3 +123,22 @@ def test_missing_extension_error_says_what_to_install(database_without_pgvector)
         create_extension(database_without_pgvector)
     assert INSTALL_HINT in str(info.value)
     assert "permission denied" in str(info.value)
+
+
+@isolate_apps("tests.testapp")
+def test_replaces_must_name_another_embedding_field():
+    from semantic import EmbeddingField
+
+    class Swap(models.Model):
+        text = models.TextField()
+        embedding = EmbeddingField(source="text", dimensions=128, replaces="text")
+        itself = EmbeddingField(source="text", dimensions=128, replaces="itself")
+        gone = EmbeddingField(source="text", dimensions=128, replaces="deleted_field")
+
+        class Meta:
+            app_label = "testapp"
+
+    errors = check_fields(app_configs=[SimpleNamespace(get_models=lambda: [Swap])])
+    assert ids(errors) == ["semantic.E007", "semantic.E007"]
+    assert [e.obj.name for e in errors] == ["embedding", "itself"]
+    assert "replaces 'text', which is not another EmbeddingField" in errors[0].msg

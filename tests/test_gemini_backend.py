@@ -29,6 +29,17 @@ def test_one_request_for_a_list_of_texts(fake_gemini):
     assert {i["outputDimensionality"] for i in items} == {768}
 
 
+def test_multimodal_models_get_one_content_per_text(fake_gemini):
+    # google-genai joins plain strings into one content for gemini-embedding-2 style models.
+    vectors = backend(fake_gemini, model="gemini-embedding-2-preview").embed(
+        ["first text", "second text"], task_type="SEMANTIC_SIMILARITY", dimensions=768
+    )
+    assert len(vectors) == 2 and vectors[0] != vectors[1]
+    (request,) = fake_gemini.requests
+    assert request["model"] == "gemini-embedding-2-preview"
+    assert [len(i["content"]["parts"]) for i in request["body"]["requests"]] == [1, 1]
+
+
 def test_reduced_dimensions_are_normalised(fake_gemini):
     (vector,) = backend(fake_gemini).embed(["hello world"], task_type="CLUSTERING", dimensions=256)
     raw = fake_vector("hello world", 256)

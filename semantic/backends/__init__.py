@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 from semantic.backends.base import EmbeddingBackend, EmbeddingError, Vector
 
 __all__ = ["EmbeddingBackend", "EmbeddingError", "Vector", "get_backend"]
 
 
-@lru_cache(maxsize=1)
-def get_backend() -> EmbeddingBackend:
-    """The configured backend instance (cached until ``SEMANTIC`` changes)."""
+@cache
+def get_backend(model: str | None = None) -> EmbeddingBackend:
+    """The configured backend for ``model`` (default ``SEMANTIC["MODEL"]``), cached until ``SEMANTIC`` changes."""
     from semantic.conf import semantic_settings as conf
 
     backend_class = conf.BACKEND
-    return backend_class(model=conf.MODEL, **conf.BACKEND_OPTIONS)
+    return backend_class(model=model or conf.MODEL, **conf.BACKEND_OPTIONS)

@@ -91,9 +91,13 @@ class GeminiBackend(EmbeddingBackend):
         from google.genai import errors, types
 
         config = types.EmbedContentConfig(task_type=task_type, title=title, output_dimensionality=dimensions)
+        # One Content per text: given plain strings, the SDK joins them into one
+        # multi-part content for multimodal models (gemini-embedding-2 and later),
+        # which get one embedding for the lot.
+        contents = [types.Content(parts=[types.Part(text=text)]) for text in texts]
         client = self.client
         try:
-            response = client.models.embed_content(model=self.model, contents=texts, config=config)
+            response = client.models.embed_content(model=self.model, contents=contents, config=config)
         except errors.APIError as exc:
             raise EmbeddingError(
                 self._clean(f"Gemini API error {exc.code}: {exc.message or exc.status or ''}"),

@@ -6,13 +6,22 @@ from typing import Any
 
 from django.apps import apps
 from django.core.management.base import CommandError
-from django.db import models
+from django.db import connections, models, router
 
 from semantic.fields import EmbeddingField, embedding_fields
 
 BAD_TARGET = "{target!r} is not app_label.Model or app_label.Model.field."
 UNKNOWN_MODEL = "Unknown model {label!r}; models with an EmbeddingField: {known}."
 NO_FIELD = "{label} has no EmbeddingField."
+MIGRATION_NEEDED = (
+    "{label} is {actual} in the database but the model declares {declared}: run "
+    "`manage.py makemigrations` and `manage.py migrate` first. To change the model or size "
+    "without a gap in search, add a second EmbeddingField with replaces={field!r} instead "
+    "(README: Changing the model)."
+)
+MISSING_COLUMN = (
+    "{label}: the database has no column {column!r}; run `manage.py makemigrations` and `manage.py migrate` first."
+)
 UNKNOWN_FIELD = "{label} has no EmbeddingField named {name!r}; it has {names}."
 
 
@@ -58,3 +67,26 @@ def threshold_type(value: Any) -> float:
     if not -1.0 <= number <= 1.0:
         raise argparse.ArgumentTypeError(f"{value} is outside -1..1 (cosine similarity)")
     return number
+
+
+def check_schema(model: type[models.Model], field: EmbeddingField) -> None:
+    """Raise CommandError when the table does not match the field: a migration is due."""
+    connection = connections[router.db_for_write(model)]
+    names = [field.column, field.source_hash_name, field.embedded_hash_name, field.model_name]
+    names += [field.pending_name, field.pending_since_name]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped AND attname = ANY(%s)",
+            [connection.ops.quote_name(model._meta.db_table), names],
+        )
+        columns = dict(cursor.fetchall())
+    label = f"{model._meta.label}.{field.name}"
+    for name in names:
+        if name not in columns:
+            raise CommandError(MISSING_COLUMN.format(label=label, column=name))
+    declared = field.db_type(connection)
+    if columns[field.column] != declared:
+        raise CommandError(
+            MIGRATION_NEEDED.format(label=label, actual=columns[field.column], declared=declared, field=field.name)
+        )

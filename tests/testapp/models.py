@@ -71,3 +71,18 @@ class Passage(models.Model):
 
     class Meta:
         indexes = [EmbeddingIndex(fields=["embedding"], name="passage_embedding_hnsw")]
+
+
+class Review(models.Model):
+    """Moving from one model and size to another with ``replaces`` (semantic.switch)."""
+
+    text = models.TextField()
+    embedding = EmbeddingField(source="text", dimensions=128)
+    embedding_next = EmbeddingField(
+        source="text", embedding_model="gemini-embedding-next", dimensions=256, replaces="embedding"
+    )
+
+    objects = SemanticManager()
+
+    def __str__(self) -> str:
+        return self.text

@@ -3,9 +3,9 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 
 from semantic import reembed
-from semantic.backends import get_backend
 from semantic.conf import semantic_settings as conf
-from semantic.management.targets import resolve_all
+from semantic.management.targets import check_schema, resolve_all
+from semantic.switch import switch_to
 
 
 class Command(BaseCommand):
@@ -13,7 +13,9 @@ class Command(BaseCommand):
         "Embed the rows that need it: new, changed, stale (made by another model or size) and failed "
         "ones, for the named app_label.Model[.field] targets or every EmbeddingField. Runs inline with a "
         "progress display, or hands the work to django-q2 workers with --queue. Safe to interrupt: "
-        "finished batches are kept, and running it again carries on."
+        "finished batches are kept, and running it again carries on. With --switch, fills a field "
+        "declared with replaces= and then points queries at it. Tells you when a migration is due "
+        "(e.g. the field's dimensions changed)."
     )
 
     NOTHING = "{label}: nothing to embed."
@@ -26,6 +28,13 @@ class Command(BaseCommand):
     )
     PROGRESS = "{label}: {visited}/{total} rows, {rate:.1f} rows/s, about {eta} left"
     FAILED_HINT = "Failed rows are listed in the admin (Embedding failures); retry them with --failed."
+    STALE = (
+        "{label}: {rows} rows hold vectors from another model or size; until they are re-embedded, search "
+        "sees only the rows embedded by {spec}. To change the model with no gap, add a second field with "
+        "replaces= and switch with --switch (README: Changing the model)."
+    )
+    SWITCHED = "Queries for {model}.{original} now use {field} ({spec})."
+    SWITCH_ONE = "--switch takes exactly one app_label.Model.field."
     RESUME_HINT = "Interrupted; batches already written are kept. Run the command again (without --all) to carry on."
 
     def add_arguments(self, parser):
@@ -39,19 +48,33 @@ class Command(BaseCommand):
         parser.add_argument("--limit", type=int, help="stop after this many rows")
         parser.add_argument("--queue", action="store_true", help="hand the rows to django-q2 workers instead")
         parser.add_argument("--dry-run", action="store_true", help="count rows, characters and cost; change nothing")
+        parser.add_argument(
+            "--switch",
+            action="store_true",
+            help="embed the named field fully, then make queries for the field it replaces use it "
+            "(a field declared with replaces=; name the original field to switch back)",
+        )
 
-    def handle(self, targets, everything, failed, batch_size, limit, queue, dry_run, **options):
+    def handle(self, targets, everything, failed, batch_size, limit, queue, dry_run, switch, **options):
         if batch_size is not None and batch_size < 1:
             raise CommandError("--batch-size must be a positive number.")
         if limit is not None and limit < 1:
             raise CommandError("--limit must be a positive number.")
+        if switch and (queue or dry_run):
+            raise CommandError("--switch embeds inline and then switches; it does not go with --queue or --dry-run.")
+        resolved = resolve_all(targets)
+        if switch and (len(resolved) != 1 or len(targets[0].split(".")) != 3):
+            raise CommandError(self.SWITCH_ONE)
         try:
-            for model, field in resolve_all(targets):
+            for model, field in resolved:
                 label = f"{model._meta.label}.{field.name}"
-                self.current = label
+                check_schema(model, field)
                 kwargs = {"everything": everything, "failed": failed}
+                stale = reembed.stale_rows(model, field).count()
+                if stale:
+                    self.stderr.write(self.STALE.format(label=label, rows=stale, spec=field.spec()))
                 if dry_run:
-                    self.report_plan(label, reembed.plan(model, field, limit=limit, **kwargs))
+                    self.report_plan(label, field, reembed.plan(model, field, limit=limit, **kwargs))
                 elif queue:
                     total = reembed.plan(model, field, limit=limit, **kwargs).rows
                     if not total:
@@ -61,13 +84,24 @@ class Command(BaseCommand):
                     self.stdout.write(self.QUEUED.format(label=label, rows=total, tasks=tasks))
                 else:
                     self.embed(model, field, label, batch_size=batch_size, limit=limit, **kwargs)
+                if switch:
+                    self.switch(model, field)
         except KeyboardInterrupt:
             self.stderr.write("\n" + self.RESUME_HINT)
             raise SystemExit(130) from None
 
-    def report_plan(self, label, plan):
+    def switch(self, model, field):
+        try:
+            original = switch_to(model, field)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(
+            self.SWITCHED.format(model=model._meta.label, original=original, field=field.name, spec=field.spec())
+        )
+
+    def report_plan(self, label, field, plan):
         cost = ""
-        backend = get_backend()
+        backend = field.backend
         if backend.name == "gemini":
             price = conf.PRICE_PER_MILLION_TOKENS or reembed.PRICE_PER_MILLION_TOKENS
             cost = self.COST.format(cost=plan.tokens * price / 1e6, price=price)

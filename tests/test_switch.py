@@ -1,0 +1,137 @@
+"""Changing model and size through a field that ``replaces`` another (semantic.switch)."""
+
+import io
+import threading
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connection, connections
+
+from semantic import suspend_embedding
+from semantic.management.commands.semantic_embed import Command as Embed
+from semantic.management.targets import MIGRATION_NEEDED
+from semantic.switch import INCOMPLETE, NOT_REPLACING, serving_field
+from tests.testapp.models import Review
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TEXTS = [
+    f"Review {i}: the {word} was good" for i, word in enumerate("soup fish bread cake wine tea coffee salad".split())
+]
+
+
+def run(*args):
+    out, err = io.StringIO(), io.StringIO()
+    call_command(*args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def reviews(fake_gemini, semantic_settings):
+    """Rows embedded in the old field only, as before the new field was added."""
+    semantic_settings(CACHE=None)  # every query asks the server, so the tests see which model answers
+    with suspend_embedding():
+        Review.objects.bulk_create(Review(text=text) for text in TEXTS)
+    run("semantic_embed", "testapp.Review.embedding")
+    fake_gemini.reset()
+    return Review.objects.all()
+
+
+def last_query(fake_gemini):
+    request = fake_gemini.requests[-1]
+    (item,) = request["body"]["requests"]
+    return request["model"], item["outputDimensionality"]
+
+
+def test_the_new_field_stands_by_until_switched(reviews, fake_gemini):
+    assert serving_field(Review).name == "embedding"
+    assert len(Review.objects.similar_to("good fish")) == len(TEXTS)
+    assert last_query(fake_gemini) == ("gemini-embedding-001", 128)
+
+    run("semantic_embed", "testapp.Review.embedding_next", "--limit", "3")
+    with pytest.raises(CommandError) as info:
+        run("semantic_embed", "testapp.Review.embedding_next", "--switch", "--limit", "2")
+    left = len(TEXTS) - 5
+    assert str(info.value) == INCOMPLETE.format(label="testapp.Review", field="embedding_next", rows=left)
+    # Half filled, the new field is not used: every row is still found, by the old model.
+    assert len(Review.objects.similar_to("good fish")) == len(TEXTS)
+    assert last_query(fake_gemini) == ("gemini-embedding-001", 128)
+
+    out, _ = run("semantic_embed", "testapp.Review.embedding_next", "--switch")
+    spec = serving_field(Review).spec()
+    assert Embed.SWITCHED.format(model="testapp.Review", original="embedding", field="embedding_next", spec=spec) in out
+    assert spec == "gemini:gemini-embedding-next|SEMANTIC_SIMILARITY|256"
+    results = list(Review.objects.similar_to("good fish"))
+    assert len(results) == len(TEXTS) and results[0].text == TEXTS[1]
+    assert last_query(fake_gemini) == ("gemini-embedding-next", 256)
+    # Code that names the old field is served by its replacement.
+    assert len(Review.objects.similar_to("good fish", field="embedding")) == len(TEXTS)
+    assert last_query(fake_gemini) == ("gemini-embedding-next", 256)
+
+    # Saves keep both fields current, so switching back is immediate.
+    Review.objects.create(text="Review 8: the pie was good")
+    out, _ = run("semantic_embed", "testapp.Review.embedding", "--switch")
+    assert "Queries for testapp.Review.embedding now use embedding " in out
+    assert len(Review.objects.similar_to("good pie")) == len(TEXTS) + 1
+    assert last_query(fake_gemini) == ("gemini-embedding-001", 128)
+
+
+def test_queries_during_the_switch_never_mix_models_or_come_up_empty(reviews, fake_gemini):
+    fake_gemini.latency = 0.02
+    seen, errors = [], []
+    done = threading.Event()
+
+    def search():
+        try:
+            while not done.is_set():
+                rows = list(Review.objects.similar_to("good fish"))
+                seen.append((len(rows), rows[0].text if rows else None))
+        except Exception as exc:  # a query mixing 128- and 256-dimensional vectors fails in PostgreSQL
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=search)
+    thread.start()
+    try:
+        run("semantic_embed", "testapp.Review.embedding_next", "--batch-size", "2", "--switch")
+    finally:
+        done.set()
+        thread.join()
+    assert not errors
+    assert len(seen) >= 2
+    assert set(seen) == {(len(TEXTS), TEXTS[1])}
+    models = {request["model"] for request in fake_gemini.requests}
+    assert models == {"gemini-embedding-001", "gemini-embedding-next"}
+    assert serving_field(Review).name == "embedding_next"
+
+
+def test_switch_needs_a_field_that_replaces_another(reviews):
+    with pytest.raises(CommandError) as info:
+        run("semantic_embed", "testapp.Article.embedding", "--switch")
+    assert str(info.value) == NOT_REPLACING.format(label="testapp.Article", field="embedding")
+    with pytest.raises(CommandError) as info:
+        run("semantic_embed", "testapp.Review", "--switch")
+    assert str(info.value) == Embed.SWITCH_ONE
+
+
+def test_changed_dimensions_ask_for_a_migration(reviews):
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE testapp_review ALTER COLUMN embedding TYPE vector(64) USING NULL")
+    try:
+        with pytest.raises(CommandError) as info:
+            run("semantic_embed", "testapp.Review.embedding")
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE testapp_review ALTER COLUMN embedding TYPE vector(128) USING NULL")
+    assert str(info.value) == MIGRATION_NEEDED.format(
+        label="testapp.Review.embedding", actual="vector(64)", declared="vector(128)", field="embedding"
+    )
+
+
+def test_a_changed_model_setting_warns_that_search_shrinks(reviews, semantic_settings):
+    semantic_settings(MODEL="another-model")
+    out, err = run("semantic_embed", "testapp.Review.embedding", "--dry-run")
+    spec = "gemini:another-model|SEMANTIC_SIMILARITY|128"
+    assert Embed.STALE.format(label="testapp.Review.embedding", rows=len(TEXTS), spec=spec) in err
