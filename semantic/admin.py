@@ -28,7 +28,7 @@ from pgvector.django import CosineDistance
 
 from semantic.duplicates import connected_groups
 from semantic.fields import EmbeddingField
-from semantic.models import DismissedPair, EmbeddingFailure
+from semantic.models import DismissedPair, EmbeddingBatchJob, EmbeddingFailure
 from semantic.query import (
     DEFAULT_DUPLICATE_THRESHOLD,
     SemanticQuerySet,
@@ -362,4 +362,18 @@ class DismissedPairAdmin(admin.ModelAdmin):
     list_filter = ["model_label"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(EmbeddingBatchJob)
+class EmbeddingBatchJobAdmin(admin.ModelAdmin):
+    list_display = ["name", "model_label", "field_name", "rows", "state", "embedded", "failed", "submitted_at"]
+    list_filter = ["state", "model_label"]
+    exclude = ["items"]
+    readonly_fields = [f.name for f in EmbeddingBatchJob._meta.fields if f.name != "items"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

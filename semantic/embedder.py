@@ -62,13 +62,18 @@ class Outcome:
 
 
 def pending_rows(model: type[models.Model], field: EmbeddingField) -> models.QuerySet:
-    """Rows of ``model`` that need ``field`` embedded and are not waiting out a failure."""
+    """Rows of ``model`` that need ``field`` embedded, are not waiting out a failure,
+    and are not in an open Batch API job."""
+    from semantic.batch import in_flight
+
     waiting = EmbeddingFailure.objects.filter(
         model_label=model._meta.label,
         field_name=field.name,
         object_pk=Cast(OuterRef("pk"), CharField()),
     ).filter(Q(retry_at__gt=timezone.now()) | Q(permanent=True, source_hash=OuterRef(field.source_hash_name)))
-    return model._base_manager.filter(field.needs_embedding()).exclude(Exists(waiting))
+    rows = model._base_manager.filter(field.needs_embedding()).exclude(Exists(waiting))
+    batched = in_flight(model, field)
+    return rows.exclude(batched) if batched is not None else rows
 
 
 class Embedder:

@@ -106,3 +106,37 @@ class FieldSwitch(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_label}.{self.field_name} → {self.serving_field}"
+
+
+class EmbeddingBatchJob(models.Model):
+    """A Gemini Batch API job submitted by ``semantic_embed --batch-api``.
+
+    Holds what is needed to write the results back after the command was stopped:
+    each row's primary key and the hash of the text sent. While a job is open, its
+    rows are left to it: workers and the sweep do not embed them again.
+    """
+
+    name = models.CharField(_("job name"), max_length=200, unique=True)
+    model_label = models.CharField(_("model"), max_length=200)
+    field_name = models.CharField(_("field"), max_length=200)
+    spec = models.CharField(_("model | task type | dimensions"), max_length=200)
+    rows = models.PositiveIntegerField(_("rows"))
+    first_pk = models.CharField(_("first object id"), max_length=200)
+    last_pk = models.CharField(_("last object id"), max_length=200)
+    #: ``[[object_pk, text_hash], ...]`` in the order the texts were sent.
+    items = models.JSONField(_("rows sent"))
+    state = models.CharField(_("state"), max_length=40, default="JOB_STATE_PENDING")
+    error = models.TextField(_("error"), blank=True)
+    embedded = models.PositiveIntegerField(_("embedded"), default=0)
+    failed = models.PositiveIntegerField(_("failed"), default=0)
+    submitted_at = models.DateTimeField(_("submitted"), auto_now_add=True)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("embedding batch job")
+        verbose_name_plural = _("embedding batch jobs")
+        ordering = ["-submitted_at"]
+        indexes = [models.Index(fields=["model_label", "field_name", "finished_at"], name="semantic_batch_open")]
+
+    def __str__(self) -> str:
+        return self.name

@@ -1,12 +1,15 @@
 """The admin mixin, the embedding status page and their permissions, through the test client."""
 
+from datetime import timedelta
+
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.core.cache import cache
 from django.urls import reverse
+from django.utils import timezone
 
 from semantic import embed_pending, suspend_embedding
-from semantic.models import DismissedPair, EmbeddingFailure
+from semantic.models import DismissedPair, EmbeddingBatchJob, EmbeddingFailure
 from tests.testapp.models import Article
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -189,3 +192,31 @@ def test_status_page_counts_errors_and_never_shows_the_key(editor, articles, fak
 
 def test_status_retry_needs_change_permission(viewer, articles):
     assert viewer.post(reverse("admin:semantic_status")).status_code == 403
+
+
+def test_batch_jobs_are_listed_read_only(admin_client):
+    job = EmbeddingBatchJob.objects.create(
+        name="batches/listed-1",
+        model_label="testapp.Article",
+        field_name="embedding",
+        spec="gemini:gemini-embedding-001|SEMANTIC_SIMILARITY|128",
+        rows=2,
+        first_pk="1",
+        last_pk="2",
+        items=[["1", "a" * 32], ["2", "b" * 32]],
+    )
+    page = admin_client.get(reverse("admin:semantic_embeddingbatchjob_changelist")).content.decode()
+    assert "batches/listed-1" in page and "JOB_STATE_PENDING" in page
+    detail = admin_client.get(reverse("admin:semantic_embeddingbatchjob_change", args=[job.pk]))
+    assert detail.status_code == 200 and "a" * 32 not in detail.content.decode()
+    assert admin_client.get(reverse("admin:semantic_embeddingbatchjob_add")).status_code == 403
+
+
+def test_status_page_shows_how_long_the_oldest_row_waited(editor, articles):
+    with suspend_embedding():
+        Article.objects.create(title="waiting for its vector")
+    Article.objects.filter(title="waiting for its vector").update(
+        embedding_pending_since=timezone.now() - timedelta(hours=3)
+    )
+    page = editor.get(reverse("admin:semantic_status")).content.decode()
+    assert "Oldest pending" in page and "3\xa0hours ago" in page

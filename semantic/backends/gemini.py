@@ -9,7 +9,10 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from itertools import groupby
 from typing import Any
 
@@ -88,7 +91,7 @@ class GeminiBackend(EmbeddingBackend):
         return vectors
 
     def _embed_request(self, texts: list[str], task_type: str, dimensions: int, title: str | None) -> list[Vector]:
-        from google.genai import errors, types
+        from google.genai import types
 
         config = types.EmbedContentConfig(task_type=task_type, title=title, output_dimensionality=dimensions)
         # One Content per text: given plain strings, the SDK joins them into one
@@ -96,24 +99,8 @@ class GeminiBackend(EmbeddingBackend):
         # which get one embedding for the lot.
         contents = [types.Content(parts=[types.Part(text=text)]) for text in texts]
         client = self.client
-        try:
+        with self._errors():
             response = client.models.embed_content(model=self.model, contents=contents, config=config)
-        except errors.APIError as exc:
-            raise EmbeddingError(
-                self._clean(f"Gemini API error {exc.code}: {exc.message or exc.status or ''}"),
-                transient=exc.code in TRANSIENT_STATUS,
-                retry_after=_retry_after(exc),
-            ) from None
-        except (errors.UnknownApiResponseError, json.JSONDecodeError) as exc:
-            raise EmbeddingError(
-                self._clean(f"Gemini API sent a response that is not JSON: {str(exc)[:200]}"),
-                transient=True,
-            ) from None
-        except Exception as exc:  # httpx timeouts and connection errors
-            raise EmbeddingError(
-                self._clean(f"Gemini API request failed: {type(exc).__name__}: {exc}"),
-                transient=True,
-            ) from None
         embeddings = response.embeddings or []
         if len(embeddings) != len(texts):
             raise EmbeddingError(
@@ -131,8 +118,96 @@ class GeminiBackend(EmbeddingBackend):
             vectors = [l2_normalize(v) for v in vectors]
         return vectors
 
+    # -- Batch API: half the price, results within 24 hours -----------------------
+
+    def submit_batch(self, texts: Sequence[str], *, task_type: str, dimensions: int, display_name: str) -> str:
+        """Start a batch embeddings job for ``texts``; returns the job's name."""
+        import warnings
+
+        from google.genai import types
+
+        source = types.EmbeddingsBatchJobSource(
+            inlined_requests=types.EmbedContentBatch(
+                contents=[types.Content(parts=[types.Part(text=text)]) for text in texts],
+                config=types.EmbedContentConfig(task_type=task_type, output_dimensionality=dimensions),
+            )
+        )
+        config = types.CreateEmbeddingsBatchJobConfig(display_name=display_name)
+        client = self.client
+        with self._errors(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*is experimental")
+            job = client.batches.create_embeddings(model=self.model, src=source, config=config)
+        return str(job.name)
+
+    def batch_status(self, name: str, *, dimensions: int) -> BatchStatus:
+        """Where the job stands; once it has succeeded, one vector or error per text."""
+        client = self.client
+        with self._errors():
+            job = client.batches.get(name=name)
+        state = str(getattr(job.state, "value", job.state) or "JOB_STATE_UNSPECIFIED")
+        status = BatchStatus(name=name, state=state, done=bool(job.done))
+        if job.error is not None:
+            status.error = self._clean(job.error.message or f"error {job.error.code}")
+        destination = job.dest
+        # The SDK files the results as embeddings only when at least one input succeeded.
+        results = destination and (destination.inlined_embed_content_responses or destination.inlined_responses)
+        for result in results or []:
+            embedding = getattr(result.response, "embedding", None)
+            if result.error is not None or embedding is None:
+                error = result.error
+                message = (error.message if error else None) or "no embedding returned"
+                status.results.append((None, self._clean(message), error is None or error.code != 3))
+                continue
+            vector = list(embedding.values or [])
+            if len(vector) == dimensions and dimensions < self.native_dimensions:
+                vector = l2_normalize(vector)
+            status.results.append((vector, None, False))
+        return status
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn the SDK's exceptions into EmbeddingErrors, without the key."""
+        from google.genai import errors
+
+        try:
+            yield
+        except errors.APIError as exc:
+            raise EmbeddingError(
+                self._clean(f"Gemini API error {exc.code}: {exc.message or exc.status or ''}"),
+                transient=exc.code in TRANSIENT_STATUS,
+                retry_after=_retry_after(exc),
+            ) from None
+        except (errors.UnknownApiResponseError, json.JSONDecodeError) as exc:
+            raise EmbeddingError(
+                self._clean(f"Gemini API sent a response that is not JSON: {str(exc)[:200]}"),
+                transient=True,
+            ) from None
+        except EmbeddingError:
+            raise
+        except Exception as exc:  # httpx timeouts and connection errors
+            raise EmbeddingError(
+                self._clean(f"Gemini API request failed: {type(exc).__name__}: {exc}"),
+                transient=True,
+            ) from None
+
     def _clean(self, message: str) -> str:
         return redact(message, self.api_key)
+
+
+@dataclass
+class BatchStatus:
+    """A batch job as last seen: ``state`` is a ``JOB_STATE_*`` name."""
+
+    name: str
+    state: str
+    done: bool
+    error: str | None = None
+    #: Per text, in order: (vector, None, _) or (None, error message, transient).
+    results: list[tuple[Vector | None, str | None, bool]] = dataclass_field(default_factory=list)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state in ("JOB_STATE_SUCCEEDED", "JOB_STATE_PARTIALLY_SUCCEEDED")
 
 
 def _retry_after(exc: Any) -> float | None:

@@ -2,7 +2,8 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
-from semantic import reembed
+from semantic import batch, reembed
+from semantic.backends import EmbeddingError
 from semantic.conf import semantic_settings as conf
 from semantic.management.targets import check_schema, resolve_all
 from semantic.switch import switch_to
@@ -36,6 +37,18 @@ class Command(BaseCommand):
     SWITCHED = "Queries for {model}.{original} now use {field} ({spec})."
     SWITCH_ONE = "--switch takes exactly one app_label.Model.field."
     RESUME_HINT = "Interrupted; batches already written are kept. Run the command again (without --all) to carry on."
+    BATCH_SUBMITTED = "{label}: submitted Batch API job {name} with {rows} rows."
+    BATCH_RESUMING = "{label}: collecting Batch API job {name} ({rows} rows, submitted {submitted:%Y-%m-%d %H:%M} UTC)."
+    BATCH_WAITING = "{label}: job {name} is {state} after {waited:.0f}s."
+    BATCH_DONE = "{label}: job {name} {state}: {embedded} embedded, {failed} failed, {changed} changed while in flight."
+    BATCH_FAILED = (
+        "{label}: job {name} ended {state} ({error}); its {rows} rows are still pending. Run the command "
+        "again to submit them again, or without --batch-api to embed them now."
+    )
+    BATCH_STOPPED = (
+        "Stopped waiting. Batch API job(s) {names} keep running at Google and their rows are left to them; "
+        "run the same command again, or with --batch-job NAME, to collect the results."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("targets", nargs="*", help="app_label.Model or app_label.Model.field (default: all)")
@@ -49,6 +62,16 @@ class Command(BaseCommand):
         parser.add_argument("--queue", action="store_true", help="hand the rows to django-q2 workers instead")
         parser.add_argument("--dry-run", action="store_true", help="count rows, characters and cost; change nothing")
         parser.add_argument(
+            "--batch-api",
+            action="store_true",
+            help="send the rows as Gemini Batch API jobs (half the price; results can take hours), wait for "
+            "them and write the results; a rerun collects jobs a stopped run left open",
+        )
+        parser.add_argument("--batch-job", metavar="NAME", help="collect this Batch API job (implies --batch-api)")
+        parser.add_argument(
+            "--poll-interval", type=float, default=30.0, help="seconds between Batch API job checks (default 30)"
+        )
+        parser.add_argument(
             "--switch",
             action="store_true",
             help="embed the named field fully, then make queries for the field it replaces use it "
@@ -56,15 +79,26 @@ class Command(BaseCommand):
         )
 
     def handle(self, targets, everything, failed, batch_size, limit, queue, dry_run, switch, **options):
+        batch_api = options["batch_api"] or bool(options["batch_job"])
         if batch_size is not None and batch_size < 1:
             raise CommandError("--batch-size must be a positive number.")
         if limit is not None and limit < 1:
             raise CommandError("--limit must be a positive number.")
+        if options["poll_interval"] <= 0:
+            raise CommandError("--poll-interval must be a positive number of seconds.")
         if switch and (queue or dry_run):
             raise CommandError("--switch embeds inline and then switches; it does not go with --queue or --dry-run.")
+        if batch_api and (queue or failed):
+            raise CommandError("--batch-api runs the jobs from this command; it does not go with --queue or --failed.")
         resolved = resolve_all(targets)
         if switch and (len(resolved) != 1 or len(targets[0].split(".")) != 3):
             raise CommandError(self.SWITCH_ONE)
+        if batch_api:
+            for model, field in resolved:
+                try:
+                    batch.check(model, field)
+                except ValueError as exc:
+                    raise CommandError(str(exc)) from None
         try:
             for model, field in resolved:
                 label = f"{model._meta.label}.{field.name}"
@@ -74,7 +108,11 @@ class Command(BaseCommand):
                 if stale:
                     self.stderr.write(self.STALE.format(label=label, rows=stale, spec=field.spec()))
                 if dry_run:
-                    self.report_plan(label, field, reembed.plan(model, field, limit=limit, **kwargs))
+                    self.report_plan(label, field, reembed.plan(model, field, limit=limit, **kwargs), batch_api)
+                elif batch_api:
+                    self.batch_api(
+                        model, field, label, everything, limit, options["batch_job"], options["poll_interval"]
+                    )
                 elif queue:
                     total = reembed.plan(model, field, limit=limit, **kwargs).rows
                     if not total:
@@ -99,11 +137,13 @@ class Command(BaseCommand):
             self.SWITCHED.format(model=model._meta.label, original=original, field=field.name, spec=field.spec())
         )
 
-    def report_plan(self, label, field, plan):
+    def report_plan(self, label, field, plan, batch_api):
         cost = ""
         backend = field.backend
         if backend.name == "gemini":
             price = conf.PRICE_PER_MILLION_TOKENS or reembed.PRICE_PER_MILLION_TOKENS
+            if batch_api:
+                price *= batch.PRICE_FACTOR
             cost = self.COST.format(cost=plan.tokens * price / 1e6, price=price)
         self.stdout.write(
             self.DRY_RUN.format(label=label, rows=plan.rows, characters=plan.characters, tokens=plan.tokens, cost=cost)
@@ -149,3 +189,68 @@ class Command(BaseCommand):
         )
         if outcome.failed:
             self.stderr.write(self.FAILED_HINT)
+
+    def batch_api(self, model, field, label, everything, limit, job_name, poll_interval):
+        """Collect the open jobs (or only the named one), then submit the rows still pending and collect those."""
+        if job_name:
+            jobs = list(batch.open_jobs(model, field).filter(name=job_name))
+            if not jobs:
+                raise CommandError(batch.UNKNOWN_JOB.format(name=job_name, label=label))
+        else:
+            jobs = list(batch.open_jobs(model, field))
+        waiting = []
+        try:
+            for job in jobs:
+                self.stdout.write(
+                    self.BATCH_RESUMING.format(label=label, name=job.name, rows=job.rows, submitted=job.submitted_at)
+                )
+                waiting.append(job)
+            self.collect_jobs(model, field, label, waiting, poll_interval)
+            if job_name:
+                return
+            reembed.prepare(model, field, everything=everything, failed=False)
+            for job in batch.submit(model, field, limit=limit):
+                waiting.append(job)
+                self.stdout.write(self.BATCH_SUBMITTED.format(label=label, name=job.name, rows=job.rows))
+            if not waiting and not jobs:
+                self.stdout.write(self.NOTHING.format(label=label))
+            self.collect_jobs(model, field, label, waiting, poll_interval)
+        except EmbeddingError as exc:
+            raise CommandError(f"{label}: {exc}") from None
+        except KeyboardInterrupt:
+            names = ", ".join(job.name for job in waiting) or "(none)"
+            self.stderr.write("\n" + self.BATCH_STOPPED.format(names=names))
+            raise SystemExit(130) from None
+
+    def collect_jobs(self, model, field, label, waiting, poll_interval):
+        """Wait for each job in ``waiting`` and write its results, removing it from the list when done."""
+        last_line = [0.0]
+
+        def progress(job, waited):
+            if not last_line[0] or time.monotonic() - last_line[0] >= 60:
+                last_line[0] = time.monotonic()
+                self.stdout.write(self.BATCH_WAITING.format(label=label, name=job.name, state=job.state, waited=waited))
+
+        while waiting:
+            job = waiting[0]
+            status = batch.wait(job, field, poll_interval=poll_interval, on_poll=progress)
+            outcome = batch.collect(model, field, job, status)
+            waiting.pop(0)
+            if job.error or not status.succeeded:
+                error = job.error or "no reason given"
+                self.stderr.write(
+                    self.BATCH_FAILED.format(label=label, name=job.name, state=status.state, error=error, rows=job.rows)
+                )
+                continue
+            self.stdout.write(
+                self.BATCH_DONE.format(
+                    label=label,
+                    name=job.name,
+                    state=status.state,
+                    embedded=outcome.embedded,
+                    failed=outcome.failed,
+                    changed=outcome.changed_in_flight,
+                )
+            )
+            if outcome.failed:
+                self.stderr.write(self.FAILED_HINT)

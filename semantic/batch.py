@@ -1,0 +1,167 @@
+"""Large backfills through the Gemini Batch API: half the price, results within a day.
+
+``manage.py semantic_embed --batch-api`` calls :func:`run`: it submits the pending
+rows as batch embedding jobs, polls them, and writes the vectors with the same
+check as every other write (a row whose text changed since it was sent keeps no
+vector of the old text). Each job is recorded in :class:`EmbeddingBatchJob` with
+the rows and text hashes it carries, so a stopped command loses nothing: run again,
+it collects the open jobs before submitting anything new. While a job is open its
+rows are left to it (:func:`in_flight`), so workers do not pay for them twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from semantic.embedder import Embedder, Item, Outcome, pending_rows
+from semantic.fields import EmbeddingField
+from semantic.models import EmbeddingBatchJob
+from semantic.text import clean
+
+#: Gemini drops batch jobs after 48 hours; a job open longer no longer holds its rows.
+JOB_LIFETIME = timedelta(hours=48)
+#: Rows and characters per job (inline batch requests must stay under 20 MB).
+MAX_JOB_ROWS = 5_000
+MAX_JOB_CHARACTERS = 8_000_000
+#: Share of the interactive price the Batch API charges.
+PRICE_FACTOR = 0.5
+
+NEEDS_GEMINI = "--batch-api needs the Gemini backend; {label} embeds with {model_id}."
+NO_TITLES = (
+    "{label} sends a title with each row (title_source), which a batch job cannot; embed it without --batch-api."
+)
+UNKNOWN_JOB = "No batch job named {name!r} was submitted for {label} from this database."
+
+
+def open_jobs(model: type[models.Model], field: EmbeddingField) -> models.QuerySet[EmbeddingBatchJob]:
+    return EmbeddingBatchJob.objects.filter(
+        model_label=model._meta.label,
+        field_name=field.name,
+        finished_at__isnull=True,
+        submitted_at__gt=timezone.now() - JOB_LIFETIME,
+    ).order_by("submitted_at")
+
+
+def in_flight(model: type[models.Model], field: EmbeddingField) -> Q | None:
+    """Rows that an open batch job carries (by primary-key range), or None."""
+    to_python = model._meta.pk.to_python
+    ranges = open_jobs(model, field).values_list("first_pk", "last_pk")
+    condition = None
+    for first, last in ranges:
+        part = Q(pk__gte=to_python(first), pk__lte=to_python(last))
+        condition = part if condition is None else condition | part
+    return condition
+
+
+def check(model: type[models.Model], field: EmbeddingField) -> None:
+    """Raise ValueError when ``field`` cannot go through the Batch API."""
+    label = f"{model._meta.label}.{field.name}"
+    if not hasattr(field.backend, "submit_batch"):
+        raise ValueError(NEEDS_GEMINI.format(label=label, model_id=field.backend.model_id))
+    if field.title_source:
+        raise ValueError(NO_TITLES.format(label=label))
+
+
+def submit(
+    model: type[models.Model], field: EmbeddingField, *, limit: int | None = None
+) -> Iterator[EmbeddingBatchJob]:
+    """Submit the pending rows (up to ``limit``) as jobs, yielding each once recorded."""
+    backend = field.backend
+    embedder = Embedder(model, field, backend=backend)
+    rows = pending_rows(model, field).defer(field.attname).order_by("pk")
+    if limit is not None:
+        rows = rows[:limit]
+    items: list[Item] = []
+    characters = 0
+    for row in rows.iterator(chunk_size=2000):
+        item = Item(row.pk, field.text_hash(row), clean(field.source_text(row), backend.max_input_chars), None)
+        if not item.text:
+            embedder.write_all([(item, None)])  # nothing to send: clear it now
+            continue
+        if items and (len(items) == MAX_JOB_ROWS or characters + len(item.text) > MAX_JOB_CHARACTERS):
+            yield _submit(model, field, items)
+            items, characters = [], 0
+        items.append(item)
+        characters += len(item.text)
+    if items:
+        yield _submit(model, field, items)
+
+
+def _submit(model: type[models.Model], field: EmbeddingField, items: list[Item]) -> EmbeddingBatchJob:
+    label = f"{model._meta.label}.{field.name}"
+    name = field.backend.submit_batch(
+        [item.text for item in items],
+        task_type=field.task_type,
+        dimensions=field.dimensions,
+        display_name=f"django-semantic {label} {items[0].pk}-{items[-1].pk}",
+    )
+    return EmbeddingBatchJob.objects.create(
+        name=name,
+        model_label=model._meta.label,
+        field_name=field.name,
+        spec=field.spec(),
+        rows=len(items),
+        first_pk=str(items[0].pk),
+        last_pk=str(items[-1].pk),
+        items=[[str(item.pk), item.hash] for item in items],
+    )
+
+
+def wait(
+    job: EmbeddingBatchJob,
+    field: EmbeddingField,
+    *,
+    poll_interval: float,
+    on_poll: Callable[[EmbeddingBatchJob, float], None] | None = None,
+) -> Any:
+    """Poll ``job`` until Gemini has finished it; returns its last status."""
+    started = time.monotonic()
+    while True:
+        status = field.backend.batch_status(job.name, dimensions=field.dimensions)
+        if status.state != job.state:
+            job.state = status.state
+            job.save(update_fields=["state"])
+        if status.done:
+            return status
+        if on_poll:
+            on_poll(job, time.monotonic() - started)
+        time.sleep(poll_interval)
+
+
+def collect(model: type[models.Model], field: EmbeddingField, job: EmbeddingBatchJob, status: Any) -> Outcome:
+    """Write a finished job's vectors (each only if its row still holds the text sent)."""
+    embedder = Embedder(model, field)
+    if job.spec != field.spec():
+        status.error = f"the job was made for {job.spec}; {field.name} now embeds with {field.spec()}"
+    elif status.succeeded and len(status.results) != len(job.items):
+        status.error = f"the job returned {len(status.results)} results for {len(job.items)} rows"
+    elif not status.succeeded and not status.error:
+        # google-genai 3.6 does not pass on the reason of a failed Gemini API job.
+        status.error = f"Gemini gave no reason; see the job {job.name} in Google AI Studio"
+    if status.succeeded and not status.error:
+        to_python = model._meta.pk.to_python
+        items = [Item(to_python(pk), text_hash, "", None) for pk, text_hash in job.items]
+        done: list[tuple[Item, Any]] = []
+        for item, (vector, error, transient) in zip(items, status.results):
+            if vector is not None and len(vector) != field.dimensions:
+                vector, error, transient = None, f"a {len(vector)}-dimensional vector", False
+            if vector is None:
+                item.attempts = 1
+                embedder.fail([item], f"Batch job {job.name}: {error}", permanent=not transient, retry_in=60)
+            else:
+                done.append((item, vector))
+        for start in range(0, len(done), 500):
+            embedder.write_all(done[start : start + 500])
+    job.error = status.error or ""
+    job.embedded = embedder.outcome.embedded
+    job.failed = embedder.outcome.failed
+    job.finished_at = timezone.now()
+    job.save(update_fields=["error", "embedded", "failed", "finished_at"])
+    return embedder.outcome

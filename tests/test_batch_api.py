@@ -1,0 +1,198 @@
+"""semantic_embed --batch-api against the fake server's batch jobs, through the real google-genai client."""
+
+import io
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connection
+
+from semantic import batch, suspend_embedding
+from semantic.backends.base import l2_normalize
+from semantic.embedder import Embedder, pending_rows
+from semantic.fields import get_embedding_field
+from semantic.management.commands.semantic_embed import Command as Embed
+from semantic.models import EmbeddingBatchJob, EmbeddingFailure
+from tests.fake_gemini import fake_vector
+from tests.testapp.models import Article
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+LABEL = "testapp.Article.embedding"
+FAST = ("--poll-interval", "0.01")
+
+
+def run(*args):
+    out, err = io.StringIO(), io.StringIO()
+    call_command(*args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def backlog(fake_gemini):
+    with suspend_embedding():
+        Article.objects.bulk_create(Article(title=f"Backlog article number {i}", body="") for i in range(25))
+    return Article.objects.order_by("pk")
+
+
+def test_a_batch_job_embeds_the_pending_rows(backlog, fake_gemini):
+    fake_gemini.batch_polls_until_done = 3
+    out, _ = run("semantic_embed", "testapp.Article", "--batch-api", *FAST)
+
+    (job,) = EmbeddingBatchJob.objects.all()
+    assert Embed.BATCH_SUBMITTED.format(label=LABEL, name=job.name, rows=25) in out
+    assert (
+        Embed.BATCH_DONE.format(
+            label=LABEL, name=job.name, state="JOB_STATE_SUCCEEDED", embedded=25, failed=0, changed=0
+        )
+        in out
+    )
+    assert fake_gemini.request_count == 0  # nothing went through the interactive endpoint
+    (request,) = fake_gemini.batch_requests
+    sent = [r["request"] for r in request["body"]["batch"]["inputConfig"]["requests"]["requests"]]
+    assert [r["content"]["parts"][0]["text"] for r in sent] == [a.title for a in backlog]
+    assert {(r["taskType"], r["outputDimensionality"]) for r in sent} == {("SEMANTIC_SIMILARITY", 128)}
+
+    row = Article.objects.get(pk=backlog[0].pk)
+    expected = l2_normalize(fake_vector(row.title, 128))
+    assert all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip(row.embedding, expected))
+    assert row.embedding_model == get_embedding_field(Article).spec()
+    assert not pending_rows(Article, get_embedding_field(Article)).exists()
+    assert (job.state, job.embedded, job.failed, job.rows) == ("JOB_STATE_SUCCEEDED", 25, 0, 25)
+    assert job.finished_at is not None
+
+    out, _ = run("semantic_embed", "testapp.Article", "--batch-api", *FAST)
+    assert Embed.NOTHING.format(label=LABEL) in out
+    assert len(fake_gemini.batch_requests) == 1
+
+
+def test_dry_run_prices_the_batch_api_at_half(backlog):
+    interactive, _ = run("semantic_embed", "testapp.Article", "--dry-run")
+    batched, _ = run("semantic_embed", "testapp.Article", "--dry-run", "--batch-api")
+    assert "at 0.15 per million tokens" in interactive
+    assert "at 0.075 per million tokens" in batched
+    assert not EmbeddingBatchJob.objects.exists()
+
+
+def test_a_stopped_command_leaves_the_job_its_rows_and_a_rerun_collects_it(backlog, fake_gemini):
+    fake_gemini.batch_polls_until_done = 10_000  # still running when the command is stopped
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "SEMANTIC_TEST_DATABASE": connection.settings_dict["NAME"],
+        "SEMANTIC_TEST_BASE_URL": fake_gemini.base_url,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "semantic_embed", "testapp.Article", "--batch-api", "--poll-interval", "0.1"],
+        cwd=BASE_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not EmbeddingBatchJob.objects.filter(state="JOB_STATE_RUNNING").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    (job,) = EmbeddingBatchJob.objects.all()
+    assert process.returncode == 130
+    assert Embed.BATCH_STOPPED.format(names=job.name) in err
+    assert job.finished_at is None
+
+    # While the job is open its rows are left to it: workers do not pay for them again.
+    field = get_embedding_field(Article)
+    assert Embedder(Article, field).run().requests == 0
+    assert fake_gemini.request_count == 0
+    edited = backlog[3]
+    edited.title = "Edited while its batch job ran"
+    edited.save()  # the save hook's task leaves it to the job too
+    assert fake_gemini.request_count == 0
+
+    fake_gemini.jobs[job.name].polls_left = 1  # Gemini finishes the job
+    out, _ = run("semantic_embed", "testapp.Article", "--batch-job", job.name, *FAST)
+    assert Embed.BATCH_RESUMING.split(" (")[0].format(label=LABEL, name=job.name) in out
+    assert (
+        Embed.BATCH_DONE.format(
+            label=LABEL, name=job.name, state="JOB_STATE_SUCCEEDED", embedded=24, failed=0, changed=1
+        )
+        in out
+    )
+    assert len(fake_gemini.batch_requests) == 1  # collected, not submitted again
+    # The edited row kept no vector of its old text; it is pending again, for its new text.
+    assert Article.objects.get(pk=edited.pk).embedding is None
+    assert list(pending_rows(Article, field).values_list("pk", flat=True)) == [edited.pk]
+    run("semantic_embed", "testapp.Article")
+    assert fake_gemini.texts() == ["Edited while its batch job ran"]
+
+
+def test_a_failed_job_leaves_its_rows_pending(backlog, fake_gemini):
+    fake_gemini.fail_next_batch("Quota exceeded for batch jobs.")
+    _, err = run("semantic_embed", "testapp.Article", "--batch-api", *FAST)
+    (job,) = EmbeddingBatchJob.objects.all()
+    assert Embed.BATCH_FAILED.split(" (")[0].format(label=LABEL, name=job.name, state="JOB_STATE_FAILED") in err
+    assert "its 25 rows are still pending" in err
+    assert job.finished_at is not None and job.name in job.error
+    assert not Article.objects.filter(embedding__isnull=False).exists()
+    assert pending_rows(Article, get_embedding_field(Article)).count() == 25
+
+    out, _ = run("semantic_embed", "testapp.Article", "--batch-api", *FAST)  # submitted again, succeeds
+    assert "25 embedded" in out
+    assert len(fake_gemini.batch_requests) == 2
+
+
+def test_rejected_inputs_are_recorded_as_failures(backlog, fake_gemini):
+    fake_gemini.reject_batch_marker = "number 7"
+    out, err = run("semantic_embed", "testapp.Article", "--batch-api", *FAST)
+    assert "24 embedded, 1 failed" in out
+    assert Embed.FAILED_HINT in err
+    (failure,) = EmbeddingFailure.objects.all()
+    assert failure.object_pk == str(backlog[7].pk)
+    assert failure.permanent and "Batch job batches/fake-" in failure.error
+    assert settings.TEST_API_KEY not in failure.error
+    for job in EmbeddingBatchJob.objects.values():
+        assert settings.TEST_API_KEY not in repr(job)
+
+
+def test_jobs_are_split_by_size(backlog, fake_gemini, monkeypatch):
+    monkeypatch.setattr(batch, "MAX_JOB_ROWS", 10)
+    out, _ = run("semantic_embed", "testapp.Article", "--batch-api", *FAST)
+    assert [job.rows for job in EmbeddingBatchJob.objects.order_by("submitted_at")] == [10, 10, 5]
+    assert out.count("JOB_STATE_SUCCEEDED") == 3
+    assert not Article.objects.filter(embedding__isnull=True).exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["testapp.Document.content", "--batch-api"], batch.NO_TITLES.format(label="testapp.Document.content")),
+        (["testapp.Article", "--batch-api", "--queue"], "does not go with --queue"),
+        (
+            ["testapp.Article", "--batch-job", "batches/nope"],
+            batch.UNKNOWN_JOB.format(name="batches/nope", label=LABEL),
+        ),
+        (["testapp.Article", "--batch-api", "--poll-interval", "0"], "--poll-interval must be a positive"),
+    ],
+)
+def test_batch_bad_arguments(args, message):
+    with pytest.raises(CommandError) as info:
+        run("semantic_embed", *args)
+    assert message in str(info.value)
+
+
+def test_the_local_model_has_no_batch_api(semantic_settings):
+    semantic_settings(BACKEND="semantic.backends.local.LocalBackend")
+    with pytest.raises(CommandError) as info:
+        run("semantic_embed", "testapp.Note", "--batch-api")
+    assert str(info.value) == batch.NEEDS_GEMINI.format(
+        label="testapp.Note.embedding", model_id="local:all-MiniLM-L6-v2"
+    )
