@@ -70,8 +70,10 @@ Q_CLUSTER = {
     "catch_up": False,
 }
 
-# A django-q2 worker started by tests/test_worker.py joins the test run's fake server.
+# Processes started by tests (a django-q2 worker, commands) join the test run's fake server.
 import os  # noqa: E402
 
 if os.environ.get("SEMANTIC_TEST_BASE_URL"):
     SEMANTIC["BASE_URL"] = os.environ["SEMANTIC_TEST_BASE_URL"]
+if os.environ.get("SEMANTIC_TEST_MAX_BACKOFF"):
+    SEMANTIC["MAX_BACKOFF"] = float(os.environ["SEMANTIC_TEST_MAX_BACKOFF"])

@@ -1,16 +1,22 @@
 """The shared rate limit: a 429 pauses every worker on the key; requests per window are capped."""
 
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.db import connections
+from django.db import connection, connections
 
 from semantic import suspend_embedding
 from semantic.models import RateLimit
 from semantic.tasks import embed_chunk
-from tests.testapp.models import Article
+from tests.testapp.models import Article, Snippet
+
+BASE_DIR = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -70,3 +76,44 @@ def test_tokens_per_window_are_capped(fake_gemini, semantic_settings):
     embed_chunk("testapp.Article", "embedding", pks)
     assert time.monotonic() - started >= 0.9
     assert fake_gemini.request_count == 2
+
+
+def test_a_429_pauses_another_process_on_the_same_key(fake_gemini):
+    """Two OS processes (two semantic_embed commands on different models) share one pause."""
+    rows("process a", 3)
+    with suspend_embedding():
+        Snippet.objects.bulk_create(Snippet(escaped=f"process b {i}") for i in range(3))
+    fake_gemini.fail_next(429, retry_after="5")
+    env = {
+        **os.environ,
+        "SEMANTIC_TEST_MAX_BACKOFF": "10",
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "SEMANTIC_TEST_DATABASE": connection.settings_dict["NAME"],
+        "SEMANTIC_TEST_BASE_URL": fake_gemini.base_url,
+    }
+
+    def command(target):
+        return subprocess.Popen(
+            [sys.executable, "manage.py", "semantic_embed", target],
+            cwd=BASE_DIR,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    first = command("testapp.Article")
+    deadline = time.monotonic() + 30
+    while not RateLimit.objects.filter(paused_until__isnull=False).exists():
+        assert time.monotonic() < deadline, "the 429 was not shared"
+        time.sleep(0.02)
+    second = command("testapp.Snippet")
+    second_started = time.monotonic()
+    outputs = [p.communicate(timeout=60)[0] for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0], outputs
+    rejected, *later = fake_gemini.requests
+    assert len(later) == 2
+    # The second process started well inside the pause and still sent nothing before it ended.
+    assert second_started - rejected["time"] < 2.5
+    assert all(r["time"] - rejected["time"] >= 4.9 for r in later)
+    assert "3 embedded" in outputs[0] and "3 embedded" in outputs[1]
