@@ -13,10 +13,10 @@ class Command(BaseCommand):
     help = (
         "Embed the rows that need it: new, changed, stale (made by another model or size) and failed "
         "ones, for the named app_label.Model[.field] targets or every EmbeddingField. Runs inline with a "
-        "progress display, or hands the work to django-q2 workers with --queue. Safe to interrupt: "
-        "finished batches are kept, and running it again carries on. With --switch, fills a field "
-        "declared with replaces= and then points queries at it. Tells you when a migration is due "
-        "(e.g. the field's dimensions changed)."
+        "progress display, hands the work to django-q2 workers with --queue, or sends Gemini Batch API "
+        "jobs with --batch-api. Safe to interrupt: finished batches are kept, and running it again "
+        "carries on. With --switch, fills a field declared with replaces= and then points queries at it. "
+        "Tells you when a migration is due (e.g. the field's dimensions changed)."
     )
 
     NOTHING = "{label}: nothing to embed."
@@ -57,8 +57,10 @@ class Command(BaseCommand):
             "--all", action="store_true", dest="everything", help="re-embed every row, even current ones"
         )
         which.add_argument("--failed", action="store_true", help="only retry rows whose embedding failed")
-        parser.add_argument("--batch-size", type=int, help="rows per API request (default: the backend's cap)")
-        parser.add_argument("--limit", type=int, help="stop after this many rows")
+        parser.add_argument(
+            "--batch-size", type=int, metavar="N", help="rows per API request (default: the backend's cap)"
+        )
+        parser.add_argument("--limit", type=int, metavar="N", help="stop after this many rows")
         parser.add_argument("--queue", action="store_true", help="hand the rows to django-q2 workers instead")
         parser.add_argument("--dry-run", action="store_true", help="count rows, characters and cost; change nothing")
         parser.add_argument(
@@ -69,7 +71,11 @@ class Command(BaseCommand):
         )
         parser.add_argument("--batch-job", metavar="NAME", help="collect this Batch API job (implies --batch-api)")
         parser.add_argument(
-            "--poll-interval", type=float, default=30.0, help="seconds between Batch API job checks (default 30)"
+            "--poll-interval",
+            type=float,
+            default=30.0,
+            metavar="SECONDS",
+            help="seconds between Batch API job checks (default 30)",
         )
         parser.add_argument(
             "--switch",
