@@ -94,6 +94,7 @@ class Embedder:
         self.batch_size = max(1, min(batch_size or conf.BATCH_SIZE or cap, cap))
         self.spec = field.spec()
         self.outcome = Outcome()
+        self._claimed: list[str] = []
 
     def run(
         self,
@@ -136,10 +137,54 @@ class Embedder:
                         continue
                     break
                 visited += len(batch)
-                self.process(batch)
+                claimed = self.claim(batch)
+                try:
+                    self.process([row for row in batch if row.pk in claimed])
+                finally:
+                    self.release()
                 if on_batch:
                     on_batch(self.outcome, visited)
         return self.outcome
+
+    def claim(self, rows: list[models.Model]) -> set[Any]:
+        """Of ``rows``, those this worker may embed: no other worker holds them, and they still need it.
+
+        A session-level advisory lock per row (keyed by the field and the primary key's
+        hash) marks a row as taken until its batch is written, so a sweep, the save
+        hook's tasks and ``semantic_embed --queue`` chunks running at once never send
+        the same row twice. The lock does not block saves of the row. Taken rows are
+        checked again, because another worker may have written them in the meantime.
+        """
+        if not rows:
+            return set()
+        keys = [str(row.pk) for row in rows]
+        connection = connections[router.db_for_write(self.model)]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT k FROM unnest(%s::text[]) AS k WHERE pg_try_advisory_lock(%s, hashtext(k))",
+                [keys, self.lock_key(32)],
+            )
+            taken = {row[0] for row in cursor.fetchall()}
+        self._claimed = [key for key in keys if key in taken]
+        pks = [row.pk for row in rows if str(row.pk) in taken]
+        return set(pending_rows(self.model, self.field).filter(pk__in=pks).values_list("pk", flat=True))
+
+    def release(self) -> None:
+        """Let other workers take the rows :meth:`claim` took."""
+        keys, self._claimed = self._claimed, []
+        if not keys:
+            return
+        connection = connections[router.db_for_write(self.model)]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(pg_advisory_unlock(%s, hashtext(k))) FROM unnest(%s::text[]) AS k",
+                [self.lock_key(32), keys],
+            )
+
+    def lock_key(self, bits: int = 64) -> int:
+        """A number naming this model's field, for PostgreSQL advisory locks."""
+        digest = hashlib.md5(f"semantic:{self.model._meta.label}.{self.field.name}".encode()).digest()
+        return int.from_bytes(digest[: bits // 8], "big", signed=True)
 
     def process(self, rows: list[models.Model]) -> None:
         items = []
@@ -298,11 +343,7 @@ class Embedder:
         if conf.SYNC:
             yield
             return
-        key = int.from_bytes(
-            hashlib.md5(f"semantic:{self.model._meta.label}.{self.field.name}".encode()).digest()[:8],
-            "big",
-            signed=True,
-        )
+        key = self.lock_key()
         connection = connections[router.db_for_write(self.model)]
         deadline = time.monotonic() + LOCK_WAIT
         with connection.cursor() as cursor:

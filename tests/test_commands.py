@@ -182,6 +182,9 @@ def test_status_table_and_json(backlog, fake_gemini):
     data = json.loads(run("semantic_status", "--json")[0])
     article = next(r for r in data if r["model"] == "testapp.Article")
     assert (article["total"], article["embedded"], article["pending"]) == (25, 5, 20)
+    assert 0 <= article["oldest_pending_seconds"] < 60 and article["oldest_pending_since"]
+    header = out.splitlines()[0]
+    assert "oldest pending" in header and row.split()[-2] in ("0s", "1s", "2s", "3s")
     assert {r["model"] for r in data} >= {"testapp.Article", "testapp.Document", "questions.Question"}
 
 

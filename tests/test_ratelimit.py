@@ -1,4 +1,4 @@
-"""The shared rate limit: a 429 pauses every worker on the key; requests per window are capped."""
+"""Workers sharing one API key and one backlog: the shared rate limit, a shared 429 pause, row claims."""
 
 import os
 import subprocess
@@ -11,7 +11,7 @@ import pytest
 from django.conf import settings
 from django.db import connection, connections
 
-from semantic import suspend_embedding
+from semantic import embed_pending, suspend_embedding
 from semantic.models import RateLimit
 from semantic.tasks import embed_chunk
 from tests.testapp.models import Article, Snippet
@@ -117,3 +117,28 @@ def test_a_429_pauses_another_process_on_the_same_key(fake_gemini):
     assert second_started - rejected["time"] < 2.5
     assert all(r["time"] - rejected["time"] >= 4.9 for r in later)
     assert "3 embedded" in outputs[0] and "3 embedded" in outputs[1]
+
+
+def test_concurrent_workers_never_send_the_same_row_twice(fake_gemini, semantic_settings):
+    """A sweep and a --queue chunk walking the same backlog at once share it out."""
+    semantic_settings(BATCH_SIZE=10)
+    fake_gemini.latency = 0.05
+    pks = rows("shared backlog", 60)
+    results = []
+
+    def sweep():
+        try:
+            results.append(embed_pending("testapp.Article")["testapp.Article.embedding"])
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=sweep), threading.Thread(target=worker, args=(pks, results))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    sent = fake_gemini.texts()
+    assert sorted(sent) == sorted(f"shared backlog {i}" for i in range(60))  # each row once
+    assert sum(r["embedded"] for r in results) == 60
+    assert all(r["embedded"] for r in results), "both workers took part"
+    assert not Article.objects.filter(embedding__isnull=True).exists()
