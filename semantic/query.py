@@ -114,9 +114,8 @@ class SemanticCompilerMixin:
         probe.clear_select_clause()
         probe.add_fields(["pk"])
         probe.set_annotation_mask(())
-        compiler = probe.get_compiler(using=self.using)  # type: ignore[attr-defined]
-        rows = compiler.execute_sql("multi")
-        return sum(len(chunk) for chunk in rows) <= limit
+        # SELECT COUNT(*) FROM (... LIMIT limit + 1): counted in the database, not fetched.
+        return probe.get_count(using=self.using) <= limit  # type: ignore[attr-defined]
 
     def _exact(self, query: SemanticQuery) -> SemanticQuery:
         """The same query, ordered by an expression the HNSW index cannot serve."""
@@ -271,8 +270,13 @@ def query_vector(
 
 
 def vector_literal(vector: Sequence[float]) -> str:
-    """pgvector's text form, built from Python floats (several times faster than pgvector's helper)."""
-    return "[" + ",".join(map(str, vector)) + "]"
+    """pgvector's text form, with the nine significant digits that round-trip a float32.
+
+    pgvector stores float32 (``vector``) or float16 (``halfvec``), so more digits carry
+    nothing; one ``%`` over the whole vector is three times faster than ``str()`` per
+    element and makes a third less text to send and parse (docs/benchmarks.md).
+    """
+    return "[" + ",".join(["%.9g"] * len(vector)) % tuple(vector) + "]"
 
 
 def query_task_type(field: EmbeddingField, requested: str | None = None) -> str:
