@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from semantic.fields import EmbeddingField, get_embedding_field
 from semantic.models import EmbeddingFailure
+from semantic.switch import serving_field
 
 STATES = ("embedded", "pending", "stale", "failed", "empty")
 
@@ -71,6 +72,7 @@ def field_status(model: type[models.Model], field: EmbeddingField) -> dict[str, 
         "task_type": field.task_type,
         "total": sum(counts.values()),
         **counts,
+        "serving": serving_field(model, field.replaces if field.replaces else field.name) is field,
         "oldest_pending_since": oldest,
         "oldest_pending_seconds": round((timezone.now() - oldest).total_seconds()) if oldest else None,
     }

@@ -1,12 +1,14 @@
 """Changing model and size through a field that ``replaces`` another (semantic.switch)."""
 
 import io
+import json
 import threading
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection, connections
+from django.test.utils import isolate_apps
 
 from semantic import suspend_embedding
 from semantic.management.commands.semantic_embed import Command as Embed
@@ -58,7 +60,11 @@ def test_the_new_field_stands_by_until_switched(reviews, fake_gemini):
     assert len(Review.objects.similar_to("good fish")) == len(TEXTS)
     assert last_query(fake_gemini) == ("gemini-embedding-001", 128)
 
+    status = {row["field"]: row["serving"] for row in json.loads(run("semantic_status", "testapp.Review", "--json")[0])}
+    assert status == {"embedding": True, "embedding_next": False}
     out, _ = run("semantic_embed", "testapp.Review.embedding_next", "--switch")
+    status = {row["field"]: row["serving"] for row in json.loads(run("semantic_status", "testapp.Review", "--json")[0])}
+    assert status == {"embedding": False, "embedding_next": True}
     spec = serving_field(Review).spec()
     assert Embed.SWITCHED.format(model="testapp.Review", original="embedding", field="embedding_next", spec=spec) in out
     assert spec == "gemini:gemini-embedding-next|SEMANTIC_SIMILARITY|256"
@@ -135,3 +141,24 @@ def test_a_changed_model_setting_warns_that_search_shrinks(reviews, semantic_set
     out, err = run("semantic_embed", "testapp.Review.embedding", "--dry-run")
     spec = "gemini:another-model|SEMANTIC_SIMILARITY|128"
     assert Embed.STALE.format(label="testapp.Review.embedding", rows=len(TEXTS), spec=spec) in err
+
+
+@isolate_apps("tests.testapp")
+def test_the_replacement_answers_for_a_deleted_field():
+    from django.db import models
+
+    from semantic import EmbeddingField
+
+    class Migrated(models.Model):
+        text = models.TextField()
+        embedding_v2 = EmbeddingField(source="text", dimensions=256, replaces="embedding")
+
+        class Meta:
+            app_label = "testapp"
+
+    field = Migrated._meta.get_field("embedding_v2")
+    assert serving_field(Migrated) is field
+    assert serving_field(Migrated, "embedding") is field
+    assert serving_field(Migrated, "embedding_v2") is field
+    with pytest.raises(ValueError, match="has no EmbeddingField named 'other'"):
+        serving_field(Migrated, "other")
