@@ -34,6 +34,17 @@ def semantic_settings(settings):
 
 
 @pytest.fixture
+def backlog(fake_gemini):
+    """25 Articles saved without embedding, in primary-key order."""
+    from semantic import suspend_embedding
+    from tests.testapp.models import Article
+
+    with suspend_embedding():
+        Article.objects.bulk_create(Article(title=f"Backlog article number {i}", body="") for i in range(25))
+    return Article.objects.order_by("pk")
+
+
+@pytest.fixture
 def all_logs(caplog):
     caplog.set_level(logging.DEBUG)
     return caplog

@@ -1,52 +1,32 @@
 """semantic_embed --batch-api against the fake server's batch jobs, through the real google-genai client."""
 
-import io
 import math
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
 
-from semantic import batch, suspend_embedding
+from semantic import batch
 from semantic.backends.base import l2_normalize
 from semantic.embedder import Embedder, pending_rows
 from semantic.fields import get_embedding_field
 from semantic.management.commands.semantic_embed import Command as Embed
 from semantic.models import EmbeddingBatchJob, EmbeddingFailure
+from tests.commands import call, manage
 from tests.fake_gemini import fake_vector
 from tests.testapp.models import Article
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-BASE_DIR = Path(__file__).resolve().parent.parent
 LABEL = "testapp.Article.embedding"
 FAST = ("--poll-interval", "0.01")
 
 
-def run(*args):
-    out, err = io.StringIO(), io.StringIO()
-    call_command(*args, stdout=out, stderr=err)
-    return out.getvalue(), err.getvalue()
-
-
-@pytest.fixture
-def backlog(fake_gemini):
-    with suspend_embedding():
-        Article.objects.bulk_create(Article(title=f"Backlog article number {i}", body="") for i in range(25))
-    return Article.objects.order_by("pk")
-
-
 def test_a_batch_job_embeds_the_pending_rows(backlog, fake_gemini):
     fake_gemini.batch_polls_until_done = 3
-    out, _ = run("semantic_embed", "testapp.Article", "--batch-api", *FAST)
+    out, _ = call("semantic_embed", "testapp.Article", "--batch-api", *FAST)
 
     (job,) = EmbeddingBatchJob.objects.all()
     assert Embed.BATCH_SUBMITTED.format(label=LABEL, name=job.name, rows=25) in out
@@ -70,14 +50,14 @@ def test_a_batch_job_embeds_the_pending_rows(backlog, fake_gemini):
     assert (job.state, job.embedded, job.failed, job.rows) == ("JOB_STATE_SUCCEEDED", 25, 0, 25)
     assert job.finished_at is not None
 
-    out, _ = run("semantic_embed", "testapp.Article", "--batch-api", *FAST)
+    out, _ = call("semantic_embed", "testapp.Article", "--batch-api", *FAST)
     assert Embed.NOTHING.format(label=LABEL) in out
     assert len(fake_gemini.batch_requests) == 1
 
 
 def test_dry_run_prices_the_batch_api_at_half(backlog):
-    interactive, _ = run("semantic_embed", "testapp.Article", "--dry-run")
-    batched, _ = run("semantic_embed", "testapp.Article", "--dry-run", "--batch-api")
+    interactive, _ = call("semantic_embed", "testapp.Article", "--dry-run")
+    batched, _ = call("semantic_embed", "testapp.Article", "--dry-run", "--batch-api")
     assert "at 0.15 per million tokens" in interactive
     assert "at 0.075 per million tokens" in batched
     assert not EmbeddingBatchJob.objects.exists()
@@ -85,20 +65,7 @@ def test_dry_run_prices_the_batch_api_at_half(backlog):
 
 def test_a_stopped_command_leaves_the_job_its_rows_and_a_rerun_collects_it(backlog, fake_gemini):
     fake_gemini.batch_polls_until_done = 10_000  # still running when the command is stopped
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "SEMANTIC_TEST_DATABASE": connection.settings_dict["NAME"],
-        "SEMANTIC_TEST_BASE_URL": fake_gemini.base_url,
-    }
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "semantic_embed", "testapp.Article", "--batch-api", "--poll-interval", "0.1"],
-        cwd=BASE_DIR,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = manage(fake_gemini, "semantic_embed", "testapp.Article", "--batch-api", "--poll-interval", "0.1")
     deadline = time.monotonic() + 60
     while not EmbeddingBatchJob.objects.filter(state="JOB_STATE_RUNNING").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -119,7 +86,7 @@ def test_a_stopped_command_leaves_the_job_its_rows_and_a_rerun_collects_it(backl
     assert fake_gemini.request_count == 0
 
     fake_gemini.jobs[job.name].polls_left = 1  # Gemini finishes the job
-    out, _ = run("semantic_embed", "testapp.Article", "--batch-job", job.name, *FAST)
+    out, _ = call("semantic_embed", "testapp.Article", "--batch-job", job.name, *FAST)
     assert Embed.BATCH_RESUMING.split(" (")[0].format(label=LABEL, name=job.name) in out
     assert (
         Embed.BATCH_DONE.format(
@@ -131,13 +98,13 @@ def test_a_stopped_command_leaves_the_job_its_rows_and_a_rerun_collects_it(backl
     # The edited row kept no vector of its old text; it is pending again, for its new text.
     assert Article.objects.get(pk=edited.pk).embedding is None
     assert list(pending_rows(Article, field).values_list("pk", flat=True)) == [edited.pk]
-    run("semantic_embed", "testapp.Article")
+    call("semantic_embed", "testapp.Article")
     assert fake_gemini.texts() == ["Edited while its batch job ran"]
 
 
 def test_a_failed_job_leaves_its_rows_pending(backlog, fake_gemini):
     fake_gemini.fail_next_batch("Quota exceeded for batch jobs.")
-    _, err = run("semantic_embed", "testapp.Article", "--batch-api", *FAST)
+    _, err = call("semantic_embed", "testapp.Article", "--batch-api", *FAST)
     (job,) = EmbeddingBatchJob.objects.all()
     assert Embed.BATCH_FAILED.split(" (")[0].format(label=LABEL, name=job.name, state="JOB_STATE_FAILED") in err
     assert "its 25 rows are still pending" in err
@@ -145,14 +112,14 @@ def test_a_failed_job_leaves_its_rows_pending(backlog, fake_gemini):
     assert not Article.objects.filter(embedding__isnull=False).exists()
     assert pending_rows(Article, get_embedding_field(Article)).count() == 25
 
-    out, _ = run("semantic_embed", "testapp.Article", "--batch-api", *FAST)  # submitted again, succeeds
+    out, _ = call("semantic_embed", "testapp.Article", "--batch-api", *FAST)  # submitted again, succeeds
     assert "25 embedded" in out
     assert len(fake_gemini.batch_requests) == 2
 
 
 def test_rejected_inputs_are_recorded_as_failures(backlog, fake_gemini):
     fake_gemini.reject_batch_marker = "number 7"
-    out, err = run("semantic_embed", "testapp.Article", "--batch-api", *FAST)
+    out, err = call("semantic_embed", "testapp.Article", "--batch-api", *FAST)
     assert "24 embedded, 1 failed" in out
     assert Embed.FAILED_HINT in err
     (failure,) = EmbeddingFailure.objects.all()
@@ -165,7 +132,7 @@ def test_rejected_inputs_are_recorded_as_failures(backlog, fake_gemini):
 
 def test_jobs_are_split_by_size(backlog, fake_gemini, monkeypatch):
     monkeypatch.setattr(batch, "MAX_JOB_ROWS", 10)
-    out, _ = run("semantic_embed", "testapp.Article", "--batch-api", *FAST)
+    out, _ = call("semantic_embed", "testapp.Article", "--batch-api", *FAST)
     assert [job.rows for job in EmbeddingBatchJob.objects.order_by("submitted_at")] == [10, 10, 5]
     assert out.count("JOB_STATE_SUCCEEDED") == 3
     assert not Article.objects.filter(embedding__isnull=True).exists()
@@ -185,14 +152,14 @@ def test_jobs_are_split_by_size(backlog, fake_gemini, monkeypatch):
 )
 def test_batch_bad_arguments(args, message):
     with pytest.raises(CommandError) as info:
-        run("semantic_embed", *args)
+        call("semantic_embed", *args)
     assert message in str(info.value)
 
 
 def test_the_local_model_has_no_batch_api(semantic_settings):
     semantic_settings(BACKEND="semantic.backends.local.LocalBackend")
     with pytest.raises(CommandError) as info:
-        run("semantic_embed", "testapp.Note", "--batch-api")
+        call("semantic_embed", "testapp.Note", "--batch-api")
     assert str(info.value) == batch.NEEDS_GEMINI.format(
         label="testapp.Note.embedding", model_id="local:all-MiniLM-L6-v2"
     )

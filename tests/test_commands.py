@@ -3,47 +3,26 @@
 import csv
 import io
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from django.core.cache import cache
-from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
 
-from semantic import suspend_embedding
 from semantic.management.commands.semantic_duplicates import Command as Duplicates
 from semantic.management.commands.semantic_embed import Command as Embed
 from semantic.management.commands.semantic_search import Command as Search
 from semantic.management.targets import BAD_TARGET, NO_FIELD, UNKNOWN_FIELD, UNKNOWN_MODEL
 from semantic.models import EmbeddingFailure
+from tests.commands import call, manage
 from tests.testapp.models import Article
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-BASE_DIR = Path(__file__).resolve().parent.parent
-
-
-def run(*args, **kwargs):
-    out, err = io.StringIO(), io.StringIO()
-    call_command(*args, stdout=out, stderr=err, **kwargs)
-    return out.getvalue(), err.getvalue()
-
-
-@pytest.fixture
-def backlog(fake_gemini):
-    with suspend_embedding():
-        Article.objects.bulk_create(Article(title=f"Backlog article number {i}", body="") for i in range(25))
-    return Article.objects.order_by("pk")
-
 
 def test_embed_pending_rows_with_progress_lines(backlog, fake_gemini):
-    out, _ = run("semantic_embed", "testapp.Article", "--batch-size", "10")
+    out, _ = call("semantic_embed", "testapp.Article", "--batch-size", "10")
     assert fake_gemini.request_count == 3
     assert not Article.objects.filter(embedding__isnull=True).exists()
     assert (
@@ -51,14 +30,14 @@ def test_embed_pending_rows_with_progress_lines(backlog, fake_gemini):
         in out
     )
     assert "25/25 rows" in out  # not a terminal: plain lines
-    out, _ = run("semantic_embed", "testapp.Article")
+    out, _ = call("semantic_embed", "testapp.Article")
     assert Embed.NOTHING.format(label="testapp.Article.embedding") in out
 
 
 def test_limit_then_resume(backlog, fake_gemini):
-    run("semantic_embed", "testapp.Article.embedding", "--limit", "10")
+    call("semantic_embed", "testapp.Article.embedding", "--limit", "10")
     assert Article.objects.filter(embedding__isnull=False).count() == 10
-    run("semantic_embed", "testapp.Article.embedding")  # carries on with the rest
+    call("semantic_embed", "testapp.Article.embedding")  # carries on with the rest
     assert Article.objects.filter(embedding__isnull=False).count() == 25
     assert fake_gemini.request_count == 2
 
@@ -66,20 +45,7 @@ def test_limit_then_resume(backlog, fake_gemini):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
 def test_interrupted_run_keeps_written_batches(backlog, fake_gemini, sig):
     fake_gemini.latency = 0.3
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "SEMANTIC_TEST_DATABASE": connection.settings_dict["NAME"],
-        "SEMANTIC_TEST_BASE_URL": fake_gemini.base_url,
-    }
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "semantic_embed", "testapp.Article", "--batch-size", "5"],
-        cwd=BASE_DIR,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = manage(fake_gemini, "semantic_embed", "testapp.Article", "--batch-size", "5")
     embedded = Article.objects.filter(embedding__isnull=False)
     deadline = time.monotonic() + 60
     while embedded.count() < 5 and time.monotonic() < deadline:
@@ -95,7 +61,7 @@ def test_interrupted_run_keeps_written_batches(backlog, fake_gemini, sig):
         assert process.returncode == -signal.SIGKILL
 
     fake_gemini.reset()
-    out, _ = run("semantic_embed", "testapp.Article")
+    out, _ = call("semantic_embed", "testapp.Article")
     assert embedded.count() == 25
     # The rerun sent only the rows the interrupted run had not written.
     sent = set(fake_gemini.texts())
@@ -104,27 +70,27 @@ def test_interrupted_run_keeps_written_batches(backlog, fake_gemini, sig):
 
 
 def test_all_re_embeds_current_rows(backlog, fake_gemini):
-    run("semantic_embed")
+    call("semantic_embed")
     fake_gemini.reset()
-    run("semantic_embed", "testapp.Article", "--all")
+    call("semantic_embed", "testapp.Article", "--all")
     assert fake_gemini.request_count == 1
     assert len(fake_gemini.texts()) == 25
 
 
 def test_failed_retries_only_failed_rows(backlog, fake_gemini):
     fake_gemini.reject_marker = "number 3"
-    run("semantic_embed", "testapp.Article")
+    call("semantic_embed", "testapp.Article")
     assert EmbeddingFailure.objects.count() == 1
     fake_gemini.reset()
-    _, err = run("semantic_embed", "testapp.Article")  # permanent: not retried by default
+    _, err = call("semantic_embed", "testapp.Article")  # permanent: not retried by default
     assert fake_gemini.request_count == 0
-    out, _ = run("semantic_embed", "testapp.Article", "--failed")
+    out, _ = call("semantic_embed", "testapp.Article", "--failed")
     assert fake_gemini.texts() == ["Backlog article number 3"]
     assert not EmbeddingFailure.objects.exists()
 
 
 def test_dry_run_counts_and_prices_without_writing(backlog, fake_gemini):
-    out, _ = run("semantic_embed", "testapp.Article", "--dry-run")
+    out, _ = call("semantic_embed", "testapp.Article", "--dry-run")
     characters = sum(len(f"{a.title}\n\n") for a in backlog)
     assert (
         Embed.DRY_RUN.split("{cost}")[0].format(
@@ -140,7 +106,7 @@ def test_dry_run_counts_and_prices_without_writing(backlog, fake_gemini):
 def test_queue_hands_chunks_to_django_q(backlog, fake_gemini, semantic_settings):
     from django_q.models import OrmQ
 
-    out, _ = run("semantic_embed", "testapp.Article", "--queue", "--batch-size", "7")
+    out, _ = call("semantic_embed", "testapp.Article", "--queue", "--batch-size", "7")
     assert Embed.QUEUED.format(label="testapp.Article.embedding", rows=25, tasks=1) in out
     (queued,) = OrmQ.objects.all()
     assert queued.task["func"] == "semantic.tasks.embed_chunk"
@@ -169,17 +135,17 @@ def test_queue_hands_chunks_to_django_q(backlog, fake_gemini, semantic_settings)
 )
 def test_embed_bad_arguments(args, message):
     with pytest.raises(CommandError) as info:
-        run("semantic_embed", *args)
+        call("semantic_embed", *args)
     assert message in str(info.value)
 
 
 def test_status_table_and_json(backlog, fake_gemini):
-    run("semantic_embed", "testapp.Article", "--limit", "5")
-    out, _ = run("semantic_status", "testapp.Article")
+    call("semantic_embed", "testapp.Article", "--limit", "5")
+    out, _ = call("semantic_status", "testapp.Article")
     assert out.splitlines()[0].split()[:3] == ["field", "total", "embedded"]
     row = next(line for line in out.splitlines() if line.startswith("testapp.Article.embedding"))
     assert row.split()[1:4] == ["25", "5", "20"]
-    data = json.loads(run("semantic_status", "--json")[0])
+    data = json.loads(call("semantic_status", "--json")[0])
     article = next(r for r in data if r["model"] == "testapp.Article")
     assert (article["total"], article["embedded"], article["pending"]) == (25, 5, 20)
     assert 0 <= article["oldest_pending_seconds"] < 60 and article["oldest_pending_since"]
@@ -192,15 +158,15 @@ def test_search_prints_nearest_rows(fake_gemini):
     cache.clear()
     Article.objects.create(title="reset my password", body="")
     Article.objects.create(title="export invoices", body="")
-    out, _ = run("semantic_search", "testapp.Article", "password reset", "-k", "1")
+    out, _ = call("semantic_search", "testapp.Article", "password reset", "-k", "1")
     lines = out.splitlines()
     assert len(lines) == 1 and "reset my password" in lines[0]
     with pytest.raises(CommandError, match="several EmbeddingFields"):
-        run("semantic_search", "testapp.Document", "x")
+        call("semantic_search", "testapp.Document", "x")
     with pytest.raises(CommandError, match="-k must be at least 1"):
-        run("semantic_search", "testapp.Article", "x", "-k", "0")
+        call("semantic_search", "testapp.Article", "x", "-k", "0")
     Article.objects.all().delete()
-    out, _ = run("semantic_search", "testapp.Article", "password")
+    out, _ = call("semantic_search", "testapp.Article", "password")
     assert out.strip() == Search.NO_RESULTS
 
 
@@ -208,12 +174,12 @@ def test_duplicates_export_csv_json_and_file(fake_gemini, tmp_path):
     Article.objects.create(title="reset my account password", body="")
     Article.objects.create(title="reset the password of my account", body="")
     Article.objects.create(title="dark mode", body="")
-    out, _ = run("semantic_duplicates", "testapp.Article", "--threshold", "0.5")
+    out, _ = call("semantic_duplicates", "testapp.Article", "--threshold", "0.5")
     rows = list(csv.DictReader(io.StringIO(out)))
     assert {r["text"] for r in rows} == {"reset my account password", "reset the password of my account"}
     assert {r["group"] for r in rows} == {"1"}
     target = tmp_path / "dups.json"
-    out, _ = run(
+    out, _ = call(
         "semantic_duplicates",
         "testapp.Article.embedding",
         "--threshold",
@@ -227,4 +193,4 @@ def test_duplicates_export_csv_json_and_file(fake_gemini, tmp_path):
     assert len(json.loads(target.read_text())) == 2
     for bad in ("2", "abc"):
         with pytest.raises(CommandError, match="threshold"):
-            run("semantic_duplicates", "testapp.Article", "--threshold", bad)
+            call("semantic_duplicates", "testapp.Article", "--threshold", bad)

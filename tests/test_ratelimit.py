@@ -1,22 +1,18 @@
 """Workers sharing one API key and one backlog: the shared rate limit, a shared 429 pause, row claims."""
 
-import os
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.db import connection, connections
+from django.db import connections
 
 from semantic import embed_pending, suspend_embedding
 from semantic.models import RateLimit
 from semantic.tasks import embed_chunk
+from tests.commands import manage
 from tests.testapp.models import Article, Snippet
-
-BASE_DIR = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -84,23 +80,10 @@ def test_a_429_pauses_another_process_on_the_same_key(fake_gemini):
     with suspend_embedding():
         Snippet.objects.bulk_create(Snippet(escaped=f"process b {i}") for i in range(3))
     fake_gemini.fail_next(429, retry_after="5")
-    env = {
-        **os.environ,
-        "SEMANTIC_TEST_MAX_BACKOFF": "10",
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "SEMANTIC_TEST_DATABASE": connection.settings_dict["NAME"],
-        "SEMANTIC_TEST_BASE_URL": fake_gemini.base_url,
-    }
 
     def command(target):
-        return subprocess.Popen(
-            [sys.executable, "manage.py", "semantic_embed", target],
-            cwd=BASE_DIR,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        env = {"SEMANTIC_TEST_MAX_BACKOFF": "10"}  # wait out the 5 s Retry-After rather than give up
+        return manage(fake_gemini, "semantic_embed", target, env=env, stderr=subprocess.STDOUT)
 
     first = command("testapp.Article")
     deadline = time.monotonic() + 30

@@ -1,11 +1,9 @@
 """Changing model and size through a field that ``replaces`` another (semantic.switch)."""
 
-import io
 import json
 import threading
 
 import pytest
-from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection, connections
 from django.test.utils import isolate_apps
@@ -14,6 +12,7 @@ from semantic import suspend_embedding
 from semantic.management.commands.semantic_embed import Command as Embed
 from semantic.management.targets import MIGRATION_NEEDED
 from semantic.switch import INCOMPLETE, NOT_REPLACING, serving_field
+from tests.commands import call
 from tests.testapp.models import Review
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -23,21 +22,21 @@ TEXTS = [
 ]
 
 
-def run(*args):
-    out, err = io.StringIO(), io.StringIO()
-    call_command(*args, stdout=out, stderr=err)
-    return out.getvalue(), err.getvalue()
-
-
 @pytest.fixture
 def reviews(fake_gemini, semantic_settings):
     """Rows embedded in the old field only, as before the new field was added."""
     semantic_settings(CACHE=None)  # every query asks the server, so the tests see which model answers
     with suspend_embedding():
         Review.objects.bulk_create(Review(text=text) for text in TEXTS)
-    run("semantic_embed", "testapp.Review.embedding")
+    call("semantic_embed", "testapp.Review.embedding")
     fake_gemini.reset()
     return Review.objects.all()
+
+
+def serving():
+    """Which fields semantic_status --json says serve queries."""
+    report = json.loads(call("semantic_status", "testapp.Review", "--json")[0])
+    return {row["field"]: row["serving"] for row in report}
 
 
 def last_query(fake_gemini):
@@ -51,20 +50,18 @@ def test_the_new_field_stands_by_until_switched(reviews, fake_gemini):
     assert len(Review.objects.similar_to("good fish")) == len(TEXTS)
     assert last_query(fake_gemini) == ("gemini-embedding-001", 128)
 
-    run("semantic_embed", "testapp.Review.embedding_next", "--limit", "3")
+    call("semantic_embed", "testapp.Review.embedding_next", "--limit", "3")
     with pytest.raises(CommandError) as info:
-        run("semantic_embed", "testapp.Review.embedding_next", "--switch", "--limit", "2")
+        call("semantic_embed", "testapp.Review.embedding_next", "--switch", "--limit", "2")
     left = len(TEXTS) - 5
     assert str(info.value) == INCOMPLETE.format(label="testapp.Review", field="embedding_next", rows=left)
     # Half filled, the new field is not used: every row is still found, by the old model.
     assert len(Review.objects.similar_to("good fish")) == len(TEXTS)
     assert last_query(fake_gemini) == ("gemini-embedding-001", 128)
 
-    status = {row["field"]: row["serving"] for row in json.loads(run("semantic_status", "testapp.Review", "--json")[0])}
-    assert status == {"embedding": True, "embedding_next": False}
-    out, _ = run("semantic_embed", "testapp.Review.embedding_next", "--switch")
-    status = {row["field"]: row["serving"] for row in json.loads(run("semantic_status", "testapp.Review", "--json")[0])}
-    assert status == {"embedding": False, "embedding_next": True}
+    assert serving() == {"embedding": True, "embedding_next": False}
+    out, _ = call("semantic_embed", "testapp.Review.embedding_next", "--switch")
+    assert serving() == {"embedding": False, "embedding_next": True}
     spec = serving_field(Review).spec()
     assert Embed.SWITCHED.format(model="testapp.Review", original="embedding", field="embedding_next", spec=spec) in out
     assert spec == "gemini:gemini-embedding-next|SEMANTIC_SIMILARITY|256"
@@ -77,7 +74,7 @@ def test_the_new_field_stands_by_until_switched(reviews, fake_gemini):
 
     # Saves keep both fields current, so switching back is immediate.
     Review.objects.create(text="Review 8: the pie was good")
-    out, _ = run("semantic_embed", "testapp.Review.embedding", "--switch")
+    out, _ = call("semantic_embed", "testapp.Review.embedding", "--switch")
     assert "Queries for testapp.Review.embedding now use embedding " in out
     assert len(Review.objects.similar_to("good pie")) == len(TEXTS) + 1
     assert last_query(fake_gemini) == ("gemini-embedding-001", 128)
@@ -101,7 +98,7 @@ def test_queries_during_the_switch_never_mix_models_or_come_up_empty(reviews, fa
     thread = threading.Thread(target=search)
     thread.start()
     try:
-        run("semantic_embed", "testapp.Review.embedding_next", "--batch-size", "2", "--switch")
+        call("semantic_embed", "testapp.Review.embedding_next", "--batch-size", "2", "--switch")
     finally:
         done.set()
         thread.join()
@@ -115,10 +112,10 @@ def test_queries_during_the_switch_never_mix_models_or_come_up_empty(reviews, fa
 
 def test_switch_needs_a_field_that_replaces_another(reviews):
     with pytest.raises(CommandError) as info:
-        run("semantic_embed", "testapp.Article.embedding", "--switch")
+        call("semantic_embed", "testapp.Article.embedding", "--switch")
     assert str(info.value) == NOT_REPLACING.format(label="testapp.Article", field="embedding")
     with pytest.raises(CommandError) as info:
-        run("semantic_embed", "testapp.Review", "--switch")
+        call("semantic_embed", "testapp.Review", "--switch")
     assert str(info.value) == Embed.SWITCH_ONE
 
 
@@ -127,7 +124,7 @@ def test_changed_dimensions_ask_for_a_migration(reviews):
         cursor.execute("ALTER TABLE testapp_review ALTER COLUMN embedding TYPE vector(64) USING NULL")
     try:
         with pytest.raises(CommandError) as info:
-            run("semantic_embed", "testapp.Review.embedding")
+            call("semantic_embed", "testapp.Review.embedding")
     finally:
         with connection.cursor() as cursor:
             cursor.execute("ALTER TABLE testapp_review ALTER COLUMN embedding TYPE vector(128) USING NULL")
@@ -138,7 +135,7 @@ def test_changed_dimensions_ask_for_a_migration(reviews):
 
 def test_a_changed_model_setting_warns_that_search_shrinks(reviews, semantic_settings):
     semantic_settings(MODEL="another-model")
-    out, err = run("semantic_embed", "testapp.Review.embedding", "--dry-run")
+    out, err = call("semantic_embed", "testapp.Review.embedding", "--dry-run")
     spec = "gemini:another-model|SEMANTIC_SIMILARITY|128"
     assert Embed.STALE.format(label="testapp.Review.embedding", rows=len(TEXTS), spec=spec) in err
 

@@ -1,34 +1,21 @@
 """End to end: saves queue django-q2 tasks; a real ``qcluster`` process embeds the rows."""
 
-import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.db import connection
 
+from tests.commands import manage
 from tests.testapp.models import Article
-
-BASE_DIR = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
 def qcluster(fake_gemini, tmp_path):
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "SEMANTIC_TEST_DATABASE": connection.settings_dict["NAME"],
-        "SEMANTIC_TEST_BASE_URL": fake_gemini.base_url,
-    }
     log = tmp_path / "qcluster.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"], cwd=BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
+        process = manage(fake_gemini, "qcluster", stdout=out, stderr=subprocess.STDOUT)
     try:
         yield process
     finally:

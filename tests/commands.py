@@ -1,0 +1,40 @@
+"""Running management commands from tests: in this process, or as a child process."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from django.core.management import call_command
+from django.db import connection
+
+from tests.fake_gemini import FakeGemini
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def call(*args: str) -> tuple[str, str]:
+    """``call_command(*args)``; returns what it wrote to stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    call_command(*args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def manage(fake: FakeGemini, *args: str, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen:
+    """``manage.py *args`` as a child process on the test database and the fake server."""
+    environment = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "SEMANTIC_TEST_DATABASE": connection.settings_dict["NAME"],
+        "SEMANTIC_TEST_BASE_URL": fake.base_url,
+        **(env or {}),
+    }
+    popen.setdefault("stdout", subprocess.PIPE)
+    popen.setdefault("stderr", subprocess.PIPE)
+    if popen["stdout"] is subprocess.PIPE:
+        popen.setdefault("text", True)
+    return subprocess.Popen([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=environment, **popen)
