@@ -20,6 +20,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from semantic import reembed
 from semantic.embedder import Embedder, Item, Outcome, pending_rows
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingBatchJob
@@ -38,6 +39,57 @@ NO_TITLES = (
     "{label} sends a title with each row (title_source), which a batch job cannot; embed it without --batch-api."
 )
 UNKNOWN_JOB = "No batch job named {name!r} was submitted for {label} from this database."
+
+
+def run(
+    model: type[models.Model],
+    field: EmbeddingField,
+    *,
+    everything: bool = False,
+    limit: int | None = None,
+    job_name: str | None = None,
+    poll_interval: float = 30.0,
+    on_event: Callable[..., None] | None = None,
+) -> list[EmbeddingBatchJob]:
+    """Collect the open jobs (or only ``job_name``), then submit the rows still pending
+    (every row with ``everything``, at most ``limit``) and collect those.
+
+    Returns the jobs finished. ``on_event(kind, job, **details)`` hears of each step:
+    ``"resumed"``, ``"submitted"``, ``"waiting"`` (``waited`` seconds) and ``"finished"``
+    (``status``, ``outcome``). Stopped midway, it loses nothing: the next call collects
+    the jobs left open.
+    """
+    notify = on_event or (lambda kind, job, **details: None)
+    jobs = list(open_jobs(model, field).filter(name=job_name) if job_name else open_jobs(model, field))
+    if job_name and not jobs:
+        raise ValueError(UNKNOWN_JOB.format(name=job_name, label=f"{model._meta.label}.{field.name}"))
+    for job in jobs:
+        notify("resumed", job)
+    finished = _collect_all(model, field, jobs, poll_interval, notify)
+    if job_name:
+        return finished
+    reembed.prepare(model, field, everything=everything, failed=False)
+    submitted = []
+    for job in submit(model, field, limit=limit):
+        submitted.append(job)
+        notify("submitted", job)
+    return finished + _collect_all(model, field, submitted, poll_interval, notify)
+
+
+def _collect_all(
+    model: type[models.Model],
+    field: EmbeddingField,
+    jobs: list[EmbeddingBatchJob],
+    poll_interval: float,
+    notify: Callable[..., None],
+) -> list[EmbeddingBatchJob]:
+    for job in jobs:
+        status = wait(
+            job, field, poll_interval=poll_interval, on_poll=lambda job, waited: notify("waiting", job, waited=waited)
+        )
+        outcome = collect(model, field, job, status)
+        notify("finished", job, status=status, outcome=outcome)
+    return jobs
 
 
 def open_jobs(model: type[models.Model], field: EmbeddingField) -> models.QuerySet[EmbeddingBatchJob]:

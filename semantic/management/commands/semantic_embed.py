@@ -197,66 +197,53 @@ class Command(BaseCommand):
             self.stderr.write(self.FAILED_HINT)
 
     def batch_api(self, model, field, label, everything, limit, job_name, poll_interval):
-        """Collect the open jobs (or only the named one), then submit the rows still pending and collect those."""
-        if job_name:
-            jobs = list(batch.open_jobs(model, field).filter(name=job_name))
-            if not jobs:
-                raise CommandError(batch.UNKNOWN_JOB.format(name=job_name, label=label))
-        else:
-            jobs = list(batch.open_jobs(model, field))
-        waiting = []
-        try:
-            for job in jobs:
-                self.stdout.write(
-                    self.BATCH_RESUMING.format(label=label, name=job.name, rows=job.rows, submitted=job.submitted_at)
-                )
-                waiting.append(job)
-            self.collect_jobs(model, field, label, waiting, poll_interval)
-            if job_name:
-                return
-            reembed.prepare(model, field, everything=everything, failed=False)
-            for job in batch.submit(model, field, limit=limit):
-                waiting.append(job)
+        last_wait = [0.0]
+
+        def report(kind, job, waited=0.0, status=None, outcome=None):
+            if kind == "resumed":
+                line = self.BATCH_RESUMING.format(label=label, name=job.name, rows=job.rows, submitted=job.submitted_at)
+                self.stdout.write(line)
+            elif kind == "submitted":
                 self.stdout.write(self.BATCH_SUBMITTED.format(label=label, name=job.name, rows=job.rows))
-            if not waiting and not jobs:
-                self.stdout.write(self.NOTHING.format(label=label))
-            self.collect_jobs(model, field, label, waiting, poll_interval)
-        except EmbeddingError as exc:
-            raise CommandError(f"{label}: {exc}") from None
-        except KeyboardInterrupt:
-            names = ", ".join(job.name for job in waiting) or "(none)"
-            self.stderr.write("\n" + self.BATCH_STOPPED.format(names=names))
-            raise SystemExit(130) from None
-
-    def collect_jobs(self, model, field, label, waiting, poll_interval):
-        """Wait for each job in ``waiting`` and write its results, removing it from the list when done."""
-        last_line = [0.0]
-
-        def progress(job, waited):
-            if not last_line[0] or time.monotonic() - last_line[0] >= 60:
-                last_line[0] = time.monotonic()
+            elif kind == "waiting" and (not last_wait[0] or time.monotonic() - last_wait[0] >= 60):
+                last_wait[0] = time.monotonic()
                 self.stdout.write(self.BATCH_WAITING.format(label=label, name=job.name, state=job.state, waited=waited))
-
-        while waiting:
-            job = waiting[0]
-            status = batch.wait(job, field, poll_interval=poll_interval, on_poll=progress)
-            outcome = batch.collect(model, field, job, status)
-            waiting.pop(0)
-            if job.error or not status.succeeded:
+            elif kind == "finished" and (job.error or not status.succeeded):
                 error = job.error or "no reason given"
                 self.stderr.write(
                     self.BATCH_FAILED.format(label=label, name=job.name, state=status.state, error=error, rows=job.rows)
                 )
-                continue
-            self.stdout.write(
-                self.BATCH_DONE.format(
-                    label=label,
-                    name=job.name,
-                    state=status.state,
-                    embedded=outcome.embedded,
-                    failed=outcome.failed,
-                    changed=outcome.changed_in_flight,
+            elif kind == "finished":
+                self.stdout.write(
+                    self.BATCH_DONE.format(
+                        label=label,
+                        name=job.name,
+                        state=status.state,
+                        embedded=outcome.embedded,
+                        failed=outcome.failed,
+                        changed=outcome.changed_in_flight,
+                    )
                 )
+                if outcome.failed:
+                    self.stderr.write(self.FAILED_HINT)
+
+        try:
+            finished = batch.run(
+                model,
+                field,
+                everything=everything,
+                limit=limit,
+                job_name=job_name,
+                poll_interval=poll_interval,
+                on_event=report,
             )
-            if outcome.failed:
-                self.stderr.write(self.FAILED_HINT)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        except EmbeddingError as exc:
+            raise CommandError(f"{label}: {exc}") from None
+        except KeyboardInterrupt:
+            names = ", ".join(batch.open_jobs(model, field).values_list("name", flat=True)) or "(none)"
+            self.stderr.write("\n" + self.BATCH_STOPPED.format(names=names))
+            raise SystemExit(130) from None
+        if not finished:
+            self.stdout.write(self.NOTHING.format(label=label))
