@@ -36,6 +36,8 @@ def test_a_batch_job_embeds_the_pending_rows(backlog, fake_gemini):
         )
         in out
     )
+    waiting = Embed.BATCH_WAITING.split(" after")[0].format(label=LABEL, name=job.name, state="JOB_STATE_RUNNING")
+    assert waiting in out
     assert fake_gemini.request_count == 0  # nothing went through the interactive endpoint
     (request,) = fake_gemini.batch_requests
     sent = [r["request"] for r in request["body"]["batch"]["inputConfig"]["requests"]["requests"]]

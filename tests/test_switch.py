@@ -117,6 +117,9 @@ def test_switch_needs_a_field_that_replaces_another(reviews):
     with pytest.raises(CommandError) as info:
         call("semantic_embed", "testapp.Review", "--switch")
     assert str(info.value) == Embed.SWITCH_ONE
+    with pytest.raises(CommandError) as info:
+        call("semantic_embed", "testapp.Review.embedding_next", "--switch", "--queue")
+    assert "does not go with --queue or --dry-run" in str(info.value)
 
 
 def test_changed_dimensions_ask_for_a_migration(reviews):
