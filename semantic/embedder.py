@@ -94,7 +94,6 @@ class Embedder:
         self.batch_size = max(1, min(batch_size or conf.BATCH_SIZE or cap, cap))
         self.spec = field.spec()
         self.outcome = Outcome()
-        self._claimed: list[str] = []
 
     def run(
         self,
@@ -137,48 +136,49 @@ class Embedder:
                         continue
                     break
                 visited += len(batch)
-                claimed = self.claim(batch)
+                taken = self.claim(batch)
                 try:
-                    self.process([row for row in batch if row.pk in claimed])
+                    self.process(self.still_needed(batch, taken))
                 finally:
-                    self.release()
+                    self.release(taken)
                 if on_batch:
                     on_batch(self.outcome, visited)
         return self.outcome
 
-    def claim(self, rows: list[models.Model]) -> set[Any]:
-        """Of ``rows``, those this worker may embed: no other worker holds them, and they still need it.
+    def claim(self, rows: list[models.Model]) -> list[str]:
+        """Take the rows no other worker holds; returns their primary keys, as text.
 
         A session-level advisory lock per row (keyed by the field and the primary key's
         hash) marks a row as taken until its batch is written, so a sweep, the save
         hook's tasks and ``semantic_embed --queue`` chunks running at once never send
-        the same row twice. The lock does not block saves of the row. Taken rows are
-        checked again, because another worker may have written them in the meantime.
+        the same row twice. The lock does not block saves of the row.
         """
         if not rows:
-            return set()
-        keys = [str(row.pk) for row in rows]
+            return []
         connection = connections[router.db_for_write(self.model)]
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT k FROM unnest(%s::text[]) AS k WHERE pg_try_advisory_lock(%s, hashtext(k))",
-                [keys, self.lock_key(32)],
+                [[str(row.pk) for row in rows], self.lock_key(32)],
             )
-            taken = {row[0] for row in cursor.fetchall()}
-        self._claimed = [key for key in keys if key in taken]
-        pks = [row.pk for row in rows if str(row.pk) in taken]
-        return set(pending_rows(self.model, self.field).filter(pk__in=pks).values_list("pk", flat=True))
+            return [row[0] for row in cursor.fetchall()]
 
-    def release(self) -> None:
+    def still_needed(self, rows: list[models.Model], taken: list[str]) -> list[models.Model]:
+        """The taken rows that still need embedding: another worker may have written some meanwhile."""
+        held = set(taken)
+        candidates = [row.pk for row in rows if str(row.pk) in held]
+        pending = set(pending_rows(self.model, self.field).filter(pk__in=candidates).values_list("pk", flat=True))
+        return [row for row in rows if row.pk in pending]
+
+    def release(self, taken: list[str]) -> None:
         """Let other workers take the rows :meth:`claim` took."""
-        keys, self._claimed = self._claimed, []
-        if not keys:
+        if not taken:
             return
         connection = connections[router.db_for_write(self.model)]
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT count(pg_advisory_unlock(%s, hashtext(k))) FROM unnest(%s::text[]) AS k",
-                [self.lock_key(32), keys],
+                [self.lock_key(32), taken],
             )
 
     def lock_key(self, bits: int = 64) -> int:
