@@ -94,10 +94,7 @@ class GeminiBackend(EmbeddingBackend):
         from google.genai import types
 
         config = types.EmbedContentConfig(task_type=task_type, title=title, output_dimensionality=dimensions)
-        # One Content per text: given plain strings, the SDK joins them into one
-        # multi-part content for multimodal models (gemini-embedding-2 and later),
-        # which get one embedding for the lot.
-        contents = [types.Content(parts=[types.Part(text=text)]) for text in texts]
+        contents = _contents(texts)
         client = self.client
         with self._errors():
             response = client.models.embed_content(model=self.model, contents=contents, config=config)
@@ -128,7 +125,7 @@ class GeminiBackend(EmbeddingBackend):
 
         source = types.EmbeddingsBatchJobSource(
             inlined_requests=types.EmbedContentBatch(
-                contents=[types.Content(parts=[types.Part(text=text)]) for text in texts],
+                contents=_contents(texts),
                 config=types.EmbedContentConfig(task_type=task_type, output_dimensionality=dimensions),
             )
         )
@@ -182,8 +179,6 @@ class GeminiBackend(EmbeddingBackend):
                 self._clean(f"Gemini API sent a response that is not JSON: {str(exc)[:200]}"),
                 transient=True,
             ) from None
-        except EmbeddingError:
-            raise
         except Exception as exc:  # httpx timeouts and connection errors
             raise EmbeddingError(
                 self._clean(f"Gemini API request failed: {type(exc).__name__}: {exc}"),
@@ -208,6 +203,15 @@ class BatchStatus:
     @property
     def succeeded(self) -> bool:
         return self.state in ("JOB_STATE_SUCCEEDED", "JOB_STATE_PARTIALLY_SUCCEEDED")
+
+
+def _contents(texts: Sequence[str]) -> list[Any]:
+    """One Content per text: given plain strings, google-genai joins them into one
+    multi-part content for multimodal models (gemini-embedding-2 and later), which
+    then get one embedding for the lot."""
+    from google.genai import types
+
+    return [types.Content(parts=[types.Part(text=text)]) for text in texts]
 
 
 def _retry_after(exc: Any) -> float | None:
