@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from django.db import models
 
-from semantic.fields import EmbeddingField, embedding_fields
+from semantic.fields import EmbeddingField, embedding_fields, get_embedding_field
 
 NOT_REPLACING = (
     "{label}.{field} does not replace another field: add replaces='<old field>' to it, "
@@ -59,20 +59,17 @@ def serving_field(model: type[models.Model], name: str | None = None) -> Embeddi
     if name is None:
         # A field taking over from one that still exists is not a choice of its own.
         primary = [f for f in fields if not (f.replaces and f.replaces in names)]
-        if not fields:
-            raise ValueError(f"{label} has no EmbeddingField.")
         if len(primary) > 1:
             listed = ", ".join(f.name for f in primary)
             raise ValueError(f"{label} has several EmbeddingFields ({listed}); pass field=<name>.")
+        if not primary:
+            return get_embedding_field(model)  # says the model has none
         field = primary[0]
         name = field.replaces if field.replaces and field.replaces not in names else field.name
     field = next((f for f in fields if f.name == name), None)
     if field is None:
         heir = next((f for f in fields if f.replaces == name), None)
-        if heir is None:
-            listed = ", ".join(f.name for f in fields)
-            raise ValueError(f"{label} has no EmbeddingField named {name!r}; it has {listed}.")
-        return heir
+        return heir if heir is not None else get_embedding_field(model, name)  # says which names exist
     heirs = successors(model, field)
     if not heirs:
         return field
