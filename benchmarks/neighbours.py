@@ -49,7 +49,7 @@ def main() -> None:
     )
     raw = (
         f"SELECT {columns}, embedding <=> %s AS distance FROM testapp_passage "
-        "WHERE embedding IS NOT NULL AND embedding_model = %s {filter} ORDER BY distance LIMIT 10"
+        "WHERE embedding IS NOT NULL AND embedding_spec = %s {filter} ORDER BY distance LIMIT 10"
     )
     cursor = connection.cursor().cursor  # the psycopg cursor itself
 

@@ -62,7 +62,7 @@ def load(vectors: np.ndarray, groups: np.ndarray, seed: int = SEED) -> list[int]
             for i, (vector, group) in enumerate(zip(vectors, groups)):
                 copy.write_row((f"{marker} #{i}", int(group), HalfVector(vector).to_text()))
         cursor.execute(
-            "UPDATE testapp_passage SET embedding_embedded_hash = embedding_source_hash, embedding_model = %s",
+            "UPDATE testapp_passage SET embedding_embedded_hash = md5(text), embedding_spec = %s",
             [field.spec()],
         )
         loaded = time.monotonic() - started

@@ -17,7 +17,7 @@ from typing import Any
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models
-from django.db.models import F, Value
+from django.db.models import Value
 from django.http import Http404, HttpRequest, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -123,7 +123,7 @@ class SemanticAdminMixin:
             self.semantic_queryset(request).similar_to(search_term, field=field.name).values_list("pk", flat=True)[:100]
         )
         vector, _ = query_vector(self.model, field, search_term)  # type: ignore[attr-defined]
-        similarity = Value(1.0) - CosineDistance(F(field.attname), Value(vector_literal(vector)))
+        similarity = Value(1.0) - CosineDistance(field.indexed_vector(), Value(vector_literal(vector)))
         # ChangeList orders before it searches, so this ordering stands.
         ranked = queryset.filter(pk__in=list(nearest)).annotate(semantic_similarity=similarity)
         return ranked.order_by("-semantic_similarity", "-pk"), False

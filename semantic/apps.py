@@ -9,6 +9,7 @@ class SemanticConfig(AppConfig):
 
     def ready(self) -> None:
         from semantic import checks  # noqa: F401  (registers the system checks)
+        from semantic.hooks import connect_all
         from semantic.operations import ensure_vector_extension
         from semantic.tasks import install_sweep_schedule
 
@@ -16,3 +17,4 @@ class SemanticConfig(AppConfig):
         # created without their migrations depending on this app's.
         pre_migrate.connect(ensure_vector_extension, sender=self)
         post_migrate.connect(install_sweep_schedule, sender=self)
+        connect_all()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from django.apps import apps
 from django.core import checks
 from django.db import connections, models
+from django.utils.functional import cached_property
 
-from semantic.conf import GEMINI_BACKEND
+from semantic.conf import GEMINI_BACKEND, REMOVED
 from semantic.conf import semantic_settings as conf
 
 
@@ -35,6 +37,9 @@ def check_backend(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessag
                 id="semantic.E002",
             )
         )
+    for key, advice in REMOVED.items():
+        if key in conf.user_settings:
+            errors.append(checks.Warning(f"SEMANTIC[{key!r}] is no longer used.", hint=advice, id="semantic.W002"))
     if not conf.SYNC and not apps.is_installed("django_q"):
         errors.append(
             checks.Error(
@@ -59,6 +64,8 @@ def check_fields(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage
     configs = app_configs or apps.get_app_configs()
     for model in (m for config in configs for m in config.get_models()):
         for field in embedding_fields(model):
+            if field.model is not model:
+                continue  # a proxy or multi-table child: checked on the model that declares it
             errors += _check_field(model, field, _backend_for_checks(backend_class, field.embedding_model))
     return errors
 
@@ -70,8 +77,8 @@ def _check_field(model: type[models.Model], field: Any, backend: Any) -> list[ch
         errors.append(
             checks.Error(
                 f"{label} stores {field.dimensions} dimensions, which the {backend.model_id} backend cannot produce.",
-                hint=f"Set dimensions={backend.default_dimensions} on the field (then makemigrations), "
-                "or choose a backend that makes vectors of this size.",
+                hint=f"Set dimensions={backend.default_dimensions} on the field, then makemigrations and migrate "
+                "(no column changes; the rows are embedded again), or choose a backend that makes this size.",
                 obj=field,
                 id="semantic.E003",
             )
@@ -100,24 +107,26 @@ def _check_field(model: type[models.Model], field: Any, backend: Any) -> list[ch
                 id="semantic.W001",
             )
         )
-    if not field.source_is_method:
-        for name in (*field.source, field.title_source):
-            if not name:
-                continue
+    for name in field.text_parts():
+        if name in field.python_parts:
+            attr = inspect.getattr_static(model, name)
+            valid = callable(attr) or isinstance(attr, (property, cached_property, staticmethod, classmethod))
+        else:
             try:
-                source = model._meta.get_field(name)
+                valid = isinstance(model._meta.get_field(name), (models.CharField, models.TextField))
             except Exception:
-                source = None
-            if not isinstance(source, (models.CharField, models.TextField)):
-                errors.append(
-                    checks.Error(
-                        f"{label} reads its text from {name!r}, which is not a text field or method of "
-                        f"{model._meta.label}.",
-                        hint="source and title_source name CharFields, TextFields, or a method returning text.",
-                        obj=field,
-                        id="semantic.E006",
-                    )
+                valid = False
+        if not valid:
+            errors.append(
+                checks.Error(
+                    f"{label} reads its text from {name!r}, which is not a text field, method or property of "
+                    f"{model._meta.label}.",
+                    hint="source and title_source name CharFields, TextFields, or methods or properties "
+                    "returning text (a method takes no arguments).",
+                    obj=field,
+                    id="semantic.E006",
                 )
+            )
     return errors
 
 

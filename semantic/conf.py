@@ -27,9 +27,6 @@ DEFAULTS: dict[str, Any] = {
     "API_KEY": None,
     # Model name. None: the backend's default (gemini-embedding-001, all-MiniLM-L6-v2).
     "MODEL": None,
-    # Default vector size of an EmbeddingField that does not set ``dimensions``.
-    # None: the backend's default size (768 for Gemini, 384 for the local model).
-    "DIMENSIONS": None,
     # Override the Gemini API base URL (proxies, tests).
     "BASE_URL": None,
     # Seconds before one embedding request is abandoned.
@@ -61,6 +58,12 @@ DEFAULTS: dict[str, Any] = {
 }
 
 IMPORT_STRINGS = {"BACKEND"}
+
+#: Keys that were once settings, and what to do instead (reported by a system check).
+REMOVED = {
+    "DIMENSIONS": "Set dimensions= on each EmbeddingField instead: a field's size is part of its migration, "
+    "so it may not depend on settings that differ between machines. Fields without it store 384.",
+}
 
 ENVIRONMENT_KEYS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 

@@ -85,7 +85,7 @@ def probe(
     column = connection.ops.quote_name(field.attname)
     outer_sql, outer_params = outer.values("pk", field.attname).query.sql_with_params()
     inner = (
-        rows.annotate(_distance=CosineDistance(field.attname, RawSQL(f"{OUTER}.{column}", [])))
+        rows.annotate(_distance=CosineDistance(field.indexed_vector(), RawSQL(f"{OUTER}.{column}", [])))
         .order_by("_distance")
         .values("pk", "_distance")[:neighbours]
     )

@@ -33,7 +33,7 @@ def embed(
     if isinstance(texts, str):
         raise TypeError("embed() takes a list of texts; wrap a single text in a list.")
     backend = get_backend(model)
-    dimensions = dimensions or conf.DIMENSIONS or backend.default_dimensions
+    dimensions = dimensions or backend.default_dimensions
     cleaned = [clean(text, backend.max_input_chars) for text in texts]
     if not all(cleaned):
         raise ValueError("Cannot embed an empty text.")

@@ -1,8 +1,11 @@
 """Embedding rows: find the work, batch it, call the backend with retries, write back.
 
 Every write is conditional on the row still holding the text that was embedded
-(``WHERE <name>_source_hash = <hash sent>``), so a row edited while its batch was in
+(``WHERE md5(<its text>) = <hash sent>``), so a row edited while its batch was in
 flight keeps no vector of its old text; the edit's own task embeds the new text.
+When the text comes from Python, the check is that ``<name>_source_hash`` still holds
+what was read with the row, and the write stores the hash of the text embedded, so a
+row changed behind ``save()``'s back is embedded once, not re-sent on every sweep.
 """
 
 from __future__ import annotations
@@ -18,14 +21,15 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import connections, models, router
-from django.db.models import CharField, Exists, OuterRef, Q
+from django.db.models import CharField, Exists, OuterRef, Q, Value
 from django.db.models.functions import Cast
+from django.db.models.sql import Query
 from django.utils import timezone
 
 from semantic import ratelimit
 from semantic.backends import EmbeddingBackend, EmbeddingError, Vector
 from semantic.conf import semantic_settings as conf
-from semantic.fields import EmbeddingField
+from semantic.fields import EmbeddingField, IsDistinctFrom
 from semantic.models import EmbeddingFailure
 from semantic.text import clean, redact
 
@@ -37,6 +41,10 @@ CHARS_PER_TOKEN = 4
 LOCK_WAIT = 30.0
 
 
+#: ``Item.read_hash`` when the row's stored hash was not read: check against ``hash``.
+UNREAD = "unread"
+
+
 @dataclass
 class Item:
     pk: Any
@@ -44,6 +52,12 @@ class Item:
     text: str
     title: str | None
     attempts: int = 0
+    #: For text from Python: the ``<name>_source_hash`` the row held when it was read.
+    read_hash: str | None = UNREAD
+
+    @property
+    def guard(self) -> str | None:
+        return self.hash if self.read_hash == UNREAD else self.read_hash
 
 
 @dataclass
@@ -61,7 +75,7 @@ class Outcome:
         return asdict(self)
 
 
-def pending_rows(model: type[models.Model], field: EmbeddingField) -> models.QuerySet:
+def pending_rows(model: type[models.Model], field: EmbeddingField, using: str | None = None) -> models.QuerySet:
     """Rows of ``model`` that need ``field`` embedded, are not waiting out a failure,
     and are not in an open Batch API job."""
     from semantic.batch import in_flight
@@ -70,8 +84,9 @@ def pending_rows(model: type[models.Model], field: EmbeddingField) -> models.Que
         model_label=model._meta.label,
         field_name=field.name,
         object_pk=Cast(OuterRef("pk"), CharField()),
-    ).filter(Q(retry_at__gt=timezone.now()) | Q(permanent=True, source_hash=OuterRef(field.source_hash_name)))
-    rows = model._base_manager.filter(field.needs_embedding()).exclude(Exists(waiting))
+    ).filter(Q(retry_at__gt=timezone.now()) | Q(permanent=True, source_hash=field.stored_text_hash(OuterRef)))
+    manager = model._base_manager if using is None else model._base_manager.using(using)
+    rows = manager.filter(field.needs_embedding()).exclude(Exists(waiting))
     batched = in_flight(model, field)
     return rows.exclude(batched) if batched is not None else rows
 
@@ -86,9 +101,12 @@ class Embedder:
         *,
         backend: EmbeddingBackend | None = None,
         batch_size: int | None = None,
+        using: str | None = None,
     ) -> None:
-        self.model = model
+        # The table that holds the field: a proxy's or a multi-table child's rows are its rows.
+        self.model = field.model if issubclass(model, field.model) else model
         self.field = field
+        self.using = using or router.db_for_write(self.model)
         self.backend = backend or field.backend
         cap = self.backend.max_batch_size
         self.batch_size = max(1, min(batch_size or conf.BATCH_SIZE or cap, cap))
@@ -116,7 +134,7 @@ class Embedder:
         with self.lock() if fill else nullcontext():
             while limit is None or visited < limit:
                 size = self.batch_size if limit is None else min(self.batch_size, limit - visited)
-                rows = pending_rows(self.model, self.field).defer(self.field.attname)
+                rows = pending_rows(self.model, self.field, self.using).defer(self.field.attname)
                 batch: list[models.Model] = []
                 if own is not None:
                     if not own:
@@ -155,7 +173,7 @@ class Embedder:
         """
         if not rows:
             return []
-        connection = connections[router.db_for_write(self.model)]
+        connection = connections[self.using]
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT k FROM unnest(%s::text[]) AS k WHERE pg_try_advisory_lock(%s, hashtext(k))",
@@ -167,14 +185,16 @@ class Embedder:
         """The taken rows that still need embedding: another worker may have written some meanwhile."""
         held = set(taken)
         candidates = [row.pk for row in rows if str(row.pk) in held]
-        pending = set(pending_rows(self.model, self.field).filter(pk__in=candidates).values_list("pk", flat=True))
+        pending = set(
+            pending_rows(self.model, self.field, self.using).filter(pk__in=candidates).values_list("pk", flat=True)
+        )
         return [row for row in rows if row.pk in pending]
 
     def release(self, taken: list[str]) -> None:
         """Let other workers take the rows :meth:`claim` took."""
         if not taken:
             return
-        connection = connections[router.db_for_write(self.model)]
+        connection = connections[self.using]
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT count(pg_advisory_unlock(%s, hashtext(k))) FROM unnest(%s::text[]) AS k",
@@ -188,10 +208,19 @@ class Embedder:
 
     def process(self, rows: list[models.Model]) -> None:
         items = []
+        unchanged = []
+        field = self.field
         for row in rows:
-            text = clean(self.field.source_text(row), self.backend.max_input_chars)
-            title = self.field.title_text(row)
-            items.append(Item(row.pk, self.field.text_hash(row), text, title and clean(title, 1000)))
+            text = clean(field.source_text(row), self.backend.max_input_chars)
+            title = field.title_text(row)
+            item = Item(row.pk, field.text_hash(row), text, title and clean(title, 1000))
+            if field.text_from_python():
+                item.read_hash = getattr(row, field.source_hash_name)
+                if item.hash == getattr(row, field.embedded_hash_name) and getattr(row, field.spec_name) == self.spec:
+                    unchanged.append(item)  # only the stored hash was out of date
+                    continue
+            items.append(item)
+        self.refresh_hashes(unchanged)
         self.write_all([(item, None) for item in items if not item.text])
         self.embed([item for item in items if item.text])
 
@@ -261,45 +290,63 @@ class Embedder:
     def write_vectors(self, results: list[tuple[Item, Vector]]) -> list[Any]:
         """Store a batch of vectors in one statement, each only if its row still holds its text."""
         field = self.field
-        connection = connections[router.db_for_write(self.model)]
+        connection = connections[self.using]
         quote = connection.ops.quote_name
+        table = quote(self.model._meta.db_table)
         pk = self.model._meta.pk
-        rows = ", ".join(["(%s, %s, %s)"] * len(results))
+        rows = ", ".join(["(%s, %s, %s, %s)"] * len(results))
+        guard_sql, guard_params = self.compile(field.stored_text_hash(), connection)
+        python = field.text_from_python()
         sql = (
-            f"UPDATE {quote(self.model._meta.db_table)} AS t "
-            f"SET {quote(field.column)} = v.vector::{field.db_type(connection)}, "
-            f"{quote(field.embedded_hash_name)} = v.hash, {quote(field.model_name)} = %s, "
-            f"{quote(field.pending_since_name)} = NULL "
-            f"FROM (VALUES {rows}) AS v(pk, hash, vector) "
-            f"WHERE t.{quote(pk.column)} = v.pk::{pk.rel_db_type(connection)} "
-            f"AND t.{quote(field.source_hash_name)} = v.hash "
-            f"RETURNING t.{quote(pk.column)}"
+            f"UPDATE {table} "
+            f"SET {quote(field.column)} = v.vector::{field.sized_db_type()}, "
+            f"{quote(field.embedded_hash_name)} = v.hash, {quote(field.spec_name)} = %s, "
+            f"{quote(field.pending_since_name)} = NULL"
+            + (f", {quote(field.source_hash_name)} = v.hash " if python else " ")
+            + f"FROM (VALUES {rows}) AS v(pk, hash, guard, vector) "
+            f"WHERE {table}.{quote(pk.column)} = v.pk::{pk.rel_db_type(connection)} "
+            f"AND ({guard_sql}) IS NOT DISTINCT FROM v.guard::text "
+            f"RETURNING {table}.{quote(pk.column)}"
         )
         params: list[Any] = [self.spec]
         for item, vector in results:
-            params += [str(item.pk), item.hash, "[" + ",".join(map(str, vector)) + "]"]
+            params += [str(item.pk), item.hash, item.guard, "[" + ",".join(map(str, vector)) + "]"]
         with connection.cursor() as cursor:
-            cursor.execute(sql, params)
+            cursor.execute(sql, params + guard_params)
             written = [row[0] for row in cursor.fetchall()]
         self.outcome.embedded += len(written)
         self.outcome.changed_in_flight += len(results) - len(written)
         return written
 
+    def compile(self, expression: Any, connection: Any) -> tuple[str, list[Any]]:
+        """SQL for an expression over this model's columns, qualified by its table name."""
+        query = Query(self.model)
+        compiler = query.get_compiler(connection=connection)
+        sql, params = compiler.compile(expression.resolve_expression(query, allow_joins=False))
+        return sql, list(params)
+
+    def still_holds(self, item: Item) -> Q:
+        """The row still holds the text ``item`` was read with."""
+        return ~Q(IsDistinctFrom(self.field.stored_text_hash(), Value(item.guard, CharField())))
+
+    def refresh_hashes(self, items: list[Item]) -> None:
+        """Rows whose Python text is what their vector was made from: store the hash, send nothing."""
+        manager = self.model._base_manager.using(self.using)
+        for item in items:
+            manager.filter(self.still_holds(item), pk=item.pk).update(**{self.field.source_hash_name: item.hash})
+
     def write(self, item: Item, vector: Vector | None) -> bool:
         """Store ``vector`` (None: no text, no vector) if the row still holds the text it was made from."""
         field = self.field
-        still_same = (
-            Q(**{f"{field.source_hash_name}__isnull": True})
-            if item.hash is None
-            else Q(**{field.source_hash_name: item.hash})
-        )
         values = {
             field.attname: vector,
             field.embedded_hash_name: item.hash,
-            field.model_name: self.spec if vector is not None else None,
+            field.spec_name: self.spec if vector is not None else None,
             field.pending_since_name: None,
         }
-        if not self.model._base_manager.filter(still_same, pk=item.pk).update(**values):
+        if field.text_from_python():
+            values[field.source_hash_name] = item.hash
+        if not self.model._base_manager.using(self.using).filter(self.still_holds(item), pk=item.pk).update(**values):
             self.outcome.changed_in_flight += 1
             return False
         if vector is None:
@@ -344,7 +391,7 @@ class Embedder:
             yield
             return
         key = self.lock_key()
-        connection = connections[router.db_for_write(self.model)]
+        connection = connections[self.using]
         deadline = time.monotonic() + LOCK_WAIT
         with connection.cursor() as cursor:
             while True:

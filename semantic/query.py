@@ -158,7 +158,7 @@ class SemanticQuerySet(models.QuerySet):
             check_threshold(min_similarity, "min_similarity")
         if ef_search is not None and (not isinstance(ef_search, int) or not 1 <= ef_search <= 1000):
             raise ValueError(f"ef_search must be an integer from 1 to 1000, not {ef_search!r}.")
-        distance = CosineDistance(F(embedding_field.attname), Value(vector_literal(vector)))
+        distance = CosineDistance(embedding_field.indexed_vector(), Value(vector_literal(vector)))
         conditions = embedding_field.searchable()
         if exclude_pk is not None:
             conditions &= ~Q(pk=exclude_pk)

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import models
-from django.db.models import Case, F, When
+from django.db.models import Case, F, Q, When
 from django.db.models.functions import Coalesce, Now
+from django.db.models.lookups import IsNull
 
 from semantic.embedder import CHARS_PER_TOKEN, Embedder, Outcome, pending_rows
 from semantic.fields import EmbeddingField
@@ -49,7 +50,7 @@ def select(model: type[models.Model], field: EmbeddingField, *, everything: bool
 
 def stale_rows(model: type[models.Model], field: EmbeddingField) -> models.QuerySet:
     """Rows whose text is unchanged but whose vector was made by another model, task type or size."""
-    return model._base_manager.filter(field.needs_embedding(), **{field.pending_name: False})
+    return model._base_manager.filter(field.stale() & ~field.pending())
 
 
 def plan(
@@ -81,7 +82,7 @@ def prepare(model: type[models.Model], field: EmbeddingField, *, everything: boo
             **{
                 field.embedded_hash_name: None,
                 field.pending_since_name: Case(
-                    When(**{f"{field.source_hash_name}__isnull": False}, then=waiting), default=None
+                    When(Q(IsNull(field.stored_text_hash(), False)), then=waiting), default=None
                 ),
             }
         )

@@ -32,7 +32,7 @@ def state_expression(model: type[models.Model], field: EmbeddingField) -> Case:
             object_pk=Cast(OuterRef("pk"), CharField()),
         )
     )
-    changed = Q(**{field.pending_name: True})
+    changed = field.pending()
     return Case(
         When(Q(failed) & field.needs_embedding(), then=Value("failed")),
         When(changed, then=Value("pending")),
@@ -61,9 +61,7 @@ def field_status(model: type[models.Model], field: EmbeddingField) -> dict[str, 
     )
     counts = dict.fromkeys(STATES, 0)
     counts.update({row["_state"]: row["n"] for row in rows})
-    oldest = model._base_manager.filter(**{field.pending_name: True}).aggregate(oldest=Min(field.pending_since_name))[
-        "oldest"
-    ]
+    oldest = model._base_manager.filter(field.pending()).aggregate(oldest=Min(field.pending_since_name))["oldest"]
     return {
         "model": model._meta.label,
         "field": field.name,

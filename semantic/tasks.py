@@ -50,20 +50,24 @@ def enqueue(model: type[models.Model], field_name: str, pks: Sequence[Any], *, u
 
     def send() -> None:
         if conf.SYNC:
-            embed_rows(label, field_name, pks)
+            embed_rows(label, field_name, pks, using)
             return
-        queue_task("semantic.tasks.embed_rows", label, field_name, pks, name=f"semantic: embed {label}.{field_name}")
+        args: list[Any] = [label, field_name, pks] + ([using] if using not in (None, "default") else [])
+        queue_task("semantic.tasks.embed_rows", *args, name=f"semantic: embed {label}.{field_name}")
 
     transaction.on_commit(send, using=using, robust=True)
 
 
-def embed_rows(label: str, field_name: str, pks: Sequence[Any] | None = None) -> dict[str, Any]:
-    """Worker task: embed the pending rows among ``pks`` (and others, to fill requests)."""
+def embed_rows(
+    label: str, field_name: str, pks: Sequence[Any] | None = None, using: str | None = None
+) -> dict[str, Any]:
+    """Worker task: embed the pending rows among ``pks`` (and others, to fill requests),
+    in database ``using`` (the one the rows were saved to)."""
     from semantic.embedder import Embedder
 
     model = apps.get_model(label)
     field = get_embedding_field(model, field_name)
-    return Embedder(model, field).run(pks).as_dict()
+    return Embedder(model, field, using=using).run(pks).as_dict()
 
 
 def embed_chunk(label: str, field_name: str, pks: Sequence[Any], batch_size: int | None = None) -> dict[str, Any]:
@@ -113,7 +117,9 @@ def iter_fields(targets: Iterable[str | type[models.Model]] = ()) -> Iterator[tu
     models_ = [apps.get_model(t) if isinstance(t, str) else t for t in targets] or apps.get_models()
     for model in models_:
         for field in embedding_fields(model):
-            yield model, field
+            # A proxy's or a multi-table child's rows are embedded with its parent's.
+            if field.model is model or len(models_) == 1:
+                yield model, field
 
 
 def install_sweep_schedule(**kwargs: Any) -> None:

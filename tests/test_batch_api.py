@@ -47,7 +47,7 @@ def test_a_batch_job_embeds_the_pending_rows(backlog, fake_gemini):
     row = Article.objects.get(pk=backlog[0].pk)
     expected = l2_normalize(fake_vector(row.title, 128))
     assert all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip(row.embedding, expected))
-    assert row.embedding_model == get_embedding_field(Article).spec()
+    assert row.embedding_spec == get_embedding_field(Article).spec()
     assert not pending_rows(Article, get_embedding_field(Article)).exists()
     assert (job.state, job.embedded, job.failed, job.rows) == ("JOB_STATE_SUCCEEDED", 25, 0, 25)
     assert job.finished_at is not None

@@ -24,10 +24,29 @@ def test_deconstruct_emits_only_names_and_plain_values():
 
 def test_explicit_halfvec_round_trips():
     field = EmbeddingField(source="title", dimensions=768, halfvec=True)
-    assert field.db_type(connection) == "halfvec(768)"
+    assert (field.db_type(connection), field.sized_db_type()) == ("halfvec", "halfvec(768)")
     assert field.deconstruct()[3]["halfvec"] is True
-    assert EmbeddingField(source="title", dimensions=768).db_type(connection) == "vector(768)"
-    assert EmbeddingField(source="title", dimensions=2001).db_type(connection) == "halfvec(2001)"
+    assert EmbeddingField(source="title", dimensions=768).sized_db_type() == "vector(768)"
+    assert EmbeddingField(source="title", dimensions=2001).sized_db_type() == "halfvec(2001)"
+
+
+def test_the_column_type_does_not_carry_the_size():
+    """A size change must never be an ALTER COLUMN TYPE that old vectors cannot be cast through."""
+    assert EmbeddingField(source="t", dimensions=384).db_type(connection) == "vector"
+    assert "dimensions" in EmbeddingField.non_db_attrs
+
+
+def test_fields_without_dimensions_have_one_size_everywhere(settings):
+    field = EmbeddingField(source="t")
+    assert field.dimensions == 384 and "dimensions" not in field.deconstruct()[3]
+    settings.SEMANTIC = {**settings.SEMANTIC, "API_KEY": None, "BACKEND": None}
+    assert EmbeddingField(source="t").dimensions == 384
+
+
+@pytest.mark.parametrize("option", [{"null": False}, {"blank": False}, {"editable": True}])
+def test_options_the_field_sets_itself_are_refused_not_ignored(option):
+    with pytest.raises(TypeError, match="sets"):
+        EmbeddingField(source="t", **option)
 
 
 @pytest.mark.parametrize("task_type", ["SEMANTIC_SIMILARITY", "RETRIEVAL_DOCUMENT", "CODE_RETRIEVAL_QUERY"])
@@ -48,11 +67,20 @@ def test_bad_dimensions_are_refused(bad):
 
 def test_companion_columns_are_hidden_from_forms():
     names = {f.name for f in Article._meta.get_fields()}
-    assert {"embedding_source_hash", "embedding_embedded_hash", "embedding_model"} <= names
-    for name in ("embedding", "embedding_source_hash", "embedding_embedded_hash", "embedding_model"):
+    assert {"embedding_embedded_hash", "embedding_spec", "embedding_pending_since"} <= names
+    for name in ("embedding", "embedding_embedded_hash", "embedding_spec", "embedding_pending_since"):
         assert not Article._meta.get_field(name).editable
-    assert Article._meta.get_field("embedding_source_hash").generated
-    assert not Snippet._meta.get_field("embedding_source_hash").generated  # method source
+    assert "embedding_source_hash" not in names  # PostgreSQL hashes text from fields itself
+    assert not Snippet._meta.get_field("embedding_source_hash").editable  # text from a method
+    assert not any(getattr(f, "generated", False) for f in Article._meta.get_fields())
+
+
+def test_companions_deconstruct_to_djangos_own_fields():
+    """What users' migrations name must not be this app's classes."""
+    for name in ("embedding_embedded_hash", "embedding_spec", "embedding_pending_since"):
+        path = Article._meta.get_field(name).deconstruct()[1]
+        assert path.startswith("django.db.models."), path
+    assert Snippet._meta.get_field("embedding_source_hash").deconstruct()[1] == "django.db.models.CharField"
 
 
 def test_get_embedding_field_errors_are_clear():
@@ -69,14 +97,14 @@ def test_get_embedding_field_errors_are_clear():
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("title,body", [("Ünïcödé ✓", "日本語のテキスト"), ("", "only body"), ("only title", "")])
-def test_python_hash_matches_the_generated_column(title, body):
+def test_python_hash_matches_the_sql_hash(title, body):
     from semantic import suspend_embedding
 
     with suspend_embedding():
         article = Article.objects.create(title=title, body=body)
-    article.refresh_from_db()
     field = get_embedding_field(Article)
-    assert article.embedding_source_hash == field.text_hash(article) == source_hash(f"{title}\n\n{body}")
+    stored = Article.objects.annotate(h=field.stored_text_hash()).get(pk=article.pk).h
+    assert stored == field.text_hash(article) == source_hash(f"{title}\n\n{body}")
 
 
 @pytest.mark.django_db
@@ -100,16 +128,18 @@ def test_the_search_for_work_can_use_the_partial_index():
 
 
 @pytest.mark.django_db
-def test_pending_column_follows_both_hashes():
+def test_pending_follows_the_text_in_the_database():
     from semantic import suspend_embedding
 
+    field = get_embedding_field(Article)
     with suspend_embedding():
         article = Article.objects.create(title="t", body="b")
-    article.refresh_from_db()
-    assert article.embedding_pending is True
-    Article.objects.filter(pk=article.pk).update(embedding_embedded_hash=article.embedding_source_hash)
-    article.refresh_from_db()
-    assert article.embedding_pending is False
-    Article.objects.filter(pk=article.pk).update(body="changed")
-    article.refresh_from_db()
-    assert article.embedding_pending is True
+
+    def pending():
+        return Article.objects.filter(field.pending(), pk=article.pk).exists()
+
+    assert pending()
+    Article.objects.filter(pk=article.pk).update(embedding_embedded_hash=field.text_hash(article))
+    assert not pending()
+    Article.objects.filter(pk=article.pk).update(body="changed")  # no save(): PostgreSQL still sees it
+    assert pending()

@@ -53,4 +53,4 @@ def test_rows_embedded_through_the_field(semantic_settings, fake_gemini):
     vectors = [np.array(n.embedding) for n in Note.objects.order_by("pk")]
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
     assert fake_gemini.request_count == 0
-    assert Note.objects.first().embedding_model == "local:all-MiniLM-L6-v2|SEMANTIC_SIMILARITY|384"
+    assert Note.objects.first().embedding_spec == "local:all-MiniLM-L6-v2|SEMANTIC_SIMILARITY|384"

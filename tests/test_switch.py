@@ -122,17 +122,17 @@ def test_switch_needs_a_field_that_replaces_another(reviews):
     assert "does not go with --queue or --dry-run" in str(info.value)
 
 
-def test_changed_dimensions_ask_for_a_migration(reviews):
+def test_a_storage_change_not_migrated_asks_for_a_migration(reviews):
     with connection.cursor() as cursor:
-        cursor.execute("ALTER TABLE testapp_review ALTER COLUMN embedding TYPE vector(64) USING NULL")
+        cursor.execute("ALTER TABLE testapp_review ALTER COLUMN embedding TYPE halfvec USING NULL")
     try:
         with pytest.raises(CommandError) as info:
             call("semantic_embed", "testapp.Review.embedding")
     finally:
         with connection.cursor() as cursor:
-            cursor.execute("ALTER TABLE testapp_review ALTER COLUMN embedding TYPE vector(128) USING NULL")
+            cursor.execute("ALTER TABLE testapp_review ALTER COLUMN embedding TYPE vector USING NULL")
     assert str(info.value) == MIGRATION_NEEDED.format(
-        label="testapp.Review.embedding", actual="vector(64)", declared="vector(128)", field="embedding"
+        label="testapp.Review.embedding", actual="halfvec", declared="vector", field="embedding"
     )
 
 

@@ -65,7 +65,7 @@ class EmbeddingBackend:
     max_batch_size: int = 100
     #: Texts longer than this many characters are truncated before embedding.
     max_input_chars: int = 8192
-    #: Vector size used when neither the field nor ``SEMANTIC["DIMENSIONS"]`` sets one.
+    #: The model's own vector size: what ``semantic.embed()`` makes when given no size.
     default_dimensions: int = 768
     #: Vector sizes the model can produce.
     supported_dimensions: Container[int] = ()

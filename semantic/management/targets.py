@@ -72,8 +72,9 @@ def threshold_type(value: Any) -> float:
 def check_schema(model: type[models.Model], field: EmbeddingField) -> None:
     """Raise CommandError when the table does not match the field: a migration is due."""
     connection = connections[router.db_for_write(model)]
-    names = [field.column, field.source_hash_name, field.embedded_hash_name, field.model_name]
-    names += [field.pending_name, field.pending_since_name]
+    names = [field.column, field.embedded_hash_name, field.spec_name, field.pending_since_name]
+    if field.text_from_python():
+        names.append(field.source_hash_name)
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
@@ -86,7 +87,8 @@ def check_schema(model: type[models.Model], field: EmbeddingField) -> None:
         if name not in columns:
             raise CommandError(MISSING_COLUMN.format(label=label, column=name))
     declared = field.db_type(connection)
-    if columns[field.column] != declared:
+    # A column made before sizes left the column type ("vector(384)") is fine at the field's size.
+    if columns[field.column] not in (declared, field.sized_db_type()):
         raise CommandError(
             MIGRATION_NEEDED.format(label=label, actual=columns[field.column], declared=declared, field=field.name)
         )

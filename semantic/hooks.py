@@ -1,0 +1,73 @@
+"""The save hook: a saved row whose text changed is handed to the worker on commit.
+
+Connected for every model that has an EmbeddingField of its own or through
+inheritance: proxies and multi-table children get ``post_save`` under their own class,
+so connecting once for the class that declares the field would miss them. Abstract
+bases give each concrete subclass a field of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.apps import apps
+from django.db import models
+from django.db.models.signals import class_prepared, post_save
+
+from semantic import tasks
+from semantic.fields import EmbeddingField, embedding_fields
+
+
+def connect_all() -> None:
+    """Hook every installed model with an EmbeddingField, and any model created later."""
+    for model in apps.get_models():
+        connect(model)
+    class_prepared.connect(_on_class_prepared, weak=False, dispatch_uid="semantic:class_prepared")
+
+
+def connect(model: type[models.Model]) -> None:
+    if model._meta.abstract or not embedding_fields(model):
+        return
+    post_save.connect(on_save, sender=model, weak=False, dispatch_uid=f"semantic:save:{model._meta.label}")
+
+
+def _on_class_prepared(sender: type[models.Model], **kwargs: Any) -> None:
+    if sender.__module__ != "__fake__":
+        connect(sender)
+
+
+def on_save(
+    sender: type[models.Model],
+    instance: models.Model,
+    raw: bool = False,
+    using: str | None = None,
+    update_fields: frozenset[str] | None = None,
+    **kwargs: Any,
+) -> None:
+    """Queue the fields whose text this save changed, once the transaction commits."""
+    if raw or tasks.embedding_suspended():
+        return
+    for field in embedding_fields(sender):
+        if needs_work(field, instance, update_fields, using):
+            tasks.enqueue(field.model, field.name, [instance.pk], using=using)
+
+
+def needs_work(
+    field: EmbeddingField, instance: models.Model, update_fields: frozenset[str] | None, using: str | None
+) -> bool:
+    """Whether this save left ``field`` with text its vector was not made from."""
+    if update_fields is not None:
+        if not field.python_parts and not set(field.text_parts()) & set(update_fields):
+            return False  # save(update_fields=...) that did not touch the text
+        if field.python_parts and field.source_hash_name not in update_fields:
+            # The hash column was not part of this save: keep it current by hand.
+            current = field.text_hash(instance)
+            if current != getattr(instance, field.source_hash_name, None):
+                field.model._base_manager.using(using).filter(pk=instance.pk).update(
+                    **{field.source_hash_name: current}
+                )
+                setattr(instance, field.source_hash_name, current)
+    current = field.text_hash(instance)
+    if current != getattr(instance, field.embedded_hash_name):
+        return True
+    return getattr(instance, field.attname) is not None and getattr(instance, field.spec_name) != field.spec()
