@@ -48,8 +48,9 @@ def main() -> None:
         connection.ops.quote_name(f.column) for f in Passage._meta.concrete_fields if f.attname != field.attname
     )
     raw = (
-        f"SELECT {columns}, embedding <=> %s AS distance FROM testapp_passage "
-        "WHERE embedding IS NOT NULL AND embedding_spec = %s {filter} ORDER BY distance LIMIT 10"
+        f"SELECT {columns}, embedding::halfvec(768) <=> %s AS distance FROM testapp_passage "
+        "WHERE embedding IS NOT NULL AND embedding_spec = %s AND vector_dims(embedding) = 768 {filter} "
+        "ORDER BY distance LIMIT 10"
     )
     cursor = connection.cursor().cursor  # the psycopg cursor itself
 

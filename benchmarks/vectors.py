@@ -70,7 +70,8 @@ def load(vectors: np.ndarray, groups: np.ndarray, seed: int = SEED) -> list[int]
         cursor.execute("SET max_parallel_maintenance_workers = 1")
         cursor.execute(
             "CREATE INDEX passage_embedding_hnsw ON testapp_passage "
-            "USING hnsw (embedding halfvec_cosine_ops) WITH (m = 16, ef_construction = 64)"
+            "USING hnsw (((embedding)::halfvec(768)) halfvec_cosine_ops) WITH (m = 16, ef_construction = 64) "
+            "WHERE vector_dims(embedding) = 768"
         )
         cursor.execute("VACUUM ANALYZE testapp_passage")
     print(f"loaded {len(vectors)} rows in {loaded:.0f}s, HNSW built in {time.monotonic() - started - loaded:.0f}s")

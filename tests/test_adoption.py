@@ -1,0 +1,265 @@
+"""Adding the app to someone else's project, as the README says, and living with it.
+
+A throwaway project from ``django-admin startproject`` gets an app whose model already
+has rows; then the README's "Add it to your project" snippets, copied from README.md
+as printed, are applied; then every change a project makes to the field over the
+years runs through the real ``makemigrations`` and ``migrate``, forwards and
+backwards, on a table that holds vectors.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from django.db import connection
+
+from tests.commands import BASE_DIR
+
+README = BASE_DIR / "README.md"
+INITIAL_MODEL = '''from django.db import models
+
+
+class Note(models.Model):
+    title = models.CharField(max_length=200)
+    body = models.TextField(blank=True)
+'''
+NOTES = [
+    ("Reset a forgotten password", "Use the link on the sign-in page to choose a new password."),
+    ("Change the email address", "Edit your profile to use another email address."),
+    ("Export invoices", "Download every invoice of the year as a spreadsheet."),
+    ("Delete the account", "Closing the account removes all of its data."),
+    ("Dark mode", "Switch the dashboard to dark colours in the settings."),
+    ("Two-factor sign-in", "Protect the account with a code from your phone."),
+]
+
+
+def readme_snippet(name: str) -> str:
+    """The code block after ``<!-- readme-test: name -->`` in README.md, dedented."""
+    text = README.read_text()
+    match = re.search(rf"<!-- readme-test: {name} -->\n(\s*)```\w*\n(.*?)\n\s*```", text, re.S)
+    assert match, f"README.md has no snippet marked {name!r}"
+    indent = match.group(1).split("\n")[-1]
+    return "\n".join(line.removeprefix(indent) for line in match.group(2).split("\n")) + "\n"
+
+
+class Project:
+    """A Django project in a temporary directory, run through its own manage.py."""
+
+    def __init__(self, root: Path, database: str, env: dict[str, str]) -> None:
+        self.root = root
+        self.database = database
+        self.env = env
+
+    def manage(self, *args: str, input: str | None = None, env: dict[str, str] | None = None) -> str:
+        result = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=self.root,
+            env={**self.env, **(env or {})},
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        return result.stdout
+
+    def write(self, path: str, text: str) -> None:
+        (self.root / path).write_text(text)
+
+    def edit_model(self, old: str, new: str) -> None:
+        path = self.root / "notes" / "models.py"
+        text = path.read_text()
+        assert old in text, f"{old!r} not in models.py:\n{text}"
+        path.write_text(text.replace(old, new, 1))
+
+    def sql(self, query: str) -> list[tuple]:
+        with psycopg.connect(**server_params(self.database), autocommit=True) as conn:
+            cursor = conn.execute(query)
+            return cursor.fetchall() if cursor.description else []
+
+    def migrations(self) -> list[str]:
+        return sorted(p.stem for p in (self.root / "notes" / "migrations").glob("0*.py"))
+
+    def change(self, old: str, new: str, *, input: str | None = None) -> str:
+        """Edit the model, then makemigrations, migrate, back, and forwards again; returns the migration."""
+        self.edit_model(old, new)
+        before = self.migrations()
+        self.manage("makemigrations", "notes", input=input)
+        (created,) = set(self.migrations()) - set(before)
+        self.manage("migrate")
+        self.manage("migrate", "notes", before[-1])
+        self.manage("migrate", "notes")
+        self.manage("makemigrations", "--check", "--dry-run")
+        return (self.root / "notes" / "migrations" / f"{created}.py").read_text()
+
+    def embed(self) -> str:
+        return self.manage("semantic_embed")
+
+    def counts(self, field: str = "embedding") -> tuple[int, int]:
+        """(rows, rows holding a vector of the field's current text)"""
+        (row,) = self.sql(
+            f"SELECT count(*), count(*) FILTER (WHERE {field} IS NOT NULL AND {field}_embedded_hash IS NOT NULL) "
+            "FROM notes_note"
+        )
+        return row
+
+
+def server_params(database: str) -> dict[str, str]:
+    settings = connection.settings_dict
+    params = {"dbname": database, "user": settings["USER"], "host": settings["HOST"]}
+    if settings["PASSWORD"]:
+        params["password"] = settings["PASSWORD"]
+    if settings["PORT"]:
+        params["port"] = str(settings["PORT"])
+    return params
+
+
+@pytest.fixture
+def new_project(tmp_path: Path, fake_gemini) -> Iterator[callable]:
+    """Makes projects: ``new_project(api_key=...)`` -> a Project with an app ``notes`` holding rows."""
+    databases: list[str] = []
+
+    def make(*, api_key: str | None) -> Project:
+        database = f"adopt_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(**server_params("postgres"), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{database}"')
+        databases.append(database)
+        root = tmp_path / database
+        root.mkdir()
+        env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
+        env.pop("DJANGO_SETTINGS_MODULE", None)
+        env.update(ADOPT_DB_NAME=database, ADOPT_DB_HOST=connection.settings_dict["HOST"])
+        env.update(ADOPT_DB_USER=connection.settings_dict["USER"], ADOPT_DB_PORT=str(connection.settings_dict["PORT"]))
+        if api_key:
+            env.update(GEMINI_API_KEY=api_key, ADOPT_GEMINI_URL=fake_gemini.base_url)
+        subprocess.run(
+            [sys.executable, "-m", "django", "startproject", "mysite", str(root)], check=True, env=env, timeout=60
+        )
+        project = Project(root, database, env)
+        project.manage("startapp", "notes")
+        settings = root / "mysite" / "settings.py"
+        # The project as it was before this app: its own app, on PostgreSQL.
+        settings.write_text(
+            settings.read_text()
+            + '\nimport os\nINSTALLED_APPS += ["notes"]\n'
+            + "DATABASES = {'default': {'ENGINE': 'django.db.backends.postgresql', "
+            "'NAME': os.environ['ADOPT_DB_NAME'], 'HOST': os.environ['ADOPT_DB_HOST'], "
+            "'USER': os.environ['ADOPT_DB_USER'], 'PORT': os.environ['ADOPT_DB_PORT']}}\n"
+        )
+        project.write("notes/models.py", INITIAL_MODEL)
+        project.manage("makemigrations", "notes")
+        project.manage("migrate")
+        rows = ", ".join(f"('{title}', '{body}')" for title, body in NOTES)
+        project.sql(f"INSERT INTO notes_note (title, body) VALUES {rows}")
+        # The README's steps, as printed.
+        settings.write_text(settings.read_text() + "\n" + readme_snippet("settings"))
+        if api_key:
+            # The only addition: this machine reaches Gemini through the tests' fake server.
+            settings.write_text(settings.read_text() + 'SEMANTIC["BASE_URL"] = os.environ["ADOPT_GEMINI_URL"]\n')
+        project.write("notes/models.py", readme_snippet("model"))
+        project.manage("makemigrations")
+        project.manage("migrate")
+        return project
+
+    yield make
+    with psycopg.connect(**server_params("postgres"), autocommit=True) as conn:
+        for database in databases:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def search(project: Project) -> list[tuple[float, str]]:
+    out = project.manage("shell", "-c", readme_snippet("search"))
+    # shell's own "N objects imported automatically" line aside, the snippet's lines.
+    lines = re.findall(r"^(-?\d\.\d\d)  (.+)$", out, re.M)
+    return [(float(score), title) for score, title in lines]
+
+
+@pytest.mark.django_db
+def test_the_readme_works_as_printed_with_the_local_model(new_project):
+    project = new_project(api_key=None)
+    migration = (project.root / "notes" / "migrations" / "0002_note_embedding_note_embedding_embedded_hash_and_more.py")
+    text = migration.read_text()
+    assert "GeneratedField" not in text and "dimensions" not in text  # nothing that depends on the machine
+    assert text.index("AddIndex") > text.index("name='embedding_embedded_hash'")  # the index after its column
+
+    assert project.counts() == (len(NOTES), 0)  # rows from before the field wait for the worker
+    assert "6" in project.embed()
+    assert project.counts() == (len(NOTES), len(NOTES))
+    found = search(project)
+    assert len(found) == 5 and found[0][1] == "Reset a forgotten password"
+    assert [score for score, _ in found] == sorted((score for score, _ in found), reverse=True)
+
+
+@pytest.mark.django_db
+def test_migrations_are_the_same_with_and_without_an_api_key(new_project):
+    project = new_project(api_key=None)
+    assert "No changes detected" in project.manage("makemigrations", "--check", "--dry-run")
+    with_key = project.manage("makemigrations", "--check", "--dry-run", env={"GEMINI_API_KEY": "AIzaSomething"})
+    assert "No changes detected" in with_key
+
+
+@pytest.mark.django_db
+def test_every_later_change_migrates_forwards_and_backwards_with_vectors_in_the_table(new_project, fake_gemini):
+    project = new_project(api_key="AIzaTEST-adoption")
+    project.embed()
+    assert project.counts() == (len(NOTES), len(NOTES))
+    assert search(project)[0][1] == "Reset a forgotten password"
+
+    # An HNSW index, as the README's Searching section shows.
+    project.edit_model("from semantic import", "from semantic.indexes import EmbeddingIndex\nfrom semantic import")
+    migration = project.change(
+        "    objects = SemanticManager()\n",
+        "    objects = SemanticManager()\n\n"
+        "    class Meta:\n"
+        '        indexes = [EmbeddingIndex(fields=["embedding"], name="note_embedding_hnsw")]\n',
+    )
+    assert "EmbeddingIndex(dimensions=384" in migration
+
+    def changed(old: str, new: str, *, input: str | None = None) -> str:
+        migration = project.change(old, new, input=input)
+        assert "GeneratedField" not in migration
+        fake_gemini.reset()
+        project.embed()
+        assert project.counts() == (len(NOTES), len(NOTES)), migration
+        return migration
+
+    # The source: only the pending index changes.
+    migration = changed('source=("title", "body")', 'source=("title",)')
+    assert "AddIndex" in migration and "AddField" not in migration and "RemoveField" not in migration
+    assert fake_gemini.request_count >= 1  # every row's text changed, so every row was embedded again
+
+    # Title and task type, then the size: no column is altered, the HNSW index is rebuilt.
+    changed('source=("title",)', 'source="body", title_source="title", task_type="RETRIEVAL_DOCUMENT"')
+    migration = changed('task_type="RETRIEVAL_DOCUMENT"', 'task_type="RETRIEVAL_DOCUMENT", dimensions=768')
+    assert "EmbeddingIndex(dimensions=768" in migration
+    assert project.sql("SELECT DISTINCT vector_dims(embedding) FROM notes_note") == [(768,)]
+    changed("dimensions=768", 'dimensions=768, embedding_model="gemini-embedding-exp"')
+
+    # A source field renamed: PostgreSQL follows it; the index is rebuilt on the new name.
+    project.edit_model("body = models.TextField(blank=True)", "content = models.TextField(blank=True)")
+    migration = changed('source="body"', 'source="content"', input="y\n" * 5)
+    assert "RenameField" in migration
+
+    # A second field replacing the first, on a table with vectors and an HNSW index.
+    migration = changed(
+        "    objects = SemanticManager()\n",
+        '    embedding_v2 = EmbeddingField(source="content", dimensions=256, replaces="embedding")\n\n'
+        "    objects = SemanticManager()\n",
+    )
+    assert project.counts("embedding_v2") == (len(NOTES), len(NOTES))
+
+    # Removing the field again.
+    project.change(
+        '    embedding_v2 = EmbeddingField(source="content", dimensions=256, replaces="embedding")\n', ""
+    )
+    columns = {name for (name,) in project.sql("SELECT column_name FROM information_schema.columns "
+                                                "WHERE table_name = 'notes_note'")}
+    assert not {c for c in columns if c.startswith("embedding_v2")}
