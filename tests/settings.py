@@ -44,7 +44,11 @@ TEMPLATES = [
         },
     }
 ]
-DATABASES = {"default": database_settings()}
+DATABASES = {
+    "default": database_settings(),
+    # A second database on the same server, for rows saved with .using("other").
+    "other": {**database_settings(), "TEST": {"NAME": "test_semantic_other"}},
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 STATIC_URL = "static/"
 

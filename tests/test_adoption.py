@@ -24,13 +24,13 @@ from django.db import connection
 from tests.commands import BASE_DIR
 
 README = BASE_DIR / "README.md"
-INITIAL_MODEL = '''from django.db import models
+INITIAL_MODEL = """from django.db import models
 
 
 class Note(models.Model):
     title = models.CharField(max_length=200)
     body = models.TextField(blank=True)
-'''
+"""
 NOTES = [
     ("Reset a forgotten password", "Use the link on the sign-in page to choose a new password."),
     ("Change the email address", "Edit your profile to use another email address."),
@@ -185,7 +185,7 @@ def search(project: Project) -> list[tuple[float, str]]:
 @pytest.mark.django_db
 def test_the_readme_works_as_printed_with_the_local_model(new_project):
     project = new_project(api_key=None)
-    migration = (project.root / "notes" / "migrations" / "0002_note_embedding_note_embedding_embedded_hash_and_more.py")
+    migration = project.root / "notes" / "migrations" / "0002_note_embedding_note_embedding_embedded_hash_and_more.py"
     text = migration.read_text()
     assert "GeneratedField" not in text and "dimensions" not in text  # nothing that depends on the machine
     assert text.index("AddIndex") > text.index("name='embedding_embedded_hash'")  # the index after its column
@@ -257,9 +257,9 @@ def test_every_later_change_migrates_forwards_and_backwards_with_vectors_in_the_
     assert project.counts("embedding_v2") == (len(NOTES), len(NOTES))
 
     # Removing the field again.
-    project.change(
-        '    embedding_v2 = EmbeddingField(source="content", dimensions=256, replaces="embedding")\n', ""
-    )
-    columns = {name for (name,) in project.sql("SELECT column_name FROM information_schema.columns "
-                                                "WHERE table_name = 'notes_note'")}
+    project.change('    embedding_v2 = EmbeddingField(source="content", dimensions=256, replaces="embedding")\n', "")
+    columns = {
+        name
+        for (name,) in project.sql("SELECT column_name FROM information_schema.columns WHERE table_name = 'notes_note'")
+    }
     assert not {c for c in columns if c.startswith("embedding_v2")}

@@ -86,3 +86,49 @@ class Review(models.Model):
 
     def __str__(self) -> str:
         return self.text
+
+
+class ArticleProxy(Article):
+    """Saved through a proxy: its saves are hooked like the model's own."""
+
+    class Meta:
+        proxy = True
+
+
+class FeaturedArticle(Article):
+    """A multi-table child: its text and vector live in the parent's table."""
+
+    blurb = models.CharField(max_length=100, blank=True)
+
+
+class Labelled(models.Model):
+    """An abstract base that gives each concrete subclass an EmbeddingField of its own."""
+
+    label = models.CharField(max_length=200)
+    embedding = EmbeddingField(source="label", dimensions=128)
+
+    objects = SemanticManager()
+
+    class Meta:
+        abstract = True
+
+
+class Tag(Labelled):
+    pass
+
+
+class Card(models.Model):
+    """Text from a field and a method together: hashed in Python."""
+
+    title = models.CharField(max_length=200)
+    body = models.TextField(blank=True)
+    views = models.IntegerField(default=0)
+    embedding = EmbeddingField(source=("title", "summary"), dimensions=128)
+
+    objects = SemanticManager()
+
+    def summary(self) -> str:
+        return self.body.upper()
+
+    def __str__(self) -> str:
+        return self.title

@@ -1,0 +1,92 @@
+"""The save hook in other people's models: inheritance, update_fields, mixed sources,
+a second database, and text from Python changed behind save()'s back."""
+
+import pytest
+from django.core import checks
+
+from semantic import embed_pending, suspend_embedding
+from semantic.fields import get_embedding_field
+from tests.testapp.models import Article, ArticleProxy, Card, FeaturedArticle, Tag
+
+pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
+
+
+def has_vector(model, pk, using="default"):
+    return model._base_manager.using(using).filter(pk=pk, embedding__isnull=False).exists()
+
+
+def test_saves_through_a_proxy_are_embedded(fake_gemini):
+    row = ArticleProxy.objects.create(title="Through a proxy", body="")
+    assert fake_gemini.texts() == ["Through a proxy"]
+    assert has_vector(Article, row.pk)
+
+
+def test_saves_of_a_multi_table_child_are_embedded_once(fake_gemini):
+    row = FeaturedArticle.objects.create(title="A featured article", body="", blurb="new")
+    assert fake_gemini.texts() == ["A featured article"]
+    assert has_vector(Article, row.pk)
+    fake_gemini.reset()
+    FeaturedArticle.objects.filter(pk=row.pk).update(blurb="changed")  # not the text
+    summary = embed_pending()
+    # The sweep visits the field once, on the table that holds it; not again for the child.
+    assert "testapp.Article.embedding" in summary and "testapp.FeaturedArticle.embedding" not in summary
+    assert fake_gemini.request_count == 0
+
+
+def test_a_field_from_an_abstract_base_is_hooked_on_the_subclass(fake_gemini):
+    tag = Tag.objects.create(label="billing")
+    assert fake_gemini.texts() == ["billing"]
+    assert has_vector(Tag, tag.pk)
+
+
+def test_update_fields_that_miss_the_text_queue_nothing(fake_gemini, semantic_settings):
+    from django_q.models import OrmQ
+
+    semantic_settings(SYNC=False)
+    article = Article.objects.create(title="Counted", body="")
+    OrmQ.objects.all().delete()
+    article.title = "Counted again"
+    article.category = "news"
+    article.save(update_fields=["category"])  # the new title is not saved: nothing to embed
+    assert OrmQ.objects.count() == 0
+    article.save(update_fields=["title"])
+    assert OrmQ.objects.count() == 1
+
+
+def test_text_from_a_field_and_a_method_together(fake_gemini):
+    assert not [e for e in checks.run_checks() if getattr(e, "obj", None) is get_embedding_field(Card)]
+    card = Card.objects.create(title="Refunds", body="within thirty days")
+    assert fake_gemini.texts() == ["Refunds\n\nWITHIN THIRTY DAYS"]
+    fake_gemini.reset()
+    card.views += 1
+    card.save()  # the text did not change
+    assert fake_gemini.request_count == 0
+
+
+def test_rows_saved_to_a_second_database_are_embedded_there(fake_gemini):
+    row = Article.objects.using("other").create(title="Stored elsewhere", body="")
+    assert fake_gemini.texts() == ["Stored elsewhere"]
+    assert has_vector(Article, row.pk, using="other")
+    assert not Article.objects.using("default").filter(pk=row.pk).exists()
+
+
+def test_python_text_changed_by_update_is_embedded_once_then_left_alone(fake_gemini):
+    """Documented: QuerySet.update() of a method's inputs is not seen until the next save().
+
+    A row updated before its first vector was written gets the vector of its final
+    text, and is not sent again on later sweeps.
+    """
+    with suspend_embedding():
+        card = Card.objects.create(title="Shipping", body="two days")
+    Card.objects.filter(pk=card.pk).update(body="three days")  # behind save()'s back
+    embed_pending()
+    assert fake_gemini.texts() == ["Shipping\n\nTHREE DAYS"]
+    assert not Card.objects.filter(get_embedding_field(Card).pending()).exists()  # settled, not pending forever
+    fake_gemini.reset()
+    assert embed_pending()["testapp.Card.embedding"]["requests"] == 0
+    assert embed_pending()["testapp.Card.embedding"]["requests"] == 0
+
+    Card.objects.filter(pk=card.pk).update(body="four days")  # not seen: no hash in SQL for a method
+    assert embed_pending()["testapp.Card.embedding"]["requests"] == 0
+    Card.objects.get(pk=card.pk).save()  # the next save() sees it
+    assert fake_gemini.texts() == ["Shipping\n\nFOUR DAYS"]
