@@ -14,7 +14,9 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[local,dev]"
+	# torch pinned here only: 2.13.0 is the CPU build on this machine's disk; unpinned, pip
+	# would fetch a CUDA build of several GB. The package itself asks for torch>=2.1.
+	$(PY) -m pip install --quiet "torch==2.13.0" -e ".[local,dev]"
 	touch $@
 
 demo: install

@@ -81,6 +81,41 @@ def test_source_that_is_not_a_text_field():
         assert "'count'" in errors[0].msg and "'missing'" in errors[1].msg
 
 
+def test_methods_and_properties_are_valid_sources_alone_or_mixed_with_fields():
+    from semantic import EmbeddingField
+
+    with isolate_apps("tests.testapp"):
+
+        class Mixed(models.Model):
+            title = models.CharField(max_length=20)
+            embedding = EmbeddingField(source=("title", "summary", "tagline"), title_source="heading")
+            broken = EmbeddingField(source="not_text")
+
+            not_text = models.ForeignKey("auth.User", on_delete=models.CASCADE)
+
+            def summary(self):
+                return "s"
+
+            @property
+            def tagline(self):
+                return "t"
+
+            heading = property(lambda self: "h")
+
+            class Meta:
+                app_label = "testapp"
+
+        errors = check_fields(app_configs=[Mixed._meta.apps.get_app_config("testapp")])
+        assert [(e.id, e.obj.name) for e in errors] == [("semantic.E006", "broken")]
+        assert Mixed._meta.get_field("embedding").python_parts == ("summary", "tagline", "heading")
+
+
+def test_the_removed_dimensions_setting_is_reported(semantic_settings):
+    semantic_settings(DIMENSIONS=768)
+    (warning,) = [m for m in check_backend() if m.id == "semantic.W002"]
+    assert "dimensions=" in warning.hint
+
+
 @pytest.mark.django_db
 def test_extension_check_passes_where_pgvector_is_available():
     assert check_extension(databases=["default"]) == []
