@@ -54,3 +54,15 @@ def test_rows_embedded_through_the_field(semantic_settings, fake_gemini):
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
     assert fake_gemini.request_count == 0
     assert Note.objects.first().embedding_spec == "local:all-MiniLM-L6-v2|SEMANTIC_SIMILARITY|384"
+
+
+def test_embed_without_a_size_uses_the_backends_own(semantic_settings):
+    """The README's semantic.embed(["any text"], task_type="CLUSTERING") with the local model."""
+    from django.core.cache import cache
+
+    from semantic import embed
+
+    semantic_settings(BACKEND="semantic.backends.local.LocalBackend", CACHE=None)
+    cache.clear()
+    (vector,) = embed(["any text"], task_type="CLUSTERING")
+    assert len(vector) == 384
