@@ -1,7 +1,8 @@
 """A real browser (Debian's Chromium, headless, driven by Playwright) against a live server:
 the admin's "Find similar" and duplicate review, and the demo site's search by meaning.
-Screenshots of the pages go to docs/screenshots/ for the README."""
+Screenshots go to a temporary folder (see SCREENSHOTS), never into the repository."""
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,7 +15,10 @@ from project.questions.models import Question
 from semantic import embed_pending
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+# Screenshots of a test run show the test suite's fake vectors, not the product: they go
+# to a temporary folder (SEMANTIC_SCREENSHOTS=<dir> to keep them), never over the tracked
+# docs/screenshots/, which come from the real demo.
+SCREENSHOTS = Path(os.environ.get("SEMANTIC_SCREENSHOTS") or tempfile.mkdtemp(prefix="semantic-screenshots-"))
 FLAGS = [
     "--headless",
     "--no-sandbox",
