@@ -57,8 +57,26 @@ def fake_vector(text: str, dimensions: int, task_type: str | None = None) -> lis
     return [scale * x / norm for x in vector]
 
 
-def api_error(code: int, message: str, status: str) -> str:
-    return json.dumps({"error": {"code": code, "message": message, "status": status}})
+def api_error(code: int, message: str, status: str, reason: str | None = None) -> str:
+    error: dict[str, Any] = {"code": code, "message": message, "status": status}
+    if reason:
+        error["details"] = [
+            {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason, "domain": "googleapis.com"}
+        ]
+    return json.dumps({"error": error})
+
+
+#: What Gemini answers to a wrong API key, word for word.
+BAD_KEY = api_error(400, "API key not valid. Please pass a valid API key.", "INVALID_ARGUMENT", "API_KEY_INVALID")
+#: A key whose project may not use the API.
+PERMISSION_DENIED = api_error(
+    403, "Generative Language API has not been used in this project or it is disabled.", "PERMISSION_DENIED"
+)
+#: An unknown model name.
+MODEL_NOT_FOUND = api_error(
+    404, "models/no-such-model is not found for API version v1beta, or is not supported for embedContent.", "NOT_FOUND"
+)
+UNAUTHENTICATED = api_error(401, "Request had invalid authentication credentials.", "UNAUTHENTICATED")
 
 
 @dataclass
@@ -116,6 +134,8 @@ class FakeGemini:
         self.latency = latency
         self.requests: list[dict[str, Any]] = []
         self.faults: list[Fault] = []
+        #: Answer every request with this, until :meth:`reset` (after ``faults``).
+        self.broken: Fault | None = None
         self.on_request: Callable[[dict[str, Any]], None] | None = None
         #: Answer 400 to any request with a text containing this marker.
         self.reject_marker: str | None = None
@@ -154,6 +174,10 @@ class FakeGemini:
         with self._lock:
             self.faults += [Fault(status, body, headers)] * times
 
+    def fail_every(self, status: int, *, body: str, retry_after: str | None = None) -> None:
+        """Answer every request with ``status`` and ``body`` until :meth:`reset` (a revoked key, an outage)."""
+        self.broken = Fault(status, body, {"Retry-After": retry_after} if retry_after is not None else {})
+
     def malformed_next(self, *, times: int = 1) -> None:
         with self._lock:
             self.faults += [Fault(200, '{"embeddings": [', {})] * times
@@ -170,6 +194,7 @@ class FakeGemini:
             self.batch_requests.clear()
             self.jobs.clear()
             self._batch_failures.clear()
+        self.broken = None
         self.on_request = None
         self.reject_marker = None
         self.reject_batch_marker = None
@@ -264,7 +289,7 @@ class FakeGemini:
                 }
                 with fake._lock:
                     fake.requests.append(record)
-                    fault = fake.faults.pop(0) if fake.faults else None
+                    fault = fake.faults.pop(0) if fake.faults else fake.broken
                 if fake.on_request:
                     fake.on_request(record)
                 if fake.latency:
