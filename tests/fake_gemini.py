@@ -6,8 +6,11 @@ deterministic: hashed bag-of-words, so texts sharing words point the same way an
 the same text always gets the same vector. As the real API, it only normalises
 full-size (3072) vectors.
 
-It counts requests and can be told to misbehave: answer 429 with Retry-After, 500,
-400, malformed JSON, or slowly.
+It counts requests (each record gets the ``status`` it was answered with, and
+``embedded`` when that answer held embeddings) and can be
+told to misbehave: answer 429 with Retry-After, 500, 400, malformed JSON, or slowly;
+``fail_every`` answers every request alike (a revoked key); ``on_request`` runs code
+between a request's arrival and its answer (edits while a batch is in flight).
 
 It also runs batch embedding jobs (``client.batches.create_embeddings``): ``POST
 models/<model>:asyncBatchEmbedContent`` creates ``batches/fake-<n>``, ``GET
@@ -162,8 +165,14 @@ class FakeGemini:
     def request_count(self) -> int:
         return len(self.requests)
 
-    def texts(self) -> list[str]:
-        return [r["content"]["parts"][0]["text"] for req in self.requests for r in req["body"].get("requests", [])]
+    def texts(self, *, embedded: bool = False) -> list[str]:
+        """Every text sent, in order; with ``embedded``, only those the server answered with embeddings."""
+        return [
+            r["content"]["parts"][0]["text"]
+            for req in self.requests
+            if not embedded or req.get("embedded")
+            for r in req["body"].get("requests", [])
+        ]
 
     def fail_next(
         self, status: int, *, times: int = 1, retry_after: str | None = None, body: str | None = None
@@ -295,6 +304,7 @@ class FakeGemini:
                 if fake.latency:
                     time.sleep(fake.latency)
                 if fault:
+                    record["status"] = fault.status
                     return self._send(fault.status, fault.body, fault.headers)
                 texts = ["".join(p.get("text", "") for p in r["content"]["parts"]) for r in body.get("requests", [])]
                 if fake.reject_marker and any(fake.reject_marker in text for text in texts):
@@ -305,12 +315,14 @@ class FakeGemini:
                             "status": "INVALID_ARGUMENT",
                         }
                     }
+                    record["status"] = 400
                     return self._send(400, json.dumps(error))
                 embeddings = []
                 for item in body.get("requests", []):
                     text = "".join(p.get("text", "") for p in item["content"]["parts"])
                     dims = item.get("outputDimensionality") or NATIVE_DIMENSIONS
                     embeddings.append({"values": fake_vector(text, dims, item.get("taskType"))})
+                record["status"], record["embedded"] = 200, True
                 return self._send(200, json.dumps({"embeddings": embeddings}))
 
             def _create_batch(self, model: str, raw: bytes) -> None:
