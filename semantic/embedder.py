@@ -56,6 +56,8 @@ class Outcome:
     changed_in_flight: int = 0
     requests: int = 0
     errors: list[str] = dataclass_field(default_factory=list)
+    #: Why the run ended before visiting every row (a configuration problem, a long pause), or None.
+    stopped: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -269,7 +271,7 @@ class Embedder:
     def stop(self, message: str) -> None:
         """End the run without sending more: the API cannot be used now (see :meth:`embed`)."""
         logger.warning("Embedding %s.%s stopped: %s", self.model._meta.label, self.field.name, message)
-        self.stopped = message
+        self.stopped = self.outcome.stopped = message
         if message not in self.outcome.errors:
             self.outcome.errors.append(message)
 

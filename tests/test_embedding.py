@@ -343,6 +343,7 @@ def test_a_configuration_error_stops_sending_and_the_rows_recover_once_fixed(fak
     summary = embed_pending()["testapp.Article.embedding"]
     assert fake_gemini.request_count == 1
     assert summary["failed"] == 0 and not EmbeddingFailure.objects.exists()
+    assert fix in summary["stopped"]
     problem = configuration_problem()
     assert fix in problem and settings.TEST_API_KEY not in problem
     Article.objects.create(title="saved meanwhile", body="")
