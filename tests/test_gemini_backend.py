@@ -160,3 +160,10 @@ def test_the_debug_page_never_shows_the_key(fake_gemini, settings, semantic_sett
     page = response.content.decode()
     assert "EmbeddingError" in page
     assert settings.TEST_API_KEY not in page
+
+
+def test_any_backend_s_retry_after_is_kept_within_bounds():
+    """Other backends build EmbeddingErrors themselves; the bounds hold for them too."""
+    assert EmbeddingError("x", kind="transient", retry_after=float("inf")).retry_after == 3600.0
+    assert EmbeddingError("x", kind="transient", retry_after=float("nan")).retry_after is None
+    assert EmbeddingError("x", kind="transient", retry_after=-1.0).retry_after == 0.0

@@ -59,7 +59,8 @@ class EmbeddingError(Exception):
     server's requested wait in seconds, when it sent one.
 
     ``transient=True/False`` is still accepted and means ``kind="transient"`` /
-    ``kind="bad_input"``.
+    ``kind="bad_input"``. ``retry_after`` is kept within ``0..MAX_RETRY_AFTER`` whatever
+    a backend passes, so no server's answer can overflow a worker's arithmetic.
     """
 
     def __init__(
@@ -76,11 +77,18 @@ class EmbeddingError(Exception):
         if kind not in KINDS:
             raise ValueError(f"EmbeddingError kind must be one of {', '.join(KINDS)}, not {kind!r}.")
         self.kind = kind
-        self.retry_after = retry_after
+        self.retry_after = _bounded(retry_after)
 
     @property
     def transient(self) -> bool:
         return self.kind == TRANSIENT
+
+
+def _bounded(seconds: float | None) -> float | None:
+    """``seconds`` within ``0..MAX_RETRY_AFTER``; NaN counts as not given."""
+    if seconds is None or math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def parse_retry_after(value: str | None, *, now: float) -> float | None:
@@ -98,9 +106,7 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
             seconds = email.utils.parsedate_to_datetime(value).timestamp() - now
         except (TypeError, ValueError, IndexError, OverflowError):
             return None
-    if math.isnan(seconds):
-        return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+    return _bounded(seconds)
 
 
 class EmbeddingBackend:
