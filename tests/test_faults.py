@@ -242,7 +242,7 @@ def test_a_real_worker_killed_mid_run(fake_gemini, semantic_settings, tmp_path):
     fake_gemini.on_request = kill_on_the_second_request
     try:
         async_task("semantic.tasks.embed_pending", "testapp.Article")
-        assert killed.wait(60), log.read_text()
+        assert killed.wait(120), log.read_text()
         worker.wait(30)
     finally:
         if worker.poll() is None:

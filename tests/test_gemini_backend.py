@@ -142,6 +142,7 @@ def test_a_key_with_surrounding_whitespace_is_stripped_and_redacted(fake_gemini)
         backend(fake_gemini, api_key=f"  {key}\n").embed(["x"], task_type="SEMANTIC_SIMILARITY", dimensions=768)
     assert fake_gemini.requests[0]["api_key"] == key
     assert key not in str(info.value) and "[redacted]" in str(info.value)
+    assert backend(fake_gemini, api_key=f" {key}\t").api_key == key  # one key, one rate limit
 
 
 @pytest.mark.parametrize(("status", "retry_after"), [(400, None), (429, "soon"), (429, "inf"), (500, None)])
@@ -167,3 +168,19 @@ def test_any_backend_s_retry_after_is_kept_within_bounds():
     assert EmbeddingError("x", kind="transient", retry_after=float("inf")).retry_after == 3600.0
     assert EmbeddingError("x", kind="transient", retry_after=float("nan")).retry_after is None
     assert EmbeddingError("x", kind="transient", retry_after=-1.0).retry_after == 0.0
+
+
+def test_the_configured_key_is_read_stripped(semantic_settings, monkeypatch):
+    from semantic.conf import semantic_settings as conf
+
+    semantic_settings(API_KEY="  AIzaPADDED\n")
+    assert conf.API_KEY == "AIzaPADDED"
+    monkeypatch.setenv("GEMINI_API_KEY", " AIzaFROM-ENV ")
+    semantic_settings(API_KEY="   ")
+    assert conf.API_KEY == "AIzaFROM-ENV"
+
+
+def test_redaction_finds_a_padded_secret_in_its_stripped_form():
+    from semantic.text import redact
+
+    assert redact("key AIzaPADDED refused", "  AIzaPADDED\n") == "key [redacted] refused"
