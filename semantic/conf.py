@@ -85,8 +85,8 @@ class SemanticSettings:
         if attr not in DEFAULTS:
             raise AttributeError(f"Invalid SEMANTIC setting: {attr!r}")
         value = self.user_settings.get(attr, DEFAULTS[attr])
-        if attr == "API_KEY" and not value:
-            value = next((os.environ[k] for k in ENVIRONMENT_KEYS if os.environ.get(k)), None)
+        if attr == "API_KEY":
+            value = _api_key(value)
         if attr == "BACKEND" and value is None:
             value = GEMINI_BACKEND if self.API_KEY else LOCAL_BACKEND
         if attr in IMPORT_STRINGS and isinstance(value, str):
@@ -103,6 +103,14 @@ class SemanticSettings:
         from semantic.backends import get_backend
 
         get_backend.cache_clear()
+
+
+def _api_key(value: str | None) -> str | None:
+    """The configured key, else the environment's, stripped as google-genai sends it (and
+    so as an API error would echo it, for redaction to find)."""
+    if not (value and value.strip()):
+        value = next((os.environ[k] for k in ENVIRONMENT_KEYS if os.environ.get(k, "").strip()), None)
+    return value.strip() if value else None
 
 
 def perform_import(value: str, setting_name: str) -> Any:

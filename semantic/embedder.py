@@ -27,7 +27,7 @@ from django.db.models.sql import Query
 from django.utils import timezone
 
 from semantic import ratelimit
-from semantic.backends import EmbeddingBackend, EmbeddingError, Vector
+from semantic.backends import BAD_INPUT, CONFIG, TRANSIENT, EmbeddingBackend, EmbeddingError, Vector
 from semantic.conf import semantic_settings as conf
 from semantic.fields import EmbeddingField, IsDistinctFrom
 from semantic.models import EmbeddingFailure
@@ -70,6 +70,8 @@ class Outcome:
     changed_in_flight: int = 0
     requests: int = 0
     errors: list[str] = dataclass_field(default_factory=list)
+    #: Why the run ended before visiting every row (a configuration problem, a long pause), or None.
+    stopped: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,6 +114,8 @@ class Embedder:
         self.batch_size = max(1, min(batch_size or conf.BATCH_SIZE or cap, cap))
         self.spec = field.spec()
         self.outcome = Outcome()
+        #: Why the run ended early (the API cannot be used now), or None.
+        self.stopped: str | None = None
 
     def run(
         self,
@@ -161,6 +165,8 @@ class Embedder:
                     self.release(taken)
                 if on_batch:
                     on_batch(self.outcome, visited)
+                if self.stopped:
+                    break
         return self.outcome
 
     def claim(self, rows: list[models.Model]) -> list[str]:
@@ -225,13 +231,30 @@ class Embedder:
         self.embed([item for item in items if item.text])
 
     def embed(self, items: list[Item]) -> None:
-        """Embed ``items`` in one request, retrying transient errors with backoff."""
-        if not items:
+        """Embed ``items`` in one request, retrying transient errors with backoff.
+
+        A rejected text splits the batch to find it; each half counts its attempts
+        afresh, since the server errors its parent met say nothing about the half. A
+        configuration error, or a pause longer than ``MAX_BACKOFF``, stops the run
+        (:attr:`stopped`): the rows no request was made for stay pending, without a
+        failure record, for the next sweep or save.
+        """
+        if not items or self.stopped:
             return
+        attempt = 0
         while True:
+            try:
+                ratelimit.acquire(
+                    self.backend,
+                    tokens=sum(len(item.text) for item in items) // CHARS_PER_TOKEN + 1,
+                    max_pause=conf.MAX_BACKOFF,
+                )
+            except ratelimit.Paused as paused:
+                self.stop(str(paused))
+                return
+            attempt += 1
             for item in items:
                 item.attempts += 1
-            ratelimit.acquire(self.backend, tokens=sum(len(item.text) for item in items) // CHARS_PER_TOKEN + 1)
             self.outcome.requests += 1
             try:
                 vectors = self.backend.embed(
@@ -244,12 +267,18 @@ class Embedder:
             except EmbeddingError as exc:
                 error = exc
             except Exception as exc:  # a backend bug must not lose the batch
-                error = EmbeddingError(f"{type(exc).__name__}: {exc}", transient=True)
+                error = EmbeddingError(self.redact(f"{type(exc).__name__}: {exc}"), kind=TRANSIENT)
             else:
+                ratelimit.clear_problem(self.backend)
                 self.write_all(list(zip(items, vectors)))
                 return
-            message = redact(str(error), getattr(self.backend, "api_key", None), conf.API_KEY)
-            if not error.transient:
+            message = self.redact(str(error))
+            if error.kind == CONFIG:
+                # No text is at fault: every request would fail the same way until the setting is fixed.
+                ratelimit.report_problem(self.backend, message)
+                self.stop(message)
+                return
+            if error.kind == BAD_INPUT:
                 if len(items) > 1:
                     # One bad text fails the whole request: split to find it.
                     half = len(items) // 2
@@ -258,26 +287,36 @@ class Embedder:
                 else:
                     self.fail(items, message, permanent=True)
                 return
-            attempt = items[0].attempts
             wait = error.retry_after if error.retry_after is not None else conf.BACKOFF * 2 ** (attempt - 1)
+            if error.retry_after is not None:
+                ratelimit.pause(self.backend, wait)  # every worker on this key waits, this one too
             if attempt >= conf.MAX_ATTEMPTS or wait > conf.MAX_BACKOFF:
                 self.fail(items, message, permanent=False, retry_in=max(wait, conf.MAX_BACKOFF))
                 return
             logger.info("Embedding request failed (%s); retrying in %.1fs.", message, wait)
-            if error.retry_after is not None:
-                ratelimit.pause(self.backend, wait)  # every worker on this key waits, this one too
-            else:
-                time.sleep(wait)
+            if error.retry_after is None:
+                time.sleep(wait)  # with one, the next acquire() waits out the shared pause
+
+    def stop(self, message: str) -> None:
+        """End the run without sending more: the API cannot be used now (see :meth:`embed`)."""
+        logger.warning("Embedding %s.%s stopped: %s", self.model._meta.label, self.field.name, message)
+        self.stopped = self.outcome.stopped = message
+        if message not in self.outcome.errors:
+            self.outcome.errors.append(message)
+
+    def redact(self, message: str) -> str:
+        return redact(message, getattr(self.backend, "api_key", None), conf.API_KEY)
 
     def check(self, vectors: list[Vector], expected: int) -> None:
         if len(vectors) != expected:
-            raise EmbeddingError(f"The backend returned {len(vectors)} vectors for {expected} texts.", transient=True)
+            raise EmbeddingError(f"The backend returned {len(vectors)} vectors for {expected} texts.", kind=TRANSIENT)
         for vector in vectors:
             if len(vector) != self.field.dimensions:
                 raise EmbeddingError(
                     f"The backend returned a {len(vector)}-dimensional vector; "
-                    f"{self.model._meta.label}.{self.field.name} stores {self.field.dimensions}.",
-                    transient=False,
+                    f"{self.model._meta.label}.{self.field.name} stores {self.field.dimensions}: "
+                    "set the field's dimensions to a size the model makes.",
+                    kind=CONFIG,
                 )
 
     def write_all(self, results: list[tuple[Item, Vector | None]]) -> None:

@@ -71,6 +71,8 @@ class RateLimit(models.Model):
 
     One row per backend model and API key (``key`` holds a hash, never the key).
     ``paused_until`` is set when the API answers 429, so every process waits.
+    ``problem`` says what is wrong with the key or model when the API refused them
+    (what to fix, never the key); it is cleared by the next request that succeeds.
     """
 
     key = models.CharField(_("key"), max_length=100, primary_key=True)
@@ -78,6 +80,8 @@ class RateLimit(models.Model):
     requests = models.PositiveIntegerField(_("requests"), default=0)
     tokens = models.PositiveBigIntegerField(_("tokens"), default=0)
     paused_until = models.DateTimeField(_("paused until"), null=True, blank=True)
+    problem = models.TextField(_("configuration problem"), blank=True, default="")
+    problem_at = models.DateTimeField(_("problem seen"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("rate limit")

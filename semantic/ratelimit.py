@@ -5,23 +5,74 @@ processes and machines. ``SEMANTIC["REQUESTS_PER_MINUTE"]`` and
 ``SEMANTIC["TOKENS_PER_MINUTE"]`` cap what is sent per window
 (``RATE_LIMIT_WINDOW`` seconds, 60); a 429 answer with ``Retry-After`` pauses every
 process sharing the key until then, not only the one that got it.
+
+A configuration problem (a bad key, no permission, an unknown model) is recorded on
+the same row and pauses the key for ``CONFIG_PAUSE`` seconds: retrying sooner would
+only hammer the API with requests that cannot succeed. :func:`configuration_problem`
+reads it for status pages. A new key or model is a new row, so fixing the setting
+lifts the pause at once; a fix on the API's side (enabling the API for the project)
+is found by the first request after the pause.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from datetime import timedelta
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.utils import timezone
 
-from semantic.backends import EmbeddingBackend
+from semantic.backends import EmbeddingBackend, get_backend
+from semantic.backends.base import MAX_RETRY_AFTER
 from semantic.conf import semantic_settings as conf
 from semantic.models import RateLimit
 
 #: Longest single wait, so a worker re-reads the shared state now and then.
 MAX_SLEEP = 5.0
+#: Seconds every process on a key stops sending after a configuration error.
+CONFIG_PAUSE = 300.0
+
+
+class Clock:
+    """Where the rate limit reads the time and waits.
+
+    Windows and pauses are arithmetic on this clock, so tests install one they move by
+    hand (:func:`use_clock`) and check the arithmetic without waiting or racing a
+    loaded machine.
+    """
+
+    def now(self) -> datetime:
+        return timezone.now()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+_clock = Clock()
+
+
+@contextmanager
+def use_clock(clock: Clock) -> Iterator[Clock]:
+    """Run the rate limit on ``clock`` inside the block (a test hook)."""
+    global _clock
+    previous, _clock = _clock, clock
+    try:
+        yield clock
+    finally:
+        _clock = previous
+
+
+class Paused(Exception):
+    """Every process on this key must wait longer than the caller is willing to."""
+
+    def __init__(self, seconds: float, problem: str) -> None:
+        self.seconds = seconds
+        self.problem = problem
+        reason = problem or "the API asked every client on this key to wait (429 with Retry-After)"
+        super().__init__(f"Sending is paused for another {seconds:.0f} s: {reason}")
 
 
 def limit_key(backend: EmbeddingBackend) -> str:
@@ -30,46 +81,87 @@ def limit_key(backend: EmbeddingBackend) -> str:
     return f"{backend.name}:{digest}"
 
 
-def acquire(backend: EmbeddingBackend, *, tokens: int) -> float:
-    """Wait until one more request of ``tokens`` tokens may be sent; returns seconds waited."""
+def acquire(backend: EmbeddingBackend, *, tokens: int, max_pause: float | None = None) -> float:
+    """Wait until one more request of ``tokens`` tokens may be sent; returns seconds waited.
+
+    Raises :class:`Paused` instead of waiting when the key is paused for a
+    configuration problem, or for longer than ``max_pause`` seconds: a worker should
+    not sleep through an hour's ``Retry-After`` holding its rows.
+    """
     key = limit_key(backend)
     waited = 0.0
     while True:
-        wait = _try_acquire(key, tokens)
+        wait, paused, problem = _try_acquire(key, tokens)
         if wait <= 0:
             return waited
-        time.sleep(min(wait, MAX_SLEEP))
+        if paused and (problem or (max_pause is not None and wait > max_pause)):
+            raise Paused(wait, problem)
+        _clock.sleep(min(wait, MAX_SLEEP))
         waited += min(wait, MAX_SLEEP)
 
 
-def _try_acquire(key: str, tokens: int) -> float:
-    """Count the request and return 0, or return how long to wait before trying again."""
-    now = timezone.now()
+def _try_acquire(key: str, tokens: int) -> tuple[float, bool, str]:
+    """Count the request and return 0, or return how long to wait before trying again,
+    whether that is a pause, and the configuration problem that caused it."""
+    now = _clock.now()
     window = timedelta(seconds=conf.RATE_LIMIT_WINDOW)
     with transaction.atomic():
         state, _ = RateLimit.objects.select_for_update().get_or_create(key=key, defaults={"window_start": now})
         if state.paused_until and state.paused_until > now:
-            return (state.paused_until - now).total_seconds()
+            return (state.paused_until - now).total_seconds(), True, state.problem
         if now - state.window_start >= window:
             state.window_start, state.requests, state.tokens = now, 0, 0
         over_requests = conf.REQUESTS_PER_MINUTE and state.requests + 1 > conf.REQUESTS_PER_MINUTE
         over_tokens = conf.TOKENS_PER_MINUTE and state.tokens and state.tokens + tokens > conf.TOKENS_PER_MINUTE
         if over_requests or over_tokens:
-            return (state.window_start + window - now).total_seconds()
+            return (state.window_start + window - now).total_seconds(), False, ""
         state.requests += 1
         state.tokens += tokens
         state.save()
-    return 0.0
+    return 0.0, False, ""
 
 
-def pause(backend: EmbeddingBackend, seconds: float) -> None:
-    """Stop every process sharing this key from sending for ``seconds`` (after a 429)."""
-    key = limit_key(backend)
-    until = timezone.now() + timedelta(seconds=seconds)
+def pause(backend: EmbeddingBackend, seconds: float, *, problem: str = "") -> None:
+    """Stop every process sharing this key from sending for ``seconds`` (after a 429).
+
+    ``seconds`` is clamped to ``0..MAX_RETRY_AFTER``, whatever a server sent.
+    """
+    seconds = min(max(seconds, 0.0), MAX_RETRY_AFTER) if seconds == seconds else 0.0
+    now = _clock.now()
+    until = now + timedelta(seconds=seconds)
     with transaction.atomic():
         state, _ = RateLimit.objects.select_for_update().get_or_create(
-            key=key, defaults={"window_start": timezone.now()}
+            key=limit_key(backend), defaults={"window_start": now}
         )
+        fields = []
         if not state.paused_until or state.paused_until < until:
             state.paused_until = until
-            state.save(update_fields=["paused_until"])
+            fields.append("paused_until")
+        if problem:
+            state.problem, state.problem_at = problem, now
+            fields += ["problem", "problem_at"]
+        if fields:
+            state.save(update_fields=fields)
+
+
+def report_problem(backend: EmbeddingBackend, message: str) -> None:
+    """Record a configuration problem (a message without the key) and pause the key."""
+    pause(backend, CONFIG_PAUSE, problem=message)
+
+
+def clear_problem(backend: EmbeddingBackend) -> None:
+    """A request succeeded: whatever was wrong with the configuration is fixed."""
+    RateLimit.objects.filter(key=limit_key(backend)).exclude(problem="").update(problem="", problem_at=None)
+
+
+def configuration_problem(backend: EmbeddingBackend | None = None) -> str | None:
+    """What a worker last found wrong with ``backend``'s configuration, or None.
+
+    ``backend`` defaults to the configured one; for a field pinned to another model,
+    pass ``field.backend``. The message says which setting to change and never holds
+    the key. It is cleared by the next request that succeeds, and belongs to the key
+    and model it was seen with: after the key is changed, this returns None.
+    """
+    backend = backend or get_backend()
+    problems = RateLimit.objects.filter(key=limit_key(backend)).exclude(problem="")
+    return problems.values_list("problem", flat=True).first()

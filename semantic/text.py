@@ -26,8 +26,13 @@ def clean(text: str, max_chars: int) -> str:
 
 
 def redact(message: str, *secrets: str | None) -> str:
-    """``message`` with every secret replaced by ``[redacted]``."""
+    """``message`` with every secret replaced by ``[redacted]``.
+
+    Each secret is also redacted without surrounding whitespace: a key configured as
+    ``" AIza... "`` is sent (and echoed back by the API) stripped.
+    """
     for secret in secrets:
-        if secret:
-            message = message.replace(secret, "[redacted]")
+        for form in (secret, secret and secret.strip()):
+            if form:
+                message = message.replace(form, "[redacted]")
     return message

@@ -6,8 +6,11 @@ deterministic: hashed bag-of-words, so texts sharing words point the same way an
 the same text always gets the same vector. As the real API, it only normalises
 full-size (3072) vectors.
 
-It counts requests and can be told to misbehave: answer 429 with Retry-After, 500,
-400, malformed JSON, or slowly.
+It counts requests (each record gets the ``status`` it was answered with, and
+``embedded`` when that answer held embeddings) and can be
+told to misbehave: answer 429 with Retry-After, 500, 400, malformed JSON, or slowly;
+``fail_every`` answers every request alike (a revoked key); ``on_request`` runs code
+between a request's arrival and its answer (edits while a batch is in flight).
 
 It also runs batch embedding jobs (``client.batches.create_embeddings``): ``POST
 models/<model>:asyncBatchEmbedContent`` creates ``batches/fake-<n>``, ``GET
@@ -57,8 +60,26 @@ def fake_vector(text: str, dimensions: int, task_type: str | None = None) -> lis
     return [scale * x / norm for x in vector]
 
 
-def api_error(code: int, message: str, status: str) -> str:
-    return json.dumps({"error": {"code": code, "message": message, "status": status}})
+def api_error(code: int, message: str, status: str, reason: str | None = None) -> str:
+    error: dict[str, Any] = {"code": code, "message": message, "status": status}
+    if reason:
+        error["details"] = [
+            {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason, "domain": "googleapis.com"}
+        ]
+    return json.dumps({"error": error})
+
+
+#: What Gemini answers to a wrong API key, word for word.
+BAD_KEY = api_error(400, "API key not valid. Please pass a valid API key.", "INVALID_ARGUMENT", "API_KEY_INVALID")
+#: A key whose project may not use the API.
+PERMISSION_DENIED = api_error(
+    403, "Generative Language API has not been used in this project or it is disabled.", "PERMISSION_DENIED"
+)
+#: An unknown model name.
+MODEL_NOT_FOUND = api_error(
+    404, "models/no-such-model is not found for API version v1beta, or is not supported for embedContent.", "NOT_FOUND"
+)
+UNAUTHENTICATED = api_error(401, "Request had invalid authentication credentials.", "UNAUTHENTICATED")
 
 
 @dataclass
@@ -116,6 +137,8 @@ class FakeGemini:
         self.latency = latency
         self.requests: list[dict[str, Any]] = []
         self.faults: list[Fault] = []
+        #: Answer every request with this, until :meth:`reset` (after ``faults``).
+        self.broken: Fault | None = None
         self.on_request: Callable[[dict[str, Any]], None] | None = None
         #: Answer 400 to any request with a text containing this marker.
         self.reject_marker: str | None = None
@@ -142,8 +165,14 @@ class FakeGemini:
     def request_count(self) -> int:
         return len(self.requests)
 
-    def texts(self) -> list[str]:
-        return [r["content"]["parts"][0]["text"] for req in self.requests for r in req["body"].get("requests", [])]
+    def texts(self, *, embedded: bool = False) -> list[str]:
+        """Every text sent, in order; with ``embedded``, only those the server answered with embeddings."""
+        return [
+            r["content"]["parts"][0]["text"]
+            for req in self.requests
+            if not embedded or req.get("embedded")
+            for r in req["body"].get("requests", [])
+        ]
 
     def fail_next(
         self, status: int, *, times: int = 1, retry_after: str | None = None, body: str | None = None
@@ -153,6 +182,10 @@ class FakeGemini:
             body = json.dumps({"error": {"code": status, "message": f"fake error {status}", "status": "FAKE"}})
         with self._lock:
             self.faults += [Fault(status, body, headers)] * times
+
+    def fail_every(self, status: int, *, body: str, retry_after: str | None = None) -> None:
+        """Answer every request with ``status`` and ``body`` until :meth:`reset` (a revoked key, an outage)."""
+        self.broken = Fault(status, body, {"Retry-After": retry_after} if retry_after is not None else {})
 
     def malformed_next(self, *, times: int = 1) -> None:
         with self._lock:
@@ -170,6 +203,7 @@ class FakeGemini:
             self.batch_requests.clear()
             self.jobs.clear()
             self._batch_failures.clear()
+        self.broken = None
         self.on_request = None
         self.reject_marker = None
         self.reject_batch_marker = None
@@ -264,12 +298,13 @@ class FakeGemini:
                 }
                 with fake._lock:
                     fake.requests.append(record)
-                    fault = fake.faults.pop(0) if fake.faults else None
+                    fault = fake.faults.pop(0) if fake.faults else fake.broken
                 if fake.on_request:
                     fake.on_request(record)
                 if fake.latency:
                     time.sleep(fake.latency)
                 if fault:
+                    record["status"] = fault.status
                     return self._send(fault.status, fault.body, fault.headers)
                 texts = ["".join(p.get("text", "") for p in r["content"]["parts"]) for r in body.get("requests", [])]
                 if fake.reject_marker and any(fake.reject_marker in text for text in texts):
@@ -280,12 +315,14 @@ class FakeGemini:
                             "status": "INVALID_ARGUMENT",
                         }
                     }
+                    record["status"] = 400
                     return self._send(400, json.dumps(error))
                 embeddings = []
                 for item in body.get("requests", []):
                     text = "".join(p.get("text", "") for p in item["content"]["parts"])
                     dims = item.get("outputDimensionality") or NATIVE_DIMENSIONS
                     embeddings.append({"values": fake_vector(text, dims, item.get("taskType"))})
+                record["status"], record["embedded"] = 200, True
                 return self._send(200, json.dumps({"embeddings": embeddings}))
 
             def _create_batch(self, model: str, raw: bytes) -> None:

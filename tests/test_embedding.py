@@ -13,8 +13,9 @@ from django.utils import timezone
 
 from semantic import embed_pending, suspend_embedding
 from semantic.fields import get_embedding_field
-from semantic.models import EmbeddingFailure
-from tests.fake_gemini import fake_vector
+from semantic.models import EmbeddingFailure, RateLimit
+from semantic.ratelimit import configuration_problem
+from tests.fake_gemini import BAD_KEY, MODEL_NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED, api_error, fake_vector
 from tests.testapp.models import Article, Document, Snippet
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -242,15 +243,18 @@ def test_timeouts_are_recorded_as_transient_failures(fake_gemini, semantic_setti
     assert stored(article) is None
 
 
-def test_missing_key_is_recorded_with_how_to_fix(fake_gemini, semantic_settings, monkeypatch):
+def test_missing_key_is_reported_with_how_to_fix_and_the_row_waits(fake_gemini, semantic_settings, monkeypatch):
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
     semantic_settings(API_KEY=None)
-    Article.objects.create(title="No key", body="")
-    failure = EmbeddingFailure.objects.get()
-    assert failure.permanent
-    assert "GEMINI_API_KEY" in failure.error
+    article = Article.objects.create(title="No key", body="")
+    assert not EmbeddingFailure.objects.exists()
+    assert "GEMINI_API_KEY" in configuration_problem()
     assert fake_gemini.request_count == 0
+    semantic_settings(API_KEY="AIzaNEW-key")
+    embed_pending()
+    assert stored(article) is not None
+    assert configuration_problem() is None
 
 
 def test_the_key_never_reaches_logs_failures_or_results(fake_gemini, all_logs):
@@ -295,3 +299,86 @@ def test_raw_saves_are_skipped(fake_gemini):
         obj.save()
     assert fake_gemini.request_count == 0
     assert Article.objects.filter(get_embedding_field(Article).needs_embedding()).count() == 1
+
+
+@pytest.mark.parametrize("header", ["inf", "1e15"])
+def test_a_huge_retry_after_delays_the_rows_without_raising(fake_gemini, header):
+    Article.objects.bulk_create(Article(title=f"huge wait {i}", body="") for i in range(3))
+    fake_gemini.fail_next(429, retry_after=header)
+    summary = embed_pending()["testapp.Article.embedding"]
+    assert summary["failed"] == 3 and fake_gemini.request_count == 1
+    failures = EmbeddingFailure.objects.all()
+    assert len(failures) == 3 and not any(f.permanent for f in failures)
+    assert all(f.retry_at > timezone.now() + timedelta(minutes=59) for f in failures)
+
+
+def test_each_half_of_a_split_batch_starts_with_fresh_attempts(fake_gemini):
+    """A rejected row, then three 500s: the good rows still end embedded (MAX_ATTEMPTS is 4)."""
+    fake_gemini.reject_marker = "REJECT"
+    Article.objects.bulk_create(Article(title=f"REJECT {i}" if i == 10 else f"good {i}", body="") for i in range(100))
+
+    def three_500s_after_the_first_request(record):
+        if len(fake_gemini.requests) == 1:
+            fake_gemini.fail_next(500, times=3)
+
+    fake_gemini.on_request = three_500s_after_the_first_request
+    embed_pending()
+    assert Article.objects.filter(embedding__isnull=False).count() == 99
+    failure = EmbeddingFailure.objects.get()
+    assert failure.permanent and failure.object_pk == str(Article.objects.get(title="REJECT 10").pk)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "fix"),
+    [
+        (400, BAD_KEY, "SEMANTIC['API_KEY']"),
+        (401, UNAUTHENTICATED, "SEMANTIC['API_KEY']"),
+        (403, PERMISSION_DENIED, "SEMANTIC['API_KEY']"),
+        (404, MODEL_NOT_FOUND, "SEMANTIC['MODEL']"),
+    ],
+)
+def test_a_configuration_error_stops_sending_and_the_rows_recover_once_fixed(fake_gemini, status, body, fix):
+    """Not a bad text: no splitting, no failure per row, one request, one problem to show."""
+    Article.objects.bulk_create(Article(title=f"config {i}", body="") for i in range(200))
+    fake_gemini.fail_every(status, body=body)
+    summary = embed_pending()["testapp.Article.embedding"]
+    assert fake_gemini.request_count == 1
+    assert summary["failed"] == 0 and not EmbeddingFailure.objects.exists()
+    assert fix in summary["stopped"]
+    problem = configuration_problem()
+    assert fix in problem and settings.TEST_API_KEY not in problem
+    Article.objects.create(title="saved meanwhile", body="")
+    embed_pending()
+    assert fake_gemini.request_count == 1  # the worker stays quiet for a while
+
+    fake_gemini.reset()  # the problem is fixed on the API's side
+    RateLimit.objects.update(paused_until=timezone.now())  # and the quiet time is over
+    summary = embed_pending()["testapp.Article.embedding"]
+    assert summary["embedded"] == 201
+    assert configuration_problem() is None
+
+
+def test_a_new_key_recovers_the_rows_at_once(fake_gemini, semantic_settings):
+    Article.objects.bulk_create(Article(title=f"revoked {i}", body="") for i in range(20))
+    fake_gemini.fail_every(400, body=BAD_KEY)
+    embed_pending()
+    assert "SEMANTIC['API_KEY']" in configuration_problem()
+    fake_gemini.reset()
+    semantic_settings(API_KEY="AIzaROTATED-key")
+    assert embed_pending()["testapp.Article.embedding"]["embedded"] == 20
+    assert fake_gemini.requests[0]["api_key"] == "AIzaROTATED-key"
+    assert configuration_problem() is None
+
+
+def test_a_key_with_surrounding_whitespace_never_reaches_logs_failures_or_results(
+    fake_gemini, semantic_settings, all_logs
+):
+    key = settings.TEST_API_KEY
+    semantic_settings(API_KEY=f"  {key}\n")
+    fake_gemini.fail_next(400, body=api_error(400, f"API key {key} not valid", "INVALID_ARGUMENT"))
+    Article.objects.bulk_create([Article(title="leak?", body="")])
+    result = embed_pending()
+    assert fake_gemini.requests[0]["api_key"] == key
+    assert key not in repr(result)
+    assert key not in all_logs.text
+    assert key not in EmbeddingFailure.objects.get().error

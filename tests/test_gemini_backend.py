@@ -1,13 +1,15 @@
 """The Gemini backend through the real google-genai client and the fake server."""
 
 import math
+import sys
 
 import pytest
 from django.conf import settings
+from django.views.debug import technical_500_response
 
 from semantic.backends import EmbeddingError
 from semantic.backends.gemini import GeminiBackend
-from tests.fake_gemini import fake_vector
+from tests.fake_gemini import BAD_KEY, MODEL_NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED, api_error, fake_vector
 
 
 def backend(fake, **options):
@@ -97,3 +99,88 @@ def test_key_never_in_error_messages(fake_gemini):
         backend(fake_gemini).embed(["x"], task_type="SEMANTIC_SIMILARITY", dimensions=768)
     assert key not in str(info.value)
     assert "[redacted]" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("7", 7.0), ("inf", 3600.0), ("1e15", 3600.0), ("-5", 0.0), ("soon", None), ("nan", None)],
+)
+def test_retry_after_is_read_within_bounds(fake_gemini, header, seconds):
+    fake_gemini.fail_next(429, retry_after=header)
+    with pytest.raises(EmbeddingError) as info:
+        backend(fake_gemini).embed(["x"], task_type="SEMANTIC_SIMILARITY", dimensions=768)
+    assert info.value.transient
+    assert info.value.retry_after == seconds
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind", "fix"),
+    [
+        (400, BAD_KEY, "config", "SEMANTIC['API_KEY']"),
+        (401, UNAUTHENTICATED, "config", "SEMANTIC['API_KEY']"),
+        (403, PERMISSION_DENIED, "config", "SEMANTIC['API_KEY']"),
+        (404, MODEL_NOT_FOUND, "config", "SEMANTIC['MODEL']"),
+        (400, api_error(400, "Request contains an invalid argument.", "INVALID_ARGUMENT"), "bad_input", None),
+        (500, api_error(500, "Internal error.", "INTERNAL"), "transient", None),
+    ],
+)
+def test_configuration_errors_are_told_apart_from_bad_texts(fake_gemini, status, body, kind, fix):
+    fake_gemini.fail_next(status, body=body)
+    with pytest.raises(EmbeddingError) as info:
+        backend(fake_gemini).embed(["x"], task_type="SEMANTIC_SIMILARITY", dimensions=768)
+    assert info.value.kind == kind
+    assert info.value.transient is (kind == "transient")
+    if fix:
+        assert fix in str(info.value)
+    assert settings.TEST_API_KEY not in str(info.value)
+
+
+def test_a_key_with_surrounding_whitespace_is_stripped_and_redacted(fake_gemini):
+    key = settings.TEST_API_KEY
+    fake_gemini.fail_next(400, body=api_error(400, f"API key {key} is invalid", "INVALID_ARGUMENT"))
+    with pytest.raises(EmbeddingError) as info:
+        backend(fake_gemini, api_key=f"  {key}\n").embed(["x"], task_type="SEMANTIC_SIMILARITY", dimensions=768)
+    assert fake_gemini.requests[0]["api_key"] == key
+    assert key not in str(info.value) and "[redacted]" in str(info.value)
+    assert backend(fake_gemini, api_key=f" {key}\t").api_key == key  # one key, one rate limit
+
+
+@pytest.mark.parametrize(("status", "retry_after"), [(400, None), (429, "soon"), (429, "inf"), (500, None)])
+def test_the_debug_page_never_shows_the_key(fake_gemini, settings, semantic_settings, rf, status, retry_after):
+    """With DEBUG=True, Django's technical 500 page lists every frame's local variables
+    (this test's frame too, so it names the key only through settings)."""
+    settings.DEBUG = True
+    semantic_settings(API_KEY=f" {settings.TEST_API_KEY} ")
+    body = api_error(status, f"key {settings.TEST_API_KEY} refused", "FAKE")
+    fake_gemini.fail_next(status, retry_after=retry_after, body=body)
+    del body
+    try:
+        backend(fake_gemini).embed(["x"], task_type="SEMANTIC_SIMILARITY", dimensions=768)
+    except Exception:
+        response = technical_500_response(rf.get("/search"), *sys.exc_info())
+    page = response.content.decode()
+    assert "EmbeddingError" in page
+    assert settings.TEST_API_KEY not in page
+
+
+def test_any_backend_s_retry_after_is_kept_within_bounds():
+    """Other backends build EmbeddingErrors themselves; the bounds hold for them too."""
+    assert EmbeddingError("x", kind="transient", retry_after=float("inf")).retry_after == 3600.0
+    assert EmbeddingError("x", kind="transient", retry_after=float("nan")).retry_after is None
+    assert EmbeddingError("x", kind="transient", retry_after=-1.0).retry_after == 0.0
+
+
+def test_the_configured_key_is_read_stripped(semantic_settings, monkeypatch):
+    from semantic.conf import semantic_settings as conf
+
+    semantic_settings(API_KEY="  AIzaPADDED\n")
+    assert conf.API_KEY == "AIzaPADDED"
+    monkeypatch.setenv("GEMINI_API_KEY", " AIzaFROM-ENV ")
+    semantic_settings(API_KEY="   ")
+    assert conf.API_KEY == "AIzaFROM-ENV"
+
+
+def test_redaction_finds_a_padded_secret_in_its_stripped_form():
+    from semantic.text import redact
+
+    assert redact("key AIzaPADDED refused", "  AIzaPADDED\n") == "key [redacted] refused"

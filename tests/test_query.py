@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from django.core.cache import cache
 from django.core.paginator import Paginator
-from django.db import connection
+from django.db import connection, transaction
 
 from semantic import embed, suspend_embedding
 from semantic.fields import get_embedding_field
@@ -225,8 +225,8 @@ def test_hnsw_index_serves_unfiltered_queries_and_settings_stay_local(articles):
         finally:
             cursor.execute("RESET enable_seqscan; RESET enable_sort")
     assert "article_embedding_hnsw" in plan
-    list(Article.objects.similar_to([1.0] * 128, ef_search=77)[:5])
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:  # SET LOCAL would outlive the query here
+        list(Article.objects.similar_to([1.0] * 128, ef_search=77)[:5])
         cursor.execute("SELECT current_setting('hnsw.ef_search', true)")
         assert cursor.fetchone()[0] in (None, "40")
 
@@ -246,14 +246,14 @@ def test_filtered_queries_choose_exact_or_iterative_search(articles, semantic_se
     assert len(selective.captured_queries) == 2  # the bounded count of candidates, then the search
 
     semantic_settings(EXACT_SEARCH_MAX_ROWS=1)  # every filter counts as broad now
-    with CaptureQueriesContext(connection) as broad:
+    with transaction.atomic(), CaptureQueriesContext(connection) as broad:  # SET LOCAL would outlive the query
         # Same rows at the same distances (rows at equal distance may come in any order).
         assert ranked(Article.objects.filter(category="other").similar_to("export invoices")) == exact
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT current_setting('hnsw.iterative_scan', true)")
+            assert cursor.fetchone()[0] in (None, "off")
     sql = " ".join(q["sql"] for q in broad.captured_queries)
     assert "hnsw.iterative_scan" in sql and "+ 0.0" not in sql
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT current_setting('hnsw.iterative_scan', true)")
-        assert cursor.fetchone()[0] in (None, "off")
 
     with CaptureQueriesContext(connection) as unfiltered:
         list(Article.objects.similar_to("export invoices", ef_search=64)[:3])

@@ -3,13 +3,16 @@
 import subprocess
 import threading
 import time
+from collections import Counter
+from datetime import timedelta
 
 import pytest
 from django.conf import settings
 from django.db import connections
+from django.utils import timezone
 
-from semantic import embed_pending, suspend_embedding
-from semantic.models import RateLimit
+from semantic import embed_pending, ratelimit, suspend_embedding
+from semantic.models import EmbeddingFailure, RateLimit
 from semantic.tasks import embed_chunk
 from tests.commands import manage
 from tests.testapp.models import Article, Snippet
@@ -54,24 +57,42 @@ def test_a_429_pauses_every_worker_sharing_the_key(fake_gemini):
     assert settings.TEST_API_KEY not in state.key and state.key.startswith("gemini:")
 
 
+class ManualClock(ratelimit.Clock):
+    """Time that moves only when the rate limit waits: no real sleeping, no races with load."""
+
+    def __init__(self):
+        self.time = timezone.now()
+
+    def now(self):
+        return self.time
+
+    def sleep(self, seconds):
+        self.time += timedelta(seconds=seconds)
+
+
 def test_requests_per_window_are_capped(fake_gemini, semantic_settings):
-    semantic_settings(REQUESTS_PER_MINUTE=2, RATE_LIMIT_WINDOW=1, BATCH_SIZE=1)
+    semantic_settings(REQUESTS_PER_MINUTE=2, RATE_LIMIT_WINDOW=60, BATCH_SIZE=1)
     pks = rows("limited", 5)
-    started = time.monotonic()
-    assert embed_chunk("testapp.Article", "embedding", pks)["embedded"] == 5
-    assert time.monotonic() - started >= 2.0
-    times = [r["time"] for r in fake_gemini.requests]
-    assert len(times) == 5
-    assert all(times[i + 2] - times[i] >= 0.9 for i in range(len(times) - 2))
+    clock = ManualClock()
+    start = clock.now()
+    sent_at = []
+    fake_gemini.on_request = lambda record: sent_at.append(clock.now())
+    with ratelimit.use_clock(clock):
+        assert embed_chunk("testapp.Article", "embedding", pks)["embedded"] == 5
+    windows = Counter(int((t - start).total_seconds() // 60) for t in sent_at)
+    assert windows == {0: 2, 1: 2, 2: 1}
 
 
 def test_tokens_per_window_are_capped(fake_gemini, semantic_settings):
-    semantic_settings(TOKENS_PER_MINUTE=10, RATE_LIMIT_WINDOW=1, BATCH_SIZE=1)
+    semantic_settings(TOKENS_PER_MINUTE=10, RATE_LIMIT_WINDOW=60, BATCH_SIZE=1)
     pks = rows("a title long enough to cost about ten tokens each time", 2)
-    started = time.monotonic()
-    embed_chunk("testapp.Article", "embedding", pks)
-    assert time.monotonic() - started >= 0.9
-    assert fake_gemini.request_count == 2
+    clock = ManualClock()
+    start = clock.now()
+    sent_at = []
+    fake_gemini.on_request = lambda record: sent_at.append(clock.now())
+    with ratelimit.use_clock(clock):
+        embed_chunk("testapp.Article", "embedding", pks)
+    assert [int((t - start).total_seconds() // 60) for t in sent_at] == [0, 1]
 
 
 def test_a_429_pauses_another_process_on_the_same_key(fake_gemini):
@@ -125,3 +146,24 @@ def test_concurrent_workers_never_send_the_same_row_twice(fake_gemini, semantic_
     assert sum(r["embedded"] for r in results) == 60
     assert all(r["embedded"] for r in results), "both workers took part"
     assert not Article.objects.filter(embedding__isnull=True).exists()
+
+
+def test_a_retry_after_longer_than_max_backoff_is_shared_and_delays_the_rows(fake_gemini, semantic_settings):
+    """MAX_BACKOFF is 2 s in the tests: a 120 s Retry-After pauses every worker, and the
+    batch that got it waits for the pause instead of failing for good."""
+    semantic_settings(BATCH_SIZE=10)
+    rows("long pause", 50)
+    fake_gemini.fail_next(429, retry_after="120")
+    summary = embed_pending()["testapp.Article.embedding"]
+    assert fake_gemini.request_count == 1  # the other four batches were not sent into the pause
+    assert summary["failed"] == 10
+    paused_until = RateLimit.objects.get().paused_until
+    assert paused_until is not None
+    failures = EmbeddingFailure.objects.all()
+    assert len(failures) == 10
+    assert all(not f.permanent and f.retry_at >= paused_until for f in failures)
+    assert Article.objects.filter(embedding__isnull=True).count() == 50
+
+    other = rows("another worker", 3)
+    assert embed_chunk("testapp.Article", "embedding", other)["requests"] == 0
+    assert fake_gemini.request_count == 1

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from functools import cache
 
-from semantic.backends.base import EmbeddingBackend, EmbeddingError, Vector
+from semantic.backends.base import BAD_INPUT, CONFIG, TRANSIENT, EmbeddingBackend, EmbeddingError, Vector
 
-__all__ = ["EmbeddingBackend", "EmbeddingError", "Vector", "get_backend"]
+__all__ = ["BAD_INPUT", "CONFIG", "TRANSIENT", "EmbeddingBackend", "EmbeddingError", "Vector", "get_backend"]
 
 
 @cache

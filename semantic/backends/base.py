@@ -19,6 +19,7 @@ and ``SEMANTIC = {"BACKEND": "myproject.embeddings.MyBackend"}``.
 
 from __future__ import annotations
 
+import email.utils
 import math
 from collections.abc import Container, Sequence
 
@@ -37,18 +38,75 @@ TASK_TYPES = (
 )
 
 
+#: A server's ``Retry-After`` is trusted up to this many seconds (garbled or hostile
+#: values must not park every worker for days, nor overflow a timedelta).
+MAX_RETRY_AFTER = 3600.0
+
+#: What went wrong, which decides what the worker does next.
+TRANSIENT = "transient"  # rate limit, server error, time-out: retry the same request later
+BAD_INPUT = "bad_input"  # the API rejected a text: split the batch to find it, fail that row
+CONFIG = "config"  # bad key, no permission, unknown model: no text is at fault; stop and say what to fix
+KINDS = (TRANSIENT, BAD_INPUT, CONFIG)
+
+
 class EmbeddingError(Exception):
     """An embedding request failed.
 
-    ``transient`` errors (rate limits, server errors, timeouts) are retried with
-    backoff; others (a rejected request) are recorded at once. ``retry_after`` is the
+    ``kind`` says whose fault it is. ``transient`` errors are retried with backoff;
+    ``bad_input`` ones are recorded against the rejected row; ``config`` errors are
+    nobody's row's fault, so rows stay pending and the problem is reported once (see
+    :func:`semantic.ratelimit.configuration_problem`). ``retry_after`` is the
     server's requested wait in seconds, when it sent one.
+
+    ``transient=True/False`` is still accepted and means ``kind="transient"`` /
+    ``kind="bad_input"``. ``retry_after`` is kept within ``0..MAX_RETRY_AFTER`` whatever
+    a backend passes, so no server's answer can overflow a worker's arithmetic.
     """
 
-    def __init__(self, message: str, *, transient: bool, retry_after: float | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str | None = None,
+        transient: bool | None = None,
+        retry_after: float | None = None,
+    ):
         super().__init__(message)
-        self.transient = transient
-        self.retry_after = retry_after
+        if kind is None:
+            kind = TRANSIENT if transient else BAD_INPUT
+        if kind not in KINDS:
+            raise ValueError(f"EmbeddingError kind must be one of {', '.join(KINDS)}, not {kind!r}.")
+        self.kind = kind
+        self.retry_after = _bounded(retry_after)
+
+    @property
+    def transient(self) -> bool:
+        return self.kind == TRANSIENT
+
+
+def _bounded(seconds: float | None) -> float | None:
+    """``seconds`` within ``0..MAX_RETRY_AFTER``; NaN counts as not given."""
+    if seconds is None or math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def parse_retry_after(value: str | None, *, now: float) -> float | None:
+    """Seconds to wait from an HTTP ``Retry-After`` value (seconds or an HTTP date).
+
+    Clamped to ``0..MAX_RETRY_AFTER``; anything unreadable (``soon``, ``nan``) counts as
+    no header, so a hostile or broken server can neither crash a worker nor park it forever.
+    """
+    if not value or not value.strip():
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - now
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    return _bounded(seconds)
 
 
 class EmbeddingBackend:

@@ -6,20 +6,41 @@ list of texts, which the SDK sends as a single ``:batchEmbedContents`` request.
 
 from __future__ import annotations
 
-import email.utils
 import json
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from itertools import groupby
-from typing import Any
+from typing import Any, TypeVar
 
-from semantic.backends.base import EmbeddingBackend, EmbeddingError, Vector, l2_normalize
+from django.views.decorators.debug import sensitive_variables
+
+from semantic.backends.base import (
+    BAD_INPUT,
+    CONFIG,
+    TRANSIENT,
+    EmbeddingBackend,
+    EmbeddingError,
+    Vector,
+    l2_normalize,
+    parse_retry_after,
+)
 from semantic.text import redact
 
 TRANSIENT_STATUS = {408, 409, 429, 500, 502, 503, 504}
+#: ``ErrorInfo`` reasons Gemini gives (with a 400) for a key that cannot be used.
+KEY_REASONS = {"API_KEY_INVALID", "API_KEY_EXPIRED", "API_KEY_SERVICE_BLOCKED", "API_KEY_HTTP_REFERRER_BLOCKED"}
+#: What to change, per configuration error.
+FIX_KEY = "Set SEMANTIC['API_KEY'] (or the GEMINI_API_KEY environment variable) to a valid Gemini API key."
+FIX_PERMISSION = (
+    "Check that the key in SEMANTIC['API_KEY'] belongs to a project with the Generative Language API "
+    "enabled, and that the key may call it."
+)
+FIX_MODEL = "Check SEMANTIC['MODEL'] (or the field's embedding_model): {model!r} is not a Gemini embedding model."
+FIX_PROJECT = "The API refuses this project or region; fix it in Google AI Studio or set SEMANTIC['API_KEY']."
+
+Result = TypeVar("Result")
 
 
 class GeminiBackend(EmbeddingBackend):
@@ -40,6 +61,7 @@ class GeminiBackend(EmbeddingBackend):
     default_dimensions = 768
     supported_dimensions = range(128, 3073)
 
+    @sensitive_variables("api_key")
     def __init__(
         self,
         *,
@@ -52,7 +74,8 @@ class GeminiBackend(EmbeddingBackend):
         from semantic.conf import semantic_settings as conf
 
         super().__init__(model=model, **options)
-        self.api_key = api_key or conf.API_KEY
+        # google-genai strips the key before sending it; so do we, so that redaction finds it.
+        self.api_key = (api_key or conf.API_KEY or "").strip() or None
         self.base_url = base_url or conf.BASE_URL
         self.timeout = timeout if timeout is not None else conf.TIMEOUT
         self._client: Any = None
@@ -64,14 +87,18 @@ class GeminiBackend(EmbeddingBackend):
                 raise EmbeddingError(
                     "No Gemini API key: set SEMANTIC['API_KEY'] or the GEMINI_API_KEY "
                     "environment variable, or remove SEMANTIC['BACKEND'] to use the local model.",
-                    transient=False,
+                    kind=CONFIG,
                 )
-            from google import genai
-            from google.genai import types
-
-            http_options = types.HttpOptions(base_url=self.base_url, timeout=int(self.timeout * 1000))
-            self._client = genai.Client(api_key=self.api_key, http_options=http_options)
+            self._client = self._call(self._new_client)
         return self._client
+
+    @sensitive_variables()
+    def _new_client(self) -> Any:
+        from google import genai
+        from google.genai import types
+
+        http_options = types.HttpOptions(base_url=self.base_url, timeout=int(self.timeout * 1000))
+        return genai.Client(api_key=self.api_key, http_options=http_options)
 
     def embed(
         self,
@@ -96,20 +123,20 @@ class GeminiBackend(EmbeddingBackend):
         config = types.EmbedContentConfig(task_type=task_type, title=title, output_dimensionality=dimensions)
         contents = _contents(texts)
         client = self.client
-        with self._errors():
-            response = client.models.embed_content(model=self.model, contents=contents, config=config)
+        response = self._call(lambda: client.models.embed_content(model=self.model, contents=contents, config=config))
         embeddings = response.embeddings or []
         if len(embeddings) != len(texts):
             raise EmbeddingError(
                 f"Gemini API returned {len(embeddings)} embeddings for {len(texts)} texts.",
-                transient=True,
+                kind=TRANSIENT,
             )
         vectors = [list(e.values or []) for e in embeddings]
         for vector in vectors:
             if len(vector) != dimensions:
                 raise EmbeddingError(
-                    f"Gemini API returned a vector of {len(vector)} dimensions, expected {dimensions}.",
-                    transient=False,
+                    f"Gemini API returned a vector of {len(vector)} dimensions, expected {dimensions}. "
+                    "Check the field's dimensions against the model.",
+                    kind=CONFIG,
                 )
         if dimensions < self.native_dimensions:
             vectors = [l2_normalize(v) for v in vectors]
@@ -131,16 +158,15 @@ class GeminiBackend(EmbeddingBackend):
         )
         config = types.CreateEmbeddingsBatchJobConfig(display_name=display_name)
         client = self.client
-        with self._errors(), warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*is experimental")
-            job = client.batches.create_embeddings(model=self.model, src=source, config=config)
+            job = self._call(lambda: client.batches.create_embeddings(model=self.model, src=source, config=config))
         return str(job.name)
 
     def batch_status(self, name: str, *, dimensions: int) -> BatchStatus:
         """Where the job stands; once it has succeeded, one vector or error per text."""
         client = self.client
-        with self._errors():
-            job = client.batches.get(name=name)
+        job = self._call(lambda: client.batches.get(name=name))
         state = str(getattr(job.state, "value", job.state) or "JOB_STATE_UNSPECIFIED")
         status = BatchStatus(name=name, state=state, done=bool(job.done))
         if job.error is not None:
@@ -161,29 +187,51 @@ class GeminiBackend(EmbeddingBackend):
             status.results.append((vector, None, False))
         return status
 
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        """Turn the SDK's exceptions into EmbeddingErrors, without the key."""
+    def _call(self, request: Callable[[], Result]) -> Result:
+        """Run one SDK call, turning its exceptions into EmbeddingErrors without the key.
+
+        The SDK's exception is dropped, not chained: the frames of its traceback hold
+        the request headers (the key among them), and Django's debug page shows every
+        frame's local variables, with ``DEBUG = True`` even those ``sensitive_variables``
+        names.
+        """
+        try:
+            return request()
+        except Exception as exc:
+            error = self._error(exc)
+        raise error from None
+
+    def _error(self, exc: Exception) -> EmbeddingError:
         from google.genai import errors
 
-        try:
-            yield
-        except errors.APIError as exc:
-            raise EmbeddingError(
-                self._clean(f"Gemini API error {exc.code}: {exc.message or exc.status or ''}"),
-                transient=exc.code in TRANSIENT_STATUS,
-                retry_after=_retry_after(exc),
-            ) from None
-        except (errors.UnknownApiResponseError, json.JSONDecodeError) as exc:
-            raise EmbeddingError(
-                self._clean(f"Gemini API sent a response that is not JSON: {str(exc)[:200]}"),
-                transient=True,
-            ) from None
-        except Exception as exc:  # httpx timeouts and connection errors
-            raise EmbeddingError(
-                self._clean(f"Gemini API request failed: {type(exc).__name__}: {exc}"),
-                transient=True,
-            ) from None
+        if isinstance(exc, errors.APIError):
+            kind, fix = self._classify(exc)
+            message = f"Gemini API error {exc.code}: {exc.message or exc.status or ''}"
+            return EmbeddingError(
+                self._clean(f"{message} {fix}" if fix else message),
+                kind=kind,
+                retry_after=parse_retry_after(_header(exc, "retry-after"), now=time.time()),
+            )
+        if isinstance(exc, (errors.UnknownApiResponseError, json.JSONDecodeError)):
+            return EmbeddingError(
+                self._clean(f"Gemini API sent a response that is not JSON: {str(exc)[:200]}"), kind=TRANSIENT
+            )
+        # httpx time-outs and connection errors
+        return EmbeddingError(self._clean(f"Gemini API request failed: {type(exc).__name__}: {exc}"), kind=TRANSIENT)
+
+    def _classify(self, exc: Any) -> tuple[str, str | None]:
+        """The kind of an API error and, for a configuration error, what to change."""
+        if exc.code in TRANSIENT_STATUS:
+            return TRANSIENT, None
+        if exc.code == 401 or (exc.code == 400 and _reasons(exc) & KEY_REASONS):
+            return CONFIG, FIX_KEY
+        if exc.code == 403:
+            return CONFIG, FIX_PERMISSION
+        if exc.code == 404:
+            return CONFIG, FIX_MODEL.format(model=self.model)
+        if exc.code == 400 and exc.status == "FAILED_PRECONDITION":
+            return CONFIG, FIX_PROJECT
+        return BAD_INPUT, None
 
     def _clean(self, message: str) -> str:
         return redact(message, self.api_key)
@@ -214,14 +262,14 @@ def _contents(texts: Sequence[str]) -> list[Any]:
     return [types.Content(parts=[types.Part(text=text)]) for text in texts]
 
 
-def _retry_after(exc: Any) -> float | None:
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    value = headers.get("retry-after") if headers is not None else None
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value)
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+def _header(exc: Any, name: str) -> str | None:
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    return headers.get(name) if headers is not None else None
+
+
+def _reasons(exc: Any) -> set[str]:
+    """The ``ErrorInfo`` reasons in an API error's body (``API_KEY_INVALID`` ...)."""
+    body = exc.details if isinstance(exc.details, dict) else {}
+    error = body.get("error", body)
+    details = error.get("details") if isinstance(error, dict) else None
+    return {str(d.get("reason")) for d in details or [] if isinstance(d, dict) and d.get("reason")}

