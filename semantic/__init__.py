@@ -2,13 +2,14 @@
 
 from semantic.embed import embed
 from semantic.fields import EmbeddingField
-from semantic.query import SemanticManager, SemanticQuerySet
+from semantic.query import SemanticManager, SemanticQuerySet, SemanticQuerySetMixin
 from semantic.tasks import embed_pending, suspend_embedding
 
 __all__ = [
     "EmbeddingField",
     "SemanticManager",
     "SemanticQuerySet",
+    "SemanticQuerySetMixin",
     "embed",
     "embed_pending",
     "suspend_embedding",

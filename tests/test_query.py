@@ -5,9 +5,12 @@ import numpy as np
 import pytest
 from django.core.cache import cache
 from django.core.paginator import Paginator
-from django.db import connection
+from django.db import connection, connections, models, transaction
+from django.db.models.sql import Query
+from django.db.models.sql.compiler import SQLCompiler
+from django.test.utils import CaptureQueriesContext
 
-from semantic import embed, suspend_embedding
+from semantic import SemanticQuerySetMixin, embed, suspend_embedding
 from semantic.fields import get_embedding_field
 from semantic.models import EmbeddingFailure
 from semantic.query import query_task_type
@@ -232,8 +235,6 @@ def test_hnsw_index_serves_unfiltered_queries_and_settings_stay_local(articles):
 
 
 def test_filtered_queries_choose_exact_or_iterative_search(articles, semantic_settings):
-    from django.test.utils import CaptureQueriesContext
-
     with CaptureQueriesContext(connection) as selective:
         exact = titles(Article.objects.filter(category="other").similar_to("export invoices"))
     assert "+ 0.0" in selective.captured_queries[-1]["sql"]  # an order the index cannot serve: exact
@@ -251,10 +252,109 @@ def test_filtered_queries_choose_exact_or_iterative_search(articles, semantic_se
     with CaptureQueriesContext(connection) as unfiltered:
         list(Article.objects.similar_to("export invoices", ef_search=64)[:3])
     sql = " ".join(q["sql"] for q in unfiltered.captured_queries)
-    assert "hnsw.ef_search" in sql and "iterative" not in sql and "+ 0.0" not in sql
+    assert "'hnsw.ef_search', '64'" in sql and "hnsw.iterative_scan" in sql and "+ 0.0" not in sql
+
+
+def current_settings():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT current_setting('hnsw.ef_search', true), current_setting('hnsw.iterative_scan', true),"
+            " current_setting('hnsw.max_scan_tuples', true)"
+        )
+        return cursor.fetchone()
+
+
+def test_index_settings_are_put_back_inside_the_callers_transaction(articles, semantic_settings):
+    """In autocommit the settings end with their own transaction anyway; inside the
+    caller's transaction only the restoring code puts them back."""
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL hnsw.ef_search = 33")
+        before = current_settings()
+        list(Article.objects.similar_to([1.0] * 128, ef_search=77)[:5])
+        assert current_settings() == before
+        semantic_settings(EXACT_SEARCH_MAX_ROWS=1)
+        list(Article.objects.filter(category="other").similar_to([1.0] * 128)[:5])
+        assert current_settings() == before
+        list(Article.objects.similar_to([1.0] * 128).iterator())
+        assert current_settings() == before
+    assert before[0] == "33"
 
 
 def test_duplicates_split_over_several_connections_find_the_same_pairs(articles):
     one = [(a.pk, b.pk, round(s, 6)) for a, b, s in Article.objects.duplicates(0.3, workers=1)]
     three = [(a.pk, b.pk, round(s, 6)) for a, b, s in Article.objects.duplicates(0.3, workers=3)]
     assert one == three and len(one) >= 2
+
+
+class LibraryCompiler(SQLCompiler):
+    """Another library's compiler (as django-cte or django-model-utils bring): it marks its SQL."""
+
+    def as_sql(self, *args, **kwargs):
+        sql, params = super().as_sql(*args, **kwargs)
+        return f"/* library */ {sql}", params
+
+
+class LibraryQuery(Query):
+    """Another library's own Query class, which picks its own compiler."""
+
+    def get_compiler(self, using=None, connection=None, elide_empty=True):
+        if connection is None:
+            connection = connections[using]
+        return LibraryCompiler(self, connection, using, elide_empty)
+
+
+class LibraryQuerySet(models.QuerySet):
+    """A QuerySet from another library, with its own Query and a method of its own."""
+
+    def __init__(self, model=None, query=None, using=None, hints=None):
+        super().__init__(model, query or LibraryQuery(model), using, hints)
+
+    def billing(self):
+        return self.filter(category="billing")
+
+
+class LibraryManager(models.Manager):
+    pass
+
+
+ComposedQuerySet = type("ComposedQuerySet", (SemanticQuerySetMixin, LibraryQuerySet), {})
+LibraryManager.from_queryset(ComposedQuerySet)().contribute_to_class(Article, "composed")
+
+
+def test_mixin_composes_with_another_librarys_queryset_and_query(articles, semantic_settings):
+    plain = titles(Article.objects.similar_to("export invoices"))
+    with CaptureQueriesContext(connection) as unfiltered:
+        composed = Article.composed.similar_to("export invoices")
+        assert titles(composed) == plain
+    sql = " ".join(q["sql"] for q in unfiltered.captured_queries)
+    assert "/* library */" in sql and "hnsw.iterative_scan" in sql
+    assert isinstance(composed.query, LibraryQuery)
+
+    with CaptureQueriesContext(connection) as selective:
+        found = titles(Article.composed.billing().similar_to("export invoices"))
+    assert set(found) == {"export invoices as csv", "export all invoices to csv"}
+    assert "/* library */" in selective.captured_queries[-1]["sql"]
+    assert "+ 0.0" in selective.captured_queries[-1]["sql"]  # few candidates: exact search
+
+    semantic_settings(EXACT_SEARCH_MAX_ROWS=1)
+    with CaptureQueriesContext(connection) as broad:
+        assert titles(Article.composed.similar_to("export invoices").billing()) == found
+    sql = " ".join(q["sql"] for q in broad.captured_queries)
+    assert "'hnsw.ef_search', '200'" in sql and "+ 0.0" not in sql and "/* library */" in sql
+
+    page = Paginator(Article.composed.similar_to("reset password"), 4).page(2)
+    assert page.paginator.count == 6
+    assert titles(page.object_list) == titles(Article.objects.similar_to("reset password"))[4:]
+    assert [a.title for a in Article.composed.similar_to("reset password").iterator()][:4] == titles(
+        Article.objects.similar_to("reset password")[:4]
+    )
+
+
+def test_semantic_queryset_and_manager_keep_their_paths():
+    import semantic
+    from semantic.query import SemanticManager, SemanticQuerySet
+
+    assert semantic.SemanticQuerySetMixin is SemanticQuerySetMixin
+    assert issubclass(SemanticQuerySet, SemanticQuerySetMixin) and issubclass(SemanticQuerySet, models.QuerySet)
+    assert issubclass(SemanticManager._queryset_class, SemanticQuerySet)
