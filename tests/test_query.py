@@ -6,6 +6,7 @@ import pytest
 from django.core.cache import cache
 from django.core.paginator import Paginator
 from django.db import connection, connections, models, transaction
+from django.db.models import F
 from django.db.models.sql import Query
 from django.db.models.sql.compiler import SQLCompiler
 from django.test.utils import CaptureQueriesContext
@@ -358,3 +359,39 @@ def test_semantic_queryset_and_manager_keep_their_paths():
     assert semantic.SemanticQuerySetMixin is SemanticQuerySetMixin
     assert issubclass(SemanticQuerySet, SemanticQuerySetMixin) and issubclass(SemanticQuerySet, models.QuerySet)
     assert issubclass(SemanticManager._queryset_class, SemanticQuerySet)
+
+
+@pytest.fixture
+def many_articles(fake_gemini):
+    """2,000 Articles with stored vectors (random in 8 of the 128 dimensions, so the
+    HNSW index finds the true neighbours) and the index's statistics up to date."""
+    rng = np.random.default_rng(7)
+    vectors = np.zeros((2000, 128))
+    vectors[:, :8] = rng.normal(size=(2000, 8))
+    with suspend_embedding():
+        Article.objects.bulk_create(
+            Article(title=f"row {i}", body="", category="many", embedding=v.tolist()) for i, v in enumerate(vectors)
+        )
+    spec = get_embedding_field(Article).spec()
+    Article.objects.update(embedding_embedded_hash=F("embedding_source_hash"), embedding_model=spec)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE testapp_article")
+    return {f"row {i}": v for i, v in enumerate(vectors)}
+
+
+def exact_order(vectors, query):
+    query = np.asarray(query)
+    return sorted(vectors, key=lambda t: -(vectors[t] @ query) / np.linalg.norm(vectors[t]) / np.linalg.norm(query))
+
+
+def test_deep_pages_of_an_unfiltered_search_are_full_and_in_order(many_articles):
+    query = [1.0] * 8 + [0.0] * 120
+    expected = exact_order(many_articles, query)
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN SELECT id FROM testapp_article ORDER BY embedding <=> %s::vector LIMIT 60", [query])
+        assert "article_embedding_hnsw" in " ".join(row[0] for row in cursor.fetchall())
+    assert titles(Article.objects.similar_to(query)[40:60]) == expected[40:60]
+    assert titles(Article.composed.similar_to(query)[100:120]) == expected[100:120]
+    page = Paginator(Article.objects.similar_to(query), 20).page(3)
+    assert titles(page.object_list) == expected[40:60]
+    assert page.paginator.count == 2000
