@@ -34,7 +34,7 @@ from django.db.models.expressions import ExpressionWrapper
 from pgvector.django import CosineDistance
 
 from semantic.conf import semantic_settings as conf
-from semantic.embed import embed
+from semantic.embed import EmptyQuery, embed
 from semantic.fields import EmbeddingField
 from semantic.switch import serving_field
 
@@ -305,12 +305,7 @@ def query_vector(
     if isinstance(query, models.Model):
         if not isinstance(query, model):
             raise TypeError(f"similar_to() got a {type(query).__name__}; this queryset holds {model.__name__}.")
-        vector = model._base_manager.filter(pk=query.pk).values_list(field.attname, flat=True).first()
-        if vector is None:
-            raise ValueError(
-                f"{model.__name__} #{query.pk} has no embedding yet; it is added moments after the row is saved."
-            )
-        return [float(x) for x in vector], query.pk
+        return instance_vector(model, field, query), query.pk
     if isinstance(query, str):
         (vector,) = embed(
             [query],
@@ -328,6 +323,29 @@ def query_vector(
             )
         return vector, None
     raise TypeError(f"similar_to() takes a text, a {model.__name__} or a vector, not {type(query).__name__}.")
+
+
+def instance_vector(model: type[models.Model], field: EmbeddingField, instance: models.Model) -> list[float]:
+    """The instance's stored vector if it is current, else a vector of its text made now.
+
+    A stored vector made by another model, task type or size cannot be compared with
+    the others, and one made from an older text (the row is pending, or the instance
+    was changed in memory) describes a text the instance no longer has. Such a
+    vector is never used: the instance's current text is embedded (document-side
+    task type, as the stored vectors were, without a title), through the cache and
+    the rate limit, and may raise :class:`semantic.SearchUnavailable`.
+    """
+    columns = (field.attname, field.model_name, field.pending_name, field.embedded_hash_name)
+    row = model._base_manager.filter(pk=instance.pk).values_list(*columns).first() if instance.pk else None
+    if row is not None:
+        vector, spec, pending, embedded_hash = row
+        if vector is not None and spec == field.spec() and not pending and embedded_hash == field.text_hash(instance):
+            return [float(x) for x in vector]
+    text = field.source_text(instance)
+    if not text.strip():
+        raise EmptyQuery(f"{model.__name__} #{instance.pk} has no text to search with.")
+    (vector,) = embed([text], task_type=field.task_type, dimensions=field.dimensions, model=field.embedding_model)
+    return vector
 
 
 def vector_literal(vector: Sequence[float]) -> str:

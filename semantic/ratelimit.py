@@ -73,3 +73,11 @@ def pause(backend: EmbeddingBackend, seconds: float) -> None:
         if not state.paused_until or state.paused_until < until:
             state.paused_until = until
             state.save(update_fields=["paused_until"])
+
+
+def try_acquire(backend: EmbeddingBackend, *, tokens: int) -> float:
+    """Count one request of ``tokens`` tokens and return 0 if it may be sent now; else the seconds to wait.
+
+    For callers that must not wait, such as a search inside a web request.
+    """
+    return _try_acquire(limit_key(backend), tokens)

@@ -1,6 +1,8 @@
 """similar_to, duplicates and friends, on real PostgreSQL with vectors from the fake
 Gemini server (hashed bag of words: texts sharing words are near each other)."""
 
+from datetime import timedelta
+
 import numpy as np
 import pytest
 from django.core.cache import cache
@@ -10,10 +12,12 @@ from django.db.models import F
 from django.db.models.sql import Query
 from django.db.models.sql.compiler import SQLCompiler
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
-from semantic import SemanticQuerySetMixin, embed, suspend_embedding
+from semantic import EmptyQuery, SearchUnavailable, SemanticQuerySetMixin, embed, suspend_embedding
+from semantic.backends import EmbeddingError
 from semantic.fields import get_embedding_field
-from semantic.models import EmbeddingFailure
+from semantic.models import EmbeddingFailure, RateLimit
 from semantic.query import query_task_type
 from tests.testapp.models import Article, Document, Note
 
@@ -166,11 +170,45 @@ def test_bad_arguments_are_clear(articles):
         SemanticQuerySet(EmbeddingFailure).similar_to("x")
 
 
-def test_instance_without_embedding_says_why(fake_gemini):
+def test_instance_without_embedding_is_searched_by_its_text(articles, fake_gemini):
     with suspend_embedding():
-        article = Article.objects.create(title="not yet", body="")
-    with pytest.raises(ValueError, match="has no embedding yet"):
-        Article.objects.similar_to(article)
+        article = Article.objects.create(title="reset the password", body="")
+    fake_gemini.reset()
+    results = titles(Article.objects.similar_to(article)[:2])
+    assert set(results) == {"reset my account password", "reset the password of my account"}
+    assert fake_gemini.texts() == ["reset the password"]
+    with suspend_embedding():
+        empty = Article.objects.create(title="", body="")
+    with pytest.raises(EmptyQuery, match="no text to search with"):
+        Article.objects.similar_to(empty)
+
+
+def test_instance_with_a_vector_from_another_model_is_searched_by_its_text(articles, fake_gemini):
+    """Its stored vector (here: the one of "dark mode…") is never compared with current ones."""
+    source = articles["export invoices as csv"]
+    misleading = Article.objects.get(title="dark mode for the dashboard").embedding
+    Article.objects.filter(pk=source.pk).update(
+        embedding=misleading, embedding_model="gemini:old-model|SEMANTIC_SIMILARITY|128"
+    )
+    fake_gemini.reset()
+    assert titles(Article.objects.similar_to(source)[:1]) == ["export all invoices to csv"]
+    assert fake_gemini.texts() == ["export invoices as csv"]
+
+
+def test_instance_whose_text_changed_is_searched_by_its_new_text(articles, fake_gemini):
+    """A pending row keeps the vector of its old text until the worker catches up."""
+    source = articles["export invoices as csv"]
+    Article.objects.filter(pk=source.pk).update(title="reset the password of my account please")
+    changed = Article.objects.get(pk=source.pk)
+    assert changed.embedding_pending
+    assert titles(Article.objects.similar_to(changed)[:1]) == ["reset the password of my account"]
+    edited = articles["dark mode for the dashboard"]
+    edited.title = "export all invoices to csv now"  # changed in memory, not saved
+    assert titles(Article.objects.similar_to(edited)[:1]) == ["export all invoices to csv"]
+    current = articles["mobile app crashes on start"]
+    fake_gemini.reset()
+    list(Article.objects.similar_to(current)[:1])
+    assert fake_gemini.request_count == 0  # a current vector is used as stored
 
 
 def test_duplicates_pairs_and_groups(articles):
@@ -236,6 +274,7 @@ def test_hnsw_index_serves_unfiltered_queries_and_settings_stay_local(articles):
 
 
 def test_filtered_queries_choose_exact_or_iterative_search(articles, semantic_settings):
+    Article.objects.similar_to("export invoices")  # embeds now: only the search's own queries are counted below
     with CaptureQueriesContext(connection) as selective:
         exact = titles(Article.objects.filter(category="other").similar_to("export invoices"))
     assert "+ 0.0" in selective.captured_queries[-1]["sql"]  # an order the index cannot serve: exact
@@ -395,3 +434,53 @@ def test_deep_pages_of_an_unfiltered_search_are_full_and_in_order(many_articles)
     page = Paginator(Article.objects.similar_to(query), 20).page(3)
     assert titles(page.object_list) == expected[40:60]
     assert page.paginator.count == 2000
+
+
+def test_a_query_with_nothing_to_embed_is_an_empty_query_error(articles, fake_gemini):
+    for text in ("\x01", " \x01\x02\t", "   ", ""):
+        with pytest.raises(EmptyQuery, match="empty text"):
+            Article.objects.similar_to(text)
+        with pytest.raises(EmptyQuery):
+            Article.objects.duplicates_of(text)
+        with pytest.raises(EmptyQuery):
+            embed([text])
+    assert issubclass(EmptyQuery, ValueError)
+    assert fake_gemini.request_count == 0
+
+
+def test_api_failure_at_query_time_is_search_unavailable(articles, fake_gemini, settings):
+    fake_gemini.fail_next(
+        500, times=3, body='{"error": {"code": 500, "message": "boom ' + settings.TEST_API_KEY + '"}}'
+    )
+    with pytest.raises(SearchUnavailable, match="Try again later") as failure:
+        Article.objects.similar_to("reset my password")
+    assert isinstance(failure.value, EmbeddingError)
+    assert settings.TEST_API_KEY not in str(failure.value)
+    with pytest.raises(SearchUnavailable):
+        Article.objects.duplicates_of("export invoices as csv")
+    fake_gemini.reset()
+    assert titles(Article.objects.similar_to("reset my password"))[0] == "reset my account password"
+
+
+def test_query_embedding_shares_the_rate_limit_and_never_waits(articles, fake_gemini, semantic_settings):
+    RateLimit.objects.all().delete()  # the fixture's embedding counted in this window
+    semantic_settings(REQUESTS_PER_MINUTE=1)
+    list(Article.objects.similar_to("reset my password"))
+    assert fake_gemini.request_count == 1
+    with pytest.raises(SearchUnavailable, match=r"rate limit is reached. Try again in \d+ s") as busy:
+        Article.objects.similar_to("export invoices please")
+    assert 0 < busy.value.retry_after <= 60
+    assert fake_gemini.request_count == 1
+    assert titles(Article.objects.similar_to("reset my password"))[0] == "reset my account password"  # cached
+
+
+def test_a_429_at_query_time_pauses_everyone_sharing_the_key(articles, fake_gemini):
+    fake_gemini.fail_next(429, retry_after="120")
+    with pytest.raises(SearchUnavailable, match="Try again later"):
+        Article.objects.similar_to("reset my password")
+    sent = fake_gemini.request_count
+    state = RateLimit.objects.get()
+    assert state.paused_until is not None and state.paused_until > timezone.now() + timedelta(seconds=100)
+    with pytest.raises(SearchUnavailable, match="Try again in"):
+        Article.objects.similar_to("export invoices please")
+    assert fake_gemini.request_count == sent
