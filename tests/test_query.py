@@ -484,3 +484,48 @@ def test_a_429_at_query_time_pauses_everyone_sharing_the_key(articles, fake_gemi
     with pytest.raises(SearchUnavailable, match="Try again in"):
         Article.objects.similar_to("export invoices please")
     assert fake_gemini.request_count == sent
+
+
+def store_vectors(vectors, category="planted"):
+    """Articles holding ``vectors`` as current embeddings; returns their pks in order."""
+    with suspend_embedding():
+        created = Article.objects.bulk_create(
+            Article(title=f"{category} {i}", body="", category=category, embedding=list(map(float, v)))
+            for i, v in enumerate(vectors)
+        )
+    spec = get_embedding_field(Article).spec()
+    Article.objects.filter(category=category).update(
+        embedding_embedded_hash=F("embedding_source_hash"), embedding_model=spec
+    )
+    return [a.pk for a in created]
+
+
+def exact_pairs(pks, vectors, threshold):
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    scores = unit @ unit.T
+    return {(pks[i], pks[j]) for i, j in zip(*np.nonzero(scores >= threshold)) if i < j}
+
+
+def test_duplicates_find_every_pair_of_groups_of_ten(fake_gemini):
+    """Each row of a group has nine near-duplicates, more than ``neighbours``: probing
+    goes deeper until the farthest neighbour is no duplicate."""
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(3, 128))
+    groups = [centre + rng.normal(scale=0.08, size=(10, 128)) for centre in centres]
+    vectors = np.vstack([*groups, rng.normal(size=(60, 128))])
+    pks = store_vectors(vectors)
+    expected = exact_pairs(pks, vectors, 0.9)
+    assert len(expected) == 3 * 45
+    found = {(a.pk, b.pk) for a, b, _ in Article.objects.duplicates(0.9)}
+    assert found == expected
+    assert {(a.pk, b.pk) for a, b, _ in Article.objects.duplicates(0.9, neighbours=1, workers=2)} == expected
+    groups = Article.objects.duplicate_groups(0.9)
+    assert [len(group) for group in groups] == [10, 10, 10]
+
+
+def test_neighbours_counts_other_rows(fake_gemini):
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=128)
+    vectors = np.vstack([base, base + rng.normal(scale=0.05, size=128), rng.normal(size=(5, 128))])
+    pks = store_vectors(vectors)
+    assert [(a.pk, b.pk) for a, b, _ in Article.objects.duplicates(0.9, neighbours=1)] == [(pks[0], pks[1])]
