@@ -55,6 +55,8 @@ DOCUMENT_QUERY_TASK_TYPES = ("RETRIEVAL_QUERY", "QUESTION_ANSWERING", "FACT_VERI
 
 #: Index tuples an iterative scan may visit before it gives up (pgvector's default is 20,000).
 MAX_SCAN_TUPLES = 200_000
+#: pgvector's default ``hnsw.ef_search``: an unfiltered scan returns this many rows without iterating.
+DEFAULT_EF_SEARCH = 40
 #: Smallest search list for a broadly filtered query, whose first candidates are mostly filtered out.
 FILTERED_EF_SEARCH = 200
 
@@ -225,18 +227,21 @@ def plan(queryset: models.QuerySet, search: SemanticSearch) -> tuple[Any, dict[s
     A filter the caller added makes the HNSW scan return rows that the filter then
     drops. When few rows pass it, comparing them all (an order the index cannot
     serve) is exact and quick; when many do, the iterative scan keeps looking until
-    the slice is full. An unfiltered search uses the iterative scan too, so pages past
-    ``ef_search`` rows are not empty.
+    the slice is full. An unfiltered search needs the iterative scan only when it
+    asks for more rows than the scan's list holds (``ef_search``): pages past the
+    first few, or no slice at all. Shallow ones run with no settings, so the common
+    search costs no extra round trip.
     """
     query = queryset.query
-    settings = {"hnsw.iterative_scan": "strict_order", "hnsw.max_scan_tuples": str(MAX_SCAN_TUPLES)}
+    iterative = {"hnsw.iterative_scan": "strict_order", "hnsw.max_scan_tuples": str(MAX_SCAN_TUPLES)}
     if len(query.where.children) > search.own_filters:
         if candidates_at_most(query, queryset.db, conf.EXACT_SEARCH_MAX_ROWS):
             return exact(query), {}
-        settings["hnsw.ef_search"] = str(max(search.ef_search or 0, FILTERED_EF_SEARCH))
-    elif search.ef_search:
-        settings["hnsw.ef_search"] = str(search.ef_search)
-    return query, settings
+        return query, {**iterative, "hnsw.ef_search": str(max(search.ef_search or 0, FILTERED_EF_SEARCH))}
+    ef_search = {"hnsw.ef_search": str(search.ef_search)} if search.ef_search else {}
+    if query.high_mark is not None and query.high_mark <= (search.ef_search or DEFAULT_EF_SEARCH):
+        return query, ef_search
+    return query, {**iterative, **ef_search}
 
 
 def candidates_at_most(query: Any, using: str, limit: int) -> bool:
@@ -268,14 +273,17 @@ def index_settings(using: str, settings: dict[str, str]) -> Iterator[None]:
     """Run the block with ``settings`` set for this transaction, and put them back after.
 
     ``set_config(..., true)`` lasts until the transaction ends: in autocommit the
-    atomic block below is that transaction; inside the caller's own transaction the
-    previous values are restored, so the rest of it runs as before.
+    atomic block below is that transaction, and its end is the reset; inside the
+    caller's own transaction the previous values are restored, so the rest of it
+    runs as before.
     """
     if not settings:
         yield
         return
     names = list(settings)
-    with transaction.atomic(using=using, savepoint=False), connections[using].cursor() as cursor:
+    connection = connections[using]
+    restore = connection.in_atomic_block
+    with transaction.atomic(using=using, savepoint=False), connection.cursor() as cursor:
         reads = ", ".join(["current_setting(%s, true)"] * len(names))
         writes = ", ".join(["set_config(%s, %s, true)"] * len(names))
         cursor.execute(f"SELECT {reads}, {writes}", [*names, *(x for n in names for x in (n, settings[n]))])
@@ -283,15 +291,19 @@ def index_settings(using: str, settings: dict[str, str]) -> Iterator[None]:
         try:
             yield
         finally:
-            known = [(name, value) for name, value in previous.items() if value is not None]
-            if known:
-                cursor.execute(
-                    "SELECT " + ", ".join(["set_config(%s, %s, true)"] * len(known)),
-                    [x for pair in known for x in pair],
-                )
-            for name, value in previous.items():
-                if value is None:
-                    cursor.execute(f"SET LOCAL {name} TO DEFAULT")
+            if restore:
+                put_back(cursor, previous)
+
+
+def put_back(cursor: Any, previous: dict[str, str | None]) -> None:
+    known = [(name, value) for name, value in previous.items() if value is not None]
+    if known:
+        cursor.execute(
+            "SELECT " + ", ".join(["set_config(%s, %s, true)"] * len(known)), [x for pair in known for x in pair]
+        )
+    for name, value in previous.items():
+        if value is None:
+            cursor.execute(f"SET LOCAL {name} TO DEFAULT")
 
 
 def query_vector(

@@ -292,7 +292,14 @@ def test_filtered_queries_choose_exact_or_iterative_search(articles, semantic_se
     with CaptureQueriesContext(connection) as unfiltered:
         list(Article.objects.similar_to("export invoices", ef_search=64)[:3])
     sql = " ".join(q["sql"] for q in unfiltered.captured_queries)
-    assert "'hnsw.ef_search', '64'" in sql and "hnsw.iterative_scan" in sql and "+ 0.0" not in sql
+    assert "'hnsw.ef_search', '64'" in sql and "iterative" not in sql and "+ 0.0" not in sql
+
+    with CaptureQueriesContext(connection) as shallow:
+        list(Article.objects.similar_to("export invoices")[:40])
+    assert len(shallow.captured_queries) == 1  # within ef_search: no settings, no extra round trip
+    with CaptureQueriesContext(connection) as deep:
+        list(Article.objects.similar_to("export invoices")[:41])
+    assert "hnsw.iterative_scan" in " ".join(q["sql"] for q in deep.captured_queries)
 
 
 def current_settings():
