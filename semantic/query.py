@@ -91,13 +91,14 @@ class SemanticQuerySetMixin(_QuerySetBase):
             super()._fetch_all()
             return
         query, settings = plan(self, self._semantic)
-        original, self.query = self.query, query
+        # ``_query``, not the ``query`` setter, which would turn values_list() rows into dicts.
+        original, self._query = self._query, query
         try:
             with index_settings(self.db, settings):
                 # Fetch everything (and prefetch) before the settings are put back.
                 super()._fetch_all()
         finally:
-            self.query = original
+            self._query = original
 
     def iterator(self, chunk_size: int | None = None) -> Iterator[Any]:
         """A search is fetched whole: its index settings cannot outlive one statement's transaction."""

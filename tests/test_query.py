@@ -87,6 +87,9 @@ def test_chains_with_filter_exclude_values_slicing_and_paginator(articles):
     assert (
         titles(Article.objects.similar_to("export invoices").exclude(category="billing"))[0] != "export invoices as csv"
     )
+    for qs in (Article.objects.all(), Article.objects.filter(category="billing")):
+        flat = list(qs.similar_to("export invoices").values_list("title", flat=True))
+        assert flat == titles(qs.similar_to("export invoices")) and all(isinstance(t, str) for t in flat)
     values = list(Article.objects.similar_to("dark mode").values("title", "similarity")[:1])
     assert values[0]["title"] == "dark mode for the dashboard" and values[0]["similarity"] > 0.5
     page = Paginator(Article.objects.similar_to("reset password"), 4).page(2)
