@@ -57,14 +57,17 @@ def embed(
     dimensions: int | None = None,
     model: str | None = None,
     cache: bool = True,
+    wait: bool = False,
 ) -> list[Vector]:
     """Embed ``texts`` with the configured backend (and ``model``), one vector per text.
 
     Vectors are cached (Django cache ``SEMANTIC["CACHE"]``) under the backend's model,
     the task type, the size and the text, so repeating a search costs no API call.
-    Texts not in the cache go through the shared rate limit. Raises
-    :class:`EmptyQuery` for an empty text and :class:`SearchUnavailable` when the
-    backend fails or the rate limit allows no request now.
+    Texts not in the cache go through the shared rate limit: by default a request
+    the limit does not allow now raises :class:`SearchUnavailable` at once (a web
+    request must not hang for a minute); a script embedding many texts passes
+    ``wait=True`` to wait for its turn instead. Raises :class:`EmptyQuery` for an
+    empty text and :class:`SearchUnavailable` when the backend fails.
     """
     if isinstance(texts, str):
         raise TypeError("embed() takes a list of texts; wrap a single text in a list.")
@@ -80,7 +83,7 @@ def embed(
     for start in range(0, len(missing), backend.max_batch_size):
         chunk = missing[start : start + backend.max_batch_size]
         texts_to_send = [cleaned[i] for i in chunk]
-        vectors = _request(backend, texts_to_send, task_type=task_type, dimensions=dimensions)
+        vectors = _request(backend, texts_to_send, task_type=task_type, dimensions=dimensions, wait=wait)
         fresh = {keys[i]: list(vector) for i, vector in zip(chunk, vectors)}
         found.update(fresh)
         if store:
@@ -88,14 +91,18 @@ def embed(
     return [found[key] for key in keys]
 
 
-def _request(backend: EmbeddingBackend, texts: list[str], *, task_type: str, dimensions: int) -> list[Vector]:
-    """One request under the shared rate limit, failing fast instead of waiting."""
+def _request(
+    backend: EmbeddingBackend, texts: list[str], *, task_type: str, dimensions: int, wait: bool
+) -> list[Vector]:
+    """One request under the shared rate limit, failing fast unless told to ``wait``."""
     # Imported here: semantic.ratelimit reads a model, and this module is imported with the package.
     from semantic import ratelimit
 
-    wait = ratelimit.try_acquire(backend, tokens=sum(len(text) for text in texts) // CHARS_PER_TOKEN + 1)
-    if wait > 0:
-        raise SearchUnavailable(SearchUnavailable.RATE_LIMITED.format(seconds=math.ceil(wait)), retry_after=wait)
+    tokens = sum(len(text) for text in texts) // CHARS_PER_TOKEN + 1
+    if wait:
+        ratelimit.acquire(backend, tokens=tokens)
+    elif (seconds := ratelimit.try_acquire(backend, tokens=tokens)) > 0:
+        raise SearchUnavailable(SearchUnavailable.RATE_LIMITED.format(seconds=math.ceil(seconds)), retry_after=seconds)
     try:
         vectors = backend.embed(texts, task_type=task_type, dimensions=dimensions)
     except EmbeddingError as exc:

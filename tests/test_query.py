@@ -539,3 +539,12 @@ def test_neighbours_counts_other_rows(fake_gemini):
     vectors = np.vstack([base, base + rng.normal(scale=0.05, size=128), rng.normal(size=(5, 128))])
     pks = store_vectors(vectors)
     assert [(a.pk, b.pk) for a, b, _ in Article.objects.duplicates(0.9, neighbours=1)] == [(pks[0], pks[1])]
+
+
+def test_embed_can_wait_for_the_rate_limit_instead(fake_gemini, semantic_settings):
+    """A script embedding many texts waits its turn (here a 1 s window) rather than failing."""
+    cache.clear()
+    semantic_settings(REQUESTS_PER_MINUTE=1, RATE_LIMIT_WINDOW=1)
+    first = embed(["alpha beta"], dimensions=128, wait=True)
+    second = embed(["gamma delta"], dimensions=128, wait=True)
+    assert fake_gemini.request_count == 2 and len(first[0]) == len(second[0]) == 128
