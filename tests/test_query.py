@@ -15,10 +15,11 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from semantic import EmptyQuery, SearchUnavailable, SemanticQuerySetMixin, embed, suspend_embedding
-from semantic.backends import EmbeddingError
+from semantic.backends import EmbeddingError, get_backend
 from semantic.fields import get_embedding_field
 from semantic.models import EmbeddingFailure, RateLimit
 from semantic.query import query_task_type
+from semantic.ratelimit import limit_key
 from tests.testapp.models import Article, Document, Note
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -541,10 +542,12 @@ def test_neighbours_counts_other_rows(fake_gemini):
     assert [(a.pk, b.pk) for a, b, _ in Article.objects.duplicates(0.9, neighbours=1)] == [(pks[0], pks[1])]
 
 
-def test_embed_can_wait_for_the_rate_limit_instead(fake_gemini, semantic_settings):
-    """A script embedding many texts waits its turn (here a 1 s window) rather than failing."""
+def test_embed_can_wait_for_the_rate_limit_instead(fake_gemini):
+    """A script embedding many texts waits out a shared pause rather than failing."""
     cache.clear()
-    semantic_settings(REQUESTS_PER_MINUTE=1, RATE_LIMIT_WINDOW=1)
-    first = embed(["alpha beta"], dimensions=128, wait=True)
-    second = embed(["gamma delta"], dimensions=128, wait=True)
-    assert fake_gemini.request_count == 2 and len(first[0]) == len(second[0]) == 128
+    now = timezone.now()
+    RateLimit.objects.create(key=limit_key(get_backend()), window_start=now, paused_until=now + timedelta(seconds=3))
+    with pytest.raises(SearchUnavailable, match="Try again in"):
+        embed(["alpha beta"], dimensions=128)
+    assert len(embed(["alpha beta"], dimensions=128, wait=True)[0]) == 128
+    assert fake_gemini.request_count == 1
