@@ -23,11 +23,12 @@ set for that query only, inside its own transaction or savepoint, and put back.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from asgiref.sync import sync_to_async
 from django.db import connections, models, transaction
 from django.db.models import F, FloatField, Q, Value
 from django.db.models.expressions import ExpressionWrapper
@@ -76,7 +77,7 @@ class SemanticQuerySetMixin(_QuerySetBase):
     Put it first among the bases: ``class QS(SemanticQuerySetMixin, TheirQuerySet)``.
     It leaves the query and its compiler alone; the index settings a search needs are
     applied around the moments the queryset is evaluated (:meth:`_fetch_all`,
-    :meth:`iterator`).
+    :meth:`iterator`, :meth:`aiterator`).
     """
 
     _semantic: SemanticSearch | None = None
@@ -101,7 +102,8 @@ class SemanticQuerySetMixin(_QuerySetBase):
             self._query = original
 
     def iterator(self, chunk_size: int | None = None) -> Iterator[Any]:
-        """A search is fetched whole: its index settings cannot outlive one statement's transaction."""
+        """A search is fetched whole: a server-side cursor would be read after the
+        transaction that holds its index settings has ended."""
         if self._semantic is None:
             return super().iterator(chunk_size)
         if chunk_size is not None and chunk_size <= 0:
@@ -109,6 +111,14 @@ class SemanticQuerySetMixin(_QuerySetBase):
         clone = self._chain()
         clone._fetch_all()
         return iter(clone._result_cache)
+
+    async def aiterator(self, chunk_size: int = 2000) -> AsyncIterator[Any]:
+        if self._semantic is None:
+            async for row in super().aiterator(chunk_size):
+                yield row
+            return
+        for row in await sync_to_async(lambda: list(self.iterator(chunk_size)))():
+            yield row
 
     def similar_to(
         self,

@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
+from asgiref.sync import async_to_sync
 from django.core.cache import cache
 from django.core.paginator import Paginator
 from django.db import connection, connections, models, transaction
@@ -442,6 +443,11 @@ def test_deep_pages_of_an_unfiltered_search_are_full_and_in_order(many_articles)
         assert "article_embedding_hnsw" in " ".join(row[0] for row in cursor.fetchall())
     assert titles(Article.objects.similar_to(query)[40:60]) == expected[40:60]
     assert titles(Article.composed.similar_to(query)[100:120]) == expected[100:120]
+
+    async def collect(qs):
+        return [a.title async for a in qs.aiterator()]
+
+    assert async_to_sync(collect)(Article.objects.similar_to(query)[60:80]) == expected[60:80]
     page = Paginator(Article.objects.similar_to(query), 20).page(3)
     assert titles(page.object_list) == expected[40:60]
     assert page.paginator.count == 2000
