@@ -31,6 +31,7 @@ def find_pairs(
     *,
     neighbours: int,
     ef_search: int,
+    max_neighbours: int | None = None,
     workers: int | None = None,
 ) -> list[tuple[Any, Any, float]]:
     """Primary-key pairs ``(a, b, similarity)``, ``a < b``, among the queryset's rows.
@@ -50,11 +51,12 @@ def find_pairs(
         workers = 1 if connection.in_atomic_block else min(os.cpu_count() or 1, MAX_WORKERS)
     parts = split(rows, workers, min_rows=SPLIT_MIN_ROWS if automatic else 2)
     if len(parts) == 1:
-        found = probe(parts[0], rows, field, threshold, neighbours, ef_search)
+        found = probe(parts[0], rows, field, threshold, neighbours, ef_search, max_neighbours)
     else:
         with ThreadPoolExecutor(max_workers=len(parts)) as pool:
             jobs = [
-                pool.submit(in_own_connection, probe, p, rows, field, threshold, neighbours, ef_search) for p in parts
+                pool.submit(in_own_connection, probe, p, rows, field, threshold, neighbours, ef_search, max_neighbours)
+                for p in parts
             ]
             found = [pair for job in jobs for pair in job.result()]
     best: dict[tuple[Any, Any], float] = {}
@@ -83,25 +85,29 @@ def probe(
     threshold: float,
     neighbours: int,
     ef_search: int,
+    max_neighbours: int | None,
 ) -> list[tuple[Any, Any, float]]:
     """Pairs found by probing the index for each row of ``outer``, deeper where needed.
 
     A row whose ``neighbours`` nearest other rows are all duplicates may have more:
     those rows are probed again for twice as many, until each row's farthest
-    neighbour falls below the threshold or every row has been looked at.
+    neighbour falls below the threshold, every row has been looked at, or
+    ``max_neighbours`` is reached (a bound on the work a low threshold can cause).
     """
     found: list[tuple[Any, Any, float]] = []
-    depth, others = neighbours, None
+    depth, deepest = neighbours, None
     while True:
         pairs, saturated = probe_once(outer, rows, field, threshold, depth, ef_search)
         found += pairs
         if not saturated:
             return found
-        if others is None:
-            others = rows.count() - 1
-        if depth >= others:
+        if deepest is None:
+            deepest = rows.count() - 1
+            if max_neighbours is not None:
+                deepest = min(deepest, max_neighbours)
+        if depth >= deepest:
             return found
-        depth = min(depth * 2, others)
+        depth = min(depth * 2, deepest)
         outer = rows.filter(pk__in=saturated)
 
 

@@ -47,6 +47,9 @@ else:
 #: Default ``threshold`` of duplicates(); see docs/benchmarks.md for how it was chosen.
 DEFAULT_DUPLICATE_THRESHOLD = 0.81
 
+#: Most duplicates duplicates() looks for per row unless told otherwise.
+DEFAULT_MAX_NEIGHBOURS = 200
+
 #: Query-side task type for each stored (document-side) task type.
 QUERY_TASK_TYPES = {
     "RETRIEVAL_DOCUMENT": "RETRIEVAL_QUERY",
@@ -190,6 +193,7 @@ class SemanticQuerySetMixin(_QuerySetBase):
         field: str | None = None,
         neighbours: int = 5,
         ef_search: int = 20,
+        max_neighbours: int | None = DEFAULT_MAX_NEIGHBOURS,
         workers: int | None = None,
     ) -> list[tuple[models.Model, models.Model, float]]:
         """Pairs ``(a, b, similarity)`` with ``a.pk < b.pk``, most similar first.
@@ -197,7 +201,9 @@ class SemanticQuerySetMixin(_QuerySetBase):
         Each row of the queryset probes the index for its ``neighbours`` nearest other
         rows, and probes deeper while the farthest of them is still a duplicate, so
         the work grows with the number of rows (not its square) and a row with many
-        near-duplicates keeps all its pairs. Large tables are searched over
+        near-duplicates keeps all its pairs, up to its ``max_neighbours`` nearest
+        (``None``: no bound; a threshold that makes every row a duplicate of every
+        other then costs the square of the rows). Large tables are searched over
         ``workers`` connections at once (default: one per CPU core, or one inside a
         transaction).
         """
@@ -206,7 +212,13 @@ class SemanticQuerySetMixin(_QuerySetBase):
         check_threshold(threshold, "threshold")
         embedding_field = serving_field(self.model, field)
         pairs = find_pairs(
-            self, embedding_field, threshold, neighbours=neighbours, ef_search=ef_search, workers=workers
+            self,
+            embedding_field,
+            threshold,
+            neighbours=neighbours,
+            ef_search=ef_search,
+            max_neighbours=max_neighbours,
+            workers=workers,
         )
         objects = self.model._base_manager.using(self.db).in_bulk({pk for pair in pairs for pk in pair[:2]})
         return [(objects[a], objects[b], similarity) for a, b, similarity in pairs]

@@ -538,6 +538,8 @@ def test_duplicates_find_every_pair_of_groups_of_ten(fake_gemini):
     assert {(a.pk, b.pk) for a, b, _ in Article.objects.duplicates(0.9, neighbours=1, workers=2)} == expected
     groups = Article.objects.duplicate_groups(0.9)
     assert [len(group) for group in groups] == [10, 10, 10]
+    bounded = Article.objects.duplicates(0.9, neighbours=2, max_neighbours=4)
+    assert found > {(a.pk, b.pk) for a, b, _ in bounded} and len(bounded) >= 3 * 10 * 4 // 2
 
 
 def test_neighbours_counts_other_rows(fake_gemini):
