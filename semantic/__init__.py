@@ -1,14 +1,17 @@
 """django-semantic: embeddings of your models' text in PostgreSQL, kept up to date by django-q2."""
 
-from semantic.embed import embed
+from semantic.embed import EmptyQuery, SearchUnavailable, embed
 from semantic.fields import EmbeddingField
-from semantic.query import SemanticManager, SemanticQuerySet
+from semantic.query import SemanticManager, SemanticQuerySet, SemanticQuerySetMixin
 from semantic.tasks import embed_pending, suspend_embedding
 
 __all__ = [
     "EmbeddingField",
+    "EmptyQuery",
+    "SearchUnavailable",
     "SemanticManager",
     "SemanticQuerySet",
+    "SemanticQuerySetMixin",
     "embed",
     "embed_pending",
     "suspend_embedding",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -19,6 +20,8 @@ OUTER = "semantic_outer"
 #: Tables smaller than this are searched over one connection.
 SPLIT_MIN_ROWS = 5_000
 MAX_WORKERS = 8
+#: pgvector's largest hnsw.ef_search.
+MAX_EF_SEARCH = 1000
 
 
 def find_pairs(
@@ -28,13 +31,15 @@ def find_pairs(
     *,
     neighbours: int,
     ef_search: int,
+    max_neighbours: int | None = None,
     workers: int | None = None,
 ) -> list[tuple[Any, Any, float]]:
     """Primary-key pairs ``(a, b, similarity)``, ``a < b``, among the queryset's rows.
 
-    Every row asks the HNSW index for its ``neighbours`` nearest rows (a LATERAL
-    join). A small ``ef_search`` keeps each probe cheap: near duplicates are the
-    easiest neighbours to find. PostgreSQL does not run such a join in parallel, so
+    Every row asks the HNSW index for its ``neighbours`` nearest other rows (a
+    LATERAL join), and again for more while all of them are duplicates (see
+    :func:`probe`). A small ``ef_search`` keeps each probe cheap: near duplicates
+    are the easiest neighbours to find. PostgreSQL does not run such a join in parallel, so
     large tables are split into ``workers`` primary-key ranges searched over as many
     connections at once (one per CPU core by default; one inside a transaction,
     whose uncommitted rows other connections could not see).
@@ -46,11 +51,12 @@ def find_pairs(
         workers = 1 if connection.in_atomic_block else min(os.cpu_count() or 1, MAX_WORKERS)
     parts = split(rows, workers, min_rows=SPLIT_MIN_ROWS if automatic else 2)
     if len(parts) == 1:
-        found = probe(parts[0], rows, field, threshold, neighbours, ef_search)
+        found = probe(parts[0], rows, field, threshold, neighbours, ef_search, max_neighbours)
     else:
         with ThreadPoolExecutor(max_workers=len(parts)) as pool:
             jobs = [
-                pool.submit(in_own_connection, probe, p, rows, field, threshold, neighbours, ef_search) for p in parts
+                pool.submit(in_own_connection, probe, p, rows, field, threshold, neighbours, ef_search, max_neighbours)
+                for p in parts
             ]
             found = [pair for job in jobs for pair in job.result()]
     best: dict[tuple[Any, Any], float] = {}
@@ -79,27 +85,71 @@ def probe(
     threshold: float,
     neighbours: int,
     ef_search: int,
+    max_neighbours: int | None,
 ) -> list[tuple[Any, Any, float]]:
-    """Pairs found by probing the index once for each row of ``outer``."""
+    """Pairs found by probing the index for each row of ``outer``, deeper where needed.
+
+    A row whose ``neighbours`` nearest other rows are all duplicates may have more:
+    those rows are probed again for twice as many, until each row's farthest
+    neighbour falls below the threshold, every row has been looked at, or
+    ``max_neighbours`` is reached (a bound on the work a low threshold can cause).
+    """
+    found: list[tuple[Any, Any, float]] = []
+    depth, deepest = neighbours, None
+    while True:
+        pairs, saturated = probe_once(outer, rows, field, threshold, depth, ef_search)
+        found += pairs
+        if not saturated:
+            return found
+        if deepest is None:
+            deepest = rows.count() - 1
+            if max_neighbours is not None:
+                deepest = min(deepest, max_neighbours)
+        if depth >= deepest:
+            return found
+        depth = min(depth * 2, deepest)
+        outer = rows.filter(pk__in=saturated)
+
+
+def probe_once(
+    outer: models.QuerySet,
+    rows: models.QuerySet,
+    field: EmbeddingField,
+    threshold: float,
+    depth: int,
+    ef_search: int,
+) -> tuple[list[tuple[Any, Any, float]], list[Any]]:
+    """Pairs of each ``outer`` row with its ``depth`` nearest other rows, and the rows
+    whose every one of those neighbours was a duplicate (there may be more)."""
     connection = connections[rows.db]
     column = connection.ops.quote_name(field.attname)
     outer_sql, outer_params = outer.values("pk", field.attname).query.sql_with_params()
     inner = (
-        rows.annotate(_distance=CosineDistance(field.indexed_vector(), RawSQL(f"{OUTER}.{column}", [])))
+        rows.exclude(pk=RawSQL(f'{OUTER}."pk"', []))
+        .annotate(_distance=CosineDistance(field.indexed_vector(), RawSQL(f"{OUTER}.{column}", [])))
         .order_by("_distance")
-        .values("pk", "_distance")[:neighbours]
+        .values("pk", "_distance")[:depth]
     )
     inner_sql, inner_params = inner.query.sql_with_params()
     sql = f"""
-        SELECT LEAST({OUTER}."pk", near."pk"), GREATEST({OUTER}."pk", near."pk"), 1 - near._distance
+        SELECT {OUTER}."pk", near."pk", 1 - near._distance
         FROM ({outer_sql}) {OUTER}
         CROSS JOIN LATERAL ({inner_sql}) near
-        WHERE near."pk" <> {OUTER}."pk" AND near._distance <= %s
+        WHERE near._distance <= %s
     """
+    # The scan's candidate list must hold the row itself and ``depth`` others;
+    # past pgvector's largest list, the iterative scan keeps going.
+    settings = [("hnsw.ef_search", str(min(max(ef_search, depth + 1), MAX_EF_SEARCH)))]
+    if depth + 1 > MAX_EF_SEARCH:
+        settings.append(("hnsw.iterative_scan", "relaxed_order"))
     with transaction.atomic(using=rows.db), connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(max(ef_search, neighbours))])
+        for name, value in settings:
+            cursor.execute("SELECT set_config(%s, %s, true)", [name, value])
         cursor.execute(sql, [*outer_params, *inner_params, 1.0 - threshold])
-        return [(a, b, float(similarity)) for a, b, similarity in cursor.fetchall()]
+        result = cursor.fetchall()
+    per_row = Counter(a for a, _, _ in result)
+    pairs = [(min(a, b), max(a, b), float(similarity)) for a, b, similarity in result]
+    return pairs, [pk for pk, count in per_row.items() if count >= depth]
 
 
 def in_own_connection(function: Any, *args: Any) -> Any:

@@ -1,18 +1,53 @@
-"""Vectors for arbitrary texts, straight from the backend, with a cache for queries."""
+"""Vectors for arbitrary texts, straight from the backend, with a cache for queries.
+
+This is the path a search takes inside a web request, so it never waits: when the
+shared rate limit (:mod:`semantic.ratelimit`) is spent or paused, or the API fails,
+it raises :class:`SearchUnavailable` at once and the view can say "try again later".
+"""
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 
 from django.core.cache import caches
 
-from semantic.backends import EmbeddingError, Vector, get_backend
+from semantic.backends import EmbeddingBackend, EmbeddingError, Vector, get_backend
 from semantic.conf import semantic_settings as conf
-from semantic.text import clean
+from semantic.text import clean, redact
 
 #: Query vectors are kept this many seconds in the cache named by SEMANTIC["CACHE"].
 CACHE_TIMEOUT = 24 * 60 * 60
+#: Rough size of a request for the shared token budget (the worker counts the same way).
+CHARS_PER_TOKEN = 4
+#: Longest pause a query-time 429 imposes on every process sharing the key.
+MAX_PAUSE = 3600.0
+
+
+class EmptyQuery(ValueError):
+    """The text has nothing to embed: empty, or only whitespace and control characters.
+
+    A ``ValueError``; a search view treats it as "no query".
+    """
+
+    MESSAGE = "Cannot embed an empty text (nothing is left once whitespace and control characters are removed)."
+
+
+class SearchUnavailable(EmbeddingError):
+    """The text cannot be embedded right now; retry later.
+
+    Raised by :func:`embed`, ``similar_to()`` and ``duplicates_of()`` when the
+    embedding API fails or answers 429, or when the shared rate limit is spent for
+    this window. ``retry_after`` is the number of seconds to wait, when known. A view
+    catches it to show a friendly message instead of an error page.
+    """
+
+    RATE_LIMITED = "Search is busy: the embedding rate limit is reached. Try again in {seconds} s."
+    FAILED = "Search is unavailable: the embedding API failed ({reason}). Try again later."
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message, transient=True, retry_after=retry_after)
 
 
 def embed(
@@ -22,13 +57,17 @@ def embed(
     dimensions: int | None = None,
     model: str | None = None,
     cache: bool = True,
+    wait: bool = False,
 ) -> list[Vector]:
     """Embed ``texts`` with the configured backend (and ``model``), one vector per text.
 
     Vectors are cached (Django cache ``SEMANTIC["CACHE"]``) under the backend's model,
     the task type, the size and the text, so repeating a search costs no API call.
-    Raises ``ValueError`` for an empty text and :class:`EmbeddingError` when the
-    backend fails.
+    Texts not in the cache go through the shared rate limit: by default a request
+    the limit does not allow now raises :class:`SearchUnavailable` at once (a web
+    request must not hang for a minute); a script embedding many texts passes
+    ``wait=True`` to wait for its turn instead. Raises :class:`EmptyQuery` for an
+    empty text and :class:`SearchUnavailable` when the backend fails.
     """
     if isinstance(texts, str):
         raise TypeError("embed() takes a list of texts; wrap a single text in a list.")
@@ -36,21 +75,49 @@ def embed(
     dimensions = dimensions or backend.default_dimensions
     cleaned = [clean(text, backend.max_input_chars) for text in texts]
     if not all(cleaned):
-        raise ValueError("Cannot embed an empty text.")
+        raise EmptyQuery(EmptyQuery.MESSAGE)
     store = caches[conf.CACHE] if cache and conf.CACHE else None
     keys = [_key(backend.model_id, task_type, dimensions, text) for text in cleaned]
     found = store.get_many(keys) if store else {}
     missing = [i for i, key in enumerate(keys) if key not in found]
     for start in range(0, len(missing), backend.max_batch_size):
         chunk = missing[start : start + backend.max_batch_size]
-        vectors = backend.embed([cleaned[i] for i in chunk], task_type=task_type, dimensions=dimensions)
-        if len(vectors) != len(chunk):
-            raise EmbeddingError(f"The backend returned {len(vectors)} vectors for {len(chunk)} texts.", transient=True)
+        texts_to_send = [cleaned[i] for i in chunk]
+        vectors = _request(backend, texts_to_send, task_type=task_type, dimensions=dimensions, wait=wait)
         fresh = {keys[i]: list(vector) for i, vector in zip(chunk, vectors)}
         found.update(fresh)
         if store:
             store.set_many(fresh, CACHE_TIMEOUT)
     return [found[key] for key in keys]
+
+
+def _request(
+    backend: EmbeddingBackend, texts: list[str], *, task_type: str, dimensions: int, wait: bool
+) -> list[Vector]:
+    """One request under the shared rate limit, failing fast unless told to ``wait``."""
+    # Imported here: semantic.ratelimit reads a model, and this module is imported with the package.
+    from semantic import ratelimit
+
+    tokens = sum(len(text) for text in texts) // CHARS_PER_TOKEN + 1
+    if wait:
+        ratelimit.acquire(backend, tokens=tokens)
+    elif (seconds := ratelimit.try_acquire(backend, tokens=tokens)) > 0:
+        raise SearchUnavailable(SearchUnavailable.RATE_LIMITED.format(seconds=math.ceil(seconds)), retry_after=seconds)
+    try:
+        vectors = backend.embed(texts, task_type=task_type, dimensions=dimensions)
+    except EmbeddingError as exc:
+        retry_after = exc.retry_after
+        if retry_after is not None and math.isfinite(retry_after) and retry_after > 0:
+            retry_after = min(retry_after, MAX_PAUSE)
+            ratelimit.pause(backend, retry_after)
+        reason = redact(str(exc), getattr(backend, "api_key", None), conf.API_KEY)
+        # "from None": the original error's frames may hold the key; its message is redacted above.
+        raise SearchUnavailable(SearchUnavailable.FAILED.format(reason=reason), retry_after=retry_after) from None
+    if len(vectors) != len(texts):
+        raise SearchUnavailable(
+            SearchUnavailable.FAILED.format(reason=f"{len(vectors)} vectors for {len(texts)} texts")
+        )
+    return vectors
 
 
 def _key(model_id: str, task_type: str, dimensions: int, text: str) -> str:

@@ -6,32 +6,49 @@ distance) and ``similarity`` (1 - distance), nearest first, so it chains with
 that :meth:`EmbeddingField.searchable` admits take part, so a vector made by another
 model, task type or size is never compared with the query.
 
-How the search runs is decided when the queryset is evaluated (see
-:class:`SemanticCompiler`): without other filters the HNSW index serves it with the
-requested ``ef_search``; with filters, a selective filter is answered exactly (the
-filtered rows are few, so comparing them all is fast and loses nothing) and a broad
-one through pgvector's iterative index scan, turned on for that query only.
+The methods live in :class:`SemanticQuerySetMixin`, so a project whose model already
+has a QuerySet of its own (or one from another library) combines the two::
+
+    class ArticleQuerySet(SemanticQuerySetMixin, InheritanceQuerySet): ...
+    objects = MyManager.from_queryset(ArticleQuerySet)()
+
+How the search runs is decided when the queryset is evaluated, by the mixin and not
+by the SQL compiler, so it composes with any ``Query`` or compiler another library
+brings: without other filters the HNSW index serves it with pgvector's iterative
+scan (deep pages stay full); with filters, a selective filter is answered exactly
+(the filtered rows are few, so comparing them all is fast and loses nothing) and a
+broad one through the iterative scan with a larger search list. The settings are
+set for that query only, inside its own transaction or savepoint, and put back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from django.db import models, transaction
+from asgiref.sync import sync_to_async
+from django.db import connections, models, transaction
 from django.db.models import F, FloatField, Q, Value
 from django.db.models.expressions import ExpressionWrapper
-from django.db.models.sql import Query
-from django.db.models.sql.compiler import SQLCompiler
 from pgvector.django import CosineDistance
 
 from semantic.conf import semantic_settings as conf
-from semantic.embed import embed
+from semantic.embed import EmptyQuery, embed
 from semantic.fields import EmbeddingField
 from semantic.switch import serving_field
 
+if TYPE_CHECKING:
+    _QuerySetBase = models.QuerySet
+else:
+    _QuerySetBase = object
+
 #: Default ``threshold`` of duplicates(); see docs/benchmarks.md for how it was chosen.
 DEFAULT_DUPLICATE_THRESHOLD = 0.81
+
+#: Most duplicates duplicates() looks for per row unless told otherwise.
+DEFAULT_MAX_NEIGHBOURS = 200
 
 #: Query-side task type for each stored (document-side) task type.
 QUERY_TASK_TYPES = {
@@ -40,101 +57,71 @@ QUERY_TASK_TYPES = {
 }
 DOCUMENT_QUERY_TASK_TYPES = ("RETRIEVAL_QUERY", "QUESTION_ANSWERING", "FACT_VERIFICATION")
 
+#: Index tuples an iterative scan may visit before it gives up (pgvector's default is 20,000).
+MAX_SCAN_TUPLES = 200_000
+#: pgvector's default ``hnsw.ef_search``: an unfiltered scan returns this many rows without iterating.
+DEFAULT_EF_SEARCH = 40
+#: Smallest search list for a broadly filtered query, whose first candidates are mostly filtered out.
+FILTERED_EF_SEARCH = 200
 
+
+@dataclass(frozen=True)
 class SemanticSearch:
-    """What the compiler needs to know about a ``similar_to()`` queryset."""
+    """What evaluating a ``similar_to()`` queryset needs to know, kept on the queryset."""
 
-    def __init__(self, *, own_filters: int, ef_search: int | None) -> None:
-        self.own_filters = own_filters
-        self.ef_search = ef_search
-
-
-class SemanticQuery(Query):
-    semantic: SemanticSearch | None = None
-
-    def get_compiler(self, using: str | None = None, connection: Any = None, elide_empty: bool = True) -> Any:
-        compiler = super().get_compiler(using, connection, elide_empty)
-        if self.semantic is not None and isinstance(compiler, SQLCompiler) and type(compiler).__name__ == "SQLCompiler":
-            compiler.__class__ = semantic_compiler(type(compiler))
-        return compiler
+    #: How many WHERE conditions similar_to() added; more than these are the caller's filters.
+    own_filters: int
+    ef_search: int | None
 
 
-_compilers: dict[type, type] = {}
+class SemanticQuerySetMixin(_QuerySetBase):
+    """``similar_to``, ``duplicates``, ``duplicate_groups`` and ``duplicates_of`` for any QuerySet.
 
+    Put it first among the bases: ``class QS(SemanticQuerySetMixin, TheirQuerySet)``.
+    It leaves the query and its compiler alone; the index settings a search needs are
+    applied around the moments the queryset is evaluated (:meth:`_fetch_all`,
+    :meth:`iterator`, :meth:`aiterator`).
+    """
 
-def semantic_compiler(base: type) -> type:
-    """The database backend's SELECT compiler with :class:`SemanticCompilerMixin` on top."""
-    if base not in _compilers:
-        _compilers[base] = type("SemanticCompiler", (SemanticCompilerMixin, base), {})
-    return _compilers[base]
+    _semantic: SemanticSearch | None = None
 
+    def _clone(self) -> Any:
+        clone = super()._clone()
+        clone._semantic = self._semantic
+        return clone
 
-class SemanticCompilerMixin:
-    """Runs a ``similar_to()`` query with the index settings it needs, for that query only."""
+    def _fetch_all(self) -> None:
+        if self._semantic is None or self._result_cache is not None:
+            super()._fetch_all()
+            return
+        query, settings = plan(self, self._semantic)
+        # ``_query``, not the ``query`` setter, which would turn values_list() rows into dicts.
+        original, self._query = self._query, query
+        try:
+            with index_settings(self.db, settings):
+                # Fetch everything (and prefetch) before the settings are put back.
+                super()._fetch_all()
+        finally:
+            self._query = original
 
-    query: SemanticQuery
+    def iterator(self, chunk_size: int | None = None) -> Iterator[Any]:
+        """A search is fetched whole: a server-side cursor would be read after the
+        transaction that holds its index settings has ended."""
+        if self._semantic is None:
+            return super().iterator(chunk_size)
+        if chunk_size is not None and chunk_size <= 0:
+            raise ValueError("Chunk size must be strictly positive.")
+        clone = self._chain()
+        clone._fetch_all()
+        return iter(clone._result_cache)
 
-    def execute_sql(self, result_type: Any = "multi", chunked_fetch: bool = False, chunk_size: int = 100) -> Any:
-        search = self.query.semantic
-        assert search is not None
-        extra_filters = len(self.query.where.children) > search.own_filters
-        settings: dict[str, str] = {}
-        if extra_filters and self._candidates_at_most(conf.EXACT_SEARCH_MAX_ROWS):
-            self.query = self._exact(self.query)
-        elif extra_filters:
-            settings = {"hnsw.iterative_scan": "strict_order", "hnsw.max_scan_tuples": "200000"}
-            settings["hnsw.ef_search"] = str(max(search.ef_search or 0, 200))
-        elif search.ef_search:
-            settings["hnsw.ef_search"] = str(search.ef_search)
-        run = super().execute_sql  # type: ignore[misc]
-        if not settings:
-            return run(result_type, chunked_fetch=chunked_fetch, chunk_size=chunk_size)
-        connection = self.connection  # type: ignore[attr-defined]
-        with transaction.atomic(using=self.using, savepoint=False), connection.cursor() as cursor:  # type: ignore[attr-defined]
-            previous = {}
-            for name, value in settings.items():
-                cursor.execute("SELECT current_setting(%s, true), set_config(%s, %s, true)", [name, name, value])
-                previous[name] = cursor.fetchone()[0]
-            try:
-                # Fetch everything before the settings are put back.
-                return run(result_type, chunked_fetch=False, chunk_size=chunk_size)
-            finally:
-                for name, value in previous.items():
-                    if value is None:
-                        cursor.execute(f"SET LOCAL {name} TO DEFAULT")
-                    else:
-                        cursor.execute("SELECT set_config(%s, %s, true)", [name, value])
-
-    def _candidates_at_most(self, limit: int) -> bool:
-        probe = self.query.clone()
-        probe.semantic = None
-        probe.clear_ordering(force=True)
-        probe.clear_limits()
-        probe.set_limits(high=limit + 1)
-        probe.clear_select_clause()
-        probe.add_fields(["pk"])
-        probe.set_annotation_mask(())
-        # SELECT COUNT(*) FROM (... LIMIT limit + 1): counted in the database, not fetched.
-        return probe.get_count(using=self.using) <= limit  # type: ignore[attr-defined]
-
-    def _exact(self, query: SemanticQuery) -> SemanticQuery:
-        """The same query, ordered by an expression the HNSW index cannot serve."""
-        exact = query.clone()
-        exact.semantic = query.semantic
-        exact.order_by = tuple(
-            ExpressionWrapper(F("distance") + Value(0.0), output_field=FloatField()).asc()
-            if item in ("distance", F("distance").asc())
-            else item
-            for item in exact.order_by
-        )
-        return exact
-
-
-class SemanticQuerySet(models.QuerySet):
-    """QuerySet with ``similar_to``, ``duplicates``, ``duplicate_groups`` and ``duplicates_of``."""
-
-    def __init__(self, model: Any = None, query: Any = None, using: Any = None, hints: Any = None) -> None:
-        super().__init__(model, query or SemanticQuery(model), using, hints)
+    async def aiterator(self, chunk_size: int = 2000) -> AsyncIterator[Any]:
+        if self._semantic is None:
+            async for row in super().aiterator(chunk_size):
+                yield row
+            return
+        for row in await sync_to_async(lambda: list(self.iterator(chunk_size)))():
+            yield row
 
     def similar_to(
         self,
@@ -144,12 +131,17 @@ class SemanticQuerySet(models.QuerySet):
         min_similarity: float | None = None,
         task_type: str | None = None,
         ef_search: int | None = None,
-    ) -> SemanticQuerySet:
+    ) -> Any:
         """Rows nearest to ``query``: a text, a model instance (excluded) or a vector.
 
         Text is embedded with the query-side task type matching the field's
         (``RETRIEVAL_QUERY`` for ``RETRIEVAL_DOCUMENT`` fields; pass ``task_type`` for
         ``QUESTION_ANSWERING`` or ``FACT_VERIFICATION``) and cached.
+
+        Raises :class:`semantic.EmptyQuery` (a ``ValueError``) for a text with nothing
+        to embed, and :class:`semantic.SearchUnavailable` (an ``EmbeddingError``) when
+        the text cannot be embedded now: the API failed or the rate limit is reached.
+        Views catch these two to show "no query" or "try again later".
         """
         embedding_field = serving_field(self.model, field)
         filters_before = len(self.query.where.children)
@@ -165,18 +157,18 @@ class SemanticQuerySet(models.QuerySet):
         # One clone, built in place: this runs on every search, and each chained
         # filter()/annotate() would copy the whole query again.
         qs = self._chain()
-        query = qs.query
-        query.add_q(conditions)
-        query.add_annotation(distance, "distance")
-        query.add_annotation(ExpressionWrapper(Value(1.0) - F("distance"), output_field=FloatField()), "similarity")
+        sql = qs.query
+        sql.add_q(conditions)
+        sql.add_annotation(distance, "distance")
+        sql.add_annotation(ExpressionWrapper(Value(1.0) - F("distance"), output_field=FloatField()), "similarity")
         if min_similarity is not None:
-            query.add_q(Q(distance__lte=1.0 - min_similarity))
+            sql.add_q(Q(distance__lte=1.0 - min_similarity))
         # The stored vectors are large and rarely wanted in results: load them on access.
-        query.add_deferred_loading([embedding_field.attname])
-        query.clear_ordering(force=True)
-        query.add_ordering("distance")
+        sql.add_deferred_loading([embedding_field.attname])
+        sql.clear_ordering(force=True)
+        sql.add_ordering("distance")
         # Filters added before or after this call are the caller's; the rest are ours.
-        query.semantic = SemanticSearch(own_filters=len(query.where.children) - filters_before, ef_search=ef_search)
+        qs._semantic = SemanticSearch(own_filters=len(sql.where.children) - filters_before, ef_search=ef_search)
         return qs
 
     def duplicates_of(
@@ -185,8 +177,12 @@ class SemanticQuerySet(models.QuerySet):
         threshold: float = DEFAULT_DUPLICATE_THRESHOLD,
         *,
         field: str | None = None,
-    ) -> SemanticQuerySet:
-        """Rows at least ``threshold`` similar to a text or instance: "did you mean…?"."""
+    ) -> Any:
+        """Rows at least ``threshold`` similar to a text or instance: "did you mean…?".
+
+        Raises the same :class:`semantic.EmptyQuery` and :class:`semantic.SearchUnavailable`
+        as :meth:`similar_to`.
+        """
         check_threshold(threshold, "threshold")
         return self.similar_to(query, field=field, min_similarity=threshold)
 
@@ -197,21 +193,32 @@ class SemanticQuerySet(models.QuerySet):
         field: str | None = None,
         neighbours: int = 5,
         ef_search: int = 20,
+        max_neighbours: int | None = DEFAULT_MAX_NEIGHBOURS,
         workers: int | None = None,
     ) -> list[tuple[models.Model, models.Model, float]]:
         """Pairs ``(a, b, similarity)`` with ``a.pk < b.pk``, most similar first.
 
-        Each row of the queryset probes the index for its ``neighbours`` nearest rows
-        of the queryset, so the work grows with the number of rows, not its square.
-        Large tables are searched over ``workers`` connections at once (default: one
-        per CPU core, or one inside a transaction).
+        Each row of the queryset probes the index for its ``neighbours`` nearest other
+        rows, and probes deeper while the farthest of them is still a duplicate, so
+        the work grows with the number of rows (not its square) and a row with many
+        near-duplicates keeps all its pairs, up to its ``max_neighbours`` nearest
+        (``None``: no bound; a threshold that makes every row a duplicate of every
+        other then costs the square of the rows). Large tables are searched over
+        ``workers`` connections at once (default: one per CPU core, or one inside a
+        transaction).
         """
         from semantic.duplicates import find_pairs
 
         check_threshold(threshold, "threshold")
         embedding_field = serving_field(self.model, field)
         pairs = find_pairs(
-            self, embedding_field, threshold, neighbours=neighbours, ef_search=ef_search, workers=workers
+            self,
+            embedding_field,
+            threshold,
+            neighbours=neighbours,
+            ef_search=ef_search,
+            max_neighbours=max_neighbours,
+            workers=workers,
         )
         objects = self.model._base_manager.using(self.db).in_bulk({pk for pair in pairs for pk in pair[:2]})
         return [(objects[a], objects[b], similarity) for a, b, similarity in pairs]
@@ -229,8 +236,97 @@ class SemanticQuerySet(models.QuerySet):
         return connected_groups((a, b) for a, b, _ in pairs)
 
 
+class SemanticQuerySet(SemanticQuerySetMixin, models.QuerySet):
+    """A QuerySet with the semantic methods, for models without a QuerySet of their own."""
+
+
 class SemanticManager(models.Manager.from_queryset(SemanticQuerySet)):  # type: ignore[misc]
     """``objects = SemanticManager()``."""
+
+
+def plan(queryset: models.QuerySet, search: SemanticSearch) -> tuple[Any, dict[str, str]]:
+    """The query to run for a search, and the index settings to run it with.
+
+    A filter the caller added makes the HNSW scan return rows that the filter then
+    drops. When few rows pass it, comparing them all (an order the index cannot
+    serve) is exact and quick; when many do, the iterative scan keeps looking until
+    the slice is full. An unfiltered search needs the iterative scan only when it
+    asks for more rows than the scan's list holds (``ef_search``): pages past the
+    first few, or no slice at all. Shallow ones run with no settings, so the common
+    search costs no extra round trip.
+    """
+    query = queryset.query
+    iterative = {"hnsw.iterative_scan": "strict_order", "hnsw.max_scan_tuples": str(MAX_SCAN_TUPLES)}
+    if len(query.where.children) > search.own_filters:
+        if candidates_at_most(query, queryset.db, conf.EXACT_SEARCH_MAX_ROWS):
+            return exact(query), {}
+        return query, {**iterative, "hnsw.ef_search": str(max(search.ef_search or 0, FILTERED_EF_SEARCH))}
+    ef_search = {"hnsw.ef_search": str(search.ef_search)} if search.ef_search else {}
+    if query.high_mark is not None and query.high_mark <= (search.ef_search or DEFAULT_EF_SEARCH):
+        return query, ef_search
+    return query, {**iterative, **ef_search}
+
+
+def candidates_at_most(query: Any, using: str, limit: int) -> bool:
+    probe = query.clone()
+    probe.clear_ordering(force=True)
+    probe.clear_limits()
+    probe.set_limits(high=limit + 1)
+    probe.clear_select_clause()
+    probe.add_fields(["pk"])
+    probe.set_annotation_mask(())
+    # SELECT COUNT(*) FROM (... LIMIT limit + 1): counted in the database, not fetched.
+    return probe.get_count(using=using) <= limit
+
+
+def exact(query: Any) -> Any:
+    """The same query, ordered by an expression the HNSW index cannot serve."""
+    ordered = query.clone()
+    ordered.order_by = tuple(
+        ExpressionWrapper(F("distance") + Value(0.0), output_field=FloatField()).asc()
+        if item in ("distance", F("distance").asc())
+        else item
+        for item in ordered.order_by
+    )
+    return ordered
+
+
+@contextmanager
+def index_settings(using: str, settings: dict[str, str]) -> Iterator[None]:
+    """Run the block with ``settings`` set for this transaction, and put them back after.
+
+    ``set_config(..., true)`` lasts until the transaction ends: in autocommit the
+    atomic block below is that transaction, and its end is the reset; inside the
+    caller's own transaction the previous values are restored, so the rest of it
+    runs as before.
+    """
+    if not settings:
+        yield
+        return
+    names = list(settings)
+    connection = connections[using]
+    restore = connection.in_atomic_block
+    with transaction.atomic(using=using, savepoint=False), connection.cursor() as cursor:
+        reads = ", ".join(["current_setting(%s, true)"] * len(names))
+        writes = ", ".join(["set_config(%s, %s, true)"] * len(names))
+        cursor.execute(f"SELECT {reads}, {writes}", [*names, *(x for n in names for x in (n, settings[n]))])
+        previous = dict(zip(names, cursor.fetchone()[: len(names)]))
+        try:
+            yield
+        finally:
+            if restore:
+                put_back(cursor, previous)
+
+
+def put_back(cursor: Any, previous: dict[str, str | None]) -> None:
+    known = [(name, value) for name, value in previous.items() if value is not None]
+    if known:
+        cursor.execute(
+            "SELECT " + ", ".join(["set_config(%s, %s, true)"] * len(known)), [x for pair in known for x in pair]
+        )
+    for name, value in previous.items():
+        if value is None:
+            cursor.execute(f"SET LOCAL {name} TO DEFAULT")
 
 
 def query_vector(
@@ -244,12 +340,7 @@ def query_vector(
     if isinstance(query, models.Model):
         if not isinstance(query, model):
             raise TypeError(f"similar_to() got a {type(query).__name__}; this queryset holds {model.__name__}.")
-        vector = model._base_manager.filter(pk=query.pk).values_list(field.attname, flat=True).first()
-        if vector is None:
-            raise ValueError(
-                f"{model.__name__} #{query.pk} has no embedding yet; it is added moments after the row is saved."
-            )
-        return [float(x) for x in vector], query.pk
+        return instance_vector(model, field, query), query.pk
     if isinstance(query, str):
         (vector,) = embed(
             [query],
@@ -267,6 +358,29 @@ def query_vector(
             )
         return vector, None
     raise TypeError(f"similar_to() takes a text, a {model.__name__} or a vector, not {type(query).__name__}.")
+
+
+def instance_vector(model: type[models.Model], field: EmbeddingField, instance: models.Model) -> list[float]:
+    """The instance's stored vector if it is current, else a vector of its text made now.
+
+    A stored vector made by another model, task type or size cannot be compared with
+    the others, and one made from an older text (the row is pending, or the instance
+    was changed in memory) describes a text the instance no longer has. Such a
+    vector is never used: the instance's current text is embedded (document-side
+    task type, as the stored vectors were, without a title), through the cache and
+    the rate limit, and may raise :class:`semantic.SearchUnavailable`.
+    """
+    columns = (field.attname, field.model_name, field.pending_name, field.embedded_hash_name)
+    row = model._base_manager.filter(pk=instance.pk).values_list(*columns).first() if instance.pk else None
+    if row is not None:
+        vector, spec, pending, embedded_hash = row
+        if vector is not None and spec == field.spec() and not pending and embedded_hash == field.text_hash(instance):
+            return [float(x) for x in vector]
+    text = field.source_text(instance)
+    if not text.strip():
+        raise EmptyQuery(f"{model.__name__} #{instance.pk} has no text to search with.")
+    (vector,) = embed([text], task_type=field.task_type, dimensions=field.dimensions, model=field.embedding_model)
+    return vector
 
 
 def vector_literal(vector: Sequence[float]) -> str:

@@ -165,3 +165,12 @@ def configuration_problem(backend: EmbeddingBackend | None = None) -> str | None
     backend = backend or get_backend()
     problems = RateLimit.objects.filter(key=limit_key(backend)).exclude(problem="")
     return problems.values_list("problem", flat=True).first()
+
+
+def try_acquire(backend: EmbeddingBackend, *, tokens: int) -> float:
+    """Count one request of ``tokens`` tokens and return 0 if it may be sent now; else the seconds to wait.
+
+    For callers that must not wait, such as a search inside a web request.
+    """
+    wait, _, _ = _try_acquire(limit_key(backend), tokens)
+    return wait

@@ -5,6 +5,7 @@ from django.core.cache import cache
 from django.urls import reverse
 
 from project.questions.models import Question
+from project.questions.views import SEARCH_UNAVAILABLE
 from semantic import embed_pending
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -74,3 +75,35 @@ def test_asking_something_new_posts_it(client, questions):
     assert response.status_code == 302
     new = Question.objects.get(title="Dark mode for the dashboard")
     assert new.embedding is not None  # SYNC in tests: embedded on commit
+
+
+@pytest.mark.parametrize("q", ["\x01", " \x01\x02 ", "   "])
+def test_a_query_with_nothing_to_embed_lists_everything(client, questions, q):
+    response = client.get(reverse("questions:list"), {"q": q})
+    assert response.status_code == 200
+    assert len(response.context["page"]) == 3
+    assert "All questions" in response.content.decode()
+
+
+def test_search_when_the_api_fails_says_so_instead_of_an_error(client, questions, fake_gemini):
+    fake_gemini.fail_next(503, times=5)
+    response = client.get(reverse("questions:list"), {"q": "password reset"})
+    assert response.status_code == 200
+    assert SEARCH_UNAVAILABLE in response.content.decode()
+    assert len(response.context["page"]) == 3
+
+
+def test_asking_when_the_api_fails_still_posts_the_question(client, questions, fake_gemini):
+    fake_gemini.fail_next(429, times=20)
+    response = client.post(reverse("questions:ask"), {"title": "How do I reset my password", "body": "again"})
+    assert response.status_code == 302
+    assert Question.objects.filter(body="again").exists()
+
+
+def test_detail_when_the_question_cannot_be_compared_now(client, questions, fake_gemini):
+    question = questions["How do I reset my password"]
+    Question.objects.filter(pk=question.pk).update(embedding_model="gemini:old-model|SEMANTIC_SIMILARITY|384")
+    fake_gemini.fail_next(503, times=5)
+    response = client.get(question.get_absolute_url())
+    assert response.status_code == 200
+    assert response.context["similar"] is None

@@ -1,16 +1,26 @@
 """similar_to, duplicates and friends, on real PostgreSQL with vectors from the fake
 Gemini server (hashed bag of words: texts sharing words are near each other)."""
 
+from datetime import timedelta
+
 import numpy as np
 import pytest
+from asgiref.sync import async_to_sync
 from django.core.cache import cache
 from django.core.paginator import Paginator
-from django.db import connection, transaction
+from django.db import connection, connections, models, transaction
+from django.db.models import F
+from django.db.models.sql import Query
+from django.db.models.sql.compiler import SQLCompiler
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
-from semantic import embed, suspend_embedding
+from semantic import EmptyQuery, SearchUnavailable, SemanticQuerySetMixin, embed, suspend_embedding
+from semantic.backends import EmbeddingError, get_backend
 from semantic.fields import get_embedding_field
-from semantic.models import EmbeddingFailure
+from semantic.models import EmbeddingFailure, RateLimit
 from semantic.query import query_task_type
+from semantic.ratelimit import limit_key
 from tests.testapp.models import Article, Document, Note
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -79,6 +89,9 @@ def test_chains_with_filter_exclude_values_slicing_and_paginator(articles):
     assert (
         titles(Article.objects.similar_to("export invoices").exclude(category="billing"))[0] != "export invoices as csv"
     )
+    for qs in (Article.objects.all(), Article.objects.filter(category="billing")):
+        flat = list(qs.similar_to("export invoices").values_list("title", flat=True))
+        assert flat == titles(qs.similar_to("export invoices")) and all(isinstance(t, str) for t in flat)
     values = list(Article.objects.similar_to("dark mode").values("title", "similarity")[:1])
     assert values[0]["title"] == "dark mode for the dashboard" and values[0]["similarity"] > 0.5
     page = Paginator(Article.objects.similar_to("reset password"), 4).page(2)
@@ -162,11 +175,45 @@ def test_bad_arguments_are_clear(articles):
         SemanticQuerySet(EmbeddingFailure).similar_to("x")
 
 
-def test_instance_without_embedding_says_why(fake_gemini):
+def test_instance_without_embedding_is_searched_by_its_text(articles, fake_gemini):
     with suspend_embedding():
-        article = Article.objects.create(title="not yet", body="")
-    with pytest.raises(ValueError, match="has no embedding yet"):
-        Article.objects.similar_to(article)
+        article = Article.objects.create(title="reset the password", body="")
+    fake_gemini.reset()
+    results = titles(Article.objects.similar_to(article)[:2])
+    assert set(results) == {"reset my account password", "reset the password of my account"}
+    assert fake_gemini.texts() == ["reset the password"]
+    with suspend_embedding():
+        empty = Article.objects.create(title="", body="")
+    with pytest.raises(EmptyQuery, match="no text to search with"):
+        Article.objects.similar_to(empty)
+
+
+def test_instance_with_a_vector_from_another_model_is_searched_by_its_text(articles, fake_gemini):
+    """Its stored vector (here: the one of "dark mode…") is never compared with current ones."""
+    source = articles["export invoices as csv"]
+    misleading = Article.objects.get(title="dark mode for the dashboard").embedding
+    Article.objects.filter(pk=source.pk).update(
+        embedding=misleading, embedding_model="gemini:old-model|SEMANTIC_SIMILARITY|128"
+    )
+    fake_gemini.reset()
+    assert titles(Article.objects.similar_to(source)[:1]) == ["export all invoices to csv"]
+    assert fake_gemini.texts() == ["export invoices as csv"]
+
+
+def test_instance_whose_text_changed_is_searched_by_its_new_text(articles, fake_gemini):
+    """A pending row keeps the vector of its old text until the worker catches up."""
+    source = articles["export invoices as csv"]
+    Article.objects.filter(pk=source.pk).update(title="reset the password of my account please")
+    changed = Article.objects.get(pk=source.pk)
+    assert changed.embedding_pending
+    assert titles(Article.objects.similar_to(changed)[:1]) == ["reset the password of my account"]
+    edited = articles["dark mode for the dashboard"]
+    edited.title = "export all invoices to csv now"  # changed in memory, not saved
+    assert titles(Article.objects.similar_to(edited)[:1]) == ["export all invoices to csv"]
+    current = articles["mobile app crashes on start"]
+    fake_gemini.reset()
+    list(Article.objects.similar_to(current)[:1])
+    assert fake_gemini.request_count == 0  # a current vector is used as stored
 
 
 def test_duplicates_pairs_and_groups(articles):
@@ -238,8 +285,7 @@ def ranked(rows):
 
 
 def test_filtered_queries_choose_exact_or_iterative_search(articles, semantic_settings):
-    from django.test.utils import CaptureQueriesContext
-
+    Article.objects.similar_to("export invoices")  # embeds now: only the search's own queries are counted below
     with CaptureQueriesContext(connection) as selective:
         exact = ranked(Article.objects.filter(category="other").similar_to("export invoices"))
     assert "+ 0.0" in selective.captured_queries[-1]["sql"]  # an order the index cannot serve: exact
@@ -258,10 +304,265 @@ def test_filtered_queries_choose_exact_or_iterative_search(articles, semantic_se
     with CaptureQueriesContext(connection) as unfiltered:
         list(Article.objects.similar_to("export invoices", ef_search=64)[:3])
     sql = " ".join(q["sql"] for q in unfiltered.captured_queries)
-    assert "hnsw.ef_search" in sql and "iterative" not in sql and "+ 0.0" not in sql
+    assert "'hnsw.ef_search', '64'" in sql and "iterative" not in sql and "+ 0.0" not in sql
+
+    with CaptureQueriesContext(connection) as shallow:
+        list(Article.objects.similar_to("export invoices")[:40])
+    assert len(shallow.captured_queries) == 1  # within ef_search: no settings, no extra round trip
+    with CaptureQueriesContext(connection) as deep:
+        list(Article.objects.similar_to("export invoices")[:41])
+    assert "hnsw.iterative_scan" in " ".join(q["sql"] for q in deep.captured_queries)
+
+
+def current_settings():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT current_setting('hnsw.ef_search', true), current_setting('hnsw.iterative_scan', true),"
+            " current_setting('hnsw.max_scan_tuples', true)"
+        )
+        return cursor.fetchone()
+
+
+def test_index_settings_are_put_back_inside_the_callers_transaction(articles, semantic_settings):
+    """In autocommit the settings end with their own transaction anyway; inside the
+    caller's transaction only the restoring code puts them back."""
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL hnsw.ef_search = 33")
+        before = current_settings()
+        list(Article.objects.similar_to([1.0] * 128, ef_search=77)[:5])
+        assert current_settings() == before
+        semantic_settings(EXACT_SEARCH_MAX_ROWS=1)
+        list(Article.objects.filter(category="other").similar_to([1.0] * 128)[:5])
+        assert current_settings() == before
+        list(Article.objects.similar_to([1.0] * 128).iterator())
+        assert current_settings() == before
+    assert before[0] == "33"
 
 
 def test_duplicates_split_over_several_connections_find_the_same_pairs(articles):
     one = [(a.pk, b.pk, round(s, 6)) for a, b, s in Article.objects.duplicates(0.3, workers=1)]
     three = [(a.pk, b.pk, round(s, 6)) for a, b, s in Article.objects.duplicates(0.3, workers=3)]
     assert one == three and len(one) >= 2
+
+
+class LibraryCompiler(SQLCompiler):
+    """Another library's compiler (as django-cte or django-model-utils bring): it marks its SQL."""
+
+    def as_sql(self, *args, **kwargs):
+        sql, params = super().as_sql(*args, **kwargs)
+        return f"/* library */ {sql}", params
+
+
+class LibraryQuery(Query):
+    """Another library's own Query class, which picks its own compiler."""
+
+    def get_compiler(self, using=None, connection=None, elide_empty=True):
+        if connection is None:
+            connection = connections[using]
+        return LibraryCompiler(self, connection, using, elide_empty)
+
+
+class LibraryQuerySet(models.QuerySet):
+    """A QuerySet from another library, with its own Query and a method of its own."""
+
+    def __init__(self, model=None, query=None, using=None, hints=None):
+        super().__init__(model, query or LibraryQuery(model), using, hints)
+
+    def billing(self):
+        return self.filter(category="billing")
+
+
+class LibraryManager(models.Manager):
+    pass
+
+
+ComposedQuerySet = type("ComposedQuerySet", (SemanticQuerySetMixin, LibraryQuerySet), {})
+LibraryManager.from_queryset(ComposedQuerySet)().contribute_to_class(Article, "composed")
+
+
+def test_mixin_composes_with_another_librarys_queryset_and_query(articles, semantic_settings):
+    plain = titles(Article.objects.similar_to("export invoices"))
+    with CaptureQueriesContext(connection) as unfiltered:
+        composed = Article.composed.similar_to("export invoices")
+        assert titles(composed) == plain
+    sql = " ".join(q["sql"] for q in unfiltered.captured_queries)
+    assert "/* library */" in sql and "hnsw.iterative_scan" in sql
+    assert isinstance(composed.query, LibraryQuery)
+
+    with CaptureQueriesContext(connection) as selective:
+        found = titles(Article.composed.billing().similar_to("export invoices"))
+    assert set(found) == {"export invoices as csv", "export all invoices to csv"}
+    assert "/* library */" in selective.captured_queries[-1]["sql"]
+    assert "+ 0.0" in selective.captured_queries[-1]["sql"]  # few candidates: exact search
+
+    semantic_settings(EXACT_SEARCH_MAX_ROWS=1)
+    with CaptureQueriesContext(connection) as broad:
+        assert titles(Article.composed.similar_to("export invoices").billing()) == found
+    sql = " ".join(q["sql"] for q in broad.captured_queries)
+    assert "'hnsw.ef_search', '200'" in sql and "+ 0.0" not in sql and "/* library */" in sql
+
+    page = Paginator(Article.composed.similar_to("reset password"), 4).page(2)
+    assert page.paginator.count == 6
+    assert titles(page.object_list) == titles(Article.objects.similar_to("reset password"))[4:]
+    assert [a.title for a in Article.composed.similar_to("reset password").iterator()][:4] == titles(
+        Article.objects.similar_to("reset password")[:4]
+    )
+
+
+def test_semantic_queryset_and_manager_keep_their_paths():
+    import semantic
+    from semantic.query import SemanticManager, SemanticQuerySet
+
+    assert semantic.SemanticQuerySetMixin is SemanticQuerySetMixin
+    assert issubclass(SemanticQuerySet, SemanticQuerySetMixin) and issubclass(SemanticQuerySet, models.QuerySet)
+    assert issubclass(SemanticManager._queryset_class, SemanticQuerySet)
+
+
+@pytest.fixture
+def many_articles(fake_gemini):
+    """2,000 Articles with stored vectors (random in 8 of the 128 dimensions, so the
+    HNSW index finds the true neighbours) and the index's statistics up to date."""
+    rng = np.random.default_rng(7)
+    vectors = np.zeros((2000, 128))
+    vectors[:, :8] = rng.normal(size=(2000, 8))
+    with suspend_embedding():
+        Article.objects.bulk_create(
+            Article(title=f"row {i}", body="", category="many", embedding=v.tolist()) for i, v in enumerate(vectors)
+        )
+    spec = get_embedding_field(Article).spec()
+    Article.objects.update(embedding_embedded_hash=F("embedding_source_hash"), embedding_model=spec)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE testapp_article")
+    return {f"row {i}": v for i, v in enumerate(vectors)}
+
+
+def exact_order(vectors, query):
+    query = np.asarray(query)
+    return sorted(vectors, key=lambda t: -(vectors[t] @ query) / np.linalg.norm(vectors[t]) / np.linalg.norm(query))
+
+
+def test_deep_pages_of_an_unfiltered_search_are_full_and_in_order(many_articles):
+    query = [1.0] * 8 + [0.0] * 120
+    expected = exact_order(many_articles, query)
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN SELECT id FROM testapp_article ORDER BY embedding <=> %s::vector LIMIT 60", [query])
+        assert "article_embedding_hnsw" in " ".join(row[0] for row in cursor.fetchall())
+    assert titles(Article.objects.similar_to(query)[40:60]) == expected[40:60]
+    assert titles(Article.composed.similar_to(query)[100:120]) == expected[100:120]
+
+    async def collect(qs):
+        return [a.title async for a in qs.aiterator()]
+
+    assert async_to_sync(collect)(Article.objects.similar_to(query)[60:80]) == expected[60:80]
+    page = Paginator(Article.objects.similar_to(query), 20).page(3)
+    assert titles(page.object_list) == expected[40:60]
+    assert page.paginator.count == 2000
+
+
+def test_a_query_with_nothing_to_embed_is_an_empty_query_error(articles, fake_gemini):
+    for text in ("\x01", " \x01\x02\t", "   ", ""):
+        with pytest.raises(EmptyQuery, match="empty text"):
+            Article.objects.similar_to(text)
+        with pytest.raises(EmptyQuery):
+            Article.objects.duplicates_of(text)
+        with pytest.raises(EmptyQuery):
+            embed([text])
+    assert issubclass(EmptyQuery, ValueError)
+    assert fake_gemini.request_count == 0
+
+
+def test_api_failure_at_query_time_is_search_unavailable(articles, fake_gemini, settings):
+    fake_gemini.fail_next(
+        500, times=3, body='{"error": {"code": 500, "message": "boom ' + settings.TEST_API_KEY + '"}}'
+    )
+    with pytest.raises(SearchUnavailable, match="Try again later") as failure:
+        Article.objects.similar_to("reset my password")
+    assert isinstance(failure.value, EmbeddingError)
+    assert settings.TEST_API_KEY not in str(failure.value)
+    with pytest.raises(SearchUnavailable):
+        Article.objects.duplicates_of("export invoices as csv")
+    fake_gemini.reset()
+    assert titles(Article.objects.similar_to("reset my password"))[0] == "reset my account password"
+
+
+def test_query_embedding_shares_the_rate_limit_and_never_waits(articles, fake_gemini, semantic_settings):
+    RateLimit.objects.all().delete()  # the fixture's embedding counted in this window
+    semantic_settings(REQUESTS_PER_MINUTE=1)
+    list(Article.objects.similar_to("reset my password"))
+    assert fake_gemini.request_count == 1
+    with pytest.raises(SearchUnavailable, match=r"rate limit is reached. Try again in \d+ s") as busy:
+        Article.objects.similar_to("export invoices please")
+    assert 0 < busy.value.retry_after <= 60
+    assert fake_gemini.request_count == 1
+    assert titles(Article.objects.similar_to("reset my password"))[0] == "reset my account password"  # cached
+
+
+def test_a_429_at_query_time_pauses_everyone_sharing_the_key(articles, fake_gemini):
+    fake_gemini.fail_next(429, retry_after="120")
+    with pytest.raises(SearchUnavailable, match="Try again later"):
+        Article.objects.similar_to("reset my password")
+    sent = fake_gemini.request_count
+    state = RateLimit.objects.get()
+    assert state.paused_until is not None and state.paused_until > timezone.now() + timedelta(seconds=100)
+    with pytest.raises(SearchUnavailable, match="Try again in"):
+        Article.objects.similar_to("export invoices please")
+    assert fake_gemini.request_count == sent
+
+
+def store_vectors(vectors, category="planted"):
+    """Articles holding ``vectors`` as current embeddings; returns their pks in order."""
+    with suspend_embedding():
+        created = Article.objects.bulk_create(
+            Article(title=f"{category} {i}", body="", category=category, embedding=list(map(float, v)))
+            for i, v in enumerate(vectors)
+        )
+    spec = get_embedding_field(Article).spec()
+    Article.objects.filter(category=category).update(
+        embedding_embedded_hash=F("embedding_source_hash"), embedding_model=spec
+    )
+    return [a.pk for a in created]
+
+
+def exact_pairs(pks, vectors, threshold):
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    scores = unit @ unit.T
+    return {(pks[i], pks[j]) for i, j in zip(*np.nonzero(scores >= threshold)) if i < j}
+
+
+def test_duplicates_find_every_pair_of_groups_of_ten(fake_gemini):
+    """Each row of a group has nine near-duplicates, more than ``neighbours``: probing
+    goes deeper until the farthest neighbour is no duplicate."""
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(3, 128))
+    groups = [centre + rng.normal(scale=0.08, size=(10, 128)) for centre in centres]
+    vectors = np.vstack([*groups, rng.normal(size=(60, 128))])
+    pks = store_vectors(vectors)
+    expected = exact_pairs(pks, vectors, 0.9)
+    assert len(expected) == 3 * 45
+    found = {(a.pk, b.pk) for a, b, _ in Article.objects.duplicates(0.9)}
+    assert found == expected
+    assert {(a.pk, b.pk) for a, b, _ in Article.objects.duplicates(0.9, neighbours=1, workers=2)} == expected
+    groups = Article.objects.duplicate_groups(0.9)
+    assert [len(group) for group in groups] == [10, 10, 10]
+    bounded = Article.objects.duplicates(0.9, neighbours=2, max_neighbours=4)
+    assert found > {(a.pk, b.pk) for a, b, _ in bounded} and len(bounded) >= 3 * 10 * 4 // 2
+
+
+def test_neighbours_counts_other_rows(fake_gemini):
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=128)
+    vectors = np.vstack([base, base + rng.normal(scale=0.05, size=128), rng.normal(size=(5, 128))])
+    pks = store_vectors(vectors)
+    assert [(a.pk, b.pk) for a, b, _ in Article.objects.duplicates(0.9, neighbours=1)] == [(pks[0], pks[1])]
+
+
+def test_embed_can_wait_for_the_rate_limit_instead(fake_gemini):
+    """A script embedding many texts waits out a shared pause rather than failing."""
+    cache.clear()
+    now = timezone.now()
+    RateLimit.objects.create(key=limit_key(get_backend()), window_start=now, paused_until=now + timedelta(seconds=3))
+    with pytest.raises(SearchUnavailable, match="Try again in"):
+        embed(["alpha beta"], dimensions=128)
+    assert len(embed(["alpha beta"], dimensions=128, wait=True)[0]) == 128
+    assert fake_gemini.request_count == 1
