@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 from django.db import connections, models, transaction
-from django.db.models import F, FloatField, Q, Value
+from django.db.models import BooleanField, F, FloatField, Q, Value
 from django.db.models.expressions import ExpressionWrapper
 from pgvector.django import CosineDistance
 
@@ -370,8 +370,10 @@ def instance_vector(model: type[models.Model], field: EmbeddingField, instance: 
     task type, as the stored vectors were, without a title), through the cache and
     the rate limit, and may raise :class:`semantic.SearchUnavailable`.
     """
-    columns = (field.attname, field.model_name, field.pending_name, field.embedded_hash_name)
-    row = model._base_manager.filter(pk=instance.pk).values_list(*columns).first() if instance.pk else None
+    columns = (field.attname, field.spec_name, "_pending", field.embedded_hash_name)
+    pending = ExpressionWrapper(field.pending(), BooleanField())
+    rows = model._base_manager.filter(pk=instance.pk).annotate(_pending=pending)
+    row = rows.values_list(*columns).first() if instance.pk else None
     if row is not None:
         vector, spec, pending, embedded_hash = row
         if vector is not None and spec == field.spec() and not pending and embedded_hash == field.text_hash(instance):

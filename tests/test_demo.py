@@ -102,7 +102,7 @@ def test_asking_when_the_api_fails_still_posts_the_question(client, questions, f
 
 def test_detail_when_the_question_cannot_be_compared_now(client, questions, fake_gemini):
     question = questions["How do I reset my password"]
-    Question.objects.filter(pk=question.pk).update(embedding_model="gemini:old-model|SEMANTIC_SIMILARITY|384")
+    Question.objects.filter(pk=question.pk).update(embedding_spec="gemini:old-model|SEMANTIC_SIMILARITY|384")
     fake_gemini.fail_next(503, times=5)
     response = client.get(question.get_absolute_url())
     assert response.status_code == 200

@@ -96,7 +96,7 @@ def tally(scenario: str, fake, rows: int) -> Tally:
             continue
         wanted = np.array(fake_vector(text, field.dimensions))
         wanted /= np.linalg.norm(wanted)
-        current = article.embedding_embedded_hash == article.embedding_source_hash
+        current = article.embedding_embedded_hash == field.text_hash(article)
         stale += not (current and np.allclose(np.array(article.embedding), wanted, atol=1e-5))
     sent = Counter(fake.texts(embedded=True))
     result = Tally(

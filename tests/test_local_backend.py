@@ -56,6 +56,7 @@ def test_rows_embedded_through_the_field(semantic_settings, fake_gemini):
     assert Note.objects.first().embedding_spec == "local:all-MiniLM-L6-v2|SEMANTIC_SIMILARITY|384"
 
 
+@pytest.mark.django_db
 def test_embed_without_a_size_uses_the_backends_own(semantic_settings):
     """The README's semantic.embed(["any text"], task_type="CLUSTERING") with the local model."""
     from django.core.cache import cache

@@ -49,7 +49,8 @@ def resolve(target: str) -> list[tuple[type[models.Model], EmbeddingField]]:
 
 def resolve_all(targets: list[str]) -> list[tuple[type[models.Model], EmbeddingField]]:
     if not targets:
-        return [(m, f) for m in apps.get_models() for f in embedding_fields(m)]
+        # A proxy's or a multi-table child's field belongs to the model that declares it.
+        return [(m, f) for m in apps.get_models() for f in embedding_fields(m) if f.model is m]
     return [pair for target in targets for pair in resolve(target)]
 
 
@@ -71,6 +72,7 @@ def threshold_type(value: Any) -> float:
 
 def check_schema(model: type[models.Model], field: EmbeddingField) -> None:
     """Raise CommandError when the table does not match the field: a migration is due."""
+    model = field.model  # the table that holds the field (a proxy's or a child's parent)
     connection = connections[router.db_for_write(model)]
     names = [field.column, field.embedded_hash_name, field.spec_name, field.pending_since_name]
     if field.text_from_python():
