@@ -203,8 +203,7 @@ class SemanticAdminMixin:
             defaults={"dismissed_by": request.user.get_username()},
         )
         self.message_user(request, _("Marked “%(a)s” and “%(b)s” as not duplicates.") % {"a": a, "b": b})  # type: ignore[attr-defined]
-        opts = self.model._meta  # type: ignore[attr-defined]
-        url = reverse(f"admin:{opts.app_label}_{opts.model_name}_duplicates")
+        url = self.semantic_url("duplicates")
         threshold = request.POST.get("threshold", "")
         return HttpResponseRedirect(f"{url}?threshold={threshold}" if threshold else url)
 
@@ -272,16 +271,27 @@ class SemanticAdminMixin:
     def render_semantic(
         self, request: HttpRequest, template: str, title: str, context: dict[str, Any]
     ) -> TemplateResponse:
-        opts = self.model._meta  # type: ignore[attr-defined]
         base = {
             **self.admin_site.each_context(request),  # type: ignore[attr-defined]
-            "opts": opts,
+            "opts": self.model._meta,  # type: ignore[attr-defined]
             "title": title,
-            "changelist_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"),
-            "duplicates_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_duplicates"),
-            "dismiss_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_dismiss_duplicate"),
+            "changelist_url": self.semantic_url("changelist"),
+            "duplicates_url": self.semantic_url("duplicates"),
+            "dismiss_url": self.semantic_url("dismiss_duplicate"),
         }
         return TemplateResponse(request, template, {**base, **context})
+
+    def semantic_url(self, view: str) -> str:
+        """The URL of one of this model's admin views on this admin site, whatever the site is named.
+
+        (The templates' ``{% url 'admin:...' %}`` need no help: Django resolves the ``admin``
+        namespace to the site that served the request.)
+        """
+        opts = self.model._meta  # type: ignore[attr-defined]
+        return reverse(
+            f"admin:{opts.app_label}_{opts.model_name}_{view}",
+            current_app=self.admin_site.name,  # type: ignore[attr-defined]
+        )
 
 
 @admin.register(EmbeddingFailure)
@@ -315,7 +325,7 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
             self.message_user(
                 request, ngettext("Queued %d failed row again.", "Queued %d failed rows again.", retried) % retried
             )
-            return HttpResponseRedirect(reverse("admin:semantic_status"))
+            return HttpResponseRedirect(reverse("admin:semantic_status", current_app=self.admin_site.name))
         context = {
             **self.admin_site.each_context(request),
             "title": _("Embedding status"),

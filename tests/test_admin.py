@@ -1,5 +1,6 @@
 """The admin mixin, the embedding status page and their permissions, through the test client."""
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -10,7 +11,7 @@ from django.utils import timezone
 
 from semantic import embed_pending, suspend_embedding
 from semantic.models import DismissedPair, EmbeddingBatchJob, EmbeddingFailure
-from tests.testapp.models import Article
+from tests.testapp.models import Article, Note
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -220,3 +221,83 @@ def test_status_page_shows_how_long_the_oldest_row_waited(editor, articles):
     )
     page = editor.get(reverse("admin:semantic_status")).content.decode()
     assert "Oldest pending" in page and "3\xa0hours ago" in page
+
+
+# -- a custom AdminSite (tests/urls.py mounts one named "myadmin" at /myadmin/) -------------------
+
+LINK = re.compile(r'(?:href|action)="(/[^"]*)"')
+
+
+def assert_stays_on_other_site(response):
+    """Every link and form of the page leads into /myadmin/ (or to the site itself, or static files)."""
+    assert response.status_code == 200
+    assert response.request["PATH_INFO"].startswith("/myadmin/")
+    elsewhere = {
+        url for url in LINK.findall(response.content.decode()) if not url.startswith(("/myadmin/", "/static/"))
+    }
+    assert elsewhere <= {"/"}, elsewhere
+
+
+@pytest.fixture
+def notes(fake_gemini):
+    cache.clear()
+    Note.objects.bulk_create(
+        [Note(text="reset my account password"), Note(text="reset the password of my account"), Note(text="dark mode")]
+    )
+    embed_pending()
+    fake_gemini.reset()
+    return {n.text: n for n in Note.objects.all()}
+
+
+def test_every_semantic_page_and_action_on_a_custom_admin_site(client, notes, fake_gemini):
+    client.force_login(staff("other", "view_note", "change_note", "view_embeddingfailure", "change_embeddingfailure"))
+    first, second = notes["reset my account password"], notes["reset the password of my account"]
+    changelist = reverse("myadmin:testapp_note_changelist")
+    duplicates = reverse("myadmin:testapp_note_duplicates")
+    status = reverse("myadmin:semantic_status")
+
+    page = client.get(changelist)
+    assert_stays_on_other_site(page)
+    assert f'href="{duplicates}"' in page.content.decode()
+    searched = client.get(changelist, {"q": "account password reset", "semantic": "1"})
+    assert_stays_on_other_site(searched)
+    assert {n.text for n in searched.context["cl"].result_list[:2]} == {first.text, second.text}
+
+    form = client.get(reverse("myadmin:testapp_note_change", args=[first.pk]))
+    assert_stays_on_other_site(form)
+    assert [n.text for n in form.context["semantic_similar"]][0] == second.text
+
+    def act(action, *objs):
+        data = {"action": action, "index": 0, "_selected_action": [o.pk for o in objs]}
+        return client.post(changelist, data, follow=True)
+
+    similar = act("find_similar", first)
+    assert_stays_on_other_site(similar)
+    assert reverse("myadmin:testapp_note_change", args=[second.pk]) in similar.content.decode()
+    found = act("find_duplicates", first, second)
+    assert_stays_on_other_site(found)
+    assert [set(group) for group, _ in found.context["groups"]] == [{first, second}]
+    requeued = act("reembed", first)
+    assert_stays_on_other_site(requeued)
+    assert "Queued 1 row for embedding." in requeued.content.decode()
+
+    review = client.get(duplicates, {"threshold": "0.5"})
+    assert_stays_on_other_site(review)
+    assert [set(group) for group, _ in review.context["groups"]] == [{first, second}]
+    dismissed = client.post(
+        reverse("myadmin:testapp_note_dismiss_duplicate"),
+        {"first": first.pk, "second": second.pk, "threshold": "0.5"},
+        follow=True,
+    )
+    assert dismissed.redirect_chain == [(f"{duplicates}?threshold=0.5", 302)]
+    assert_stays_on_other_site(dismissed)
+    assert dismissed.context["groups"] == []
+
+    fake_gemini.reject_marker = "REJECT"
+    Note.objects.create(text="REJECT this one")
+    assert_stays_on_other_site(client.get(reverse("myadmin:semantic_embeddingfailure_changelist")))
+    assert_stays_on_other_site(client.get(status))
+    retried = client.post(status, follow=True)
+    assert retried.redirect_chain == [(status, 302)]
+    assert_stays_on_other_site(retried)
+    assert "Queued 1 failed row again." in retried.content.decode()
