@@ -16,17 +16,18 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
 from django.db import models
 from django.db.models import F, Value
 from django.http import Http404, HttpRequest, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.http import urlencode
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from pgvector.django import CosineDistance
 
-from semantic.duplicates import connected_groups
 from semantic.fields import EmbeddingField
 from semantic.models import DismissedPair, EmbeddingBatchJob, EmbeddingFailure
 from semantic.query import (
@@ -36,6 +37,7 @@ from semantic.query import (
     query_vector,
     vector_literal,
 )
+from semantic.review import review_groups
 from semantic.status import STATES, status_report, with_state
 from semantic.switch import serving_field
 from semantic.tasks import enqueue
@@ -65,6 +67,11 @@ class SemanticAdminMixin:
     similar_count = 5
     #: Starting threshold of duplicate review (adjustable on the page).
     duplicate_threshold = DEFAULT_DUPLICATE_THRESHOLD
+    #: Groups per page of duplicate review; "Find duplicates among selected" shows the first page only.
+    duplicate_groups_per_page = 20
+    #: Pairs shown of each group, most similar first. At a low threshold one group can hold most
+    #: of the table; the page says how many pairs it left out.
+    duplicate_pairs_shown = 10
     similar_template = "semantic/admin/similar.html"
     duplicates_template = "semantic/admin/duplicates.html"
     change_form_template = "semantic/admin/change_form.html"
@@ -203,56 +210,59 @@ class SemanticAdminMixin:
             defaults={"dismissed_by": request.user.get_username()},
         )
         self.message_user(request, _("Marked “%(a)s” and “%(b)s” as not duplicates.") % {"a": a, "b": b})  # type: ignore[attr-defined]
+        kept = {key: request.POST[key] for key in ("threshold", "page") if request.POST.get(key)}
         url = self.semantic_url("duplicates")
-        threshold = request.POST.get("threshold", "")
-        return HttpResponseRedirect(f"{url}?threshold={threshold}" if threshold else url)
+        return HttpResponseRedirect(f"{url}?{urlencode(kept)}" if kept else url)
 
     def duplicate_page(
         self, request: HttpRequest, rows: SemanticQuerySet, *, selected: bool = False
     ) -> TemplateResponse:
-        threshold, error = self.duplicate_page_threshold(request)
+        """Groups of likely duplicates, a page of groups at a time, each cut to its most similar pairs.
+
+        The search runs over one database connection (``workers=1``): a request must not
+        open as many connections as the server has cores.
+        """
+        threshold, shown_threshold, error = self.duplicate_page_threshold(request)
         field = self.get_embedding_field()
-        groups: list[list[Any]] = []
+        page = None
         if error is None:
             dismissed = set(
                 DismissedPair.objects.filter(
-                    model_label=self.model._meta.label,
-                    field_name=field.name,  # type: ignore[attr-defined]
+                    model_label=self.model._meta.label,  # type: ignore[attr-defined]
+                    field_name=field.name,
                 ).values_list("first_pk", "second_pk")
             )
             pairs = [
                 (a, b, s)
-                for a, b, s in rows.duplicates(threshold, field=field.name)
+                for a, b, s in rows.duplicates(threshold, field=field.name, workers=1)
                 if DismissedPair.ordered(a.pk, b.pk) not in dismissed
             ]
-            similarity = {DismissedPair.ordered(a.pk, b.pk): s for a, b, s in pairs}
-            for group in connected_groups((a, b) for a, b, _ in pairs):
-                links = [
-                    (x, y, similarity[DismissedPair.ordered(x.pk, y.pk)])
-                    for i, x in enumerate(group)
-                    for y in group[i + 1 :]
-                    if DismissedPair.ordered(x.pk, y.pk) in similarity
-                ]
-                groups.append([group, links])
+            groups = review_groups(pairs, pairs_shown=self.duplicate_pairs_shown)
+            # An action's page is the answer to a POST: it has no further pages to link to.
+            number = 1 if selected else request.GET.get("page")
+            page = Paginator(groups, self.duplicate_groups_per_page).get_page(number)
         context = {
-            "groups": groups,
-            "threshold": threshold,
+            "groups": list(page) if page else [],
+            "page": page,
+            "threshold": shown_threshold,
             "threshold_error": error,
             "selected": selected,
             "can_dismiss": self.has_semantic_change_permission(request),
         }
         return self.render_semantic(request, self.duplicates_template, _("Likely duplicates"), context)
 
-    def duplicate_page_threshold(self, request: HttpRequest) -> tuple[float, str | None]:
-        raw = request.GET.get("threshold") or request.POST.get("threshold")
+    def duplicate_page_threshold(self, request: HttpRequest) -> tuple[float, str, str | None]:
+        """The threshold to search with, the one to show in the form (the user's own, even when
+        it is wrong), and what is wrong with it."""
+        raw = (request.GET.get("threshold") or request.POST.get("threshold") or "").strip()
         if not raw:
-            return self.duplicate_threshold, None
+            return self.duplicate_threshold, str(self.duplicate_threshold), None
         try:
             value = float(raw)
             check_threshold(value, "threshold")
         except ValueError:
-            return self.duplicate_threshold, _("The threshold must be a number from -1 to 1; “%s” is not.") % raw
-        return value, None
+            return self.duplicate_threshold, raw, _("The threshold must be a number from -1 to 1; “%s” is not.") % raw
+        return value, raw, None
 
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None) -> Any:
         context = dict(extra_context or {})
