@@ -28,6 +28,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from pgvector.django import CosineDistance
 
+from semantic.admin_status import EmbeddingFailureAdmin
 from semantic.fields import EmbeddingField
 from semantic.models import DismissedPair, EmbeddingBatchJob, EmbeddingFailure
 from semantic.query import (
@@ -38,7 +39,7 @@ from semantic.query import (
     vector_literal,
 )
 from semantic.review import review_groups
-from semantic.status import STATES, status_report, with_state
+from semantic.status import STATES, with_state
 from semantic.switch import serving_field
 from semantic.tasks import enqueue
 
@@ -304,61 +305,7 @@ class SemanticAdminMixin:
         )
 
 
-@admin.register(EmbeddingFailure)
-class EmbeddingFailureAdmin(admin.ModelAdmin):
-    list_display = ["model_label", "field_name", "object_pk", "attempts", "permanent", "short_error", "last_failed_at"]
-    list_filter = ["model_label", "field_name", "permanent"]
-    readonly_fields = [f.name for f in EmbeddingFailure._meta.fields]
-    change_list_template = "semantic/admin/failure_change_list.html"
-
-    @admin.display(description=_("error"))
-    def short_error(self, obj: EmbeddingFailure) -> str:
-        return obj.error[:120]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def get_urls(self) -> list[Any]:
-        return [
-            path("status/", self.admin_site.admin_view(self.status_view), name="semantic_status"),
-            *super().get_urls(),
-        ]
-
-    def status_view(self, request: HttpRequest) -> Any:
-        """Counts per model and field, the last errors, and a button to retry failed rows."""
-        if not self.has_view_permission(request):
-            raise PermissionDenied
-        if request.method == "POST":
-            if not self.has_change_permission(request):
-                raise PermissionDenied
-            retried = self.retry_failed()
-            self.message_user(
-                request, ngettext("Queued %d failed row again.", "Queued %d failed rows again.", retried) % retried
-            )
-            return HttpResponseRedirect(reverse("admin:semantic_status", current_app=self.admin_site.name))
-        context = {
-            **self.admin_site.each_context(request),
-            "title": _("Embedding status"),
-            "opts": self.model._meta,
-            "report": status_report(),
-            "states": STATES,
-            "errors": EmbeddingFailure.objects.order_by("-last_failed_at")[:20],
-            "can_retry": self.has_change_permission(request),
-        }
-        return TemplateResponse(request, "semantic/admin/status.html", context)
-
-    def retry_failed(self) -> int:
-        from django.apps import apps
-
-        count = 0
-        for (label, field_name), pks in _failures_by_field().items():
-            model = apps.get_model(label)
-            EmbeddingFailure.objects.filter(model_label=label, field_name=field_name).update(
-                retry_at=None, permanent=False
-            )
-            enqueue(model, field_name, [model._meta.pk.to_python(pk) for pk in pks])
-            count += len(pks)
-        return count
+admin.site.register(EmbeddingFailure, EmbeddingFailureAdmin)
 
 
 def visible_object(rows: models.QuerySet, pk: Any) -> models.Model:
@@ -367,13 +314,6 @@ def visible_object(rows: models.QuerySet, pk: Any) -> models.Model:
         return get_object_or_404(rows, pk=pk)
     except (ValueError, ValidationError):
         raise Http404 from None
-
-
-def _failures_by_field() -> dict[tuple[str, str], list[str]]:
-    grouped: dict[tuple[str, str], list[str]] = {}
-    for label, field_name, pk in EmbeddingFailure.objects.values_list("model_label", "field_name", "object_pk"):
-        grouped.setdefault((label, field_name), []).append(pk)
-    return grouped
 
 
 @admin.register(DismissedPair)
