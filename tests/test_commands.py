@@ -9,12 +9,15 @@ import time
 import pytest
 from django.core.cache import cache
 from django.core.management.base import CommandError
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from semantic.management.commands.semantic_duplicates import Command as Duplicates
 from semantic.management.commands.semantic_embed import Command as Embed
 from semantic.management.commands.semantic_search import Command as Search
 from semantic.management.targets import BAD_TARGET, NO_FIELD, UNKNOWN_FIELD, UNKNOWN_MODEL
 from semantic.models import EmbeddingFailure
+from semantic.switch import NOT_REPLACING
 from tests.commands import call, manage
 from tests.testapp.models import Article
 
@@ -194,3 +197,98 @@ def test_duplicates_export_csv_json_and_file(fake_gemini, tmp_path):
     for bad in ("2", "abc"):
         with pytest.raises(CommandError, match="threshold"):
             call("semantic_duplicates", "testapp.Article", "--threshold", bad)
+
+
+# -- what commands print, and what they refuse -------------------------------------------------
+
+HOSTILE = "evil\x1b]0;owned\x07 title\x1b[2J\x9b31m\x08end"
+
+
+def test_search_escapes_control_characters_in_printed_text(fake_gemini):
+    cache.clear()
+    Article.objects.create(title=HOSTILE, body="")
+    out, _ = call("semantic_search", "testapp.Article", "evil title")
+    assert not any(c in out for c in "\x1b\x07\x9b\x08")
+    assert r"evil\x1b]0;owned\x07 title\x1b[2J\x9b31m\x08end" in out
+
+
+def test_duplicates_csv_is_safe_in_terminals_and_spreadsheets(fake_gemini, tmp_path):
+    titles = ['=HYPERLINK("http://x.example","click") reset password', "+1 reset password", HOSTILE + " reset password"]
+    titles += ["-1 reset password", "@SUM(1) reset password", "\treset password", "\rreset password"]
+    for title in titles:
+        Article.objects.create(title=title, body="")
+    out, _ = call("semantic_duplicates", "testapp.Article", "--threshold", "0.3")
+    assert not any(c in out for c in "\x1b\x07\x9b\x08\t")
+    texts = {r["text"] for r in csv.DictReader(io.StringIO(out))}
+    assert texts == {
+        '\'=HYPERLINK("http://x.example","click") reset password',
+        "'+1 reset password",
+        r"evil\x1b]0;owned\x07 title\x1b[2J\x9b31m\x08end reset password",
+        "'-1 reset password",
+        "'@SUM(1) reset password",
+        r"'\x09reset password",
+        r"'\x0dreset password",
+    }
+    target = tmp_path / "dups.csv"
+    call("semantic_duplicates", "testapp.Article", "--threshold", "0.3", "--output", str(target))
+    assert {r["text"] for r in csv.DictReader(io.StringIO(target.read_text()))} == texts
+
+
+def test_duplicates_json_keeps_the_text_and_escapes_controls(fake_gemini):
+    Article.objects.create(title=HOSTILE + " reset password", body="")
+    Article.objects.create(title="=1+1 reset password", body="")
+    out, _ = call("semantic_duplicates", "testapp.Article", "--threshold", "0.3", "--format", "json")
+    assert not any(c in out for c in "\x1b\x07\x9b\x08")
+    assert {r["text"] for r in json.loads(out)} == {HOSTILE + " reset password", "=1+1 reset password"}
+
+
+@pytest.mark.parametrize("where", ["missing-directory/dups.csv", "."], ids=["no-directory", "a-directory"])
+def test_duplicates_unwritable_output_fails_before_any_work(fake_gemini, tmp_path, where):
+    Article.objects.create(title="reset my password", body="")
+    output = tmp_path / where
+    with CaptureQueriesContext(connection) as queries, pytest.raises(CommandError) as info:
+        call("semantic_duplicates", "testapp.Article", "--output", str(output))
+    assert str(info.value).startswith(Duplicates.UNWRITABLE.split("{")[0])
+    assert str(output) in str(info.value)
+    assert len(queries) == 0
+
+
+def test_duplicates_output_file_is_left_alone_when_the_export_fails(fake_gemini, tmp_path):
+    target = tmp_path / "dups.csv"
+    target.write_text("kept\n")
+    with pytest.raises(CommandError):
+        call("semantic_duplicates", "testapp.Document", "--output", str(target))  # two fields: refused
+    assert target.read_text() == "kept\n"
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\x01\x02"], ids=["empty", "spaces", "controls"])
+def test_search_refuses_an_empty_query(fake_gemini, text):
+    with pytest.raises(CommandError) as info:
+        call("semantic_search", "testapp.Article", text)
+    assert str(info.value) == Search.EMPTY_QUERY
+    assert fake_gemini.request_count == 0
+
+
+def test_search_says_when_the_api_is_unreachable(fake_gemini):
+    cache.clear()
+    fake_gemini.fail_next(503, times=50)
+    with pytest.raises(CommandError) as info:
+        call("semantic_search", "testapp.Article", "password reset")
+    assert str(info.value).startswith(Search.UNAVAILABLE.split("{")[0])
+    assert "503" in str(info.value)
+
+
+def test_search_errors_print_one_line_without_a_traceback(fake_gemini):
+    fake_gemini.fail_next(503, times=50)
+    process = manage(fake_gemini, "semantic_search", "testapp.Article", "password reset")
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert "Traceback" not in err and err.startswith("CommandError: " + Search.UNAVAILABLE.split("{")[0])
+
+
+def test_switch_on_a_field_that_replaces_nothing_is_refused_before_embedding(backlog, fake_gemini):
+    with pytest.raises(CommandError) as info:
+        call("semantic_embed", "testapp.Article.embedding", "--switch")
+    assert str(info.value) == NOT_REPLACING.format(label="testapp.Article", field="embedding")
+    assert fake_gemini.request_count == 0
+    assert not Article.objects.filter(embedding__isnull=False).exists()

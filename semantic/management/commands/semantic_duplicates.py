@@ -4,14 +4,20 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
+from semantic.management.output import json_safe, spreadsheet_safe, terminal_safe
 from semantic.management.targets import resolve, threshold_type
 from semantic.query import DEFAULT_DUPLICATE_THRESHOLD, SemanticQuerySet
 
 
 class Command(BaseCommand):
-    help = "Export groups of near-duplicate rows (rows linked by pairs at least THRESHOLD similar) as CSV or JSON."
+    help = (
+        "Export groups of near-duplicate rows (rows linked by pairs at least THRESHOLD similar) as CSV or JSON. "
+        "CSV cells are made safe to open in a spreadsheet (a leading ' before = + - @) and to print (control "
+        "characters shown as \\xNN); JSON keeps the text exactly."
+    )
 
     WROTE = "Wrote {groups} groups ({rows} rows) to {output}."
+    UNWRITABLE = "Cannot write {output}: {reason}."
 
     def add_arguments(self, parser):
         parser.add_argument("target", help="app_label.Model or app_label.Model.field")
@@ -25,6 +31,27 @@ class Command(BaseCommand):
         parser.add_argument("--output", help="file to write (default: standard output)")
 
     def handle(self, target, threshold, format, output, **options):
+        # Opened before the search, so a path that cannot be written fails at once; appending
+        # leaves an existing file as it was until there is something to write.
+        try:
+            handle = open(output, "a", newline="", encoding="utf-8") if output else None
+        except OSError as exc:
+            raise CommandError(self.UNWRITABLE.format(output=output, reason=exc.strerror or exc)) from None
+        try:
+            groups, text = self.export(target, threshold, format)
+            if handle:
+                handle.truncate(0)
+                handle.write(text)
+        finally:
+            if handle:
+                handle.close()
+        if output:
+            rows = sum(len(group) for group in groups)
+            self.stdout.write(self.WROTE.format(groups=len(groups), rows=rows, output=output))
+        else:
+            self.stdout.write(text, ending="")
+
+    def export(self, target, threshold, format):
         (model, field), *others = resolve(target)
         if others:
             raise CommandError(f"{model._meta.label} has several EmbeddingFields; name one: {target}.<field>.")
@@ -36,16 +63,11 @@ class Command(BaseCommand):
         ]
         buffer = io.StringIO()
         if format == "json":
-            json.dump(records, buffer, ensure_ascii=False, indent=2)
-            buffer.write("\n")
+            buffer.write(json_safe(json.dumps(records, ensure_ascii=False, indent=2)) + "\n")
         else:
             writer = csv.DictWriter(buffer, fieldnames=["group", "pk", "text"])
             writer.writeheader()
-            writer.writerows(records)
-        if output:
-            with open(output, "w", newline="", encoding="utf-8") as handle:
-                handle.write(buffer.getvalue())
-        else:
-            self.stdout.write(buffer.getvalue(), ending="")
-        if output:
-            self.stdout.write(self.WROTE.format(groups=len(groups), rows=len(records), output=output))
+            writer.writerows(
+                {key: terminal_safe(spreadsheet_safe(value)) for key, value in record.items()} for record in records
+            )
+        return groups, buffer.getvalue()

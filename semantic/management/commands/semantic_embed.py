@@ -6,7 +6,7 @@ from semantic import batch, reembed
 from semantic.backends import EmbeddingError
 from semantic.conf import semantic_settings as conf
 from semantic.management.targets import check_schema, resolve_all
-from semantic.switch import switch_to
+from semantic.switch import switch_to, switched_name
 
 
 class Command(BaseCommand):
@@ -99,6 +99,11 @@ class Command(BaseCommand):
         resolved = resolve_all(targets)
         if switch and (len(resolved) != 1 or len(targets[0].split(".")) != 3):
             raise CommandError(self.SWITCH_ONE)
+        if switch:
+            try:
+                switched_name(*resolved[0])  # refused now, not after embedding every row
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
         if batch_api:
             for model, field in resolved:
                 try:
