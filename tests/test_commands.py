@@ -12,6 +12,8 @@ from django.core.management.base import CommandError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from semantic import suspend_embedding
+from semantic.fields import get_embedding_field
 from semantic.management.commands.semantic_duplicates import Command as Duplicates
 from semantic.management.commands.semantic_embed import Command as Embed
 from semantic.management.commands.semantic_search import Command as Search
@@ -19,7 +21,8 @@ from semantic.management.targets import BAD_TARGET, NO_FIELD, UNKNOWN_FIELD, UNK
 from semantic.models import EmbeddingFailure
 from semantic.switch import NOT_REPLACING
 from tests.commands import call, manage
-from tests.testapp.models import Article
+from tests.fake_gemini import fake_vector
+from tests.testapp.models import Article, Note
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -162,7 +165,8 @@ def test_search_prints_nearest_rows(fake_gemini):
     Article.objects.create(title="reset my password", body="")
     Article.objects.create(title="export invoices", body="")
     out, _ = call("semantic_search", "testapp.Article", "password reset", "-k", "1")
-    lines = out.splitlines()
+    header, *lines = out.splitlines()
+    assert header.split() == ["similarity", "id", "text"]
     assert len(lines) == 1 and "reset my password" in lines[0]
     with pytest.raises(CommandError, match="several EmbeddingFields"):
         call("semantic_search", "testapp.Document", "x")
@@ -292,3 +296,70 @@ def test_switch_on_a_field_that_replaces_nothing_is_refused_before_embedding(bac
     assert str(info.value) == NOT_REPLACING.format(label="testapp.Article", field="embedding")
     assert fake_gemini.request_count == 0
     assert not Article.objects.filter(embedding__isnull=False).exists()
+
+
+# -- score columns ---------------------------------------------------------------------------------
+
+
+def opposite_of(word, dimensions):
+    """A word whose fake vector points away from ``word``'s: a negative similarity."""
+    target = fake_vector(word, dimensions)
+    for n in range(10_000):
+        candidate = f"w{n}"
+        if sum(x * y for x, y in zip(target, fake_vector(candidate, dimensions))) < 0:
+            return candidate
+    raise AssertionError("no opposite word")
+
+
+def parse(out):
+    """semantic_search's table as (similarity, text) pairs, after checking its header."""
+    header, *lines = out.splitlines()
+    assert header.split() == ["similarity", "id", "text"]
+    return [(float(line.split(None, 2)[0]), line.split(None, 2)[2]) for line in lines]
+
+
+def test_search_prints_similarity_and_leaves_out_rows_below_the_minimum(fake_gemini):
+    cache.clear()
+    opposite = opposite_of("alpha", get_embedding_field(Article).dimensions)
+    Article.objects.create(title="alpha", body="")
+    Article.objects.create(title="alpha beta gamma", body="")
+    Article.objects.create(title=opposite, body="")
+    out, _ = call("semantic_search", "testapp.Article", "alpha")
+    assert parse(out) == [(1.0, "alpha"), (round(1 / 3**0.5, 3), "alpha beta gamma")]  # not the opposite row
+
+    out, _ = call("semantic_search", "testapp.Article", "alpha", "--min-similarity", "-1")
+    score, text = parse(out)[-1]
+    assert text == opposite and score < 0
+
+    out, _ = call("semantic_search", "testapp.Article", "alpha", "--min-similarity", "0.99")
+    assert parse(out) == [(1.0, "alpha")]
+    out, _ = call("semantic_search", "testapp.Article", "zeta", "--min-similarity", "0.5")
+    assert out.strip() == Search.NO_MATCH.format(min_similarity=0.5)
+    with pytest.raises(CommandError, match="min.similarity"):
+        call("semantic_search", "testapp.Article", "alpha", "--min-similarity", "2")
+
+
+def test_duplicates_export_has_a_similarity_column(fake_gemini):
+    first = Article.objects.create(title="reset my account password", body="")
+    second = Article.objects.create(title="reset the password of my account", body="")
+    third = Article.objects.create(title="reset my account password now", body="")
+    pairs = {frozenset((a.pk, b.pk)): s for a, b, s in Article.objects.duplicates(0.5)}
+    out, _ = call("semantic_duplicates", "testapp.Article", "--threshold", "0.5")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert list(rows[0]) == ["group", "pk", "similarity", "nearest_pk", "text"]
+    for row in rows:
+        pk, nearest = int(row["pk"]), int(row["nearest_pk"])
+        best = max(s for pair, s in pairs.items() if pk in pair)
+        assert float(row["similarity"]) == round(best, 4) == round(pairs[frozenset((pk, nearest))], 4)
+    assert {int(r["pk"]) for r in rows} == {first.pk, second.pk, third.pk}
+    records = json.loads(call("semantic_duplicates", "testapp.Article", "--threshold", "0.5", "--format", "json")[0])
+    assert {(r["pk"], r["similarity"]) for r in records} == {(int(r["pk"]), float(r["similarity"])) for r in rows}
+
+
+def test_dry_run_with_the_local_model_says_it_is_free(fake_gemini, semantic_settings):
+    semantic_settings(BACKEND="semantic.backends.local.LocalBackend")
+    with suspend_embedding():
+        Note.objects.create(text="A man is playing a guitar.")
+    out, _ = call("semantic_embed", "testapp.Note", "--dry-run")
+    assert out.strip().endswith(Embed.FREE + ".")
+    assert "testapp.Note.embedding: 1 rows" in out

@@ -23,7 +23,12 @@ def terminal_safe(text: str) -> str:
 
 
 def spreadsheet_safe(value: Any) -> str:
-    """A CSV cell that spreadsheets show as text: a formula's first character gets a leading ``'``."""
+    """A CSV cell that spreadsheets show as text: a formula's first character gets a leading ``'``.
+
+    Numbers are left as they are: ``-0.5`` is a number to a spreadsheet, not a formula.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
     text = str(value)
     return "'" + text if text.startswith(FORMULA_START) else text
 

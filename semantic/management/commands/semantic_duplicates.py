@@ -1,9 +1,11 @@
 import csv
 import io
 import json
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from semantic.duplicates import connected_groups
 from semantic.management.output import json_safe, spreadsheet_safe, terminal_safe
 from semantic.management.targets import resolve, threshold_type
 from semantic.query import DEFAULT_DUPLICATE_THRESHOLD, SemanticQuerySet
@@ -11,11 +13,15 @@ from semantic.query import DEFAULT_DUPLICATE_THRESHOLD, SemanticQuerySet
 
 class Command(BaseCommand):
     help = (
-        "Export groups of near-duplicate rows (rows linked by pairs at least THRESHOLD similar) as CSV or JSON. "
+        "Export groups of near-duplicate rows (rows linked by pairs at least THRESHOLD similar) as CSV or JSON, "
+        "one line per row with its highest similarity to another row of its group (nearest_pk). "
         "CSV cells are made safe to open in a spreadsheet (a leading ' before = + - @) and to print (control "
         "characters shown as \\xNN); JSON keeps the text exactly."
     )
 
+    #: One line per row of a group; ``similarity`` is the row's highest with another row of its
+    #: group, the one ``nearest_pk`` names.
+    COLUMNS = ("group", "pk", "similarity", "nearest_pk", "text")
     WROTE = "Wrote {groups} groups ({rows} rows) to {output}."
     UNWRITABLE = "Cannot write {output}: {reason}."
 
@@ -55,9 +61,20 @@ class Command(BaseCommand):
         (model, field), *others = resolve(target)
         if others:
             raise CommandError(f"{model._meta.label} has several EmbeddingFields; name one: {target}.<field>.")
-        groups = SemanticQuerySet(model).duplicate_groups(threshold, field=field.name)
+        pairs = SemanticQuerySet(model).duplicates(threshold, field=field.name)
+        groups = connected_groups((a, b) for a, b, _ in pairs)
+        nearest: dict[Any, tuple[float, Any]] = {}
+        for a, b, similarity in pairs:  # most similar first: a row's first pair is its best
+            nearest.setdefault(a, (similarity, b))
+            nearest.setdefault(b, (similarity, a))
         records = [
-            {"group": number, "pk": row.pk, "text": str(row)}
+            {
+                "group": number,
+                "pk": row.pk,
+                "similarity": round(nearest[row][0], 4),
+                "nearest_pk": nearest[row][1].pk,
+                "text": str(row),
+            }
             for number, group in enumerate(groups, start=1)
             for row in group
         ]
@@ -65,7 +82,7 @@ class Command(BaseCommand):
         if format == "json":
             buffer.write(json_safe(json.dumps(records, ensure_ascii=False, indent=2)) + "\n")
         else:
-            writer = csv.DictWriter(buffer, fieldnames=["group", "pk", "text"])
+            writer = csv.DictWriter(buffer, fieldnames=list(self.COLUMNS))
             writer.writeheader()
             writer.writerows(
                 {key: terminal_safe(spreadsheet_safe(value)) for key, value in record.items()} for record in records

@@ -22,6 +22,7 @@ class Command(BaseCommand):
     NOTHING = "{label}: nothing to embed."
     DRY_RUN = "{label}: {rows} rows, {characters} characters (about {tokens} tokens){cost}."
     COST = ", estimated cost USD {cost:.4f} at {price} per million tokens"
+    FREE = ", free: local model"
     QUEUED = "{label}: queued {rows} rows as {tasks} django-q2 tasks; run `manage.py qcluster` to process them."
     DONE = (
         "{label}: {embedded} embedded, {cleared} without text, {failed} failed, "
@@ -156,6 +157,8 @@ class Command(BaseCommand):
             if batch_api:
                 price *= batch.PRICE_FACTOR
             cost = self.COST.format(cost=plan.tokens * price / 1e6, price=price)
+        elif backend.name == "local":
+            cost = self.FREE
         self.stdout.write(
             self.DRY_RUN.format(label=label, rows=plan.rows, characters=plan.characters, tokens=plan.tokens, cost=cost)
         )
