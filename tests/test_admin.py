@@ -185,6 +185,27 @@ def test_duplicate_review_pages_through_groups(viewer, fake_gemini):
     assert "Page 1 of 2" in first.content.decode()
 
 
+def test_pages_keep_their_place_and_the_action_says_what_it_left_out(editor, fake_gemini):
+    cache.clear()
+    with suspend_embedding():
+        Article.objects.bulk_create(Article(title=f"pair {i} alpha{i} beta{i}") for i in range(3) for _ in (0, 1))
+    embed_pending()
+    model_admin = admin.site._registry[Article]
+    model_admin.duplicate_groups_per_page = 2
+    try:
+        response = act(editor, "find_duplicates", *Article.objects.all())
+        second = editor.get(reverse(DUPLICATES), {"threshold": "0.99", "page": "2"})
+        (group,) = second.context["groups"]
+        a, b, _ = group.pairs[0]
+        assert '<input type="hidden" name="page" value="2">' in second.content.decode()
+        dismissed = editor.post(reverse(DISMISS), {"first": a.pk, "second": b.pk, "threshold": "0.99", "page": "2"})
+        assert dismissed["Location"] == reverse(DUPLICATES) + "?threshold=0.99&page=2"
+    finally:
+        del model_admin.duplicate_groups_per_page
+    assert len(response.context["groups"]) == 2
+    assert "Showing the 2 largest of 3 groups." in response.content.decode()
+
+
 def test_duplicate_review_opens_no_extra_database_connections(viewer, fake_gemini):
     """Over SPLIT_MIN_ROWS rows duplicates() searches over several connections at once; not in a request."""
     cache.clear()
