@@ -1,4 +1,5 @@
-"""Django admin: "Find similar", duplicate review, re-embedding and embedding status.
+"""Django admin: "Find similar", duplicate review and re-embedding (the embedding status
+page is in :mod:`semantic.admin_status`).
 
 Add :class:`SemanticAdminMixin` to the ModelAdmin of any model with an EmbeddingField::
 

@@ -263,6 +263,10 @@ def test_duplicates_output_file_is_left_alone_when_the_export_fails(fake_gemini,
     with pytest.raises(CommandError):
         call("semantic_duplicates", "testapp.Document", "--output", str(target))  # two fields: refused
     assert target.read_text() == "kept\n"
+    new = tmp_path / "new.csv"
+    with pytest.raises(CommandError):
+        call("semantic_duplicates", "testapp.Document", "--output", str(new))
+    assert not new.exists()
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\x01\x02"], ids=["empty", "spaces", "controls"])

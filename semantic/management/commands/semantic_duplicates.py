@@ -1,6 +1,7 @@
 import csv
 import io
 import json
+import os
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
@@ -37,25 +38,30 @@ class Command(BaseCommand):
         parser.add_argument("--output", help="file to write (default: standard output)")
 
     def handle(self, target, threshold, format, output, **options):
-        # Opened before the search, so a path that cannot be written fails at once; appending
-        # leaves an existing file as it was until there is something to write.
+        # Opened before the search, so a path that cannot be written fails at once. Appending
+        # leaves an existing file as it was until there is something to write, and a file
+        # this run created is removed again when the export fails.
+        created = bool(output) and not os.path.exists(output)
         try:
             handle = open(output, "a", newline="", encoding="utf-8") if output else None
         except OSError as exc:
             raise CommandError(self.UNWRITABLE.format(output=output, reason=exc.strerror or exc)) from None
         try:
             groups, text = self.export(target, threshold, format)
-            if handle:
-                handle.truncate(0)
-                handle.write(text)
-        finally:
+        except BaseException:
             if handle:
                 handle.close()
-        if output:
-            rows = sum(len(group) for group in groups)
-            self.stdout.write(self.WROTE.format(groups=len(groups), rows=rows, output=output))
-        else:
+                if created:
+                    os.remove(output)
+            raise
+        if not handle:
             self.stdout.write(text, ending="")
+            return
+        with handle:
+            handle.truncate(0)
+            handle.write(text)
+        rows = sum(len(group) for group in groups)
+        self.stdout.write(self.WROTE.format(groups=len(groups), rows=rows, output=output))
 
     def export(self, target, threshold, format):
         (model, field), *others = resolve(target)
