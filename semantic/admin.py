@@ -67,6 +67,8 @@ class SemanticAdminMixin:
     semantic_field: str | None = None
     #: How many neighbours "Find similar" and the change form show.
     similar_count = 5
+    #: How many selected rows "Find similar" answers for (one search each); the page says when it left some out.
+    similar_rows_shown = 20
     #: Starting threshold of duplicate review (adjustable on the page).
     duplicate_threshold = DEFAULT_DUPLICATE_THRESHOLD
     #: Groups per page of duplicate review; "Find duplicates among selected" shows the first page only.
@@ -152,12 +154,13 @@ class SemanticAdminMixin:
         field = self.get_embedding_field()
         visible = self.semantic_queryset(request)
         results = []
-        for obj in queryset.order_by("pk")[:20]:
+        for obj in queryset.order_by("pk")[: self.similar_rows_shown]:
             if getattr(obj, field.attname) is None:
                 results.append((obj, None))
                 continue
             results.append((obj, list(visible.similar_to(obj, field=field.name)[: self.similar_count])))
-        return self.render_semantic(request, self.similar_template, _("Similar items"), {"results": results})
+        context = {"results": results, "selected_count": queryset.count()}
+        return self.render_semantic(request, self.similar_template, _("Similar items"), context)
 
     @admin.action(description=_("Find duplicates among selected"), permissions=["semantic_view"])
     def find_duplicates(self, request: HttpRequest, queryset: models.QuerySet) -> TemplateResponse:

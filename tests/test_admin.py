@@ -98,6 +98,19 @@ def test_find_similar_for_several_rows_and_an_unembedded_one(viewer, articles):
     assert "Not embedded yet" in response.content.decode()
 
 
+def test_find_similar_says_when_it_left_selected_rows_out(viewer, articles):
+    model_admin = admin.site._registry[Article]
+    model_admin.similar_rows_shown = 2
+    try:
+        chosen = ("reset my account password", "export invoices as csv", "export all invoices to csv")
+        response = act(viewer, "find_similar", *[articles[t] for t in chosen])
+    finally:
+        del model_admin.similar_rows_shown
+    assert len(response.context["results"]) == 2
+    assert "Showing the first 2 of 3 selected items." in response.content.decode()
+    assert "selected items" not in act(viewer, "find_similar", articles["export invoices as csv"]).content.decode()
+
+
 def test_action_without_selection_says_so(viewer, articles):
     response = viewer.post(reverse(CHANGELIST), {"action": "find_similar", "index": 0}, follow=True)
     assert "Items must be selected" in response.content.decode()
