@@ -1,4 +1,5 @@
-"""Django admin: "Find similar", duplicate review, re-embedding and embedding status.
+"""Django admin: "Find similar", duplicate review and re-embedding (the embedding status
+page is in :mod:`semantic.admin_status`).
 
 Add :class:`SemanticAdminMixin` to the ModelAdmin of any model with an EmbeddingField::
 
@@ -16,17 +17,19 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
 from django.db import models
 from django.db.models import Value
 from django.http import Http404, HttpRequest, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.http import urlencode
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from pgvector.django import CosineDistance
 
-from semantic.duplicates import connected_groups
+from semantic.admin_status import EmbeddingFailureAdmin
 from semantic.fields import EmbeddingField
 from semantic.models import DismissedPair, EmbeddingBatchJob, EmbeddingFailure
 from semantic.query import (
@@ -36,7 +39,8 @@ from semantic.query import (
     query_vector,
     vector_literal,
 )
-from semantic.status import STATES, status_report, with_state
+from semantic.review import review_groups
+from semantic.status import STATES, with_state
 from semantic.switch import serving_field
 from semantic.tasks import enqueue
 
@@ -63,8 +67,15 @@ class SemanticAdminMixin:
     semantic_field: str | None = None
     #: How many neighbours "Find similar" and the change form show.
     similar_count = 5
+    #: How many selected rows "Find similar" answers for (one search each); the page says when it left some out.
+    similar_rows_shown = 20
     #: Starting threshold of duplicate review (adjustable on the page).
     duplicate_threshold = DEFAULT_DUPLICATE_THRESHOLD
+    #: Groups per page of duplicate review; "Find duplicates among selected" shows the first page only.
+    duplicate_groups_per_page = 20
+    #: Pairs shown of each group, most similar first. At a low threshold one group can hold most
+    #: of the table; the page says how many pairs it left out.
+    duplicate_pairs_shown = 10
     similar_template = "semantic/admin/similar.html"
     duplicates_template = "semantic/admin/duplicates.html"
     change_form_template = "semantic/admin/change_form.html"
@@ -143,12 +154,13 @@ class SemanticAdminMixin:
         field = self.get_embedding_field()
         visible = self.semantic_queryset(request)
         results = []
-        for obj in queryset.order_by("pk")[:20]:
+        for obj in queryset.order_by("pk")[: self.similar_rows_shown]:
             if getattr(obj, field.attname) is None:
                 results.append((obj, None))
                 continue
             results.append((obj, list(visible.similar_to(obj, field=field.name)[: self.similar_count])))
-        return self.render_semantic(request, self.similar_template, _("Similar items"), {"results": results})
+        context = {"results": results, "selected_count": queryset.count()}
+        return self.render_semantic(request, self.similar_template, _("Similar items"), context)
 
     @admin.action(description=_("Find duplicates among selected"), permissions=["semantic_view"])
     def find_duplicates(self, request: HttpRequest, queryset: models.QuerySet) -> TemplateResponse:
@@ -203,57 +215,59 @@ class SemanticAdminMixin:
             defaults={"dismissed_by": request.user.get_username()},
         )
         self.message_user(request, _("Marked “%(a)s” and “%(b)s” as not duplicates.") % {"a": a, "b": b})  # type: ignore[attr-defined]
-        opts = self.model._meta  # type: ignore[attr-defined]
-        url = reverse(f"admin:{opts.app_label}_{opts.model_name}_duplicates")
-        threshold = request.POST.get("threshold", "")
-        return HttpResponseRedirect(f"{url}?threshold={threshold}" if threshold else url)
+        kept = {key: request.POST[key] for key in ("threshold", "page") if request.POST.get(key)}
+        url = self.semantic_url("duplicates")
+        return HttpResponseRedirect(f"{url}?{urlencode(kept)}" if kept else url)
 
     def duplicate_page(
         self, request: HttpRequest, rows: SemanticQuerySet, *, selected: bool = False
     ) -> TemplateResponse:
-        threshold, error = self.duplicate_page_threshold(request)
+        """Groups of likely duplicates, a page of groups at a time, each cut to its most similar pairs.
+
+        The search runs over one database connection (``workers=1``): a request must not
+        open as many connections as the server has cores.
+        """
+        threshold, shown_threshold, error = self.duplicate_page_threshold(request)
         field = self.get_embedding_field()
-        groups: list[list[Any]] = []
+        page = None
         if error is None:
             dismissed = set(
                 DismissedPair.objects.filter(
-                    model_label=self.model._meta.label,
-                    field_name=field.name,  # type: ignore[attr-defined]
+                    model_label=self.model._meta.label,  # type: ignore[attr-defined]
+                    field_name=field.name,
                 ).values_list("first_pk", "second_pk")
             )
             pairs = [
                 (a, b, s)
-                for a, b, s in rows.duplicates(threshold, field=field.name)
+                for a, b, s in rows.duplicates(threshold, field=field.name, workers=1)
                 if DismissedPair.ordered(a.pk, b.pk) not in dismissed
             ]
-            similarity = {DismissedPair.ordered(a.pk, b.pk): s for a, b, s in pairs}
-            for group in connected_groups((a, b) for a, b, _ in pairs):
-                links = [
-                    (x, y, similarity[DismissedPair.ordered(x.pk, y.pk)])
-                    for i, x in enumerate(group)
-                    for y in group[i + 1 :]
-                    if DismissedPair.ordered(x.pk, y.pk) in similarity
-                ]
-                groups.append([group, links])
+            groups = review_groups(pairs, pairs_shown=self.duplicate_pairs_shown)
+            # An action's page is the answer to a POST: it has no further pages to link to.
+            number = 1 if selected else request.GET.get("page")
+            page = Paginator(groups, self.duplicate_groups_per_page).get_page(number)
         context = {
-            "groups": groups,
-            "threshold": threshold,
+            "groups": list(page) if page else [],
+            "page": page,
+            "threshold": shown_threshold,
             "threshold_error": error,
             "selected": selected,
             "can_dismiss": self.has_semantic_change_permission(request),
         }
         return self.render_semantic(request, self.duplicates_template, _("Likely duplicates"), context)
 
-    def duplicate_page_threshold(self, request: HttpRequest) -> tuple[float, str | None]:
-        raw = request.GET.get("threshold") or request.POST.get("threshold")
+    def duplicate_page_threshold(self, request: HttpRequest) -> tuple[float, str, str | None]:
+        """The threshold to search with, the one to show in the form (the user's own, even when
+        it is wrong), and what is wrong with it."""
+        raw = (request.GET.get("threshold") or request.POST.get("threshold") or "").strip()
         if not raw:
-            return self.duplicate_threshold, None
+            return self.duplicate_threshold, str(self.duplicate_threshold), None
         try:
             value = float(raw)
             check_threshold(value, "threshold")
         except ValueError:
-            return self.duplicate_threshold, _("The threshold must be a number from -1 to 1; “%s” is not.") % raw
-        return value, None
+            return self.duplicate_threshold, raw, _("The threshold must be a number from -1 to 1; “%s” is not.") % raw
+        return value, raw, None
 
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None) -> Any:
         context = dict(extra_context or {})
@@ -272,73 +286,30 @@ class SemanticAdminMixin:
     def render_semantic(
         self, request: HttpRequest, template: str, title: str, context: dict[str, Any]
     ) -> TemplateResponse:
-        opts = self.model._meta  # type: ignore[attr-defined]
         base = {
             **self.admin_site.each_context(request),  # type: ignore[attr-defined]
-            "opts": opts,
+            "opts": self.model._meta,  # type: ignore[attr-defined]
             "title": title,
-            "changelist_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"),
-            "duplicates_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_duplicates"),
-            "dismiss_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_dismiss_duplicate"),
+            "changelist_url": self.semantic_url("changelist"),
+            "duplicates_url": self.semantic_url("duplicates"),
+            "dismiss_url": self.semantic_url("dismiss_duplicate"),
         }
         return TemplateResponse(request, template, {**base, **context})
 
+    def semantic_url(self, view: str) -> str:
+        """The URL of one of this model's admin views on this admin site, whatever the site is named.
 
-@admin.register(EmbeddingFailure)
-class EmbeddingFailureAdmin(admin.ModelAdmin):
-    list_display = ["model_label", "field_name", "object_pk", "attempts", "permanent", "short_error", "last_failed_at"]
-    list_filter = ["model_label", "field_name", "permanent"]
-    readonly_fields = [f.name for f in EmbeddingFailure._meta.fields]
-    change_list_template = "semantic/admin/failure_change_list.html"
+        (The templates' ``{% url 'admin:...' %}`` need no help: Django resolves the ``admin``
+        namespace to the site that served the request.)
+        """
+        opts = self.model._meta  # type: ignore[attr-defined]
+        return reverse(
+            f"admin:{opts.app_label}_{opts.model_name}_{view}",
+            current_app=self.admin_site.name,  # type: ignore[attr-defined]
+        )
 
-    @admin.display(description=_("error"))
-    def short_error(self, obj: EmbeddingFailure) -> str:
-        return obj.error[:120]
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def get_urls(self) -> list[Any]:
-        return [
-            path("status/", self.admin_site.admin_view(self.status_view), name="semantic_status"),
-            *super().get_urls(),
-        ]
-
-    def status_view(self, request: HttpRequest) -> Any:
-        """Counts per model and field, the last errors, and a button to retry failed rows."""
-        if not self.has_view_permission(request):
-            raise PermissionDenied
-        if request.method == "POST":
-            if not self.has_change_permission(request):
-                raise PermissionDenied
-            retried = self.retry_failed()
-            self.message_user(
-                request, ngettext("Queued %d failed row again.", "Queued %d failed rows again.", retried) % retried
-            )
-            return HttpResponseRedirect(reverse("admin:semantic_status"))
-        context = {
-            **self.admin_site.each_context(request),
-            "title": _("Embedding status"),
-            "opts": self.model._meta,
-            "report": status_report(),
-            "states": STATES,
-            "errors": EmbeddingFailure.objects.order_by("-last_failed_at")[:20],
-            "can_retry": self.has_change_permission(request),
-        }
-        return TemplateResponse(request, "semantic/admin/status.html", context)
-
-    def retry_failed(self) -> int:
-        from django.apps import apps
-
-        count = 0
-        for (label, field_name), pks in _failures_by_field().items():
-            model = apps.get_model(label)
-            EmbeddingFailure.objects.filter(model_label=label, field_name=field_name).update(
-                retry_at=None, permanent=False
-            )
-            enqueue(model, field_name, [model._meta.pk.to_python(pk) for pk in pks])
-            count += len(pks)
-        return count
+admin.site.register(EmbeddingFailure, EmbeddingFailureAdmin)
 
 
 def visible_object(rows: models.QuerySet, pk: Any) -> models.Model:
@@ -347,13 +318,6 @@ def visible_object(rows: models.QuerySet, pk: Any) -> models.Model:
         return get_object_or_404(rows, pk=pk)
     except (ValueError, ValidationError):
         raise Http404 from None
-
-
-def _failures_by_field() -> dict[tuple[str, str], list[str]]:
-    grouped: dict[tuple[str, str], list[str]] = {}
-    for label, field_name, pk in EmbeddingFailure.objects.values_list("model_label", "field_name", "object_pk"):
-        grouped.setdefault((label, field_name), []).append(pk)
-    return grouped
 
 
 @admin.register(DismissedPair)

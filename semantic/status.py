@@ -51,17 +51,22 @@ def with_state(
     return queryset.annotate(**{name: state_expression(model, get_embedding_field(model, field))})
 
 
-def field_status(model: type[models.Model], field: EmbeddingField) -> dict[str, Any]:
-    """Counts of rows per state, in one query, plus the settings the field embeds with."""
-    rows = (
-        model._base_manager.annotate(_state=state_expression(model, field))
-        .values("_state")
-        .annotate(n=Count("pk"))
-        .order_by()
-    )
+def field_status(
+    model: type[models.Model], field: EmbeddingField, rows: models.QuerySet | None = None
+) -> dict[str, Any]:
+    """Counts of rows per state, in one query, plus the settings the field embeds with.
+
+    ``rows`` limits the counts to some of the model's rows (the admin passes what a
+    ModelAdmin's ``get_queryset()`` lets the user see); by default every row counts.
+    """
+    counted = model._base_manager.all()
+    if rows is not None:
+        # A subquery, so the caller's annotations, ordering or distinct() cannot change the counts.
+        counted = counted.filter(pk__in=rows.values("pk"))
+    states = counted.annotate(_state=state_expression(model, field)).values("_state").annotate(n=Count("pk")).order_by()
     counts = dict.fromkeys(STATES, 0)
-    counts.update({row["_state"]: row["n"] for row in rows})
-    oldest = model._base_manager.filter(field.pending()).aggregate(oldest=Min(field.pending_since_name))["oldest"]
+    counts.update({row["_state"]: row["n"] for row in states})
+    oldest = counted.filter(field.pending()).aggregate(oldest=Min(field.pending_since_name))["oldest"]
     return {
         "model": model._meta.label,
         "field": field.name,

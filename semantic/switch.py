@@ -82,6 +82,19 @@ def serving_field(model: type[models.Model], name: str | None = None) -> Embeddi
     return next((f for f in heirs if f.name == chosen), field)
 
 
+def switched_name(model: type[models.Model], field: EmbeddingField) -> str:
+    """The field whose queries ``field`` would serve once switched to; ``ValueError`` when none.
+
+    A field declared with ``replaces=`` serves the one it replaces; an original field that
+    has one serves itself again (switching back).
+    """
+    if field.replaces:
+        return field.replaces
+    if successors(model, field):
+        return field.name
+    raise ValueError(NOT_REPLACING.format(label=model._meta.label, field=field.name))
+
+
 def switch_to(model: type[models.Model], field: EmbeddingField) -> str:
     """Make queries use ``field``: for the field it replaces, or (for an original that
     has an heir) for itself again. Returns the name of the field whose queries it serves.
@@ -92,12 +105,7 @@ def switch_to(model: type[models.Model], field: EmbeddingField) -> str:
     from semantic.models import FieldSwitch
 
     label = model._meta.label
-    if field.replaces:
-        original_name = field.replaces
-    elif successors(model, field):
-        original_name = field.name
-    else:
-        raise ValueError(NOT_REPLACING.format(label=label, field=field.name))
+    original_name = switched_name(model, field)
     left = model._base_manager.filter(field.needs_embedding()).count()
     if left:
         raise ValueError(INCOMPLETE.format(label=label, field=field.name, rows=left))

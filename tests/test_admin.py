@@ -1,16 +1,22 @@
 """The admin mixin, the embedding status page and their permissions, through the test client."""
 
+import re
 from datetime import timedelta
 
 import pytest
+from django.contrib import admin
 from django.contrib.auth.models import Permission, User
 from django.core.cache import cache
+from django.db import connection
+from django.db.backends.signals import connection_created
 from django.urls import reverse
 from django.utils import timezone
 
 from semantic import embed_pending, suspend_embedding
+from semantic.duplicates import SPLIT_MIN_ROWS
+from semantic.fields import get_embedding_field
 from semantic.models import DismissedPair, EmbeddingBatchJob, EmbeddingFailure
-from tests.testapp.models import Article
+from tests.testapp.models import Article, Note
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -92,6 +98,19 @@ def test_find_similar_for_several_rows_and_an_unembedded_one(viewer, articles):
     assert "Not embedded yet" in response.content.decode()
 
 
+def test_find_similar_says_when_it_left_selected_rows_out(viewer, articles):
+    model_admin = admin.site._registry[Article]
+    model_admin.similar_rows_shown = 2
+    try:
+        chosen = ("reset my account password", "export invoices as csv", "export all invoices to csv")
+        response = act(viewer, "find_similar", *[articles[t] for t in chosen])
+    finally:
+        del model_admin.similar_rows_shown
+    assert len(response.context["results"]) == 2
+    assert "Showing the first 2 of 3 selected items." in response.content.decode()
+    assert "selected items" not in act(viewer, "find_similar", articles["export invoices as csv"]).content.decode()
+
+
 def test_action_without_selection_says_so(viewer, articles):
     response = viewer.post(reverse(CHANGELIST), {"action": "find_similar", "index": 0}, follow=True)
     assert "Items must be selected" in response.content.decode()
@@ -102,7 +121,7 @@ def test_find_duplicates_among_selected(viewer, articles):
     response = act(viewer, "find_duplicates", *[articles[t] for t in chosen])
     groups = response.context["groups"]
     # 0.816 similar with the fake server's vectors, over the default threshold of 0.81
-    assert [{a.title for a in group} for group, _ in groups] == [set(chosen[:2])]
+    assert [{a.title for a in group.rows} for group in groups] == [set(chosen[:2])]
 
 
 def test_reembed_needs_change_permission(viewer, articles):
@@ -119,18 +138,120 @@ def test_reembed_queues_and_says_how_many(editor, articles, fake_gemini):
 def test_duplicate_review_page_with_adjustable_threshold(viewer, articles):
     response = viewer.get(reverse(DUPLICATES), {"threshold": "0.5"})
     assert response.status_code == 200
-    titles = [{a.title for a in group} for group, _ in response.context["groups"]]
+    titles = [{a.title for a in group.rows} for group in response.context["groups"]]
     assert {"reset my account password", "reset the password of my account"} in titles
     assert all("reset account password secret" not in t for t in titles)
     assert viewer.get(reverse(DUPLICATES), {"threshold": "0.999"}).context["groups"] == []
 
 
-@pytest.mark.parametrize("bad", ["abc", "2", "-1.5"])
-def test_duplicate_review_rejects_bad_thresholds(viewer, articles, bad):
+@pytest.mark.parametrize("bad", ["abc", "2", "-1.5", "nan", "inf"])
+def test_duplicate_review_rejects_bad_thresholds_and_keeps_them_in_the_form(viewer, articles, bad):
     response = viewer.get(reverse(DUPLICATES), {"threshold": bad})
     assert response.status_code == 200
-    assert "must be a number from -1 to 1" in response.content.decode()
+    page = response.content.decode()
+    assert "must be a number from -1 to 1" in page
+    assert f'name="threshold" value="{bad}"' in page
     assert response.context["groups"] == []
+
+
+def test_duplicate_review_is_bounded_and_says_what_it_left_out(viewer, fake_gemini):
+    """At threshold -1 every row is linked to its neighbours: one group of hundreds of rows."""
+    cache.clear()
+    with suspend_embedding():
+        Article.objects.bulk_create(Article(title=f"topic {i % 30} note {i} word {i % 7}") for i in range(300))
+    embed_pending()
+    model_admin = admin.site._registry[Article]
+    per_page, pairs_shown = model_admin.duplicate_groups_per_page, model_admin.duplicate_pairs_shown
+    response = viewer.get(reverse(DUPLICATES), {"threshold": "-1"})
+    assert response.status_code == 200
+    page = response.content.decode()
+    groups = response.context["groups"]
+    assert 1 <= len(groups) <= per_page
+    biggest = groups[0]
+    assert biggest.size > 100 and biggest.total_pairs > pairs_shown
+    assert len(biggest.pairs) == pairs_shown
+    assert page.count('class="semantic-score"') <= per_page * pairs_shown
+    assert f"Showing the {pairs_shown} most similar of {biggest.total_pairs} pairs" in page
+    # The pairs shown are the group's most similar, in order.
+    scores = [s for _, _, s in biggest.pairs]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_duplicate_review_pages_through_groups(viewer, fake_gemini):
+    cache.clear()
+    with suspend_embedding():
+        Article.objects.bulk_create(
+            Article(title=f"pair {i} alpha{i} beta{i} gamma{i}") for i in range(3) for _ in (0, 1)
+        )
+    embed_pending()
+    model_admin = admin.site._registry[Article]
+    model_admin.duplicate_groups_per_page = 2
+    try:
+        first = viewer.get(reverse(DUPLICATES), {"threshold": "0.99"})
+        second = viewer.get(reverse(DUPLICATES), {"threshold": "0.99", "page": "2"})
+    finally:
+        del model_admin.duplicate_groups_per_page
+    assert len(first.context["groups"]) == 2 and len(second.context["groups"]) == 1
+    seen = [frozenset(g.rows) for response in (first, second) for g in response.context["groups"]]
+    assert len(set(seen)) == 3
+    assert "?threshold=0.99&amp;page=2" in first.content.decode()
+    assert "Page 1 of 2" in first.content.decode()
+
+
+def test_pages_keep_their_place_and_the_action_says_what_it_left_out(editor, fake_gemini):
+    cache.clear()
+    with suspend_embedding():
+        Article.objects.bulk_create(Article(title=f"pair {i} alpha{i} beta{i}") for i in range(3) for _ in (0, 1))
+    embed_pending()
+    model_admin = admin.site._registry[Article]
+    model_admin.duplicate_groups_per_page = 2
+    try:
+        response = act(editor, "find_duplicates", *Article.objects.all())
+        second = editor.get(reverse(DUPLICATES), {"threshold": "0.99", "page": "2"})
+        (group,) = second.context["groups"]
+        a, b, _ = group.pairs[0]
+        assert '<input type="hidden" name="page" value="2">' in second.content.decode()
+        dismissed = editor.post(reverse(DISMISS), {"first": a.pk, "second": b.pk, "threshold": "0.99", "page": "2"})
+        assert dismissed["Location"] == reverse(DUPLICATES) + "?threshold=0.99&page=2"
+    finally:
+        del model_admin.duplicate_groups_per_page
+    assert len(response.context["groups"]) == 2
+    assert "Showing the 2 largest of 3 groups." in response.content.decode()
+
+
+def test_duplicate_review_opens_no_extra_database_connections(viewer, fake_gemini):
+    """Over SPLIT_MIN_ROWS rows duplicates() searches over several connections at once; not in a request."""
+    cache.clear()
+    with suspend_embedding():
+        Article.objects.bulk_create(Article(title=f"embedded row {i // 2}") for i in range(20))
+    embed_pending()
+    field = get_embedding_field(Article)
+    columns = [
+        f.column for f in Article._meta.concrete_fields if not f.primary_key and not getattr(f, "generated", False)
+    ]
+    # Copies of the embedded rows, their vectors moved a little at random: searchable, and far cheaper
+    # than embedding 5,000 rows (identical vectors would make the index search slow).
+    noise = f"(SELECT array_agg(random() * 0.1) FROM generate_series(1, {field.dimensions} + 0 * copy))::vector"
+    values = [f"{column} + {noise}" if column == field.column else column for column in columns]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {Article._meta.db_table} ({', '.join(columns)}) "
+            f"SELECT {', '.join(values)} FROM {Article._meta.db_table}, generate_series(1, %s) copy",
+            [SPLIT_MIN_ROWS // 20],
+        )
+    assert Article.objects.filter(field.searchable()).count() > SPLIT_MIN_ROWS
+    opened = []
+
+    def count(sender, connection, **kwargs):
+        opened.append(connection.alias)
+
+    connection_created.connect(count)
+    try:
+        response = viewer.get(reverse(DUPLICATES))
+    finally:
+        connection_created.disconnect(count)
+    assert response.status_code == 200 and response.context["groups"]
+    assert opened == []
 
 
 def test_marking_not_a_duplicate_hides_the_pair(editor, articles):
@@ -138,7 +259,7 @@ def test_marking_not_a_duplicate_hides_the_pair(editor, articles):
     response = editor.post(reverse(DISMISS), {"first": b.pk, "second": a.pk, "threshold": "0.5"}, follow=True)
     assert "as not duplicates" in response.content.decode()
     assert DismissedPair.objects.get().first_pk == str(min(a.pk, b.pk))
-    titles = [{x.title for x in group} for group, _ in response.context["groups"]]
+    titles = [{x.title for x in group.rows} for group in response.context["groups"]]
     assert {a.title, b.title} not in titles
 
 
@@ -183,7 +304,7 @@ def test_status_page_counts_errors_and_never_shows_the_key(editor, articles, fak
     response = editor.get(reverse("admin:semantic_status"))
     page = response.content.decode()
     row = next(r for r in response.context["report"] if r["model"] == "testapp.Article")
-    assert (row["total"], row["embedded"], row["failed"]) == (6, 5, 1)
+    assert (row["total"], row["embedded"], row["failed"]) == (5, 4, 1)  # not the Article ArticleAdmin hides
     assert "rejected" in page and settings.TEST_API_KEY not in page
     response = editor.post(reverse("admin:semantic_status"), follow=True)
     assert "Queued 1 failed row again." in response.content.decode()
@@ -220,3 +341,83 @@ def test_status_page_shows_how_long_the_oldest_row_waited(editor, articles):
     )
     page = editor.get(reverse("admin:semantic_status")).content.decode()
     assert "Oldest pending" in page and "3\xa0hours ago" in page
+
+
+# -- a custom AdminSite (tests/urls.py mounts one named "myadmin" at /myadmin/) -------------------
+
+LINK = re.compile(r'(?:href|action)="(/[^"]*)"')
+
+
+def assert_stays_on_other_site(response):
+    """Every link and form of the page leads into /myadmin/ (or to the site itself, or static files)."""
+    assert response.status_code == 200
+    assert response.request["PATH_INFO"].startswith("/myadmin/")
+    elsewhere = {
+        url for url in LINK.findall(response.content.decode()) if not url.startswith(("/myadmin/", "/static/"))
+    }
+    assert elsewhere <= {"/"}, elsewhere
+
+
+@pytest.fixture
+def notes(fake_gemini):
+    cache.clear()
+    Note.objects.bulk_create(
+        [Note(text="reset my account password"), Note(text="reset the password of my account"), Note(text="dark mode")]
+    )
+    embed_pending()
+    fake_gemini.reset()
+    return {n.text: n for n in Note.objects.all()}
+
+
+def test_every_semantic_page_and_action_on_a_custom_admin_site(client, notes, fake_gemini):
+    client.force_login(staff("other", "view_note", "change_note", "view_embeddingfailure", "change_embeddingfailure"))
+    first, second = notes["reset my account password"], notes["reset the password of my account"]
+    changelist = reverse("myadmin:testapp_note_changelist")
+    duplicates = reverse("myadmin:testapp_note_duplicates")
+    status = reverse("myadmin:semantic_status")
+
+    page = client.get(changelist)
+    assert_stays_on_other_site(page)
+    assert f'href="{duplicates}"' in page.content.decode()
+    searched = client.get(changelist, {"q": "account password reset", "semantic": "1"})
+    assert_stays_on_other_site(searched)
+    assert {n.text for n in searched.context["cl"].result_list[:2]} == {first.text, second.text}
+
+    form = client.get(reverse("myadmin:testapp_note_change", args=[first.pk]))
+    assert_stays_on_other_site(form)
+    assert [n.text for n in form.context["semantic_similar"]][0] == second.text
+
+    def act(action, *objs):
+        data = {"action": action, "index": 0, "_selected_action": [o.pk for o in objs]}
+        return client.post(changelist, data, follow=True)
+
+    similar = act("find_similar", first)
+    assert_stays_on_other_site(similar)
+    assert reverse("myadmin:testapp_note_change", args=[second.pk]) in similar.content.decode()
+    found = act("find_duplicates", first, second)
+    assert_stays_on_other_site(found)
+    assert [set(group.rows) for group in found.context["groups"]] == [{first, second}]
+    requeued = act("reembed", first)
+    assert_stays_on_other_site(requeued)
+    assert "Queued 1 row for embedding." in requeued.content.decode()
+
+    review = client.get(duplicates, {"threshold": "0.5"})
+    assert_stays_on_other_site(review)
+    assert [set(group.rows) for group in review.context["groups"]] == [{first, second}]
+    dismissed = client.post(
+        reverse("myadmin:testapp_note_dismiss_duplicate"),
+        {"first": first.pk, "second": second.pk, "threshold": "0.5"},
+        follow=True,
+    )
+    assert dismissed.redirect_chain == [(f"{duplicates}?threshold=0.5", 302)]
+    assert_stays_on_other_site(dismissed)
+    assert dismissed.context["groups"] == []
+
+    fake_gemini.reject_marker = "REJECT"
+    Note.objects.create(text="REJECT this one")
+    assert_stays_on_other_site(client.get(reverse("myadmin:semantic_embeddingfailure_changelist")))
+    assert_stays_on_other_site(client.get(status))
+    retried = client.post(status, follow=True)
+    assert retried.redirect_chain == [(status, 302)]
+    assert_stays_on_other_site(retried)
+    assert "Queued 1 failed row again." in retried.content.decode()

@@ -9,14 +9,20 @@ import time
 import pytest
 from django.core.cache import cache
 from django.core.management.base import CommandError
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
+from semantic import suspend_embedding
+from semantic.fields import get_embedding_field
 from semantic.management.commands.semantic_duplicates import Command as Duplicates
 from semantic.management.commands.semantic_embed import Command as Embed
 from semantic.management.commands.semantic_search import Command as Search
 from semantic.management.targets import BAD_TARGET, NO_FIELD, UNKNOWN_FIELD, UNKNOWN_MODEL
 from semantic.models import EmbeddingFailure
+from semantic.switch import NOT_REPLACING
 from tests.commands import call, manage
-from tests.testapp.models import Article
+from tests.fake_gemini import fake_vector
+from tests.testapp.models import Article, Note
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -159,7 +165,8 @@ def test_search_prints_nearest_rows(fake_gemini):
     Article.objects.create(title="reset my password", body="")
     Article.objects.create(title="export invoices", body="")
     out, _ = call("semantic_search", "testapp.Article", "password reset", "-k", "1")
-    lines = out.splitlines()
+    header, *lines = out.splitlines()
+    assert header.split() == ["similarity", "id", "text"]
     assert len(lines) == 1 and "reset my password" in lines[0]
     with pytest.raises(CommandError, match="several EmbeddingFields"):
         call("semantic_search", "testapp.Document", "x")
@@ -194,3 +201,169 @@ def test_duplicates_export_csv_json_and_file(fake_gemini, tmp_path):
     for bad in ("2", "abc"):
         with pytest.raises(CommandError, match="threshold"):
             call("semantic_duplicates", "testapp.Article", "--threshold", bad)
+
+
+# -- what commands print, and what they refuse -------------------------------------------------
+
+HOSTILE = "evil\x1b]0;owned\x07 title\x1b[2J\x9b31m\x08end"
+
+
+def test_search_escapes_control_characters_in_printed_text(fake_gemini):
+    cache.clear()
+    Article.objects.create(title=HOSTILE, body="")
+    out, _ = call("semantic_search", "testapp.Article", "evil title")
+    assert not any(c in out for c in "\x1b\x07\x9b\x08")
+    assert r"evil\x1b]0;owned\x07 title\x1b[2J\x9b31m\x08end" in out
+
+
+def test_duplicates_csv_is_safe_in_terminals_and_spreadsheets(fake_gemini, tmp_path):
+    titles = ['=HYPERLINK("http://x.example","click") reset password', "+1 reset password", HOSTILE + " reset password"]
+    titles += ["-1 reset password", "@SUM(1) reset password", "\treset password", "\rreset password"]
+    for title in titles:
+        Article.objects.create(title=title, body="")
+    out, _ = call("semantic_duplicates", "testapp.Article", "--threshold", "0.3")
+    assert not any(c in out for c in "\x1b\x07\x9b\x08\t")
+    texts = {r["text"] for r in csv.DictReader(io.StringIO(out))}
+    assert texts == {
+        '\'=HYPERLINK("http://x.example","click") reset password',
+        "'+1 reset password",
+        r"evil\x1b]0;owned\x07 title\x1b[2J\x9b31m\x08end reset password",
+        "'-1 reset password",
+        "'@SUM(1) reset password",
+        r"'\x09reset password",
+        r"'\x0dreset password",
+    }
+    target = tmp_path / "dups.csv"
+    call("semantic_duplicates", "testapp.Article", "--threshold", "0.3", "--output", str(target))
+    assert {r["text"] for r in csv.DictReader(io.StringIO(target.read_text()))} == texts
+
+
+def test_duplicates_json_keeps_the_text_and_escapes_controls(fake_gemini):
+    Article.objects.create(title=HOSTILE + " reset password", body="")
+    Article.objects.create(title="=1+1 reset password", body="")
+    out, _ = call("semantic_duplicates", "testapp.Article", "--threshold", "0.3", "--format", "json")
+    assert not any(c in out for c in "\x1b\x07\x9b\x08")
+    assert {r["text"] for r in json.loads(out)} == {HOSTILE + " reset password", "=1+1 reset password"}
+
+
+@pytest.mark.parametrize("where", ["missing-directory/dups.csv", "."], ids=["no-directory", "a-directory"])
+def test_duplicates_unwritable_output_fails_before_any_work(fake_gemini, tmp_path, where):
+    Article.objects.create(title="reset my password", body="")
+    output = tmp_path / where
+    with CaptureQueriesContext(connection) as queries, pytest.raises(CommandError) as info:
+        call("semantic_duplicates", "testapp.Article", "--output", str(output))
+    assert str(info.value).startswith(Duplicates.UNWRITABLE.split("{")[0])
+    assert str(output) in str(info.value)
+    assert len(queries) == 0
+
+
+def test_duplicates_output_file_is_left_alone_when_the_export_fails(fake_gemini, tmp_path):
+    target = tmp_path / "dups.csv"
+    target.write_text("kept\n")
+    with pytest.raises(CommandError):
+        call("semantic_duplicates", "testapp.Document", "--output", str(target))  # two fields: refused
+    assert target.read_text() == "kept\n"
+    new = tmp_path / "new.csv"
+    with pytest.raises(CommandError):
+        call("semantic_duplicates", "testapp.Document", "--output", str(new))
+    assert not new.exists()
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\x01\x02"], ids=["empty", "spaces", "controls"])
+def test_search_refuses_an_empty_query(fake_gemini, text):
+    with pytest.raises(CommandError) as info:
+        call("semantic_search", "testapp.Article", text)
+    assert str(info.value) == Search.EMPTY_QUERY
+    assert fake_gemini.request_count == 0
+
+
+def test_search_says_when_the_api_is_unreachable(fake_gemini):
+    cache.clear()
+    fake_gemini.fail_next(503, times=50)
+    with pytest.raises(CommandError) as info:
+        call("semantic_search", "testapp.Article", "password reset")
+    assert str(info.value).startswith(Search.UNAVAILABLE.split("{")[0])
+    assert "503" in str(info.value)
+
+
+def test_search_errors_print_one_line_without_a_traceback(fake_gemini):
+    fake_gemini.fail_next(503, times=50)
+    process = manage(fake_gemini, "semantic_search", "testapp.Article", "password reset")
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert "Traceback" not in err and err.startswith("CommandError: " + Search.UNAVAILABLE.split("{")[0])
+
+
+def test_switch_on_a_field_that_replaces_nothing_is_refused_before_embedding(backlog, fake_gemini):
+    with pytest.raises(CommandError) as info:
+        call("semantic_embed", "testapp.Article.embedding", "--switch")
+    assert str(info.value) == NOT_REPLACING.format(label="testapp.Article", field="embedding")
+    assert fake_gemini.request_count == 0
+    assert not Article.objects.filter(embedding__isnull=False).exists()
+
+
+# -- score columns ---------------------------------------------------------------------------------
+
+
+def opposite_of(word, dimensions):
+    """A word whose fake vector points away from ``word``'s: a negative similarity."""
+    target = fake_vector(word, dimensions)
+    for n in range(10_000):
+        candidate = f"w{n}"
+        if sum(x * y for x, y in zip(target, fake_vector(candidate, dimensions))) < 0:
+            return candidate
+    raise AssertionError("no opposite word")
+
+
+def parse(out):
+    """semantic_search's table as (similarity, text) pairs, after checking its header."""
+    header, *lines = out.splitlines()
+    assert header.split() == ["similarity", "id", "text"]
+    return [(float(line.split(None, 2)[0]), line.split(None, 2)[2]) for line in lines]
+
+
+def test_search_prints_similarity_and_leaves_out_rows_below_the_minimum(fake_gemini):
+    cache.clear()
+    opposite = opposite_of("alpha", get_embedding_field(Article).dimensions)
+    Article.objects.create(title="alpha", body="")
+    Article.objects.create(title="alpha beta gamma", body="")
+    Article.objects.create(title=opposite, body="")
+    out, _ = call("semantic_search", "testapp.Article", "alpha")
+    assert parse(out) == [(1.0, "alpha"), (round(1 / 3**0.5, 3), "alpha beta gamma")]  # not the opposite row
+
+    out, _ = call("semantic_search", "testapp.Article", "alpha", "--min-similarity", "-1")
+    score, text = parse(out)[-1]
+    assert text == opposite and score < 0
+
+    out, _ = call("semantic_search", "testapp.Article", "alpha", "--min-similarity", "0.99")
+    assert parse(out) == [(1.0, "alpha")]
+    out, _ = call("semantic_search", "testapp.Article", "zeta", "--min-similarity", "0.5")
+    assert out.strip() == Search.NO_MATCH.format(min_similarity=0.5)
+    with pytest.raises(CommandError, match="min.similarity"):
+        call("semantic_search", "testapp.Article", "alpha", "--min-similarity", "2")
+
+
+def test_duplicates_export_has_a_similarity_column(fake_gemini):
+    first = Article.objects.create(title="reset my account password", body="")
+    second = Article.objects.create(title="reset the password of my account", body="")
+    third = Article.objects.create(title="reset my account password now", body="")
+    pairs = {frozenset((a.pk, b.pk)): s for a, b, s in Article.objects.duplicates(0.5)}
+    out, _ = call("semantic_duplicates", "testapp.Article", "--threshold", "0.5")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert list(rows[0]) == ["group", "pk", "similarity", "nearest_pk", "text"]
+    for row in rows:
+        pk, nearest = int(row["pk"]), int(row["nearest_pk"])
+        best = max(s for pair, s in pairs.items() if pk in pair)
+        assert float(row["similarity"]) == round(best, 4) == round(pairs[frozenset((pk, nearest))], 4)
+    assert {int(r["pk"]) for r in rows} == {first.pk, second.pk, third.pk}
+    records = json.loads(call("semantic_duplicates", "testapp.Article", "--threshold", "0.5", "--format", "json")[0])
+    assert {(r["pk"], r["similarity"]) for r in records} == {(int(r["pk"]), float(r["similarity"])) for r in rows}
+
+
+def test_dry_run_with_the_local_model_says_it_is_free(fake_gemini, semantic_settings):
+    semantic_settings(BACKEND="semantic.backends.local.LocalBackend")
+    with suspend_embedding():
+        Note.objects.create(text="A man is playing a guitar.")
+    out, _ = call("semantic_embed", "testapp.Note", "--dry-run")
+    assert out.strip().endswith(Embed.FREE + ".")
+    assert "testapp.Note.embedding: 1 rows" in out

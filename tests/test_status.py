@@ -1,8 +1,12 @@
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import Permission, User
+from django.core.cache import cache
+from django.urls import reverse
 from django.utils import timezone
 
+from project.questions.models import Question
 from semantic import suspend_embedding
 from semantic.embedder import Embedder
 from semantic.fields import get_embedding_field
@@ -82,3 +86,98 @@ def test_pending_since_tracks_how_long_a_row_has_waited(fake_gemini):
     status = field_status(Article, field)
     assert status["pending"] == 0 and status["oldest_pending_seconds"] is None
     assert not Article.objects.filter(**{f"{since}__isnull": False}).exists()
+
+
+# -- the admin's status page: counts and retries limited to what the user may see and change ----
+
+STATUS = "admin:semantic_status"
+
+
+def staff(username, *perms):
+    user = User.objects.create_user(username, password="pw", is_staff=True)
+    for codename in perms:
+        user.user_permissions.add(Permission.objects.get(codename=codename))
+    return user
+
+
+def fail(obj, field_name="embedding", label=None, pk=None):
+    """A failure row naming what the worker would never write: a model, field or key that is not there."""
+    return EmbeddingFailure.objects.create(
+        model_label=label or obj._meta.label,
+        field_name=field_name,
+        object_pk=str(pk if pk is not None else obj.pk),
+        error="Gemini API error 400: rejected",
+        attempts=1,
+        permanent=True,
+    )
+
+
+@pytest.fixture
+def rows(fake_gemini):
+    """An Article the test users see, one ArticleAdmin hides, and a Question: each failed, for real."""
+    cache.clear()
+    fake_gemini.reject_marker = "REJECTED"
+    shown = Article.objects.create(title="shown article REJECTED", body="")
+    hidden = Article.objects.create(title="hidden article REJECTED", body="", category="hidden")
+    question = Question.objects.create(title="a question nobody here may see REJECTED", body="")
+    assert EmbeddingFailure.objects.filter(permanent=True).count() == 3
+    fake_gemini.reset()
+    return shown, hidden, question
+
+
+def test_status_page_counts_only_models_and_rows_the_user_may_view(client, rows):
+    shown, hidden, question = rows
+    client.force_login(staff("viewer", "view_article", "view_embeddingfailure"))
+    response = client.get(reverse(STATUS))
+    assert response.status_code == 200
+    report = {row["model"]: row for row in response.context["report"]}
+    assert "questions.Question" not in report  # no permission on its ModelAdmin
+    assert "testapp.Document" not in report
+    article = report["testapp.Article"]
+    assert (article["total"], article["failed"]) == (1, 1)  # ArticleAdmin.get_queryset() hides the other
+    assert [str(f) for f in response.context["errors"]] == [f"testapp.Article.embedding #{shown.pk}"]
+    page = response.content.decode()
+    assert "questions.Question" not in page and f"#{hidden.pk}<" not in page
+
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "pw"))
+    report = {row["model"]: row for row in client.get(reverse(STATUS)).context["report"]}
+    assert report["testapp.Article"]["total"] == 1  # get_queryset() applies to everyone
+    assert report["questions.Question"]["failed"] == 1
+
+
+def test_status_retry_requeues_only_rows_the_user_may_change_and_see(client, rows, fake_gemini):
+    shown, hidden, question = rows
+    client.force_login(staff("editor", "view_article", "change_article", "change_embeddingfailure"))
+    response = client.post(reverse(STATUS), follow=True)
+    page = response.content.decode()
+    assert "Queued 1 failed row again." in page
+    assert "Skipped 2 failed rows" in page
+    assert fake_gemini.texts() == ["shown article REJECTED"]
+    assert set(EmbeddingFailure.objects.values_list("object_pk", "permanent")) == {
+        (str(hidden.pk), True),
+        (str(question.pk), True),
+    }
+
+
+def test_status_retry_needs_change_permission_on_the_model(client, rows, fake_gemini):
+    client.force_login(staff("looker", "view_article", "change_embeddingfailure"))
+    response = client.post(reverse(STATUS), follow=True)
+    assert "Queued 0 failed rows again." in response.content.decode()
+    assert fake_gemini.request_count == 0
+    assert EmbeddingFailure.objects.filter(permanent=True).count() == 3
+
+
+def test_status_page_and_retry_survive_failures_of_deleted_models_and_malformed_keys(admin_client, rows, fake_gemini):
+    shown, hidden, question = rows
+    fail(shown, label="gone.Model")
+    fail(shown, field_name="removed_field")
+    fail(shown, pk="not-a-number")
+    fail(shown, pk="99999999999999999999999")
+    assert admin_client.get(reverse(STATUS)).status_code == 200
+    response = admin_client.post(reverse(STATUS), follow=True)
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "Queued 2 failed rows again." in page
+    assert "Skipped 5 failed rows" in page  # the four above, and the Article that ArticleAdmin hides
+    assert sorted(fake_gemini.texts()) == [question.title, shown.title]
+    assert EmbeddingFailure.objects.count() == 5 and EmbeddingFailure.objects.filter(object_pk=str(hidden.pk)).exists()

@@ -1,7 +1,25 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from semantic.admin import EmbeddingFailureAdmin, SemanticAdminMixin
+from semantic.models import EmbeddingFailure
+from tests.testapp.models import Note
+
+
+class NoteAdmin(SemanticAdminMixin, admin.ModelAdmin):
+    """Registered only on ``other_site``, so no URL of the default ``admin`` site can serve it."""
+
+    list_display = ["text"]
+    search_fields = ["text"]
+
+
+#: A second admin site under another name, as projects with a custom AdminSite have.
+other_site = admin.AdminSite(name="myadmin")
+other_site.register(Note, NoteAdmin)
+other_site.register(EmbeddingFailure, EmbeddingFailureAdmin)
+
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("myadmin/", other_site.urls),
     path("", include("project.questions.urls")),
 ]

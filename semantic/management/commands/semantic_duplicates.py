@@ -1,17 +1,30 @@
 import csv
 import io
 import json
+import os
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from semantic.duplicates import connected_groups
+from semantic.management.output import json_safe, spreadsheet_safe, terminal_safe
 from semantic.management.targets import resolve, threshold_type
 from semantic.query import DEFAULT_DUPLICATE_THRESHOLD, SemanticQuerySet
 
 
 class Command(BaseCommand):
-    help = "Export groups of near-duplicate rows (rows linked by pairs at least THRESHOLD similar) as CSV or JSON."
+    help = (
+        "Export groups of near-duplicate rows (rows linked by pairs at least THRESHOLD similar) as CSV or JSON, "
+        "one line per row with its highest similarity to another row of its group (nearest_pk). "
+        "CSV cells are made safe to open in a spreadsheet (a leading ' before = + - @) and to print (control "
+        "characters shown as \\xNN); JSON keeps the text exactly."
+    )
 
+    #: One line per row of a group; ``similarity`` is the row's highest with another row of its
+    #: group, the one ``nearest_pk`` names.
+    COLUMNS = ("group", "pk", "similarity", "nearest_pk", "text")
     WROTE = "Wrote {groups} groups ({rows} rows) to {output}."
+    UNWRITABLE = "Cannot write {output}: {reason}."
 
     def add_arguments(self, parser):
         parser.add_argument("target", help="app_label.Model or app_label.Model.field")
@@ -25,27 +38,59 @@ class Command(BaseCommand):
         parser.add_argument("--output", help="file to write (default: standard output)")
 
     def handle(self, target, threshold, format, output, **options):
+        # Opened before the search, so a path that cannot be written fails at once. Appending
+        # leaves an existing file as it was until there is something to write, and a file
+        # this run created is removed again when the export fails.
+        created = bool(output) and not os.path.exists(output)
+        try:
+            handle = open(output, "a", newline="", encoding="utf-8") if output else None
+        except OSError as exc:
+            raise CommandError(self.UNWRITABLE.format(output=output, reason=exc.strerror or exc)) from None
+        try:
+            groups, text = self.export(target, threshold, format)
+        except BaseException:
+            if handle:
+                handle.close()
+                if created:
+                    os.remove(output)
+            raise
+        if not handle:
+            self.stdout.write(text, ending="")
+            return
+        with handle:
+            handle.truncate(0)
+            handle.write(text)
+        rows = sum(len(group) for group in groups)
+        self.stdout.write(self.WROTE.format(groups=len(groups), rows=rows, output=output))
+
+    def export(self, target, threshold, format):
         (model, field), *others = resolve(target)
         if others:
             raise CommandError(f"{model._meta.label} has several EmbeddingFields; name one: {target}.<field>.")
-        groups = SemanticQuerySet(model).duplicate_groups(threshold, field=field.name)
+        pairs = SemanticQuerySet(model).duplicates(threshold, field=field.name)
+        groups = connected_groups((a, b) for a, b, _ in pairs)
+        nearest: dict[Any, tuple[float, Any]] = {}
+        for a, b, similarity in pairs:  # most similar first: a row's first pair is its best
+            nearest.setdefault(a, (similarity, b))
+            nearest.setdefault(b, (similarity, a))
         records = [
-            {"group": number, "pk": row.pk, "text": str(row)}
+            {
+                "group": number,
+                "pk": row.pk,
+                "similarity": round(nearest[row][0], 4),
+                "nearest_pk": nearest[row][1].pk,
+                "text": str(row),
+            }
             for number, group in enumerate(groups, start=1)
             for row in group
         ]
         buffer = io.StringIO()
         if format == "json":
-            json.dump(records, buffer, ensure_ascii=False, indent=2)
-            buffer.write("\n")
+            buffer.write(json_safe(json.dumps(records, ensure_ascii=False, indent=2)) + "\n")
         else:
-            writer = csv.DictWriter(buffer, fieldnames=["group", "pk", "text"])
+            writer = csv.DictWriter(buffer, fieldnames=list(self.COLUMNS))
             writer.writeheader()
-            writer.writerows(records)
-        if output:
-            with open(output, "w", newline="", encoding="utf-8") as handle:
-                handle.write(buffer.getvalue())
-        else:
-            self.stdout.write(buffer.getvalue(), ending="")
-        if output:
-            self.stdout.write(self.WROTE.format(groups=len(groups), rows=len(records), output=output))
+            writer.writerows(
+                {key: terminal_safe(spreadsheet_safe(value)) for key, value in record.items()} for record in records
+            )
+        return groups, buffer.getvalue()

@@ -6,7 +6,7 @@ from semantic import batch, reembed
 from semantic.backends import EmbeddingError
 from semantic.conf import semantic_settings as conf
 from semantic.management.targets import check_schema, resolve_all
-from semantic.switch import switch_to
+from semantic.switch import switch_to, switched_name
 
 
 class Command(BaseCommand):
@@ -22,6 +22,7 @@ class Command(BaseCommand):
     NOTHING = "{label}: nothing to embed."
     DRY_RUN = "{label}: {rows} rows, {characters} characters (about {tokens} tokens){cost}."
     COST = ", estimated cost USD {cost:.4f} at {price} per million tokens"
+    FREE = ", free: local model"
     QUEUED = "{label}: queued {rows} rows as {tasks} django-q2 tasks; run `manage.py qcluster` to process them."
     DONE = (
         "{label}: {embedded} embedded, {cleared} without text, {failed} failed, "
@@ -99,6 +100,11 @@ class Command(BaseCommand):
         resolved = resolve_all(targets)
         if switch and (len(resolved) != 1 or len(targets[0].split(".")) != 3):
             raise CommandError(self.SWITCH_ONE)
+        if switch:
+            try:
+                switched_name(*resolved[0])  # refused now, not after embedding every row
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
         if batch_api:
             for model, field in resolved:
                 try:
@@ -151,6 +157,8 @@ class Command(BaseCommand):
             if batch_api:
                 price *= batch.PRICE_FACTOR
             cost = self.COST.format(cost=plan.tokens * price / 1e6, price=price)
+        elif backend.name == "local":
+            cost = self.FREE
         self.stdout.write(
             self.DRY_RUN.format(label=label, rows=plan.rows, characters=plan.characters, tokens=plan.tokens, cost=cost)
         )

@@ -1,0 +1,164 @@
+"""The embedding status page, and the EmbeddingFailure admin that leads to it.
+
+The page reports on other models' rows, so the EmbeddingFailure permissions that open it
+are not enough: a model counts only when the user may view it through its ModelAdmin on
+this admin site, and then only the rows that ModelAdmin's ``get_queryset()`` admits.
+"Retry failed rows" re-queues only rows the user may change and sees. Failure rows that
+name a model, field or row that is gone, or a key the model cannot read, are skipped and
+reported: they must not turn the button into a server error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.apps import apps
+from django.contrib import admin, messages
+from django.contrib.auth import get_permission_codename
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import models
+from django.db.models import CharField, Q
+from django.db.models.functions import Cast
+from django.http import HttpRequest, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+
+from semantic.fields import EmbeddingField, embedding_fields
+from semantic.models import EmbeddingFailure
+from semantic.status import STATES, field_status
+from semantic.tasks import enqueue, iter_fields
+
+
+class EmbeddingFailureAdmin(admin.ModelAdmin):
+    list_display = ["model_label", "field_name", "object_pk", "attempts", "permanent", "short_error", "last_failed_at"]
+    list_filter = ["model_label", "field_name", "permanent"]
+    readonly_fields = [f.name for f in EmbeddingFailure._meta.fields]
+    change_list_template = "semantic/admin/failure_change_list.html"
+
+    @admin.display(description=_("error"))
+    def short_error(self, obj: EmbeddingFailure) -> str:
+        return obj.error[:120]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def get_urls(self) -> list[Any]:
+        return [
+            path("status/", self.admin_site.admin_view(self.status_view), name="semantic_status"),
+            *super().get_urls(),
+        ]
+
+    def status_view(self, request: HttpRequest) -> Any:
+        """Counts per model and field, the last errors, and a button to retry failed rows."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        if request.method == "POST":
+            if not self.has_change_permission(request):
+                raise PermissionDenied
+            retried, skipped = self.retry_failed(request)
+            self.message_user(
+                request, ngettext("Queued %d failed row again.", "Queued %d failed rows again.", retried) % retried
+            )
+            if skipped:
+                message = ngettext(
+                    "Skipped %d failed row: its model, field or row is gone, its key is malformed, "
+                    "or you may not change it.",
+                    "Skipped %d failed rows: their model, field or row is gone, their key is malformed, "
+                    "or you may not change them.",
+                    skipped,
+                )
+                self.message_user(request, message % skipped, messages.WARNING)
+            return HttpResponseRedirect(reverse("admin:semantic_status", current_app=self.admin_site.name))
+        visible = {model: self.model_rows(request, model, "view") for model in {m for m, _ in iter_fields()}}
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Embedding status"),
+            "opts": self.model._meta,
+            "report": [
+                field_status(model, field, visible[model])
+                for model, field in iter_fields()
+                if visible[model] is not None
+            ],
+            "states": STATES,
+            "errors": visible_failures(visible).order_by("-last_failed_at")[:20],
+            "can_retry": self.has_change_permission(request),
+        }
+        return TemplateResponse(request, "semantic/admin/status.html", context)
+
+    def model_rows(self, request: HttpRequest, model: type[models.Model], action: str) -> models.QuerySet | None:
+        """The rows of ``model`` this user may ``"view"`` or ``"change"`` on this admin site; None for none.
+
+        A model's ModelAdmin decides, as on its own pages. A model without one on this site
+        falls back to Django's model permissions (what a ModelAdmin checks by default),
+        over every row.
+        """
+        model_admin = self.admin_site._registry.get(model)
+        if model_admin is not None:
+            allowed = getattr(model_admin, f"has_{action}_permission")(request)
+            return model_admin.get_queryset(request) if allowed else None
+        opts = model._meta
+        actions = ("view", "change") if action == "view" else (action,)
+        if any(request.user.has_perm(f"{opts.app_label}.{get_permission_codename(a, opts)}") for a in actions):
+            return model._base_manager.all()
+        return None
+
+    def retry_failed(self, request: HttpRequest) -> tuple[int, int]:
+        """Queue the failed rows this user may change and sees; returns (queued, skipped)."""
+        queued = skipped = 0
+        for (label, field_name), keys in failures_by_field().items():
+            model = embedding_model(label, field_name)
+            rows = self.model_rows(request, model, "change") if model else None
+            if model is None or rows is None:
+                skipped += len(keys)
+                continue
+            pks = readable_keys(model, keys)
+            allowed = list(rows.filter(pk__in=list(pks)).values_list("pk", flat=True))
+            skipped += len(keys) - len(allowed)
+            if not allowed:
+                continue
+            EmbeddingFailure.objects.filter(
+                model_label=label, field_name=field_name, object_pk__in=[pks[pk] for pk in allowed]
+            ).update(retry_at=None, permanent=False)
+            enqueue(model, field_name, allowed)
+            queued += len(allowed)
+        return queued, skipped
+
+
+def visible_failures(visible: dict[type[models.Model], models.QuerySet | None]) -> models.QuerySet:
+    """The EmbeddingFailure rows of the rows in ``visible`` (a model's visible rows, or None)."""
+    condition = Q(pk__in=[])
+    for model, rows in visible.items():
+        if rows is not None:
+            keys = rows.annotate(_semantic_key=Cast("pk", CharField())).values("_semantic_key")
+            condition |= Q(model_label=model._meta.label, object_pk__in=keys)
+    return EmbeddingFailure.objects.filter(condition)
+
+
+def failures_by_field() -> dict[tuple[str, str], list[str]]:
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for label, field_name, pk in EmbeddingFailure.objects.values_list("model_label", "field_name", "object_pk"):
+        grouped.setdefault((label, field_name), []).append(pk)
+    return grouped
+
+
+def embedding_model(label: str, field_name: str) -> type[models.Model] | None:
+    """The installed model ``label`` when it still has an EmbeddingField ``field_name``."""
+    try:
+        model = apps.get_model(label)
+    except (LookupError, ValueError):
+        return None
+    fields: list[EmbeddingField] = embedding_fields(model)
+    return model if any(f.name == field_name for f in fields) else None
+
+
+def readable_keys(model: type[models.Model], keys: list[str]) -> dict[Any, str]:
+    """Primary-key values by the stored text they came from, leaving out keys the model cannot read."""
+    readable = {}
+    for key in keys:
+        try:
+            readable[model._meta.pk.to_python(key)] = key
+        except ValidationError:
+            continue
+    return readable
