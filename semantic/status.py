@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from semantic.fields import EmbeddingField, get_embedding_field
 from semantic.models import EmbeddingFailure
+from semantic.ratelimit import configuration_problem
 from semantic.switch import serving_field
 
 STATES = ("embedded", "pending", "stale", "failed", "empty")
@@ -76,6 +77,8 @@ def field_status(
         "total": sum(counts.values()),
         **counts,
         "serving": serving_field(model, field.replaces if field.replaces else field.name) is field,
+        # What a worker found wrong with the key or model (rows wait, and recover once fixed).
+        "problem": configuration_problem(field.backend),
         "oldest_pending_since": oldest,
         "oldest_pending_seconds": round((timezone.now() - oldest).total_seconds()) if oldest else None,
     }

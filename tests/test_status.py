@@ -1,6 +1,7 @@
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.contrib.auth.models import Permission, User
 from django.core.cache import cache
 from django.urls import reverse
@@ -181,3 +182,19 @@ def test_status_page_and_retry_survive_failures_of_deleted_models_and_malformed_
     assert "Skipped 5 failed rows" in page  # the four above, and the Article that ArticleAdmin hides
     assert sorted(fake_gemini.texts()) == [question.title, shown.title]
     assert EmbeddingFailure.objects.count() == 5 and EmbeddingFailure.objects.filter(object_pk=str(hidden.pk)).exists()
+
+
+def test_a_configuration_problem_is_shown_by_the_status_command_embed_and_the_admin(admin_client, fake_gemini):
+    from tests.commands import call
+    from tests.fake_gemini import BAD_KEY
+
+    with suspend_embedding():
+        Article.objects.create(title="waits for a key", body="")
+    fake_gemini.fail_every(400, body=BAD_KEY)
+    _, err = call("semantic_embed", "testapp.Article")
+    assert "stopped before the end" in err and "SEMANTIC['API_KEY']" in err
+    _, err = call("semantic_status", "testapp.Article")
+    assert "embedding is stopped" in err and "SEMANTIC['API_KEY']" in err
+    assert settings.TEST_API_KEY not in err
+    page = admin_client.get(reverse("admin:semantic_status")).content.decode()
+    assert "embedding is stopped" in page and settings.TEST_API_KEY not in page

@@ -30,6 +30,7 @@ class Command(BaseCommand):
     )
     PROGRESS = "{label}: {visited}/{total} rows, {rate:.1f} rows/s, about {eta} left"
     FAILED_HINT = "Failed rows are listed in the admin (Embedding failures); retry them with --failed."
+    STOPPED = "{label}: stopped before the end: {reason} The rows left are still pending; run this again once fixed."
     STALE = (
         "{label}: {rows} rows hold vectors from another model or size; until they are re-embedded, search "
         "sees only the rows embedded by {spec}. To change the model with no gap, add a second field with "
@@ -201,6 +202,8 @@ class Command(BaseCommand):
                 requests=outcome.requests,
             )
         )
+        if outcome.stopped:
+            self.stderr.write(self.STOPPED.format(label=label, reason=outcome.stopped))
         if outcome.failed:
             self.stderr.write(self.FAILED_HINT)
 

@@ -17,6 +17,7 @@ class Command(BaseCommand):
 
     HEADER = "{:<32} {:>8} " + " ".join("{:>9}" for _ in STATES) + " {:>14}  {}"
     NOTHING = "No model has an EmbeddingField."
+    PROBLEM = "{label}: embedding is stopped: {problem} The rows wait and are embedded once this is fixed."
 
     def add_arguments(self, parser):
         parser.add_argument("targets", nargs="*", help="app_label.Model[.field] (default: all)")
@@ -35,6 +36,9 @@ class Command(BaseCommand):
             name = f"{row['model']}.{row['field']}"
             age = _age(row["oldest_pending_seconds"])
             self.stdout.write(self.HEADER.format(name, row["total"], *(row[s] for s in STATES), age, row["spec"]))
+        for row in report:
+            if row["problem"]:
+                self.stderr.write(self.PROBLEM.format(label=f"{row['model']}.{row['field']}", problem=row["problem"]))
 
 
 def _age(seconds):
