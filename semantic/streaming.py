@@ -7,6 +7,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from django.db import models
+from django.db.models import Value
+from django.db.models.functions import MD5, Cast, Concat
 
 from semantic.fields import EmbeddingField
 
@@ -63,3 +65,15 @@ def normalised(vectors: np.ndarray) -> np.ndarray:
     """
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.where(norms == 0, 1, norms)
+
+
+def sample_vectors(rows: models.QuerySet, embedding: EmbeddingField, size: int, *, seed: int = 0) -> np.ndarray:
+    """Up to ``size`` of the rows' vectors, unit length, the same ones for the same seed.
+
+    Rows are drawn in the order of a hash of their primary key and the seed, so
+    the sample does not follow insertion order (which often follows topic or time)
+    and repeats from run to run, unlike ``ORDER BY random()``.
+    """
+    order = MD5(Concat(Cast("pk", models.TextField()), Value(f":{seed}"), output_field=models.TextField()))
+    vectors = rows.order_by(order).values_list(embedding.attname, flat=True)[:size]
+    return normalised(np.asarray(list(vectors), dtype=np.float32))
