@@ -39,9 +39,9 @@ EPOCHS = 3
 #: Rows k is chosen on, and the largest k tried, when k is not given.
 SAMPLE_ROWS = 2_000
 MAX_AUTO_K = 20
-#: k-means runs on the sample that starts mini-batch k-means; the best is kept. One
-#: run can merge two topics and split another, which the mini-batches cannot undo.
-SAMPLE_INITS = 10
+#: k-means runs from different starts, of which the best is kept: one run can merge
+#: two topics and split another (mini-batches started from it cannot undo that).
+KMEANS_INITS = 10
 TYPICAL_ROWS = 3
 LABEL_WORDS = 3
 PERIODS = ("day", "week", "month")
@@ -169,11 +169,11 @@ def fit(
             size = min(len(batch.pks), total - filled)
             vectors[filled : filled + size] = normalised(batch.vectors[:size])
             filled += size
-        estimator = KMeans(n_clusters=k, random_state=seed, n_init="auto").fit(vectors[:filled])
+        estimator = KMeans(n_clusters=k, random_state=seed, n_init=KMEANS_INITS).fit(vectors[:filled])
     else:
         # Start from k-means on a sample: partial_fit would otherwise start from the
         # first batch, whose rows (in primary-key order) may all share a topic.
-        start = KMeans(n_clusters=k, random_state=seed, n_init=SAMPLE_INITS).fit(
+        start = KMeans(n_clusters=k, random_state=seed, n_init=KMEANS_INITS).fit(
             sample_vectors(rows, embedding, max(SAMPLE_ROWS, 10 * k), seed=seed)
         )
         # No reassignment: a batch in primary-key order may lack some topics, whose

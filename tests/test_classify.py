@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+from collections import Counter
+
 import pytest
 from django.db import connection
 
@@ -9,7 +13,8 @@ from semantic import embed_pending, suspend_embedding
 from semantic.classify import annotate_predictions, apply_predictions, predict_labels
 from semantic.linear import train_classifier
 from semantic.models import Classifier
-from tests.commands import call
+from tests.commands import call, manage
+from tests.test_worker import wait_for
 from tests.topicapp.banking77 import INTENTS, sentences
 from tests.topicapp.models import Ticket
 
@@ -156,3 +161,45 @@ def test_bad_input_is_refused_clearly(tickets):
         list(predict_labels(Ticket.objects.all(), method="svm"))
     with pytest.raises(ValueError, match="k must be an integer"):
         list(predict_labels(Ticket.objects.all(), k=0))
+
+
+@pytest.fixture
+def local_qcluster(fake_gemini, tmp_path):
+    """A real django-q2 worker process embedding with the local model."""
+    log = tmp_path / "qcluster.log"
+    with log.open("wb") as out:
+        process = manage(
+            fake_gemini, "qcluster", env={"SEMANTIC_TEST_BACKEND": LOCAL}, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        print(log.read_text())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rows_embedded_by_a_real_worker_are_labelled_and_grouped(local_qcluster, semantic_settings):
+    from semantic.clusters import cluster
+
+    semantic_settings(BACKEND=LOCAL, SYNC=False)
+    truth = {}
+    for intent, texts in sentences(per_intent=12).items():
+        for number, text in enumerate(texts):
+            ticket = Ticket.objects.create(text=text, category=intent if number < 8 else "")
+            truth[ticket.pk] = intent
+    # save() queued the work: nothing is embedded in this process.
+    assert Ticket.objects.filter(embedding__isnull=True).count() == len(truth)
+
+    assert wait_for(lambda: not Ticket.objects.filter(embedding__isnull=True).exists(), timeout=180)
+    assert local_qcluster.poll() is None
+
+    predictions = list(predict_labels(Ticket.objects.all(), k=5))
+    assert len(predictions) == 4 * len(INTENTS)
+    assert sum(truth[p.pk] == p.label for p in predictions) / len(predictions) >= 0.9
+    topics = cluster(Ticket.objects.all(), k=len(INTENTS))
+    assert all(Counter(truth[pk] for pk in t.pks).most_common(1)[0][1] >= 0.8 * t.size for t in topics)
