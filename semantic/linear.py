@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+from django.apps import apps
 from django.db import models
 
 from semantic.fields import EmbeddingField
 from semantic.labels import NO_EXAMPLES, Prediction, label_field_of, labelled
-from semantic.models import Classifier
 from semantic.streaming import BATCH_SIZE, normalised, vector_batches
 from semantic.switch import serving_field
 
@@ -35,7 +35,7 @@ def train_classifier(
     examples: models.QuerySet | None = None,
     C: float = DEFAULT_C,
     batch_size: int = BATCH_SIZE,
-) -> Classifier:
+) -> Any:
     """Fit a logistic regression on the labelled rows and store it, replacing the last one."""
     from sklearn.linear_model import LogisticRegression
 
@@ -65,7 +65,7 @@ def train_classifier(
         # row for the first gives the same probabilities through the softmax.
         weights = np.vstack([np.zeros_like(weights), weights])
         intercepts = np.concatenate([[0.0], intercepts])
-    classifier, _ = Classifier.objects.update_or_create(
+    classifier, _ = classifier_model().objects.update_or_create(
         model_label=model._meta.label,
         field_name=embedding.name,
         label_field=label_field.name,
@@ -80,13 +80,24 @@ def train_classifier(
     return classifier
 
 
-def stored_classifier(
-    model: type[models.Model], embedding: EmbeddingField, label_field: models.Field
-) -> Classifier | None:
+def classifier_model() -> type[models.Model]:
+    """:class:`semantic.models.Classifier`, looked up when used: this module is part of the
+    public API imported by ``semantic/__init__.py``, before the app registry is ready."""
+    return apps.get_model("semantic", "Classifier")
+
+
+def stored_classifier(model: type[models.Model], embedding: EmbeddingField, label_field: models.Field) -> Any:
     """The classifier trained on this field's current kind of vectors, if any."""
-    return Classifier.objects.filter(
-        model_label=model._meta.label, field_name=embedding.name, label_field=label_field.name, spec=embedding.spec()
-    ).first()
+    return (
+        classifier_model()
+        .objects.filter(
+            model_label=model._meta.label,
+            field_name=embedding.name,
+            label_field=label_field.name,
+            spec=embedding.spec(),
+        )
+        .first()
+    )
 
 
 def predict_linear(

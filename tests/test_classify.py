@@ -6,6 +6,7 @@ import signal
 import subprocess
 from collections import Counter
 
+import numpy as np
 import pytest
 from django.db import connection
 
@@ -203,3 +204,33 @@ def test_rows_embedded_by_a_real_worker_are_labelled_and_grouped(local_qcluster,
     assert sum(truth[p.pk] == p.label for p in predictions) / len(predictions) >= 0.9
     topics = cluster(Ticket.objects.all(), k=len(INTENTS))
     assert all(Counter(truth[pk] for pk in t.pks).most_common(1)[0][1] >= 0.8 * t.size for t in topics)
+
+
+def unit(*parts):
+    """A 384-dimensional vector with the given leading components, made unit length."""
+    vector = np.zeros(384)
+    vector[: len(parts)] = parts
+    return (vector / np.linalg.norm(vector)).tolist()
+
+
+@pytest.mark.django_db
+def test_the_vote_is_weighted_by_similarity_and_its_share_is_the_confidence():
+    """Three 'a' neighbours at similarity 0.8 outvote two nearer 'b' ones at 0.9: 2.4 to 1.8."""
+    spec = Ticket._meta.get_field("embedding").spec()
+    rows = [
+        ("", unit(1)),
+        ("a", unit(0.8, 0.6)),
+        ("a", unit(0.8, 0, 0.6)),
+        ("a", unit(0.8, 0, 0, 0.6)),
+        ("b", unit(0.9, 0, 0, 0, 0.19**0.5)),
+        ("b", unit(0.9, 0, 0, 0, 0, 0.19**0.5)),
+        ("c", unit(0, 0, 0, 0, 0, 0, 1)),
+    ]
+    with suspend_embedding():
+        for category, vector in rows:
+            Ticket.objects.create(text=f"ticket {category}", category=category, embedding=vector, embedding_model=spec)
+    (prediction,) = predict_labels(Ticket.objects.all(), k=5)
+    assert prediction.label == "a"
+    assert prediction.confidence == pytest.approx(2.4 / 4.2, abs=1e-4)
+    (prediction,) = predict_labels(Ticket.objects.all(), k=2)
+    assert (prediction.label, prediction.confidence) == ("b", pytest.approx(1.0))
