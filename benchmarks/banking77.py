@@ -51,6 +51,7 @@ def timed(function):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=0, help="also measure throughput at this many rows")
+    parser.add_argument("--linear", action="store_true", help="with --rows: the logistic regression too")
     args = parser.parse_args()
     setup()
     from sklearn.cluster import KMeans
@@ -143,7 +144,7 @@ def main() -> None:
     if args.rows:
         from benchmarks.banking77_scale import throughput
 
-        throughput(args.rows, np.vstack([train_v, test_v]), list(train_y) + list(test_y), len(train_v))
+        throughput(args.rows, np.vstack([train_v, test_v]), list(train_y) + list(test_y), linear=args.linear)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,14 @@ cosine similarity to it, renormalised) with that message's intent; 90% keep thei
 label, 10% are left unlabelled to be predicted. They are written with COPY into
 tests.topicapp.Ticket, which is indexed afterwards (HNSW, m=16, ef_construction=64).
 The direct side runs scikit-learn on the same vectors held in memory.
+
+Run after ``benchmarks.banking77`` (whose stored, worker-made vectors of the 8,002
+training messages it starts from), or through it with ``--rows``:
+
+    .venv/bin/python -m benchmarks.banking77_scale --rows 100000 [--linear]
+
+``--linear`` adds training and applying the logistic regression at that size
+(minutes of lbfgs on a busy two-core machine).
 """
 
 from __future__ import annotations
@@ -62,7 +70,7 @@ def load(made: np.ndarray, labels: np.ndarray, hidden: np.ndarray) -> list[int]:
     return list(range(1, len(made) + 1))
 
 
-def throughput(rows: int, vectors: np.ndarray, labels: list[str], labelled_rows: int) -> None:
+def throughput(rows: int, vectors: np.ndarray, labels: list[str], *, linear: bool = False) -> None:
     from sklearn.cluster import MiniBatchKMeans
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import v_measure_score
@@ -101,24 +109,25 @@ def throughput(rows: int, vectors: np.ndarray, labels: list[str], labelled_rows:
         time.monotonic() - started,
     )
 
-    Classifier.objects.all().delete()
-    started = time.monotonic()
-    train_classifier(Ticket, "category")
-    trained = time.monotonic() - started
-    started = time.monotonic()
-    predicted = {p.pk: p.label for p in predict_labels(everything, method="linear")}
-    report(f"ORM logistic regression (trained in {trained:.0f}s)", predicted, time.monotonic() - started)
+    if linear:
+        Classifier.objects.all().delete()
+        started = time.monotonic()
+        train_classifier(Ticket, "category")
+        trained = time.monotonic() - started
+        started = time.monotonic()
+        predicted = {p.pk: p.label for p in predict_labels(everything, method="linear")}
+        report(f"ORM logistic regression (trained in {trained:.0f}s)", predicted, time.monotonic() - started)
 
-    started = time.monotonic()
-    lr = LogisticRegression(C=DEFAULT_C, max_iter=MAX_ITER).fit(made[~hidden], made_labels[~hidden])
-    trained = time.monotonic() - started
-    started = time.monotonic()
-    guesses = lr.predict(made[hidden])
-    report(
-        f"direct logistic regression (trained in {trained:.0f}s)",
-        dict(zip(pks[hidden].tolist(), guesses)),
-        time.monotonic() - started,
-    )
+        started = time.monotonic()
+        lr = LogisticRegression(C=DEFAULT_C, max_iter=MAX_ITER).fit(made[~hidden], made_labels[~hidden])
+        trained = time.monotonic() - started
+        started = time.monotonic()
+        guesses = lr.predict(made[hidden])
+        report(
+            f"direct logistic regression (trained in {trained:.0f}s)",
+            dict(zip(pks[hidden].tolist(), guesses)),
+            time.monotonic() - started,
+        )
 
     started = time.monotonic()
     topics = cluster(everything, k=77, seed=SEED)
@@ -131,3 +140,30 @@ def throughput(rows: int, vectors: np.ndarray, labels: list[str], labelled_rows:
     seconds = time.monotonic() - started
     direct_v = 100 * v_measure_score(made_labels, direct.labels_)
     print(f"  direct MiniBatchKMeans(k=77) in memory: {seconds:.1f}s, V-measure {direct_v:.2f}")
+
+
+def main() -> None:
+    import argparse
+
+    from benchmarks.common import setup
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--linear", action="store_true", help="also train and apply the logistic regression")
+    args = parser.parse_args()
+    setup()
+    from semantic.fields import get_embedding_field
+    from tests.topicapp.models import Ticket
+
+    field = get_embedding_field(Ticket)
+    stored = Ticket.objects.filter(field.searchable()).exclude(category="").order_by("pk")
+    pairs = list(stored.values_list("embedding", "category"))
+    if not pairs:
+        raise SystemExit("No embedded, labelled tickets: run `python -m benchmarks.banking77` first.")
+    print(f"starting from {len(pairs)} stored Banking77 training vectors")
+    vectors = np.array([vector for vector, _ in pairs], dtype=np.float32)
+    throughput(args.rows, vectors, [label for _, label in pairs], linear=args.linear)
+
+
+if __name__ == "__main__":
+    main()
