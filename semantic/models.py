@@ -144,3 +144,37 @@ class EmbeddingBatchJob(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class Classifier(models.Model):
+    """A linear classifier trained from the rows people labelled (see :mod:`semantic.linear`).
+
+    One per model, embedding field and label field. Holds the learned weights as
+    float32 arrays rather than a pickled estimator: predicting needs only a matrix
+    product, and loading bytes from the database never runs code. ``spec`` records
+    which vectors it was trained on, so vectors of another model or size are not
+    fed to it.
+    """
+
+    model_label = models.CharField(_("model"), max_length=200)
+    field_name = models.CharField(_("field"), max_length=200)
+    label_field = models.CharField(_("label field"), max_length=200)
+    spec = models.CharField(_("model | task type | dimensions"), max_length=200)
+    #: The labels, in the order of the weights' rows.
+    classes = models.JSONField(_("labels"))
+    weights = models.BinaryField(_("weights"))
+    intercepts = models.BinaryField(_("intercepts"))
+    rows = models.PositiveIntegerField(_("rows trained on"))
+    trained_at = models.DateTimeField(_("trained"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("label classifier")
+        verbose_name_plural = _("label classifiers")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model_label", "field_name", "label_field"], name="semantic_classifier_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_label}.{self.label_field} from {self.field_name}"

@@ -1,0 +1,294 @@
+"""Groups of similar rows ("topics") over any queryset, with sizes, examples and labels.
+
+Vectors are read from the database in batches (:mod:`semantic.streaming`) and
+scaled to unit length, so k-means groups by cosine similarity. Up to
+``IN_MEMORY_ROWS`` rows, scikit-learn's ``KMeans`` runs on all of them at once (the
+rows x dimensions float32 array is then small); above, ``MiniBatchKMeans`` learns
+from the stream with ``partial_fit`` over ``EPOCHS`` passes and never holds more
+than one batch. A last pass assigns every row to its nearest centre.
+
+Each group gets:
+
+- its size and its most typical rows (nearest its centre);
+- a short label: the words that most set its texts apart from the whole queryset,
+  counted by PostgreSQL's text search parser (``to_tsvector``; English stop words
+  dropped), or the most typical row's text when the text is not in columns;
+- with ``date_field``, rows per day, week or month and the growth between the last
+  two periods.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import Counter
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from django.db import connections, models
+
+from semantic.fields import EmbeddingField
+from semantic.streaming import BATCH_SIZE, normalised, sample_vectors, vector_batches
+from semantic.switch import serving_field
+
+IN_MEMORY_ROWS = 50_000
+EPOCHS = 3
+#: Rows k is chosen on, and the largest k tried, when k is not given.
+SAMPLE_ROWS = 2_000
+MAX_AUTO_K = 20
+#: k-means runs from different starts, of which the best is kept: one run can merge
+#: two topics and split another (mini-batches started from it cannot undo that).
+KMEANS_INITS = 10
+TYPICAL_ROWS = 3
+LABEL_WORDS = 3
+PERIODS = ("day", "week", "month")
+
+
+@dataclass
+class Cluster:
+    """One group of similar rows."""
+
+    number: int
+    size: int
+    label: str
+    words: list[str]
+    #: The rows nearest the centre, nearest first.
+    typical: list[models.Model]
+    pks: list[Any]
+    #: ``(period start, rows)`` for every period of the queryset, oldest first (with ``date_field``).
+    trend: list[tuple[date, int]] = dataclass_field(default_factory=list)
+    #: Relative change of rows from the second-last to the last period; None without a base.
+    growth: float | None = None
+
+
+def cluster(
+    queryset: models.QuerySet,
+    *,
+    field: str | None = None,
+    k: int | None = None,
+    date_field: str | None = None,
+    period: str = "week",
+    typical: int = TYPICAL_ROWS,
+    batch_size: int = BATCH_SIZE,
+    streaming: bool | None = None,
+    seed: int = 0,
+) -> list[Cluster]:
+    """The rows of ``queryset`` that have a vector, in ``k`` groups, largest first.
+
+    ``k`` is chosen when not given: the number of groups from 2 to ``MAX_AUTO_K``
+    with the best silhouette (cosine) on a sample of ``SAMPLE_ROWS`` rows.
+    ``streaming`` chooses mini-batch k-means over batches of ``batch_size`` rows
+    (default: above ``IN_MEMORY_ROWS`` rows).
+    """
+    if period not in PERIODS:
+        raise ValueError(f"period must be one of {', '.join(PERIODS)}, not {period!r}.")
+    model = queryset.model
+    embedding = serving_field(model, field)
+    if date_field is not None:
+        check_date_field(model, date_field)
+    rows = queryset.filter(embedding.searchable())
+    total = rows.count()
+    if total < 2:
+        raise ValueError(f"Clustering needs at least two rows with vectors; the queryset has {total}.")
+    if k is None:
+        k = choose_k(rows, embedding, seed=seed)
+    elif isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= total:
+        raise ValueError(f"k must be an integer from 1 to the number of rows ({total}), not {k!r}.")
+    if streaming is None:
+        streaming = total > IN_MEMORY_ROWS
+    centres = fit(rows, embedding, k, total=total, batch_size=batch_size, streaming=streaming, seed=seed)
+
+    extra = (date_field,) if date_field else ()
+    assigned_pks: list[Any] = []
+    assigned: list[int] = []
+    dates: list[Any] = []
+    nearest: list[list[tuple[float, int, Any]]] = [[] for _ in range(k)]
+    order = 0
+    for batch in vector_batches(rows, embedding, batch_size, extra=extra):
+        similarities = normalised(batch.vectors) @ centres.T
+        groups = similarities.argmax(axis=1)
+        for pk, group, row, values in zip(batch.pks, groups, similarities, batch.extra):
+            assigned_pks.append(pk)
+            assigned.append(int(group))
+            if date_field:
+                dates.append(values[0])
+            # Keep the ``typical`` most similar per group; ``order`` breaks ties stably.
+            entry = (float(row[group]), -order, pk)
+            heap = nearest[group]
+            if len(heap) < typical:
+                heapq.heappush(heap, entry)
+            else:
+                heapq.heappushpop(heap, entry)
+            order += 1
+
+    members: dict[int, list[Any]] = {}
+    for pk, group in zip(assigned_pks, assigned):
+        members.setdefault(group, []).append(pk)
+    words = distinctive_words(rows, embedding, assigned_pks, assigned) if text_columns(model, embedding) else {}
+    typical_pks = {group: [pk for _, _, pk in sorted(heap, reverse=True)] for group, heap in enumerate(nearest)}
+    objects = model._default_manager.using(rows.db).in_bulk([pk for pks in typical_pks.values() for pk in pks])
+    trends = trend_by_group(assigned, dates, period) if date_field else {}
+
+    found = []
+    for group, pks in members.items():
+        examples = [objects[pk] for pk in typical_pks[group] if pk in objects]
+        group_words = words.get(group, [])
+        label = ", ".join(group_words) if group_words else (str(examples[0]) if examples else "")
+        trend = trends.get(group, [])
+        found.append(
+            Cluster(
+                number=0,
+                size=len(pks),
+                label=label,
+                words=group_words,
+                typical=examples,
+                pks=pks,
+                trend=trend,
+                growth=growth(trend),
+            )
+        )
+    found.sort(key=lambda c: (-c.size, c.label))
+    for number, group_found in enumerate(found, start=1):
+        group_found.number = number
+    return found
+
+
+def fit(
+    rows: models.QuerySet, embedding: EmbeddingField, k: int, *, total: int, batch_size: int, streaming: bool, seed: int
+) -> np.ndarray:
+    """The ``k`` centres, unit length, as a k x dimensions array."""
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
+    if not streaming:
+        vectors = np.empty((total, embedding.dimensions), dtype=np.float32)
+        filled = 0
+        for batch in vector_batches(rows, embedding, batch_size):
+            size = min(len(batch.pks), total - filled)
+            vectors[filled : filled + size] = normalised(batch.vectors[:size])
+            filled += size
+        estimator = KMeans(n_clusters=k, random_state=seed, n_init=KMEANS_INITS).fit(vectors[:filled])
+    else:
+        # Start from k-means on a sample: partial_fit would otherwise start from the
+        # first batch, whose rows (in primary-key order) may all share a topic.
+        start = KMeans(n_clusters=k, random_state=seed, n_init=KMEANS_INITS).fit(
+            sample_vectors(rows, embedding, max(SAMPLE_ROWS, 10 * k), seed=seed)
+        )
+        # No reassignment: a batch in primary-key order may lack some topics, whose
+        # centres would look unused and be moved.
+        estimator = MiniBatchKMeans(
+            n_clusters=k, init=start.cluster_centers_, n_init=1, reassignment_ratio=0.0, random_state=seed
+        )
+        for _ in range(EPOCHS):
+            for batch in vector_batches(rows, embedding, batch_size):
+                estimator.partial_fit(normalised(batch.vectors))
+    return normalised(estimator.cluster_centers_.astype(np.float32))
+
+
+def choose_k(rows: models.QuerySet, embedding: EmbeddingField, *, seed: int) -> int:
+    """The k from 2 to ``MAX_AUTO_K`` whose groups have the best silhouette on a sample."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    vectors = sample_vectors(rows, embedding, SAMPLE_ROWS, seed=seed)
+    candidates = range(2, min(MAX_AUTO_K, len(vectors) - 1) + 1)
+    if not candidates:
+        return 1
+    scores = {}
+    for k in candidates:
+        labels = KMeans(n_clusters=k, random_state=seed, n_init="auto").fit_predict(vectors)
+        scores[k] = silhouette_score(vectors, labels, metric="cosine")
+    return max(scores, key=lambda k: (scores[k], -k))
+
+
+def text_columns(model: type[models.Model], embedding: EmbeddingField) -> list[str]:
+    """The columns the field's text comes from, or none when a method makes it."""
+    if embedding.source_is_method:
+        return []
+    return [model._meta.get_field(name).column for name in embedding.source]
+
+
+def distinctive_words(
+    rows: models.QuerySet, embedding: EmbeddingField, pks: list[Any], groups: list[int]
+) -> dict[int, list[str]]:
+    """Each group's ``LABEL_WORDS`` words most over-represented against the whole set.
+
+    PostgreSQL splits the texts into words (``to_tsvector('simple', ...)``: lower
+    case, unstemmed, so labels read as written) and counts, per group, the rows
+    each word appears in; a word the English dictionary drops is a stop word. A
+    word scores its share of the group's rows times how much more often it appears
+    there than overall (its contribution to the groups' Kullback-Leibler divergence).
+    """
+    model = rows.model
+    connection = connections[rows.db]
+    quote = connection.ops.quote_name
+    text = "concat_ws(' ', " + ", ".join(f"t.{quote(c)}" for c in text_columns(model, embedding)) + ")"
+    sql = f"""
+        SELECT a.grp, w.word, count(*)
+        FROM unnest(%s, %s::int[]) AS a(pk, grp)
+        JOIN {quote(model._meta.db_table)} t ON t.{quote(model._meta.pk.column)} = a.pk
+        CROSS JOIN LATERAL (
+            SELECT DISTINCT word FROM unnest(tsvector_to_array(to_tsvector('simple', {text}))) AS word
+            WHERE length(word) > 2 AND word !~ '^[0-9]' AND to_tsvector('english', word) <> ''::tsvector
+        ) w
+        GROUP BY a.grp, w.word
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [pks, groups])
+        counts = cursor.fetchall()
+    sizes = Counter(groups)
+    overall: Counter[str] = Counter()
+    for _, word, count in counts:
+        overall[word] += count
+    total = len(pks)
+    scored: dict[int, list[tuple[float, str]]] = {}
+    for group, word, count in counts:
+        if count < 2 and sizes[group] > 2:
+            continue
+        inside = count / sizes[group]
+        everywhere = overall[word] / total
+        scored.setdefault(group, []).append((inside * math.log(inside / everywhere), word))
+    return {
+        group: [word for _, word in sorted(found, key=lambda s: (-s[0], s[1]))[:LABEL_WORDS]]
+        for group, found in scored.items()
+    }
+
+
+def check_date_field(model: type[models.Model], name: str) -> None:
+    try:
+        found = model._meta.get_field(name)
+    except Exception:
+        raise ValueError(f"{model._meta.label} has no field {name!r}.") from None
+    if not isinstance(found, (models.DateField, models.DateTimeField)):
+        raise ValueError(f"{model._meta.label}.{name} is not a date or date-time field.")
+
+
+def period_start(value: date | datetime, period: str) -> date:
+    day = value.date() if isinstance(value, datetime) else value
+    if period == "week":
+        return day - timedelta(days=day.weekday())
+    if period == "month":
+        return day.replace(day=1)
+    return day
+
+
+def trend_by_group(groups: list[int], dates: list[Any], period: str) -> dict[int, list[tuple[date, int]]]:
+    """Rows per period for each group, over every period the whole set spans."""
+    counts: Counter[tuple[int, date]] = Counter()
+    starts: set[date] = set()
+    for group, value in zip(groups, dates):
+        if value is None:
+            continue
+        start = period_start(value, period)
+        starts.add(start)
+        counts[(group, start)] += 1
+    ordered = sorted(starts)
+    return {group: [(start, counts[(group, start)]) for start in ordered] for group in set(groups)}
+
+
+def growth(trend: list[tuple[date, int]]) -> float | None:
+    if len(trend) < 2 or not trend[-2][1]:
+        return None
+    return (trend[-1][1] - trend[-2][1]) / trend[-2][1]

@@ -1,0 +1,74 @@
+import csv
+import io
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+
+from semantic.clusters import PERIODS, cluster
+from semantic.management.targets import resolve
+
+
+class Command(BaseCommand):
+    help = (
+        "Export groups of similar rows (topics) as CSV or JSON: size, label, the most typical rows, "
+        "and rows per period with --date-field."
+    )
+
+    WROTE = "Wrote {groups} topics ({rows} rows) to {output}."
+    SEVERAL_FIELDS = "{label} has several EmbeddingFields; name one: {target}.<field>."
+    CSV_FIELDS = ["topic", "size", "label", "growth", "typical_pk", "typical_text"]
+
+    def add_arguments(self, parser):
+        parser.add_argument("target", help="app_label.Model or app_label.Model.field")
+        parser.add_argument("--k", type=int, help="number of topics (default: chosen automatically)")
+        parser.add_argument("--date-field", help="a date field: rows per period and growth for each topic")
+        parser.add_argument("--period", choices=PERIODS, default="week")
+        parser.add_argument("--format", choices=["csv", "json"], default="csv")
+        parser.add_argument("--output", help="file to write (default: standard output)")
+
+    def handle(self, target, k, date_field, period, format, output, **options):
+        (model, field), *others = resolve(target)
+        if others:
+            raise CommandError(self.SEVERAL_FIELDS.format(label=model._meta.label, target=target))
+        try:
+            topics = cluster(model._default_manager.all(), field=field.name, k=k, date_field=date_field, period=period)
+        except ValueError as error:
+            raise CommandError(str(error)) from None
+        buffer = io.StringIO()
+        if format == "json":
+            records = [
+                {
+                    "topic": topic.number,
+                    "size": topic.size,
+                    "label": topic.label,
+                    "words": topic.words,
+                    "typical": [{"pk": row.pk, "text": str(row)} for row in topic.typical],
+                    "trend": [[start.isoformat(), rows] for start, rows in topic.trend],
+                    "growth": topic.growth,
+                }
+                for topic in topics
+            ]
+            json.dump(records, buffer, ensure_ascii=False, indent=2, default=str)
+            buffer.write("\n")
+        else:
+            writer = csv.DictWriter(buffer, fieldnames=self.CSV_FIELDS)
+            writer.writeheader()
+            for topic in topics:
+                for row in topic.typical:
+                    writer.writerow(
+                        {
+                            "topic": topic.number,
+                            "size": topic.size,
+                            "label": topic.label,
+                            "growth": "" if topic.growth is None else f"{topic.growth:.3f}",
+                            "typical_pk": row.pk,
+                            "typical_text": str(row),
+                        }
+                    )
+        if output:
+            with open(output, "w", newline="", encoding="utf-8") as handle:
+                handle.write(buffer.getvalue())
+            rows = sum(topic.size for topic in topics)
+            self.stdout.write(self.WROTE.format(groups=len(topics), rows=rows, output=output))
+        else:
+            self.stdout.write(buffer.getvalue(), ending="")

@@ -1,0 +1,236 @@
+"""Suggesting labels for real Banking77 messages from the ones people labelled."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections import Counter
+
+import numpy as np
+import pytest
+from django.db import connection
+
+from semantic import embed_pending, suspend_embedding
+from semantic.classify import annotate_predictions, apply_predictions, predict_labels
+from semantic.linear import train_classifier
+from semantic.models import Classifier
+from tests.commands import call, manage
+from tests.test_worker import wait_for
+from tests.topicapp.banking77 import INTENTS, sentences
+from tests.topicapp.models import Ticket
+
+LOCAL = "semantic.backends.local.LocalBackend"
+LABELLED_PER_INTENT = 10
+
+
+@pytest.fixture
+def tickets(semantic_settings):
+    """Ten labelled and five unlabelled messages per intent, embedded by the local model.
+
+    Returns the true label of each unlabelled ticket by primary key.
+    """
+    semantic_settings(BACKEND=LOCAL)
+    truth = {}
+    with suspend_embedding():
+        for intent, texts in sentences().items():
+            for number, text in enumerate(texts):
+                labelled = number < LABELLED_PER_INTENT
+                ticket = Ticket.objects.create(text=text, category=intent if labelled else "")
+                if not labelled:
+                    truth[ticket.pk] = intent
+    embed_pending(Ticket)
+    assert not Ticket.objects.filter(embedding__isnull=True).exists()
+    return truth
+
+
+def accuracy(predictions, truth):
+    return sum(truth[p.pk] == p.label for p in predictions) / len(truth)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_nearest_neighbours_label_held_out_messages(tickets):
+    predictions = list(predict_labels(Ticket.objects.all(), "category", k=5))
+    assert sorted(p.pk for p in predictions) == sorted(tickets)
+    assert accuracy(predictions, tickets) >= 0.9
+    assert all(0 < p.confidence <= 1 for p in predictions)
+    # Unanimous neighbours give full confidence.
+    assert any(p.confidence == pytest.approx(1.0) for p in predictions)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_linear_model_is_trained_stored_and_retrained(tickets):
+    predictions = list(predict_labels(Ticket.objects.all(), "category", method="linear"))
+    assert accuracy(predictions, tickets) >= 0.9
+    stored = Classifier.objects.get(model_label="topicapp.Ticket", field_name="embedding", label_field="category")
+    assert sorted(stored.classes) == sorted(INTENTS)
+    assert stored.rows == LABELLED_PER_INTENT * len(INTENTS)
+
+    Ticket.objects.filter(pk__in=list(tickets)).update(category="card_arrival")
+    retrained = train_classifier(Ticket, "category")
+    assert retrained.pk == stored.pk
+    assert retrained.rows == Ticket.objects.count()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_predictions_annotate_a_queryset_and_filter_by_confidence(tickets):
+    bulk = {p.pk: p for p in predict_labels(Ticket.objects.all(), k=5)}
+    annotated = annotate_predictions(Ticket.objects.filter(category=""), k=5).order_by("pk")
+    rows = list(annotated.values_list("pk", "predicted_label", "confidence"))
+    assert [pk for pk, _, _ in rows] == sorted(bulk)
+    for pk, label, confidence in rows:
+        assert label == bulk[pk].label
+        assert confidence == pytest.approx(bulk[pk].confidence)
+    doubtful = annotated.filter(confidence__lt=0.99).values_list("pk", flat=True)
+    assert set(doubtful) == {pk for pk, p in bulk.items() if p.confidence < 0.99}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_neighbours_come_from_the_hnsw_index(tickets):
+    annotated = annotate_predictions(Ticket.objects.filter(category=""), k=5)
+    with connection.cursor() as cursor:
+        # Tiny tables are cheaper to sort than to search: make the planner show its hand.
+        cursor.execute("SET enable_seqscan = off; SET enable_sort = off; SET enable_bitmapscan = off")
+        sql, params = annotated.query.sql_with_params()
+        cursor.execute(f"EXPLAIN {sql}", params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+        cursor.execute("RESET enable_seqscan; RESET enable_sort; RESET enable_bitmapscan")
+    assert "ticket_embedding_hnsw" in plan
+
+
+@pytest.mark.django_db(transaction=True)
+def test_zero_shot_before_anyone_labels(tickets):
+    Ticket.objects.update(category="")
+    truth = dict(Ticket.objects.values_list("pk", "text"))
+    by_text = {text: intent for intent, texts in sentences().items() for text in texts}
+    predictions = list(predict_labels(Ticket.objects.all()))
+    assert len(predictions) == len(truth)
+    correct = sum(by_text[truth[p.pk]] == p.label for p in predictions)
+    assert correct / len(predictions) >= 0.6
+
+
+@pytest.mark.django_db(transaction=True)
+def test_apply_writes_only_confident_labels_and_keeps_new_human_ones(tickets):
+    predictions = list(predict_labels(Ticket.objects.all(), k=5))
+    confident = {p.pk for p in predictions if p.confidence >= 0.99}
+    assert 0 < len(confident) < len(predictions)
+    someone = next(iter(confident))
+    Ticket.objects.filter(pk=someone).update(category="terminate_account")
+
+    written = apply_predictions(iter(predictions), Ticket, "category", min_confidence=0.99)
+
+    assert written == len(confident) - 1
+    assert Ticket.objects.get(pk=someone).category == "terminate_account"
+    assert (
+        set(Ticket.objects.filter(pk__in=list(tickets)).exclude(category="").values_list("pk", flat=True)) == confident
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_command_dry_run_changes_nothing(tickets):
+    from semantic.management.commands.semantic_classify import Command
+
+    out, _ = call("semantic_classify", "topicapp.Ticket", "--label", "category", "--k", "5", "--dry-run")
+    assert Command.WOULD_APPLY.format(applied=len(tickets), rows=len(tickets), confidence=0.0) in out
+    assert Ticket.objects.filter(category="").count() == len(tickets)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_command_applies_labels_above_the_confidence(tickets):
+    from semantic.management.commands.semantic_classify import Command
+
+    expected = [p for p in predict_labels(Ticket.objects.all(), k=5) if p.confidence >= 0.8]
+    out, _ = call("semantic_classify", "topicapp.Ticket", "--label", "category", "--k", "5", "--min-confidence", "0.8")
+    assert Command.APPLIED.format(applied=len(expected), rows=len(tickets), confidence=0.8) in out
+    for p in expected:
+        assert Ticket.objects.get(pk=p.pk).category == p.label
+
+
+@pytest.mark.django_db(transaction=True)
+def test_command_trains_the_linear_model(tickets):
+    from semantic.management.commands.semantic_classify import Command
+
+    out, _ = call("semantic_classify", "topicapp.Ticket", "--label", "category", "--train", "--dry-run")
+    assert Command.TRAINED.format(rows=LABELLED_PER_INTENT * len(INTENTS), labels=len(INTENTS)) in out
+    assert Classifier.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_bad_input_is_refused_clearly(tickets):
+    with pytest.raises(ValueError, match="no field 'kind'"):
+        list(predict_labels(Ticket.objects.all(), "kind"))
+    with pytest.raises(ValueError, match="method must be one of"):
+        list(predict_labels(Ticket.objects.all(), method="svm"))
+    with pytest.raises(ValueError, match="k must be an integer"):
+        list(predict_labels(Ticket.objects.all(), k=0))
+
+
+@pytest.fixture
+def local_qcluster(fake_gemini, tmp_path):
+    """A real django-q2 worker process embedding with the local model."""
+    log = tmp_path / "qcluster.log"
+    with log.open("wb") as out:
+        process = manage(
+            fake_gemini, "qcluster", env={"SEMANTIC_TEST_BACKEND": LOCAL}, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        print(log.read_text())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rows_embedded_by_a_real_worker_are_labelled_and_grouped(local_qcluster, semantic_settings):
+    from semantic.clusters import cluster
+
+    semantic_settings(BACKEND=LOCAL, SYNC=False)
+    truth = {}
+    for intent, texts in sentences(per_intent=12).items():
+        for number, text in enumerate(texts):
+            ticket = Ticket.objects.create(text=text, category=intent if number < 8 else "")
+            truth[ticket.pk] = intent
+    # save() queued the work: nothing is embedded in this process.
+    assert Ticket.objects.filter(embedding__isnull=True).count() == len(truth)
+
+    assert wait_for(lambda: not Ticket.objects.filter(embedding__isnull=True).exists(), timeout=180)
+    assert local_qcluster.poll() is None
+
+    predictions = list(predict_labels(Ticket.objects.all(), k=5))
+    assert len(predictions) == 4 * len(INTENTS)
+    assert sum(truth[p.pk] == p.label for p in predictions) / len(predictions) >= 0.9
+    topics = cluster(Ticket.objects.all(), k=len(INTENTS))
+    assert all(Counter(truth[pk] for pk in t.pks).most_common(1)[0][1] >= 0.8 * t.size for t in topics)
+
+
+def unit(*parts):
+    """A 384-dimensional vector with the given leading components, made unit length."""
+    vector = np.zeros(384)
+    vector[: len(parts)] = parts
+    return (vector / np.linalg.norm(vector)).tolist()
+
+
+@pytest.mark.django_db
+def test_the_vote_is_weighted_by_similarity_and_its_share_is_the_confidence():
+    """Three 'a' neighbours at similarity 0.8 outvote two nearer 'b' ones at 0.9: 2.4 to 1.8."""
+    spec = Ticket._meta.get_field("embedding").spec()
+    rows = [
+        ("", unit(1)),
+        ("a", unit(0.8, 0.6)),
+        ("a", unit(0.8, 0, 0.6)),
+        ("a", unit(0.8, 0, 0, 0.6)),
+        ("b", unit(0.9, 0, 0, 0, 0.19**0.5)),
+        ("b", unit(0.9, 0, 0, 0, 0, 0.19**0.5)),
+        ("c", unit(0, 0, 0, 0, 0, 0, 1)),
+    ]
+    with suspend_embedding():
+        for category, vector in rows:
+            Ticket.objects.create(text=f"ticket {category}", category=category, embedding=vector, embedding_model=spec)
+    (prediction,) = predict_labels(Ticket.objects.all(), k=5)
+    assert prediction.label == "a"
+    assert prediction.confidence == pytest.approx(2.4 / 4.2, abs=1e-4)
+    (prediction,) = predict_labels(Ticket.objects.all(), k=2)
+    assert (prediction.label, prediction.confidence) == ("b", pytest.approx(1.0))

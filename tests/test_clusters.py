@@ -1,0 +1,118 @@
+"""Groups of similar real Banking77 messages: separation, typical rows, labels, growth."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from semantic import embed_pending, suspend_embedding
+from semantic.clusters import cluster
+from tests.commands import call
+from tests.topicapp.banking77 import INTENTS, sentences
+from tests.topicapp.models import Ticket
+
+LOCAL = "semantic.backends.local.LocalBackend"
+MONDAY = datetime(2026, 11, 16, 9, tzinfo=UTC)
+
+
+@pytest.fixture
+def tickets(semantic_settings):
+    """Fifteen messages per intent, embedded by the local model; the intent by pk."""
+    semantic_settings(BACKEND=LOCAL)
+    intents = {}
+    with suspend_embedding():
+        for intent, texts in sentences().items():
+            for text in texts:
+                intents[Ticket.objects.create(text=text, category=intent).pk] = intent
+    embed_pending(Ticket)
+    return intents
+
+
+def majority(topic, intents):
+    (intent, count), *_ = Counter(intents[pk] for pk in topic.pks).most_common(1)
+    return intent, count / topic.size
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["kmeans", "minibatch-stream"])
+@pytest.mark.django_db(transaction=True)
+def test_clearly_different_intents_fall_into_their_own_groups(tickets, streaming):
+    topics = cluster(Ticket.objects.all(), k=len(INTENTS), streaming=streaming, batch_size=20)
+    assert sum(t.size for t in topics) == len(tickets)
+    assert [t.number for t in topics] == list(range(1, len(INTENTS) + 1))
+    assert [t.size for t in topics] == sorted((t.size for t in topics), reverse=True)
+    found = [majority(t, tickets) for t in topics]
+    assert sorted(intent for intent, _ in found) == sorted(INTENTS)
+    assert all(purity >= 0.8 for _, purity in found), found
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_group_has_typical_rows_and_a_label_from_its_words(tickets):
+    topics = cluster(Ticket.objects.all(), k=len(INTENTS))
+    for topic in topics:
+        assert len(topic.typical) == 3
+        assert {row.pk for row in topic.typical} <= set(topic.pks)
+        assert topic.words and topic.label == ", ".join(topic.words)
+    by_intent = {majority(t, tickets)[0]: t for t in topics}
+    assert "exchange" in by_intent["exchange_rate"].words or "rate" in by_intent["exchange_rate"].words
+    assert "card" in by_intent["card_arrival"].words
+    assert {"passcode", "forgot", "reset"} & set(by_intent["passcode_forgotten"].words)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_number_of_groups_is_chosen_when_not_given(tickets):
+    topics = cluster(Ticket.objects.filter(category__in=["exchange_rate", "lost_or_stolen_phone", "terminate_account"]))
+    assert len(topics) == 3
+    assert sorted(majority(t, tickets)[0] for t in topics) == [
+        "exchange_rate",
+        "lost_or_stolen_phone",
+        "terminate_account",
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_growth_over_time_per_group(tickets):
+    """Exchange-rate questions double from one week to the next; card arrivals halve."""
+    rows = Ticket.objects.filter(category__in=["exchange_rate", "card_arrival"]).order_by("pk")
+    for intent, first_week in (("exchange_rate", 5), ("card_arrival", 10)):
+        for number, ticket in enumerate(rows.filter(category=intent)):
+            week = 0 if number < first_week else 1
+            Ticket.objects.filter(pk=ticket.pk).update(created=MONDAY + timedelta(days=7 * week, hours=number))
+    topics = cluster(rows, k=2, date_field="created")
+    by_intent = {majority(t, tickets)[0]: t for t in topics}
+    weeks = [MONDAY.date(), (MONDAY + timedelta(days=7)).date()]
+    assert by_intent["exchange_rate"].trend == [(weeks[0], 5), (weeks[1], 10)]
+    assert by_intent["exchange_rate"].growth == pytest.approx(1.0)
+    assert by_intent["card_arrival"].trend == [(weeks[0], 10), (weeks[1], 5)]
+    assert by_intent["card_arrival"].growth == pytest.approx(-0.5)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_bad_input_is_refused_clearly(tickets):
+    with pytest.raises(ValueError, match="k must be an integer"):
+        cluster(Ticket.objects.all(), k=0)
+    with pytest.raises(ValueError, match="not a date"):
+        cluster(Ticket.objects.all(), k=2, date_field="text")
+    with pytest.raises(ValueError, match="at least two rows"):
+        cluster(Ticket.objects.filter(pk=-1), k=2)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_command_exports_topics_as_json_and_csv(tickets, tmp_path):
+    from semantic.management.commands.semantic_topics import Command
+
+    out, _ = call("semantic_topics", "topicapp.Ticket", "--k", "5", "--format", "json")
+    topics = json.loads(out)
+    assert sum(t["size"] for t in topics) == len(tickets)
+    assert all(len(t["typical"]) == 3 and t["label"] for t in topics)
+
+    target = tmp_path / "topics.csv"
+    out, _ = call("semantic_topics", "topicapp.Ticket", "--k", "5", "--output", str(target))
+    assert Command.WROTE.format(groups=5, rows=len(tickets), output=target) in out
+    rows = list(csv.DictReader(io.StringIO(target.read_text())))
+    assert len(rows) == 15
+    assert {r["topic"] for r in rows} == {"1", "2", "3", "4", "5"}

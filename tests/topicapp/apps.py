@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class TopicappConfig(AppConfig):
+    name = "tests.topicapp"
+    label = "topicapp"
+    default_auto_field = "django.db.models.BigAutoField"
