@@ -30,6 +30,7 @@ from django.utils.translation import ngettext
 from pgvector.django import CosineDistance
 
 from semantic.admin_status import EmbeddingFailureAdmin
+from semantic.embed import EmptyQuery, SearchUnavailable
 from semantic.fields import EmbeddingField
 from semantic.models import DismissedPair, EmbeddingBatchJob, EmbeddingFailure
 from semantic.query import (
@@ -45,6 +46,8 @@ from semantic.switch import serving_field
 from semantic.tasks import enqueue
 
 STATE_ANNOTATION = "semantic_state"
+#: Shown instead of a server error when the embedding API cannot answer a query now.
+SEARCH_UNAVAILABLE = _("Search by meaning is unavailable right now ({reason}); showing results without it.")
 
 
 class EmbeddingStateFilter(admin.SimpleListFilter):
@@ -127,16 +130,24 @@ class SemanticAdminMixin:
 
     def get_search_results(self, request: HttpRequest, queryset: models.QuerySet, search_term: str) -> Any:
         """With the "by meaning" toggle on, the 100 rows nearest to the search text."""
-        if not (getattr(request, "semantic_search", False) and search_term.strip()):
+        if not getattr(request, "semantic_search", False):
             return super().get_search_results(request, queryset, search_term)  # type: ignore[misc]
         field = self.get_embedding_field()
-        nearest = (
-            self.semantic_queryset(request).similar_to(search_term, field=field.name).values_list("pk", flat=True)[:100]
-        )
-        vector, _ = query_vector(self.model, field, search_term)  # type: ignore[attr-defined]
+        try:
+            nearest = list(
+                self.semantic_queryset(request)
+                .similar_to(search_term, field=field.name)
+                .values_list("pk", flat=True)[:100]
+            )
+            vector, _ = query_vector(self.model, field, search_term)  # type: ignore[attr-defined]
+        except EmptyQuery:  # nothing to embed (blank, control characters): an ordinary search
+            return super().get_search_results(request, queryset, search_term)  # type: ignore[misc]
+        except SearchUnavailable as exc:
+            self.message_user(request, SEARCH_UNAVAILABLE.format(reason=exc), messages.WARNING)  # type: ignore[attr-defined]
+            return super().get_search_results(request, queryset, search_term)  # type: ignore[misc]
         similarity = Value(1.0) - CosineDistance(field.indexed_vector(), Value(vector_literal(vector)))
         # ChangeList orders before it searches, so this ordering stands.
-        ranked = queryset.filter(pk__in=list(nearest)).annotate(semantic_similarity=similarity)
+        ranked = queryset.filter(pk__in=nearest).annotate(semantic_similarity=similarity)
         return ranked.order_by("-semantic_similarity", "-pk"), False
 
     # -- actions --------------------------------------------------------------------------
@@ -158,7 +169,11 @@ class SemanticAdminMixin:
             if getattr(obj, field.attname) is None:
                 results.append((obj, None))
                 continue
-            results.append((obj, list(visible.similar_to(obj, field=field.name)[: self.similar_count])))
+            try:
+                results.append((obj, list(visible.similar_to(obj, field=field.name)[: self.similar_count])))
+            except (EmptyQuery, SearchUnavailable) as exc:
+                self.message_user(request, SEARCH_UNAVAILABLE.format(reason=exc), messages.WARNING)  # type: ignore[attr-defined]
+                results.append((obj, None))
         context = {"results": results, "selected_count": queryset.count()}
         return self.render_semantic(request, self.similar_template, _("Similar items"), context)
 
@@ -274,12 +289,14 @@ class SemanticAdminMixin:
         obj = self.get_object(request, object_id) if object_id else None  # type: ignore[attr-defined]
         if obj is not None and self.has_semantic_view_permission(request):
             field = self.get_embedding_field()
+            context["semantic_similar"] = None
             if getattr(obj, field.attname) is not None:
-                context["semantic_similar"] = list(
-                    self.semantic_queryset(request).similar_to(obj, field=field.name)[: self.similar_count]
-                )
-            else:
-                context["semantic_similar"] = None
+                try:
+                    context["semantic_similar"] = list(
+                        self.semantic_queryset(request).similar_to(obj, field=field.name)[: self.similar_count]
+                    )
+                except (EmptyQuery, SearchUnavailable) as exc:
+                    self.message_user(request, SEARCH_UNAVAILABLE.format(reason=exc), messages.WARNING)  # type: ignore[attr-defined]
             context["semantic_state"] = getattr(obj, STATE_ANNOTATION, "")
         return super().change_view(request, object_id, form_url, context)  # type: ignore[misc]
 

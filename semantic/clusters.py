@@ -205,7 +205,7 @@ def choose_k(rows: models.QuerySet, embedding: EmbeddingField, *, seed: int) -> 
 
 def text_columns(model: type[models.Model], embedding: EmbeddingField) -> list[str]:
     """The columns the field's text comes from, or none when a method makes it."""
-    if embedding.source_is_method:
+    if embedding.text_from_python():
         return []
     return [model._meta.get_field(name).column for name in embedding.source]
 

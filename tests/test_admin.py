@@ -16,6 +16,7 @@ from semantic import embed_pending, suspend_embedding
 from semantic.duplicates import SPLIT_MIN_ROWS
 from semantic.fields import get_embedding_field
 from semantic.models import DismissedPair, EmbeddingBatchJob, EmbeddingFailure
+from tests.fake_gemini import api_error
 from tests.testapp.models import Article, Note
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -286,6 +287,24 @@ def test_change_form_shows_similar_items(viewer, articles):
     response = viewer.get(reverse("admin:testapp_article_change", args=[obj.pk]))
     assert [x.title for x in response.context["semantic_similar"]][0] == "reset the password of my account"
     assert "Similar items" in response.content.decode()
+
+
+def test_search_by_meaning_never_fails_with_a_server_error(viewer, articles, fake_gemini):
+    """Issue 11 item 5/6: the API failing, or a query with nothing to embed, is not a 500."""
+    from django.core.cache import cache
+
+    cache.clear()
+    fake_gemini.fail_every(503, body=api_error(503, "The service is currently unavailable.", "UNAVAILABLE"))
+    response = viewer.get(reverse(CHANGELIST), {"q": "a query never embedded before", "semantic": "1"})
+    assert response.status_code == 200
+    assert "Search by meaning is unavailable" in response.content.decode()
+    response = viewer.get(reverse(CHANGELIST), {"q": "\x01", "semantic": "1"})
+    assert response.status_code == 200
+    stale = articles["reset my account password"]
+    Article.objects.filter(pk=stale.pk).update(title="a text changed behind save")  # its vector is not current
+    response = viewer.get(reverse("admin:testapp_article_change", args=[stale.pk]))
+    assert response.status_code == 200 and response.context["semantic_similar"] is None
+    fake_gemini.reset()
 
 
 def test_search_by_meaning_orders_by_similarity(viewer, articles):

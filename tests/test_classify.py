@@ -228,7 +228,7 @@ def test_the_vote_is_weighted_by_similarity_and_its_share_is_the_confidence():
     ]
     with suspend_embedding():
         for category, vector in rows:
-            Ticket.objects.create(text=f"ticket {category}", category=category, embedding=vector, embedding_model=spec)
+            Ticket.objects.create(text=f"ticket {category}", category=category, embedding=vector, embedding_spec=spec)
     (prediction,) = predict_labels(Ticket.objects.all(), k=5)
     assert prediction.label == "a"
     assert prediction.confidence == pytest.approx(2.4 / 4.2, abs=1e-4)
