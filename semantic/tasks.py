@@ -16,6 +16,8 @@ from django.apps import apps
 from django.db import models, transaction
 
 from semantic.conf import semantic_settings as conf
+from semantic.dispatch import queue_task as queue_task  # re-exported: callers import it from here
+from semantic.dispatch import wake
 from semantic.fields import embedding_fields, get_embedding_field
 
 logger = logging.getLogger("semantic")
@@ -44,17 +46,18 @@ def embedding_suspended() -> bool:
 
 
 def enqueue(model: type[models.Model], field_name: str, pks: Sequence[Any], *, using: str | None = None) -> None:
-    """Embed these rows once the current transaction commits."""
+    """Have these rows embedded once the current transaction commits.
+
+    In ``SYNC`` mode they are embedded inline, on commit. Otherwise a worker is woken
+    (:func:`semantic.dispatch.wake`): it embeds every pending row of the field, these
+    among them, so saves that find a wake-up already waiting queue nothing.
+    """
     label = model._meta.label
-    pks = list(pks)
-
-    def send() -> None:
-        if conf.SYNC:
-            embed_rows(label, field_name, pks)
-            return
-        queue_task("semantic.tasks.embed_rows", label, field_name, pks, name=f"semantic: embed {label}.{field_name}")
-
-    transaction.on_commit(send, using=using, robust=True)
+    if conf.SYNC:
+        pks = list(pks)
+        transaction.on_commit(lambda: embed_rows(label, field_name, pks), using=using, robust=True)
+        return
+    wake("semantic.tasks.embed_rows", label, field_name, name=f"semantic: embed {label}.{field_name}", using=using)
 
 
 def embed_rows(label: str, field_name: str, pks: Sequence[Any] | None = None) -> dict[str, Any]:
@@ -97,16 +100,6 @@ def queue_pending(*targets: str | type[models.Model]) -> str:
     """Queue :func:`embed_pending` on django-q2; returns the task id."""
     labels = [t if isinstance(t, str) else t._meta.label for t in targets]
     return queue_task("semantic.tasks.embed_pending", *labels, name="semantic: embed pending rows")
-
-
-def queue_task(func: str, *args: Any, name: str) -> str:
-    """Hand ``func(*args)`` to django-q2, on the cluster ``SEMANTIC["QUEUE"]`` names."""
-    from django_q.tasks import async_task
-
-    options: dict[str, Any] = {"task_name": name}
-    if conf.QUEUE:
-        options["cluster"] = conf.QUEUE
-    return async_task(func, *args, **options)
 
 
 def iter_fields(targets: Iterable[str | type[models.Model]] = ()) -> Iterator[tuple[type[models.Model], Any]]:
