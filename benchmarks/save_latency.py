@@ -104,10 +104,10 @@ def saves_with_worker(server: FakeGemini, rows: int, transactions: int, latency:
                         text=f"Memo {t}-{i}: minutes of meeting number {t * per_transaction + i}"
                     )
         saved = time.monotonic() - started
-        last_vector = saved + wait_for(
-            lambda: not EmbeddedMemo.objects.filter(embedding__isnull=True).exists(), timeout=1800, every=0.2
-        )
-        drained = saved + wait_for(lambda: not OrmQ.objects.exists(), timeout=3600, every=0.2)
+        wait_for(lambda: not EmbeddedMemo.objects.filter(embedding__isnull=True).exists(), timeout=1800, every=0.1)
+        last_vector = time.monotonic() - started
+        wait_for(lambda: not OrmQ.objects.exists(), timeout=3600, every=0.1)
+        drained = time.monotonic() - started
         tasks = ormq_inserts() - before
     finally:
         worker.terminate()

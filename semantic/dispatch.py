@@ -1,45 +1,68 @@
 """Dispatch: the only module that talks to django-q2.
 
 A save does not hand its row to a worker. Pending rows are selectable in SQL
-(``EmbeddingField.needs_embedding()``), and the worker's task fills each request with
-every pending row it finds, so a save only needs a worker to *wake* soon. :func:`wake`
-sends a wake-up task for a field when the caller's transaction commits, and sends none
-when one is already waiting:
+(``EmbeddingField.needs_embedding()``), and the worker fills each request with every
+pending row it finds, so a save only needs a worker to *wake* soon. :func:`wake` sends
+a wake-up task for a field when the caller's transaction commits, and sends none when
+one is already on its way:
 
 - **One per field per transaction.** The wake-up is an on-commit callback; a second save
   in the same transaction finds the first one's callback among the connection's and adds
   nothing. A rollback drops the callback, so a rolled-back save queues nothing.
-- **One waiting per field (per process).** With django-q2's ORM broker the wake-up is
-  written into its queue table (``OrmQ``) by one statement on the caller's own
-  connection, which inserts only when this process's previous wake-up for the field is
-  gone or already claimed by a worker. ``async_task()`` would first call django-q2's
-  ``close_old_connections()``, which with the default ``CONN_MAX_AGE = 0`` closes and
-  reopens the database connection on every save.
-- **Decided after commit.** A wake-up is skipped only if one is still unclaimed after
-  the saved rows became visible. A worker claims a task before it runs it and looks for
-  pending rows after that, so the skipped rows are found by the waiting wake-up; a row
-  committed after a worker claimed the last wake-up gets a wake-up of its own. Deciding
-  inside the transaction would lose rows when a worker claimed and finished the waiting
-  wake-up before the transaction committed.
+- **One per field per process per** :data:`WAKE_WINDOW` **seconds.** A process that sent
+  a wake-up for the field, or saw one still unclaimed in the queue, less than
+  ``WAKE_WINDOW`` seconds ago sends nothing and makes no query. This is safe because a
+  wake-up task keeps looking for pending rows until a scan that starts ``WAKE_WINDOW``
+  seconds after the task started (:func:`semantic.tasks.embed_field`): it started after
+  it was sent or seen waiting, so that last scan starts after any save that relied on it
+  committed.
+- **One waiting per field per process.** After the window, with django-q2's ORM broker,
+  one statement on the caller's own connection inserts the wake-up into django-q2's queue
+  table (``OrmQ``) only if this process's previous one is gone or already claimed by a
+  worker. It never calls ``close_old_connections()`` as ``async_task()`` would, which with
+  the default ``CONN_MAX_AGE = 0`` closed and reopened the connection on every save.
+  The check runs after commit, so a skipped save's row was visible before any worker
+  claimed the waiting wake-up.
 
-Other brokers (Redis, SQS, ...) get ``async_task()`` after commit, one per field per
-transaction.
+Other brokers (Redis, SQS, ...) get ``async_task()`` after commit, coalesced per
+transaction and per window.
 """
 
 from __future__ import annotations
 
 import functools
 import threading
+import time
 from typing import Any
 
+from django.core.signals import setting_changed
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.utils import timezone
 
 from semantic.conf import semantic_settings as conf
 
-#: This process's last wake-up per (database, queue, task, arguments): its OrmQ id.
-_last_wakeup: dict[tuple[Any, ...], int] = {}
+#: Seconds during which a process sends at most one wake-up per field, and a wake-up
+#: task keeps looking for pending rows.
+WAKE_WINDOW = 1.0
+
+#: This process's last wake-up per (database, queue, task, arguments): its OrmQ id (None
+#: on other brokers) and when it was sent or seen waiting (``time.monotonic()``).
+_last_wakeup: dict[tuple[Any, ...], tuple[int | None, float]] = {}
 _lock = threading.Lock()
+
+
+def forget_wakeups(**kwargs: Any) -> None:
+    """Forget this process's recent wake-ups, so the next save checks the queue again.
+
+    Called when ``SEMANTIC`` or ``Q_CLUSTER`` change (the queue may be another one), and
+    useful after purging django-q2's queue.
+    """
+    if kwargs.get("setting", "SEMANTIC") in ("SEMANTIC", "Q_CLUSTER"):
+        with _lock:
+            _last_wakeup.clear()
+
+
+setting_changed.connect(forget_wakeups)
 
 
 def queue_task(func: str, *args: Any, name: str) -> str:
@@ -78,11 +101,23 @@ class _WakeUp:
         self.using = using
 
     def __call__(self) -> None:
+        from django_q.conf import Conf
+
         func, *args = self.wakeup_key
+        memo = (self.using, conf.QUEUE or Conf.CLUSTER_NAME, *self.wakeup_key)
+        now = time.monotonic()
+        with _lock:
+            previous, seen = _last_wakeup.get(memo, (None, float("-inf")))
+            if now - seen < WAKE_WINDOW:
+                return
+            _last_wakeup[memo] = (previous, now)
+        waiting = None
         if orm_queue_alias() == self.using:
-            send_unless_waiting(func, *args, name=self.name, using=self.using)
+            waiting = send_unless_waiting(func, *args, name=self.name, using=self.using, previous=previous)
         else:
             queue_task(func, *args, name=self.name)
+        with _lock:
+            _last_wakeup[memo] = (waiting, now)
 
 
 def orm_queue_alias() -> str | None:
@@ -96,25 +131,19 @@ def orm_queue_alias() -> str | None:
     return Conf.ORM or None
 
 
-def send_unless_waiting(func: str, *args: Any, name: str, using: str) -> int:
-    """Queue ``func(*args)`` on the ORM broker unless this process's last one is still unclaimed.
+def send_unless_waiting(func: str, *args: Any, name: str, using: str, previous: int | None) -> int:
+    """Queue ``func(*args)`` on the ORM broker unless the OrmQ row ``previous`` is still unclaimed.
 
-    Returns the OrmQ id of the wake-up that is now waiting (new or old).
+    Returns the OrmQ id of the wake-up that is now waiting (new or ``previous``).
     """
     from django_q.conf import Conf
     from django_q.tasks import async_task
 
-    list_key = conf.QUEUE or Conf.CLUSTER_NAME
-    memo = (using, list_key, func, *args)
-    with _lock:
-        previous = _last_wakeup.get(memo)
-    broker = _conditional_orm_broker()(using, list_key, previous)
+    broker = _conditional_orm_broker()(using, conf.QUEUE or Conf.CLUSTER_NAME, previous)
     options: dict[str, Any] = {"task_name": name, "broker": broker}
     if conf.QUEUE:
         options["cluster"] = conf.QUEUE
     async_task(func, *args, **options)
-    with _lock:
-        _last_wakeup[memo] = broker.waiting
     return broker.waiting
 
 

@@ -7,6 +7,7 @@ never text or keys, so nothing sensitive is stored in django-q2's queue or resul
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -16,13 +17,15 @@ from django.apps import apps
 from django.db import models, transaction
 
 from semantic.conf import semantic_settings as conf
+from semantic.dispatch import WAKE_WINDOW, wake
 from semantic.dispatch import queue_task as queue_task  # re-exported: callers import it from here
-from semantic.dispatch import wake
 from semantic.fields import embedding_fields, get_embedding_field
 
 logger = logging.getLogger("semantic")
 
 SWEEP_SCHEDULE_NAME = "semantic.embed_pending"
+#: Seconds between a wake-up task's scans for pending rows within ``WAKE_WINDOW``.
+RESCAN_EVERY = 0.25
 
 _suspended: ContextVar[bool] = ContextVar("semantic_suspended", default=False)
 
@@ -57,7 +60,7 @@ def enqueue(model: type[models.Model], field_name: str, pks: Sequence[Any], *, u
         pks = list(pks)
         transaction.on_commit(lambda: embed_rows(label, field_name, pks), using=using, robust=True)
         return
-    wake("semantic.tasks.embed_rows", label, field_name, name=f"semantic: embed {label}.{field_name}", using=using)
+    wake("semantic.tasks.embed_field", label, field_name, name=f"semantic: embed {label}.{field_name}", using=using)
 
 
 def embed_rows(label: str, field_name: str, pks: Sequence[Any] | None = None) -> dict[str, Any]:
@@ -67,6 +70,34 @@ def embed_rows(label: str, field_name: str, pks: Sequence[Any] | None = None) ->
     model = apps.get_model(label)
     field = get_embedding_field(model, field_name)
     return Embedder(model, field).run(pks).as_dict()
+
+
+def embed_field(label: str, field_name: str) -> dict[str, Any]:
+    """Worker task behind wake-ups: embed the field's pending rows, and keep looking a while.
+
+    Saves skip their wake-up when their process sent one (or saw one waiting) less than
+    ``WAKE_WINDOW`` seconds ago, trusting it to find their rows. So the task scans again
+    until one scan starts ``WAKE_WINDOW`` seconds after the task did: that scan sees
+    every row whose save relied on this task.
+    """
+    from semantic.embedder import Embedder
+
+    model = apps.get_model(label)
+    field = get_embedding_field(model, field_name)
+    started = time.monotonic()
+    total: dict[str, Any] = {}
+    while True:
+        scan_started = time.monotonic()
+        for key, value in Embedder(model, field).run().as_dict().items():
+            if key not in total:
+                total[key] = value
+            elif isinstance(value, list):
+                total[key] += [item for item in value if item not in total[key]]
+            else:
+                total[key] += value
+        if scan_started - started >= WAKE_WINDOW:
+            return total
+        time.sleep(min(RESCAN_EVERY, max(0.0, started + WAKE_WINDOW - time.monotonic())))
 
 
 def embed_chunk(label: str, field_name: str, pks: Sequence[Any], batch_size: int | None = None) -> dict[str, Any]:

@@ -64,7 +64,7 @@ def test_a_real_worker_embeds_saved_rows(qcluster, fake_gemini, semantic_setting
     assert fake_gemini.request_count <= 5
 
     assert wait_for(lambda: not OrmQ.objects.exists())
-    tasks = Task.objects.filter(func="semantic.tasks.embed_rows")
+    tasks = Task.objects.filter(func="semantic.tasks.embed_field")
     assert 1 <= len(tasks) <= 5
     for task in Task.objects.all():
         assert task.success, task.result
@@ -102,7 +102,7 @@ def test_saves_while_the_worker_is_busy_queue_a_bounded_number_of_tasks(
         queued_while_busy = OrmQ.objects.count()
     assert wait_for(lambda: not Article.objects.filter(embedding_pending=True).exists()), "rows not embedded"
     assert wait_for(lambda: not OrmQ.objects.exists())
-    tasks = Task.objects.filter(func="semantic.tasks.embed_rows")
+    tasks = Task.objects.filter(func="semantic.tasks.embed_field")
     assert queued_while_busy <= 4
     assert 1 <= len(tasks) <= 4
     assert all(task.success for task in tasks), [task.result for task in tasks]
@@ -112,6 +112,28 @@ def test_saves_while_the_worker_is_busy_queue_a_bounded_number_of_tasks(
     ]
     assert sorted(fake_gemini.texts()[sent_before:]) == sorted(expected)
     assert not Article.objects.filter(embedding__isnull=True).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_wakeup_task_looks_again_for_rows_saved_while_it_ran(fake_gemini):
+    """Saves skip their wake-up for ``WAKE_WINDOW`` seconds after one was sent: the task sent
+    must find their rows, even behind its scan (a lower primary key)."""
+    from semantic.tasks import embed_field
+
+    behind = Article.objects.create(title="Behind the scan", body="embedded")  # SYNC: embedded now
+    with suspend_embedding():
+        Article.objects.create(title="Pending", body="")
+
+    def change_behind_the_scan(request):
+        fake_gemini.on_request = None
+        Article.objects.filter(pk=behind.pk).update(body="changed during the first scan")
+
+    fake_gemini.reset()
+    fake_gemini.on_request = change_behind_the_scan
+    result = embed_field("testapp.Article", "embedding")
+    assert fake_gemini.texts() == ["Pending", "Behind the scan\n\nchanged during the first scan"]
+    assert result["embedded"] == 2
+    assert not Article.objects.filter(embedding_pending=True).exists()
 
 
 @contextmanager
