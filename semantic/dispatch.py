@@ -51,6 +51,16 @@ _last_wakeup: dict[tuple[Any, ...], tuple[int | None, float]] = {}
 _lock = threading.Lock()
 
 
+def wake_window() -> float:
+    """:data:`WAKE_WINDOW`, or 0 when django-q2 runs tasks inline (``Q_CLUSTER["sync"]``).
+
+    Inline, a wake-up runs at once and ends: a save cannot rely on it to come back.
+    """
+    from django_q.conf import Conf
+
+    return 0.0 if Conf.SYNC else WAKE_WINDOW
+
+
 def forget_wakeups(**kwargs: Any) -> None:
     """Forget this process's recent wake-ups, so the next save checks the queue again.
 
@@ -108,7 +118,7 @@ class _WakeUp:
         now = time.monotonic()
         with _lock:
             previous, seen = _last_wakeup.get(memo, (None, float("-inf")))
-            if now - seen < WAKE_WINDOW:
+            if now - seen < wake_window():
                 return
             _last_wakeup[memo] = (previous, now)
         waiting = None

@@ -17,8 +17,8 @@ from django.apps import apps
 from django.db import models, transaction
 
 from semantic.conf import semantic_settings as conf
-from semantic.dispatch import WAKE_WINDOW, wake
 from semantic.dispatch import queue_task as queue_task  # re-exported: callers import it from here
+from semantic.dispatch import wake, wake_window
 from semantic.fields import embedding_fields, get_embedding_field
 
 logger = logging.getLogger("semantic")
@@ -85,6 +85,7 @@ def embed_field(label: str, field_name: str) -> dict[str, Any]:
     model = apps.get_model(label)
     field = get_embedding_field(model, field_name)
     started = time.monotonic()
+    window = wake_window()
     total: dict[str, Any] = {}
     while True:
         scan_started = time.monotonic()
@@ -95,9 +96,9 @@ def embed_field(label: str, field_name: str) -> dict[str, Any]:
                 total[key] += [item for item in value if item not in total[key]]
             else:
                 total[key] += value
-        if scan_started - started >= WAKE_WINDOW:
+        if scan_started - started >= window:
             return total
-        time.sleep(min(RESCAN_EVERY, max(0.0, started + WAKE_WINDOW - time.monotonic())))
+        time.sleep(min(RESCAN_EVERY, max(0.0, started + window - time.monotonic())))
 
 
 def embed_chunk(label: str, field_name: str, pks: Sequence[Any], batch_size: int | None = None) -> dict[str, Any]:

@@ -134,6 +134,19 @@ def test_sync_mode_embeds_on_commit_and_queues_nothing(semantic_settings, fake_g
     assert OrmQ.objects.count() == 0
 
 
+def test_with_django_q_running_tasks_inline_every_save_is_embedded(semantic_settings, monkeypatch, fake_gemini):
+    """Q_CLUSTER["sync"]: a wake-up runs on commit and ends, so the next save cannot skip its own."""
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "SYNC", True)  # django-q2 reads Q_CLUSTER once, at import
+    semantic_settings(SYNC=False)
+    for i in range(3):
+        Article.objects.create(title=f"Inline through django-q2 {i}", body="")
+    assert not Article.objects.filter(embedding__isnull=True).exists()
+    assert fake_gemini.request_count == 3
+    assert OrmQ.objects.count() == 0
+
+
 def test_queue_task_is_still_importable_from_tasks(queued):
     from semantic import tasks
 
