@@ -9,6 +9,7 @@ import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django_q.brokers import get_broker
+from django_q.brokers.orm import ORM
 from django_q.models import OrmQ
 from django_q.signing import SignedPackage
 
@@ -145,6 +146,25 @@ def test_with_django_q_running_tasks_inline_every_save_is_embedded(semantic_sett
     assert not Article.objects.filter(embedding__isnull=True).exists()
     assert fake_gemini.request_count == 3
     assert OrmQ.objects.count() == 0
+
+
+class OtherBroker(ORM):
+    """django-q2's ORM broker under another name: what dispatch sees of Redis, SQS and the rest."""
+
+
+def test_other_brokers_get_async_task_once_per_transaction_and_window(queued, monkeypatch):
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "BROKER_CLASS", f"{__name__}.OtherBroker")
+    with transaction.atomic():
+        for i in range(10):
+            Article.objects.create(title=f"Other broker {i}", body="")
+    for i in range(5):
+        Article.objects.create(title=f"Other broker, own transaction {i}", body="")
+    assert [task["args"] for task in queued()] == [("testapp.Article", "embedding")]
+    time.sleep(WAKE_WINDOW)  # past the window another broker's queue cannot be asked: send again
+    Article.objects.create(title="After the window", body="")
+    assert len(queued()) == 2
 
 
 def test_queue_task_is_still_importable_from_tasks(queued):
