@@ -8,7 +8,7 @@ started once and warmed by a first, untimed queue round, which is reported as th
 figure (it includes loading the model in the worker). The direct baseline encodes the
 same texts with the model already loaded, in this process.
 
-    .venv/bin/python -m benchmarks.worker_throughput [--rows 2500] [--rounds 2]
+    .venv/bin/python -m benchmarks.worker_throughput [--rows 2500] [--rounds 2] [--worker-threads N]
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=2500)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--worker-threads", type=int, help="OMP_NUM_THREADS for the worker (torch's threads per worker process)"
+    )
     args = parser.parse_args()
     setup()
     from django_q.models import Schedule, Task
@@ -67,7 +70,10 @@ def main() -> None:
 
     Schedule.objects.all().delete()  # no sweep competes with the timed rounds
     texts = sentences(args.rows)
-    worker = start_worker({"SEMANTIC_BENCH_BACKEND": "local"})
+    env = {"SEMANTIC_BENCH_BACKEND": "local"}
+    if args.worker_threads:
+        env["OMP_NUM_THREADS"] = str(args.worker_threads)
+    worker = start_worker(env)
     try:
         ready = async_task("math.floor", 1.5, task_name="worker_throughput: worker ready")
         wait_for(lambda: Task.objects.filter(id=ready).exists(), timeout=120, every=0.2)
