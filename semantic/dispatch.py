@@ -89,8 +89,9 @@ def wake(func: str, *args: Any, name: str, using: str | None = None) -> None:
     """Have a worker run ``func(*args)`` soon after the current transaction on ``using`` commits.
 
     ``func`` must do whatever work is waiting when it runs (not what was waiting when
-    it was queued): calls that find a wake-up already registered in this transaction,
-    or still unclaimed in the queue, send nothing.
+    it was queued), and keep looking for :func:`wake_window` seconds: calls that find a
+    wake-up already registered in this transaction, sent or seen waiting by this process
+    within the window, or still unclaimed in the queue, send nothing.
     """
     using = using or DEFAULT_DB_ALIAS
     connection = transaction.get_connection(using)
