@@ -7,6 +7,7 @@ never text or keys, so nothing sensitive is stored in django-q2's queue or resul
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -16,11 +17,15 @@ from django.apps import apps
 from django.db import models, transaction
 
 from semantic.conf import semantic_settings as conf
+from semantic.dispatch import queue_task as queue_task  # re-exported: callers import it from here
+from semantic.dispatch import wake, wake_window
 from semantic.fields import embedding_fields, get_embedding_field
 
 logger = logging.getLogger("semantic")
 
 SWEEP_SCHEDULE_NAME = "semantic.embed_pending"
+#: Seconds between a wake-up task's scans for pending rows within ``WAKE_WINDOW``.
+RESCAN_EVERY = 0.25
 
 _suspended: ContextVar[bool] = ContextVar("semantic_suspended", default=False)
 
@@ -44,18 +49,20 @@ def embedding_suspended() -> bool:
 
 
 def enqueue(model: type[models.Model], field_name: str, pks: Sequence[Any], *, using: str | None = None) -> None:
-    """Embed these rows once the current transaction commits."""
+    """Have these rows embedded once the current transaction commits.
+
+    In ``SYNC`` mode they are embedded inline, on commit. Otherwise a worker is woken
+    (:func:`semantic.dispatch.wake`): it embeds every pending row of the field, these
+    among them, so saves that find a wake-up already waiting queue nothing.
+    """
     label = model._meta.label
-    pks = list(pks)
-
-    def send() -> None:
-        if conf.SYNC:
-            embed_rows(label, field_name, pks, using)
-            return
-        args: list[Any] = [label, field_name, pks] + ([using] if using not in (None, "default") else [])
-        queue_task("semantic.tasks.embed_rows", *args, name=f"semantic: embed {label}.{field_name}")
-
-    transaction.on_commit(send, using=using, robust=True)
+    if conf.SYNC:
+        pks = list(pks)
+        transaction.on_commit(lambda: embed_rows(label, field_name, pks, using), using=using, robust=True)
+        return
+    # The database travels with the wake-up, so rows saved with .using("other") are embedded there.
+    args = [label, field_name] + ([using] if using not in (None, "default") else [])
+    wake("semantic.tasks.embed_field", *args, name=f"semantic: embed {label}.{field_name}", using=using)
 
 
 def embed_rows(
@@ -68,6 +75,35 @@ def embed_rows(
     model = apps.get_model(label)
     field = get_embedding_field(model, field_name)
     return Embedder(model, field, using=using).run(pks).as_dict()
+
+
+def embed_field(label: str, field_name: str, using: str | None = None) -> dict[str, Any]:
+    """Worker task behind wake-ups: embed the field's pending rows, and keep looking a while.
+
+    Saves skip their wake-up when their process sent one (or saw one waiting) less than
+    ``WAKE_WINDOW`` seconds ago, trusting it to find their rows. So the task scans again
+    until one scan starts ``WAKE_WINDOW`` seconds after the task did: that scan sees
+    every row whose save relied on this task.
+    """
+    from semantic.embedder import Embedder
+
+    model = apps.get_model(label)
+    field = get_embedding_field(model, field_name)
+    started = time.monotonic()
+    window = wake_window()
+    total: dict[str, Any] = {}
+    while True:
+        scan_started = time.monotonic()
+        for key, value in Embedder(model, field, using=using).run().as_dict().items():
+            if key not in total:
+                total[key] = value
+            elif isinstance(value, list):
+                total[key] += [item for item in value if item not in total[key]]
+            else:
+                total[key] += value
+        if scan_started - started >= window:
+            return total
+        time.sleep(min(RESCAN_EVERY, max(0.0, started + window - time.monotonic())))
 
 
 def embed_chunk(label: str, field_name: str, pks: Sequence[Any], batch_size: int | None = None) -> dict[str, Any]:
@@ -101,16 +137,6 @@ def queue_pending(*targets: str | type[models.Model]) -> str:
     """Queue :func:`embed_pending` on django-q2; returns the task id."""
     labels = [t if isinstance(t, str) else t._meta.label for t in targets]
     return queue_task("semantic.tasks.embed_pending", *labels, name="semantic: embed pending rows")
-
-
-def queue_task(func: str, *args: Any, name: str) -> str:
-    """Hand ``func(*args)`` to django-q2, on the cluster ``SEMANTIC["QUEUE"]`` names."""
-    from django_q.tasks import async_task
-
-    options: dict[str, Any] = {"task_name": name}
-    if conf.QUEUE:
-        options["cluster"] = conf.QUEUE
-    return async_task(func, *args, **options)
 
 
 def iter_fields(targets: Iterable[str | type[models.Model]] = ()) -> Iterator[tuple[type[models.Model], Any]]:

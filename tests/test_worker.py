@@ -3,10 +3,14 @@
 import signal
 import subprocess
 import time
+from contextlib import contextmanager
 
+import psycopg
 import pytest
 from django.conf import settings
+from django.db import connection, transaction
 
+from semantic import suspend_embedding
 from tests.commands import manage
 from tests.testapp.models import Article
 
@@ -25,6 +29,14 @@ def qcluster(fake_gemini, tmp_path):
         except subprocess.TimeoutExpired:
             process.kill()
         print(log.read_text())
+
+
+@pytest.fixture
+def without_sweep():
+    """No sweep runs in the worker started next: only wake-ups embed rows."""
+    from django_q.models import Schedule
+
+    Schedule.objects.filter(name="semantic.embed_pending").delete()
 
 
 def wait_for(condition, timeout=60.0):
@@ -51,11 +63,88 @@ def test_a_real_worker_embeds_saved_rows(qcluster, fake_gemini, semantic_setting
     assert sorted(fake_gemini.texts()) == sorted(f"Queued article {i}\n\nworker test" for i in range(5))
     assert fake_gemini.request_count <= 5
 
-    assert wait_for(lambda: Task.objects.filter(func="semantic.tasks.embed_rows").count() == 5)
+    assert wait_for(lambda: not OrmQ.objects.exists())
+    tasks = Task.objects.filter(func="semantic.tasks.embed_field")
+    assert 1 <= len(tasks) <= 5
     for task in Task.objects.all():
         assert task.success, task.result
         assert settings.TEST_API_KEY not in repr(task.args) + repr(task.kwargs) + repr(task.result)
-    assert sum(t.result["embedded"] for t in Task.objects.filter(func="semantic.tasks.embed_rows")) == 5
+    assert sum(t.result["embedded"] for t in tasks) == 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_saves_while_the_worker_is_busy_queue_a_bounded_number_of_tasks(
+    without_sweep, qcluster, fake_gemini, semantic_settings
+):
+    """200 saves in 200 transactions while the only worker is stuck in its first task.
+
+    Saves skip the wake-up while one waits unclaimed, so the tasks are bounded by what
+    the cluster can hold claimed at once (the running task, one in its internal queue,
+    one in its pusher's hand; ``workers`` = 1, ``queue_limit`` = 1) plus one waiting.
+    A row changed behind the running task's scan (a lower primary key) is embedded by
+    the wake-up queued after that task was claimed.
+    """
+    from django_q.models import OrmQ, Task
+
+    early = Article.objects.create(title="Early article", body="embedded inline")  # SYNC: embedded now
+    semantic_settings(SYNC=False)
+    with suspend_embedding():
+        first = Article.objects.create(title="Busy article 0", body="worker test")
+    sent_before = len(fake_gemini.texts())
+    with row_locked(first):  # the worker's write of this row waits: its task is busy until we let go
+        Article.objects.create(title="Busy article 1", body="worker test")
+        assert wait_for(lambda: fake_gemini.request_count > 1), "the worker never sent its first request"
+        for i in range(2, 200):
+            with transaction.atomic():
+                Article.objects.create(title=f"Busy article {i}", body="worker test")
+        early.body = "changed while the worker was busy"
+        early.save()
+        queued_while_busy = OrmQ.objects.count()
+    assert wait_for(lambda: not Article.objects.filter(embedding_pending=True).exists()), "rows not embedded"
+    assert wait_for(lambda: not OrmQ.objects.exists())
+    tasks = Task.objects.filter(func="semantic.tasks.embed_field")
+    assert queued_while_busy <= 4
+    assert 1 <= len(tasks) <= 4
+    assert all(task.success for task in tasks), [task.result for task in tasks]
+    assert sum(task.result["embedded"] for task in tasks) == 201
+    expected = [f"Busy article {i}\n\nworker test" for i in range(200)] + [
+        "Early article\n\nchanged while the worker was busy"
+    ]
+    assert sorted(fake_gemini.texts()[sent_before:]) == sorted(expected)
+    assert not Article.objects.filter(embedding__isnull=True).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_wakeup_task_looks_again_for_rows_saved_while_it_ran(fake_gemini):
+    """Saves skip their wake-up for ``WAKE_WINDOW`` seconds after one was sent: the task sent
+    must find their rows, even behind its scan (a lower primary key)."""
+    from semantic.tasks import embed_field
+
+    behind = Article.objects.create(title="Behind the scan", body="embedded")  # SYNC: embedded now
+    with suspend_embedding():
+        Article.objects.create(title="Pending", body="")
+
+    def change_behind_the_scan(request):
+        fake_gemini.on_request = None
+        Article.objects.filter(pk=behind.pk).update(body="changed during the first scan")
+
+    fake_gemini.reset()
+    fake_gemini.on_request = change_behind_the_scan
+    result = embed_field("testapp.Article", "embedding")
+    assert fake_gemini.texts() == ["Pending", "Behind the scan\n\nchanged during the first scan"]
+    assert result["embedded"] == 2
+    assert not Article.objects.filter(embedding_pending=True).exists()
+
+
+@contextmanager
+def row_locked(row):
+    """Hold ``SELECT ... FOR UPDATE`` on ``row`` from a connection of our own."""
+    config = connection.settings_dict
+    with psycopg.connect(
+        dbname=config["NAME"], user=config["USER"], host=config["HOST"], port=config["PORT"] or None
+    ) as other:
+        other.execute(f"SELECT 1 FROM {row._meta.db_table} WHERE id = %s FOR UPDATE", [row.pk])
+        yield
 
 
 @pytest.mark.django_db(transaction=True)

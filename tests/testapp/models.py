@@ -132,3 +132,16 @@ class Card(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+class Memo(models.Model):
+    """A small row with no EmbeddingField: the baseline of benchmarks/save_latency.py."""
+
+    text = models.TextField()
+
+
+class EmbeddedMemo(models.Model):
+    """:class:`Memo` with an EmbeddingField (sized for the local model): what a save costs with one."""
+
+    text = models.TextField()
+    embedding = EmbeddingField(source="text", dimensions=384)

@@ -1,0 +1,206 @@
+"""Dispatch: the only module that talks to django-q2.
+
+A save does not hand its row to a worker. Pending rows are selectable in SQL
+(``EmbeddingField.needs_embedding()``), and the worker fills each request with every
+pending row it finds, so a save only needs a worker to *wake* soon. :func:`wake` sends
+a wake-up task for a field when the caller's transaction commits, and sends none when
+one is already on its way:
+
+- **One per field per transaction.** The wake-up is an on-commit callback; a second save
+  in the same transaction finds the first one's callback among the connection's and adds
+  nothing. A rollback drops the callback, so a rolled-back save queues nothing.
+- **One per field per process per** :data:`WAKE_WINDOW` **seconds.** A process that sent
+  a wake-up for the field, or saw one still unclaimed in the queue, less than
+  ``WAKE_WINDOW`` seconds ago sends nothing and makes no query. This is safe because a
+  wake-up task keeps looking for pending rows until a scan that starts ``WAKE_WINDOW``
+  seconds after the task started (:func:`semantic.tasks.embed_field`): it started after
+  it was sent or seen waiting, so that last scan starts after any save that relied on it
+  committed.
+- **One waiting per field per process.** After the window, with django-q2's ORM broker,
+  one statement on the caller's own connection inserts the wake-up into django-q2's queue
+  table (``OrmQ``) only if this process's previous one is gone or already claimed by a
+  worker. It never calls ``close_old_connections()`` as ``async_task()`` would, which with
+  the default ``CONN_MAX_AGE = 0`` closed and reopened the connection on every save.
+  The check runs after commit, so a skipped save's row was visible before any worker
+  claimed the waiting wake-up.
+
+Other brokers (Redis, SQS, ...) get ``async_task()`` after commit, coalesced per
+transaction and per window.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from typing import Any
+
+from django.core.signals import setting_changed
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.utils import timezone
+
+from semantic.conf import semantic_settings as conf
+
+#: Seconds during which a process sends at most one wake-up per field, and a wake-up
+#: task keeps looking for pending rows.
+WAKE_WINDOW = 1.0
+
+#: This process's last wake-up per (database, queue, task, arguments): its OrmQ id (None
+#: on other brokers) and when it was sent or seen waiting (``time.monotonic()``).
+_last_wakeup: dict[tuple[Any, ...], tuple[int | None, float]] = {}
+_lock = threading.Lock()
+
+
+def wake_window() -> float:
+    """:data:`WAKE_WINDOW`, or 0 when django-q2 runs tasks inline (``Q_CLUSTER["sync"]``).
+
+    Inline, a wake-up runs at once and ends: a save cannot rely on it to come back.
+    """
+    from django_q.conf import Conf
+
+    return 0.0 if Conf.SYNC else WAKE_WINDOW
+
+
+def forget_wakeups(**kwargs: Any) -> None:
+    """Forget this process's recent wake-ups, so the next save checks the queue again.
+
+    Called when ``SEMANTIC`` or ``Q_CLUSTER`` change (the queue may be another one), and
+    useful after purging django-q2's queue.
+    """
+    if kwargs.get("setting", "SEMANTIC") in ("SEMANTIC", "Q_CLUSTER"):
+        with _lock:
+            _last_wakeup.clear()
+
+
+setting_changed.connect(forget_wakeups)
+
+
+def queue_task(func: str, *args: Any, name: str) -> str:
+    """Hand ``func(*args)`` to django-q2, on the cluster ``SEMANTIC["QUEUE"]`` names; returns the task id."""
+    from django_q.tasks import async_task
+
+    options: dict[str, Any] = {"task_name": name}
+    if conf.QUEUE:
+        options["cluster"] = conf.QUEUE
+    return async_task(func, *args, **options)
+
+
+def wake(func: str, *args: Any, name: str, using: str | None = None) -> None:
+    """Have a worker run ``func(*args)`` soon after the current transaction on ``using`` commits.
+
+    ``func`` must do whatever work is waiting when it runs (not what was waiting when
+    it was queued), and keep looking for :func:`wake_window` seconds: calls that find a
+    wake-up already registered in this transaction, sent or seen waiting by this process
+    within the window, or still unclaimed in the queue, send nothing.
+    """
+    using = using or DEFAULT_DB_ALIAS
+    connection = transaction.get_connection(using)
+    key = (func, *args)
+    if connection.in_atomic_block and any(
+        getattr(callback, "wakeup_key", None) == key for _, callback, _ in connection.run_on_commit
+    ):
+        return
+    transaction.on_commit(_WakeUp(key, name, using), using=using, robust=True)
+
+
+class _WakeUp:
+    """The on-commit callback of :func:`wake`; ``wakeup_key`` lets later saves find it."""
+
+    def __init__(self, key: tuple[Any, ...], name: str, using: str) -> None:
+        self.wakeup_key = key
+        self.name = name
+        self.using = using
+
+    def __call__(self) -> None:
+        from django_q.conf import Conf
+
+        func, *args = self.wakeup_key
+        memo = (self.using, conf.QUEUE or Conf.CLUSTER_NAME, *self.wakeup_key)
+        now = time.monotonic()
+        with _lock:
+            previous, seen = _last_wakeup.get(memo, (None, float("-inf")))
+            if now - seen < wake_window():
+                return
+            _last_wakeup[memo] = (previous, now)
+        waiting = None
+        if orm_queue_alias() == self.using:
+            waiting = send_unless_waiting(func, *args, name=self.name, using=self.using, previous=previous)
+        else:
+            queue_task(func, *args, name=self.name)
+        with _lock:
+            _last_wakeup[memo] = (waiting, now)
+
+
+def orm_queue_alias() -> str | None:
+    """The database alias of django-q2's ORM broker, or None when another broker is in use."""
+    from django_q.conf import Conf
+
+    if Conf.BROKER_CLASS and Conf.BROKER_CLASS != "django_q.brokers.orm.ORM":
+        return None
+    if not Conf.BROKER_CLASS and (Conf.IRON_MQ or isinstance(Conf.SQS, dict)):
+        return None
+    return Conf.ORM or None
+
+
+def send_unless_waiting(func: str, *args: Any, name: str, using: str, previous: int | None) -> int:
+    """Queue ``func(*args)`` on the ORM broker unless the OrmQ row ``previous`` is still unclaimed.
+
+    Returns the OrmQ id of the wake-up that is now waiting (new or ``previous``).
+    """
+    from django_q.conf import Conf
+    from django_q.tasks import async_task
+
+    broker = _conditional_orm_broker()(using, conf.QUEUE or Conf.CLUSTER_NAME, previous)
+    options: dict[str, Any] = {"task_name": name, "broker": broker}
+    if conf.QUEUE:
+        options["cluster"] = conf.QUEUE
+    async_task(func, *args, **options)
+    return broker.waiting
+
+
+@functools.cache
+def _conditional_orm_broker() -> type:
+    """django-q2's ORM broker, changed as :class:`_ConditionalInsert` says (built on first use:
+    django-q2's broker module needs the app registry)."""
+    from django_q.brokers.orm import ORM
+
+    return type("ConditionalORM", (_ConditionalInsert, ORM), {})
+
+
+class _ConditionalInsert:
+    """Writes a task on a given connection, only when the ``previous`` wake-up is not waiting.
+
+    Unlike django-q2's ORM broker, it never closes connections first: the caller's
+    connection has just committed, so it is known to be alive.
+    """
+
+    list_key: str
+
+    def __init__(self, using: str, list_key: str, previous: int | None) -> None:
+        self.using = using
+        self.previous = previous
+        self.waiting: int = 0
+        super().__init__(list_key=list_key)  # type: ignore[call-arg]
+
+    def get_connection(self, list_key: str | None = None) -> Any:
+        from django_q.models import OrmQ
+
+        return OrmQ.objects.using(self.using)
+
+    def enqueue(self, task: str) -> int:
+        from django_q.models import OrmQ
+
+        connection = connections[self.using]
+        quote = connection.ops.quote_name
+        table, pk = quote(OrmQ._meta.db_table), quote(OrmQ._meta.pk.column)
+        key, payload, lock = (quote(OrmQ._meta.get_field(f).column) for f in ("key", "payload", "lock"))
+        now = timezone.now()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} ({key}, {payload}, {lock}) SELECT %s, %s, %s "
+                f"WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE {pk} = %s AND {lock} <= %s) RETURNING {pk}",
+                [self.list_key, task, now, self.previous, now],
+            )
+            row = cursor.fetchone()
+        self.waiting = row[0] if row else self.previous
+        return self.waiting

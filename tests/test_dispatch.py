@@ -1,0 +1,176 @@
+"""Wake-ups: what saves put into django-q2's queue (its ORM broker, on the test database).
+
+No worker runs here; test_worker.py has the end-to-end runs with a real ``qcluster``.
+"""
+
+import time
+
+import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+from django_q.brokers import get_broker
+from django_q.brokers.orm import ORM
+from django_q.models import OrmQ
+from django_q.signing import SignedPackage
+
+from semantic.dispatch import WAKE_WINDOW, queue_task
+from tests.testapp.models import Article, Document
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def queued(semantic_settings):
+    """Saves queue wake-ups instead of embedding inline; returns the queued tasks, oldest first."""
+    semantic_settings(SYNC=False)
+
+    def tasks():
+        return [SignedPackage.loads(q.payload) for q in OrmQ.objects.order_by("pk")]
+
+    return tasks
+
+
+def claim_all():
+    """What a qcluster's pusher does before a task runs: take every waiting task."""
+    broker = get_broker()
+    while broker.dequeue():
+        pass
+
+
+def test_a_save_queues_a_wakeup_for_its_field_with_identifiers_only(queued, fake_gemini):
+    Article.objects.create(title="Wake up", body="")
+    [task] = queued()
+    assert task["func"] == "semantic.tasks.embed_field"
+    assert task["args"] == ("testapp.Article", "embedding")
+    assert task["name"] == "semantic: embed testapp.Article.embedding"
+    assert fake_gemini.request_count == 0
+
+
+def test_saves_in_one_transaction_queue_one_wakeup_per_field(queued):
+    with transaction.atomic():
+        for i in range(10):
+            Article.objects.create(title=f"Same transaction {i}", body="")
+            Document.objects.create(title=f"Document {i}", text="body")
+        assert OrmQ.objects.count() == 0  # nothing before commit
+    assert sorted(task["args"] for task in queued()) == [
+        ("testapp.Article", "embedding"),
+        ("testapp.Document", "content"),
+        ("testapp.Document", "summary"),
+    ]
+
+
+def test_a_transaction_holds_one_wakeup_per_field_however_many_rows_it_saves(queued):
+    """A transaction saving 10,000 rows keeps one callback, not 10,000."""
+    with transaction.atomic():
+        for i in range(10):
+            Article.objects.create(title=f"Same transaction {i}", body="")
+        assert len(connection.run_on_commit) == 1
+    assert len(queued()) == 1
+
+
+def test_saves_in_separate_transactions_queue_nothing_while_a_wakeup_waits(queued):
+    for i in range(20):
+        Article.objects.create(title=f"Own transaction {i}", body="")
+    for i in range(3):
+        time.sleep(WAKE_WINDOW)  # past the window, the process checks the queue: one still waits
+        with transaction.atomic():
+            Article.objects.create(title=f"Atomic {i}", body="")
+    assert len(queued()) == 1
+
+
+def test_a_save_soon_after_a_wakeup_was_sent_makes_no_query(queued):
+    """For ``WAKE_WINDOW`` seconds the task sent will look again itself (test_worker.py)."""
+    Article.objects.create(title="First", body="")
+    with CaptureQueriesContext(connection) as queries:
+        Article.objects.create(title="Right after", body="")
+    assert [q["sql"] for q in queries.captured_queries if "django_q" in q["sql"]] == []
+    assert len(queued()) == 1
+
+
+def test_a_save_after_a_worker_claimed_the_wakeup_queues_a_new_one(queued):
+    """The claimed task may already have looked for pending rows: this row needs a task of its own."""
+    Article.objects.create(title="First", body="")
+    claim_all()
+    time.sleep(WAKE_WINDOW)  # within the window, the claimed task itself looks again (test_worker.py)
+    Article.objects.create(title="Saved while the worker is busy", body="")
+    Article.objects.create(title="And another", body="")
+    tasks = queued()
+    assert len(tasks) == 2
+    assert OrmQ.objects.filter(lock__lte=OrmQ.objects.latest("pk").lock).count() == 1
+
+
+def test_a_rolled_back_transaction_leaves_no_wakeup(queued):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        Article.objects.create(title="Rolled back", body="")
+        raise RuntimeError
+    assert queued() == []
+
+
+def test_a_rolled_back_savepoint_leaves_no_wakeup(queued):
+    with transaction.atomic():
+        Document.objects.create(title="Kept", text="")
+        with pytest.raises(RuntimeError), transaction.atomic():
+            Article.objects.create(title="Rolled back", body="")
+            raise RuntimeError
+    assert {task["args"][0] for task in queued()} == {"testapp.Document"}
+
+
+def test_a_save_after_a_rolled_back_savepoint_still_queues_a_wakeup(queued):
+    """The savepoint took its wake-up with it; the later save of the same field needs one."""
+    with transaction.atomic():
+        with pytest.raises(RuntimeError), transaction.atomic():
+            Article.objects.create(title="Rolled back", body="")
+            raise RuntimeError
+        Article.objects.create(title="Kept", body="")
+    assert [task["args"] for task in queued()] == [("testapp.Article", "embedding")]
+
+
+def test_sync_mode_embeds_on_commit_and_queues_nothing(semantic_settings, fake_gemini):
+    semantic_settings(SYNC=True)
+    with transaction.atomic():
+        for i in range(3):
+            Article.objects.create(title=f"Inline {i}", body="")
+        assert fake_gemini.request_count == 0
+    assert not Article.objects.filter(embedding__isnull=True).exists()
+    assert OrmQ.objects.count() == 0
+
+
+def test_with_django_q_running_tasks_inline_every_save_is_embedded(semantic_settings, monkeypatch, fake_gemini):
+    """Q_CLUSTER["sync"]: a wake-up runs on commit and ends, so the next save cannot skip its own."""
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "SYNC", True)  # django-q2 reads Q_CLUSTER once, at import
+    semantic_settings(SYNC=False)
+    for i in range(3):
+        Article.objects.create(title=f"Inline through django-q2 {i}", body="")
+    assert not Article.objects.filter(embedding__isnull=True).exists()
+    assert fake_gemini.request_count == 3
+    assert OrmQ.objects.count() == 0
+
+
+class OtherBroker(ORM):
+    """django-q2's ORM broker under another name: what dispatch sees of Redis, SQS and the rest."""
+
+
+def test_other_brokers_get_async_task_once_per_transaction_and_window(queued, monkeypatch):
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "BROKER_CLASS", f"{__name__}.OtherBroker")
+    with transaction.atomic():
+        for i in range(10):
+            Article.objects.create(title=f"Other broker {i}", body="")
+    for i in range(5):
+        Article.objects.create(title=f"Other broker, own transaction {i}", body="")
+    assert [task["args"] for task in queued()] == [("testapp.Article", "embedding")]
+    time.sleep(WAKE_WINDOW)  # past the window another broker's queue cannot be asked: send again
+    Article.objects.create(title="After the window", body="")
+    assert len(queued()) == 2
+
+
+def test_queue_task_is_still_importable_from_tasks(queued):
+    from semantic import tasks
+
+    assert tasks.queue_task is queue_task
+    queue_task("semantic.tasks.embed_pending", "testapp.Article", name="semantic: embed pending rows")
+    [task] = queued()
+    assert (task["func"], task["args"]) == ("semantic.tasks.embed_pending", ("testapp.Article",))
