@@ -13,8 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from dataclasses import field as dataclass_field
 from datetime import timedelta
@@ -37,8 +36,6 @@ logger = logging.getLogger("semantic")
 
 #: About this many characters make a token (for the shared tokens-per-minute limit).
 CHARS_PER_TOKEN = 4
-#: Seconds a worker waits for another worker embedding the same field.
-LOCK_WAIT = 30.0
 
 
 #: ``Item.read_hash`` when the row's stored hash was not read: check against ``hash``.
@@ -135,38 +132,37 @@ class Embedder:
         visited = 0
         after: Any = None
         own = sorted(set(pks)) if pks is not None else None
-        with self.lock() if fill else nullcontext():
-            while limit is None or visited < limit:
-                size = self.batch_size if limit is None else min(self.batch_size, limit - visited)
-                rows = pending_rows(self.model, self.field, self.using).defer(self.field.attname)
-                batch: list[models.Model] = []
-                if own is not None:
-                    if not own:
-                        break
-                    chunk, own = own[:size], own[size:]
-                    batch = list(rows.filter(pk__in=chunk).order_by("pk"))
-                    rows = rows.exclude(pk__in=chunk)
-                if (own is None or fill) and len(batch) < size:
-                    if after is not None:
-                        rows = rows.filter(pk__gt=after)
-                    extra = list(rows.order_by("pk")[: size - len(batch)])
-                    if extra:
-                        after = extra[-1].pk
-                    batch += extra
-                if not batch:
-                    if own:
-                        continue
+        while limit is None or visited < limit:
+            size = self.batch_size if limit is None else min(self.batch_size, limit - visited)
+            rows = pending_rows(self.model, self.field, self.using).defer(self.field.attname)
+            batch: list[models.Model] = []
+            if own is not None:
+                if not own:
                     break
-                visited += len(batch)
-                taken = self.claim(batch)
-                try:
-                    self.process(self.still_needed(batch, taken))
-                finally:
-                    self.release(taken)
-                if on_batch:
-                    on_batch(self.outcome, visited)
-                if self.stopped:
-                    break
+                chunk, own = own[:size], own[size:]
+                batch = list(rows.filter(pk__in=chunk).order_by("pk"))
+                rows = rows.exclude(pk__in=chunk)
+            if (own is None or fill) and len(batch) < size:
+                if after is not None:
+                    rows = rows.filter(pk__gt=after)
+                extra = list(rows.order_by("pk")[: size - len(batch)])
+                if extra:
+                    after = extra[-1].pk
+                batch += extra
+            if not batch:
+                if own:
+                    continue
+                break
+            visited += len(batch)
+            taken = self.claim(batch)
+            try:
+                self.process(self.still_needed(batch, taken))
+            finally:
+                self.release(taken)
+            if on_batch:
+                on_batch(self.outcome, visited)
+            if self.stopped:
+                break
         return self.outcome
 
     def claim(self, rows: list[models.Model]) -> list[str]:
@@ -417,31 +413,3 @@ class Embedder:
 
     def failures(self) -> models.QuerySet[EmbeddingFailure]:
         return EmbeddingFailure.objects.filter(model_label=self.model._meta.label, field_name=self.field.name)
-
-    @contextmanager
-    def lock(self) -> Iterator[None]:
-        """Serialise workers embedding the same field, so no row is paid for twice.
-
-        Skipped in ``SYNC`` mode, where embedding runs inline in one process. After
-        ``LOCK_WAIT`` seconds a worker goes ahead anyway: the conditional writes keep
-        the result right, at worst a row is embedded twice.
-        """
-        if conf.SYNC:
-            yield
-            return
-        key = self.lock_key()
-        connection = connections[self.using]
-        deadline = time.monotonic() + LOCK_WAIT
-        with connection.cursor() as cursor:
-            while True:
-                cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
-                locked = cursor.fetchone()[0]
-                if locked or time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
-        try:
-            yield
-        finally:
-            if locked:
-                with connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
