@@ -4,8 +4,8 @@ from semantic.classify import annotate_predictions, apply_predictions, predict_l
 from semantic.clusters import cluster
 from semantic.embed import EmptyQuery, SearchUnavailable, embed
 from semantic.fields import EmbeddingField
+from semantic.hooks import suspend_embedding
 from semantic.query import SemanticManager, SemanticQuerySet, SemanticQuerySetMixin
-from semantic.tasks import embed_pending, suspend_embedding
 
 __all__ = [
     "EmbeddingField",
@@ -23,3 +23,13 @@ __all__ = [
     "suspend_embedding",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # The worker's entry points import the app's models, which may not be imported while
+    # Django loads the apps (this package is what INSTALLED_APPS names): loaded on first use.
+    if name == "embed_pending":
+        from semantic.tasks import embed_pending
+
+        return embed_pending
+    raise AttributeError(f"module 'semantic' has no attribute {name!r}")

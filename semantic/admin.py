@@ -41,6 +41,7 @@ from semantic.query import (
     vector_literal,
 )
 from semantic.review import review_groups
+from semantic.rows import forget_failures, mark_pending
 from semantic.status import STATES, with_state
 from semantic.switch import serving_field
 from semantic.tasks import enqueue
@@ -186,12 +187,9 @@ class SemanticAdminMixin:
     def reembed(self, request: HttpRequest, queryset: models.QuerySet) -> None:
         field = self.get_embedding_field()
         pks = list(queryset.values_list("pk", flat=True))
-        self.model._base_manager.filter(pk__in=pks).update(**{field.embedded_hash_name: None})  # type: ignore[attr-defined]
-        EmbeddingFailure.objects.filter(
-            model_label=self.model._meta.label,
-            field_name=field.name,
-            object_pk__in=[str(pk) for pk in pks],  # type: ignore[attr-defined]
-        ).delete()
+        # The same steps as `semantic_embed --all`, on these rows: pending, waiting since now, failures dropped.
+        mark_pending(self.model._base_manager.filter(pk__in=pks), field)  # type: ignore[attr-defined]
+        forget_failures(self.model, field, pks)  # type: ignore[arg-type]
         enqueue(self.model, field.name, pks)  # type: ignore[attr-defined]
         self.message_user(  # type: ignore[attr-defined]
             request,

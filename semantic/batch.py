@@ -13,21 +13,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 from typing import Any
 
 from django.db import models
-from django.db.models import Q
 from django.utils import timezone
 
-from semantic import reembed
-from semantic.embedder import Embedder, Item, Outcome, pending_rows
+from semantic.embedder import Embedder, Item, Outcome
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingBatchJob
+from semantic.rows import mark_pending, open_jobs, pending_rows
 from semantic.text import clean
 
 #: Gemini drops batch jobs after 48 hours; a job open longer no longer holds its rows.
-JOB_LIFETIME = timedelta(hours=48)
 #: Rows and characters per job (inline batch requests must stay under 20 MB).
 MAX_JOB_ROWS = 5_000
 MAX_JOB_CHARACTERS = 8_000_000
@@ -68,7 +65,8 @@ def run(
     finished = _collect_all(model, field, jobs, poll_interval, notify)
     if job_name:
         return finished
-    reembed.prepare(model, field, everything=everything, failed=False)
+    if everything:
+        mark_pending(model._base_manager.all(), field)
     submitted = []
     for job in submit(model, field, limit=limit):
         submitted.append(job)
@@ -90,26 +88,6 @@ def _collect_all(
         outcome = collect(model, field, job, status)
         notify("finished", job, status=status, outcome=outcome)
     return jobs
-
-
-def open_jobs(model: type[models.Model], field: EmbeddingField) -> models.QuerySet[EmbeddingBatchJob]:
-    return EmbeddingBatchJob.objects.filter(
-        model_label=model._meta.label,
-        field_name=field.name,
-        finished_at__isnull=True,
-        submitted_at__gt=timezone.now() - JOB_LIFETIME,
-    ).order_by("submitted_at")
-
-
-def in_flight(model: type[models.Model], field: EmbeddingField) -> Q | None:
-    """Rows that an open batch job carries (by primary-key range), or None."""
-    to_python = model._meta.pk.to_python
-    ranges = open_jobs(model, field).values_list("first_pk", "last_pk")
-    condition = None
-    for first, last in ranges:
-        part = Q(pk__gte=to_python(first), pk__lte=to_python(last))
-        condition = part if condition is None else condition | part
-    return condition
 
 
 def check(model: type[models.Model], field: EmbeddingField) -> None:

@@ -100,9 +100,6 @@ class SemanticSettings:
             delattr(self, attr)
         self._cached.clear()
         self._user = None
-        from semantic.backends import get_backend
-
-        get_backend.cache_clear()
 
 
 def _api_key(value: str | None) -> str | None:

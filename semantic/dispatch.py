@@ -33,13 +33,19 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
+from django.apps import apps
 from django.core.signals import setting_changed
-from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from semantic.conf import semantic_settings as conf
+
+#: The django-q2 schedule of the sweep that embeds rows no save announced.
+SWEEP_SCHEDULE_NAME = "semantic.embed_pending"
 
 #: Seconds during which a process sends at most one wake-up per field, and a wake-up
 #: task keeps looking for pending rows.
@@ -204,3 +210,44 @@ class _ConditionalInsert:
             row = cursor.fetchone()
         self.waiting = row[0] if row else self.previous
         return self.waiting
+
+
+def enqueue(model: type[models.Model], field_name: str, pks: Sequence[Any], *, using: str | None = None) -> None:
+    """Have these rows embedded once the current transaction commits.
+
+    In ``SYNC`` mode they are embedded inline, on commit. Otherwise a worker is woken
+    (:func:`semantic.dispatch.wake`): it embeds every pending row of the field, these
+    among them, so saves that find a wake-up already waiting queue nothing.
+    """
+    label = model._meta.label
+    if conf.SYNC:
+        pks = list(pks)
+        # The worker's own task, named as a worker finds it, run inline.
+        task = import_string("semantic.tasks.embed_rows")
+        transaction.on_commit(lambda: task(label, field_name, pks, using), using=using, robust=True)
+        return
+    # The database travels with the wake-up, so rows saved with .using("other") are embedded there.
+    args = [label, field_name] + ([using] if using not in (None, "default") else [])
+    wake("semantic.tasks.embed_field", *args, name=f"semantic: embed {label}.{field_name}", using=using)
+
+
+def install_sweep_schedule(**kwargs: Any) -> None:
+    """Create (or update) the django-q2 schedule that runs ``semantic.tasks.embed_pending``."""
+    if not apps.is_installed("django_q"):
+        return
+    from django_q.models import Schedule
+
+    using = kwargs.get("using", "default")
+    if conf.SWEEP_MINUTES is None:
+        Schedule.objects.using(using).filter(name=SWEEP_SCHEDULE_NAME).delete()
+        return
+    Schedule.objects.using(using).update_or_create(
+        name=SWEEP_SCHEDULE_NAME,
+        defaults={
+            "func": "semantic.tasks.embed_pending",
+            "schedule_type": Schedule.MINUTES,
+            "minutes": conf.SWEEP_MINUTES,
+            "repeats": -1,
+            "cluster": conf.QUEUE,
+        },
+    )

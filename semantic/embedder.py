@@ -20,8 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import connections, models, router
-from django.db.models import CharField, Exists, OuterRef, Q, Value
-from django.db.models.functions import Cast
+from django.db.models import CharField, Q, Value
 from django.db.models.sql import Query
 from django.utils import timezone
 
@@ -30,6 +29,7 @@ from semantic.backends import BAD_INPUT, CONFIG, TRANSIENT, EmbeddingBackend, Em
 from semantic.conf import semantic_settings as conf
 from semantic.fields import EmbeddingField, IsDistinctFrom
 from semantic.models import EmbeddingFailure
+from semantic.rows import failures, pending_rows
 from semantic.text import clean, redact
 
 logger = logging.getLogger("semantic")
@@ -72,22 +72,6 @@ class Outcome:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def pending_rows(model: type[models.Model], field: EmbeddingField, using: str | None = None) -> models.QuerySet:
-    """Rows of ``model`` that need ``field`` embedded, are not waiting out a failure,
-    and are not in an open Batch API job."""
-    from semantic.batch import in_flight
-
-    waiting = EmbeddingFailure.objects.filter(
-        model_label=model._meta.label,
-        field_name=field.name,
-        object_pk=Cast(OuterRef("pk"), CharField()),
-    ).filter(Q(retry_at__gt=timezone.now()) | Q(permanent=True, source_hash=field.stored_text_hash(OuterRef)))
-    manager = model._base_manager if using is None else model._base_manager.using(using)
-    rows = manager.filter(field.needs_embedding()).exclude(Exists(waiting))
-    batched = in_flight(model, field)
-    return rows.exclude(batched) if batched is not None else rows
 
 
 class Embedder:
@@ -412,4 +396,4 @@ class Embedder:
             failure.save()
 
     def failures(self) -> models.QuerySet[EmbeddingFailure]:
-        return EmbeddingFailure.objects.filter(model_label=self.model._meta.label, field_name=self.field.name)
+        return failures(self.model, self.field)

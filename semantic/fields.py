@@ -40,8 +40,10 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+from django.apps import apps
 from django.db import models
 from django.db.models import Case, F, Func, Q, Value, When
 from django.db.models.functions import MD5, Cast, Coalesce, Concat, Now, NullIf
@@ -448,6 +450,18 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
 def embedding_fields(model: type[models.Model]) -> list[EmbeddingField]:
     """The model's EmbeddingFields, its parents' included (proxies and multi-table children)."""
     return [f for f in model._meta.fields if isinstance(f, EmbeddingField)]
+
+
+def iter_fields(
+    targets: Iterable[str | type[models.Model]] = (),
+) -> Iterator[tuple[type[models.Model], EmbeddingField]]:
+    """(model, field) for every EmbeddingField of ``targets`` (models or labels; all models by default)."""
+    models_ = [apps.get_model(t) if isinstance(t, str) else t for t in targets] or apps.get_models()
+    for model in models_:
+        for field in embedding_fields(model):
+            # A proxy's or a multi-table child's rows are embedded with its parent's.
+            if field.model is model or len(models_) == 1:
+                yield model, field
 
 
 def get_embedding_field(model: type[models.Model], name: str | None = None) -> EmbeddingField:

@@ -8,14 +8,37 @@ bases give each concrete subclass a field of its own.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from django.apps import apps
 from django.db import models
 from django.db.models.signals import class_prepared, post_save
 
-from semantic import tasks
+from semantic.dispatch import enqueue
 from semantic.fields import EmbeddingField, embedding_fields
+
+_suspended: ContextVar[bool] = ContextVar("semantic_suspended", default=False)
+
+
+@contextmanager
+def suspend_embedding() -> Iterator[None]:
+    """Save rows without queueing their embedding (imports, data migrations).
+
+    The rows stay pending in the database; the next sweep or
+    ``manage.py semantic_embed`` embeds them.
+    """
+    token = _suspended.set(True)
+    try:
+        yield
+    finally:
+        _suspended.reset(token)
+
+
+def embedding_suspended() -> bool:
+    return _suspended.get()
 
 
 def connect_all() -> None:
@@ -45,11 +68,11 @@ def on_save(
     **kwargs: Any,
 ) -> None:
     """Queue the fields whose text this save changed, once the transaction commits."""
-    if raw or tasks.embedding_suspended():
+    if raw or embedding_suspended():
         return
     for field in embedding_fields(sender):
         if needs_work(field, instance, update_fields, using):
-            tasks.enqueue(field.model, field.name, [instance.pk], using=using)
+            enqueue(field.model, field.name, [instance.pk], using=using)
 
 
 def needs_work(

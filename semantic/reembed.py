@@ -1,4 +1,9 @@
-"""Re-embedding many rows: what ``manage.py semantic_embed`` calls."""
+"""The backfill: re-embedding many rows, inline or in chunks for workers.
+
+What ``manage.py semantic_embed`` calls (the command only parses and reports). Which
+rows to take, and marking them pending, is :mod:`semantic.rows`, shared with the
+admin's re-embed action.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import models
-from django.db.models import Case, F, Q, When
-from django.db.models.functions import Coalesce, Now
-from django.db.models.lookups import IsNull
 
-from semantic.embedder import CHARS_PER_TOKEN, Embedder, Outcome, pending_rows
+from semantic.dispatch import queue_task
+from semantic.embedder import CHARS_PER_TOKEN, Embedder, Outcome
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingFailure
+from semantic.rows import failed_pks, mark_pending, pending_rows
 
 #: Gemini API price assumed by --dry-run, USD per million input tokens
 #: (gemini-embedding-001, Google's Gemini API pricing page, 2025). About 4 characters
@@ -31,14 +35,6 @@ class Plan:
         return -(-self.characters // CHARS_PER_TOKEN)
 
 
-def failed_pks(model: type[models.Model], field: EmbeddingField) -> list[str]:
-    return list(
-        EmbeddingFailure.objects.filter(model_label=model._meta.label, field_name=field.name).values_list(
-            "object_pk", flat=True
-        )
-    )
-
-
 def select(model: type[models.Model], field: EmbeddingField, *, everything: bool, failed: bool) -> models.QuerySet:
     """The rows a run would embed."""
     if failed:
@@ -46,11 +42,6 @@ def select(model: type[models.Model], field: EmbeddingField, *, everything: bool
     if everything:
         return model._base_manager.all()
     return pending_rows(model, field)
-
-
-def stale_rows(model: type[models.Model], field: EmbeddingField) -> models.QuerySet:
-    """Rows whose text is unchanged but whose vector was made by another model, task type or size."""
-    return model._base_manager.filter(field.stale() & ~field.pending())
 
 
 def plan(
@@ -76,16 +67,7 @@ def prepare(model: type[models.Model], field: EmbeddingField, *, everything: boo
         )
         return [model._meta.pk.to_python(pk) for pk in pks]
     if everything:
-        # The vectors stay searchable until their replacements are written.
-        waiting = Coalesce(F(field.pending_since_name), Now())
-        model._base_manager.update(
-            **{
-                field.embedded_hash_name: None,
-                field.pending_since_name: Case(
-                    When(Q(IsNull(field.stored_text_hash(), False)), then=waiting), default=None
-                ),
-            }
-        )
+        mark_pending(model._base_manager.all(), field)
     return None
 
 
@@ -119,8 +101,6 @@ def queue(
     chunk: int = 1000,
 ) -> int:
     """Hand the chosen rows to django-q2 workers in chunks; returns the number of tasks."""
-    from semantic.tasks import queue_task
-
     pks = prepare(model, field, everything=everything, failed=failed)
     if pks is None:
         rows = pending_rows(model, field).order_by("pk").values_list("pk", flat=True)

@@ -16,7 +16,7 @@ from django.db.models import Case, CharField, Count, Exists, Min, OuterRef, Q, V
 from django.db.models.functions import Cast
 from django.utils import timezone
 
-from semantic.fields import EmbeddingField, get_embedding_field
+from semantic.fields import EmbeddingField, get_embedding_field, iter_fields
 from semantic.models import EmbeddingFailure
 from semantic.ratelimit import configuration_problem
 from semantic.switch import serving_field
@@ -86,6 +86,4 @@ def field_status(
 
 def status_report() -> list[dict[str, Any]]:
     """:func:`field_status` for every EmbeddingField of every installed model."""
-    from semantic.tasks import iter_fields
-
     return [field_status(model, field) for model, field in iter_fields()]

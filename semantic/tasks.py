@@ -1,68 +1,33 @@
-"""What the django-q2 worker runs, and how saves hand work to it.
+"""What the django-q2 worker runs: the tasks that dispatch names by their dotted paths.
 
 Tasks receive identifiers only (``"app_label.Model"``, field name, primary keys),
 never text or keys, so nothing sensitive is stored in django-q2's queue or results.
+How saves hand work to them is :mod:`semantic.hooks` and :mod:`semantic.dispatch`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Sequence
 from typing import Any
 
 from django.apps import apps
-from django.db import models, transaction
+from django.db import models
 
-from semantic.conf import semantic_settings as conf
-from semantic.dispatch import queue_task as queue_task  # re-exported: callers import it from here
-from semantic.dispatch import wake, wake_window
-from semantic.fields import embedding_fields, get_embedding_field
+from semantic.dispatch import SWEEP_SCHEDULE_NAME as SWEEP_SCHEDULE_NAME
+from semantic.dispatch import enqueue as enqueue
+from semantic.dispatch import install_sweep_schedule as install_sweep_schedule
+from semantic.dispatch import queue_task, wake_window
+from semantic.embedder import Embedder
+from semantic.fields import get_embedding_field, iter_fields
+from semantic.hooks import embedding_suspended as embedding_suspended
+from semantic.hooks import suspend_embedding as suspend_embedding
 
 logger = logging.getLogger("semantic")
 
-SWEEP_SCHEDULE_NAME = "semantic.embed_pending"
 #: Seconds between a wake-up task's scans for pending rows within ``WAKE_WINDOW``.
 RESCAN_EVERY = 0.25
-
-_suspended: ContextVar[bool] = ContextVar("semantic_suspended", default=False)
-
-
-@contextmanager
-def suspend_embedding() -> Iterator[None]:
-    """Save rows without queueing their embedding (imports, data migrations).
-
-    The rows stay pending in the database; the next sweep or
-    ``manage.py semantic_embed`` embeds them.
-    """
-    token = _suspended.set(True)
-    try:
-        yield
-    finally:
-        _suspended.reset(token)
-
-
-def embedding_suspended() -> bool:
-    return _suspended.get()
-
-
-def enqueue(model: type[models.Model], field_name: str, pks: Sequence[Any], *, using: str | None = None) -> None:
-    """Have these rows embedded once the current transaction commits.
-
-    In ``SYNC`` mode they are embedded inline, on commit. Otherwise a worker is woken
-    (:func:`semantic.dispatch.wake`): it embeds every pending row of the field, these
-    among them, so saves that find a wake-up already waiting queue nothing.
-    """
-    label = model._meta.label
-    if conf.SYNC:
-        pks = list(pks)
-        transaction.on_commit(lambda: embed_rows(label, field_name, pks, using), using=using, robust=True)
-        return
-    # The database travels with the wake-up, so rows saved with .using("other") are embedded there.
-    args = [label, field_name] + ([using] if using not in (None, "default") else [])
-    wake("semantic.tasks.embed_field", *args, name=f"semantic: embed {label}.{field_name}", using=using)
 
 
 def embed_rows(
@@ -70,8 +35,6 @@ def embed_rows(
 ) -> dict[str, Any]:
     """Worker task: embed the pending rows among ``pks`` (and others, to fill requests),
     in database ``using`` (the one the rows were saved to)."""
-    from semantic.embedder import Embedder
-
     model = apps.get_model(label)
     field = get_embedding_field(model, field_name)
     return Embedder(model, field, using=using).run(pks).as_dict()
@@ -85,8 +48,6 @@ def embed_field(label: str, field_name: str, using: str | None = None) -> dict[s
     until one scan starts ``WAKE_WINDOW`` seconds after the task did: that scan sees
     every row whose save relied on this task.
     """
-    from semantic.embedder import Embedder
-
     model = apps.get_model(label)
     field = get_embedding_field(model, field_name)
     started = time.monotonic()
@@ -111,8 +72,6 @@ def embed_chunk(label: str, field_name: str, pks: Sequence[Any], batch_size: int
 
     Chunks are disjoint, so workers share a backfill without waiting for each other.
     """
-    from semantic.embedder import Embedder
-
     model = apps.get_model(label)
     field = get_embedding_field(model, field_name)
     return Embedder(model, field, batch_size=batch_size).run(pks, fill=False).as_dict()
@@ -125,8 +84,6 @@ def embed_pending(*targets: str | type[models.Model], limit: int | None = None) 
     raw SQL). ``targets`` are models or ``"app_label.Model"`` labels; all models with
     an EmbeddingField when none are given. Returns a summary per ``label.field``.
     """
-    from semantic.embedder import Embedder
-
     summary = {}
     for model, field in iter_fields(targets):
         summary[f"{model._meta.label}.{field.name}"] = Embedder(model, field).run(limit=limit).as_dict()
@@ -137,34 +94,3 @@ def queue_pending(*targets: str | type[models.Model]) -> str:
     """Queue :func:`embed_pending` on django-q2; returns the task id."""
     labels = [t if isinstance(t, str) else t._meta.label for t in targets]
     return queue_task("semantic.tasks.embed_pending", *labels, name="semantic: embed pending rows")
-
-
-def iter_fields(targets: Iterable[str | type[models.Model]] = ()) -> Iterator[tuple[type[models.Model], Any]]:
-    models_ = [apps.get_model(t) if isinstance(t, str) else t for t in targets] or apps.get_models()
-    for model in models_:
-        for field in embedding_fields(model):
-            # A proxy's or a multi-table child's rows are embedded with its parent's.
-            if field.model is model or len(models_) == 1:
-                yield model, field
-
-
-def install_sweep_schedule(**kwargs: Any) -> None:
-    """Create (or update) the django-q2 schedule that runs :func:`embed_pending`."""
-    if not apps.is_installed("django_q"):
-        return
-    from django_q.models import Schedule
-
-    using = kwargs.get("using", "default")
-    if conf.SWEEP_MINUTES is None:
-        Schedule.objects.using(using).filter(name=SWEEP_SCHEDULE_NAME).delete()
-        return
-    Schedule.objects.using(using).update_or_create(
-        name=SWEEP_SCHEDULE_NAME,
-        defaults={
-            "func": "semantic.tasks.embed_pending",
-            "schedule_type": Schedule.MINUTES,
-            "minutes": conf.SWEEP_MINUTES,
-            "repeats": -1,
-            "cluster": conf.QUEUE,
-        },
-    )

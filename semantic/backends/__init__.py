@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
+
+from django.core.signals import setting_changed
 
 from semantic.backends.base import BAD_INPUT, CONFIG, TRANSIENT, EmbeddingBackend, EmbeddingError, Vector
 
@@ -16,3 +19,11 @@ def get_backend(model: str | None = None) -> EmbeddingBackend:
 
     backend_class = conf.BACKEND
     return backend_class(model=model or conf.MODEL, **conf.BACKEND_OPTIONS)
+
+
+def _forget_backends(*, setting: str, **kwargs: Any) -> None:
+    if setting == "SEMANTIC":
+        get_backend.cache_clear()
+
+
+setting_changed.connect(_forget_backends)

@@ -1,0 +1,97 @@
+"""Row state: which rows of a field need embedding, and marking rows to be embedded again.
+
+The worker, the backfill command, the Batch API flow and the admin all ask these
+questions; answering them in one place keeps their answers the same. Which rows are
+*pending* or *stale* is the field's own SQL (:meth:`EmbeddingField.needs_embedding`);
+this module adds what the app's own tables say: rows waiting out a failure, and rows
+an open Batch API job carries.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.db import models
+from django.db.models import Case, CharField, Exists, F, OuterRef, Q, When
+from django.db.models.functions import Cast, Coalesce, Now
+from django.db.models.lookups import IsNull
+from django.utils import timezone
+
+from semantic.fields import EmbeddingField
+from semantic.models import EmbeddingBatchJob, EmbeddingFailure
+
+#: Gemini keeps a batch job at most this long; after it, the job's rows are free again.
+JOB_LIFETIME = timedelta(hours=48)
+
+
+def pending_rows(model: type[models.Model], field: EmbeddingField, using: str | None = None) -> models.QuerySet:
+    """Rows of ``model`` that need ``field`` embedded, are not waiting out a failure,
+    and are not in an open Batch API job."""
+    waiting = EmbeddingFailure.objects.filter(
+        model_label=model._meta.label,
+        field_name=field.name,
+        object_pk=Cast(OuterRef("pk"), CharField()),
+    ).filter(Q(retry_at__gt=timezone.now()) | Q(permanent=True, source_hash=field.stored_text_hash(OuterRef)))
+    manager = model._base_manager if using is None else model._base_manager.using(using)
+    rows = manager.filter(field.needs_embedding()).exclude(Exists(waiting))
+    batched = in_flight(model, field)
+    return rows.exclude(batched) if batched is not None else rows
+
+
+def stale_rows(model: type[models.Model], field: EmbeddingField) -> models.QuerySet:
+    """Rows whose text is unchanged but whose vector was made by another model, task type or size."""
+    return model._base_manager.filter(field.stale() & ~field.pending())
+
+
+def failures(model: type[models.Model], field: EmbeddingField) -> models.QuerySet[EmbeddingFailure]:
+    return EmbeddingFailure.objects.filter(model_label=model._meta.label, field_name=field.name)
+
+
+def failed_pks(model: type[models.Model], field: EmbeddingField) -> list[str]:
+    return list(failures(model, field).values_list("object_pk", flat=True))
+
+
+def open_jobs(model: type[models.Model], field: EmbeddingField) -> models.QuerySet[EmbeddingBatchJob]:
+    return EmbeddingBatchJob.objects.filter(
+        model_label=model._meta.label,
+        field_name=field.name,
+        finished_at__isnull=True,
+        submitted_at__gt=timezone.now() - JOB_LIFETIME,
+    ).order_by("submitted_at")
+
+
+def in_flight(model: type[models.Model], field: EmbeddingField) -> Q | None:
+    """Rows that an open batch job carries (by primary-key range), or None."""
+    to_python = model._meta.pk.to_python
+    ranges = open_jobs(model, field).values_list("first_pk", "last_pk")
+    condition = None
+    for first, last in ranges:
+        part = Q(pk__gte=to_python(first), pk__lte=to_python(last))
+        condition = part if condition is None else condition | part
+    return condition
+
+
+def mark_pending(rows: models.QuerySet, field: EmbeddingField) -> int:
+    """Make ``rows`` pending again, as if their text had changed; returns how many.
+
+    Their vectors stay searchable until replacements are written. Rows with text start
+    waiting now (or keep waiting since when they already were); failure records are
+    dropped, so the rows are tried afresh.
+    """
+    waiting = Coalesce(F(field.pending_since_name), Now())
+    count = rows.update(
+        **{
+            field.embedded_hash_name: None,
+            field.pending_since_name: Case(When(Q(IsNull(field.stored_text_hash(), False)), then=waiting)),
+        }
+    )
+    return count
+
+
+def forget_failures(model: type[models.Model], field: EmbeddingField, pks: list[Any] | None = None) -> None:
+    """Drop the failure records of these rows (all of the field's when ``pks`` is None)."""
+    records = failures(model, field)
+    if pks is not None:
+        records = records.filter(object_pk__in=[str(pk) for pk in pks])
+    records.delete()

@@ -1,0 +1,115 @@
+"""Imports flow one way: every module of the app imports only modules below it.
+
+The order is the architecture (../shared/STYLE.md): settings, text and the app's
+tables at the bottom; backends, the field and row state; dispatch and the save hook;
+the worker and the Batch API flow; the read path, the backfill and status; admin,
+checks and commands at the top. Imports inside functions count too: a circle hidden
+in a function is still a circle. A new module must be given its place here.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "semantic"
+
+LAYERS = [
+    # settings, text, the app's tables
+    "semantic.conf",
+    "semantic.text",
+    "semantic.models",
+    "semantic.operations",
+    # backends
+    "semantic.backends.base",
+    "semantic.backends.local",
+    "semantic.backends.gemini",
+    "semantic.backends",
+    "semantic.ratelimit",
+    # the field, its registry, its indexes, row state
+    "semantic.indexes",
+    "semantic.fields",
+    "semantic.switch",
+    "semantic.rows",
+    "semantic.labels",
+    "semantic.streaming",
+    # hand-off to the worker
+    "semantic.dispatch",
+    "semantic.hooks",
+    # the worker and the Batch API flow
+    "semantic.embedder",
+    "semantic.batch",
+    "semantic.tasks",
+    # the read path, the backfill, status
+    "semantic.embed",
+    "semantic.duplicates",
+    "semantic.review",
+    "semantic.query",
+    "semantic.linear",
+    "semantic.classify",
+    "semantic.clusters",
+    "semantic.reembed",
+    "semantic.status",
+    # admin, checks, commands, the app
+    "semantic.admin_status",
+    "semantic.admin",
+    "semantic.checks",
+    "semantic.management",
+    "semantic.management.output",
+    "semantic.management.targets",
+    "semantic.management.commands",
+    "semantic.apps",
+    "semantic",
+]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def rank(name: str) -> int:
+    """A module's place; commands share one (they never import each other)."""
+    if name.startswith("semantic.management.commands."):
+        name = "semantic.management.commands"
+    return LAYERS.index(name)
+
+
+def imported(path: Path) -> set[str]:
+    """The app's modules a file imports, anywhere in it (functions included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("semantic"):
+            for alias in node.names:
+                # "from semantic import ratelimit" names a module; "from semantic import embed" may too.
+                candidate = f"{node.module}.{alias.name}"
+                found.add(candidate if candidate in LAYERS else node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("semantic"))
+    return found
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in PACKAGE.rglob("*.py") if "migrations" not in p.parts}
+
+
+def test_every_module_has_a_place():
+    missing = sorted(
+        name for name in modules() if not name.startswith("semantic.management.commands.") and name not in LAYERS
+    )
+    assert missing == [], "give these modules a place in LAYERS"
+
+
+def test_imports_flow_downward_only():
+    upward = []
+    for name, path in modules().items():
+        for target in imported(path):
+            if target != name and target in LAYERS and rank(target) >= rank(name):
+                upward.append(f"{name} imports {target}")
+    assert upward == []
+
+
+def test_the_check_sees_imports_inside_functions(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text("def f():\n    from semantic.admin import SemanticAdminMixin\n")
+    assert imported(source) == {"semantic.admin"}
