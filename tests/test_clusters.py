@@ -81,7 +81,7 @@ def test_growth_over_time_per_group(tickets):
     for intent, first_week in (("exchange_rate", 5), ("card_arrival", 10)):
         for number, ticket in enumerate(rows.filter(category=intent)):
             week = 0 if number < first_week else 1
-            Ticket.objects.filter(pk=ticket.pk).update(created=MONDAY + timedelta(days=7 * week, hours=number))
+            Ticket.objects.filter(pk=ticket.pk).update(created=MONDAY + timedelta(days=7 * week, hours=10 * number))
     topics = cluster(rows, k=2, date_field="created")
     by_intent = {majority(t, tickets)[0]: t for t in topics}
     weeks = [MONDAY.date(), (MONDAY + timedelta(days=7)).date()]
