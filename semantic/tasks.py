@@ -60,8 +60,10 @@ def embed_field(label: str, field_name: str, using: str | None = None) -> dict[s
                 total[key] = value
             elif isinstance(value, list):
                 total[key] += [item for item in value if item not in total[key]]
-            else:
+            elif isinstance(value, int | float):
                 total[key] += value
+            elif value is not None:  # why a scan stopped early: the latest reason
+                total[key] = value
         if scan_started - started >= window:
             return total
         time.sleep(min(RESCAN_EVERY, max(0.0, started + window - time.monotonic())))
