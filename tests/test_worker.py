@@ -101,7 +101,8 @@ def test_saves_while_the_worker_is_busy_queue_a_bounded_number_of_tasks(
         early.body = "changed while the worker was busy"
         early.save()
         queued_while_busy = OrmQ.objects.count()
-    assert wait_for(lambda: not Article.objects.filter(get_embedding_field(Article).pending()).exists()), "rows not embedded"
+    pending = get_embedding_field(Article).pending()
+    assert wait_for(lambda: not Article.objects.filter(pending).exists()), "rows not embedded"
     assert wait_for(lambda: not OrmQ.objects.exists())
     tasks = Task.objects.filter(func="semantic.tasks.embed_field")
     assert queued_while_busy <= 4
