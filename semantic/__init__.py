@@ -4,6 +4,8 @@ from semantic.embed import embed
 from semantic.fields import EmbeddingField
 from semantic.query import SemanticManager, SemanticQuerySet
 from semantic.tasks import embed_pending, suspend_embedding
+from semantic.keyword import KeywordIndex
+from semantic.hybrid import HybridQuerySet, HybridSearchMixin, hybrid
 
 __all__ = [
     "EmbeddingField",
@@ -12,5 +14,9 @@ __all__ = [
     "embed",
     "embed_pending",
     "suspend_embedding",
+    "KeywordIndex",
+    "HybridQuerySet",
+    "HybridSearchMixin",
+    "hybrid",
 ]
 __version__ = "0.1.0"

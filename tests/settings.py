@@ -21,6 +21,7 @@ INSTALLED_APPS = [
     "django_q",
     "semantic",
     "tests.testapp",
+    "tests.docsapp",
     "project.questions",
 ]
 MIDDLEWARE = [
