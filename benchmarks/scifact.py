@@ -1,0 +1,177 @@
+"""SciFact (BEIR) training claims: meaning, keyword and hybrid search through the ORM,
+against all-MiniLM-L6-v2 called directly.
+
+The 5,183 abstracts of ../shared/data/scifact are stored as ``tests.docsapp.Doc`` rows
+(title, text) and embedded by a real django-q2 worker with the local backend; the
+ORM figures come from ``semantic_evaluate`` on the 809 training claims. The direct
+baseline encodes each abstract as ``title + " " + text`` with sentence-transformers
+and ranks by exact cosine similarity in numpy (the MTEB/BEIR protocol). Then hybrid's
+``k`` and weights are compared on the same claims, hybrid's latency against
+``similar_to()`` alone, and the fusion in three statements (what ``hybrid()`` runs)
+against one statement joining two ranked subqueries.
+
+    .venv/bin/python -m benchmarks.scifact [--reload] [--no-tune]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import statistics
+import time
+
+import numpy as np
+
+from benchmarks.common import BASE_DIR, setup, start_worker, wait_for
+
+DATA = BASE_DIR.parent / "shared" / "data" / "scifact"
+QUERIES = DATA / "queries-train.jsonl"
+QRELS = DATA / "qrels-train.tsv"
+#: (k, (keyword weight, meaning weight)) compared on the training claims.
+GRID = [
+    (k, weights) for k in (10, 30, 60, 100) for weights in ((1.0, 1.0), (0.5, 1.0), (0.7, 1.0), (1.0, 0.7), (0.3, 1.0))
+]
+LATENCY_QUERIES = 200
+
+
+def corpus() -> list[dict[str, str]]:
+    with gzip.open(DATA / "corpus.jsonl.gz", "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def load_rows(documents: list[dict[str, str]], reload: bool) -> float:
+    """Store the abstracts and have a real worker embed them; seconds taken (0 if kept)."""
+    from semantic.tasks import queue_pending
+    from tests.docsapp.models import Doc
+
+    if not reload and Doc.objects.filter(embedding__isnull=False).count() == len(documents) == Doc.objects.count():
+        return 0.0
+    Doc.objects.all().delete()
+    worker = start_worker({"SEMANTIC_BENCH_BACKEND": "local"})
+    try:
+        started = time.monotonic()
+        Doc.objects.bulk_create(Doc(corpus_id=d["_id"], title=d["title"], text=d["text"]) for d in documents)
+        queue_pending(Doc)
+        wait_for(lambda: not Doc.objects.filter(embedding__isnull=True).exists(), timeout=3600, every=2)
+        return time.monotonic() - started
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+
+def direct_ndcg(documents: list[dict[str, str]]) -> float:
+    """nDCG@10 of the model called directly: exact cosine search in numpy."""
+    from semantic.backends.local import LocalBackend
+    from semantic.evaluate import load_qrels, load_queries, ndcg
+
+    queries, judgements = load_queries(QUERIES), load_qrels(QRELS)
+    model = LocalBackend().load()
+    vectors = model.encode([f"{d['title']} {d['text']}" for d in documents], normalize_embeddings=True, batch_size=32)
+    ids = [d["_id"] for d in documents]
+    judged = [q for q in judgements if q in queries]
+    claims = model.encode([queries[q] for q in judged], normalize_embeddings=True, batch_size=64)
+    total = 0.0
+    for qid, claim in zip(judged, claims):
+        top = np.argsort(-(vectors @ claim))[:10]
+        total += ndcg([ids[i] for i in top], judgements[qid])
+    return 100 * total / len(judged)
+
+
+def one_statement(queryset, text: str, limit: int = 10) -> list:
+    """The fusion as one SQL statement: two ranked subqueries joined by FULL OUTER JOIN."""
+    from django.db import connection, transaction
+
+    from semantic.hybrid import hybrid
+
+    search = hybrid(queryset, text).query.annotations["score"].search
+    keyword, meaning = search.sides(queryset)
+    keyword_sql, keyword_params = keyword.query.sql_with_params()
+    meaning_sql, meaning_params = meaning.query.sql_with_params()
+    table = queryset.model._meta.db_table
+    sql = f"""
+        WITH k AS (SELECT s.id, row_number() OVER () AS r FROM ({keyword_sql}) s),
+             m AS (SELECT s.id, row_number() OVER () AS r FROM ({meaning_sql}) s),
+             fused AS (
+                SELECT coalesce(k.id, m.id) AS fused_id,
+                       coalesce(%s / (%s + k.r), 0) + coalesce(%s / (%s + m.r), 0) AS score,
+                       k.r AS keyword_rank, m.r AS meaning_rank
+                FROM k FULL OUTER JOIN m ON k.id = m.id)
+        SELECT d.*, fused.score, fused.keyword_rank, fused.meaning_rank
+        FROM {table} d JOIN fused ON fused.fused_id = d.id
+        ORDER BY fused.score DESC, d.id LIMIT %s
+    """
+    params = [*keyword_params, *meaning_params, search.weights[0], search.k, search.weights[1], search.k, limit]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL hnsw.ef_search = 100")
+        return list(queryset.model.objects.raw(sql, params))
+
+
+def median_ms(function, texts: list[str]) -> float:
+    times = []
+    for text in texts:
+        started = time.perf_counter()
+        function(text)
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--reload", action="store_true", help="store and embed the corpus again")
+    parser.add_argument("--no-tune", action="store_true", help="skip the k and weights comparison")
+    arguments = parser.parse_args()
+    setup()
+    from django.core.management import call_command
+
+    from semantic.embed import embed
+    from semantic.evaluate import evaluate, load_qrels, load_queries
+    from semantic.hybrid import hybrid
+    from tests.docsapp.models import Doc
+
+    documents = corpus()
+    seconds = load_rows(documents, arguments.reload)
+    print(f"SciFact: {len(documents)} abstracts" + (f", embedded by the worker in {seconds:.0f}s" if seconds else ""))
+
+    started = time.monotonic()
+    direct = direct_ndcg(documents)
+    print(
+        f"direct (sentence-transformers, exact cosine, numpy): nDCG@10 {direct:.2f} ({time.monotonic() - started:.0f}s)"
+    )
+
+    print(f"semantic_evaluate docsapp.Doc --queries {QUERIES.name} --qrels {QRELS.name} --id-field corpus_id:")
+    output = io.StringIO()
+    call_command(
+        "semantic_evaluate", "docsapp.Doc", queries=str(QUERIES), qrels=str(QRELS), id_field="corpus_id", stdout=output
+    )
+    print(output.getvalue(), end="")
+
+    queries, judgements = load_queries(QUERIES), load_qrels(QRELS)
+    queryset = Doc.objects.all()
+    if not arguments.no_tune:
+        print("hybrid nDCG@10 / recall@100 / MRR@10 by k and (keyword, meaning) weights:")
+        for k, weights in GRID:
+            row = evaluate(
+                queryset, queries, judgements, id_field="corpus_id", k=k, weights=weights, methods=["hybrid"]
+            )["hybrid"]
+            print(
+                f"  k={k:<4} weights={weights}: {100 * row['ndcg@10']:.2f} / "
+                f"{100 * row['recall@100']:.2f} / {100 * row['mrr@10']:.2f}"
+            )
+
+    texts = [queries[q] for q in judgements if q in queries][:LATENCY_QUERIES]
+    embed(texts, task_type="RETRIEVAL_QUERY", dimensions=384)  # query vectors cached for every method alike
+    similar = median_ms(lambda t: list(queryset.similar_to(t)[:10]), texts)
+    fused = median_ms(lambda t: list(hybrid(queryset, t)[:10]), texts)
+    single = median_ms(lambda t: one_statement(queryset, t), texts)
+    same = sum([r.pk for r in hybrid(queryset, t)[:10]] == [r.pk for r in one_statement(queryset, t)] for t in texts)
+    print(f"median latency over {len(texts)} claims, 10 rows, query vectors cached:")
+    print(f"  similar_to():                                    {similar:.1f} ms")
+    print(f"  hybrid() (three statements: two sides, then rows) {fused:.1f} ms")
+    print(f"  one statement (two ranked subqueries, FULL JOIN)  {single:.1f} ms")
+    print(f"  same top 10 from both fusions: {same}/{len(texts)} claims")
+
+
+if __name__ == "__main__":
+    main()
