@@ -123,6 +123,32 @@ def side_lists(queryset, queries: dict[str, str], judged: list[str], side: int) 
     return lists
 
 
+def quick(claims: int) -> None:
+    """While the corpus is still being embedded: the embedded rows as the corpus, the
+    claims whose relevant abstracts are all among them, no direct baseline. Compares each
+    side with hybrid and checks stored vectors against the model called directly."""
+    from semantic.backends.local import LocalBackend
+    from semantic.evaluate import evaluate, load_qrels, load_queries
+    from tests.docsapp.models import Doc
+
+    queryset = Doc.objects.filter(embedding__isnull=False)
+    present = set(queryset.values_list("corpus_id", flat=True))
+    queries, judgements = load_queries(QUERIES), load_qrels(QRELS)
+    chosen = {q: rel for q, rel in judgements.items() if q in queries and set(rel) <= present}
+    chosen = dict(list(chosen.items())[:claims])
+    print(f"quick: {len(present)} embedded abstracts as the corpus, {len(chosen)} claims judged within them")
+    sample = list(queryset.order_by("pk")[:50])
+    vectors = LocalBackend().load().encode([f"{d.title} {d.text}" for d in sample], normalize_embeddings=True)
+    agreement = [float(np.dot(v, np.array(d.embedding))) for v, d in zip(vectors, sample)]
+    print(f"stored vs direct vectors, 50 rows: cosine min {min(agreement):.6f}")
+    for method, row in evaluate(queryset, queries, chosen, id_field="corpus_id", methods=["meaning"]).items():
+        print(
+            f"  {method} via similar_to(): nDCG@10 {100 * row['ndcg@10']:.2f}, "
+            f"median {1000 * row['median_seconds']:.1f} ms"
+        )
+    tune(queryset, queries, chosen)
+
+
 def tune(queryset, queries: dict[str, str], judgements) -> None:
     """nDCG@10 for each k and weights: both sides searched once, fused by hybrid's own Fused.
 
@@ -135,7 +161,16 @@ def tune(queryset, queries: dict[str, str], judgements) -> None:
     judged = [q for q in judgements if q in queries]
     keyword, meaning = (side_lists(queryset, queries, judged, side) for side in (0, 1))
     corpus_ids = dict(queryset.values_list("pk", "corpus_id"))
-    print("hybrid nDCG@10 / recall@100 / MRR@10 by k and (keyword, meaning) weights:")
+    print(f"{'':<32}nDCG@10 / recall@100 / MRR@10")
+    for name, weights in (("keyword side alone", (1.0, 0.0)), ("meaning side alone", (0.0, 1.0))):
+        totals = dict.fromkeys(("ndcg@10", "recall@100", "mrr@10"), 0.0)
+        for qid in judged:
+            rows = Fused(keyword[qid], meaning[qid], k=60, weights=weights).rows
+            ranked = sorted(rows, key=lambda pk: (-rows[pk]["score"], pk))
+            for measure, value in scores([corpus_ids[pk] for pk in ranked], judgements[qid]).items():
+                totals[measure] += value
+        print(f"  {name:<30}" + " / ".join(f"{100 * totals[m] / len(judged):.2f}" for m in totals))
+    print("hybrid by k and (keyword, meaning) weights:")
     for k, weights in GRID:
         totals = dict.fromkeys(("ndcg@10", "recall@100", "mrr@10"), 0.0)
         for qid in judged:
@@ -160,8 +195,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reload", action="store_true", help="store and embed the corpus again")
     parser.add_argument("--no-tune", action="store_true", help="skip the k and weights comparison")
+    parser.add_argument("--quick", type=int, metavar="CLAIMS", help="only the rows embedded so far (see quick())")
     arguments = parser.parse_args()
     setup()
+    if arguments.quick:
+        quick(arguments.quick)
+        return
     from django.core.management import call_command
 
     from semantic.embed import embed
