@@ -10,7 +10,7 @@ from django.core.paginator import Paginator
 from django.db import connection
 
 from semantic import HybridQuerySet, embed_pending, hybrid
-from semantic.keyword import document_vector, keyword_search
+from semantic.keyword import keyword_search
 from tests.docsapp.models import Doc
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -119,7 +119,6 @@ def test_the_index_is_the_expression_queries_use():
         (definition,) = cursor.fetchone()
     assert "USING gin" in definition
     assert "to_tsvector('english'::regconfig" in definition
-    assert document_vector(["title", "text"], "english").config is not None
 
 
 @pytest.mark.parametrize(
