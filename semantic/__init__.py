@@ -5,6 +5,8 @@ from semantic.clusters import cluster
 from semantic.embed import EmptyQuery, SearchUnavailable, embed
 from semantic.fields import EmbeddingField
 from semantic.hooks import suspend_embedding
+from semantic.hybrid import HybridQuerySet, HybridSearchMixin, hybrid
+from semantic.keyword import KeywordIndex
 from semantic.query import SemanticManager, SemanticQuerySet, SemanticQuerySetMixin
 
 __all__ = [
@@ -21,6 +23,10 @@ __all__ = [
     "embed_pending",
     "predict_labels",
     "suspend_embedding",
+    "KeywordIndex",
+    "HybridQuerySet",
+    "HybridSearchMixin",
+    "hybrid",
 ]
 __version__ = "0.1.0"
 

@@ -22,6 +22,7 @@ INSTALLED_APPS = [
     "semantic",
     "tests.testapp",
     "tests.topicapp",
+    "tests.docsapp",
     "project.questions",
 ]
 MIDDLEWARE = [

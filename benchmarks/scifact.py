@@ -1,0 +1,247 @@
+"""SciFact (BEIR) training claims: meaning, keyword and hybrid search through the ORM,
+against all-MiniLM-L6-v2 called directly.
+
+The 5,183 abstracts of ../shared/data/scifact are stored as ``tests.docsapp.Doc`` rows
+(title, text) and embedded by a real django-q2 worker with the local backend; the
+ORM figures come from ``semantic_evaluate`` on the 809 training claims. The direct
+baseline encodes each abstract as ``title + " " + text`` with sentence-transformers
+and ranks by exact cosine similarity in numpy (the MTEB/BEIR protocol). Then hybrid's
+``k`` and weights are compared on the same claims, hybrid's latency against
+``similar_to()`` alone, and the fusion in three statements (what ``hybrid()`` runs)
+against one statement joining two ranked subqueries.
+
+    .venv/bin/python -m benchmarks.scifact [--reload] [--no-tune]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import statistics
+import threading
+import time
+
+import numpy as np
+
+from benchmarks.common import BASE_DIR, setup, start_worker, wait_for
+
+DATA = BASE_DIR.parent / "shared" / "data" / "scifact"
+QUERIES = DATA / "queries-train.jsonl"
+QRELS = DATA / "qrels-train.tsv"
+#: (k, (keyword weight, meaning weight)) compared on the training claims.
+GRID = [
+    (k, weights) for k in (10, 30, 60, 100) for weights in ((1.0, 1.0), (0.5, 1.0), (0.7, 1.0), (1.0, 0.7), (0.3, 1.0))
+]
+LATENCY_QUERIES = 200
+
+
+def corpus() -> list[dict[str, str]]:
+    with gzip.open(DATA / "corpus.jsonl.gz", "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def load_rows(documents: list[dict[str, str]], reload: bool) -> tuple[int, float]:
+    """Store the abstracts (kept from an earlier run unless ``reload``) and have a real
+    worker embed the rows not embedded yet; how many it embedded, and the seconds taken."""
+    from semantic.tasks import queue_pending
+    from tests.docsapp.models import Doc
+
+    if reload or Doc.objects.count() != len(documents):
+        Doc.objects.all().delete()
+        Doc.objects.bulk_create(Doc(corpus_id=d["_id"], title=d["title"], text=d["text"]) for d in documents)
+    missing = Doc.objects.filter(embedding__isnull=True).count()
+    if not missing:
+        return 0, 0.0
+    worker = start_worker({"SEMANTIC_BENCH_BACKEND": "local"})
+    try:
+        started = time.monotonic()
+        queue_pending(Doc)
+        wait_for(lambda: not Doc.objects.filter(embedding__isnull=True).exists(), timeout=3600, every=2)
+        return missing, time.monotonic() - started
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+
+def direct_ndcg(documents: list[dict[str, str]]) -> float:
+    """nDCG@10 of the model called directly: exact cosine search in numpy."""
+    from semantic.backends.local import LocalBackend
+    from semantic.evaluate import load_qrels, load_queries, ndcg
+
+    queries, judgements = load_queries(QUERIES), load_qrels(QRELS)
+    model = LocalBackend().load()
+    vectors = model.encode([f"{d['title']} {d['text']}" for d in documents], normalize_embeddings=True, batch_size=32)
+    ids = [d["_id"] for d in documents]
+    judged = [q for q in judgements if q in queries]
+    claims = model.encode([queries[q] for q in judged], normalize_embeddings=True, batch_size=64)
+    total = 0.0
+    for qid, claim in zip(judged, claims):
+        top = np.argsort(-(vectors @ claim))[:10]
+        total += ndcg([ids[i] for i in top], judgements[qid])
+    return 100 * total / len(judged)
+
+
+def one_statement(queryset, text: str, limit: int = 10) -> list:
+    """The fusion as one SQL statement: two ranked subqueries joined by FULL OUTER JOIN."""
+    from django.db import connection, transaction
+
+    from semantic.hybrid import hybrid
+
+    search = hybrid(queryset, text).query.annotations["score"].search
+    keyword, meaning = search.sides(queryset)
+    keyword_sql, keyword_params = keyword.query.sql_with_params()
+    meaning_sql, meaning_params = meaning.query.sql_with_params()
+    table = queryset.model._meta.db_table
+    sql = f"""
+        WITH k AS (SELECT s.id, row_number() OVER () AS r FROM ({keyword_sql}) s),
+             m AS (SELECT s.id, row_number() OVER () AS r FROM ({meaning_sql}) s),
+             fused AS (
+                SELECT coalesce(k.id, m.id) AS fused_id,
+                       coalesce(%s / (%s + k.r), 0) + coalesce(%s / (%s + m.r), 0) AS score,
+                       k.r AS keyword_rank, m.r AS meaning_rank
+                FROM k FULL OUTER JOIN m ON k.id = m.id)
+        SELECT d.*, fused.score, fused.keyword_rank, fused.meaning_rank
+        FROM {table} d JOIN fused ON fused.fused_id = d.id
+        ORDER BY fused.score DESC, d.id LIMIT %s
+    """
+    params = [*keyword_params, *meaning_params, search.weights[0], search.k, search.weights[1], search.k, limit]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL hnsw.ef_search = 100")
+        return list(queryset.model.objects.raw(sql, params))
+
+
+def side_lists(queryset, queries: dict[str, str], judged: list[str], side: int) -> dict[str, list]:
+    """Each claim's keyword (side 0) or meaning (side 1) candidates, as hybrid() fetches them."""
+    from semantic.hybrid import hybrid
+
+    lists = {}
+    for qid in judged:
+        search = hybrid(queryset, queries[qid]).query.annotations["score"].search
+        lists[qid] = list(search.sides(queryset)[side])
+    return lists
+
+
+def quick(claims: int) -> None:
+    """While the corpus is still being embedded: the embedded rows as the corpus, the
+    claims whose relevant abstracts are all among them, no direct baseline. Compares each
+    side with hybrid and checks stored vectors against the model called directly."""
+    from semantic.backends.local import LocalBackend
+    from semantic.evaluate import evaluate, load_qrels, load_queries
+    from tests.docsapp.models import Doc
+
+    queryset = Doc.objects.filter(embedding__isnull=False)
+    present = set(queryset.values_list("corpus_id", flat=True))
+    queries, judgements = load_queries(QUERIES), load_qrels(QRELS)
+    chosen = {q: rel for q, rel in judgements.items() if q in queries and set(rel) <= present}
+    chosen = dict(list(chosen.items())[:claims])
+    print(f"quick: {len(present)} embedded abstracts as the corpus, {len(chosen)} claims judged within them")
+    sample = list(queryset.order_by("pk")[:50])
+    vectors = LocalBackend().load().encode([f"{d.title} {d.text}" for d in sample], normalize_embeddings=True)
+    agreement = [float(np.dot(v, np.array(d.embedding))) for v, d in zip(vectors, sample)]
+    print(f"stored vs direct vectors, 50 rows: cosine min {min(agreement):.6f}")
+    for method, row in evaluate(queryset, queries, chosen, id_field="corpus_id", methods=["meaning"]).items():
+        print(
+            f"  {method} via similar_to(): nDCG@10 {100 * row['ndcg@10']:.2f}, "
+            f"median {1000 * row['median_seconds']:.1f} ms"
+        )
+    tune(queryset, queries, chosen)
+
+
+def tune(queryset, queries: dict[str, str], judgements) -> None:
+    """nDCG@10 for each k and weights: both sides searched once, fused by hybrid's own Fused.
+
+    hybrid() orders rows by exactly these scores, so this is what it returns, without
+    searching each side again for every setting (the keyword side takes most of the time).
+    """
+    from semantic.evaluate import scores
+    from semantic.hybrid import Fused
+
+    judged = [q for q in judgements if q in queries]
+    keyword, meaning = (side_lists(queryset, queries, judged, side) for side in (0, 1))
+    corpus_ids = dict(queryset.values_list("pk", "corpus_id"))
+    print(f"{'':<32}nDCG@10 / recall@100 / MRR@10")
+    for name, weights in (("keyword side alone", (1.0, 0.0)), ("meaning side alone", (0.0, 1.0))):
+        totals = dict.fromkeys(("ndcg@10", "recall@100", "mrr@10"), 0.0)
+        for qid in judged:
+            rows = Fused(keyword[qid], meaning[qid], k=60, weights=weights).rows
+            ranked = sorted(rows, key=lambda pk: (-rows[pk]["score"], pk))
+            for measure, value in scores([corpus_ids[pk] for pk in ranked], judgements[qid]).items():
+                totals[measure] += value
+        print(f"  {name:<30}" + " / ".join(f"{100 * totals[m] / len(judged):.2f}" for m in totals))
+    print("hybrid by k and (keyword, meaning) weights:")
+    for k, weights in GRID:
+        totals = dict.fromkeys(("ndcg@10", "recall@100", "mrr@10"), 0.0)
+        for qid in judged:
+            rows = Fused(keyword[qid], meaning[qid], k=k, weights=weights).rows
+            ranked = sorted(rows, key=lambda pk: (-rows[pk]["score"], pk))
+            for name, value in scores([corpus_ids[pk] for pk in ranked], judgements[qid]).items():
+                totals[name] += value
+        figures = " / ".join(f"{100 * totals[name] / len(judged):.2f}" for name in totals)
+        print(f"  k={k:<4} weights={weights}: {figures}")
+
+
+def median_ms(function, texts: list[str]) -> float:
+    times = []
+    for text in texts:
+        started = time.perf_counter()
+        function(text)
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--reload", action="store_true", help="store and embed the corpus again")
+    parser.add_argument("--no-tune", action="store_true", help="skip the k and weights comparison")
+    parser.add_argument("--quick", type=int, metavar="CLAIMS", help="only the rows embedded so far (see quick())")
+    arguments = parser.parse_args()
+    setup()
+    if arguments.quick:
+        quick(arguments.quick)
+        return
+    from django.core.management import call_command
+
+    from semantic.embed import embed
+    from semantic.evaluate import load_qrels, load_queries
+    from semantic.hybrid import hybrid
+    from tests.docsapp.models import Doc
+
+    documents = corpus()
+    # The direct baseline encodes in this process while the worker embeds the rows.
+    direct: list[float] = []
+    baseline = threading.Thread(target=lambda: direct.append(direct_ndcg(documents)))
+    baseline.start()
+    embedded, seconds = load_rows(documents, arguments.reload)
+    print(f"SciFact: {len(documents)} abstracts; the worker embedded {embedded} rows in {seconds:.0f}s")
+    baseline.join()
+    print(f"direct (sentence-transformers, exact cosine in numpy): nDCG@10 {direct[0]:.2f}")
+
+    print(f"semantic_evaluate docsapp.Doc --queries {QUERIES.name} --qrels {QRELS.name} --id-field corpus_id:")
+    output = io.StringIO()
+    call_command(
+        "semantic_evaluate", "docsapp.Doc", queries=str(QUERIES), qrels=str(QRELS), id_field="corpus_id", stdout=output
+    )
+    print(output.getvalue(), end="")
+
+    queries, judgements = load_queries(QUERIES), load_qrels(QRELS)
+    queryset = Doc.objects.all()
+    if not arguments.no_tune:
+        tune(queryset, queries, judgements)
+
+    texts = [queries[q] for q in judgements if q in queries][:LATENCY_QUERIES]
+    embed(texts, task_type="RETRIEVAL_QUERY", dimensions=384)  # query vectors cached for every method alike
+    similar = median_ms(lambda t: list(queryset.similar_to(t)[:10]), texts)
+    fused = median_ms(lambda t: list(hybrid(queryset, t)[:10]), texts)
+    single = median_ms(lambda t: one_statement(queryset, t), texts)
+    same = sum([r.pk for r in hybrid(queryset, t)[:10]] == [r.pk for r in one_statement(queryset, t)] for t in texts)
+    print(f"median latency over {len(texts)} claims, 10 rows, query vectors cached:")
+    print(f"  similar_to():                                    {similar:.1f} ms")
+    print(f"  hybrid() (three statements: two sides, then rows) {fused:.1f} ms")
+    print(f"  one statement (two ranked subqueries, FULL JOIN)  {single:.1f} ms")
+    print(f"  same top 10 from both fusions: {same}/{len(texts)} claims")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""Keyword and meaning search in one ranking, fused by reciprocal rank fusion (RRF).
+
+Each side ranks its own ``candidates`` best rows: meaning by ``similar_to()``,
+keywords by full-text search (:mod:`semantic.keyword`). A row's score is
+``sum(weight / (k + rank))`` over the sides that found it, so a row near the top of
+either list rises, and one found by both rises most. ``k`` (default 60, the value of
+Cormack, Clarke and Büttcher's RRF paper) flattens the difference between the first
+ranks; ``weights`` (keyword, meaning) tilt the balance.
+
+The result is a lazy queryset of the model, annotated with ``score``,
+``keyword_rank`` and ``meaning_rank`` (None for a side that did not find the row),
+best first. The two sides are searched when the queryset is evaluated, with every
+filter it has by then, before or after ``hybrid()``: a filtered search ranks the
+filtered rows, as ``similar_to()`` does. Evaluating runs three statements: each
+side's candidates, then the rows, restricted to the fused candidates and ordered by
+score. docs/benchmarks.md compares this with one statement joining two ranked
+subqueries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from django.db import models
+from django.db.models import F
+from django.db.models.expressions import Expression
+from django.db.models.sql.where import AND
+
+from semantic.keyword import keyword_search, keyword_settings
+from semantic.query import SemanticQuerySet, query_vector
+from semantic.switch import serving_field
+
+#: RRF's ``k``: the rank offset that keeps the first few ranks from dominating.
+DEFAULT_K = 60
+#: How many rows each side ranks before fusion.
+DEFAULT_CANDIDATES = 100
+PARTS = {"score": models.FloatField, "keyword_rank": models.IntegerField, "meaning_rank": models.IntegerField}
+
+
+class Fused:
+    """Each candidate's score and ranks, keyed by primary key."""
+
+    def __init__(self, keyword: Sequence[Any], meaning: Sequence[Any], *, k: float, weights: Sequence[float]):
+        self.rows: dict[Any, dict[str, Any]] = {}
+        for name, weight, ranked in (("keyword_rank", weights[0], keyword), ("meaning_rank", weights[1], meaning)):
+            for rank, pk in enumerate(ranked, start=1):
+                row = self.rows.setdefault(pk, {"score": 0.0, "keyword_rank": None, "meaning_rank": None})
+                row["score"] += weight / (k + rank)
+                row[name] = rank
+
+
+class HybridSearch:
+    """One ``hybrid()`` call: the query, both sides' settings, and the fusion."""
+
+    def __init__(
+        self,
+        *,
+        queryset_class: type[SemanticQuerySet],
+        field: str,
+        vector: list[float],
+        text: str,
+        keyword_fields: tuple[str, ...],
+        config: str,
+        match: str,
+        k: float,
+        weights: tuple[float, float],
+        candidates: int,
+    ) -> None:
+        self.queryset_class = queryset_class
+        self.field = field
+        self.vector = vector
+        self.text = text
+        self.keyword_fields = keyword_fields
+        self.config = config
+        self.match = match
+        self.k = k
+        self.weights = weights
+        self.candidates = candidates
+
+    def sides(self, base: SemanticQuerySet) -> tuple[models.QuerySet | None, models.QuerySet | None]:
+        """The keyword and meaning querysets of ``base``'s rows, each its candidates' keys, best first.
+
+        A side with weight 0 is not searched (None).
+        """
+        keyword = meaning = None
+        if self.weights[0]:
+            keyword = keyword_search(
+                base, self.text, fields=self.keyword_fields, config=self.config, match=self.match
+            ).values_list("pk", flat=True)[: self.candidates]
+        if self.weights[1]:
+            # HNSW returns at most ef_search rows: ask for as many as the candidates.
+            ef_search = min(max(self.candidates, 40), 1000)
+            meaning = base.similar_to(self.vector, field=self.field, ef_search=ef_search).values_list("pk", flat=True)[
+                : self.candidates
+            ]
+        return keyword, meaning
+
+    def fuse(self, compiler: Any) -> Fused:
+        """Search both sides once per compiled statement, with the statement's filters."""
+        done = compiler.__dict__.setdefault("_semantic_hybrid", {})
+        if id(self) not in done:
+            keyword, meaning = self.sides(self.base(compiler))
+            done[id(self)] = Fused(
+                list(keyword) if keyword is not None else [],
+                list(meaning) if meaning is not None else [],
+                k=self.k,
+                weights=self.weights,
+            )
+        return done[id(self)]
+
+    def base(self, compiler: Any) -> SemanticQuerySet:
+        """The statement's rows and filters, without the fusion's own parts, order or slice."""
+        query = compiler.query.clone()
+        query.where.children = [child for child in query.where.children if not isinstance(child, HybridPart)]
+        query.annotations = {
+            name: annotation
+            for name, annotation in query.annotations.items()
+            if not isinstance(annotation, HybridPart) and not annotation.contains_aggregate
+        }
+        query.set_annotation_mask(None)
+        query.clear_ordering(force=True)
+        query.clear_limits()
+        query.semantic = None
+        return self.queryset_class(model=query.model, query=query, using=compiler.using)
+
+
+class HybridPart(Expression):
+    """SQL for one part of a fused search: the candidate filter, the score or a rank.
+
+    The values are known only when the statement is compiled (they depend on its
+    filters), so they are written into the SQL then: ``pk IN (...)`` and
+    ``CASE pk WHEN ... THEN ... END``.
+    """
+
+    def __init__(self, search: HybridSearch, part: str, pk: Any = None) -> None:
+        self.search = search
+        self.part = part
+        self.pk = pk if pk is not None else F("pk")
+        output = models.BooleanField() if part == "filter" else PARTS[part]()
+        super().__init__(output_field=output)
+
+    @property
+    def conditional(self) -> bool:  # type: ignore[override]
+        return self.part == "filter"
+
+    def get_source_expressions(self) -> list[Any]:
+        return [self.pk]
+
+    def set_source_expressions(self, expressions: list[Any]) -> None:
+        (self.pk,) = expressions
+
+    def as_sql(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, list[Any]]:
+        rows = self.search.fuse(compiler).rows
+        pk_sql, pk_params = compiler.compile(self.pk)
+        if self.part == "filter":
+            if not rows:
+                return "FALSE", []
+            return f"{pk_sql} IN ({', '.join(['%s'] * len(rows))})", [*pk_params, *rows]
+        cast = "double precision" if self.part == "score" else "integer"
+        values = [(pk, row[self.part]) for pk, row in rows.items() if row[self.part] is not None]
+        if not values:
+            return f"NULL::{cast}", []
+        whens = " ".join([f"WHEN %s THEN %s::{cast}"] * len(values))
+        return f"CASE {pk_sql} {whens} END", [*pk_params, *(value for pair in values for value in pair)]
+
+
+def hybrid(
+    queryset: SemanticQuerySet,
+    text: str,
+    *,
+    field: str | None = None,
+    keyword_fields: Sequence[str] | None = None,
+    config: str | None = None,
+    k: float = DEFAULT_K,
+    weights: tuple[float, float] = (1.0, 1.0),
+    candidates: int = DEFAULT_CANDIDATES,
+    match: str = "any",
+) -> SemanticQuerySet:
+    """Rows of ``queryset`` ranked by keywords and meaning together (see the module docstring).
+
+    ``field`` is the EmbeddingField (needed when the model has several);
+    ``keyword_fields`` and ``config`` default to the model's KeywordIndex;
+    ``weights`` is ``(keyword, meaning)``; ``candidates`` is how many rows each side
+    ranks (at most 1,000), so at most twice that many rows are returned.
+    """
+    if not isinstance(queryset, SemanticQuerySet):
+        raise TypeError("hybrid() searches a SemanticQuerySet: give the model `objects = SemanticManager()`.")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("Cannot search for an empty text.")
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or k < 0:
+        raise ValueError(f"k is a rank offset of 0 or more (default {DEFAULT_K}), not {k!r}.")
+    if (
+        not isinstance(weights, (tuple, list))
+        or len(weights) != 2
+        or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights)
+        or not any(weights)
+    ):
+        raise ValueError(f"weights is (keyword, meaning): two numbers of 0 or more, not both 0; not {weights!r}.")
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or not 1 <= candidates <= 1000:
+        raise ValueError(f"candidates is an integer from 1 to 1000, not {candidates!r}.")
+    model = queryset.model
+    embedding_field = serving_field(model, field)
+    fields, config = keyword_settings(model, keyword_fields, config)
+    vector, _ = query_vector(model, embedding_field, text) if weights[1] else ([], None)
+    search = HybridSearch(
+        queryset_class=type(queryset),
+        field=embedding_field.name,
+        vector=vector,
+        text=text,
+        keyword_fields=fields,
+        config=config,
+        match=match,
+        k=float(k),
+        weights=(float(weights[0]), float(weights[1])),
+        candidates=candidates,
+    )
+    qs = queryset._chain()
+    query = qs.query
+    query.semantic = None
+    query.where.add(HybridPart(search, "filter").resolve_expression(query), AND)
+    for name in PARTS:
+        query.add_annotation(HybridPart(search, name), name)
+    query.clear_ordering(force=True)
+    query.add_ordering("-score", "pk")
+    return qs
+
+
+class HybridSearchMixin:
+    """Adds ``hybrid_search()`` to a SemanticQuerySet subclass of your own."""
+
+    if TYPE_CHECKING:
+        model: type[models.Model]
+
+    def hybrid_search(self, text: str, **options: Any) -> SemanticQuerySet:
+        """``hybrid(self, text, **options)``."""
+        return hybrid(self, text, **options)  # type: ignore[arg-type]
+
+
+class HybridQuerySet(HybridSearchMixin, SemanticQuerySet):
+    """SemanticQuerySet with ``hybrid_search()``; ``objects = HybridQuerySet.as_manager()``."""

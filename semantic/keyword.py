@@ -1,0 +1,154 @@
+"""Keyword relevance from PostgreSQL full-text search, with the GIN index that serves it.
+
+The index and the queries share one expression, :func:`document_vector`:
+``to_tsvector(config, coalesce(a, '') || ' ' || coalesce(b, ''))``. PostgreSQL uses an
+expression index only for a query that repeats the expression exactly, so a stored
+``tsvector`` column is not needed: nothing to keep in step on save, nothing to backfill.
+
+Queries are matched with any of their words, not all: claims and questions typed in
+full sentences rarely have every word in one document, and ``plainto_tsquery`` or
+``websearch_to_tsquery`` (which both join words with AND) then match nothing. The
+words are still those the configuration keeps (stemmed, stop words dropped), and
+``ts_rank_cd`` (cover density) ranks documents where more of them occur close
+together first. On SciFact's training claims, matching all words found a relevant
+abstract in the top 10 for far fewer claims (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVector
+from django.db import models
+from django.db.models import Func, Value
+from django.db.models.expressions import Expression
+
+#: Words are matched with OR (see the module docstring); "all" uses plainto_tsquery's AND.
+MATCH_MODES = ("any", "all")
+
+
+def document_vector(fields: list[str] | tuple[str, ...], config: str) -> SearchVector:
+    """The indexed expression: the fields' words in text search configuration ``config``."""
+    return SearchVector(*fields, config=config)
+
+
+class WordsQuery(Func):
+    """``tsquery`` for a text typed by a user, matching any (or all) of its words."""
+
+    output_field = models.TextField()
+
+    def __init__(self, text: str, config: str, *, match: str = "any") -> None:
+        if match not in MATCH_MODES:
+            raise ValueError(f"match is one of {', '.join(MATCH_MODES)}, not {match!r}.")
+        self.match = match
+        super().__init__(Value(config), Value(text))
+
+    def as_sql(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, list[Any]]:
+        (config_sql, config_params), (text_sql, text_params) = (
+            compiler.compile(expression) for expression in self.get_source_expressions()
+        )
+        sql = f"plainto_tsquery({config_sql}::regconfig, {text_sql})"
+        if self.match == "any":
+            sql = f"replace({sql}::text, ' & ', ' | ')::tsquery"
+        return sql, [*config_params, *text_params]
+
+
+class Matches(Func):
+    """``vector @@ query``: true for the rows the GIN index finds."""
+
+    template = "%(expressions)s"
+    arg_joiner = " @@ "
+    output_field = models.BooleanField()
+    conditional = True
+
+
+class CoverDensityRank(Func):
+    """``ts_rank_cd(vector, query)``: how often and how close together the words occur."""
+
+    function = "ts_rank_cd"
+    output_field = models.FloatField()
+
+
+def keyword_rank(fields: list[str] | tuple[str, ...], config: str, text: str, *, match: str = "any") -> Expression:
+    return CoverDensityRank(document_vector(fields, config), WordsQuery(text, config, match=match))
+
+
+def keyword_match(fields: list[str] | tuple[str, ...], config: str, text: str, *, match: str = "any") -> Expression:
+    return Matches(document_vector(fields, config), WordsQuery(text, config, match=match))
+
+
+class KeywordIndex(GinIndex):
+    """GIN index on the words of some text fields, for keyword and hybrid search.
+
+    ``Meta.indexes = [KeywordIndex(fields=["title", "text"], name="doc_keywords")]``
+
+    It indexes :func:`document_vector` of ``fields`` in ``config`` (default
+    ``"english"``); :func:`semantic.hybrid.hybrid` finds it and searches with the same
+    expression, so PostgreSQL uses it. Changing the fields or the configuration makes
+    ``makemigrations`` rebuild it.
+    """
+
+    def __init__(self, *, fields: list[str] | tuple[str, ...], name: str, config: str = "english", **kwargs: Any):
+        if not fields:
+            raise ValueError("KeywordIndex needs at least one text field.")
+        if not isinstance(config, str) or not config:
+            raise ValueError(f"config names a text search configuration such as 'english', not {config!r}.")
+        self.keyword_fields = tuple(fields)
+        self.config = config
+        super().__init__(document_vector(self.keyword_fields, config), name=name, **kwargs)
+
+    def deconstruct(self) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+        _, args, kwargs = super().deconstruct()
+        kwargs.pop("expressions", None)
+        kwargs["fields"] = list(self.keyword_fields)
+        if self.config != "english":
+            kwargs["config"] = self.config
+        return "semantic.keyword.KeywordIndex", (), kwargs
+
+
+def keyword_index(model: type[models.Model]) -> KeywordIndex | None:
+    """The model's KeywordIndex, if it declares one."""
+    return next((index for index in model._meta.indexes if isinstance(index, KeywordIndex)), None)
+
+
+def keyword_search(
+    queryset: models.QuerySet,
+    text: str,
+    *,
+    fields: list[str] | tuple[str, ...] | None = None,
+    config: str | None = None,
+    match: str = "any",
+) -> models.QuerySet:
+    """Rows whose words match ``text``, best first, annotated with ``keyword_relevance``.
+
+    ``fields`` and ``config`` default to the model's :class:`KeywordIndex`, so the index
+    serves the search.
+    """
+    fields, config = keyword_settings(queryset.model, fields, config)
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("Cannot search for an empty text.")
+    return (
+        queryset.filter(keyword_match(fields, config, text, match=match))
+        .annotate(keyword_relevance=keyword_rank(fields, config, text, match=match))
+        .order_by("-keyword_relevance", "pk")
+    )
+
+
+def keyword_settings(
+    model: type[models.Model], fields: list[str] | tuple[str, ...] | None, config: str | None
+) -> tuple[tuple[str, ...], str]:
+    """The fields and configuration to search: given, or the KeywordIndex's."""
+    index = keyword_index(model)
+    if fields is None:
+        if index is None:
+            raise ValueError(
+                f"{model._meta.label} has no KeywordIndex; add one to Meta.indexes or pass the fields to search."
+            )
+        fields = index.keyword_fields
+    fields = tuple(fields)
+    if not fields:
+        raise ValueError("Keyword search needs at least one text field.")
+    if config is None:
+        config = index.config if index is not None and index.keyword_fields == fields else "english"
+    return fields, config

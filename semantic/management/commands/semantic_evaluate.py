@@ -1,0 +1,66 @@
+from django.core.exceptions import FieldDoesNotExist
+from django.core.management.base import BaseCommand, CommandError
+
+from semantic.evaluate import METHODS, evaluate, load_qrels, load_queries, parse_weights, report_lines
+from semantic.hybrid import DEFAULT_K
+from semantic.management.targets import resolve
+from semantic.query import SemanticQuerySet
+
+
+class Command(BaseCommand):
+    help = (
+        "Print nDCG@10, recall@100 and MRR@10 (as percentages) of meaning, keyword and hybrid search "
+        "for queries with relevance judgements in BEIR's layout."
+    )
+
+    SUMMARY = "{queries} queries with judgements, {rows} rows of {label}."
+    NO_ID_FIELD = "{label} has no field {name!r} for --id-field."
+
+    def add_arguments(self, parser):
+        parser.add_argument("target", help="app_label.Model or app_label.Model.field")
+        parser.add_argument("--queries", required=True, help='queries.jsonl: one {"_id", "text"} a line')
+        parser.add_argument("--qrels", required=True, help="qrels.tsv: query-id, corpus-id, score, with a header")
+        parser.add_argument("--field", help="the EmbeddingField, if the model has several")
+        parser.add_argument(
+            "--id-field", default="pk", help="the column holding the judgements' corpus-id (default: the primary key)"
+        )
+        parser.add_argument("--k-rrf", type=float, default=DEFAULT_K, help=f"RRF's k (default {DEFAULT_K})")
+        parser.add_argument("--weights", default="1,1", help="hybrid weights keyword,meaning (default 1,1)")
+        parser.add_argument("--methods", default=",".join(METHODS), help="which searches (default all three)")
+
+    def handle(self, target, queries, qrels, field, id_field, k_rrf, weights, methods, **options):
+        (model, embedding_field), *others = resolve(target if field is None else f"{target}.{field}")
+        if others:
+            raise CommandError(f"{model._meta.label} has several EmbeddingFields; pass --field.")
+        chosen = [m.strip() for m in methods.split(",") if m.strip()]
+        if not chosen or set(chosen) - set(METHODS):
+            raise CommandError(f"--methods takes some of {', '.join(METHODS)}, not {methods!r}.")
+        if id_field != "pk":
+            try:
+                model._meta.get_field(id_field)
+            except FieldDoesNotExist:
+                raise CommandError(self.NO_ID_FIELD.format(label=model._meta.label, name=id_field)) from None
+        try:
+            texts = load_queries(queries)
+            judgements = load_qrels(qrels)
+            weight_pair = parse_weights(weights)
+            queryset = SemanticQuerySet(model)
+            self.stdout.write(
+                self.SUMMARY.format(
+                    queries=sum(1 for q in judgements if q in texts), rows=queryset.count(), label=model._meta.label
+                )
+            )
+            results = evaluate(
+                queryset,
+                texts,
+                judgements,
+                field=embedding_field.name,
+                id_field=id_field,
+                k=k_rrf,
+                weights=weight_pair,
+                methods=chosen,
+            )
+        except (OSError, ValueError) as error:
+            raise CommandError(str(error)) from None
+        for line in report_lines(results):
+            self.stdout.write(line)

@@ -1,0 +1,90 @@
+"""semantic.evaluate's measures, and semantic_evaluate on a tiny hand-made corpus.
+
+The fake Gemini server embeds here: the meaning figures are not asserted (its vectors
+count shared words), the keyword figures are, since full-text search decides them.
+"""
+
+import json
+import math
+
+import pytest
+from django.core.management.base import CommandError
+
+from semantic import embed_pending
+from semantic.evaluate import load_qrels, mrr, ndcg, recall
+from semantic.management.commands.semantic_evaluate import Command
+from tests.commands import call
+from tests.docsapp.models import Doc
+
+
+def test_ndcg_discounts_by_position_and_grades_by_score():
+    assert ndcg(["a", "b", "c"], {"b": 1}) == pytest.approx(1 / math.log2(3))
+    assert ndcg(["b", "a"], {"a": 2, "b": 1}) == pytest.approx((1 + 2 / math.log2(3)) / (2 + 1 / math.log2(3)))
+    assert ndcg(["x"] * 10 + ["a"], {"a": 1}) == 0.0
+
+
+def test_recall_and_mrr_count_only_positive_judgements():
+    assert recall(["a", "z"], {"a": 1, "b": 1, "c": 0}) == 0.5
+    assert mrr(["x", "c", "a"], {"a": 2, "c": 0}) == pytest.approx(1 / 3)
+    assert mrr(["x"] * 10 + ["a"], {"a": 1}) == 0.0
+
+
+@pytest.fixture
+def files(tmp_path):
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text(
+        "\n".join(
+            json.dumps(q)
+            for q in [
+                {"_id": "q1", "text": "coffee and caffeine"},
+                {"_id": "q2", "text": "sleep quality"},
+                {"_id": "q3", "text": "judged not relevant only"},
+            ]
+        )
+    )
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\nq3\td3\t0\nq4\td1\t1\n")
+    return queries, qrels
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_command_prints_each_method_through_the_orm(files):
+    for corpus_id, title, text in [
+        ("d1", "Coffee", "Caffeine in coffee keeps people awake."),
+        ("d2", "Rest", "Adults who rest eight hours feel better."),
+        ("d3", "Insomnia", "Poor sleep follows late meals."),
+        ("d4", "Tea", "Green tea is popular in Japan."),
+    ]:
+        Doc.objects.create(corpus_id=corpus_id, title=title, text=text)
+    embed_pending()
+    queries, qrels = files
+    out, _ = call(
+        "semantic_evaluate", "docsapp.Doc", "--queries", str(queries), "--qrels", str(qrels), "--id-field", "corpus_id"
+    )
+    assert Command.SUMMARY.format(queries=3, rows=4, label="docsapp.Doc") in out
+    lines = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:]}
+    assert set(lines) == {"meaning", "keyword", "hybrid"}
+    # q1 finds d1 first by keyword; q2's words are only in d3, which is not relevant.
+    assert lines["keyword"][:3] == ["50.00", "50.00", "50.00"]
+
+
+@pytest.mark.django_db
+def test_bad_files_and_fields_are_named(files, tmp_path):
+    queries, _ = files
+    headless = tmp_path / "headless.tsv"
+    headless.write_text("q1\td1\t1\n")
+    with pytest.raises(CommandError, match="header"):
+        call("semantic_evaluate", "docsapp.Doc", "--queries", str(queries), "--qrels", str(headless))
+    with pytest.raises(CommandError, match=Command.NO_ID_FIELD.format(label="docsapp.Doc", name="nope")):
+        call(
+            "semantic_evaluate",
+            "docsapp.Doc",
+            "--queries",
+            str(queries),
+            "--qrels",
+            str(headless),
+            "--id-field",
+            "nope",
+        )
+    with pytest.raises(ValueError, match="header"):
+        load_qrels(headless)
