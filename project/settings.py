@@ -89,3 +89,8 @@ LOGGING = {
         "django-q": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },
 }
+
+# The demo's search floor and "Did you mean…?" threshold per backend name default to
+# those measured by `python -m benchmarks.demo_thresholds` (project/questions/relevance.py,
+# docs/benchmarks.md). Gemini is not measured yet: run the script with --gemini and set
+# DEMO_THRESHOLDS = {"gemini": {"min_similarity": ..., "did_you_mean": ...}}.

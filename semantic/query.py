@@ -370,7 +370,7 @@ def instance_vector(model: type[models.Model], field: EmbeddingField, instance: 
     task type, as the stored vectors were, without a title), through the cache and
     the rate limit, and may raise :class:`semantic.SearchUnavailable`.
     """
-    columns = (field.attname, field.model_name, field.pending_name, field.embedded_hash_name)
+    columns = (field.attname, field.spec_name, field.pending_since_name, field.embedded_hash_name)
     row = model._base_manager.filter(pk=instance.pk).values_list(*columns).first() if instance.pk else None
     if row is not None:
         vector, spec, pending, embedded_hash = row
