@@ -1,13 +1,14 @@
 # Two commands for a fresh clone:
 #   make demo   virtualenv, install, embedded PostgreSQL, migrate, sample data, worker, web server
 #   make test   the whole test suite
+#   make screenshots   docs/screenshots/*.png from the real demo (local model)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: demo test install browser
+.PHONY: demo test install browser screenshots
 
 install: $(VENV)/.installed
 
@@ -29,6 +30,10 @@ demo: install
 
 test: install browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# docs/screenshots/*.png from the real demo (local model, demo data); not part of `make test`.
+screenshots: install browser
+	$(PY) -m benchmarks.screenshots
 
 # The browser tests drive Debian's Chromium; install it when missing and we may.
 browser:

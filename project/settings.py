@@ -70,7 +70,8 @@ SEMANTIC = {
 Q_CLUSTER = {
     "name": "semantic-demo",
     "orm": "default",
-    "workers": 2,
+    # Each worker process loads its own copy of the local model (about 600 MB).
+    "workers": 1,
     "timeout": 300,
     "retry": 360,
     "poll": 0.5,
@@ -82,5 +83,14 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"semantic": {"handlers": ["console"], "level": "INFO"}},
+    "loggers": {
+        "semantic": {"handlers": ["console"], "level": "INFO"},
+        # django-q2 logs "Enqueued ..." at INFO on every save.
+        "django-q": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+    },
 }
+
+# The demo's search floor and "Did you mean…?" threshold per backend name default to
+# those measured by `python -m benchmarks.demo_thresholds` (project/questions/relevance.py,
+# docs/benchmarks.md). Gemini is not measured yet: run the script with --gemini and set
+# DEMO_THRESHOLDS = {"gemini": {"min_similarity": ..., "did_you_mean": ...}}.

@@ -26,6 +26,7 @@ LAYERS = [
     "semantic.backends.gemini",
     "semantic.backends",
     "semantic.ratelimit",
+    "semantic.warmup",
     # the field, its registry, its indexes, row state
     "semantic.indexes",
     "semantic.fields",

@@ -7,4 +7,5 @@ urlpatterns = [
     path("", views.question_list, name="list"),
     path("ask/", views.ask, name="ask"),
     path("<int:pk>/", views.question_detail, name="detail"),
+    path("<int:pk>/state.json", views.question_state, name="state"),
 ]

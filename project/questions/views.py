@@ -1,36 +1,56 @@
 from django.contrib import messages
 from django.core.paginator import Paginator
+from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 
 from project.questions.forms import QuestionForm
+from project.questions.language import looks_english
 from project.questions.models import Question
+from project.questions.relevance import describe, thresholds
 from semantic import EmptyQuery, SearchUnavailable
+from semantic.backends import get_backend
 
-#: Similarity from which a new question is shown its likely duplicates first.
-DID_YOU_MEAN_THRESHOLD = 0.75
-
+PER_PAGE = 20
 SEARCH_UNAVAILABLE = "Search by meaning is unavailable right now; please try again in a minute. Showing all questions."
 POSTED = "Thanks! Your question is posted; similar questions appear in a moment."
+ENGLISH_ONLY = (
+    "This search looks like it is not in English. The local model understands English only, "
+    "so it may find nothing related; with GEMINI_API_KEY set, the demo searches in other languages too."
+)
 
 
 def question_list(request):
-    """All questions, or the ones nearest in meaning to ``?q=``.
+    """All questions, or the ones nearest in meaning to ``?q=`` and at least the minimum similarity.
 
     A query with nothing to embed (``?q=%01``) is no query; when the embedding API
-    cannot answer, the page says so and lists everything rather than failing.
+    cannot answer, the page says so and lists everything rather than failing. A query
+    that nothing is close enough to gets "No good match" rather than a list of noise.
     """
     query = request.GET.get("q", "")
     questions = Question.objects.all()
     unavailable = None
+    limits = thresholds()
     try:
         if query:
-            questions = Question.objects.similar_to(query)
+            questions = Question.objects.similar_to(query, min_similarity=limits.min_similarity)
     except EmptyQuery:
         query = ""
     except SearchUnavailable:
         query, unavailable = "", SEARCH_UNAVAILABLE
-    page = Paginator(questions, 20).get_page(request.GET.get("page"))
-    return render(request, "questions/list.html", {"page": page, "query": query, "unavailable": unavailable})
+    page = Paginator(questions, PER_PAGE).get_page(request.GET.get("page"))
+    page.object_list = list(page.object_list)
+    if query:
+        describe(page.object_list, limits)
+    context = {
+        "page": page,
+        "query": query,
+        "unavailable": unavailable,
+        "limits": limits,
+        "english_only_note": ENGLISH_ONLY,
+        "english_only": bool(query) and get_backend().name == "local" and not looks_english(query),
+        "embedded": Question.objects.filter(embedding__isnull=False).exists() if query and not page else None,
+    }
+    return render(request, "questions/list.html", context)
 
 
 def question_detail(request, pk):
@@ -38,10 +58,23 @@ def question_detail(request, pk):
     similar = None
     if question.embedding is not None:
         try:
-            similar = Question.objects.similar_to(question)[:5]
+            similar = list(Question.objects.similar_to(question)[:5])
         except SearchUnavailable:
             pass
-    return render(request, "questions/detail.html", {"question": question, "similar": similar})
+        else:
+            describe(similar, thresholds())
+    context = {"question": question, "similar": similar, "nothing_to_embed": not has_text(question)}
+    return render(request, "questions/detail.html", context)
+
+
+def question_state(request, pk):
+    """``{"embedded": bool}``: what the page of a new question polls until it can list similar ones."""
+    question = get_object_or_404(Question.objects.only("pk", "embedding"), pk=pk)
+    return JsonResponse({"embedded": question.embedding is not None})
+
+
+def has_text(question: Question) -> bool:
+    return bool(Question._meta.get_field("embedding").source_text(question).strip())
 
 
 def ask(request):
@@ -55,10 +88,12 @@ def ask(request):
     if request.method == "POST" and form.is_valid():
         text = f"{form.cleaned_data['title']}\n\n{form.cleaned_data['body']}"
         if "confirm" not in request.POST:
+            limits = thresholds()
             try:
-                duplicates = list(Question.objects.duplicates_of(text, DID_YOU_MEAN_THRESHOLD)[:5])
+                duplicates = list(Question.objects.duplicates_of(text, limits.did_you_mean)[:5])
             except (EmptyQuery, SearchUnavailable):
                 duplicates = []
+            describe(duplicates, limits)
         if not duplicates:
             question = form.save()
             messages.success(request, POSTED)

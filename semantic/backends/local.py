@@ -9,14 +9,21 @@ all-MiniLM-L6-v2 is a symmetric model trained for sentence similarity: it has no
 task types, so every task type (``SEMANTIC_SIMILARITY``, ``RETRIEVAL_QUERY``, ...)
 gets the same vector for the same text, and ``title`` is ignored. It reads at most
 256 word pieces; longer text is truncated by the model.
+
+The model loads once per process, under a lock: a call that needs it while another
+thread loads it waits for that load (``warm_up()`` starts one in the background, see
+semantic/warmup.py). transformers and huggingface_hub are kept quiet while it loads
+(no progress bars, no INFO lines) unless the project raised their verbosity itself.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +33,7 @@ MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9d
 
 _models: dict[str, Any] = {}
 _lock = threading.Lock()
+logger = logging.getLogger(__name__)
 
 
 class LocalBackend(EmbeddingBackend):
@@ -76,10 +84,29 @@ class LocalBackend(EmbeddingBackend):
                         )
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
                 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-                from sentence_transformers import SentenceTransformer
+                with quiet_loading():
+                    from sentence_transformers import SentenceTransformer
 
-                _models[key] = SentenceTransformer(key, device="cpu", local_files_only=True)
+                    _models[key] = SentenceTransformer(key, device="cpu", local_files_only=True)
         return _models[key]
+
+    def warm_up(self) -> threading.Thread:
+        """Start loading the model in a background thread and return at once.
+
+        A web process or worker calls this at start-up so the first search does not
+        wait for the weights; an ``embed()`` that comes before the load has finished
+        waits on the same lock instead of loading a second copy. A failure is logged
+        here and raised again by the first ``embed()``, where the caller can see it.
+        """
+        thread = threading.Thread(target=self._warm_up, name="semantic-warm-up", daemon=True)
+        thread.start()
+        return thread
+
+    def _warm_up(self) -> None:
+        try:
+            self.load()
+        except Exception as error:  # noqa: BLE001  (reported again by the first embed())
+            logger.warning("Loading the local embedding model failed: %s", error)
 
     def embed(
         self,
@@ -99,6 +126,40 @@ class LocalBackend(EmbeddingBackend):
             )
         array = model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True)
         return [row.tolist() for row in array]
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Silence transformers' and huggingface_hub's progress bars and INFO lines while the model loads.
+
+    Each process would otherwise print "Loading weights 0/103" into the user's console.
+    Only libraries left at their default verbosity (WARNING) are quietened, so a project
+    that asked for their INFO or DEBUG output keeps it; both are restored afterwards.
+    """
+    from huggingface_hub import utils as hub_utils
+    from huggingface_hub.utils import logging as hub_logging
+    from transformers.utils import logging as transformers_logging
+
+    restore = []
+    if transformers_logging.get_verbosity() >= logging.WARNING:
+        level, bar = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+        restore.append(lambda: transformers_logging.set_verbosity(level))
+        if bar:
+            restore.append(transformers_logging.enable_progress_bar)
+    if hub_logging.get_verbosity() >= logging.WARNING:
+        level, bars = hub_logging.get_verbosity(), not hub_utils.are_progress_bars_disabled()
+        hub_logging.set_verbosity_error()
+        hub_utils.disable_progress_bars()
+        restore.append(lambda: hub_logging.set_verbosity(level))
+        if bars:
+            restore.append(hub_utils.enable_progress_bars)
+    try:
+        yield
+    finally:
+        for undo in restore:
+            undo()
 
 
 def _sha256(path: Path) -> str:
