@@ -2,7 +2,7 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
-from semantic import batch, reembed
+from semantic import batch, reembed, rows
 from semantic.backends import EmbeddingError
 from semantic.conf import semantic_settings as conf
 from semantic.management.targets import check_schema, resolve_all
@@ -117,7 +117,7 @@ class Command(BaseCommand):
                 label = f"{model._meta.label}.{field.name}"
                 check_schema(model, field)
                 kwargs = {"everything": everything, "failed": failed}
-                stale = reembed.stale_rows(model, field).count()
+                stale = rows.stale_rows(model, field).count()
                 if stale:
                     self.stderr.write(self.STALE.format(label=label, rows=stale, spec=field.spec()))
                 if dry_run:
