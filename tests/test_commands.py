@@ -4,7 +4,7 @@ import csv
 import io
 import json
 import signal
-import time
+import threading
 
 import pytest
 from django.core.cache import cache
@@ -50,18 +50,26 @@ def test_limit_then_resume(backlog, fake_gemini):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
 def test_interrupted_run_keeps_written_batches(backlog, fake_gemini, sig):
-    fake_gemini.latency = 0.3
+    """Stopped while its second request is in flight, deterministically: the fake server
+    holds that request until the signal has been sent, whatever the machine's load."""
+    second_request, signalled = threading.Event(), threading.Event()
+
+    def hold_the_second_request(record):
+        if len(fake_gemini.requests) == 2:
+            second_request.set()
+            signalled.wait(timeout=60)
+
+    fake_gemini.on_request = hold_the_second_request
     process = manage(fake_gemini, "semantic_embed", "testapp.Article", "--batch-size", "5")
     embedded = Article.objects.filter(embedding__isnull=False)
-    deadline = time.monotonic() + 60
-    while embedded.count() < 5 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert second_request.wait(timeout=120), "the command never sent its second request"
     process.send_signal(sig)
-    _, err = process.communicate(timeout=30)
+    signalled.set()
+    _, err = process.communicate(timeout=60)
     kept = set(embedded.values_list("pk", flat=True))
-    assert 5 <= len(kept) < 25, "interrupt mid-run"
+    assert len(kept) == 5, "the first batch is written, the one in flight is not"
     if sig == signal.SIGINT:
-        assert process.returncode == 130
+        assert process.returncode == 130, err
         assert Embed.RESUME_HINT in err
     else:
         assert process.returncode == -signal.SIGKILL
