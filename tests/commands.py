@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +41,19 @@ def manage(fake: FakeGemini, *args: str, env: dict[str, str] | None = None, **po
     if popen["stdout"] is subprocess.PIPE:
         popen.setdefault("text", True)
     return subprocess.Popen([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=environment, **popen)
+
+
+@contextmanager
+def running_qcluster(fake: FakeGemini, log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """A real ``qcluster`` worker on the test database for the block; its log is printed after."""
+    with log.open("wb") as out:
+        process = manage(fake, "qcluster", env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        print(log.read_text())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
 from collections import Counter
 
 import numpy as np
@@ -14,7 +12,7 @@ from semantic import embed_pending, suspend_embedding
 from semantic.classify import annotate_predictions, apply_predictions, predict_labels
 from semantic.linear import train_classifier
 from semantic.models import Classifier
-from tests.commands import call, manage
+from tests.commands import call, running_qcluster
 from tests.test_worker import wait_for
 from tests.topicapp.banking77 import INTENTS, sentences
 from tests.topicapp.models import Ticket
@@ -167,20 +165,8 @@ def test_bad_input_is_refused_clearly(tickets):
 @pytest.fixture
 def local_qcluster(fake_gemini, tmp_path):
     """A real django-q2 worker process embedding with the local model."""
-    log = tmp_path / "qcluster.log"
-    with log.open("wb") as out:
-        process = manage(
-            fake_gemini, "qcluster", env={"SEMANTIC_TEST_BACKEND": LOCAL}, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
+    with running_qcluster(fake_gemini, tmp_path / "qcluster.log", env={"SEMANTIC_TEST_BACKEND": LOCAL}) as process:
         yield process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        print(log.read_text())
 
 
 @pytest.mark.django_db(transaction=True)

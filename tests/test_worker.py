@@ -1,7 +1,5 @@
 """End to end: saves queue django-q2 tasks; a real ``qcluster`` process embeds the rows."""
 
-import signal
-import subprocess
 import time
 from contextlib import contextmanager
 
@@ -12,24 +10,14 @@ from django.db import connection, transaction
 
 from semantic import suspend_embedding
 from semantic.fields import get_embedding_field
-from tests.commands import manage
+from tests.commands import running_qcluster
 from tests.testapp.models import Article
 
 
 @pytest.fixture
 def qcluster(fake_gemini, tmp_path):
-    log = tmp_path / "qcluster.log"
-    with log.open("wb") as out:
-        process = manage(fake_gemini, "qcluster", stdout=out, stderr=subprocess.STDOUT)
-    try:
+    with running_qcluster(fake_gemini, tmp_path / "qcluster.log") as process:
         yield process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        print(log.read_text())
 
 
 @pytest.fixture
