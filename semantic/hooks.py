@@ -79,18 +79,14 @@ def needs_work(
     field: EmbeddingField, instance: models.Model, update_fields: frozenset[str] | None, using: str | None
 ) -> bool:
     """Whether this save left ``field`` with text its vector was not made from."""
-    if update_fields is not None:
-        if not field.python_parts and not set(field.text_parts()) & set(update_fields):
-            return False  # save(update_fields=...) that did not touch the text
-        if field.python_parts and field.source_hash_name not in update_fields:
-            # The hash column was not part of this save: keep it current by hand.
-            current = field.text_hash(instance)
-            if current != getattr(instance, field.source_hash_name, None):
-                field.model._base_manager.using(using).filter(pk=instance.pk).update(
-                    **{field.source_hash_name: current}
-                )
-                setattr(instance, field.source_hash_name, current)
+    if update_fields is not None and not field.python_parts and not set(field.text_parts()) & set(update_fields):
+        return False  # save(update_fields=...) that did not touch the text
     current = field.text_hash(instance)
+    if update_fields is not None and field.python_parts and field.source_hash_name not in update_fields:
+        # The hash column was not part of this save: keep it current by hand.
+        if current != getattr(instance, field.source_hash_name, None):
+            field.model._base_manager.using(using).filter(pk=instance.pk).update(**{field.source_hash_name: current})
+            setattr(instance, field.source_hash_name, current)
     if current != getattr(instance, field.embedded_hash_name):
         return True
     return getattr(instance, field.attname) is not None and getattr(instance, field.spec_name) != field.spec()
