@@ -3,7 +3,6 @@ the admin's "Find similar" and duplicate review, and the demo site's search by m
 Screenshots go to a temporary folder (see SCREENSHOTS), never into the repository."""
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -13,26 +12,15 @@ from django.core.cache import cache
 
 from project.questions.models import Question
 from semantic import embed_pending
+from tests.browser import browser_page, needs_chromium
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Screenshots of a test run show the test suite's fake vectors, not the product: they go
 # to a temporary folder (SEMANTIC_SCREENSHOTS=<dir> to keep them), never over the tracked
 # docs/screenshots/, which come from the real demo.
 SCREENSHOTS = Path(os.environ.get("SEMANTIC_SCREENSHOTS") or tempfile.mkdtemp(prefix="semantic-screenshots-"))
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
 pytestmark = [
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium is not installed (make test installs it)"),
+    needs_chromium,
 ]
 
 QUESTIONS = [
@@ -47,21 +35,13 @@ QUESTIONS = [
 
 @pytest.fixture
 def page(live_server, fake_gemini):
-    from playwright.sync_api import sync_playwright
-
     cache.clear()
     Question.objects.bulk_create(Question(title=t, body=b) for t, b in QUESTIONS)
     embed_pending()
     User.objects.create_superuser("admin", "admin@example.com", "admin")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as profile, sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, args=FLAGS, headless=True, viewport={"width": 1200, "height": 800}
-        )
-        page = context.new_page()
-        page.base_url = live_server.url
+    with browser_page(live_server.url, width=1200, height=800) as page:
         yield page
-        context.close()
 
 
 def login(page):

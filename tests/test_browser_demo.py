@@ -7,31 +7,16 @@ the local model would take tens of seconds to load per run. Its thresholds are s
 for the fake's vectors; the local model's are measured by benchmarks/demo_thresholds.py.
 """
 
-import shutil
-import tempfile
-from pathlib import Path
-
 import pytest
 from django.core.cache import cache
 
 from project.questions.models import Question
 from semantic import embed_pending
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from tests.browser import browser_page, needs_chromium
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium is not installed (make test installs it)"),
+    needs_chromium,
 ]
 
 QUESTIONS = [
@@ -46,8 +31,6 @@ WORDS = {"very close", "close", "related"}
 
 @pytest.fixture
 def page(live_server, fake_gemini, settings, monkeypatch):
-    from playwright.sync_api import sync_playwright
-
     # Playwright's sync API runs an event loop in this thread; the test's own ORM calls
     # (the worker's part, checks of saved rows) are still synchronous. Django's documented switch:
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
@@ -55,14 +38,8 @@ def page(live_server, fake_gemini, settings, monkeypatch):
     settings.DEMO_THRESHOLDS = {"gemini": {"min_similarity": 0.2, "did_you_mean": 0.6}}
     Question.objects.bulk_create(Question(title=t, body=b) for t, b in QUESTIONS)
     embed_pending()
-    with tempfile.TemporaryDirectory() as profile, sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, args=FLAGS, headless=True, viewport={"width": 390, "height": 844}
-        )
-        page = context.new_page()
-        page.base_url = live_server.url
+    with browser_page(live_server.url, width=390, height=844) as page:
         yield page
-        context.close()
 
 
 def search(page, query):
