@@ -90,6 +90,10 @@ def run(
     return Embedder(model, field, batch_size=batch_size).run(pks, limit=limit, fill=False, on_batch=on_batch)
 
 
+#: Backend requests per ``--queue`` task.
+CHUNK_REQUESTS = 4
+
+
 def queue(
     model: type[models.Model],
     field: EmbeddingField,
@@ -98,9 +102,15 @@ def queue(
     failed: bool = False,
     batch_size: int | None = None,
     limit: int | None = None,
-    chunk: int = 1000,
+    chunk: int | None = None,
 ) -> int:
-    """Hand the chosen rows to django-q2 workers in chunks; returns the number of tasks."""
+    """Hand the chosen rows to django-q2 workers in chunks; returns the number of tasks.
+
+    A chunk is four of the backend's requests (256 rows for the local model, 400 for
+    Gemini) unless ``chunk`` says otherwise: small enough that a cluster's workers end
+    together instead of one finishing the last big chunk alone.
+    """
+    chunk = chunk or (batch_size or field.backend.max_batch_size) * CHUNK_REQUESTS
     pks = prepare(model, field, everything=everything, failed=failed)
     if pks is None:
         rows = pending_rows(model, field).order_by("pk").values_list("pk", flat=True)

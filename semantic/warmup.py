@@ -36,11 +36,12 @@ def serves_requests(argv: Sequence[str], environ: dict[str, str] | os._Environ =
     return False
 
 
-def warm_up() -> bool:
+def warm_up(processes: int | None = None) -> bool:
     """Start loading the local model in the background if it is the configured backend.
 
-    Returns whether a load was started. Safe to call more than once: the load itself
-    happens once per process.
+    ``processes``: how many processes on this machine embed side by side (a cluster's
+    workers); each then uses its share of the CPUs. Returns whether a load was started.
+    Safe to call more than once: the load itself happens once per process.
     """
     from semantic.backends import get_backend
     from semantic.backends.local import LocalBackend
@@ -48,13 +49,18 @@ def warm_up() -> bool:
     backend = get_backend()
     if not isinstance(backend, LocalBackend):
         return False
+    if processes:
+        backend.share_cpus(processes)
     backend.warm_up()
     return True
 
 
 def warm_up_worker(sender: object = None, **kwargs: object) -> None:
-    """django-q2 ``post_spawn`` receiver: each worker process loads its own model."""
-    warm_up()
+    """django-q2 ``post_spawn`` receiver: each worker process loads its own model, and
+    takes its share of the CPUs with the cluster's other workers."""
+    from django_q.conf import Conf
+
+    warm_up(processes=int(Conf.WORKERS))
 
 
 def connect(argv: Sequence[str] | None = None) -> None:

@@ -1,5 +1,7 @@
 """The local sentence-transformers backend with the packaged all-MiniLM-L6-v2 weights."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -67,3 +69,23 @@ def test_embed_without_a_size_uses_the_backends_own(semantic_settings):
     cache.clear()
     (vector,) = embed(["any text"], task_type="CLUSTERING")
     assert len(vector) == 384
+
+
+def test_workers_share_the_cpus(monkeypatch):
+    """Each of a cluster's workers gets its share of the CPUs, so two workers on two CPUs
+    do not run four torch threads that preempt each other; OMP_NUM_THREADS wins."""
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    try:
+        assert LocalBackend().share_cpus(2) == 4
+        assert torch.get_num_threads() == 4
+        assert LocalBackend().share_cpus(16) == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        torch.set_num_threads(3)
+        assert LocalBackend().share_cpus(2) == 3
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

@@ -90,6 +90,22 @@ class LocalBackend(EmbeddingBackend):
                     _models[key] = SentenceTransformer(key, device="cpu", local_files_only=True)
         return _models[key]
 
+    def share_cpus(self, processes: int) -> int:
+        """Give this process's torch an even share of the machine's CPUs; returns the thread count.
+
+        torch starts one thread per CPU in every process. Two django-q2 workers on two
+        CPUs then run four busy threads that preempt each other, and the pair encodes at
+        under half the rate of one process (measured: docs/benchmarks.md, issue 10). A
+        project that set ``OMP_NUM_THREADS`` or torch's threads itself is left alone.
+        """
+        import torch
+
+        if "OMP_NUM_THREADS" in os.environ:
+            return torch.get_num_threads()
+        threads = max(1, (os.cpu_count() or 1) // max(1, processes))
+        torch.set_num_threads(threads)
+        return threads
+
     def warm_up(self) -> threading.Thread:
         """Start loading the model in a background thread and return at once.
 
