@@ -8,10 +8,16 @@ expression index only for a query that repeats the expression exactly, so a stor
 Queries are matched with any of their words, not all: claims and questions typed in
 full sentences rarely have every word in one document, and ``plainto_tsquery`` or
 ``websearch_to_tsquery`` (which both join words with AND) then match nothing. The
-words are still those the configuration keeps (stemmed, stop words dropped), and
-``ts_rank_cd`` (cover density) ranks documents where more of them occur close
-together first. On SciFact's training claims, matching all words found a relevant
-abstract in the top 10 for far fewer claims (docs/benchmarks.md).
+words are still those the configuration keeps (stemmed, stop words dropped). On
+SciFact's training claims, matching all words found a relevant abstract in the top 10
+for far fewer claims (docs/benchmarks.md).
+
+Matches are ranked by ``ts_rank(vector, query, 1)``: how often the query's words occur,
+divided by 1 + the logarithm of the document's length, so a long text does not win by
+being long. On the 809 training claims over all 5,183 abstracts this scored nDCG@10
+61.66, against 37.97 for ``ts_rank_cd`` (cover density, which with OR queries mostly
+rewards two words that happen to sit together) and 60.12 for ``ts_rank`` unnormalised;
+it is also about four times faster than ``ts_rank_cd`` there.
 """
 
 from __future__ import annotations
@@ -63,15 +69,16 @@ class Matches(Func):
     conditional = True
 
 
-class CoverDensityRank(Func):
-    """``ts_rank_cd(vector, query)``: how often and how close together the words occur."""
+class WordFrequencyRank(Func):
+    """``ts_rank(vector, query, 1)``: how often the words occur, less for long documents."""
 
-    function = "ts_rank_cd"
+    function = "ts_rank"
+    template = "%(function)s(%(expressions)s, 1)"
     output_field = models.FloatField()
 
 
 def keyword_rank(fields: list[str] | tuple[str, ...], config: str, text: str, *, match: str = "any") -> Expression:
-    return CoverDensityRank(document_vector(fields, config), WordsQuery(text, config, match=match))
+    return WordFrequencyRank(document_vector(fields, config), WordsQuery(text, config, match=match))
 
 
 def keyword_match(fields: list[str] | tuple[str, ...], config: str, text: str, *, match: str = "any") -> Expression:

@@ -55,6 +55,15 @@ def test_the_keyword_side_finds_only_rows_with_the_rare_word(docs):
     assert list(keyword_search(Doc.objects.all(), QUERY).values_list("pk", flat=True)) == [docs["keyword"].pk]
 
 
+def test_a_short_text_outranks_a_long_one_with_the_word_as_often(semantic_settings):
+    """Word frequency over the log of the length: a long text does not win by being long,
+    and a short one with the word once is not tied with it (cover density ties them)."""
+    semantic_settings(BACKEND="semantic.backends.local.LocalBackend")
+    long = Doc.objects.create(title="Log", text="zyxquartz " + " ".join(f"word{i}" for i in range(400)))
+    short = Doc.objects.create(title="Note", text="zyxquartz renamed")
+    assert list(keyword_search(Doc.objects.all(), "zyxquartz").values_list("pk", flat=True)) == [short.pk, long.pk]
+
+
 def test_scores_are_reciprocal_rank_fusion(docs):
     row = hybrid(Doc.objects.all(), QUERY, k=10, weights=(2.0, 0.5)).get(pk=docs["keyword"].pk)
     expected = 2.0 / (10 + row.keyword_rank) + (0.5 / (10 + row.meaning_rank) if row.meaning_rank else 0.0)
