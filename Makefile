@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: demo test install browser screenshots
+.PHONY: demo test install browser redis screenshots
 
 install: $(VENV)/.installed
 
@@ -28,7 +28,7 @@ demo: install
 	trap 'kill -INT $$worker 2>/dev/null; wait $$worker' EXIT; \
 	$(PY) manage.py runserver $(HOST):$(PORT)
 
-test: install browser
+test: install browser redis
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # docs/screenshots/*.png from the real demo (local model, demo data); not part of `make test`.
@@ -42,5 +42,15 @@ browser:
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 		else \
 			echo "Chromium is not installed and cannot be installed here: the browser tests will be skipped."; \
+		fi; \
+	fi
+
+# The shared-broker test runs workers on Debian's redis-server; install it when missing and we may.
+redis:
+	@if ! command -v redis-server >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+		else \
+			echo "redis-server is not installed and cannot be installed here: the Redis worker test will be skipped."; \
 		fi; \
 	fi
