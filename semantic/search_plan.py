@@ -27,6 +27,7 @@ of the table when the filtered column has no index.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -50,15 +51,16 @@ EXACT = {"enable_indexscan": "off"}
 #: Transaction-local custom settings that keep the caller's values while a search changes them.
 SAVED_PREFIX = "semantic.saved_"
 
-ESTIMATE_AND_CHOOSE = """DECLARE estimate json;
+#: Run after ``semantic.probe`` is set to the caller's filters as SQL (their planner estimate decides).
+ESTIMATE_AND_CHOOSE = """DO $semantic$DECLARE estimate json;
 BEGIN
-  EXECUTE {probe} INTO estimate;
+  EXECUTE 'EXPLAIN (FORMAT JSON) ' || current_setting('semantic.probe') INTO estimate;
   IF (estimate -> 0 -> 'Plan' ->> 'Plan Rows')::float8 <= {limit} THEN
     PERFORM {few};
   ELSE
     PERFORM {many};
   END IF;
-END"""
+END$semantic$"""
 
 
 @dataclass(frozen=True)
@@ -166,52 +168,74 @@ class SearchStatement:
         before, after = statements(self.plan, raw, restore=self.restore)
         if not self.together:
             with raw.cursor() as cursor:
-                for statement in before:
-                    cursor.execute(statement)
+                for statement, values in before:
+                    cursor.execute(statement, values)
                 result = execute(sql, params, many, context)
-                for statement in after:
-                    cursor.execute(statement)
+                for statement, values in after:
+                    cursor.execute(statement, values)
             return result
-        # The statements around the query are literal SQL; the query's parameters are
-        # merged on the client, where a literal % must be written %%.
-        around = (lambda s: s.replace("%", "%%")) if params is not None else (lambda s: s)
-        result = execute("; ".join([*map(around, before), sql, *map(around, after)]), params, many, context)
+        if params is None:  # the query was sent as is; merging parameters now reads % as a placeholder
+            sql, params = sql.replace("%", "%%"), ()
+        around = [*before, (sql, list(params)), *after]
+        text = "; ".join(statement for statement, _ in around)
+        result = execute(text, [value for _, values in around for value in values], many, context)
         for _ in before:
             context["cursor"].cursor.nextset()
         return result
 
 
-def statements(search_plan: SearchPlan, raw: Any, *, restore: bool) -> tuple[list[str], list[str]]:
-    """The SQL to run before and after the search statement, parameters merged."""
-    with psycopg.ClientCursor(raw) as cursor:
-        before, after = [], []
-        names = search_plan.names()
-        if restore:
-            saves = ", ".join(
-                cursor.mogrify("set_config(%s, coalesce(current_setting(%s, true), ''), true)", [saved(n), n])
-                for n in names
-            )
-            before.append(f"SELECT {saves}")
-            puts = ", ".join(
-                cursor.mogrify("set_config(%s, nullif(current_setting(%s), ''), true)", [n, saved(n)]) for n in names
-            )
-            after.append(f"SELECT {puts}")
-        if search_plan.settings:
-            before.append(f"SELECT {set_calls(cursor, search_plan.settings)}")
-        if search_plan.probe is not None:
-            probe = "EXPLAIN (FORMAT JSON) " + cursor.mogrify(*search_plan.probe)
-            body = ESTIMATE_AND_CHOOSE.format(
-                probe=cursor.mogrify("%s", [probe]),
-                limit=int(search_plan.limit),
-                few=set_calls(cursor, search_plan.few),
-                many=set_calls(cursor, search_plan.many),
-            )
-            before.append(cursor.mogrify("DO %s", [body]))
-        return before, after
+Statement = tuple[str, list[Any]]
 
 
-def set_calls(cursor: psycopg.ClientCursor, settings: dict[str, str]) -> str:
-    return ", ".join(cursor.mogrify("set_config(%s, %s, true)", [name, value]) for name, value in settings.items())
+def statements(search_plan: SearchPlan, raw: Any, *, restore: bool) -> tuple[list[Statement], list[Statement]]:
+    """The statements to run before and after the search statement, with their parameters.
+
+    All but the probe are the same for every search with the same settings, so they
+    are built once.
+    """
+    before: list[Statement] = []
+    after: list[Statement] = []
+    if restore:
+        save, put_back = restoring(tuple(search_plan.names()))
+        before.append((save, []))
+        after.append((put_back, []))
+    if search_plan.settings:
+        before.append((f"SELECT {set_calls(tuple(search_plan.settings.items()))}", []))
+    if search_plan.probe is not None:
+        with psycopg.ClientCursor(raw) as cursor:
+            probe = cursor.mogrify(*search_plan.probe)
+        before.append(("SELECT set_config('semantic.probe', %s, true)", [probe]))
+        few, many = tuple(search_plan.few.items()), tuple(search_plan.many.items())
+        before.append((estimate_and_choose(search_plan.limit, few, many), []))
+    return before, after
+
+
+@functools.cache
+def estimate_and_choose(limit: int, few: tuple[tuple[str, str], ...], many: tuple[tuple[str, str], ...]) -> str:
+    return ESTIMATE_AND_CHOOSE.format(limit=int(limit), few=set_calls(few), many=set_calls(many))
+
+
+@functools.cache
+def restoring(names: tuple[str, ...]) -> tuple[str, str]:
+    """Statements that keep the current values of ``names`` and put them back."""
+    save = ", ".join(
+        f"set_config({literal(saved(n))}, coalesce(current_setting({literal(n)}, true), ''), true)" for n in names
+    )
+    put_back = ", ".join(
+        f"set_config({literal(n)}, nullif(current_setting({literal(saved(n))}), ''), true)" for n in names
+    )
+    return f"SELECT {save}", f"SELECT {put_back}"
+
+
+@functools.cache
+def set_calls(settings: tuple[tuple[str, str], ...]) -> str:
+    return ", ".join(f"set_config({literal(name)}, {literal(value)}, true)" for name, value in settings)
+
+
+def literal(text: str) -> str:
+    """A setting's name or value as SQL: these come from this module and ``ef_search`` (an
+    integer), never from a request; a % is doubled for the client-side merge."""
+    return "'" + text.replace("'", "''").replace("%", "%%") + "'"
 
 
 def saved(name: str) -> str:
