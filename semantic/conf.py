@@ -42,8 +42,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_BACKOFF": 60.0,
     # django-q2 cluster name to queue tasks on; None: the default cluster.
     "QUEUE": None,
-    # similar_to() with other filters compares up to this many filtered rows exactly;
-    # above it, it walks the HNSW index with pgvector's iterative scan.
+    # similar_to() with other filters compares the filtered rows exactly when the planner
+    # estimates at most this many; above it, it walks the HNSW index with pgvector's iterative scan.
     "EXACT_SEARCH_MAX_ROWS": 20_000,
     # Shared by every worker and command using the same key; None: no cap.
     "REQUESTS_PER_MINUTE": None,

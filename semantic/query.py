@@ -14,29 +14,25 @@ has a QuerySet of its own (or one from another library) combines the two::
 
 How the search runs is decided when the queryset is evaluated, by the mixin and not
 by the SQL compiler, so it composes with any ``Query`` or compiler another library
-brings: without other filters the HNSW index serves it with pgvector's iterative
-scan (deep pages stay full); with filters, a selective filter is answered exactly
-(the filtered rows are few, so comparing them all is fast and loses nothing) and a
-broad one through the iterative scan with a larger search list. The settings are
-set for that query only, inside its own transaction or savepoint, and put back.
+brings: :mod:`semantic.search_plan` sends the index settings a search needs in the
+same round trip as its query, and under a filter lets the server choose between an
+exact search and pgvector's iterative index scan.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
-from django.db import connections, models, transaction
+from django.db import models
 from django.db.models import BooleanField, F, FloatField, Q, Value
 from django.db.models.expressions import ExpressionWrapper
 from pgvector.django import CosineDistance
 
-from semantic.conf import semantic_settings as conf
 from semantic.embed import EmptyQuery, embed
 from semantic.fields import EmbeddingField
+from semantic.search_plan import SemanticSearch, plan, search_statement
 from semantic.switch import serving_field
 
 if TYPE_CHECKING:
@@ -56,22 +52,6 @@ QUERY_TASK_TYPES = {
     "CODE_RETRIEVAL_QUERY": "CODE_RETRIEVAL_QUERY",
 }
 DOCUMENT_QUERY_TASK_TYPES = ("RETRIEVAL_QUERY", "QUESTION_ANSWERING", "FACT_VERIFICATION")
-
-#: Index tuples an iterative scan may visit before it gives up (pgvector's default is 20,000).
-MAX_SCAN_TUPLES = 200_000
-#: pgvector's default ``hnsw.ef_search``: an unfiltered scan returns this many rows without iterating.
-DEFAULT_EF_SEARCH = 40
-#: Smallest search list for a broadly filtered query, whose first candidates are mostly filtered out.
-FILTERED_EF_SEARCH = 200
-
-
-@dataclass(frozen=True)
-class SemanticSearch:
-    """What evaluating a ``similar_to()`` queryset needs to know, kept on the queryset."""
-
-    #: How many WHERE conditions similar_to() added; more than these are the caller's filters.
-    own_filters: int
-    ef_search: int | None
 
 
 class SemanticQuerySetMixin(_QuerySetBase):
@@ -94,19 +74,12 @@ class SemanticQuerySetMixin(_QuerySetBase):
         if self._semantic is None or self._result_cache is not None:
             super()._fetch_all()
             return
-        query, settings = plan(self, self._semantic)
-        # ``_query``, not the ``query`` setter, which would turn values_list() rows into dicts.
-        original, self._query = self._query, query
-        try:
-            with index_settings(self.db, settings):
-                # Fetch everything (and prefetch) before the settings are put back.
-                super()._fetch_all()
-        finally:
-            self._query = original
+        with search_statement(self.db, plan(self, self._semantic)):
+            super()._fetch_all()
 
     def iterator(self, chunk_size: int | None = None) -> Iterator[Any]:
-        """A search is fetched whole: a server-side cursor would be read after the
-        transaction that holds its index settings has ended."""
+        """A search is fetched whole: its index settings last only as long as the
+        statement that carries them, and a server-side cursor is read after it."""
         if self._semantic is None:
             return super().iterator(chunk_size)
         if chunk_size is not None and chunk_size <= 0:
@@ -168,7 +141,9 @@ class SemanticQuerySetMixin(_QuerySetBase):
         sql.clear_ordering(force=True)
         sql.add_ordering("distance")
         # Filters added before or after this call are the caller's; the rest are ours.
-        qs._semantic = SemanticSearch(own_filters=len(sql.where.children) - filters_before, ef_search=ef_search)
+        qs._semantic = SemanticSearch(
+            first_own=filters_before, own_filters=len(sql.where.children) - filters_before, ef_search=ef_search
+        )
         return qs
 
     def duplicates_of(
@@ -242,91 +217,6 @@ class SemanticQuerySet(SemanticQuerySetMixin, models.QuerySet):
 
 class SemanticManager(models.Manager.from_queryset(SemanticQuerySet)):  # type: ignore[misc]
     """``objects = SemanticManager()``."""
-
-
-def plan(queryset: models.QuerySet, search: SemanticSearch) -> tuple[Any, dict[str, str]]:
-    """The query to run for a search, and the index settings to run it with.
-
-    A filter the caller added makes the HNSW scan return rows that the filter then
-    drops. When few rows pass it, comparing them all (an order the index cannot
-    serve) is exact and quick; when many do, the iterative scan keeps looking until
-    the slice is full. An unfiltered search needs the iterative scan only when it
-    asks for more rows than the scan's list holds (``ef_search``): pages past the
-    first few, or no slice at all. Shallow ones run with no settings, so the common
-    search costs no extra round trip.
-    """
-    query = queryset.query
-    iterative = {"hnsw.iterative_scan": "strict_order", "hnsw.max_scan_tuples": str(MAX_SCAN_TUPLES)}
-    if len(query.where.children) > search.own_filters:
-        if candidates_at_most(query, queryset.db, conf.EXACT_SEARCH_MAX_ROWS):
-            return exact(query), {}
-        return query, {**iterative, "hnsw.ef_search": str(max(search.ef_search or 0, FILTERED_EF_SEARCH))}
-    ef_search = {"hnsw.ef_search": str(search.ef_search)} if search.ef_search else {}
-    if query.high_mark is not None and query.high_mark <= (search.ef_search or DEFAULT_EF_SEARCH):
-        return query, ef_search
-    return query, {**iterative, **ef_search}
-
-
-def candidates_at_most(query: Any, using: str, limit: int) -> bool:
-    probe = query.clone()
-    probe.clear_ordering(force=True)
-    probe.clear_limits()
-    probe.set_limits(high=limit + 1)
-    probe.clear_select_clause()
-    probe.add_fields(["pk"])
-    probe.set_annotation_mask(())
-    # SELECT COUNT(*) FROM (... LIMIT limit + 1): counted in the database, not fetched.
-    return probe.get_count(using=using) <= limit
-
-
-def exact(query: Any) -> Any:
-    """The same query, ordered by an expression the HNSW index cannot serve."""
-    ordered = query.clone()
-    ordered.order_by = tuple(
-        ExpressionWrapper(F("distance") + Value(0.0), output_field=FloatField()).asc()
-        if item in ("distance", F("distance").asc())
-        else item
-        for item in ordered.order_by
-    )
-    return ordered
-
-
-@contextmanager
-def index_settings(using: str, settings: dict[str, str]) -> Iterator[None]:
-    """Run the block with ``settings`` set for this transaction, and put them back after.
-
-    ``set_config(..., true)`` lasts until the transaction ends: in autocommit the
-    atomic block below is that transaction, and its end is the reset; inside the
-    caller's own transaction the previous values are restored, so the rest of it
-    runs as before.
-    """
-    if not settings:
-        yield
-        return
-    names = list(settings)
-    connection = connections[using]
-    restore = connection.in_atomic_block
-    with transaction.atomic(using=using, savepoint=False), connection.cursor() as cursor:
-        reads = ", ".join(["current_setting(%s, true)"] * len(names))
-        writes = ", ".join(["set_config(%s, %s, true)"] * len(names))
-        cursor.execute(f"SELECT {reads}, {writes}", [*names, *(x for n in names for x in (n, settings[n]))])
-        previous = dict(zip(names, cursor.fetchone()[: len(names)]))
-        try:
-            yield
-        finally:
-            if restore:
-                put_back(cursor, previous)
-
-
-def put_back(cursor: Any, previous: dict[str, str | None]) -> None:
-    known = [(name, value) for name, value in previous.items() if value is not None]
-    if known:
-        cursor.execute(
-            "SELECT " + ", ".join(["set_config(%s, %s, true)"] * len(known)), [x for pair in known for x in pair]
-        )
-    for name, value in previous.items():
-        if value is None:
-            cursor.execute(f"SET LOCAL {name} TO DEFAULT")
 
 
 def query_vector(

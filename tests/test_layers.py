@@ -45,6 +45,7 @@ LAYERS = [
     "semantic.embed",
     "semantic.duplicates",
     "semantic.review",
+    "semantic.search_plan",
     "semantic.query",
     "semantic.keyword",
     "semantic.hybrid",

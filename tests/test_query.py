@@ -9,6 +9,7 @@ from asgiref.sync import async_to_sync
 from django.core.cache import cache
 from django.core.paginator import Paginator
 from django.db import connection, connections, models, transaction
+from django.db.models.expressions import RawSQL
 from django.db.models.sql import Query
 from django.db.models.sql.compiler import SQLCompiler
 from django.test.utils import CaptureQueriesContext
@@ -283,41 +284,73 @@ def ranked(rows):
     return sorted(pairs)
 
 
-def test_filtered_queries_choose_exact_or_iterative_search(articles, semantic_settings):
+#: The index settings in effect while a search statement runs, as the statement itself reads them.
+SEEN = RawSQL(
+    "concat_ws(' ', current_setting('enable_indexscan'), current_setting('hnsw.iterative_scan'),"
+    " current_setting('hnsw.ef_search'))",
+    [],
+)
+DEFAULTS = ("40", "off", "20000", "on")
+
+
+def seen(qs):
+    return {row.seen for row in qs.annotate(seen=SEEN)}
+
+
+def test_filtered_queries_choose_exact_or_iterative_search_in_one_statement(articles, semantic_settings):
     Article.objects.similar_to("export invoices")  # embeds now: only the search's own queries are counted below
     with CaptureQueriesContext(connection) as selective:
         exact = ranked(Article.objects.filter(category="other").similar_to("export invoices"))
-    assert "+ 0.0" in selective.captured_queries[-1]["sql"]  # an order the index cannot serve: exact
-    assert len(selective.captured_queries) == 2  # the bounded count of candidates, then the search
+    assert len(selective.captured_queries) == 1  # no count before it, no settings apart from it
+    # Few rows pass: no index scan, so every filtered row is compared (exact).
+    assert seen(Article.objects.filter(category="other").similar_to("export invoices")) == {"off off 40"}
+    assert current_settings() == DEFAULTS  # in autocommit the settings ended with the statement
 
-    semantic_settings(EXACT_SEARCH_MAX_ROWS=1)  # every filter counts as broad now
-    with transaction.atomic(), CaptureQueriesContext(connection) as broad:  # SET LOCAL would outlive the query
+    semantic_settings(EXACT_SEARCH_MAX_ROWS=0)  # every filter counts as broad now
+    with CaptureQueriesContext(connection) as broad:
         # Same rows at the same distances (rows at equal distance may come in any order).
         assert ranked(Article.objects.filter(category="other").similar_to("export invoices")) == exact
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT current_setting('hnsw.iterative_scan', true)")
-            assert cursor.fetchone()[0] in (None, "off")
-    sql = " ".join(q["sql"] for q in broad.captured_queries)
-    assert "hnsw.iterative_scan" in sql and "+ 0.0" not in sql
+    assert len(broad.captured_queries) == 1
+    assert seen(Article.objects.filter(category="other").similar_to("export invoices")) == {"on strict_order 200"}
+    assert current_settings() == DEFAULTS
 
     with CaptureQueriesContext(connection) as unfiltered:
-        list(Article.objects.similar_to("export invoices", ef_search=64)[:3])
-    sql = " ".join(q["sql"] for q in unfiltered.captured_queries)
-    assert "'hnsw.ef_search', '64'" in sql and "iterative" not in sql and "+ 0.0" not in sql
+        assert seen(Article.objects.similar_to("export invoices", ef_search=64)[:3]) == {"on off 64"}
+    assert len(unfiltered.captured_queries) == 1
 
     with CaptureQueriesContext(connection) as shallow:
         list(Article.objects.similar_to("export invoices")[:40])
-    assert len(shallow.captured_queries) == 1  # within ef_search: no settings, no extra round trip
+    assert len(shallow.captured_queries) == 1 and "set_config" not in shallow.captured_queries[0]["sql"]
     with CaptureQueriesContext(connection) as deep:
-        list(Article.objects.similar_to("export invoices")[:41])
-    assert "hnsw.iterative_scan" in " ".join(q["sql"] for q in deep.captured_queries)
+        assert seen(Article.objects.similar_to("export invoices")[:41]) == {"on strict_order 40"}
+    assert len(deep.captured_queries) == 1
+    assert current_settings() == DEFAULTS
+
+
+def test_a_selective_filter_finds_the_true_nearest_rows(many_articles, semantic_settings):
+    """1% of the rows pass the filter: the search compares them all and returns their
+    true nearest, in order, in one statement. The choice follows the planner's estimate
+    of the rows the filter keeps."""
+    semantic_settings(EXACT_SEARCH_MAX_ROWS=100)
+    kept = [f"row {i}" for i in range(0, 2000, 100)]
+    Article.objects.filter(title__in=kept).update(category="kept")
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE testapp_article")
+    query = [1.0] * 8 + [0.0] * 120
+    with CaptureQueriesContext(connection) as queries:
+        found = titles(Article.objects.filter(category="kept").similar_to(query)[:10])
+    assert found == exact_order({title: many_articles[title] for title in kept}, query)[:10]
+    assert len(queries.captured_queries) == 1
+    assert seen(Article.objects.filter(category="kept").similar_to(query)[:10]) == {"off off 40"}
+    # About 2,000 rows are estimated to pass this one: the iterative scan.
+    assert seen(Article.objects.filter(category="many").similar_to(query)[:10]) == {"on strict_order 200"}
 
 
 def current_settings():
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT current_setting('hnsw.ef_search', true), current_setting('hnsw.iterative_scan', true),"
-            " current_setting('hnsw.max_scan_tuples', true)"
+            " current_setting('hnsw.max_scan_tuples', true), current_setting('enable_indexscan')"
         )
         return cursor.fetchone()
 
@@ -329,14 +362,48 @@ def test_index_settings_are_put_back_inside_the_callers_transaction(articles, se
         with connection.cursor() as cursor:
             cursor.execute("SET LOCAL hnsw.ef_search = 33")
         before = current_settings()
-        list(Article.objects.similar_to([1.0] * 128, ef_search=77)[:5])
+        assert seen(Article.objects.similar_to([1.0] * 128, ef_search=77)[:5]) == {"on off 77"}
         assert current_settings() == before
-        semantic_settings(EXACT_SEARCH_MAX_ROWS=1)
-        list(Article.objects.filter(category="other").similar_to([1.0] * 128)[:5])
+        with CaptureQueriesContext(connection) as queries:
+            assert seen(Article.objects.filter(category="other").similar_to([1.0] * 128)[:5]) == {"off off 33"}
+        assert current_settings() == before
+        semantic_settings(EXACT_SEARCH_MAX_ROWS=0)
+        assert seen(Article.objects.filter(category="other").similar_to([1.0] * 128)[:5]) == {"on strict_order 200"}
         assert current_settings() == before
         list(Article.objects.similar_to([1.0] * 128).iterator())
         assert current_settings() == before
     assert before[0] == "33"
+    assert len(queries.captured_queries) == 1  # saved, estimated, set, searched, put back: one round trip
+
+
+@pytest.fixture
+def server_side_binding():
+    """The default connection binding parameters on the server (``OPTIONS``), for one test."""
+    options = connection.settings_dict["OPTIONS"]
+    connection.close()
+    options["server_side_binding"] = True
+    connection.features.__dict__.pop("uses_server_side_binding", None)
+    yield
+    connection.close()
+    del options["server_side_binding"]
+    connection.features.__dict__.pop("uses_server_side_binding", None)
+
+
+def test_with_server_side_binding_the_settings_are_sent_apart(articles, semantic_settings, server_side_binding):
+    """A prepared statement holds one command: the same settings, sent before and after the query."""
+    assert connection.features.uses_server_side_binding
+    plain = ranked(Article.objects.filter(category="other").similar_to("export invoices"))
+    assert seen(Article.objects.filter(category="other").similar_to("export invoices")) == {"off off 40"}
+    assert current_settings() == DEFAULTS
+    semantic_settings(EXACT_SEARCH_MAX_ROWS=0)
+    assert ranked(Article.objects.filter(category="other").similar_to("export invoices")) == plain
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL hnsw.ef_search = 33")
+        before = current_settings()
+        assert seen(Article.objects.filter(category="other").similar_to("export invoices")) == {"on strict_order 200"}
+        assert current_settings() == before
+    assert current_settings() == DEFAULTS
 
 
 def test_duplicates_split_over_several_connections_find_the_same_pairs(articles):
@@ -393,13 +460,13 @@ def test_mixin_composes_with_another_librarys_queryset_and_query(articles, seman
         found = titles(Article.composed.billing().similar_to("export invoices"))
     assert set(found) == {"export invoices as csv", "export all invoices to csv"}
     assert "/* library */" in selective.captured_queries[-1]["sql"]
-    assert "+ 0.0" in selective.captured_queries[-1]["sql"]  # few candidates: exact search
+    assert seen(Article.composed.billing().similar_to("export invoices")) == {"off off 40"}  # few: exact search
 
-    semantic_settings(EXACT_SEARCH_MAX_ROWS=1)
+    semantic_settings(EXACT_SEARCH_MAX_ROWS=0)
     with CaptureQueriesContext(connection) as broad:
         assert titles(Article.composed.similar_to("export invoices").billing()) == found
-    sql = " ".join(q["sql"] for q in broad.captured_queries)
-    assert "'hnsw.ef_search', '200'" in sql and "+ 0.0" not in sql and "/* library */" in sql
+    assert "/* library */" in broad.captured_queries[-1]["sql"]
+    assert seen(Article.composed.similar_to("export invoices").billing()) == {"on strict_order 200"}
 
     page = Paginator(Article.composed.similar_to("reset password"), 4).page(2)
     assert page.paginator.count == 6

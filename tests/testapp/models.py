@@ -65,6 +65,8 @@ class Passage(models.Model):
 
     text = models.TextField()
     group = models.IntegerField(db_index=True, default=0)
+    #: The same values as ``group`` with no index: filtered searches the planner must scan for.
+    bucket = models.IntegerField(default=0)
     embedding = EmbeddingField(source="text", dimensions=768, halfvec=True)
 
     objects = SemanticManager()

@@ -1,0 +1,242 @@
+"""How a ``similar_to()`` search runs: its index settings, and exact or index under a filter.
+
+**One round trip.** The settings travel in the same message as the query: the
+statement Django sends is preceded by ``SELECT set_config(..., true)`` (or the DO
+block below) and sent as one simple query. PostgreSQL runs the statements of such a
+message in turn, planning each after the one before has run, and, outside a
+transaction, as one transaction: the settings end with the search. Inside the
+caller's transaction they would outlast it, so the message first keeps the values it
+will change in transaction-local custom settings (``semantic.saved_*``) and ends by
+putting them back. A connection that binds parameters on the server (a prepared
+statement holds one command) sends the same statements one by one.
+
+**Exact or index under a filter.** The HNSW index returns candidates nearest first
+and a filter drops those it does not keep. When it keeps few rows, even pgvector's
+iterative scan walks deep into the graph to find them, slowly and missing some
+(docs/benchmarks.md: recall 0.75 at 1%, 0.96 at 10% on the benchmark's clusters),
+while comparing every kept row is exact and fast. When it keeps many, the iterative
+scan with a longer search list (``FILTERED_EF_SEARCH``) finds them all and an
+exact search would compare tens of thousands. The server makes the choice in the same
+message, from the planner's estimate of the rows the caller's filters keep: a DO block
+runs ``EXPLAIN`` of those filters alone and, for at most ``EXACT_SEARCH_MAX_ROWS``,
+turns index scans off for the search (PostgreSQL then reads the kept rows through
+another index or a scan and sorts them: exact); otherwise it sets the iterative scan.
+An estimate costs planning; the count it replaces read every kept row, and every row
+of the table when the filtered column has no index.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from django.core.exceptions import EmptyResultSet
+from django.db import connections, models, transaction
+
+from semantic.conf import semantic_settings as conf
+
+#: Index tuples an iterative scan may visit before it gives up (pgvector's default is 20,000).
+MAX_SCAN_TUPLES = 200_000
+#: pgvector's default ``hnsw.ef_search``: an unfiltered scan returns this many rows without iterating.
+DEFAULT_EF_SEARCH = 40
+#: Smallest search list for a broadly filtered query, whose first candidates are mostly filtered out.
+FILTERED_EF_SEARCH = 200
+ITERATIVE = {"hnsw.iterative_scan": "strict_order", "hnsw.max_scan_tuples": str(MAX_SCAN_TUPLES)}
+#: No index scan, so no HNSW scan: PostgreSQL compares every row the filters keep.
+EXACT = {"enable_indexscan": "off"}
+#: Transaction-local custom settings that keep the caller's values while a search changes them.
+SAVED_PREFIX = "semantic.saved_"
+
+#: Run after ``semantic.probe`` is set to the caller's filters as SQL (their planner estimate decides).
+ESTIMATE_AND_CHOOSE = """DO $semantic$DECLARE estimate json;
+BEGIN
+  EXECUTE 'EXPLAIN (FORMAT JSON) ' || current_setting('semantic.probe') INTO estimate;
+  IF (estimate -> 0 -> 'Plan' ->> 'Plan Rows')::float8 <= {limit} THEN
+    PERFORM {few};
+  ELSE
+    PERFORM {many};
+  END IF;
+END$semantic$"""
+
+
+@dataclass(frozen=True)
+class SemanticSearch:
+    """What evaluating a ``similar_to()`` queryset needs to know, kept on the queryset."""
+
+    #: Where similar_to()'s own WHERE conditions start, and how many there are; the rest are the caller's.
+    first_own: int
+    own_filters: int
+    ef_search: int | None
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """The settings to send with one search statement.
+
+    ``settings`` always; with a ``probe`` (the caller's filters as SQL and parameters),
+    ``few`` when the planner estimates it keeps at most ``limit`` rows, else ``many``.
+    """
+
+    settings: dict[str, str] = field(default_factory=dict)
+    probe: tuple[str, Any] | None = None
+    few: dict[str, str] = field(default_factory=dict)
+    many: dict[str, str] = field(default_factory=dict)
+    limit: int = 0
+
+    def names(self) -> list[str]:
+        return list(dict.fromkeys([*self.settings, *self.few, *self.many]))
+
+
+def plan(queryset: models.QuerySet, search: SemanticSearch) -> SearchPlan | None:
+    """The settings a search needs, or None.
+
+    Filtered: exact or iterative, chosen by the server (module docstring). Unfiltered:
+    the iterative scan only when the search asks for more rows than the scan's list
+    holds (``ef_search``): pages past the first few, or no slice at all. Shallow ones
+    need nothing, or only their own ``ef_search``.
+    """
+    query = queryset.query
+    if len(query.where.children) > search.own_filters:
+        try:
+            probe = callers_filters(queryset, search)
+        except EmptyResultSet:
+            return None  # nothing can match: Django runs no query at all
+        broad = {**ITERATIVE, "hnsw.ef_search": str(max(search.ef_search or 0, FILTERED_EF_SEARCH))}
+        return SearchPlan(probe=probe, few=EXACT, many=broad, limit=conf.EXACT_SEARCH_MAX_ROWS)
+    ef_search = {"hnsw.ef_search": str(search.ef_search)} if search.ef_search else {}
+    if query.high_mark is not None and query.high_mark <= (search.ef_search or DEFAULT_EF_SEARCH):
+        return SearchPlan(settings=ef_search) if ef_search else None
+    return SearchPlan(settings={**ITERATIVE, **ef_search})
+
+
+def callers_filters(queryset: models.QuerySet, search: SemanticSearch) -> tuple[str, Any]:
+    """``SELECT pk FROM ... WHERE`` the caller's filters only.
+
+    similar_to()'s own conditions are left out: the planner has no statistics for
+    ``vector_dims(...) = n`` and would guess it keeps 0.5% of the rows.
+    """
+    probe = queryset.query.clone()
+    children = probe.where.children
+    probe.where.children = children[: search.first_own] + children[search.first_own + search.own_filters :]
+    probe.clear_ordering(force=True)
+    probe.clear_limits()
+    probe.clear_select_clause()
+    probe.add_fields(["pk"])
+    probe.set_annotation_mask(())
+    return probe.get_compiler(queryset.db).as_sql()
+
+
+@contextmanager
+def search_statement(using: str, search_plan: SearchPlan | None) -> Iterator[None]:
+    """Send ``search_plan``'s settings with the next statement run on ``using``, and
+    leave the settings as they were after it."""
+    if search_plan is None:
+        yield
+        return
+    connection = connections[using]
+    restore = not connection.get_autocommit()
+    if not connection.features.uses_server_side_binding:
+        with connection.execute_wrapper(SearchStatement(search_plan, restore=restore, together=True)):
+            yield
+        return
+    # Settings sent apart from the query need a transaction to hold them until it runs.
+    with (
+        transaction.atomic(using=using, savepoint=False),
+        connection.execute_wrapper(SearchStatement(search_plan, restore=restore, together=False)),
+    ):
+        yield
+
+
+class SearchStatement:
+    """A Django execute wrapper that surrounds the first statement it sees with the settings."""
+
+    def __init__(self, search_plan: SearchPlan, *, restore: bool, together: bool) -> None:
+        self.plan = search_plan
+        self.restore = restore
+        self.together = together
+        self.sent = False
+
+    def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
+        if self.sent:
+            return execute(sql, params, many, context)
+        self.sent = True
+        raw = context["connection"].connection
+        before, after = statements(self.plan, raw, restore=self.restore)
+        if not self.together:
+            with raw.cursor() as cursor:
+                for statement, values in before:
+                    cursor.execute(statement, values)
+                result = execute(sql, params, many, context)
+                for statement, values in after:
+                    cursor.execute(statement, values)
+            return result
+        if params is None:  # the query was sent as is; merging parameters now reads % as a placeholder
+            sql, params = sql.replace("%", "%%"), ()
+        around = [*before, (sql, list(params)), *after]
+        text = "; ".join(statement for statement, _ in around)
+        result = execute(text, [value for _, values in around for value in values], many, context)
+        for _ in before:
+            context["cursor"].cursor.nextset()
+        return result
+
+
+Statement = tuple[str, list[Any]]
+
+
+def statements(search_plan: SearchPlan, raw: Any, *, restore: bool) -> tuple[list[Statement], list[Statement]]:
+    """The statements to run before and after the search statement, with their parameters.
+
+    All but the probe are the same for every search with the same settings, so they
+    are built once.
+    """
+    before: list[Statement] = []
+    after: list[Statement] = []
+    if restore:
+        save, put_back = restoring(tuple(search_plan.names()))
+        before.append((save, []))
+        after.append((put_back, []))
+    if search_plan.settings:
+        before.append((f"SELECT {set_calls(tuple(search_plan.settings.items()))}", []))
+    if search_plan.probe is not None:
+        with psycopg.ClientCursor(raw) as cursor:
+            probe = cursor.mogrify(*search_plan.probe)
+        before.append(("SELECT set_config('semantic.probe', %s, true)", [probe]))
+        few, many = tuple(search_plan.few.items()), tuple(search_plan.many.items())
+        before.append((estimate_and_choose(search_plan.limit, few, many), []))
+    return before, after
+
+
+@functools.cache
+def estimate_and_choose(limit: int, few: tuple[tuple[str, str], ...], many: tuple[tuple[str, str], ...]) -> str:
+    return ESTIMATE_AND_CHOOSE.format(limit=int(limit), few=set_calls(few), many=set_calls(many))
+
+
+@functools.cache
+def restoring(names: tuple[str, ...]) -> tuple[str, str]:
+    """Statements that keep the current values of ``names`` and put them back."""
+    save = ", ".join(
+        f"set_config({literal(saved(n))}, coalesce(current_setting({literal(n)}, true), ''), true)" for n in names
+    )
+    put_back = ", ".join(
+        f"set_config({literal(n)}, nullif(current_setting({literal(saved(n))}), ''), true)" for n in names
+    )
+    return f"SELECT {save}", f"SELECT {put_back}"
+
+
+@functools.cache
+def set_calls(settings: tuple[tuple[str, str], ...]) -> str:
+    return ", ".join(f"set_config({literal(name)}, {literal(value)}, true)" for name, value in settings)
+
+
+def literal(text: str) -> str:
+    """A setting's name or value as SQL: these come from this module and ``ef_search`` (an
+    integer), never from a request; a % is doubled for the client-side merge."""
+    return "'" + text.replace("'", "''").replace("%", "%%") + "'"
+
+
+def saved(name: str) -> str:
+    return SAVED_PREFIX + name.replace(".", "_")
