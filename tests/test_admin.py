@@ -453,6 +453,50 @@ def test_status_page_counts_errors_and_never_shows_the_key(editor, articles, fak
     assert not EmbeddingFailure.objects.exists()
 
 
+def test_changelist_links_to_the_status_page_for_users_who_may_open_it(editor, articles, client):
+    page = editor.get(reverse(CHANGELIST)).content.decode()
+    assert f'href="{reverse("admin:semantic_status")}" class="semantic-status-link"' in page
+    client.force_login(staff("articles only", "view_article"))
+    assert "semantic-status-link" not in client.get(reverse(CHANGELIST)).content.decode()
+
+
+def test_status_counts_open_the_changelist_filtered_to_those_rows(editor, articles, fake_gemini):
+    fake_gemini.reject_marker = "REJECT"
+    Article.objects.create(title="REJECT this one")
+    with suspend_embedding():
+        Article.objects.create(title="waiting")
+    response = editor.get(reverse("admin:semantic_status"))
+    row = next(r for r in response.context["report"] if r["model"] == "testapp.Article")
+    assert (row["embedded"], row["pending"], row["failed"]) == (4, 1, 1)
+    page = response.content.decode()
+    for state in ("embedded", "pending", "failed", "stale"):
+        url = f"{reverse(CHANGELIST)}?embedding_state={state}"
+        assert f'<a href="{url}">{row[state]}</a>' in page
+        assert editor.get(url).context["cl"].result_count == row[state]
+    assert f'<a href="{reverse(CHANGELIST)}">{row["total"]}</a>' in page
+
+
+def test_status_counts_of_a_model_without_a_semantic_changelist_are_not_links(admin_client, articles):
+    """Note has no ModelAdmin on the default site: its rows have no changelist there to open."""
+    page = admin_client.get(reverse("admin:semantic_status")).content.decode()
+    rows = re.findall(r"<tr><td>(testapp\.\w+\.\w+)</td>(.*?)</tr>", page, re.S)
+    linked = {name for name, cells in rows if "<a " in cells}
+    assert "testapp.Article.embedding" in linked
+    assert "testapp.Note.embedding" in {name for name, _ in rows} - linked
+
+
+def test_status_page_shows_the_spec_readably(editor, articles):
+    response = editor.get(reverse("admin:semantic_status"))
+    row = next(r for r in response.context["report"] if r["model"] == "testapp.Article")
+    page = response.content.decode()
+    assert row["spec"] not in page
+    backend, model = row["spec"].split("|")[0].split(":", 1)
+    assert (row["backend"], row["embedding_model"]) == (backend, model)
+    cells = f"<td>{backend}</td><td>{model}</td><td>SEMANTIC_SIMILARITY</td><td>128</td>"
+    assert cells in page
+    assert "<th>Backend</th><th>Embedding model</th><th>Task type</th><th>Dimensions</th>" in page
+
+
 def test_status_retry_needs_change_permission(viewer, articles):
     assert viewer.post(reverse("admin:semantic_status")).status_code == 403
 
@@ -521,6 +565,7 @@ def test_every_semantic_page_and_action_on_a_custom_admin_site(client, notes, fa
     page = client.get(changelist)
     assert_stays_on_other_site(page)
     assert f'href="{duplicates}"' in page.content.decode()
+    assert f'href="{status}" class="semantic-status-link"' in page.content.decode()
     searched = client.get(changelist, {"q": "account password reset", "semantic": "1"})
     assert_stays_on_other_site(searched)
     assert {n.text for n in searched.context["cl"].result_list[:2]} == {first.text, second.text}
@@ -558,7 +603,9 @@ def test_every_semantic_page_and_action_on_a_custom_admin_site(client, notes, fa
     fake_gemini.reject_marker = "REJECT"
     Note.objects.create(text="REJECT this one")
     assert_stays_on_other_site(client.get(reverse("myadmin:semantic_embeddingfailure_changelist")))
-    assert_stays_on_other_site(client.get(status))
+    status_page = client.get(status)
+    assert_stays_on_other_site(status_page)
+    assert f'href="{changelist}?embedding_state=failed">1</a>' in status_page.content.decode()
     retried = client.post(status, follow=True)
     assert retried.redirect_chain == [(status, 302)]
     assert_stays_on_other_site(retried)
