@@ -358,6 +358,12 @@ def test_meaning_search_toggle_survives_filter_sort_and_page_links(viewer, artic
     assert ranked_titles(filtered) == first_page
     assert 'id="semantic-toggle" checked' in filtered.content.decode()
     assert filtered.context["cl"].result_count == response.context["cl"].result_count == 4
+    # Django's facet counts ("Show counts") count the rows found by meaning, not every row.
+    with suspend_embedding():
+        Article.objects.create(title="reset password, not embedded yet")
+    counted = viewer.get(reverse(CHANGELIST), {"q": MEANING_QUERY, "semantic": "1", "_facets": ""})
+    assert ranked_titles(counted) == first_page
+    assert ">embedded (4)</a>" in counted.content.decode() and ">pending (0)</a>" in counted.content.decode()
 
 
 def test_meaning_results_show_similarity_and_rank_above_the_default_ordering(admin_client, fake_gemini):
