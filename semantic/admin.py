@@ -1,5 +1,6 @@
-"""Django admin: "Find similar", duplicate review and re-embedding (the embedding status
-page is in :mod:`semantic.admin_status`).
+"""Django admin: search by meaning, "Find similar", duplicate review and re-embedding (the
+changelist's toggle and ranking are in :mod:`semantic.admin_changelist`, the embedding
+status page in :mod:`semantic.admin_status`).
 
 Add :class:`SemanticAdminMixin` to the ModelAdmin of any model with an EmbeddingField::
 

@@ -10,7 +10,7 @@ Ranked results carry their similarity as the :data:`SIMILARITY` annotation. With
 sort chosen in the query string they are ordered by it, and the similarity column, not
 the model's default ordering, is the one the headers show as sorted. A sort header the
 user clicks sorts those same rows by its column, as Django sorts keyword results, with
-the similarity breaking ties.
+the similarity breaking ties (Django's header links keep the columns sorted before).
 """
 
 from __future__ import annotations
@@ -81,9 +81,11 @@ class SemanticChangeList(ChangeList):
 
     def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> models.QuerySet:
         queryset = super().get_queryset(request, exclude_parameters)
-        if is_ranked(queryset) and self.params.get(ORDER_VAR):
-            # The ranking replaced the sort the user chose; put the sort first again.
-            queryset = queryset.order_by(*self.get_ordering(request, queryset))
+        if is_ranked(queryset) and ORDER_VAR in self.params:
+            # The search replaced the sort the user chose. That sort, even the empty one
+            # "remove from sorting" leaves, replaces the ranking as it replaces Django's
+            # default ordering; the similarity column is part of it when it is in the link.
+            queryset = queryset.order_by(*self.get_ordering(request, queryset.order_by()))
         return queryset
 
     def get_ordering_field_columns(self) -> dict[int, str]:

@@ -395,6 +395,10 @@ def test_meaning_results_show_similarity_and_rank_above_the_default_ordering(adm
         url, {"q": MEANING_QUERY, "semantic": "1", "o": str(columns.index("search_similarity"))}
     )
     assert [q.title for q in least_first.context["cl"].result_list] == titles[::-1]
+    # "Remove from sorting" on the similarity column (an empty sort) leaves the default ordering.
+    unsorted = list(admin_client.get(url, {"q": MEANING_QUERY, "semantic": "1", "o": ""}).context["cl"].result_list)
+    assert unsorted == sorted(unsorted, key=lambda q: (q.created, q.pk), reverse=True)
+    assert [q.title for q in unsorted] != titles
 
     # A keyword search has no similarity column, and a date sort looks like one again.
     plain = admin_client.get(url, {"q": "password"})
