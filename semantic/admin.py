@@ -1,5 +1,6 @@
-"""Django admin: "Find similar", duplicate review and re-embedding (the embedding status
-page is in :mod:`semantic.admin_status`).
+"""Django admin: search by meaning, "Find similar", duplicate review and re-embedding (the
+changelist's toggle and ranking are in :mod:`semantic.admin_changelist`, the embedding
+status page in :mod:`semantic.admin_status`).
 
 Add :class:`SemanticAdminMixin` to the ModelAdmin of any model with an EmbeddingField::
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import SEARCH_VAR
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db import models
@@ -24,12 +26,21 @@ from django.http import Http404, HttpRequest, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from pgvector.django import CosineDistance
 
-from semantic.admin_status import EmbeddingFailureAdmin
+from semantic.admin_changelist import (
+    SEMANTIC_VAR,
+    SIMILARITY,
+    SIMILARITY_COLUMN,
+    STATE_ANNOTATION,
+    EmbeddingStateFilter,
+    SemanticChangeList,
+)
+from semantic.admin_status import EmbeddingFailureAdmin, status_url
 from semantic.embed import EmptyQuery, SearchUnavailable
 from semantic.fields import EmbeddingField
 from semantic.models import DismissedPair, EmbeddingBatchJob, EmbeddingFailure
@@ -42,26 +53,18 @@ from semantic.query import (
 )
 from semantic.review import review_groups
 from semantic.rows import forget_failures, mark_pending
-from semantic.status import STATES, with_state
+from semantic.status import with_state
 from semantic.switch import serving_field
 from semantic.tasks import enqueue
 
-STATE_ANNOTATION = "semantic_state"
 #: Shown instead of a server error when the embedding API cannot answer a query now.
 SEARCH_UNAVAILABLE = _("Search by meaning is unavailable right now ({reason}); showing results without it.")
-
-
-class EmbeddingStateFilter(admin.SimpleListFilter):
-    title = _("embedding")
-    parameter_name = "embedding_state"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(state, state) for state in STATES]
-
-    def queryset(self, request: HttpRequest, queryset: models.QuerySet) -> models.QuerySet:
-        if self.value() in STATES:
-            return queryset.filter(**{STATE_ANNOTATION: self.value()})
-        return queryset
+#: The same, for a search box with no keyword search to fall back to.
+MEANING_ONLY_UNAVAILABLE = _("Search by meaning is unavailable right now ({reason}); try again later.")
+#: Said when the search text holds nothing to embed and there is no keyword search to run instead.
+NOTHING_TO_SEARCH = _("Nothing to search by meaning in “{query}”.")
+#: How many rows a search by meaning returns, most similar first.
+MEANING_RESULTS = 100
 
 
 class SemanticAdminMixin:
@@ -114,42 +117,78 @@ class SemanticAdminMixin:
     def embedding_state(self, obj: models.Model) -> str:
         return getattr(obj, STATE_ANNOTATION, "")
 
+    @admin.display(description=_("similarity"), ordering=SIMILARITY)
+    def search_similarity(self, obj: models.Model) -> str:
+        """The row's similarity to the search text, as a number and a bar."""
+        value = getattr(obj, SIMILARITY, None)
+        if value is None:
+            return self.get_empty_value_display()  # type: ignore[attr-defined]
+        return format_html(
+            '<span class="semantic-match" title="{}"><span class="semantic-bar"><span style="width:{}%"></span></span>'
+            ' <span class="semantic-score">{}</span></span>',
+            _("similarity to the search text"),
+            round(max(0.0, min(1.0, value)) * 100),
+            f"{value:.3f}",
+        )
+
     def get_list_display(self, request: HttpRequest) -> list[Any]:
-        return [*super().get_list_display(request), "embedding_state"]  # type: ignore[misc]
+        columns = [*super().get_list_display(request), "embedding_state"]  # type: ignore[misc]
+        if self.searches_by_meaning(request) and request.GET.get(SEARCH_VAR, "").strip():
+            columns.insert(1, SIMILARITY_COLUMN)  # after the column that links to the row
+        return columns
 
     def get_list_filter(self, request: HttpRequest) -> list[Any]:
         return [*super().get_list_filter(request), EmbeddingStateFilter]  # type: ignore[misc]
 
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[SemanticChangeList]:
+        return SemanticChangeList
+
+    def searches_by_meaning(self, request: HttpRequest) -> bool:
+        """The toggle is on, or there is no keyword search: the box then searches by meaning only."""
+        return request.GET.get(SEMANTIC_VAR) == "1" or not self.get_search_fields(request)  # type: ignore[attr-defined]
+
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
-        # "semantic" is our toggle, not a field lookup: keep it away from ChangeList.
-        request.semantic_search = request.GET.get("semantic") == "1"  # type: ignore[attr-defined]
-        if "semantic" in request.GET:
-            request.GET = request.GET.copy()
-            del request.GET["semantic"]
-        context = {"semantic_search": request.semantic_search, **(extra_context or {})}  # type: ignore[attr-defined]
+        context = {
+            "semantic_search": request.GET.get(SEMANTIC_VAR) == "1",
+            "semantic_status_url": status_url(self.admin_site, request),  # type: ignore[attr-defined]
+            **(extra_context or {}),
+        }
         return super().changelist_view(request, context)  # type: ignore[misc]
 
     def get_search_results(self, request: HttpRequest, queryset: models.QuerySet, search_term: str) -> Any:
-        """With the "by meaning" toggle on, the 100 rows nearest to the search text."""
-        if not getattr(request, "semantic_search", False):
+        """With the "by meaning" toggle on, or no ``search_fields``, the rows nearest to the search text.
+
+        A box without ``search_fields`` searches by meaning only: when that cannot run, it
+        shows no rows and says why, never every row as if they all matched.
+        """
+        if not self.searches_by_meaning(request):
             return super().get_search_results(request, queryset, search_term)  # type: ignore[misc]
+        keyword = bool(self.get_search_fields(request))  # type: ignore[attr-defined]
+        if not search_term.strip():
+            return queryset, False
         field = self.get_embedding_field()
         try:
             nearest = list(
                 self.semantic_queryset(request)
                 .similar_to(search_term, field=field.name)
-                .values_list("pk", flat=True)[:100]
+                .values_list("pk", flat=True)[:MEANING_RESULTS]
             )
             vector, _ = query_vector(self.model, field, search_term)  # type: ignore[attr-defined]
-        except EmptyQuery:  # nothing to embed (blank, control characters): an ordinary search
+        except EmptyQuery:  # nothing to embed (control characters): an ordinary search
+            if not keyword:
+                self.message_user(request, NOTHING_TO_SEARCH.format(query=search_term), messages.WARNING)  # type: ignore[attr-defined]
+                return queryset.none(), False
             return super().get_search_results(request, queryset, search_term)  # type: ignore[misc]
         except SearchUnavailable as exc:
-            self.message_user(request, SEARCH_UNAVAILABLE.format(reason=exc), messages.WARNING)  # type: ignore[attr-defined]
+            message = SEARCH_UNAVAILABLE if keyword else MEANING_ONLY_UNAVAILABLE
+            self.message_user(request, message.format(reason=exc), messages.WARNING)  # type: ignore[attr-defined]
+            if not keyword:
+                return queryset.none(), False
             return super().get_search_results(request, queryset, search_term)  # type: ignore[misc]
         similarity = Value(1.0) - CosineDistance(field.indexed_vector(), Value(vector_literal(vector)))
-        # ChangeList orders before it searches, so this ordering stands.
-        ranked = queryset.filter(pk__in=nearest).annotate(semantic_similarity=similarity)
-        return ranked.order_by("-semantic_similarity", "-pk"), False
+        ranked = queryset.filter(pk__in=nearest).annotate(**{SIMILARITY: similarity})
+        # Django sorted the rows before this search; SemanticChangeList puts a sort the user chose back first.
+        return ranked.order_by(f"-{SIMILARITY}", "-pk"), False
 
     # -- actions --------------------------------------------------------------------------
 

@@ -22,9 +22,11 @@ from django.db.models.functions import Cast
 from django.http import HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.http import urlencode
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from semantic.admin_changelist import EmbeddingStateFilter
 from semantic.fields import EmbeddingField, embedding_fields
 from semantic.models import EmbeddingFailure
 from semantic.status import STATES, field_status
@@ -72,20 +74,40 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
                 self.message_user(request, message % skipped, messages.WARNING)
             return HttpResponseRedirect(reverse("admin:semantic_status", current_app=self.admin_site.name))
         visible = {model: self.model_rows(request, model, "view") for model in {m for m, _ in iter_fields()}}
+        report = []
+        for model, field in iter_fields():
+            if visible[model] is not None:
+                row = field_status(model, field, visible[model])
+                row["counts"] = counts_with_links(row, self.changelist_url(request, model, field))
+                report.append(row)
         context = {
             **self.admin_site.each_context(request),
             "title": _("Embedding status"),
             "opts": self.model._meta,
-            "report": [
-                field_status(model, field, visible[model])
-                for model, field in iter_fields()
-                if visible[model] is not None
-            ],
+            "report": report,
             "states": STATES,
             "errors": visible_failures(visible).order_by("-last_failed_at")[:20],
             "can_retry": self.has_change_permission(request),
         }
         return TemplateResponse(request, "semantic/admin/status.html", context)
+
+    def changelist_url(self, request: HttpRequest, model: type[models.Model], field: EmbeddingField) -> str | None:
+        """The changelist of ``model`` on this admin site, when its embedding filter reports on ``field``.
+
+        Its rows are the ones counted here (the same ``get_queryset()``), so a count and
+        the changelist it links to agree.
+        """
+        model_admin = self.admin_site._registry.get(model)
+        filters = model_admin.get_list_filter(request) if model_admin is not None else []
+        if not any(isinstance(f, type) and issubclass(f, EmbeddingStateFilter) for f in filters):
+            return None
+        try:
+            if model_admin.get_embedding_field().name != field.name:
+                return None
+        except (AttributeError, ValueError):  # not a SemanticAdminMixin, or no single field to report on
+            return None
+        opts = model._meta
+        return reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist", current_app=self.admin_site.name)
 
     def model_rows(self, request: HttpRequest, model: type[models.Model], action: str) -> models.QuerySet | None:
         """The rows of ``model`` this user may ``"view"`` or ``"change"`` on this admin site; None for none.
@@ -124,6 +146,24 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
             enqueue(model, field_name, allowed)
             queued += len(allowed)
         return queued, skipped
+
+
+def status_url(admin_site: admin.AdminSite, request: HttpRequest) -> str | None:
+    """The embedding status page of ``admin_site``; None when it has none or this user may not open it."""
+    failure_admin = admin_site._registry.get(EmbeddingFailure)
+    if not isinstance(failure_admin, EmbeddingFailureAdmin) or not failure_admin.has_view_permission(request):
+        return None
+    return reverse("admin:semantic_status", current_app=admin_site.name)
+
+
+def counts_with_links(row: dict[str, Any], changelist_url: str | None) -> list[tuple[int, str | None]]:
+    """The total and each state's count of a status row, each with the changelist URL showing those rows."""
+    if changelist_url is None:
+        return [(row[key], None) for key in ("total", *STATES)]
+    parameter = EmbeddingStateFilter.parameter_name
+    return [(row["total"], changelist_url)] + [
+        (row[state], f"{changelist_url}?{urlencode({parameter: state})}") for state in STATES
+    ]
 
 
 def visible_failures(visible: dict[type[models.Model], models.QuerySet | None]) -> models.QuerySet:

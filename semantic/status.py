@@ -72,6 +72,9 @@ def field_status(
         "model": model._meta.label,
         "field": field.name,
         "spec": field.spec(),
+        # The spec's parts, for people: which provider, which of its models.
+        "backend": field.backend.name,
+        "embedding_model": field.backend.model,
         "dimensions": field.dimensions,
         "task_type": field.task_type,
         "total": sum(counts.values()),

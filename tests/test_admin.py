@@ -1,5 +1,6 @@
 """The admin mixin, the embedding status page and their permissions, through the test client."""
 
+import html
 import re
 from datetime import timedelta
 
@@ -12,6 +13,7 @@ from django.db.backends.signals import connection_created
 from django.urls import reverse
 from django.utils import timezone
 
+from project.questions.models import Question
 from semantic import embed_pending, suspend_embedding
 from semantic.duplicates import SPLIT_MIN_ROWS
 from semantic.fields import get_embedding_field
@@ -317,6 +319,136 @@ def test_search_by_meaning_orders_by_similarity(viewer, articles):
     assert [a.title for a in plain.context["cl"].result_list] == []  # every word must appear: none match
 
 
+# -- the changelist's search by meaning (issue 12) --------------------------------------------
+
+MEANING_QUERY = "help with account password reset"
+HREF = re.compile(r'href="(\?[^"]*)"')
+
+
+@pytest.fixture
+def paged(monkeypatch):
+    """Two rows per changelist page, so a search by meaning has page links."""
+    monkeypatch.setattr(admin.site._registry[Article], "list_per_page", 2)
+
+
+def ranked_titles(response):
+    rows = list(response.context["cl"].result_list)
+    scores = [row.semantic_similarity for row in rows]
+    assert scores == sorted(scores, reverse=True)
+    return [row.title for row in rows]
+
+
+def test_meaning_search_toggle_survives_filter_sort_and_page_links(viewer, articles, paged):
+    response = viewer.get(reverse(CHANGELIST), {"q": MEANING_QUERY, "semantic": "1"})
+    assert response.status_code == 200
+    page = response.content.decode()
+    links = [html.unescape(href) for href in HREF.findall(page)]
+    assert any("embedding_state=" in link for link in links)  # a filter
+    assert any("o=" in link for link in links)  # a sort header
+    assert any("p=2" in link for link in links)  # a page
+    assert links and all("semantic=1" in link for link in links), links
+    # The toggle is the checkbox's, not a hidden field's: unticking it must turn it off.
+    assert 'type="hidden" name="semantic"' not in page
+    first_page = ranked_titles(response)
+    second = viewer.get(reverse(CHANGELIST), {"q": MEANING_QUERY, "semantic": "1", "p": "2"})
+    assert len(first_page) == 2 and set(first_page).isdisjoint(ranked_titles(second))
+
+    filtered = viewer.get(reverse(CHANGELIST), {"q": MEANING_QUERY, "semantic": "1", "embedding_state": "embedded"})
+    assert filtered.status_code == 200  # not redirected to ?e=1 as an unknown field lookup
+    assert ranked_titles(filtered) == first_page
+    assert 'id="semantic-toggle" checked' in filtered.content.decode()
+    assert filtered.context["cl"].result_count == response.context["cl"].result_count == 4
+    # Django's facet counts ("Show counts") count the rows found by meaning, not every row.
+    with suspend_embedding():
+        Article.objects.create(title="reset password, not embedded yet")
+    counted = viewer.get(reverse(CHANGELIST), {"q": MEANING_QUERY, "semantic": "1", "_facets": ""})
+    assert ranked_titles(counted) == first_page
+    assert ">embedded (4)</a>" in counted.content.decode() and ">pending (0)</a>" in counted.content.decode()
+
+
+def test_meaning_results_show_similarity_and_rank_above_the_default_ordering(admin_client, fake_gemini):
+    """Question is ordered by -created and lists "created": ranked results must not look sorted by date."""
+    cache.clear()
+    Question.objects.bulk_create(
+        Question(title=title, body="")
+        for title in ("reset my account password", "export invoices as csv", "reset the password of my account")
+    )
+    embed_pending()
+    url = reverse("admin:questions_question_changelist")
+    response = admin_client.get(url, {"q": MEANING_QUERY, "semantic": "1"})
+    headers = response.context["result_headers"]
+    assert [h["text"] for h in headers if h.get("sorted")] == ["similarity"]
+    assert not next(h for h in headers if h["text"] == "similarity")["ascending"]
+    titles = ranked_titles(response)
+    assert set(titles[:2]) == {"reset my account password", "reset the password of my account"}
+    page = response.content.decode()
+    best = response.context["cl"].result_list[0].semantic_similarity
+    assert f'<span class="semantic-score">{best:.3f}</span>' in page
+    assert f"width:{round(best * 100)}%" in page  # the bar
+
+    # A sort header sorts the same rows by its column, the similarity breaking ties; the toggle stays.
+    columns = response.context["cl"].list_display
+    by_title = admin_client.get(url, {"q": MEANING_QUERY, "semantic": "1", "o": str(columns.index("title"))})
+    assert [q.title for q in by_title.context["cl"].result_list] == sorted(titles)
+    assert [h["text"] for h in by_title.context["result_headers"] if h.get("sorted")] == ["title"]
+    least_first = admin_client.get(
+        url, {"q": MEANING_QUERY, "semantic": "1", "o": str(columns.index("search_similarity"))}
+    )
+    assert [q.title for q in least_first.context["cl"].result_list] == titles[::-1]
+    # "Remove from sorting" on the similarity column (an empty sort) leaves the default ordering.
+    unsorted = list(admin_client.get(url, {"q": MEANING_QUERY, "semantic": "1", "o": ""}).context["cl"].result_list)
+    assert unsorted == sorted(unsorted, key=lambda q: (q.created, q.pk), reverse=True)
+    assert [q.title for q in unsorted] != titles
+
+    # A keyword search has no similarity column, and a date sort looks like one again.
+    plain = admin_client.get(url, {"q": "password"})
+    assert "similarity" not in [h["text"] for h in plain.context["result_headers"]]
+    assert [h["text"] for h in plain.context["result_headers"] if h.get("sorted")] == ["created"]
+
+
+def test_sorting_by_similarity_when_the_search_could_not_rank(viewer, articles):
+    """The similarity column is there but the text had nothing to embed: a keyword search, not a 500."""
+    search = {"q": "\x01", "semantic": "1"}
+    columns = viewer.get(reverse(CHANGELIST), search).context["cl"].list_display
+    response = viewer.get(reverse(CHANGELIST), {**search, "o": columns.index("search_similarity")})
+    assert response.status_code == 200 and list(response.context["cl"].result_list) == []
+
+
+def test_keyword_search_counts_results_like_django(viewer, articles):
+    with suspend_embedding():
+        Article.objects.create(title="not embedded, so never found by meaning")
+    page = viewer.get(reverse(CHANGELIST), {"q": "password"}).content.decode()
+    assert "2 results (" in page and '<a href="?">5 total</a>' in page
+    ranked = viewer.get(reverse(CHANGELIST), {"q": MEANING_QUERY, "semantic": "1"}).content.decode()
+    assert "4 results (" in ranked and '<a href="?semantic=1">5 total</a>' in ranked
+
+
+@pytest.fixture
+def meaning_only(monkeypatch):
+    """ArticleAdmin without search_fields: its search box searches by meaning only."""
+    monkeypatch.setattr(admin.site._registry[Article], "search_fields", ())
+
+
+def test_a_box_without_search_fields_says_it_searches_by_meaning(viewer, articles, meaning_only, fake_gemini):
+    response = viewer.get(reverse(CHANGELIST))
+    page = response.content.decode()
+    assert 'placeholder="Search by meaning"' in page and 'id="semantic-toggle"' not in page
+    searched = viewer.get(reverse(CHANGELIST), {"q": "export invoices to a spreadsheet"})
+    titles = ranked_titles(searched)
+    assert set(titles[:2]) == {"export invoices as csv", "export all invoices to csv"}
+    assert searched.context["cl"].result_list[0].semantic_similarity > 0
+
+    # Never every row as if all matched: nothing to embed, or the API down, shows none and says why.
+    nothing = viewer.get(reverse(CHANGELIST), {"q": "\x01"})
+    assert nothing.context["cl"].result_count == 0
+    assert "Nothing to search by meaning" in nothing.content.decode()
+    cache.clear()
+    fake_gemini.fail_every(503, body=api_error(503, "The service is currently unavailable.", "UNAVAILABLE"))
+    down = viewer.get(reverse(CHANGELIST), {"q": "a query never embedded before"})
+    assert down.status_code == 200 and down.context["cl"].result_count == 0
+    assert "Search by meaning is unavailable right now" in down.content.decode()
+
+
 def test_status_page_counts_errors_and_never_shows_the_key(editor, articles, fake_gemini, settings):
     fake_gemini.fail_next(400, body='{"error": {"code": 400, "message": "key %s rejected"}}' % settings.TEST_API_KEY)
     Article.objects.create(title="will fail")
@@ -328,6 +460,56 @@ def test_status_page_counts_errors_and_never_shows_the_key(editor, articles, fak
     response = editor.post(reverse("admin:semantic_status"), follow=True)
     assert "Queued 1 failed row again." in response.content.decode()
     assert not EmbeddingFailure.objects.exists()
+
+
+def test_changelist_links_to_the_status_page_for_users_who_may_open_it(editor, articles, client):
+    page = editor.get(reverse(CHANGELIST)).content.decode()
+    assert f'href="{reverse("admin:semantic_status")}" class="semantic-status-link"' in page
+    client.force_login(staff("articles only", "view_article"))
+    assert "semantic-status-link" not in client.get(reverse(CHANGELIST)).content.decode()
+
+
+def test_status_counts_open_the_changelist_filtered_to_those_rows(editor, articles, fake_gemini):
+    fake_gemini.reject_marker = "REJECT"
+    Article.objects.create(title="REJECT this one")
+    with suspend_embedding():
+        Article.objects.create(title="waiting")
+    response = editor.get(reverse("admin:semantic_status"))
+    row = next(r for r in response.context["report"] if r["model"] == "testapp.Article")
+    assert (row["embedded"], row["pending"], row["failed"]) == (4, 1, 1)
+    page = response.content.decode()
+    for state in ("embedded", "pending", "failed", "stale"):
+        url = f"{reverse(CHANGELIST)}?embedding_state={state}"
+        assert f'<a href="{url}">{row[state]}</a>' in page
+        assert editor.get(url).context["cl"].result_count == row[state]
+    assert f'<a href="{reverse(CHANGELIST)}">{row["total"]}</a>' in page
+
+
+def test_status_counts_of_a_model_without_a_semantic_changelist_are_not_links(admin_client, articles, monkeypatch):
+    """Note has no ModelAdmin on the default site: its rows have no changelist there to open."""
+
+    def linked_rows():
+        page = admin_client.get(reverse("admin:semantic_status")).content.decode()
+        rows = re.findall(r"<tr><td>(testapp\.\w+\.\w+)</td>(.*?)</tr>", page, re.S)
+        assert "testapp.Note.embedding" in {name for name, _ in rows}
+        return {name for name, cells in rows if "<a " in cells}
+
+    assert linked_rows() == {"testapp.Article.embedding"}
+    # Nor does a changelist whose ModelAdmin took the embedding filter away.
+    monkeypatch.setattr(admin.site._registry[Article], "get_list_filter", lambda request: [])
+    assert linked_rows() == set()
+
+
+def test_status_page_shows_the_spec_readably(editor, articles):
+    response = editor.get(reverse("admin:semantic_status"))
+    row = next(r for r in response.context["report"] if r["model"] == "testapp.Article")
+    page = response.content.decode()
+    assert row["spec"] not in page
+    backend, model = row["spec"].split("|")[0].split(":", 1)
+    assert (row["backend"], row["embedding_model"]) == (backend, model)
+    cells = f"<td>{backend}</td><td>{model}</td><td>SEMANTIC_SIMILARITY</td><td>128</td>"
+    assert cells in page
+    assert "<th>Backend</th><th>Embedding model</th><th>Task type</th><th>Dimensions</th>" in page
 
 
 def test_status_retry_needs_change_permission(viewer, articles):
@@ -398,6 +580,7 @@ def test_every_semantic_page_and_action_on_a_custom_admin_site(client, notes, fa
     page = client.get(changelist)
     assert_stays_on_other_site(page)
     assert f'href="{duplicates}"' in page.content.decode()
+    assert f'href="{status}" class="semantic-status-link"' in page.content.decode()
     searched = client.get(changelist, {"q": "account password reset", "semantic": "1"})
     assert_stays_on_other_site(searched)
     assert {n.text for n in searched.context["cl"].result_list[:2]} == {first.text, second.text}
@@ -435,7 +618,9 @@ def test_every_semantic_page_and_action_on_a_custom_admin_site(client, notes, fa
     fake_gemini.reject_marker = "REJECT"
     Note.objects.create(text="REJECT this one")
     assert_stays_on_other_site(client.get(reverse("myadmin:semantic_embeddingfailure_changelist")))
-    assert_stays_on_other_site(client.get(status))
+    status_page = client.get(status)
+    assert_stays_on_other_site(status_page)
+    assert f'href="{changelist}?embedding_state=failed">1</a>' in status_page.content.decode()
     retried = client.post(status, follow=True)
     assert retried.redirect_chain == [(status, 302)]
     assert_stays_on_other_site(retried)

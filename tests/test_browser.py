@@ -113,3 +113,45 @@ def test_demo_site_search_by_meaning(page):
     page.wait_for_selector(".notice")
     assert "Did you mean" in page.locator(".notice").inner_text()
     page.screenshot(path=SCREENSHOTS / "demo-did-you-mean.png", full_page=True)
+
+
+def results(page):
+    """The titles and similarity scores of the changelist's rows, top to bottom."""
+    rows = page.locator("#result_list tbody tr")
+    return [
+        (row.locator(".field-title").inner_text(), float(row.locator(".semantic-score").inner_text()))
+        for row in rows.all()
+    ]
+
+
+def test_admin_search_by_meaning_survives_a_filter_and_a_sort(page):
+    login(page)
+    page.goto(f"{page.base_url}/admin/questions/question/")
+    page.fill("#searchbar", "reset forgotten password")
+    page.check("#semantic-toggle")
+    page.click("#changelist-search input[type=submit]")
+    page.wait_for_selector(".semantic-score")
+    ranked = results(page)
+    assert [score for _, score in ranked] == sorted((score for _, score in ranked), reverse=True)
+    assert all("password" in title.lower() for title, _ in ranked[:2])
+
+    page.click("#changelist-filter a:text-is('embedded')")
+    page.wait_for_url("**embedding_state=embedded**")
+    assert page.is_checked("#semantic-toggle") and page.input_value("#searchbar") == "reset forgotten password"
+    assert results(page) == ranked  # every row is embedded: the same rows, still ranked by meaning
+    page.screenshot(path=SCREENSHOTS / "admin-search-by-meaning.png", full_page=True)
+
+    # A sort header sorts the rows found by meaning, as Django sorts keyword results; the toggle stays on.
+    page.click("#result_list th.column-title .text a")
+    page.wait_for_url("**o=**")
+    assert page.is_checked("#semantic-toggle")
+    by_title = results(page)
+    assert [title for title, _ in by_title] == sorted(title for title, _ in ranked)
+    assert sorted(by_title) == sorted(ranked)
+    # Taking that column off the sort leaves the ranking by meaning.
+    page.hover("#result_list th.column-title")  # Django shows "remove from sorting" on hover
+    page.click("#result_list th.column-title a.sortremove")
+    page.wait_for_url(lambda url: "embedding_state=embedded" in url and "semantic=1" in url)
+    page.wait_for_selector("#result_list th.column-title:not(.sorted)")
+    assert page.is_checked("#semantic-toggle")
+    assert results(page) == ranked

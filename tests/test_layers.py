@@ -56,6 +56,7 @@ LAYERS = [
     "semantic.reembed",
     "semantic.status",
     # admin, checks, commands, the app
+    "semantic.admin_changelist",
     "semantic.admin_status",
     "semantic.admin",
     "semantic.checks",
