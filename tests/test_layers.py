@@ -56,6 +56,7 @@ LAYERS = [
     "semantic.status",
     # admin, checks, commands, the app
     "semantic.admin_status",
+    "semantic.admin_dismissed",
     "semantic.admin_duplicates",
     "semantic.admin",
     "semantic.checks",
