@@ -71,24 +71,46 @@ def test_admin_find_similar_and_duplicate_review(page):
     page.goto(f"{page.base_url}/admin/questions/question/duplicates/?threshold=0.5")
     groups = page.locator(".semantic-group")
     assert groups.count() >= 1
+    assert "similar rows, similarity" in groups.first.locator("h2").inner_text()
+    headers = groups.first.locator(".semantic-rows thead th").all_inner_texts()
+    assert [h.strip().lower() for h in headers[:5]] == ["id", "question", "similarity to the first", "text", "created"]
     text = groups.first.inner_text()
     assert "invoices" in text.lower() or "password" in text.lower()
     page.screenshot(path=SCREENSHOTS / "admin-duplicate-review.png", full_page=True)
 
-    # The pair dismissed must be gone from the page, not merely a message shown.
-    pair = groups.first.locator("tbody tr").first
-    names = tuple(link.inner_text() for link in pair.locator("a").all())
-    pairs_shown = page.locator(".semantic-group tbody tr").count()
+    def shown():
+        rows = page.locator(".semantic-pairs tbody tr").all()
+        return [tuple(link.inner_text() for link in row.locator("td a:not(.semantic-compare)").all()) for row in rows]
 
-    def shown(rows):
-        return [tuple(link.inner_text() for link in row.locator("a").all()) for row in rows.all()]
-
-    assert names in shown(page.locator(".semantic-group tbody tr"))
-    pair.locator("input[value='Not a duplicate']").click()
+    # Open the first pair side by side, then mark it not a duplicate there: it must be gone
+    # from the review, not merely a message shown.
+    before = shown()
+    pair = groups.first.locator(".semantic-pairs tbody tr").first
+    names = before[0]
+    pair.locator("a.semantic-compare").click()
+    page.wait_for_selector(".semantic-compare table")
+    sides = page.locator(".semantic-compare thead th.semantic-side").all_inner_texts()
+    assert [any(name.lower() in side.lower() for side in sides) for name in names] == [True, True]
+    assert page.locator(".semantic-compare tr.semantic-differs").count() >= 1
+    page.screenshot(path=SCREENSHOTS / "admin-compare.png", full_page=True)
+    page.locator(".semantic-dismiss input[value='Not a duplicate']").click()
     page.wait_for_selector(".messagelist")
     assert "not duplicates" in page.locator(".messagelist").inner_text()
-    assert names not in shown(page.locator(".semantic-group tbody tr"))
-    assert page.locator(".semantic-group tbody tr").count() == pairs_shown - 1
+    assert "threshold=0.5" in page.url
+    after = shown()
+    assert names not in after and len(after) == len(before) - 1
+
+    # "Keep this one" deletes the other only through Django's confirmation page.
+    if after:
+        page.locator(".semantic-pairs a.semantic-compare").first.click()
+        page.wait_for_selector(".semantic-compare table")
+        page.locator("a.semantic-keep-this").first.click()
+        page.wait_for_selector("text=Are you sure?")
+        assert Question.objects.count() == len(QUESTIONS)
+        page.click("input[type=submit]")
+        page.wait_for_selector(".messagelist")
+        assert "/duplicates/" in page.url and "threshold=0.5" in page.url
+        assert Question.objects.count() == len(QUESTIONS) - 1
 
 
 def test_demo_site_search_by_meaning(page):
