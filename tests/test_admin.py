@@ -462,6 +462,8 @@ def table(section, name):
 
 
 def test_duplicate_groups_have_the_same_columns_links_and_a_useful_head(viewer, articles):
+    Article.objects.create(title="export the invoices as csv files")
+    embed_pending()
     response = viewer.get(reverse(DUPLICATES), {"threshold": "0.3"})
     page = response.content.decode()
     groups = response.context["groups"]
@@ -481,10 +483,9 @@ def test_duplicate_groups_have_the_same_columns_links_and_a_useful_head(viewer, 
             assert reverse("admin:testapp_article_change", args=[obj.pk]) in section
             assert any(row[1] == obj.title and row[3].startswith(obj.title) for row in rows)
         assert rows[0][2] == "first"
-    pair = next(
-        g for g in groups if {a.title for a in g.rows} == {"export invoices as csv", "export all invoices to csv"}
-    )
-    _, rows = table(SECTION.findall(page)[groups.index(pair)], "semantic-rows")
+    assert any(g.lowest < g.highest and g.size == 3 for g in groups)  # a range in some head
+    pair = next(g for g in groups if g.size == 2)
+    _, rows = table(sections[groups.index(pair)], "semantic-rows")
     assert rows[1][2] == f"{pair.pairs[0][2]:.3f}"  # two rows: similarity to the first is the pair's
     assert " items</h2>" not in page
 
