@@ -83,7 +83,8 @@ class DuplicateReviewMixin:
         "Not a duplicate" and the compare view, and survives a reload (as Django's docs
         advise for actions with an intermediate page).
         """
-        pks = list(self.semantic_queryset(request).filter(pk__in=queryset.values("pk")).values_list("pk", flat=True))
+        visible = self.semantic_queryset(request).filter(pk__in=queryset.values("pk"))  # type: ignore[attr-defined]
+        pks = list(visible.order_by("pk").values_list("pk", flat=True))
         if len(pks) > self.duplicate_selection_max:
             message = self.TOO_MANY_SELECTED % {"count": len(pks), "max": self.duplicate_selection_max}
             self.message_user(request, message, messages.WARNING)  # type: ignore[attr-defined]

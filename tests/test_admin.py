@@ -219,6 +219,8 @@ def test_pages_keep_their_place_and_the_action_pages_through_the_selection(edito
     # The selection's page is reached by GET, so its groups page like the whole table's.
     assert len(response.context["groups"]) == 2
     assert "Page 1 of 2 (3 groups)" in response.content.decode()
+    selection = "&amp;".join(f"id={pk}" for pk in Article.objects.order_by("pk").values_list("pk", flat=True))
+    assert f"{selection}&amp;page=2" in response.content.decode()
 
 
 def test_duplicate_review_opens_no_extra_database_connections(viewer, fake_gemini):
