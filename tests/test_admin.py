@@ -426,6 +426,9 @@ def test_every_semantic_page_and_action_on_a_custom_admin_site(client, notes, fa
     review = client.get(duplicates, {"threshold": "0.5"})
     assert_stays_on_other_site(review)
     assert [set(group.rows) for group in review.context["groups"]] == [{first, second}]
+    compared = client.get(reverse("myadmin:testapp_note_compare_duplicates"), {"first": first.pk, "second": second.pk})
+    assert_stays_on_other_site(compared)
+    assert reverse("myadmin:testapp_note_change", args=[second.pk]) in compared.content.decode()
     dismissed = client.post(
         reverse("myadmin:testapp_note_dismiss_duplicate"),
         {"first": first.pk, "second": second.pk, "threshold": "0.5"},
