@@ -55,7 +55,7 @@ class DuplicateReviewMixin:
 
     #: Starting threshold of duplicate review (adjustable on the page).
     duplicate_threshold = DEFAULT_DUPLICATE_THRESHOLD
-    #: Groups per page of duplicate review; "Find duplicates among selected" shows the first page only.
+    #: Groups per page of duplicate review (the selected rows' review pages the same way).
     duplicate_groups_per_page = 20
     #: Pairs shown of each group, most similar first. At a low threshold one group can hold most
     #: of the table; the page says how many pairs it left out.
