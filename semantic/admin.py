@@ -1,6 +1,6 @@
 """Django admin: search by meaning, "Find similar", duplicate review and re-embedding (the
-changelist's toggle and ranking are in :mod:`semantic.admin_changelist`, the embedding
-status page in :mod:`semantic.admin_status`).
+changelist's toggle and ranking are in :mod:`semantic.admin_changelist`, duplicate review
+in :mod:`semantic.admin_duplicates`, the embedding status page in :mod:`semantic.admin_status`).
 
 Add :class:`SemanticAdminMixin` to the ModelAdmin of any model with an EmbeddingField::
 
@@ -18,16 +18,12 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import SEARCH_VAR
-from django.core.exceptions import PermissionDenied, ValidationError
-from django.core.paginator import Paginator
 from django.db import models
 from django.db.models import Value
-from django.http import Http404, HttpRequest, HttpResponseRedirect
-from django.shortcuts import get_object_or_404
+from django.http import HttpRequest
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import reverse
 from django.utils.html import format_html
-from django.utils.http import urlencode
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from pgvector.django import CosineDistance
@@ -40,18 +36,16 @@ from semantic.admin_changelist import (
     EmbeddingStateFilter,
     SemanticChangeList,
 )
+from semantic.admin_duplicates import DuplicateReviewMixin
 from semantic.admin_status import EmbeddingFailureAdmin, status_url
 from semantic.embed import EmptyQuery, SearchUnavailable
 from semantic.fields import EmbeddingField
-from semantic.models import DismissedPair, EmbeddingBatchJob, EmbeddingFailure
+from semantic.models import EmbeddingBatchJob, EmbeddingFailure
 from semantic.query import (
-    DEFAULT_DUPLICATE_THRESHOLD,
     SemanticQuerySet,
-    check_threshold,
     query_vector,
     vector_literal,
 )
-from semantic.review import review_groups
 from semantic.rows import forget_failures, mark_pending
 from semantic.status import with_state
 from semantic.switch import serving_field
@@ -67,8 +61,9 @@ NOTHING_TO_SEARCH = _("Nothing to search by meaning in “{query}”.")
 MEANING_RESULTS = 100
 
 
-class SemanticAdminMixin:
-    """Semantic actions, pages, list column and filter for a ModelAdmin."""
+class SemanticAdminMixin(DuplicateReviewMixin):
+    """Semantic actions, pages, list column and filter for a ModelAdmin (duplicate review
+    comes from :class:`semantic.admin_duplicates.DuplicateReviewMixin`)."""
 
     #: Which EmbeddingField to use; None when the model has just one.
     semantic_field: str | None = None
@@ -76,15 +71,7 @@ class SemanticAdminMixin:
     similar_count = 5
     #: How many selected rows "Find similar" answers for (one search each); the page says when it left some out.
     similar_rows_shown = 20
-    #: Starting threshold of duplicate review (adjustable on the page).
-    duplicate_threshold = DEFAULT_DUPLICATE_THRESHOLD
-    #: Groups per page of duplicate review; "Find duplicates among selected" shows the first page only.
-    duplicate_groups_per_page = 20
-    #: Pairs shown of each group, most similar first. At a low threshold one group can hold most
-    #: of the table; the page says how many pairs it left out.
-    duplicate_pairs_shown = 10
     similar_template = "semantic/admin/similar.html"
-    duplicates_template = "semantic/admin/duplicates.html"
     change_form_template = "semantic/admin/change_form.html"
     change_list_template = "semantic/admin/change_list.html"
 
@@ -217,11 +204,6 @@ class SemanticAdminMixin:
         context = {"results": results, "selected_count": queryset.count()}
         return self.render_semantic(request, self.similar_template, _("Similar items"), context)
 
-    @admin.action(description=_("Find duplicates among selected"), permissions=["semantic_view"])
-    def find_duplicates(self, request: HttpRequest, queryset: models.QuerySet) -> TemplateResponse:
-        visible = self.semantic_queryset(request).filter(pk__in=queryset.values("pk"))
-        return self.duplicate_page(request, visible, selected=True)
-
     @admin.action(description=_("Re-embed"), permissions=["semantic_change"])
     def reembed(self, request: HttpRequest, queryset: models.QuerySet) -> None:
         field = self.get_embedding_field()
@@ -237,89 +219,6 @@ class SemanticAdminMixin:
         )
 
     # -- pages ----------------------------------------------------------------------------
-
-    def get_urls(self) -> list[Any]:
-        opts = self.model._meta  # type: ignore[attr-defined]
-        wrap = self.admin_site.admin_view  # type: ignore[attr-defined]
-        name = f"{opts.app_label}_{opts.model_name}"
-        return [
-            path("duplicates/", wrap(self.duplicates_view), name=f"{name}_duplicates"),
-            path("duplicates/dismiss/", wrap(self.dismiss_view), name=f"{name}_dismiss_duplicate"),
-            *super().get_urls(),  # type: ignore[misc]
-        ]
-
-    def duplicates_view(self, request: HttpRequest) -> TemplateResponse:
-        if not self.has_semantic_view_permission(request):
-            raise PermissionDenied
-        return self.duplicate_page(request, self.semantic_queryset(request))
-
-    def dismiss_view(self, request: HttpRequest) -> HttpResponseRedirect:
-        if request.method != "POST" or not self.has_semantic_change_permission(request):
-            raise PermissionDenied
-        visible = self.semantic_queryset(request)
-        a, b = (visible_object(visible, request.POST.get(key)) for key in ("first", "second"))
-        first, second = DismissedPair.ordered(a.pk, b.pk)
-        DismissedPair.objects.get_or_create(
-            model_label=self.model._meta.label,  # type: ignore[attr-defined]
-            field_name=self.get_embedding_field().name,
-            first_pk=first,
-            second_pk=second,
-            defaults={"dismissed_by": request.user.get_username()},
-        )
-        self.message_user(request, _("Marked “%(a)s” and “%(b)s” as not duplicates.") % {"a": a, "b": b})  # type: ignore[attr-defined]
-        kept = {key: request.POST[key] for key in ("threshold", "page") if request.POST.get(key)}
-        url = self.semantic_url("duplicates")
-        return HttpResponseRedirect(f"{url}?{urlencode(kept)}" if kept else url)
-
-    def duplicate_page(
-        self, request: HttpRequest, rows: SemanticQuerySet, *, selected: bool = False
-    ) -> TemplateResponse:
-        """Groups of likely duplicates, a page of groups at a time, each cut to its most similar pairs.
-
-        The search runs over one database connection (``workers=1``): a request must not
-        open as many connections as the server has cores.
-        """
-        threshold, shown_threshold, error = self.duplicate_page_threshold(request)
-        field = self.get_embedding_field()
-        page = None
-        if error is None:
-            dismissed = set(
-                DismissedPair.objects.filter(
-                    model_label=self.model._meta.label,  # type: ignore[attr-defined]
-                    field_name=field.name,
-                ).values_list("first_pk", "second_pk")
-            )
-            pairs = [
-                (a, b, s)
-                for a, b, s in rows.duplicates(threshold, field=field.name, workers=1)
-                if DismissedPair.ordered(a.pk, b.pk) not in dismissed
-            ]
-            groups = review_groups(pairs, pairs_shown=self.duplicate_pairs_shown)
-            # An action's page is the answer to a POST: it has no further pages to link to.
-            number = 1 if selected else request.GET.get("page")
-            page = Paginator(groups, self.duplicate_groups_per_page).get_page(number)
-        context = {
-            "groups": list(page) if page else [],
-            "page": page,
-            "threshold": shown_threshold,
-            "threshold_error": error,
-            "selected": selected,
-            "can_dismiss": self.has_semantic_change_permission(request),
-        }
-        return self.render_semantic(request, self.duplicates_template, _("Likely duplicates"), context)
-
-    def duplicate_page_threshold(self, request: HttpRequest) -> tuple[float, str, str | None]:
-        """The threshold to search with, the one to show in the form (the user's own, even when
-        it is wrong), and what is wrong with it."""
-        raw = (request.GET.get("threshold") or request.POST.get("threshold") or "").strip()
-        if not raw:
-            return self.duplicate_threshold, str(self.duplicate_threshold), None
-        try:
-            value = float(raw)
-            check_threshold(value, "threshold")
-        except ValueError:
-            return self.duplicate_threshold, raw, _("The threshold must be a number from -1 to 1; “%s” is not.") % raw
-        return value, raw, None
 
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None) -> Any:
         context = dict(extra_context or {})
@@ -364,23 +263,6 @@ class SemanticAdminMixin:
 
 
 admin.site.register(EmbeddingFailure, EmbeddingFailureAdmin)
-
-
-def visible_object(rows: models.QuerySet, pk: Any) -> models.Model:
-    """The row with this primary key among ``rows``; 404 for a missing, hidden or malformed key."""
-    try:
-        return get_object_or_404(rows, pk=pk)
-    except (ValueError, ValidationError):
-        raise Http404 from None
-
-
-@admin.register(DismissedPair)
-class DismissedPairAdmin(admin.ModelAdmin):
-    list_display = ["model_label", "field_name", "first_pk", "second_pk", "dismissed_by", "dismissed_at"]
-    list_filter = ["model_label"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
 
 
 @admin.register(EmbeddingBatchJob)

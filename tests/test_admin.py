@@ -201,7 +201,7 @@ def test_duplicate_review_pages_through_groups(viewer, fake_gemini):
     assert "Page 1 of 2" in first.content.decode()
 
 
-def test_pages_keep_their_place_and_the_action_says_what_it_left_out(editor, fake_gemini):
+def test_pages_keep_their_place_and_the_action_pages_through_the_selection(editor, fake_gemini):
     cache.clear()
     with suspend_embedding():
         Article.objects.bulk_create(Article(title=f"pair {i} alpha{i} beta{i}") for i in range(3) for _ in (0, 1))
@@ -218,8 +218,11 @@ def test_pages_keep_their_place_and_the_action_says_what_it_left_out(editor, fak
         assert dismissed["Location"] == reverse(DUPLICATES) + "?threshold=0.99&page=2"
     finally:
         del model_admin.duplicate_groups_per_page
+    # The selection's page is reached by GET, so its groups page like the whole table's.
     assert len(response.context["groups"]) == 2
-    assert "Showing the 2 largest of 3 groups." in response.content.decode()
+    assert "Page 1 of 2 (3 groups)" in response.content.decode()
+    selection = "&amp;".join(f"id={pk}" for pk in Article.objects.order_by("pk").values_list("pk", flat=True))
+    assert f"{selection}&amp;page=2" in response.content.decode()
 
 
 def test_duplicate_review_opens_no_extra_database_connections(viewer, fake_gemini):
@@ -606,6 +609,9 @@ def test_every_semantic_page_and_action_on_a_custom_admin_site(client, notes, fa
     review = client.get(duplicates, {"threshold": "0.5"})
     assert_stays_on_other_site(review)
     assert [set(group.rows) for group in review.context["groups"]] == [{first, second}]
+    compared = client.get(reverse("myadmin:testapp_note_compare_duplicates"), {"first": first.pk, "second": second.pk})
+    assert_stays_on_other_site(compared)
+    assert reverse("myadmin:testapp_note_change", args=[second.pk]) in compared.content.decode()
     dismissed = client.post(
         reverse("myadmin:testapp_note_dismiss_duplicate"),
         {"first": first.pk, "second": second.pk, "threshold": "0.5"},
@@ -625,3 +631,169 @@ def test_every_semantic_page_and_action_on_a_custom_admin_site(client, notes, fa
     assert retried.redirect_chain == [(status, 302)]
     assert_stays_on_other_site(retried)
     assert "Queued 1 failed row again." in retried.content.decode()
+
+
+# -- duplicate review: columns, compare, threshold on every page, dismissed pairs (issue 12) -------
+
+COMPARE = "admin:testapp_article_compare_duplicates"
+SECTION = re.compile(r'<section class="module semantic-group">(.*?)</section>', re.S)
+CELL = re.compile(r"<t[hd][^>]*>(.*?)</t[hd]>", re.S)
+
+
+def table(section, name):
+    """The header texts and the rows' cell texts of one table of a group's section."""
+    html = re.search(rf'<table class="{name}".*?</table>', section, re.S).group(0)
+    head, body = html.split("</thead>")
+    text = [re.sub(r"<[^>]+>", "", cell).strip() for cell in CELL.findall(head)]
+    rows = [
+        [re.sub(r"<[^>]+>", "", c).strip() for c in CELL.findall(r)] for r in re.findall(r"<tr>(.*?)</tr>", body, re.S)
+    ]
+    return text, rows
+
+
+def test_duplicate_groups_have_the_same_columns_links_and_a_useful_head(viewer, articles):
+    Article.objects.create(title="export the invoices as csv files")
+    embed_pending()
+    response = viewer.get(reverse(DUPLICATES), {"threshold": "0.3"})
+    page = response.content.decode()
+    groups = response.context["groups"]
+    sections = SECTION.findall(page)
+    assert len(groups) == len(sections) >= 2
+    headers = {tuple(table(section, "semantic-rows")[0]) for section in sections}
+    assert headers == {("ID", "Article", "Similarity to the first", "Text", "")}  # no date: Article has none
+    for group, section in zip(groups, sections):
+        low, high = f"{group.lowest:.2f}", f"{group.highest:.2f}"
+        span = high if low == high else f"{low}–{high}"
+        assert f"<h2>{group.size} similar rows, similarity {span}</h2>" in section
+        _, rows = table(section, "semantic-rows")
+        assert [row[0] for row in rows] == [str(obj.pk) for obj in group.shown_rows[:1]] + sorted(
+            (str(obj.pk) for obj in group.shown_rows[1:]), key=[r[0] for r in rows].index
+        )
+        for obj in group.rows:
+            assert reverse("admin:testapp_article_change", args=[obj.pk]) in section
+            assert any(row[1] == obj.title and row[3].startswith(obj.title) for row in rows)
+        assert rows[0][2] == "first"
+    assert any(g.lowest < g.highest and g.size == 3 for g in groups)  # a range in some head
+    pair = next(g for g in groups if g.size == 2)
+    _, rows = table(sections[groups.index(pair)], "semantic-rows")
+    assert rows[1][2] == f"{pair.pairs[0][2]:.3f}"  # two rows: similarity to the first is the pair's
+    assert " items</h2>" not in page
+
+
+def test_duplicate_rows_show_a_date_when_the_model_has_one(client, fake_gemini):
+    from project.questions.models import Question
+
+    cache.clear()
+    Question.objects.bulk_create(
+        [Question(title="reset my account password"), Question(title="reset the password of my account")]
+    )
+    embed_pending()
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "pw"))
+    response = client.get(reverse("admin:questions_question_duplicates"), {"threshold": "0.5"})
+    (section,) = SECTION.findall(response.content.decode())
+    headers, rows = table(section, "semantic-rows")
+    assert headers == ["ID", "Question", "Similarity to the first", "Text", "Created", ""]
+    assert all(row[4] and row[4] != "–" for row in rows)
+
+
+def test_compare_shows_both_rows_and_deletes_only_through_djangos_confirmation(admin_client, articles):
+    a, b = articles["export invoices as csv"], articles["export all invoices to csv"]
+    review = admin_client.get(reverse(DUPLICATES), {"threshold": "0.5"}).content.decode()
+    link = f"{reverse(COMPARE)}?first={a.pk}&amp;second={b.pk}&amp;threshold=0.5"
+    assert link in review or f"{reverse(COMPARE)}?first={b.pk}&amp;second={a.pk}&amp;threshold=0.5" in review
+    response = admin_client.get(reverse(COMPARE), {"first": a.pk, "second": b.pk, "threshold": "0.5"})
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert a.title in page and b.title in page
+    assert [(label, differs) for label, _, differs in response.context["lines"]] == [
+        ("Title", True),
+        ("Body", False),
+        ("Category", False),
+    ]
+    for obj in (a, b):
+        assert f'href="{reverse("admin:testapp_article_change", args=[obj.pk])}"' in page
+    delete_b = re.search(r'class="semantic-keep-this deletelink" href="([^"]+)"', page).group(1).replace("&amp;", "&")
+    assert delete_b.startswith(reverse("admin:testapp_article_delete", args=[b.pk]) + "?")
+    assert 'name="first"' in page and "Not a duplicate" in page
+    # The link opens Django's own confirmation page; nothing is deleted until it is confirmed.
+    confirm = admin_client.get(delete_b)
+    assert confirm.status_code == 200 and "Are you sure" in confirm.content.decode()
+    assert Article.objects.filter(pk=b.pk).exists()
+    done = admin_client.post(delete_b, {"post": "yes"})
+    assert not Article.objects.filter(pk=b.pk).exists()
+    assert done["Location"] == reverse(DUPLICATES) + "?threshold=0.5"
+
+
+def test_compare_refusals_and_no_delete_links_without_delete_permission(viewer, articles, client):
+    a, b = articles["export invoices as csv"], articles["export all invoices to csv"]
+    hidden = articles["reset account password secret"]
+    response = viewer.get(reverse(COMPARE), {"first": a.pk, "second": b.pk})
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "/delete/" not in page and "Not a duplicate" not in page  # a viewer may not delete or dismiss
+    assert viewer.get(reverse(COMPARE), {"first": a.pk, "second": hidden.pk}).status_code == 404
+    assert viewer.get(reverse(COMPARE), {"first": a.pk, "second": a.pk}).status_code == 404
+    assert viewer.get(reverse(COMPARE), {"first": a.pk, "second": "x"}).status_code == 404
+    client.force_login(staff("nobody"))
+    assert client.get(reverse(COMPARE), {"first": a.pk, "second": b.pk}).status_code == 403
+
+
+def test_find_duplicates_keeps_the_selection_through_threshold_pages_and_dismissal(editor, articles):
+    chosen = [articles[t] for t in ("reset my account password", "reset the password of my account")]
+    chosen.append(articles["export invoices as csv"])
+    data = {"action": "find_duplicates", "index": 0, "_selected_action": [o.pk for o in chosen]}
+    response = editor.post(reverse(CHANGELIST) + "?q=a", data, follow=True)
+    ((url, status),) = response.redirect_chain
+    assert status == 302 and url.startswith(reverse(DUPLICATES) + "?")
+    page = response.content.decode()
+    for obj in chosen:
+        assert f'<input type="hidden" name="id" value="{obj.pk}">' in page
+    assert 'id="threshold" name="threshold"' in page
+    assert f'href="{reverse(CHANGELIST)}?q=a"' in page  # back to the list as it was filtered
+    ids = [("id", o.pk) for o in chosen]
+    # At 0.3 the whole table has two groups; the selection has only the password pair.
+    lower = editor.get(f"{reverse(DUPLICATES)}?threshold=0.3&" + "&".join(f"id={pk}" for _, pk in ids))
+    assert [{o.title for o in g.rows} for g in lower.context["groups"]] == [{o.title for o in chosen[:2]}]
+    assert len(editor.get(reverse(DUPLICATES), {"threshold": "0.3"}).context["groups"]) >= 2
+    bad = editor.get(f"{reverse(DUPLICATES)}?threshold=abc&id={chosen[0].pk}")
+    assert 'name="threshold" value="abc"' in bad.content.decode() and "must be a number" in bad.content.decode()
+    assert f'<input type="hidden" name="id" value="{chosen[0].pk}">' in bad.content.decode()
+    a, b = chosen[0], chosen[1]
+    dismissed = editor.post(
+        reverse(DISMISS), {"first": a.pk, "second": b.pk, "threshold": "0.3", "id": [o.pk for o in chosen]}
+    )
+    assert dismissed["Location"] == reverse(DUPLICATES) + "?threshold=0.3&" + "&".join(f"id={o.pk}" for o in chosen)
+
+
+def test_find_duplicates_refuses_a_selection_too_long_for_a_link(viewer, articles):
+    model_admin = admin.site._registry[Article]
+    model_admin.duplicate_selection_max = 1
+    try:
+        response = act(
+            viewer, "find_duplicates", articles["export invoices as csv"], articles["reset my account password"]
+        )
+    finally:
+        del model_admin.duplicate_selection_max
+    assert response.redirect_chain == [(reverse(CHANGELIST), 302)]  # Django's answer to an action returning None
+    assert "2 rows selected; “Find duplicates among selected” takes at most 1." in response.content.decode()
+
+
+def test_dismissed_pairs_name_both_rows_and_survive_deleted_ones(admin_client, articles):
+    a, b = articles["export invoices as csv"], articles["export all invoices to csv"]
+    gone = Article.objects.create(title="deleted since")
+    hidden = articles["reset account password secret"]
+    for x, y in ((a, b), (a, gone), (b, hidden)):
+        first, second = DismissedPair.ordered(x.pk, y.pk)
+        DismissedPair.objects.create(
+            model_label="testapp.Article", field_name="embedding", first_pk=first, second_pk=second
+        )
+    DismissedPair.objects.create(model_label="gone.Model", field_name="embedding", first_pk="1", second_pk="2")
+    gone_pk = gone.pk
+    gone.delete()
+    response = admin_client.get(reverse("admin:semantic_dismissedpair_changelist"))
+    assert response.status_code == 200
+    page = response.content.decode()
+    for obj in (a, b):
+        assert f'<a href="{reverse("admin:testapp_article_change", args=[obj.pk])}">{obj.title}</a>' in page
+    assert f"{gone_pk} (deleted)" in page
+    assert hidden.title not in page  # its admin hides it: the key only

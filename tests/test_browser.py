@@ -4,11 +4,13 @@ Screenshots go to a temporary folder (see SCREENSHOTS), never into the repositor
 
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
 from django.core.cache import cache
+from django.db import connections
 
 from project.questions.models import Question
 from semantic import embed_pending
@@ -44,6 +46,19 @@ def page(live_server, fake_gemini):
         yield page
 
 
+def questions_left():
+    """Counted from another thread: Playwright's event loop makes Django refuse queries in this one."""
+
+    def count():
+        try:
+            return Question.objects.count()
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(count).result()
+
+
 def login(page):
     page.goto(f"{page.base_url}/admin/login/")
     page.fill("#id_username", "admin")
@@ -71,24 +86,51 @@ def test_admin_find_similar_and_duplicate_review(page):
     page.goto(f"{page.base_url}/admin/questions/question/duplicates/?threshold=0.5")
     groups = page.locator(".semantic-group")
     assert groups.count() >= 1
+    assert "similar rows, similarity" in groups.first.locator("h2").inner_text()
+    headers = groups.first.locator(".semantic-rows thead th").all_inner_texts()
+    assert [h.strip().lower() for h in headers[:5]] == ["id", "question", "similarity to the first", "text", "created"]
     text = groups.first.inner_text()
     assert "invoices" in text.lower() or "password" in text.lower()
     page.screenshot(path=SCREENSHOTS / "admin-duplicate-review.png", full_page=True)
 
-    # The pair dismissed must be gone from the page, not merely a message shown.
-    pair = groups.first.locator("tbody tr").first
-    names = tuple(link.inner_text() for link in pair.locator("a").all())
-    pairs_shown = page.locator(".semantic-group tbody tr").count()
+    def shown():
+        rows = page.locator(".semantic-pairs tbody tr").all()
+        return [tuple(link.inner_text() for link in row.locator("td a:not(.semantic-compare)").all()) for row in rows]
 
-    def shown(rows):
-        return [tuple(link.inner_text() for link in row.locator("a").all()) for row in rows.all()]
-
-    assert names in shown(page.locator(".semantic-group tbody tr"))
-    pair.locator("input[value='Not a duplicate']").click()
+    # Open the first pair side by side, then mark it not a duplicate there: it must be gone
+    # from the review, not merely a message shown.
+    before = shown()
+    pair = groups.first.locator(".semantic-pairs tbody tr").first
+    names = before[0]
+    pair.locator("a.semantic-compare").click()
+    page.wait_for_selector(".semantic-compare table")
+    sides = page.locator(".semantic-compare thead th.semantic-side").all_inner_texts()
+    assert [any(name.lower() in side.lower() for side in sides) for name in names] == [True, True]
+    assert page.locator(".semantic-compare tr.semantic-differs").count() >= 1
+    page.screenshot(path=SCREENSHOTS / "admin-compare.png", full_page=True)
+    page.locator(".semantic-dismiss input[value='Not a duplicate']").click()
     page.wait_for_selector(".messagelist")
     assert "not duplicates" in page.locator(".messagelist").inner_text()
-    assert names not in shown(page.locator(".semantic-group tbody tr"))
-    assert page.locator(".semantic-group tbody tr").count() == pairs_shown - 1
+    assert "threshold=0.5" in page.url
+    after = shown()
+    assert names not in after and len(after) == len(before) - 1
+
+    # Lower the threshold with the page's own form; then "Keep this one" deletes the other
+    # only through Django's confirmation page, and comes back to the review.
+    page.fill("#threshold", "0")
+    page.click(".semantic-threshold input[type=submit]")
+    page.wait_for_url("**threshold=0**")
+    page.locator(".semantic-pairs a.semantic-compare").first.click()
+    page.wait_for_selector(".semantic-compare table")
+    page.locator("a.semantic-keep-this").first.click()
+    page.wait_for_url("**/delete/**")
+    assert "Are you sure" in page.content()
+    assert questions_left() == len(QUESTIONS)
+    page.click("input[type=submit]")
+    page.wait_for_selector(".messagelist")
+    assert "/duplicates/" in page.url and "threshold=0" in page.url
+    assert "deleted successfully" in page.locator(".messagelist").inner_text()
+    assert questions_left() == len(QUESTIONS) - 1
 
 
 def test_demo_site_search_by_meaning(page):

@@ -58,6 +58,8 @@ LAYERS = [
     # admin, checks, commands, the app
     "semantic.admin_changelist",
     "semantic.admin_status",
+    "semantic.admin_dismissed",
+    "semantic.admin_duplicates",
     "semantic.admin",
     "semantic.checks",
     "semantic.management",

@@ -1,0 +1,334 @@
+"""Duplicate review in the admin: the "Find duplicates among selected" action, the review
+page, "Not a duplicate", and the list of pairs marked so.
+
+:class:`DuplicateReviewMixin` is one part of :class:`semantic.admin.SemanticAdminMixin`
+(which users add to their ModelAdmin); it leans on that class for the rows a user may
+see (``semantic_queryset``), the field, the permission hooks and page rendering.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin.options import IS_POPUP_VAR
+from django.contrib.admin.utils import display_for_field, quote
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
+from django.db import models
+from django.http import Http404, HttpRequest, HttpResponseRedirect, QueryDict
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.http import urlencode
+from django.utils.text import Truncator, capfirst
+from django.utils.translation import gettext_lazy as _
+
+from semantic.admin_dismissed import DismissedPairAdmin
+from semantic.fields import CompanionMixin, EmbeddingField
+from semantic.models import DismissedPair
+from semantic.query import DEFAULT_DUPLICATE_THRESHOLD, SemanticQuerySet, check_threshold
+from semantic.review import ReviewGroup, review_groups, similarities_to
+
+__all__ = ["DismissedPairAdmin", "DuplicateReviewMixin"]
+
+#: Carries the changelist's filters and search through the review, as Django's own views do.
+CHANGELIST_FILTERS = "_changelist_filters"
+#: On a delete link from the compare page: the review to return to afterwards.
+BACK = "_semantic_review"
+
+
+@dataclass
+class ReviewRow:
+    """One row of a group's table on the review page."""
+
+    obj: models.Model
+    #: Similarity to the group's first row; None for that row itself.
+    similarity: float | None
+    excerpt: str
+    date: Any
+
+
+class DuplicateReviewMixin:
+    """Duplicate review pages and action for a ModelAdmin (through SemanticAdminMixin)."""
+
+    #: Starting threshold of duplicate review (adjustable on the page).
+    duplicate_threshold = DEFAULT_DUPLICATE_THRESHOLD
+    #: Groups per page of duplicate review (the selected rows' review pages the same way).
+    duplicate_groups_per_page = 20
+    #: Pairs shown of each group, most similar first. At a low threshold one group can hold most
+    #: of the table; the page says how many pairs it left out.
+    duplicate_pairs_shown = 10
+    #: The "Find duplicates among selected" action links to the selected rows; past this many
+    #: the link grows too long for some servers, and "Review duplicates" covers the table.
+    duplicate_selection_max = 500
+    #: The date column of duplicate review; None: found from the model (see get_duplicate_date_field), "": none.
+    duplicate_date_field: str | None = None
+    #: Characters of each row's text shown in duplicate review.
+    duplicate_excerpt_chars = 120
+    duplicates_template = "semantic/admin/duplicates.html"
+    compare_template = "semantic/admin/compare.html"
+
+    TOO_MANY_SELECTED = _(
+        "%(count)d rows selected; “Find duplicates among selected” takes at most %(max)d. "
+        "Select fewer, or use “Review duplicates” for the whole table."
+    )
+
+    @admin.action(description=_("Find duplicates among selected"), permissions=["semantic_view"])
+    def find_duplicates(self, request: HttpRequest, queryset: models.QuerySet) -> HttpResponseRedirect | None:
+        """Review the selected rows on the duplicate page, by a link that names them.
+
+        A page reached by GET keeps the selection through the threshold form, its pages,
+        "Not a duplicate" and the compare view, and survives a reload (as Django's docs
+        advise for actions with an intermediate page).
+        """
+        visible = self.semantic_queryset(request).filter(pk__in=queryset.values("pk"))  # type: ignore[attr-defined]
+        pks = list(visible.order_by("pk").values_list("pk", flat=True))
+        if len(pks) > self.duplicate_selection_max:
+            message = self.TOO_MANY_SELECTED % {"count": len(pks), "max": self.duplicate_selection_max}
+            self.message_user(request, message, messages.WARNING)  # type: ignore[attr-defined]
+            return None
+        state = [("id", str(pk)) for pk in pks]
+        if request.META.get("QUERY_STRING"):
+            state.append((CHANGELIST_FILTERS, request.META["QUERY_STRING"]))
+        return HttpResponseRedirect(f"{self.semantic_url('duplicates')}?{urlencode(state)}")  # type: ignore[attr-defined]
+
+    def get_urls(self) -> list[Any]:
+        opts = self.model._meta  # type: ignore[attr-defined]
+        wrap = self.admin_site.admin_view  # type: ignore[attr-defined]
+        name = f"{opts.app_label}_{opts.model_name}"
+        return [
+            path("duplicates/", wrap(self.duplicates_view), name=f"{name}_duplicates"),
+            path("duplicates/dismiss/", wrap(self.dismiss_view), name=f"{name}_dismiss_duplicate"),
+            path("duplicates/compare/", wrap(self.compare_view), name=f"{name}_compare_duplicates"),
+            *super().get_urls(),  # type: ignore[misc]
+        ]
+
+    # -- the review page ------------------------------------------------------------------
+
+    def duplicates_view(self, request: HttpRequest) -> TemplateResponse:
+        if not self.has_semantic_view_permission(request):
+            raise PermissionDenied
+        rows = self.semantic_queryset(request)  # type: ignore[attr-defined]
+        selected = request.GET.getlist("id")
+        if selected:
+            rows = rows.filter(pk__in=[self.duplicate_pk(pk) for pk in selected])
+        return self.duplicate_page(request, rows, selected=bool(selected))
+
+    def dismiss_view(self, request: HttpRequest) -> HttpResponseRedirect:
+        if request.method != "POST" or not self.has_semantic_change_permission(request):
+            raise PermissionDenied
+        visible = self.semantic_queryset(request)  # type: ignore[attr-defined]
+        a, b = (visible_object(visible, request.POST.get(key)) for key in ("first", "second"))
+        first, second = DismissedPair.ordered(a.pk, b.pk)
+        DismissedPair.objects.get_or_create(
+            model_label=self.model._meta.label,  # type: ignore[attr-defined]
+            field_name=self.get_embedding_field().name,  # type: ignore[attr-defined]
+            first_pk=first,
+            second_pk=second,
+            defaults={"dismissed_by": request.user.get_username()},
+        )
+        self.message_user(request, _("Marked “%(a)s” and “%(b)s” as not duplicates.") % {"a": a, "b": b})  # type: ignore[attr-defined]
+        return HttpResponseRedirect(self.review_url(review_state(request.POST)))
+
+    def duplicate_page(
+        self, request: HttpRequest, rows: SemanticQuerySet, *, selected: bool = False
+    ) -> TemplateResponse:
+        """Groups of likely duplicates, a page of groups at a time, each cut to its most similar pairs.
+
+        The search runs over one database connection (``workers=1``): a request must not
+        open as many connections as the server has cores.
+        """
+        threshold, shown_threshold, error = self.duplicate_page_threshold(request)
+        field = self.get_embedding_field()  # type: ignore[attr-defined]
+        page = None
+        tables = []
+        if error is None:
+            dismissed = set(
+                DismissedPair.objects.filter(
+                    model_label=self.model._meta.label,  # type: ignore[attr-defined]
+                    field_name=field.name,
+                ).values_list("first_pk", "second_pk")
+            )
+            pairs = [
+                (a, b, s)
+                for a, b, s in rows.duplicates(threshold, field=field.name, workers=1)
+                if DismissedPair.ordered(a.pk, b.pk) not in dismissed
+            ]
+            groups = review_groups(pairs, pairs_shown=self.duplicate_pairs_shown)
+            page = Paginator(groups, self.duplicate_groups_per_page).get_page(request.GET.get("page"))
+            tables = [(group, self.duplicate_rows(rows, group)) for group in page]
+        state = review_state(request.GET, threshold=shown_threshold)
+        # What every form and link of the page carries on: the selection and the list's filters.
+        kept = [(key, value) for key, value in state if key in ("id", CHANGELIST_FILTERS)]
+        context = {
+            "groups": [group for group, _ in tables],
+            "group_tables": tables,
+            "page": page,
+            "threshold": shown_threshold,
+            "threshold_error": error,
+            "selected": selected,
+            "selected_count": rows.count() if selected else None,
+            "date_label": self.duplicate_date_label(),
+            "can_dismiss": self.has_semantic_change_permission(request),  # type: ignore[attr-defined]
+            "compare_url": self.semantic_url("compare_duplicates"),  # type: ignore[attr-defined]
+            "review_all_url": self.review_url([("threshold", shown_threshold)]),
+            "back_url": self.changelist_back_url(state),
+            "kept": kept,
+            "pages_query": urlencode([("threshold", shown_threshold), *kept]),
+            "state_query": urlencode(state),
+        }
+        return self.render_semantic(request, self.duplicates_template, _("Likely duplicates"), context)  # type: ignore[attr-defined]
+
+    def duplicate_rows(self, rows: SemanticQuerySet, group: ReviewGroup) -> list[ReviewRow]:
+        """The group's shown rows for its table: each one's similarity to the first, an excerpt, a date."""
+        field = self.get_embedding_field()  # type: ignore[attr-defined]
+        shown = group.shown_rows
+        scores = similarities_to(rows, shown[0].pk, [obj.pk for obj in shown[1:]], field)
+        date_field = self.get_duplicate_date_field()
+        table = [
+            ReviewRow(
+                obj=obj,
+                similarity=None if n == 0 else scores.get(obj.pk),
+                excerpt=Truncator(" ".join(field.source_text(obj).split())).chars(self.duplicate_excerpt_chars),
+                date=getattr(obj, date_field) if date_field else None,
+            )
+            for n, obj in enumerate(shown)
+        ]
+        return table[:1] + sorted(table[1:], key=lambda row: -(row.similarity if row.similarity is not None else -2))
+
+    def duplicate_page_threshold(self, request: HttpRequest) -> tuple[float, str, str | None]:
+        """The threshold to search with, the one to show in the form (the user's own, even when
+        it is wrong), and what is wrong with it."""
+        raw = (request.GET.get("threshold") or request.POST.get("threshold") or "").strip()
+        if not raw:
+            return self.duplicate_threshold, str(self.duplicate_threshold), None
+        try:
+            value = float(raw)
+            check_threshold(value, "threshold")
+        except ValueError:
+            return self.duplicate_threshold, raw, _("The threshold must be a number from -1 to 1; “%s” is not.") % raw
+        return value, raw, None
+
+    def get_duplicate_date_field(self) -> str | None:
+        """The date shown for each row of duplicate review: ``duplicate_date_field``, else the
+        model's ``get_latest_by``, else its first date set automatically (``auto_now_add``,
+        ``auto_now``). The embedding's own bookkeeping dates are never chosen."""
+        opts = self.model._meta  # type: ignore[attr-defined]
+        if self.duplicate_date_field is not None:
+            return self.duplicate_date_field or None
+        if isinstance(opts.get_latest_by, str):
+            return opts.get_latest_by.lstrip("-")
+        for f in opts.concrete_fields:
+            if isinstance(f, models.DateField) and (f.auto_now_add or f.auto_now):
+                return f.name
+        return None
+
+    def duplicate_date_label(self) -> str | None:
+        name = self.get_duplicate_date_field()
+        if name is None:
+            return None
+        return capfirst(self.model._meta.get_field(name).verbose_name)  # type: ignore[attr-defined]
+
+    # -- two rows side by side ------------------------------------------------------------
+
+    def compare_view(self, request: HttpRequest) -> TemplateResponse:
+        """Two rows' fields side by side, with the way to delete either through Django's own
+        confirmation page, or to mark them not duplicates."""
+        if not self.has_semantic_view_permission(request):
+            raise PermissionDenied
+        visible = self.semantic_queryset(request)  # type: ignore[attr-defined]
+        a, b = (visible_object(visible, request.GET.get(key)) for key in ("first", "second"))
+        if a.pk == b.pk:
+            raise Http404(_("A row is not compared with itself."))
+        field = self.get_embedding_field()  # type: ignore[attr-defined]
+        state = review_state(request.GET)
+        back = urlencode([(BACK, urlencode(state))])
+        columns = [
+            {
+                "obj": obj,
+                "change_url": self.row_url("change", obj.pk),
+                "can_change": self.has_change_permission(request, obj),  # type: ignore[attr-defined]
+                "delete_url": f"{self.row_url('delete', obj.pk)}?{back}"
+                if self.has_delete_permission(request, obj)  # type: ignore[attr-defined]
+                else None,
+            }
+            for obj in (a, b)
+        ]
+        fields = [
+            f
+            for f in self.model._meta.concrete_fields  # type: ignore[attr-defined]
+            if not isinstance(f, (EmbeddingField, CompanionMixin)) and not f.primary_key
+        ]
+        empty = self.get_empty_value_display()  # type: ignore[attr-defined]
+        lines = []
+        for f in fields:
+            values = [display_for_field(getattr(obj, f.name), f, empty) for obj in (a, b)]
+            lines.append((capfirst(f.verbose_name), values, values[0] != values[1]))
+        context = {
+            "columns": columns,
+            "lines": lines,
+            "similarity": similarities_to(visible, a.pk, [b.pk], field).get(b.pk),
+            "can_dismiss": self.has_semantic_change_permission(request),  # type: ignore[attr-defined]
+            "kept": state,
+            "review_url": self.review_url(state),
+        }
+        return self.render_semantic(request, self.compare_template, _("Compare two rows"), context)  # type: ignore[attr-defined]
+
+    def response_delete(self, request: HttpRequest, obj_display: str, obj_id: Any) -> Any:
+        """After a deletion begun on the compare page, back to the duplicate review it came from."""
+        response = super().response_delete(request, obj_display, obj_id)  # type: ignore[misc]
+        back = request.GET.get(BACK)
+        if back is None or IS_POPUP_VAR in request.POST:
+            return response
+        return HttpResponseRedirect(self.review_url(review_state(QueryDict(back))))
+
+    # -- links ----------------------------------------------------------------------------
+
+    def duplicate_pk(self, raw: str) -> Any:
+        """A primary key from a link; 404 when it cannot be one."""
+        try:
+            return self.model._meta.pk.to_python(raw)  # type: ignore[attr-defined]
+        except (ValueError, ValidationError):
+            raise Http404 from None
+
+    def row_url(self, view: str, pk: Any) -> str:
+        """A row's change or delete page on this admin site."""
+        opts = self.model._meta  # type: ignore[attr-defined]
+        return reverse(
+            f"admin:{opts.app_label}_{opts.model_name}_{view}",
+            args=[quote(pk)],
+            current_app=self.admin_site.name,  # type: ignore[attr-defined]
+        )
+
+    def review_url(self, state: list[tuple[str, str]]) -> str:
+        url = self.semantic_url("duplicates")  # type: ignore[attr-defined]
+        return f"{url}?{urlencode(state)}" if state else url
+
+    def changelist_back_url(self, state: list[tuple[str, str]]) -> str:
+        """The list the user came from, with its filters and search, when the action brought them."""
+        url = self.semantic_url("changelist")  # type: ignore[attr-defined]
+        filters = dict(state).get(CHANGELIST_FILTERS)
+        return f"{url}?{filters}" if filters else url
+
+
+def review_state(data: QueryDict, *, threshold: str | None = None) -> list[tuple[str, str]]:
+    """What a duplicate review page was showing (threshold, page, selection, the list's filters),
+    as query parameters to come back to it with. Nothing else is carried: no open redirect."""
+    threshold = threshold if threshold is not None else data.get("threshold")
+    state = [("threshold", threshold)] if threshold else []
+    if data.get("page"):
+        state.append(("page", data["page"]))
+    state += [("id", pk) for pk in data.getlist("id")]
+    if data.get(CHANGELIST_FILTERS):
+        state.append((CHANGELIST_FILTERS, data[CHANGELIST_FILTERS]))
+    return state
+
+
+def visible_object(rows: models.QuerySet, pk: Any) -> models.Model:
+    """The row with this primary key among ``rows``; 404 for a missing, hidden or malformed key."""
+    try:
+        return get_object_or_404(rows, pk=pk)
+    except (ValueError, ValidationError):
+        raise Http404 from None
