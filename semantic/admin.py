@@ -29,7 +29,9 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from pgvector.django import CosineDistance
 
+from semantic.admin_labels import LabelSuggestionMixin
 from semantic.admin_status import EmbeddingFailureAdmin
+from semantic.admin_topics import TopicsMixin
 from semantic.embed import EmptyQuery, SearchUnavailable
 from semantic.fields import EmbeddingField
 from semantic.models import DismissedPair, EmbeddingBatchJob, EmbeddingFailure
@@ -64,8 +66,9 @@ class EmbeddingStateFilter(admin.SimpleListFilter):
         return queryset
 
 
-class SemanticAdminMixin:
-    """Semantic actions, pages, list column and filter for a ModelAdmin."""
+class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin):
+    """Semantic actions, pages, list column and filter for a ModelAdmin (suggested labels: :mod:`semantic.admin_labels`;
+    the Topics page: :mod:`semantic.admin_topics`)."""
 
     #: Which EmbeddingField to use; None when the model has just one.
     semantic_field: str | None = None

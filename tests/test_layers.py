@@ -56,6 +56,8 @@ LAYERS = [
     "semantic.status",
     # admin, checks, commands, the app
     "semantic.admin_status",
+    "semantic.admin_labels",
+    "semantic.admin_topics",
     "semantic.admin",
     "semantic.checks",
     "semantic.management",
