@@ -144,7 +144,8 @@ class LabelSuggestionMixin:
     def label_display(self, value: Any) -> str:
         """A label as the admin shows the field: a choice's name, or the value."""
         field = label_field_of(self.model, self.semantic_label_field)  # type: ignore[arg-type, attr-defined]
-        return str(dict(field.flatchoices).get(value, value))
+        # Only declared choices: a ForeignKey's would be a query of the related table for every row.
+        return str(dict(field.flatchoices).get(value, value)) if field.choices else str(value)
 
     # -- changelist -----------------------------------------------------------------------------
 
@@ -221,7 +222,7 @@ class LabelSuggestionMixin:
         context = {
             "form": form,
             "selected_count": queryset.count(),
-            "unlabelled_count": unlabelled(queryset, label, field=self.get_embedding_field().name).count(),  # type: ignore[arg-type, attr-defined]
+            "unlabelled_count": queryset.exclude(labelled(label_field_of(self.model, label))).count(),  # type: ignore[arg-type, attr-defined]
             "suggested_count": len(predictions),
             "would_change": len(chosen),
             "minimum": minimum,

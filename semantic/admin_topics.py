@@ -83,7 +83,10 @@ class TopicChangeList:
         if not hasattr(self, "topic_pks"):
             # Clustered once per request, on the full filter (facet counts call again without one filter).
             self.topic_pks = self.find_topic(request, rows, *parse_topic(raw))
-            self.has_active_filters = True
+        # The group counts as a filter: "Clear all filters" shows and drops it too.
+        self.has_active_filters = True
+        cleared = without(QueryDict(self.clear_all_filters_qs.lstrip("?")), TOPIC_VAR)  # type: ignore[has-type]
+        self.clear_all_filters_qs = f"?{cleared.urlencode()}"
         return rows.filter(pk__in=self.topic_pks)
 
     def find_topic(self, request: HttpRequest, rows: models.QuerySet, number: int, k: int, fingerprint: str) -> list:

@@ -229,7 +229,9 @@ def test_topics_groups_the_filtered_list_and_each_group_links_to_exactly_its_row
         shown, listed = topic_pks(editor, group)
         assert shown == set(group.pks)
         assert any(f"Showing topic {group.number} of 3" in str(m) for m in listed.context["messages"])
-        # Sorting keeps the group.
+        # "Clear all filters" drops the group; sorting keeps it.
+        assert listed.context["cl"].has_active_filters
+        assert TOPIC_VAR not in listed.context["cl"].clear_all_filters_qs
         assert TOPIC_VAR in listed.context["cl"].get_query_string({"o": "-1"})
         resorted = editor.get(group.url + "&o=-1")
         assert {row.pk for row in resorted.context["cl"].result_list} == set(group.pks)
