@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.contrib import admin
 from django.contrib.messages import get_messages
+from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -34,6 +35,7 @@ MONDAY = datetime(2026, 11, 16, 9, tzinfo=UTC)
 def tickets(semantic_settings):
     """Ten labelled and five unlabelled messages per intent; the true intent by primary key."""
     semantic_settings(BACKEND=LOCAL)
+    cache.clear()
     truth = {}
     with suspend_embedding():
         for intent, texts in sentences().items():
@@ -248,6 +250,11 @@ def test_the_number_of_groups_can_be_chosen(editor, tickets):
         assert shown == set(group.pks)
         seen |= shown
     assert seen == set(tickets)
+    # Without the Topics page's cache, the list clusters again and finds the same group.
+    cache.clear()
+    shown, again = topic_pks(editor, groups[1])
+    assert shown == set(groups[1].pks)
+    assert any(f"Showing topic 2 of 5: “{groups[1].label}”" in str(m) for m in again.context["messages"])
     bad = editor.get(reverse(TOPICS), {"semantic_groups": "many"})
     assert "must be a whole number" in bad.content.decode()
     too_many = editor.get(reverse(TOPICS), {"semantic_groups": "500"})
@@ -268,20 +275,30 @@ def test_topics_show_growth_by_the_date_field(editor, tickets):
     assert "Growth (last week)" in page and "+100% (5 → 10)" in page
 
 
-def test_a_group_link_says_when_the_rows_changed(editor, tickets):
-    groups = editor.get(reverse(TOPICS), {"semantic_groups": "5"}).context["groups"]
-    group = groups[0]
-    Ticket.objects.filter(pk=group.pks[0]).delete()
-    response = editor.get(group.url)
-    assert any(
-        "The rows have changed since the Topics page grouped them" in str(m) for m in response.context["messages"]
-    )
+def test_a_group_link_shows_the_rows_grouped_and_says_when_they_changed(editor, tickets):
+    group = editor.get(reverse(TOPICS), {"semantic_groups": "5"}).context["groups"][0]
+    twin = Ticket.objects.create(text=Ticket.objects.get(pk=group.pks[0]).text)
+    embed_pending(Ticket)
+    # The rows the Topics page showed, kept in the cache: the new twin is not among them.
+    kept = editor.get(group.url)
+    assert {row.pk for row in kept.context["cl"].result_list} == set(group.pks)
+    # Clustered again, the twin joins its original's group, and the list says the rows changed.
+    cache.clear()
+    again = editor.get(group.url)
+    said = [str(m) for m in again.context["messages"]]
+    assert any("The rows have changed since the Topics page grouped them" in m for m in said)
+    assert twin.pk in {row.pk for row in again.context["cl"].result_list}
     malformed = editor.get(reverse(CHANGELIST), {TOPIC_VAR: "first"})
     assert malformed.status_code == 302 and malformed["Location"].endswith("?e=1")
 
 
-def test_topics_needs_the_view_permission(client, tickets):
+def test_topics_needs_the_view_permission(client, tickets, ticket_admin, monkeypatch):
     client.force_login(staff("nobody"))
+    assert client.get(reverse(TOPICS)).status_code == 403
+    # A project that narrows the semantic pages with the documented hook keeps its list.
+    client.force_login(staff("viewer", "view_ticket"))
+    monkeypatch.setattr(ticket_admin, "has_semantic_view_permission", lambda request: False)
+    assert client.get(reverse(CHANGELIST)).status_code == 200
     assert client.get(reverse(TOPICS)).status_code == 403
 
 
