@@ -37,7 +37,9 @@ from semantic.admin_changelist import (
     SemanticChangeList,
 )
 from semantic.admin_duplicates import DuplicateReviewMixin
+from semantic.admin_labels import LabelSuggestionMixin
 from semantic.admin_status import EmbeddingFailureAdmin, status_url
+from semantic.admin_topics import TopicsMixin
 from semantic.embed import EmptyQuery, SearchUnavailable
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingBatchJob, EmbeddingFailure
@@ -61,9 +63,10 @@ NOTHING_TO_SEARCH = _("Nothing to search by meaning in “{query}”.")
 MEANING_RESULTS = 100
 
 
-class SemanticAdminMixin(DuplicateReviewMixin):
-    """Semantic actions, pages, list column and filter for a ModelAdmin (duplicate review
-    comes from :class:`semantic.admin_duplicates.DuplicateReviewMixin`)."""
+class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin):
+    """Semantic actions, pages, list column and filter for a ModelAdmin (duplicate review:
+    :mod:`semantic.admin_duplicates`; suggested labels: :mod:`semantic.admin_labels`; the
+    Topics page: :mod:`semantic.admin_topics`)."""
 
     #: Which EmbeddingField to use; None when the model has just one.
     semantic_field: str | None = None

@@ -60,6 +60,8 @@ LAYERS = [
     "semantic.admin_status",
     "semantic.admin_dismissed",
     "semantic.admin_duplicates",
+    "semantic.admin_labels",
+    "semantic.admin_topics",
     "semantic.admin",
     "semantic.checks",
     "semantic.management",

@@ -1,0 +1,235 @@
+"""Django admin: suggested labels, a column, a filter and an action over :mod:`semantic.classify`.
+
+Switched on by one option of a :class:`semantic.admin.SemanticAdminMixin` admin::
+
+    @admin.register(Ticket)
+    class TicketAdmin(SemanticAdminMixin, admin.ModelAdmin):
+        semantic_label_field = "category"
+
+The column and the filter show the nearest-neighbour vote of
+:func:`~semantic.classify.annotate_predictions`; the action writes
+:func:`~semantic.classify.predict_labels` through
+:func:`~semantic.classify.apply_predictions` (the same vote, or zero-shot from the
+field's choices while nothing is labelled yet), which never overwrites a label a
+person set. Only unlabelled rows get a suggestion.
+
+:class:`LabelSuggestionMixin` is a base of ``SemanticAdminMixin`` and uses its
+``get_embedding_field()``, ``render_semantic()`` and permission hooks.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.views.main import ChangeList
+from django.db import models
+from django.http import HttpRequest
+from django.template.response import TemplateResponse
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+
+from semantic.classify import DEFAULT_K, annotate_predictions, apply_predictions, predict_labels, unlabelled
+from semantic.labels import label_field_of, labelled
+
+#: Where a page's suggestion is kept on each row of the changelist: ``(label, confidence)``.
+SUGGESTION_ATTRIBUTE = "semantic_suggestion"
+FILTER_CHOICES = ("confident", "unsure", "none")
+
+
+class SuggestionFilter(admin.SimpleListFilter):
+    """Unlabelled rows by how sure their suggestion is, or that they have none.
+
+    Filtering computes the vote for every unlabelled row of the list (one index
+    probe each), not just for one page of them.
+    """
+
+    title = _("suggested label")
+    parameter_name = "semantic_suggestion"
+
+    def __init__(self, request: HttpRequest, params: dict[str, Any], model: Any, model_admin: Any) -> None:
+        self.model_admin = model_admin
+        super().__init__(request, params, model, model_admin)
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        threshold = model_admin.semantic_label_confidence
+        return [
+            ("confident", _("confident (%(t)s or more)") % {"t": threshold}),
+            ("unsure", _("unsure (below %(t)s)") % {"t": threshold}),
+            ("none", _("no suggestion")),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: models.QuerySet) -> models.QuerySet:
+        if self.value() not in FILTER_CHOICES:
+            return queryset
+        return self.model_admin.rows_by_suggestion(request, queryset, self.value())
+
+
+class SuggestionChangeList:
+    """Adds each unlabelled row's suggestion to the rows of the page: one query per page."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)  # type: ignore[misc]
+        rows = list(self.result_list)  # type: ignore[attr-defined]  # fills the queryset's cache: these objects are shown
+        found = self.model_admin.suggestions(request, [row.pk for row in rows])  # type: ignore[attr-defined]
+        for row in rows:
+            setattr(row, SUGGESTION_ATTRIBUTE, found.get(row.pk))
+
+
+@functools.cache
+def suggestion_changelist(base: type[ChangeList]) -> type[ChangeList]:
+    return type(f"Suggestion{base.__name__}", (SuggestionChangeList, base), {})
+
+
+class MinConfidenceForm(forms.Form):
+    min_confidence = forms.FloatField(label=_("Minimum confidence"), min_value=0.0, max_value=1.0)
+
+
+class LabelSuggestionMixin:
+    """The suggested-label column, filter and "Apply suggested labels" action."""
+
+    #: The field that holds labels (choices, CharField or ForeignKey); None leaves all of this off.
+    semantic_label_field: str | None = None
+    #: Neighbours that vote (see semantic.classify.DEFAULT_K).
+    semantic_label_k = DEFAULT_K
+    #: Where the filter splits "confident" from "unsure", and the action's starting minimum.
+    semantic_label_confidence = 0.8
+    apply_labels_template = "semantic/admin/apply_labels.html"
+
+    # -- what the features share --------------------------------------------------------------
+
+    def label_examples(self, request: HttpRequest) -> models.QuerySet | None:
+        """The labelled rows suggestions learn from: those this user may see.
+
+        None (every row of the model, the library's default) when ``get_queryset()``
+        hides nothing, so the vote's subquery stays the plain index search.
+        """
+        visible = self.get_queryset(request)  # type: ignore[attr-defined]
+        return visible if visible.query.where else None
+
+    def label_options(self, request: HttpRequest) -> dict[str, Any]:
+        return {
+            "field": self.get_embedding_field().name,  # type: ignore[attr-defined]
+            "k": self.semantic_label_k,
+            "examples": self.label_examples(request),
+        }
+
+    def suggestions(self, request: HttpRequest, pks: list[Any]) -> dict[Any, tuple[Any, float]]:
+        """``{pk: (label, confidence)}`` for the unlabelled rows among ``pks``, in one query."""
+        if not pks:
+            return {}
+        label = self.semantic_label_field
+        rows = unlabelled(self.model._default_manager.filter(pk__in=pks), label, field=self.get_embedding_field().name)  # type: ignore[attr-defined]
+        annotated = annotate_predictions(rows, label, **self.label_options(request))  # type: ignore[arg-type]
+        return {
+            pk: (value, confidence)
+            for pk, value, confidence in annotated.values_list("pk", "predicted_label", "confidence")
+            if confidence is not None
+        }
+
+    def rows_by_suggestion(self, request: HttpRequest, queryset: models.QuerySet, choice: str) -> models.QuerySet:
+        label = self.semantic_label_field
+        field = label_field_of(self.model, label)  # type: ignore[arg-type, attr-defined]
+        rows = annotate_predictions(queryset.exclude(labelled(field)), label, **self.label_options(request))  # type: ignore[arg-type]
+        threshold = self.semantic_label_confidence
+        if choice == "confident":
+            return rows.filter(confidence__gte=threshold)
+        if choice == "unsure":
+            return rows.filter(confidence__lt=threshold)
+        return rows.filter(confidence__isnull=True)
+
+    def label_display(self, value: Any) -> str:
+        """A label as the admin shows the field: a choice's name, or the value."""
+        field = label_field_of(self.model, self.semantic_label_field)  # type: ignore[arg-type, attr-defined]
+        # Only declared choices: a ForeignKey's would be a query of the related table for every row.
+        return str(dict(field.flatchoices).get(value, value)) if field.choices else str(value)
+
+    # -- changelist -----------------------------------------------------------------------------
+
+    @admin.display(description=_("suggested label"))
+    def suggested_label(self, obj: models.Model) -> str | None:
+        found = getattr(obj, SUGGESTION_ATTRIBUTE, None)
+        if found is None:
+            return None
+        value, confidence = found
+        return f"{self.label_display(value)} ({confidence:.2f})"
+
+    def get_list_display(self, request: HttpRequest) -> list[Any]:
+        shown = [*super().get_list_display(request)]  # type: ignore[misc]
+        return [*shown, "suggested_label"] if self.semantic_label_field else shown
+
+    def get_list_filter(self, request: HttpRequest) -> list[Any]:
+        filters = [*super().get_list_filter(request)]  # type: ignore[misc]
+        return [*filters, SuggestionFilter] if self.semantic_label_field else filters
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        base = super().get_changelist(request, **kwargs)  # type: ignore[misc]
+        return suggestion_changelist(base) if self.semantic_label_field else base
+
+    # -- the action -----------------------------------------------------------------------------
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions = super().get_actions(request)  # type: ignore[misc]
+        if self.semantic_label_field and self.has_semantic_change_permission(request):  # type: ignore[attr-defined]
+            func = type(self).apply_suggested_labels
+            actions["apply_suggested_labels"] = (func, "apply_suggested_labels", func.short_description)
+        return actions
+
+    @admin.action(description=_("Apply suggested labels"), permissions=["semantic_change"])
+    def apply_suggested_labels(self, request: HttpRequest, queryset: models.QuerySet) -> TemplateResponse | None:
+        """First a page that says how many rows a minimum confidence would label; then, confirmed, label them.
+
+        Like Django's delete confirmation, the page posts the same selection back to
+        the changelist with ``post=yes``. Predictions are made afresh when applying.
+        """
+        label = self.semantic_label_field
+        confirmed = request.POST.get("post") == "yes"
+        form = MinConfidenceForm(
+            request.POST if "min_confidence" in request.POST else None,
+            initial={"min_confidence": self.semantic_label_confidence},
+        )
+        if confirmed and form.is_valid():
+            minimum = form.cleaned_data["min_confidence"]
+            written = apply_predictions(
+                predict_labels(queryset, label, **self.label_options(request)),  # type: ignore[arg-type]
+                self.model,  # type: ignore[attr-defined]
+                label,  # type: ignore[arg-type]
+                min_confidence=minimum,
+                using=queryset.db,
+            )
+            self.message_user(  # type: ignore[attr-defined]
+                request,
+                ngettext(
+                    "Labelled %(count)d row with its suggested label (confidence %(minimum)s or more).",
+                    "Labelled %(count)d rows with their suggested labels (confidence %(minimum)s or more).",
+                    written,
+                )
+                % {"count": written, "minimum": minimum},
+                messages.SUCCESS,
+            )
+            return None
+        minimum = form.cleaned_data["min_confidence"] if form.is_bound and form.is_valid() else None
+        if minimum is None and not form.is_bound:
+            minimum = self.semantic_label_confidence
+        predictions = list(predict_labels(queryset, label, **self.label_options(request)))  # type: ignore[arg-type]
+        chosen = [p for p in predictions if minimum is not None and p.confidence >= minimum]
+        by_label: dict[Any, int] = {}
+        for prediction in chosen:
+            by_label[prediction.label] = by_label.get(prediction.label, 0) + 1
+        context = {
+            "form": form,
+            "selected_count": queryset.count(),
+            "unlabelled_count": queryset.exclude(labelled(label_field_of(self.model, label))).count(),  # type: ignore[arg-type, attr-defined]
+            "suggested_count": len(predictions),
+            "would_change": len(chosen),
+            "minimum": minimum,
+            "by_label": sorted(((self.label_display(v), n) for v, n in by_label.items()), key=lambda i: (-i[1], i[0])),
+            "select_across": request.POST.get("select_across") == "1",
+            "selected_pks": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+            "action_name": "apply_suggested_labels",
+            "back_url": request.get_full_path(),
+        }
+        return self.render_semantic(request, self.apply_labels_template, _("Apply suggested labels"), context)  # type: ignore[attr-defined]

@@ -1,0 +1,246 @@
+"""Django admin: the "Topics" page, groups of similar rows of the changelist (:mod:`semantic.clusters`).
+
+The changelist links to it with its own query string, so the page groups exactly
+the rows the list shows (filters, search, search by meaning, ``get_queryset()``).
+Each group links back to the changelist showing just its rows.
+
+How a link names a group: ``?semantic_topic=<number>.<k>.<digest>`` next to the
+list's own filter, where ``digest`` is a hash of the group's primary keys. A list of
+primary keys (``?pk__in=...``) outgrows what browsers and servers accept after a
+few thousand rows. Instead:
+
+1. The Topics page keeps each group's primary keys in Django's cache (``default``)
+   under the model and the token, for ``TOPIC_CACHE_SECONDS``. The changelist shows
+   exactly those rows (that the list's filter still admits): the group as the page
+   showed it, however the table changed since.
+2. When the cache has lost them (expired, evicted, another process's local-memory
+   cache, a link opened elsewhere), the changelist clusters its rows again with the
+   same ``k`` and seed, which gives the same groups while the rows and their vectors
+   are unchanged. When the hash differs, the list says the rows changed and shows
+   the group as it is now. This costs one k-means run per page of the list: on this
+   project's busy 2-core test machine, 16 s for 1,000 rows and 30 s for 5,000, so
+   a cache shared by the server's processes (Redis, Memcached, database) is worth
+   having when links are followed often.
+
+:class:`TopicsMixin` is a base of ``SemanticAdminMixin`` and uses its
+``get_embedding_field()``, ``render_semantic()`` and permission hooks.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import ChangeList
+from django.core.cache import cache
+from django.core.exceptions import PermissionDenied
+from django.db import models
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
+from django.template.response import TemplateResponse
+from django.urls import path
+from django.utils.translation import gettext_lazy as _
+
+from semantic.clusters import Cluster, choose_k, cluster
+
+#: The changelist's parameter that narrows it to one group.
+TOPIC_VAR = "semantic_topic"
+#: The Topics page's own parameter: how many groups (blank: chosen automatically).
+GROUPS_VAR = "semantic_groups"
+#: How long the Topics page's groups stay in the cache for its links.
+TOPIC_CACHE_SECONDS = 24 * 60 * 60
+#: Seed of every clustering here: the changelist must find the groups the page showed.
+SEED = 0
+TOPIC_CHANGED = _(
+    "The rows have changed since the Topics page grouped them: showing topic %(number)s as it is now. "
+    "Open Topics again for up-to-date groups."
+)
+TOPIC_SHOWN = _("Showing topic %(number)s of %(k)s: “%(label)s” (%(size)s rows).")
+
+
+def digest(pks: list[Any]) -> str:
+    """A short fingerprint of a group's rows, the same for the same primary keys in any order."""
+    return hashlib.blake2b(",".join(sorted(str(pk) for pk in pks)).encode(), digest_size=5).hexdigest()
+
+
+def topic_token(group: Cluster, k: int) -> str:
+    return f"{group.number}.{k}.{digest(group.pks)}"
+
+
+def topic_cache_key(model: type[models.Model], token: str) -> str:
+    return f"semantic:topic:{model._meta.label}:{token}"
+
+
+def parse_topic(raw: str) -> tuple[int, int, str]:
+    try:
+        number, k, fingerprint = raw.split(".")
+        return int(number), int(k), fingerprint
+    except ValueError:
+        raise IncorrectLookupParameters(f"{TOPIC_VAR}={raw!r} is not number.k.digest") from None
+
+
+class TopicChangeList:
+    """A ChangeList that narrows itself to one group when the query string names one."""
+
+    def get_filters_params(self, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        # Kept in filter_params, so paging and sorting links keep the group; not a field lookup.
+        found = super().get_filters_params(params)  # type: ignore[misc]
+        found.pop(TOPIC_VAR, None)
+        return found
+
+    def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> models.QuerySet:
+        rows = super().get_queryset(request, exclude_parameters)  # type: ignore[misc]
+        raw = request.GET.get(TOPIC_VAR)
+        if not raw:
+            return rows
+        if not hasattr(self, "topic_pks"):
+            # Clustered once per request, on the full filter (facet counts call again without one filter).
+            self.topic_pks = self.find_topic(request, rows, *parse_topic(raw))
+        # The group counts as a filter: "Clear all filters" shows and drops it too.
+        self.has_active_filters = True
+        cleared = without(QueryDict(self.clear_all_filters_qs.lstrip("?")), TOPIC_VAR)  # type: ignore[has-type]
+        self.clear_all_filters_qs = f"?{cleared.urlencode()}"
+        return rows.filter(pk__in=self.topic_pks)
+
+    def find_topic(self, request: HttpRequest, rows: models.QuerySet, number: int, k: int, fingerprint: str) -> list:
+        kept = cache.get(topic_cache_key(self.model, f"{number}.{k}.{fingerprint}"))  # type: ignore[attr-defined]
+        if kept is not None:
+            label, pks = kept
+            if request.method == "GET":
+                messages.info(request, TOPIC_SHOWN % {"number": number, "k": k, "label": label, "size": len(pks)})
+            return pks
+        model_admin = self.model_admin  # type: ignore[attr-defined]
+        try:
+            groups = cluster(rows, field=model_admin.get_embedding_field().name, k=k, seed=SEED)
+        except ValueError as exc:
+            raise IncorrectLookupParameters(exc) from None
+        group = next((g for g in groups if g.number == number), None)
+        pks = group.pks if group else []
+        if request.method == "GET":
+            if group is None or digest(pks) != fingerprint:
+                messages.warning(request, TOPIC_CHANGED % {"number": number})
+            else:
+                shown = {"number": number, "k": k, "label": group.label, "size": group.size}
+                messages.info(request, TOPIC_SHOWN % shown)
+        return pks
+
+
+@functools.cache
+def topic_changelist(base: type[ChangeList]) -> type[ChangeList]:
+    return type(f"Topic{base.__name__}", (TopicChangeList, base), {})
+
+
+def without(query: QueryDict, *names: str) -> QueryDict:
+    kept = query.copy()
+    for name in names:
+        kept.pop(name, None)
+    return kept
+
+
+class TopicsMixin:
+    """The Topics page and the changelist's ``semantic_topic`` parameter."""
+
+    #: The date field growth is counted on; None: ``date_hierarchy``, else the model's first date field.
+    semantic_topic_date_field: str | None = None
+    #: Growth compares the last two of these: "day", "week" or "month".
+    semantic_topic_period = "week"
+    topics_template = "semantic/admin/topics.html"
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return topic_changelist(super().get_changelist(request, **kwargs))  # type: ignore[misc]
+
+    def get_urls(self) -> list[Any]:
+        opts = self.model._meta  # type: ignore[attr-defined]
+        wrap = self.admin_site.admin_view  # type: ignore[attr-defined]
+        return [
+            path("topics/", wrap(self.topics_view), name=f"{opts.app_label}_{opts.model_name}_topics"),
+            *super().get_urls(),  # type: ignore[misc]
+        ]
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        # The raw query string: whatever the changelist strips from request.GET, Topics must see too.
+        query = without(QueryDict(request.META.get("QUERY_STRING", "")), TOPIC_VAR, "p", "e")
+        url = self.semantic_url("topics")  # type: ignore[attr-defined]
+        context = {"semantic_topics_url": f"{url}?{query.urlencode()}" if query else url, **(extra_context or {})}
+        return super().changelist_view(request, context)  # type: ignore[misc]
+
+    def topic_date_field(self) -> str | None:
+        if self.semantic_topic_date_field:
+            return self.semantic_topic_date_field
+        if self.date_hierarchy:  # type: ignore[attr-defined]
+            return self.date_hierarchy  # type: ignore[attr-defined]
+        dates = (f.name for f in self.model._meta.concrete_fields if isinstance(f, models.DateField))  # type: ignore[attr-defined]
+        return next(dates, None)
+
+    def topics_view(self, request: HttpRequest) -> HttpResponse:
+        """The groups of the rows the changelist shows for the same query string.
+
+        The rows come from the changelist's own view (its response is never rendered),
+        so every way the list narrows its rows applies here unchanged.
+        """
+        if not self.has_semantic_view_permission(request):  # type: ignore[attr-defined]
+            raise PermissionDenied
+        asked = request.GET.get(GROUPS_VAR, "").strip()
+        filters = without(request.GET, GROUPS_VAR, TOPIC_VAR, "p", "e")
+        request.GET = filters
+        listed = self.changelist_view(request)
+        if not isinstance(listed, TemplateResponse) or "cl" not in (listed.context_data or {}):
+            return HttpResponseRedirect(self.semantic_url("changelist") + "?e=1")  # type: ignore[attr-defined]
+        rows = listed.context_data["cl"].queryset
+        groups, k, error = self.topic_groups(rows, asked)
+        changelist = self.semantic_url("changelist")  # type: ignore[attr-defined]
+        for group in groups:
+            cache.set(topic_cache_key(self.model, topic_token(group, k)), (group.label, group.pks), TOPIC_CACHE_SECONDS)  # type: ignore[attr-defined, arg-type]
+            group.url = f"{changelist}?{urlencode_with(filters, TOPIC_VAR, topic_token(group, k))}"
+            group.growth_text = growth_text(group)
+        context = {
+            "groups": groups,
+            "k": k,
+            "asked": asked,
+            "error": error,
+            "filters": list(filters.lists()),
+            "list_url": f"{changelist}?{filters.urlencode()}" if filters else changelist,
+            "rows_count": sum(g.size for g in groups),
+            "with_growth": bool(groups) and self.topic_date_field() is not None,
+            "period": self.semantic_topic_period,
+            "groups_var": GROUPS_VAR,
+        }
+        return self.render_semantic(request, self.topics_template, _("Topics"), context)  # type: ignore[attr-defined]
+
+    def topic_groups(self, rows: models.QuerySet, asked: str) -> tuple[list[Cluster], int | None, str | None]:
+        """The groups, the number of groups, and what is wrong with the number asked for."""
+        embedding = self.get_embedding_field()  # type: ignore[attr-defined]
+        if asked:
+            try:
+                k = int(asked)
+            except ValueError:
+                return [], None, _("The number of groups must be a whole number; “%s” is not.") % asked
+        else:
+            k = choose_k(rows.filter(embedding.searchable()), embedding, seed=SEED)
+        try:
+            groups = cluster(
+                rows,
+                field=embedding.name,
+                k=k,
+                seed=SEED,
+                date_field=self.topic_date_field(),
+                period=self.semantic_topic_period,
+            )
+        except ValueError as exc:
+            return [], k, str(exc)
+        return groups, k, None
+
+
+def urlencode_with(query: QueryDict, name: str, value: str) -> str:
+    extended = query.copy()
+    extended[name] = value
+    return extended.urlencode()
+
+
+def growth_text(group: Cluster) -> str:
+    """ "+100% (5 → 10)": the change from the second-last period to the last, and the rows of each."""
+    if group.growth is None:
+        return "—"
+    return f"{group.growth:+.0%} ({group.trend[-2][1]} → {group.trend[-1][1]})"

@@ -1,0 +1,323 @@
+"""Suggested labels and Topics in the admin, on real Banking77 messages embedded by the local model."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.contrib import admin
+from django.contrib.messages import get_messages
+from django.core.cache import cache
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from semantic import embed_pending, suspend_embedding
+from semantic.admin_topics import TOPIC_VAR
+from semantic.classify import predict_labels
+from tests.test_admin import assert_stays_on_other_site, staff
+from tests.testapp.models import Note
+from tests.topicapp.banking77 import INTENTS, sentences
+from tests.topicapp.models import CATEGORIES, Ticket
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+LOCAL = "semantic.backends.local.LocalBackend"
+CHANGELIST = "admin:topicapp_ticket_changelist"
+TOPICS = "admin:topicapp_ticket_topics"
+LABELLED_PER_INTENT = 10
+NAMES = dict(CATEGORIES)
+MONDAY = datetime(2026, 11, 16, 9, tzinfo=UTC)
+
+
+@pytest.fixture
+def tickets(semantic_settings):
+    """Ten labelled and five unlabelled messages per intent; the true intent by primary key."""
+    semantic_settings(BACKEND=LOCAL)
+    cache.clear()
+    truth = {}
+    with suspend_embedding():
+        for intent, texts in sentences().items():
+            for number, text in enumerate(texts):
+                ticket = Ticket.objects.create(text=text, category=intent if number < LABELLED_PER_INTENT else "")
+                truth[ticket.pk] = intent
+    embed_pending(Ticket)
+    return truth
+
+
+@pytest.fixture
+def ticket_admin():
+    return admin.site._registry[Ticket]
+
+
+@pytest.fixture
+def editor(client):
+    client.force_login(staff("editor", "view_ticket", "change_ticket"))
+    return client
+
+
+def suggestions():
+    """What the library suggests for every unlabelled, embedded ticket."""
+    return {p.pk: p for p in predict_labels(Ticket.objects.all(), "category", k=5)}
+
+
+def cells(response, column):
+    """``{pk: text}`` of one changelist column."""
+    index = [h["text"] for h in response.context["result_headers"]].index(column)
+    rows = zip(response.context["cl"].result_list, response.context["results"])
+    return {obj.pk: re.sub(r"<[^>]+>", "", str(row[index])) for obj, row in rows}
+
+
+# -- the column and the filter ---------------------------------------------------------------
+
+
+def test_the_column_shows_each_unlabelled_rows_suggestion_and_confidence(editor, tickets):
+    expected = suggestions()
+    response = editor.get(reverse(CHANGELIST))
+    shown = cells(response, "suggested label")
+    assert len(shown) == len(tickets)
+    for pk, text in shown.items():
+        if pk in expected:
+            p = expected[pk]
+            assert text == f"{NAMES[p.label]} ({p.confidence:.2f})"
+        else:
+            assert text == "-"  # labelled by a person: nothing to suggest
+    assert sum(text != "-" for text in shown.values()) == len(expected) == 5 * len(INTENTS)
+
+
+def test_the_column_costs_one_query_per_page_whatever_its_length(editor, tickets, ticket_admin, monkeypatch):
+    """Ten rows a page or all 75: the same number of queries, and votes only for the page's rows."""
+    counts = {}
+    for per_page in (10, 100):
+        monkeypatch.setattr(ticket_admin, "list_per_page", per_page)
+        with CaptureQueriesContext(connection) as queries:
+            response = editor.get(reverse(CHANGELIST), {"o": "1"})  # by text: both pages mix labelled and not
+        votes = [q["sql"] for q in queries.captured_queries if "AS share" in q["sql"]]
+        assert len(votes) == 1
+        page = list(response.context["cl"].result_list)
+        assert len(page) == min(per_page, len(tickets))
+        asked = {int(pk) for pk in re.search(r"IN \(([\d, ]+)\)", votes[0]).group(1).split(",")}
+        assert asked == {row.pk for row in page}
+        counts[per_page] = len(queries.captured_queries)
+    assert counts[10] == counts[100]
+
+
+def test_the_filter_splits_unlabelled_rows_by_confidence(editor, tickets, ticket_admin, monkeypatch):
+    monkeypatch.setattr(ticket_admin, "semantic_label_confidence", 0.99)
+    with suspend_embedding():
+        waiting = Ticket.objects.create(text="Where is the card I ordered last week?")
+    expected = suggestions()
+    sure = {pk for pk, p in expected.items() if p.confidence >= 0.99}
+    assert 0 < len(sure) < len(expected)
+
+    def listed(choice):
+        response = editor.get(reverse(CHANGELIST), {"semantic_suggestion": choice})
+        return {row.pk for row in response.context["cl"].result_list}
+
+    assert listed("confident") == sure
+    assert listed("unsure") == set(expected) - sure
+    assert listed("none") == {waiting.pk}
+    page = editor.get(reverse(CHANGELIST)).content.decode()
+    assert "confident (0.99 or more)" in page and "no suggestion" in page
+
+
+# -- the action ------------------------------------------------------------------------------
+
+
+def act(client, data, query=""):
+    return client.post(reverse(CHANGELIST) + query, {"action": "apply_suggested_labels", "index": 0, **data})
+
+
+def test_apply_asks_for_a_minimum_confidence_then_labels_and_keeps_human_labels(editor, tickets):
+    # A person's label the neighbours disagree with, on a selected row: it must stay.
+    human = next(pk for pk, intent in tickets.items() if intent == "card_arrival")
+    Ticket.objects.filter(pk=human).update(category="terminate_account")
+    expected = suggestions()
+    sure = {pk for pk, p in expected.items() if p.confidence >= 0.99}
+    selected = [*expected, human]
+
+    page = act(editor, {"_selected_action": selected})
+    assert page.status_code == 200
+    assert page.context["would_change"] == sum(p.confidence >= 0.8 for p in expected.values())
+    assert "At confidence 0.8 or more" in page.content.decode()
+    assert Ticket.objects.filter(category="").count() == len(expected)  # nothing written yet
+
+    recount = act(editor, {"_selected_action": selected, "min_confidence": "0.99", "preview": "1"})
+    assert recount.context["would_change"] == len(sure)
+    assert f"{len(sure)} rows would be labelled" in recount.content.decode()
+    assert Ticket.objects.filter(category="").count() == len(expected)
+
+    # Someone labels one of the sure rows before the confirmation arrives.
+    meanwhile = next(iter(sure))
+    Ticket.objects.filter(pk=meanwhile).update(category="exchange_rate")
+    done = act(editor, {"_selected_action": selected, "min_confidence": "0.99", "post": "yes"})
+    assert done.status_code == 302
+    assert [str(m) for m in get_messages(done.wsgi_request)] == [
+        f"Labelled {len(sure) - 1} rows with their suggested labels (confidence 0.99 or more)."
+    ]
+    for pk in sure - {meanwhile}:
+        assert Ticket.objects.get(pk=pk).category == expected[pk].label
+    assert Ticket.objects.get(pk=meanwhile).category == "exchange_rate"
+    assert Ticket.objects.get(pk=human).category == "terminate_account"
+    assert set(Ticket.objects.filter(category="").values_list("pk", flat=True)) == set(expected) - sure
+
+
+def test_apply_to_all_rows_of_a_filtered_list(editor, tickets, ticket_admin, monkeypatch):
+    """ "Select all" of the confident rows: the confirmation keeps the list's filter, labels all of them."""
+    monkeypatch.setattr(ticket_admin, "semantic_label_confidence", 0.99)
+    expected = suggestions()
+    sure = {pk for pk, p in expected.items() if p.confidence >= 0.99}
+    query = "?semantic_suggestion=confident"
+    first = next(iter(sure))
+    page = act(editor, {"_selected_action": [first], "select_across": "1"}, query)
+    assert page.context["selected_count"] == len(sure)
+    assert 'name="select_across" value="1"' in page.content.decode()
+    confirmation = {"_selected_action": [first], "select_across": "1", "min_confidence": "0", "post": "yes"}
+    done = act(editor, confirmation, query)
+    assert done.status_code == 302
+    assert {pk for pk in expected if Ticket.objects.get(pk=pk).category} == sure
+
+
+def test_a_bad_minimum_is_refused_and_nothing_changes(editor, tickets):
+    expected = suggestions()
+    page = act(editor, {"_selected_action": list(expected), "min_confidence": "1.5", "post": "yes"})
+    assert page.status_code == 200
+    assert "Ensure this value is less than or equal to 1.0." in page.content.decode()
+    assert Ticket.objects.filter(category="").count() == len(expected)
+
+
+def test_viewers_get_suggestions_but_not_the_action(client, tickets):
+    client.force_login(staff("viewer", "view_ticket"))
+    response = client.get(reverse(CHANGELIST))
+    assert "suggested label" in [h["text"] for h in response.context["result_headers"]]
+    assert "apply_suggested_labels" not in response.content.decode()
+    refused = act(client, {"_selected_action": list(suggestions()), "min_confidence": "0", "post": "yes"})
+    assert refused.status_code == 302
+    assert Ticket.objects.filter(category="").count() == 5 * len(INTENTS)
+
+
+# -- Topics ----------------------------------------------------------------------------------
+
+
+def topic_pks(client, group):
+    response = client.get(group.url)
+    assert response.status_code == 200
+    return {row.pk for row in response.context["cl"].result_list}, response
+
+
+def test_the_changelist_links_to_topics_of_its_own_filter(editor, tickets):
+    page = editor.get(reverse(CHANGELIST), {"q": "card", "o": "1", "p": "1"}).content.decode()
+    assert f'href="{reverse(TOPICS)}?q=card&amp;o=1"' in page
+
+
+def test_topics_groups_the_filtered_list_and_each_group_links_to_exactly_its_rows(editor, tickets):
+    chosen = ["exchange_rate", "lost_or_stolen_phone", "terminate_account"]
+    query = {"category__in": ",".join(chosen)}
+    response = editor.get(reverse(TOPICS), query)  # the number of groups is chosen
+    assert response.status_code == 200
+    groups = response.context["groups"]
+    assert len(groups) == 3
+    in_filter = set(Ticket.objects.filter(category__in=chosen).values_list("pk", flat=True))
+    assert sum(g.size for g in groups) == len(in_filter)
+    page = response.content.decode()
+    for group in groups:
+        assert {tickets[pk] for pk in group.pks} == {tickets[group.pks[0]]}  # one intent each
+        assert f'href="{group.url.replace("&", "&amp;")}"' in page
+        assert group.label in page
+        for row in group.typical:
+            assert reverse("admin:topicapp_ticket_change", args=[row.pk]) in page
+        assert "category__in=" in group.url and f"{TOPIC_VAR}=" in group.url
+        shown, listed = topic_pks(editor, group)
+        assert shown == set(group.pks)
+        assert any(f"Showing topic {group.number} of 3" in str(m) for m in listed.context["messages"])
+        # "Clear all filters" drops the group; sorting keeps it.
+        assert listed.context["cl"].has_active_filters
+        assert TOPIC_VAR not in listed.context["cl"].clear_all_filters_qs
+        assert TOPIC_VAR in listed.context["cl"].get_query_string({"o": "-1"})
+        resorted = editor.get(group.url + "&o=-1")
+        assert {row.pk for row in resorted.context["cl"].result_list} == set(group.pks)
+
+
+def test_the_number_of_groups_can_be_chosen(editor, tickets):
+    response = editor.get(reverse(TOPICS), {"semantic_groups": "5"})
+    groups = response.context["groups"]
+    assert len(groups) == 5
+    assert sorted(pk for g in groups for pk in g.pks) == sorted(tickets)
+    seen = set()
+    for group in groups:
+        shown, _ = topic_pks(editor, group)
+        assert shown == set(group.pks)
+        seen |= shown
+    assert seen == set(tickets)
+    # Without the Topics page's cache, the list clusters again and finds the same group.
+    cache.clear()
+    shown, again = topic_pks(editor, groups[1])
+    assert shown == set(groups[1].pks)
+    assert any(f"Showing topic 2 of 5: “{groups[1].label}”" in str(m) for m in again.context["messages"])
+    bad = editor.get(reverse(TOPICS), {"semantic_groups": "many"})
+    assert "must be a whole number" in bad.content.decode()
+    too_many = editor.get(reverse(TOPICS), {"semantic_groups": "500"})
+    assert "k must be an integer from 1 to the number of rows (75)" in too_many.content.decode()
+
+
+def test_topics_show_growth_by_the_date_field(editor, tickets):
+    """Exchange-rate questions double from one week to the next."""
+    rates = sorted(pk for pk, intent in tickets.items() if intent == "exchange_rate")
+    Ticket.objects.update(created=MONDAY + timedelta(days=7))
+    Ticket.objects.filter(pk__in=rates[:5]).update(created=MONDAY)
+    Ticket.objects.filter(pk__in=rates[5:]).update(created=MONDAY + timedelta(days=7))
+    response = editor.get(reverse(TOPICS), {"semantic_groups": "5"})
+    by_intent = {tickets[g.pks[0]]: g for g in response.context["groups"]}
+    assert by_intent["exchange_rate"].growth_text == "+100% (5 → 10)"
+    assert by_intent["card_arrival"].growth_text == "—"  # nothing the week before
+    page = response.content.decode()
+    assert "Growth (last week)" in page and "+100% (5 → 10)" in page
+
+
+def test_a_group_link_shows_the_rows_grouped_and_says_when_they_changed(editor, tickets):
+    group = editor.get(reverse(TOPICS), {"semantic_groups": "5"}).context["groups"][0]
+    twin = Ticket.objects.create(text=Ticket.objects.get(pk=group.pks[0]).text)
+    embed_pending(Ticket)
+    # The rows the Topics page showed, kept in the cache: the new twin is not among them.
+    kept = editor.get(group.url)
+    assert {row.pk for row in kept.context["cl"].result_list} == set(group.pks)
+    # Clustered again, the twin joins its original's group, and the list says the rows changed.
+    cache.clear()
+    again = editor.get(group.url)
+    said = [str(m) for m in again.context["messages"]]
+    assert any("The rows have changed since the Topics page grouped them" in m for m in said)
+    assert twin.pk in {row.pk for row in again.context["cl"].result_list}
+    malformed = editor.get(reverse(CHANGELIST), {TOPIC_VAR: "first"})
+    assert malformed.status_code == 302 and malformed["Location"].endswith("?e=1")
+
+
+def test_topics_needs_the_view_permission(client, tickets, ticket_admin, monkeypatch):
+    client.force_login(staff("nobody"))
+    assert client.get(reverse(TOPICS)).status_code == 403
+    # A project that narrows the semantic pages with the documented hook keeps its list.
+    client.force_login(staff("viewer", "view_ticket"))
+    monkeypatch.setattr(ticket_admin, "has_semantic_view_permission", lambda request: False)
+    assert client.get(reverse(CHANGELIST)).status_code == 200
+    assert client.get(reverse(TOPICS)).status_code == 403
+
+
+def test_topics_on_a_custom_admin_site(client, fake_gemini):
+    Note.objects.bulk_create(
+        [Note(text="reset my account password"), Note(text="reset the password of my account"), Note(text="dark mode")]
+    )
+    embed_pending()
+    client.force_login(staff("other", "view_note"))
+    changelist = client.get(reverse("myadmin:testapp_note_changelist"))
+    topics = reverse("myadmin:testapp_note_topics")
+    assert f'href="{topics}"' in changelist.content.decode()
+    page = client.get(topics, {"semantic_groups": "2"})
+    assert_stays_on_other_site(page)
+    groups = page.context["groups"]
+    assert [g.size for g in groups] == [2, 1]
+    listed = client.get(groups[0].url)
+    assert_stays_on_other_site(listed)
+    assert {n.text for n in listed.context["cl"].result_list} == {
+        "reset my account password",
+        "reset the password of my account",
+    }
