@@ -7,6 +7,7 @@ from project.questions.forms import QuestionForm
 from project.questions.language import looks_english
 from project.questions.models import Question
 from project.questions.relevance import describe, thresholds
+from project.questions.search import search
 from semantic import EmptyQuery, SearchUnavailable
 from semantic.backends import get_backend
 
@@ -20,7 +21,7 @@ ENGLISH_ONLY = (
 
 
 def question_list(request):
-    """All questions, or the ones nearest in meaning to ``?q=`` and at least the minimum similarity.
+    """All questions, or those that match ``?q=`` by keywords and meaning (search.py).
 
     A query with nothing to embed (``?q=%01``) is no query; when the embedding API
     cannot answer, the page says so and lists everything rather than failing. A query
@@ -32,7 +33,7 @@ def question_list(request):
     limits = thresholds()
     try:
         if query:
-            questions = Question.objects.similar_to(query, min_similarity=limits.min_similarity)
+            questions = search(query, limits.min_similarity)
     except EmptyQuery:
         query = ""
     except SearchUnavailable:
