@@ -3,6 +3,7 @@ from django.core.paginator import Paginator
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 
+from project.questions.categories import suggest, suggest_for
 from project.questions.forms import QuestionForm
 from project.questions.language import looks_english
 from project.questions.models import Question
@@ -64,7 +65,12 @@ def question_detail(request, pk):
             pass
         else:
             describe(similar, thresholds())
-    context = {"question": question, "similar": similar, "nothing_to_embed": not has_text(question)}
+    context = {
+        "question": question,
+        "similar": similar,
+        "nothing_to_embed": not has_text(question),
+        "suggestion": suggest_for(question),
+    }
     return render(request, "questions/detail.html", context)
 
 
@@ -79,24 +85,31 @@ def has_text(question: Question) -> bool:
 
 
 def ask(request):
-    """Ask a question; if it looks like one already asked, say so before saving it.
+    """Ask a question in two steps: the text, then its category; say so first if it was asked before.
 
-    "Did you mean…?" is a courtesy: when the text cannot be embedded now, the
-    question is saved without it.
+    The first post suggests a category from the labelled questions (categories.py)
+    and shows it selected, with its confidence; the user accepts or changes it and
+    posts again. "Did you mean…?" is a courtesy: when the text cannot be embedded
+    now, there is no suggestion either and the question is still posted.
     """
     form = QuestionForm(request.POST or None)
     duplicates = []
+    suggestion = None
     if request.method == "POST" and form.is_valid():
-        text = f"{form.cleaned_data['title']}\n\n{form.cleaned_data['body']}"
+        title, body = form.cleaned_data["title"], form.cleaned_data["body"]
         if "confirm" not in request.POST:
             limits = thresholds()
             try:
-                duplicates = list(Question.objects.duplicates_of(text, limits.did_you_mean)[:5])
+                duplicates = list(Question.objects.duplicates_of(f"{title}\n\n{body}", limits.did_you_mean)[:5])
             except (EmptyQuery, SearchUnavailable):
                 duplicates = []
             describe(duplicates, limits)
-        if not duplicates:
+        if form.chose_category() and not duplicates:
             question = form.save()
             messages.success(request, POSTED)
             return redirect(question)
-    return render(request, "questions/ask.html", {"form": form, "duplicates": duplicates})
+        if not form.chose_category():
+            suggestion = suggest(title, body)
+            form = form.with_category(suggestion.category if suggestion else "")
+    context = {"form": form, "duplicates": duplicates, "suggestion": suggestion, "choosing": form.chose_category()}
+    return render(request, "questions/ask.html", context)
