@@ -19,6 +19,9 @@ zero-shot
     with it) and each row takes the nearest. Used automatically when there are no
     labelled rows.
 
+:func:`suggest_label` gives the same k-NN vote (or zero-shot) for a text that is
+not a row yet: a form suggesting a category before it is saved.
+
 A row is labelled when its label is neither NULL nor the empty string. The label
 may be a field with choices, a free ``CharField`` or a ``ForeignKey`` (predictions
 are then primary keys of the related model).
@@ -244,8 +247,7 @@ def suggest_label(
     (zero-shot). The text is embedded as a stored row's would be (the field's own
     task type), through the query cache and the rate limit, so it raises
     :class:`semantic.EmptyQuery` and :class:`semantic.SearchUnavailable` as
-    ``similar_to()`` does. The prediction's ``pk`` is None; its label None when no
-    labelled row has a vector.
+    ``similar_to()`` does. The prediction's ``pk`` is None.
     """
     check_k(k)
     model = examples.model
