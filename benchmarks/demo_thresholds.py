@@ -43,7 +43,7 @@ CHECKS = [("I was charged two times", 61)]
 
 
 def load() -> list[tuple[str, str]]:
-    return [tuple(line.split("\t", 1)) for line in DATA.read_text().splitlines() if line.strip()]
+    return [tuple(line.split("\t")[:2]) for line in DATA.read_text().splitlines() if line.strip()]
 
 
 def best_threshold(similarities: np.ndarray, truth: np.ndarray) -> tuple[float, float, float, float]:

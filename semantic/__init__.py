@@ -1,6 +1,6 @@
 """django-semantic: embeddings of your models' text in PostgreSQL, kept up to date by django-q2."""
 
-from semantic.classify import annotate_predictions, apply_predictions, predict_labels
+from semantic.classify import annotate_predictions, apply_predictions, predict_labels, suggest_label
 from semantic.clusters import cluster
 from semantic.embed import EmptyQuery, SearchUnavailable, embed
 from semantic.fields import EmbeddingField
@@ -22,6 +22,7 @@ __all__ = [
     "embed",
     "embed_pending",
     "predict_labels",
+    "suggest_label",
     "suspend_embedding",
     "KeywordIndex",
     "HybridQuerySet",

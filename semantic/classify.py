@@ -19,6 +19,9 @@ zero-shot
     with it) and each row takes the nearest. Used automatically when there are no
     labelled rows.
 
+:func:`suggest_label` gives the same k-NN vote (or zero-shot) for a text that is
+not a row yet: a form suggesting a category before it is saved.
+
 A row is labelled when its label is neither NULL nor the empty string. The label
 may be a field with choices, a free ``CharField`` or a ``ForeignKey`` (predictions
 are then primary keys of the related model).
@@ -26,12 +29,14 @@ are then primary keys of the related model).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 from django.db import connections, models, transaction
-from django.db.models import F, FloatField, OuterRef, Subquery
+from django.db.models import F, FloatField, OuterRef, Subquery, Value
 from django.db.models.fields.json import JSONField
 from pgvector.django import CosineDistance
 
@@ -39,6 +44,7 @@ from semantic.embed import embed
 from semantic.fields import EmbeddingField
 from semantic.labels import NO_EXAMPLES, Prediction, label_field_of, labelled
 from semantic.linear import predict_linear
+from semantic.query import vector_literal
 from semantic.streaming import BATCH_SIZE, normalised, pk_batches, vector_batches
 from semantic.switch import serving_field
 
@@ -81,15 +87,16 @@ class LabelVote(Subquery):
 
 
 def neighbours(
-    examples: models.QuerySet, embedding: EmbeddingField, label_field: models.Field, k: int
+    examples: models.QuerySet, embedding: EmbeddingField, label_field: models.Field, k: int, target: Any = None
 ) -> models.QuerySet:
-    """The ``k`` labelled rows nearest the outer row, for :class:`LabelVote`."""
+    """The ``k`` labelled rows nearest the outer row (or ``target``, a vector expression), for :class:`LabelVote`."""
+    target = target if target is not None else OuterRef(embedding.attname)
     return (
         examples.filter(embedding.searchable() & labelled(label_field))
         .annotate(
             _label=F(label_field.attname),
             # The sized expression, as the HNSW index (EmbeddingIndex) holds it, so the index serves the vote.
-            _distance=CosineDistance(embedding.indexed_vector(), OuterRef(embedding.attname)),
+            _distance=CosineDistance(embedding.indexed_vector(), target),
         )
         .order_by("_distance")
         .values("_label", "_distance")[:k]
@@ -179,14 +186,7 @@ def knn(
     connection = connections[rows.db]
     for batch in pk_batches(rows, batch_size):
         query = batch.annotate(_vote=vote).values_list("pk", "_vote")
-        with transaction.atomic(using=rows.db), connection.cursor() as cursor:
-            # Unlabelled rows among the nearest are filtered out after the index
-            # scan; the iterative scan walks on until k labelled rows are found.
-            cursor.execute(
-                "SELECT set_config('hnsw.ef_search', %s, true), "
-                "set_config('hnsw.iterative_scan', 'strict_order', true)",
-                [str(max(ef_search, k))],
-            )
+        with voting_scan(connection, k=k, ef_search=ef_search):
             results = list(query)
         for pk, vote_value in results:
             if vote_value is not None:
@@ -197,10 +197,19 @@ def zero_shot(
     rows: models.QuerySet, embedding: EmbeddingField, label_field: models.Field, *, batch_size: int
 ) -> Iterator[Prediction]:
     """The nearest of the label field's choices, by their display names."""
+    values, described = described_choices(embedding, label_field)
+    for pks, vectors, _ in vector_batches(rows, embedding, batch_size):
+        shares = choice_shares(normalised(vectors), described)
+        best = shares.argmax(axis=1)
+        for pk, index, row in zip(pks, best, shares):
+            yield Prediction(pk, values[index], float(row[index]))
+
+
+def described_choices(embedding: EmbeddingField, label_field: models.Field) -> tuple[list[Any], np.ndarray]:
+    """The label field's choice values, and their display names' unit vectors."""
     choices = [(value, str(name)) for value, name in label_field.get_choices(include_blank=False)]
     if not choices:
         raise ValueError(NO_EXAMPLES.format(label=label_field.model._meta.label, field=label_field.name))
-    values = [value for value, _ in choices]
     described = np.array(
         embed(
             [name for _, name in choices],
@@ -211,15 +220,72 @@ def zero_shot(
         dtype=np.float32,
     )
     described /= np.linalg.norm(described, axis=1, keepdims=True)
-    for pks, vectors, _ in vector_batches(rows, embedding, batch_size):
-        similarities = normalised(vectors) @ described.T
-        scaled = similarities / ZERO_SHOT_TEMPERATURE
-        scaled -= scaled.max(axis=1, keepdims=True)
-        shares = np.exp(scaled)
-        shares /= shares.sum(axis=1, keepdims=True)
-        best = shares.argmax(axis=1)
-        for pk, index, row in zip(pks, best, shares):
-            yield Prediction(pk, values[index], float(row[index]))
+    return [value for value, _ in choices], described
+
+
+def choice_shares(unit_vectors: np.ndarray, described: np.ndarray) -> np.ndarray:
+    """Each row's softmax over its similarities to the choices (see ``ZERO_SHOT_TEMPERATURE``)."""
+    scaled = unit_vectors @ described.T / ZERO_SHOT_TEMPERATURE
+    scaled -= scaled.max(axis=1, keepdims=True)
+    shares = np.exp(scaled)
+    return shares / shares.sum(axis=1, keepdims=True)
+
+
+def suggest_label(
+    examples: models.QuerySet,
+    text: str,
+    label: str = "category",
+    *,
+    field: str | None = None,
+    k: int = DEFAULT_K,
+    ef_search: int = DEFAULT_EF_SEARCH,
+) -> Prediction:
+    """The label for a text that is not a row yet, such as a form's before it is saved.
+
+    The ``k`` labelled rows of ``examples`` nearest to ``text`` vote as they do for
+    :func:`predict_labels` (the same SQL); with no labelled row, the nearest choice
+    (zero-shot). The text is embedded as a stored row's would be (the field's own
+    task type), through the query cache and the rate limit, so it raises
+    :class:`semantic.EmptyQuery` and :class:`semantic.SearchUnavailable` as
+    ``similar_to()`` does. The prediction's ``pk`` is None.
+    """
+    check_k(k)
+    model = examples.model
+    embedding = serving_field(model, field)
+    label_field = label_field_of(model, label)
+    (vector,) = embed(
+        [text], task_type=embedding.task_type, dimensions=embedding.dimensions, model=embedding.embedding_model
+    )
+    if not examples.filter(embedding.searchable() & labelled(label_field)).exists():
+        values, described = described_choices(embedding, label_field)
+        (shares,) = choice_shares(normalised(np.array([vector], dtype=np.float32)), described)
+        return Prediction(None, values[int(shares.argmax())], float(shares.max()))
+    near = neighbours(examples, embedding, label_field, k, target=Value(vector_literal(vector)))
+    vote = LabelVote(near, output="both", output_field=JSONField())
+    inner, params = near.query.get_compiler(examples.db).as_sql()
+    connection = connections[examples.db]
+    with voting_scan(connection, k=k, ef_search=ef_search), connection.cursor() as cursor:
+        cursor.execute("SELECT " + vote.template % {"subquery": inner}, params)
+        (result,) = cursor.fetchone()
+    if result is None:
+        return Prediction(None, None, 0.0)
+    winner, share = json.loads(result)  # Django leaves jsonb as text for its JSONField to decode
+    return Prediction(None, label_field.to_python(winner), float(share))
+
+
+@contextmanager
+def voting_scan(connection: Any, *, k: int, ef_search: int) -> Iterator[None]:
+    """A transaction in which the HNSW scan finds ``k`` labelled neighbours.
+
+    Unlabelled rows among the nearest are filtered out after the index scan; the
+    iterative scan walks on until ``k`` labelled rows are found.
+    """
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'strict_order', true)",
+            [str(max(ef_search, k))],
+        )
+        yield
 
 
 def apply_predictions(

@@ -151,7 +151,7 @@ def test_demo_site_search_by_meaning(page):
     page.goto(f"{page.base_url}/ask/")
     page.fill("#id_title", "How do I reset my password?")
     page.fill("#id_body", "I forgot the password for my account.")
-    page.click("button:has-text('Post')")
+    page.click("button:has-text('Next')")
     page.wait_for_selector(".notice")
     assert "Did you mean" in page.locator(".notice").inner_text()
     page.screenshot(path=SCREENSHOTS / "demo-did-you-mean.png", full_page=True)

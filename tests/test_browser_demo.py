@@ -1,6 +1,6 @@
 """The demo site in a real browser (Debian's Chromium, headless, driven by Playwright):
-search by meaning with readable scores, "No good match", "Did you mean…?", and a new
-question that becomes searchable while its page is open.
+search with readable scores, "No good match", "Did you mean…?", a suggested category,
+and a new question that becomes searchable while its page is open.
 
 Vectors come from the fake Gemini server (tests/conftest.py), a hashed bag of words:
 the local model would take tens of seconds to load per run. Its thresholds are set here
@@ -20,11 +20,11 @@ pytestmark = [
 ]
 
 QUESTIONS = [
-    ("How do I reset my password?", "I forgot the password for my account."),
-    ("How do I export my invoices as CSV?", "Our accountant needs a spreadsheet."),
-    ("Why am I being charged twice this month?", "My statement shows two identical payments."),
-    ("The mobile app crashes on start", "Since the update it closes at once."),
-    ("Dark mode for the dashboard", "The white background is hard on the eyes."),
+    ("How do I reset my password?", "I forgot the password for my account.", "account"),
+    ("How do I export my invoices as CSV?", "Our accountant needs a spreadsheet.", "billing"),
+    ("Why am I being charged twice this month?", "My statement shows two identical payments.", "billing"),
+    ("The mobile app crashes on start", "Since the update it closes at once.", "troubleshooting"),
+    ("Dark mode for the dashboard", "The white background is hard on the eyes.", "settings"),
 ]
 WORDS = {"very close", "close", "related"}
 
@@ -36,7 +36,7 @@ def page(live_server, fake_gemini, settings, monkeypatch):
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     cache.clear()
     settings.DEMO_THRESHOLDS = {"gemini": {"min_similarity": 0.2, "did_you_mean": 0.6}}
-    Question.objects.bulk_create(Question(title=t, body=b) for t, b in QUESTIONS)
+    Question.objects.bulk_create(Question(title=t, body=b, category=c) for t, b, c in QUESTIONS)
     embed_pending()
     with browser_page(live_server.url, width=390, height=844) as page:
         yield page
@@ -46,7 +46,7 @@ def search(page, query):
     page.goto(f"{page.base_url}/")
     page.fill("input[type=search]", query)
     page.click("header button")
-    page.wait_for_selector("h1:has-text('Nearest to')")
+    page.wait_for_selector("h1:has-text('Best matches for')")
 
 
 def test_search_shows_the_right_question_first_with_a_word(page):
@@ -78,7 +78,7 @@ def test_a_duplicate_is_stopped_and_a_new_question_becomes_searchable(page, sema
     page.goto(f"{page.base_url}/ask/")
     page.fill("#id_title", "Why am I charged twice this month?")
     page.fill("#id_body", "My statement shows two payments.")
-    page.click("button:has-text('Post')")
+    page.click("button:has-text('Next')")
     notice = page.locator(".notice")
     notice.wait_for()
     assert "Did you mean" in notice.inner_text()
@@ -89,10 +89,16 @@ def test_a_duplicate_is_stopped_and_a_new_question_becomes_searchable(page, sema
     page.goto(f"{page.base_url}/ask/")
     page.fill("#id_title", "Can I print my invoices?")
     page.fill("#id_body", "I need paper invoices for my accountant.")
+    page.click("button:has-text('Next')")
+    # The fake's bag of words: the labelled questions sharing "invoices" and "accountant" vote billing.
+    assert "Billing and payments" in page.locator(".suggestion").inner_text()
+    assert page.locator("#id_category").input_value() == "billing"
+    page.select_option("#id_category", "data")
     page.click("button:has-text('Post')")
     page.wait_for_selector(".pending")
     url = page.url
-    assert Question.objects.get(title="Can I print my invoices?").embedding is None
+    saved = Question.objects.get(title="Can I print my invoices?")
+    assert (saved.category, saved.embedding) == ("data", None)
 
     embed_pending()  # the worker's part
     page.wait_for_selector("ol.results li")  # the page refreshed itself

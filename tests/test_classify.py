@@ -9,7 +9,7 @@ import pytest
 from django.db import connection
 
 from semantic import embed_pending, suspend_embedding
-from semantic.classify import annotate_predictions, apply_predictions, predict_labels
+from semantic.classify import annotate_predictions, apply_predictions, predict_labels, suggest_label
 from semantic.linear import train_classifier
 from semantic.models import Classifier
 from tests.commands import call, running_qcluster
@@ -104,6 +104,24 @@ def test_zero_shot_before_anyone_labels(tickets):
     assert len(predictions) == len(truth)
     correct = sum(by_text[truth[p.pk]] == p.label for p in predictions)
     assert correct / len(predictions) >= 0.6
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_text_not_saved_gets_the_vote_its_row_would_get(tickets):
+    """suggest_label() (a form's text, before saving) agrees with predict_labels() on the saved row."""
+    bulk = {p.pk: p for p in predict_labels(Ticket.objects.all(), k=5)}
+    sample = Ticket.objects.filter(pk__in=sorted(bulk)[:40]).order_by("pk")
+    for pk, text in sample.values_list("pk", "text"):
+        suggestion = suggest_label(Ticket.objects.all(), text, k=5)
+        assert suggestion.pk is None
+        assert (suggestion.label, suggestion.confidence) == (bulk[pk].label, pytest.approx(bulk[pk].confidence))
+
+    Ticket.objects.update(category="")
+    zero_shot = {p.pk: p for p in predict_labels(Ticket.objects.filter(pk__in=sorted(bulk)[:10]))}
+    for pk, text in sample.values_list("pk", "text")[:10]:
+        suggestion = suggest_label(Ticket.objects.all(), text)
+        expected = zero_shot[pk]
+        assert (suggestion.label, suggestion.confidence) == (expected.label, pytest.approx(expected.confidence))
 
 
 @pytest.mark.django_db(transaction=True)

@@ -6,5 +6,7 @@ from semantic.admin import SemanticAdminMixin
 
 @admin.register(Question)
 class QuestionAdmin(SemanticAdminMixin, admin.ModelAdmin):
-    list_display = ["title", "created"]
-    search_fields = ["title", "body"]
+    list_display = ["title", "category", "created"]
+    list_filter = ["category"]
+    search_fields = ["title", "body", "answer"]
+    fields = ["title", "body", "category", "answer"]

@@ -1,15 +1,36 @@
 from django.db import models
 from django.urls import reverse
 
-from semantic import EmbeddingField, SemanticManager
+from semantic import EmbeddingField, KeywordIndex, SemanticManager
 from semantic.indexes import EmbeddingIndex
 
 
+class Category(models.TextChoices):
+    """The board's sections. The display names double as zero-shot descriptions
+    (semantic.classify) when no question is labelled yet, so they say what is inside."""
+
+    ACCOUNT = "account", "Account and sign-in"
+    BILLING = "billing", "Billing and payments"
+    TEAMS = "teams", "Teams and workspaces"
+    INTEGRATIONS = "integrations", "Integrations and API"
+    TROUBLESHOOTING = "troubleshooting", "Errors, crashes and slowness"
+    SETTINGS = "settings", "Settings and features"
+    DATA = "data", "Data, export and security"
+
+
 class Question(models.Model):
-    """A question on a small Q&A board, where asking the same thing twice is common."""
+    """A question on a small Q&A board, where asking the same thing twice is common.
+
+    The embedding holds the question alone (title and body): "did you mean…?" and the
+    thresholds in relevance.py compare questions with questions. The answer, several
+    paragraphs long, is searched by its words (the KeywordIndex) so that a term only
+    the answer uses still finds the question.
+    """
 
     title = models.CharField(max_length=200)
     body = models.TextField(blank=True)
+    answer = models.TextField(blank=True)
+    category = models.CharField(max_length=20, choices=Category.choices, blank=True)
     created = models.DateTimeField(auto_now_add=True)
 
     embedding = EmbeddingField(source=("title", "body"), dimensions=384)
@@ -18,7 +39,10 @@ class Question(models.Model):
 
     class Meta:
         ordering = ["-created"]
-        indexes = [EmbeddingIndex(fields=["embedding"], name="question_embedding_hnsw")]
+        indexes = [
+            EmbeddingIndex(fields=["embedding"], name="question_embedding_hnsw"),
+            KeywordIndex(fields=["title", "body", "answer"], name="question_keywords"),
+        ]
 
     def __str__(self) -> str:
         return self.title

@@ -3,10 +3,12 @@ from django.core.paginator import Paginator
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 
+from project.questions.categories import suggest, suggest_for
 from project.questions.forms import QuestionForm
 from project.questions.language import looks_english
 from project.questions.models import Question
 from project.questions.relevance import describe, thresholds
+from project.questions.search import search
 from semantic import EmptyQuery, SearchUnavailable
 from semantic.backends import get_backend
 
@@ -20,7 +22,7 @@ ENGLISH_ONLY = (
 
 
 def question_list(request):
-    """All questions, or the ones nearest in meaning to ``?q=`` and at least the minimum similarity.
+    """All questions, or those that match ``?q=`` by keywords and meaning (search.py).
 
     A query with nothing to embed (``?q=%01``) is no query; when the embedding API
     cannot answer, the page says so and lists everything rather than failing. A query
@@ -32,7 +34,7 @@ def question_list(request):
     limits = thresholds()
     try:
         if query:
-            questions = Question.objects.similar_to(query, min_similarity=limits.min_similarity)
+            questions = search(query, limits.min_similarity)
     except EmptyQuery:
         query = ""
     except SearchUnavailable:
@@ -63,7 +65,12 @@ def question_detail(request, pk):
             pass
         else:
             describe(similar, thresholds())
-    context = {"question": question, "similar": similar, "nothing_to_embed": not has_text(question)}
+    context = {
+        "question": question,
+        "similar": similar,
+        "nothing_to_embed": not has_text(question),
+        "suggestion": suggest_for(question),
+    }
     return render(request, "questions/detail.html", context)
 
 
@@ -78,24 +85,31 @@ def has_text(question: Question) -> bool:
 
 
 def ask(request):
-    """Ask a question; if it looks like one already asked, say so before saving it.
+    """Ask a question in two steps: the text, then its category; say so first if it was asked before.
 
-    "Did you mean…?" is a courtesy: when the text cannot be embedded now, the
-    question is saved without it.
+    The first post suggests a category from the labelled questions (categories.py)
+    and shows it selected, with its confidence; the user accepts or changes it and
+    posts again. "Did you mean…?" is a courtesy: when the text cannot be embedded
+    now, there is no suggestion either and the question is still posted.
     """
     form = QuestionForm(request.POST or None)
     duplicates = []
+    suggestion = None
     if request.method == "POST" and form.is_valid():
-        text = f"{form.cleaned_data['title']}\n\n{form.cleaned_data['body']}"
+        title, body = form.cleaned_data["title"], form.cleaned_data["body"]
         if "confirm" not in request.POST:
             limits = thresholds()
             try:
-                duplicates = list(Question.objects.duplicates_of(text, limits.did_you_mean)[:5])
+                duplicates = list(Question.objects.duplicates_of(f"{title}\n\n{body}", limits.did_you_mean)[:5])
             except (EmptyQuery, SearchUnavailable):
                 duplicates = []
             describe(duplicates, limits)
-        if not duplicates:
+        if form.chose_category() and not duplicates:
             question = form.save()
             messages.success(request, POSTED)
             return redirect(question)
-    return render(request, "questions/ask.html", {"form": form, "duplicates": duplicates})
+        if not form.chose_category():
+            suggestion = suggest(title, body)
+            form = form.with_category(suggestion.category if suggestion else "")
+    context = {"form": form, "duplicates": duplicates, "suggestion": suggestion, "choosing": form.chose_category()}
+    return render(request, "questions/ask.html", context)
