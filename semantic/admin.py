@@ -35,6 +35,7 @@ from semantic.admin_changelist import (
     STATE_ANNOTATION,
     EmbeddingStateFilter,
     SemanticChangeList,
+    semantic_changelist,
 )
 from semantic.admin_duplicates import DuplicateReviewMixin
 from semantic.admin_labels import LabelSuggestionMixin
@@ -131,7 +132,7 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
         return [*super().get_list_filter(request), EmbeddingStateFilter]  # type: ignore[misc]
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[SemanticChangeList]:
-        return SemanticChangeList
+        return semantic_changelist(super().get_changelist(request, **kwargs))  # type: ignore[misc]
 
     def searches_by_meaning(self, request: HttpRequest) -> bool:
         """The toggle is on, or there is no keyword search: the box then searches by meaning only."""

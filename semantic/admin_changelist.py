@@ -15,6 +15,7 @@ the similarity breaking ties (Django's header links keep the columns sorted befo
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from django.contrib import admin
@@ -98,3 +99,11 @@ class SemanticChangeList(ChangeList):
         """Django's "Show all" link (no search, no filters), keeping the toggle as the search box shows it."""
         kept = {key: value for key, value in self.params.items() if key in (IS_POPUP_VAR, IS_FACETS_VAR, SEMANTIC_VAR)}
         return f"?{urlencode(sorted(kept.items()))}"
+
+
+@functools.cache
+def semantic_changelist(base: type[ChangeList]) -> type[SemanticChangeList]:
+    """``base`` (the ChangeList the other mixins and Django chose) with the toggle kept in its links."""
+    if issubclass(base, SemanticChangeList):
+        return base
+    return type(f"Semantic{base.__name__}", (SemanticChangeList, base), {})
