@@ -13,14 +13,15 @@ statement holds one command) sends the same statements one by one.
 **Exact or index under a filter.** The HNSW index returns candidates nearest first
 and a filter drops those it does not keep. When it keeps few rows, even pgvector's
 iterative scan walks deep into the graph to find them, slowly and missing some
-(docs/benchmarks.md: recall 0.75 at 1%, 0.96 at 10% on the benchmark's clusters),
+(docs/benchmarks.md: recall 0.72 at 1%, 0.96 at 10% on the benchmark's clusters),
 while comparing every kept row is exact and fast. When it keeps many, the iterative
 scan with a longer search list (``FILTERED_EF_SEARCH``) finds them all and an
 exact search would compare tens of thousands. The server makes the choice in the same
 message, from the planner's estimate of the rows the caller's filters keep: a DO block
 runs ``EXPLAIN`` of those filters alone and, for at most ``EXACT_SEARCH_MAX_ROWS``,
 turns index scans off for the search (PostgreSQL then reads the kept rows through
-another index or a scan and sorts them: exact); otherwise it sets the iterative scan.
+another index or a scan and sorts them: exact; joins in the same statement do without
+index scans too); otherwise it sets the iterative scan.
 An estimate costs planning; the count it replaces read every kept row, and every row
 of the table when the filtered column has no index.
 """
