@@ -7,11 +7,13 @@ from semantic.fields import EmbeddingField
 from semantic.hooks import suspend_embedding
 from semantic.hybrid import HybridQuerySet, HybridSearchMixin, hybrid
 from semantic.keyword import KeywordIndex
+from semantic.passages import Passages
 from semantic.query import SemanticManager, SemanticQuerySet, SemanticQuerySetMixin
 
 __all__ = [
     "EmbeddingField",
     "EmptyQuery",
+    "Passages",
     "SearchUnavailable",
     "SemanticManager",
     "SemanticQuerySet",

@@ -1,0 +1,247 @@
+"""Passages (issue 14 parts 1 and 3): the splitter, the worker keeping a row's passages in
+step with its text, searching rows by their best passage, and context for an LLM.
+
+Real PostgreSQL and the fake Gemini server (hashed bag of words: a query shares words
+with the passage it should find). The Gemini backend reads 8,000 characters, so a
+``LongRead`` row is five paragraphs of about 2,500 characters on five topics: each
+paragraph is a passage of its own, and the last ones lie beyond what the row's own
+vector saw.
+"""
+
+import pytest
+from django.core.cache import cache
+from django.core.paginator import Paginator
+from django.db import connection
+
+from semantic import Passages, suspend_embedding
+from semantic.fields import EmbeddingField
+from semantic.models import EmbeddingFailure, Passage
+from semantic.passages import split
+from tests.testapp.models import Article, LongRead
+
+TOPICS = [
+    ("volcano", "lava eruption magma crater ash basalt"),
+    ("violin", "orchestra symphony concerto melody bow"),
+    ("glacier", "ice arctic snow polar frozen moraine"),
+    ("football", "goal stadium referee league striker"),
+    ("bakery", "bread flour oven yeast dough crust"),
+    ("satellite", "orbit rocket launch telescope antenna"),
+]
+PARAGRAPH_CHARS = 2500
+
+
+def paragraph(topic: str, words: str, length: int = PARAGRAPH_CHARS, tag: str = "") -> str:
+    first, *rest = words.split()
+    sentences = []
+    i = 0
+    while sum(len(s) + 1 for s in sentences) < length:
+        sentences.append(f"The {topic} {rest[i % len(rest)]} {first} {rest[(i + 2) % len(rest)]}{tag} number {i}.")
+        i += 1
+    return " ".join(sentences)
+
+
+def article(order: list[int]) -> str:
+    return "\n\n".join(paragraph(*TOPICS[i]) for i in order)
+
+
+def passages_of(row):
+    return list(Passage.objects.filter(object_pk=str(row.pk), field_name="embedding").order_by("position"))
+
+
+# -- the splitter -----------------------------------------------------------------
+
+
+def test_paragraphs_that_fit_are_passages_of_their_own():
+    text = "\n\n".join(["A" * 30 + ". " + "b" * 200, "C" * 240, "d" * 235])
+    passages = split(text, max_chars=300, overlap=0)
+    assert [p.text for p in passages] == text.split("\n\n")
+    assert all(text[p.start : p.end] == p.text for p in passages)
+
+
+def test_a_long_paragraph_is_cut_between_sentences_within_the_size():
+    sentences = [f"Sentence number {i} says something short." for i in range(40)]
+    text = " ".join(sentences)
+    passages = split(text, max_chars=200, overlap=0)
+    assert len(passages) > 1
+    assert all(len(p.text) <= 200 for p in passages)
+    assert all(p.text.endswith(".") and p.text.startswith("Sentence") for p in passages)
+    assert " ".join(p.text for p in passages) == text
+
+
+def test_each_passage_repeats_the_end_of_the_one_before_from_a_sentence_start():
+    text = " ".join(f"Sentence number {i} says something short." for i in range(40))
+    passages = split(text, max_chars=200, overlap=60)
+    assert all(len(p.text) <= 200 for p in passages)
+    for before, after in zip(passages, passages[1:]):
+        assert before.start < after.start < before.end  # overlapping
+        assert before.end - after.start <= 60
+        assert after.text.startswith("Sentence")
+
+
+def test_short_paragraphs_join_a_neighbour_and_headings_join_their_paragraph():
+    text = "Heading\n\n" + "x" * 150 + "\n\n" + "y" * 150 + "\n\nEnd."
+    passages = split(text, max_chars=200, overlap=0)
+    assert [p.text for p in passages] == ["Heading\n\n" + "x" * 150, "y" * 150 + "\n\nEnd."]
+
+
+def test_editing_one_paragraph_leaves_the_other_passages_as_they_were():
+    paragraphs = [
+        f"Paragraph {n}. " + " ".join(f"Words of paragraph {n}, line {i}." for i in range(3)) for n in range(6)
+    ]
+    before = split("\n\n".join(paragraphs), max_chars=300, overlap=40)
+    paragraphs[2] = paragraphs[2].replace(
+        "line 0.", "line 0, rewritten at much more length than it was before, so that it no longer fits beside another."
+    )
+    after = split("\n\n".join(paragraphs), max_chars=300, overlap=40)
+    changed = {p.text for p in after} - {p.text for p in before}
+    assert len(after) == len(before)
+    # Paragraph 2's passage; the next one repeats only paragraph 2's last sentence, which is unchanged.
+    assert len(changed) == 1
+    assert "rewritten" in changed.pop()
+
+
+def test_odd_texts():
+    assert split("", max_chars=100) == []
+    assert split(" \n\n \t ", max_chars=100) == []
+    word = "x" * 1000  # a word longer than a passage: cut inside it, nothing lost
+    assert "".join(p.text for p in split(word, max_chars=100)) == word
+    huge = "\n\n".join(paragraph(*TOPICS[i % 6]) for i in range(200))  # 500,000 characters
+    passages = split(huge, max_chars=1000, overlap=100)
+    assert all(0 < len(p.text) <= 1000 for p in passages)
+    assert passages[-1].end == len(huge)
+    text = "  Ünïcödé — “quoted.” 日本語の文。次の文！ emoji 🙂. " * 20
+    assert all(text[p.start : p.end] == p.text for p in split(text, max_chars=120, overlap=30))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"max_chars": 10}, {"max_chars": 100, "overlap": 60}, {"max_chars": 100.0}, {"overlap": -1}, {"size": 3}],
+)
+def test_bad_options_are_refused_with_a_clear_error(options):
+    with pytest.raises(ValueError, match="max_chars|overlap|passages"):
+        EmbeddingField(source="body", passages=options)
+
+
+def test_the_option_adds_only_its_value_to_migrations():
+    _, _, _, default = EmbeddingField(source="body", passages=True).deconstruct()
+    _, _, _, sized = EmbeddingField(source="body", passages=Passages(max_chars=900, overlap=100)).deconstruct()
+    _, _, _, none = EmbeddingField(source="body").deconstruct()
+    assert default["passages"] is True
+    assert sized["passages"] == {"max_chars": 900, "overlap": 100}
+    assert "passages" not in none
+    assert "passages" in EmbeddingField.non_db_attrs
+
+
+def test_passage_sizes_follow_the_backend(semantic_settings):
+    field = LongRead._meta.get_field("embedding")
+    assert field.passage_sizes() == (8000, 1000)  # Gemini reads 2,048 tokens, about 8,000 characters
+    semantic_settings(BACKEND="semantic.backends.local.LocalBackend")
+    assert field.passage_sizes() == (900, 112)  # all-MiniLM-L6-v2 reads 256 word pieces
+
+
+# -- the worker -------------------------------------------------------------------
+
+pytestmark_db = pytest.mark.django_db(transaction=True)
+
+
+@pytestmark_db
+def test_saving_a_long_text_embeds_each_passage_with_the_title(fake_gemini):
+    row = LongRead.objects.create(title="Five topics", body=article([0, 1, 2, 3, 4]))
+    stored = passages_of(row)
+    assert [p.text for p in stored] == [p.text for p in split(row.body, max_chars=8000, overlap=1000)]
+    assert len(stored) == 5
+    assert all(row.body[p.start : p.end] == p.text for p in stored)
+    assert all(p.vector is not None and len(p.vector) == 128 for p in stored)
+    requests = [r["body"]["requests"] for r in fake_gemini.requests]
+    sent = [item for request in requests for item in request]
+    assert len(sent) == 6  # the row (its first 8,000 characters), then its five passages
+    assert {item["taskType"] for item in sent} == {"RETRIEVAL_DOCUMENT"}
+    assert {item["title"] for item in sent} == {"Five topics"}
+    assert [item["content"]["parts"][0]["text"] for item in sent[1:]] == [p.text for p in stored]
+
+
+@pytestmark_db
+def test_editing_one_paragraph_re_embeds_only_its_passage(fake_gemini):
+    row = LongRead.objects.create(title="Five topics", body=article([0, 1, 2, 3, 4]))
+    before = {p.position: (p.text_hash, list(p.vector)) for p in passages_of(row)}
+    fake_gemini.reset()
+    row.body = row.body.replace("The glacier arctic ice polar number 0.", "The glacier retreats every summer now.")
+    assert "retreats" in row.body
+    row.save()
+    texts = fake_gemini.texts()
+    after = passages_of(row)
+    assert texts[0] == row.body[:8000]  # the row's own vector
+    assert texts[1:] == [after[2].text]  # and the one passage that changed
+    assert "retreats" in after[2].text
+    for passage in after:
+        if passage.position != 2:
+            assert (passage.text_hash, list(passage.vector)) == before[passage.position]
+
+
+@pytestmark_db
+def test_surplus_passages_go_and_a_short_text_reuses_the_rows_vector(fake_gemini):
+    row = LongRead.objects.create(title="Shrinking", body=article([0, 1, 2]))
+    assert len(passages_of(row)) == 3
+    fake_gemini.reset()
+    row.body = "Now a short note about bread and yeast."
+    row.save()
+    assert fake_gemini.texts() == [row.body]  # the row only: its one passage is its whole text
+    (passage,) = passages_of(row)
+    row.refresh_from_db()
+    assert passage.text == row.body
+    assert list(passage.vector) == list(row.embedding)
+
+
+@pytestmark_db
+def test_emptying_or_deleting_rows_deletes_their_passages(fake_gemini):
+    kept, emptied, deleted, raw = (
+        LongRead.objects.create(title=f"Row {i}", body=article([i, i + 1])) for i in range(4)
+    )
+    assert Passage.objects.count() == 8
+    emptied.body = ""
+    emptied.save()
+    assert passages_of(emptied) == []
+    deleted.delete()
+    assert passages_of(deleted) == []
+    LongRead.objects.filter(pk=kept.pk).delete()  # a queryset delete sends post_delete for each row
+    assert passages_of(kept) == []
+    with connection.cursor() as cursor:  # behind the ORM's back: the sweep finds the passages
+        cursor.execute(f"DELETE FROM {LongRead._meta.db_table} WHERE id = %s", [raw.pk])
+    assert len(passages_of(raw)) == 2
+    from semantic.tasks import embed_pending
+
+    summary = embed_pending(LongRead)
+    assert summary["testapp.LongRead.embedding"]["passages_swept"] == 2
+    assert Passage.objects.count() == 0
+
+
+@pytestmark_db
+def test_rows_embedded_before_passages_were_kept_get_them_from_the_sweep(fake_gemini):
+    row = LongRead.objects.create(title="Older", body=article([0, 1]))
+    Passage.objects.all().delete()  # as if the field had no passages until now
+    fake_gemini.reset()
+    from semantic.tasks import embed_pending
+
+    summary = embed_pending(LongRead)["testapp.LongRead.embedding"]
+    assert summary["embedded"] == 0 and summary["passages"] == 2 and summary["passage_rows"] == 1
+    assert len(passages_of(row)) == 2
+    assert embed_pending(LongRead)["testapp.LongRead.embedding"]["passages"] == 0  # nothing lags now
+
+
+@pytestmark_db
+def test_a_rejected_passage_is_recorded_against_its_row_and_not_retried(fake_gemini):
+    fake_gemini.reject_marker = "REJECTME"
+    # The row's own text is its first 8,000 characters, before the marker.
+    body = article([0, 1, 2, 3]) + "\n\n" + paragraph(*TOPICS[5], tag=" REJECTME")
+    with suspend_embedding():
+        row = LongRead.objects.create(title="Rejected", body=body)
+    from semantic.tasks import embed_pending
+
+    summary = embed_pending(LongRead)["testapp.LongRead.embedding"]
+    assert summary["embedded"] == 1 and summary["passages_failed"] == 1
+    assert passages_of(row) == []  # a row's passages are stored together or not at all
+    failure = EmbeddingFailure.objects.get(field_name="embedding:passages", object_pk=str(row.pk))
+    assert failure.permanent
+    fake_gemini.reset()
+    assert embed_pending(LongRead)["testapp.LongRead.embedding"]["passages"] == 0
+    assert fake_gemini.request_count == 0
