@@ -24,11 +24,9 @@ from semantic.passage_rows import FAILURE_SUFFIX, Cut, cut, known_vectors, laggi
 from semantic.text import clean
 
 if TYPE_CHECKING:
-    from semantic.embedder import Embedder
+    from django.db import models
 
-    _Base = Embedder
-else:
-    _Base = object
+    from semantic.fields import EmbeddingField
 
 logger = logging.getLogger("semantic")
 
@@ -47,8 +45,22 @@ class PassageItem:
     attempts: int = 0
 
 
-class PassageWorkMixin(_Base):
+class PassageWorkMixin:
     """Adds :meth:`run_passages` to the Embedder, and the writing of passage vectors."""
+
+    if TYPE_CHECKING:  # what the Embedder provides
+        model: type[models.Model]
+        field: EmbeddingField
+        using: str
+        backend: Any
+        batch_size: int
+        spec: str
+        outcome: Any
+        stopped: str | None
+
+        def claim(self, rows: list[Any]) -> list[str]: ...
+        def release(self, taken: list[str]) -> None: ...
+        def embed(self, items: list[Any]) -> None: ...
 
     def run_passages(self, pks: Sequence[Any] | None = None, *, limit: int | None = None) -> None:
         """Bring the passages of lagging rows among ``pks`` (all lagging rows by default) up to date."""

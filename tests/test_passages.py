@@ -13,7 +13,7 @@ from django.core.cache import cache
 from django.core.paginator import Paginator
 from django.db import connection
 
-from semantic import Passages, suspend_embedding
+from semantic import Passages, context, suspend_embedding
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingFailure, Passage
 from semantic.passages import split
@@ -245,3 +245,97 @@ def test_a_rejected_passage_is_recorded_against_its_row_and_not_retried(fake_gem
     fake_gemini.reset()
     assert embed_pending(LongRead)["testapp.LongRead.embedding"]["passages"] == 0
     assert fake_gemini.request_count == 0
+
+
+# -- searching rows by their passages ---------------------------------------------
+
+
+#: Which topics each row of the library has, in order: only rows 2 and 4 speak of glaciers,
+#: row 2 first, row 4 last (its fifth paragraph, beyond what the row's own vector saw).
+LIBRARY = [[0, 1, 3, 4], [1, 3, 4, 5], [2, 0, 1, 3, 4], [3, 4, 5, 0], [0, 1, 3, 5, 2], [5, 0, 1, 3]]
+
+
+@pytest.fixture
+def library(fake_gemini):
+    cache.clear()
+    rows = {}
+    for i, order in enumerate(LIBRARY):
+        section = "even" if i % 2 == 0 else "odd"
+        rows[i] = LongRead.objects.create(title=f"Row {i}", body=article(order), section=section)
+    fake_gemini.reset()
+    return rows
+
+
+QUERY = "the arctic glacier moraine frozen"
+
+
+@pytestmark_db
+def test_rows_are_ranked_by_their_best_passage_even_a_late_one(library):
+    late = library[4]
+    assert "glacier" not in late.body[:8000]  # the row's own vector never saw it
+    by_row = {row.pk: row.similarity for row in LongRead.objects.similar_to(QUERY)}
+    found = list(LongRead.objects.similar_to(QUERY, passages=True))
+    assert {row.pk for row in found[:2]} == {library[2].pk, late.pk}
+    assert by_row[late.pk] < next(row.similarity for row in found if row.pk == late.pk) - 0.2
+    match = next(row for row in found if row.pk == late.pk)
+    assert match.passage_position == 4
+    assert match.passage_start > 8000
+    assert match.body[match.passage_start : match.passage_end] == match.passage_text
+    assert "glacier" in match.passage_text
+    sims = [row.similarity for row in found]
+    assert sims == sorted(sims, reverse=True)
+    assert all(row.similarity == pytest.approx(1 - row.distance) for row in found)
+
+
+@pytestmark_db
+def test_a_passage_search_chains_with_filters_and_pages(library):
+    qs = LongRead.objects.similar_to(QUERY, passages=True).filter(section="even")
+    pages = Paginator(qs, 2)
+    assert pages.count == 3
+    seen = [row for number in pages.page_range for row in pages.page(number)]
+    assert [row.pk for row in seen] == [row.pk for row in qs]
+    assert {row.pk for row in seen} == {library[i].pk for i in (0, 2, 4)}
+    assert seen[0].pk in (library[2].pk, library[4].pk)  # the filtered rows keep their best passages
+    assert LongRead.objects.filter(section="odd").similar_to(QUERY, passages=True).count() == 3
+    close = LongRead.objects.similar_to(QUERY, passages=True, min_similarity=0.5)
+    assert {row.pk for row in close} == {library[2].pk, library[4].pk}
+
+
+@pytestmark_db
+def test_a_passage_search_needs_a_field_with_passages(library):
+    with pytest.raises(ValueError, match="passages=True"):
+        Article.objects.similar_to("anything", passages=True)
+
+
+# -- context for a language model --------------------------------------------------
+
+
+@pytestmark_db
+def test_context_quotes_the_best_passages_within_the_budget(library, fake_gemini):
+    best = context(LongRead, QUERY, budget_chars=7000)
+    # Row 2's first paragraph (2,521 characters) and row 4's last with the end of the one before (3,508).
+    assert len(best) == 2
+    assert {p.row.pk for p in best} == {library[2].pk, library[4].pk}
+    assert all("glacier" in p.text for p in best)
+    assert best[0].similarity >= best[1].similarity
+    for p in best:
+        assert p.row.body[p.start : p.end] == p.text
+    rendered = str(best)
+    assert len(rendered) <= 7000
+    assert rendered.startswith(f"[1] {best[0].row} (characters {best[0].start}-{best[0].end})\n{best[0].text}")
+    assert fake_gemini.requests[-1]["body"]["requests"][0]["taskType"] == "QUESTION_ANSWERING"
+    assert len(context(LongRead, QUERY, budget_chars=3000)) == 1
+    tighter = context(LongRead, QUERY, budget_chars=6000)  # row 4's passage no longer fits: a shorter one does
+    assert tighter[0] == best[0] and tighter[1].row.pk != library[4].pk and len(str(tighter)) <= 6000
+    assert len(context(LongRead, QUERY, budget_chars=100)) == 0
+
+
+@pytestmark_db
+def test_context_keeps_to_the_querysets_rows_and_takes_fact_verification(library, fake_gemini):
+    odd = context(LongRead.objects.filter(section="odd"), QUERY, task_type="FACT_VERIFICATION", budget_chars=20000)
+    assert odd and {p.row.section for p in odd} == {"odd"}
+    assert fake_gemini.requests[-1]["body"]["requests"][0]["taskType"] == "FACT_VERIFICATION"
+    with pytest.raises(ValueError, match="does not search"):
+        context(LongRead, QUERY, task_type="CLUSTERING")
+    with pytest.raises(ValueError, match="passages=True"):
+        context(Article, QUERY)
