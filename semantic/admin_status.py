@@ -72,15 +72,15 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
                 self.message_user(request, message % skipped, messages.WARNING)
             return HttpResponseRedirect(reverse("admin:semantic_status", current_app=self.admin_site.name))
         visible = {model: self.model_rows(request, model, "view") for model in {m for m, _ in iter_fields()}}
+        report = [
+            field_status(model, field, visible[model]) for model, field in iter_fields() if visible[model] is not None
+        ]
         context = {
             **self.admin_site.each_context(request),
             "title": _("Embedding status"),
             "opts": self.model._meta,
-            "report": [
-                field_status(model, field, visible[model])
-                for model, field in iter_fields()
-                if visible[model] is not None
-            ],
+            "report": report,
+            "any_passages": any(row["passages"] is not None for row in report),
             "states": STATES,
             "errors": visible_failures(visible).order_by("-last_failed_at")[:20],
             "can_retry": self.has_change_permission(request),

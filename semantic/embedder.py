@@ -103,6 +103,8 @@ class Embedder(PassageWorkMixin):
         self.outcome = Outcome()
         #: Why the run ended early (the API cannot be used now), or None.
         self.stopped: str | None = None
+        #: Rows this run wrote a vector to: their passages follow in the same run.
+        self.written: list[Any] = []
 
     def run(
         self,
@@ -118,8 +120,8 @@ class Embedder(PassageWorkMixin):
         saved one by one still share requests). Rows are visited in primary-key order
         and each at most once, so a run always ends; ``limit`` caps the rows visited.
         ``on_batch(outcome, rows_visited)`` is called after every request. A field with
-        ``passages`` then brings the passages of the same rows (all rows with ``pks=None``)
-        up to date, edits first: their rows' vectors are now current.
+        ``passages`` then brings the passages of ``pks`` and of the rows written to
+        (every row with ``pks=None``) up to date, now that their vectors are current.
         """
         visited = 0
         after: Any = None
@@ -155,7 +157,7 @@ class Embedder(PassageWorkMixin):
                 on_batch(self.outcome, visited)
             if self.stopped:
                 break
-        self.run_passages(pks, limit=limit)
+        self.run_passages(None if pks is None else [*pks, *self.written], limit=limit)
         return self.outcome
 
     def claim(self, rows: list[models.Model]) -> list[str]:
@@ -315,6 +317,7 @@ class Embedder(PassageWorkMixin):
         vectors = [(item, vector) for item, vector in results if vector is not None]
         written = self.write_vectors(vectors) if vectors else []
         written += [item.pk for item, vector in results if vector is None and self.write(item, None)]
+        self.written += written
         if written:
             self.failures().filter(object_pk__in=[str(pk) for pk in written]).delete()
 

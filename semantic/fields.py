@@ -401,6 +401,20 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
         if self.text_from_python():
             return ref(self.source_hash_name)
 
+        joined = Concat(
+            *self._stored_parts(ref, title=True), Value("", models.TextField()), output_field=models.TextField()
+        )
+        return MD5(NullIf(joined, Value("", models.TextField())))
+
+    def stored_source_text(self, ref: type[F] = F) -> Any:
+        """SQL for the row's text as stored (what :meth:`source_text` reads); None when it comes from Python."""
+        if self.text_from_python():
+            return None
+        return Concat(
+            *self._stored_parts(ref, title=False), Value("", models.TextField()), output_field=models.TextField()
+        )
+
+    def _stored_parts(self, ref: type[F], *, title: bool) -> list[Any]:
         def text(value: Any) -> Any:
             return Cast(ref(value), models.TextField()) if value else Value(value, models.TextField())
 
@@ -409,10 +423,9 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
             if parts:
                 parts.append(Value(SOURCE_SEPARATOR, models.TextField()))
             parts.append(text(field_name))
-        if self.title_source:
+        if title and self.title_source:
             parts += [Value(TITLE_SEPARATOR, models.TextField()), text(self.title_source)]
-        joined = Concat(*parts, Value("", models.TextField()), output_field=models.TextField())
-        return MD5(NullIf(joined, Value("", models.TextField())))
+        return parts
 
     # -- what needs doing ----------------------------------------------------------
 

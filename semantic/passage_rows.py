@@ -21,8 +21,8 @@ from dataclasses import field as dataclass_field
 from typing import Any
 
 from django.db import models, transaction
-from django.db.models import CharField, Exists, OuterRef, Q, Value
-from django.db.models.functions import MD5, Cast, Concat
+from django.db.models import CharField, Count, Exists, OuterRef, Q, Sum, Value
+from django.db.models.functions import MD5, Cast, Concat, Least, Length
 from django.utils import timezone
 
 from semantic.fields import TITLE_SEPARATOR, EmbeddingField
@@ -197,3 +197,31 @@ def sweep_orphans(
         passages = passages.filter(object_pk__in=[str(pk) for pk in pks])
     deleted, _ = passages.exclude(Exists(live)).delete()
     return deleted
+
+
+def passage_status(model: type[models.Model], field: EmbeddingField, rows: models.QuerySet) -> dict[str, Any]:
+    """How ``rows``' passages stand, and where characters go: into row vectors or into passages.
+
+    ``rows`` rows whose passages match their text; ``lagging`` rows waiting for theirs;
+    ``failed`` rows whose passages could not be embedded; ``passages`` how many there
+    are and ``passage_chars`` how much text they hold (overlaps counted twice, as
+    sent); ``row_chars`` what the rows' own vectors read (each row's text up to the
+    backend's input limit; None when the text comes from Python, which SQL cannot
+    measure). At about 4 characters a token, these say what a full re-embedding costs.
+    """
+    keys = rows.annotate(_semantic_pk=Cast("pk", CharField())).values("_semantic_pk")
+    stored = passages_of(model, field).filter(object_pk__in=keys, spec=field.spec())
+    totals = stored.aggregate(passages=Count("pk"), chars=Sum(Length("text")))
+    text = field.stored_source_text()
+    row_chars = None
+    if text is not None:
+        read = Least(Length(text), Value(field.backend.max_input_chars))
+        row_chars = rows.filter(field.is_current()).aggregate(chars=Sum(read))["chars"] or 0
+    return {
+        "rows": current_rows(model, field).filter(pk__in=rows.values("pk")).count(),
+        "lagging": lagging_rows(model, field).filter(pk__in=rows.values("pk")).count(),
+        "failed": passage_failures(model, field).filter(object_pk__in=keys).count(),
+        "passages": totals["passages"],
+        "passage_chars": totals["chars"] or 0,
+        "row_chars": row_chars,
+    }

@@ -339,3 +339,45 @@ def test_context_keeps_to_the_querysets_rows_and_takes_fact_verification(library
         context(LongRead, QUERY, task_type="CLUSTERING")
     with pytest.raises(ValueError, match="passages=True"):
         context(Article, QUERY)
+
+
+# -- status ------------------------------------------------------------------------
+
+
+@pytestmark_db
+def test_status_counts_passages_and_where_the_characters_go(fake_gemini, admin_client):
+    from django.urls import reverse
+
+    from semantic.status import field_status
+    from tests.commands import call
+
+    done = LongRead.objects.create(title="Done", body=article([0, 1, 2]))
+    LongRead.objects.create(title="Short", body="One short line.")
+    lagging = LongRead.objects.create(title="Lagging", body=article([5, 0]))
+    Passage.objects.filter(object_pk=str(lagging.pk)).delete()
+    fake_gemini.reject_marker = "REJECTME"
+    failing = LongRead.objects.create(
+        title="Failing", body=article([1, 2, 3, 4]) + "\n\n" + paragraph(*TOPICS[5], tag="REJECTME")
+    )
+
+    with suspend_embedding():
+        LongRead.objects.create(title="Waiting", body=article([3, 4]))  # its row is pending: not counted yet
+    counts = field_status(LongRead, LongRead._meta.get_field("embedding"))["passages"]
+    stored = Passage.objects.filter(field_name="embedding")
+    assert counts["rows"] == 2  # done and short
+    assert counts["lagging"] == 1 and counts["failed"] == 1
+    assert counts["passages"] == stored.count() == 3 + 1
+    assert counts["passage_chars"] == sum(len(p.text) for p in stored)
+    # What the rows' own vectors read: each embedded row's text, up to Gemini's 8,000 characters.
+    assert counts["row_chars"] == len(done.body) + len("One short line.") + len(lagging.body) + 8000
+    assert len(failing.body) > 8000
+    assert field_status(Article, Article._meta.get_field("embedding"))["passages"] is None
+
+    out, _ = call("semantic_status", "testapp.LongRead")
+    line = next(line for line in out.splitlines() if line.startswith("testapp.LongRead.embedding") and "|" not in line)
+    assert line.split()[1:] == ["2", "1", "1", "4", str(counts["row_chars"]), str(counts["passage_chars"])]
+    page = admin_client.get(reverse("admin:semantic_status"))
+    assert page.status_code == 200
+    assert "Characters read by passages" in page.content.decode()
+    (row,) = [r for r in page.context["report"] if r["model"] == "testapp.LongRead"]
+    assert row["passages"] == counts
