@@ -27,6 +27,7 @@ from django.utils.translation import ngettext
 
 from semantic.fields import EmbeddingField, embedding_fields
 from semantic.models import EmbeddingFailure
+from semantic.passage_rows import FAILURE_SUFFIX
 from semantic.status import STATES, field_status
 from semantic.tasks import enqueue, iter_fields
 
@@ -108,7 +109,8 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
         """Queue the failed rows this user may change and sees; returns (queued, skipped)."""
         queued = skipped = 0
         for (label, field_name), keys in failures_by_field().items():
-            model = embedding_model(label, field_name)
+            # A row whose passages failed is queued under its field: the worker retries its passages.
+            model = embedding_model(label, field_name.removesuffix(FAILURE_SUFFIX))
             rows = self.model_rows(request, model, "change") if model else None
             if model is None or rows is None:
                 skipped += len(keys)
@@ -121,7 +123,7 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
             EmbeddingFailure.objects.filter(
                 model_label=label, field_name=field_name, object_pk__in=[pks[pk] for pk in allowed]
             ).update(retry_at=None, permanent=False)
-            enqueue(model, field_name, allowed)
+            enqueue(model, field_name.removesuffix(FAILURE_SUFFIX), allowed)
             queued += len(allowed)
         return queued, skipped
 

@@ -120,8 +120,9 @@ class Embedder(PassageWorkMixin):
         saved one by one still share requests). Rows are visited in primary-key order
         and each at most once, so a run always ends; ``limit`` caps the rows visited.
         ``on_batch(outcome, rows_visited)`` is called after every request. A field with
-        ``passages`` then brings the passages of ``pks`` and of the rows written to
-        (every row with ``pks=None``) up to date, now that their vectors are current.
+        ``passages`` then brings the passages of ``pks`` and of the rows written to up
+        to date, now that their vectors are current; the sweep looks for other rows
+        whose passages lag (:meth:`run_passages` with no ``pks``).
         """
         visited = 0
         after: Any = None
@@ -157,7 +158,8 @@ class Embedder(PassageWorkMixin):
                 on_batch(self.outcome, visited)
             if self.stopped:
                 break
-        self.run_passages(None if pks is None else [*pks, *self.written], limit=limit)
+        if self.field.passages:
+            self.run_passages([*(pks or ()), *self.written])
         return self.outcome
 
     def claim(self, rows: list[models.Model]) -> list[str]:

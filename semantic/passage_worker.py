@@ -63,8 +63,12 @@ class PassageWorkMixin:
         def embed(self, items: list[Any]) -> None: ...
 
     def run_passages(self, pks: Sequence[Any] | None = None, *, limit: int | None = None) -> None:
-        """Bring the passages of lagging rows among ``pks`` (all lagging rows by default) up to date."""
-        if not self.field.passages or self.stopped:
+        """Bring the passages of lagging rows among ``pks`` (all lagging rows by default) up to date.
+
+        With no ``pks`` it reads every row whose vector is current to find those whose
+        passages lag (no index on the users' table can say): the sweep's job, not a save's.
+        """
+        if not self.field.passages or self.stopped or (pks is not None and not pks):
             return
         if pks is not None:
             sweep_orphans(self.model, self.field, self.using, pks)  # rows whose text was emptied

@@ -91,8 +91,14 @@ def embed_pending(*targets: str | type[models.Model], limit: int | None = None) 
     """
     summary = {}
     for model, field in iter_fields(targets):
-        outcome = Embedder(model, field).run(limit=limit).as_dict()
+        embedder = Embedder(model, field)
+        embedder.run(limit=limit)
+        outcome = embedder.outcome.as_dict()
         if field.passages:
+            # Rows whose passages lag for reasons no save reports: passages newly turned on,
+            # a passage failure's wait over, a worker stopped between a row and its passages.
+            embedder.run_passages(limit=limit)
+            outcome = embedder.outcome.as_dict()
             outcome["passages_swept"] = sweep_orphans(model, field)
         summary[f"{model._meta.label}.{field.name}"] = outcome
     return summary

@@ -104,7 +104,8 @@ def test_odd_texts():
     assert split("", max_chars=100) == []
     assert split(" \n\n \t ", max_chars=100) == []
     word = "x" * 1000  # a word longer than a passage: cut inside it, nothing lost
-    assert "".join(p.text for p in split(word, max_chars=100)) == word
+    cut = split(word, max_chars=100)
+    assert "".join(p.text for p in cut) == word and all(len(p.text) <= 100 for p in cut)
     huge = "\n\n".join(paragraph(*TOPICS[i % 6]) for i in range(200))  # 500,000 characters
     passages = split(huge, max_chars=1000, overlap=100)
     assert all(0 < len(p.text) <= 1000 for p in passages)
@@ -381,3 +382,29 @@ def test_status_counts_passages_and_where_the_characters_go(fake_gemini, admin_c
     assert "Characters read by passages" in page.content.decode()
     (row,) = [r for r in page.context["report"] if r["model"] == "testapp.LongRead"]
     assert row["passages"] == counts
+
+
+@pytestmark_db
+def test_failed_passages_are_retried_by_semantic_embed_failed_and_the_admin_button(fake_gemini, admin_client):
+    from django.urls import reverse
+
+    from tests.commands import call
+
+    def failing_row(title):
+        fake_gemini.reject_marker = "REJECTME"
+        row = LongRead.objects.create(
+            title=title, body=article([0, 1, 2, 3]) + "\n\n" + paragraph(*TOPICS[5], tag="REJECTME")
+        )
+        assert EmbeddingFailure.objects.filter(field_name="embedding:passages", object_pk=str(row.pk)).exists()
+        fake_gemini.reset()  # the API accepts the text now
+        return row
+
+    by_command = failing_row("Retried by the command")
+    call("semantic_embed", "testapp.LongRead", "--failed")
+    assert len(passages_of(by_command)) == 5
+
+    by_admin = failing_row("Retried from the admin")
+    response = admin_client.post(reverse("admin:semantic_status"), follow=True)
+    assert response.status_code == 200
+    assert len(passages_of(by_admin)) == 5
+    assert not EmbeddingFailure.objects.exists()
