@@ -112,7 +112,7 @@ class PassageWorkMixin:
                 piece.vector = known.get((str(row.pk), piece.text_hash))
                 if piece.vector is None and piece.text_hash == row_cut.row_hash:
                     # The passage is the row's whole text (and title): the row's vector is its vector.
-                    piece.vector = [float(x) for x in row_vector] if row_vector is not None else None
+                    piece.vector = as_floats(row_vector) if row_vector is not None else None
                 if piece.vector is not None:
                     self.outcome.passages_reused += 1
                     continue
@@ -166,3 +166,10 @@ class PassageWorkMixin:
             failure.source_hash = item.row_hash
             failure.retry_at = retry_at
             failure.save()
+
+
+def as_floats(vector: Any) -> list[float]:
+    """A stored vector as floats: a ``vector`` column reads as an array, a ``halfvec`` one as a HalfVector."""
+    if hasattr(vector, "to_list"):
+        return [float(x) for x in vector.to_list()]
+    return [float(x) for x in vector]
