@@ -53,7 +53,9 @@ def passages_of(row):
 
 def test_paragraphs_that_fit_are_passages_of_their_own():
     # Two of these paragraphs would fit in one passage: each is still a passage of its own.
-    paragraphs = [f"Paragraph {n} opens here. It goes on for a while, a little longer. And then it ends here." for n in range(4)]
+    paragraphs = [
+        f"Paragraph {n} opens here. It goes on for a while, a little longer. And then it ends here." for n in range(4)
+    ]
     text = "\n\n".join(paragraphs)
     passages = split(text, max_chars=300, overlap=0)
     assert [p.text for p in passages] == paragraphs
