@@ -2,16 +2,21 @@
 
 from semantic.classify import annotate_predictions, apply_predictions, predict_labels, suggest_label
 from semantic.clusters import cluster
+from semantic.context import Context, ContextPassage, context
 from semantic.embed import EmptyQuery, SearchUnavailable, embed
 from semantic.fields import EmbeddingField
 from semantic.hooks import suspend_embedding
 from semantic.hybrid import HybridQuerySet, HybridSearchMixin, hybrid
 from semantic.keyword import KeywordIndex
+from semantic.passages import Passages
 from semantic.query import SemanticManager, SemanticQuerySet, SemanticQuerySetMixin
 
 __all__ = [
+    "Context",
+    "ContextPassage",
     "EmbeddingField",
     "EmptyQuery",
+    "Passages",
     "SearchUnavailable",
     "SemanticManager",
     "SemanticQuerySet",
@@ -19,6 +24,7 @@ __all__ = [
     "annotate_predictions",
     "apply_predictions",
     "cluster",
+    "context",
     "embed",
     "embed_pending",
     "predict_labels",

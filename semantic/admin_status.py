@@ -29,6 +29,7 @@ from django.utils.translation import ngettext
 from semantic.admin_changelist import EmbeddingStateFilter
 from semantic.fields import EmbeddingField, embedding_fields
 from semantic.models import EmbeddingFailure
+from semantic.passage_rows import FAILURE_SUFFIX
 from semantic.status import STATES, field_status
 from semantic.tasks import enqueue, iter_fields
 
@@ -85,6 +86,7 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
             "title": _("Embedding status"),
             "opts": self.model._meta,
             "report": report,
+            "any_passages": any(row["passages"] is not None for row in report),
             "states": STATES,
             "errors": visible_failures(visible).order_by("-last_failed_at")[:20],
             "can_retry": self.has_change_permission(request),
@@ -130,7 +132,8 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
         """Queue the failed rows this user may change and sees; returns (queued, skipped)."""
         queued = skipped = 0
         for (label, field_name), keys in failures_by_field().items():
-            model = embedding_model(label, field_name)
+            # A row whose passages failed is queued under its field: the worker retries its passages.
+            model = embedding_model(label, field_name.removesuffix(FAILURE_SUFFIX))
             rows = self.model_rows(request, model, "change") if model else None
             if model is None or rows is None:
                 skipped += len(keys)
@@ -143,7 +146,7 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
             EmbeddingFailure.objects.filter(
                 model_label=label, field_name=field_name, object_pk__in=[pks[pk] for pk in allowed]
             ).update(retry_at=None, permanent=False)
-            enqueue(model, field_name, allowed)
+            enqueue(model, field_name.removesuffix(FAILURE_SUFFIX), allowed)
             queued += len(allowed)
         return queued, skipped
 

@@ -29,6 +29,7 @@ from semantic.backends import BAD_INPUT, CONFIG, TRANSIENT, EmbeddingBackend, Em
 from semantic.conf import semantic_settings as conf
 from semantic.fields import EmbeddingField, IsDistinctFrom
 from semantic.models import EmbeddingFailure
+from semantic.passage_worker import PassageItem, PassageWorkMixin
 from semantic.rows import failures, pending_rows
 from semantic.text import clean, redact
 
@@ -66,6 +67,11 @@ class Outcome:
     failed: int = 0
     changed_in_flight: int = 0
     requests: int = 0
+    #: Passages sent and embedded; passages whose stored vector was kept; rows whose passages were stored.
+    passages: int = 0
+    passages_reused: int = 0
+    passage_rows: int = 0
+    passages_failed: int = 0
     errors: list[str] = dataclass_field(default_factory=list)
     #: Why the run ended before visiting every row (a configuration problem, a long pause), or None.
     stopped: str | None = None
@@ -74,8 +80,8 @@ class Outcome:
         return asdict(self)
 
 
-class Embedder:
-    """Embeds one field of one model."""
+class Embedder(PassageWorkMixin):
+    """Embeds one field of one model: its rows, then (for ``passages``) their passages."""
 
     def __init__(
         self,
@@ -97,6 +103,8 @@ class Embedder:
         self.outcome = Outcome()
         #: Why the run ended early (the API cannot be used now), or None.
         self.stopped: str | None = None
+        #: Rows this run wrote a vector to: their passages follow in the same run.
+        self.written: list[Any] = []
 
     def run(
         self,
@@ -111,7 +119,10 @@ class Embedder:
         With ``fill``, requests with room left take other pending rows too (so rows
         saved one by one still share requests). Rows are visited in primary-key order
         and each at most once, so a run always ends; ``limit`` caps the rows visited.
-        ``on_batch(outcome, rows_visited)`` is called after every request.
+        ``on_batch(outcome, rows_visited)`` is called after every request. A field with
+        ``passages`` then brings the passages of ``pks`` and of the rows written to up
+        to date, now that their vectors are current; the sweep looks for other rows
+        whose passages lag (:meth:`run_passages` with no ``pks``).
         """
         visited = 0
         after: Any = None
@@ -147,6 +158,8 @@ class Embedder:
                 on_batch(self.outcome, visited)
             if self.stopped:
                 break
+        if self.field.passages:
+            self.run_passages([*(pks or ()), *self.written])
         return self.outcome
 
     def claim(self, rows: list[models.Model]) -> list[str]:
@@ -300,9 +313,13 @@ class Embedder:
                 )
 
     def write_all(self, results: list[tuple[Item, Vector | None]]) -> None:
+        if results and isinstance(results[0][0], PassageItem):
+            self.passages_embedded(results)  # type: ignore[arg-type]
+            return
         vectors = [(item, vector) for item, vector in results if vector is not None]
         written = self.write_vectors(vectors) if vectors else []
         written += [item.pk for item, vector in results if vector is None and self.write(item, None)]
+        self.written += written
         if written:
             self.failures().filter(object_pk__in=[str(pk) for pk in written]).delete()
 
@@ -375,6 +392,9 @@ class Embedder:
         return True
 
     def fail(self, items: list[Item], message: str, *, permanent: bool, retry_in: float = 0) -> None:
+        if items and isinstance(items[0], PassageItem):
+            self.passages_failed(items, message, permanent=permanent, retry_in=retry_in)  # type: ignore[arg-type]
+            return
         label = f"{self.model._meta.label}.{self.field.name}"
         logger.warning("Embedding %d row(s) of %s failed: %s", len(items), label, message)
         self.outcome.failed += len(items)

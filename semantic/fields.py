@@ -53,6 +53,7 @@ from django.utils import timezone
 from pgvector.django import HalfVectorField, VectorField
 
 from semantic.backends.base import TASK_TYPES
+from semantic.passages import Passages
 from semantic.text import source_hash
 
 #: Size of a field that does not set ``dimensions``: what the local model makes, and
@@ -174,6 +175,12 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
     ``embedding_model`` pins this field to a model of the backend (default:
     ``SEMANTIC["MODEL"]``). ``replaces`` names another EmbeddingField of the model that
     this one is to take over from (see :mod:`semantic.switch`).
+
+    ``passages=True`` (or ``Passages(max_chars=..., overlap=...)``) also embeds the
+    text in passages the model reads whole, so a long text is found by any of its
+    paragraphs (``similar_to(..., passages=True)``, ``semantic.context()``). The
+    passages live in the app's own table (``semantic.Passage``), not in this one: the
+    option adds nothing to the model's migrations but its value.
     """
 
     description = "Embedding of the row's text"
@@ -188,6 +195,7 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
         "dimensions",
         "embedding_model",
         "replaces",
+        "passages",
     )
 
     def __init__(
@@ -201,6 +209,7 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
         halfvec: bool | None = None,
         embedding_model: str | None = None,
         replaces: str | None = None,
+        passages: bool | Passages | dict[str, int] = False,
         **kwargs: Any,
     ) -> None:
         if task_type not in TASK_TYPES:
@@ -221,6 +230,7 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
         self.task_type = task_type
         self.embedding_model = embedding_model
         self.replaces = replaces
+        self.passages = Passages.from_option(passages)
         self.title_source = title_source
         self._dimensions_arg = dimensions
         if dimensions is None:
@@ -251,6 +261,8 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
             kwargs["embedding_model"] = self.embedding_model
         if self.replaces:
             kwargs["replaces"] = self.replaces
+        if self.passages:
+            kwargs["passages"] = self.passages.as_option()
         return name, "semantic.fields.EmbeddingField", args, kwargs
 
     def db_type(self, connection: Any) -> str:
@@ -389,6 +401,20 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
         if self.text_from_python():
             return ref(self.source_hash_name)
 
+        joined = Concat(
+            *self._stored_parts(ref, title=True), Value("", models.TextField()), output_field=models.TextField()
+        )
+        return MD5(NullIf(joined, Value("", models.TextField())))
+
+    def stored_source_text(self, ref: type[F] = F) -> Any:
+        """SQL for the row's text as stored (what :meth:`source_text` reads); None when it comes from Python."""
+        if self.text_from_python():
+            return None
+        return Concat(
+            *self._stored_parts(ref, title=False), Value("", models.TextField()), output_field=models.TextField()
+        )
+
+    def _stored_parts(self, ref: type[F], *, title: bool) -> list[Any]:
         def text(value: Any) -> Any:
             return Cast(ref(value), models.TextField()) if value else Value(value, models.TextField())
 
@@ -397,10 +423,9 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
             if parts:
                 parts.append(Value(SOURCE_SEPARATOR, models.TextField()))
             parts.append(text(field_name))
-        if self.title_source:
+        if title and self.title_source:
             parts += [Value(TITLE_SEPARATOR, models.TextField()), text(self.title_source)]
-        joined = Concat(*parts, Value("", models.TextField()), output_field=models.TextField())
-        return MD5(NullIf(joined, Value("", models.TextField())))
+        return parts
 
     # -- what needs doing ----------------------------------------------------------
 
@@ -414,6 +439,13 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
     def spec(self) -> str:
         """Identifies vectors made under the current settings: model, task type, size."""
         return f"{self.backend.model_id}|{self.task_type}|{self.dimensions}"
+
+    def passage_sizes(self) -> tuple[int, int]:
+        """``(max_chars, overlap)`` of this field's passages with the current backend."""
+        if not self.passages:
+            raise ValueError(f"{self.model._meta.label}.{self.name} has no passages; set passages=True on the field.")
+        backend = self.backend
+        return self.passages.sizes(backend.passage_chars or backend.max_input_chars)
 
     def pending(self, ref: type[F] = F) -> Q:
         """Rows whose text changed since their vector was made (or that never had one)."""

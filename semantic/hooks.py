@@ -15,7 +15,7 @@ from typing import Any
 
 from django.apps import apps
 from django.db import models
-from django.db.models.signals import class_prepared, post_save
+from django.db.models.signals import class_prepared, post_delete, post_save
 
 from semantic.dispatch import enqueue
 from semantic.fields import EmbeddingField, embedding_fields
@@ -52,6 +52,8 @@ def connect(model: type[models.Model]) -> None:
     if model._meta.abstract or not embedding_fields(model):
         return
     post_save.connect(on_save, sender=model, weak=False, dispatch_uid=f"semantic:save:{model._meta.label}")
+    if any(field.passages for field in embedding_fields(model)):
+        post_delete.connect(on_delete, sender=model, weak=False, dispatch_uid=f"semantic:delete:{model._meta.label}")
 
 
 def _on_class_prepared(sender: type[models.Model], **kwargs: Any) -> None:
@@ -73,6 +75,16 @@ def on_save(
     for field in embedding_fields(sender):
         if needs_work(field, instance, update_fields, using):
             enqueue(field.model, field.name, [instance.pk], using=using)
+
+
+def on_delete(sender: type[models.Model], instance: models.Model, using: str | None = None, **kwargs: Any) -> None:
+    """Delete a deleted row's passages, in the deleting transaction (a rollback keeps both)."""
+    # Imported here: this module is imported with the package, before the app's models may be.
+    from semantic.passage_rows import delete_passages
+
+    for field in embedding_fields(sender):
+        if field.passages:
+            delete_passages(field.model, field, [instance.pk], using)
 
 
 def needs_work(

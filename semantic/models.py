@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.db import models
 from django.utils.translation import gettext_lazy as _
+from pgvector.django import VectorField
 
 
 class EmbeddingFailure(models.Model):
@@ -178,3 +179,40 @@ class Classifier(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_label}.{self.label_field} from {self.field_name}"
+
+
+class Passage(models.Model):
+    """One passage of a row's text and its vector, for an EmbeddingField with ``passages``.
+
+    The rows of every such field share this table, so the users' tables and
+    migrations stay as they are. ``cut_from`` is the MD5 of the row's text hash and
+    the passage sizes the passages were cut with: when it differs from the row's,
+    the row's passages are cut again, and a passage whose ``text_hash`` (its text
+    and the row's title) and ``spec`` are unchanged keeps its vector. The vector has
+    no declared size, as rows of several fields and sizes share the column: searches
+    compare passages exactly, without an HNSW index, which needs one size.
+    """
+
+    model_label = models.CharField(_("model"), max_length=200)
+    field_name = models.CharField(_("field"), max_length=200)
+    object_pk = models.CharField(_("object id"), max_length=200)
+    position = models.PositiveIntegerField(_("position"))
+    start = models.PositiveIntegerField(_("first character"))
+    end = models.PositiveIntegerField(_("end character"))
+    text = models.TextField(_("text"))
+    text_hash = models.CharField(_("text hash"), max_length=32)
+    cut_from = models.CharField(_("row text hash and sizes"), max_length=32)
+    spec = models.CharField(_("model | task type | dimensions"), max_length=200)
+    vector = VectorField(_("vector"))
+
+    class Meta:
+        verbose_name = _("passage")
+        verbose_name_plural = _("passages")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model_label", "field_name", "object_pk", "position"], name="semantic_passage_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_label}.{self.field_name} #{self.object_pk} [{self.position}]"

@@ -32,6 +32,7 @@ from pgvector.django import CosineDistance
 
 from semantic.embed import EmptyQuery, embed
 from semantic.fields import EmbeddingField
+from semantic.passage_search import by_passages
 from semantic.search_plan import SemanticSearch, plan, search_statement
 from semantic.switch import serving_field
 
@@ -104,8 +105,14 @@ class SemanticQuerySetMixin(_QuerySetBase):
         min_similarity: float | None = None,
         task_type: str | None = None,
         ef_search: int | None = None,
+        passages: bool = False,
     ) -> Any:
         """Rows nearest to ``query``: a text, a model instance (excluded) or a vector.
+
+        With ``passages=True`` (a field with ``passages``), rows are ranked by their
+        nearest passage and annotated with it: ``passage_text``, ``passage_start``,
+        ``passage_end``, ``passage_position`` (see :mod:`semantic.passage_search`;
+        the search is exact, ``ef_search`` does not apply).
 
         Text is embedded with the query-side task type matching the field's
         (``RETRIEVAL_QUERY`` for ``RETRIEVAL_DOCUMENT`` fields; pass ``task_type`` for
@@ -123,6 +130,10 @@ class SemanticQuerySetMixin(_QuerySetBase):
             check_threshold(min_similarity, "min_similarity")
         if ef_search is not None and (not isinstance(ef_search, int) or not 1 <= ef_search <= 1000):
             raise ValueError(f"ef_search must be an integer from 1 to 1000, not {ef_search!r}.")
+        if passages:
+            qs = self._chain()
+            qs._semantic = None  # exact: no index settings to apply when it is evaluated
+            return by_passages(qs, embedding_field, vector, exclude_pk=exclude_pk, min_similarity=min_similarity)
         distance = CosineDistance(embedding_field.indexed_vector(), Value(vector_literal(vector)))
         conditions = embedding_field.searchable()
         if exclude_pk is not None:

@@ -17,6 +17,7 @@ from semantic.dispatch import queue_task
 from semantic.embedder import CHARS_PER_TOKEN, Embedder, Outcome
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingFailure
+from semantic.passage_rows import passage_failures
 from semantic.rows import failed_pks, mark_pending, pending_rows
 
 #: Gemini API price assumed by --dry-run, USD per million input tokens
@@ -38,7 +39,7 @@ class Plan:
 def select(model: type[models.Model], field: EmbeddingField, *, everything: bool, failed: bool) -> models.QuerySet:
     """The rows a run would embed."""
     if failed:
-        return model._base_manager.filter(pk__in=failed_pks(model, field))
+        return model._base_manager.filter(pk__in=failed_keys(model, field))
     if everything:
         return model._base_manager.all()
     return pending_rows(model, field)
@@ -58,13 +59,20 @@ def plan(
     return Plan(count, characters)
 
 
+def failed_keys(model: type[models.Model], field: EmbeddingField) -> list[str]:
+    """Rows whose last attempt failed: their vector's, or (a field with ``passages``) their passages'."""
+    passages = passage_failures(model, field).values_list("object_pk", flat=True)
+    return list(dict.fromkeys([*failed_pks(model, field), *passages]))
+
+
 def prepare(model: type[models.Model], field: EmbeddingField, *, everything: bool, failed: bool) -> list[Any] | None:
     """Make the chosen rows pending; returns the primary keys to embed, or None for all pending."""
     if failed:
-        pks = failed_pks(model, field)
+        pks = failed_keys(model, field)
         EmbeddingFailure.objects.filter(model_label=model._meta.label, field_name=field.name).update(
             retry_at=None, permanent=False
         )
+        passage_failures(model, field).update(retry_at=None, permanent=False)
         return [model._meta.pk.to_python(pk) for pk in pks]
     if everything:
         mark_pending(model._base_manager.all(), field)

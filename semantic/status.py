@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from semantic.fields import EmbeddingField, get_embedding_field, iter_fields
 from semantic.models import EmbeddingFailure
+from semantic.passage_rows import passage_status
 from semantic.ratelimit import configuration_problem
 from semantic.switch import serving_field
 
@@ -84,6 +85,8 @@ def field_status(
         "problem": configuration_problem(field.backend),
         "oldest_pending_since": oldest,
         "oldest_pending_seconds": round((timezone.now() - oldest).total_seconds()) if oldest else None,
+        # For fields with passages: see semantic.passage_rows.passage_status (None without).
+        "passages": passage_status(model, field, counted) if field.passages else None,
     }
 
 

@@ -23,6 +23,7 @@ from semantic.embedder import Embedder
 from semantic.fields import get_embedding_field, iter_fields
 from semantic.hooks import embedding_suspended as embedding_suspended
 from semantic.hooks import suspend_embedding as suspend_embedding
+from semantic.passage_rows import sweep_orphans
 
 logger = logging.getLogger("semantic")
 
@@ -85,10 +86,21 @@ def embed_pending(*targets: str | type[models.Model], limit: int | None = None) 
     Catches rows written without ``save()`` (``bulk_create``, ``QuerySet.update()``,
     raw SQL). ``targets`` are models or ``"app_label.Model"`` labels; all models with
     an EmbeddingField when none are given. Returns a summary per ``label.field``.
+    Fields with ``passages`` also lose the passages of rows deleted or emptied behind
+    the ORM's back (``passages_swept``).
     """
     summary = {}
     for model, field in iter_fields(targets):
-        summary[f"{model._meta.label}.{field.name}"] = Embedder(model, field).run(limit=limit).as_dict()
+        embedder = Embedder(model, field)
+        embedder.run(limit=limit)
+        outcome = embedder.outcome.as_dict()
+        if field.passages:
+            # Rows whose passages lag for reasons no save reports: passages newly turned on,
+            # a passage failure's wait over, a worker stopped between a row and its passages.
+            embedder.run_passages(limit=limit)
+            outcome = embedder.outcome.as_dict()
+            outcome["passages_swept"] = sweep_orphans(model, field)
+        summary[f"{model._meta.label}.{field.name}"] = outcome
     return summary
 
 

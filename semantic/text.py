@@ -20,9 +20,17 @@ def clean(text: str, max_chars: int) -> str:
 
     Returns ``""`` for text with nothing but whitespace, which is never sent.
     """
+    return sanitize(text).strip()[:max_chars]
+
+
+def sanitize(text: str) -> str:
+    """``text`` with control characters and lone surrogates replaced one for one.
+
+    Every character keeps its position, so offsets found in the result (where a
+    passage starts and ends) are offsets in the text as stored.
+    """
     text = text.encode("utf-8", "replace").decode("utf-8")
-    text = _CONTROL.sub(" ", text).strip()
-    return text[:max_chars]
+    return _CONTROL.sub(" ", text)
 
 
 def redact(message: str, *secrets: str | None) -> str:

@@ -18,6 +18,7 @@ LAYERS = [
     # settings, text, the app's tables
     "semantic.conf",
     "semantic.text",
+    "semantic.passages",
     "semantic.models",
     "semantic.operations",
     # backends
@@ -32,11 +33,13 @@ LAYERS = [
     "semantic.fields",
     "semantic.switch",
     "semantic.rows",
+    "semantic.passage_rows",
     "semantic.labels",
     "semantic.streaming",
     # hand-off to the worker
     "semantic.dispatch",
     "semantic.hooks",
+    "semantic.passage_worker",
     # the worker and the Batch API flow
     "semantic.embedder",
     "semantic.batch",
@@ -46,9 +49,11 @@ LAYERS = [
     "semantic.duplicates",
     "semantic.review",
     "semantic.search_plan",
+    "semantic.passage_search",
     "semantic.query",
     "semantic.keyword",
     "semantic.hybrid",
+    "semantic.context",
     "semantic.evaluate",
     "semantic.linear",
     "semantic.classify",

@@ -123,6 +123,9 @@ class EmbeddingBackend:
     max_batch_size: int = 100
     #: Texts longer than this many characters are truncated before embedding.
     max_input_chars: int = 8192
+    #: Longest passage, in characters, the model reads whole (fields with ``passages``);
+    #: 0 means ``max_input_chars``, for models whose input limit is all they read.
+    passage_chars: int = 0
     #: The model's own vector size: what ``semantic.embed()`` makes when given no size.
     default_dimensions: int = 768
     #: Vector sizes the model can produce.

@@ -41,6 +41,9 @@ class LocalBackend(EmbeddingBackend):
     default_model = "all-MiniLM-L6-v2"
     max_batch_size = 64
     max_input_chars = 4000
+    #: 254 word pieces (256 less the two markers) at the 3.5 characters per piece this
+    #: model's tokenizer made of the project's README: what it reads before truncating.
+    passage_chars = 900
     default_dimensions = 384
 
     def __init__(

@@ -147,3 +147,19 @@ class EmbeddedMemo(models.Model):
 
     text = models.TextField()
     embedding = EmbeddingField(source="text", dimensions=384)
+
+
+class LongRead(models.Model):
+    """A long text searched by its passages (``passages=True``), with a title sent beside each."""
+
+    title = models.CharField(max_length=200)
+    body = models.TextField(blank=True)
+    section = models.CharField(max_length=20, blank=True, default="")
+    embedding = EmbeddingField(
+        source="body", task_type="RETRIEVAL_DOCUMENT", title_source="title", dimensions=128, passages=True
+    )
+
+    objects = SemanticManager()
+
+    def __str__(self) -> str:
+        return self.title

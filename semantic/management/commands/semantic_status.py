@@ -12,10 +12,14 @@ class Command(BaseCommand):
         "Show, per model and EmbeddingField, how many rows are embedded, pending, stale "
         "(made by another model or size), failed or empty, how long the oldest pending row "
         "has waited, and the model, task type and dimensions in use. --json prints the same "
-        "for monitoring (oldest_pending_seconds is null when nothing waits)."
+        "for monitoring (oldest_pending_seconds is null when nothing waits). Fields with passages "
+        "also show how many rows have current passages, lag or failed, how many passages there are, "
+        "and the characters row vectors and passages read (about 4 a token)."
     )
 
     HEADER = "{:<32} {:>8} " + " ".join("{:>9}" for _ in STATES) + " {:>14}  {}"
+    PASSAGES_HEADER = "{:<32} {:>8} {:>8} {:>8} {:>9} {:>12} {:>14}"
+    PASSAGE_COLUMNS = ("rows", "lagging", "failed", "passages", "row chars", "passage chars")
     NOTHING = "No model has an EmbeddingField."
     PROBLEM = "{label}: embedding is stopped: {problem} The rows wait and are embedded once this is fixed."
 
@@ -36,6 +40,24 @@ class Command(BaseCommand):
             name = f"{row['model']}.{row['field']}"
             age = _age(row["oldest_pending_seconds"])
             self.stdout.write(self.HEADER.format(name, row["total"], *(row[s] for s in STATES), age, row["spec"]))
+        with_passages = [row for row in report if row["passages"] is not None]
+        if with_passages:
+            self.stdout.write("")
+            self.stdout.write(self.PASSAGES_HEADER.format("passages of", *self.PASSAGE_COLUMNS))
+        for row in with_passages:
+            counts = row["passages"]
+            row_chars = "-" if counts["row_chars"] is None else counts["row_chars"]
+            self.stdout.write(
+                self.PASSAGES_HEADER.format(
+                    f"{row['model']}.{row['field']}",
+                    counts["rows"],
+                    counts["lagging"],
+                    counts["failed"],
+                    counts["passages"],
+                    row_chars,
+                    counts["passage_chars"],
+                )
+            )
         for row in report:
             if row["problem"]:
                 self.stderr.write(self.PROBLEM.format(label=f"{row['model']}.{row['field']}", problem=row["problem"]))

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('testapp', '0009_memos'),
+        ('testapp', '0010_longread'),
     ]
 
     operations = [

@@ -1,0 +1,120 @@
+"""Context for a language model: the passages that best answer a question, within a size budget.
+
+``semantic.context(Article.objects.filter(published=True), "When was the bridge opened?")``
+returns the nearest passages of those rows, best first, as many as fit in
+``budget_chars`` once rendered, each with its row, offsets and similarity.
+``str()`` of the result is ready to paste into a prompt: numbered blocks, each
+headed by its row and character range, so the model can cite its sources.
+
+The question is embedded with a question-side task type. For a ``RETRIEVAL_DOCUMENT``
+field it is ``QUESTION_ANSWERING`` by default, and ``FACT_VERIFICATION`` (to find
+evidence for or against a statement) or ``RETRIEVAL_QUERY`` may be asked for; Gemini
+embeds the question for that purpose, and the local model treats them alike.
+Passages are chosen across rows (several from one row when they are its best), by
+the exact search of :mod:`semantic.passage_search`, so filters keep full recall.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db import models
+from django.db.models import CharField
+from django.db.models.functions import Cast
+
+from semantic.passage_search import passage_distance, searchable_passages
+from semantic.query import query_vector
+from semantic.switch import serving_field
+
+#: Default budget: about 1,000 tokens of English text.
+DEFAULT_BUDGET_CHARS = 4000
+#: Passages compared with the budget before giving up on filling it.
+MAX_CANDIDATES = 200
+SEPARATOR = "\n\n"
+
+
+@dataclass(frozen=True)
+class ContextPassage:
+    """One passage chosen for the context."""
+
+    text: str
+    row: models.Model
+    position: int
+    start: int
+    end: int
+    similarity: float
+
+    def render(self, number: int) -> str:
+        return f"[{number}] {self.row} (characters {self.start}-{self.end})\n{self.text}"
+
+
+class Context(list[ContextPassage]):
+    """The chosen passages, best first; ``str()`` renders them for a prompt."""
+
+    def __str__(self) -> str:
+        return SEPARATOR.join(passage.render(number) for number, passage in enumerate(self, start=1))
+
+
+def context(
+    source: models.QuerySet | type[models.Model],
+    question: str,
+    *,
+    budget_chars: int = DEFAULT_BUDGET_CHARS,
+    task_type: str | None = None,
+    field: str | None = None,
+    min_similarity: float | None = None,
+) -> Context:
+    """The passages of ``source``'s rows nearest to ``question`` that fit in ``budget_chars`` (rendered).
+
+    ``source`` is a queryset (its filters decide which rows may be quoted) or a
+    model (all its rows). A passage too long for what is left of the budget is
+    skipped for a shorter one further down. ``min_similarity`` drops weak matches.
+    Raises ``ValueError`` for a field without ``passages``, an empty question
+    (:class:`semantic.EmptyQuery`) or a task type that does not search the field,
+    and :class:`semantic.SearchUnavailable` when the question cannot be embedded now.
+    """
+    queryset = source._default_manager.all() if isinstance(source, type) else source
+    if isinstance(budget_chars, bool) or not isinstance(budget_chars, int) or budget_chars < 1:
+        raise ValueError(f"budget_chars must be a positive integer, not {budget_chars!r}.")
+    model = queryset.model
+    embedding_field = serving_field(model, field)
+    if not embedding_field.passages:
+        label = f"{model._meta.label}.{embedding_field.name}"
+        raise ValueError(f"{label} has no passages to quote; set passages=True on the field.")
+    if task_type is None and embedding_field.task_type == "RETRIEVAL_DOCUMENT":
+        task_type = "QUESTION_ANSWERING"
+    if not isinstance(question, str):
+        raise TypeError(f"context() takes a question as text, not {type(question).__name__}.")
+    vector, _ = query_vector(model, embedding_field, question, task_type=task_type)
+    rows = queryset.order_by().annotate(_semantic_pk=Cast("pk", CharField())).values("_semantic_pk")
+    candidates = (
+        searchable_passages(embedding_field)
+        .using(queryset.db)
+        .filter(object_pk__in=rows)
+        .annotate(distance=passage_distance(vector))
+        .order_by("distance", "object_pk", "position")
+    )
+    if min_similarity is not None:
+        candidates = candidates.filter(distance__lte=1.0 - min_similarity)
+    found = list(candidates.values("object_pk", "text", "position", "start", "end", "distance")[:MAX_CANDIDATES])
+    objects = model._base_manager.using(queryset.db).in_bulk({passage["object_pk"] for passage in found})
+    rows_by_key = {str(pk): row for pk, row in objects.items()}
+    result = Context()
+    used = 0
+    for passage in found:
+        row = rows_by_key.get(passage["object_pk"])
+        if row is None:  # deleted since
+            continue
+        candidate = ContextPassage(
+            text=passage["text"],
+            row=row,
+            position=passage["position"],
+            start=passage["start"],
+            end=passage["end"],
+            similarity=1.0 - passage["distance"],
+        )
+        size = len(candidate.render(len(result) + 1)) + (len(SEPARATOR) if result else 0)
+        if used + size <= budget_chars:
+            result.append(candidate)
+            used += size
+    return result

@@ -1,0 +1,227 @@
+"""Passage state: which rows' passages are out of date, cutting a row, storing and deleting passages.
+
+A field with ``passages`` keeps, beside each row's vector, one :class:`semantic.models.Passage`
+per passage of the row's text. The passages follow the row's *embedded* text: once the
+row's vector is current, the row's passages must have been cut from the same text
+(``cut_from``), with the current sizes, by the current model (``spec``); a row where
+they were not is *lagging* and the worker cuts it again. A passage whose text is
+unchanged keeps its vector, so an edit costs a request only for the passages it changed.
+
+Passages go when their row does: the save hook's ``post_delete`` receiver deletes a
+deleted row's passages, and the sweep removes those whose row is gone (raw SQL,
+``QuerySet.update()`` of a key) or has no text any more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from typing import Any
+
+from django.db import models, transaction
+from django.db.models import CharField, Count, Exists, OuterRef, Q, Sum, Value
+from django.db.models.functions import MD5, Cast, Concat, Least, Length
+from django.utils import timezone
+
+from semantic.fields import TITLE_SEPARATOR, EmbeddingField
+from semantic.models import EmbeddingFailure, Passage
+from semantic.passages import split
+from semantic.text import clean, sanitize, source_hash
+
+#: Failure records of a row's passages name the field with this suffix (the row's own records name it bare).
+FAILURE_SUFFIX = ":passages"
+
+
+def passages_of(model: type[models.Model], field: EmbeddingField, using: str | None = None) -> models.QuerySet:
+    """Every stored passage of ``field``, in the database ``using``."""
+    manager = Passage.objects if using is None else Passage.objects.using(using)
+    return manager.filter(model_label=field.model._meta.label, field_name=field.name)
+
+
+def cut_marker(field: EmbeddingField, row_hash: Any) -> Any:
+    """SQL (from a row's text hash expression) or Python (from a hash) for ``Passage.cut_from``."""
+    max_chars, overlap = field.passage_sizes()
+    sizes = f"|{max_chars}|{overlap}"
+    if isinstance(row_hash, str):
+        return hashlib.md5(f"{row_hash}{sizes}".encode()).hexdigest()
+    return MD5(Concat(row_hash, Value(sizes), output_field=CharField()))
+
+
+def passage_failures(model: type[models.Model], field: EmbeddingField) -> models.QuerySet[EmbeddingFailure]:
+    return EmbeddingFailure.objects.filter(model_label=field.model._meta.label, field_name=field.name + FAILURE_SUFFIX)
+
+
+def lagging_rows(model: type[models.Model], field: EmbeddingField, using: str | None = None) -> models.QuerySet:
+    """Rows whose vector is current but whose passages were cut from another text,
+    with other sizes or by another model; not those waiting out a passage failure."""
+    table_model = field.model
+    pk_text = Cast(OuterRef("pk"), CharField())
+    current = passages_of(table_model, field).filter(
+        object_pk=pk_text,
+        position=0,
+        cut_from=cut_marker(field, OuterRef(field.embedded_hash_name)),
+        spec=field.spec(),
+    )
+    waiting = passage_failures(table_model, field).filter(object_pk=pk_text)
+    waiting = waiting.filter(
+        Q(retry_at__gt=timezone.now()) | Q(permanent=True, source_hash=OuterRef(field.embedded_hash_name))
+    )
+    manager = table_model._base_manager if using is None else table_model._base_manager.using(using)
+    return manager.filter(field.is_current()).exclude(Exists(current)).exclude(Exists(waiting))
+
+
+def current_rows(model: type[models.Model], field: EmbeddingField) -> models.QuerySet:
+    """Rows whose passages match their embedded text, sizes and model: what passage searches find."""
+    current = passages_of(model, field).filter(
+        object_pk=Cast(OuterRef("pk"), CharField()),
+        position=0,
+        cut_from=cut_marker(field, OuterRef(field.embedded_hash_name)),
+        spec=field.spec(),
+    )
+    return field.model._base_manager.filter(field.is_current()).filter(Exists(current))
+
+
+@dataclass
+class Piece:
+    """One passage of a row as cut now; ``vector`` once known."""
+
+    position: int
+    start: int
+    end: int
+    text: str
+    text_hash: str
+    vector: list[float] | None = None
+
+
+@dataclass
+class Cut:
+    """A row's text cut into passages, with what identifies the cut."""
+
+    pk: Any
+    row_hash: str
+    cut_from: str
+    title: str | None
+    pieces: list[Piece] = dataclass_field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return all(piece.vector is not None for piece in self.pieces)
+
+
+def cut(field: EmbeddingField, row: models.Model) -> Cut:
+    """The passages of ``row``'s text now, hashed with its title (what is sent beside each)."""
+    max_chars, overlap = field.passage_sizes()
+    row_hash = field.text_hash(row) or ""
+    title = field.title_text(row)
+    title = clean(title, 1000) if title is not None else None
+    suffix = TITLE_SEPARATOR + (title or "") if field.title_source else ""
+    result = Cut(row.pk, row_hash, cut_marker(field, row_hash), title)
+    text = sanitize(field.source_text(row))
+    for position, passage in enumerate(split(text, max_chars=max_chars, overlap=overlap)):
+        digest = source_hash(passage.text + suffix) or ""
+        result.pieces.append(Piece(position, passage.start, passage.end, passage.text, digest))
+    return result
+
+
+def known_vectors(
+    model: type[models.Model], field: EmbeddingField, pks: Iterable[Any], using: str | None = None
+) -> dict[tuple[str, str], list[float]]:
+    """Stored vectors of these rows' passages by ``(object_pk, text_hash)``, made by the current model."""
+    stored = passages_of(model, field, using).filter(object_pk__in=[str(pk) for pk in pks], spec=field.spec())
+    return {(pk, digest): vector for pk, digest, vector in stored.values_list("object_pk", "text_hash", "vector")}
+
+
+def store(model: type[models.Model], field: EmbeddingField, row: Cut, spec: str, using: str) -> bool:
+    """Replace the row's passages with ``row``'s, if the row's vector is still of the text they were cut from.
+
+    Returns False (and writes nothing) when the row changed meanwhile: its next
+    embedding makes it lagging again, and its passages are cut from the new text.
+    """
+    table_model = field.model
+    with transaction.atomic(using=using):
+        still = table_model._base_manager.using(using).filter(
+            field.is_current(), pk=row.pk, **{field.embedded_hash_name: row.row_hash}
+        )
+        if not still.exists():
+            return False
+        mine = passages_of(table_model, field, using).filter(object_pk=str(row.pk))
+        mine.filter(position__gte=len(row.pieces)).delete()
+        Passage.objects.using(using).bulk_create(
+            [
+                Passage(
+                    model_label=table_model._meta.label,
+                    field_name=field.name,
+                    object_pk=str(row.pk),
+                    position=piece.position,
+                    start=piece.start,
+                    end=piece.end,
+                    text=piece.text,
+                    text_hash=piece.text_hash,
+                    cut_from=row.cut_from,
+                    spec=spec,
+                    vector=piece.vector,
+                )
+                for piece in row.pieces
+            ],
+            update_conflicts=True,
+            unique_fields=["model_label", "field_name", "object_pk", "position"],
+            update_fields=["start", "end", "text", "text_hash", "cut_from", "spec", "vector"],
+        )
+        passage_failures(table_model, field).filter(object_pk=str(row.pk)).delete()
+    return True
+
+
+def delete_passages(model: type[models.Model], field: EmbeddingField, pks: Iterable[Any], using: str | None) -> int:
+    """Delete the passages of these rows; returns how many."""
+    deleted, _ = passages_of(model, field, using).filter(object_pk__in=[str(pk) for pk in pks]).delete()
+    return deleted
+
+
+def sweep_orphans(
+    model: type[models.Model], field: EmbeddingField, using: str | None = None, pks: Iterable[Any] | None = None
+) -> int:
+    """Delete passages whose row is gone, or has no text (so no vector) any more; returns how many.
+
+    Rows deleted through the ORM take their passages with them (the save hook's
+    ``post_delete``); this finds those deleted behind its back. ``pks`` limits it to those rows.
+    """
+    table_model = field.model
+    manager = table_model._base_manager if using is None else table_model._base_manager.using(using)
+    # The stored key cast to the table's key type, so the row is found through its primary key index.
+    row = manager.filter(pk=Cast(OuterRef("object_pk"), output_field=table_model._meta.pk))
+    live = row.filter(Q(**{f"{field.attname}__isnull": False}) | field.pending())
+    passages = passages_of(table_model, field, using)
+    if pks is not None:
+        passages = passages.filter(object_pk__in=[str(pk) for pk in pks])
+    deleted, _ = passages.exclude(Exists(live)).delete()
+    return deleted
+
+
+def passage_status(model: type[models.Model], field: EmbeddingField, rows: models.QuerySet) -> dict[str, Any]:
+    """How ``rows``' passages stand, and where characters go: into row vectors or into passages.
+
+    ``rows`` rows whose passages match their text; ``lagging`` rows waiting for theirs;
+    ``failed`` rows whose passages could not be embedded; ``passages`` how many there
+    are and ``passage_chars`` how much text they hold (overlaps counted twice, as
+    sent); ``row_chars`` what the rows' own vectors read (each row's text up to the
+    backend's input limit; None when the text comes from Python, which SQL cannot
+    measure). At about 4 characters a token, these say what a full re-embedding costs.
+    """
+    keys = rows.annotate(_semantic_pk=Cast("pk", CharField())).values("_semantic_pk")
+    stored = passages_of(model, field).filter(object_pk__in=keys, spec=field.spec())
+    totals = stored.aggregate(passages=Count("pk"), chars=Sum(Length("text")))
+    text = field.stored_source_text()
+    row_chars = None
+    if text is not None:
+        read = Least(Length(text), Value(field.backend.max_input_chars))
+        row_chars = rows.filter(field.is_current()).aggregate(chars=Sum(read))["chars"] or 0
+    return {
+        "rows": current_rows(model, field).filter(pk__in=rows.values("pk")).count(),
+        "lagging": lagging_rows(model, field).filter(pk__in=rows.values("pk")).count(),
+        "failed": passage_failures(model, field).filter(object_pk__in=keys).count(),
+        "passages": totals["passages"],
+        "passage_chars": totals["chars"] or 0,
+        "row_chars": row_chars,
+    }

@@ -1,0 +1,423 @@
+"""Passages (issue 14 parts 1 and 3): the splitter, the worker keeping a row's passages in
+step with its text, searching rows by their best passage, and context for an LLM.
+
+Real PostgreSQL and the fake Gemini server (hashed bag of words: a query shares words
+with the passage it should find). The Gemini backend reads 8,000 characters, so a
+``LongRead`` row is five paragraphs of about 2,500 characters on five topics: each
+paragraph is a passage of its own, and the last ones lie beyond what the row's own
+vector saw.
+"""
+
+import pytest
+from django.core.cache import cache
+from django.core.paginator import Paginator
+from django.db import connection
+
+from semantic import Passages, context, suspend_embedding
+from semantic.fields import EmbeddingField
+from semantic.models import EmbeddingFailure, Passage
+from semantic.passages import split
+from tests.testapp.models import Article, LongRead
+
+TOPICS = [
+    ("volcano", "lava eruption magma crater ash basalt"),
+    ("violin", "orchestra symphony concerto melody bow"),
+    ("glacier", "ice arctic snow polar frozen moraine"),
+    ("football", "goal stadium referee league striker"),
+    ("bakery", "bread flour oven yeast dough crust"),
+    ("satellite", "orbit rocket launch telescope antenna"),
+]
+PARAGRAPH_CHARS = 2500
+
+
+def paragraph(topic: str, words: str, length: int = PARAGRAPH_CHARS, tag: str = "") -> str:
+    first, *rest = words.split()
+    sentences = []
+    i = 0
+    while sum(len(s) + 1 for s in sentences) < length:
+        sentences.append(f"The {topic} {rest[i % len(rest)]} {first} {rest[(i + 2) % len(rest)]}{tag} number {i}.")
+        i += 1
+    return " ".join(sentences)
+
+
+def article(order: list[int]) -> str:
+    return "\n\n".join(paragraph(*TOPICS[i]) for i in order)
+
+
+def passages_of(row):
+    return list(Passage.objects.filter(object_pk=str(row.pk), field_name="embedding").order_by("position"))
+
+
+# -- the splitter -----------------------------------------------------------------
+
+
+def test_paragraphs_that_fit_are_passages_of_their_own():
+    # Two of these paragraphs would fit in one passage: each is still a passage of its own.
+    paragraphs = [
+        f"Paragraph {n} opens here. It goes on for a while, a little longer. And then it ends here." for n in range(4)
+    ]
+    text = "\n\n".join(paragraphs)
+    passages = split(text, max_chars=300, overlap=0)
+    assert [p.text for p in passages] == paragraphs
+    assert all(text[p.start : p.end] == p.text for p in passages)
+
+
+def test_a_long_paragraph_is_cut_between_sentences_within_the_size():
+    sentences = [f"Sentence number {i} says something short." for i in range(40)]
+    text = " ".join(sentences)
+    passages = split(text, max_chars=200, overlap=0)
+    assert len(passages) > 1
+    assert all(len(p.text) <= 200 for p in passages)
+    assert all(p.text.endswith(".") and p.text.startswith("Sentence") for p in passages)
+    assert " ".join(p.text for p in passages) == text
+
+
+def test_each_passage_repeats_the_end_of_the_one_before_from_a_sentence_start():
+    text = " ".join(f"Sentence number {i} says something short." for i in range(40))
+    passages = split(text, max_chars=200, overlap=60)
+    assert all(len(p.text) <= 200 for p in passages)
+    for before, after in zip(passages, passages[1:]):
+        assert before.start < after.start < before.end  # overlapping
+        assert before.end - after.start <= 60
+        assert after.text.startswith("Sentence")
+
+
+def test_short_paragraphs_join_a_neighbour_and_headings_join_their_paragraph():
+    text = "Heading\n\n" + "x" * 150 + "\n\n" + "y" * 150 + "\n\nEnd."
+    passages = split(text, max_chars=200, overlap=0)
+    assert [p.text for p in passages] == ["Heading\n\n" + "x" * 150, "y" * 150 + "\n\nEnd."]
+
+
+def test_editing_one_paragraph_leaves_the_other_passages_as_they_were():
+    paragraphs = [
+        f"Paragraph {n}. " + " ".join(f"Words of paragraph {n}, line {i}." for i in range(3)) for n in range(6)
+    ]
+    before = split("\n\n".join(paragraphs), max_chars=300, overlap=40)
+    paragraphs[2] = paragraphs[2].replace(
+        "line 0.", "line 0, rewritten at much more length than it was before, so that it no longer fits beside another."
+    )
+    after = split("\n\n".join(paragraphs), max_chars=300, overlap=40)
+    changed = {p.text for p in after} - {p.text for p in before}
+    assert len(after) == len(before)
+    # Paragraph 2's passage; the next one repeats only paragraph 2's last sentence, which is unchanged.
+    assert len(changed) == 1
+    assert "rewritten" in changed.pop()
+
+
+def test_odd_texts():
+    assert split("", max_chars=100) == []
+    assert split(" \n\n \t ", max_chars=100) == []
+    word = "x" * 1000  # a word longer than a passage: cut inside it, nothing lost
+    cut = split(word, max_chars=100)
+    assert "".join(p.text for p in cut) == word and all(len(p.text) <= 100 for p in cut)
+    huge = "\n\n".join(paragraph(*TOPICS[i % 6]) for i in range(200))  # 500,000 characters
+    passages = split(huge, max_chars=1000, overlap=100)
+    assert all(0 < len(p.text) <= 1000 for p in passages)
+    assert passages[-1].end == len(huge)
+    text = "  Ünïcödé — “quoted.” 日本語の文。次の文！ emoji 🙂. " * 20
+    assert all(text[p.start : p.end] == p.text for p in split(text, max_chars=120, overlap=30))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"max_chars": 10}, {"max_chars": 100, "overlap": 60}, {"max_chars": 100.0}, {"overlap": -1}, {"size": 3}],
+)
+def test_bad_options_are_refused_with_a_clear_error(options):
+    with pytest.raises(ValueError, match="max_chars|overlap|passages"):
+        EmbeddingField(source="body", passages=options)
+
+
+def test_the_option_adds_only_its_value_to_migrations():
+    _, _, _, default = EmbeddingField(source="body", passages=True).deconstruct()
+    _, _, _, sized = EmbeddingField(source="body", passages=Passages(max_chars=900, overlap=100)).deconstruct()
+    _, _, _, none = EmbeddingField(source="body").deconstruct()
+    assert default["passages"] is True
+    assert sized["passages"] == {"max_chars": 900, "overlap": 100}
+    assert "passages" not in none
+    assert "passages" in EmbeddingField.non_db_attrs
+
+
+def test_passage_sizes_follow_the_backend(semantic_settings):
+    field = LongRead._meta.get_field("embedding")
+    assert field.passage_sizes() == (8000, 1000)  # Gemini reads 2,048 tokens, about 8,000 characters
+    semantic_settings(BACKEND="semantic.backends.local.LocalBackend")
+    assert field.passage_sizes() == (900, 112)  # all-MiniLM-L6-v2 reads 256 word pieces
+
+
+# -- the worker -------------------------------------------------------------------
+
+pytestmark_db = pytest.mark.django_db(transaction=True)
+
+
+@pytestmark_db
+def test_saving_a_long_text_embeds_each_passage_with_the_title(fake_gemini):
+    row = LongRead.objects.create(title="Five topics", body=article([0, 1, 2, 3, 4]))
+    stored = passages_of(row)
+    assert [p.text for p in stored] == [p.text for p in split(row.body, max_chars=8000, overlap=1000)]
+    assert len(stored) == 5
+    assert all(row.body[p.start : p.end] == p.text for p in stored)
+    assert all(p.vector is not None and len(p.vector) == 128 for p in stored)
+    requests = [r["body"]["requests"] for r in fake_gemini.requests]
+    sent = [item for request in requests for item in request]
+    assert len(sent) == 6  # the row (its first 8,000 characters), then its five passages
+    assert {item["taskType"] for item in sent} == {"RETRIEVAL_DOCUMENT"}
+    assert {item["title"] for item in sent} == {"Five topics"}
+    assert [item["content"]["parts"][0]["text"] for item in sent[1:]] == [p.text for p in stored]
+
+
+@pytestmark_db
+def test_editing_one_paragraph_re_embeds_only_its_passage(fake_gemini):
+    row = LongRead.objects.create(title="Five topics", body=article([0, 1, 2, 3, 4]))
+    before = {p.position: (p.text_hash, list(p.vector)) for p in passages_of(row)}
+    fake_gemini.reset()
+    row.body = row.body.replace("The glacier arctic ice polar number 0.", "The glacier retreats every summer now.")
+    assert "retreats" in row.body
+    row.save()
+    texts = fake_gemini.texts()
+    after = passages_of(row)
+    assert texts[0] == row.body[:8000]  # the row's own vector
+    assert texts[1:] == [after[2].text]  # and the one passage that changed
+    assert "retreats" in after[2].text
+    for passage in after:
+        if passage.position != 2:
+            assert (passage.text_hash, list(passage.vector)) == before[passage.position]
+
+
+@pytestmark_db
+def test_surplus_passages_go_and_a_short_text_reuses_the_rows_vector(fake_gemini):
+    row = LongRead.objects.create(title="Shrinking", body=article([0, 1, 2]))
+    assert len(passages_of(row)) == 3
+    fake_gemini.reset()
+    row.body = "Now a short note about bread and yeast."
+    row.save()
+    assert fake_gemini.texts() == [row.body]  # the row only: its one passage is its whole text
+    (passage,) = passages_of(row)
+    row.refresh_from_db()
+    assert passage.text == row.body
+    assert list(passage.vector) == list(row.embedding)
+
+
+@pytestmark_db
+def test_emptying_or_deleting_rows_deletes_their_passages(fake_gemini):
+    kept, emptied, deleted, raw = (
+        LongRead.objects.create(title=f"Row {i}", body=article([i, i + 1])) for i in range(4)
+    )
+    assert Passage.objects.count() == 8
+    emptied.body = ""
+    emptied.save()
+    assert passages_of(emptied) == []
+    deleted.delete()
+    assert passages_of(deleted) == []
+    LongRead.objects.filter(pk=kept.pk).delete()  # a queryset delete sends post_delete for each row
+    assert passages_of(kept) == []
+    with connection.cursor() as cursor:  # behind the ORM's back: the sweep finds the passages
+        cursor.execute(f"DELETE FROM {LongRead._meta.db_table} WHERE id = %s", [raw.pk])
+    assert len(passages_of(raw)) == 2
+    from semantic.tasks import embed_pending
+
+    summary = embed_pending(LongRead)
+    assert summary["testapp.LongRead.embedding"]["passages_swept"] == 2
+    assert Passage.objects.count() == 0
+
+
+@pytestmark_db
+def test_rows_embedded_before_passages_were_kept_get_them_from_the_sweep(fake_gemini):
+    row = LongRead.objects.create(title="Older", body=article([0, 1]))
+    Passage.objects.all().delete()  # as if the field had no passages until now
+    fake_gemini.reset()
+    from semantic.tasks import embed_pending
+
+    summary = embed_pending(LongRead)["testapp.LongRead.embedding"]
+    assert summary["embedded"] == 0 and summary["passages"] == 2 and summary["passage_rows"] == 1
+    assert len(passages_of(row)) == 2
+    assert embed_pending(LongRead)["testapp.LongRead.embedding"]["passages"] == 0  # nothing lags now
+
+
+@pytestmark_db
+def test_a_rejected_passage_is_recorded_against_its_row_and_not_retried(fake_gemini):
+    fake_gemini.reject_marker = "REJECTME"
+    # The row's own text is its first 8,000 characters, before the marker.
+    body = article([0, 1, 2, 3]) + "\n\n" + paragraph(*TOPICS[5], tag=" REJECTME")
+    with suspend_embedding():
+        row = LongRead.objects.create(title="Rejected", body=body)
+    from semantic.tasks import embed_pending
+
+    summary = embed_pending(LongRead)["testapp.LongRead.embedding"]
+    assert summary["embedded"] == 1 and summary["passages_failed"] == 1
+    assert passages_of(row) == []  # a row's passages are stored together or not at all
+    failure = EmbeddingFailure.objects.get(field_name="embedding:passages", object_pk=str(row.pk))
+    assert failure.permanent
+    fake_gemini.reset()
+    assert embed_pending(LongRead)["testapp.LongRead.embedding"]["passages"] == 0
+    assert fake_gemini.request_count == 0
+
+
+# -- searching rows by their passages ---------------------------------------------
+
+
+#: Which topics each row of the library has, in order: only rows 2 and 4 speak of glaciers,
+#: row 2 first, row 4 last (its fifth paragraph, beyond what the row's own vector saw).
+LIBRARY = [[0, 1, 3, 4], [1, 3, 4, 5], [2, 0, 1, 3, 4], [3, 4, 5, 0], [0, 1, 3, 5, 2], [5, 0, 1, 3]]
+
+
+@pytest.fixture
+def library(fake_gemini):
+    cache.clear()
+    rows = {}
+    for i, order in enumerate(LIBRARY):
+        section = "even" if i % 2 == 0 else "odd"
+        rows[i] = LongRead.objects.create(title=f"Row {i}", body=article(order), section=section)
+    fake_gemini.reset()
+    return rows
+
+
+QUERY = "the arctic glacier moraine frozen"
+
+
+@pytestmark_db
+def test_rows_are_ranked_by_their_best_passage_even_a_late_one(library):
+    late = library[4]
+    assert "glacier" not in late.body[:8000]  # the row's own vector never saw it
+    by_row = {row.pk: row.similarity for row in LongRead.objects.similar_to(QUERY)}
+    found = list(LongRead.objects.similar_to(QUERY, passages=True))
+    assert {row.pk for row in found[:2]} == {library[2].pk, late.pk}
+    assert by_row[late.pk] < next(row.similarity for row in found if row.pk == late.pk) - 0.2
+    match = next(row for row in found if row.pk == late.pk)
+    assert match.passage_position == 4
+    assert match.passage_start > 8000
+    assert match.body[match.passage_start : match.passage_end] == match.passage_text
+    assert "glacier" in match.passage_text
+    sims = [row.similarity for row in found]
+    assert sims == sorted(sims, reverse=True)
+    assert all(row.similarity == pytest.approx(1 - row.distance) for row in found)
+
+
+@pytestmark_db
+def test_a_passage_search_chains_with_filters_and_pages(library):
+    qs = LongRead.objects.similar_to(QUERY, passages=True).filter(section="even")
+    pages = Paginator(qs, 2)
+    assert pages.count == 3
+    seen = [row for number in pages.page_range for row in pages.page(number)]
+    assert [row.pk for row in seen] == [row.pk for row in qs]
+    assert {row.pk for row in seen} == {library[i].pk for i in (0, 2, 4)}
+    assert seen[0].pk in (library[2].pk, library[4].pk)  # the filtered rows keep their best passages
+    assert LongRead.objects.filter(section="odd").similar_to(QUERY, passages=True).count() == 3
+    close = LongRead.objects.similar_to(QUERY, passages=True, min_similarity=0.5)
+    assert {row.pk for row in close} == {library[2].pk, library[4].pk}
+
+
+@pytestmark_db
+def test_a_passage_search_needs_a_field_with_passages(library):
+    with pytest.raises(ValueError, match="passages=True"):
+        Article.objects.similar_to("anything", passages=True)
+
+
+# -- context for a language model --------------------------------------------------
+
+
+@pytestmark_db
+def test_context_quotes_the_best_passages_within_the_budget(library, fake_gemini):
+    best = context(LongRead, QUERY, budget_chars=7000)
+    # Row 2's first paragraph (2,521 characters) and row 4's last with the end of the one before (3,508).
+    assert len(best) == 2
+    assert {p.row.pk for p in best} == {library[2].pk, library[4].pk}
+    assert all("glacier" in p.text for p in best)
+    assert best[0].similarity >= best[1].similarity
+    for p in best:
+        assert p.row.body[p.start : p.end] == p.text
+    rendered = str(best)
+    assert len(rendered) <= 7000
+    assert rendered.startswith(f"[1] {best[0].row} (characters {best[0].start}-{best[0].end})\n{best[0].text}")
+    assert fake_gemini.requests[-1]["body"]["requests"][0]["taskType"] == "QUESTION_ANSWERING"
+    assert len(context(LongRead, QUERY, budget_chars=3000)) == 1
+    tighter = context(LongRead, QUERY, budget_chars=6000)  # row 4's passage no longer fits: a shorter one does
+    assert tighter[0] == best[0] and tighter[1].row.pk != library[4].pk and len(str(tighter)) <= 6000
+    assert len(context(LongRead, QUERY, budget_chars=100)) == 0
+
+
+@pytestmark_db
+def test_context_keeps_to_the_querysets_rows_and_takes_fact_verification(library, fake_gemini):
+    odd = context(LongRead.objects.filter(section="odd"), QUERY, task_type="FACT_VERIFICATION", budget_chars=20000)
+    assert odd and {p.row.section for p in odd} == {"odd"}
+    assert fake_gemini.requests[-1]["body"]["requests"][0]["taskType"] == "FACT_VERIFICATION"
+    with pytest.raises(ValueError, match="does not search"):
+        context(LongRead, QUERY, task_type="CLUSTERING")
+    with pytest.raises(ValueError, match="passages=True"):
+        context(Article, QUERY)
+
+
+# -- status ------------------------------------------------------------------------
+
+
+@pytestmark_db
+def test_status_counts_passages_and_where_the_characters_go(fake_gemini, admin_client):
+    from django.urls import reverse
+
+    from semantic.status import field_status
+    from tests.commands import call
+
+    done = LongRead.objects.create(title="Done", body=article([0, 1, 2]))
+    LongRead.objects.create(title="Short", body="One short line.")
+    lagging = LongRead.objects.create(title="Lagging", body=article([5, 0]))
+    Passage.objects.filter(object_pk=str(lagging.pk)).delete()
+    fake_gemini.reject_marker = "REJECTME"
+    failing = LongRead.objects.create(
+        title="Failing", body=article([1, 2, 3, 4]) + "\n\n" + paragraph(*TOPICS[5], tag="REJECTME")
+    )
+
+    with suspend_embedding():
+        LongRead.objects.create(title="Waiting", body=article([3, 4]))  # its row is pending: not counted yet
+    counts = field_status(LongRead, LongRead._meta.get_field("embedding"))["passages"]
+    stored = Passage.objects.filter(field_name="embedding")
+    assert counts["rows"] == 2  # done and short
+    assert counts["lagging"] == 1 and counts["failed"] == 1
+    assert counts["passages"] == stored.count() == 3 + 1
+    assert counts["passage_chars"] == sum(len(p.text) for p in stored)
+    # What the rows' own vectors read: each embedded row's text, up to Gemini's 8,000 characters.
+    assert counts["row_chars"] == len(done.body) + len("One short line.") + len(lagging.body) + 8000
+    assert len(failing.body) > 8000
+    assert field_status(Article, Article._meta.get_field("embedding"))["passages"] is None
+
+    out, _ = call("semantic_status", "testapp.LongRead")
+    line = next(line for line in out.splitlines() if line.startswith("testapp.LongRead.embedding") and "|" not in line)
+    assert line.split()[1:] == ["2", "1", "1", "4", str(counts["row_chars"]), str(counts["passage_chars"])]
+    page = admin_client.get(reverse("admin:semantic_status"))
+    assert page.status_code == 200
+    assert "Characters read by passages" in page.content.decode()
+    (row,) = [r for r in page.context["report"] if r["model"] == "testapp.LongRead"]
+    assert row["passages"] == counts
+
+
+@pytestmark_db
+def test_failed_passages_are_retried_by_semantic_embed_failed_and_the_admin_button(fake_gemini, admin_client):
+    from django.urls import reverse
+
+    from tests.commands import call
+
+    def failing_row(title):
+        fake_gemini.reject_marker = "REJECTME"
+        row = LongRead.objects.create(
+            title=title, body=article([0, 1, 2, 3]) + "\n\n" + paragraph(*TOPICS[5], tag="REJECTME")
+        )
+        assert EmbeddingFailure.objects.filter(field_name="embedding:passages", object_pk=str(row.pk)).exists()
+        fake_gemini.reset()  # the API accepts the text now
+        return row
+
+    by_command = failing_row("Retried by the command")
+    call("semantic_embed", "testapp.LongRead", "--failed")
+    assert len(passages_of(by_command)) == 5
+
+    by_admin = failing_row("Retried from the admin")
+    response = admin_client.post(reverse("admin:semantic_status"), follow=True)
+    assert response.status_code == 200
+    assert len(passages_of(by_admin)) == 5
+    assert not EmbeddingFailure.objects.exists()
+
+
+def test_a_halfvec_rows_vector_reads_as_floats_for_its_single_passage():
+    from pgvector import HalfVector
+
+    from semantic.passage_worker import as_floats
+
+    assert as_floats(HalfVector([0.5, -1.0])) == [0.5, -1.0]  # a halfvec column reads as a HalfVector
+    assert as_floats([0.25, 1]) == [0.25, 1.0]
