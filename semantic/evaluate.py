@@ -29,7 +29,9 @@ from django.db import models
 from semantic.hybrid import DEFAULT_K, hybrid
 from semantic.keyword import keyword_search
 
-METHODS = ("meaning", "keyword", "hybrid")
+METHODS = ("meaning", "keyword", "hybrid", "passages")
+#: What is compared when no methods are named: passages too when the field has them.
+DEFAULT_METHODS = ("meaning", "keyword", "hybrid")
 MEASURES = ("ndcg@10", "recall@100", "mrr@10")
 #: How many rows each search returns: enough for recall@100.
 DEPTH = 100
@@ -107,7 +109,14 @@ def searches(
         "meaning": lambda text: queryset.similar_to(text, field=field, ef_search=max(DEPTH, 40)),
         "keyword": lambda text: keyword_search(queryset, text),
         "hybrid": lambda text: hybrid(queryset, text, field=field, k=k, weights=weights, candidates=candidates),
+        # Rows ranked by their nearest passage (fields with ``passages``): exact, so no depth to ask for.
+        "passages": lambda text: queryset.similar_to(text, field=field, passages=True),
     }
+
+
+def default_methods(field: Any) -> tuple[str, ...]:
+    """The searches to compare on ``field``: the three, and passages when it has them."""
+    return (*DEFAULT_METHODS, "passages") if field.passages else DEFAULT_METHODS
 
 
 def evaluate(
@@ -120,7 +129,7 @@ def evaluate(
     k: float = DEFAULT_K,
     weights: tuple[float, float] = (1.0, 1.0),
     candidates: int = DEPTH,
-    methods: Iterable[str] = METHODS,
+    methods: Iterable[str] = DEFAULT_METHODS,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Mean of each measure for each method, plus the median seconds a search took."""

@@ -12,7 +12,11 @@ class Doc(models.Model):
     published = models.BooleanField(default=True)
     corpus_id = models.CharField(max_length=40, blank=True, default="", db_index=True)
     embedding = EmbeddingField(
-        source=("title", "text"), task_type="RETRIEVAL_DOCUMENT", title_source="title", dimensions=384
+        source=("title", "text"),
+        task_type="RETRIEVAL_DOCUMENT",
+        title_source="title",
+        dimensions=384,
+        passages=True,
     )
 
     objects = SemanticManager()

@@ -1,7 +1,7 @@
 from django.core.exceptions import FieldDoesNotExist
 from django.core.management.base import BaseCommand, CommandError
 
-from semantic.evaluate import METHODS, evaluate, load_qrels, load_queries, parse_weights, report_lines
+from semantic.evaluate import METHODS, default_methods, evaluate, load_qrels, load_queries, parse_weights, report_lines
 from semantic.hybrid import DEFAULT_K
 from semantic.management.targets import resolve
 from semantic.query import SemanticQuerySet
@@ -26,13 +26,16 @@ class Command(BaseCommand):
         )
         parser.add_argument("--k-rrf", type=float, default=DEFAULT_K, help=f"RRF's k (default {DEFAULT_K})")
         parser.add_argument("--weights", default="1,1", help="hybrid weights keyword,meaning (default 1,1)")
-        parser.add_argument("--methods", default=",".join(METHODS), help="which searches (default all three)")
+        parser.add_argument(
+            "--methods",
+            help=f"some of {','.join(METHODS)} (default: all the field has; passages need passages=True)",
+        )
 
     def handle(self, target, queries, qrels, field, id_field, k_rrf, weights, methods, **options):
         (model, embedding_field), *others = resolve(target if field is None else f"{target}.{field}")
         if others:
             raise CommandError(f"{model._meta.label} has several EmbeddingFields; pass --field.")
-        chosen = [m.strip() for m in methods.split(",") if m.strip()]
+        chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else default_methods(embedding_field)
         if not chosen or set(chosen) - set(METHODS):
             raise CommandError(f"--methods takes some of {', '.join(METHODS)}, not {methods!r}.")
         if id_field != "pk":
