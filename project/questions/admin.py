@@ -10,3 +10,6 @@ class QuestionAdmin(SemanticAdminMixin, admin.ModelAdmin):
     list_filter = ["category"]
     search_fields = ["title", "body", "answer"]
     fields = ["title", "body", "category", "answer"]
+    # A suggested-category column, a confident/unsure filter and "Apply suggested labels".
+    semantic_label_field = "category"
+    semantic_topic_date_field = "created"
