@@ -213,9 +213,9 @@ def main() -> None:
         return
     from django.core.management import call_command
 
-    from semantic.embed import embed
     from semantic.evaluate import load_qrels, load_queries
     from semantic.hybrid import hybrid
+    from semantic.vectors import embed
     from tests.docsapp.models import Doc
 
     documents = corpus()

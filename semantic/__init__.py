@@ -3,13 +3,13 @@
 from semantic.classify import annotate_predictions, apply_predictions, predict_labels, suggest_label
 from semantic.clusters import cluster
 from semantic.context import Context, ContextPassage, context
-from semantic.embed import EmptyQuery, SearchUnavailable, embed
 from semantic.fields import EmbeddingField
 from semantic.hooks import suspend_embedding
 from semantic.hybrid import HybridQuerySet, HybridSearchMixin, hybrid
 from semantic.keyword import KeywordIndex
 from semantic.passages import Passages
 from semantic.query import SemanticManager, SemanticQuerySet, SemanticQuerySetMixin
+from semantic.vectors import EmptyQuery, SearchUnavailable, embed
 
 __all__ = [
     "Context",

@@ -41,7 +41,6 @@ from semantic.admin_duplicates import DuplicateReviewMixin
 from semantic.admin_labels import LabelSuggestionMixin
 from semantic.admin_status import EmbeddingFailureAdmin, status_url
 from semantic.admin_topics import TopicsMixin
-from semantic.embed import EmptyQuery, SearchUnavailable
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingBatchJob, EmbeddingFailure
 from semantic.query import (
@@ -53,6 +52,7 @@ from semantic.rows import forget_failures, mark_pending
 from semantic.status import with_state
 from semantic.switch import serving_field
 from semantic.tasks import enqueue
+from semantic.vectors import EmptyQuery, SearchUnavailable
 
 #: Shown instead of a server error when the embedding API cannot answer a query now.
 SEARCH_UNAVAILABLE = _("Search by meaning is unavailable right now ({reason}); showing results without it.")

@@ -40,13 +40,13 @@ from django.db.models import F, FloatField, OuterRef, Subquery, Value
 from django.db.models.fields.json import JSONField
 from pgvector.django import CosineDistance
 
-from semantic.embed import embed
 from semantic.fields import EmbeddingField
 from semantic.labels import NO_EXAMPLES, Prediction, label_field_of, labelled
 from semantic.linear import predict_linear
 from semantic.query import vector_literal
 from semantic.streaming import BATCH_SIZE, normalised, pk_batches, vector_batches
 from semantic.switch import serving_field
+from semantic.vectors import embed
 
 #: Neighbours that vote: the best of 5 and 10 on the Banking77 hold-out (docs/benchmarks.md).
 DEFAULT_K = 5

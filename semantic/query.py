@@ -30,11 +30,11 @@ from django.db.models import BooleanField, F, FloatField, Q, Value
 from django.db.models.expressions import ExpressionWrapper
 from pgvector.django import CosineDistance
 
-from semantic.embed import EmptyQuery, embed
 from semantic.fields import EmbeddingField
 from semantic.passage_search import by_passages
 from semantic.search_plan import SemanticSearch, plan, search_statement
 from semantic.switch import serving_field
+from semantic.vectors import EmptyQuery, embed
 
 if TYPE_CHECKING:
     _QuerySetBase = models.QuerySet

@@ -45,7 +45,7 @@ LAYERS = [
     "semantic.batch",
     "semantic.tasks",
     # the read path, the backfill, status
-    "semantic.embed",
+    "semantic.vectors",
     "semantic.duplicates",
     "semantic.review",
     "semantic.search_plan",
@@ -58,7 +58,7 @@ LAYERS = [
     "semantic.linear",
     "semantic.classify",
     "semantic.clusters",
-    "semantic.reembed",
+    "semantic.backfill",
     "semantic.status",
     # admin, checks, commands, the app
     "semantic.admin_changelist",

@@ -2,7 +2,7 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
-from semantic import batch, reembed, rows
+from semantic import backfill, batch, rows
 from semantic.backends import EmbeddingError
 from semantic.conf import semantic_settings as conf
 from semantic.management.targets import check_schema, resolve_all
@@ -121,17 +121,17 @@ class Command(BaseCommand):
                 if stale:
                     self.stderr.write(self.STALE.format(label=label, rows=stale, spec=field.spec()))
                 if dry_run:
-                    self.report_plan(label, field, reembed.plan(model, field, limit=limit, **kwargs), batch_api)
+                    self.report_plan(label, field, backfill.plan(model, field, limit=limit, **kwargs), batch_api)
                 elif batch_api:
                     self.batch_api(
                         model, field, label, everything, limit, options["batch_job"], options["poll_interval"]
                     )
                 elif queue:
-                    total = reembed.plan(model, field, limit=limit, **kwargs).rows
+                    total = backfill.plan(model, field, limit=limit, **kwargs).rows
                     if not total:
                         self.stdout.write(self.NOTHING.format(label=label))
                         continue
-                    tasks = reembed.queue(model, field, batch_size=batch_size, limit=limit, **kwargs)
+                    tasks = backfill.hand_to_workers(model, field, batch_size=batch_size, limit=limit, **kwargs)
                     self.stdout.write(self.QUEUED.format(label=label, rows=total, tasks=tasks))
                 else:
                     self.embed(model, field, label, batch_size=batch_size, limit=limit, **kwargs)
@@ -154,7 +154,7 @@ class Command(BaseCommand):
         cost = ""
         backend = field.backend
         if backend.name == "gemini":
-            price = conf.PRICE_PER_MILLION_TOKENS or reembed.PRICE_PER_MILLION_TOKENS
+            price = conf.PRICE_PER_MILLION_TOKENS or backfill.PRICE_PER_MILLION_TOKENS
             if batch_api:
                 price *= batch.PRICE_FACTOR
             cost = self.COST.format(cost=plan.tokens * price / 1e6, price=price)
@@ -165,7 +165,7 @@ class Command(BaseCommand):
         )
 
     def embed(self, model, field, label, **kwargs):
-        total = reembed.select(model, field, everything=kwargs["everything"], failed=kwargs["failed"]).count()
+        total = backfill.select(model, field, everything=kwargs["everything"], failed=kwargs["failed"]).count()
         if kwargs["limit"]:
             total = min(total, kwargs["limit"])
         if not total:
@@ -189,7 +189,7 @@ class Command(BaseCommand):
                 last_line[0] = time.monotonic()
                 self.stdout.write(line)
 
-        outcome = reembed.run(model, field, on_batch=progress, **kwargs)
+        outcome = backfill.embed_now(model, field, on_batch=progress, **kwargs)
         if tty:
             self.stdout.write("")
         self.stdout.write(

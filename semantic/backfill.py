@@ -79,7 +79,7 @@ def prepare(model: type[models.Model], field: EmbeddingField, *, everything: boo
     return None
 
 
-def run(
+def embed_now(
     model: type[models.Model],
     field: EmbeddingField,
     *,
@@ -102,7 +102,7 @@ def run(
 CHUNK_REQUESTS = 4
 
 
-def queue(
+def hand_to_workers(
     model: type[models.Model],
     field: EmbeddingField,
     *,
