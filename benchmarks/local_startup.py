@@ -10,6 +10,9 @@ interleaved round by round so a change in the machine's load hits all of them al
 - ``LocalBackend``: the backend as the web process loads it (``runtime="auto"``, graph
   prepared), weights or graph SHA-256 check included.
 
+Each process imports the app's package (``PRELUDE``) before the clock starts, as a
+Django process has by the time it starts the warm-up.
+
 Also prints the cumulative ``-X importtime`` of each runtime's top-level imports.
 The graph is prepared first (``LocalBackend().prepare()``, in its own process).
 
@@ -56,7 +59,13 @@ CHILD = {
     ),
 }
 
-TEMPLATE = """
+#: Imported before the clock starts, as a Django process has by the time it warms up: Django,
+#: numpy and the app (whose package imports the ORM layer) are no part of a runtime's cost.
+PRELUDE = "import semantic.backends"
+
+TEMPLATE = (
+    PRELUDE
+    + """
 import time
 t0 = time.perf_counter()
 {imports}
@@ -70,6 +79,7 @@ t3 = time.perf_counter()
 import json, sys
 print(json.dumps({{"import": t1 - t0, "load": t2 - t1, "encode": t3 - t2, "torch": "torch" in sys.modules}}))
 """
+)
 
 
 def child_code(runtime: str, path: str, graph: str) -> str:
@@ -84,8 +94,8 @@ def run(code: str, *flags: str) -> subprocess.CompletedProcess[str]:
 
 
 def import_seconds(statement: str) -> float:
-    """Cumulative -X importtime of the statement's top-level modules, in seconds."""
-    stderr = run(statement, "-X", "importtime").stderr
+    """Cumulative -X importtime of the statement's top-level modules, after the prelude, in seconds."""
+    stderr = run(f"{PRELUDE}\n{statement}", "-X", "importtime").stderr
     total = 0
     for line in stderr.splitlines():
         match = re.match(r"import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)", line)
@@ -104,7 +114,7 @@ def main() -> None:
     ).stdout.split()
     path, graph = prepared[-2], prepared[-1]
 
-    print("-X importtime, cumulative top-level imports, less those of an empty program (s):")
+    print(f"-X importtime, cumulative top-level imports less those of `{PRELUDE}` alone (s):")
     baseline = import_seconds("pass")
     for runtime, (imports, _, _) in CHILD.items():
         print(f"  {runtime:<22} {imports:<70} {import_seconds(imports) - baseline:6.2f}")
