@@ -87,17 +87,17 @@ def _temporary(target: Path) -> Path:
 
 
 def _trace(model_dir: Path, target: Path) -> None:
-    """Export with the TorchScript tracer, on a padded batch so masking is traced, not folded away.
+    """Export with the TorchScript tracer, on a padded batch so the attention mask's path is the one traced.
 
-    Eager attention, because the SDPA path drops an all-ones mask while tracing and would
-    bake that shortcut into the graph. The graph's output is the token vectors; pooling
-    and normalisation stay in semantic/backends/local_onnx.py.
+    The graph's output is the token vectors; pooling and normalisation stay in
+    semantic/backends/local_onnx.py. tests/test_local_backend.py checks a batch of
+    mixed lengths against sentence-transformers.
     """
     import torch
     from transformers import AutoModel, AutoTokenizer
 
     with quiet_loading():
-        model = AutoModel.from_pretrained(str(model_dir), local_files_only=True, attn_implementation="eager").eval()
+        model = AutoModel.from_pretrained(str(model_dir), local_files_only=True).eval()
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     batch = tokenizer(PROBE, padding=True, return_tensors="pt")
     names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in batch]
