@@ -10,7 +10,7 @@ Both runtimes in one process, on STS-B dev (../shared/data/stsb/sts-dev.csv):
 
 The ONNX graph is prepared first if the cache lacks it (LocalBackend().prepare()).
 
-    .venv/bin/python -m benchmarks.local_runtimes [--rounds 3]
+    .venv/bin/python -m benchmarks.local_runtimes [--rounds 3] [--throughput-only]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from benchmarks.stsb import DATA, load
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--throughput-only", action="store_true", help="skip the Spearman comparison")
     args = parser.parse_args()
     from semantic.backends.local import LocalBackend
 
@@ -38,12 +39,13 @@ def main() -> None:
     gold = np.array([score for score, _, _ in pairs])
 
     vectors = {}
-    for name, model in runtimes.items():
+    for name, model in {} if args.throughput_only else runtimes.items():
         vectors[name] = model.encode(sentences, normalize_embeddings=True)
         similarity = np.array([vectors[name][index[a]] @ vectors[name][index[b]] for _, a, b in pairs])
         print(f"STS-B dev Spearman x100, {name:<22} {spearmanr(gold, similarity).statistic * 100:.4f}")
-    agreement = np.sum(vectors["onnx"] * vectors["sentence-transformers"], axis=1)
-    print(f"{len(sentences)} sentences, cosine between the runtimes' vectors: min {agreement.min():.7f}")
+    if vectors:
+        agreement = np.sum(vectors["onnx"] * vectors["sentence-transformers"], axis=1)
+        print(f"{len(sentences)} sentences, cosine between the runtimes' vectors: min {agreement.min():.7f}")
 
     sample = sentences[:2500]
     seconds: dict[str, list[float]] = {name: [] for name in runtimes}
@@ -52,6 +54,7 @@ def main() -> None:
             started = time.perf_counter()
             model.encode(sample, normalize_embeddings=True, batch_size=32)
             seconds[name].append(time.perf_counter() - started)
+            print(f"  {name}: {seconds[name][-1]:.1f} s", flush=True)
     for name, times in seconds.items():
         rounded = ", ".join(f"{t:.1f}" for t in times)
         print(f"encode {len(sample)} sentences, {name:<22} {rounded} s ({len(sample) / min(times):.0f}/s at best)")
