@@ -81,7 +81,7 @@ def direct_ndcg(documents: list[dict[str, str]]) -> float:
     from semantic.evaluate import load_qrels, load_queries, ndcg
 
     queries, judgements = load_queries(QUERIES), load_qrels(QRELS)
-    model = LocalBackend().load()
+    model = LocalBackend(runtime="sentence-transformers").load()
     vectors = model.encode([f"{d['title']} {d['text']}" for d in documents], normalize_embeddings=True, batch_size=32)
     ids = [d["_id"] for d in documents]
     judged = [q for q in judgements if q in queries]

@@ -8,7 +8,10 @@ started once and warmed by a first, untimed queue round, which is reported as th
 figure (it includes loading the model in the worker). The direct baseline encodes the
 same texts with the model already loaded, in this process.
 
-    .venv/bin/python -m benchmarks.worker_throughput [--rows 2500] [--rounds 2] [--worker-threads N]
+    .venv/bin/python -m benchmarks.worker_throughput [--rows 2500] [--rounds 2] [--runtime R] [--worker-threads N]
+
+The baseline is always sentence-transformers; the workers use the runtime the
+project would (ONNX Runtime once ``semantic_prepare_model`` ran) unless ``--runtime``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ def direct(texts: list[str]) -> float:
     """Seconds for sentence-transformers to encode ``texts``, the model already loaded."""
     from semantic.backends.local import LocalBackend
 
-    model = LocalBackend().load()
+    model = LocalBackend(runtime="sentence-transformers").load()
     started = time.monotonic()
     model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
     return time.monotonic() - started
@@ -63,6 +66,10 @@ def main() -> None:
     parser.add_argument(
         "--worker-threads", type=int, help="OMP_NUM_THREADS for the worker (torch's threads per worker process)"
     )
+    parser.add_argument(
+        "--runtime",
+        help="the workers' local runtime: auto (default: ONNX Runtime when prepared), onnx, sentence-transformers",
+    )
     args = parser.parse_args()
     setup()
     from django_q.models import Schedule, Task
@@ -71,6 +78,8 @@ def main() -> None:
     Schedule.objects.all().delete()  # no sweep competes with the timed rounds
     texts = sentences(args.rows)
     env = {"SEMANTIC_BENCH_BACKEND": "local"}
+    if args.runtime:
+        env["SEMANTIC_BENCH_RUNTIME"] = args.runtime
     if args.worker_threads:
         env["OMP_NUM_THREADS"] = str(args.worker_threads)
     worker = start_worker(env)
