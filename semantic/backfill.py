@@ -98,8 +98,13 @@ def embed_now(
     return Embedder(model, field, batch_size=batch_size).run(pks, limit=limit, fill=False, on_batch=on_batch)
 
 
-#: Backend requests per ``--queue`` task.
-CHUNK_REQUESTS = 4
+#: Rows per ``--queue`` task, rounded down to whole requests.
+CHUNK_ROWS = 256
+
+
+def chunk_size(request: int) -> int:
+    """Rows per ``--queue`` task for requests of ``request`` rows: whole requests, about ``CHUNK_ROWS``."""
+    return request * max(1, CHUNK_ROWS // request)
 
 
 def hand_to_workers(
@@ -114,11 +119,11 @@ def hand_to_workers(
 ) -> int:
     """Hand the chosen rows to django-q2 workers in chunks; returns the number of tasks.
 
-    A chunk is four of the backend's requests (256 rows for the local model, 400 for
-    Gemini) unless ``chunk`` says otherwise: small enough that a cluster's workers end
+    A chunk is whole requests of about ``CHUNK_ROWS`` rows (256 for the local model, 200
+    for Gemini) unless ``chunk`` says otherwise: small enough that a cluster's workers end
     together instead of one finishing the last big chunk alone.
     """
-    chunk = chunk or (batch_size or field.backend.max_batch_size) * CHUNK_REQUESTS
+    chunk = chunk or chunk_size(batch_size or field.backend.max_batch_size)
     pks = prepare(model, field, everything=everything, failed=failed)
     if pks is None:
         rows = pending_rows(model, field).order_by("pk").values_list("pk", flat=True)

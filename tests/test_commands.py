@@ -133,16 +133,18 @@ def test_queue_hands_chunks_to_django_q(backlog, fake_gemini, semantic_settings)
     assert Article.objects.filter(embedding__isnull=False).count() == 5  # exactly the chunk
 
 
-def test_queue_chunks_are_four_requests(backlog, fake_gemini, semantic_settings):
+def test_queue_chunks_are_whole_requests_of_about_256_rows(backlog, fake_gemini, semantic_settings):
     """Small chunks, so a cluster's workers share a backfill evenly instead of one
-    finishing a big last chunk alone."""
+    finishing a big last chunk alone; whole requests, so no request goes half full."""
     from django_q.models import OrmQ
 
-    out, _ = call("semantic_embed", "testapp.Article", "--queue", "--batch-size", "2")
-    assert Embed.QUEUED.format(label="testapp.Article.embedding", rows=25, tasks=4) in out
-    chunks = [task.task["args"][2] for task in OrmQ.objects.order_by("id")]
-    assert [len(pks) for pks in chunks] == [8, 8, 8, 1]
-    assert sorted(pk for pks in chunks for pk in pks) == sorted(a.pk for a in backlog)
+    from semantic.backfill import chunk_size
+
+    assert [chunk_size(n) for n in (2, 64, 100, 256, 300)] == [256, 256, 200, 256, 300]
+    out, _ = call("semantic_embed", "testapp.Article", "--queue", "--batch-size", "12")
+    assert Embed.QUEUED.format(label="testapp.Article.embedding", rows=25, tasks=1) in out
+    (queued,) = OrmQ.objects.all()
+    assert len(queued.task["args"][2]) == 25
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,10 @@ logger = logging.getLogger(__name__)
 class LocalBackend(EmbeddingBackend):
     name = "local"
     default_model = "all-MiniLM-L6-v2"
-    max_batch_size = 64
+    #: Texts per request. The model sorts a request's texts by length and encodes them 32
+    #: at a time, so bigger requests waste less on padding (and on the worker's per-request
+    #: queries): 64 cost 8-18% against encoding all the texts at once (issue 10).
+    max_batch_size = 256
     max_input_chars = 4000
     #: 254 word pieces (256 less the two markers) at the 3.5 characters per piece this
     #: model's tokenizer made of the project's README: what it reads before truncating.
