@@ -23,7 +23,13 @@ import requests
 from benchmarks.demo_stack import running_demo
 
 QUERY = "I can't get into my account, forgot the password"
-NEW = {"title": "Can I get a printed copy of my invoice by post?", "body": "Auditors want paper.", "confirm": "1"}
+# Ask's second step: the category chosen (here: none), the did-you-mean notice passed.
+NEW = {
+    "title": "Can I get a printed copy of my invoice by post?",
+    "body": "Auditors want paper.",
+    "category": "",
+    "confirm": "1",
+}
 
 
 def main() -> None:
