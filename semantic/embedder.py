@@ -25,7 +25,7 @@ from django.db.models.sql import Query
 from django.utils import timezone
 
 from semantic import ratelimit
-from semantic.backends import BAD_INPUT, CONFIG, TRANSIENT, EmbeddingBackend, EmbeddingError, Vector
+from semantic.backends import BAD_INPUT, CONFIG, FIELD, TRANSIENT, EmbeddingBackend, EmbeddingError, Vector
 from semantic.conf import semantic_settings as conf
 from semantic.fields import EmbeddingField, IsDistinctFrom
 from semantic.models import EmbeddingFailure
@@ -271,6 +271,10 @@ class Embedder(PassageWorkMixin):
                 ratelimit.report_problem(self.backend, message)
                 self.stop(message)
                 return
+            if error.kind == FIELD:
+                # Only this field's settings are wrong: its rows stay pending, other fields go on.
+                self.stop(message)
+                return
             if error.kind == BAD_INPUT:
                 if len(items) > 1:
                     # One bad text fails the whole request: split to find it.
@@ -309,7 +313,7 @@ class Embedder(PassageWorkMixin):
                     f"The backend returned a {len(vector)}-dimensional vector; "
                     f"{self.model._meta.label}.{self.field.name} stores {self.field.dimensions}: "
                     "set the field's dimensions to a size the model makes.",
-                    kind=CONFIG,
+                    kind=FIELD,
                 )
 
     def write_all(self, results: list[tuple[Item, Vector | None]]) -> None:

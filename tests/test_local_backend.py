@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from django.core.management import call_command
 
-from semantic import embed_pending
+from semantic import embed_pending, suspend_embedding
 from semantic.backends import EmbeddingError
 from semantic.backends.local import MINILM_SHA256, LocalBackend
 from semantic.management.commands.semantic_prepare_model import Command
@@ -59,6 +59,27 @@ def test_rows_embedded_through_the_field(semantic_settings, fake_gemini):
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
     assert fake_gemini.request_count == 0
     assert Note.objects.first().embedding_spec == "local:all-MiniLM-L6-v2|SEMANTIC_SIMILARITY|384"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_field_sized_for_another_model_stops_only_itself(semantic_settings):
+    """A 768-dimensional field under the 384-dimensional local model is that field's
+    mistake: its rows wait with the reason, and the other fields on the same backend
+    are still embedded (seen in a benchmark: such a field used to pause every field for
+    five minutes, as a bad API key would)."""
+    from semantic.ratelimit import configuration_problem
+    from tests.testapp.models import Passage
+
+    semantic_settings(BACKEND="semantic.backends.local.LocalBackend")
+    with suspend_embedding():
+        Passage.objects.create(text="Sized for Gemini.")
+        Note.objects.create(text="A man is playing a guitar.")
+    summary = embed_pending(Passage, Note)
+    assert "dimensions=384" in summary["testapp.Passage.embedding"]["stopped"]
+    assert summary["testapp.Note.embedding"]["embedded"] == 1
+    assert Note.objects.get().embedding is not None
+    assert Passage.objects.get().embedding is None
+    assert configuration_problem() is None
 
 
 @pytest.mark.django_db

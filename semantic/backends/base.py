@@ -46,7 +46,8 @@ MAX_RETRY_AFTER = 3600.0
 TRANSIENT = "transient"  # rate limit, server error, time-out: retry the same request later
 BAD_INPUT = "bad_input"  # the API rejected a text: split the batch to find it, fail that row
 CONFIG = "config"  # bad key, no permission, unknown model: no text is at fault; stop and say what to fix
-KINDS = (TRANSIENT, BAD_INPUT, CONFIG)
+FIELD = "field"  # one field's settings do not fit the model (its size): stop that field, not the key
+KINDS = (TRANSIENT, BAD_INPUT, CONFIG, FIELD)
 
 
 class EmbeddingError(Exception):
@@ -55,7 +56,8 @@ class EmbeddingError(Exception):
     ``kind`` says whose fault it is. ``transient`` errors are retried with backoff;
     ``bad_input`` ones are recorded against the rejected row; ``config`` errors are
     nobody's row's fault, so rows stay pending and the problem is reported once (see
-    :func:`semantic.ratelimit.configuration_problem`). ``retry_after`` is the
+    :func:`semantic.ratelimit.configuration_problem`); ``field`` errors stop only the
+    field whose settings do not fit (the other fields on the same key go on). ``retry_after`` is the
     server's requested wait in seconds, when it sent one.
 
     ``transient=True/False`` is still accepted and means ``kind="transient"`` /

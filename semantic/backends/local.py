@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from semantic.backends import local_export, local_onnx
-from semantic.backends.base import CONFIG, EmbeddingBackend, EmbeddingError, Vector
+from semantic.backends.base import CONFIG, FIELD, EmbeddingBackend, EmbeddingError, Vector
 from semantic.backends.local_export import quiet_loading
 
 __all__ = ["LocalBackend", "quiet_loading"]
@@ -231,7 +231,7 @@ class LocalBackend(EmbeddingBackend):
             raise EmbeddingError(
                 f"The local model makes {size}-dimensional vectors; the field asks for "
                 f"{dimensions}. Set dimensions={size} on the EmbeddingField.",
-                kind=CONFIG,
+                kind=FIELD,
             )
         array = model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True)
         return [row.tolist() for row in array]
