@@ -406,18 +406,28 @@ class Embedder(PassageWorkMixin):
             self.outcome.errors.append(message)
         retry_at = None if permanent else timezone.now() + timedelta(seconds=retry_in)
         for item in items:
-            failure, _ = EmbeddingFailure.objects.get_or_create(
-                model_label=self.model._meta.label,
-                field_name=self.field.name,
-                object_pk=str(item.pk),
-                defaults={"error": message},
-            )
-            failure.attempts += item.attempts
-            failure.error = message
-            failure.permanent = permanent
-            failure.source_hash = item.hash
-            failure.retry_at = retry_at
-            failure.save()
+            self.record_failure(self.field.name, item.pk, item.attempts, item.hash, message, permanent, retry_at)
+
+    def record_failure(
+        self,
+        field_name: str,
+        pk: Any,
+        attempts: int,
+        source_hash: str,
+        message: str,
+        permanent: bool,
+        retry_at: Any,
+    ) -> None:
+        """Add a failed request to the row's failure record (rows' and passages' alike)."""
+        failure, _ = EmbeddingFailure.objects.get_or_create(
+            model_label=self.model._meta.label, field_name=field_name, object_pk=str(pk), defaults={"error": message}
+        )
+        failure.attempts += attempts
+        failure.error = message
+        failure.permanent = permanent
+        failure.source_hash = source_hash
+        failure.retry_at = retry_at
+        failure.save()
 
     def failures(self) -> models.QuerySet[EmbeddingFailure]:
         return failures(self.model, self.field)

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone
 
-from semantic.models import EmbeddingFailure
 from semantic.passage_rows import FAILURE_SUFFIX, Cut, cut, known_vectors, lagging_rows, store, sweep_orphans
 from semantic.text import clean
 
@@ -154,18 +153,9 @@ class PassageWorkMixin:
         retry_at = None if permanent else timezone.now() + timedelta(seconds=retry_in)
         rows = {item.pk: item for item in items}
         for pk, item in rows.items():
-            failure, _ = EmbeddingFailure.objects.get_or_create(
-                model_label=self.model._meta.label,
-                field_name=self.field.name + FAILURE_SUFFIX,
-                object_pk=str(pk),
-                defaults={"error": message},
+            self.record_failure(  # type: ignore[attr-defined]
+                self.field.name + FAILURE_SUFFIX, pk, item.attempts, item.row_hash, message, permanent, retry_at
             )
-            failure.attempts += item.attempts
-            failure.error = message
-            failure.permanent = permanent
-            failure.source_hash = item.row_hash
-            failure.retry_at = retry_at
-            failure.save()
 
 
 def as_floats(vector: Any) -> list[float]:
