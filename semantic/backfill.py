@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import models
+from django.db.models import Q
 
 from semantic.dispatch import queue_task
 from semantic.embedder import CHARS_PER_TOKEN, Embedder, Outcome
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingFailure
-from semantic.passage_rows import passage_failures
+from semantic.passage_rows import lagging_rows, passage_failures
 from semantic.rows import failed_pks, mark_pending, pending_rows
 
 #: Gemini API price assumed by --dry-run, USD per million input tokens
@@ -37,11 +38,16 @@ class Plan:
 
 
 def select(model: type[models.Model], field: EmbeddingField, *, everything: bool, failed: bool) -> models.QuerySet:
-    """The rows a run would embed."""
+    """The rows a run would embed: for a field with ``passages``, also the rows whose
+    vector is current but whose passages lag (passages just turned on, sizes changed)."""
     if failed:
         return model._base_manager.filter(pk__in=failed_keys(model, field))
     if everything:
         return model._base_manager.all()
+    if field.passages:
+        pending = pending_rows(model, field).values("pk")
+        lagging = lagging_rows(model, field).values("pk")
+        return model._base_manager.filter(Q(pk__in=pending) | Q(pk__in=lagging))
     return pending_rows(model, field)
 
 
@@ -95,7 +101,13 @@ def embed_now(
     rows still pending.
     """
     pks = prepare(model, field, everything=everything, failed=failed)
-    return Embedder(model, field, batch_size=batch_size).run(pks, limit=limit, fill=False, on_batch=on_batch)
+    embedder = Embedder(model, field, batch_size=batch_size)
+    embedder.run(pks, limit=limit, fill=False, on_batch=on_batch)
+    if pks is None and field.passages:
+        # Rows whose vector is current but whose passages lag (passages just turned on,
+        # sizes changed): run() only brought the passages of the rows it wrote.
+        embedder.run_passages(limit=limit)
+    return embedder.outcome
 
 
 #: Rows per ``--queue`` task, rounded down to whole requests.
@@ -126,7 +138,8 @@ def hand_to_workers(
     chunk = chunk or chunk_size(batch_size or field.backend.max_batch_size)
     pks = prepare(model, field, everything=everything, failed=failed)
     if pks is None:
-        rows = pending_rows(model, field).order_by("pk").values_list("pk", flat=True)
+        # A chunk's run also brings its rows' passages up to date, lagging ones included.
+        rows = select(model, field, everything=False, failed=False).order_by("pk").values_list("pk", flat=True)
         pks = list(rows[:limit] if limit is not None else rows)
     elif limit is not None:
         pks = pks[:limit]

@@ -234,6 +234,38 @@ def test_rows_embedded_before_passages_were_kept_get_them_from_the_sweep(fake_ge
 
 
 @pytestmark_db
+def test_semantic_embed_brings_passages_to_rows_embedded_before_passages_were_kept(fake_gemini):
+    """Turning passages on for a table already embedded: the backfill command does it,
+    inline or through workers, not only the sweep."""
+    from django_q.models import OrmQ
+
+    from semantic.management.commands.semantic_embed import Command as Embed
+    from tests.commands import call
+
+    rows = [LongRead.objects.create(title=f"Older {n}", body=article([n, n + 1])) for n in range(3)]
+    Passage.objects.all().delete()  # as if the field had no passages until now
+    fake_gemini.reset()
+
+    out, _ = call("semantic_embed", "testapp.LongRead", "--dry-run")
+    assert "testapp.LongRead.embedding: 3 rows" in out
+    out, _ = call("semantic_embed", "testapp.LongRead", "--queue")
+    assert Embed.QUEUED.format(label="testapp.LongRead.embedding", rows=3, tasks=1) in out
+    (queued,) = OrmQ.objects.all()
+    assert queued.task["args"][2] == [row.pk for row in rows]
+    from semantic.tasks import embed_chunk
+
+    assert embed_chunk("testapp.LongRead", "embedding", [rows[0].pk])["passages"] == 2  # what a worker runs
+    assert [len(passages_of(row)) for row in rows] == [2, 0, 0]
+
+    out, _ = call("semantic_embed", "testapp.LongRead")
+    assert Embed.PASSAGES.format(label="testapp.LongRead.embedding", rows=2, embedded=4, kept=0, failed=0) in out
+    assert [len(passages_of(row)) for row in rows] == [2, 2, 2]
+    assert len(fake_gemini.texts()) == 6
+    out, _ = call("semantic_embed", "testapp.LongRead")
+    assert Embed.NOTHING.format(label="testapp.LongRead.embedding") in out
+
+
+@pytestmark_db
 def test_a_rejected_passage_is_recorded_against_its_row_and_not_retried(fake_gemini):
     fake_gemini.reject_marker = "REJECTME"
     # The row's own text is its first 8,000 characters, before the marker.

@@ -28,6 +28,7 @@ class Command(BaseCommand):
         "{label}: {embedded} embedded, {cleared} without text, {failed} failed, "
         "{changed} changed while in flight, {requests} requests."
     )
+    PASSAGES = "{label}: passages of {rows} rows stored: {embedded} embedded, {kept} kept from before, {failed} failed."
     PROGRESS = "{label}: {visited}/{total} rows, {rate:.1f} rows/s, about {eta} left"
     FAILED_HINT = "Failed rows are listed in the admin (Embedding failures); retry them with --failed."
     STOPPED = "{label}: stopped before the end: {reason} The rows left are still pending; run this again once fixed."
@@ -202,6 +203,16 @@ class Command(BaseCommand):
                 requests=outcome.requests,
             )
         )
+        if field.passages:
+            self.stdout.write(
+                self.PASSAGES.format(
+                    label=label,
+                    rows=outcome.passage_rows,
+                    embedded=outcome.passages,
+                    kept=outcome.passages_reused,
+                    failed=outcome.passages_failed,
+                )
+            )
         if outcome.stopped:
             self.stderr.write(self.STOPPED.format(label=label, reason=outcome.stopped))
         if outcome.failed:
