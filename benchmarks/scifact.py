@@ -45,11 +45,11 @@ def corpus() -> list[dict[str, str]]:
 
 def load_rows(documents: list[dict[str, str]], reload: bool) -> tuple[int, int, float]:
     """Store the abstracts (kept from an earlier run unless ``reload``) and have a real
-    worker embed the rows, and their passages, not embedded yet; how many rows and
+    worker cluster (two processes) embed the rows, and their passages, not embedded yet; how many rows and
     passages it embedded, and the seconds taken."""
+    from semantic.backfill import hand_to_workers
     from semantic.models import Passage
     from semantic.passage_rows import lagging_rows
-    from semantic.tasks import queue_pending
     from tests.docsapp.models import Doc
 
     field = Doc._meta.get_field("embedding")
@@ -63,7 +63,7 @@ def load_rows(documents: list[dict[str, str]], reload: bool) -> tuple[int, int, 
     worker = start_worker({"SEMANTIC_BENCH_BACKEND": "local"})
     try:
         started = time.monotonic()
-        queue_pending(Doc)
+        hand_to_workers(Doc, field)  # what `semantic_embed --queue` does: chunks both workers share
         wait_for(
             lambda: not Doc.objects.filter(embedding__isnull=True).exists() and not lagging_rows(Doc, field).exists(),
             timeout=7200,
