@@ -32,7 +32,7 @@ from pgvector.django import CosineDistance
 
 from semantic.fields import EmbeddingField
 from semantic.passage_search import by_passages
-from semantic.search_plan import SemanticSearch, plan, search_statement
+from semantic.search_plan import SemanticSearch, plan, resort, search_statement
 from semantic.switch import serving_field
 from semantic.vectors import EmptyQuery, embed
 
@@ -75,8 +75,11 @@ class SemanticQuerySetMixin(_QuerySetBase):
         if self._semantic is None or self._result_cache is not None:
             super()._fetch_all()
             return
-        with search_statement(self.db, plan(self, self._semantic)):
+        search_plan = plan(self, self._semantic)
+        with search_statement(self.db, search_plan):
             super()._fetch_all()
+        if search_plan is not None and search_plan.resort:
+            resort(self._result_cache)
 
     def iterator(self, chunk_size: int | None = None) -> Iterator[Any]:
         """A search is fetched whole: its index settings last only as long as the

@@ -21,7 +21,9 @@ message, from the planner's estimate of the rows the caller's filters keep: a DO
 runs ``EXPLAIN`` of those filters alone and, for at most ``EXACT_SEARCH_MAX_ROWS``,
 turns index scans off for the search (PostgreSQL then reads the kept rows through
 another index or a scan and sorts them: exact; joins in the same statement do without
-index scans too); otherwise it sets the iterative scan.
+index scans too); otherwise it sets the iterative scan: in relaxed order when the rows
+come back with their distance, so the fetched rows can be sorted again
+(:func:`carries_distance`), else in strict order.
 An estimate costs planning; the count it replaces read every kept row, and every row
 of the table when the filtered column has no index.
 """
@@ -37,6 +39,7 @@ from typing import Any
 import psycopg
 from django.core.exceptions import EmptyResultSet
 from django.db import connections, models, transaction
+from django.db.models.query import ModelIterable, ValuesIterable
 
 from semantic.conf import semantic_settings as conf
 
@@ -46,7 +49,10 @@ MAX_SCAN_TUPLES = 200_000
 DEFAULT_EF_SEARCH = 40
 #: Smallest search list for a broadly filtered query, whose first candidates are mostly filtered out.
 FILTERED_EF_SEARCH = 200
+#: The same when the rows come back with their distance and are sorted after the fetch (relaxed order).
+RELAXED_EF_SEARCH = 100
 ITERATIVE = {"hnsw.iterative_scan": "strict_order", "hnsw.max_scan_tuples": str(MAX_SCAN_TUPLES)}
+RELAXED = {"hnsw.iterative_scan": "relaxed_order", "hnsw.max_scan_tuples": str(MAX_SCAN_TUPLES)}
 #: No index scan, so no HNSW scan: PostgreSQL compares every row the filters keep.
 EXACT = {"enable_indexscan": "off"}
 #: Transaction-local custom settings that keep the caller's values while a search changes them.
@@ -80,6 +86,7 @@ class SearchPlan:
 
     ``settings`` always; with a ``probe`` (the caller's filters as SQL and parameters),
     ``few`` when the planner estimates it keeps at most ``limit`` rows, else ``many``.
+    With ``resort``, the rows fetched must be sorted by distance again (relaxed order).
     """
 
     settings: dict[str, str] = field(default_factory=dict)
@@ -87,6 +94,7 @@ class SearchPlan:
     few: dict[str, str] = field(default_factory=dict)
     many: dict[str, str] = field(default_factory=dict)
     limit: int = 0
+    resort: bool = False
 
     def names(self) -> list[str]:
         return list(dict.fromkeys([*self.settings, *self.few, *self.many]))
@@ -106,12 +114,50 @@ def plan(queryset: models.QuerySet, search: SemanticSearch) -> SearchPlan | None
             probe = callers_filters(queryset, search)
         except EmptyResultSet:
             return None  # nothing can match: Django runs no query at all
-        broad = {**ITERATIVE, "hnsw.ef_search": str(max(search.ef_search or 0, FILTERED_EF_SEARCH))}
-        return SearchPlan(probe=probe, few=EXACT, many=broad, limit=conf.EXACT_SEARCH_MAX_ROWS)
+        if carries_distance(queryset):
+            broad = {**RELAXED, "hnsw.ef_search": str(max(search.ef_search or 0, RELAXED_EF_SEARCH))}
+        else:
+            broad = {**ITERATIVE, "hnsw.ef_search": str(max(search.ef_search or 0, FILTERED_EF_SEARCH))}
+        return SearchPlan(
+            probe=probe,
+            few=EXACT,
+            many=broad,
+            limit=conf.EXACT_SEARCH_MAX_ROWS,
+            resort=carries_distance(queryset),
+        )
     ef_search = {"hnsw.ef_search": str(search.ef_search)} if search.ef_search else {}
     if query.high_mark is not None and query.high_mark <= (search.ef_search or DEFAULT_EF_SEARCH):
         return SearchPlan(settings=ef_search) if ef_search else None
     return SearchPlan(settings={**ITERATIVE, **ef_search})
+
+
+def carries_distance(queryset: models.QuerySet) -> bool:
+    """Whether the rows come back as model instances or dicts holding ``distance``, in
+    ``similar_to()``'s order, so that :func:`resort` can put them nearest first.
+
+    For those a broad filter uses pgvector's relaxed order: the iterative scan returns
+    its candidates as it finds them, a little out of order, and reaches the same recall
+    with half the search list of a strict order, in about a third of the time
+    (docs/benchmarks.md). Other shapes (``values_list()``, a caller's own ordering) keep
+    the strict order.
+    """
+    query = queryset.query
+    return (
+        queryset._iterable_class in (ModelIterable, ValuesIterable)
+        and "distance" in query.annotation_select
+        and tuple(query.order_by) == ("distance",)
+        and query.standard_ordering
+        and not query.combinator
+    )
+
+
+def resort(rows: list[Any]) -> None:
+    """Sort fetched rows (model instances or dicts) nearest first, in place; stable, so
+    rows an exact search returned in order stay as they were."""
+    if rows and isinstance(rows[0], dict):
+        rows.sort(key=lambda row: row["distance"])
+    else:
+        rows.sort(key=lambda row: row.distance)
 
 
 def callers_filters(queryset: models.QuerySet, search: SemanticSearch) -> tuple[str, Any]:
