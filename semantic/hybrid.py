@@ -79,7 +79,9 @@ class HybridSearch:
         self.candidates = candidates
 
     def sides(self, base: SemanticQuerySet) -> tuple[models.QuerySet | None, models.QuerySet | None]:
-        """The keyword and meaning querysets of ``base``'s rows, each its candidates' keys, best first.
+        """The keyword and meaning querysets of ``base``'s rows, each its candidates, best
+        first: keys for keywords, ``{"pk", "distance"}`` for meaning (with the distance a
+        broadly filtered search can use the faster relaxed order: ``search_plan``).
 
         A side with weight 0 is not searched (None).
         """
@@ -91,7 +93,7 @@ class HybridSearch:
         if self.weights[1]:
             # HNSW returns at most ef_search rows: ask for as many as the candidates.
             ef_search = min(max(self.candidates, 40), 1000)
-            meaning = base.similar_to(self.vector, field=self.field, ef_search=ef_search).values_list("pk", flat=True)[
+            meaning = base.similar_to(self.vector, field=self.field, ef_search=ef_search).values("pk", "distance")[
                 : self.candidates
             ]
         return keyword, meaning
@@ -103,7 +105,7 @@ class HybridSearch:
             keyword, meaning = self.sides(self.base(compiler))
             done[id(self)] = Fused(
                 list(keyword) if keyword is not None else [],
-                list(meaning) if meaning is not None else [],
+                [row["pk"] for row in meaning] if meaning is not None else [],
                 k=self.k,
                 weights=self.weights,
             )
