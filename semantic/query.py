@@ -22,12 +22,14 @@ exact search and pgvector's iterative index scan.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 from django.db import models
 from django.db.models import BooleanField, F, FloatField, Q, Value
 from django.db.models.expressions import ExpressionWrapper
+from django.db.models.query import ModelIterable
 from pgvector.django import CosineDistance
 
 from semantic.fields import EmbeddingField
@@ -76,10 +78,13 @@ class SemanticQuerySetMixin(_QuerySetBase):
             super()._fetch_all()
             return
         search_plan = plan(self, self._semantic)
-        with search_statement(self.db, search_plan):
+        with search_statement(self.db, search_plan), similarity_after_fetch(self) as instances:
             super()._fetch_all()
         if search_plan is not None and search_plan.resort:
             resort(self._result_cache)
+        if instances:
+            for row in self._result_cache:
+                row.similarity = 1.0 - row.distance
 
     def iterator(self, chunk_size: int | None = None) -> Iterator[Any]:
         """A search is fetched whole: its index settings last only as long as the
@@ -223,6 +228,28 @@ class SemanticQuerySetMixin(_QuerySetBase):
 
         pairs = self.duplicates(threshold, field=field)
         return connected_groups((a, b) for a, b, _ in pairs)
+
+
+@contextmanager
+def similarity_after_fetch(queryset: models.QuerySet) -> Iterator[bool]:
+    """Leave ``similarity`` out of the SELECT while model instances are fetched, if
+    ``distance`` is in it: True when the caller must set it on each row (1 - distance).
+
+    PostgreSQL computes the select list before it sorts, so a search would compute a
+    second distance for every row it compares, not only for the rows it returns. Asked
+    for by name (``values("similarity")``, ``filter()``, ``order_by()``) it stays SQL.
+    """
+    query = queryset.query
+    selected = query.annotation_select
+    if queryset._iterable_class is not ModelIterable or "similarity" not in selected or "distance" not in selected:
+        yield False
+        return
+    mask = query.annotation_select_mask
+    query.set_annotation_mask([name for name in selected if name != "similarity"])
+    try:
+        yield True
+    finally:
+        query.set_annotation_mask(mask)
 
 
 class SemanticQuerySet(SemanticQuerySetMixin, models.QuerySet):

@@ -99,6 +99,25 @@ def test_chains_with_filter_exclude_values_slicing_and_paginator(articles):
     assert Article.objects.similar_to("reset password").count() == 6
 
 
+def test_rows_get_their_similarity_from_the_distance_the_search_already_computed(articles):
+    """PostgreSQL computes the select list before sorting, so a similarity column would
+    be a second distance for every row compared; model instances get it after the fetch."""
+    Article.objects.similar_to("export invoices")  # embeds now: only the search is captured
+    with CaptureQueriesContext(connection) as captured:
+        rows = list(Article.objects.filter(category="billing").similar_to("export invoices"))
+    (sql,) = [query["sql"] for query in captured.captured_queries]
+    assert sql.count("<=>") == 1 and '"similarity"' not in sql
+    assert rows and all(row.similarity == 1.0 - row.distance for row in rows)
+    # Asked for by name, it is SQL as before: the same values.
+    named = Article.objects.filter(category="billing").similar_to("export invoices").values_list("pk", "similarity")
+    assert dict(named) == {row.pk: row.similarity for row in rows}
+    best = (
+        Article.objects.similar_to("export invoices").filter(similarity__gte=rows[0].similarity).order_by("-similarity")
+    )
+    assert [row.pk for row in best] == [rows[0].pk]
+    assert "similarity" in str(Article.objects.similar_to("export invoices").query)  # the query itself is unchanged
+
+
 def test_min_similarity_filters_at_the_boundary(articles):
     best, second = Article.objects.similar_to("export invoices as csv")[:2]
     assert best.similarity == pytest.approx(1.0, abs=1e-6)
