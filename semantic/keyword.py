@@ -2,8 +2,14 @@
 
 The index and the queries share one expression, :func:`document_vector`:
 ``to_tsvector(config, coalesce(a, '') || ' ' || coalesce(b, ''))``. PostgreSQL uses an
-expression index only for a query that repeats the expression exactly, so a stored
-``tsvector`` column is not needed: nothing to keep in step on save, nothing to backfill.
+expression index only for a query that repeats the expression exactly, so the index
+needs no column of its own. But the index stores no ``tsvector``: ranking a match
+recomputes it from the text, and an OR-ed claim matches thousands of rows. On SciFact
+a keyword search took 714 ms that way against 26 ms reading a stored column (same
+rows, same order; docs/benchmarks.md). So a ``KeywordIndex`` over a single
+``tsvector`` field (Django's ``SearchVectorField``, or a ``GeneratedField`` whose
+``output_field`` is one, which PostgreSQL keeps in step on every write) indexes that
+column and searches read it.
 
 Queries are matched with any of their words, not all: claims and questions typed in
 full sentences rarely have every word in one document, and ``plainto_tsquery`` or
@@ -25,18 +31,36 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.postgres.indexes import GinIndex
-from django.contrib.postgres.search import SearchVector
+from django.contrib.postgres.search import SearchVector, SearchVectorField
+from django.core.exceptions import FieldDoesNotExist
 from django.db import models
-from django.db.models import Func, Value
+from django.db.models import F, Func, Value
 from django.db.models.expressions import Expression
 
 #: Words are matched with OR (see the module docstring); "all" uses plainto_tsquery's AND.
 MATCH_MODES = ("any", "all")
 
 
-def document_vector(fields: list[str] | tuple[str, ...], config: str) -> SearchVector:
-    """The indexed expression: the fields' words in text search configuration ``config``."""
+def document_vector(fields: list[str] | tuple[str, ...], config: str, model: type[models.Model] | None = None) -> Any:
+    """The indexed expression: the fields' words in text search configuration ``config``,
+    or the stored ``tsvector`` column of ``model`` that ``fields`` names."""
+    if model is not None and stored_vector(model, fields):
+        return F(fields[0])
     return SearchVector(*fields, config=config)
+
+
+def stored_vector(model: type[models.Model], fields: list[str] | tuple[str, ...]) -> bool:
+    """Whether ``fields`` is one ``tsvector`` field: a ``SearchVectorField``, or a
+    ``GeneratedField`` whose ``output_field`` is one."""
+    if len(fields) != 1:
+        return False
+    try:
+        field = model._meta.get_field(fields[0])
+    except FieldDoesNotExist:
+        return False
+    if isinstance(field, models.GeneratedField):
+        field = field.output_field
+    return isinstance(field, SearchVectorField)
 
 
 class WordsQuery(Func):
@@ -77,12 +101,16 @@ class WordFrequencyRank(Func):
     output_field = models.FloatField()
 
 
-def keyword_rank(fields: list[str] | tuple[str, ...], config: str, text: str, *, match: str = "any") -> Expression:
-    return WordFrequencyRank(document_vector(fields, config), WordsQuery(text, config, match=match))
+def keyword_rank(
+    model: type[models.Model], fields: list[str] | tuple[str, ...], config: str, text: str, *, match: str = "any"
+) -> Expression:
+    return WordFrequencyRank(document_vector(fields, config, model), WordsQuery(text, config, match=match))
 
 
-def keyword_match(fields: list[str] | tuple[str, ...], config: str, text: str, *, match: str = "any") -> Expression:
-    return Matches(document_vector(fields, config), WordsQuery(text, config, match=match))
+def keyword_match(
+    model: type[models.Model], fields: list[str] | tuple[str, ...], config: str, text: str, *, match: str = "any"
+) -> Expression:
+    return Matches(document_vector(fields, config, model), WordsQuery(text, config, match=match))
 
 
 class KeywordIndex(GinIndex):
@@ -93,7 +121,9 @@ class KeywordIndex(GinIndex):
     It indexes :func:`document_vector` of ``fields`` in ``config`` (default
     ``"english"``); :func:`semantic.hybrid.hybrid` finds it and searches with the same
     expression, so PostgreSQL uses it. Changing the fields or the configuration makes
-    ``makemigrations`` rebuild it.
+    ``makemigrations`` rebuild it. ``fields=["search"]`` naming one stored ``tsvector``
+    field indexes that column instead (much faster ranking; module docstring); ``config``
+    is then the configuration queries are parsed in, which should be the column's.
     """
 
     def __init__(self, *, fields: list[str] | tuple[str, ...], name: str, config: str = "english", **kwargs: Any):
@@ -104,6 +134,19 @@ class KeywordIndex(GinIndex):
         self.keyword_fields = tuple(fields)
         self.config = config
         super().__init__(document_vector(self.keyword_fields, config), name=name, **kwargs)
+
+    def create_sql(self, model: type[models.Model], schema_editor: Any, using: str = "", **kwargs: Any) -> Any:
+        if stored_vector(model, self.keyword_fields):
+            column = GinIndex(
+                fields=list(self.keyword_fields),
+                name=self.name,
+                db_tablespace=self.db_tablespace,
+                condition=self.condition,
+                fastupdate=self.fastupdate,
+                gin_pending_list_limit=self.gin_pending_list_limit,
+            )
+            return column.create_sql(model, schema_editor, using=using, **kwargs)
+        return super().create_sql(model, schema_editor, using=using, **kwargs)
 
     def deconstruct(self) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
         _, args, kwargs = super().deconstruct()
@@ -135,9 +178,10 @@ def keyword_search(
     fields, config = keyword_settings(queryset.model, fields, config)
     if not isinstance(text, str) or not text.strip():
         raise ValueError("Cannot search for an empty text.")
+    model = queryset.model
     return (
-        queryset.filter(keyword_match(fields, config, text, match=match))
-        .annotate(keyword_relevance=keyword_rank(fields, config, text, match=match))
+        queryset.filter(keyword_match(model, fields, config, text, match=match))
+        .annotate(keyword_relevance=keyword_rank(model, fields, config, text, match=match))
         .order_by("-keyword_relevance", "pk")
     )
 

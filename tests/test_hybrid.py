@@ -11,7 +11,7 @@ from django.db import connection
 
 from semantic import HybridQuerySet, embed_pending, hybrid
 from semantic.keyword import keyword_search
-from tests.docsapp.models import Doc
+from tests.docsapp.models import Doc, Page
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,23 +26,29 @@ FILLER = [
 ]
 
 
+@pytest.fixture(params=[Doc, Page], ids=["stored column", "expression"])
+def model(request):
+    """Doc keeps its words in a stored tsvector column; Page's KeywordIndex is an expression."""
+    return request.param
+
+
 @pytest.fixture
-def docs(semantic_settings):
+def docs(semantic_settings, model):
     semantic_settings(BACKEND="semantic.backends.local.LocalBackend")
     rows = {
-        "keyword": Doc.objects.create(title="Release notes", text="The zyxquartz module was renamed in version 2."),
-        "meaning": Doc.objects.create(
+        "keyword": model.objects.create(title="Release notes", text="The zyxquartz module was renamed in version 2."),
+        "meaning": model.objects.create(
             title="Account help", text="Forgot your login credentials? Here is how to change them."
         ),
     }
     for title, text in FILLER:
-        Doc.objects.create(title=title, text=text)
+        model.objects.create(title=title, text=text)
     embed_pending()
     return rows
 
 
-def test_a_row_found_only_by_keyword_and_one_found_only_by_meaning_both_appear(docs):
-    results = list(hybrid(Doc.objects.all(), QUERY, candidates=1))
+def test_a_row_found_only_by_keyword_and_one_found_only_by_meaning_both_appear(docs, model):
+    results = list(hybrid(model.objects.all(), QUERY, candidates=1))
     by_pk = {row.pk: row for row in results}
     keyword, meaning = by_pk[docs["keyword"].pk], by_pk[docs["meaning"].pk]
     assert keyword.keyword_rank == 1
@@ -51,65 +57,65 @@ def test_a_row_found_only_by_keyword_and_one_found_only_by_meaning_both_appear(d
     assert [row.score for row in results] == sorted((row.score for row in results), reverse=True)
 
 
-def test_the_keyword_side_finds_only_rows_with_the_rare_word(docs):
-    assert list(keyword_search(Doc.objects.all(), QUERY).values_list("pk", flat=True)) == [docs["keyword"].pk]
+def test_the_keyword_side_finds_only_rows_with_the_rare_word(docs, model):
+    assert list(keyword_search(model.objects.all(), QUERY).values_list("pk", flat=True)) == [docs["keyword"].pk]
 
 
-def test_a_short_text_outranks_a_long_one_with_the_word_as_often(semantic_settings):
+def test_a_short_text_outranks_a_long_one_with_the_word_as_often(semantic_settings, model):
     """Word frequency over the log of the length: a long text does not win by being long,
     and a short one with the word once is not tied with it (cover density ties them)."""
     semantic_settings(BACKEND="semantic.backends.local.LocalBackend")
-    long = Doc.objects.create(title="Log", text="zyxquartz " + " ".join(f"word{i}" for i in range(400)))
-    short = Doc.objects.create(title="Note", text="zyxquartz renamed")
-    assert list(keyword_search(Doc.objects.all(), "zyxquartz").values_list("pk", flat=True)) == [short.pk, long.pk]
+    long = model.objects.create(title="Log", text="zyxquartz " + " ".join(f"word{i}" for i in range(400)))
+    short = model.objects.create(title="Note", text="zyxquartz renamed")
+    assert list(keyword_search(model.objects.all(), "zyxquartz").values_list("pk", flat=True)) == [short.pk, long.pk]
 
 
-def test_scores_are_reciprocal_rank_fusion(docs):
-    row = hybrid(Doc.objects.all(), QUERY, k=10, weights=(2.0, 0.5)).get(pk=docs["keyword"].pk)
+def test_scores_are_reciprocal_rank_fusion(docs, model):
+    row = hybrid(model.objects.all(), QUERY, k=10, weights=(2.0, 0.5)).get(pk=docs["keyword"].pk)
     expected = 2.0 / (10 + row.keyword_rank) + (0.5 / (10 + row.meaning_rank) if row.meaning_rank else 0.0)
     assert row.score == pytest.approx(expected)
 
 
-def test_weights_change_the_order(docs):
-    keyword_first = hybrid(Doc.objects.all(), QUERY, k=1, weights=(1.0, 0.2)).first()
-    meaning_first = hybrid(Doc.objects.all(), QUERY, k=1, weights=(0.2, 1.0)).first()
+def test_weights_change_the_order(docs, model):
+    keyword_first = hybrid(model.objects.all(), QUERY, k=1, weights=(1.0, 0.2)).first()
+    meaning_first = hybrid(model.objects.all(), QUERY, k=1, weights=(0.2, 1.0)).first()
     assert keyword_first.pk == docs["keyword"].pk
     assert meaning_first.pk == docs["meaning"].pk
 
 
-def test_a_zero_weight_leaves_that_side_out(docs):
-    rows = list(hybrid(Doc.objects.all(), QUERY, weights=(1.0, 0.0)))
+def test_a_zero_weight_leaves_that_side_out(docs, model):
+    rows = list(hybrid(model.objects.all(), QUERY, weights=(1.0, 0.0)))
     assert [row.pk for row in rows] == [docs["keyword"].pk]
     assert rows[0].meaning_rank is None
 
 
-def test_filters_before_and_after_rank_only_the_filtered_rows(docs):
-    Doc.objects.filter(pk=docs["meaning"].pk).update(published=False)
-    before = hybrid(Doc.objects.filter(published=True), QUERY, candidates=1)
-    after = hybrid(Doc.objects.all(), QUERY, candidates=1).filter(published=True)
+def test_filters_before_and_after_rank_only_the_filtered_rows(docs, model):
+    model.objects.filter(pk=docs["meaning"].pk).update(published=False)
+    before = hybrid(model.objects.filter(published=True), QUERY, candidates=1)
+    after = hybrid(model.objects.all(), QUERY, candidates=1).filter(published=True)
     for qs in (before, after):
         (row,) = qs
         # Both sides ranked the published rows: the meaning side's best is now the keyword row.
         assert (row.pk, row.keyword_rank, row.meaning_rank) == (docs["keyword"].pk, 1, 1)
 
 
-def test_pagination_walks_the_fused_order(docs):
+def test_pagination_walks_the_fused_order(docs, model):
     # Two candidates a side: at most four of the eight rows, so count() must see the fusion.
-    everything = [row.pk for row in hybrid(Doc.objects.all(), QUERY, candidates=2)]
+    everything = [row.pk for row in hybrid(model.objects.all(), QUERY, candidates=2)]
     assert 2 <= len(everything) <= 4
-    pages = Paginator(hybrid(Doc.objects.filter(published=True), QUERY, candidates=2), 1)
+    pages = Paginator(hybrid(model.objects.filter(published=True), QUERY, candidates=2), 1)
     assert pages.count == len(everything)
     walked = [row.pk for number in pages.page_range for row in pages.page(number)]
     assert walked == everything
 
 
-def test_the_queryset_mixin(docs):
-    qs = HybridQuerySet(Doc)
-    assert [row.pk for row in qs.hybrid_search(QUERY)] == [row.pk for row in hybrid(Doc.objects.all(), QUERY)]
+def test_the_queryset_mixin(docs, model):
+    qs = HybridQuerySet(model)
+    assert [row.pk for row in qs.hybrid_search(QUERY)] == [row.pk for row in hybrid(model.objects.all(), QUERY)]
 
 
-def test_the_gin_index_serves_the_keyword_side(docs):
-    query = keyword_search(Doc.objects.all(), QUERY)
+def test_the_gin_index_serves_the_keyword_side(docs, model):
+    query = keyword_search(model.objects.all(), QUERY)
     sql, params = query.query.sql_with_params()
     with connection.cursor() as cursor:
         # Eight rows: PostgreSQL would rightly scan the table; make it show the plan it uses at scale.
@@ -119,15 +125,25 @@ def test_the_gin_index_serves_the_keyword_side(docs):
             plan = "\n".join(line for (line,) in cursor.fetchall())
         finally:
             cursor.execute("RESET enable_seqscan")
-    assert "doc_keywords" in plan, plan
+    assert f"{model._meta.model_name}_keywords" in plan, plan
+    if model is Doc:  # ranked from the stored column: no tsvector computed from the text
+        assert "to_tsvector" not in sql
 
 
-def test_the_index_is_the_expression_queries_use():
+def test_the_index_is_the_expression_queries_use_or_the_stored_column():
     with connection.cursor() as cursor:
-        cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'doc_keywords'")
-        (definition,) = cursor.fetchone()
-    assert "USING gin" in definition
-    assert "to_tsvector('english'::regconfig" in definition
+        cursor.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE indexname IN ('doc_keywords', 'page_keywords')"
+        )
+        definitions = dict(cursor.fetchall())
+    assert "USING gin" in definitions["page_keywords"]
+    assert "to_tsvector('english'::regconfig" in definitions["page_keywords"]
+    assert definitions["doc_keywords"].endswith("USING gin (search)")
+    # The column is PostgreSQL's to keep in step: an edit's words are found at once.
+    row = Doc.objects.create(title="Fresh", text="a qwertyzz appears")
+    assert list(keyword_search(Doc.objects.all(), "qwertyzz").values_list("pk", flat=True)) == [row.pk]
+    Doc.objects.filter(pk=row.pk).update(text="gone")
+    assert not keyword_search(Doc.objects.all(), "qwertyzz").exists()
 
 
 @pytest.mark.parametrize(

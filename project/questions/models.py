@@ -1,3 +1,4 @@
+from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.db import models
 from django.urls import reverse
 
@@ -23,8 +24,9 @@ class Question(models.Model):
 
     The embedding holds the question alone (title and body): "did you mean…?" and the
     thresholds in relevance.py compare questions with questions. The answer, several
-    paragraphs long, is searched by its words (the KeywordIndex) so that a term only
-    the answer uses still finds the question.
+    paragraphs long, is searched by its words (``search``, a column PostgreSQL keeps in
+    step, under the KeywordIndex) so that a term only the answer uses still finds the
+    question.
     """
 
     title = models.CharField(max_length=200)
@@ -34,6 +36,11 @@ class Question(models.Model):
     created = models.DateTimeField(auto_now_add=True)
 
     embedding = EmbeddingField(source=("title", "body"), dimensions=384)
+    search = models.GeneratedField(
+        expression=SearchVector("title", "body", "answer", config="english"),
+        output_field=SearchVectorField(),
+        db_persist=True,
+    )
 
     objects = SemanticManager()
 
@@ -41,7 +48,7 @@ class Question(models.Model):
         ordering = ["-created"]
         indexes = [
             EmbeddingIndex(fields=["embedding"], name="question_embedding_hnsw"),
-            KeywordIndex(fields=["title", "body", "answer"], name="question_keywords"),
+            KeywordIndex(fields=["search"], name="question_keywords"),
         ]
 
     def __str__(self) -> str:

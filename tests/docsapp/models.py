@@ -1,3 +1,4 @@
+from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.db import models
 
 from semantic import EmbeddingField, KeywordIndex, SemanticManager
@@ -5,7 +6,8 @@ from semantic.indexes import EmbeddingIndex
 
 
 class Doc(models.Model):
-    """A titled document searched by meaning, by keywords and by both (semantic.hybrid)."""
+    """A titled document searched by meaning, by keywords and by both (semantic.hybrid);
+    its words are a stored ``tsvector`` column that PostgreSQL keeps in step."""
 
     title = models.CharField(max_length=300)
     text = models.TextField(blank=True)
@@ -18,14 +20,63 @@ class Doc(models.Model):
         dimensions=384,
         passages=True,
     )
+    search = models.GeneratedField(
+        expression=SearchVector("title", "text", config="english"),
+        output_field=SearchVectorField(),
+        db_persist=True,
+    )
 
     objects = SemanticManager()
 
     class Meta:
         indexes = [
             EmbeddingIndex(fields=["embedding"], name="doc_embedding_hnsw"),
-            KeywordIndex(fields=["title", "text"], name="doc_keywords"),
+            KeywordIndex(fields=["search"], name="doc_keywords"),
         ]
 
     def __str__(self) -> str:
         return self.title
+
+
+class Page(models.Model):
+    """Doc's twin whose KeywordIndex is an expression over the text fields: no column."""
+
+    title = models.CharField(max_length=300)
+    text = models.TextField(blank=True)
+    published = models.BooleanField(default=True)
+    embedding = EmbeddingField(
+        source=("title", "text"), task_type="RETRIEVAL_DOCUMENT", title_source="title", dimensions=384
+    )
+
+    objects = SemanticManager()
+
+    class Meta:
+        indexes = [
+            EmbeddingIndex(fields=["embedding"], name="page_embedding_hnsw"),
+            KeywordIndex(fields=["title", "text"], name="page_keywords"),
+        ]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class Excerpt(models.Model):
+    """Short pieces of documents, by the hundred thousand: hybrid search's latency at that
+    size (``benchmarks/scifact.py`` stores them with their vectors)."""
+
+    text = models.TextField()
+    embedding = EmbeddingField(source="text", task_type="RETRIEVAL_DOCUMENT", dimensions=384)
+    search = models.GeneratedField(
+        expression=SearchVector("text", config="english"), output_field=SearchVectorField(), db_persist=True
+    )
+
+    objects = SemanticManager()
+
+    class Meta:
+        indexes = [
+            EmbeddingIndex(fields=["embedding"], name="excerpt_embedding_hnsw"),
+            KeywordIndex(fields=["search"], name="excerpt_keywords"),
+        ]
+
+    def __str__(self) -> str:
+        return self.text[:60]
