@@ -8,8 +8,10 @@ Filtered: for filters keeping 1%, 10% and 50% of the rows, on the indexed ``grou
 column and on the unindexed ``bucket`` column (same values), each query is run five
 ways: ``similar_to()``; by hand exactly (same WHERE, ordered by distance + 0, which no
 index serves); by hand through HNSW with ``hnsw.iterative_scan = relaxed_order`` and
-``ef_search`` 100; by hand with pgvector's default settings; and by hand with the
-settings similar_to() uses for a broad filter (strict order, ef_search 200). The
+``ef_search`` 100 (what similar_to() uses for a broad filter, sorting the fetched rows);
+by hand with pgvector's default settings; and by hand with strict order and
+``ef_search`` 200 (what a broad ``values_list()`` search uses, having no distance to
+sort by). The
 hand-written queries run on connections of their own whose settings were set once,
 so they pay no settings round trip. The ratio compares similar_to() with the fastest
 hand-written query whose recall is at least similar_to()'s.
