@@ -13,7 +13,7 @@ against one statement joining two ranked subqueries: over the abstracts, then ov
 this process and written by COPY). ``Doc``'s field has ``passages=True``, so the same
 run scores rows ranked by their nearest passage ("passages").
 
-    .venv/bin/python -m benchmarks.scifact [--reload] [--no-tune]
+    .venv/bin/python -m benchmarks.scifact [--reload] [--no-tune] [--latency]
 """
 
 from __future__ import annotations
@@ -178,8 +178,8 @@ def one_statement(queryset, text: str, limit: int = 10) -> list:
     meaning_sql, meaning_params = meaning.query.sql_with_params()
     table = queryset.model._meta.db_table
     sql = f"""
-        WITH k AS (SELECT s.id, row_number() OVER () AS r FROM ({keyword_sql}) s),
-             m AS (SELECT s.id, row_number() OVER () AS r FROM ({meaning_sql}) s),
+        WITH k AS (SELECT s.pk AS id, row_number() OVER () AS r FROM ({keyword_sql}) s),
+             m AS (SELECT s.pk AS id, row_number() OVER () AS r FROM ({meaning_sql}) s),
              fused AS (
                 SELECT coalesce(k.id, m.id) AS fused_id,
                        coalesce(%s / (%s + k.r), 0) + coalesce(%s / (%s + m.r), 0) AS score,
@@ -280,6 +280,7 @@ def main() -> None:
     parser.add_argument("--reload", action="store_true", help="store and embed the corpus again")
     parser.add_argument("--no-tune", action="store_true", help="skip the k and weights comparison")
     parser.add_argument("--quick", type=int, metavar="CLAIMS", help="only the rows embedded so far (see quick())")
+    parser.add_argument("--latency", action="store_true", help="only the latencies (the corpus must be embedded)")
     arguments = parser.parse_args()
     setup()
     if arguments.quick:
@@ -288,10 +289,13 @@ def main() -> None:
     from django.core.management import call_command
 
     from semantic.evaluate import load_qrels, load_queries
-    from semantic.vectors import embed
-    from tests.docsapp.models import Doc, Excerpt
+    from tests.docsapp.models import Doc
 
     documents = corpus()
+    if arguments.latency:
+        queries, judgements = load_queries(QUERIES), load_qrels(QRELS)
+        measure_latency(documents, [queries[q] for q in judgements if q in queries][:LATENCY_QUERIES])
+        return
     # The direct baseline encodes in this process while the worker embeds the rows.
     direct: list[float] = []
     baseline = threading.Thread(target=lambda: direct.append(direct_ndcg(documents)))
@@ -316,9 +320,16 @@ def main() -> None:
     if not arguments.no_tune:
         tune(queryset, queries, judgements)
 
-    texts = [queries[q] for q in judgements if q in queries][:LATENCY_QUERIES]
+    measure_latency(documents, [queries[q] for q in judgements if q in queries][:LATENCY_QUERIES])
+
+
+def measure_latency(documents: list[dict[str, str]], texts: list[str]) -> None:
+    """Latencies over the abstracts, then over ``SCALE_ROWS`` excerpts."""
+    from semantic.vectors import embed
+    from tests.docsapp.models import Doc, Excerpt
+
     embed(texts, task_type="RETRIEVAL_QUERY", dimensions=384)  # query vectors cached for every method alike
-    latency(queryset, texts)
+    latency(Doc.objects.all(), texts)
     seconds = load_excerpts(documents)
     if seconds:
         print(f"stored {SCALE_ROWS} excerpts with vectors (encoded in this process) and indexes in {seconds:.0f}s")
