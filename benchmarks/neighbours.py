@@ -14,7 +14,10 @@ by hand with pgvector's default settings; and by hand with strict order and
 sort by). The
 hand-written queries run on connections of their own whose settings were set once,
 so they pay no settings round trip. The ratio compares similar_to() with the fastest
-hand-written query whose recall is at least similar_to()'s.
+hand-written query whose recall is at least similar_to()'s. A last row sends the exact
+message similar_to() sent for each query again, as text through psycopg: the part of
+its time that is the server's, the rest being Python (building and compiling the
+queryset, model instances).
 
     .venv/bin/python -m benchmarks.neighbours
 """
@@ -31,6 +34,8 @@ from benchmarks import vectors as dataset
 from benchmarks.common import setup
 
 QUERIES = int(os.environ.get("NEIGHBOURS_QUERIES", 100))
+#: similar_to()'s own SQL message sent again as text: the server's part of its time, not a peer in the ratio.
+REPLAYED = "similar_to()'s SQL, replayed"
 WARM_UP = 5
 SELECTIVITIES = (1, 10, 50)  # groups kept out of dataset.GROUPS (100): percent of the rows
 COLUMNS = (("indexed", "group"), ("unindexed", "bucket"))
@@ -69,6 +74,7 @@ def main() -> None:
     import psycopg
     from django.db import connection
     from django.db.models.expressions import RawSQL
+    from django.test.utils import CaptureQueriesContext
 
     from semantic.fields import get_embedding_field
     from semantic.query import vector_literal
@@ -121,6 +127,19 @@ def main() -> None:
     def run_orm(q, column=None, i=0, width=0):
         return [p.pk for p in searched(column, i, width).similar_to(list(map(float, q)))[:10]]
 
+    replay = psycopg.connect(**params, autocommit=True).cursor()
+    sent: dict[tuple[str, int], str] = {}
+
+    def run_replay(label, i):
+        """The message similar_to() sent for this query, as text through psycopg: its server time."""
+        replay.execute(sent[label, i])
+        rows: list = []
+        while True:
+            if replay.description:
+                rows = replay.fetchall()
+            if not replay.nextset():
+                return [row[0] for row in rows]
+
     def path(column, width):
         """What the server chose for similar_to(): no index scan (exact), or the iterative scan."""
         seen = RawSQL("current_setting('enable_indexscan')", [])
@@ -142,6 +161,10 @@ def main() -> None:
 
     report = {}
     for label, column, width in cells:
+        for i, q in enumerate(qs):
+            with CaptureQueriesContext(connection) as captured:
+                run_orm(q, column, i, width)
+            (sent[label, i],) = [query["sql"] for query in captured.captured_queries]
         names = ["similar_to()", "hand SQL, pgvector defaults"] if column is None else variants
         runs = {
             name: (lambda q, i, column=column, width=width: run_orm(q, column, i, width))
@@ -149,6 +172,8 @@ def main() -> None:
             else (lambda q, i, name=name, column=column, width=width: run_hand(name, q, column, i, width))
             for name in names
         }
+        runs[REPLAYED] = lambda q, i, label=label: run_replay(label, i)
+        names = [*names, REPLAYED]
         times = {name: [] for name in names}
         recalls = {name: [] for name in names}
         for i, q in enumerate(qs[:WARM_UP]):
@@ -177,7 +202,9 @@ def main() -> None:
     )
     for label, (rows, chosen) in report.items():
         orm_time, orm_recall = rows["similar_to()"]
-        peers = [(t, name) for name, (t, r) in rows.items() if name != "similar_to()" and r >= orm_recall]
+        peers = [
+            (t, name) for name, (t, r) in rows.items() if name not in ("similar_to()", REPLAYED) and r >= orm_recall
+        ]
         print(f"\n{label} (similar_to() took: {chosen})")
         for name, (t, r) in rows.items():
             print(f"  {name:42} {t * 1000:9.2f} ms  recall {r:.3f}")
