@@ -130,6 +130,33 @@ def _check_field(model: type[models.Model], field: Any, backend: Any) -> list[ch
     return errors
 
 
+@checks.register(checks.Tags.models)
+def check_keyword_indexes(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
+    """A KeywordIndex over a generated column parses queries in its own ``config``: it
+    must be the column's, or stemmed query words miss the column's words."""
+    from semantic.keyword import KeywordIndex, column_config
+
+    errors: list[checks.CMessage] = []
+    configs = app_configs or apps.get_app_configs()
+    for model in (m for config in configs for m in config.get_models()):
+        for index in model._meta.indexes:
+            if not isinstance(index, KeywordIndex):
+                continue
+            built_in = column_config(model, index.keyword_fields)
+            if built_in is not None and built_in != index.config:
+                errors.append(
+                    checks.Warning(
+                        f"{model._meta.label}: KeywordIndex {index.name!r} parses queries in {index.config!r}, "
+                        f"but {index.keyword_fields[0]!r} holds words in {built_in!r}.",
+                        hint=f"Pass config={built_in!r} to the KeywordIndex (no migration change), or build the "
+                        "column in the configuration queries should use.",
+                        obj=model,
+                        id="semantic.W003",
+                    )
+                )
+    return errors
+
+
 def _backend_for_checks(backend_class: type, model: str | None) -> Any:
     try:
         return backend_class(model=model or conf.MODEL, **conf.BACKEND_OPTIONS)

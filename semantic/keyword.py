@@ -101,6 +101,17 @@ class WordFrequencyRank(Func):
     output_field = models.FloatField()
 
 
+def column_config(model: type[models.Model], fields: list[str] | tuple[str, ...]) -> str | None:
+    """The text search configuration a generated ``tsvector`` column is built in, when
+    its expression is a ``SearchVector`` with a literal ``config``; else None."""
+    if not stored_vector(model, fields):
+        return None
+    field = model._meta.get_field(fields[0])
+    config = getattr(getattr(field, "expression", None), "config", None)
+    value = getattr(getattr(config, "config", None), "value", None)
+    return value if isinstance(value, str) else None
+
+
 def keyword_rank(
     model: type[models.Model], fields: list[str] | tuple[str, ...], config: str, text: str, *, match: str = "any"
 ) -> Expression:

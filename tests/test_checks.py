@@ -177,3 +177,30 @@ def test_replaces_must_name_another_embedding_field():
     assert ids(errors) == ["semantic.E007", "semantic.E007"]
     assert [e.obj.name for e in errors] == ["embedding", "itself"]
     assert "replaces 'text', which is not another EmbeddingField" in errors[0].msg
+
+
+def test_a_keyword_index_must_parse_queries_in_its_columns_configuration():
+    from django.contrib.postgres.search import SearchVector, SearchVectorField
+
+    from semantic import KeywordIndex
+    from semantic.checks import check_keyword_indexes
+
+    assert check_keyword_indexes() == []  # docsapp.Doc, docsapp.Excerpt: english both ways
+    with isolate_apps("tests.testapp"):
+
+        class Simple(models.Model):
+            text = models.TextField()
+            search = models.GeneratedField(
+                expression=SearchVector("text", config="simple"), output_field=SearchVectorField(), db_persist=True
+            )
+
+            class Meta:
+                app_label = "testapp"
+                indexes = [
+                    KeywordIndex(fields=["search"], name="simple_default"),
+                    KeywordIndex(fields=["search"], name="simple_simple", config="simple"),
+                ]
+
+        (warning,) = check_keyword_indexes(app_configs=[Simple._meta.apps.get_app_config("testapp")])
+    assert warning.id == "semantic.W003"
+    assert "'simple_default'" in warning.msg and "'english'" in warning.msg and "config='simple'" in warning.hint
