@@ -40,7 +40,15 @@ def manage(fake: FakeGemini, *args: str, env: dict[str, str] | None = None, **po
     popen.setdefault("stderr", subprocess.PIPE)
     if popen["stdout"] is subprocess.PIPE:
         popen.setdefault("text", True)
+    # Ctrl-C as a terminal sends it, even when the tests run as a background job: a shell
+    # starts those with SIGINT ignored, the child inherits that, and Python then never
+    # raises KeyboardInterrupt (the tests that stop a command with SIGINT would hang).
+    popen.setdefault("preexec_fn", _default_sigint)
     return subprocess.Popen([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=environment, **popen)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @contextmanager
