@@ -96,10 +96,10 @@ def excerpts(documents: list[dict[str, str]]) -> list[str]:
     return list(pieces)[:SCALE_ROWS]
 
 
-def load_excerpts(documents: list[dict[str, str]]) -> float:
+def load_excerpts(documents: list[dict[str, str]]) -> None:
     """Store the excerpts not stored yet, with vectors from the local model called in
     this process, written by COPY with their hash and spec so they count as embedded
-    (into an empty table, the indexes are built after the COPY). Returns the seconds taken."""
+    (into an empty table, the indexes are built after the COPY)."""
     import hashlib
 
     from django.db import connection
@@ -118,7 +118,7 @@ def load_excerpts(documents: list[dict[str, str]]) -> float:
             cursor.execute("TRUNCATE docsapp_excerpt RESTART IDENTITY")
     missing = [text for text in texts if text not in stored]
     if not missing:
-        return 0.0
+        return
     started = time.monotonic()
     vectors = LocalBackend().load().encode(missing, normalize_embeddings=True, batch_size=64)
     indexes = Excerpt._meta.indexes if not stored else []
@@ -138,7 +138,6 @@ def load_excerpts(documents: list[dict[str, str]]) -> float:
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE docsapp_excerpt")
     print(f"stored {len(missing)} excerpts with vectors (encoded in this process) in {time.monotonic() - started:.0f}s")
-    return time.monotonic() - started
 
 
 def latency(queryset, texts: list[str]) -> None:

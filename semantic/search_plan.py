@@ -114,17 +114,12 @@ def plan(queryset: models.QuerySet, search: SemanticSearch) -> SearchPlan | None
             probe = callers_filters(queryset, search)
         except EmptyResultSet:
             return None  # nothing can match: Django runs no query at all
-        if carries_distance(queryset):
+        relaxed = carries_distance(queryset)
+        if relaxed:
             broad = {**RELAXED, "hnsw.ef_search": str(max(search.ef_search or 0, RELAXED_EF_SEARCH))}
         else:
             broad = {**ITERATIVE, "hnsw.ef_search": str(max(search.ef_search or 0, FILTERED_EF_SEARCH))}
-        return SearchPlan(
-            probe=probe,
-            few=EXACT,
-            many=broad,
-            limit=conf.EXACT_SEARCH_MAX_ROWS,
-            resort=carries_distance(queryset),
-        )
+        return SearchPlan(probe=probe, few=EXACT, many=broad, limit=conf.EXACT_SEARCH_MAX_ROWS, resort=relaxed)
     ef_search = {"hnsw.ef_search": str(search.ef_search)} if search.ef_search else {}
     if query.high_mark is not None and query.high_mark <= (search.ef_search or DEFAULT_EF_SEARCH):
         return SearchPlan(settings=ef_search) if ef_search else None
