@@ -213,8 +213,10 @@ class SearchStatement:
         if self.sent:
             return execute(sql, params, many, context)
         self.sent = True
-        raw = context["connection"].connection
-        before, after = statements(self.plan, raw, restore=self.restore)
+        connection = context["connection"]
+        raw = connection.connection
+        with connection.wrap_database_errors:  # the first search may look up semantic_choose_scan()
+            before, after = statements(self.plan, raw, restore=self.restore)
         if not self.together:
             with raw.cursor() as cursor:
                 for statement, values in before:

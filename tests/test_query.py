@@ -8,7 +8,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.core.cache import cache
 from django.core.paginator import Paginator
-from django.db import connection, connections, models, transaction
+from django.db import DataError, InternalError, connection, connections, models, transaction
 from django.db.models.expressions import RawSQL
 from django.db.models.sql import Query
 from django.db.models.sql.compiler import SQLCompiler
@@ -373,6 +373,22 @@ def test_without_the_function_a_do_block_chooses_the_same(articles, semantic_set
     with connection.cursor() as cursor:
         cursor.execute("SELECT to_regprocedure(%s) IS NOT NULL", [CHOOSE_SCAN_SIGNATURE])
         assert cursor.fetchone() == (True,)
+
+
+def test_a_search_in_a_failed_transaction_raises_djangos_error(articles):
+    """The first filtered search of a process looks the function up; on a connection
+    whose transaction has failed that fails too, as Django's error, like the search."""
+    forget_choose_scan()
+    transaction.set_autocommit(False)
+    try:
+        with pytest.raises(DataError), connection.cursor() as cursor:
+            cursor.execute("SELECT 1 / 0")
+        with pytest.raises(InternalError, match="current transaction is aborted"):
+            list(Article.objects.filter(category="other").similar_to([1.0] * 128))
+    finally:
+        transaction.rollback()
+        transaction.set_autocommit(True)
+        forget_choose_scan()
 
 
 def test_a_selective_filter_finds_the_true_nearest_rows(many_articles, semantic_settings):
