@@ -14,10 +14,10 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 DATABASE = "semantic_bench"
 
 
-def setup(**semantic: object) -> None:
-    """Configure Django on the benchmark database, creating and migrating it if needed."""
+def setup(database: str = DATABASE, **semantic: object) -> None:
+    """Configure Django on a benchmark database, creating and migrating it if needed."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
-    os.environ["SEMANTIC_TEST_DATABASE"] = DATABASE
+    os.environ["SEMANTIC_TEST_DATABASE"] = database
     sys.path.insert(0, str(BASE_DIR))
     import psycopg
 
@@ -30,8 +30,8 @@ def setup(**semantic: object) -> None:
     if config.get("PORT"):
         params["port"] = config["PORT"]
     with psycopg.connect(**params, autocommit=True) as connection:
-        if not connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]).fetchone():
-            connection.execute(f"CREATE DATABASE {DATABASE}")
+        if not connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone():
+            connection.execute(f"CREATE DATABASE {database}")
 
     import django
     from django.conf import settings

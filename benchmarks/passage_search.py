@@ -1,0 +1,198 @@
+"""Passage search (``similar_to(passages=True)``) against hand-written SQL.
+
+20,000 documents (``tests.docsapp.Doc``) with 5 passages each: 100,000 passages of
+384 dimensions (clustered unit vectors, as the local model's size), written with COPY
+into ``semantic.Passage`` in a database of their own, ``semantic_bench_passages``.
+Passage search is exact (no HNSW index on the passage table, which holds vectors of
+every size), so every variant returns the same rows; the script checks that they do.
+
+For no filter, a filter keeping 10% of the documents (a primary key range) and one
+keeping 1% (``corpus_id``, indexed), the median time of
+``list(Doc.objects.filter(...).similar_to(vector, passages=True)[:10])`` against
+three hand-written queries, through Django's cursor with the vector as text, each
+returning what ``similar_to(passages=True)`` returns: the document's columns, the
+distance, and the nearest passage's text, offsets and position:
+
+- *per row (LATERAL)*: for each kept document, its nearest passage through the
+  passage table's unique index, then the 10 nearest documents: the plan
+  ``similar_to(passages=True)`` asks for, without its ``EXISTS`` (the lateral join
+  drops documents without passages itself);
+- *GROUP BY*: one pass over the field's passages, ``min(distance)`` per document;
+- *DISTINCT ON*: the same pass, the nearest passage per document by a sort.
+
+The two passage-side forms keep the filter as ``object_pk IN (SELECT id::text FROM
+docsapp_doc WHERE ...)``.
+
+    .venv/bin/python -m benchmarks.passage_search
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+import time
+
+import numpy as np
+
+from benchmarks.common import setup
+
+DATABASE = "semantic_bench_passages"
+DOCUMENTS = 20_000
+PER_DOCUMENT = 5
+DIMENSIONS = 384
+CLUSTERS = 500
+QUERIES = int(os.environ.get("PASSAGE_QUERIES", 40))
+WARM_UP = 3
+SEED = 3
+
+PASSAGES = "model_label = 'docsapp.Doc' AND field_name = 'embedding' AND spec = %(spec)s"
+DISTANCE = "vector <=> %(q)s::vector"
+#: The same columns as similar_to(passages=True)'s: the document's (``{columns}``), the
+#: distance, and the nearest passage's text, offsets and position.
+HAND = {
+    "hand, per row (LATERAL)": f"""
+        SELECT {{columns}}, p.distance, p.text, p.start, p."end", p.position FROM docsapp_doc d
+        CROSS JOIN LATERAL (
+            SELECT {DISTANCE} AS distance, text, start, "end", position FROM semantic_passage
+            WHERE {PASSAGES} AND object_pk = d.id::text ORDER BY 1, position LIMIT 1
+        ) p
+        WHERE TRUE {{rows}} ORDER BY p.distance, d.id LIMIT 10""",
+    "hand, GROUP BY": f"""
+        WITH nearest AS (
+            SELECT object_pk, min({DISTANCE}) AS distance FROM semantic_passage
+            WHERE {PASSAGES} {{passages}}
+            GROUP BY object_pk ORDER BY 2, object_pk::bigint LIMIT 10
+        )
+        SELECT {{columns}}, nearest.distance, p.text, p.start, p."end", p.position
+        FROM nearest JOIN docsapp_doc d ON d.id = nearest.object_pk::bigint
+        CROSS JOIN LATERAL (
+            SELECT text, start, "end", position FROM semantic_passage
+            WHERE {PASSAGES} AND object_pk = nearest.object_pk ORDER BY {DISTANCE}, position LIMIT 1
+        ) p
+        ORDER BY nearest.distance, d.id""",
+    "hand, DISTINCT ON": f"""
+        SELECT {{columns}}, nearest.distance, nearest.text, nearest.start, nearest."end", nearest.position
+        FROM (
+            SELECT DISTINCT ON (object_pk) object_pk, {DISTANCE} AS distance, text, start, "end", position
+            FROM semantic_passage WHERE {PASSAGES} {{passages}}
+            ORDER BY object_pk, distance, position
+        ) nearest JOIN docsapp_doc d ON d.id = nearest.object_pk::bigint
+        ORDER BY nearest.distance, d.id LIMIT 10""",
+}
+#: label, ORM filter, the same as SQL on docsapp_doc (alias d).
+FILTERS = (
+    ("no filter", {}, ""),
+    ("10% (pk range)", {"pk__lte": DOCUMENTS // 10}, f"d.id <= {DOCUMENTS // 10}"),
+    ("1% (corpus_id)", {"corpus_id": "g7"}, "d.corpus_id = 'g7'"),
+)
+
+
+def load(field) -> None:
+    """The documents and their passages, unless already there."""
+    from django.db import connection
+    from pgvector import Vector
+
+    from semantic.models import Passage
+    from tests.docsapp.models import Doc
+
+    loaded = Doc.objects.filter(pk=1, title=f"document 0 (seed {SEED})").exists()
+    if loaded and Doc.objects.count() == DOCUMENTS and Passage.objects.count() == DOCUMENTS * PER_DOCUMENT:
+        return
+    rng = np.random.default_rng(SEED)
+    centers = rng.normal(size=(CLUSTERS, DIMENSIONS)).astype(np.float32)
+    started = time.monotonic()
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE docsapp_doc RESTART IDENTITY")
+        cursor.execute("DELETE FROM semantic_passage")
+        with cursor.copy("COPY docsapp_doc (title, text, published, corpus_id) FROM STDIN") as copy:
+            for i in range(DOCUMENTS):
+                copy.write_row((f"document {i} (seed {SEED})", f"the text of document {i}", True, f"g{i % 100}"))
+        columns = 'model_label, field_name, object_pk, position, start, "end", text, text_hash, cut_from, spec, vector'
+        with cursor.copy(f"COPY semantic_passage ({columns}) FROM STDIN") as copy:
+            for i in range(DOCUMENTS):
+                vectors = centers[rng.integers(CLUSTERS, size=PER_DOCUMENT)]
+                vectors = vectors + rng.normal(size=vectors.shape).astype(np.float32)
+                vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+                for p, vector in enumerate(vectors):
+                    text = f"passage {p} of document {i}"
+                    row = ("docsapp.Doc", field.name, str(i + 1), p, p * 100, p * 100 + 99, text, "", "", field.spec())
+                    copy.write_row((*row, Vector(vector).to_text()))
+        # Hint bits and the visibility map set now, not by the first timed queries.
+        cursor.execute("VACUUM (ANALYZE) docsapp_doc")
+        cursor.execute("VACUUM (ANALYZE) semantic_passage")
+    print(f"loaded {DOCUMENTS} documents, {DOCUMENTS * PER_DOCUMENT} passages in {time.monotonic() - started:.0f}s")
+
+
+def main() -> None:
+    setup(database=DATABASE)
+    from django.db import connection
+
+    from semantic.fields import get_embedding_field
+    from semantic.query import vector_literal
+    from tests.docsapp.models import Doc
+
+    field = get_embedding_field(Doc)
+    load(field)
+    rng = np.random.default_rng(SEED + 1)
+    centers = np.random.default_rng(SEED).normal(size=(CLUSTERS, DIMENSIONS)).astype(np.float32)
+    queries = centers[rng.integers(CLUSTERS, size=QUERIES)] + rng.normal(size=(QUERIES, DIMENSIONS))
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    load_before = os.getloadavg()
+
+    columns = ", ".join(
+        f"d.{connection.ops.quote_name(f.column)}" for f in Doc._meta.concrete_fields if f.attname != field.attname
+    )
+    width = len(columns.split(", "))
+
+    def orm(q, orm_filter):
+        found = Doc.objects.filter(**orm_filter).similar_to(q.tolist(), passages=True)[:10]
+        return [(row.pk, round(row.distance, 5), row.passage_position) for row in found]
+
+    def hand(sql, q, condition):
+        rows = f"AND {condition}" if condition else ""
+        passages = f"AND object_pk IN (SELECT d.id::text FROM docsapp_doc d WHERE {condition})" if condition else ""
+        text = sql.format(columns=columns, rows=rows, passages=passages)
+        with connection.cursor() as cursor:
+            cursor.execute(text, {"q": vector_literal(q), "spec": field.spec()})
+            return [(row[0], round(row[width], 5), row[-1]) for row in cursor.fetchall()]
+
+    report = {}
+    for label, orm_filter, condition in FILTERS:
+        runs = {"similar_to(passages=True)": lambda q, f=orm_filter: orm(q, f)}
+        runs.update({name: (lambda q, sql=sql, c=condition: hand(sql, q, c)) for name, sql in HAND.items()})
+        for q in queries[:WARM_UP]:
+            for run in runs.values():
+                run(q)
+        times = {name: [] for name in runs}
+        differ = {name: 0 for name in runs}
+        shuffle = random.Random(f"{label} order")
+        for q in queries:
+            answers = {}
+            for name in shuffle.sample(list(runs), len(runs)):
+                started = time.perf_counter()
+                answers[name] = runs[name](q)
+                times[name].append(time.perf_counter() - started)
+            expected = answers["similar_to(passages=True)"]
+            for name, answer in answers.items():
+                differ[name] += answer != expected
+        report[label] = {name: (statistics.median(t), differ[name]) for name, t in times.items()}
+        print(f"done: {label}", flush=True)
+
+    print(
+        f"\n{DOCUMENTS} documents x {PER_DOCUMENT} passages ({DIMENSIONS} dimensions), {QUERIES} queries per filter "
+        f"(after {WARM_UP} untimed), top 10, median time; load average {load_before[0]:.2f} before, "
+        f"{os.getloadavg()[0]:.2f} after"
+    )
+    for label, rows in report.items():
+        print(f"\n{label}")
+        for name, (t, differ) in rows.items():
+            same = "same 10 rows and distances" if not differ else f"differs for {differ} queries"
+            print(f"  {name:28} {t * 1000:9.2f} ms  {same}")
+        fastest, name = min((t, name) for name, (t, _) in rows.items() if name.startswith("hand"))
+        ratio = rows["similar_to(passages=True)"][0] / fastest
+        print(f"  ratio similar_to(passages=True) / fastest hand-written: {ratio:.2f} ({name})")
+
+
+if __name__ == "__main__":
+    main()
