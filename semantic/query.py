@@ -36,7 +36,7 @@ from semantic.fields import EmbeddingField
 from semantic.passage_search import by_passages
 from semantic.search_plan import SemanticSearch, plan, resort, search_statement
 from semantic.switch import serving_field
-from semantic.vectors import EmptyQuery, embed
+from semantic.vectors import EmptyQuery, embed, vector_literal
 
 if TYPE_CHECKING:
     _QuerySetBase = models.QuerySet
@@ -314,16 +314,6 @@ def instance_vector(model: type[models.Model], field: EmbeddingField, instance: 
         raise EmptyQuery(f"{model.__name__} #{instance.pk} has no text to search with.")
     (vector,) = embed([text], task_type=field.task_type, dimensions=field.dimensions, model=field.embedding_model)
     return vector
-
-
-def vector_literal(vector: Sequence[float]) -> str:
-    """pgvector's text form, with the nine significant digits that round-trip a float32.
-
-    pgvector stores float32 (``vector``) or float16 (``halfvec``), so more digits carry
-    nothing; one ``%`` over the whole vector is three times faster than ``str()`` per
-    element and makes a third less text to send and parse (docs/benchmarks.md).
-    """
-    return "[" + ",".join(["%.9g"] * len(vector)) % tuple(vector) + "]"
 
 
 def query_task_type(field: EmbeddingField, requested: str | None = None) -> str:

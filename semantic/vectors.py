@@ -123,3 +123,13 @@ def _request(
 def _key(model_id: str, task_type: str, dimensions: int, text: str) -> str:
     digest = hashlib.sha256(f"{model_id}|{task_type}|{dimensions}|{text}".encode()).hexdigest()
     return f"semantic:query:{digest}"
+
+
+def vector_literal(vector: Sequence[float]) -> str:
+    """pgvector's text form, with the nine significant digits that round-trip a float32.
+
+    pgvector stores float32 (``vector``) or float16 (``halfvec``), so more digits carry
+    nothing; one ``%`` over the whole vector is three times faster than ``str()`` per
+    element and makes a third less text to send and parse (docs/benchmarks.md).
+    """
+    return "[" + ",".join(["%.9g"] * len(vector)) % tuple(vector) + "]"

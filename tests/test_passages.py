@@ -339,6 +339,22 @@ def test_a_passage_search_chains_with_filters_and_pages(library):
 
 
 @pytestmark_db
+def test_a_passage_search_as_values_and_as_a_subquery_leaves_out_rows_without_passages(library):
+    bare = LongRead.objects.create(title="Row 6", body="", section="even")  # no text: no passages
+    found = list(LongRead.objects.similar_to(QUERY, passages=True))
+    assert bare.pk not in {row.pk for row in found} and len(found) == len(LIBRARY)
+    values = LongRead.objects.similar_to(QUERY, passages=True).values("pk", "passage_position", "passage_text")
+    assert [(v["pk"], v["passage_position"], v["passage_text"]) for v in values[:3]] == [
+        (row.pk, row.passage_position, row.passage_text) for row in found[:3]
+    ]
+    # Inside another query the outer row is renamed (U0): the passages still follow it.
+    nearest = LongRead.objects.similar_to(QUERY, passages=True).values("pk")[:2]
+    assert set(LongRead.objects.filter(pk__in=nearest).values_list("pk", flat=True)) == {library[2].pk, library[4].pk}
+    like_two = list(LongRead.objects.similar_to(library[2], passages=True))
+    assert library[2].pk not in {row.pk for row in like_two} and len(like_two) == len(LIBRARY) - 1
+
+
+@pytestmark_db
 def test_a_passage_search_needs_a_field_with_passages(library):
     with pytest.raises(ValueError, match="passages=True"):
         Article.objects.similar_to("anything", passages=True)
