@@ -58,7 +58,7 @@ class NearestPassage(Expression):
     ``Subquery(Passage.objects...)``: a passage search carries six of them (EXISTS,
     the distance, the four passage annotations), and building and compiling six
     querysets took 2.1 ms of a 4.2 ms search at a narrow filter, more than the
-    server's work (docs/benchmarks.md). The SQL is the same.
+    server's work (docs/benchmarks.md). The plan is the same.
     """
 
     def __init__(self, field: EmbeddingField, vector: str, column: str | None) -> None:

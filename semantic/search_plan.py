@@ -28,8 +28,8 @@ come back with their distance, so the fetched rows can be sorted again
 (:func:`carries_distance`), else in strict order.
 An estimate costs planning; the count it replaces read every kept row, and every row
 of the table when the filtered column has no index. A DO block also costs its own
-compilation, and the planning of each expression in it, in every search: 0.3-0.8 ms
-of a 1-3 ms search, which a function's cached plans save (docs/benchmarks.md).
+compilation, and the planning of each expression in it, in every search: about 0.1 ms
+of a 1-2 ms search, which a function's cached plans save (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 for a filtered ``similar_to()`` (see :mod:`semantic.search_plan`).
 
 A DO block did the same in every search, and PostgreSQL compiles a DO block, and
-plans each of its expressions, every time it runs: 0.3-0.8 ms of a 1-3 ms search
+plans each of its expressions, every time it runs: about 0.1 ms of a 1-2 ms search
 (docs/benchmarks.md). A function's compiled form and plans last as long as the
 connection. The SQL is written out here, not imported, so this migration does
 the same thing whatever the code becomes; a later change is a new migration.
