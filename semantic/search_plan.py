@@ -17,19 +17,15 @@ iterative scan walks deep into the graph to find them, slowly and missing some
 while comparing every kept row is exact and fast. When it keeps many, the iterative
 scan with a longer search list (``FILTERED_EF_SEARCH``) finds them all and an
 exact search would compare tens of thousands. The server makes the choice in the same
-message, from the planner's estimate of the rows the caller's filters keep: the
-function ``semantic_choose_scan()`` (migration ``semantic 0009``; a DO block doing the
-same where it is missing, as on a database not yet migrated) runs ``EXPLAIN`` of those
-filters alone and, for at most ``EXACT_SEARCH_MAX_ROWS``,
+message, from the planner's estimate of the rows the caller's filters keep: a DO block
+runs ``EXPLAIN`` of those filters alone and, for at most ``EXACT_SEARCH_MAX_ROWS``,
 turns index scans off for the search (PostgreSQL then reads the kept rows through
 another index or a scan and sorts them: exact; joins in the same statement do without
 index scans too); otherwise it sets the iterative scan: in relaxed order when the rows
 come back with their distance, so the fetched rows can be sorted again
 (:func:`carries_distance`), else in strict order.
 An estimate costs planning; the count it replaces read every kept row, and every row
-of the table when the filtered column has no index. A DO block also costs its own
-compilation, and the planning of each expression in it, in every search: about 0.1 ms
-of a 1-2 ms search, which a function's cached plans save (docs/benchmarks.md).
+of the table when the filtered column has no index.
 """
 
 from __future__ import annotations
@@ -62,10 +58,7 @@ EXACT = {"enable_indexscan": "off"}
 #: Transaction-local custom settings that keep the caller's values while a search changes them.
 SAVED_PREFIX = "semantic.saved_"
 
-#: Created by migration ``semantic 0009``: ``(probe, max_rows, few, many)``, the settings as name, value, ...
-CHOOSE_SCAN = "semantic_choose_scan"
-CHOOSE_SCAN_SIGNATURE = f"{CHOOSE_SCAN}(text, double precision, text[], text[])"
-#: Where the function is missing: run after ``semantic.probe`` is set to the caller's filters as SQL.
+#: Run after ``semantic.probe`` is set to the caller's filters as SQL (their planner estimate decides).
 ESTIMATE_AND_CHOOSE = """DO $semantic$DECLARE estimate json;
 BEGIN
   EXECUTE 'EXPLAIN (FORMAT JSON) ' || current_setting('semantic.probe') INTO estimate;
@@ -213,10 +206,8 @@ class SearchStatement:
         if self.sent:
             return execute(sql, params, many, context)
         self.sent = True
-        connection = context["connection"]
-        raw = connection.connection
-        with connection.wrap_database_errors:  # the first search may look up semantic_choose_scan()
-            before, after = statements(self.plan, raw, restore=self.restore)
+        raw = context["connection"].connection
+        before, after = statements(self.plan, raw, restore=self.restore)
         if not self.together:
             with raw.cursor() as cursor:
                 for statement, values in before:
@@ -255,42 +246,10 @@ def statements(search_plan: SearchPlan, raw: Any, *, restore: bool) -> tuple[lis
     if search_plan.probe is not None:
         with psycopg.ClientCursor(raw) as cursor:
             probe = cursor.mogrify(*search_plan.probe)
+        before.append(("SELECT set_config('semantic.probe', %s, true)", [probe]))
         few, many = tuple(search_plan.few.items()), tuple(search_plan.many.items())
-        if has_choose_scan(raw):
-            before.append((choose_scan(search_plan.limit, few, many), [probe]))
-        else:
-            before.append(("SELECT set_config('semantic.probe', %s, true)", [probe]))
-            before.append((estimate_and_choose(search_plan.limit, few, many), []))
+        before.append((estimate_and_choose(search_plan.limit, few, many), []))
     return before, after
-
-
-#: Whether ``semantic_choose_scan()`` exists, per database server and name: looked up once per process.
-_choose_scan_exists: dict[tuple[str, ...], bool] = {}
-
-
-def has_choose_scan(raw: Any) -> bool:
-    """Whether the database has the function (``migrate semantic`` creates it)."""
-    info = raw.info
-    key = (info.host, str(info.port), info.dbname)
-    if key not in _choose_scan_exists:
-        with raw.cursor() as cursor:
-            cursor.execute("SELECT to_regprocedure(%s) IS NOT NULL", [CHOOSE_SCAN_SIGNATURE])
-            _choose_scan_exists[key] = cursor.fetchone()[0]
-    return _choose_scan_exists[key]
-
-
-def forget_choose_scan() -> None:
-    """Look the function up again at the next search (after migrating, in tests)."""
-    _choose_scan_exists.clear()
-
-
-@functools.cache
-def choose_scan(limit: int, few: tuple[tuple[str, str], ...], many: tuple[tuple[str, str], ...]) -> str:
-    return f"SELECT {CHOOSE_SCAN}(%s, {int(limit)}, {text_array(few)}, {text_array(many)})"
-
-
-def text_array(settings: tuple[tuple[str, str], ...]) -> str:
-    return "ARRAY[" + ", ".join(literal(item) for pair in settings for item in pair) + "]::text[]"
 
 
 @functools.cache

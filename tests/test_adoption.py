@@ -21,7 +21,6 @@ import psycopg
 import pytest
 from django.db import connection
 
-from semantic.search_plan import CHOOSE_SCAN_SIGNATURE
 from tests.commands import BASE_DIR
 
 README = BASE_DIR / "README.md"
@@ -197,14 +196,6 @@ def test_the_readme_works_as_printed_with_the_local_model(new_project):
     found = search(project)
     assert len(found) == 5 and found[0][1] == "Reset a forgotten password"
     assert [score for score, _ in found] == sorted((score for score, _ in found), reverse=True)
-
-    # The app's own function for filtered searches (semantic 0009) comes and goes with its migration.
-    function = f"SELECT to_regprocedure('{CHOOSE_SCAN_SIGNATURE}') IS NOT NULL"
-    assert project.sql(function) == [(True,)]
-    project.manage("migrate", "semantic", "0008")
-    assert project.sql(function) == [(False,)]
-    project.manage("migrate", "semantic")
-    assert project.sql(function) == [(True,)]
 
 
 @pytest.mark.django_db

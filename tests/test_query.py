@@ -8,7 +8,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.core.cache import cache
 from django.core.paginator import Paginator
-from django.db import DataError, InternalError, connection, connections, models, transaction
+from django.db import connection, connections, models, transaction
 from django.db.models.expressions import RawSQL
 from django.db.models.sql import Query
 from django.db.models.sql.compiler import SQLCompiler
@@ -21,7 +21,6 @@ from semantic.fields import get_embedding_field
 from semantic.models import EmbeddingFailure, RateLimit
 from semantic.query import query_task_type
 from semantic.ratelimit import limit_key
-from semantic.search_plan import CHOOSE_SCAN_SIGNATURE, forget_choose_scan
 from tests.testapp.models import Article, Document, Note
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -322,7 +321,6 @@ def test_filtered_queries_choose_exact_or_iterative_search_in_one_statement(arti
     with CaptureQueriesContext(connection) as selective:
         exact = ranked(Article.objects.filter(category="other").similar_to("export invoices"))
     assert len(selective.captured_queries) == 1  # no count before it, no settings apart from it
-    assert "semantic_choose_scan(" in selective.captured_queries[0]["sql"]  # migration semantic 0009's function
     # Few rows pass: no index scan, so every filtered row is compared (exact).
     assert seen(Article.objects.filter(category="other").similar_to("export invoices")) == {"off off 40"}
     assert current_settings() == DEFAULTS  # in autocommit the settings ended with the statement
@@ -346,49 +344,6 @@ def test_filtered_queries_choose_exact_or_iterative_search_in_one_statement(arti
         assert seen(Article.objects.similar_to("export invoices")[:41]) == {"on strict_order 40"}
     assert len(deep.captured_queries) == 1
     assert current_settings() == DEFAULTS
-
-
-def test_without_the_function_a_do_block_chooses_the_same(articles, semantic_settings):
-    """A database not yet migrated to ``semantic 0009`` has no ``semantic_choose_scan()``:
-    the same choice is made by a DO block in the same message."""
-    Article.objects.similar_to("export invoices")  # embeds now: only the search's own queries are counted below
-    try:
-        with transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute(f"DROP FUNCTION {CHOOSE_SCAN_SIGNATURE}")
-            forget_choose_scan()
-            with CaptureQueriesContext(connection) as selective:
-                found = ranked(Article.objects.filter(category="other").similar_to("export invoices"))
-            (sql,) = [query["sql"] for query in selective.captured_queries]
-            assert "DO $semantic$" in sql and "semantic_choose_scan" not in sql
-            assert seen(Article.objects.filter(category="other").similar_to("export invoices")) == {"off off 40"}
-            semantic_settings(EXACT_SEARCH_MAX_ROWS=0)
-            assert ranked(Article.objects.filter(category="other").similar_to("export invoices")) == found
-            assert seen(Article.objects.filter(category="other").similar_to("export invoices")) == {
-                "on relaxed_order 100"
-            }
-            transaction.set_rollback(True)
-    finally:
-        forget_choose_scan()
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT to_regprocedure(%s) IS NOT NULL", [CHOOSE_SCAN_SIGNATURE])
-        assert cursor.fetchone() == (True,)
-
-
-def test_a_search_in_a_failed_transaction_raises_djangos_error(articles):
-    """The first filtered search of a process looks the function up; on a connection
-    whose transaction has failed that fails too, as Django's error, like the search."""
-    forget_choose_scan()
-    transaction.set_autocommit(False)
-    try:
-        with pytest.raises(DataError), connection.cursor() as cursor:
-            cursor.execute("SELECT 1 / 0")
-        with pytest.raises(InternalError, match="current transaction is aborted"):
-            list(Article.objects.filter(category="other").similar_to([1.0] * 128))
-    finally:
-        transaction.rollback()
-        transaction.set_autocommit(True)
-        forget_choose_scan()
 
 
 def test_a_selective_filter_finds_the_true_nearest_rows(many_articles, semantic_settings):
