@@ -29,8 +29,8 @@ from django.db import models
 from semantic.hybrid import DEFAULT_K, hybrid
 from semantic.keyword import keyword_search
 
-METHODS = ("meaning", "keyword", "hybrid", "passages")
-#: What is compared when no methods are named: passages too when the field has them.
+METHODS = ("meaning", "keyword", "hybrid", "passages", "hybrid-passages")
+#: What is compared when no methods are named; both passage searches too when the field has passages.
 DEFAULT_METHODS = ("meaning", "keyword", "hybrid")
 MEASURES = ("ndcg@10", "recall@100", "mrr@10")
 #: How many rows each search returns: enough for recall@100.
@@ -111,12 +111,15 @@ def searches(
         "hybrid": lambda text: hybrid(queryset, text, field=field, k=k, weights=weights, candidates=candidates),
         # Rows ranked by their nearest passage (fields with ``passages``): exact, so no depth to ask for.
         "passages": lambda text: queryset.similar_to(text, field=field, passages=True),
+        "hybrid-passages": lambda text: hybrid(
+            queryset, text, field=field, k=k, weights=weights, candidates=candidates, passages=True
+        ),
     }
 
 
 def default_methods(field: Any) -> tuple[str, ...]:
-    """The searches to compare on ``field``: the three, and passages when it has them."""
-    return (*DEFAULT_METHODS, "passages") if field.passages else DEFAULT_METHODS
+    """The searches to compare on ``field``: the three, and both passage searches when it has them."""
+    return (*DEFAULT_METHODS, "passages", "hybrid-passages") if field.passages else DEFAULT_METHODS
 
 
 def evaluate(
@@ -166,10 +169,10 @@ def parse_weights(value: str) -> tuple[float, float]:
 
 
 def report_lines(results: dict[str, Any]) -> list[str]:
-    lines = [f"{'search':<10}{'nDCG@10':>10}{'recall@100':>12}{'MRR@10':>10}{'median ms':>11}"]
+    lines = [f"{'search':<16}{'nDCG@10':>10}{'recall@100':>12}{'MRR@10':>10}{'median ms':>11}"]
     for method, row in results.items():
         lines.append(
-            f"{method:<10}{100 * row['ndcg@10']:>10.2f}{100 * row['recall@100']:>12.2f}"
+            f"{method:<16}{100 * row['ndcg@10']:>10.2f}{100 * row['recall@100']:>12.2f}"
             f"{100 * row['mrr@10']:>10.2f}{1000 * row['median_seconds']:>11.1f}"
         )
     return lines

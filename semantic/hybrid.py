@@ -12,7 +12,10 @@ your own judgements).
 
 The result is a lazy queryset of the model, annotated with ``score``,
 ``keyword_rank`` and ``meaning_rank`` (None for a side that did not find the row),
-best first. The two sides are searched when the queryset is evaluated, with every
+best first. With ``passages=True`` (a field with ``passages``) the meaning side ranks
+rows by their nearest passage, as ``similar_to(passages=True)`` does, and each row is
+annotated with that passage (``passage_text``, ``passage_start``, ``passage_end``,
+``passage_position``). The two sides are searched when the queryset is evaluated, with every
 filter it has by then, before or after ``hybrid()``: a filtered search ranks the
 filtered rows, as ``similar_to()`` does. Evaluating runs three statements: each
 side's candidates, then the rows, restricted to the fused candidates and ordered by
@@ -31,8 +34,10 @@ from django.db.models.expressions import Expression
 from django.db.models.sql.where import AND
 
 from semantic.keyword import keyword_search, keyword_settings
+from semantic.passage_search import PASSAGE_ANNOTATIONS, NearestPassage
 from semantic.query import SemanticQuerySet, query_vector
 from semantic.switch import serving_field
+from semantic.vectors import vector_literal
 
 #: RRF's ``k``: the rank offset that keeps the first few ranks from dominating.
 DEFAULT_K = 10
@@ -69,6 +74,7 @@ class HybridSearch:
         k: float,
         weights: tuple[float, float],
         candidates: int,
+        passages: bool = False,
     ) -> None:
         self.queryset_class = queryset_class
         self.field = field
@@ -80,6 +86,7 @@ class HybridSearch:
         self.k = k
         self.weights = weights
         self.candidates = candidates
+        self.passages = passages
 
     def sides(self, base: SemanticQuerySet) -> tuple[models.QuerySet | None, models.QuerySet | None]:
         """The keyword and meaning querysets of ``base``'s rows, each its candidates, best
@@ -93,7 +100,11 @@ class HybridSearch:
             keyword = keyword_search(
                 base, self.text, fields=self.keyword_fields, config=self.config, match=self.match
             ).values_list("pk", flat=True)[: self.candidates]
-        if self.weights[1]:
+        if self.weights[1] and self.passages:
+            meaning = base.similar_to(self.vector, field=self.field, passages=True).values("pk", "distance")[
+                : self.candidates
+            ]
+        elif self.weights[1]:
             # HNSW returns at most ef_search rows: ask for as many as the candidates.
             ef_search = min(max(self.candidates, 40), 1000)
             meaning = base.similar_to(self.vector, field=self.field, ef_search=ef_search).values("pk", "distance")[
@@ -121,7 +132,7 @@ class HybridSearch:
         query.annotations = {
             name: annotation
             for name, annotation in query.annotations.items()
-            if not isinstance(annotation, HybridPart) and not annotation.contains_aggregate
+            if not isinstance(annotation, (HybridPart, NearestPassage)) and not annotation.contains_aggregate
         }
         query.set_annotation_mask(None)
         query.clear_ordering(force=True)
@@ -181,13 +192,15 @@ def hybrid(
     weights: tuple[float, float] = (1.0, 1.0),
     candidates: int = DEFAULT_CANDIDATES,
     match: str = "any",
+    passages: bool = False,
 ) -> SemanticQuerySet:
     """Rows of ``queryset`` ranked by keywords and meaning together (see the module docstring).
 
     ``field`` is the EmbeddingField (needed when the model has several);
     ``keyword_fields`` and ``config`` default to the model's KeywordIndex;
     ``weights`` is ``(keyword, meaning)``; ``candidates`` is how many rows each side
-    ranks (at most 1,000), so at most twice that many rows are returned.
+    ranks (at most 1,000), so at most twice that many rows are returned;
+    ``passages=True`` ranks the meaning side by the rows' passages.
     """
     if not isinstance(queryset, SemanticQuerySet):
         raise TypeError("hybrid() searches a SemanticQuerySet: give the model `objects = SemanticManager()`.")
@@ -206,6 +219,9 @@ def hybrid(
         raise ValueError(f"candidates is an integer from 1 to 1000, not {candidates!r}.")
     model = queryset.model
     embedding_field = serving_field(model, field)
+    if passages and not embedding_field.passages:
+        label = f"{model._meta.label}.{embedding_field.name}"
+        raise ValueError(f"{label} has no passages to search; set passages=True on the field.")
     fields, config = keyword_settings(model, keyword_fields, config)
     vector, _ = query_vector(model, embedding_field, text) if weights[1] else ([], None)
     search = HybridSearch(
@@ -219,6 +235,7 @@ def hybrid(
         k=float(k),
         weights=(float(weights[0]), float(weights[1])),
         candidates=candidates,
+        passages=passages,
     )
     qs = queryset._chain()
     query = qs.query
@@ -226,6 +243,11 @@ def hybrid(
     query.where.add(HybridPart(search, "filter").resolve_expression(query), AND)
     for name in PARTS:
         query.add_annotation(HybridPart(search, name), name)
+    if passages and weights[1]:
+        # The nearest passage of each row returned; a row only the keyword side found has one too.
+        literal = vector_literal(vector)
+        for name, column in PASSAGE_ANNOTATIONS.items():
+            query.add_annotation(NearestPassage(embedding_field, literal, column), name)
     query.clear_ordering(force=True)
     query.add_ordering("-score", "pk")
     return qs

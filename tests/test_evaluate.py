@@ -63,9 +63,10 @@ def test_the_command_prints_each_method_through_the_orm(files):
     )
     assert Command.SUMMARY.format(queries=3, rows=4, label="docsapp.Doc") in out
     lines = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:]}
-    assert set(lines) == {"meaning", "keyword", "hybrid", "passages"}  # Doc's field has passages
+    assert set(lines) == {"meaning", "keyword", "hybrid", "passages", "hybrid-passages"}  # Doc's field has passages
     # Each short abstract is one passage holding the row's own vector: the same ranking.
     assert lines["passages"][:3] == lines["meaning"][:3]
+    assert lines["hybrid-passages"][:3] == lines["hybrid"][:3]
     # q1 finds d1 first by keyword; q2's words are only in d3, which is not relevant.
     assert lines["keyword"][:3] == ["50.00", "50.00", "50.00"]
 

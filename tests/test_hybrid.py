@@ -10,6 +10,7 @@ from django.core.paginator import Paginator
 from django.db import connection
 
 from semantic import HybridQuerySet, embed_pending, hybrid
+from semantic.fields import get_embedding_field
 from semantic.keyword import keyword_search
 from tests.docsapp.models import Doc, Page
 
@@ -165,3 +166,33 @@ def test_bad_options_say_what_is_expected(semantic_settings, options, message):
 def test_an_empty_text_is_refused():
     with pytest.raises(ValueError, match="empty text"):
         hybrid(Doc.objects.all(), "  ")
+
+
+def test_passages_rank_the_meaning_side_by_a_late_passage_and_annotate_it(semantic_settings):
+    """A row whose only words about the query sit in its last paragraph, beyond what the
+    local model reads of a row (256 word pieces): found by meaning only through its
+    passages, and returned with that passage."""
+    semantic_settings(BACKEND="semantic.backends.local.LocalBackend")
+    filler = " ".join(f"{text}" for _, text in FILLER)
+    late = Doc.objects.create(
+        title="Long travel diary",
+        text="\n\n".join([filler] * 6 + ["Forgot your login credentials? Here is how to change them."]),
+    )
+    for title, text in FILLER:
+        Doc.objects.create(title=title, text=text)
+    embed_pending()
+    query = "Cannot remember my password to sign in"
+    by_row = {row.pk: row.meaning_rank for row in hybrid(Doc.objects.all(), query, weights=(0.0, 1.0))}
+    found = list(hybrid(Doc.objects.all(), query, weights=(0.0, 1.0), passages=True))
+    assert found[0].pk == late.pk and by_row[late.pk] != 1
+    assert "login credentials" in found[0].passage_text
+    source = get_embedding_field(Doc).source_text(late)  # title and text: what the passages were cut from
+    assert source[found[0].passage_start : found[0].passage_end] == found[0].passage_text
+    assert found[0].passage_position == max(row.passage_position for row in found if row.pk == late.pk)
+    both = list(hybrid(Doc.objects.filter(title__startswith="Long"), query, passages=True))
+    assert [row.pk for row in both] == [late.pk] and both[0].passage_text == found[0].passage_text
+
+
+def test_passages_need_a_field_with_passages(docs):
+    with pytest.raises(ValueError, match="passages=True"):
+        hybrid(Page.objects.all(), QUERY, passages=True)
