@@ -7,8 +7,11 @@ the local model would take tens of seconds to load per run. Its thresholds are s
 for the fake's vectors; the local model's are measured by benchmarks/demo_thresholds.py.
 """
 
+import threading
+
 import pytest
 from django.core.cache import cache
+from django.db.backends.signals import connection_created
 
 from project.questions.models import Question
 from semantic import embed_pending
@@ -38,8 +41,23 @@ def page(live_server, fake_gemini, settings, monkeypatch):
     settings.DEMO_THRESHOLDS = {"gemini": {"min_similarity": 0.2, "did_you_mean": 0.6}}
     Question.objects.bulk_create(Question(title=t, body=b, category=c) for t, b, c in QUESTIONS)
     embed_pending()
-    with browser_page(live_server.url, width=390, height=844) as page:
-        yield page
+    # The test body's ORM calls, under Playwright's sync API, open a connection of their
+    # own that the fixtures' context does not see: close each one this thread opened meanwhile,
+    # or the test database cannot be dropped at the end of the run.
+    opened, here = [], threading.get_ident()
+
+    def remember(sender, connection, **kwargs):
+        if threading.get_ident() == here:  # the live server's threads close their own
+            opened.append(connection)
+
+    connection_created.connect(remember)
+    try:
+        with browser_page(live_server.url, width=390, height=844) as page:
+            yield page
+    finally:
+        connection_created.disconnect(remember)
+        for connection in opened:
+            connection.close()
 
 
 def search(page, query):
