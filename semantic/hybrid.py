@@ -34,7 +34,7 @@ from django.db.models.expressions import Expression
 from django.db.models.sql.where import AND
 
 from semantic.keyword import keyword_search, keyword_settings
-from semantic.passage_search import PASSAGE_ANNOTATIONS, NearestPassage
+from semantic.passage_search import PASSAGE_ANNOTATIONS, NearestPassage, require_passages
 from semantic.query import SemanticQuerySet, query_vector
 from semantic.switch import serving_field
 from semantic.vectors import vector_literal
@@ -100,16 +100,14 @@ class HybridSearch:
             keyword = keyword_search(
                 base, self.text, fields=self.keyword_fields, config=self.config, match=self.match
             ).values_list("pk", flat=True)[: self.candidates]
-        if self.weights[1] and self.passages:
-            meaning = base.similar_to(self.vector, field=self.field, passages=True).values("pk", "distance")[
-                : self.candidates
-            ]
-        elif self.weights[1]:
-            # HNSW returns at most ef_search rows: ask for as many as the candidates.
-            ef_search = min(max(self.candidates, 40), 1000)
-            meaning = base.similar_to(self.vector, field=self.field, ef_search=ef_search).values("pk", "distance")[
-                : self.candidates
-            ]
+        if self.weights[1]:
+            if self.passages:
+                nearest = base.similar_to(self.vector, field=self.field, passages=True)
+            else:
+                # HNSW returns at most ef_search rows: ask for as many as the candidates.
+                ef_search = min(max(self.candidates, 40), 1000)
+                nearest = base.similar_to(self.vector, field=self.field, ef_search=ef_search)
+            meaning = nearest.values("pk", "distance")[: self.candidates]
         return keyword, meaning
 
     def fuse(self, compiler: Any) -> Fused:
@@ -219,9 +217,8 @@ def hybrid(
         raise ValueError(f"candidates is an integer from 1 to 1000, not {candidates!r}.")
     model = queryset.model
     embedding_field = serving_field(model, field)
-    if passages and not embedding_field.passages:
-        label = f"{model._meta.label}.{embedding_field.name}"
-        raise ValueError(f"{label} has no passages to search; set passages=True on the field.")
+    if passages:
+        require_passages(embedding_field)
     fields, config = keyword_settings(model, keyword_fields, config)
     vector, _ = query_vector(model, embedding_field, text) if weights[1] else ([], None)
     search = HybridSearch(

@@ -37,12 +37,24 @@ PASSAGE_ANNOTATIONS = {
 }
 
 
+def searchable_key(field: EmbeddingField) -> dict[str, str]:
+    """The passage columns and values that pick ``field``'s passages made by the current
+    model, task type and size: the only ones compared."""
+    return {"model_label": field.model._meta.label, "field_name": field.name, "spec": field.spec()}
+
+
 def searchable_passages(field: EmbeddingField) -> models.QuerySet:
     """Passages of ``field`` made by the current model, task type and size: the only ones compared."""
     # Imported here: this module is imported with the package, before the app's models may be.
     from semantic.models import Passage
 
-    return Passage.objects.filter(model_label=field.model._meta.label, field_name=field.name, spec=field.spec())
+    return Passage.objects.filter(**searchable_key(field))
+
+
+def require_passages(field: EmbeddingField) -> None:
+    if not field.passages:
+        label = f"{field.model._meta.label}.{field.name}"
+        raise ValueError(f"{label} has no passages to search; set passages=True on the field.")
 
 
 def passage_distance(vector: Sequence[float]) -> CosineDistance:
@@ -88,25 +100,22 @@ class NearestPassage(Expression):
         quote = connection.ops.quote_name
         row_pk, row_params = compiler.compile(self.row_pk)
         alias = quote("semantic_passage_nearest" if self.column else "semantic_passage_any")
-        match = (
-            f"{alias}.{quote('model_label')} = %s AND {alias}.{quote('field_name')} = %s "
-            f"AND {alias}.{quote('object_pk')} = ({row_pk})::text AND {alias}.{quote('spec')} = %s"
-        )
-        match_params = [
-            self.embedding_field.model._meta.label,
-            self.embedding_field.name,
-            *row_params,
-            self.embedding_field.spec(),
-        ]
+
+        def column(name: str) -> str:
+            return f"{alias}.{quote(Passage._meta.get_field(name).column)}"
+
+        key = searchable_key(self.embedding_field)
+        match = " AND ".join([*(f"{column(name)} = %s" for name in key), f"{column('object_pk')} = ({row_pk})::text"])
+        match_params = [*key.values(), *row_params]
         table = f"{quote(Passage._meta.db_table)} {alias}"
         if self.column is None:
             return f"EXISTS (SELECT 1 FROM {table} WHERE {match})", match_params
-        distance = f"{alias}.{quote('vector')} <=> %s::vector"
+        distance = f"{column('vector')} <=> %s::vector"
         if self.column == "distance":
             value, value_params = distance, [self.vector]
         else:
-            value, value_params = f"{alias}.{quote(self.column)}", []
-        sql = f"(SELECT {value} FROM {table} WHERE {match} ORDER BY {distance}, {alias}.{quote('position')} LIMIT 1)"
+            value, value_params = column(self.column), []
+        sql = f"(SELECT {value} FROM {table} WHERE {match} ORDER BY {distance}, {column('position')} LIMIT 1)"
         return sql, [*value_params, *match_params, self.vector]
 
 
@@ -119,9 +128,7 @@ def by_passages(
     min_similarity: float | None = None,
 ) -> models.QuerySet:
     """``queryset``'s rows that have passages, nearest passage first (see the module docstring)."""
-    if not field.passages:
-        label = f"{field.model._meta.label}.{field.name}"
-        raise ValueError(f"{label} has no passages to search; set passages=True on the field.")
+    require_passages(field)
     text = vector_literal(vector)
     qs = queryset.filter(NearestPassage(field, text, None))
     if exclude_pk is not None:
