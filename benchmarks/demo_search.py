@@ -3,7 +3,9 @@
 For each query: the questions the search showed before (meaning only, at least the
 minimum similarity) and the ones it shows now (project/questions/search.py: hybrid
 ranking; shown when at least the minimum similarity or holding every word of the
-query in the title or body), with the first of each. Then the category Ask
+query in the title or body), with the first of each and the passage of its answer the
+page shows under it (``with_passage()``: its position among the answer's passages and
+its similarity to the query). Then the category Ask
 suggests for a few new questions, with its confidence and the similarity of the
 nearest stored question (a did-you-mean above 0.53), and the suggestion each sample
 question left without a category gets on its page, against the category of the
@@ -58,30 +60,51 @@ def main() -> None:
     from project.questions.models import Question
     from project.questions.relevance import thresholds
     from project.questions.search import search
+    from semantic.models import Passage
 
     floor = thresholds().min_similarity
     print(f"minimum similarity {floor}; {Question.objects.filter(embedding__isnull=False).count()} questions embedded")
-    print("\n| query | shown before | shown now | first before (similarity) | first now (similarity, keyword rank) |")
-    print("|---|---|---|---|---|")
+    print(
+        "\n| query | shown before | shown now | first before (similarity) | first now (similarity, keyword rank) "
+        "| its answer's passage shown (position of passages, similarity) |"
+    )
+    print("|---|---|---|---|---|---|")
     for query in QUERIES:
-        before = list(Question.objects.similar_to(query, min_similarity=floor).values_list("title", "similarity"))
-        now = list(search(query, floor).values_list("title", "similarity", "keyword_rank"))
+        before = list(
+            Question.objects.similar_to(query, field="embedding", min_similarity=floor).values_list(
+                "title", "similarity"
+            )
+        )
+        now = list(
+            search(query, floor).values_list(
+                "title", "similarity", "keyword_rank", "passage_position", "passage_similarity"
+            )
+        )
+        count = Passage.objects.filter(model_label=Question._meta.label, field_name="answer_embedding")
         first_before = f"{before[0][0]} ({before[0][1]:.2f})" if before else "No good match"
         first_now = f"{now[0][0]} ({now[0][1]:.2f}, {now[0][2]})" if now else "No good match"
-        print(f"| {query} | {len(before)} | {len(now)} | {first_before} | {first_now} |")
+        passage = ""
+        if now and now[0][3] is not None:
+            of = count.filter(object_pk=str(Question.objects.get(title=now[0][0]).pk)).count()
+            passage = f"{now[0][3] + 1} of {of} ({now[0][4]:.2f})"
+        print(f"| {query} | {len(before)} | {len(now)} | {first_before} | {first_now} | {passage} |")
 
     print("\n| new question | suggested | confidence | nearest stored question (similarity) |")
     print("|---|---|---|---|")
     for title, body in NEW_QUESTIONS:
         suggestion = suggest(title, body)
-        nearest = Question.objects.similar_to(f"{title}\n\n{body}").values_list("title", "similarity").first()
+        nearest = (
+            Question.objects.similar_to(f"{title}\n\n{body}", field="embedding")
+            .values_list("title", "similarity")
+            .first()
+        )
         print(f"| {title} | {suggestion.name} | {suggestion.confidence:.2f} | {nearest[0]} ({nearest[1]:.2f}) |")
 
     print("\n| sample question without a category | suggested | confidence | nearest labelled question |")
     print("|---|---|---|---|")
     for question in Question.objects.filter(category="").order_by("pk"):
         suggestion = suggest_for(question)
-        paraphrase = Question.objects.exclude(category="").similar_to(question).first()
+        paraphrase = Question.objects.exclude(category="").similar_to(question, field="embedding").first()
         print(
             f"| {question.title} | {suggestion.name} | {suggestion.confidence:.2f} | "
             f"{paraphrase.get_category_display()} ({paraphrase.title}) |"

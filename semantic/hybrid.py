@@ -34,7 +34,7 @@ from django.db.models.expressions import Expression
 from django.db.models.sql.where import AND
 
 from semantic.keyword import keyword_search, keyword_settings
-from semantic.passage_search import PASSAGE_ANNOTATIONS, NearestPassage, require_passages
+from semantic.passage_search import NearestPassage, passage_annotations, require_passages
 from semantic.query import SemanticQuerySet, query_vector
 from semantic.switch import serving_field
 from semantic.vectors import vector_literal
@@ -242,9 +242,8 @@ def hybrid(
         query.add_annotation(HybridPart(search, name), name)
     if passages and weights[1]:
         # The nearest passage of each row returned; a row only the keyword side found has one too.
-        literal = vector_literal(vector)
-        for name, column in PASSAGE_ANNOTATIONS.items():
-            query.add_annotation(NearestPassage(embedding_field, literal, column), name)
+        for name, annotation in passage_annotations(embedding_field, vector_literal(vector)).items():
+            query.add_annotation(annotation, name)
     query.clear_ordering(force=True)
     query.add_ordering("-score", "pk")
     return qs

@@ -6,6 +6,11 @@ come back annotated like ``similar_to()``'s (``distance``, ``similarity``) and w
 the passage that matched: ``passage_text``, ``passage_start`` and ``passage_end``
 (character offsets in the row's text) and ``passage_position``.
 
+``with_passage(query)`` annotates the rows of any queryset with their nearest
+passage (and its ``passage_similarity``) without ranking or filtering them: a
+keyword or hybrid search over the rows' other text shows the part of a long text
+that answers the query.
+
 The search is exact: every passage of the rows the queryset admits is compared
 with the query. The passage table holds the vectors of every field with
 ``passages``, of any size, so no HNSW index can be built on it (pgvector indexes one
@@ -63,7 +68,8 @@ def passage_distance(vector: Sequence[float]) -> CosineDistance:
 
 class NearestPassage(Expression):
     """For each row of the outer query, a column of its nearest passage (``"distance"``
-    for the distance itself), or, with ``column=None``, whether it has a passage at all.
+    and ``"similarity"`` for the distance itself and 1 - distance), or, with
+    ``column=None``, whether it has a passage at all.
 
     A correlated subquery on the passage table, through its unique index on
     (model, field, row, position). It is written here rather than as
@@ -78,7 +84,7 @@ class NearestPassage(Expression):
 
         if column is None:
             output_field: models.Field = BooleanField()
-        elif column == "distance":
+        elif column in ("distance", "similarity"):
             output_field = FloatField()
         else:
             output_field = Passage._meta.get_field(column)
@@ -113,10 +119,26 @@ class NearestPassage(Expression):
         distance = f"{column('vector')} <=> %s::vector"
         if self.column == "distance":
             value, value_params = distance, [self.vector]
+        elif self.column == "similarity":
+            value, value_params = f"1 - ({distance})", [self.vector]
         else:
             value, value_params = column(self.column), []
         sql = f"(SELECT {value} FROM {table} WHERE {match} ORDER BY {distance}, {column('position')} LIMIT 1)"
         return sql, [*value_params, *match_params, self.vector]
+
+
+def passage_annotations(field: EmbeddingField, vector: str) -> dict[str, NearestPassage]:
+    """The nearest passage's columns (:data:`PASSAGE_ANNOTATIONS`) for ``vector``, a vector literal."""
+    return {name: NearestPassage(field, vector, column) for name, column in PASSAGE_ANNOTATIONS.items()}
+
+
+def with_nearest_passage(queryset: models.QuerySet, field: EmbeddingField, vector: Sequence[float]) -> models.QuerySet:
+    """``queryset`` as it is, each row annotated with its nearest passage and ``passage_similarity``
+    (None for a row without passages)."""
+    text = vector_literal(vector)
+    return queryset.annotate(
+        **passage_annotations(field, text), passage_similarity=NearestPassage(field, text, "similarity")
+    )
 
 
 def by_passages(
@@ -137,5 +159,5 @@ def by_passages(
     qs = qs.annotate(similarity=ExpressionWrapper(Value(1.0) - F("distance"), output_field=FloatField()))
     if min_similarity is not None:
         qs = qs.filter(distance__lte=1.0 - min_similarity)
-    qs = qs.annotate(**{name: NearestPassage(field, text, column) for name, column in PASSAGE_ANNOTATIONS.items()})
+    qs = qs.annotate(**passage_annotations(field, text))
     return qs.defer(field.attname).order_by("distance", "pk")

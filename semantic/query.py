@@ -33,7 +33,7 @@ from django.db.models.query import ModelIterable
 from pgvector.django import CosineDistance
 
 from semantic.fields import EmbeddingField
-from semantic.passage_search import by_passages
+from semantic.passage_search import by_passages, require_passages, with_nearest_passage
 from semantic.search_plan import SemanticSearch, plan, resort, search_statement
 from semantic.switch import serving_field
 from semantic.vectors import EmptyQuery, embed, vector_literal
@@ -164,6 +164,22 @@ class SemanticQuerySetMixin(_QuerySetBase):
             first_own=filters_before, own_filters=len(sql.where.children) - filters_before, ef_search=ef_search
         )
         return qs
+
+    def with_passage(
+        self, query: str | models.Model | Sequence[float], *, field: str | None = None, task_type: str | None = None
+    ) -> Any:
+        """The same rows in the same order, each annotated with its passage nearest to ``query``.
+
+        For a field with ``passages``: ``passage_text``, ``passage_start``,
+        ``passage_end``, ``passage_position`` and ``passage_similarity`` (all None for a
+        row without passages). Rank by something else (a keyword search, ``hybrid()``,
+        another field's ``similar_to()``) and show the part of each row's long text that
+        answers the query. ``query`` and ``task_type`` as for :meth:`similar_to`.
+        """
+        embedding_field = serving_field(self.model, field)
+        require_passages(embedding_field)
+        vector, _ = query_vector(self.model, embedding_field, query, task_type=task_type)
+        return with_nearest_passage(self, embedding_field, vector)
 
     def duplicates_of(
         self,

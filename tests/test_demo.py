@@ -307,7 +307,7 @@ def test_search_ranks_keyword_matches_that_meaning_alone_ranks_lower(client, dem
     (0.32) ranks above scheduling a report (0.27); the scheduling question has the word
     in its title and now ranks above it.
     """
-    by_meaning = list(Question.objects.similar_to("429").values_list("title", "similarity"))
+    by_meaning = list(Question.objects.similar_to("429", field="embedding").values_list("title", "similarity"))
     assert by_meaning[0][0] == "How many people can join a workspace?"
     assert all(similarity < 0.48 for _, similarity in by_meaning)
     response = client.get(reverse("questions:list"), {"q": "429"})
@@ -315,10 +315,31 @@ def test_search_ranks_keyword_matches_that_meaning_alone_ranks_lower(client, dem
     assert "No good match" not in response.content.decode()
 
     scheduled, slow = "Can I schedule a report to be emailed weekly?", "The page is very slow to load"
-    by_meaning = list(Question.objects.similar_to("report").values_list("title", flat=True))
+    by_meaning = list(Question.objects.similar_to("report", field="embedding").values_list("title", flat=True))
     assert by_meaning.index(slow) < by_meaning.index(scheduled)
     shown = titles(client.get(reverse("questions:list"), {"q": "report"}))
     assert shown.index(scheduled) < shown.index(slow)
+
+
+def test_search_shows_the_part_of_each_answer_nearest_to_the_query(client, demo_board):
+    """The answers are cut into passages (longer than the local model reads) and each result
+    shows its answer's passage nearest to the query: here not the answer's first."""
+    from semantic.models import Passage
+
+    passages = Passage.objects.filter(model_label="questions.Question", field_name="answer_embedding")
+    assert set(passages.values_list("object_pk", flat=True)) == {
+        str(pk) for pk in Question.objects.values_list("pk", flat=True)
+    }
+    assert passages.count() > 2 * Question.objects.count()
+
+    response = client.get(reverse("questions:list"), {"q": "export invoices csv"})
+    first = response.context["page"][0]
+    assert first.title == "How do I export my invoices as CSV?"
+    assert first.passage_position > 0
+    assert first.answer[first.passage_start : first.passage_end] == first.passage_text
+    assert "one invoice per row" in first.passage_text
+    shown = response.content.decode()
+    assert "From the answer:" in shown and escape(" ".join(first.passage_text.split()[:8])) in shown
 
 
 def test_nonsense_finds_no_good_match_on_the_demo_board_despite_long_answers(client, demo_board):

@@ -360,6 +360,33 @@ def test_a_passage_search_needs_a_field_with_passages(library):
         Article.objects.similar_to("anything", passages=True)
 
 
+@pytestmark_db
+def test_with_passage_annotates_rows_in_their_own_order_with_their_nearest_passage(library, fake_gemini):
+    bare = LongRead.objects.create(title="Row 6", body="", section="even")  # no text: no passages
+    by_passages = {row.pk: row for row in LongRead.objects.similar_to(QUERY, passages=True)}
+    rows = list(LongRead.objects.order_by("-title").with_passage(QUERY))
+    assert [row.pk for row in rows] == list(LongRead.objects.order_by("-title").values_list("pk", flat=True))
+    assert rows[0].pk == bare.pk
+    assert (rows[0].passage_text, rows[0].passage_position, rows[0].passage_similarity) == (None, None, None)
+    for row in rows[1:]:
+        best = by_passages[row.pk]
+        assert (row.passage_position, row.passage_text) == (best.passage_position, best.passage_text)
+        assert row.passage_similarity == pytest.approx(best.similarity)
+        assert row.body[row.passage_start : row.passage_end] == row.passage_text
+    late = next(row for row in rows if row.pk == library[4].pk)
+    assert late.passage_position == 4 and "glacier" in late.passage_text
+    # Chained after a filter and before values(): still the same rows, with their passage.
+    even = LongRead.objects.filter(section="even").with_passage(QUERY).values_list("pk", "passage_position")
+    assert dict(even) == {
+        **{library[i].pk: by_passages[library[i].pk].passage_position for i in (0, 2, 4)},
+        bare.pk: None,
+    }
+    embedded = len(fake_gemini.requests)
+    with pytest.raises(ValueError, match="passages=True"):
+        Article.objects.with_passage("anything")
+    assert len(fake_gemini.requests) == embedded  # refused before embedding the query
+
+
 # -- context for a language model --------------------------------------------------
 
 

@@ -141,9 +141,10 @@ def test_status_page_counts_only_models_and_rows_the_user_may_view(client, rows)
     assert "questions.Question" not in page and f"#{hidden.pk}<" not in page
 
     client.force_login(User.objects.create_superuser("root", "root@example.com", "pw"))
-    report = {row["model"]: row for row in client.get(reverse(STATUS)).context["report"]}
-    assert report["testapp.Article"]["total"] == 1  # get_queryset() applies to everyone
-    assert report["questions.Question"]["failed"] == 1
+    report = {(row["model"], row["field"]): row for row in client.get(reverse(STATUS)).context["report"]}
+    assert report["testapp.Article", "embedding"]["total"] == 1  # get_queryset() applies to everyone
+    assert report["questions.Question", "embedding"]["failed"] == 1
+    assert report["questions.Question", "answer_embedding"]["failed"] == 0  # no answer: nothing to embed
 
 
 def test_status_retry_requeues_only_rows_the_user_may_change_and_see(client, rows, fake_gemini):

@@ -11,5 +11,7 @@ class QuestionAdmin(SemanticAdminMixin, admin.ModelAdmin):
     search_fields = ["title", "body", "answer"]
     fields = ["title", "body", "category", "answer"]
     # A suggested-category column, a confident/unsure filter and "Apply suggested labels".
+    # The question's own vector; the answer's passages are for search (models.py).
+    semantic_field = "embedding"
     semantic_label_field = "category"
     semantic_topic_date_field = "created"

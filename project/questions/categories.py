@@ -32,7 +32,7 @@ class Suggestion:
 def suggest(title: str, body: str) -> Suggestion | None:
     """The suggested category of a new question's text, or None when it cannot be embedded now."""
     try:
-        prediction = suggest_label(Question.objects.all(), f"{title}\n\n{body}", "category")
+        prediction = suggest_label(Question.objects.all(), f"{title}\n\n{body}", "category", field="embedding")
     except (EmptyQuery, SearchUnavailable):
         return None
     return Suggestion(prediction.label, prediction.confidence) if prediction.label else None
@@ -42,7 +42,7 @@ def suggest_for(question: Question) -> Suggestion | None:
     """The suggested category of a posted question without one (it needs its vector)."""
     if question.category or question.embedding is None:
         return None
-    row = annotate_predictions(Question.objects.filter(pk=question.pk), "category").values_list(
+    row = annotate_predictions(Question.objects.filter(pk=question.pk), "category", field="embedding").values_list(
         "predicted_label", "confidence"
     )
     predicted = row.first()

@@ -22,11 +22,14 @@ class Category(models.TextChoices):
 class Question(models.Model):
     """A question on a small Q&A board, where asking the same thing twice is common.
 
-    The embedding holds the question alone (title and body): "did you mean…?" and the
-    thresholds in relevance.py compare questions with questions. The answer, several
-    paragraphs long, is searched by its words (``search``, a column PostgreSQL keeps in
-    step, under the KeywordIndex) so that a term only the answer uses still finds the
-    question.
+    ``embedding`` holds the question alone (title and body): "did you mean…?", similar
+    questions, category suggestions and the thresholds in relevance.py compare
+    questions with questions. The answer runs to several paragraphs, longer than the
+    local model reads (about 900 characters), so ``answer_embedding`` cuts it into
+    passages, each with a vector of its own: search shows, under each question, the
+    part of its answer nearest to the query. The answer's words are searched too
+    (``search``, a column PostgreSQL keeps in step, under the KeywordIndex), so a term
+    only the answer uses still finds the question.
     """
 
     title = models.CharField(max_length=200)
@@ -36,6 +39,9 @@ class Question(models.Model):
     created = models.DateTimeField(auto_now_add=True)
 
     embedding = EmbeddingField(source=("title", "body"), dimensions=384)
+    answer_embedding = EmbeddingField(
+        source="answer", title_source="title", task_type="RETRIEVAL_DOCUMENT", passages=True, dimensions=384
+    )
     search = models.GeneratedField(
         expression=SearchVector("title", "body", "answer", config="english"),
         output_field=SearchVectorField(),

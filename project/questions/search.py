@@ -5,6 +5,11 @@ search over the title, body and answer (the model's KeywordIndex) and of similar
 in meaning. A question that uses the exact words someone typed (an error code, a
 product name) rises even when the model does not see it as the nearest in meaning.
 
+Under each question the page shows the part of its answer nearest to the query:
+the answers are cut into passages (``Question.answer_embedding``), each embedded
+whole, and ``with_passage()`` picks each shown question's nearest one. The ranking
+stays with the question's own words and meaning.
+
 Which questions are shown at all is a separate, stricter rule: at least the minimum
 similarity in meaning (the measured floor in relevance.py), or every word of the
 query in the question itself (title and body). Words in the answers are not enough:
@@ -26,12 +31,13 @@ QUESTION_FIELDS = ("title", "body")
 
 
 def search(query: str, min_similarity: float | None):
-    """Questions for ``query``, best first, each annotated with ``similarity``, ``score`` and both ranks.
+    """Questions for ``query``, best first, each annotated with ``similarity``, ``score``, both ranks
+    and the nearest passage of its answer (``passage_text``, ``passage_similarity``, ...).
 
     Raises ``EmptyQuery`` and ``SearchUnavailable`` as ``similar_to()`` does.
     """
-    near = Question.objects.similar_to(query)
+    near = Question.objects.similar_to(query, field="embedding")
     if min_similarity is not None:
         every_word = keyword_search(Question.objects.all(), query, fields=QUESTION_FIELDS, match="all")
         near = near.filter(Q(similarity__gte=min_similarity) | Q(pk__in=every_word.values("pk")))
-    return hybrid(near, query)
+    return hybrid(near, query, field="embedding").with_passage(query, field="answer_embedding")

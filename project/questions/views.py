@@ -60,7 +60,7 @@ def question_detail(request, pk):
     similar = None
     if question.embedding is not None:
         try:
-            similar = list(Question.objects.similar_to(question)[:5])
+            similar = list(Question.objects.similar_to(question, field="embedding")[:5])
         except SearchUnavailable:
             pass
         else:
@@ -100,7 +100,9 @@ def ask(request):
         if "confirm" not in request.POST:
             limits = thresholds()
             try:
-                duplicates = list(Question.objects.duplicates_of(f"{title}\n\n{body}", limits.did_you_mean)[:5])
+                duplicates = list(
+                    Question.objects.duplicates_of(f"{title}\n\n{body}", limits.did_you_mean, field="embedding")[:5]
+                )
             except (EmptyQuery, SearchUnavailable):
                 duplicates = []
             describe(duplicates, limits)
