@@ -14,6 +14,7 @@ import argparse
 import shutil
 import tempfile
 import time
+from urllib.parse import quote_plus
 
 import requests
 
@@ -21,6 +22,8 @@ from benchmarks.common import BASE_DIR
 from benchmarks.demo_stack import running_demo
 
 OUT = BASE_DIR / "docs" / "screenshots"
+#: The query of demo-search.png.
+SEARCHED = "I can't get into my account"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
     "--headless",
@@ -30,6 +33,12 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+def every_result_shows_a_passage(base: str, query: str) -> bool:
+    page = requests.get(f"{base}/", params={"q": query}, timeout=300).text
+    results = page.count("<li><a href=")
+    return results > 0 and page.count('class="passage"') == results
 
 
 def shoot(base: str) -> list[str]:
@@ -46,7 +55,7 @@ def shoot(base: str) -> list[str]:
             page.screenshot(path=OUT / name, full_page=True)
             taken.append(name)
 
-        page.goto(f"{base}/?q=I+can%27t+get+into+my+account")
+        page.goto(f"{base}/?q={quote_plus(SEARCHED)}")
         save("demo-search.png")
         page.goto(f"{base}/?q=purple+elephants+dancing")
         save("demo-no-match.png")
@@ -103,6 +112,9 @@ def main() -> None:
             time.sleep(0.5)
         # Every demo question embedded, so the duplicate review sees them all.
         while "being embedded" in requests.get(f"{demo.base_url}/1/", timeout=300).text:
+            time.sleep(0.5)
+        # And the answers' passages, which the search shows under each result.
+        while not every_result_shows_a_passage(demo.base_url, SEARCHED):
             time.sleep(0.5)
         time.sleep(2)
         for name in shoot(demo.base_url):
