@@ -106,6 +106,27 @@ def test_search_when_the_api_fails_says_so_instead_of_an_error(client, questions
     assert len(response.context["page"]) == 3
 
 
+def test_search_when_only_the_passages_query_fails_shows_the_results_without_passages(client, questions, fake_gemini):
+    """With Gemini the answers' passages need a second query vector (RETRIEVAL_QUERY): when
+    the API fails after the question's, the results still come, without passages."""
+
+    def fail_after_the_questions_query(record):
+        if record["body"]["requests"][0].get("taskType") == "SEMANTIC_SIMILARITY":
+            fake_gemini.fail_next(503, times=20)
+
+    fake_gemini.on_request = fail_after_the_questions_query
+    response = client.get(reverse("questions:list"), {"q": "password reset"})
+    assert response.status_code == 200
+    asked = [
+        (r["body"]["requests"][0].get("taskType"), r["status"])
+        for r in fake_gemini.requests
+        if r["body"]["requests"][0]["content"]["parts"][0]["text"] == "password reset"
+    ]
+    assert asked == [("SEMANTIC_SIMILARITY", 200), ("RETRIEVAL_QUERY", 503)]
+    assert SEARCH_UNAVAILABLE not in response.content.decode()
+    assert titles(response)[:2] == ["How do I reset my password", "Reset forgotten password"]
+
+
 def test_asking_when_the_api_fails_still_posts_the_question(client, questions, fake_gemini):
     fake_gemini.fail_next(429, times=20)
     data = {"title": "How do I reset my password", "body": "again"}

@@ -8,7 +8,9 @@ product name) rises even when the model does not see it as the nearest in meanin
 Under each question the page shows the part of its answer nearest to the query:
 the answers are cut into passages (``Question.answer_embedding``), each embedded
 whole, and ``with_passage()`` picks each shown question's nearest one. The ranking
-stays with the question's own words and meaning.
+stays with the question's own words and meaning. The passages are a courtesy: with
+Gemini they need a second query vector (``RETRIEVAL_QUERY``), and when that one cannot
+be made now the results are shown without them.
 
 Which questions are shown at all is a separate, stricter rule: at least the minimum
 similarity in meaning (the measured floor in relevance.py), or every word of the
@@ -23,7 +25,7 @@ from __future__ import annotations
 from django.db.models import Q
 
 from project.questions.models import Question
-from semantic import hybrid
+from semantic import SearchUnavailable, hybrid
 from semantic.keyword import keyword_search
 
 #: Where every word of a query must be for a question below the floor to be shown.
@@ -40,4 +42,8 @@ def search(query: str, min_similarity: float | None):
     if min_similarity is not None:
         every_word = keyword_search(Question.objects.all(), query, fields=QUESTION_FIELDS, match="all")
         near = near.filter(Q(similarity__gte=min_similarity) | Q(pk__in=every_word.values("pk")))
-    return hybrid(near, query, field="embedding").with_passage(query, field="answer_embedding")
+    ranked = hybrid(near, query, field="embedding")
+    try:
+        return ranked.with_passage(query, field="answer_embedding")
+    except SearchUnavailable:
+        return ranked
