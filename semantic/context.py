@@ -22,7 +22,7 @@ from django.db import models
 from django.db.models import CharField
 from django.db.models.functions import Cast
 
-from semantic.passage_search import passage_distance, searchable_passages
+from semantic.passage_search import passage_distance, require_passages, searchable_passages
 from semantic.query import query_vector
 from semantic.switch import serving_field
 
@@ -78,9 +78,7 @@ def context(
         raise ValueError(f"budget_chars must be a positive integer, not {budget_chars!r}.")
     model = queryset.model
     embedding_field = serving_field(model, field)
-    if not embedding_field.passages:
-        label = f"{model._meta.label}.{embedding_field.name}"
-        raise ValueError(f"{label} has no passages to quote; set passages=True on the field.")
+    require_passages(embedding_field, to="quote")
     if task_type is None and embedding_field.task_type == "RETRIEVAL_DOCUMENT":
         task_type = "QUESTION_ANSWERING"
     if not isinstance(question, str):

@@ -56,10 +56,11 @@ def searchable_passages(field: EmbeddingField) -> models.QuerySet:
     return Passage.objects.filter(**searchable_key(field))
 
 
-def require_passages(field: EmbeddingField) -> None:
+def require_passages(field: EmbeddingField, to: str = "search") -> None:
+    """Refuse a field without ``passages``: there is nothing ``to`` search (or quote)."""
     if not field.passages:
         label = f"{field.model._meta.label}.{field.name}"
-        raise ValueError(f"{label} has no passages to search; set passages=True on the field.")
+        raise ValueError(f"{label} has no passages to {to}; set passages=True on the field.")
 
 
 def passage_distance(vector: Sequence[float]) -> CosineDistance:

@@ -417,7 +417,7 @@ def test_context_keeps_to_the_querysets_rows_and_takes_fact_verification(library
     assert fake_gemini.requests[-1]["body"]["requests"][0]["taskType"] == "FACT_VERIFICATION"
     with pytest.raises(ValueError, match="does not search"):
         context(LongRead, QUERY, task_type="CLUSTERING")
-    with pytest.raises(ValueError, match="passages=True"):
+    with pytest.raises(ValueError, match="no passages to quote; set passages=True"):
         context(Article, QUERY)
 
 
