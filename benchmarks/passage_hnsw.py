@@ -23,7 +23,6 @@ which the iterative scan checks as it goes). The index is dropped at the end.
 from __future__ import annotations
 
 import os
-import random
 import statistics
 import time
 
@@ -63,10 +62,7 @@ def main() -> None:
 
     field = get_embedding_field(Doc)
     data.load(field)
-    rng = np.random.default_rng(data.SEED + 1)
-    centers = np.random.default_rng(data.SEED).normal(size=(data.CLUSTERS, data.DIMENSIONS)).astype(np.float32)
-    queries = centers[rng.integers(data.CLUSTERS, size=data.QUERIES)] + rng.normal(size=(data.QUERIES, data.DIMENSIONS))
-    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    queries = data.make_queries()
     params = {"field": field.name, "spec": field.spec()}
     load_before = os.getloadavg()
 
@@ -110,20 +106,11 @@ def main() -> None:
                 runs[f"HNSW, {k} passages, ef_search {ef}"] = lambda q, c=condition, s=settings, k=k: hand(
                     THROUGH_INDEX, q, c, s, k
                 )
-            for q in queries[: data.WARM_UP]:
-                for run in runs.values():
-                    run(q)
-            times = {name: [] for name in runs}
+            times, answers = data.in_random_order(runs, queries, label)
             recalls = {name: [] for name in runs}
-            shuffle = random.Random(f"{label} order")
-            for q in queries:
-                answers = {}
-                for name in shuffle.sample(list(runs), len(runs)):
-                    started = time.perf_counter()
-                    answers[name] = runs[name](q)
-                    times[name].append(time.perf_counter() - started)
-                exact = set(answers["similar_to(passages=True)"])
-                for name, found in answers.items():
+            for answered in answers:
+                exact = set(answered["similar_to(passages=True)"])
+                for name, found in answered.items():
                     recalls[name].append(len(exact & set(found)) / len(exact))
             report[label] = {name: (statistics.median(times[name]), float(np.mean(recalls[name]))) for name in runs}
             print(f"done: {label}", flush=True)

@@ -32,6 +32,7 @@ import os
 import random
 import statistics
 import time
+from typing import Any
 
 import numpy as np
 
@@ -124,6 +125,34 @@ def load(field) -> None:
     print(f"loaded {DOCUMENTS} documents, {DOCUMENTS * PER_DOCUMENT} passages in {time.monotonic() - started:.0f}s")
 
 
+def make_queries() -> np.ndarray:
+    """The query vectors: near the centres of the passages' clusters."""
+    rng = np.random.default_rng(SEED + 1)
+    centers = np.random.default_rng(SEED).normal(size=(CLUSTERS, DIMENSIONS)).astype(np.float32)
+    queries = centers[rng.integers(CLUSTERS, size=QUERIES)] + rng.normal(size=(QUERIES, DIMENSIONS))
+    return (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+
+
+def in_random_order(runs: dict[str, Any], queries: np.ndarray, label: str) -> tuple[dict[str, list[float]], list]:
+    """Each query through every variant of ``runs`` (after ``WARM_UP`` untimed), the
+    variants in a seeded random order: each variant's times, and each query's answers
+    by variant."""
+    for q in queries[:WARM_UP]:
+        for run in runs.values():
+            run(q)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    answers = []
+    shuffle = random.Random(f"{label} order")
+    for q in queries:
+        answered = {}
+        for name in shuffle.sample(list(runs), len(runs)):
+            started = time.perf_counter()
+            answered[name] = runs[name](q)
+            times[name].append(time.perf_counter() - started)
+        answers.append(answered)
+    return times, answers
+
+
 def main() -> None:
     setup(database=DATABASE)
     from django.db import connection
@@ -134,10 +163,7 @@ def main() -> None:
 
     field = get_embedding_field(Doc)
     load(field)
-    rng = np.random.default_rng(SEED + 1)
-    centers = np.random.default_rng(SEED).normal(size=(CLUSTERS, DIMENSIONS)).astype(np.float32)
-    queries = centers[rng.integers(CLUSTERS, size=QUERIES)] + rng.normal(size=(QUERIES, DIMENSIONS))
-    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    queries = make_queries()
     load_before = os.getloadavg()
 
     columns = ", ".join(
@@ -161,20 +187,11 @@ def main() -> None:
     for label, orm_filter, condition in FILTERS:
         runs = {"similar_to(passages=True)": lambda q, f=orm_filter: orm(q, f)}
         runs.update({name: (lambda q, sql=sql, c=condition: hand(sql, q, c)) for name, sql in HAND.items()})
-        for q in queries[:WARM_UP]:
-            for run in runs.values():
-                run(q)
-        times = {name: [] for name in runs}
+        times, answers = in_random_order(runs, queries, label)
         differ = {name: 0 for name in runs}
-        shuffle = random.Random(f"{label} order")
-        for q in queries:
-            answers = {}
-            for name in shuffle.sample(list(runs), len(runs)):
-                started = time.perf_counter()
-                answers[name] = runs[name](q)
-                times[name].append(time.perf_counter() - started)
-            expected = answers["similar_to(passages=True)"]
-            for name, answer in answers.items():
+        for answered in answers:
+            expected = answered["similar_to(passages=True)"]
+            for name, answer in answered.items():
                 differ[name] += answer != expected
         report[label] = {name: (statistics.median(t), differ[name]) for name, t in times.items()}
         print(f"done: {label}", flush=True)
