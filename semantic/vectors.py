@@ -62,7 +62,8 @@ def embed(
     """Embed ``texts`` with the configured backend (and ``model``), one vector per text.
 
     Vectors are cached (Django cache ``SEMANTIC["CACHE"]``) under the backend's model,
-    the task type, the size and the text, so repeating a search costs no API call.
+    the task type (when the backend's vectors depend on it), the size and the text, so
+    repeating a search costs no API call.
     Texts not in the cache go through the shared rate limit: by default a request
     the limit does not allow now raises :class:`SearchUnavailable` at once (a web
     request must not hang for a minute); a script embedding many texts passes
@@ -77,7 +78,8 @@ def embed(
     if not all(cleaned):
         raise EmptyQuery(EmptyQuery.MESSAGE)
     store = caches[conf.CACHE] if cache and conf.CACHE else None
-    keys = [_key(backend.model_id, task_type, dimensions, text) for text in cleaned]
+    cached_as = task_type if backend.uses_task_types else ""
+    keys = [_key(backend.model_id, cached_as, dimensions, text) for text in cleaned]
     found = store.get_many(keys) if store else {}
     missing = [i for i, key in enumerate(keys) if key not in found]
     for start in range(0, len(missing), backend.max_batch_size):

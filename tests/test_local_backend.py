@@ -95,6 +95,36 @@ def test_embed_without_a_size_uses_the_backends_own(semantic_settings):
     assert len(vector) == 384
 
 
+@pytest.mark.django_db
+def test_a_text_is_encoded_once_for_every_task_type_and_once_per_task_type_with_gemini(semantic_settings, fake_gemini):
+    """The local model has no task types: a search that needs the same text for two (a
+    question field and an answer field's passages, in the demo) encodes it once. Gemini's
+    vectors depend on the task type: one request each. Counted by the shared rate limit,
+    which every model call passes."""
+    from django.core.cache import cache
+
+    from semantic import embed
+    from semantic.backends import get_backend
+    from semantic.models import RateLimit
+    from semantic.ratelimit import limit_key
+
+    def requests() -> int:
+        state = RateLimit.objects.filter(key=limit_key(get_backend())).first()
+        return state.requests if state else 0
+
+    for backend, expected in (
+        ("semantic.backends.local.LocalBackend", 1),
+        ("semantic.backends.gemini.GeminiBackend", 2),
+    ):
+        semantic_settings(BACKEND=backend)
+        cache.clear()
+        embed(["how do I reset my password"], task_type="SEMANTIC_SIMILARITY")
+        embed(["how do I reset my password"], task_type="RETRIEVAL_QUERY")
+        assert requests() == expected, backend
+    sent = [request["body"]["requests"][0]["taskType"] for request in fake_gemini.requests]
+    assert sent == ["SEMANTIC_SIMILARITY", "RETRIEVAL_QUERY"]
+
+
 # ONNX Runtime against sentence-transformers, and the graph's cache.
 
 SENTENCES = [

@@ -132,6 +132,10 @@ class EmbeddingBackend:
     default_dimensions: int = 768
     #: Vector sizes the model can produce.
     supported_dimensions: Container[int] = ()
+    #: Whether the task type changes the vector. False (a model without task types): one
+    #: cached vector of a text serves every task type, so a search that asks for two
+    #: (two fields, or a field and its passages) computes it once.
+    uses_task_types: bool = True
 
     def __init__(self, *, model: str | None = None, **options: object) -> None:
         self.model = model or self.default_model

@@ -69,6 +69,8 @@ class LocalBackend(EmbeddingBackend):
     #: model's tokenizer made of the project's README: what it reads before truncating.
     passage_chars = 900
     default_dimensions = 384
+    #: The model has no task types (module docstring): ``embed()`` never passes one to it.
+    uses_task_types = False
 
     NOT_PREPARED = (
         "The local model's ONNX graph is not prepared in {cache}: run `manage.py semantic_prepare_model` "
