@@ -1,8 +1,10 @@
 """Nearest neighbours and duplicates as QuerySet methods.
 
 ``similar_to()`` returns an ordinary lazy queryset annotated with ``distance`` (cosine
-distance) and ``similarity`` (1 - distance), nearest first, so it chains with
-``filter()``, ``select_related()``, ``values()``, slicing and ``Paginator``. Only rows
+distance) and ``similarity`` (1 - distance), nearest first (rows at the same distance,
+such as duplicates, by primary key, so pages neither repeat nor skip them), so it
+chains with ``filter()``, ``select_related()``, ``values()``, slicing and
+``Paginator``. Only rows
 that :meth:`EmbeddingField.searchable` admits take part, so a vector made by another
 model, task type or size is never compared with the query.
 
@@ -34,7 +36,7 @@ from pgvector.django import CosineDistance
 
 from semantic.fields import EmbeddingField
 from semantic.passage_search import by_passages, require_passages, with_nearest_passage
-from semantic.search_plan import SemanticSearch, plan, resort, search_statement
+from semantic.search_plan import SEARCH_ORDER, SemanticSearch, plan, resort, search_statement
 from semantic.switch import serving_field
 from semantic.vectors import EmptyQuery, embed, vector_literal
 
@@ -158,7 +160,7 @@ class SemanticQuerySetMixin(_QuerySetBase):
         # The stored vectors are large and rarely wanted in results: load them on access.
         sql.add_deferred_loading([embedding_field.attname])
         sql.clear_ordering(force=True)
-        sql.add_ordering("distance")
+        sql.add_ordering(*SEARCH_ORDER)
         # Filters added before or after this call are the caller's; the rest are ours.
         qs._semantic = SemanticSearch(
             first_own=filters_before, own_filters=len(sql.where.children) - filters_before, ef_search=ef_search

@@ -57,6 +57,10 @@ RELAXED = {"hnsw.iterative_scan": "relaxed_order", "hnsw.max_scan_tuples": str(M
 EXACT = {"enable_indexscan": "off"}
 #: Transaction-local custom settings that keep the caller's values while a search changes them.
 SAVED_PREFIX = "semantic.saved_"
+#: similar_to()'s order: nearest first, rows at the same distance by primary key, so that
+#: pages do not repeat or skip tied rows (duplicates are tied). PostgreSQL keeps the HNSW
+#: index scan and sorts only the ties (an incremental sort on the presorted distance).
+SEARCH_ORDER = ("distance", "pk")
 
 #: Run after ``semantic.probe`` is set to the caller's filters as SQL (their planner estimate decides).
 ESTIMATE_AND_CHOOSE = """DO $semantic$DECLARE estimate json;
@@ -140,19 +144,26 @@ def carries_distance(queryset: models.QuerySet) -> bool:
     return (
         queryset._iterable_class in (ModelIterable, ValuesIterable)
         and "distance" in query.annotation_select
-        and tuple(query.order_by) == ("distance",)
+        and tuple(query.order_by) == SEARCH_ORDER
         and query.standard_ordering
         and not query.combinator
     )
 
 
 def resort(rows: list[Any]) -> None:
-    """Sort fetched rows (model instances or dicts) nearest first, in place; stable, so
-    rows an exact search returned in order stay as they were."""
-    if rows and isinstance(rows[0], dict):
-        rows.sort(key=lambda row: row["distance"])
+    """Sort fetched rows (model instances or dicts) in :data:`SEARCH_ORDER`, in place.
+
+    Dicts without ``pk`` are sorted by distance alone; the sort is stable, so tied rows
+    keep the order the server gave them.
+    """
+    if not rows:
+        return
+    if not isinstance(rows[0], dict):
+        rows.sort(key=lambda row: (row.distance, row.pk))
+    elif "pk" in rows[0]:
+        rows.sort(key=lambda row: (row["distance"], row["pk"]))
     else:
-        rows.sort(key=lambda row: row.distance)
+        rows.sort(key=lambda row: row["distance"])
 
 
 def callers_filters(queryset: models.QuerySet, search: SemanticSearch) -> tuple[str, Any]:

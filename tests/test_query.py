@@ -99,6 +99,26 @@ def test_chains_with_filter_exclude_values_slicing_and_paginator(articles):
     assert Article.objects.similar_to("reset password").count() == 6
 
 
+def test_rows_at_the_same_distance_come_by_primary_key_and_pages_neither_repeat_nor_skip(fake_gemini):
+    """Duplicates are at the same distance from any query. Ordered by distance alone, their
+    order was whatever the plan gave (here a sort of rows stored in the opposite order to
+    their keys), and a page boundary among them could repeat one row and skip another."""
+    from semantic import embed_pending
+
+    cache.clear()
+    twins = Article.objects.bulk_create(Article(title="the same words", body="") for _ in range(25))
+    Article.objects.create(title="other words entirely", body="")
+    embed_pending()
+    for twin in reversed(twins):  # each update stores the row anew, at the end of the table
+        Article.objects.filter(pk=twin.pk).update(category="twin")
+    keys = sorted(twin.pk for twin in twins)
+    found = Article.objects.similar_to("the same words")
+    assert [row.pk for row in found][:25] == keys
+    pages = Paginator(found, 10)
+    assert [row.pk for number in pages.page_range for row in pages.page(number)][:25] == keys
+    assert [row["pk"] for row in found.values("pk", "distance")[:25]] == keys
+
+
 def test_rows_get_their_similarity_from_the_distance_the_search_already_computed(articles):
     """PostgreSQL computes the select list before sorting, so a similarity column would
     be a second distance for every row compared; model instances get it after the fetch."""
