@@ -156,7 +156,7 @@ def main() -> None:
         """pgvector-python's own ORM search, the same SQL as similar_to()'s."""
         distance = CosineDistance(field.indexed_vector(), Value(vector_literal(q)))
         rows = searched(column, i, width).filter(field.searchable()).annotate(distance=distance)
-        return [p.pk for p in rows.defer(field.attname).order_by("distance")[:10]]
+        return [p.pk for p in rows.defer(field.attname).order_by("distance", "pk")[:10]]
 
     def timed_plain_orm(q, column, i, width, settings):
         """Its time, without setting and resetting the settings on Django's connection."""

@@ -107,7 +107,7 @@ def main() -> None:
         def pgvector_orm(i, q):
             distance = CosineDistance(field.indexed_vector(), Value(vector_literal(q)))
             rows = filtered(i).filter(field.searchable()).annotate(distance=distance)
-            return [p.pk for p in rows.defer(field.attname).order_by("distance")[:10]]
+            return [p.pk for p in rows.defer(field.attname).order_by("distance", "pk")[:10]]
 
         def ours(i, q):
             return [p.pk for p in filtered(i).similar_to(list(map(float, q)))[:10]]
