@@ -53,30 +53,8 @@ SEED = 3
 
 PASSAGES = "model_label = 'docsapp.Doc' AND field_name = 'embedding' AND spec = %(spec)s"
 DISTANCE = "vector <=> %(q)s::vector"
-#: The same columns as similar_to(passages=True)'s: the document's (``{columns}``), the
-#: distance, and the nearest passage's text, offsets and position.
-HAND = {
-    "hand, per row (LATERAL)": f"""
-        SELECT {{columns}}, p.distance, p.text, p.start, p."end", p.position FROM docsapp_doc d
-        CROSS JOIN LATERAL (
-            SELECT {DISTANCE} AS distance, text, start, "end", position FROM semantic_passage
-            WHERE {PASSAGES} AND object_pk = d.id::text ORDER BY 1, position LIMIT 1
-        ) p
-        WHERE TRUE {{rows}} ORDER BY p.distance, d.id LIMIT 10""",
-    "hand, GROUP BY": f"""
-        WITH nearest AS (
-            SELECT object_pk, min({DISTANCE}) AS distance FROM semantic_passage
-            WHERE {PASSAGES} {{passages}}
-            GROUP BY object_pk ORDER BY 2, object_pk::bigint LIMIT 10
-        )
-        SELECT {{columns}}, nearest.distance, p.text, p.start, p."end", p.position
-        FROM nearest JOIN docsapp_doc d ON d.id = nearest.object_pk::bigint
-        CROSS JOIN LATERAL (
-            SELECT text, start, "end", position FROM semantic_passage
-            WHERE {PASSAGES} AND object_pk = nearest.object_pk ORDER BY {DISTANCE}, position LIMIT 1
-        ) p
-        ORDER BY nearest.distance, d.id""",
-    "hand, GROUP BY, kept rows as an array": f"""
+#: min(distance) per document over the passages ``{kept}`` admits, then the 10 nearest.
+GROUP_BY = f"""
         WITH nearest AS (
             SELECT object_pk, min({DISTANCE}) AS distance FROM semantic_passage
             WHERE {PASSAGES} {{kept}}
@@ -88,7 +66,19 @@ HAND = {
             SELECT text, start, "end", position FROM semantic_passage
             WHERE {PASSAGES} AND object_pk = nearest.object_pk ORDER BY {DISTANCE}, position LIMIT 1
         ) p
-        ORDER BY nearest.distance, d.id""",
+        ORDER BY nearest.distance, d.id"""
+#: The same columns as similar_to(passages=True)'s: the document's (``{columns}``), the
+#: distance, and the nearest passage's text, offsets and position.
+HAND = {
+    "hand, per row (LATERAL)": f"""
+        SELECT {{columns}}, p.distance, p.text, p.start, p."end", p.position FROM docsapp_doc d
+        CROSS JOIN LATERAL (
+            SELECT {DISTANCE} AS distance, text, start, "end", position FROM semantic_passage
+            WHERE {PASSAGES} AND object_pk = d.id::text ORDER BY 1, position LIMIT 1
+        ) p
+        WHERE TRUE {{rows}} ORDER BY p.distance, d.id LIMIT 10""",
+    "hand, GROUP BY": GROUP_BY.replace("{kept}", "{passages}"),
+    "hand, GROUP BY, kept rows as an array": GROUP_BY,
     "hand, DISTINCT ON": f"""
         SELECT {{columns}}, nearest.distance, nearest.text, nearest.start, nearest."end", nearest.position
         FROM (
