@@ -4,9 +4,8 @@
 distance) and ``similarity`` (1 - distance), nearest first (rows at the same distance,
 such as duplicates, by primary key, so pages neither repeat nor skip them), so it
 chains with ``filter()``, ``select_related()``, ``values()``, slicing and
-``Paginator``. Only rows
-that :meth:`EmbeddingField.searchable` admits take part, so a vector made by another
-model, task type or size is never compared with the query.
+``Paginator``. Only rows that :meth:`EmbeddingField.searchable` admits take part, so a
+vector made by another model, task type or size is never compared with the query.
 
 The methods live in :class:`SemanticQuerySetMixin`, so a project whose model already
 has a QuerySet of its own (or one from another library) combines the two::
