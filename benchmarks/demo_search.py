@@ -77,16 +77,17 @@ def main() -> None:
         )
         now = list(
             search(query, floor).values_list(
-                "title", "similarity", "keyword_rank", "passage_position", "passage_similarity"
+                "title", "similarity", "keyword_rank", "passage_position", "passage_similarity", "pk"
             )
         )
-        count = Passage.objects.filter(model_label=Question._meta.label, field_name="answer_embedding")
         first_before = f"{before[0][0]} ({before[0][1]:.2f})" if before else "No good match"
         first_now = f"{now[0][0]} ({now[0][1]:.2f}, {now[0][2]})" if now else "No good match"
         passage = ""
         if now and now[0][3] is not None:
-            of = count.filter(object_pk=str(Question.objects.get(title=now[0][0]).pk)).count()
-            passage = f"{now[0][3] + 1} of {of} ({now[0][4]:.2f})"
+            answer = Passage.objects.filter(
+                model_label=Question._meta.label, field_name="answer_embedding", object_pk=str(now[0][5])
+            )
+            passage = f"{now[0][3] + 1} of {answer.count()} ({now[0][4]:.2f})"
         print(f"| {query} | {len(before)} | {len(now)} | {first_before} | {first_now} | {passage} |")
 
     print("\n| new question | suggested | confidence | nearest stored question (similarity) |")
