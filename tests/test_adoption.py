@@ -263,3 +263,93 @@ def test_every_later_change_migrates_forwards_and_backwards_with_vectors_in_the_
         for (name,) in project.sql("SELECT column_name FROM information_schema.columns WHERE table_name = 'notes_note'")
     }
     assert not {c for c in columns if c.startswith("embedding_v2")}
+
+
+@pytest.mark.django_db
+def test_renaming_the_field_or_the_model_keeps_its_passages_and_what_else_the_app_stored(new_project, fake_gemini):
+    project = new_project(api_key="AIzaTEST-renames")
+    project.change('source=("title", "body")', 'source="body", title_source="title", passages=True')
+    project.embed()
+    passages = project.sql("SELECT id, model_label, field_name FROM semantic_passage ORDER BY id")
+    assert len(passages) >= len(NOTES) and {p[1:] for p in passages} == {("notes.Note", "embedding")}
+    # What a reviewer and a failed row leave in the app's tables, keyed by the same names.
+    project.sql(
+        "INSERT INTO semantic_dismissedpair (model_label, field_name, first_pk, second_pk, dismissed_by, dismissed_at) "
+        "VALUES ('notes.Note', 'embedding', '1', '2', 'admin', now())"
+    )
+    project.sql(
+        "INSERT INTO semantic_embeddingfailure (model_label, field_name, object_pk, attempts, error, permanent, "
+        "first_failed_at, last_failed_at) VALUES ('notes.Note', 'embedding', '3', 1, 'refused', true, now(), now())"
+    )
+
+    # A label classifier trained on the title, and queries of a replaced field served by this one.
+    project.sql(
+        "INSERT INTO semantic_classifier (model_label, field_name, label_field, spec, classes, weights, intercepts, "
+        "rows, trained_at) VALUES ('notes.Note', 'embedding', 'title', 'm', '[]', '', '', 0, now())"
+    )
+    project.sql(
+        "INSERT INTO semantic_fieldswitch (model_label, field_name, serving_field, switched_at) "
+        "VALUES ('notes.Note', 'old_embedding', 'embedding', now())"
+    )
+
+    def stored() -> set[tuple[str, str, str]]:
+        rows = set()
+        for table in ("passage", "dismissedpair", "embeddingfailure"):
+            rows |= {(table, *r) for r in project.sql(f"SELECT DISTINCT model_label, field_name FROM semantic_{table}")}
+        return rows
+
+    def names(model: str, field: str) -> set[tuple[str, str, str]]:
+        return {(table, model, field) for table in ("passage", "dismissedpair", "embeddingfailure")}
+
+    # A passage left under the new name by a field of that name long gone: it gives way.
+    project.sql(
+        'INSERT INTO semantic_passage (model_label, field_name, object_pk, position, start, "end", text, text_hash, '
+        "cut_from, spec, vector) SELECT model_label, 'meaning', object_pk, position, start, \"end\", 'left over', "
+        "text_hash, cut_from, spec, vector FROM semantic_passage WHERE object_pk = '1' AND position = 0"
+    )
+
+    # The title renamed, and with it what the classifier learns to predict.
+    project.edit_model("    title = models.CharField(", "    heading = models.CharField(")
+    migration = project.change('title_source="title"', 'title_source="heading"', input="y\n")
+    assert "RenameField" in migration
+    assert project.sql("SELECT field_name, label_field FROM semantic_classifier") == [("embedding", "heading")]
+
+    # The field renamed: makemigrations asks about it and its companion columns.
+    before = project.migrations()
+    project.edit_model("    embedding = EmbeddingField(", "    meaning = EmbeddingField(")
+    project.manage("makemigrations", "notes", input="y\n" * 8)
+    (created,) = set(project.migrations()) - set(before)
+    assert "RenameField" in (project.root / "notes" / "migrations" / f"{created}.py").read_text()
+    project.manage("migrate")
+    assert stored() == names("notes.Note", "meaning")
+    assert project.sql("SELECT field_name, label_field FROM semantic_classifier") == [("meaning", "heading")]
+    assert project.sql("SELECT field_name, serving_field FROM semantic_fieldswitch") == [("old_embedding", "meaning")]
+    assert project.sql("SELECT id, model_label, field_name FROM semantic_passage ORDER BY id") == [
+        (pk, "notes.Note", "meaning") for pk, *_ in passages
+    ]
+    fake_gemini.reset()
+    project.embed()
+    assert fake_gemini.request_count == 0  # the vectors and the passages were kept: nothing to embed again
+    project.manage("migrate", "notes", before[-1])
+    assert stored() == names("notes.Note", "embedding")
+    assert project.sql("SELECT field_name, label_field FROM semantic_classifier") == [("embedding", "heading")]
+    project.manage("migrate", "notes")
+    assert stored() == names("notes.Note", "meaning")
+
+    # The model renamed.
+    before = project.migrations()
+    project.edit_model("class Note(", "class Memo(")
+    project.manage("makemigrations", "notes", input="y\n" * 8)
+    (created,) = set(project.migrations()) - set(before)
+    assert "RenameModel" in (project.root / "notes" / "migrations" / f"{created}.py").read_text()
+    project.manage("migrate")
+    assert stored() == names("notes.Memo", "meaning")
+    assert [pk for pk, *_ in project.sql("SELECT id FROM semantic_passage ORDER BY id")] == [p[0] for p in passages]
+    fake_gemini.reset()
+    project.embed()
+    assert fake_gemini.request_count == 0
+    project.manage("migrate", "notes", before[-1])
+    assert stored() == names("notes.Note", "meaning")
+    project.manage("migrate", "notes")
+    assert stored() == names("notes.Memo", "meaning")
+    assert "No changes detected" in project.manage("makemigrations", "--check", "--dry-run")
