@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from semantic.admin import SemanticAdminMixin
-from tests.testapp.models import Article
+from tests.testapp.models import Article, Ticket
 
 
 @admin.register(Article)
@@ -13,3 +13,10 @@ class ArticleAdmin(SemanticAdminMixin, admin.ModelAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).exclude(category="hidden")
+
+
+@admin.register(Ticket)
+class TicketAdmin(SemanticAdminMixin, admin.ModelAdmin):
+    """A model keyed by UUID in the admin: find-similar, duplicate review and dismissing."""
+
+    list_display = ["title"]

@@ -1,3 +1,5 @@
+import uuid
+
 from django.db import models
 
 from semantic import EmbeddingField, SemanticManager
@@ -155,6 +157,23 @@ class LongRead(models.Model):
     title = models.CharField(max_length=200)
     body = models.TextField(blank=True)
     section = models.CharField(max_length=20, blank=True, default="")
+    embedding = EmbeddingField(
+        source="body", task_type="RETRIEVAL_DOCUMENT", title_source="title", dimensions=128, passages=True
+    )
+
+    objects = SemanticManager()
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class Ticket(models.Model):
+    """:class:`LongRead` with a UUID primary key, as many projects have: passages, failures and
+    pairs store the key as text, and searches cast it back."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    title = models.CharField(max_length=200)
+    body = models.TextField(blank=True)
     embedding = EmbeddingField(
         source="body", task_type="RETRIEVAL_DOCUMENT", title_source="title", dimensions=128, passages=True
     )
