@@ -10,8 +10,8 @@ class SemanticConfig(AppConfig):
     def ready(self) -> None:
         from semantic import checks  # noqa: F401  (registers the system checks)
         from semantic.hooks import connect_all
+        from semantic.migration_hooks import inject_operations
         from semantic.operations import ensure_vector_extension
-        from semantic.renames import inject_rename_operations
         from semantic.tasks import install_sweep_schedule
         from semantic.warmup import connect as warm_up_where_needed
 
@@ -19,7 +19,7 @@ class SemanticConfig(AppConfig):
         # created without their migrations depending on this app's.
         pre_migrate.connect(ensure_vector_extension, sender=self)
         # Renamed models and fields keep their passages, failures and the like.
-        pre_migrate.connect(inject_rename_operations, sender=self)
+        pre_migrate.connect(inject_operations, sender=self)
         post_migrate.connect(install_sweep_schedule, sender=self)
         connect_all()
         # The local model loads in the background in web and worker processes only.

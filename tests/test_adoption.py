@@ -266,7 +266,7 @@ def test_every_later_change_migrates_forwards_and_backwards_with_vectors_in_the_
 
 
 @pytest.mark.django_db
-def test_renaming_the_field_or_the_model_keeps_its_passages_and_what_else_the_app_stored(new_project, fake_gemini):
+def test_renames_and_removals_carry_what_the_app_stored_for_the_rows(new_project, fake_gemini):
     project = new_project(api_key="AIzaTEST-renames")
     project.change('source=("title", "body")', 'source="body", title_source="title", passages=True')
     project.embed()
@@ -353,3 +353,36 @@ def test_renaming_the_field_or_the_model_keeps_its_passages_and_what_else_the_ap
     project.manage("migrate", "notes")
     assert stored() == names("notes.Memo", "meaning")
     assert "No changes detected" in project.manage("makemigrations", "--check", "--dry-run")
+
+    # Passages turned off: they go (forwards, back where nothing is restored, and forwards again).
+    project.change("passages=True", "passages=False")
+    assert project.sql("SELECT count(*) FROM semantic_passage") == [(0,)]
+    assert stored() == {("dismissedpair", "notes.Memo", "meaning"), ("embeddingfailure", "notes.Memo", "meaning")}
+    project.change("passages=False", "passages=True")
+    project.embed()
+    assert project.sql("SELECT count(*) FROM semantic_passage") == [(len(passages),)]
+
+    # The field removed: its passages and failures go; a reviewer's decisions and the switch stay.
+    project.change("    meaning = EmbeddingField(", "    old_meaning = None  # EmbeddingField(")
+    assert stored() == {("dismissedpair", "notes.Memo", "meaning")}
+    assert project.sql("SELECT count(*) FROM semantic_fieldswitch") == [(1,)]
+
+    # A field added again, then migrated back past: what it stored goes as its column does.
+    before = project.migrations()
+    project.edit_model("    old_meaning = None  # EmbeddingField(", "    meaning = EmbeddingField(")
+    project.manage("makemigrations", "notes")
+    project.manage("migrate")
+    project.embed()
+    assert project.sql("SELECT count(*) FROM semantic_passage") == [(len(passages),)]
+    project.manage("migrate", "notes", before[-1])
+    assert stored() == {("dismissedpair", "notes.Memo", "meaning")}
+
+    # The model deleted: everything stored for it goes.
+    project.change("class Memo(models.Model):", "class Memo:")
+    assert stored() == set()
+    assert project.sql(
+        "SELECT count(*) FROM semantic_fieldswitch UNION ALL SELECT count(*) FROM semantic_classifier"
+    ) == [
+        (0,),
+        (0,),
+    ]

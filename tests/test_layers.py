@@ -21,7 +21,6 @@ LAYERS = [
     "semantic.passages",
     "semantic.models",
     "semantic.operations",
-    "semantic.renames",
     # backends
     "semantic.backends.base",
     "semantic.backends.local_export",
@@ -37,6 +36,7 @@ LAYERS = [
     "semantic.switch",
     "semantic.rows",
     "semantic.passage_rows",
+    "semantic.migration_hooks",
     "semantic.labels",
     "semantic.streaming",
     # hand-off to the worker
