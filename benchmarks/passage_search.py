@@ -97,32 +97,41 @@ FILTERS = (
 
 
 def load(field) -> None:
-    """The documents and their passages, unless already there."""
+    """The documents and their passages, unless already there.
+
+    Each document's own vector is its first passage's, as the worker's would be close to
+    it (both read the start of the text): similar_to(passages=True) searches the rows
+    that have one, and ranks by it a row whose passages are not stored yet.
+    """
     from django.db import connection
     from pgvector import Vector
 
     from semantic.models import Passage
     from tests.docsapp.models import Doc
 
-    loaded = Doc.objects.filter(pk=1, title=f"document 0 (seed {SEED})").exists()
+    loaded = Doc.objects.filter(pk=1, title=f"document 0 (seed {SEED})", embedding__isnull=False).exists()
     if loaded and Doc.objects.count() == DOCUMENTS and Passage.objects.count() == DOCUMENTS * PER_DOCUMENT:
         return
     rng = np.random.default_rng(SEED)
     centers = rng.normal(size=(CLUSTERS, DIMENSIONS)).astype(np.float32)
+    vectors = np.empty((DOCUMENTS, PER_DOCUMENT, DIMENSIONS), dtype=np.float32)
+    for i in range(DOCUMENTS):
+        drawn = centers[rng.integers(CLUSTERS, size=PER_DOCUMENT)]
+        vectors[i] = drawn + rng.normal(size=drawn.shape).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=2, keepdims=True)
     started = time.monotonic()
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE docsapp_doc RESTART IDENTITY")
         cursor.execute("DELETE FROM semantic_passage")
-        with cursor.copy("COPY docsapp_doc (title, text, published, corpus_id) FROM STDIN") as copy:
+        columns = f"title, text, published, corpus_id, {field.column}, {field.spec_name}"
+        with cursor.copy(f"COPY docsapp_doc ({columns}) FROM STDIN") as copy:
             for i in range(DOCUMENTS):
-                copy.write_row((f"document {i} (seed {SEED})", f"the text of document {i}", True, f"g{i % 100}"))
+                row = (f"document {i} (seed {SEED})", f"the text of document {i}", True, f"g{i % 100}")
+                copy.write_row((*row, Vector(vectors[i, 0]).to_text(), field.spec()))
         columns = 'model_label, field_name, object_pk, position, start, "end", text, text_hash, cut_from, spec, vector'
         with cursor.copy(f"COPY semantic_passage ({columns}) FROM STDIN") as copy:
             for i in range(DOCUMENTS):
-                vectors = centers[rng.integers(CLUSTERS, size=PER_DOCUMENT)]
-                vectors = vectors + rng.normal(size=vectors.shape).astype(np.float32)
-                vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-                for p, vector in enumerate(vectors):
+                for p, vector in enumerate(vectors[i]):
                     text = f"passage {p} of document {i}"
                     row = ("docsapp.Doc", field.name, str(i + 1), p, p * 100, p * 100 + 99, text, "", "", field.spec())
                     copy.write_row((*row, Vector(vector).to_text()))

@@ -6,6 +6,14 @@ come back annotated like ``similar_to()``'s (``distance``, ``similarity``) and w
 the passage that matched: ``passage_text``, ``passage_start`` and ``passage_end``
 (character offsets in the row's text) and ``passage_position``.
 
+The rows searched are those ``similar_to()`` searches: rows holding a vector of the
+current model and size. A row whose passages are not stored yet (its text was just
+saved and the worker has embedded the row but not yet its passages, or the API refused
+a passage) ranks by its own vector, which reads the start of its text, with its
+``passage_*`` columns None: it is found as soon as it would be without passages, and
+no search pays a second per-row lookup (an ``EXISTS`` beside the nearest passage) to
+leave it out.
+
 ``with_passage(query)`` annotates the rows of any queryset with their nearest
 passage (and its ``passage_similarity``) without ranking or filtering them: a
 keyword or hybrid search over the rows' other text shows the part of a long text
@@ -26,8 +34,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.db import models
-from django.db.models import BooleanField, F, FloatField, Q
+from django.db.models import F, FloatField, Q
 from django.db.models.expressions import Expression, ExpressionWrapper, Value
+from django.db.models.functions import Coalesce
 from pgvector.django import CosineDistance
 
 from semantic.fields import EmbeddingField
@@ -69,24 +78,22 @@ def passage_distance(vector: Sequence[float]) -> CosineDistance:
 
 class NearestPassage(Expression):
     """For each row of the outer query, a column of its nearest passage (``"distance"``
-    and ``"similarity"`` for the distance itself and 1 - distance), or, with
-    ``column=None``, whether it has a passage at all.
+    and ``"similarity"`` for the distance itself and 1 - distance); None for a row
+    without passages.
 
     A correlated subquery on the passage table, through its unique index on
     (model, field, row, position). It is written here rather than as
-    ``Subquery(Passage.objects...)``: a passage search carries six of them (EXISTS,
-    the distance, the four passage annotations), and building and compiling six
-    querysets took 2.1 ms of a 4.2 ms search at a narrow filter, more than the
-    server's work (docs/benchmarks.md). The plan is the same.
+    ``Subquery(Passage.objects...)``: a passage search carries six of them (the
+    distance, the similarity, the four passage annotations), and building and
+    compiling six querysets took 2.1 ms of a 4.2 ms search at a narrow filter, more
+    than the server's work (docs/benchmarks.md). The plan is the same.
     """
 
-    def __init__(self, field: EmbeddingField, vector: str, column: str | None) -> None:
+    def __init__(self, field: EmbeddingField, vector: str, column: str) -> None:
         from semantic.models import Passage
 
-        if column is None:
-            output_field: models.Field = BooleanField()
-        elif column in ("distance", "similarity"):
-            output_field = FloatField()
+        if column in ("distance", "similarity"):
+            output_field: models.Field = FloatField()
         else:
             output_field = Passage._meta.get_field(column)
         super().__init__(output_field=output_field)
@@ -106,7 +113,7 @@ class NearestPassage(Expression):
 
         quote = connection.ops.quote_name
         row_pk, row_params = compiler.compile(self.row_pk)
-        alias = quote("semantic_passage_nearest" if self.column else "semantic_passage_any")
+        alias = quote("semantic_passage_nearest")
 
         def column(name: str) -> str:
             return f"{alias}.{quote(Passage._meta.get_field(name).column)}"
@@ -115,8 +122,6 @@ class NearestPassage(Expression):
         match = " AND ".join([*(f"{column(name)} = %s" for name in key), f"{column('object_pk')} = ({row_pk})::text"])
         match_params = [*key.values(), *row_params]
         table = f"{quote(Passage._meta.db_table)} {alias}"
-        if self.column is None:
-            return f"EXISTS (SELECT 1 FROM {table} WHERE {match})", match_params
         distance = f"{column('vector')} <=> %s::vector"
         if self.column == "distance":
             value, value_params = distance, [self.vector]
@@ -150,13 +155,15 @@ def by_passages(
     exclude_pk: Any = None,
     min_similarity: float | None = None,
 ) -> models.QuerySet:
-    """``queryset``'s rows that have passages, nearest passage first (see the module docstring)."""
+    """``queryset``'s rows that may be searched, nearest passage first (see the module docstring)."""
     require_passages(field)
     text = vector_literal(vector)
-    qs = queryset.filter(NearestPassage(field, text, None))
+    qs = queryset.filter(field.searchable())
     if exclude_pk is not None:
         qs = qs.filter(~Q(pk=exclude_pk))
-    qs = qs.annotate(distance=NearestPassage(field, text, "distance"))
+    # A row whose passages are not stored yet ranks by its own vector (its passage columns None).
+    own = CosineDistance(field.indexed_vector(), Value(text))
+    qs = qs.annotate(distance=Coalesce(NearestPassage(field, text, "distance"), own, output_field=FloatField()))
     qs = qs.annotate(similarity=ExpressionWrapper(Value(1.0) - F("distance"), output_field=FloatField()))
     if min_similarity is not None:
         qs = qs.filter(distance__lte=1.0 - min_similarity)

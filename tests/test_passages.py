@@ -355,6 +355,21 @@ def test_a_passage_search_as_values_and_as_a_subquery_leaves_out_rows_without_pa
 
 
 @pytestmark_db
+def test_a_row_whose_passages_are_not_stored_yet_ranks_by_its_own_vector(library):
+    waiting = library[2]  # its glacier paragraph comes first: its own vector saw it
+    Passage.objects.filter(model_label="testapp.LongRead", object_pk=str(waiting.pk)).delete()
+    own = {row.pk: row.distance for row in LongRead.objects.similar_to(QUERY)}
+    found = list(LongRead.objects.similar_to(QUERY, passages=True))
+    assert len(found) == len(LIBRARY)
+    match = next(row for row in found if row.pk == waiting.pk)
+    assert match.distance == pytest.approx(own[waiting.pk])
+    assert (match.passage_text, match.passage_position, match.passage_start) == (None, None, None)
+    assert [row.pk for row in found[:2]] == [library[4].pk, waiting.pk]  # the late paragraph's passage is nearer
+    others = [row for row in found if row.pk != waiting.pk]
+    assert all(row.passage_text is not None for row in others)
+
+
+@pytestmark_db
 def test_a_passage_search_needs_a_field_with_passages(library):
     with pytest.raises(ValueError, match="passages=True"):
         Article.objects.similar_to("anything", passages=True)
