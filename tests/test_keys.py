@@ -15,72 +15,72 @@ from django.urls import reverse
 from semantic.models import DismissedPair, Passage
 from semantic.tasks import embed_pending
 from tests.test_passages import QUERY, article
-from tests.testapp.models import Ticket
+from tests.testapp.models import Report
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def passages_of(row: Ticket) -> list[Passage]:
-    return list(Passage.objects.filter(model_label="testapp.Ticket", object_pk=str(row.pk)).order_by("position"))
+def passages_of(row: Report) -> list[Passage]:
+    return list(Passage.objects.filter(model_label="testapp.Report", object_pk=str(row.pk)).order_by("position"))
 
 
 @pytest.fixture
-def tickets(fake_gemini) -> list[Ticket]:
-    rows = [Ticket.objects.create(title=f"Ticket {i}", body=article(order)) for i, order in enumerate(([0, 1], [3, 2]))]
-    rows.append(Ticket.objects.create(title="Ticket 2", body=rows[0].body))  # the same text as the first
+def reports(fake_gemini) -> list[Report]:
+    rows = [Report.objects.create(title=f"Report {i}", body=article(order)) for i, order in enumerate(([0, 1], [3, 2]))]
+    rows.append(Report.objects.create(title="Report 2", body=rows[0].body))  # the same text as the first
     return rows
 
 
-def test_a_uuid_keyed_row_gets_its_vector_and_its_passages(tickets):
-    for row in tickets:
+def test_a_uuid_keyed_row_gets_its_vector_and_its_passages(reports):
+    for row in reports:
         row.refresh_from_db()
         assert isinstance(row.pk, uuid.UUID) and row.embedding is not None
         assert [p.position for p in passages_of(row)] == [0, 1]
 
 
-def test_uuid_keyed_rows_are_searched_by_row_and_by_passage(tickets):
-    glacier = tickets[1]  # its glacier paragraph is its second passage
-    (found, *_) = Ticket.objects.similar_to(QUERY, passages=True)
+def test_uuid_keyed_rows_are_searched_by_row_and_by_passage(reports):
+    glacier = reports[1]  # its glacier paragraph is its second passage
+    (found, *_) = Report.objects.similar_to(QUERY, passages=True)
     assert found.pk == glacier.pk and found.passage_position == 1 and "glacier" in found.passage_text
-    assert [row.pk for row in Ticket.objects.filter(pk=glacier.pk).similar_to(QUERY, passages=True)] == [glacier.pk]
-    shown = {row.pk: row.passage_position for row in Ticket.objects.order_by("title").with_passage(QUERY)}
-    assert shown == {tickets[0].pk: 0, glacier.pk: 1, tickets[2].pk: 0}
-    assert glacier.pk in {row.pk for row in Ticket.objects.similar_to(tickets[0])}
-    assert tickets[0].pk not in {row.pk for row in Ticket.objects.similar_to(tickets[0])}
+    assert [row.pk for row in Report.objects.filter(pk=glacier.pk).similar_to(QUERY, passages=True)] == [glacier.pk]
+    shown = {row.pk: row.passage_position for row in Report.objects.order_by("title").with_passage(QUERY)}
+    assert shown == {reports[0].pk: 0, glacier.pk: 1, reports[2].pk: 0}
+    assert glacier.pk in {row.pk for row in Report.objects.similar_to(reports[0])}
+    assert reports[0].pk not in {row.pk for row in Report.objects.similar_to(reports[0])}
 
 
-def test_uuid_keyed_duplicates(tickets):
-    first, _, copy = tickets
-    (pair,) = Ticket.objects.duplicates(0.99)
+def test_uuid_keyed_duplicates(reports):
+    first, _, copy = reports
+    (pair,) = Report.objects.duplicates(0.99)
     assert {pair[0].pk, pair[1].pk} == {first.pk, copy.pk} and pair[0].pk < pair[1].pk
-    assert list(Ticket.objects.duplicates_of(first, 0.99)) == [copy]
+    assert list(Report.objects.duplicates_of(first, 0.99)) == [copy]
 
 
-def test_uuid_keyed_rows_take_their_passages_when_deleted_even_behind_the_orms_back(tickets):
-    first, second, copy = tickets
+def test_uuid_keyed_rows_take_their_passages_when_deleted_even_behind_the_orms_back(reports):
+    first, second, copy = reports
     first.delete()
     assert passages_of(first) == []
     with connection.cursor() as cursor:
-        cursor.execute("DELETE FROM testapp_ticket WHERE id = %s", [second.pk])
+        cursor.execute("DELETE FROM testapp_report WHERE id = %s", [second.pk])
     assert len(passages_of(second)) == 2
-    assert embed_pending(Ticket)["testapp.Ticket.embedding"]["passages_swept"] == 2
+    assert embed_pending(Report)["testapp.Report.embedding"]["passages_swept"] == 2
     assert passages_of(second) == [] and len(passages_of(copy)) == 2
 
 
-def test_the_admin_finds_reviews_and_dismisses_uuid_keyed_rows(admin_client, tickets):
-    first, glacier, copy = tickets
-    changelist = reverse("admin:testapp_ticket_changelist")
+def test_the_admin_finds_reviews_and_dismisses_uuid_keyed_rows(admin_client, reports):
+    first, glacier, copy = reports
+    changelist = reverse("admin:testapp_report_changelist")
     found = admin_client.post(changelist, {"action": "find_similar", ACTION_CHECKBOX_NAME: [str(first.pk)]})
     ((row, neighbours),) = found.context["results"]
     assert row.pk == first.pk and neighbours[0].pk == copy.pk
-    assert reverse("admin:testapp_ticket_change", args=[copy.pk]) in found.content.decode()
-    change = admin_client.get(reverse("admin:testapp_ticket_change", args=[glacier.pk]))
+    assert reverse("admin:testapp_report_change", args=[copy.pk]) in found.content.decode()
+    change = admin_client.get(reverse("admin:testapp_report_change", args=[glacier.pk]))
     assert {x.pk for x in change.context["semantic_similar"]} == {first.pk, copy.pk}
 
-    review = reverse("admin:testapp_ticket_duplicates") + "?threshold=0.99"
+    review = reverse("admin:testapp_report_duplicates") + "?threshold=0.99"
     (group,) = admin_client.get(review).context["groups"]
     assert {x.pk for x in group.rows} == {first.pk, copy.pk}
-    dismiss = reverse("admin:testapp_ticket_dismiss_duplicate")
+    dismiss = reverse("admin:testapp_report_dismiss_duplicate")
     admin_client.post(dismiss, {"first": str(copy.pk), "second": str(first.pk), "threshold": "0.99"})
     assert DismissedPair.objects.get().first_pk == str(min(first.pk, copy.pk))
     assert admin_client.get(review).context["groups"] == []

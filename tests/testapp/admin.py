@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from semantic.admin import SemanticAdminMixin
-from tests.testapp.models import Article, Ticket
+from tests.testapp.models import Article, Report
 
 
 @admin.register(Article)
@@ -15,8 +15,8 @@ class ArticleAdmin(SemanticAdminMixin, admin.ModelAdmin):
         return super().get_queryset(request).exclude(category="hidden")
 
 
-@admin.register(Ticket)
-class TicketAdmin(SemanticAdminMixin, admin.ModelAdmin):
+@admin.register(Report)
+class ReportAdmin(SemanticAdminMixin, admin.ModelAdmin):
     """A model keyed by UUID in the admin: find-similar, duplicate review and dismissing."""
 
     list_display = ["title"]

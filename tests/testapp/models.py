@@ -167,7 +167,7 @@ class LongRead(models.Model):
         return self.title
 
 
-class Ticket(models.Model):
+class Report(models.Model):
     """:class:`LongRead` with a UUID primary key, as many projects have: passages, failures and
     pairs store the key as text, and searches cast it back."""
 
