@@ -493,9 +493,9 @@ def test_status_counts_of_a_model_without_a_semantic_changelist_are_not_links(ad
 
     def linked_rows():
         page = admin_client.get(reverse("admin:semantic_status")).content.decode()
-        rows = re.findall(r"<tr><td>(testapp\.\w+\.\w+)</td>(.*?)</tr>", page, re.S)
-        assert "testapp.Note.embedding" in {name for name, _ in rows}
-        return {name for name, cells in rows if "<a " in cells}
+        rows = re.findall(r"<tr><td>(testapp\.\w+)\.<wbr>(\w+)</td>(.*?)</tr>", page, re.S)
+        assert ("testapp.Note", "embedding") in {(model, field) for model, field, _ in rows}
+        return {f"{model}.{field}" for model, field, cells in rows if "<a " in cells}
 
     assert linked_rows() == {"testapp.Article.embedding", "testapp.Report.embedding"}
     # Nor does a changelist whose ModelAdmin took the embedding filter away.
@@ -510,9 +510,9 @@ def test_status_page_shows_the_spec_readably(editor, articles):
     assert row["spec"] not in page
     backend, model = row["spec"].split("|")[0].split(":", 1)
     assert (row["backend"], row["embedding_model"]) == (backend, model)
-    cells = f"<td>{backend}</td><td>{model}</td><td>SEMANTIC_SIMILARITY</td><td>128</td>"
-    assert cells in page
-    assert "<th>Backend</th><th>Embedding model</th><th>Task type</th><th>Dimensions</th>" in page
+    cell = f'<td class="semantic-spec">{model} ({backend})<br>SEMANTIC_SIMILARITY, 128 dimensions</td>'
+    assert cell in page
+    assert "<th>Embedded with</th></tr>" in page
 
 
 def test_status_retry_needs_change_permission(viewer, articles):
