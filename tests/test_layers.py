@@ -63,6 +63,7 @@ LAYERS = [
     "semantic.clusters",
     "semantic.backfill",
     "semantic.status",
+    "semantic.stale",
     # admin, checks, commands, the app
     "semantic.admin_changelist",
     "semantic.admin_status",

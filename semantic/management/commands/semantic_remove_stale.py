@@ -1,0 +1,38 @@
+from django.core.management.base import BaseCommand
+from django.db import DEFAULT_DB_ALIAS, transaction
+
+from semantic.management.output import terminal_safe
+from semantic.stale import find_stale
+
+
+class Command(BaseCommand):
+    help = (
+        "Delete what the app stored for models and fields that no longer exist (passages, failures, "
+        "pairs marked not duplicates, classifiers, field switches, batch jobs), and passages of fields "
+        "that no longer keep them. Lists them and asks first, as Django's remove_stale_contenttypes does. "
+        "Migrations already carry renames and removals; this finds what they could not: an app taken "
+        "out of INSTALLED_APPS, a removal made with an earlier version."
+    )
+
+    NOTHING = "Nothing stale."
+    ASK = "Delete these? Type 'yes' to continue, or 'no' to cancel: "
+    DELETED = "Deleted {rows} rows."
+    CANCELLED = "Nothing deleted."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--noinput", "--no-input", action="store_false", dest="interactive", help="do not ask")
+        parser.add_argument("--database", default=DEFAULT_DB_ALIAS, help="the database to clean (default: default)")
+
+    def handle(self, interactive, database, **options):
+        stale = find_stale(database)
+        if not stale:
+            self.stdout.write(self.NOTHING)
+            return
+        for group in stale:
+            self.stdout.write(terminal_safe(str(group)))
+        if interactive and input(self.ASK) != "yes":
+            self.stdout.write(self.CANCELLED)
+            return
+        with transaction.atomic(using=database):
+            deleted = sum(group.rows.delete()[0] for group in stale)
+        self.stdout.write(self.DELETED.format(rows=deleted))
