@@ -15,7 +15,8 @@ at them, and nothing cascades from the project's schema changes by itself.
   failures, everything stored for a deleted model, and the passages of a field whose
   ``passages`` are turned off. The same when migrating backwards past the field's or
   the model's creation. Nothing is restored when such a step is undone: the field comes
-  back empty, and its rows and passages are embedded again.
+  back empty, and its rows and passages are embedded again. A field switch and pairs
+  marked not duplicates stay when a field goes: a switch may still serve its name.
 
 As ``django.contrib.contenttypes`` does for its content types, a ``pre_migrate``
 receiver puts an operation after each such step in the plan.
@@ -29,19 +30,7 @@ from django.apps import apps as global_apps
 from django.db import DEFAULT_DB_ALIAS, migrations, router
 
 from semantic.fields import EmbeddingField
-
-#: The app's models that name a row's model and field, with their other columns naming a field of that model.
-KEYED_MODELS = {
-    "EmbeddingFailure": (),
-    "DismissedPair": (),
-    "FieldSwitch": ("serving_field",),
-    "EmbeddingBatchJob": (),
-    "Classifier": ("label_field",),
-    "Passage": (),
-}
-#: What a removed field leaves that nothing reads any more (a field switch or a reviewer's
-#: decision may still serve the field that replaces it, so those stay).
-FIELD_ROWS = ("Passage", "EmbeddingFailure")
+from semantic.models import KEYED_BY_NAME, UNREAD_WITHOUT_FIELD
 
 
 class RenameStoredNames(migrations.RunPython):
@@ -65,11 +54,11 @@ class RenameStoredNames(migrations.RunPython):
         if self.field:
             # RenameField names the model in lower case; the model is there either way.
             label = apps.get_model(self.app_label, self.model_name)._meta.label
-        for cursor, name, table, present in _tables(schema_editor, KEYED_MODELS):
+        for cursor, name, table, present in _tables(schema_editor, KEYED_BY_NAME):
             if not self.field:
                 _move(cursor, table, "model_label", f"{self.app_label}.{old}", f"{self.app_label}.{new}")
                 continue
-            for column in ["field_name", *(c for c in KEYED_MODELS[name] if c in present)]:
+            for column in ["field_name", *(c for c in KEYED_BY_NAME[name] if c in present)]:
                 _move(cursor, table, column, old, new, label=label)
 
 
@@ -85,7 +74,7 @@ class DeleteStoredRows(migrations.RunPython):
         if passages_only:
             self.stored: tuple[str, ...] = ("Passage",)
         else:
-            self.stored = FIELD_ROWS if field_name else tuple(KEYED_MODELS)
+            self.stored = UNREAD_WITHOUT_FIELD if field_name else tuple(KEYED_BY_NAME)
         noop = migrations.RunPython.noop
         super().__init__(noop if backwards else self.delete, self.delete if backwards else noop, elidable=True)
 

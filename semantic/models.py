@@ -216,3 +216,18 @@ class Passage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_label}.{self.field_name} #{self.object_pk} [{self.position}]"
+
+
+#: This app's models that name a row's model (``model_label``) and field (``field_name``)
+#: as text, with their other columns that name a field of that model. Migrations keep
+#: them in step (:mod:`semantic.migration_hooks`); ``semantic_remove_stale`` cleans up.
+KEYED_BY_NAME: dict[str, tuple[str, ...]] = {
+    "Passage": (),
+    "EmbeddingFailure": (),
+    "DismissedPair": (),
+    "Classifier": ("label_field",),
+    "EmbeddingBatchJob": (),
+    "FieldSwitch": ("serving_field",),
+}
+#: What nothing reads once its field is gone, even under a name a field switch keeps alive.
+UNREAD_WITHOUT_FIELD = ("Passage", "EmbeddingFailure")

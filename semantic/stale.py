@@ -24,19 +24,7 @@ from django.core.exceptions import FieldDoesNotExist
 from django.db import models
 
 from semantic.fields import EmbeddingField, embedding_fields
-from semantic.models import (
-    Classifier,
-    DismissedPair,
-    EmbeddingBatchJob,
-    EmbeddingFailure,
-    FieldSwitch,
-    Passage,
-)
-
-#: The app's models that name a row's model and field.
-KEYED = (Passage, EmbeddingFailure, DismissedPair, Classifier, EmbeddingBatchJob, FieldSwitch)
-#: What a field that is gone leaves that nothing reads, even under a switched name.
-UNREAD = (Passage, EmbeddingFailure)
+from semantic.models import KEYED_BY_NAME, UNREAD_WITHOUT_FIELD, Classifier, FieldSwitch, Passage
 
 
 @dataclass(frozen=True)
@@ -58,7 +46,7 @@ def find_stale(using: str | None = None) -> list[Stale]:
     """Every group of stale rows, table by table."""
     found = []
     switched = set(FieldSwitch._base_manager.using(using).values_list("model_label", "field_name"))
-    for stored in KEYED:
+    for stored in (apps.get_model("semantic", name) for name in KEYED_BY_NAME):
         rows = stored._base_manager.using(using)
         pairs = rows.values_list("model_label", "field_name").distinct().order_by("model_label", "field_name")
         for label, name in pairs:
@@ -79,7 +67,7 @@ def why_stale(stored: type[models.Model], label: str, name: str, *, switched: bo
     fields = {f.name: f for f in embedding_fields(model)}
     field = fields.get(name)
     if field is None:
-        if switched and stored not in UNREAD:
+        if switched and stored._meta.object_name not in UNREAD_WITHOUT_FIELD:
             return None  # a field switch serves this name: see the module docstring
         return "no such EmbeddingField"
     if stored is Passage and not field.passages:

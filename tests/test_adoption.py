@@ -100,6 +100,16 @@ class Project:
         self.manage("makemigrations", "--check", "--dry-run")
         return (self.root / "notes" / "migrations" / f"{created}.py").read_text()
 
+    def migrate_renaming(self, operation: str) -> list[str]:
+        """makemigrations answering yes to every rename it asks about, then migrate; checks the
+        migration holds ``operation`` and returns the migrations there were before it."""
+        before = self.migrations()
+        self.manage("makemigrations", "notes", input="y\n" * 8)
+        (created,) = set(self.migrations()) - set(before)
+        assert operation in (self.root / "notes" / "migrations" / f"{created}.py").read_text()
+        self.manage("migrate")
+        return before
+
     def embed(self) -> str:
         return self.manage("semantic_embed")
 
@@ -315,12 +325,8 @@ def test_renames_and_removals_carry_what_the_app_stored_for_the_rows(new_project
     assert project.sql("SELECT field_name, label_field FROM semantic_classifier") == [("embedding", "heading")]
 
     # The field renamed: makemigrations asks about it and its companion columns.
-    before = project.migrations()
     project.edit_model("    embedding = EmbeddingField(", "    meaning = EmbeddingField(")
-    project.manage("makemigrations", "notes", input="y\n" * 8)
-    (created,) = set(project.migrations()) - set(before)
-    assert "RenameField" in (project.root / "notes" / "migrations" / f"{created}.py").read_text()
-    project.manage("migrate")
+    before = project.migrate_renaming("RenameField")
     assert stored() == names("notes.Note", "meaning")
     assert project.sql("SELECT field_name, label_field FROM semantic_classifier") == [("meaning", "heading")]
     assert project.sql("SELECT field_name, serving_field FROM semantic_fieldswitch") == [("old_embedding", "meaning")]
@@ -337,12 +343,8 @@ def test_renames_and_removals_carry_what_the_app_stored_for_the_rows(new_project
     assert stored() == names("notes.Note", "meaning")
 
     # The model renamed.
-    before = project.migrations()
     project.edit_model("class Note(", "class Memo(")
-    project.manage("makemigrations", "notes", input="y\n" * 8)
-    (created,) = set(project.migrations()) - set(before)
-    assert "RenameModel" in (project.root / "notes" / "migrations" / f"{created}.py").read_text()
-    project.manage("migrate")
+    before = project.migrate_renaming("RenameModel")
     assert stored() == names("notes.Memo", "meaning")
     assert [pk for pk, *_ in project.sql("SELECT id FROM semantic_passage ORDER BY id")] == [p[0] for p in passages]
     fake_gemini.reset()
