@@ -158,14 +158,23 @@ def by_passages(
     """``queryset``'s rows that may be searched, nearest passage first (see the module docstring)."""
     require_passages(field)
     text = vector_literal(vector)
-    qs = queryset.filter(field.searchable())
+    conditions = field.searchable()
     if exclude_pk is not None:
-        qs = qs.filter(~Q(pk=exclude_pk))
+        conditions &= ~Q(pk=exclude_pk)
+    # One clone, built in place, as similar_to() builds its own: each chained filter() or
+    # annotate() would copy the whole query again.
+    qs = queryset._chain()
+    sql = qs.query
+    sql.add_q(conditions)
     # A row whose passages are not stored yet ranks by its own vector (its passage columns None).
     own = CosineDistance(field.indexed_vector(), Value(text))
-    qs = qs.annotate(distance=Coalesce(NearestPassage(field, text, "distance"), own, output_field=FloatField()))
-    qs = qs.annotate(similarity=ExpressionWrapper(Value(1.0) - F("distance"), output_field=FloatField()))
+    sql.add_annotation(Coalesce(NearestPassage(field, text, "distance"), own, output_field=FloatField()), "distance")
+    sql.add_annotation(ExpressionWrapper(Value(1.0) - F("distance"), output_field=FloatField()), "similarity")
     if min_similarity is not None:
-        qs = qs.filter(distance__lte=1.0 - min_similarity)
-    qs = qs.annotate(**passage_annotations(field, text))
-    return qs.defer(field.attname).order_by("distance", "pk")
+        sql.add_q(Q(distance__lte=1.0 - min_similarity))
+    for name, expression in passage_annotations(field, text).items():
+        sql.add_annotation(expression, name)
+    sql.add_deferred_loading([field.attname])
+    sql.clear_ordering(force=True)
+    sql.add_ordering("distance", "pk")
+    return qs
