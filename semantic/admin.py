@@ -271,7 +271,17 @@ admin.site.register(EmbeddingFailure, EmbeddingFailureAdmin)
 
 @admin.register(EmbeddingBatchJob)
 class EmbeddingBatchJobAdmin(admin.ModelAdmin):
-    list_display = ["name", "model_label", "field_name", "rows", "state", "embedded", "failed", "submitted_at"]
+    list_display = [
+        "name",
+        "model_label",
+        "field_name",
+        "passages",
+        "rows",
+        "state",
+        "embedded",
+        "failed",
+        "submitted_at",
+    ]
     list_filter = ["state", "model_label"]
     exclude = ["items"]
     readonly_fields = [f.name for f in EmbeddingBatchJob._meta.fields if f.name != "items"]

@@ -7,10 +7,17 @@ vector of the old text). Each job is recorded in :class:`EmbeddingBatchJob` with
 the rows and text hashes it carries, so a stopped command loses nothing: run again,
 it collects the open jobs before submitting anything new. While a job is open its
 rows are left to it (:func:`in_flight`), so workers do not pay for them twice.
+
+A field with ``passages`` goes on to its passages once its rows' vectors are in: the
+rows whose passages lag are cut, passages whose text already has a vector keep it,
+and the others are sent as jobs of their own (every passage of a row in one job), then
+stored a row at a time, each only if the row still holds the text they were cut from.
+While such a job is open its rows' passages are left to it too.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,6 +28,8 @@ from django.utils import timezone
 from semantic.embedder import Embedder, Item, Outcome
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingBatchJob
+from semantic.passage_rows import cut, fill_known, known_vectors, lagging_rows
+from semantic.passage_worker import PassageItem
 from semantic.rows import mark_pending, open_jobs, pending_rows
 from semantic.text import clean
 
@@ -28,6 +37,8 @@ from semantic.text import clean
 #: Rows and characters per job (inline batch requests must stay under 20 MB).
 MAX_JOB_ROWS = 5_000
 MAX_JOB_CHARACTERS = 8_000_000
+#: Rows cut (and their stored passages read) at a time when passages are submitted.
+CUT_ROWS = 500
 #: Share of the interactive price the Batch API charges.
 PRICE_FACTOR = 0.5
 
@@ -71,6 +82,13 @@ def run(
     for job in submit(model, field, limit=limit):
         submitted.append(job)
         notify("submitted", job)
+    finished += _collect_all(model, field, submitted, poll_interval, notify)
+    if not field.passages:
+        return finished
+    submitted = []
+    for job in submit_passages(model, field, limit=limit):
+        submitted.append(job)
+        notify("submitted", job)
     return finished + _collect_all(model, field, submitted, poll_interval, notify)
 
 
@@ -85,7 +103,7 @@ def _collect_all(
         status = wait(
             job, field, poll_interval=poll_interval, on_poll=lambda job, waited: notify("waiting", job, waited=waited)
         )
-        outcome = collect(model, field, job, status)
+        outcome = (collect_passages if job.passages else collect)(model, field, job, status)
         notify("finished", job, status=status, outcome=outcome)
     return jobs
 
@@ -124,14 +142,66 @@ def submit(
         yield _submit(model, field, items)
 
 
-def _submit(model: type[models.Model], field: EmbeddingField, items: list[Item]) -> EmbeddingBatchJob:
+def submit_passages(
+    model: type[models.Model], field: EmbeddingField, *, limit: int | None = None
+) -> Iterator[EmbeddingBatchJob]:
+    """Submit the passages of the rows whose passages lag (up to ``limit`` rows) as jobs,
+    every passage of a row in the same job.
+
+    A row whose passages all have a vector already (unchanged text, or a single passage
+    that is the row's whole text) is stored at once, with nothing sent.
+    """
+    rows = lagging_rows(model, field).order_by("pk")
+    if limit is not None:
+        rows = rows[:limit]
+    items: list[PassageItem] = []
+    characters = 0
+    for row_items in _missing_passages(model, field, rows.iterator(chunk_size=CUT_ROWS)):
+        size = sum(len(item.text) for item in row_items)
+        if items and (len(items) + len(row_items) > MAX_JOB_ROWS or characters + size > MAX_JOB_CHARACTERS):
+            yield _submit(model, field, items, passages=True)
+            items, characters = [], 0
+        items.extend(row_items)
+        characters += size
+    if items:
+        yield _submit(model, field, items, passages=True)
+
+
+def _missing_passages(
+    model: type[models.Model], field: EmbeddingField, rows: Iterator[models.Model]
+) -> Iterator[list[PassageItem]]:
+    """For each row, its passages without a vector, as items to send; a row with none is stored now."""
+    embedder = Embedder(model, field)
+    while chunk := list(itertools.islice(rows, CUT_ROWS)):
+        cuts = {row.pk: cut(field, row) for row in chunk}
+        known = known_vectors(model, field, cuts)
+        for row in chunk:
+            row_cut = cuts[row.pk]
+            missing = fill_known(row_cut, known, getattr(row, field.attname))
+            if not missing:
+                embedder.store_passages(row_cut)
+                continue
+            texts = [clean(piece.text, field.backend.max_input_chars) for piece in missing]
+            yield [
+                PassageItem(row.pk, piece.text_hash, text, None, piece.position, row_cut.row_hash)
+                for piece, text in zip(missing, texts)
+            ]
+
+
+def _submit(
+    model: type[models.Model], field: EmbeddingField, items: list[Any], *, passages: bool = False
+) -> EmbeddingBatchJob:
     label = f"{model._meta.label}.{field.name}"
     name = field.backend.submit_batch(
         [item.text for item in items],
         task_type=field.task_type,
         dimensions=field.dimensions,
-        display_name=f"django-semantic {label} {items[0].pk}-{items[-1].pk}",
+        display_name=f"django-semantic {label}{' passages' if passages else ''} {items[0].pk}-{items[-1].pk}",
     )
+    if passages:
+        sent = [[str(item.pk), item.position, item.hash, item.row_hash] for item in items]
+    else:
+        sent = [[str(item.pk), item.hash] for item in items]
     return EmbeddingBatchJob.objects.create(
         name=name,
         model_label=model._meta.label,
@@ -140,7 +210,8 @@ def _submit(model: type[models.Model], field: EmbeddingField, items: list[Item])
         rows=len(items),
         first_pk=str(items[0].pk),
         last_pk=str(items[-1].pk),
-        items=[[str(item.pk), item.hash] for item in items],
+        items=sent,
+        passages=passages,
     )
 
 
@@ -165,16 +236,21 @@ def wait(
         time.sleep(poll_interval)
 
 
-def collect(model: type[models.Model], field: EmbeddingField, job: EmbeddingBatchJob, status: Any) -> Outcome:
-    """Write a finished job's vectors (each only if its row still holds the text sent)."""
-    embedder = Embedder(model, field)
+def check_results(field: EmbeddingField, job: EmbeddingBatchJob, status: Any) -> None:
+    """Set ``status.error`` when a finished job's results cannot be written."""
     if job.spec != field.spec():
         status.error = f"the job was made for {job.spec}; {field.name} now embeds with {field.spec()}"
     elif status.succeeded and len(status.results) != len(job.items):
-        status.error = f"the job returned {len(status.results)} results for {len(job.items)} rows"
+        status.error = f"the job returned {len(status.results)} results for {len(job.items)} texts"
     elif not status.succeeded and not status.error:
         # google-genai 3.6 does not pass on the reason of a failed Gemini API job.
         status.error = f"Gemini gave no reason; see the job {job.name} in Google AI Studio"
+
+
+def collect(model: type[models.Model], field: EmbeddingField, job: EmbeddingBatchJob, status: Any) -> Outcome:
+    """Write a finished job's vectors (each only if its row still holds the text sent)."""
+    embedder = Embedder(model, field)
+    check_results(field, job, status)
     if status.succeeded and not status.error:
         to_python = model._meta.pk.to_python
         items = [Item(to_python(pk), text_hash, "", None) for pk, text_hash in job.items]
@@ -192,6 +268,53 @@ def collect(model: type[models.Model], field: EmbeddingField, job: EmbeddingBatc
     job.error = status.error or ""
     job.embedded = embedder.outcome.embedded
     job.failed = embedder.outcome.failed
+    job.finished_at = timezone.now()
+    job.save(update_fields=["error", "embedded", "failed", "finished_at"])
+    return embedder.outcome
+
+
+def collect_passages(model: type[models.Model], field: EmbeddingField, job: EmbeddingBatchJob, status: Any) -> Outcome:
+    """Store a finished passage job's rows: each row cut again, and stored only if it still
+    holds the text its passages were cut from and every passage has a vector."""
+    embedder = Embedder(model, field)
+    check_results(field, job, status)
+    if status.succeeded and not status.error:
+        sent: dict[str, list[tuple[int, str, str, tuple[Any, str, bool]]]] = {}
+        for (pk, position, text_hash, row_hash), result in zip(job.items, status.results):
+            sent.setdefault(pk, []).append((position, text_hash, row_hash, result))
+        to_python = model._meta.pk.to_python
+        rows = list(field.model._base_manager.filter(pk__in=[to_python(pk) for pk in sent]))
+        cuts = {row.pk: cut(field, row) for row in rows}
+        known = known_vectors(model, field, cuts)
+        embedder.outcome.changed_in_flight += len(sent) - len(rows)  # rows deleted meanwhile
+        for row in rows:
+            row_cut, results = cuts[row.pk], sent[str(row.pk)]
+            if row_cut.row_hash != results[0][2]:
+                embedder.outcome.changed_in_flight += 1  # edited since: the worker cuts it again
+                continue
+            failed = []
+            for position, text_hash, row_hash, (vector, error, transient) in results:
+                if vector is not None and len(vector) != field.dimensions:
+                    vector, error, transient = None, f"a {len(vector)}-dimensional vector", False
+                piece = row_cut.pieces[position] if position < len(row_cut.pieces) else None
+                if vector is None:
+                    failed.append((PassageItem(row.pk, text_hash, "", None, position, row_hash, 1), error, transient))
+                elif piece is not None and piece.text_hash == text_hash:
+                    piece.vector = list(vector)
+                    embedder.outcome.passages += 1
+            if failed:
+                item, error, transient = failed[0]
+                message = f"Batch job {job.name}: {error}"
+                embedder.passages_failed([i for i, _, _ in failed], message, permanent=not transient, retry_in=60)
+                continue
+            fill_known(row_cut, known, getattr(row, field.attname))
+            if row_cut.complete:
+                embedder.store_passages(row_cut)
+            else:
+                embedder.outcome.changed_in_flight += 1
+    job.error = status.error or ""
+    job.embedded = embedder.outcome.passages
+    job.failed = embedder.outcome.passages_failed
     job.finished_at = timezone.now()
     job.save(update_fields=["error", "embedded", "failed", "finished_at"])
     return embedder.outcome

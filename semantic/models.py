@@ -128,8 +128,11 @@ class EmbeddingBatchJob(models.Model):
     rows = models.PositiveIntegerField(_("rows"))
     first_pk = models.CharField(_("first object id"), max_length=200)
     last_pk = models.CharField(_("last object id"), max_length=200)
-    #: ``[[object_pk, text_hash], ...]`` in the order the texts were sent.
+    #: ``[[object_pk, text_hash], ...]`` in the order the texts were sent; for a passage job
+    #: ``[[object_pk, position, passage text hash, row text hash], ...]``.
     items = models.JSONField(_("rows sent"))
+    #: Whether the job carries passages of rows whose vectors are current (``rows`` counts passages).
+    passages = models.BooleanField(_("passages"), default=False)
     state = models.CharField(_("state"), max_length=40, default="JOB_STATE_PENDING")
     error = models.TextField(_("error"), blank=True)
     embedded = models.PositiveIntegerField(_("embedded"), default=0)

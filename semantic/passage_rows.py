@@ -28,6 +28,7 @@ from django.utils import timezone
 from semantic.fields import TITLE_SEPARATOR, EmbeddingField
 from semantic.models import EmbeddingFailure, Passage
 from semantic.passages import split
+from semantic.rows import in_flight
 from semantic.text import clean, sanitize, source_hash
 
 #: Failure records of a row's passages name the field with this suffix (the row's own records name it bare).
@@ -53,9 +54,12 @@ def passage_failures(model: type[models.Model], field: EmbeddingField) -> models
     return EmbeddingFailure.objects.filter(model_label=field.model._meta.label, field_name=field.name + FAILURE_SUFFIX)
 
 
-def lagging_rows(model: type[models.Model], field: EmbeddingField, using: str | None = None) -> models.QuerySet:
+def lagging_rows(
+    model: type[models.Model], field: EmbeddingField, using: str | None = None, *, in_batch_jobs: bool = False
+) -> models.QuerySet:
     """Rows whose vector is current but whose passages were cut from another text,
-    with other sizes or by another model; not those waiting out a passage failure."""
+    with other sizes or by another model; not those waiting out a passage failure, nor
+    (unless ``in_batch_jobs``) those an open Batch API job of passages carries."""
     table_model = field.model
     pk_text = Cast(OuterRef("pk"), CharField())
     current = passages_of(table_model, field).filter(
@@ -69,7 +73,9 @@ def lagging_rows(model: type[models.Model], field: EmbeddingField, using: str | 
         Q(retry_at__gt=timezone.now()) | Q(permanent=True, source_hash=OuterRef(field.embedded_hash_name))
     )
     manager = table_model._base_manager if using is None else table_model._base_manager.using(using)
-    return manager.filter(field.is_current()).exclude(Exists(current)).exclude(Exists(waiting))
+    rows = manager.filter(field.is_current()).exclude(Exists(current)).exclude(Exists(waiting))
+    batched = None if in_batch_jobs else in_flight(table_model, field, passages=True)
+    return rows.exclude(batched) if batched is not None else rows
 
 
 def current_rows(model: type[models.Model], field: EmbeddingField) -> models.QuerySet:
@@ -123,6 +129,30 @@ def cut(field: EmbeddingField, row: models.Model) -> Cut:
         digest = source_hash(passage.text + suffix) or ""
         result.pieces.append(Piece(position, passage.start, passage.end, passage.text, digest))
     return result
+
+
+def fill_known(row: Cut, known: dict[tuple[str, str], list[float]], row_vector: Any) -> list[Piece]:
+    """Give ``row``'s pieces the vectors already known; returns the pieces still without one.
+
+    A piece keeps the stored vector of the same text (``known``, from :func:`known_vectors`);
+    a piece that is the row's whole text (and title) takes the row's own vector.
+    """
+    missing = []
+    for piece in row.pieces:
+        if piece.vector is None:
+            piece.vector = known.get((str(row.pk), piece.text_hash))
+        if piece.vector is None and piece.text_hash == row.row_hash and row_vector is not None:
+            piece.vector = as_floats(row_vector)
+        if piece.vector is None:
+            missing.append(piece)
+    return missing
+
+
+def as_floats(vector: Any) -> list[float]:
+    """A stored vector as floats: a ``vector`` column reads as an array, a ``halfvec`` one as a HalfVector."""
+    if hasattr(vector, "to_list"):
+        return [float(x) for x in vector.to_list()]
+    return [float(x) for x in vector]
 
 
 def known_vectors(
@@ -219,7 +249,7 @@ def passage_status(model: type[models.Model], field: EmbeddingField, rows: model
         row_chars = rows.filter(field.is_current()).aggregate(chars=Sum(read))["chars"] or 0
     return {
         "rows": current_rows(model, field).filter(pk__in=rows.values("pk")).count(),
-        "lagging": lagging_rows(model, field).filter(pk__in=rows.values("pk")).count(),
+        "lagging": lagging_rows(model, field, in_batch_jobs=True).filter(pk__in=rows.values("pk")).count(),
         "failed": passage_failures(model, field).filter(object_pk__in=keys).count(),
         "passages": totals["passages"],
         "passage_chars": totals["chars"] or 0,

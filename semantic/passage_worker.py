@@ -19,7 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone
 
-from semantic.passage_rows import FAILURE_SUFFIX, Cut, cut, known_vectors, lagging_rows, store, sweep_orphans
+from semantic.passage_rows import (
+    FAILURE_SUFFIX,
+    Cut,
+    cut,
+    fill_known,
+    known_vectors,
+    lagging_rows,
+    store,
+    sweep_orphans,
+)
 from semantic.text import clean
 
 if TYPE_CHECKING:
@@ -106,15 +115,9 @@ class PassageWorkMixin:
         items = []
         for row in rows:
             row_cut = cuts[row.pk]
-            row_vector = getattr(row, self.field.attname)
-            for piece in row_cut.pieces:
-                piece.vector = known.get((str(row.pk), piece.text_hash))
-                if piece.vector is None and piece.text_hash == row_cut.row_hash:
-                    # The passage is the row's whole text (and title): the row's vector is its vector.
-                    piece.vector = as_floats(row_vector) if row_vector is not None else None
-                if piece.vector is not None:
-                    self.outcome.passages_reused += 1
-                    continue
+            missing = fill_known(row_cut, known, getattr(row, self.field.attname))
+            self.outcome.passages_reused += len(row_cut.pieces) - len(missing)
+            for piece in missing:
                 text = clean(piece.text, self.backend.max_input_chars)
                 items.append(
                     PassageItem(row.pk, piece.text_hash, text, row_cut.title, piece.position, row_cut.row_hash)
@@ -156,10 +159,3 @@ class PassageWorkMixin:
             self.record_failure(  # type: ignore[attr-defined]
                 self.field.name + FAILURE_SUFFIX, pk, item.attempts, item.row_hash, message, permanent, retry_at
             )
-
-
-def as_floats(vector: Any) -> list[float]:
-    """A stored vector as floats: a ``vector`` column reads as an array, a ``halfvec`` one as a HalfVector."""
-    if hasattr(vector, "to_list"):
-        return [float(x) for x in vector.to_list()]
-    return [float(x) for x in vector]

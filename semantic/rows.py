@@ -52,19 +52,26 @@ def failed_pks(model: type[models.Model], field: EmbeddingField) -> list[str]:
     return list(failures(model, field).values_list("object_pk", flat=True))
 
 
-def open_jobs(model: type[models.Model], field: EmbeddingField) -> models.QuerySet[EmbeddingBatchJob]:
-    return EmbeddingBatchJob.objects.filter(
+def open_jobs(
+    model: type[models.Model], field: EmbeddingField, *, passages: bool | None = None
+) -> models.QuerySet[EmbeddingBatchJob]:
+    """Batch jobs still open for ``field``: of rows (``passages=False``), of passages (True), or both."""
+    jobs = EmbeddingBatchJob.objects.filter(
         model_label=model._meta.label,
         field_name=field.name,
         finished_at__isnull=True,
         submitted_at__gt=timezone.now() - JOB_LIFETIME,
-    ).order_by("submitted_at")
+    )
+    if passages is not None:
+        jobs = jobs.filter(passages=passages)
+    return jobs.order_by("submitted_at")
 
 
-def in_flight(model: type[models.Model], field: EmbeddingField) -> Q | None:
-    """Rows that an open batch job carries (by primary-key range), or None."""
+def in_flight(model: type[models.Model], field: EmbeddingField, *, passages: bool = False) -> Q | None:
+    """Rows that an open batch job carries (by primary-key range), or None: jobs of their
+    vectors, or (``passages``) of their passages."""
     to_python = model._meta.pk.to_python
-    ranges = open_jobs(model, field).values_list("first_pk", "last_pk")
+    ranges = open_jobs(model, field, passages=passages).values_list("first_pk", "last_pk")
     condition = None
     for first, last in ranges:
         part = Q(pk__gte=to_python(first), pk__lte=to_python(last))

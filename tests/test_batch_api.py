@@ -165,3 +165,88 @@ def test_the_local_model_has_no_batch_api(semantic_settings):
     assert str(info.value) == batch.NEEDS_GEMINI.format(
         label="testapp.Note.embedding", model_id="local:all-MiniLM-L6-v2"
     )
+
+
+@pytest.fixture
+def reports(fake_gemini):
+    """Two long Reports in passages and a short one, saved without embedding (UUID keys, no title)."""
+    from semantic import suspend_embedding
+    from tests.test_passages import article
+    from tests.testapp.models import Report
+
+    with suspend_embedding():
+        rows = [
+            Report.objects.create(title=f"Report {i}", body=article(order))
+            for i, order in enumerate([[0, 1, 2], [3, 4]])
+        ]
+        rows.append(Report.objects.create(title="Short", body="A short note about bread and yeast."))
+    return rows
+
+
+def test_passages_go_through_batch_jobs_of_their_own(reports, fake_gemini):
+    from semantic.passage_rows import lagging_rows, passages_of
+    from semantic.passages import split
+    from tests.testapp.models import Report
+
+    label = "testapp.Report.embedding"
+    out, _ = call("semantic_embed", "testapp.Report", "--batch-api", *FAST)
+    rows_job, passages_job = EmbeddingBatchJob.objects.order_by("submitted_at")
+    assert (rows_job.passages, rows_job.rows, passages_job.passages, passages_job.rows) == (False, 3, True, 5)
+    assert fake_gemini.request_count == 0  # nothing through the interactive endpoint
+    assert Embed.BATCH_PASSAGES_SUBMITTED.format(label=label, name=passages_job.name, rows=5) in out
+    done = Embed.BATCH_PASSAGES_DONE.format(
+        label=label, name=passages_job.name, state="JOB_STATE_SUCCEEDED", embedded=5, rows=2, failed=0, changed=0
+    )
+    assert done in out
+
+    # The second job carried the long rows' passages, in order; the short row's one passage is its whole
+    # text, so it took the row's own vector when the passages were submitted.
+    request = fake_gemini.batch_requests[1]
+    sent = [r["request"] for r in request["body"]["batch"]["inputConfig"]["requests"]["requests"]]
+    long_rows = sorted(reports[:2], key=lambda row: row.pk)
+    expected = [p.text for row in long_rows for p in split(row.body, max_chars=8000, overlap=1000)]
+    assert [r["content"]["parts"][0]["text"] for r in sent] == expected
+    field = get_embedding_field(Report)
+    stored = passages_of(Report, field).order_by("object_pk", "position")
+    assert [p.text for p in stored if p.object_pk != str(reports[2].pk)] == expected
+    (short,) = [p for p in stored if p.object_pk == str(reports[2].pk)]
+    assert list(short.vector) == list(Report.objects.get(pk=reports[2].pk).embedding)
+    assert not lagging_rows(Report, field).exists()
+    found = Report.objects.similar_to("the arctic glacier moraine frozen", passages=True)[0]
+    assert (found.pk, found.passage_position) == (reports[0].pk, 2)
+
+    out, _ = call("semantic_embed", "testapp.Report", "--batch-api", *FAST)
+    assert Embed.NOTHING.format(label=label) in out
+    assert len(fake_gemini.batch_requests) == 2
+
+
+def test_an_open_passage_job_keeps_its_rows_and_skips_a_row_edited_meanwhile(reports, fake_gemini):
+    from semantic.passage_rows import lagging_rows, passages_of
+    from tests.testapp.models import Report
+
+    field = get_embedding_field(Report)
+    fake_gemini.batch_polls_until_done = 1
+    (rows_job,) = batch.submit(Report, field)
+    batch.collect(Report, field, rows_job, batch.wait(rows_job, field, poll_interval=0))
+    fake_gemini.batch_polls_until_done = 10_000
+    (job,) = batch.submit_passages(Report, field)
+
+    # While the job is open its rows still count as waiting for passages, and the worker leaves them to it.
+    from semantic.status import field_status
+
+    assert field_status(Report, field)["passages"]["lagging"] == 2  # the short row took its own vector
+    Embedder(Report, field).run_passages()
+    assert fake_gemini.request_count == 0
+    edited = Report.objects.get(pk=reports[1].pk)
+    edited.body = edited.body.replace("football", "rugby")
+    edited.save()  # its own vector is embedded again now; its passages wait for the job
+    assert fake_gemini.request_count == 1  # the row's own vector only
+    assert not passages_of(Report, field).filter(object_pk=str(edited.pk)).exists()
+
+    fake_gemini.jobs[job.name].polls_left = 1
+    outcome = batch.collect_passages(Report, field, job, batch.wait(job, field, poll_interval=0))
+    assert (outcome.passage_rows, outcome.changed_in_flight) == (1, 1)  # the edited row was cut from its old text
+    assert not passages_of(Report, field).filter(object_pk=str(edited.pk)).exists()
+    Embedder(Report, field).run_passages()  # the job is finished: the worker takes the edited row
+    assert not lagging_rows(Report, field).exists()
+    assert "rugby" in passages_of(Report, field).filter(object_pk=str(edited.pk)).order_by("position").last().text

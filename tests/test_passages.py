@@ -507,7 +507,7 @@ def test_failed_passages_are_retried_by_semantic_embed_failed_and_the_admin_butt
 def test_a_halfvec_rows_vector_reads_as_floats_for_its_single_passage():
     from pgvector import HalfVector
 
-    from semantic.passage_worker import as_floats
+    from semantic.passage_rows import as_floats
 
     assert as_floats(HalfVector([0.5, -1.0])) == [0.5, -1.0]  # a halfvec column reads as a HalfVector
     assert as_floats([0.25, 1]) == [0.25, 1.0]

@@ -168,15 +168,14 @@ class LongRead(models.Model):
 
 
 class Report(models.Model):
-    """:class:`LongRead` with a UUID primary key, as many projects have: passages, failures and
-    pairs store the key as text, and searches cast it back."""
+    """A long text in passages with a UUID primary key, as many projects have (passages,
+    failures and pairs store the key as text, and searches cast it back), and no title
+    sent beside it, so it can go through the Batch API."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     title = models.CharField(max_length=200)
     body = models.TextField(blank=True)
-    embedding = EmbeddingField(
-        source="body", task_type="RETRIEVAL_DOCUMENT", title_source="title", dimensions=128, passages=True
-    )
+    embedding = EmbeddingField(source="body", task_type="RETRIEVAL_DOCUMENT", dimensions=128, passages=True)
 
     objects = SemanticManager()
 

@@ -41,9 +41,16 @@ class Command(BaseCommand):
     SWITCH_ONE = "--switch takes exactly one app_label.Model.field."
     RESUME_HINT = "Interrupted; batches already written are kept. Run the command again (without --all) to carry on."
     BATCH_SUBMITTED = "{label}: submitted Batch API job {name} with {rows} rows."
-    BATCH_RESUMING = "{label}: collecting Batch API job {name} ({rows} rows, submitted {submitted:%Y-%m-%d %H:%M} UTC)."
+    BATCH_PASSAGES_SUBMITTED = "{label}: submitted Batch API job {name} with {rows} passages."
+    BATCH_RESUMING = (
+        "{label}: collecting Batch API job {name} ({rows} {unit}, submitted {submitted:%Y-%m-%d %H:%M} UTC)."
+    )
     BATCH_WAITING = "{label}: job {name} is {state} after {waited:.0f}s."
     BATCH_DONE = "{label}: job {name} {state}: {embedded} embedded, {failed} failed, {changed} changed while in flight."
+    BATCH_PASSAGES_DONE = (
+        "{label}: job {name} {state}: {embedded} passages embedded, {rows} rows' passages stored, {failed} passages "
+        "failed, {changed} rows changed while in flight."
+    )
     BATCH_FAILED = (
         "{label}: job {name} ended {state} ({error}); its {rows} rows are still pending. Run the command "
         "again to submit them again, or without --batch-api to embed them now."
@@ -223,10 +230,14 @@ class Command(BaseCommand):
 
         def report(kind, job, waited=0.0, status=None, outcome=None):
             if kind == "resumed":
-                line = self.BATCH_RESUMING.format(label=label, name=job.name, rows=job.rows, submitted=job.submitted_at)
+                unit = "passages" if job.passages else "rows"
+                line = self.BATCH_RESUMING.format(
+                    label=label, name=job.name, rows=job.rows, unit=unit, submitted=job.submitted_at
+                )
                 self.stdout.write(line)
             elif kind == "submitted":
-                self.stdout.write(self.BATCH_SUBMITTED.format(label=label, name=job.name, rows=job.rows))
+                submitted = self.BATCH_PASSAGES_SUBMITTED if job.passages else self.BATCH_SUBMITTED
+                self.stdout.write(submitted.format(label=label, name=job.name, rows=job.rows))
             elif kind == "waiting" and (not last_wait[0] or time.monotonic() - last_wait[0] >= 60):
                 last_wait[0] = time.monotonic()
                 self.stdout.write(self.BATCH_WAITING.format(label=label, name=job.name, state=job.state, waited=waited))
@@ -235,6 +246,20 @@ class Command(BaseCommand):
                 self.stderr.write(
                     self.BATCH_FAILED.format(label=label, name=job.name, state=status.state, error=error, rows=job.rows)
                 )
+            elif kind == "finished" and job.passages:
+                self.stdout.write(
+                    self.BATCH_PASSAGES_DONE.format(
+                        label=label,
+                        name=job.name,
+                        state=status.state,
+                        embedded=outcome.passages,
+                        rows=outcome.passage_rows,
+                        failed=outcome.passages_failed,
+                        changed=outcome.changed_in_flight,
+                    )
+                )
+                if outcome.passages_failed:
+                    self.stderr.write(self.FAILED_HINT)
             elif kind == "finished":
                 self.stdout.write(
                     self.BATCH_DONE.format(
