@@ -265,12 +265,9 @@ def collect(model: type[models.Model], field: EmbeddingField, job: EmbeddingBatc
                 done.append((item, vector))
         for start in range(0, len(done), 500):
             embedder.write_all(done[start : start + 500])
-    job.error = status.error or ""
-    job.embedded = embedder.outcome.embedded
-    job.failed = embedder.outcome.failed
-    job.finished_at = timezone.now()
-    job.save(update_fields=["error", "embedded", "failed", "finished_at"])
-    return embedder.outcome
+    return finish(
+        job, status, embedded=embedder.outcome.embedded, failed=embedder.outcome.failed, outcome=embedder.outcome
+    )
 
 
 def collect_passages(model: type[models.Model], field: EmbeddingField, job: EmbeddingBatchJob, status: Any) -> Outcome:
@@ -312,9 +309,14 @@ def collect_passages(model: type[models.Model], field: EmbeddingField, job: Embe
                 embedder.store_passages(row_cut)
             else:
                 embedder.outcome.changed_in_flight += 1
+    outcome = embedder.outcome
+    return finish(job, status, embedded=outcome.passages, failed=outcome.passages_failed, outcome=outcome)
+
+
+def finish(job: EmbeddingBatchJob, status: Any, *, embedded: int, failed: int, outcome: Outcome) -> Outcome:
+    """Record that ``job`` was collected, with what it wrote; returns ``outcome``."""
     job.error = status.error or ""
-    job.embedded = embedder.outcome.passages
-    job.failed = embedder.outcome.passages_failed
+    job.embedded, job.failed = embedded, failed
     job.finished_at = timezone.now()
     job.save(update_fields=["error", "embedded", "failed", "finished_at"])
-    return embedder.outcome
+    return outcome
