@@ -12,25 +12,33 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import models
-from django.db.models import Q
+from django.db.models import BooleanField, ExpressionWrapper, Q
 
 from semantic.dispatch import queue_task
 from semantic.embedder import CHARS_PER_TOKEN, Embedder, Outcome
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingFailure
-from semantic.passage_rows import lagging_rows, passage_failures
+from semantic.passage_rows import cut, fill_known, known_vectors, lagging_rows, passage_failures
 from semantic.rows import failed_pks, mark_pending, pending_rows
 
 #: Gemini API price assumed by --dry-run, USD per million input tokens
 #: (gemini-embedding-001, Google's Gemini API pricing page, 2025). About 4 characters
 #: make a token in English. Override with SEMANTIC["PRICE_PER_MILLION_TOKENS"].
 PRICE_PER_MILLION_TOKENS = 0.15
+#: Rows cut (and their stored passages read) at a time when a plan counts passages.
+CUT_ROWS = 500
 
 
 @dataclass
 class Plan:
+    """What a run would send: ``rows`` taken, ``characters`` sent in all (rows' vectors and
+    passages); of those, ``passages`` passages of ``passage_rows`` rows, ``passage_characters``."""
+
     rows: int
     characters: int
+    passages: int = 0
+    passage_rows: int = 0
+    passage_characters: int = 0
 
     @property
     def tokens(self) -> int:
@@ -51,18 +59,62 @@ def select(model: type[models.Model], field: EmbeddingField, *, everything: bool
     return pending_rows(model, field)
 
 
+def count(
+    model: type[models.Model], field: EmbeddingField, *, everything: bool, failed: bool, limit: int | None
+) -> int:
+    """How many rows a run would take."""
+    total = select(model, field, everything=everything, failed=failed).count()
+    return min(total, limit) if limit else total
+
+
 def plan(
     model: type[models.Model], field: EmbeddingField, *, everything: bool, failed: bool, limit: int | None
 ) -> Plan:
-    """How many rows and characters a run would send (reads the texts, writes nothing)."""
-    rows = select(model, field, everything=everything, failed=failed).defer(field.attname).order_by("pk")
+    """How many rows and characters a run would send (reads the texts, writes nothing).
+
+    A row's own vector reads its text up to the backend's input limit, and is counted
+    only for a row that needs it (a row whose passages alone lag keeps its vector). For a
+    field with ``passages``, the passages a run would send are counted too: the row cut
+    as the worker cuts it, less the passages whose text already has a vector.
+    """
+    rows = select(model, field, everything=everything, failed=failed).order_by("pk")
+    if not field.passages:
+        rows = rows.defer(field.attname)
+    if not everything:
+        rows = rows.annotate(_semantic_needs_vector=ExpressionWrapper(field.needs_embedding(), BooleanField()))
     if limit is not None:
         rows = rows[:limit]
-    count = characters = 0
-    for row in rows.iterator(chunk_size=2000):
-        count += 1
-        characters += len(field.source_text(row))
-    return Plan(count, characters)
+    plan = Plan(0, 0)
+    limit_chars = field.backend.max_input_chars
+    chunk: list[models.Model] = []
+    for row in rows.iterator(chunk_size=CUT_ROWS):
+        plan.rows += 1
+        row._semantic_needs_vector = everything or row._semantic_needs_vector
+        if row._semantic_needs_vector:
+            plan.characters += min(len(field.source_text(row)), limit_chars)
+        if field.passages:
+            chunk.append(row)
+            if len(chunk) == CUT_ROWS:
+                add_passages(plan, model, field, chunk)
+                chunk = []
+    if chunk:
+        add_passages(plan, model, field, chunk)
+    plan.characters += plan.passage_characters
+    return plan
+
+
+def add_passages(plan: Plan, model: type[models.Model], field: EmbeddingField, rows: list[models.Model]) -> None:
+    """Count the passages of ``rows`` that would be sent: those without a vector for their text."""
+    cuts = {row.pk: cut(field, row) for row in rows}
+    known = known_vectors(model, field, cuts)
+    for row in rows:
+        # A row embedded first lends its new vector to a passage that is its whole text.
+        row_vector = [0.0] if row._semantic_needs_vector else getattr(row, field.attname)
+        missing = fill_known(cuts[row.pk], known, row_vector)
+        if missing:
+            plan.passage_rows += 1
+            plan.passages += len(missing)
+            plan.passage_characters += sum(min(len(piece.text), field.backend.max_input_chars) for piece in missing)
 
 
 def failed_keys(model: type[models.Model], field: EmbeddingField) -> list[str]:

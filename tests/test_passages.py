@@ -8,6 +8,8 @@ paragraph is a passage of its own, and the last ones lie beyond what the row's o
 vector saw.
 """
 
+import re
+
 import pytest
 from django.core.cache import cache
 from django.core.paginator import Paginator
@@ -511,3 +513,39 @@ def test_a_halfvec_rows_vector_reads_as_floats_for_its_single_passage():
 
     assert as_floats(HalfVector([0.5, -1.0])) == [0.5, -1.0]  # a halfvec column reads as a HalfVector
     assert as_floats([0.25, 1]) == [0.25, 1.0]
+
+
+@pytestmark_db
+def test_dry_run_counts_exactly_the_characters_a_run_then_sends(fake_gemini):
+    from semantic.management.commands.semantic_embed import Command as Embed
+    from tests.commands import call
+
+    label = "testapp.LongRead.embedding"
+
+    def planned() -> tuple[int, int, int, int]:
+        out, _ = call("semantic_embed", "testapp.LongRead", "--dry-run")
+        (total,) = re.findall(r": \d+ rows, (\d+) characters", out)
+        passages, rows, characters = re.findall(r"of those, (\d+) passages of (\d+) rows, (\d+) characters", out)[0]
+        return int(total), int(passages), int(rows), int(characters)
+
+    def sent() -> int:
+        fake_gemini.reset()
+        call("semantic_embed", "testapp.LongRead")
+        return sum(len(text) for text in fake_gemini.texts())
+
+    with suspend_embedding():
+        long = LongRead.objects.create(title="Five topics", body=article([0, 1, 2, 3, 4]))
+        LongRead.objects.create(title="Short", body="A short note about bread and yeast.")
+    total, passages, rows, characters = planned()
+    # The long row's vector (its first 8,000 characters) and its five passages; the short row's
+    # vector, which is also its one passage.
+    assert (passages, rows) == (5, 1) and total == 8000 + characters + len("A short note about bread and yeast.")
+    assert sent() == total
+
+    long.body = long.body.replace("The glacier arctic ice polar number 0.", "The glacier retreats every summer now.")
+    with suspend_embedding():
+        long.save()
+    total, passages, rows, characters = planned()
+    assert (passages, rows) == (1, 1)  # the row's vector again, and only the passage that changed
+    assert sent() == total
+    assert Embed.NOTHING.format(label=label) in call("semantic_embed", "testapp.LongRead")[0]

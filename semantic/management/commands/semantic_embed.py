@@ -21,6 +21,10 @@ class Command(BaseCommand):
 
     NOTHING = "{label}: nothing to embed."
     DRY_RUN = "{label}: {rows} rows, {characters} characters (about {tokens} tokens){cost}."
+    DRY_RUN_PASSAGES = (
+        "{label}: of those, {passages} passages of {rows} rows, {characters} characters "
+        "(passages whose text already has a vector are not sent)."
+    )
     COST = ", estimated cost USD {cost:.4f} at {price} per million tokens"
     FREE = ", free: local model"
     QUEUED = "{label}: queued {rows} rows as {tasks} django-q2 tasks; run `manage.py qcluster` to process them."
@@ -135,7 +139,7 @@ class Command(BaseCommand):
                         model, field, label, everything, limit, options["batch_job"], options["poll_interval"]
                     )
                 elif queue:
-                    total = backfill.plan(model, field, limit=limit, **kwargs).rows
+                    total = backfill.count(model, field, limit=limit, **kwargs)
                     if not total:
                         self.stdout.write(self.NOTHING.format(label=label))
                         continue
@@ -171,11 +175,16 @@ class Command(BaseCommand):
         self.stdout.write(
             self.DRY_RUN.format(label=label, rows=plan.rows, characters=plan.characters, tokens=plan.tokens, cost=cost)
         )
+        if field.passages:
+            passages = self.DRY_RUN_PASSAGES.format(
+                label=label, passages=plan.passages, rows=plan.passage_rows, characters=plan.passage_characters
+            )
+            self.stdout.write(passages)
 
     def embed(self, model, field, label, **kwargs):
-        total = backfill.select(model, field, everything=kwargs["everything"], failed=kwargs["failed"]).count()
-        if kwargs["limit"]:
-            total = min(total, kwargs["limit"])
+        total = backfill.count(
+            model, field, everything=kwargs["everything"], failed=kwargs["failed"], limit=kwargs["limit"]
+        )
         if not total:
             self.stdout.write(self.NOTHING.format(label=label))
             return
