@@ -250,3 +250,23 @@ def test_an_open_passage_job_keeps_its_rows_and_skips_a_row_edited_meanwhile(rep
     Embedder(Report, field).run_passages()  # the job is finished: the worker takes the edited row
     assert not lagging_rows(Report, field).exists()
     assert "rugby" in passages_of(Report, field).filter(object_pk=str(edited.pk)).order_by("position").last().text
+
+
+def test_a_rerun_collects_an_open_passage_job(reports, fake_gemini):
+    from semantic.passage_rows import lagging_rows
+    from tests.testapp.models import Report
+
+    field = get_embedding_field(Report)
+    (rows_job,) = batch.submit(Report, field)
+    batch.collect(Report, field, rows_job, batch.wait(rows_job, field, poll_interval=0))
+    fake_gemini.batch_polls_until_done = 10_000  # as if the command had been stopped while Gemini worked
+    (job,) = batch.submit_passages(Report, field)
+    fake_gemini.jobs[job.name].polls_left = 1
+
+    out, _ = call("semantic_embed", "testapp.Report", "--batch-api", *FAST)
+    resumed = Embed.BATCH_RESUMING.format(
+        label="testapp.Report.embedding", name=job.name, rows=5, unit="passages", submitted=job.submitted_at
+    )
+    assert resumed in out
+    assert "2 rows' passages stored" in out
+    assert not lagging_rows(Report, field).exists() and len(fake_gemini.batch_requests) == 2
