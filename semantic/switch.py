@@ -102,13 +102,31 @@ def switch_to(model: type[models.Model], field: EmbeddingField) -> str:
     Raises ``ValueError`` while any row with text lacks a current vector in ``field``,
     failed rows included, so a switch never leaves rows out of search.
     """
-    from semantic.models import FieldSwitch
+    from semantic.models import DismissedPair, FieldSwitch
 
     label = model._meta.label
     original_name = switched_name(model, field)
     left = model._base_manager.filter(field.needs_embedding()).count()
     if left:
         raise ValueError(INCOMPLETE.format(label=label, field=field.name, rows=left))
+    # Pairs a reviewer marked "not a duplicate" are about the rows, not the model: the duplicate
+    # review reads them under the serving field's name, so they follow the switch.
+    before = serving_field(model, original_name).name
+    if before != field.name:
+        carried = DismissedPair.objects.filter(model_label=label, field_name=before)
+        DismissedPair.objects.bulk_create(
+            [
+                DismissedPair(
+                    model_label=label,
+                    field_name=field.name,
+                    first_pk=pair.first_pk,
+                    second_pk=pair.second_pk,
+                    dismissed_by=pair.dismissed_by,
+                )
+                for pair in carried
+            ],
+            ignore_conflicts=True,
+        )
     if original_name == field.name:
         FieldSwitch.objects.filter(model_label=label, field_name=original_name).delete()
     else:

@@ -162,3 +162,21 @@ def test_the_replacement_answers_for_a_deleted_field():
     assert serving_field(Migrated, "embedding_v2") is field
     with pytest.raises(ValueError, match="has no EmbeddingField named 'other'"):
         serving_field(Migrated, "other")
+
+
+def test_pairs_marked_not_duplicates_follow_the_switch(reviews):
+    from semantic.models import DismissedPair
+
+    first, second = (str(pk) for pk in Review.objects.order_by("pk").values_list("pk", flat=True)[:2])
+    DismissedPair.objects.create(
+        model_label="testapp.Review", field_name="embedding", first_pk=first, second_pk=second, dismissed_by="ann"
+    )
+    call("semantic_embed", "testapp.Review.embedding_next", "--switch")
+    assert serving_field(Review).name == "embedding_next"
+    pairs = DismissedPair.objects.filter(model_label="testapp.Review").order_by("field_name")
+    assert [(p.field_name, p.first_pk, p.second_pk, p.dismissed_by) for p in pairs] == [
+        ("embedding", first, second, "ann"),
+        ("embedding_next", first, second, "ann"),
+    ]
+    call("semantic_embed", "testapp.Review.embedding", "--switch")  # and back: nothing doubled
+    assert DismissedPair.objects.count() == 2
