@@ -270,3 +270,31 @@ def test_a_rerun_collects_an_open_passage_job(reports, fake_gemini):
     assert resumed in out
     assert "2 rows' passages stored" in out
     assert not lagging_rows(Report, field).exists() and len(fake_gemini.batch_requests) == 2
+
+
+def test_a_refused_passage_is_recorded_against_its_row_and_the_other_rows_are_stored(fake_gemini):
+    from semantic import suspend_embedding
+    from semantic.passage_rows import FAILURE_SUFFIX, passages_of
+    from tests.test_passages import article
+    from tests.testapp.models import Report
+
+    with suspend_embedding():
+        # The satellite paragraph lies past the 8,000 characters the row's own vector reads.
+        refused = Report.objects.create(title="Long", body=article([0, 1, 2, 3, 5]))
+        other = Report.objects.create(title="Other", body=article([3, 4]))
+    assert "satellite" not in refused.body[:8000]
+    fake_gemini.reject_batch_marker = "satellite"
+    out, err = call("semantic_embed", "testapp.Report", "--batch-api", *FAST)
+    # Four of its five passages came back, and are kept back with it: a row's passages are stored together.
+    assert "6 passages embedded, 1 rows' passages stored, 1 passages failed" in out
+    assert Embed.FAILED_HINT in err
+    (failure,) = EmbeddingFailure.objects.all()
+    assert (failure.object_pk, failure.field_name) == (str(refused.pk), "embedding" + FAILURE_SUFFIX)
+    assert failure.permanent and "Batch job batches/fake-" in failure.error
+    field = get_embedding_field(Report)
+    assert not passages_of(Report, field).filter(object_pk=str(refused.pk)).exists()  # a row's passages go together
+    assert passages_of(Report, field).filter(object_pk=str(other.pk)).count() == 2
+
+    fake_gemini.reset()  # the refusal stands until the text changes: nothing is sent again
+    out, _ = call("semantic_embed", "testapp.Report", "--batch-api", *FAST)
+    assert Embed.NOTHING.format(label="testapp.Report.embedding") in out and fake_gemini.batch_requests == []
