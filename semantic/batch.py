@@ -28,7 +28,7 @@ from django.utils import timezone
 from semantic.embedder import Embedder, Item, Outcome
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingBatchJob
-from semantic.passage_rows import cut, fill_known, known_vectors, lagging_rows
+from semantic.passage_rows import Cut, cut, fill_known, known_vectors, lagging_rows
 from semantic.passage_worker import PassageItem
 from semantic.rows import mark_pending, open_jobs, pending_rows
 from semantic.text import clean
@@ -285,32 +285,44 @@ def collect_passages(model: type[models.Model], field: EmbeddingField, job: Embe
         known = known_vectors(model, field, cuts)
         embedder.outcome.changed_in_flight += len(sent) - len(rows)  # rows deleted meanwhile
         for row in rows:
-            row_cut, results = cuts[row.pk], sent[str(row.pk)]
-            if row_cut.row_hash != results[0][2]:
-                embedder.outcome.changed_in_flight += 1  # edited since: the worker cuts it again
-                continue
-            failed = []
-            for position, text_hash, row_hash, (vector, error, transient) in results:
-                if vector is not None and len(vector) != field.dimensions:
-                    vector, error, transient = None, f"a {len(vector)}-dimensional vector", False
-                piece = row_cut.pieces[position] if position < len(row_cut.pieces) else None
-                if vector is None:
-                    failed.append((PassageItem(row.pk, text_hash, "", None, position, row_hash, 1), error, transient))
-                elif piece is not None and piece.text_hash == text_hash:
-                    piece.vector = list(vector)
-                    embedder.outcome.passages += 1
-            if failed:
-                item, error, transient = failed[0]
-                message = f"Batch job {job.name}: {error}"
-                embedder.passages_failed([i for i, _, _ in failed], message, permanent=not transient, retry_in=60)
-                continue
-            fill_known(row_cut, known, getattr(row, field.attname))
-            if row_cut.complete:
-                embedder.store_passages(row_cut)
-            else:
-                embedder.outcome.changed_in_flight += 1
+            store_row(embedder, job, cuts[row.pk], sent[str(row.pk)], known, getattr(row, field.attname))
     outcome = embedder.outcome
     return finish(job, status, embedded=outcome.passages, failed=outcome.passages_failed, outcome=outcome)
+
+
+def store_row(
+    embedder: Embedder,
+    job: EmbeddingBatchJob,
+    row_cut: Cut,
+    results: list[tuple[int, str, str, tuple[Any, str, bool]]],
+    known: dict[tuple[str, str], list[float]],
+    row_vector: Any,
+) -> None:
+    """Store one row's passages from a job's ``results`` (position, passage hash, row hash,
+    result), if the row, cut again now, is still the text they were cut from."""
+    if row_cut.row_hash != results[0][2]:
+        embedder.outcome.changed_in_flight += 1  # edited since: the worker cuts it again
+        return
+    failed = []
+    for position, text_hash, row_hash, (vector, error, transient) in results:
+        if vector is not None and len(vector) != embedder.field.dimensions:
+            vector, error, transient = None, f"a {len(vector)}-dimensional vector", False
+        piece = row_cut.pieces[position] if position < len(row_cut.pieces) else None
+        if vector is None:
+            failed.append((PassageItem(row_cut.pk, text_hash, "", None, position, row_hash, 1), error, transient))
+        elif piece is not None and piece.text_hash == text_hash:
+            piece.vector = list(vector)
+            embedder.outcome.passages += 1
+    if failed:
+        _, error, transient = failed[0]
+        message = f"Batch job {job.name}: {error}"
+        embedder.passages_failed([item for item, _, _ in failed], message, permanent=not transient, retry_in=60)
+        return
+    fill_known(row_cut, known, row_vector)
+    if row_cut.complete:
+        embedder.store_passages(row_cut)
+    else:
+        embedder.outcome.changed_in_flight += 1
 
 
 def finish(job: EmbeddingBatchJob, status: Any, *, embedded: int, failed: int, outcome: Outcome) -> Outcome:
