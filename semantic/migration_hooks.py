@@ -54,11 +54,15 @@ class RenameStoredNames(migrations.RunPython):
         if self.field:
             # RenameField names the model in lower case; the model is there either way.
             label = apps.get_model(self.app_label, self.model_name)._meta.label
-        for cursor, name, table, present in _tables(schema_editor, KEYED_BY_NAME):
+        for cursor, name, table in _tables(schema_editor, KEYED_BY_NAME):
             if not self.field:
                 _move(cursor, table, "model_label", f"{self.app_label}.{old}", f"{self.app_label}.{new}")
                 continue
-            for column in ["field_name", *(c for c in KEYED_BY_NAME[name] if c in present)]:
+            others = KEYED_BY_NAME[name]
+            if others:  # columns an earlier version of this app's tables may not have yet
+                present = {c.name for c in cursor.db.introspection.get_table_description(cursor, table)}
+                others = tuple(c for c in others if c in present)
+            for column in ["field_name", *others]:
                 _move(cursor, table, column, old, new, label=label)
 
 
@@ -92,12 +96,12 @@ class DeleteStoredRows(migrations.RunPython):
         where, params = "model_label = %s", [label]
         if self.field_name:
             where, params = f"{where} AND field_name = %s", [label, self.field_name]
-        for cursor, _name, table, _present in _tables(schema_editor, self.stored):
+        for cursor, _name, table in _tables(schema_editor, self.stored):
             cursor.execute(f"DELETE FROM {cursor.db.ops.quote_name(table)} WHERE {where}", params)
 
 
 def _tables(schema_editor: Any, names: Any) -> Any:
-    """(cursor, name, table, its columns) for each of this app's models ``names`` whose table exists here.
+    """(cursor, name, table) for each of this app's models ``names`` whose table exists here.
 
     The tables as they are now, not the migration state's models: this app's migrations
     need not come before the project's in the plan.
@@ -109,8 +113,7 @@ def _tables(schema_editor: Any, names: Any) -> Any:
             stored = global_apps.get_model("semantic", name)
             table = stored._meta.db_table
             if table in tables and router.allow_migrate_model(connection.alias, stored):
-                present = {c.name for c in connection.introspection.get_table_description(cursor, table)}
-                yield cursor, name, table, present
+                yield cursor, name, table
 
 
 def _move(cursor: Any, table: str, column: str, old: str, new: str, label: str | None = None) -> None:
