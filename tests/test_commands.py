@@ -17,7 +17,7 @@ from semantic.fields import get_embedding_field
 from semantic.management.commands.semantic_duplicates import Command as Duplicates
 from semantic.management.commands.semantic_embed import Command as Embed
 from semantic.management.commands.semantic_search import Command as Search
-from semantic.management.targets import BAD_TARGET, NO_FIELD, UNKNOWN_FIELD, UNKNOWN_MODEL
+from semantic.management.targets import APP_MIGRATIONS_DUE, BAD_TARGET, NO_FIELD, UNKNOWN_FIELD, UNKNOWN_MODEL
 from semantic.models import EmbeddingFailure
 from semantic.switch import NOT_REPLACING
 from tests.commands import call, manage
@@ -389,3 +389,24 @@ def test_dry_run_with_the_local_model_says_it_is_free(fake_gemini, semantic_sett
     out, _ = call("semantic_embed", "testapp.Note", "--dry-run")
     assert out.strip().endswith(Embed.FREE + ".")
     assert "testapp.Note.embedding: 1 rows" in out
+
+
+@pytest.mark.django_db(transaction=True)
+def test_commands_say_to_migrate_when_this_apps_tables_are_behind(backlog):
+    """After an upgrade whose migrations were not applied yet: a clear error, not a missing column."""
+    from django.core.management import call_command
+    from django.db.migrations.loader import MigrationLoader
+
+    latest = max(name for app, name in MigrationLoader(connection).graph.leaf_nodes() if app == "semantic")
+    previous = max(
+        name for app, name in MigrationLoader(connection).disk_migrations if app == "semantic" and name < latest
+    )
+    call_command("migrate", "semantic", previous, verbosity=0)
+    try:
+        for command in ("semantic_embed", "semantic_status"):
+            with pytest.raises(CommandError) as info:
+                call(command, "testapp.Article")
+            assert str(info.value) == APP_MIGRATIONS_DUE.format(count=1, database="default", names=latest)
+    finally:
+        call_command("migrate", "semantic", verbosity=0)
+    assert "embedded" in call("semantic_status", "testapp.Article")[0]

@@ -23,6 +23,10 @@ MISSING_COLUMN = (
     "{label}: the database has no column {column!r}; run `manage.py makemigrations` and `manage.py migrate` first."
 )
 UNKNOWN_FIELD = "{label} has no EmbeddingField named {name!r}; it has {names}."
+APP_MIGRATIONS_DUE = (
+    "django-semantic's own tables are behind this version ({count} migration(s) not applied to "
+    "the database {database!r}: {names}); run `manage.py migrate` first."
+)
 
 
 def resolve(target: str) -> list[tuple[type[models.Model], EmbeddingField]]:
@@ -68,6 +72,18 @@ def threshold_type(value: Any) -> float:
     if not -1.0 <= number <= 1.0:
         raise argparse.ArgumentTypeError(f"{value} is outside -1..1 (cosine similarity)")
     return number
+
+
+def check_app_migrated(using: str) -> None:
+    """Raise CommandError when this app's own migrations are not all applied to ``using``
+    (after an upgrade): its commands would otherwise fail on a missing column."""
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connections[using])
+    targets = [node for node in executor.loader.graph.leaf_nodes() if node[0] == "semantic"]
+    due = [migration.name for migration, _ in executor.migration_plan(targets)]
+    if due:
+        raise CommandError(APP_MIGRATIONS_DUE.format(count=len(due), database=using, names=", ".join(due)))
 
 
 def check_schema(model: type[models.Model], field: EmbeddingField) -> None:

@@ -1,11 +1,12 @@
 import time
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import router
 
 from semantic import backfill, batch, rows
 from semantic.backends import EmbeddingError
 from semantic.conf import semantic_settings as conf
-from semantic.management.targets import check_schema, resolve_all
+from semantic.management.targets import check_app_migrated, check_schema, resolve_all
 from semantic.switch import switch_to, switched_name
 
 
@@ -124,6 +125,8 @@ class Command(BaseCommand):
                     batch.check(model, field)
                 except ValueError as exc:
                     raise CommandError(str(exc)) from None
+        for using in dict.fromkeys(router.db_for_write(field.model) for _, field in resolved):
+            check_app_migrated(using)
         try:
             for model, field in resolved:
                 label = f"{model._meta.label}.{field.name}"

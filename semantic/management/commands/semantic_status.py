@@ -2,8 +2,9 @@ import json
 
 from django.core.management.base import BaseCommand
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db import router
 
-from semantic.management.targets import resolve_all
+from semantic.management.targets import check_app_migrated, resolve_all
 from semantic.status import STATES, field_status
 
 
@@ -28,7 +29,10 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print JSON for monitoring")
 
     def handle(self, targets, json, **options):
-        report = [field_status(model, field) for model, field in resolve_all(targets)]
+        resolved = resolve_all(targets)
+        for using in dict.fromkeys(router.db_for_write(field.model) for _, field in resolved):
+            check_app_migrated(using)
+        report = [field_status(model, field) for model, field in resolved]
         if json:
             self.stdout.write(_dumps(report))
             return
