@@ -258,32 +258,20 @@ class Command(BaseCommand):
                 self.stderr.write(
                     self.BATCH_FAILED.format(label=label, name=job.name, state=status.state, error=error, rows=job.rows)
                 )
-            elif kind == "finished" and job.passages:
-                self.stdout.write(
-                    self.BATCH_PASSAGES_DONE.format(
-                        label=label,
-                        name=job.name,
-                        state=status.state,
-                        embedded=outcome.passages,
-                        rows=outcome.passage_rows,
-                        failed=outcome.passages_failed,
-                        changed=outcome.changed_in_flight,
-                    )
-                )
-                if outcome.passages_failed:
-                    self.stderr.write(self.FAILED_HINT)
             elif kind == "finished":
-                self.stdout.write(
-                    self.BATCH_DONE.format(
-                        label=label,
-                        name=job.name,
-                        state=status.state,
-                        embedded=outcome.embedded,
-                        failed=outcome.failed,
-                        changed=outcome.changed_in_flight,
-                    )
+                # The job holds what its collection wrote: vectors of rows, or of passages.
+                done = self.BATCH_PASSAGES_DONE if job.passages else self.BATCH_DONE
+                line = done.format(
+                    label=label,
+                    name=job.name,
+                    state=status.state,
+                    embedded=job.embedded,
+                    rows=outcome.passage_rows,
+                    failed=job.failed,
+                    changed=outcome.changed_in_flight,
                 )
-                if outcome.failed:
+                self.stdout.write(line)
+                if job.failed:
                     self.stderr.write(self.FAILED_HINT)
 
         try:
