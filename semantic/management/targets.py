@@ -74,16 +74,18 @@ def threshold_type(value: Any) -> float:
     return number
 
 
-def check_app_migrated(using: str) -> None:
-    """Raise CommandError when this app's own migrations are not all applied to ``using``
-    (after an upgrade): its commands would otherwise fail on a missing column."""
+def check_app_migrated(resolved: list[tuple[type[models.Model], EmbeddingField]]) -> None:
+    """Raise CommandError when this app's own migrations are not all applied to a database the
+    ``resolved`` fields live in (after an upgrade): its commands would otherwise fail on a
+    missing column."""
     from django.db.migrations.executor import MigrationExecutor
 
-    executor = MigrationExecutor(connections[using])
-    targets = [node for node in executor.loader.graph.leaf_nodes() if node[0] == "semantic"]
-    due = [migration.name for migration, _ in executor.migration_plan(targets)]
-    if due:
-        raise CommandError(APP_MIGRATIONS_DUE.format(count=len(due), database=using, names=", ".join(due)))
+    for using in dict.fromkeys(router.db_for_write(field.model) for _, field in resolved):
+        executor = MigrationExecutor(connections[using])
+        targets = [node for node in executor.loader.graph.leaf_nodes() if node[0] == "semantic"]
+        due = [migration.name for migration, _ in executor.migration_plan(targets)]
+        if due:
+            raise CommandError(APP_MIGRATIONS_DUE.format(count=len(due), database=using, names=", ".join(due)))
 
 
 def check_schema(model: type[models.Model], field: EmbeddingField) -> None:

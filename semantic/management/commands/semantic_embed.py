@@ -1,7 +1,6 @@
 import time
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import router
 
 from semantic import backfill, batch, rows
 from semantic.backends import EmbeddingError
@@ -125,8 +124,7 @@ class Command(BaseCommand):
                     batch.check(model, field)
                 except ValueError as exc:
                     raise CommandError(str(exc)) from None
-        for using in dict.fromkeys(router.db_for_write(field.model) for _, field in resolved):
-            check_app_migrated(using)
+        check_app_migrated(resolved)
         try:
             for model, field in resolved:
                 label = f"{model._meta.label}.{field.name}"

@@ -2,7 +2,6 @@ import json
 
 from django.core.management.base import BaseCommand
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import router
 
 from semantic.management.targets import check_app_migrated, resolve_all
 from semantic.status import STATES, field_status
@@ -30,8 +29,7 @@ class Command(BaseCommand):
 
     def handle(self, targets, json, **options):
         resolved = resolve_all(targets)
-        for using in dict.fromkeys(router.db_for_write(field.model) for _, field in resolved):
-            check_app_migrated(using)
+        check_app_migrated(resolved)
         report = [field_status(model, field) for model, field in resolved]
         if json:
             self.stdout.write(_dumps(report))
