@@ -7,26 +7,26 @@ admin's re-embed action.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from django.db import models
-from django.db.models import BooleanField, ExpressionWrapper, Q
+from django.db.models import BooleanField, ExpressionWrapper, Q, Value
 
 from semantic.dispatch import queue_task
 from semantic.embedder import CHARS_PER_TOKEN, Embedder, Outcome
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingFailure
-from semantic.passage_rows import cut, fill_known, known_vectors, lagging_rows, passage_failures
+from semantic.passage_rows import CUT_ROWS, cut_all, fill_known, lagging_rows, passage_failures
+from semantic.passage_worker import passage_items
 from semantic.rows import failed_pks, mark_pending, pending_rows
 
 #: Gemini API price assumed by --dry-run, USD per million input tokens
 #: (gemini-embedding-001, Google's Gemini API pricing page, 2025). About 4 characters
 #: make a token in English. Override with SEMANTIC["PRICE_PER_MILLION_TOKENS"].
 PRICE_PER_MILLION_TOKENS = 0.15
-#: Rows cut (and their stored passages read) at a time when a plan counts passages.
-CUT_ROWS = 500
 
 
 @dataclass
@@ -80,41 +80,34 @@ def plan(
     rows = select(model, field, everything=everything, failed=failed).order_by("pk")
     if not field.passages:
         rows = rows.defer(field.attname)
-    if not everything:
-        rows = rows.annotate(_semantic_needs_vector=ExpressionWrapper(field.needs_embedding(), BooleanField()))
+    needs_vector = Value(True) if everything else ExpressionWrapper(field.needs_embedding(), BooleanField())
+    rows = rows.annotate(_semantic_needs_vector=needs_vector)
     if limit is not None:
         rows = rows[:limit]
     plan = Plan(0, 0)
-    limit_chars = field.backend.max_input_chars
-    chunk: list[models.Model] = []
-    for row in rows.iterator(chunk_size=CUT_ROWS):
-        plan.rows += 1
-        row._semantic_needs_vector = everything or row._semantic_needs_vector
-        if row._semantic_needs_vector:
-            plan.characters += min(len(field.source_text(row)), limit_chars)
+    found = rows.iterator(chunk_size=CUT_ROWS)
+    while chunk := list(itertools.islice(found, CUT_ROWS)):
+        plan.rows += len(chunk)
+        for row in chunk:
+            if row._semantic_needs_vector:
+                plan.characters += min(len(field.source_text(row)), field.backend.max_input_chars)
         if field.passages:
-            chunk.append(row)
-            if len(chunk) == CUT_ROWS:
-                add_passages(plan, model, field, chunk)
-                chunk = []
-    if chunk:
-        add_passages(plan, model, field, chunk)
+            add_passages(plan, model, field, chunk)
     plan.characters += plan.passage_characters
     return plan
 
 
 def add_passages(plan: Plan, model: type[models.Model], field: EmbeddingField, rows: list[models.Model]) -> None:
     """Count the passages of ``rows`` that would be sent: those without a vector for their text."""
-    cuts = {row.pk: cut(field, row) for row in rows}
-    known = known_vectors(model, field, cuts)
+    cuts, known = cut_all(model, field, rows)
     for row in rows:
         # A row embedded first lends its new vector to a passage that is its whole text.
         row_vector = [0.0] if row._semantic_needs_vector else getattr(row, field.attname)
-        missing = fill_known(cuts[row.pk], known, row_vector)
-        if missing:
+        sent = passage_items(cuts[row.pk], fill_known(cuts[row.pk], known, row_vector), field.backend.max_input_chars)
+        if sent:
             plan.passage_rows += 1
-            plan.passages += len(missing)
-            plan.passage_characters += sum(min(len(piece.text), field.backend.max_input_chars) for piece in missing)
+            plan.passages += len(sent)
+            plan.passage_characters += sum(len(item.text) for item in sent)
 
 
 def failed_keys(model: type[models.Model], field: EmbeddingField) -> list[str]:

@@ -28,8 +28,8 @@ from django.utils import timezone
 from semantic.embedder import Embedder, Item, Outcome
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingBatchJob
-from semantic.passage_rows import Cut, cut, fill_known, known_vectors, lagging_rows
-from semantic.passage_worker import PassageItem
+from semantic.passage_rows import CUT_ROWS, Cut, cut_all, fill_known, lagging_rows
+from semantic.passage_worker import PassageItem, passage_items
 from semantic.rows import mark_pending, open_jobs, pending_rows
 from semantic.text import clean
 
@@ -37,8 +37,6 @@ from semantic.text import clean
 #: Rows and characters per job (inline batch requests must stay under 20 MB).
 MAX_JOB_ROWS = 5_000
 MAX_JOB_CHARACTERS = 8_000_000
-#: Rows cut (and their stored passages read) at a time when passages are submitted.
-CUT_ROWS = 500
 #: Share of the interactive price the Batch API charges.
 PRICE_FACTOR = 0.5
 
@@ -173,19 +171,14 @@ def _missing_passages(
     """For each row, its passages without a vector, as items to send; a row with none is stored now."""
     embedder = Embedder(model, field)
     while chunk := list(itertools.islice(rows, CUT_ROWS)):
-        cuts = {row.pk: cut(field, row) for row in chunk}
-        known = known_vectors(model, field, cuts)
+        cuts, known = cut_all(model, field, chunk)
         for row in chunk:
             row_cut = cuts[row.pk]
             missing = fill_known(row_cut, known, getattr(row, field.attname))
             if not missing:
                 embedder.store_passages(row_cut)
                 continue
-            texts = [clean(piece.text, field.backend.max_input_chars) for piece in missing]
-            yield [
-                PassageItem(row.pk, piece.text_hash, text, None, piece.position, row_cut.row_hash)
-                for piece, text in zip(missing, texts)
-            ]
+            yield passage_items(row_cut, missing, field.backend.max_input_chars)
 
 
 def _submit(
@@ -281,8 +274,7 @@ def collect_passages(model: type[models.Model], field: EmbeddingField, job: Embe
             sent.setdefault(pk, []).append((position, text_hash, row_hash, result))
         to_python = model._meta.pk.to_python
         rows = list(field.model._base_manager.filter(pk__in=[to_python(pk) for pk in sent]))
-        cuts = {row.pk: cut(field, row) for row in rows}
-        known = known_vectors(model, field, cuts)
+        cuts, known = cut_all(model, field, rows)
         embedder.outcome.changed_in_flight += len(sent) - len(rows)  # rows deleted meanwhile
         for row in rows:
             store_row(embedder, job, cuts[row.pk], sent[str(row.pk)], known, getattr(row, field.attname))

@@ -33,6 +33,8 @@ from semantic.text import clean, sanitize, source_hash
 
 #: Failure records of a row's passages name the field with this suffix (the row's own records name it bare).
 FAILURE_SUFFIX = ":passages"
+#: Rows cut (and their stored passage vectors read) at a time by the Batch API and the dry-run.
+CUT_ROWS = 500
 
 
 def passages_of(model: type[models.Model], field: EmbeddingField, using: str | None = None) -> models.QuerySet:
@@ -129,6 +131,15 @@ def cut(field: EmbeddingField, row: models.Model) -> Cut:
         digest = source_hash(passage.text + suffix) or ""
         result.pieces.append(Piece(position, passage.start, passage.end, passage.text, digest))
     return result
+
+
+def cut_all(
+    model: type[models.Model], field: EmbeddingField, rows: Iterable[models.Model], using: str | None = None
+) -> tuple[dict[Any, Cut], dict[tuple[str, str], list[float]]]:
+    """``rows`` cut as they are now (by primary key), and the stored vectors of their
+    passages' texts (:func:`known_vectors`), for :func:`fill_known`."""
+    cuts = {row.pk: cut(field, row) for row in rows}
+    return cuts, known_vectors(model, field, cuts, using)
 
 
 def fill_known(row: Cut, known: dict[tuple[str, str], list[float]], row_vector: Any) -> list[Piece]:

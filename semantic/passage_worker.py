@@ -22,9 +22,9 @@ from django.utils import timezone
 from semantic.passage_rows import (
     FAILURE_SUFFIX,
     Cut,
-    cut,
+    Piece,
+    cut_all,
     fill_known,
-    known_vectors,
     lagging_rows,
     store,
     sweep_orphans,
@@ -51,6 +51,14 @@ class PassageItem:
     #: The row's text hash the passage was cut from, for its failure record.
     row_hash: str
     attempts: int = 0
+
+
+def passage_items(row: Cut, missing: Sequence[Piece], max_chars: int) -> list[PassageItem]:
+    """The ``missing`` passages of ``row`` as items to send: each text as sent (:func:`clean`)."""
+    return [
+        PassageItem(row.pk, piece.text_hash, clean(piece.text, max_chars), row.title, piece.position, row.row_hash)
+        for piece in missing
+    ]
 
 
 class PassageWorkMixin:
@@ -110,18 +118,13 @@ class PassageWorkMixin:
         """Cut ``rows``, send the passages with no stored vector for their text, store complete rows."""
         if not rows:
             return
-        cuts = {row.pk: cut(self.field, row) for row in rows}
-        known = known_vectors(self.model, self.field, cuts, self.using)
+        cuts, known = cut_all(self.model, self.field, rows, self.using)
         items = []
         for row in rows:
             row_cut = cuts[row.pk]
             missing = fill_known(row_cut, known, getattr(row, self.field.attname))
             self.outcome.passages_reused += len(row_cut.pieces) - len(missing)
-            for piece in missing:
-                text = clean(piece.text, self.backend.max_input_chars)
-                items.append(
-                    PassageItem(row.pk, piece.text_hash, text, row_cut.title, piece.position, row_cut.row_hash)
-                )
+            items.extend(passage_items(row_cut, missing, self.backend.max_input_chars))
         self._passage_results: dict[tuple[Any, int], list[float]] = {}
         for start in range(0, len(items), self.batch_size):
             self.embed(items[start : start + self.batch_size])  # type: ignore[arg-type]
