@@ -34,12 +34,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.db import models
-from django.db.models import F, FloatField, Q
-from django.db.models.expressions import Expression, ExpressionWrapper, Value
+from django.db.models import F, FloatField
+from django.db.models.expressions import Expression, Value
 from django.db.models.functions import Coalesce
 from pgvector.django import CosineDistance
 
 from semantic.fields import EmbeddingField
+from semantic.search_plan import rank
 from semantic.vectors import vector_literal
 
 #: What a passage search annotates, beside ``distance`` and ``similarity``.
@@ -158,23 +159,11 @@ def by_passages(
     """``queryset``'s rows that may be searched, nearest passage first (see the module docstring)."""
     require_passages(field)
     text = vector_literal(vector)
-    conditions = field.searchable()
-    if exclude_pk is not None:
-        conditions &= ~Q(pk=exclude_pk)
-    # One clone, built in place, as similar_to() builds its own: each chained filter() or
-    # annotate() would copy the whole query again.
-    qs = queryset._chain()
-    sql = qs.query
-    sql.add_q(conditions)
     # A row whose passages are not stored yet ranks by its own vector (its passage columns None).
     own = CosineDistance(field.indexed_vector(), Value(text))
-    sql.add_annotation(Coalesce(NearestPassage(field, text, "distance"), own, output_field=FloatField()), "distance")
-    sql.add_annotation(ExpressionWrapper(Value(1.0) - F("distance"), output_field=FloatField()), "similarity")
-    if min_similarity is not None:
-        sql.add_q(Q(distance__lte=1.0 - min_similarity))
+    distance = Coalesce(NearestPassage(field, text, "distance"), own, output_field=FloatField())
+    qs = queryset._chain()
+    rank(qs.query, field, distance, exclude_pk=exclude_pk, min_similarity=min_similarity)
     for name, expression in passage_annotations(field, text).items():
-        sql.add_annotation(expression, name)
-    sql.add_deferred_loading([field.attname])
-    sql.clear_ordering(force=True)
-    sql.add_ordering("distance", "pk")
+        qs.query.add_annotation(expression, name)
     return qs

@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 from django.db import models
-from django.db.models import BooleanField, F, FloatField, Q, Value
+from django.db.models import BooleanField, Value
 from django.db.models.expressions import ExpressionWrapper
 from django.db.models.query import ModelIterable
 from pgvector.django import CosineDistance
 
 from semantic.fields import EmbeddingField
 from semantic.passage_search import by_passages, require_passages, with_nearest_passage
-from semantic.search_plan import SEARCH_ORDER, SemanticSearch, plan, resort, search_statement
+from semantic.search_plan import SemanticSearch, plan, rank, resort, search_statement
 from semantic.switch import serving_field
 from semantic.vectors import EmptyQuery, embed, vector_literal
 
@@ -144,22 +144,9 @@ class SemanticQuerySetMixin(_QuerySetBase):
             qs._semantic = None  # exact: no index settings to apply when it is evaluated
             return by_passages(qs, embedding_field, vector, exclude_pk=exclude_pk, min_similarity=min_similarity)
         distance = CosineDistance(embedding_field.indexed_vector(), Value(vector_literal(vector)))
-        conditions = embedding_field.searchable()
-        if exclude_pk is not None:
-            conditions &= ~Q(pk=exclude_pk)
-        # One clone, built in place: this runs on every search, and each chained
-        # filter()/annotate() would copy the whole query again.
         qs = self._chain()
         sql = qs.query
-        sql.add_q(conditions)
-        sql.add_annotation(distance, "distance")
-        sql.add_annotation(ExpressionWrapper(Value(1.0) - F("distance"), output_field=FloatField()), "similarity")
-        if min_similarity is not None:
-            sql.add_q(Q(distance__lte=1.0 - min_similarity))
-        # The stored vectors are large and rarely wanted in results: load them on access.
-        sql.add_deferred_loading([embedding_field.attname])
-        sql.clear_ordering(force=True)
-        sql.add_ordering(*SEARCH_ORDER)
+        rank(sql, embedding_field, distance, exclude_pk=exclude_pk, min_similarity=min_similarity)
         # Filters added before or after this call are the caller's; the rest are ours.
         qs._semantic = SemanticSearch(
             first_own=filters_before, own_filters=len(sql.where.children) - filters_before, ef_search=ef_search

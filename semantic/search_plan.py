@@ -39,6 +39,8 @@ from typing import Any
 import psycopg
 from django.core.exceptions import EmptyResultSet
 from django.db import connections, models, transaction
+from django.db.models import F, FloatField, Q, Value
+from django.db.models.expressions import ExpressionWrapper
 from django.db.models.query import ModelIterable, ValuesIterable
 
 from semantic.conf import semantic_settings as conf
@@ -128,6 +130,28 @@ def plan(queryset: models.QuerySet, search: SemanticSearch) -> SearchPlan | None
     if query.high_mark is not None and query.high_mark <= (search.ef_search or DEFAULT_EF_SEARCH):
         return SearchPlan(settings=ef_search) if ef_search else None
     return SearchPlan(settings={**ITERATIVE, **ef_search})
+
+
+def rank(query: Any, field: Any, distance: Any, *, exclude_pk: Any = None, min_similarity: float | None = None) -> None:
+    """Make ``query`` (a clone, changed in place) a search on ``field``: its searchable rows
+    (but ``exclude_pk``), annotated with ``distance`` and ``similarity`` (1 - distance), at
+    least ``min_similarity`` similar, the vector deferred, in :data:`SEARCH_ORDER`.
+
+    Built in place rather than with chained ``filter()``/``annotate()``, each of which
+    would copy the whole query again: this runs on every search.
+    """
+    conditions = field.searchable()
+    if exclude_pk is not None:
+        conditions &= ~Q(pk=exclude_pk)
+    query.add_q(conditions)
+    query.add_annotation(distance, "distance")
+    query.add_annotation(ExpressionWrapper(Value(1.0) - F("distance"), output_field=FloatField()), "similarity")
+    if min_similarity is not None:
+        query.add_q(Q(distance__lte=1.0 - min_similarity))
+    # The stored vectors are large and rarely wanted in results: load them on access.
+    query.add_deferred_loading([field.attname])
+    query.clear_ordering(force=True)
+    query.add_ordering(*SEARCH_ORDER)
 
 
 def carries_distance(queryset: models.QuerySet) -> bool:
