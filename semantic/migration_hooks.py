@@ -58,11 +58,8 @@ class RenameStoredNames(migrations.RunPython):
             if not self.field:
                 _move(cursor, table, "model_label", f"{self.app_label}.{old}", f"{self.app_label}.{new}")
                 continue
-            others = KEYED_BY_NAME[name]
-            if others:  # columns an earlier version of this app's tables may not have yet
-                present = {c.name for c in cursor.db.introspection.get_table_description(cursor, table)}
-                others = tuple(c for c in others if c in present)
-            for column in ["field_name", *others]:
+            # serving_field and label_field came with their tables: wherever a table is, so are they.
+            for column in ["field_name", *KEYED_BY_NAME[name]]:
                 _move(cursor, table, column, old, new, label=label)
 
 
