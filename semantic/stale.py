@@ -24,7 +24,7 @@ from django.core.exceptions import FieldDoesNotExist
 from django.db import models
 
 from semantic.fields import EmbeddingField, embedding_fields
-from semantic.models import KEYED_BY_NAME, UNREAD_WITHOUT_FIELD, Classifier, FieldSwitch, Passage
+from semantic.models import KEYED_BY_NAME, UNREAD_WITHOUT_FIELD, FieldSwitch, Passage
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def find_stale(using: str | None = None) -> list[Stale]:
             reason = why_stale(stored, label, name, switched=(label, name) in switched)
             if reason:
                 found.append(Stale(stored, label, name, reason, mine))
-            elif stored in (FieldSwitch, Classifier):
+            elif KEYED_BY_NAME[stored._meta.object_name]:  # other columns naming a field of the model
                 found.extend(stale_names(stored, label, name, mine))
     return found
 
@@ -80,7 +80,8 @@ def stale_names(stored: type[models.Model], label: str, name: str, rows: models.
     model = installed(label)
     if model is None:
         return []
-    column, wanted = ("serving_field", EmbeddingField) if stored is FieldSwitch else ("label_field", models.Field)
+    (column,) = KEYED_BY_NAME[stored._meta.object_name]
+    wanted = EmbeddingField if stored is FieldSwitch else models.Field  # a switch serves by an EmbeddingField
     found = []
     for value in rows.values_list(column, flat=True).distinct():
         try:
