@@ -18,7 +18,7 @@ class SemanticConfig(AppConfig):
         # Before any app's migrations run, so models with an EmbeddingField can be
         # created without their migrations depending on this app's.
         pre_migrate.connect(ensure_vector_extension, sender=self)
-        # Renamed models and fields keep their passages, failures and the like.
+        # What the app stores about rows follows renames and removals in the project's migrations.
         pre_migrate.connect(inject_operations, sender=self)
         post_migrate.connect(install_sweep_schedule, sender=self)
         connect_all()
