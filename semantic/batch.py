@@ -17,6 +17,7 @@ While such a job is open its rows' passages are left to it too.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable, Iterator
@@ -128,6 +129,10 @@ def submit(
     characters = 0
     for row in rows.iterator(chunk_size=2000):
         item = Item(row.pk, field.text_hash(row), clean(field.source_text(row), backend.max_input_chars), None)
+        read_hash = getattr(row, field.source_hash_name) if field.text_from_python() else item.hash
+        if read_hash != item.hash:
+            # Writes check the row's stored hash against the one sent (item.hash): store it now.
+            embedder.refresh_hashes([dataclasses.replace(item, read_hash=read_hash)])
         if not item.text:
             embedder.write_all([(item, None)])  # nothing to send: clear it now
             continue

@@ -405,6 +405,9 @@ class Embedder(PassageWorkMixin):
         if message not in self.outcome.errors:
             self.outcome.errors.append(message)
         retry_at = None if permanent else timezone.now() + timedelta(seconds=retry_in)
+        if self.field.text_from_python():
+            # A failure is kept for the text's hash: the row's stored hash must be that one too.
+            self.refresh_hashes([item for item in items if item.guard != item.hash])
         for item in items:
             self.record_failure(self.field.name, item.pk, item.attempts, item.hash, message, permanent, retry_at)
 

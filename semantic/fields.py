@@ -31,9 +31,13 @@ condition (:meth:`EmbeddingField.pending_index`). Changing ``source`` changes on
 index, which ``makemigrations`` drops and recreates by itself.
 
 When the text comes from Python, PostgreSQL cannot compute it: the row is pending
-when ``<name>_source_hash`` differs from ``<name>_embedded_hash``. ``save()`` and
-``bulk_create()`` keep the hash current; ``QuerySet.update()`` and raw SQL do not, so
-such rows are found only by their next ``save()`` or by ``semantic_embed --all``.
+when ``<name>_source_hash`` differs from ``<name>_embedded_hash``, or is NULL: not
+computed yet, as in every row that existed before the field (``AddField`` leaves the
+column NULL). The worker computes it while it embeds the row. An empty text is hashed
+as ``""`` (:data:`EMPTY_TEXT_HASH`), so that a row known to be empty is not taken for
+one never hashed. ``save()`` and ``bulk_create()`` keep the hash current;
+``QuerySet.update()`` and raw SQL do not, so such rows are found only by their next
+``save()`` or by ``semantic_embed --all``.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from django.apps import apps
 from django.db import models
 from django.db.models import Case, F, Func, Q, Value, When
 from django.db.models.functions import MD5, Cast, Coalesce, Concat, Now, NullIf
-from django.db.models.lookups import Exact
+from django.db.models.lookups import Exact, IsNull
 from django.db.models.query_utils import DeferredAttribute
 from django.utils import timezone
 from pgvector.django import HalfVectorField, VectorField
@@ -64,6 +68,10 @@ MAX_VECTOR_INDEX_DIMENSIONS = 2000
 SOURCE_SEPARATOR = "\n\n"
 TITLE_SEPARATOR = "\x1f"
 HASH_LENGTH = 32
+
+
+#: ``<name>_source_hash`` of a row whose Python-computed text is empty: hashed, unlike NULL.
+EMPTY_TEXT_HASH = ""
 
 
 class IsDistinctFrom(Func):
@@ -156,7 +164,7 @@ class PendingSinceField(CompanionMixin, models.DateTimeField):
         field = model_instance._meta.get_field(self.embedding_field)
         current = field.text_hash(model_instance)
         if add:
-            return timezone.now() if current is not None else None
+            return timezone.now() if current else None
         changed = IsDistinctFrom(field.stored_text_hash(), Value(current, models.CharField()))
         return Case(When(changed, then=Coalesce(F(self.attname), Now())), default=F(self.attname))
 
@@ -387,14 +395,18 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
         return _read(instance, self.title_source)
 
     def text_hash(self, instance: models.Model) -> str | None:
-        """MD5 of the text (and title) of ``instance`` as it is in memory; None for no text.
+        """MD5 of the text (and title) of ``instance`` as it is in memory; for no text, None
+        (:data:`EMPTY_TEXT_HASH` when the text comes from Python).
 
         For text from fields it equals what :meth:`stored_text_hash` computes in SQL.
         """
         text = self.source_text(instance)
         if self.title_source:
             text += TITLE_SEPARATOR + (self.title_text(instance) or "")
-        return source_hash(text)
+        digest = source_hash(text)
+        if digest is None and self.text_from_python():
+            return EMPTY_TEXT_HASH
+        return digest
 
     def stored_text_hash(self, ref: type[F] = F) -> Any:
         """SQL for the hash of the row's text as stored (``ref=OuterRef`` in subqueries)."""
@@ -448,8 +460,12 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
         return self.passages.sizes(backend.passage_chars or backend.max_input_chars)
 
     def pending(self, ref: type[F] = F) -> Q:
-        """Rows whose text changed since their vector was made (or that never had one)."""
-        return Q(IsDistinctFrom(ref(self.embedded_hash_name), self.stored_text_hash(ref)))
+        """Rows whose text changed since their vector was made (or that never had one);
+        with text from Python, also the rows whose text was never hashed."""
+        changed = Q(IsDistinctFrom(ref(self.embedded_hash_name), self.stored_text_hash(ref)))
+        if self.text_from_python():
+            return changed | Q(IsNull(ref(self.source_hash_name), True))
+        return changed
 
     def stale(self) -> Q:
         """Rows with a vector made by another model, task type or size than now."""

@@ -15,10 +15,10 @@ from typing import Any
 from django.db import models
 from django.db.models import Case, CharField, Exists, F, OuterRef, Q, When
 from django.db.models.functions import Cast, Coalesce, Now
-from django.db.models.lookups import IsNull
+from django.db.models.lookups import Exact, IsNull
 from django.utils import timezone
 
-from semantic.fields import EmbeddingField
+from semantic.fields import EMPTY_TEXT_HASH, EmbeddingField
 from semantic.models import EmbeddingBatchJob, EmbeddingFailure
 
 #: Gemini keeps a batch job at most this long; after it, the job's rows are free again.
@@ -84,16 +84,13 @@ def mark_pending(rows: models.QuerySet, field: EmbeddingField) -> int:
 
     Their vectors stay searchable until replacements are written. Rows with text start
     waiting now (or keep waiting since when they already were); failure records are
-    dropped, so the rows are tried afresh.
+    dropped, so the rows are tried afresh. The worker reads each row's text again, so
+    text from Python that ``QuerySet.update()`` or raw SQL changed without its hash is
+    hashed and embedded anew.
     """
     waiting = Coalesce(F(field.pending_since_name), Now())
-    count = rows.update(
-        **{
-            field.embedded_hash_name: None,
-            field.pending_since_name: Case(When(Q(IsNull(field.stored_text_hash(), False)), then=waiting)),
-        }
-    )
-    return count
+    has_text = Q(IsNull(field.stored_text_hash(), False)) & ~Q(Exact(field.stored_text_hash(), EMPTY_TEXT_HASH))
+    return rows.update(**{field.embedded_hash_name: None, field.pending_since_name: Case(When(has_text, then=waiting))})
 
 
 def forget_failures(model: type[models.Model], field: EmbeddingField, pks: list[Any] | None = None) -> None:

@@ -8,15 +8,16 @@ import pytest
 from django.conf import settings
 from django.core.management.base import CommandError
 
-from semantic import batch
+from semantic import batch, suspend_embedding
 from semantic.backends.base import l2_normalize
 from semantic.embedder import Embedder, pending_rows
 from semantic.fields import get_embedding_field
 from semantic.management.commands.semantic_embed import Command as Embed
 from semantic.models import EmbeddingBatchJob, EmbeddingFailure
+from semantic.text import source_hash
 from tests.commands import call, manage
 from tests.fake_gemini import fake_vector
-from tests.testapp.models import Article
+from tests.testapp.models import Article, Snippet
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -298,3 +299,22 @@ def test_a_refused_passage_is_recorded_against_its_row_and_the_other_rows_are_st
     fake_gemini.reset()  # the refusal stands until the text changes: nothing is sent again
     out, _ = call("semantic_embed", "testapp.Report", "--batch-api", *FAST)
     assert Embed.NOTHING.format(label="testapp.Report.embedding") in out and fake_gemini.batch_requests == []
+
+
+def test_rows_whose_text_from_python_was_never_hashed_go_through_a_batch_job(fake_gemini):
+    # As AddField leaves rows that existed before a field whose text comes from a method.
+    with suspend_embedding():
+        written = Snippet.objects.create(escaped="Written before the field")
+        empty = Snippet.objects.create(escaped="")
+    Snippet.objects.update(embedding_source_hash=None)
+
+    call("semantic_embed", "testapp.Snippet", "--batch-api", *FAST)
+
+    (job,) = EmbeddingBatchJob.objects.all()
+    assert (job.embedded, job.failed, job.rows) == (1, 0, 1)
+    written.refresh_from_db()
+    assert written.embedding is not None
+    assert written.embedding_source_hash == written.embedding_embedded_hash == source_hash("Written before the field")
+    empty.refresh_from_db()
+    assert empty.embedding_source_hash == empty.embedding_embedded_hash == ""
+    assert not pending_rows(Snippet, get_embedding_field(Snippet)).exists()

@@ -1,6 +1,7 @@
 """The save path: every save ends with the right vector, through the real google-genai
 client and the fake Gemini server, in SYNC mode (the worker path is test_worker.py)."""
 
+import io
 import math
 import threading
 from datetime import timedelta
@@ -8,6 +9,7 @@ from datetime import timedelta
 import numpy as np
 import pytest
 from django.conf import settings
+from django.core.management import call_command
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -15,6 +17,7 @@ from semantic import embed_pending, suspend_embedding
 from semantic.fields import get_embedding_field
 from semantic.models import EmbeddingFailure, RateLimit
 from semantic.ratelimit import configuration_problem
+from semantic.text import source_hash
 from tests.fake_gemini import BAD_KEY, MODEL_NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED, api_error, fake_vector
 from tests.testapp.models import Article, Document, Snippet
 
@@ -77,6 +80,42 @@ def test_fields_are_independent(fake_gemini):
     doc.refresh_from_db()
     assert doc.summary_embedded_hash == get_embedding_field(Document, "summary").text_hash(doc)
     assert doc.content_embedded_hash == doc.content_source_hash  # text from a method: hashed in Python
+
+
+def test_rows_whose_text_from_python_was_never_hashed_are_embedded_once(fake_gemini):
+    # Rows that existed before a field whose text comes from a method: AddField leaves their hash NULL.
+    with suspend_embedding():
+        texts = Snippet.objects.create(escaped="Written before the field")
+        empty = Snippet.objects.create(escaped="")
+        refused = Snippet.objects.create(escaped="Refused text")
+    Snippet.objects.update(embedding_source_hash=None)
+    field = get_embedding_field(Snippet)
+    assert Snippet.objects.filter(field.pending()).count() == 3
+    fake_gemini.reject_marker = "Refused"
+
+    result = embed_pending()["testapp.Snippet.embedding"]
+
+    assert (result["embedded"], result["cleared"], result["failed"]) == (1, 1, 1)
+    assert np.allclose(stored(texts), expected("Written before the field"), atol=1e-6)
+    assert texts.embedding_source_hash == texts.embedding_embedded_hash == field.text_hash(texts)
+    assert stored(empty) is None
+    assert empty.embedding_source_hash == empty.embedding_embedded_hash == ""  # known to be empty
+    refused.refresh_from_db()
+    assert refused.embedding_source_hash == field.text_hash(refused)  # the failure's hash, so it is not retried
+    fake_gemini.reset()
+    assert embed_pending()["testapp.Snippet.embedding"]["embedded"] == 0
+    assert fake_gemini.request_count == 0
+
+
+def test_semantic_embed_all_hashes_text_from_python_again(fake_gemini):
+    snippet = Snippet.objects.create(escaped="Before the update")
+    Snippet.objects.update(escaped="Changed by update")  # no save(): the hash is not recomputed
+    assert embed_pending()["testapp.Snippet.embedding"]["embedded"] == 0
+
+    call_command("semantic_embed", "testapp.Snippet", "--all", stdout=io.StringIO())
+
+    assert np.allclose(stored(snippet), expected("Changed by update"), atol=1e-6)
+    assert snippet.embedding_source_hash == snippet.embedding_embedded_hash == source_hash("Changed by update")
 
 
 def test_halfvec_column_for_3072_dimensions():
