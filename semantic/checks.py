@@ -13,6 +13,17 @@ from django.utils.functional import cached_property
 from semantic.conf import GEMINI_BACKEND, REMOVED
 from semantic.conf import semantic_settings as conf
 
+DIMENSIONS_UNMADE = "{label} stores {dimensions} dimensions, which {model_id} cannot make: its rows stay pending."
+LOCAL_DIMENSIONS_HINT = (
+    "The local model embeds because no Gemini API key is set here: set GEMINI_API_KEY (or "
+    "SEMANTIC['API_KEY']) wherever this field is embedded. To embed it locally instead, set "
+    "dimensions={default} on the field, then makemigrations and migrate (no column changes)."
+)
+DIMENSIONS_HINT = (
+    "Set dimensions={default} on the field, then makemigrations and migrate (no column changes; "
+    "the rows are embedded again), or pin an embedding_model that makes this size."
+)
+
 
 @checks.register()
 def check_backend(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
@@ -74,13 +85,17 @@ def _check_field(model: type[models.Model], field: Any, backend: Any) -> list[ch
     errors: list[checks.CMessage] = []
     label = f"{model._meta.label}.{field.name}"
     if backend is not None and field.dimensions not in backend.supported_dimensions:
+        # A warning, not an error: which backend embeds depends on the machine (a key or
+        # not), and an error would stop migrate, test and runserver where the key is not
+        # set, such as a CI job without secrets. That field's runs stop, saying the same.
         errors.append(
-            checks.Error(
-                f"{label} stores {field.dimensions} dimensions, which the {backend.model_id} backend cannot produce.",
-                hint=f"Set dimensions={backend.default_dimensions} on the field, then makemigrations and migrate "
-                "(no column changes; the rows are embedded again), or choose a backend that makes this size.",
+            checks.Warning(
+                DIMENSIONS_UNMADE.format(label=label, dimensions=field.dimensions, model_id=backend.model_id),
+                hint=(LOCAL_DIMENSIONS_HINT if backend.name == "local" else DIMENSIONS_HINT).format(
+                    default=backend.default_dimensions
+                ),
                 obj=field,
-                id="semantic.E003",
+                id="semantic.W004",
             )
         )
     if field.replaces:

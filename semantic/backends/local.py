@@ -231,8 +231,9 @@ class LocalBackend(EmbeddingBackend):
         size = model.get_embedding_dimension()
         if dimensions != size:
             raise EmbeddingError(
-                f"The local model makes {size}-dimensional vectors; the field asks for "
-                f"{dimensions}. Set dimensions={size} on the EmbeddingField.",
+                f"The local model (used when no Gemini API key is set) makes {size}-dimensional vectors; "
+                f"the field asks for {dimensions}. Set GEMINI_API_KEY to embed it with Gemini, or "
+                f"dimensions={size} on the EmbeddingField to embed it locally.",
                 kind=FIELD,
             )
         array = model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True)
