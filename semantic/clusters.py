@@ -221,14 +221,17 @@ def distinctive_words(
     word scores its share of the group's rows times how much more often it appears
     there than overall (its contribution to the groups' Kullback-Leibler divergence).
     """
-    model = rows.model
+    # The table that declares the field holds the text: a multi-table child's rows are
+    # its parent's rows, under the same primary keys.
+    model = embedding.model
     connection = connections[rows.db]
     quote = connection.ops.quote_name
+    pk = model._meta.pk
     text = "concat_ws(' ', " + ", ".join(f"t.{quote(c)}" for c in text_columns(model, embedding)) + ")"
     sql = f"""
         SELECT a.grp, w.word, count(*)
-        FROM unnest(%s, %s::int[]) AS a(pk, grp)
-        JOIN {quote(model._meta.db_table)} t ON t.{quote(model._meta.pk.column)} = a.pk
+        FROM unnest(%s::{pk.rel_db_type(connection)}[], %s::int[]) AS a(pk, grp)
+        JOIN {quote(model._meta.db_table)} t ON t.{quote(pk.column)} = a.pk
         CROSS JOIN LATERAL (
             SELECT DISTINCT word FROM unnest(tsvector_to_array(to_tsvector('simple', {text}))) AS word
             WHERE length(word) > 2 AND word !~ '^[0-9]' AND to_tsvector('english', word) <> ''::tsvector

@@ -13,6 +13,7 @@ import pytest
 from semantic import embed_pending, suspend_embedding
 from semantic.clusters import cluster
 from tests.commands import call
+from tests.testapp.models import Article, FeaturedArticle
 from tests.topicapp.banking77 import INTENTS, sentences
 from tests.topicapp.models import Ticket
 
@@ -116,3 +117,17 @@ def test_command_exports_topics_as_json_and_csv(tickets, tmp_path):
     rows = list(csv.DictReader(io.StringIO(target.read_text())))
     assert len(rows) == 15
     assert {r["topic"] for r in rows} == {"1", "2", "3", "4", "5"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_multi_table_child_is_grouped_by_the_text_in_its_parents_table(fake_gemini):
+    titles = ["Reset the password", "Reset the password link", "Export the invoices", "Export the invoices now"]
+    for title in titles:
+        FeaturedArticle.objects.create(title=title, body="")
+    Article.objects.create(title="Not featured at all", body="")
+
+    topics = cluster(FeaturedArticle.objects.all(), k=2)
+
+    assert sum(topic.size for topic in topics) == len(titles)
+    words = {word for topic in topics for word in topic.words}
+    assert words and words <= {"reset", "password", "link", "export", "invoices", "now"}

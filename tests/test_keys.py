@@ -1,4 +1,4 @@
-"""Rows whose primary key is not an integer (a UUID, as many projects use).
+"""Rows whose primary key is not an integer (a UUID, as many projects use, or a text code).
 
 The app's own tables keep a row's key as text (passages, failures, pairs marked not
 duplicates), and searches compare it with the row's key cast to text or cast it back.
@@ -12,10 +12,11 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db import connection
 from django.urls import reverse
 
+from semantic.clusters import cluster
 from semantic.models import DismissedPair, Passage
 from semantic.tasks import embed_pending
 from tests.test_passages import QUERY, article
-from tests.testapp.models import Report
+from tests.testapp.models import Entry, Report
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -85,3 +86,23 @@ def test_the_admin_finds_reviews_and_dismisses_uuid_keyed_rows(admin_client, rep
     assert DismissedPair.objects.get().first_pk == str(min(first.pk, copy.pk))
     assert admin_client.get(review).context["groups"] == []
     assert admin_client.post(dismiss, {"first": str(first.pk), "second": "not-a-uuid"}).status_code == 404
+
+
+def test_text_keyed_rows_are_embedded_searched_and_grouped(fake_gemini):
+    texts = {
+        "DOC/0 x?&#": "Reset the password from the sign-in page",
+        "DOC/1": "Reset the password when the link expired",
+        "doc-2": "Export the invoices of the year",
+        "DOC 3": "Export the invoices as a spreadsheet",
+    }
+    for code, text in texts.items():
+        Entry.objects.create(code=code, text=text)
+    assert Entry.objects.filter(embedding__isnull=False).count() == 4
+    nearest = Entry.objects.similar_to(texts["doc-2"])[0]
+    assert nearest.pk == "doc-2" and nearest.similarity == pytest.approx(1.0)
+
+    topics = cluster(Entry.objects.all(), k=2)
+
+    assert sorted(pk for topic in topics for pk in topic.pks) == sorted(texts)
+    words = {word for topic in topics for word in topic.words}
+    assert words and words <= {w for text in texts.values() for w in text.lower().split()}

@@ -181,3 +181,13 @@ class Report(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+class Entry(models.Model):
+    """Keyed by text, as codes and slugs are: the key goes to SQL as text, not as a number."""
+
+    code = models.CharField(max_length=40, primary_key=True)
+    text = models.TextField(blank=True)
+    embedding = EmbeddingField(source="text", dimensions=128)
+
+    objects = SemanticManager()
