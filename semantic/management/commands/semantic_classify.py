@@ -2,6 +2,7 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
+from semantic.backends import EmbeddingError
 from semantic.classify import DEFAULT_K, METHODS, apply_predictions, predict_labels, unlabelled
 from semantic.linear import train_classifier
 from semantic.management.targets import resolve
@@ -31,6 +32,8 @@ class Command(BaseCommand):
     WOULD_APPLY = "Dry run: {applied} of {rows} unlabelled rows would be labelled (confidence >= {confidence})."
     APPLIED = "Labelled {applied} of {rows} unlabelled rows (confidence >= {confidence})."
     SEVERAL_FIELDS = "{label} has several EmbeddingFields; name one: {target}.<field>."
+    #: Zero-shot labelling embeds the choices' names; every prediction is made before any label is written.
+    UNAVAILABLE = "Could not suggest labels for {label}, so nothing was labelled: {error}"
 
     def add_arguments(self, parser):
         parser.add_argument("target", help="app_label.Model or app_label.Model.field")
@@ -62,6 +65,8 @@ class Command(BaseCommand):
                 applied = sum(1 for p in tracked if p.confidence >= min_confidence)
             else:
                 applied = apply_predictions(tracked, model, label, min_confidence=min_confidence)
+        except EmbeddingError as error:
+            raise CommandError(self.UNAVAILABLE.format(label=model._meta.label, error=error)) from None
         except ValueError as error:
             raise CommandError(str(error)) from None
         message = self.WOULD_APPLY if dry_run else self.APPLIED
