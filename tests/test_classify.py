@@ -18,7 +18,7 @@ from tests.commands import call, manage, running_qcluster
 from tests.fake_gemini import api_error
 from tests.test_worker import wait_for
 from tests.topicapp.banking77 import INTENTS, sentences
-from tests.topicapp.models import Ticket
+from tests.topicapp.models import CATEGORIES, Ticket
 
 LOCAL = "semantic.backends.local.LocalBackend"
 LABELLED_PER_INTENT = 10
@@ -190,6 +190,14 @@ def test_command_says_in_one_line_when_the_api_fails(fake_gemini):
     out, err = process.communicate(timeout=120)
     assert process.returncode == 1
     assert out == "" and err.startswith("CommandError: " + prefix) and err.count("\n") == 1, err
+
+
+@pytest.mark.django_db(transaction=True)
+def test_command_at_verbosity_zero_prints_nothing(fake_gemini):
+    Ticket.objects.create(text="my card never arrived")
+    assert call("semantic_classify", "topicapp.Ticket", "--label", "category", "-v", "0") == ("", "")
+    assert Ticket.objects.get().category in dict(CATEGORIES)  # zero-shot, from the choices' names
+    assert call("semantic_classify", "topicapp.Ticket", "--label", "category", "-v", "0") == ("", "")  # nothing left
 
 
 @pytest.mark.django_db(transaction=True)

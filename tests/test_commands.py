@@ -8,6 +8,7 @@ import threading
 
 import pytest
 from django.core.cache import cache
+from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -21,7 +22,7 @@ from semantic.management.targets import APP_MIGRATIONS_DUE, BAD_TARGET, NO_FIELD
 from semantic.models import EmbeddingFailure
 from semantic.switch import NOT_REPLACING
 from tests.commands import call, manage
-from tests.fake_gemini import fake_vector
+from tests.fake_gemini import BAD_KEY, fake_vector
 from tests.testapp.models import Article, Note
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -322,6 +323,46 @@ def test_switch_on_a_field_that_replaces_nothing_is_refused_before_embedding(bac
     assert str(info.value) == NOT_REPLACING.format(label="testapp.Article", field="embedding")
     assert fake_gemini.request_count == 0
     assert not Article.objects.filter(embedding__isnull=False).exists()
+
+
+def quiet(*args):
+    """``call_command(*args, verbosity=0)``; returns what it wrote to stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    call_command(*args, verbosity=0, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def test_embed_at_verbosity_zero_prints_nothing_but_problems(backlog, fake_gemini):
+    assert quiet("semantic_embed", "testapp.Article", "--batch-size", "10") == ("", "")
+    assert not Article.objects.filter(embedding__isnull=True).exists()
+    assert quiet("semantic_embed", "testapp.Article") == ("", "")  # nothing to embed
+    assert call("semantic_embed", "testapp.Article", "--dry-run", "-v", "0") == ("", "")
+    assert quiet("semantic_embed", "testapp.Article", "--all", "--queue") == ("", "")
+    # A run that stops still says why, on stderr.
+    Article.objects.update(title="changed behind save()")
+    fake_gemini.fail_every(400, body=BAD_KEY)
+    out, err = quiet("semantic_embed", "testapp.Article")
+    assert out == ""
+    assert err.startswith(Embed.STOPPED.split("{reason}")[0].format(label="testapp.Article.embedding"))
+
+
+def test_other_commands_that_report_are_quiet_at_verbosity_zero(fake_gemini, tmp_path):
+    Article.objects.create(title="reset my password", body="")
+    Article.objects.create(title="reset the password", body="")
+    target = tmp_path / "dups.csv"
+    assert quiet("semantic_duplicates", "testapp.Article", "--threshold", "0.3", "--output", str(target)) == ("", "")
+    assert len(list(csv.DictReader(io.StringIO(target.read_text())))) == 2
+    topics = tmp_path / "topics.csv"
+    assert quiet("semantic_topics", "testapp.Article", "--k", "1", "--output", str(topics)) == ("", "")
+    assert "reset" in topics.read_text()
+    assert quiet("semantic_prepare_model") == ("", "")  # Gemini: nothing to prepare
+    assert quiet("semantic_remove_stale", "--noinput") == ("", "")  # nothing stale
+    EmbeddingFailure.objects.create(model_label="gone.Model", field_name="embedding", object_pk="1", error="e")
+    assert quiet("semantic_remove_stale", "--noinput") == ("", "")
+    assert not EmbeddingFailure.objects.exists()
+    # Printing the results is what these are for: -v 0 leaves them.
+    assert "reset my password" in quiet("semantic_search", "testapp.Article", "password")[0]
+    assert "testapp.Article" in quiet("semantic_status")[0]
 
 
 # -- score columns ---------------------------------------------------------------------------------
