@@ -14,6 +14,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from semantic import suspend_embedding
+from semantic.batch import NOT_DECLARED_HERE
 from semantic.fields import get_embedding_field
 from semantic.management.commands.semantic_duplicates import Command as Duplicates
 from semantic.management.commands.semantic_embed import Command as Embed
@@ -23,7 +24,7 @@ from semantic.models import EmbeddingFailure
 from semantic.switch import NOT_REPLACING
 from tests.commands import call, manage
 from tests.fake_gemini import BAD_KEY, fake_vector
-from tests.testapp.models import Article, Note
+from tests.testapp.models import Article, ArticleProxy, FeaturedArticle, Note
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -224,6 +225,72 @@ def test_duplicates_export_csv_json_and_file(fake_gemini, tmp_path):
     for bad in ("2", "abc"):
         with pytest.raises(CommandError, match="threshold"):
             call("semantic_duplicates", "testapp.Article", "--threshold", bad)
+
+
+# -- models that inherit the field ------------------------------------------------------------------
+
+
+@pytest.fixture
+def inherited(fake_gemini):
+    """A plain Article and a FeaturedArticle (a multi-table child of Article), neither embedded."""
+    with suspend_embedding():
+        plain = Article.objects.create(title="a plain article", body="")
+        featured = FeaturedArticle.objects.create(title="a featured article", body="", blurb="new")
+    return plain.pk, featured.pk
+
+
+def embedded(pk):
+    return Article.objects.get(pk=pk).embedding is not None
+
+
+def test_naming_a_multi_table_child_embeds_and_counts_only_its_rows(inherited, fake_gemini):
+    from django_q.models import OrmQ
+
+    plain, featured = inherited
+    label = "testapp.FeaturedArticle.embedding"
+    out, _ = call("semantic_embed", "testapp.FeaturedArticle", "--dry-run")
+    assert out.startswith(f"{label}: 1 rows, ")  # the plain article is not counted
+    out, _ = call("semantic_embed", "testapp.FeaturedArticle")
+    assert "1/1 rows" in out
+    assert Embed.DONE.format(label=label, embedded=1, cleared=0, failed=0, changed=0, requests=1) in out
+    assert fake_gemini.texts() == ["a featured article"]
+    assert embedded(featured) and not embedded(plain)
+    assert call("semantic_embed", "testapp.FeaturedArticle")[0] == Embed.NOTHING.format(label=label) + "\n"
+
+    # --all takes every row of the child, and only those.
+    out, _ = call("semantic_embed", "testapp.FeaturedArticle", "--all")
+    assert "1/1 rows" in out and not embedded(plain)
+    out, _ = call("semantic_embed", "testapp.FeaturedArticle", "--all", "--queue")
+    assert Embed.QUEUED.format(label=label, rows=1, tasks=1) in out
+    (queued,) = OrmQ.objects.all()
+    assert queued.task["args"][:3] == ("testapp.FeaturedArticle", "embedding", [featured])
+    assert fake_gemini.texts() == ["a featured article"] * 2
+
+    # A proxy's rows are all of its table's: the plain article, and the featured one queued above.
+    out, _ = call("semantic_embed", "testapp.ArticleProxy")
+    assert "testapp.ArticleProxy.embedding: 2/2 rows" in out and embedded(plain)
+
+
+def test_retrying_a_childs_failed_rows_leaves_the_parents_others(inherited, fake_gemini):
+    plain, featured = inherited
+    for pk in (plain, featured):  # failures are recorded under the model that declares the field
+        EmbeddingFailure.objects.create(
+            model_label="testapp.Article", field_name="embedding", object_pk=str(pk), error="e"
+        )
+    out, _ = call("semantic_embed", "testapp.FeaturedArticle", "--failed")
+    assert "testapp.FeaturedArticle.embedding: 1/1 rows" in out
+    assert embedded(featured) and not embedded(plain)
+    assert list(EmbeddingFailure.objects.values_list("object_pk", "retry_at")) == [(str(plain), None)]
+
+
+def test_the_batch_api_refuses_a_model_that_inherits_the_field(inherited, fake_gemini):
+    for model in (FeaturedArticle, ArticleProxy):
+        with pytest.raises(CommandError) as info:
+            call("semantic_embed", model._meta.label, "--batch-api")
+        assert str(info.value) == NOT_DECLARED_HERE.format(
+            owner="testapp.Article", field="embedding", label=model._meta.label
+        )
+    assert fake_gemini.request_count == 0
 
 
 # -- what commands print, and what they refuse -------------------------------------------------
