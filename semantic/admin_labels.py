@@ -34,10 +34,14 @@ from django.utils.translation import ngettext
 
 from semantic.classify import DEFAULT_K, annotate_predictions, apply_predictions, predict_labels, unlabelled
 from semantic.labels import label_field_of, labelled
+from semantic.vectors import SearchUnavailable
 
 #: Where a page's suggestion is kept on each row of the changelist: ``(label, confidence)``.
 SUGGESTION_ATTRIBUTE = "semantic_suggestion"
 FILTER_CHOICES = ("confident", "unsure", "none")
+#: Shown instead of a server error when predicting needs the embedding API (zero-shot embeds
+#: the choices' names) and it cannot answer now. Every prediction is made before any label is written.
+LABELS_UNAVAILABLE = _("Could not suggest labels, so nothing was labelled: {reason}")
 
 
 class SuggestionFilter(admin.SimpleListFilter):
@@ -193,13 +197,16 @@ class LabelSuggestionMixin:
         )
         if confirmed and form.is_valid():
             minimum = form.cleaned_data["min_confidence"]
-            written = apply_predictions(
-                predict_labels(queryset, label, **self.label_options(request)),  # type: ignore[arg-type]
-                self.model,  # type: ignore[attr-defined]
-                label,  # type: ignore[arg-type]
-                min_confidence=minimum,
-                using=queryset.db,
-            )
+            try:
+                written = apply_predictions(
+                    predict_labels(queryset, label, **self.label_options(request)),  # type: ignore[arg-type]
+                    self.model,  # type: ignore[attr-defined]
+                    label,  # type: ignore[arg-type]
+                    min_confidence=minimum,
+                    using=queryset.db,
+                )
+            except SearchUnavailable as exc:
+                return self.labels_unavailable(request, exc)
             self.message_user(  # type: ignore[attr-defined]
                 request,
                 ngettext(
@@ -214,7 +221,10 @@ class LabelSuggestionMixin:
         minimum = form.cleaned_data["min_confidence"] if form.is_bound and form.is_valid() else None
         if minimum is None and not form.is_bound:
             minimum = self.semantic_label_confidence
-        predictions = list(predict_labels(queryset, label, **self.label_options(request)))  # type: ignore[arg-type]
+        try:
+            predictions = list(predict_labels(queryset, label, **self.label_options(request)))  # type: ignore[arg-type]
+        except SearchUnavailable as exc:
+            return self.labels_unavailable(request, exc)
         chosen = [p for p in predictions if minimum is not None and p.confidence >= minimum]
         by_label: dict[Any, int] = {}
         for prediction in chosen:
@@ -233,3 +243,7 @@ class LabelSuggestionMixin:
             "back_url": request.get_full_path(),
         }
         return self.render_semantic(request, self.apply_labels_template, _("Apply suggested labels"), context)  # type: ignore[attr-defined]
+
+    def labels_unavailable(self, request: HttpRequest, error: SearchUnavailable) -> None:
+        """Back to the changelist with a warning: the user may try again once the API answers."""
+        self.message_user(request, LABELS_UNAVAILABLE.format(reason=error), messages.WARNING)  # type: ignore[attr-defined]

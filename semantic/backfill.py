@@ -47,16 +47,35 @@ class Plan:
 
 def select(model: type[models.Model], field: EmbeddingField, *, everything: bool, failed: bool) -> models.QuerySet:
     """The rows a run would embed: for a field with ``passages``, also the rows whose
-    vector is current but whose passages lag (passages just turned on, sizes changed)."""
+    vector is current but whose passages lag (passages just turned on, sizes changed).
+
+    Rows of the table that holds the field (a proxy's or a multi-table child's parent),
+    as the worker reads them; for a child, only the child's rows (:func:`only_rows_of`).
+    """
+    table = field.model
     if failed:
-        return model._base_manager.filter(pk__in=failed_keys(model, field))
-    if everything:
-        return model._base_manager.all()
-    if field.passages:
-        pending = pending_rows(model, field).values("pk")
-        lagging = lagging_rows(model, field).values("pk")
-        return model._base_manager.filter(Q(pk__in=pending) | Q(pk__in=lagging))
-    return pending_rows(model, field)
+        rows = table._base_manager.filter(pk__in=failed_keys(model, field))
+    elif everything:
+        rows = table._base_manager.all()
+    elif field.passages:
+        pending = pending_rows(table, field).values("pk")
+        lagging = lagging_rows(table, field).values("pk")
+        rows = table._base_manager.filter(Q(pk__in=pending) | Q(pk__in=lagging))
+    else:
+        rows = pending_rows(table, field)
+    return only_rows_of(model, field, rows)
+
+
+def is_part_of_table(model: type[models.Model], field: EmbeddingField) -> bool:
+    """Whether ``model`` holds only some rows of the table with ``field``: a multi-table
+    child of the model that declares it (a proxy's rows are all the table's)."""
+    return model._meta.concrete_model is not field.model
+
+
+def only_rows_of(model: type[models.Model], field: EmbeddingField, rows: models.QuerySet) -> models.QuerySet:
+    """``rows`` of the field's table narrowed to ``model``'s: naming a multi-table child
+    embeds and counts the child's rows, not its parent's others."""
+    return rows.filter(pk__in=model._base_manager.values("pk")) if is_part_of_table(model, field) else rows
 
 
 def count(
@@ -111,22 +130,33 @@ def add_passages(plan: Plan, model: type[models.Model], field: EmbeddingField, r
 
 
 def failed_keys(model: type[models.Model], field: EmbeddingField) -> list[str]:
-    """Rows whose last attempt failed: their vector's, or (a field with ``passages``) their passages'."""
+    """Rows whose last attempt failed: their vector's, or (a field with ``passages``) their passages'.
+
+    Failures are recorded under the model that declares the field; for a multi-table
+    child, only the child's rows are taken.
+    """
     passages = passage_failures(model, field).values_list("object_pk", flat=True)
-    return list(dict.fromkeys([*failed_pks(model, field), *passages]))
+    keys = list(dict.fromkeys([*failed_pks(field.model, field), *passages]))
+    if not is_part_of_table(model, field):
+        return keys
+    to_python = model._meta.pk.to_python
+    own = model._base_manager.filter(pk__in=[to_python(key) for key in keys]).values_list("pk", flat=True)
+    return [str(pk) for pk in own]
 
 
 def prepare(model: type[models.Model], field: EmbeddingField, *, everything: bool, failed: bool) -> list[Any] | None:
     """Make the chosen rows pending; returns the primary keys to embed, or None for all pending."""
     if failed:
         pks = failed_keys(model, field)
-        EmbeddingFailure.objects.filter(model_label=model._meta.label, field_name=field.name).update(
-            retry_at=None, permanent=False
-        )
-        passage_failures(model, field).update(retry_at=None, permanent=False)
+        records = EmbeddingFailure.objects.filter(model_label=field.model._meta.label, field_name=field.name)
+        passages = passage_failures(model, field)
+        if is_part_of_table(model, field):
+            records, passages = records.filter(object_pk__in=pks), passages.filter(object_pk__in=pks)
+        records.update(retry_at=None, permanent=False)
+        passages.update(retry_at=None, permanent=False)
         return [model._meta.pk.to_python(pk) for pk in pks]
     if everything:
-        mark_pending(model._base_manager.all(), field)
+        mark_pending(select(model, field, everything=True, failed=False), field)
     return None
 
 
@@ -146,6 +176,10 @@ def embed_now(
     rows still pending.
     """
     pks = prepare(model, field, everything=everything, failed=failed)
+    if pks is None and is_part_of_table(model, field):
+        # The table's other rows are not this child's to embed: name the child's by key.
+        rows = select(model, field, everything=False, failed=False).order_by("pk").values_list("pk", flat=True)
+        pks = list(rows[:limit] if limit is not None else rows)
     embedder = Embedder(model, field, batch_size=batch_size)
     embedder.run(pks, limit=limit, fill=False, on_batch=on_batch)
     if pks is None and field.passages:

@@ -45,6 +45,10 @@ NEEDS_GEMINI = "--batch-api needs the Gemini backend; {label} embeds with {model
 NO_TITLES = (
     "{label} sends a title with each row (title_source), which a batch job cannot; embed it without --batch-api."
 )
+NOT_DECLARED_HERE = (
+    "--batch-api embeds a field for its whole table: name {owner}.{field}, the model that declares it, "
+    "instead of {label} (or embed {label}'s rows without --batch-api)."
+)
 UNKNOWN_JOB = "No batch job named {name!r} was submitted for {label} from this database."
 
 
@@ -110,6 +114,11 @@ def _collect_all(
 def check(model: type[models.Model], field: EmbeddingField) -> None:
     """Raise ValueError when ``field`` cannot go through the Batch API."""
     label = f"{model._meta.label}.{field.name}"
+    if model is not field.model:
+        # Jobs and the rows they hold are recorded under the model that declares the field.
+        raise ValueError(
+            NOT_DECLARED_HERE.format(owner=field.model._meta.label, field=field.name, label=model._meta.label)
+        )
     if not hasattr(field.backend, "submit_batch"):
         raise ValueError(NEEDS_GEMINI.format(label=label, model_id=field.backend.model_id))
     if field.title_source:

@@ -14,8 +14,10 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from semantic import embed_pending, suspend_embedding
+from semantic.admin_labels import LABELS_UNAVAILABLE
 from semantic.admin_topics import TOPIC_VAR
 from semantic.classify import predict_labels
+from tests.fake_gemini import api_error
 from tests.test_admin import assert_stays_on_other_site, staff
 from tests.testapp.models import Note
 from tests.topicapp.banking77 import INTENTS, sentences
@@ -195,6 +197,37 @@ def test_viewers_get_suggestions_but_not_the_action(client, tickets):
     refused = act(client, {"_selected_action": list(suggestions()), "min_confidence": "0", "post": "yes"})
     assert refused.status_code == 302
     assert Ticket.objects.filter(category="").count() == 5 * len(INTENTS)
+
+
+@pytest.mark.parametrize(
+    "status, body",
+    [
+        (500, api_error(500, "Internal error encountered.", "INTERNAL")),
+        (429, api_error(429, "Resource has been exhausted (e.g. check quota).", "RESOURCE_EXHAUSTED")),
+    ],
+)
+def test_the_api_failing_is_a_warning_and_nothing_is_labelled(editor, fake_gemini, status, body):
+    """Nothing labelled yet: suggestions are zero-shot, which embeds the choices' names."""
+    for text in ("my card never arrived", "what rate do you give for euros"):
+        Ticket.objects.create(text=text)  # embedded by the fake API as it is saved
+    selected = list(Ticket.objects.values_list("pk", flat=True))
+    cache.clear()  # the choices' vectors from an earlier test
+    fake_gemini.fail_every(status, body=body)
+
+    for data in ({}, {"min_confidence": "0", "post": "yes"}):
+        response = act(editor, {"_selected_action": selected, **data})
+        assert response.status_code == 302
+        shown = editor.get(response["Location"])  # the changelist, with the warning
+        [message] = [m for m in shown.context["messages"]]
+        assert message.level_tag == "warning"
+        assert str(message).startswith(LABELS_UNAVAILABLE.format(reason="")), message
+        assert f"Gemini API error {status}" in str(message)
+        assert not Ticket.objects.exclude(category="").exists()
+    fake_gemini.reset()
+    done = act(editor, {"_selected_action": selected, "min_confidence": "0", "post": "yes"})
+    assert [str(m) for m in get_messages(done.wsgi_request)] == [
+        "Labelled 2 rows with their suggested labels (confidence 0.0 or more)."
+    ]
 
 
 # -- Topics ----------------------------------------------------------------------------------

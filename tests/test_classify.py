@@ -6,16 +6,19 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from django.core.cache import cache
+from django.core.management import CommandError
 from django.db import connection
 
 from semantic import embed_pending, suspend_embedding
 from semantic.classify import annotate_predictions, apply_predictions, predict_labels, suggest_label
 from semantic.linear import train_classifier
 from semantic.models import Classifier
-from tests.commands import call, running_qcluster
+from tests.commands import call, manage, running_qcluster
+from tests.fake_gemini import api_error
 from tests.test_worker import wait_for
 from tests.topicapp.banking77 import INTENTS, sentences
-from tests.topicapp.models import Ticket
+from tests.topicapp.models import CATEGORIES, Ticket
 
 LOCAL = "semantic.backends.local.LocalBackend"
 LABELLED_PER_INTENT = 10
@@ -168,6 +171,33 @@ def test_command_trains_the_linear_model(tickets):
     out, _ = call("semantic_classify", "topicapp.Ticket", "--label", "category", "--train", "--dry-run")
     assert Command.TRAINED.format(rows=LABELLED_PER_INTENT * len(INTENTS), labels=len(INTENTS)) in out
     assert Classifier.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_command_says_in_one_line_when_the_api_fails(fake_gemini):
+    """Nothing labelled yet: labelling is zero-shot, which embeds the choices' names first."""
+    from semantic.management.commands.semantic_classify import Command
+
+    Ticket.objects.create(text="my card never arrived")  # embedded by the fake API as it is saved
+    cache.clear()
+    fake_gemini.fail_every(500, body=api_error(500, "Internal error encountered.", "INTERNAL"))
+    prefix = Command.UNAVAILABLE.format(label="topicapp.Ticket", error="")
+    with pytest.raises(CommandError) as info:
+        call("semantic_classify", "topicapp.Ticket", "--label", "category")
+    assert str(info.value).startswith(prefix) and "Gemini API error 500" in str(info.value)
+    assert Ticket.objects.get().category == ""
+    process = manage(fake_gemini, "semantic_classify", "topicapp.Ticket", "--label", "category", "--dry-run")
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert out == "" and err.startswith("CommandError: " + prefix) and err.count("\n") == 1, err
+
+
+@pytest.mark.django_db(transaction=True)
+def test_command_at_verbosity_zero_prints_nothing(fake_gemini):
+    Ticket.objects.create(text="my card never arrived")
+    assert call("semantic_classify", "topicapp.Ticket", "--label", "category", "-v", "0") == ("", "")
+    assert Ticket.objects.get().category in dict(CATEGORIES)  # zero-shot, from the choices' names
+    assert call("semantic_classify", "topicapp.Ticket", "--label", "category", "-v", "0") == ("", "")  # nothing left
 
 
 @pytest.mark.django_db(transaction=True)

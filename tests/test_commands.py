@@ -8,11 +8,13 @@ import threading
 
 import pytest
 from django.core.cache import cache
+from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from semantic import suspend_embedding
+from semantic.batch import NOT_DECLARED_HERE
 from semantic.fields import get_embedding_field
 from semantic.management.commands.semantic_duplicates import Command as Duplicates
 from semantic.management.commands.semantic_embed import Command as Embed
@@ -21,8 +23,8 @@ from semantic.management.targets import APP_MIGRATIONS_DUE, BAD_TARGET, NO_FIELD
 from semantic.models import EmbeddingFailure
 from semantic.switch import NOT_REPLACING
 from tests.commands import call, manage
-from tests.fake_gemini import fake_vector
-from tests.testapp.models import Article, Note
+from tests.fake_gemini import BAD_KEY, fake_vector
+from tests.testapp.models import Article, ArticleProxy, FeaturedArticle, Note
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -225,6 +227,72 @@ def test_duplicates_export_csv_json_and_file(fake_gemini, tmp_path):
             call("semantic_duplicates", "testapp.Article", "--threshold", bad)
 
 
+# -- models that inherit the field ------------------------------------------------------------------
+
+
+@pytest.fixture
+def inherited(fake_gemini):
+    """A plain Article and a FeaturedArticle (a multi-table child of Article), neither embedded."""
+    with suspend_embedding():
+        plain = Article.objects.create(title="a plain article", body="")
+        featured = FeaturedArticle.objects.create(title="a featured article", body="", blurb="new")
+    return plain.pk, featured.pk
+
+
+def embedded(pk):
+    return Article.objects.get(pk=pk).embedding is not None
+
+
+def test_naming_a_multi_table_child_embeds_and_counts_only_its_rows(inherited, fake_gemini):
+    from django_q.models import OrmQ
+
+    plain, featured = inherited
+    label = "testapp.FeaturedArticle.embedding"
+    out, _ = call("semantic_embed", "testapp.FeaturedArticle", "--dry-run")
+    assert out.startswith(f"{label}: 1 rows, ")  # the plain article is not counted
+    out, _ = call("semantic_embed", "testapp.FeaturedArticle")
+    assert "1/1 rows" in out
+    assert Embed.DONE.format(label=label, embedded=1, cleared=0, failed=0, changed=0, requests=1) in out
+    assert fake_gemini.texts() == ["a featured article"]
+    assert embedded(featured) and not embedded(plain)
+    assert call("semantic_embed", "testapp.FeaturedArticle")[0] == Embed.NOTHING.format(label=label) + "\n"
+
+    # --all takes every row of the child, and only those.
+    out, _ = call("semantic_embed", "testapp.FeaturedArticle", "--all")
+    assert "1/1 rows" in out and not embedded(plain)
+    out, _ = call("semantic_embed", "testapp.FeaturedArticle", "--all", "--queue")
+    assert Embed.QUEUED.format(label=label, rows=1, tasks=1) in out
+    (queued,) = OrmQ.objects.all()
+    assert queued.task["args"][:3] == ("testapp.FeaturedArticle", "embedding", [featured])
+    assert fake_gemini.texts() == ["a featured article"] * 2
+
+    # A proxy's rows are all of its table's: the plain article, and the featured one queued above.
+    out, _ = call("semantic_embed", "testapp.ArticleProxy")
+    assert "testapp.ArticleProxy.embedding: 2/2 rows" in out and embedded(plain)
+
+
+def test_retrying_a_childs_failed_rows_leaves_the_parents_others(inherited, fake_gemini):
+    plain, featured = inherited
+    for pk in (plain, featured):  # failures are recorded under the model that declares the field
+        EmbeddingFailure.objects.create(
+            model_label="testapp.Article", field_name="embedding", object_pk=str(pk), error="e"
+        )
+    out, _ = call("semantic_embed", "testapp.FeaturedArticle", "--failed")
+    assert "testapp.FeaturedArticle.embedding: 1/1 rows" in out
+    assert embedded(featured) and not embedded(plain)
+    assert list(EmbeddingFailure.objects.values_list("object_pk", "retry_at")) == [(str(plain), None)]
+
+
+def test_the_batch_api_refuses_a_model_that_inherits_the_field(inherited, fake_gemini):
+    for model in (FeaturedArticle, ArticleProxy):
+        with pytest.raises(CommandError) as info:
+            call("semantic_embed", model._meta.label, "--batch-api")
+        assert str(info.value) == NOT_DECLARED_HERE.format(
+            owner="testapp.Article", field="embedding", label=model._meta.label
+        )
+    assert fake_gemini.request_count == 0
+
+
 # -- what commands print, and what they refuse -------------------------------------------------
 
 HOSTILE = "evil\x1b]0;owned\x07 title\x1b[2J\x9b31m\x08end"
@@ -322,6 +390,46 @@ def test_switch_on_a_field_that_replaces_nothing_is_refused_before_embedding(bac
     assert str(info.value) == NOT_REPLACING.format(label="testapp.Article", field="embedding")
     assert fake_gemini.request_count == 0
     assert not Article.objects.filter(embedding__isnull=False).exists()
+
+
+def quiet(*args):
+    """``call_command(*args, verbosity=0)``; returns what it wrote to stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    call_command(*args, verbosity=0, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def test_embed_at_verbosity_zero_prints_nothing_but_problems(backlog, fake_gemini):
+    assert quiet("semantic_embed", "testapp.Article", "--batch-size", "10") == ("", "")
+    assert not Article.objects.filter(embedding__isnull=True).exists()
+    assert quiet("semantic_embed", "testapp.Article") == ("", "")  # nothing to embed
+    assert call("semantic_embed", "testapp.Article", "--dry-run", "-v", "0") == ("", "")
+    assert quiet("semantic_embed", "testapp.Article", "--all", "--queue") == ("", "")
+    # A run that stops still says why, on stderr.
+    Article.objects.update(title="changed behind save()")
+    fake_gemini.fail_every(400, body=BAD_KEY)
+    out, err = quiet("semantic_embed", "testapp.Article")
+    assert out == ""
+    assert err.startswith(Embed.STOPPED.split("{reason}")[0].format(label="testapp.Article.embedding"))
+
+
+def test_other_commands_that_report_are_quiet_at_verbosity_zero(fake_gemini, tmp_path):
+    Article.objects.create(title="reset my password", body="")
+    Article.objects.create(title="reset the password", body="")
+    target = tmp_path / "dups.csv"
+    assert quiet("semantic_duplicates", "testapp.Article", "--threshold", "0.3", "--output", str(target)) == ("", "")
+    assert len(list(csv.DictReader(io.StringIO(target.read_text())))) == 2
+    topics = tmp_path / "topics.csv"
+    assert quiet("semantic_topics", "testapp.Article", "--k", "1", "--output", str(topics)) == ("", "")
+    assert "reset" in topics.read_text()
+    assert quiet("semantic_prepare_model") == ("", "")  # Gemini: nothing to prepare
+    assert quiet("semantic_remove_stale", "--noinput") == ("", "")  # nothing stale
+    EmbeddingFailure.objects.create(model_label="gone.Model", field_name="embedding", object_pk="1", error="e")
+    assert quiet("semantic_remove_stale", "--noinput") == ("", "")
+    assert not EmbeddingFailure.objects.exists()
+    # Printing the results is what these are for: -v 0 leaves them.
+    assert "reset my password" in quiet("semantic_search", "testapp.Article", "password")[0]
+    assert "testapp.Article" in quiet("semantic_status")[0]
 
 
 # -- score columns ---------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Users' text, made safe to print to a terminal or to open in a spreadsheet.
+"""What commands print: users' text made safe for a terminal or a spreadsheet, and
+reports that ``-v 0`` silences.
 
 Titles and texts come from whoever wrote the rows. Printed raw, an escape sequence in
 one can clear the screen, set the window title or rewrite what was printed before it;
@@ -39,3 +40,19 @@ def json_safe(document: str) -> str:
     The same data, read back; only its printed form changes.
     """
     return re.sub(r"[\x7f-\x9f]", lambda match: f"\\u{ord(match.group()):04x}", document)
+
+
+class QuietMixin:
+    """For a command whose standard output only reports progress and outcomes: ``-v 0``
+    (``call_command(..., verbosity=0)``) silences it, as it silences Django's own commands,
+    so cron jobs and test runs stay quiet. Problems still go to standard error."""
+
+    verbosity = 1
+
+    def execute(self, *args: Any, **options: Any) -> Any:
+        self.verbosity = options.get("verbosity", 1)
+        return super().execute(*args, **options)  # type: ignore[misc]
+
+    def say(self, line: str, ending: str | None = None) -> None:
+        if self.verbosity:
+            self.stdout.write(line, ending=ending)  # type: ignore[attr-defined]

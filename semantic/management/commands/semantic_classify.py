@@ -2,8 +2,10 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
+from semantic.backends import EmbeddingError
 from semantic.classify import DEFAULT_K, METHODS, apply_predictions, predict_labels, unlabelled
 from semantic.linear import train_classifier
+from semantic.management.output import QuietMixin
 from semantic.management.targets import resolve
 
 
@@ -19,7 +21,7 @@ def confidence_type(value):
     return number
 
 
-class Command(BaseCommand):
+class Command(QuietMixin, BaseCommand):
     help = (
         "Label the unlabelled rows of a model from the rows people labelled (nearest neighbours, or a "
         "logistic regression with --method linear; zero-shot from the field's choices while nothing is labelled)."
@@ -31,6 +33,8 @@ class Command(BaseCommand):
     WOULD_APPLY = "Dry run: {applied} of {rows} unlabelled rows would be labelled (confidence >= {confidence})."
     APPLIED = "Labelled {applied} of {rows} unlabelled rows (confidence >= {confidence})."
     SEVERAL_FIELDS = "{label} has several EmbeddingFields; name one: {target}.<field>."
+    #: Zero-shot labelling embeds the choices' names; every prediction is made before any label is written.
+    UNAVAILABLE = "Could not suggest labels for {label}, so nothing was labelled: {error}"
 
     def add_arguments(self, parser):
         parser.add_argument("target", help="app_label.Model or app_label.Model.field")
@@ -50,11 +54,11 @@ class Command(BaseCommand):
         try:
             if train:
                 classifier = train_classifier(model, label, field=field.name)
-                self.stdout.write(self.TRAINED.format(rows=classifier.rows, labels=len(classifier.classes)))
+                self.say(self.TRAINED.format(rows=classifier.rows, labels=len(classifier.classes)))
             rows = unlabelled(model._default_manager.all(), label, field=field.name)
             total = rows.count()
             if not total:
-                self.stdout.write(self.NOTHING.format(label=model._meta.label))
+                self.say(self.NOTHING.format(label=model._meta.label))
                 return
             predictions = predict_labels(model._default_manager.all(), label, field=field.name, method=method, k=k)
             tracked = self.progress(predictions, total, model._meta.label)
@@ -62,10 +66,12 @@ class Command(BaseCommand):
                 applied = sum(1 for p in tracked if p.confidence >= min_confidence)
             else:
                 applied = apply_predictions(tracked, model, label, min_confidence=min_confidence)
+        except EmbeddingError as error:
+            raise CommandError(self.UNAVAILABLE.format(label=model._meta.label, error=error)) from None
         except ValueError as error:
             raise CommandError(str(error)) from None
         message = self.WOULD_APPLY if dry_run else self.APPLIED
-        self.stdout.write(message.format(applied=applied, rows=total, confidence=min_confidence))
+        self.say(message.format(applied=applied, rows=total, confidence=min_confidence))
 
     def progress(self, predictions, total, label):
         """Pass the predictions through, drawing a bar on a terminal (a line every 5 s otherwise)."""
@@ -79,10 +85,10 @@ class Command(BaseCommand):
                 width = 30
                 filled = int(width * min(done / total, 1))
                 line = self.PROGRESS.format(label=label, done=done, total=total)
-                self.stdout.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {line}", ending="")
+                self.say(f"\r[{'#' * filled}{'.' * (width - filled)}] {line}", ending="")
                 self.stdout.flush()
             elif not tty and time.monotonic() - last_line >= 5:
                 last_line = time.monotonic()
-                self.stdout.write(self.PROGRESS.format(label=label, done=done, total=total))
+                self.say(self.PROGRESS.format(label=label, done=done, total=total))
         if tty:
-            self.stdout.write("")
+            self.say("")

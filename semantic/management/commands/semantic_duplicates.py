@@ -7,12 +7,12 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from semantic.duplicates import connected_groups
-from semantic.management.output import json_safe, spreadsheet_safe, terminal_safe
+from semantic.management.output import QuietMixin, json_safe, spreadsheet_safe, terminal_safe
 from semantic.management.targets import resolve, threshold_type
 from semantic.query import DEFAULT_DUPLICATE_THRESHOLD, SemanticQuerySet
 
 
-class Command(BaseCommand):
+class Command(QuietMixin, BaseCommand):
     help = (
         "Export groups of near-duplicate rows (rows linked by pairs at least THRESHOLD similar) as CSV or JSON, "
         "one line per row with its highest similarity to another row of its group (nearest_pk). "
@@ -61,7 +61,7 @@ class Command(BaseCommand):
             handle.truncate(0)
             handle.write(text)
         rows = sum(len(group) for group in groups)
-        self.stdout.write(self.WROTE.format(groups=len(groups), rows=rows, output=output))
+        self.say(self.WROTE.format(groups=len(groups), rows=rows, output=output))
 
     def export(self, target, threshold, format):
         (model, field), *others = resolve(target)

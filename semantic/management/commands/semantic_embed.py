@@ -5,11 +5,12 @@ from django.core.management.base import BaseCommand, CommandError
 from semantic import backfill, batch, rows
 from semantic.backends import EmbeddingError
 from semantic.conf import semantic_settings as conf
+from semantic.management.output import QuietMixin
 from semantic.management.targets import check_app_migrated, check_schema, resolve_all
 from semantic.switch import switch_to, switched_name
 
 
-class Command(BaseCommand):
+class Command(QuietMixin, BaseCommand):
     help = (
         "Embed the rows that need it: new, changed, stale (made by another model or size) and failed "
         "ones, for the named app_label.Model[.field] targets or every EmbeddingField. Runs inline with a "
@@ -142,10 +143,10 @@ class Command(BaseCommand):
                 elif queue:
                     total = backfill.count(model, field, limit=limit, **kwargs)
                     if not total:
-                        self.stdout.write(self.NOTHING.format(label=label))
+                        self.say(self.NOTHING.format(label=label))
                         continue
                     tasks = backfill.hand_to_workers(model, field, batch_size=batch_size, limit=limit, **kwargs)
-                    self.stdout.write(self.QUEUED.format(label=label, rows=total, tasks=tasks))
+                    self.say(self.QUEUED.format(label=label, rows=total, tasks=tasks))
                 else:
                     self.embed(model, field, label, batch_size=batch_size, limit=limit, **kwargs)
                 if switch:
@@ -159,9 +160,7 @@ class Command(BaseCommand):
             original = switch_to(model, field)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        self.stdout.write(
-            self.SWITCHED.format(model=model._meta.label, original=original, field=field.name, spec=field.spec())
-        )
+        self.say(self.SWITCHED.format(model=model._meta.label, original=original, field=field.name, spec=field.spec()))
 
     def report_plan(self, label, field, plan, batch_api):
         cost = ""
@@ -173,21 +172,21 @@ class Command(BaseCommand):
             cost = self.COST.format(cost=plan.tokens * price / 1e6, price=price)
         elif backend.name == "local":
             cost = self.FREE
-        self.stdout.write(
+        self.say(
             self.DRY_RUN.format(label=label, rows=plan.rows, characters=plan.characters, tokens=plan.tokens, cost=cost)
         )
         if field.passages:
             passages = self.DRY_RUN_PASSAGES.format(
                 label=label, passages=plan.passages, rows=plan.passage_rows, characters=plan.passage_characters
             )
-            self.stdout.write(passages)
+            self.say(passages)
 
     def embed(self, model, field, label, **kwargs):
         total = backfill.count(
             model, field, everything=kwargs["everything"], failed=kwargs["failed"], limit=kwargs["limit"]
         )
         if not total:
-            self.stdout.write(self.NOTHING.format(label=label))
+            self.say(self.NOTHING.format(label=label))
             return
         started = time.monotonic()
         last_line = [0.0]
@@ -201,16 +200,16 @@ class Command(BaseCommand):
             if tty:
                 width = 30
                 done = int(width * min(visited / total, 1))
-                self.stdout.write(f"\r[{'#' * done}{'.' * (width - done)}] {line}", ending="")
+                self.say(f"\r[{'#' * done}{'.' * (width - done)}] {line}", ending="")
                 self.stdout.flush()
             elif time.monotonic() - last_line[0] >= 5 or visited >= total:
                 last_line[0] = time.monotonic()
-                self.stdout.write(line)
+                self.say(line)
 
         outcome = backfill.embed_now(model, field, on_batch=progress, **kwargs)
         if tty:
-            self.stdout.write("")
-        self.stdout.write(
+            self.say("")
+        self.say(
             self.DONE.format(
                 label=label,
                 embedded=outcome.embedded,
@@ -221,7 +220,7 @@ class Command(BaseCommand):
             )
         )
         if field.passages:
-            self.stdout.write(
+            self.say(
                 self.PASSAGES.format(
                     label=label,
                     rows=outcome.passage_rows,
@@ -244,13 +243,13 @@ class Command(BaseCommand):
                 line = self.BATCH_RESUMING.format(
                     label=label, name=job.name, rows=job.rows, unit=unit, submitted=job.submitted_at
                 )
-                self.stdout.write(line)
+                self.say(line)
             elif kind == "submitted":
                 submitted = self.BATCH_PASSAGES_SUBMITTED if job.passages else self.BATCH_SUBMITTED
-                self.stdout.write(submitted.format(label=label, name=job.name, rows=job.rows))
+                self.say(submitted.format(label=label, name=job.name, rows=job.rows))
             elif kind == "waiting" and (not last_wait[0] or time.monotonic() - last_wait[0] >= 60):
                 last_wait[0] = time.monotonic()
-                self.stdout.write(self.BATCH_WAITING.format(label=label, name=job.name, state=job.state, waited=waited))
+                self.say(self.BATCH_WAITING.format(label=label, name=job.name, state=job.state, waited=waited))
             elif kind == "finished" and (job.error or not status.succeeded):
                 error = job.error or "no reason given"
                 self.stderr.write(
@@ -268,7 +267,7 @@ class Command(BaseCommand):
                     failed=job.failed,
                     changed=outcome.changed_in_flight,
                 )
-                self.stdout.write(line)
+                self.say(line)
                 if job.failed:
                     self.stderr.write(self.FAILED_HINT)
 
@@ -291,4 +290,4 @@ class Command(BaseCommand):
             self.stderr.write("\n" + self.BATCH_STOPPED.format(names=names))
             raise SystemExit(130) from None
         if not finished:
-            self.stdout.write(self.NOTHING.format(label=label))
+            self.say(self.NOTHING.format(label=label))

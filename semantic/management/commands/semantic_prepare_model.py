@@ -2,9 +2,10 @@ from django.core.management.base import BaseCommand, CommandError
 
 from semantic.backends import EmbeddingError, get_backend
 from semantic.backends.local import LocalBackend
+from semantic.management.output import QuietMixin
 
 
-class Command(BaseCommand):
+class Command(QuietMixin, BaseCommand):
     help = (
         "Write the local model's ONNX graph into its cache (once; later runs reuse it, and rebuild it "
         "if the cached file is damaged), so web and worker processes start without PyTorch. "
@@ -22,13 +23,13 @@ class Command(BaseCommand):
     def handle(self, **options):
         backend = get_backend()
         if not isinstance(backend, LocalBackend):
-            self.stdout.write(self.NOT_LOCAL)
+            self.say(self.NOT_LOCAL)
             return
         try:
             if not backend.can_use_onnx():
-                self.stdout.write(self.NOT_ONNX)
+                self.say(self.NOT_ONNX)
                 return
             graph, exported = backend.prepare()
         except EmbeddingError as error:
             raise CommandError(str(error)) from None
-        self.stdout.write((self.EXPORTED if exported else self.REUSED).format(graph=graph))
+        self.say((self.EXPORTED if exported else self.REUSED).format(graph=graph))

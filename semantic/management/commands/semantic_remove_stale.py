@@ -1,11 +1,11 @@
 from django.core.management.base import BaseCommand
 from django.db import DEFAULT_DB_ALIAS, transaction
 
-from semantic.management.output import terminal_safe
+from semantic.management.output import QuietMixin, terminal_safe
 from semantic.stale import find_stale
 
 
-class Command(BaseCommand):
+class Command(QuietMixin, BaseCommand):
     help = (
         "Delete what the app stored for models and fields that no longer exist (passages, failures, "
         "pairs marked not duplicates, classifiers, field switches, batch jobs), and passages of fields "
@@ -26,13 +26,15 @@ class Command(BaseCommand):
     def handle(self, interactive, database, **options):
         stale = find_stale(database)
         if not stale:
-            self.stdout.write(self.NOTHING)
+            self.say(self.NOTHING)
             return
+        # Asking, the list is part of the question: shown whatever the verbosity.
+        show = self.stdout.write if interactive else self.say
         for group in stale:
-            self.stdout.write(terminal_safe(str(group)))
+            show(terminal_safe(str(group)))
         if interactive and input(self.ASK) != "yes":
-            self.stdout.write(self.CANCELLED)
+            self.say(self.CANCELLED)
             return
         with transaction.atomic(using=database):
             deleted = sum(group.rows.delete()[0] for group in stale)
-        self.stdout.write(self.DELETED.format(rows=deleted))
+        self.say(self.DELETED.format(rows=deleted))

@@ -5,10 +5,11 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 
 from semantic.clusters import PERIODS, cluster
+from semantic.management.output import QuietMixin
 from semantic.management.targets import resolve
 
 
-class Command(BaseCommand):
+class Command(QuietMixin, BaseCommand):
     help = (
         "Export groups of similar rows (topics) as CSV or JSON: size, label, the most typical rows, "
         "and rows per period with --date-field."
@@ -69,6 +70,6 @@ class Command(BaseCommand):
             with open(output, "w", newline="", encoding="utf-8") as handle:
                 handle.write(buffer.getvalue())
             rows = sum(topic.size for topic in topics)
-            self.stdout.write(self.WROTE.format(groups=len(topics), rows=rows, output=output))
+            self.say(self.WROTE.format(groups=len(topics), rows=rows, output=output))
         else:
             self.stdout.write(buffer.getvalue(), ending="")
