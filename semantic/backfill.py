@@ -18,10 +18,9 @@ from django.db.models import BooleanField, ExpressionWrapper, Q, Value
 from semantic.dispatch import queue_task
 from semantic.embedder import CHARS_PER_TOKEN, Embedder, Outcome
 from semantic.fields import EmbeddingField
-from semantic.models import EmbeddingFailure
 from semantic.passage_rows import CUT_ROWS, cut_all, fill_known, lagging_rows, passage_failures
 from semantic.passage_worker import passage_items
-from semantic.rows import failed_pks, mark_pending, pending_rows
+from semantic.rows import failed_pks, failures, mark_pending, pending_rows
 
 #: Gemini API price assumed by --dry-run, USD per million input tokens
 #: (gemini-embedding-001, Google's Gemini API pricing page, 2025). About 4 characters
@@ -120,9 +119,7 @@ def prepare(model: type[models.Model], field: EmbeddingField, *, everything: boo
     """Make the chosen rows pending; returns the primary keys to embed, or None for all pending."""
     if failed:
         pks = failed_keys(model, field)
-        EmbeddingFailure.objects.filter(model_label=model._meta.label, field_name=field.name).update(
-            retry_at=None, permanent=False
-        )
+        failures(model, field).update(retry_at=None, permanent=False)
         passage_failures(model, field).update(retry_at=None, permanent=False)
         return [model._meta.pk.to_python(pk) for pk in pks]
     if everything:
