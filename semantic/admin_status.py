@@ -76,7 +76,8 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
                     skipped,
                 )
                 self.message_user(request, message % skipped, messages.WARNING)
-            return HttpResponseRedirect(reverse("admin:semantic_status", current_app=self.admin_site.name))
+            # The page's own URL: it is served here, or by a SemanticAdminMixin on a site without this admin.
+            return HttpResponseRedirect(request.path)
         visible = {model: self.model_rows(request, model, "view") for model in {m for m, _ in iter_fields()}}
         report = []
         for model, field in iter_fields():
@@ -156,12 +157,37 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
         return queued, skipped
 
 
-def status_url(admin_site: admin.AdminSite, request: HttpRequest) -> str | None:
-    """The embedding status page of ``admin_site``; None when it has none or this user may not open it."""
-    failure_admin = admin_site._registry.get(EmbeddingFailure)
-    if not isinstance(failure_admin, EmbeddingFailureAdmin) or not failure_admin.has_view_permission(request):
-        return None
-    return reverse("admin:semantic_status", current_app=admin_site.name)
+class StatusPageMixin:
+    """The embedding status page among a SemanticAdminMixin's own URLs, so that an admin
+    site without an :class:`EmbeddingFailureAdmin` (a project's own AdminSite) has it too."""
+
+    def get_urls(self) -> list[Any]:
+        opts = self.model._meta  # type: ignore[attr-defined]
+        view = self.admin_site.admin_view(self.embedding_status_view)  # type: ignore[attr-defined]
+        return [
+            path("embedding-status/", view, name=f"{opts.app_label}_{opts.model_name}_semantic_status"),
+            *super().get_urls(),  # type: ignore[misc]
+        ]
+
+    def embedding_status_view(self, request: HttpRequest) -> Any:
+        return EmbeddingFailureAdmin(EmbeddingFailure, self.admin_site).status_view(request)  # type: ignore[attr-defined]
+
+    def embedding_status_url(self, request: HttpRequest) -> str | None:
+        """This site's embedding status page; None when this user may not open it.
+
+        A site with an EmbeddingFailureAdmin (``admin.site``: the app registers one there)
+        serves the page beside the failures; any other site, from this ModelAdmin's URLs.
+        """
+        site = self.admin_site  # type: ignore[attr-defined]
+        failure_admin = site._registry.get(EmbeddingFailure)
+        name = "semantic_status"
+        if not isinstance(failure_admin, EmbeddingFailureAdmin):
+            failure_admin = EmbeddingFailureAdmin(EmbeddingFailure, site)
+            opts = self.model._meta  # type: ignore[attr-defined]
+            name = f"{opts.app_label}_{opts.model_name}_semantic_status"
+        if not failure_admin.has_view_permission(request):
+            return None
+        return reverse(f"admin:{name}", current_app=site.name)
 
 
 def counts_with_links(row: dict[str, Any], changelist_url: str | None) -> list[tuple[int, str | None]]:
