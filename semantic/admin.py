@@ -39,7 +39,7 @@ from semantic.admin_changelist import (
 )
 from semantic.admin_duplicates import DuplicateReviewMixin
 from semantic.admin_labels import LabelSuggestionMixin
-from semantic.admin_status import EmbeddingFailureAdmin, status_url
+from semantic.admin_status import EmbeddingFailureAdmin, StatusPageMixin
 from semantic.admin_topics import TopicsMixin
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingBatchJob, EmbeddingFailure
@@ -64,10 +64,10 @@ NOTHING_TO_SEARCH = _("Nothing to search by meaning in “{query}”.")
 MEANING_RESULTS = 100
 
 
-class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin):
+class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin, StatusPageMixin):
     """Semantic actions, pages, list column and filter for a ModelAdmin (duplicate review:
     :mod:`semantic.admin_duplicates`; suggested labels: :mod:`semantic.admin_labels`; the
-    Topics page: :mod:`semantic.admin_topics`)."""
+    Topics page: :mod:`semantic.admin_topics`; the status page: :mod:`semantic.admin_status`)."""
 
     #: Which EmbeddingField to use; None when the model has just one.
     semantic_field: str | None = None
@@ -141,7 +141,7 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
         context = {
             "semantic_search": request.GET.get(SEMANTIC_VAR) == "1",
-            "semantic_status_url": status_url(self.admin_site, request),  # type: ignore[attr-defined]
+            "semantic_status_url": self.embedding_status_url(request),
             **(extra_context or {}),
         }
         return super().changelist_view(request, context)  # type: ignore[misc]

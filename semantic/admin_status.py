@@ -16,7 +16,7 @@ from django.apps import apps
 from django.contrib import admin, messages
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import models
+from django.db import models, router
 from django.db.models import CharField, Q
 from django.db.models.functions import Cast
 from django.http import HttpRequest, HttpResponseRedirect
@@ -32,6 +32,9 @@ from semantic.models import EmbeddingFailure
 from semantic.passage_rows import FAILURE_SUFFIX
 from semantic.status import STATES, field_status
 from semantic.tasks import enqueue, iter_fields
+
+#: How many of the newest failures the status page lists.
+LAST_ERRORS = 20
 
 
 class EmbeddingFailureAdmin(admin.ModelAdmin):
@@ -73,7 +76,8 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
                     skipped,
                 )
                 self.message_user(request, message % skipped, messages.WARNING)
-            return HttpResponseRedirect(reverse("admin:semantic_status", current_app=self.admin_site.name))
+            # The page's own URL: it is served here, or by a SemanticAdminMixin on a site without this admin.
+            return HttpResponseRedirect(request.path)
         visible = {model: self.model_rows(request, model, "view") for model in {m for m, _ in iter_fields()}}
         report = []
         for model, field in iter_fields():
@@ -88,7 +92,7 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
             "report": report,
             "any_passages": any(row["passages"] is not None for row in report),
             "states": STATES,
-            "errors": visible_failures(visible).order_by("-last_failed_at")[:20],
+            "errors": visible_failures(visible, LAST_ERRORS),
             "can_retry": self.has_change_permission(request),
         }
         return TemplateResponse(request, "semantic/admin/status.html", context)
@@ -131,9 +135,11 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
     def retry_failed(self, request: HttpRequest) -> tuple[int, int]:
         """Queue the failed rows this user may change and sees; returns (queued, skipped)."""
         queued = skipped = 0
-        for (label, field_name), keys in failures_by_field().items():
+        for using, (label, field_name), keys in failures_by_field():
             # A row whose passages failed is queued under its field: the worker retries its passages.
             model = embedding_model(label, field_name.removesuffix(FAILURE_SUFFIX))
+            if model is not None and router.db_for_read(model) != using:
+                continue  # rows saved to another database than the model is read from: not on this page
             rows = self.model_rows(request, model, "change") if model else None
             if model is None or rows is None:
                 skipped += len(keys)
@@ -143,7 +149,7 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
             skipped += len(keys) - len(allowed)
             if not allowed:
                 continue
-            EmbeddingFailure.objects.filter(
+            EmbeddingFailure.objects.using(using).filter(
                 model_label=label, field_name=field_name, object_pk__in=[pks[pk] for pk in allowed]
             ).update(retry_at=None, permanent=False)
             enqueue(model, field_name.removesuffix(FAILURE_SUFFIX), allowed)
@@ -151,12 +157,37 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
         return queued, skipped
 
 
-def status_url(admin_site: admin.AdminSite, request: HttpRequest) -> str | None:
-    """The embedding status page of ``admin_site``; None when it has none or this user may not open it."""
-    failure_admin = admin_site._registry.get(EmbeddingFailure)
-    if not isinstance(failure_admin, EmbeddingFailureAdmin) or not failure_admin.has_view_permission(request):
-        return None
-    return reverse("admin:semantic_status", current_app=admin_site.name)
+class StatusPageMixin:
+    """The embedding status page among a SemanticAdminMixin's own URLs, so that an admin
+    site without an :class:`EmbeddingFailureAdmin` (a project's own AdminSite) has it too."""
+
+    def get_urls(self) -> list[Any]:
+        opts = self.model._meta  # type: ignore[attr-defined]
+        view = self.admin_site.admin_view(self.embedding_status_view)  # type: ignore[attr-defined]
+        return [
+            path("embedding-status/", view, name=f"{opts.app_label}_{opts.model_name}_semantic_status"),
+            *super().get_urls(),  # type: ignore[misc]
+        ]
+
+    def embedding_status_view(self, request: HttpRequest) -> Any:
+        return EmbeddingFailureAdmin(EmbeddingFailure, self.admin_site).status_view(request)  # type: ignore[attr-defined]
+
+    def embedding_status_url(self, request: HttpRequest) -> str | None:
+        """This site's embedding status page; None when this user may not open it.
+
+        A site with an EmbeddingFailureAdmin (``admin.site``: the app registers one there)
+        serves the page beside the failures; any other site, from this ModelAdmin's URLs.
+        """
+        site = self.admin_site  # type: ignore[attr-defined]
+        failure_admin = site._registry.get(EmbeddingFailure)
+        name = "semantic_status"
+        if not isinstance(failure_admin, EmbeddingFailureAdmin):
+            failure_admin = EmbeddingFailureAdmin(EmbeddingFailure, site)
+            opts = self.model._meta  # type: ignore[attr-defined]
+            name = f"{opts.app_label}_{opts.model_name}_semantic_status"
+        if not failure_admin.has_view_permission(request):
+            return None
+        return reverse(f"admin:{name}", current_app=site.name)
 
 
 def counts_with_links(row: dict[str, Any], changelist_url: str | None) -> list[tuple[int, str | None]]:
@@ -169,21 +200,37 @@ def counts_with_links(row: dict[str, Any], changelist_url: str | None) -> list[t
     ]
 
 
-def visible_failures(visible: dict[type[models.Model], models.QuerySet | None]) -> models.QuerySet:
-    """The EmbeddingFailure rows of the rows in ``visible`` (a model's visible rows, or None)."""
-    condition = Q(pk__in=[])
+def visible_failures(visible: dict[type[models.Model], models.QuerySet | None], limit: int) -> list[EmbeddingFailure]:
+    """The ``limit`` newest EmbeddingFailure rows of the rows in ``visible`` (a model's visible rows, or None).
+
+    Each model's are read on the database its rows are read from, where they are kept
+    (``semantic.E008``): one query per database, never one joining two databases' tables.
+    """
+    conditions: dict[str, Q] = {}
     for model, rows in visible.items():
         if rows is not None:
             keys = rows.annotate(_semantic_key=Cast("pk", CharField())).values("_semantic_key")
-            condition |= Q(model_label=model._meta.label, object_pk__in=keys)
-    return EmbeddingFailure.objects.filter(condition)
+            condition = Q(model_label=model._meta.label, object_pk__in=keys)
+            conditions[rows.db] = conditions[rows.db] | condition if rows.db in conditions else condition
+    found: list[EmbeddingFailure] = []
+    for using, condition in conditions.items():
+        found += EmbeddingFailure.objects.using(using).filter(condition).order_by("-last_failed_at")[:limit]
+    return sorted(found, key=lambda failure: failure.last_failed_at, reverse=True)[:limit]
 
 
-def failures_by_field() -> dict[tuple[str, str], list[str]]:
-    grouped: dict[tuple[str, str], list[str]] = {}
-    for label, field_name, pk in EmbeddingFailure.objects.values_list("model_label", "field_name", "object_pk"):
-        grouped.setdefault((label, field_name), []).append(pk)
-    return grouped
+def failures_by_field() -> list[tuple[str, tuple[str, str], list[str]]]:
+    """Every failure record's key, grouped by database and (model label, field name).
+
+    Read on every database a model with an EmbeddingField is read from, and on
+    EmbeddingFailure's own (records of models since removed).
+    """
+    databases = [router.db_for_read(model) for model, _ in iter_fields()]
+    grouped: dict[tuple[str, str, str], list[str]] = {}
+    for using in dict.fromkeys([router.db_for_read(EmbeddingFailure), *databases]):
+        records = EmbeddingFailure.objects.using(using).values_list("model_label", "field_name", "object_pk")
+        for label, field_name, pk in records:
+            grouped.setdefault((using, label, field_name), []).append(pk)
+    return [(using, (label, field_name), keys) for (using, label, field_name), keys in grouped.items()]
 
 
 def embedding_model(label: str, field_name: str) -> type[models.Model] | None:

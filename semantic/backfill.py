@@ -18,10 +18,9 @@ from django.db.models import BooleanField, ExpressionWrapper, Q, Value
 from semantic.dispatch import queue_task
 from semantic.embedder import CHARS_PER_TOKEN, Embedder, Outcome
 from semantic.fields import EmbeddingField
-from semantic.models import EmbeddingFailure
 from semantic.passage_rows import CUT_ROWS, cut_all, fill_known, lagging_rows, passage_failures
 from semantic.passage_worker import passage_items
-from semantic.rows import failed_pks, mark_pending, pending_rows
+from semantic.rows import failed_pks, failures, mark_pending, pending_rows
 
 #: Gemini API price assumed by --dry-run, USD per million input tokens
 #: (gemini-embedding-001, Google's Gemini API pricing page, 2025). About 4 characters
@@ -148,7 +147,7 @@ def prepare(model: type[models.Model], field: EmbeddingField, *, everything: boo
     """Make the chosen rows pending; returns the primary keys to embed, or None for all pending."""
     if failed:
         pks = failed_keys(model, field)
-        records = EmbeddingFailure.objects.filter(model_label=field.model._meta.label, field_name=field.name)
+        records = failures(field.model, field)
         passages = passage_failures(model, field)
         if is_part_of_table(model, field):
             records, passages = records.filter(object_pk__in=pks), passages.filter(object_pk__in=pks)

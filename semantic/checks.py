@@ -7,7 +7,7 @@ from typing import Any
 
 from django.apps import apps
 from django.core import checks
-from django.db import connections, models
+from django.db import connections, models, router
 from django.utils.functional import cached_property
 
 from semantic.conf import GEMINI_BACKEND, REMOVED
@@ -142,6 +142,45 @@ def _check_field(model: type[models.Model], field: Any, backend: Any) -> list[ch
                     id="semantic.E006",
                 )
             )
+    return errors
+
+
+#: semantic.E008: a model with an EmbeddingField may live on a database the app's tables may not.
+TABLES_MISSING = (
+    "{model} can be migrated to database {alias!r}, but the semantic app cannot: the records the app "
+    "keeps beside {model}'s rows (failures, passages) are looked for there, in tables that would not exist."
+)
+TABLES_MISSING_HINT = (
+    "Make your database router's allow_migrate() return True for app_label 'semantic' on {alias!r} "
+    "(for example, first: if app_label == 'semantic': return True), then run "
+    "'manage.py migrate --database={alias}'."
+)
+
+
+@checks.register(checks.Tags.models)
+def check_databases(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
+    """Wherever a model with an EmbeddingField is migrated, the app's tables are too: its
+    queries ask them about the model's rows in SQL, on the model's own database."""
+    from semantic.fields import embedding_fields
+
+    own_models = list(apps.get_app_config("semantic").get_models())
+    errors: list[checks.CMessage] = []
+    configs = app_configs or apps.get_app_configs()
+    for model in (m for config in configs for m in config.get_models()):
+        if not any(field.model is model for field in embedding_fields(model)):
+            continue  # no field, or one checked on the model that declares it
+        for alias in connections:
+            if router.allow_migrate_model(alias, model) and not all(
+                router.allow_migrate_model(alias, own) for own in own_models
+            ):
+                errors.append(
+                    checks.Error(
+                        TABLES_MISSING.format(model=model._meta.label, alias=alias),
+                        hint=TABLES_MISSING_HINT.format(alias=alias),
+                        obj=model,
+                        id="semantic.E008",
+                    )
+                )
     return errors
 
 

@@ -38,7 +38,7 @@ from typing import Any
 
 from django.apps import apps
 from django.core.signals import setting_changed
-from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, models, router, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -232,12 +232,18 @@ def enqueue(model: type[models.Model], field_name: str, pks: Sequence[Any], *, u
 
 
 def install_sweep_schedule(**kwargs: Any) -> None:
-    """Create (or update) the django-q2 schedule that runs ``semantic.tasks.embed_pending``."""
+    """Create (or update) the django-q2 schedule that runs ``semantic.tasks.embed_pending``.
+
+    Only on a database that holds django-q2's tables: a router may keep them off the one
+    ``migrate --database=...`` just ran on, and there is nothing to write there.
+    """
     if not apps.is_installed("django_q"):
         return
     from django_q.models import Schedule
 
-    using = kwargs.get("using", "default")
+    using = kwargs.get("using", DEFAULT_DB_ALIAS)
+    if not router.allow_migrate_model(using, Schedule):
+        return
     if conf.SWEEP_MINUTES is None:
         Schedule.objects.using(using).filter(name=SWEEP_SCHEDULE_NAME).delete()
         return

@@ -422,7 +422,8 @@ class Embedder(PassageWorkMixin):
         retry_at: Any,
     ) -> None:
         """Add a failed request to the row's failure record (rows' and passages' alike)."""
-        failure, _ = EmbeddingFailure.objects.get_or_create(
+        # Beside the rows, where pending_rows() and the status look for it.
+        failure, _ = EmbeddingFailure.objects.using(self.using).get_or_create(
             model_label=self.model._meta.label, field_name=field_name, object_pk=str(pk), defaults={"error": message}
         )
         failure.attempts += attempts
@@ -430,7 +431,7 @@ class Embedder(PassageWorkMixin):
         failure.permanent = permanent
         failure.source_hash = source_hash
         failure.retry_at = retry_at
-        failure.save()
+        failure.save(using=self.using)
 
     def failures(self) -> models.QuerySet[EmbeddingFailure]:
-        return failures(self.model, self.field)
+        return failures(self.model, self.field, self.using)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
 
-from django.db import models, transaction
+from django.db import models, router, transaction
 from django.db.models import CharField, Count, Exists, OuterRef, Q, Sum, Value
 from django.db.models.functions import MD5, Cast, Concat, Least, Length
 from django.utils import timezone
@@ -52,8 +52,12 @@ def cut_marker(field: EmbeddingField, row_hash: Any) -> Any:
     return MD5(Concat(row_hash, Value(sizes), output_field=CharField()))
 
 
-def passage_failures(model: type[models.Model], field: EmbeddingField) -> models.QuerySet[EmbeddingFailure]:
-    return EmbeddingFailure.objects.filter(model_label=field.model._meta.label, field_name=field.name + FAILURE_SUFFIX)
+def passage_failures(
+    model: type[models.Model], field: EmbeddingField, using: str | None = None
+) -> models.QuerySet[EmbeddingFailure]:
+    """The failure records of ``field``'s passages, beside the rows (as :func:`semantic.rows.failures`)."""
+    manager = EmbeddingFailure.objects.using(using or router.db_for_read(field.model))
+    return manager.filter(model_label=field.model._meta.label, field_name=field.name + FAILURE_SUFFIX)
 
 
 def lagging_rows(
@@ -210,7 +214,7 @@ def store(model: type[models.Model], field: EmbeddingField, row: Cut, spec: str,
             unique_fields=["model_label", "field_name", "object_pk", "position"],
             update_fields=["start", "end", "text", "text_hash", "cut_from", "spec", "vector"],
         )
-        passage_failures(table_model, field).filter(object_pk=str(row.pk)).delete()
+        passage_failures(table_model, field, using).filter(object_pk=str(row.pk)).delete()
     return True
 
 
@@ -250,8 +254,9 @@ def passage_status(model: type[models.Model], field: EmbeddingField, rows: model
     backend's input limit; None when the text comes from Python, which SQL cannot
     measure). At about 4 characters a token, these say what a full re-embedding costs.
     """
+    using = rows.db  # the passages and failures beside the rows (semantic.E008), never another database's
     keys = rows.annotate(_semantic_pk=Cast("pk", CharField())).values("_semantic_pk")
-    stored = passages_of(model, field).filter(object_pk__in=keys, spec=field.spec())
+    stored = passages_of(model, field, using).filter(object_pk__in=keys, spec=field.spec())
     totals = stored.aggregate(passages=Count("pk"), chars=Sum(Length("text")))
     text = field.stored_source_text()
     row_chars = None
@@ -259,9 +264,9 @@ def passage_status(model: type[models.Model], field: EmbeddingField, rows: model
         read = Least(Length(text), Value(field.backend.max_input_chars))
         row_chars = rows.filter(field.is_current()).aggregate(chars=Sum(read))["chars"] or 0
     return {
-        "rows": current_rows(model, field).filter(pk__in=rows.values("pk")).count(),
-        "lagging": lagging_rows(model, field, in_batch_jobs=True).filter(pk__in=rows.values("pk")).count(),
-        "failed": passage_failures(model, field).filter(object_pk__in=keys).count(),
+        "rows": current_rows(model, field).using(using).filter(pk__in=rows.values("pk")).count(),
+        "lagging": lagging_rows(model, field, using, in_batch_jobs=True).filter(pk__in=rows.values("pk")).count(),
+        "failed": passage_failures(model, field, using).filter(object_pk__in=keys).count(),
         "passages": totals["passages"],
         "passage_chars": totals["chars"] or 0,
         "row_chars": row_chars,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from django.db import models
+from django.db import models, router
 from django.db.models import Case, CharField, Exists, F, OuterRef, Q, When
 from django.db.models.functions import Cast, Coalesce, Now
 from django.db.models.lookups import Exact, IsNull
@@ -44,12 +44,17 @@ def stale_rows(model: type[models.Model], field: EmbeddingField) -> models.Query
     return model._base_manager.filter(field.stale() & ~field.pending())
 
 
-def failures(model: type[models.Model], field: EmbeddingField) -> models.QuerySet[EmbeddingFailure]:
-    return EmbeddingFailure.objects.filter(model_label=model._meta.label, field_name=field.name)
+def failures(
+    model: type[models.Model], field: EmbeddingField, using: str | None = None
+) -> models.QuerySet[EmbeddingFailure]:
+    """The failure records of ``field``'s rows, kept in the database the rows are in
+    (``using``; by default, the one ``model`` is read from), as :func:`pending_rows` reads them."""
+    using = using or router.db_for_read(model)
+    return EmbeddingFailure.objects.using(using).filter(model_label=model._meta.label, field_name=field.name)
 
 
-def failed_pks(model: type[models.Model], field: EmbeddingField) -> list[str]:
-    return list(failures(model, field).values_list("object_pk", flat=True))
+def failed_pks(model: type[models.Model], field: EmbeddingField, using: str | None = None) -> list[str]:
+    return list(failures(model, field, using).values_list("object_pk", flat=True))
 
 
 def open_jobs(
@@ -93,9 +98,11 @@ def mark_pending(rows: models.QuerySet, field: EmbeddingField) -> int:
     return rows.update(**{field.embedded_hash_name: None, field.pending_since_name: Case(When(has_text, then=waiting))})
 
 
-def forget_failures(model: type[models.Model], field: EmbeddingField, pks: list[Any] | None = None) -> None:
+def forget_failures(
+    model: type[models.Model], field: EmbeddingField, pks: list[Any] | None = None, using: str | None = None
+) -> None:
     """Drop the failure records of these rows (all of the field's when ``pks`` is None)."""
-    records = failures(model, field)
+    records = failures(model, field, using)
     if pks is not None:
         records = records.filter(object_pk__in=[str(pk) for pk in pks])
     records.delete()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import models
+from django.db import models, router
 from django.db.models import Case, CharField, Count, Exists, Min, OuterRef, Q, Value, When
 from django.db.models.functions import Cast
 from django.utils import timezone
@@ -60,8 +60,11 @@ def field_status(
 
     ``rows`` limits the counts to some of the model's rows (the admin passes what a
     ModelAdmin's ``get_queryset()`` lets the user see); by default every row counts.
+    Every query runs on the database the rows are read from: the app's own tables they
+    consult are the ones migrated beside those rows (``semantic.E008``).
     """
-    counted = model._base_manager.all()
+    using = rows.db if rows is not None else router.db_for_read(model)
+    counted = model._base_manager.using(using)
     if rows is not None:
         # A subquery, so the caller's annotations, ordering or distinct() cannot change the counts.
         counted = counted.filter(pk__in=rows.values("pk"))

@@ -552,13 +552,11 @@ def test_status_page_shows_how_long_the_oldest_row_waited(editor, articles):
 LINK = re.compile(r'(?:href|action)="(/[^"]*)"')
 
 
-def assert_stays_on_other_site(response):
+def assert_stays_on_other_site(response, prefix="/myadmin/"):
     """Every link and form of the page leads into /myadmin/ (or to the site itself, or static files)."""
     assert response.status_code == 200
-    assert response.request["PATH_INFO"].startswith("/myadmin/")
-    elsewhere = {
-        url for url in LINK.findall(response.content.decode()) if not url.startswith(("/myadmin/", "/static/"))
-    }
+    assert response.request["PATH_INFO"].startswith(prefix)
+    elsewhere = {url for url in LINK.findall(response.content.decode()) if not url.startswith((prefix, "/static/"))}
     assert elsewhere <= {"/"}, elsewhere
 
 
@@ -631,6 +629,30 @@ def test_every_semantic_page_and_action_on_a_custom_admin_site(client, notes, fa
     assert retried.redirect_chain == [(status, 302)]
     assert_stays_on_other_site(retried)
     assert "Queued 1 failed row again." in retried.content.decode()
+
+
+def test_a_custom_site_with_only_the_models_admin_has_the_status_page(client, notes, fake_gemini):
+    """tests/urls.py's "plainadmin" registers Note alone: the mixin serves the page itself."""
+    client.force_login(staff("plain", "view_note", "change_note", "view_embeddingfailure", "change_embeddingfailure"))
+    changelist = reverse("plainadmin:testapp_note_changelist")
+    status = reverse("plainadmin:testapp_note_semantic_status")
+    fake_gemini.reject_marker = "REJECT"
+    Note.objects.create(text="REJECT this one")
+
+    page = client.get(changelist)
+    assert_stays_on_other_site(page, "/plainadmin/")
+    assert f'href="{status}" class="semantic-status-link"' in page.content.decode()
+    status_page = client.get(status)
+    assert_stays_on_other_site(status_page, "/plainadmin/")
+    assert f'href="{changelist}?embedding_state=failed">1</a>' in status_page.content.decode()
+    retried = client.post(status, follow=True)
+    assert retried.redirect_chain == [(status, 302)]
+    assert "Queued 1 failed row again." in retried.content.decode()
+
+    # The page still needs the permission that opens it on admin.site.
+    client.force_login(staff("notesonly", "view_note"))
+    assert "semantic-status-link" not in client.get(changelist).content.decode()
+    assert client.get(status).status_code == 403
 
 
 # -- duplicate review: columns, compare, threshold on every page, dismissed pairs (issue 12) -------

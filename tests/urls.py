@@ -17,9 +17,13 @@ class NoteAdmin(SemanticAdminMixin, admin.ModelAdmin):
 other_site = admin.AdminSite(name="myadmin")
 other_site.register(Note, NoteAdmin)
 other_site.register(EmbeddingFailure, EmbeddingFailureAdmin)
+#: A custom AdminSite as the README's admin snippet makes one: the model's admin only.
+plain_site = admin.AdminSite(name="plainadmin")
+plain_site.register(Note, NoteAdmin)
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("myadmin/", other_site.urls),
+    path("plainadmin/", plain_site.urls),
     path("", include("project.questions.urls")),
 ]

@@ -1,0 +1,124 @@
+"""More than one database: routers that keep django-q2 or the app's own tables off a
+database, and models whose rows a router keeps on the second database ("other")."""
+
+import pytest
+from django.contrib.auth.models import User
+from django.core import checks
+from django.core.management import call_command
+from django.db import connections, transaction
+from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django_q.models import Schedule
+
+from semantic import backfill
+from semantic.checks import TABLES_MISSING, TABLES_MISSING_HINT
+from semantic.dispatch import SWEEP_SCHEDULE_NAME
+from semantic.fields import get_embedding_field
+from semantic.models import EmbeddingFailure, Passage
+from semantic.status import field_status
+from tests.testapp.models import Note, Report
+
+pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
+
+
+class QueueOnDefault:
+    """django-q2's tables on "default" only, as a project with a second database keeps them."""
+
+    def allow_migrate(self, db, app_label, **hints):
+        return db == "default" if app_label == "django_q" else None
+
+
+class TestappOnOther:
+    """The test app on "other", every other app (this one's too) on "default"."""
+
+    def allow_migrate(self, db, app_label, **hints):
+        return db == "other" if app_label == "testapp" else db == "default"
+
+
+class SemanticEverywhere(TestappOnOther):
+    """The same, with the rule semantic.E008 asks for."""
+
+    def allow_migrate(self, db, app_label, **hints):
+        return True if app_label == "semantic" else super().allow_migrate(db, app_label, **hints)
+
+
+class NotesOnOther:
+    """Note and Report rows read and written on "other"; the app's tables migrated on both."""
+
+    routed = {"testapp.note", "testapp.report"}
+
+    def db_for_read(self, model, **hints):
+        return "other" if model._meta.label_lower in self.routed else None
+
+    db_for_write = db_for_read
+
+
+def routers(*classes):
+    return override_settings(DATABASE_ROUTERS=[f"{__name__}.{cls.__name__}" for cls in classes])
+
+
+def test_migrate_on_a_database_without_django_qs_tables_succeeds():
+    with routers(QueueOnDefault), transaction.atomic(using="other"):
+        with connections["other"].cursor() as cursor:
+            # As on a database the router never let django_q's migrations run on (rolled back below).
+            cursor.execute(f"DROP TABLE {Schedule._meta.db_table} CASCADE")
+        call_command("migrate", database="other", verbosity=0)
+        transaction.set_rollback(True, using="other")
+    assert Schedule.objects.using("default").filter(name=SWEEP_SCHEDULE_NAME).exists()
+
+
+def test_a_model_on_a_database_without_the_apps_tables_is_reported_with_the_router_rule():
+    with routers(TestappOnOther):
+        errors = [e for e in checks.run_checks() if e.id == "semantic.E008"]
+    note = next(e for e in errors if e.obj is Note)
+    assert note.msg == TABLES_MISSING.format(model="testapp.Note", alias="other")
+    assert note.hint == TABLES_MISSING_HINT.format(alias="other")
+    assert "allow_migrate() return True for app_label 'semantic' on 'other'" in note.hint
+    assert {e.obj._meta.app_label for e in errors} == {"testapp"}  # the other apps stay on "default"
+    with routers(SemanticEverywhere):
+        assert not [e for e in checks.run_checks() if e.id == "semantic.E008"]
+
+
+@pytest.fixture
+def routed(fake_gemini):
+    """Notes (one refused by the API) and a Report with passages, kept on "other" by the router."""
+    with routers(NotesOnOther):
+        for text in ("reset my password", "dark mode", "REJECT this one"):
+            fake_gemini.reject_marker = "REJECT"
+            Note.objects.create(text=text)
+        fake_gemini.reject_marker = None
+        Report.objects.create(title="Handbook", body="Passwords are reset from the profile page.")
+        yield fake_gemini
+    assert not Note.objects.using("default").exists()
+
+
+def test_failures_are_kept_and_counted_beside_the_rows(routed):
+    field = get_embedding_field(Note)
+    assert EmbeddingFailure.objects.using("other").filter(model_label="testapp.Note").count() == 1
+    assert not EmbeddingFailure.objects.using("default").exists()
+    status = field_status(Note, field)
+    assert (status["embedded"], status["failed"]) == (2, 1)
+    assert backfill.count(Note, field, everything=False, failed=True, limit=None) == 1
+
+
+def test_the_status_page_reads_each_models_rows_and_records_on_their_database(routed, client):
+    client.force_login(User.objects.create_superuser("root", password="pw"))
+    with CaptureQueriesContext(connections["default"]) as on_default:
+        page = client.get(reverse("admin:semantic_status"))
+    assert page.status_code == 200
+    # Nothing on "default" names the routed tables: no query joins one database's tables with another's.
+    assert not [q["sql"] for q in on_default.captured_queries if "testapp_note" in q["sql"]]
+    assert not [q["sql"] for q in on_default.captured_queries if "testapp_report" in q["sql"]]
+    rows = {row["model"]: row for row in page.context["report"]}
+    assert (rows["testapp.Note"]["embedded"], rows["testapp.Note"]["failed"]) == (2, 1)
+    stored = Passage.objects.using("other").filter(model_label="testapp.Report").count()
+    assert stored > 0 and rows["testapp.Report"]["passages"]["passages"] == stored
+    assert [failure.object_pk for failure in page.context["errors"]] == [
+        str(Note.objects.using("other").get(text="REJECT this one").pk)
+    ]
+
+    retried = client.post(reverse("admin:semantic_status"), follow=True)
+    assert "Queued 1 failed row again." in retried.content.decode()
+    assert not EmbeddingFailure.objects.using("other").exists()
+    assert not Note.objects.using("other").filter(embedding__isnull=True).exists()
