@@ -184,3 +184,11 @@ def test_redaction_finds_a_padded_secret_in_its_stripped_form():
     from semantic.text import redact
 
     assert redact("key AIzaPADDED refused", "  AIzaPADDED\n") == "key [redacted] refused"
+
+
+def test_a_time_out_under_a_millisecond_is_still_a_time_out(fake_gemini):
+    """The SDK counts whole milliseconds and takes 0 for none: 0.4 ms must not become 0."""
+    fake_gemini.latency = 2.0
+    with pytest.raises(EmbeddingError) as info:
+        backend(fake_gemini, timeout=0.0004).embed(["x"], task_type="SEMANTIC_SIMILARITY", dimensions=768)
+    assert info.value.transient

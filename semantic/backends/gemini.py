@@ -7,6 +7,7 @@ list of texts, which the SDK sends as a single ``:batchEmbedContents`` request.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -97,7 +98,10 @@ class GeminiBackend(EmbeddingBackend):
         from google import genai
         from google.genai import types
 
-        http_options = types.HttpOptions(base_url=self.base_url, timeout=int(self.timeout * 1000))
+        # The SDK counts whole milliseconds and takes 0 for "no time-out": round up, so
+        # that a time-out under a millisecond still is one (semantic.E008 reports it).
+        timeout = max(1, math.ceil(self.timeout * 1000))
+        http_options = types.HttpOptions(base_url=self.base_url, timeout=timeout)
         return genai.Client(api_key=self.api_key, http_options=http_options)
 
     def embed(
