@@ -60,12 +60,21 @@ def fake_vector(text: str, dimensions: int, task_type: str | None = None) -> lis
     return [scale * x / norm for x in vector]
 
 
-def api_error(code: int, message: str, status: str, reason: str | None = None) -> str:
+def api_error(
+    code: int, message: str, status: str, reason: str | None = None, *, retry_delay: str | None = None
+) -> str:
+    """An error body as Google APIs send it; ``retry_delay`` (``"30s"``) adds the ``RetryInfo``
+    entry the Gemini API gives its 429s instead of a ``Retry-After`` header."""
     error: dict[str, Any] = {"code": code, "message": message, "status": status}
+    details = []
     if reason:
-        error["details"] = [
+        details.append(
             {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason, "domain": "googleapis.com"}
-        ]
+        )
+    if retry_delay is not None:
+        details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay})
+    if details:
+        error["details"] = details
     return json.dumps({"error": error})
 
 

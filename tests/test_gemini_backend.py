@@ -186,6 +186,28 @@ def test_redaction_finds_a_padded_secret_in_its_stripped_form():
     assert redact("key AIzaPADDED refused", "  AIzaPADDED\n") == "key [redacted] refused"
 
 
+@pytest.mark.parametrize(
+    ("delay", "seconds"),
+    [("30s", 30.0), ("45.837906927s", 45.837906927), ("0s", 0.0), ("86400s", 3600.0), ("-3s", 0.0)]
+    + [(bad, None) for bad in ("soon", "30", "1e3s", "nans", "30 s", "")],
+)
+def test_a_429_s_retry_info_in_the_body_is_its_wait(fake_gemini, delay, seconds):
+    """The Gemini API gives its 429's wait as RetryInfo.retryDelay (a protobuf Duration), no header."""
+    fake_gemini.fail_next(429, body=api_error(429, "Quota exceeded.", "RESOURCE_EXHAUSTED", retry_delay=delay))
+    with pytest.raises(EmbeddingError) as info:
+        backend(fake_gemini).embed(["x"], task_type="SEMANTIC_SIMILARITY", dimensions=768)
+    assert info.value.transient
+    assert info.value.retry_after == seconds
+
+
+def test_a_retry_after_header_wins_over_the_body(fake_gemini):
+    body = api_error(429, "Quota exceeded.", "RESOURCE_EXHAUSTED", "RATE_LIMIT_EXCEEDED", retry_delay="30s")
+    fake_gemini.fail_next(429, retry_after="7", body=body)
+    with pytest.raises(EmbeddingError) as info:
+        backend(fake_gemini).embed(["x"], task_type="SEMANTIC_SIMILARITY", dimensions=768)
+    assert info.value.retry_after == 7.0
+
+
 def test_a_time_out_under_a_millisecond_is_still_a_time_out(fake_gemini):
     """The SDK counts whole milliseconds and takes 0 for none: 0.4 ms must not become 0."""
     fake_gemini.latency = 2.0

@@ -21,6 +21,7 @@ from semantic.fields import get_embedding_field
 from semantic.models import EmbeddingFailure, RateLimit
 from semantic.query import query_task_type
 from semantic.ratelimit import limit_key
+from tests.fake_gemini import api_error
 from tests.testapp.models import Article, Document, Note
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -722,4 +723,18 @@ def test_embed_can_wait_for_the_rate_limit_instead(fake_gemini):
     with pytest.raises(SearchUnavailable, match="Try again in"):
         embed(["alpha beta"], dimensions=128)
     assert len(embed(["alpha beta"], dimensions=128, wait=True)[0]) == 128
+    assert fake_gemini.request_count == 1
+
+
+def test_a_429_with_retry_info_only_pauses_everyone_for_the_delay_it_gives(articles, fake_gemini):
+    """The Gemini API puts the wait in the body (RetryInfo.retryDelay), not in Retry-After."""
+    body = api_error(429, "Quota exceeded.", "RESOURCE_EXHAUSTED", retry_delay="120s")
+    fake_gemini.fail_next(429, body=body)
+    with pytest.raises(SearchUnavailable) as busy:
+        Article.objects.similar_to("reset my password")
+    assert busy.value.retry_after == 120.0
+    state = RateLimit.objects.get()
+    assert state.paused_until is not None and state.paused_until > timezone.now() + timedelta(seconds=100)
+    with pytest.raises(SearchUnavailable, match="Try again in"):
+        Article.objects.similar_to("export invoices please")
     assert fake_gemini.request_count == 1
