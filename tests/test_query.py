@@ -726,6 +726,22 @@ def test_embed_can_wait_for_the_rate_limit_instead(fake_gemini):
     assert fake_gemini.request_count == 1
 
 
+@pytest.mark.parametrize(
+    ("vector", "message"),
+    [
+        ([float("nan")] + [0.1] * 127, "holds NaN or infinite values"),
+        ([float("inf")] + [0.0] * 127, "holds NaN or infinite values"),
+        ([0.0] * 128, "all zeros"),
+    ],
+)
+def test_a_query_vector_postgresql_cannot_compare_is_refused_at_the_call(articles, vector, message):
+    """Not later, as a DataError where the queryset is evaluated (or NaN for every row)."""
+    with pytest.raises(ValueError, match=message):
+        Article.objects.similar_to(vector)
+    with pytest.raises(ValueError, match=message):
+        Article.objects.similar_to(np.array(vector))
+
+
 def test_a_429_with_retry_info_only_pauses_everyone_for_the_delay_it_gives(articles, fake_gemini):
     """The Gemini API puts the wait in the body (RetryInfo.retryDelay), not in Retry-After."""
     body = api_error(429, "Quota exceeded.", "RESOURCE_EXHAUSTED", retry_delay="120s")
