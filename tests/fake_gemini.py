@@ -8,7 +8,8 @@ full-size (3072) vectors.
 
 It counts requests (each record gets the ``status`` it was answered with, and
 ``embedded`` when that answer held embeddings) and can be
-told to misbehave: answer 429 with Retry-After, 500, 400, malformed JSON, or slowly;
+told to misbehave: answer 429 with Retry-After (or a ``RetryInfo`` delay in the body),
+500, 400, malformed JSON, embeddings with NaN, no or too many values, or slowly;
 ``fail_every`` answers every request alike (a revoked key); ``on_request`` runs code
 between a request's arrival and its answer (edits while a batch is in flight).
 
@@ -96,6 +97,8 @@ class Fault:
     status: int
     body: str
     headers: dict[str, str]
+    #: Answer 200 with this raw JSON as the embedding of every text sent, instead of ``body``.
+    embedding: str | None = None
 
 
 @dataclass
@@ -199,6 +202,14 @@ class FakeGemini:
     def malformed_next(self, *, times: int = 1) -> None:
         with self._lock:
             self.faults += [Fault(200, '{"embeddings": [', {})] * times
+
+    def bad_embeddings_next(self, embedding: str, *, times: int = 1) -> None:
+        """Answer 200 with ``embedding``, raw JSON, for every text of the request: one embedding
+        per text, as the API does, but ``{"values": [NaN, ...]}``, ``{"values": []}``, ``{}``,
+        or a vector of another size than was asked for. Raw, so that ``NaN`` and ``1e400``
+        (infinite once parsed) reach the client as a broken server would send them."""
+        with self._lock:
+            self.faults += [Fault(200, "", {}, embedding)] * times
 
     def fail_next_batch(self, message: str) -> None:
         """The next batch job created ends as ``BATCH_STATE_FAILED`` with this error."""
@@ -312,6 +323,10 @@ class FakeGemini:
                     fake.on_request(record)
                 if fake.latency:
                     time.sleep(fake.latency)
+                if fault and fault.embedding is not None:
+                    record["status"] = 200
+                    answer = ",".join([fault.embedding] * len(body.get("requests", [])))
+                    return self._send(200, '{"embeddings": [' + answer + "]}")
                 if fault:
                     record["status"] = fault.status
                     return self._send(fault.status, fault.body, fault.headers)

@@ -150,6 +150,25 @@ def test_a_429_storm_with_the_wait_in_the_body_only(fake_gemini):
     assert result.requests == 1 + ROWS // BATCH
 
 
+def test_malformed_vectors_nan_infinite_or_empty(fake_gemini):
+    """A 200 whose vectors cannot be stored: retried like a malformed answer, never written."""
+    backlog("bad vectors")
+    turns = iter(range(10_000))
+    answers = ['{"values": [NaN%s]}' % (", 0.1" * 127), '{"values": [1e400%s]}' % (", 0.1" * 127), "{}"]
+
+    def bad_vectors(record):
+        turn = next(turns)
+        if turn % 3 == 0 and turn < 30:
+            fake_gemini.bad_embeddings_next(answers[turn // 3 % 3])
+
+    fake_gemini.on_request = bad_vectors
+    embed_pending("testapp.Article")
+    recover()
+    result = tally("vectors with NaN, Infinity or no values", fake_gemini, ROWS)
+    assert (result.lost, result.stale, result.sent_twice, result.rejected) == (0, 0, 0, 0)
+    assert not EmbeddingFailure.objects.exists()
+
+
 def test_5xx_bursts_and_malformed_answers(fake_gemini):
     backlog("bursts")
     turns = iter(range(10_000))

@@ -187,6 +187,32 @@ def test_redaction_finds_a_padded_secret_in_its_stripped_form():
 
 
 @pytest.mark.parametrize(
+    ("embedding", "problem"),
+    [
+        ('{"values": [NaN, 0.5, 0.5]}', "a vector holding NaN or infinite values"),
+        ('{"values": [1e400, 0.5, 0.5]}', "a vector holding NaN or infinite values"),  # infinite once parsed
+        ('{"values": [0.0, 0.0, 0.0]}', "a vector of zeros"),
+        ('{"values": []}', "an empty vector"),
+        ("{}", "an empty vector"),
+    ],
+)
+def test_an_unusable_vector_is_a_malformed_answer_to_retry(fake_gemini, embedding, problem):
+    """Caught before normalising, which would spread one NaN over the whole vector."""
+    fake_gemini.bad_embeddings_next(embedding)
+    with pytest.raises(EmbeddingError) as info:
+        backend(fake_gemini).embed(["x", "y"], task_type="SEMANTIC_SIMILARITY", dimensions=3)
+    assert info.value.kind == "transient"
+    assert str(info.value) == f"Gemini API sent a malformed answer: {problem}."
+
+
+def test_a_vector_of_another_size_is_passed_on_for_the_caller_to_place(fake_gemini):
+    """Only the caller knows which field it misfits (and a key is not at fault)."""
+    fake_gemini.bad_embeddings_next('{"values": [%s]}' % ", ".join(["0.5"] * 3072))
+    (vector,) = backend(fake_gemini).embed(["x"], task_type="SEMANTIC_SIMILARITY", dimensions=384)
+    assert vector == [0.5] * 3072
+
+
+@pytest.mark.parametrize(
     ("delay", "seconds"),
     [("30s", 30.0), ("45.837906927s", 45.837906927), ("0s", 0.0), ("86400s", 3600.0), ("-3s", 0.0)]
     + [(bad, None) for bad in ("soon", "30", "1e3s", "nans", "30 s", "")],

@@ -742,6 +742,28 @@ def test_a_query_vector_postgresql_cannot_compare_is_refused_at_the_call(article
         Article.objects.similar_to(np.array(vector))
 
 
+@pytest.mark.parametrize("values", ["NaN" + ", 0.1" * 127, ", ".join(["0.01"] * 3072)])
+def test_an_unusable_query_vector_is_search_unavailable_and_never_cached(articles, fake_gemini, values):
+    fake_gemini.bad_embeddings_next('{"values": [%s]}' % values, times=2)
+    with pytest.raises(SearchUnavailable, match="Try again later"):
+        Article.objects.similar_to("reset my password")
+    with pytest.raises(SearchUnavailable):
+        embed(["reset my password"], dimensions=128)
+    sent = fake_gemini.request_count
+    assert titles(Article.objects.similar_to("reset my password"))[0] == "reset my account password"
+    assert fake_gemini.request_count == sent + 1  # asked again, not served a bad vector from the cache
+
+
+def test_a_bad_vector_found_in_the_cache_is_asked_for_again(articles, fake_gemini):
+    """Cached by a release that did not check; the cache key is the one embed() uses."""
+    from semantic.vectors import _key
+
+    backend = get_backend()
+    cache.set(_key(backend.model_id, "SEMANTIC_SIMILARITY", 128, "reset my password"), [float("nan")] * 128)
+    assert titles(Article.objects.similar_to("reset my password"))[0] == "reset my account password"
+    assert fake_gemini.request_count == 1
+
+
 def test_a_429_with_retry_info_only_pauses_everyone_for_the_delay_it_gives(articles, fake_gemini):
     """The Gemini API puts the wait in the body (RetryInfo.retryDelay), not in Retry-After."""
     body = api_error(429, "Quota exceeded.", "RESOURCE_EXHAUSTED", retry_delay="120s")

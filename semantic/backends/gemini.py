@@ -26,6 +26,7 @@ from semantic.backends.base import (
     EmbeddingError,
     Vector,
     l2_normalize,
+    malformed,
     parse_retry_after,
 )
 from semantic.text import redact
@@ -139,15 +140,12 @@ class GeminiBackend(EmbeddingBackend):
             )
         vectors = [list(e.values or []) for e in embeddings]
         for vector in vectors:
-            if len(vector) != dimensions:
-                raise EmbeddingError(
-                    f"Gemini API returned a vector of {len(vector)} dimensions, expected {dimensions}. "
-                    "Check the field's dimensions against the model.",
-                    kind=CONFIG,
-                )
-        if dimensions < self.native_dimensions:
-            vectors = [l2_normalize(v) for v in vectors]
-        return vectors
+            # Checked before normalising, which would spread one NaN over the whole vector.
+            if problem := malformed(vector):
+                raise EmbeddingError(f"Gemini API sent a malformed answer: {problem}.", kind=TRANSIENT)
+        # A vector of another size is passed on unnormalised: the caller knows which
+        # field it misfits and says so (a field's problem, not the key's).
+        return [l2_normalize(v) if len(v) == dimensions < self.native_dimensions else v for v in vectors]
 
     # -- Batch API: half the price, results within 24 hours -----------------------
 
