@@ -161,6 +161,8 @@ class FakeGemini:
         self.batch_polls_until_done = 1
         #: Inputs of a batch job containing this marker get an error instead of an embedding.
         self.reject_batch_marker: str | None = None
+        #: Inputs of a batch job containing this marker get an embedding of NaNs (a broken answer).
+        self.nan_batch_marker: str | None = None
         self._batch_failures: list[str] = []
         self._job_ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -227,6 +229,7 @@ class FakeGemini:
         self.on_request = None
         self.reject_marker = None
         self.reject_batch_marker = None
+        self.nan_batch_marker = None
         self.batch_polls_until_done = 1
         self.latency = 0.0
 
@@ -236,10 +239,12 @@ class FakeGemini:
         responses: list[dict[str, Any]] = []
         for item in items:
             text = "".join(p.get("text", "") for p in item["content"]["parts"])
+            dims = item.get("outputDimensionality") or NATIVE_DIMENSIONS
             if self.reject_batch_marker and self.reject_batch_marker in text:
                 responses.append({"error": {"code": 3, "message": "Request contains an invalid argument."}})
+            elif self.nan_batch_marker and self.nan_batch_marker in text:
+                responses.append({"response": {"embedding": {"values": [math.nan] * dims}}})
             else:
-                dims = item.get("outputDimensionality") or NATIVE_DIMENSIONS
                 responses.append({"response": {"embedding": {"values": fake_vector(text, dims, item.get("taskType"))}}})
         with self._lock:
             job = BatchJob(
