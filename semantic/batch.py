@@ -26,6 +26,7 @@ from typing import Any
 from django.db import models
 from django.utils import timezone
 
+from semantic.backends import malformed
 from semantic.embedder import Embedder, Item, Outcome
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingBatchJob
@@ -263,8 +264,8 @@ def collect(model: type[models.Model], field: EmbeddingField, job: EmbeddingBatc
         items = [Item(to_python(pk), text_hash, "", None) for pk, text_hash in job.items]
         done: list[tuple[Item, Any]] = []
         for item, (vector, error, transient) in zip(items, status.results):
-            if vector is not None and len(vector) != field.dimensions:
-                vector, error, transient = None, f"a {len(vector)}-dimensional vector", False
+            if vector is not None and (problem := unusable(vector, field.dimensions)):
+                vector, error, transient = None, *problem
             if vector is None:
                 item.attempts = 1
                 embedder.fail([item], f"Batch job {job.name}: {error}", permanent=not transient, retry_in=60)
@@ -311,8 +312,8 @@ def store_row(
         return
     failed = []
     for position, text_hash, row_hash, (vector, error, transient) in results:
-        if vector is not None and len(vector) != embedder.field.dimensions:
-            vector, error, transient = None, f"a {len(vector)}-dimensional vector", False
+        if vector is not None and (problem := unusable(vector, embedder.field.dimensions)):
+            vector, error, transient = None, *problem
         piece = row_cut.pieces[position] if position < len(row_cut.pieces) else None
         if vector is None:
             failed.append((PassageItem(row_cut.pk, text_hash, "", None, position, row_hash, 1), error, transient))
@@ -329,6 +330,19 @@ def store_row(
         embedder.store_passages(row_cut)
     else:
         embedder.outcome.changed_in_flight += 1
+
+
+def unusable(vector: Any, dimensions: int) -> tuple[str, bool] | None:
+    """Why a job's vector may not be stored, and whether asking again may help; None if it may be.
+
+    Another size is the model's answer for this field (asking again gives the same);
+    a malformed vector (NaN, zeros) is retried, by the worker, like a malformed answer.
+    """
+    if problem := malformed(vector):
+        return f"a malformed answer ({problem})", True
+    if len(vector) != dimensions:
+        return f"a {len(vector)}-dimensional vector", False
+    return None
 
 
 def finish(job: EmbeddingBatchJob, status: Any, *, embedded: int, failed: int, outcome: Outcome) -> Outcome:

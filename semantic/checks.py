@@ -238,3 +238,26 @@ def check_extension(databases: Any = None, **kwargs: Any) -> list[checks.CMessag
                 )
             )
     return errors
+
+
+#: Shortest SEMANTIC['TIMEOUT'], in seconds.
+MIN_TIMEOUT = 0.001
+
+
+@checks.register()
+def check_timeout(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
+    """The API client counts whole milliseconds and takes 0 for no time-out at all: the
+    backend rounds a smaller value up to one millisecond, so the setting would not say
+    what happens, and a value that is no positive number has no time-out to give."""
+    timeout = conf.TIMEOUT
+    number = isinstance(timeout, int | float) and not isinstance(timeout, bool)
+    if number and MIN_TIMEOUT <= timeout < float("inf"):  # NaN fails both comparisons
+        return []
+    return [
+        checks.Error(
+            f"SEMANTIC['TIMEOUT'] is {timeout!r}; it must be a number of seconds, at least {MIN_TIMEOUT}.",
+            hint="Set SEMANTIC['TIMEOUT'] to the seconds one embedding request may take (default 30.0); "
+            "the API client counts whole milliseconds, and smaller values are rounded up to one.",
+            id="semantic.E009",
+        )
+    ]

@@ -19,13 +19,13 @@ from dataclasses import field as dataclass_field
 from datetime import timedelta
 from typing import Any
 
-from django.db import connections, models, router
+from django.db import DatabaseError, connections, models, router, transaction
 from django.db.models import CharField, Q, Value
 from django.db.models.sql import Query
 from django.utils import timezone
 
 from semantic import ratelimit
-from semantic.backends import BAD_INPUT, CONFIG, FIELD, TRANSIENT, EmbeddingBackend, EmbeddingError, Vector
+from semantic.backends import BAD_INPUT, CONFIG, FIELD, TRANSIENT, EmbeddingBackend, EmbeddingError, Vector, malformed
 from semantic.conf import semantic_settings as conf
 from semantic.fields import EmbeddingField, IsDistinctFrom
 from semantic.models import EmbeddingFailure
@@ -82,6 +82,13 @@ class Outcome:
 
 class Embedder(PassageWorkMixin):
     """Embeds one field of one model: its rows, then (for ``passages``) their passages."""
+
+    WRONG_SIZE = (
+        "{label} stores {dimensions} dimensions, but {model} answered with {size}-dimensional vectors: "
+        "set dimensions={size} on the field (then makemigrations and migrate), or choose a model that "
+        "makes {dimensions}."
+    )
+    WRITE_FAILED = "The database refused the vectors ({error}); the rows are retried later."
 
     def __init__(
         self,
@@ -263,7 +270,7 @@ class Embedder(PassageWorkMixin):
                 error = EmbeddingError(self.redact(f"{type(exc).__name__}: {exc}"), kind=TRANSIENT)
             else:
                 ratelimit.clear_problem(self.backend)
-                self.write_all(list(zip(items, vectors)))
+                self.store(items, vectors)
                 return
             message = self.redact(str(error))
             if error.kind == CONFIG:
@@ -294,6 +301,21 @@ class Embedder(PassageWorkMixin):
             if error.retry_after is None:
                 time.sleep(wait)  # with one, the next acquire() waits out the shared pause
 
+    def store(self, items: list[Item], vectors: list[Vector]) -> None:
+        """Write one request's vectors; if the database refuses them, the batch fails, not the run.
+
+        The rows are recorded as failed (retried by a later sweep) and the run goes on with
+        the next batch. The savepoint keeps a caller's transaction usable after the error.
+        """
+        try:
+            with transaction.atomic(using=self.using):
+                self.write_all(list(zip(items, vectors)))
+        except DatabaseError as exc:
+            # Its first line only: the rest quotes the statement, vectors and hashes included.
+            reason = (str(exc).strip().splitlines() or [""])[0]
+            message = self.redact(self.WRITE_FAILED.format(error=f"{type(exc).__name__}: {reason}"))
+            self.fail(items, message, permanent=False, retry_in=conf.MAX_BACKOFF)
+
     def stop(self, message: str) -> None:
         """End the run without sending more: the API cannot be used now (see :meth:`embed`)."""
         logger.warning("Embedding %s.%s stopped: %s", self.model._meta.label, self.field.name, message)
@@ -305,14 +327,22 @@ class Embedder(PassageWorkMixin):
         return redact(message, getattr(self.backend, "api_key", None), conf.API_KEY)
 
     def check(self, vectors: list[Vector], expected: int) -> None:
+        """Whatever the backend, nothing unusable is written: a malformed answer is retried
+        like a server error; vectors of another size stop this field only (the key is fine)."""
         if len(vectors) != expected:
             raise EmbeddingError(f"The backend returned {len(vectors)} vectors for {expected} texts.", kind=TRANSIENT)
         for vector in vectors:
+            if problem := malformed(vector):
+                raise EmbeddingError(f"The backend sent a malformed answer: {problem}.", kind=TRANSIENT)
+        for vector in vectors:
             if len(vector) != self.field.dimensions:
                 raise EmbeddingError(
-                    f"The backend returned a {len(vector)}-dimensional vector; "
-                    f"{self.model._meta.label}.{self.field.name} stores {self.field.dimensions}: "
-                    "set the field's dimensions to a size the model makes.",
+                    self.WRONG_SIZE.format(
+                        label=f"{self.model._meta.label}.{self.field.name}",
+                        dimensions=self.field.dimensions,
+                        model=self.backend.model_id,
+                        size=len(vector),
+                    ),
                     kind=FIELD,
                 )
 

@@ -22,6 +22,7 @@ exact search and pgvector's iterative index scan.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -290,6 +291,14 @@ def query_vector(
             raise ValueError(
                 f"The query vector has {len(vector)} dimensions; {model._meta.label}.{field.name} "
                 f"stores {field.dimensions}."
+            )
+        if not all(map(math.isfinite, vector)):
+            # Caught here, not by PostgreSQL when the queryset is evaluated, far from the call.
+            raise ValueError("The query vector holds NaN or infinite values; pass finite numbers.")
+        if not any(vector):
+            raise ValueError(
+                "The query vector is all zeros, which has no direction: its cosine distance to every row "
+                "is undefined. Pass a vector with at least one value that is not 0."
             )
         return vector, None
     raise TypeError(f"similar_to() takes a text, a {model.__name__} or a vector, not {type(query).__name__}.")

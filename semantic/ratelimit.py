@@ -3,8 +3,9 @@
 The count lives in the database (``semantic.RateLimit``), so it holds across
 processes and machines. ``SEMANTIC["REQUESTS_PER_MINUTE"]`` and
 ``SEMANTIC["TOKENS_PER_MINUTE"]`` cap what is sent per window
-(``RATE_LIMIT_WINDOW`` seconds, 60); a 429 answer with ``Retry-After`` pauses every
-process sharing the key until then, not only the one that got it.
+(``RATE_LIMIT_WINDOW`` seconds, 60); a 429 answer that says how long to wait
+(``Retry-After``, or Gemini's ``RetryInfo`` in the body) pauses every process sharing
+the key until then, not only the one that got it.
 
 A configuration problem (a bad key, no permission, an unknown model) is recorded on
 the same row and pauses the key for ``CONFIG_PAUSE`` seconds: retrying sooner would
@@ -71,7 +72,7 @@ class Paused(Exception):
     def __init__(self, seconds: float, problem: str) -> None:
         self.seconds = seconds
         self.problem = problem
-        reason = problem or "the API asked every client on this key to wait (429 with Retry-After)"
+        reason = problem or "the API asked every client on this key to wait (a 429 that said how long)"
         super().__init__(f"Sending is paused for another {seconds:.0f} s: {reason}")
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from django.core.cache import caches
 
-from semantic.backends import EmbeddingBackend, EmbeddingError, Vector, get_backend
+from semantic.backends import EmbeddingBackend, EmbeddingError, Vector, get_backend, malformed
 from semantic.conf import semantic_settings as conf
 from semantic.text import clean, redact
 
@@ -81,6 +81,8 @@ def embed(
     cached_as = task_type if backend.uses_task_types else ""
     keys = [_key(backend.model_id, cached_as, dimensions, text) for text in cleaned]
     found = store.get_many(keys) if store else {}
+    # A bad vector cached before it was checked for (by an older release) is asked for again.
+    found = {key: vector for key, vector in found.items() if unusable(vector, dimensions) is None}
     missing = [i for i, key in enumerate(keys) if key not in found]
     for start in range(0, len(missing), backend.max_batch_size):
         chunk = missing[start : start + backend.max_batch_size]
@@ -119,7 +121,19 @@ def _request(
         raise SearchUnavailable(
             SearchUnavailable.FAILED.format(reason=f"{len(vectors)} vectors for {len(texts)} texts")
         )
+    for vector in vectors:
+        # Never cached, never sent to PostgreSQL (which refuses NaN, and ranks every row NaN against zeros).
+        if problem := unusable(vector, dimensions):
+            raise SearchUnavailable(SearchUnavailable.FAILED.format(reason=f"the backend sent {problem}"))
     return vectors
+
+
+def unusable(vector: Sequence[float], dimensions: int) -> str | None:
+    """Why a vector from the backend (or the cache) cannot be searched with, or None."""
+    problem = malformed(vector)
+    if problem is None and len(vector) != dimensions:
+        problem = f"a {len(vector)}-dimensional vector for {dimensions} dimensions"
+    return problem
 
 
 def _key(model_id: str, task_type: str, dimensions: int, text: str) -> str:

@@ -8,7 +8,8 @@ full-size (3072) vectors.
 
 It counts requests (each record gets the ``status`` it was answered with, and
 ``embedded`` when that answer held embeddings) and can be
-told to misbehave: answer 429 with Retry-After, 500, 400, malformed JSON, or slowly;
+told to misbehave: answer 429 with Retry-After (or a ``RetryInfo`` delay in the body),
+500, 400, malformed JSON, embeddings with NaN, no or too many values, or slowly;
 ``fail_every`` answers every request alike (a revoked key); ``on_request`` runs code
 between a request's arrival and its answer (edits while a batch is in flight).
 
@@ -60,12 +61,21 @@ def fake_vector(text: str, dimensions: int, task_type: str | None = None) -> lis
     return [scale * x / norm for x in vector]
 
 
-def api_error(code: int, message: str, status: str, reason: str | None = None) -> str:
+def api_error(
+    code: int, message: str, status: str, reason: str | None = None, *, retry_delay: str | None = None
+) -> str:
+    """An error body as Google APIs send it; ``retry_delay`` (``"30s"``) adds the ``RetryInfo``
+    entry the Gemini API gives its 429s instead of a ``Retry-After`` header."""
     error: dict[str, Any] = {"code": code, "message": message, "status": status}
+    details = []
     if reason:
-        error["details"] = [
+        details.append(
             {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason, "domain": "googleapis.com"}
-        ]
+        )
+    if retry_delay is not None:
+        details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay})
+    if details:
+        error["details"] = details
     return json.dumps({"error": error})
 
 
@@ -87,6 +97,8 @@ class Fault:
     status: int
     body: str
     headers: dict[str, str]
+    #: Answer 200 with this raw JSON as the embedding of every text sent, instead of ``body``.
+    embedding: str | None = None
 
 
 @dataclass
@@ -149,6 +161,8 @@ class FakeGemini:
         self.batch_polls_until_done = 1
         #: Inputs of a batch job containing this marker get an error instead of an embedding.
         self.reject_batch_marker: str | None = None
+        #: Inputs of a batch job containing this marker get an embedding of NaNs (a broken answer).
+        self.nan_batch_marker: str | None = None
         self._batch_failures: list[str] = []
         self._job_ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -191,6 +205,14 @@ class FakeGemini:
         with self._lock:
             self.faults += [Fault(200, '{"embeddings": [', {})] * times
 
+    def bad_embeddings_next(self, embedding: str, *, times: int = 1) -> None:
+        """Answer 200 with ``embedding``, raw JSON, for every text of the request: one embedding
+        per text, as the API does, but ``{"values": [NaN, ...]}``, ``{"values": []}``, ``{}``,
+        or a vector of another size than was asked for. Raw, so that ``NaN`` and ``1e400``
+        (infinite once parsed) reach the client as a broken server would send them."""
+        with self._lock:
+            self.faults += [Fault(200, "", {}, embedding)] * times
+
     def fail_next_batch(self, message: str) -> None:
         """The next batch job created ends as ``BATCH_STATE_FAILED`` with this error."""
         with self._lock:
@@ -207,6 +229,7 @@ class FakeGemini:
         self.on_request = None
         self.reject_marker = None
         self.reject_batch_marker = None
+        self.nan_batch_marker = None
         self.batch_polls_until_done = 1
         self.latency = 0.0
 
@@ -216,10 +239,12 @@ class FakeGemini:
         responses: list[dict[str, Any]] = []
         for item in items:
             text = "".join(p.get("text", "") for p in item["content"]["parts"])
+            dims = item.get("outputDimensionality") or NATIVE_DIMENSIONS
             if self.reject_batch_marker and self.reject_batch_marker in text:
                 responses.append({"error": {"code": 3, "message": "Request contains an invalid argument."}})
+            elif self.nan_batch_marker and self.nan_batch_marker in text:
+                responses.append({"response": {"embedding": {"values": [math.nan] * dims}}})
             else:
-                dims = item.get("outputDimensionality") or NATIVE_DIMENSIONS
                 responses.append({"response": {"embedding": {"values": fake_vector(text, dims, item.get("taskType"))}}})
         with self._lock:
             job = BatchJob(
@@ -303,6 +328,10 @@ class FakeGemini:
                     fake.on_request(record)
                 if fake.latency:
                     time.sleep(fake.latency)
+                if fault and fault.embedding is not None:
+                    record["status"] = 200
+                    answer = ",".join([fault.embedding] * len(body.get("requests", [])))
+                    return self._send(200, '{"embeddings": [' + answer + "]}")
                 if fault:
                     record["status"] = fault.status
                     return self._send(fault.status, fault.body, fault.headers)

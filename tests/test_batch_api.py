@@ -7,8 +7,9 @@ import time
 import pytest
 from django.conf import settings
 from django.core.management.base import CommandError
+from django.utils import timezone
 
-from semantic import batch, suspend_embedding
+from semantic import batch, embed_pending, suspend_embedding
 from semantic.backends.base import l2_normalize
 from semantic.embedder import Embedder, pending_rows
 from semantic.fields import get_embedding_field
@@ -131,6 +132,20 @@ def test_rejected_inputs_are_recorded_as_failures(backlog, fake_gemini):
     assert settings.TEST_API_KEY not in failure.error
     for job in EmbeddingBatchJob.objects.values():
         assert settings.TEST_API_KEY not in repr(job)
+
+
+def test_a_vector_of_nans_in_a_job_is_a_malformed_answer_the_worker_retries(backlog, fake_gemini):
+    """Written, it would fail the whole statement (pgvector refuses NaN) and every row of the job with it."""
+    fake_gemini.nan_batch_marker = "number 7"
+    out, _ = call("semantic_embed", "testapp.Article", "--batch-api", *FAST)
+    assert "24 embedded, 1 failed" in out
+    (failure,) = EmbeddingFailure.objects.all()
+    assert failure.object_pk == str(backlog[7].pk) and not failure.permanent
+    assert "a malformed answer (a vector holding NaN or infinite values)" in failure.error
+    fake_gemini.reset()
+    EmbeddingFailure.objects.update(retry_at=timezone.now())
+    assert embed_pending("testapp.Article")["testapp.Article.embedding"]["embedded"] == 1
+    assert not Article.objects.filter(embedding__isnull=True).exists()
 
 
 def test_jobs_are_split_by_size(backlog, fake_gemini, monkeypatch):

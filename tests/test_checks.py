@@ -7,7 +7,7 @@ from django.core.management import call_command
 from django.db import connection, models
 from django.test.utils import isolate_apps
 
-from semantic.checks import check_backend, check_extension, check_fields
+from semantic.checks import check_backend, check_extension, check_fields, check_timeout
 from semantic.operations import INSTALL_HINT
 
 
@@ -209,3 +209,18 @@ def test_a_keyword_index_must_parse_queries_in_its_columns_configuration():
         (warning,) = check_keyword_indexes(app_configs=[Simple._meta.apps.get_app_config("testapp")])
     assert warning.id == "semantic.W003"
     assert "'simple_default'" in warning.msg and "'english'" in warning.msg and "config='simple'" in warning.hint
+
+
+@pytest.mark.parametrize("timeout", [0.0004, 0, -1, None, "30", float("nan"), float("inf"), True])
+def test_a_timeout_that_is_no_time_out_in_whole_milliseconds(semantic_settings, timeout):
+    semantic_settings(TIMEOUT=timeout)
+    (error,) = check_timeout()
+    assert error.id == "semantic.E009"
+    assert error.msg == f"SEMANTIC['TIMEOUT'] is {timeout!r}; it must be a number of seconds, at least 0.001."
+    assert "whole milliseconds" in error.hint
+
+
+@pytest.mark.parametrize("timeout", [0.001, 1, 30.0])
+def test_a_timeout_of_a_millisecond_or_more_is_fine(semantic_settings, timeout):
+    semantic_settings(TIMEOUT=timeout)
+    assert check_timeout() == []

@@ -14,6 +14,8 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from semantic import embed_pending, suspend_embedding
+from semantic.backends import EmbeddingBackend
+from semantic.embedder import Embedder
 from semantic.fields import get_embedding_field
 from semantic.models import EmbeddingFailure, RateLimit
 from semantic.ratelimit import configuration_problem
@@ -421,3 +423,70 @@ def test_a_key_with_surrounding_whitespace_never_reaches_logs_failures_or_result
     assert key not in repr(result)
     assert key not in all_logs.text
     assert key not in EmbeddingFailure.objects.get().error
+
+
+@pytest.mark.parametrize("value", ["NaN", "1e400"])  # 1e400 is infinite once parsed
+def test_a_vector_with_nan_or_infinity_is_a_malformed_answer_retried_then_recorded(fake_gemini, value):
+    """PostgreSQL refuses such a vector; it must fail its rows, not the run."""
+    Article.objects.bulk_create(Article(title=f"broken answer {i}", body="") for i in range(2))
+    fake_gemini.bad_embeddings_next('{"values": [%s%s]}' % (value, ", 0.1" * 127), times=4)
+    summary = embed_pending()["testapp.Article.embedding"]
+    assert fake_gemini.request_count == 4 and summary["failed"] == 2 and summary["stopped"] is None
+    message = "Gemini API sent a malformed answer: a vector holding NaN or infinite values."
+    assert summary["errors"] == [message]
+    failures = EmbeddingFailure.objects.all()
+    assert [(f.attempts, f.permanent, f.error) for f in failures] == [(4, False, message)] * 2
+    assert not Article.objects.filter(embedding__isnull=False).exists()
+
+    EmbeddingFailure.objects.update(retry_at=timezone.now() - timedelta(seconds=1))
+    assert embed_pending()["testapp.Article.embedding"]["embedded"] == 2
+    assert not EmbeddingFailure.objects.exists()
+
+
+def test_an_empty_embedding_is_retried_not_a_configuration_problem(fake_gemini):
+    fake_gemini.bad_embeddings_next("{}")
+    article = Article.objects.create(title="Empty answer first", body="")
+    assert fake_gemini.request_count == 2
+    assert stored(article) is not None
+    assert configuration_problem() is None and not RateLimit.objects.filter(paused_until__isnull=False).exists()
+
+
+def test_vectors_of_another_size_stop_that_field_only_and_say_which_size_to_set(fake_gemini):
+    """A model that ignores output_dimensionality: not the key's problem, so the other fields go on."""
+    with suspend_embedding():
+        document = Document.objects.create(title="Same key, two sizes", text="a longer text")
+    fake_gemini.bad_embeddings_next('{"values": [%s]}' % ", ".join(["0.01"] * 3072))
+    summary = embed_pending("testapp.Document")
+    wrong, right = summary["testapp.Document.summary"], summary["testapp.Document.content"]
+    assert wrong["stopped"] == Embedder.WRONG_SIZE.format(
+        label="testapp.Document.summary", dimensions=256, model="gemini:gemini-embedding-001", size=3072
+    )
+    assert "set dimensions=3072 on the field" in wrong["stopped"]
+    assert right["embedded"] == 1 and right["stopped"] is None
+    assert fake_gemini.request_count == 2
+    assert configuration_problem() is None and not RateLimit.objects.filter(paused_until__isnull=False).exists()
+    assert not EmbeddingFailure.objects.exists()  # the rows stay pending, as for a misfit found by the check
+    assert stored(document, "summary") is None and stored(document, "content") is not None
+
+
+class OutOfRange(EmbeddingBackend):
+    """Finite values that pgvector's float32 cannot hold, for texts with HUGE in them."""
+
+    name = "out-of-range"
+
+    def embed(self, texts, *, task_type, dimensions, titles=None):
+        return [
+            [1e39] + [1.0] * (dimensions - 1) if "HUGE" in text else fake_vector(text, dimensions) for text in texts
+        ]
+
+
+def test_vectors_the_database_refuses_fail_their_batch_not_the_run(fake_gemini):
+    with suspend_embedding():
+        Article.objects.bulk_create(Article(title=t, body="") for t in ("first fine", "HUGE values", "last fine"))
+    outcome = Embedder(Article, get_embedding_field(Article), backend=OutOfRange(), batch_size=1).run()
+    assert (outcome.embedded, outcome.failed) == (2, 1)
+    failure = EmbeddingFailure.objects.get()
+    assert failure.object_pk == str(Article.objects.get(title="HUGE values").pk) and not failure.permanent
+    assert failure.error.startswith("The database refused the vectors (DataError: ")
+    assert "out of range" in failure.error and failure.error.endswith("the rows are retried later.")
+    assert outcome.errors == [failure.error]

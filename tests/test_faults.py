@@ -26,6 +26,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -38,7 +39,7 @@ from semantic.models import EmbeddingFailure, RateLimit
 from semantic.ratelimit import configuration_problem
 from semantic.text import clean
 from tests.commands import manage
-from tests.fake_gemini import BAD_KEY, fake_vector
+from tests.fake_gemini import BAD_KEY, api_error, fake_vector
 from tests.testapp.models import Article
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -130,6 +131,42 @@ def test_a_429_storm_with_retry_after(fake_gemini):
     result = tally("429 storm (Retry-After 0.1 s, once 120 s)", fake_gemini, ROWS)
     assert (result.lost, result.stale, result.sent_twice, result.rejected) == (0, 0, 0, 0)
     assert fake_gemini.request_count == ROWS // BATCH + 10
+
+
+def test_a_429_storm_with_the_wait_in_the_body_only(fake_gemini):
+    """What the Gemini API sends: no Retry-After header, a RetryInfo retryDelay in the body.
+    The first 429 pauses every process on the key; the run stops instead of sending on."""
+    backlog("retry info")
+    fake_gemini.fail_every(429, body=api_error(429, "Quota exceeded.", "RESOURCE_EXHAUSTED", retry_delay="30s"))
+    summary = embed_pending("testapp.Article")["testapp.Article.embedding"]
+    assert fake_gemini.request_count == 1 and summary["failed"] == BATCH
+    assert summary["stopped"].startswith("Sending is paused for another")
+    assert RateLimit.objects.get().paused_until > timezone.now() + timedelta(seconds=20)
+    assert all(f.retry_at > timezone.now() + timedelta(seconds=20) for f in EmbeddingFailure.objects.all())
+    fake_gemini.broken = None
+    recover()
+    result = tally("429 storm, wait only in the body (RetryInfo 30 s)", fake_gemini, ROWS)
+    assert (result.lost, result.stale, result.sent_twice, result.rejected) == (0, 0, 0, 0)
+    assert result.requests == 1 + ROWS // BATCH
+
+
+def test_malformed_vectors_nan_infinite_or_empty(fake_gemini):
+    """A 200 whose vectors cannot be stored: retried like a malformed answer, never written."""
+    backlog("bad vectors")
+    turns = iter(range(10_000))
+    answers = ['{"values": [NaN%s]}' % (", 0.1" * 127), '{"values": [1e400%s]}' % (", 0.1" * 127), "{}"]
+
+    def bad_vectors(record):
+        turn = next(turns)
+        if turn % 3 == 0 and turn < 30:
+            fake_gemini.bad_embeddings_next(answers[turn // 3 % 3])
+
+    fake_gemini.on_request = bad_vectors
+    embed_pending("testapp.Article")
+    recover()
+    result = tally("vectors with NaN, Infinity or no values", fake_gemini, ROWS)
+    assert (result.lost, result.stale, result.sent_twice, result.rejected) == (0, 0, 0, 0)
+    assert not EmbeddingFailure.objects.exists()
 
 
 def test_5xx_bursts_and_malformed_answers(fake_gemini):

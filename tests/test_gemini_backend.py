@@ -184,3 +184,59 @@ def test_redaction_finds_a_padded_secret_in_its_stripped_form():
     from semantic.text import redact
 
     assert redact("key AIzaPADDED refused", "  AIzaPADDED\n") == "key [redacted] refused"
+
+
+@pytest.mark.parametrize(
+    ("embedding", "problem"),
+    [
+        ('{"values": [NaN, 0.5, 0.5]}', "a vector holding NaN or infinite values"),
+        ('{"values": [1e400, 0.5, 0.5]}', "a vector holding NaN or infinite values"),  # infinite once parsed
+        ('{"values": [0.0, 0.0, 0.0]}', "a vector of zeros"),
+        ('{"values": []}', "an empty vector"),
+        ("{}", "an empty vector"),
+    ],
+)
+def test_an_unusable_vector_is_a_malformed_answer_to_retry(fake_gemini, embedding, problem):
+    """Caught before normalising, which would spread one NaN over the whole vector."""
+    fake_gemini.bad_embeddings_next(embedding)
+    with pytest.raises(EmbeddingError) as info:
+        backend(fake_gemini).embed(["x", "y"], task_type="SEMANTIC_SIMILARITY", dimensions=3)
+    assert info.value.kind == "transient"
+    assert str(info.value) == f"Gemini API sent a malformed answer: {problem}."
+
+
+def test_a_vector_of_another_size_is_passed_on_for_the_caller_to_place(fake_gemini):
+    """Only the caller knows which field it misfits (and a key is not at fault)."""
+    fake_gemini.bad_embeddings_next('{"values": [%s]}' % ", ".join(["0.5"] * 3072))
+    (vector,) = backend(fake_gemini).embed(["x"], task_type="SEMANTIC_SIMILARITY", dimensions=384)
+    assert vector == [0.5] * 3072
+
+
+@pytest.mark.parametrize(
+    ("delay", "seconds"),
+    [("30s", 30.0), ("45.837906927s", 45.837906927), ("0s", 0.0), ("86400s", 3600.0), ("-3s", 0.0)]
+    + [(bad, None) for bad in ("soon", "30", "1e3s", "nans", "30 s", "")],
+)
+def test_a_429_s_retry_info_in_the_body_is_its_wait(fake_gemini, delay, seconds):
+    """The Gemini API gives its 429's wait as RetryInfo.retryDelay (a protobuf Duration), no header."""
+    fake_gemini.fail_next(429, body=api_error(429, "Quota exceeded.", "RESOURCE_EXHAUSTED", retry_delay=delay))
+    with pytest.raises(EmbeddingError) as info:
+        backend(fake_gemini).embed(["x"], task_type="SEMANTIC_SIMILARITY", dimensions=768)
+    assert info.value.transient
+    assert info.value.retry_after == seconds
+
+
+def test_a_retry_after_header_wins_over_the_body(fake_gemini):
+    body = api_error(429, "Quota exceeded.", "RESOURCE_EXHAUSTED", "RATE_LIMIT_EXCEEDED", retry_delay="30s")
+    fake_gemini.fail_next(429, retry_after="7", body=body)
+    with pytest.raises(EmbeddingError) as info:
+        backend(fake_gemini).embed(["x"], task_type="SEMANTIC_SIMILARITY", dimensions=768)
+    assert info.value.retry_after == 7.0
+
+
+def test_a_time_out_under_a_millisecond_is_still_a_time_out(fake_gemini):
+    """The SDK counts whole milliseconds and takes 0 for none: 0.4 ms must not become 0."""
+    fake_gemini.latency = 2.0
+    with pytest.raises(EmbeddingError) as info:
+        backend(fake_gemini, timeout=0.0004).embed(["x"], task_type="SEMANTIC_SIMILARITY", dimensions=768)
+    assert info.value.transient

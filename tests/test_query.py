@@ -21,6 +21,7 @@ from semantic.fields import get_embedding_field
 from semantic.models import EmbeddingFailure, RateLimit
 from semantic.query import query_task_type
 from semantic.ratelimit import limit_key
+from tests.fake_gemini import api_error
 from tests.testapp.models import Article, Document, Note
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -722,4 +723,56 @@ def test_embed_can_wait_for_the_rate_limit_instead(fake_gemini):
     with pytest.raises(SearchUnavailable, match="Try again in"):
         embed(["alpha beta"], dimensions=128)
     assert len(embed(["alpha beta"], dimensions=128, wait=True)[0]) == 128
+    assert fake_gemini.request_count == 1
+
+
+@pytest.mark.parametrize(
+    ("vector", "message"),
+    [
+        ([float("nan")] + [0.1] * 127, "holds NaN or infinite values"),
+        ([float("inf")] + [0.0] * 127, "holds NaN or infinite values"),
+        ([0.0] * 128, "all zeros"),
+    ],
+)
+def test_a_query_vector_postgresql_cannot_compare_is_refused_at_the_call(articles, vector, message):
+    """Not later, as a DataError where the queryset is evaluated (or NaN for every row)."""
+    with pytest.raises(ValueError, match=message):
+        Article.objects.similar_to(vector)
+    with pytest.raises(ValueError, match=message):
+        Article.objects.similar_to(np.array(vector))
+
+
+@pytest.mark.parametrize("values", ["NaN" + ", 0.1" * 127, ", ".join(["0.01"] * 3072)])
+def test_an_unusable_query_vector_is_search_unavailable_and_never_cached(articles, fake_gemini, values):
+    fake_gemini.bad_embeddings_next('{"values": [%s]}' % values, times=2)
+    with pytest.raises(SearchUnavailable, match="Try again later"):
+        Article.objects.similar_to("reset my password")
+    with pytest.raises(SearchUnavailable):
+        embed(["reset my password"], dimensions=128)
+    sent = fake_gemini.request_count
+    assert titles(Article.objects.similar_to("reset my password"))[0] == "reset my account password"
+    assert fake_gemini.request_count == sent + 1  # asked again, not served a bad vector from the cache
+
+
+def test_a_bad_vector_found_in_the_cache_is_asked_for_again(articles, fake_gemini):
+    """Cached by a release that did not check; the cache key is the one embed() uses."""
+    from semantic.vectors import _key
+
+    backend = get_backend()
+    cache.set(_key(backend.model_id, "SEMANTIC_SIMILARITY", 128, "reset my password"), [float("nan")] * 128)
+    assert titles(Article.objects.similar_to("reset my password"))[0] == "reset my account password"
+    assert fake_gemini.request_count == 1
+
+
+def test_a_429_with_retry_info_only_pauses_everyone_for_the_delay_it_gives(articles, fake_gemini):
+    """The Gemini API puts the wait in the body (RetryInfo.retryDelay), not in Retry-After."""
+    body = api_error(429, "Quota exceeded.", "RESOURCE_EXHAUSTED", retry_delay="120s")
+    fake_gemini.fail_next(429, body=body)
+    with pytest.raises(SearchUnavailable) as busy:
+        Article.objects.similar_to("reset my password")
+    assert busy.value.retry_after == 120.0
+    state = RateLimit.objects.get()
+    assert state.paused_until is not None and state.paused_until > timezone.now() + timedelta(seconds=100)
+    with pytest.raises(SearchUnavailable, match="Try again in"):
+        Article.objects.similar_to("export invoices please")
     assert fake_gemini.request_count == 1

@@ -7,9 +7,28 @@ from typing import Any
 
 from django.core.signals import setting_changed
 
-from semantic.backends.base import BAD_INPUT, CONFIG, FIELD, TRANSIENT, EmbeddingBackend, EmbeddingError, Vector
+from semantic.backends.base import (
+    BAD_INPUT,
+    CONFIG,
+    FIELD,
+    TRANSIENT,
+    EmbeddingBackend,
+    EmbeddingError,
+    Vector,
+    malformed,
+)
 
-__all__ = ["BAD_INPUT", "CONFIG", "FIELD", "TRANSIENT", "EmbeddingBackend", "EmbeddingError", "Vector", "get_backend"]
+__all__ = [
+    "BAD_INPUT",
+    "CONFIG",
+    "FIELD",
+    "TRANSIENT",
+    "EmbeddingBackend",
+    "EmbeddingError",
+    "Vector",
+    "get_backend",
+    "malformed",
+]
 
 
 @cache

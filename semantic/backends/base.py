@@ -157,9 +157,28 @@ class EmbeddingBackend:
         """Return one vector of ``dimensions`` floats per text, in order.
 
         ``texts`` holds at most :attr:`max_batch_size` non-empty, cleaned strings.
-        Raise :class:`EmbeddingError` on failure.
+        Raise :class:`EmbeddingError` on failure. Callers check every answer (count,
+        size, :func:`malformed` vectors) before caching or storing it, so a backend may
+        pass on what its API sent; only the caller can say which field a size misfits.
         """
         raise NotImplementedError
+
+
+def malformed(vector: Sequence[float]) -> str | None:
+    """Why ``vector`` may be neither stored nor searched with, or None when it may.
+
+    pgvector refuses NaN and infinite values (the whole statement fails, every row of
+    the batch with it), and the cosine distance to a vector of zeros is undefined (NaN
+    for every row it is compared with). An answer holding one is malformed: retried
+    like any other malformed answer, never cached or written.
+    """
+    if not len(vector):
+        return "an empty vector"
+    if not all(map(math.isfinite, vector)):
+        return "a vector holding NaN or infinite values"
+    if not any(vector):
+        return "a vector of zeros"
+    return None
 
 
 def l2_normalize(vector: Sequence[float]) -> Vector:

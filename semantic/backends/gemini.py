@@ -7,6 +7,8 @@ list of texts, which the SDK sends as a single ``:batchEmbedContents`` request.
 from __future__ import annotations
 
 import json
+import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,11 +26,14 @@ from semantic.backends.base import (
     EmbeddingError,
     Vector,
     l2_normalize,
+    malformed,
     parse_retry_after,
 )
 from semantic.text import redact
 
 TRANSIENT_STATUS = {408, 409, 429, 500, 502, 503, 504}
+#: A protobuf Duration in JSON (``RetryInfo.retryDelay``): seconds, up to nine decimals, then ``s``.
+DURATION = re.compile(r"(-?\d+(?:\.\d{1,9})?)s")
 #: ``ErrorInfo`` reasons Gemini gives (with a 400) for a key that cannot be used.
 KEY_REASONS = {"API_KEY_INVALID", "API_KEY_EXPIRED", "API_KEY_SERVICE_BLOCKED", "API_KEY_HTTP_REFERRER_BLOCKED"}
 #: What to change, per configuration error.
@@ -97,7 +102,10 @@ class GeminiBackend(EmbeddingBackend):
         from google import genai
         from google.genai import types
 
-        http_options = types.HttpOptions(base_url=self.base_url, timeout=int(self.timeout * 1000))
+        # The SDK counts whole milliseconds and takes 0 for "no time-out": round up, so
+        # that a time-out under a millisecond still is one (semantic.E009 reports it).
+        timeout = max(1, math.ceil(self.timeout * 1000))
+        http_options = types.HttpOptions(base_url=self.base_url, timeout=timeout)
         return genai.Client(api_key=self.api_key, http_options=http_options)
 
     def embed(
@@ -132,15 +140,12 @@ class GeminiBackend(EmbeddingBackend):
             )
         vectors = [list(e.values or []) for e in embeddings]
         for vector in vectors:
-            if len(vector) != dimensions:
-                raise EmbeddingError(
-                    f"Gemini API returned a vector of {len(vector)} dimensions, expected {dimensions}. "
-                    "Check the field's dimensions against the model.",
-                    kind=CONFIG,
-                )
-        if dimensions < self.native_dimensions:
-            vectors = [l2_normalize(v) for v in vectors]
-        return vectors
+            # Checked before normalising, which would spread one NaN over the whole vector.
+            if problem := malformed(vector):
+                raise EmbeddingError(f"Gemini API sent a malformed answer: {problem}.", kind=TRANSIENT)
+        # A vector of another size is passed on unnormalised: the caller knows which
+        # field it misfits and says so (a field's problem, not the key's).
+        return [l2_normalize(v) if len(v) == dimensions < self.native_dimensions else v for v in vectors]
 
     # -- Batch API: half the price, results within 24 hours -----------------------
 
@@ -210,7 +215,7 @@ class GeminiBackend(EmbeddingBackend):
             return EmbeddingError(
                 self._clean(f"{message} {fix}" if fix else message),
                 kind=kind,
-                retry_after=parse_retry_after(_header(exc, "retry-after"), now=time.time()),
+                retry_after=_retry_after(exc),
             )
         if isinstance(exc, (errors.UnknownApiResponseError, json.JSONDecodeError)):
             return EmbeddingError(
@@ -267,9 +272,37 @@ def _header(exc: Any, name: str) -> str | None:
     return headers.get(name) if headers is not None else None
 
 
-def _reasons(exc: Any) -> set[str]:
-    """The ``ErrorInfo`` reasons in an API error's body (``API_KEY_INVALID`` ...)."""
+def _details(exc: Any) -> list[dict[str, Any]]:
+    """The ``error.details`` entries of an API error's body (``google.rpc.ErrorInfo``, ``RetryInfo`` ...).
+
+    google-genai keeps the parsed JSON body as ``APIError.details`` and reads only the
+    code, status and message out of it; the entries are left for us.
+    """
     body = exc.details if isinstance(exc.details, dict) else {}
     error = body.get("error", body)
     details = error.get("details") if isinstance(error, dict) else None
-    return {str(d.get("reason")) for d in details or [] if isinstance(d, dict) and d.get("reason")}
+    return [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
+
+
+def _reasons(exc: Any) -> set[str]:
+    """The ``ErrorInfo`` reasons in an API error's body (``API_KEY_INVALID`` ...)."""
+    return {str(d.get("reason")) for d in _details(exc) if d.get("reason")}
+
+
+def _retry_after(exc: Any) -> float | None:
+    """Seconds the API asked us to wait: the ``Retry-After`` header, else the body's ``RetryInfo``.
+
+    The Gemini API answers a 429 with no ``Retry-After`` header; the wait is in the body,
+    as a ``google.rpc.RetryInfo`` entry whose ``retryDelay`` is a protobuf Duration in
+    its JSON form, decimal seconds with an ``s`` (``"30s"``, ``"45.837906927s"``).
+    Anything unreadable counts as no wait given, as a garbled header does.
+    """
+    header = parse_retry_after(_header(exc, "retry-after"), now=time.time())
+    if header is not None:
+        return header
+    for detail in _details(exc):
+        delay = detail.get("retryDelay")
+        if str(detail.get("@type", "")).endswith("google.rpc.RetryInfo") and isinstance(delay, str):
+            if match := DURATION.fullmatch(delay.strip()):
+                return parse_retry_after(match[1], now=time.time())
+    return None
