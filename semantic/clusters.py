@@ -42,6 +42,10 @@ MAX_AUTO_K = 20
 #: k-means runs from different starts, of which the best is kept: one run can merge
 #: two topics and split another (mini-batches started from it cannot undo that).
 KMEANS_INITS = 10
+#: The same, for each candidate k while choosing one. One start made the choice follow
+#: the rows' order: on 45 Banking77 messages of three intents, 6 in 100 shuffles chose
+#: 4 groups; with three starts, none (about 25% more time than one, 1.9 s for 2,000 rows).
+CHOOSE_K_INITS = 3
 TYPICAL_ROWS = 3
 LABEL_WORDS = 3
 PERIODS = ("day", "week", "month")
@@ -198,7 +202,7 @@ def choose_k(rows: models.QuerySet, embedding: EmbeddingField, *, seed: int) -> 
         return 1
     scores = {}
     for k in candidates:
-        labels = KMeans(n_clusters=k, random_state=seed, n_init="auto").fit_predict(vectors)
+        labels = KMeans(n_clusters=k, random_state=seed, n_init=CHOOSE_K_INITS).fit_predict(vectors)
         scores[k] = silhouette_score(vectors, labels, metric="cosine")
     return max(scores, key=lambda k: (scores[k], -k))
 
