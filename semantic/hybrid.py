@@ -35,7 +35,7 @@ from django.db.models.sql.where import AND
 
 from semantic.keyword import keyword_search, keyword_settings
 from semantic.passage_search import NearestPassage, passage_annotations, require_passages
-from semantic.query import SemanticQuerySet, query_vector
+from semantic.query import SemanticQuerySet, SemanticQuerySetMixin, query_vector
 from semantic.switch import serving_field
 from semantic.vectors import vector_literal
 
@@ -56,6 +56,12 @@ class Fused:
                 row = self.rows.setdefault(pk, {"score": 0.0, "keyword_rank": None, "meaning_rank": None})
                 row["score"] += weight / (k + rank)
                 row[name] = rank
+
+
+NOT_SEMANTIC = (
+    "hybrid() searches a queryset with SemanticQuerySetMixin: give the model `objects = SemanticManager()`, "
+    "or put SemanticQuerySetMixin first among the bases of its own QuerySet."
+)
 
 
 class HybridSearch:
@@ -200,8 +206,8 @@ def hybrid(
     ranks (at most 1,000), so at most twice that many rows are returned;
     ``passages=True`` ranks the meaning side by the rows' passages.
     """
-    if not isinstance(queryset, SemanticQuerySet):
-        raise TypeError("hybrid() searches a SemanticQuerySet: give the model `objects = SemanticManager()`.")
+    if not isinstance(queryset, SemanticQuerySetMixin):
+        raise TypeError(NOT_SEMANTIC)
     if not isinstance(text, str) or not text.strip():
         raise ValueError("Cannot search for an empty text.")
     if isinstance(k, bool) or not isinstance(k, (int, float)) or k < 0:
@@ -250,7 +256,7 @@ def hybrid(
 
 
 class HybridSearchMixin:
-    """Adds ``hybrid_search()`` to a SemanticQuerySet subclass of your own."""
+    """Adds ``hybrid_search()`` to a QuerySet of your own with :class:`SemanticQuerySetMixin`."""
 
     if TYPE_CHECKING:
         model: type[models.Model]

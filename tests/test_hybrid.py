@@ -7,9 +7,9 @@ keyword": MiniLM places a paraphrase with no word in common near the query.
 
 import pytest
 from django.core.paginator import Paginator
-from django.db import connection
+from django.db import connection, models
 
-from semantic import HybridQuerySet, embed_pending, hybrid
+from semantic import HybridQuerySet, SemanticQuerySetMixin, embed_pending, hybrid
 from semantic.fields import get_embedding_field
 from semantic.keyword import keyword_search
 from tests.docsapp.models import Doc, Page
@@ -113,6 +113,14 @@ def test_pagination_walks_the_fused_order(docs, model):
 def test_the_queryset_mixin(docs, model):
     qs = HybridQuerySet(model)
     assert [row.pk for row in qs.hybrid_search(QUERY)] == [row.pk for row in hybrid(model.objects.all(), QUERY)]
+
+
+def test_a_queryset_of_the_projects_own_with_the_semantic_mixin(docs, model):
+    # What the README offers a model whose manager already has a QuerySet of its own.
+    own = type("OwnQuerySet", (SemanticQuerySetMixin, models.QuerySet), {})(model)
+    assert [row.pk for row in hybrid(own.all(), QUERY)] == [row.pk for row in hybrid(model.objects.all(), QUERY)]
+    with pytest.raises(TypeError, match="SemanticQuerySetMixin first among the bases"):
+        hybrid(models.QuerySet(model), QUERY)
 
 
 def test_the_gin_index_serves_the_keyword_side(docs, model):
