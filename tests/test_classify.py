@@ -168,8 +168,16 @@ def test_command_applies_labels_above_the_confidence(tickets):
 def test_command_trains_the_linear_model(tickets):
     from semantic.management.commands.semantic_classify import Command
 
-    out, _ = call("semantic_classify", "topicapp.Ticket", "--label", "category", "--train", "--dry-run")
-    assert Command.TRAINED.format(rows=LABELLED_PER_INTENT * len(INTENTS), labels=len(INTENTS)) in out
+    linear = ("semantic_classify", "topicapp.Ticket", "--label", "category", "--method", "linear", "--train")
+    trained = {"rows": LABELLED_PER_INTENT * len(INTENTS), "labels": len(INTENTS)}
+    out, _ = call(*linear, "--dry-run")
+    assert Command.TRAINED_DRY.format(**trained) in out
+    assert Command.WOULD_APPLY.format(applied=len(tickets), rows=len(tickets), confidence=0.0) in out
+    assert not Classifier.objects.exists()  # a dry run writes nothing, the classifier it predicted with included
+    assert Ticket.objects.filter(category="").count() == len(tickets)
+
+    out, _ = call(*linear)
+    assert Command.TRAINED.format(**trained) in out
     assert Classifier.objects.count() == 1
 
 

@@ -1,10 +1,11 @@
 import time
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import router, transaction
 
 from semantic.backends import EmbeddingError
 from semantic.classify import DEFAULT_K, METHODS, apply_predictions, predict_labels, unlabelled
-from semantic.linear import train_classifier
+from semantic.linear import classifier_model, train_classifier
 from semantic.management.output import QuietMixin
 from semantic.management.targets import resolve
 
@@ -28,6 +29,10 @@ class Command(QuietMixin, BaseCommand):
     )
 
     TRAINED = "Trained a logistic regression on {rows} labelled rows ({labels} labels)."
+    TRAINED_DRY = (
+        "Trained a logistic regression on {rows} labelled rows ({labels} labels) for this dry run; "
+        "the stored one is unchanged."
+    )
     NOTHING = "No unlabelled rows with a vector in {label}."
     PROGRESS = "{label}: {done}/{total} rows predicted"
     WOULD_APPLY = "Dry run: {applied} of {rows} unlabelled rows would be labelled (confidence >= {confidence})."
@@ -51,10 +56,20 @@ class Command(QuietMixin, BaseCommand):
         (model, field), *others = resolve(target)
         if others:
             raise CommandError(self.SEVERAL_FIELDS.format(label=model._meta.label, target=target))
+        if not dry_run:
+            return self.classify(model, field, label, method, k, min_confidence, dry_run, train)
+        # Training (asked for, or the linear method's first use) stores a classifier:
+        # a dry run writes it only for as long as it predicts.
+        with transaction.atomic(using=router.db_for_write(classifier_model())):
+            self.classify(model, field, label, method, k, min_confidence, dry_run, train)
+            transaction.set_rollback(True)
+
+    def classify(self, model, field, label, method, k, min_confidence, dry_run, train):
         try:
             if train:
                 classifier = train_classifier(model, label, field=field.name)
-                self.say(self.TRAINED.format(rows=classifier.rows, labels=len(classifier.classes)))
+                trained = self.TRAINED_DRY if dry_run else self.TRAINED
+                self.say(trained.format(rows=classifier.rows, labels=len(classifier.classes)))
             rows = unlabelled(model._default_manager.all(), label, field=field.name)
             total = rows.count()
             if not total:
