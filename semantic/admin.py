@@ -18,6 +18,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import SEARCH_VAR
+from django.core import checks
 from django.db import models
 from django.db.models import Value
 from django.http import HttpRequest
@@ -41,7 +42,7 @@ from semantic.admin_duplicates import DuplicateReviewMixin
 from semantic.admin_labels import LabelSuggestionMixin
 from semantic.admin_status import EmbeddingFailureAdmin, StatusPageMixin
 from semantic.admin_topics import TopicsMixin
-from semantic.fields import EmbeddingField
+from semantic.fields import EmbeddingField, embedding_fields
 from semantic.models import EmbeddingBatchJob, EmbeddingFailure
 from semantic.query import (
     SemanticQuerySet,
@@ -50,7 +51,7 @@ from semantic.query import (
 )
 from semantic.rows import forget_failures, mark_pending
 from semantic.status import with_state
-from semantic.switch import serving_field
+from semantic.switch import primary_fields, serving_field
 from semantic.tasks import enqueue
 from semantic.vectors import EmptyQuery, SearchUnavailable
 
@@ -62,6 +63,10 @@ MEANING_ONLY_UNAVAILABLE = _("Search by meaning is unavailable right now ({reaso
 NOTHING_TO_SEARCH = _("Nothing to search by meaning in “{query}”.")
 #: How many rows a search by meaning returns, most similar first.
 MEANING_RESULTS = 100
+#: semantic.E010: the ModelAdmin does not say which EmbeddingField its pages use.
+SEVERAL_FIELDS = "{admin}: {label} has several EmbeddingFields ({fields}); the admin's pages need one."
+UNKNOWN_FIELD = "{admin}.semantic_field is {name!r}, which is no EmbeddingField of {label}."
+FIELD_HINT = 'Set semantic_field = "{name}" (or another EmbeddingField\'s name) on {admin}.'
 
 
 class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin, StatusPageMixin):
@@ -91,6 +96,23 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
 
     def get_embedding_field(self) -> EmbeddingField:
         return serving_field(self.model, self.semantic_field)  # type: ignore[attr-defined]
+
+    def check(self, **kwargs: Any) -> list[checks.CMessage]:
+        """Django's admin checks, and that :attr:`semantic_field` names the field to use:
+        every page of the admin reads it, so a wrong one would answer 500 everywhere."""
+        errors = super().check(**kwargs)  # type: ignore[misc]
+        model, admin_name = self.model, type(self).__name__  # type: ignore[attr-defined]
+        fields = embedding_fields(model)
+        names = [f.name for f in fields]
+        if self.semantic_field is None and len(primary_fields(model)) > 1:
+            listed = ", ".join(f.name for f in primary_fields(model))
+            message = SEVERAL_FIELDS.format(admin=admin_name, label=model._meta.label, fields=listed)
+        elif self.semantic_field is not None and self.semantic_field not in [*names, *(f.replaces for f in fields)]:
+            message = UNKNOWN_FIELD.format(admin=admin_name, name=self.semantic_field, label=model._meta.label)
+        else:
+            return errors
+        hint = FIELD_HINT.format(admin=admin_name, name=names[0] if names else "embedding")
+        return [*errors, checks.Error(message, hint=hint, obj=type(self), id="semantic.E010")]
 
     def semantic_queryset(self, request: HttpRequest) -> SemanticQuerySet:
         """The rows this user may see (``get_queryset()``), as a SemanticQuerySet."""

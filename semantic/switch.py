@@ -47,6 +47,14 @@ def successors(model: type[models.Model], field: EmbeddingField) -> list[Embeddi
     return [f for f in embedding_fields(model) if f.replaces == field.name and f is not field]
 
 
+def primary_fields(model: type[models.Model]) -> list[EmbeddingField]:
+    """The fields a query may mean without naming one: a field taking over from one
+    that still exists is not a choice of its own."""
+    fields = embedding_fields(model)
+    names = {f.name for f in fields}
+    return [f for f in fields if not (f.replaces and f.replaces in names)]
+
+
 def serving_field(model: type[models.Model], name: str | None = None) -> EmbeddingField:
     """The field that answers queries for ``name`` (or for the model, with ``name=None``).
 
@@ -57,8 +65,7 @@ def serving_field(model: type[models.Model], name: str | None = None) -> Embeddi
     label = model._meta.label
     names = {f.name for f in fields}
     if name is None:
-        # A field taking over from one that still exists is not a choice of its own.
-        primary = [f for f in fields if not (f.replaces and f.replaces in names)]
+        primary = primary_fields(model)
         if len(primary) > 1:
             listed = ", ".join(f.name for f in primary)
             raise ValueError(f"{label} has several EmbeddingFields ({listed}); pass field=<name>.")

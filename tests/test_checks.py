@@ -2,13 +2,16 @@ import io
 from types import SimpleNamespace
 
 import pytest
+from django.contrib import admin
 from django.core import checks
 from django.core.management import call_command
 from django.db import connection, models
 from django.test.utils import isolate_apps
 
+from semantic.admin import SEVERAL_FIELDS, UNKNOWN_FIELD, SemanticAdminMixin
 from semantic.checks import check_backend, check_extension, check_fields, check_timeout
 from semantic.operations import INSTALL_HINT
+from tests.testapp.models import Document
 
 
 def ids(messages):
@@ -224,3 +227,20 @@ def test_a_timeout_that_is_no_time_out_in_whole_milliseconds(semantic_settings, 
 def test_a_timeout_of_a_millisecond_or_more_is_fine(semantic_settings, timeout):
     semantic_settings(TIMEOUT=timeout)
     assert check_timeout() == []
+
+
+def test_an_admin_of_a_model_with_several_fields_must_name_one():
+    class DocumentAdmin(SemanticAdminMixin, admin.ModelAdmin):
+        pass
+
+    (error,) = DocumentAdmin(Document, admin.AdminSite()).check()
+    assert error.id == "semantic.E010"
+    assert error.msg == SEVERAL_FIELDS.format(
+        admin="DocumentAdmin", label="testapp.Document", fields="summary, content"
+    )
+    assert 'semantic_field = "summary"' in error.hint
+    DocumentAdmin.semantic_field = "contents"
+    (error,) = DocumentAdmin(Document, admin.AdminSite()).check()
+    assert error.msg == UNKNOWN_FIELD.format(admin="DocumentAdmin", name="contents", label="testapp.Document")
+    DocumentAdmin.semantic_field = "content"
+    assert DocumentAdmin(Document, admin.AdminSite()).check() == []
