@@ -20,6 +20,7 @@ person set. Only unlabelled rows get a suggestion.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import Any
 
 from django import forms
@@ -79,8 +80,10 @@ class SuggestionChangeList:
         super().get_results(request)  # type: ignore[misc]
         rows = list(self.result_list)  # type: ignore[attr-defined]  # fills the queryset's cache: these objects are shown
         found = self.model_admin.suggestions(request, [row.pk for row in rows])  # type: ignore[attr-defined]
+        names = self.model_admin.label_names({value for value, _ in found.values()})  # type: ignore[attr-defined]
         for row in rows:
-            setattr(row, SUGGESTION_ATTRIBUTE, found.get(row.pk))
+            value, confidence = found.get(row.pk, (None, None))
+            setattr(row, SUGGESTION_ATTRIBUTE, None if confidence is None else (names[value], confidence))
 
 
 @functools.cache
@@ -145,11 +148,18 @@ class LabelSuggestionMixin:
             return rows.filter(confidence__lt=threshold)
         return rows.filter(confidence__isnull=True)
 
-    def label_display(self, value: Any) -> str:
-        """A label as the admin shows the field: a choice's name, or the value."""
+    def label_names(self, values: Iterable[Any]) -> dict[Any, str]:
+        """Labels as the admin shows the field: a choice's name, a related row's ``str()``
+        (one query for all of them), or the value itself."""
+        values = set(values)
         field = label_field_of(self.model, self.semantic_label_field)  # type: ignore[arg-type, attr-defined]
-        # Only declared choices: a ForeignKey's would be a query of the related table for every row.
-        return str(dict(field.flatchoices).get(value, value)) if field.choices else str(value)
+        if field.choices:
+            choices = dict(field.flatchoices)
+            return {value: str(choices.get(value, value)) for value in values}
+        if field.is_relation:
+            related = field.related_model._default_manager.in_bulk(values, field_name=field.target_field.name)
+            return {value: str(related.get(value, value)) for value in values}
+        return {value: str(value) for value in values}
 
     # -- changelist -----------------------------------------------------------------------------
 
@@ -158,8 +168,8 @@ class LabelSuggestionMixin:
         found = getattr(obj, SUGGESTION_ATTRIBUTE, None)
         if found is None:
             return None
-        value, confidence = found
-        return f"{self.label_display(value)} ({confidence:.2f})"
+        name, confidence = found
+        return f"{name} ({confidence:.2f})"
 
     def get_list_display(self, request: HttpRequest) -> list[Any]:
         shown = [*super().get_list_display(request)]  # type: ignore[misc]
@@ -229,6 +239,7 @@ class LabelSuggestionMixin:
         by_label: dict[Any, int] = {}
         for prediction in chosen:
             by_label[prediction.label] = by_label.get(prediction.label, 0) + 1
+        names = self.label_names(by_label)
         context = {
             "form": form,
             "selected_count": queryset.count(),
@@ -236,7 +247,7 @@ class LabelSuggestionMixin:
             "suggested_count": len(predictions),
             "would_change": len(chosen),
             "minimum": minimum,
-            "by_label": sorted(((self.label_display(v), n) for v, n in by_label.items()), key=lambda i: (-i[1], i[0])),
+            "by_label": sorted(((names[v], n) for v, n in by_label.items()), key=lambda i: (-i[1], i[0])),
             "select_across": request.POST.get("select_across") == "1",
             "selected_pks": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
             "action_name": "apply_suggested_labels",

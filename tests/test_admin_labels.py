@@ -21,7 +21,7 @@ from tests.fake_gemini import api_error
 from tests.test_admin import assert_stays_on_other_site, staff
 from tests.testapp.models import Note
 from tests.topicapp.banking77 import INTENTS, sentences
-from tests.topicapp.models import CATEGORIES, Ticket
+from tests.topicapp.models import CATEGORIES, Queue, Request, Ticket
 
 # Fresh sequences: the rows' keys order the sample the number of topics is chosen on,
 # so they must not depend on how many rows earlier tests made.
@@ -230,6 +230,26 @@ def test_the_api_failing_is_a_warning_and_nothing_is_labelled(editor, fake_gemin
     assert [str(m) for m in get_messages(done.wsgi_request)] == [
         "Labelled 2 rows with their suggested labels (confidence 0.0 or more)."
     ]
+
+
+def test_a_foreign_key_label_is_suggested_and_counted_by_the_related_rows_name(client, semantic_settings):
+    semantic_settings(BACKEND=LOCAL)
+    editor = client
+    editor.force_login(staff("requests", "view_request", "change_request"))
+    billing, sign_in = Queue.objects.create(name="Billing"), Queue.objects.create(name="Sign-in")
+    for text, queue in [("invoice copy", billing), ("refund my order", billing), ("reset my password", sign_in)]:
+        Request.objects.create(text=text, queue=queue)
+    waiting = [Request.objects.create(text=text) for text in ("where is my invoice", "cannot sign in")]
+    changelist = reverse("admin:topicapp_request_changelist")
+
+    shown = cells(editor.get(changelist), "suggested label")
+
+    names = {str(billing), str(sign_in)}
+    assert {re.sub(r" \(\d\.\d\d\)$", "", shown[row.pk]) for row in waiting} <= names
+    selected = {"action": "apply_suggested_labels", "index": 0, "_selected_action": [r.pk for r in waiting]}
+    page = editor.post(changelist, selected)
+    counted = [name for name, _ in page.context["by_label"]]
+    assert counted and set(counted) <= names
 
 
 # -- Topics ----------------------------------------------------------------------------------

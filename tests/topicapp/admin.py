@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from semantic.admin import SemanticAdminMixin
-from tests.topicapp.models import Ticket
+from tests.topicapp.models import Request, Ticket
 
 
 @admin.register(Ticket)
@@ -12,3 +12,9 @@ class TicketAdmin(SemanticAdminMixin, admin.ModelAdmin):
     list_filter = ["category"]
     search_fields = ["text"]
     semantic_label_field = "category"
+
+
+@admin.register(Request)
+class RequestAdmin(SemanticAdminMixin, admin.ModelAdmin):
+    list_display = ["text", "queue"]
+    semantic_label_field = "queue"

@@ -32,3 +32,20 @@ class Ticket(models.Model):
 
     def __str__(self) -> str:
         return self.text
+
+
+class Queue(models.Model):
+    name = models.CharField(max_length=100)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Request(models.Model):
+    """Labelled by a ForeignKey: suggestions are rows of another table, shown by name."""
+
+    text = models.TextField()
+    queue = models.ForeignKey(Queue, null=True, blank=True, on_delete=models.SET_NULL)
+    embedding = EmbeddingField(source="text", dimensions=384)
+
+    objects = SemanticManager()
