@@ -241,6 +241,7 @@ def urlencode_with(query: QueryDict, name: str, value: str) -> str:
 
 def growth_text(group: Cluster) -> str:
     """ "+100% (5 → 10)": the change from the second-last period to the last, and the rows of each."""
-    if group.growth is None:
+    if group.growth is None or group.compared is None:
         return "—"
-    return f"{group.growth:+.0%} ({group.trend[-2][1]} → {group.trend[-1][1]})"
+    (_, before), (_, after) = group.compared
+    return f"{group.growth:+.0%} ({before} → {after})"

@@ -14,7 +14,8 @@ Each group gets:
   counted by PostgreSQL's text search parser (``to_tsvector``; English stop words
   dropped), or the most typical row's text when the text is not in columns;
 - with ``date_field``, rows per day, week or month and the growth between the last
-  two periods.
+  two periods that have ended (the current one is still filling: against a whole
+  period, a steady stream would look like a fall).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 from django.db import connections, models
+from django.utils import timezone
 
 from semantic.fields import EmbeddingField
 from semantic.streaming import BATCH_SIZE, normalised, sample_vectors, vector_batches
@@ -64,7 +66,9 @@ class Cluster:
     pks: list[Any]
     #: ``(period start, rows)`` for every period of the queryset, oldest first (with ``date_field``).
     trend: list[tuple[date, int]] = dataclass_field(default_factory=list)
-    #: Relative change of rows from the second-last to the last period; None without a base.
+    #: The two periods growth compares, ``(start, rows)`` each: the last two that have ended.
+    compared: tuple[tuple[date, int], tuple[date, int]] | None = None
+    #: Relative change of rows from the first to the second of them; None without a base.
     growth: float | None = None
 
 
@@ -79,8 +83,12 @@ def cluster(
     batch_size: int = BATCH_SIZE,
     streaming: bool | None = None,
     seed: int = 0,
+    today: date | None = None,
 ) -> list[Cluster]:
     """The rows of ``queryset`` that have a vector, in ``k`` groups, largest first.
+
+    With ``date_field``, growth compares the last two periods that ended before the
+    one holding ``today`` (default: today, UTC).
 
     ``k`` is chosen when not given: the number of groups from 2 to ``MAX_AUTO_K``
     with the best silhouette (cosine) on a sample of ``SAMPLE_ROWS`` rows.
@@ -135,6 +143,7 @@ def cluster(
     typical_pks = {group: [pk for _, _, pk in sorted(heap, reverse=True)] for group, heap in enumerate(nearest)}
     objects = model._default_manager.using(rows.db).in_bulk([pk for pks in typical_pks.values() for pk in pks])
     trends = trend_by_group(assigned, dates, period) if date_field else {}
+    current = period_start(today or timezone.now(), period)
 
     found = []
     for group, pks in members.items():
@@ -142,6 +151,7 @@ def cluster(
         group_words = words.get(group, [])
         label = ", ".join(group_words) if group_words else (str(examples[0]) if examples else "")
         trend = trends.get(group, [])
+        pair = compared(trend, current)
         found.append(
             Cluster(
                 number=0,
@@ -151,7 +161,8 @@ def cluster(
                 typical=examples,
                 pks=pks,
                 trend=trend,
-                growth=growth(trend),
+                compared=pair,
+                growth=growth(pair),
             )
         )
     found.sort(key=lambda c: (-c.size, c.label))
@@ -295,7 +306,14 @@ def trend_by_group(groups: list[int], dates: list[Any], period: str) -> dict[int
     return {group: [(start, counts[(group, start)]) for start in ordered] for group in set(groups)}
 
 
-def growth(trend: list[tuple[date, int]]) -> float | None:
-    if len(trend) < 2 or not trend[-2][1]:
+def compared(trend: list[tuple[date, int]], current: date) -> tuple[tuple[date, int], tuple[date, int]] | None:
+    """The last two periods of ``trend`` that have ended: the one starting ``current`` has not."""
+    ended = [entry for entry in trend if entry[0] < current]
+    return (ended[-2], ended[-1]) if len(ended) >= 2 else None
+
+
+def growth(pair: tuple[tuple[date, int], tuple[date, int]] | None) -> float | None:
+    if pair is None or not pair[0][1]:
         return None
-    return (trend[-1][1] - trend[-2][1]) / trend[-2][1]
+    (_, before), (_, after) = pair
+    return (after - before) / before

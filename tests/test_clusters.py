@@ -93,6 +93,23 @@ def test_growth_over_time_per_group(tickets):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_growth_leaves_out_the_period_still_filling(tickets):
+    """One row a day, up to a Wednesday: the two weeks before it are equal, whatever that
+    week has had so far (three days of rows against seven)."""
+    wednesday = (MONDAY + timedelta(days=23)).date()
+    rows = list(Ticket.objects.order_by("pk")[:24])
+    for day, ticket in enumerate(rows):
+        Ticket.objects.filter(pk=ticket.pk).update(created=MONDAY + timedelta(days=day))
+    (topic,) = cluster(Ticket.objects.filter(pk__in=[t.pk for t in rows]), k=1, date_field="created", today=wednesday)
+    assert topic.trend[-1] == (wednesday - timedelta(days=2), 3)
+    assert topic.compared == ((wednesday - timedelta(days=16), 7), (wednesday - timedelta(days=9), 7))
+    assert topic.growth == 0.0
+    chosen = Ticket.objects.filter(pk__in=[t.pk for t in rows])
+    (month,) = cluster(chosen, k=1, date_field="created", period="month", today=wednesday)
+    assert month.compared is None and month.growth is None  # November only: December has not ended
+
+
+@pytest.mark.django_db(transaction=True)
 def test_bad_input_is_refused_clearly(tickets):
     with pytest.raises(ValueError, match="k must be an integer"):
         cluster(Ticket.objects.all(), k=0)
