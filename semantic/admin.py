@@ -114,9 +114,10 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
         hint = FIELD_HINT.format(admin=admin_name, name=names[0] if names else "embedding")
         return [*errors, checks.Error(message, hint=hint, obj=type(self), id="semantic.E010")]
 
-    def semantic_queryset(self, request: HttpRequest) -> SemanticQuerySet:
-        """The rows this user may see (``get_queryset()``), as a SemanticQuerySet."""
-        visible = self.get_queryset(request)  # type: ignore[attr-defined]
+    def semantic_queryset(self, request: HttpRequest, visible: models.QuerySet | None = None) -> SemanticQuerySet:
+        """The rows this user may see (``get_queryset()``, or ``visible``), as a SemanticQuerySet."""
+        if visible is None:
+            visible = self.get_queryset(request)  # type: ignore[attr-defined]
         rows = SemanticQuerySet(self.model, using=visible.db)  # type: ignore[attr-defined]
         return rows.filter(pk__in=visible.values("pk")) if visible.query.where else rows
 
@@ -181,8 +182,9 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
             return queryset, False
         field = self.get_embedding_field()
         try:
+            # Among the rows the list's filters keep (``queryset``), not the table's nearest filtered afterwards.
             nearest = list(
-                self.semantic_queryset(request)
+                self.semantic_queryset(request, queryset)
                 .similar_to(search_term, field=field.name)
                 .values_list("pk", flat=True)[:MEANING_RESULTS]
             )

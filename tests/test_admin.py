@@ -322,6 +322,16 @@ def test_search_by_meaning_orders_by_similarity(viewer, articles):
     assert [a.title for a in plain.context["cl"].result_list] == []  # every word must appear: none match
 
 
+def test_search_by_meaning_ranks_the_rows_the_list_filters_keep(viewer, articles, monkeypatch):
+    monkeypatch.setattr("semantic.admin.MEANING_RESULTS", 2)  # the table's 2 nearest are not billing rows
+    Article.objects.filter(title__startswith="export").update(category="billing")
+    response = viewer.get(reverse(CHANGELIST), {"q": MEANING_QUERY, "semantic": "1", "category": "billing"})
+    assert {a.title for a in response.context["cl"].result_list} == {
+        "export invoices as csv",
+        "export all invoices to csv",
+    }
+
+
 # -- the changelist's search by meaning (issue 12) --------------------------------------------
 
 MEANING_QUERY = "help with account password reset"

@@ -9,6 +9,7 @@ class ArticleAdmin(SemanticAdminMixin, admin.ModelAdmin):
     """Hides category "hidden", to show that semantic pages respect get_queryset()."""
 
     list_display = ["title", "category"]
+    list_filter = ["category"]
     search_fields = ["title"]
 
     def get_queryset(self, request):
