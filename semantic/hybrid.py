@@ -142,6 +142,7 @@ class HybridSearch:
         query.clear_ordering(force=True)
         query.clear_limits()
         query.semantic = None
+        query.explain_info = None  # explain() of the fused statement: the sides themselves run
         return self.queryset_class(model=query.model, query=query, using=compiler.using)
 
 

@@ -123,6 +123,11 @@ def test_a_queryset_of_the_projects_own_with_the_semantic_mixin(docs, model):
         hybrid(models.QuerySet(model), QUERY)
 
 
+def test_explain_shows_the_fused_statements_plan(docs, model):
+    plan = hybrid(model.objects.all(), QUERY)[:5].explain()
+    assert "Limit" in plan and "Sort" in plan
+
+
 def test_the_gin_index_serves_the_keyword_side(docs, model):
     query = keyword_search(model.objects.all(), QUERY)
     sql, params = query.query.sql_with_params()
