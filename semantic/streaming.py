@@ -76,4 +76,5 @@ def sample_vectors(rows: models.QuerySet, embedding: EmbeddingField, size: int, 
     """
     order = MD5(Concat(Cast("pk", models.TextField()), Value(f":{seed}"), output_field=models.TextField()))
     vectors = rows.order_by(order).values_list(embedding.attname, flat=True)[:size]
-    return normalised(np.asarray(list(vectors), dtype=np.float32))
+    # Shaped rows x dimensions even when no row has a vector (a filtered list may hold none).
+    return normalised(np.asarray(list(vectors), dtype=np.float32).reshape(-1, embedding.dimensions))

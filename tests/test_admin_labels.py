@@ -347,6 +347,13 @@ def test_a_group_link_shows_the_rows_grouped_and_says_when_they_changed(editor, 
     assert malformed.status_code == 302 and malformed["Location"].endswith("?e=1")
 
 
+def test_topics_of_an_empty_list_say_why_there_are_none(editor, tickets):
+    for query in ({"q": "no ticket holds this word"}, {"embedding_state": "failed"}):
+        response = editor.get(reverse(TOPICS), query)
+        assert response.status_code == 200
+        assert "Clustering needs at least two rows with vectors; the queryset has 0." in response.content.decode()
+
+
 def test_topics_needs_the_view_permission(client, tickets, ticket_admin, monkeypatch):
     client.force_login(staff("nobody"))
     assert client.get(reverse(TOPICS)).status_code == 403
