@@ -29,6 +29,7 @@ are then primary keys of the related model).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,7 +44,7 @@ from pgvector.django import CosineDistance
 from semantic.fields import EmbeddingField
 from semantic.labels import NO_EXAMPLES, Prediction, label_field_of, labelled
 from semantic.linear import predict_linear
-from semantic.query import vector_literal
+from semantic.query import SemanticQuerySetMixin, vector_literal
 from semantic.streaming import BATCH_SIZE, normalised, pk_batches, vector_batches
 from semantic.switch import serving_field
 from semantic.vectors import embed
@@ -110,6 +111,7 @@ def annotate_predictions(
     field: str | None = None,
     k: int = DEFAULT_K,
     examples: models.QuerySet | None = None,
+    ef_search: int = DEFAULT_EF_SEARCH,
 ) -> models.QuerySet:
     """``queryset`` annotated with ``predicted_label`` and ``confidence`` (nearest neighbours).
 
@@ -123,7 +125,10 @@ def annotate_predictions(
     label_field = label_field_of(model, label)
     check_k(k)
     near = neighbours(examples if examples is not None else model._default_manager.all(), embedding, label_field, k)
-    return queryset.annotate(
+    # The vote needs the iterative scan whenever the rows are read, as predict_labels() has it
+    # (voting_scan()): without it the index returns its ef_search nearest rows and, where
+    # unlabelled rows crowd them, fewer than k labelled ones are left, or none.
+    return voting(queryset, k=k, ef_search=ef_search).annotate(
         predicted_label=LabelVote(
             near, output="label", output_field=label_field.target_field if label_field.is_relation else label_field
         ),
@@ -273,6 +278,24 @@ def suggest_label(
     return Prediction(None, label_field.to_python(winner), float(share))
 
 
+def voting_settings(*, k: int, ef_search: int) -> dict[str, str]:
+    return {"hnsw.ef_search": str(max(ef_search, k)), "hnsw.iterative_scan": "strict_order"}
+
+
+def voting(queryset: models.QuerySet, *, k: int, ef_search: int) -> models.QuerySet:
+    """``queryset``, each of its statements sent with :func:`voting_settings` (a queryset
+    without :class:`SemanticQuerySetMixin` gets it, its own class kept as the other base)."""
+    if not isinstance(queryset, SemanticQuerySetMixin):
+        queryset = queryset._chain()
+        queryset.__class__ = with_semantic_mixin(type(queryset))
+    return queryset.with_index_settings(**voting_settings(k=k, ef_search=ef_search))
+
+
+@functools.cache
+def with_semantic_mixin(queryset_class: type[models.QuerySet]) -> type[models.QuerySet]:
+    return type(queryset_class.__name__, (SemanticQuerySetMixin, queryset_class), {})
+
+
 @contextmanager
 def voting_scan(connection: Any, *, k: int, ef_search: int) -> Iterator[None]:
     """A transaction in which the HNSW scan finds ``k`` labelled neighbours.
@@ -280,10 +303,11 @@ def voting_scan(connection: Any, *, k: int, ef_search: int) -> Iterator[None]:
     Unlabelled rows among the nearest are filtered out after the index scan; the
     iterative scan walks on until ``k`` labelled rows are found.
     """
+    settings = voting_settings(k=k, ef_search=ef_search)
     with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
         cursor.execute(
-            "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'strict_order', true)",
-            [str(max(ef_search, k))],
+            "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', %s, true)",
+            [settings["hnsw.ef_search"], settings["hnsw.iterative_scan"]],
         )
         yield
 

@@ -22,6 +22,7 @@ exact search and pgvector's iterative index scan.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -36,7 +37,7 @@ from pgvector.django import CosineDistance
 
 from semantic.fields import EmbeddingField
 from semantic.passage_search import by_passages, require_passages, with_nearest_passage
-from semantic.search_plan import SemanticSearch, plan, rank, resort, search_statement
+from semantic.search_plan import SearchPlan, SemanticSearch, plan, rank, resort, search_statement
 from semantic.switch import serving_field
 from semantic.vectors import EmptyQuery, embed, vector_literal
 
@@ -69,17 +70,52 @@ class SemanticQuerySetMixin(_QuerySetBase):
     """
 
     _semantic: SemanticSearch | None = None
+    #: Index settings every statement of this queryset runs with (see :meth:`with_index_settings`).
+    _index_settings: dict[str, str] | None = None
 
     def _clone(self) -> Any:
         clone = super()._clone()
         clone._semantic = self._semantic
+        clone._index_settings = self._index_settings
         return clone
 
+    def with_index_settings(self, **settings: str) -> Any:
+        """The same rows, each statement run with these PostgreSQL settings (sent with it,
+        put back after it): for a search that is a subquery of the rows rather than their
+        order, such as :func:`semantic.classify.annotate_predictions`' vote, which needs
+        pgvector's iterative scan however the queryset is evaluated (rows, ``count()``,
+        ``exists()``, pages)."""
+        clone = self._chain()
+        clone._index_settings = {**(self._index_settings or {}), **settings}
+        return clone
+
+    def _search_plan(self) -> SearchPlan | None:
+        search_plan = plan(self, self._semantic) if self._semantic is not None else None
+        if not self._index_settings:
+            return search_plan
+        if search_plan is None:
+            return SearchPlan(settings=dict(self._index_settings))
+        return dataclasses.replace(search_plan, settings={**self._index_settings, **search_plan.settings})
+
+    def _with_settings(self, evaluate: Any, *args: Any, **kwargs: Any) -> Any:
+        """``evaluate(*args, **kwargs)``, its statement sent with this queryset's index settings."""
+        with search_statement(self.db, self._search_plan() if self._index_settings else None):
+            return evaluate(*args, **kwargs)
+
+    def count(self) -> int:
+        return self._with_settings(super().count)
+
+    def exists(self) -> bool:
+        return self._with_settings(super().exists)
+
+    def aggregate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return self._with_settings(super().aggregate, *args, **kwargs)
+
     def _fetch_all(self) -> None:
-        if self._semantic is None or self._result_cache is not None:
+        if (self._semantic is None and not self._index_settings) or self._result_cache is not None:
             super()._fetch_all()
             return
-        search_plan = plan(self, self._semantic)
+        search_plan = self._search_plan()
         with search_statement(self.db, search_plan), similarity_after_fetch(self) as instances:
             super()._fetch_all()
         if search_plan is not None and search_plan.resort:
@@ -91,7 +127,7 @@ class SemanticQuerySetMixin(_QuerySetBase):
     def iterator(self, chunk_size: int | None = None) -> Iterator[Any]:
         """A search is fetched whole: its index settings last only as long as the
         statement that carries them, and a server-side cursor is read after it."""
-        if self._semantic is None:
+        if self._semantic is None and not self._index_settings:
             return super().iterator(chunk_size)
         if chunk_size is not None and chunk_size <= 0:
             raise ValueError("Chunk size must be strictly positive.")
@@ -100,7 +136,7 @@ class SemanticQuerySetMixin(_QuerySetBase):
         return iter(clone._result_cache)
 
     async def aiterator(self, chunk_size: int = 2000) -> AsyncIterator[Any]:
-        if self._semantic is None:
+        if self._semantic is None and not self._index_settings:
             async for row in super().aiterator(chunk_size):
                 yield row
             return

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from django.core.cache import cache
 from django.core.management import CommandError
-from django.db import connection
+from django.db import connection, models
 
 from semantic import embed_pending, suspend_embedding
 from semantic.classify import annotate_predictions, apply_predictions, predict_labels, suggest_label
@@ -276,3 +276,25 @@ def test_the_vote_is_weighted_by_similarity_and_its_share_is_the_confidence():
     assert prediction.confidence == pytest.approx(2.4 / 4.2, abs=1e-4)
     (prediction,) = predict_labels(Ticket.objects.all(), k=2)
     assert (prediction.label, prediction.confidence) == ("b", pytest.approx(1.0))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_lazy_annotation_votes_as_predict_labels_does(tickets):
+    """However it is evaluated (rows, a filtered count), with its own QuerySet class or not.
+
+    A session whose ``hnsw.ef_search`` is 1 stands for a table where unlabelled rows
+    crowd the labelled ones: the index's first candidates hold no labelled row.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("SET hnsw.ef_search = 1")
+    try:
+        expected = {p.pk: (p.label, round(p.confidence, 6)) for p in predict_labels(Ticket.objects.all())}
+        for rows in (Ticket.objects.all(), models.QuerySet(Ticket)):
+            annotated = annotate_predictions(rows, "category")
+            found = annotated.filter(pk__in=list(expected)).values_list("pk", "predicted_label", "confidence")
+            assert {pk: (label, round(confidence, 6)) for pk, label, confidence in found} == expected
+            sure = sum(confidence >= 0.8 for _, confidence in expected.values())
+            assert annotated.filter(pk__in=list(expected), confidence__gte=0.8).count() == sure
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET hnsw.ef_search")
