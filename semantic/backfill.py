@@ -16,11 +16,12 @@ from django.db import models
 from django.db.models import BooleanField, ExpressionWrapper, Q, Value
 
 from semantic.dispatch import queue_task
-from semantic.embedder import CHARS_PER_TOKEN, Embedder, Outcome
+from semantic.embedder import CHARS_PER_TOKEN, Embedder
 from semantic.fields import EmbeddingField
 from semantic.passage_rows import CUT_ROWS, cut_all, fill_known, lagging_rows, passage_failures
 from semantic.passage_worker import passage_items
 from semantic.rows import failed_pks, failures, mark_pending, pending_rows
+from semantic.writer import Outcome
 
 #: Gemini API price assumed by --dry-run, USD per million input tokens
 #: (gemini-embedding-001, Google's Gemini API pricing page, 2025). About 4 characters

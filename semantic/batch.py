@@ -27,13 +27,14 @@ from django.db import models
 from django.utils import timezone
 
 from semantic.backends import malformed
-from semantic.embedder import Embedder, Item, Outcome
+from semantic.embedder import Embedder
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingBatchJob
 from semantic.passage_rows import CUT_ROWS, Cut, cut_all, fill_known, lagging_rows
 from semantic.passage_worker import PassageItem, passage_items
 from semantic.rows import mark_pending, open_jobs, pending_rows
 from semantic.text import clean
+from semantic.writer import Item, Outcome
 
 #: Gemini drops batch jobs after 48 hours; a job open longer no longer holds its rows.
 #: Rows and characters per job (inline batch requests must stay under 20 MB).

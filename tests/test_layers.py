@@ -43,6 +43,7 @@ LAYERS = [
     "semantic.dispatch",
     "semantic.hooks",
     "semantic.passage_worker",
+    "semantic.writer",
     # the worker and the Batch API flow
     "semantic.embedder",
     "semantic.batch",

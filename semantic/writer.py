@@ -1,0 +1,205 @@
+"""Writing back what the backend answered: vectors, cleared rows and failures.
+
+Every write is conditional on the row still holding the text that was embedded
+(``WHERE md5(<its text>) = <hash sent>``), so a row edited while its batch was in
+flight keeps no vector of its old text; the edit's own task embeds the new text.
+When the text comes from Python, the check is that ``<name>_source_hash`` still holds
+what was read with the row, and the write stores the hash of the text embedded, so a
+row changed behind ``save()``'s back is embedded once, not re-sent on every sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from dataclasses import field as dataclass_field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.db import connections, models
+from django.db.models import CharField, Q, Value
+from django.db.models.sql import Query
+from django.utils import timezone
+
+from semantic.backends import Vector
+from semantic.fields import EmbeddingField, IsDistinctFrom
+from semantic.models import EmbeddingFailure
+from semantic.passage_worker import PassageItem
+from semantic.rows import failures
+
+logger = logging.getLogger("semantic")
+
+#: ``Item.read_hash`` when the row's stored hash was not read: check against ``hash``.
+UNREAD = "unread"
+
+
+@dataclass
+class Item:
+    pk: Any
+    hash: str | None
+    text: str
+    title: str | None
+    attempts: int = 0
+    #: For text from Python: the ``<name>_source_hash`` the row held when it was read.
+    read_hash: str | None = UNREAD
+
+    @property
+    def guard(self) -> str | None:
+        return self.hash if self.read_hash == UNREAD else self.read_hash
+
+
+@dataclass
+class Outcome:
+    """What one run did, returned by tasks (and stored by django-q2)."""
+
+    embedded: int = 0
+    cleared: int = 0
+    failed: int = 0
+    changed_in_flight: int = 0
+    requests: int = 0
+    #: Passages sent and embedded; passages whose stored vector was kept; rows whose passages were stored.
+    passages: int = 0
+    passages_reused: int = 0
+    passage_rows: int = 0
+    passages_failed: int = 0
+    errors: list[str] = dataclass_field(default_factory=list)
+    #: Why the run ended before visiting every row (a configuration problem, a long pause), or None.
+    stopped: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RowWriterMixin:
+    """The Embedder's writes: each only if its row still holds the text it was read with."""
+
+    if TYPE_CHECKING:  # what the Embedder provides
+        model: type[models.Model]
+        field: EmbeddingField
+        using: str
+        spec: str
+        outcome: Outcome
+        written: list[Any]
+
+        def passages_embedded(self, results: list[Any]) -> None: ...
+        def passages_failed(self, items: list[Any], message: str, *, permanent: bool, retry_in: float) -> None: ...
+
+    def write_all(self, results: list[tuple[Item, Vector | None]]) -> None:
+        if results and isinstance(results[0][0], PassageItem):
+            self.passages_embedded(results)  # type: ignore[arg-type]
+            return
+        vectors = [(item, vector) for item, vector in results if vector is not None]
+        written = self.write_vectors(vectors) if vectors else []
+        written += [item.pk for item, vector in results if vector is None and self.write(item, None)]
+        self.written += written
+        if written:
+            self.failures().filter(object_pk__in=[str(pk) for pk in written]).delete()
+
+    def write_vectors(self, results: list[tuple[Item, Vector]]) -> list[Any]:
+        """Store a batch of vectors in one statement, each only if its row still holds its text."""
+        field = self.field
+        connection = connections[self.using]
+        quote = connection.ops.quote_name
+        table = quote(self.model._meta.db_table)
+        pk = self.model._meta.pk
+        rows = ", ".join(["(%s, %s, %s, %s)"] * len(results))
+        guard_sql, guard_params = self.compile(field.stored_text_hash(), connection)
+        python = field.text_from_python()
+        sql = (
+            f"UPDATE {table} "
+            f"SET {quote(field.column)} = v.vector::{field.sized_db_type()}, "
+            f"{quote(field.embedded_hash_name)} = v.hash, {quote(field.spec_name)} = %s, "
+            f"{quote(field.pending_since_name)} = NULL"
+            + (f", {quote(field.source_hash_name)} = v.hash " if python else " ")
+            + f"FROM (VALUES {rows}) AS v(pk, hash, guard, vector) "
+            f"WHERE {table}.{quote(pk.column)} = v.pk::{pk.rel_db_type(connection)} "
+            f"AND ({guard_sql}) IS NOT DISTINCT FROM v.guard::text "
+            f"RETURNING {table}.{quote(pk.column)}"
+        )
+        params: list[Any] = [self.spec]
+        for item, vector in results:
+            params += [str(item.pk), item.hash, item.guard, "[" + ",".join(map(str, vector)) + "]"]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params + guard_params)
+            written = [row[0] for row in cursor.fetchall()]
+        self.outcome.embedded += len(written)
+        self.outcome.changed_in_flight += len(results) - len(written)
+        return written
+
+    def compile(self, expression: Any, connection: Any) -> tuple[str, list[Any]]:
+        """SQL for an expression over this model's columns, qualified by its table name."""
+        query = Query(self.model)
+        compiler = query.get_compiler(connection=connection)
+        sql, params = compiler.compile(expression.resolve_expression(query, allow_joins=False))
+        return sql, list(params)
+
+    def still_holds(self, item: Item) -> Q:
+        """The row still holds the text ``item`` was read with."""
+        return ~Q(IsDistinctFrom(self.field.stored_text_hash(), Value(item.guard, CharField())))
+
+    def refresh_hashes(self, items: list[Item]) -> None:
+        """Rows whose Python text is what their vector was made from: store the hash, send nothing."""
+        manager = self.model._base_manager.using(self.using)
+        for item in items:
+            manager.filter(self.still_holds(item), pk=item.pk).update(**{self.field.source_hash_name: item.hash})
+
+    def write(self, item: Item, vector: Vector | None) -> bool:
+        """Store ``vector`` (None: no text, no vector) if the row still holds the text it was made from."""
+        field = self.field
+        values = {
+            field.attname: vector,
+            field.embedded_hash_name: item.hash,
+            field.spec_name: self.spec if vector is not None else None,
+            field.pending_since_name: None,
+        }
+        if field.text_from_python():
+            values[field.source_hash_name] = item.hash
+        if not self.model._base_manager.using(self.using).filter(self.still_holds(item), pk=item.pk).update(**values):
+            self.outcome.changed_in_flight += 1
+            return False
+        if vector is None:
+            self.outcome.cleared += 1
+        else:
+            self.outcome.embedded += 1
+        return True
+
+    def fail(self, items: list[Item], message: str, *, permanent: bool, retry_in: float = 0) -> None:
+        if items and isinstance(items[0], PassageItem):
+            self.passages_failed(items, message, permanent=permanent, retry_in=retry_in)  # type: ignore[arg-type]
+            return
+        label = f"{self.model._meta.label}.{self.field.name}"
+        logger.warning("Embedding %d row(s) of %s failed: %s", len(items), label, message)
+        self.outcome.failed += len(items)
+        if message not in self.outcome.errors:
+            self.outcome.errors.append(message)
+        retry_at = None if permanent else timezone.now() + timedelta(seconds=retry_in)
+        if self.field.text_from_python():
+            # A failure is kept for the text's hash: the row's stored hash must be that one too.
+            self.refresh_hashes([item for item in items if item.guard != item.hash])
+        for item in items:
+            self.record_failure(self.field.name, item.pk, item.attempts, item.hash, message, permanent, retry_at)
+
+    def record_failure(
+        self,
+        field_name: str,
+        pk: Any,
+        attempts: int,
+        source_hash: str,
+        message: str,
+        permanent: bool,
+        retry_at: Any,
+    ) -> None:
+        """Add a failed request to the row's failure record (rows' and passages' alike)."""
+        # Beside the rows, where pending_rows() and the status look for it.
+        failure, _ = EmbeddingFailure.objects.using(self.using).get_or_create(
+            model_label=self.model._meta.label, field_name=field_name, object_pk=str(pk), defaults={"error": message}
+        )
+        failure.attempts += attempts
+        failure.error = message
+        failure.permanent = permanent
+        failure.source_hash = source_hash
+        failure.retry_at = retry_at
+        failure.save(using=self.using)
+
+    def failures(self) -> models.QuerySet[EmbeddingFailure]:
+        return failures(self.model, self.field, self.using)
