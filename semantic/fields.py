@@ -48,6 +48,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django.apps import apps
+from django.core.exceptions import FieldDoesNotExist
 from django.db import models
 from django.db.models import Case, F, Func, Q, Value, When
 from django.db.models.functions import MD5, Cast, Coalesce, Concat, Now, NullIf
@@ -140,7 +141,9 @@ class SourceHashField(CompanionMixin, models.CharField):
         super().__init__(*args, **kwargs)
 
     def pre_save(self, model_instance: models.Model, add: bool) -> Any:
-        field = model_instance._meta.get_field(self.embedding_field)
+        field = live_field(model_instance, self.embedding_field)
+        if field is None:
+            return super().pre_save(model_instance, add)
         value = field.text_hash(model_instance)
         setattr(model_instance, self.attname, value)
         return value
@@ -161,7 +164,9 @@ class PendingSinceField(CompanionMixin, models.DateTimeField):
         super().__init__(*args, **kwargs)
 
     def pre_save(self, model_instance: models.Model, add: bool) -> Any:
-        field = model_instance._meta.get_field(self.embedding_field)
+        field = live_field(model_instance, self.embedding_field)
+        if field is None:
+            return super().pre_save(model_instance, add)
         current = field.text_hash(model_instance)
         if add:
             return timezone.now() if current else None
@@ -194,6 +199,9 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
     description = "Embedding of the row's text"
     #: Names in ``source``/``title_source`` that are methods or properties (set per model).
     python_parts: tuple[str, ...] = ()
+    #: The model whose field this is a copy of, in a model built from that one's fields
+    #: (a history model); None for a field of the model it was declared on.
+    copied_from: type[models.Model] | None = None
     #: Options that change what is embedded, not the table: altering them runs no SQL.
     non_db_attrs = (
         *VectorField.non_db_attrs,
@@ -311,10 +319,17 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
         return super().get_prep_value(value)
 
     def contribute_to_class(self, cls: type[models.Model], name: str, private_only: bool = False) -> None:
+        bound_to = self.__dict__.get("model")  # set when this is a copy of another model's field
         super().contribute_to_class(cls, name, private_only=private_only)
         # Historical models built by migrations carry the companion columns and the
         # index themselves; abstract models pass the field on to their subclasses.
         if cls._meta.abstract or cls.__module__ == "__fake__":
+            return
+        if bound_to is not None and not issubclass(cls, bound_to):
+            # A model built from copies of another model's fields (django-simple-history's
+            # historical records): the column keeps the vector as it was, and that is all.
+            # Its companions are copies too, and nothing embeds, sweeps or hooks the copy.
+            self.copied_from = bound_to
             return
         self.python_parts = tuple(n for n in self.text_parts() if _is_python(cls, n))
         existing = {f.name for f in cls._meta.local_fields}
@@ -496,8 +511,19 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
 
 
 def embedding_fields(model: type[models.Model]) -> list[EmbeddingField]:
-    """The model's EmbeddingFields, its parents' included (proxies and multi-table children)."""
-    return [f for f in model._meta.fields if isinstance(f, EmbeddingField)]
+    """The model's EmbeddingFields, its parents' included (proxies and multi-table children);
+    not copies kept by a model built from another's fields (:attr:`EmbeddingField.copied_from`)."""
+    return [f for f in model._meta.fields if isinstance(f, EmbeddingField) and f.copied_from is None]
+
+
+def live_field(model_instance: models.Model, name: str) -> EmbeddingField | None:
+    """The instance's EmbeddingField ``name``, or None in a model that keeps only copies
+    of another model's columns (where the companions are plain columns too)."""
+    try:
+        field = model_instance._meta.get_field(name)
+    except FieldDoesNotExist:
+        return None
+    return field if isinstance(field, EmbeddingField) and field.copied_from is None else None
 
 
 def iter_fields(

@@ -1,6 +1,7 @@
 import uuid
 
 from django.db import models
+from simple_history.models import HistoricalRecords
 
 from semantic import EmbeddingField, SemanticManager
 from semantic.indexes import EmbeddingIndex
@@ -191,3 +192,26 @@ class Entry(models.Model):
     embedding = EmbeddingField(source="text", dimensions=128)
 
     objects = SemanticManager()
+
+
+class Diary(models.Model):
+    """Recorded by django-simple-history, whose history model copies every field of this one."""
+
+    text = models.TextField()
+    embedding = EmbeddingField(source="text", dimensions=128)
+    history = HistoricalRecords()
+
+    objects = SemanticManager()
+
+
+class Ledger(models.Model):
+    """The same with the vector left out of the history, its hidden columns kept; text from a method."""
+
+    text = models.TextField()
+    embedding = EmbeddingField(source="upper", dimensions=128)
+    history = HistoricalRecords(excluded_fields=["embedding"])
+
+    objects = SemanticManager()
+
+    def upper(self) -> str:
+        return self.text.upper()
