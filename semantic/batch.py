@@ -289,7 +289,7 @@ def collect_passages(model: type[models.Model], field: EmbeddingField, job: Embe
         for (pk, position, text_hash, row_hash), result in zip(job.items, status.results):
             sent.setdefault(pk, []).append((position, text_hash, row_hash, result))
         to_python = model._meta.pk.to_python
-        rows = list(field.model._base_manager.filter(pk__in=[to_python(pk) for pk in sent]))
+        rows = list(field.with_stored_text(field.model._base_manager.filter(pk__in=[to_python(pk) for pk in sent])))
         cuts, known = cut_all(model, field, rows)
         embedder.outcome.changed_in_flight += len(sent) - len(rows)  # rows deleted meanwhile
         for row in rows:

@@ -401,13 +401,43 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
         return bool(self.python_parts)
 
     def source_text(self, instance: models.Model) -> str:
-        """The text to embed for ``instance``, uncleaned."""
+        """The text to embed for ``instance``, uncleaned: as stored, when it was read with
+        :meth:`with_stored_text`, else as its attributes give it."""
+        stored = instance.__dict__.get(self.stored_text_name)
+        if stored is not None:
+            return stored
         return SOURCE_SEPARATOR.join(_read(instance, name) for name in self.source)
 
     def title_text(self, instance: models.Model) -> str | None:
         if not self.title_source:
             return None
+        if self.stored_title_name in instance.__dict__:
+            return instance.__dict__[self.stored_title_name] or ""
         return _read(instance, self.title_source)
+
+    def with_stored_text(self, rows: models.QuerySet) -> models.QuerySet:
+        """``rows`` read with their text (and title) as PostgreSQL holds it, for the worker.
+
+        Which rows are pending, and whether a vector may be written, is decided on the
+        text SQL hashes from the columns; the worker must embed that very text, not what
+        an attribute returns (a translated field's descriptor, such as
+        django-modeltranslation's, returns the active language's). Text from Python is
+        read through Python, as it is hashed.
+        """
+        if self.text_from_python():
+            return rows
+        stored = {self.stored_text_name: self.stored_source_text()}
+        if self.title_source:
+            stored[self.stored_title_name] = Cast(F(self.title_source), models.TextField())
+        return rows.annotate(**stored)
+
+    @property
+    def stored_text_name(self) -> str:
+        return f"_semantic_{self.name}_text"
+
+    @property
+    def stored_title_name(self) -> str:
+        return f"_semantic_{self.name}_title"
 
     def text_hash(self, instance: models.Model) -> str | None:
         """MD5 of the text (and title) of ``instance`` as it is in memory; for no text, None

@@ -79,7 +79,7 @@ def lagging_rows(
         Q(retry_at__gt=timezone.now()) | Q(permanent=True, source_hash=OuterRef(field.embedded_hash_name))
     )
     manager = table_model._base_manager if using is None else table_model._base_manager.using(using)
-    rows = manager.filter(field.is_current()).exclude(Exists(current)).exclude(Exists(waiting))
+    rows = field.with_stored_text(manager.filter(field.is_current()).exclude(Exists(current)).exclude(Exists(waiting)))
     batched = None if in_batch_jobs else in_flight(table_model, field, passages=True)
     return rows.exclude(batched) if batched is not None else rows
 

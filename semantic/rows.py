@@ -34,7 +34,7 @@ def pending_rows(model: type[models.Model], field: EmbeddingField, using: str | 
         object_pk=Cast(OuterRef("pk"), CharField()),
     ).filter(Q(retry_at__gt=timezone.now()) | Q(permanent=True, source_hash=field.stored_text_hash(OuterRef)))
     manager = model._base_manager if using is None else model._base_manager.using(using)
-    rows = manager.filter(field.needs_embedding()).exclude(Exists(waiting))
+    rows = field.with_stored_text(manager.filter(field.needs_embedding()).exclude(Exists(waiting)))
     batched = in_flight(model, field)
     return rows.exclude(batched) if batched is not None else rows
 

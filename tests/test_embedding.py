@@ -21,7 +21,7 @@ from semantic.models import EmbeddingFailure, RateLimit
 from semantic.ratelimit import configuration_problem
 from semantic.text import source_hash
 from tests.fake_gemini import BAD_KEY, MODEL_NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED, api_error, fake_vector
-from tests.testapp.models import Article, Document, Snippet
+from tests.testapp.models import Article, Document, Snippet, Translated
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -118,6 +118,20 @@ def test_semantic_embed_all_hashes_text_from_python_again(fake_gemini):
 
     assert np.allclose(stored(snippet), expected("Changed by update"), atol=1e-6)
     assert snippet.embedding_source_hash == snippet.embedding_embedded_hash == source_hash("Changed by update")
+
+
+def test_the_worker_embeds_the_text_as_stored_not_as_an_attribute_gives_it(fake_gemini):
+    # Under django-modeltranslation the attribute gives the active language's column; the
+    # rows to embed, and the check before writing, are decided on the column itself.
+    row = Translated.objects.create(text_en="")
+    Translated.objects.filter(pk=row.pk).update(text="Passwort zurücksetzen")
+
+    result = embed_pending()["testapp.Translated.embedding"]
+
+    assert (result["embedded"], result["changed_in_flight"]) == (1, 0)
+    assert fake_gemini.texts() == ["Passwort zurücksetzen"]
+    assert np.allclose(stored(row), expected("Passwort zurücksetzen"), atol=1e-6)
+    assert embed_pending()["testapp.Translated.embedding"]["embedded"] == 0
 
 
 def test_halfvec_column_for_3072_dimensions():

@@ -1,6 +1,8 @@
 import uuid
+from typing import Any
 
 from django.db import models
+from django.db.models.query_utils import DeferredAttribute
 from simple_history.models import HistoricalRecords
 
 from semantic import EmbeddingField, SemanticManager
@@ -215,3 +217,28 @@ class Ledger(models.Model):
 
     def upper(self) -> str:
         return self.text.upper()
+
+
+class ActiveLanguageText(DeferredAttribute):
+    """What django-modeltranslation puts on a translated field: the attribute gives the
+    active language's column (here always ``text_en``), not the column itself."""
+
+    def __get__(self, instance: Any, cls: Any = None) -> Any:
+        if instance is None:
+            return self
+        return instance.__dict__.get("text_en") or ""
+
+    def __set__(self, instance: Any, value: Any) -> None:  # a data descriptor, as modeltranslation's
+        instance.__dict__[self.field.attname] = value
+
+
+class TranslatedTextField(models.TextField):
+    descriptor_class = ActiveLanguageText
+
+
+class Translated(models.Model):
+    """A row whose ``text`` column and ``text`` attribute differ, as under modeltranslation."""
+
+    text = TranslatedTextField(blank=True)
+    text_en = models.TextField(blank=True)
+    embedding = EmbeddingField(source="text", dimensions=128)
