@@ -5,7 +5,7 @@ from semantic.clusters import cluster
 from semantic.context import Context, ContextPassage, context
 from semantic.fields import EmbeddingField
 from semantic.hooks import suspend_embedding
-from semantic.hybrid import HybridQuerySet, HybridSearchMixin, hybrid
+from semantic.hybrid import HybridQuerySet, HybridSearchMixin, ahybrid, hybrid
 from semantic.keyword import KeywordIndex
 from semantic.passages import Passages
 from semantic.query import SemanticManager, SemanticQuerySet, SemanticQuerySetMixin
@@ -33,6 +33,7 @@ __all__ = [
     "KeywordIndex",
     "HybridQuerySet",
     "HybridSearchMixin",
+    "ahybrid",
     "hybrid",
 ]
 __version__ = "0.1.0"

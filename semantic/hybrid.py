@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from asgiref.sync import sync_to_async
 from django.db import models
 from django.db.models import F
 from django.db.models.expressions import Expression
@@ -254,6 +255,12 @@ def hybrid(
     query.clear_ordering(force=True)
     query.add_ordering("-score", "pk")
     return qs
+
+
+async def ahybrid(queryset: models.QuerySet, text: str, **options: Any) -> SemanticQuerySet:
+    """:func:`hybrid` for async code: the text is embedded in a thread (see
+    ``SemanticQuerySetMixin.asimilar_to``); read the result with ``async for``."""
+    return await sync_to_async(hybrid)(queryset, text, **options)
 
 
 class HybridSearchMixin:

@@ -190,6 +190,20 @@ class SemanticQuerySetMixin(_QuerySetBase):
         )
         return qs
 
+    async def asimilar_to(self, query: str | models.Model | Sequence[float], **options: Any) -> Any:
+        """:meth:`similar_to` for async code: a text is embedded (the API called, the rate
+        limit and the cache consulted) in a thread, as Django's ``a``-methods run the ORM;
+        the lazy queryset it returns is read with ``async for`` or ``await qs.afirst()``."""
+        return await sync_to_async(self.similar_to)(query, **options)
+
+    async def aduplicates_of(self, query: str | models.Model, *args: Any, **options: Any) -> Any:
+        """:meth:`duplicates_of` for async code (see :meth:`asimilar_to`)."""
+        return await sync_to_async(self.duplicates_of)(query, *args, **options)
+
+    async def awith_passage(self, query: str | models.Model | Sequence[float], **options: Any) -> Any:
+        """:meth:`with_passage` for async code (see :meth:`asimilar_to`)."""
+        return await sync_to_async(self.with_passage)(query, **options)
+
     def with_passage(
         self, query: str | models.Model | Sequence[float], *, field: str | None = None, task_type: str | None = None
     ) -> Any:

@@ -15,7 +15,7 @@ from django.db.models.sql.compiler import SQLCompiler
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from semantic import EmptyQuery, SearchUnavailable, SemanticQuerySetMixin, embed, suspend_embedding
+from semantic import EmptyQuery, SearchUnavailable, SemanticQuerySetMixin, ahybrid, embed, suspend_embedding
 from semantic.backends import EmbeddingError, get_backend
 from semantic.fields import get_embedding_field
 from semantic.models import EmbeddingFailure, RateLimit
@@ -776,3 +776,25 @@ def test_a_429_with_retry_info_only_pauses_everyone_for_the_delay_it_gives(artic
     with pytest.raises(SearchUnavailable, match="Try again in"):
         Article.objects.similar_to("export invoices please")
     assert fake_gemini.request_count == 1
+
+
+def test_async_code_searches_a_text_never_embedded(articles, fake_gemini):
+    """In async code the text is embedded in a thread (the API, the rate limit and the
+    cache are synchronous); the queryset is read with ``async for`` and ``afirst()``."""
+    cache.clear()
+    fake_gemini.reset()
+
+    async def search():
+        rows = await Article.objects.asimilar_to("how do I reset my password")
+        first = await (await Article.objects.asimilar_to("export invoices")).afirst()
+        found = await hybrid_rows()
+        return [a.title async for a in rows[:2]], first.title, found
+
+    async def hybrid_rows():
+        return [a.title async for a in (await ahybrid(Article.objects.all(), "password", keyword_fields=["title"]))[:1]]
+
+    titles_found, first, hybrid_found = async_to_sync(search)()
+    assert titles_found == titles(Article.objects.similar_to("how do I reset my password")[:2])
+    assert first == titles(Article.objects.similar_to("export invoices")[:1])[0]
+    assert len(hybrid_found) == 1 and "password" in hybrid_found[0]
+    assert fake_gemini.request_count == 3  # each text embedded once, then cached
