@@ -240,6 +240,38 @@ def check_extension(databases: Any = None, **kwargs: Any) -> list[checks.CMessag
     return errors
 
 
+UNMANAGED_HINT = (
+    "Run the SQL above on the table (makemigrations and migrate never change an unmanaged model's "
+    "table), or make the model managed. Until then the sweep skips this field and semantic_status reports it."
+)
+
+
+@checks.register(checks.Tags.database)
+def check_unmanaged_tables(databases: Any = None, **kwargs: Any) -> list[checks.CMessage]:
+    """An unmanaged model's table gets the field's columns from whoever owns it, never from
+    migrate. Only with ``check --database``; a warning, because ``migrate`` and test runs
+    check databases too, and a table that does not exist yet is not reported at all."""
+    from semantic.fields import embedding_fields
+    from semantic.schema import schema_problem
+
+    errors: list[checks.CMessage] = []
+    for alias in databases or []:
+        connection = connections[alias]
+        if connection.vendor != "postgresql":
+            continue
+        tables = None
+        for model in apps.get_models():
+            if model._meta.managed or model._meta.proxy or router.db_for_write(model) != alias:
+                continue
+            for field in (f for f in embedding_fields(model) if f.model is model):
+                tables = tables if tables is not None else set(connection.introspection.table_names())
+                if model._meta.db_table not in tables:
+                    continue
+                if problem := schema_problem(field, alias):
+                    errors.append(checks.Warning(problem, hint=UNMANAGED_HINT, obj=field, id="semantic.W005"))
+    return errors
+
+
 #: Shortest SEMANTIC['TIMEOUT'], in seconds.
 MIN_TIMEOUT = 0.001
 

@@ -31,7 +31,8 @@ DEFAULTS: dict[str, Any] = {
     "BASE_URL": None,
     # Seconds before one embedding request is abandoned.
     "TIMEOUT": 30.0,
-    # Run embedding inline on commit instead of through django-q2 (scripts, tests).
+    # Run embedding inline when the saving transaction commits, instead of through django-q2
+    # (scripts; a test that never commits must run its on-commit callbacks: README, Testing).
     "SYNC": False,
     # Rows per API request; None: the backend's cap.
     "BATCH_SIZE": None,

@@ -15,6 +15,7 @@ from typing import Any
 
 from django.apps import apps
 from django.db import models
+from django.db.models.functions import Now
 from django.db.models.signals import class_prepared, post_delete, post_save
 
 from semantic.dispatch import enqueue
@@ -70,10 +71,13 @@ def on_save(
     **kwargs: Any,
 ) -> None:
     """Queue the fields whose text this save changed, once the transaction commits."""
-    if raw or embedding_suspended():
+    if raw:
         return
     for field in embedding_fields(sender):
-        if needs_work(field, instance, update_fields, using):
+        if update_fields is not None:
+            # Even when suspended: the sweep finds the row only if its columns say it waits.
+            complete_partial_save(field, instance, update_fields, using)
+        if not embedding_suspended() and needs_work(field, instance, update_fields, using):
             enqueue(field.model, field.name, [instance.pk], using=using)
 
 
@@ -87,18 +91,41 @@ def on_delete(sender: type[models.Model], instance: models.Model, using: str | N
             delete_passages(field.model, field, [instance.pk], using)
 
 
+def saved_text(field: EmbeddingField, update_fields: frozenset[str] | None) -> bool:
+    """Whether a save may have written ``field``'s text (text from Python may change with any column)."""
+    return update_fields is None or bool(field.python_parts) or bool(set(field.text_parts()) & set(update_fields))
+
+
+def complete_partial_save(
+    field: EmbeddingField, instance: models.Model, update_fields: frozenset[str], using: str | None
+) -> None:
+    """Write the hidden columns a ``save(update_fields=...)`` of the text left out.
+
+    Django writes only the columns named, so those a full save keeps current (the hash of
+    text from Python, when the row began waiting) are written here, after the text.
+    """
+    if not saved_text(field, update_fields):
+        return
+    rows = field.model._base_manager.using(using).filter(pk=instance.pk)
+    current = field.text_hash(instance)
+    if field.python_parts and field.source_hash_name not in update_fields:
+        if current != getattr(instance, field.source_hash_name, None):
+            rows.update(**{field.source_hash_name: current})
+            setattr(instance, field.source_hash_name, current)
+    if field.pending_since_name not in update_fields and current != getattr(instance, field.embedded_hash_name):
+        # As PendingSinceField does on a full save: a row already waiting keeps its time.
+        rows.filter(field.pending(), **{f"{field.pending_since_name}__isnull": True}).update(
+            **{field.pending_since_name: Now()}
+        )
+
+
 def needs_work(
     field: EmbeddingField, instance: models.Model, update_fields: frozenset[str] | None, using: str | None
 ) -> bool:
     """Whether this save left ``field`` with text its vector was not made from."""
-    if update_fields is not None and not field.python_parts and not set(field.text_parts()) & set(update_fields):
+    if not saved_text(field, update_fields):
         return False  # save(update_fields=...) that did not touch the text
     current = field.text_hash(instance)
-    if update_fields is not None and field.python_parts and field.source_hash_name not in update_fields:
-        # The hash column was not part of this save: keep it current by hand.
-        if current != getattr(instance, field.source_hash_name, None):
-            field.model._base_manager.using(using).filter(pk=instance.pk).update(**{field.source_hash_name: current})
-            setattr(instance, field.source_hash_name, current)
     if current != getattr(instance, field.embedded_hash_name):
         return True
     return getattr(instance, field.attname) is not None and getattr(instance, field.spec_name) != field.spec()

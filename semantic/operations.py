@@ -15,6 +15,10 @@ INSTALL_HINT = (
 )
 
 
+#: What the operation runs; ``sqlmigrate`` prints it for whoever applies migrations by hand.
+CREATE_SQL = "CREATE EXTENSION IF NOT EXISTS vector"
+
+
 class CreateVectorExtension(Operation):
     """``CREATE EXTENSION IF NOT EXISTS vector``, with an error that says what to install."""
 
@@ -24,6 +28,12 @@ class CreateVectorExtension(Operation):
         pass
 
     def database_forwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
+        if schema_editor.collect_sql:
+            # sqlmigrate: only say what would run. The database is not to be touched, and the
+            # printed SQL must work on a fresh database, where the extension is not there yet.
+            if schema_editor.connection.vendor == "postgresql":
+                schema_editor.execute(CREATE_SQL)
+            return
         create_extension(schema_editor.connection)
 
     def database_backwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
@@ -41,7 +51,7 @@ def create_extension(connection: Any) -> None:
         if cursor.fetchone():
             return
         try:
-            cursor.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            cursor.execute(CREATE_SQL)
         except DatabaseError as exc:
             raise DatabaseError(f"{INSTALL_HINT} (PostgreSQL said: {exc})") from exc
 

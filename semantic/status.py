@@ -20,6 +20,7 @@ from semantic.fields import EmbeddingField, get_embedding_field, iter_fields
 from semantic.models import EmbeddingFailure
 from semantic.passage_rows import passage_status
 from semantic.ratelimit import configuration_problem
+from semantic.schema import schema_problem
 from semantic.switch import serving_field
 
 STATES = ("embedded", "pending", "stale", "failed", "empty")
@@ -61,9 +62,34 @@ def field_status(
     ``rows`` limits the counts to some of the model's rows (the admin passes what a
     ModelAdmin's ``get_queryset()`` lets the user see); by default every row counts.
     Every query runs on the database the rows are read from: the app's own tables they
-    consult are the ones migrated beside those rows (``semantic.E008``).
+    consult are the ones migrated beside those rows (``semantic.E008``). When the table
+    lacks the field's columns (:mod:`semantic.schema`), the counts are None and
+    ``problem`` says what to add.
     """
     using = rows.db if rows is not None else router.db_for_read(model)
+    about = {
+        "model": model._meta.label,
+        "field": field.name,
+        "spec": field.spec(),
+        # The spec's parts, for people: which provider, which of its models.
+        "backend": field.backend.name,
+        "embedding_model": field.backend.model,
+        "dimensions": field.dimensions,
+        "task_type": field.task_type,
+    }
+    serving = serving_field(model, field.replaces if field.replaces else field.name) is field
+    if table_problem := schema_problem(field, using):
+        # Nothing can be counted in a table without the field's columns: None, not 0, and why.
+        return {
+            **about,
+            "total": None,
+            **dict.fromkeys(STATES),
+            "serving": serving,
+            "problem": table_problem,
+            "oldest_pending_since": None,
+            "oldest_pending_seconds": None,
+            "passages": None,
+        }
     counted = model._base_manager.using(using)
     if rows is not None:
         # A subquery, so the caller's annotations, ordering or distinct() cannot change the counts.
@@ -73,17 +99,10 @@ def field_status(
     counts.update({row["_state"]: row["n"] for row in states})
     oldest = counted.filter(field.pending()).aggregate(oldest=Min(field.pending_since_name))["oldest"]
     return {
-        "model": model._meta.label,
-        "field": field.name,
-        "spec": field.spec(),
-        # The spec's parts, for people: which provider, which of its models.
-        "backend": field.backend.name,
-        "embedding_model": field.backend.model,
-        "dimensions": field.dimensions,
-        "task_type": field.task_type,
+        **about,
         "total": sum(counts.values()),
         **counts,
-        "serving": serving_field(model, field.replaces if field.replaces else field.name) is field,
+        "serving": serving,
         # What a worker found wrong with the key or model (rows wait, and recover once fixed).
         "problem": configuration_problem(field.backend),
         "oldest_pending_since": oldest,

@@ -9,23 +9,33 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
 from django.apps import apps
 from django.db import models
 
+from semantic.conf import semantic_settings as conf
 from semantic.dispatch import SWEEP_SCHEDULE_NAME as SWEEP_SCHEDULE_NAME
 from semantic.dispatch import enqueue as enqueue
 from semantic.dispatch import install_sweep_schedule as install_sweep_schedule
 from semantic.dispatch import queue_task, wake_window
 from semantic.embedder import Embedder
-from semantic.fields import get_embedding_field, iter_fields
+from semantic.fields import EmbeddingField, get_embedding_field, iter_fields
 from semantic.hooks import embedding_suspended as embedding_suspended
 from semantic.hooks import suspend_embedding as suspend_embedding
 from semantic.passage_rows import sweep_orphans
+from semantic.schema import schema_problem
+from semantic.text import redact
+from semantic.writer import Outcome
 
 logger = logging.getLogger("semantic")
+
+#: Logged, with the field and the reason, for a field the sweep leaves out: its table does not fit.
+SWEEP_SKIPPED = "Sweep skipped %s: %s"
+#: A field's sweep that failed; the other fields' still run. The next sweep tries it again.
+SWEEP_FAILED = "The sweep of this field failed ({error}); the other fields were swept, and the next sweep tries again."
 
 #: Seconds between a wake-up task's scans for pending rows within ``WAKE_WINDOW``.
 RESCAN_EVERY = 0.25
@@ -88,20 +98,47 @@ def embed_pending(*targets: str | type[models.Model], limit: int | None = None) 
     an EmbeddingField when none are given. Returns a summary per ``label.field``.
     Fields with ``passages`` also lose the passages of rows deleted or emptied behind
     the ORM's back (``passages_swept``).
+
+    Each field runs on its own: one whose table lacks its columns, or whose run fails,
+    is logged and reported in its summary (``stopped`` and ``errors``), and the fields
+    after it still run.
     """
     summary = {}
     for model, field in iter_fields(targets):
+        summary[f"{model._meta.label}.{field.name}"] = sweep_field(model, field, limit)
+    return summary
+
+
+def sweep_field(model: type[models.Model], field: EmbeddingField, limit: int | None) -> dict[str, Any]:
+    """One field's part of :func:`embed_pending`; what went wrong is in the summary, never raised."""
+    label = f"{model._meta.label}.{field.name}"
+    embedder = None
+    try:
         embedder = Embedder(model, field)
-        embedder.run(limit=limit)
-        outcome = embedder.outcome.as_dict()
-        if field.passages:
+        problem = schema_problem(field, embedder.using)
+        if problem is None:
+            embedder.run(limit=limit)
+            if not field.passages:
+                return embedder.outcome.as_dict()
             # Rows whose passages lag for reasons no save reports: passages newly turned on,
             # a passage failure's wait over, a worker stopped between a row and its passages.
             embedder.run_passages(limit=limit)
-            outcome = embedder.outcome.as_dict()
-            outcome["passages_swept"] = sweep_orphans(model, field)
-        summary[f"{model._meta.label}.{field.name}"] = outcome
-    return summary
+            return {**embedder.outcome.as_dict(), "passages_swept": sweep_orphans(model, field)}
+        logger.error(SWEEP_SKIPPED, label, problem)
+    except Exception as exc:
+        # Its first line only: a database error goes on to quote the statement and its values.
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        problem = _redact(SWEEP_FAILED.format(error=f"{type(exc).__name__}: {first_line}"))
+        logger.error("Sweeping %s: %s\n%s", label, problem, _redact("".join(traceback.format_exception(exc))))
+    outcome = embedder.outcome if embedder is not None else Outcome()
+    outcome.stopped = problem
+    outcome.errors.append(problem)
+    return outcome.as_dict()
+
+
+def _redact(message: str) -> str:
+    """``message`` without the API key, however it is configured (a field's backend reads the same settings)."""
+    return redact(message, conf.API_KEY, conf.BACKEND_OPTIONS.get("api_key"))
 
 
 def queue_pending(*targets: str | type[models.Model]) -> str:

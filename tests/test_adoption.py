@@ -402,3 +402,28 @@ def test_renames_and_removals_carry_what_the_app_stored_for_the_rows(new_project
     assert ("passage", "notes.Memo", "meaning") in everything()
     project.change("class Memo(models.Model):", "class Memo:")
     assert everything() == set()
+
+
+@pytest.mark.django_db
+def test_the_readme_testing_recipes_pass_in_the_projects_own_test_runs(new_project):
+    """The README's "Testing your code", as printed: Django's runner and pytest-django, with the local model."""
+    project = new_project(api_key=None)
+    project.write("notes/tests.py", readme_snippet("testcase"))
+    project.write("notes/test_search.py", readme_snippet("pytest"))
+
+    def run(*command: str) -> str:
+        result = subprocess.run(
+            [sys.executable, *command],
+            cwd=project.root,
+            env={**project.env, "DJANGO_SETTINGS_MODULE": "mysite.settings"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
+        return result.stdout + result.stderr
+
+    django_runner = run("manage.py", "test", "notes.tests", "--noinput")
+    assert "Ran 2 tests" in django_runner and "\nOK" in django_runner
+    pytest_django = run("-m", "pytest", "-q", "-p", "no:cacheprovider", "notes/test_search.py")
+    assert "1 passed" in pytest_django

@@ -168,6 +168,47 @@ def test_missing_extension_error_says_what_to_install(database_without_pgvector)
     assert "permission denied" in str(info.value)
 
 
+@pytest.fixture
+def database_without_extension():
+    """A fresh database without pgvector, reached as the test run's own user, who may create it."""
+    import psycopg
+    from django.db.backends.postgresql.base import DatabaseWrapper
+
+    admin = psycopg.connect(**connection.get_connection_params(), autocommit=True)
+    admin.execute("DROP DATABASE IF EXISTS semantic_fresh")
+    admin.execute("CREATE DATABASE semantic_fresh")
+    wrapper = DatabaseWrapper({**connection.settings_dict, "NAME": "semantic_fresh"}, alias="fresh")
+    yield wrapper
+    wrapper.close()
+    admin.execute("DROP DATABASE IF EXISTS semantic_fresh")
+    admin.close()
+
+
+def has_vector_extension(database):
+    with database.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_extension WHERE extname = 'vector'")
+        return cursor.fetchone()[0] == 1
+
+
+@pytest.mark.django_db
+def test_collecting_sql_prints_the_extension_and_leaves_the_database_alone(database_without_extension):
+    from semantic.operations import CREATE_SQL, CreateVectorExtension
+
+    assert not has_vector_extension(database_without_extension)
+    with database_without_extension.schema_editor(collect_sql=True, atomic=False) as editor:
+        CreateVectorExtension().database_forwards("semantic", editor, None, None)
+    assert editor.collected_sql == [f"{CREATE_SQL};"]
+    assert not has_vector_extension(database_without_extension)  # what sqlmigrate did, before
+
+
+@pytest.mark.django_db
+def test_sqlmigrate_shows_the_extension_first():
+    out = io.StringIO()
+    call_command("sqlmigrate", "semantic", "0001", stdout=out)
+    sql = [line for line in out.getvalue().splitlines() if line and not line.startswith("--")]
+    assert sql[:2] == ["BEGIN;", "CREATE EXTENSION IF NOT EXISTS vector;"]
+
+
 @isolate_apps("tests.testapp")
 def test_replaces_must_name_another_embedding_field():
     from semantic import EmbeddingField

@@ -93,3 +93,42 @@ def test_python_text_changed_by_update_is_embedded_once_then_left_alone(fake_gem
     assert embed_pending()["testapp.Card.embedding"]["requests"] == 0
     Card.objects.get(pk=card.pk).save()  # the next save() sees it
     assert fake_gemini.texts() == ["Shipping\n\nFOUR DAYS"]
+
+
+def test_saving_only_the_text_starts_the_wait(fake_gemini, semantic_settings):
+    """save(update_fields=[<text>]) writes only those columns; the hook starts the wait."""
+    semantic_settings(SYNC=False)  # rows wait for a worker that is not running
+    article = Article.objects.create(title="Waiting", body="")
+    assert Article.objects.get(pk=article.pk).embedding_pending_since is not None
+    Article.objects.filter(pk=article.pk).update(embedding_pending_since=None)  # as if embedded long ago
+    article.body = "edited through update_fields"
+    article.save(update_fields=["body"])
+    started = Article.objects.get(pk=article.pk).embedding_pending_since
+    assert started is not None
+
+    article.body = "edited again while waiting"
+    article.save(update_fields=["body"])
+    assert Article.objects.get(pk=article.pk).embedding_pending_since == started  # still waiting since then
+
+    article.category = "news"
+    article.save(update_fields=["category"])  # not the text
+    Article.objects.filter(pk=article.pk).update(embedding_pending_since=None)
+    article.save(update_fields=["category"])
+    assert Article.objects.get(pk=article.pk).embedding_pending_since is None
+
+
+def test_saving_only_the_text_while_suspended_leaves_the_row_pending(fake_gemini):
+    """suspend_embedding() queues nothing, but the row must still look pending, since when."""
+    embedded = Article.objects.create(title="Embedded", body="")
+    card = Card.objects.create(title="Refunds", body="within thirty days")
+    with suspend_embedding():
+        embedded.body = "edited"
+        embedded.save(update_fields=["body"])
+        card.body = "within sixty days"
+        card.save(update_fields=["body"])  # text from a method: its hash column is not in update_fields
+    assert Article.objects.get(pk=embedded.pk).embedding_pending_since is not None
+    assert Card.objects.filter(get_embedding_field(Card).pending(), pk=card.pk).exists()
+    assert Card.objects.get(pk=card.pk).embedding_pending_since is not None
+    fake_gemini.reset()
+    embed_pending(Card)
+    assert fake_gemini.texts() == ["Refunds\n\nWITHIN SIXTY DAYS"]

@@ -33,6 +33,7 @@ LAYERS = [
     # the field, its registry, its indexes, row state
     "semantic.indexes",
     "semantic.fields",
+    "semantic.schema",
     "semantic.switch",
     "semantic.rows",
     "semantic.passage_rows",

@@ -9,19 +9,13 @@ from django.core.management.base import CommandError
 from django.db import connections, models, router
 
 from semantic.fields import EmbeddingField, embedding_fields
+from semantic.schema import MIGRATION_NEEDED as MIGRATION_NEEDED
+from semantic.schema import MISSING_COLUMN as MISSING_COLUMN
+from semantic.schema import schema_problem
 
 BAD_TARGET = "{target!r} is not app_label.Model or app_label.Model.field."
 UNKNOWN_MODEL = "Unknown model {label!r}; models with an EmbeddingField: {known}."
 NO_FIELD = "{label} has no EmbeddingField."
-MIGRATION_NEEDED = (
-    "{label} is {actual} in the database but the model declares {declared}: run "
-    "`manage.py makemigrations` and `manage.py migrate` first. To change the model or size "
-    "without a gap in search, add a second EmbeddingField with replaces={field!r} instead "
-    "(README: Changing the model)."
-)
-MISSING_COLUMN = (
-    "{label}: the database has no column {column!r}; run `manage.py makemigrations` and `manage.py migrate` first."
-)
 UNKNOWN_FIELD = "{label} has no EmbeddingField named {name!r}; it has {names}."
 APP_MIGRATIONS_DUE = (
     "django-semantic's own tables are behind this version ({count} migration(s) not applied to "
@@ -89,26 +83,7 @@ def check_app_migrated(resolved: list[tuple[type[models.Model], EmbeddingField]]
 
 
 def check_schema(model: type[models.Model], field: EmbeddingField) -> None:
-    """Raise CommandError when the table does not match the field: a migration is due."""
-    model = field.model  # the table that holds the field (a proxy's or a child's parent)
-    connection = connections[router.db_for_write(model)]
-    names = [field.column, field.embedded_hash_name, field.spec_name, field.pending_since_name]
-    if field.text_from_python():
-        names.append(field.source_hash_name)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-            "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped AND attname = ANY(%s)",
-            [connection.ops.quote_name(model._meta.db_table), names],
-        )
-        columns = dict(cursor.fetchall())
-    label = f"{model._meta.label}.{field.name}"
-    for name in names:
-        if name not in columns:
-            raise CommandError(MISSING_COLUMN.format(label=label, column=name))
-    declared = field.db_type(connection)
-    # A column made before sizes left the column type ("vector(384)") is fine at the field's size.
-    if columns[field.column] not in (declared, field.sized_db_type()):
-        raise CommandError(
-            MIGRATION_NEEDED.format(label=label, actual=columns[field.column], declared=declared, field=field.name)
-        )
+    """Raise CommandError when the table does not match the field (see :mod:`semantic.schema`)."""
+    problem = schema_problem(field)
+    if problem:
+        raise CommandError(problem)

@@ -12,7 +12,8 @@ class Command(BaseCommand):
         "Show, per model and EmbeddingField, how many rows are embedded, pending, stale "
         "(made by another model or size), failed or empty, how long the oldest pending row "
         "has waited, and the model, task type and dimensions in use. --json prints the same "
-        "for monitoring (oldest_pending_seconds is null when nothing waits). Fields with passages "
+        "for monitoring (oldest_pending_seconds is null when nothing waits; the counts are null, and "
+        "problem says why, for a table without the field's columns). Fields with passages "
         "also show how many rows have current passages, lag or failed, how many passages there are, "
         "and the characters row vectors and passages read (about 4 a token)."
     )
@@ -41,7 +42,8 @@ class Command(BaseCommand):
         for row in report:
             name = f"{row['model']}.{row['field']}"
             age = _age(row["oldest_pending_seconds"])
-            self.stdout.write(self.HEADER.format(name, row["total"], *(row[s] for s in STATES), age, row["spec"]))
+            counts = ["-" if row[key] is None else row[key] for key in ("total", *STATES)]
+            self.stdout.write(self.HEADER.format(name, *counts, age, row["spec"]))
         with_passages = [row for row in report if row["passages"] is not None]
         if with_passages:
             self.stdout.write("")
@@ -61,7 +63,9 @@ class Command(BaseCommand):
                 )
             )
         for row in report:
-            if row["problem"]:
+            if row["total"] is None:  # the table lacks the field's columns: the message names the field
+                self.stderr.write(row["problem"])
+            elif row["problem"]:
                 self.stderr.write(self.PROBLEM.format(label=f"{row['model']}.{row['field']}", problem=row["problem"]))
 
 

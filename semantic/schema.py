@@ -1,0 +1,110 @@
+"""Whether a field's table holds what the field needs: the vector column and its companions.
+
+``makemigrations`` and ``migrate`` add them to a model's table, except when the model is
+unmanaged (``Meta.managed = False``): that table belongs to someone else, and migrations
+never change it. Its owner adds them by hand, so the messages for it give the SQL.
+
+The worker's sweep and ``semantic_status`` ask first, so one field whose table does not
+fit is reported and skipped instead of failing every field after it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import connections, models, router
+
+from semantic.fields import EmbeddingField
+
+MISSING_COLUMN = (
+    "{label}: the database has no column {column!r}; run `manage.py makemigrations` and `manage.py migrate` first."
+)
+MIGRATION_NEEDED = (
+    "{label} is {actual} in the database but the model declares {declared}: run "
+    "`manage.py makemigrations` and `manage.py migrate` first. To change the model or size "
+    "without a gap in search, add a second EmbeddingField with replaces={field!r} instead "
+    "(README: Changing the model)."
+)
+UNMANAGED_NO_TABLE = (
+    "{label}: the database {database!r} has no table {table}. {model} is unmanaged (Meta.managed = False), "
+    "so migrate never creates it; whoever owns the table must create it, with the columns the field adds."
+)
+UNMANAGED_MISSING = (
+    "{label}: the table {table} lacks the field's columns {columns}. {model} is unmanaged (Meta.managed = False), so "
+    "makemigrations and migrate never change its table: add the columns and indexes by hand "
+    "(the partial index keeps the search for pending rows cheap), then run semantic_embed:\n{sql}"
+)
+UNMANAGED_TYPE = (
+    "{label} is {actual} in the database but the model declares {declared}. {model} is unmanaged "
+    "(Meta.managed = False), so migrations never change its table: change the column to {declared} "
+    "by hand, or declare the field as the column is."
+)
+
+
+def schema_problem(field: EmbeddingField, using: str | None = None) -> str | None:
+    """What in database ``using`` keeps ``field`` from being embedded or counted; None if nothing.
+
+    A missing table or column, or a vector column of another type. The message says how to
+    fix it: a migration for a managed model, the SQL to run for an unmanaged one.
+    """
+    model = field.model  # the table that holds the field (a proxy's or a child's parent)
+    using = using or router.db_for_write(model)
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        return None
+    label = f"{model._meta.label}.{field.name}"
+    table = connection.ops.quote_name(model._meta.db_table)
+    wanted = companions(field)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped AND attname = ANY(%s)",
+            [table, [f.column for f in wanted]],
+        )
+        columns = dict(cursor.fetchall())
+        missing = [f for f in wanted if f.column not in columns]
+        if missing and not model._meta.managed:
+            index = connection.ops.quote_name(field.pending_index(model).name)
+            cursor.execute("SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL", [table, index])
+            has_table, has_index = cursor.fetchone()
+            if not has_table:
+                return UNMANAGED_NO_TABLE.format(label=label, database=using, table=table, model=model._meta.label)
+    if missing and model._meta.managed:
+        return MISSING_COLUMN.format(label=label, column=missing[0].column)
+    if missing:
+        names = ", ".join(repr(f.column) for f in missing)
+        sql = "\n".join(unmanaged_sql(model, field, missing, using, with_index=not has_index))
+        return UNMANAGED_MISSING.format(label=label, table=table, columns=names, model=model._meta.label, sql=sql)
+    declared = field.db_type(connection)
+    # A column made before sizes left the column type ("vector(384)") is fine at the field's size.
+    if columns[field.column] in (declared, field.sized_db_type()):
+        return None
+    template = MIGRATION_NEEDED if model._meta.managed else UNMANAGED_TYPE
+    return template.format(
+        label=label, actual=columns[field.column], declared=declared, field=field.name, model=model._meta.label
+    )
+
+
+def companions(field: EmbeddingField) -> list[models.Field]:
+    """The vector column and the hidden ones the field adds beside it, in the order they are made."""
+    names = [field.name, field.embedded_hash_name, field.spec_name, field.pending_since_name]
+    if field.text_from_python():
+        names.append(field.source_hash_name)
+    return [field.model._meta.get_field(name) for name in names]
+
+
+def unmanaged_sql(
+    model: type[models.Model], field: EmbeddingField, missing: list[Any], using: str, *, with_index: bool = True
+) -> list[str]:
+    """The statements that give an existing table the ``missing`` columns, their indexes, and
+    (``with_index``) the field's pending index.
+
+    Written by Django's schema editor in the mode ``sqlmigrate`` uses, so they are what
+    ``migrate`` would run for a managed model; nothing is run here.
+    """
+    with connections[using].schema_editor(collect_sql=True, atomic=False) as editor:
+        for column in missing:
+            editor.add_field(model, column)
+        if with_index:
+            editor.add_index(model, field.pending_index(model))
+    return editor.collected_sql

@@ -1,0 +1,206 @@
+"""A table that lacks the field's columns: an unmanaged model's, which migrations never change.
+
+The sweep and ``semantic_status`` report such a field and go on with the others; the
+message gives the SQL that fixes the table, and applying it is enough.
+"""
+
+import json
+import logging
+
+import pytest
+from django.apps import apps
+from django.conf import settings
+from django.db import connection, models
+
+from project.questions.models import Question
+from semantic import EmbeddingField, SemanticManager, suspend_embedding
+from semantic.checks import check_unmanaged_tables
+from semantic.schema import UNMANAGED_MISSING, UNMANAGED_NO_TABLE, schema_problem
+from semantic.tasks import SWEEP_FAILED, embed_pending
+from tests.commands import call
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+LEGACY_TABLE = "legacy_doc"
+
+
+def temporary_model(name, attrs):
+    """A model of the test app for one test: registered as installed models are, so the sweep,
+    the commands and the checks see it, after every model of the app."""
+    attrs = {"__module__": "tests.testapp.models", **attrs}
+    attrs.setdefault("objects", SemanticManager())
+    return type(name, (models.Model,), attrs)
+
+
+def forget(model):
+    del apps.all_models["testapp"][model._meta.model_name]
+    apps.clear_cache()
+
+
+@pytest.fixture
+def legacy(transactional_db):
+    """An unmanaged model whose table another system made, with a vector column but none of
+    the hidden ones; one row in it."""
+
+    class Meta:
+        app_label = "testapp"
+        managed = False
+        db_table = LEGACY_TABLE
+
+    model = temporary_model(
+        "LegacyDoc",
+        {
+            "title": models.CharField(max_length=200),
+            "body": models.TextField(blank=True),
+            "embedding": EmbeddingField(source=("title", "body"), dimensions=128),
+            "Meta": Meta,
+        },
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE TABLE {LEGACY_TABLE} (id bigserial PRIMARY KEY, title varchar(200) NOT NULL, "
+            "body text NOT NULL DEFAULT '', embedding vector)"
+        )
+        cursor.execute(f"INSERT INTO {LEGACY_TABLE} (title, body) VALUES ('Reset password', 'Forgot it')")
+    yield model
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {LEGACY_TABLE}")
+    forget(model)
+
+
+@pytest.fixture
+def waiting_question():
+    """A row of a model after the test app's, that only a sweep finds."""
+    with suspend_embedding():
+        return Question.objects.create(title="Where is my refund?", body="")
+
+
+def has_vector(model, pk):
+    return model._base_manager.filter(pk=pk, embedding__isnull=False).exists()
+
+
+def test_the_sweep_reports_a_table_without_the_columns_and_sweeps_the_others(legacy, waiting_question, caplog):
+    field = legacy._meta.get_field("embedding")
+    problem = schema_problem(field)
+    assert problem.startswith(UNMANAGED_MISSING.split("{table}")[0].format(label="testapp.LegacyDoc.embedding"))
+    caplog.set_level(logging.ERROR, logger="semantic")
+
+    summary = embed_pending()
+
+    legacy_summary = summary["testapp.LegacyDoc.embedding"]
+    assert legacy_summary["stopped"] == problem and legacy_summary["errors"] == [problem]
+    assert legacy_summary["embedded"] == 0
+    assert summary["questions.Question.embedding"]["embedded"] == 1
+    assert has_vector(Question, waiting_question.pk)
+    assert f"Sweep skipped testapp.LegacyDoc.embedding: {problem}" in caplog.messages
+
+
+def test_the_sql_in_the_message_is_what_the_table_needs(legacy):
+    field = legacy._meta.get_field("embedding")
+    problem = schema_problem(field)
+    table = connection.ops.quote_name(LEGACY_TABLE)
+    columns = "'embedding_embedded_hash', 'embedding_spec', 'embedding_pending_since'"
+    assert f"the table {table} lacks the field's columns {columns}." in problem
+    sql = problem.split(":\n", 1)[1].splitlines()
+    assert sql[:3] == [
+        f'ALTER TABLE {table} ADD COLUMN "embedding_embedded_hash" varchar(32) NULL;',
+        f'ALTER TABLE {table} ADD COLUMN "embedding_spec" varchar(200) NULL;',
+        f'ALTER TABLE {table} ADD COLUMN "embedding_pending_since" timestamp with time zone NULL;',
+    ]
+    index = field.pending_index(legacy).name
+    assert sql[3].startswith(f'CREATE INDEX "{index}" ON {table} ("embedding_embedded_hash") WHERE')
+    assert [c for c in check_unmanaged_tables(databases=["default"]) if c.obj is field][0].msg == problem
+
+    with connection.cursor() as cursor:
+        cursor.execute("\n".join(sql))  # what the table's owner runs
+
+    assert schema_problem(field) is None
+    assert not [c for c in check_unmanaged_tables(databases=["default"]) if c.obj is field]
+    assert embed_pending(legacy)["testapp.LegacyDoc.embedding"]["embedded"] == 1
+    assert legacy.objects.similar_to("I forgot my password").first().title == "Reset password"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_indexes WHERE indexname = %s", [index])
+        assert cursor.fetchone() is not None
+
+
+def test_status_reports_the_table_and_counts_the_others(legacy, waiting_question):
+    problem = schema_problem(legacy._meta.get_field("embedding"))
+
+    out, err = call("semantic_status")
+    (line,) = [line for line in out.splitlines() if line.startswith("testapp.LegacyDoc.embedding")]
+    assert line.split()[1:7] == ["-"] * 6
+    assert problem in err
+    (question,) = [line for line in out.splitlines() if line.startswith("questions.Question.embedding ")]
+    assert question.split()[1:3] == ["1", "0"]  # one row, pending
+
+    out, _ = call("semantic_status", "--json")
+    (row,) = [r for r in json.loads(out) if r["model"] == "testapp.LegacyDoc"]
+    assert (row["total"], row["pending"], row["problem"]) == (None, None, problem)
+
+
+def test_a_missing_table_is_reported_but_not_checked(legacy):
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE {LEGACY_TABLE}")
+    field = legacy._meta.get_field("embedding")
+    assert schema_problem(field) == UNMANAGED_NO_TABLE.format(
+        label="testapp.LegacyDoc.embedding", database="default", table=f'"{LEGACY_TABLE}"', model="testapp.LegacyDoc"
+    )
+    # Test databases often lack unmanaged tables: check (run by migrate and test runs) says nothing.
+    assert not [c for c in check_unmanaged_tables(databases=["default"]) if c.obj is field]
+
+
+@pytest.fixture
+def brittle(transactional_db):
+    """A model whose text comes from a method that fails, with the API key in its message."""
+
+    class Meta:
+        app_label = "testapp"
+
+    def text(self):
+        raise RuntimeError(f"cannot read {settings.SEMANTIC['API_KEY']}")
+
+    model = temporary_model(
+        "Brittle",
+        {
+            "title": models.CharField(max_length=200),
+            "embedding": EmbeddingField(source="text"),
+            "text": text,
+            "Meta": Meta,
+        },
+    )
+    with connection.schema_editor() as editor:
+        editor.create_model(model)
+    with connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO {model._meta.db_table} (title) VALUES ('unreadable')")
+    yield model
+    with connection.schema_editor() as editor:
+        editor.delete_model(model)
+    forget(model)
+
+
+def test_a_field_whose_run_fails_is_reported_without_the_key(brittle, waiting_question, caplog):
+    caplog.set_level(logging.ERROR, logger="semantic")
+
+    summary = embed_pending()
+
+    expected = SWEEP_FAILED.format(error="RuntimeError: cannot read [redacted]")
+    assert summary["testapp.Brittle.embedding"]["stopped"] == expected
+    assert summary["testapp.Brittle.embedding"]["errors"] == [expected]
+    assert has_vector(Question, waiting_question.pk)
+    assert settings.TEST_API_KEY not in json.dumps(summary)
+    assert settings.TEST_API_KEY not in caplog.text
+    assert "Sweeping testapp.Brittle.embedding: " + expected in caplog.text
+    assert "Traceback" in caplog.text  # where the user's method failed
+
+
+def test_the_admin_status_page_shows_the_problem(legacy, admin_client):
+    from django.urls import reverse
+    from django.utils.html import escape
+
+    problem = schema_problem(legacy._meta.get_field("embedding"))
+    response = admin_client.get(reverse("admin:semantic_status"))
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert escape(problem.splitlines()[0]) in page
+    row = page.split("testapp.LegacyDoc.<wbr>embedding</td>", 1)[1].split("</tr>", 1)[0]
+    assert row.count('<td class="semantic-count">–</td>') == 6
