@@ -28,15 +28,27 @@ JOB_LIFETIME = timedelta(hours=48)
 def pending_rows(model: type[models.Model], field: EmbeddingField, using: str | None = None) -> models.QuerySet:
     """Rows of ``model`` that need ``field`` embedded, are not waiting out a failure,
     and are not in an open Batch API job."""
-    waiting = EmbeddingFailure.objects.filter(
-        model_label=model._meta.label,
-        field_name=field.name,
-        object_pk=Cast(OuterRef("pk"), CharField()),
-    ).filter(Q(retry_at__gt=timezone.now()) | Q(permanent=True, source_hash=field.stored_text_hash(OuterRef)))
+    waiting = _failure_of_row(model, field).filter(Q(retry_at__gt=timezone.now()) | _of_this_text(field))
     manager = model._base_manager if using is None else model._base_manager.using(using)
     rows = manager.filter(field.needs_embedding()).exclude(Exists(waiting))
     batched = in_flight(model, field)
     return rows.exclude(batched) if batched is not None else rows
+
+
+def rejected(model: type[models.Model], field: EmbeddingField) -> Exists:
+    """Rows whose present text the API refused for good (a 400): sending it again cannot
+    help, only a new text can, so they are no work left to do."""
+    return Exists(_failure_of_row(model, field).filter(_of_this_text(field)))
+
+
+def _failure_of_row(model: type[models.Model], field: EmbeddingField) -> models.QuerySet[EmbeddingFailure]:
+    return EmbeddingFailure.objects.filter(
+        model_label=model._meta.label, field_name=field.name, object_pk=Cast(OuterRef("pk"), CharField())
+    )
+
+
+def _of_this_text(field: EmbeddingField) -> Q:
+    return Q(permanent=True, source_hash=field.stored_text_hash(OuterRef))
 
 
 def stale_rows(model: type[models.Model], field: EmbeddingField) -> models.QuerySet:

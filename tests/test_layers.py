@@ -33,9 +33,9 @@ LAYERS = [
     # the field, its registry, its indexes, row state
     "semantic.indexes",
     "semantic.fields",
-    "semantic.switch",
     "semantic.rows",
     "semantic.passage_rows",
+    "semantic.switch",
     "semantic.migration_hooks",
     "semantic.labels",
     "semantic.streaming",

@@ -43,6 +43,11 @@ class Command(QuietMixin, BaseCommand):
         "replaces= and switch with --switch (README: Changing the model)."
     )
     SWITCHED = "Queries for {model}.{original} now use {field} ({spec})."
+    SWITCHED_WITHOUT = (
+        "{label}: {rows} rows are left out of its search: the API rejected their text for good (primary keys "
+        "{pks}). Change their text (they are then embedded again) or delete them; they are listed in the admin "
+        "(Embedding failures). Retrying them with --failed sends the same text and fails the same way."
+    )
     SWITCH_ONE = "--switch takes exactly one app_label.Model.field."
     RESUME_HINT = "Interrupted; batches already written are kept. Run the command again (without --all) to carry on."
     BATCH_SUBMITTED = "{label}: submitted Batch API job {name} with {rows} rows."
@@ -157,10 +162,16 @@ class Command(QuietMixin, BaseCommand):
 
     def switch(self, model, field):
         try:
-            original = switch_to(model, field)
+            switched = switch_to(model, field)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        self.say(self.SWITCHED.format(model=model._meta.label, original=original, field=field.name, spec=field.spec()))
+        label = model._meta.label
+        self.say(self.SWITCHED.format(model=label, original=switched.original, field=field.name, spec=field.spec()))
+        if switched.rejected:
+            shown = ", ".join(str(pk) for pk in switched.rejected[:20])
+            pks = shown if len(switched.rejected) <= 20 else f"{shown}, ..."
+            left_out = self.SWITCHED_WITHOUT.format(label=f"{label}.{field.name}", rows=len(switched.rejected), pks=pks)
+            self.stderr.write(left_out)
 
     def report_plan(self, label, field, plan, batch_api):
         cost = ""
