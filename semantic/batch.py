@@ -32,7 +32,7 @@ from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingBatchJob
 from semantic.passage_rows import CUT_ROWS, Cut, cut_all, fill_known, lagging_rows
 from semantic.passage_worker import PassageItem, passage_items
-from semantic.rows import mark_pending, open_jobs, pending_rows
+from semantic.rows import first_rows, mark_pending, open_jobs, pending_rows
 from semantic.text import clean
 from semantic.writer import Item, Outcome
 
@@ -82,7 +82,8 @@ def run(
     if job_name:
         return finished
     if everything:
-        mark_pending(model._base_manager.all(), field)
+        # Only the rows this run takes: the others stay current rather than pending for the sweep.
+        mark_pending(first_rows(model._base_manager.all(), limit), field)
     submitted = []
     for job in submit(model, field, limit=limit):
         submitted.append(job)

@@ -96,6 +96,19 @@ def in_flight(model: type[models.Model], field: EmbeddingField, *, passages: boo
     return condition
 
 
+def first_rows(rows: models.QuerySet, limit: int | None) -> models.QuerySet:
+    """The first ``limit`` of ``rows`` by primary key (all of them with None), in a form
+    :func:`mark_pending` can update.
+
+    A run with a limit takes the pending rows in key order, so marking these and no
+    others makes it re-embed exactly what it was asked to: current rows beyond the limit
+    stay current instead of being left pending for the sweep (at the interactive price).
+    """
+    if limit is None:
+        return rows
+    return rows.model._base_manager.using(rows.db).filter(pk__in=rows.order_by("pk").values("pk")[:limit])
+
+
 def mark_pending(rows: models.QuerySet, field: EmbeddingField) -> int:
     """Make ``rows`` pending again, as if their text had changed; returns how many.
 

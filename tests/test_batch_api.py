@@ -333,3 +333,16 @@ def test_rows_whose_text_from_python_was_never_hashed_go_through_a_batch_job(fak
     empty.refresh_from_db()
     assert empty.embedding_source_hash == empty.embedding_embedded_hash == ""
     assert not pending_rows(Snippet, get_embedding_field(Snippet)).exists()
+
+
+def test_all_with_a_limit_sends_that_many_rows_and_leaves_the_rest_current(backlog, fake_gemini):
+    call("semantic_embed", "testapp.Article")
+    fake_gemini.reset()
+    call("semantic_embed", "testapp.Article", "--batch-api", "--all", "--limit", "10", *FAST)
+    (job,) = EmbeddingBatchJob.objects.all()
+    assert (job.rows, job.embedded) == (10, 10)
+    assert [pk for pk, _ in job.items] == [str(a.pk) for a in backlog[:10]]
+    # Nothing was left pending for the sweep to embed at the interactive price.
+    assert not pending_rows(Article, get_embedding_field(Article)).exists()
+    embed_pending()
+    assert fake_gemini.request_count == 0

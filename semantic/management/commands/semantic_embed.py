@@ -80,7 +80,12 @@ class Command(QuietMixin, BaseCommand):
         parser.add_argument(
             "--batch-size", type=int, metavar="N", help="rows per API request (default: the backend's cap)"
         )
-        parser.add_argument("--limit", type=int, metavar="N", help="stop after this many rows")
+        parser.add_argument(
+            "--limit",
+            type=int,
+            metavar="N",
+            help="stop after this many rows (with --all: re-embed the first N rows by primary key, no others)",
+        )
         parser.add_argument("--queue", action="store_true", help="hand the rows to django-q2 workers instead")
         parser.add_argument("--dry-run", action="store_true", help="count rows, characters and cost; change nothing")
         parser.add_argument(
