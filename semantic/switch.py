@@ -21,7 +21,8 @@ second field::
    their text changes); the command names them.
 3. When you are happy, delete ``embedding`` from the model and make a migration.
    Code that names ``field="embedding"`` keeps working: it is served by the field
-   that replaces it.
+   that replaces it. ``migrate`` refuses to remove it before step 2 while the new
+   field lacks vectors (:class:`semantic.migration_hooks.SwitchFirst`).
 
 ``semantic_embed questions.Question.embedding --switch`` switches back while both
 fields exist. A later change (``embedding_v3`` with ``replaces="embedding_v2"``) goes
