@@ -90,9 +90,6 @@ def serving_field(model: type[models.Model], name: str | None = None) -> Embeddi
         if not primary:
             return get_embedding_field(model)  # says the model has none
         name = primary[0].name
-    from semantic.models import FieldSwitch
-
-    switches = dict(FieldSwitch.objects.filter(model_label=label).values_list("field_name", "serving_field"))
     by_name = {f.name: f for f in fields}
     field = by_name.get(name)
     if field is None:
@@ -101,7 +98,10 @@ def serving_field(model: type[models.Model], name: str | None = None) -> Embeddi
             return get_embedding_field(model, name)  # says which names exist
         # A deleted field's queries go to the field that replaced it (migrate refuses to
         # delete it before the switch while that field is not filled: semantic.migration_hooks).
-        field = next((f for f in heirs if f.name == switches.get(name)), heirs[0])
+        field = next((f for f in heirs if len(heirs) == 1 or f.name == _switches(label).get(name)), heirs[0])
+    if not any(f.replaces for f in fields if f is not field):
+        return field  # nothing to switch to: no query
+    switches = _switches(label)
     seen = {field.name}
     while (heir := by_name.get(switches.get(field.name, ""))) is not None and heir.replaces == field.name:
         if heir.name in seen:
@@ -109,6 +109,13 @@ def serving_field(model: type[models.Model], name: str | None = None) -> Embeddi
         seen.add(heir.name)
         field = heir
     return field
+
+
+def _switches(label: str) -> dict[str, str]:
+    """The model's switches: field name -> the field serving its queries."""
+    from semantic.models import FieldSwitch
+
+    return dict(FieldSwitch.objects.filter(model_label=label).values_list("field_name", "serving_field"))
 
 
 def switched_name(model: type[models.Model], field: EmbeddingField) -> str:
