@@ -90,6 +90,11 @@ def test_a_stopped_command_leaves_the_job_its_rows_and_a_rerun_collects_it(backl
     edited.title = "Edited while its batch job ran"
     edited.save()  # the save hook's task leaves it to the job too
     assert fake_gemini.request_count == 0
+    # A run without --batch-api says where the rows are, and how to collect them.
+    held = Embed.HELD.format(label=LABEL, rows=25, names=job.name)
+    for args in ((), ("--dry-run",)):
+        out, err = call("semantic_embed", LABEL, *args)
+        assert held in err
 
     fake_gemini.jobs[job.name].polls_left = 1  # Gemini finishes the job
     out, _ = call("semantic_embed", "testapp.Article", "--batch-job", job.name, *FAST)

@@ -21,6 +21,10 @@ class Command(QuietMixin, BaseCommand):
     )
 
     NOTHING = "{label}: nothing to embed."
+    HELD = (
+        "{label}: {rows} rows are left to open Batch API job(s) {names}; run `manage.py semantic_embed "
+        "{label} --batch-api` to collect them (or --batch-job NAME for one)."
+    )
     DRY_RUN = "{label}: {rows} rows, {characters} characters (about {tokens} tokens){cost}."
     DRY_RUN_PASSAGES = (
         "{label}: of those, {passages} passages of {rows} rows, {characters} characters "
@@ -144,6 +148,8 @@ class Command(QuietMixin, BaseCommand):
                 stale = rows.stale_rows(model, field).count()
                 if stale:
                     self.stderr.write(self.STALE.format(label=label, rows=stale, spec=field.spec()))
+                if not batch_api:
+                    self.report_held(model, field, label)
                 if dry_run:
                     self.report_plan(label, field, backfill.plan(model, field, limit=limit, **kwargs), batch_api)
                 elif batch_api:
@@ -177,6 +183,13 @@ class Command(QuietMixin, BaseCommand):
             pks = shown if len(switched.rejected) <= 20 else f"{shown}, ..."
             left_out = self.SWITCHED_WITHOUT.format(label=f"{label}.{field.name}", rows=len(switched.rejected), pks=pks)
             self.stderr.write(left_out)
+
+    def report_held(self, model, field, label):
+        """Say which rows an open Batch API job holds: no run without --batch-api takes them."""
+        jobs = list(batch.open_jobs(field.model, field, passages=False).values_list("name", "rows"))
+        if jobs:
+            names = ", ".join(name for name, _ in jobs)
+            self.stderr.write(self.HELD.format(label=label, rows=sum(rows for _, rows in jobs), names=names))
 
     def report_plan(self, label, field, plan, batch_api):
         cost = ""
