@@ -20,7 +20,7 @@ from semantic.embedder import CHARS_PER_TOKEN, Embedder
 from semantic.fields import EmbeddingField
 from semantic.passage_rows import CUT_ROWS, cut_all, fill_known, lagging_rows, passage_failures
 from semantic.passage_worker import passage_items
-from semantic.rows import failed_pks, failures, mark_pending, pending_rows
+from semantic.rows import failed_pks, failures, first_rows, mark_pending, pending_rows
 from semantic.writer import Outcome
 
 #: Gemini API price assumed by --dry-run, USD per million input tokens
@@ -144,8 +144,11 @@ def failed_keys(model: type[models.Model], field: EmbeddingField) -> list[str]:
     return [str(pk) for pk in own]
 
 
-def prepare(model: type[models.Model], field: EmbeddingField, *, everything: bool, failed: bool) -> list[Any] | None:
-    """Make the chosen rows pending; returns the primary keys to embed, or None for all pending."""
+def prepare(
+    model: type[models.Model], field: EmbeddingField, *, everything: bool, failed: bool, limit: int | None = None
+) -> list[Any] | None:
+    """Make the chosen rows pending (with ``everything``, the first ``limit`` by primary key,
+    which the run then takes); returns the primary keys to embed, or None for all pending."""
     if failed:
         pks = failed_keys(model, field)
         records = failures(field.model, field)
@@ -156,7 +159,7 @@ def prepare(model: type[models.Model], field: EmbeddingField, *, everything: boo
         passages.update(retry_at=None, permanent=False)
         return [model._meta.pk.to_python(pk) for pk in pks]
     if everything:
-        mark_pending(select(model, field, everything=True, failed=False), field)
+        mark_pending(first_rows(select(model, field, everything=True, failed=False), limit), field)
     return None
 
 
@@ -175,7 +178,7 @@ def embed_now(
     Interrupted, it loses only the batch in flight; run again, it carries on with the
     rows still pending.
     """
-    pks = prepare(model, field, everything=everything, failed=failed)
+    pks = prepare(model, field, everything=everything, failed=failed, limit=limit)
     if pks is None and is_part_of_table(model, field):
         # The table's other rows are not this child's to embed: name the child's by key.
         rows = select(model, field, everything=False, failed=False).order_by("pk").values_list("pk", flat=True)
@@ -215,7 +218,7 @@ def hand_to_workers(
     together instead of one finishing the last big chunk alone.
     """
     chunk = chunk or chunk_size(batch_size or field.backend.max_batch_size)
-    pks = prepare(model, field, everything=everything, failed=failed)
+    pks = prepare(model, field, everything=everything, failed=failed, limit=limit)
     if pks is None:
         # A chunk's run also brings its rows' passages up to date, lagging ones included.
         rows = select(model, field, everything=False, failed=False).order_by("pk").values_list("pk", flat=True)

@@ -6,7 +6,9 @@ check as every other write (a row whose text changed since it was sent keeps no
 vector of the old text). Each job is recorded in :class:`EmbeddingBatchJob` with
 the rows and text hashes it carries, so a stopped command loses nothing: run again,
 it collects the open jobs before submitting anything new. While a job is open its
-rows are left to it (:func:`in_flight`), so workers do not pay for them twice.
+rows are left to it (:func:`in_flight`), so workers do not pay for them twice; while
+jobs are being built, before they are recorded, the field is held
+(:meth:`Embedder.held_for_batch`): workers and a second submission wait.
 
 A field with ``passages`` goes on to its passages once its rows' vectors are in: the
 rows whose passages lag are cut, passages whose text already has a vector keep it,
@@ -32,7 +34,7 @@ from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingBatchJob
 from semantic.passage_rows import CUT_ROWS, Cut, cut_all, fill_known, lagging_rows
 from semantic.passage_worker import PassageItem, passage_items
-from semantic.rows import mark_pending, open_jobs, pending_rows
+from semantic.rows import first_rows, mark_pending, open_jobs, pending_rows
 from semantic.text import clean
 from semantic.writer import Item, Outcome
 
@@ -81,20 +83,26 @@ def run(
     finished = _collect_all(model, field, jobs, poll_interval, notify)
     if job_name:
         return finished
-    if everything:
-        mark_pending(model._base_manager.all(), field)
-    submitted = []
-    for job in submit(model, field, limit=limit):
-        submitted.append(job)
-        notify("submitted", job)
+    # Until a job is recorded nothing else leaves its rows alone: hold the field while submitting.
+    with Embedder(model, field).held_for_batch():
+        if everything:
+            # Only the rows this run takes: the others stay current rather than pending for the sweep.
+            mark_pending(first_rows(model._base_manager.all(), limit), field)
+        submitted = _notified(submit(model, field, limit=limit), notify)
     finished += _collect_all(model, field, submitted, poll_interval, notify)
     if not field.passages:
         return finished
+    with Embedder(model, field).held_for_batch():
+        submitted = _notified(submit_passages(model, field, limit=limit), notify)
+    return finished + _collect_all(model, field, submitted, poll_interval, notify)
+
+
+def _notified(jobs: Iterator[EmbeddingBatchJob], notify: Callable[..., None]) -> list[EmbeddingBatchJob]:
     submitted = []
-    for job in submit_passages(model, field, limit=limit):
+    for job in jobs:
         submitted.append(job)
         notify("submitted", job)
-    return finished + _collect_all(model, field, submitted, poll_interval, notify)
+    return submitted
 
 
 def _collect_all(

@@ -7,10 +7,11 @@ if the row still holds the text that was embedded); passages by
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from django.db import DatabaseError, connections, models, router, transaction
@@ -62,6 +63,8 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
         self.stopped: str | None = None
         #: Rows this run wrote a vector to: their passages follow in the same run.
         self.written: list[Any] = []
+        #: Whether the run ended because a Batch API submission holds the field (:meth:`held_for_batch`).
+        self.deferred = False
 
     def run(
         self,
@@ -107,6 +110,8 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
                 break
             visited += len(batch)
             taken = self.claim(batch)
+            if self.deferred:
+                break
             try:
                 self.process(self.still_needed(batch, taken))
             finally:
@@ -126,16 +131,28 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
         hash) marks a row as taken until its batch is written, so a sweep, the save
         hook's tasks and ``semantic_embed --queue`` chunks running at once never send
         the same row twice. The lock does not block saves of the row.
+
+        Taking rows also takes the field's lock, shared: while a Batch API submission
+        holds it (:meth:`held_for_batch`), nothing is taken and the run ends
+        (:attr:`deferred`); the rows stay pending, for the job or a later sweep.
         """
         if not rows:
             return []
         connection = connections[self.using]
         with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock_shared(%s)", [self.lock_key()])
+            if not cursor.fetchone()[0]:
+                logger.info("%s.%s: a Batch API submission holds its rows.", self.model._meta.label, self.field.name)
+                self.deferred = True
+                return []
             cursor.execute(
                 "SELECT k FROM unnest(%s::text[]) AS k WHERE pg_try_advisory_lock(%s, hashtext(k))",
                 [[str(row.pk) for row in rows], self.lock_key(32)],
             )
-            return [row[0] for row in cursor.fetchall()]
+            taken = [row[0] for row in cursor.fetchall()]
+            if not taken:
+                cursor.execute("SELECT pg_advisory_unlock_shared(%s)", [self.lock_key()])
+            return taken
 
     def still_needed(self, rows: list[models.Model], taken: list[str]) -> list[models.Model]:
         """The taken rows that still need embedding: another worker may have written some meanwhile."""
@@ -156,6 +173,24 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
                 "SELECT count(pg_advisory_unlock(%s, hashtext(k))) FROM unnest(%s::text[]) AS k",
                 [self.lock_key(32), taken],
             )
+            cursor.execute("SELECT pg_advisory_unlock_shared(%s)", [self.lock_key()])
+
+    @contextlib.contextmanager
+    def held_for_batch(self) -> Iterator[None]:
+        """Hold the field's rows while a Batch API submission is built.
+
+        A job's rows are left to it once the job is recorded; until then (rows read, texts
+        uploaded) this keeps them from workers and from a second submission. It waits for
+        the batches workers are sending to be written, and they take nothing until it ends.
+        """
+        connection = connections[self.using]
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s)", [self.lock_key()])
+        try:
+            yield
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [self.lock_key()])
 
     def lock_key(self, bits: int = 64) -> int:
         """A number naming this model's field, for PostgreSQL advisory locks."""

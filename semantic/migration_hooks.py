@@ -18,8 +18,14 @@ at them, and nothing cascades from the project's schema changes by itself.
   back empty, and its rows and passages are embedded again. A field switch and pairs
   marked not duplicates stay when a field goes: a switch may still serve its name.
 
+- **A replaced field removed too early.** Once a field is gone, the field declared with
+  ``replaces=`` its name answers its queries. Removed before ``--switch``, while that
+  field still lacks vectors, search would miss those rows: the step that removes it
+  refuses (:class:`SwitchFirst`), and the migration is rolled back with the old
+  vectors in place.
+
 As ``django.contrib.contenttypes`` does for its content types, a ``pre_migrate``
-receiver puts an operation after each such step in the plan.
+receiver puts an operation after each such step in the plan (and one before a removal).
 """
 
 from __future__ import annotations
@@ -27,10 +33,19 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import apps as global_apps
+from django.core.management.base import CommandError
 from django.db import DEFAULT_DB_ALIAS, migrations, router
 
 from semantic.fields import EmbeddingField
 from semantic.models import KEYED_BY_NAME, UNREAD_WITHOUT_FIELD
+from semantic.rows import rejected
+
+SWITCH_FIRST = (
+    "Removing {label}.{field} would make {heir} answer its queries, but queries were never switched to "
+    "{heir} and {rows} rows have no current vector in it: search would miss them. Run `manage.py "
+    "semantic_embed {label}.{heir} --switch` first (it fills the field, then switches), then migrate again "
+    "(README: Changing the model or size)."
+)
 
 
 class RenameStoredNames(migrations.RunPython):
@@ -97,6 +112,46 @@ class DeleteStoredRows(migrations.RunPython):
             cursor.execute(f"DELETE FROM {cursor.db.ops.quote_name(table)} WHERE {where}", params)
 
 
+class SwitchFirst(migrations.RunPython):
+    """Before a ``RemoveField``: refuse to remove a field whose replacement would serve its
+    queries half filled (never switched to, rows without a current vector)."""
+
+    def __init__(self, app_label: str, model_name: str, field_name: str) -> None:
+        self.app_label, self.model_name, self.field_name = app_label, model_name, field_name
+        super().__init__(self.forwards, migrations.RunPython.noop, elidable=True)
+
+    def describe(self) -> str:
+        return f"Checks that queries of {self.model_name}.{self.field_name} were switched to its replacement"
+
+    def forwards(self, apps: Any, schema_editor: Any) -> None:
+        model = apps.get_model(self.app_label, self.model_name)
+        fields = [f for f in model._meta.get_fields() if isinstance(f, EmbeddingField)]
+        heirs = [f for f in fields if f.replaces == self.field_name and f.name != self.field_name]
+        alias = schema_editor.connection.alias
+        if not heirs or not any(f.name == self.field_name for f in fields):
+            return
+        if not router.allow_migrate_model(alias, model):
+            return
+        label = model._meta.label
+        switched = set()
+        for cursor, _name, table in _tables(schema_editor, ("FieldSwitch",)):
+            quote = cursor.db.ops.quote_name
+            cursor.execute(
+                f"SELECT {quote('serving_field')} FROM {quote(table)} WHERE model_label = %s AND field_name = %s",
+                [label, self.field_name],
+            )
+            switched = {name for (name,) in cursor.fetchall()}
+        if any(heir.name in switched for heir in heirs):
+            return
+        failures_kept = any(True for _ in _tables(schema_editor, ("EmbeddingFailure",)))
+        for heir in heirs:
+            left = model._base_manager.using(alias).filter(heir.needs_embedding())
+            if failures_kept:
+                left = left.exclude(rejected(model, heir))  # no run can embed these (see switch_to)
+            if rows := left.count():
+                raise CommandError(SWITCH_FIRST.format(label=label, field=self.field_name, heir=heir.name, rows=rows))
+
+
 def _tables(schema_editor: Any, names: Any) -> Any:
     """(cursor, name, table) for each of this app's models ``names`` whose table exists here.
 
@@ -132,18 +187,20 @@ def _move(cursor: Any, table: str, column: str, old: str, new: str, label: str |
 def inject_operations(
     plan: list[tuple[Any, bool]] | None = None, apps: Any = global_apps, using: str = DEFAULT_DB_ALIAS, **kwargs: Any
 ) -> None:
-    """Put the step that keeps the stored rows in line after each rename or removal in ``plan``."""
+    """Put the step that keeps the stored rows in line after each rename or removal in ``plan``,
+    and the check that a replaced field may go before each removal."""
     for migration, _backward in plan or []:
-        inserts = []
-        for index, operation in enumerate(migration.operations):
-            following = migration.operations[index + 1 : index + 2]
-            if following and isinstance(following[0], RenameStoredNames | DeleteStoredRows):
-                continue  # already there: the same plan seen again
+        if any(isinstance(op, RenameStoredNames | DeleteStoredRows | SwitchFirst) for op in migration.operations):
+            continue  # already there: the same plan seen again
+        operations = []
+        for operation in migration.operations:
+            if isinstance(operation, migrations.RemoveField):
+                operations.append(SwitchFirst(migration.app_label, operation.model_name, operation.name))
+            operations.append(operation)
             added = following_step(migration.app_label, operation)
             if added is not None:
-                inserts.append((index + 1, added))
-        for inserted, (index, operation) in enumerate(inserts):
-            migration.operations.insert(index + inserted, operation)
+                operations.append(added)
+        migration.operations[:] = operations
 
 
 def following_step(app: str, operation: Any) -> migrations.RunPython | None:

@@ -73,6 +73,7 @@ class PassageWorkMixin:
         spec: str
         outcome: Any
         stopped: str | None
+        deferred: bool
 
         def claim(self, rows: list[Any]) -> list[str]: ...
         def release(self, taken: list[str]) -> None: ...
@@ -103,6 +104,8 @@ class PassageWorkMixin:
             after = batch[-1].pk
             visited += len(batch)
             taken = self.claim(batch)
+            if self.deferred:
+                break
             try:
                 held = set(taken)
                 still = set(

@@ -28,15 +28,27 @@ JOB_LIFETIME = timedelta(hours=48)
 def pending_rows(model: type[models.Model], field: EmbeddingField, using: str | None = None) -> models.QuerySet:
     """Rows of ``model`` that need ``field`` embedded, are not waiting out a failure,
     and are not in an open Batch API job."""
-    waiting = EmbeddingFailure.objects.filter(
-        model_label=model._meta.label,
-        field_name=field.name,
-        object_pk=Cast(OuterRef("pk"), CharField()),
-    ).filter(Q(retry_at__gt=timezone.now()) | Q(permanent=True, source_hash=field.stored_text_hash(OuterRef)))
+    waiting = _failure_of_row(model, field).filter(Q(retry_at__gt=timezone.now()) | _of_this_text(field))
     manager = model._base_manager if using is None else model._base_manager.using(using)
     rows = field.with_stored_text(manager.filter(field.needs_embedding()).exclude(Exists(waiting)))
     batched = in_flight(model, field)
     return rows.exclude(batched) if batched is not None else rows
+
+
+def rejected(model: type[models.Model], field: EmbeddingField) -> Exists:
+    """Rows whose present text the API refused for good (a 400): sending it again cannot
+    help, only a new text can, so they are no work left to do."""
+    return Exists(_failure_of_row(model, field).filter(_of_this_text(field)))
+
+
+def _failure_of_row(model: type[models.Model], field: EmbeddingField) -> models.QuerySet[EmbeddingFailure]:
+    return EmbeddingFailure.objects.filter(
+        model_label=model._meta.label, field_name=field.name, object_pk=Cast(OuterRef("pk"), CharField())
+    )
+
+
+def _of_this_text(field: EmbeddingField) -> Q:
+    return Q(permanent=True, source_hash=field.stored_text_hash(OuterRef))
 
 
 def stale_rows(model: type[models.Model], field: EmbeddingField) -> models.QuerySet:
@@ -82,6 +94,19 @@ def in_flight(model: type[models.Model], field: EmbeddingField, *, passages: boo
         part = Q(pk__gte=to_python(first), pk__lte=to_python(last))
         condition = part if condition is None else condition | part
     return condition
+
+
+def first_rows(rows: models.QuerySet, limit: int | None) -> models.QuerySet:
+    """The first ``limit`` of ``rows`` by primary key (all of them with None), in a form
+    :func:`mark_pending` can update.
+
+    A run with a limit takes the pending rows in key order, so marking these and no
+    others makes it re-embed exactly what it was asked to: current rows beyond the limit
+    stay current instead of being left pending for the sweep (at the interactive price).
+    """
+    if limit is None:
+        return rows
+    return rows.model._base_manager.using(rows.db).filter(pk__in=rows.order_by("pk").values("pk")[:limit])
 
 
 def mark_pending(rows: models.QuerySet, field: EmbeddingField) -> int:

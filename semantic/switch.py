@@ -16,18 +16,25 @@ second field::
    keep using ``embedding``.
 2. ``manage.py semantic_embed questions.Question.embedding_v2 --switch`` fills the
    new field, checks that every row with text has a current vector in it, and then,
-   by writing one row, makes queries for ``embedding`` use ``embedding_v2``.
+   by writing one row, makes queries for ``embedding`` use ``embedding_v2``. Rows
+   whose text the API refuses for good do not hold it up (no run can embed them until
+   their text changes); the command names them.
 3. When you are happy, delete ``embedding`` from the model and make a migration.
    Code that names ``field="embedding"`` keeps working: it is served by the field
-   that replaces it.
+   that replaces it. ``migrate`` refuses to remove it before step 2 while the new
+   field lacks vectors (:class:`semantic.migration_hooks.SwitchFirst`).
 
 ``semantic_embed questions.Question.embedding --switch`` switches back while both
-fields exist.
+fields exist. A later change (``embedding_v3`` with ``replaces="embedding_v2"``) goes
+the same way, and once switched it serves every name before it.
 """
 
 from __future__ import annotations
 
-from django.db import models
+import dataclasses
+from typing import Any
+
+from django.db import models, router, transaction
 
 from semantic.fields import EmbeddingField, embedding_fields, get_embedding_field
 
@@ -37,9 +44,19 @@ NOT_REPLACING = (
 )
 INCOMPLETE = (
     "{label}.{field} is not ready to serve queries: {rows} rows still need embedding "
-    "(pending, stale or failed). Run `manage.py semantic_embed {label}.{field}` (and "
+    "(pending, stale, or failed and to be tried again). Run `manage.py semantic_embed {label}.{field}` (and "
     "`--failed` for failed rows), then switch again."
 )
+
+
+@dataclasses.dataclass
+class Switched:
+    """What :func:`switch_to` did: ``original`` is the name whose queries ``field`` now serves;
+    ``rejected`` the keys of rows left out of its search, whose text the API refuses."""
+
+    original: str
+    field: str
+    rejected: list[Any]
 
 
 def successors(model: type[models.Model], field: EmbeddingField) -> list[EmbeddingField]:
@@ -59,11 +76,12 @@ def serving_field(model: type[models.Model], name: str | None = None) -> Embeddi
     """The field that answers queries for ``name`` (or for the model, with ``name=None``).
 
     A field that replaces another stands by until it is switched on; after that it
-    serves queries for the field it replaces, even once that field is deleted.
+    serves queries for the field it replaces, even once that field is deleted. Switches
+    chain: after a second model change (``embedding`` to ``embedding_v2`` to
+    ``embedding_v3``), every name along the way is served by the last field switched to.
     """
     fields = embedding_fields(model)
     label = model._meta.label
-    names = {f.name for f in fields}
     if name is None:
         primary = primary_fields(model)
         if len(primary) > 1:
@@ -71,22 +89,33 @@ def serving_field(model: type[models.Model], name: str | None = None) -> Embeddi
             raise ValueError(f"{label} has several EmbeddingFields ({listed}); pass field=<name>.")
         if not primary:
             return get_embedding_field(model)  # says the model has none
-        field = primary[0]
-        name = field.replaces if field.replaces and field.replaces not in names else field.name
-    field = next((f for f in fields if f.name == name), None)
+        name = primary[0].name
+    by_name = {f.name: f for f in fields}
+    field = by_name.get(name)
     if field is None:
-        heir = next((f for f in fields if f.replaces == name), None)
-        return heir if heir is not None else get_embedding_field(model, name)  # says which names exist
-    heirs = successors(model, field)
-    if not heirs:
-        return field
+        heirs = [f for f in fields if f.replaces == name]
+        if not heirs:
+            return get_embedding_field(model, name)  # says which names exist
+        # A deleted field's queries go to the field that replaced it (migrate refuses to
+        # delete it before the switch while that field is not filled: semantic.migration_hooks).
+        field = next((f for f in heirs if len(heirs) == 1 or f.name == _switches(label).get(name)), heirs[0])
+    if not any(f.replaces for f in fields if f is not field):
+        return field  # nothing to switch to: no query
+    switches = _switches(label)
+    seen = {field.name}
+    while (heir := by_name.get(switches.get(field.name, ""))) is not None and heir.replaces == field.name:
+        if heir.name in seen:
+            break
+        seen.add(heir.name)
+        field = heir
+    return field
+
+
+def _switches(label: str) -> dict[str, str]:
+    """The model's switches: field name -> the field serving its queries."""
     from semantic.models import FieldSwitch
 
-    serving = FieldSwitch.objects.filter(model_label=label, field_name=field.name).values_list(
-        "serving_field", flat=True
-    )
-    chosen = serving.first()
-    return next((f for f in heirs if f.name == chosen), field)
+    return dict(FieldSwitch.objects.filter(model_label=label).values_list("field_name", "serving_field"))
 
 
 def switched_name(model: type[models.Model], field: EmbeddingField) -> str:
@@ -102,23 +131,42 @@ def switched_name(model: type[models.Model], field: EmbeddingField) -> str:
     raise ValueError(NOT_REPLACING.format(label=model._meta.label, field=field.name))
 
 
-def switch_to(model: type[models.Model], field: EmbeddingField) -> str:
-    """Make queries use ``field``: for the field it replaces, or (for an original that
-    has an heir) for itself again. Returns the name of the field whose queries it serves.
+def ancestors(model: type[models.Model], field: EmbeddingField) -> list[str]:
+    """The names ``field`` takes over from, nearest first: what it replaces, what that
+    replaced, ..., up to a field that no longer exists or replaces nothing."""
+    by_name = {f.name: f for f in embedding_fields(model)}
+    names: list[str] = []
+    current: EmbeddingField | None = field
+    while current is not None and current.replaces and current.replaces not in names and current.replaces != field.name:
+        names.append(current.replaces)
+        current = by_name.get(current.replaces)
+    return names
+
+
+def switch_to(model: type[models.Model], field: EmbeddingField) -> Switched:
+    """Make queries use ``field``: for every field it takes over from (what it replaces,
+    and what that one replaced), or, for an original that has an heir, for itself again.
 
     Raises ``ValueError`` while any row with text lacks a current vector in ``field``,
-    failed rows included, so a switch never leaves rows out of search.
+    failed rows included, so a switch never leaves rows out of search. The exception is
+    rows whose text the API refused for good: no run can embed them until their text
+    changes, so they do not hold the switch up; they are returned in ``rejected``.
     """
     from semantic.models import DismissedPair, FieldSwitch
+    from semantic.rows import rejected  # the app's tables: not importable while apps load
 
     label = model._meta.label
-    original_name = switched_name(model, field)
-    left = model._base_manager.filter(field.needs_embedding()).count()
+    switched_name(model, field)  # refuses a field that takes over from nothing
+    names = ancestors(model, field)
+    original = names[-1] if names else field.name
+    needing = model._base_manager.filter(field.needs_embedding())
+    left = needing.exclude(rejected(model, field)).count()
     if left:
         raise ValueError(INCOMPLETE.format(label=label, field=field.name, rows=left))
+    left_out = list(needing.filter(rejected(model, field)).order_by("pk").values_list("pk", flat=True))
     # Pairs a reviewer marked "not a duplicate" are about the rows, not the model: the duplicate
     # review reads them under the serving field's name, so they follow the switch.
-    before = serving_field(model, original_name).name
+    before = serving_field(model, original).name
     if before != field.name:
         carried = DismissedPair.objects.filter(model_label=label, field_name=before)
         DismissedPair.objects.bulk_create(
@@ -134,10 +182,12 @@ def switch_to(model: type[models.Model], field: EmbeddingField) -> str:
             ],
             ignore_conflicts=True,
         )
-    if original_name == field.name:
-        FieldSwitch.objects.filter(model_label=label, field_name=original_name).delete()
-    else:
-        FieldSwitch.objects.update_or_create(
-            model_label=label, field_name=original_name, defaults={"serving_field": field.name}
-        )
-    return original_name
+    # The field serves itself (not a successor it was switched to before), and each field it
+    # takes over from is served by the next one down to it.
+    with transaction.atomic(using=router.db_for_write(FieldSwitch)):
+        FieldSwitch.objects.filter(model_label=label, field_name=field.name).delete()
+        heir = field.name
+        for name in names:
+            FieldSwitch.objects.update_or_create(model_label=label, field_name=name, defaults={"serving_field": heir})
+            heir = name
+    return Switched(original, field.name, left_out)

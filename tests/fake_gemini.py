@@ -11,7 +11,8 @@ It counts requests (each record gets the ``status`` it was answered with, and
 told to misbehave: answer 429 with Retry-After (or a ``RetryInfo`` delay in the body),
 500, 400, malformed JSON, embeddings with NaN, no or too many values, or slowly;
 ``fail_every`` answers every request alike (a revoked key); ``on_request`` runs code
-between a request's arrival and its answer (edits while a batch is in flight).
+between a request's arrival and its answer (edits while a batch is in flight), and
+``on_batch_request`` before a batch job is made (work done while a job is submitted).
 
 It also runs batch embedding jobs (``client.batches.create_embeddings``): ``POST
 models/<model>:asyncBatchEmbedContent`` creates ``batches/fake-<n>``, ``GET
@@ -152,6 +153,8 @@ class FakeGemini:
         #: Answer every request with this, until :meth:`reset` (after ``faults``).
         self.broken: Fault | None = None
         self.on_request: Callable[[dict[str, Any]], None] | None = None
+        #: Runs when a batch job's create request arrives, before the job is made.
+        self.on_batch_request: Callable[[], None] | None = None
         #: Answer 400 to any request with a text containing this marker.
         self.reject_marker: str | None = None
         #: ``asyncBatchEmbedContent`` requests, each with the job ``name`` (``requests`` has only the others).
@@ -227,6 +230,7 @@ class FakeGemini:
             self._batch_failures.clear()
         self.broken = None
         self.on_request = None
+        self.on_batch_request = None
         self.reject_marker = None
         self.reject_batch_marker = None
         self.nan_batch_marker = None
@@ -355,6 +359,8 @@ class FakeGemini:
                 return self._send(200, json.dumps({"embeddings": embeddings}))
 
             def _create_batch(self, model: str, raw: bytes) -> None:
+                if fake.on_batch_request:
+                    fake.on_batch_request()
                 try:
                     record = {
                         "model": model,

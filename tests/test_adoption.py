@@ -71,6 +71,19 @@ class Project:
         assert result.returncode == 0, f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
         return result.stdout
 
+    def refused(self, *args: str) -> str:
+        """Runs a command that must fail; returns its standard error."""
+        result = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode != 0, f"manage.py {' '.join(args)} did not fail:\n{result.stdout}"
+        return result.stderr
+
     def write(self, path: str, text: str) -> None:
         (self.root / path).write_text(text)
 
@@ -427,3 +440,35 @@ def test_the_readme_testing_recipes_pass_in_the_projects_own_test_runs(new_proje
     assert "Ran 2 tests" in django_runner and "\nOK" in django_runner
     pytest_django = run("-m", "pytest", "-q", "-p", "no:cacheprovider", "notes/test_search.py")
     assert "1 passed" in pytest_django
+
+
+@pytest.mark.django_db
+def test_the_replaced_field_cannot_go_before_queries_are_switched(new_project, fake_gemini):
+    """README "Changing the model or size", step 3 taken before step 2 is done."""
+    from semantic.migration_hooks import SWITCH_FIRST
+
+    project = new_project(api_key="AIzaTEST-switch-first")
+    project.embed()
+    project.edit_model(
+        "    objects = SemanticManager()\n",
+        '    embedding_v2 = EmbeddingField(source=("title", "body"), dimensions=256, replaces="embedding")\n\n'
+        "    objects = SemanticManager()\n",
+    )
+    project.manage("makemigrations", "notes")
+    project.manage("migrate")
+    project.manage("semantic_embed", "notes.Note.embedding_v2", "--limit", "2")  # partly filled, never switched
+
+    project.edit_model('    embedding = EmbeddingField(source=("title", "body"))\n', "")
+    project.manage("makemigrations", "notes")
+    error = project.refused("migrate")
+    message = SWITCH_FIRST.format(label="notes.Note", field="embedding", heir="embedding_v2", rows=len(NOTES) - 2)
+    assert message in error
+    # Rolled back: the old vectors are still there to serve search.
+    assert project.counts("embedding") == (len(NOTES), len(NOTES))
+
+    # As the message says: switch (the code without the old field already), then migrate.
+    project.manage("semantic_embed", "notes.Note.embedding_v2", "--switch")
+    project.manage("migrate")
+    columns = project.sql("SELECT column_name FROM information_schema.columns WHERE table_name = 'notes_note'")
+    assert ("embedding",) not in columns
+    assert len(search(project)) == 5

@@ -2,11 +2,13 @@
 
 import math
 import signal
+import threading
 import time
 
 import pytest
 from django.conf import settings
 from django.core.management.base import CommandError
+from django.db import connection, connections
 from django.utils import timezone
 
 from semantic import batch, embed_pending, suspend_embedding
@@ -88,6 +90,11 @@ def test_a_stopped_command_leaves_the_job_its_rows_and_a_rerun_collects_it(backl
     edited.title = "Edited while its batch job ran"
     edited.save()  # the save hook's task leaves it to the job too
     assert fake_gemini.request_count == 0
+    # A run without --batch-api says where the rows are, and how to collect them.
+    held = Embed.HELD.format(label=LABEL, rows=25, names=job.name)
+    for args in ((), ("--dry-run",)):
+        out, err = call("semantic_embed", LABEL, *args)
+        assert held in err
 
     fake_gemini.jobs[job.name].polls_left = 1  # Gemini finishes the job
     out, _ = call("semantic_embed", "testapp.Article", "--batch-job", job.name, *FAST)
@@ -333,3 +340,66 @@ def test_rows_whose_text_from_python_was_never_hashed_go_through_a_batch_job(fak
     empty.refresh_from_db()
     assert empty.embedding_source_hash == empty.embedding_embedded_hash == ""
     assert not pending_rows(Snippet, get_embedding_field(Snippet)).exists()
+
+
+def test_all_with_a_limit_sends_that_many_rows_and_leaves_the_rest_current(backlog, fake_gemini):
+    call("semantic_embed", "testapp.Article")
+    fake_gemini.reset()
+    call("semantic_embed", "testapp.Article", "--batch-api", "--all", "--limit", "10", *FAST)
+    (job,) = EmbeddingBatchJob.objects.all()
+    assert (job.rows, job.embedded) == (10, 10)
+    assert [pk for pk, _ in job.items] == [str(a.pk) for a in backlog[:10]]
+    # Nothing was left pending for the sweep to embed at the interactive price.
+    assert not pending_rows(Article, get_embedding_field(Article)).exists()
+    embed_pending()
+    assert fake_gemini.request_count == 0
+
+
+def test_rows_being_submitted_are_left_to_the_submission(backlog, fake_gemini):
+    """Until a job is recorded, neither a worker nor a second --batch-api run pays for its rows."""
+    field = get_embedding_field(Article)
+    arrived, go_on = threading.Semaphore(0), threading.Event()
+
+    def hold_the_create_request():
+        arrived.release()
+        go_on.wait(30)
+
+    fake_gemini.on_batch_request = hold_the_create_request
+    runs: dict[str, list] = {}
+
+    def submit(name):
+        try:
+            runs[name] = batch.run(Article, field, poll_interval=0.01)
+        finally:
+            connections.close_all()
+
+    first = threading.Thread(target=submit, args=("first",))
+    first.start()
+    try:
+        assert arrived.acquire(timeout=30)  # the first run's texts are on their way, its job not yet recorded
+        worker = Embedder(Article, field)
+        worker.run()  # as the save hook's task or the sweep would
+        assert (worker.outcome.embedded, worker.deferred, fake_gemini.request_count) == (0, True, 0)
+
+        second = threading.Thread(target=submit, args=("second",))
+        second.start()
+        # The second run waits for the field (without the hold, its own create request arrives).
+        deadline = time.monotonic() + 30
+        while not (waiting_for_a_lock() or arrived.acquire(blocking=False)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        go_on.set()
+        first.join(30)
+    second.join(30)
+
+    (job,) = EmbeddingBatchJob.objects.all()
+    assert ([j.name for j in runs["first"]], runs["second"]) == ([job.name], [])
+    assert (job.rows, job.embedded) == (25, 25)
+    assert len(fake_gemini.batch_requests) == 1 and fake_gemini.request_count == 0
+    assert not pending_rows(Article, field).exists()
+
+
+def waiting_for_a_lock():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted)")
+        return cursor.fetchone()[0]

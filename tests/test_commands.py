@@ -21,6 +21,7 @@ from semantic.management.commands.semantic_embed import Command as Embed
 from semantic.management.commands.semantic_search import Command as Search
 from semantic.management.targets import APP_MIGRATIONS_DUE, BAD_TARGET, NO_FIELD, UNKNOWN_FIELD, UNKNOWN_MODEL
 from semantic.models import EmbeddingFailure
+from semantic.rows import pending_rows
 from semantic.switch import NOT_REPLACING
 from tests.commands import call, manage
 from tests.fake_gemini import BAD_KEY, fake_vector
@@ -91,6 +92,18 @@ def test_all_re_embeds_current_rows(backlog, fake_gemini):
     call("semantic_embed", "testapp.Article", "--all")
     assert fake_gemini.request_count == 1
     assert len(fake_gemini.texts()) == 25
+
+
+def test_all_with_a_limit_re_embeds_that_many_rows_and_leaves_the_rest_current(backlog, fake_gemini):
+    call("semantic_embed")
+    fake_gemini.reset()
+    out, _ = call("semantic_embed", "testapp.Article", "--all", "--limit", "10")
+    assert sorted(fake_gemini.texts()) == sorted(a.title for a in backlog[:10])
+    assert "10 embedded" in out
+    assert not pending_rows(Article, get_embedding_field(Article)).exists()  # nothing left for the sweep
+
+    call("semantic_embed", "testapp.Article", "--all", "--limit", "5", "--queue")
+    assert pending_rows(Article, get_embedding_field(Article)).count() == 5
 
 
 def test_failed_retries_only_failed_rows(backlog, fake_gemini):

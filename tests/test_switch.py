@@ -11,7 +11,7 @@ from django.test.utils import isolate_apps
 from semantic import suspend_embedding
 from semantic.management.commands.semantic_embed import Command as Embed
 from semantic.management.targets import MIGRATION_NEEDED
-from semantic.switch import INCOMPLETE, NOT_REPLACING, serving_field
+from semantic.switch import INCOMPLETE, NOT_REPLACING, serving_field, switch_to
 from tests.commands import call
 from tests.testapp.models import Review
 
@@ -162,6 +162,69 @@ def test_the_replacement_answers_for_a_deleted_field():
     assert serving_field(Migrated, "embedding_v2") is field
     with pytest.raises(ValueError, match="has no EmbeddingField named 'other'"):
         serving_field(Migrated, "other")
+
+
+def test_a_row_the_api_rejects_for_good_does_not_hold_the_switch_up(reviews, fake_gemini):
+    rejected = Review.objects.order_by("pk")[3]
+    with suspend_embedding():
+        rejected.text += " REJECTME"
+        rejected.save()
+    fake_gemini.reject_marker = "REJECTME"
+
+    out, err = call("semantic_embed", "testapp.Review.embedding_next", "--switch")
+
+    spec = Review._meta.get_field("embedding_next").spec()
+    assert Embed.SWITCHED.format(model="testapp.Review", original="embedding", field="embedding_next", spec=spec) in out
+    left_out = Embed.SWITCHED_WITHOUT.format(label="testapp.Review.embedding_next", rows=1, pks=rejected.pk)
+    assert left_out in err
+    assert serving_field(Review).name == "embedding_next"
+    assert len(Review.objects.similar_to("good fish")) == len(TEXTS) - 1
+
+
+def test_a_row_failed_for_now_still_holds_the_switch_up(reviews, fake_gemini, semantic_settings):
+    semantic_settings(MAX_ATTEMPTS=1)
+    fake_gemini.fail_every(503, body='{"error": {"code": 503, "message": "busy"}}')
+    call("semantic_embed", "testapp.Review.embedding_next")
+    fake_gemini.reset()
+    with pytest.raises(CommandError) as info:
+        call("semantic_embed", "testapp.Review.embedding_next", "--switch")
+    assert str(info.value) == INCOMPLETE.format(label="testapp.Review", field="embedding_next", rows=len(TEXTS))
+    assert serving_field(Review).name == "embedding"
+
+
+@isolate_apps("tests.testapp")
+def test_a_second_model_change_is_served_once_switched():
+    """embedding -> embedding_v2 (switched, then embedding deleted) -> embedding_v3."""
+    from django.db import models
+
+    from semantic import EmbeddingField
+
+    class Changed(models.Model):
+        text = models.TextField()
+        embedding_v2 = EmbeddingField(source="text", dimensions=256, replaces="embedding")
+        embedding_v3 = EmbeddingField(source="text", dimensions=512, replaces="embedding_v2")
+
+        class Meta:
+            app_label = "testapp"
+
+    v2, v3 = Changed._meta.get_field("embedding_v2"), Changed._meta.get_field("embedding_v3")
+    with connection.schema_editor() as editor:
+        editor.create_model(Changed)
+    try:
+        assert switch_to(Changed, v2).original == "embedding"  # the first change, before embedding went
+        assert [serving_field(Changed, name) for name in (None, "embedding", "embedding_v2")] == [v2, v2, v2]
+
+        switched = switch_to(Changed, v3)
+        assert (switched.original, switched.field, switched.rejected) == ("embedding", "embedding_v3", [])
+        for name in (None, "embedding", "embedding_v2", "embedding_v3"):
+            assert serving_field(Changed, name) is v3, name
+
+        switch_to(Changed, v2)  # and back, while both exist
+        for name in (None, "embedding", "embedding_v2"):
+            assert serving_field(Changed, name) is v2, name
+    finally:
+        with connection.schema_editor() as editor:
+            editor.delete_model(Changed)
 
 
 def test_pairs_marked_not_duplicates_follow_the_switch(reviews):

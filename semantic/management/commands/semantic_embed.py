@@ -21,6 +21,10 @@ class Command(QuietMixin, BaseCommand):
     )
 
     NOTHING = "{label}: nothing to embed."
+    HELD = (
+        "{label}: {rows} rows are left to open Batch API job(s) {names}; run `manage.py semantic_embed "
+        "{label} --batch-api` to collect them (or --batch-job NAME for one)."
+    )
     DRY_RUN = "{label}: {rows} rows, {characters} characters (about {tokens} tokens){cost}."
     DRY_RUN_PASSAGES = (
         "{label}: of those, {passages} passages of {rows} rows, {characters} characters "
@@ -43,6 +47,11 @@ class Command(QuietMixin, BaseCommand):
         "replaces= and switch with --switch (README: Changing the model)."
     )
     SWITCHED = "Queries for {model}.{original} now use {field} ({spec})."
+    SWITCHED_WITHOUT = (
+        "{label}: {rows} rows are left out of its search: the API rejected their text for good (primary keys "
+        "{pks}). Change their text (they are then embedded again) or delete them; they are listed in the admin "
+        "(Embedding failures). Retrying them with --failed sends the same text and fails the same way."
+    )
     SWITCH_ONE = "--switch takes exactly one app_label.Model.field."
     RESUME_HINT = "Interrupted; batches already written are kept. Run the command again (without --all) to carry on."
     BATCH_SUBMITTED = "{label}: submitted Batch API job {name} with {rows} rows."
@@ -75,7 +84,12 @@ class Command(QuietMixin, BaseCommand):
         parser.add_argument(
             "--batch-size", type=int, metavar="N", help="rows per API request (default: the backend's cap)"
         )
-        parser.add_argument("--limit", type=int, metavar="N", help="stop after this many rows")
+        parser.add_argument(
+            "--limit",
+            type=int,
+            metavar="N",
+            help="stop after this many rows (with --all: re-embed the first N rows by primary key, no others)",
+        )
         parser.add_argument("--queue", action="store_true", help="hand the rows to django-q2 workers instead")
         parser.add_argument("--dry-run", action="store_true", help="count rows, characters and cost; change nothing")
         parser.add_argument(
@@ -134,6 +148,8 @@ class Command(QuietMixin, BaseCommand):
                 stale = rows.stale_rows(model, field).count()
                 if stale:
                     self.stderr.write(self.STALE.format(label=label, rows=stale, spec=field.spec()))
+                if not batch_api:
+                    self.report_held(model, field, label)
                 if dry_run:
                     self.report_plan(label, field, backfill.plan(model, field, limit=limit, **kwargs), batch_api)
                 elif batch_api:
@@ -157,10 +173,23 @@ class Command(QuietMixin, BaseCommand):
 
     def switch(self, model, field):
         try:
-            original = switch_to(model, field)
+            switched = switch_to(model, field)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        self.say(self.SWITCHED.format(model=model._meta.label, original=original, field=field.name, spec=field.spec()))
+        label = model._meta.label
+        self.say(self.SWITCHED.format(model=label, original=switched.original, field=field.name, spec=field.spec()))
+        if switched.rejected:
+            shown = ", ".join(str(pk) for pk in switched.rejected[:20])
+            pks = shown if len(switched.rejected) <= 20 else f"{shown}, ..."
+            left_out = self.SWITCHED_WITHOUT.format(label=f"{label}.{field.name}", rows=len(switched.rejected), pks=pks)
+            self.stderr.write(left_out)
+
+    def report_held(self, model, field, label):
+        """Say which rows an open Batch API job holds: no run without --batch-api takes them."""
+        jobs = list(batch.open_jobs(field.model, field, passages=False).values_list("name", "rows"))
+        if jobs:
+            names = ", ".join(name for name, _ in jobs)
+            self.stderr.write(self.HELD.format(label=label, rows=sum(rows for _, rows in jobs), names=names))
 
     def report_plan(self, label, field, plan, batch_api):
         cost = ""
