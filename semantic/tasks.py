@@ -26,6 +26,7 @@ from semantic.fields import EmbeddingField, get_embedding_field, iter_fields
 from semantic.hooks import embedding_suspended as embedding_suspended
 from semantic.hooks import suspend_embedding as suspend_embedding
 from semantic.passage_rows import sweep_orphans
+from semantic.rows import pending_rows
 from semantic.schema import schema_problem
 from semantic.text import redact
 from semantic.writer import Outcome
@@ -58,15 +59,30 @@ def embed_field(label: str, field_name: str, using: str | None = None) -> dict[s
     ``WAKE_WINDOW`` seconds ago, trusting it to find their rows. So the task scans again
     until one scan starts ``WAKE_WINDOW`` seconds after the task did: that scan sees
     every row whose save relied on this task.
+
+    A burst of saves wakes one worker; when rows are left after its first request, it
+    wakes another, which does the same, so idle workers (on any machine) share the work.
     """
     model = apps.get_model(label)
     field = get_embedding_field(model, field_name)
     started = time.monotonic()
     window = wake_window()
     total: dict[str, Any] = {}
+    handed_on = not window  # django-q2 running tasks inline: no other worker to hand on to
+
+    def hand_on(outcome: Any, visited: int) -> None:
+        # A burst of saves is one wake-up; more than a request's worth of rows left after
+        # the first request wakes one more worker, which does the same: idle workers join
+        # in (the rows' advisory locks share them out) instead of one doing it all.
+        nonlocal handed_on
+        if not handed_on:
+            handed_on = True
+            if pending_rows(model, field, using).exists():
+                enqueue(model, field_name, [], using=using)
+
     while True:
         scan_started = time.monotonic()
-        for key, value in Embedder(model, field, using=using).run().as_dict().items():
+        for key, value in Embedder(model, field, using=using).run(on_batch=hand_on).as_dict().items():
             if key not in total:
                 total[key] = value
             elif isinstance(value, list):

@@ -13,7 +13,8 @@ from django_q.brokers.orm import ORM
 from django_q.models import OrmQ
 from django_q.signing import SignedPackage
 
-from semantic.dispatch import WAKE_WINDOW, queue_task
+from semantic.dispatch import WAKE_WINDOW, forget_wakeups, queue_task
+from semantic.tasks import embed_field
 from tests.testapp.models import Article, Document
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -174,3 +175,20 @@ def test_queue_task_is_still_importable_from_tasks(queued):
     queue_task("semantic.tasks.embed_pending", "testapp.Article", name="semantic: embed pending rows")
     [task] = queued()
     assert (task["func"], task["args"]) == ("semantic.tasks.embed_pending", ("testapp.Article",))
+
+
+def test_a_wakeup_with_rows_left_after_a_request_wakes_one_more_worker(queued, fake_gemini, semantic_settings):
+    """A burst of saves is one wake-up: its task hands work on so that idle workers join in."""
+    semantic_settings(SYNC=False, BATCH_SIZE=10)
+    forget_wakeups()
+    Article.objects.bulk_create(Article(title=f"Burst {i}", body="") for i in range(30))  # no wake-up of its own
+    embed_field("testapp.Article", "embedding")  # what the woken worker runs; no other worker here
+    [handed_on] = queued()
+    assert (handed_on["func"], handed_on["args"]) == ("semantic.tasks.embed_field", ("testapp.Article", "embedding"))
+    assert fake_gemini.request_count == 3 and len(set(fake_gemini.texts())) == 30
+
+    OrmQ.objects.all().delete()
+    Article.objects.bulk_create(Article(title=f"Small {i}", body="") for i in range(5))
+    forget_wakeups()
+    embed_field("testapp.Article", "embedding")
+    assert queued() == []  # one request did it all: nobody else to wake

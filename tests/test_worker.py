@@ -69,7 +69,9 @@ def test_saves_while_the_worker_is_busy_queue_a_bounded_number_of_tasks(
 
     Saves skip the wake-up while one waits unclaimed, so the tasks are bounded by what
     the cluster can hold claimed at once (the running task, one in its internal queue,
-    one in its pusher's hand; ``workers`` = 1, ``queue_limit`` = 1) plus one waiting.
+    one in its pusher's hand; ``workers`` = 1, ``queue_limit`` = 1) plus one waiting,
+    plus the one the first task wakes for other workers when rows are left after its
+    first request (the tasks after it run once it is done, and find none left).
     A row changed behind the running task's scan (a lower primary key) is embedded by
     the wake-up queued after that task was claimed.
     """
@@ -94,7 +96,7 @@ def test_saves_while_the_worker_is_busy_queue_a_bounded_number_of_tasks(
     assert wait_for(lambda: not OrmQ.objects.exists())
     tasks = Task.objects.filter(func="semantic.tasks.embed_field")
     assert queued_while_busy <= 4
-    assert 1 <= len(tasks) <= 4
+    assert 1 <= len(tasks) <= 5
     assert all(task.success for task in tasks), [task.result for task in tasks]
     assert sum(task.result["embedded"] for task in tasks) == 201
     expected = [f"Busy article {i}\n\nworker test" for i in range(200)] + [
