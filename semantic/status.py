@@ -20,6 +20,7 @@ from semantic.fields import EmbeddingField, get_embedding_field, iter_fields
 from semantic.models import EmbeddingFailure
 from semantic.passage_rows import passage_status
 from semantic.ratelimit import configuration_problem
+from semantic.rows import in_flight, open_jobs
 from semantic.schema import schema_problem
 from semantic.switch import serving_field
 
@@ -88,6 +89,8 @@ def field_status(
             "problem": table_problem,
             "oldest_pending_since": None,
             "oldest_pending_seconds": None,
+            "in_batch_jobs": None,
+            "batch_jobs": [],
             "passages": None,
         }
     counted = model._base_manager.using(using)
@@ -98,6 +101,9 @@ def field_status(
     counts = dict.fromkeys(STATES, 0)
     counts.update({row["_state"]: row["n"] for row in states})
     oldest = counted.filter(field.pending()).aggregate(oldest=Min(field.pending_since_name))["oldest"]
+    # Pending rows an open Batch API job carries: no worker takes them until it is collected.
+    carried = in_flight(model, field)
+    jobs = list(open_jobs(model, field, passages=False).values_list("name", flat=True)) if carried else []
     return {
         **about,
         "total": sum(counts.values()),
@@ -107,6 +113,8 @@ def field_status(
         "problem": configuration_problem(field.backend),
         "oldest_pending_since": oldest,
         "oldest_pending_seconds": round((timezone.now() - oldest).total_seconds()) if oldest else None,
+        "in_batch_jobs": counted.filter(field.pending() & carried).count() if carried else 0,
+        "batch_jobs": jobs,
         # For fields with passages: see semantic.passage_rows.passage_status (None without).
         "passages": passage_status(model, field, counted) if field.passages else None,
     }

@@ -1,5 +1,6 @@
 """semantic_embed --batch-api against the fake server's batch jobs, through the real google-genai client."""
 
+import json
 import math
 import signal
 import threading
@@ -16,6 +17,7 @@ from semantic.backends.base import l2_normalize
 from semantic.embedder import Embedder, pending_rows
 from semantic.fields import get_embedding_field
 from semantic.management.commands.semantic_embed import Command as Embed
+from semantic.management.commands.semantic_status import Command as Status
 from semantic.models import EmbeddingBatchJob, EmbeddingFailure
 from semantic.text import source_hash
 from tests.commands import call, manage
@@ -95,6 +97,11 @@ def test_a_stopped_command_leaves_the_job_its_rows_and_a_rerun_collects_it(backl
     for args in ((), ("--dry-run",)):
         out, err = call("semantic_embed", LABEL, *args)
         assert held in err
+    # So does semantic_status, which counts them pending (their text has no vector yet).
+    out, _ = call("semantic_status", "testapp.Article")
+    assert Status.HELD.format(label=LABEL, rows=25, names=job.name) in out
+    (status,) = json.loads(call("semantic_status", "testapp.Article", "--json")[0])
+    assert (status["pending"], status["in_batch_jobs"], status["batch_jobs"]) == (25, 25, [job.name])
 
     fake_gemini.jobs[job.name].polls_left = 1  # Gemini finishes the job
     out, _ = call("semantic_embed", "testapp.Article", "--batch-job", job.name, *FAST)

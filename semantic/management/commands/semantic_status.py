@@ -23,6 +23,10 @@ class Command(BaseCommand):
     PASSAGE_COLUMNS = ("rows", "lagging", "failed", "passages", "row chars", "passage chars")
     NOTHING = "No model has an EmbeddingField."
     PROBLEM = "{label}: embedding is stopped: {problem} The rows wait and are embedded once this is fixed."
+    HELD = (
+        "{label}: {rows} of the pending rows are in open Batch API job(s) {names}, which no worker takes; "
+        "`manage.py semantic_embed {label} --batch-api` collects them."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("targets", nargs="*", help="app_label.Model[.field] (default: all)")
@@ -62,6 +66,10 @@ class Command(BaseCommand):
                     counts["passage_chars"],
                 )
             )
+        for row in report:
+            if row["in_batch_jobs"]:
+                label, names = f"{row['model']}.{row['field']}", ", ".join(row["batch_jobs"])
+                self.stdout.write(self.HELD.format(label=label, rows=row["in_batch_jobs"], names=names))
         for row in report:
             if row["total"] is None:  # the table lacks the field's columns: the message names the field
                 self.stderr.write(row["problem"])
