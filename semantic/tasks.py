@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from django.apps import apps
-from django.db import models
+from django.db import models, transaction
 
 from semantic.conf import semantic_settings as conf
 from semantic.dispatch import SWEEP_SCHEDULE_NAME as SWEEP_SCHEDULE_NAME
@@ -60,8 +61,8 @@ def embed_field(label: str, field_name: str, using: str | None = None) -> dict[s
     until one scan starts ``WAKE_WINDOW`` seconds after the task did: that scan sees
     every row whose save relied on this task.
 
-    A burst of saves wakes one worker; when rows are left after its first request, it
-    wakes another, which does the same, so idle workers (on any machine) share the work.
+    A burst of saves wakes one worker; when its first request embedded rows and more are
+    left, it wakes another, which does the same, so idle workers (on any machine) share the work.
     """
     model = apps.get_model(label)
     field = get_embedding_field(model, field_name)
@@ -74,10 +75,13 @@ def embed_field(label: str, field_name: str, using: str | None = None) -> dict[s
         # A burst of saves is one wake-up; more than a request's worth of rows left after
         # the first request wakes one more worker, which does the same: idle workers join
         # in (the rows' advisory locks share them out) instead of one doing it all.
+        # Only after a request that embedded rows: one that failed, paused or found its
+        # rows taken would hand the same trouble on, and the chain would never end.
         nonlocal handed_on
         if not handed_on:
             handed_on = True
-            if pending_rows(model, field, using).exists():
+            progressed = (outcome.embedded or outcome.cleared) and not outcome.stopped
+            if progressed and pending_rows(model, field, using).exists():
                 enqueue(model, field_name, [], using=using)
 
     while True:
@@ -131,15 +135,16 @@ def sweep_field(model: type[models.Model], field: EmbeddingField, limit: int | N
     embedder = None
     try:
         embedder = Embedder(model, field)
-        problem = schema_problem(field, embedder.using)
-        if problem is None:
-            embedder.run(limit=limit)
-            if not field.passages:
-                return embedder.outcome.as_dict()
-            # Rows whose passages lag for reasons no save reports: passages newly turned on,
-            # a passage failure's wait over, a worker stopped between a row and its passages.
-            embedder.run_passages(limit=limit)
-            return {**embedder.outcome.as_dict(), "passages_swept": sweep_orphans(model, field)}
+        with _savepoint(embedder.using):
+            problem = schema_problem(field, embedder.using)
+            if problem is None:
+                embedder.run(limit=limit)
+                if not field.passages:
+                    return embedder.outcome.as_dict()
+                # Rows whose passages lag for reasons no save reports: passages newly turned on,
+                # a passage failure's wait over, a worker stopped between a row and its passages.
+                embedder.run_passages(limit=limit)
+                return {**embedder.outcome.as_dict(), "passages_swept": sweep_orphans(model, field)}
         logger.error(SWEEP_SKIPPED, label, problem)
     except Exception as exc:
         # Its first line only: a database error goes on to quote the statement and its values.
@@ -150,6 +155,18 @@ def sweep_field(model: type[models.Model], field: EmbeddingField, limit: int | N
     outcome.stopped = problem
     outcome.errors.append(problem)
     return outcome.as_dict()
+
+
+@contextmanager
+def _savepoint(using: str) -> Iterator[None]:
+    """Inside a caller's transaction (a test's), a savepoint, so that one field's database
+    error leaves that transaction usable for the next; outside one, nothing: a field's
+    sweep must not become one long transaction holding its rows across API calls."""
+    if transaction.get_connection(using).in_atomic_block:
+        with transaction.atomic(using=using):
+            yield
+    else:
+        yield
 
 
 def _redact(message: str) -> str:

@@ -15,6 +15,7 @@ from django_q.signing import SignedPackage
 
 from semantic.dispatch import WAKE_WINDOW, forget_wakeups, queue_task
 from semantic.tasks import embed_field
+from tests.fake_gemini import api_error
 from tests.testapp.models import Article, Document
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -192,3 +193,10 @@ def test_a_wakeup_with_rows_left_after_a_request_wakes_one_more_worker(queued, f
     forget_wakeups()
     embed_field("testapp.Article", "embedding")
     assert queued() == []  # one request did it all: nobody else to wake
+
+    # A request that embedded nothing (the API down) hands nothing on: the trouble would go round for ever.
+    Article.objects.bulk_create(Article(title=f"Outage {i}", body="") for i in range(30))
+    fake_gemini.fail_every(503, body=api_error(503, "The service is currently unavailable.", "UNAVAILABLE"))
+    forget_wakeups()
+    embed_field("testapp.Article", "embedding")
+    assert queued() == []
