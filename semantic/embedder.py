@@ -110,9 +110,9 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
                 break
             visited += len(batch)
             taken = self.claim(batch)
-            if self.deferred:
-                break
             try:
+                if self.deferred:
+                    break
                 self.process(self.still_needed(batch, taken))
             finally:
                 self.release(taken)
@@ -136,6 +136,7 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
         holds it (:meth:`held_for_batch`), nothing is taken and the run ends
         (:attr:`deferred`); the rows stay pending, for the job or a later sweep.
         """
+        self.deferred = False  # this claim's answer, not an earlier one's: its locks must be released
         if not rows:
             return []
         connection = connections[self.using]

@@ -104,9 +104,9 @@ class PassageWorkMixin:
             after = batch[-1].pk
             visited += len(batch)
             taken = self.claim(batch)
-            if self.deferred:
-                break
             try:
+                if self.deferred:
+                    break
                 held = set(taken)
                 still = set(
                     lagging_rows(self.model, self.field, self.using)

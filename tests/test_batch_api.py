@@ -22,7 +22,7 @@ from semantic.models import EmbeddingBatchJob, EmbeddingFailure
 from semantic.text import source_hash
 from tests.commands import call, manage
 from tests.fake_gemini import fake_vector
-from tests.testapp.models import Article, Snippet
+from tests.testapp.models import Article, LongRead, Snippet
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -410,3 +410,42 @@ def waiting_for_a_lock():
     with connection.cursor() as cursor:
         cursor.execute("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted)")
         return cursor.fetchone()[0]
+
+
+def my_advisory_locks():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()")
+        return cursor.fetchone()[0]
+
+
+def test_a_run_deferred_to_a_submission_leaves_no_lock_behind(fake_gemini):
+    """Deferred once, the same Embedder claims again when the submission is over (its
+    passages after its rows): every lock it takes is let go, or the next submission
+    and every worker would wait on it for good."""
+    with suspend_embedding():
+        row = LongRead.objects.create(title="Glaciers", body="Ice moves downhill under its own weight.")
+    field = get_embedding_field(LongRead)
+    embedder = Embedder(LongRead, field)
+    submitter = Embedder(LongRead, field)
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        try:
+            with submitter.held_for_batch():
+                held.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert held.wait(30)
+        embedder.run()
+        assert embedder.deferred and embedder.outcome.requests == 0
+    finally:
+        release.set()
+        thread.join(30)
+    embedder.run([row.pk])
+    assert not embedder.deferred and embedder.outcome.embedded == 1
+    assert my_advisory_locks() == 0
