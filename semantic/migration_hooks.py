@@ -33,6 +33,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import apps as global_apps
+from django.core.exceptions import FieldDoesNotExist
 from django.core.management.base import CommandError
 from django.db import DEFAULT_DB_ALIAS, migrations, router
 
@@ -145,11 +146,25 @@ class SwitchFirst(migrations.RunPython):
             return
         failures_kept = any(True for _ in _tables(schema_editor, ("EmbeddingFailure",)))
         for heir in heirs:
-            left = model._base_manager.using(alias).filter(heir.needs_embedding())
+            # The project's field, not the migration state's: only it knows which parts of
+            # its text come from Python (the state's model has no methods), so only its
+            # conditions name the columns this table has. None: the code no longer has it.
+            live = _live_field(label, heir.name)
+            if live is None:
+                continue
+            left = model._base_manager.using(alias).filter(live.needs_embedding())
             if failures_kept:
-                left = left.exclude(rejected(model, heir))  # no run can embed these (see switch_to)
+                left = left.exclude(rejected(model, live))  # no run can embed these (see switch_to)
             if rows := left.count():
                 raise CommandError(SWITCH_FIRST.format(label=label, field=self.field_name, heir=heir.name, rows=rows))
+
+
+def _live_field(label: str, name: str) -> EmbeddingField | None:
+    try:
+        field = global_apps.get_model(label)._meta.get_field(name)
+    except (LookupError, FieldDoesNotExist):
+        return None
+    return field if isinstance(field, EmbeddingField) else None
 
 
 def _tables(schema_editor: Any, names: Any) -> Any:

@@ -443,16 +443,21 @@ def test_the_readme_testing_recipes_pass_in_the_projects_own_test_runs(new_proje
 
 
 @pytest.mark.django_db
-def test_the_replaced_field_cannot_go_before_queries_are_switched(new_project, fake_gemini):
-    """README "Changing the model or size", step 3 taken before step 2 is done."""
+@pytest.mark.parametrize("source", ['("title", "body")', '"both"'], ids=["fields", "a property"])
+def test_the_replaced_field_cannot_go_before_queries_are_switched(new_project, fake_gemini, source):
+    """README "Changing the model or size", step 3 taken before step 2 is done; the new
+    field's text from fields, or from a property (which the migration's model lacks)."""
     from semantic.migration_hooks import SWITCH_FIRST
 
     project = new_project(api_key="AIzaTEST-switch-first")
     project.embed()
     project.edit_model(
         "    objects = SemanticManager()\n",
-        '    embedding_v2 = EmbeddingField(source=("title", "body"), dimensions=256, replaces="embedding")\n\n'
-        "    objects = SemanticManager()\n",
+        f'    embedding_v2 = EmbeddingField(source={source}, dimensions=256, replaces="embedding")\n\n'
+        "    objects = SemanticManager()\n\n"
+        "    @property\n"
+        "    def both(self):\n"
+        '        return f"{self.title}\\n\\n{self.body}"\n',
     )
     project.manage("makemigrations", "notes")
     project.manage("migrate")
