@@ -8,7 +8,9 @@ the rows and text hashes it carries, so a stopped command loses nothing: run aga
 it collects the open jobs before submitting anything new. While a job is open its
 rows are left to it (:func:`in_flight`), so workers do not pay for them twice; while
 jobs are being built, before they are recorded, the field is held
-(:meth:`Embedder.held_for_batch`): workers and a second submission wait.
+(:meth:`Embedder.held_for_batch`): a second submission waits for it, and workers
+leave the field's rows alone (their run ends; rows saved meanwhile that no job
+carries wait for the sweep).
 
 A field with ``passages`` goes on to its passages once its rows' vectors are in: the
 rows whose passages lag are cut, passages whose text already has a vector keep it,

@@ -27,6 +27,11 @@ from semantic.writer import Item, Outcome, RowWriterMixin
 
 logger = logging.getLogger("semantic")
 
+#: Why a run ended early while a Batch API submission held the field (:meth:`Embedder.held_for_batch`).
+DEFERRED = (
+    "A Batch API submission holds this field's rows while it builds its jobs; the rows it does not "
+    "take are embedded by the next run or sweep."
+)
 #: About this many characters make a token (for the shared tokens-per-minute limit).
 CHARS_PER_TOKEN = 4
 
@@ -122,6 +127,8 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
                 break
         if self.field.passages:
             self.run_passages([*(pks or ()), *self.written])
+        if self.deferred and not self.outcome.stopped:
+            self.outcome.stopped = DEFERRED
         return self.outcome
 
     def claim(self, rows: list[models.Model]) -> list[str]:
@@ -182,7 +189,9 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
 
         A job's rows are left to it once the job is recorded; until then (rows read, texts
         uploaded) this keeps them from workers and from a second submission. It waits for
-        the batches workers are sending to be written, and they take nothing until it ends.
+        the batches workers are sending to be written; a worker that finds it held ends
+        its run (:attr:`deferred`, :data:`DEFERRED`), so rows saved meanwhile that no job
+        carries wait for the sweep.
         """
         connection = connections[self.using]
         with connection.cursor() as cursor:

@@ -113,8 +113,9 @@ def mark_pending(rows: models.QuerySet, field: EmbeddingField) -> int:
     """Make ``rows`` pending again, as if their text had changed; returns how many.
 
     Their vectors stay searchable until replacements are written. Rows with text start
-    waiting now (or keep waiting since when they already were); failure records are
-    dropped, so the rows are tried afresh. The worker reads each row's text again, so
+    waiting now (or keep waiting since when they already were). Failure records stay
+    (``--failed`` retries those; a row waiting out a retry is not taken until then).
+    The worker reads each row's text again, so
     text from Python that ``QuerySet.update()`` or raw SQL changed without its hash is
     hashed and embedded anew.
     """

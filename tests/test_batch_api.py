@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from semantic import batch, embed_pending, suspend_embedding
 from semantic.backends.base import l2_normalize
-from semantic.embedder import Embedder, pending_rows
+from semantic.embedder import DEFERRED, Embedder, pending_rows
 from semantic.fields import get_embedding_field
 from semantic.management.commands.semantic_embed import Command as Embed
 from semantic.management.commands.semantic_status import Command as Status
@@ -443,6 +443,7 @@ def test_a_run_deferred_to_a_submission_leaves_no_lock_behind(fake_gemini):
         assert held.wait(30)
         embedder.run()
         assert embedder.deferred and embedder.outcome.requests == 0
+        assert embedder.outcome.stopped == DEFERRED  # said, not a silent "0 embedded"
     finally:
         release.set()
         thread.join(30)
