@@ -147,21 +147,29 @@ def submit(
     if limit is not None:
         rows = rows[:limit]
     items: list[Item] = []
+    # Writes check the row's stored hash against the one sent (item.hash): rows whose
+    # Python text was never hashed, or changed without save(), get theirs before a job
+    # that carries them is recorded (one statement for them all).
+    stale: list[Item] = []
     characters = 0
     for row in rows.iterator(chunk_size=2000):
         item = Item(row.pk, field.text_hash(row), clean(field.source_text(row), backend.max_input_chars), None)
         read_hash = getattr(row, field.source_hash_name) if field.text_from_python() else item.hash
         if read_hash != item.hash:
-            # Writes check the row's stored hash against the one sent (item.hash): store it now.
-            embedder.refresh_hashes([dataclasses.replace(item, read_hash=read_hash)])
+            stale.append(dataclasses.replace(item, read_hash=read_hash))
         if not item.text:
+            embedder.refresh_hashes(stale)
+            stale = []
             embedder.write_all([(item, None)])  # nothing to send: clear it now
             continue
         if items and (len(items) == MAX_JOB_ROWS or characters + len(item.text) > MAX_JOB_CHARACTERS):
+            embedder.refresh_hashes([s for s in stale if s.pk != item.pk])
+            stale = [s for s in stale if s.pk == item.pk]
             yield _submit(model, field, items)
             items, characters = [], 0
         items.append(item)
         characters += len(item.text)
+    embedder.refresh_hashes(stale)
     if items:
         yield _submit(model, field, items)
 

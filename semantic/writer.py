@@ -138,10 +138,26 @@ class RowWriterMixin:
         return ~Q(IsDistinctFrom(self.field.stored_text_hash(), Value(item.guard, CharField())))
 
     def refresh_hashes(self, items: list[Item]) -> None:
-        """Rows whose Python text is what their vector was made from: store the hash, send nothing."""
-        manager = self.model._base_manager.using(self.using)
-        for item in items:
-            manager.filter(self.still_holds(item), pk=item.pk).update(**{self.field.source_hash_name: item.hash})
+        """Store the hash of each item's Python text on its row, in one statement, where the
+        row still holds the hash it was read with: rows whose vector was made from that
+        text, rows never hashed, and rows a Batch API job is about to carry."""
+        if not items:
+            return
+        field = self.field
+        connection = connections[self.using]
+        quote = connection.ops.quote_name
+        table = quote(self.model._meta.db_table)
+        pk = self.model._meta.pk
+        guard_sql, guard_params = self.compile(field.stored_text_hash(), connection)
+        sql = (
+            f"UPDATE {table} SET {quote(field.source_hash_name)} = v.hash "
+            f"FROM (VALUES {', '.join(['(%s, %s, %s)'] * len(items))}) AS v(pk, hash, guard) "
+            f"WHERE {table}.{quote(pk.column)} = v.pk::{pk.rel_db_type(connection)} "
+            f"AND ({guard_sql}) IS NOT DISTINCT FROM v.guard::text"
+        )
+        params = [value for item in items for value in (str(item.pk), item.hash, item.guard)]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params + guard_params)
 
     def write(self, item: Item, vector: Vector | None) -> bool:
         """Store ``vector`` (None: no text, no vector) if the row still holds the text it was made from."""

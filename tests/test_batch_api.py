@@ -10,6 +10,7 @@ import pytest
 from django.conf import settings
 from django.core.management.base import CommandError
 from django.db import connection, connections
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from semantic import batch, embed_pending, suspend_embedding
@@ -333,14 +334,19 @@ def test_a_refused_passage_is_recorded_against_its_row_and_the_other_rows_are_st
 def test_rows_whose_text_from_python_was_never_hashed_go_through_a_batch_job(fake_gemini):
     # As AddField leaves rows that existed before a field whose text comes from a method.
     with suspend_embedding():
+        Snippet.objects.bulk_create(Snippet(escaped=f"Another row {i}") for i in range(20))
         written = Snippet.objects.create(escaped="Written before the field")
         empty = Snippet.objects.create(escaped="")
     Snippet.objects.update(embedding_source_hash=None)
 
-    call("semantic_embed", "testapp.Snippet", "--batch-api", *FAST)
+    with CaptureQueriesContext(connection) as queries:
+        call("semantic_embed", "testapp.Snippet", "--batch-api", *FAST)
+
+    hashed = [q for q in queries.captured_queries if 'SET "embedding_source_hash" = v.hash' in q["sql"]]
+    assert len(hashed) == 1  # every row's hash in one statement, not one a row
 
     (job,) = EmbeddingBatchJob.objects.all()
-    assert (job.embedded, job.failed, job.rows) == (1, 0, 1)
+    assert (job.embedded, job.failed, job.rows) == (21, 0, 21)
     written.refresh_from_db()
     assert written.embedding is not None
     assert written.embedding_source_hash == written.embedding_embedded_hash == source_hash("Written before the field")
