@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import re
 import signal
 import threading
 
@@ -421,9 +422,11 @@ def test_embed_at_verbosity_zero_prints_nothing_but_problems(backlog, fake_gemin
     # A run that stops still says why, on stderr.
     Article.objects.update(title="changed behind save()")
     fake_gemini.fail_every(400, body=BAD_KEY)
-    out, err = quiet("semantic_embed", "testapp.Article")
-    assert out == ""
-    assert err.startswith(Embed.STOPPED.split("{reason}")[0].format(label="testapp.Article.embedding"))
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.raises(CommandError, match=re.escape(Embed.INCOMPLETE.format(labels="testapp.Article.embedding"))):
+        call_command("semantic_embed", "testapp.Article", verbosity=0, stdout=out, stderr=err)
+    assert out.getvalue() == ""
+    assert err.getvalue().startswith(Embed.STOPPED.split("{reason}")[0].format(label="testapp.Article.embedding"))
 
 
 def test_other_commands_that_report_are_quiet_at_verbosity_zero(fake_gemini, tmp_path):

@@ -1,9 +1,12 @@
+import io
 from datetime import timedelta
 
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import Permission, User
 from django.core.cache import cache
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.urls import reverse
 from django.utils import timezone
 
@@ -192,7 +195,10 @@ def test_a_configuration_problem_is_shown_by_the_status_command_embed_and_the_ad
     with suspend_embedding():
         Article.objects.create(title="waits for a key", body="")
     fake_gemini.fail_every(400, body=BAD_KEY)
-    _, err = call("semantic_embed", "testapp.Article")
+    stderr = io.StringIO()
+    with pytest.raises(CommandError, match="Not finished"):  # exit status 1, for scripts and cron jobs
+        call_command("semantic_embed", "testapp.Article", stdout=io.StringIO(), stderr=stderr)
+    err = stderr.getvalue()
     assert "stopped before the end" in err and "SEMANTIC['API_KEY']" in err
     _, err = call("semantic_status", "testapp.Article")
     assert "embedding is stopped" in err and "SEMANTIC['API_KEY']" in err

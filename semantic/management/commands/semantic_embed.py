@@ -41,6 +41,8 @@ class Command(QuietMixin, BaseCommand):
     PROGRESS = "{label}: {visited}/{total} rows, {rate:.1f} rows/s, about {eta} left"
     FAILED_HINT = "Failed rows are listed in the admin (Embedding failures); retry them with --failed."
     STOPPED = "{label}: stopped before the end: {reason} The rows left are still pending; run this again once fixed."
+    #: The command's last word (and exit status 1) when a run stopped: scripts and cron jobs see it.
+    INCOMPLETE = "Not finished: {labels} stopped before the end (see above)."
     STALE = (
         "{label}: {rows} rows hold vectors from another model or size; until they are re-embedded, search "
         "sees only the rows embedded by {spec}. To change the model with no gap, add a second field with "
@@ -140,6 +142,7 @@ class Command(QuietMixin, BaseCommand):
                 except ValueError as exc:
                     raise CommandError(str(exc)) from None
         check_app_migrated(resolved)
+        stopped: list[str] = []
         try:
             for model, field in resolved:
                 label = f"{model._meta.label}.{field.name}"
@@ -164,12 +167,15 @@ class Command(QuietMixin, BaseCommand):
                     tasks = backfill.hand_to_workers(model, field, batch_size=batch_size, limit=limit, **kwargs)
                     self.say(self.QUEUED.format(label=label, rows=total, tasks=tasks))
                 else:
-                    self.embed(model, field, label, batch_size=batch_size, limit=limit, **kwargs)
+                    if self.embed(model, field, label, batch_size=batch_size, limit=limit, **kwargs):
+                        stopped.append(label)
                 if switch:
                     self.switch(model, field)
         except KeyboardInterrupt:
             self.stderr.write("\n" + self.RESUME_HINT)
             raise SystemExit(130) from None
+        if stopped:
+            raise CommandError(self.INCOMPLETE.format(labels=", ".join(stopped)))
 
     def switch(self, model, field):
         try:
@@ -262,6 +268,7 @@ class Command(QuietMixin, BaseCommand):
             self.stderr.write(self.STOPPED.format(label=label, reason=outcome.stopped))
         if outcome.failed:
             self.stderr.write(self.FAILED_HINT)
+        return outcome.stopped
 
     def batch_api(self, model, field, label, everything, limit, job_name, poll_interval):
         last_wait = [0.0]
