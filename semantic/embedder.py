@@ -17,12 +17,22 @@ from typing import Any
 from django.db import DatabaseError, connections, models, router, transaction
 
 from semantic import ratelimit
-from semantic.backends import BAD_INPUT, CONFIG, FIELD, TRANSIENT, EmbeddingBackend, EmbeddingError, Vector, malformed
+from semantic.backends import (
+    BAD_INPUT,
+    CONFIG,
+    FIELD,
+    TRANSIENT,
+    EmbeddingBackend,
+    EmbeddingError,
+    Vector,
+    malformed,
+    redact_keys,
+)
 from semantic.conf import semantic_settings as conf
 from semantic.fields import EmbeddingField
 from semantic.passage_worker import PassageWorkMixin
 from semantic.rows import pending_rows
-from semantic.text import clean, redact
+from semantic.text import clean
 from semantic.writer import Item, Outcome, RowWriterMixin
 
 logger = logging.getLogger("semantic")
@@ -319,7 +329,7 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
             self.outcome.errors.append(message)
 
     def redact(self, message: str) -> str:
-        return redact(message, getattr(self.backend, "api_key", None), conf.API_KEY)
+        return redact_keys(message, self.backend)
 
     def check(self, vectors: list[Vector], expected: int) -> None:
         """Whatever the backend, nothing unusable is written: a malformed answer is retried

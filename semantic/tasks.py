@@ -17,7 +17,7 @@ from typing import Any
 from django.apps import apps
 from django.db import models, transaction
 
-from semantic.conf import semantic_settings as conf
+from semantic.backends import redact_keys
 from semantic.dispatch import SWEEP_SCHEDULE_NAME as SWEEP_SCHEDULE_NAME
 from semantic.dispatch import enqueue as enqueue
 from semantic.dispatch import install_sweep_schedule as install_sweep_schedule
@@ -29,7 +29,6 @@ from semantic.hooks import suspend_embedding as suspend_embedding
 from semantic.passage_rows import sweep_orphans
 from semantic.rows import pending_rows
 from semantic.schema import schema_problem
-from semantic.text import redact
 from semantic.writer import Outcome
 
 logger = logging.getLogger("semantic")
@@ -149,8 +148,10 @@ def sweep_field(model: type[models.Model], field: EmbeddingField, limit: int | N
     except Exception as exc:
         # Its first line only: a database error goes on to quote the statement and its values.
         first_line = (str(exc).strip().splitlines() or [""])[0]
-        problem = _redact(SWEEP_FAILED.format(error=f"{type(exc).__name__}: {first_line}"))
-        logger.error("Sweeping %s: %s\n%s", label, problem, _redact("".join(traceback.format_exception(exc))))
+        backend = embedder.backend if embedder is not None else None
+        problem = redact_keys(SWEEP_FAILED.format(error=f"{type(exc).__name__}: {first_line}"), backend)
+        trace = redact_keys("".join(traceback.format_exception(exc)), backend)
+        logger.error("Sweeping %s: %s\n%s", label, problem, trace)
     outcome = embedder.outcome if embedder is not None else Outcome()
     outcome.stopped = problem
     outcome.errors.append(problem)
@@ -167,11 +168,6 @@ def _savepoint(using: str) -> Iterator[None]:
             yield
     else:
         yield
-
-
-def _redact(message: str) -> str:
-    """``message`` without the API key, however it is configured (a field's backend reads the same settings)."""
-    return redact(message, conf.API_KEY, conf.BACKEND_OPTIONS.get("api_key"))
 
 
 def queue_pending(*targets: str | type[models.Model]) -> str:

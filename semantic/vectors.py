@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 from django.core.cache import caches
 
-from semantic.backends import EmbeddingBackend, EmbeddingError, Vector, get_backend, malformed
+from semantic.backends import EmbeddingBackend, EmbeddingError, Vector, get_backend, malformed, redact_keys
 from semantic.conf import semantic_settings as conf
-from semantic.text import clean, redact
+from semantic.text import clean
 
 #: Query vectors are kept this many seconds in the cache named by SEMANTIC["CACHE"].
 CACHE_TIMEOUT = 24 * 60 * 60
@@ -114,7 +114,7 @@ def _request(
         if retry_after is not None and math.isfinite(retry_after) and retry_after > 0:
             retry_after = min(retry_after, MAX_PAUSE)
             ratelimit.pause(backend, retry_after)
-        reason = redact(str(exc), getattr(backend, "api_key", None), conf.API_KEY)
+        reason = redact_keys(str(exc), backend)
         # "from None": the original error's frames may hold the key; its message is redacted above.
         raise SearchUnavailable(SearchUnavailable.FAILED.format(reason=reason), retry_after=retry_after) from None
     if len(vectors) != len(texts):

@@ -28,6 +28,7 @@ __all__ = [
     "Vector",
     "get_backend",
     "malformed",
+    "redact_keys",
 ]
 
 
@@ -38,6 +39,15 @@ def get_backend(model: str | None = None) -> EmbeddingBackend:
 
     backend_class = conf.BACKEND
     return backend_class(model=model or conf.MODEL, **conf.BACKEND_OPTIONS)
+
+
+def redact_keys(message: str, backend: Any = None) -> str:
+    """``message`` without any API key it could hold: ``backend``'s own, and every one the
+    settings name (``SEMANTIC["API_KEY"]`` or the environment, ``BACKEND_OPTIONS``)."""
+    from semantic.conf import semantic_settings as conf
+    from semantic.text import redact
+
+    return redact(message, getattr(backend, "api_key", None), conf.API_KEY, conf.BACKEND_OPTIONS.get("api_key"))
 
 
 def _forget_backends(*, setting: str, **kwargs: Any) -> None:
