@@ -45,8 +45,9 @@ MAX_AUTO_K = 20
 #: two topics and split another (mini-batches started from it cannot undo that).
 KMEANS_INITS = 10
 #: The same, for each candidate k while choosing one. One start made the choice follow
-#: the rows' order: on 45 Banking77 messages of three intents, 6 in 100 shuffles chose
-#: 4 groups; with three starts, none (about 25% more time than one, 1.9 s for 2,000 rows).
+#: the rows' order: on 45 Banking77 messages of three intents, 2 in 60 shuffles chose 4
+#: groups, with three starts none; 1.7 times the time of one start (1.91 s for 2,000
+#: messages; benchmarks/choose_k.py, docs/benchmarks.md).
 CHOOSE_K_INITS = 3
 TYPICAL_ROWS = 3
 LABEL_WORDS = 3
