@@ -235,7 +235,8 @@ def install_sweep_schedule(**kwargs: Any) -> None:
     """Create (or update) the django-q2 schedule that runs ``semantic.tasks.embed_pending``.
 
     Only on a database that holds django-q2's tables: a router may keep them off the one
-    ``migrate --database=...`` just ran on, and there is nothing to write there.
+    ``migrate --database=...`` just ran on, and ``migrate <one app>`` on a new database may
+    not have created them yet (the next ``migrate`` that does installs the schedule).
     """
     if not apps.is_installed("django_q"):
         return
@@ -243,6 +244,11 @@ def install_sweep_schedule(**kwargs: Any) -> None:
 
     using = kwargs.get("using", DEFAULT_DB_ALIAS)
     if not router.allow_migrate_model(using, Schedule):
+        return
+    try:
+        # The migrated state, as Django's own post_migrate handlers check it.
+        kwargs.get("apps", apps).get_model("django_q", "Schedule")
+    except LookupError:
         return
     if conf.SWEEP_MINUTES is None:
         Schedule.objects.using(using).filter(name=SWEEP_SCHEDULE_NAME).delete()

@@ -230,6 +230,17 @@ def test_migrations_are_the_same_with_and_without_an_api_key(new_project):
 
 
 @pytest.mark.django_db
+def test_migrating_one_app_of_a_new_database_first_leaves_the_schedule_to_the_full_migrate(new_project):
+    project = new_project(api_key=None)
+    # A new database (a CI job, a colleague's laptop) on which only the project's own app is migrated first.
+    project.sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    project.manage("migrate", "notes")
+    assert not project.sql("SELECT 1 FROM pg_tables WHERE tablename = 'django_q_schedule'")
+    project.manage("migrate")
+    assert project.sql("SELECT func FROM django_q_schedule") == [("semantic.tasks.embed_pending",)]
+
+
+@pytest.mark.django_db
 def test_every_later_change_migrates_forwards_and_backwards_with_vectors_in_the_table(new_project, fake_gemini):
     project = new_project(api_key="AIzaTEST-adoption")
     project.embed()
