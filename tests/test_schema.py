@@ -4,17 +4,20 @@ The sweep and ``semantic_status`` report such a field and go on with the others;
 message gives the SQL that fixes the table, and applying it is enough.
 """
 
+import io
 import json
 import logging
 
 import pytest
 from django.apps import apps
 from django.conf import settings
+from django.core.management import CommandError, call_command
 from django.db import connection, models
 
 from project.questions.models import Question
 from semantic import EmbeddingField, SemanticManager, suspend_embedding
 from semantic.checks import check_unmanaged_tables
+from semantic.management.commands.semantic_embed import Command as EmbedCommand
 from semantic.schema import UNMANAGED_MISSING, UNMANAGED_NO_TABLE, schema_problem
 from semantic.tasks import SWEEP_FAILED, embed_pending
 from tests.commands import call
@@ -93,6 +96,19 @@ def test_the_sweep_reports_a_table_without_the_columns_and_sweeps_the_others(leg
     assert summary["questions.Question.embedding"]["embedded"] == 1
     assert has_vector(Question, waiting_question.pk)
     assert f"Sweep skipped testapp.LegacyDoc.embedding: {problem}" in caplog.messages
+
+
+def test_semantic_embed_names_the_table_and_embeds_the_other_fields(legacy, waiting_question):
+    problem = schema_problem(legacy._meta.get_field("embedding"))
+    out, err = io.StringIO(), io.StringIO()
+
+    with pytest.raises(CommandError) as raised:
+        call_command("semantic_embed", stdout=out, stderr=err)
+
+    assert problem in err.getvalue()
+    assert str(raised.value) == EmbedCommand.INCOMPLETE.format(labels="testapp.LegacyDoc.embedding")
+    assert has_vector(Question, waiting_question.pk)  # a field after the broken one
+    assert "questions.Question.embedding" in out.getvalue()
 
 
 def test_the_sql_in_the_message_is_what_the_table_needs(legacy):

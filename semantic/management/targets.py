@@ -11,7 +11,6 @@ from django.db import connections, models, router
 from semantic.fields import EmbeddingField, embedding_fields
 from semantic.schema import MIGRATION_NEEDED as MIGRATION_NEEDED
 from semantic.schema import MISSING_COLUMN as MISSING_COLUMN
-from semantic.schema import schema_problem
 
 BAD_TARGET = "{target!r} is not app_label.Model or app_label.Model.field."
 UNKNOWN_MODEL = "Unknown model {label!r}; models with an EmbeddingField: {known}."
@@ -80,10 +79,3 @@ def check_app_migrated(resolved: list[tuple[type[models.Model], EmbeddingField]]
         due = [migration.name for migration, _ in executor.migration_plan(targets)]
         if due:
             raise CommandError(APP_MIGRATIONS_DUE.format(count=len(due), database=using, names=", ".join(due)))
-
-
-def check_schema(model: type[models.Model], field: EmbeddingField) -> None:
-    """Raise CommandError when the table does not match the field (see :mod:`semantic.schema`)."""
-    problem = schema_problem(field)
-    if problem:
-        raise CommandError(problem)

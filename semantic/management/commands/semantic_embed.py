@@ -6,7 +6,8 @@ from semantic import backfill, batch, rows
 from semantic.backends import EmbeddingError
 from semantic.conf import semantic_settings as conf
 from semantic.management.output import QuietMixin
-from semantic.management.targets import check_app_migrated, check_schema, resolve_all
+from semantic.management.targets import check_app_migrated, resolve_all
+from semantic.schema import schema_problem
 from semantic.switch import switch_to, switched_name
 
 
@@ -146,7 +147,11 @@ class Command(QuietMixin, BaseCommand):
         try:
             for model, field in resolved:
                 label = f"{model._meta.label}.{field.name}"
-                check_schema(model, field)
+                if problem := schema_problem(field):
+                    # The other fields' rows are still embedded; the command fails at the end.
+                    self.stderr.write(problem)
+                    stopped.append(label)
+                    continue
                 kwargs = {"everything": everything, "failed": failed}
                 stale = rows.stale_rows(model, field).count()
                 if stale:
