@@ -12,6 +12,7 @@ from django.utils.functional import cached_property
 
 from semantic.conf import GEMINI_BACKEND, REMOVED
 from semantic.conf import semantic_settings as conf
+from semantic.operations import extension_elsewhere
 
 DIMENSIONS_UNMADE = "{label} stores {dimensions} dimensions, which {model_id} cannot make: its rows stay pending."
 LOCAL_DIMENSIONS_HINT = (
@@ -237,6 +238,8 @@ def check_extension(databases: Any = None, **kwargs: Any) -> list[checks.CMessag
                     id="semantic.E004",
                 )
             )
+        elif problem := extension_elsewhere(connection):
+            errors.append(checks.Error(problem, id="semantic.E011"))
     return errors
 
 

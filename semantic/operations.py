@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import DatabaseError
+from django.db import DatabaseError, router
 from django.db.migrations.operations.base import Operation
 
 INSTALL_HINT = (
@@ -14,6 +14,12 @@ INSTALL_HINT = (
     "to run CREATE EXTENSION vector, then run migrate again."
 )
 
+ELSEWHERE = (
+    "The pgvector extension is installed in schema {schema!r} of database {alias!r}, which is not on the "
+    "connection's search_path ({path}), so PostgreSQL cannot find its types (vector, halfvec). Put the "
+    'schema on the search_path: in DATABASES[{alias!r}], "OPTIONS": {{"options": "-c search_path=public,{schema}"}} '
+    "(with your own schemas first), or ALTER ROLE <user> SET search_path = public, {schema}; then run migrate again."
+)
 
 #: What the operation runs; ``sqlmigrate`` prints it for whoever applies migrations by hand.
 CREATE_SQL = "CREATE EXTENSION IF NOT EXISTS vector"
@@ -34,7 +40,8 @@ class CreateVectorExtension(Operation):
             if schema_editor.connection.vendor == "postgresql":
                 schema_editor.execute(CREATE_SQL)
             return
-        create_extension(schema_editor.connection)
+        if router.allow_migrate(schema_editor.connection.alias, app_label):
+            create_extension(schema_editor.connection)
 
     def database_backwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
         pass
@@ -46,6 +53,8 @@ class CreateVectorExtension(Operation):
 def create_extension(connection: Any) -> None:
     if connection.vendor != "postgresql":
         return
+    if problem := extension_elsewhere(connection):
+        raise DatabaseError(problem)
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'")
         if cursor.fetchone():
@@ -56,8 +65,25 @@ def create_extension(connection: Any) -> None:
             raise DatabaseError(f"{INSTALL_HINT} (PostgreSQL said: {exc})") from exc
 
 
+def extension_elsewhere(connection: Any) -> str | None:
+    """Why pgvector's types cannot be found although it is installed: its schema is not on the
+    search_path (managed services such as Supabase install extensions in a schema of their own)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT n.nspname, n.nspname = ANY (current_schemas(false)), current_setting('search_path') "
+            "FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
+        )
+        row = cursor.fetchone()
+    if row is None or row[1]:
+        return None
+    schema, _, path = row
+    return ELSEWHERE.format(schema=schema, alias=connection.alias, path=path)
+
+
 def ensure_vector_extension(using: str = "default", **kwargs: Any) -> None:
-    """``pre_migrate`` receiver: the extension exists before any table uses ``vector``."""
+    """``pre_migrate`` receiver: the extension exists before any table uses ``vector``, on a
+    database the app's tables may go to (rows with vectors need them beside: semantic.E008)."""
     from django.db import connections
 
-    create_extension(connections[using])
+    if router.allow_migrate(using, "semantic"):
+        create_extension(connections[using])

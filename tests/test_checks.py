@@ -201,6 +201,69 @@ def test_collecting_sql_prints_the_extension_and_leaves_the_database_alone(datab
     assert not has_vector_extension(database_without_extension)  # what sqlmigrate did, before
 
 
+class NothingOfTheAppOnFresh:
+    def allow_migrate(self, db, app_label, **hints):
+        return db != "fresh"
+
+
+@pytest.mark.django_db
+def test_the_extension_is_created_only_where_the_router_lets_the_app_go(database_without_extension, settings):
+    from django.db import connections
+
+    from semantic.operations import CreateVectorExtension, ensure_vector_extension
+
+    settings.DATABASE_ROUTERS = [f"{__name__}.NothingOfTheAppOnFresh"]
+    connections["fresh"] = database_without_extension
+    try:
+        ensure_vector_extension(using="fresh")  # what every migrate --database=fresh sends
+        with database_without_extension.schema_editor() as editor:
+            CreateVectorExtension().database_forwards("semantic", editor, None, None)
+        assert not has_vector_extension(database_without_extension)
+        settings.DATABASE_ROUTERS = []
+        ensure_vector_extension(using="fresh")
+        assert has_vector_extension(database_without_extension)
+    finally:
+        del connections["fresh"]
+
+
+@pytest.mark.django_db
+def test_an_extension_in_a_schema_off_the_search_path_is_named_with_the_fix(database_without_extension):
+    from django.db import DatabaseError
+    from django.db.backends.postgresql.base import DatabaseWrapper
+
+    from semantic.operations import ELSEWHERE, create_extension, extension_elsewhere
+
+    with database_without_extension.cursor() as cursor:  # as Supabase installs it
+        cursor.execute("CREATE SCHEMA extensions; CREATE EXTENSION vector SCHEMA extensions")
+    expected = ELSEWHERE.format(schema="extensions", alias="fresh", path='"$user", public')
+    with pytest.raises(DatabaseError) as info:
+        create_extension(database_without_extension)
+    assert str(info.value) == expected
+    assert 'search_path=public,extensions"' in expected
+    from django.db import connections
+
+    connections["fresh"] = database_without_extension
+    try:
+        assert [(e.id, e.msg) for e in check_extension(databases=["fresh"])] == [("semantic.E011", expected)]
+    finally:
+        del connections["fresh"]
+
+    fixed = DatabaseWrapper(
+        {
+            **database_without_extension.settings_dict,
+            "OPTIONS": {"options": "-c search_path=public,extensions"},  # the fix the message gives
+        },
+        alias="fixed",
+    )
+    try:
+        assert extension_elsewhere(fixed) is None
+        create_extension(fixed)
+        with fixed.cursor() as cursor:
+            cursor.execute("SELECT '[1,2]'::vector")
+    finally:
+        fixed.close()
+
+
 @pytest.mark.django_db
 def test_sqlmigrate_shows_the_extension_first():
     out = io.StringIO()
