@@ -42,6 +42,14 @@ DEFERRED = (
     "A Batch API submission holds this field's rows while it builds its jobs; the rows it does not "
     "take are embedded by the next run or sweep."
 )
+#: Why rows may stay pending after a run that released fewer locks than it took (:meth:`Embedder.release`).
+LOCKS_LOST = (
+    "{label}: {count} of the locks this run took on its rows were not held by its database session when it "
+    "released them. Either the connection was lost and reopened, or a connection pooler in transaction "
+    "mode (PgBouncer, Supavisor's port 6543) ran its statements on different server connections: the "
+    "locks then stay on a pooled connection, and other runs skip those rows as taken until it closes. "
+    "Connect workers and semantic_embed to PostgreSQL directly or through a pooler in session mode."
+)
 #: About this many characters make a token (for the shared tokens-per-minute limit).
 CHARS_PER_TOKEN = 4
 
@@ -188,10 +196,17 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
         connection = connections[self.using]
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT count(pg_advisory_unlock(%s, hashtext(k))) FROM unnest(%s::text[]) AS k",
+                "SELECT count(*) FILTER (WHERE NOT pg_advisory_unlock(%s, hashtext(k))) FROM unnest(%s::text[]) AS k",
                 [self.lock_key(32), taken],
             )
+            lost = cursor.fetchone()[0]
             cursor.execute("SELECT pg_advisory_unlock_shared(%s)", [self.lock_key()])
+            lost += not cursor.fetchone()[0]
+        if lost:
+            message = LOCKS_LOST.format(label=f"{self.model._meta.label}.{self.field.name}", count=lost)
+            logger.error(message)
+            if message not in self.outcome.errors:
+                self.outcome.errors.append(message)
 
     @contextlib.contextmanager
     def held_for_batch(self) -> Iterator[None]:

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from semantic import embed_pending, suspend_embedding
 from semantic.backends import EmbeddingBackend
-from semantic.embedder import Embedder
+from semantic.embedder import LOCKS_LOST, Embedder
 from semantic.fields import get_embedding_field
 from semantic.models import EmbeddingFailure, RateLimit
 from semantic.ratelimit import configuration_problem
@@ -504,3 +504,21 @@ def test_vectors_the_database_refuses_fail_their_batch_not_the_run(fake_gemini):
     assert failure.error.startswith("The database refused the vectors (DataError: ")
     assert "out of range" in failure.error and failure.error.endswith("the rows are retried later.")
     assert outcome.errors == [failure.error]
+
+
+def test_locks_not_held_when_released_are_reported_with_the_likely_cause(fake_gemini, caplog):
+    with suspend_embedding():
+        article = Article.objects.create(title="Reset password", body="I forgot my password")
+    embedder = Embedder(Article, get_embedding_field(Article))
+    taken = embedder.claim([article])
+    assert taken == [str(article.pk)]
+    # The session that took the locks is gone, as when a transaction-mode pooler sends the
+    # release to another server connection (where nothing is held).
+    connection.close()
+
+    embedder.release(taken)
+
+    message = LOCKS_LOST.format(label="testapp.Article.embedding", count=2)  # the row's and the field's
+    assert embedder.outcome.errors == [message]
+    assert message in caplog.messages
+    assert "session mode" in message
