@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -172,6 +173,14 @@ class PendingSinceField(CompanionMixin, models.DateTimeField):
             return timezone.now() if current else None
         changed = IsDistinctFrom(field.stored_text_hash(), Value(current, models.CharField()))
         return Case(When(changed, then=Coalesce(F(self.attname), Now())), default=F(self.attname))
+
+
+#: The pending index's name: a digest of the table and the field, so it changes with a rename.
+PENDING_INDEX_NAME = "semantic_{digest}_pending"
+
+
+def is_pending_index_name(name: str) -> bool:
+    return re.fullmatch(PENDING_INDEX_NAME.format(digest="[0-9a-f]{10}"), name) is not None
 
 
 class EmbeddingField(WorkerOwnedMixin, VectorField):
@@ -372,7 +381,7 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
         """
         digest = hashlib.md5(f"{cls._meta.db_table}.{self.name}".encode()).hexdigest()[:10]
         return models.Index(
-            fields=[self.embedded_hash_name], condition=self.pending(), name=f"semantic_{digest}_pending"
+            fields=[self.embedded_hash_name], condition=self.pending(), name=PENDING_INDEX_NAME.format(digest=digest)
         )
 
     @property

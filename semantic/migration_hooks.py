@@ -37,7 +37,7 @@ from django.core.exceptions import FieldDoesNotExist
 from django.core.management.base import CommandError
 from django.db import DEFAULT_DB_ALIAS, migrations, router
 
-from semantic.fields import EmbeddingField
+from semantic.fields import EmbeddingField, is_pending_index_name
 from semantic.models import KEYED_BY_NAME, UNREAD_WITHOUT_FIELD
 from semantic.rows import rejected
 
@@ -205,6 +205,7 @@ def inject_operations(
     """Put the step that keeps the stored rows in line after each rename or removal in ``plan``,
     and the check that a replaced field may go before each removal."""
     for migration, _backward in plan or []:
+        migration.operations[:] = fold_pending_index_renames(migration.operations)
         if any(isinstance(op, RenameStoredNames | DeleteStoredRows | SwitchFirst) for op in migration.operations):
             continue  # already there: the same plan seen again
         operations = []
@@ -216,6 +217,40 @@ def inject_operations(
             if added is not None:
                 operations.append(added)
         migration.operations[:] = operations
+
+
+def fold_pending_index_renames(operations: list[Any]) -> list[Any]:
+    """``operations`` with each rename of a pending index a ``CreateModel`` before it made
+    folded into that ``CreateModel``.
+
+    The pending index is named after its table, so a ``RenameModel`` comes with a
+    ``RenameIndex``. Squashed, the two become ``CreateModel(indexes=[old])`` and
+    ``RenameIndex(old, new)``, which Django's optimizer does not fold: the model's
+    indexes are created at the end of the migration, so on a new database the rename ran
+    first and failed.
+    """
+    created: dict[str, migrations.CreateModel] = {}
+    kept = []
+    for operation in operations:
+        if isinstance(operation, migrations.CreateModel):
+            created.update((index.name, operation) for index in operation.options.get("indexes", []))
+        elif isinstance(operation, migrations.RenameIndex) and is_pending_index_name(operation.old_name):
+            create = created.pop(operation.old_name, None)
+            if create is not None:
+                create.options["indexes"] = [
+                    _renamed(index, operation.new_name) if index.name == operation.old_name else index
+                    for index in create.options["indexes"]
+                ]
+                created[operation.new_name] = create
+                continue
+        kept.append(operation)
+    return kept
+
+
+def _renamed(index: Any, name: str) -> Any:
+    index = index.clone()
+    index.name = name
+    return index
 
 
 def following_step(app: str, operation: Any) -> migrations.RunPython | None:

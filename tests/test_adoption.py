@@ -300,6 +300,30 @@ def test_every_later_change_migrates_forwards_and_backwards_with_vectors_in_the_
 
 
 @pytest.mark.django_db
+def test_migrations_squashed_over_a_model_rename_build_a_new_database(new_project):
+    project = new_project(api_key=None)
+    project.edit_model("class Note(", "class Memo(")
+    project.migrate_renaming("RenameModel")
+    squashed = project.manage("squashmigrations", "notes", project.migrations()[-1], "--noinput")
+    assert "Created new squashed migration" in squashed
+    text = next((project.root / "notes" / "migrations").glob("0001_squashed_*.py")).read_text()
+    assert "RenameIndex" in text  # what Django's optimizer leaves, and a new database used to fail on
+
+    # A new database (CI, a colleague) built from the squashed migration.
+    project.sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    project.manage("migrate")
+    (index,) = project.sql(
+        "SELECT indexname FROM pg_indexes WHERE tablename = 'notes_memo' AND indexname LIKE '%pending'"
+    )
+    assert index == (re.search(r"new_name='(semantic_\w+_pending)'", text).group(1),)  # the name after the rename
+    assert "No changes detected" in project.manage("makemigrations", "--check", "--dry-run")
+    project.sql("INSERT INTO notes_memo (title, body) VALUES ('Reset a forgotten password', '')")
+    project.embed()
+    assert project.sql("SELECT count(*) FROM notes_memo WHERE embedding IS NOT NULL") == [(1,)]
+    project.manage("migrate", "notes", "zero")
+
+
+@pytest.mark.django_db
 def test_renames_and_removals_carry_what_the_app_stored_for_the_rows(new_project, fake_gemini):
     project = new_project(api_key="AIzaTEST-renames")
     project.change('source=("title", "body")', 'source="body", title_source="title", passages=True')
