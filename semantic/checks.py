@@ -239,7 +239,7 @@ def check_extension(databases: Any = None, **kwargs: Any) -> list[checks.CMessag
                 )
             )
         elif problem := extension_elsewhere(connection):
-            errors.append(checks.Error(problem, id="semantic.E011"))
+            errors.append(checks.Error(problem, id="semantic.E012"))
     return errors
 
 

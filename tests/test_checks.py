@@ -244,7 +244,7 @@ def test_an_extension_in_a_schema_off_the_search_path_is_named_with_the_fix(data
 
     connections["fresh"] = database_without_extension
     try:
-        assert [(e.id, e.msg) for e in check_extension(databases=["fresh"])] == [("semantic.E011", expected)]
+        assert [(e.id, e.msg) for e in check_extension(databases=["fresh"])] == [("semantic.E012", expected)]
     finally:
         del connections["fresh"]
 
