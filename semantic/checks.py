@@ -23,6 +23,17 @@ DIMENSIONS_HINT = (
     "Set dimensions={default} on the field, then makemigrations and migrate (no column changes; "
     "the rows are embedded again), or pin an embedding_model that makes this size."
 )
+#: semantic.E011: the app keeps what it knows of a row (failures, passages, dismissed
+#: pairs) under the row's one primary key value, which a composite key does not have.
+COMPOSITE_KEY = (
+    "{model} has a composite primary key ({columns}), which its EmbeddingField {field!r} does not support: "
+    "the app records each row's failures, passages and dismissed pairs under one primary key value."
+)
+COMPOSITE_KEY_HINT = (
+    "Give {model} a single-column primary key (remove the CompositePrimaryKey to get the default id) "
+    "and keep its columns unique with Meta.constraints = [models.UniqueConstraint(fields={columns}, "
+    "name=...)], then makemigrations and migrate."
+)
 
 
 @checks.register()
@@ -77,8 +88,21 @@ def check_fields(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage
         for field in embedding_fields(model):
             if field.model is not model:
                 continue  # a proxy or multi-table child: checked on the model that declares it
+            if isinstance(model._meta.pk, models.CompositePrimaryKey):
+                errors.append(_composite_key(model, field))
+                continue
             errors += _check_field(model, field, _backend_for_checks(backend_class, field.embedding_model))
     return errors
+
+
+def _composite_key(model: type[models.Model], field: Any) -> checks.CMessage:
+    columns = list(model._meta.pk.field_names)
+    return checks.Error(
+        COMPOSITE_KEY.format(model=model._meta.label, columns=", ".join(columns), field=field.name),
+        hint=COMPOSITE_KEY_HINT.format(model=model._meta.label, columns=columns),
+        obj=field,
+        id="semantic.E011",
+    )
 
 
 def _check_field(model: type[models.Model], field: Any, backend: Any) -> list[checks.CMessage]:
