@@ -8,6 +8,7 @@ from typing import Any
 from django.apps import apps
 from django.core import checks
 from django.db import connections, models, router
+from django.db.models.query_utils import DeferredAttribute
 from django.utils.functional import cached_property
 
 from semantic.conf import GEMINI_BACKEND, REMOVED
@@ -147,8 +148,8 @@ def _check_field(model: type[models.Model], field: Any, backend: Any) -> list[ch
             )
         )
     for name in field.text_parts():
-        if name in field.python_parts:
-            attr = inspect.getattr_static(model, name)
+        attr = inspect.getattr_static(model, name, None)
+        if name in field.python_parts and not isinstance(attr, DeferredAttribute):
             valid = callable(attr) or isinstance(attr, (property, cached_property, staticmethod, classmethod))
         else:
             try:

@@ -125,6 +125,33 @@ def test_methods_and_properties_are_valid_sources_alone_or_mixed_with_fields():
         assert Mixed._meta.get_field("embedding").python_parts == ("summary", "tagline", "heading")
 
 
+def test_a_multi_table_parents_text_field_is_a_valid_source_read_in_python():
+    from semantic import EmbeddingField
+
+    with isolate_apps("tests.testapp"):
+
+        class Product(models.Model):
+            name = models.CharField(max_length=20)
+            price = models.IntegerField()
+
+            class Meta:
+                app_label = "testapp"
+
+        class Book(Product):
+            author = models.CharField(max_length=20)
+            embedding = EmbeddingField(source=("name", "author"))
+            priced = EmbeddingField(source=("author", "price"))
+
+            class Meta:
+                app_label = "testapp"
+
+        errors = check_fields(app_configs=[Book._meta.apps.get_app_config("testapp")])
+        assert [(e.id, e.obj.name) for e in errors] == [("semantic.E006", "priced")]
+        assert "'price'" in errors[0].msg
+        # The parent's column is in another table than the pending index: its text is hashed in Python.
+        assert Book._meta.get_field("embedding").python_parts == ("name",)
+
+
 def test_a_composite_primary_key_is_an_error_at_makemigrations_time():
     from semantic import EmbeddingField
 
