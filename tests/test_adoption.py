@@ -545,3 +545,23 @@ def test_a_multi_table_child_embeds_a_field_of_its_parents_table(new_project, fa
     assert "nothing to embed" not in project.manage("semantic_embed", "notes.Book")
     name, third, embedded = book()
     assert (name, embedded) == ("Dim", third) and third not in (first, second)
+
+
+@pytest.mark.django_db
+def test_a_composite_primary_key_stops_makemigrations_with_what_to_do(new_project):
+    from semantic.checks import COMPOSITE_KEY
+
+    project = new_project(api_key=None)
+    project.write(
+        "notes/models.py",
+        (project.root / "notes" / "models.py").read_text() + "\n\nclass Line(models.Model):\n"
+        '    pk = models.CompositePrimaryKey("order_no", "line_no")\n'
+        "    order_no = models.IntegerField()\n"
+        "    line_no = models.IntegerField()\n"
+        "    text = models.TextField()\n"
+        '    embedding = EmbeddingField(source="text")\n',
+    )
+    message = COMPOSITE_KEY.format(model="notes.Line", columns="order_no, line_no", field="embedding")
+    for command in ("makemigrations", "semantic_status"):
+        error = project.refused(command)
+        assert "semantic.E011" in error and message in error
