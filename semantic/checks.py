@@ -8,6 +8,7 @@ from typing import Any
 from django.apps import apps
 from django.core import checks
 from django.db import connections, models, router
+from django.db.models.query_utils import DeferredAttribute
 from django.utils.functional import cached_property
 
 from semantic.conf import GEMINI_BACKEND, REMOVED
@@ -23,6 +24,17 @@ LOCAL_DIMENSIONS_HINT = (
 DIMENSIONS_HINT = (
     "Set dimensions={default} on the field, then makemigrations and migrate (no column changes; "
     "the rows are embedded again), or pin an embedding_model that makes this size."
+)
+#: semantic.E011: the app keeps what it knows of a row (failures, passages, dismissed
+#: pairs) under the row's one primary key value, which a composite key does not have.
+COMPOSITE_KEY = (
+    "{model} has a composite primary key ({columns}), which its EmbeddingField {field!r} does not support: "
+    "the app records each row's failures, passages and dismissed pairs under one primary key value."
+)
+COMPOSITE_KEY_HINT = (
+    "Give {model} a single-column primary key (remove the CompositePrimaryKey to get the default id) "
+    "and keep its columns unique with Meta.constraints = [models.UniqueConstraint(fields={columns}, "
+    "name=...)], then makemigrations and migrate."
 )
 
 
@@ -78,8 +90,21 @@ def check_fields(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage
         for field in embedding_fields(model):
             if field.model is not model:
                 continue  # a proxy or multi-table child: checked on the model that declares it
+            if isinstance(model._meta.pk, models.CompositePrimaryKey):
+                errors.append(_composite_key(model, field))
+                continue
             errors += _check_field(model, field, _backend_for_checks(backend_class, field.embedding_model))
     return errors
+
+
+def _composite_key(model: type[models.Model], field: Any) -> checks.CMessage:
+    columns = list(model._meta.pk.field_names)
+    return checks.Error(
+        COMPOSITE_KEY.format(model=model._meta.label, columns=", ".join(columns), field=field.name),
+        hint=COMPOSITE_KEY_HINT.format(model=model._meta.label, columns=columns),
+        obj=field,
+        id="semantic.E011",
+    )
 
 
 def _check_field(model: type[models.Model], field: Any, backend: Any) -> list[checks.CMessage]:
@@ -124,8 +149,8 @@ def _check_field(model: type[models.Model], field: Any, backend: Any) -> list[ch
             )
         )
     for name in field.text_parts():
-        if name in field.python_parts:
-            attr = inspect.getattr_static(model, name)
+        attr = inspect.getattr_static(model, name, None)
+        if name in field.python_parts and not isinstance(attr, DeferredAttribute):
             valid = callable(attr) or isinstance(attr, (property, cached_property, staticmethod, classmethod))
         else:
             try:

@@ -30,14 +30,16 @@ computes it from the columns themselves, so rows written by ``bulk_create()``,
 condition (:meth:`EmbeddingField.pending_index`). Changing ``source`` changes only that
 index, which ``makemigrations`` drops and recreates by itself.
 
-When the text comes from Python, PostgreSQL cannot compute it: the row is pending
-when ``<name>_source_hash`` differs from ``<name>_embedded_hash``, or is NULL: not
-computed yet, as in every row that existed before the field (``AddField`` leaves the
-column NULL). The worker computes it while it embeds the row. An empty text is hashed
-as ``""`` (:data:`EMPTY_TEXT_HASH`), so that a row known to be empty is not taken for
-one never hashed. ``save()`` and ``bulk_create()`` keep the hash current;
-``QuerySet.update()`` and raw SQL do not, so such rows are found only by their next
-``save()`` or by ``semantic_embed --all``.
+When the text comes from Python (a method or property, or a field of a multi-table
+parent, whose column is in a table the partial index cannot read), PostgreSQL cannot
+compute it: the row is pending when ``<name>_source_hash`` differs from
+``<name>_embedded_hash``, or is NULL: not computed yet, as in every row that existed
+before the field (``AddField`` leaves the column NULL). The worker computes it while
+it embeds the row. An empty text is hashed as ``""`` (:data:`EMPTY_TEXT_HASH`), so
+that a row known to be empty is not taken for one never hashed. ``save()`` and
+``bulk_create()`` keep the hash current; ``QuerySet.update()`` and raw SQL do not (nor
+a save of a parent row alone), so such rows are found only by their next ``save()`` or
+by ``semantic_embed --all``.
 """
 
 from __future__ import annotations
@@ -206,7 +208,8 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
     """
 
     description = "Embedding of the row's text"
-    #: Names in ``source``/``title_source`` that are methods or properties (set per model).
+    #: Names in ``source``/``title_source`` whose text SQL cannot read from the field's own
+    #: table: methods, properties, and a multi-table parent's fields (set per model).
     python_parts: tuple[str, ...] = ()
     #: The model whose field this is a copy of, in a model built from that one's fields
     #: (a history model); None for a field of the model it was declared on.
@@ -604,10 +607,19 @@ def _read(instance: models.Model, name: str) -> str:
 
 
 def _is_python(cls: type, name: str) -> bool:
-    """True when ``name`` is a method or property of ``cls`` rather than a model field.
+    """True when ``name`` is not a column of ``cls``'s own table: a method, a property, or
+    a field of a multi-table parent.
+
+    A parent's column lives in the parent's table, which the pending index (a partial
+    index of the child's table) cannot read; read through the child instance, whose
+    attributes hold the parent's values too, it is text from Python like a property's.
 
     Looked up statically: while the class is being built, fields declared further
-    down do not exist yet, but methods and properties already do.
+    down do not exist yet, but methods, properties and the parents' fields already do.
+    An abstract base's field becomes a column of ``cls`` itself.
     """
     attr = inspect.getattr_static(cls, name, None)
-    return attr is not None and not isinstance(attr, DeferredAttribute)
+    if isinstance(attr, DeferredAttribute):
+        owner = attr.field.model
+        return owner is not cls and not owner._meta.abstract
+    return attr is not None

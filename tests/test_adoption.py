@@ -512,3 +512,80 @@ def test_the_replaced_field_cannot_go_before_queries_are_switched(new_project, f
     columns = project.sql("SELECT column_name FROM information_schema.columns WHERE table_name = 'notes_note'")
     assert ("embedding",) not in columns
     assert len(search(project)) == 5
+
+
+PRODUCT_AND_BOOK = """
+
+class Product(models.Model):
+    name = models.CharField(max_length=200)
+
+
+class Book(Product):
+    author = models.CharField(max_length=200)
+    embedding = EmbeddingField(source=("name", "author"))  # name is in the parent's table
+"""
+
+
+@pytest.mark.django_db
+def test_a_multi_table_child_embeds_a_field_of_its_parents_table(new_project, fake_gemini):
+    """A partial index cannot read another table: the parent's column is read in Python, as a property is."""
+    project = new_project(api_key="AIzaTEST-parent-field")
+    project.write("notes/models.py", (project.root / "notes" / "models.py").read_text() + PRODUCT_AND_BOOK)
+    project.manage("makemigrations", "notes")
+    migration = (project.root / "notes" / "migrations" / f"{project.migrations()[-1]}.py").read_text()
+    # The pending index is on notes_book's own columns: the parent's text is hashed in Python.
+    assert "'embedding_source_hash'" in migration and "md5" not in migration.lower()
+    project.manage("migrate")
+    project.manage("makemigrations", "--check", "--dry-run")
+
+    def book() -> tuple[str, str, str | None]:
+        (row,) = project.sql(
+            "SELECT p.name, b.embedding_source_hash, b.embedding_embedded_hash "
+            "FROM notes_book b JOIN notes_product p ON p.id = b.product_ptr_id WHERE b.embedding IS NOT NULL"
+        )
+        return row
+
+    project.manage("shell", "-c", "from notes.models import Book; Book.objects.create(name='Dark mode', author='Ann')")
+    assert "nothing to embed" not in project.manage("semantic_embed", "notes.Book")
+    name, first, embedded = book()
+    assert (name, embedded) == ("Dark mode", first) and first is not None
+
+    # The parent's field changed through the child: the row waits, and is embedded again.
+    project.manage(
+        "shell", "-c", "from notes.models import Book; b = Book.objects.get(); b.name = 'Light mode'; b.save()"
+    )
+    (waiting,) = project.sql("SELECT embedding_source_hash, embedding_embedded_hash FROM notes_book")
+    assert waiting[0] not in (first, None) and waiting[1] == first
+    assert "nothing to embed" not in project.manage("semantic_embed", "notes.Book")
+    name, second, embedded = book()
+    assert (name, embedded) == ("Light mode", second) and second == waiting[0]
+
+    # Only the parent's column saved, through the child.
+    project.manage(
+        "shell",
+        "-c",
+        "from notes.models import Book; b = Book.objects.get(); b.name = 'Dim'; b.save(update_fields=['name'])",
+    )
+    assert "nothing to embed" not in project.manage("semantic_embed", "notes.Book")
+    name, third, embedded = book()
+    assert (name, embedded) == ("Dim", third) and third not in (first, second)
+
+
+@pytest.mark.django_db
+def test_a_composite_primary_key_stops_makemigrations_with_what_to_do(new_project):
+    from semantic.checks import COMPOSITE_KEY
+
+    project = new_project(api_key=None)
+    project.write(
+        "notes/models.py",
+        (project.root / "notes" / "models.py").read_text() + "\n\nclass Line(models.Model):\n"
+        '    pk = models.CompositePrimaryKey("order_no", "line_no")\n'
+        "    order_no = models.IntegerField()\n"
+        "    line_no = models.IntegerField()\n"
+        "    text = models.TextField()\n"
+        '    embedding = EmbeddingField(source="text")\n',
+    )
+    message = COMPOSITE_KEY.format(model="notes.Line", columns="order_no, line_no", field="embedding")
+    for command in ("makemigrations", "semantic_status"):
+        error = project.refused(command)
+        assert "semantic.E011" in error and message in error

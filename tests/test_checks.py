@@ -9,7 +9,14 @@ from django.db import connection, models
 from django.test.utils import isolate_apps
 
 from semantic.admin import SEVERAL_FIELDS, UNKNOWN_FIELD, SemanticAdminMixin
-from semantic.checks import check_backend, check_extension, check_fields, check_timeout
+from semantic.checks import (
+    COMPOSITE_KEY,
+    COMPOSITE_KEY_HINT,
+    check_backend,
+    check_extension,
+    check_fields,
+    check_timeout,
+)
 from semantic.operations import INSTALL_HINT
 from tests.testapp.models import Document
 
@@ -116,6 +123,58 @@ def test_methods_and_properties_are_valid_sources_alone_or_mixed_with_fields():
         errors = check_fields(app_configs=[Mixed._meta.apps.get_app_config("testapp")])
         assert [(e.id, e.obj.name) for e in errors] == [("semantic.E006", "broken")]
         assert Mixed._meta.get_field("embedding").python_parts == ("summary", "tagline", "heading")
+
+
+def test_a_multi_table_parents_text_field_is_a_valid_source_read_in_python():
+    from semantic import EmbeddingField
+
+    with isolate_apps("tests.testapp"):
+
+        class Product(models.Model):
+            name = models.CharField(max_length=20)
+            price = models.IntegerField()
+
+            class Meta:
+                app_label = "testapp"
+
+        class Book(Product):
+            author = models.CharField(max_length=20)
+            embedding = EmbeddingField(source=("name", "author"))
+            priced = EmbeddingField(source=("author", "price"))
+
+            class Meta:
+                app_label = "testapp"
+
+        errors = check_fields(app_configs=[Book._meta.apps.get_app_config("testapp")])
+        assert [(e.id, e.obj.name) for e in errors] == [("semantic.E006", "priced")]
+        assert "'price'" in errors[0].msg
+        # The parent's column is in another table than the pending index: its text is hashed in Python.
+        assert Book._meta.get_field("embedding").python_parts == ("name",)
+
+
+def test_a_composite_primary_key_is_an_error_at_makemigrations_time():
+    from semantic import EmbeddingField
+
+    with isolate_apps("tests.testapp"):
+
+        class Line(models.Model):
+            pk = models.CompositePrimaryKey("order_no", "line_no")
+            order_no = models.IntegerField()
+            line_no = models.IntegerField()
+            text = models.TextField()
+            embedding = EmbeddingField(source="text")
+
+            class Meta:
+                app_label = "testapp"
+
+        config = Line._meta.apps.get_app_config("testapp")
+        (error,) = check_fields(app_configs=[config])
+        assert error.id == "semantic.E011" and error.level == checks.ERROR and error.obj.name == "embedding"
+        assert error.msg == COMPOSITE_KEY.format(model="testapp.Line", columns="order_no, line_no", field="embedding")
+        assert error.hint == COMPOSITE_KEY_HINT.format(model="testapp.Line", columns=["order_no", "line_no"])
+        assert "UniqueConstraint(fields=['order_no', 'line_no']" in error.hint
+        # What makemigrations, migrate and every command run before they start (database checks aside).
+        assert "semantic.E011" in ids(checks.run_checks(app_configs=[config]))
 
 
 def test_the_removed_dimensions_setting_is_reported(semantic_settings):
