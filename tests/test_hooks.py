@@ -1,8 +1,12 @@
 """The save hook in other people's models: inheritance, update_fields, mixed sources,
 a second database, and text from Python changed behind save()'s back."""
 
+import io
+import json
+
 import pytest
 from django.core import checks
+from django.core.management import call_command
 
 from semantic import embed_pending, suspend_embedding
 from semantic.fields import get_embedding_field
@@ -132,3 +136,25 @@ def test_saving_only_the_text_while_suspended_leaves_the_row_pending(fake_gemini
     fake_gemini.reset()
     embed_pending(Card)
     assert fake_gemini.texts() == ["Refunds\n\nWITHIN SIXTY DAYS"]
+
+
+def test_loaddata_of_an_edited_dump_re_embeds_only_the_rows_whose_python_text_changed(fake_gemini, tmp_path):
+    """A fixture carries the hash of the text its rows held when dumped; a raw save writes it as is."""
+    edited = Card.objects.create(title="Refunds", body="within thirty days")
+    kept = Card.objects.create(title="Shipping", body="two days")
+    dump = io.StringIO()
+    call_command("dumpdata", "testapp.Card", stdout=dump)
+    rows = json.loads(dump.getvalue())
+    next(row for row in rows if row["pk"] == edited.pk)["fields"]["body"] = "within sixty days"
+    fixture = tmp_path / "cards.json"
+    fixture.write_text(json.dumps(rows))
+    fake_gemini.reset()
+
+    call_command("loaddata", str(fixture), verbosity=0)
+    assert fake_gemini.request_count == 0  # raw saves queue nothing
+    field = get_embedding_field(Card)
+    assert set(Card.objects.filter(field.pending()).values_list("pk", flat=True)) == {edited.pk, kept.pk}
+    summary = embed_pending(Card)["testapp.Card.embedding"]
+    assert fake_gemini.texts() == ["Refunds\n\nWITHIN SIXTY DAYS"]  # the unchanged row is only re-hashed
+    assert summary["requests"] == 1
+    assert not Card.objects.filter(field.pending()).exists()
