@@ -35,7 +35,9 @@ when ``<name>_source_hash`` differs from ``<name>_embedded_hash``, or is NULL: n
 computed yet, as in every row that existed before the field (``AddField`` leaves the
 column NULL). The worker computes it while it embeds the row. An empty text is hashed
 as ``""`` (:data:`EMPTY_TEXT_HASH`), so that a row known to be empty is not taken for
-one never hashed. ``save()`` and ``bulk_create()`` keep the hash current;
+one never hashed. ``save()`` and ``bulk_create()`` keep the hash current, and so do
+``bulk_update()`` and upserts through the app's QuerySet (:mod:`semantic.bulk`); a raw
+save (``loaddata``) and a save through a migration's historical model leave it NULL.
 ``QuerySet.update()`` and raw SQL do not, so such rows are found only by their next
 ``save()`` or by ``semantic_embed --all``.
 """
