@@ -37,9 +37,11 @@ compute it: the row is pending when ``<name>_source_hash`` differs from
 before the field (``AddField`` leaves the column NULL). The worker computes it while
 it embeds the row. An empty text is hashed as ``""`` (:data:`EMPTY_TEXT_HASH`), so
 that a row known to be empty is not taken for one never hashed. ``save()`` and
-``bulk_create()`` keep the hash current; ``QuerySet.update()`` and raw SQL do not (nor
-a save of a parent row alone), so such rows are found only by their next ``save()`` or
-by ``semantic_embed --all``.
+``bulk_create()`` keep the hash current, and so do ``bulk_update()`` and upserts
+through the app's QuerySet (:mod:`semantic.bulk`); a raw save (``loaddata``) and a
+save through a migration's historical model leave it NULL. ``QuerySet.update()`` and
+raw SQL do not (nor a save of a parent row alone), so such rows are found only by
+their next ``save()`` or by ``semantic_embed --all``.
 """
 
 from __future__ import annotations
@@ -269,6 +271,11 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
         self.halfvec = halfvec if halfvec is not None else dimensions > MAX_VECTOR_INDEX_DIMENSIONS
         kwargs.update(null=True, blank=True, editable=False)
         super().__init__(verbose_name, dimensions=dimensions, **kwargs)
+
+    def pre_save(self, model_instance: models.Model, add: bool) -> Any:
+        if type(model_instance).__module__ == "__fake__":
+            forget_source_hash(self, model_instance)
+        return super().pre_save(model_instance, add)
 
     # -- schema ------------------------------------------------------------------
 
@@ -566,6 +573,23 @@ def live_field(model_instance: models.Model, name: str) -> EmbeddingField | None
     except FieldDoesNotExist:
         return None
     return field if isinstance(field, EmbeddingField) and field.copied_from is None else None
+
+
+def forget_source_hash(field: EmbeddingField, model_instance: models.Model) -> None:
+    """Empty the hash of text from Python in a row saved through a migration's historical
+    model (``apps.get_model()`` in ``RunPython``).
+
+    That model has no methods or properties, so the text cannot be hashed, and its
+    ``<name>_source_hash`` is a plain column that would write back the hash loaded with
+    the row whatever the migration changed. Without one the row is pending: the worker
+    hashes it and embeds it only if its text changed. The column follows the field in
+    the model (the field added it), so it is read after this runs.
+    """
+    try:
+        companion = model_instance._meta.get_field(field.source_hash_name)
+    except FieldDoesNotExist:
+        return  # text from fields at this point of the migrations: hashed in SQL
+    setattr(model_instance, companion.attname, None)
 
 
 def iter_fields(

@@ -72,6 +72,7 @@ def on_save(
 ) -> None:
     """Queue the fields whose text this save changed, once the transaction commits."""
     if raw:
+        forget_python_hashes(sender, instance, using)
         return
     for field in embedding_fields(sender):
         if update_fields is not None:
@@ -79,6 +80,22 @@ def on_save(
             complete_partial_save(field, instance, update_fields, using)
         if not embedding_suspended() and needs_work(field, instance, update_fields, using):
             enqueue(field.model, field.name, [instance.pk], using=using)
+
+
+def forget_python_hashes(sender: type[models.Model], instance: models.Model, using: str | None) -> None:
+    """Leave the hash of text from Python unknown after a raw save (``loaddata``,
+    django-reversion's ``revert()``), in the saving transaction.
+
+    A raw save writes the hash it was given, which a dump carries from whatever text the
+    row held then, and calls no ``pre_save()``; hashing here could read related rows a
+    fixture has not loaded yet. A row without a hash is pending: the worker hashes it and
+    embeds it only if its text is not the one its vector was made from.
+    """
+    for field in embedding_fields(sender):
+        if field.python_parts and getattr(instance, field.source_hash_name, None) is not None:
+            rows = field.model._base_manager.using(using).filter(pk=instance.pk)
+            rows.update(**{field.source_hash_name: None})
+            setattr(instance, field.source_hash_name, None)
 
 
 def on_delete(sender: type[models.Model], instance: models.Model, using: str | None = None, **kwargs: Any) -> None:

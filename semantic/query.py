@@ -35,6 +35,7 @@ from django.db.models.expressions import ExpressionWrapper
 from django.db.models.query import ModelIterable
 from pgvector.django import CosineDistance
 
+from semantic.bulk import BulkWritesMixin
 from semantic.fields import EmbeddingField
 from semantic.passage_search import by_passages, require_passages, with_nearest_passage
 from semantic.search_plan import SearchPlan, SemanticSearch, plan, rank, resort, search_statement
@@ -60,8 +61,9 @@ QUERY_TASK_TYPES = {
 DOCUMENT_QUERY_TASK_TYPES = ("RETRIEVAL_QUERY", "QUESTION_ANSWERING", "FACT_VERIFICATION")
 
 
-class SemanticQuerySetMixin(_QuerySetBase):
-    """``similar_to``, ``duplicates``, ``duplicate_groups`` and ``duplicates_of`` for any QuerySet.
+class SemanticQuerySetMixin(BulkWritesMixin, _QuerySetBase):
+    """``similar_to``, ``duplicates``, ``duplicate_groups`` and ``duplicates_of`` for any QuerySet,
+    and bulk writes that keep the hash of text from Python current (:mod:`semantic.bulk`).
 
     Put it first among the bases: ``class QS(SemanticQuerySetMixin, TheirQuerySet)``.
     It leaves the query and its compiler alone; the index settings a search needs are

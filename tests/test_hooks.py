@@ -1,8 +1,14 @@
 """The save hook in other people's models: inheritance, update_fields, mixed sources,
 a second database, and text from Python changed behind save()'s back."""
 
+import io
+import json
+
 import pytest
 from django.core import checks
+from django.core.management import call_command
+from django.db import connection, migrations
+from django.db.migrations.loader import MigrationLoader
 
 from semantic import embed_pending, suspend_embedding
 from semantic.fields import get_embedding_field
@@ -132,3 +138,50 @@ def test_saving_only_the_text_while_suspended_leaves_the_row_pending(fake_gemini
     fake_gemini.reset()
     embed_pending(Card)
     assert fake_gemini.texts() == ["Refunds\n\nWITHIN SIXTY DAYS"]
+
+
+def test_loaddata_of_an_edited_dump_re_embeds_only_the_rows_whose_python_text_changed(fake_gemini, tmp_path):
+    """A fixture carries the hash of the text its rows held when dumped; a raw save writes it as is."""
+    edited = Card.objects.create(title="Refunds", body="within thirty days")
+    kept = Card.objects.create(title="Shipping", body="two days")
+    dump = io.StringIO()
+    call_command("dumpdata", "testapp.Card", stdout=dump)
+    rows = json.loads(dump.getvalue())
+    next(row for row in rows if row["pk"] == edited.pk)["fields"]["body"] = "within sixty days"
+    fixture = tmp_path / "cards.json"
+    fixture.write_text(json.dumps(rows))
+    fake_gemini.reset()
+
+    call_command("loaddata", str(fixture), verbosity=0)
+    assert fake_gemini.request_count == 0  # raw saves queue nothing
+    field = get_embedding_field(Card)
+    assert set(Card.objects.filter(field.pending()).values_list("pk", flat=True)) == {edited.pk, kept.pk}
+    summary = embed_pending(Card)["testapp.Card.embedding"]
+    assert fake_gemini.texts() == ["Refunds\n\nWITHIN SIXTY DAYS"]  # the unchanged row is only re-hashed
+    assert summary["requests"] == 1
+    assert not Card.objects.filter(field.pending()).exists()
+
+
+def test_a_data_migration_that_edits_python_text_leaves_the_row_pending(fake_gemini):
+    """A historical model (RunPython) has no methods: it cannot hash the text, and must not keep the old hash."""
+    edited = Card.objects.create(title="Refunds", body="within thirty days")
+    kept = Card.objects.create(title="Shipping", body="two days")
+    fake_gemini.reset()
+
+    def forwards(apps, schema_editor):
+        historical = apps.get_model("testapp", "Card")
+        card = historical.objects.get(pk=edited.pk)
+        card.body = "within sixty days"
+        card.save()
+        historical.objects.get(pk=kept.pk).save()
+        historical.objects.create(title="Returns", body="by post")
+
+    state = MigrationLoader(connection).project_state()
+    with connection.schema_editor() as editor:
+        migrations.RunPython(forwards).database_forwards("testapp", editor, state, state)
+    field = get_embedding_field(Card)
+    assert Card.objects.filter(field.pending()).count() == 3
+    summary = embed_pending(Card)["testapp.Card.embedding"]
+    assert sorted(fake_gemini.texts()) == ["Refunds\n\nWITHIN SIXTY DAYS", "Returns\n\nBY POST"]
+    assert summary["requests"] == 1
+    assert not Card.objects.filter(field.pending()).exists()

@@ -43,6 +43,7 @@ LAYERS = [
     # hand-off to the worker
     "semantic.dispatch",
     "semantic.hooks",
+    "semantic.bulk",
     "semantic.passage_worker",
     "semantic.writer",
     # the worker and the Batch API flow

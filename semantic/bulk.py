@@ -1,0 +1,66 @@
+"""Bulk writes that keep the hash of text from Python current.
+
+When a field's text comes from a method or property, only Python can hash it, and
+``<field>_source_hash`` is what tells the worker the row changed. ``save()`` and a
+plain ``bulk_create()`` compute it in the field's ``pre_save()``; ``bulk_update()``
+calls no ``pre_save()``, and an upsert (``bulk_create(..., update_conflicts=True)``)
+sets on conflict only the columns in ``update_fields``. Through the app's QuerySet
+both write the hash too. A manager built on another QuerySet cannot be reached from
+here, so its ``bulk_update()`` leaves the old hash (README, "The field").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from django.db import models
+
+from semantic.fields import embedding_fields
+from semantic.hooks import saved_text
+
+if TYPE_CHECKING:
+    _QuerySetBase = models.QuerySet
+else:
+    _QuerySetBase = object
+
+
+def with_source_hashes(model: type[models.Model], objs: Sequence[models.Model], fields: Iterable[str]) -> list[str]:
+    """``fields`` and the ``<field>_source_hash`` columns the write must set too, each
+    computed here on every object."""
+    names = list(fields)
+    for field in embedding_fields(model):
+        if field.python_parts and field.source_hash_name not in names and saved_text(field, frozenset(names)):
+            for obj in objs:
+                setattr(obj, field.source_hash_name, field.text_hash(obj))
+            names.append(field.source_hash_name)
+    return names
+
+
+class BulkWritesMixin(_QuerySetBase):
+    """``bulk_update()`` and upserts that also write the hash of text from Python."""
+
+    def bulk_update(self, objs: Iterable[models.Model], fields: Sequence[str], batch_size: int | None = None) -> int:
+        objs = tuple(objs)
+        return super().bulk_update(objs, with_source_hashes(self.model, objs, fields), batch_size=batch_size)
+
+    def bulk_create(
+        self,
+        objs: Iterable[models.Model],
+        batch_size: int | None = None,
+        ignore_conflicts: bool = False,
+        update_conflicts: bool = False,
+        update_fields: Sequence[str] | None = None,
+        unique_fields: Sequence[str] | None = None,
+    ) -> list[models.Model]:
+        objs = tuple(objs)
+        if update_conflicts and update_fields:
+            update_fields = with_source_hashes(self.model, objs, update_fields)
+        return super().bulk_create(
+            objs,
+            batch_size=batch_size,
+            ignore_conflicts=ignore_conflicts,
+            update_conflicts=update_conflicts,
+            update_fields=update_fields,
+            unique_fields=unique_fields,
+        )
