@@ -113,6 +113,38 @@ class DeleteStoredRows(migrations.RunPython):
             cursor.execute(f"DELETE FROM {cursor.db.ops.quote_name(table)} WHERE {where}", params)
 
 
+class ForgetEmbeddedHashes(migrations.RunPython):
+    """After a vector column is added (forwards, or a removal undone) beside a hash column
+    that stayed: the rows are pending again.
+
+    Renaming an EmbeddingField while changing one of its options makes Django rename the
+    companion columns, whose definitions did not change, but drop the vector column and
+    add a new one: without this, every row's kept hash would still match its text, and
+    no row would ever be embedded again.
+    """
+
+    def __init__(self, app_label: str, model_name: str, field_name: str, *, backwards: bool) -> None:
+        self.app_label, self.model_name, self.field_name = app_label, model_name, field_name
+        noop = migrations.RunPython.noop
+        super().__init__(noop if backwards else self.forget, self.forget if backwards else noop, elidable=True)
+
+    def describe(self) -> str:
+        return f"Marks the rows of {self.model_name}.{self.field_name} as waiting for a vector"
+
+    def forget(self, apps: Any, schema_editor: Any) -> None:
+        try:
+            model = apps.get_model(self.app_label, self.model_name)
+            field = model._meta.get_field(self.field_name)
+        except (LookupError, FieldDoesNotExist):
+            return
+        alias = schema_editor.connection.alias
+        if not isinstance(field, EmbeddingField) or not router.allow_migrate_model(alias, model):
+            return
+        quote = schema_editor.connection.ops.quote_name
+        column = quote(model._meta.get_field(field.embedded_hash_name).column)
+        schema_editor.execute(f"UPDATE {quote(model._meta.db_table)} SET {column} = NULL WHERE {column} IS NOT NULL")
+
+
 class SwitchFirst(migrations.RunPython):
     """Before a ``RemoveField``: refuse to remove a field whose replacement would serve its
     queries half filled (never switched to, rows without a current vector)."""
@@ -206,7 +238,8 @@ def inject_operations(
     and the check that a replaced field may go before each removal."""
     for migration, _backward in plan or []:
         migration.operations[:] = fold_pending_index_renames(migration.operations)
-        if any(isinstance(op, RenameStoredNames | DeleteStoredRows | SwitchFirst) for op in migration.operations):
+        ours = RenameStoredNames | DeleteStoredRows | SwitchFirst | ForgetEmbeddedHashes
+        if any(isinstance(op, ours) for op in migration.operations):
             continue  # already there: the same plan seen again
         operations = []
         for operation in migration.operations:
@@ -216,7 +249,30 @@ def inject_operations(
             added = following_step(migration.app_label, operation)
             if added is not None:
                 operations.append(added)
-        migration.operations[:] = operations
+        first, last = vector_columns_beside_kept_hashes(migration.app_label, migration.operations)
+        migration.operations[:] = [*first, *operations, *last]
+
+
+def vector_columns_beside_kept_hashes(app: str, operations: list[Any]) -> tuple[list[Any], list[Any]]:
+    """The steps that make rows pending where ``operations`` add a vector column (forwards:
+    at the end, once every column exists; backwards, undoing a removal: at the start, so
+    they run last) while its hash column is neither added nor removed with it."""
+    hash_columns = {
+        (op.model_name_lower, op.name)
+        for op in operations
+        if isinstance(op, migrations.AddField | migrations.RemoveField) and op.name.endswith("_embedded_hash")
+    }
+    first, last = [], []
+    for op in operations:
+        if not isinstance(op, migrations.AddField | migrations.RemoveField):
+            continue
+        if (op.model_name_lower, f"{op.name}_embedded_hash") in hash_columns:
+            continue
+        if isinstance(op, migrations.AddField) and isinstance(op.field, EmbeddingField):
+            last.append(ForgetEmbeddedHashes(app, op.model_name, op.name, backwards=False))
+        elif isinstance(op, migrations.RemoveField):  # its type is known only to the state, when it runs
+            first.append(ForgetEmbeddedHashes(app, op.model_name, op.name, backwards=True))
+    return first, last
 
 
 def fold_pending_index_renames(operations: list[Any]) -> list[Any]:

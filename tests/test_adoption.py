@@ -324,6 +324,32 @@ def test_migrations_squashed_over_a_model_rename_build_a_new_database(new_projec
 
 
 @pytest.mark.django_db
+def test_a_field_renamed_and_changed_at_once_is_embedded_again_both_ways(new_project):
+    project = new_project(api_key=None)
+    project.embed()
+    # Django renames the companions (unchanged) but drops and adds the vector column (changed).
+    migration = project.change(
+        'embedding = EmbeddingField(source=("title", "body"))',
+        'vec = EmbeddingField(source=("title", "body"), task_type="CLUSTERING")',
+        input="y\n" * 8,
+    )
+    assert "RenameField" in migration and "RemoveField" in migration
+    assert project.counts("vec") == (len(NOTES), 0)
+    assert f"{len(NOTES)} embedded" in project.embed()
+    assert project.counts("vec") == (len(NOTES), len(NOTES))
+
+    # Undone: the model and its migrations as they were.
+    project.manage("migrate", "notes", project.migrations()[-2])
+    (project.root / "notes" / "migrations" / f"{project.migrations()[-1]}.py").unlink()
+    project.edit_model(
+        'vec = EmbeddingField(source=("title", "body"), task_type="CLUSTERING")',
+        'embedding = EmbeddingField(source=("title", "body"))',
+    )
+    assert project.counts("embedding") == (len(NOTES), 0)
+    assert f"{len(NOTES)} embedded" in project.embed()
+
+
+@pytest.mark.django_db
 def test_renames_and_removals_carry_what_the_app_stored_for_the_rows(new_project, fake_gemini):
     project = new_project(api_key="AIzaTEST-renames")
     project.change('source=("title", "body")', 'source="body", title_source="title", passages=True')
