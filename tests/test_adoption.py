@@ -300,6 +300,65 @@ def test_every_later_change_migrates_forwards_and_backwards_with_vectors_in_the_
 
 
 @pytest.mark.django_db
+def test_a_size_change_across_2000_dimensions_changes_the_column_type_both_ways(new_project, fake_gemini):
+    """Above 2,000 dimensions the column is halfvec: crossing that line alters the column, as a
+    database built from scratch has it; a size change on one side of it runs no SQL."""
+    project = new_project(api_key="AIzaTEST-adoption")
+    project.edit_model("from semantic import", "from semantic.indexes import EmbeddingIndex\nfrom semantic import")
+    project.change(
+        "    objects = SemanticManager()\n",
+        "    objects = SemanticManager()\n\n"
+        "    class Meta:\n"
+        '        indexes = [EmbeddingIndex(fields=["embedding"], name="note_embedding_hnsw")]\n',
+    )
+    project.embed()
+
+    def column() -> tuple[str, list[tuple[int]]]:
+        """(the column's type, the sizes of the vectors in it)"""
+        ((type_,),) = project.sql(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = 'notes_note'::regclass AND attname = 'embedding'"
+        )
+        return type_, project.sql("SELECT DISTINCT vector_dims(embedding) FROM notes_note")
+
+    def index() -> str:
+        ((definition,),) = project.sql("SELECT indexdef FROM pg_indexes WHERE indexname = 'note_embedding_hnsw'")
+        return definition
+
+    def resize(old: str, new: str) -> tuple[str, str]:
+        """Changes the size in place and embeds again; returns the migration's SQL, forwards and backwards."""
+        project.change(old, new)
+        name = project.migrations()[-1]
+        sql = project.manage("sqlmigrate", "notes", name), project.manage("sqlmigrate", "notes", name, "--backwards")
+        fake_gemini.reset()
+        project.embed()
+        assert project.counts() == (len(NOTES), len(NOTES))
+        assert search(project)[0][1] == "Reset a forgotten password"
+        return sql
+
+    # On one side of 2,000: the column stays, only the HNSW index is rebuilt.
+    forwards, backwards = resize('source=("title", "body")', 'source=("title", "body"), dimensions=768')
+    assert "ALTER COLUMN" not in forwards + backwards
+    assert column() == ("vector", [(768,)]) and "vector_cosine_ops" in index()
+
+    # Across it: the column becomes halfvec, as in a database migrated from scratch, and back.
+    forwards, backwards = resize("dimensions=768", "dimensions=3072")
+    assert 'ALTER COLUMN "embedding" TYPE halfvec' in forwards
+    assert 'ALTER COLUMN "embedding" TYPE vector' in backwards
+    assert column() == ("halfvec", [(3072,)]) and "halfvec_cosine_ops" in index()
+    before = project.migrations()[-2]
+    project.manage("migrate", "notes", before)
+    assert column() == ("vector", [(3072,)]) and "vector_cosine_ops" in index()
+    project.manage("migrate", "notes")
+    assert column() == ("halfvec", [(3072,)])
+
+    # And down again across it.
+    forwards, backwards = resize("dimensions=3072", "dimensions=768")
+    assert 'ALTER COLUMN "embedding" TYPE vector' in forwards
+    assert column() == ("vector", [(768,)]) and "vector_cosine_ops" in index()
+
+
+@pytest.mark.django_db
 def test_renames_and_removals_carry_what_the_app_stored_for_the_rows(new_project, fake_gemini):
     project = new_project(api_key="AIzaTEST-renames")
     project.change('source=("title", "body")', 'source="body", title_source="title", passages=True')
