@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from django.db import connection
 
+from semantic.schema import MIGRATION_NEEDED
 from tests.commands import BASE_DIR
 
 README = BASE_DIR / "README.md"
@@ -356,6 +357,48 @@ def test_a_size_change_across_2000_dimensions_changes_the_column_type_both_ways(
     forwards, backwards = resize("dimensions=3072", "dimensions=768")
     assert 'ALTER COLUMN "embedding" TYPE vector' in forwards
     assert column() == ("vector", [(768,)]) and "vector_cosine_ops" in index()
+
+
+@pytest.mark.django_db
+def test_a_column_an_earlier_version_left_as_vector_above_2000_dimensions_is_fixed_as_the_message_says(
+    new_project, fake_gemini
+):
+    """Before size changes altered the column, 384 -> 3,072 left it ``vector``; makemigrations
+    and migrate have nothing to do there, so the message must say what does fix it."""
+    project = new_project(api_key="AIzaTEST-adoption")
+    project.embed()
+    project.edit_model("from semantic import", "from semantic.indexes import EmbeddingIndex\nfrom semantic import")
+    project.edit_model(
+        "    objects = SemanticManager()\n",
+        "    objects = SemanticManager()\n\n"
+        "    class Meta:\n"
+        '        indexes = [EmbeddingIndex(fields=["embedding"], name="note_embedding_hnsw")]\n',
+    )
+    project.change('source=("title", "body")', 'source=("title", "body"), dimensions=3072')
+    # What the earlier version's migration left behind: the migration applied, the column as it was.
+    project.sql("ALTER TABLE notes_note ALTER COLUMN embedding TYPE vector")
+    assert "No changes detected" in project.manage("makemigrations", "--check", "--dry-run")
+
+    sql = 'ALTER TABLE "notes_note" ALTER COLUMN "embedding" TYPE halfvec USING "embedding"::halfvec'
+    message = MIGRATION_NEEDED.format(
+        label="notes.Note.embedding", actual="vector", declared="halfvec", field="embedding", app="notes", sql=sql
+    )
+    assert message in project.refused("semantic_embed")
+
+    # As the message says: an empty migration holding the statement it gives.
+    project.manage("makemigrations", "notes", "--empty", "--name", "embedding_halfvec")
+    (operation,) = re.findall(r"`(migrations\.RunSQL\(.+?\))`", message)
+    path = project.root / "notes" / "migrations" / f"{project.migrations()[-1]}.py"
+    path.write_text(path.read_text().replace("operations = [", f"operations = [\n        {operation},", 1))
+    project.manage("migrate")
+    project.manage("migrate", "notes", project.migrations()[-2])
+    project.manage("migrate", "notes")
+    project.embed()
+    assert project.counts() == (len(NOTES), len(NOTES))
+    assert project.sql("SELECT DISTINCT pg_typeof(embedding)::text, vector_dims(embedding) FROM notes_note") == [
+        ("halfvec", 3072)
+    ]
+    assert search(project)[0][1] == "Reset a forgotten password"
 
 
 @pytest.mark.django_db
