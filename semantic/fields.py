@@ -4,7 +4,8 @@ What the field puts into a table, and so into users' migrations, is kept small a
 independent of everything that may change later (``source``, ``title_source``,
 ``task_type``, ``dimensions``, ``embedding_model``, the backend, the environment).
 Beside the vector it adds plain nullable columns, so adding the field to a big table
-rewrites nothing, and changing its options never alters a column:
+rewrites nothing, and changing its options alters no column (but see the vector's
+type below):
 
 ``<name>_embedded_hash``
     MD5 of the text the stored vector was made from (written by the worker).
@@ -18,7 +19,9 @@ rewrites nothing, and changing its options never alters a column:
     ``title_source``): MD5 of that text, computed on ``save()`` and ``bulk_create()``.
 
 The vector column itself is ``vector`` (or ``halfvec``) without a size: a size change
-is then no ``ALTER COLUMN ... TYPE`` that old vectors could never be cast through. The
+is then no ``ALTER COLUMN ... TYPE`` that old vectors could never be cast through, unless
+it crosses 2,000 dimensions, where the storage, and so the column's type, changes
+(``vector`` casts to ``halfvec`` and back at any size; the old vectors stay, stale). The
 size lives in the field and in :class:`semantic.indexes.EmbeddingIndex`, which indexes
 ``embedding::vector(<size>)`` over the rows of that size, as pgvector's documentation
 advises for columns that hold several sizes.
@@ -217,12 +220,14 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
     #: (a history model); None for a field of the model it was declared on.
     copied_from: type[models.Model] | None = None
     #: Options that change what is embedded, not the table: altering them runs no SQL.
+    #: ``dimensions`` is not one: across 2,000 it changes the storage, and so the column's
+    #: type. The column carries no size, so a size change that keeps the type gives the
+    #: schema editor nothing to alter and still runs no SQL.
     non_db_attrs = (
         *VectorField.non_db_attrs,
         "source",
         "task_type",
         "title_source",
-        "dimensions",
         "embedding_model",
         "replaces",
         "passages",

@@ -19,7 +19,8 @@ class EmbeddingIndex(HnswIndex):
 
     ``Meta.indexes = [EmbeddingIndex(fields=["embedding"], name="question_embedding_hnsw")]``
 
-    The field's column holds vectors of any size (so a size change alters no column),
+    The field's column holds vectors of any size (so a size change alters no column
+    unless it crosses 2,000 dimensions, where ``vector`` becomes ``halfvec``),
     and HNSW needs one size: the index covers ``embedding::vector(<size>)`` for the rows
     of the field's size, with the operator class its storage needs
     (``vector_cosine_ops`` or ``halfvec_cosine_ops``). The field fills in ``dimensions``

@@ -19,11 +19,17 @@ from semantic.fields import EmbeddingField
 MISSING_COLUMN = (
     "{label}: the database has no column {column!r}; run `manage.py makemigrations` and `manage.py migrate` first."
 )
+#: Also what a database keeps when a migration changed the size across 2,000 dimensions
+#: before such a change altered the column: makemigrations and migrate then have nothing
+#: to do, so the message gives the statement that does it, in a migration every database runs.
 MIGRATION_NEEDED = (
     "{label} is {actual} in the database but the model declares {declared}: run "
-    "`manage.py makemigrations` and `manage.py migrate` first. To change the model or size "
-    "without a gap in search, add a second EmbeddingField with replaces={field!r} instead "
-    "(README: Changing the model)."
+    "`manage.py makemigrations` and `manage.py migrate` first. If they find nothing to do, the "
+    "size was changed across 2,000 dimensions by a migration an earlier version of django-semantic "
+    "applied without changing the column: run `manage.py makemigrations {app} --empty`, add "
+    "`migrations.RunSQL({sql!r}, migrations.RunSQL.noop)` to its operations, and migrate (it "
+    "rewrites the table). To change the model or size without a gap in search, add a second "
+    "EmbeddingField with replaces={field!r} instead (README: Changing the model)."
 )
 UNMANAGED_NO_TABLE = (
     "{label}: the database {database!r} has no table {table}. {model} is unmanaged (Meta.managed = False), "
@@ -80,8 +86,15 @@ def schema_problem(field: EmbeddingField, using: str | None = None) -> str | Non
     if columns[field.column] in (declared, field.sized_db_type()):
         return None
     template = MIGRATION_NEEDED if model._meta.managed else UNMANAGED_TYPE
+    column = connection.ops.quote_name(field.column)
     return template.format(
-        label=label, actual=columns[field.column], declared=declared, field=field.name, model=model._meta.label
+        label=label,
+        actual=columns[field.column],
+        declared=declared,
+        field=field.name,
+        model=model._meta.label,
+        app=model._meta.app_label,
+        sql=f"ALTER TABLE {table} ALTER COLUMN {column} TYPE {declared} USING {column}::{declared}",
     )
 
 

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from django.db import connection
 
+from semantic.schema import MIGRATION_NEEDED
 from tests.commands import BASE_DIR
 
 README = BASE_DIR / "README.md"
@@ -347,6 +348,106 @@ def test_a_field_renamed_and_changed_at_once_is_embedded_again_both_ways(new_pro
     )
     assert project.counts("embedding") == (len(NOTES), 0)
     assert f"{len(NOTES)} embedded" in project.embed()
+
+
+def test_a_size_change_across_2000_dimensions_changes_the_column_type_both_ways(new_project, fake_gemini):
+    """Above 2,000 dimensions the column is halfvec: crossing that line alters the column, as a
+    database built from scratch has it; a size change on one side of it runs no SQL."""
+    project = new_project(api_key="AIzaTEST-adoption")
+    project.edit_model("from semantic import", "from semantic.indexes import EmbeddingIndex\nfrom semantic import")
+    project.change(
+        "    objects = SemanticManager()\n",
+        "    objects = SemanticManager()\n\n"
+        "    class Meta:\n"
+        '        indexes = [EmbeddingIndex(fields=["embedding"], name="note_embedding_hnsw")]\n',
+    )
+    project.embed()
+
+    def column() -> tuple[str, list[tuple[int]]]:
+        """(the column's type, the sizes of the vectors in it)"""
+        ((type_,),) = project.sql(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = 'notes_note'::regclass AND attname = 'embedding'"
+        )
+        return type_, project.sql("SELECT DISTINCT vector_dims(embedding) FROM notes_note")
+
+    def index() -> str:
+        ((definition,),) = project.sql("SELECT indexdef FROM pg_indexes WHERE indexname = 'note_embedding_hnsw'")
+        return definition
+
+    def resize(old: str, new: str) -> tuple[str, str]:
+        """Changes the size in place and embeds again; returns the migration's SQL, forwards and backwards."""
+        project.change(old, new)
+        name = project.migrations()[-1]
+        sql = project.manage("sqlmigrate", "notes", name), project.manage("sqlmigrate", "notes", name, "--backwards")
+        fake_gemini.reset()
+        project.embed()
+        assert project.counts() == (len(NOTES), len(NOTES))
+        assert search(project)[0][1] == "Reset a forgotten password"
+        return sql
+
+    # On one side of 2,000: the column stays, only the HNSW index is rebuilt.
+    forwards, backwards = resize('source=("title", "body")', 'source=("title", "body"), dimensions=768')
+    assert "ALTER COLUMN" not in forwards + backwards
+    assert column() == ("vector", [(768,)]) and "vector_cosine_ops" in index()
+
+    # Across it: the column becomes halfvec, as in a database migrated from scratch, and back.
+    forwards, backwards = resize("dimensions=768", "dimensions=3072")
+    assert 'ALTER COLUMN "embedding" TYPE halfvec' in forwards
+    assert 'ALTER COLUMN "embedding" TYPE vector' in backwards
+    assert column() == ("halfvec", [(3072,)]) and "halfvec_cosine_ops" in index()
+    before = project.migrations()[-2]
+    project.manage("migrate", "notes", before)
+    assert column() == ("vector", [(3072,)]) and "vector_cosine_ops" in index()
+    project.manage("migrate", "notes")
+    assert column() == ("halfvec", [(3072,)])
+
+    # And down again across it.
+    forwards, backwards = resize("dimensions=3072", "dimensions=768")
+    assert 'ALTER COLUMN "embedding" TYPE vector' in forwards
+    assert column() == ("vector", [(768,)]) and "vector_cosine_ops" in index()
+
+
+@pytest.mark.django_db
+def test_a_column_an_earlier_version_left_as_vector_above_2000_dimensions_is_fixed_as_the_message_says(
+    new_project, fake_gemini
+):
+    """Before size changes altered the column, 384 -> 3,072 left it ``vector``; makemigrations
+    and migrate have nothing to do there, so the message must say what does fix it."""
+    project = new_project(api_key="AIzaTEST-adoption")
+    project.embed()
+    project.edit_model("from semantic import", "from semantic.indexes import EmbeddingIndex\nfrom semantic import")
+    project.edit_model(
+        "    objects = SemanticManager()\n",
+        "    objects = SemanticManager()\n\n"
+        "    class Meta:\n"
+        '        indexes = [EmbeddingIndex(fields=["embedding"], name="note_embedding_hnsw")]\n',
+    )
+    project.change('source=("title", "body")', 'source=("title", "body"), dimensions=3072')
+    # What the earlier version's migration left behind: the migration applied, the column as it was.
+    project.sql("ALTER TABLE notes_note ALTER COLUMN embedding TYPE vector")
+    assert "No changes detected" in project.manage("makemigrations", "--check", "--dry-run")
+
+    sql = 'ALTER TABLE "notes_note" ALTER COLUMN "embedding" TYPE halfvec USING "embedding"::halfvec'
+    message = MIGRATION_NEEDED.format(
+        label="notes.Note.embedding", actual="vector", declared="halfvec", field="embedding", app="notes", sql=sql
+    )
+    assert message in project.refused("semantic_embed")
+
+    # As the message says: an empty migration holding the statement it gives.
+    project.manage("makemigrations", "notes", "--empty", "--name", "embedding_halfvec")
+    (operation,) = re.findall(r"`(migrations\.RunSQL\(.+?\))`", message)
+    path = project.root / "notes" / "migrations" / f"{project.migrations()[-1]}.py"
+    path.write_text(path.read_text().replace("operations = [", f"operations = [\n        {operation},", 1))
+    project.manage("migrate")
+    project.manage("migrate", "notes", project.migrations()[-2])
+    project.manage("migrate", "notes")
+    project.embed()
+    assert project.counts() == (len(NOTES), len(NOTES))
+    assert project.sql("SELECT DISTINCT pg_typeof(embedding)::text, vector_dims(embedding) FROM notes_note") == [
+        ("halfvec", 3072)
+    ]
+    assert search(project)[0][1] == "Reset a forgotten password"
 
 
 @pytest.mark.django_db

@@ -1,9 +1,11 @@
 """Changing model and size through a field that ``replaces`` another (semantic.switch)."""
 
+import io
 import json
 import threading
 
 import pytest
+from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection, connections
 from django.test.utils import isolate_apps
@@ -125,15 +127,26 @@ def test_switch_needs_a_field_that_replaces_another(reviews):
 def test_a_storage_change_not_migrated_asks_for_a_migration(reviews):
     with connection.cursor() as cursor:
         cursor.execute("ALTER TABLE testapp_review ALTER COLUMN embedding TYPE halfvec USING NULL")
+    err = io.StringIO()
     try:
         with pytest.raises(CommandError) as info:
-            call("semantic_embed", "testapp.Review.embedding")
+            call_command("semantic_embed", "testapp.Review.embedding", stdout=io.StringIO(), stderr=err)
     finally:
         with connection.cursor() as cursor:
             cursor.execute("ALTER TABLE testapp_review ALTER COLUMN embedding TYPE vector USING NULL")
-    assert str(info.value) == MIGRATION_NEEDED.format(
-        label="testapp.Review.embedding", actual="halfvec", declared="vector", field="embedding"
+    sql = 'ALTER TABLE "testapp_review" ALTER COLUMN "embedding" TYPE vector USING "embedding"::vector'
+    assert (
+        MIGRATION_NEEDED.format(
+            label="testapp.Review.embedding",
+            actual="halfvec",
+            declared="vector",
+            field="embedding",
+            app="testapp",
+            sql=sql,
+        )
+        in err.getvalue()
     )
+    assert str(info.value) == Embed.INCOMPLETE.format(labels="testapp.Review.embedding")
 
 
 def test_a_changed_model_setting_warns_that_search_shrinks(reviews, semantic_settings):
