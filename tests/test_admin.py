@@ -823,6 +823,27 @@ def test_find_duplicates_keeps_the_selection_through_threshold_pages_and_dismiss
     assert dismissed["Location"] == reverse(DUPLICATES) + "?threshold=0.3&" + "&".join(f"id={o.pk}" for o in chosen)
 
 
+DISMISS_FORM = re.compile(r'name="first" value="([^"]*)"><input type="hidden" name="second" value="([^"]*)"')
+
+
+def test_not_a_duplicate_works_for_keys_a_thousand_separator_would_split(editor, fake_gemini, settings):
+    """USE_THOUSAND_SEPARATOR formats numbers in templates ("1,500"); keys in forms must stay keys."""
+    settings.USE_THOUSAND_SEPARATOR = True
+    Article.objects.bulk_create(
+        [Article(pk=1500, title="reset my account password"), Article(pk=1501, title="reset my account password")]
+    )
+    embed_pending()
+    review = editor.get(reverse(DUPLICATES), {"threshold": "0.9"}).content.decode()
+    assert DISMISS_FORM.findall(review) == [("1500", "1501")]
+    compared = editor.get(reverse(COMPARE), {"first": "1500", "second": "1501"}).content.decode()
+    assert DISMISS_FORM.findall(compared) == [("1500", "1501")]
+
+    (first, second), *_ = DISMISS_FORM.findall(review)
+    dismissed = editor.post(reverse(DISMISS), {"first": first, "second": second, "threshold": "0.9"})
+    assert dismissed.status_code == 302
+    assert DismissedPair.objects.filter(first_pk="1500", second_pk="1501").exists()
+
+
 def test_find_duplicates_refuses_a_selection_too_long_for_a_link(viewer, articles):
     model_admin = admin.site._registry[Article]
     model_admin.duplicate_selection_max = 1
