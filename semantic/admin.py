@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.options import IS_POPUP_VAR
 from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import SEARCH_VAR
 from django.core import checks
@@ -210,6 +211,8 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         actions = super().get_actions(request)  # type: ignore[misc]
+        if self.actions is None or IS_POPUP_VAR in request.GET:  # type: ignore[attr-defined]
+            return actions  # where Django offers no action: turned off, or a lookup popup for picking a row
         for name in ("find_similar", "find_duplicates", "reembed"):
             func = getattr(type(self), name)
             if all(getattr(self, f"has_{p}_permission")(request) for p in func.allowed_permissions):

@@ -232,6 +232,25 @@ def test_the_api_failing_is_a_warning_and_nothing_is_labelled(editor, fake_gemin
     ]
 
 
+def test_no_actions_where_django_offers_none(editor, fake_gemini, ticket_admin, monkeypatch):
+    """A raw_id_fields lookup popup is for picking a row, and ``actions = None`` turns every action off."""
+    for text in ("my card never arrived", "what rate do you give for euros"):
+        Ticket.objects.create(text=text)  # embedded by the fake API as it is saved
+    cache.clear()  # the choices' vectors from an earlier test
+    selected = list(Ticket.objects.values_list("pk", flat=True))
+    apply = {"_selected_action": selected, "min_confidence": "0", "post": "yes"}
+
+    popup = editor.get(reverse(CHANGELIST), {"_to_field": "id", "_popup": "1"})
+    assert popup.status_code == 200 and popup.context["action_form"] is None
+    act(editor, apply, "?_to_field=id&_popup=1")
+    assert not Ticket.objects.exclude(category="").exists()
+
+    monkeypatch.setattr(ticket_admin, "actions", None)
+    assert editor.get(reverse(CHANGELIST)).context["action_form"] is None
+    act(editor, apply)
+    assert not Ticket.objects.exclude(category="").exists()
+
+
 def test_a_foreign_key_label_is_suggested_and_counted_by_the_related_rows_name(client, semantic_settings):
     semantic_settings(BACKEND=LOCAL)
     editor = client
