@@ -12,6 +12,7 @@ from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import translation
 
 from semantic import embed_pending, suspend_embedding
 from semantic.admin_labels import LABELS_UNAVAILABLE
@@ -230,6 +231,30 @@ def test_the_api_failing_is_a_warning_and_nothing_is_labelled(editor, fake_gemin
     assert [str(m) for m in get_messages(done.wsgi_request)] == [
         "Labelled 2 rows with their suggested labels (confidence 0.0 or more)."
     ]
+
+
+NUMBER_INPUT = re.compile(r'<input type="number"[^>]*>')
+
+
+def test_a_comma_decimal_locale_confirms_with_the_minimum_the_page_shows(
+    editor, fake_gemini, ticket_admin, monkeypatch, settings
+):
+    """A number input takes only "0.25": a browser shows and posts nothing for a German "0,25"."""
+    settings.LANGUAGE_CODE = "de"
+    monkeypatch.setattr(ticket_admin, "semantic_label_confidence", 0.25)
+    for text in ("my card never arrived", "what rate do you give for euros"):
+        Ticket.objects.create(text=text)  # embedded by the fake API as it is saved
+    cache.clear()  # the choices' vectors from an earlier test
+    selected = list(Ticket.objects.values_list("pk", flat=True))
+
+    with translation.override("de"):
+        page = act(editor, {"_selected_action": selected})
+        [number] = NUMBER_INPUT.findall(page.content.decode())
+        assert 'value="0.25"' in number and 'name="min_confidence"' in number
+        shown = re.search(r'value="([^"]*)"', number).group(1)
+        done = act(editor, {"_selected_action": selected, "min_confidence": shown, "post": "yes"})
+    assert done.status_code == 302
+    assert Ticket.objects.filter(category="").count() < len(selected)
 
 
 def test_no_actions_where_django_offers_none(editor, fake_gemini, ticket_admin, monkeypatch):
