@@ -17,6 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.options import IS_POPUP_VAR
+from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import SEARCH_VAR
 from django.core import checks
 from django.db import models
@@ -209,6 +211,8 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         actions = super().get_actions(request)  # type: ignore[misc]
+        if self.actions is None or IS_POPUP_VAR in request.GET:  # type: ignore[attr-defined]
+            return actions  # where Django offers no action: turned off, or a lookup popup for picking a row
         for name in ("find_similar", "find_duplicates", "reembed"):
             func = getattr(type(self), name)
             if all(getattr(self, f"has_{p}_permission")(request) for p in func.allowed_permissions):
@@ -250,7 +254,8 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
 
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None) -> Any:
         context = dict(extra_context or {})
-        obj = self.get_object(request, object_id) if object_id else None  # type: ignore[attr-defined]
+        # The URL carries the key quoted, as Django's admin quotes it ("a_b" is "a_5Fb"): unquoted as Django does.
+        obj = self.get_object(request, unquote(object_id)) if object_id else None  # type: ignore[attr-defined]
         if obj is not None and self.has_semantic_view_permission(request):
             field = self.get_embedding_field()
             context["semantic_similar"] = None

@@ -26,6 +26,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.options import IS_POPUP_VAR
 from django.contrib.admin.views.main import ChangeList
 from django.db import models
 from django.http import HttpRequest
@@ -187,6 +188,8 @@ class LabelSuggestionMixin:
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         actions = super().get_actions(request)  # type: ignore[misc]
+        if self.actions is None or IS_POPUP_VAR in request.GET:  # type: ignore[attr-defined]
+            return actions  # where Django offers no action: turned off, or a lookup popup for picking a row
         if self.semantic_label_field and self.has_semantic_change_permission(request):  # type: ignore[attr-defined]
             func = type(self).apply_suggested_labels
             actions["apply_suggested_labels"] = (func, "apply_suggested_labels", func.short_description)

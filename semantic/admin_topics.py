@@ -12,7 +12,9 @@ few thousand rows. Instead:
 1. The Topics page keeps each group's primary keys in Django's cache (``default``)
    under the model and the token, for ``TOPIC_CACHE_SECONDS``. The changelist shows
    exactly those rows (that the list's filter still admits): the group as the page
-   showed it, however the table changed since.
+   showed it, however the table changed since. A user from whom the ModelAdmin's
+   ``get_queryset()`` hides some of those rows is served as if the cache had lost
+   them (2.): the group's label and size must not describe rows they may not see.
 2. When the cache has lost them (expired, evicted, another process's local-memory
    cache, a link opened elsewhere), the changelist clusters its rows again with the
    same ``k`` and seed, which gives the same groups while the rows and their vectors
@@ -106,7 +108,7 @@ class TopicChangeList:
 
     def find_topic(self, request: HttpRequest, rows: models.QuerySet, number: int, k: int, fingerprint: str) -> list:
         kept = cache.get(topic_cache_key(self.model, f"{number}.{k}.{fingerprint}"))  # type: ignore[attr-defined]
-        if kept is not None:
+        if kept is not None and not self.hides_some(kept[1]):
             label, pks = kept
             if request.method == "GET":
                 messages.info(request, TOPIC_SHOWN % {"number": number, "k": k, "label": label, "size": len(pks)})
@@ -125,6 +127,15 @@ class TopicChangeList:
                 shown = {"number": number, "k": k, "label": group.label, "size": group.size}
                 messages.info(request, TOPIC_SHOWN % shown)
         return pks
+
+    def hides_some(self, pks: list) -> bool:
+        """Whether ``get_queryset()`` hides some of these rows from this user: the cache is shared,
+        and a group made for someone who sees more has a label and size made of rows this user may not see."""
+        visible = self.root_queryset  # type: ignore[attr-defined]
+        if not visible.query.where:
+            return False
+        existing = self.model._default_manager.filter(pk__in=pks)  # type: ignore[attr-defined]
+        return existing.exclude(pk__in=visible.values("pk")).exists()
 
 
 @functools.cache

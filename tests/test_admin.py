@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 from django.contrib import admin
+from django.contrib.admin.utils import quote
 from django.contrib.auth.models import Permission, User
 from django.core.cache import cache
 from django.db import connection
@@ -19,7 +20,7 @@ from semantic.duplicates import SPLIT_MIN_ROWS
 from semantic.fields import get_embedding_field
 from semantic.models import DismissedPair, EmbeddingBatchJob, EmbeddingFailure
 from tests.fake_gemini import api_error
-from tests.testapp.models import Article, Note
+from tests.testapp.models import Article, Entry, Note
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -294,6 +295,31 @@ def test_change_form_shows_similar_items(viewer, articles):
     assert "Similar items" in response.content.decode()
 
 
+def test_text_keys_link_to_their_own_rows_and_keep_the_similar_panel(client, fake_gemini):
+    """Django quotes keys in admin URLs ("_40" is "@" unquoted): "item_40" is "item_5F40" there."""
+    viewer = client
+    viewer.force_login(staff("entries", "view_entry"))
+    Entry.objects.bulk_create(
+        [Entry(code="item_22", text="reset my account password"), Entry(code="item_40", text="reset my password")]
+    )
+    embed_pending()
+    first, second = Entry.objects.get(pk="item_22"), Entry.objects.get(pk="item_40")
+    changelist = reverse("admin:testapp_entry_changelist")
+
+    similar = viewer.post(changelist, {"action": "find_similar", "index": 0, "_selected_action": [first.pk]})
+    links = set(re.findall(r'href="(/admin/testapp/entry/[^"]*/change/)"', similar.content.decode()))
+    assert links == {reverse("admin:testapp_entry_change", args=[quote(pk)]) for pk in (first.pk, second.pk)}
+    for link in links:
+        assert viewer.get(link).context["original"] in (first, second)
+
+    form = viewer.get(reverse("admin:testapp_entry_change", args=[quote(second.pk)]))
+    assert form.context["original"] == second
+    assert [x.pk for x in form.context["semantic_similar"]] == [first.pk]
+    page = form.content.decode()
+    assert "Similar items" in page
+    assert f'href="{reverse("admin:testapp_entry_change", args=[quote(first.pk)])}"' in page
+
+
 def test_search_by_meaning_never_fails_with_a_server_error(viewer, articles, fake_gemini):
     """Issue 11 item 5/6: the API failing, or a query with nothing to embed, is not a 500."""
     from django.core.cache import cache
@@ -507,10 +533,10 @@ def test_status_counts_of_a_model_without_a_semantic_changelist_are_not_links(ad
         assert ("testapp.Note", "embedding") in {(model, field) for model, field, _ in rows}
         return {f"{model}.{field}" for model, field, cells in rows if "<a " in cells}
 
-    assert linked_rows() == {"testapp.Article.embedding", "testapp.Report.embedding"}
+    assert linked_rows() == {"testapp.Article.embedding", "testapp.Entry.embedding", "testapp.Report.embedding"}
     # Nor does a changelist whose ModelAdmin took the embedding filter away.
     monkeypatch.setattr(admin.site._registry[Article], "get_list_filter", lambda request: [])
-    assert linked_rows() == {"testapp.Report.embedding"}
+    assert linked_rows() == {"testapp.Entry.embedding", "testapp.Report.embedding"}
 
 
 def test_status_page_shows_the_spec_readably(editor, articles):
@@ -795,6 +821,27 @@ def test_find_duplicates_keeps_the_selection_through_threshold_pages_and_dismiss
         reverse(DISMISS), {"first": a.pk, "second": b.pk, "threshold": "0.3", "id": [o.pk for o in chosen]}
     )
     assert dismissed["Location"] == reverse(DUPLICATES) + "?threshold=0.3&" + "&".join(f"id={o.pk}" for o in chosen)
+
+
+DISMISS_FORM = re.compile(r'name="first" value="([^"]*)"><input type="hidden" name="second" value="([^"]*)"')
+
+
+def test_not_a_duplicate_works_for_keys_a_thousand_separator_would_split(editor, fake_gemini, settings):
+    """USE_THOUSAND_SEPARATOR formats numbers in templates ("1,500"); keys in forms must stay keys."""
+    settings.USE_THOUSAND_SEPARATOR = True
+    Article.objects.bulk_create(
+        [Article(pk=1500, title="reset my account password"), Article(pk=1501, title="reset my account password")]
+    )
+    embed_pending()
+    review = editor.get(reverse(DUPLICATES), {"threshold": "0.9"}).content.decode()
+    assert DISMISS_FORM.findall(review) == [("1500", "1501")]
+    compared = editor.get(reverse(COMPARE), {"first": "1500", "second": "1501"}).content.decode()
+    assert DISMISS_FORM.findall(compared) == [("1500", "1501")]
+
+    (first, second), *_ = DISMISS_FORM.findall(review)
+    dismissed = editor.post(reverse(DISMISS), {"first": first, "second": second, "threshold": "0.9"})
+    assert dismissed.status_code == 302
+    assert DismissedPair.objects.filter(first_pk="1500", second_pk="1501").exists()
 
 
 def test_find_duplicates_refuses_a_selection_too_long_for_a_link(viewer, articles):

@@ -7,21 +7,24 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.contrib import admin
+from django.contrib.auth.models import User
 from django.contrib.messages import get_messages
 from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import translation
 
 from semantic import embed_pending, suspend_embedding
 from semantic.admin_labels import LABELS_UNAVAILABLE
-from semantic.admin_topics import TOPIC_VAR
+from semantic.admin_topics import TOPIC_CHANGED, TOPIC_SHOWN, TOPIC_VAR
 from semantic.classify import predict_labels
 from tests.fake_gemini import api_error
 from tests.test_admin import assert_stays_on_other_site, staff
 from tests.testapp.models import Note
 from tests.topicapp.banking77 import INTENTS, sentences
 from tests.topicapp.models import CATEGORIES, Queue, Request, Ticket
+from tests.urls import other_site
 
 # Fresh sequences: the rows' keys order the sample the number of topics is chosen on,
 # so they must not depend on how many rows earlier tests made.
@@ -232,6 +235,49 @@ def test_the_api_failing_is_a_warning_and_nothing_is_labelled(editor, fake_gemin
     ]
 
 
+NUMBER_INPUT = re.compile(r'<input type="number"[^>]*>')
+
+
+def test_a_comma_decimal_locale_confirms_with_the_minimum_the_page_shows(
+    editor, fake_gemini, ticket_admin, monkeypatch, settings
+):
+    """A number input takes only "0.25": a browser shows and posts nothing for a German "0,25"."""
+    settings.LANGUAGE_CODE = "de"
+    monkeypatch.setattr(ticket_admin, "semantic_label_confidence", 0.25)
+    for text in ("my card never arrived", "what rate do you give for euros"):
+        Ticket.objects.create(text=text)  # embedded by the fake API as it is saved
+    cache.clear()  # the choices' vectors from an earlier test
+    selected = list(Ticket.objects.values_list("pk", flat=True))
+
+    with translation.override("de"):
+        page = act(editor, {"_selected_action": selected})
+        [number] = NUMBER_INPUT.findall(page.content.decode())
+        assert 'value="0.25"' in number and 'name="min_confidence"' in number
+        shown = re.search(r'value="([^"]*)"', number).group(1)
+        done = act(editor, {"_selected_action": selected, "min_confidence": shown, "post": "yes"})
+    assert done.status_code == 302
+    assert Ticket.objects.filter(category="").count() < len(selected)
+
+
+def test_no_actions_where_django_offers_none(editor, fake_gemini, ticket_admin, monkeypatch):
+    """A raw_id_fields lookup popup is for picking a row, and ``actions = None`` turns every action off."""
+    for text in ("my card never arrived", "what rate do you give for euros"):
+        Ticket.objects.create(text=text)  # embedded by the fake API as it is saved
+    cache.clear()  # the choices' vectors from an earlier test
+    selected = list(Ticket.objects.values_list("pk", flat=True))
+    apply = {"_selected_action": selected, "min_confidence": "0", "post": "yes"}
+
+    popup = editor.get(reverse(CHANGELIST), {"_to_field": "id", "_popup": "1"})
+    assert popup.status_code == 200 and popup.context["action_form"] is None
+    act(editor, apply, "?_to_field=id&_popup=1")
+    assert not Ticket.objects.exclude(category="").exists()
+
+    monkeypatch.setattr(ticket_admin, "actions", None)
+    assert editor.get(reverse(CHANGELIST)).context["action_form"] is None
+    act(editor, apply)
+    assert not Ticket.objects.exclude(category="").exists()
+
+
 def test_a_foreign_key_label_is_suggested_and_counted_by_the_related_rows_name(client, semantic_settings):
     semantic_settings(BACKEND=LOCAL)
     editor = client
@@ -383,3 +429,31 @@ def test_topics_on_a_custom_admin_site(client, fake_gemini):
         "reset my account password",
         "reset the password of my account",
     }
+
+
+def test_a_shared_topic_link_tells_nothing_of_rows_the_user_may_not_see(client, fake_gemini, monkeypatch):
+    """The Topics page's cache is shared by every user; a group's label and size come from its rows."""
+    texts = ["acme acquisition confidential", "acme acquisition confidential terms", "dark mode", "dark mode toggle"]
+    Note.objects.bulk_create([Note(text=text) for text in texts])
+    embed_pending()
+    secret = set(Note.objects.filter(text__startswith="acme").values_list("pk", flat=True))
+    note_admin = other_site._registry[Note]
+    everything = note_admin.get_queryset
+
+    def per_user(request):
+        rows = everything(request)
+        return rows if request.user.is_superuser else rows.exclude(pk__in=secret)
+
+    monkeypatch.setattr(note_admin, "get_queryset", per_user)
+    client.force_login(User.objects.create_superuser("root", password="pw"))
+    groups = client.get(reverse("myadmin:testapp_note_topics"), {"semantic_groups": "2"}).context["groups"]
+    [group] = [g for g in groups if set(g.pks) == secret]
+    said = [str(m) for m in client.get(group.url).context["messages"]]
+    assert said == [TOPIC_SHOWN % {"number": group.number, "k": 2, "label": group.label, "size": 2}]
+
+    client.force_login(staff("other", "view_note"))
+    listed = client.get(group.url)
+    assert listed.status_code == 200
+    said = [str(m) for m in listed.context["messages"]]
+    assert said == [TOPIC_CHANGED % {"number": group.number}]
+    assert not secret & {row.pk for row in listed.context["cl"].result_list}

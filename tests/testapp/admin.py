@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from semantic.admin import SemanticAdminMixin
-from tests.testapp.models import Article, Report
+from tests.testapp.models import Article, Entry, Report
 
 
 @admin.register(Article)
@@ -21,3 +21,10 @@ class ReportAdmin(SemanticAdminMixin, admin.ModelAdmin):
     """A model keyed by UUID in the admin: find-similar, duplicate review and dismissing."""
 
     list_display = ["title"]
+
+
+@admin.register(Entry)
+class EntryAdmin(SemanticAdminMixin, admin.ModelAdmin):
+    """Keyed by text: Django's admin URLs carry such keys quoted ("item_40" as "item_5F40")."""
+
+    list_display = ["code", "text"]
