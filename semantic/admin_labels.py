@@ -28,7 +28,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.options import IS_POPUP_VAR
 from django.contrib.admin.views.main import ChangeList
-from django.db import models
+from django.db import models, router
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils.translation import gettext_lazy as _
@@ -216,7 +216,9 @@ class LabelSuggestionMixin:
                     self.model,  # type: ignore[attr-defined]
                     label,  # type: ignore[arg-type]
                     min_confidence=minimum,
-                    using=queryset.db,
+                    # Where the router writes the rows, as "Re-embed" does: queryset.db is
+                    # where they are read from, maybe a replica that refuses writes.
+                    using=router.db_for_write(self.model),  # type: ignore[attr-defined]
                 )
             except SearchUnavailable as exc:
                 return self.labels_unavailable(request, exc)

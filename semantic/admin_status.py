@@ -149,7 +149,8 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
             skipped += len(keys) - len(allowed)
             if not allowed:
                 continue
-            EmbeddingFailure.objects.using(using).filter(
+            # Read where the rows are read from; changed where the worker wrote them (a replica refuses writes).
+            EmbeddingFailure.objects.using(router.db_for_write(model)).filter(
                 model_label=label, field_name=field_name, object_pk__in=[pks[pk] for pk in allowed]
             ).update(retry_at=None, permanent=False)
             enqueue(model, field_name.removesuffix(FAILURE_SUFFIX), allowed)

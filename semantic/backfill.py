@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import models
+from django.db import models, router
 from django.db.models import BooleanField, ExpressionWrapper, Q, Value
 
 from semantic.dispatch import queue_task
@@ -129,19 +129,20 @@ def add_passages(plan: Plan, model: type[models.Model], field: EmbeddingField, r
             plan.passage_characters += sum(len(item.text) for item in sent)
 
 
-def failed_keys(model: type[models.Model], field: EmbeddingField) -> list[str]:
+def failed_keys(model: type[models.Model], field: EmbeddingField, using: str | None = None) -> list[str]:
     """Rows whose last attempt failed: their vector's, or (a field with ``passages``) their passages'.
 
     Failures are recorded under the model that declares the field; for a multi-table
-    child, only the child's rows are taken.
+    child, only the child's rows are taken. Read on ``using``, by default where the
+    rows are read from.
     """
-    passages = passage_failures(model, field).values_list("object_pk", flat=True)
-    keys = list(dict.fromkeys([*failed_pks(field.model, field), *passages]))
+    passages = passage_failures(model, field, using).values_list("object_pk", flat=True)
+    keys = list(dict.fromkeys([*failed_pks(field.model, field, using), *passages]))
     if not is_part_of_table(model, field):
         return keys
     to_python = model._meta.pk.to_python
-    own = model._base_manager.filter(pk__in=[to_python(key) for key in keys]).values_list("pk", flat=True)
-    return [str(pk) for pk in own]
+    own = model._base_manager.db_manager(using).filter(pk__in=[to_python(key) for key in keys])
+    return [str(pk) for pk in own.values_list("pk", flat=True)]
 
 
 def prepare(
@@ -150,9 +151,12 @@ def prepare(
     """Make the chosen rows pending (with ``everything``, the first ``limit`` by primary key,
     which the run then takes); returns the primary keys to embed, or None for all pending."""
     if failed:
-        pks = failed_keys(model, field)
-        records = failures(field.model, field)
-        passages = passage_failures(model, field)
+        # Taken and changed where the worker recorded them, the database the rows are
+        # written to: a read replica refuses the update, and may lag behind.
+        using = router.db_for_write(field.model)
+        pks = failed_keys(model, field, using)
+        records = failures(field.model, field, using)
+        passages = passage_failures(model, field, using)
         if is_part_of_table(model, field):
             records, passages = records.filter(object_pk__in=pks), passages.filter(object_pk__in=pks)
         records.update(retry_at=None, permanent=False)

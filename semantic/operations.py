@@ -14,6 +14,16 @@ INSTALL_HINT = (
     "to run CREATE EXTENSION vector, then run migrate again."
 )
 
+NOT_ALLOWED = (
+    "pgvector is installed on the PostgreSQL server, but this role may not create the extension in database "
+    "{database!r}. Ask a superuser to run CREATE EXTENSION vector; in that database, and for test databases "
+    "(manage.py test) in template1 as well, since new databases copy it; or give this role that right "
+    "(a superuser, or the managed service's own admin role)."
+)
+
+#: SQLSTATE insufficient_privilege: the extension is there to create, not by this role.
+INSUFFICIENT_PRIVILEGE = "42501"
+
 ELSEWHERE = (
     "The pgvector extension is installed in schema {schema!r} of database {alias!r}, which is not on the "
     "connection's search_path ({path}), so PostgreSQL cannot find its types (vector, halfvec). Put the "
@@ -62,7 +72,18 @@ def create_extension(connection: Any) -> None:
         try:
             cursor.execute(CREATE_SQL)
         except DatabaseError as exc:
-            raise DatabaseError(f"{INSTALL_HINT} (PostgreSQL said: {exc})") from exc
+            if sqlstate(exc) == INSUFFICIENT_PRIVILEGE:
+                # Installing pgvector or migrating again would not help: someone else must create it.
+                hint = NOT_ALLOWED.format(database=connection.settings_dict["NAME"])
+            else:
+                hint = INSTALL_HINT
+            raise DatabaseError(f"{hint} (PostgreSQL said: {exc})") from exc
+
+
+def sqlstate(exc: DatabaseError) -> str | None:
+    """The SQLSTATE of the driver's error Django wrapped, psycopg 3's or psycopg2's."""
+    cause = exc.__cause__
+    return getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
 
 
 def extension_elsewhere(connection: Any) -> str | None:

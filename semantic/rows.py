@@ -60,7 +60,11 @@ def failures(
     model: type[models.Model], field: EmbeddingField, using: str | None = None
 ) -> models.QuerySet[EmbeddingFailure]:
     """The failure records of ``field``'s rows, kept in the database the rows are in
-    (``using``; by default, the one ``model`` is read from), as :func:`pending_rows` reads them."""
+    (``using``; by default, the one ``model`` is read from), as :func:`pending_rows` reads them.
+
+    A caller that changes them names the database ``model`` is written to: the worker
+    recorded them there, and a read replica refuses writes.
+    """
     using = using or router.db_for_read(model)
     return EmbeddingFailure.objects.using(using).filter(model_label=model._meta.label, field_name=field.name)
 
@@ -127,8 +131,9 @@ def mark_pending(rows: models.QuerySet, field: EmbeddingField) -> int:
 def forget_failures(
     model: type[models.Model], field: EmbeddingField, pks: list[Any] | None = None, using: str | None = None
 ) -> None:
-    """Drop the failure records of these rows (all of the field's when ``pks`` is None)."""
-    records = failures(model, field, using)
+    """Drop the failure records of these rows (all of the field's when ``pks`` is None), on
+    ``using`` or else where the worker recorded them: the database ``model`` is written to."""
+    records = failures(model, field, using or router.db_for_write(model))
     if pks is not None:
         records = records.filter(object_pk__in=[str(pk) for pk in pks])
     records.delete()

@@ -51,6 +51,9 @@ DATABASES = {
     "default": database_settings(),
     # A second database on the same server, for rows saved with .using("other").
     "other": {**database_settings(), "TEST": {"NAME": "test_semantic_other"}},
+    # "default" again through connections of its own, as a read replica: tests that route
+    # reads here make those connections read-only (a mirror takes default's OPTIONS).
+    "replica": {**database_settings(), "TEST": {"MIRROR": "default"}},
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 STATIC_URL = "static/"

@@ -6,6 +6,7 @@ from django.contrib.auth.models import User
 from django.core import checks
 from django.core.management import call_command
 from django.db import connections, transaction
+from django.db.backends.signals import connection_created
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -17,7 +18,9 @@ from semantic.dispatch import SWEEP_SCHEDULE_NAME
 from semantic.fields import get_embedding_field
 from semantic.models import EmbeddingFailure, Passage
 from semantic.status import field_status
-from tests.testapp.models import Note, Report
+from tests.commands import call
+from tests.testapp.models import Article, Note, Report
+from tests.topicapp.models import Ticket
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
 
@@ -52,6 +55,16 @@ class NotesOnOther:
         return "other" if model._meta.label_lower in self.routed else None
 
     db_for_write = db_for_read
+
+
+class ReadsFromReplica:
+    """Every model read from "replica" (the same database, read-only) and written on "default"."""
+
+    def db_for_read(self, model, **hints):
+        return "replica"
+
+    def db_for_write(self, model, **hints):
+        return "default"
 
 
 def routers(*classes):
@@ -122,3 +135,76 @@ def test_the_status_page_reads_each_models_rows_and_records_on_their_database(ro
     assert "Queued 1 failed row again." in retried.content.decode()
     assert not EmbeddingFailure.objects.using("other").exists()
     assert not Note.objects.using("other").filter(embedding__isnull=True).exists()
+
+
+def read_only(sender, connection, **kwargs):
+    """Make "replica" refuse writes, as a hot standby does."""
+    if connection.alias == "replica":
+        with connection.cursor() as cursor:
+            cursor.execute("SET default_transaction_read_only = on")
+
+
+@pytest.fixture
+def replica(fake_gemini):
+    """Reads from a read-only "replica"; two Articles the API refused, recorded where the worker writes."""
+    connections["replica"].close()
+    connection_created.connect(read_only)
+    try:
+        with routers(ReadsFromReplica):
+            fake_gemini.reject_marker = "REJECT"
+            for title in ("REJECT one", "REJECT two", "export invoices"):
+                Article.objects.create(title=title)
+            fake_gemini.reject_marker = None
+            yield [article.pk for article in Article.objects.filter(title__startswith="REJECT")]
+    finally:
+        connection_created.disconnect(read_only)
+        connections["replica"].close()
+
+
+def refused_writes():
+    with pytest.raises(Exception, match="read-only transaction"):
+        EmbeddingFailure.objects.using("replica").update(retry_at=None)
+    return EmbeddingFailure.objects.using("default").count()
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "other", "replica"])
+def test_reembed_drops_failure_records_where_they_were_written(replica, client):
+    assert refused_writes() == 2
+    client.force_login(User.objects.create_superuser("root", password="pw"))
+    changelist = reverse("admin:testapp_article_changelist")
+    response = client.post(changelist, {"action": "reembed", "_selected_action": replica})
+    assert response.status_code == 302
+    assert not EmbeddingFailure.objects.using("default").exists()
+    assert not Article.objects.filter(embedding__isnull=True).exists()
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "other", "replica"])
+def test_retrying_failed_rows_from_the_status_page_writes_where_they_were_written(replica, client):
+    assert refused_writes() == 2
+    client.force_login(User.objects.create_superuser("root", password="pw"))
+    retried = client.post(reverse("admin:semantic_status"), follow=True)
+    assert "Queued 2 failed rows again." in retried.content.decode()
+    assert not EmbeddingFailure.objects.using("default").exists()
+    assert not Article.objects.filter(embedding__isnull=True).exists()
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "other", "replica"])
+def test_embed_failed_retries_where_the_records_were_written(replica):
+    assert refused_writes() == 2
+    out, _ = call("semantic_embed", "testapp.Article", "--failed")
+    assert "testapp.Article.embedding: 2/2 rows" in out
+    assert not EmbeddingFailure.objects.using("default").exists()
+    assert not Article.objects.filter(embedding__isnull=True).exists()
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "other", "replica"])
+def test_applying_suggested_labels_writes_where_the_rows_are_written(replica, client):
+    for number in range(4):
+        Ticket.objects.create(text=f"My card has not arrived yet ({number})", category="card_arrival")
+    waiting = [Ticket.objects.create(text=f"Where is my new card? ({number})").pk for number in range(2)]
+    client.force_login(User.objects.create_superuser("root", password="pw"))
+    changelist = reverse("admin:topicapp_ticket_changelist")
+    chosen = {"action": "apply_suggested_labels", "index": 0, "_selected_action": waiting}
+    response = client.post(changelist, {**chosen, "min_confidence": "0", "post": "yes"})
+    assert response.status_code == 302
+    assert set(Ticket.objects.filter(pk__in=waiting).values_list("category", flat=True)) == {"card_arrival"}
