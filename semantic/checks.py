@@ -268,6 +268,29 @@ def check_extension(databases: Any = None, **kwargs: Any) -> list[checks.CMessag
     return errors
 
 
+@checks.register(checks.Tags.database)
+def check_encoding(databases: Any = None, **kwargs: Any) -> list[checks.CMessage]:
+    """A database whose text is not UTF-8 cannot hold embedded rows (see
+    :func:`semantic.schema.encoding_problem`): an error, so that ``migrate`` stops before
+    the first EmbeddingField is added there. Only databases that hold such a field."""
+    from semantic.fields import embedding_fields
+    from semantic.schema import NOT_UTF8_FIX, encoding_problem
+
+    errors: list[checks.CMessage] = []
+    for alias in databases or []:
+        if connections[alias].vendor != "postgresql":
+            continue
+        if not any(
+            router.allow_migrate_model(alias, model) or router.db_for_write(model) == alias
+            for model in apps.get_models()
+            if any(field.model is model for field in embedding_fields(model))
+        ):
+            continue
+        if problem := encoding_problem(alias):
+            errors.append(checks.Error(problem, hint=NOT_UTF8_FIX, id="semantic.E013"))
+    return errors
+
+
 UNMANAGED_HINT = (
     "Run the SQL above on the table (makemigrations and migrate never change an unmanaged model's "
     "table), or make the model managed. Until then the sweep skips this field and semantic_status reports it."

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from django.db import DatabaseError, connections, models, router, transaction
+from django.db import DatabaseError, connections, models, router
 
 from semantic import ratelimit
 from semantic.backends import (
@@ -325,11 +325,11 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
         """Write one request's vectors; if the database refuses them, the batch fails, not the run.
 
         The rows are recorded as failed (retried by a later sweep) and the run goes on with
-        the next batch. The savepoint keeps a caller's transaction usable after the error.
+        the next batch. The write's own transaction (a savepoint in a caller's one) keeps a
+        caller's transaction usable after the error.
         """
         try:
-            with transaction.atomic(using=self.using):
-                self.write_all(list(zip(items, vectors)))
+            self.write_all(list(zip(items, vectors)))
         except DatabaseError as exc:
             # Its first line only: the rest quotes the statement, vectors and hashes included.
             reason = (str(exc).strip().splitlines() or [""])[0]

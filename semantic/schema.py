@@ -5,7 +5,8 @@ unmanaged (``Meta.managed = False``): that table belongs to someone else, and mi
 never change it. Its owner adds them by hand, so the messages for it give the SQL.
 
 The worker's sweep and ``semantic_status`` ask first, so one field whose table does not
-fit is reported and skipped instead of failing every field after it.
+fit is reported and skipped instead of failing every field after it. So is every field
+of a database whose text is not UTF-8 (:func:`encoding_problem`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,20 @@ UNMANAGED_MISSING = (
     "makemigrations and migrate never change its table: add the columns and indexes by hand "
     "(the partial index keeps the search for pending rows cheap), then run semantic_embed:\n{sql}"
 )
+#: semantic.E013, and every field of such a database: what is wrong, and why it matters.
+NOT_UTF8 = (
+    "The database {database!r} stores text in the {encoding} encoding, not UTF8. The app tells whether a row's "
+    "text changed since it was embedded by comparing an MD5 hash made in Python, of the text's UTF-8 bytes, with "
+    "one PostgreSQL makes of the bytes it stores: for any text with a non-ASCII character they differ, so the "
+    "row would be sent to the embedding API on every run and its vector thrown away. Its EmbeddingFields are "
+    "not embedded until the database is UTF8."
+)
+#: How to fix it: the text must be stored as UTF-8.
+NOT_UTF8_FIX = (
+    "Move the data to a UTF8 database: create one with CREATE DATABASE <name> ENCODING 'UTF8' TEMPLATE "
+    "template0, restore a pg_dump of this database into it (PostgreSQL converts the text), and point "
+    "DATABASES at it."
+)
 UNMANAGED_TYPE = (
     "{label} is {actual} in the database but the model declares {declared}. {model} is unmanaged "
     "(Meta.managed = False), so migrations never change its table: change the column to {declared} "
@@ -59,6 +74,8 @@ def schema_problem(field: EmbeddingField, using: str | None = None) -> str | Non
     if connection.vendor != "postgresql":
         return None
     label = f"{model._meta.label}.{field.name}"
+    if problem := encoding_problem(using):
+        return f"{label}: {problem} {NOT_UTF8_FIX}"
     table = connection.ops.quote_name(model._meta.db_table)
     wanted = companions(field)
     with connection.cursor() as cursor:
@@ -96,6 +113,21 @@ def schema_problem(field: EmbeddingField, using: str | None = None) -> str | Non
         app=model._meta.app_label,
         sql=f"ALTER TABLE {table} ALTER COLUMN {column} TYPE {declared} USING {column}::{declared}",
     )
+
+
+def encoding_problem(using: str) -> str | None:
+    """Why database ``using`` cannot hold embedded rows: its text is not stored as UTF-8; None if it is.
+
+    The hashes of a row's text in the pending condition and index are SQL frozen in
+    users' migrations, so they cannot be made to hash UTF-8 bytes. SQL_ASCII stores the
+    bytes a client sends, which are UTF-8 from Django: the hashes agree there.
+    """
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT current_setting('server_encoding')")
+        encoding = cursor.fetchone()[0]
+    if encoding in ("UTF8", "SQL_ASCII"):
+        return None
+    return NOT_UTF8.format(database=using, encoding=encoding)
 
 
 def companions(field: EmbeddingField) -> list[models.Field]:

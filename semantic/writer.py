@@ -6,17 +6,21 @@ flight keeps no vector of its old text; the edit's own task embeds the new text.
 When the text comes from Python, the check is that ``<name>_source_hash`` still holds
 what was read with the row, and the write stores the hash of the text embedded, so a
 row changed behind ``save()``'s back is embedded once, not re-sent on every sweep.
+
+Each batch is written in a transaction of its own, run again when it loses to a
+concurrent one (:meth:`RowWriterMixin.in_transaction`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from dataclasses import field as dataclass_field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from django.db import connections, models
+from django.db import DatabaseError, connections, models, transaction
 from django.db.models import CharField, Q, Value
 from django.db.models.sql import Query
 from django.utils import timezone
@@ -31,6 +35,18 @@ logger = logging.getLogger("semantic")
 
 #: ``Item.read_hash`` when the row's stored hash was not read: check against ``hash``.
 UNREAD = "unread"
+#: SQLSTATEs of a transaction that lost to a concurrent one: serialization failure, deadlock.
+CONFLICTS = frozenset({"40001", "40P01"})
+#: Times a write that keeps losing to concurrent transactions is run, the first included.
+WRITE_ATTEMPTS = 4
+
+T = TypeVar("T")
+
+
+def lost_to_concurrent(exc: DatabaseError) -> bool:
+    """Whether PostgreSQL refused a statement for a concurrent transaction's sake, asking to run it again."""
+    cause = exc.__cause__
+    return (getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)) in CONFLICTS
 
 
 @dataclass
@@ -73,6 +89,13 @@ class Outcome:
 class RowWriterMixin:
     """The Embedder's writes: each only if its row still holds the text it was read with."""
 
+    WRITE_CONFLICT = (
+        "{label}: other transactions kept editing {rows} row(s) of a batch while its vectors were written "
+        "({attempts} attempts, PostgreSQL: {error}). The vectors were not kept; the rows stay pending and "
+        "the next run or sweep embeds them again. If this recurs, rows are edited too often for batches "
+        "this large at the database's isolation level: lower SEMANTIC['BATCH_SIZE']."
+    )
+
     if TYPE_CHECKING:  # what the Embedder provides
         model: type[models.Model]
         field: EmbeddingField
@@ -85,18 +108,70 @@ class RowWriterMixin:
         def passages_failed(self, items: list[Any], message: str, *, permanent: bool, retry_in: float) -> None: ...
 
     def write_all(self, results: list[tuple[Item, Vector | None]]) -> None:
+        """Store a request's answers (None: no text, no vector), in one transaction.
+
+        When other transactions keep winning over it, nothing is written: its rows stay
+        pending and count as changed in flight, with no failure record, since neither
+        the API nor the texts are at fault.
+        """
         if results and isinstance(results[0][0], PassageItem):
             self.passages_embedded(results)  # type: ignore[arg-type]
             return
         vectors = [(item, vector) for item, vector in results if vector is not None]
-        written = self.write_vectors(vectors) if vectors else []
-        written += [item.pk for item, vector in results if vector is None and self.write(item, None)]
-        self.written += written
-        if written:
-            self.failures().filter(object_pk__in=[str(pk) for pk in written]).delete()
+        empty = [item for item, vector in results if vector is None]
+        try:
+            embedded, cleared = self.in_transaction(lambda: self.write_rows(vectors, empty))
+        except DatabaseError as exc:
+            if not lost_to_concurrent(exc):
+                raise
+            # Its first line only: the rest quotes the statement, vectors and hashes included.
+            reason = (str(exc).strip().splitlines() or [""])[0]
+            label = f"{self.model._meta.label}.{self.field.name}"
+            message = self.WRITE_CONFLICT.format(label=label, rows=len(results), attempts=WRITE_ATTEMPTS, error=reason)
+            logger.warning(message)
+            self.outcome.changed_in_flight += len(results)
+            if message not in self.outcome.errors:
+                self.outcome.errors.append(message)
+            return
+        self.outcome.embedded += len(embedded)
+        self.outcome.cleared += len(cleared)
+        self.outcome.changed_in_flight += len(results) - len(embedded) - len(cleared)
+        self.written += embedded + cleared
+
+    def write_rows(self, vectors: list[tuple[Item, Vector]], empty: list[Item]) -> tuple[list[Any], list[Any]]:
+        """Write vectors and clear rows without text; returns the primary keys of each written."""
+        embedded = self.write_vectors(vectors) if vectors else []
+        cleared = [item.pk for item in empty if self.write(item, None)]
+        if embedded or cleared:
+            self.failures().filter(object_pk__in=[str(pk) for pk in embedded + cleared]).delete()
+        return embedded, cleared
+
+    def in_transaction(self, write: Callable[[], T]) -> T:
+        """Run ``write`` in a transaction of its own, again when it lost to a concurrent one.
+
+        Under REPEATABLE READ or SERIALIZABLE isolation, PostgreSQL refuses to change a row
+        that another transaction changed after this one's snapshot (SQLSTATE 40001), where
+        READ COMMITTED would look at the row again; under any level it ends one side of a
+        deadlock (40P01). It asks for the transaction to run again, which then sees the other
+        one's edit: the writes' guards keep an edited text from getting an old vector. In a
+        caller's transaction each attempt is a savepoint; the caller's snapshot stays, so
+        there a refusal comes back on every attempt, and the caller's transaction stays usable.
+        """
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                with transaction.atomic(using=self.using):
+                    return write()
+            except DatabaseError as exc:
+                if attempt == WRITE_ATTEMPTS or not lost_to_concurrent(exc):
+                    raise
+                logger.info("A write lost to a concurrent transaction (attempt %d); running it again.", attempt)
+        raise AssertionError("unreachable")
 
     def write_vectors(self, results: list[tuple[Item, Vector]]) -> list[Any]:
-        """Store a batch of vectors in one statement, each only if its row still holds its text."""
+        """Store a batch of vectors in one statement, each only if its row still holds its text.
+
+        Returns the primary keys of the rows written.
+        """
         field = self.field
         connection = connections[self.using]
         quote = connection.ops.quote_name
@@ -121,10 +196,7 @@ class RowWriterMixin:
             params += [str(item.pk), item.hash, item.guard, "[" + ",".join(map(str, vector)) + "]"]
         with connection.cursor() as cursor:
             cursor.execute(sql, params + guard_params)
-            written = [row[0] for row in cursor.fetchall()]
-        self.outcome.embedded += len(written)
-        self.outcome.changed_in_flight += len(results) - len(written)
-        return written
+            return [row[0] for row in cursor.fetchall()]
 
     def compile(self, expression: Any, connection: Any) -> tuple[str, list[Any]]:
         """SQL for an expression over this model's columns, qualified by its table name."""
@@ -156,8 +228,12 @@ class RowWriterMixin:
             f"AND ({guard_sql}) IS NOT DISTINCT FROM v.guard::text"
         )
         params = [value for item in items for value in (str(item.pk), item.hash, item.guard)]
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params + guard_params)
+
+        def refresh() -> None:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params + guard_params)
+
+        self.in_transaction(refresh)
 
     def write(self, item: Item, vector: Vector | None) -> bool:
         """Store ``vector`` (None: no text, no vector) if the row still holds the text it was made from."""
@@ -170,14 +246,9 @@ class RowWriterMixin:
         }
         if field.text_from_python():
             values[field.source_hash_name] = item.hash
-        if not self.model._base_manager.using(self.using).filter(self.still_holds(item), pk=item.pk).update(**values):
-            self.outcome.changed_in_flight += 1
-            return False
-        if vector is None:
-            self.outcome.cleared += 1
-        else:
-            self.outcome.embedded += 1
-        return True
+        return bool(
+            self.model._base_manager.using(self.using).filter(self.still_holds(item), pk=item.pk).update(**values)
+        )
 
     def fail(self, items: list[Item], message: str, *, permanent: bool, retry_in: float = 0) -> None:
         if items and isinstance(items[0], PassageItem):

@@ -48,3 +48,31 @@ def backlog(fake_gemini):
 def all_logs(caplog):
     caplog.set_level(logging.DEBUG)
     return caplog
+
+
+@pytest.fixture
+def latin1_database(transactional_db):
+    """A database whose text is LATIN1, as older projects have, reached as the alias "latin1",
+    with pgvector, Article's table and the app's own tables."""
+    import psycopg
+    from django.core.management import call_command
+    from django.db import connection, connections
+    from django.db.backends.postgresql.base import DatabaseWrapper
+
+    from tests.testapp.models import Article
+
+    admin = psycopg.connect(**connection.get_connection_params(), autocommit=True)
+    admin.execute("DROP DATABASE IF EXISTS semantic_latin1")
+    admin.execute("CREATE DATABASE semantic_latin1 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    wrapper = DatabaseWrapper({**connection.settings_dict, "NAME": "semantic_latin1"}, alias="latin1")
+    connections["latin1"] = wrapper
+    try:
+        call_command("migrate", "semantic", database="latin1", verbosity=0)  # pgvector and the app's tables
+        with wrapper.schema_editor() as editor:
+            editor.create_model(Article)
+        yield wrapper
+    finally:
+        wrapper.close()
+        del connections["latin1"]
+        admin.execute("DROP DATABASE IF EXISTS semantic_latin1")
+        admin.close()

@@ -411,3 +411,14 @@ def test_an_admin_of_a_model_with_several_fields_must_name_one():
     assert error.msg == UNKNOWN_FIELD.format(admin="DocumentAdmin", name="contents", label="testapp.Document")
     DocumentAdmin.semantic_field = "content"
     assert DocumentAdmin(Document, admin.AdminSite()).check() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_not_in_utf8_is_an_error_for_check_and_migrate(latin1_database):
+    from semantic.schema import NOT_UTF8, NOT_UTF8_FIX
+
+    # What `check --database latin1` and `migrate --database latin1` run.
+    found = [(e.level, e.msg, e.hint) for e in checks.run_checks(databases=["latin1"]) if e.id == "semantic.E013"]
+    assert found == [(checks.ERROR, NOT_UTF8.format(database="latin1", encoding="LATIN1"), NOT_UTF8_FIX)]
+    assert "ENCODING 'UTF8'" in NOT_UTF8_FIX and "pg_dump" in NOT_UTF8_FIX
+    assert not [e for e in checks.run_checks(databases=["default"]) if e.id == "semantic.E013"]  # UTF8

@@ -18,7 +18,7 @@ from project.questions.models import Question
 from semantic import EmbeddingField, SemanticManager, suspend_embedding
 from semantic.checks import check_unmanaged_tables
 from semantic.management.commands.semantic_embed import Command as EmbedCommand
-from semantic.schema import UNMANAGED_MISSING, UNMANAGED_NO_TABLE, schema_problem
+from semantic.schema import NOT_UTF8, NOT_UTF8_FIX, UNMANAGED_MISSING, UNMANAGED_NO_TABLE, schema_problem
 from semantic.tasks import SWEEP_FAILED, embed_pending
 from tests.commands import call
 
@@ -220,3 +220,35 @@ def test_the_admin_status_page_shows_the_problem(legacy, admin_client):
     assert escape(problem.splitlines()[0]) in page
     row = page.split("testapp.LegacyDoc.<wbr>embedding</td>", 1)[1].split("</tr>", 1)[0]
     assert row.count('<td class="semantic-count">–</td>') == 6
+
+
+class EverythingOnLatin1:
+    """Articles and the app's records of them on the LATIN1 database (the rate limit is shared)."""
+
+    def db_for_read(self, model, **hints):
+        if model._meta.app_label == "testapp" or model._meta.label in ("semantic.EmbeddingFailure", "semantic.Passage"):
+            return "latin1"
+        return None
+
+    db_for_write = db_for_read
+
+
+def test_a_database_not_in_utf8_is_reported_and_its_rows_are_not_sent(latin1_database, settings, fake_gemini):
+    from tests.testapp.models import Article
+
+    settings.DATABASE_ROUTERS = [f"{__name__}.EverythingOnLatin1"]
+    with suspend_embedding():
+        Article.objects.create(title="Café opening hours", body="Le café ouvre à 8 h.")
+    field = Article._meta.get_field("embedding")
+    problem = schema_problem(field)
+    what = NOT_UTF8.format(database="latin1", encoding="LATIN1")
+    assert problem == f"testapp.Article.embedding: {what} {NOT_UTF8_FIX}"
+    assert "ENCODING 'UTF8'" in problem and "pg_dump" in problem
+
+    for _ in range(2):
+        summary = embed_pending("testapp.Article")["testapp.Article.embedding"]
+        assert summary["stopped"] == problem and summary["embedded"] == 0
+    assert fake_gemini.request_count == 0  # no text is paid for, again and again, only to be thrown away
+
+    (status,) = json.loads(call("semantic_status", "testapp.Article", "--json")[0])
+    assert status["problem"] == problem
