@@ -37,6 +37,17 @@ COMPOSITE_KEY_HINT = (
     "name=...)], then makemigrations and migrate."
 )
 
+#: PostgreSQL's longest identifier (NAMEDATALEN - 1); longer names are cut, and Django refuses them.
+MAX_COLUMN_NAME = 63
+NAME_TOO_LONG = (
+    "The name of {label} is too long: the field keeps hidden columns named after it, and "
+    "{column!r} has {length} characters, more than PostgreSQL's {limit}."
+)
+NAME_TOO_LONG_HINT = (
+    "Give the field a name of at most {most} characters (db_column does not rename the hidden columns), "
+    "then makemigrations."
+)
+
 
 @checks.register()
 def check_backend(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
@@ -93,6 +104,9 @@ def check_fields(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage
             if isinstance(model._meta.pk, models.CompositePrimaryKey):
                 errors.append(_composite_key(model, field))
                 continue
+            if long_name := _name_too_long(model, field):
+                errors.append(long_name)
+                continue
             errors += _check_field(model, field, _backend_for_checks(backend_class, field.embedding_model))
     return errors
 
@@ -104,6 +118,23 @@ def _composite_key(model: type[models.Model], field: Any) -> checks.CMessage:
         hint=COMPOSITE_KEY_HINT.format(model=model._meta.label, columns=columns),
         obj=field,
         id="semantic.E011",
+    )
+
+
+def _name_too_long(model: type[models.Model], field: Any) -> checks.CMessage | None:
+    """Django reports the hidden columns' names only at ``migrate`` (models.E018), after
+    ``makemigrations`` wrote them, with a hint (``db_column``) the user cannot follow."""
+    companions = (field.embedded_hash_name, field.spec_name, field.pending_since_name, field.source_hash_name)
+    column = max(companions, key=len)
+    if len(column) <= MAX_COLUMN_NAME:
+        return None
+    return checks.Error(
+        NAME_TOO_LONG.format(
+            label=f"{model._meta.label}.{field.name}", column=column, length=len(column), limit=MAX_COLUMN_NAME
+        ),
+        hint=NAME_TOO_LONG_HINT.format(most=MAX_COLUMN_NAME - (len(column) - len(field.name))),
+        obj=field,
+        id="semantic.E014",
     )
 
 

@@ -422,3 +422,30 @@ def test_a_database_not_in_utf8_is_an_error_for_check_and_migrate(latin1_databas
     assert found == [(checks.ERROR, NOT_UTF8.format(database="latin1", encoding="LATIN1"), NOT_UTF8_FIX)]
     assert "ENCODING 'UTF8'" in NOT_UTF8_FIX and "pg_dump" in NOT_UTF8_FIX
     assert not [e for e in checks.run_checks(databases=["default"]) if e.id == "semantic.E013"]  # UTF8
+
+
+@isolate_apps("tests.testapp")
+def test_a_field_name_too_long_for_its_hidden_columns_is_an_error_before_migrations_are_written():
+    from semantic import EmbeddingField
+    from semantic.checks import NAME_TOO_LONG, NAME_TOO_LONG_HINT
+
+    longest = "e" * 49
+    too_long = "embedding_of_the_customer_support_conversation_text"  # 51 characters
+
+    class Ticket(models.Model):
+        subject = models.TextField()
+        fits = EmbeddingField(source="subject", dimensions=128)
+
+        class Meta:
+            app_label = "testapp"
+
+    EmbeddingField(source="subject", dimensions=128).contribute_to_class(Ticket, longest)
+    EmbeddingField(source="subject", dimensions=128).contribute_to_class(Ticket, too_long)
+
+    errors = check_fields(app_configs=[SimpleNamespace(get_models=lambda: [Ticket])])
+    (error,) = [e for e in errors if e.id == "semantic.E014"]
+    assert error.obj.name == too_long
+    assert error.msg == NAME_TOO_LONG.format(
+        label=f"testapp.Ticket.{too_long}", column=f"{too_long}_embedded_hash", length=65, limit=63
+    )
+    assert error.hint == NAME_TOO_LONG_HINT.format(most=49)
