@@ -36,6 +36,7 @@ from django.apps import apps as global_apps
 from django.core.exceptions import FieldDoesNotExist
 from django.core.management.base import CommandError
 from django.db import DEFAULT_DB_ALIAS, migrations, router
+from django.db.migrations.operations.base import Operation
 
 from semantic.fields import EmbeddingField, is_pending_index_name
 from semantic.models import KEYED_BY_NAME, UNREAD_WITHOUT_FIELD
@@ -77,6 +78,38 @@ class RenameStoredNames(migrations.RunPython):
             # serving_field and label_field came with their tables: wherever a table is, so are they.
             for column in ["field_name", *KEYED_BY_NAME[name]]:
                 _move(cursor, table, column, old, new, label=label)
+
+
+class MoveStoredRows(Operation):
+    """What the app stored for a model follows it to another app (``"notes.Note"`` to
+    ``"kb.Note"``), forwards and backwards.
+
+    Django moves a model between apps with ``SeparateDatabaseAndState``: no operation
+    in it says where the model went, so no step can be put after it for you. Put this
+    one in the migration that creates the model in its new app (README: Changing the
+    model or size).
+    """
+
+    reversible = True
+
+    def __init__(self, old_label: str, new_label: str) -> None:
+        self.old_label, self.new_label = old_label, new_label
+
+    def state_forwards(self, app_label: str, state: Any) -> None:
+        pass
+
+    def database_forwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
+        self.move(schema_editor, self.old_label, self.new_label)
+
+    def database_backwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
+        self.move(schema_editor, self.new_label, self.old_label)
+
+    def describe(self) -> str:
+        return f"Moves what django-semantic stored for {self.old_label} to {self.new_label}"
+
+    def move(self, schema_editor: Any, old: str, new: str) -> None:
+        for cursor, _name, table in _tables(schema_editor, KEYED_BY_NAME):
+            _move(cursor, table, "model_label", old, new)
 
 
 class DeleteStoredRows(migrations.RunPython):
