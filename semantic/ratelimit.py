@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 
-from django.db import transaction
+from django.db import router, transaction
 from django.utils import timezone
 
 from semantic.backends import EmbeddingBackend, get_backend
@@ -106,7 +106,7 @@ def _try_acquire(key: str, tokens: int) -> tuple[float, bool, str]:
     whether that is a pause, and the configuration problem that caused it."""
     now = _clock.now()
     window = timedelta(seconds=conf.RATE_LIMIT_WINDOW)
-    with transaction.atomic():
+    with transaction.atomic(using=router.db_for_write(RateLimit)):
         state, _ = RateLimit.objects.select_for_update().get_or_create(key=key, defaults={"window_start": now})
         if state.paused_until and state.paused_until > now:
             return (state.paused_until - now).total_seconds(), True, state.problem
@@ -130,7 +130,7 @@ def pause(backend: EmbeddingBackend, seconds: float, *, problem: str = "") -> No
     seconds = min(max(seconds, 0.0), MAX_RETRY_AFTER) if seconds == seconds else 0.0
     now = _clock.now()
     until = now + timedelta(seconds=seconds)
-    with transaction.atomic():
+    with transaction.atomic(using=router.db_for_write(RateLimit)):
         state, _ = RateLimit.objects.select_for_update().get_or_create(
             key=limit_key(backend), defaults={"window_start": now}
         )

@@ -208,3 +208,26 @@ def test_applying_suggested_labels_writes_where_the_rows_are_written(replica, cl
     response = client.post(changelist, {**chosen, "min_confidence": "0", "post": "yes"})
     assert response.status_code == 302
     assert set(Ticket.objects.filter(pk__in=waiting).values_list("category", flat=True)) == {"card_arrival"}
+
+
+class TheAppOnOther:
+    """The app's own tables read and written on "other" (migrated on both)."""
+
+    def db_for_read(self, model, **hints):
+        return "other" if model._meta.app_label == "semantic" else None
+
+    db_for_write = db_for_read
+
+
+def test_the_shared_rate_limit_is_kept_where_the_router_writes_the_apps_tables(fake_gemini):
+    from semantic import ratelimit
+    from semantic.backends import get_backend
+    from semantic.models import RateLimit
+
+    backend = get_backend()
+    with routers(TheAppOnOther):
+        assert ratelimit.acquire(backend, tokens=10) == 0
+        ratelimit.pause(backend, 30)
+    (state,) = RateLimit.objects.using("other").all()
+    assert (state.requests, state.tokens, state.paused_until is not None) == (1, 10, True)
+    assert not RateLimit.objects.using("default").exists()
