@@ -200,9 +200,18 @@ def test_a_question_being_embedded_polls_its_state(client, fake_gemini):
         question = Question.objects.create(title="Brand new", body="")
     state = reverse("questions:state", args=[question.pk])
     assert f'data-state="{state}"' in client.get(question.get_absolute_url()).content.decode()
-    assert client.get(state).json() == {"embedded": False}
+    assert client.get(state).json() == {"embedded": False, "failed": False}
     embed_pending()
-    assert client.get(state).json() == {"embedded": True}
+    assert client.get(state).json() == {"embedded": True, "failed": False}
+
+
+def test_a_question_whose_embedding_failed_says_so_instead_of_waiting(client, fake_gemini):
+    fake_gemini.fail_next(500, times=100)
+    question = Question.objects.create(title="Brand new", body="while the API fails")  # the worker tried
+    state = reverse("questions:state", args=[question.pk])
+    assert client.get(state).json() == {"embedded": False, "failed": True}
+    page = client.get(question.get_absolute_url()).content.decode()
+    assert "embedding this question failed" in page and "being embedded" not in page
 
 
 def test_with_gemini_no_english_only_note(client, questions):

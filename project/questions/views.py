@@ -11,6 +11,7 @@ from project.questions.relevance import describe, thresholds
 from project.questions.search import search
 from semantic import EmptyQuery, SearchUnavailable
 from semantic.backends import get_backend
+from semantic.rows import failures
 
 PER_PAGE = 20
 SEARCH_UNAVAILABLE = "Search by meaning is unavailable right now; please try again in a minute. Showing all questions."
@@ -69,15 +70,23 @@ def question_detail(request, pk):
         "question": question,
         "similar": similar,
         "nothing_to_embed": not has_text(question),
+        "failed": question.embedding is None and has_failed(question),
         "suggestion": suggest_for(question),
     }
     return render(request, "questions/detail.html", context)
 
 
 def question_state(request, pk):
-    """``{"embedded": bool}``: what the page of a new question polls until it can list similar ones."""
+    """``{"embedded": bool, "failed": bool}``: what the page of a new question polls until it can
+    list similar ones, or say that embedding it failed (the sweep tries it again)."""
     question = get_object_or_404(Question.objects.only("pk", "embedding"), pk=pk)
-    return JsonResponse({"embedded": question.embedding is not None})
+    embedded = question.embedding is not None
+    return JsonResponse({"embedded": embedded, "failed": not embedded and has_failed(question)})
+
+
+def has_failed(question: Question) -> bool:
+    field = Question._meta.get_field("embedding")
+    return failures(Question, field).filter(object_pk=str(question.pk)).exists()
 
 
 def has_text(question: Question) -> bool:
