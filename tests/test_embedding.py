@@ -441,13 +441,15 @@ def test_a_key_with_surrounding_whitespace_never_reaches_logs_failures_or_result
 
 @pytest.mark.parametrize("value", ["NaN", "1e400"])  # 1e400 is infinite once parsed
 def test_a_vector_with_nan_or_infinity_is_a_malformed_answer_retried_then_recorded(fake_gemini, value):
-    """PostgreSQL refuses such a vector; it must fail its rows, not the run."""
+    """PostgreSQL refuses such a vector; it must fail its rows, never crash the run. Four of them
+    in a row stop the run as any answer that kept failing does (the next batch would get the same)."""
     Article.objects.bulk_create(Article(title=f"broken answer {i}", body="") for i in range(2))
     fake_gemini.bad_embeddings_next('{"values": [%s%s]}' % (value, ", 0.1" * 127), times=4)
     summary = embed_pending()["testapp.Article.embedding"]
-    assert fake_gemini.request_count == 4 and summary["failed"] == 2 and summary["stopped"] is None
     message = "Gemini API sent a malformed answer: a vector holding NaN or infinite values."
-    assert summary["errors"] == [message]
+    stopped = Embedder.API_FAILING.format(error=message, attempts=4)
+    assert fake_gemini.request_count == 4 and summary["failed"] == 2 and summary["stopped"] == stopped
+    assert summary["errors"] == [message, stopped]
     failures = EmbeddingFailure.objects.all()
     assert [(f.attempts, f.permanent, f.error) for f in failures] == [(4, False, message)] * 2
     assert not Article.objects.filter(embedding__isnull=False).exists()
