@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from semantic import embed_pending, suspend_embedding
 from semantic.backends import EmbeddingBackend
+from semantic.backends.gemini import UNSENDABLE_KEY
 from semantic.embedder import LOCKS_LOST, Embedder
 from semantic.fields import get_embedding_field
 from semantic.models import EmbeddingFailure, RateLimit
@@ -310,6 +311,19 @@ def test_missing_key_is_reported_with_how_to_fix_and_the_row_waits(fake_gemini, 
     embed_pending()
     assert stored(article) is not None
     assert configuration_problem() is None
+
+
+def test_a_key_pasted_with_quotes_stops_the_run_saying_to_fix_the_key(fake_gemini, semantic_settings):
+    """Not "try again later" and a retry every sweep: nothing can be sent until the key is set again."""
+    semantic_settings(API_KEY=f"\u201c{settings.TEST_API_KEY}\u201d")
+    Article.objects.bulk_create(Article(title=f"quoted key {i}", body="") for i in range(3))
+    summary = embed_pending()["testapp.Article.embedding"]
+    assert summary["stopped"] == UNSENDABLE_KEY and summary["requests"] == 1 and summary["failed"] == 0
+    assert configuration_problem() == UNSENDABLE_KEY
+    assert fake_gemini.request_count == 0 and not EmbeddingFailure.objects.exists()
+    semantic_settings(API_KEY=settings.TEST_API_KEY)
+    embed_pending()
+    assert not Article.objects.filter(embedding__isnull=True).exists()
 
 
 def test_the_key_never_reaches_logs_failures_or_results(fake_gemini, all_logs):
