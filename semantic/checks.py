@@ -11,6 +11,7 @@ from django.db import connections, models, router
 from django.db.models.query_utils import DeferredAttribute
 from django.utils.functional import cached_property
 
+from semantic.backends.gemini import sendable_key
 from semantic.conf import GEMINI_BACKEND, REMOVED
 from semantic.conf import semantic_settings as conf
 from semantic.operations import extension_elsewhere
@@ -24,6 +25,14 @@ LOCAL_DIMENSIONS_HINT = (
 DIMENSIONS_HINT = (
     "Set dimensions={default} on the field, then makemigrations and migrate (no column changes; "
     "the rows are embedded again), or pin an embedding_model that makes this size."
+)
+#: semantic.E013: the key as configured cannot be sent; it names the character, never the key.
+KEY_UNSENDABLE = (
+    "The Gemini API key holds a character an HTTP header cannot carry ({character}), so no request can be sent with it."
+)
+KEY_UNSENDABLE_HINT = (
+    "Set GEMINI_API_KEY (or SEMANTIC['API_KEY']) to the key alone, as Google AI Studio shows it: "
+    "quotes, spaces or other characters copied with it from a document are not part of it."
 )
 #: semantic.E011: the app keeps what it knows of a row (failures, passages, dismissed
 #: pairs) under the row's one primary key value, which a composite key does not have.
@@ -72,6 +81,8 @@ def check_backend(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessag
                 id="semantic.E002",
             )
         )
+    if getattr(backend_class, "name", "") == "gemini":
+        errors += _check_key(conf.BACKEND_OPTIONS.get("api_key") or conf.API_KEY)
     for key, advice in REMOVED.items():
         if key in conf.user_settings:
             errors.append(checks.Warning(f"SEMANTIC[{key!r}] is no longer used.", hint=advice, id="semantic.W002"))
@@ -85,6 +96,19 @@ def check_backend(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessag
             )
         )
     return errors
+
+
+def _check_key(key: Any) -> list[checks.CMessage]:
+    """A key pasted with typographic quotes fails before any request, in a way that looks like a network error."""
+    key = key.strip() if isinstance(key, str) else ""  # as the backend reads it
+    if not key or sendable_key(key):
+        return []
+    character = next(c for c in key if not sendable_key(c))
+    return [
+        checks.Error(
+            KEY_UNSENDABLE.format(character=f"U+{ord(character):04X}"), hint=KEY_UNSENDABLE_HINT, id="semantic.E013"
+        )
+    ]
 
 
 @checks.register(checks.Tags.models)

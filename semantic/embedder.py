@@ -63,6 +63,12 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
         "makes {dimensions}."
     )
     WRITE_FAILED = "The database refused the vectors ({error}); the rows are retried later."
+    #: Why a run stopped after a request spent its attempts on errors that may pass (5xx, time-outs, network).
+    API_FAILING = (
+        "The embedding API kept failing ({error}): one request failed {attempts} time(s), so the run sent no "
+        "more. That request's rows are recorded as failed and retried later; the rows not sent stay pending "
+        "for the next run or sweep."
+    )
 
     def __init__(
         self,
@@ -255,9 +261,10 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
 
         A rejected text splits the batch to find it; each half counts its attempts
         afresh, since the server errors its parent met say nothing about the half. A
-        configuration error, or a pause longer than ``MAX_BACKOFF``, stops the run
-        (:attr:`stopped`): the rows no request was made for stay pending, without a
-        failure record, for the next sweep or save.
+        configuration error, a pause longer than ``MAX_BACKOFF``, or a request that used
+        up its attempts on transient errors stops the run (:attr:`stopped`): the rows no
+        request was made for stay pending, without a failure record, for the next sweep
+        or save.
         """
         if not items or self.stopped:
             return
@@ -316,6 +323,12 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
                 ratelimit.pause(self.backend, wait)  # every worker on this key waits, this one too
             if attempt >= conf.MAX_ATTEMPTS or wait > conf.MAX_BACKOFF:
                 self.fail(items, message, permanent=False, retry_in=max(wait, conf.MAX_BACKOFF))
+                if error.retry_after is None or wait <= conf.MAX_BACKOFF:
+                    # The next request would meet the same API and wait as long, batch after
+                    # batch, until django-q2 kills the task past Q_CLUSTER["timeout"] with a
+                    # batch in flight. (A longer shared pause stops the run at the next acquire(),
+                    # saying how long it lasts.)
+                    self.stop(self.API_FAILING.format(error=message, attempts=attempt))
                 return
             logger.info("Embedding request failed (%s); retrying in %.1fs.", message, wait)
             if error.retry_after is None:

@@ -85,7 +85,8 @@ def embed_field(label: str, field_name: str, using: str | None = None) -> dict[s
 
     while True:
         scan_started = time.monotonic()
-        for key, value in Embedder(model, field, using=using).run(on_batch=hand_on).as_dict().items():
+        outcome = Embedder(model, field, using=using).run(on_batch=hand_on)
+        for key, value in outcome.as_dict().items():
             if key not in total:
                 total[key] = value
             elif isinstance(value, list):
@@ -94,7 +95,9 @@ def embed_field(label: str, field_name: str, using: str | None = None) -> dict[s
                 total[key] += value
             elif value is not None:  # why a scan stopped early: the latest reason
                 total[key] = value
-        if scan_started - started >= window:
+        if outcome.stopped or scan_started - started >= window:
+            # A stopped scan met what the next one would meet too (the API failing, a key to
+            # fix, a Batch API job holding the rows): the rows left wait for the sweep.
             return total
         time.sleep(min(RESCAN_EVERY, max(0.0, started + window - time.monotonic())))
 

@@ -79,7 +79,7 @@ class Outcome:
     passage_rows: int = 0
     passages_failed: int = 0
     errors: list[str] = dataclass_field(default_factory=list)
-    #: Why the run ended before visiting every row (a configuration problem, a long pause), or None.
+    #: Why the run ended before visiting every row (a configuration problem, the API failing, a long pause), or None.
     stopped: str | None = None
 
     def as_dict(self) -> dict[str, Any]:

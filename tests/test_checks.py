@@ -12,6 +12,8 @@ from semantic.admin import SEVERAL_FIELDS, UNKNOWN_FIELD, SemanticAdminMixin
 from semantic.checks import (
     COMPOSITE_KEY,
     COMPOSITE_KEY_HINT,
+    KEY_UNSENDABLE,
+    KEY_UNSENDABLE_HINT,
     check_backend,
     check_extension,
     check_fields,
@@ -49,6 +51,24 @@ def test_key_from_the_environment(semantic_settings, monkeypatch):
     monkeypatch.setenv("GEMINI_API_KEY", "from-env")
     semantic_settings(API_KEY=None)
     assert check_backend() == []
+
+
+@pytest.mark.parametrize("where", ["API_KEY", "environment", "BACKEND_OPTIONS"])
+def test_a_key_no_header_can_carry_is_an_error_that_never_shows_it(semantic_settings, monkeypatch, settings, where):
+    key = settings.TEST_API_KEY
+    pasted = f"\u201c{key}\u201d"
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    if where == "environment":
+        monkeypatch.setenv("GEMINI_API_KEY", pasted)
+        semantic_settings(API_KEY=None)
+    elif where == "API_KEY":
+        semantic_settings(API_KEY=pasted)
+    else:
+        semantic_settings(BACKEND_OPTIONS={"api_key": pasted})
+    (error,) = check_backend()
+    assert error.id == "semantic.E013"
+    assert (error.msg, error.hint) == (KEY_UNSENDABLE.format(character="U+201C"), KEY_UNSENDABLE_HINT)
+    assert key not in error.msg + error.hint
 
 
 def test_dimensions_the_backend_cannot_make_are_a_warning_that_names_the_key(semantic_settings):

@@ -16,6 +16,7 @@ from django.test.utils import CaptureQueriesContext
 
 from semantic import suspend_embedding
 from semantic.batch import NOT_DECLARED_HERE
+from semantic.embedder import Embedder
 from semantic.fields import get_embedding_field
 from semantic.management.commands.semantic_duplicates import Command as Duplicates
 from semantic.management.commands.semantic_embed import Command as Embed
@@ -25,7 +26,7 @@ from semantic.models import EmbeddingFailure
 from semantic.rows import pending_rows
 from semantic.switch import NOT_REPLACING
 from tests.commands import call, manage
-from tests.fake_gemini import BAD_KEY, fake_vector
+from tests.fake_gemini import BAD_KEY, api_error, fake_vector
 from tests.testapp.models import Article, ArticleProxy, FeaturedArticle, Note
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -427,6 +428,23 @@ def test_embed_at_verbosity_zero_prints_nothing_but_problems(backlog, fake_gemin
         call_command("semantic_embed", "testapp.Article", verbosity=0, stdout=out, stderr=err)
     assert out.getvalue() == ""
     assert err.getvalue().startswith(Embed.STOPPED.split("{reason}")[0].format(label="testapp.Article.embedding"))
+
+
+def test_embed_stops_when_the_api_keeps_failing_and_exits_1(backlog, fake_gemini, semantic_settings):
+    """A cron job or deploy script sees that the rows were not embedded: the run stopped after one
+    batch spent its attempts, and the other rows wait, with no failure records, for the next run."""
+    semantic_settings(MAX_ATTEMPTS=2)
+    fake_gemini.fail_every(503, body=api_error(503, "The service is currently unavailable.", "UNAVAILABLE"))
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.raises(CommandError) as info:
+        call_command("semantic_embed", "testapp.Article", "--batch-size", "10", stdout=out, stderr=err)
+    assert str(info.value) == Embed.INCOMPLETE.format(labels="testapp.Article.embedding")
+    assert fake_gemini.request_count == 2
+    error = EmbeddingFailure.objects.first().error
+    reason = Embedder.API_FAILING.format(error=error, attempts=2)
+    assert Embed.STOPPED.format(label="testapp.Article.embedding", reason=reason) in err.getvalue()
+    assert EmbeddingFailure.objects.count() == 10
+    assert pending_rows(Article, get_embedding_field(Article)).count() == 15  # 25 less the 10 that wait to retry
 
 
 def test_other_commands_that_report_are_quiet_at_verbosity_zero(fake_gemini, tmp_path):

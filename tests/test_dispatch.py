@@ -14,6 +14,8 @@ from django_q.models import OrmQ
 from django_q.signing import SignedPackage
 
 from semantic.dispatch import WAKE_WINDOW, forget_wakeups, queue_task
+from semantic.embedder import Embedder
+from semantic.models import EmbeddingFailure
 from semantic.tasks import embed_field
 from tests.fake_gemini import api_error
 from tests.testapp.models import Article, Document
@@ -199,4 +201,18 @@ def test_a_wakeup_with_rows_left_after_a_request_wakes_one_more_worker(queued, f
     fake_gemini.fail_every(503, body=api_error(503, "The service is currently unavailable.", "UNAVAILABLE"))
     forget_wakeups()
     embed_field("testapp.Article", "embedding")
+    assert queued() == []
+
+
+def test_a_wakeup_whose_run_stopped_does_not_scan_again(queued, fake_gemini, semantic_settings):
+    """The API failing stops the run after one batch; a second scan in the wake window would meet
+    the same API with the next batch. The rows left wait for the sweep, without failure records."""
+    semantic_settings(SYNC=False, BATCH_SIZE=10)
+    forget_wakeups()
+    Article.objects.bulk_create(Article(title=f"Outage {i}", body="") for i in range(30))
+    fake_gemini.fail_every(503, body=api_error(503, "The service is currently unavailable.", "UNAVAILABLE"))
+    result = embed_field("testapp.Article", "embedding")
+    assert fake_gemini.request_count == 4  # MAX_ATTEMPTS for one batch, then no other scan
+    assert result["failed"] == 10 and result["stopped"].startswith(Embedder.API_FAILING.split("{")[0])
+    assert EmbeddingFailure.objects.count() == 10
     assert queued() == []

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from semantic import embed_pending, suspend_embedding
 from semantic.backends import EmbeddingBackend
+from semantic.backends.gemini import UNSENDABLE_KEY
 from semantic.embedder import LOCKS_LOST, Embedder
 from semantic.fields import get_embedding_field
 from semantic.models import EmbeddingFailure, RateLimit
@@ -312,6 +313,19 @@ def test_missing_key_is_reported_with_how_to_fix_and_the_row_waits(fake_gemini, 
     assert configuration_problem() is None
 
 
+def test_a_key_pasted_with_quotes_stops_the_run_saying_to_fix_the_key(fake_gemini, semantic_settings):
+    """Not "try again later" and a retry every sweep: nothing can be sent until the key is set again."""
+    semantic_settings(API_KEY=f"\u201c{settings.TEST_API_KEY}\u201d")
+    Article.objects.bulk_create(Article(title=f"quoted key {i}", body="") for i in range(3))
+    summary = embed_pending()["testapp.Article.embedding"]
+    assert summary["stopped"] == UNSENDABLE_KEY and summary["requests"] == 1 and summary["failed"] == 0
+    assert configuration_problem() == UNSENDABLE_KEY
+    assert fake_gemini.request_count == 0 and not EmbeddingFailure.objects.exists()
+    semantic_settings(API_KEY=settings.TEST_API_KEY)
+    embed_pending()
+    assert not Article.objects.filter(embedding__isnull=True).exists()
+
+
 def test_the_key_never_reaches_logs_failures_or_results(fake_gemini, all_logs):
     key = settings.TEST_API_KEY
     fake_gemini.fail_next(400, body='{"error": {"code": 400, "message": "API key %s not valid"}}' % key)
@@ -441,13 +455,15 @@ def test_a_key_with_surrounding_whitespace_never_reaches_logs_failures_or_result
 
 @pytest.mark.parametrize("value", ["NaN", "1e400"])  # 1e400 is infinite once parsed
 def test_a_vector_with_nan_or_infinity_is_a_malformed_answer_retried_then_recorded(fake_gemini, value):
-    """PostgreSQL refuses such a vector; it must fail its rows, not the run."""
+    """PostgreSQL refuses such a vector; it must fail its rows, never crash the run. Four of them
+    in a row stop the run as any answer that kept failing does (the next batch would get the same)."""
     Article.objects.bulk_create(Article(title=f"broken answer {i}", body="") for i in range(2))
     fake_gemini.bad_embeddings_next('{"values": [%s%s]}' % (value, ", 0.1" * 127), times=4)
     summary = embed_pending()["testapp.Article.embedding"]
-    assert fake_gemini.request_count == 4 and summary["failed"] == 2 and summary["stopped"] is None
     message = "Gemini API sent a malformed answer: a vector holding NaN or infinite values."
-    assert summary["errors"] == [message]
+    stopped = Embedder.API_FAILING.format(error=message, attempts=4)
+    assert fake_gemini.request_count == 4 and summary["failed"] == 2 and summary["stopped"] == stopped
+    assert summary["errors"] == [message, stopped]
     failures = EmbeddingFailure.objects.all()
     assert [(f.attempts, f.permanent, f.error) for f in failures] == [(4, False, message)] * 2
     assert not Article.objects.filter(embedding__isnull=False).exists()

@@ -8,13 +8,16 @@ import json
 import math
 
 import pytest
+from django.core.cache import cache
 from django.core.management.base import CommandError
 
 from semantic import embed_pending
 from semantic.evaluate import load_qrels, mrr, ndcg, recall
 from semantic.management.commands.semantic_evaluate import Command
-from tests.commands import call
+from semantic.vectors import SearchUnavailable
+from tests.commands import call, manage
 from tests.docsapp.models import Doc
+from tests.fake_gemini import api_error
 
 
 def test_ndcg_discounts_by_position_and_grades_by_score():
@@ -93,3 +96,22 @@ def test_bad_files_and_fields_are_named(files, tmp_path):
         )
     with pytest.raises(ValueError, match="header"):
         load_qrels(headless)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_api_failing_is_one_line_and_exit_status_1(files, fake_gemini):
+    """As semantic_search says it: no traceback through evaluate, query and vectors."""
+    Doc.objects.create(corpus_id="d1", title="Coffee", text="Caffeine in coffee keeps people awake.")
+    cache.clear()  # no query vector from another test
+    fake_gemini.fail_every(500, body=api_error(500, "Internal error encountered.", "INTERNAL"))
+    queries, qrels = files
+    args = ["semantic_evaluate", "docsapp.Doc", "--queries", str(queries), "--qrels", str(qrels)]
+    with pytest.raises(CommandError) as info:
+        call(*args)
+    reason = "Gemini API error 500: Internal error encountered."
+    assert str(info.value) == Command.UNAVAILABLE.format(error=SearchUnavailable.FAILED.format(reason=reason))
+
+    process = manage(fake_gemini, *args[:2], "--queries", str(queries), "--qrels", str(qrels))
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert err.splitlines() == ["CommandError: " + str(info.value)]

@@ -34,6 +34,7 @@ from django.db import connections
 from django.utils import timezone
 
 from semantic import embed_pending, suspend_embedding
+from semantic.embedder import Embedder
 from semantic.fields import get_embedding_field
 from semantic.models import EmbeddingFailure, RateLimit
 from semantic.ratelimit import configuration_problem
@@ -186,6 +187,35 @@ def test_5xx_bursts_and_malformed_answers(fake_gemini):
     result = tally("5xx bursts and malformed JSON", fake_gemini, ROWS)
     assert (result.lost, result.stale, result.sent_twice, result.rejected) == (0, 0, 0, 0)
     assert not EmbeddingFailure.objects.exists()
+
+
+@pytest.mark.parametrize("outage", ["500", "hung"])
+def test_an_outage_stops_the_run_after_one_batch_spent_its_attempts(fake_gemini, semantic_settings, outage):
+    """The API answers 500, or holds every request past TIMEOUT: the next batch would wait as long
+    (MAX_ATTEMPTS x TIMEOUT each, until django-q2 kills the task with a batch in flight), so the
+    run stops after the first; only its rows get failure records, the others stay pending."""
+    backlog("outage")
+    if outage == "500":
+        fake_gemini.fail_every(500, body=api_error(500, "Internal error encountered.", "INTERNAL"))
+    else:
+        semantic_settings(TIMEOUT=0.2)
+        fake_gemini.latency = 1.0
+    summary = embed_pending("testapp.Article")["testapp.Article.embedding"]
+    assert fake_gemini.request_count == 4  # MAX_ATTEMPTS, for the first batch only
+    first = Article.objects.order_by("pk").values_list("pk", flat=True)[:BATCH]
+    failures = EmbeddingFailure.objects.all()
+    assert sorted(int(f.object_pk) for f in failures) == list(first)
+    assert all(f.attempts == 4 and not f.permanent for f in failures)
+    error = failures[0].error
+    assert ("500" in error) if outage == "500" else ("timed out" in error or "Timeout" in error)
+    assert summary["stopped"] == Embedder.API_FAILING.format(error=error, attempts=4)
+    assert summary["failed"] == BATCH and summary["errors"] == [error, summary["stopped"]]
+    assert not Article.objects.filter(embedding__isnull=False).exists()
+
+    fake_gemini.reset()  # the API is back
+    recover()
+    result = tally(f"an outage ({outage}): one batch's attempts, then the run stops", fake_gemini, ROWS)
+    assert (result.lost, result.stale, result.sent_twice, result.rejected) == (0, 0, 0, 0)
 
 
 def test_a_bad_key_then_a_fixed_key(fake_gemini, semantic_settings):

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.views.debug import technical_500_response
 
 from semantic.backends import EmbeddingError
-from semantic.backends.gemini import GeminiBackend
+from semantic.backends.gemini import FIX_KEY, UNSENDABLE_KEY, GeminiBackend
 from tests.fake_gemini import BAD_KEY, MODEL_NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED, api_error, fake_vector
 
 
@@ -89,6 +89,20 @@ def test_missing_key_says_how_to_fix(fake_gemini):
     b.api_key = None
     with pytest.raises(EmbeddingError, match="GEMINI_API_KEY"):
         b.embed(["x"], task_type="SEMANTIC_SIMILARITY", dimensions=768)
+    assert fake_gemini.request_count == 0
+
+
+@pytest.mark.parametrize("pasted", ["\u201c{key}\u201d", "{key}\u200b", "{key}\nsecond line"])
+def test_a_key_no_header_can_carry_is_a_configuration_error_and_nothing_is_sent(fake_gemini, pasted):
+    """Quotes copied from a document with the key made httpx fail to write the header: read as
+    a network error, it was retried for ever and searches said "try again later"."""
+    key = settings.TEST_API_KEY
+    with pytest.raises(EmbeddingError) as info:
+        backend(fake_gemini, api_key=pasted.format(key=key)).embed(
+            ["x"], task_type="SEMANTIC_SIMILARITY", dimensions=768
+        )
+    assert info.value.kind == "config" and str(info.value) == UNSENDABLE_KEY
+    assert FIX_KEY in UNSENDABLE_KEY and key not in UNSENDABLE_KEY
     assert fake_gemini.request_count == 0
 
 

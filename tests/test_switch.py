@@ -197,7 +197,8 @@ def test_a_row_the_api_rejects_for_good_does_not_hold_the_switch_up(reviews, fak
 def test_a_row_failed_for_now_still_holds_the_switch_up(reviews, fake_gemini, semantic_settings):
     semantic_settings(MAX_ATTEMPTS=1)
     fake_gemini.fail_every(503, body='{"error": {"code": 503, "message": "busy"}}')
-    call("semantic_embed", "testapp.Review.embedding_next")
+    with pytest.raises(CommandError):  # the API kept failing: the run stopped
+        call("semantic_embed", "testapp.Review.embedding_next")
     fake_gemini.reset()
     with pytest.raises(CommandError) as info:
         call("semantic_embed", "testapp.Review.embedding_next", "--switch")

@@ -44,6 +44,11 @@ FIX_PERMISSION = (
 )
 FIX_MODEL = "Check SEMANTIC['MODEL'] (or the field's embedding_model): {model!r} is not a Gemini embedding model."
 FIX_PROJECT = "The API refuses this project or region; fix it in Google AI Studio or set SEMANTIC['API_KEY']."
+#: A key no request can carry: its header could not even be written, so the API never saw it.
+UNSENDABLE_KEY = (
+    "The Gemini API key holds a character an HTTP header cannot carry (only printable ASCII can: "
+    "were quotes copied with it?). " + FIX_KEY
+)
 
 Result = TypeVar("Result")
 
@@ -94,6 +99,10 @@ class GeminiBackend(EmbeddingBackend):
                     "environment variable, or remove SEMANTIC['BACKEND'] to use the local model.",
                     kind=CONFIG,
                 )
+            if not sendable_key(self.api_key):
+                # Else httpx fails to encode the header (UnicodeEncodeError), which reads as a
+                # network blip: retried for ever, "try again later", the key never blamed.
+                raise EmbeddingError(UNSENDABLE_KEY, kind=CONFIG)
             self._client = self._call(self._new_client)
         return self._client
 
@@ -256,6 +265,11 @@ class BatchStatus:
     @property
     def succeeded(self) -> bool:
         return self.state in ("JOB_STATE_SUCCEEDED", "JOB_STATE_PARTIALLY_SUCCEEDED")
+
+
+def sendable_key(key: str) -> bool:
+    """Whether ``key`` can go in the ``x-goog-api-key`` header; every real key is printable ASCII."""
+    return key.isascii() and key.isprintable()
 
 
 def _contents(texts: Sequence[str]) -> list[Any]:

@@ -1,6 +1,7 @@
 from django.core.exceptions import FieldDoesNotExist
 from django.core.management.base import BaseCommand, CommandError
 
+from semantic.backends import EmbeddingError
 from semantic.evaluate import METHODS, default_methods, evaluate, load_qrels, load_queries, parse_weights, report_lines
 from semantic.hybrid import DEFAULT_K
 from semantic.management.targets import resolve
@@ -15,6 +16,8 @@ class Command(BaseCommand):
 
     SUMMARY = "{queries} queries with judgements, {rows} rows of {label}."
     NO_ID_FIELD = "{label} has no field {name!r} for --id-field."
+    #: The embedding API failing is one line saying so, as semantic_search says it, not a traceback.
+    UNAVAILABLE = "Could not embed the queries: {error}"
 
     def add_arguments(self, parser):
         parser.add_argument("target", help="app_label.Model or app_label.Model.field")
@@ -63,6 +66,8 @@ class Command(BaseCommand):
                 weights=weight_pair,
                 methods=chosen,
             )
+        except EmbeddingError as error:
+            raise CommandError(self.UNAVAILABLE.format(error=error)) from None
         except (OSError, ValueError) as error:
             raise CommandError(str(error)) from None
         for line in report_lines(results):
