@@ -26,7 +26,7 @@ DIMENSIONS_HINT = (
     "Set dimensions={default} on the field, then makemigrations and migrate (no column changes; "
     "the rows are embedded again), or pin an embedding_model that makes this size."
 )
-#: semantic.E013: the key as configured cannot be sent; it names the character, never the key.
+#: semantic.E015: the key as configured cannot be sent; it names the character, never the key.
 KEY_UNSENDABLE = (
     "The Gemini API key holds a character an HTTP header cannot carry ({character}), so no request can be sent with it."
 )
@@ -106,7 +106,7 @@ def _check_key(key: Any) -> list[checks.CMessage]:
     character = next(c for c in key if not sendable_key(c))
     return [
         checks.Error(
-            KEY_UNSENDABLE.format(character=f"U+{ord(character):04X}"), hint=KEY_UNSENDABLE_HINT, id="semantic.E013"
+            KEY_UNSENDABLE.format(character=f"U+{ord(character):04X}"), hint=KEY_UNSENDABLE_HINT, id="semantic.E015"
         )
     ]
 

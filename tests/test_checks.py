@@ -66,7 +66,7 @@ def test_a_key_no_header_can_carry_is_an_error_that_never_shows_it(semantic_sett
     else:
         semantic_settings(BACKEND_OPTIONS={"api_key": pasted})
     (error,) = check_backend()
-    assert error.id == "semantic.E013"
+    assert error.id == "semantic.E015"
     assert (error.msg, error.hint) == (KEY_UNSENDABLE.format(character="U+201C"), KEY_UNSENDABLE_HINT)
     assert key not in error.msg + error.hint
 
