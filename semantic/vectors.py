@@ -13,7 +13,16 @@ from collections.abc import Sequence
 
 from django.core.cache import caches
 
-from semantic.backends import EmbeddingBackend, EmbeddingError, Vector, get_backend, malformed, redact_keys
+from semantic.backends import (
+    CONFIG,
+    TRANSIENT,
+    EmbeddingBackend,
+    EmbeddingError,
+    Vector,
+    get_backend,
+    malformed,
+    redact_keys,
+)
 from semantic.conf import semantic_settings as conf
 from semantic.text import clean
 
@@ -41,13 +50,18 @@ class SearchUnavailable(EmbeddingError):
     embedding API fails or answers 429, or when the shared rate limit is spent for
     this window. ``retry_after`` is the number of seconds to wait, when known. A view
     catches it to show a friendly message instead of an error page.
+
+    When a setting must change first (the API refused the key, the model is unknown),
+    ``kind`` is ``"config"``, the message is the problem and what to fix, as the worker
+    reports it, and ``retry_after`` is None: no wait makes it work.
     """
 
     RATE_LIMITED = "Search is busy: the embedding rate limit is reached. Try again in {seconds} s."
     FAILED = "Search is unavailable: the embedding API failed ({reason}). Try again later."
+    CONFIGURATION = "Search is unavailable until a setting is fixed: {problem}"
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message, transient=True, retry_after=retry_after)
+    def __init__(self, message: str, *, retry_after: float | None = None, kind: str = TRANSIENT) -> None:
+        super().__init__(message, kind=kind, retry_after=retry_after)
 
 
 def embed(
@@ -103,18 +117,25 @@ def _request(
     from semantic import ratelimit
 
     tokens = sum(len(text) for text in texts) // CHARS_PER_TOKEN + 1
-    if wait:
-        ratelimit.acquire(backend, tokens=tokens)
-    elif (seconds := ratelimit.try_acquire(backend, tokens=tokens)) > 0:
-        raise SearchUnavailable(SearchUnavailable.RATE_LIMITED.format(seconds=math.ceil(seconds)), retry_after=seconds)
+    try:
+        if wait:
+            ratelimit.acquire(backend, tokens=tokens)
+        elif (seconds := ratelimit.try_acquire(backend, tokens=tokens)) > 0:
+            message = SearchUnavailable.RATE_LIMITED.format(seconds=math.ceil(seconds))
+            raise SearchUnavailable(message, retry_after=seconds)
+    except ratelimit.Paused as paused:
+        # A worker met a bad key or model: say so, as it does, not "busy" (the pause is only how it stops).
+        raise SearchUnavailable(SearchUnavailable.CONFIGURATION.format(problem=paused.problem), kind=CONFIG) from None
     try:
         vectors = backend.embed(texts, task_type=task_type, dimensions=dimensions)
     except EmbeddingError as exc:
+        reason = redact_keys(str(exc), backend)
+        if exc.kind == CONFIG:
+            raise SearchUnavailable(SearchUnavailable.CONFIGURATION.format(problem=reason), kind=CONFIG) from None
         retry_after = exc.retry_after
         if retry_after is not None and math.isfinite(retry_after) and retry_after > 0:
             retry_after = min(retry_after, MAX_PAUSE)
             ratelimit.pause(backend, retry_after)
-        reason = redact_keys(str(exc), backend)
         # "from None": the original error's frames may hold the key; its message is redacted above.
         raise SearchUnavailable(SearchUnavailable.FAILED.format(reason=reason), retry_after=retry_after) from None
     if len(vectors) != len(texts):
