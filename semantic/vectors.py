@@ -3,6 +3,8 @@
 This is the path a search takes inside a web request, so it never waits: when the
 shared rate limit (:mod:`semantic.ratelimit`) is spent or paused, or the API fails,
 it raises :class:`SearchUnavailable` at once and the view can say "try again later".
+Each request gets ``SEARCH_TIMEOUT`` seconds, not the worker's ``TIMEOUT``, and is
+made once: a web server kills a request that waits as long as its own time-out.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 from django.core.cache import caches
 
@@ -23,6 +26,7 @@ from semantic.backends import (
     malformed,
     redact_keys,
 )
+from semantic.backends.base import time_limit
 from semantic.conf import semantic_settings as conf
 from semantic.text import clean
 
@@ -79,10 +83,12 @@ def embed(
     the task type (when the backend's vectors depend on it), the size and the text, so
     repeating a search costs no API call.
     Texts not in the cache go through the shared rate limit: by default a request
-    the limit does not allow now raises :class:`SearchUnavailable` at once (a web
+    the limit does not allow now raises :class:`SearchUnavailable` at once, and a
+    request the API does not answer within ``SEARCH_TIMEOUT`` seconds does too (a web
     request must not hang for a minute); a script embedding many texts passes
-    ``wait=True`` to wait for its turn instead. Raises :class:`EmptyQuery` for an
-    empty text and :class:`SearchUnavailable` when the backend fails.
+    ``wait=True`` to wait for its turn, and up to ``TIMEOUT`` for each answer, instead.
+    Raises :class:`EmptyQuery` for an empty text and :class:`SearchUnavailable` when the
+    backend fails.
     """
     if isinstance(texts, str):
         raise TypeError("embed() takes a list of texts; wrap a single text in a list.")
@@ -127,7 +133,8 @@ def _request(
         # A worker met a bad key or model: say so, as it does, not "busy" (the pause is only how it stops).
         raise SearchUnavailable(SearchUnavailable.CONFIGURATION.format(problem=paused.problem), kind=CONFIG) from None
     try:
-        vectors = backend.embed(texts, task_type=task_type, dimensions=dimensions)
+        with nullcontext() if wait else time_limit(conf.SEARCH_TIMEOUT):
+            vectors = backend.embed(texts, task_type=task_type, dimensions=dimensions)
     except EmbeddingError as exc:
         reason = redact_keys(str(exc), backend)
         if exc.kind == CONFIG:

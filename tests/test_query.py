@@ -1,6 +1,7 @@
 """similar_to, duplicates and friends, on real PostgreSQL with vectors from the fake
 Gemini server (hashed bag of words: texts sharing words are near each other)."""
 
+import threading
 from datetime import timedelta
 
 import numpy as np
@@ -696,6 +697,33 @@ def test_a_key_refused_at_query_time_says_which_setting_to_fix(articles, fake_ge
     assert str(refused.value).startswith(SearchUnavailable.CONFIGURATION.format(problem="Gemini API error 400"))
     assert "SEMANTIC['API_KEY']" in str(refused.value) and "Try again" not in str(refused.value)
     assert refused.value.kind == CONFIG and refused.value.retry_after is None
+
+
+@pytest.fixture
+def hung_api(fake_gemini):
+    """The API holds every request (at most 3 s, far beyond the tests' SEARCH_TIMEOUT and
+    far within their TIMEOUT) until the test ends."""
+    released = threading.Event()
+    fake_gemini.on_request = lambda record: released.wait(timeout=3)
+    yield fake_gemini
+    released.set()
+
+
+def test_a_search_waits_search_timeout_once_and_the_worker_still_waits_timeout(articles, hung_api, semantic_settings):
+    """A search inside a web request must give up before the web server kills the
+    request (gunicorn's and Heroku's 30 s, README's TIMEOUT): SEARCH_TIMEOUT, one
+    request, no retry. The worker keeps its own TIMEOUT."""
+    semantic_settings(TIMEOUT=30.0, SEARCH_TIMEOUT=0.2)
+    with pytest.raises(SearchUnavailable) as hung:
+        Article.objects.similar_to("a text the API never answers for")
+    assert str(hung.value).startswith(SearchUnavailable.FAILED.split("{reason}")[0])
+    assert "timed out" in str(hung.value)
+    assert [r["timeout"] for r in hung_api.requests] == ["1"]  # 0.2 s, in the header's whole seconds
+
+    hung_api.reset()  # answers at once again
+    Article.objects.create(title="saved and embedded by the worker", body="")
+    list(Article.objects.similar_to("a text never searched before"))
+    assert [r["timeout"] for r in hung_api.requests] == ["30", "1"]
 
 
 def store_vectors(vectors, category="planted"):
