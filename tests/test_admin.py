@@ -143,6 +143,27 @@ def test_find_similar_stops_trying_the_api_after_it_fails_once(viewer, articles,
     assert response.content.decode().count("Not searched: its stored embedding is out of date") == 3
 
 
+def test_admin_pages_that_embed_give_a_hung_api_search_timeout_once(viewer, articles, fake_gemini, semantic_settings):
+    """Search by meaning and the change form's similar panel answer with a warning after
+    one request of SEARCH_TIMEOUT, long before the worker's TIMEOUT (the request time-out
+    of gunicorn and Heroku)."""
+    semantic_settings(TIMEOUT=30.0, SEARCH_TIMEOUT=0.2)
+    stale = articles["reset my account password"]
+    Article.objects.filter(pk=stale.pk).update(title="a text changed behind save")
+    released = threading.Event()
+    fake_gemini.on_request = lambda record: released.wait(timeout=3)
+    try:
+        search = viewer.get(reverse(CHANGELIST), {"q": "a query never embedded before", "semantic": "1"})
+        form = viewer.get(reverse("admin:testapp_article_change", args=[stale.pk]))
+    finally:
+        released.set()
+    for response in (search, form):
+        assert response.status_code == 200
+        (warning,) = [str(m) for m in response.context["messages"]]
+        assert warning.startswith(SEARCH_UNAVAILABLE.split("(")[0]) and "timed out" in warning
+    assert fake_gemini.request_count == 2
+
+
 def test_action_without_selection_says_so(viewer, articles):
     response = viewer.post(reverse(CHANGELIST), {"action": "find_similar", "index": 0}, follow=True)
     assert "Items must be selected" in response.content.decode()
