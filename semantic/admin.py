@@ -48,6 +48,7 @@ from semantic.fields import EmbeddingField, embedding_fields
 from semantic.models import EmbeddingBatchJob, EmbeddingFailure
 from semantic.query import (
     SemanticQuerySet,
+    current_vector,
     query_vector,
     vector_literal,
 )
@@ -221,19 +222,34 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
 
     @admin.action(description=_("Find similar"), permissions=["semantic_view"])
     def find_similar(self, request: HttpRequest, queryset: models.QuerySet) -> TemplateResponse:
+        """Each selected row's nearest neighbours.
+
+        A row whose stored vector is out of date is searched with its text, embedded now.
+        After the first embedding that fails, no other is tried (the API that failed, or
+        timed out, would most likely do so again, and each try holds the request up to
+        ``SEARCH_TIMEOUT``): one warning, and the rows that needed the API say so.
+        """
         field = self.get_embedding_field()
         visible = self.semantic_queryset(request)
-        results = []
+        results, unavailable = [], []
+        failed = False
         for obj in queryset.order_by("pk")[: self.similar_rows_shown]:
             if getattr(obj, field.attname) is None:
+                results.append((obj, None))
+                continue
+            if failed and current_vector(self.model, field, obj) is None:  # type: ignore[attr-defined]
+                unavailable.append(obj.pk)
                 results.append((obj, None))
                 continue
             try:
                 results.append((obj, list(visible.similar_to(obj, field=field.name)[: self.similar_count])))
             except (EmptyQuery, SearchUnavailable) as exc:
                 self.message_user(request, SEARCH_UNAVAILABLE.format(reason=exc), messages.WARNING)  # type: ignore[attr-defined]
+                if isinstance(exc, SearchUnavailable):
+                    failed = True
+                    unavailable.append(obj.pk)
                 results.append((obj, None))
-        context = {"results": results, "selected_count": queryset.count()}
+        context = {"results": results, "unavailable": unavailable, "selected_count": queryset.count()}
         return self.render_semantic(request, self.similar_template, _("Similar items"), context)
 
     @admin.action(description=_("Re-embed"), permissions=["semantic_change"])

@@ -378,8 +378,14 @@ def check_unmanaged_tables(databases: Any = None, **kwargs: Any) -> list[checks.
     return errors
 
 
-#: Shortest SEMANTIC['TIMEOUT'], in seconds.
+#: Shortest SEMANTIC['TIMEOUT'] (and SEARCH_TIMEOUT), in seconds.
 MIN_TIMEOUT = 0.001
+#: What each time-out setting bounds, for the hint.
+TIMEOUTS = {
+    "TIMEOUT": "one embedding request of the worker or a command may take (default 30.0)",
+    "SEARCH_TIMEOUT": "one embedding request of a search may take while a web request waits (default 5.0; "
+    "keep it well under the web server's own time-out)",
+}
 
 
 @checks.register()
@@ -387,15 +393,18 @@ def check_timeout(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessag
     """The API client counts whole milliseconds and takes 0 for no time-out at all: the
     backend rounds a smaller value up to one millisecond, so the setting would not say
     what happens, and a value that is no positive number has no time-out to give."""
-    timeout = conf.TIMEOUT
-    number = isinstance(timeout, int | float) and not isinstance(timeout, bool)
-    if number and MIN_TIMEOUT <= timeout < float("inf"):  # NaN fails both comparisons
-        return []
-    return [
-        checks.Error(
-            f"SEMANTIC['TIMEOUT'] is {timeout!r}; it must be a number of seconds, at least {MIN_TIMEOUT}.",
-            hint="Set SEMANTIC['TIMEOUT'] to the seconds one embedding request may take (default 30.0); "
-            "the API client counts whole milliseconds, and smaller values are rounded up to one.",
-            id="semantic.E009",
+    errors = []
+    for key, meaning in TIMEOUTS.items():
+        timeout = getattr(conf, key)
+        number = isinstance(timeout, int | float) and not isinstance(timeout, bool)
+        if number and MIN_TIMEOUT <= timeout < float("inf"):  # NaN fails both comparisons
+            continue
+        errors.append(
+            checks.Error(
+                f"SEMANTIC[{key!r}] is {timeout!r}; it must be a number of seconds, at least {MIN_TIMEOUT}.",
+                hint=f"Set SEMANTIC[{key!r}] to the seconds {meaning}; "
+                "the API client counts whole milliseconds, and smaller values are rounded up to one.",
+                id="semantic.E009",
+            )
         )
-    ]
+    return errors

@@ -29,8 +29,11 @@ DEFAULTS: dict[str, Any] = {
     "MODEL": None,
     # Override the Gemini API base URL (proxies, tests).
     "BASE_URL": None,
-    # Seconds before one embedding request is abandoned.
+    # Seconds before one embedding request of the worker (or a command) is abandoned.
     "TIMEOUT": 30.0,
+    # The same for a request a search makes while a web request waits: well under the web
+    # server's own time-out (gunicorn's and Heroku's are 30 s), so the page says "unavailable".
+    "SEARCH_TIMEOUT": 5.0,
     # Run embedding inline when the saving transaction commits, instead of through django-q2
     # (scripts; a test that never commits must run its on-commit callbacks: README, Testing).
     "SYNC": False,

@@ -366,6 +366,17 @@ def instance_vector(model: type[models.Model], field: EmbeddingField, instance: 
     task type, as the stored vectors were, without a title), through the cache and
     the rate limit, and may raise :class:`semantic.SearchUnavailable`.
     """
+    if (vector := current_vector(model, field, instance)) is not None:
+        return vector
+    text = field.source_text(instance)
+    if not text.strip():
+        raise EmptyQuery(f"{model.__name__} #{instance.pk} has no text to search with.")
+    (vector,) = embed([text], task_type=field.task_type, dimensions=field.dimensions, model=field.embedding_model)
+    return vector
+
+
+def current_vector(model: type[models.Model], field: EmbeddingField, instance: models.Model) -> list[float] | None:
+    """The instance's stored vector if it can be searched with as it is (see :func:`instance_vector`), else None."""
     columns = (field.attname, field.spec_name, "_pending", field.embedded_hash_name)
     pending = ExpressionWrapper(field.pending(), BooleanField())
     rows = model._base_manager.filter(pk=instance.pk).annotate(_pending=pending)
@@ -374,11 +385,7 @@ def instance_vector(model: type[models.Model], field: EmbeddingField, instance: 
         vector, spec, pending, embedded_hash = row
         if vector is not None and spec == field.spec() and not pending and embedded_hash == field.text_hash(instance):
             return [float(x) for x in vector]
-    text = field.source_text(instance)
-    if not text.strip():
-        raise EmptyQuery(f"{model.__name__} #{instance.pk} has no text to search with.")
-    (vector,) = embed([text], task_type=field.task_type, dimensions=field.dimensions, model=field.embedding_model)
-    return vector
+    return None
 
 
 def query_task_type(field: EmbeddingField, requested: str | None = None) -> str:

@@ -171,7 +171,11 @@ def configuration_problem(backend: EmbeddingBackend | None = None) -> str | None
 def try_acquire(backend: EmbeddingBackend, *, tokens: int) -> float:
     """Count one request of ``tokens`` tokens and return 0 if it may be sent now; else the seconds to wait.
 
-    For callers that must not wait, such as a search inside a web request.
+    For callers that must not wait, such as a search inside a web request. Raises
+    :class:`Paused` when the key is paused for a configuration problem, as
+    :func:`acquire` does: waiting the seconds out would not help, fixing the setting would.
     """
-    wait, _, _ = _try_acquire(limit_key(backend), tokens)
+    wait, paused, problem = _try_acquire(limit_key(backend), tokens)
+    if paused and problem:
+        raise Paused(wait, problem)
     return wait

@@ -3,6 +3,8 @@
 This is the path a search takes inside a web request, so it never waits: when the
 shared rate limit (:mod:`semantic.ratelimit`) is spent or paused, or the API fails,
 it raises :class:`SearchUnavailable` at once and the view can say "try again later".
+Each request gets ``SEARCH_TIMEOUT`` seconds, not the worker's ``TIMEOUT``, and is
+made once: a web server kills a request that waits as long as its own time-out.
 """
 
 from __future__ import annotations
@@ -10,10 +12,21 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 from django.core.cache import caches
 
-from semantic.backends import EmbeddingBackend, EmbeddingError, Vector, get_backend, malformed, redact_keys
+from semantic.backends import (
+    CONFIG,
+    TRANSIENT,
+    EmbeddingBackend,
+    EmbeddingError,
+    Vector,
+    get_backend,
+    malformed,
+    redact_keys,
+)
+from semantic.backends.base import time_limit
 from semantic.conf import semantic_settings as conf
 from semantic.text import clean
 
@@ -41,13 +54,18 @@ class SearchUnavailable(EmbeddingError):
     embedding API fails or answers 429, or when the shared rate limit is spent for
     this window. ``retry_after`` is the number of seconds to wait, when known. A view
     catches it to show a friendly message instead of an error page.
+
+    When a setting must change first (the API refused the key, the model is unknown),
+    ``kind`` is ``"config"``, the message is the problem and what to fix, as the worker
+    reports it, and ``retry_after`` is None: no wait makes it work.
     """
 
     RATE_LIMITED = "Search is busy: the embedding rate limit is reached. Try again in {seconds} s."
     FAILED = "Search is unavailable: the embedding API failed ({reason}). Try again later."
+    CONFIGURATION = "Search is unavailable until a setting is fixed: {problem}"
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message, transient=True, retry_after=retry_after)
+    def __init__(self, message: str, *, retry_after: float | None = None, kind: str = TRANSIENT) -> None:
+        super().__init__(message, kind=kind, retry_after=retry_after)
 
 
 def embed(
@@ -65,10 +83,12 @@ def embed(
     the task type (when the backend's vectors depend on it), the size and the text, so
     repeating a search costs no API call.
     Texts not in the cache go through the shared rate limit: by default a request
-    the limit does not allow now raises :class:`SearchUnavailable` at once (a web
+    the limit does not allow now raises :class:`SearchUnavailable` at once, and a
+    request the API does not answer within ``SEARCH_TIMEOUT`` seconds does too (a web
     request must not hang for a minute); a script embedding many texts passes
-    ``wait=True`` to wait for its turn instead. Raises :class:`EmptyQuery` for an
-    empty text and :class:`SearchUnavailable` when the backend fails.
+    ``wait=True`` to wait for its turn, and up to ``TIMEOUT`` for each answer, instead.
+    Raises :class:`EmptyQuery` for an empty text and :class:`SearchUnavailable` when the
+    backend fails.
     """
     if isinstance(texts, str):
         raise TypeError("embed() takes a list of texts; wrap a single text in a list.")
@@ -103,18 +123,26 @@ def _request(
     from semantic import ratelimit
 
     tokens = sum(len(text) for text in texts) // CHARS_PER_TOKEN + 1
-    if wait:
-        ratelimit.acquire(backend, tokens=tokens)
-    elif (seconds := ratelimit.try_acquire(backend, tokens=tokens)) > 0:
-        raise SearchUnavailable(SearchUnavailable.RATE_LIMITED.format(seconds=math.ceil(seconds)), retry_after=seconds)
     try:
-        vectors = backend.embed(texts, task_type=task_type, dimensions=dimensions)
+        if wait:
+            ratelimit.acquire(backend, tokens=tokens)
+        elif (seconds := ratelimit.try_acquire(backend, tokens=tokens)) > 0:
+            message = SearchUnavailable.RATE_LIMITED.format(seconds=math.ceil(seconds))
+            raise SearchUnavailable(message, retry_after=seconds)
+    except ratelimit.Paused as paused:
+        # A worker met a bad key or model: say so, as it does, not "busy" (the pause is only how it stops).
+        raise SearchUnavailable(SearchUnavailable.CONFIGURATION.format(problem=paused.problem), kind=CONFIG) from None
+    try:
+        with nullcontext() if wait else time_limit(conf.SEARCH_TIMEOUT):
+            vectors = backend.embed(texts, task_type=task_type, dimensions=dimensions)
     except EmbeddingError as exc:
+        reason = redact_keys(str(exc), backend)
+        if exc.kind == CONFIG:
+            raise SearchUnavailable(SearchUnavailable.CONFIGURATION.format(problem=reason), kind=CONFIG) from None
         retry_after = exc.retry_after
         if retry_after is not None and math.isfinite(retry_after) and retry_after > 0:
             retry_after = min(retry_after, MAX_PAUSE)
             ratelimit.pause(backend, retry_after)
-        reason = redact_keys(str(exc), backend)
         # "from None": the original error's frames may hold the key; its message is redacted above.
         raise SearchUnavailable(SearchUnavailable.FAILED.format(reason=reason), retry_after=retry_after) from None
     if len(vectors) != len(texts):

@@ -6,8 +6,9 @@ deterministic: hashed bag-of-words, so texts sharing words point the same way an
 the same text always gets the same vector. As the real API, it only normalises
 full-size (3072) vectors.
 
-It counts requests (each record gets the ``status`` it was answered with, and
-``embedded`` when that answer held embeddings) and can be
+It counts requests (each record gets the ``status`` it was answered with,
+``embedded`` when that answer held embeddings, and ``timeout``: the whole seconds the
+client said it would wait, google-genai's ``X-Server-Timeout`` header) and can be
 told to misbehave: answer 429 with Retry-After (or a ``RetryInfo`` delay in the body),
 500, 400, malformed JSON, embeddings with NaN, no or too many values, or slowly;
 ``fail_every`` answers every request alike (a revoked key); ``on_request`` runs code
@@ -323,6 +324,7 @@ class FakeGemini:
                     "model": match["model"],
                     "body": body,
                     "api_key": self.headers.get("x-goog-api-key"),
+                    "timeout": self.headers.get("x-server-timeout"),
                     "time": time.monotonic(),
                 }
                 with fake._lock:

@@ -2,6 +2,7 @@
 
 import html
 import re
+import threading
 from datetime import timedelta
 
 import pytest
@@ -16,6 +17,7 @@ from django.utils import timezone
 
 from project.questions.models import Question
 from semantic import embed_pending, suspend_embedding
+from semantic.admin import SEARCH_UNAVAILABLE
 from semantic.duplicates import SPLIT_MIN_ROWS
 from semantic.fields import get_embedding_field
 from semantic.models import DismissedPair, EmbeddingBatchJob, EmbeddingFailure
@@ -113,6 +115,53 @@ def test_find_similar_says_when_it_left_selected_rows_out(viewer, articles):
     assert len(response.context["results"]) == 2
     assert "Showing the first 2 of 3 selected items." in response.content.decode()
     assert "selected items" not in act(viewer, "find_similar", articles["export invoices as csv"]).content.decode()
+
+
+def test_find_similar_stops_trying_the_api_after_it_fails_once(viewer, articles, fake_gemini, semantic_settings):
+    """A hung API: the first row that needs its text embedded waits SEARCH_TIMEOUT and
+    fails; the others needing the API are not tried (one wait, one warning, one request,
+    not one per row), and a row whose stored vector is current is still answered."""
+    semantic_settings(SEARCH_TIMEOUT=0.2)
+    changed = ["reset my account password", "reset the password of my account", "export invoices as csv"]
+    for title in changed:  # vectors out of date: each would be searched with its text, embedded now
+        Article.objects.filter(pk=articles[title].pk).update(title=f"{title}, changed behind save")
+    current = articles["export all invoices to csv"]
+    released = threading.Event()
+    fake_gemini.on_request = lambda record: released.wait(timeout=3)
+    try:
+        response = act(viewer, "find_similar", *[articles[t] for t in changed], current)
+    finally:
+        released.set()
+    assert response.status_code == 200
+    assert fake_gemini.request_count == 1
+    warnings = [str(m) for m in response.context["messages"]]
+    assert len(warnings) == 1 and warnings[0].startswith(SEARCH_UNAVAILABLE.split("(")[0])
+    results = {obj.pk: neighbours for obj, neighbours in response.context["results"]}
+    assert response.context["unavailable"] == [articles[t].pk for t in changed]
+    assert all(results[articles[t].pk] is None for t in changed)
+    assert [a.title for a in results[current.pk]][:1] == ["export invoices as csv, changed behind save"]
+    assert response.content.decode().count("Not searched: its stored embedding is out of date") == 3
+
+
+def test_admin_pages_that_embed_give_a_hung_api_search_timeout_once(viewer, articles, fake_gemini, semantic_settings):
+    """Search by meaning and the change form's similar panel answer with a warning after
+    one request of SEARCH_TIMEOUT, long before the worker's TIMEOUT (the request time-out
+    of gunicorn and Heroku)."""
+    semantic_settings(TIMEOUT=30.0, SEARCH_TIMEOUT=0.2)
+    stale = articles["reset my account password"]
+    Article.objects.filter(pk=stale.pk).update(title="a text changed behind save")
+    released = threading.Event()
+    fake_gemini.on_request = lambda record: released.wait(timeout=3)
+    try:
+        search = viewer.get(reverse(CHANGELIST), {"q": "a query never embedded before", "semantic": "1"})
+        form = viewer.get(reverse("admin:testapp_article_change", args=[stale.pk]))
+    finally:
+        released.set()
+    for response in (search, form):
+        assert response.status_code == 200
+        (warning,) = [str(m) for m in response.context["messages"]]
+        assert warning.startswith(SEARCH_UNAVAILABLE.split("(")[0]) and "timed out" in warning
+    assert fake_gemini.request_count == 2
 
 
 def test_action_without_selection_says_so(viewer, articles):

@@ -401,18 +401,20 @@ def test_a_keyword_index_must_parse_queries_in_its_columns_configuration():
     assert "'simple_default'" in warning.msg and "'english'" in warning.msg and "config='simple'" in warning.hint
 
 
+@pytest.mark.parametrize("key", ["TIMEOUT", "SEARCH_TIMEOUT"])
 @pytest.mark.parametrize("timeout", [0.0004, 0, -1, None, "30", float("nan"), float("inf"), True])
-def test_a_timeout_that_is_no_time_out_in_whole_milliseconds(semantic_settings, timeout):
-    semantic_settings(TIMEOUT=timeout)
+def test_a_timeout_that_is_no_time_out_in_whole_milliseconds(semantic_settings, key, timeout):
+    semantic_settings(**{key: timeout})
     (error,) = check_timeout()
     assert error.id == "semantic.E009"
-    assert error.msg == f"SEMANTIC['TIMEOUT'] is {timeout!r}; it must be a number of seconds, at least 0.001."
-    assert "whole milliseconds" in error.hint
+    assert error.msg == f"SEMANTIC[{key!r}] is {timeout!r}; it must be a number of seconds, at least 0.001."
+    assert f"Set SEMANTIC[{key!r}]" in error.hint and "whole milliseconds" in error.hint
 
 
+@pytest.mark.parametrize("key", ["TIMEOUT", "SEARCH_TIMEOUT"])
 @pytest.mark.parametrize("timeout", [0.001, 1, 30.0])
-def test_a_timeout_of_a_millisecond_or_more_is_fine(semantic_settings, timeout):
-    semantic_settings(TIMEOUT=timeout)
+def test_a_timeout_of_a_millisecond_or_more_is_fine(semantic_settings, key, timeout):
+    semantic_settings(**{key: timeout})
     assert check_timeout() == []
 
 

@@ -1,6 +1,7 @@
 """similar_to, duplicates and friends, on real PostgreSQL with vectors from the fake
 Gemini server (hashed bag of words: texts sharing words are near each other)."""
 
+import threading
 from datetime import timedelta
 
 import numpy as np
@@ -16,12 +17,12 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from semantic import EmptyQuery, SearchUnavailable, SemanticQuerySetMixin, ahybrid, embed, suspend_embedding
-from semantic.backends import EmbeddingError, get_backend
+from semantic.backends import CONFIG, EmbeddingError, get_backend
 from semantic.fields import get_embedding_field
 from semantic.models import EmbeddingFailure, RateLimit
 from semantic.query import query_task_type
-from semantic.ratelimit import limit_key
-from tests.fake_gemini import api_error
+from semantic.ratelimit import configuration_problem, limit_key
+from tests.fake_gemini import BAD_KEY, PERMISSION_DENIED, api_error
 from tests.testapp.models import Article, Document, Note
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -666,6 +667,63 @@ def test_a_429_at_query_time_pauses_everyone_sharing_the_key(articles, fake_gemi
     with pytest.raises(SearchUnavailable, match="Try again in"):
         Article.objects.similar_to("export invoices please")
     assert fake_gemini.request_count == sent
+
+
+@pytest.mark.parametrize("body", [BAD_KEY, PERMISSION_DENIED], ids=["400 API_KEY_INVALID", "403"])
+def test_a_key_the_worker_saw_refused_is_what_a_search_says_not_a_rate_limit(articles, fake_gemini, body):
+    """The worker pauses a refused key for a few minutes; a search must not read that
+    pause as "busy, try again in 300 s" (waiting never fixes a key), but say what the
+    worker says, with no retry_after a view would send as Retry-After."""
+    fake_gemini.fail_every(400 if "API_KEY_INVALID" in body else 403, body=body)
+    Article.objects.create(title="saved while the key is refused", body="")  # the worker meets the refusal
+    problem = configuration_problem()
+    assert "SEMANTIC['API_KEY']" in problem
+    sent = fake_gemini.request_count
+    with pytest.raises(SearchUnavailable) as refused:
+        Article.objects.similar_to("reset my password")
+    assert str(refused.value) == SearchUnavailable.CONFIGURATION.format(problem=problem)
+    assert refused.value.kind == CONFIG and refused.value.retry_after is None
+    with pytest.raises(SearchUnavailable) as waiting:  # a script willing to wait is told too, not left to wait
+        embed(["reset my password"], wait=True)
+    assert str(waiting.value) == str(refused.value)
+    assert fake_gemini.request_count == sent  # the pause still keeps searches from the API
+
+
+def test_a_key_refused_at_query_time_says_which_setting_to_fix(articles, fake_gemini):
+    """Before any worker met it, the search's own request says the same."""
+    fake_gemini.fail_every(400, body=BAD_KEY)
+    with pytest.raises(SearchUnavailable) as refused:
+        Article.objects.similar_to("reset my password")
+    assert str(refused.value).startswith(SearchUnavailable.CONFIGURATION.format(problem="Gemini API error 400"))
+    assert "SEMANTIC['API_KEY']" in str(refused.value) and "Try again" not in str(refused.value)
+    assert refused.value.kind == CONFIG and refused.value.retry_after is None
+
+
+@pytest.fixture
+def hung_api(fake_gemini):
+    """The API holds every request (at most 3 s, far beyond the tests' SEARCH_TIMEOUT and
+    far within their TIMEOUT) until the test ends."""
+    released = threading.Event()
+    fake_gemini.on_request = lambda record: released.wait(timeout=3)
+    yield fake_gemini
+    released.set()
+
+
+def test_a_search_waits_search_timeout_once_and_the_worker_still_waits_timeout(articles, hung_api, semantic_settings):
+    """A search inside a web request must give up before the web server kills the
+    request (gunicorn's and Heroku's 30 s, README's TIMEOUT): SEARCH_TIMEOUT, one
+    request, no retry. The worker keeps its own TIMEOUT."""
+    semantic_settings(TIMEOUT=30.0, SEARCH_TIMEOUT=0.2)
+    with pytest.raises(SearchUnavailable) as hung:
+        Article.objects.similar_to("a text the API never answers for")
+    assert str(hung.value).startswith(SearchUnavailable.FAILED.split("{reason}")[0])
+    assert "timed out" in str(hung.value)
+    assert [r["timeout"] for r in hung_api.requests] == ["1"]  # 0.2 s, in the header's whole seconds
+
+    hung_api.reset()  # answers at once again
+    Article.objects.create(title="saved and embedded by the worker", body="")
+    list(Article.objects.similar_to("a text never searched before"))
+    assert [r["timeout"] for r in hung_api.requests] == ["30", "1"]
 
 
 def store_vectors(vectors, category="planted"):

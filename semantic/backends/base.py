@@ -14,14 +14,19 @@ provider is one small class::
         def embed(self, texts, *, task_type, dimensions, titles=None):
             return call_my_provider(texts)
 
-and ``SEMANTIC = {"BACKEND": "myproject.embeddings.MyBackend"}``.
+and ``SEMANTIC = {"BACKEND": "myproject.embeddings.MyBackend"}``. A backend that
+sends requests over the network gives each one at most
+``request_timeout(its own time-out)`` seconds, so that a search gives up in time
+(:func:`time_limit`).
 """
 
 from __future__ import annotations
 
 import email.utils
 import math
-from collections.abc import Container, Sequence
+from collections.abc import Container, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 Vector = list[float]
 
@@ -48,6 +53,34 @@ BAD_INPUT = "bad_input"  # the API rejected a text: split the batch to find it, 
 CONFIG = "config"  # bad key, no permission, unknown model: no text is at fault; stop and say what to fix
 FIELD = "field"  # one field's settings do not fit the model (its size): stop that field, not the key
 KINDS = (TRANSIENT, BAD_INPUT, CONFIG, FIELD)
+
+
+#: Seconds each request may take inside :func:`time_limit`; None outside one.
+_time_limit: ContextVar[float | None] = ContextVar("semantic_time_limit", default=None)
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Each request a backend sends inside the block takes at most ``seconds``.
+
+    A search embeds its text while a web request waits, and the web server kills that
+    request at its own time-out (gunicorn's and Heroku's are 30 s, the worker's
+    ``TIMEOUT`` by default): the search must give up first, to answer "search is
+    unavailable" rather than a killed request's 500. A context variable, not an
+    attribute of the backend, because one cached backend serves the worker loop and
+    every thread of a web process.
+    """
+    token = _time_limit.set(seconds)
+    try:
+        yield
+    finally:
+        _time_limit.reset(token)
+
+
+def request_timeout(default: float) -> float:
+    """The seconds a request may take now: the backend's own ``default``, or less inside :func:`time_limit`."""
+    limit = _time_limit.get()
+    return default if limit is None else min(default, limit)
 
 
 class EmbeddingError(Exception):

@@ -28,6 +28,7 @@ from semantic.backends.base import (
     l2_normalize,
     malformed,
     parse_retry_after,
+    request_timeout,
 )
 from semantic.text import redact
 
@@ -111,10 +112,7 @@ class GeminiBackend(EmbeddingBackend):
         from google import genai
         from google.genai import types
 
-        # The SDK counts whole milliseconds and takes 0 for "no time-out": round up, so
-        # that a time-out under a millisecond still is one (semantic.E009 reports it).
-        timeout = max(1, math.ceil(self.timeout * 1000))
-        http_options = types.HttpOptions(base_url=self.base_url, timeout=timeout)
+        http_options = types.HttpOptions(base_url=self.base_url, timeout=_milliseconds(self.timeout))
         return genai.Client(api_key=self.api_key, http_options=http_options)
 
     def embed(
@@ -137,7 +135,12 @@ class GeminiBackend(EmbeddingBackend):
     def _embed_request(self, texts: list[str], task_type: str, dimensions: int, title: str | None) -> list[Vector]:
         from google.genai import types
 
-        config = types.EmbedContentConfig(task_type=task_type, title=title, output_dimensionality=dimensions)
+        # A search (time_limit) gives this request less time than the client's own time-out.
+        timeout = request_timeout(self.timeout)
+        limited = types.HttpOptions(timeout=_milliseconds(timeout)) if timeout < self.timeout else None
+        config = types.EmbedContentConfig(
+            task_type=task_type, title=title, output_dimensionality=dimensions, http_options=limited
+        )
         contents = _contents(texts)
         client = self.client
         response = self._call(lambda: client.models.embed_content(model=self.model, contents=contents, config=config))
@@ -270,6 +273,12 @@ class BatchStatus:
 def sendable_key(key: str) -> bool:
     """Whether ``key`` can go in the ``x-goog-api-key`` header; every real key is printable ASCII."""
     return key.isascii() and key.isprintable()
+
+
+def _milliseconds(seconds: float) -> int:
+    """The SDK counts whole milliseconds and takes 0 for "no time-out": round up, so that
+    a time-out under a millisecond still is one (semantic.E009 reports it)."""
+    return max(1, math.ceil(seconds * 1000))
 
 
 def _contents(texts: Sequence[str]) -> list[Any]:
