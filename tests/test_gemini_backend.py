@@ -1,5 +1,6 @@
 """The Gemini backend through the real google-genai client and the fake server."""
 
+import json
 import math
 import sys
 
@@ -8,7 +9,7 @@ from django.conf import settings
 from django.views.debug import technical_500_response
 
 from semantic.backends import EmbeddingError
-from semantic.backends.gemini import FIX_KEY, UNSENDABLE_KEY, GeminiBackend
+from semantic.backends.gemini import FIX_KEY, HTML_ANSWER, MAX_EXCERPT, UNSENDABLE_KEY, GeminiBackend
 from tests.fake_gemini import BAD_KEY, MODEL_NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED, api_error, fake_vector
 
 
@@ -254,3 +255,27 @@ def test_a_time_out_under_a_millisecond_is_still_a_time_out(fake_gemini):
     with pytest.raises(EmbeddingError) as info:
         backend(fake_gemini, timeout=0.0004).embed(["x"], task_type="SEMANTIC_SIMILARITY", dimensions=768)
     assert info.value.transient
+
+
+def test_an_html_error_page_is_named_by_its_title_and_kept_short(fake_gemini):
+    key = settings.TEST_API_KEY
+    page = (
+        "<!DOCTYPE html><html><head><title>502 Bad Gateway</title><style>"
+        + "body{margin:0;padding:0}" * 1000
+        + f"</style></head><body><h1>Bad Gateway</h1><p>upstream {key} failed</p></body></html>"
+    )
+    fake_gemini.fail_next(502, body=page)
+    with pytest.raises(EmbeddingError) as info:
+        backend(fake_gemini, api_key=key).embed(["hello"], task_type="SEMANTIC_SIMILARITY", dimensions=128)
+    assert str(info.value) == f"Gemini API error 502: 502 Bad Gateway ({HTML_ANSWER})"
+
+
+def test_a_long_body_is_cut_after_the_key_is_redacted(fake_gemini):
+    key = settings.TEST_API_KEY
+    body = "x" * (MAX_EXCERPT - 5) + key + "y" * 1000  # the cut falls inside the key
+    fake_gemini.fail_next(400, body=json.dumps({"error": {"code": 400, "message": body, "status": "INVALID"}}))
+    with pytest.raises(EmbeddingError) as info:
+        backend(fake_gemini, api_key=key).embed(["hello"], task_type="SEMANTIC_SIMILARITY", dimensions=128)
+    message = str(info.value)
+    assert key[:4] not in message.removeprefix("Gemini API error 400: ")
+    assert len(message) < MAX_EXCERPT + 40

@@ -16,6 +16,8 @@ from dataclasses import field as dataclass_field
 from itertools import groupby
 from typing import Any, TypeVar
 
+from django.utils.html import strip_tags
+from django.utils.text import Truncator
 from django.views.decorators.debug import sensitive_variables
 
 from semantic.backends.base import (
@@ -223,15 +225,11 @@ class GeminiBackend(EmbeddingBackend):
 
         if isinstance(exc, errors.APIError):
             kind, fix = self._classify(exc)
-            message = f"Gemini API error {exc.code}: {exc.message or exc.status or ''}"
-            return EmbeddingError(
-                self._clean(f"{message} {fix}" if fix else message),
-                kind=kind,
-                retry_after=_retry_after(exc),
-            )
+            message = f"Gemini API error {exc.code}: {self._excerpt(exc.message or exc.status or '')}"
+            return EmbeddingError(f"{message} {fix}" if fix else message, kind=kind, retry_after=_retry_after(exc))
         if isinstance(exc, (errors.UnknownApiResponseError, json.JSONDecodeError)):
             return EmbeddingError(
-                self._clean(f"Gemini API sent a response that is not JSON: {str(exc)[:200]}"), kind=TRANSIENT
+                f"Gemini API sent a response that is not JSON: {self._excerpt(str(exc))}", kind=TRANSIENT
             )
         # httpx time-outs and connection errors
         return EmbeddingError(self._clean(f"Gemini API request failed: {type(exc).__name__}: {exc}"), kind=TRANSIENT)
@@ -253,6 +251,17 @@ class GeminiBackend(EmbeddingBackend):
     def _clean(self, message: str) -> str:
         return redact(message, self.api_key)
 
+    def _excerpt(self, text: str) -> str:
+        """What an error body says, short enough for a log line, an admin warning and a
+        failure record, redacted before it is cut (a cut key would escape redaction). An
+        HTML page (a proxy's, a load balancer's) is named by its title."""
+        text = self._clean(text)
+        if not HTML_PAGE.search(text):
+            return Truncator(text).chars(MAX_EXCERPT)
+        title = HTML_TITLE.search(text)
+        page = " ".join(strip_tags(title.group(1) if title else text).split())
+        return f"{Truncator(page).chars(MAX_EXCERPT)} ({HTML_ANSWER})"
+
 
 @dataclass
 class BatchStatus:
@@ -268,6 +277,13 @@ class BatchStatus:
     @property
     def succeeded(self) -> bool:
         return self.state in ("JOB_STATE_SUCCEEDED", "JOB_STATE_PARTIALLY_SUCCEEDED")
+
+
+#: How much of an error body goes into a message.
+MAX_EXCERPT = 300
+HTML_PAGE = re.compile(r"<(!doctype\s+html|html)\b", re.IGNORECASE)
+HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+HTML_ANSWER = "an HTML page, not the API's JSON: a proxy or load balancer answered"
 
 
 def sendable_key(key: str) -> bool:
