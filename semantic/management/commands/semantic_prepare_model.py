@@ -25,6 +25,8 @@ class Command(QuietMixin, BaseCommand):
         if not isinstance(backend, LocalBackend):
             self.say(self.NOT_LOCAL)
             return
+        if missing := backend.missing():
+            raise CommandError(missing)
         try:
             if not backend.can_use_onnx():
                 self.say(self.NOT_ONNX)
