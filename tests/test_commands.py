@@ -552,3 +552,17 @@ def test_commands_say_to_migrate_when_this_apps_tables_are_behind(backlog):
     finally:
         call_command("migrate", "semantic", verbosity=0)
     assert "embedded" in call("semantic_status", "testapp.Article")[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_commands_run_on_a_database_built_without_migrations(backlog):
+    """A test database made with TEST {"MIGRATE": False} has the tables but no django_migrations."""
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE django_migrations RENAME TO django_migrations_elsewhere")
+    try:
+        out, _ = call("semantic_embed", "testapp.Article")
+        assert "25 embedded" in out
+        assert "testapp.Article.embedding" in call("semantic_status", "testapp.Article")[0]
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE django_migrations_elsewhere RENAME TO django_migrations")
