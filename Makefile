@@ -18,6 +18,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch pinned here only: 2.13.0 is the CPU build on this machine's disk; unpinned, pip
 	# would fetch a CUDA build of several GB. The package itself asks for torch>=2.1.
+	# Elsewhere, TORCH_INDEX=https://download.pytorch.org/whl/cpu takes PyTorch's CPU build.
+	$(PY) -m pip install --quiet "torch==2.13.0" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet "torch==2.13.0" -e ".[local,dev]"
 	touch $@
 
