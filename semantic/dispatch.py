@@ -52,8 +52,10 @@ SWEEP_SCHEDULE_NAME = "semantic.embed_pending"
 WAKE_WINDOW = 1.0
 
 #: This process's last wake-up per (database, queue, task, arguments): its OrmQ id (None
-#: on other brokers) and when it was sent or seen waiting (``time.monotonic()``).
-_last_wakeup: dict[tuple[Any, ...], tuple[int | None, float]] = {}
+#: on other brokers), when it was sent or seen waiting (``time.monotonic()``), and the
+#: atomic block it was sent in, if any (run inside one, as a test's captured on-commit
+#: callbacks are, the insert may yet be rolled back: the memory holds only while it is open).
+_last_wakeup: dict[tuple[Any, ...], tuple[int | None, float, Any]] = {}
 _lock = threading.Lock()
 
 
@@ -123,18 +125,20 @@ class _WakeUp:
         func, *args = self.wakeup_key
         memo = (self.using, conf.QUEUE or Conf.CLUSTER_NAME, *self.wakeup_key)
         now = time.monotonic()
+        connection = transaction.get_connection(self.using)
+        block = connection.atomic_blocks[-1] if connection.in_atomic_block else None
         with _lock:
-            previous, seen = _last_wakeup.get(memo, (None, float("-inf")))
-            if now - seen < wake_window():
+            previous, seen, sent_in = _last_wakeup.get(memo, (None, float("-inf"), None))
+            if now - seen < wake_window() and (sent_in is None or sent_in in connection.atomic_blocks):
                 return
-            _last_wakeup[memo] = (previous, now)
+            _last_wakeup[memo] = (previous, now, block)
         waiting = None
         if orm_queue_alias() == self.using:
             waiting = send_unless_waiting(func, *args, name=self.name, using=self.using, previous=previous)
         else:
             queue_task(func, *args, name=self.name)
         with _lock:
-            _last_wakeup[memo] = (waiting, now)
+            _last_wakeup[memo] = (waiting, now, block)
 
 
 def orm_queue_alias() -> str | None:
@@ -238,6 +242,7 @@ def install_sweep_schedule(**kwargs: Any) -> None:
     ``migrate --database=...`` just ran on, and ``migrate <one app>`` on a new database may
     not have created them yet (the next ``migrate`` that does installs the schedule).
     """
+    forget_wakeups()  # a flush (TransactionTestCase) has emptied the queue the memory speaks of
     if not apps.is_installed("django_q"):
         return
     from django_q.models import Schedule

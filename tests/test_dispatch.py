@@ -216,3 +216,26 @@ def test_a_wakeup_whose_run_stopped_does_not_scan_again(queued, fake_gemini, sem
     assert result["failed"] == 10 and result["stopped"].startswith(Embedder.API_FAILING.split("{")[0])
     assert EmbeddingFailure.objects.count() == 10
     assert queued() == []
+
+
+def test_a_wakeup_rolled_back_with_the_test_that_captured_it_is_sent_again(queued, django_capture_on_commit_callbacks):
+    """Two tests of a TestCase, less than WAKE_WINDOW apart: each runs in a transaction rolled
+    back at its end, and executes its captured on-commit callbacks inside it."""
+    for title in ("first test", "second test"):
+        with transaction.atomic():
+            with django_capture_on_commit_callbacks(execute=True):
+                Article.objects.create(title=title, body="")
+            assert len(queued()) == 1
+            transaction.set_rollback(True)
+    assert queued() == []
+
+
+def test_a_flush_forgets_the_wakeups_it_removed(queued):
+    """A TransactionTestCase flushes the database after each test, queue included."""
+    from django.core.management import call_command
+
+    Article.objects.create(title="first test", body="")
+    assert len(queued()) == 1
+    call_command("flush", interactive=False, verbosity=0)
+    Article.objects.create(title="second test", body="")
+    assert len(queued()) == 1
