@@ -17,7 +17,9 @@ rows by their nearest passage, as ``similar_to(passages=True)`` does, and each r
 annotated with that passage (``passage_text``, ``passage_start``, ``passage_end``,
 ``passage_position``). The two sides are searched when the queryset is evaluated, with every
 filter it has by then, before or after ``hybrid()``: a filtered search ranks the
-filtered rows, as ``similar_to()`` does. Evaluating runs three statements: each
+filtered rows, as ``similar_to()`` does; a filter on ``score`` or a rank (or
+a window ordered by them, as Django's top-N ``Prefetch``) keeps fused rows instead,
+the sides rank without it. Evaluating runs three statements: each
 side's candidates, then the rows, restricted to the fused candidates and ordered by
 score. docs/benchmarks.md compares this with one statement joining two ranked
 subqueries.
@@ -133,11 +135,15 @@ class HybridSearch:
     def base(self, compiler: Any) -> SemanticQuerySet:
         """The statement's rows and filters, without the fusion's own parts, order or slice."""
         query = compiler.query.clone()
-        query.where.children = [child for child in query.where.children if not isinstance(child, HybridPart)]
+        # A filter on the score or a rank (or a window ordered by them, as in a top-N
+        # prefetch) applies to the fused rows: compiled in a side, it would fuse again.
+        query.where.children = [child for child in query.where.children if not fused_from(child)]
         query.annotations = {
             name: annotation
             for name, annotation in query.annotations.items()
-            if not isinstance(annotation, (HybridPart, NearestPassage)) and not annotation.contains_aggregate
+            if not fused_from(annotation)
+            and not isinstance(annotation, NearestPassage)
+            and not annotation.contains_aggregate
         }
         query.set_annotation_mask(None)
         query.clear_ordering(force=True)
@@ -145,6 +151,14 @@ class HybridSearch:
         query.semantic = None
         query.explain_info = None  # explain() of the fused statement: the sides themselves run
         return self.queryset_class(model=query.model, query=query, using=compiler.using)
+
+
+def fused_from(expression: Any) -> bool:
+    """Whether ``expression`` (a filter or an annotation) holds a part of a fused search."""
+    if isinstance(expression, HybridPart):
+        return True
+    parts = getattr(expression, "get_source_expressions", list)()  # ExtraWhere has none
+    return any(fused_from(part) for part in parts if part is not None)
 
 
 class HybridPart(Expression):

@@ -8,11 +8,12 @@ keyword": MiniLM places a paraphrase with no word in common near the query.
 import pytest
 from django.core.paginator import Paginator
 from django.db import connection, models
+from django.db.models import Prefetch
 
 from semantic import HybridQuerySet, SemanticQuerySetMixin, embed_pending, hybrid
 from semantic.fields import get_embedding_field
 from semantic.keyword import keyword_search
-from tests.docsapp.models import Doc, Page
+from tests.docsapp.models import Doc, Page, Shelf
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -209,3 +210,34 @@ def test_passages_rank_the_meaning_side_by_a_late_passage_and_annotate_it(semant
 def test_passages_need_a_field_with_passages(docs):
     with pytest.raises(ValueError, match="passages=True"):
         hybrid(Page.objects.all(), QUERY, passages=True)
+
+
+def test_filters_on_the_score_and_ranks_keep_fused_rows(docs, model):
+    """A filter on the fusion's own annotations applies to the fused rows; the sides
+    rank as before (they would otherwise compile the filter, which fuses again)."""
+    fused = list(hybrid(model.objects.all(), QUERY))
+    best = fused[0].score
+    qs = hybrid(model.objects.all(), QUERY)
+    assert [row.pk for row in qs.filter(score__gte=best)] == [fused[0].pk]
+    assert qs.filter(score__gte=best).count() == 1
+    assert [row.pk for row in qs.filter(keyword_rank__isnull=False)] == [docs["keyword"].pk]
+    found_by_meaning = [row.pk for row in fused if row.meaning_rank is not None]
+    assert [row.pk for row in qs.exclude(meaning_rank=None)] == found_by_meaning
+    by_meaning = {row.pk: row.meaning_rank for row in fused}
+    assert {row.pk: row.meaning_rank for row in qs.filter(keyword_rank__isnull=False)} == {
+        docs["keyword"].pk: by_meaning[docs["keyword"].pk]
+    }
+
+
+@pytest.mark.parametrize("model", [Doc], ids=["stored column"])
+def test_a_prefetch_takes_the_best_rows_of_each_related_object(docs, model):
+    """Django's per-object top-N prefetch filters on a window ordered by the score."""
+    fused = [row.pk for row in hybrid(Doc.objects.all(), QUERY)]
+    fillers = [pk for pk in fused if pk not in (docs["keyword"].pk, docs["meaning"].pk)]
+    shelves = {"keyword": Shelf.objects.create(name="keyword"), "meaning": Shelf.objects.create(name="meaning")}
+    shelves["keyword"].docs.set([docs["keyword"].pk, *fillers[:3]])
+    shelves["meaning"].docs.set([docs["meaning"].pk, *fillers[3:]])
+    top = Prefetch("docs", queryset=hybrid(Doc.objects.all(), QUERY)[:2], to_attr="top")
+    for shelf in Shelf.objects.prefetch_related(top):
+        on_shelf = set(shelf.docs.values_list("pk", flat=True))
+        assert [row.pk for row in shelf.top] == [pk for pk in fused if pk in on_shelf][:2]
