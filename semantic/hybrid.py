@@ -55,7 +55,8 @@ class Fused:
     def __init__(self, keyword: Sequence[Any], meaning: Sequence[Any], *, k: float, weights: Sequence[float]):
         self.rows: dict[Any, dict[str, Any]] = {}
         for name, weight, ranked in (("keyword_rank", weights[0], keyword), ("meaning_rank", weights[1], meaning)):
-            for rank, pk in enumerate(ranked, start=1):
+            # A join across a ManyToMany repeats a row once per related row: it ranks once, first.
+            for rank, pk in enumerate(dict.fromkeys(ranked), start=1):
                 row = self.rows.setdefault(pk, {"score": 0.0, "keyword_rank": None, "meaning_rank": None})
                 row["score"] += weight / (k + rank)
                 row[name] = rank

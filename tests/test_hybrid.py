@@ -241,3 +241,19 @@ def test_a_prefetch_takes_the_best_rows_of_each_related_object(docs, model):
     for shelf in Shelf.objects.prefetch_related(top):
         on_shelf = set(shelf.docs.values_list("pk", flat=True))
         assert [row.pk for row in shelf.top] == [pk for pk in fused if pk in on_shelf][:2]
+
+
+@pytest.mark.parametrize("model", [Doc], ids=["stored column"])
+def test_a_row_on_several_shelves_ranks_as_one_row(docs, model):
+    """A filter across a ManyToMany repeats a row per matching shelf; each side counts it once."""
+    filler = Doc.objects.exclude(pk__in=[docs["keyword"].pk, docs["meaning"].pk]).first()
+    for name in ("a", "b", "c"):
+        Shelf.objects.create(name=name).docs.set([docs["keyword"].pk, filler.pk])
+    Shelf.objects.create(name="d").docs.set([docs["meaning"].pk])
+    shelved = [docs["keyword"].pk, docs["meaning"].pk, filler.pk]
+
+    def fused(qs):
+        return list(dict.fromkeys((row.pk, row.score, row.keyword_rank, row.meaning_rank) for row in qs))
+
+    alone = fused(hybrid(Doc.objects.filter(pk__in=shelved), QUERY))
+    assert fused(hybrid(Doc.objects.filter(shelves__name__in=["a", "b", "c", "d"]), QUERY)) == alone
