@@ -203,7 +203,7 @@ class HybridPart(Expression):
 
 
 def hybrid(
-    queryset: SemanticQuerySet,
+    queryset: SemanticQuerySet | models.Manager,
     text: str,
     *,
     field: str | None = None,
@@ -215,7 +215,7 @@ def hybrid(
     match: str = "any",
     passages: bool = False,
 ) -> SemanticQuerySet:
-    """Rows of ``queryset`` ranked by keywords and meaning together (see the module docstring).
+    """Rows of ``queryset`` (or a manager's) ranked by keywords and meaning together (see the module docstring).
 
     ``field`` is the EmbeddingField (needed when the model has several);
     ``keyword_fields`` and ``config`` default to the model's KeywordIndex;
@@ -223,6 +223,8 @@ def hybrid(
     ranks (at most 1,000), so at most twice that many rows are returned;
     ``passages=True`` ranks the meaning side by the rows' passages.
     """
+    if isinstance(queryset, models.Manager):  # Doc.objects, shelf.docs: as similar_to() is called on them
+        queryset = queryset.all()
     if not isinstance(queryset, SemanticQuerySetMixin):
         raise TypeError(NOT_SEMANTIC)
     if not isinstance(text, str) or not text.strip():

@@ -257,3 +257,13 @@ def test_a_row_on_several_shelves_ranks_as_one_row(docs, model):
 
     alone = fused(hybrid(Doc.objects.filter(pk__in=shelved), QUERY))
     assert fused(hybrid(Doc.objects.filter(shelves__name__in=["a", "b", "c", "d"]), QUERY)) == alone
+
+
+@pytest.mark.parametrize("model", [Doc], ids=["stored column"])
+def test_a_manager_is_searched_as_its_queryset(docs, model):
+    shelf = Shelf.objects.create(name="help")
+    shelf.docs.set([docs["keyword"].pk, docs["meaning"].pk])
+    assert [row.pk for row in hybrid(Doc.objects, QUERY)] == [row.pk for row in hybrid(Doc.objects.all(), QUERY)]
+    assert [row.pk for row in hybrid(shelf.docs, QUERY)] == [
+        row.pk for row in hybrid(Doc.objects.filter(shelves=shelf), QUERY)
+    ]
