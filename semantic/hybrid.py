@@ -38,7 +38,7 @@ from django.db.models.sql.where import AND
 
 from semantic.keyword import keyword_search, keyword_settings
 from semantic.passage_search import NearestPassage, passage_annotations, require_passages
-from semantic.query import SemanticQuerySet, SemanticQuerySetMixin, query_vector
+from semantic.query import SLICED, SemanticQuerySet, SemanticQuerySetMixin, query_vector
 from semantic.switch import serving_field
 from semantic.vectors import vector_literal
 
@@ -227,6 +227,8 @@ def hybrid(
         queryset = queryset.all()
     if not isinstance(queryset, SemanticQuerySetMixin):
         raise TypeError(NOT_SEMANTIC)
+    if queryset.query.is_sliced:
+        raise TypeError(SLICED)
     if not isinstance(text, str) or not text.strip():
         raise ValueError("Cannot search for an empty text.")
     if isinstance(k, bool) or not isinstance(k, (int, float)) or k < 0:

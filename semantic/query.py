@@ -53,6 +53,12 @@ DEFAULT_DUPLICATE_THRESHOLD = 0.81
 #: Most duplicates duplicates() looks for per row unless told otherwise.
 DEFAULT_MAX_NEIGHBOURS = 200
 
+#: Searching a slice would rank the whole table and keep the slice's size: refused, as Django refuses filter().
+SLICED = (
+    "Cannot filter a query once a slice has been taken. Search first, then slice: qs.similar_to(q)[:10]. "
+    "To search only the sliced rows, search qs.filter(pk__in=list(sliced.values_list('pk', flat=True)))."
+)
+
 #: Query-side task type for each stored (document-side) task type.
 QUERY_TASK_TYPES = {
     "RETRIEVAL_DOCUMENT": "RETRIEVAL_QUERY",
@@ -171,6 +177,8 @@ class SemanticQuerySetMixin(BulkWritesMixin, _QuerySetBase):
         the text cannot be embedded now: the API failed or the rate limit is reached.
         Views catch these two to show "no query" or "try again later".
         """
+        if self.query.is_sliced:
+            raise TypeError(SLICED)
         embedding_field = serving_field(self.model, field)
         filters_before = len(self.query.where.children)
         vector, exclude_pk = query_vector(self.model, embedding_field, query, task_type=task_type)

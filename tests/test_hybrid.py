@@ -5,6 +5,8 @@ count shared words, so "found only by meaning" could not be told apart from "fou
 keyword": MiniLM places a paraphrase with no word in common near the query.
 """
 
+import re
+
 import pytest
 from django.core.paginator import Paginator
 from django.db import connection, models
@@ -13,6 +15,7 @@ from django.db.models import Prefetch
 from semantic import HybridQuerySet, SemanticQuerySetMixin, embed_pending, hybrid
 from semantic.fields import get_embedding_field
 from semantic.keyword import keyword_search
+from semantic.query import SLICED
 from tests.docsapp.models import Doc, Page, Shelf
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -267,3 +270,9 @@ def test_a_manager_is_searched_as_its_queryset(docs, model):
     assert [row.pk for row in hybrid(shelf.docs, QUERY)] == [
         row.pk for row in hybrid(Doc.objects.filter(shelves=shelf), QUERY)
     ]
+
+
+def test_a_sliced_queryset_is_not_searched(semantic_settings):
+    semantic_settings(BACKEND="semantic.backends.local.LocalBackend")
+    with pytest.raises(TypeError, match=re.escape(SLICED)):
+        hybrid(Doc.objects.order_by("-pk")[:5], QUERY)

@@ -19,6 +19,7 @@ from semantic import Passages, context, suspend_embedding
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingFailure, Passage
 from semantic.passages import split
+from semantic.query import SLICED
 from tests.testapp.models import Article, LongRead
 
 TOPICS = [
@@ -338,6 +339,9 @@ def test_a_passage_search_chains_with_filters_and_pages(library):
     assert LongRead.objects.filter(section="odd").similar_to(QUERY, passages=True).count() == 3
     close = LongRead.objects.similar_to(QUERY, passages=True, min_similarity=0.5)
     assert {row.pk for row in close} == {library[2].pk, library[4].pk}
+
+    with pytest.raises(TypeError, match=re.escape(SLICED)):
+        LongRead.objects.order_by("-pk")[:2].similar_to(QUERY, passages=True)
 
 
 @pytestmark_db

@@ -1,6 +1,7 @@
 """similar_to, duplicates and friends, on real PostgreSQL with vectors from the fake
 Gemini server (hashed bag of words: texts sharing words are near each other)."""
 
+import re
 import threading
 from datetime import timedelta
 
@@ -20,7 +21,7 @@ from semantic import EmptyQuery, SearchUnavailable, SemanticQuerySetMixin, ahybr
 from semantic.backends import CONFIG, EmbeddingError, get_backend
 from semantic.fields import get_embedding_field
 from semantic.models import EmbeddingFailure, RateLimit
-from semantic.query import query_task_type
+from semantic.query import SLICED, query_task_type
 from semantic.ratelimit import configuration_problem, limit_key
 from tests.fake_gemini import BAD_KEY, PERMISSION_DENIED, api_error
 from tests.testapp.models import Article, Document, Note
@@ -292,6 +293,20 @@ def test_duplicates_of_before_creating(articles):
     assert list(Article.objects.duplicates_of("completely unrelated words here", 0.9)) == []
     same = articles["export invoices as csv"]
     assert titles(Article.objects.duplicates_of(same, 0.5)) == ["export all invoices to csv"]
+
+
+def test_a_sliced_queryset_is_not_searched(articles, fake_gemini):
+    """The slice is "these rows": searching it would rank the whole table; refused as
+    Django refuses filter() after a slice, before the text is embedded."""
+    newest = Article.objects.order_by("-pk")[:3]
+    for search in (lambda: newest.similar_to("reset password"), lambda: newest.duplicates_of("reset password")):
+        with pytest.raises(TypeError, match=re.escape(SLICED)):
+            search()
+    assert fake_gemini.requests == []
+    django_says = "Cannot filter a query once a slice has been taken."
+    assert SLICED.startswith(django_says)
+    with pytest.raises(TypeError, match=re.escape(django_says)):
+        newest.duplicates()
 
 
 def test_embed_returns_vectors_and_caches(fake_gemini):
