@@ -302,11 +302,17 @@ def similarity_after_fetch(queryset: models.QuerySet) -> Iterator[bool]:
 
     PostgreSQL computes the select list before it sorts, so a search would compute a
     second distance for every row it compares, not only for the rows it returns. Asked
-    for by name (``values("similarity")``, ``filter()``, ``order_by()``) it stays SQL.
+    for by name (``values("similarity")``, ``filter()``, ``order_by()``) it stays SQL,
+    and so it does in a ``union()``: the combined rows are ordered by their columns.
     """
     query = queryset.query
     selected = query.annotation_select
-    if queryset._iterable_class is not ModelIterable or "similarity" not in selected or "distance" not in selected:
+    if (
+        queryset._iterable_class is not ModelIterable
+        or "similarity" not in selected
+        or "distance" not in selected
+        or query.combinator
+    ):
         yield False
         return
     mask = query.annotation_select_mask

@@ -141,6 +141,16 @@ def test_rows_get_their_similarity_from_the_distance_the_search_already_computed
     assert "similarity" in str(Article.objects.similar_to("export invoices").query)  # the query itself is unchanged
 
 
+def test_two_searches_in_a_union_are_ordered_by_similarity(articles):
+    """The best rows of two searches in one list (a text and its spelling-corrected form)."""
+    one = Article.objects.similar_to("reset password")[:2]
+    other = Article.objects.similar_to("export csv")[:2]
+    expected = sorted([*one, *other], key=lambda row: (-row.similarity, row.pk))
+    merged = list(one.union(other).order_by("-similarity", "pk"))
+    assert [(row.pk, row.similarity) for row in merged] == [(row.pk, row.similarity) for row in expected]
+    assert [row.pk for row in one.union(other).order_by("-similarity", "pk")[:1]] == [expected[0].pk]
+
+
 def test_min_similarity_filters_at_the_boundary(articles):
     best, second = Article.objects.similar_to("export invoices as csv")[:2]
     assert best.similarity == pytest.approx(1.0, abs=1e-6)
