@@ -66,14 +66,15 @@ def context(
 ) -> Context:
     """The passages of ``source``'s rows nearest to ``question`` that fit in ``budget_chars`` (rendered).
 
-    ``source`` is a queryset (its filters decide which rows may be quoted) or a
-    model (all its rows). A passage too long for what is left of the budget is
+    ``source`` is a queryset (its filters, or its slice, decide which rows may be
+    quoted: ``Article.objects.similar_to(question)[:5]``), a manager or a model (all
+    its rows). A passage too long for what is left of the budget is
     skipped for a shorter one further down. ``min_similarity`` drops weak matches.
     Raises ``ValueError`` for a field without ``passages``, an empty question
     (:class:`semantic.EmptyQuery`) or a task type that does not search the field,
     and :class:`semantic.SearchUnavailable` when the question cannot be embedded now.
     """
-    queryset = source._default_manager.all() if isinstance(source, type) else source
+    queryset = source._default_manager.all() if isinstance(source, type) else source.all()
     if isinstance(budget_chars, bool) or not isinstance(budget_chars, int) or budget_chars < 1:
         raise ValueError(f"budget_chars must be a positive integer, not {budget_chars!r}.")
     model = queryset.model
@@ -84,7 +85,9 @@ def context(
     if not isinstance(question, str):
         raise TypeError(f"context() takes a question as text, not {type(question).__name__}.")
     vector, _ = query_vector(model, embedding_field, question, task_type=task_type)
-    rows = queryset.order_by().annotate(_semantic_pk=Cast("pk", CharField())).values("_semantic_pk")
+    # A slice (the best few rows of a search) keeps its order: it decides which rows are in it.
+    rows = queryset if queryset.query.is_sliced else queryset.order_by()
+    rows = rows.annotate(_semantic_pk=Cast("pk", CharField())).values("_semantic_pk")
     candidates = (
         searchable_passages(embedding_field)
         .using(queryset.db)

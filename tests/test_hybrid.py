@@ -12,7 +12,7 @@ from django.core.paginator import Paginator
 from django.db import connection, models
 from django.db.models import Prefetch
 
-from semantic import HybridQuerySet, SemanticQuerySetMixin, embed_pending, hybrid
+from semantic import HybridQuerySet, SemanticQuerySetMixin, context, embed_pending, hybrid
 from semantic.fields import get_embedding_field
 from semantic.keyword import keyword_search
 from semantic.query import SLICED
@@ -276,3 +276,12 @@ def test_a_sliced_queryset_is_not_searched(semantic_settings):
     semantic_settings(BACKEND="semantic.backends.local.LocalBackend")
     with pytest.raises(TypeError, match=re.escape(SLICED)):
         hybrid(Doc.objects.order_by("-pk")[:5], QUERY)
+
+
+@pytest.mark.parametrize("model", [Doc], ids=["stored column"])
+def test_context_quotes_the_best_rows_of_a_hybrid_search(docs, model):
+    top = hybrid(Doc.objects.all(), QUERY)[:2]
+    rows = [row.pk for row in top]
+    quoted = context(top, QUERY, budget_chars=10**5)
+    assert {p.row.pk for p in quoted} == set(rows)
+    assert len(Doc.objects.all()) > 2 and len({p.row.pk for p in context(Doc, QUERY, budget_chars=10**5)}) > 2

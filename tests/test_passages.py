@@ -442,6 +442,21 @@ def test_context_keeps_to_the_querysets_rows_and_takes_fact_verification(library
         context(Article, QUERY)
 
 
+@pytestmark_db
+def test_context_quotes_only_the_rows_of_a_slice(library, fake_gemini):
+    """The retrieval step of an answer: the best few rows of a search, then their best passages."""
+    for top in (
+        LongRead.objects.similar_to(QUERY, passages=True)[:2],
+        LongRead.objects.similar_to(QUERY)[:3],
+        LongRead.objects.order_by("-pk")[:2],
+    ):
+        rows = {row.pk for row in top}
+        quoted = context(top, QUERY, budget_chars=20000)
+        assert quoted and {p.row.pk for p in quoted} <= rows
+        assert quoted == [p for p in context(LongRead, QUERY, budget_chars=10**6) if p.row.pk in rows][: len(quoted)]
+    assert {p.row.pk for p in context(LongRead.objects.order_by("-pk")[:2], QUERY)} == {library[4].pk}
+
+
 # -- status ------------------------------------------------------------------------
 
 
