@@ -130,7 +130,8 @@ class SemanticQuerySetMixin(BulkWritesMixin, _QuerySetBase):
             resort(self._result_cache)
         if instances:
             for row in self._result_cache:
-                row.similarity = 1.0 - row.distance
+                # None for a row OR-ed in (``search | qs``) without a vector, as the SQL would give.
+                row.similarity = None if row.distance is None else 1.0 - row.distance
 
     def iterator(self, chunk_size: int | None = None) -> Iterator[Any]:
         """A search is fetched whole: its index settings last only as long as the

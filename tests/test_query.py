@@ -151,6 +151,19 @@ def test_two_searches_in_a_union_are_ordered_by_similarity(articles):
     assert [row.pk for row in one.union(other).order_by("-similarity", "pk")[:1]] == [expected[0].pk]
 
 
+def test_a_search_or_ed_with_a_row_without_a_vector_gives_it_no_similarity(articles):
+    """Search results plus a pinned row just saved: it has no vector yet, so no distance."""
+    with suspend_embedding():
+        pinned = Article.objects.create(title="pinned announcement")
+    rows = list(Article.objects.similar_to("reset password", min_similarity=0.5) | Article.objects.filter(pk=pinned.pk))
+    assert rows[-1].pk == pinned.pk and rows[-1].distance is None and rows[-1].similarity is None
+    assert all(row.similarity == 1.0 - row.distance for row in rows[:-1]) and len(rows) > 1
+    # Filtered further, the rows are sorted again after the fetch (relaxed order): it stays last.
+    pinned_too = Article.objects.similar_to("reset password", min_similarity=0.5) | Article.objects.filter(pk=pinned.pk)
+    filtered = pinned_too.exclude(title="w").exclude(title="x").exclude(title="y").exclude(title="z")
+    assert [row.pk for row in filtered] == [row.pk for row in rows]
+
+
 def test_min_similarity_filters_at_the_boundary(articles):
     best, second = Article.objects.similar_to("export invoices as csv")[:2]
     assert best.similarity == pytest.approx(1.0, abs=1e-6)
