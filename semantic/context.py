@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from django.db import models
 from django.db.models import CharField
 from django.db.models.functions import Cast
+from django.utils.functional import Promise
 
 from semantic.passage_search import passage_distance, require_passages, searchable_passages
 from semantic.query import query_vector
@@ -82,6 +83,8 @@ def context(
     require_passages(embedding_field, to="quote")
     if task_type is None and embedding_field.task_type == "RETRIEVAL_DOCUMENT":
         task_type = "QUESTION_ANSWERING"
+    if isinstance(question, Promise):  # gettext_lazy(): text, as similar_to() takes it
+        question = str(question)
     if not isinstance(question, str):
         raise TypeError(f"context() takes a question as text, not {type(question).__name__}.")
     vector, _ = query_vector(model, embedding_field, question, task_type=task_type)

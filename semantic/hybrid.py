@@ -35,6 +35,7 @@ from django.db import models
 from django.db.models import F
 from django.db.models.expressions import Expression
 from django.db.models.sql.where import AND
+from django.utils.functional import Promise
 
 from semantic.keyword import keyword_search, keyword_settings
 from semantic.passage_search import NearestPassage, passage_annotations, require_passages
@@ -229,7 +230,11 @@ def hybrid(
         raise TypeError(NOT_SEMANTIC)
     if queryset.query.is_sliced:
         raise TypeError(SLICED)
-    if not isinstance(text, str) or not text.strip():
+    if isinstance(text, Promise):  # gettext_lazy(): text, as similar_to() takes it
+        text = str(text)
+    if not isinstance(text, str):
+        raise TypeError(f"hybrid() searches for a text, not {type(text).__name__}.")
+    if not text.strip():
         raise ValueError("Cannot search for an empty text.")
     if isinstance(k, bool) or not isinstance(k, (int, float)) or k < 0:
         raise ValueError(f"k is a rank offset of 0 or more (default {DEFAULT_K}), not {k!r}.")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ from django.db import models
 from django.db.models import BooleanField, Value
 from django.db.models.expressions import ExpressionWrapper
 from django.db.models.query import ModelIterable
+from django.utils.functional import Promise
 from pgvector.django import CosineDistance
 
 from semantic.bulk import BulkWritesMixin
@@ -340,6 +341,8 @@ def query_vector(
     task_type: str | None = None,
 ) -> tuple[list[float], Any]:
     """The vector to search with, and the primary key to leave out (for an instance)."""
+    if isinstance(query, Promise):  # gettext_lazy(): text, as Django's own fields take it
+        query = str(query)
     if isinstance(query, models.Model):
         if not isinstance(query, model):
             raise TypeError(f"similar_to() got a {type(query).__name__}; this queryset holds {model.__name__}.")
@@ -352,7 +355,8 @@ def query_vector(
             model=field.embedding_model,
         )
         return vector, None
-    if isinstance(query, Iterable):
+    # Iterables that are not numbers would fail as "could not convert to float" or a wrong size.
+    if isinstance(query, Iterable) and not isinstance(query, (bytes, bytearray, Mapping, models.QuerySet)):
         vector = [float(x) for x in query]
         if len(vector) != field.dimensions:
             raise ValueError(

@@ -11,6 +11,7 @@ import pytest
 from django.core.paginator import Paginator
 from django.db import connection, models
 from django.db.models import Prefetch
+from django.utils.translation import gettext_lazy
 
 from semantic import HybridQuerySet, SemanticQuerySetMixin, context, embed_pending, hybrid
 from semantic.fields import get_embedding_field
@@ -285,3 +286,12 @@ def test_context_quotes_the_best_rows_of_a_hybrid_search(docs, model):
     quoted = context(top, QUERY, budget_chars=10**5)
     assert {p.row.pk for p in quoted} == set(rows)
     assert len(Doc.objects.all()) > 2 and len({p.row.pk for p in context(Doc, QUERY, budget_chars=10**5)}) > 2
+
+
+def test_a_lazy_translated_text_is_searched_as_text(docs, model):
+    lazy = gettext_lazy(QUERY)
+    assert [row.pk for row in hybrid(model.objects.all(), lazy)] == [
+        row.pk for row in hybrid(model.objects.all(), QUERY)
+    ]
+    with pytest.raises(TypeError, match="hybrid\\(\\) searches for a text, not int"):
+        hybrid(model.objects.all(), 42)

@@ -14,6 +14,7 @@ import pytest
 from django.core.cache import cache
 from django.core.paginator import Paginator
 from django.db import connection
+from django.utils.translation import gettext_lazy
 
 from semantic import Passages, context, suspend_embedding
 from semantic.fields import EmbeddingField
@@ -436,6 +437,7 @@ def test_context_keeps_to_the_querysets_rows_and_takes_fact_verification(library
     odd = context(LongRead.objects.filter(section="odd"), QUERY, task_type="FACT_VERIFICATION", budget_chars=20000)
     assert odd and {p.row.section for p in odd} == {"odd"}
     assert fake_gemini.requests[-1]["body"]["requests"][0]["taskType"] == "FACT_VERIFICATION"
+    assert context(LongRead, gettext_lazy(QUERY)) == context(LongRead, QUERY)
     with pytest.raises(ValueError, match="does not search"):
         context(LongRead, QUERY, task_type="CLUSTERING")
     with pytest.raises(ValueError, match="no passages to quote; set passages=True"):

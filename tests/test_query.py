@@ -16,6 +16,7 @@ from django.db.models.sql import Query
 from django.db.models.sql.compiler import SQLCompiler
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from django.utils.translation import gettext_lazy
 
 from semantic import EmptyQuery, SearchUnavailable, SemanticQuerySetMixin, ahybrid, embed, suspend_embedding
 from semantic.backends import CONFIG, EmbeddingError, get_backend
@@ -162,6 +163,17 @@ def test_a_search_or_ed_with_a_row_without_a_vector_gives_it_no_similarity(artic
     pinned_too = Article.objects.similar_to("reset password", min_similarity=0.5) | Article.objects.filter(pk=pinned.pk)
     filtered = pinned_too.exclude(title="w").exclude(title="x").exclude(title="y").exclude(title="z")
     assert [row.pk for row in filtered] == [row.pk for row in rows]
+
+
+def test_a_lazy_translated_text_is_searched_as_text_and_other_things_are_refused(articles):
+    lazy = gettext_lazy("reset my account password")
+    assert [row.pk for row in Article.objects.similar_to(lazy)] == [
+        row.pk for row in Article.objects.similar_to("reset my account password")
+    ]
+    assert titles(Article.objects.duplicates_of(lazy, 0.9)) == ["reset my account password"]
+    for bad in (b"reset password", {"a": 1.0}, Article.objects.all()):
+        with pytest.raises(TypeError, match=f"takes a text, a Article or a vector, not {type(bad).__name__}"):
+            Article.objects.similar_to(bad)
 
 
 def test_min_similarity_filters_at_the_boundary(articles):
