@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
-from django.db import models
+from django.db import NotSupportedError, models
 from django.db.models import F
 from django.db.models.expressions import Expression
 from django.db.models.sql.where import AND
@@ -66,6 +66,12 @@ class Fused:
 NOT_SEMANTIC = (
     "hybrid() searches a queryset with SemanticQuerySetMixin: give the model `objects = SemanticManager()`, "
     "or put SemanticQuerySetMixin first among the bases of its own QuerySet."
+)
+
+OUTER_REF = (
+    "hybrid() cannot depend on an outer query (OuterRef): each side is searched by a statement of its own, "
+    "where the outer row does not exist. Rank per outer row with similar_to() in the Subquery, "
+    "or call hybrid() once per outer row."
 )
 
 
@@ -136,6 +142,8 @@ class HybridSearch:
 
     def base(self, compiler: Any) -> SemanticQuerySet:
         """The statement's rows and filters, without the fusion's own parts, order or slice."""
+        if any(True for _ in compiler.query.get_external_cols()):
+            raise NotSupportedError(OUTER_REF)
         query = compiler.query.clone()
         # A filter on the score or a rank (or a window ordered by them, as in a top-N
         # prefetch) applies to the fused rows: compiled in a side, it would fuse again.

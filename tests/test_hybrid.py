@@ -9,12 +9,13 @@ import re
 
 import pytest
 from django.core.paginator import Paginator
-from django.db import connection, models
-from django.db.models import Prefetch
+from django.db import NotSupportedError, connection, models
+from django.db.models import Exists, OuterRef, Prefetch, Subquery
 from django.utils.translation import gettext_lazy
 
 from semantic import HybridQuerySet, SemanticQuerySetMixin, context, embed_pending, hybrid
 from semantic.fields import get_embedding_field
+from semantic.hybrid import OUTER_REF
 from semantic.keyword import keyword_search
 from semantic.query import SLICED
 from tests.docsapp.models import Doc, Page, Shelf
@@ -295,3 +296,18 @@ def test_a_lazy_translated_text_is_searched_as_text(docs, model):
     ]
     with pytest.raises(TypeError, match="hybrid\\(\\) searches for a text, not int"):
         hybrid(model.objects.all(), 42)
+
+
+@pytest.mark.parametrize("model", [Doc], ids=["stored column"])
+def test_a_subquery_that_depends_on_the_outer_row_is_refused_with_a_clear_error(docs, model):
+    """Each side is searched by a statement of its own, where the outer row does not exist."""
+    Shelf.objects.create(name="help").docs.set([docs["keyword"].pk])
+    per_shelf = hybrid(Doc.objects.filter(shelves=OuterRef("pk")), QUERY)
+    with pytest.raises(NotSupportedError, match=re.escape(OUTER_REF)):
+        list(Shelf.objects.annotate(best=Subquery(per_shelf.values("title")[:1])))
+    with pytest.raises(NotSupportedError, match=re.escape(OUTER_REF)):
+        list(Shelf.objects.filter(Exists(hybrid(Doc.objects.all(), QUERY).filter(shelves=OuterRef("pk")))))
+    # Without an outer reference, a fused search is an ordinary subquery.
+    assert list(Shelf.objects.filter(docs__in=hybrid(Doc.objects.all(), QUERY)).values_list("name", flat=True)) == [
+        "help"
+    ]
