@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from django.db import models
 from django.db.models import CharField
 from django.db.models.functions import Cast
+from django.utils.functional import Promise
 
 from semantic.passage_search import passage_distance, require_passages, searchable_passages
 from semantic.query import query_vector
@@ -66,14 +67,15 @@ def context(
 ) -> Context:
     """The passages of ``source``'s rows nearest to ``question`` that fit in ``budget_chars`` (rendered).
 
-    ``source`` is a queryset (its filters decide which rows may be quoted) or a
-    model (all its rows). A passage too long for what is left of the budget is
+    ``source`` is a queryset (its filters, or its slice, decide which rows may be
+    quoted: ``Article.objects.similar_to(question)[:5]``), a manager or a model (all
+    its rows). A passage too long for what is left of the budget is
     skipped for a shorter one further down. ``min_similarity`` drops weak matches.
     Raises ``ValueError`` for a field without ``passages``, an empty question
     (:class:`semantic.EmptyQuery`) or a task type that does not search the field,
     and :class:`semantic.SearchUnavailable` when the question cannot be embedded now.
     """
-    queryset = source._default_manager.all() if isinstance(source, type) else source
+    queryset = source._default_manager.all() if isinstance(source, type) else source.all()
     if isinstance(budget_chars, bool) or not isinstance(budget_chars, int) or budget_chars < 1:
         raise ValueError(f"budget_chars must be a positive integer, not {budget_chars!r}.")
     model = queryset.model
@@ -81,10 +83,14 @@ def context(
     require_passages(embedding_field, to="quote")
     if task_type is None and embedding_field.task_type == "RETRIEVAL_DOCUMENT":
         task_type = "QUESTION_ANSWERING"
+    if isinstance(question, Promise):  # gettext_lazy(): text, as similar_to() takes it
+        question = str(question)
     if not isinstance(question, str):
         raise TypeError(f"context() takes a question as text, not {type(question).__name__}.")
     vector, _ = query_vector(model, embedding_field, question, task_type=task_type)
-    rows = queryset.order_by().annotate(_semantic_pk=Cast("pk", CharField())).values("_semantic_pk")
+    # A slice (the best few rows of a search) keeps its order: it decides which rows are in it.
+    rows = queryset if queryset.query.is_sliced else queryset.order_by()
+    rows = rows.annotate(_semantic_pk=Cast("pk", CharField())).values("_semantic_pk")
     candidates = (
         searchable_passages(embedding_field)
         .using(queryset.db)

@@ -17,7 +17,9 @@ rows by their nearest passage, as ``similar_to(passages=True)`` does, and each r
 annotated with that passage (``passage_text``, ``passage_start``, ``passage_end``,
 ``passage_position``). The two sides are searched when the queryset is evaluated, with every
 filter it has by then, before or after ``hybrid()``: a filtered search ranks the
-filtered rows, as ``similar_to()`` does. Evaluating runs three statements: each
+filtered rows, as ``similar_to()`` does; a filter on ``score`` or a rank (or
+a window ordered by them, as Django's top-N ``Prefetch``) keeps fused rows instead,
+the sides rank without it. Evaluating runs three statements: each
 side's candidates, then the rows, restricted to the fused candidates and ordered by
 score. docs/benchmarks.md compares this with one statement joining two ranked
 subqueries.
@@ -29,14 +31,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
-from django.db import models
+from django.db import NotSupportedError, models
 from django.db.models import F
 from django.db.models.expressions import Expression
 from django.db.models.sql.where import AND
+from django.utils.functional import Promise
 
 from semantic.keyword import keyword_search, keyword_settings
 from semantic.passage_search import NearestPassage, passage_annotations, require_passages
-from semantic.query import SemanticQuerySet, SemanticQuerySetMixin, query_vector
+from semantic.query import SLICED, SemanticQuerySet, SemanticQuerySetMixin, query_vector
 from semantic.switch import serving_field
 from semantic.vectors import vector_literal
 
@@ -53,7 +56,8 @@ class Fused:
     def __init__(self, keyword: Sequence[Any], meaning: Sequence[Any], *, k: float, weights: Sequence[float]):
         self.rows: dict[Any, dict[str, Any]] = {}
         for name, weight, ranked in (("keyword_rank", weights[0], keyword), ("meaning_rank", weights[1], meaning)):
-            for rank, pk in enumerate(ranked, start=1):
+            # A join across a ManyToMany repeats a row once per related row: it ranks once, first.
+            for rank, pk in enumerate(dict.fromkeys(ranked), start=1):
                 row = self.rows.setdefault(pk, {"score": 0.0, "keyword_rank": None, "meaning_rank": None})
                 row["score"] += weight / (k + rank)
                 row[name] = rank
@@ -62,6 +66,12 @@ class Fused:
 NOT_SEMANTIC = (
     "hybrid() searches a queryset with SemanticQuerySetMixin: give the model `objects = SemanticManager()`, "
     "or put SemanticQuerySetMixin first among the bases of its own QuerySet."
+)
+
+OUTER_REF = (
+    "hybrid() cannot depend on an outer query (OuterRef): each side is searched by a statement of its own, "
+    "where the outer row does not exist. Rank per outer row with similar_to() in the Subquery, "
+    "or call hybrid() once per outer row."
 )
 
 
@@ -132,12 +142,18 @@ class HybridSearch:
 
     def base(self, compiler: Any) -> SemanticQuerySet:
         """The statement's rows and filters, without the fusion's own parts, order or slice."""
+        if any(True for _ in compiler.query.get_external_cols()):
+            raise NotSupportedError(OUTER_REF)
         query = compiler.query.clone()
-        query.where.children = [child for child in query.where.children if not isinstance(child, HybridPart)]
+        # A filter on the score or a rank (or a window ordered by them, as in a top-N
+        # prefetch) applies to the fused rows: compiled in a side, it would fuse again.
+        query.where.children = [child for child in query.where.children if not fused_from(child)]
         query.annotations = {
             name: annotation
             for name, annotation in query.annotations.items()
-            if not isinstance(annotation, (HybridPart, NearestPassage)) and not annotation.contains_aggregate
+            if not fused_from(annotation)
+            and not isinstance(annotation, NearestPassage)
+            and not annotation.contains_aggregate
         }
         query.set_annotation_mask(None)
         query.clear_ordering(force=True)
@@ -145,6 +161,14 @@ class HybridSearch:
         query.semantic = None
         query.explain_info = None  # explain() of the fused statement: the sides themselves run
         return self.queryset_class(model=query.model, query=query, using=compiler.using)
+
+
+def fused_from(expression: Any) -> bool:
+    """Whether ``expression`` (a filter or an annotation) holds a part of a fused search."""
+    if isinstance(expression, HybridPart):
+        return True
+    parts = getattr(expression, "get_source_expressions", list)()  # ExtraWhere has none
+    return any(fused_from(part) for part in parts if part is not None)
 
 
 class HybridPart(Expression):
@@ -188,7 +212,7 @@ class HybridPart(Expression):
 
 
 def hybrid(
-    queryset: SemanticQuerySet,
+    queryset: SemanticQuerySet | models.Manager,
     text: str,
     *,
     field: str | None = None,
@@ -200,7 +224,7 @@ def hybrid(
     match: str = "any",
     passages: bool = False,
 ) -> SemanticQuerySet:
-    """Rows of ``queryset`` ranked by keywords and meaning together (see the module docstring).
+    """Rows of ``queryset`` (or a manager's) ranked by keywords and meaning together (see the module docstring).
 
     ``field`` is the EmbeddingField (needed when the model has several);
     ``keyword_fields`` and ``config`` default to the model's KeywordIndex;
@@ -208,9 +232,17 @@ def hybrid(
     ranks (at most 1,000), so at most twice that many rows are returned;
     ``passages=True`` ranks the meaning side by the rows' passages.
     """
+    if isinstance(queryset, models.Manager):  # Doc.objects, shelf.docs: as similar_to() is called on them
+        queryset = queryset.all()
     if not isinstance(queryset, SemanticQuerySetMixin):
         raise TypeError(NOT_SEMANTIC)
-    if not isinstance(text, str) or not text.strip():
+    if queryset.query.is_sliced:
+        raise TypeError(SLICED)
+    if isinstance(text, Promise):  # gettext_lazy(): text, as similar_to() takes it
+        text = str(text)
+    if not isinstance(text, str):
+        raise TypeError(f"hybrid() searches for a text, not {type(text).__name__}.")
+    if not text.strip():
         raise ValueError("Cannot search for an empty text.")
     if isinstance(k, bool) or not isinstance(k, (int, float)) or k < 0:
         raise ValueError(f"k is a rank offset of 0 or more (default {DEFAULT_K}), not {k!r}.")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ from django.db import models
 from django.db.models import BooleanField, Value
 from django.db.models.expressions import ExpressionWrapper
 from django.db.models.query import ModelIterable
+from django.utils.functional import Promise
 from pgvector.django import CosineDistance
 
 from semantic.bulk import BulkWritesMixin
@@ -52,6 +53,12 @@ DEFAULT_DUPLICATE_THRESHOLD = 0.81
 
 #: Most duplicates duplicates() looks for per row unless told otherwise.
 DEFAULT_MAX_NEIGHBOURS = 200
+
+#: Searching a slice would rank the whole table and keep the slice's size: refused, as Django refuses filter().
+SLICED = (
+    "Cannot filter a query once a slice has been taken. Search first, then slice: qs.similar_to(q)[:10]. "
+    "To search only the sliced rows, search qs.filter(pk__in=list(sliced.values_list('pk', flat=True)))."
+)
 
 #: Query-side task type for each stored (document-side) task type.
 QUERY_TASK_TYPES = {
@@ -124,7 +131,8 @@ class SemanticQuerySetMixin(BulkWritesMixin, _QuerySetBase):
             resort(self._result_cache)
         if instances:
             for row in self._result_cache:
-                row.similarity = 1.0 - row.distance
+                # None for a row OR-ed in (``search | qs``) without a vector, as the SQL would give.
+                row.similarity = None if row.distance is None else 1.0 - row.distance
 
     def iterator(self, chunk_size: int | None = None) -> Iterator[Any]:
         """A search is fetched whole: its index settings last only as long as the
@@ -171,6 +179,8 @@ class SemanticQuerySetMixin(BulkWritesMixin, _QuerySetBase):
         the text cannot be embedded now: the API failed or the rate limit is reached.
         Views catch these two to show "no query" or "try again later".
         """
+        if self.query.is_sliced:
+            raise TypeError(SLICED)
         embedding_field = serving_field(self.model, field)
         filters_before = len(self.query.where.children)
         vector, exclude_pk = query_vector(self.model, embedding_field, query, task_type=task_type)
@@ -294,11 +304,17 @@ def similarity_after_fetch(queryset: models.QuerySet) -> Iterator[bool]:
 
     PostgreSQL computes the select list before it sorts, so a search would compute a
     second distance for every row it compares, not only for the rows it returns. Asked
-    for by name (``values("similarity")``, ``filter()``, ``order_by()``) it stays SQL.
+    for by name (``values("similarity")``, ``filter()``, ``order_by()``) it stays SQL,
+    and so it does in a ``union()``: the combined rows are ordered by their columns.
     """
     query = queryset.query
     selected = query.annotation_select
-    if queryset._iterable_class is not ModelIterable or "similarity" not in selected or "distance" not in selected:
+    if (
+        queryset._iterable_class is not ModelIterable
+        or "similarity" not in selected
+        or "distance" not in selected
+        or query.combinator
+    ):
         yield False
         return
     mask = query.annotation_select_mask
@@ -325,6 +341,8 @@ def query_vector(
     task_type: str | None = None,
 ) -> tuple[list[float], Any]:
     """The vector to search with, and the primary key to leave out (for an instance)."""
+    if isinstance(query, Promise):  # gettext_lazy(): text, as Django's own fields take it
+        query = str(query)
     if isinstance(query, models.Model):
         if not isinstance(query, model):
             raise TypeError(f"similar_to() got a {type(query).__name__}; this queryset holds {model.__name__}.")
@@ -337,7 +355,8 @@ def query_vector(
             model=field.embedding_model,
         )
         return vector, None
-    if isinstance(query, Iterable):
+    # Iterables that are not numbers would fail as "could not convert to float" or a wrong size.
+    if isinstance(query, Iterable) and not isinstance(query, (bytes, bytearray, Mapping, models.QuerySet)):
         vector = [float(x) for x in query]
         if len(vector) != field.dimensions:
             raise ValueError(

@@ -178,16 +178,21 @@ def resort(rows: list[Any]) -> None:
     """Sort fetched rows (model instances or dicts) in :data:`SEARCH_ORDER`, in place.
 
     Dicts without ``pk`` are sorted by distance alone; the sort is stable, so tied rows
-    keep the order the server gave them.
+    keep the order the server gave them. A row without a distance (OR-ed into the
+    search: ``search | qs``, no vector yet) comes last, where PostgreSQL puts NULL.
     """
     if not rows:
         return
     if not isinstance(rows[0], dict):
-        rows.sort(key=lambda row: (row.distance, row.pk))
+        rows.sort(key=lambda row: (*nulls_last(row.distance), row.pk))
     elif "pk" in rows[0]:
-        rows.sort(key=lambda row: (row["distance"], row["pk"]))
+        rows.sort(key=lambda row: (*nulls_last(row["distance"]), row["pk"]))
     else:
-        rows.sort(key=lambda row: row["distance"])
+        rows.sort(key=lambda row: nulls_last(row["distance"]))
+
+
+def nulls_last(distance: float | None) -> tuple[bool, float]:
+    return (distance is None, 0.0 if distance is None else distance)
 
 
 def callers_filters(queryset: models.QuerySet, search: SemanticSearch) -> tuple[str, Any]:

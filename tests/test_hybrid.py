@@ -5,14 +5,20 @@ count shared words, so "found only by meaning" could not be told apart from "fou
 keyword": MiniLM places a paraphrase with no word in common near the query.
 """
 
+import re
+
 import pytest
 from django.core.paginator import Paginator
-from django.db import connection, models
+from django.db import NotSupportedError, connection, models
+from django.db.models import Exists, OuterRef, Prefetch, Subquery
+from django.utils.translation import gettext_lazy
 
-from semantic import HybridQuerySet, SemanticQuerySetMixin, embed_pending, hybrid
+from semantic import HybridQuerySet, SemanticQuerySetMixin, context, embed_pending, hybrid
 from semantic.fields import get_embedding_field
+from semantic.hybrid import OUTER_REF
 from semantic.keyword import keyword_search
-from tests.docsapp.models import Doc, Page
+from semantic.query import SLICED
+from tests.docsapp.models import Doc, Page, Shelf
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -209,3 +215,99 @@ def test_passages_rank_the_meaning_side_by_a_late_passage_and_annotate_it(semant
 def test_passages_need_a_field_with_passages(docs):
     with pytest.raises(ValueError, match="passages=True"):
         hybrid(Page.objects.all(), QUERY, passages=True)
+
+
+def test_filters_on_the_score_and_ranks_keep_fused_rows(docs, model):
+    """A filter on the fusion's own annotations applies to the fused rows; the sides
+    rank as before (they would otherwise compile the filter, which fuses again)."""
+    fused = list(hybrid(model.objects.all(), QUERY))
+    best = fused[0].score
+    qs = hybrid(model.objects.all(), QUERY)
+    assert [row.pk for row in qs.filter(score__gte=best)] == [fused[0].pk]
+    assert qs.filter(score__gte=best).count() == 1
+    assert [row.pk for row in qs.filter(keyword_rank__isnull=False)] == [docs["keyword"].pk]
+    found_by_meaning = [row.pk for row in fused if row.meaning_rank is not None]
+    assert [row.pk for row in qs.exclude(meaning_rank=None)] == found_by_meaning
+    by_meaning = {row.pk: row.meaning_rank for row in fused}
+    assert {row.pk: row.meaning_rank for row in qs.filter(keyword_rank__isnull=False)} == {
+        docs["keyword"].pk: by_meaning[docs["keyword"].pk]
+    }
+
+
+@pytest.mark.parametrize("model", [Doc], ids=["stored column"])
+def test_a_prefetch_takes_the_best_rows_of_each_related_object(docs, model):
+    """Django's per-object top-N prefetch filters on a window ordered by the score."""
+    fused = [row.pk for row in hybrid(Doc.objects.all(), QUERY)]
+    fillers = [pk for pk in fused if pk not in (docs["keyword"].pk, docs["meaning"].pk)]
+    shelves = {"keyword": Shelf.objects.create(name="keyword"), "meaning": Shelf.objects.create(name="meaning")}
+    shelves["keyword"].docs.set([docs["keyword"].pk, *fillers[:3]])
+    shelves["meaning"].docs.set([docs["meaning"].pk, *fillers[3:]])
+    top = Prefetch("docs", queryset=hybrid(Doc.objects.all(), QUERY)[:2], to_attr="top")
+    for shelf in Shelf.objects.prefetch_related(top):
+        on_shelf = set(shelf.docs.values_list("pk", flat=True))
+        assert [row.pk for row in shelf.top] == [pk for pk in fused if pk in on_shelf][:2]
+
+
+@pytest.mark.parametrize("model", [Doc], ids=["stored column"])
+def test_a_row_on_several_shelves_ranks_as_one_row(docs, model):
+    """A filter across a ManyToMany repeats a row per matching shelf; each side counts it once."""
+    filler = Doc.objects.exclude(pk__in=[docs["keyword"].pk, docs["meaning"].pk]).first()
+    for name in ("a", "b", "c"):
+        Shelf.objects.create(name=name).docs.set([docs["keyword"].pk, filler.pk])
+    Shelf.objects.create(name="d").docs.set([docs["meaning"].pk])
+    shelved = [docs["keyword"].pk, docs["meaning"].pk, filler.pk]
+
+    def fused(qs):
+        return list(dict.fromkeys((row.pk, row.score, row.keyword_rank, row.meaning_rank) for row in qs))
+
+    alone = fused(hybrid(Doc.objects.filter(pk__in=shelved), QUERY))
+    assert fused(hybrid(Doc.objects.filter(shelves__name__in=["a", "b", "c", "d"]), QUERY)) == alone
+
+
+@pytest.mark.parametrize("model", [Doc], ids=["stored column"])
+def test_a_manager_is_searched_as_its_queryset(docs, model):
+    shelf = Shelf.objects.create(name="help")
+    shelf.docs.set([docs["keyword"].pk, docs["meaning"].pk])
+    assert [row.pk for row in hybrid(Doc.objects, QUERY)] == [row.pk for row in hybrid(Doc.objects.all(), QUERY)]
+    assert [row.pk for row in hybrid(shelf.docs, QUERY)] == [
+        row.pk for row in hybrid(Doc.objects.filter(shelves=shelf), QUERY)
+    ]
+
+
+def test_a_sliced_queryset_is_not_searched(semantic_settings):
+    semantic_settings(BACKEND="semantic.backends.local.LocalBackend")
+    with pytest.raises(TypeError, match=re.escape(SLICED)):
+        hybrid(Doc.objects.order_by("-pk")[:5], QUERY)
+
+
+@pytest.mark.parametrize("model", [Doc], ids=["stored column"])
+def test_context_quotes_the_best_rows_of_a_hybrid_search(docs, model):
+    top = hybrid(Doc.objects.all(), QUERY)[:2]
+    rows = [row.pk for row in top]
+    quoted = context(top, QUERY, budget_chars=10**5)
+    assert {p.row.pk for p in quoted} == set(rows)
+    assert len(Doc.objects.all()) > 2 and len({p.row.pk for p in context(Doc, QUERY, budget_chars=10**5)}) > 2
+
+
+def test_a_lazy_translated_text_is_searched_as_text(docs, model):
+    lazy = gettext_lazy(QUERY)
+    assert [row.pk for row in hybrid(model.objects.all(), lazy)] == [
+        row.pk for row in hybrid(model.objects.all(), QUERY)
+    ]
+    with pytest.raises(TypeError, match="hybrid\\(\\) searches for a text, not int"):
+        hybrid(model.objects.all(), 42)
+
+
+@pytest.mark.parametrize("model", [Doc], ids=["stored column"])
+def test_a_subquery_that_depends_on_the_outer_row_is_refused_with_a_clear_error(docs, model):
+    """Each side is searched by a statement of its own, where the outer row does not exist."""
+    Shelf.objects.create(name="help").docs.set([docs["keyword"].pk])
+    per_shelf = hybrid(Doc.objects.filter(shelves=OuterRef("pk")), QUERY)
+    with pytest.raises(NotSupportedError, match=re.escape(OUTER_REF)):
+        list(Shelf.objects.annotate(best=Subquery(per_shelf.values("title")[:1])))
+    with pytest.raises(NotSupportedError, match=re.escape(OUTER_REF)):
+        list(Shelf.objects.filter(Exists(hybrid(Doc.objects.all(), QUERY).filter(shelves=OuterRef("pk")))))
+    # Without an outer reference, a fused search is an ordinary subquery.
+    assert list(Shelf.objects.filter(docs__in=hybrid(Doc.objects.all(), QUERY)).values_list("name", flat=True)) == [
+        "help"
+    ]

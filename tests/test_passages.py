@@ -14,11 +14,13 @@ import pytest
 from django.core.cache import cache
 from django.core.paginator import Paginator
 from django.db import connection
+from django.utils.translation import gettext_lazy
 
 from semantic import Passages, context, suspend_embedding
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingFailure, Passage
 from semantic.passages import split
+from semantic.query import SLICED
 from tests.testapp.models import Article, LongRead
 
 TOPICS = [
@@ -339,6 +341,9 @@ def test_a_passage_search_chains_with_filters_and_pages(library):
     close = LongRead.objects.similar_to(QUERY, passages=True, min_similarity=0.5)
     assert {row.pk for row in close} == {library[2].pk, library[4].pk}
 
+    with pytest.raises(TypeError, match=re.escape(SLICED)):
+        LongRead.objects.order_by("-pk")[:2].similar_to(QUERY, passages=True)
+
 
 @pytestmark_db
 def test_a_passage_search_as_values_and_as_a_subquery_leaves_out_rows_without_passages(library):
@@ -432,10 +437,26 @@ def test_context_keeps_to_the_querysets_rows_and_takes_fact_verification(library
     odd = context(LongRead.objects.filter(section="odd"), QUERY, task_type="FACT_VERIFICATION", budget_chars=20000)
     assert odd and {p.row.section for p in odd} == {"odd"}
     assert fake_gemini.requests[-1]["body"]["requests"][0]["taskType"] == "FACT_VERIFICATION"
+    assert context(LongRead, gettext_lazy(QUERY)) == context(LongRead, QUERY)
     with pytest.raises(ValueError, match="does not search"):
         context(LongRead, QUERY, task_type="CLUSTERING")
     with pytest.raises(ValueError, match="no passages to quote; set passages=True"):
         context(Article, QUERY)
+
+
+@pytestmark_db
+def test_context_quotes_only_the_rows_of_a_slice(library, fake_gemini):
+    """The retrieval step of an answer: the best few rows of a search, then their best passages."""
+    for top in (
+        LongRead.objects.similar_to(QUERY, passages=True)[:2],
+        LongRead.objects.similar_to(QUERY)[:3],
+        LongRead.objects.order_by("-pk")[:2],
+    ):
+        rows = {row.pk for row in top}
+        quoted = context(top, QUERY, budget_chars=20000)
+        assert quoted and {p.row.pk for p in quoted} <= rows
+        assert quoted == [p for p in context(LongRead, QUERY, budget_chars=10**6) if p.row.pk in rows][: len(quoted)]
+    assert {p.row.pk for p in context(LongRead.objects.order_by("-pk")[:2], QUERY)} == {library[4].pk}
 
 
 # -- status ------------------------------------------------------------------------

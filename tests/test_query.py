@@ -1,6 +1,7 @@
 """similar_to, duplicates and friends, on real PostgreSQL with vectors from the fake
 Gemini server (hashed bag of words: texts sharing words are near each other)."""
 
+import re
 import threading
 from datetime import timedelta
 
@@ -15,12 +16,13 @@ from django.db.models.sql import Query
 from django.db.models.sql.compiler import SQLCompiler
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from django.utils.translation import gettext_lazy
 
 from semantic import EmptyQuery, SearchUnavailable, SemanticQuerySetMixin, ahybrid, embed, suspend_embedding
 from semantic.backends import CONFIG, EmbeddingError, get_backend
 from semantic.fields import get_embedding_field
 from semantic.models import EmbeddingFailure, RateLimit
-from semantic.query import query_task_type
+from semantic.query import SLICED, query_task_type
 from semantic.ratelimit import configuration_problem, limit_key
 from tests.fake_gemini import BAD_KEY, PERMISSION_DENIED, api_error
 from tests.testapp.models import Article, Document, Note
@@ -138,6 +140,40 @@ def test_rows_get_their_similarity_from_the_distance_the_search_already_computed
     )
     assert [row.pk for row in best] == [rows[0].pk]
     assert "similarity" in str(Article.objects.similar_to("export invoices").query)  # the query itself is unchanged
+
+
+def test_two_searches_in_a_union_are_ordered_by_similarity(articles):
+    """The best rows of two searches in one list (a text and its spelling-corrected form)."""
+    one = Article.objects.similar_to("reset password")[:2]
+    other = Article.objects.similar_to("export csv")[:2]
+    expected = sorted([*one, *other], key=lambda row: (-row.similarity, row.pk))
+    merged = list(one.union(other).order_by("-similarity", "pk"))
+    assert [(row.pk, row.similarity) for row in merged] == [(row.pk, row.similarity) for row in expected]
+    assert [row.pk for row in one.union(other).order_by("-similarity", "pk")[:1]] == [expected[0].pk]
+
+
+def test_a_search_or_ed_with_a_row_without_a_vector_gives_it_no_similarity(articles):
+    """Search results plus a pinned row just saved: it has no vector yet, so no distance."""
+    with suspend_embedding():
+        pinned = Article.objects.create(title="pinned announcement")
+    rows = list(Article.objects.similar_to("reset password", min_similarity=0.5) | Article.objects.filter(pk=pinned.pk))
+    assert rows[-1].pk == pinned.pk and rows[-1].distance is None and rows[-1].similarity is None
+    assert all(row.similarity == 1.0 - row.distance for row in rows[:-1]) and len(rows) > 1
+    # Filtered further, the rows are sorted again after the fetch (relaxed order): it stays last.
+    pinned_too = Article.objects.similar_to("reset password", min_similarity=0.5) | Article.objects.filter(pk=pinned.pk)
+    filtered = pinned_too.exclude(title="w").exclude(title="x").exclude(title="y").exclude(title="z")
+    assert [row.pk for row in filtered] == [row.pk for row in rows]
+
+
+def test_a_lazy_translated_text_is_searched_as_text_and_other_things_are_refused(articles):
+    lazy = gettext_lazy("reset my account password")
+    assert [row.pk for row in Article.objects.similar_to(lazy)] == [
+        row.pk for row in Article.objects.similar_to("reset my account password")
+    ]
+    assert titles(Article.objects.duplicates_of(lazy, 0.9)) == ["reset my account password"]
+    for bad in (b"reset password", {"a": 1.0}, Article.objects.all()):
+        with pytest.raises(TypeError, match=f"takes a text, a Article or a vector, not {type(bad).__name__}"):
+            Article.objects.similar_to(bad)
 
 
 def test_min_similarity_filters_at_the_boundary(articles):
@@ -292,6 +328,20 @@ def test_duplicates_of_before_creating(articles):
     assert list(Article.objects.duplicates_of("completely unrelated words here", 0.9)) == []
     same = articles["export invoices as csv"]
     assert titles(Article.objects.duplicates_of(same, 0.5)) == ["export all invoices to csv"]
+
+
+def test_a_sliced_queryset_is_not_searched(articles, fake_gemini):
+    """The slice is "these rows": searching it would rank the whole table; refused as
+    Django refuses filter() after a slice, before the text is embedded."""
+    newest = Article.objects.order_by("-pk")[:3]
+    for search in (lambda: newest.similar_to("reset password"), lambda: newest.duplicates_of("reset password")):
+        with pytest.raises(TypeError, match=re.escape(SLICED)):
+            search()
+    assert fake_gemini.requests == []
+    django_says = "Cannot filter a query once a slice has been taken."
+    assert SLICED.startswith(django_says)
+    with pytest.raises(TypeError, match=re.escape(django_says)):
+        newest.duplicates()
 
 
 def test_embed_returns_vectors_and_caches(fake_gemini):

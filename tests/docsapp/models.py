@@ -80,3 +80,13 @@ class Excerpt(models.Model):
 
     def __str__(self) -> str:
         return self.text[:60]
+
+
+class Shelf(models.Model):
+    """Docs filed on shelves (a ManyToMany): searches over a join that repeats a row per shelf."""
+
+    name = models.CharField(max_length=40)
+    docs = models.ManyToManyField(Doc, related_name="shelves")
+
+    def __str__(self) -> str:
+        return self.name
