@@ -184,8 +184,11 @@ class RowWriterMixin:
         a row a user's transaction holds (``select_for_update()``, an open ``atomic()``
         block) while keeping the rows it already locked: saves of those rows, which the
         user never touched, would wait as long as the user's transaction lasts, and a
-        worker held past ``Q_CLUSTER["timeout"]`` is killed with its batch. Taking the locks
-        first with ``SKIP LOCKED`` never waits, so the writes that follow never do either.
+        worker held past ``Q_CLUSTER["timeout"]`` is killed with its batch. Should the user's
+        transaction then save one of those rows, the two wait for each other and PostgreSQL
+        ends one as a deadlock: the user's, when the worker has waited longer than
+        ``deadlock_timeout``. Taking the locks first with ``SKIP LOCKED`` never waits, so the
+        writes that follow never do either, and the worker is never part of a lock cycle.
         The vector made for a skipped row is dropped and the row stays pending for the next
         run or sweep: a row locked by a user is usually being edited, and its new text then
         needs a new vector anyway; at worst its text is sent once more.

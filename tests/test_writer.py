@@ -1,6 +1,8 @@
 """Writing vectors back while other transactions edit the rows, at the isolation levels
 projects choose (``DATABASES[...]["OPTIONS"]["isolation_level"]``), or hold them locked."""
 
+import threading
+import time
 from contextlib import contextmanager
 
 import numpy as np
@@ -207,3 +209,46 @@ def test_a_stale_hash_on_a_row_a_user_holds_locked_is_refreshed_later(fake_gemin
     snippet.refresh_from_db()
     assert snippet.embedding_source_hash == source_hash("Where is my parcel?")
     assert fake_gemini.request_count == 0
+
+
+def test_a_user_transaction_that_holds_a_row_of_the_batch_and_saves_another_is_not_deadlocked(fake_gemini, guarded):
+    """A view locks a row of a batch in flight, then saves another row of it: the worker must
+    not hold that other row while it waits for the first, or PostgreSQL ends the view's
+    transaction as a deadlock."""
+    rows = backlog()
+    field = get_embedding_field(Article)
+    table = Article._meta.db_table
+    outcomes = []
+
+    # In production the worker has usually waited longer than deadlock_timeout when the view comes
+    # back for the row, so PostgreSQL's check runs in the view's session and ends the view's
+    # transaction; here the worker's check is put off, for the same outcome every time.
+    options = {**guarded.settings_dict["OPTIONS"], "options": "-c lock_timeout=5s -c deadlock_timeout=60s"}
+    worker_settings = {**guarded.settings_dict, "OPTIONS": options}
+
+    def worker():
+        connections["guarded"] = own = DatabaseWrapper(worker_settings, alias="guarded")  # connections are per thread
+        try:
+            outcomes.append(Embedder(Article, field, using="guarded").run())
+        finally:
+            own.close()
+            connections.close_all()  # the settings' aliases this thread opened
+
+    user = psycopg.connect(**connection.get_connection_params())
+    user.execute("SET lock_timeout = '5s'")  # the guard again, on this side
+    user.execute(f"SELECT id FROM {table} WHERE id = %s FOR UPDATE", [rows[-1].pk])
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        # Until the worker has ended or waits for a lock (the bug): either way, then the view goes on.
+        while thread.is_alive() and not user.execute("SELECT 1 FROM pg_locks WHERE NOT granted").fetchone():
+            time.sleep(0.01)
+        user.execute(f"UPDATE {table} SET category = 'seen' WHERE id = %s", [rows[0].pk])
+        user.commit()  # the view's transaction stands
+    finally:
+        user.close()
+        thread.join()
+    (outcome,) = outcomes
+    assert (outcome.embedded, outcome.failed, outcome.changed_in_flight) == (2, 0, 1)
+    assert Article.objects.get(pk=rows[0].pk).category == "seen"
+    assert list(pending_rows(Article, field)) == [rows[-1]]
