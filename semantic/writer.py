@@ -8,7 +8,9 @@ what was read with the row, and the write stores the hash of the text embedded, 
 row changed behind ``save()``'s back is embedded once, not re-sent on every sweep.
 
 Each batch is written in a transaction of its own, run again when it loses to a
-concurrent one (:meth:`RowWriterMixin.in_transaction`).
+concurrent one (:meth:`RowWriterMixin.in_transaction`), and only to the rows no other
+transaction holds locked (:meth:`RowWriterMixin.lock_free`): the worker never waits for
+a user's lock, so it never makes saves of its batch's other rows wait either.
 """
 
 from __future__ import annotations
@@ -139,7 +141,14 @@ class RowWriterMixin:
         self.written += embedded + cleared
 
     def write_rows(self, vectors: list[tuple[Item, Vector]], empty: list[Item]) -> tuple[list[Any], list[Any]]:
-        """Write vectors and clear rows without text; returns the primary keys of each written."""
+        """Write vectors and clear rows without text; returns the primary keys of each written.
+
+        Rows another transaction holds locked are left out (:meth:`lock_free`): they stay
+        pending, with no failure record, and count as changed in flight.
+        """
+        free = self.lock_free([item.pk for item, _ in vectors] + [item.pk for item in empty])
+        vectors = [(item, vector) for item, vector in vectors if str(item.pk) in free]
+        empty = [item for item in empty if str(item.pk) in free]
         embedded = self.write_vectors(vectors) if vectors else []
         cleared = [item.pk for item in empty if self.write(item, None)]
         if embedded or cleared:
@@ -166,6 +175,38 @@ class RowWriterMixin:
                     raise
                 logger.info("A write lost to a concurrent transaction (attempt %d); running it again.", attempt)
         raise AssertionError("unreachable")
+
+    def lock_free(self, pks: list[Any]) -> set[str]:
+        """Lock, for the rest of the write's transaction, the rows among ``pks`` that no other
+        transaction holds; returns their primary keys, as text.
+
+        An ``UPDATE`` of many rows locks them one by one and waits, with no time limit, for
+        a row a user's transaction holds (``select_for_update()``, an open ``atomic()``
+        block) while keeping the rows it already locked: saves of those rows, which the
+        user never touched, would wait as long as the user's transaction lasts, and a
+        worker held past ``Q_CLUSTER["timeout"]`` is killed with its batch. Should the user's
+        transaction then save one of those rows, the two wait for each other and PostgreSQL
+        ends one as a deadlock: the user's, when the worker has waited longer than
+        ``deadlock_timeout``. Taking the locks first with ``SKIP LOCKED`` never waits, so the
+        writes that follow never do either, and the worker is never part of a lock cycle.
+        The vector made for a skipped row is dropped and the row stays pending for the next
+        run or sweep: a row locked by a user is usually being edited, and its new text then
+        needs a new vector anyway; at worst its text is sent once more.
+
+        ``FOR NO KEY UPDATE`` is the lock the writes' ``UPDATE`` takes: the strongest would
+        also make inserts of rows pointing at these ones (foreign keys) wait for the write.
+        Under REPEATABLE READ or SERIALIZABLE, a row changed since the transaction's
+        snapshot is refused here (40001), and :meth:`in_transaction` runs the write again.
+        """
+        if not pks:
+            return set()
+        rows = self.model._base_manager.using(self.using).filter(pk__in=pks).order_by("pk")
+        locked = rows.select_for_update(skip_locked=True, no_key=True, of=("self",)).values_list("pk", flat=True)
+        free = {str(pk) for pk in locked}
+        if skipped := len({str(pk) for pk in pks} - free):
+            label = f"{self.model._meta.label}.{self.field.name}"
+            logger.info("%s: %d row(s) another transaction holds locked were left pending.", label, skipped)
+        return free
 
     def write_vectors(self, results: list[tuple[Item, Vector]]) -> list[Any]:
         """Store a batch of vectors in one statement, each only if its row still holds its text.
@@ -221,17 +262,21 @@ class RowWriterMixin:
         table = quote(self.model._meta.db_table)
         pk = self.model._meta.pk
         guard_sql, guard_params = self.compile(field.stored_text_hash(), connection)
-        sql = (
-            f"UPDATE {table} SET {quote(field.source_hash_name)} = v.hash "
-            f"FROM (VALUES {', '.join(['(%s, %s, %s)'] * len(items))}) AS v(pk, hash, guard) "
-            f"WHERE {table}.{quote(pk.column)} = v.pk::{pk.rel_db_type(connection)} "
+        update = f"UPDATE {table} SET {quote(field.source_hash_name)} = v.hash FROM (VALUES "
+        where = (
+            f") AS v(pk, hash, guard) WHERE {table}.{quote(pk.column)} = v.pk::{pk.rel_db_type(connection)} "
             f"AND ({guard_sql}) IS NOT DISTINCT FROM v.guard::text"
         )
-        params = [value for item in items for value in (str(item.pk), item.hash, item.guard)]
 
         def refresh() -> None:
+            free = self.lock_free([item.pk for item in items])  # a row left out keeps its old hash
+            locked = [item for item in items if str(item.pk) in free]
+            if not locked:
+                return
+            rows = ", ".join(["(%s, %s, %s)"] * len(locked))
+            params = [value for item in locked for value in (str(item.pk), item.hash, item.guard)]
             with connection.cursor() as cursor:
-                cursor.execute(sql, params + guard_params)
+                cursor.execute(update + rows + where, params + guard_params)
 
         self.in_transaction(refresh)
 
