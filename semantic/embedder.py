@@ -257,6 +257,23 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
         self.embed([item for item in items if item.text])
 
     def embed(self, items: list[Item]) -> None:
+        """Embed ``items`` in as few requests as the backend allows (:meth:`send` sends each)."""
+        for request in self.requests(items):
+            self.send(request)
+
+    def requests(self, items: list[Item]) -> list[list[Item]]:
+        """``items`` cut into the requests the backend will make, so that each one waits its
+        turn in the shared rate limit and is counted: a backend that takes one title per
+        request (:attr:`~semantic.backends.EmbeddingBackend.one_title_per_request`) gets
+        one title per call (rows with the same title share it, wherever they are)."""
+        if not (self.field.title_source and self.backend.one_title_per_request):
+            return [items]
+        by_title: dict[str | None, list[Item]] = {}
+        for item in items:
+            by_title.setdefault(item.title, []).append(item)
+        return list(by_title.values())
+
+    def send(self, items: list[Item]) -> None:
         """Embed ``items`` in one request, retrying transient errors with backoff.
 
         A rejected text splits the batch to find it; each half counts its attempts
