@@ -194,3 +194,23 @@ def test_each_title_is_a_request_of_its_own_for_the_rate_limit_and_the_count(fak
     ]
     windows = Counter(int((t - start).total_seconds() // 60) for t in sent_at)
     assert windows == {0: 2, 1: 2}
+
+
+def test_a_batch_is_cut_to_fit_the_tokens_per_window(fake_gemini, semantic_settings):
+    """A request never carries more estimated tokens than TOKENS_PER_MINUTE allows, except
+    a single text larger than that, which goes alone into a window of its own."""
+    semantic_settings(TOKENS_PER_MINUTE=25, RATE_LIMIT_WINDOW=60)
+    short = [f"short row {i} ".ljust(40, "x") for i in range(4)]  # 10 tokens each (CHARS_PER_TOKEN = 4)
+    with suspend_embedding():
+        Article.objects.bulk_create(Article(title=title, body="") for title in [*short, "long row ".ljust(200, "y")])
+    pks = list(Article.objects.order_by("pk").values_list("pk", flat=True))
+    clock = ManualClock()
+    start = clock.now()
+    sent_at = []
+    fake_gemini.on_request = lambda record: sent_at.append(clock.now())
+    with ratelimit.use_clock(clock):
+        outcome = embed_chunk("testapp.Article", "embedding", pks)
+    assert outcome["embedded"] == 5 and outcome["requests"] == 3
+    sizes = [[len(r["content"]["parts"][0]["text"]) for r in req["body"]["requests"]] for req in fake_gemini.requests]
+    assert sizes == [[40, 40], [40, 40], [200]]  # 21 estimated tokens, 21, then 51 alone
+    assert [int((t - start).total_seconds() // 60) for t in sent_at] == [0, 1, 2]
