@@ -494,3 +494,15 @@ def test_an_open_job_holds_its_rows_by_uuid_key(reports, fake_gemini):
     assert sorted(pk for pk, _ in job.items) == sorted([str(first), str(last)])
     Report.objects.filter(pk=middle).update(body="A note revised while the job ran.")
     assert list(pending_rows(Report, field).values_list("pk", flat=True)) == [middle]
+
+
+def test_jobs_are_sized_by_the_bytes_sent_not_characters(fake_gemini, monkeypatch):
+    """google-genai escapes non-ASCII text in its JSON (six bytes a character): a job of
+    Cyrillic text is sized by what is sent, so it stays under the inline request limit."""
+    monkeypatch.setattr(batch, "MAX_JOB_BYTES", 300)
+    with suspend_embedding():
+        Article.objects.bulk_create(Article(title=f"Ж{i}".ljust(20, "Ж"), body="") for i in range(5))
+    assert batch.sent_size("Ж" * 20) == 122
+    call("semantic_embed", "testapp.Article", "--batch-api", *FAST)
+    assert [job.rows for job in EmbeddingBatchJob.objects.order_by("submitted_at")] == [2, 2, 1]
+    assert not Article.objects.filter(embedding__isnull=True).exists()
