@@ -16,10 +16,11 @@ from django.db import models, router
 from django.db.models import BooleanField, ExpressionWrapper, Q, Value
 
 from semantic.dispatch import queue_task
-from semantic.embedder import CHARS_PER_TOKEN, Embedder
+from semantic.embedder import Embedder
 from semantic.fields import EmbeddingField
 from semantic.passage_rows import CUT_ROWS, cut_all, fill_known, lagging_rows, passage_failures
 from semantic.passage_worker import passage_items
+from semantic.ratelimit import CHARS_PER_TOKEN
 from semantic.rows import failed_pks, failures, first_rows, mark_pending, pending_rows
 from semantic.writer import Outcome
 

@@ -50,8 +50,6 @@ LOCKS_LOST = (
     "locks then stay on a pooled connection, and other runs skip those rows as taken until it closes. "
     "Connect workers and semantic_embed to PostgreSQL directly or through a pooler in session mode."
 )
-#: About this many characters make a token (for the shared tokens-per-minute limit).
-CHARS_PER_TOKEN = 4
 
 
 class Embedder(RowWriterMixin, PassageWorkMixin):
@@ -257,6 +255,32 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
         self.embed([item for item in items if item.text])
 
     def embed(self, items: list[Item]) -> None:
+        """Embed ``items`` in as few requests as the backend allows (:meth:`send` sends each)."""
+        for request in self.requests(items):
+            self.send(request)
+
+    def requests(self, items: list[Item]) -> list[list[Item]]:
+        """``items`` cut into the requests the backend will make, so that each one waits its
+        turn in the shared rate limit and is counted: a backend that takes one title per
+        request (:attr:`~semantic.backends.EmbeddingBackend.one_title_per_request`) gets
+        one title per call (rows with the same title share it, wherever they are).
+
+        Each request also fits ``TOKENS_PER_MINUTE`` (:func:`ratelimit.fitting`).
+        """
+        groups = [items]
+        if self.field.title_source and self.backend.one_title_per_request:
+            by_title: dict[str | None, list[Item]] = {}
+            for item in items:
+                by_title.setdefault(item.title, []).append(item)
+            groups = list(by_title.values())
+        requests = []
+        for group in groups:
+            for size in ratelimit.fitting([item.text for item in group]):
+                requests.append(group[:size])
+                group = group[size:]
+        return requests
+
+    def send(self, items: list[Item]) -> None:
         """Embed ``items`` in one request, retrying transient errors with backoff.
 
         A rejected text splits the batch to find it; each half counts its attempts
@@ -273,7 +297,7 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
             try:
                 ratelimit.acquire(
                     self.backend,
-                    tokens=sum(len(item.text) for item in items) // CHARS_PER_TOKEN + 1,
+                    tokens=ratelimit.estimated_tokens(item.text for item in items),
                     max_pause=conf.MAX_BACKOFF,
                 )
             except ratelimit.Paused as paused:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 
@@ -35,6 +35,8 @@ from semantic.models import RateLimit
 MAX_SLEEP = 5.0
 #: Seconds every process on a key stops sending after a configuration error.
 CONFIG_PAUSE = 300.0
+#: About this many characters make a token: how a request's cost against ``TOKENS_PER_MINUTE`` is estimated.
+CHARS_PER_TOKEN = 4
 
 
 class Clock:
@@ -99,6 +101,29 @@ def acquire(backend: EmbeddingBackend, *, tokens: int, max_pause: float | None =
             raise Paused(wait, problem)
         _clock.sleep(min(wait, MAX_SLEEP))
         waited += min(wait, MAX_SLEEP)
+
+
+def estimated_tokens(texts: Iterable[str]) -> int:
+    """What a request of ``texts`` costs against ``TOKENS_PER_MINUTE``."""
+    return sum(len(text) for text in texts) // CHARS_PER_TOKEN + 1
+
+
+def fitting(texts: Sequence[str]) -> list[int]:
+    """How many of ``texts``, in order, each request takes so that none costs more than
+    ``TOKENS_PER_MINUTE`` (a text that costs more goes alone).
+
+    :func:`acquire` lets any request into an empty window, so a request larger than the
+    budget would send several windows' worth at once.
+    """
+    budget = conf.TOKENS_PER_MINUTE
+    sizes = [0]
+    start = 0
+    for end in range(len(texts)):
+        if sizes[-1] and budget and estimated_tokens(texts[start : end + 1]) > budget:
+            sizes.append(0)
+            start = end
+        sizes[-1] += 1
+    return sizes
 
 
 def _try_acquire(key: str, tokens: int) -> tuple[float, bool, str]:

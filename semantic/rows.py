@@ -13,7 +13,8 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import models, router
-from django.db.models import Case, CharField, Exists, F, OuterRef, Q, When
+from django.db.models import Case, CharField, Exists, F, Func, JSONField, OuterRef, Q, When
+from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, Now
 from django.db.models.lookups import Exact, IsNull
 from django.utils import timezone
@@ -89,15 +90,20 @@ def open_jobs(
 
 
 def in_flight(model: type[models.Model], field: EmbeddingField, *, passages: bool = False) -> Q | None:
-    """Rows that an open batch job carries (by primary-key range), or None: jobs of their
-    vectors, or (``passages``) of their passages."""
-    to_python = model._meta.pk.to_python
-    ranges = open_jobs(model, field, passages=passages).values_list("first_pk", "last_pk")
-    condition = None
-    for first, last in ranges:
-        part = Q(pk__gte=to_python(first), pk__lte=to_python(last))
-        condition = part if condition is None else condition | part
-    return condition
+    """Rows that an open batch job carries, or None when no job is open: jobs of their
+    vectors, or (``passages``) of their passages.
+
+    Exactly the rows a job lists in ``items`` (each entry starts with the row's key, as
+    text): a row saved meanwhile that no job carries is the worker's at once, however
+    near its key is to theirs. A subquery, so the keys are not read into Python for
+    every batch a worker takes.
+    """
+    jobs = open_jobs(model, field, passages=passages)
+    if not jobs.exists():
+        return None
+    entries = Func(F("items"), function="jsonb_array_elements", output_field=JSONField())
+    keys = jobs.annotate(_key=Cast(KeyTextTransform(0, entries), output_field=model._meta.pk)).values("_key")
+    return Q(pk__in=keys.order_by())
 
 
 def first_rows(rows: models.QuerySet, limit: int | None) -> models.QuerySet:

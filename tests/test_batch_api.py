@@ -456,3 +456,53 @@ def test_a_run_deferred_to_a_submission_leaves_no_lock_behind(fake_gemini):
     embedder.run([row.pk])
     assert not embedder.deferred and embedder.outcome.embedded == 1
     assert my_advisory_locks() == 0
+
+
+def test_an_open_job_holds_the_rows_it_carries_not_every_row_between_them(backlog, fake_gemini):
+    """A job of the first and the last row leaves a row edited in between to the worker, at once."""
+    call("semantic_embed", "testapp.Article")
+    fake_gemini.reset()
+    field = get_embedding_field(Article)
+    first, middle, last = backlog[0].pk, backlog[12].pk, backlog[24].pk
+    Article.objects.filter(pk__in=[first, last]).update(body="Changed by a data fix")
+    fake_gemini.batch_polls_until_done = 10_000
+    (job,) = batch.submit(Article, field)
+    assert [pk for pk, _ in job.items] == [str(first), str(last)]
+
+    edited = Article.objects.get(pk=middle)
+    edited.title = "Edited while the job ran"
+    edited.save()
+    assert fake_gemini.texts() == ["Edited while the job ran"]
+    assert list(pending_rows(Article, field).values_list("pk", flat=True)) == []
+    assert Article.objects.get(pk=middle).embedding is not None
+    (status,) = json.loads(call("semantic_status", "testapp.Article", "--json")[0])
+    assert (status["pending"], status["in_batch_jobs"]) == (2, 2)
+    out, _ = call("semantic_status", "testapp.Article")
+    assert Status.HELD.format(label=LABEL, rows=2, names=job.name) in out
+
+
+def test_an_open_job_holds_its_rows_by_uuid_key(reports, fake_gemini):
+    """Keys are stored as text in the job; a UUID key is held and others are not."""
+    from tests.testapp.models import Report
+
+    call("semantic_embed", "testapp.Report")
+    field = get_embedding_field(Report)
+    first, middle, last = sorted(row.pk for row in reports)
+    Report.objects.filter(pk__in=[first, last]).update(body="A note revised by a data fix.")
+    fake_gemini.batch_polls_until_done = 10_000
+    (job,) = batch.submit(Report, field)
+    assert sorted(pk for pk, _ in job.items) == sorted([str(first), str(last)])
+    Report.objects.filter(pk=middle).update(body="A note revised while the job ran.")
+    assert list(pending_rows(Report, field).values_list("pk", flat=True)) == [middle]
+
+
+def test_jobs_are_sized_by_the_bytes_sent_not_characters(fake_gemini, monkeypatch):
+    """google-genai escapes non-ASCII text in its JSON (six bytes a character): a job of
+    Cyrillic text is sized by what is sent, so it stays under the inline request limit."""
+    monkeypatch.setattr(batch, "MAX_JOB_BYTES", 300)
+    with suspend_embedding():
+        Article.objects.bulk_create(Article(title=f"Ж{i}".ljust(20, "Ж"), body="") for i in range(5))
+    assert batch.sent_size("Ж" * 20) == 122
+    call("semantic_embed", "testapp.Article", "--batch-api", *FAST)
+    assert [job.rows for job in EmbeddingBatchJob.objects.order_by("submitted_at")] == [2, 2, 1]
+    assert not Article.objects.filter(embedding__isnull=True).exists()

@@ -15,7 +15,7 @@ from semantic import embed_pending, ratelimit, suspend_embedding
 from semantic.models import EmbeddingFailure, RateLimit
 from semantic.tasks import embed_chunk
 from tests.commands import manage
-from tests.testapp.models import Article, Snippet
+from tests.testapp.models import Article, Document, Snippet
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -167,3 +167,50 @@ def test_a_retry_after_longer_than_max_backoff_is_shared_and_delays_the_rows(fak
     other = rows("another worker", 3)
     assert embed_chunk("testapp.Article", "embedding", other)["requests"] == 0
     assert fake_gemini.request_count == 1
+
+
+def test_each_title_is_a_request_of_its_own_for_the_rate_limit_and_the_count(fake_gemini, semantic_settings):
+    """Gemini takes one title per request: rows with different titles are separate
+    requests, and each one waits its turn in the shared limit and is counted."""
+    semantic_settings(REQUESTS_PER_MINUTE=2, RATE_LIMIT_WINDOW=60)
+    titles = ["Invoices", "Refunds", "Invoices", "Passwords", "Exports"]
+    with suspend_embedding():
+        Document.objects.bulk_create(Document(title=title, text=f"text {i}") for i, title in enumerate(titles))
+    pks = list(Document.objects.order_by("pk").values_list("pk", flat=True))
+    clock = ManualClock()
+    start = clock.now()
+    sent_at = []
+    fake_gemini.on_request = lambda record: sent_at.append(clock.now())
+    with ratelimit.use_clock(clock):
+        outcome = embed_chunk("testapp.Document", "content", pks)
+    assert outcome["embedded"] == 5 and outcome["requests"] == 4
+    bodies = [req["body"]["requests"] for req in fake_gemini.requests]
+    sent = [[(r["title"], r["content"]["parts"][0]["text"]) for r in body] for body in bodies]
+    assert sent == [
+        [("Invoices", "text 0"), ("Invoices", "text 2")],  # one title, one request
+        [("Refunds", "text 1")],
+        [("Passwords", "text 3")],
+        [("Exports", "text 4")],
+    ]
+    windows = Counter(int((t - start).total_seconds() // 60) for t in sent_at)
+    assert windows == {0: 2, 1: 2}
+
+
+def test_a_batch_is_cut_to_fit_the_tokens_per_window(fake_gemini, semantic_settings):
+    """A request never carries more estimated tokens than TOKENS_PER_MINUTE allows, except
+    a single text larger than that, which goes alone into a window of its own."""
+    semantic_settings(TOKENS_PER_MINUTE=25, RATE_LIMIT_WINDOW=60)
+    short = [f"short row {i} ".ljust(40, "x") for i in range(4)]  # 10 tokens each (CHARS_PER_TOKEN = 4)
+    with suspend_embedding():
+        Article.objects.bulk_create(Article(title=title, body="") for title in [*short, "long row ".ljust(200, "y")])
+    pks = list(Article.objects.order_by("pk").values_list("pk", flat=True))
+    clock = ManualClock()
+    start = clock.now()
+    sent_at = []
+    fake_gemini.on_request = lambda record: sent_at.append(clock.now())
+    with ratelimit.use_clock(clock):
+        outcome = embed_chunk("testapp.Article", "embedding", pks)
+    assert outcome["embedded"] == 5 and outcome["requests"] == 3
+    sizes = [[len(r["content"]["parts"][0]["text"]) for r in req["body"]["requests"]] for req in fake_gemini.requests]
+    assert sizes == [[40, 40], [40, 40], [200]]  # 21 estimated tokens, 21, then 51 alone
+    assert [int((t - start).total_seconds() // 60) for t in sent_at] == [0, 1, 2]

@@ -169,6 +169,10 @@ class EmbeddingBackend:
     #: cached vector of a text serves every task type, so a search that asks for two
     #: (two fields, or a field and its passages) computes it once.
     uses_task_types: bool = True
+    #: Whether :meth:`embed` sends one request per distinct title (an API that takes one
+    #: title per request). Callers that count requests against a rate limit then give it
+    #: one title per call, so that the limit sees every request.
+    one_title_per_request: bool = False
 
     def __init__(self, *, model: str | None = None, **options: object) -> None:
         self.model = model or self.default_model

@@ -73,6 +73,8 @@ class GeminiBackend(EmbeddingBackend):
     native_dimensions = 3072
     default_dimensions = 768
     supported_dimensions = range(128, 3073)
+    #: google-genai's EmbedContentConfig holds one title for every text of a call.
+    one_title_per_request = True
 
     @sensitive_variables("api_key")
     def __init__(
