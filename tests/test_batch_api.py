@@ -136,6 +136,31 @@ def test_a_failed_job_leaves_its_rows_pending(backlog, fake_gemini):
     assert len(fake_gemini.batch_requests) == 2
 
 
+def test_a_job_gemini_no_longer_knows_is_closed_and_its_rows_submitted_again(backlog, fake_gemini):
+    from semantic.backends.gemini import JOB_GONE, JOB_GONE_STATE
+
+    field = get_embedding_field(Article)
+    items = [[str(article.pk), field.text_hash(article)] for article in backlog]
+    # Submitted by a run that was stopped; then deleted in Google AI Studio (the fake knows no such job).
+    job = EmbeddingBatchJob.objects.create(
+        name="batches/deleted-meanwhile",
+        model_label="testapp.Article",
+        field_name="embedding",
+        spec=field.spec(),
+        rows=len(items),
+        first_pk=items[0][0],
+        last_pk=items[-1][0],
+        items=items,
+    )
+    out, err = call("semantic_embed", "testapp.Article", "--batch-api", *FAST)
+    job.refresh_from_db()
+    assert job.finished_at is not None and job.error == JOB_GONE.format(name=job.name)
+    assert Embed.BATCH_FAILED.split(" (")[0].format(label=LABEL, name=job.name, state=JOB_GONE_STATE) in err
+    assert "not a Gemini embedding model" not in err
+    assert "25 embedded" in out  # its rows went into a new job of the same run
+    assert not pending_rows(Article, field).exists()
+
+
 def test_rejected_inputs_are_recorded_as_failures(backlog, fake_gemini):
     fake_gemini.reject_batch_marker = "number 7"
     out, err = call("semantic_embed", "testapp.Article", "--batch-api", *FAST)

@@ -185,9 +185,26 @@ class GeminiBackend(EmbeddingBackend):
         return str(job.name)
 
     def batch_status(self, name: str, *, dimensions: int) -> BatchStatus:
-        """Where the job stands; once it has succeeded, one vector or error per text."""
+        """Where the job stands; once it has succeeded, one vector or error per text.
+
+        A job Gemini answers 404 for is gone (deleted, or made in another key's Google
+        Cloud project): it is finished, with nothing to collect, not a wrong model.
+        """
+        from google.genai import errors
+
         client = self.client
-        job = self._call(lambda: client.batches.get(name=name))
+
+        def get() -> Any:
+            try:
+                return client.batches.get(name=name)
+            except errors.APIError as exc:
+                if exc.code == 404:
+                    return None
+                raise
+
+        job = self._call(get)
+        if job is None:
+            return BatchStatus(name=name, state=JOB_GONE_STATE, done=True, error=JOB_GONE.format(name=name))
         state = str(getattr(job.state, "value", job.state) or "JOB_STATE_UNSPECIFIED")
         status = BatchStatus(name=name, state=state, done=bool(job.done))
         if job.error is not None:
@@ -286,6 +303,14 @@ MAX_EXCERPT = 300
 HTML_PAGE = re.compile(r"<(!doctype\s+html|html)\b", re.IGNORECASE)
 HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 HTML_ANSWER = "an HTML page, not the API's JSON: a proxy or load balancer answered"
+
+
+#: A job Gemini no longer knows (404): what its record is closed with.
+JOB_GONE_STATE = "JOB_STATE_NOT_FOUND"
+JOB_GONE = (
+    "Gemini no longer knows the job {name} (deleted in Google AI Studio, or made with a key of another "
+    "Google Cloud project)"
+)
 
 
 def sendable_key(key: str) -> bool:
