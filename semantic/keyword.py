@@ -37,6 +37,8 @@ from django.db import models
 from django.db.models import F, Func, Value
 from django.db.models.expressions import Expression
 
+from semantic.text import sanitize
+
 #: Words are matched with OR (see the module docstring); "all" uses plainto_tsquery's AND.
 MATCH_MODES = ("any", "all")
 
@@ -72,7 +74,8 @@ class WordsQuery(Func):
         if match not in MATCH_MODES:
             raise ValueError(f"match is one of {', '.join(MATCH_MODES)}, not {match!r}.")
         self.match = match
-        super().__init__(Value(config), Value(text))
+        # Control characters as spaces: PostgreSQL refuses a NUL in any text parameter.
+        super().__init__(Value(config), Value(sanitize(text)))
 
     def as_sql(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, list[Any]]:
         (config_sql, config_params), (text_sql, text_params) = (

@@ -64,6 +64,13 @@ def test_a_row_found_only_by_keyword_and_one_found_only_by_meaning_both_appear(d
     assert [row.score for row in results] == sorted((row.score for row in results), reverse=True)
 
 
+def test_control_characters_in_the_text_are_searched_as_spaces_on_both_sides(docs, model):
+    """A NUL from a query string (``?q=zyx%00quartz``) is refused by PostgreSQL in any text parameter."""
+    text = QUERY.replace(" ", "\x00", 1)
+    assert [row.pk for row in keyword_search(model.objects.all(), text)] == [docs["keyword"].pk]
+    assert docs["keyword"].pk in [row.pk for row in hybrid(model.objects.all(), text)]
+
+
 def test_the_keyword_side_finds_only_rows_with_the_rare_word(docs, model):
     assert list(keyword_search(model.objects.all(), QUERY).values_list("pk", flat=True)) == [docs["keyword"].pk]
 
