@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from typing import Any
 
 from django.contrib import messages
@@ -67,6 +68,10 @@ def digest(pks: list[Any]) -> str:
     return hashlib.blake2b(",".join(sorted(str(pk) for pk in pks)).encode(), digest_size=5).hexdigest()
 
 
+#: What :func:`topic_token` makes: two small numbers and :func:`digest`'s ten hex digits.
+TOPIC_TOKEN = re.compile(r"([0-9]{1,4})\.([0-9]{1,4})\.([0-9a-f]{10})")
+
+
 def topic_token(group: Cluster, k: int) -> str:
     return f"{group.number}.{k}.{digest(group.pks)}"
 
@@ -76,11 +81,13 @@ def topic_cache_key(model: type[models.Model], token: str) -> str:
 
 
 def parse_topic(raw: str) -> tuple[int, int, str]:
-    try:
-        number, k, fingerprint = raw.split(".")
-        return int(number), int(k), fingerprint
-    except ValueError:
-        raise IncorrectLookupParameters(f"{TOPIC_VAR}={raw!r} is not number.k.digest") from None
+    """The parts of a link's token; anything else (a garbled or hand-edited link) is an invalid
+    filter, never a cache key: memcached refuses spaces, control characters and long keys."""
+    match = TOPIC_TOKEN.fullmatch(raw)
+    if match is None:
+        raise IncorrectLookupParameters(f"{TOPIC_VAR}={raw[:40]!r} is not number.k.digest")
+    number, k, fingerprint = match.groups()
+    return int(number), int(k), fingerprint
 
 
 class TopicChangeList:
