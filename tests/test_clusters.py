@@ -9,6 +9,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.core.management import CommandError
 
 from semantic import embed_pending, suspend_embedding
 from semantic.clusters import cluster
@@ -134,6 +135,11 @@ def test_command_exports_topics_as_json_and_csv(tickets, tmp_path):
     rows = list(csv.DictReader(io.StringIO(target.read_text())))
     assert len(rows) == 15
     assert {r["topic"] for r in rows} == {"1", "2", "3", "4", "5"}
+
+    missing = tmp_path / "no such folder" / "topics.csv"
+    with pytest.raises(CommandError) as info:
+        call("semantic_topics", "topicapp.Ticket", "--k", "5", "--output", str(missing))
+    assert str(info.value) == Command.CANNOT_WRITE.format(output=missing, error="No such file or directory")
 
 
 @pytest.mark.django_db(transaction=True)

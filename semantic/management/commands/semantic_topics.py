@@ -16,6 +16,7 @@ class Command(QuietMixin, BaseCommand):
     )
 
     WROTE = "Wrote {groups} topics ({rows} rows) to {output}."
+    CANNOT_WRITE = "Cannot write {output}: {error}."
     SEVERAL_FIELDS = "{label} has several EmbeddingFields; name one: {target}.<field>."
     CSV_FIELDS = ["topic", "size", "label", "growth", "typical_pk", "typical_text"]
 
@@ -67,8 +68,11 @@ class Command(QuietMixin, BaseCommand):
                         }
                     )
         if output:
-            with open(output, "w", newline="", encoding="utf-8") as handle:
-                handle.write(buffer.getvalue())
+            try:
+                with open(output, "w", newline="", encoding="utf-8") as handle:
+                    handle.write(buffer.getvalue())
+            except OSError as exc:
+                raise CommandError(self.CANNOT_WRITE.format(output=output, error=exc.strerror or exc)) from None
             rows = sum(topic.size for topic in topics)
             self.say(self.WROTE.format(groups=len(topics), rows=rows, output=output))
         else:
