@@ -80,11 +80,11 @@ def test_saves_while_the_worker_is_busy_queue_a_bounded_number_of_tasks(
     early = Article.objects.create(title="Early article", body="embedded inline")  # SYNC: embedded now
     semantic_settings(SYNC=False)
     with suspend_embedding():
-        first = Article.objects.create(title="Busy article 0", body="worker test")
+        Article.objects.create(title="Busy article 0", body="worker test")
     sent_before = len(fake_gemini.texts())
-    with row_locked(first):  # the worker's write of this row waits: its task is busy until we let go
+    with rate_limit_locked():  # the worker's first request waits for its turn: its task is busy until we let go
         Article.objects.create(title="Busy article 1", body="worker test")
-        assert wait_for(lambda: fake_gemini.request_count > 1), "the worker never sent its first request"
+        assert wait_for(waiting_on_the_rate_limit), "the worker never took its first rows"
         for i in range(2, 200):
             with transaction.atomic():
                 Article.objects.create(title=f"Busy article {i}", body="worker test")
@@ -129,14 +129,30 @@ def test_a_wakeup_task_looks_again_for_rows_saved_while_it_ran(fake_gemini):
 
 
 @contextmanager
-def row_locked(row):
-    """Hold ``SELECT ... FOR UPDATE`` on ``row`` from a connection of our own."""
+def rate_limit_locked():
+    """Hold the shared rate limit's rows (``SELECT ... FOR UPDATE``) from a connection of our own:
+    a worker that takes its turn to send waits for the lock, with no time limit. (A row of the
+    batch locked instead would be skipped: the worker never waits for a user's row lock.)"""
+    from semantic.models import RateLimit
+
     config = connection.settings_dict
     with psycopg.connect(
         dbname=config["NAME"], user=config["USER"], host=config["HOST"], port=config["PORT"] or None
     ) as other:
-        other.execute(f"SELECT 1 FROM {row._meta.db_table} WHERE id = %s FOR UPDATE", [row.pk])
+        other.execute(f"SELECT 1 FROM {RateLimit._meta.db_table} FOR UPDATE")
         yield
+
+
+def waiting_on_the_rate_limit():
+    """Whether another session waits for a lock in a statement on the rate limit's table."""
+    from semantic.models import RateLimit
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+            [f"%{RateLimit._meta.db_table}%"],
+        )
+        return cursor.fetchone()[0] > 0
 
 
 @pytest.mark.django_db(transaction=True)
