@@ -31,7 +31,7 @@ from semantic.backends import (
 from semantic.conf import semantic_settings as conf
 from semantic.fields import EmbeddingField
 from semantic.passage_worker import PassageWorkMixin
-from semantic.rows import pending_rows
+from semantic.rows import pending_keys, pending_rows
 from semantic.text import clean
 from semantic.writer import Item, Outcome, RowWriterMixin
 
@@ -125,6 +125,10 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
                 batch = list(rows.filter(pk__in=chunk).order_by("pk"))
                 rows = rows.exclude(pk__in=chunk)
             if (own is None or fill) and len(batch) < size:
+                # Few pending rows: ordered among their keys, read from the pending index.
+                keys = pending_keys(self.model, self.field, self.using)
+                if keys is not None:
+                    rows = rows.filter(pk__in=keys)
                 if after is not None:
                     rows = rows.filter(pk__gt=after)
                 extra = list(rows.order_by("pk")[: size - len(batch)])

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from django.db import models, router
+from django.db import connections, models, router, transaction
 from django.db.models import Case, CharField, Exists, F, Func, JSONField, OuterRef, Q, When
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, Now
@@ -34,6 +34,41 @@ def pending_rows(model: type[models.Model], field: EmbeddingField, using: str | 
     rows = field.with_stored_text(manager.filter(field.needs_embedding()).exclude(Exists(waiting)))
     batched = in_flight(model, field)
     return rows.exclude(batched) if batched is not None else rows
+
+
+#: How many keys of pending rows :func:`pending_keys` reads at most: past it, a backlog.
+PENDING_KEYS = 2048
+
+
+def pending_keys(
+    model: type[models.Model], field: EmbeddingField, using: str | None = None, *, cap: int = PENDING_KEYS
+) -> list[Any] | None:
+    """Keys of the rows :func:`pending_rows` returns, in no order; None when there are more than ``cap``.
+
+    PostgreSQL cannot estimate the pending condition (a stored hash against the hash of
+    the text) and takes nearly every row for pending, so asked for the first pending rows
+    in key order, or whether there are any, it walks the whole table even when nothing is
+    pending. With index and sequential scans off for this one statement, it can only read
+    the bitmaps of the field's partial pending index and of the spec index (stale rows):
+    the search costs what the pending rows cost, as the pending index promises. With a
+    limit and no order it stops after ``cap`` + 1 rows, so a backlog costs no more; there
+    the walk in key order finds its rows soon, and callers fall back to it.
+    """
+    rows = pending_rows(model, field, using)
+    with transaction.atomic(using=rows.db), connections[rows.db].cursor() as cursor:
+        cursor.execute(
+            "SELECT current_setting('enable_seqscan'), current_setting('enable_indexscan'), "
+            "set_config('enable_seqscan', 'off', true), set_config('enable_indexscan', 'off', true)"
+        )
+        saved = cursor.fetchone()[:2]
+        try:
+            keys = list(rows.values_list("pk", flat=True)[: cap + 1])
+        finally:
+            # Local to the transaction, which may be a caller's: give it back its planner.
+            cursor.execute(
+                "SELECT set_config('enable_seqscan', %s, true), set_config('enable_indexscan', %s, true)", saved
+            )
+    return None if len(keys) > cap else keys
 
 
 def rejected(model: type[models.Model], field: EmbeddingField) -> Exists:

@@ -27,7 +27,7 @@ from semantic.fields import EmbeddingField, get_embedding_field, iter_fields
 from semantic.hooks import embedding_suspended as embedding_suspended
 from semantic.hooks import suspend_embedding as suspend_embedding
 from semantic.passage_rows import sweep_orphans
-from semantic.rows import pending_rows
+from semantic.rows import pending_keys
 from semantic.schema import schema_problem
 from semantic.writer import Outcome
 
@@ -80,7 +80,7 @@ def embed_field(label: str, field_name: str, using: str | None = None) -> dict[s
         if not handed_on:
             handed_on = True
             progressed = (outcome.embedded or outcome.cleared) and not outcome.stopped
-            if progressed and pending_rows(model, field, using).exists():
+            if progressed and pending_keys(model, field, using, cap=0) != []:
                 enqueue(model, field_name, [], using=using)
 
     while True:
