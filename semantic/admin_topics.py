@@ -24,6 +24,10 @@ few thousand rows. Instead:
    a cache shared by the server's processes (Redis, Memcached, database) is worth
    having when links are followed often.
 
+Both group at most ``TOPICS_MAX_ROWS`` rows (the same sample, :func:`~semantic.clusters.sample_rows`),
+and the page says when it grouped a sample: k-means runs in the web request, and over
+100,000 rows it took 55 s, past the 30 s a web server such as gunicorn waits.
+
 :class:`TopicsMixin` is a base of ``SemanticAdminMixin`` and uses its
 ``get_embedding_field()``, ``render_semantic()`` and permission hooks.
 """
@@ -46,7 +50,8 @@ from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.translation import gettext_lazy as _
 
-from semantic.clusters import Cluster, choose_k, cluster
+from semantic.clusters import Cluster, choose_k, cluster, sample_rows
+from semantic.conf import semantic_settings as conf
 
 #: The changelist's parameter that narrows it to one group.
 TOPIC_VAR = "semantic_topic"
@@ -61,6 +66,11 @@ TOPIC_CHANGED = _(
     "Open Topics again for up-to-date groups."
 )
 TOPIC_SHOWN = _("Showing topic %(number)s of %(k)s: “%(label)s” (%(size)s rows).")
+TOPICS_SAMPLED = _(
+    "These topics were found in a sample of %(sample)s of the %(total)s items of the list, and each topic "
+    "lists only the items of the sample. To group them all, narrow the list with a filter or a search "
+    'to at most %(sample)s items, or raise SEMANTIC["TOPICS_MAX_ROWS"] (the page then takes longer).'
+)
 
 
 def digest(pks: list[Any]) -> str:
@@ -120,9 +130,10 @@ class TopicChangeList:
             if request.method == "GET":
                 messages.info(request, TOPIC_SHOWN % {"number": number, "k": k, "label": label, "size": len(pks)})
             return pks
-        model_admin = self.model_admin  # type: ignore[attr-defined]
+        field = self.model_admin.get_embedding_field().name  # type: ignore[attr-defined]
         try:
-            groups = cluster(rows, field=model_admin.get_embedding_field().name, k=k, seed=SEED)
+            sample = sample_rows(rows, field=field, limit=conf.TOPICS_MAX_ROWS, seed=SEED)[0]
+            groups = cluster(sample, field=field, k=k, seed=SEED)
         except ValueError as exc:
             raise IncorrectLookupParameters(exc) from None
         group = next((g for g in groups if g.number == number), None)
@@ -207,7 +218,7 @@ class TopicsMixin:
         if not isinstance(listed, TemplateResponse) or "cl" not in (listed.context_data or {}):
             return HttpResponseRedirect(self.semantic_url("changelist") + "?e=1")  # type: ignore[attr-defined]
         rows = listed.context_data["cl"].queryset
-        groups, k, error = self.topic_groups(rows, asked)
+        groups, k, error, total = self.topic_groups(rows, asked)
         changelist = self.semantic_url("changelist")  # type: ignore[attr-defined]
         for group in groups:
             cache.set(topic_cache_key(self.model, topic_token(group, k)), (group.label, group.pks), TOPIC_CACHE_SECONDS)  # type: ignore[attr-defined, arg-type]
@@ -221,20 +232,26 @@ class TopicsMixin:
             "filters": list(filters.lists()),
             "list_url": f"{changelist}?{filters.urlencode()}" if filters else changelist,
             "rows_count": sum(g.size for g in groups),
+            "sampled": TOPICS_SAMPLED % {"sample": conf.TOPICS_MAX_ROWS, "total": total}
+            if groups and total > conf.TOPICS_MAX_ROWS
+            else "",
             "with_growth": bool(groups) and self.topic_date_field() is not None,
             "period": self.semantic_topic_period,
             "groups_var": GROUPS_VAR,
         }
         return self.render_semantic(request, self.topics_template, _("Topics"), context)  # type: ignore[attr-defined]
 
-    def topic_groups(self, rows: models.QuerySet, asked: str) -> tuple[list[Cluster], int | None, str | None]:
-        """The groups, the number of groups, and what is wrong with the number asked for."""
+    def topic_groups(self, rows: models.QuerySet, asked: str) -> tuple[list[Cluster], int | None, str | None, int]:
+        """The groups, the number of groups, what is wrong with the number asked for, and how
+        many rows with a vector the list holds (more than ``TOPICS_MAX_ROWS``: a sample was grouped)."""
         embedding = self.get_embedding_field()  # type: ignore[attr-defined]
+        # The same sample the changelist draws when a group's link finds the cache empty.
+        rows, total = sample_rows(rows, field=embedding.name, limit=conf.TOPICS_MAX_ROWS, seed=SEED)
         if asked:
             try:
                 k = int(asked)
             except ValueError:
-                return [], None, _("The number of groups must be a whole number; “%s” is not.") % asked
+                return [], None, _("The number of groups must be a whole number; “%s” is not.") % asked, total
         else:
             k = choose_k(rows.filter(embedding.searchable()), embedding, seed=SEED)
         try:
@@ -247,8 +264,8 @@ class TopicsMixin:
                 period=self.semantic_topic_period,
             )
         except ValueError as exc:
-            return [], k, str(exc)
-        return groups, k, None
+            return [], k, str(exc), total
+        return groups, k, None, total
 
 
 def urlencode_with(query: QueryDict, name: str, value: str) -> str:

@@ -33,7 +33,7 @@ from django.db import connections, models
 from django.utils import timezone
 
 from semantic.fields import EmbeddingField
-from semantic.streaming import BATCH_SIZE, normalised, sample_vectors, vector_batches
+from semantic.streaming import BATCH_SIZE, normalised, sample_order, sample_vectors, vector_batches
 from semantic.switch import serving_field
 
 IN_MEMORY_ROWS = 50_000
@@ -170,6 +170,25 @@ def cluster(
     for number, group_found in enumerate(found, start=1):
         group_found.number = number
     return found
+
+
+def sample_rows(
+    queryset: models.QuerySet, *, field: str | None = None, limit: int, seed: int = 0
+) -> tuple[models.QuerySet, int]:
+    """At most ``limit`` of the queryset's rows that have a vector, and how many have one.
+
+    The sample is the first ``limit`` rows in :func:`~semantic.streaming.sample_order`,
+    so it is the same rows while the rows are unchanged: clustering it again with the
+    same ``k`` and seed finds the same groups. Its keys are read once and the rows
+    narrowed to them, so every pass of :func:`cluster` reads only the sample.
+    """
+    embedding = serving_field(queryset.model, field)
+    rows = queryset.filter(embedding.searchable())
+    total = rows.count()
+    if total <= limit:
+        return queryset, total
+    pks = list(rows.order_by(sample_order(seed)).values_list("pk", flat=True)[:limit])
+    return queryset.filter(pk__in=pks), total
 
 
 def fit(

@@ -49,6 +49,9 @@ DEFAULTS: dict[str, Any] = {
     # similar_to() with other filters compares the filtered rows exactly when the planner
     # estimates at most this many; above it, it walks the HNSW index with pgvector's iterative scan.
     "EXACT_SEARCH_MAX_ROWS": 20_000,
+    # The admin's Topics page groups at most this many rows of the list, a sample (and says so):
+    # k-means runs in the web request, and on 100,000 rows takes longer than a web server waits.
+    "TOPICS_MAX_ROWS": 10_000,
     # Shared by every worker and command using the same key; None: no cap.
     "REQUESTS_PER_MINUTE": None,
     "TOKENS_PER_MINUTE": None,

@@ -74,7 +74,13 @@ def sample_vectors(rows: models.QuerySet, embedding: EmbeddingField, size: int, 
     the sample does not follow insertion order (which often follows topic or time)
     and repeats from run to run, unlike ``ORDER BY random()``.
     """
-    order = MD5(Concat(Cast("pk", models.TextField()), Value(f":{seed}"), output_field=models.TextField()))
-    vectors = rows.order_by(order).values_list(embedding.attname, flat=True)[:size]
+    vectors = rows.order_by(sample_order(seed)).values_list(embedding.attname, flat=True)[:size]
     # Shaped rows x dimensions even when no row has a vector (a filtered list may hold none).
     return normalised(np.asarray(list(vectors), dtype=np.float32).reshape(-1, embedding.dimensions))
+
+
+def sample_order(seed: int) -> MD5:
+    """An order of rows by a hash of their primary key and ``seed``: the first rows of it are a
+    sample that repeats from run to run, follows neither insertion order nor topic, and changes
+    by at most one row when a row is added or deleted."""
+    return MD5(Concat(Cast("pk", models.TextField()), Value(f":{seed}"), output_field=models.TextField()))

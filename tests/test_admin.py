@@ -12,6 +12,7 @@ from django.contrib.auth.models import Permission, User
 from django.core.cache import cache
 from django.db import connection
 from django.db.backends.signals import connection_created
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -249,6 +250,41 @@ def test_duplicate_review_pages_through_groups(viewer, fake_gemini):
     assert len(set(seen)) == 3
     assert "?threshold=0.99&amp;page=2" in first.content.decode()
     assert "Page 1 of 2" in first.content.decode()
+
+
+def test_duplicate_review_searches_once_for_its_pages_dismissals_and_deletions(editor, fake_gemini):
+    """The whole table's search takes seconds on a big table: the review keeps its pairs a while."""
+    cache.clear()
+    with suspend_embedding():
+        Article.objects.bulk_create(Article(title=f"pair {i} alpha{i} beta{i}") for i in range(3) for _ in (0, 1))
+    embed_pending()
+    model_admin = admin.site._registry[Article]
+    model_admin.duplicate_groups_per_page = 2
+    try:
+        with CaptureQueriesContext(connection) as queries:
+            first = editor.get(reverse(DUPLICATES), {"threshold": "0.99"})
+            second = editor.get(reverse(DUPLICATES), {"threshold": "0.99", "page": "2"})
+            (group,) = second.context["groups"]
+            a, b, _ = group.pairs[0]
+            data = {"first": a.pk, "second": b.pk, "threshold": "0.99", "page": "2"}
+            back = editor.post(reverse(DISMISS), data, follow=True)
+            Article.objects.filter(pk=first.context["groups"][0].rows[0].pk).delete()
+            after_delete = editor.get(reverse(DUPLICATES), {"threshold": "0.99"})
+        searches = [q for q in queries if "semantic_outer" in q["sql"]]
+        assert len(searches) == 1
+        # Another threshold is another search.
+        with CaptureQueriesContext(connection) as queries:
+            editor.get(reverse(DUPLICATES), {"threshold": "0.98"})
+        assert len([q for q in queries if "semantic_outer" in q["sql"]]) == 1
+    finally:
+        del model_admin.duplicate_groups_per_page
+    shown = [frozenset(g.rows) for response in (first, second) for g in response.context["groups"]]
+    assert len(set(shown)) == 3
+    # The pair marked not a duplicate and the deleted row's pair are gone from the kept pairs.
+    assert [set(g.rows) for g in back.context["groups"]] == [set(g.rows) for g in first.context["groups"]]
+    assert {a, b} not in [set(g.rows) for g in back.context["groups"]]
+    assert [set(g.rows) for g in after_delete.context["groups"]] == [set(first.context["groups"][1].rows)]
+    assert "kept for 5 minutes" in first.content.decode()
 
 
 def test_pages_keep_their_place_and_the_action_pages_through_the_selection(editor, fake_gemini):

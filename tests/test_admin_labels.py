@@ -20,7 +20,7 @@ from django.utils import translation
 
 from semantic import embed_pending, suspend_embedding
 from semantic.admin_labels import LABELS_UNAVAILABLE
-from semantic.admin_topics import TOPIC_CHANGED, TOPIC_SHOWN, TOPIC_VAR
+from semantic.admin_topics import TOPIC_CHANGED, TOPIC_SHOWN, TOPIC_VAR, TOPICS_SAMPLED
 from semantic.classify import predict_labels
 from tests.fake_gemini import api_error
 from tests.test_admin import assert_stays_on_other_site, staff
@@ -363,6 +363,28 @@ def test_the_number_of_groups_can_be_chosen(editor, tickets):
     assert "must be a whole number" in bad.content.decode()
     too_many = editor.get(reverse(TOPICS), {"semantic_groups": "500"})
     assert "k must be an integer from 1 to the number of rows (75)" in too_many.content.decode()
+
+
+def test_topics_of_a_long_list_group_a_sample_and_say_so(editor, tickets, semantic_settings):
+    """k-means runs in the web request: past TOPICS_MAX_ROWS, a repeatable sample is grouped."""
+    semantic_settings(TOPICS_MAX_ROWS=30)
+    response = editor.get(reverse(TOPICS), {"semantic_groups": "3"})
+    groups = response.context["groups"]
+    grouped = [pk for g in groups for pk in g.pks]
+    assert len(grouped) == len(set(grouped)) == 30 and set(grouped) <= set(tickets)
+    said = TOPICS_SAMPLED % {"sample": 30, "total": 75}
+    assert response.context["sampled"] == said
+    assert str(said).replace('"', "&quot;") in response.content.decode()
+    # A link lists its group's rows of the sample, from the cache and, without it, clustered again.
+    for group in groups:
+        assert topic_pks(editor, group)[0] == set(group.pks)
+    cache.clear()
+    shown, again = topic_pks(editor, groups[0])
+    assert shown == set(groups[0].pks)
+    assert any(f"Showing topic 1 of 3: “{groups[0].label}”" in str(m) for m in again.context["messages"])
+    # A list within the limit is grouped whole, and the page says nothing of samples.
+    whole = editor.get(reverse(TOPICS), {"semantic_groups": "3", "category": "exchange_rate"})
+    assert sum(g.size for g in whole.context["groups"]) == 10 and not whole.context["sampled"]
 
 
 def test_topics_show_growth_by_the_date_field(editor, tickets):
