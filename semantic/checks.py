@@ -414,3 +414,19 @@ def check_timeout(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessag
             )
         )
     return errors
+
+
+@checks.register()
+def check_topics_max_rows(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
+    """The Topics page groups a sample of this many rows: it takes a whole number, at least two
+    (a group needs two rows); anything else would fail on the page, in a request."""
+    value = conf.TOPICS_MAX_ROWS
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 2:
+        return []
+    return [
+        checks.Error(
+            f"SEMANTIC['TOPICS_MAX_ROWS'] is {value!r}; it must be a whole number of rows, at least 2.",
+            hint="Set it to how many rows the admin's Topics page may group in one request (default 10000).",
+            id="semantic.E016",
+        )
+    ]

@@ -496,3 +496,13 @@ def test_a_local_extra_without_any_runtime_is_not_installed(semantic_settings, m
     for name in ("sentence_transformers", "onnxruntime"):
         monkeypatch.setitem(sys.modules, name, None)
     assert "semantic.W006" in ids(check_backend())
+
+
+@pytest.mark.parametrize("value", ["10000", 1, 0, 2.5, None, True])
+def test_a_topics_sample_that_is_not_a_number_of_rows_is_an_error(semantic_settings, value):
+    from semantic.checks import check_topics_max_rows
+
+    assert check_topics_max_rows() == []
+    semantic_settings(TOPICS_MAX_ROWS=value)
+    (error,) = check_topics_max_rows()
+    assert error.id == "semantic.E016" and repr(value) in error.msg
