@@ -215,7 +215,7 @@ class DuplicateReviewMixin:
         kept = cache.get(key) if self.duplicate_cache_seconds else None
         if kept is not None:
             return kept
-        found = [(a.pk, b.pk, s) for a, b, s in rows.duplicates(threshold, field=field.name, workers=1)]
+        found = rows.duplicate_keys(threshold, field=field.name, workers=1)  # the page loads its own rows
         kept = (timezone.now(), found)
         if self.duplicate_cache_seconds:
             cache.set(key, kept, self.duplicate_cache_seconds)

@@ -51,6 +51,9 @@ else:
 #: Default ``threshold`` of duplicates(); see docs/benchmarks.md for how it was chosen.
 DEFAULT_DUPLICATE_THRESHOLD = 0.81
 
+#: Nearest rows each row of duplicates() asks the index for first, and the ef_search of each probe.
+DUPLICATE_NEIGHBOURS = 5
+DUPLICATE_EF_SEARCH = 20
 #: Most duplicates duplicates() looks for per row unless told otherwise.
 DEFAULT_MAX_NEIGHBOURS = 200
 
@@ -252,8 +255,8 @@ class SemanticQuerySetMixin(BulkWritesMixin, _QuerySetBase):
         threshold: float = DEFAULT_DUPLICATE_THRESHOLD,
         *,
         field: str | None = None,
-        neighbours: int = 5,
-        ef_search: int = 20,
+        neighbours: int = DUPLICATE_NEIGHBOURS,
+        ef_search: int = DUPLICATE_EF_SEARCH,
         max_neighbours: int | None = DEFAULT_MAX_NEIGHBOURS,
         workers: int | None = None,
     ) -> list[tuple[models.Model, models.Model, float]]:
@@ -268,21 +271,29 @@ class SemanticQuerySetMixin(BulkWritesMixin, _QuerySetBase):
         ``workers`` connections at once (default: one per CPU core, or one inside a
         transaction).
         """
+        options = {"neighbours": neighbours, "ef_search": ef_search, "max_neighbours": max_neighbours}
+        pairs = self.duplicate_keys(threshold, field=field, workers=workers, **options)
+        objects = self.model._base_manager.using(self.db).in_bulk({pk for pair in pairs for pk in pair[:2]})
+        return [(objects[a], objects[b], similarity) for a, b, similarity in pairs]
+
+    def duplicate_keys(
+        self,
+        threshold: float = DEFAULT_DUPLICATE_THRESHOLD,
+        *,
+        field: str | None = None,
+        neighbours: int = DUPLICATE_NEIGHBOURS,
+        ef_search: int = DUPLICATE_EF_SEARCH,
+        max_neighbours: int | None = DEFAULT_MAX_NEIGHBOURS,
+        workers: int | None = None,
+    ) -> list[tuple[Any, Any, float]]:
+        """:meth:`duplicates` as primary-key pairs, with no row loaded: for callers that keep
+        the pairs of a whole table, or show only some of them."""
         from semantic.duplicates import find_pairs
 
         check_threshold(threshold, "threshold")
         embedding_field = serving_field(self.model, field)
-        pairs = find_pairs(
-            self,
-            embedding_field,
-            threshold,
-            neighbours=neighbours,
-            ef_search=ef_search,
-            max_neighbours=max_neighbours,
-            workers=workers,
-        )
-        objects = self.model._base_manager.using(self.db).in_bulk({pk for pair in pairs for pk in pair[:2]})
-        return [(objects[a], objects[b], similarity) for a, b, similarity in pairs]
+        options = {"neighbours": neighbours, "ef_search": ef_search, "max_neighbours": max_neighbours}
+        return find_pairs(self, embedding_field, threshold, workers=workers, **options)
 
     def duplicate_groups(
         self,

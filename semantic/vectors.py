@@ -32,8 +32,6 @@ from semantic.text import clean
 
 #: Query vectors are kept this many seconds in the cache named by SEMANTIC["CACHE"].
 CACHE_TIMEOUT = 24 * 60 * 60
-#: Rough size of a request for the shared token budget (the worker counts the same way).
-CHARS_PER_TOKEN = 4
 #: Longest pause a query-time 429 imposes on every process sharing the key.
 MAX_PAUSE = 3600.0
 
@@ -122,7 +120,7 @@ def _request(
     # Imported here: semantic.ratelimit reads a model, and this module is imported with the package.
     from semantic import ratelimit
 
-    tokens = sum(len(text) for text in texts) // CHARS_PER_TOKEN + 1
+    tokens = ratelimit.estimated_tokens(texts)
     try:
         if wait:
             ratelimit.acquire(backend, tokens=tokens)
