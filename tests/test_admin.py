@@ -231,7 +231,9 @@ def test_duplicate_review_is_bounded_and_says_what_it_left_out(viewer, fake_gemi
     assert scores == sorted(scores, reverse=True)
 
 
-def test_duplicate_review_pages_through_groups(viewer, fake_gemini):
+@pytest.fixture
+def three_pairs_two_groups_a_page(fake_gemini):
+    """Three pairs of twin Articles, embedded; the duplicate review shows two groups a page."""
     cache.clear()
     with suspend_embedding():
         Article.objects.bulk_create(
@@ -240,11 +242,13 @@ def test_duplicate_review_pages_through_groups(viewer, fake_gemini):
     embed_pending()
     model_admin = admin.site._registry[Article]
     model_admin.duplicate_groups_per_page = 2
-    try:
-        first = viewer.get(reverse(DUPLICATES), {"threshold": "0.99"})
-        second = viewer.get(reverse(DUPLICATES), {"threshold": "0.99", "page": "2"})
-    finally:
-        del model_admin.duplicate_groups_per_page
+    yield
+    del model_admin.duplicate_groups_per_page
+
+
+def test_duplicate_review_pages_through_groups(viewer, three_pairs_two_groups_a_page):
+    first = viewer.get(reverse(DUPLICATES), {"threshold": "0.99"})
+    second = viewer.get(reverse(DUPLICATES), {"threshold": "0.99", "page": "2"})
     assert len(first.context["groups"]) == 2 and len(second.context["groups"]) == 1
     seen = [frozenset(g.rows) for response in (first, second) for g in response.context["groups"]]
     assert len(set(seen)) == 3
@@ -252,32 +256,23 @@ def test_duplicate_review_pages_through_groups(viewer, fake_gemini):
     assert "Page 1 of 2" in first.content.decode()
 
 
-def test_duplicate_review_searches_once_for_its_pages_dismissals_and_deletions(editor, fake_gemini):
+def test_duplicate_review_searches_once_for_its_pages_dismissals_and_deletions(editor, three_pairs_two_groups_a_page):
     """The whole table's search takes seconds on a big table: the review keeps its pairs a while."""
-    cache.clear()
-    with suspend_embedding():
-        Article.objects.bulk_create(Article(title=f"pair {i} alpha{i} beta{i}") for i in range(3) for _ in (0, 1))
-    embed_pending()
-    model_admin = admin.site._registry[Article]
-    model_admin.duplicate_groups_per_page = 2
-    try:
-        with CaptureQueriesContext(connection) as queries:
-            first = editor.get(reverse(DUPLICATES), {"threshold": "0.99"})
-            second = editor.get(reverse(DUPLICATES), {"threshold": "0.99", "page": "2"})
-            (group,) = second.context["groups"]
-            a, b, _ = group.pairs[0]
-            data = {"first": a.pk, "second": b.pk, "threshold": "0.99", "page": "2"}
-            back = editor.post(reverse(DISMISS), data, follow=True)
-            Article.objects.filter(pk=first.context["groups"][0].rows[0].pk).delete()
-            after_delete = editor.get(reverse(DUPLICATES), {"threshold": "0.99"})
-        searches = [q for q in queries if "semantic_outer" in q["sql"]]
-        assert len(searches) == 1
-        # Another threshold is another search.
-        with CaptureQueriesContext(connection) as queries:
-            editor.get(reverse(DUPLICATES), {"threshold": "0.98"})
-        assert len([q for q in queries if "semantic_outer" in q["sql"]]) == 1
-    finally:
-        del model_admin.duplicate_groups_per_page
+    with CaptureQueriesContext(connection) as queries:
+        first = editor.get(reverse(DUPLICATES), {"threshold": "0.99"})
+        second = editor.get(reverse(DUPLICATES), {"threshold": "0.99", "page": "2"})
+        (group,) = second.context["groups"]
+        a, b, _ = group.pairs[0]
+        data = {"first": a.pk, "second": b.pk, "threshold": "0.99", "page": "2"}
+        back = editor.post(reverse(DISMISS), data, follow=True)
+        Article.objects.filter(pk=first.context["groups"][0].rows[0].pk).delete()
+        after_delete = editor.get(reverse(DUPLICATES), {"threshold": "0.99"})
+    searches = [q for q in queries if "semantic_outer" in q["sql"]]
+    assert len(searches) == 1
+    # Another threshold is another search.
+    with CaptureQueriesContext(connection) as queries:
+        editor.get(reverse(DUPLICATES), {"threshold": "0.98"})
+    assert len([q for q in queries if "semantic_outer" in q["sql"]]) == 1
     shown = [frozenset(g.rows) for response in (first, second) for g in response.context["groups"]]
     assert len(set(shown)) == 3
     # The pair marked not a duplicate and the deleted row's pair are gone from the kept pairs.
@@ -287,23 +282,14 @@ def test_duplicate_review_searches_once_for_its_pages_dismissals_and_deletions(e
     assert "kept for 5 minutes" in first.content.decode()
 
 
-def test_pages_keep_their_place_and_the_action_pages_through_the_selection(editor, fake_gemini):
-    cache.clear()
-    with suspend_embedding():
-        Article.objects.bulk_create(Article(title=f"pair {i} alpha{i} beta{i}") for i in range(3) for _ in (0, 1))
-    embed_pending()
-    model_admin = admin.site._registry[Article]
-    model_admin.duplicate_groups_per_page = 2
-    try:
-        response = act(editor, "find_duplicates", *Article.objects.all())
-        second = editor.get(reverse(DUPLICATES), {"threshold": "0.99", "page": "2"})
-        (group,) = second.context["groups"]
-        a, b, _ = group.pairs[0]
-        assert '<input type="hidden" name="page" value="2">' in second.content.decode()
-        dismissed = editor.post(reverse(DISMISS), {"first": a.pk, "second": b.pk, "threshold": "0.99", "page": "2"})
-        assert dismissed["Location"] == reverse(DUPLICATES) + "?threshold=0.99&page=2"
-    finally:
-        del model_admin.duplicate_groups_per_page
+def test_pages_keep_their_place_and_the_action_pages_through_the_selection(editor, three_pairs_two_groups_a_page):
+    response = act(editor, "find_duplicates", *Article.objects.all())
+    second = editor.get(reverse(DUPLICATES), {"threshold": "0.99", "page": "2"})
+    (group,) = second.context["groups"]
+    a, b, _ = group.pairs[0]
+    assert '<input type="hidden" name="page" value="2">' in second.content.decode()
+    dismissed = editor.post(reverse(DISMISS), {"first": a.pk, "second": b.pk, "threshold": "0.99", "page": "2"})
+    assert dismissed["Location"] == reverse(DUPLICATES) + "?threshold=0.99&page=2"
     # The selection's page is reached by GET, so its groups page like the whole table's.
     assert len(response.context["groups"]) == 2
     assert "Page 1 of 2 (3 groups)" in response.content.decode()
