@@ -30,6 +30,7 @@ from django.utils import timezone
 from semantic.backends import Vector
 from semantic.fields import EmbeddingField, IsDistinctFrom
 from semantic.models import EmbeddingFailure
+from semantic.operations import sqlstate
 from semantic.passage_worker import PassageItem
 from semantic.rows import failures
 
@@ -47,8 +48,7 @@ T = TypeVar("T")
 
 def lost_to_concurrent(exc: DatabaseError) -> bool:
     """Whether PostgreSQL refused a statement for a concurrent transaction's sake, asking to run it again."""
-    cause = exc.__cause__
-    return (getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)) in CONFLICTS
+    return sqlstate(exc) in CONFLICTS
 
 
 @dataclass
