@@ -580,7 +580,7 @@ def live_field(model_instance: models.Model, name: str) -> EmbeddingField | None
     return field if isinstance(field, EmbeddingField) and field.copied_from is None else None
 
 
-def forget_source_hash(field: EmbeddingField, model_instance: models.Model) -> None:
+def forget_source_hash(field: EmbeddingField, model_instance: models.Model) -> bool:
     """Empty the hash of text from Python in a row saved through a migration's historical
     model (``apps.get_model()`` in ``RunPython``).
 
@@ -588,13 +588,15 @@ def forget_source_hash(field: EmbeddingField, model_instance: models.Model) -> N
     ``<name>_source_hash`` is a plain column that would write back the hash loaded with
     the row whatever the migration changed. Without one the row is pending: the worker
     hashes it and embeds it only if its text changed. The column follows the field in
-    the model (the field added it), so it is read after this runs.
+    the model (the field added it), so it is read after this runs. Returns whether the
+    row has such a hash.
     """
     try:
         companion = model_instance._meta.get_field(field.source_hash_name)
     except FieldDoesNotExist:
-        return  # text from fields at this point of the migrations: hashed in SQL
+        return False  # text from fields at this point of the migrations: hashed in SQL
     setattr(model_instance, companion.attname, None)
+    return True
 
 
 def iter_fields(

@@ -19,7 +19,7 @@ from django.db.models.functions import Now
 from django.db.models.signals import class_prepared, post_delete, post_save
 
 from semantic.dispatch import enqueue
-from semantic.fields import EmbeddingField, embedding_fields
+from semantic.fields import EmbeddingField, embedding_fields, forget_source_hash
 
 _suspended: ContextVar[bool] = ContextVar("semantic_suspended", default=False)
 
@@ -47,6 +47,9 @@ def connect_all() -> None:
     for model in apps.get_models():
         connect(model)
     class_prepared.connect(_on_class_prepared, weak=False, dispatch_uid="semantic:class_prepared")
+    # Migrations build their historical models afresh for each state: one receiver for
+    # them all, rather than one connection per short-lived class.
+    post_save.connect(on_historical_save, weak=False, dispatch_uid="semantic:historical_save")
 
 
 def connect(model: type[models.Model]) -> None:
@@ -80,6 +83,30 @@ def on_save(
             complete_partial_save(field, instance, update_fields, using)
         if not embedding_suspended() and needs_work(field, instance, update_fields, using):
             enqueue(field.model, field.name, [instance.pk], using=using)
+
+
+def on_historical_save(
+    sender: type[models.Model],
+    instance: models.Model,
+    using: str | None = None,
+    update_fields: frozenset[str] | None = None,
+    **kwargs: Any,
+) -> None:
+    """Empty the hash of text from Python after a ``save(update_fields=...)`` through a
+    migration's historical model.
+
+    A full save empties it in :meth:`EmbeddingField.pre_save`; a save of named columns
+    writes only those, so the hash loaded with the row would stay and the row would keep
+    a vector of its old text. The historical model has no methods to tell which columns
+    the text reads, so any such save leaves the row pending: the worker hashes it and
+    embeds it only if its text changed.
+    """
+    if update_fields is None or sender.__module__ != "__fake__":
+        return
+    for field in sender._meta.fields:
+        if isinstance(field, EmbeddingField) and forget_source_hash(field, instance):
+            rows = sender._base_manager.using(using).filter(pk=instance.pk)
+            rows.update(**{field.source_hash_name: None})
 
 
 def forget_python_hashes(sender: type[models.Model], instance: models.Model, using: str | None) -> None:

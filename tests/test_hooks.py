@@ -185,3 +185,25 @@ def test_a_data_migration_that_edits_python_text_leaves_the_row_pending(fake_gem
     assert sorted(fake_gemini.texts()) == ["Refunds\n\nWITHIN SIXTY DAYS", "Returns\n\nBY POST"]
     assert summary["requests"] == 1
     assert not Card.objects.filter(field.pending()).exists()
+
+
+def test_a_data_migration_saving_named_columns_of_python_text_leaves_the_row_pending(fake_gemini):
+    """save(update_fields=...) writes only the named columns: the hash loaded with the row must not stay."""
+    edited = Card.objects.create(title="Refunds", body="within thirty days")
+    untouched = Card.objects.create(title="Shipping", body="two days")
+    fake_gemini.reset()
+
+    def forwards(apps, schema_editor):
+        card = apps.get_model("testapp", "Card").objects.get(pk=edited.pk)
+        card.body = "within sixty days"
+        card.save(update_fields=["body"])
+
+    state = MigrationLoader(connection).project_state()
+    with connection.schema_editor() as editor:
+        migrations.RunPython(forwards).database_forwards("testapp", editor, state, state)
+    field = get_embedding_field(Card)
+    assert list(Card.objects.filter(field.pending()).values_list("pk", flat=True)) == [edited.pk]
+    assert Card.objects.get(pk=untouched.pk).embedding_source_hash is not None
+    embed_pending(Card)
+    assert fake_gemini.texts() == ["Refunds\n\nWITHIN SIXTY DAYS"]
+    assert not Card.objects.filter(field.pending()).exists()
