@@ -410,8 +410,8 @@ def test_filtered_queries_choose_exact_or_iterative_search_in_one_statement(arti
     assert len(unfiltered.captured_queries) == 1
 
     with CaptureQueriesContext(connection) as shallow:
-        list(Article.objects.similar_to("export invoices")[:40])
-    assert len(shallow.captured_queries) == 1 and "set_config" not in shallow.captured_queries[0]["sql"]
+        assert seen(Article.objects.similar_to("export invoices")[:40]) == {"on off 40"}  # a large table: the index
+    assert len(shallow.captured_queries) == 1
     with CaptureQueriesContext(connection) as deep:
         assert seen(Article.objects.similar_to("export invoices")[:41]) == {"on strict_order 40"}
     assert len(deep.captured_queries) == 1
@@ -501,8 +501,12 @@ def test_index_settings_are_put_back_inside_the_callers_transaction(articles, se
         with connection.cursor() as cursor:
             cursor.execute("SET LOCAL hnsw.ef_search = 33")
         before = current_settings()
+        assert seen(Article.objects.similar_to([1.0] * 128, ef_search=77)[:5]) == {"off off 33"}  # a small table
+        assert current_settings() == before
+        semantic_settings(EXACT_SEARCH_MAX_ROWS=0)
         assert seen(Article.objects.similar_to([1.0] * 128, ef_search=77)[:5]) == {"on off 77"}
         assert current_settings() == before
+        semantic_settings(EXACT_SEARCH_MAX_ROWS=20_000)
         with CaptureQueriesContext(connection) as queries:
             assert seen(Article.objects.filter(category="other").similar_to([1.0] * 128)[:5]) == {"off off 33"}
         assert current_settings() == before
@@ -647,7 +651,8 @@ def exact_order(vectors, query):
     return sorted(vectors, key=lambda t: -(vectors[t] @ query) / np.linalg.norm(vectors[t]) / np.linalg.norm(query))
 
 
-def test_deep_pages_of_an_unfiltered_search_are_full_and_in_order(many_articles):
+def test_deep_pages_of_an_unfiltered_search_are_full_and_in_order(many_articles, semantic_settings):
+    semantic_settings(EXACT_SEARCH_MAX_ROWS=100)  # 2,000 rows is a large table: the index serves the pages
     query = [1.0] * 8 + [0.0] * 120
     expected = exact_order(many_articles, query)
     with connection.cursor() as cursor:
@@ -667,6 +672,23 @@ def test_deep_pages_of_an_unfiltered_search_are_full_and_in_order(many_articles)
     page = Paginator(Article.objects.similar_to(query), 20).page(3)
     assert titles(page.object_list) == expected[40:60]
     assert page.paginator.count == 2000
+
+
+def test_an_unfiltered_search_of_a_small_table_is_exact_and_its_pages_hold_every_counted_row(many_articles):
+    """The index scan is approximate at any size; on a table of at most EXACT_SEARCH_MAX_ROWS
+    rows the search compares them all, so count() and a Paginator number the rows its pages show."""
+    query = [1.0] * 8 + [0.0] * 120
+    assert seen(Article.objects.similar_to(query)[:10]) == {"off off 40"}
+    assert seen(Article.objects.similar_to(query, min_similarity=0.5)[:10]) == {"off off 40"}
+    paginator = Paginator(Article.objects.similar_to(query, min_similarity=0.5), 100)
+    shown = [row.title for number in paginator.page_range for row in paginator.page(number).object_list]
+    expected = [t for t in exact_order(many_articles, query) if cosine(many_articles[t], query) >= 0.5]
+    assert paginator.count == len(expected) == len(shown)
+    assert shown == expected
+
+
+def cosine(vector, query):
+    return float(vector @ np.asarray(query) / np.linalg.norm(vector) / np.linalg.norm(query))
 
 
 def test_a_query_with_nothing_to_embed_is_an_empty_query_error(articles, fake_gemini):
