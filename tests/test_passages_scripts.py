@@ -9,12 +9,15 @@ character counts: a changed boundary would re-embed every existing user's passag
 
 import hashlib
 import random
+import re
 
 import pytest
 
+from semantic import ratelimit, suspend_embedding
 from semantic.models import Passage
 from semantic.passages import split
 from semantic.text import char_weight, weighted_length
+from tests.commands import call
 from tests.testapp.models import LongRead
 
 WORDS = (
@@ -164,6 +167,17 @@ def test_editing_one_chinese_paragraph_re_cuts_only_its_passage():
     assert len(changed) == 1 and changed[0][1].startswith("图书馆改写了这一段。")
 
 
+# -- token estimates -----------------------------------------------------------------
+
+
+def test_a_chinese_texts_estimated_tokens_are_about_its_characters():
+    text = chinese()
+    assert ratelimit.estimated_tokens([text]) == weighted_length(text) // 4 + 1
+    assert len(text) * 0.99 <= ratelimit.estimated_tokens([text]) <= len(text) + 1
+    english = prose(7, WORDS)
+    assert ratelimit.estimated_tokens([english]) == len(english) // 4 + 1  # as before
+
+
 # -- through the worker and the fake Gemini server ---------------------------------
 
 
@@ -179,3 +193,17 @@ def test_the_worker_sends_passages_of_a_chinese_article_within_gemini_tokens(fak
     assert len(stored) == 20
     assert all(len(text) <= 2000 for text in sent[1:])
     assert all(p.vector is not None and row.body[p.start : p.end] == p.text for p in stored)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_dry_run_estimates_a_chinese_tables_tokens_at_about_one_a_character(fake_gemini):
+    with suspend_embedding():
+        LongRead.objects.create(title="四个主题", body=chinese())
+    out, _ = call("semantic_embed", "testapp.LongRead", "--dry-run")
+    characters, tokens = map(int, re.findall(r": 1 rows, (\d+) characters \(about (\d+) tokens\)", out)[0])
+    fake_gemini.reset()
+    call("semantic_embed", "testapp.LongRead")
+    sent = fake_gemini.texts()
+    assert characters == sum(len(text) for text in sent) == 8000 + 32_082 - 3 * 2
+    assert tokens == -(-sum(weighted_length(text) for text in sent) // 4)
+    assert characters * 0.99 <= tokens <= characters
