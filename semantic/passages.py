@@ -13,7 +13,7 @@ four English characters a token holds for any script, and Latin-script text is c
 exactly where character counts cut it.
 
 Where it cuts, in order of preference: between paragraphs (a blank line), between
-sentences (``.``, ``!``, ``?`` and their CJK forms, then whitespace), between words,
+sentences (``.``, ``!``, ``?`` and their CJK forms, then whitespace; no whitespace after the CJK forms), between words,
 and only inside a word longer than a passage. Paragraphs are not packed greedily
 into full passages: a paragraph that fits is a passage of its own, and only short
 ones (headings, list items, a last line) join a neighbour. So a passage's bounds
@@ -42,8 +42,14 @@ from semantic.text import weighted_prefix
 
 #: A blank line, however it is spaced.
 PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n\s*")
-#: The end of a sentence: its mark, any closing quotes or brackets, then whitespace.
-SENTENCE_BREAK = re.compile(r"(?<=[.!?\u2026\u3002\uff01\uff1f])[\"'\u201d\u2019)\]]*\s+")
+#: The end of a sentence: its mark, any closing quotes or brackets, then whitespace; or,
+#: in Chinese and Japanese, which put no space between sentences, right after a full-width
+#: mark and the closing quote or bracket that follows it (kept with its sentence).
+SENTENCE_BREAK = re.compile(
+    r"(?<=[.!?\u2026\u3002\uff01\uff1f])[\"'\u201d\u2019)\]]*\s+"
+    r"|(?<=[\u3002\uff01\uff1f])(?![\s\u201d\u2019\u300d\u300f\uff09])"
+    r"|(?<=[\u3002\uff01\uff1f][\u201d\u2019\u300d\u300f\uff09])(?!\s)"
+)
 #: Where a passage may start when it repeats the text before it: a sentence's or a paragraph's start.
 SENTENCE_START = re.compile(f"{SENTENCE_BREAK.pattern}|{PARAGRAPH_BREAK.pattern}")
 #: Where a sentence's line of text may be broken.

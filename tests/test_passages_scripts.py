@@ -127,7 +127,8 @@ def test_a_chinese_article_is_cut_into_passages_the_model_reads_whole(max_chars,
     assert max(len(p.text) for p in passages) <= max_chars // 4
     # ``before`` passages when 8,000 characters were cut (7,000 and 1,000 of each paragraph).
     assert len(passages) >= 2.5 * before
-    assert "".join(p.text for p in passages) == text.replace("\n\n", "")  # no overlap: no space to start one at
+    covered = {i for p in passages for i in range(p.start, p.end)}
+    assert covered >= {i for i, char in enumerate(text) if not char.isspace()}  # nothing left out
 
 
 def test_offsets_slice_the_original_of_mixed_text():
@@ -160,11 +161,12 @@ def test_editing_one_chinese_paragraph_re_cuts_only_its_passage():
     # 180 characters (720 of 788 English-equivalent) each: a passage of its own at the local model's size.
     paragraphs = [chinese(paragraphs=1, chars=180, seed=n)[:180] for n in range(8)]
     before = split("\n\n".join(paragraphs), max_chars=900, overlap=112)
-    assert [p.text for p in before] == paragraphs
+    # Each passage is its paragraph, after the last sentences of the one before (the overlap).
+    assert all(p.text.endswith(paragraph) for p, paragraph in zip(before, paragraphs, strict=True))
     paragraphs[3] = "图书馆改写了这一段。" + paragraphs[3][10:]
     after = split("\n\n".join(paragraphs), max_chars=900, overlap=112)
     changed = [(a.text, b.text) for a, b in zip(before, after, strict=True) if a.text != b.text]
-    assert len(changed) == 1 and changed[0][1].startswith("图书馆改写了这一段。")
+    assert len(changed) == 1 and changed[0][1].endswith(paragraphs[3])
 
 
 # -- token estimates -----------------------------------------------------------------
@@ -204,6 +206,20 @@ def test_dry_run_estimates_a_chinese_tables_tokens_at_about_one_a_character(fake
     fake_gemini.reset()
     call("semantic_embed", "testapp.LongRead")
     sent = fake_gemini.texts()
-    assert characters == sum(len(text) for text in sent) == 8000 + 32_082 - 3 * 2
+    # The row's text cut at 8,000, and its passages: all of its characters, some twice (overlaps).
+    assert characters == sum(len(text) for text in sent) > 8000 + 32_082 - 3 * 2
     assert tokens == -(-sum(weighted_length(text) for text in sent) // 4)
     assert characters * 0.99 <= tokens <= characters
+
+
+def test_chinese_text_without_spaces_is_cut_between_sentences():
+    """Chinese puts no space after 。！？: a passage still ends at a sentence's end, its
+    closing quote kept with it, rather than at a hard cut inside a sentence."""
+    sentences = [f"{word}。" for word in CHINESE] + ["他说：「火山喷发了！」"] + [f"{word}？" for word in CHINESE]
+    text = "".join(sentences * 12)
+    passages = split(text, max_chars=300, overlap=40)
+    assert len(passages) > 5
+    for passage in passages:
+        assert passage.text == text[passage.start : passage.end]
+        assert passage.text[-1] in "。？」", passage.text[-5:]
+        assert passage.start == 0 or text[passage.start - 1] in "。？」"
