@@ -13,8 +13,8 @@ four English characters a token holds for any script, and Latin-script text is c
 exactly where character counts cut it.
 
 Where it cuts, in order of preference: between paragraphs (a blank line), between
-sentences (``.``, ``!``, ``?`` and their CJK forms, then whitespace; no whitespace after the CJK forms), between words,
-and only inside a word longer than a passage. Paragraphs are not packed greedily
+sentences (``.``, ``!``, ``?`` then whitespace, or their CJK forms, with or without
+it), between words, and only inside a word longer than a passage. Paragraphs are not packed greedily
 into full passages: a paragraph that fits is a passage of its own, and only short
 ones (headings, list items, a last line) join a neighbour. So a passage's bounds
 depend on its own paragraphs and not on everything before it, and editing one
