@@ -22,28 +22,32 @@ from semantic.passage_rows import CUT_ROWS, cut_all, fill_known, lagging_rows, p
 from semantic.passage_worker import passage_items
 from semantic.ratelimit import CHARS_PER_TOKEN
 from semantic.rows import failed_pks, failures, first_rows, mark_pending, pending_rows
+from semantic.text import weighted_length
 from semantic.writer import Outcome
 
 #: Gemini API price assumed by --dry-run, USD per million input tokens
-#: (gemini-embedding-001, Google's Gemini API pricing page, 2025). About 4 characters
-#: make a token in English. Override with SEMANTIC["PRICE_PER_MILLION_TOKENS"].
+#: (gemini-embedding-001, Google's Gemini API pricing page, 2025). Tokens are estimated
+#: as ratelimit.estimated_tokens does (about 4 characters of English a token, one a
+#: Chinese character). Override with SEMANTIC["PRICE_PER_MILLION_TOKENS"].
 PRICE_PER_MILLION_TOKENS = 0.15
 
 
 @dataclass
 class Plan:
     """What a run would send: ``rows`` taken, ``characters`` sent in all (rows' vectors and
-    passages); of those, ``passages`` passages of ``passage_rows`` rows, ``passage_characters``."""
+    passages); of those, ``passages`` passages of ``passage_rows`` rows, ``passage_characters``.
+    ``weighted`` is the English-equivalent size of all of it, what its tokens are estimated from."""
 
     rows: int
     characters: int
     passages: int = 0
     passage_rows: int = 0
     passage_characters: int = 0
+    weighted: int = 0
 
     @property
     def tokens(self) -> int:
-        return -(-self.characters // CHARS_PER_TOKEN)
+        return -(-self.weighted // CHARS_PER_TOKEN)
 
 
 def select(model: type[models.Model], field: EmbeddingField, *, everything: bool, failed: bool) -> models.QuerySet:
@@ -110,7 +114,9 @@ def plan(
         plan.rows += len(chunk)
         for row in chunk:
             if row._semantic_needs_vector:
-                plan.characters += min(len(field.source_text(row)), field.backend.max_input_chars)
+                sent = field.source_text(row)[: field.backend.max_input_chars]
+                plan.characters += len(sent)
+                plan.weighted += weighted_length(sent)
         if field.passages:
             add_passages(plan, model, field, chunk)
     plan.characters += plan.passage_characters
@@ -128,6 +134,7 @@ def add_passages(plan: Plan, model: type[models.Model], field: EmbeddingField, r
             plan.passage_rows += 1
             plan.passages += len(sent)
             plan.passage_characters += sum(len(item.text) for item in sent)
+            plan.weighted += sum(weighted_length(item.text) for item in sent)
 
 
 def failed_keys(model: type[models.Model], field: EmbeddingField, using: str | None = None) -> list[str]:

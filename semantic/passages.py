@@ -5,9 +5,16 @@ embedding model: 2,048 tokens) and ignores the rest, so one vector per row says
 nothing about a long article's later paragraphs. ``split()`` cuts the text into
 passages of at most ``max_chars`` characters, each embedded on its own.
 
+Sizes are English-equivalent characters (``semantic.text.weighted_length``): a
+character of English or another Latin-script text counts 1, a Cyrillic, Greek,
+Arabic or Devanagari letter 2, a Chinese or Japanese character, a hangul syllable or
+an emoji 4, about the tokens each costs. So a limit set from a model's tokens at about
+four English characters a token holds for any script, and Latin-script text is cut
+exactly where character counts cut it.
+
 Where it cuts, in order of preference: between paragraphs (a blank line), between
-sentences (``.``, ``!``, ``?`` and their CJK forms, then whitespace), between words,
-and only inside a word longer than a passage. Paragraphs are not packed greedily
+sentences (``.``, ``!``, ``?`` then whitespace, or their CJK forms, with or without
+it), between words, and only inside a word longer than a passage. Paragraphs are not packed greedily
 into full passages: a paragraph that fits is a passage of its own, and only short
 ones (headings, list items, a last line) join a neighbour. So a passage's bounds
 depend on its own paragraphs and not on everything before it, and editing one
@@ -18,21 +25,31 @@ before it, starting at a sentence (or else a word) boundary, so a statement that
 straddles a cut is whole in one of the two passages.
 
 Offsets are character positions in the text given, so a passage can be shown in
-its place. No tokenizer is used: sizes are characters, set per backend from its
-input limit (``EmbeddingBackend.passage_chars``).
+its place. No tokenizer is used: the weights estimate tokens (conservatively, see
+``semantic.text.char_weight``), and sizes are set per backend from its input limit
+(``EmbeddingBackend.passage_chars``).
 """
 
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from semantic.text import weighted_prefix
+
 #: A blank line, however it is spaced.
 PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n\s*")
-#: The end of a sentence: its mark, any closing quotes or brackets, then whitespace.
-SENTENCE_BREAK = re.compile(r"(?<=[.!?\u2026\u3002\uff01\uff1f])[\"'\u201d\u2019)\]]*\s+")
+#: The end of a sentence: its mark, any closing quotes or brackets, then whitespace; or,
+#: in Chinese and Japanese, which put no space between sentences, right after a full-width
+#: mark and the closing quote or bracket that follows it (kept with its sentence).
+SENTENCE_BREAK = re.compile(
+    r"(?<=[.!?\u2026\u3002\uff01\uff1f])[\"'\u201d\u2019)\]]*\s+"
+    r"|(?<=[\u3002\uff01\uff1f])(?![\s\u201d\u2019\u300d\u300f\uff09])"
+    r"|(?<=[\u3002\uff01\uff1f][\u201d\u2019\u300d\u300f\uff09])(?!\s)"
+)
 #: Where a passage may start when it repeats the text before it: a sentence's or a paragraph's start.
 SENTENCE_START = re.compile(f"{SENTENCE_BREAK.pattern}|{PARAGRAPH_BREAK.pattern}")
 #: Where a sentence's line of text may be broken.
@@ -101,7 +118,8 @@ class Passages:
 
 
 def split(text: str, *, max_chars: int, overlap: int = 0) -> list[Passage]:
-    """``text`` as passages of at most ``max_chars`` characters (see the module docstring).
+    """``text`` as passages of at most ``max_chars`` English-equivalent characters (see the
+    module docstring); ``overlap`` is measured the same way.
 
     Returns ``[]`` for a text of nothing but whitespace.
     """
@@ -110,17 +128,20 @@ def split(text: str, *, max_chars: int, overlap: int = 0) -> list[Passage]:
     if overlap * 2 > max_chars:
         raise ValueError(f"overlap ({overlap}) must be at most half of max_chars ({max_chars}).")
     body = max_chars - overlap
+    size = weighted_prefix(text)
     units: list[tuple[int, int]] = []
     for start, end in _parts(text, PARAGRAPH_BREAK, 0, len(text)):
-        if end - start <= body:
+        if size[end] - size[start] <= body:
             units.append((start, end))
         else:
-            units += _pack(list(_pieces(text, start, end, body)), body)
-    spans = _join_short(units, body)
+            units += _pack(list(_pieces(text, size, start, end, body)), size, body)
+    spans = _join_short(units, size, body)
     passages = []
     for i, (start, end) in enumerate(spans):
         if i and overlap:
-            start = _overlap_start(text, start, floor=max(spans[i - 1][0], start - overlap))
+            # The earliest character from which the text up to ``start`` weighs at most ``overlap``.
+            floor = bisect_left(size, size[start] - overlap)
+            start = _overlap_start(text, start, floor=max(spans[i - 1][0], floor))
         passages.append(Passage(start, end, text[start:end]))
     return passages
 
@@ -143,37 +164,44 @@ def _trimmed(text: str, start: int, end: int) -> Iterator[tuple[int, int]]:
         yield start, end
 
 
-def _pieces(text: str, start: int, end: int, limit: int) -> Iterator[tuple[int, int]]:
-    """Sentences of ``text[start:end]``; a sentence over ``limit`` as words, a word over it in cuts."""
+def _pieces(text: str, size: list[int], start: int, end: int, limit: int) -> Iterator[tuple[int, int]]:
+    """Sentences of ``text[start:end]``; a sentence over ``limit`` as words, a word over it in cuts.
+
+    ``size`` is the text's :func:`~semantic.text.weighted_prefix`, as in the helpers below.
+    """
     for s_start, s_end in _parts(text, SENTENCE_BREAK, start, end):
-        if s_end - s_start <= limit:
+        if size[s_end] - size[s_start] <= limit:
             yield s_start, s_end
             continue
-        for w_start, w_end in _pack(list(_parts(text, WORD_BREAK, s_start, s_end)), limit):
-            for cut in range(w_start, w_end, limit):
-                yield cut, min(cut + limit, w_end)
+        for w_start, w_end in _pack(list(_parts(text, WORD_BREAK, s_start, s_end)), size, limit):
+            cut = w_start
+            while cut < w_end:
+                # As many characters as weigh at most ``limit`` (one at least: a limit is never below 25).
+                next_cut = min(max(bisect_right(size, size[cut] + limit) - 1, cut + 1), w_end)
+                yield cut, next_cut
+                cut = next_cut
 
 
-def _pack(pieces: list[tuple[int, int]], limit: int) -> list[tuple[int, int]]:
+def _pack(pieces: list[tuple[int, int]], size: list[int], limit: int) -> list[tuple[int, int]]:
     """Consecutive pieces joined while the joined stretch stays within ``limit``."""
     packed: list[tuple[int, int]] = []
     for start, end in pieces:
-        if packed and end - packed[-1][0] <= limit:
+        if packed and size[end] - size[packed[-1][0]] <= limit:
             packed[-1] = (packed[-1][0], end)
         else:
             packed.append((start, end))
     return packed
 
 
-def _join_short(units: list[tuple[int, int]], limit: int) -> list[tuple[int, int]]:
+def _join_short(units: list[tuple[int, int]], size: list[int], limit: int) -> list[tuple[int, int]]:
     """Units with each short one joined to the one before, or else to the one after, where they fit."""
     short = limit // SHORT_SHARE
     joined: list[tuple[int, int]] = []
     for start, end in units:
         if joined:
             previous_start, previous_end = joined[-1]
-            either_short = previous_end - previous_start < short or end - start < short
-            if either_short and end - previous_start <= limit:
+            either_short = size[previous_end] - size[previous_start] < short or size[end] - size[start] < short
+            if either_short and size[end] - size[previous_start] <= limit:
                 joined[-1] = (previous_start, end)
                 continue
         joined.append((start, end))

@@ -30,12 +30,15 @@ from semantic.backends import EmbeddingBackend, get_backend
 from semantic.backends.base import MAX_RETRY_AFTER
 from semantic.conf import semantic_settings as conf
 from semantic.models import RateLimit
+from semantic.text import weighted_length
 
 #: Longest single wait, so a worker re-reads the shared state now and then.
 MAX_SLEEP = 5.0
 #: Seconds every process on a key stops sending after a configuration error.
 CONFIG_PAUSE = 300.0
-#: About this many characters make a token: how a request's cost against ``TOKENS_PER_MINUTE`` is estimated.
+#: About this many characters of English make a token: how a request's cost against
+#: ``TOKENS_PER_MINUTE`` is estimated, from texts' English-equivalent size
+#: (:func:`semantic.text.weighted_length`: a Chinese character is about a token of its own).
 CHARS_PER_TOKEN = 4
 
 
@@ -104,8 +107,8 @@ def acquire(backend: EmbeddingBackend, *, tokens: int, max_pause: float | None =
 
 
 def estimated_tokens(texts: Iterable[str]) -> int:
-    """What a request of ``texts`` costs against ``TOKENS_PER_MINUTE``."""
-    return sum(len(text) for text in texts) // CHARS_PER_TOKEN + 1
+    """What a request of ``texts`` costs against ``TOKENS_PER_MINUTE``, about."""
+    return sum(weighted_length(text) for text in texts) // CHARS_PER_TOKEN + 1
 
 
 def fitting(texts: Sequence[str]) -> list[int]:

@@ -1,9 +1,12 @@
-"""Preparing text for an embedding model, and keeping secrets out of messages."""
+"""Preparing text for an embedding model, measuring it, and keeping secrets out of messages."""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
+import unicodedata
+from functools import lru_cache
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -31,6 +34,61 @@ def sanitize(text: str) -> str:
     """
     text = text.encode("utf-8", "replace").decode("utf-8")
     return _CONTROL.sub(" ", text)
+
+
+def weighted_length(text: str) -> int:
+    """``text``'s size in English-equivalent characters (see :func:`char_weight`).
+
+    Input limits, passage sizes and token estimates are stated in characters of
+    English text, about four a token; this is the measure that keeps them true for
+    other scripts.
+    """
+    if text.isascii():
+        return len(text)
+    return sum(map(char_weight, text))
+
+
+def weighted_prefix(text: str) -> list[int]:
+    """The weighted length of ``text[:i]`` for every ``i`` from 0 to ``len(text)``.
+
+    The weighted length of ``text[start:end]`` is ``prefix[end] - prefix[start]``, and,
+    every character weighing at least 1, the list strictly increases, so ``bisect``
+    finds where a stretch of a given weighted length ends.
+    """
+    if text.isascii():
+        return list(range(len(text) + 1))
+    return list(itertools.accumulate(map(char_weight, text), initial=0))
+
+
+@lru_cache(maxsize=8192)
+def char_weight(char: str) -> int:
+    """How many English characters one character of ``char``'s script is worth, in tokens.
+
+    Tokenizers learnt mostly from English make about one token of four English
+    characters, but about one of each CJK character, kana, hangul syllable or emoji
+    (``unicodedata.east_asian_width`` "W" or "F", fullwidth forms included): those
+    weigh 4. Letters of the other scripts that are not Latin (Unicode category ``L*``
+    from U+0370 on, Greek, Cyrillic, Arabic, Hebrew, Devanagari, Thai and so on, whose
+    Unicode name does not begin with ``LATIN``) take about two of the characters a
+    token that English does: they weigh 2. Everything else weighs 1: ASCII, Latin
+    letters with accents, punctuation (curly quotes, dashes), digits, combining marks
+    and spaces, so English and other Latin-script text measures exactly its length.
+
+    These weights are a conservative estimate, not a measurement of Gemini's
+    tokenizer (none is available offline); the local model's tokenizer makes about
+    the figures given in docs/benchmarks.md. Erring high is the safe side: a passage
+    cut too small costs a few more requests, while one cut too large is silently
+    truncated by the model, and its end is never embedded.
+    """
+    if unicodedata.east_asian_width(char) in ("W", "F"):
+        return 4
+    if (
+        ord(char) >= 0x370
+        and unicodedata.category(char).startswith("L")
+        and not unicodedata.name(char, "").startswith("LATIN")
+    ):
+        return 2
+    return 1
 
 
 def redact(message: str, *secrets: str | None) -> str:

@@ -214,3 +214,18 @@ def test_a_batch_is_cut_to_fit_the_tokens_per_window(fake_gemini, semantic_setti
     sizes = [[len(r["content"]["parts"][0]["text"]) for r in req["body"]["requests"]] for req in fake_gemini.requests]
     assert sizes == [[40, 40], [40, 40], [200]]  # 21 estimated tokens, 21, then 51 alone
     assert [int((t - start).total_seconds() // 60) for t in sent_at] == [0, 1, 2]
+
+
+def test_chinese_text_is_counted_at_about_a_token_a_character(fake_gemini, semantic_settings):
+    """Ten Chinese characters cost about as many tokens as forty English ones: the batch is
+    cut as the English one above is, not sent whole at a quarter of its tokens."""
+    semantic_settings(TOKENS_PER_MINUTE=25, RATE_LIMIT_WINDOW=60)
+    short = [f"第{i}行冰川在夏天后退"[:10] for i in range(4)]  # 10 characters, 10 tokens each
+    with suspend_embedding():
+        Article.objects.bulk_create(Article(title=title, body="") for title in [*short, "火山喷发时岩浆流向山谷" * 5])
+    pks = list(Article.objects.order_by("pk").values_list("pk", flat=True))
+    with ratelimit.use_clock(ManualClock()):
+        outcome = embed_chunk("testapp.Article", "embedding", pks)
+    assert outcome["embedded"] == 5 and outcome["requests"] == 3
+    sizes = [[len(r["content"]["parts"][0]["text"]) for r in req["body"]["requests"]] for req in fake_gemini.requests]
+    assert sizes == [[10, 10], [10, 10], [55]]

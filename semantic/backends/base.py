@@ -158,7 +158,8 @@ class EmbeddingBackend:
     max_batch_size: int = 100
     #: Texts longer than this many characters are truncated before embedding.
     max_input_chars: int = 8192
-    #: Longest passage, in characters, the model reads whole (fields with ``passages``);
+    #: Longest passage, in English-equivalent characters (``semantic.text.weighted_length``),
+    #: the model reads whole (fields with ``passages``);
     #: 0 means ``max_input_chars``, for models whose input limit is all they read.
     passage_chars: int = 0
     #: The model's own vector size: what ``semantic.embed()`` makes when given no size.
