@@ -22,7 +22,7 @@ from semantic.passage_rows import CUT_ROWS, cut_all, fill_known, lagging_rows, p
 from semantic.passage_worker import passage_items
 from semantic.ratelimit import CHARS_PER_TOKEN
 from semantic.rows import failed_pks, failures, first_rows, mark_pending, pending_rows
-from semantic.text import weighted_length
+from semantic.text import clean, weighted_length
 from semantic.writer import Outcome
 
 #: Gemini API price assumed by --dry-run, USD per million input tokens
@@ -36,10 +36,13 @@ PRICE_PER_MILLION_TOKENS = 0.15
 class Plan:
     """What a run would send: ``rows`` taken, ``characters`` sent in all (rows' vectors and
     passages); of those, ``passages`` passages of ``passage_rows`` rows, ``passage_characters``.
-    ``weighted`` is the English-equivalent size of all of it, what its tokens are estimated from."""
+    ``weighted`` is the English-equivalent size of all of it, what its tokens are estimated from.
+    ``without_text``: rows taken whose text is empty once cleaned, left out of ``rows``: a run
+    sends nothing for them and clears their vector, as its "without text" says."""
 
     rows: int
     characters: int
+    without_text: int = 0
     passages: int = 0
     passage_rows: int = 0
     passage_characters: int = 0
@@ -114,11 +117,13 @@ def plan(
         plan.rows += len(chunk)
         for row in chunk:
             if row._semantic_needs_vector:
-                sent = field.source_text(row)[: field.backend.max_input_chars]
+                sent = clean(field.source_text(row), field.backend.max_input_chars)  # as the worker sends it
                 plan.characters += len(sent)
                 plan.weighted += weighted_length(sent)
+                plan.without_text += not sent
         if field.passages:
             add_passages(plan, model, field, chunk)
+    plan.rows -= plan.without_text
     plan.characters += plan.passage_characters
     return plan
 

@@ -15,7 +15,10 @@ Each group gets:
   dropped), or the most typical row's text when the text is not in columns;
 - with ``date_field``, rows per day, week or month and the growth between the last
   two periods that have ended (the current one is still filling: against a whole
-  period, a steady stream would look like a fall).
+  period, a steady stream would look like a fall). Periods are cut in the current
+  time zone, as Django's ``TruncDate``/``TruncWeek`` cut them, and run without a gap
+  from the first row's to the current one, so a quiet period is a 0 and growth
+  always compares the two periods just before the current one.
 """
 
 from __future__ import annotations
@@ -65,7 +68,8 @@ class Cluster:
     #: The rows nearest the centre, nearest first.
     typical: list[models.Model]
     pks: list[Any]
-    #: ``(period start, rows)`` for every period of the queryset, oldest first (with ``date_field``).
+    #: ``(period start, rows)`` for every period from the queryset's first to the current one,
+    #: oldest first, 0 where the group has no row (with ``date_field``).
     trend: list[tuple[date, int]] = dataclass_field(default_factory=list)
     #: The two periods growth compares, ``(start, rows)`` each: the last two that have ended.
     compared: tuple[tuple[date, int], tuple[date, int]] | None = None
@@ -89,7 +93,7 @@ def cluster(
     """The rows of ``queryset`` that have a vector, in ``k`` groups, largest first.
 
     With ``date_field``, growth compares the last two periods that ended before the
-    one holding ``today`` (default: today, UTC).
+    one holding ``today`` (default: today in the current time zone).
 
     ``k`` is chosen when not given: the number of groups from 2 to ``MAX_AUTO_K``
     with the best silhouette (cosine) on a sample of ``SAMPLE_ROWS`` rows.
@@ -143,8 +147,8 @@ def cluster(
     words = distinctive_words(rows, embedding, assigned_pks, assigned) if text_columns(model, embedding) else {}
     typical_pks = {group: [pk for _, _, pk in sorted(heap, reverse=True)] for group, heap in enumerate(nearest)}
     objects = model._default_manager.using(rows.db).in_bulk([pk for pks in typical_pks.values() for pk in pks])
-    trends = trend_by_group(assigned, dates, period) if date_field else {}
     current = period_start(today or timezone.now(), period)
+    trends = trend_by_group(assigned, dates, period, current) if date_field else {}
 
     found = []
     for group, pks in members.items():
@@ -304,6 +308,9 @@ def check_date_field(model: type[models.Model], name: str) -> None:
 
 
 def period_start(value: date | datetime, period: str) -> date:
+    if isinstance(value, datetime) and timezone.is_aware(value):
+        # Aware values (USE_TZ) come back in UTC; the user's day starts at their midnight.
+        value = timezone.localtime(value)
     day = value.date() if isinstance(value, datetime) else value
     if period == "week":
         return day - timedelta(days=day.weekday())
@@ -312,8 +319,20 @@ def period_start(value: date | datetime, period: str) -> date:
     return day
 
 
-def trend_by_group(groups: list[int], dates: list[Any], period: str) -> dict[int, list[tuple[date, int]]]:
-    """Rows per period for each group, over every period the whole set spans."""
+def next_period(start: date, period: str) -> date:
+    if period == "week":
+        return start + timedelta(days=7)
+    if period == "month":
+        return (start.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return start + timedelta(days=1)
+
+
+def trend_by_group(
+    groups: list[int], dates: list[Any], period: str, current: date
+) -> dict[int, list[tuple[date, int]]]:
+    """Rows per period for each group, over every period from the whole set's first to
+    ``current`` (or its last, if later): a period no row falls in is a 0, not missing,
+    so the last two entries before ``current`` are the two periods just before it."""
     counts: Counter[tuple[int, date]] = Counter()
     starts: set[date] = set()
     for group, value in zip(groups, dates):
@@ -322,7 +341,12 @@ def trend_by_group(groups: list[int], dates: list[Any], period: str) -> dict[int
         start = period_start(value, period)
         starts.add(start)
         counts[(group, start)] += 1
-    ordered = sorted(starts)
+    ordered: list[date] = []
+    if starts:
+        start, last = min(starts), max(*starts, current)
+        while start <= last:
+            ordered.append(start)
+            start = next_period(start, period)
     return {group: [(start, counts[(group, start)]) for start in ordered] for group in set(groups)}
 
 

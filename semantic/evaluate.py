@@ -9,8 +9,12 @@ query is searched through the same queryset calls an application makes
 The measures are the standard ones (as in BEIR's pytrec_eval): nDCG with gains equal
 to the judged score and a log2 discount, ideal ranking from the judgements; recall as
 the share of relevant documents found; MRR as the reciprocal rank of the first
-relevant one. Judgements of 0 or less count as not relevant; a query without any
-relevant document is left out.
+relevant one. Judgements of 0 or less count as not relevant. The means are taken as
+BEIR takes them from pytrec_eval: over every judged query that is searched, so a query
+whose judgements are all 0 scores 0 on each measure (leaving it out would raise every
+figure), while a judged query id missing from the queries file is never searched and so
+is left out. A relevant document missing from the table still counts in the ideal
+ranking and recall's denominator, as pytrec_eval counts it from the judgements.
 """
 
 from __future__ import annotations
@@ -37,6 +41,11 @@ MEASURES = ("ndcg@10", "recall@100", "mrr@10")
 DEPTH = 100
 
 Judgements = dict[str, dict[str, int]]
+
+NOTHING_TO_EVALUATE = (
+    "No judged query has both a text in the queries file and a relevant document (a score above 0); "
+    "check that the query ids of the two files match."
+)
 
 
 def load_queries(path: str | Path) -> dict[str, str]:
@@ -122,6 +131,22 @@ def default_methods(field: Any) -> tuple[str, ...]:
     return (*DEFAULT_METHODS, "passages", "hybrid-passages") if field.passages else DEFAULT_METHODS
 
 
+def judged_queries(queries: dict[str, str], judgements: Judgements) -> list[tuple[str, str]]:
+    """``(query id, text)`` of the queries the means are over: judged ones that have a text."""
+    return [(qid, queries[qid]) for qid in judgements if qid in queries]
+
+
+def coverage(queries: dict[str, str], judgements: Judgements) -> dict[str, int]:
+    """How many judged queries are averaged, how many of those score 0 for want of a
+    relevant document, and how many are left out for want of a text."""
+    judged = judged_queries(queries, judgements)
+    return {
+        "averaged": len(judged),
+        "without_relevant": sum(1 for qid, _ in judged if not any(g > 0 for g in judgements[qid].values())),
+        "without_text": len(judgements) - len(judged),
+    }
+
+
 def evaluate(
     queryset: models.QuerySet,
     queries: dict[str, str],
@@ -136,11 +161,10 @@ def evaluate(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Mean of each measure for each method, plus the median seconds a search took."""
-    judged = [
-        (qid, queries[qid]) for qid, rel in judgements.items() if qid in queries and any(g > 0 for g in rel.values())
-    ]
-    if not judged:
-        raise ValueError("No query has both a text and a relevant document in the judgements.")
+    judged = judged_queries(queries, judgements)
+    if not any(g > 0 for qid, _ in judged for g in judgements[qid].values()):
+        # Every figure would be 0: the files do not match, or the scores are not BEIR's.
+        raise ValueError(NOTHING_TO_EVALUATE)
     run = searches(queryset, field=field, k=k, weights=weights, candidates=candidates)
     results: dict[str, dict[str, float]] = {}
     for method in methods:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 
 import pytest
 from django.contrib import admin
@@ -16,12 +16,13 @@ from django.db import connection
 from django.http import QueryDict
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
-from django.utils import translation
+from django.utils import timezone, translation
 
 from semantic import embed_pending, suspend_embedding
 from semantic.admin_labels import LABELS_UNAVAILABLE
 from semantic.admin_topics import TOPIC_CHANGED, TOPIC_SHOWN, TOPIC_VAR, TOPICS_SAMPLED
 from semantic.classify import predict_labels
+from semantic.clusters import period_start
 from tests.fake_gemini import api_error
 from tests.test_admin import assert_stays_on_other_site, staff
 from tests.testapp.models import Note
@@ -38,7 +39,6 @@ CHANGELIST = "admin:topicapp_ticket_changelist"
 TOPICS = "admin:topicapp_ticket_topics"
 LABELLED_PER_INTENT = 10
 NAMES = dict(CATEGORIES)
-MONDAY = datetime(2026, 11, 16, 9, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -388,11 +388,14 @@ def test_topics_of_a_long_list_group_a_sample_and_say_so(editor, tickets, semant
 
 
 def test_topics_show_growth_by_the_date_field(editor, tickets):
-    """Exchange-rate questions double from one week to the next."""
+    """Exchange-rate questions double from one week to the next: the last two that have
+    ended, as the page counts them from today."""
     rates = sorted(pk for pk, intent in tickets.items() if intent == "exchange_rate")
-    Ticket.objects.update(created=MONDAY + timedelta(days=7))
-    Ticket.objects.filter(pk__in=rates[:5]).update(created=MONDAY)
-    Ticket.objects.filter(pk__in=rates[5:]).update(created=MONDAY + timedelta(days=7))
+    this_week = period_start(timezone.now(), "week")
+    before, last = (datetime.combine(this_week - timedelta(days=days), time(12), UTC) for days in (14, 7))
+    Ticket.objects.update(created=last)
+    Ticket.objects.filter(pk__in=rates[:5]).update(created=before)
+    Ticket.objects.filter(pk__in=rates[5:]).update(created=last)
     response = editor.get(reverse(TOPICS), {"semantic_groups": "5"})
     by_intent = {tickets[g.pks[0]]: g for g in response.context["groups"]}
     assert by_intent["exchange_rate"].growth_text == "+100% (5 → 10)"

@@ -6,13 +6,16 @@ import csv
 import io
 import json
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from django.core.management import CommandError
+from django.db.models import Count
+from django.db.models.functions import TruncDate
+from django.test import override_settings
 
 from semantic import embed_pending, suspend_embedding
-from semantic.clusters import cluster
+from semantic.clusters import cluster, period_start
 from tests.commands import call
 from tests.testapp.models import Article, FeaturedArticle
 from tests.topicapp.banking77 import INTENTS, sentences
@@ -84,12 +87,12 @@ def test_growth_over_time_per_group(tickets):
         for number, ticket in enumerate(rows.filter(category=intent)):
             week = 0 if number < first_week else 1
             Ticket.objects.filter(pk=ticket.pk).update(created=MONDAY + timedelta(days=7 * week, hours=10 * number))
-    topics = cluster(rows, k=2, date_field="created")
+    weeks = [(MONDAY + timedelta(days=7 * n)).date() for n in range(3)]
+    topics = cluster(rows, k=2, date_field="created", today=weeks[2])
     by_intent = {majority(t, tickets)[0]: t for t in topics}
-    weeks = [MONDAY.date(), (MONDAY + timedelta(days=7)).date()]
-    assert by_intent["exchange_rate"].trend == [(weeks[0], 5), (weeks[1], 10)]
+    assert by_intent["exchange_rate"].trend == [(weeks[0], 5), (weeks[1], 10), (weeks[2], 0)]
     assert by_intent["exchange_rate"].growth == pytest.approx(1.0)
-    assert by_intent["card_arrival"].trend == [(weeks[0], 10), (weeks[1], 5)]
+    assert by_intent["card_arrival"].trend == [(weeks[0], 10), (weeks[1], 5), (weeks[2], 0)]
     assert by_intent["card_arrival"].growth == pytest.approx(-0.5)
 
 
@@ -108,6 +111,61 @@ def test_growth_leaves_out_the_period_still_filling(tickets):
     chosen = Ticket.objects.filter(pk__in=[t.pk for t in rows])
     (month,) = cluster(chosen, k=1, date_field="created", period="month", today=wednesday)
     assert month.compared is None and month.growth is None  # November only: December has not ended
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_period_without_rows_is_a_zero_in_the_trend_and_in_growth(tickets):
+    """Ten rows in the week of 2 November, ten in that of the 16th, none between: the last
+    two weeks that have ended on the 25th are 0 and 10, which is no growth figure, not 0."""
+    rows = list(Ticket.objects.order_by("pk")[:20])
+    weeks = [date(2026, 11, 2) + timedelta(days=7 * n) for n in range(4)]
+    for number, ticket in enumerate(rows):
+        created = datetime(2026, 11, 2 if number % 2 else 16, 12, tzinfo=UTC)
+        Ticket.objects.filter(pk=ticket.pk).update(created=created)
+    chosen = Ticket.objects.filter(pk__in=[t.pk for t in rows])
+    (topic,) = cluster(chosen, k=1, date_field="created", today=date(2026, 11, 25))
+    assert topic.trend == [(weeks[0], 10), (weeks[1], 0), (weeks[2], 10), (weeks[3], 0)]
+    assert topic.compared == ((weeks[1], 0), (weeks[2], 10))
+    assert topic.growth is None
+    # Nothing since: the trend runs on to the current week, and growth says the fall.
+    (later,) = cluster(chosen, k=1, date_field="created", today=date(2026, 12, 2))
+    assert later.trend[-3:] == [(weeks[2], 10), (weeks[3], 0), (weeks[3] + timedelta(days=7), 0)]
+    assert later.compared == ((weeks[2], 10), (weeks[3], 0))
+    assert later.growth == -1.0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_days_and_weeks_are_cut_in_the_current_time_zone_as_django_cuts_them(tickets):
+    """08:00 on Tuesday the 17th and on Monday the 23rd in Tokyo are still the 16th and the
+    22nd (a Sunday) in UTC: the rows belong to Tokyo's days and weeks, as TruncDate says."""
+    rows = list(Ticket.objects.order_by("pk")[:12])
+    for number, ticket in enumerate(rows):
+        created = datetime(2026, 11, 16 if number < 4 else 22, 23, tzinfo=UTC) if number < 8 else MONDAY
+        Ticket.objects.filter(pk=ticket.pk).update(created=created)
+    chosen = Ticket.objects.filter(pk__in=[t.pk for t in rows])
+    with override_settings(TIME_ZONE="Asia/Tokyo"):
+        (days,) = cluster(chosen, k=1, date_field="created", period="day", today=date(2026, 11, 24))
+        by_django = dict(chosen.annotate(day=TruncDate("created")).values_list("day").annotate(Count("pk")))
+        (weeks,) = cluster(chosen, k=1, date_field="created", today=date(2026, 11, 24))
+        assert period_start(datetime(2026, 11, 22, 23, tzinfo=UTC), "week") == date(2026, 11, 23)
+    assert by_django == {date(2026, 11, 16): 4, date(2026, 11, 17): 4, date(2026, 11, 23): 4}
+    assert {day: n for day, n in days.trend if n} == by_django
+    assert days.trend[0] == (date(2026, 11, 16), 4) and days.trend[-1] == (date(2026, 11, 24), 0)
+    assert weeks.trend == [(date(2026, 11, 16), 8), (date(2026, 11, 23), 4)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_without_time_zones_the_stored_local_times_are_cut_as_they_are(tickets):
+    rows = list(Ticket.objects.order_by("pk")[:6])
+    with override_settings(USE_TZ=False, TIME_ZONE="Asia/Tokyo"):
+        for number, ticket in enumerate(rows):
+            Ticket.objects.filter(pk=ticket.pk).update(created=datetime(2026, 11, 17 if number < 2 else 23, 8))
+        chosen = Ticket.objects.filter(pk__in=[t.pk for t in rows])
+        (days,) = cluster(chosen, k=1, date_field="created", period="day", today=date(2026, 11, 24))
+        by_django = dict(chosen.annotate(day=TruncDate("created")).values_list("day").annotate(Count("pk")))
+    assert by_django == {date(2026, 11, 17): 2, date(2026, 11, 23): 4}
+    assert {day: n for day, n in days.trend if n} == by_django
+    assert len(days.trend) == 8 and days.compared == ((date(2026, 11, 22), 0), (date(2026, 11, 23), 4))
 
 
 @pytest.mark.django_db(transaction=True)

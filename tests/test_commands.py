@@ -122,7 +122,7 @@ def test_failed_retries_only_failed_rows(backlog, fake_gemini):
 
 def test_dry_run_counts_and_prices_without_writing(backlog, fake_gemini):
     out, _ = call("semantic_embed", "testapp.Article", "--dry-run")
-    characters = sum(len(f"{a.title}\n\n") for a in backlog)
+    characters = sum(len(a.title) for a in backlog)  # the empty body's separator is stripped, as sent
     assert (
         Embed.DRY_RUN.split("{cost}")[0].format(
             label="testapp.Article.embedding", rows=25, characters=characters, tokens=-(-characters // 4)
@@ -531,6 +531,24 @@ def test_dry_run_with_the_local_model_says_it_is_free(fake_gemini, semantic_sett
     out, _ = call("semantic_embed", "testapp.Note", "--dry-run")
     assert out.strip().endswith(Embed.FREE + ".")
     assert "testapp.Note.embedding: 1 rows" in out
+
+
+def test_dry_run_counts_the_rows_and_characters_the_run_sends(fake_gemini, semantic_settings):
+    """Text is cleaned as the worker cleans it: whitespace around it is not sent, and a row
+    with nothing else is not sent at all; the run calls those "without text"."""
+    semantic_settings(BACKEND="semantic.backends.local.LocalBackend")
+    texts = ["  A man is playing a guitar.  ", "Two dogs run.\n", "   ", "\t\n"]
+    with suspend_embedding():
+        for text in texts:
+            Note.objects.create(text=text)
+    out, _ = call("semantic_embed", "testapp.Note", "--dry-run")
+    characters = len("A man is playing a guitar.") + len("Two dogs run.")
+    label = "testapp.Note.embedding"
+    tokens = -(-characters // 4)
+    summary = Embed.DRY_RUN.format(label=label, rows=2, characters=characters, tokens=tokens, cost=Embed.FREE)
+    assert out.splitlines() == [summary, Embed.DRY_RUN_WITHOUT_TEXT.format(label=label, rows=2)]
+    out, _ = call("semantic_embed", "testapp.Note")
+    assert f"{label}: 2 embedded, 2 without text, 0 failed" in out
 
 
 @pytest.mark.django_db(transaction=True)

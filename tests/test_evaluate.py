@@ -6,13 +6,14 @@ count shared words), the keyword figures are, since full-text search decides the
 
 import json
 import math
+import re
 
 import pytest
 from django.core.cache import cache
 from django.core.management.base import CommandError
 
 from semantic import embed_pending
-from semantic.evaluate import load_qrels, mrr, ndcg, recall
+from semantic.evaluate import METHODS, NOTHING_TO_EVALUATE, load_qrels, mrr, ndcg, recall
 from semantic.management.commands.semantic_evaluate import Command
 from semantic.vectors import SearchUnavailable
 from tests.commands import call, manage
@@ -65,15 +66,66 @@ def test_the_command_prints_each_method_through_the_orm(files):
         "semantic_evaluate", "docsapp.Doc", "--queries", str(queries), "--qrels", str(qrels), "--id-field", "corpus_id"
     )
     assert Command.SUMMARY.format(queries=3, rows=4, label="docsapp.Doc") in out
-    lines = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:]}
+    lines = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()[0] in METHODS}
     assert set(lines) == {"meaning", "keyword", "hybrid", "passages", "hybrid-passages"}  # Doc's field has passages
     # Each short abstract is one passage holding the row's own vector: the same ranking. The
     # relevant rows share a word with their query ("the" for q2, which full-text search drops),
     # so none is tied with an unrelated row at distance 1, whose order similar_to() leaves open.
     assert lines["passages"][:3] == lines["meaning"][:3]
     assert lines["hybrid-passages"][:3] == lines["hybrid"][:3]
-    # q1 finds d1 first by keyword; q2's words are only in d3, which is not relevant.
-    assert lines["keyword"][:3] == ["50.00", "50.00", "50.00"]
+    # q1 finds d1 first by keyword; q2's words are only in d3, which is not relevant; q3 has
+    # no relevant document and scores 0.
+    assert lines["keyword"][:3] == ["33.33", "33.33", "33.33"]
+
+
+@pytest.mark.django_db
+def test_the_means_are_pytrec_evals_over_every_judged_query_with_a_text(tmp_path):
+    """BEIR's averaging of pytrec_eval, worked by hand on keyword rankings (each query's
+    words are in one row only, so each ranking is that row alone)."""
+    for corpus_id, title, text in [
+        ("d1", "Coffee", "Caffeine in coffee keeps people awake."),
+        ("d2", "Rest", "Adults who rest eight hours feel the better."),
+        ("d3", "Insomnia", "Poor sleep follows late meals."),
+        ("d4", "Tea", "Green tea is popular in Japan."),
+    ]:
+        Doc.objects.create(corpus_id=corpus_id, title=title, text=text)
+    queries = tmp_path / "queries.jsonl"
+    texts = {"q0": "coffee", "q2": "sleep", "q6": "adults rest", "q9": "tea", "unjudged": "coffee"}
+    queries.write_text("\n".join(json.dumps({"_id": qid, "text": text}) for qid, text in texts.items()))
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text(
+        "query-id\tcorpus-id\tscore\n"
+        "q0\td1\t1\n"  # found first: 1, 1, 1
+        "q2\td3\t0\n"  # judged, nothing relevant: 0, 0, 0 (and counted)
+        "q99\td1\t1\n"  # no text: never searched, left out
+        "q6\td2\t1\nq6\tgone\t1\n"  # d2 first, the other relevant one is not in the table
+        "q9\td4\t2\nq9\td1\t1\n"  # the grade-2 row first, the grade-1 one not found
+    )
+    out, _ = call(
+        "semantic_evaluate",
+        "docsapp.Doc",
+        *("--queries", str(queries), "--qrels", str(qrels), "--id-field", "corpus_id", "--methods", "keyword"),
+    )
+    second = 1 / math.log2(3)
+    ndcg10 = (1 + 0 + 1 / (1 + second) + 2 / (2 + second)) / 4
+    recall100 = (1 + 0 + 0.5 + 0.5) / 4
+    mrr10 = (1 + 0 + 1 + 1) / 4
+    assert out.splitlines()[:3] == [
+        Command.SUMMARY.format(queries=4, rows=4, label="docsapp.Doc"),
+        Command.WITHOUT_RELEVANT.format(count=1),
+        Command.WITHOUT_TEXT.format(count=1),
+    ]
+    keyword = next(line.split()[1:4] for line in out.splitlines() if line.startswith("keyword"))
+    assert keyword == [f"{100 * ndcg10:.2f}", f"{100 * recall100:.2f}", f"{100 * mrr10:.2f}"]
+
+
+@pytest.mark.django_db
+def test_judgements_with_nothing_relevant_are_a_clear_error(files, tmp_path):
+    queries, _ = files
+    qrels = tmp_path / "zeros.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\nq3\td3\t0\nq4\td1\t1\n")
+    with pytest.raises(CommandError, match=re.escape(NOTHING_TO_EVALUATE)):
+        call("semantic_evaluate", "docsapp.Doc", "--queries", str(queries), "--qrels", str(qrels))
 
 
 @pytest.mark.django_db

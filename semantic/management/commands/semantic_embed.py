@@ -31,6 +31,11 @@ class Command(QuietMixin, BaseCommand):
         "{label}: of those, {passages} passages of {rows} rows, {characters} characters "
         "(passages whose text already has a vector are not sent)."
     )
+    #: Said as the run's summary says it ("without text"), so the two can be compared.
+    DRY_RUN_WITHOUT_TEXT = (
+        "{label}: {rows} rows without text are left out: nothing is sent for them, "
+        "and a run removes any vector they had."
+    )
     COST = ", estimated cost USD {cost:.4f} at {price} per million tokens"
     FREE = ", free: local model"
     QUEUED = "{label}: queued {rows} rows as {tasks} django-q2 tasks; run `manage.py qcluster` to process them."
@@ -220,6 +225,8 @@ class Command(QuietMixin, BaseCommand):
                 label=label, passages=plan.passages, rows=plan.passage_rows, characters=plan.passage_characters
             )
             self.say(passages)
+        if plan.without_text:
+            self.say(self.DRY_RUN_WITHOUT_TEXT.format(label=label, rows=plan.without_text))
 
     def embed(self, model, field, label, **kwargs):
         total = backfill.count(

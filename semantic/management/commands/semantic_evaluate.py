@@ -2,7 +2,16 @@ from django.core.exceptions import FieldDoesNotExist
 from django.core.management.base import BaseCommand, CommandError
 
 from semantic.backends import EmbeddingError
-from semantic.evaluate import METHODS, default_methods, evaluate, load_qrels, load_queries, parse_weights, report_lines
+from semantic.evaluate import (
+    METHODS,
+    coverage,
+    default_methods,
+    evaluate,
+    load_qrels,
+    load_queries,
+    parse_weights,
+    report_lines,
+)
 from semantic.hybrid import DEFAULT_K
 from semantic.management.targets import resolve
 from semantic.query import SemanticQuerySet
@@ -14,7 +23,10 @@ class Command(BaseCommand):
         "for queries with relevance judgements in BEIR's layout."
     )
 
-    SUMMARY = "{queries} queries with judgements, {rows} rows of {label}."
+    SUMMARY = "{queries} judged queries averaged, {rows} rows of {label}."
+    #: As BEIR averages pytrec_eval's figures; said, since each lowers or leaves out queries.
+    WITHOUT_RELEVANT = "Of those, without a judgement above 0 (each scores 0, as in pytrec_eval): {count}."
+    WITHOUT_TEXT = "Judged query ids not in the queries file (left out, as in pytrec_eval): {count}."
     NO_ID_FIELD = "{label} has no field {name!r} for --id-field."
     #: The embedding API failing is one line saying so, as semantic_search says it, not a traceback.
     UNAVAILABLE = "Could not embed the queries: {error}"
@@ -51,11 +63,14 @@ class Command(BaseCommand):
             judgements = load_qrels(qrels)
             weight_pair = parse_weights(weights)
             queryset = SemanticQuerySet(model)
+            counts = coverage(texts, judgements)
             self.stdout.write(
-                self.SUMMARY.format(
-                    queries=sum(1 for q in judgements if q in texts), rows=queryset.count(), label=model._meta.label
-                )
+                self.SUMMARY.format(queries=counts["averaged"], rows=queryset.count(), label=model._meta.label)
             )
+            if counts["without_relevant"]:
+                self.stdout.write(self.WITHOUT_RELEVANT.format(count=counts["without_relevant"]))
+            if counts["without_text"]:
+                self.stdout.write(self.WITHOUT_TEXT.format(count=counts["without_text"]))
             results = evaluate(
                 queryset,
                 texts,
