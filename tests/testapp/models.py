@@ -242,3 +242,20 @@ class Translated(models.Model):
     text = TranslatedTextField(blank=True)
     text_en = models.TextField(blank=True)
     embedding = EmbeddingField(source="text", dimensions=128)
+
+
+class Invoice(models.Model):
+    """A table in a PostgreSQL schema of its own (``db_table = '"schema"."table"'``): its
+    name in SQL is qualified, which some clauses (``FOR UPDATE OF``) refuse."""
+
+    title = models.CharField(max_length=200)
+    body = models.TextField(blank=True)
+    embedding = EmbeddingField(source=("title", "body"), dimensions=128)
+
+    objects = SemanticManager()
+
+    class Meta:
+        db_table = '"billing"."invoice"'
+
+    def __str__(self) -> str:
+        return self.title
