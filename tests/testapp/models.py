@@ -259,3 +259,24 @@ class Invoice(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+class Alive(models.Manager):
+    """A soft delete's manager, a plain one with no semantic methods: deleted rows are hidden."""
+
+    def get_queryset(self) -> models.QuerySet:
+        return super().get_queryset().filter(deleted=False)
+
+
+class Bulletin(models.Model):
+    """Soft-deleted rows: the default manager hides them, ``search`` reaches every row."""
+
+    title = models.CharField(max_length=200)
+    deleted = models.BooleanField(default=False)
+    embedding = EmbeddingField(source="title", dimensions=128)
+
+    objects = Alive()
+    search = SemanticManager()
+
+    def __str__(self) -> str:
+        return self.title

@@ -5,7 +5,7 @@ from semantic.backends import EmbeddingError
 from semantic.evaluate import METHODS, default_methods, evaluate, load_qrels, load_queries, parse_weights, report_lines
 from semantic.hybrid import DEFAULT_K
 from semantic.management.targets import resolve
-from semantic.query import SemanticQuerySet
+from semantic.query import with_semantic_methods
 
 
 class Command(BaseCommand):
@@ -50,7 +50,7 @@ class Command(BaseCommand):
             texts = load_queries(queries)
             judgements = load_qrels(qrels)
             weight_pair = parse_weights(weights)
-            queryset = SemanticQuerySet(model)
+            queryset = with_semantic_methods(model._default_manager.all())
             self.stdout.write(
                 self.SUMMARY.format(
                     queries=sum(1 for q in judgements if q in texts), rows=queryset.count(), label=model._meta.label
