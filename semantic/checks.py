@@ -364,20 +364,17 @@ def check_unmanaged_tables(databases: Any = None, **kwargs: Any) -> list[checks.
     migrate. Only with ``check --database``; a warning, because ``migrate`` and test runs
     check databases too, and a table that does not exist yet is not reported at all."""
     from semantic.fields import embedding_fields
-    from semantic.schema import schema_problem
+    from semantic.schema import has_table, schema_problem
 
     errors: list[checks.CMessage] = []
     for alias in databases or []:
-        connection = connections[alias]
-        if connection.vendor != "postgresql":
+        if connections[alias].vendor != "postgresql":
             continue
-        tables = None
         for model in apps.get_models():
             if model._meta.managed or model._meta.proxy or router.db_for_write(model) != alias:
                 continue
             for field in (f for f in embedding_fields(model) if f.model is model):
-                tables = tables if tables is not None else set(connection.introspection.table_names())
-                if model._meta.db_table not in tables:
+                if not has_table(model, alias):
                     continue
                 if problem := schema_problem(field, alias):
                     errors.append(checks.Warning(problem, hint=UNMANAGED_HINT, obj=field, id="semantic.W005"))

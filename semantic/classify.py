@@ -29,7 +29,6 @@ are then primary keys of the related model).
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,7 +43,7 @@ from pgvector.django import CosineDistance
 from semantic.fields import EmbeddingField
 from semantic.labels import NO_EXAMPLES, Prediction, label_field_of, labelled
 from semantic.linear import predict_linear
-from semantic.query import SemanticQuerySetMixin, vector_literal
+from semantic.query import vector_literal, with_semantic_methods
 from semantic.streaming import BATCH_SIZE, normalised, pk_batches, vector_batches
 from semantic.switch import serving_field
 from semantic.vectors import embed
@@ -284,16 +283,8 @@ def voting_settings(*, k: int, ef_search: int) -> dict[str, str]:
 
 def voting(queryset: models.QuerySet, *, k: int, ef_search: int) -> models.QuerySet:
     """``queryset``, each of its statements sent with :func:`voting_settings` (a queryset
-    without :class:`SemanticQuerySetMixin` gets it, its own class kept as the other base)."""
-    if not isinstance(queryset, SemanticQuerySetMixin):
-        queryset = queryset._chain()
-        queryset.__class__ = with_semantic_mixin(type(queryset))
-    return queryset.with_index_settings(**voting_settings(k=k, ef_search=ef_search))
-
-
-@functools.cache
-def with_semantic_mixin(queryset_class: type[models.QuerySet]) -> type[models.QuerySet]:
-    return type(queryset_class.__name__, (SemanticQuerySetMixin, queryset_class), {})
+    without :class:`SemanticQuerySetMixin` gets it: :func:`semantic.query.with_semantic_methods`)."""
+    return with_semantic_methods(queryset).with_index_settings(**voting_settings(k=k, ef_search=ef_search))
 
 
 @contextmanager

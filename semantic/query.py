@@ -23,6 +23,7 @@ exact search and pgvector's iterative index scan.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -342,6 +343,26 @@ class SemanticQuerySet(SemanticQuerySetMixin, models.QuerySet):
 
 class SemanticManager(models.Manager.from_queryset(SemanticQuerySet)):  # type: ignore[misc]
     """``objects = SemanticManager()``."""
+
+
+def with_semantic_methods(queryset: models.QuerySet) -> Any:
+    """``queryset`` with the methods of :class:`SemanticQuerySetMixin`: itself when it has
+    them, else a copy whose class adds the mixin, its own class kept as the other base.
+
+    For code that must read a model's rows as its project does, through the default
+    manager (a soft delete's, a proxy's own), when that manager is a plain one: its rows,
+    filters and methods stay as they are.
+    """
+    if isinstance(queryset, SemanticQuerySetMixin):
+        return queryset
+    clone = queryset._chain()
+    clone.__class__ = _with_mixin(type(queryset))
+    return clone
+
+
+@functools.cache
+def _with_mixin(queryset_class: type[models.QuerySet]) -> type[models.QuerySet]:
+    return type(queryset_class.__name__, (SemanticQuerySetMixin, queryset_class), {})
 
 
 def query_vector(

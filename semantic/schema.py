@@ -87,8 +87,13 @@ def schema_problem(field: EmbeddingField, using: str | None = None) -> str | Non
         columns = dict(cursor.fetchall())
         missing = [f for f in wanted if f.column not in columns]
         if missing and not model._meta.managed:
-            index = connection.ops.quote_name(field.pending_index(model).name)
-            cursor.execute("SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL", [table, index])
+            # The index is looked for among the table's own: by name alone it would be
+            # looked for on the search path, where a table in another schema's index is not.
+            cursor.execute(
+                "SELECT to_regclass(%s) IS NOT NULL, EXISTS (SELECT 1 FROM pg_index JOIN pg_class ON "
+                "pg_class.oid = indexrelid WHERE indrelid = to_regclass(%s) AND relname = %s)",
+                [table, table, field.pending_index(model).name],
+            )
             has_table, has_index = cursor.fetchone()
             if not has_table:
                 return UNMANAGED_NO_TABLE.format(label=label, database=using, table=table, model=model._meta.label)
@@ -113,6 +118,16 @@ def schema_problem(field: EmbeddingField, using: str | None = None) -> str | Non
         app=model._meta.app_label,
         sql=f"ALTER TABLE {table} ALTER COLUMN {column} TYPE {declared} USING {column}::{declared}",
     )
+
+
+def has_table(model: type[models.Model], using: str) -> bool:
+    """Whether the database has ``model``'s table, found as PostgreSQL finds it in SQL: a
+    ``db_table`` may name its schema (``'"billing"."invoice"'``), which the introspection's
+    list of table names, unqualified, never matches."""
+    connection = connections[using]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [connection.ops.quote_name(model._meta.db_table)])
+        return cursor.fetchone()[0]
 
 
 def encoding_problem(using: str) -> str | None:

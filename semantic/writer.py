@@ -197,11 +197,16 @@ class RowWriterMixin:
         also make inserts of rows pointing at these ones (foreign keys) wait for the write.
         Under REPEATABLE READ or SERIALIZABLE, a row changed since the transaction's
         snapshot is refused here (40001), and :meth:`in_transaction` runs the write again.
+
+        The statement reads one table, the one that declares the field (a proxy's or a
+        multi-table child's rows are that model's), with no join, so the lock needs no
+        ``OF`` list to say which table's rows it takes: that list takes only unqualified
+        names, and a table in another schema (``db_table = '"billing"."invoice"'``) has none.
         """
         if not pks:
             return set()
         rows = self.model._base_manager.using(self.using).filter(pk__in=pks).order_by("pk")
-        locked = rows.select_for_update(skip_locked=True, no_key=True, of=("self",)).values_list("pk", flat=True)
+        locked = rows.select_for_update(skip_locked=True, no_key=True).values_list("pk", flat=True)
         free = {str(pk) for pk in locked}
         if skipped := len({str(pk) for pk in pks} - free):
             label = f"{self.model._meta.label}.{self.field.name}"

@@ -20,6 +20,7 @@ from semantic.embedder import Embedder
 from semantic.fields import get_embedding_field
 from semantic.management.commands.semantic_duplicates import Command as Duplicates
 from semantic.management.commands.semantic_embed import Command as Embed
+from semantic.management.commands.semantic_evaluate import Command as Evaluate
 from semantic.management.commands.semantic_search import Command as Search
 from semantic.management.targets import APP_MIGRATIONS_DUE, BAD_TARGET, NO_FIELD, UNKNOWN_FIELD, UNKNOWN_MODEL
 from semantic.models import EmbeddingFailure
@@ -27,7 +28,7 @@ from semantic.rows import pending_rows
 from semantic.switch import NOT_REPLACING
 from tests.commands import call, manage
 from tests.fake_gemini import BAD_KEY, api_error, fake_vector
-from tests.testapp.models import Article, ArticleProxy, FeaturedArticle, Note
+from tests.testapp.models import Article, ArticleProxy, Bulletin, FeaturedArticle, Note
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -522,6 +523,29 @@ def test_duplicates_export_has_a_similarity_column(fake_gemini):
     assert {int(r["pk"]) for r in rows} == {first.pk, second.pk, third.pk}
     records = json.loads(call("semantic_duplicates", "testapp.Article", "--threshold", "0.5", "--format", "json")[0])
     assert {(r["pk"], r["similarity"]) for r in records} == {(int(r["pk"]), float(r["similarity"])) for r in rows}
+
+
+def test_search_duplicates_and_evaluate_read_the_rows_the_default_manager_gives(fake_gemini, tmp_path):
+    """A soft delete's manager (a plain one) hides a row: the commands leave it out, as
+    ``similar_to()``, the admin and semantic_topics do; it is still embedded."""
+    live = Bulletin.objects.create(title="reset my account password")
+    deleted = Bulletin.objects.create(title="reset my account password now", deleted=True)
+    other = Bulletin.objects.create(title="reset the password of my account")
+    assert Bulletin.search.filter(embedding__isnull=True).count() == 0
+
+    out, _ = call("semantic_search", "testapp.Bulletin", "reset my account password now")
+    assert [text for _, text in parse(out)] == [live.title, other.title]
+
+    rows = list(csv.DictReader(io.StringIO(call("semantic_duplicates", "testapp.Bulletin", "--threshold", "0.5")[0])))
+    assert {int(row["pk"]) for row in rows} == {live.pk, other.pk}
+    assert str(deleted.pk) not in {row["nearest_pk"] for row in rows}
+
+    queries, qrels = tmp_path / "queries.jsonl", tmp_path / "qrels.tsv"
+    queries.write_text(json.dumps({"_id": "q1", "text": "password"}) + "\n")
+    qrels.write_text(f"query-id\tcorpus-id\tscore\nq1\t{live.pk}\t1\n")
+    files = ["--queries", str(queries), "--qrels", str(qrels)]
+    out, _ = call("semantic_evaluate", "testapp.Bulletin", *files, "--methods", "meaning")
+    assert Evaluate.SUMMARY.format(queries=1, rows=2, label="testapp.Bulletin") in out
 
 
 def test_dry_run_with_the_local_model_says_it_is_free(fake_gemini, semantic_settings):

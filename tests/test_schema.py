@@ -25,6 +25,7 @@ from tests.commands import call
 pytestmark = pytest.mark.django_db(transaction=True)
 
 LEGACY_TABLE = "legacy_doc"
+CRM_TABLE = '"crm"."contact"'
 
 
 def temporary_model(name, attrs):
@@ -40,18 +41,17 @@ def forget(model):
     apps.clear_cache()
 
 
-@pytest.fixture
-def legacy(transactional_db):
-    """An unmanaged model whose table another system made, with a vector column but none of
-    the hidden ones; one row in it."""
+def unmanaged(name, table):
+    """An unmanaged model over ``table``, which another system made with a vector column but
+    none of the hidden ones; one row in it. Yields the model."""
 
     class Meta:
         app_label = "testapp"
         managed = False
-        db_table = LEGACY_TABLE
+        db_table = table
 
     model = temporary_model(
-        "LegacyDoc",
+        name,
         {
             "title": models.CharField(max_length=200),
             "body": models.TextField(blank=True),
@@ -61,14 +61,29 @@ def legacy(transactional_db):
     )
     with connection.cursor() as cursor:
         cursor.execute(
-            f"CREATE TABLE {LEGACY_TABLE} (id bigserial PRIMARY KEY, title varchar(200) NOT NULL, "
+            f"CREATE TABLE {table} (id bigserial PRIMARY KEY, title varchar(200) NOT NULL, "
             "body text NOT NULL DEFAULT '', embedding vector)"
         )
-        cursor.execute(f"INSERT INTO {LEGACY_TABLE} (title, body) VALUES ('Reset password', 'Forgot it')")
+        cursor.execute(f"INSERT INTO {table} (title, body) VALUES ('Reset password', 'Forgot it')")
     yield model
     with connection.cursor() as cursor:
-        cursor.execute(f"DROP TABLE IF EXISTS {LEGACY_TABLE}")
+        cursor.execute(f"DROP TABLE IF EXISTS {table}")
     forget(model)
+
+
+@pytest.fixture
+def legacy(transactional_db):
+    yield from unmanaged("LegacyDoc", LEGACY_TABLE)
+
+
+@pytest.fixture
+def contact(transactional_db):
+    """The same over a table in a schema of its own: ``db_table = '"crm"."contact"'``."""
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE SCHEMA crm")
+    yield from unmanaged("Contact", CRM_TABLE)
+    with connection.cursor() as cursor:
+        cursor.execute("DROP SCHEMA crm")
 
 
 @pytest.fixture
@@ -137,6 +152,37 @@ def test_the_sql_in_the_message_is_what_the_table_needs(legacy):
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1 FROM pg_indexes WHERE indexname = %s", [index])
         assert cursor.fetchone() is not None
+
+
+def test_a_table_in_another_schema_is_checked_and_the_sql_in_the_message_is_enough(contact):
+    field = contact._meta.get_field("embedding")
+    problem = schema_problem(field)
+    assert f"the table {CRM_TABLE} lacks the field's columns" in problem
+    assert [c.msg for c in check_unmanaged_tables(databases=["default"]) if c.obj is field] == [problem]
+
+    with connection.cursor() as cursor:
+        cursor.execute(problem.split(":\n", 1)[1])
+
+    assert schema_problem(field) is None
+    assert not [c for c in check_unmanaged_tables(databases=["default"]) if c.obj is field]
+    assert embed_pending(contact)["testapp.Contact.embedding"]["embedded"] == 1
+    assert contact.objects.similar_to("I forgot my password").first().title == "Reset password"
+
+
+def test_the_pending_index_of_a_table_in_another_schema_is_not_asked_for_twice(contact):
+    """A column missing beside the index (one a later version adds): the SQL adds only it."""
+    field = contact._meta.get_field("embedding")
+    with connection.cursor() as cursor:
+        cursor.execute(schema_problem(field).split(":\n", 1)[1])
+        cursor.execute(f"ALTER TABLE {CRM_TABLE} DROP COLUMN embedding_pending_since")
+
+    sql = schema_problem(field).split(":\n", 1)[1]
+    assert sql.splitlines() == [
+        f'ALTER TABLE {CRM_TABLE} ADD COLUMN "embedding_pending_since" timestamp with time zone NULL;'
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+    assert schema_problem(field) is None
 
 
 def test_status_reports_the_table_and_counts_the_others(legacy, waiting_question):

@@ -17,10 +17,12 @@ from semantic.embedder import Embedder
 from semantic.fields import get_embedding_field
 from semantic.models import EmbeddingFailure
 from semantic.rows import pending_rows
+from semantic.status import field_status
+from semantic.tasks import embed_pending
 from semantic.text import source_hash
 from semantic.writer import WRITE_ATTEMPTS
 from tests.fake_gemini import fake_vector
-from tests.testapp.models import Article, Snippet
+from tests.testapp.models import Article, Invoice, Snippet
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -252,3 +254,39 @@ def test_a_user_transaction_that_holds_a_row_of_the_batch_and_saves_another_is_n
     assert (outcome.embedded, outcome.failed, outcome.changed_in_flight) == (2, 0, 1)
     assert Article.objects.get(pk=rows[0].pk).category == "seen"
     assert list(pending_rows(Article, field)) == [rows[-1]]
+
+
+@pytest.fixture
+def invoices():
+    """Rows of :class:`Invoice`, deleted after the test: the flush between tests truncates
+    only the tables Django finds by unqualified name, and those of another schema it never finds."""
+    yield
+    Invoice.objects.all().delete()
+
+
+def test_rows_of_a_table_in_another_schema_are_embedded_and_searched(fake_gemini, invoices):
+    field = get_embedding_field(Invoice)
+    saved = Invoice.objects.create(title="Reset a forgotten password", body="Use the link on the login page")
+    with suspend_embedding():
+        swept = Invoice.objects.create(title="Export invoices to CSV", body="Billing > Export")
+    assert stored(saved) is not None  # embedded by its save
+
+    summary = embed_pending("testapp.Invoice")["testapp.Invoice.embedding"]
+    assert (summary["embedded"], summary["failed"], summary["errors"]) == (1, 0, [])
+    assert not EmbeddingFailure.objects.exists()
+    assert np.allclose(stored(swept), expected(f"{swept.title}\n\n{swept.body}"), atol=1e-6)
+    assert list(Invoice.objects.similar_to(swept)) == [saved]  # every other searchable row, itself left out
+    status = field_status(Invoice, field)
+    assert (status["total"], status["embedded"], status["pending"], status["failed"]) == (2, 2, 0, 0)
+
+
+def test_a_row_of_a_table_in_another_schema_a_user_holds_locked_is_left_pending(fake_gemini, guarded, invoices):
+    field = get_embedding_field(Invoice)
+    with suspend_embedding():
+        rows = [Invoice.objects.create(title=f"Invoice {i}", body="") for i in range(2)]
+    with held_by_a_user(Invoice, rows[0].pk):
+        outcome = Embedder(Invoice, field, using="guarded").run()
+        assert (outcome.embedded, outcome.failed, outcome.changed_in_flight, outcome.errors) == (1, 0, 1, [])
+        assert list(pending_rows(Invoice, field)) == [rows[0]]
+    assert Embedder(Invoice, field, using="guarded").run().embedded == 1
+    assert not pending_rows(Invoice, field).exists()

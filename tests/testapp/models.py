@@ -242,3 +242,41 @@ class Translated(models.Model):
     text = TranslatedTextField(blank=True)
     text_en = models.TextField(blank=True)
     embedding = EmbeddingField(source="text", dimensions=128)
+
+
+class Invoice(models.Model):
+    """A table in a PostgreSQL schema of its own (``db_table = '"schema"."table"'``): its
+    name in SQL is qualified, which some clauses (``FOR UPDATE OF``) refuse."""
+
+    title = models.CharField(max_length=200)
+    body = models.TextField(blank=True)
+    embedding = EmbeddingField(source=("title", "body"), dimensions=128)
+
+    objects = SemanticManager()
+
+    class Meta:
+        db_table = '"billing"."invoice"'
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class Alive(models.Manager):
+    """A soft delete's manager, a plain one with no semantic methods: deleted rows are hidden."""
+
+    def get_queryset(self) -> models.QuerySet:
+        return super().get_queryset().filter(deleted=False)
+
+
+class Bulletin(models.Model):
+    """Soft-deleted rows: the default manager hides them, ``search`` reaches every row."""
+
+    title = models.CharField(max_length=200)
+    deleted = models.BooleanField(default=False)
+    embedding = EmbeddingField(source="title", dimensions=128)
+
+    objects = Alive()
+    search = SemanticManager()
+
+    def __str__(self) -> str:
+        return self.title

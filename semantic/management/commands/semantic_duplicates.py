@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 from semantic.duplicates import connected_groups
 from semantic.management.output import QuietMixin, json_safe, spreadsheet_safe, terminal_safe
 from semantic.management.targets import resolve, threshold_type
-from semantic.query import DEFAULT_DUPLICATE_THRESHOLD, SemanticQuerySet
+from semantic.query import DEFAULT_DUPLICATE_THRESHOLD, with_semantic_methods
 
 
 class Command(QuietMixin, BaseCommand):
@@ -67,7 +67,7 @@ class Command(QuietMixin, BaseCommand):
         (model, field), *others = resolve(target)
         if others:
             raise CommandError(f"{model._meta.label} has several EmbeddingFields; name one: {target}.<field>.")
-        pairs = SemanticQuerySet(model).duplicates(threshold, field=field.name)
+        pairs = with_semantic_methods(model._default_manager.all()).duplicates(threshold, field=field.name)
         groups = connected_groups((a, b) for a, b, _ in pairs)
         nearest: dict[Any, tuple[float, Any]] = {}
         for a, b, similarity in pairs:  # most similar first: a row's first pair is its best

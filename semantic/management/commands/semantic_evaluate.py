@@ -14,7 +14,7 @@ from semantic.evaluate import (
 )
 from semantic.hybrid import DEFAULT_K
 from semantic.management.targets import resolve
-from semantic.query import SemanticQuerySet
+from semantic.query import with_semantic_methods
 
 
 class Command(BaseCommand):
@@ -62,7 +62,7 @@ class Command(BaseCommand):
             texts = load_queries(queries)
             judgements = load_qrels(qrels)
             weight_pair = parse_weights(weights)
-            queryset = SemanticQuerySet(model)
+            queryset = with_semantic_methods(model._default_manager.all())
             counts = coverage(texts, judgements)
             self.stdout.write(
                 self.SUMMARY.format(queries=counts["averaged"], rows=queryset.count(), label=model._meta.label)

@@ -3,7 +3,7 @@ from django.core.management.base import BaseCommand, CommandError
 from semantic.backends import EmbeddingError
 from semantic.management.output import terminal_safe
 from semantic.management.targets import resolve, threshold_type
-from semantic.query import SemanticQuerySet
+from semantic.query import with_semantic_methods
 from semantic.switch import serving_field
 
 
@@ -40,7 +40,7 @@ class Command(BaseCommand):
         (model, field), *others = resolve(target)
         if others:
             raise CommandError(f"{model._meta.label} has several EmbeddingFields; name one: {target}.<field>.")
-        rows = SemanticQuerySet(model)
+        rows = with_semantic_methods(model._default_manager.all())
         try:
             results = list(rows.similar_to(text, field=field.name, min_similarity=min_similarity)[:k])
         except EmbeddingError as exc:
