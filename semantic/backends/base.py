@@ -161,7 +161,9 @@ class EmbeddingBackend:
     #: Longest passage, in characters, the model reads whole (fields with ``passages``);
     #: 0 means ``max_input_chars``, for models whose input limit is all they read.
     passage_chars: int = 0
-    #: The model's own vector size: what ``semantic.embed()`` makes when given no size.
+    #: The model's own vector size, suggested when a field's size is one it cannot make;
+    #: ``semantic.embed()`` makes it when given no size only if 384 (the fields' default)
+    #: is not among :attr:`supported_dimensions`.
     default_dimensions: int = 768
     #: Vector sizes the model can produce.
     supported_dimensions: Container[int] = ()
