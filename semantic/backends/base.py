@@ -180,6 +180,15 @@ class EmbeddingBackend:
         self.model = model or self.default_model
         self.options = options
 
+    def setup_problem(self) -> str | None:
+        """Why this backend can send nothing on this machine (no API key), or None.
+
+        Known before any request, so a run stops before its first batch: no request
+        counted, no row visited. Errors only an answer reveals (a refused key) go
+        through :meth:`embed` as ``EmbeddingError(kind="config")``.
+        """
+        return None
+
     @property
     def model_id(self) -> str:
         """Identifies the vectors this backend makes; stored beside each vector."""
