@@ -28,12 +28,13 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from django.apps import apps
 from django.db import models
 from django.utils import timezone
 
 from semantic.backends import malformed
 from semantic.embedder import Embedder
-from semantic.fields import EmbeddingField
+from semantic.fields import EmbeddingField, get_embedding_field
 from semantic.models import EmbeddingBatchJob
 from semantic.passage_rows import CUT_ROWS, Cut, cut_all, fill_known, lagging_rows
 from semantic.passage_worker import PassageItem, passage_items
@@ -58,11 +59,24 @@ NOT_DECLARED_HERE = (
     "instead of {label} (or embed {label}'s rows without --batch-api)."
 )
 UNKNOWN_JOB = "No batch job named {name!r} was submitted for {label} from this database."
+COLLECTED_JOB = (
+    "Batch API job {name!r} for {label} was already collected on {finished:%Y-%m-%d %H:%M %Z}: "
+    "{state}, {embedded} embedded, {failed} failed. There is nothing left in it to collect."
+)
+EXPIRED_JOB = (
+    "Batch API job {name!r} for {label}, submitted on {submitted:%Y-%m-%d %H:%M %Z}, was never collected and is "
+    "older than the 48 hours Gemini keeps a job: its rows are pending again, for the next run."
+)
+#: A scheduled django-q2 task can pass only literals: names, not the model class and field.
+RUN_ARGUMENTS = (
+    "batch.run() takes a model (or its label, 'app_label.Model') and its EmbeddingField (or the field's name); "
+    "got {model!r} and {field!r}."
+)
 
 
 def run(
-    model: type[models.Model],
-    field: EmbeddingField,
+    model: type[models.Model] | str,
+    field: EmbeddingField | str | None = None,
     *,
     everything: bool = False,
     limit: int | None = None,
@@ -73,15 +87,20 @@ def run(
     """Collect the open jobs (or only ``job_name``), then submit the rows still pending
     (every row with ``everything``, at most ``limit``) and collect those.
 
+    ``model`` and ``field`` may be names, ``run("notes.Note", "embedding")``, as a
+    scheduled django-q2 task passes them (``field`` may be left out for a model with one).
+
     Returns the jobs finished. ``on_event(kind, job, **details)`` hears of each step:
     ``"resumed"``, ``"submitted"``, ``"waiting"`` (``waited`` seconds) and ``"finished"``
     (``status``, ``outcome``). Stopped midway, it loses nothing: the next call collects
     the jobs left open.
     """
+    model, field = _resolved(model, field)
+    check(model, field)
     notify = on_event or (lambda kind, job, **details: None)
     jobs = list(open_jobs(model, field).filter(name=job_name) if job_name else open_jobs(model, field))
     if job_name and not jobs:
-        raise ValueError(UNKNOWN_JOB.format(name=job_name, label=f"{model._meta.label}.{field.name}"))
+        raise ValueError(_not_open(model, field, job_name))
     for job in jobs:
         notify("resumed", job)
     finished = _collect_all(model, field, jobs, poll_interval, notify)
@@ -99,6 +118,30 @@ def run(
     with Embedder(model, field).held_for_batch():
         submitted = _notified(submit_passages(model, field, limit=limit), notify)
     return finished + _collect_all(model, field, submitted, poll_interval, notify)
+
+
+def _resolved(model: Any, field: Any) -> tuple[type[models.Model], EmbeddingField]:
+    if isinstance(model, str):
+        model = apps.get_model(model)  # a LookupError names the label
+    if isinstance(model, type) and issubclass(model, models.Model) and (field is None or isinstance(field, str)):
+        field = get_embedding_field(model, field)  # a ValueError names the model's fields
+    if not (isinstance(model, type) and issubclass(model, models.Model)) or not isinstance(field, EmbeddingField):
+        raise TypeError(RUN_ARGUMENTS.format(model=model, field=field))
+    return model, field
+
+
+def _not_open(model: type[models.Model], field: EmbeddingField, name: str) -> str:
+    """Why ``name`` is not an open job of ``field``: collected, expired, or never submitted."""
+    label = f"{model._meta.label}.{field.name}"
+    job = EmbeddingBatchJob.objects.filter(model_label=model._meta.label, field_name=field.name, name=name).first()
+    if job is None:
+        return UNKNOWN_JOB.format(name=name, label=label)
+    if job.finished_at is None:
+        return EXPIRED_JOB.format(name=name, label=label, submitted=timezone.localtime(job.submitted_at))
+    finished = timezone.localtime(job.finished_at)
+    return COLLECTED_JOB.format(
+        name=name, label=label, finished=finished, state=job.state, embedded=job.embedded, failed=job.failed
+    )
 
 
 def _notified(jobs: Iterator[EmbeddingBatchJob], notify: Callable[..., None]) -> list[EmbeddingBatchJob]:

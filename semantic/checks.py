@@ -169,6 +169,9 @@ def _name_too_long(model: type[models.Model], field: Any) -> checks.CMessage | N
 
 
 def _check_field(model: type[models.Model], field: Any, backend: Any) -> list[checks.CMessage]:
+    from semantic.fields import embedding_fields
+    from semantic.switch import UNKNOWN_REPLACED, UNKNOWN_REPLACED_HINT, once_had
+
     errors: list[checks.CMessage] = []
     label = f"{model._meta.label}.{field.name}"
     if backend is not None and field.dimensions not in backend.supported_dimensions:
@@ -189,12 +192,24 @@ def _check_field(model: type[models.Model], field: Any, backend: Any) -> list[ch
         try:
             replaced = model._meta.get_field(field.replaces)
         except Exception:
-            replaced = None  # already deleted: this field now serves its queries
+            replaced = None  # deleted since (its migrations had it) or never a field: a typo
         if field.replaces == field.name or (replaced is not None and not isinstance(replaced, type(field))):
             errors.append(
                 checks.Error(
                     f"{label} replaces {field.replaces!r}, which is not another EmbeddingField of {model._meta.label}.",
                     hint="replaces names the EmbeddingField this one takes over from (see semantic.switch).",
+                    obj=field,
+                    id="semantic.E007",
+                )
+            )
+        elif replaced is None and not once_had(model, field.replaces):
+            names = ", ".join(f.name for f in embedding_fields(model))
+            errors.append(
+                checks.Error(
+                    UNKNOWN_REPLACED.format(
+                        label=model._meta.label, field=field.name, replaced=field.replaces, names=names
+                    ),
+                    hint=UNKNOWN_REPLACED_HINT,
                     obj=field,
                     id="semantic.E007",
                 )

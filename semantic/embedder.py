@@ -139,6 +139,10 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
                 if own:
                     continue
                 break
+            if not visited and (problem := self.backend.setup_problem()):
+                ratelimit.report_problem(self.backend, problem)  # as when a request meets it
+                self.stop(problem)
+                break
             visited += len(batch)
             taken = self.claim(batch)
             try:

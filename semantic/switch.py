@@ -42,6 +42,15 @@ NOT_REPLACING = (
     "{label}.{field} does not replace another field: add replaces='<old field>' to it, "
     "or name the field queries should switch to."
 )
+#: semantic.E007 and ``--switch``: a ``replaces`` that names nothing the model has or had.
+UNKNOWN_REPLACED = (
+    "{label}.{field} replaces {replaced!r}, which is neither a field of {label} nor one its migrations "
+    "ever had (a misspelt name?). Its EmbeddingFields: {names}."
+)
+UNKNOWN_REPLACED_HINT = (
+    "Set replaces= to the name of the EmbeddingField this one takes over from (see semantic.switch), "
+    "then makemigrations."
+)
 INCOMPLETE = (
     "{label}.{field} is not ready to serve queries: {rows} rows still need embedding "
     "(pending, stale, or failed and to be tried again). Run `manage.py semantic_embed {label}.{field}` (and "
@@ -125,10 +134,66 @@ def switched_name(model: type[models.Model], field: EmbeddingField) -> str:
     has one serves itself again (switching back).
     """
     if field.replaces:
+        if problem := unknown_replaced(model, field):
+            raise ValueError(problem)
         return field.replaces
     if successors(model, field):
         return field.name
     raise ValueError(NOT_REPLACING.format(label=model._meta.label, field=field.name))
+
+
+def unknown_replaced(model: type[models.Model], field: EmbeddingField) -> str | None:
+    """:data:`UNKNOWN_REPLACED` when ``field.replaces`` names no field the model has or
+    ever had, else None.
+
+    A field that was switched to and whose predecessor was then deleted still replaces a
+    real name: its migrations added that field (or a switch recorded it, for history
+    squashed away). A name neither knows is a typo, and a switch to it would redirect
+    nothing while making the model's searches ask which field to use.
+    """
+    from semantic.models import FieldSwitch  # the app's tables: not importable while apps load
+
+    name = field.replaces
+    if not name or name in {f.name for f in model._meta.get_fields()} or once_had(model, name):
+        return None
+    if FieldSwitch.objects.filter(model_label=model._meta.label, field_name=name).exists():
+        return None
+    names = ", ".join(f.name for f in embedding_fields(model))
+    return UNKNOWN_REPLACED.format(label=model._meta.label, field=field.name, replaced=name, names=names)
+
+
+def once_had(model: type[models.Model], name: str) -> bool:
+    """Whether a migration of the model's app (on disk; no database needed) ever gave the
+    model, under this or an earlier name, a field called ``name``."""
+    from django.db.migrations import operations
+    from django.db.migrations.loader import MigrationLoader
+    from django.db.migrations.operations.fields import FieldOperation
+
+    loader = MigrationLoader(None, ignore_no_migrations=True)
+    app = model._meta.app_label
+    steps = [
+        step
+        for (label, _), migration in loader.disk_migrations.items()
+        if label == app
+        for step in migration.operations
+    ]
+    renames = [(step.old_name_lower, step.new_name_lower) for step in steps if isinstance(step, operations.RenameModel)]
+    models_named = {model._meta.model_name}
+    while True:  # the model under every name it had
+        more = {old for old, new in renames if new in models_named} | {
+            new for old, new in renames if old in models_named
+        }
+        if more <= models_named:
+            break
+        models_named |= more
+    for step in steps:
+        if isinstance(step, operations.CreateModel) and step.name_lower in models_named:
+            if any(field_name == name for field_name, _ in step.fields):
+                return True
+        elif isinstance(step, FieldOperation) and step.model_name_lower in models_named:
+            if name in (step.name, getattr(step, "new_name", None)):  # AddField, RemoveField, RenameField ...
+                return True
+    return False
 
 
 def ancestors(model: type[models.Model], field: EmbeddingField) -> list[str]:

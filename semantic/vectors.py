@@ -28,6 +28,7 @@ from semantic.backends import (
 )
 from semantic.backends.base import time_limit
 from semantic.conf import semantic_settings as conf
+from semantic.fields import DEFAULT_DIMENSIONS
 from semantic.text import clean
 
 #: Query vectors are kept this many seconds in the cache named by SEMANTIC["CACHE"].
@@ -77,6 +78,11 @@ def embed(
 ) -> list[Vector]:
     """Embed ``texts`` with the configured backend (and ``model``), one vector per text.
 
+    Without ``dimensions`` the vectors have the size of a field without ``dimensions=``
+    (384) whatever the backend, so a vector made on a machine without a key can be
+    searched with on one with a key; only a backend that cannot make that size answers
+    with its own ``default_dimensions``. Pass the field's ``dimensions`` to compare with
+    a field that sets its own.
     Vectors are cached (Django cache ``SEMANTIC["CACHE"]``) under the backend's model,
     the task type (when the backend's vectors depend on it), the size and the text, so
     repeating a search costs no API call.
@@ -91,7 +97,7 @@ def embed(
     if isinstance(texts, str):
         raise TypeError("embed() takes a list of texts; wrap a single text in a list.")
     backend = get_backend(model)
-    dimensions = dimensions or backend.default_dimensions
+    dimensions = dimensions or default_size(backend)
     cleaned = [clean(text, backend.max_input_chars) for text in texts]
     if not all(cleaned):
         raise EmptyQuery(EmptyQuery.MESSAGE)
@@ -111,6 +117,11 @@ def embed(
         if store:
             store.set_many(fresh, CACHE_TIMEOUT)
     return [found[key] for key in keys]
+
+
+def default_size(backend: EmbeddingBackend) -> int:
+    """The size :func:`embed` makes when not told: the fields' default, if the backend can make it."""
+    return DEFAULT_DIMENSIONS if DEFAULT_DIMENSIONS in backend.supported_dimensions else backend.default_dimensions
 
 
 def _request(

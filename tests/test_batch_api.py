@@ -5,6 +5,7 @@ import math
 import signal
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 from django.conf import settings
@@ -211,6 +212,63 @@ def test_jobs_are_split_by_size(backlog, fake_gemini, monkeypatch):
 def test_batch_bad_arguments(args, message):
     with pytest.raises(CommandError) as info:
         call("semantic_embed", *args)
+    assert message in str(info.value)
+
+
+def test_a_job_already_collected_is_named_as_collected_not_as_never_submitted(backlog, fake_gemini):
+    """A second operator follows the README's --batch-job NAME after the first run finished."""
+    call("semantic_embed", "testapp.Article", "--batch-api", *FAST)
+    (job,) = EmbeddingBatchJob.objects.all()
+    with pytest.raises(CommandError) as info:
+        call("semantic_embed", "testapp.Article", "--batch-job", job.name, *FAST)
+    finished = timezone.localtime(job.finished_at)
+    assert str(info.value) == batch.COLLECTED_JOB.format(
+        name=job.name, label=LABEL, finished=finished, state="JOB_STATE_SUCCEEDED", embedded=25, failed=0
+    )
+    EmbeddingBatchJob.objects.update(finished_at=None, submitted_at=timezone.now() - timedelta(hours=49))
+    with pytest.raises(CommandError) as info:
+        call("semantic_embed", "testapp.Article", "--batch-job", job.name, *FAST)
+    submitted = timezone.localtime(EmbeddingBatchJob.objects.get().submitted_at)
+    assert str(info.value) == batch.EXPIRED_JOB.format(name=job.name, label=LABEL, submitted=submitted)
+    assert len(fake_gemini.batch_requests) == 1
+
+
+def test_a_scheduled_django_q2_task_runs_batch_jobs_by_model_label_and_field_name(backlog, fake_gemini):
+    """README: semantic.batch.run "which a scheduled django-q2 task can call". A Schedule
+    carries literals only; run here by django-q2's own scheduler, the task synchronous."""
+    from django_q.models import Schedule, Task
+    from django_q.scheduler import scheduler
+    from django_q.tasks import schedule
+
+    # As README prints it, plus a short poll and a synchronous task for the test.
+    schedule(
+        "semantic.batch.run",
+        "testapp.Article",
+        "embedding",
+        schedule_type=Schedule.DAILY,
+        poll_interval=0.01,
+        q_options={"sync": True},
+    )
+    scheduler()
+    (task,) = Task.objects.all()
+    assert task.success, task.result
+    (job,) = EmbeddingBatchJob.objects.all()
+    assert (job.state, job.embedded, job.rows) == ("JOB_STATE_SUCCEEDED", 25, 25)
+    assert not pending_rows(Article, get_embedding_field(Article)).exists()
+    assert [j.name for j in task.result] == [job.name]
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "message"),
+    [
+        ((Article, "embeding"), ValueError, "testapp.Article has no EmbeddingField named 'embeding'; it has embedding"),
+        (("testapp.Nope", "embedding"), LookupError, "doesn't have a 'Nope' model"),
+        ((Article, 42), TypeError, batch.RUN_ARGUMENTS.format(model=Article, field=42)),
+    ],
+)
+def test_batch_run_says_what_it_takes(args, error, message):
+    with pytest.raises(error) as info:
+        batch.run(*args, poll_interval=0.01)
     assert message in str(info.value)
 
 

@@ -21,6 +21,7 @@ from semantic.checks import (
     check_timeout,
 )
 from semantic.operations import INSTALL_HINT
+from semantic.switch import UNKNOWN_REPLACED, UNKNOWN_REPLACED_HINT
 from tests.testapp.models import Document
 
 
@@ -360,19 +361,26 @@ def test_sqlmigrate_shows_the_extension_first():
 def test_replaces_must_name_another_embedding_field():
     from semantic import EmbeddingField
 
-    class Swap(models.Model):
+    class Review(models.Model):
+        """testapp's Review as it might be later: its migrations had embedding_next."""
+
         text = models.TextField()
         embedding = EmbeddingField(source="text", dimensions=128, replaces="text")
         itself = EmbeddingField(source="text", dimensions=128, replaces="itself")
-        gone = EmbeddingField(source="text", dimensions=128, replaces="deleted_field")
+        gone = EmbeddingField(source="text", dimensions=128, replaces="embedding_next")  # deleted since
+        typo = EmbeddingField(source="text", dimensions=128, replaces="embeding")
 
         class Meta:
             app_label = "testapp"
 
-    errors = check_fields(app_configs=[SimpleNamespace(get_models=lambda: [Swap])])
-    assert ids(errors) == ["semantic.E007", "semantic.E007"]
-    assert [e.obj.name for e in errors] == ["embedding", "itself"]
+    errors = check_fields(app_configs=[SimpleNamespace(get_models=lambda: [Review])])
+    assert ids(errors) == ["semantic.E007", "semantic.E007", "semantic.E007"]
+    assert [e.obj.name for e in errors] == ["embedding", "itself", "typo"]
     assert "replaces 'text', which is not another EmbeddingField" in errors[0].msg
+    assert errors[2].msg == UNKNOWN_REPLACED.format(
+        label="testapp.Review", field="typo", replaced="embeding", names="embedding, itself, gone, typo"
+    )
+    assert errors[2].hint == UNKNOWN_REPLACED_HINT
 
 
 def test_a_keyword_index_must_parse_queries_in_its_columns_configuration():

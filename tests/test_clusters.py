@@ -194,6 +194,20 @@ def test_command_exports_topics_as_json_and_csv(tickets, tmp_path):
     assert len(rows) == 15
     assert {r["topic"] for r in rows} == {"1", "2", "3", "4", "5"}
 
+    assert "trend" not in rows[0]
+
+    # --date-field: each row also carries its topic's rows per period, as --help promises.
+    Ticket.objects.update(created=MONDAY)
+    Ticket.objects.filter(pk__in=list(tickets)[:10]).update(created=MONDAY + timedelta(days=7))
+    out, _ = call("semantic_topics", "topicapp.Ticket", "--k", "5", "--date-field", "created")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    counted = {}
+    for row in rows:
+        counted[row["topic"]] = {start: int(n) for start, n in (cell.split(":") for cell in row["trend"].split(";"))}
+    first, second = MONDAY.date().isoformat(), (MONDAY + timedelta(days=7)).date().isoformat()
+    assert sum(c.get(first, 0) for c in counted.values()) == len(tickets) - 10
+    assert sum(c.get(second, 0) for c in counted.values()) == 10
+
     missing = tmp_path / "no such folder" / "topics.csv"
     with pytest.raises(CommandError) as info:
         call("semantic_topics", "topicapp.Ticket", "--k", "5", "--output", str(missing))

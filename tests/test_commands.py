@@ -15,6 +15,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from semantic import suspend_embedding
+from semantic.backends.gemini import NO_KEY
 from semantic.batch import NOT_DECLARED_HERE
 from semantic.embedder import Embedder
 from semantic.fields import get_embedding_field
@@ -608,3 +609,25 @@ def test_commands_run_on_a_database_built_without_migrations(backlog):
     finally:
         with connection.cursor() as cursor:
             cursor.execute("ALTER TABLE django_migrations_elsewhere RENAME TO django_migrations")
+
+
+def test_without_a_gemini_key_the_run_reports_nothing_sent(fake_gemini, semantic_settings, monkeypatch):
+    """README: no API key for Gemini, "nothing is sent; the run stops saying which setting to
+    set": no request counted, no row visited, and no model-change advice for a missing key."""
+    with suspend_embedding():
+        Note.objects.bulk_create(Note(text=f"note {i}") for i in range(2))
+    call("semantic_embed", "testapp.Note")
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    semantic_settings(API_KEY=None, MODEL="gemini-embedding-next")  # the rows' vectors are another model's now
+    sent = fake_gemini.request_count
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.raises(CommandError) as info:
+        call_command("semantic_embed", "--all", "testapp.Note", stdout=out, stderr=err)
+    assert str(info.value) == Embed.INCOMPLETE.format(labels="testapp.Note.embedding")
+    label = "testapp.Note.embedding"
+    assert out.getvalue().splitlines() == [
+        Embed.DONE.format(label=label, embedded=0, cleared=0, failed=0, changed=0, requests=0)
+    ]
+    assert err.getvalue().splitlines() == [Embed.STOPPED.format(label=label, reason=NO_KEY)]
+    assert fake_gemini.request_count == sent

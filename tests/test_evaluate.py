@@ -128,6 +128,25 @@ def test_judgements_with_nothing_relevant_are_a_clear_error(files, tmp_path):
         call("semantic_evaluate", "docsapp.Doc", "--queries", str(queries), "--qrels", str(qrels))
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_model_without_a_keyword_index_is_evaluated_by_meaning_saying_what_was_skipped(tmp_path):
+    """The README's command as printed, on its own Note (no KeywordIndex)."""
+    from tests.testapp.models import Note
+
+    first = Note.objects.create(text="Change your password in the settings.")
+    Note.objects.create(text="The train to Paris is late.")
+    queries, qrels = tmp_path / "queries.jsonl", tmp_path / "qrels.tsv"
+    queries.write_text(json.dumps({"_id": "q1", "text": "reset my password"}))
+    qrels.write_text(f"query-id\tcorpus-id\tscore\nq1\t{first.pk}\t1\n")
+    args = ("semantic_evaluate", "testapp.Note", "--queries", str(queries), "--qrels", str(qrels))
+    out, err = call(*args)
+    assert Command.SKIPPED.format(label="testapp.Note", methods="keyword and hybrid") in err
+    assert [line.split()[0] for line in out.splitlines()[2:]] == ["meaning"]
+    with pytest.raises(CommandError) as info:
+        call(*args, "--methods", "meaning,hybrid")
+    assert str(info.value) == Command.NO_KEYWORD_INDEX.format(label="testapp.Note", methods="hybrid", others="meaning")
+
+
 @pytest.mark.django_db
 def test_bad_files_and_fields_are_named(files, tmp_path):
     queries, _ = files

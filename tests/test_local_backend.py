@@ -83,16 +83,27 @@ def test_a_field_sized_for_another_model_stops_only_itself(semantic_settings):
 
 
 @pytest.mark.django_db
-def test_embed_without_a_size_uses_the_backends_own(semantic_settings):
-    """The README's semantic.embed(["any text"], task_type="CLUSTERING") with the local model."""
+def test_embed_without_a_size_makes_the_fields_default_size_with_either_backend(semantic_settings, fake_gemini):
+    """The README's semantic.embed(["any text"]) makes 384 numbers with the local model and
+    with Gemini alike, as a field without dimensions= stores: a vector made on a machine
+    without a key is searched with where one is set, not refused as 768-dimensional."""
     from django.core.cache import cache
 
     from semantic import embed
+    from semantic.fields import DEFAULT_DIMENSIONS
 
-    semantic_settings(BACKEND="semantic.backends.local.LocalBackend", CACHE=None)
-    cache.clear()
-    (vector,) = embed(["any text"], task_type="CLUSTERING")
-    assert len(vector) == 384
+    with suspend_embedding():
+        Note.objects.create(text="note about invoices")
+    for backend in ("semantic.backends.local.LocalBackend", "semantic.backends.gemini.GeminiBackend"):
+        semantic_settings(BACKEND=backend, CACHE=None)
+        cache.clear()
+        embed_pending(Note)
+        (vector,) = embed(["any text"], task_type="CLUSTERING")
+        assert len(vector) == DEFAULT_DIMENSIONS == Note._meta.get_field("embedding").dimensions, backend
+        assert list(Note.objects.similar_to(vector).values_list("text", flat=True)) == ["note about invoices"]
+    sizes = [request["body"]["requests"][0]["outputDimensionality"] for request in fake_gemini.requests]
+    assert sizes == [384, 384]  # the row's, then embed()'s
+    assert len(embed(["any text"], dimensions=768)[0]) == 768
 
 
 @pytest.mark.django_db

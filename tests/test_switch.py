@@ -13,7 +13,7 @@ from django.test.utils import isolate_apps
 from semantic import suspend_embedding
 from semantic.management.commands.semantic_embed import Command as Embed
 from semantic.management.targets import MIGRATION_NEEDED
-from semantic.switch import INCOMPLETE, NOT_REPLACING, serving_field, switch_to
+from semantic.switch import INCOMPLETE, NOT_REPLACING, UNKNOWN_REPLACED, serving_field, switch_to, switched_name
 from tests.commands import call
 from tests.testapp.models import Review
 
@@ -177,6 +177,33 @@ def test_the_replacement_answers_for_a_deleted_field():
         serving_field(Migrated, "other")
 
 
+@isolate_apps("tests.testapp")
+def test_a_switch_to_a_misspelt_replaces_is_refused():
+    """replaces="embeding" names no field the model has or its migrations had: a switch
+    would redirect nothing (and leave the model's searches asking which field to use)."""
+    from django.db import models
+
+    from semantic import EmbeddingField
+    from semantic.models import FieldSwitch
+
+    class Review(models.Model):
+        text = models.TextField()
+        embedding = EmbeddingField(source="text", dimensions=128)
+        embedding_v2 = EmbeddingField(source="text", dimensions=128, replaces="embeding")
+
+        class Meta:
+            app_label = "testapp"
+
+    with pytest.raises(ValueError) as refused:
+        switch_to(Review, Review._meta.get_field("embedding_v2"))
+    assert str(refused.value) == UNKNOWN_REPLACED.format(
+        label="testapp.Review", field="embedding_v2", replaced="embeding", names="embedding, embedding_v2"
+    )
+    assert not FieldSwitch.objects.exists()
+    FieldSwitch.objects.create(model_label="testapp.Review", field_name="embeding", serving_field="embedding_v2")
+    assert switched_name(Review, Review._meta.get_field("embedding_v2")) == "embeding"  # a switch remembers it
+
+
 def test_a_row_the_api_rejects_for_good_does_not_hold_the_switch_up(reviews, fake_gemini):
     rejected = Review.objects.order_by("pk")[3]
     with suspend_embedding():
@@ -213,32 +240,35 @@ def test_a_second_model_change_is_served_once_switched():
 
     from semantic import EmbeddingField
 
-    class Changed(models.Model):
+    class Review(models.Model):
+        """testapp's Review, whose migrations had embedding, after two changes (in a table of its own)."""
+
         text = models.TextField()
         embedding_v2 = EmbeddingField(source="text", dimensions=256, replaces="embedding")
         embedding_v3 = EmbeddingField(source="text", dimensions=512, replaces="embedding_v2")
 
         class Meta:
             app_label = "testapp"
+            db_table = "testapp_changed"
 
-    v2, v3 = Changed._meta.get_field("embedding_v2"), Changed._meta.get_field("embedding_v3")
+    v2, v3 = Review._meta.get_field("embedding_v2"), Review._meta.get_field("embedding_v3")
     with connection.schema_editor() as editor:
-        editor.create_model(Changed)
+        editor.create_model(Review)
     try:
-        assert switch_to(Changed, v2).original == "embedding"  # the first change, before embedding went
-        assert [serving_field(Changed, name) for name in (None, "embedding", "embedding_v2")] == [v2, v2, v2]
+        assert switch_to(Review, v2).original == "embedding"  # the first change, before embedding went
+        assert [serving_field(Review, name) for name in (None, "embedding", "embedding_v2")] == [v2, v2, v2]
 
-        switched = switch_to(Changed, v3)
+        switched = switch_to(Review, v3)
         assert (switched.original, switched.field, switched.rejected) == ("embedding", "embedding_v3", [])
         for name in (None, "embedding", "embedding_v2", "embedding_v3"):
-            assert serving_field(Changed, name) is v3, name
+            assert serving_field(Review, name) is v3, name
 
-        switch_to(Changed, v2)  # and back, while both exist
+        switch_to(Review, v2)  # and back, while both exist
         for name in (None, "embedding", "embedding_v2"):
-            assert serving_field(Changed, name) is v2, name
+            assert serving_field(Review, name) is v2, name
     finally:
         with connection.schema_editor() as editor:
-            editor.delete_model(Changed)
+            editor.delete_model(Review)
 
 
 def test_pairs_marked_not_duplicates_follow_the_switch(reviews):

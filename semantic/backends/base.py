@@ -162,7 +162,9 @@ class EmbeddingBackend:
     #: the model reads whole (fields with ``passages``);
     #: 0 means ``max_input_chars``, for models whose input limit is all they read.
     passage_chars: int = 0
-    #: The model's own vector size: what ``semantic.embed()`` makes when given no size.
+    #: The model's own vector size, suggested when a field's size is one it cannot make;
+    #: ``semantic.embed()`` makes it when given no size only if 384 (the fields' default)
+    #: is not among :attr:`supported_dimensions`.
     default_dimensions: int = 768
     #: Vector sizes the model can produce.
     supported_dimensions: Container[int] = ()
@@ -178,6 +180,15 @@ class EmbeddingBackend:
     def __init__(self, *, model: str | None = None, **options: object) -> None:
         self.model = model or self.default_model
         self.options = options
+
+    def setup_problem(self) -> str | None:
+        """Why this backend can send nothing on this machine (no API key), or None.
+
+        Known before any request, so a run stops before its first batch: no request
+        counted, no row visited. Errors only an answer reveals (a refused key) go
+        through :meth:`embed` as ``EmbeddingError(kind="config")``.
+        """
+        return None
 
     @property
     def model_id(self) -> str:

@@ -48,6 +48,10 @@ FIX_PERMISSION = (
 FIX_MODEL = "Check SEMANTIC['MODEL'] (or the field's embedding_model): {model!r} is not a Gemini embedding model."
 FIX_PROJECT = "The API refuses this project or region; fix it in Google AI Studio or set SEMANTIC['API_KEY']."
 #: A key no request can carry: its header could not even be written, so the API never saw it.
+NO_KEY = (
+    "No Gemini API key: set SEMANTIC['API_KEY'] or the GEMINI_API_KEY "
+    "environment variable, or remove SEMANTIC['BACKEND'] to use the local model."
+)
 UNSENDABLE_KEY = (
     "The Gemini API key holds a character an HTTP header cannot carry (only printable ASCII can: "
     "were quotes copied with it?). " + FIX_KEY
@@ -98,18 +102,19 @@ class GeminiBackend(EmbeddingBackend):
     @property
     def client(self) -> Any:
         if self._client is None:
-            if not self.api_key:
-                raise EmbeddingError(
-                    "No Gemini API key: set SEMANTIC['API_KEY'] or the GEMINI_API_KEY "
-                    "environment variable, or remove SEMANTIC['BACKEND'] to use the local model.",
-                    kind=CONFIG,
-                )
-            if not sendable_key(self.api_key):
-                # Else httpx fails to encode the header (UnicodeEncodeError), which reads as a
-                # network blip: retried for ever, "try again later", the key never blamed.
-                raise EmbeddingError(UNSENDABLE_KEY, kind=CONFIG)
+            if problem := self.setup_problem():
+                raise EmbeddingError(problem, kind=CONFIG)
             self._client = self._call(self._new_client)
         return self._client
+
+    def setup_problem(self) -> str | None:
+        if not self.api_key:
+            return NO_KEY
+        if not sendable_key(self.api_key):
+            # Else httpx fails to encode the header (UnicodeEncodeError), which reads as a
+            # network blip: retried for ever, "try again later", the key never blamed.
+            return UNSENDABLE_KEY
+        return None
 
     @sensitive_variables()
     def _new_client(self) -> Any:

@@ -159,7 +159,7 @@ class Command(QuietMixin, BaseCommand):
                     continue
                 kwargs = {"everything": everything, "failed": failed}
                 stale = rows.stale_rows(model, field).count()
-                if stale:
+                if stale and field.backend.setup_problem() is None:  # else the rows wait for a setting, not a model
                     self.stderr.write(self.STALE.format(label=label, rows=stale, spec=field.spec()))
                 if not batch_api:
                     self.report_held(model, field, label)

@@ -13,6 +13,7 @@ from semantic.evaluate import (
     report_lines,
 )
 from semantic.hybrid import DEFAULT_K
+from semantic.keyword import keyword_index
 from semantic.management.targets import resolve
 from semantic.query import with_semantic_methods
 
@@ -30,6 +31,15 @@ class Command(BaseCommand):
     NO_ID_FIELD = "{label} has no field {name!r} for --id-field."
     #: The embedding API failing is one line saying so, as semantic_search says it, not a traceback.
     UNAVAILABLE = "Could not embed the queries: {error}"
+    #: Keyword and hybrid search read the model's KeywordIndex; without one only meaning can be compared.
+    SKIPPED = (
+        "{label} has no KeywordIndex, so {methods} search were skipped; add a KeywordIndex to Meta.indexes "
+        "(README: Keyword and meaning together) to compare them."
+    )
+    NO_KEYWORD_INDEX = (
+        "{label} has no KeywordIndex, which {methods} search need: add one to Meta.indexes "
+        "(README: Keyword and meaning together), or leave them out: --methods {others}."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("target", help="app_label.Model or app_label.Model.field")
@@ -53,6 +63,7 @@ class Command(BaseCommand):
         chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else default_methods(embedding_field)
         if not chosen or set(chosen) - set(METHODS):
             raise CommandError(f"--methods takes some of {', '.join(METHODS)}, not {methods!r}.")
+        chosen = self.searchable(model, embedding_field, chosen, given=bool(methods))
         if id_field != "pk":
             try:
                 model._meta.get_field(id_field)
@@ -87,3 +98,20 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from None
         for line in report_lines(results):
             self.stdout.write(line)
+
+    def searchable(self, model, embedding_field, chosen, *, given):
+        """The methods the model can run: without a KeywordIndex, the default drops keyword
+        and hybrid search, saying so, and methods asked for by name are refused."""
+        if keyword_index(model) is not None:
+            return chosen
+        needing = [m for m in chosen if "keyword" in m or "hybrid" in m]
+        if not needing:
+            return chosen
+        label = model._meta.label
+        others = [m for m in chosen if m not in needing] or ["meaning"]
+        if given:
+            raise CommandError(
+                self.NO_KEYWORD_INDEX.format(label=label, methods=" and ".join(needing), others=",".join(others))
+            )
+        self.stderr.write(self.SKIPPED.format(label=label, methods=" and ".join(needing)))
+        return others

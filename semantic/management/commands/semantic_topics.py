@@ -19,6 +19,8 @@ class Command(QuietMixin, BaseCommand):
     CANNOT_WRITE = "Cannot write {output}: {error}."
     SEVERAL_FIELDS = "{label} has several EmbeddingFields; name one: {target}.<field>."
     CSV_FIELDS = ["topic", "size", "label", "growth", "typical_pk", "typical_text"]
+    #: With --date-field: each period's start and its rows, as "2026-11-30:8;2026-12-07:3".
+    CSV_TREND = "trend"
 
     def add_arguments(self, parser):
         parser.add_argument("target", help="app_label.Model or app_label.Model.field")
@@ -53,9 +55,10 @@ class Command(QuietMixin, BaseCommand):
             json.dump(records, buffer, ensure_ascii=False, indent=2, default=str)
             buffer.write("\n")
         else:
-            writer = csv.DictWriter(buffer, fieldnames=self.CSV_FIELDS)
+            writer = csv.DictWriter(buffer, fieldnames=[*self.CSV_FIELDS, *([self.CSV_TREND] if date_field else [])])
             writer.writeheader()
             for topic in topics:
+                trend = {self.CSV_TREND: ";".join(f"{start.isoformat()}:{rows}" for start, rows in topic.trend)}
                 for row in topic.typical:
                     writer.writerow(
                         {
@@ -65,6 +68,7 @@ class Command(QuietMixin, BaseCommand):
                             "growth": "" if topic.growth is None else f"{topic.growth:.3f}",
                             "typical_pk": row.pk,
                             "typical_text": str(row),
+                            **(trend if date_field else {}),
                         }
                     )
         if output:
