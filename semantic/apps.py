@@ -9,6 +9,7 @@ class SemanticConfig(AppConfig):
 
     def ready(self) -> None:
         from semantic import checks  # noqa: F401  (registers the system checks)
+        from semantic.dispatch import watch_tasks
         from semantic.hooks import connect_all
         from semantic.migration_hooks import inject_operations
         from semantic.operations import ensure_vector_extension
@@ -22,5 +23,7 @@ class SemanticConfig(AppConfig):
         pre_migrate.connect(inject_operations, sender=self)
         post_migrate.connect(install_sweep_schedule, sender=self)
         connect_all()
+        # A run inside a django-q2 task stops before the task's timeout would kill it.
+        watch_tasks()
         # The local model loads in the background in web and worker processes only.
         warm_up_where_needed()

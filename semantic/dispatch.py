@@ -83,6 +83,54 @@ def forget_wakeups(**kwargs: Any) -> None:
 setting_changed.connect(forget_wakeups)
 
 
+#: Seconds of a django-q2 task kept back from its runs: the last request (up to ``TIMEOUT``)
+#: and the writing of what it answered must end before ``Q_CLUSTER["timeout"]`` kills the task.
+STORE_SECONDS = 10.0
+
+#: When runs in the django-q2 task this process is running must stop sending (``time.monotonic()``).
+_run_deadline: float | None = None
+
+
+def run_deadline() -> float | None:
+    """When a run in the django-q2 task this process is running must send no more requests
+    (a ``time.monotonic()`` reading); None outside a task, or when tasks have no timeout.
+
+    django-q2 kills a task that outlives ``Q_CLUSTER["timeout"]``, losing what it was doing
+    and, with the worker, a loaded local model. A run that stops before then keeps what it
+    stored and leaves the rest to the next run. Kept back: ``TIMEOUT`` (the last request)
+    and :data:`STORE_SECONDS`, but never more than half the timeout.
+    """
+    return _run_deadline
+
+
+def task_started(sender: Any = None, **kwargs: Any) -> None:
+    """django-q2's ``pre_execute``: the task's clock starts now (its timeout's follows at once)."""
+    from django_q.conf import Conf
+
+    global _run_deadline
+    timeout = Conf.TIMEOUT
+    if not timeout or timeout < 0:
+        _run_deadline = None
+        return
+    _run_deadline = time.monotonic() + timeout - min(conf.TIMEOUT + STORE_SECONDS, timeout / 2)
+
+
+def task_ended(sender: Any = None, **kwargs: Any) -> None:
+    """django-q2's ``post_execute_in_worker``: what runs next in this process is no task's."""
+    global _run_deadline
+    _run_deadline = None
+
+
+def watch_tasks() -> None:
+    """Follow the django-q2 tasks this process runs, for :func:`run_deadline`."""
+    if not apps.is_installed("django_q"):
+        return
+    from django_q.signals import post_execute_in_worker, pre_execute
+
+    pre_execute.connect(task_started, dispatch_uid="semantic.task_started")
+    post_execute_in_worker.connect(task_ended, dispatch_uid="semantic.task_ended")
+
+
 def queue_task(func: str, *args: Any, name: str) -> str:
     """Hand ``func(*args)`` to django-q2, on the cluster ``SEMANTIC["QUEUE"]`` names; returns the task id."""
     from django_q.tasks import async_task

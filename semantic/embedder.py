@@ -29,6 +29,7 @@ from semantic.backends import (
     redact_keys,
 )
 from semantic.conf import semantic_settings as conf
+from semantic.dispatch import run_deadline
 from semantic.fields import EmbeddingField
 from semantic.passage_worker import PassageWorkMixin
 from semantic.rows import pending_keys, pending_rows
@@ -67,6 +68,11 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
         "more. That request's rows are recorded as failed and retried later; the rows not sent stay pending "
         "for the next run or sweep."
     )
+    #: Why a run in a django-q2 task stopped before its time was up (:attr:`deadline`).
+    OUT_OF_TIME = (
+        'The run stopped sending before django-q2\'s Q_CLUSTER["timeout"] would kill its task: what it '
+        "embedded is stored, and the rest is left for the next run or sweep (semantic_embed has no time limit)."
+    )
 
     def __init__(
         self,
@@ -92,6 +98,10 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
         self.written: list[Any] = []
         #: Whether the run ended because a Batch API submission holds the field (:meth:`held_for_batch`).
         self.deferred = False
+        #: After this ``clock()`` reading no request is sent (:data:`OUT_OF_TIME`); None: no limit.
+        #: In a django-q2 task, shortly before its timeout (:func:`semantic.dispatch.run_deadline`).
+        self.deadline = run_deadline()
+        self.clock: Callable[[], float] = time.monotonic
 
     def run(
         self,
@@ -302,11 +312,14 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
             return
         attempt = 0
         while True:
+            if self.time_left() <= 0:
+                self.stop(self.OUT_OF_TIME)
+                return
             try:
                 ratelimit.acquire(
                     self.backend,
                     tokens=ratelimit.estimated_tokens(item.text for item in items),
-                    max_pause=conf.MAX_BACKOFF,
+                    max_pause=min(conf.MAX_BACKOFF, self.time_left()),
                 )
             except ratelimit.Paused as paused:
                 self.stop(str(paused))
@@ -364,7 +377,8 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
                 return
             logger.info("Embedding request failed (%s); retrying in %.1fs.", message, wait)
             if error.retry_after is None:
-                time.sleep(wait)  # with one, the next acquire() waits out the shared pause
+                # With one, the next acquire() waits out the shared pause. Not past the deadline.
+                time.sleep(min(wait, max(0.0, self.time_left())))
 
     def store(self, items: list[Item], vectors: list[Vector]) -> None:
         """Write one request's vectors; if the database refuses them, the batch fails, not the run.
@@ -380,6 +394,10 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
             reason = (str(exc).strip().splitlines() or [""])[0]
             message = self.redact(self.WRITE_FAILED.format(error=f"{type(exc).__name__}: {reason}"))
             self.fail(items, message, permanent=False, retry_in=conf.MAX_BACKOFF)
+
+    def time_left(self) -> float:
+        """Seconds before :attr:`deadline` (infinite without one)."""
+        return float("inf") if self.deadline is None else self.deadline - self.clock()
 
     def stop(self, message: str) -> None:
         """End the run without sending more: the API cannot be used now (see :meth:`embed`)."""

@@ -35,6 +35,9 @@ from semantic.text import clean, sanitize, source_hash
 FAILURE_SUFFIX = ":passages"
 #: Rows cut (and their stored passage vectors read) at a time by the Batch API and the dry-run.
 CUT_ROWS = 500
+#: ``Passage.cut_from`` of the passages of a row not yet complete (:func:`store_partial`): never a
+#: row's marker (an MD5), so the row stays lagging while a later run reuses their vectors.
+PARTIAL = "partial"
 
 
 def passages_of(model: type[models.Model], field: EmbeddingField, using: str | None = None) -> models.QuerySet:
@@ -184,38 +187,60 @@ def store(model: type[models.Model], field: EmbeddingField, row: Cut, spec: str,
     Returns False (and writes nothing) when the row changed meanwhile: its next
     embedding makes it lagging again, and its passages are cut from the new text.
     """
-    table_model = field.model
     with transaction.atomic(using=using):
-        still = table_model._base_manager.using(using).filter(
-            field.is_current(), pk=row.pk, **{field.embedded_hash_name: row.row_hash}
-        )
-        if not still.exists():
+        if not still_cut_from(field, row, using):
             return False
-        mine = passages_of(table_model, field, using).filter(object_pk=str(row.pk))
+        mine = passages_of(field.model, field, using).filter(object_pk=str(row.pk))
         mine.filter(position__gte=len(row.pieces)).delete()
-        Passage.objects.using(using).bulk_create(
-            [
-                Passage(
-                    model_label=table_model._meta.label,
-                    field_name=field.name,
-                    object_pk=str(row.pk),
-                    position=piece.position,
-                    start=piece.start,
-                    end=piece.end,
-                    text=piece.text,
-                    text_hash=piece.text_hash,
-                    cut_from=row.cut_from,
-                    spec=spec,
-                    vector=piece.vector,
-                )
-                for piece in row.pieces
-            ],
-            update_conflicts=True,
-            unique_fields=["model_label", "field_name", "object_pk", "position"],
-            update_fields=["start", "end", "text", "text_hash", "cut_from", "spec", "vector"],
-        )
-        passage_failures(table_model, field, using).filter(object_pk=str(row.pk)).delete()
+        write(field, row, row.pieces, row.cut_from, spec, using)
+        passage_failures(field.model, field, using).filter(object_pk=str(row.pk)).delete()
     return True
+
+
+def store_partial(field: EmbeddingField, row: Cut, pieces: list[Piece], spec: str, using: str) -> bool:
+    """Keep these ``pieces`` of a row whose other passages have no vector yet, marked :data:`PARTIAL`.
+
+    A long text's passages may take more requests than a worker's task may last: what each
+    request paid for is kept, for :func:`known_vectors` to hand to the next run. The row stays
+    lagging (its first passage never carries its marker) until :func:`store` writes them all.
+    Returns False (and writes nothing) when the row changed meanwhile, as :func:`store`.
+    """
+    with transaction.atomic(using=using):
+        if not still_cut_from(field, row, using):
+            return False
+        write(field, row, pieces, PARTIAL, spec, using)
+    return True
+
+
+def still_cut_from(field: EmbeddingField, row: Cut, using: str) -> bool:
+    """Whether the row's vector is still of the text ``row`` was cut from."""
+    manager = field.model._base_manager.using(using)
+    return manager.filter(field.is_current(), pk=row.pk, **{field.embedded_hash_name: row.row_hash}).exists()
+
+
+def write(field: EmbeddingField, row: Cut, pieces: list[Piece], cut_from: str, spec: str, using: str) -> None:
+    """Insert or overwrite these passages of ``row``, by position."""
+    Passage.objects.using(using).bulk_create(
+        [
+            Passage(
+                model_label=field.model._meta.label,
+                field_name=field.name,
+                object_pk=str(row.pk),
+                position=piece.position,
+                start=piece.start,
+                end=piece.end,
+                text=piece.text,
+                text_hash=piece.text_hash,
+                cut_from=cut_from,
+                spec=spec,
+                vector=piece.vector,
+            )
+            for piece in pieces
+        ],
+        update_conflicts=True,
+        unique_fields=["model_label", "field_name", "object_pk", "position"],
+        update_fields=["start", "end", "text", "text_hash", "cut_from", "spec", "vector"],
+    )
 
 
 def delete_passages(model: type[models.Model], field: EmbeddingField, pks: Iterable[Any], using: str | None) -> int:

@@ -12,7 +12,9 @@ saved and the worker has embedded the row but not yet its passages, or the API r
 a passage) ranks by its own vector, which reads the start of its text, with its
 ``passage_*`` columns None: it is found as soon as it would be without passages, and
 no search pays a second per-row lookup (an ``EXISTS`` beside the nearest passage) to
-leave it out.
+leave it out. A row whose passages are partly stored (a long text whose run stopped
+midway, :data:`semantic.passage_rows.PARTIAL`) ranks by those stored, each cut from
+its current text.
 
 ``with_passage(query)`` annotates the rows of any queryset with their nearest
 passage (and its ``passage_similarity``) without ranking or filtering them: a

@@ -5,8 +5,15 @@ travel the same road as rows: the same advisory claim per row, the same requests
 (``Embedder.embed()``: batching, the shared rate limit, retries with backoff, splitting
 a batch to find a rejected text, stopping on a configuration error), with the row's
 title for ``RETRIEVAL_DOCUMENT``. Only which rows are taken, and where vectors are
-written, differ. A row's passages are stored together, once every one has a vector,
-so a search never sees half of an edit.
+written, differ.
+
+Each request's vectors are stored as soon as it is answered, so a run that stops
+(its time in a django-q2 task is up, the API fails) or is killed keeps what it paid
+for: a row not yet complete keeps its new passages marked partial
+(:func:`~semantic.passage_rows.store_partial`), and stays lagging until a run gives the
+rest a vector (reusing those) and stores the row's passages together, under its marker.
+Rows with the fewest passages to send go first, so a long text does not hold back the
+short ones it shares a batch with.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from semantic.passage_rows import (
     fill_known,
     lagging_rows,
     store,
+    store_partial,
     sweep_orphans,
 )
 from semantic.text import clean
@@ -37,6 +45,9 @@ if TYPE_CHECKING:
     from semantic.fields import EmbeddingField
 
 logger = logging.getLogger("semantic")
+
+#: Logged when a run stops with passages left to send (its time is up, or the API failed).
+PASSAGES_LEFT = "%s: %d passage(s) of %d row(s) are left for the next run or sweep; those embedded are stored."
 
 
 @dataclass
@@ -118,27 +129,36 @@ class PassageWorkMixin:
                 self.release(taken)
 
     def embed_passages(self, rows: list[Any]) -> None:
-        """Cut ``rows``, send the passages with no stored vector for their text, store complete rows."""
+        """Cut ``rows``, send the passages with no stored vector for their text, fewest first;
+        store what each request answers (:meth:`passages_embedded`)."""
         if not rows:
             return
         cuts, known = cut_all(self.model, self.field, rows, self.using)
-        items = []
+        #: The rows whose passages this run still has to store, and the positions stored partial.
+        self._passage_cuts: dict[Any, Cut] = {}
+        self._passage_saved: dict[Any, set[int]] = {}
+        missing_of = {}
         for row in rows:
             row_cut = cuts[row.pk]
-            missing = fill_known(row_cut, known, getattr(row, self.field.attname))
-            self.outcome.passages_reused += len(row_cut.pieces) - len(missing)
-            items.extend(passage_items(row_cut, missing, self.backend.max_input_chars))
-        self._passage_results: dict[tuple[Any, int], list[float]] = {}
-        for start in range(0, len(items), self.batch_size):
-            self.embed(items[start : start + self.batch_size])  # type: ignore[arg-type]
-            if self.stopped:
-                break
-        for row_cut in cuts.values():
-            for piece in row_cut.pieces:
-                if piece.vector is None:
-                    piece.vector = self._passage_results.get((row_cut.pk, piece.position))
+            missing_of[row.pk] = fill_known(row_cut, known, getattr(row, self.field.attname))
+            self.outcome.passages_reused += len(row_cut.pieces) - len(missing_of[row.pk])
             if row_cut.complete:
                 self.store_passages(row_cut)
+            else:
+                self._passage_cuts[row.pk] = row_cut
+                self._passage_saved[row.pk] = set()
+        items = []
+        for pk in sorted(self._passage_cuts, key=lambda pk: len(missing_of[pk])):
+            items.extend(passage_items(cuts[pk], missing_of[pk], self.backend.max_input_chars))
+        for start in range(0, len(items), self.batch_size):
+            if self.stopped:
+                break
+            request = [item for item in items[start : start + self.batch_size] if item.pk in self._passage_cuts]
+            self.embed(request)  # type: ignore[arg-type]
+        if self.stopped and self._passage_cuts:
+            left = sum(piece.vector is None for row_cut in self._passage_cuts.values() for piece in row_cut.pieces)
+            label = f"{self.model._meta.label}.{self.field.name}"
+            logger.warning(PASSAGES_LEFT, label, left, len(self._passage_cuts))
 
     def store_passages(self, row_cut: Cut) -> None:
         if store(self.model, self.field, row_cut, self.spec, self.using):
@@ -147,13 +167,33 @@ class PassageWorkMixin:
             self.outcome.changed_in_flight += 1
 
     def passages_embedded(self, results: list[tuple[PassageItem, list[float]]]) -> None:
-        """Keep a request's vectors until the rest of their rows' passages are known."""
-        for item, vector in results:
-            self._passage_results[(item.pk, item.position)] = list(vector)
+        """Store a request's vectors: a row now complete with all its passages, the others'
+        as partial; a row that changed meanwhile is sent no more."""
         self.outcome.passages += len(results)
+        touched = {}
+        for item, vector in results:
+            row_cut = self._passage_cuts.get(item.pk)
+            if row_cut is not None:
+                row_cut.pieces[item.position].vector = list(vector)
+                touched[item.pk] = row_cut
+        for pk, row_cut in touched.items():
+            if row_cut.complete:
+                del self._passage_cuts[pk]
+                self.store_passages(row_cut)
+                continue
+            saved = self._passage_saved[pk]
+            # The first time, the vectors reused from stored passages too: the positions
+            # written over may have held them.
+            pieces = [piece for piece in row_cut.pieces if piece.vector is not None and piece.position not in saved]
+            if store_partial(self.field, row_cut, pieces, self.spec, self.using):
+                saved.update(piece.position for piece in pieces)
+            else:
+                del self._passage_cuts[pk]
+                self.outcome.changed_in_flight += 1
 
     def passages_failed(self, items: list[PassageItem], message: str, *, permanent: bool, retry_in: float) -> None:
-        """Record the rows whose passages failed; their other passages are not stored either."""
+        """Record the rows whose passages failed: they stay lagging, with the passages
+        stored so far kept partial, until the failure's retry."""
         label = f"{self.model._meta.label}.{self.field.name}"
         logger.warning("Embedding %d passage(s) of %s failed: %s", len(items), label, message)
         self.outcome.passages_failed += len(items)

@@ -19,6 +19,7 @@ from django.utils.translation import gettext_lazy
 from semantic import Passages, context, suspend_embedding
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingFailure, Passage
+from semantic.passage_rows import PARTIAL, current_rows
 from semantic.passages import split
 from semantic.query import SLICED
 from tests.testapp.models import Article, LongRead
@@ -280,7 +281,9 @@ def test_a_rejected_passage_is_recorded_against_its_row_and_not_retried(fake_gem
 
     summary = embed_pending(LongRead)["testapp.LongRead.embedding"]
     assert summary["embedded"] == 1 and summary["passages_failed"] == 1
-    assert passages_of(row) == []  # a row's passages are stored together or not at all
+    # What was paid for is kept, partial: the row's passages are not current until all are stored.
+    assert [(p.position, p.cut_from) for p in passages_of(row)] == [(n, PARTIAL) for n in range(4)]
+    assert not current_rows(LongRead, LongRead._meta.get_field("embedding")).filter(pk=row.pk).exists()
     failure = EmbeddingFailure.objects.get(field_name="embedding:passages", object_pk=str(row.pk))
     assert failure.permanent
     fake_gemini.reset()
@@ -484,7 +487,8 @@ def test_status_counts_passages_and_where_the_characters_go(fake_gemini, admin_c
     stored = Passage.objects.filter(field_name="embedding")
     assert counts["rows"] == 2  # done and short
     assert counts["lagging"] == 1 and counts["failed"] == 1
-    assert counts["passages"] == stored.count() == 3 + 1
+    # The failing row's four accepted passages are kept (partial, for its retry) and counted.
+    assert counts["passages"] == stored.count() == 3 + 1 + 4
     assert counts["passage_chars"] == sum(len(p.text) for p in stored)
     # What the rows' own vectors read: each embedded row's text, up to Gemini's 8,000 characters.
     assert counts["row_chars"] == len(done.body) + len("One short line.") + len(lagging.body) + 8000
@@ -493,7 +497,7 @@ def test_status_counts_passages_and_where_the_characters_go(fake_gemini, admin_c
 
     out, _ = call("semantic_status", "testapp.LongRead")
     line = next(line for line in out.splitlines() if line.startswith("testapp.LongRead.embedding") and "|" not in line)
-    assert line.split()[1:] == ["2", "1", "1", "4", str(counts["row_chars"]), str(counts["passage_chars"])]
+    assert line.split()[1:] == ["2", "1", "1", "8", str(counts["row_chars"]), str(counts["passage_chars"])]
     page = admin_client.get(reverse("admin:semantic_status"))
     assert page.status_code == 200
     assert "Characters read by passages" in page.content.decode()
