@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 from django.db import connections, models, transaction
-from django.db.models import F, FloatField, OuterRef, Subquery, Value
+from django.db.models import Case, F, FloatField, OuterRef, Subquery, Value, When
 from django.db.models.fields.json import JSONField
 from pgvector.django import CosineDistance
 
@@ -117,21 +117,33 @@ def annotate_predictions(
     An ordinary lazy queryset: ``.filter(confidence__lt=0.6)``, ordering, slicing and
     pagination work. Each annotation probes the index once per row it is computed
     for, so it suits pages of rows; :func:`predict_labels` labels whole tables with
-    one probe per row. Rows without a vector get NULL.
+    one probe per row. Rows without a vector that may be compared (no text, not
+    embedded yet, or made by another model) get NULL for both, as :func:`predict_labels`
+    leaves them out.
     """
     model = queryset.model
     embedding = serving_field(model, field)
     label_field = label_field_of(model, label)
     check_k(k)
     near = neighbours(examples if examples is not None else model._default_manager.all(), embedding, label_field, k)
+    label_output = label_field.target_field if label_field.is_relation else label_field
+    # Every neighbour of a row without a vector is at distance NULL, and the vote would still
+    # pick a label (with a NULL share): only a row the search may compare takes a vote.
+    searchable = embedding.searchable()
     # The vote needs the iterative scan whenever the rows are read, as predict_labels() has it
     # (voting_scan()): without it the index returns its ef_search nearest rows and, where
     # unlabelled rows crowd them, fewer than k labelled ones are left, or none.
     return voting(queryset, k=k, ef_search=ef_search).annotate(
-        predicted_label=LabelVote(
-            near, output="label", output_field=label_field.target_field if label_field.is_relation else label_field
+        predicted_label=Case(
+            When(searchable, then=LabelVote(near, output="label", output_field=label_output)),
+            default=None,
+            output_field=label_output,
         ),
-        confidence=LabelVote(near, output="share", output_field=FloatField()),
+        confidence=Case(
+            When(searchable, then=LabelVote(near, output="share", output_field=FloatField())),
+            default=None,
+            output_field=FloatField(),
+        ),
     )
 
 

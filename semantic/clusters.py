@@ -12,7 +12,9 @@ Each group gets:
 - its size and its most typical rows (nearest its centre);
 - a short label: the words that most set its texts apart from the whole queryset,
   counted by PostgreSQL's text search parser (``to_tsvector``; English stop words
-  dropped), or the most typical row's text when the text is not in columns;
+  dropped) on the text in Unicode NFC, and in Chinese and Japanese, which put no
+  space between words, the pairs of characters (see :func:`distinctive_words`); or
+  the most typical row's text when the text is not in columns;
 - with ``date_field``, rows per day, week or month and the growth between the last
   two periods that have ended (the current one is still filling: against a whole
   period, a steady stream would look like a fall). Periods are cut in the current
@@ -54,6 +56,9 @@ KMEANS_INITS = 10
 CHOOSE_K_INITS = 3
 TYPICAL_ROWS = 3
 LABEL_WORDS = 3
+#: Characters of scripts written without spaces between words, in a PostgreSQL regular
+#: expression: kana, and CJK ideographs (extension A, unified, compatibility).
+UNSPACED = r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]"
 PERIODS = ("day", "week", "month")
 
 
@@ -259,6 +264,13 @@ def distinctive_words(
     each word appears in; a word the English dictionary drops is a stop word. A
     word scores its share of the group's rows times how much more often it appears
     there than overall (its contribution to the groups' Kullback-Leibler divergence).
+
+    The text is first put in NFC, so a word stored precomposed and one stored
+    decomposed (``brûlée`` from macOS or a PDF) are one word, not two label slots.
+    Chinese and Japanese have no spaces: the parser takes a whole clause for one
+    "word" that no other row repeats, so runs of their characters count by the pairs
+    of characters in them instead (most words there are two characters long, and a
+    shared pair is mostly a shared word).
     """
     # The table that declares the field holds the text: a multi-table child's rows are
     # its parent's rows, under the same primary keys.
@@ -267,14 +279,21 @@ def distinctive_words(
     quote = connection.ops.quote_name
     pk = model._meta.pk
     text = "concat_ws(' ', " + ", ".join(f"t.{quote(c)}" for c in text_columns(model, embedding)) + ")"
+    # The database is UTF8 (semantic.E013), which normalize() and UNSPACED's escapes need.
+    words = f"""
+        SELECT word FROM unnest(tsvector_to_array(to_tsvector('simple', b.body))) AS word
+        WHERE length(word) > 2 AND word !~ '^[0-9]' AND to_tsvector('english', word) <> ''::tsvector
+        AND word !~ '{UNSPACED}'
+        UNION ALL
+        SELECT substr(m.run[1], i, 2) FROM regexp_matches(b.body, '{UNSPACED}+', 'g') AS m(run),
+        generate_series(1, length(m.run[1]) - 1) AS i
+    """
     sql = f"""
         SELECT a.grp, w.word, count(*)
         FROM unnest(%s::{pk.rel_db_type(connection)}[], %s::int[]) AS a(pk, grp)
         JOIN {quote(model._meta.db_table)} t ON t.{quote(pk.column)} = a.pk
-        CROSS JOIN LATERAL (
-            SELECT DISTINCT word FROM unnest(tsvector_to_array(to_tsvector('simple', {text}))) AS word
-            WHERE length(word) > 2 AND word !~ '^[0-9]' AND to_tsvector('english', word) <> ''::tsvector
-        ) w
+        CROSS JOIN LATERAL (SELECT normalize({text}, NFC) AS body) b
+        CROSS JOIN LATERAL (SELECT DISTINCT word FROM ({words}) words) w
         GROUP BY a.grp, w.word
     """
     with connection.cursor() as cursor:

@@ -41,7 +41,7 @@ from semantic.keyword import keyword_search, keyword_settings
 from semantic.passage_search import NearestPassage, passage_annotations, require_passages
 from semantic.query import SLICED, SemanticQuerySet, SemanticQuerySetMixin, query_vector
 from semantic.switch import serving_field
-from semantic.vectors import vector_literal
+from semantic.vectors import EmptyQuery, blank, vector_literal
 
 #: RRF's ``k``: the rank offset that keeps the first few ranks from dominating.
 DEFAULT_K = 10
@@ -231,6 +231,8 @@ def hybrid(
     ``weights`` is ``(keyword, meaning)``; ``candidates`` is how many rows each side
     ranks (at most 1,000), so at most twice that many rows are returned;
     ``passages=True`` ranks the meaning side by the rows' passages.
+    Raises :class:`semantic.EmptyQuery` (a ``ValueError``) for a text with nothing to
+    search, and :class:`semantic.SearchUnavailable` as ``similar_to()`` does.
     """
     if isinstance(queryset, models.Manager):  # Doc.objects, shelf.docs: as similar_to() is called on them
         queryset = queryset.all()
@@ -242,8 +244,8 @@ def hybrid(
         text = str(text)
     if not isinstance(text, str):
         raise TypeError(f"hybrid() searches for a text, not {type(text).__name__}.")
-    if not text.strip():
-        raise ValueError("Cannot search for an empty text.")
+    if blank(text):
+        raise EmptyQuery(EmptyQuery.SEARCH_MESSAGE)
     if isinstance(k, bool) or not isinstance(k, (int, float)) or k < 0:
         raise ValueError(f"k is a rank offset of 0 or more (default {DEFAULT_K}), not {k!r}.")
     if (

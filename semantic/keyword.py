@@ -38,6 +38,7 @@ from django.db.models import F, Func, Value
 from django.db.models.expressions import Expression
 
 from semantic.text import sanitize
+from semantic.vectors import EmptyQuery, blank
 
 #: Words are matched with OR (see the module docstring); "all" uses plainto_tsquery's AND.
 MATCH_MODES = ("any", "all")
@@ -187,11 +188,14 @@ def keyword_search(
     """Rows whose words match ``text``, best first, annotated with ``keyword_relevance``.
 
     ``fields`` and ``config`` default to the model's :class:`KeywordIndex`, so the index
-    serves the search.
+    serves the search. Raises :class:`semantic.EmptyQuery` (a ``ValueError``) for a
+    text with nothing to search, as ``similar_to()`` does.
     """
     fields, config = keyword_settings(queryset.model, fields, config)
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError("Cannot search for an empty text.")
+    if not isinstance(text, str):
+        raise TypeError(f"keyword_search() searches for a text, not {type(text).__name__}.")
+    if blank(text):
+        raise EmptyQuery(EmptyQuery.SEARCH_MESSAGE)
     model = queryset.model
     return (
         queryset.filter(keyword_match(model, fields, config, text, match=match))

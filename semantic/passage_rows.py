@@ -29,7 +29,7 @@ from semantic.fields import TITLE_SEPARATOR, EmbeddingField
 from semantic.models import EmbeddingFailure, Passage
 from semantic.passages import split
 from semantic.rows import in_flight
-from semantic.text import clean, sanitize, source_hash
+from semantic.text import clean, sanitize, source_hash, storable
 
 #: Failure records of a row's passages name the field with this suffix (the row's own records name it bare).
 FAILURE_SUFFIX = ":passages"
@@ -133,10 +133,13 @@ def cut(field: EmbeddingField, row: models.Model) -> Cut:
     title = clean(title, 1000) if title is not None else None
     suffix = TITLE_SEPARATOR + (title or "") if field.title_source else ""
     result = Cut(row.pk, row_hash, cut_marker(field, row_hash), title)
-    text = sanitize(field.source_text(row))
-    for position, passage in enumerate(split(text, max_chars=max_chars, overlap=overlap)):
+    source = field.source_text(row)
+    # Cut and hashed as sent, controls as spaces (sanitize() keeps every position); stored
+    # as written, so a passage is its row's text[start:end] for search and highlighting.
+    for position, passage in enumerate(split(sanitize(source), max_chars=max_chars, overlap=overlap)):
         digest = source_hash(passage.text + suffix) or ""
-        result.pieces.append(Piece(position, passage.start, passage.end, passage.text, digest))
+        shown = storable(source[passage.start : passage.end])
+        result.pieces.append(Piece(position, passage.start, passage.end, shown, digest))
     return result
 
 

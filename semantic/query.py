@@ -42,7 +42,7 @@ from semantic.fields import EmbeddingField
 from semantic.passage_search import by_passages, require_passages, with_nearest_passage
 from semantic.search_plan import SearchPlan, SemanticSearch, plan, rank, resort, search_statement
 from semantic.switch import serving_field
-from semantic.vectors import EmptyQuery, embed, vector_literal
+from semantic.vectors import EmptyQuery, blank, embed, vector_literal
 
 if TYPE_CHECKING:
     _QuerySetBase = models.QuerySet
@@ -420,7 +420,7 @@ def instance_vector(model: type[models.Model], field: EmbeddingField, instance: 
     if (vector := current_vector(model, field, instance)) is not None:
         return vector
     text = field.source_text(instance)
-    if not text.strip():
+    if blank(text):
         raise EmptyQuery(f"{model.__name__} #{instance.pk} has no text to search with.")
     (vector,) = embed([text], task_type=field.task_type, dimensions=field.dimensions, model=field.embedding_model)
     return vector

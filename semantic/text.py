@@ -102,3 +102,12 @@ def redact(message: str, *secrets: str | None) -> str:
             if form:
                 message = message.replace(form, "[redacted]")
     return message
+
+
+def storable(text: str) -> str:
+    """``text`` with only what a PostgreSQL ``text`` column cannot hold replaced, one for one.
+
+    NUL and lone surrogates go; form feeds, escapes and other controls stay, so a
+    passage stored this way is the slice of its row's text that users look it up by.
+    """
+    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", " ")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import unicodedata
 from collections.abc import Sequence
 from contextlib import nullcontext
 
@@ -44,6 +45,20 @@ class EmptyQuery(ValueError):
     """
 
     MESSAGE = "Cannot embed an empty text (nothing is left once whitespace and control characters are removed)."
+    #: For a search that embeds nothing (a keyword search, a keyword-only hybrid()).
+    SEARCH_MESSAGE = (
+        "Cannot search for an empty text (nothing is left once whitespace and control characters are removed)."
+    )
+
+
+def blank(text: str) -> bool:
+    """True for a text with nothing to search: only whitespace and control characters.
+
+    Whitespace of every script counts (the ideographic space U+3000 a CJK input method
+    types, NBSP, em spaces), and so do C1 controls, so ``?q=%E3%80%80`` is "no query" on
+    every search, keyword or meaning, rather than an error on some of them.
+    """
+    return all(char.isspace() or unicodedata.category(char) == "Cc" for char in text)
 
 
 class SearchUnavailable(EmbeddingError):
@@ -99,7 +114,7 @@ def embed(
     backend = get_backend(model)
     dimensions = dimensions or default_size(backend)
     cleaned = [clean(text, backend.max_input_chars) for text in texts]
-    if not all(cleaned):
+    if not all(cleaned) or any(map(blank, texts)):
         raise EmptyQuery(EmptyQuery.MESSAGE)
     store = caches[conf.CACHE] if cache and conf.CACHE else None
     cached_as = task_type if backend.uses_task_types else ""

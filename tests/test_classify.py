@@ -278,6 +278,28 @@ def test_the_vote_is_weighted_by_similarity_and_its_share_is_the_confidence():
     assert (prediction.label, prediction.confidence) == ("b", pytest.approx(1.0))
 
 
+@pytest.mark.django_db
+def test_a_row_without_a_vector_it_may_be_compared_by_has_no_predicted_label():
+    """Every labelled row is at distance NULL from it; the vote must not pick a label anyway."""
+    spec = Ticket._meta.get_field("embedding").spec()
+    with suspend_embedding():
+        for category, vector in [("a", unit(1)), ("a", unit(0.9, 0.1)), ("b", unit(0, 1))]:
+            Ticket.objects.create(text=f"ticket {category}", category=category, embedding=vector, embedding_spec=spec)
+        near_a = Ticket.objects.create(text="near a", embedding=unit(1, 0.05), embedding_spec=spec)
+        blank = Ticket.objects.create(text="\u3000\n\t")
+        other_model = Ticket.objects.create(text="old", embedding=unit(1), embedding_spec="another model")
+    annotated = annotate_predictions(Ticket.objects.filter(category=""), k=3)
+    found = {
+        pk: (label, confidence)
+        for pk, label, confidence in annotated.values_list("pk", "predicted_label", "confidence")
+    }
+    assert found[near_a.pk][0] == "a"
+    assert found[blank.pk] == (None, None)
+    assert found[other_model.pk] == (None, None)
+    assert list(annotated.filter(predicted_label="a").values_list("pk", flat=True)) == [near_a.pk]
+    assert [p.pk for p in predict_labels(Ticket.objects.all(), k=3)] == [near_a.pk]
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_lazy_annotation_votes_as_predict_labels_does(tickets):
     """However it is evaluated (rows, a filtered count), with its own QuerySet class or not.

@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import unicodedata
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 
+import numpy as np
 import pytest
 from django.core.management import CommandError
 from django.db.models import Count
@@ -226,3 +228,59 @@ def test_a_multi_table_child_is_grouped_by_the_text_in_its_parents_table(fake_ge
     assert sum(topic.size for topic in topics) == len(titles)
     words = {word for topic in topics for word in topic.words}
     assert words and words <= {"reset", "password", "link", "export", "invoices", "now"}
+
+
+def unit(*values, dimensions=384):
+    vector = np.zeros(dimensions)
+    vector[: len(values)] = values
+    return (vector / np.linalg.norm(vector)).tolist()
+
+
+@pytest.mark.django_db
+def test_labels_count_a_word_once_in_any_normal_form_and_chinese_and_japanese_by_character_pairs():
+    """NFD text (macOS file names, some PDF extractions) is the same word as NFC; Chinese and
+    Japanese put no space between words, so their labels are the character pairs the rows share."""
+    spec = Ticket._meta.get_field("embedding").spec()
+    desserts = [
+        "Crème brûlée for dinner",
+        "A crème brûlée recipe",
+        "Crème brûlée with berries",
+        "The best crème brûlée",
+    ]
+    groups = {
+        "dessert": [
+            unicodedata.normalize("NFD" if number % 2 else "NFC", text) for number, text in enumerate(desserts)
+        ],
+        "chinese": [
+            "北京今天下雨，记得带伞。",
+            "北京明天还会下雨吗？",
+            "下雨天北京的交通很堵。",
+            "北京下雨了，航班延误。",
+        ],
+        "japanese": [
+            "東京で雨が降っています。",
+            "東京は明日も雨です。",
+            "雨の東京、傘を忘れずに。",
+            "東京の雨はいつ止む？",
+        ],
+        "password": [
+            "Reset my password",
+            "I forgot my password, reset it",
+            "Password reset link",
+            "Reset password now",
+        ],
+    }
+    with suspend_embedding():
+        for axis, texts in enumerate(groups.values()):
+            for number, text in enumerate(texts):
+                values = [0.0] * 8
+                values[axis], values[4 + number] = 1.0, 0.1
+                Ticket.objects.create(text=text, embedding=unit(*values), embedding_spec=spec)
+    topics = {topic.typical[0].text: topic for topic in cluster(Ticket.objects.all(), k=4)}
+    words = {name: next(t.words for text, t in topics.items() if text in texts) for name, texts in groups.items()}
+    assert len({unicodedata.normalize("NFC", word) for word in words["dessert"]}) == len(words["dessert"])
+    assert "brûlée" in words["dessert"] and "crème" in words["dessert"]
+    assert all(unicodedata.is_normalized("NFC", word) for found in words.values() for word in found)
+    assert {"北京", "下雨"} <= set(words["chinese"])
+    assert "東京" in words["japanese"]
+    assert words["password"] == ["password", "reset"]

@@ -13,7 +13,7 @@ from django.db import NotSupportedError, connection, models
 from django.db.models import Exists, OuterRef, Prefetch, Subquery
 from django.utils.translation import gettext_lazy
 
-from semantic import HybridQuerySet, SemanticQuerySetMixin, context, embed_pending, hybrid
+from semantic import EmptyQuery, HybridQuerySet, SemanticQuerySetMixin, context, embed_pending, hybrid
 from semantic.fields import get_embedding_field
 from semantic.hybrid import OUTER_REF
 from semantic.keyword import keyword_search
@@ -190,7 +190,7 @@ def test_bad_options_say_what_is_expected(semantic_settings, options, message):
 
 
 def test_an_empty_text_is_refused():
-    with pytest.raises(ValueError, match="empty text"):
+    with pytest.raises(EmptyQuery, match="empty text"):
         hybrid(Doc.objects.all(), "  ")
 
 

@@ -17,11 +17,12 @@ from django.db import connection
 from django.utils.translation import gettext_lazy
 
 from semantic import Passages, context, suspend_embedding
-from semantic.fields import EmbeddingField
+from semantic.fields import TITLE_SEPARATOR, EmbeddingField
 from semantic.models import EmbeddingFailure, Passage
 from semantic.passage_rows import PARTIAL, current_rows
 from semantic.passages import split
 from semantic.query import SLICED
+from semantic.text import sanitize, source_hash
 from tests.testapp.models import Article, LongRead
 
 TOPICS = [
@@ -574,3 +575,24 @@ def test_dry_run_counts_exactly_the_characters_a_run_then_sends(fake_gemini):
     assert (passages, rows) == (1, 1)  # the row's vector again, and only the passage that changed
     assert sent() == total
     assert Embed.NOTHING.format(label=label) in call("semantic_embed", "testapp.LongRead")[0]
+
+
+@pytestmark_db
+def test_passage_text_is_the_slice_of_the_text_with_its_control_characters(fake_gemini):
+    """pdftotext puts a form feed between pages: a passage is still found in the text by
+    string match, and quoted as written; the model is sent it with controls as spaces."""
+    pages = [paragraph(*TOPICS[i], tag=tag) for i, tag in ((0, "\x07"), (2, "\x1b[1m"), (4, "\x0b"))]
+    body = "\n\x0c".join(pages)
+    row = LongRead.objects.create(title="Scanned report", body=body)
+    stored = passages_of(row)
+    assert len(stored) > 1 and any("\x0c" in p.text for p in stored)
+    assert all(p.text == body[p.start : p.end] for p in stored)
+    sent = fake_gemini.texts()
+    assert sent and not any(set(text) & {"\x07", "\x0b", "\x0c", "\x1b"} for text in sent)
+    match = LongRead.objects.similar_to("the arctic glacier moraine frozen", passages=True).get(pk=row.pk)
+    assert match.passage_text == body[match.passage_start : match.passage_end]
+    assert body.find(match.passage_text) == match.passage_start
+    (quoted, *_) = context(LongRead, "the arctic glacier moraine frozen")
+    assert quoted.text == body[quoted.start : quoted.end]
+    # Hashed as sent, as before: passages stored by an older release keep their vectors.
+    assert all(p.text_hash == source_hash(sanitize(p.text) + TITLE_SEPARATOR + row.title) for p in stored)

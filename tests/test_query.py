@@ -18,14 +18,27 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django.utils.translation import gettext_lazy
 
-from semantic import EmptyQuery, SearchUnavailable, SemanticQuerySetMixin, ahybrid, embed, suspend_embedding
+from semantic import (
+    EmptyQuery,
+    SearchUnavailable,
+    SemanticQuerySetMixin,
+    ahybrid,
+    context,
+    embed,
+    hybrid,
+    suspend_embedding,
+)
 from semantic.backends import CONFIG, EmbeddingError, get_backend
+from semantic.classify import suggest_label
 from semantic.fields import get_embedding_field
+from semantic.keyword import keyword_search
 from semantic.models import EmbeddingFailure, RateLimit
 from semantic.query import SLICED, query_task_type
 from semantic.ratelimit import configuration_problem, limit_key
+from tests.docsapp.models import Doc
 from tests.fake_gemini import BAD_KEY, PERMISSION_DENIED, api_error
-from tests.testapp.models import Article, Document, Note
+from tests.testapp.models import Article, Document, LongRead, Note
+from tests.topicapp.models import Ticket
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -700,6 +713,41 @@ def test_a_query_with_nothing_to_embed_is_an_empty_query_error(articles, fake_ge
         with pytest.raises(EmptyQuery):
             embed([text])
     assert issubclass(EmptyQuery, ValueError)
+    assert fake_gemini.request_count == 0
+
+
+#: Texts with nothing to search: whitespace of any script (U+3000 is what a CJK input
+#: method types for a space), C0 and C1 controls.
+BLANK_QUERIES = ["", " ", "\u3000", "\x01", " \x01\x02\t", "\u3000\n\t\u00a0\u2003", "\x85\x80\x9f\x7f"]
+
+#: Every public way to search with a text.
+QUERY_ENTRY_POINTS = {
+    "similar_to": lambda text: Article.objects.similar_to(text),
+    "duplicates_of": lambda text: Article.objects.duplicates_of(text),
+    "with_passage": lambda text: LongRead.objects.all().with_passage(text),
+    "context": lambda text: context(LongRead, text),
+    "hybrid": lambda text: hybrid(Doc.objects.all(), text),
+    "hybrid by keywords only": lambda text: hybrid(Doc.objects.all(), text, weights=(1, 0)),
+    "keyword_search": lambda text: keyword_search(Doc.objects.all(), text),
+    "suggest_label": lambda text: suggest_label(Ticket.objects.all(), text),
+    "embed": lambda text: embed([text]),
+}
+
+
+@pytest.mark.parametrize("entry_point", QUERY_ENTRY_POINTS)
+def test_every_search_refuses_a_blank_text_with_empty_query(entry_point, fake_gemini):
+    """A view that catches EmptyQuery (as README says) never answers 500 for ?q=+ or ?q=%E3%80%80."""
+    for text in BLANK_QUERIES:
+        with pytest.raises(EmptyQuery, match="empty text"):
+            QUERY_ENTRY_POINTS[entry_point](text)
+    assert fake_gemini.request_count == 0
+
+
+def test_an_instance_with_only_blank_text_is_an_empty_query(fake_gemini):
+    with suspend_embedding():
+        blank = Article.objects.create(title="\u3000", body="\x80\u2003")
+    with pytest.raises(EmptyQuery, match="no text to search with"):
+        Article.objects.similar_to(blank)
     assert fake_gemini.request_count == 0
 
 
