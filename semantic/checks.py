@@ -275,7 +275,7 @@ def check_databases(app_configs: Any = None, **kwargs: Any) -> list[checks.CMess
 def check_keyword_indexes(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
     """A KeywordIndex over a generated column parses queries in its own ``config``: it
     must be the column's, or stemmed query words miss the column's words."""
-    from semantic.keyword import KeywordIndex, column_config
+    from semantic.keyword_index import KeywordIndex, column_config
 
     errors: list[checks.CMessage] = []
     configs = app_configs or apps.get_app_configs()
