@@ -38,6 +38,7 @@ from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.core.exceptions import FieldDoesNotExist
 from django.db import models
 from django.db.models import F
+from django.db.models.functions import Left
 
 #: Characters of text a KeywordIndex holds the words of (module docstring).
 MAX_CHARS = 100_000
@@ -99,6 +100,23 @@ def column_config(model: type[models.Model], fields: list[str] | tuple[str, ...]
     config = getattr(getattr(field, "expression", None), "config", None)
     value = getattr(getattr(config, "config", None), "value", None)
     return value if isinstance(value, str) else None
+
+
+def unbounded_column(model: type[models.Model], fields: list[str] | tuple[str, ...]) -> bool:
+    """Whether ``fields`` names a generated ``tsvector`` column built from whole texts
+    (no ``Left()`` in its expression): a row of many distinct words cannot be saved."""
+    if not stored_vector(model, fields):
+        return False
+    expression = getattr(model._meta.get_field(fields[0]), "expression", None)
+    if expression is None:  # a SearchVectorField the project fills itself
+        return False
+    pending = [expression]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, Left):
+            return False
+        pending.extend(node.get_source_expressions() if hasattr(node, "get_source_expressions") else ())
+    return True
 
 
 class KeywordIndex(GinIndex):
