@@ -10,11 +10,16 @@ import random
 import string
 
 import pytest
-from django.db import connection, migrations
-from django.db.migrations.state import ProjectState
+from django.db import connection, migrations, models
+from django.db.migrations.autodetector import MigrationAutodetector
+from django.db.migrations.graph import MigrationGraph
+from django.db.migrations.questioner import MigrationQuestioner
+from django.db.migrations.state import ModelState, ProjectState
+from django.db.migrations.writer import MigrationWriter
 
-from semantic import embed_pending, hybrid
+from semantic import KeywordIndex, embed_pending, hybrid
 from semantic.keyword import keyword_search
+from semantic.keyword_index import MAX_CHARS
 from tests.docsapp.models import Doc, Page
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -52,3 +57,47 @@ def test_adding_the_index_to_a_table_that_holds_such_a_row_works(long_text):
     with connection.schema_editor() as editor:
         add.database_forwards("docsapp", editor, state, after)
     assert list(keyword_search(Page.objects.all(), "zyxquartz").values_list("pk", flat=True)) == [row.pk]
+
+
+def test_the_worst_text_measured_stays_under_postgresqls_limit_at_max_chars():
+    """Single ideographs of the supplementary planes joined by hyphens: a lexeme for each
+    and one for each compound, about 8.5 bytes a character (the most of those measured)."""
+    rng = random.Random(1)
+    ideographs = [chr(c) for c in rng.sample(range(0x20000, 0x2A6DF), 42_000)]
+    text = " ".join("-".join(ideographs[i : i + 300]) for i in range(0, len(ideographs), 300))
+    text = (text + " ") * 2  # past the bound: repeats add positions
+    assert len(text) > MAX_CHARS
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_column_size(to_tsvector('simple', left(%s, %s)))", [text, MAX_CHARS])
+        (size,) = cursor.fetchone()
+    assert 700_000 < size < 1_048_575 * 0.9
+
+
+def test_an_index_from_a_migration_written_before_the_bound_is_rebuilt_by_makemigrations():
+    """Older migrations name semantic.keyword.KeywordIndex: the whole-text index they built."""
+    from semantic import keyword
+
+    def state(index):
+        project = ProjectState()
+        project.add_model(
+            ModelState(
+                "docsapp",
+                "Page",
+                [("id", models.AutoField(primary_key=True)), ("text", models.TextField())],
+                {"indexes": [index]},
+            )
+        )
+        return project
+
+    def changes(old, new):
+        detector = MigrationAutodetector(old, new, MigrationQuestioner(specified_apps={"docsapp"}))
+        return detector.changes(graph=MigrationGraph())
+
+    before = state(keyword.KeywordIndex(fields=["text"], name="page_words"))
+    after = state(KeywordIndex(fields=["text"], name="page_words"))
+    (migration,) = changes(before, after)["docsapp"]
+    assert [type(operation).__name__ for operation in migration.operations] == ["RemoveIndex", "AddIndex"]
+    assert "semantic.KeywordIndex(fields=['text'], max_chars=100000, name='page_words')" in (
+        MigrationWriter(migration).as_string()
+    )
+    assert changes(after, state(KeywordIndex(fields=["text"], name="page_words"))) == {}
