@@ -6,7 +6,7 @@ from semantic.context import Context, ContextPassage, context
 from semantic.fields import EmbeddingField
 from semantic.hooks import suspend_embedding
 from semantic.hybrid import HybridQuerySet, HybridSearchMixin, ahybrid, hybrid
-from semantic.keyword import KeywordIndex
+from semantic.keyword_index import KeywordIndex
 from semantic.passages import Passages
 from semantic.query import SemanticManager, SemanticQuerySet, SemanticQuerySetMixin
 from semantic.vectors import EmptyQuery, SearchUnavailable, embed

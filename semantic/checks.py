@@ -27,6 +27,16 @@ DIMENSIONS_HINT = (
     "the rows are embedded again), or pin an embedding_model that makes this size."
 )
 #: semantic.E015: the key as configured cannot be sent; it names the character, never the key.
+UNBOUNDED_COLUMN = (
+    "{label}: KeywordIndex {index!r} indexes {field!r}, whose expression takes the words of whole texts: "
+    "saving a row of many distinct words (from about 170,000 characters) fails with PostgreSQL's "
+    '"string is too long for tsvector".'
+)
+UNBOUNDED_COLUMN_HINT = (
+    "Index at most 100,000 characters: wrap the long fields in Left(), e.g. "
+    'SearchVector("title", Left("body", 100_000), config="english"), then makemigrations '
+    "(README: Keyword and meaning together)."
+)
 KEY_UNSENDABLE = (
     "The Gemini API key holds a character an HTTP header cannot carry ({character}), so no request can be sent with it."
 )
@@ -290,7 +300,7 @@ def check_databases(app_configs: Any = None, **kwargs: Any) -> list[checks.CMess
 def check_keyword_indexes(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
     """A KeywordIndex over a generated column parses queries in its own ``config``: it
     must be the column's, or stemmed query words miss the column's words."""
-    from semantic.keyword import KeywordIndex, column_config
+    from semantic.keyword_index import KeywordIndex, column_config, unbounded_column
 
     errors: list[checks.CMessage] = []
     configs = app_configs or apps.get_app_configs()
@@ -310,6 +320,11 @@ def check_keyword_indexes(app_configs: Any = None, **kwargs: Any) -> list[checks
                         id="semantic.W003",
                     )
                 )
+            if unbounded_column(model, index.keyword_fields):
+                message = UNBOUNDED_COLUMN.format(
+                    label=model._meta.label, index=index.name, field=index.keyword_fields[0]
+                )
+                errors.append(checks.Warning(message, hint=UNBOUNDED_COLUMN_HINT, obj=model, id="semantic.W007"))
     return errors
 
 

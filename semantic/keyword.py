@@ -1,9 +1,8 @@
-"""Keyword relevance from PostgreSQL full-text search, with the GIN index that serves it.
+"""Keyword relevance from PostgreSQL full-text search, served by a KeywordIndex.
 
-The index and the queries share one expression, :func:`document_vector`:
-``to_tsvector(config, coalesce(a, '') || ' ' || coalesce(b, ''))``. PostgreSQL uses an
-expression index only for a query that repeats the expression exactly, so the index
-needs no column of its own. But the index stores no ``tsvector``: ranking a match
+The index and the queries share one expression
+(:func:`semantic.keyword_index.document_vector`: the words of a bounded prefix of the
+text), so the index needs no column of its own. But the index stores no ``tsvector``: ranking a match
 recomputes it from the text, and an OR-ed claim matches thousands of rows. On SciFact
 a keyword search took 714 ms that way against 26 ms reading a stored column (same
 rows, same order; docs/benchmarks.md). So a ``KeywordIndex`` over a single
@@ -30,40 +29,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.postgres.indexes import GinIndex
-from django.contrib.postgres.search import SearchVector, SearchVectorField
-from django.core.exceptions import FieldDoesNotExist
 from django.db import models
-from django.db.models import F, Func, Value
+from django.db.models import Func, Value
 from django.db.models.expressions import Expression
 
+from semantic.keyword_index import MAX_CHARS, WholeTextKeywordIndex, document_vector, keyword_index
 from semantic.text import sanitize
 from semantic.vectors import EmptyQuery, blank
 
 #: Words are matched with OR (see the module docstring); "all" uses plainto_tsquery's AND.
 MATCH_MODES = ("any", "all")
-
-
-def document_vector(fields: list[str] | tuple[str, ...], config: str, model: type[models.Model] | None = None) -> Any:
-    """The indexed expression: the fields' words in text search configuration ``config``,
-    or the stored ``tsvector`` column of ``model`` that ``fields`` names."""
-    if model is not None and stored_vector(model, fields):
-        return F(fields[0])
-    return SearchVector(*fields, config=config)
-
-
-def stored_vector(model: type[models.Model], fields: list[str] | tuple[str, ...]) -> bool:
-    """Whether ``fields`` is one ``tsvector`` field: a ``SearchVectorField``, or a
-    ``GeneratedField`` whose ``output_field`` is one."""
-    if len(fields) != 1:
-        return False
-    try:
-        field = model._meta.get_field(fields[0])
-    except FieldDoesNotExist:
-        return False
-    if isinstance(field, models.GeneratedField):
-        field = field.output_field
-    return isinstance(field, SearchVectorField)
 
 
 class WordsQuery(Func):
@@ -105,76 +80,24 @@ class WordFrequencyRank(Func):
     output_field = models.FloatField()
 
 
-def column_config(model: type[models.Model], fields: list[str] | tuple[str, ...]) -> str | None:
-    """The text search configuration a generated ``tsvector`` column is built in, when
-    its expression is a ``SearchVector`` with a literal ``config``; else None."""
-    if not stored_vector(model, fields):
-        return None
-    field = model._meta.get_field(fields[0])
-    config = getattr(getattr(field, "expression", None), "config", None)
-    value = getattr(getattr(config, "config", None), "value", None)
-    return value if isinstance(value, str) else None
+def indexed_vector(model: type[models.Model], fields: tuple[str, ...], config: str) -> Any:
+    """:func:`document_vector` as the model's KeywordIndex builds it for these fields (its
+    ``max_chars``), so the index serves the query; the default bound for other fields."""
+    index = keyword_index(model)
+    max_chars = index.max_chars if index is not None and index.keyword_fields == fields else MAX_CHARS
+    return document_vector(fields, config, model, max_chars=max_chars)
 
 
 def keyword_rank(
-    model: type[models.Model], fields: list[str] | tuple[str, ...], config: str, text: str, *, match: str = "any"
+    model: type[models.Model], fields: tuple[str, ...], config: str, text: str, *, match: str = "any"
 ) -> Expression:
-    return WordFrequencyRank(document_vector(fields, config, model), WordsQuery(text, config, match=match))
+    return WordFrequencyRank(indexed_vector(model, fields, config), WordsQuery(text, config, match=match))
 
 
 def keyword_match(
-    model: type[models.Model], fields: list[str] | tuple[str, ...], config: str, text: str, *, match: str = "any"
+    model: type[models.Model], fields: tuple[str, ...], config: str, text: str, *, match: str = "any"
 ) -> Expression:
-    return Matches(document_vector(fields, config, model), WordsQuery(text, config, match=match))
-
-
-class KeywordIndex(GinIndex):
-    """GIN index on the words of some text fields, for keyword and hybrid search.
-
-    ``Meta.indexes = [KeywordIndex(fields=["title", "text"], name="doc_keywords")]``
-
-    It indexes :func:`document_vector` of ``fields`` in ``config`` (default
-    ``"english"``); :func:`semantic.hybrid.hybrid` finds it and searches with the same
-    expression, so PostgreSQL uses it. Changing the fields or the configuration makes
-    ``makemigrations`` rebuild it. ``fields=["search"]`` naming one stored ``tsvector``
-    field indexes that column instead (much faster ranking; module docstring); ``config``
-    is then the configuration queries are parsed in, which should be the column's.
-    """
-
-    def __init__(self, *, fields: list[str] | tuple[str, ...], name: str, config: str = "english", **kwargs: Any):
-        if not fields:
-            raise ValueError("KeywordIndex needs at least one text field.")
-        if not isinstance(config, str) or not config:
-            raise ValueError(f"config names a text search configuration such as 'english', not {config!r}.")
-        self.keyword_fields = tuple(fields)
-        self.config = config
-        super().__init__(document_vector(self.keyword_fields, config), name=name, **kwargs)
-
-    def create_sql(self, model: type[models.Model], schema_editor: Any, using: str = "", **kwargs: Any) -> Any:
-        if stored_vector(model, self.keyword_fields):
-            column = GinIndex(
-                fields=list(self.keyword_fields),
-                name=self.name,
-                db_tablespace=self.db_tablespace,
-                condition=self.condition,
-                fastupdate=self.fastupdate,
-                gin_pending_list_limit=self.gin_pending_list_limit,
-            )
-            return column.create_sql(model, schema_editor, using=using, **kwargs)
-        return super().create_sql(model, schema_editor, using=using, **kwargs)
-
-    def deconstruct(self) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
-        _, args, kwargs = super().deconstruct()
-        kwargs.pop("expressions", None)
-        kwargs["fields"] = list(self.keyword_fields)
-        if self.config != "english":
-            kwargs["config"] = self.config
-        return "semantic.keyword.KeywordIndex", (), kwargs
-
-
-def keyword_index(model: type[models.Model]) -> KeywordIndex | None:
-    """The model's KeywordIndex, if it declares one."""
-    return next((index for index in model._meta.indexes if isinstance(index, KeywordIndex)), None)
+    return Matches(indexed_vector(model, fields, config), WordsQuery(text, config, match=match))
 
 
 def keyword_search(
@@ -221,3 +144,11 @@ def keyword_settings(
     if config is None:
         config = index.config if index is not None and index.keyword_fields == fields else "english"
     return fields, config
+
+
+def __getattr__(name: str) -> Any:
+    # Migrations written before KeywordIndex had max_chars name semantic.keyword.KeywordIndex:
+    # they get the index they built (semantic.keyword_index's docstring).
+    if name == "KeywordIndex":
+        return WholeTextKeywordIndex
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

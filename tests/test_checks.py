@@ -385,6 +385,7 @@ def test_replaces_must_name_another_embedding_field():
 
 def test_a_keyword_index_must_parse_queries_in_its_columns_configuration():
     from django.contrib.postgres.search import SearchVector, SearchVectorField
+    from django.db.models.functions import Left
 
     from semantic import KeywordIndex
     from semantic.checks import check_keyword_indexes
@@ -395,7 +396,9 @@ def test_a_keyword_index_must_parse_queries_in_its_columns_configuration():
         class Simple(models.Model):
             text = models.TextField()
             search = models.GeneratedField(
-                expression=SearchVector("text", config="simple"), output_field=SearchVectorField(), db_persist=True
+                expression=SearchVector(Left("text", 100_000), config="simple"),
+                output_field=SearchVectorField(),
+                db_persist=True,
             )
 
             class Meta:
@@ -408,6 +411,30 @@ def test_a_keyword_index_must_parse_queries_in_its_columns_configuration():
         (warning,) = check_keyword_indexes(app_configs=[Simple._meta.apps.get_app_config("testapp")])
     assert warning.id == "semantic.W003"
     assert "'simple_default'" in warning.msg and "'english'" in warning.msg and "config='simple'" in warning.hint
+
+
+def test_a_keyword_index_over_a_column_of_whole_texts_is_named_with_the_fix():
+    from django.contrib.postgres.search import SearchVector, SearchVectorField
+
+    from semantic import KeywordIndex
+    from semantic.checks import UNBOUNDED_COLUMN, UNBOUNDED_COLUMN_HINT, check_keyword_indexes
+
+    with isolate_apps("tests.testapp"):
+
+        class Whole(models.Model):
+            text = models.TextField()
+            search = models.GeneratedField(
+                expression=SearchVector("text", config="english"), output_field=SearchVectorField(), db_persist=True
+            )
+
+            class Meta:
+                app_label = "testapp"
+                indexes = [KeywordIndex(fields=["search"], name="whole_keywords")]
+
+        (warning,) = check_keyword_indexes(app_configs=[Whole._meta.apps.get_app_config("testapp")])
+    assert warning.id == "semantic.W007"
+    assert warning.msg == UNBOUNDED_COLUMN.format(label="testapp.Whole", index="whole_keywords", field="search")
+    assert warning.hint == UNBOUNDED_COLUMN_HINT
 
 
 @pytest.mark.parametrize("key", ["TIMEOUT", "SEARCH_TIMEOUT"])

@@ -57,6 +57,7 @@ LAYERS = [
     "semantic.search_plan",
     "semantic.passage_search",
     "semantic.query",
+    "semantic.keyword_index",
     "semantic.keyword",
     "semantic.hybrid",
     "semantic.context",

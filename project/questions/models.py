@@ -1,5 +1,6 @@
 from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.db import models
+from django.db.models.functions import Left
 from django.urls import reverse
 
 from semantic import EmbeddingField, KeywordIndex, SemanticManager
@@ -43,7 +44,8 @@ class Question(models.Model):
         source="answer", title_source="title", task_type="RETRIEVAL_DOCUMENT", passages=True, dimensions=384
     )
     search = models.GeneratedField(
-        expression=SearchVector("title", "body", "answer", config="english"),
+        # 100,000 characters of the long fields: PostgreSQL refuses a tsvector over 1 MB (README: Keyword search).
+        expression=SearchVector("title", Left("body", 50_000), Left("answer", 50_000), config="english"),
         output_field=SearchVectorField(),
         db_persist=True,
     )

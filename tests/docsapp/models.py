@@ -1,5 +1,6 @@
 from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.db import models
+from django.db.models.functions import Left
 
 from semantic import EmbeddingField, KeywordIndex, SemanticManager
 from semantic.indexes import EmbeddingIndex
@@ -21,7 +22,7 @@ class Doc(models.Model):
         passages=True,
     )
     search = models.GeneratedField(
-        expression=SearchVector("title", "text", config="english"),
+        expression=SearchVector("title", Left("text", 100_000), config="english"),
         output_field=SearchVectorField(),
         db_persist=True,
     )
@@ -67,7 +68,9 @@ class Excerpt(models.Model):
     text = models.TextField()
     embedding = EmbeddingField(source="text", task_type="RETRIEVAL_DOCUMENT", dimensions=384)
     search = models.GeneratedField(
-        expression=SearchVector("text", config="english"), output_field=SearchVectorField(), db_persist=True
+        expression=SearchVector(Left("text", 100_000), config="english"),
+        output_field=SearchVectorField(),
+        db_persist=True,
     )
 
     objects = SemanticManager()

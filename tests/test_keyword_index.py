@@ -1,0 +1,103 @@
+"""A KeywordIndex holds the words of a bounded prefix of the text (semantic.keyword_index).
+
+PostgreSQL refuses a ``tsvector`` over 1 MB, and a text of many distinct words (a log
+dump, a data table, base64, a long document in several scripts) reaches that in about
+170,000 characters: without the bound, saving such a row, or adding the index to a table
+that holds one, fails.
+"""
+
+import random
+import string
+
+import pytest
+from django.db import connection, migrations, models
+from django.db.migrations.autodetector import MigrationAutodetector
+from django.db.migrations.graph import MigrationGraph
+from django.db.migrations.questioner import MigrationQuestioner
+from django.db.migrations.state import ModelState, ProjectState
+from django.db.migrations.writer import MigrationWriter
+
+from semantic import KeywordIndex, embed_pending, hybrid
+from semantic.keyword import keyword_search
+from semantic.keyword_index import MAX_CHARS
+from tests.docsapp.models import Doc, Page
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def distinct_words(count: int) -> str:
+    """``count`` distinct eight-letter words, 9 characters each: 1.8 MB of ``tsvector``."""
+    rng = random.Random(1)
+    return " ".join("".join(rng.choices(string.ascii_lowercase, k=8)) for _ in range(count))
+
+
+@pytest.fixture(scope="module")
+def long_text():
+    return "The zyxquartz module was renamed. " + distinct_words(150_000)
+
+
+@pytest.mark.parametrize("model", [Doc, Page], ids=["stored column", "expression"])
+def test_a_row_of_150000_distinct_words_saves_and_is_found_by_a_word_near_its_start(model, long_text):
+    row = model.objects.create(title="Big log", text=long_text)
+    model.objects.create(title="Gardening", text="Tomatoes need sun, water and a stake to climb.")
+    assert list(keyword_search(model.objects.all(), "zyxquartz").values_list("pk", flat=True)) == [row.pk]
+    embed_pending()
+    assert next(iter(hybrid(model.objects.all(), "zyxquartz module"))).pk == row.pk
+
+
+def test_adding_the_index_to_a_table_that_holds_such_a_row_works(long_text):
+    (index,) = [index for index in Page._meta.indexes if index.name == "page_keywords"]
+    state = ProjectState.from_apps(Page._meta.apps)
+    with connection.schema_editor() as editor:
+        editor.remove_index(Page, index)
+    row = Page.objects.create(title="Big log", text=long_text)
+    add = migrations.AddIndex("page", index)
+    after = state.clone()
+    add.state_forwards("docsapp", after)
+    with connection.schema_editor() as editor:
+        add.database_forwards("docsapp", editor, state, after)
+    assert list(keyword_search(Page.objects.all(), "zyxquartz").values_list("pk", flat=True)) == [row.pk]
+
+
+def test_the_worst_text_measured_stays_under_postgresqls_limit_at_max_chars():
+    """Single ideographs of the supplementary planes joined by hyphens: a lexeme for each
+    and one for each compound, about 8.5 bytes a character (the most of those measured)."""
+    rng = random.Random(1)
+    ideographs = [chr(c) for c in rng.sample(range(0x20000, 0x2A6DF), 42_000)]
+    text = " ".join("-".join(ideographs[i : i + 300]) for i in range(0, len(ideographs), 300))
+    text = (text + " ") * 2  # past the bound: repeats add positions
+    assert len(text) > MAX_CHARS
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_column_size(to_tsvector('simple', left(%s, %s)))", [text, MAX_CHARS])
+        (size,) = cursor.fetchone()
+    assert 700_000 < size < 1_048_575 * 0.9
+
+
+def test_an_index_from_a_migration_written_before_the_bound_is_rebuilt_by_makemigrations():
+    """Older migrations name semantic.keyword.KeywordIndex: the whole-text index they built."""
+    from semantic import keyword
+
+    def state(index):
+        project = ProjectState()
+        project.add_model(
+            ModelState(
+                "docsapp",
+                "Page",
+                [("id", models.AutoField(primary_key=True)), ("text", models.TextField())],
+                {"indexes": [index]},
+            )
+        )
+        return project
+
+    def changes(old, new):
+        detector = MigrationAutodetector(old, new, MigrationQuestioner(specified_apps={"docsapp"}))
+        return detector.changes(graph=MigrationGraph())
+
+    before = state(keyword.KeywordIndex(fields=["text"], name="page_words"))
+    after = state(KeywordIndex(fields=["text"], name="page_words"))
+    (migration,) = changes(before, after)["docsapp"]
+    assert [type(operation).__name__ for operation in migration.operations] == ["RemoveIndex", "AddIndex"]
+    assert "semantic.KeywordIndex(fields=['text'], max_chars=100000, name='page_words')" in (
+        MigrationWriter(migration).as_string()
+    )
+    assert changes(after, state(KeywordIndex(fields=["text"], name="page_words"))) == {}
