@@ -301,6 +301,34 @@ def test_a_foreign_key_label_is_suggested_and_counted_by_the_related_rows_name(c
     assert counted and set(counted) <= names
 
 
+def test_rows_whose_neighbours_are_not_similar_at_all_get_no_suggestion(editor, fake_gemini):
+    """Labelled rows at similarity 0 or below: the row is listed as having no suggestion and
+    "Apply suggested labels" counts and writes nothing for it, instead of failing."""
+    spec = Ticket._meta.get_field("embedding").spec()
+    with suspend_embedding():
+        alone = Ticket.objects.create(text="alone", embedding=[1.0] + [0.0] * 383, embedding_spec=spec)
+        suggested = Ticket.objects.create(text="near", embedding=[0.0, 1.0] + [0.0] * 382, embedding_spec=spec)
+        for vector in ([-1.0] + [0.0] * 383, [0.0, 1.0] + [0.0] * 382):
+            Ticket.objects.create(text="labelled", category="card_arrival", embedding=vector, embedding_spec=spec)
+
+    assert cells(editor.get(reverse(CHANGELIST)), "suggested label")[alone.pk] == "-"
+    listed = editor.get(reverse(CHANGELIST) + "?semantic_suggestion=none").context["cl"].result_list
+    assert [row.pk for row in listed] == [alone.pk]
+
+    page = act(editor, {"_selected_action": [alone.pk, suggested.pk]})
+    assert page.status_code == 200
+    assert (page.context["suggested_count"], page.context["would_change"]) == (1, 1)
+    done = act(editor, {"_selected_action": [alone.pk, suggested.pk], "min_confidence": "0", "post": "yes"})
+    assert done.status_code == 302
+    assert [str(m) for m in get_messages(done.wsgi_request)] == [
+        "Labelled 1 row with its suggested label (confidence 0.0 or more)."
+    ]
+    assert (Ticket.objects.get(pk=alone.pk).category, Ticket.objects.get(pk=suggested.pk).category) == (
+        "",
+        "card_arrival",
+    )
+
+
 # -- Topics ----------------------------------------------------------------------------------
 
 
