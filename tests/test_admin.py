@@ -367,6 +367,25 @@ def test_change_form_shows_similar_items(viewer, articles):
     assert "Similar items" in response.content.decode()
 
 
+def test_saving_a_row_waiting_for_the_worker_never_calls_the_api(editor, articles, fake_gemini, semantic_settings):
+    """The panel searches with stored, current vectors only: a save (and the form after it) of a
+    row whose new text waits for the worker says so, and never waits on the API or warns of it."""
+    semantic_settings(SYNC=False)  # no worker runs: saved rows stay pending
+    fake_gemini.fail_every(503, body=api_error(503, "The model is overloaded.", "UNAVAILABLE"))
+    obj = articles["reset my account password"]
+    url = reverse("admin:testapp_article_change", args=[obj.pk])
+    for title in ("reset my account password now", "reset my account password today"):
+        saved = editor.post(url, {"title": title, "body": "", "category": "", "_continue": "1"}, follow=True)
+        assert saved.status_code == 200 and saved.redirect_chain == [(url, 302)]
+        assert [str(m) for m in get_messages(saved.wsgi_request)] == [
+            f'The article “<a href="{url}">{title}</a>” was changed successfully. You may edit it again below.'
+        ]
+        assert saved.context["semantic_similar"] is None and saved.context["semantic_state"] == "pending"
+        assert "Waiting for the worker to embed this row’s current text" in saved.content.decode()
+    assert fake_gemini.request_count == 0
+    assert Article.objects.get(pk=obj.pk).title == "reset my account password today"
+
+
 def test_text_keys_link_to_their_own_rows_and_keep_the_similar_panel(client, fake_gemini):
     """Django quotes keys in admin URLs ("_40" is "@" unquoted): "item_40" is "item_5F40" there."""
     viewer = client
