@@ -282,6 +282,7 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
                 near = self.semantic_queryset(request).similar_to(vector, field=field.name).exclude(pk=obj.pk)
                 context["semantic_similar"] = list(near[: self.similar_count])
             context["semantic_state"] = getattr(obj, STATE_ANNOTATION, "")
+            context["empty_value_display"] = self.get_empty_value_display()  # type: ignore[attr-defined]
         return super().change_view(request, object_id, form_url, context)  # type: ignore[misc]
 
     def render_semantic(
@@ -294,6 +295,8 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
             "changelist_url": self.semantic_url("changelist"),
             "duplicates_url": self.semantic_url("duplicates"),
             "dismiss_url": self.semantic_url("dismiss_duplicate"),
+            # A row whose str() is empty is linked by this, as Django's changelist links it.
+            "empty_value_display": self.get_empty_value_display(),  # type: ignore[attr-defined]
         }
         return TemplateResponse(request, template, {**base, **context})
 

@@ -386,6 +386,34 @@ def test_saving_a_row_waiting_for_the_worker_never_calls_the_api(editor, article
     assert Article.objects.get(pk=obj.pk).title == "reset my account password today"
 
 
+def link_texts(response, pk):
+    """The texts of the page's links to one row's change form."""
+    url = reverse("admin:testapp_article_change", args=[pk])
+    return re.findall(rf'<a [^>]*href="{re.escape(url)}"[^>]*>(.*?)</a>', response.content.decode(), re.S)
+
+
+def test_a_row_whose_str_is_empty_is_linked_as_the_changelist_shows_it(editor, articles):
+    """Django's changelist shows the ModelAdmin's empty value ("-") for it; so does every page the app adds."""
+    with suspend_embedding():
+        blank = Article.objects.create(title="", body="reset my account password")
+    embed_pending()
+    near = articles["reset my account password"]
+    empty = admin.site._registry[Article].get_empty_value_display()
+    assert link_texts(editor.get(reverse(CHANGELIST)), blank.pk) == [empty]
+
+    form = editor.get(reverse("admin:testapp_article_change", args=[near.pk]))
+    assert blank in form.context["semantic_similar"] and link_texts(form, blank.pk) == [empty]
+    similar = act(editor, "find_similar", blank, near)
+    assert link_texts(similar, blank.pk) == [empty, empty]  # its own heading, and near's neighbour
+    review = editor.get(reverse(DUPLICATES), {"threshold": "0.5"})
+    assert link_texts(review, blank.pk) and set(link_texts(review, blank.pk)) == {empty}
+    compare = editor.get(reverse(COMPARE), {"first": blank.pk, "second": near.pk})
+    assert link_texts(compare, blank.pk)[0] == empty  # then its "Edit" link
+    two = {"id__in": f"{blank.pk},{near.pk}", "semantic_groups": "1"}
+    topics = editor.get(reverse("admin:testapp_article_topics"), two)
+    assert link_texts(topics, blank.pk) == [empty]
+
+
 def test_text_keys_link_to_their_own_rows_and_keep_the_similar_panel(client, fake_gemini):
     """Django quotes keys in admin URLs ("_40" is "@" unquoted): "item_40" is "item_5F40" there."""
     viewer = client
