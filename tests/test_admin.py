@@ -414,6 +414,27 @@ def test_a_row_whose_str_is_empty_is_linked_as_the_changelist_shows_it(editor, a
     assert link_texts(topics, blank.pk) == [empty]
 
 
+SCROLLING = '<div class="results" style="overflow-x:auto">'
+
+
+def test_every_table_the_app_adds_scrolls_inside_its_own_box(editor, articles):
+    """At phone width a wide table scrolls in a box, as Django's changelist keeps its table in
+    ``div.results`` (changelists.css: ``overflow-x: auto``), instead of the whole page."""
+    a, b = articles["reset my account password"], articles["reset the password of my account"]
+    pages = {
+        "status": editor.get(reverse("admin:semantic_status")),
+        "duplicates": editor.get(reverse(DUPLICATES), {"threshold": "0.5"}),
+        "topics": editor.get(reverse("admin:testapp_article_topics"), {"semantic_groups": "2"}),
+        "find similar": act(editor, "find_similar", a),
+        "compare": editor.get(reverse(COMPARE), {"first": a.pk, "second": b.pk}),
+    }
+    for name, response in pages.items():
+        page = response.content.decode().split('id="content-main"', 1)[1]  # not the admin's navigation sidebar
+        tables = re.findall(r"(.{%d})<table" % len(SCROLLING), page, re.S)
+        assert tables and all(before == SCROLLING for before in tables), name
+        assert page.count("<table") == page.count(SCROLLING), name
+
+
 def test_text_keys_link_to_their_own_rows_and_keep_the_similar_panel(client, fake_gemini):
     """Django quotes keys in admin URLs ("_40" is "@" unquoted): "item_40" is "item_5F40" there."""
     viewer = client
