@@ -274,15 +274,15 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
         obj = self.get_object(request, unquote(object_id)) if object_id else None  # type: ignore[attr-defined]
         if obj is not None and self.has_semantic_view_permission(request):
             field = self.get_embedding_field()
+            # Only a stored vector that is current: a row whose text waits for the worker would
+            # otherwise be embedded here, and every Save of it would wait on the API.
+            vector = current_vector(self.model, field, obj)  # type: ignore[attr-defined]
             context["semantic_similar"] = None
-            if getattr(obj, field.attname) is not None:
-                try:
-                    context["semantic_similar"] = list(
-                        self.semantic_queryset(request).similar_to(obj, field=field.name)[: self.similar_count]
-                    )
-                except (EmptyQuery, SearchUnavailable) as exc:
-                    self.message_user(request, SEARCH_UNAVAILABLE.format(reason=exc), messages.WARNING)  # type: ignore[attr-defined]
+            if vector is not None:
+                near = self.semantic_queryset(request).similar_to(vector, field=field.name).exclude(pk=obj.pk)
+                context["semantic_similar"] = list(near[: self.similar_count])
             context["semantic_state"] = getattr(obj, STATE_ANNOTATION, "")
+            context["empty_value_display"] = self.get_empty_value_display()  # type: ignore[attr-defined]
         return super().change_view(request, object_id, form_url, context)  # type: ignore[misc]
 
     def render_semantic(
@@ -295,6 +295,8 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
             "changelist_url": self.semantic_url("changelist"),
             "duplicates_url": self.semantic_url("duplicates"),
             "dismiss_url": self.semantic_url("dismiss_duplicate"),
+            # A row whose str() is empty is linked by this, as Django's changelist links it.
+            "empty_value_display": self.get_empty_value_display(),  # type: ignore[attr-defined]
         }
         return TemplateResponse(request, template, {**base, **context})
 

@@ -29,6 +29,7 @@ from django.utils.text import Truncator, capfirst
 from django.utils.translation import gettext_lazy as _
 
 from semantic.admin_dismissed import DismissedPairAdmin
+from semantic.admin_selection import keep_selection, kept_selection
 from semantic.fields import CompanionMixin, EmbeddingField
 from semantic.models import DismissedPair
 from semantic.query import DEFAULT_DUPLICATE_THRESHOLD, SemanticQuerySet, check_threshold
@@ -40,6 +41,9 @@ __all__ = ["DismissedPairAdmin", "DuplicateReviewMixin"]
 CHANGELIST_FILTERS = "_changelist_filters"
 #: On a delete link from the compare page: the review to return to afterwards.
 BACK = "_semantic_review"
+#: Names the selection of "Find duplicates among selected" in the review's links; the keys
+#: themselves stay in the session (:mod:`semantic.admin_selection`).
+SELECTION_VAR = "selection"
 
 
 @dataclass
@@ -63,8 +67,7 @@ class DuplicateReviewMixin:
     #: Pairs shown of each group, most similar first. At a low threshold one group can hold most
     #: of the table; the page says how many pairs it left out.
     duplicate_pairs_shown = 10
-    #: The "Find duplicates among selected" action links to the selected rows; past this many
-    #: the link grows too long for some servers, and "Review duplicates" covers the table.
+    #: Rows "Find duplicates among selected" takes; past this many, "Review duplicates" covers the table.
     duplicate_selection_max = 500
     #: The date column of duplicate review; None: found from the model (see get_duplicate_date_field), "": none.
     duplicate_date_field: str | None = None
@@ -85,14 +88,19 @@ class DuplicateReviewMixin:
         "%(count)d rows selected; “Find duplicates among selected” takes at most %(max)d. "
         "Select fewer, or use “Review duplicates” for the whole table."
     )
+    SELECTION_GONE = _(
+        "The rows selected for that review are no longer kept. Select them in the list again and "
+        "choose “Find duplicates among selected”."
+    )
 
     @admin.action(description=_("Find duplicates among selected"), permissions=["semantic_view"])
     def find_duplicates(self, request: HttpRequest, queryset: models.QuerySet) -> HttpResponseRedirect | None:
-        """Review the selected rows on the duplicate page, by a link that names them.
+        """Review the selected rows on the duplicate page, by a link that names their selection.
 
         A page reached by GET keeps the selection through the threshold form, its pages,
         "Not a duplicate" and the compare view, and survives a reload (as Django's docs
-        advise for actions with an intermediate page).
+        advise for actions with an intermediate page). The link carries a token, not the
+        keys: 450 six-digit keys passed gunicorn's default request-line limit (4,094 bytes).
         """
         visible = self.semantic_queryset(request).filter(pk__in=queryset.values("pk"))  # type: ignore[attr-defined]
         pks = list(visible.order_by("pk").values_list("pk", flat=True))
@@ -100,7 +108,7 @@ class DuplicateReviewMixin:
             message = self.TOO_MANY_SELECTED % {"count": len(pks), "max": self.duplicate_selection_max}
             self.message_user(request, message, messages.WARNING)  # type: ignore[attr-defined]
             return None
-        state = [("id", str(pk)) for pk in pks]
+        state = [(SELECTION_VAR, keep_selection(request, self.model, pks))]  # type: ignore[attr-defined]
         if request.META.get("QUERY_STRING"):
             state.append((CHANGELIST_FILTERS, request.META["QUERY_STRING"]))
         return HttpResponseRedirect(f"{self.semantic_url('duplicates')}?{urlencode(state)}")  # type: ignore[attr-defined]
@@ -122,7 +130,13 @@ class DuplicateReviewMixin:
         if not self.has_semantic_view_permission(request):
             raise PermissionDenied
         rows = self.semantic_queryset(request)  # type: ignore[attr-defined]
-        selected = request.GET.getlist("id")
+        selected = request.GET.getlist("id")  # a link naming the keys, as the action's did before
+        token = request.GET.get(SELECTION_VAR)
+        if token:
+            selected = kept_selection(request, self.model, token)  # type: ignore[attr-defined]
+            if selected is None:
+                self.message_user(request, self.SELECTION_GONE, messages.WARNING)  # type: ignore[attr-defined]
+                return HttpResponseRedirect(self.changelist_back_url(review_state(request.GET)))
         if selected:
             rows = rows.filter(pk__in=[self.duplicate_pk(pk) for pk in selected])
         return self.duplicate_page(request, rows, selected=bool(selected))
@@ -182,7 +196,7 @@ class DuplicateReviewMixin:
                 kept_note = self.PAIRS_KEPT % {"time": moment, "minutes": f"{self.duplicate_cache_seconds / 60:g}"}
         state = review_state(request.GET, threshold=shown_threshold)
         # What every form and link of the page carries on: the selection and the list's filters.
-        kept = [(key, value) for key, value in state if key in ("id", CHANGELIST_FILTERS)]
+        kept = [(key, value) for key, value in state if key in ("id", SELECTION_VAR, CHANGELIST_FILTERS)]
         context = {
             "groups": [group for group, _ in tables],
             "group_tables": tables,
@@ -361,6 +375,8 @@ def review_state(data: QueryDict, *, threshold: str | None = None) -> list[tuple
     if data.get("page"):
         state.append(("page", data["page"]))
     state += [("id", pk) for pk in data.getlist("id")]
+    if data.get(SELECTION_VAR):
+        state.append((SELECTION_VAR, data[SELECTION_VAR]))
     if data.get(CHANGELIST_FILTERS):
         state.append((CHANGELIST_FILTERS, data[CHANGELIST_FILTERS]))
     return state

@@ -65,6 +65,10 @@ TOPIC_CHANGED = _(
     "The rows have changed since the Topics page grouped them: showing topic %(number)s as it is now. "
     "Open Topics again for up-to-date groups."
 )
+GROUPS_OUT_OF_RANGE = _(
+    "The number of groups must be from 1 to %(available)s (the items of this list that have embeddings), not %(asked)s."
+)
+TOO_FEW_TO_GROUP = _("Grouping needs at least two items with embeddings; this list has %(count)s.")
 TOPIC_SHOWN = _("Showing topic %(number)s of %(k)s: “%(label)s” (%(size)s rows).")
 TOPICS_SAMPLED = _(
     "These topics were found in a sample of %(sample)s of the %(total)s items of the list, and each topic "
@@ -247,11 +251,17 @@ class TopicsMixin:
         embedding = self.get_embedding_field()  # type: ignore[attr-defined]
         # The same sample the changelist draws when a group's link finds the cache empty.
         rows, total = sample_rows(rows, field=embedding.name, limit=conf.TOPICS_MAX_ROWS, seed=SEED)
+        # Checked here, in the page's words: semantic.clusters' errors speak of k and querysets.
+        available = rows.filter(embedding.searchable()).count()
+        if available < 2:
+            return [], None, TOO_FEW_TO_GROUP % {"count": available}, total
         if asked:
             try:
                 k = int(asked)
             except ValueError:
                 return [], None, _("The number of groups must be a whole number; “%s” is not.") % asked, total
+            if not 1 <= k <= available:
+                return [], None, GROUPS_OUT_OF_RANGE % {"available": available, "asked": k}, total
         else:
             k = choose_k(rows.filter(embedding.searchable()), embedding, seed=SEED)
         try:

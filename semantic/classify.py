@@ -68,12 +68,18 @@ class LabelVote(Subquery):
     answers it once per outer row. ``output`` chooses what the expression gives:
     the winning label, its share of the vote, or both as a JSON array
     ``[label, share]`` (one index probe where two columns would cost two).
+
+    A label whose neighbours are all at similarity 0 or below weighs nothing and is
+    left out (HAVING), so a row none of whose neighbours is similar at all gets no
+    vote (NULL), as a row with no labelled neighbour does: its nearest labels would
+    be a guess with no share to call a confidence.
     """
 
     votes = (
-        "SELECT v._label, v.weight / NULLIF(SUM(v.weight) OVER (), 0) AS share, v.nearest "
+        "SELECT v._label, v.weight / SUM(v.weight) OVER () AS share, v.nearest "
         "FROM (SELECT n._label, SUM(GREATEST(1 - n._distance, 0)) AS weight, MIN(n._distance) AS nearest "
-        "FROM (%(subquery)s) n GROUP BY n._label) v ORDER BY v.weight DESC, v.nearest ASC LIMIT 1"
+        "FROM (%(subquery)s) n GROUP BY n._label HAVING SUM(GREATEST(1 - n._distance, 0)) > 0) v "
+        "ORDER BY v.weight DESC, v.nearest ASC LIMIT 1"
     )
     outputs = {
         "label": "(SELECT w._label FROM ({votes}) w)",
@@ -158,7 +164,8 @@ def predict_labels(
     batch_size: int = BATCH_SIZE,
     ef_search: int = DEFAULT_EF_SEARCH,
 ) -> Iterator[Prediction]:
-    """A :class:`Prediction` for each unlabelled row of ``queryset`` that has a vector.
+    """A :class:`Prediction` for each unlabelled row of ``queryset`` that has a vector
+    (and, for the vote, a labelled neighbour similar at all: see :class:`LabelVote`).
 
     Learns from the labelled rows of ``examples`` (default: every row of the model).
     Rows are read in primary-key batches of ``batch_size``, so any table size works
@@ -263,7 +270,8 @@ def suggest_label(
     (zero-shot). The text is embedded as a stored row's would be (the field's own
     task type), through the query cache and the rate limit, so it raises
     :class:`semantic.EmptyQuery` and :class:`semantic.SearchUnavailable` as
-    ``similar_to()`` does. The prediction's ``pk`` is None.
+    ``similar_to()`` does. The prediction's ``pk`` is None, and so is its label when
+    no labelled row is near (see :class:`LabelVote`).
     """
     check_k(k)
     model = examples.model

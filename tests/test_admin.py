@@ -9,6 +9,7 @@ import pytest
 from django.contrib import admin
 from django.contrib.admin.utils import quote
 from django.contrib.auth.models import Permission, User
+from django.contrib.messages import get_messages
 from django.core.cache import cache
 from django.db import connection
 from django.db.backends.signals import connection_created
@@ -145,9 +146,9 @@ def test_find_similar_stops_trying_the_api_after_it_fails_once(viewer, articles,
 
 
 def test_admin_pages_that_embed_give_a_hung_api_search_timeout_once(viewer, articles, fake_gemini, semantic_settings):
-    """Search by meaning and the change form's similar panel answer with a warning after
-    one request of SEARCH_TIMEOUT, long before the worker's TIMEOUT (the request time-out
-    of gunicorn and Heroku)."""
+    """Search by meaning answers with a warning after one request of SEARCH_TIMEOUT, long
+    before the worker's TIMEOUT (the request time-out of gunicorn and Heroku); the change
+    form of a row whose vector is out of date does not call the API at all."""
     semantic_settings(TIMEOUT=30.0, SEARCH_TIMEOUT=0.2)
     stale = articles["reset my account password"]
     Article.objects.filter(pk=stale.pk).update(title="a text changed behind save")
@@ -158,11 +159,12 @@ def test_admin_pages_that_embed_give_a_hung_api_search_timeout_once(viewer, arti
         form = viewer.get(reverse("admin:testapp_article_change", args=[stale.pk]))
     finally:
         released.set()
-    for response in (search, form):
-        assert response.status_code == 200
-        (warning,) = [str(m) for m in response.context["messages"]]
-        assert warning.startswith(SEARCH_UNAVAILABLE.split("(")[0]) and "timed out" in warning
-    assert fake_gemini.request_count == 2
+    assert search.status_code == 200
+    (warning,) = [str(m) for m in search.context["messages"]]
+    assert warning.startswith(SEARCH_UNAVAILABLE.split("(")[0]) and "timed out" in warning
+    assert form.status_code == 200 and not list(form.context["messages"])
+    assert form.context["semantic_similar"] is None
+    assert fake_gemini.request_count == 1
 
 
 def test_action_without_selection_says_so(viewer, articles):
@@ -293,8 +295,8 @@ def test_pages_keep_their_place_and_the_action_pages_through_the_selection(edito
     # The selection's page is reached by GET, so its groups page like the whole table's.
     assert len(response.context["groups"]) == 2
     assert "Page 1 of 2 (3 groups)" in response.content.decode()
-    selection = "&amp;".join(f"id={pk}" for pk in Article.objects.order_by("pk").values_list("pk", flat=True))
-    assert f"{selection}&amp;page=2" in response.content.decode()
+    token = response.wsgi_request.GET["selection"]
+    assert f"selection={token}&amp;page=2" in response.content.decode()
 
 
 def test_duplicate_review_opens_no_extra_database_connections(viewer, fake_gemini):
@@ -364,6 +366,74 @@ def test_change_form_shows_similar_items(viewer, articles):
     response = viewer.get(reverse("admin:testapp_article_change", args=[obj.pk]))
     assert [x.title for x in response.context["semantic_similar"]][0] == "reset the password of my account"
     assert "Similar items" in response.content.decode()
+
+
+def test_saving_a_row_waiting_for_the_worker_never_calls_the_api(editor, articles, fake_gemini, semantic_settings):
+    """The panel searches with stored, current vectors only: a save (and the form after it) of a
+    row whose new text waits for the worker says so, and never waits on the API or warns of it."""
+    semantic_settings(SYNC=False)  # no worker runs: saved rows stay pending
+    fake_gemini.fail_every(503, body=api_error(503, "The model is overloaded.", "UNAVAILABLE"))
+    obj = articles["reset my account password"]
+    url = reverse("admin:testapp_article_change", args=[obj.pk])
+    for title in ("reset my account password now", "reset my account password today"):
+        saved = editor.post(url, {"title": title, "body": "", "category": "", "_continue": "1"}, follow=True)
+        assert saved.status_code == 200 and saved.redirect_chain == [(url, 302)]
+        assert [str(m) for m in get_messages(saved.wsgi_request)] == [
+            f'The article “<a href="{url}">{title}</a>” was changed successfully. You may edit it again below.'
+        ]
+        assert saved.context["semantic_similar"] is None and saved.context["semantic_state"] == "pending"
+        assert "Waiting for the worker to embed this row’s current text" in saved.content.decode()
+    assert fake_gemini.request_count == 0
+    assert Article.objects.get(pk=obj.pk).title == "reset my account password today"
+
+
+def link_texts(response, pk):
+    """The texts of the page's links to one row's change form."""
+    url = reverse("admin:testapp_article_change", args=[pk])
+    return re.findall(rf'<a [^>]*href="{re.escape(url)}"[^>]*>(.*?)</a>', response.content.decode(), re.S)
+
+
+def test_a_row_whose_str_is_empty_is_linked_as_the_changelist_shows_it(editor, articles):
+    """Django's changelist shows the ModelAdmin's empty value ("-") for it; so does every page the app adds."""
+    with suspend_embedding():
+        blank = Article.objects.create(title="", body="reset my account password")
+    embed_pending()
+    near = articles["reset my account password"]
+    empty = admin.site._registry[Article].get_empty_value_display()
+    assert link_texts(editor.get(reverse(CHANGELIST)), blank.pk) == [empty]
+
+    form = editor.get(reverse("admin:testapp_article_change", args=[near.pk]))
+    assert blank in form.context["semantic_similar"] and link_texts(form, blank.pk) == [empty]
+    similar = act(editor, "find_similar", blank, near)
+    assert link_texts(similar, blank.pk) == [empty, empty]  # its own heading, and near's neighbour
+    review = editor.get(reverse(DUPLICATES), {"threshold": "0.5"})
+    assert link_texts(review, blank.pk) and set(link_texts(review, blank.pk)) == {empty}
+    compare = editor.get(reverse(COMPARE), {"first": blank.pk, "second": near.pk})
+    assert link_texts(compare, blank.pk)[0] == empty  # then its "Edit" link
+    two = {"id__in": f"{blank.pk},{near.pk}", "semantic_groups": "1"}
+    topics = editor.get(reverse("admin:testapp_article_topics"), two)
+    assert link_texts(topics, blank.pk) == [empty]
+
+
+SCROLLING = '<div class="results" style="overflow-x:auto">'
+
+
+def test_every_table_the_app_adds_scrolls_inside_its_own_box(editor, articles):
+    """At phone width a wide table scrolls in a box, as Django's changelist keeps its table in
+    ``div.results`` (changelists.css: ``overflow-x: auto``), instead of the whole page."""
+    a, b = articles["reset my account password"], articles["reset the password of my account"]
+    pages = {
+        "status": editor.get(reverse("admin:semantic_status")),
+        "duplicates": editor.get(reverse(DUPLICATES), {"threshold": "0.5"}),
+        "topics": editor.get(reverse("admin:testapp_article_topics"), {"semantic_groups": "2"}),
+        "find similar": act(editor, "find_similar", a),
+        "compare": editor.get(reverse(COMPARE), {"first": a.pk, "second": b.pk}),
+    }
+    for name, response in pages.items():
+        page = response.content.decode().split('id="content-main"', 1)[1]  # not the admin's navigation sidebar
+        tables = re.findall(r"(.{%d})<table" % len(SCROLLING), page, re.S)
+        assert tables and all(before == SCROLLING for before in tables), name
+        assert page.count("<table") == page.count(SCROLLING), name
 
 
 def test_text_keys_link_to_their_own_rows_and_keep_the_similar_panel(client, fake_gemini):
@@ -873,25 +943,49 @@ def test_find_duplicates_keeps_the_selection_through_threshold_pages_and_dismiss
     data = {"action": "find_duplicates", "index": 0, "_selected_action": [o.pk for o in chosen]}
     response = editor.post(reverse(CHANGELIST) + "?q=a", data, follow=True)
     ((url, status),) = response.redirect_chain
-    assert status == 302 and url.startswith(reverse(DUPLICATES) + "?")
+    assert status == 302 and url.startswith(reverse(DUPLICATES) + "?selection=")
+    token = response.wsgi_request.GET["selection"]
     page = response.content.decode()
-    for obj in chosen:
-        assert f'<input type="hidden" name="id" value="{obj.pk}">' in page
+    assert f'<input type="hidden" name="selection" value="{token}">' in page
     assert 'id="threshold" name="threshold"' in page
     assert f'href="{reverse(CHANGELIST)}?q=a"' in page  # back to the list as it was filtered
-    ids = [("id", o.pk) for o in chosen]
     # At 0.3 the whole table has two groups; the selection has only the password pair.
-    lower = editor.get(f"{reverse(DUPLICATES)}?threshold=0.3&" + "&".join(f"id={pk}" for _, pk in ids))
+    lower = editor.get(reverse(DUPLICATES), {"threshold": "0.3", "selection": token})
     assert [{o.title for o in g.rows} for g in lower.context["groups"]] == [{o.title for o in chosen[:2]}]
     assert len(editor.get(reverse(DUPLICATES), {"threshold": "0.3"}).context["groups"]) >= 2
-    bad = editor.get(f"{reverse(DUPLICATES)}?threshold=abc&id={chosen[0].pk}")
+    # A link naming the keys themselves still reviews just those rows.
+    named = editor.get(reverse(DUPLICATES), {"threshold": "0.3", "id": [o.pk for o in chosen]})
+    assert [{o.title for o in g.rows} for g in named.context["groups"]] == [{o.title for o in chosen[:2]}]
+    bad = editor.get(reverse(DUPLICATES), {"threshold": "abc", "selection": token})
     assert 'name="threshold" value="abc"' in bad.content.decode() and "must be a number" in bad.content.decode()
-    assert f'<input type="hidden" name="id" value="{chosen[0].pk}">' in bad.content.decode()
+    assert f'<input type="hidden" name="selection" value="{token}">' in bad.content.decode()
     a, b = chosen[0], chosen[1]
-    dismissed = editor.post(
-        reverse(DISMISS), {"first": a.pk, "second": b.pk, "threshold": "0.3", "id": [o.pk for o in chosen]}
-    )
-    assert dismissed["Location"] == reverse(DUPLICATES) + "?threshold=0.3&" + "&".join(f"id={o.pk}" for o in chosen)
+    dismissed = editor.post(reverse(DISMISS), {"first": a.pk, "second": b.pk, "threshold": "0.3", "selection": token})
+    assert dismissed["Location"] == reverse(DUPLICATES) + f"?threshold=0.3&selection={token}"
+
+
+def test_find_duplicates_of_500_rows_with_six_digit_keys_keeps_its_links_short(editor, fake_gemini):
+    """The selection stays in the session: gunicorn refuses request lines over 4,094 bytes."""
+    with suspend_embedding():
+        Article.objects.bulk_create(Article(pk=100001 + n, title=f"article number {n}") for n in range(500))
+    embed_pending()
+    data = {"action": "find_duplicates", "index": 0, "_selected_action": list(range(100001, 100501))}
+    response = editor.post(reverse(CHANGELIST), data)
+    assert response.status_code == 302
+    assert len(response["Location"]) < 100
+    page = editor.get(response["Location"])
+    assert page.status_code == 200
+    assert page.context["selected_count"] == 500
+    assert "Among the 500 selected rows." in page.content.decode()
+    assert len(page.context["state_query"]) < 100 and len(page.context["pages_query"]) < 100
+
+
+def test_a_selection_the_session_no_longer_holds_says_so(editor, articles):
+    from semantic.admin_duplicates import DuplicateReviewMixin
+
+    response = editor.get(reverse(DUPLICATES), {"selection": "0123456789abcdef", "_changelist_filters": "q=a"})
+    assert response.status_code == 302 and response["Location"] == reverse(CHANGELIST) + "?q=a"
+    assert [str(m) for m in get_messages(response.wsgi_request)] == [str(DuplicateReviewMixin.SELECTION_GONE)]
 
 
 DISMISS_FORM = re.compile(r'name="first" value="([^"]*)"><input type="hidden" name="second" value="([^"]*)"')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 import warnings
 from datetime import UTC, datetime, time, timedelta
@@ -20,7 +21,14 @@ from django.utils import timezone, translation
 
 from semantic import embed_pending, suspend_embedding
 from semantic.admin_labels import LABELS_UNAVAILABLE
-from semantic.admin_topics import TOPIC_CHANGED, TOPIC_SHOWN, TOPIC_VAR, TOPICS_SAMPLED
+from semantic.admin_topics import (
+    GROUPS_OUT_OF_RANGE,
+    TOO_FEW_TO_GROUP,
+    TOPIC_CHANGED,
+    TOPIC_SHOWN,
+    TOPIC_VAR,
+    TOPICS_SAMPLED,
+)
 from semantic.classify import predict_labels
 from semantic.clusters import period_start
 from tests.fake_gemini import api_error
@@ -301,6 +309,34 @@ def test_a_foreign_key_label_is_suggested_and_counted_by_the_related_rows_name(c
     assert counted and set(counted) <= names
 
 
+def test_rows_whose_neighbours_are_not_similar_at_all_get_no_suggestion(editor, fake_gemini):
+    """Labelled rows at similarity 0 or below: the row is listed as having no suggestion and
+    "Apply suggested labels" counts and writes nothing for it, instead of failing."""
+    spec = Ticket._meta.get_field("embedding").spec()
+    with suspend_embedding():
+        alone = Ticket.objects.create(text="alone", embedding=[1.0] + [0.0] * 383, embedding_spec=spec)
+        suggested = Ticket.objects.create(text="near", embedding=[0.0, 1.0] + [0.0] * 382, embedding_spec=spec)
+        for vector in ([-1.0] + [0.0] * 383, [0.0, 1.0] + [0.0] * 382):
+            Ticket.objects.create(text="labelled", category="card_arrival", embedding=vector, embedding_spec=spec)
+
+    assert cells(editor.get(reverse(CHANGELIST)), "suggested label")[alone.pk] == "-"
+    listed = editor.get(reverse(CHANGELIST) + "?semantic_suggestion=none").context["cl"].result_list
+    assert [row.pk for row in listed] == [alone.pk]
+
+    page = act(editor, {"_selected_action": [alone.pk, suggested.pk]})
+    assert page.status_code == 200
+    assert (page.context["suggested_count"], page.context["would_change"]) == (1, 1)
+    done = act(editor, {"_selected_action": [alone.pk, suggested.pk], "min_confidence": "0", "post": "yes"})
+    assert done.status_code == 302
+    assert [str(m) for m in get_messages(done.wsgi_request)] == [
+        "Labelled 1 row with its suggested label (confidence 0.0 or more)."
+    ]
+    assert (Ticket.objects.get(pk=alone.pk).category, Ticket.objects.get(pk=suggested.pk).category) == (
+        "",
+        "card_arrival",
+    )
+
+
 # -- Topics ----------------------------------------------------------------------------------
 
 
@@ -362,7 +398,7 @@ def test_the_number_of_groups_can_be_chosen(editor, tickets):
     bad = editor.get(reverse(TOPICS), {"semantic_groups": "many"})
     assert "must be a whole number" in bad.content.decode()
     too_many = editor.get(reverse(TOPICS), {"semantic_groups": "500"})
-    assert "k must be an integer from 1 to the number of rows (75)" in too_many.content.decode()
+    assert html.escape(GROUPS_OUT_OF_RANGE % {"available": 75, "asked": 500}) in too_many.content.decode()
 
 
 def test_topics_of_a_long_list_group_a_sample_and_say_so(editor, tickets, semantic_settings):
@@ -432,7 +468,30 @@ def test_topics_of_an_empty_list_say_why_there_are_none(editor, tickets):
     for query in ({"q": "no ticket holds this word"}, {"embedding_state": "failed"}):
         response = editor.get(reverse(TOPICS), query)
         assert response.status_code == 200
-        assert "Clustering needs at least two rows with vectors; the queryset has 0." in response.content.decode()
+        assert html.escape(TOO_FEW_TO_GROUP % {"count": 0}) in response.content.decode()
+
+
+def test_topics_speak_of_groups_and_items_not_of_k_or_querysets(editor, fake_gemini):
+    """The page's box is "Number of groups": its messages say groups, items and embeddings."""
+    spec = Ticket._meta.get_field("embedding").spec()
+    with suspend_embedding():
+        for n in range(3):
+            vector = [0.0] * 384
+            vector[n] = 1.0
+            Ticket.objects.create(text=f"ticket {n}", embedding=vector, embedding_spec=spec)
+        Ticket.objects.create(text="not embedded")
+    one = Ticket.objects.order_by("pk").first()
+
+    page = editor.get(reverse(TOPICS), {"semantic_groups": "1"}).content.decode()
+    assert "3 items of the list, in 1 group." in page
+    assert "3 items of the list, in 2 groups." in editor.get(reverse(TOPICS), {"semantic_groups": "2"}).content.decode()
+    for asked in (0, 500):
+        page = editor.get(reverse(TOPICS), {"semantic_groups": str(asked)}).content.decode()
+        expected = GROUPS_OUT_OF_RANGE % {"available": 3, "asked": asked}
+        assert html.escape(expected) in page and "k must" not in page
+        assert expected.startswith("The number of groups must be from 1 to 3 (the items of this list that have")
+    page = editor.get(reverse(TOPICS), {"id__in": str(one.pk)}).content.decode()
+    assert html.escape(TOO_FEW_TO_GROUP % {"count": 1}) in page and "queryset" not in page
 
 
 def test_topics_needs_the_view_permission(client, tickets, ticket_admin, monkeypatch):

@@ -12,10 +12,11 @@ from django.db import connection, models
 
 from semantic import embed_pending, suspend_embedding
 from semantic.classify import annotate_predictions, apply_predictions, predict_labels, suggest_label
+from semantic.labels import Prediction
 from semantic.linear import train_classifier
 from semantic.models import Classifier
 from tests.commands import call, manage, running_qcluster
-from tests.fake_gemini import api_error
+from tests.fake_gemini import api_error, fake_vector
 from tests.test_worker import wait_for
 from tests.topicapp.banking77 import INTENTS, sentences
 from tests.topicapp.models import CATEGORIES, Ticket
@@ -320,3 +321,29 @@ def test_the_lazy_annotation_votes_as_predict_labels_does(tickets):
     finally:
         with connection.cursor() as cursor:
             cursor.execute("RESET hnsw.ef_search")
+
+
+@pytest.mark.django_db
+def test_neighbours_not_similar_at_all_make_no_suggestion(fake_gemini):
+    """Labelled rows at similarity 0 or below weigh nothing: a vote of no weight suggests nothing.
+
+    The texts' vectors come from the fake Gemini (a hashed bag of words), so the
+    labelled rows are stored opposite and orthogonal to the one the text gets.
+    """
+    spec = Ticket._meta.get_field("embedding").spec()
+    text = "xyzzy plugh"
+    query = np.array(fake_vector(text, 384))
+    query /= np.linalg.norm(query)
+    orthogonal = np.zeros(384)
+    orthogonal[int(np.flatnonzero(query == 0)[0])] = 1.0
+    with suspend_embedding():
+        waiting = Ticket.objects.create(text=text, embedding=query.tolist(), embedding_spec=spec)
+        for category, vector in [("card_arrival", -query), ("exchange_rate", orthogonal), ("card_arrival", -query)]:
+            Ticket.objects.create(text="labelled", category=category, embedding=vector.tolist(), embedding_spec=spec)
+
+    assert list(predict_labels(Ticket.objects.all(), k=5)) == []
+    annotated = annotate_predictions(Ticket.objects.filter(pk=waiting.pk), k=5)
+    assert list(annotated.values_list("predicted_label", "confidence")) == [(None, None)]
+    assert suggest_label(Ticket.objects.all(), text, k=5) == Prediction(None, None, 0.0)
+    assert apply_predictions(predict_labels(Ticket.objects.all()), Ticket, "category") == 0
+    assert Ticket.objects.get(pk=waiting.pk).category == ""

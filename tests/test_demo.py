@@ -149,6 +149,33 @@ def test_detail_when_the_question_cannot_be_compared_now(client, questions, fake
     assert response.context["similar"] is None
 
 
+def test_no_suggestion_when_no_labelled_question_is_similar_at_all(client, fake_gemini):
+    """Labelled questions at similarity 0 or below: Ask and the question's page offer no category."""
+    import numpy as np
+
+    from semantic import suspend_embedding
+    from tests.fake_gemini import fake_vector
+
+    spec = Question._meta.get_field("embedding").spec()
+    text = np.array(fake_vector("xyzzy plugh", 384))
+    text /= np.linalg.norm(text)
+    orthogonal = np.zeros(384)
+    orthogonal[int(np.flatnonzero(text == 0)[0])] = 1.0
+    cache.clear()
+    with suspend_embedding():
+        for title, vector in [("Opposite", -text), ("Unrelated", orthogonal)]:
+            Question.objects.create(title=title, category="billing", embedding=vector.tolist(), embedding_spec=spec)
+        waiting = Question.objects.create(title="xyzzy plugh", embedding=text.tolist(), embedding_spec=spec)
+
+    response = client.post(reverse("questions:ask"), {"title": "xyzzy plugh", "body": ""})
+    assert response.status_code == 200
+    assert response.context["suggestion"] is None
+    assert "No suggestion right now" in response.content.decode()
+    response = client.get(waiting.get_absolute_url())
+    assert response.status_code == 200
+    assert response.context["suggestion"] is None
+
+
 def searches_with(settings, **limits):
     settings.DEMO_THRESHOLDS = {"gemini": limits}
 

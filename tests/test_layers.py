@@ -72,6 +72,7 @@ LAYERS = [
     "semantic.admin_changelist",
     "semantic.admin_status",
     "semantic.admin_dismissed",
+    "semantic.admin_selection",
     "semantic.admin_duplicates",
     "semantic.admin_labels",
     "semantic.admin_topics",
