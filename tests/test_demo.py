@@ -17,20 +17,6 @@ from semantic import embed_pending
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def questions(fake_gemini):
-    cache.clear()
-    Question.objects.bulk_create(
-        [
-            Question(title="How do I reset my password", body="I forgot my password"),
-            Question(title="Reset forgotten password", body="Cannot remember my password"),
-            Question(title="Export invoices to CSV", body="Need a spreadsheet of invoices"),
-        ]
-    )
-    embed_pending()
-    return {q.title: q for q in Question.objects.all()}
-
-
 def test_search_by_meaning_orders_by_similarity(client, questions):
     response = client.get(reverse("questions:list"), {"q": "password reset"})
     assert response.status_code == 200
@@ -43,24 +29,6 @@ def test_search_by_meaning_orders_by_similarity(client, questions):
 def test_list_without_query_shows_everything(client, questions):
     response = client.get(reverse("questions:list"))
     assert len(response.context["page"]) == 3
-
-
-def test_detail_shows_similar_questions(client, questions):
-    question = questions["How do I reset my password"]
-    response = client.get(question.get_absolute_url())
-    similar = list(response.context["similar"])
-    assert similar[0].title == "Reset forgotten password"
-    assert question not in similar
-
-
-def test_detail_of_a_question_not_yet_embedded(client, fake_gemini):
-    from semantic import suspend_embedding
-
-    with suspend_embedding():
-        question = Question.objects.create(title="Brand new", body="")
-    response = client.get(question.get_absolute_url())
-    assert response.context["similar"] is None
-    assert "being embedded" in response.content.decode()
 
 
 def test_asking_a_duplicate_gets_did_you_mean_first(client, questions):
@@ -140,15 +108,6 @@ def test_asking_when_the_api_fails_still_posts_the_question(client, questions, f
     assert Question.objects.get(body="again").category == ""
 
 
-def test_detail_when_the_question_cannot_be_compared_now(client, questions, fake_gemini):
-    question = questions["How do I reset my password"]
-    Question.objects.filter(pk=question.pk).update(embedding_spec="gemini:old-model|SEMANTIC_SIMILARITY|384")
-    fake_gemini.fail_next(503, times=5)
-    response = client.get(question.get_absolute_url())
-    assert response.status_code == 200
-    assert response.context["similar"] is None
-
-
 def searches_with(settings, **limits):
     settings.DEMO_THRESHOLDS = {"gemini": limits}
 
@@ -183,35 +142,6 @@ def test_numbering_continues_on_the_next_page(client, fake_gemini):
     response = client.get(reverse("questions:list"), {"page": 2})
     assert response.context["page"].start_index() == 21
     assert '<ol class="results" start="21">' in response.content.decode()
-
-
-def test_a_question_with_no_text_says_it_has_nothing_to_embed(client, fake_gemini):
-    question = Question.objects.create(title="   ", body="")
-    response = client.get(question.get_absolute_url())
-    body = response.content.decode()
-    assert "no text to embed" in body
-    assert "being embedded" not in body
-
-
-def test_a_question_being_embedded_polls_its_state(client, fake_gemini):
-    from semantic import suspend_embedding
-
-    with suspend_embedding():
-        question = Question.objects.create(title="Brand new", body="")
-    state = reverse("questions:state", args=[question.pk])
-    assert f'data-state="{state}"' in client.get(question.get_absolute_url()).content.decode()
-    assert client.get(state).json() == {"embedded": False, "failed": False}
-    embed_pending()
-    assert client.get(state).json() == {"embedded": True, "failed": False}
-
-
-def test_a_question_whose_embedding_failed_says_so_instead_of_waiting(client, fake_gemini):
-    fake_gemini.fail_next(500, times=100)
-    question = Question.objects.create(title="Brand new", body="while the API fails")  # the worker tried
-    state = reverse("questions:state", args=[question.pk])
-    assert client.get(state).json() == {"embedded": False, "failed": True}
-    page = client.get(question.get_absolute_url()).content.decode()
-    assert "embedding this question failed" in page and "being embedded" not in page
 
 
 def test_with_gemini_no_english_only_note(client, questions):

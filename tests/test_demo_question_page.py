@@ -1,0 +1,66 @@
+"""The demo's question page: its similar questions, or why there are none yet: being embedded
+(the page polls its state), embedding failed, or nothing to embed."""
+
+import pytest
+from django.urls import reverse
+
+from project.questions.models import Question
+from semantic import embed_pending
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_detail_shows_similar_questions(client, questions):
+    question = questions["How do I reset my password"]
+    response = client.get(question.get_absolute_url())
+    similar = list(response.context["similar"])
+    assert similar[0].title == "Reset forgotten password"
+    assert question not in similar
+
+
+def test_detail_of_a_question_not_yet_embedded(client, fake_gemini):
+    from semantic import suspend_embedding
+
+    with suspend_embedding():
+        question = Question.objects.create(title="Brand new", body="")
+    response = client.get(question.get_absolute_url())
+    assert response.context["similar"] is None
+    assert "being embedded" in response.content.decode()
+
+
+def test_detail_when_the_question_cannot_be_compared_now(client, questions, fake_gemini):
+    question = questions["How do I reset my password"]
+    Question.objects.filter(pk=question.pk).update(embedding_spec="gemini:old-model|SEMANTIC_SIMILARITY|384")
+    fake_gemini.fail_next(503, times=5)
+    response = client.get(question.get_absolute_url())
+    assert response.status_code == 200
+    assert response.context["similar"] is None
+
+
+def test_a_question_with_no_text_says_it_has_nothing_to_embed(client, fake_gemini):
+    question = Question.objects.create(title="   ", body="")
+    response = client.get(question.get_absolute_url())
+    body = response.content.decode()
+    assert "no text to embed" in body
+    assert "being embedded" not in body
+
+
+def test_a_question_being_embedded_polls_its_state(client, fake_gemini):
+    from semantic import suspend_embedding
+
+    with suspend_embedding():
+        question = Question.objects.create(title="Brand new", body="")
+    state = reverse("questions:state", args=[question.pk])
+    assert f'data-state="{state}"' in client.get(question.get_absolute_url()).content.decode()
+    assert client.get(state).json() == {"embedded": False, "failed": False}
+    embed_pending()
+    assert client.get(state).json() == {"embedded": True, "failed": False}
+
+
+def test_a_question_whose_embedding_failed_says_so_instead_of_waiting(client, fake_gemini):
+    fake_gemini.fail_next(500, times=100)
+    question = Question.objects.create(title="Brand new", body="while the API fails")  # the worker tried
+    state = reverse("questions:state", args=[question.pk])
+    assert client.get(state).json() == {"embedded": False, "failed": True}
+    page = client.get(question.get_absolute_url()).content.decode()
+    assert "embedding this question failed" in page and "being embedded" not in page
