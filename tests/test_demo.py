@@ -2,6 +2,7 @@
 categories suggested on Ask, and the admin's category column and filter."""
 
 import io
+import re
 
 import pytest
 from django.core.cache import cache
@@ -42,6 +43,31 @@ def test_asking_a_duplicate_gets_did_you_mean_first(client, questions):
     response = client.post(reverse("questions:ask"), {**data, "category": "account", "confirm": "1"})
     assert response.status_code == 302
     assert Question.objects.count() == 4
+
+
+def buttons(response) -> list[dict[str, str]]:
+    """The submit buttons of the page's post form (not the header's search), each as the data pressing it adds."""
+    form = re.search(r'<form method="post">(.*?)</form>', response.content.decode(), re.S)[1]
+    pressed = []
+    for attributes in re.findall(r"<button([^>]*)>", form):
+        name, value = re.search(r'name="([^"]*)"', attributes), re.search(r'value="([^"]*)"', attributes)
+        pressed.append({name[1]: value[1] if value else ""} if name else {})
+    return pressed
+
+
+def test_every_button_beside_did_you_mean_posts_the_question(client, questions):
+    """Whichever button the user presses once "Did you mean…?" is shown, the question is posted:
+    the page offers no button that shows the same page again (browser review F3)."""
+    data = {"title": "How do I reset my password", "body": "I forgot my password"}
+    response = client.post(reverse("questions:ask"), data)
+    assert response.context["duplicates"]
+    offered = buttons(response)
+    assert offered
+    for pressed in offered:
+        before = Question.objects.count()
+        response = client.post(reverse("questions:ask"), {**data, "category": "account", **pressed})
+        assert response.status_code == 302, pressed
+        assert Question.objects.count() == before + 1
 
 
 def test_asking_something_new_asks_for_its_category_then_posts_it(client, questions):
