@@ -45,6 +45,18 @@ def test_a_question_with_no_text_says_it_has_nothing_to_embed(client, fake_gemin
     assert "being embedded" not in body
 
 
+@pytest.mark.parametrize("title", ["\x01\x02", " \x1b\x7f\t"])
+def test_a_question_of_control_characters_says_it_has_nothing_to_embed(client, fake_gemini, title):
+    """The worker counts such a row empty (control characters are blanked, then stripped):
+    the page says so instead of waiting for a vector that never comes (browser review F4)."""
+    question = Question.objects.create(title=title, body="")
+    question.refresh_from_db()
+    assert question.embedding is None
+    body = client.get(question.get_absolute_url()).content.decode()
+    assert "no text to embed" in body
+    assert "being embedded" not in body
+
+
 def test_a_question_being_embedded_polls_its_state(client, fake_gemini):
     from semantic import suspend_embedding
 

@@ -12,6 +12,7 @@ from project.questions.search import search
 from semantic import EmptyQuery, SearchUnavailable
 from semantic.backends import get_backend
 from semantic.rows import failures
+from semantic.text import sanitize
 
 PER_PAGE = 20
 SEARCH_UNAVAILABLE = "Search by meaning is unavailable right now; please try again in a minute. Showing all questions."
@@ -90,7 +91,9 @@ def has_failed(question: Question) -> bool:
 
 
 def has_text(question: Question) -> bool:
-    return bool(Question._meta.get_field("embedding").source_text(question).strip())
+    """Whether the worker will embed the question at all: it blanks control characters
+    before it strips (semantic.text), so a title of ``"\\x01\\x02"`` is as empty as ``"  "``."""
+    return bool(sanitize(Question._meta.get_field("embedding").source_text(question)).strip())
 
 
 def ask(request):
