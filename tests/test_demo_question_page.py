@@ -1,10 +1,14 @@
 """The demo's question page: its similar questions, or why there are none yet: being embedded
-(the page polls its state), embedding failed, or nothing to embed."""
+(the page polls its state), embedding failed, nothing to embed, or the edited text cannot be
+compared while the embedding API fails."""
+
+import re
 
 import pytest
 from django.urls import reverse
 
 from project.questions.models import Question
+from project.questions.views import SIMILAR_UNAVAILABLE
 from semantic import embed_pending
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -35,6 +39,46 @@ def test_detail_when_the_question_cannot_be_compared_now(client, questions, fake
     response = client.get(question.get_absolute_url())
     assert response.status_code == 200
     assert response.context["similar"] is None
+    assert SIMILAR_UNAVAILABLE in response.content.decode()
+
+
+def open_like_a_browser(client, url, limit=5) -> int:
+    """Open ``url`` as the page's script would: poll its state and reload when the script does.
+    Returns how many times the page was loaded (at most ``limit``)."""
+    loads = 0
+    while loads < limit:
+        page = client.get(url).content.decode()
+        loads += 1
+        state = re.search(r'data-state="([^"]+)"', page)
+        if not state:
+            return loads
+        answer = client.get(state[1]).json()
+        if not (answer["embedded"] or answer["failed"]):
+            return loads
+    return loads
+
+
+def test_an_edited_question_opened_while_the_api_fails_says_so_and_does_not_reload(client, questions, fake_gemini):
+    """Its old vector is kept until the worker runs, so its text is embedded to compare it:
+    when that fails, the page says so and offers to try again, without reloading itself
+    and asking the API on every reload (browser review F10)."""
+    question = questions["How do I reset my password"]
+    Question.objects.filter(pk=question.pk).update(title="How do I reset my passphrase")
+    fake_gemini.fail_every(503, body='{"error": {"code": 503, "message": "down", "status": "UNAVAILABLE"}}')
+    fake_gemini.requests.clear()
+
+    response = client.get(question.get_absolute_url())
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert SIMILAR_UNAVAILABLE in body
+    assert f'href="{question.get_absolute_url()}">Try again</a>' in body
+    assert "being embedded" not in body
+    one_load = fake_gemini.request_count
+    assert one_load >= 1
+
+    fake_gemini.requests.clear()
+    assert open_like_a_browser(client, question.get_absolute_url()) == 1
+    assert fake_gemini.request_count == one_load
 
 
 def test_a_question_with_no_text_says_it_has_nothing_to_embed(client, fake_gemini):

@@ -16,6 +16,10 @@ from semantic.text import sanitize
 
 PER_PAGE = 20
 SEARCH_UNAVAILABLE = "Search by meaning is unavailable right now; please try again in a minute. Showing all questions."
+SIMILAR_UNAVAILABLE = (
+    "Similar questions are unavailable right now: comparing this question needs the embedding service, "
+    "which cannot answer at the moment."
+)
 POSTED = "Thanks! Your question is posted; similar questions appear in a moment."
 ENGLISH_ONLY = (
     "This search looks like it is not in English. The local model understands English only, "
@@ -58,18 +62,27 @@ def question_list(request):
 
 
 def question_detail(request, pk):
+    """A question, its answer and the questions most similar to it.
+
+    A question edited since its vector was made is compared by its text, embedded now;
+    when that fails the page says so and offers a link to try again. It must not poll
+    for a vector like a new question does: the old vector is there, so the poll would
+    reload the page at once, and each reload would ask the failing API again.
+    """
     question = get_object_or_404(Question, pk=pk)
     similar = None
+    unavailable = None
     if question.embedding is not None:
         try:
             similar = list(Question.objects.similar_to(question, field="embedding")[:5])
         except SearchUnavailable:
-            pass
+            unavailable = SIMILAR_UNAVAILABLE
         else:
             describe(similar, thresholds())
     context = {
         "question": question,
         "similar": similar,
+        "unavailable": unavailable,
         "nothing_to_embed": not has_text(question),
         "failed": question.embedding is None and has_failed(question),
         "suggestion": suggest_for(question),
