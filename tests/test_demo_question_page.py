@@ -1,6 +1,6 @@
 """The demo's question page: its similar questions, or why there are none yet: being embedded
-(the page polls its state), embedding failed, nothing to embed, or the edited text cannot be
-compared while the embedding API fails."""
+(the page polls its state, or says to reload it without JavaScript), embedding failed,
+nothing to embed, or the edited text cannot be compared while the embedding API fails."""
 
 import re
 
@@ -99,6 +99,17 @@ def test_a_question_of_control_characters_says_it_has_nothing_to_embed(client, f
     body = client.get(question.get_absolute_url()).content.decode()
     assert "no text to embed" in body
     assert "being embedded" not in body
+
+
+def test_a_question_being_embedded_tells_readers_without_javascript_to_reload(client, fake_gemini):
+    """The page updates itself through a script only; without it, it says to reload (browser review F6)."""
+    from semantic import suspend_embedding
+
+    with suspend_embedding():
+        question = Question.objects.create(title="Brand new", body="")
+    body = client.get(question.get_absolute_url()).content.decode()
+    assert "being embedded" in body
+    assert re.search(r"<noscript>.*Reload this page.*</noscript>", body, re.S)
 
 
 def test_a_question_being_embedded_polls_its_state(client, fake_gemini):
