@@ -45,6 +45,26 @@ def backlog(fake_gemini):
 
 
 @pytest.fixture
+def questions(fake_gemini):
+    """Three questions of the demo, embedded: two ask the same thing, one does not."""
+    from django.core.cache import cache
+
+    from project.questions.models import Question
+    from semantic import embed_pending
+
+    cache.clear()
+    Question.objects.bulk_create(
+        [
+            Question(title="How do I reset my password", body="I forgot my password"),
+            Question(title="Reset forgotten password", body="Cannot remember my password"),
+            Question(title="Export invoices to CSV", body="Need a spreadsheet of invoices"),
+        ]
+    )
+    embed_pending()
+    return {q.title: q for q in Question.objects.all()}
+
+
+@pytest.fixture
 def all_logs(caplog):
     caplog.set_level(logging.DEBUG)
     return caplog

@@ -2,6 +2,7 @@
 categories suggested on Ask, and the admin's category column and filter."""
 
 import io
+import re
 
 import pytest
 from django.core.cache import cache
@@ -15,20 +16,6 @@ from project.questions.views import SEARCH_UNAVAILABLE
 from semantic import embed_pending
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def questions(fake_gemini):
-    cache.clear()
-    Question.objects.bulk_create(
-        [
-            Question(title="How do I reset my password", body="I forgot my password"),
-            Question(title="Reset forgotten password", body="Cannot remember my password"),
-            Question(title="Export invoices to CSV", body="Need a spreadsheet of invoices"),
-        ]
-    )
-    embed_pending()
-    return {q.title: q for q in Question.objects.all()}
 
 
 def test_search_by_meaning_orders_by_similarity(client, questions):
@@ -45,24 +32,6 @@ def test_list_without_query_shows_everything(client, questions):
     assert len(response.context["page"]) == 3
 
 
-def test_detail_shows_similar_questions(client, questions):
-    question = questions["How do I reset my password"]
-    response = client.get(question.get_absolute_url())
-    similar = list(response.context["similar"])
-    assert similar[0].title == "Reset forgotten password"
-    assert question not in similar
-
-
-def test_detail_of_a_question_not_yet_embedded(client, fake_gemini):
-    from semantic import suspend_embedding
-
-    with suspend_embedding():
-        question = Question.objects.create(title="Brand new", body="")
-    response = client.get(question.get_absolute_url())
-    assert response.context["similar"] is None
-    assert "being embedded" in response.content.decode()
-
-
 def test_asking_a_duplicate_gets_did_you_mean_first(client, questions):
     data = {"title": "How do I reset my password", "body": "I forgot my password"}
     response = client.post(reverse("questions:ask"), data)
@@ -74,6 +43,31 @@ def test_asking_a_duplicate_gets_did_you_mean_first(client, questions):
     response = client.post(reverse("questions:ask"), {**data, "category": "account", "confirm": "1"})
     assert response.status_code == 302
     assert Question.objects.count() == 4
+
+
+def buttons(response) -> list[dict[str, str]]:
+    """The submit buttons of the page's post form (not the header's search), each as the data pressing it adds."""
+    form = re.search(r'<form method="post">(.*?)</form>', response.content.decode(), re.S)[1]
+    pressed = []
+    for attributes in re.findall(r"<button([^>]*)>", form):
+        name, value = re.search(r'name="([^"]*)"', attributes), re.search(r'value="([^"]*)"', attributes)
+        pressed.append({name[1]: value[1] if value else ""} if name else {})
+    return pressed
+
+
+def test_every_button_beside_did_you_mean_posts_the_question(client, questions):
+    """Whichever button the user presses once "Did you mean…?" is shown, the question is posted:
+    the page offers no button that shows the same page again (browser review F3)."""
+    data = {"title": "How do I reset my password", "body": "I forgot my password"}
+    response = client.post(reverse("questions:ask"), data)
+    assert response.context["duplicates"]
+    offered = buttons(response)
+    assert offered
+    for pressed in offered:
+        before = Question.objects.count()
+        response = client.post(reverse("questions:ask"), {**data, "category": "account", **pressed})
+        assert response.status_code == 302, pressed
+        assert Question.objects.count() == before + 1
 
 
 def test_asking_something_new_asks_for_its_category_then_posts_it(client, questions):
@@ -140,15 +134,6 @@ def test_asking_when_the_api_fails_still_posts_the_question(client, questions, f
     assert Question.objects.get(body="again").category == ""
 
 
-def test_detail_when_the_question_cannot_be_compared_now(client, questions, fake_gemini):
-    question = questions["How do I reset my password"]
-    Question.objects.filter(pk=question.pk).update(embedding_spec="gemini:old-model|SEMANTIC_SIMILARITY|384")
-    fake_gemini.fail_next(503, times=5)
-    response = client.get(question.get_absolute_url())
-    assert response.status_code == 200
-    assert response.context["similar"] is None
-
-
 def test_no_suggestion_when_no_labelled_question_is_similar_at_all(client, fake_gemini):
     """Labelled questions at similarity 0 or below: Ask and the question's page offer no category."""
     import numpy as np
@@ -210,35 +195,6 @@ def test_numbering_continues_on_the_next_page(client, fake_gemini):
     response = client.get(reverse("questions:list"), {"page": 2})
     assert response.context["page"].start_index() == 21
     assert '<ol class="results" start="21">' in response.content.decode()
-
-
-def test_a_question_with_no_text_says_it_has_nothing_to_embed(client, fake_gemini):
-    question = Question.objects.create(title="   ", body="")
-    response = client.get(question.get_absolute_url())
-    body = response.content.decode()
-    assert "no text to embed" in body
-    assert "being embedded" not in body
-
-
-def test_a_question_being_embedded_polls_its_state(client, fake_gemini):
-    from semantic import suspend_embedding
-
-    with suspend_embedding():
-        question = Question.objects.create(title="Brand new", body="")
-    state = reverse("questions:state", args=[question.pk])
-    assert f'data-state="{state}"' in client.get(question.get_absolute_url()).content.decode()
-    assert client.get(state).json() == {"embedded": False, "failed": False}
-    embed_pending()
-    assert client.get(state).json() == {"embedded": True, "failed": False}
-
-
-def test_a_question_whose_embedding_failed_says_so_instead_of_waiting(client, fake_gemini):
-    fake_gemini.fail_next(500, times=100)
-    question = Question.objects.create(title="Brand new", body="while the API fails")  # the worker tried
-    state = reverse("questions:state", args=[question.pk])
-    assert client.get(state).json() == {"embedded": False, "failed": True}
-    page = client.get(question.get_absolute_url()).content.decode()
-    assert "embedding this question failed" in page and "being embedded" not in page
 
 
 def test_with_gemini_no_english_only_note(client, questions):

@@ -12,9 +12,14 @@ from project.questions.search import search
 from semantic import EmptyQuery, SearchUnavailable
 from semantic.backends import get_backend
 from semantic.rows import failures
+from semantic.text import sanitize
 
 PER_PAGE = 20
 SEARCH_UNAVAILABLE = "Search by meaning is unavailable right now; please try again in a minute. Showing all questions."
+SIMILAR_UNAVAILABLE = (
+    "Similar questions are unavailable right now: comparing this question needs the embedding service, "
+    "which cannot answer at the moment."
+)
 POSTED = "Thanks! Your question is posted; similar questions appear in a moment."
 ENGLISH_ONLY = (
     "This search looks like it is not in English. The local model understands English only, "
@@ -57,18 +62,27 @@ def question_list(request):
 
 
 def question_detail(request, pk):
+    """A question, its answer and the questions most similar to it.
+
+    A question edited since its vector was made is compared by its text, embedded now;
+    when that fails the page says so and offers a link to try again. It must not poll
+    for a vector like a new question does: the old vector is there, so the poll would
+    reload the page at once, and each reload would ask the failing API again.
+    """
     question = get_object_or_404(Question, pk=pk)
     similar = None
+    unavailable = None
     if question.embedding is not None:
         try:
             similar = list(Question.objects.similar_to(question, field="embedding")[:5])
         except SearchUnavailable:
-            pass
+            unavailable = SIMILAR_UNAVAILABLE
         else:
             describe(similar, thresholds())
     context = {
         "question": question,
         "similar": similar,
+        "unavailable": unavailable,
         "nothing_to_embed": not has_text(question),
         "failed": question.embedding is None and has_failed(question),
         "suggestion": suggest_for(question),
@@ -90,7 +104,9 @@ def has_failed(question: Question) -> bool:
 
 
 def has_text(question: Question) -> bool:
-    return bool(Question._meta.get_field("embedding").source_text(question).strip())
+    """Whether the worker will embed the question at all: it blanks control characters
+    before it strips (semantic.text), so a title of ``"\\x01\\x02"`` is as empty as ``"  "``."""
+    return bool(sanitize(Question._meta.get_field("embedding").source_text(question)).strip())
 
 
 def ask(request):
