@@ -1,5 +1,6 @@
 """End to end: saves queue django-q2 tasks; a real ``qcluster`` process embeds the rows."""
 
+import logging
 import time
 from contextlib import contextmanager
 
@@ -126,6 +127,43 @@ def test_a_wakeup_task_looks_again_for_rows_saved_while_it_ran(fake_gemini):
     assert fake_gemini.texts() == ["Pending", "Behind the scan\n\nchanged during the first scan"]
     assert result["embedded"] == 2
     assert not Article.objects.filter(get_embedding_field(Article).pending()).exists()
+
+
+GONE = [
+    ("testapp.Article", "renamed", "testapp.Article has no EmbeddingField named 'renamed'; it has embedding."),
+    ("testapp.Memo", "embedding", "testapp.Memo has no EmbeddingField."),
+    ("testapp.Deleted", "embedding", "App 'testapp' doesn't have a 'Deleted' model."),
+    ("removedapp.Note", "embedding", "No installed app with label 'removedapp'."),
+]
+
+
+@pytest.mark.parametrize(("label", "field_name", "reason"), GONE)
+@pytest.mark.django_db(transaction=True)
+def test_a_task_queued_before_its_field_or_model_went_is_dropped_with_one_warning(
+    label, field_name, reason, caplog, monkeypatch, fake_gemini
+):
+    """A wake-up or chunk left in the queue by a deploy that removed or renamed the field, the
+    model or its app: raising would have django-q2 retry it every ``retry`` seconds for ever."""
+    from django_q.conf import Conf
+    from django_q.models import Failure
+    from django_q.tasks import async_task
+
+    from semantic.tasks import TASK_DROPPED
+
+    calls = {
+        "embed_field": (label, field_name),
+        "embed_rows": (label, field_name, [1, 2]),
+        "embed_chunk": (label, field_name, [1, 2], None),
+    }
+    monkeypatch.setattr(Conf, "SYNC", True)  # django-q2 runs each task inline, as its worker would
+    caplog.set_level(logging.WARNING, logger="semantic")
+    for task, args in calls.items():
+        async_task(f"semantic.tasks.{task}", *args)
+    assert [r.getMessage() for r in caplog.records] == [
+        TASK_DROPPED % (task, label, field_name, reason) for task in calls
+    ]
+    assert not Failure.objects.exists()
+    assert fake_gemini.request_count == 0
 
 
 @contextmanager
