@@ -47,6 +47,14 @@ from semantic.conf import semantic_settings as conf
 #: The django-q2 schedule of the sweep that embeds rows no save announced.
 SWEEP_SCHEDULE_NAME = "semantic.embed_pending"
 
+#: django-q2 options of every task the app queues (the sweep's schedule passes them as ``q_options``).
+#: ``save: False``: a successful run leaves no row in django-q2's "Successful tasks". Wake-ups come up
+#: to once a second per process, and django-q2 prunes the oldest successes past ``save_limit`` across
+#: all tasks, so saving theirs would evict the project's own results (``result(task_id)`` becomes
+#: None), or, with ``save_limit`` 0, grow the table for ever. Nothing reads them: rows' states and
+#: ``EmbeddingFailure`` report the work. A task that raises is still recorded under "Failed tasks".
+TASK_OPTIONS: dict[str, Any] = {"save": False}
+
 #: Seconds during which a process sends at most one wake-up per field, and a wake-up
 #: task keeps looking for pending rows.
 WAKE_WINDOW = 1.0
@@ -87,7 +95,7 @@ def queue_task(func: str, *args: Any, name: str) -> str:
     """Hand ``func(*args)`` to django-q2, on the cluster ``SEMANTIC["QUEUE"]`` names; returns the task id."""
     from django_q.tasks import async_task
 
-    options: dict[str, Any] = {"task_name": name}
+    options: dict[str, Any] = {**TASK_OPTIONS, "task_name": name}
     if conf.QUEUE:
         options["cluster"] = conf.QUEUE
     return async_task(func, *args, **options)
@@ -161,7 +169,7 @@ def send_unless_waiting(func: str, *args: Any, name: str, using: str, previous: 
     from django_q.tasks import async_task
 
     broker = _conditional_orm_broker()(using, conf.QUEUE or Conf.CLUSTER_NAME, previous)
-    options: dict[str, Any] = {"task_name": name, "broker": broker}
+    options: dict[str, Any] = {**TASK_OPTIONS, "task_name": name, "broker": broker}
     if conf.QUEUE:
         options["cluster"] = conf.QUEUE
     async_task(func, *args, **options)
@@ -266,5 +274,6 @@ def install_sweep_schedule(**kwargs: Any) -> None:
             "minutes": conf.SWEEP_MINUTES,
             "repeats": -1,
             "cluster": conf.QUEUE,
+            "kwargs": repr({"q_options": TASK_OPTIONS}),
         },
     )
