@@ -246,7 +246,8 @@ def enqueue(model: type[models.Model], field_name: str, pks: Sequence[Any], *, u
 def install_sweep_schedule(**kwargs: Any) -> None:
     """Create (or update) the django-q2 schedule that runs ``semantic.tasks.embed_pending``.
 
-    Only on a database that holds django-q2's tables: a router may keep them off the one
+    Deleted when ``SWEEP_MINUTES`` is None or this app's migrations are unapplied. Only on a
+    database that holds django-q2's tables: a router may keep them off the one
     ``migrate --database=...`` just ran on, and ``migrate <one app>`` on a new database may
     not have created them yet (the next ``migrate`` that does installs the schedule).
     """
@@ -258,12 +259,14 @@ def install_sweep_schedule(**kwargs: Any) -> None:
     using = kwargs.get("using", DEFAULT_DB_ALIAS)
     if not router.allow_migrate_model(using, Schedule):
         return
+    state = kwargs.get("apps", apps)  # the migrated state, as Django's own post_migrate handlers check it
     try:
-        # The migrated state, as Django's own post_migrate handlers check it.
-        kwargs.get("apps", apps).get_model("django_q", "Schedule")
+        state.get_model("django_q", "Schedule")
     except LookupError:
         return
-    if conf.SWEEP_MINUTES is None:
+    if conf.SWEEP_MINUTES is None or not _app_migrated(state):
+        # Also after ``migrate semantic zero``, the step before taking the app out of INSTALLED_APPS:
+        # a schedule left behind would have every run kill the worker that imports semantic.tasks.
         Schedule.objects.using(using).filter(name=SWEEP_SCHEDULE_NAME).delete()
         return
     Schedule.objects.using(using).update_or_create(
@@ -277,3 +280,12 @@ def install_sweep_schedule(**kwargs: Any) -> None:
             "kwargs": repr({"q_options": TASK_OPTIONS}),
         },
     )
+
+
+def _app_migrated(state: Any) -> bool:
+    """Whether this app's tables are in the migrated ``state`` (not after ``migrate semantic zero``)."""
+    try:
+        state.get_app_config("semantic")
+    except LookupError:
+        return False
+    return True
