@@ -47,6 +47,14 @@ from semantic.conf import semantic_settings as conf
 #: The django-q2 schedule of the sweep that embeds rows no save announced.
 SWEEP_SCHEDULE_NAME = "semantic.embed_pending"
 
+#: django-q2 options of every task the app queues (the sweep's schedule passes them as ``q_options``).
+#: ``save: False``: a successful run leaves no row in django-q2's "Successful tasks". Wake-ups come up
+#: to once a second per process, and django-q2 prunes the oldest successes past ``save_limit`` across
+#: all tasks, so saving theirs would evict the project's own results (``result(task_id)`` becomes
+#: None), or, with ``save_limit`` 0, grow the table for ever. Nothing reads them: rows' states and
+#: ``EmbeddingFailure`` report the work. A task that raises is still recorded under "Failed tasks".
+TASK_OPTIONS: dict[str, Any] = {"save": False}
+
 #: Seconds during which a process sends at most one wake-up per field, and a wake-up
 #: task keeps looking for pending rows.
 WAKE_WINDOW = 1.0
@@ -135,7 +143,7 @@ def queue_task(func: str, *args: Any, name: str) -> str:
     """Hand ``func(*args)`` to django-q2, on the cluster ``SEMANTIC["QUEUE"]`` names; returns the task id."""
     from django_q.tasks import async_task
 
-    options: dict[str, Any] = {"task_name": name}
+    options: dict[str, Any] = {**TASK_OPTIONS, "task_name": name}
     if conf.QUEUE:
         options["cluster"] = conf.QUEUE
     return async_task(func, *args, **options)
@@ -209,7 +217,7 @@ def send_unless_waiting(func: str, *args: Any, name: str, using: str, previous: 
     from django_q.tasks import async_task
 
     broker = _conditional_orm_broker()(using, conf.QUEUE or Conf.CLUSTER_NAME, previous)
-    options: dict[str, Any] = {"task_name": name, "broker": broker}
+    options: dict[str, Any] = {**TASK_OPTIONS, "task_name": name, "broker": broker}
     if conf.QUEUE:
         options["cluster"] = conf.QUEUE
     async_task(func, *args, **options)
@@ -286,7 +294,8 @@ def enqueue(model: type[models.Model], field_name: str, pks: Sequence[Any], *, u
 def install_sweep_schedule(**kwargs: Any) -> None:
     """Create (or update) the django-q2 schedule that runs ``semantic.tasks.embed_pending``.
 
-    Only on a database that holds django-q2's tables: a router may keep them off the one
+    Deleted when ``SWEEP_MINUTES`` is None or this app's migrations are unapplied. Only on a
+    database that holds django-q2's tables: a router may keep them off the one
     ``migrate --database=...`` just ran on, and ``migrate <one app>`` on a new database may
     not have created them yet (the next ``migrate`` that does installs the schedule).
     """
@@ -298,12 +307,14 @@ def install_sweep_schedule(**kwargs: Any) -> None:
     using = kwargs.get("using", DEFAULT_DB_ALIAS)
     if not router.allow_migrate_model(using, Schedule):
         return
+    state = kwargs.get("apps", apps)  # the migrated state, as Django's own post_migrate handlers check it
     try:
-        # The migrated state, as Django's own post_migrate handlers check it.
-        kwargs.get("apps", apps).get_model("django_q", "Schedule")
+        state.get_model("django_q", "Schedule")
     except LookupError:
         return
-    if conf.SWEEP_MINUTES is None:
+    if conf.SWEEP_MINUTES is None or not _app_migrated(state):
+        # Also after ``migrate semantic zero``, the step before taking the app out of INSTALLED_APPS:
+        # a schedule left behind would have every run kill the worker that imports semantic.tasks.
         Schedule.objects.using(using).filter(name=SWEEP_SCHEDULE_NAME).delete()
         return
     Schedule.objects.using(using).update_or_create(
@@ -314,5 +325,15 @@ def install_sweep_schedule(**kwargs: Any) -> None:
             "minutes": conf.SWEEP_MINUTES,
             "repeats": -1,
             "cluster": conf.QUEUE,
+            "kwargs": repr({"q_options": TASK_OPTIONS}),
         },
     )
+
+
+def _app_migrated(state: Any) -> bool:
+    """Whether this app's tables are in the migrated ``state`` (not after ``migrate semantic zero``)."""
+    try:
+        state.get_app_config("semantic")
+    except LookupError:
+        return False
+    return True

@@ -38,6 +38,13 @@ SWEEP_SKIPPED = "Sweep skipped %s: %s"
 #: A field's sweep that failed; the other fields' still run. The next sweep tries it again.
 SWEEP_FAILED = "The sweep of this field failed ({error}); the other fields were swept, and the next sweep tries again."
 
+#: Logged, once per task, for a task naming a model or field that is gone: queued before a deploy
+#: removed or renamed it. Raising would leave django-q2 retrying it every ``retry`` seconds for ever.
+TASK_DROPPED = (
+    "Dropped the task %s for %s.%s: %s It was queued before the model or field was removed or renamed, "
+    "so there is nothing left for it to embed; rows of a renamed field are found by the sweep."
+)
+
 #: Seconds between a wake-up task's scans for pending rows within ``WAKE_WINDOW``.
 RESCAN_EVERY = 0.25
 
@@ -47,8 +54,10 @@ def embed_rows(
 ) -> dict[str, Any]:
     """Worker task: embed the pending rows among ``pks`` (and others, to fill requests),
     in database ``using`` (the one the rows were saved to)."""
-    model = apps.get_model(label)
-    field = get_embedding_field(model, field_name)
+    target = _target("embed_rows", label, field_name)
+    if target is None:
+        return {}
+    model, field = target
     return Embedder(model, field, using=using).run(pks).as_dict()
 
 
@@ -63,8 +72,10 @@ def embed_field(label: str, field_name: str, using: str | None = None) -> dict[s
     A burst of saves wakes one worker; when its first request embedded rows and more are
     left, it wakes another, which does the same, so idle workers (on any machine) share the work.
     """
-    model = apps.get_model(label)
-    field = get_embedding_field(model, field_name)
+    target = _target("embed_field", label, field_name)
+    if target is None:
+        return {}
+    model, field = target
     started = time.monotonic()
     window = wake_window()
     total: dict[str, Any] = {}
@@ -107,9 +118,21 @@ def embed_chunk(label: str, field_name: str, pks: Sequence[Any], batch_size: int
 
     Chunks are disjoint, so workers share a backfill without waiting for each other.
     """
-    model = apps.get_model(label)
-    field = get_embedding_field(model, field_name)
+    target = _target("embed_chunk", label, field_name)
+    if target is None:
+        return {}
+    model, field = target
     return Embedder(model, field, batch_size=batch_size).run(pks, fill=False).as_dict()
+
+
+def _target(task: str, label: str, field_name: str) -> tuple[type[models.Model], EmbeddingField] | None:
+    """The model and field a task names, or None (logged) when a deploy took them away since."""
+    try:
+        model = apps.get_model(label)
+        return model, get_embedding_field(model, field_name)
+    except (LookupError, ValueError) as exc:
+        logger.warning(TASK_DROPPED, task, label, field_name, exc)
+        return None
 
 
 def embed_pending(*targets: str | type[models.Model], limit: int | None = None) -> dict[str, Any]:

@@ -65,3 +65,8 @@ def running_qcluster(fake: FakeGemini, log: Path, env: dict[str, str] | None = N
         except subprocess.TimeoutExpired:
             process.kill()
         print(log.read_text())
+
+
+def processed(log: Path, func: str) -> int:
+    """Runs of ``func`` that succeeded, as a ``qcluster`` log says: the app's successes are not stored."""
+    return log.read_text().count(f"Processed '{func}'")

@@ -716,3 +716,47 @@ def test_a_composite_primary_key_stops_makemigrations_with_what_to_do(new_projec
     for command in ("makemigrations", "semantic_status"):
         error = project.refused(command)
         assert "semantic.E011" in error and message in error
+
+
+SCHEDULED = "SELECT func FROM django_q_schedule ORDER BY func"
+
+
+def remove_the_field(project: Project) -> None:
+    """README "Removing the app", step 1, with one wake-up still queued from before it."""
+    project.manage("shell", "-c", "from notes.models import Note; Note.objects.create(title='Saved before the deploy')")
+    assert project.sql("SELECT count(*) FROM django_q_ormq") == [(1,)]
+    project.write("notes/models.py", INITIAL_MODEL)
+    project.manage("makemigrations", "notes")
+    project.manage("migrate")
+
+
+def take_out_of_installed_apps(project: Project) -> None:
+    settings = project.root / "mysite" / "settings.py"
+    settings.write_text(settings.read_text() + 'INSTALLED_APPS.remove("semantic")\ndel SEMANTIC\n')
+
+
+@pytest.mark.django_db
+def test_taking_the_app_out_as_the_readme_says_leaves_no_schedule_behind(new_project):
+    project = new_project(api_key=None)
+    assert project.sql(SCHEDULED) == [("semantic.tasks.embed_pending",)]
+    remove_the_field(project)
+    project.manage("migrate", "semantic", "zero")
+    assert project.sql(SCHEDULED) == []
+    assert not project.sql("SELECT 1 FROM pg_tables WHERE tablename LIKE 'semantic_%'")
+    take_out_of_installed_apps(project)
+    project.manage("migrate")
+    project.manage("check")
+    assert project.sql(SCHEDULED) == []
+
+
+@pytest.mark.django_db
+def test_a_project_that_took_the_app_out_already_cleans_up_with_the_readme_snippet(new_project):
+    project = new_project(api_key=None)
+    project.manage("shell", "-c", "from django_q.tasks import schedule; schedule('math.floor', 2.5, name='own')")
+    remove_the_field(project)
+    take_out_of_installed_apps(project)
+    project.manage("migrate")
+    assert project.sql(SCHEDULED) == [("math.floor",), ("semantic.tasks.embed_pending",)]
+    project.manage("shell", "-c", readme_snippet("removed"))
+    assert project.sql(SCHEDULED) == [("math.floor",)]
+    assert project.sql("SELECT count(*) FROM django_q_ormq") == [(0,)]

@@ -4,10 +4,12 @@ No worker runs here; test_worker.py has the end-to-end runs with a real ``qclust
 """
 
 import time
+from datetime import timedelta
 
 import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from django_q.brokers import get_broker
 from django_q.brokers.orm import ORM
 from django_q.models import OrmQ
@@ -239,3 +241,26 @@ def test_a_flush_forgets_the_wakeups_it_removed(queued):
     call_command("flush", interactive=False, verbosity=0)
     Article.objects.create(title="second test", body="")
     assert len(queued()) == 1
+
+
+def test_the_apps_tasks_leave_the_projects_own_results_to_django_q(semantic_settings, monkeypatch, fake_gemini):
+    """django-q2 keeps ``save_limit`` successes across all tasks and deletes the oldest: a
+    wake-up per save-second, stored, would soon push out the result the project waits for."""
+    from django_q.brokers import get_broker
+    from django_q.conf import Conf
+    from django_q.models import Schedule, Success
+    from django_q.scheduler import scheduler
+    from django_q.tasks import async_task, result
+
+    monkeypatch.setattr(Conf, "SYNC", True)  # django-q2 runs and stores each task inline, as its worker would
+    monkeypatch.setattr(Conf, "SAVE_LIMIT", 3)
+    semantic_settings(SYNC=False)
+    own = async_task("math.floor", 2.5)
+    for i in range(10):
+        Article.objects.create(title=f"One wake-up each {i}", body="")
+    Schedule.objects.filter(name="semantic.embed_pending").update(next_run=timezone.now() - timedelta(minutes=1))
+    scheduler(broker=get_broker())
+    assert Schedule.objects.get(name="semantic.embed_pending").task  # the sweep ran
+    assert fake_gemini.request_count == 10
+    assert result(own) == 2
+    assert list(Success.objects.values_list("func", flat=True)) == ["math.floor"]
