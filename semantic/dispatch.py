@@ -98,9 +98,30 @@ def run_deadline() -> float | None:
     django-q2 kills a task that outlives ``Q_CLUSTER["timeout"]``, losing what it was doing
     and, with the worker, a loaded local model. A run that stops before then keeps what it
     stored and leaves the rest to the next run. Kept back: ``TIMEOUT`` (the last request)
-    and :data:`STORE_SECONDS`, but never more than half the timeout.
+    and :data:`STORE_SECONDS`, so a request sent just before the deadline is answered (or
+    abandoned) and written before the kill. A timeout not longer than that keeps back half
+    of it (a last request may then be killed: :func:`task_time_problem`).
     """
     return _run_deadline
+
+
+#: semantic.W007: django-q2's timeout leaves no room for one request and its writing.
+TASK_TIME_TOO_SHORT = (
+    'Q_CLUSTER["timeout"] is {timeout} s, but one embedding request may take SEMANTIC["TIMEOUT"] ({request} s) '
+    "and writing its answer up to {store} s more: django-q2 may kill a run's task with a request in flight, "
+    "so a slow or failing API is never recorded as failing, and the task is retried by django-q2."
+)
+TASK_TIME_HINT = 'Set Q_CLUSTER["timeout"] above {needed} s (and "retry" above that), or lower SEMANTIC["TIMEOUT"].'
+
+
+def task_time_problem() -> str | None:
+    """Why a run in a django-q2 task (on the app's cluster) cannot send a request safely, or None."""
+    from django_q.conf import Conf
+
+    timeout = Conf.TIMEOUT
+    if not timeout or timeout < 0 or timeout > conf.TIMEOUT + STORE_SECONDS:
+        return None
+    return TASK_TIME_TOO_SHORT.format(timeout=timeout, request=conf.TIMEOUT, store=STORE_SECONDS)
 
 
 def task_started(sender: Any = None, **kwargs: Any) -> None:
@@ -112,7 +133,8 @@ def task_started(sender: Any = None, **kwargs: Any) -> None:
     if not timeout or timeout < 0:
         _run_deadline = None
         return
-    _run_deadline = time.monotonic() + timeout - min(conf.TIMEOUT + STORE_SECONDS, timeout / 2)
+    keep = conf.TIMEOUT + STORE_SECONDS
+    _run_deadline = time.monotonic() + timeout - (keep if keep < timeout else timeout / 2)
 
 
 def task_ended(sender: Any = None, **kwargs: Any) -> None:
