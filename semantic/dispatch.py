@@ -300,9 +300,44 @@ def enqueue(model: type[models.Model], field_name: str, pks: Sequence[Any], *, u
         task = import_string("semantic.tasks.embed_rows")
         transaction.on_commit(lambda: task(label, field_name, pks, using), using=using, robust=True)
         return
+    wake(*_wakeup(model, field_name, using), name=f"semantic: embed {label}.{field_name}", using=using)
+
+
+def _wakeup(model: type[models.Model], field_name: str, using: str | None) -> list[Any]:
+    """The wake-up task of a field's rows in ``using``: its function and arguments."""
     # The database travels with the wake-up, so rows saved with .using("other") are embedded there.
-    args = [label, field_name] + ([using] if using not in (None, "default") else [])
-    wake("semantic.tasks.embed_field", *args, name=f"semantic: embed {label}.{field_name}", using=using)
+    return ["semantic.tasks.embed_field", model._meta.label, field_name] + (
+        [using] if using not in (None, "default") else []
+    )
+
+
+def hand_over(model: type[models.Model], field_name: str, *, using: str | None = None) -> None:
+    """Queue the field's wake-up behind every task waiting now: a run that did its share
+    (:data:`semantic.tasks.HAND_OVER_BATCHES`) hands the rest of the pending rows on, so that
+    with one worker the project's own tasks queued meanwhile run in between.
+
+    With the ORM broker, this process's earlier wake-up for the field still waiting (sent
+    after the run's first request, for idle workers) is taken out first: it would otherwise
+    run before the tasks queued after it.
+    """
+    from django_q.conf import Conf
+    from django_q.models import OrmQ
+
+    using = using or DEFAULT_DB_ALIAS
+    func, *args = _wakeup(model, field_name, using)
+    name = f"semantic: embed {model._meta.label}.{field_name}"
+    if orm_queue_alias() != using:
+        queue_task(func, *args, name=name)
+        return
+    memo = (using, conf.QUEUE or Conf.CLUSTER_NAME, func, *args)
+    with _lock:
+        previous = _last_wakeup.get(memo, (None,))[0]
+    with transaction.atomic(using=using):
+        if previous is not None:  # unless a worker claimed it (its lock then lies ahead)
+            OrmQ.objects.using(using).filter(pk=previous, lock__lte=timezone.now()).delete()
+        waiting = send_unless_waiting(func, *args, name=name, using=using, previous=None)
+    with _lock:
+        _last_wakeup[memo] = (waiting, time.monotonic(), None)
 
 
 def install_sweep_schedule(**kwargs: Any) -> None:
