@@ -14,6 +14,7 @@ from django.utils.functional import cached_property
 from semantic.backends.gemini import sendable_key
 from semantic.conf import GEMINI_BACKEND, REMOVED
 from semantic.conf import semantic_settings as conf
+from semantic.dispatch import STORE_SECONDS, TASK_TIME_HINT, task_time_problem
 from semantic.operations import extension_elsewhere
 
 DIMENSIONS_UNMADE = "{label} stores {dimensions} dimensions, which {model_id} cannot make: its rows stay pending."
@@ -457,3 +458,15 @@ def check_topics_max_rows(app_configs: Any = None, **kwargs: Any) -> list[checks
             id="semantic.E016",
         )
     ]
+
+
+@checks.register()
+def check_task_time(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
+    """A project's own shorter ``Q_CLUSTER["timeout"]`` (60 s is common) must still fit one request."""
+    if not apps.is_installed("django_q") or check_timeout():
+        return []
+    problem = task_time_problem()
+    if problem is None:
+        return []
+    hint = TASK_TIME_HINT.format(needed=f"{conf.TIMEOUT + STORE_SECONDS:g}")
+    return [checks.Warning(problem, hint=hint, id="semantic.W007")]

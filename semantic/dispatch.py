@@ -106,9 +106,30 @@ def run_deadline() -> float | None:
     django-q2 kills a task that outlives ``Q_CLUSTER["timeout"]``, losing what it was doing
     and, with the worker, a loaded local model. A run that stops before then keeps what it
     stored and leaves the rest to the next run. Kept back: ``TIMEOUT`` (the last request)
-    and :data:`STORE_SECONDS`, but never more than half the timeout.
+    and :data:`STORE_SECONDS`, so a request sent just before the deadline is answered (or
+    abandoned) and written before the kill. A timeout not longer than that keeps back half
+    of it (a last request may then be killed: :func:`task_time_problem`).
     """
     return _run_deadline
+
+
+#: semantic.W007: django-q2's timeout leaves no room for one request and its writing.
+TASK_TIME_TOO_SHORT = (
+    'Q_CLUSTER["timeout"] is {timeout} s, but one embedding request may take SEMANTIC["TIMEOUT"] ({request} s) '
+    "and writing its answer up to {store} s more: django-q2 may kill a run's task with a request in flight, "
+    "so a slow or failing API is never recorded as failing, and the task is retried by django-q2."
+)
+TASK_TIME_HINT = 'Set Q_CLUSTER["timeout"] above {needed} s (and "retry" above that), or lower SEMANTIC["TIMEOUT"].'
+
+
+def task_time_problem() -> str | None:
+    """Why a run in a django-q2 task (on the app's cluster) cannot send a request safely, or None."""
+    from django_q.conf import Conf
+
+    timeout = Conf.TIMEOUT
+    if not timeout or timeout < 0 or timeout > conf.TIMEOUT + STORE_SECONDS:
+        return None
+    return TASK_TIME_TOO_SHORT.format(timeout=timeout, request=conf.TIMEOUT, store=STORE_SECONDS)
 
 
 def task_started(sender: Any = None, **kwargs: Any) -> None:
@@ -120,7 +141,8 @@ def task_started(sender: Any = None, **kwargs: Any) -> None:
     if not timeout or timeout < 0:
         _run_deadline = None
         return
-    _run_deadline = time.monotonic() + timeout - min(conf.TIMEOUT + STORE_SECONDS, timeout / 2)
+    keep = conf.TIMEOUT + STORE_SECONDS
+    _run_deadline = time.monotonic() + timeout - (keep if keep < timeout else timeout / 2)
 
 
 def task_ended(sender: Any = None, **kwargs: Any) -> None:
@@ -286,9 +308,44 @@ def enqueue(model: type[models.Model], field_name: str, pks: Sequence[Any], *, u
         task = import_string("semantic.tasks.embed_rows")
         transaction.on_commit(lambda: task(label, field_name, pks, using), using=using, robust=True)
         return
+    wake(*_wakeup(model, field_name, using), name=f"semantic: embed {label}.{field_name}", using=using)
+
+
+def _wakeup(model: type[models.Model], field_name: str, using: str | None) -> list[Any]:
+    """The wake-up task of a field's rows in ``using``: its function and arguments."""
     # The database travels with the wake-up, so rows saved with .using("other") are embedded there.
-    args = [label, field_name] + ([using] if using not in (None, "default") else [])
-    wake("semantic.tasks.embed_field", *args, name=f"semantic: embed {label}.{field_name}", using=using)
+    return ["semantic.tasks.embed_field", model._meta.label, field_name] + (
+        [using] if using not in (None, "default") else []
+    )
+
+
+def hand_over(model: type[models.Model], field_name: str, *, using: str | None = None) -> None:
+    """Queue the field's wake-up behind every task waiting now: a run that did its share
+    (:data:`semantic.tasks.HAND_OVER_BATCHES`) hands the rest of the pending rows on, so that
+    with one worker the project's own tasks queued meanwhile run in between.
+
+    With the ORM broker, this process's earlier wake-up for the field still waiting (sent
+    after the run's first request, for idle workers) is taken out first: it would otherwise
+    run before the tasks queued after it.
+    """
+    from django_q.conf import Conf
+    from django_q.models import OrmQ
+
+    using = using or DEFAULT_DB_ALIAS
+    func, *args = _wakeup(model, field_name, using)
+    name = f"semantic: embed {model._meta.label}.{field_name}"
+    if orm_queue_alias() != using:
+        queue_task(func, *args, name=name)
+        return
+    memo = (using, conf.QUEUE or Conf.CLUSTER_NAME, func, *args)
+    with _lock:
+        previous = _last_wakeup.get(memo, (None,))[0]
+    with transaction.atomic(using=using):
+        if previous is not None:  # unless a worker claimed it (its lock then lies ahead)
+            OrmQ.objects.using(using).filter(pk=previous, lock__lte=timezone.now()).delete()
+        waiting = send_unless_waiting(func, *args, name=name, using=using, previous=None)
+    with _lock:
+        _last_wakeup[memo] = (waiting, time.monotonic(), None)
 
 
 def install_sweep_schedule(**kwargs: Any) -> None:

@@ -73,6 +73,12 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
         'The run stopped sending before django-q2\'s Q_CLUSTER["timeout"] would kill its task: what it '
         "embedded is stored, and the rest is left for the next run or sweep (semantic_embed has no time limit)."
     )
+    #: Why a run in a django-q2 task stopped at its time (:attr:`deadline`) while a request was failing.
+    API_FAILING_OUT_OF_TIME = (
+        "The embedding API kept failing ({error}): one request failed {attempts} time(s) before the run had to "
+        "stop for django-q2's Q_CLUSTER[\"timeout\"]. That request's rows are recorded as failed and retried "
+        "later; the rows not sent stay pending for the next run or sweep."
+    )
 
     def __init__(
         self,
@@ -311,9 +317,10 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
         if not items or self.stopped:
             return
         attempt = 0
+        message = ""
         while True:
             if self.time_left() <= 0:
-                self.stop(self.OUT_OF_TIME)
+                self.out_of_time(items, attempt, message)
                 return
             try:
                 ratelimit.acquire(
@@ -322,7 +329,10 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
                     max_pause=min(conf.MAX_BACKOFF, self.time_left()),
                 )
             except ratelimit.Paused as paused:
-                self.stop(str(paused))
+                if attempt and not paused.problem and paused.seconds <= conf.MAX_BACKOFF:  # outlasts the time left
+                    self.out_of_time(items, attempt, message)
+                else:
+                    self.stop(str(paused))
                 return
             attempt += 1
             for item in items:
@@ -394,6 +404,17 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
             reason = (str(exc).strip().splitlines() or [""])[0]
             message = self.redact(self.WRITE_FAILED.format(error=f"{type(exc).__name__}: {reason}"))
             self.fail(items, message, permanent=False, retry_in=conf.MAX_BACKOFF)
+
+    def out_of_time(self, items: list[Item], attempts: int, message: str) -> None:
+        """Stop at :attr:`deadline`. If ``items``' request was failing (``attempts`` made, the
+        last answered ``message``), its rows are recorded as failed, as after its last attempt:
+        against an API that fails slowly (time-outs), a run in a task with a short
+        ``Q_CLUSTER["timeout"]`` never gets to its last attempt, and the failure would show nowhere."""
+        if not attempts:
+            self.stop(self.OUT_OF_TIME)
+            return
+        self.fail(items, message, permanent=False, retry_in=conf.MAX_BACKOFF)
+        self.stop(self.API_FAILING_OUT_OF_TIME.format(error=message, attempts=attempts))
 
     def time_left(self) -> float:
         """Seconds before :attr:`deadline` (infinite without one)."""

@@ -20,8 +20,8 @@ from django.db import models, transaction
 from semantic.backends import redact_keys
 from semantic.dispatch import SWEEP_SCHEDULE_NAME as SWEEP_SCHEDULE_NAME
 from semantic.dispatch import enqueue as enqueue
+from semantic.dispatch import hand_over, queue_task, wake_window
 from semantic.dispatch import install_sweep_schedule as install_sweep_schedule
-from semantic.dispatch import queue_task, wake_window
 from semantic.embedder import Embedder
 from semantic.fields import EmbeddingField, get_embedding_field, iter_fields
 from semantic.hooks import embedding_suspended as embedding_suspended
@@ -48,6 +48,12 @@ TASK_DROPPED = (
 #: Seconds between a wake-up task's scans for pending rows within ``WAKE_WINDOW``.
 RESCAN_EVERY = 0.25
 
+#: Requests' worth of rows (``BATCH_SIZE``) a wake-up task embeds before it queues the rest as
+#: a new task behind those waiting (:func:`semantic.dispatch.hand_over`). Without a bound, one
+#: save after an import held a project's only worker (README's ``"workers": 1``), and a graceful
+#: ``qcluster`` stop, until the whole backlog was embedded.
+HAND_OVER_BATCHES = 10
+
 
 def embed_rows(
     label: str, field_name: str, pks: Sequence[Any] | None = None, using: str | None = None
@@ -71,6 +77,8 @@ def embed_field(label: str, field_name: str, using: str | None = None) -> dict[s
 
     A burst of saves wakes one worker; when its first request embedded rows and more are
     left, it wakes another, which does the same, so idle workers (on any machine) share the work.
+    After :data:`HAND_OVER_BATCHES` requests' worth of rows, or at its django-q2 deadline, a task
+    that embedded rows queues the rest as a new task behind the others waiting, and ends.
     """
     target = _target("embed_field", label, field_name)
     if target is None:
@@ -80,14 +88,16 @@ def embed_field(label: str, field_name: str, using: str | None = None) -> dict[s
     window = wake_window()
     total: dict[str, Any] = {}
     handed_on = not window  # django-q2 running tasks inline: no other worker to hand on to
+    visited = scanned = 0
 
-    def hand_on(outcome: Any, visited: int) -> None:
+    def hand_on(outcome: Any, rows: int) -> None:
         # A burst of saves is one wake-up; more than a request's worth of rows left after
         # the first request wakes one more worker, which does the same: idle workers join
         # in (the rows' advisory locks share them out) instead of one doing it all.
         # Only after a request that embedded rows: one that failed, paused or found its
         # rows taken would hand the same trouble on, and the chain would never end.
-        nonlocal handed_on
+        nonlocal handed_on, scanned
+        scanned = rows
         if not handed_on:
             handed_on = True
             progressed = (outcome.embedded or outcome.cleared) and not outcome.stopped
@@ -96,7 +106,11 @@ def embed_field(label: str, field_name: str, using: str | None = None) -> dict[s
 
     while True:
         scan_started = time.monotonic()
-        outcome = Embedder(model, field, using=using).run(on_batch=hand_on)
+        embedder = Embedder(model, field, using=using)
+        share = HAND_OVER_BATCHES * embedder.batch_size
+        scanned = 0
+        outcome = embedder.run(on_batch=hand_on, limit=share - visited)
+        visited += scanned
         for key, value in outcome.as_dict().items():
             if key not in total:
                 total[key] = value
@@ -106,6 +120,12 @@ def embed_field(label: str, field_name: str, using: str | None = None) -> dict[s
                 total[key] += value
             elif value is not None:  # why a scan stopped early: the latest reason
                 total[key] = value
+        if outcome.stopped in (None, Embedder.OUT_OF_TIME) and (visited >= share or outcome.stopped) and window:
+            # Its share done (or its time up with the API answering): the rest waits its turn.
+            if (total["embedded"] or total["cleared"]) and pending_keys(model, field, using, cap=0) != []:
+                hand_over(model, field_name, using=using)
+                total["handed_over"] = True
+            return total
         if outcome.stopped or scan_started - started >= window:
             # A stopped scan met what the next one would meet too (the API failing, a key to
             # fix, a Batch API job holding the rows): the rows left wait for the sweep.
