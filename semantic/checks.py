@@ -469,4 +469,4 @@ def check_task_time(app_configs: Any = None, **kwargs: Any) -> list[checks.CMess
     if problem is None:
         return []
     hint = TASK_TIME_HINT.format(needed=f"{conf.TIMEOUT + STORE_SECONDS:g}")
-    return [checks.Warning(problem, hint=hint, id="semantic.W007")]
+    return [checks.Warning(problem, hint=hint, id="semantic.W008")]

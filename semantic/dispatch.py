@@ -113,7 +113,7 @@ def run_deadline() -> float | None:
     return _run_deadline
 
 
-#: semantic.W007: django-q2's timeout leaves no room for one request and its writing.
+#: semantic.W008: django-q2's timeout leaves no room for one request and its writing.
 TASK_TIME_TOO_SHORT = (
     'Q_CLUSTER["timeout"] is {timeout} s, but one embedding request may take SEMANTIC["TIMEOUT"] ({request} s) '
     "and writing its answer up to {store} s more: django-q2 may kill a run's task with a request in flight, "

@@ -108,7 +108,7 @@ def test_a_timeout_that_fits_no_request_is_a_warning(q_timeout, semantic_setting
     semantic_settings(TIMEOUT=30.0)
     q_timeout(40)
     [warning] = check_task_time()
-    assert warning.id == "semantic.W007"
+    assert warning.id == "semantic.W008"
     assert warning.msg == TASK_TIME_TOO_SHORT.format(timeout=40, request=30.0, store=STORE_SECONDS)
     assert warning.hint == TASK_TIME_HINT.format(needed="40")
     q_timeout(41)
