@@ -13,7 +13,7 @@ from semantic.switch import switch_to, switched_name
 
 class Command(QuietMixin, BaseCommand):
     help = (
-        "Embed the rows that need it: new, changed, stale (made by another model or size) and failed "
+        "Embed the rows that need it: new, changed, stale (made by another model, task type or size) and failed "
         "ones, for the named app_label.Model[.field] targets or every EmbeddingField. Runs inline with a "
         "progress display, hands the work to django-q2 workers with --queue, or sends Gemini Batch API "
         "jobs with --batch-api. Safe to interrupt: finished batches are kept, and running it again "
@@ -50,8 +50,8 @@ class Command(QuietMixin, BaseCommand):
     #: The command's last word (and exit status 1) when a run stopped: scripts and cron jobs see it.
     INCOMPLETE = "Not finished: {labels} stopped before the end (see above)."
     STALE = (
-        "{label}: {rows} rows hold vectors from another model or size; until they are re-embedded, search "
-        "sees only the rows embedded by {spec}. To change the model with no gap, add a second field with "
+        "{label}: {rows} rows hold vectors made with another {changed} than now; until they are re-embedded, "
+        "search sees only the rows embedded by {spec}. To change the model with no gap, add a second field with "
         "replaces= and switch with --switch (README: Changing the model)."
     )
     REHASHED = (
@@ -176,7 +176,8 @@ class Command(QuietMixin, BaseCommand):
                 kwargs = {"everything": everything, "failed": failed}
                 stale = rows.stale_rows(model, field).count()
                 if stale and field.backend.setup_problem() is None:  # else the rows wait for a setting, not a model
-                    self.stderr.write(self.STALE.format(label=label, rows=stale, spec=field.spec()))
+                    changed = " or ".join(rows.stale_settings(model, field))
+                    self.stderr.write(self.STALE.format(label=label, rows=stale, changed=changed, spec=field.spec()))
                 if not batch_api:
                     self.report_held(model, field, label)
                 if dry_run:
