@@ -23,7 +23,7 @@ from semantic.passage_worker import passage_items
 from semantic.ratelimit import CHARS_PER_TOKEN
 from semantic.rows import failed_pks, failures, first_rows, mark_pending, pending_rows
 from semantic.text import clean, weighted_length
-from semantic.writer import Outcome
+from semantic.writer import Item, Outcome
 
 #: Gemini API price assumed by --dry-run, USD per million input tokens
 #: (gemini-embedding-001, Google's Gemini API pricing page, 2025). Tokens are estimated
@@ -178,6 +178,36 @@ def prepare(
     if everything:
         mark_pending(first_rows(select(model, field, everything=True, failed=False), limit), field)
     return None
+
+
+def rehash(model: type[models.Model], field: EmbeddingField) -> tuple[int, int]:
+    """Hash every row's text from Python again, storing the hashes that changed; returns
+    ``(rows, changed)``, ``changed`` the rows whose text now differs from their vector's.
+
+    When the code of a method or property in ``source`` changes, so does the text of rows
+    nobody saved, and nothing in SQL can see it: their stored hash is still the old
+    text's. Re-hashed, the rows whose text changed are pending, and a run embeds those
+    and no others; nothing is sent here. A hash is stored only where the row still holds
+    the one read with it, so a save made meanwhile keeps the hash of its own text.
+    """
+    if not field.text_from_python():
+        return 0, 0
+    writer = Embedder(model, field)
+    rows = select(model, field, everything=True, failed=False).using(writer.using).defer(field.attname)
+    visited = changed = 0
+    last = None
+    while chunk := list((rows if last is None else rows.filter(pk__gt=last)).order_by("pk")[:CUT_ROWS]):
+        last = chunk[-1].pk
+        visited += len(chunk)
+        items = []
+        for row in chunk:
+            stored = getattr(row, field.source_hash_name)
+            item = Item(row.pk, field.text_hash(row), "", None, read_hash=stored)
+            changed += item.hash != getattr(row, field.embedded_hash_name)
+            if item.hash != stored:
+                items.append(item)
+        writer.refresh_hashes(items)
+    return visited, changed
 
 
 def embed_now(

@@ -57,6 +57,13 @@ COMPOSITE_KEY_HINT = (
     "name=...)], then makemigrations and migrate."
 )
 
+#: semantic.W003's hint. ``config`` is part of the index's migration state, so following it
+#: writes a migration even where the index's SQL stays the same: the hint says so.
+KEYWORD_CONFIG_HINT = (
+    "Pass config={config!r} to the KeywordIndex; makemigrations then writes a migration that drops and "
+    "rebuilds the index, which blocks writes to the table while it builds. Or build the column in the "
+    "configuration queries should use."
+)
 #: PostgreSQL's longest identifier (NAMEDATALEN - 1); longer names are cut, and Django refuses them.
 MAX_COLUMN_NAME = 63
 NAME_TOO_LONG = (
@@ -315,8 +322,7 @@ def check_keyword_indexes(app_configs: Any = None, **kwargs: Any) -> list[checks
                     checks.Warning(
                         f"{model._meta.label}: KeywordIndex {index.name!r} parses queries in {index.config!r}, "
                         f"but {index.keyword_fields[0]!r} holds words in {built_in!r}.",
-                        hint=f"Pass config={built_in!r} to the KeywordIndex (no migration change), or build the "
-                        "column in the configuration queries should use.",
+                        hint=KEYWORD_CONFIG_HINT.format(config=built_in),
                         obj=model,
                         id="semantic.W003",
                     )

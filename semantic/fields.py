@@ -233,6 +233,14 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
         "passages",
     )
 
+    #: ``db_index=True`` would build a btree index on the vector column.
+    NO_DB_INDEX = (
+        "EmbeddingField does not take db_index=True: it would build a btree index on the vectors, which no "
+        "similarity search uses and which refuses, when they are saved, vectors over its 2,704-byte row limit. "
+        "Remove db_index= and add "
+        'semantic.indexes.EmbeddingIndex(fields=["<field>"], name="...") to the model\'s Meta.indexes.'
+    )
+
     def __init__(
         self,
         verbose_name: str | None = None,
@@ -261,6 +269,8 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
                     f"EmbeddingField sets {option}={option != 'editable'} itself: the worker fills it after "
                     f"save(), so it is empty until then and never edited in forms. Remove {option}= from the field."
                 )
+        if kwargs.get("db_index"):
+            raise TypeError(self.NO_DB_INDEX)
         self.source = tuple(source)
         self.task_type = task_type
         self.embedding_model = embedding_model

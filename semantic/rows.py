@@ -92,6 +92,21 @@ def stale_rows(model: type[models.Model], field: EmbeddingField) -> models.Query
     return model._base_manager.filter(field.stale() & ~field.pending())
 
 
+#: What each part of a spec (``<model>|<task type>|<size>``) is called in messages.
+SPEC_PARTS = ("model", "task type", "size")
+
+
+def stale_settings(model: type[models.Model], field: EmbeddingField) -> list[str]:
+    """Which settings (:data:`SPEC_PARTS`) the stale rows' vectors were made with other than now."""
+    current = field.spec().rsplit("|", 2)
+    stored = stale_rows(model, field).order_by().values_list(field.spec_name, flat=True).distinct()
+    differ = set()
+    for spec in stored:
+        parts = (spec or "").rsplit("|", 2)
+        differ |= {i for i, part in enumerate(current) if len(parts) != 3 or parts[i] != part}
+    return [SPEC_PARTS[i] for i in sorted(differ)]
+
+
 def failures(
     model: type[models.Model], field: EmbeddingField, using: str | None = None
 ) -> models.QuerySet[EmbeddingFailure]:

@@ -19,6 +19,7 @@ from django.core.cache import caches
 
 from semantic.backends import (
     CONFIG,
+    FIELD,
     TRANSIENT,
     EmbeddingBackend,
     EmbeddingError,
@@ -69,7 +70,8 @@ class SearchUnavailable(EmbeddingError):
     this window. ``retry_after`` is the number of seconds to wait, when known. A view
     catches it to show a friendly message instead of an error page.
 
-    When a setting must change first (the API refused the key, the model is unknown),
+    When a setting must change first (the API refused the key, the model is unknown, the
+    backend cannot make the field's size),
     ``kind`` is ``"config"``, the message is the problem and what to fix, as the worker
     reports it, and ``retry_after`` is None: no wait makes it work.
     """
@@ -161,7 +163,8 @@ def _request(
             vectors = backend.embed(texts, task_type=task_type, dimensions=dimensions)
     except EmbeddingError as exc:
         reason = redact_keys(str(exc), backend)
-        if exc.kind == CONFIG:
+        # A field the backend cannot embed (a size it does not make) is a setting too: no wait fixes it.
+        if exc.kind in (CONFIG, FIELD):
             raise SearchUnavailable(SearchUnavailable.CONFIGURATION.format(problem=reason), kind=CONFIG) from None
         retry_after = exc.retry_after
         if retry_after is not None and math.isfinite(retry_after) and retry_after > 0:

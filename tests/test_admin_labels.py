@@ -33,6 +33,7 @@ from semantic.classify import predict_labels
 from semantic.clusters import period_start
 from tests.fake_gemini import api_error
 from tests.test_admin import assert_stays_on_other_site, staff
+from tests.test_classify import mid_reembed
 from tests.testapp.models import Note
 from tests.topicapp.banking77 import INTENTS, sentences
 from tests.topicapp.models import CATEGORIES, Queue, Request, Ticket
@@ -551,3 +552,18 @@ def test_a_shared_topic_link_tells_nothing_of_rows_the_user_may_not_see(client, 
     said = [str(m) for m in listed.context["messages"]]
     assert said == [TOPIC_CHANGED % {"number": group.number}]
     assert not secret & {row.pk for row in listed.context["cl"].result_list}
+
+
+def test_the_filter_during_a_re_embed_leaves_out_rows_of_another_size_or_model(editor):
+    """Half the table still holds 768-dimensional vectors or another model's: no 500, no vote across them."""
+    current, old_size, old_model = mid_reembed()
+
+    def listed(choice):
+        response = editor.get(reverse(CHANGELIST), {"semantic_suggestion": choice})
+        assert response.status_code == 200
+        return {row.pk for row in response.context["cl"].result_list}
+
+    assert listed("confident") | listed("unsure") == {current.pk}
+    assert listed("none") == {old_size.pk, old_model.pk}
+    shown = cells(editor.get(reverse(CHANGELIST)), "suggested label")
+    assert shown[current.pk].startswith("a (") and shown[old_size.pk] == shown[old_model.pk] == "-"

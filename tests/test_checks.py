@@ -15,6 +15,7 @@ from semantic.checks import (
     COMPOSITE_KEY_HINT,
     KEY_UNSENDABLE,
     KEY_UNSENDABLE_HINT,
+    KEYWORD_CONFIG_HINT,
     check_backend,
     check_extension,
     check_fields,
@@ -411,6 +412,10 @@ def test_a_keyword_index_must_parse_queries_in_its_columns_configuration():
         (warning,) = check_keyword_indexes(app_configs=[Simple._meta.apps.get_app_config("testapp")])
     assert warning.id == "semantic.W003"
     assert "'simple_default'" in warning.msg and "'english'" in warning.msg and "config='simple'" in warning.hint
+    # The hint tells what following it writes: config is part of the index's migration state,
+    # so makemigrations drops and rebuilds the index (not "no migration change").
+    assert warning.hint == KEYWORD_CONFIG_HINT.format(config="simple")
+    assert "rebuilds the index" in warning.hint and "no migration" not in warning.hint
 
 
 def test_a_keyword_index_over_a_column_of_whole_texts_is_named_with_the_fix():

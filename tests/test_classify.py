@@ -347,3 +347,78 @@ def test_neighbours_not_similar_at_all_make_no_suggestion(fake_gemini):
     assert suggest_label(Ticket.objects.all(), text, k=5) == Prediction(None, None, 0.0)
     assert apply_predictions(predict_labels(Ticket.objects.all()), Ticket, "category") == 0
     assert Ticket.objects.get(pk=waiting.pk).category == ""
+
+
+def unit_of(size, *parts):
+    vector = np.zeros(size)
+    vector[: len(parts)] = parts
+    return (vector / np.linalg.norm(vector)).tolist()
+
+
+def mid_reembed():
+    """A table half re-embedded after a change of size and of model: current rows of the field's
+    spec, and rows, labelled and not, still holding vectors of a 768-dimensional spec and of another
+    model of the same size. Those old vectors point where a vote of theirs would show."""
+    field = Ticket._meta.get_field("embedding")
+    spec = field.spec()
+    bigger = spec.replace("|384", "|768")
+    other_model = "local:all-MiniLM-L6-v2|SEMANTIC_SIMILARITY|384"
+    assert len({spec, bigger, other_model}) == 3
+    rows = [
+        ("a", unit(1), spec),
+        ("a", unit(0.9, 0.1), spec),
+        ("b", unit(0, 1), spec),
+        # Old labelled rows, nearest of all to the rows below if they voted.
+        ("b", unit(1, 0.02), other_model),
+        ("b", unit(1, 0.03), other_model),
+        ("b", unit_of(768, 1, 0.02), bigger),
+        ("b", unit_of(768, 1, 0.03), bigger),
+    ]
+    with suspend_embedding():
+        for label, vector, spec_ in rows:
+            Ticket.objects.create(text=f"ticket {label}", category=label, embedding=vector, embedding_spec=spec_)
+        current = Ticket.objects.create(text="near a", embedding=unit(1, 0.05), embedding_spec=spec)
+        old_size = Ticket.objects.create(text="old size", embedding=unit_of(768, 0, 1), embedding_spec=bigger)
+        old_model = Ticket.objects.create(text="old model", embedding=unit(0, 1), embedding_spec=other_model)
+    return current, old_size, old_model
+
+
+@pytest.mark.django_db
+def test_during_a_re_embed_votes_compare_only_vectors_of_the_current_spec():
+    """No "different vector dimensions" error, no vote across models, on either side of the vote."""
+    current, old_size, old_model = mid_reembed()
+    annotated = annotate_predictions(Ticket.objects.filter(category=""), k=3)
+    found = {pk: (label, conf) for pk, label, conf in annotated.values_list("pk", "predicted_label", "confidence")}
+    assert found[current.pk][0] == "a"
+    assert found[old_size.pk] == found[old_model.pk] == (None, None)
+    assert list(annotated.filter(confidence__gte=0.5).values_list("pk", flat=True)) == [current.pk]
+    assert list(annotated.filter(confidence__isnull=True).order_by("pk").values_list("pk", flat=True)) == [
+        old_size.pk,
+        old_model.pk,
+    ]
+    assert list(annotated.order_by("-confidence", "pk").values_list("pk", flat=True))[-1] == current.pk
+    for method in ("knn", "linear"):
+        predictions = list(predict_labels(Ticket.objects.all(), k=3, method=method))
+        assert [p.pk for p in predictions] == [current.pk]
+        assert predictions[0].label == "a"
+
+
+@pytest.mark.django_db
+def test_a_text_not_saved_is_voted_on_by_current_vectors_only():
+    field = Ticket._meta.get_field("embedding")
+    spec = field.spec()
+    query = fake_vector("my card", 384)
+    away = [0.0] * 384
+    away[[abs(x) for x in query].index(0.0)] = 1.0  # orthogonal to the query
+    rows = [
+        ("a", query, spec),
+        ("b", away, spec),
+        ("b", query, "local:all-MiniLM-L6-v2|SEMANTIC_SIMILARITY|384"),
+        ("b", query, "local:all-MiniLM-L6-v2|SEMANTIC_SIMILARITY|384"),
+        ("b", unit_of(768, 1), spec.replace("|384", "|768")),
+    ]
+    with suspend_embedding():
+        for label, vector, spec_ in rows:
+            Ticket.objects.create(text=f"ticket {label}", category=label, embedding=vector, embedding_spec=spec_)
+    suggestion = suggest_label(Ticket.objects.all(), "my card", k=3)
+    assert (suggestion.label, suggestion.confidence) == ("a", pytest.approx(1.0))

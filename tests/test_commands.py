@@ -27,9 +27,10 @@ from semantic.management.targets import APP_MIGRATIONS_DUE, BAD_TARGET, NO_FIELD
 from semantic.models import EmbeddingFailure
 from semantic.rows import pending_rows
 from semantic.switch import NOT_REPLACING
+from semantic.text import source_hash
 from tests.commands import call, manage
 from tests.fake_gemini import BAD_KEY, api_error, fake_vector
-from tests.testapp.models import Article, ArticleProxy, Bulletin, FeaturedArticle, Note
+from tests.testapp.models import Article, ArticleProxy, Bulletin, FeaturedArticle, Ledger, Note
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -631,3 +632,46 @@ def test_without_a_gemini_key_the_run_reports_nothing_sent(fake_gemini, semantic
     ]
     assert err.getvalue().splitlines() == [Embed.STOPPED.format(label=label, reason=NO_KEY)]
     assert fake_gemini.request_count == sent
+
+
+def test_rehash_embeds_only_the_rows_whose_text_from_python_changed(fake_gemini, monkeypatch):
+    """The code of a method the field reads changed: no migration, no save, and yet some rows' text did."""
+    from tests.testapp import models as testapp_models
+
+    ledgers = [Ledger.objects.create(text=f"entry {i} {'invoice' if i % 3 == 0 else 'receipt'}") for i in range(9)]
+    out, _ = call("semantic_embed", "testapp.Ledger")
+    assert Embed.NOTHING.format(label="testapp.Ledger.embedding") in out
+    fake_gemini.reset()
+
+    monkeypatch.setattr(testapp_models, "LEDGER_TAGS", {"invoice": "(billing)"})
+    out, _ = call("semantic_embed", "testapp.Ledger")
+    assert Embed.NOTHING.format(label="testapp.Ledger.embedding") in out  # why --rehash is needed
+    out, _ = call("semantic_embed", "testapp.Ledger", "--rehash")
+    assert Embed.REHASHED.format(label="testapp.Ledger.embedding", rows=9, changed=3) in out
+    changed = [ledger for ledger in ledgers if "invoice" in ledger.text]
+    assert sorted(fake_gemini.texts()) == sorted(f"{ledger.text.upper()} (billing)" for ledger in changed)
+    assert fake_gemini.request_count == 1
+    for ledger in Ledger.objects.all():
+        expected = ledger.upper()
+        assert ledger.embedding_source_hash == ledger.embedding_embedded_hash == source_hash(expected)
+        made = fake_vector(expected, 128)
+        norm = sum(x * x for x in made) ** 0.5
+        assert list(ledger.embedding) == pytest.approx([x / norm for x in made], abs=1e-6)
+
+    fake_gemini.reset()
+    out, _ = call("semantic_embed", "testapp.Ledger", "--rehash")
+    assert Embed.REHASHED.format(label="testapp.Ledger.embedding", rows=9, changed=0) in out
+    assert Embed.NOTHING.format(label="testapp.Ledger.embedding") in out
+    assert fake_gemini.request_count == 0
+
+
+def test_rehash_of_text_from_columns_says_postgresql_hashes_it(backlog, fake_gemini):
+    out, _ = call("semantic_embed", "testapp.Article", "--rehash")
+    assert Embed.HASHED_IN_SQL.format(label="testapp.Article.embedding") in out
+    assert fake_gemini.texts() == [article.title for article in backlog]
+
+
+def test_rehash_changes_nothing_in_a_dry_run(fake_gemini):
+    with pytest.raises(CommandError) as refused:
+        call("semantic_embed", "--rehash", "--dry-run")
+    assert str(refused.value) == Embed.REHASH_DRY_RUN

@@ -145,3 +145,12 @@ def test_pending_follows_the_text_in_the_database():
     assert not pending()
     Article.objects.filter(pk=article.pk).update(body="changed")  # no save(): PostgreSQL still sees it
     assert pending()
+
+
+def test_db_index_is_refused_with_the_index_to_use_instead():
+    """A btree index on the vectors serves no search and refuses large vectors on insert."""
+    with pytest.raises(TypeError) as refused:
+        EmbeddingField(source="t", db_index=True)
+    assert str(refused.value) == EmbeddingField.NO_DB_INDEX
+    assert "EmbeddingIndex" in str(refused.value)
+    assert "db_index" not in EmbeddingField(source="t", db_index=False).deconstruct()[3]

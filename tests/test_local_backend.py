@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from django.core.management import call_command
 
-from semantic import embed_pending, suspend_embedding
+from semantic import SearchUnavailable, embed_pending, suspend_embedding
 from semantic.backends import EmbeddingError
 from semantic.backends.local import MINILM_SHA256, LocalBackend
 from semantic.management.commands.semantic_prepare_model import Command
@@ -75,11 +75,28 @@ def test_a_field_sized_for_another_model_stops_only_itself(semantic_settings):
         Passage.objects.create(text="Sized for Gemini.")
         Note.objects.create(text="A man is playing a guitar.")
     summary = embed_pending(Passage, Note)
-    assert "dimensions=384" in summary["testapp.Passage.embedding"]["stopped"]
+    assert summary["testapp.Passage.embedding"]["stopped"] == LocalBackend.WRONG_SIZE.format(size=384, dimensions=768)
     assert summary["testapp.Note.embedding"]["embedded"] == 1
     assert Note.objects.get().embedding is not None
     assert Passage.objects.get().embedding is None
     assert configuration_problem() is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_searching_a_field_the_local_model_cannot_make_is_a_setting_to_fix_not_a_wait(semantic_settings, fake_gemini):
+    """Embedded with Gemini at 768 dimensions, then searched on a machine without the key."""
+    from tests.testapp.models import Passage
+
+    Passage.objects.create(text="Sized for Gemini.")
+    assert Passage.objects.filter(embedding__isnull=False).count() == 1
+    semantic_settings(BACKEND="semantic.backends.local.LocalBackend")
+    with pytest.raises(SearchUnavailable) as refused:
+        list(Passage.objects.similar_to("gemini"))
+    problem = LocalBackend.WRONG_SIZE.format(size=384, dimensions=768)
+    assert str(refused.value) == SearchUnavailable.CONFIGURATION.format(problem=problem)
+    assert (refused.value.kind, refused.value.retry_after) == ("config", None)
+    assert "GEMINI_API_KEY" in problem and "Changing the model or size" in problem
+    assert fake_gemini.request_count == 1  # the row's own embedding, nothing for the search
 
 
 @pytest.mark.django_db

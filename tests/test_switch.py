@@ -153,7 +153,20 @@ def test_a_changed_model_setting_warns_that_search_shrinks(reviews, semantic_set
     semantic_settings(MODEL="another-model")
     out, err = call("semantic_embed", "testapp.Review.embedding", "--dry-run")
     spec = "gemini:another-model|SEMANTIC_SIMILARITY|128"
-    assert Embed.STALE.format(label="testapp.Review.embedding", rows=len(TEXTS), spec=spec) in err
+    assert Embed.STALE.format(label="testapp.Review.embedding", rows=len(TEXTS), changed="model", spec=spec) in err
+
+
+def test_the_warning_names_the_settings_the_stale_vectors_were_made_with(reviews):
+    """A task type changed (the local model's own vector for every task type, say) is not "another model or size"."""
+    spec = "gemini:gemini-embedding-001|SEMANTIC_SIMILARITY|128"
+    Review.objects.update(embedding_spec=spec.replace("SEMANTIC_SIMILARITY", "RETRIEVAL_DOCUMENT"))
+    _, err = call("semantic_embed", "testapp.Review.embedding", "--dry-run")
+    label, rows = "testapp.Review.embedding", len(TEXTS)
+    assert Embed.STALE.format(label=label, rows=rows, changed="task type", spec=spec) in err
+    assert "vectors made with another task type than now" in err and "model or size" not in err
+    Review.objects.filter(pk=reviews[0].pk).update(embedding_spec="local:all-MiniLM-L6-v2|RETRIEVAL_DOCUMENT|128")
+    _, err = call("semantic_embed", "testapp.Review.embedding", "--dry-run")
+    assert Embed.STALE.format(label=label, rows=rows, changed="model or task type", spec=spec) in err
 
 
 @isolate_apps("tests.testapp")

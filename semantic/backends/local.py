@@ -79,6 +79,12 @@ class LocalBackend(EmbeddingBackend):
     #: The model has no task types (module docstring): ``embed()`` never passes one to it.
     uses_task_types = False
 
+    #: A field sized for another model (Gemini's 768, say) on a machine without the key.
+    WRONG_SIZE = (
+        "The local model (used when no Gemini API key is set) makes {size}-dimensional vectors; "
+        "the field asks for {dimensions}. Set GEMINI_API_KEY to embed it with Gemini, or change the field to "
+        'dimensions={size} to embed it locally (README: "Changing the model or size").'
+    )
     NOT_PREPARED = (
         "The local model's ONNX graph is not prepared in {cache}: run `manage.py semantic_prepare_model` "
         "once for a start-up in about a second."
@@ -243,11 +249,6 @@ class LocalBackend(EmbeddingBackend):
         model = self.load()
         size = model.get_embedding_dimension()
         if dimensions != size:
-            raise EmbeddingError(
-                f"The local model (used when no Gemini API key is set) makes {size}-dimensional vectors; "
-                f"the field asks for {dimensions}. Set GEMINI_API_KEY to embed it with Gemini, or "
-                f"dimensions={size} on the EmbeddingField to embed it locally.",
-                kind=FIELD,
-            )
+            raise EmbeddingError(self.WRONG_SIZE.format(size=size, dimensions=dimensions), kind=FIELD)
         array = model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True)
         return [row.tolist() for row in array]

@@ -13,7 +13,7 @@ from semantic.switch import switch_to, switched_name
 
 class Command(QuietMixin, BaseCommand):
     help = (
-        "Embed the rows that need it: new, changed, stale (made by another model or size) and failed "
+        "Embed the rows that need it: new, changed, stale (made by another model, task type or size) and failed "
         "ones, for the named app_label.Model[.field] targets or every EmbeddingField. Runs inline with a "
         "progress display, hands the work to django-q2 workers with --queue, or sends Gemini Batch API "
         "jobs with --batch-api. Safe to interrupt: finished batches are kept, and running it again "
@@ -50,10 +50,16 @@ class Command(QuietMixin, BaseCommand):
     #: The command's last word (and exit status 1) when a run stopped: scripts and cron jobs see it.
     INCOMPLETE = "Not finished: {labels} stopped before the end (see above)."
     STALE = (
-        "{label}: {rows} rows hold vectors from another model or size; until they are re-embedded, search "
-        "sees only the rows embedded by {spec}. To change the model with no gap, add a second field with "
+        "{label}: {rows} rows hold vectors made with another {changed} than now; until they are re-embedded, "
+        "search sees only the rows embedded by {spec}. To change the model with no gap, add a second field with "
         "replaces= and switch with --switch (README: Changing the model)."
     )
+    REHASHED = (
+        "{label}: the text of {rows} rows read again in Python; {changed} differ from the text their vector "
+        "was made from."
+    )
+    HASHED_IN_SQL = "{label}: its text comes from columns, which PostgreSQL hashes itself; nothing to re-hash."
+    REHASH_DRY_RUN = "--rehash stores the rows' new text hashes; it does not go with --dry-run."
     SWITCHED = "Queries for {model}.{original} now use {field} ({spec})."
     SWITCHED_WITHOUT = (
         "{label}: {rows} rows are left out of its search: the API rejected their text for good (primary keys "
@@ -89,6 +95,12 @@ class Command(QuietMixin, BaseCommand):
             "--all", action="store_true", dest="everything", help="re-embed every row, even current ones"
         )
         which.add_argument("--failed", action="store_true", help="only retry rows whose embedding failed")
+        which.add_argument(
+            "--rehash",
+            action="store_true",
+            help="first read every row's text from methods/properties in source again (no API calls), so the "
+            "run embeds the rows whose text changed: run it after changing the code of such a method",
+        )
         parser.add_argument(
             "--batch-size", type=int, metavar="N", help="rows per API request (default: the backend's cap)"
         )
@@ -121,8 +133,10 @@ class Command(QuietMixin, BaseCommand):
             "(a field declared with replaces=; name the original field to switch back)",
         )
 
-    def handle(self, targets, everything, failed, batch_size, limit, queue, dry_run, switch, **options):
+    def handle(self, targets, everything, failed, batch_size, limit, queue, dry_run, switch, rehash, **options):
         batch_api = options["batch_api"] or bool(options["batch_job"])
+        if rehash and dry_run:
+            raise CommandError(self.REHASH_DRY_RUN)
         if batch_size is not None and batch_size < 1:
             raise CommandError("--batch-size must be a positive number.")
         if limit is not None and limit < 1:
@@ -157,10 +171,13 @@ class Command(QuietMixin, BaseCommand):
                     self.stderr.write(problem)
                     stopped.append(label)
                     continue
+                if rehash:
+                    self.rehash(model, field, label)
                 kwargs = {"everything": everything, "failed": failed}
                 stale = rows.stale_rows(model, field).count()
                 if stale and field.backend.setup_problem() is None:  # else the rows wait for a setting, not a model
-                    self.stderr.write(self.STALE.format(label=label, rows=stale, spec=field.spec()))
+                    changed = " or ".join(rows.stale_settings(model, field))
+                    self.stderr.write(self.STALE.format(label=label, rows=stale, changed=changed, spec=field.spec()))
                 if not batch_api:
                     self.report_held(model, field, label)
                 if dry_run:
@@ -186,6 +203,13 @@ class Command(QuietMixin, BaseCommand):
             raise SystemExit(130) from None
         if stopped:
             raise CommandError(self.INCOMPLETE.format(labels=", ".join(stopped)))
+
+    def rehash(self, model, field, label):
+        if not field.text_from_python():
+            self.say(self.HASHED_IN_SQL.format(label=label))
+            return
+        rows, changed = backfill.rehash(model, field)
+        self.say(self.REHASHED.format(label=label, rows=rows, changed=changed))
 
     def switch(self, model, field):
         try:

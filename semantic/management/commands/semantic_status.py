@@ -10,7 +10,7 @@ from semantic.status import STATES, field_status
 class Command(BaseCommand):
     help = (
         "Show, per model and EmbeddingField, how many rows are embedded, pending, stale "
-        "(made by another model or size), failed or empty, how long the oldest pending row "
+        "(made by another model, task type or size), failed or empty, how long the oldest pending row "
         "has waited, and the model, task type and dimensions in use. --json prints the same "
         "for monitoring (oldest_pending_seconds is null when nothing waits; the counts are null, and "
         "problem says why, for a table without the field's columns). Fields with passages "
