@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
+from django.test import override_settings
 from django.utils import timezone
 
 from semantic import definitions, embed_pending, suspend_embedding
@@ -162,3 +163,29 @@ def test_a_real_worker_started_before_the_change_embeds_nothing(fake_gemini, sem
     assert task.result["stopped"] == older_message(mine=f"{OLD_SPEC} source=title,body")
     assert fake_gemini.request_count == 0
     assert specs() == [None, *[NEW_SPEC] * 6]
+
+
+class SemanticOnOther:
+    """This app's own tables read and written on "other"; the rows stay on "default"."""
+
+    def db_for_read(self, model, **hints):
+        return "other" if model._meta.app_label == "semantic" else None
+
+    db_for_write = db_for_read
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "other"])
+def test_the_definitions_live_where_the_router_puts_the_apps_tables(articles, semantic_settings, started):
+    with override_settings(DATABASE_ROUTERS=[f"{__name__}.SemanticOnOther"]):
+        FieldDefinition.objects.using("other").delete()
+        started(timezone.now())
+        assert embed_pending("testapp.Article")["testapp.Article.embedding"]["embedded"] == 5
+        recorded = FieldDefinition.objects.using("other").get(model_label="testapp.Article")
+        assert recorded.since == definitions.started
+
+        semantic_settings(MODEL="gemini-embedding-002")  # an older process: held back by what "other" holds
+        started(recorded.since - timedelta(seconds=1))
+        assert embed_pending("testapp.Article")["testapp.Article.embedding"]["stopped"].startswith(
+            "testapp.Article: this process runs an older definition"
+        )
+    assert specs() == [OLD_SPEC] * 5
