@@ -9,6 +9,7 @@ class SemanticConfig(AppConfig):
 
     def ready(self) -> None:
         from semantic import checks  # noqa: F401  (registers the system checks)
+        from semantic.definitions import record_definitions
         from semantic.dispatch import watch_tasks
         from semantic.hooks import connect_all
         from semantic.migration_hooks import inject_operations
@@ -22,6 +23,8 @@ class SemanticConfig(AppConfig):
         # What the app stores about rows follows renames and removals in the project's migrations.
         pre_migrate.connect(inject_operations, sender=self)
         post_migrate.connect(install_sweep_schedule, sender=self)
+        # The new code's field definitions: workers still running the old code stop embedding.
+        post_migrate.connect(record_definitions, sender=self)
         connect_all()
         # A run inside a django-q2 task stops before the task's timeout would kill it.
         watch_tasks()

@@ -29,6 +29,7 @@ from semantic.backends import (
     redact_keys,
 )
 from semantic.conf import semantic_settings as conf
+from semantic.definitions import older_definition
 from semantic.dispatch import run_deadline
 from semantic.fields import EmbeddingField
 from semantic.passage_worker import PassageWorkMixin
@@ -108,6 +109,8 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
         #: In a django-q2 task, shortly before its timeout (:func:`semantic.dispatch.run_deadline`).
         self.deadline = run_deadline()
         self.clock: Callable[[], float] = time.monotonic
+        #: Why this process must not embed the field (:meth:`outdated`): "" when it may; None: not asked yet.
+        self.older: str | None = None
 
     def run(
         self,
@@ -127,6 +130,8 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
         to date, now that their vectors are current; the sweep looks for other rows
         whose passages lag (:meth:`run_passages` with no ``pks``).
         """
+        if self.outdated():
+            return self.outcome
         visited = 0
         after: Any = None
         own = sorted(set(pks)) if pks is not None else None
@@ -176,6 +181,18 @@ class Embedder(RowWriterMixin, PassageWorkMixin):
         if self.deferred and not self.outcome.stopped:
             self.outcome.stopped = DEFERRED
         return self.outcome
+
+    def outdated(self) -> bool:
+        """Whether a newer process recorded another definition of the field (asked once per
+        run): this one then embeds nothing, or it would re-embed, with its old definition,
+        every row the newer one embedded (:mod:`semantic.definitions`)."""
+        if self.older is None:
+            self.older = older_definition(self.model._meta.label, self.field) or ""
+            if self.older:
+                logger.error(self.older)
+                self.stopped = self.outcome.stopped = self.older
+                self.outcome.errors.append(self.older)
+        return bool(self.older)
 
     def claim(self, rows: list[models.Model]) -> list[str]:
         """Take the rows no other worker holds; returns their primary keys, as text.

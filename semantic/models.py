@@ -221,6 +221,30 @@ class Passage(models.Model):
         return f"{self.model_label}.{self.field_name} #{self.object_pk} [{self.position}]"
 
 
+class FieldDefinition(models.Model):
+    """What makes an EmbeddingField's vectors, as the newest process that ran it defines it.
+
+    ``definition`` names the model, task type and size, the text's parts and the passage
+    sizes; ``since`` is when the process that recorded it started. A process started
+    before ``since`` whose own definition differs runs older code or settings: it
+    embeds nothing (see :mod:`semantic.definitions`), so that the two versions do not
+    re-embed each other's rows for as long as both run.
+    """
+
+    model_label = models.CharField(_("model"), max_length=200)
+    field_name = models.CharField(_("field"), max_length=200)
+    definition = models.TextField(_("definition"))
+    since = models.DateTimeField(_("current since"))
+
+    class Meta:
+        verbose_name = _("embedding field definition")
+        verbose_name_plural = _("embedding field definitions")
+        constraints = [models.UniqueConstraint(fields=["model_label", "field_name"], name="semantic_definition_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.model_label}.{self.field_name}"
+
+
 #: This app's models that name a row's model (``model_label``) and field (``field_name``)
 #: as text, with their other columns that name a field of that model. Migrations keep
 #: them in step (:mod:`semantic.migration_hooks`); ``semantic_remove_stale`` cleans up.
@@ -231,6 +255,7 @@ KEYED_BY_NAME: dict[str, tuple[str, ...]] = {
     "Classifier": ("label_field",),
     "EmbeddingBatchJob": (),
     "FieldSwitch": ("serving_field",),
+    "FieldDefinition": (),
 }
 #: What nothing reads once its field is gone, even under a name a field switch keeps alive.
-UNREAD_WITHOUT_FIELD = ("Passage", "EmbeddingFailure")
+UNREAD_WITHOUT_FIELD = ("Passage", "EmbeddingFailure", "FieldDefinition")

@@ -86,6 +86,7 @@ class PassageWorkMixin:
         stopped: str | None
         deferred: bool
 
+        def outdated(self) -> bool: ...
         def claim(self, rows: list[Any]) -> list[str]: ...
         def release(self, taken: list[str]) -> None: ...
         def embed(self, items: list[Any]) -> None: ...
@@ -96,7 +97,7 @@ class PassageWorkMixin:
         With no ``pks`` it reads every row whose vector is current to find those whose
         passages lag (no index on the users' table can say): the sweep's job, not a save's.
         """
-        if not self.field.passages or self.stopped or (pks is not None and not pks):
+        if not self.field.passages or self.stopped or (pks is not None and not pks) or self.outdated():
             return
         if pks is not None:
             sweep_orphans(self.model, self.field, self.using, pks)  # rows whose text was emptied

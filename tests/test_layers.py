@@ -37,6 +37,7 @@ LAYERS = [
     "semantic.rows",
     "semantic.passage_rows",
     "semantic.switch",
+    "semantic.definitions",
     "semantic.migration_hooks",
     "semantic.labels",
     "semantic.streaming",
