@@ -348,8 +348,38 @@ def hand_over(model: type[models.Model], field_name: str, *, using: str | None =
         _last_wakeup[memo] = (waiting, time.monotonic(), None)
 
 
+def hand_over_unless_queued(model: type[models.Model], field_name: str, *, using: str | None = None) -> bool:
+    """:func:`hand_over`, for the sweep: unless the field's wake-up is in the queue already, waiting
+    or running (sent by any process: a web process's save, a chain of hand-overs), which embeds
+    every pending row of the field in its turn. Returns whether a wake-up was queued.
+
+    Only django-q2's ORM broker can be asked; its tasks are signed, so each is read. Other brokers
+    get the hand-over, and a sweep that finds a backlog still there adds one more chain.
+    """
+    from django_q.conf import Conf
+    from django_q.models import OrmQ
+    from django_q.signing import SignedPackage
+
+    using = using or DEFAULT_DB_ALIAS
+    if orm_queue_alias() == using:
+        func, *args = _wakeup(model, field_name, using)
+        queue = OrmQ.objects.using(using).filter(key=conf.QUEUE or Conf.CLUSTER_NAME)
+        for payload in queue.values_list("payload", flat=True):
+            try:
+                task = SignedPackage.loads(payload)
+            except Exception:  # unsigned, or pickling what this code cannot import: not a wake-up (strings only)
+                continue
+            if task.get("func") == func and list(task.get("args", ())) == args:
+                return False
+    hand_over(model, field_name, using=using)
+    return True
+
+
 def install_sweep_schedule(**kwargs: Any) -> None:
-    """Create (or update) the django-q2 schedule that runs ``semantic.tasks.embed_pending``.
+    """Create (or update) the django-q2 schedule that runs ``semantic.tasks.sweep``.
+
+    Every ``migrate`` rewrites it, so a schedule that an earlier version made to run
+    ``embed_pending`` (unbounded, still importable for it until then) runs the sweep after the deploy.
 
     Deleted when ``SWEEP_MINUTES`` is None or this app's migrations are unapplied. Only on a
     database that holds django-q2's tables: a router may keep them off the one
@@ -377,7 +407,7 @@ def install_sweep_schedule(**kwargs: Any) -> None:
     Schedule.objects.using(using).update_or_create(
         name=SWEEP_SCHEDULE_NAME,
         defaults={
-            "func": "semantic.tasks.embed_pending",
+            "func": "semantic.tasks.sweep",
             "schedule_type": Schedule.MINUTES,
             "minutes": conf.SWEEP_MINUTES,
             "repeats": -1,

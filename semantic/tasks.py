@@ -20,7 +20,7 @@ from django.db import models, transaction
 from semantic.backends import redact_keys
 from semantic.dispatch import SWEEP_SCHEDULE_NAME as SWEEP_SCHEDULE_NAME
 from semantic.dispatch import enqueue as enqueue
-from semantic.dispatch import hand_over, queue_task, wake_window
+from semantic.dispatch import hand_over, hand_over_unless_queued, queue_task, wake_window
 from semantic.dispatch import install_sweep_schedule as install_sweep_schedule
 from semantic.embedder import Embedder
 from semantic.fields import EmbeddingField, get_embedding_field, iter_fields
@@ -174,8 +174,25 @@ def embed_pending(*targets: str | type[models.Model], limit: int | None = None) 
     return summary
 
 
-def sweep_field(model: type[models.Model], field: EmbeddingField, limit: int | None) -> dict[str, Any]:
-    """One field's part of :func:`embed_pending`; what went wrong is in the summary, never raised."""
+def sweep(*targets: str) -> dict[str, Any]:
+    """The sweep's django-q2 task (:data:`SWEEP_SCHEDULE_NAME`): :func:`embed_pending`, in shares.
+
+    Each field's run embeds at most :data:`HAND_OVER_BATCHES` requests' worth of rows (fewer at
+    its django-q2 deadline), then queues the rest as the field's wake-up behind the tasks waiting,
+    as a wake-up does. Unbounded, the sweep after a ``bulk_create`` or an import held a project's
+    only worker until the whole backlog was embedded.
+    """
+    summary = {}
+    for model, field in iter_fields(targets):
+        summary[f"{model._meta.label}.{field.name}"] = sweep_field(model, field, None, share=bool(wake_window()))
+    return summary
+
+
+def sweep_field(
+    model: type[models.Model], field: EmbeddingField, limit: int | None, *, share: bool = False
+) -> dict[str, Any]:
+    """One field's part of :func:`embed_pending` (with ``share``, of :func:`sweep`); what went
+    wrong is in the summary, never raised."""
     label = f"{model._meta.label}.{field.name}"
     embedder = None
     try:
@@ -183,13 +200,19 @@ def sweep_field(model: type[models.Model], field: EmbeddingField, limit: int | N
         with _savepoint(embedder.using):
             problem = schema_problem(field, embedder.using)
             if problem is None:
-                embedder.run(limit=limit)
+                embedder.run(limit=HAND_OVER_BATCHES * embedder.batch_size if share else limit)
+                handed = share and _hand_over_rest(model, field, embedder)
                 if not field.passages:
-                    return embedder.outcome.as_dict()
+                    return {**embedder.outcome.as_dict(), **({"handed_over": True} if handed else {})}
                 # Rows whose passages lag for reasons no save reports: passages newly turned on,
                 # a passage failure's wait over, a worker stopped between a row and its passages.
                 embedder.run_passages(limit=limit)
-                return {**embedder.outcome.as_dict(), "passages_swept": sweep_orphans(model, field)}
+                swept = sweep_orphans(model, field)
+                return {
+                    **embedder.outcome.as_dict(),
+                    **({"handed_over": True} if handed else {}),
+                    "passages_swept": swept,
+                }
         logger.error(SWEEP_SKIPPED, label, problem)
     except Exception as exc:
         # Its first line only: a database error goes on to quote the statement and its values.
@@ -202,6 +225,19 @@ def sweep_field(model: type[models.Model], field: EmbeddingField, limit: int | N
     outcome.stopped = problem
     outcome.errors.append(problem)
     return outcome.as_dict()
+
+
+def _hand_over_rest(model: type[models.Model], field: EmbeddingField, embedder: Embedder) -> bool:
+    """After the sweep's share of a field: queue the field's wake-up for the rows left, as
+    :func:`embed_field` does after its share. Not after a run that embedded nothing or stopped
+    for trouble (the API failing, a key to fix): the wake-up would meet it too, and the next
+    sweep tries again."""
+    outcome = embedder.outcome
+    if outcome.stopped not in (None, Embedder.OUT_OF_TIME) or not (outcome.embedded or outcome.cleared):
+        return False
+    if pending_keys(model, field, embedder.using, cap=0) == []:
+        return False
+    return hand_over_unless_queued(model, field.name, using=embedder.using)
 
 
 @contextmanager

@@ -203,5 +203,20 @@ def test_the_sweep_is_scheduled():
     from django_q.models import Schedule
 
     schedule = Schedule.objects.get(name="semantic.embed_pending")
-    assert schedule.func == "semantic.tasks.embed_pending"
+    assert schedule.func == "semantic.tasks.sweep"
     assert schedule.schedule_type == Schedule.MINUTES
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migrate_points_an_earlier_versions_sweep_schedule_to_the_sweep_in_shares():
+    """Earlier versions' schedule ran embed_pending, which embeds a whole backlog in one task."""
+    from django.core.management import call_command
+    from django_q.models import Schedule
+
+    Schedule.objects.filter(name="semantic.embed_pending").update(
+        func="semantic.tasks.embed_pending", kwargs="{'q_options': {'save': False}}"
+    )
+    call_command("migrate", verbosity=0)
+    [schedule] = Schedule.objects.filter(name="semantic.embed_pending")
+    assert schedule.func == "semantic.tasks.sweep"
+    assert schedule.kwargs == repr({"q_options": {"save": False}})
