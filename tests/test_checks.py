@@ -17,10 +17,10 @@ from semantic.checks import (
     KEY_UNSENDABLE_HINT,
     KEYWORD_CONFIG_HINT,
     check_backend,
-    check_extension,
     check_fields,
     check_timeout,
 )
+from semantic.database_checks import check_extension
 from semantic.operations import INSTALL_HINT
 from semantic.switch import UNKNOWN_REPLACED, UNKNOWN_REPLACED_HINT
 from tests.testapp.models import Document

@@ -78,6 +78,7 @@ LAYERS = [
     "semantic.admin_labels",
     "semantic.admin_topics",
     "semantic.admin",
+    "semantic.database_checks",
     "semantic.checks",
     "semantic.management",
     "semantic.management.output",

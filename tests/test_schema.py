@@ -16,7 +16,7 @@ from django.db import connection, models
 
 from project.questions.models import Question
 from semantic import EmbeddingField, SemanticManager, suspend_embedding
-from semantic.checks import check_unmanaged_tables
+from semantic.database_checks import check_unmanaged_tables
 from semantic.management.commands.semantic_embed import Command as EmbedCommand
 from semantic.schema import NOT_UTF8, NOT_UTF8_FIX, UNMANAGED_MISSING, UNMANAGED_NO_TABLE, schema_problem
 from semantic.tasks import SWEEP_FAILED, embed_pending
