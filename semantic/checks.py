@@ -37,7 +37,9 @@ UNBOUNDED_COLUMN = (
 )
 UNBOUNDED_COLUMN_HINT = (
     "Index at most 100,000 characters: wrap the long fields in Left(), e.g. "
-    'SearchVector("title", Left("body", 100_000), config="english"), then makemigrations '
+    'SearchVector("title", Left("body", 100_000), config="english"), then makemigrations; '
+    "PostgreSQL cannot change a generated column's expression, so in that migration replace the "
+    "AlterField of the column with a RemoveField and an AddField of it, as Django's own error says "
     "(README: Keyword and meaning together)."
 )
 KEY_UNSENDABLE = (
