@@ -13,8 +13,10 @@ four English characters a token holds for any script, and Latin-script text is c
 exactly where character counts cut it.
 
 Where it cuts, in order of preference: between paragraphs (a blank line), between
-sentences (``.``, ``!``, ``?`` then whitespace, or their CJK forms, with or without
-it), between words, and only inside a word longer than a passage. Paragraphs are not packed greedily
+sentences (``.``, ``!``, ``?`` or the Devanagari danda then whitespace, or their CJK
+forms, with or without it), between words, and only inside a word longer than a
+passage, and then between whole characters (a letter with its accents, an emoji
+sequence). Paragraphs are not packed greedily
 into full passages: a paragraph that fits is a passage of its own, and only short
 ones (headings, list items, a last line) join a neighbour. So a passage's bounds
 depend on its own paragraphs and not on everything before it, and editing one
@@ -33,6 +35,7 @@ its place. No tokenizer is used: the weights estimate tokens (conservatively, se
 from __future__ import annotations
 
 import re
+import unicodedata
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,13 +43,15 @@ from typing import Any
 
 from semantic.text import weighted_prefix
 
+#: ZERO WIDTH JOINER: the characters on either side of it are one (emoji sequences).
+ZWJ = "\u200d"
 #: A blank line, however it is spaced.
 PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n\s*")
 #: The end of a sentence: its mark, any closing quotes or brackets, then whitespace; or,
 #: in Chinese and Japanese, which put no space between sentences, right after a full-width
 #: mark and the closing quote or bracket that follows it (kept with its sentence).
 SENTENCE_BREAK = re.compile(
-    r"(?<=[.!?\u2026\u3002\uff01\uff1f])[\"'\u201d\u2019)\]]*\s+"
+    r"(?<=[.!?\u2026\u0964\u0965\u3002\uff01\uff1f])[\"'\u201d\u2019)\]]*\s+"
     r"|(?<=[\u3002\uff01\uff1f])(?![\s\u201d\u2019\u300d\u300f\uff09])"
     r"|(?<=[\u3002\uff01\uff1f][\u201d\u2019\u300d\u300f\uff09])(?!\s)"
 )
@@ -178,8 +183,32 @@ def _pieces(text: str, size: list[int], start: int, end: int, limit: int) -> Ite
             while cut < w_end:
                 # As many characters as weigh at most ``limit`` (one at least: a limit is never below 25).
                 next_cut = min(max(bisect_right(size, size[cut] + limit) - 1, cut + 1), w_end)
+                next_cut = _cluster_start(text, cut, next_cut)
                 yield cut, next_cut
                 cut = next_cut
+
+
+def _cluster_start(text: str, start: int, cut: int) -> int:
+    """``cut`` moved back to the start of the character it falls inside (a letter and its
+    combining marks, an emoji sequence joined by ZWJ, with its skin tone or variation
+    selector), unless that is ``start``: a passage begins and ends on whole characters."""
+    boundary = cut
+    while start + 1 < boundary < len(text) and _joined(text, boundary):
+        boundary -= 1
+    return cut if boundary == start + 1 and _joined(text, boundary) else boundary
+
+
+def _joined(text: str, i: int) -> bool:
+    """Whether ``text[i]`` belongs to the character before it."""
+    code = ord(text[i])
+    return (
+        text[i] == ZWJ
+        or text[i - 1] == ZWJ
+        or unicodedata.category(text[i]) in ("Mn", "Mc", "Me")
+        or 0xFE00 <= code <= 0xFE0F  # variation selectors
+        or 0x1F3FB <= code <= 0x1F3FF  # skin tones
+        or 0xE0020 <= code <= 0xE007F  # tag characters (subdivision flags)
+    )
 
 
 def _pack(pieces: list[tuple[int, int]], size: list[int], limit: int) -> list[tuple[int, int]]:

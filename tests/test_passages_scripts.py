@@ -223,3 +223,27 @@ def test_chinese_text_without_spaces_is_cut_between_sentences():
         assert passage.text == text[passage.start : passage.end]
         assert passage.text[-1] in "。？」", passage.text[-5:]
         assert passage.start == 0 or text[passage.start - 1] in "。？」"
+
+
+def test_a_cut_inside_a_long_run_of_emoji_falls_between_whole_characters():
+    """A run with no space is cut where the size runs out, but never inside a ZWJ
+    sequence, before a skin tone or a variation selector, or before a combining accent."""
+    family, wave, heart = "\U0001f468\u200d\U0001f469\u200d\U0001f467", "\U0001f44b\U0001f3fd", "\u2764\ufe0f"
+    accented = "e\u0301"  # é written as e and a combining acute accent
+    text = (family + wave + heart + accented) * 40
+    for max_chars in (50, 77, 120):
+        passages = split(text, max_chars=max_chars)
+        assert len(passages) > 1
+        assert "".join(p.text for p in passages) == text
+        for passage in passages[1:]:
+            first, before = text[passage.start], text[passage.start - 1]
+            assert first != "\u200d" and before != "\u200d", passage.start
+            assert first not in "\U0001f3fd\ufe0f\u0301", passage.start
+
+
+def test_hindi_sentences_end_at_the_danda():
+    sentence = "यह एक लंबा वाक्य है जो हिंदी में लिखा गया है और इसमें कई शब्द हैं।"
+    text = " ".join([sentence] * 30)
+    passages = split(text, max_chars=300)
+    assert len(passages) > 1
+    assert all(p.text.endswith("।") for p in passages)
