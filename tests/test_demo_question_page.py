@@ -131,3 +131,15 @@ def test_a_question_whose_embedding_failed_says_so_instead_of_waiting(client, fa
     assert client.get(state).json() == {"embedded": False, "failed": True}
     page = client.get(question.get_absolute_url()).content.decode()
     assert "embedding this question failed" in page and "being embedded" not in page
+
+
+def test_posting_a_question_of_control_characters_does_not_promise_similar_questions(client, fake_gemini):
+    from project.questions.views import POSTED, POSTED_WITHOUT_TEXT
+
+    def posted(title):
+        data = {"title": title, "body": "", "category": "account"}
+        response = client.post(reverse("questions:ask"), data, follow=True)
+        return [str(message) for message in response.context["messages"]]
+
+    assert posted("\x01\x02") == [POSTED_WITHOUT_TEXT]
+    assert posted("Brand new") == [POSTED]

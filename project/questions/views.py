@@ -21,6 +21,7 @@ SIMILAR_UNAVAILABLE = (
     "which cannot answer at the moment."
 )
 POSTED = "Thanks! Your question is posted; similar questions appear in a moment."
+POSTED_WITHOUT_TEXT = "Thanks! Your question is posted; it has no text to compare, so no similar questions will appear."
 ENGLISH_ONLY = (
     "This search looks like it is not in English. The local model understands English only, "
     "so it may find nothing related; with GEMINI_API_KEY set, the demo searches in other languages too."
@@ -133,7 +134,7 @@ def ask(request):
             describe(duplicates, limits)
         if form.chose_category() and not duplicates:
             question = form.save()
-            messages.success(request, POSTED)
+            messages.success(request, POSTED if has_text(question) else POSTED_WITHOUT_TEXT)
             return redirect(question)
         if not form.chose_category():
             suggestion = suggest(title, body)
