@@ -16,7 +16,8 @@ from django.utils import timezone
 
 from semantic import batch, embed_pending, suspend_embedding
 from semantic.backends.base import l2_normalize
-from semantic.embedder import DEFERRED, Embedder, pending_rows
+from semantic.claims import DEFERRED
+from semantic.embedder import Embedder, pending_rows
 from semantic.fields import get_embedding_field
 from semantic.management.commands.semantic_embed import Command as Embed
 from semantic.management.commands.semantic_status import Command as Status

@@ -18,7 +18,8 @@ from django.utils import timezone
 from semantic import embed_pending, suspend_embedding
 from semantic.backends import EmbeddingBackend
 from semantic.backends.gemini import UNSENDABLE_KEY
-from semantic.embedder import LOCKS_LOST, Embedder
+from semantic.claims import LOCKS_LOST
+from semantic.embedder import Embedder
 from semantic.fields import get_embedding_field
 from semantic.models import EmbeddingFailure, RateLimit
 from semantic.ratelimit import configuration_problem

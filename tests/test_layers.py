@@ -48,6 +48,7 @@ LAYERS = [
     "semantic.passage_worker",
     "semantic.writer",
     # the worker and the Batch API flow
+    "semantic.claims",
     "semantic.embedder",
     "semantic.batch",
     "semantic.tasks",
