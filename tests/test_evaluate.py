@@ -51,15 +51,23 @@ def files(tmp_path):
     return queries, qrels
 
 
+#: Four short abstracts: (corpus id, title, text).
+DOCS = [
+    ("d1", "Coffee", "Caffeine in coffee keeps people awake."),
+    ("d2", "Rest", "Adults who rest eight hours feel the better."),
+    ("d3", "Insomnia", "Poor sleep follows late meals."),
+    ("d4", "Tea", "Green tea is popular in Japan."),
+]
+
+
+def create_docs():
+    for corpus_id, title, text in DOCS:
+        Doc.objects.create(corpus_id=corpus_id, title=title, text=text)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_command_prints_each_method_through_the_orm(files):
-    for corpus_id, title, text in [
-        ("d1", "Coffee", "Caffeine in coffee keeps people awake."),
-        ("d2", "Rest", "Adults who rest eight hours feel the better."),
-        ("d3", "Insomnia", "Poor sleep follows late meals."),
-        ("d4", "Tea", "Green tea is popular in Japan."),
-    ]:
-        Doc.objects.create(corpus_id=corpus_id, title=title, text=text)
+    create_docs()
     embed_pending()
     queries, qrels = files
     out, _ = call(
@@ -82,13 +90,7 @@ def test_the_command_prints_each_method_through_the_orm(files):
 def test_the_means_are_pytrec_evals_over_every_judged_query_with_a_text(tmp_path):
     """BEIR's averaging of pytrec_eval, worked by hand on keyword rankings (each query's
     words are in one row only, so each ranking is that row alone)."""
-    for corpus_id, title, text in [
-        ("d1", "Coffee", "Caffeine in coffee keeps people awake."),
-        ("d2", "Rest", "Adults who rest eight hours feel the better."),
-        ("d3", "Insomnia", "Poor sleep follows late meals."),
-        ("d4", "Tea", "Green tea is popular in Japan."),
-    ]:
-        Doc.objects.create(corpus_id=corpus_id, title=title, text=text)
+    create_docs()
     queries = tmp_path / "queries.jsonl"
     texts = {"q0": "coffee", "q2": "sleep", "q6": "adults rest", "q9": "tea", "unjudged": "coffee"}
     queries.write_text("\n".join(json.dumps({"_id": qid, "text": text}) for qid, text in texts.items()))
