@@ -122,7 +122,7 @@ def embed_field(label: str, field_name: str, using: str | None = None) -> dict[s
                 total[key] = value
         if outcome.stopped in (None, Embedder.OUT_OF_TIME) and (visited >= share or outcome.stopped) and window:
             # Its share done (or its time up with the API answering): the rest waits its turn.
-            if (total["embedded"] or total["cleared"]) and pending_keys(model, field, using, cap=0) != []:
+            if _rest_to_hand_over(model, field, using, outcome.stopped, total["embedded"] or total["cleared"]):
                 hand_over(model, field_name, using=using)
                 total["handed_over"] = True
             return total
@@ -201,18 +201,14 @@ def sweep_field(
             problem = schema_problem(field, embedder.using)
             if problem is None:
                 embedder.run(limit=HAND_OVER_BATCHES * embedder.batch_size if share else limit)
-                handed = share and _hand_over_rest(model, field, embedder)
+                handed = {"handed_over": True} if share and _hand_over_rest(model, field, embedder) else {}
                 if not field.passages:
-                    return {**embedder.outcome.as_dict(), **({"handed_over": True} if handed else {})}
+                    return {**embedder.outcome.as_dict(), **handed}
                 # Rows whose passages lag for reasons no save reports: passages newly turned on,
                 # a passage failure's wait over, a worker stopped between a row and its passages.
                 embedder.run_passages(limit=limit)
                 swept = sweep_orphans(model, field)
-                return {
-                    **embedder.outcome.as_dict(),
-                    **({"handed_over": True} if handed else {}),
-                    "passages_swept": swept,
-                }
+                return {**embedder.outcome.as_dict(), **handed, "passages_swept": swept}
         logger.error(SWEEP_SKIPPED, label, problem)
     except Exception as exc:
         # Its first line only: a database error goes on to quote the statement and its values.
@@ -233,11 +229,19 @@ def _hand_over_rest(model: type[models.Model], field: EmbeddingField, embedder: 
     for trouble (the API failing, a key to fix): the wake-up would meet it too, and the next
     sweep tries again."""
     outcome = embedder.outcome
-    if outcome.stopped not in (None, Embedder.OUT_OF_TIME) or not (outcome.embedded or outcome.cleared):
-        return False
-    if pending_keys(model, field, embedder.using, cap=0) == []:
+    if not _rest_to_hand_over(model, field, embedder.using, outcome.stopped, outcome.embedded or outcome.cleared):
         return False
     return hand_over_unless_queued(model, field.name, using=embedder.using)
+
+
+def _rest_to_hand_over(
+    model: type[models.Model], field: EmbeddingField, using: str | None, stopped: str | None, progressed: int
+) -> bool:
+    """Whether a run that did its share leaves rows to queue as the field's wake-up: only
+    after it embedded or cleared rows, and stopped for nothing but its time."""
+    if stopped not in (None, Embedder.OUT_OF_TIME) or not progressed:
+        return False
+    return pending_keys(model, field, using, cap=0) != []
 
 
 @contextmanager
