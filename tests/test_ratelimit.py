@@ -70,29 +70,31 @@ class ManualClock(ratelimit.Clock):
         self.time += timedelta(seconds=seconds)
 
 
-def test_requests_per_window_are_capped(fake_gemini, semantic_settings):
-    semantic_settings(REQUESTS_PER_MINUTE=2, RATE_LIMIT_WINDOW=60, BATCH_SIZE=1)
-    pks = rows("limited", 5)
+def windowed(fake_gemini, label, field_name, pks):
+    """``embed_chunk()`` on a :class:`ManualClock`: its outcome, and the rate-limit window
+    (whole minutes from the start) in which each request was sent."""
     clock = ManualClock()
     start = clock.now()
     sent_at = []
     fake_gemini.on_request = lambda record: sent_at.append(clock.now())
     with ratelimit.use_clock(clock):
-        assert embed_chunk("testapp.Article", "embedding", pks)["embedded"] == 5
-    windows = Counter(int((t - start).total_seconds() // 60) for t in sent_at)
-    assert windows == {0: 2, 1: 2, 2: 1}
+        outcome = embed_chunk(label, field_name, pks)
+    return outcome, [int((t - start).total_seconds() // 60) for t in sent_at]
+
+
+def test_requests_per_window_are_capped(fake_gemini, semantic_settings):
+    semantic_settings(REQUESTS_PER_MINUTE=2, RATE_LIMIT_WINDOW=60, BATCH_SIZE=1)
+    pks = rows("limited", 5)
+    outcome, windows = windowed(fake_gemini, "testapp.Article", "embedding", pks)
+    assert outcome["embedded"] == 5
+    assert Counter(windows) == {0: 2, 1: 2, 2: 1}
 
 
 def test_tokens_per_window_are_capped(fake_gemini, semantic_settings):
     semantic_settings(TOKENS_PER_MINUTE=10, RATE_LIMIT_WINDOW=60, BATCH_SIZE=1)
     pks = rows("a title long enough to cost about ten tokens each time", 2)
-    clock = ManualClock()
-    start = clock.now()
-    sent_at = []
-    fake_gemini.on_request = lambda record: sent_at.append(clock.now())
-    with ratelimit.use_clock(clock):
-        embed_chunk("testapp.Article", "embedding", pks)
-    assert [int((t - start).total_seconds() // 60) for t in sent_at] == [0, 1]
+    _, windows = windowed(fake_gemini, "testapp.Article", "embedding", pks)
+    assert windows == [0, 1]
 
 
 def test_a_429_pauses_another_process_on_the_same_key(fake_gemini):
@@ -177,12 +179,7 @@ def test_each_title_is_a_request_of_its_own_for_the_rate_limit_and_the_count(fak
     with suspend_embedding():
         Document.objects.bulk_create(Document(title=title, text=f"text {i}") for i, title in enumerate(titles))
     pks = list(Document.objects.order_by("pk").values_list("pk", flat=True))
-    clock = ManualClock()
-    start = clock.now()
-    sent_at = []
-    fake_gemini.on_request = lambda record: sent_at.append(clock.now())
-    with ratelimit.use_clock(clock):
-        outcome = embed_chunk("testapp.Document", "content", pks)
+    outcome, windows = windowed(fake_gemini, "testapp.Document", "content", pks)
     assert outcome["embedded"] == 5 and outcome["requests"] == 4
     bodies = [req["body"]["requests"] for req in fake_gemini.requests]
     sent = [[(r["title"], r["content"]["parts"][0]["text"]) for r in body] for body in bodies]
@@ -192,8 +189,7 @@ def test_each_title_is_a_request_of_its_own_for_the_rate_limit_and_the_count(fak
         [("Passwords", "text 3")],
         [("Exports", "text 4")],
     ]
-    windows = Counter(int((t - start).total_seconds() // 60) for t in sent_at)
-    assert windows == {0: 2, 1: 2}
+    assert Counter(windows) == {0: 2, 1: 2}
 
 
 def test_a_batch_is_cut_to_fit_the_tokens_per_window(fake_gemini, semantic_settings):
@@ -204,16 +200,11 @@ def test_a_batch_is_cut_to_fit_the_tokens_per_window(fake_gemini, semantic_setti
     with suspend_embedding():
         Article.objects.bulk_create(Article(title=title, body="") for title in [*short, "long row ".ljust(200, "y")])
     pks = list(Article.objects.order_by("pk").values_list("pk", flat=True))
-    clock = ManualClock()
-    start = clock.now()
-    sent_at = []
-    fake_gemini.on_request = lambda record: sent_at.append(clock.now())
-    with ratelimit.use_clock(clock):
-        outcome = embed_chunk("testapp.Article", "embedding", pks)
+    outcome, windows = windowed(fake_gemini, "testapp.Article", "embedding", pks)
     assert outcome["embedded"] == 5 and outcome["requests"] == 3
     sizes = [[len(r["content"]["parts"][0]["text"]) for r in req["body"]["requests"]] for req in fake_gemini.requests]
     assert sizes == [[40, 40], [40, 40], [200]]  # 21 estimated tokens, 21, then 51 alone
-    assert [int((t - start).total_seconds() // 60) for t in sent_at] == [0, 1, 2]
+    assert windows == [0, 1, 2]
 
 
 def test_chinese_text_is_counted_at_about_a_token_a_character(fake_gemini, semantic_settings):
