@@ -32,8 +32,7 @@ def sanitize(text: str) -> str:
     Every character keeps its position, so offsets found in the result (where a
     passage starts and ends) are offsets in the text as stored.
     """
-    text = text.encode("utf-8", "replace").decode("utf-8")
-    return _CONTROL.sub(" ", text)
+    return _CONTROL.sub(" ", storable(text))
 
 
 def weighted_length(text: str) -> int:
