@@ -22,6 +22,7 @@ from semantic.passage_rows import CUT_ROWS, cut_all, fill_known, lagging_rows, p
 from semantic.passage_worker import passage_items
 from semantic.ratelimit import CHARS_PER_TOKEN
 from semantic.rows import failed_pks, failures, first_rows, mark_pending, pending_rows
+from semantic.streaming import pk_batches
 from semantic.text import clean, weighted_length
 from semantic.writer import Item, Outcome
 
@@ -195,9 +196,8 @@ def rehash(model: type[models.Model], field: EmbeddingField) -> tuple[int, int]:
     writer = Embedder(model, field)
     rows = select(model, field, everything=True, failed=False).using(writer.using).defer(field.attname)
     visited = changed = 0
-    last = None
-    while chunk := list((rows if last is None else rows.filter(pk__gt=last)).order_by("pk")[:CUT_ROWS]):
-        last = chunk[-1].pk
+    for batch in pk_batches(rows, CUT_ROWS):
+        chunk = list(batch)
         visited += len(chunk)
         items = []
         for row in chunk:
