@@ -40,7 +40,7 @@ def load(made: np.ndarray, labels: np.ndarray, hidden: np.ndarray) -> list[int]:
     from django.db import connection
     from pgvector import Vector
 
-    from semantic.fields import get_embedding_field
+    from semantic.registry import get_embedding_field
     from tests.topicapp.models import Ticket
 
     field = get_embedding_field(Ticket)
@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument("--linear", action="store_true", help="also train and apply the logistic regression")
     args = parser.parse_args()
     setup()
-    from semantic.fields import get_embedding_field
+    from semantic.registry import get_embedding_field
     from tests.topicapp.models import Ticket
 
     field = get_embedding_field(Ticket)

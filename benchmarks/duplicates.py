@@ -78,7 +78,7 @@ def stsb_rows() -> tuple[list[int], np.ndarray]:
     from django.db import connection
 
     from semantic import embed_pending, suspend_embedding
-    from semantic.fields import get_embedding_field
+    from semantic.registry import get_embedding_field
     from tests.testapp.models import Note
 
     sentences = sorted({s for _, a, b in load(DATA) for s in (a, b)})
@@ -119,7 +119,7 @@ def group_vectors() -> tuple[np.ndarray, np.ndarray]:
 
 
 def passage_rows(vectors: np.ndarray, groups: np.ndarray, seed: int) -> list[int]:
-    from semantic.fields import get_embedding_field
+    from semantic.registry import get_embedding_field
     from tests.testapp.models import Passage
 
     ids = dataset.load(vectors, groups, seed=seed)

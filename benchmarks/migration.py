@@ -43,7 +43,8 @@ def add_replacing_field() -> tuple[float, bool, list[str]]:
     """The replacing field's migration, applied and rolled back; (seconds, rewritten, statements)."""
     from django.db import connection, transaction
 
-    from semantic.fields import EmbeddingField, get_embedding_field
+    from semantic.fields import EmbeddingField
+    from semantic.registry import get_embedding_field
     from tests.testapp.models import Passage
 
     field = EmbeddingField(source="text", dimensions=256, replaces="embedding")

@@ -100,8 +100,8 @@ def main() -> None:
     from django.test.utils import CaptureQueriesContext
     from pgvector.django import CosineDistance
 
-    from semantic.fields import get_embedding_field
     from semantic.query import vector_literal
+    from semantic.registry import get_embedding_field
     from tests.testapp.models import Passage
 
     vectors, groups, _ = dataset.make()

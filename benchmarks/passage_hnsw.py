@@ -56,7 +56,7 @@ def main() -> None:
     setup(database=data.DATABASE)
     from django.db import connection
 
-    from semantic.fields import get_embedding_field
+    from semantic.registry import get_embedding_field
     from semantic.vectors import vector_literal
     from tests.docsapp.models import Doc
 

@@ -173,8 +173,8 @@ def main() -> None:
     setup(database=DATABASE)
     from django.db import connection
 
-    from semantic.fields import get_embedding_field
     from semantic.query import vector_literal
+    from semantic.registry import get_embedding_field
     from tests.docsapp.models import Doc
 
     field = get_embedding_field(Doc)

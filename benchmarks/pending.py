@@ -38,7 +38,7 @@ def main() -> None:
     from django.db import connection
 
     from semantic.embedder import pending_rows
-    from semantic.fields import get_embedding_field
+    from semantic.registry import get_embedding_field
     from tests.testapp.models import Passage
 
     vectors, groups, _ = dataset.make()

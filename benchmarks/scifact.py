@@ -106,7 +106,7 @@ def load_excerpts(documents: list[dict[str, str]]) -> None:
     from pgvector import Vector
 
     from semantic.backends.local import LocalBackend
-    from semantic.fields import get_embedding_field
+    from semantic.registry import get_embedding_field
     from tests.docsapp.models import Excerpt
 
     texts = excerpts(documents)

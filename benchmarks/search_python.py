@@ -47,7 +47,7 @@ def main() -> None:
     from django.db.models import Value
     from pgvector.django import CosineDistance
 
-    from semantic.fields import get_embedding_field
+    from semantic.registry import get_embedding_field
     from semantic.vectors import vector_literal
     from tests.testapp.models import Passage
 

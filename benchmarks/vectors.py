@@ -50,7 +50,7 @@ def load(vectors: np.ndarray, groups: np.ndarray, seed: int = SEED) -> list[int]
     from django.db.models import F
     from pgvector import HalfVector
 
-    from semantic.fields import get_embedding_field
+    from semantic.registry import get_embedding_field
     from tests.testapp.models import Passage
 
     marker = f"seed {seed} rows {len(vectors)}"

@@ -44,7 +44,7 @@ from semantic.admin_duplicates import DuplicateReviewMixin
 from semantic.admin_labels import LabelSuggestionMixin
 from semantic.admin_status import EmbeddingFailureAdmin, StatusPageMixin
 from semantic.admin_topics import TopicsMixin
-from semantic.fields import EmbeddingField, embedding_fields
+from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingBatchJob, EmbeddingFailure
 from semantic.query import (
     SemanticQuerySet,
@@ -52,6 +52,7 @@ from semantic.query import (
     query_vector,
     vector_literal,
 )
+from semantic.registry import embedding_fields
 from semantic.rows import forget_failures, mark_pending
 from semantic.status import with_state
 from semantic.switch import primary_fields, serving_field

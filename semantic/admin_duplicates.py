@@ -30,7 +30,8 @@ from django.utils.translation import gettext_lazy as _
 
 from semantic.admin_dismissed import DismissedPairAdmin
 from semantic.admin_selection import keep_selection, kept_selection
-from semantic.fields import CompanionMixin, EmbeddingField
+from semantic.companions import CompanionMixin
+from semantic.fields import EmbeddingField
 from semantic.models import DismissedPair
 from semantic.query import DEFAULT_DUPLICATE_THRESHOLD, SemanticQuerySet, check_threshold
 from semantic.review import ReviewGroup, review_groups, similarities_to

@@ -27,9 +27,10 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from semantic.admin_changelist import EmbeddingStateFilter
-from semantic.fields import EmbeddingField, embedding_fields
+from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingFailure
 from semantic.passage_rows import FAILURE_SUFFIX
+from semantic.registry import embedding_fields
 from semantic.status import STATES, field_status
 from semantic.tasks import enqueue, iter_fields
 

@@ -34,10 +34,11 @@ from django.utils import timezone
 
 from semantic.backends import malformed
 from semantic.embedder import Embedder
-from semantic.fields import EmbeddingField, get_embedding_field
+from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingBatchJob
 from semantic.passage_rows import CUT_ROWS, Cut, cut_all, fill_known, lagging_rows
 from semantic.passage_worker import PassageItem, passage_items
+from semantic.registry import get_embedding_field
 from semantic.rows import first_rows, mark_pending, open_jobs, pending_rows
 from semantic.text import clean
 from semantic.writer import Item, Outcome

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 from django.db import models
 
-from semantic.fields import embedding_fields
 from semantic.hooks import saved_text
+from semantic.registry import embedding_fields
 
 if TYPE_CHECKING:
     _QuerySetBase = models.QuerySet

@@ -141,7 +141,7 @@ def _check_key(key: Any) -> list[checks.CMessage]:
 
 @checks.register(checks.Tags.models)
 def check_fields(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
-    from semantic.fields import embedding_fields
+    from semantic.registry import embedding_fields
 
     try:
         backend_class = conf.BACKEND
@@ -191,7 +191,7 @@ def _name_too_long(model: type[models.Model], field: Any) -> checks.CMessage | N
 
 
 def _check_field(model: type[models.Model], field: Any, backend: Any) -> list[checks.CMessage]:
-    from semantic.fields import embedding_fields
+    from semantic.registry import embedding_fields
     from semantic.switch import UNKNOWN_REPLACED, UNKNOWN_REPLACED_HINT, once_had
 
     errors: list[checks.CMessage] = []
@@ -285,7 +285,7 @@ TABLES_MISSING_HINT = (
 def check_databases(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
     """Wherever a model with an EmbeddingField is migrated, the app's tables are too: its
     queries ask them about the model's rows in SQL, on the model's own database."""
-    from semantic.fields import embedding_fields
+    from semantic.registry import embedding_fields
 
     own_models = list(apps.get_app_config("semantic").get_models())
     errors: list[checks.CMessage] = []

@@ -46,7 +46,7 @@ def check_encoding(databases: Any = None, **kwargs: Any) -> list[checks.CMessage
     """A database whose text is not UTF-8 cannot hold embedded rows (see
     :func:`semantic.schema.encoding_problem`): an error, so that ``migrate`` stops before
     the first EmbeddingField is added there. Only databases that hold such a field."""
-    from semantic.fields import embedding_fields
+    from semantic.registry import embedding_fields
     from semantic.schema import NOT_UTF8_FIX, encoding_problem
 
     errors: list[checks.CMessage] = []
@@ -75,7 +75,7 @@ def check_unmanaged_tables(databases: Any = None, **kwargs: Any) -> list[checks.
     """An unmanaged model's table gets the field's columns from whoever owns it, never from
     migrate. Only with ``check --database``; a warning, because ``migrate`` and test runs
     check databases too, and a table that does not exist yet is not reported at all."""
-    from semantic.fields import embedding_fields
+    from semantic.registry import embedding_fields
     from semantic.schema import has_table, schema_problem
 
     errors: list[checks.CMessage] = []

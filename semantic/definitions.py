@@ -31,8 +31,9 @@ from django.core.signals import setting_changed
 from django.db import DatabaseError, router, transaction
 from django.utils import timezone
 
-from semantic.fields import EmbeddingField, iter_fields
+from semantic.fields import EmbeddingField
 from semantic.models import FieldDefinition
+from semantic.registry import iter_fields
 
 logger = logging.getLogger("semantic")
 

@@ -50,136 +50,48 @@ their next ``save()`` or by ``semantic_embed --all``.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import re
-from collections.abc import Iterable, Iterator
 from typing import Any
 
-from django.apps import apps
-from django.core.exceptions import FieldDoesNotExist
 from django.db import models
-from django.db.models import Case, F, Func, Q, Value, When
-from django.db.models.functions import MD5, Cast, Coalesce, Concat, Now, NullIf
+from django.db.models import F, Q, Value
+from django.db.models.functions import Cast
 from django.db.models.lookups import Exact, IsNull
-from django.db.models.query_utils import DeferredAttribute
-from django.utils import timezone
 from pgvector.django import HalfVectorField, VectorField
 
 from semantic.backends.base import TASK_TYPES
+from semantic.companions import (
+    HASH_LENGTH,
+    EmbeddedHashField,
+    EmbeddingSpecField,
+    PendingSinceField,
+    SourceHashField,
+    WorkerOwnedMixin,
+    forget_source_hash,
+)
+from semantic.expressions import IsDistinctFrom, VectorDims
+from semantic.field_text import FieldTextMixin, is_python_part
 from semantic.passages import Passages
-from semantic.text import source_hash
+
+__all__ = [
+    "DEFAULT_DIMENSIONS",
+    "EmbeddingField",
+    "is_pending_index_name",
+    # Named in migrations written by earlier versions: importable here for good.
+    "EmbeddedHashField",
+    "EmbeddingModelField",
+    "IsDistinctFrom",
+    "PendingSinceField",
+]
 
 #: Size of a field that does not set ``dimensions``: what the local model makes, and
 #: a size Gemini can make too, so the same field works with either backend.
 DEFAULT_DIMENSIONS = 384
 #: pgvector cannot build an HNSW index on ``vector`` values above this size.
 MAX_VECTOR_INDEX_DIMENSIONS = 2000
-SOURCE_SEPARATOR = "\n\n"
-TITLE_SEPARATOR = "\x1f"
-HASH_LENGTH = 32
-
-
-#: ``<name>_source_hash`` of a row whose Python-computed text is empty: hashed, unlike NULL.
-EMPTY_TEXT_HASH = ""
-
-
-class IsDistinctFrom(Func):
-    """``a IS DISTINCT FROM b``: inequality where NULL equals NULL."""
-
-    template = "(%(expressions)s)"
-    arg_joiner = " IS DISTINCT FROM "
-    output_field = models.BooleanField()
-    conditional = True
-
-
-class VectorDims(Func):
-    """pgvector's ``vector_dims()``: how many dimensions a stored vector has."""
-
-    function = "vector_dims"
-    output_field = models.IntegerField()
-
-
-class WorkerOwnedMixin:
-    """Columns written only by the embedding worker.
-
-    On an UPDATE from ``Model.save()`` the column is set to itself, so an instance
-    loaded before its vector was written cannot erase the vector by being saved.
-    """
-
-    def pre_save(self, model_instance: models.Model, add: bool) -> Any:
-        if add:
-            return super().pre_save(model_instance, add)  # type: ignore[misc]
-        return F(self.attname)  # type: ignore[attr-defined]
-
-
-class CompanionMixin:
-    """A hidden column the EmbeddingField adds; migrations see a plain Django field.
-
-    Deconstructing to Django's own class keeps this app's class names out of users'
-    migration files, so the behaviour below can change without touching them.
-    """
-
-    plain_path = ""
-
-    def deconstruct(self) -> tuple[str, str, list[Any], dict[str, Any]]:
-        name, _, args, kwargs = super().deconstruct()  # type: ignore[misc]
-        kwargs.pop("embedding_field", None)
-        return name, self.plain_path, args, kwargs
-
-
-class EmbeddedHashField(CompanionMixin, WorkerOwnedMixin, models.CharField):
-    plain_path = "django.db.models.CharField"
-
-
-class EmbeddingSpecField(CompanionMixin, WorkerOwnedMixin, models.CharField):
-    plain_path = "django.db.models.CharField"
-
 
 #: The spec column's class before it was renamed; old migrations name it.
 EmbeddingModelField = EmbeddingSpecField
-
-
-class SourceHashField(CompanionMixin, models.CharField):
-    """MD5 of a Python-computed text, set by ``save()`` and ``bulk_create()``."""
-
-    plain_path = "django.db.models.CharField"
-
-    def __init__(self, *args: Any, embedding_field: str = "", **kwargs: Any) -> None:
-        self.embedding_field = embedding_field
-        super().__init__(*args, **kwargs)
-
-    def pre_save(self, model_instance: models.Model, add: bool) -> Any:
-        field = live_field(model_instance, self.embedding_field)
-        if field is None:
-            return super().pre_save(model_instance, add)
-        value = field.text_hash(model_instance)
-        setattr(model_instance, self.attname, value)
-        return value
-
-
-class PendingSinceField(CompanionMixin, models.DateTimeField):
-    """When the row began waiting for an embedding of its current text.
-
-    On INSERT, now (for a row with text). On UPDATE, now if the saved text differs
-    from the text in the database and the row was not already waiting; otherwise
-    unchanged. ``SET`` reads the old row, so no extra query is made.
-    """
-
-    plain_path = "django.db.models.DateTimeField"
-
-    def __init__(self, *args: Any, embedding_field: str = "", **kwargs: Any) -> None:
-        self.embedding_field = embedding_field
-        super().__init__(*args, **kwargs)
-
-    def pre_save(self, model_instance: models.Model, add: bool) -> Any:
-        field = live_field(model_instance, self.embedding_field)
-        if field is None:
-            return super().pre_save(model_instance, add)
-        current = field.text_hash(model_instance)
-        if add:
-            return timezone.now() if current else None
-        changed = IsDistinctFrom(field.stored_text_hash(), Value(current, models.CharField()))
-        return Case(When(changed, then=Coalesce(F(self.attname), Now())), default=F(self.attname))
 
 
 #: The pending index's name: a digest of the table and the field, so it changes with a rename.
@@ -190,7 +102,7 @@ def is_pending_index_name(name: str) -> bool:
     return re.fullmatch(PENDING_INDEX_NAME.format(digest="[0-9a-f]{10}"), name) is not None
 
 
-class EmbeddingField(WorkerOwnedMixin, VectorField):
+class EmbeddingField(FieldTextMixin, WorkerOwnedMixin, VectorField):
     """A vector embedding of the row's text, computed outside the request.
 
     ``source`` names a text field, a tuple of them (joined by blank lines), or methods
@@ -213,12 +125,6 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
     """
 
     description = "Embedding of the row's text"
-    #: Names in ``source``/``title_source`` whose text SQL cannot read from the field's own
-    #: table: methods, properties, and a multi-table parent's fields (set per model).
-    python_parts: tuple[str, ...] = ()
-    #: The model whose field this is a copy of, in a model built from that one's fields
-    #: (a history model); None for a field of the model it was declared on.
-    copied_from: type[models.Model] | None = None
     #: Options that change what is embedded, not the table: altering them runs no SQL.
     #: ``dimensions`` is not one: across 2,000 it changes the storage, and so the column's
     #: type. The column carries no size, so a size change that keeps the type gives the
@@ -365,7 +271,7 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
             # Its companions are copies too, and nothing embeds, sweeps or hooks the copy.
             self.copied_from = bound_to
             return
-        self.python_parts = tuple(n for n in self.text_parts() if _is_python(cls, n))
+        self.python_parts = tuple(n for n in self.text_parts() if is_python_part(cls, n))
         existing = {f.name for f in cls._meta.local_fields}
         companions: dict[str, models.Field] = {
             self.embedded_hash_name: EmbeddedHashField(max_length=HASH_LENGTH, null=True, blank=True, editable=False),
@@ -410,10 +316,6 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
         )
 
     @property
-    def source_hash_name(self) -> str:
-        return f"{self.name}_source_hash"
-
-    @property
     def embedded_hash_name(self) -> str:
         return f"{self.name}_embedded_hash"
 
@@ -424,99 +326,6 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
     @property
     def pending_since_name(self) -> str:
         return f"{self.name}_pending_since"
-
-    # -- the text ----------------------------------------------------------------
-
-    def text_parts(self) -> tuple[str, ...]:
-        return (*self.source, self.title_source) if self.title_source else self.source
-
-    def text_from_python(self) -> bool:
-        """True when some part of the text is a method or property, which SQL cannot compute."""
-        return bool(self.python_parts)
-
-    def source_text(self, instance: models.Model) -> str:
-        """The text to embed for ``instance``, uncleaned: as stored, when it was read with
-        :meth:`with_stored_text`, else as its attributes give it."""
-        stored = instance.__dict__.get(self.stored_text_name)
-        if stored is not None:
-            return stored
-        return SOURCE_SEPARATOR.join(_read(instance, name) for name in self.source)
-
-    def title_text(self, instance: models.Model) -> str | None:
-        if not self.title_source:
-            return None
-        if self.stored_title_name in instance.__dict__:
-            return instance.__dict__[self.stored_title_name] or ""
-        return _read(instance, self.title_source)
-
-    def with_stored_text(self, rows: models.QuerySet) -> models.QuerySet:
-        """``rows`` read with their text (and title) as PostgreSQL holds it, for the worker.
-
-        Which rows are pending, and whether a vector may be written, is decided on the
-        text SQL hashes from the columns; the worker must embed that very text, not what
-        an attribute returns (a translated field's descriptor, such as
-        django-modeltranslation's, returns the active language's). Text from Python is
-        read through Python, as it is hashed.
-        """
-        if self.text_from_python():
-            return rows
-        stored = {self.stored_text_name: self.stored_source_text()}
-        if self.title_source:
-            stored[self.stored_title_name] = Cast(F(self.title_source), models.TextField())
-        return rows.annotate(**stored)
-
-    @property
-    def stored_text_name(self) -> str:
-        return f"_semantic_{self.name}_text"
-
-    @property
-    def stored_title_name(self) -> str:
-        return f"_semantic_{self.name}_title"
-
-    def text_hash(self, instance: models.Model) -> str | None:
-        """MD5 of the text (and title) of ``instance`` as it is in memory; for no text, None
-        (:data:`EMPTY_TEXT_HASH` when the text comes from Python).
-
-        For text from fields it equals what :meth:`stored_text_hash` computes in SQL.
-        """
-        text = self.source_text(instance)
-        if self.title_source:
-            text += TITLE_SEPARATOR + (self.title_text(instance) or "")
-        digest = source_hash(text)
-        if digest is None and self.text_from_python():
-            return EMPTY_TEXT_HASH
-        return digest
-
-    def stored_text_hash(self, ref: type[F] = F) -> Any:
-        """SQL for the hash of the row's text as stored (``ref=OuterRef`` in subqueries)."""
-        if self.text_from_python():
-            return ref(self.source_hash_name)
-
-        joined = Concat(
-            *self._stored_parts(ref, title=True), Value("", models.TextField()), output_field=models.TextField()
-        )
-        return MD5(NullIf(joined, Value("", models.TextField())))
-
-    def stored_source_text(self, ref: type[F] = F) -> Any:
-        """SQL for the row's text as stored (what :meth:`source_text` reads); None when it comes from Python."""
-        if self.text_from_python():
-            return None
-        return Concat(
-            *self._stored_parts(ref, title=False), Value("", models.TextField()), output_field=models.TextField()
-        )
-
-    def _stored_parts(self, ref: type[F], *, title: bool) -> list[Any]:
-        def text(value: Any) -> Any:
-            return Cast(ref(value), models.TextField()) if value else Value(value, models.TextField())
-
-        parts: list[Any] = []
-        for field_name in self.source:
-            if parts:
-                parts.append(Value(SOURCE_SEPARATOR, models.TextField()))
-            parts.append(text(field_name))
-        if title and self.title_source:
-            parts += [Value(TITLE_SEPARATOR, models.TextField()), text(self.title_source)]
-        return parts
 
     # -- what needs doing ----------------------------------------------------------
 
@@ -572,95 +381,3 @@ class EmbeddingField(WorkerOwnedMixin, VectorField):
     def is_current(self) -> Q:
         """Rows whose vector matches their text and the current settings."""
         return ~self.pending() & Q(**{f"{self.attname}__isnull": False, self.spec_name: self.spec()})
-
-
-def embedding_fields(model: type[models.Model]) -> list[EmbeddingField]:
-    """The model's EmbeddingFields, its parents' included (proxies and multi-table children);
-    not copies kept by a model built from another's fields (:attr:`EmbeddingField.copied_from`)."""
-    return [f for f in model._meta.fields if isinstance(f, EmbeddingField) and f.copied_from is None]
-
-
-def live_field(model_instance: models.Model, name: str) -> EmbeddingField | None:
-    """The instance's EmbeddingField ``name``, or None in a model that keeps only copies
-    of another model's columns (where the companions are plain columns too)."""
-    try:
-        field = model_instance._meta.get_field(name)
-    except FieldDoesNotExist:
-        return None
-    return field if isinstance(field, EmbeddingField) and field.copied_from is None else None
-
-
-def forget_source_hash(field: EmbeddingField, model_instance: models.Model) -> bool:
-    """Empty the hash of text from Python in a row saved through a migration's historical
-    model (``apps.get_model()`` in ``RunPython``).
-
-    That model has no methods or properties, so the text cannot be hashed, and its
-    ``<name>_source_hash`` is a plain column that would write back the hash loaded with
-    the row whatever the migration changed. Without one the row is pending: the worker
-    hashes it and embeds it only if its text changed. The column follows the field in
-    the model (the field added it), so it is read after this runs. Returns whether the
-    row has such a hash.
-    """
-    try:
-        companion = model_instance._meta.get_field(field.source_hash_name)
-    except FieldDoesNotExist:
-        return False  # text from fields at this point of the migrations: hashed in SQL
-    setattr(model_instance, companion.attname, None)
-    return True
-
-
-def iter_fields(
-    targets: Iterable[str | type[models.Model]] = (),
-) -> Iterator[tuple[type[models.Model], EmbeddingField]]:
-    """(model, field) for every EmbeddingField of ``targets`` (models or labels; all models by default)."""
-    models_ = [apps.get_model(t) if isinstance(t, str) else t for t in targets] or apps.get_models()
-    for model in models_:
-        for field in embedding_fields(model):
-            # A proxy's or a multi-table child's rows are embedded with its parent's.
-            if field.model is model or len(models_) == 1:
-                yield model, field
-
-
-def get_embedding_field(model: type[models.Model], name: str | None = None) -> EmbeddingField:
-    """The model's EmbeddingField called ``name``, or its only one when ``name`` is None."""
-    fields = embedding_fields(model)
-    label = model._meta.label
-    if not fields:
-        raise ValueError(f"{label} has no EmbeddingField.")
-    if name is None:
-        if len(fields) > 1:
-            names = ", ".join(f.name for f in fields)
-            raise ValueError(f"{label} has several EmbeddingFields ({names}); pass field=<name>.")
-        return fields[0]
-    for field in fields:
-        if field.name == name:
-            return field
-    names = ", ".join(f.name for f in fields)
-    raise ValueError(f"{label} has no EmbeddingField named {name!r}; it has {names}.")
-
-
-def _read(instance: models.Model, name: str) -> str:
-    """A text part: a field's value, or what a method or property returns ("" for None)."""
-    value = getattr(instance, name)
-    if callable(value):
-        value = value()
-    return "" if value is None else str(value)
-
-
-def _is_python(cls: type, name: str) -> bool:
-    """True when ``name`` is not a column of ``cls``'s own table: a method, a property, or
-    a field of a multi-table parent.
-
-    A parent's column lives in the parent's table, which the pending index (a partial
-    index of the child's table) cannot read; read through the child instance, whose
-    attributes hold the parent's values too, it is text from Python like a property's.
-
-    Looked up statically: while the class is being built, fields declared further
-    down do not exist yet, but methods, properties and the parents' fields already do.
-    An abstract base's field becomes a column of ``cls`` itself.
-    """
-    attr = inspect.getattr_static(cls, name, None)
-    if isinstance(attr, DeferredAttribute):
-        owner = attr.field.model
-        return owner is not cls and not owner._meta.abstract
-    return attr is not None

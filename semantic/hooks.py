@@ -18,8 +18,10 @@ from django.db import models
 from django.db.models.functions import Now
 from django.db.models.signals import class_prepared, post_delete, post_save
 
+from semantic.companions import forget_source_hash
 from semantic.dispatch import enqueue
-from semantic.fields import EmbeddingField, embedding_fields, forget_source_hash
+from semantic.fields import EmbeddingField
+from semantic.registry import embedding_fields
 
 _suspended: ContextVar[bool] = ContextVar("semantic_suspended", default=False)
 

@@ -25,7 +25,8 @@ from django.db.models import CharField, Count, Exists, OuterRef, Q, Sum, Value
 from django.db.models.functions import MD5, Cast, Concat, Least, Length
 from django.utils import timezone
 
-from semantic.fields import TITLE_SEPARATOR, EmbeddingField
+from semantic.field_text import TITLE_SEPARATOR
+from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingFailure, Passage
 from semantic.passages import split
 from semantic.rows import in_flight

@@ -19,7 +19,8 @@ from django.db.models.functions import Cast, Coalesce, Now
 from django.db.models.lookups import Exact, IsNull
 from django.utils import timezone
 
-from semantic.fields import EMPTY_TEXT_HASH, EmbeddingField
+from semantic.field_text import EMPTY_TEXT_HASH
+from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingBatchJob, EmbeddingFailure
 
 #: Gemini keeps a batch job at most this long; after it, the job's rows are free again.

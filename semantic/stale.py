@@ -23,8 +23,9 @@ from django.apps import apps
 from django.core.exceptions import FieldDoesNotExist
 from django.db import models
 
-from semantic.fields import EmbeddingField, embedding_fields
+from semantic.fields import EmbeddingField
 from semantic.models import KEYED_BY_NAME, UNREAD_WITHOUT_FIELD, FieldSwitch, Passage
+from semantic.registry import embedding_fields
 
 
 @dataclass(frozen=True)

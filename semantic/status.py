@@ -16,10 +16,11 @@ from django.db.models import Case, CharField, Count, Exists, Min, OuterRef, Q, V
 from django.db.models.functions import Cast
 from django.utils import timezone
 
-from semantic.fields import EmbeddingField, get_embedding_field, iter_fields
+from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingFailure
 from semantic.passage_rows import passage_status
 from semantic.ratelimit import configuration_problem
+from semantic.registry import get_embedding_field, iter_fields
 from semantic.rows import in_flight, open_jobs
 from semantic.schema import schema_problem
 from semantic.switch import serving_field

@@ -36,7 +36,8 @@ from typing import Any
 
 from django.db import models, router, transaction
 
-from semantic.fields import EmbeddingField, embedding_fields, get_embedding_field
+from semantic.fields import EmbeddingField
+from semantic.registry import embedding_fields, get_embedding_field
 
 NOT_REPLACING = (
     "{label}.{field} does not replace another field: add replaces='<old field>' to it, "

@@ -23,10 +23,11 @@ from semantic.dispatch import enqueue as enqueue
 from semantic.dispatch import hand_over, hand_over_unless_queued, queue_task, wake_window
 from semantic.dispatch import install_sweep_schedule as install_sweep_schedule
 from semantic.embedder import Embedder
-from semantic.fields import EmbeddingField, get_embedding_field, iter_fields
+from semantic.fields import EmbeddingField
 from semantic.hooks import embedding_suspended as embedding_suspended
 from semantic.hooks import suspend_embedding as suspend_embedding
 from semantic.passage_rows import sweep_orphans
+from semantic.registry import get_embedding_field, iter_fields
 from semantic.rows import pending_keys
 from semantic.schema import schema_problem
 from semantic.writer import Outcome

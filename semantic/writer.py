@@ -28,7 +28,8 @@ from django.db.models.sql import Query
 from django.utils import timezone
 
 from semantic.backends import Vector
-from semantic.fields import EmbeddingField, IsDistinctFrom
+from semantic.expressions import IsDistinctFrom
+from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingFailure
 from semantic.operations import sqlstate
 from semantic.passage_worker import PassageItem

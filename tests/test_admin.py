@@ -21,8 +21,8 @@ from project.questions.models import Question
 from semantic import embed_pending, suspend_embedding
 from semantic.admin import SEARCH_UNAVAILABLE
 from semantic.duplicates import SPLIT_MIN_ROWS
-from semantic.fields import get_embedding_field
 from semantic.models import DismissedPair, EmbeddingBatchJob, EmbeddingFailure
+from semantic.registry import get_embedding_field
 from tests.fake_gemini import api_error
 from tests.testapp.models import Article, Entry, Note
 

@@ -18,10 +18,10 @@ from semantic import batch, embed_pending, suspend_embedding
 from semantic.backends.base import l2_normalize
 from semantic.claims import DEFERRED
 from semantic.embedder import Embedder, pending_rows
-from semantic.fields import get_embedding_field
 from semantic.management.commands.semantic_embed import Command as Embed
 from semantic.management.commands.semantic_status import Command as Status
 from semantic.models import EmbeddingBatchJob, EmbeddingFailure
+from semantic.registry import get_embedding_field
 from semantic.text import source_hash
 from tests.commands import call, manage
 from tests.fake_gemini import fake_vector

@@ -4,7 +4,7 @@ so the rows whose text they change are re-embedded, and only those."""
 import pytest
 
 from semantic import embed_pending
-from semantic.fields import get_embedding_field
+from semantic.registry import get_embedding_field
 from tests.testapp.models import Card
 
 pytestmark = pytest.mark.django_db(transaction=True)

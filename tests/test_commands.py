@@ -18,13 +18,13 @@ from semantic import suspend_embedding
 from semantic.backends.gemini import NO_KEY
 from semantic.batch import NOT_DECLARED_HERE
 from semantic.embedder import Embedder
-from semantic.fields import get_embedding_field
 from semantic.management.commands.semantic_duplicates import Command as Duplicates
 from semantic.management.commands.semantic_embed import Command as Embed
 from semantic.management.commands.semantic_evaluate import Command as Evaluate
 from semantic.management.commands.semantic_search import Command as Search
 from semantic.management.targets import APP_MIGRATIONS_DUE, BAD_TARGET, NO_FIELD, UNKNOWN_FIELD, UNKNOWN_MODEL
 from semantic.models import EmbeddingFailure
+from semantic.registry import get_embedding_field
 from semantic.rows import pending_rows
 from semantic.switch import NOT_REPLACING
 from semantic.text import source_hash

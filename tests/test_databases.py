@@ -15,8 +15,8 @@ from django_q.models import Schedule
 from semantic import backfill
 from semantic.checks import TABLES_MISSING, TABLES_MISSING_HINT
 from semantic.dispatch import SWEEP_SCHEDULE_NAME
-from semantic.fields import get_embedding_field
 from semantic.models import EmbeddingFailure, Passage
+from semantic.registry import get_embedding_field
 from semantic.status import field_status
 from tests.commands import call
 from tests.testapp.models import Article, Note, Report

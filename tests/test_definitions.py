@@ -10,8 +10,8 @@ from django.utils import timezone
 
 from semantic import definitions, embed_pending, suspend_embedding
 from semantic.definitions import OLDER, definition
-from semantic.fields import get_embedding_field, iter_fields
 from semantic.models import FieldDefinition
+from semantic.registry import get_embedding_field, iter_fields
 from tests.commands import manage, processed, running_qcluster
 from tests.test_worker import wait_for
 from tests.testapp.models import Article

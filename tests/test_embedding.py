@@ -20,9 +20,9 @@ from semantic.backends import EmbeddingBackend
 from semantic.backends.gemini import UNSENDABLE_KEY
 from semantic.claims import LOCKS_LOST
 from semantic.embedder import Embedder
-from semantic.fields import get_embedding_field
 from semantic.models import EmbeddingFailure, RateLimit
 from semantic.ratelimit import configuration_problem
+from semantic.registry import get_embedding_field
 from semantic.text import source_hash
 from tests.fake_gemini import BAD_KEY, MODEL_NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED, api_error, fake_vector
 from tests.testapp.models import Article, Document, Snippet, Translated

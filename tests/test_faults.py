@@ -35,9 +35,9 @@ from django.utils import timezone
 
 from semantic import embed_pending, suspend_embedding
 from semantic.embedder import Embedder
-from semantic.fields import get_embedding_field
 from semantic.models import EmbeddingFailure, RateLimit
 from semantic.ratelimit import configuration_problem
+from semantic.registry import get_embedding_field
 from semantic.text import clean
 from tests.commands import manage
 from tests.fake_gemini import BAD_KEY, api_error, fake_vector

@@ -3,7 +3,7 @@ from django.core.management import call_command
 from django.db import connection
 
 from semantic import EmbeddingField
-from semantic.fields import get_embedding_field
+from semantic.registry import get_embedding_field
 from semantic.text import source_hash
 from tests.testapp.models import Article, Document, Note, Snippet
 

@@ -16,7 +16,7 @@ from django_q.signing import SignedPackage
 
 from semantic import embed_pending, suspend_embedding
 from semantic.dispatch import SWEEP_SCHEDULE_NAME, forget_wakeups
-from semantic.fields import get_embedding_field
+from semantic.registry import get_embedding_field
 from semantic.tasks import HAND_OVER_BATCHES, embed_field
 from tests.testapp.models import Article
 

@@ -9,7 +9,7 @@ whichever of our fields the history leaves out.
 import pytest
 
 from semantic import embed_pending
-from semantic.fields import embedding_fields, get_embedding_field, iter_fields
+from semantic.registry import embedding_fields, get_embedding_field, iter_fields
 from semantic.status import field_status
 from semantic.text import source_hash
 from tests.testapp.models import Diary, Ledger

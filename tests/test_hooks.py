@@ -11,7 +11,7 @@ from django.db import connection, migrations
 from django.db.migrations.loader import MigrationLoader
 
 from semantic import embed_pending, suspend_embedding
-from semantic.fields import get_embedding_field
+from semantic.registry import get_embedding_field
 from tests.testapp.models import Article, ArticleProxy, Card, FeaturedArticle, Tag
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])

@@ -14,10 +14,10 @@ from django.db.models import Exists, OuterRef, Prefetch, Subquery
 from django.utils.translation import gettext_lazy
 
 from semantic import EmptyQuery, HybridQuerySet, SemanticQuerySetMixin, context, embed_pending, hybrid
-from semantic.fields import get_embedding_field
 from semantic.hybrid import OUTER_REF
 from semantic.keyword import keyword_search
 from semantic.query import SLICED
+from semantic.registry import get_embedding_field
 from tests.docsapp.models import Doc, Page, Shelf
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -32,7 +32,11 @@ LAYERS = [
     "semantic.warmup",
     # the field, its registry, its indexes, row state
     "semantic.indexes",
+    "semantic.expressions",
+    "semantic.field_text",
+    "semantic.companions",
     "semantic.fields",
+    "semantic.registry",
     "semantic.schema",
     "semantic.rows",
     "semantic.passage_rows",

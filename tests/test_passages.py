@@ -17,7 +17,8 @@ from django.db import connection
 from django.utils.translation import gettext_lazy
 
 from semantic import Passages, context, suspend_embedding
-from semantic.fields import TITLE_SEPARATOR, EmbeddingField
+from semantic.field_text import TITLE_SEPARATOR
+from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingFailure, Passage
 from semantic.passage_rows import PARTIAL, current_rows
 from semantic.passages import split

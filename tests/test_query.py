@@ -30,11 +30,11 @@ from semantic import (
 )
 from semantic.backends import CONFIG, EmbeddingError, get_backend
 from semantic.classify import suggest_label
-from semantic.fields import get_embedding_field
 from semantic.keyword import keyword_search
 from semantic.models import EmbeddingFailure, RateLimit
 from semantic.query import SLICED, query_task_type
 from semantic.ratelimit import configuration_problem, limit_key
+from semantic.registry import get_embedding_field
 from tests.docsapp.models import Doc
 from tests.fake_gemini import BAD_KEY, PERMISSION_DENIED, api_error
 from tests.testapp.models import Article, Document, LongRead, Note

@@ -13,8 +13,8 @@ from django.utils import timezone
 from project.questions.models import Question
 from semantic import suspend_embedding
 from semantic.embedder import Embedder
-from semantic.fields import get_embedding_field
 from semantic.models import EmbeddingFailure
+from semantic.registry import get_embedding_field
 from semantic.status import field_status, status_report, with_state
 from tests.testapp.models import Article
 

@@ -15,8 +15,8 @@ from semantic import dispatch, suspend_embedding
 from semantic.checks import check_task_time
 from semantic.dispatch import STORE_SECONDS, TASK_TIME_HINT, TASK_TIME_TOO_SHORT, run_deadline
 from semantic.embedder import Embedder
-from semantic.fields import get_embedding_field
 from semantic.models import EmbeddingFailure
+from semantic.registry import get_embedding_field
 from semantic.status import field_status
 from tests.commands import call
 from tests.fake_gemini import api_error

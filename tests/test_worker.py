@@ -11,7 +11,7 @@ from django.db import connection, transaction
 
 from semantic import suspend_embedding
 from semantic.dispatch import queue_task
-from semantic.fields import get_embedding_field
+from semantic.registry import get_embedding_field
 from tests.commands import processed, running_qcluster
 from tests.testapp.models import Article
 

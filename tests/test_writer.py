@@ -14,8 +14,8 @@ from psycopg import IsolationLevel
 
 from semantic import suspend_embedding
 from semantic.embedder import Embedder
-from semantic.fields import get_embedding_field
 from semantic.models import EmbeddingFailure
+from semantic.registry import get_embedding_field
 from semantic.rows import pending_rows
 from semantic.status import field_status
 from semantic.tasks import embed_pending

@@ -8,7 +8,8 @@ from django.apps import apps
 from django.core.management.base import CommandError
 from django.db import connections, models, router
 
-from semantic.fields import EmbeddingField, embedding_fields
+from semantic.fields import EmbeddingField
+from semantic.registry import embedding_fields
 from semantic.schema import MIGRATION_NEEDED as MIGRATION_NEEDED
 from semantic.schema import MISSING_COLUMN as MISSING_COLUMN
 
