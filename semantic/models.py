@@ -221,6 +221,11 @@ class Passage(models.Model):
         return f"{self.model_label}.{self.field_name} #{self.object_pk} [{self.position}]"
 
 
+class FieldDefinitionManager(models.Manager):
+    def get_by_natural_key(self, model_label: str, field_name: str) -> FieldDefinition:
+        return self.get(model_label=model_label, field_name=field_name)
+
+
 class FieldDefinition(models.Model):
     """What makes an EmbeddingField's vectors, as the newest process that ran it defines it.
 
@@ -229,12 +234,19 @@ class FieldDefinition(models.Model):
     before ``since`` whose own definition differs runs older code or settings: it
     embeds nothing (see :mod:`semantic.definitions`), so that the two versions do not
     re-embed each other's rows for as long as both run.
+
+    Known by the field it names (:meth:`natural_key`), not by its id: ``migrate`` numbers
+    the definitions in the order it meets the fields, so a database migrated in one go
+    numbers them unlike one whose fields came over time, and a ``dumpdata
+    --natural-primary`` of one must load over the rows ``migrate`` recorded in the other.
     """
 
     model_label = models.CharField(_("model"), max_length=200)
     field_name = models.CharField(_("field"), max_length=200)
     definition = models.TextField(_("definition"))
     since = models.DateTimeField(_("current since"))
+
+    objects = FieldDefinitionManager()
 
     class Meta:
         verbose_name = _("embedding field definition")
@@ -243,6 +255,9 @@ class FieldDefinition(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_label}.{self.field_name}"
+
+    def natural_key(self) -> tuple[str, str]:
+        return (self.model_label, self.field_name)
 
 
 #: This app's models that name a row's model (``model_label``) and field (``field_name``)
