@@ -54,24 +54,32 @@ class Plan:
         return -(-self.weighted // CHARS_PER_TOKEN)
 
 
+def database(field: EmbeddingField) -> str:
+    """Where a run finds what to embed: the database the field's rows are written to, where
+    the worker reads and writes them and records failures. A read replica (the router's
+    ``db_for_read``) may lag behind it: counted there, rows waiting here look embedded."""
+    return router.db_for_write(field.model)
+
+
 def select(model: type[models.Model], field: EmbeddingField, *, everything: bool, failed: bool) -> models.QuerySet:
     """The rows a run would embed: for a field with ``passages``, also the rows whose
     vector is current but whose passages lag (passages just turned on, sizes changed).
 
     Rows of the table that holds the field (a proxy's or a multi-table child's parent),
-    as the worker reads them; for a child, only the child's rows (:func:`only_rows_of`).
+    as the worker reads them (on :func:`database`); for a child, only the child's rows
+    (:func:`only_rows_of`).
     """
-    table = field.model
+    table, using = field.model, database(field)
     if failed:
-        rows = table._base_manager.filter(pk__in=failed_keys(model, field))
+        rows = table._base_manager.using(using).filter(pk__in=failed_keys(model, field, using))
     elif everything:
-        rows = table._base_manager.all()
+        rows = table._base_manager.using(using).all()
     elif field.passages:
-        pending = pending_rows(table, field).values("pk")
-        lagging = lagging_rows(table, field).values("pk")
-        rows = table._base_manager.filter(Q(pk__in=pending) | Q(pk__in=lagging))
+        pending = pending_rows(table, field, using).values("pk")
+        lagging = lagging_rows(table, field, using).values("pk")
+        rows = table._base_manager.using(using).filter(Q(pk__in=pending) | Q(pk__in=lagging))
     else:
-        rows = pending_rows(table, field)
+        rows = pending_rows(table, field, using)
     return only_rows_of(model, field, rows)
 
 
@@ -123,15 +131,17 @@ def plan(
                 plan.weighted += weighted_length(sent)
                 plan.without_text += not sent
         if field.passages:
-            add_passages(plan, model, field, chunk)
+            add_passages(plan, model, field, chunk, rows.db)
     plan.rows -= plan.without_text
     plan.characters += plan.passage_characters
     return plan
 
 
-def add_passages(plan: Plan, model: type[models.Model], field: EmbeddingField, rows: list[models.Model]) -> None:
+def add_passages(
+    plan: Plan, model: type[models.Model], field: EmbeddingField, rows: list[models.Model], using: str
+) -> None:
     """Count the passages of ``rows`` that would be sent: those without a vector for their text."""
-    cuts, known = cut_all(model, field, rows)
+    cuts, known = cut_all(model, field, rows, using)
     for row in rows:
         # A row embedded first lends its new vector to a passage that is its whole text.
         row_vector = [0.0] if row._semantic_needs_vector else getattr(row, field.attname)
@@ -165,9 +175,8 @@ def prepare(
     """Make the chosen rows pending (with ``everything``, the first ``limit`` by primary key,
     which the run then takes); returns the primary keys to embed, or None for all pending."""
     if failed:
-        # Taken and changed where the worker recorded them, the database the rows are
-        # written to: a read replica refuses the update, and may lag behind.
-        using = router.db_for_write(field.model)
+        # Taken and changed where the worker recorded them: a read replica refuses the update.
+        using = database(field)
         pks = failed_keys(model, field, using)
         records = failures(field.model, field, using)
         passages = passage_failures(model, field, using)

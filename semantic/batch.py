@@ -99,7 +99,10 @@ def run(
     model, field = _resolved(model, field)
     check(model, field)
     notify = on_event or (lambda kind, job, **details: None)
-    jobs = list(open_jobs(model, field).filter(name=job_name) if job_name else open_jobs(model, field))
+    # Jobs and rows are read where they are written: a read replica that lags would hide them.
+    using = Embedder(model, field).using
+    found = open_jobs(model, field, using=using)
+    jobs = list(found.filter(name=job_name) if job_name else found)
     if job_name and not jobs:
         raise ValueError(_not_open(model, field, job_name))
     for job in jobs:
@@ -111,7 +114,7 @@ def run(
     with Embedder(model, field).held_for_batch():
         if everything:
             # Only the rows this run takes: the others stay current rather than pending for the sweep.
-            mark_pending(first_rows(model._base_manager.all(), limit), field)
+            mark_pending(first_rows(model._base_manager.using(using).all(), limit), field)
         submitted = _notified(submit(model, field, limit=limit), notify)
     finished += _collect_all(model, field, submitted, poll_interval, notify)
     if not field.passages:
@@ -189,7 +192,7 @@ def submit(
     """Submit the pending rows (up to ``limit``) as jobs, yielding each once recorded."""
     backend = field.backend
     embedder = Embedder(model, field, backend=backend)
-    rows = pending_rows(model, field).defer(field.attname).order_by("pk")
+    rows = pending_rows(model, field, embedder.using).defer(field.attname).order_by("pk")
     if limit is not None:
         rows = rows[:limit]
     items: list[Item] = []
@@ -230,12 +233,13 @@ def submit_passages(
     A row whose passages all have a vector already (unchanged text, or a single passage
     that is the row's whole text) is stored at once, with nothing sent.
     """
-    rows = lagging_rows(model, field).order_by("pk")
+    embedder = Embedder(model, field)
+    rows = lagging_rows(model, field, embedder.using).order_by("pk")
     if limit is not None:
         rows = rows[:limit]
     items: list[PassageItem] = []
     size = 0
-    for row_items in _missing_passages(model, field, rows.iterator(chunk_size=CUT_ROWS)):
+    for row_items in _missing_passages(embedder, rows.iterator(chunk_size=CUT_ROWS)):
         row_size = sum(sent_size(item.text) for item in row_items)
         if items and (len(items) + len(row_items) > MAX_JOB_ROWS or size + row_size > MAX_JOB_BYTES):
             yield _submit(model, field, items, passages=True)
@@ -252,13 +256,11 @@ def sent_size(text: str) -> int:
     return len(json.dumps(text))
 
 
-def _missing_passages(
-    model: type[models.Model], field: EmbeddingField, rows: Iterator[models.Model]
-) -> Iterator[list[PassageItem]]:
+def _missing_passages(embedder: Embedder, rows: Iterator[models.Model]) -> Iterator[list[PassageItem]]:
     """For each row, its passages without a vector, as items to send; a row with none is stored now."""
-    embedder = Embedder(model, field)
+    model, field = embedder.model, embedder.field
     while chunk := list(itertools.islice(rows, CUT_ROWS)):
-        cuts, known = cut_all(model, field, chunk)
+        cuts, known = cut_all(model, field, chunk, embedder.using)
         for row in chunk:
             row_cut = cuts[row.pk]
             missing = fill_known(row_cut, known, getattr(row, field.attname))
@@ -360,8 +362,9 @@ def collect_passages(model: type[models.Model], field: EmbeddingField, job: Embe
         for (pk, position, text_hash, row_hash), result in zip(job.items, status.results):
             sent.setdefault(pk, []).append((position, text_hash, row_hash, result))
         to_python = model._meta.pk.to_python
-        rows = list(field.with_stored_text(field.model._base_manager.filter(pk__in=[to_python(pk) for pk in sent])))
-        cuts, known = cut_all(model, field, rows)
+        written = field.model._base_manager.using(embedder.using)
+        rows = list(field.with_stored_text(written.filter(pk__in=[to_python(pk) for pk in sent])))
+        cuts, known = cut_all(model, field, rows, embedder.using)
         embedder.outcome.changed_in_flight += len(sent) - len(rows)  # rows deleted meanwhile
         for row in rows:
             store_row(embedder, job, cuts[row.pk], sent[str(row.pk)], known, getattr(row, field.attname))

@@ -84,7 +84,7 @@ def lagging_rows(
     )
     manager = table_model._base_manager if using is None else table_model._base_manager.using(using)
     rows = field.with_stored_text(manager.filter(field.is_current()).exclude(Exists(current)).exclude(Exists(waiting)))
-    batched = None if in_batch_jobs else in_flight(table_model, field, passages=True)
+    batched = None if in_batch_jobs else in_flight(table_model, field, passages=True, using=using)
     return rows.exclude(batched) if batched is not None else rows
 
 

@@ -33,7 +33,7 @@ def pending_rows(model: type[models.Model], field: EmbeddingField, using: str | 
     waiting = _failure_of_row(model, field).filter(Q(retry_at__gt=timezone.now()) | _of_this_text(field))
     manager = model._base_manager if using is None else model._base_manager.using(using)
     rows = field.with_stored_text(manager.filter(field.needs_embedding()).exclude(Exists(waiting)))
-    batched = in_flight(model, field)
+    batched = in_flight(model, field, using=using)
     return rows.exclude(batched) if batched is not None else rows
 
 
@@ -88,19 +88,19 @@ def _of_this_text(field: EmbeddingField) -> Q:
     return Q(permanent=True, source_hash=field.stored_text_hash(OuterRef))
 
 
-def stale_rows(model: type[models.Model], field: EmbeddingField) -> models.QuerySet:
+def stale_rows(model: type[models.Model], field: EmbeddingField, using: str | None = None) -> models.QuerySet:
     """Rows whose text is unchanged but whose vector was made by another model, task type or size."""
-    return model._base_manager.filter(field.stale() & ~field.pending())
+    return model._base_manager.db_manager(using).filter(field.stale() & ~field.pending())
 
 
 #: What each part of a spec (``<model>|<task type>|<size>``) is called in messages.
 SPEC_PARTS = ("model", "task type", "size")
 
 
-def stale_settings(model: type[models.Model], field: EmbeddingField) -> list[str]:
+def stale_settings(model: type[models.Model], field: EmbeddingField, using: str | None = None) -> list[str]:
     """Which settings (:data:`SPEC_PARTS`) the stale rows' vectors were made with other than now."""
     current = field.spec().rsplit("|", 2)
-    stored = stale_rows(model, field).order_by().values_list(field.spec_name, flat=True).distinct()
+    stored = stale_rows(model, field, using).order_by().values_list(field.spec_name, flat=True).distinct()
     differ = set()
     for spec in stored:
         parts = (spec or "").rsplit("|", 2)
@@ -126,10 +126,11 @@ def failed_pks(model: type[models.Model], field: EmbeddingField, using: str | No
 
 
 def open_jobs(
-    model: type[models.Model], field: EmbeddingField, *, passages: bool | None = None
+    model: type[models.Model], field: EmbeddingField, *, passages: bool | None = None, using: str | None = None
 ) -> models.QuerySet[EmbeddingBatchJob]:
-    """Batch jobs still open for ``field``: of rows (``passages=False``), of passages (True), or both."""
-    jobs = EmbeddingBatchJob.objects.filter(
+    """Batch jobs still open for ``field``: of rows (``passages=False``), of passages (True), or both;
+    on ``using``, by default where the jobs are read from."""
+    jobs = EmbeddingBatchJob.objects.db_manager(using).filter(
         model_label=model._meta.label,
         field_name=field.name,
         finished_at__isnull=True,
@@ -140,16 +141,18 @@ def open_jobs(
     return jobs.order_by("submitted_at")
 
 
-def in_flight(model: type[models.Model], field: EmbeddingField, *, passages: bool = False) -> Q | None:
+def in_flight(
+    model: type[models.Model], field: EmbeddingField, *, passages: bool = False, using: str | None = None
+) -> Q | None:
     """Rows that an open batch job carries, or None when no job is open: jobs of their
     vectors, or (``passages``) of their passages.
 
     Exactly the rows a job lists in ``items`` (each entry starts with the row's key, as
     text): a row saved meanwhile that no job carries is the worker's at once, however
     near its key is to theirs. A subquery, so the keys are not read into Python for
-    every batch a worker takes.
+    every batch a worker takes. Asked on ``using``, the database of the rows it is a condition on.
     """
-    jobs = open_jobs(model, field, passages=passages)
+    jobs = open_jobs(model, field, passages=passages, using=using)
     if not jobs.exists():
         return None
     entries = Func(F("items"), function="jsonb_array_elements", output_field=JSONField())

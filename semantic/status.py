@@ -72,6 +72,8 @@ def field_status(
     about = {
         "model": model._meta.label,
         "field": field.name,
+        # Where the counts come from: a read replica counts rows written since its last replay late.
+        "database": using,
         "spec": field.spec(),
         # The spec's parts, for people: which provider, which of its models.
         "backend": field.backend.name,

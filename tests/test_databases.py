@@ -12,10 +12,12 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django_q.models import Schedule
 
-from semantic import backfill
+from semantic import backfill, embed_pending
 from semantic.checks import TABLES_MISSING, TABLES_MISSING_HINT
 from semantic.dispatch import SWEEP_SCHEDULE_NAME
-from semantic.models import EmbeddingFailure, Passage
+from semantic.management.commands.semantic_embed import Command as Embed
+from semantic.management.commands.semantic_status import Command as Status
+from semantic.models import EmbeddingBatchJob, EmbeddingFailure, Passage
 from semantic.registry import get_embedding_field
 from semantic.status import field_status
 from tests.commands import call
@@ -62,6 +64,17 @@ class ReadsFromReplica:
 
     def db_for_read(self, model, **hints):
         return "replica"
+
+    def db_for_write(self, model, **hints):
+        return "default"
+
+
+class ReadsFromALaggingReplica:
+    """Every model read from "other", which lacks what "default" was written since (a replica whose
+    replay lags), and written on "default"."""
+
+    def db_for_read(self, model, **hints):
+        return "other"
 
     def db_for_write(self, model, **hints):
         return "default"
@@ -231,3 +244,66 @@ def test_the_shared_rate_limit_is_kept_where_the_router_writes_the_apps_tables(f
     (state,) = RateLimit.objects.using("other").all()
     assert (state.requests, state.tokens, state.paused_until is not None) == (1, 10, True)
     assert not RateLimit.objects.using("default").exists()
+
+
+@pytest.fixture
+def lagging(backlog):
+    """25 Articles pending on "default" that the lagging replica does not have yet."""
+    titles = [article.title for article in backlog]
+    with routers(ReadsFromALaggingReplica):
+        yield titles
+
+
+def test_semantic_embed_counts_and_embeds_the_rows_pending_where_it_writes(lagging, fake_gemini):
+    from django_q.models import OrmQ
+
+    label = "testapp.Article.embedding"
+    assert not Article.objects.exists()  # read from the replica
+    planned, _ = call("semantic_embed", "testapp.Article", "--dry-run")
+    assert Embed.DRY_RUN.split("{characters}")[0].format(label=label, rows=25) in planned
+    queued, _ = call("semantic_embed", "testapp.Article", "--queue")
+    assert Embed.QUEUED.format(label=label, rows=25, tasks=1) in queued
+    assert len(OrmQ.objects.using("default").get().task["args"][2]) == 25
+    assert fake_gemini.request_count == 0
+
+    out, _ = call("semantic_embed", "testapp.Article")
+    assert Embed.NOTHING.format(label=label) not in out
+    assert f"{label}: 25 embedded" in out
+    assert sorted(fake_gemini.texts()) == sorted(lagging)
+    assert not Article.objects.using("default").filter(embedding__isnull=True).exists()
+    again, _ = call("semantic_embed", "testapp.Article", "--all", "--limit", "5")
+    assert f"{label}: 5 embedded" in again
+
+
+def test_semantic_embed_batch_api_sends_the_rows_pending_where_it_writes(lagging, fake_gemini):
+    label = "testapp.Article.embedding"
+    out, _ = call("semantic_embed", "testapp.Article", "--batch-api", "--poll-interval", "0.01")
+    (job,) = EmbeddingBatchJob.objects.using("default").all()
+    assert Embed.BATCH_SUBMITTED.format(label=label, name=job.name, rows=25) in out
+    assert not Article.objects.using("default").filter(embedding__isnull=True).exists()
+
+    again, _ = call(
+        "semantic_embed", "testapp.Article", "--batch-api", "--all", "--limit", "5", "--poll-interval", "0.01"
+    )
+    job = EmbeddingBatchJob.objects.using("default").latest("submitted_at")
+    assert Embed.BATCH_SUBMITTED.format(label=label, name=job.name, rows=5) in again
+
+
+def test_semantic_embed_failed_retries_the_failures_recorded_where_it_writes(lagging, fake_gemini):
+    fake_gemini.reject_marker = "number 3"
+    embed_pending("testapp.Article")
+    fake_gemini.reset()
+    assert EmbeddingFailure.objects.using("default").count() == 1
+
+    out, _ = call("semantic_embed", "testapp.Article", "--failed")
+    assert "testapp.Article.embedding: 1 embedded" in out
+    assert fake_gemini.texts() == ["Backlog article number 3"]
+    assert not EmbeddingFailure.objects.using("default").exists()
+
+
+def test_semantic_status_says_which_database_it_counted_on(lagging):
+    out, _ = call("semantic_status", "testapp.Article")
+    assert Status.READ_ELSEWHERE.format(label="testapp.Article.embedding", read="other", write="default") in out
+    with routers():
+        out, _ = call("semantic_status", "testapp.Article")
+    assert "counted on" not in out

@@ -174,12 +174,13 @@ class Command(QuietMixin, BaseCommand):
                 if rehash:
                     self.rehash(model, field, label)
                 kwargs = {"everything": everything, "failed": failed}
-                stale = rows.stale_rows(model, field).count()
+                using = backfill.database(field)  # never a replica that lags: what the run embeds is there
+                stale = rows.stale_rows(model, field, using).count()
                 if stale and field.backend.setup_problem() is None:  # else the rows wait for a setting, not a model
-                    changed = " or ".join(rows.stale_settings(model, field))
+                    changed = " or ".join(rows.stale_settings(model, field, using))
                     self.stderr.write(self.STALE.format(label=label, rows=stale, changed=changed, spec=field.spec()))
                 if not batch_api:
-                    self.report_held(model, field, label)
+                    self.report_held(field, label, using)
                 if dry_run:
                     self.report_plan(label, field, backfill.plan(model, field, limit=limit, **kwargs), batch_api)
                 elif batch_api:
@@ -224,9 +225,9 @@ class Command(QuietMixin, BaseCommand):
             left_out = self.SWITCHED_WITHOUT.format(label=f"{label}.{field.name}", rows=len(switched.rejected), pks=pks)
             self.stderr.write(left_out)
 
-    def report_held(self, model, field, label):
+    def report_held(self, field, label, using):
         """Say which rows an open Batch API job holds: no run without --batch-api takes them."""
-        jobs = list(batch.open_jobs(field.model, field, passages=False).values_list("name", "rows"))
+        jobs = list(batch.open_jobs(field.model, field, passages=False, using=using).values_list("name", "rows"))
         if jobs:
             names = ", ".join(name for name, _ in jobs)
             self.stderr.write(self.HELD.format(label=label, rows=sum(rows for _, rows in jobs), names=names))

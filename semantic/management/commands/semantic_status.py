@@ -3,6 +3,7 @@ import json
 from django.core.management.base import BaseCommand
 from django.core.serializers.json import DjangoJSONEncoder
 
+from semantic import backfill
 from semantic.management.targets import check_app_migrated, resolve_all
 from semantic.status import STATES, field_status
 
@@ -15,13 +16,20 @@ class Command(BaseCommand):
         "for monitoring (oldest_pending_seconds is null when nothing waits; the counts are null, and "
         "problem says why, for a table without the field's columns). Fields with passages "
         "also show how many rows have current passages, lag or failed, how many passages there are, "
-        "and the characters row vectors and passages read (about 4 a token)."
+        "and the characters row vectors and passages read (about 4 a token). Counts come from the database "
+        "each model is read from (the router's db_for_read; database in --json)."
     )
 
     HEADER = "{:<32} {:>8} " + " ".join("{:>9}" for _ in STATES) + " {:>14}  {}"
     PASSAGES_HEADER = "{:<32} {:>8} {:>8} {:>8} {:>9} {:>12} {:>14}"
     PASSAGE_COLUMNS = ("rows", "lagging", "failed", "passages", "row chars", "passage chars")
     NOTHING = "No model has an EmbeddingField."
+    #: Under the table when the router reads a model from another database than it writes it to (a replica).
+    READ_ELSEWHERE = (
+        '{label}: counted on "{read}", the database the router reads it from; rows written to "{write}" that '
+        '"{read}" does not have yet (a replica that lags) are not counted. semantic_embed counts and embeds '
+        'on "{write}".'
+    )
     PROBLEM = "{label}: embedding is stopped: {problem} The rows wait and are embedded once this is fixed."
     HELD = (
         "{label}: {rows} of the pending rows are in open Batch API job(s) {names}, which no worker takes; "
@@ -66,6 +74,10 @@ class Command(BaseCommand):
                     counts["passage_chars"],
                 )
             )
+        for (_, field), row in zip(resolved, report):
+            if row["database"] != (written := backfill.database(field)):
+                label = f"{row['model']}.{row['field']}"
+                self.stdout.write(self.READ_ELSEWHERE.format(label=label, read=row["database"], write=written))
         for row in report:
             if row["in_batch_jobs"]:
                 label, names = f"{row['model']}.{row['field']}", ", ".join(row["batch_jobs"])
