@@ -98,3 +98,23 @@ def test_noinput_removes_and_adds_the_column_and_migrate_carries_the_values(old_
     old_project.embed()
     assert fake_gemini.request_count == requests  # no row is sent again
     assert search(old_project)[0][1] == "Reset a forgotten password"
+
+
+def test_the_copy_comes_between_the_new_column_and_the_old_ones_removal_in_either_order():
+    from django.db import migrations, models
+
+    from semantic.spec_column import CopySpecValues, carry_spec_values
+
+    remove = migrations.RemoveField("note", "embedding_model")
+    add = migrations.AddField("note", "embedding_spec", models.CharField(max_length=200, null=True))
+    other = migrations.AddField("note", "extra", models.TextField(default=""))
+
+    for operations, order in (([remove, other, add], [other, add]), ([add, other, remove], [add, other])):
+        carried = carry_spec_values(list(operations))
+        copy = carried[-2]
+        assert carried == [*order, copy, remove]  # the removal only ever moves later
+        assert isinstance(copy, CopySpecValues) and (copy.model_name, copy.field_name) == ("note", "embedding")
+        assert carry_spec_values(carried) == carried  # a plan seen again is left as it is
+    # Another model's column, or a field's own column of that name alone: nothing moves.
+    alone = [remove, migrations.AddField("doc", "embedding_spec", models.CharField(max_length=200, null=True))]
+    assert carry_spec_values(list(alone)) == alone
