@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -101,7 +102,8 @@ def cluster(
     one holding ``today`` (default: today in the current time zone).
 
     ``k`` is chosen when not given: the number of groups from 2 to ``MAX_AUTO_K``
-    with the best silhouette (cosine) on a sample of ``SAMPLE_ROWS`` rows.
+    with the best silhouette (cosine) on a sample of ``SAMPLE_ROWS`` rows, or one
+    group when none splits the sample (rows that repeat one text).
     ``streaming`` chooses mini-batch k-means over batches of ``batch_size`` rows
     (default: above ``IN_MEMORY_ROWS`` rows).
     """
@@ -232,18 +234,25 @@ def fit(
 
 
 def choose_k(rows: models.QuerySet, embedding: EmbeddingField, *, seed: int) -> int:
-    """The k from 2 to ``MAX_AUTO_K`` whose groups have the best silhouette on a sample."""
+    """The k from 2 to ``MAX_AUTO_K`` whose groups have the best silhouette on a sample;
+    1 when no k splits the sample, as when its rows repeat one text (their vectors are
+    the same, and k-means puts them all in one group whatever k it is asked for)."""
     from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.metrics import silhouette_score
 
     vectors = sample_vectors(rows, embedding, SAMPLE_ROWS, seed=seed)
     candidates = range(2, min(MAX_AUTO_K, len(vectors) - 1) + 1)
-    if not candidates:
-        return 1
     scores = {}
     for k in candidates:
-        labels = KMeans(n_clusters=k, random_state=seed, n_init=CHOOSE_K_INITS).fit_predict(vectors)
-        scores[k] = silhouette_score(vectors, labels, metric="cosine")
+        with warnings.catch_warnings():
+            # Fewer distinct vectors than k: a trial that finds fewer groups says so, and is skipped below.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            labels = KMeans(n_clusters=k, random_state=seed, n_init=CHOOSE_K_INITS).fit_predict(vectors)
+        if len(set(labels.tolist())) > 1:  # a silhouette needs two groups at least
+            scores[k] = silhouette_score(vectors, labels, metric="cosine")
+    if not scores:
+        return 1
     return max(scores, key=lambda k: (scores[k], -k))
 
 

@@ -3,7 +3,8 @@ and test runs, for the databases they are given.
 
 The server must offer pgvector in the schema the field's columns will find it; the
 database's text must be UTF-8; an unmanaged model's table must already have the field's
-columns, since no migration will add them.
+columns, since no migration will add them; a table made before 2026-11-27 must have its
+spec column renamed.
 """
 
 from __future__ import annotations
@@ -91,3 +92,25 @@ def check_unmanaged_tables(databases: Any = None, **kwargs: Any) -> list[checks.
                 if problem := schema_problem(field, alias):
                     errors.append(checks.Warning(problem, hint=UNMANAGED_HINT, obj=field, id="semantic.W005"))
     return errors
+
+
+@checks.register(checks.Tags.database)
+def check_spec_columns(databases: Any = None, **kwargs: Any) -> list[checks.CMessage]:
+    """A table made before 2026-11-27 whose spec column has its old name: the migration that
+    renames it is not written or not applied (:mod:`semantic.spec_column`). A warning: the
+    check also runs at the start of the ``migrate`` that renames it."""
+    from semantic.registry import embedding_fields
+    from semantic.schema import spec_column_problem
+
+    warnings: list[checks.CMessage] = []
+    for alias in databases or []:
+        if connections[alias].vendor != "postgresql":
+            continue
+        for model in apps.get_models():
+            if not model._meta.managed or model._meta.proxy or not router.allow_migrate_model(alias, model):
+                continue
+            for field in (f for f in embedding_fields(model) if f.model is model):
+                if problem := spec_column_problem(field, alias):
+                    what, fix = problem
+                    warnings.append(checks.Warning(what, hint=fix, obj=field, id="semantic.W009"))
+    return warnings

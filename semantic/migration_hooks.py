@@ -18,6 +18,10 @@ at them, and nothing cascades from the project's schema changes by itself.
   back empty, and its rows and passages are embedded again. A field switch and pairs
   marked not duplicates stay when a field goes: a switch may still serve its name.
 
+- **The spec column's old name.** A migration that removes ``<field>_model`` and adds
+  ``<field>_spec`` (what ``makemigrations --noinput`` writes on upgrading from before
+  2026-11-27) copies the values across (:mod:`semantic.spec_column`).
+
 - **A replaced field removed too early.** Once a field is gone, the field declared with
   ``replaces=`` its name answers its queries. Removed before ``--switch``, while that
   field still lacks vectors, search would miss those rows: the step that removes it
@@ -41,6 +45,7 @@ from django.db.migrations.operations.base import Operation
 from semantic.fields import EmbeddingField, is_pending_index_name
 from semantic.models import KEYED_BY_NAME, UNREAD_WITHOUT_FIELD
 from semantic.rows import rejected
+from semantic.spec_column import carry_spec_values
 
 SWITCH_FIRST = (
     "Removing {label}.{field} would make {heir} answer its queries, but queries were never switched to "
@@ -271,6 +276,8 @@ def inject_operations(
     and the check that a replaced field may go before each removal."""
     for migration, _backward in plan or []:
         migration.operations[:] = fold_pending_index_renames(migration.operations)
+        # A migration written with --noinput on upgrading from before 2026-11-27 (semantic.spec_column).
+        migration.operations[:] = carry_spec_values(migration.operations)
         ours = RenameStoredNames | DeleteStoredRows | SwitchFirst | ForgetEmbeddedHashes
         if any(isinstance(op, ours) for op in migration.operations):
             continue  # already there: the same plan seen again

@@ -16,9 +16,24 @@ from typing import Any
 from django.db import connections, models, router
 
 from semantic.fields import EmbeddingField
+from semantic.spec_column import old_spec_name
 
 MISSING_COLUMN = (
     "{label}: the database has no column {column!r}; run `manage.py makemigrations` and `manage.py migrate` first."
+)
+#: semantic.W009, and the commands' message: a table made before 2026-11-27, not migrated yet
+#: (:mod:`semantic.spec_column`).
+SPEC_COLUMN_OLD_NAME = (
+    "{label}: the table {table} has the column {old!r}, the name django-semantic gave it before 2026-11-27, "
+    "but not {new!r}, its name now."
+)
+#: The question is quoted as makemigrations asks it, so that it can be recognised at the prompt.
+SPEC_COLUMN_RENAME = (
+    'Run `manage.py makemigrations` in a terminal and answer y to "Was {model}.{old} renamed to {model}.{new}", '
+    "or write `migrations.RenameField({model!r}, {old!r}, {new!r})` in a migration of {app} by hand; then "
+    "`manage.py migrate`. The column keeps its values, and every row stays embedded. "
+    "(`--noinput` answers N and writes a RemoveField and an AddField instead; migrate then copies the values "
+    "across before the old column goes.)"
 )
 #: Also what a database keeps when a migration changed the size across 2,000 dimensions
 #: before such a change altered the column: makemigrations and migrate then have nothing
@@ -82,7 +97,7 @@ def schema_problem(field: EmbeddingField, using: str | None = None) -> str | Non
         cursor.execute(
             "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
             "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped AND attname = ANY(%s)",
-            [table, [f.column for f in wanted]],
+            [table, [*(f.column for f in wanted), old_spec_name(field.name)]],
         )
         columns = dict(cursor.fetchall())
         missing = [f for f in wanted if f.column not in columns]
@@ -98,6 +113,8 @@ def schema_problem(field: EmbeddingField, using: str | None = None) -> str | Non
             if not has_table:
                 return UNMANAGED_NO_TABLE.format(label=label, database=using, table=table, model=model._meta.label)
     if missing and model._meta.managed:
+        if renamed := old_spec_column(field, columns):
+            return " ".join(renamed)
         return MISSING_COLUMN.format(label=label, column=missing[0].column)
     if missing:
         names = ", ".join(repr(f.column) for f in missing)
@@ -118,6 +135,33 @@ def schema_problem(field: EmbeddingField, using: str | None = None) -> str | Non
         app=model._meta.app_label,
         sql=f"ALTER TABLE {table} ALTER COLUMN {column} TYPE {declared} USING {column}::{declared}",
     )
+
+
+def old_spec_column(field: EmbeddingField, columns: Any) -> tuple[str, str] | None:
+    """(what is wrong, how to fix it) when the table of a managed model, whose column names
+    are ``columns``, has the spec column under its name before 2026-11-27 and not under
+    its name now; None otherwise."""
+    model = field.model
+    old, new = old_spec_name(field.name), model._meta.get_field(field.spec_name).column
+    if old not in columns or new in columns or not model._meta.managed:
+        return None
+    label = f"{model._meta.label}.{field.name}"
+    what = SPEC_COLUMN_OLD_NAME.format(label=label, table=model._meta.db_table, old=old, new=new)
+    fix = SPEC_COLUMN_RENAME.format(model=model._meta.model_name, old=old, new=new, app=model._meta.app_label)
+    return what, fix
+
+
+def spec_column_problem(field: EmbeddingField, using: str) -> tuple[str, str] | None:
+    """:func:`old_spec_column` for the field's table in database ``using``."""
+    connection = connections[using]
+    new = field.model._meta.get_field(field.spec_name).column
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 "
+            "AND NOT attisdropped AND attname = ANY(%s)",
+            [connection.ops.quote_name(field.model._meta.db_table), [new, old_spec_name(field.name)]],
+        )
+        return old_spec_column(field, {name for (name,) in cursor.fetchall()})
 
 
 def has_table(model: type[models.Model], using: str) -> bool:

@@ -284,3 +284,26 @@ def test_labels_count_a_word_once_in_any_normal_form_and_chinese_and_japanese_by
     assert {"北京", "下雨"} <= set(words["chinese"])
     assert "東京" in words["japanese"]
     assert words["password"] == ["password", "reset"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rows_of_one_text_are_one_topic_in_the_library_the_command_and_the_admin(client):
+    """Their vectors are the same: no k from 2 up splits them, so there is one group."""
+    from django.urls import reverse
+
+    from tests.test_admin import staff
+
+    with suspend_embedding():
+        pks = [Ticket.objects.create(text="test").pk for _ in range(5)]
+    embed_pending(Ticket)
+
+    (topic,) = cluster(Ticket.objects.all())
+    assert (topic.size, sorted(topic.pks), topic.label) == (5, pks, "test")
+
+    out, _ = call("semantic_topics", "topicapp.Ticket", "--format", "json")
+    assert [(t["topic"], t["size"], t["label"]) for t in json.loads(out)] == [(1, 5, "test")]
+
+    client.force_login(staff("editor", "view_ticket"))
+    response = client.get(reverse("admin:topicapp_ticket_topics"))
+    assert response.status_code == 200
+    assert [(g.size, sorted(g.pks)) for g in response.context["groups"]] == [(5, pks)]

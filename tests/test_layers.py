@@ -36,6 +36,7 @@ LAYERS = [
     "semantic.field_text",
     "semantic.companions",
     "semantic.fields",
+    "semantic.spec_column",
     "semantic.registry",
     "semantic.schema",
     "semantic.rows",
