@@ -38,6 +38,7 @@ LAYERS = [
     "semantic.fields",
     "semantic.registry",
     "semantic.schema",
+    "semantic.sized_columns",
     "semantic.rows",
     "semantic.passage_rows",
     "semantic.switch",
