@@ -14,6 +14,7 @@ class SemanticConfig(AppConfig):
         from semantic.hooks import connect_all
         from semantic.migration_hooks import inject_operations
         from semantic.operations import ensure_vector_extension
+        from semantic.sized_columns import unsize_vector_columns
         from semantic.tasks import install_sweep_schedule
         from semantic.warmup import connect as warm_up_where_needed
 
@@ -23,6 +24,8 @@ class SemanticConfig(AppConfig):
         # What the app stores about rows follows renames and removals in the project's migrations.
         pre_migrate.connect(inject_operations, sender=self)
         post_migrate.connect(install_sweep_schedule, sender=self)
+        # Vector columns an old version created with their size become what a new database has.
+        post_migrate.connect(unsize_vector_columns, sender=self)
         # The new code's field definitions: workers still running the old code stop embedding.
         post_migrate.connect(record_definitions, sender=self)
         connect_all()

@@ -47,6 +47,16 @@ MIGRATION_NEEDED = (
     "rewrites the table). To change the model or size without a gap in search, add a second "
     "EmbeddingField with replaces={field!r} instead (README: Changing the model)."
 )
+#: A column a version before 2026-11-27 created keeps the size it had then: it cannot store
+#: vectors of the size the field now has. ``migrate`` (:mod:`semantic.sized_columns`) changes it.
+SIZED_COLUMN = (
+    "{label} is {actual} in the database but the model declares {declared} of {dimensions} dimensions: "
+    "versions of django-semantic before 2026-11-27 created vector columns with their size, and this one "
+    "cannot store vectors of another size. Run `manage.py migrate`: it changes the column to {declared}, "
+    "keeping the vectors, and rebuilds the field's EmbeddingIndexes. If it says it could not, do as it says, "
+    "or run `manage.py makemigrations {app} --empty`, add `migrations.RunSQL({sql!r}, migrations.RunSQL.noop)` "
+    "to its operations and migrate."
+)
 UNMANAGED_NO_TABLE = (
     "{label}: the database {database!r} has no table {table}. {model} is unmanaged (Meta.managed = False), "
     "so migrate never creates it; whoever owns the table must create it, with the columns the field adds."
@@ -125,8 +135,11 @@ def schema_problem(field: EmbeddingField, using: str | None = None) -> str | Non
     if columns[field.column] in (declared, field.sized_db_type()):
         return None
     template = MIGRATION_NEEDED if model._meta.managed else UNMANAGED_TYPE
+    if model._meta.managed and columns[field.column].startswith(f"{declared}("):
+        template = SIZED_COLUMN
     column = connection.ops.quote_name(field.column)
     return template.format(
+        dimensions=field.dimensions,
         label=label,
         actual=columns[field.column],
         declared=declared,

@@ -22,6 +22,7 @@ import pytest
 from django.db import connection
 
 from semantic.schema import MIGRATION_NEEDED
+from semantic.sized_columns import UNSIZED
 from tests.commands import BASE_DIR
 
 README = BASE_DIR / "README.md"
@@ -447,6 +448,56 @@ def test_a_column_an_earlier_version_left_as_vector_above_2000_dimensions_is_fix
     assert project.sql("SELECT DISTINCT pg_typeof(embedding)::text, vector_dims(embedding) FROM notes_note") == [
         ("halfvec", 3072)
     ]
+    assert search(project)[0][1] == "Reset a forgotten password"
+
+
+@pytest.mark.django_db
+def test_a_column_created_with_its_size_before_2026_11_27_is_made_as_a_new_one_by_migrate(new_project, fake_gemini):
+    """Versions before 2026-11-27 created the column ``vector(<size>)`` and the HNSW index on
+    the bare column, from the same migration files; left so, a later size change would alter
+    nothing and the field would stop being embedded, on the upgraded database only."""
+    project = new_project(api_key="AIzaTEST-sized")
+    project.edit_model("from semantic import", "from semantic.indexes import EmbeddingIndex\nfrom semantic import")
+    project.edit_model(
+        "    objects = SemanticManager()\n",
+        "    objects = SemanticManager()\n\n"
+        "    class Meta:\n"
+        '        indexes = [EmbeddingIndex(fields=["embedding"], name="note_embedding_hnsw")]\n',
+    )
+    project.manage("makemigrations", "notes")
+    project.manage("migrate")
+    project.embed()
+
+    def shape() -> list[tuple[str, str]]:
+        return project.sql(
+            "SELECT format_type(atttypid, atttypmod), indexdef FROM pg_attribute, pg_indexes "
+            "WHERE attrelid = 'notes_note'::regclass AND attname = 'embedding' AND indexname = 'note_embedding_hnsw'"
+        )
+
+    fresh = shape()
+    ((size,),) = project.sql("SELECT DISTINCT vector_dims(embedding) FROM notes_note")
+    vectors = project.sql("SELECT id, embedding::text FROM notes_note ORDER BY id")
+    # The database as such a version left it.
+    project.sql("DROP INDEX note_embedding_hnsw")
+    project.sql(f"ALTER TABLE notes_note ALTER COLUMN embedding TYPE vector({size})")
+    project.sql("CREATE INDEX note_embedding_hnsw ON notes_note USING hnsw (embedding vector_cosine_ops)")
+
+    out = project.manage("migrate")
+    assert (
+        UNSIZED.format(
+            label="notes.Note.embedding", actual=f"vector({size})", declared="vector", indexes="note_embedding_hnsw"
+        )
+        in out
+    )
+    assert shape() == fresh
+    assert project.sql("SELECT id, embedding::text FROM notes_note ORDER BY id") == vectors
+    assert "before 2026-11-27" not in project.manage("migrate")  # nothing left to change
+
+    project.change('source=("title", "body")', 'source=("title", "body"), dimensions=1536')
+    fake_gemini.reset()
+    project.embed()
+    assert project.counts() == (len(NOTES), len(NOTES))
+    assert project.sql("SELECT DISTINCT vector_dims(embedding) FROM notes_note") == [(1536,)]
     assert search(project)[0][1] == "Reset a forgotten password"
 
 

@@ -39,6 +39,7 @@ LAYERS = [
     "semantic.spec_column",
     "semantic.registry",
     "semantic.schema",
+    "semantic.sized_columns",
     "semantic.rows",
     "semantic.passage_rows",
     "semantic.switch",
