@@ -20,7 +20,7 @@ from django.db import models, transaction
 from semantic.backends import redact_keys
 from semantic.dispatch import SWEEP_SCHEDULE_NAME as SWEEP_SCHEDULE_NAME
 from semantic.dispatch import enqueue as enqueue
-from semantic.dispatch import hand_over, hand_over_unless_queued, queue_task, wake_window
+from semantic.dispatch import hand_over, hand_over_unless_queued, queue_task, running_the_sweep, wake_window
 from semantic.dispatch import install_sweep_schedule as install_sweep_schedule
 from semantic.embedder import Embedder
 from semantic.fields import EmbeddingField
@@ -168,15 +168,20 @@ def embed_pending(*targets: str | type[models.Model], limit: int | None = None) 
     Each field runs on its own: one whose table lacks its columns, or whose run fails,
     is logged and reported in its summary (``stopped`` and ``errors``), and the fields
     after it still run.
+
+    Run by the sweep's schedule (:data:`SWEEP_SCHEDULE_NAME`), it is :func:`sweep`: the schedule
+    keeps naming this function so that workers of earlier versions can still run it.
     """
+    if running_the_sweep() and limit is None:
+        return sweep(*targets)
     summary = {}
     for model, field in iter_fields(targets):
         summary[f"{model._meta.label}.{field.name}"] = sweep_field(model, field, limit)
     return summary
 
 
-def sweep(*targets: str) -> dict[str, Any]:
-    """The sweep's django-q2 task (:data:`SWEEP_SCHEDULE_NAME`): :func:`embed_pending`, in shares.
+def sweep(*targets: str | type[models.Model]) -> dict[str, Any]:
+    """The sweep: :func:`embed_pending`, in shares.
 
     Each field's run embeds at most :data:`HAND_OVER_BATCHES` requests' worth of rows (fewer at
     its django-q2 deadline), then queues the rest as the field's wake-up behind the tasks waiting,

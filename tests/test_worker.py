@@ -203,20 +203,29 @@ def test_the_sweep_is_scheduled():
     from django_q.models import Schedule
 
     schedule = Schedule.objects.get(name="semantic.embed_pending")
-    assert schedule.func == "semantic.tasks.sweep"
+    assert schedule.func == EARLIER_VERSIONS_SWEEP
     assert schedule.schedule_type == Schedule.MINUTES
 
 
+#: What every earlier version's sweep schedule ran (db7a134, cc20136): ``embed_pending(*targets,
+#: limit=None)``. A worker of the previous release, still running through a rolling deploy after
+#: ``migrate``, takes the schedule's tasks: it must find the function and accept its arguments.
+EARLIER_VERSIONS_SWEEP = "semantic.tasks.embed_pending"
+
+
 @pytest.mark.django_db(transaction=True)
-def test_migrate_points_an_earlier_versions_sweep_schedule_to_the_sweep_in_shares():
-    """Earlier versions' schedule ran embed_pending, which embeds a whole backlog in one task."""
+@pytest.mark.parametrize("earlier", ["semantic.tasks.embed_pending", "semantic.tasks.sweep"])
+def test_migrate_leaves_the_sweep_schedule_runnable_by_an_earlier_versions_worker(earlier):
+    """The schedule's function is frozen like a migration; a worker of this version runs it as
+    the sweep in shares (tests/test_hand_over.py). ``semantic.tasks.sweep`` is what a schedule
+    briefly named, which the workers of earlier versions could not import."""
     from django.core.management import call_command
     from django_q.models import Schedule
 
-    Schedule.objects.filter(name="semantic.embed_pending").update(
-        func="semantic.tasks.embed_pending", kwargs="{'q_options': {'save': False}}"
-    )
-    call_command("migrate", verbosity=0)
-    [schedule] = Schedule.objects.filter(name="semantic.embed_pending")
-    assert schedule.func == "semantic.tasks.sweep"
-    assert schedule.kwargs == repr({"q_options": {"save": False}})
+    Schedule.objects.filter(name="semantic.embed_pending").update(func=earlier, kwargs=None)
+    for _ in range(2):
+        call_command("migrate", verbosity=0)
+        [schedule] = Schedule.objects.filter(name="semantic.embed_pending")
+        assert schedule.func == EARLIER_VERSIONS_SWEEP
+        # Nothing but django-q2's options: an earlier embed_pending refuses any keyword but limit.
+        assert schedule.kwargs == repr({"q_options": {"save": False, "group": "semantic.embed_pending"}})
