@@ -90,6 +90,20 @@ def older_definition(label: str, field: EmbeddingField) -> str | None:
     return OLDER.format(label=label, since=found[1].isoformat(timespec="seconds"), mine=mine, stored=found[0])
 
 
+def recorded(label: str, field_name: str) -> bool:
+    """Whether the database holds a definition of the field ``field_name`` of the model ``label``.
+
+    For a field this process does not have: ``migrate`` of code that has it recorded it (removing
+    or renaming a field deletes or renames its row), so this process is older than that code.
+    """
+    using = router.db_for_write(FieldDefinition)
+    try:
+        with transaction.atomic(using=using):  # a missing table must not break a caller's transaction
+            return FieldDefinition.objects.using(using).filter(model_label=label, field_name=field_name).exists()
+    except DatabaseError:
+        return False
+
+
 def record_definitions(using: str, **kwargs: Any) -> None:
     """After ``migrate`` (``post_migrate``): record the definitions of this (new) code's fields,
     so that workers still running the old code stop at their next run, before any new one."""

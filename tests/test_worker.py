@@ -8,6 +8,7 @@ import psycopg
 import pytest
 from django.conf import settings
 from django.db import connection, transaction
+from django.utils import timezone
 
 from semantic import suspend_embedding
 from semantic.dispatch import queue_task
@@ -169,6 +170,45 @@ def test_a_task_queued_before_its_field_or_model_went_is_dropped_with_one_warnin
     ]
     assert not Failure.objects.exists()
     assert fake_gemini.request_count == 0
+
+
+ADDED = [
+    (
+        "testapp.Article",
+        "title_embedding",
+        "testapp.Article has no EmbeddingField named 'title_embedding'; it has embedding.",
+    ),
+    ("testapp.Added", "embedding", "App 'testapp' doesn't have a 'Added' model."),
+]
+
+
+@pytest.mark.parametrize(("label", "field_name", "reason"), ADDED)
+@pytest.mark.django_db(transaction=True)
+def test_a_task_for_a_field_a_deploy_added_tells_this_older_worker_to_restart(
+    label, field_name, reason, caplog, monkeypatch, fake_gemini
+):
+    """A web process of the new code saved a row of a field this worker, started before the deploy,
+    does not know: ``migrate`` of the new code recorded its definition. Nothing was removed or renamed."""
+    from django_q.conf import Conf
+    from django_q.models import Failure
+    from django_q.tasks import async_task
+
+    from semantic.models import FieldDefinition
+    from semantic.tasks import TASK_FOR_NEWER_CODE
+
+    FieldDefinition.objects.create(
+        model_label=label,
+        field_name=field_name,
+        definition="gemini:gemini-embedding-001|RETRIEVAL_DOCUMENT|128 source=title",
+        since=timezone.now(),
+    )
+    monkeypatch.setattr(Conf, "SYNC", True)
+    caplog.set_level(logging.WARNING, logger="semantic")
+    async_task("semantic.tasks.embed_field", label, field_name)
+    assert [r.getMessage() for r in caplog.records] == [
+        TASK_FOR_NEWER_CODE % ("embed_field", label, field_name, reason)
+    ]
+    assert not Failure.objects.exists()
 
 
 @contextmanager
