@@ -81,7 +81,7 @@ class RateLimit(models.Model):
     requests = models.PositiveIntegerField(_("requests"), default=0)
     tokens = models.PositiveBigIntegerField(_("tokens"), default=0)
     paused_until = models.DateTimeField(_("paused until"), null=True, blank=True)
-    problem = models.TextField(_("configuration problem"), blank=True, default="")
+    problem = models.TextField(_("configuration problem"), blank=True, default="", db_default="")
     problem_at = models.DateTimeField(_("problem seen"), null=True, blank=True)
 
     class Meta:
@@ -132,7 +132,7 @@ class EmbeddingBatchJob(models.Model):
     #: ``[[object_pk, position, passage text hash, row text hash], ...]``.
     items = models.JSONField(_("rows sent"))
     #: Whether the job carries passages of rows whose vectors are current (``rows`` counts passages).
-    passages = models.BooleanField(_("passages"), default=False)
+    passages = models.BooleanField(_("passages"), default=False, db_default=False)
     state = models.CharField(_("state"), max_length=40, default="JOB_STATE_PENDING")
     error = models.TextField(_("error"), blank=True)
     embedded = models.PositiveIntegerField(_("embedded"), default=0)
