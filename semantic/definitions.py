@@ -33,6 +33,7 @@ from django.utils import timezone
 
 from semantic.fields import EmbeddingField
 from semantic.models import FieldDefinition
+from semantic.passage_rows import CUT_RULES
 from semantic.registry import iter_fields
 
 logger = logging.getLogger("semantic")
@@ -53,12 +54,12 @@ RECORDED = "%s: recorded the definition of this process (%s), replacing %s."
 
 
 def definition(field: EmbeddingField) -> str:
-    """What makes ``field``'s vectors here: spec, text parts, passage sizes (never a key)."""
+    """What makes ``field``'s vectors here: spec, text parts, passage sizes and rules (never a key)."""
     parts = [field.spec(), "source=" + ",".join(field.source)]
     if field.title_source:
         parts.append(f"title={field.title_source}")
     if field.passages:
-        parts.append("passages={}/{}".format(*field.passage_sizes()))
+        parts.append("passages={}/{} cut={}".format(*field.passage_sizes(), CUT_RULES))
     return " ".join(parts)
 
 

@@ -189,7 +189,7 @@ class Passage(models.Model):
 
     The rows of every such field share this table, so the users' tables and
     migrations stay as they are. ``cut_from`` is the MD5 of the row's text hash and
-    the passage sizes the passages were cut with: when it differs from the row's,
+    the passage sizes and rules the passages were cut with: when it differs from the row's,
     the row's passages are cut again, and a passage whose ``text_hash`` (its text
     and the row's title) and ``spec`` are unchanged keeps its vector. The vector has
     no declared size, as rows of several fields and sizes share the column: searches
