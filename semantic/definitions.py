@@ -33,6 +33,7 @@ from django.utils import timezone
 
 from semantic.fields import EmbeddingField
 from semantic.models import FieldDefinition
+from semantic.passage_rows import CUT_RULES
 from semantic.registry import iter_fields
 
 logger = logging.getLogger("semantic")
@@ -53,12 +54,12 @@ RECORDED = "%s: recorded the definition of this process (%s), replacing %s."
 
 
 def definition(field: EmbeddingField) -> str:
-    """What makes ``field``'s vectors here: spec, text parts, passage sizes (never a key)."""
+    """What makes ``field``'s vectors here: spec, text parts, passage sizes and rules (never a key)."""
     parts = [field.spec(), "source=" + ",".join(field.source)]
     if field.title_source:
         parts.append(f"title={field.title_source}")
     if field.passages:
-        parts.append("passages={}/{}".format(*field.passage_sizes()))
+        parts.append("passages={}/{} cut={}".format(*field.passage_sizes(), CUT_RULES))
     return " ".join(parts)
 
 
@@ -88,6 +89,20 @@ def older_definition(label: str, field: EmbeddingField) -> str | None:
     if found is None or found[0] == mine:
         return None
     return OLDER.format(label=label, since=found[1].isoformat(timespec="seconds"), mine=mine, stored=found[0])
+
+
+def recorded(label: str, field_name: str) -> bool:
+    """Whether the database holds a definition of the field ``field_name`` of the model ``label``.
+
+    For a field this process does not have: ``migrate`` of code that has it recorded it (removing
+    or renaming a field deletes or renames its row), so this process is older than that code.
+    """
+    using = router.db_for_write(FieldDefinition)
+    try:
+        with transaction.atomic(using=using):  # a missing table must not break a caller's transaction
+            return FieldDefinition.objects.using(using).filter(model_label=label, field_name=field_name).exists()
+    except DatabaseError:
+        return False
 
 
 def record_definitions(using: str, **kwargs: Any) -> None:

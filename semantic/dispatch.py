@@ -98,6 +98,10 @@ STORE_SECONDS = 10.0
 #: When runs in the django-q2 task this process is running must stop sending (``time.monotonic()``).
 _run_deadline: float | None = None
 
+#: The group of the django-q2 task this process is running (None outside one): django-q2 gives a
+#: scheduled task its schedule's name as its group, which is how :func:`running_the_sweep` knows it.
+_run_group: str | None = None
+
 
 def run_deadline() -> float | None:
     """When a run in the django-q2 task this process is running must send no more requests
@@ -132,11 +136,23 @@ def task_time_problem() -> str | None:
     return TASK_TIME_TOO_SHORT.format(timeout=timeout, request=conf.TIMEOUT, store=STORE_SECONDS)
 
 
+def running_the_sweep() -> bool:
+    """Whether the django-q2 task this process is running was queued by the sweep's schedule.
+
+    The schedule names ``semantic.tasks.embed_pending``, as every earlier version's did, and passes
+    it nothing an earlier version's ``embed_pending`` would refuse: workers still running the
+    previous release during a rolling deploy take the sweep too (and run their own, unbounded).
+    So the current one tells its scheduled runs from calls in code by the task's group.
+    """
+    return _run_group == SWEEP_SCHEDULE_NAME
+
+
 def task_started(sender: Any = None, **kwargs: Any) -> None:
     """django-q2's ``pre_execute``: the task's clock starts now (its timeout's follows at once)."""
     from django_q.conf import Conf
 
-    global _run_deadline
+    global _run_deadline, _run_group
+    _run_group = (kwargs.get("task") or {}).get("group")
     timeout = Conf.TIMEOUT
     if not timeout or timeout < 0:
         _run_deadline = None
@@ -147,8 +163,8 @@ def task_started(sender: Any = None, **kwargs: Any) -> None:
 
 def task_ended(sender: Any = None, **kwargs: Any) -> None:
     """django-q2's ``post_execute_in_worker``: what runs next in this process is no task's."""
-    global _run_deadline
-    _run_deadline = None
+    global _run_deadline, _run_group
+    _run_deadline = _run_group = None
 
 
 def watch_tasks() -> None:
@@ -376,10 +392,13 @@ def hand_over_unless_queued(model: type[models.Model], field_name: str, *, using
 
 
 def install_sweep_schedule(**kwargs: Any) -> None:
-    """Create (or update) the django-q2 schedule that runs ``semantic.tasks.sweep``.
+    """Create (or update) the django-q2 schedule that runs the sweep.
 
-    Every ``migrate`` rewrites it, so a schedule that an earlier version made to run
-    ``embed_pending`` (unbounded, still importable for it until then) runs the sweep after the deploy.
+    Its function is ``semantic.tasks.embed_pending``, the name every version's schedule has run,
+    and it passes no argument: frozen like a migration, since a worker of the previous release,
+    still running through a rolling deploy, takes the schedule's tasks too. A worker of this
+    version runs it as :func:`semantic.tasks.sweep` (:func:`running_the_sweep`). Every ``migrate``
+    rewrites it (the same row each time), also a schedule that named ``semantic.tasks.sweep``.
 
     Deleted when ``SWEEP_MINUTES`` is None or this app's migrations are unapplied. Only on a
     database that holds django-q2's tables: a router may keep them off the one
@@ -407,12 +426,12 @@ def install_sweep_schedule(**kwargs: Any) -> None:
     Schedule.objects.using(using).update_or_create(
         name=SWEEP_SCHEDULE_NAME,
         defaults={
-            "func": "semantic.tasks.sweep",
+            "func": "semantic.tasks.embed_pending",
             "schedule_type": Schedule.MINUTES,
             "minutes": conf.SWEEP_MINUTES,
             "repeats": -1,
             "cluster": conf.QUEUE,
-            "kwargs": repr({"q_options": TASK_OPTIONS}),
+            "kwargs": repr({"q_options": {**TASK_OPTIONS, "group": SWEEP_SCHEDULE_NAME}}),
         },
     )
 

@@ -81,7 +81,7 @@ class RateLimit(models.Model):
     requests = models.PositiveIntegerField(_("requests"), default=0)
     tokens = models.PositiveBigIntegerField(_("tokens"), default=0)
     paused_until = models.DateTimeField(_("paused until"), null=True, blank=True)
-    problem = models.TextField(_("configuration problem"), blank=True, default="")
+    problem = models.TextField(_("configuration problem"), blank=True, default="", db_default="")
     problem_at = models.DateTimeField(_("problem seen"), null=True, blank=True)
 
     class Meta:
@@ -132,7 +132,7 @@ class EmbeddingBatchJob(models.Model):
     #: ``[[object_pk, position, passage text hash, row text hash], ...]``.
     items = models.JSONField(_("rows sent"))
     #: Whether the job carries passages of rows whose vectors are current (``rows`` counts passages).
-    passages = models.BooleanField(_("passages"), default=False)
+    passages = models.BooleanField(_("passages"), default=False, db_default=False)
     state = models.CharField(_("state"), max_length=40, default="JOB_STATE_PENDING")
     error = models.TextField(_("error"), blank=True)
     embedded = models.PositiveIntegerField(_("embedded"), default=0)
@@ -189,7 +189,7 @@ class Passage(models.Model):
 
     The rows of every such field share this table, so the users' tables and
     migrations stay as they are. ``cut_from`` is the MD5 of the row's text hash and
-    the passage sizes the passages were cut with: when it differs from the row's,
+    the passage sizes and rules the passages were cut with: when it differs from the row's,
     the row's passages are cut again, and a passage whose ``text_hash`` (its text
     and the row's title) and ``spec`` are unchanged keeps its vector. The vector has
     no declared size, as rows of several fields and sizes share the column: searches

@@ -3,7 +3,7 @@
 A field with ``passages`` keeps, beside each row's vector, one :class:`semantic.models.Passage`
 per passage of the row's text. The passages follow the row's *embedded* text: once the
 row's vector is current, the row's passages must have been cut from the same text
-(``cut_from``), with the current sizes, by the current model (``spec``); a row where
+(``cut_from``), with the current sizes and rules, by the current model (``spec``); a row where
 they were not is *lagging* and the worker cuts it again. A passage whose text is
 unchanged keeps its vector, so an edit costs a request only for the passages it changed.
 
@@ -36,6 +36,13 @@ from semantic.text import clean, sanitize, source_hash, storable
 FAILURE_SUFFIX = ":passages"
 #: Rows cut (and their stored passage vectors read) at a time by the Batch API and the dry-run.
 CUT_ROWS = 500
+#: The version of the rules that cut a row into passages and say what a passage stores, part of
+#: every row's marker (:func:`cut_marker`). Raise it with any change that moves a cut or changes a
+#: passage's stored text: rows whose passages the earlier rules cut then lag, like rows whose sizes
+#: changed, and runs cut them again, reusing the vector of each passage whose text as sent is the
+#: same, so only the passages whose cut moved are sent. 2: lengths weighed by script (non-Latin
+#: text is cut smaller, :func:`semantic.text.weighted_length`); control characters stored as written.
+CUT_RULES = 2
 #: ``Passage.cut_from`` of the passages of a row not yet complete (:func:`store_partial`): never a
 #: row's marker (an MD5), so the row stays lagging while a later run reuses their vectors.
 PARTIAL = "partial"
@@ -50,7 +57,7 @@ def passages_of(model: type[models.Model], field: EmbeddingField, using: str | N
 def cut_marker(field: EmbeddingField, row_hash: Any) -> Any:
     """SQL (from a row's text hash expression) or Python (from a hash) for ``Passage.cut_from``."""
     max_chars, overlap = field.passage_sizes()
-    sizes = f"|{max_chars}|{overlap}"
+    sizes = f"|{max_chars}|{overlap}|{CUT_RULES}"
     if isinstance(row_hash, str):
         return hashlib.md5(f"{row_hash}{sizes}".encode()).hexdigest()
     return MD5(Concat(row_hash, Value(sizes), output_field=CharField()))

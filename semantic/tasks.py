@@ -17,10 +17,11 @@ from typing import Any
 from django.apps import apps
 from django.db import models, transaction
 
+from semantic import definitions
 from semantic.backends import redact_keys
 from semantic.dispatch import SWEEP_SCHEDULE_NAME as SWEEP_SCHEDULE_NAME
 from semantic.dispatch import enqueue as enqueue
-from semantic.dispatch import hand_over, hand_over_unless_queued, queue_task, wake_window
+from semantic.dispatch import hand_over, hand_over_unless_queued, queue_task, running_the_sweep, wake_window
 from semantic.dispatch import install_sweep_schedule as install_sweep_schedule
 from semantic.embedder import Embedder
 from semantic.fields import EmbeddingField
@@ -44,6 +45,14 @@ SWEEP_FAILED = "The sweep of this field failed ({error}); the other fields were 
 TASK_DROPPED = (
     "Dropped the task %s for %s.%s: %s It was queued before the model or field was removed or renamed, "
     "so there is nothing left for it to embed; rows of a renamed field are found by the sweep."
+)
+
+#: Logged instead of :data:`TASK_DROPPED` when the database records the field this process lacks:
+#: a deploy added it, and this worker, started before, was not restarted yet.
+TASK_FOR_NEWER_CODE = (
+    "Dropped the task %s for %s.%s: %s But the database records that field: the code that has it ran migrate, "
+    "and this worker is older than that code. Restart it (qcluster) so that it loads the current code; "
+    "the rows this task was for are embedded by the next sweep of a current worker."
 )
 
 #: Seconds between a wake-up task's scans for pending rows within ``WAKE_WINDOW``.
@@ -147,12 +156,14 @@ def embed_chunk(label: str, field_name: str, pks: Sequence[Any], batch_size: int
 
 
 def _target(task: str, label: str, field_name: str) -> tuple[type[models.Model], EmbeddingField] | None:
-    """The model and field a task names, or None (logged) when a deploy took them away since."""
+    """The model and field a task names, or None (logged) when a deploy took them away since,
+    or added them after this process started."""
     try:
         model = apps.get_model(label)
         return model, get_embedding_field(model, field_name)
     except (LookupError, ValueError) as exc:
-        logger.warning(TASK_DROPPED, task, label, field_name, exc)
+        message = TASK_FOR_NEWER_CODE if definitions.recorded(label, field_name) else TASK_DROPPED
+        logger.warning(message, task, label, field_name, exc)
         return None
 
 
@@ -168,15 +179,20 @@ def embed_pending(*targets: str | type[models.Model], limit: int | None = None) 
     Each field runs on its own: one whose table lacks its columns, or whose run fails,
     is logged and reported in its summary (``stopped`` and ``errors``), and the fields
     after it still run.
+
+    Run by the sweep's schedule (:data:`SWEEP_SCHEDULE_NAME`), it is :func:`sweep`: the schedule
+    keeps naming this function so that workers of earlier versions can still run it.
     """
+    if running_the_sweep() and limit is None:
+        return sweep(*targets)
     summary = {}
     for model, field in iter_fields(targets):
         summary[f"{model._meta.label}.{field.name}"] = sweep_field(model, field, limit)
     return summary
 
 
-def sweep(*targets: str) -> dict[str, Any]:
-    """The sweep's django-q2 task (:data:`SWEEP_SCHEDULE_NAME`): :func:`embed_pending`, in shares.
+def sweep(*targets: str | type[models.Model]) -> dict[str, Any]:
+    """The sweep: :func:`embed_pending`, in shares.
 
     Each field's run embeds at most :data:`HAND_OVER_BATCHES` requests' worth of rows (fewer at
     its django-q2 deadline), then queues the rest as the field's wake-up behind the tasks waiting,

@@ -239,7 +239,7 @@ def test_migrating_one_app_of_a_new_database_first_leaves_the_schedule_to_the_fu
     project.manage("migrate", "notes")
     assert not project.sql("SELECT 1 FROM pg_tables WHERE tablename = 'django_q_schedule'")
     project.manage("migrate")
-    assert project.sql("SELECT func FROM django_q_schedule") == [("semantic.tasks.sweep",)]
+    assert project.sql("SELECT func FROM django_q_schedule") == [("semantic.tasks.embed_pending",)]
 
 
 @pytest.mark.django_db
@@ -789,7 +789,7 @@ def take_out_of_installed_apps(project: Project) -> None:
 @pytest.mark.django_db
 def test_taking_the_app_out_as_the_readme_says_leaves_no_schedule_behind(new_project):
     project = new_project(api_key=None)
-    assert project.sql(SCHEDULED) == [("semantic.tasks.sweep",)]
+    assert project.sql(SCHEDULED) == [("semantic.tasks.embed_pending",)]
     remove_the_field(project)
     project.manage("migrate", "semantic", "zero")
     assert project.sql(SCHEDULED) == []
@@ -807,7 +807,7 @@ def test_a_project_that_took_the_app_out_already_cleans_up_with_the_readme_snipp
     remove_the_field(project)
     take_out_of_installed_apps(project)
     project.manage("migrate")
-    assert project.sql(SCHEDULED) == [("math.floor",), ("semantic.tasks.sweep",)]
+    assert project.sql(SCHEDULED) == [("math.floor",), ("semantic.tasks.embed_pending",)]
     project.manage("shell", "-c", readme_snippet("removed"))
     assert project.sql(SCHEDULED) == [("math.floor",)]
     assert project.sql("SELECT count(*) FROM django_q_ormq") == [(0,)]

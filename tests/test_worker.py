@@ -8,6 +8,7 @@ import psycopg
 import pytest
 from django.conf import settings
 from django.db import connection, transaction
+from django.utils import timezone
 
 from semantic import suspend_embedding
 from semantic.dispatch import queue_task
@@ -171,6 +172,45 @@ def test_a_task_queued_before_its_field_or_model_went_is_dropped_with_one_warnin
     assert fake_gemini.request_count == 0
 
 
+ADDED = [
+    (
+        "testapp.Article",
+        "title_embedding",
+        "testapp.Article has no EmbeddingField named 'title_embedding'; it has embedding.",
+    ),
+    ("testapp.Added", "embedding", "App 'testapp' doesn't have a 'Added' model."),
+]
+
+
+@pytest.mark.parametrize(("label", "field_name", "reason"), ADDED)
+@pytest.mark.django_db(transaction=True)
+def test_a_task_for_a_field_a_deploy_added_tells_this_older_worker_to_restart(
+    label, field_name, reason, caplog, monkeypatch, fake_gemini
+):
+    """A web process of the new code saved a row of a field this worker, started before the deploy,
+    does not know: ``migrate`` of the new code recorded its definition. Nothing was removed or renamed."""
+    from django_q.conf import Conf
+    from django_q.models import Failure
+    from django_q.tasks import async_task
+
+    from semantic.models import FieldDefinition
+    from semantic.tasks import TASK_FOR_NEWER_CODE
+
+    FieldDefinition.objects.create(
+        model_label=label,
+        field_name=field_name,
+        definition="gemini:gemini-embedding-001|RETRIEVAL_DOCUMENT|128 source=title",
+        since=timezone.now(),
+    )
+    monkeypatch.setattr(Conf, "SYNC", True)
+    caplog.set_level(logging.WARNING, logger="semantic")
+    async_task("semantic.tasks.embed_field", label, field_name)
+    assert [r.getMessage() for r in caplog.records] == [
+        TASK_FOR_NEWER_CODE % ("embed_field", label, field_name, reason)
+    ]
+    assert not Failure.objects.exists()
+
+
 @contextmanager
 def rate_limit_locked():
     """Hold the shared rate limit's rows (``SELECT ... FOR UPDATE``) from a connection of our own:
@@ -203,20 +243,29 @@ def test_the_sweep_is_scheduled():
     from django_q.models import Schedule
 
     schedule = Schedule.objects.get(name="semantic.embed_pending")
-    assert schedule.func == "semantic.tasks.sweep"
+    assert schedule.func == EARLIER_VERSIONS_SWEEP
     assert schedule.schedule_type == Schedule.MINUTES
 
 
+#: What every earlier version's sweep schedule ran (db7a134, cc20136): ``embed_pending(*targets,
+#: limit=None)``. A worker of the previous release, still running through a rolling deploy after
+#: ``migrate``, takes the schedule's tasks: it must find the function and accept its arguments.
+EARLIER_VERSIONS_SWEEP = "semantic.tasks.embed_pending"
+
+
 @pytest.mark.django_db(transaction=True)
-def test_migrate_points_an_earlier_versions_sweep_schedule_to_the_sweep_in_shares():
-    """Earlier versions' schedule ran embed_pending, which embeds a whole backlog in one task."""
+@pytest.mark.parametrize("earlier", ["semantic.tasks.embed_pending", "semantic.tasks.sweep"])
+def test_migrate_leaves_the_sweep_schedule_runnable_by_an_earlier_versions_worker(earlier):
+    """The schedule's function is frozen like a migration; a worker of this version runs it as
+    the sweep in shares (tests/test_hand_over.py). ``semantic.tasks.sweep`` is what a schedule
+    briefly named, which the workers of earlier versions could not import."""
     from django.core.management import call_command
     from django_q.models import Schedule
 
-    Schedule.objects.filter(name="semantic.embed_pending").update(
-        func="semantic.tasks.embed_pending", kwargs="{'q_options': {'save': False}}"
-    )
-    call_command("migrate", verbosity=0)
-    [schedule] = Schedule.objects.filter(name="semantic.embed_pending")
-    assert schedule.func == "semantic.tasks.sweep"
-    assert schedule.kwargs == repr({"q_options": {"save": False}})
+    Schedule.objects.filter(name="semantic.embed_pending").update(func=earlier, kwargs=None)
+    for _ in range(2):
+        call_command("migrate", verbosity=0)
+        [schedule] = Schedule.objects.filter(name="semantic.embed_pending")
+        assert schedule.func == EARLIER_VERSIONS_SWEEP
+        # Nothing but django-q2's options: an earlier embed_pending refuses any keyword but limit.
+        assert schedule.kwargs == repr({"q_options": {"save": False, "group": "semantic.embed_pending"}})
