@@ -261,7 +261,7 @@ def _missing_passages(
         cuts, known = cut_all(model, field, chunk)
         for row in chunk:
             row_cut = cuts[row.pk]
-            missing = fill_known(row_cut, known, getattr(row, field.attname))
+            missing, _ = fill_known(row_cut, known, getattr(row, field.attname))
             if not missing:
                 embedder.store_passages(row_cut)
                 continue
