@@ -145,7 +145,8 @@ def add_passages(
     for row in rows:
         # A row embedded first lends its new vector to a passage that is its whole text.
         row_vector = [0.0] if row._semantic_needs_vector else getattr(row, field.attname)
-        sent = passage_items(cuts[row.pk], fill_known(cuts[row.pk], known, row_vector), field.backend.max_input_chars)
+        missing, _ = fill_known(cuts[row.pk], known, row_vector)
+        sent = passage_items(cuts[row.pk], missing, field.backend.max_input_chars)
         if sent:
             plan.passage_rows += 1
             plan.passages += len(sent)

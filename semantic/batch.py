@@ -263,7 +263,7 @@ def _missing_passages(embedder: Embedder, rows: Iterator[models.Model]) -> Itera
         cuts, known = cut_all(model, field, chunk, embedder.using)
         for row in chunk:
             row_cut = cuts[row.pk]
-            missing = fill_known(row_cut, known, getattr(row, field.attname))
+            missing, _ = fill_known(row_cut, known, getattr(row, field.attname))
             if not missing:
                 embedder.store_passages(row_cut)
                 continue

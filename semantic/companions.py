@@ -33,6 +33,30 @@ class WorkerOwnedMixin:
         return F(self.attname)  # type: ignore[attr-defined]
 
 
+class NullTextMixin:
+    """A NULL written as text by ``value_to_string()`` reads back as NULL in ``to_python()``.
+
+    django-modelcluster, and so every Wagtail revision, stores ``value_to_string()`` of a
+    field whose ``pre_save()`` returns an expression, as these columns' do (``F(column)``,
+    ``Case()``), and reads it back with ``to_python()``. Django and pgvector write a NULL
+    there as ``null_text``, which their ``to_python()`` refuses ("" is no time, no vector)
+    or keeps as text ("None"): loading the revision, and with it Publish and the edit page,
+    would fail. No value of the column is ever its ``null_text``. Django's serializers
+    (``dumpdata``) write None for a NULL without asking the field, and are unchanged.
+    """
+
+    #: ``str(None)``: what Django's ``Field.value_to_string()`` writes for a NULL.
+    null_text = "None"
+
+    def is_null_text(self, value: Any) -> bool:
+        return isinstance(value, str) and value == self.null_text
+
+    def to_python(self, value: Any) -> Any:
+        if self.is_null_text(value):
+            return None
+        return super().to_python(value)  # type: ignore[misc]
+
+
 class CompanionMixin:
     """A hidden column the EmbeddingField adds; migrations see a plain Django field.
 
@@ -48,15 +72,15 @@ class CompanionMixin:
         return name, self.plain_path, args, kwargs
 
 
-class EmbeddedHashField(CompanionMixin, WorkerOwnedMixin, models.CharField):
+class EmbeddedHashField(CompanionMixin, NullTextMixin, WorkerOwnedMixin, models.CharField):
     plain_path = "django.db.models.CharField"
 
 
-class EmbeddingSpecField(CompanionMixin, WorkerOwnedMixin, models.CharField):
+class EmbeddingSpecField(CompanionMixin, NullTextMixin, WorkerOwnedMixin, models.CharField):
     plain_path = "django.db.models.CharField"
 
 
-class SourceHashField(CompanionMixin, models.CharField):
+class SourceHashField(CompanionMixin, NullTextMixin, models.CharField):
     """MD5 of a Python-computed text, set by ``save()`` and ``bulk_create()``."""
 
     plain_path = "django.db.models.CharField"
@@ -74,7 +98,7 @@ class SourceHashField(CompanionMixin, models.CharField):
         return value
 
 
-class PendingSinceField(CompanionMixin, models.DateTimeField):
+class PendingSinceField(CompanionMixin, NullTextMixin, models.DateTimeField):
     """When the row began waiting for an embedding of its current text.
 
     On INSERT, now (for a row with text). On UPDATE, now if the saved text differs
@@ -83,6 +107,7 @@ class PendingSinceField(CompanionMixin, models.DateTimeField):
     """
 
     plain_path = "django.db.models.DateTimeField"
+    null_text = ""  # DateTimeField.value_to_string() of a NULL
 
     def __init__(self, *args: Any, embedding_field: str = "", **kwargs: Any) -> None:
         self.embedding_field = embedding_field

@@ -64,6 +64,7 @@ from semantic.companions import (
     HASH_LENGTH,
     EmbeddedHashField,
     EmbeddingSpecField,
+    NullTextMixin,
     PendingSinceField,
     SourceHashField,
     WorkerOwnedMixin,
@@ -102,7 +103,7 @@ def is_pending_index_name(name: str) -> bool:
     return re.fullmatch(PENDING_INDEX_NAME.format(digest="[0-9a-f]{10}"), name) is not None
 
 
-class EmbeddingField(FieldTextMixin, WorkerOwnedMixin, VectorField):
+class EmbeddingField(FieldTextMixin, NullTextMixin, WorkerOwnedMixin, VectorField):
     """A vector embedding of the row's text, computed outside the request.
 
     ``source`` names a text field, a tuple of them (joined by blank lines), or methods
@@ -125,6 +126,7 @@ class EmbeddingField(FieldTextMixin, WorkerOwnedMixin, VectorField):
     """
 
     description = "Embedding of the row's text"
+    null_text = ""  # pgvector's value_to_string() of a NULL
     #: Options that change what is embedded, not the table: altering them runs no SQL.
     #: ``dimensions`` is not one: across 2,000 it changes the storage, and so the column's
     #: type. The column carries no size, so a size change that keeps the type gives the
@@ -249,6 +251,8 @@ class EmbeddingField(FieldTextMixin, WorkerOwnedMixin, VectorField):
         return super().from_db_value(value, expression, connection)
 
     def to_python(self, value: Any) -> Any:
+        if self.is_null_text(value):
+            return None
         if self.halfvec:
             return HalfVectorField.to_python(self, value)  # type: ignore[arg-type]
         return super().to_python(value)

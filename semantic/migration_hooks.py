@@ -330,7 +330,13 @@ def fold_pending_index_renames(operations: list[Any]) -> list[Any]:
     for operation in operations:
         if isinstance(operation, migrations.CreateModel):
             created.update((index.name, operation) for index in operation.options.get("indexes", []))
-        elif isinstance(operation, migrations.RenameIndex) and is_pending_index_name(operation.old_name):
+        # A RenameIndex may name the index by its fields instead (old_fields=, old_name None):
+        # an index_together index had no name, as django-taggit's 0006 holds. Never ours.
+        elif (
+            isinstance(operation, migrations.RenameIndex)
+            and operation.old_name is not None
+            and is_pending_index_name(operation.old_name)
+        ):
             create = created.pop(operation.old_name, None)
             if create is not None:
                 create.options["indexes"] = [

@@ -160,21 +160,25 @@ def cut_all(
     return cuts, known_vectors(model, field, cuts, using)
 
 
-def fill_known(row: Cut, known: dict[tuple[str, str], list[float]], row_vector: Any) -> list[Piece]:
-    """Give ``row``'s pieces the vectors already known; returns the pieces still without one.
+def fill_known(row: Cut, known: dict[tuple[str, str], list[float]], row_vector: Any) -> tuple[list[Piece], int]:
+    """Give ``row``'s pieces the vectors already known; returns the pieces still without one,
+    and how many took the row's own vector.
 
     A piece keeps the stored vector of the same text (``known``, from :func:`known_vectors`);
-    a piece that is the row's whole text (and title) takes the row's own vector.
+    a piece that is the row's whole text (and title) takes the row's own vector: nothing
+    stored before, nothing sent.
     """
     missing = []
+    from_row = 0
     for piece in row.pieces:
         if piece.vector is None:
             piece.vector = known.get((str(row.pk), piece.text_hash))
         if piece.vector is None and piece.text_hash == row.row_hash and row_vector is not None:
             piece.vector = as_floats(row_vector)
+            from_row += 1
         if piece.vector is None:
             missing.append(piece)
-    return missing
+    return missing, from_row
 
 
 def as_floats(vector: Any) -> list[float]:

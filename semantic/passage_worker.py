@@ -141,8 +141,9 @@ class PassageWorkMixin:
         missing_of = {}
         for row in rows:
             row_cut = cuts[row.pk]
-            missing_of[row.pk] = fill_known(row_cut, known, getattr(row, self.field.attname))
-            self.outcome.passages_reused += len(row_cut.pieces) - len(missing_of[row.pk])
+            missing_of[row.pk], from_row = fill_known(row_cut, known, getattr(row, self.field.attname))
+            self.outcome.passages_from_row += from_row
+            self.outcome.passages_reused += len(row_cut.pieces) - len(missing_of[row.pk]) - from_row
             if row_cut.complete:
                 self.store_passages(row_cut)
             else:

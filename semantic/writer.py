@@ -76,9 +76,11 @@ class Outcome:
     failed: int = 0
     changed_in_flight: int = 0
     requests: int = 0
-    #: Passages sent and embedded; passages whose stored vector was kept; rows whose passages were stored.
+    #: Passages sent and embedded; passages whose stored vector was kept; passages that are
+    #: their row's whole text, given the row's vector; rows whose passages were stored.
     passages: int = 0
     passages_reused: int = 0
+    passages_from_row: int = 0
     passage_rows: int = 0
     passages_failed: int = 0
     errors: list[str] = dataclass_field(default_factory=list)

@@ -325,6 +325,39 @@ def test_migrations_squashed_over_a_model_rename_build_a_new_database(new_projec
     project.manage("migrate", "notes", "zero")
 
 
+INDEX_TOGETHER = """from django.db import migrations
+
+
+class Migration(migrations.Migration):
+    dependencies = [("notes", "{previous}")]
+    operations = [migrations.AlterIndexTogether(name="note", index_together={{("title", "body")}})]
+"""
+
+
+@pytest.mark.django_db
+def test_an_index_together_moved_to_meta_indexes_migrates(new_project):
+    # What Django before 5.1 wrote for Meta.index_together (an index without a name), then
+    # what makemigrations writes on moving it to Meta.indexes: RenameIndex(old_fields=...),
+    # as django-taggit's 0006 in every Wagtail site.
+    project = new_project(api_key=None)
+    project.write("notes/migrations/0003_index_together.py", INDEX_TOGETHER.format(previous=project.migrations()[-1]))
+    project.manage("migrate")
+    project.edit_model(
+        "    objects = SemanticManager()\n",
+        "    objects = SemanticManager()\n\n    class Meta:\n"
+        '        indexes = [models.Index(fields=["title", "body"], name="notes_title_body_idx")]\n',
+    )
+    project.manage("makemigrations", "notes")
+    assert "old_fields=" in (project.root / "notes" / "migrations" / f"{project.migrations()[-1]}.py").read_text()
+
+    project.manage("migrate")
+    assert project.sql("SELECT 1 FROM pg_indexes WHERE indexname = 'notes_title_body_idx'") == [(1,)]
+    # A new database (CI, a colleague, manage.py test) runs them all in one plan.
+    project.sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    project.manage("migrate")
+    assert project.sql("SELECT 1 FROM pg_indexes WHERE indexname = 'notes_title_body_idx'") == [(1,)]
+
+
 @pytest.mark.django_db
 def test_a_field_renamed_and_changed_at_once_is_embedded_again_both_ways(new_project):
     project = new_project(api_key=None)

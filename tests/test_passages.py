@@ -241,6 +241,28 @@ def test_rows_embedded_before_passages_were_kept_get_them_from_the_sweep(fake_ge
 
 
 @pytestmark_db
+def test_a_text_of_one_passage_reuses_its_rows_vector_and_says_so(fake_gemini):
+    """Rows that never had passages: each short text's one passage is its whole text, so it
+    takes the vector just made for the row. Nothing was there before to be kept."""
+    from semantic.management.commands.semantic_embed import Command as Embed
+    from tests.commands import call
+
+    with suspend_embedding():
+        rows = [LongRead.objects.create(title=f"Short {n}", body=paragraph(*TOPICS[n], length=200)) for n in range(3)]
+    assert not Passage.objects.exists()
+
+    out, _ = call("semantic_embed", "testapp.LongRead")
+
+    label = "testapp.LongRead.embedding"
+    assert Embed.PASSAGES.format(label=label, rows=3, embedded=0, from_row=3, kept=0, failed=0) in out
+    assert len(fake_gemini.texts()) == 3  # the rows' texts, nothing more
+    for row in rows:
+        row.refresh_from_db()
+        (passage,) = passages_of(row)
+        assert list(passage.vector) == list(row.embedding)
+
+
+@pytestmark_db
 def test_semantic_embed_brings_passages_to_rows_embedded_before_passages_were_kept(fake_gemini):
     """Turning passages on for a table already embedded: the backfill command does it,
     inline or through workers, not only the sweep."""
@@ -265,7 +287,8 @@ def test_semantic_embed_brings_passages_to_rows_embedded_before_passages_were_ke
     assert [len(passages_of(row)) for row in rows] == [2, 0, 0]
 
     out, _ = call("semantic_embed", "testapp.LongRead")
-    assert Embed.PASSAGES.format(label="testapp.LongRead.embedding", rows=2, embedded=4, kept=0, failed=0) in out
+    label = "testapp.LongRead.embedding"
+    assert Embed.PASSAGES.format(label=label, rows=2, embedded=4, from_row=0, kept=0, failed=0) in out
     assert [len(passages_of(row)) for row in rows] == [2, 2, 2]
     assert len(fake_gemini.texts()) == 6
     out, _ = call("semantic_embed", "testapp.LongRead")

@@ -43,7 +43,11 @@ class Command(QuietMixin, BaseCommand):
         "{label}: {embedded} embedded, {cleared} without text, {failed} failed, "
         "{changed} changed while in flight, {requests} requests."
     )
-    PASSAGES = "{label}: passages of {rows} rows stored: {embedded} embedded, {kept} kept from before, {failed} failed."
+    #: A passage that is its row's whole text takes the row's vector: reused, not kept from before.
+    PASSAGES = (
+        "{label}: passages of {rows} rows stored: {embedded} embedded, {from_row} reused their row's vector "
+        "(a text of one passage), {kept} kept from before, {failed} failed."
+    )
     PROGRESS = "{label}: {visited}/{total} rows, {rate:.1f} rows/s, about {eta} left"
     FAILED_HINT = "Failed rows are listed in the admin (Embedding failures); retry them with --failed."
     STOPPED = "{label}: stopped before the end: {reason} The rows left are still pending; run this again once fixed."
@@ -297,6 +301,7 @@ class Command(QuietMixin, BaseCommand):
                     label=label,
                     rows=outcome.passage_rows,
                     embedded=outcome.passages,
+                    from_row=outcome.passages_from_row,
                     kept=outcome.passages_reused,
                     failed=outcome.passages_failed,
                 )
