@@ -43,7 +43,7 @@ CHANGELIST_FILTERS = "_changelist_filters"
 #: On a delete link from the compare page: the review to return to afterwards.
 BACK = "_semantic_review"
 #: Names the selection of "Find duplicates among selected" in the review's links; the keys
-#: themselves stay in the session (:mod:`semantic.admin_selection`).
+#: themselves stay in the database (:mod:`semantic.admin_selection`).
 SELECTION_VAR = "selection"
 
 

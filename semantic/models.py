@@ -260,6 +260,26 @@ class FieldDefinition(models.Model):
         return (self.model_label, self.field_name)
 
 
+class ReviewSelection(models.Model):
+    """Rows a user selected for "Find duplicates among selected", named in the review's links
+    by ``token`` (see :mod:`semantic.admin_selection`)."""
+
+    token = models.CharField(_("token"), max_length=32, unique=True)
+    user_pk = models.CharField(_("user id"), max_length=200)
+    model_label = models.CharField(_("model"), max_length=200)
+    #: The selected keys as text (JSON has no UUIDs).
+    keys = models.JSONField(_("keys"))
+    kept_at = models.DateTimeField(_("kept at"))
+
+    class Meta:
+        verbose_name = _("rows selected for duplicate review")
+        verbose_name_plural = _("rows selected for duplicate review")
+        indexes = [models.Index(fields=["user_pk", "kept_at"], name="semantic_selection_user")]
+
+    def __str__(self) -> str:
+        return f"{self.model_label} ({len(self.keys)} rows)"
+
+
 #: This app's models that name a row's model (``model_label``) and field (``field_name``)
 #: as text, with their other columns that name a field of that model. Migrations keep
 #: them in step (:mod:`semantic.migration_hooks`); ``semantic_remove_stale`` cleans up.

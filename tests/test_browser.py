@@ -197,3 +197,53 @@ def test_admin_search_by_meaning_survives_a_filter_and_a_sort(page):
     page.wait_for_selector("#result_list th.column-title:not(.sorted)")
     assert page.is_checked("#semantic-toggle")
     assert results(page) == ranked
+
+
+#: A policy without 'unsafe-inline', as django-csp or Django 6's SECURE_CSP sends it.
+STRICT_CSP = "default-src 'self'; img-src 'self' data:"
+
+
+def with_header(route, name, value):
+    response = route.fetch(max_redirects=0)
+    route.fulfill(response=response, headers={**response.headers, name: value})
+
+
+def test_admin_pages_look_right_under_a_strict_content_security_policy(page):
+    """Every response gets the policy on its way to the browser; the browser reports each
+    inline style or script it refuses, and what the styles draw is measured."""
+    refused = []
+    page.on("console", lambda message: "Content Security Policy" in message.text and refused.append(message.text))
+    page.route("**/*", lambda route: with_header(route, "Content-Security-Policy", STRICT_CSP))
+    login(page)
+    admin = f"{page.base_url}/admin/questions/question/"
+    page.goto(f"{admin}?q=reset+forgotten+password&semantic=1")
+    assert refused == []
+    bar = page.locator("meter.semantic-bar").first
+    score = float(page.locator(".semantic-score").first.inner_text())
+    box = bar.bounding_box()
+    assert box["width"] > 30 and 0 < box["height"] < 20 and bar.get_attribute("value") == f"{score:.3f}"
+    assert page.locator(".semantic-score").first.evaluate("e => getComputedStyle(e).fontVariantNumeric") == (
+        "tabular-nums"
+    )
+    page.screenshot(path=SCREENSHOTS / "csp-admin-search-by-meaning.png", full_page=True)
+
+    page.goto(f"{admin}duplicates/?threshold=0.5")
+    assert refused == []
+    score_cell = page.locator(".semantic-pairs td.semantic-score").first
+    assert score_cell.evaluate("e => getComputedStyle(e).textAlign") == "right"
+    dismiss = page.locator("form.semantic-dismiss-inline").first
+    assert dismiss.evaluate("e => getComputedStyle(e).display") == "inline"
+    page.screenshot(path=SCREENSHOTS / "csp-admin-duplicate-review.png", full_page=True)
+
+    page.locator(".semantic-pairs a.semantic-compare").first.click()
+    page.wait_for_selector(".semantic-compare table")
+    assert refused == []
+    differs = page.locator("tr.semantic-differs th[scope=row]").first
+    assert differs.evaluate("e => getComputedStyle(e, '::after').content") == '" ≠"'
+    page.screenshot(path=SCREENSHOTS / "csp-admin-compare.png", full_page=True)
+
+    for path in ("topics/", "embedding-status/"):
+        page.goto(f"{admin}{path}")
+        assert page.locator("#content-main table").count() >= 1, path
+        assert refused == [], path
+        assert page.locator(".semantic-scroll").first.evaluate("e => getComputedStyle(e).overflowX") == "auto"
