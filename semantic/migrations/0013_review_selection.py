@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('semantic', '0010_field_definition'),
+        ('semantic', '0012_database_defaults'),
     ]
 
     operations = [
