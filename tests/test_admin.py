@@ -4,6 +4,7 @@ import html
 import re
 import threading
 from datetime import timedelta
+from types import ModuleType
 
 import pytest
 from django.contrib import admin
@@ -14,17 +15,18 @@ from django.core.cache import cache
 from django.db import connection
 from django.db.backends.signals import connection_created
 from django.test.utils import CaptureQueriesContext
-from django.urls import reverse
+from django.urls import path, reverse
 from django.utils import timezone
 
 from project.questions.models import Question
 from semantic import embed_pending, suspend_embedding
-from semantic.admin import SEARCH_UNAVAILABLE
+from semantic.admin import NO_FIELD, NO_FIELD_HINT, SEARCH_UNAVAILABLE, SemanticAdminMixin
 from semantic.duplicates import SPLIT_MIN_ROWS
 from semantic.models import DismissedPair, EmbeddingBatchJob, EmbeddingFailure
 from semantic.registry import get_embedding_field
 from tests.fake_gemini import api_error
 from tests.testapp.models import Article, Entry, Note
+from tests.topicapp.models import Queue, Request
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -830,6 +832,46 @@ def test_a_custom_site_with_only_the_models_admin_has_the_status_page(client, no
     client.force_login(staff("notesonly", "view_note"))
     assert "semantic-status-link" not in client.get(changelist).content.decode()
     assert client.get(status).status_code == 403
+
+
+class RequestInline(admin.TabularInline):
+    model = Request
+    extra = 1
+
+
+class QueueAdmin(SemanticAdminMixin, admin.ModelAdmin):
+    """The mistake of putting the mixin on the page where the embedded rows are edited: Queue
+    has no EmbeddingField, its Requests (an inline here) have one."""
+
+    inlines = [RequestInline]
+
+
+@pytest.fixture
+def queue_site(settings):
+    """An admin site of its own, served for one test: one in tests/urls.py would fail every ``check``."""
+    site = admin.AdminSite(name="queueadmin")
+    site.register(Queue, QueueAdmin)
+    urlconf = ModuleType("queue_urls")
+    urlconf.urlpatterns = [path("queueadmin/", site.urls)]
+    settings.ROOT_URLCONF = urlconf
+    yield site
+    site.unregister(Queue)
+
+
+def test_the_mixin_on_a_model_without_an_embedding_field_is_a_check_error_not_a_server_error(
+    admin_client, queue_site, fake_gemini
+):
+    (error,) = QueueAdmin(Queue, queue_site).check()
+    assert error.id == "semantic.E010"
+    assert error.msg == NO_FIELD.format(admin="QueueAdmin", label="topicapp.Queue")
+    assert error.hint == NO_FIELD_HINT.format(admin="QueueAdmin")
+
+    queue = Queue.objects.create(name="Billing")
+    Request.objects.create(text="copy of my invoice", queue=queue)
+    for view, args in [("changelist", []), ("change", [queue.pk]), ("history", [queue.pk]), ("delete", [queue.pk])]:
+        response = admin_client.get(reverse(f"queueadmin:topicapp_queue_{view}", args=args))
+        assert response.status_code == 200, view
+    assert admin_client.get(reverse("queueadmin:topicapp_queue_changelist")).context["cl"].result_count == 1
 
 
 # -- duplicate review: columns, compare, threshold on every page, dismissed pairs (issue 12) -------
