@@ -113,10 +113,15 @@ class LabelSuggestionMixin:
         """The labelled rows suggestions learn from: those this user may see.
 
         None (every row of the model, the library's default) when ``get_queryset()``
-        hides nothing, so the vote's subquery stays the plain index search.
+        hides nothing, so the vote's subquery stays the plain index search. Otherwise the
+        model's rows whose keys it admits, as ``semantic_queryset()`` has them: the vote
+        correlates its examples with each row, and ``get_queryset()`` itself may carry
+        what a correlated subquery cannot (a ``Count()`` column's GROUP BY, ``distinct()``).
         """
         visible = self.get_queryset(request)  # type: ignore[attr-defined]
-        return visible if visible.query.where else None
+        if not visible.query.where:
+            return None
+        return self.model._default_manager.using(visible.db).filter(pk__in=visible.values("pk"))  # type: ignore[attr-defined]
 
     def label_options(self, request: HttpRequest) -> dict[str, Any]:
         return {
