@@ -9,6 +9,7 @@ from datetime import UTC, datetime, time, timedelta
 
 import pytest
 from django.contrib import admin
+from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.auth.models import Permission, User
 from django.contrib.messages import get_messages
 from django.core.cache import cache
@@ -21,7 +22,7 @@ from django.urls import reverse
 from django.utils import timezone, translation
 
 from semantic import embed_pending, suspend_embedding
-from semantic.admin_labels import LABELS_UNAVAILABLE
+from semantic.admin_labels import LABELS_UNAVAILABLE, LEFT_OUT
 from semantic.admin_topics import (
     GROUPS_OUT_OF_RANGE,
     TOO_FEW_TO_GROUP,
@@ -182,6 +183,43 @@ def test_apply_asks_for_a_minimum_confidence_then_labels_and_keeps_human_labels(
     assert Ticket.objects.get(pk=meanwhile).category == "exchange_rate"
     assert Ticket.objects.get(pk=human).category == "terminate_account"
     assert set(Ticket.objects.filter(category="").values_list("pk", flat=True)) == set(expected) - sure
+
+
+def test_apply_labels_only_rows_the_user_may_change_and_logs_each_one(editor, tickets, ticket_admin, monkeypatch):
+    """A ModelAdmin that refuses to change some rows (Django asks ``has_change_permission(request, obj)``
+    on the row's change form): the action leaves them out, says so, and writes History for the others."""
+    expected = suggestions()
+    locked = set(list(expected)[:3])
+    declared = type(ticket_admin).has_change_permission
+
+    def has_change_permission(request, obj=None):
+        if obj is not None and obj.pk in locked:
+            return False
+        return declared(ticket_admin, request, obj)
+
+    monkeypatch.setattr(ticket_admin, "has_change_permission", has_change_permission)
+    one_locked = next(iter(locked))
+    assert editor.post(reverse("admin:topicapp_ticket_change", args=[one_locked]), {"text": "x"}).status_code == 403
+
+    page = act(editor, {"_selected_action": list(expected), "min_confidence": "0", "preview": "1"})
+    assert page.context["would_change"] == len(expected) - 3
+    left_out = "3 rows with a suggested label are left out: you may not change them."
+    assert left_out == LEFT_OUT[1] % {"count": 3}
+    assert left_out in page.content.decode()
+
+    done = act(editor, {"_selected_action": list(expected), "min_confidence": "0", "post": "yes"})
+    assert done.status_code == 302
+    assert [str(m) for m in get_messages(done.wsgi_request)] == [
+        f"Labelled {len(expected) - 3} rows with their suggested labels (confidence 0.0 or more).",
+        left_out,
+    ]
+    assert set(Ticket.objects.filter(category="").values_list("pk", flat=True)) == locked
+    logged = LogEntry.objects.filter(content_type__model="ticket", action_flag=CHANGE)
+    assert sorted(int(pk) for pk in logged.values_list("object_id", flat=True)) == sorted(set(expected) - locked)
+    assert {(e.user.username, e.get_change_message()) for e in logged} == {("editor", "Changed Category.")}
+    labelled_row = next(pk for pk in expected if pk not in locked)
+    history = editor.get(reverse("admin:topicapp_ticket_history", args=[labelled_row]))
+    assert "Changed Category." in history.content.decode()
 
 
 def test_apply_to_all_rows_of_a_filtered_list(editor, tickets, ticket_admin, monkeypatch):
