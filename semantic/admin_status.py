@@ -3,9 +3,10 @@
 The page reports on other models' rows, so the EmbeddingFailure permissions that open it
 are not enough: a model counts only when the user may view it through its ModelAdmin on
 this admin site, and then only the rows that ModelAdmin's ``get_queryset()`` admits.
-"Retry failed rows" re-queues only rows the user may change and sees. Failure rows that
-name a model, field or row that is gone, or a key the model cannot read, are skipped and
-reported: they must not turn the button into a server error.
+"Retry failed rows" re-queues only rows the user may change and sees, and drops the
+records of rows deleted since (as the sweep does). Failure rows that name a model or
+field that is gone, or a key the model cannot read, are skipped and reported: they must
+not turn the button into a server error.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from django.apps import apps
 from django.contrib import admin, messages
 from django.contrib.auth import get_permission_codename
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import PermissionDenied
 from django.db import models, router
 from django.db.models import CharField, Q
 from django.db.models.functions import Cast
@@ -29,8 +30,8 @@ from django.utils.translation import ngettext
 from semantic.admin_changelist import EmbeddingStateFilter
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingFailure
-from semantic.passage_rows import FAILURE_SUFFIX
 from semantic.registry import embedding_fields
+from semantic.rows import FAILURE_SUFFIX, readable_keys, sweep_orphan_failures
 from semantic.status import STATES, field_status
 from semantic.tasks import enqueue, iter_fields
 
@@ -64,10 +65,18 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
         if request.method == "POST":
             if not self.has_change_permission(request):
                 raise PermissionDenied
+            dropped = self.drop_records_of_deleted_rows(request)
             retried, skipped = self.retry_failed(request)
             self.message_user(
                 request, ngettext("Queued %d failed row again.", "Queued %d failed rows again.", retried) % retried
             )
+            if dropped:
+                message = ngettext(
+                    "Removed %d failure record of a row deleted since.",
+                    "Removed %d failure records of rows deleted since.",
+                    dropped,
+                )
+                self.message_user(request, message % dropped)
             if skipped:
                 message = ngettext(
                     "Skipped %d failed row: its model, field or row is gone, its key is malformed, "
@@ -132,6 +141,15 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
         if any(request.user.has_perm(f"{opts.app_label}.{get_permission_codename(a, opts)}") for a in actions):
             return model._base_manager.all()
         return None
+
+    def drop_records_of_deleted_rows(self, request: HttpRequest) -> int:
+        """Drop the failure records of rows deleted behind the ORM's back (as the sweep does), of
+        the models this user may change; returns how many. Retried, they would be skipped for ever."""
+        return sum(
+            sweep_orphan_failures(field, router.db_for_write(model))
+            for model, field in iter_fields()
+            if self.model_rows(request, model, "change") is not None
+        )
 
     def retry_failed(self, request: HttpRequest) -> tuple[int, int]:
         """Queue the failed rows this user may change and sees; returns (queued, skipped)."""
@@ -243,14 +261,3 @@ def embedding_model(label: str, field_name: str) -> type[models.Model] | None:
         return None
     fields: list[EmbeddingField] = embedding_fields(model)
     return model if any(f.name == field_name for f in fields) else None
-
-
-def readable_keys(model: type[models.Model], keys: list[str]) -> dict[Any, str]:
-    """Primary-key values by the stored text they came from, leaving out keys the model cannot read."""
-    readable = {}
-    for key in keys:
-        try:
-            readable[model._meta.pk.to_python(key)] = key
-        except ValidationError:
-            continue
-    return readable

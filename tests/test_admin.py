@@ -25,7 +25,7 @@ from semantic.duplicates import SPLIT_MIN_ROWS
 from semantic.models import DismissedPair, EmbeddingBatchJob, EmbeddingFailure
 from semantic.registry import get_embedding_field
 from tests.fake_gemini import api_error
-from tests.testapp.models import Article, Entry, Note
+from tests.testapp.models import Article, Entry, Note, Report
 from tests.topicapp.models import Queue, Request
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -680,6 +680,47 @@ def test_status_counts_of_a_model_without_a_semantic_changelist_are_not_links(ad
     # Nor does a changelist whose ModelAdmin took the embedding filter away.
     monkeypatch.setattr(admin.site._registry[Article], "get_list_filter", lambda request: [])
     assert linked_rows() == {"testapp.Entry.embedding", "testapp.Report.embedding"}
+
+
+def test_failure_records_go_with_their_rows_however_the_rows_are_deleted(admin_client, fake_gemini):
+    """A text the API refused is often junk that is then deleted: its record must not stay
+    listed, and retried ("Skipped 1 failed row") on every press of the status page's button."""
+    fake_gemini.reject_marker = "REJECT"
+    in_admin, raw, swept = (Article.objects.create(title=f"REJECT {name}") for name in ("admin", "raw", "swept"))
+    records = EmbeddingFailure.objects.filter(model_label="testapp.Article")
+    assert sorted(records.values_list("object_pk", flat=True)) == sorted(str(a.pk) for a in (in_admin, raw, swept))
+
+    deleted = admin_client.post(reverse("admin:testapp_article_delete", args=[in_admin.pk]), {"post": "yes"})
+    assert deleted.status_code == 302
+    assert not records.filter(object_pk=str(in_admin.pk)).exists()
+
+    with connection.cursor() as cursor:  # behind the ORM's back
+        cursor.execute(f"DELETE FROM {Article._meta.db_table} WHERE id IN (%s, %s)", [raw.pk, swept.pk])
+    status = reverse("admin:semantic_status")
+    failures = admin_client.get(reverse("admin:semantic_embeddingfailure_changelist"))
+    assert failures.context["cl"].result_count == 2  # until the button or the sweep finds them gone
+    retried = admin_client.post(status, follow=True)
+    assert [str(m) for m in retried.context["messages"]] == [
+        "Queued 0 failed rows again.",
+        "Removed 2 failure records of rows deleted since.",
+    ]
+    assert not records.exists()
+    again = admin_client.post(status, follow=True)
+    assert [str(m) for m in again.context["messages"]] == ["Queued 0 failed rows again."]
+
+    gone = Article.objects.create(title="REJECT gone behind the ORM")
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {Article._meta.db_table} WHERE id = %s", [gone.pk])
+    assert embed_pending(Article)["testapp.Article.embedding"]["failures_swept"] == 1
+    assert not records.exists()
+
+    report = Report.objects.create(title="report", body="REJECT this report")
+    EmbeddingFailure.objects.create(
+        model_label="testapp.Report", field_name="embedding:passages", object_pk=str(report.pk), error="refused"
+    )
+    assert EmbeddingFailure.objects.filter(object_pk=str(report.pk)).count() == 2  # its vector's and its passages'
+    report.delete()
+    assert not EmbeddingFailure.objects.filter(object_pk=str(report.pk)).exists()
 
 
 def test_status_page_shows_the_spec_readably(editor, articles):
