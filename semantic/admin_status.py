@@ -40,6 +40,10 @@ LAST_ERRORS = 20
 
 
 class EmbeddingFailureAdmin(admin.ModelAdmin):
+    """The failure records, and the status page. Both show only the records of rows the user
+    may see (below), and of models no longer installed: those show no one's rows, and this
+    list is where they can be deleted."""
+
     list_display = ["model_label", "field_name", "object_pk", "attempts", "permanent", "short_error", "last_failed_at"]
     list_filter = ["model_label", "field_name", "permanent"]
     readonly_fields = [f.name for f in EmbeddingFailure._meta.fields]
@@ -51,6 +55,16 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def get_queryset(self, request: HttpRequest) -> models.QuerySet:
+        records = super().get_queryset(request)
+        visible = failure_conditions(self.visible_rows(request)).get(records.db, Q(pk__in=[]))
+        installed = {model._meta.label for model, _ in iter_fields()}
+        return records.filter(visible | ~Q(model_label__in=installed))
+
+    def visible_rows(self, request: HttpRequest) -> dict[type[models.Model], models.QuerySet | None]:
+        """Each model with an EmbeddingField: the rows this user may view on this admin site, or None."""
+        return {model: self.model_rows(request, model, "view") for model in {m for m, _ in iter_fields()}}
 
     def get_urls(self) -> list[Any]:
         return [
@@ -88,7 +102,7 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
                 self.message_user(request, message % skipped, messages.WARNING)
             # The page's own URL: it is served here, or by a SemanticAdminMixin on a site without this admin.
             return HttpResponseRedirect(request.path)
-        visible = {model: self.model_rows(request, model, "view") for model in {m for m, _ in iter_fields()}}
+        visible = self.visible_rows(request)
         report = []
         for model, field in iter_fields():
             if visible[model] is not None:
@@ -220,11 +234,11 @@ def counts_with_links(row: dict[str, Any], changelist_url: str | None) -> list[t
     ]
 
 
-def visible_failures(visible: dict[type[models.Model], models.QuerySet | None], limit: int) -> list[EmbeddingFailure]:
-    """The ``limit`` newest EmbeddingFailure rows of the rows in ``visible`` (a model's visible rows, or None).
+def failure_conditions(visible: dict[type[models.Model], models.QuerySet | None]) -> dict[str, Q]:
+    """By database, which EmbeddingFailure records are of the rows in ``visible`` (a model's visible rows, or None).
 
-    Each model's are read on the database its rows are read from, where they are kept
-    (``semantic.E008``): one query per database, never one joining two databases' tables.
+    Each model's are on the database its rows are read from, where they are kept
+    (``semantic.E008``): one condition per database, never one joining two databases' tables.
     """
     conditions: dict[str, Q] = {}
     for model, rows in visible.items():
@@ -232,8 +246,13 @@ def visible_failures(visible: dict[type[models.Model], models.QuerySet | None], 
             keys = rows.annotate(_semantic_key=Cast("pk", CharField())).values("_semantic_key")
             condition = Q(model_label=model._meta.label, object_pk__in=keys)
             conditions[rows.db] = conditions[rows.db] | condition if rows.db in conditions else condition
+    return conditions
+
+
+def visible_failures(visible: dict[type[models.Model], models.QuerySet | None], limit: int) -> list[EmbeddingFailure]:
+    """The ``limit`` newest EmbeddingFailure rows of the rows in ``visible`` (a model's visible rows, or None)."""
     found: list[EmbeddingFailure] = []
-    for using, condition in conditions.items():
+    for using, condition in failure_conditions(visible).items():
         found += EmbeddingFailure.objects.using(using).filter(condition).order_by("-last_failed_at")[:limit]
     return sorted(found, key=lambda failure: failure.last_failed_at, reverse=True)[:limit]
 

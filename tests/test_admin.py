@@ -690,15 +690,16 @@ def test_failure_records_go_with_their_rows_however_the_rows_are_deleted(admin_c
     records = EmbeddingFailure.objects.filter(model_label="testapp.Article")
     assert sorted(records.values_list("object_pk", flat=True)) == sorted(str(a.pk) for a in (in_admin, raw, swept))
 
-    deleted = admin_client.post(reverse("admin:testapp_article_delete", args=[in_admin.pk]), {"post": "yes"})
-    assert deleted.status_code == 302
+    deleted = admin_client.post(
+        reverse("admin:testapp_article_delete", args=[in_admin.pk]), {"post": "yes"}, follow=True
+    )
+    assert deleted.redirect_chain == [(reverse(CHANGELIST), 302)]
     assert not records.filter(object_pk=str(in_admin.pk)).exists()
 
     with connection.cursor() as cursor:  # behind the ORM's back
         cursor.execute(f"DELETE FROM {Article._meta.db_table} WHERE id IN (%s, %s)", [raw.pk, swept.pk])
     status = reverse("admin:semantic_status")
-    failures = admin_client.get(reverse("admin:semantic_embeddingfailure_changelist"))
-    assert failures.context["cl"].result_count == 2  # until the button or the sweep finds them gone
+    assert records.count() == 2  # until the button or the sweep finds them gone
     retried = admin_client.post(status, follow=True)
     assert [str(m) for m in retried.context["messages"]] == [
         "Queued 0 failed rows again.",
@@ -721,6 +722,33 @@ def test_failure_records_go_with_their_rows_however_the_rows_are_deleted(admin_c
     assert EmbeddingFailure.objects.filter(object_pk=str(report.pk)).count() == 2  # its vector's and its passages'
     report.delete()
     assert not EmbeddingFailure.objects.filter(object_pk=str(report.pk)).exists()
+
+
+def test_the_failures_list_shows_only_records_of_rows_the_user_may_see(viewer, fake_gemini):
+    """As the status page beside it: ArticleAdmin's get_queryset() hides category "hidden",
+    and the viewer may not view Questions at all."""
+    fake_gemini.reject_marker = "REJECT"
+    shown = Article.objects.create(title="REJECT shown")
+    hidden = Article.objects.create(title="REJECT hidden", category="hidden")
+    question = Question.objects.create(title="REJECT question", body="")
+    EmbeddingFailure.objects.create(model_label="gone.Model", field_name="embedding", object_pk="1", error="x")
+    assert EmbeddingFailure.objects.count() == 4
+    record = {(r.model_label, r.object_pk): r.pk for r in EmbeddingFailure.objects.all()}
+
+    listed = viewer.get(reverse("admin:semantic_embeddingfailure_changelist"))
+    assert listed.status_code == 200
+    # A record of a model since removed shows no one's row, and this list is where it can be deleted.
+    assert {(r.model_label, r.object_pk) for r in listed.context["cl"].result_list} == {
+        ("testapp.Article", str(shown.pk)),
+        ("gone.Model", "1"),
+    }
+    status = viewer.get(reverse("admin:semantic_status"))
+    assert [f.object_pk for f in status.context["errors"]] == [str(shown.pk)]
+    change = "admin:semantic_embeddingfailure_change"
+    assert viewer.get(reverse(change, args=[record["testapp.Article", str(shown.pk)]])).status_code == 200
+    for other in (hidden, question):
+        page = viewer.get(reverse(change, args=[record[other._meta.label, str(other.pk)]]))
+        assert page.status_code == 302 and "REJECT" not in page.content.decode()
 
 
 def test_status_page_shows_the_spec_readably(editor, articles):
