@@ -71,6 +71,11 @@ MEANING_RESULTS = 100
 SEVERAL_FIELDS = "{admin}: {label} has several EmbeddingFields ({fields}); the admin's pages need one."
 UNKNOWN_FIELD = "{admin}.semantic_field is {name!r}, which is no EmbeddingField of {label}."
 FIELD_HINT = 'Set semantic_field = "{name}" (or another EmbeddingField\'s name) on {admin}.'
+NO_FIELD = (
+    "{admin}: {label} has no EmbeddingField. SemanticAdminMixin goes on the ModelAdmin of the model "
+    "that has the EmbeddingField; an inline's parent needs none."
+)
+NO_FIELD_HINT = "Remove SemanticAdminMixin from {admin}; add it to the ModelAdmin of the model with the EmbeddingField."
 
 
 class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin, StatusPageMixin):
@@ -101,6 +106,11 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
     def get_embedding_field(self) -> EmbeddingField:
         return serving_field(self.model, self.semantic_field)  # type: ignore[attr-defined]
 
+    def has_embedding_field(self) -> bool:
+        """False on the ModelAdmin of a model without one (semantic.E010): its pages are then
+        Django's own, rather than a server error where checks did not run."""
+        return bool(embedding_fields(self.model))  # type: ignore[attr-defined]
+
     def check(self, **kwargs: Any) -> list[checks.CMessage]:
         """Django's admin checks, and that :attr:`semantic_field` names the field to use:
         every page of the admin reads it, so a wrong one would answer 500 everywhere."""
@@ -108,6 +118,10 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
         model, admin_name = self.model, type(self).__name__  # type: ignore[attr-defined]
         fields = embedding_fields(model)
         names = [f.name for f in fields]
+        if not fields:
+            message = NO_FIELD.format(admin=admin_name, label=model._meta.label)
+            hint = NO_FIELD_HINT.format(admin=admin_name)
+            return [*errors, checks.Error(message, hint=hint, obj=type(self), id="semantic.E010")]
         if self.semantic_field is None and len(primary_fields(model)) > 1:
             listed = ", ".join(f.name for f in primary_fields(model))
             message = SEVERAL_FIELDS.format(admin=admin_name, label=model._meta.label, fields=listed)
@@ -127,6 +141,8 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
 
     def get_queryset(self, request: HttpRequest) -> models.QuerySet:
         qs = super().get_queryset(request)  # type: ignore[misc]
+        if not self.has_embedding_field():
+            return qs
         return with_state(qs, self.get_embedding_field().name, name=STATE_ANNOTATION)
 
     # -- changelist: state column, filter, search by meaning ------------------------------
@@ -217,8 +233,8 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         actions = super().get_actions(request)  # type: ignore[misc]
-        if self.actions is None or IS_POPUP_VAR in request.GET:  # type: ignore[attr-defined]
-            return actions  # where Django offers no action: turned off, or a lookup popup for picking a row
+        if self.actions is None or IS_POPUP_VAR in request.GET or not self.has_embedding_field():  # type: ignore[attr-defined]
+            return actions  # no action in Django (turned off, a popup for picking a row), or no field (E010)
         for name in ("find_similar", "find_duplicates", "reembed"):
             func = getattr(type(self), name)
             if all(getattr(self, f"has_{p}_permission")(request) for p in func.allowed_permissions):
@@ -277,7 +293,7 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
         context = dict(extra_context or {})
         # The URL carries the key quoted, as Django's admin quotes it ("a_b" is "a_5Fb"): unquoted as Django does.
         obj = self.get_object(request, unquote(object_id)) if object_id else None  # type: ignore[attr-defined]
-        if obj is not None and self.has_semantic_view_permission(request):
+        if obj is not None and self.has_embedding_field() and self.has_semantic_view_permission(request):
             field = self.get_embedding_field()
             # Only a stored vector that is current: a row whose text waits for the worker would
             # otherwise be embedded here, and every Save of it would wait on the API.

@@ -11,7 +11,10 @@ The column and the filter show the nearest-neighbour vote of
 :func:`~semantic.classify.predict_labels` through
 :func:`~semantic.classify.apply_predictions` (the same vote, or zero-shot from the
 field's choices while nothing is labelled yet), which never overwrites a label a
-person set. Only unlabelled rows get a suggestion.
+person set. Only unlabelled rows get a suggestion. The action labels only rows the
+ModelAdmin's ``has_change_permission(request, obj)`` allows, as Django's change form and
+"Delete selected" ask it of each row, says how many it left out, and logs each row it
+labels (``log_change()``: the row's History), as Django's own edits do.
 
 :class:`LabelSuggestionMixin` is a base of ``SemanticAdminMixin`` and uses its
 ``get_embedding_field()``, ``render_semantic()`` and permission hooks.
@@ -28,14 +31,16 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.options import IS_POPUP_VAR
 from django.contrib.admin.views.main import ChangeList
-from django.db import models, router
+from django.db import models, router, transaction
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
+from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from semantic.classify import DEFAULT_K, annotate_predictions, apply_predictions, predict_labels, unlabelled
-from semantic.labels import label_field_of, labelled
+from semantic.labels import Prediction, label_field_of, labelled
+from semantic.streaming import BATCH_SIZE
 from semantic.vectors import SearchUnavailable
 
 #: Where a page's suggestion is kept on each row of the changelist: ``(label, confidence)``.
@@ -44,6 +49,12 @@ FILTER_CHOICES = ("confident", "unsure", "none")
 #: Shown instead of a server error when predicting needs the embedding API (zero-shot embeds
 #: the choices' names) and it cannot answer now. Every prediction is made before any label is written.
 LABELS_UNAVAILABLE = _("Could not suggest labels, so nothing was labelled: {reason}")
+#: Selected rows with a suggestion that the ModelAdmin's ``has_change_permission(request, obj)`` refuses
+#: (singular, plural): on the confirmation page and after labelling.
+LEFT_OUT = (
+    "%(count)d row with a suggested label is left out: you may not change it.",
+    "%(count)d rows with a suggested label are left out: you may not change them.",
+)
 
 
 class SuggestionFilter(admin.SimpleListFilter):
@@ -113,10 +124,15 @@ class LabelSuggestionMixin:
         """The labelled rows suggestions learn from: those this user may see.
 
         None (every row of the model, the library's default) when ``get_queryset()``
-        hides nothing, so the vote's subquery stays the plain index search.
+        hides nothing, so the vote's subquery stays the plain index search. Otherwise the
+        model's rows whose keys it admits, as ``semantic_queryset()`` has them: the vote
+        correlates its examples with each row, and ``get_queryset()`` itself may carry
+        what a correlated subquery cannot (a ``Count()`` column's GROUP BY, ``distinct()``).
         """
         visible = self.get_queryset(request)  # type: ignore[attr-defined]
-        return visible if visible.query.where else None
+        if not visible.query.where:
+            return None
+        return self.model._default_manager.using(visible.db).filter(pk__in=visible.values("pk"))  # type: ignore[attr-defined]
 
     def label_options(self, request: HttpRequest) -> dict[str, Any]:
         return {
@@ -211,17 +227,12 @@ class LabelSuggestionMixin:
         if confirmed and form.is_valid():
             minimum = form.cleaned_data["min_confidence"]
             try:
-                written = apply_predictions(
-                    predict_labels(queryset, label, **self.label_options(request)),  # type: ignore[arg-type]
-                    self.model,  # type: ignore[attr-defined]
-                    label,  # type: ignore[arg-type]
-                    min_confidence=minimum,
-                    # Where the router writes the rows, as "Re-embed" does: queryset.db is
-                    # where they are read from, maybe a replica that refuses writes.
-                    using=router.db_for_write(self.model),  # type: ignore[attr-defined]
-                )
+                predictions = predict_labels(queryset, label, **self.label_options(request))  # type: ignore[arg-type]
+                chosen = [p for p in predictions if p.confidence >= minimum]
             except SearchUnavailable as exc:
                 return self.labels_unavailable(request, exc)
+            allowed = self.changeable_rows(request, queryset, [p.pk for p in chosen])
+            written = self.write_labels(request, [p for p in chosen if p.pk in allowed], allowed)
             self.message_user(  # type: ignore[attr-defined]
                 request,
                 ngettext(
@@ -232,6 +243,8 @@ class LabelSuggestionMixin:
                 % {"count": written, "minimum": minimum},
                 messages.SUCCESS,
             )
+            if left_out := len(chosen) - len(allowed):
+                self.message_user(request, ngettext(*LEFT_OUT, left_out) % {"count": left_out}, messages.WARNING)  # type: ignore[attr-defined]
             return None
         minimum = form.cleaned_data["min_confidence"] if form.is_bound and form.is_valid() else None
         if minimum is None and not form.is_bound:
@@ -241,6 +254,9 @@ class LabelSuggestionMixin:
         except SearchUnavailable as exc:
             return self.labels_unavailable(request, exc)
         chosen = [p for p in predictions if minimum is not None and p.confidence >= minimum]
+        allowed = self.changeable_rows(request, queryset, [p.pk for p in chosen])
+        left_out = len(chosen) - len(allowed)
+        chosen = [p for p in chosen if p.pk in allowed]
         by_label: dict[Any, int] = {}
         for prediction in chosen:
             by_label[prediction.label] = by_label.get(prediction.label, 0) + 1
@@ -251,6 +267,7 @@ class LabelSuggestionMixin:
             "unlabelled_count": queryset.exclude(labelled(label_field_of(self.model, label))).count(),  # type: ignore[arg-type, attr-defined]
             "suggested_count": len(predictions),
             "would_change": len(chosen),
+            "left_out": ngettext(*LEFT_OUT, left_out) % {"count": left_out} if left_out else "",
             "minimum": minimum,
             "by_label": sorted(((names[v], n) for v, n in by_label.items()), key=lambda i: (-i[1], i[0])),
             "select_across": request.POST.get("select_across") == "1",
@@ -259,6 +276,41 @@ class LabelSuggestionMixin:
             "back_url": request.get_full_path(),
         }
         return self.render_semantic(request, self.apply_labels_template, _("Apply suggested labels"), context)  # type: ignore[attr-defined]
+
+    def changeable_rows(self, request: HttpRequest, queryset: models.QuerySet, pks: list[Any]) -> dict[Any, Any]:
+        """The rows among ``pks`` this user may change, by key: the ModelAdmin decides for each row."""
+        allowed = {}
+        for start in range(0, len(pks), BATCH_SIZE):
+            for obj in queryset.filter(pk__in=pks[start : start + BATCH_SIZE]):
+                if self.has_change_permission(request, obj):  # type: ignore[attr-defined]
+                    allowed[obj.pk] = obj
+        return allowed
+
+    def write_labels(self, request: HttpRequest, predictions: list[Prediction], rows: dict[Any, Any]) -> int:
+        """Write the predictions as ``semantic_classify`` does (never over a label set meanwhile)
+        and log a change for each row written; returns how many."""
+        label = self.semantic_label_field
+        field = label_field_of(self.model, label)  # type: ignore[arg-type, attr-defined]
+        # Where the router writes the rows, as "Re-embed" does: the queryset's database is
+        # where they are read from, maybe a replica that refuses writes.
+        using = router.db_for_write(self.model)  # type: ignore[attr-defined]
+        message = [{"changed": {"fields": [capfirst(field.verbose_name)]}}]
+        written = 0
+        for start in range(0, len(predictions), BATCH_SIZE):
+            batch = predictions[start : start + BATCH_SIZE]
+            with transaction.atomic(using=using):
+                # Locked, so the rows still unlabelled now are exactly the ones written and logged.
+                rows_left = self.model._base_manager.using(using).select_for_update()  # type: ignore[attr-defined]
+                open_pks = set(
+                    rows_left.filter(pk__in=[p.pk for p in batch]).exclude(labelled(field)).values_list("pk", flat=True)
+                )
+                batch = [p for p in batch if p.pk in open_pks]
+                written += apply_predictions(iter(batch), self.model, label, using=using)  # type: ignore[arg-type, attr-defined]
+                for prediction in batch:
+                    obj = rows[prediction.pk]
+                    setattr(obj, field.attname, prediction.label)
+                    self.log_change(request, obj, message)  # type: ignore[attr-defined]
+        return written
 
     def labels_unavailable(self, request: HttpRequest, error: SearchUnavailable) -> None:
         """Back to the changelist with a warning: the user may try again once the API answers."""

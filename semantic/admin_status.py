@@ -3,9 +3,10 @@
 The page reports on other models' rows, so the EmbeddingFailure permissions that open it
 are not enough: a model counts only when the user may view it through its ModelAdmin on
 this admin site, and then only the rows that ModelAdmin's ``get_queryset()`` admits.
-"Retry failed rows" re-queues only rows the user may change and sees. Failure rows that
-name a model, field or row that is gone, or a key the model cannot read, are skipped and
-reported: they must not turn the button into a server error.
+"Retry failed rows" re-queues only rows the user may change and sees, and drops the
+records of rows deleted since (as the sweep does). Failure rows that name a model or
+field that is gone, or a key the model cannot read, are skipped and reported: they must
+not turn the button into a server error.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from django.apps import apps
 from django.contrib import admin, messages
 from django.contrib.auth import get_permission_codename
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import PermissionDenied
 from django.db import models, router
 from django.db.models import CharField, Q
 from django.db.models.functions import Cast
@@ -29,8 +30,8 @@ from django.utils.translation import ngettext
 from semantic.admin_changelist import EmbeddingStateFilter
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingFailure
-from semantic.passage_rows import FAILURE_SUFFIX
 from semantic.registry import embedding_fields
+from semantic.rows import FAILURE_SUFFIX, readable_keys, sweep_orphan_failures
 from semantic.status import STATES, field_status
 from semantic.tasks import enqueue, iter_fields
 
@@ -39,6 +40,10 @@ LAST_ERRORS = 20
 
 
 class EmbeddingFailureAdmin(admin.ModelAdmin):
+    """The failure records, and the status page. Both show only the records of rows the user
+    may see (below), and of models no longer installed: those show no one's rows, and this
+    list is where they can be deleted."""
+
     list_display = ["model_label", "field_name", "object_pk", "attempts", "permanent", "short_error", "last_failed_at"]
     list_filter = ["model_label", "field_name", "permanent"]
     readonly_fields = [f.name for f in EmbeddingFailure._meta.fields]
@@ -50,6 +55,16 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def get_queryset(self, request: HttpRequest) -> models.QuerySet:
+        records = super().get_queryset(request)
+        visible = failure_conditions(self.visible_rows(request)).get(records.db, Q(pk__in=[]))
+        installed = {model._meta.label for model, _ in iter_fields()}
+        return records.filter(visible | ~Q(model_label__in=installed))
+
+    def visible_rows(self, request: HttpRequest) -> dict[type[models.Model], models.QuerySet | None]:
+        """Each model with an EmbeddingField: the rows this user may view on this admin site, or None."""
+        return {model: self.model_rows(request, model, "view") for model in {m for m, _ in iter_fields()}}
 
     def get_urls(self) -> list[Any]:
         return [
@@ -64,10 +79,18 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
         if request.method == "POST":
             if not self.has_change_permission(request):
                 raise PermissionDenied
+            dropped = self.drop_records_of_deleted_rows(request)
             retried, skipped = self.retry_failed(request)
             self.message_user(
                 request, ngettext("Queued %d failed row again.", "Queued %d failed rows again.", retried) % retried
             )
+            if dropped:
+                message = ngettext(
+                    "Removed %d failure record of a row deleted since.",
+                    "Removed %d failure records of rows deleted since.",
+                    dropped,
+                )
+                self.message_user(request, message % dropped)
             if skipped:
                 message = ngettext(
                     "Skipped %d failed row: its model, field or row is gone, its key is malformed, "
@@ -79,7 +102,7 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
                 self.message_user(request, message % skipped, messages.WARNING)
             # The page's own URL: it is served here, or by a SemanticAdminMixin on a site without this admin.
             return HttpResponseRedirect(request.path)
-        visible = {model: self.model_rows(request, model, "view") for model in {m for m, _ in iter_fields()}}
+        visible = self.visible_rows(request)
         report = []
         for model, field in iter_fields():
             if visible[model] is not None:
@@ -132,6 +155,15 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
         if any(request.user.has_perm(f"{opts.app_label}.{get_permission_codename(a, opts)}") for a in actions):
             return model._base_manager.all()
         return None
+
+    def drop_records_of_deleted_rows(self, request: HttpRequest) -> int:
+        """Drop the failure records of rows deleted behind the ORM's back (as the sweep does), of
+        the models this user may change; returns how many. Retried, they would be skipped for ever."""
+        return sum(
+            sweep_orphan_failures(field, router.db_for_write(model))
+            for model, field in iter_fields()
+            if self.model_rows(request, model, "change") is not None
+        )
 
     def retry_failed(self, request: HttpRequest) -> tuple[int, int]:
         """Queue the failed rows this user may change and sees; returns (queued, skipped)."""
@@ -202,11 +234,11 @@ def counts_with_links(row: dict[str, Any], changelist_url: str | None) -> list[t
     ]
 
 
-def visible_failures(visible: dict[type[models.Model], models.QuerySet | None], limit: int) -> list[EmbeddingFailure]:
-    """The ``limit`` newest EmbeddingFailure rows of the rows in ``visible`` (a model's visible rows, or None).
+def failure_conditions(visible: dict[type[models.Model], models.QuerySet | None]) -> dict[str, Q]:
+    """By database, which EmbeddingFailure records are of the rows in ``visible`` (a model's visible rows, or None).
 
-    Each model's are read on the database its rows are read from, where they are kept
-    (``semantic.E008``): one query per database, never one joining two databases' tables.
+    Each model's are on the database its rows are read from, where they are kept
+    (``semantic.E008``): one condition per database, never one joining two databases' tables.
     """
     conditions: dict[str, Q] = {}
     for model, rows in visible.items():
@@ -214,8 +246,13 @@ def visible_failures(visible: dict[type[models.Model], models.QuerySet | None], 
             keys = rows.annotate(_semantic_key=Cast("pk", CharField())).values("_semantic_key")
             condition = Q(model_label=model._meta.label, object_pk__in=keys)
             conditions[rows.db] = conditions[rows.db] | condition if rows.db in conditions else condition
+    return conditions
+
+
+def visible_failures(visible: dict[type[models.Model], models.QuerySet | None], limit: int) -> list[EmbeddingFailure]:
+    """The ``limit`` newest EmbeddingFailure rows of the rows in ``visible`` (a model's visible rows, or None)."""
     found: list[EmbeddingFailure] = []
-    for using, condition in conditions.items():
+    for using, condition in failure_conditions(visible).items():
         found += EmbeddingFailure.objects.using(using).filter(condition).order_by("-last_failed_at")[:limit]
     return sorted(found, key=lambda failure: failure.last_failed_at, reverse=True)[:limit]
 
@@ -243,14 +280,3 @@ def embedding_model(label: str, field_name: str) -> type[models.Model] | None:
         return None
     fields: list[EmbeddingField] = embedding_fields(model)
     return model if any(f.name == field_name for f in fields) else None
-
-
-def readable_keys(model: type[models.Model], keys: list[str]) -> dict[Any, str]:
-    """Primary-key values by the stored text they came from, leaving out keys the model cannot read."""
-    readable = {}
-    for key in keys:
-        try:
-            readable[model._meta.pk.to_python(key)] = key
-        except ValidationError:
-            continue
-    return readable

@@ -58,8 +58,7 @@ def connect(model: type[models.Model]) -> None:
     if model._meta.abstract or not embedding_fields(model):
         return
     post_save.connect(on_save, sender=model, weak=False, dispatch_uid=f"semantic:save:{model._meta.label}")
-    if any(field.passages for field in embedding_fields(model)):
-        post_delete.connect(on_delete, sender=model, weak=False, dispatch_uid=f"semantic:delete:{model._meta.label}")
+    post_delete.connect(on_delete, sender=model, weak=False, dispatch_uid=f"semantic:delete:{model._meta.label}")
 
 
 def _on_class_prepared(sender: type[models.Model], **kwargs: Any) -> None:
@@ -128,11 +127,14 @@ def forget_python_hashes(sender: type[models.Model], instance: models.Model, usi
 
 
 def on_delete(sender: type[models.Model], instance: models.Model, using: str | None = None, **kwargs: Any) -> None:
-    """Delete a deleted row's passages, in the deleting transaction (a rollback keeps both)."""
+    """Delete a deleted row's failure records and passages, in the deleting transaction (a
+    rollback keeps them all): a record of a row that is gone would be listed, and retried, for ever."""
     # Imported here: this module is imported with the package, before the app's models may be.
     from semantic.passage_rows import delete_passages
+    from semantic.rows import forget_deleted
 
     for field in embedding_fields(sender):
+        forget_deleted(field, [instance.pk], using)
         if field.passages:
             delete_passages(field.model, field, [instance.pk], using)
 

@@ -8,7 +8,8 @@ from pgvector.django import VectorField
 class EmbeddingFailure(models.Model):
     """A row whose text could not be embedded, with the last error.
 
-    Deleted as soon as the row is embedded. Transient failures (rate limits, server
+    Deleted as soon as the row is embedded, and with the row (the sweep finds rows
+    deleted behind the ORM's back). Transient failures (rate limits, server
     errors, time-outs) are retried by the sweep after ``retry_at``; permanent ones
     (the API rejected the text) wait until the text changes or
     ``manage.py semantic_embed --failed`` retries them.

@@ -29,11 +29,9 @@ from semantic.field_text import TITLE_SEPARATOR
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingFailure, Passage
 from semantic.passages import split
-from semantic.rows import in_flight
+from semantic.rows import FAILURE_SUFFIX, in_flight
 from semantic.text import clean, sanitize, source_hash, storable
 
-#: Failure records of a row's passages name the field with this suffix (the row's own records name it bare).
-FAILURE_SUFFIX = ":passages"
 #: Rows cut (and their stored passage vectors read) at a time by the Batch API and the dry-run.
 CUT_ROWS = 500
 #: The version of the rules that cut a row into passages and say what a passage stores, part of

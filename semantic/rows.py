@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import connections, models, router, transaction
 from django.db.models import Case, CharField, Exists, F, Func, JSONField, OuterRef, Q, When
 from django.db.models.fields.json import KeyTextTransform
@@ -25,6 +26,10 @@ from semantic.models import EmbeddingBatchJob, EmbeddingFailure
 
 #: Gemini keeps a batch job at most this long; after it, the job's rows are free again.
 JOB_LIFETIME = timedelta(hours=48)
+#: Failure records of a row's passages name the field with this suffix (the row's own records name it bare).
+FAILURE_SUFFIX = ":passages"
+#: Keys looked up in one query when sweeping the failure records of rows that are gone.
+KEYS_PER_QUERY = 1000
 
 
 def pending_rows(model: type[models.Model], field: EmbeddingField, using: str | None = None) -> models.QuerySet:
@@ -197,3 +202,51 @@ def forget_failures(
     if pks is not None:
         records = records.filter(object_pk__in=[str(pk) for pk in pks])
     records.delete()
+
+
+def records_of_rows(field: EmbeddingField, using: str) -> models.QuerySet[EmbeddingFailure]:
+    """Every failure record of ``field``'s rows on ``using``: their vectors' and their passages'."""
+    names = [field.name, field.name + FAILURE_SUFFIX]
+    return EmbeddingFailure.objects.using(using).filter(model_label=field.model._meta.label, field_name__in=names)
+
+
+def forget_deleted(field: EmbeddingField, pks: list[Any], using: str | None = None) -> int:
+    """Drop the failure records of these deleted rows (their vectors' and passages'), on
+    ``using``, the database they were deleted from; returns how many."""
+    records = records_of_rows(field, using or router.db_for_write(field.model))
+    deleted, _ = records.filter(object_pk__in=[str(pk) for pk in pks]).delete()
+    return deleted
+
+
+def sweep_orphan_failures(field: EmbeddingField, using: str | None = None) -> int:
+    """Drop the failure records whose row is gone (deleted by raw SQL or ``QuerySet.update()``
+    of a key: a delete through the ORM drops them itself, as :func:`forget_deleted`); returns how many.
+
+    Looked up by primary key (the table's index) in Python rather than joined in SQL: a
+    record's key is text, and one the model cannot read (made by hand) is not a row's and
+    is left alone, where casting it in SQL would fail the whole sweep.
+    """
+    using = using or router.db_for_write(field.model)
+    records = records_of_rows(field, using)
+    readable = readable_keys(field.model, list(set(records.values_list("object_pk", flat=True))))
+    gone: list[str] = []
+    pks = list(readable)
+    for start in range(0, len(pks), KEYS_PER_QUERY):
+        chunk = pks[start : start + KEYS_PER_QUERY]
+        found = set(field.model._base_manager.using(using).filter(pk__in=chunk).values_list("pk", flat=True))
+        gone += [readable[pk] for pk in chunk if pk not in found]
+    deleted = 0
+    for start in range(0, len(gone), KEYS_PER_QUERY):
+        deleted += records.filter(object_pk__in=gone[start : start + KEYS_PER_QUERY]).delete()[0]
+    return deleted
+
+
+def readable_keys(model: type[models.Model], keys: list[str]) -> dict[Any, str]:
+    """Primary-key values by the stored text they came from, leaving out keys the model cannot read."""
+    readable = {}
+    for key in keys:
+        try:
+            readable[model._meta.pk.to_python(key)] = key
+        except ValidationError:
+            continue
+    return readable

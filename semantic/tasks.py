@@ -29,7 +29,7 @@ from semantic.hooks import embedding_suspended as embedding_suspended
 from semantic.hooks import suspend_embedding as suspend_embedding
 from semantic.passage_rows import sweep_orphans
 from semantic.registry import get_embedding_field, iter_fields
-from semantic.rows import pending_keys
+from semantic.rows import pending_keys, sweep_orphan_failures
 from semantic.schema import schema_problem
 from semantic.writer import Outcome
 
@@ -173,8 +173,8 @@ def embed_pending(*targets: str | type[models.Model], limit: int | None = None) 
     Catches rows written without ``save()`` (``bulk_create``, ``QuerySet.update()``,
     raw SQL). ``targets`` are models or ``"app_label.Model"`` labels; all models with
     an EmbeddingField when none are given. Returns a summary per ``label.field``.
-    Fields with ``passages`` also lose the passages of rows deleted or emptied behind
-    the ORM's back (``passages_swept``).
+    Failure records of rows deleted behind the ORM's back go (``failures_swept``), and
+    fields with ``passages`` lose those rows' passages and those of rows emptied (``passages_swept``).
 
     Each field runs on its own: one whose table lacks its columns, or whose run fails,
     is logged and reported in its summary (``stopped`` and ``errors``), and the fields
@@ -219,13 +219,15 @@ def sweep_field(
             if problem is None:
                 embedder.run(limit=HAND_OVER_BATCHES * embedder.batch_size if share else limit)
                 handed = {"handed_over": True} if share and _hand_over_rest(model, field, embedder) else {}
+                # Records of rows deleted behind the ORM's back, which would be listed and retried for ever.
+                orphans = {"failures_swept": sweep_orphan_failures(field, embedder.using)}
                 if not field.passages:
-                    return {**embedder.outcome.as_dict(), **handed}
+                    return {**embedder.outcome.as_dict(), **handed, **orphans}
                 # Rows whose passages lag for reasons no save reports: passages newly turned on,
                 # a passage failure's wait over, a worker stopped between a row and its passages.
                 embedder.run_passages(limit=limit)
                 swept = sweep_orphans(model, field)
-                return {**embedder.outcome.as_dict(), **handed, "passages_swept": swept}
+                return {**embedder.outcome.as_dict(), **handed, **orphans, "passages_swept": swept}
         logger.error(SWEEP_SKIPPED, label, problem)
     except Exception as exc:
         # Its first line only: a database error goes on to quote the statement and its values.

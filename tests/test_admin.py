@@ -4,6 +4,7 @@ import html
 import re
 import threading
 from datetime import timedelta
+from types import ModuleType
 
 import pytest
 from django.contrib import admin
@@ -14,17 +15,18 @@ from django.core.cache import cache
 from django.db import connection
 from django.db.backends.signals import connection_created
 from django.test.utils import CaptureQueriesContext
-from django.urls import reverse
+from django.urls import path, reverse
 from django.utils import timezone
 
 from project.questions.models import Question
 from semantic import embed_pending, suspend_embedding
-from semantic.admin import SEARCH_UNAVAILABLE
+from semantic.admin import NO_FIELD, NO_FIELD_HINT, SEARCH_UNAVAILABLE, SemanticAdminMixin
 from semantic.duplicates import SPLIT_MIN_ROWS
 from semantic.models import DismissedPair, EmbeddingBatchJob, EmbeddingFailure
 from semantic.registry import get_embedding_field
 from tests.fake_gemini import api_error
-from tests.testapp.models import Article, Entry, Note
+from tests.testapp.models import Article, Entry, Note, Report
+from tests.topicapp.models import Queue, Request
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -680,6 +682,75 @@ def test_status_counts_of_a_model_without_a_semantic_changelist_are_not_links(ad
     assert linked_rows() == {"testapp.Entry.embedding", "testapp.Report.embedding"}
 
 
+def test_failure_records_go_with_their_rows_however_the_rows_are_deleted(admin_client, fake_gemini):
+    """A text the API refused is often junk that is then deleted: its record must not stay
+    listed, and retried ("Skipped 1 failed row") on every press of the status page's button."""
+    fake_gemini.reject_marker = "REJECT"
+    in_admin, raw, swept = (Article.objects.create(title=f"REJECT {name}") for name in ("admin", "raw", "swept"))
+    records = EmbeddingFailure.objects.filter(model_label="testapp.Article")
+    assert sorted(records.values_list("object_pk", flat=True)) == sorted(str(a.pk) for a in (in_admin, raw, swept))
+
+    deleted = admin_client.post(
+        reverse("admin:testapp_article_delete", args=[in_admin.pk]), {"post": "yes"}, follow=True
+    )
+    assert deleted.redirect_chain == [(reverse(CHANGELIST), 302)]
+    assert not records.filter(object_pk=str(in_admin.pk)).exists()
+
+    with connection.cursor() as cursor:  # behind the ORM's back
+        cursor.execute(f"DELETE FROM {Article._meta.db_table} WHERE id IN (%s, %s)", [raw.pk, swept.pk])
+    status = reverse("admin:semantic_status")
+    assert records.count() == 2  # until the button or the sweep finds them gone
+    retried = admin_client.post(status, follow=True)
+    assert [str(m) for m in retried.context["messages"]] == [
+        "Queued 0 failed rows again.",
+        "Removed 2 failure records of rows deleted since.",
+    ]
+    assert not records.exists()
+    again = admin_client.post(status, follow=True)
+    assert [str(m) for m in again.context["messages"]] == ["Queued 0 failed rows again."]
+
+    gone = Article.objects.create(title="REJECT gone behind the ORM")
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {Article._meta.db_table} WHERE id = %s", [gone.pk])
+    assert embed_pending(Article)["testapp.Article.embedding"]["failures_swept"] == 1
+    assert not records.exists()
+
+    report = Report.objects.create(title="report", body="REJECT this report")
+    EmbeddingFailure.objects.create(
+        model_label="testapp.Report", field_name="embedding:passages", object_pk=str(report.pk), error="refused"
+    )
+    assert EmbeddingFailure.objects.filter(object_pk=str(report.pk)).count() == 2  # its vector's and its passages'
+    report.delete()
+    assert not EmbeddingFailure.objects.filter(object_pk=str(report.pk)).exists()
+
+
+def test_the_failures_list_shows_only_records_of_rows_the_user_may_see(viewer, fake_gemini):
+    """As the status page beside it: ArticleAdmin's get_queryset() hides category "hidden",
+    and the viewer may not view Questions at all."""
+    fake_gemini.reject_marker = "REJECT"
+    shown = Article.objects.create(title="REJECT shown")
+    hidden = Article.objects.create(title="REJECT hidden", category="hidden")
+    question = Question.objects.create(title="REJECT question", body="")
+    EmbeddingFailure.objects.create(model_label="gone.Model", field_name="embedding", object_pk="1", error="x")
+    assert EmbeddingFailure.objects.count() == 4
+    record = {(r.model_label, r.object_pk): r.pk for r in EmbeddingFailure.objects.all()}
+
+    listed = viewer.get(reverse("admin:semantic_embeddingfailure_changelist"))
+    assert listed.status_code == 200
+    # A record of a model since removed shows no one's row, and this list is where it can be deleted.
+    assert {(r.model_label, r.object_pk) for r in listed.context["cl"].result_list} == {
+        ("testapp.Article", str(shown.pk)),
+        ("gone.Model", "1"),
+    }
+    status = viewer.get(reverse("admin:semantic_status"))
+    assert [f.object_pk for f in status.context["errors"]] == [str(shown.pk)]
+    change = "admin:semantic_embeddingfailure_change"
+    assert viewer.get(reverse(change, args=[record["testapp.Article", str(shown.pk)]])).status_code == 200
+    for other in (hidden, question):
+        page = viewer.get(reverse(change, args=[record[other._meta.label, str(other.pk)]]))
+        assert page.status_code == 302 and "REJECT" not in page.content.decode()
+
+
 def test_status_page_shows_the_spec_readably(editor, articles):
     response = editor.get(reverse("admin:semantic_status"))
     row = next(r for r in response.context["report"] if r["model"] == "testapp.Article")
@@ -830,6 +901,46 @@ def test_a_custom_site_with_only_the_models_admin_has_the_status_page(client, no
     client.force_login(staff("notesonly", "view_note"))
     assert "semantic-status-link" not in client.get(changelist).content.decode()
     assert client.get(status).status_code == 403
+
+
+class RequestInline(admin.TabularInline):
+    model = Request
+    extra = 1
+
+
+class QueueAdmin(SemanticAdminMixin, admin.ModelAdmin):
+    """The mistake of putting the mixin on the page where the embedded rows are edited: Queue
+    has no EmbeddingField, its Requests (an inline here) have one."""
+
+    inlines = [RequestInline]
+
+
+@pytest.fixture
+def queue_site(settings):
+    """An admin site of its own, served for one test: one in tests/urls.py would fail every ``check``."""
+    site = admin.AdminSite(name="queueadmin")
+    site.register(Queue, QueueAdmin)
+    urlconf = ModuleType("queue_urls")
+    urlconf.urlpatterns = [path("queueadmin/", site.urls)]
+    settings.ROOT_URLCONF = urlconf
+    yield site
+    site.unregister(Queue)
+
+
+def test_the_mixin_on_a_model_without_an_embedding_field_is_a_check_error_not_a_server_error(
+    admin_client, queue_site, fake_gemini
+):
+    (error,) = QueueAdmin(Queue, queue_site).check()
+    assert error.id == "semantic.E010"
+    assert error.msg == NO_FIELD.format(admin="QueueAdmin", label="topicapp.Queue")
+    assert error.hint == NO_FIELD_HINT.format(admin="QueueAdmin")
+
+    queue = Queue.objects.create(name="Billing")
+    Request.objects.create(text="copy of my invoice", queue=queue)
+    for view, args in [("changelist", []), ("change", [queue.pk]), ("history", [queue.pk]), ("delete", [queue.pk])]:
+        response = admin_client.get(reverse(f"queueadmin:topicapp_queue_{view}", args=args))
+        assert response.status_code == 200, view
+    assert admin_client.get(reverse("queueadmin:topicapp_queue_changelist")).context["cl"].result_count == 1
 
 
 # -- duplicate review: columns, compare, threshold on every page, dismissed pairs (issue 12) -------

@@ -9,18 +9,20 @@ from datetime import UTC, datetime, time, timedelta
 
 import pytest
 from django.contrib import admin
-from django.contrib.auth.models import User
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.auth.models import Permission, User
 from django.contrib.messages import get_messages
 from django.core.cache import cache
 from django.core.cache.backends.base import CacheKeyWarning
 from django.db import connection
+from django.db.models import Count
 from django.http import QueryDict
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone, translation
 
 from semantic import embed_pending, suspend_embedding
-from semantic.admin_labels import LABELS_UNAVAILABLE
+from semantic.admin_labels import LABELS_UNAVAILABLE, LEFT_OUT
 from semantic.admin_topics import (
     GROUPS_OUT_OF_RANGE,
     TOO_FEW_TO_GROUP,
@@ -31,6 +33,7 @@ from semantic.admin_topics import (
 )
 from semantic.classify import predict_labels
 from semantic.clusters import period_start
+from semantic.models import EmbeddingFailure
 from tests.fake_gemini import api_error
 from tests.test_admin import assert_stays_on_other_site, staff
 from tests.test_classify import mid_reembed
@@ -180,6 +183,43 @@ def test_apply_asks_for_a_minimum_confidence_then_labels_and_keeps_human_labels(
     assert Ticket.objects.get(pk=meanwhile).category == "exchange_rate"
     assert Ticket.objects.get(pk=human).category == "terminate_account"
     assert set(Ticket.objects.filter(category="").values_list("pk", flat=True)) == set(expected) - sure
+
+
+def test_apply_labels_only_rows_the_user_may_change_and_logs_each_one(editor, tickets, ticket_admin, monkeypatch):
+    """A ModelAdmin that refuses to change some rows (Django asks ``has_change_permission(request, obj)``
+    on the row's change form): the action leaves them out, says so, and writes History for the others."""
+    expected = suggestions()
+    locked = set(list(expected)[:3])
+    declared = type(ticket_admin).has_change_permission
+
+    def has_change_permission(request, obj=None):
+        if obj is not None and obj.pk in locked:
+            return False
+        return declared(ticket_admin, request, obj)
+
+    monkeypatch.setattr(ticket_admin, "has_change_permission", has_change_permission)
+    one_locked = next(iter(locked))
+    assert editor.post(reverse("admin:topicapp_ticket_change", args=[one_locked]), {"text": "x"}).status_code == 403
+
+    page = act(editor, {"_selected_action": list(expected), "min_confidence": "0", "preview": "1"})
+    assert page.context["would_change"] == len(expected) - 3
+    left_out = "3 rows with a suggested label are left out: you may not change them."
+    assert left_out == LEFT_OUT[1] % {"count": 3}
+    assert left_out in page.content.decode()
+
+    done = act(editor, {"_selected_action": list(expected), "min_confidence": "0", "post": "yes"})
+    assert done.status_code == 302
+    assert [str(m) for m in get_messages(done.wsgi_request)] == [
+        f"Labelled {len(expected) - 3} rows with their suggested labels (confidence 0.0 or more).",
+        left_out,
+    ]
+    assert set(Ticket.objects.filter(category="").values_list("pk", flat=True)) == locked
+    logged = LogEntry.objects.filter(content_type__model="ticket", action_flag=CHANGE)
+    assert sorted(int(pk) for pk in logged.values_list("object_id", flat=True)) == sorted(set(expected) - locked)
+    assert {(e.user.username, e.get_change_message()) for e in logged} == {("editor", "Changed Category.")}
+    labelled_row = next(pk for pk in expected if pk not in locked)
+    history = editor.get(reverse("admin:topicapp_ticket_history", args=[labelled_row]))
+    assert "Changed Category." in history.content.decode()
 
 
 def test_apply_to_all_rows_of_a_filtered_list(editor, tickets, ticket_admin, monkeypatch):
@@ -336,6 +376,55 @@ def test_rows_whose_neighbours_are_not_similar_at_all_get_no_suggestion(editor, 
         "",
         "card_arrival",
     )
+
+
+def test_a_get_queryset_that_filters_and_counts_keeps_every_page_working(editor, tickets, ticket_admin, monkeypatch):
+    """The usual per-user ``get_queryset()`` with a ``Count()`` column: its GROUP BY used as the
+    vote's examples as they were made Django refuse the query (outer reference) for every user it filters."""
+    hidden = "exchange_rate"
+    declared = type(ticket_admin).get_queryset
+
+    def get_queryset(request):
+        rows = declared(ticket_admin, request)
+        if not request.user.is_superuser:
+            rows = rows.exclude(category=hidden)
+        return rows.annotate(times_listed=Count("pk"))
+
+    monkeypatch.setattr(ticket_admin, "get_queryset", get_queryset)
+    visible = Ticket.objects.exclude(category=hidden)
+    expected = {p.pk: p for p in predict_labels(visible, "category", k=5, examples=visible)}
+
+    shown = cells(editor.get(reverse(CHANGELIST)), "suggested label")
+    assert {pk for pk, text in shown.items() if text != "-"} == set(expected)
+    for pk, p in expected.items():
+        assert shown[pk] == f"{NAMES.get(p.label, p.label)} ({p.confidence:.2f})"
+    for query in (
+        {"q": "my card has not come", "semantic": "1"},
+        {"embedding_state": "embedded"},
+        {"semantic_suggestion": "confident"},
+        {"semantic_suggestion": "none"},
+    ):
+        assert editor.get(reverse(CHANGELIST), query).status_code == 200, query
+    assert editor.get(reverse(TOPICS)).status_code == 200
+    EmbeddingFailure.objects.create(
+        model_label="topicapp.Ticket", field_name="embedding", object_pk=str(next(iter(expected))), error="refused"
+    )
+    User.objects.get(username="editor").user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_embeddingfailure", "change_embeddingfailure"])
+    )
+    status = editor.get(reverse("admin:semantic_status"))
+    assert status.status_code == 200
+    assert len(status.context["errors"]) == 1
+    assert editor.get(reverse("admin:semantic_embeddingfailure_changelist")).status_code == 200
+    assert editor.post(reverse("admin:semantic_status")).status_code == 302
+    for action in ("find_similar", "find_duplicates", "reembed"):
+        data = {"action": action, "index": 0, "_selected_action": list(expected)[:3]}
+        assert editor.post(reverse(CHANGELIST), data).status_code in (200, 302), action
+    page = act(editor, {"_selected_action": list(expected)})
+    assert page.status_code == 200 and page.context["suggested_count"] == len(expected)
+    done = act(editor, {"_selected_action": list(expected), "min_confidence": "0", "post": "yes"})
+    assert done.status_code == 302
+    assert {pk: Ticket.objects.get(pk=pk).category for pk in expected} == {pk: p.label for pk, p in expected.items()}
 
 
 # -- Topics ----------------------------------------------------------------------------------
