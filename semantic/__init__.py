@@ -2,7 +2,7 @@
 
 from semantic.classify import annotate_predictions, apply_predictions, predict_labels, suggest_label
 from semantic.clusters import cluster
-from semantic.context import Context, ContextPassage, context
+from semantic.context import Context, ContextPassage, acontext, context
 from semantic.fields import EmbeddingField
 from semantic.hooks import suspend_embedding
 from semantic.hybrid import HybridQuerySet, HybridSearchMixin, ahybrid, hybrid
@@ -21,6 +21,7 @@ __all__ = [
     "SemanticManager",
     "SemanticQuerySet",
     "SemanticQuerySetMixin",
+    "acontext",
     "annotate_predictions",
     "apply_predictions",
     "cluster",

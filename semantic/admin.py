@@ -28,7 +28,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext
+from django.utils.translation import ngettext, ngettext_lazy
 from pgvector.django import CosineDistance
 
 from semantic.admin_changelist import (
@@ -63,6 +63,17 @@ from semantic.vectors import EmptyQuery, SearchUnavailable
 SEARCH_UNAVAILABLE = _("Search by meaning is unavailable right now ({reason}); showing results without it.")
 #: The same, for a search box with no keyword search to fall back to.
 MEANING_ONLY_UNAVAILABLE = _("Search by meaning is unavailable right now ({reason}); try again later.")
+#: "Find similar" shows no neighbours for rows whose text it had to embed when the API could not;
+#: the reason (SearchUnavailable's message) says whether to wait or which setting to fix.
+FIND_SIMILAR_UNAVAILABLE = ngettext_lazy(
+    "Similar items could not be found for %(count)d selected row: its stored embedding is out of date, "
+    "and its text could not be embedded now. %(reason)s",
+    "Similar items could not be found for %(count)d selected rows: their stored embeddings are out of date, "
+    "and their text could not be embedded now. %(reason)s",
+    "count",
+)
+#: "Find similar" on a row whose stored vector is out of date and whose text is now empty.
+FIND_SIMILAR_NO_TEXT = _("Similar items could not be found: {reason}")
 #: Said when the search text holds nothing to embed and there is no keyword search to run instead.
 NOTHING_TO_SEARCH = _("Nothing to search by meaning in “{query}”.")
 #: How many rows a search by meaning returns, most similar first.
@@ -253,23 +264,27 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
         field = self.get_embedding_field()
         visible = self.semantic_queryset(request)
         results, unavailable = [], []
-        failed = False
+        failure: SearchUnavailable | None = None
         for obj in queryset.order_by("pk")[: self.similar_rows_shown]:
             if getattr(obj, field.attname) is None:
                 results.append((obj, None))
                 continue
-            if failed and current_vector(self.model, field, obj) is None:  # type: ignore[attr-defined]
+            if failure and current_vector(self.model, field, obj) is None:  # type: ignore[attr-defined]
                 unavailable.append(obj.pk)
                 results.append((obj, None))
                 continue
             try:
                 results.append((obj, list(visible.similar_to(obj, field=field.name)[: self.similar_count])))
-            except (EmptyQuery, SearchUnavailable) as exc:
-                self.message_user(request, SEARCH_UNAVAILABLE.format(reason=exc), messages.WARNING)  # type: ignore[attr-defined]
-                if isinstance(exc, SearchUnavailable):
-                    failed = True
-                    unavailable.append(obj.pk)
+            except EmptyQuery as exc:
+                self.message_user(request, FIND_SIMILAR_NO_TEXT.format(reason=exc), messages.WARNING)  # type: ignore[attr-defined]
                 results.append((obj, None))
+            except SearchUnavailable as exc:
+                failure = exc
+                unavailable.append(obj.pk)
+                results.append((obj, None))
+        if failure:
+            warning = FIND_SIMILAR_UNAVAILABLE % {"count": len(unavailable), "reason": failure}
+            self.message_user(request, warning, messages.WARNING)  # type: ignore[attr-defined]
         context = {"results": results, "unavailable": unavailable, "selected_count": queryset.count()}
         return self.render_semantic(request, self.similar_template, _("Similar items"), context)
 

@@ -12,12 +12,15 @@ evidence for or against a statement) or ``RETRIEVAL_QUERY`` may be asked for; Ge
 embeds the question for that purpose, and the local model treats them alike.
 Passages are chosen across rows (several from one row when they are its best), by
 the exact search of :mod:`semantic.passage_search`, so filters keep full recall.
+:func:`acontext` is the same for async code.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.db import models
 from django.db.models import CharField
 from django.db.models.functions import Cast
@@ -122,3 +125,9 @@ def context(
             result.append(candidate)
             used += size
     return result
+
+
+async def acontext(source: models.QuerySet | type[models.Model], question: str, **options: Any) -> Context:
+    """:func:`context` for async code: it embeds the question and reads the passages and
+    their rows at once, so all of it runs in a thread, as Django's ``a``-methods run the ORM."""
+    return await sync_to_async(context)(source, question, **options)

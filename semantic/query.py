@@ -207,9 +207,10 @@ class SemanticQuerySetMixin(BulkWritesMixin, _QuerySetBase):
         return qs
 
     async def asimilar_to(self, query: str | models.Model | Sequence[float], **options: Any) -> Any:
-        """:meth:`similar_to` for async code: a text is embedded (the API called, the rate
-        limit and the cache consulted) in a thread, as Django's ``a``-methods run the ORM;
-        the lazy queryset it returns is read with ``async for`` or ``await qs.afirst()``."""
+        """:meth:`similar_to` for async code, run in a thread as Django's ``a``-methods run the
+        ORM: a text is embedded (the API called, the rate limit and the cache consulted) and an
+        instance's stored vector read when the queryset is made. The lazy queryset it returns
+        is read with ``async for`` or ``await qs.afirst()``."""
         return await sync_to_async(self.similar_to)(query, **options)
 
     async def aduplicates_of(self, query: str | models.Model, *args: Any, **options: Any) -> Any:

@@ -20,7 +20,14 @@ from django.utils import timezone
 
 from project.questions.models import Question
 from semantic import embed_pending, suspend_embedding
-from semantic.admin import NO_FIELD, NO_FIELD_HINT, SEARCH_UNAVAILABLE, SemanticAdminMixin
+from semantic.admin import (
+    FIND_SIMILAR_NO_TEXT,
+    FIND_SIMILAR_UNAVAILABLE,
+    NO_FIELD,
+    NO_FIELD_HINT,
+    SEARCH_UNAVAILABLE,
+    SemanticAdminMixin,
+)
 from semantic.duplicates import SPLIT_MIN_ROWS
 from semantic.models import DismissedPair, EmbeddingBatchJob, EmbeddingFailure
 from semantic.registry import get_embedding_field
@@ -139,12 +146,44 @@ def test_find_similar_stops_trying_the_api_after_it_fails_once(viewer, articles,
     assert response.status_code == 200
     assert fake_gemini.request_count == 1
     warnings = [str(m) for m in response.context["messages"]]
-    assert len(warnings) == 1 and warnings[0].startswith(SEARCH_UNAVAILABLE.split("(")[0])
+    assert len(warnings) == 1 and warnings[0].startswith(find_similar_unavailable(3)) and "timed out" in warnings[0]
     results = {obj.pk: neighbours for obj, neighbours in response.context["results"]}
     assert response.context["unavailable"] == [articles[t].pk for t in changed]
     assert all(results[articles[t].pk] is None for t in changed)
     assert [a.title for a in results[current.pk]][:1] == ["export invoices as csv, changed behind save"]
     assert response.content.decode().count("Not searched: its stored embedding is out of date") == 3
+
+
+def find_similar_unavailable(count):
+    """The action's warning up to its reason (the SearchUnavailable's message)."""
+    return (FIND_SIMILAR_UNAVAILABLE % {"count": count, "reason": "\0"}).split("\0")[0]
+
+
+def test_find_similar_with_the_api_down_says_no_similar_items_were_found_and_why(viewer, articles, fake_gemini):
+    """Rows whose text must be embedded get no results: the warning says so, for how many
+    rows, and ends with what to do, not with the changelist's "showing results without it"."""
+    out_of_date = [articles["reset my account password"], articles["export invoices as csv"]]
+    for row in out_of_date:
+        Article.objects.filter(pk=row.pk).update(title=f"{row.title}, changed behind save")
+    fake_gemini.fail_every(500, body=api_error(500, "fake error 500", "INTERNAL"))
+    response = act(viewer, "find_similar", *out_of_date)
+    assert response.status_code == 200
+    (warning,) = [str(m) for m in response.context["messages"]]
+    reason = warning.removeprefix(find_similar_unavailable(2))
+    assert reason != warning and reason.startswith("Search is unavailable") and reason.endswith("Try again later.")
+    assert warning == FIND_SIMILAR_UNAVAILABLE % {"count": 2, "reason": reason}
+    assert "showing results" not in warning and "500" in reason
+    assert [neighbours for _, neighbours in response.context["results"]] == [None, None]
+    assert response.context["unavailable"] == [row.pk for row in out_of_date]
+
+
+def test_find_similar_on_a_row_left_with_no_text_says_so(viewer, articles, fake_gemini):
+    row = articles["reset my account password"]
+    Article.objects.filter(pk=row.pk).update(title="  ", body="")
+    response = act(viewer, "find_similar", row)
+    (warning,) = [str(m) for m in response.context["messages"]]
+    assert warning == FIND_SIMILAR_NO_TEXT.format(reason=f"Article #{row.pk} has no text to search with.")
+    assert fake_gemini.request_count == 0
 
 
 def test_admin_pages_that_embed_give_a_hung_api_search_timeout_once(viewer, articles, fake_gemini, semantic_settings):

@@ -11,12 +11,14 @@ vector saw.
 import re
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.core.cache import cache
+from django.core.exceptions import SynchronousOnlyOperation
 from django.core.paginator import Paginator
 from django.db import connection
 from django.utils.translation import gettext_lazy
 
-from semantic import Passages, context, suspend_embedding
+from semantic import Passages, acontext, context, suspend_embedding
 from semantic.field_text import TITLE_SEPARATOR
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingFailure, Passage
@@ -485,6 +487,22 @@ def test_context_quotes_only_the_rows_of_a_slice(library, fake_gemini):
         assert quoted and {p.row.pk for p in quoted} <= rows
         assert quoted == [p for p in context(LongRead, QUERY, budget_chars=10**6) if p.row.pk in rows][: len(quoted)]
     assert {p.row.pk for p in context(LongRead.objects.order_by("-pk")[:2], QUERY)} == {library[4].pk}
+
+
+@pytestmark_db
+def test_async_code_quotes_with_acontext(library, fake_gemini):
+    """context() embeds the question and reads the passages when it is called: in an
+    event loop it raises, and acontext() runs it in a thread."""
+    even = LongRead.objects.filter(section="even")
+
+    async def quote():
+        with pytest.raises(SynchronousOnlyOperation):
+            context(even, QUERY)
+        return await acontext(even, QUERY, budget_chars=7000)
+
+    quoted = async_to_sync(quote)()
+    assert quoted == context(even, QUERY, budget_chars=7000)
+    assert quoted and {p.row.section for p in quoted} == {"even"} and str(quoted).startswith("[1] ")
 
 
 # -- status ------------------------------------------------------------------------

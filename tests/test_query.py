@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from asgiref.sync import async_to_sync
 from django.core.cache import cache
+from django.core.exceptions import SynchronousOnlyOperation
 from django.core.paginator import Paginator
 from django.db import connection, connections, models, transaction
 from django.db.models.expressions import RawSQL
@@ -37,7 +38,7 @@ from semantic.ratelimit import configuration_problem, limit_key
 from semantic.registry import get_embedding_field
 from tests.docsapp.models import Doc
 from tests.fake_gemini import BAD_KEY, PERMISSION_DENIED, api_error
-from tests.testapp.models import Article, Document, LongRead, Note
+from tests.testapp.models import Article, Document, LongRead, Note, Review
 from tests.topicapp.models import Ticket
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -976,3 +977,29 @@ def test_async_code_searches_a_text_never_embedded(articles, fake_gemini):
     assert first == titles(Article.objects.similar_to("export invoices")[:1])[0]
     assert len(hybrid_found) == 1 and "password" in hybrid_found[0]
     assert fake_gemini.request_count == 3  # each text embedded once, then cached
+
+
+def test_async_code_searches_an_instance_with_the_a_variants_and_a_vector_directly(articles, fake_gemini):
+    """An instance query reads the row's stored vector when it is made, so in an event loop
+    it needs asimilar_to() / aduplicates_of() even though nothing is embedded (README); a
+    vector query reads nothing until it is read, unless the model has a field that
+    replaces another (the switch is read)."""
+    row = articles["reset my account password"]
+    vector = [float(x) for x in Article.objects.values_list("embedding", flat=True).get(pk=row.pk)]
+
+    async def search():
+        for call in (lambda: Article.objects.similar_to(row), lambda: Article.objects.duplicates_of(row, 0.5)):
+            with pytest.raises(SynchronousOnlyOperation):
+                call()
+        with pytest.raises(SynchronousOnlyOperation):
+            Review.objects.similar_to([1.0] * 128)
+        near = [a.title async for a in (await Article.objects.asimilar_to(row))[:1]]
+        duplicates = [a.title async for a in await Article.objects.aduplicates_of(row, 0.5)]
+        by_vector = [a.title async for a in Article.objects.similar_to(vector)[:2]]
+        return near, duplicates, by_vector
+
+    near, duplicates, by_vector = async_to_sync(search)()
+    assert near == titles(Article.objects.similar_to(row)[:1]) == ["reset the password of my account"]
+    assert duplicates == titles(Article.objects.duplicates_of(row, 0.5)) and duplicates
+    assert by_vector == titles(Article.objects.similar_to(vector)[:2]) and by_vector[0] == row.title
+    assert fake_gemini.request_count == 0
