@@ -220,7 +220,7 @@ class LabelSuggestionMixin:
                     # where they are read from, maybe a replica that refuses writes.
                     using=router.db_for_write(self.model),  # type: ignore[attr-defined]
                 )
-            except SearchUnavailable as exc:
+            except (SearchUnavailable, ValueError) as exc:  # ValueError: NO_EXAMPLES, nothing to learn from
                 return self.labels_unavailable(request, exc)
             self.message_user(  # type: ignore[attr-defined]
                 request,
@@ -238,7 +238,7 @@ class LabelSuggestionMixin:
             minimum = self.semantic_label_confidence
         try:
             predictions = list(predict_labels(queryset, label, **self.label_options(request)))  # type: ignore[arg-type]
-        except SearchUnavailable as exc:
+        except (SearchUnavailable, ValueError) as exc:
             return self.labels_unavailable(request, exc)
         chosen = [p for p in predictions if minimum is not None and p.confidence >= minimum]
         by_label: dict[Any, int] = {}
@@ -260,6 +260,7 @@ class LabelSuggestionMixin:
         }
         return self.render_semantic(request, self.apply_labels_template, _("Apply suggested labels"), context)  # type: ignore[attr-defined]
 
-    def labels_unavailable(self, request: HttpRequest, error: SearchUnavailable) -> None:
-        """Back to the changelist with a warning: the user may try again once the API answers."""
+    def labels_unavailable(self, request: HttpRequest, error: SearchUnavailable | ValueError) -> None:
+        """Back to the changelist with a warning: the user may try again once the API answers,
+        or once some rows are labelled (the library's NO_EXAMPLES says which)."""
         self.message_user(request, LABELS_UNAVAILABLE.format(reason=error), messages.WARNING)  # type: ignore[attr-defined]

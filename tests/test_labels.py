@@ -7,8 +7,10 @@ with neither, every way of suggesting says what to do instead of failing inside 
 
 import pytest
 from django.core.management import CommandError
+from django.urls import reverse
 
 from semantic import embed_pending, suspend_embedding
+from semantic.admin_labels import LABELS_UNAVAILABLE
 from semantic.classify import predict_labels, suggest_label
 from semantic.labels import NO_EXAMPLES
 from semantic.management.commands.semantic_classify import Command
@@ -66,3 +68,21 @@ def test_labelled_rows_whose_vectors_another_model_made_are_nothing_to_learn_fro
     out, _ = call("semantic_classify", "testapp.Article", "--label", "category")
     assert out.strip() == Command.NOTHING.format(label="testapp.Article")
     assert sorted(Article.objects.values_list("category", flat=True)) == ["", "", "", "news", "news", "news"]
+
+
+def test_the_admin_action_says_there_is_nothing_to_learn_from(admin_client):
+    """The preview and, posted anyway, the confirmation: a message on the changelist, no error page."""
+    articles(labelled=0, unlabelled=3)
+    embed_pending(Article)
+    changelist = reverse("myadmin:testapp_article_changelist")
+    selected = {
+        "action": "apply_suggested_labels",
+        "index": 0,
+        "_selected_action": list(Article.objects.values_list("pk", flat=True)),
+    }
+    for confirmation in ({}, {"post": "yes", "min_confidence": "0.5"}):
+        response = admin_client.post(changelist, {**selected, **confirmation}, follow=True)
+        assert response.status_code == 200
+        assert response.redirect_chain == [(changelist, 302)]
+        assert [str(m) for m in response.context["messages"]] == [LABELS_UNAVAILABLE.format(reason=NOTHING_TO_LEARN)]
+    assert set(Article.objects.values_list("category", flat=True)) == {""}
