@@ -229,7 +229,7 @@ class LabelSuggestionMixin:
             try:
                 predictions = predict_labels(queryset, label, **self.label_options(request))  # type: ignore[arg-type]
                 chosen = [p for p in predictions if p.confidence >= minimum]
-            except SearchUnavailable as exc:
+            except (SearchUnavailable, ValueError) as exc:  # ValueError: NO_EXAMPLES, nothing to learn from
                 return self.labels_unavailable(request, exc)
             allowed = self.changeable_rows(request, queryset, [p.pk for p in chosen])
             written = self.write_labels(request, [p for p in chosen if p.pk in allowed], allowed)
@@ -251,7 +251,7 @@ class LabelSuggestionMixin:
             minimum = self.semantic_label_confidence
         try:
             predictions = list(predict_labels(queryset, label, **self.label_options(request)))  # type: ignore[arg-type]
-        except SearchUnavailable as exc:
+        except (SearchUnavailable, ValueError) as exc:
             return self.labels_unavailable(request, exc)
         chosen = [p for p in predictions if minimum is not None and p.confidence >= minimum]
         allowed = self.changeable_rows(request, queryset, [p.pk for p in chosen])
@@ -312,6 +312,7 @@ class LabelSuggestionMixin:
                     self.log_change(request, obj, message)  # type: ignore[attr-defined]
         return written
 
-    def labels_unavailable(self, request: HttpRequest, error: SearchUnavailable) -> None:
-        """Back to the changelist with a warning: the user may try again once the API answers."""
+    def labels_unavailable(self, request: HttpRequest, error: SearchUnavailable | ValueError) -> None:
+        """Back to the changelist with a warning: the user may try again once the API answers,
+        or once some rows are labelled (the library's NO_EXAMPLES says which)."""
         self.message_user(request, LABELS_UNAVAILABLE.format(reason=error), messages.WARNING)  # type: ignore[attr-defined]

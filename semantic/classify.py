@@ -230,7 +230,11 @@ def zero_shot(
 
 def described_choices(embedding: EmbeddingField, label_field: models.Field) -> tuple[list[Any], np.ndarray]:
     """The label field's choice values, and their display names' unit vectors."""
-    choices = [(value, str(name)) for value, name in label_field.get_choices(include_blank=False)]
+    # A plain CharField has none: Django's get_choices() would take it for a relation.
+    has_choices = label_field.choices is not None or label_field.remote_field is not None
+    choices = (
+        [(value, str(name)) for value, name in label_field.get_choices(include_blank=False)] if has_choices else []
+    )
     if not choices:
         raise ValueError(NO_EXAMPLES.format(label=label_field.model._meta.label, field=label_field.name))
     described = np.array(

@@ -10,8 +10,9 @@ from django.db import models
 from django.db.models import Q
 
 NO_EXAMPLES = (
-    "{label} has no labelled rows with vectors and {field!r} has no choices to start from: "
-    "label some rows, or give the field choices."
+    "{label} has no labelled rows with vectors of the current model and {field!r} has no choices "
+    "to start from: label some rows (rows labelled before a change of model count again once "
+    "re-embedded), or give the field choices."
 )
 NOT_A_COLUMN = "{label}.{field} is not a column; labels need a field with choices, a CharField or a ForeignKey."
 

@@ -6,7 +6,10 @@ every process, ``migrate`` or ``check`` would too. So it is loaded in the backgr
 and only where it will be needed:
 
 - the process ``runserver`` serves from (the autoreloader's child, or ``--noreload``);
-- a WSGI/ASGI server process (gunicorn, uwsgi, uvicorn, daphne, hypercorn, waitress);
+- a WSGI/ASGI server process (gunicorn, uwsgi, uvicorn, daphne, hypercorn, waitress), started
+  by its script or with ``python -m``. A server that loads the app before forking its workers
+  (gunicorn ``--preload``) loads the model in the master; the fork waits for that load, and
+  the workers inherit the model (semantic/backends/local.py);
 - each django-q2 worker process, when it starts (django-q2's ``post_spawn`` signal).
 
 Other servers can call ``warm_up()`` from their WSGI module. Nothing happens unless the
@@ -20,16 +23,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-#: Programs whose processes serve requests.
-SERVERS = frozenset({"gunicorn", "uwsgi", "uvicorn", "daphne", "hypercorn", "waitress-serve"})
+#: Programs whose processes serve requests: their scripts, or their packages run with ``python -m``.
+SERVERS = frozenset({"gunicorn", "uwsgi", "uvicorn", "daphne", "hypercorn", "waitress-serve", "waitress"})
 
 
 def serves_requests(argv: Sequence[str], environ: dict[str, str] | os._Environ = os.environ) -> bool:
     """Whether this process, started as ``argv``, will answer requests (and so search)."""
     if not argv:
         return False
-    program = Path(argv[0]).name
-    if program in SERVERS:
+    program = Path(argv[0])
+    # ``python -m gunicorn`` (as Dockerfiles often start it) leaves .../gunicorn/__main__.py in argv[0].
+    name = program.parent.name if program.name == "__main__.py" else program.name
+    if name in SERVERS:
         return True
     if len(argv) > 1 and argv[1] == "runserver":
         return environ.get("RUN_MAIN") == "true" or "--noreload" in argv

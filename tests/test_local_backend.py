@@ -1,7 +1,10 @@
 """The local sentence-transformers backend with the packaged all-MiniLM-L6-v2 weights."""
 
 import os
+import subprocess
+import sys
 from io import StringIO
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -299,3 +302,41 @@ def test_workers_share_the_cpus(monkeypatch, graph_dir):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert LocalBackend().share_cpus(2) == 3
     assert local._cpu_share is None  # the runtimes read OMP_NUM_THREADS themselves
+
+
+EMBED_ONE = """
+from semantic.backends.local import LocalBackend
+backend = LocalBackend(runtime="onnx", cache_dir={cache!r})
+print(len(backend.embed(["a text"], task_type="RETRIEVAL_QUERY", dimensions=384)[0]))
+"""
+
+
+@pytest.mark.parametrize("writable", [True, False])
+def test_onnx_runtime_writes_nothing_into_home_and_prints_no_telemetry_warning(graph_dir, tmp_path, writable):
+    """ONNX Runtime's telemetry would write a device ID and an event database under
+    ~/.cache/Microsoft/ as soon as it is imported (and upload them), and print a coloured
+    warning to stderr, past LOGGING, where HOME is read-only: a web process or worker
+    runs the model with no network and writes only to the graph cache."""
+    if writable:
+        home = tmp_path / "home"
+        home.mkdir()
+    else:
+        (tmp_path / "a-file").touch()
+        home = tmp_path / "a-file" / "home"  # nothing can be created under a file, not even by root
+    environ = {k: v for k, v in os.environ.items() if k not in {"ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME"}}
+    environ |= {
+        "HOME": str(home),
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+    }
+    process = subprocess.run(
+        [sys.executable, "-c", EMBED_ONE.format(cache=str(graph_dir))],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert (process.returncode, process.stdout) == (0, "384\n"), process.stderr
+    assert "telemetry" not in process.stderr.lower()
+    if writable:
+        assert list(home.rglob("*")) == []

@@ -26,7 +26,8 @@ for an export nobody asked for. ``runtime="onnx"`` refuses to fall back;
 
 The model loads once per process, under a lock: a call that needs it while another
 thread loads it waits for that load (``warm_up()`` starts one in the background, see
-semantic/warmup.py). transformers and huggingface_hub are kept quiet while it loads
+semantic/warmup.py), and so does a ``fork()``, so that a child never inherits the lock
+held or the model half loaded. transformers and huggingface_hub are kept quiet while it loads
 (no progress bars, no INFO lines) unless the project raised their verbosity itself.
 """
 
@@ -55,6 +56,34 @@ _lock = threading.Lock()
 #: Threads for the model this process loads, when its workers share the CPUs (``share_cpus``).
 _cpu_share: int | None = None
 logger = logging.getLogger(__name__)
+
+
+def _finish_loading_before_fork() -> None:
+    """A load in progress (the warm-up's) finishes before this process forks.
+
+    A server that loads the app before forking its workers (gunicorn ``--preload``) starts
+    the warm-up in the master. A child forked mid-load would inherit the lock held, with
+    no thread left to release it, and half-done imports: its first ``embed()`` would wait
+    for ever. Forked after the load, each child starts with the model loaded (ONNX
+    Runtime's session and an unused PyTorch model both work in a forked child).
+    """
+    _lock.acquire()
+
+
+def _release_after_fork_in_parent() -> None:
+    _lock.release()
+
+
+def _new_lock_after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(
+    before=_finish_loading_before_fork,
+    after_in_parent=_release_after_fork_in_parent,
+    after_in_child=_new_lock_after_fork_in_child,
+)
 
 
 #: What a machine without the ``local`` extra is told, wherever the model is needed.
@@ -164,9 +193,9 @@ class LocalBackend(EmbeddingBackend):
 
     def load(self) -> Any:
         """The loaded model: an ``OnnxEncoder`` or a ``SentenceTransformer``, with the same ``encode()``."""
-        path = self.model_path()
-        key = (str(path), self.runtime, str(self.cache_dir))
         with _lock:
+            path = self.model_path()
+            key = (str(path), self.runtime, str(self.cache_dir))
             if key not in _models:
                 _models[key] = self._load_onnx(path) or self._load_sentence_transformer(path)
         return _models[key]

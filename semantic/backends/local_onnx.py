@@ -22,6 +22,7 @@ Only models whose sentence-transformers pipeline is exactly that are run here
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,26 @@ POOLING_MODES = (
     "pooling_mode_weightedmean_tokens",
     "pooling_mode_lasttoken",
 )
+
+
+#: ONNX Runtime's documented switch for its telemetry (its Privacy.md, "Disabling Telemetry").
+TELEMETRY_SWITCH = "ORT_DISABLE_TELEMETRY"
+
+
+def import_onnxruntime() -> Any:
+    """onnxruntime, with its telemetry off unless the project set ``ORT_DISABLE_TELEMETRY`` itself.
+
+    Its official builds, as soon as the module is imported, write a device ID and an event
+    database under ``~/.cache/Microsoft/`` (``$XDG_CACHE_HOME/Microsoft/``), to upload to Microsoft;
+    where HOME is read-only they print a coloured warning to stderr instead, past the
+    project's LOGGING. The local model promises no network and writes only its graph cache.
+    The switch is read once, when onnxruntime is imported, so it is set just before;
+    ``onnxruntime.disable_telemetry_events()`` would come after the files were written.
+    """
+    os.environ.setdefault(TELEMETRY_SWITCH, "1")
+    import onnxruntime
+
+    return onnxruntime
 
 
 def max_seq_length(model_dir: Path) -> int:
@@ -73,8 +94,9 @@ class OnnxEncoder:
     """
 
     def __init__(self, model_dir: Path, graph: Path, threads: int | None = None) -> None:
-        import onnxruntime
         from tokenizers import Tokenizer
+
+        onnxruntime = import_onnxruntime()
 
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_seq_length(model_dir))
