@@ -6,7 +6,7 @@ import pytest
 from django.contrib import admin
 from django.core import checks
 from django.core.management import call_command
-from django.db import connection, models
+from django.db import connection, connections, models
 from django.test.utils import isolate_apps
 
 from semantic.admin import SEVERAL_FIELDS, UNKNOWN_FIELD, SemanticAdminMixin
@@ -231,8 +231,10 @@ def database_without_pgvector():
         {**connection.settings_dict, "NAME": "semantic_noext", "USER": "semantic_plain", "PASSWORD": "plain"},
         alias="noext",
     )
+    connections["noext"] = wrapper  # django.contrib.postgres looks its alias up on connecting
     yield wrapper
     wrapper.close()
+    del connections["noext"]
     admin.execute("DROP DATABASE IF EXISTS semantic_noext")
     admin.execute("DROP ROLE IF EXISTS semantic_plain")
     admin.close()
@@ -264,8 +266,10 @@ def database_without_extension():
     admin.execute("DROP DATABASE IF EXISTS semantic_fresh")
     admin.execute("CREATE DATABASE semantic_fresh")
     wrapper = DatabaseWrapper({**connection.settings_dict, "NAME": "semantic_fresh"}, alias="fresh")
+    connections["fresh"] = wrapper  # django.contrib.postgres looks its alias up on connecting
     yield wrapper
     wrapper.close()
+    del connections["fresh"]
     admin.execute("DROP DATABASE IF EXISTS semantic_fresh")
     admin.close()
 
@@ -294,22 +298,16 @@ class NothingOfTheAppOnFresh:
 
 @pytest.mark.django_db
 def test_the_extension_is_created_only_where_the_router_lets_the_app_go(database_without_extension, settings):
-    from django.db import connections
-
     from semantic.operations import CreateVectorExtension, ensure_vector_extension
 
     settings.DATABASE_ROUTERS = [f"{__name__}.NothingOfTheAppOnFresh"]
-    connections["fresh"] = database_without_extension
-    try:
-        ensure_vector_extension(using="fresh")  # what every migrate --database=fresh sends
-        with database_without_extension.schema_editor() as editor:
-            CreateVectorExtension().database_forwards("semantic", editor, None, None)
-        assert not has_vector_extension(database_without_extension)
-        settings.DATABASE_ROUTERS = []
-        ensure_vector_extension(using="fresh")
-        assert has_vector_extension(database_without_extension)
-    finally:
-        del connections["fresh"]
+    ensure_vector_extension(using="fresh")  # what every migrate --database=fresh sends
+    with database_without_extension.schema_editor() as editor:
+        CreateVectorExtension().database_forwards("semantic", editor, None, None)
+    assert not has_vector_extension(database_without_extension)
+    settings.DATABASE_ROUTERS = []
+    ensure_vector_extension(using="fresh")
+    assert has_vector_extension(database_without_extension)
 
 
 @pytest.mark.django_db
@@ -326,13 +324,7 @@ def test_an_extension_in_a_schema_off_the_search_path_is_named_with_the_fix(data
         create_extension(database_without_extension)
     assert str(info.value) == expected
     assert 'search_path=public,extensions"' in expected
-    from django.db import connections
-
-    connections["fresh"] = database_without_extension
-    try:
-        assert [(e.id, e.msg) for e in check_extension(databases=["fresh"])] == [("semantic.E012", expected)]
-    finally:
-        del connections["fresh"]
+    assert [(e.id, e.msg) for e in check_extension(databases=["fresh"])] == [("semantic.E012", expected)]
 
     fixed = DatabaseWrapper(
         {
@@ -341,6 +333,7 @@ def test_an_extension_in_a_schema_off_the_search_path_is_named_with_the_fix(data
         },
         alias="fixed",
     )
+    connections["fixed"] = fixed
     try:
         assert extension_elsewhere(fixed) is None
         create_extension(fixed)
@@ -348,6 +341,7 @@ def test_an_extension_in_a_schema_off_the_search_path_is_named_with_the_fix(data
             cursor.execute("SELECT '[1,2]'::vector")
     finally:
         fixed.close()
+        del connections["fixed"]
 
 
 @pytest.mark.django_db
