@@ -242,14 +242,17 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
 
     # -- actions --------------------------------------------------------------------------
 
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        actions = super().get_actions(request)  # type: ignore[misc]
+    def get_actions(self, request: HttpRequest, action_location: Any = None) -> dict[str, Any]:
+        """``action_location``: see LabelSuggestionMixin.get_actions()."""
+        located = {} if action_location is None else {"action_location": action_location}
+        actions = super().get_actions(request, **located)  # type: ignore[misc]
         if self.actions is None or IS_POPUP_VAR in request.GET or not self.has_embedding_field():  # type: ignore[attr-defined]
             return actions  # no action in Django (turned off, a popup for picking a row), or no field (E010)
         for name in ("find_similar", "find_duplicates", "reembed"):
             func = getattr(type(self), name)
             if all(getattr(self, f"has_{p}_permission")(request) for p in func.allowed_permissions):
-                actions[name] = (func, name, func.short_description)
+                if action := self.get_action(name, **located):  # type: ignore[attr-defined]
+                    actions[name] = action
         return actions
 
     @admin.action(description=_("Find similar"), permissions=["semantic_view"])

@@ -202,13 +202,17 @@ class LabelSuggestionMixin:
 
     # -- the action -----------------------------------------------------------------------------
 
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        actions = super().get_actions(request)  # type: ignore[misc]
+    def get_actions(self, request: HttpRequest, action_location: Any = None) -> dict[str, Any]:
+        """``action_location`` is Django 6.1's (change list or change form; 5.2 passes none):
+        passed on as it came, and Django's get_action() leaves out the app's actions, which are
+        the change list's, where they do not belong."""
+        located = {} if action_location is None else {"action_location": action_location}
+        actions = super().get_actions(request, **located)  # type: ignore[misc]
         if self.actions is None or IS_POPUP_VAR in request.GET:  # type: ignore[attr-defined]
             return actions  # where Django offers no action: turned off, or a lookup popup for picking a row
         if self.semantic_label_field and self.has_semantic_change_permission(request):  # type: ignore[attr-defined]
-            func = type(self).apply_suggested_labels
-            actions["apply_suggested_labels"] = (func, "apply_suggested_labels", func.short_description)
+            if action := self.get_action("apply_suggested_labels", **located):  # type: ignore[attr-defined]
+                actions["apply_suggested_labels"] = action
         return actions
 
     @admin.action(description=_("Apply suggested labels"), permissions=["semantic_change"])

@@ -22,6 +22,7 @@ from django.urls import reverse
 from django.utils import timezone, translation
 
 from semantic import embed_pending, suspend_embedding
+from semantic.admin import SemanticAdminMixin
 from semantic.admin_labels import LABELS_UNAVAILABLE, LEFT_OUT
 from semantic.admin_topics import (
     GROUPS_OUT_OF_RANGE,
@@ -328,6 +329,58 @@ def test_no_actions_where_django_offers_none(editor, fake_gemini, ticket_admin, 
     assert editor.get(reverse(CHANGELIST)).context["action_form"] is None
     act(editor, apply)
     assert not Ticket.objects.exclude(category="").exists()
+
+
+class Django61Actions(admin.ModelAdmin):
+    """Django 6.1's ModelAdmin as far as actions go, on the 5.2 the suite runs: get_actions() and
+    get_action() take ``action_location`` (the change list, or the change form, new in 6.1) and
+    keep the actions declared for it (``func.locations``; the change list's by default)."""
+
+    def get_actions(self, request, action_location="CHANGE_LIST"):
+        return {name: a for name, a in super().get_actions(request).items() if self.belongs(a, action_location)}
+
+    def get_action(self, action, action_location="CHANGE_LIST"):
+        found = super().get_action(action)
+        return found if found and self.belongs(found, action_location) else None
+
+    @staticmethod
+    def belongs(action, action_location):
+        return action_location in getattr(action[0], "locations", ["CHANGE_LIST"])
+
+
+class LocatedTicketAdmin(SemanticAdminMixin, Django61Actions):
+    """A project's admin written as Django 6.1 asks: an action of its own on both pages, and a
+    get_actions() that takes the location and passes it on."""
+
+    semantic_label_field = "category"
+    actions = ["mark_reviewed"]
+
+    @admin.action(description="Mark reviewed")
+    def mark_reviewed(self, request, queryset):
+        pass
+
+    mark_reviewed.locations = ["CHANGE_LIST", "CHANGE_FORM"]
+
+    def get_actions(self, request, action_location="CHANGE_LIST"):
+        return super().get_actions(request, action_location=action_location)
+
+
+def test_a_project_admin_passing_django_61s_action_location_gets_each_page_its_actions(rf, admin_user):
+    """The app's actions are the change list's; the project's own stays on its change form."""
+    model_admin = LocatedTicketAdmin(Ticket, admin.AdminSite())
+    request = rf.get("/")
+    request.user = admin_user
+    listed = model_admin.get_actions(request, action_location="CHANGE_LIST")
+    assert set(listed) == {
+        "delete_selected",
+        "mark_reviewed",
+        "find_similar",
+        "find_duplicates",
+        "reembed",
+        "apply_suggested_labels",
+    }
+    assert listed["find_similar"] == model_admin.get_action("find_similar")  # as Django gives its own
+    assert set(model_admin.get_actions(request, action_location="CHANGE_FORM")) == {"mark_reviewed"}
 
 
 def test_a_foreign_key_label_is_suggested_and_counted_by_the_related_rows_name(client, semantic_settings):
