@@ -29,7 +29,8 @@ at them, and nothing cascades from the project's schema changes by itself.
   vectors in place.
 
 As ``django.contrib.contenttypes`` does for its content types, a ``pre_migrate``
-receiver puts an operation after each such step in the plan (and one before a removal).
+receiver puts an operation after each such step in the plan (and one first in a
+migration that removes fields).
 """
 
 from __future__ import annotations
@@ -183,50 +184,88 @@ class ForgetEmbeddedHashes(migrations.RunPython):
         schema_editor.execute(f"UPDATE {quote(model._meta.db_table)} SET {column} = NULL WHERE {column} IS NOT NULL")
 
 
-class SwitchFirst(migrations.RunPython):
-    """Before a ``RemoveField``: refuse to remove a field whose replacement would serve its
-    queries half filled (never switched to, rows without a current vector)."""
+class SwitchFirst(Operation):
+    """First in a migration that removes fields: refuse to remove a field whose replacement
+    would serve its queries half filled (never switched to, rows without a current vector).
 
-    def __init__(self, app_label: str, model_name: str, field_name: str) -> None:
-        self.app_label, self.model_name, self.field_name = app_label, model_name, field_name
-        super().__init__(self.forwards, migrations.RunPython.noop, elidable=True)
+    The replacement is the field whose ``replaces`` names the removed one before the
+    migration or after it, whatever the order of its steps: removing the field and the
+    ``replaces=`` that named it in one edit, Django 5.2 writes the replacement's
+    ``AlterField`` after the ``RemoveField`` and Django 6.1 before it, so the state between
+    two steps tells nothing. Run first, it refuses before anything is dropped.
+    """
+
+    reversible = True
+    reduces_to_sql = False  # it reads the rows
+
+    def __init__(self, app_label: str, operations: list[Operation]) -> None:
+        self.app_label, self.operations = app_label, list(operations)
+
+    def state_forwards(self, app_label: str, state: Any) -> None:
+        pass
+
+    def database_forwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
+        after = from_state.clone()
+        for operation in self.operations:
+            operation.state_forwards(self.app_label, after)
+        for operation in self.operations:
+            if not isinstance(operation, migrations.RemoveField):
+                continue
+            key, name = (self.app_label, operation.model_name_lower), operation.name
+            before = _embedding_fields(from_state, key)
+            # A field the migration adds has no column yet to count rows in: not checked.
+            heirs = sorted((_heirs(before, name) | _heirs(_embedding_fields(after, key), name)) & set(before))
+            if name in before and heirs:
+                model = from_state.apps.get_model(self.app_label, operation.model_name)
+                _refuse_half_filled(schema_editor, model, name, heirs)
+
+    def database_backwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
+        pass
 
     def describe(self) -> str:
-        return f"Checks that queries of {self.model_name}.{self.field_name} were switched to its replacement"
+        return "Checks that queries of the fields removed here were switched to their replacements"
 
-    def forwards(self, apps: Any, schema_editor: Any) -> None:
-        model = apps.get_model(self.app_label, self.model_name)
-        fields = [f for f in model._meta.get_fields() if isinstance(f, EmbeddingField)]
-        heirs = [f for f in fields if f.replaces == self.field_name and f.name != self.field_name]
-        alias = schema_editor.connection.alias
-        if not heirs or not any(f.name == self.field_name for f in fields):
-            return
-        if not router.allow_migrate_model(alias, model):
-            return
-        label = model._meta.label
-        switched = set()
-        for cursor, _name, table in _tables(schema_editor, ("FieldSwitch",)):
-            quote = cursor.db.ops.quote_name
-            cursor.execute(
-                f"SELECT {quote('serving_field')} FROM {quote(table)} WHERE model_label = %s AND field_name = %s",
-                [label, self.field_name],
-            )
-            switched = {name for (name,) in cursor.fetchall()}
-        if any(heir.name in switched for heir in heirs):
-            return
-        failures_kept = any(True for _ in _tables(schema_editor, ("EmbeddingFailure",)))
-        for heir in heirs:
-            # The project's field, not the migration state's: only it knows which parts of
-            # its text come from Python (the state's model has no methods), so only its
-            # conditions name the columns this table has. None: the code no longer has it.
-            live = _live_field(label, heir.name)
-            if live is None:
-                continue
-            left = model._base_manager.using(alias).filter(live.needs_embedding())
-            if failures_kept:
-                left = left.exclude(rejected(model, live))  # no run can embed these (see switch_to)
-            if rows := left.count():
-                raise CommandError(SWITCH_FIRST.format(label=label, field=self.field_name, heir=heir.name, rows=rows))
+
+def _embedding_fields(state: Any, key: tuple[str, str]) -> dict[str, EmbeddingField]:
+    model_state = state.models.get(key)
+    fields = model_state.fields.items() if model_state is not None else ()
+    return {name: field for name, field in fields if isinstance(field, EmbeddingField)}
+
+
+def _heirs(fields: dict[str, EmbeddingField], name: str) -> set[str]:
+    return {heir for heir, field in fields.items() if field.replaces == name and heir != name}
+
+
+def _refuse_half_filled(schema_editor: Any, model: Any, field_name: str, heirs: list[str]) -> None:
+    """Raises SWITCH_FIRST unless queries of ``field_name`` were switched to one of ``heirs``
+    or each of them has a current vector for every row a run could embed."""
+    alias = schema_editor.connection.alias
+    if not router.allow_migrate_model(alias, model):
+        return
+    label = model._meta.label
+    switched = set()
+    for cursor, _name, table in _tables(schema_editor, ("FieldSwitch",)):
+        quote = cursor.db.ops.quote_name
+        cursor.execute(
+            f"SELECT {quote('serving_field')} FROM {quote(table)} WHERE model_label = %s AND field_name = %s",
+            [label, field_name],
+        )
+        switched = {name for (name,) in cursor.fetchall()}
+    if switched.intersection(heirs):
+        return
+    failures_kept = any(True for _ in _tables(schema_editor, ("EmbeddingFailure",)))
+    for heir in heirs:
+        # The project's field, not the migration state's: only it knows which parts of
+        # its text come from Python (the state's model has no methods), so only its
+        # conditions name the columns this table has. None: the code no longer has it.
+        live = _live_field(label, heir)
+        if live is None:
+            continue
+        left = model._base_manager.using(alias).filter(live.needs_embedding())
+        if failures_kept:
+            left = left.exclude(rejected(model, live))  # no run can embed these (see switch_to)
+        if rows := left.count():
+            raise CommandError(SWITCH_FIRST.format(label=label, field=field_name, heir=heir, rows=rows))
 
 
 def _live_field(label: str, name: str) -> EmbeddingField | None:
@@ -273,7 +312,7 @@ def inject_operations(
     plan: list[tuple[Any, bool]] | None = None, apps: Any = global_apps, using: str = DEFAULT_DB_ALIAS, **kwargs: Any
 ) -> None:
     """Put the step that keeps the stored rows in line after each rename or removal in ``plan``,
-    and the check that a replaced field may go before each removal."""
+    and the check that a replaced field may go first in each migration that removes fields."""
     for migration, _backward in plan or []:
         migration.operations[:] = fold_pending_index_renames(migration.operations)
         # A migration written with --noinput on upgrading from before 2026-11-27 (semantic.spec_column).
@@ -283,13 +322,13 @@ def inject_operations(
             continue  # already there: the same plan seen again
         operations = []
         for operation in migration.operations:
-            if isinstance(operation, migrations.RemoveField):
-                operations.append(SwitchFirst(migration.app_label, operation.model_name, operation.name))
             operations.append(operation)
             added = following_step(migration.app_label, operation)
             if added is not None:
                 operations.append(added)
         first, last = vector_columns_beside_kept_hashes(migration.app_label, migration.operations)
+        if any(isinstance(op, migrations.RemoveField) for op in migration.operations):
+            first.insert(0, SwitchFirst(migration.app_label, migration.operations))
         migration.operations[:] = [*first, *operations, *last]
 
 

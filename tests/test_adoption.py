@@ -745,6 +745,43 @@ def test_the_replaced_field_cannot_go_before_queries_are_switched(new_project, f
     assert len(search(project)) == 5
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("alter_first", [False, True], ids=["as Django 5.2 writes it", "as Django 6.1 writes it"])
+def test_the_replaced_field_cannot_go_with_the_replaces_naming_it_in_any_order(new_project, fake_gemini, alter_first):
+    """The old field and the ``replaces=`` that named it deleted in one edit: Django 5.2 writes
+    the replacement's AlterField after the RemoveField, Django 6.1 before it (by hand here)."""
+    from semantic.migration_hooks import SWITCH_FIRST
+
+    project = new_project(api_key="AIzaTEST-switch-order")
+    project.embed()
+    project.edit_model(
+        "    objects = SemanticManager()\n",
+        '    embedding_v2 = EmbeddingField(source=("title", "body"), dimensions=256, replaces="embedding")\n\n'
+        "    objects = SemanticManager()\n",
+    )
+    project.manage("makemigrations", "notes")
+    project.manage("migrate")  # embedding_v2 never filled, never switched to
+
+    project.edit_model('    embedding = EmbeddingField(source=("title", "body"))\n', "")
+    project.edit_model(', replaces="embedding"', "")
+    project.manage("makemigrations", "notes")
+    path = project.root / "notes" / "migrations" / f"{project.migrations()[-1]}.py"
+    text = path.read_text()
+    (alter,) = re.findall(r"        migrations\.AlterField\(\n.*?\n        \),\n", text, re.S)
+    assert text.index(alter) > text.index("migrations.RemoveField(")
+    if alter_first:
+        text = text.replace(alter, "")
+        removal = text.index("        migrations.RemoveField(")
+        path.write_text(text[:removal] + alter + text[removal:])
+
+    error = project.refused("migrate")
+    assert SWITCH_FIRST.format(label="notes.Note", field="embedding", heir="embedding_v2", rows=len(NOTES)) in error
+    assert project.counts("embedding") == (len(NOTES), len(NOTES))  # nothing dropped
+    project.manage("semantic_embed", "notes.Note.embedding_v2")
+    project.manage("migrate")  # filled: nothing to refuse
+    assert len(search(project)) == 5
+
+
 PRODUCT_AND_BOOK = """
 
 class Product(models.Model):
