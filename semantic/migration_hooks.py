@@ -54,6 +54,12 @@ SWITCH_FIRST = (
     "semantic_embed {label}.{heir} --switch` first (it fills the field, then switches), then migrate again "
     "(README: Changing the model or size)."
 )
+#: The same, where the code no longer says ``replaces=``: ``--switch`` would refuse, filling is the fix.
+FILL_FIRST = (
+    "Removing {label}.{field} would leave its queries to {heir}, but {rows} rows have no current vector in "
+    "{heir}: search would miss them. Run `manage.py semantic_embed {label}.{heir}` first (the code no longer "
+    "says replaces={field!r}, so there is nothing to switch: it fills the field), then migrate again."
+)
 
 
 class RenameStoredNames(migrations.RunPython):
@@ -265,7 +271,8 @@ def _refuse_half_filled(schema_editor: Any, model: Any, field_name: str, heirs: 
         if failures_kept:
             left = left.exclude(rejected(model, live))  # no run can embed these (see switch_to)
         if rows := left.count():
-            raise CommandError(SWITCH_FIRST.format(label=label, field=field_name, heir=heir, rows=rows))
+            message = SWITCH_FIRST if live.replaces == field_name else FILL_FIRST
+            raise CommandError(message.format(label=label, field=field_name, heir=heir, rows=rows))
 
 
 def _live_field(label: str, name: str) -> EmbeddingField | None:

@@ -750,7 +750,7 @@ def test_the_replaced_field_cannot_go_before_queries_are_switched(new_project, f
 def test_the_replaced_field_cannot_go_with_the_replaces_naming_it_in_any_order(new_project, fake_gemini, alter_first):
     """The old field and the ``replaces=`` that named it deleted in one edit: Django 5.2 writes
     the replacement's AlterField after the RemoveField, Django 6.1 before it (by hand here)."""
-    from semantic.migration_hooks import SWITCH_FIRST
+    from semantic.migration_hooks import FILL_FIRST
 
     project = new_project(api_key="AIzaTEST-switch-order")
     project.embed()
@@ -775,10 +775,10 @@ def test_the_replaced_field_cannot_go_with_the_replaces_naming_it_in_any_order(n
         path.write_text(text[:removal] + alter + text[removal:])
 
     error = project.refused("migrate")
-    assert SWITCH_FIRST.format(label="notes.Note", field="embedding", heir="embedding_v2", rows=len(NOTES)) in error
+    assert FILL_FIRST.format(label="notes.Note", field="embedding", heir="embedding_v2", rows=len(NOTES)) in error
     assert project.counts("embedding") == (len(NOTES), len(NOTES))  # nothing dropped
-    project.manage("semantic_embed", "notes.Note.embedding_v2")
-    project.manage("migrate")  # filled: nothing to refuse
+    project.manage("semantic_embed", "notes.Note.embedding_v2")  # as the message says
+    project.manage("migrate")
     assert len(search(project)) == 5
 
 
