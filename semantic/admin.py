@@ -53,7 +53,7 @@ from semantic.query import (
     vector_literal,
 )
 from semantic.registry import embedding_fields
-from semantic.rows import forget_failures, mark_pending
+from semantic.rows import forget_deleted, forget_failures, mark_pending
 from semantic.status import with_state
 from semantic.switch import primary_fields, serving_field
 from semantic.tasks import enqueue
@@ -155,6 +155,23 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
         if not self.has_embedding_field():
             return qs
         return with_state(qs, self.get_embedding_field().name, name=STATE_ANNOTATION)
+
+    def delete_model(self, request: HttpRequest, obj: models.Model) -> None:
+        pk = obj.pk
+        super().delete_model(request, obj)  # type: ignore[misc]
+        self.forget_deleted(obj._state.db, [pk])
+
+    def delete_queryset(self, request: HttpRequest, queryset: models.QuerySet) -> None:
+        pks = list(queryset.values_list("pk", flat=True))
+        super().delete_queryset(request, queryset)  # type: ignore[misc]
+        self.forget_deleted(queryset.db, pks)
+
+    def forget_deleted(self, using: str | None, pks: list[Any]) -> None:
+        """Drop the failure records of rows deleted here, so the failures list and "Retry failed
+        rows" never show them (a refused text is often junk that is then deleted). Deletes
+        elsewhere leave theirs to the sweep: a post_delete receiver would cost every delete."""
+        for field in embedding_fields(self.model):  # type: ignore[attr-defined]
+            forget_deleted(field, pks, using)
 
     # -- changelist: state column, filter, search by meaning ------------------------------
 

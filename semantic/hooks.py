@@ -55,10 +55,16 @@ def connect_all() -> None:
 
 
 def connect(model: type[models.Model]) -> None:
-    if model._meta.abstract or not embedding_fields(model):
+    fields = embedding_fields(model) if not model._meta.abstract else []
+    if not fields:
         return
     post_save.connect(on_save, sender=model, weak=False, dispatch_uid=f"semantic:save:{model._meta.label}")
-    post_delete.connect(on_delete, sender=model, weak=False, dispatch_uid=f"semantic:delete:{model._meta.label}")
+    # Only where passages must go with their rows: a post_delete receiver makes Django load
+    # every deleted row (vector included) and call it once per row, instead of one DELETE for
+    # a QuerySet.delete() or a cascade. Failure records of rows deleted elsewhere are dropped
+    # by the sweep (rows.sweep_orphan_failures), and by the admin's own deletes at once.
+    if any(field.passages for field in fields):
+        post_delete.connect(on_delete, sender=model, weak=False, dispatch_uid=f"semantic:delete:{model._meta.label}")
 
 
 def _on_class_prepared(sender: type[models.Model], **kwargs: Any) -> None:

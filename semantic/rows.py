@@ -219,8 +219,9 @@ def forget_deleted(field: EmbeddingField, pks: list[Any], using: str | None = No
 
 
 def sweep_orphan_failures(field: EmbeddingField, using: str | None = None) -> int:
-    """Drop the failure records whose row is gone (deleted by raw SQL or ``QuerySet.update()``
-    of a key: a delete through the ORM drops them itself, as :func:`forget_deleted`); returns how many.
+    """Drop the failure records whose row is gone (deleted outside the admin, whose deletes drop
+    them at once through :func:`forget_deleted`: through the ORM, by raw SQL, or moved by a
+    ``QuerySet.update()`` of a key); returns how many.
 
     Looked up by primary key (the table's index) in Python rather than joined in SQL: a
     record's key is text, and one the model cannot read (made by hand) is not a row's and

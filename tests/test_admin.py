@@ -734,6 +734,15 @@ def test_failure_records_go_with_their_rows_however_the_rows_are_deleted(admin_c
     )
     assert deleted.redirect_chain == [(reverse(CHANGELIST), 302)]
     assert not records.filter(object_pk=str(in_admin.pk)).exists()
+    selected = Article.objects.create(title="REJECT selected")
+    assert records.filter(object_pk=str(selected.pk)).exists()
+    admin_client.post(
+        reverse(CHANGELIST),
+        {"action": "delete_selected", "_selected_action": [selected.pk], "post": "yes"},
+        follow=True,
+    )
+    assert not Article.objects.filter(pk=selected.pk).exists()
+    assert not records.filter(object_pk=str(selected.pk)).exists()
 
     with connection.cursor() as cursor:  # behind the ORM's back
         cursor.execute(f"DELETE FROM {Article._meta.db_table} WHERE id IN (%s, %s)", [raw.pk, swept.pk])

@@ -12,7 +12,7 @@ from django.db.migrations.loader import MigrationLoader
 
 from semantic import embed_pending, suspend_embedding
 from semantic.registry import get_embedding_field
-from tests.testapp.models import Article, ArticleProxy, Card, FeaturedArticle, Tag
+from tests.testapp.models import Article, ArticleProxy, Card, FeaturedArticle, Snippet, Tag
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
 
@@ -207,3 +207,20 @@ def test_a_data_migration_saving_named_columns_of_python_text_leaves_the_row_pen
     embed_pending(Card)
     assert fake_gemini.texts() == ["Refunds\n\nWITHIN SIXTY DAYS"]
     assert not Card.objects.filter(field.pending()).exists()
+
+
+@pytest.mark.parametrize("rows", [5, 50])
+def test_deleting_rows_of_a_field_without_passages_is_one_delete_whatever_their_number(rows):
+    """No post_delete receiver on such a model, so Django deletes a queryset in one statement
+    instead of loading every row (vector included) and signalling once per row. Their failure
+    records are left to the sweep (and the admin's own deletes)."""
+    from django.test.utils import CaptureQueriesContext
+
+    with suspend_embedding():
+        Snippet.objects.bulk_create([Snippet(escaped=f"Row {i}") for i in range(rows)])
+    with CaptureQueriesContext(connection) as queries:
+        deleted, _ = Snippet.objects.all().delete()
+    assert deleted >= rows
+    statements = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("DELETE")]
+    assert not [q for q in queries.captured_queries if q["sql"].startswith("SELECT")]
+    assert len(statements) == 1 and "semantic_embeddingfailure" not in statements[0]
