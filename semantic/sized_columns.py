@@ -84,12 +84,14 @@ def unsize(connection: Any, model: Any, field: EmbeddingField) -> tuple[str | No
             if isinstance(index, EmbeddingIndex) and index.fields == [field.name]
         ]
         # Only those that exist: one the migrations have not created here is not created either.
+        # With their schema: ``remove_index()`` names an index alone, which search_path may not
+        # find (a schema-qualified ``db_table``), and DROP INDEX IF EXISTS then drops nothing.
         cursor.execute(
-            "SELECT relname FROM pg_index JOIN pg_class ON pg_class.oid = indexrelid "
+            "SELECT relname, indexrelid::regclass::text FROM pg_index JOIN pg_class ON pg_class.oid = indexrelid "
             "WHERE indrelid = to_regclass(%s) AND relname = ANY(%s)",
             [table, names],
         )
-        existing = {name for (name,) in cursor.fetchall()}
+        existing = dict(cursor.fetchall())
         cursor.execute(
             "SELECT relname FROM pg_index JOIN pg_class ON pg_class.oid = indexrelid JOIN pg_am ON pg_am.oid = relam "
             "WHERE indrelid = to_regclass(%s) AND amname = 'hnsw' AND %s = ANY(indkey::int2[]) AND relname <> ALL(%s) "
@@ -108,7 +110,7 @@ def unsize(connection: Any, model: Any, field: EmbeddingField) -> tuple[str | No
     try:
         with connection.schema_editor(atomic=True) as editor:
             for index in indexes:
-                editor.remove_index(model, index)
+                editor.execute(f"DROP INDEX {existing[index.name]}")
             editor.execute(sql)
             for index in indexes:
                 editor.add_index(model, index)

@@ -15,7 +15,7 @@ from django.db import connection
 from semantic import suspend_embedding
 from semantic.schema import SIZED_COLUMN, schema_problem
 from semantic.sized_columns import NOT_UNSIZED, UNDECLARED_INDEXES, UNSIZED
-from tests.testapp.models import Article, Passage
+from tests.testapp.models import Article, Invoice, Passage
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -45,7 +45,10 @@ def execute(*statements):
             cursor.execute(statement)
 
 
-@pytest.fixture(params=[(Article, "vector", 128), (Passage, "halfvec", 768)], ids=["vector", "halfvec"])
+@pytest.fixture(
+    params=[(Article, "vector", 128), (Passage, "halfvec", 768), (Invoice, "vector", 128)],
+    ids=["vector", "halfvec", "schema-qualified table"],
+)
 def old_column(request):
     """The model's table as a version before 2026-11-27 left it, three rows with vectors in it.
 
@@ -53,26 +56,30 @@ def old_column(request):
     model, storage, size = request.param
     (index,) = (i for i in model._meta.indexes if i.name.endswith("_embedding_hnsw"))
     table = model._meta.db_table
+    # An index lives in its table's schema, which search_path may not name.
+    schema = table.split(".")[0] + "." if "." in table else ""
     fresh = shape(model, index.name)
     with suspend_embedding():
         for i in range(3):
-            row = model.objects.create(**{"title" if model is Article else "text": f"Row {i}"})
+            row = model.objects.create(**{"text" if model is Passage else "title": f"Row {i}"})
             vector = "[" + ",".join(str((i + 1) / (k + 2)) for k in range(size)) + "]"
             execute(f"UPDATE {table} SET embedding = '{vector}' WHERE id = {row.pk}")
     execute(
-        f"DROP INDEX {index.name}",
+        f"DROP INDEX {schema}{index.name}",
         f"ALTER TABLE {table} ALTER COLUMN embedding TYPE {storage}({size})",
         f"CREATE INDEX {index.name} ON {table} USING hnsw (embedding {storage}_cosine_ops)",
     )
     yield model, index, fresh
     if shape(model, index.name) != fresh:
         execute(
-            f"DROP INDEX IF EXISTS {index.name}",
-            "DROP INDEX IF EXISTS legacy_hnsw",
+            f"DROP INDEX IF EXISTS {schema}{index.name}",
+            f"DROP INDEX IF EXISTS {schema}legacy_hnsw",
             f"ALTER TABLE {table} ALTER COLUMN embedding TYPE {storage} USING embedding::{storage}",
         )
         with connection.schema_editor() as editor:
             editor.add_index(model, index)
+    # The flush after each test leaves a table in a schema of its own as it is.
+    execute(f"DELETE FROM {table}")
 
 
 def test_migrate_makes_the_column_and_its_index_what_a_fresh_database_has(old_column):
@@ -130,7 +137,7 @@ def test_a_column_migrate_cannot_change_stays_as_it_was_and_migrate_says_how(old
     assert expected in out.getvalue()
 
     # Dropped as the message says, the next migrate changes the column.
-    execute("DROP INDEX legacy_hnsw")
+    execute(f"DROP INDEX {table.split('.')[0] + '.' if '.' in table else ''}legacy_hnsw")
     call_command("migrate", verbosity=0)
     assert shape(model, index.name) == fresh and vectors(model) == before
 

@@ -262,6 +262,7 @@ class Invoice(models.Model):
 
     class Meta:
         db_table = '"billing"."invoice"'
+        indexes = [EmbeddingIndex(fields=["embedding"], name="invoice_embedding_hnsw")]
 
     def __str__(self) -> str:
         return self.title
