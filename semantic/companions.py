@@ -66,6 +66,11 @@ class CompanionMixin:
 
     plain_path = ""
 
+    def __init__(self, *args: Any, embedding_field: str = "", **kwargs: Any) -> None:
+        #: The name of the EmbeddingField this column serves, for those whose pre_save reads it.
+        self.embedding_field = embedding_field
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+
     def deconstruct(self) -> tuple[str, str, list[Any], dict[str, Any]]:
         name, _, args, kwargs = super().deconstruct()  # type: ignore[misc]
         kwargs.pop("embedding_field", None)
@@ -84,10 +89,6 @@ class SourceHashField(CompanionMixin, NullTextMixin, models.CharField):
     """MD5 of a Python-computed text, set by ``save()`` and ``bulk_create()``."""
 
     plain_path = "django.db.models.CharField"
-
-    def __init__(self, *args: Any, embedding_field: str = "", **kwargs: Any) -> None:
-        self.embedding_field = embedding_field
-        super().__init__(*args, **kwargs)
 
     def pre_save(self, model_instance: models.Model, add: bool) -> Any:
         field = live_field(model_instance, self.embedding_field)
@@ -108,10 +109,6 @@ class PendingSinceField(CompanionMixin, NullTextMixin, models.DateTimeField):
 
     plain_path = "django.db.models.DateTimeField"
     null_text = ""  # DateTimeField.value_to_string() of a NULL
-
-    def __init__(self, *args: Any, embedding_field: str = "", **kwargs: Any) -> None:
-        self.embedding_field = embedding_field
-        super().__init__(*args, **kwargs)
 
     def pre_save(self, model_instance: models.Model, add: bool) -> Any:
         field = live_field(model_instance, self.embedding_field)
