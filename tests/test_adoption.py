@@ -45,6 +45,15 @@ NOTES = [
     ("Two-factor sign-in", "Protect the account with a code from your phone."),
 ]
 
+#: Edits of the Note model that give it an HNSW index, as the README's Searching section shows.
+IMPORT_EMBEDDING_INDEX = ("from semantic import", "from semantic.indexes import EmbeddingIndex\nfrom semantic import")
+NOTE_EMBEDDING_INDEX = (
+    "    objects = SemanticManager()\n",
+    "    objects = SemanticManager()\n\n"
+    "    class Meta:\n"
+    '        indexes = [EmbeddingIndex(fields=["embedding"], name="note_embedding_hnsw")]\n',
+)
+
 
 def readme_snippet(name: str) -> str:
     """The code block after ``<!-- readme-test: name -->`` in README.md, dedented."""
@@ -270,13 +279,8 @@ def test_every_later_change_migrates_forwards_and_backwards_with_vectors_in_the_
     assert search(project)[0][1] == "Reset a forgotten password"
 
     # An HNSW index, as the README's Searching section shows.
-    project.edit_model("from semantic import", "from semantic.indexes import EmbeddingIndex\nfrom semantic import")
-    migration = project.change(
-        "    objects = SemanticManager()\n",
-        "    objects = SemanticManager()\n\n"
-        "    class Meta:\n"
-        '        indexes = [EmbeddingIndex(fields=["embedding"], name="note_embedding_hnsw")]\n',
-    )
+    project.edit_model(*IMPORT_EMBEDDING_INDEX)
+    migration = project.change(*NOTE_EMBEDDING_INDEX)
     assert "EmbeddingIndex(dimensions=384" in migration
 
     def changed(old: str, new: str, *, input: str | None = None) -> str:
@@ -408,13 +412,8 @@ def test_a_size_change_across_2000_dimensions_changes_the_column_type_both_ways(
     """Above 2,000 dimensions the column is halfvec: crossing that line alters the column, as a
     database built from scratch has it; a size change on one side of it runs no SQL."""
     project = new_project(api_key="AIzaTEST-adoption")
-    project.edit_model("from semantic import", "from semantic.indexes import EmbeddingIndex\nfrom semantic import")
-    project.change(
-        "    objects = SemanticManager()\n",
-        "    objects = SemanticManager()\n\n"
-        "    class Meta:\n"
-        '        indexes = [EmbeddingIndex(fields=["embedding"], name="note_embedding_hnsw")]\n',
-    )
+    project.edit_model(*IMPORT_EMBEDDING_INDEX)
+    project.change(*NOTE_EMBEDDING_INDEX)
     project.embed()
 
     def column() -> tuple[str, list[tuple[int]]]:
@@ -470,13 +469,8 @@ def test_a_column_an_earlier_version_left_as_vector_above_2000_dimensions_is_fix
     and migrate have nothing to do there, so the message must say what does fix it."""
     project = new_project(api_key="AIzaTEST-adoption")
     project.embed()
-    project.edit_model("from semantic import", "from semantic.indexes import EmbeddingIndex\nfrom semantic import")
-    project.edit_model(
-        "    objects = SemanticManager()\n",
-        "    objects = SemanticManager()\n\n"
-        "    class Meta:\n"
-        '        indexes = [EmbeddingIndex(fields=["embedding"], name="note_embedding_hnsw")]\n',
-    )
+    project.edit_model(*IMPORT_EMBEDDING_INDEX)
+    project.edit_model(*NOTE_EMBEDDING_INDEX)
     project.change('source=("title", "body")', 'source=("title", "body"), dimensions=3072')
     # What the earlier version's migration left behind: the migration applied, the column as it was.
     project.sql("ALTER TABLE notes_note ALTER COLUMN embedding TYPE vector")
@@ -510,13 +504,8 @@ def test_a_column_created_with_its_size_before_2026_11_27_is_made_as_a_new_one_b
     the bare column, from the same migration files; left so, a later size change would alter
     nothing and the field would stop being embedded, on the upgraded database only."""
     project = new_project(api_key="AIzaTEST-sized")
-    project.edit_model("from semantic import", "from semantic.indexes import EmbeddingIndex\nfrom semantic import")
-    project.edit_model(
-        "    objects = SemanticManager()\n",
-        "    objects = SemanticManager()\n\n"
-        "    class Meta:\n"
-        '        indexes = [EmbeddingIndex(fields=["embedding"], name="note_embedding_hnsw")]\n',
-    )
+    project.edit_model(*IMPORT_EMBEDDING_INDEX)
+    project.edit_model(*NOTE_EMBEDDING_INDEX)
     project.manage("makemigrations", "notes")
     project.manage("migrate")
     project.embed()
