@@ -46,12 +46,8 @@ from semantic.admin_status import EmbeddingFailureAdmin, StatusPageMixin
 from semantic.admin_topics import TopicsMixin
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingBatchJob, EmbeddingFailure
-from semantic.query import (
-    SemanticQuerySet,
-    current_vector,
-    query_vector,
-    vector_literal,
-)
+from semantic.query import SemanticQuerySet, vector_literal
+from semantic.query_vectors import current_vector, query_vector
 from semantic.registry import embedding_fields
 from semantic.rows import forget_deleted, forget_failures, mark_pending
 from semantic.status import with_state

@@ -27,7 +27,7 @@ from django.db.models.functions import Cast
 from django.utils.functional import Promise
 
 from semantic.passage_search import passage_distance, require_passages, searchable_passages
-from semantic.query import query_vector
+from semantic.query_vectors import query_vector
 from semantic.switch import serving_field
 
 #: Default budget: about 1,000 tokens of English text.

@@ -60,6 +60,7 @@ LAYERS = [
     "semantic.tasks",
     # the read path, the backfill, status
     "semantic.vectors",
+    "semantic.query_vectors",
     "semantic.duplicates",
     "semantic.review",
     "semantic.search_plan",

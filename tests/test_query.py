@@ -33,7 +33,8 @@ from semantic.backends import CONFIG, EmbeddingError, get_backend
 from semantic.classify import suggest_label
 from semantic.keyword import keyword_search
 from semantic.models import EmbeddingFailure, RateLimit
-from semantic.query import SLICED, query_task_type
+from semantic.query import SLICED
+from semantic.query_vectors import query_task_type
 from semantic.ratelimit import configuration_problem, limit_key
 from semantic.registry import get_embedding_field
 from tests.docsapp.models import Doc
