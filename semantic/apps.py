@@ -10,10 +10,10 @@ class SemanticConfig(AppConfig):
     def ready(self) -> None:
         from semantic import checks, database_checks  # noqa: F401  (registers the system checks)
         from semantic.definitions import record_definitions
-        from semantic.dispatch import watch_tasks
         from semantic.hooks import connect_all
         from semantic.migration_hooks import inject_operations
         from semantic.operations import ensure_vector_extension
+        from semantic.running_task import watch_tasks
         from semantic.sized_columns import unsize_vector_columns
         from semantic.tasks import install_sweep_schedule
         from semantic.warmup import connect as warm_up_where_needed

@@ -17,7 +17,7 @@ from django.utils.functional import cached_property
 from semantic.backends.gemini import sendable_key
 from semantic.conf import GEMINI_BACKEND, REMOVED
 from semantic.conf import semantic_settings as conf
-from semantic.dispatch import STORE_SECONDS, TASK_TIME_HINT, task_time_problem
+from semantic.running_task import STORE_SECONDS, TASK_TIME_HINT, task_time_problem
 
 DIMENSIONS_UNMADE = "{label} stores {dimensions} dimensions, which {model_id} cannot make: its rows stay pending."
 LOCAL_DIMENSIONS_HINT = (

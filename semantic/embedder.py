@@ -29,10 +29,10 @@ from semantic.backends import (
 from semantic.claims import DEFERRED, RowClaimsMixin
 from semantic.conf import semantic_settings as conf
 from semantic.definitions import older_definition
-from semantic.dispatch import run_deadline
 from semantic.fields import EmbeddingField
 from semantic.passage_worker import PassageWorkMixin
 from semantic.rows import pending_keys, pending_rows
+from semantic.running_task import run_deadline
 from semantic.text import clean
 from semantic.writer import Item, Outcome, RowWriterMixin
 
@@ -91,7 +91,7 @@ class Embedder(RowClaimsMixin, RowWriterMixin, PassageWorkMixin):
         #: Whether the run ended because a Batch API submission holds the field (:meth:`held_for_batch`).
         self.deferred = False
         #: After this ``clock()`` reading no request is sent (:data:`OUT_OF_TIME`); None: no limit.
-        #: In a django-q2 task, shortly before its timeout (:func:`semantic.dispatch.run_deadline`).
+        #: In a django-q2 task, shortly before its timeout (:func:`semantic.running_task.run_deadline`).
         self.deadline = run_deadline()
         self.clock: Callable[[], float] = time.monotonic
         #: Why this process must not embed the field (:meth:`outdated`): "" when it may; None: not asked yet.

@@ -21,7 +21,7 @@ from semantic import definitions
 from semantic.backends import redact_keys
 from semantic.dispatch import SWEEP_SCHEDULE_NAME as SWEEP_SCHEDULE_NAME
 from semantic.dispatch import enqueue as enqueue
-from semantic.dispatch import hand_over, hand_over_unless_queued, queue_task, running_the_sweep, wake_window
+from semantic.dispatch import hand_over, hand_over_unless_queued, queue_task, wake_window
 from semantic.dispatch import install_sweep_schedule as install_sweep_schedule
 from semantic.embedder import Embedder
 from semantic.fields import EmbeddingField
@@ -30,6 +30,7 @@ from semantic.hooks import suspend_embedding as suspend_embedding
 from semantic.passage_rows import sweep_orphans
 from semantic.registry import get_embedding_field, iter_fields
 from semantic.rows import pending_keys, sweep_orphan_failures
+from semantic.running_task import running_the_sweep
 from semantic.schema import schema_problem
 from semantic.writer import Outcome
 

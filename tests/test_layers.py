@@ -54,6 +54,7 @@ LAYERS = [
     "semantic.passage_worker",
     "semantic.writer",
     # the worker and the Batch API flow
+    "semantic.running_task",
     "semantic.claims",
     "semantic.embedder",
     "semantic.batch",

@@ -13,12 +13,12 @@ import pytest
 from django.core.cache import cache
 
 from semantic import suspend_embedding
-from semantic.dispatch import run_deadline
 from semantic.embedder import Embedder
 from semantic.models import Passage
 from semantic.passage_rows import PARTIAL, cut_marker, lagging_rows
 from semantic.passage_worker import PASSAGES_LEFT
 from semantic.passages import split
+from semantic.running_task import run_deadline
 from semantic.tasks import embed_pending
 from tests.test_passages import TOPICS, paragraph
 from tests.testapp.models import LongRead

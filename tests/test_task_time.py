@@ -11,12 +11,12 @@ import pytest
 from django.conf import settings
 from django.urls import reverse
 
-from semantic import dispatch, suspend_embedding
+from semantic import running_task, suspend_embedding
 from semantic.checks import check_task_time
-from semantic.dispatch import STORE_SECONDS, TASK_TIME_HINT, TASK_TIME_TOO_SHORT, run_deadline
 from semantic.embedder import Embedder
 from semantic.models import EmbeddingFailure
 from semantic.registry import get_embedding_field
+from semantic.running_task import STORE_SECONDS, TASK_TIME_HINT, TASK_TIME_TOO_SHORT, run_deadline
 from semantic.status import field_status
 from tests.commands import call
 from tests.fake_gemini import api_error
@@ -95,13 +95,13 @@ def test_a_request_sent_at_the_deadline_is_written_before_the_task_is_killed(q_t
     q_timeout(60)
     semantic_settings(TIMEOUT=30.0)
     started = time.monotonic()
-    dispatch.task_started()
+    running_task.task_started()
     kill = time.monotonic() + 60  # at the earliest: django-q2 starts its timer after pre_execute
     try:
         assert run_deadline() + 30.0 + STORE_SECONDS <= kill
         assert run_deadline() > started
     finally:
-        dispatch.task_ended()
+        running_task.task_ended()
 
 
 def test_a_timeout_that_fits_no_request_is_a_warning(q_timeout, semantic_settings):
