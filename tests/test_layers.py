@@ -56,6 +56,7 @@ LAYERS = [
     # the worker and the Batch API flow
     "semantic.claims",
     "semantic.embedder",
+    "semantic.batch_collect",
     "semantic.batch",
     "semantic.tasks",
     # the read path, the backfill, status
