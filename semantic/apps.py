@@ -12,7 +12,7 @@ class SemanticConfig(AppConfig):
         from semantic.definitions import record_definitions
         from semantic.dispatch import watch_tasks
         from semantic.hooks import connect_all
-        from semantic.migration_hooks import inject_operations
+        from semantic.migration_plan import inject_operations
         from semantic.operations import ensure_vector_extension
         from semantic.sized_columns import unsize_vector_columns
         from semantic.tasks import install_sweep_schedule

@@ -45,6 +45,7 @@ LAYERS = [
     "semantic.switch",
     "semantic.definitions",
     "semantic.migration_hooks",
+    "semantic.migration_plan",
     "semantic.labels",
     "semantic.streaming",
     # hand-off to the worker
