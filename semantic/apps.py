@@ -8,7 +8,7 @@ class SemanticConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from semantic import checks, database_checks  # noqa: F401  (registers the system checks)
+        from semantic import checks, database_checks, model_checks  # noqa: F401  (registers the system checks)
         from semantic.definitions import record_definitions
         from semantic.dispatch import watch_tasks
         from semantic.hooks import connect_all

@@ -89,6 +89,7 @@ LAYERS = [
     "semantic.admin",
     "semantic.database_checks",
     "semantic.checks",
+    "semantic.model_checks",
     "semantic.management",
     "semantic.management.output",
     "semantic.management.targets",
