@@ -8,10 +8,10 @@ class SemanticConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from semantic import checks, database_checks  # noqa: F401  (registers the system checks)
+        from semantic import checks, database_checks, model_checks  # noqa: F401  (registers the system checks)
         from semantic.definitions import record_definitions
         from semantic.hooks import connect_all
-        from semantic.migration_hooks import inject_operations
+        from semantic.migration_plan import inject_operations
         from semantic.operations import ensure_vector_extension
         from semantic.running_task import watch_tasks
         from semantic.sized_columns import unsize_vector_columns

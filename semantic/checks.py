@@ -1,82 +1,29 @@
-"""System checks: configuration mistakes reported by ``manage.py check``.
+"""System checks of the settings: configuration mistakes reported by ``manage.py check``.
 
-Those that read a database (``check --database``) are in :mod:`semantic.database_checks`.
+Those of the project's models (their EmbeddingFields and KeywordIndexes) are in
+:mod:`semantic.model_checks`; those that read a database (``check --database``) are in
+:mod:`semantic.database_checks`.
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from django.apps import apps
 from django.core import checks
-from django.db import connections, models, router
-from django.db.models.query_utils import DeferredAttribute
-from django.utils.functional import cached_property
 
 from semantic.backends.gemini import sendable_key
 from semantic.conf import GEMINI_BACKEND, REMOVED
 from semantic.conf import semantic_settings as conf
 from semantic.running_task import STORE_SECONDS, TASK_TIME_HINT, task_time_problem
 
-DIMENSIONS_UNMADE = "{label} stores {dimensions} dimensions, which {model_id} cannot make: its rows stay pending."
-LOCAL_DIMENSIONS_HINT = (
-    "The local model embeds because no Gemini API key is set here: set GEMINI_API_KEY (or "
-    "SEMANTIC['API_KEY']) wherever this field is embedded. To embed it locally instead, set "
-    "dimensions={default} on the field, then makemigrations and migrate (no column changes)."
-)
-DIMENSIONS_HINT = (
-    "Set dimensions={default} on the field, then makemigrations and migrate (no column changes; "
-    "the rows are embedded again), or pin an embedding_model that makes this size."
-)
 #: semantic.E015: the key as configured cannot be sent; it names the character, never the key.
-UNBOUNDED_COLUMN = (
-    "{label}: KeywordIndex {index!r} indexes {field!r}, whose expression takes the words of whole texts: "
-    "saving a row of many distinct words (from about 170,000 characters) fails with PostgreSQL's "
-    '"string is too long for tsvector".'
-)
-UNBOUNDED_COLUMN_HINT = (
-    "Index at most 100,000 characters: wrap the long fields in Left(), e.g. "
-    'SearchVector("title", Left("body", 100_000), config="english"), then makemigrations; '
-    "PostgreSQL cannot change a generated column's expression, so in that migration replace the "
-    "AlterField of the column with a RemoveField and an AddField of it, as Django's own error says "
-    "(README: Keyword and meaning together)."
-)
 KEY_UNSENDABLE = (
     "The Gemini API key holds a character an HTTP header cannot carry ({character}), so no request can be sent with it."
 )
 KEY_UNSENDABLE_HINT = (
     "Set GEMINI_API_KEY (or SEMANTIC['API_KEY']) to the key alone, as Google AI Studio shows it: "
     "quotes, spaces or other characters copied with it from a document are not part of it."
-)
-#: semantic.E011: the app keeps what it knows of a row (failures, passages, dismissed
-#: pairs) under the row's one primary key value, which a composite key does not have.
-COMPOSITE_KEY = (
-    "{model} has a composite primary key ({columns}), which its EmbeddingField {field!r} does not support: "
-    "the app records each row's failures, passages and dismissed pairs under one primary key value."
-)
-COMPOSITE_KEY_HINT = (
-    "Give {model} a single-column primary key (remove the CompositePrimaryKey to get the default id) "
-    "and keep its columns unique with Meta.constraints = [models.UniqueConstraint(fields={columns}, "
-    "name=...)], then makemigrations and migrate."
-)
-
-#: semantic.W003's hint. ``config`` is part of the index's migration state, so following it
-#: writes a migration even where the index's SQL stays the same: the hint says so.
-KEYWORD_CONFIG_HINT = (
-    "Pass config={config!r} to the KeywordIndex; makemigrations then writes a migration that drops and "
-    "rebuilds the index, which blocks writes to the table while it builds. Or build the column in the "
-    "configuration queries should use."
-)
-#: PostgreSQL's longest identifier (NAMEDATALEN - 1); longer names are cut, and Django refuses them.
-MAX_COLUMN_NAME = 63
-NAME_TOO_LONG = (
-    "The name of {label} is too long: the field keeps hidden columns named after it, and "
-    "{column!r} has {length} characters, more than PostgreSQL's {limit}."
-)
-NAME_TOO_LONG_HINT = (
-    "Give the field a name of at most {most} characters (db_column does not rename the hidden columns), "
-    "then makemigrations."
 )
 
 
@@ -106,7 +53,7 @@ def check_backend(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessag
     if getattr(backend_class, "name", "") == "gemini":
         errors += _check_key(conf.BACKEND_OPTIONS.get("api_key") or conf.API_KEY)
     if getattr(backend_class, "name", "") == "local":
-        backend = _backend_for_checks(backend_class, None)
+        backend = backend_for_checks(backend_class, None)
         if backend is not None and (missing := backend.missing()):
             # A warning, as W004: a CI job without the key or the extra must still run
             # migrate and its tests; every run and search says the same until it is fixed.
@@ -139,207 +86,7 @@ def _check_key(key: Any) -> list[checks.CMessage]:
     ]
 
 
-@checks.register(checks.Tags.models)
-def check_fields(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
-    from semantic.registry import embedding_fields
-
-    try:
-        backend_class = conf.BACKEND
-    except ImportError:
-        return []  # reported by check_backend
-    errors: list[checks.CMessage] = []
-    configs = app_configs or apps.get_app_configs()
-    for model in (m for config in configs for m in config.get_models()):
-        for field in embedding_fields(model):
-            if field.model is not model:
-                continue  # a proxy or multi-table child: checked on the model that declares it
-            if isinstance(model._meta.pk, models.CompositePrimaryKey):
-                errors.append(_composite_key(model, field))
-                continue
-            if long_name := _name_too_long(model, field):
-                errors.append(long_name)
-                continue
-            errors += _check_field(model, field, _backend_for_checks(backend_class, field.embedding_model))
-    return errors
-
-
-def _composite_key(model: type[models.Model], field: Any) -> checks.CMessage:
-    columns = list(model._meta.pk.field_names)
-    return checks.Error(
-        COMPOSITE_KEY.format(model=model._meta.label, columns=", ".join(columns), field=field.name),
-        hint=COMPOSITE_KEY_HINT.format(model=model._meta.label, columns=columns),
-        obj=field,
-        id="semantic.E011",
-    )
-
-
-def _name_too_long(model: type[models.Model], field: Any) -> checks.CMessage | None:
-    """Django reports the hidden columns' names only at ``migrate`` (models.E018), after
-    ``makemigrations`` wrote them, with a hint (``db_column``) the user cannot follow."""
-    companions = (field.embedded_hash_name, field.spec_name, field.pending_since_name, field.source_hash_name)
-    column = max(companions, key=len)
-    if len(column) <= MAX_COLUMN_NAME:
-        return None
-    return checks.Error(
-        NAME_TOO_LONG.format(
-            label=f"{model._meta.label}.{field.name}", column=column, length=len(column), limit=MAX_COLUMN_NAME
-        ),
-        hint=NAME_TOO_LONG_HINT.format(most=MAX_COLUMN_NAME - (len(column) - len(field.name))),
-        obj=field,
-        id="semantic.E014",
-    )
-
-
-def _check_field(model: type[models.Model], field: Any, backend: Any) -> list[checks.CMessage]:
-    from semantic.registry import embedding_fields
-    from semantic.switch import UNKNOWN_REPLACED, UNKNOWN_REPLACED_HINT, once_had
-
-    errors: list[checks.CMessage] = []
-    label = f"{model._meta.label}.{field.name}"
-    if backend is not None and field.dimensions not in backend.supported_dimensions:
-        # A warning, not an error: which backend embeds depends on the machine (a key or
-        # not), and an error would stop migrate, test and runserver where the key is not
-        # set, such as a CI job without secrets. That field's runs stop, saying the same.
-        errors.append(
-            checks.Warning(
-                DIMENSIONS_UNMADE.format(label=label, dimensions=field.dimensions, model_id=backend.model_id),
-                hint=(LOCAL_DIMENSIONS_HINT if backend.name == "local" else DIMENSIONS_HINT).format(
-                    default=backend.default_dimensions
-                ),
-                obj=field,
-                id="semantic.W004",
-            )
-        )
-    if field.replaces:
-        try:
-            replaced = model._meta.get_field(field.replaces)
-        except Exception:
-            replaced = None  # deleted since (its migrations had it) or never a field: a typo
-        if field.replaces == field.name or (replaced is not None and not isinstance(replaced, type(field))):
-            errors.append(
-                checks.Error(
-                    f"{label} replaces {field.replaces!r}, which is not another EmbeddingField of {model._meta.label}.",
-                    hint="replaces names the EmbeddingField this one takes over from (see semantic.switch).",
-                    obj=field,
-                    id="semantic.E007",
-                )
-            )
-        elif replaced is None and not once_had(model, field.replaces):
-            names = ", ".join(f.name for f in embedding_fields(model))
-            errors.append(
-                checks.Error(
-                    UNKNOWN_REPLACED.format(
-                        label=model._meta.label, field=field.name, replaced=field.replaces, names=names
-                    ),
-                    hint=UNKNOWN_REPLACED_HINT,
-                    obj=field,
-                    id="semantic.E007",
-                )
-            )
-    if field.embedding_model and backend is not None and backend.name == "local":
-        errors.append(
-            checks.Warning(
-                f"{label} sets embedding_model={field.embedding_model!r}, but the local backend always runs "
-                "its own model; its vectors are stored under that name.",
-                hint="Set SEMANTIC['API_KEY'] to embed with the Gemini model, or drop embedding_model.",
-                obj=field,
-                id="semantic.W001",
-            )
-        )
-    for name in field.text_parts():
-        attr = inspect.getattr_static(model, name, None)
-        if name in field.python_parts and not isinstance(attr, DeferredAttribute):
-            valid = callable(attr) or isinstance(attr, (property, cached_property, staticmethod, classmethod))
-        else:
-            try:
-                valid = isinstance(model._meta.get_field(name), (models.CharField, models.TextField))
-            except Exception:
-                valid = False
-        if not valid:
-            errors.append(
-                checks.Error(
-                    f"{label} reads its text from {name!r}, which is not a text field, method or property of "
-                    f"{model._meta.label}.",
-                    hint="source and title_source name CharFields, TextFields, or methods or properties "
-                    "returning text (a method takes no arguments).",
-                    obj=field,
-                    id="semantic.E006",
-                )
-            )
-    return errors
-
-
-#: semantic.E008: a model with an EmbeddingField may live on a database the app's tables may not.
-TABLES_MISSING = (
-    "{model} can be migrated to database {alias!r}, but the semantic app cannot: the records the app "
-    "keeps beside {model}'s rows (failures, passages) are looked for there, in tables that would not exist."
-)
-TABLES_MISSING_HINT = (
-    "Make your database router's allow_migrate() return True for app_label 'semantic' on {alias!r} "
-    "(for example, first: if app_label == 'semantic': return True), then run "
-    "'manage.py migrate --database={alias}'."
-)
-
-
-@checks.register(checks.Tags.models)
-def check_databases(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
-    """Wherever a model with an EmbeddingField is migrated, the app's tables are too: its
-    queries ask them about the model's rows in SQL, on the model's own database."""
-    from semantic.registry import embedding_fields
-
-    own_models = list(apps.get_app_config("semantic").get_models())
-    errors: list[checks.CMessage] = []
-    configs = app_configs or apps.get_app_configs()
-    for model in (m for config in configs for m in config.get_models()):
-        if not any(field.model is model for field in embedding_fields(model)):
-            continue  # no field, or one checked on the model that declares it
-        for alias in connections:
-            if router.allow_migrate_model(alias, model) and not all(
-                router.allow_migrate_model(alias, own) for own in own_models
-            ):
-                errors.append(
-                    checks.Error(
-                        TABLES_MISSING.format(model=model._meta.label, alias=alias),
-                        hint=TABLES_MISSING_HINT.format(alias=alias),
-                        obj=model,
-                        id="semantic.E008",
-                    )
-                )
-    return errors
-
-
-@checks.register(checks.Tags.models)
-def check_keyword_indexes(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
-    """A KeywordIndex over a generated column parses queries in its own ``config``: it
-    must be the column's, or stemmed query words miss the column's words."""
-    from semantic.keyword_index import KeywordIndex, column_config, unbounded_column
-
-    errors: list[checks.CMessage] = []
-    configs = app_configs or apps.get_app_configs()
-    for model in (m for config in configs for m in config.get_models()):
-        for index in model._meta.indexes:
-            if not isinstance(index, KeywordIndex):
-                continue
-            built_in = column_config(model, index.keyword_fields)
-            if built_in is not None and built_in != index.config:
-                errors.append(
-                    checks.Warning(
-                        f"{model._meta.label}: KeywordIndex {index.name!r} parses queries in {index.config!r}, "
-                        f"but {index.keyword_fields[0]!r} holds words in {built_in!r}.",
-                        hint=KEYWORD_CONFIG_HINT.format(config=built_in),
-                        obj=model,
-                        id="semantic.W003",
-                    )
-                )
-            if unbounded_column(model, index.keyword_fields):
-                message = UNBOUNDED_COLUMN.format(
-                    label=model._meta.label, index=index.name, field=index.keyword_fields[0]
-                )
-                errors.append(checks.Warning(message, hint=UNBOUNDED_COLUMN_HINT, obj=model, id="semantic.W007"))
-    return errors
-
-
-def _backend_for_checks(backend_class: type, model: str | None) -> Any:
+def backend_for_checks(backend_class: type, model: str | None) -> Any:
     try:
         return backend_class(model=model or conf.MODEL, **conf.BACKEND_OPTIONS)
     except Exception:

@@ -830,7 +830,7 @@ def test_a_multi_table_child_embeds_a_field_of_its_parents_table(new_project, fa
 
 @pytest.mark.django_db
 def test_a_composite_primary_key_stops_makemigrations_with_what_to_do(new_project):
-    from semantic.checks import COMPOSITE_KEY
+    from semantic.model_checks import COMPOSITE_KEY
 
     project = new_project(api_key=None)
     project.write(

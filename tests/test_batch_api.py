@@ -14,7 +14,7 @@ from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from semantic import batch, embed_pending, suspend_embedding
+from semantic import batch, batch_collect, embed_pending, suspend_embedding
 from semantic.backends.base import l2_normalize
 from semantic.claims import DEFERRED
 from semantic.embedder import Embedder, pending_rows
@@ -342,7 +342,7 @@ def test_an_open_passage_job_keeps_its_rows_and_skips_a_row_edited_meanwhile(rep
     field = get_embedding_field(Report)
     fake_gemini.batch_polls_until_done = 1
     (rows_job,) = batch.submit(Report, field)
-    batch.collect(Report, field, rows_job, batch.wait(rows_job, field, poll_interval=0))
+    batch_collect.collect(Report, field, rows_job, batch_collect.wait(rows_job, field, poll_interval=0))
     fake_gemini.batch_polls_until_done = 10_000
     (job,) = batch.submit_passages(Report, field)
 
@@ -359,7 +359,7 @@ def test_an_open_passage_job_keeps_its_rows_and_skips_a_row_edited_meanwhile(rep
     assert not passages_of(Report, field).filter(object_pk=str(edited.pk)).exists()
 
     fake_gemini.jobs[job.name].polls_left = 1
-    outcome = batch.collect_passages(Report, field, job, batch.wait(job, field, poll_interval=0))
+    outcome = batch_collect.collect_passages(Report, field, job, batch_collect.wait(job, field, poll_interval=0))
     assert (outcome.passage_rows, outcome.changed_in_flight) == (1, 1)  # the edited row was cut from its old text
     assert not passages_of(Report, field).filter(object_pk=str(edited.pk)).exists()
     Embedder(Report, field).run_passages()  # the job is finished: the worker takes the edited row
@@ -373,7 +373,7 @@ def test_a_rerun_collects_an_open_passage_job(reports, fake_gemini):
 
     field = get_embedding_field(Report)
     (rows_job,) = batch.submit(Report, field)
-    batch.collect(Report, field, rows_job, batch.wait(rows_job, field, poll_interval=0))
+    batch_collect.collect(Report, field, rows_job, batch_collect.wait(rows_job, field, poll_interval=0))
     fake_gemini.batch_polls_until_done = 10_000  # as if the command had been stopped while Gemini worked
     (job,) = batch.submit_passages(Report, field)
     fake_gemini.jobs[job.name].polls_left = 1

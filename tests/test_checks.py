@@ -10,17 +10,9 @@ from django.db import connection, connections, models
 from django.test.utils import isolate_apps
 
 from semantic.admin import SEVERAL_FIELDS, UNKNOWN_FIELD, SemanticAdminMixin
-from semantic.checks import (
-    COMPOSITE_KEY,
-    COMPOSITE_KEY_HINT,
-    KEY_UNSENDABLE,
-    KEY_UNSENDABLE_HINT,
-    KEYWORD_CONFIG_HINT,
-    check_backend,
-    check_fields,
-    check_timeout,
-)
+from semantic.checks import KEY_UNSENDABLE, KEY_UNSENDABLE_HINT, check_backend, check_timeout
 from semantic.database_checks import check_extension
+from semantic.model_checks import COMPOSITE_KEY, COMPOSITE_KEY_HINT, KEYWORD_CONFIG_HINT, check_fields
 from semantic.operations import INSTALL_HINT
 from semantic.switch import UNKNOWN_REPLACED, UNKNOWN_REPLACED_HINT
 from tests.testapp.models import Document
@@ -383,7 +375,7 @@ def test_a_keyword_index_must_parse_queries_in_its_columns_configuration():
     from django.db.models.functions import Left
 
     from semantic import KeywordIndex
-    from semantic.checks import check_keyword_indexes
+    from semantic.model_checks import check_keyword_indexes
 
     assert check_keyword_indexes() == []  # docsapp.Doc, docsapp.Excerpt: english both ways
     with isolate_apps("tests.testapp"):
@@ -416,7 +408,7 @@ def test_a_keyword_index_over_a_column_of_whole_texts_is_named_with_the_fix():
     from django.contrib.postgres.search import SearchVector, SearchVectorField
 
     from semantic import KeywordIndex
-    from semantic.checks import UNBOUNDED_COLUMN, UNBOUNDED_COLUMN_HINT, check_keyword_indexes
+    from semantic.model_checks import UNBOUNDED_COLUMN, UNBOUNDED_COLUMN_HINT, check_keyword_indexes
 
     with isolate_apps("tests.testapp"):
 
@@ -484,7 +476,7 @@ def test_a_database_not_in_utf8_is_an_error_for_check_and_migrate(latin1_databas
 @isolate_apps("tests.testapp")
 def test_a_field_name_too_long_for_its_hidden_columns_is_an_error_before_migrations_are_written():
     from semantic import EmbeddingField
-    from semantic.checks import NAME_TOO_LONG, NAME_TOO_LONG_HINT
+    from semantic.model_checks import NAME_TOO_LONG, NAME_TOO_LONG_HINT
 
     longest = "e" * 49
     too_long = "embedding_of_the_customer_support_conversation_text"  # 51 characters

@@ -13,10 +13,10 @@ from django.urls import reverse
 from django_q.models import Schedule
 
 from semantic import backfill, embed_pending
-from semantic.checks import TABLES_MISSING, TABLES_MISSING_HINT
 from semantic.dispatch import SWEEP_SCHEDULE_NAME
 from semantic.management.commands.semantic_embed import Command as Embed
 from semantic.management.commands.semantic_status import Command as Status
+from semantic.model_checks import TABLES_MISSING, TABLES_MISSING_HINT
 from semantic.models import EmbeddingBatchJob, EmbeddingFailure, Passage
 from semantic.registry import get_embedding_field
 from semantic.status import field_status

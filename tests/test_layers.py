@@ -45,6 +45,7 @@ LAYERS = [
     "semantic.switch",
     "semantic.definitions",
     "semantic.migration_hooks",
+    "semantic.migration_plan",
     "semantic.labels",
     "semantic.streaming",
     # hand-off to the worker
@@ -57,6 +58,7 @@ LAYERS = [
     "semantic.running_task",
     "semantic.claims",
     "semantic.embedder",
+    "semantic.batch_collect",
     "semantic.batch",
     "semantic.tasks",
     # the read path, the backfill, status
@@ -89,6 +91,7 @@ LAYERS = [
     "semantic.admin",
     "semantic.database_checks",
     "semantic.checks",
+    "semantic.model_checks",
     "semantic.management",
     "semantic.management.output",
     "semantic.management.targets",

@@ -3,7 +3,7 @@ project's and third-party apps' alike, so it must take each one as Django allows
 
 from django.db import migrations
 
-from semantic.migration_hooks import inject_operations
+from semantic.migration_plan import inject_operations
 
 
 def test_an_index_renamed_from_its_fields_passes_through_the_hook():
