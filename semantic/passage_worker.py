@@ -85,8 +85,11 @@ class PassageWorkMixin:
         outcome: Any
         stopped: str | None
         deferred: bool
+        OUT_OF_TIME: str
 
         def outdated(self) -> bool: ...
+        def time_left(self) -> float: ...
+        def stop(self, message: str) -> None: ...
         def claim(self, rows: list[Any]) -> list[str]: ...
         def release(self, taken: list[str]) -> None: ...
         def embed(self, items: list[Any]) -> None: ...
@@ -104,6 +107,12 @@ class PassageWorkMixin:
         visited = 0
         after: Any = None
         while not self.stopped and (limit is None or visited < limit):
+            if self.time_left() <= 0:
+                # Re-cutting rows whose passages all keep their vectors sends no request, so
+                # the request loop's own deadline never comes: after an upgrade that changed
+                # the cutting rules, the sweep re-cut every row until django-q2 killed it.
+                self.stop(self.OUT_OF_TIME)
+                break
             rows = lagging_rows(self.model, self.field, self.using).order_by("pk")
             if pks is not None:
                 rows = rows.filter(pk__in=list(pks))

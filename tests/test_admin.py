@@ -1,6 +1,7 @@
 """The admin mixin, the embedding status page and their permissions, through the test client."""
 
 import html
+import io
 import re
 import threading
 from datetime import timedelta
@@ -12,6 +13,7 @@ from django.contrib.admin.utils import quote
 from django.contrib.auth.models import Permission, User
 from django.contrib.messages import get_messages
 from django.core.cache import cache
+from django.core.management import call_command
 from django.db import connection
 from django.db.backends.signals import connection_created
 from django.test.utils import CaptureQueriesContext
@@ -29,6 +31,7 @@ from semantic.admin import (
     SemanticAdminMixin,
 )
 from semantic.duplicates import SPLIT_MIN_ROWS
+from semantic.management.commands.semantic_embed import Command
 from semantic.models import DismissedPair, EmbeddingBatchJob, EmbeddingFailure
 from semantic.registry import get_embedding_field
 from tests.fake_gemini import api_error
@@ -762,6 +765,15 @@ def test_failure_records_go_with_their_rows_however_the_rows_are_deleted(admin_c
         cursor.execute(f"DELETE FROM {Article._meta.db_table} WHERE id = %s", [gone.pk])
     assert embed_pending(Article)["testapp.Article.embedding"]["failures_swept"] == 1
     assert not records.exists()
+
+    dropped = Article.objects.create(title="REJECT dropped behind the ORM")
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {Article._meta.db_table} WHERE id = %s", [dropped.pk])
+    assert records.count() == 1
+    out = io.StringIO()
+    call_command("semantic_embed", "testapp.Article", "--failed", stdout=out)
+    assert not records.exists()  # semantic_embed --failed drops them too, and says so
+    assert Command.ORPHANS_DROPPED.format(label="testapp.Article.embedding", records=1) in out.getvalue()
 
     report = Report.objects.create(title="report", body="REJECT this report")
     EmbeddingFailure.objects.create(

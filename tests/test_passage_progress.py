@@ -115,3 +115,25 @@ def test_a_run_in_a_django_q2_task_stops_before_the_tasks_timeout(settings):
     assert Conf.TIMEOUT == 60
     assert 0 < left <= 60 - 5 - 10
     assert run_deadline() is None  # the task is over
+
+
+def test_re_cutting_rows_that_send_nothing_stops_at_the_deadline_too(fake_gemini, semantic_settings):
+    """After an upgrade that changes the cutting rules, the sweep re-cuts every row with passages,
+    reusing each passage's vector: no request is sent, so only this loop can see the deadline."""
+    semantic_settings(BATCH_SIZE=2)
+    rows = [LongRead.objects.create(title=f"Row {n}", body=text(2, f"row{n}")) for n in range(5)]
+    embed_pending(LongRead)
+    assert not lagging_rows(LongRead, FIELD).exists()
+    # As rules of an earlier version (CUT_RULES) left them: every row lags, every passage text is the same.
+    Passage.objects.filter(field_name="embedding").update(cut_from="cut by an earlier version")
+    fake_gemini.reset()
+    embedder = Embedder(LongRead, FIELD)
+    embedder.clock = lambda: len(rows) - lagging_rows(LongRead, FIELD).count()  # rows re-cut so far
+    embedder.deadline = 2
+
+    embedder.run_passages()
+
+    assert fake_gemini.request_count == 0
+    assert embedder.outcome.stopped == Embedder.OUT_OF_TIME
+    assert lagging_rows(LongRead, FIELD).count() == 3  # one batch re-cut; the rest waits for the next sweep
+    assert embedder.outcome.passages_reused == 4

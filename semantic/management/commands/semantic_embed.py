@@ -22,6 +22,7 @@ class Command(QuietMixin, BaseCommand):
     )
 
     NOTHING = "{label}: nothing to embed."
+    ORPHANS_DROPPED = "{label}: removed {records} failure record(s) of rows deleted since (outside the ORM)."
     HELD = (
         "{label}: {rows} rows are left to open Batch API job(s) {names}; run `manage.py semantic_embed "
         "{label} --batch-api` to collect them (or --batch-job NAME for one)."
@@ -185,6 +186,9 @@ class Command(QuietMixin, BaseCommand):
                     self.stderr.write(self.STALE.format(label=label, rows=stale, changed=changed, spec=field.spec()))
                 if not batch_api:
                     self.report_held(field, label, using)
+                if failed and not dry_run and (dropped := rows.sweep_orphan_failures(field, using)):
+                    # Else listed and retried, and skipped, on every run, as the sweep drops them.
+                    self.say(self.ORPHANS_DROPPED.format(label=label, records=dropped))
                 if dry_run:
                     self.report_plan(label, field, backfill.plan(model, field, limit=limit, **kwargs), batch_api)
                 elif batch_api:
