@@ -3,6 +3,7 @@
 import json
 import math
 import sys
+import traceback
 
 import pytest
 from django.conf import settings
@@ -176,6 +177,36 @@ def test_the_debug_page_never_shows_the_key(fake_gemini, settings, semantic_sett
     page = response.content.decode()
     assert "EmbeddingError" in page
     assert settings.TEST_API_KEY not in page
+
+
+@pytest.mark.parametrize("status", [400, 429, 500])
+def test_no_frame_of_the_sdk_holds_the_key_when_a_call_fails(fake_gemini, status, monkeypatch):
+    """Sentry's google-genai integration, on by default wherever the SDK is installed, wraps
+    ``Models.embed_content`` and reports what it raises, with every frame's local variables,
+    before this backend catches it. The same wrapper here keeps the exception instead."""
+    from google.genai.models import Models
+
+    seen = []
+    embed_content = Models.embed_content
+
+    def reporting(*args, **kwargs):
+        try:
+            return embed_content(*args, **kwargs)
+        except Exception as exc:
+            seen.append(exc)
+            raise
+
+    monkeypatch.setattr(Models, "embed_content", reporting)
+    fake_gemini.fail_next(status)
+    with pytest.raises(EmbeddingError):
+        backend(fake_gemini).embed(["x"], task_type="SEMANTIC_SIMILARITY", dimensions=768)
+    assert fake_gemini.requests[-1]["api_key"] == settings.TEST_API_KEY  # sent all the same
+    (sdk_error,) = seen
+    frames = [frame for frame, _ in traceback.walk_tb(sdk_error.__traceback__)]
+    assert any(frame.f_code.co_filename.endswith("_api_client.py") for frame in frames)
+    for frame in frames:
+        for name, value in frame.f_locals.items():
+            assert settings.TEST_API_KEY not in repr(value), (frame.f_code.co_name, name)
 
 
 def test_any_backend_s_retry_after_is_kept_within_bounds():
