@@ -102,9 +102,14 @@ class SourceHashField(CompanionMixin, NullTextMixin, models.CharField):
 class PendingSinceField(CompanionMixin, NullTextMixin, models.DateTimeField):
     """When the row began waiting for an embedding of its current text.
 
-    On INSERT, now (for a row with text). On UPDATE, now if the saved text differs
-    from the text in the database and the row was not already waiting; otherwise
-    unchanged. ``SET`` reads the old row, so no extra query is made.
+    On INSERT, now (for a row with text), also set on the instance as ``auto_now`` does,
+    so what reads the saved instance (an API's answer to a POST) sees the row's value.
+    On UPDATE, now if the saved text differs from the text in the database and the row
+    was not already waiting; otherwise unchanged. ``SET`` reads the old row, so no extra
+    query is made, and for the same reason the instance keeps the value it was loaded
+    with: the result depends on the row as the UPDATE finds it (the worker may have
+    embedded it, or another save started its wait, since the instance was loaded), which
+    only a query could tell.
     """
 
     plain_path = "django.db.models.DateTimeField"
@@ -116,7 +121,9 @@ class PendingSinceField(CompanionMixin, NullTextMixin, models.DateTimeField):
             return super().pre_save(model_instance, add)
         current = field.text_hash(model_instance)
         if add:
-            return timezone.now() if current else None
+            value = timezone.now() if current else None
+            setattr(model_instance, self.attname, value)
+            return value
         changed = IsDistinctFrom(field.stored_text_hash(), Value(current, models.CharField()))
         return Case(When(changed, then=Coalesce(F(self.attname), Now())), default=F(self.attname))
 

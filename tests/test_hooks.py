@@ -224,3 +224,29 @@ def test_deleting_rows_of_a_field_without_passages_is_one_delete_whatever_their_
     statements = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("DELETE")]
     assert not [q for q in queries.captured_queries if q["sql"].startswith("SELECT")]
     assert len(statements) == 1 and "semantic_embeddingfailure" not in statements[0]
+
+
+def test_a_saved_instance_holds_the_time_its_row_began_waiting(fake_gemini, semantic_settings):
+    """An API answering a POST with the saved instance says the row waits, as a GET would.
+
+    After an UPDATE the instance keeps what it was loaded with: the row's new value
+    depends on the row as the UPDATE finds it, which only a query tells.
+    """
+    semantic_settings(SYNC=False)  # rows wait for a worker that is not running
+    created = Article.objects.create(title="Waiting", body="")
+    assert created.embedding_pending_since is not None
+    assert created.embedding_pending_since == Article.objects.get(pk=created.pk).embedding_pending_since
+
+    empty = Tag.objects.create(label="")  # no text: nothing to wait for
+    assert empty.embedding_pending_since is None
+    assert Tag.objects.get(pk=empty.pk).embedding_pending_since is None
+
+    [bulk] = Article.objects.bulk_create([Article(title="Bulk", body="")])
+    assert bulk.embedding_pending_since == Article.objects.get(pk=bulk.pk).embedding_pending_since is not None
+
+    loaded = Article.objects.get(pk=created.pk)
+    loaded.body = "edited"
+    loaded.save()
+    assert loaded.embedding_pending_since == created.embedding_pending_since  # a time, not an SQL expression
+    loaded.refresh_from_db(fields=["embedding_pending_since"])
+    assert loaded.embedding_pending_since == created.embedding_pending_since  # it was already waiting
