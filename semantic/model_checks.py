@@ -1,6 +1,6 @@
 """System checks of the project's models, reported by ``manage.py check``: each
-EmbeddingField and KeywordIndex as declared, and the databases a model with an
-EmbeddingField is migrated to.
+EmbeddingField and KeywordIndex as declared, and the managers of a model with an
+EmbeddingField and the databases it is migrated to.
 
 The settings are checked in :mod:`semantic.checks`.
 """
@@ -69,6 +69,19 @@ NAME_TOO_LONG = (
 NAME_TOO_LONG_HINT = (
     "Give the field a name of at most {most} characters (db_column does not rename the hidden columns), "
     "then makemigrations."
+)
+#: semantic.W010: a manager built for the semantic methods whose get_queryset() names
+#: another QuerySet class, as django-treebeard's MP_NodeManager does.
+QUERYSET_WITHOUT_METHODS = (
+    "{model}.{manager} was built with from_queryset({intended}), which has the semantic methods, but "
+    "{manager_class}.get_queryset() returns a {actual}, which has not: {model}.{manager}.similar_to() "
+    "raises AttributeError."
+)
+QUERYSET_WITHOUT_METHODS_HINT = (
+    "{manager_class}.get_queryset() builds its QuerySet by name instead of from_queryset()'s class. "
+    "Subclass {manager_class}, override get_queryset() to return {intended}(self.model, using=self._db) "
+    "with what the original adds to it (such as its order_by()), and build the manager from that "
+    "subclass: from_queryset({intended})() (README: Searching)."
 )
 
 
@@ -270,3 +283,53 @@ def check_keyword_indexes(app_configs: Any = None, **kwargs: Any) -> list[checks
                 )
                 errors.append(checks.Warning(message, hint=UNBOUNDED_COLUMN_HINT, obj=model, id="semantic.W007"))
     return errors
+
+
+@checks.register(checks.Tags.models)
+def check_managers(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
+    """A manager built to search (``from_queryset()`` of a QuerySet with the mixin) must
+    give querysets that can.
+
+    A plain manager is left alone: the README lets the default manager be one, and the
+    admin and the commands add the methods themselves. Only a manager whose class shows
+    the recipe was followed is checked, so the warning never asks for a manager nobody wanted.
+    """
+    from semantic.query import SemanticQuerySetMixin
+    from semantic.registry import embedding_fields
+
+    errors: list[checks.CMessage] = []
+    configs = app_configs or apps.get_app_configs()
+    for model in (m for config in configs for m in config.get_models()):
+        if not embedding_fields(model):
+            continue
+        for manager in model._meta.managers:
+            intended = getattr(manager, "_queryset_class", None)
+            if not (isinstance(intended, type) and issubclass(intended, SemanticQuerySetMixin)):
+                continue
+            try:
+                queryset = manager.get_queryset()
+            except Exception:
+                continue  # a manager that needs a request or a database to build its queryset: cannot tell
+            if isinstance(queryset, SemanticQuerySetMixin):
+                continue
+            names = {
+                "model": model._meta.label,
+                "manager": manager.name,
+                "manager_class": _defined_by(type(manager), "get_queryset").__name__,
+                "intended": intended.__name__,
+                "actual": type(queryset).__name__,
+            }
+            errors.append(
+                checks.Warning(
+                    QUERYSET_WITHOUT_METHODS.format(**names),
+                    hint=QUERYSET_WITHOUT_METHODS_HINT.format(**names),
+                    obj=model,
+                    id="semantic.W010",
+                )
+            )
+    return errors
+
+
+def _defined_by(cls: type, name: str) -> type:
+    """The class whose ``name`` ``cls`` runs: the library's manager, not the class from_queryset() made."""
+    return next((base for base in cls.__mro__ if name in vars(base)), cls)

@@ -12,7 +12,15 @@ from django.test.utils import isolate_apps
 from semantic.admin import SEVERAL_FIELDS, UNKNOWN_FIELD, SemanticAdminMixin
 from semantic.checks import KEY_UNSENDABLE, KEY_UNSENDABLE_HINT, check_backend, check_timeout
 from semantic.database_checks import check_extension
-from semantic.model_checks import COMPOSITE_KEY, COMPOSITE_KEY_HINT, KEYWORD_CONFIG_HINT, check_fields
+from semantic.model_checks import (
+    COMPOSITE_KEY,
+    COMPOSITE_KEY_HINT,
+    KEYWORD_CONFIG_HINT,
+    QUERYSET_WITHOUT_METHODS,
+    QUERYSET_WITHOUT_METHODS_HINT,
+    check_fields,
+    check_managers,
+)
 from semantic.operations import INSTALL_HINT
 from semantic.switch import UNKNOWN_REPLACED, UNKNOWN_REPLACED_HINT
 from tests.testapp.models import Document
@@ -25,6 +33,7 @@ def ids(messages):
 def test_configuration_used_by_the_tests_is_clean():
     assert check_backend() == []
     assert check_fields() == []
+    assert check_managers() == []
 
 
 def test_unknown_backend(semantic_settings):
@@ -532,3 +541,51 @@ def test_a_topics_sample_that_is_not_a_number_of_rows_is_an_error(semantic_setti
     semantic_settings(TOPICS_MAX_ROWS=value)
     (error,) = check_topics_max_rows()
     assert error.id == "semantic.E016" and repr(value) in error.msg
+
+
+@isolate_apps("tests.testapp")
+def test_a_manager_built_to_search_whose_get_queryset_names_another_class_is_a_warning():
+    """django-treebeard's MP_NodeManager.get_queryset() builds MP_NodeQuerySet by name, so the
+    README's from_queryset() recipe gave a manager whose querysets had no similar_to()."""
+    from semantic import EmbeddingField, SemanticQuerySetMixin
+
+    class TreeQuerySet(models.QuerySet):
+        pass
+
+    class TreeManager(models.Manager):
+        def get_queryset(self):
+            return TreeQuerySet(self.model, using=self._db).order_by("path")
+
+    NodeQuerySet = type("NodeQuerySet", (SemanticQuerySetMixin, TreeQuerySet), {})
+
+    class NodeManager(TreeManager):
+        def get_queryset(self):
+            return NodeQuerySet(self.model, using=self._db).order_by("path")
+
+    class Node(models.Model):
+        path = models.CharField(max_length=255)
+        name = models.CharField(max_length=50)
+        embedding = EmbeddingField(source="name", dimensions=128)
+
+        objects = TreeManager.from_queryset(NodeQuerySet)()  # README's recipe before: no search
+        fixed = NodeManager.from_queryset(NodeQuerySet)()  # README's recipe now
+        plain = models.Manager()  # supported: the admin and commands add the methods themselves
+
+        class Meta:
+            app_label = "testapp"
+
+    (warning,) = check_managers(app_configs=[SimpleNamespace(get_models=lambda: [Node])])
+    assert warning.id == "semantic.W010" and warning.level == checks.WARNING and warning.obj is Node
+    names = {
+        "model": "testapp.Node",
+        "manager": "objects",
+        "manager_class": "TreeManager",
+        "intended": "NodeQuerySet",
+        "actual": "TreeQuerySet",
+    }
+    assert (warning.msg, warning.hint) == (
+        QUERYSET_WITHOUT_METHODS.format(**names),
+        QUERYSET_WITHOUT_METHODS_HINT.format(**names),
+    )
+    assert not hasattr(Node.objects.all(), "similar_to")  # what the warning says
+    assert hasattr(Node.fixed.all(), "similar_to") and hasattr(Node.fixed.all().filter(name="x"), "similar_to")
