@@ -309,3 +309,23 @@ class Place(models.Model):
 class Restaurant(Place):
     cuisine = models.CharField(max_length=100, blank=True)
 
+
+class Topic(models.Model):
+    name = models.CharField(max_length=100)
+
+
+class Post(models.Model):
+    """Text from a property that reads many-to-many rows, as a django-taggit tag list is read."""
+
+    title = models.CharField(max_length=200)
+    topics = models.ManyToManyField(Topic, blank=True, related_name="posts")
+    embedding = EmbeddingField(source=("title", "topic_names"), dimensions=128)
+
+    objects = SemanticManager()
+
+    @property
+    def topic_names(self) -> str:
+        return ", ".join(sorted(topic.name for topic in self.topics.all())) if self.pk else ""
+
+    def __str__(self) -> str:
+        return self.title
