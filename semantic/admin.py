@@ -46,7 +46,7 @@ from semantic.admin_status import EmbeddingFailureAdmin, StatusPageMixin
 from semantic.admin_topics import TopicsMixin
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingBatchJob, EmbeddingFailure
-from semantic.query import SemanticQuerySet, vector_literal
+from semantic.query import SemanticQuerySet, vector_literal, with_semantic_methods
 from semantic.query_vectors import current_vector, query_vector
 from semantic.registry import embedding_fields
 from semantic.rows import forget_deleted, forget_failures, mark_pending
@@ -249,7 +249,9 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
                 return queryset.none(), False
             return super().get_search_results(request, queryset, search_term)  # type: ignore[misc]
         similarity = Value(1.0) - CosineDistance(field.indexed_vector(), Value(vector_literal(vector)))
-        ranked = queryset.filter(pk__in=nearest).annotate(**{SIMILARITY: similarity})
+        # With the mixin, a QuerySet that copies annotations onto the rows it builds (model-utils'
+        # select_subclasses()) is told of the state column too, which this annotate() would drop.
+        ranked = with_semantic_methods(queryset.filter(pk__in=nearest)).annotate(**{SIMILARITY: similarity})
         # Django sorted the rows before this search; SemanticChangeList puts a sort the user chose back first.
         return ranked.order_by(f"-{SIMILARITY}", "-pk"), False
 

@@ -13,6 +13,7 @@ class SemanticConfig(AppConfig):
         from semantic.hooks import connect_all
         from semantic.migration_plan import inject_operations
         from semantic.operations import ensure_vector_extension
+        from semantic.relation_hooks import connect as connect_relations
         from semantic.running_task import watch_tasks
         from semantic.sized_columns import unsize_vector_columns
         from semantic.tasks import install_sweep_schedule
@@ -29,6 +30,8 @@ class SemanticConfig(AppConfig):
         # The new code's field definitions: workers still running the old code stop embedding.
         post_migrate.connect(record_definitions, sender=self)
         connect_all()
+        # Text from Python that reads many-to-many rows (a tag list) changes with them.
+        connect_relations()
         # A run inside a django-q2 task stops before the task's timeout would kill it.
         watch_tasks()
         # The local model loads in the background in web and worker processes only.

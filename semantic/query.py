@@ -75,6 +75,11 @@ class SemanticQuerySetMixin(BulkWritesMixin, _QuerySetBase):
     _semantic: SemanticSearch | None = None
     #: Index settings every statement of this queryset runs with (see :meth:`with_index_settings`).
     _index_settings: dict[str, str] | None = None
+    #: Where a QuerySet whose iterable builds its rows itself keeps the names of the
+    #: annotations to copy onto them (:meth:`_name_annotations`): django-model-utils'
+    #: ``InheritanceQuerySet`` keeps them in ``_annotated``. Set it on your QuerySet for a
+    #: library that names the attribute otherwise; None leaves the queryset alone.
+    annotation_names_attribute: str | None = "_annotated"
 
     def _clone(self) -> Any:
         clone = super()._clone()
@@ -114,7 +119,25 @@ class SemanticQuerySetMixin(BulkWritesMixin, _QuerySetBase):
     def aggregate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return self._with_settings(super().aggregate, *args, **kwargs)
 
+    def _name_annotations(self) -> None:
+        """Name every annotation of the query in :attr:`annotation_names_attribute`, just before
+        rows are read, when an iterable of the queryset's own builds the model instances.
+
+        Such an iterable (model-utils' ``select_subclasses()``) makes each row its child
+        class and copies onto it only the annotations its ``annotate()`` listed, each call
+        replacing the list. A search adds ``distance``, ``similarity`` and hybrid's
+        ``score`` and ranks to the query in place, without a further copy of it, and the
+        admin annotates the state and then the similarity: the rows of child classes lost
+        them all (AttributeError on ``row.similarity``). The query holds them all.
+        """
+        name = self.annotation_names_attribute
+        iterable = self._iterable_class
+        if name and iterable is not ModelIterable and issubclass(iterable, ModelIterable):
+            setattr(self, name, list(self.query.annotation_select))
+
     def _fetch_all(self) -> None:
+        if self._result_cache is None:
+            self._name_annotations()
         if (self._semantic is None and not self._index_settings) or self._result_cache is not None:
             super()._fetch_all()
             return
@@ -132,6 +155,7 @@ class SemanticQuerySetMixin(BulkWritesMixin, _QuerySetBase):
         """A search is fetched whole: its index settings last only as long as the
         statement that carries them, and a server-side cursor is read after it."""
         if self._semantic is None and not self._index_settings:
+            self._name_annotations()
             return super().iterator(chunk_size)
         if chunk_size is not None and chunk_size <= 0:
             raise ValueError("Chunk size must be strictly positive.")
@@ -141,6 +165,7 @@ class SemanticQuerySetMixin(BulkWritesMixin, _QuerySetBase):
 
     async def aiterator(self, chunk_size: int = 2000) -> AsyncIterator[Any]:
         if self._semantic is None and not self._index_settings:
+            self._name_annotations()
             async for row in super().aiterator(chunk_size):
                 yield row
             return
@@ -347,8 +372,13 @@ def with_semantic_methods(queryset: models.QuerySet) -> Any:
     if isinstance(queryset, SemanticQuerySetMixin):
         return queryset
     clone = queryset._chain()
-    clone.__class__ = _with_mixin(type(queryset))
-    return clone
+    # A new object rather than ``__class__`` assignment, which CPython refuses when a base
+    # has ``__slots__`` (model-utils' InheritanceQuerySet is a typing.Generic): a QuerySet's
+    # state is all in its __dict__.
+    with_mixin = _with_mixin(type(queryset))
+    copy = with_mixin.__new__(with_mixin)
+    copy.__dict__.update(clone.__dict__)
+    return copy
 
 
 @functools.cache

@@ -78,6 +78,7 @@ LAYERS = [
     "semantic.classify",
     "semantic.clusters",
     "semantic.backfill",
+    "semantic.relation_hooks",
     "semantic.status",
     "semantic.stale",
     # admin, checks, commands, the app

@@ -3,9 +3,10 @@ from typing import Any
 
 from django.db import models
 from django.db.models.query_utils import DeferredAttribute
+from model_utils.managers import InheritanceManager, InheritanceQuerySet
 from simple_history.models import HistoricalRecords
 
-from semantic import EmbeddingField, SemanticManager
+from semantic import EmbeddingField, SemanticManager, SemanticQuerySetMixin
 from semantic.indexes import EmbeddingIndex
 
 
@@ -284,6 +285,47 @@ class Bulletin(models.Model):
 
     objects = Alive()
     search = SemanticManager()
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class PlaceQuerySet(SemanticQuerySetMixin, InheritanceQuerySet):
+    """django-model-utils' QuerySet with the mixin, as README "Searching" combines them."""
+
+
+class Place(models.Model):
+    """A parent read as its child classes (``select_subclasses()``), which copy annotations themselves."""
+
+    name = models.CharField(max_length=200)
+    embedding = EmbeddingField(source="name", dimensions=128)
+
+    objects = InheritanceManager.from_queryset(PlaceQuerySet)()
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Restaurant(Place):
+    cuisine = models.CharField(max_length=100, blank=True)
+
+
+class Topic(models.Model):
+    name = models.CharField(max_length=100)
+
+
+class Post(models.Model):
+    """Text from a property that reads many-to-many rows, as a django-taggit tag list is read."""
+
+    title = models.CharField(max_length=200)
+    topics = models.ManyToManyField(Topic, blank=True, related_name="posts")
+    embedding = EmbeddingField(source=("title", "topic_names"), dimensions=128)
+
+    objects = SemanticManager()
+
+    @property
+    def topic_names(self) -> str:
+        return ", ".join(sorted(topic.name for topic in self.topics.all())) if self.pk else ""
 
     def __str__(self) -> str:
         return self.title
