@@ -433,6 +433,16 @@ def test_filtered_queries_choose_exact_or_iterative_search_in_one_statement(arti
     assert current_settings() == DEFAULTS
 
 
+def test_explain_shows_the_plan_with_the_settings_the_search_runs_with(articles, semantic_settings):
+    """QuerySet.explain() of a filtered search: the exact search it runs, not an index scan it never does."""
+    vector = [1.0] * 128
+    plan = Article.objects.filter(category="other").similar_to(vector)[:20].explain(settings=True)
+    assert "enable_indexscan = 'off'" in plan
+    assert "article_embedding_hnsw" not in plan
+    assert current_settings() == DEFAULTS
+    assert "enable_indexscan" not in Article.objects.filter(category="other")[:20].explain(settings=True)
+
+
 def test_a_selective_filter_finds_the_true_nearest_rows(many_articles, semantic_settings):
     """1% of the rows pass the filter: the search compares them all and returns their
     true nearest, in order, in one statement. The choice follows the planner's estimate
