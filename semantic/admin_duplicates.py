@@ -193,7 +193,8 @@ class DuplicateReviewMixin:
             with_objects(rows, page)
             tables = [(group, self.duplicate_rows(rows, group)) for group in page]
             if self.duplicate_cache_seconds:
-                moment = timezone.localtime(found_at).strftime("%H:%M:%S")
+                local = timezone.localtime(found_at) if timezone.is_aware(found_at) else found_at  # USE_TZ = False
+                moment = local.strftime("%H:%M:%S")
                 kept_note = self.PAIRS_KEPT % {"time": moment, "minutes": f"{self.duplicate_cache_seconds / 60:g}"}
         state = review_state(request.GET, threshold=shown_threshold)
         # What every form and link of the page carries on: the selection and the list's filters.

@@ -244,6 +244,23 @@ def test_duplicate_review_page_with_adjustable_threshold(viewer, articles):
     assert viewer.get(reverse(DUPLICATES), {"threshold": "0.999"}).context["groups"] == []
 
 
+def test_duplicate_review_with_use_tz_false_shows_when_its_kept_pairs_were_found(viewer, articles, settings):
+    """Django's naive-datetime mode: the pairs' time is a local time already (timezone.localtime()
+    refuses it: the page was a 500 whenever the pairs were kept, the default)."""
+    settings.USE_TZ = False
+    model_admin = admin.site._registry[Article]
+    assert model_admin.duplicate_cache_seconds
+    response = viewer.get(reverse(DUPLICATES), {"threshold": "0.5"})
+    assert response.status_code == 200
+    assert {"reset my account password", "reset the password of my account"} in [
+        {a.title for a in group.rows} for group in response.context["groups"]
+    ]
+    moment = re.search(r"Pairs as found at (\d\d:\d\d:\d\d), kept for 5 minutes", response.content.decode())
+    assert moment is not None
+    again = viewer.get(reverse(DUPLICATES), {"threshold": "0.5"})  # from the cache
+    assert again.status_code == 200 and moment.group(0) in again.content.decode()
+
+
 @pytest.mark.parametrize("bad", ["abc", "2", "-1.5", "nan", "inf"])
 def test_duplicate_review_rejects_bad_thresholds_and_keeps_them_in_the_form(viewer, articles, bad):
     response = viewer.get(reverse(DUPLICATES), {"threshold": bad})
