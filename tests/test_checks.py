@@ -36,6 +36,37 @@ def test_configuration_used_by_the_tests_is_clean():
     assert check_managers() == []
 
 
+def readme_pool_fix():
+    """The README's settings lines that keep Django's pool away from the worker."""
+    import textwrap
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("**Django's connection pool**") :]
+    return textwrap.dedent(section.split("```python\n", 1)[1].split("```", 1)[0])
+
+
+def test_a_pooled_database_is_a_warning_as_qcluster_starts_and_the_readmes_fix_ends_it(monkeypatch, settings):
+    from semantic.checks import POOL_IN_WORKER, POOL_IN_WORKER_HINT, check_worker_pool
+
+    monkeypatch.setattr(sys, "argv", ["manage.py", "qcluster"])
+    assert check_worker_pool() == []  # the test project, as the demo, has no pool
+    monkeypatch.setitem(settings.DATABASES["default"]["OPTIONS"], "pool", {"min_size": 1, "max_size": 1})
+    (warning,) = [m for m in checks.run_checks() if m.id == "semantic.W011"]
+    assert warning.level == checks.WARNING
+    assert warning.msg == POOL_IN_WORKER.format(alias="default")
+    assert warning.hint == POOL_IN_WORKER_HINT.format(alias="default")
+    assert """DATABASES['default']["OPTIONS"].pop("pool", None)""" in warning.hint
+
+    monkeypatch.setattr(sys, "argv", ["manage.py", "check"])  # or runserver, gunicorn: the pool is right there
+    assert check_worker_pool() == []
+
+    monkeypatch.setattr(sys, "argv", ["manage.py", "qcluster"])
+    exec(readme_pool_fix(), {"DATABASES": settings.DATABASES})  # as settings.py runs it
+    assert "pool" not in settings.DATABASES["default"]["OPTIONS"]
+    assert check_worker_pool() == []
+
+
 def test_unknown_backend(semantic_settings):
     semantic_settings(BACKEND="semantic.backends.nope.Backend")
     (error,) = check_backend()
