@@ -264,11 +264,11 @@ def test_duplicate_review_with_use_tz_false_shows_when_its_kept_pairs_were_found
 
 
 class SlowArticleAdmin(ArticleAdmin):
-    """Every statement over its rows lasts at least half a second, as a whole-table duplicate
-    search does on a large table: a statement_timeout of 100 ms always cancels it, nothing else."""
+    """Every statement over its rows waits 30 s, as a whole-table duplicate search lasts on a
+    large table: a statement_timeout of 2 s always cancels it, and nothing else on a busy machine."""
 
     def get_queryset(self, request):
-        return super().get_queryset(request).filter(pk__gte=RawSQL("(SELECT 0 FROM pg_sleep(0.5))", []))
+        return super().get_queryset(request).filter(pk__gte=RawSQL("(SELECT 0 FROM pg_sleep(30))", []))
 
 
 @pytest.fixture
@@ -279,7 +279,7 @@ def slow_site(settings):
     urlconf.urlpatterns = [path("slowadmin/", site.urls)]
     settings.ROOT_URLCONF = urlconf
     with connection.cursor() as cursor:
-        cursor.execute("SET statement_timeout = '100ms'")  # as ALTER ROLE ... SET statement_timeout does
+        cursor.execute("SET statement_timeout = '2s'")  # as ALTER ROLE ... SET statement_timeout does
     yield site
     with connection.cursor() as cursor:
         cursor.execute("RESET statement_timeout")
@@ -288,7 +288,7 @@ def slow_site(settings):
 def test_duplicate_review_the_statement_timeout_cancels_says_why_and_what_to_do(viewer, articles, slow_site):
     response = viewer.get(reverse("slowadmin:testapp_article_duplicates"), {"threshold": "0.5"})
     assert response.status_code == 200
-    expected = SlowArticleAdmin.SEARCH_CANCELED % {"timeout": "100ms", "max": SlowArticleAdmin.duplicate_selection_max}
+    expected = SlowArticleAdmin.SEARCH_CANCELED % {"timeout": "2s", "max": SlowArticleAdmin.duplicate_selection_max}
     assert response.context["search_error"] == expected
     assert html.escape(expected) in response.content.decode()
     assert response.context["groups"] == []

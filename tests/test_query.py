@@ -309,15 +309,16 @@ def test_instance_whose_text_changed_is_searched_by_its_new_text(articles, fake_
     assert fake_gemini.request_count == 0  # a current vector is used as stored
 
 
-#: Makes every statement that reads these rows last at least half a second, whatever the machine:
-#: the duplicate search then always meets a statement_timeout of 100 ms, and nothing else does.
-SLOW_ROWS = RawSQL("(SELECT 0 FROM pg_sleep(0.5))", [])
+#: Makes every statement that reads these rows wait 30 s, whatever the machine: the duplicate
+#: search then always meets a statement_timeout of 2 s, which leaves the other statements of a
+#: busy machine time enough (100 ms could be reached by any statement under load).
+SLOW_ROWS = RawSQL("(SELECT 0 FROM pg_sleep(30))", [])
 
 
 @pytest.fixture
-def statement_timeout_100ms():
+def statement_timeout_2s():
     with connection.cursor() as cursor:
-        cursor.execute("SET statement_timeout = '100ms'")  # as ALTER ROLE ... SET statement_timeout does
+        cursor.execute("SET statement_timeout = '2s'")  # as ALTER ROLE ... SET statement_timeout does
     yield
     with connection.cursor() as cursor:
         cursor.execute("RESET statement_timeout")
@@ -325,7 +326,7 @@ def statement_timeout_100ms():
 
 @pytest.mark.parametrize("in_transaction", [False, True])
 def test_a_duplicate_search_the_statement_timeout_cancels_says_so_and_what_to_do(
-    articles, statement_timeout_100ms, in_transaction
+    articles, statement_timeout_2s, in_transaction
 ):
     from django.db import OperationalError
 
@@ -337,8 +338,8 @@ def test_a_duplicate_search_the_statement_timeout_cancels_says_so_and_what_to_do
         with pytest.raises(DuplicateSearchCanceled) as info:
             slow.duplicates(0.5)
         assert Article.objects.count() == len(articles)  # the caller's transaction goes on
-    assert str(info.value) == SEARCH_CANCELED.format(label="testapp.Article", timeout="100ms")
-    assert info.value.timeout == "100ms"
+    assert str(info.value) == SEARCH_CANCELED.format(label="testapp.Article", timeout="2s")
+    assert info.value.timeout == "2s"
     assert isinstance(info.value, OperationalError)  # what callers caught before
     assert isinstance(info.value.__cause__, OperationalError) and sqlstate(info.value.__cause__) == QUERY_CANCELED
     assert "statement timeout" in str(info.value.__cause__)
