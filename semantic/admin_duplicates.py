@@ -31,10 +31,11 @@ from django.utils.translation import gettext_lazy as _
 from semantic.admin_dismissed import DismissedPairAdmin
 from semantic.admin_selection import keep_selection, kept_selection
 from semantic.companions import CompanionMixin
+from semantic.duplicates import DuplicateSearchCanceled
 from semantic.fields import EmbeddingField
 from semantic.models import DismissedPair
 from semantic.query import DEFAULT_DUPLICATE_THRESHOLD, SemanticQuerySet, check_threshold
-from semantic.review import ReviewGroup, review_groups, similarities_to
+from semantic.review import ReviewGroup, review_groups, similarities_to, with_objects
 
 __all__ = ["DismissedPairAdmin", "DuplicateReviewMixin"]
 
@@ -88,6 +89,13 @@ class DuplicateReviewMixin:
     TOO_MANY_SELECTED = _(
         "%(count)d rows selected; “Find duplicates among selected” takes at most %(max)d. "
         "Select fewer, or use “Review duplicates” for the whole table."
+    )
+    SEARCH_CANCELED = _(
+        "PostgreSQL cancelled the search for duplicates: it took longer than the database allows one statement "
+        "(statement_timeout %(timeout)s, often set for the role the site connects as). The search takes longer "
+        "the more rows it covers: select up to %(max)d rows in the list (its filters and search help) and choose "
+        "“Find duplicates among selected”, or raise statement_timeout for that role "
+        "(ALTER ROLE … SET statement_timeout = …)."
     )
     SELECTION_GONE = _(
         "The rows selected for that review are no longer kept. Select them in the list again and "
@@ -172,7 +180,7 @@ class DuplicateReviewMixin:
         field = self.get_embedding_field()  # type: ignore[attr-defined]
         page = None
         tables = []
-        kept_note = None
+        kept_note = search_error = None
         if error is None:
             dismissed = set(
                 DismissedPair.objects.filter(
@@ -180,7 +188,11 @@ class DuplicateReviewMixin:
                     field_name=field.name,
                 ).values_list("first_pk", "second_pk")
             )
-            found_at, found = self.duplicate_pairs(rows, threshold, field)
+            try:
+                found_at, found = self.duplicate_pairs(rows, threshold, field)
+            except DuplicateSearchCanceled as exc:
+                found_at, found = None, []
+                search_error = self.SEARCH_CANCELED % {"timeout": exc.timeout, "max": self.duplicate_selection_max}
             named = {pk for a, b, _ in found for pk in (a, b)}
             existing = set(rows.filter(pk__in=named).values_list("pk", flat=True)) if named else set()
             pairs = [
@@ -192,8 +204,9 @@ class DuplicateReviewMixin:
             page = Paginator(groups, self.duplicate_groups_per_page).get_page(request.GET.get("page"))
             with_objects(rows, page)
             tables = [(group, self.duplicate_rows(rows, group)) for group in page]
-            if self.duplicate_cache_seconds:
-                moment = timezone.localtime(found_at).strftime("%H:%M:%S")
+            if self.duplicate_cache_seconds and found_at is not None:
+                local = timezone.localtime(found_at) if timezone.is_aware(found_at) else found_at  # USE_TZ = False
+                moment = local.strftime("%H:%M:%S")
                 kept_note = self.PAIRS_KEPT % {"time": moment, "minutes": f"{self.duplicate_cache_seconds / 60:g}"}
         state = review_state(request.GET, threshold=shown_threshold)
         # What every form and link of the page carries on: the selection and the list's filters.
@@ -204,6 +217,7 @@ class DuplicateReviewMixin:
             "page": page,
             "threshold": shown_threshold,
             "threshold_error": error,
+            "search_error": search_error,
             "kept_note": kept_note,
             "selected": selected,
             "selected_count": rows.count() if selected else None,
@@ -381,14 +395,6 @@ def review_state(data: QueryDict, *, threshold: str | None = None) -> list[tuple
     if data.get(CHANGELIST_FILTERS):
         state.append((CHANGELIST_FILTERS, data[CHANGELIST_FILTERS]))
     return state
-
-
-def with_objects(rows: models.QuerySet, groups: Any) -> None:
-    """Put the rows themselves in place of the primary keys of these groups (a page's)."""
-    objects = rows.model._base_manager.using(rows.db).in_bulk({pk for group in groups for pk in group.rows})
-    for group in groups:
-        group.rows = [objects[pk] for pk in group.rows]
-        group.pairs = [(objects[a], objects[b], s) for a, b, s in group.pairs]
 
 
 def visible_object(rows: models.QuerySet, pk: Any) -> models.Model:

@@ -27,6 +27,7 @@ import dataclasses
 import itertools
 import json
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 from django.apps import apps
@@ -62,11 +63,11 @@ NOT_DECLARED_HERE = (
 )
 UNKNOWN_JOB = "No batch job named {name!r} was submitted for {label} from this database."
 COLLECTED_JOB = (
-    "Batch API job {name!r} for {label} was already collected on {finished:%Y-%m-%d %H:%M %Z}: "
+    "Batch API job {name!r} for {label} was already collected on {finished}: "
     "{state}, {embedded} embedded, {failed} failed. There is nothing left in it to collect."
 )
 EXPIRED_JOB = (
-    "Batch API job {name!r} for {label}, submitted on {submitted:%Y-%m-%d %H:%M %Z}, was never collected and is "
+    "Batch API job {name!r} for {label}, submitted on {submitted}, was never collected and is "
     "older than the 48 hours Gemini keeps a job: its rows are pending again, for the next run."
 )
 #: A scheduled django-q2 task can pass only literals: names, not the model class and field.
@@ -142,11 +143,19 @@ def _not_open(model: type[models.Model], field: EmbeddingField, name: str) -> st
     if job is None:
         return UNKNOWN_JOB.format(name=name, label=label)
     if job.finished_at is None:
-        return EXPIRED_JOB.format(name=name, label=label, submitted=timezone.localtime(job.submitted_at))
-    finished = timezone.localtime(job.finished_at)
+        return EXPIRED_JOB.format(name=name, label=label, submitted=shown_time(job.submitted_at))
+    finished = shown_time(job.finished_at)
     return COLLECTED_JOB.format(
         name=name, label=label, finished=finished, state=job.state, embedded=job.embedded, failed=job.failed
     )
+
+
+def shown_time(moment: datetime) -> str:
+    """A job's time as its messages show it: local, with the zone's name, under ``USE_TZ``; without
+    it Django's datetimes are already naive local times, which ``timezone.localtime()`` refuses."""
+    if timezone.is_aware(moment):
+        return f"{timezone.localtime(moment):%Y-%m-%d %H:%M %Z}"
+    return f"{moment:%Y-%m-%d %H:%M}"
 
 
 def _notified(jobs: Iterator[EmbeddingBatchJob], notify: Callable[..., None]) -> list[EmbeddingBatchJob]:

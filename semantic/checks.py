@@ -7,9 +7,11 @@ Those of the project's models (their EmbeddingFields and KeywordIndexes) are in
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from django.apps import apps
+from django.conf import settings
 from django.core import checks
 
 from semantic.backends.gemini import sendable_key
@@ -151,3 +153,33 @@ def check_task_time(app_configs: Any = None, **kwargs: Any) -> list[checks.CMess
         return []
     hint = TASK_TIME_HINT.format(needed=f"{conf.TIMEOUT + STORE_SECONDS:g}")
     return [checks.Warning(problem, hint=hint, id="semantic.W008")]
+
+
+#: semantic.W011: the worker about to fork with a pool of open connections.
+POOL_IN_WORKER = (
+    "DATABASES[{alias!r}] has OPTIONS['pool'] (Django's connection pool) in qcluster: django-q2 forks its "
+    "processes, which would share the pool's open connections and read each other's results, so the worker's "
+    "processes die again and again and saved rows are not embedded."
+)
+POOL_IN_WORKER_HINT = (
+    "Keep the pool for the web processes and drop it for the worker: in settings.py, after DATABASES, "
+    'import sys; if "qcluster" in sys.argv: DATABASES[{alias!r}]["OPTIONS"].pop("pool", None) '
+    "(README: Settings, Django's connection pool)."
+)
+
+
+@checks.register()
+def check_worker_pool(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
+    """Only in the process that starts the worker: Django runs these checks as ``manage.py
+    qcluster`` starts. A pool is right for the web processes, and settings can tell the worker
+    apart only by its command line, as the README's fix does; ``manage.py check`` cannot know
+    whether that fix is in place, so it says nothing rather than warn every project with a pool."""
+    if "qcluster" not in sys.argv or not apps.is_installed("django_q"):
+        return []
+    return [
+        checks.Warning(
+            POOL_IN_WORKER.format(alias=alias), hint=POOL_IN_WORKER_HINT.format(alias=alias), id="semantic.W011"
+        )
+        for alias, database in settings.DATABASES.items()
+        if (database.get("OPTIONS") or {}).get("pool")
+    ]

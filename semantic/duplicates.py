@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
 from collections.abc import Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from django.db import connections, models, transaction
+from django.db import DatabaseError, OperationalError, connections, models, transaction
 from django.db.models.expressions import RawSQL
 from pgvector.django import CosineDistance
 
 from semantic.fields import EmbeddingField
+from semantic.operations import sqlstate
 
 T = TypeVar("T", bound=Hashable)
 
@@ -22,6 +24,29 @@ SPLIT_MIN_ROWS = 5_000
 MAX_WORKERS = 8
 #: pgvector's largest hnsw.ef_search.
 MAX_EF_SEARCH = 1000
+#: SQLSTATE query_canceled: a statement_timeout ran out (or someone cancelled the statement).
+QUERY_CANCELED = "57014"
+
+SEARCH_CANCELED = (
+    "PostgreSQL cancelled the duplicate search of {label}: it took longer than the connection's "
+    "statement_timeout ({timeout}), often set for the database role (ALTER ROLE ... SET statement_timeout) "
+    "on managed services. The search's time grows with the rows searched: filter the queryset to fewer rows, "
+    "or give this search more time in a transaction of its own: with transaction.atomic(): "
+    "cursor.execute(\"SET LOCAL statement_timeout = '10min'\") and the call, in the same block; "
+    "or raise the role's statement_timeout."
+)
+
+
+class DuplicateSearchCanceled(OperationalError):
+    """The duplicate search met the connection's ``statement_timeout``.
+
+    An OperationalError, as the driver's error it replaces (its ``__cause__``), so code that
+    caught that still does; ``timeout`` is the setting as PostgreSQL shows it (``"1s"``).
+    """
+
+    def __init__(self, message: str, timeout: str) -> None:
+        super().__init__(message)
+        self.timeout = timeout
 
 
 def find_pairs(
@@ -46,6 +71,33 @@ def find_pairs(
     """
     rows = queryset.filter(field.searchable()).order_by()
     connection = connections[queryset.db]
+    # Inside the caller's transaction, a savepoint: a cancelled statement must leave the
+    # transaction usable, to read the time-out that cancelled it and for the caller to go on.
+    kept = transaction.atomic(using=queryset.db) if connection.in_atomic_block else contextlib.nullcontext()
+    try:
+        with kept:
+            found = _search(rows, connection, field, threshold, neighbours, ef_search, max_neighbours, workers)
+    except OperationalError as exc:
+        if sqlstate(exc) != QUERY_CANCELED or not (timeout := statement_timeout(connection)):
+            raise
+        label = queryset.model._meta.label
+        raise DuplicateSearchCanceled(SEARCH_CANCELED.format(label=label, timeout=timeout), timeout) from exc
+    best: dict[tuple[Any, Any], float] = {}
+    for a, b, similarity in found:
+        best[(a, b)] = max(similarity, best.get((a, b), -1.0))
+    return sorted(((a, b, s) for (a, b), s in best.items()), key=lambda p: (-p[2], p[0], p[1]))
+
+
+def _search(
+    rows: models.QuerySet,
+    connection: Any,
+    field: EmbeddingField,
+    threshold: float,
+    neighbours: int,
+    ef_search: int,
+    max_neighbours: int | None,
+    workers: int | None,
+) -> list[tuple[Any, Any, float]]:
     automatic = workers is None
     if workers is None:
         workers = 1 if connection.in_atomic_block else min(os.cpu_count() or 1, MAX_WORKERS)
@@ -59,10 +111,19 @@ def find_pairs(
                 for p in parts
             ]
             found = [pair for job in jobs for pair in job.result()]
-    best: dict[tuple[Any, Any], float] = {}
-    for a, b, similarity in found:
-        best[(a, b)] = max(similarity, best.get((a, b), -1.0))
-    return sorted(((a, b, s) for (a, b), s in best.items()), key=lambda p: (-p[2], p[0], p[1]))
+    return found
+
+
+def statement_timeout(connection: Any) -> str | None:
+    """The connection's statement_timeout as PostgreSQL shows it; None when there is none
+    (then a cancelled statement was someone's cancel request, not a time-out)."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT current_setting('statement_timeout')")
+            (timeout,) = cursor.fetchone()
+    except DatabaseError:
+        return None
+    return None if timeout == "0" else timeout
 
 
 def split(rows: models.QuerySet, workers: int, *, min_rows: int) -> list[models.QuerySet]:

@@ -27,8 +27,16 @@ INSUFFICIENT_PRIVILEGE = "42501"
 ELSEWHERE = (
     "The pgvector extension is installed in schema {schema!r} of database {alias!r}, which is not on the "
     "connection's search_path ({path}), so PostgreSQL cannot find its types (vector, halfvec). Put the "
-    'schema on the search_path: in DATABASES[{alias!r}], "OPTIONS": {{"options": "-c search_path=public,{schema}"}} '
-    "(with your own schemas first), or ALTER ROLE <user> SET search_path = public, {schema}; then run migrate again."
+    'schema on the search_path: in DATABASES[{alias!r}], "OPTIONS": {{"options": "-c search_path={fixed}"}}, '
+    "or ALTER ROLE {role} SET search_path = {fixed}; then run migrate again."
+)
+#: The schema may well be named on the search_path: PostgreSQL leaves out of it the schemas
+#: the role may not use, so putting it there again changes nothing.
+NO_USAGE = (
+    "The pgvector extension is installed in schema {schema!r} of database {alias!r}, on which the role "
+    "{role!r} has no USAGE privilege, so PostgreSQL leaves that schema out of the connection's search_path "
+    "({path}) and cannot find pgvector's types (vector, halfvec). Ask a superuser (or the schema's owner) to run "
+    "GRANT USAGE ON SCHEMA {schema} TO {role}; in that database, then run migrate again."
 )
 
 #: What the operation runs; ``sqlmigrate`` prints it for whoever applies migrations by hand.
@@ -88,17 +96,29 @@ def sqlstate(exc: DatabaseError) -> str | None:
 
 def extension_elsewhere(connection: Any) -> str | None:
     """Why pgvector's types cannot be found although it is installed: its schema is not on the
-    search_path (managed services such as Supabase install extensions in a schema of their own)."""
+    search_path (managed services such as Supabase install extensions in a schema of their own),
+    or the role may not use that schema (a DBA created it and forgot the GRANT)."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT n.nspname, n.nspname = ANY (current_schemas(false)), current_setting('search_path') "
+            "SELECT n.nspname, n.nspname = ANY (current_schemas(false)), current_setting('search_path'), "
+            "has_schema_privilege(n.oid, 'USAGE'), current_user "
             "FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
         )
         row = cursor.fetchone()
     if row is None or row[1]:
         return None
-    schema, _, path = row
-    return ELSEWHERE.format(schema=schema, alias=connection.alias, path=path)
+    schema, _, path, usable, role = row
+    if not usable:
+        return NO_USAGE.format(schema=schema, alias=connection.alias, path=path, role=role)
+    return ELSEWHERE.format(schema=schema, alias=connection.alias, path=path, fixed=fixed_path(path, schema), role=role)
+
+
+def fixed_path(path: str, schema: str) -> str:
+    """The connection's search_path with ``schema`` last: the project's own schemas stay first,
+    where its tables are. ``"$user"`` (the default's schema named as the role, rarely there) is left
+    out, since its quotes and the path's spaces would not survive ``-c`` in libpq's options."""
+    kept = [name.strip() for name in path.split(",") if name.strip() and name.strip() != '"$user"']
+    return ",".join([*kept, schema])
 
 
 def ensure_vector_extension(using: str = "default", **kwargs: Any) -> None:

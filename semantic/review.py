@@ -93,3 +93,11 @@ def similarities_to(rows: models.QuerySet, first: Any, others: list[Any], field:
         .values_list("pk", "semantic_similarity")
     )
     return {pk: value for pk, value in found if value is not None}
+
+
+def with_objects(rows: models.QuerySet, groups: Any) -> None:
+    """Put the rows themselves in place of the primary keys of these groups (a page's)."""
+    objects = rows.model._base_manager.using(rows.db).in_bulk({pk for group in groups for pk in group.rows})
+    for group in groups:
+        group.rows = [objects[pk] for pk in group.rows]
+        group.pairs = [(objects[a], objects[b], s) for a, b, s in group.pairs]

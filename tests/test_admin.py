@@ -16,6 +16,7 @@ from django.core.cache import cache
 from django.core.management import call_command
 from django.db import connection
 from django.db.backends.signals import connection_created
+from django.db.models.expressions import RawSQL
 from django.test.utils import CaptureQueriesContext
 from django.urls import path, reverse
 from django.utils import timezone
@@ -35,6 +36,7 @@ from semantic.management.commands.semantic_embed import Command
 from semantic.models import DismissedPair, EmbeddingBatchJob, EmbeddingFailure
 from semantic.registry import get_embedding_field
 from tests.fake_gemini import api_error
+from tests.testapp.admin import ArticleAdmin
 from tests.testapp.models import Article, Entry, Note, Report
 from tests.topicapp.models import Queue, Request
 
@@ -242,6 +244,55 @@ def test_duplicate_review_page_with_adjustable_threshold(viewer, articles):
     assert {"reset my account password", "reset the password of my account"} in titles
     assert all("reset account password secret" not in t for t in titles)
     assert viewer.get(reverse(DUPLICATES), {"threshold": "0.999"}).context["groups"] == []
+
+
+def test_duplicate_review_with_use_tz_false_shows_when_its_kept_pairs_were_found(viewer, articles, settings):
+    """Django's naive-datetime mode: the pairs' time is a local time already (timezone.localtime()
+    refuses it: the page was a 500 whenever the pairs were kept, the default)."""
+    settings.USE_TZ = False
+    model_admin = admin.site._registry[Article]
+    assert model_admin.duplicate_cache_seconds
+    response = viewer.get(reverse(DUPLICATES), {"threshold": "0.5"})
+    assert response.status_code == 200
+    assert {"reset my account password", "reset the password of my account"} in [
+        {a.title for a in group.rows} for group in response.context["groups"]
+    ]
+    moment = re.search(r"Pairs as found at (\d\d:\d\d:\d\d), kept for 5 minutes", response.content.decode())
+    assert moment is not None
+    again = viewer.get(reverse(DUPLICATES), {"threshold": "0.5"})  # from the cache
+    assert again.status_code == 200 and moment.group(0) in again.content.decode()
+
+
+class SlowArticleAdmin(ArticleAdmin):
+    """Every statement over its rows waits 30 s, as a whole-table duplicate search lasts on a
+    large table: a statement_timeout of 2 s always cancels it, and nothing else on a busy machine."""
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).filter(pk__gte=RawSQL("(SELECT 0 FROM pg_sleep(30))", []))
+
+
+@pytest.fixture
+def slow_site(settings):
+    site = admin.AdminSite(name="slowadmin")
+    site.register(Article, SlowArticleAdmin)
+    urlconf = ModuleType("slow_urls")
+    urlconf.urlpatterns = [path("slowadmin/", site.urls)]
+    settings.ROOT_URLCONF = urlconf
+    with connection.cursor() as cursor:
+        cursor.execute("SET statement_timeout = '2s'")  # as ALTER ROLE ... SET statement_timeout does
+    yield site
+    with connection.cursor() as cursor:
+        cursor.execute("RESET statement_timeout")
+
+
+def test_duplicate_review_the_statement_timeout_cancels_says_why_and_what_to_do(viewer, articles, slow_site):
+    response = viewer.get(reverse("slowadmin:testapp_article_duplicates"), {"threshold": "0.5"})
+    assert response.status_code == 200
+    expected = SlowArticleAdmin.SEARCH_CANCELED % {"timeout": "2s", "max": SlowArticleAdmin.duplicate_selection_max}
+    assert response.context["search_error"] == expected
+    assert html.escape(expected) in response.content.decode()
+    assert response.context["groups"] == []
+    assert "No likely duplicates" not in response.content.decode()  # nothing was searched
 
 
 @pytest.mark.parametrize("bad", ["abc", "2", "-1.5", "nan", "inf"])

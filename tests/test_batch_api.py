@@ -222,16 +222,40 @@ def test_a_job_already_collected_is_named_as_collected_not_as_never_submitted(ba
     (job,) = EmbeddingBatchJob.objects.all()
     with pytest.raises(CommandError) as info:
         call("semantic_embed", "testapp.Article", "--batch-job", job.name, *FAST)
-    finished = timezone.localtime(job.finished_at)
+    finished = f"{timezone.localtime(job.finished_at):%Y-%m-%d %H:%M %Z}"
     assert str(info.value) == batch.COLLECTED_JOB.format(
         name=job.name, label=LABEL, finished=finished, state="JOB_STATE_SUCCEEDED", embedded=25, failed=0
     )
     EmbeddingBatchJob.objects.update(finished_at=None, submitted_at=timezone.now() - timedelta(hours=49))
     with pytest.raises(CommandError) as info:
         call("semantic_embed", "testapp.Article", "--batch-job", job.name, *FAST)
-    submitted = timezone.localtime(EmbeddingBatchJob.objects.get().submitted_at)
+    submitted = f"{timezone.localtime(EmbeddingBatchJob.objects.get().submitted_at):%Y-%m-%d %H:%M %Z}"
     assert str(info.value) == batch.EXPIRED_JOB.format(name=job.name, label=LABEL, submitted=submitted)
     assert len(fake_gemini.batch_requests) == 1
+
+
+def test_collected_and_expired_jobs_are_named_with_use_tz_false(backlog, fake_gemini, settings):
+    """Django's naive-datetime mode: the job's times are local times already, shown as they are
+    (timezone.localtime() refuses them: the command crashed with a ValueError)."""
+    settings.USE_TZ = False
+    call("semantic_embed", "testapp.Article", "--batch-api", *FAST)
+    (job,) = EmbeddingBatchJob.objects.all()
+    assert timezone.is_naive(job.finished_at)
+    with pytest.raises(CommandError) as info:
+        call("semantic_embed", "testapp.Article", "--batch-job", job.name, *FAST)
+    assert str(info.value) == batch.COLLECTED_JOB.format(
+        name=job.name,
+        label=LABEL,
+        finished=f"{job.finished_at:%Y-%m-%d %H:%M}",
+        state="JOB_STATE_SUCCEEDED",
+        embedded=25,
+        failed=0,
+    )
+    EmbeddingBatchJob.objects.update(finished_at=None, submitted_at=timezone.now() - timedelta(hours=49))
+    with pytest.raises(CommandError) as info:
+        call("semantic_embed", "testapp.Article", "--batch-job", job.name, *FAST)
+    submitted = f"{EmbeddingBatchJob.objects.get().submitted_at:%Y-%m-%d %H:%M}"
+    assert str(info.value) == batch.EXPIRED_JOB.format(name=job.name, label=LABEL, submitted=submitted)
 
 
 def test_a_scheduled_django_q2_task_runs_batch_jobs_by_model_label_and_field_name(backlog, fake_gemini):
@@ -380,7 +404,11 @@ def test_a_rerun_collects_an_open_passage_job(reports, fake_gemini):
 
     out, _ = call("semantic_embed", "testapp.Report", "--batch-api", *FAST)
     resumed = Embed.BATCH_RESUMING.format(
-        label="testapp.Report.embedding", name=job.name, rows=5, unit="passages", submitted=job.submitted_at
+        label="testapp.Report.embedding",
+        name=job.name,
+        rows=5,
+        unit="passages",
+        submitted=f"{timezone.localtime(job.submitted_at):%Y-%m-%d %H:%M %Z}",
     )
     assert resumed in out
     assert "2 rows' passages stored" in out

@@ -36,6 +36,37 @@ def test_configuration_used_by_the_tests_is_clean():
     assert check_managers() == []
 
 
+def readme_pool_fix():
+    """The README's settings lines that keep Django's pool away from the worker."""
+    import textwrap
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("**Django's connection pool**") :]
+    return textwrap.dedent(section.split("```python\n", 1)[1].split("```", 1)[0])
+
+
+def test_a_pooled_database_is_a_warning_as_qcluster_starts_and_the_readmes_fix_ends_it(monkeypatch, settings):
+    from semantic.checks import POOL_IN_WORKER, POOL_IN_WORKER_HINT, check_worker_pool
+
+    monkeypatch.setattr(sys, "argv", ["manage.py", "qcluster"])
+    assert check_worker_pool() == []  # the test project, as the demo, has no pool
+    monkeypatch.setitem(settings.DATABASES["default"]["OPTIONS"], "pool", {"min_size": 1, "max_size": 1})
+    (warning,) = [m for m in checks.run_checks() if m.id == "semantic.W011"]
+    assert warning.level == checks.WARNING
+    assert warning.msg == POOL_IN_WORKER.format(alias="default")
+    assert warning.hint == POOL_IN_WORKER_HINT.format(alias="default")
+    assert """DATABASES['default']["OPTIONS"].pop("pool", None)""" in warning.hint
+
+    monkeypatch.setattr(sys, "argv", ["manage.py", "check"])  # or runserver, gunicorn: the pool is right there
+    assert check_worker_pool() == []
+
+    monkeypatch.setattr(sys, "argv", ["manage.py", "qcluster"])
+    exec(readme_pool_fix(), {"DATABASES": settings.DATABASES})  # as settings.py runs it
+    assert "pool" not in settings.DATABASES["default"]["OPTIONS"]
+    assert check_worker_pool() == []
+
+
 def test_unknown_backend(semantic_settings):
     semantic_settings(BACKEND="semantic.backends.nope.Backend")
     (error,) = check_backend()
@@ -320,7 +351,10 @@ def test_an_extension_in_a_schema_off_the_search_path_is_named_with_the_fix(data
 
     with database_without_extension.cursor() as cursor:  # as Supabase installs it
         cursor.execute("CREATE SCHEMA extensions; CREATE EXTENSION vector SCHEMA extensions")
-    expected = ELSEWHERE.format(schema="extensions", alias="fresh", path='"$user", public')
+    role = database_without_extension.settings_dict["USER"]
+    expected = ELSEWHERE.format(
+        schema="extensions", alias="fresh", path='"$user", public', fixed="public,extensions", role=role
+    )
     with pytest.raises(DatabaseError) as info:
         create_extension(database_without_extension)
     assert str(info.value) == expected
@@ -343,6 +377,101 @@ def test_an_extension_in_a_schema_off_the_search_path_is_named_with_the_fix(data
     finally:
         fixed.close()
         del connections["fixed"]
+
+
+def connected(database, alias, **settings):
+    """Another connection to ``database``'s database, as a project whose DATABASES says ``settings``."""
+    from django.db.backends.postgresql.base import DatabaseWrapper
+
+    wrapper = DatabaseWrapper({**database.settings_dict, **settings}, alias=alias)
+    connections[alias] = wrapper
+    return wrapper
+
+
+def disconnect(*wrappers):
+    for wrapper in wrappers:
+        wrapper.close()
+        del connections[wrapper.alias]
+
+
+@pytest.mark.django_db
+def test_an_extension_in_public_with_a_search_path_of_the_projects_own_keeps_that_schema_in_the_fix(
+    database_without_extension,
+):
+    """Tables in ``myapp``, pgvector where CREATE EXTENSION puts it: the fix keeps ``myapp`` first."""
+    from semantic.operations import ELSEWHERE, extension_elsewhere
+
+    with database_without_extension.cursor() as cursor:
+        cursor.execute("CREATE EXTENSION vector; CREATE SCHEMA myapp")
+    project = connected(database_without_extension, "project", OPTIONS={"options": "-c search_path=myapp"})
+    fixed = connected(database_without_extension, "fixed", OPTIONS={"options": "-c search_path=myapp,public"})
+    try:
+        role = project.settings_dict["USER"]
+        expected = ELSEWHERE.format(schema="public", alias="project", path="myapp", fixed="myapp,public", role=role)
+        assert [(e.id, e.msg) for e in check_extension(databases=["project"])] == [("semantic.E012", expected)]
+        assert (
+            '"-c search_path=myapp,public"' in expected
+            and f"ALTER ROLE {role} SET search_path = myapp,public;" in expected
+        )
+        assert extension_elsewhere(fixed) is None  # the fix the message gives
+        with fixed.cursor() as cursor:
+            cursor.execute("CREATE TABLE t (v vector(2))")
+            cursor.execute("SELECT schemaname FROM pg_tables WHERE tablename = 't'")
+            assert cursor.fetchall() == [("myapp",)]
+    finally:
+        disconnect(project, fixed)
+
+
+@pytest.fixture
+def role_without_usage(database_without_extension):
+    """pgvector in schema ``extensions`` as a DBA created it, for a role that was not granted USAGE on it."""
+    import psycopg
+
+    admin = psycopg.connect(**database_without_extension.get_connection_params(), autocommit=True)
+    try:
+        admin.execute("DROP ROLE IF EXISTS semantic_app")
+        admin.execute("CREATE ROLE semantic_app LOGIN PASSWORD 'app'")
+    except psycopg.errors.InsufficientPrivilege:
+        admin.close()
+        pytest.skip("the test database user may not create roles")
+    admin.execute("CREATE SCHEMA extensions; CREATE EXTENSION vector SCHEMA extensions")
+    yield admin
+    admin.execute("DROP OWNED BY semantic_app")  # the grant, which would keep the role from being dropped
+    admin.close()
+    with psycopg.connect(**connection.get_connection_params(), autocommit=True) as other:
+        other.execute("DROP ROLE semantic_app")
+
+
+@pytest.mark.django_db
+def test_an_extension_in_a_schema_on_the_search_path_the_role_may_not_use_asks_for_the_grant(
+    database_without_extension, role_without_usage
+):
+    from django.db import DatabaseError
+
+    from semantic.operations import NO_USAGE, create_extension, extension_elsewhere
+
+    app = connected(
+        database_without_extension,
+        "app",
+        USER="semantic_app",
+        PASSWORD="app",
+        OPTIONS={"options": "-c search_path=public,extensions"},
+    )
+    try:
+        expected = NO_USAGE.format(schema="extensions", alias="app", path="public,extensions", role="semantic_app")
+        assert [(e.id, e.msg) for e in check_extension(databases=["app"])] == [("semantic.E012", expected)]
+        assert "GRANT USAGE ON SCHEMA extensions TO semantic_app;" in expected
+        assert "search_path=" not in expected.split("GRANT")[1]  # no advice to add what is there
+        with pytest.raises(DatabaseError) as info:
+            create_extension(app)  # what migrate runs first
+        assert str(info.value) == expected
+        role_without_usage.execute("GRANT USAGE ON SCHEMA extensions TO semantic_app")  # the fix the message gives
+        app.close()
+        assert extension_elsewhere(app) is None
+        with app.cursor() as cursor:
+            cursor.execute("SELECT '[1,2]'::vector")
+    finally:
+        disconnect(app)
 
 
 @pytest.mark.django_db

@@ -1,6 +1,7 @@
 """similar_to, duplicates and friends, on real PostgreSQL with vectors from the fake
 Gemini server (hashed bag of words: texts sharing words are near each other)."""
 
+import contextlib
 import re
 import threading
 from datetime import timedelta
@@ -306,6 +307,69 @@ def test_instance_whose_text_changed_is_searched_by_its_new_text(articles, fake_
     fake_gemini.reset()
     list(Article.objects.similar_to(current)[:1])
     assert fake_gemini.request_count == 0  # a current vector is used as stored
+
+
+#: Makes every statement that reads these rows wait 30 s, whatever the machine: the duplicate
+#: search then always meets a statement_timeout of 2 s, which leaves the other statements of a
+#: busy machine time enough (100 ms could be reached by any statement under load).
+SLOW_ROWS = RawSQL("(SELECT 0 FROM pg_sleep(30))", [])
+
+
+@pytest.fixture
+def statement_timeout_2s():
+    with connection.cursor() as cursor:
+        cursor.execute("SET statement_timeout = '2s'")  # as ALTER ROLE ... SET statement_timeout does
+    yield
+    with connection.cursor() as cursor:
+        cursor.execute("RESET statement_timeout")
+
+
+@pytest.mark.parametrize("in_transaction", [False, True])
+def test_a_duplicate_search_the_statement_timeout_cancels_says_so_and_what_to_do(
+    articles, statement_timeout_2s, in_transaction
+):
+    from django.db import OperationalError
+
+    from semantic.duplicates import QUERY_CANCELED, SEARCH_CANCELED, DuplicateSearchCanceled
+    from semantic.operations import sqlstate
+
+    slow = Article.objects.filter(pk__gte=SLOW_ROWS)
+    with transaction.atomic() if in_transaction else contextlib.nullcontext():
+        with pytest.raises(DuplicateSearchCanceled) as info:
+            slow.duplicates(0.5)
+        assert Article.objects.count() == len(articles)  # the caller's transaction goes on
+    assert str(info.value) == SEARCH_CANCELED.format(label="testapp.Article", timeout="2s")
+    assert info.value.timeout == "2s"
+    assert isinstance(info.value, OperationalError)  # what callers caught before
+    assert isinstance(info.value.__cause__, OperationalError) and sqlstate(info.value.__cause__) == QUERY_CANCELED
+    assert "statement timeout" in str(info.value.__cause__)
+
+
+def test_a_statement_cancelled_without_a_statement_timeout_keeps_its_own_error(articles):
+    """Someone's pg_cancel_backend(), not a time-out: nothing to say about statement_timeout."""
+    import psycopg
+    from django.db import OperationalError
+
+    from semantic.duplicates import DuplicateSearchCanceled
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+
+    def cancel_once_sleeping():
+        with psycopg.connect(**connection.get_connection_params(), autocommit=True) as other:
+            while not other.execute(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = %s AND wait_event = 'PgSleep'", [pid]
+            ).fetchone():
+                pass
+
+    canceller = threading.Thread(target=cancel_once_sleeping)
+    canceller.start()
+    with pytest.raises(OperationalError) as info:
+        Article.objects.filter(pk__gte=RawSQL("(SELECT 0 FROM pg_sleep(30))", [])).duplicates(0.5)
+    canceller.join()
+    assert not isinstance(info.value, DuplicateSearchCanceled)
+    assert "canceling statement due to user request" in str(info.value)
 
 
 def test_duplicates_pairs_and_groups(articles):

@@ -75,9 +75,7 @@ class Command(QuietMixin, BaseCommand):
     RESUME_HINT = "Interrupted; batches already written are kept. Run the command again (without --all) to carry on."
     BATCH_SUBMITTED = "{label}: submitted Batch API job {name} with {rows} rows."
     BATCH_PASSAGES_SUBMITTED = "{label}: submitted Batch API job {name} with {rows} passages."
-    BATCH_RESUMING = (
-        "{label}: collecting Batch API job {name} ({rows} {unit}, submitted {submitted:%Y-%m-%d %H:%M} UTC)."
-    )
+    BATCH_RESUMING = "{label}: collecting Batch API job {name} ({rows} {unit}, submitted {submitted})."
     BATCH_WAITING = "{label}: job {name} is {state} after {waited:.0f}s."
     BATCH_DONE = "{label}: job {name} {state}: {embedded} embedded, {failed} failed, {changed} changed while in flight."
     BATCH_PASSAGES_DONE = (
@@ -323,7 +321,7 @@ class Command(QuietMixin, BaseCommand):
             if kind == "resumed":
                 unit = "passages" if job.passages else "rows"
                 line = self.BATCH_RESUMING.format(
-                    label=label, name=job.name, rows=job.rows, unit=unit, submitted=job.submitted_at
+                    label=label, name=job.name, rows=job.rows, unit=unit, submitted=batch.shown_time(job.submitted_at)
                 )
                 self.say(line)
             elif kind == "submitted":
