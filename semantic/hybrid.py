@@ -167,6 +167,9 @@ class HybridSearch:
         # would become a column of the caller's values() query, missing from its annotations.
         query.selected = None if query.selected is None else dict(query.selected)
         query.clear_ordering(force=True)
+        # After reverse() (and so in last()) each side still ranks best first: the fused
+        # order is what reverse() turns around.
+        query.standard_ordering = True
         query.clear_limits()
         query.semantic = None
         query.explain_info = None  # explain() of the fused statement: the sides themselves run

@@ -85,3 +85,18 @@ def test_a_union_is_not_searched_again(corpora):
     union = Doc.objects.filter(corpus_id="a").union(Doc.objects.filter(corpus_id="b"))
     with pytest.raises(NotSupportedError, match=re.escape(COMBINED)):
         hybrid(union, QUERY)
+
+
+@pytest.mark.parametrize("passages", [False, True], ids=["rows", "passages"])
+def test_reverse_and_last_give_the_forward_order_reversed(corpora, passages):
+    def search():
+        return hybrid(Doc.objects.all(), QUERY, passages=passages)
+
+    def shown(row):
+        return (row.pk, row.score, row.keyword_rank, row.meaning_rank, getattr(row, "passage_text", None))
+
+    forward = [shown(row) for row in search()]
+    assert len(forward) == 11 and forward[0][1] > forward[-1][1]
+    assert [shown(row) for row in search().reverse()] == forward[::-1]
+    assert shown(search().last()) == forward[-1]
+    assert shown(search().reverse().last()) == forward[0]
