@@ -11,10 +11,13 @@ Clarke and Büttcher's RRF paper (docs/benchmarks.md; ``semantic_evaluate`` chec
 your own judgements).
 
 The result is a lazy queryset of the model, annotated with ``score``, ``keyword_rank``
-and ``meaning_rank`` (None for a side that did not find the row), best first. With
-``passages=True`` (a field with ``passages``) the meaning side ranks rows by their
-nearest passage, as ``similar_to(passages=True)`` does, and each row is annotated with
-that passage (``passage_text``, ``passage_start``, ``passage_end``,
+and ``meaning_rank`` (None for a side that did not find the row), best first, and only
+those rows: at most twice ``candidates`` (100 by default; up to 1,000, as many as the
+meaning side's HNSW search returns), however many match, since the fused rows are
+written into the statement. ``reverse()`` turns the fused order around; the sides still
+rank best first. With ``passages=True`` (a field with ``passages``) the meaning side
+ranks rows by their nearest passage, as ``similar_to(passages=True)`` does, and each row
+is annotated with that passage (``passage_text``, ``passage_start``, ``passage_end``,
 ``passage_position``). The two sides are searched when the queryset is evaluated, with
 every filter it has by then, before or after ``hybrid()``: a filtered search ranks the
 filtered rows, as ``similar_to()`` does; a filter on ``score`` or a rank (or a window
@@ -47,7 +50,7 @@ from semantic.vectors import EmptyQuery, blank, vector_literal
 
 #: RRF's ``k``: the rank offset that keeps the first few ranks from dominating.
 DEFAULT_K = 10
-#: How many rows each side ranks before fusion.
+#: How many rows each side keeps for fusion: the most a search returns is twice this.
 DEFAULT_CANDIDATES = 100
 PARTS = {"score": models.FloatField, "keyword_rank": models.IntegerField, "meaning_rank": models.IntegerField}
 
@@ -247,7 +250,8 @@ def hybrid(
     ``field`` is the EmbeddingField (needed when the model has several);
     ``keyword_fields`` and ``config`` default to the model's KeywordIndex;
     ``weights`` is ``(keyword, meaning)``; ``candidates`` is how many rows each side
-    ranks (at most 1,000), so at most twice that many rows are returned;
+    keeps (default 100, at most 1,000), so at most twice that many rows are returned
+    and counted, however many match;
     ``passages=True`` ranks the meaning side by the rows' passages.
     Raises :class:`semantic.EmptyQuery` (a ``ValueError``) for a text with nothing to
     search, and :class:`semantic.SearchUnavailable` as ``similar_to()`` does.

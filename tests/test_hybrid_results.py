@@ -2,13 +2,14 @@
 reverse() and last(), and the ``candidates`` bound on the rows returned."""
 
 import re
+from pathlib import Path
 
 import pytest
 from django.core.paginator import Paginator
 from django.db import NotSupportedError
 
-from semantic import embed_pending, hybrid
-from semantic.hybrid import COMBINED
+from semantic import embed_pending, hybrid, suspend_embedding
+from semantic.hybrid import COMBINED, DEFAULT_CANDIDATES
 from tests.docsapp.models import Doc, Page
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -100,3 +101,29 @@ def test_reverse_and_last_give_the_forward_order_reversed(corpora, passages):
     assert [shown(row) for row in search().reverse()] == forward[::-1]
     assert shown(search().last()) == forward[-1]
     assert shown(search().reverse().last()) == forward[0]
+
+
+def test_each_side_keeps_its_candidates_so_at_most_twice_as_many_rows_return(corpora):
+    qs = hybrid(Doc.objects.all(), QUERY, candidates=3)
+    rows = list(qs)
+    assert 3 <= len(rows) <= 6 and qs.count() == len(rows)
+    assert qs.filter(keyword_rank__isnull=False).count() == 3
+    assert qs.filter(meaning_rank__isnull=False).count() == 3
+
+
+def test_by_default_a_hundred_rows_a_side(semantic_settings):
+    """Past the candidates, matching rows are not returned: count() and pages stop there."""
+    semantic_settings(BACKEND="semantic.backends.local.LocalBackend")
+    with suspend_embedding():  # found by keywords only (weights below): no vector needed
+        Doc.objects.bulk_create(Doc(title=f"Shoe {i}", text="A zyxquartz running shoe.") for i in range(130))
+    assert DEFAULT_CANDIDATES == 100
+    keywords_only = hybrid(Doc.objects.all(), "zyxquartz shoe", weights=(1.0, 0.0))
+    assert keywords_only.count() == 100 and len(list(keywords_only)) == 100
+    assert hybrid(Doc.objects.all(), "zyxquartz shoe", weights=(1.0, 0.0), candidates=130).count() == 130
+
+
+def test_the_readme_states_the_bound():
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
+    assert f"Each side keeps only its `candidates` best rows (default {DEFAULT_CANDIDATES}, at most 1,000" in readme
+    assert "returns at most twice that many" in readme
+    assert "every row matching any word is ranked" not in readme
