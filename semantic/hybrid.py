@@ -10,19 +10,23 @@ tried, nDCG@10 69.95 with equal weights against 68.11 for 60, the value of Corma
 Clarke and Büttcher's RRF paper (docs/benchmarks.md; ``semantic_evaluate`` checks it on
 your own judgements).
 
-The result is a lazy queryset of the model, annotated with ``score``,
-``keyword_rank`` and ``meaning_rank`` (None for a side that did not find the row),
-best first. With ``passages=True`` (a field with ``passages``) the meaning side ranks
-rows by their nearest passage, as ``similar_to(passages=True)`` does, and each row is
-annotated with that passage (``passage_text``, ``passage_start``, ``passage_end``,
-``passage_position``). The two sides are searched when the queryset is evaluated, with every
-filter it has by then, before or after ``hybrid()``: a filtered search ranks the
-filtered rows, as ``similar_to()`` does; a filter on ``score`` or a rank (or
-a window ordered by them, as Django's top-N ``Prefetch``) keeps fused rows instead,
-the sides rank without it. Evaluating runs three statements: each
-side's candidates, then the rows, restricted to the fused candidates and ordered by
-score. docs/benchmarks.md compares this with one statement joining two ranked
-subqueries.
+The result is a lazy queryset of the model, annotated with ``score``, ``keyword_rank``
+and ``meaning_rank`` (None for a side that did not find the row), best first, and only
+those rows: at most twice ``candidates`` (100 by default; up to 1,000, as many as the
+meaning side's HNSW search returns), however many match, since the fused rows are
+written into the statement. ``reverse()`` turns the fused order around; the sides still
+rank best first. With ``passages=True`` (a field with ``passages``) the meaning side
+ranks rows by their nearest passage, as ``similar_to(passages=True)`` does, and each row
+is annotated with that passage (``passage_text``, ``passage_start``, ``passage_end``,
+``passage_position``). The two sides are searched when the queryset is evaluated, with
+every filter it has by then, before or after ``hybrid()``: a filtered search ranks the
+filtered rows, as ``similar_to()`` does; a filter on ``score`` or a rank (or a window
+ordered by them, as Django's top-N ``Prefetch``) keeps fused rows instead, the sides
+rank without it. Evaluating runs three statements: each side's candidates, then the
+rows, restricted to the fused candidates and ordered by score. docs/benchmarks.md
+compares this with one statement joining two ranked subqueries. In a ``union()`` each
+combined search is compiled as a statement of its own and so searches with its own
+filters; a union is not searched again.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from semantic.vectors import EmptyQuery, blank, vector_literal
 
 #: RRF's ``k``: the rank offset that keeps the first few ranks from dominating.
 DEFAULT_K = 10
-#: How many rows each side ranks before fusion.
+#: How many rows each side keeps for fusion: the most a search returns is twice this.
 DEFAULT_CANDIDATES = 100
 PARTS = {"score": models.FloatField, "keyword_rank": models.IntegerField, "meaning_rank": models.IntegerField}
 
@@ -67,6 +71,11 @@ class Fused:
 NOT_SEMANTIC = (
     "hybrid() searches a queryset with SemanticQuerySetMixin: give the model `objects = SemanticManager()`, "
     "or put SemanticQuerySetMixin first among the bases of its own QuerySet."
+)
+
+COMBINED = (
+    "hybrid() searches the rows of one queryset, not a union() (nor intersection() or difference()): "
+    "search each queryset and combine the searches, hybrid(a, text).union(hybrid(b, text)).order_by('-score')."
 )
 
 OUTER_REF = (
@@ -157,7 +166,13 @@ class HybridSearch:
             and not annotation.contains_aggregate
         }
         query.set_annotation_mask(None)
+        # Django's clone shares this dict and annotate() adds to it: a side's annotation
+        # would become a column of the caller's values() query, missing from its annotations.
+        query.selected = None if query.selected is None else dict(query.selected)
         query.clear_ordering(force=True)
+        # After reverse() (and so in last()) each side still ranks best first: the fused
+        # order is what reverse() turns around.
+        query.standard_ordering = True
         query.clear_limits()
         query.semantic = None
         query.explain_info = None  # explain() of the fused statement: the sides themselves run
@@ -198,13 +213,18 @@ class HybridPart(Expression):
         (self.pk,) = expressions
 
     def as_sql(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, list[Any]]:
+        cast = "double precision" if self.part == "score" else "integer"
+        if compiler.query.combinator:
+            # The select list of union() (intersection(), difference()) only names the
+            # columns: each combined query is compiled on its own, and searches then with
+            # its own filters. Searching here would filter the combined query.
+            return ("TRUE" if self.part == "filter" else f"NULL::{cast}"), []
         rows = self.search.fuse(compiler).rows
         pk_sql, pk_params = compiler.compile(self.pk)
         if self.part == "filter":
             if not rows:
                 return "FALSE", []
             return f"{pk_sql} IN ({', '.join(['%s'] * len(rows))})", [*pk_params, *rows]
-        cast = "double precision" if self.part == "score" else "integer"
         values = [(pk, row[self.part]) for pk, row in rows.items() if row[self.part] is not None]
         if not values:
             return f"NULL::{cast}", []
@@ -230,7 +250,8 @@ def hybrid(
     ``field`` is the EmbeddingField (needed when the model has several);
     ``keyword_fields`` and ``config`` default to the model's KeywordIndex;
     ``weights`` is ``(keyword, meaning)``; ``candidates`` is how many rows each side
-    ranks (at most 1,000), so at most twice that many rows are returned;
+    keeps (default 100, at most 1,000), so at most twice that many rows are returned
+    and counted, however many match;
     ``passages=True`` ranks the meaning side by the rows' passages.
     Raises :class:`semantic.EmptyQuery` (a ``ValueError``) for a text with nothing to
     search, and :class:`semantic.SearchUnavailable` as ``similar_to()`` does.
@@ -241,6 +262,8 @@ def hybrid(
         raise TypeError(NOT_SEMANTIC)
     if queryset.query.is_sliced:
         raise TypeError(SLICED)
+    if queryset.query.combinator:  # its own filters would not be compiled, nor searched
+        raise NotSupportedError(COMBINED)
     if isinstance(text, Promise):  # gettext_lazy(): text, as similar_to() takes it
         text = str(text)
     if not isinstance(text, str):
