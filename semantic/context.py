@@ -26,7 +26,7 @@ from django.db.models import CharField
 from django.db.models.functions import Cast
 from django.utils.functional import Promise
 
-from semantic.passage_search import passage_distance, require_passages, searchable_passages
+from semantic.passage_search import of_current_text, passage_distance, require_passages, searchable_passages
 from semantic.query_vectors import query_vector
 from semantic.switch import serving_field
 
@@ -98,6 +98,7 @@ def context(
         searchable_passages(embedding_field)
         .using(queryset.db)
         .filter(object_pk__in=rows)
+        .filter(of_current_text(embedding_field, queryset.db))
         .annotate(distance=passage_distance(vector))
         .order_by("distance", "object_pk", "position")
     )

@@ -16,6 +16,12 @@ leave it out. A row whose passages are partly stored (a long text whose run stop
 midway, :data:`semantic.passage_rows.PARTIAL`) ranks by those stored, each cut from
 its current text.
 
+Only passages cut from the row's current text, by the current sizes and rules, are
+compared or shown: an edited row's stored passages quote text the editor removed, at
+offsets into a text it no longer holds. A row edited since its vector was made is left out
+(as a row without a vector is) until the worker embeds it again; a row whose passages
+were cut by other sizes or rules ranks by its own vector until they are cut again.
+
 ``with_passage(query)`` annotates the rows of any queryset with their nearest
 passage (and its ``passage_similarity``) without ranking or filtering them: a
 keyword or hybrid search over the rows' other text shows the part of a long text
@@ -36,9 +42,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.db import models
-from django.db.models import F, FloatField
-from django.db.models.expressions import Expression, Value
-from django.db.models.functions import Coalesce
+from django.db.models import BooleanField, Exists, F, FloatField, OuterRef, Q
+from django.db.models.expressions import Expression, ExpressionWrapper, Value
+from django.db.models.functions import Cast, Coalesce
 from pgvector.django import CosineDistance
 
 from semantic.fields import EmbeddingField
@@ -68,6 +74,20 @@ def searchable_passages(field: EmbeddingField) -> models.QuerySet:
     return Passage.objects.filter(**searchable_key(field))
 
 
+def of_current_text(field: EmbeddingField, using: str) -> Exists:
+    """For a passage query: the passage was cut from its row's current text (as
+    :class:`NearestPassage` requires), by the current sizes, complete or partial."""
+    from semantic.passage_rows import cut_marker
+
+    embedded = F(field.embedded_hash_name)
+    row = field.model._base_manager.using(using).filter(
+        ~field.pending(), pk=Cast(OuterRef("object_pk"), output_field=field.model._meta.pk)
+    )
+    complete, partial = cut_marker(field, embedded), cut_marker(field, embedded, partial=True)
+    row = row.alias(_semantic_cut=complete, _semantic_partial=partial)
+    return Exists(row.filter(Q(_semantic_cut=OuterRef("cut_from")) | Q(_semantic_partial=OuterRef("cut_from"))))
+
+
 def require_passages(field: EmbeddingField, to: str = "search") -> None:
     """Refuse a field without ``passages``: there is nothing ``to`` search (or quote)."""
     if not field.passages:
@@ -92,8 +112,12 @@ class NearestPassage(Expression):
     than the server's work (docs/benchmarks.md). The plan is the same.
     """
 
-    def __init__(self, field: EmbeddingField, vector: str, column: str) -> None:
+    def __init__(self, field: EmbeddingField, vector: str, column: str, *, unedited: bool = False) -> None:
+        """``unedited``: the outer query keeps only rows whose text is the one their vector
+        was made of (:func:`by_passages`), so the subquery need not test it again: each
+        test hashes the row's text, and there are six subqueries a row."""
         from semantic.models import Passage
+        from semantic.passage_rows import cut_marker
 
         if column in ("distance", "similarity"):
             output_field: models.Field = FloatField()
@@ -104,12 +128,20 @@ class NearestPassage(Expression):
         self.vector = vector
         self.column = column
         self.row_pk: Any = F("pk")
+        # Passages cut from the text the row's vector was made of, complete or partial ...
+        embedded = F(field.embedded_hash_name)
+        self.cut_from: Any = cut_marker(field, embedded)
+        self.partial_from: Any = cut_marker(field, embedded, partial=True)
+        # ... while the row still holds that text: an edited row's passages quote what it no longer says.
+        self.unedited: Any = (
+            Value(True) if unedited else ExpressionWrapper(~field.pending(), output_field=BooleanField())
+        )
 
     def get_source_expressions(self) -> list[Any]:
-        return [self.row_pk]
+        return [self.row_pk, self.cut_from, self.partial_from, self.unedited]
 
     def set_source_expressions(self, exprs: Sequence[Any]) -> None:
-        (self.row_pk,) = exprs
+        self.row_pk, self.cut_from, self.partial_from, self.unedited = exprs
 
     def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
         from semantic.models import Passage
@@ -121,9 +153,20 @@ class NearestPassage(Expression):
         def column(name: str) -> str:
             return f"{alias}.{quote(Passage._meta.get_field(name).column)}"
 
+        cut_from, cut_params = compiler.compile(self.cut_from)
+        partial_from, partial_params = compiler.compile(self.partial_from)
+        unedited, unedited_params = compiler.compile(self.unedited)
         key = searchable_key(self.embedding_field)
-        match = " AND ".join([*(f"{column(name)} = %s" for name in key), f"{column('object_pk')} = ({row_pk})::text"])
-        match_params = [*key.values(), *row_params]
+        match = " AND ".join(
+            [
+                *(f"{column(name)} = %s" for name in key),
+                f"{column('object_pk')} = ({row_pk})::text",
+                f"{column('cut_from')} IN ({cut_from}, {partial_from})",
+                # Of the outer row alone: PostgreSQL tests it once per row, not once per passage.
+                f"({unedited})",
+            ]
+        )
+        match_params = [*key.values(), *row_params, *cut_params, *partial_params, *unedited_params]
         table = f"{quote(Passage._meta.db_table)} {alias}"
         distance = f"{column('vector')} <=> %s::vector"
         if self.column == "distance":
@@ -136,9 +179,12 @@ class NearestPassage(Expression):
         return sql, [*value_params, *match_params, self.vector]
 
 
-def passage_annotations(field: EmbeddingField, vector: str) -> dict[str, NearestPassage]:
-    """The nearest passage's columns (:data:`PASSAGE_ANNOTATIONS`) for ``vector``, a vector literal."""
-    return {name: NearestPassage(field, vector, column) for name, column in PASSAGE_ANNOTATIONS.items()}
+def passage_annotations(field: EmbeddingField, vector: str, *, unedited: bool = False) -> dict[str, NearestPassage]:
+    """The nearest passage's columns (:data:`PASSAGE_ANNOTATIONS`) for ``vector``, a vector literal
+    (``unedited`` as for :class:`NearestPassage`)."""
+    return {
+        name: NearestPassage(field, vector, column, unedited=unedited) for name, column in PASSAGE_ANNOTATIONS.items()
+    }
 
 
 def with_nearest_passage(queryset: models.QuerySet, field: EmbeddingField, vector: Sequence[float]) -> models.QuerySet:
@@ -163,9 +209,12 @@ def by_passages(
     text = vector_literal(vector)
     # A row whose passages are not stored yet ranks by its own vector (its passage columns None).
     own = CosineDistance(field.indexed_vector(), Value(text))
-    distance = Coalesce(NearestPassage(field, text, "distance"), own, output_field=FloatField())
+    distance = Coalesce(NearestPassage(field, text, "distance", unedited=True), own, output_field=FloatField())
     qs = queryset._chain()
     rank(qs.query, field, distance, exclude_pk=exclude_pk, min_similarity=min_similarity)
-    for name, expression in passage_annotations(field, text).items():
+    # An edited row is left out until its vector is made again, as a new row until its first:
+    # its vector and passages read the text as it was.
+    qs.query.add_q(~field.pending())
+    for name, expression in passage_annotations(field, text, unedited=True).items():
         qs.query.add_annotation(expression, name)
     return qs
