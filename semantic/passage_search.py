@@ -16,11 +16,12 @@ leave it out. A row whose passages are partly stored (a long text whose run stop
 midway, :data:`semantic.passage_rows.PARTIAL`) ranks by those stored, each cut from
 its current text.
 
-Only passages cut from the row's current text, by the current sizes and rules, are
-compared or shown: an edited row's stored passages quote text the editor removed, at
-offsets into a text it no longer holds. A row edited since its vector was made is left out
-(as a row without a vector is) until the worker embeds it again; a row whose passages
-were cut by other sizes or rules ranks by its own vector until they are cut again.
+Only passages cut from the text the row's vector was made of, by the current sizes and
+rules, are compared; a row whose passages were cut by other sizes or rules ranks by its own
+vector until they are cut again. A row edited since its vector was made ranks by them, as
+its vector ranks it in ``similar_to()``, until the worker embeds it again, but shows none of
+them (its passage columns are None): they quote text the editor may have removed, at offsets
+into a text it no longer holds.
 
 ``with_passage(query)`` annotates the rows of any queryset with their nearest
 passage (and its ``passage_similarity``) without ranking or filtering them: a
@@ -42,9 +43,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.db import models
-from django.db.models import BooleanField, Exists, F, FloatField, OuterRef, Q
+from django.db.models import BooleanField, F, FloatField
 from django.db.models.expressions import Expression, ExpressionWrapper, Value
-from django.db.models.functions import Cast, Coalesce
+from django.db.models.functions import Coalesce
 from pgvector.django import CosineDistance
 
 from semantic.fields import EmbeddingField
@@ -74,18 +75,30 @@ def searchable_passages(field: EmbeddingField) -> models.QuerySet:
     return Passage.objects.filter(**searchable_key(field))
 
 
-def of_current_text(field: EmbeddingField, using: str) -> Exists:
-    """For a passage query: the passage was cut from its row's current text (as
-    :class:`NearestPassage` requires), by the current sizes, complete or partial."""
+def rows_to_quote(
+    model: type[models.Model], field: EmbeddingField, keys: set[str], using: str
+) -> dict[str, tuple[models.Model, set[str]]]:
+    """The rows of ``keys`` (passages' ``object_pk``), each with the ``cut_from`` markers of the
+    passages it may be quoted by: those cut from the text its vector was made of, none for a
+    row edited since (they quote text it may no longer hold). Asked of these rows alone: the
+    test hashes each row's text."""
     from semantic.passage_rows import cut_marker
 
-    embedded = F(field.embedded_hash_name)
-    row = field.model._base_manager.using(using).filter(
-        ~field.pending(), pk=Cast(OuterRef("object_pk"), output_field=field.model._meta.pk)
-    )
-    complete, partial = cut_marker(field, embedded), cut_marker(field, embedded, partial=True)
-    row = row.alias(_semantic_cut=complete, _semantic_partial=partial)
-    return Exists(row.filter(Q(_semantic_cut=OuterRef("cut_from")) | Q(_semantic_partial=OuterRef("cut_from"))))
+    edited = ExpressionWrapper(field.pending(), output_field=BooleanField())
+    objects = model._base_manager.using(using).annotate(_semantic_edited=edited).in_bulk(keys)
+    quotable = {}
+    for pk, row in objects.items():
+        embedded = getattr(row, field.embedded_hash_name)
+        markers = (
+            set()
+            if row._semantic_edited or embedded is None
+            else {
+                cut_marker(field, embedded),
+                cut_marker(field, embedded, partial=True),
+            }
+        )
+        quotable[str(pk)] = (row, markers)
+    return quotable
 
 
 def require_passages(field: EmbeddingField, to: str = "search") -> None:
@@ -112,10 +125,12 @@ class NearestPassage(Expression):
     than the server's work (docs/benchmarks.md). The plan is the same.
     """
 
-    def __init__(self, field: EmbeddingField, vector: str, column: str, *, unedited: bool = False) -> None:
-        """``unedited``: the outer query keeps only rows whose text is the one their vector
-        was made of (:func:`by_passages`), so the subquery need not test it again: each
-        test hashes the row's text, and there are six subqueries a row."""
+    def __init__(self, field: EmbeddingField, vector: str, column: str, *, edited_too: bool = False) -> None:
+        """``edited_too``: a row edited since its vector was made gets its nearest passage of the
+        text that vector was made of, as the vector itself ranks it (:func:`by_passages`' order);
+        otherwise None, since those passages quote text the row may no longer hold. The test
+        hashes the row's text, so a ranking leaves it to the columns shown, which PostgreSQL
+        computes only for the rows a page returns."""
         from semantic.models import Passage
         from semantic.passage_rows import cut_marker
 
@@ -134,7 +149,7 @@ class NearestPassage(Expression):
         self.partial_from: Any = cut_marker(field, embedded, partial=True)
         # ... while the row still holds that text: an edited row's passages quote what it no longer says.
         self.unedited: Any = (
-            Value(True) if unedited else ExpressionWrapper(~field.pending(), output_field=BooleanField())
+            Value(True) if edited_too else ExpressionWrapper(~field.pending(), output_field=BooleanField())
         )
 
     def get_source_expressions(self) -> list[Any]:
@@ -179,12 +194,9 @@ class NearestPassage(Expression):
         return sql, [*value_params, *match_params, self.vector]
 
 
-def passage_annotations(field: EmbeddingField, vector: str, *, unedited: bool = False) -> dict[str, NearestPassage]:
-    """The nearest passage's columns (:data:`PASSAGE_ANNOTATIONS`) for ``vector``, a vector literal
-    (``unedited`` as for :class:`NearestPassage`)."""
-    return {
-        name: NearestPassage(field, vector, column, unedited=unedited) for name, column in PASSAGE_ANNOTATIONS.items()
-    }
+def passage_annotations(field: EmbeddingField, vector: str) -> dict[str, NearestPassage]:
+    """The nearest passage's columns (:data:`PASSAGE_ANNOTATIONS`) for ``vector``, a vector literal."""
+    return {name: NearestPassage(field, vector, column) for name, column in PASSAGE_ANNOTATIONS.items()}
 
 
 def with_nearest_passage(queryset: models.QuerySet, field: EmbeddingField, vector: Sequence[float]) -> models.QuerySet:
@@ -209,12 +221,9 @@ def by_passages(
     text = vector_literal(vector)
     # A row whose passages are not stored yet ranks by its own vector (its passage columns None).
     own = CosineDistance(field.indexed_vector(), Value(text))
-    distance = Coalesce(NearestPassage(field, text, "distance", unedited=True), own, output_field=FloatField())
+    distance = Coalesce(NearestPassage(field, text, "distance", edited_too=True), own, output_field=FloatField())
     qs = queryset._chain()
     rank(qs.query, field, distance, exclude_pk=exclude_pk, min_similarity=min_similarity)
-    # An edited row is left out until its vector is made again, as a new row until its first:
-    # its vector and passages read the text as it was.
-    qs.query.add_q(~field.pending())
-    for name, expression in passage_annotations(field, text, unedited=True).items():
+    for name, expression in passage_annotations(field, text).items():
         qs.query.add_annotation(expression, name)
     return qs
