@@ -26,7 +26,7 @@ from django.db.models import CharField
 from django.db.models.functions import Cast
 from django.utils.functional import Promise
 
-from semantic.passage_search import passage_distance, require_passages, searchable_passages
+from semantic.passage_search import passage_distance, require_passages, rows_to_quote, searchable_passages
 from semantic.query_vectors import query_vector
 from semantic.switch import serving_field
 
@@ -103,14 +103,14 @@ def context(
     )
     if min_similarity is not None:
         candidates = candidates.filter(distance__lte=1.0 - min_similarity)
-    found = list(candidates.values("object_pk", "text", "position", "start", "end", "distance")[:MAX_CANDIDATES])
-    objects = model._base_manager.using(queryset.db).in_bulk({passage["object_pk"] for passage in found})
-    rows_by_key = {str(pk): row for pk, row in objects.items()}
+    columns = ("object_pk", "text", "position", "start", "end", "distance", "cut_from")
+    found = list(candidates.values(*columns)[:MAX_CANDIDATES])
+    rows = rows_to_quote(model, embedding_field, {passage["object_pk"] for passage in found}, queryset.db)
     result = Context()
     used = 0
     for passage in found:
-        row = rows_by_key.get(passage["object_pk"])
-        if row is None:  # deleted since
+        row, markers = rows.get(passage["object_pk"], (None, set()))
+        if row is None or passage["cut_from"] not in markers:  # deleted, edited or cut otherwise since
             continue
         candidate = ContextPassage(
             text=passage["text"],

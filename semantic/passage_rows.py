@@ -41,8 +41,9 @@ CUT_ROWS = 500
 #: same, so only the passages whose cut moved are sent. 2: lengths weighed by script (non-Latin
 #: text is cut smaller, :func:`semantic.text.weighted_length`); control characters stored as written.
 CUT_RULES = 2
-#: ``Passage.cut_from`` of the passages of a row not yet complete (:func:`store_partial`): never a
-#: row's marker (an MD5), so the row stays lagging while a later run reuses their vectors.
+#: What :func:`cut_marker` adds for the passages of a row not yet complete (:func:`store_partial`):
+#: never a complete cut's marker, so the row stays lagging while a later run reuses their vectors,
+#: yet it names the text they were cut from, so searches use them only while the row holds it.
 PARTIAL = "partial"
 
 
@@ -52,10 +53,11 @@ def passages_of(model: type[models.Model], field: EmbeddingField, using: str | N
     return manager.filter(model_label=field.model._meta.label, field_name=field.name)
 
 
-def cut_marker(field: EmbeddingField, row_hash: Any) -> Any:
-    """SQL (from a row's text hash expression) or Python (from a hash) for ``Passage.cut_from``."""
+def cut_marker(field: EmbeddingField, row_hash: Any, *, partial: bool = False) -> Any:
+    """SQL (from a row's text hash expression) or Python (from a hash) for ``Passage.cut_from``,
+    of a complete cut or (``partial``) of the passages stored so far of one."""
     max_chars, overlap = field.passage_sizes()
-    sizes = f"|{max_chars}|{overlap}|{CUT_RULES}"
+    sizes = f"|{max_chars}|{overlap}|{CUT_RULES}" + (f"|{PARTIAL}" if partial else "")
     if isinstance(row_hash, str):
         return hashlib.md5(f"{row_hash}{sizes}".encode()).hexdigest()
     return MD5(Concat(row_hash, Value(sizes), output_field=CharField()))
@@ -211,7 +213,8 @@ def store(model: type[models.Model], field: EmbeddingField, row: Cut, spec: str,
 
 
 def store_partial(field: EmbeddingField, row: Cut, pieces: list[Piece], spec: str, using: str) -> bool:
-    """Keep these ``pieces`` of a row whose other passages have no vector yet, marked :data:`PARTIAL`.
+    """Keep these ``pieces`` of a row whose other passages have no vector yet, marked partial
+    (:func:`cut_marker` with ``partial``).
 
     A long text's passages may take more requests than a worker's task may last: what each
     request paid for is kept, for :func:`known_vectors` to hand to the next run. The row stays
@@ -221,7 +224,7 @@ def store_partial(field: EmbeddingField, row: Cut, pieces: list[Piece], spec: st
     with transaction.atomic(using=using):
         if not still_cut_from(field, row, using):
             return False
-        write(field, row, pieces, PARTIAL, spec, using)
+        write(field, row, pieces, cut_marker(field, row.row_hash, partial=True), spec, using)
     return True
 
 

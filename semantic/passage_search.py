@@ -16,6 +16,13 @@ leave it out. A row whose passages are partly stored (a long text whose run stop
 midway, :data:`semantic.passage_rows.PARTIAL`) ranks by those stored, each cut from
 its current text.
 
+Only passages cut from the text the row's vector was made of, by the current sizes and
+rules, are compared; a row whose passages were cut by other sizes or rules ranks by its own
+vector until they are cut again. A row edited since its vector was made ranks by them, as
+its vector ranks it in ``similar_to()``, until the worker embeds it again, but shows none of
+them (its passage columns are None): they quote text the editor may have removed, at offsets
+into a text it no longer holds.
+
 ``with_passage(query)`` annotates the rows of any queryset with their nearest
 passage (and its ``passage_similarity``) without ranking or filtering them: a
 keyword or hybrid search over the rows' other text shows the part of a long text
@@ -36,8 +43,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.db import models
-from django.db.models import F, FloatField
-from django.db.models.expressions import Expression, Value
+from django.db.models import BooleanField, F, FloatField
+from django.db.models.expressions import Expression, ExpressionWrapper, Value
 from django.db.models.functions import Coalesce
 from pgvector.django import CosineDistance
 
@@ -68,6 +75,32 @@ def searchable_passages(field: EmbeddingField) -> models.QuerySet:
     return Passage.objects.filter(**searchable_key(field))
 
 
+def rows_to_quote(
+    model: type[models.Model], field: EmbeddingField, keys: set[str], using: str
+) -> dict[str, tuple[models.Model, set[str]]]:
+    """The rows of ``keys`` (passages' ``object_pk``), each with the ``cut_from`` markers of the
+    passages it may be quoted by: those cut from the text its vector was made of, none for a
+    row edited since (they quote text it may no longer hold). Asked of these rows alone: the
+    test hashes each row's text."""
+    from semantic.passage_rows import cut_marker
+
+    edited = ExpressionWrapper(field.pending(), output_field=BooleanField())
+    objects = model._base_manager.using(using).annotate(_semantic_edited=edited).in_bulk(keys)
+    quotable = {}
+    for pk, row in objects.items():
+        embedded = getattr(row, field.embedded_hash_name)
+        markers = (
+            set()
+            if row._semantic_edited or embedded is None
+            else {
+                cut_marker(field, embedded),
+                cut_marker(field, embedded, partial=True),
+            }
+        )
+        quotable[str(pk)] = (row, markers)
+    return quotable
+
+
 def require_passages(field: EmbeddingField, to: str = "search") -> None:
     """Refuse a field without ``passages``: there is nothing ``to`` search (or quote)."""
     if not field.passages:
@@ -92,8 +125,14 @@ class NearestPassage(Expression):
     than the server's work (docs/benchmarks.md). The plan is the same.
     """
 
-    def __init__(self, field: EmbeddingField, vector: str, column: str) -> None:
+    def __init__(self, field: EmbeddingField, vector: str, column: str, *, edited_too: bool = False) -> None:
+        """``edited_too``: a row edited since its vector was made gets its nearest passage of the
+        text that vector was made of, as the vector itself ranks it (:func:`by_passages`' order);
+        otherwise None, since those passages quote text the row may no longer hold. The test
+        hashes the row's text, so a ranking leaves it to the columns shown, which PostgreSQL
+        computes only for the rows a page returns."""
         from semantic.models import Passage
+        from semantic.passage_rows import cut_marker
 
         if column in ("distance", "similarity"):
             output_field: models.Field = FloatField()
@@ -104,12 +143,20 @@ class NearestPassage(Expression):
         self.vector = vector
         self.column = column
         self.row_pk: Any = F("pk")
+        # Passages cut from the text the row's vector was made of, complete or partial ...
+        embedded = F(field.embedded_hash_name)
+        self.cut_from: Any = cut_marker(field, embedded)
+        self.partial_from: Any = cut_marker(field, embedded, partial=True)
+        # ... while the row still holds that text: an edited row's passages quote what it no longer says.
+        self.unedited: Any = (
+            Value(True) if edited_too else ExpressionWrapper(~field.pending(), output_field=BooleanField())
+        )
 
     def get_source_expressions(self) -> list[Any]:
-        return [self.row_pk]
+        return [self.row_pk, self.cut_from, self.partial_from, self.unedited]
 
     def set_source_expressions(self, exprs: Sequence[Any]) -> None:
-        (self.row_pk,) = exprs
+        self.row_pk, self.cut_from, self.partial_from, self.unedited = exprs
 
     def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
         from semantic.models import Passage
@@ -121,9 +168,20 @@ class NearestPassage(Expression):
         def column(name: str) -> str:
             return f"{alias}.{quote(Passage._meta.get_field(name).column)}"
 
+        cut_from, cut_params = compiler.compile(self.cut_from)
+        partial_from, partial_params = compiler.compile(self.partial_from)
+        unedited, unedited_params = compiler.compile(self.unedited)
         key = searchable_key(self.embedding_field)
-        match = " AND ".join([*(f"{column(name)} = %s" for name in key), f"{column('object_pk')} = ({row_pk})::text"])
-        match_params = [*key.values(), *row_params]
+        match = " AND ".join(
+            [
+                *(f"{column(name)} = %s" for name in key),
+                f"{column('object_pk')} = ({row_pk})::text",
+                f"{column('cut_from')} IN ({cut_from}, {partial_from})",
+                # Of the outer row alone: PostgreSQL tests it once per row, not once per passage.
+                f"({unedited})",
+            ]
+        )
+        match_params = [*key.values(), *row_params, *cut_params, *partial_params, *unedited_params]
         table = f"{quote(Passage._meta.db_table)} {alias}"
         distance = f"{column('vector')} <=> %s::vector"
         if self.column == "distance":
@@ -163,7 +221,7 @@ def by_passages(
     text = vector_literal(vector)
     # A row whose passages are not stored yet ranks by its own vector (its passage columns None).
     own = CosineDistance(field.indexed_vector(), Value(text))
-    distance = Coalesce(NearestPassage(field, text, "distance"), own, output_field=FloatField())
+    distance = Coalesce(NearestPassage(field, text, "distance", edited_too=True), own, output_field=FloatField())
     qs = queryset._chain()
     rank(qs.query, field, distance, exclude_pk=exclude_pk, min_similarity=min_similarity)
     for name, expression in passage_annotations(field, text).items():

@@ -13,6 +13,12 @@ only hammer the API with requests that cannot succeed. :func:`configuration_prob
 reads it for status pages. A new key or model is a new row, so fixing the setting
 lifts the pause at once; a fix on the API's side (enabling the API for the project)
 is found by the first request after the pause.
+
+The key's row is locked while it is counted, in a transaction of its own
+(:func:`own_transaction`): inside a caller's transaction (``ATOMIC_REQUESTS``, a
+search in ``atomic()``) a nested ``atomic()`` is only a savepoint, and the lock would
+last until the caller commits, through the API call and the rest of the request,
+while every other search and worker on the key waited for it.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 
-from django.db import router, transaction
+from django.db import connections, router, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
 from semantic.backends import EmbeddingBackend, get_backend
@@ -40,6 +47,8 @@ CONFIG_PAUSE = 300.0
 #: ``TOKENS_PER_MINUTE`` is estimated, from texts' English-equivalent size
 #: (:func:`semantic.text.weighted_length`: a Chinese character is about a token of its own).
 CHARS_PER_TOKEN = 4
+#: Suffix of the alias under which a connection of the rate limit's own is known, while it is used.
+OWN_CONNECTION_SUFFIX = ":semantic-ratelimit"
 
 
 class Clock:
@@ -134,8 +143,9 @@ def _try_acquire(key: str, tokens: int) -> tuple[float, bool, str]:
     whether that is a pause, and the configuration problem that caused it."""
     now = _clock.now()
     window = timedelta(seconds=conf.RATE_LIMIT_WINDOW)
-    with transaction.atomic(using=router.db_for_write(RateLimit)):
-        state, _ = RateLimit.objects.select_for_update().get_or_create(key=key, defaults={"window_start": now})
+    with own_transaction() as using:
+        rows = RateLimit.objects.using(using).select_for_update()
+        state, _ = rows.get_or_create(key=key, defaults={"window_start": now})
         if state.paused_until and state.paused_until > now:
             return (state.paused_until - now).total_seconds(), True, state.problem
         if now - state.window_start >= window:
@@ -150,6 +160,45 @@ def _try_acquire(key: str, tokens: int) -> tuple[float, bool, str]:
     return 0.0, False, ""
 
 
+@contextmanager
+def own_transaction() -> Iterator[str]:
+    """A transaction that ends with the block, whatever the caller's; yields its alias.
+
+    Outside a transaction of the caller's, that is ``atomic()`` on the thread's own
+    connection. Inside one, it is a connection of its own, opened for the block and closed
+    after it: kept open per thread, it would outlive the request (and a test's database)
+    unseen by Django's ``close_old_connections()``, which knows only ``DATABASES``; a search
+    that embeds its text is about to wait for the API anyway. It sees only committed rows,
+    which is all this module's rows ever need.
+    """
+    using = router.db_for_write(RateLimit)
+    if not in_callers_transaction(connections[using]):
+        with transaction.atomic(using=using):
+            yield using
+        return
+    alias = using + OWN_CONNECTION_SUFFIX
+    own = connections.create_connection(using)  # the same settings, a test database's name too
+    own.alias = alias  # the ORM, and contrib.postgres on connecting, find it under this name
+    connections[alias] = own  # for this thread only: connections are per thread
+    try:
+        with transaction.atomic(using=alias):
+            yield alias
+    finally:
+        del connections[alias]
+        own.close()
+
+
+def in_callers_transaction(connection: BaseDatabaseWrapper) -> bool:
+    """Whether a transaction of the caller's is open on ``connection``.
+
+    A test case's transaction is not one, as Django's ``atomic(durable=True)`` sees it: the
+    count stays inside it and is rolled back with the test's rows.
+    """
+    if connection.in_atomic_block:
+        return not all(getattr(block, "_from_testcase", False) for block in connection.atomic_blocks)
+    return not connection.get_autocommit()
+
+
 def pause(backend: EmbeddingBackend, seconds: float, *, problem: str = "") -> None:
     """Stop every process sharing this key from sending for ``seconds`` (after a 429).
 
@@ -158,10 +207,9 @@ def pause(backend: EmbeddingBackend, seconds: float, *, problem: str = "") -> No
     seconds = min(max(seconds, 0.0), MAX_RETRY_AFTER) if seconds == seconds else 0.0
     now = _clock.now()
     until = now + timedelta(seconds=seconds)
-    with transaction.atomic(using=router.db_for_write(RateLimit)):
-        state, _ = RateLimit.objects.select_for_update().get_or_create(
-            key=limit_key(backend), defaults={"window_start": now}
-        )
+    with own_transaction() as using:
+        rows = RateLimit.objects.using(using).select_for_update()
+        state, _ = rows.get_or_create(key=limit_key(backend), defaults={"window_start": now})
         fields = []
         if not state.paused_until or state.paused_until < until:
             state.paused_until = until
@@ -180,7 +228,9 @@ def report_problem(backend: EmbeddingBackend, message: str) -> None:
 
 def clear_problem(backend: EmbeddingBackend) -> None:
     """A request succeeded: whatever was wrong with the configuration is fixed."""
-    RateLimit.objects.filter(key=limit_key(backend)).exclude(problem="").update(problem="", problem_at=None)
+    with own_transaction() as using:
+        rows = RateLimit.objects.using(using).filter(key=limit_key(backend))
+        rows.exclude(problem="").update(problem="", problem_at=None)
 
 
 def configuration_problem(backend: EmbeddingBackend | None = None) -> str | None:

@@ -18,11 +18,11 @@ from django.core.paginator import Paginator
 from django.db import connection
 from django.utils.translation import gettext_lazy
 
-from semantic import Passages, acontext, context, suspend_embedding
+from semantic import Passages, acontext, context, embed_pending, hybrid, suspend_embedding
 from semantic.field_text import TITLE_SEPARATOR
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingFailure, Passage
-from semantic.passage_rows import PARTIAL, current_rows
+from semantic.passage_rows import current_rows, cut_marker
 from semantic.passages import split
 from semantic.query import SLICED
 from semantic.text import sanitize, source_hash
@@ -309,7 +309,9 @@ def test_a_rejected_passage_is_recorded_against_its_row_and_not_retried(fake_gem
     summary = embed_pending(LongRead)["testapp.LongRead.embedding"]
     assert summary["embedded"] == 1 and summary["passages_failed"] == 1
     # What was paid for is kept, partial: the row's passages are not current until all are stored.
-    assert [(p.position, p.cut_from) for p in passages_of(row)] == [(n, PARTIAL) for n in range(4)]
+    row.refresh_from_db()
+    partial = cut_marker(LongRead._meta.get_field("embedding"), row.embedding_embedded_hash, partial=True)
+    assert [(p.position, p.cut_from) for p in passages_of(row)] == [(n, partial) for n in range(4)]
     assert not current_rows(LongRead, LongRead._meta.get_field("embedding")).filter(pk=row.pk).exists()
     failure = EmbeddingFailure.objects.get(field_name="embedding:passages", object_pk=str(row.pk))
     assert failure.permanent
@@ -404,6 +406,41 @@ def test_a_row_whose_passages_are_not_stored_yet_ranks_by_its_own_vector(library
     assert [row.pk for row in found[:2]] == [library[4].pk, waiting.pk]  # the late paragraph's passage is nearer
     others = [row for row in found if row.pk != waiting.pk]
     assert all(row.passage_text is not None for row in others)
+
+
+@pytestmark_db
+def test_an_edited_row_is_never_shown_by_its_removed_text(library, fake_gemini):
+    """Between an edit and the worker's next run (or for good, when the API refuses the new
+    text) a row's stored passages quote text it no longer holds, at offsets into that text:
+    searches by passages rank the row by them, as its vector ranks it, but show none of them,
+    and after the run find the row in its new text."""
+    edited = library[2]  # its glacier paragraph comes first
+    body = article([0, 1, 3, 4])  # the glacier paragraph removed
+    with suspend_embedding():  # the worker has not run yet
+        edited.body = body
+        edited.save()
+    removed = paragraph(*TOPICS[2])
+    assert removed not in body and any(p.text == removed for p in passages_of(edited))
+
+    def shown(rows):
+        return [(row.pk, row.passage_text) for row in rows if row.pk == edited.pk]
+
+    found = list(LongRead.objects.similar_to(QUERY, passages=True))
+    assert shown(found) == [(edited.pk, None)]  # ranked by what its vector was made of, quoting nothing
+    assert all(row.passage_text is not None for row in found if row.pk != edited.pk)
+    assert shown(LongRead.objects.similar_to(QUERY, passages=True)[:3]) == [(edited.pk, None)]  # a page too
+    assert shown(LongRead.objects.with_passage(QUERY)) == [(edited.pk, None)]
+    both = list(hybrid(LongRead.objects.all(), f"{QUERY} volcano", keyword_fields=["body"], passages=True))
+    assert shown(both) == [(edited.pk, None)]  # found by the words it holds now, quoting nothing
+    assert all(p.row.pk != edited.pk for p in context(LongRead, QUERY, budget_chars=10**6))
+
+    embed_pending(LongRead)
+    again = next(
+        row for row in LongRead.objects.similar_to("lava eruption magma", passages=True) if row.pk == edited.pk
+    )
+    assert again.passage_text == body[again.passage_start : again.passage_end]
+    assert "volcano" in again.passage_text and removed not in [p.text for p in passages_of(edited)]
+    assert {p.row.pk for p in context(LongRead, "lava eruption magma", budget_chars=10**6)} >= {edited.pk}
 
 
 @pytestmark_db

@@ -8,10 +8,11 @@ from datetime import timedelta
 
 import pytest
 from django.conf import settings
-from django.db import connections
+from django.db import connections, transaction
 from django.utils import timezone
 
 from semantic import embed_pending, ratelimit, suspend_embedding
+from semantic.backends import get_backend
 from semantic.models import EmbeddingFailure, RateLimit
 from semantic.tasks import embed_chunk
 from tests.commands import manage
@@ -220,3 +221,53 @@ def test_chinese_text_is_counted_at_about_a_token_a_character(fake_gemini, seman
     assert outcome["embedded"] == 5 and outcome["requests"] == 3
     sizes = [[len(r["content"]["parts"][0]["text"]) for r in req["body"]["requests"]] for req in fake_gemini.requests]
     assert sizes == [[10, 10], [10, 10], [55]]
+
+
+def test_a_search_inside_a_transaction_does_not_hold_the_rate_limit_for_it(fake_gemini, semantic_settings):
+    """ATOMIC_REQUESTS: a search counted in a request's transaction leaves the key's row
+    unlocked while the request goes on, for other searches and for workers."""
+    semantic_settings(REQUESTS_PER_MINUTE=100)
+    searched, release = threading.Event(), threading.Event()
+    seen = []
+
+    def request():
+        try:
+            with transaction.atomic():
+                seen.append(list(Article.objects.similar_to("first request's words")))
+                searched.set()
+                release.wait(60)  # the rest of the request: a slow page, still in its transaction
+        finally:
+            connections.close_all()
+
+    def other(run):
+        try:
+            seen.append(run())
+        finally:
+            connections.close_all()
+
+    first = threading.Thread(target=request)
+    first.start()
+    try:
+        assert searched.wait(30)
+        search = threading.Thread(target=other, args=(lambda: list(Article.objects.similar_to("another request")),))
+        worker = threading.Thread(target=other, args=(lambda: ratelimit.acquire(get_backend(), tokens=5),))
+        for thread in (search, worker):
+            thread.start()
+            thread.join(30)
+        assert not search.is_alive() and not worker.is_alive(), "they waited for the open request's transaction"
+        assert first.is_alive()  # still open
+        state = RateLimit.objects.get()
+        assert (state.requests, len(seen)) == (3, 3)  # each counted, the open request's count committed
+    finally:
+        release.set()
+        first.join(30)
+    assert fake_gemini.request_count == 2
+
+
+def test_a_search_in_a_transaction_that_rolls_back_still_counts(fake_gemini, semantic_settings):
+    """The request was sent whatever became of the caller's transaction: its count stays."""
+    semantic_settings(REQUESTS_PER_MINUTE=100)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        list(Article.objects.similar_to("rolled back request"))
+        raise RuntimeError("the view failed")
+    assert RateLimit.objects.get().requests == 1
