@@ -1,4 +1,4 @@
-"""The many-to-many hook: rows whose text from Python reads related rows are hashed again
+"""The many-to-many hook: rows whose text from Python reads related rows are left pending
 when those relations change.
 
 A method or property in ``source`` is hashed when the row is saved. Forms save the row
@@ -7,31 +7,61 @@ first and its many-to-many relations after it (the admin's ``save_related()``,
 row's tags was hashed with the old tags, and the row kept the old tags' vector for good,
 counted as embedded. Django (and django-taggit) send ``m2m_changed`` for each change, with
 the rows of both sides: ``instance`` and those of ``pk_set``. For each side whose model
-has such a field, the rows are hashed again as ``semantic_embed --rehash`` does
-(:func:`semantic.backfill.rehash`, no API call) and the worker is woken when their text
-changed. Which relations a method reads is not known, so a change of any of them counts;
-a row whose text did not change is left as it is.
+has such a field, the rows' hash is emptied, as :func:`semantic.hooks.forget_python_hashes`
+does after a raw save, and the worker is woken: a row without a hash is pending, and the
+worker hashes it and embeds it only if its text is not the one its vector was made from.
+Which relations a method reads is not known, so a change of any of them counts.
+
+Nothing is hashed here: hashing reads each row's related rows in Python, a query per
+row in the request that changed the relation, and storing a hash must not skip rows
+another transaction holds (the worker's way), or a held row keeps its old tags' vector.
+One ``UPDATE`` per field waits for such a row as a save does, whatever the number of rows,
+and needs no backend.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+from django.apps import apps
 from django.db import models
+from django.db.models import Q
+from django.db.models.fields.related import ForeignObjectRel
 from django.db.models.signals import m2m_changed
 
-from semantic.backfill import rehash
 from semantic.dispatch import enqueue
 from semantic.fields import EmbeddingField
 from semantic.hooks import embedding_suspended
 from semantic.registry import embedding_fields
 
-#: Where ``pre_clear`` keeps, on the instance, the keys of the rows a clear() is about to unlink.
-CLEARED = "_semantic_cleared"
-
 
 def connect() -> None:
-    m2m_changed.connect(on_m2m_changed, weak=False, dispatch_uid="semantic:m2m_changed")
+    """Hear the many-to-many relations of the models whose text comes from Python, and no others.
+
+    Django's ``add()`` on a relation nobody listens to is one ``INSERT ... ON CONFLICT DO
+    NOTHING``; with a receiver it first reads which rows are linked already, to name the
+    new ones in ``pk_set``. A receiver for every sender would cost that query to every
+    ``add()`` of the project. The relations are those of the models installed when the
+    app is ready.
+    """
+    for model in apps.get_models():
+        if python_fields(model):
+            for through in relations(model):
+                uid = f"semantic:m2m_changed:{through._meta.label}"
+                m2m_changed.connect(on_m2m_changed, sender=through, weak=False, dispatch_uid=uid)
+
+
+def relations(model: type[models.Model]) -> set[type[models.Model]]:
+    """The through models of the model's many-to-many relations, from either side
+    (django-taggit's ``TaggableManager`` is one, through its tagged-item model)."""
+    throughs = set()
+    for field in model._meta.get_fields(include_hidden=True):
+        if field.many_to_many:
+            through = field.through if isinstance(field, ForeignObjectRel) else field.remote_field.through
+            if isinstance(through, type):  # not a reference to a model that is not installed
+                throughs.add(through)
+    return throughs
 
 
 def on_m2m_changed(
@@ -43,51 +73,55 @@ def on_m2m_changed(
     using: str | None = None,
     **kwargs: Any,
 ) -> None:
-    """Hash again, after the change, the rows on either side whose text comes from Python."""
-    if action == "pre_clear":
-        # post_clear names no rows of the other side: they are unlinked by then.
-        if python_fields(model):
-            instance.__dict__.setdefault(CLEARED, {})[sender] = linked_pks(sender, instance, model, using)
-        return
-    if action == "post_clear":
-        others = instance.__dict__.get(CLEARED, {}).pop(sender, [])
-    elif action in ("post_add", "post_remove") and pk_set:
-        others = list(pk_set)
-    else:
-        return  # a pre_ action, or an add or remove that changed nothing
-    rehash_rows(type(instance), [instance.pk], using)
-    rehash_rows(model, others, using)
+    """Leave the rows on either side whose text comes from Python pending, with no hash."""
+    if action in ("post_add", "post_remove") and pk_set:
+        forget(type(instance), Q(pk=instance.pk), using)
+        forget(model, Q(pk__in=pk_set), using)
+    elif action == "pre_clear":
+        # Before the clear, in its transaction: post_clear names no rows of the other side,
+        # they are unlinked by then. Through a subquery, so no key is loaded into Python.
+        forget(type(instance), Q(pk=instance.pk), using)
+        keys = linked_keys(sender, instance, model, using)
+        if keys:  # none through a generic relation (django-taggit's), whose rows hold no foreign key to the instance
+            forget(model, any_of(Q(pk__in=rows) for rows in keys), using)
 
 
 def python_fields(model: type[models.Model]) -> list[EmbeddingField]:
     return [field for field in embedding_fields(model) if field.text_from_python()]
 
 
-def rehash_rows(model: type[models.Model], pks: list[Any], using: str | None) -> None:
-    """Store the new hash of each row's text; wake the worker if any row's text changed."""
-    if not pks:
-        return
+def forget(model: type[models.Model], rows: Q, using: str | None) -> None:
+    """Empty the hash of each Python field of the ``rows`` of ``model``, and wake the worker."""
     for field in python_fields(model):
-        _, changed = rehash(model, field, pks, using=using)
-        if changed and not embedding_suspended():
-            enqueue(field.model, field.name, pks, using=using)
+        chosen = field.model._base_manager.using(using).filter(rows)
+        if chosen.update(**{field.source_hash_name: None}) and not embedding_suspended():
+            # The keys are read (now, before a clear unlinks them) only by SYNC's inline run;
+            # a worker's wake-up embeds every pending row.
+            enqueue(field.model, field.name, chosen.values_list("pk", flat=True), using=using)
 
 
-def linked_pks(
+def any_of(conditions: Iterable[Q]) -> Q:
+    combined = Q()
+    for condition in conditions:
+        combined |= condition
+    return combined
+
+
+def linked_keys(
     through: type[models.Model], instance: models.Model, model: type[models.Model], using: str | None
-) -> list[Any]:
-    """Keys of the ``model`` rows that ``through`` links to ``instance``.
+) -> list[models.QuerySet[Any]]:
+    """Subqueries of the keys of the ``model`` rows that ``through`` links to ``instance``.
 
-    Through every pair of the through model's foreign keys that leads from the instance's
+    One for every pair of the through model's foreign keys that leads from the instance's
     model to ``model``: both pairs for a relation of a model with itself, which may then
-    take in rows that were not cleared (hashed again, they are left alone).
+    take in rows that were not cleared (the worker finds their text unchanged).
     """
     links = [f for f in through._meta.fields if f.many_to_one]
-    pks: set[Any] = set()
+    keys = []
     for source in links:
         for target in links:
             if source is not target and isinstance(instance, source.related_model):
                 if issubclass(model, target.related_model):
                     rows = through._base_manager.using(using).filter(**{source.name: instance})
-                    pks.update(rows.values_list(f"{target.name}__pk", flat=True))
-    return list(pks)
+                    keys.append(rows.values(f"{target.name}__pk"))
+    return keys

@@ -51,6 +51,7 @@ LAYERS = [
     # hand-off to the worker
     "semantic.dispatch",
     "semantic.hooks",
+    "semantic.relation_hooks",
     "semantic.bulk",
     "semantic.passage_worker",
     "semantic.writer",
@@ -78,7 +79,6 @@ LAYERS = [
     "semantic.classify",
     "semantic.clusters",
     "semantic.backfill",
-    "semantic.relation_hooks",
     "semantic.status",
     "semantic.stale",
     # admin, checks, commands, the app
