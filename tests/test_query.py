@@ -2,6 +2,7 @@
 Gemini server (hashed bag of words: texts sharing words are near each other)."""
 
 import contextlib
+import pickle
 import re
 import threading
 from datetime import timedelta
@@ -343,6 +344,9 @@ def test_a_duplicate_search_the_statement_timeout_cancels_says_so_and_what_to_do
     assert isinstance(info.value, OperationalError)  # what callers caught before
     assert isinstance(info.value.__cause__, OperationalError) and sqlstate(info.value.__cause__) == QUERY_CANCELED
     assert "statement timeout" in str(info.value.__cause__)
+    copied = pickle.loads(pickle.dumps(info.value))  # as task queues and multiprocessing pass errors on
+    assert type(copied) is DuplicateSearchCanceled
+    assert (str(copied), copied.timeout) == (str(info.value), "2s")
 
 
 def test_a_statement_cancelled_without_a_statement_timeout_keeps_its_own_error(articles):
