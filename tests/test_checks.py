@@ -47,7 +47,7 @@ def readme_pool_fix():
 
 
 def test_a_pooled_database_is_a_warning_as_qcluster_starts_and_the_readmes_fix_ends_it(monkeypatch, settings):
-    from semantic.checks import POOL_IN_WORKER, POOL_IN_WORKER_HINT, check_worker_pool
+    from semantic.checks import POOL_IN_WORKER, POOL_IN_WORKER_FIX, POOL_IN_WORKER_HINT, check_worker_pool
 
     monkeypatch.setattr(sys, "argv", ["manage.py", "qcluster"])
     assert check_worker_pool() == []  # the test project, as the demo, has no pool
@@ -57,6 +57,9 @@ def test_a_pooled_database_is_a_warning_as_qcluster_starts_and_the_readmes_fix_e
     assert warning.msg == POOL_IN_WORKER.format(alias="default")
     assert warning.hint == POOL_IN_WORKER_HINT.format(alias="default")
     assert """DATABASES['default']["OPTIONS"].pop("pool", None)""" in warning.hint
+    hinted = POOL_IN_WORKER_FIX.format(alias="default")
+    assert warning.hint.endswith("\n\n" + hinted)  # the lines stand alone, ready to paste
+    compile(hinted, "settings.py", "exec")  # pasted as they are, they are Python
 
     monkeypatch.setattr(sys, "argv", ["manage.py", "check"])  # or runserver, gunicorn: the pool is right there
     assert check_worker_pool() == []
@@ -64,6 +67,10 @@ def test_a_pooled_database_is_a_warning_as_qcluster_starts_and_the_readmes_fix_e
     monkeypatch.setattr(sys, "argv", ["manage.py", "qcluster"])
     exec(readme_pool_fix(), {"DATABASES": settings.DATABASES})  # as settings.py runs it
     assert "pool" not in settings.DATABASES["default"]["OPTIONS"]
+    assert check_worker_pool() == []
+
+    monkeypatch.setitem(settings.DATABASES["default"]["OPTIONS"], "pool", {"min_size": 1, "max_size": 1})
+    exec(compile(hinted, "settings.py", "exec"), {"DATABASES": settings.DATABASES})  # the hint's lines do the same
     assert check_worker_pool() == []
 
 
