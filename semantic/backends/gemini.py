@@ -128,6 +128,10 @@ class GeminiBackend(EmbeddingBackend):
         those frames before this backend sees the error: Sentry's google-genai integration,
         enabled by default wherever the SDK is installed, reported every failed call with the
         key in five frames. The SDK is given a stand-in, which only the sending replaces.
+
+        ``client.aio`` gets the same auth, else it would send the stand-in ("API key not valid").
+        Where aiohttp is installed, google-genai sends async requests through it instead, which
+        takes no httpx auth: the async client is not for use there.
         """
         from google import genai
         from google.genai import types
@@ -136,6 +140,7 @@ class GeminiBackend(EmbeddingBackend):
             base_url=self.base_url,
             timeout=_milliseconds(self.timeout),
             client_args={"auth": ApiKeyAuth(self.api_key)},
+            async_client_args={"auth": ApiKeyAuth(self.api_key)},
         )
         return genai.Client(api_key=KEY_STAND_IN, http_options=http_options)
 
