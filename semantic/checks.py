@@ -14,7 +14,7 @@ from django.apps import apps
 from django.conf import settings
 from django.core import checks
 
-from semantic.backends.gemini import sendable_key
+from semantic.backends.gemini_client import sendable_key
 from semantic.conf import GEMINI_BACKEND, REMOVED
 from semantic.conf import semantic_settings as conf
 from semantic.running_task import STORE_SECONDS, TASK_TIME_HINT, task_time_problem
