@@ -14,7 +14,7 @@ from django.apps import apps
 from django.conf import settings
 from django.core import checks
 
-from semantic.backends.gemini import sendable_key
+from semantic.backends.gemini_client import sendable_key
 from semantic.conf import GEMINI_BACKEND, REMOVED
 from semantic.conf import semantic_settings as conf
 from semantic.running_task import STORE_SECONDS, TASK_TIME_HINT, task_time_problem
@@ -161,10 +161,12 @@ POOL_IN_WORKER = (
     "processes, which would share the pool's open connections and read each other's results, so the worker's "
     "processes die again and again and saved rows are not embedded."
 )
+#: The lines W011's hint asks for, as the README gives them: on lines of their own, so that they
+#: can be pasted into settings.py (an ``if`` cannot follow ``import sys;`` on one line).
+POOL_IN_WORKER_FIX = 'import sys\n\nif "qcluster" in sys.argv:\n    DATABASES[{alias!r}]["OPTIONS"].pop("pool", None)'
 POOL_IN_WORKER_HINT = (
     "Keep the pool for the web processes and drop it for the worker: in settings.py, after DATABASES, "
-    'import sys; if "qcluster" in sys.argv: DATABASES[{alias!r}]["OPTIONS"].pop("pool", None) '
-    "(README: Settings, Django's connection pool)."
+    "add these lines (README: Settings, Django's connection pool):\n\n" + POOL_IN_WORKER_FIX
 )
 
 

@@ -48,6 +48,11 @@ class DuplicateSearchCanceled(OperationalError):
         super().__init__(message)
         self.timeout = timeout
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Task queues, multiprocessing and the parallel test runner pickle errors; the default
+        # rebuilds an exception from its args alone, which would lose the timeout and fail.
+        return type(self), (self.args[0], self.timeout), self.__dict__
+
 
 def find_pairs(
     queryset: models.QuerySet,

@@ -28,7 +28,7 @@ ELSEWHERE = (
     "The pgvector extension is installed in schema {schema!r} of database {alias!r}, which is not on the "
     "connection's search_path ({path}), so PostgreSQL cannot find its types (vector, halfvec). Put the "
     'schema on the search_path: in DATABASES[{alias!r}], "OPTIONS": {{"options": "-c search_path={fixed}"}}, '
-    "or ALTER ROLE {role} SET search_path = {fixed}; then run migrate again."
+    "or ALTER ROLE {quoted_role} SET search_path = {fixed}; then run migrate again."
 )
 #: The schema may well be named on the search_path: PostgreSQL leaves out of it the schemas
 #: the role may not use, so putting it there again changes nothing.
@@ -36,7 +36,7 @@ NO_USAGE = (
     "The pgvector extension is installed in schema {schema!r} of database {alias!r}, on which the role "
     "{role!r} has no USAGE privilege, so PostgreSQL leaves that schema out of the connection's search_path "
     "({path}) and cannot find pgvector's types (vector, halfvec). Ask a superuser (or the schema's owner) to run "
-    "GRANT USAGE ON SCHEMA {schema} TO {role}; in that database, then run migrate again."
+    "GRANT USAGE ON SCHEMA {quoted_schema} TO {quoted_role}; in that database, then run migrate again."
 )
 
 #: What the operation runs; ``sqlmigrate`` prints it for whoever applies migrations by hand.
@@ -108,9 +108,21 @@ def extension_elsewhere(connection: Any) -> str | None:
     if row is None or row[1]:
         return None
     schema, _, path, usable, role = row
+    # Quoted in the SQL the messages give: a role or schema created with capitals or "-" (managed
+    # services make such names) would otherwise be folded to lower case and name another, or none.
+    quoted_role = connection.ops.quote_name(role)
     if not usable:
-        return NO_USAGE.format(schema=schema, alias=connection.alias, path=path, role=role)
-    return ELSEWHERE.format(schema=schema, alias=connection.alias, path=path, fixed=fixed_path(path, schema), role=role)
+        quoted_schema = connection.ops.quote_name(schema)
+        return NO_USAGE.format(
+            schema=schema,
+            alias=connection.alias,
+            path=path,
+            role=role,
+            quoted_schema=quoted_schema,
+            quoted_role=quoted_role,
+        )
+    fixed = fixed_path(path, schema)
+    return ELSEWHERE.format(schema=schema, alias=connection.alias, path=path, fixed=fixed, quoted_role=quoted_role)
 
 
 def fixed_path(path: str, schema: str) -> str:

@@ -65,6 +65,19 @@ def questions(fake_gemini):
 
 
 @pytest.fixture
+def statement_timeout_2s(db):
+    """The default connection's statement_timeout at 2 s, as ALTER ROLE ... SET statement_timeout
+    sets it on managed services; tests.slow_statements.SLOW_ROWS always outlasts it."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SET statement_timeout = '2s'")
+    yield
+    with connection.cursor() as cursor:
+        cursor.execute("RESET statement_timeout")
+
+
+@pytest.fixture
 def all_logs(caplog):
     caplog.set_level(logging.DEBUG)
     return caplog

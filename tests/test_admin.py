@@ -16,7 +16,6 @@ from django.core.cache import cache
 from django.core.management import call_command
 from django.db import connection
 from django.db.backends.signals import connection_created
-from django.db.models.expressions import RawSQL
 from django.test.utils import CaptureQueriesContext
 from django.urls import path, reverse
 from django.utils import timezone
@@ -36,6 +35,7 @@ from semantic.management.commands.semantic_embed import Command
 from semantic.models import DismissedPair, EmbeddingBatchJob, EmbeddingFailure
 from semantic.registry import get_embedding_field
 from tests.fake_gemini import api_error
+from tests.slow_statements import SLOW_ROWS
 from tests.testapp.admin import ArticleAdmin
 from tests.testapp.models import Article, Entry, Note, Report
 from tests.topicapp.models import Queue, Request
@@ -264,11 +264,10 @@ def test_duplicate_review_with_use_tz_false_shows_when_its_kept_pairs_were_found
 
 
 class SlowArticleAdmin(ArticleAdmin):
-    """Every statement over its rows waits 30 s, as a whole-table duplicate search lasts on a
-    large table: a statement_timeout of 2 s always cancels it, and nothing else on a busy machine."""
+    """Every statement over its rows lasts as a whole-table duplicate search does on a large table."""
 
     def get_queryset(self, request):
-        return super().get_queryset(request).filter(pk__gte=RawSQL("(SELECT 0 FROM pg_sleep(30))", []))
+        return super().get_queryset(request).filter(pk__gte=SLOW_ROWS)
 
 
 @pytest.fixture
@@ -278,14 +277,12 @@ def slow_site(settings):
     urlconf = ModuleType("slow_urls")
     urlconf.urlpatterns = [path("slowadmin/", site.urls)]
     settings.ROOT_URLCONF = urlconf
-    with connection.cursor() as cursor:
-        cursor.execute("SET statement_timeout = '2s'")  # as ALTER ROLE ... SET statement_timeout does
-    yield site
-    with connection.cursor() as cursor:
-        cursor.execute("RESET statement_timeout")
+    return site
 
 
-def test_duplicate_review_the_statement_timeout_cancels_says_why_and_what_to_do(viewer, articles, slow_site):
+def test_duplicate_review_the_statement_timeout_cancels_says_why_and_what_to_do(
+    viewer, articles, slow_site, statement_timeout_2s
+):
     response = viewer.get(reverse("slowadmin:testapp_article_duplicates"), {"threshold": "0.5"})
     assert response.status_code == 200
     expected = SlowArticleAdmin.SEARCH_CANCELED % {"timeout": "2s", "max": SlowArticleAdmin.duplicate_selection_max}

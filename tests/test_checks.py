@@ -47,7 +47,7 @@ def readme_pool_fix():
 
 
 def test_a_pooled_database_is_a_warning_as_qcluster_starts_and_the_readmes_fix_ends_it(monkeypatch, settings):
-    from semantic.checks import POOL_IN_WORKER, POOL_IN_WORKER_HINT, check_worker_pool
+    from semantic.checks import POOL_IN_WORKER, POOL_IN_WORKER_FIX, POOL_IN_WORKER_HINT, check_worker_pool
 
     monkeypatch.setattr(sys, "argv", ["manage.py", "qcluster"])
     assert check_worker_pool() == []  # the test project, as the demo, has no pool
@@ -57,6 +57,9 @@ def test_a_pooled_database_is_a_warning_as_qcluster_starts_and_the_readmes_fix_e
     assert warning.msg == POOL_IN_WORKER.format(alias="default")
     assert warning.hint == POOL_IN_WORKER_HINT.format(alias="default")
     assert """DATABASES['default']["OPTIONS"].pop("pool", None)""" in warning.hint
+    hinted = POOL_IN_WORKER_FIX.format(alias="default")
+    assert warning.hint.endswith("\n\n" + hinted)  # the lines stand alone, ready to paste
+    compile(hinted, "settings.py", "exec")  # pasted as they are, they are Python
 
     monkeypatch.setattr(sys, "argv", ["manage.py", "check"])  # or runserver, gunicorn: the pool is right there
     assert check_worker_pool() == []
@@ -64,6 +67,10 @@ def test_a_pooled_database_is_a_warning_as_qcluster_starts_and_the_readmes_fix_e
     monkeypatch.setattr(sys, "argv", ["manage.py", "qcluster"])
     exec(readme_pool_fix(), {"DATABASES": settings.DATABASES})  # as settings.py runs it
     assert "pool" not in settings.DATABASES["default"]["OPTIONS"]
+    assert check_worker_pool() == []
+
+    monkeypatch.setitem(settings.DATABASES["default"]["OPTIONS"], "pool", {"min_size": 1, "max_size": 1})
+    exec(compile(hinted, "settings.py", "exec"), {"DATABASES": settings.DATABASES})  # the hint's lines do the same
     assert check_worker_pool() == []
 
 
@@ -353,7 +360,7 @@ def test_an_extension_in_a_schema_off_the_search_path_is_named_with_the_fix(data
         cursor.execute("CREATE SCHEMA extensions; CREATE EXTENSION vector SCHEMA extensions")
     role = database_without_extension.settings_dict["USER"]
     expected = ELSEWHERE.format(
-        schema="extensions", alias="fresh", path='"$user", public', fixed="public,extensions", role=role
+        schema="extensions", alias="fresh", path='"$user", public', fixed="public,extensions", quoted_role=f'"{role}"'
     )
     with pytest.raises(DatabaseError) as info:
         create_extension(database_without_extension)
@@ -407,11 +414,13 @@ def test_an_extension_in_public_with_a_search_path_of_the_projects_own_keeps_tha
     fixed = connected(database_without_extension, "fixed", OPTIONS={"options": "-c search_path=myapp,public"})
     try:
         role = project.settings_dict["USER"]
-        expected = ELSEWHERE.format(schema="public", alias="project", path="myapp", fixed="myapp,public", role=role)
+        expected = ELSEWHERE.format(
+            schema="public", alias="project", path="myapp", fixed="myapp,public", quoted_role=f'"{role}"'
+        )
         assert [(e.id, e.msg) for e in check_extension(databases=["project"])] == [("semantic.E012", expected)]
         assert (
             '"-c search_path=myapp,public"' in expected
-            and f"ALTER ROLE {role} SET search_path = myapp,public;" in expected
+            and f'ALTER ROLE "{role}" SET search_path = myapp,public;' in expected
         )
         assert extension_elsewhere(fixed) is None  # the fix the message gives
         with fixed.cursor() as cursor:
@@ -424,22 +433,23 @@ def test_an_extension_in_public_with_a_search_path_of_the_projects_own_keeps_tha
 
 @pytest.fixture
 def role_without_usage(database_without_extension):
-    """pgvector in schema ``extensions`` as a DBA created it, for a role that was not granted USAGE on it."""
+    """pgvector in schema ``extensions`` as a DBA created it, for a role that was not granted USAGE on it,
+    named with capitals (created quoted, as managed services' roles can be): SQL must quote it."""
     import psycopg
 
     admin = psycopg.connect(**database_without_extension.get_connection_params(), autocommit=True)
     try:
-        admin.execute("DROP ROLE IF EXISTS semantic_app")
-        admin.execute("CREATE ROLE semantic_app LOGIN PASSWORD 'app'")
+        admin.execute('DROP ROLE IF EXISTS "Semantic_App"')
+        admin.execute("CREATE ROLE \"Semantic_App\" LOGIN PASSWORD 'app'")
     except psycopg.errors.InsufficientPrivilege:
         admin.close()
         pytest.skip("the test database user may not create roles")
     admin.execute("CREATE SCHEMA extensions; CREATE EXTENSION vector SCHEMA extensions")
     yield admin
-    admin.execute("DROP OWNED BY semantic_app")  # the grant, which would keep the role from being dropped
+    admin.execute('DROP OWNED BY "Semantic_App"')  # the grant, which would keep the role from being dropped
     admin.close()
     with psycopg.connect(**connection.get_connection_params(), autocommit=True) as other:
-        other.execute("DROP ROLE semantic_app")
+        other.execute('DROP ROLE "Semantic_App"')
 
 
 @pytest.mark.django_db
@@ -453,19 +463,27 @@ def test_an_extension_in_a_schema_on_the_search_path_the_role_may_not_use_asks_f
     app = connected(
         database_without_extension,
         "app",
-        USER="semantic_app",
+        USER="Semantic_App",
         PASSWORD="app",
         OPTIONS={"options": "-c search_path=public,extensions"},
     )
     try:
-        expected = NO_USAGE.format(schema="extensions", alias="app", path="public,extensions", role="semantic_app")
+        expected = NO_USAGE.format(
+            schema="extensions",
+            alias="app",
+            path="public,extensions",
+            role="Semantic_App",
+            quoted_schema='"extensions"',
+            quoted_role='"Semantic_App"',
+        )
         assert [(e.id, e.msg) for e in check_extension(databases=["app"])] == [("semantic.E012", expected)]
-        assert "GRANT USAGE ON SCHEMA extensions TO semantic_app;" in expected
+        assert 'GRANT USAGE ON SCHEMA "extensions" TO "Semantic_App";' in expected
         assert "search_path=" not in expected.split("GRANT")[1]  # no advice to add what is there
         with pytest.raises(DatabaseError) as info:
             create_extension(app)  # what migrate runs first
         assert str(info.value) == expected
-        role_without_usage.execute("GRANT USAGE ON SCHEMA extensions TO semantic_app")  # the fix the message gives
+        grant = expected[expected.index("GRANT USAGE") : expected.index(";", expected.index("GRANT USAGE"))]
+        role_without_usage.execute(grant)  # the fix the message gives, as it gives it
         app.close()
         assert extension_elsewhere(app) is None
         with app.cursor() as cursor:

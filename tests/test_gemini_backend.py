@@ -1,5 +1,6 @@
 """The Gemini backend through the real google-genai client and the fake server."""
 
+import asyncio
 import json
 import math
 import sys
@@ -31,6 +32,14 @@ def test_one_request_for_a_list_of_texts(fake_gemini):
     assert [i["content"]["parts"][0]["text"] for i in items] == ["first text", "second text", "third"]
     assert {i["taskType"] for i in items} == {"SEMANTIC_SIMILARITY"}
     assert {i["outputDimensionality"] for i in items} == {768}
+
+
+def test_the_async_client_sends_the_key_too(fake_gemini):
+    """Nothing here calls ``client.aio`` yet; the first caller must not send the stand-in key."""
+    client = backend(fake_gemini).client
+    asyncio.run(client.aio.models.embed_content(model="gemini-embedding-001", contents=["async text"]))
+    (request,) = fake_gemini.requests
+    assert request["api_key"] == settings.TEST_API_KEY
 
 
 def test_multimodal_models_get_one_content_per_text(fake_gemini):

@@ -26,6 +26,7 @@ LAYERS = [
     "semantic.backends.local_export",
     "semantic.backends.local_onnx",
     "semantic.backends.local",
+    "semantic.backends.gemini_client",
     "semantic.backends.gemini",
     "semantic.backends",
     "semantic.ratelimit",

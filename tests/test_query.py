@@ -2,8 +2,10 @@
 Gemini server (hashed bag of words: texts sharing words are near each other)."""
 
 import contextlib
+import pickle
 import re
 import threading
+import time
 from datetime import timedelta
 
 import numpy as np
@@ -40,6 +42,7 @@ from semantic.ratelimit import configuration_problem, limit_key
 from semantic.registry import get_embedding_field
 from tests.docsapp.models import Doc
 from tests.fake_gemini import BAD_KEY, PERMISSION_DENIED, api_error
+from tests.slow_statements import SLOW_ROWS
 from tests.testapp.models import Article, Document, LongRead, Note, Review
 from tests.topicapp.models import Ticket
 
@@ -309,21 +312,6 @@ def test_instance_whose_text_changed_is_searched_by_its_new_text(articles, fake_
     assert fake_gemini.request_count == 0  # a current vector is used as stored
 
 
-#: Makes every statement that reads these rows wait 30 s, whatever the machine: the duplicate
-#: search then always meets a statement_timeout of 2 s, which leaves the other statements of a
-#: busy machine time enough (100 ms could be reached by any statement under load).
-SLOW_ROWS = RawSQL("(SELECT 0 FROM pg_sleep(30))", [])
-
-
-@pytest.fixture
-def statement_timeout_2s():
-    with connection.cursor() as cursor:
-        cursor.execute("SET statement_timeout = '2s'")  # as ALTER ROLE ... SET statement_timeout does
-    yield
-    with connection.cursor() as cursor:
-        cursor.execute("RESET statement_timeout")
-
-
 @pytest.mark.parametrize("in_transaction", [False, True])
 def test_a_duplicate_search_the_statement_timeout_cancels_says_so_and_what_to_do(
     articles, statement_timeout_2s, in_transaction
@@ -343,6 +331,9 @@ def test_a_duplicate_search_the_statement_timeout_cancels_says_so_and_what_to_do
     assert isinstance(info.value, OperationalError)  # what callers caught before
     assert isinstance(info.value.__cause__, OperationalError) and sqlstate(info.value.__cause__) == QUERY_CANCELED
     assert "statement timeout" in str(info.value.__cause__)
+    copied = pickle.loads(pickle.dumps(info.value))  # as task queues and multiprocessing pass errors on
+    assert type(copied) is DuplicateSearchCanceled
+    assert (str(copied), copied.timeout) == (str(info.value), "2s")
 
 
 def test_a_statement_cancelled_without_a_statement_timeout_keeps_its_own_error(articles):
@@ -355,21 +346,35 @@ def test_a_statement_cancelled_without_a_statement_timeout_keeps_its_own_error(a
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         (pid,) = cursor.fetchone()
+    cancelled, finished = threading.Event(), threading.Event()
 
     def cancel_once_sleeping():
+        # Bounded: a search that never sleeps on this connection must fail the test, not hang it.
+        deadline = time.monotonic() + 20
         with psycopg.connect(**connection.get_connection_params(), autocommit=True) as other:
-            while not other.execute(
-                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = %s AND wait_event = 'PgSleep'", [pid]
-            ).fetchone():
-                pass
+            while not finished.is_set() and time.monotonic() < deadline:
+                if other.execute(
+                    "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = %s AND wait_event = 'PgSleep'",
+                    [pid],
+                ).fetchone():
+                    cancelled.set()
+                    return
+                time.sleep(0.01)
 
     canceller = threading.Thread(target=cancel_once_sleeping)
     canceller.start()
-    with pytest.raises(OperationalError) as info:
-        Article.objects.filter(pk__gte=RawSQL("(SELECT 0 FROM pg_sleep(30))", [])).duplicates(0.5)
-    canceller.join()
-    assert not isinstance(info.value, DuplicateSearchCanceled)
-    assert "canceling statement due to user request" in str(info.value)
+    error = None
+    try:
+        Article.objects.filter(pk__gte=SLOW_ROWS).duplicates(0.5, workers=1)  # on this connection
+    except OperationalError as exc:
+        error = exc
+    finally:
+        finished.set()
+        canceller.join(timeout=10)
+    assert not canceller.is_alive()
+    assert cancelled.is_set(), "the canceller never saw the search sleeping on the test's connection"
+    assert error is not None and not isinstance(error, DuplicateSearchCanceled)
+    assert "canceling statement due to user request" in str(error)
 
 
 def test_duplicates_pairs_and_groups(articles):

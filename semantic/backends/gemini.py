@@ -7,7 +7,6 @@ list of texts, which the SDK sends as a single ``:batchEmbedContents`` request.
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ from semantic.backends.base import (
     parse_retry_after,
     request_timeout,
 )
+from semantic.backends.gemini_client import milliseconds, new_client, sendable_key
 from semantic.text import redact
 
 TRANSIENT_STATUS = {408, 409, 429, 500, 502, 503, 504}
@@ -107,7 +107,7 @@ class GeminiBackend(EmbeddingBackend):
         if self._client is None:
             if problem := self.setup_problem():
                 raise EmbeddingError(problem, kind=CONFIG)
-            self._client = self._call(self._new_client)
+            self._client = self._call(lambda: new_client(self.api_key, base_url=self.base_url, timeout=self.timeout))
         return self._client
 
     def setup_problem(self) -> str | None:
@@ -118,26 +118,6 @@ class GeminiBackend(EmbeddingBackend):
             # network blip: retried for ever, "try again later", the key never blamed.
             return UNSENDABLE_KEY
         return None
-
-    @sensitive_variables()
-    def _new_client(self) -> Any:
-        """A client that never holds the key: httpx writes it into each request as it is sent.
-
-        Given the key, google-genai keeps it in the headers of every request object it builds,
-        and these are the local variables of its frames when a call fails. Error trackers read
-        those frames before this backend sees the error: Sentry's google-genai integration,
-        enabled by default wherever the SDK is installed, reported every failed call with the
-        key in five frames. The SDK is given a stand-in, which only the sending replaces.
-        """
-        from google import genai
-        from google.genai import types
-
-        http_options = types.HttpOptions(
-            base_url=self.base_url,
-            timeout=_milliseconds(self.timeout),
-            client_args={"auth": ApiKeyAuth(self.api_key)},
-        )
-        return genai.Client(api_key=KEY_STAND_IN, http_options=http_options)
 
     def embed(
         self,
@@ -161,7 +141,7 @@ class GeminiBackend(EmbeddingBackend):
 
         # A search (time_limit) gives this request less time than the client's own time-out.
         timeout = request_timeout(self.timeout)
-        limited = types.HttpOptions(timeout=_milliseconds(timeout)) if timeout < self.timeout else None
+        limited = types.HttpOptions(timeout=milliseconds(timeout)) if timeout < self.timeout else None
         config = types.EmbedContentConfig(
             task_type=task_type, title=title, output_dimensionality=dimensions, http_options=limited
         )
@@ -331,36 +311,6 @@ JOB_GONE = (
     "Gemini no longer knows the job {name} (deleted in Google AI Studio, or made with a key of another "
     "Google Cloud project)"
 )
-
-
-class ApiKeyAuth:
-    """Puts the key into the header google-genai names, as a request is sent.
-
-    An httpx "auth" callable: google-genai sends through httpx or its fork httpx2, and both
-    take one, so neither is imported here.
-    """
-
-    def __init__(self, key: str) -> None:
-        self._key = key
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}([redacted])"
-
-    @sensitive_variables()
-    def __call__(self, request: Any) -> Any:
-        request.headers[KEY_HEADER] = self._key
-        return request
-
-
-def sendable_key(key: str) -> bool:
-    """Whether ``key`` can go in the ``x-goog-api-key`` header; every real key is printable ASCII."""
-    return key.isascii() and key.isprintable()
-
-
-def _milliseconds(seconds: float) -> int:
-    """The SDK counts whole milliseconds and takes 0 for "no time-out": round up, so that
-    a time-out under a millisecond still is one (semantic.E009 reports it)."""
-    return max(1, math.ceil(seconds * 1000))
 
 
 def _contents(texts: Sequence[str]) -> list[Any]:
