@@ -12,7 +12,15 @@ from django.views.debug import technical_500_response
 
 from semantic.backends import EmbeddingError
 from semantic.backends.gemini import FIX_KEY, HTML_ANSWER, MAX_EXCERPT, UNSENDABLE_KEY, GeminiBackend
-from tests.fake_gemini import BAD_KEY, MODEL_NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED, api_error, fake_vector
+from tests.fake_gemini import (
+    BAD_KEY,
+    MODEL_NOT_FOUND,
+    PERMISSION_DENIED,
+    UNAUTHENTICATED,
+    FakeGemini,
+    api_error,
+    fake_vector,
+)
 
 
 def backend(fake, **options):
@@ -88,10 +96,17 @@ def test_malformed_json_is_transient(fake_gemini):
     assert "not JSON" in str(info.value)
 
 
-def test_timeout_is_transient(fake_gemini):
-    fake_gemini.latency = 2.0
+@pytest.fixture
+def slow_server():
+    """A fake server of its own for a request the client gives up on: it may reach a server
+    after the test has ended, and the shared one would hand it the next test's fault."""
+    with FakeGemini(latency=2.0) as server:
+        yield server
+
+
+def test_timeout_is_transient(slow_server):
     with pytest.raises(EmbeddingError) as info:
-        backend(fake_gemini, timeout=0.3).embed(["x"], task_type="SEMANTIC_SIMILARITY", dimensions=768)
+        backend(slow_server, timeout=0.3).embed(["x"], task_type="SEMANTIC_SIMILARITY", dimensions=768)
     assert info.value.transient
 
 
@@ -289,11 +304,10 @@ def test_a_retry_after_header_wins_over_the_body(fake_gemini):
     assert info.value.retry_after == 7.0
 
 
-def test_a_time_out_under_a_millisecond_is_still_a_time_out(fake_gemini):
+def test_a_time_out_under_a_millisecond_is_still_a_time_out(slow_server):
     """The SDK counts whole milliseconds and takes 0 for none: 0.4 ms must not become 0."""
-    fake_gemini.latency = 2.0
     with pytest.raises(EmbeddingError) as info:
-        backend(fake_gemini, timeout=0.0004).embed(["x"], task_type="SEMANTIC_SIMILARITY", dimensions=768)
+        backend(slow_server, timeout=0.0004).embed(["x"], task_type="SEMANTIC_SIMILARITY", dimensions=768)
     assert info.value.transient
 
 
