@@ -6,9 +6,10 @@ import time
 from collections import Counter
 from datetime import timedelta
 
+import psycopg
 import pytest
 from django.conf import settings
-from django.db import connections, transaction
+from django.db import connection, connections, transaction
 from django.utils import timezone
 
 from semantic import embed_pending, ratelimit, suspend_embedding
@@ -271,3 +272,14 @@ def test_a_search_in_a_transaction_that_rolls_back_still_counts(fake_gemini, sem
         list(Article.objects.similar_to("rolled back request"))
         raise RuntimeError("the view failed")
     assert RateLimit.objects.get().requests == 1
+
+
+@pytest.mark.django_db(transaction=False)
+def test_a_count_in_a_test_case_s_transaction_stays_in_it_under_the_test_s_own_atomic(fake_gemini):
+    """A test case's transaction is rolled back after the test; a count committed on a
+    connection of its own would outlive it and meet the next tests."""
+    with transaction.atomic():
+        ratelimit.acquire(get_backend(), tokens=5)
+    assert RateLimit.objects.get().requests == 1
+    with psycopg.connect(**connection.get_connection_params(), autocommit=True) as other:
+        assert other.execute("SELECT count(*) FROM semantic_ratelimit").fetchone() == (0,)
