@@ -191,12 +191,9 @@ def prepare(
     return None
 
 
-def rehash(
-    model: type[models.Model], field: EmbeddingField, pks: list[Any] | None = None, *, using: str | None = None
-) -> tuple[int, int]:
-    """Hash every row's text from Python again (or only the rows ``pks``), storing the
-    hashes that changed; returns ``(rows, changed)``, ``changed`` the rows whose text now
-    differs from their vector's. ``using``: the database written to, by default the router's.
+def rehash(model: type[models.Model], field: EmbeddingField) -> tuple[int, int]:
+    """Hash every row's text from Python again, storing the hashes that changed; returns
+    ``(rows, changed)``, ``changed`` the rows whose text now differs from their vector's.
 
     When the code of a method or property in ``source`` changes, so does the text of rows
     nobody saved, and nothing in SQL can see it: their stored hash is still the old
@@ -206,10 +203,8 @@ def rehash(
     """
     if not field.text_from_python():
         return 0, 0
-    writer = Embedder(model, field, using=using)
+    writer = Embedder(model, field)
     rows = select(model, field, everything=True, failed=False).using(writer.using).defer(field.attname)
-    if pks is not None:
-        rows = rows.filter(pk__in=pks)
     visited = changed = 0
     for batch in pk_batches(rows, CUT_ROWS):
         chunk = list(batch)

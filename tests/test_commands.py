@@ -219,6 +219,24 @@ def test_search_prints_nearest_rows(fake_gemini):
     assert out.strip() == Search.NO_RESULTS
 
 
+def test_a_duplicate_search_the_statement_timeout_cancels_is_a_command_error_saying_what_to_do(
+    fake_gemini, statement_timeout_2s
+):
+    """A role's statement_timeout (managed services set one): the command ends with what to do, not
+    a traceback. Another connection holds the table, so the search's first statement waits out
+    the time-out whatever the machine."""
+    import psycopg
+    from django.db import connection
+
+    Article.objects.create(title="reset my account password", body="")
+    with psycopg.connect(**connection.get_connection_params()) as other:
+        other.execute(f"LOCK TABLE {Article._meta.db_table} IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(CommandError) as info:
+            call("semantic_duplicates", "testapp.Article", "--threshold", "0.5")
+        other.rollback()
+    assert str(info.value) == Duplicates.CANCELED.format(label="testapp.Article", timeout="2s")
+
+
 def test_duplicates_export_csv_json_and_file(fake_gemini, tmp_path):
     Article.objects.create(title="reset my account password", body="")
     Article.objects.create(title="reset the password of my account", body="")

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from semantic.duplicates import connected_groups
+from semantic.duplicates import DuplicateSearchCanceled, connected_groups
 from semantic.management.output import QuietMixin, json_safe, spreadsheet_safe, terminal_safe
 from semantic.management.targets import resolve, threshold_type
 from semantic.query import DEFAULT_DUPLICATE_THRESHOLD, with_semantic_methods
@@ -25,6 +25,12 @@ class Command(QuietMixin, BaseCommand):
     COLUMNS = ("group", "pk", "similarity", "nearest_pk", "text")
     WROTE = "Wrote {groups} groups ({rows} rows) to {output}."
     UNWRITABLE = "Cannot write {output}: {reason}."
+    CANCELED = (
+        "PostgreSQL cancelled the duplicate search of {label}: it took longer than the connection's "
+        "statement_timeout ({timeout}), often set for the database role on managed services. Run this "
+        "command with more time: PGOPTIONS='-c statement_timeout=0' python manage.py semantic_duplicates ... "
+        "(unless DATABASES' OPTIONS set statement_timeout themselves: then raise it there for this run)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("target", help="app_label.Model or app_label.Model.field")
@@ -67,7 +73,10 @@ class Command(QuietMixin, BaseCommand):
         (model, field), *others = resolve(target)
         if others:
             raise CommandError(f"{model._meta.label} has several EmbeddingFields; name one: {target}.<field>.")
-        pairs = with_semantic_methods(model._default_manager.all()).duplicates(threshold, field=field.name)
+        try:
+            pairs = with_semantic_methods(model._default_manager.all()).duplicates(threshold, field=field.name)
+        except DuplicateSearchCanceled as exc:
+            raise CommandError(self.CANCELED.format(label=model._meta.label, timeout=exc.timeout)) from None
         groups = connected_groups((a, b) for a, b, _ in pairs)
         nearest: dict[Any, tuple[float, Any]] = {}
         for a, b, similarity in pairs:  # most similar first: a row's first pair is its best
