@@ -270,14 +270,20 @@ class SlowArticleAdmin(ArticleAdmin):
         return super().get_queryset(request).filter(pk__gte=SLOW_ROWS)
 
 
-@pytest.fixture
-def slow_site(settings):
-    site = admin.AdminSite(name="slowadmin")
-    site.register(Article, SlowArticleAdmin)
-    urlconf = ModuleType("slow_urls")
-    urlconf.urlpatterns = [path("slowadmin/", site.urls)]
+def serve_admin_site(settings, name: str, model, model_admin) -> admin.AdminSite:
+    """An admin site of its own with one model, served as the test's URLconf under ``<name>/``:
+    one in tests/urls.py would fail every ``check``."""
+    site = admin.AdminSite(name=name)
+    site.register(model, model_admin)
+    urlconf = ModuleType(f"{name}_urls")
+    urlconf.urlpatterns = [path(f"{name}/", site.urls)]
     settings.ROOT_URLCONF = urlconf
     return site
+
+
+@pytest.fixture
+def slow_site(settings):
+    return serve_admin_site(settings, "slowadmin", Article, SlowArticleAdmin)
 
 
 def test_duplicate_review_the_statement_timeout_cancels_says_why_and_what_to_do(
@@ -1025,12 +1031,7 @@ class QueueAdmin(SemanticAdminMixin, admin.ModelAdmin):
 
 @pytest.fixture
 def queue_site(settings):
-    """An admin site of its own, served for one test: one in tests/urls.py would fail every ``check``."""
-    site = admin.AdminSite(name="queueadmin")
-    site.register(Queue, QueueAdmin)
-    urlconf = ModuleType("queue_urls")
-    urlconf.urlpatterns = [path("queueadmin/", site.urls)]
-    settings.ROOT_URLCONF = urlconf
+    site = serve_admin_site(settings, "queueadmin", Queue, QueueAdmin)
     yield site
     site.unregister(Queue)
 

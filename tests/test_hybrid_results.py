@@ -11,17 +11,15 @@ from django.db import NotSupportedError
 from semantic import embed_pending, hybrid, suspend_embedding
 from semantic.hybrid import COMBINED, DEFAULT_CANDIDATES
 from tests.docsapp.models import Doc, Page
+from tests.test_hybrid import FILLER, QUERY
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-QUERY = "Cannot remember my password to sign in, zyxquartz"
 TEXTS = [
     ("Release notes", "The zyxquartz module was renamed in version 2."),
     ("Account help", "Forgot your login credentials? Here is how to change them."),
     ("Password policy", "A password must be twelve characters long and changed every year."),
-    ("Train timetables", "The train to Paris leaves at nine and arrives before noon."),
-    ("Gardening", "Tomatoes need sun, water and a stake to climb."),
-    ("Cooking pasta", "Boil salted water, add the pasta and stir now and then."),
+    *FILLER[:3],
 ]
 
 
