@@ -104,12 +104,16 @@ def load(field) -> None:
     that have one, and ranks by it a row whose passages are not stored yet.
     """
     from django.db import connection
+    from django.db.models import F, IntegerField, OuterRef, Subquery
+    from django.db.models.functions import Cast
     from pgvector import Vector
 
     from semantic.models import Passage
+    from semantic.passage_rows import cut_marker
     from tests.docsapp.models import Doc
 
-    loaded = Doc.objects.filter(pk=1, title=f"document 0 (seed {SEED})", embedding__isnull=False).exists()
+    marked = {f"{field.embedded_hash_name}__isnull": False}
+    loaded = Doc.objects.filter(pk=1, title=f"document 0 (seed {SEED})", embedding__isnull=False, **marked).exists()
     if loaded and Doc.objects.count() == DOCUMENTS and Passage.objects.count() == DOCUMENTS * PER_DOCUMENT:
         return
     rng = np.random.default_rng(SEED)
@@ -121,7 +125,7 @@ def load(field) -> None:
     vectors /= np.linalg.norm(vectors, axis=2, keepdims=True)
     started = time.monotonic()
     with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE docsapp_doc RESTART IDENTITY")
+        cursor.execute("TRUNCATE docsapp_doc RESTART IDENTITY CASCADE")  # and the tables that refer to it
         cursor.execute("DELETE FROM semantic_passage")
         columns = f"title, text, published, corpus_id, {field.column}, {field.spec_name}"
         with cursor.copy(f"COPY docsapp_doc ({columns}) FROM STDIN") as copy:
@@ -135,6 +139,12 @@ def load(field) -> None:
                     text = f"passage {p} of document {i}"
                     row = ("docsapp.Doc", field.name, str(i + 1), p, p * 100, p * 100 + 99, text, "", "", field.spec())
                     copy.write_row((*row, Vector(vector).to_text()))
+        # As the worker leaves them: each row's vector made of its text as stored, and its
+        # passages cut from that text (searches use only those, and show only a current row's).
+        Doc.objects.update(**{field.embedded_hash_name: field.stored_text_hash()})
+        row = Doc.objects.filter(pk=Cast(OuterRef("object_pk"), IntegerField()))
+        marker = row.annotate(marker=cut_marker(field, F(field.embedded_hash_name))).values("marker")[:1]
+        Passage.objects.filter(model_label="docsapp.Doc", field_name=field.name).update(cut_from=Subquery(marker))
         # Hint bits and the visibility map set now, not by the first timed queries.
         cursor.execute("VACUUM (ANALYZE) docsapp_doc")
         cursor.execute("VACUUM (ANALYZE) semantic_passage")
