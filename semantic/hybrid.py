@@ -42,7 +42,7 @@ from django.db.models.sql.where import AND
 from django.utils.functional import Promise
 
 from semantic.keyword import keyword_search, keyword_settings
-from semantic.passage_search import NearestPassage, passage_annotations, require_passages
+from semantic.passage_search import NearestPassage, OuterRow, passage_annotations, require_passages
 from semantic.query import SLICED, SemanticQuerySet, SemanticQuerySetMixin
 from semantic.query_vectors import query_vector
 from semantic.switch import serving_field
@@ -308,7 +308,7 @@ def hybrid(
         query.add_annotation(HybridPart(search, name), name)
     if passages and weights[1]:
         # The nearest passage of each row returned; a row only the keyword side found has one too.
-        for name, annotation in passage_annotations(embedding_field, vector_literal(vector)).items():
+        for name, annotation in passage_annotations(OuterRow(query, embedding_field), vector_literal(vector)).items():
             query.add_annotation(annotation, name)
     query.clear_ordering(force=True)
     query.add_ordering("-score", "pk")

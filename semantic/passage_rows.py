@@ -53,11 +53,17 @@ def passages_of(model: type[models.Model], field: EmbeddingField, using: str | N
     return manager.filter(model_label=field.model._meta.label, field_name=field.name)
 
 
+def cut_sizes(field: EmbeddingField, *, partial: bool = False) -> str:
+    """What :func:`cut_marker` appends to a row's text hash before hashing it: the current sizes
+    and rules, and whether the cut is (``partial``) only the passages stored so far of one."""
+    max_chars, overlap = field.passage_sizes()
+    return f"|{max_chars}|{overlap}|{CUT_RULES}" + (f"|{PARTIAL}" if partial else "")
+
+
 def cut_marker(field: EmbeddingField, row_hash: Any, *, partial: bool = False) -> Any:
     """SQL (from a row's text hash expression) or Python (from a hash) for ``Passage.cut_from``,
     of a complete cut or (``partial``) of the passages stored so far of one."""
-    max_chars, overlap = field.passage_sizes()
-    sizes = f"|{max_chars}|{overlap}|{CUT_RULES}" + (f"|{PARTIAL}" if partial else "")
+    sizes = cut_sizes(field, partial=partial)
     if isinstance(row_hash, str):
         return hashlib.md5(f"{row_hash}{sizes}".encode()).hexdigest()
     return MD5(Concat(row_hash, Value(sizes), output_field=CharField()))

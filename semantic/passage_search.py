@@ -112,6 +112,37 @@ def passage_distance(vector: Sequence[float]) -> CosineDistance:
     return CosineDistance(F("vector"), Value(vector_literal(vector)))
 
 
+class OuterRow:
+    """The outer row's key, its embedded text hash and whether it is unedited since: what each
+    :class:`NearestPassage` of one search compares its passages with.
+
+    Resolved here once per search and compiled once per statement (:func:`compiled_once`), for
+    the six subqueries of a passage search: built and compiled in each, the edited-row test (a
+    hash of the row's text) and the markers cost 2 ms of Python on a narrow search, more than
+    the server's work (docs/benchmarks.md).
+    """
+
+    def __init__(self, query: Any, field: EmbeddingField) -> None:
+        def resolve(expression: Any) -> Any:
+            return expression.resolve_expression(query, allow_joins=True, reuse=None)
+
+        self.field = field
+        self.pk = resolve(F("pk"))
+        self.embedded_hash = resolve(F(field.embedded_hash_name))
+        self.unedited = resolve(ExpressionWrapper(~field.pending(), output_field=BooleanField()))
+
+
+def compiled_once(compiler: Any, expression: Any, make: Any = None) -> tuple[str, list[Any]]:
+    """``compiler.compile(expression)`` (or ``make()``) for an expression several parts of one
+    statement share: compiled the first time, then repeated."""
+    done = compiler.__dict__.setdefault("_semantic_compiled", {})
+    if id(expression) not in done:
+        # The expression is kept with its SQL, so its id stays its own while the compiler lives.
+        done[id(expression)] = (expression, *(make() if make else compiler.compile(expression)))
+    _, sql, params = done[id(expression)]
+    return sql, list(params)
+
+
 class NearestPassage(Expression):
     """For each row of the outer query, a column of its nearest passage (``"distance"``
     and ``"similarity"`` for the distance itself and 1 - distance); None for a row
@@ -125,63 +156,83 @@ class NearestPassage(Expression):
     than the server's work (docs/benchmarks.md). The plan is the same.
     """
 
-    def __init__(self, field: EmbeddingField, vector: str, column: str, *, edited_too: bool = False) -> None:
+    def __init__(self, outer: OuterRow, vector: str, column: str, *, edited_too: bool = False) -> None:
         """``edited_too``: a row edited since its vector was made gets its nearest passage of the
         text that vector was made of, as the vector itself ranks it (:func:`by_passages`' order);
         otherwise None, since those passages quote text the row may no longer hold. The test
         hashes the row's text, so a ranking leaves it to the columns shown, which PostgreSQL
         computes only for the rows a page returns."""
         from semantic.models import Passage
-        from semantic.passage_rows import cut_marker
 
         if column in ("distance", "similarity"):
             output_field: models.Field = FloatField()
         else:
             output_field = Passage._meta.get_field(column)
         super().__init__(output_field=output_field)
-        self.embedding_field = field
+        self.embedding_field = outer.field
         self.vector = vector
         self.column = column
-        self.row_pk: Any = F("pk")
-        # Passages cut from the text the row's vector was made of, complete or partial ...
-        embedded = F(field.embedded_hash_name)
-        self.cut_from: Any = cut_marker(field, embedded)
-        self.partial_from: Any = cut_marker(field, embedded, partial=True)
-        # ... while the row still holds that text: an edited row's passages quote what it no longer says.
-        self.unedited: Any = (
-            Value(True) if edited_too else ExpressionWrapper(~field.pending(), output_field=BooleanField())
-        )
+        self.outer: list[Any] = [outer.pk, outer.embedded_hash] + ([] if edited_too else [outer.unedited])
 
     def get_source_expressions(self) -> list[Any]:
-        return [self.row_pk, self.cut_from, self.partial_from, self.unedited]
+        return list(self.outer)
 
     def set_source_expressions(self, exprs: Sequence[Any]) -> None:
-        self.row_pk, self.cut_from, self.partial_from, self.unedited = exprs
+        self.outer = list(exprs)
+
+    def resolve_expression(
+        self,
+        query: Any = None,
+        allow_joins: bool = True,
+        reuse: Any = None,
+        summarize: bool = False,
+        for_save: bool = False,
+    ) -> NearestPassage:
+        """A copy as it is: :class:`OuterRow` resolved its parts once for the search's subqueries."""
+        copy = self.copy()
+        copy.is_summary = summarize
+        return copy
 
     def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
+        # The distance is compiled twice in a search (``similarity`` is 1 - it): once is enough.
+        return compiled_once(compiler, self, lambda: self.subquery(compiler, connection))
+
+    def subquery(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
         from semantic.models import Passage
+        from semantic.passage_rows import cut_sizes
 
         quote = connection.ops.quote_name
-        row_pk, row_params = compiler.compile(self.row_pk)
         alias = quote("semantic_passage_nearest")
 
         def column(name: str) -> str:
             return f"{alias}.{quote(Passage._meta.get_field(name).column)}"
 
-        cut_from, cut_params = compiler.compile(self.cut_from)
-        partial_from, partial_params = compiler.compile(self.partial_from)
-        unedited, unedited_params = compiler.compile(self.unedited)
+        row_pk, row_params = compiled_once(compiler, self.outer[0])
+        embedded, embedded_params = compiled_once(compiler, self.outer[1])
         key = searchable_key(self.embedding_field)
-        match = " AND ".join(
-            [
-                *(f"{column(name)} = %s" for name in key),
-                f"{column('object_pk')} = ({row_pk})::text",
-                f"{column('cut_from')} IN ({cut_from}, {partial_from})",
-                # Of the outer row alone: PostgreSQL tests it once per row, not once per passage.
-                f"({unedited})",
-            ]
-        )
-        match_params = [*key.values(), *row_params, *cut_params, *partial_params, *unedited_params]
+        # Passages cut from the text the row's vector was made of, complete or partial: the two
+        # markers of passage_rows.cut_marker, each an InitPlan, so PostgreSQL hashes them once
+        # per row rather than once per passage (a third of an unfiltered search's time).
+        marker = f"(SELECT md5({embedded} || %s))"
+        conditions = [
+            *(f"{column(name)} = %s" for name in key),
+            f"{column('object_pk')} = ({row_pk})::text",
+            f"{column('cut_from')} IN ({marker}, {marker})",
+        ]
+        params = [
+            *key.values(),
+            *row_params,
+            *embedded_params,
+            cut_sizes(self.embedding_field),
+            *embedded_params,
+            cut_sizes(self.embedding_field, partial=True),
+        ]
+        if len(self.outer) > 2:
+            # ... while the row still holds that text. Of the outer row alone: PostgreSQL tests it
+            # once per row, not once per passage.
+            unedited, unedited_params = compiled_once(compiler, self.outer[2])
+            conditions.append(f"({unedited})")
+            params += unedited_params
         table = f"{quote(Passage._meta.db_table)} {alias}"
         distance = f"{column('vector')} <=> %s::vector"
         if self.column == "distance":
@@ -190,22 +241,26 @@ class NearestPassage(Expression):
             value, value_params = f"1 - ({distance})", [self.vector]
         else:
             value, value_params = column(self.column), []
+        match = " AND ".join(conditions)
         sql = f"(SELECT {value} FROM {table} WHERE {match} ORDER BY {distance}, {column('position')} LIMIT 1)"
-        return sql, [*value_params, *match_params, self.vector]
+        return sql, [*value_params, *params, self.vector]
 
 
-def passage_annotations(field: EmbeddingField, vector: str) -> dict[str, NearestPassage]:
+def passage_annotations(outer: OuterRow, vector: str) -> dict[str, NearestPassage]:
     """The nearest passage's columns (:data:`PASSAGE_ANNOTATIONS`) for ``vector``, a vector literal."""
-    return {name: NearestPassage(field, vector, column) for name, column in PASSAGE_ANNOTATIONS.items()}
+    return {name: NearestPassage(outer, vector, column) for name, column in PASSAGE_ANNOTATIONS.items()}
 
 
 def with_nearest_passage(queryset: models.QuerySet, field: EmbeddingField, vector: Sequence[float]) -> models.QuerySet:
     """``queryset`` as it is, each row annotated with its nearest passage and ``passage_similarity``
     (None for a row without passages)."""
     text = vector_literal(vector)
-    return queryset.annotate(
-        **passage_annotations(field, text), passage_similarity=NearestPassage(field, text, "similarity")
-    )
+    qs = queryset._chain()
+    outer = OuterRow(qs.query, field)
+    annotations = {**passage_annotations(outer, text), "passage_similarity": NearestPassage(outer, text, "similarity")}
+    for name, expression in annotations.items():
+        qs.query.add_annotation(expression, name)
+    return qs
 
 
 def by_passages(
@@ -221,9 +276,11 @@ def by_passages(
     text = vector_literal(vector)
     # A row whose passages are not stored yet ranks by its own vector (its passage columns None).
     own = CosineDistance(field.indexed_vector(), Value(text))
-    distance = Coalesce(NearestPassage(field, text, "distance", edited_too=True), own, output_field=FloatField())
     qs = queryset._chain()
+    outer = OuterRow(qs.query, field)
+    nearest = NearestPassage(outer, text, "distance", edited_too=True)
+    distance = Coalesce(nearest, own, output_field=FloatField())
     rank(qs.query, field, distance, exclude_pk=exclude_pk, min_similarity=min_similarity)
-    for name, expression in passage_annotations(field, text).items():
+    for name, expression in passage_annotations(outer, text).items():
         qs.query.add_annotation(expression, name)
     return qs
