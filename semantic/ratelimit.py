@@ -14,6 +14,9 @@ reads it for status pages. A new key or model is a new row, so fixing the settin
 lifts the pause at once; a fix on the API's side (enabling the API for the project)
 is found by the first request after the pause.
 
+Requests are counted only while a limit is set: with neither (the default) a request
+only reads whether the key is paused, with no lock and no write.
+
 The key's row is locked while it is counted, in a transaction of its own
 (:func:`own_transaction`): inside a caller's transaction (``ATOMIC_REQUESTS``, a
 search in ``atomic()``) a nested ``atomic()`` is only a savepoint, and the lock would
@@ -142,6 +145,8 @@ def _try_acquire(key: str, tokens: int) -> tuple[float, bool, str]:
     """Count the request and return 0, or return how long to wait before trying again,
     whether that is a pause, and the configuration problem that caused it."""
     now = _clock.now()
+    if not (conf.REQUESTS_PER_MINUTE or conf.TOKENS_PER_MINUTE):
+        return _paused(key, now)
     window = timedelta(seconds=conf.RATE_LIMIT_WINDOW)
     with own_transaction() as using:
         rows = RateLimit.objects.using(using).select_for_update()
@@ -158,6 +163,19 @@ def _try_acquire(key: str, tokens: int) -> tuple[float, bool, str]:
         state.tokens += tokens
         state.save()
     return 0.0, False, ""
+
+
+def _paused(key: str, now: datetime) -> tuple[float, bool, str]:
+    """:func:`_try_acquire` with no limit set: nothing to count, only a pause (a 429's, a
+    configuration problem's) to respect. Read, not locked or written: a search costs one
+    SELECT, where counting costs a write transaction and, inside a caller's, a connection
+    of its own (:func:`own_transaction`)."""
+    rows = RateLimit.objects.using(router.db_for_write(RateLimit)).filter(key=key, paused_until__gt=now)
+    paused = rows.values_list("paused_until", "problem").first()
+    if paused is None:
+        return 0.0, False, ""
+    until, problem = paused
+    return (until - now).total_seconds(), True, problem
 
 
 @contextmanager

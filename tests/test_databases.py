@@ -232,11 +232,12 @@ class TheAppOnOther:
     db_for_write = db_for_read
 
 
-def test_the_shared_rate_limit_is_kept_where_the_router_writes_the_apps_tables(fake_gemini):
+def test_the_shared_rate_limit_is_kept_where_the_router_writes_the_apps_tables(fake_gemini, semantic_settings):
     from semantic import ratelimit
     from semantic.backends import get_backend
     from semantic.models import RateLimit
 
+    semantic_settings(REQUESTS_PER_MINUTE=100)
     backend = get_backend()
     with routers(TheAppOnOther):
         assert ratelimit.acquire(backend, tokens=10) == 0

@@ -131,7 +131,7 @@ def test_a_text_is_encoded_once_for_every_task_type_and_once_per_task_type_with_
     """The local model has no task types: a search that needs the same text for two (a
     question field and an answer field's passages, in the demo) encodes it once. Gemini's
     vectors depend on the task type: one request each. Counted by the shared rate limit,
-    which every model call passes."""
+    which every model call passes (and, with a limit set, counts)."""
     from django.core.cache import cache
 
     from semantic import embed
@@ -147,7 +147,7 @@ def test_a_text_is_encoded_once_for_every_task_type_and_once_per_task_type_with_
         ("semantic.backends.local.LocalBackend", 1),
         ("semantic.backends.gemini.GeminiBackend", 2),
     ):
-        semantic_settings(BACKEND=backend)
+        semantic_settings(BACKEND=backend, REQUESTS_PER_MINUTE=1000)
         cache.clear()
         embed(["how do I reset my password"], task_type="SEMANTIC_SIMILARITY")
         embed(["how do I reset my password"], task_type="RETRIEVAL_QUERY")

@@ -10,9 +10,10 @@ import psycopg
 import pytest
 from django.conf import settings
 from django.db import connection, connections, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from semantic import embed_pending, ratelimit, suspend_embedding
+from semantic import SearchUnavailable, embed_pending, ratelimit, suspend_embedding
 from semantic.backends import get_backend
 from semantic.models import EmbeddingFailure, RateLimit
 from semantic.tasks import embed_chunk
@@ -275,11 +276,27 @@ def test_a_search_in_a_transaction_that_rolls_back_still_counts(fake_gemini, sem
 
 
 @pytest.mark.django_db(transaction=False)
-def test_a_count_in_a_test_case_s_transaction_stays_in_it_under_the_test_s_own_atomic(fake_gemini):
+def test_a_count_in_a_test_case_s_transaction_stays_in_it_under_the_test_s_own_atomic(fake_gemini, semantic_settings):
     """A test case's transaction is rolled back after the test; a count committed on a
     connection of its own would outlive it and meet the next tests."""
+    semantic_settings(REQUESTS_PER_MINUTE=100)
     with transaction.atomic():
         ratelimit.acquire(get_backend(), tokens=5)
     assert RateLimit.objects.get().requests == 1
     with psycopg.connect(**connection.get_connection_params(), autocommit=True) as other:
         assert other.execute("SELECT count(*) FROM semantic_ratelimit").fetchone() == (0,)
+
+
+def test_with_no_limit_set_a_search_only_reads_whether_the_key_is_paused(fake_gemini):
+    """Nothing to count: a search neither locks nor writes the key's row, nor, inside a caller's
+    transaction, opens a connection of its own to do so; a pause still stops it."""
+    with CaptureQueriesContext(connection) as queries, transaction.atomic():
+        list(Article.objects.similar_to("words of a search with no limit"))
+    on_the_key = [query["sql"] for query in queries if RateLimit._meta.db_table in query["sql"]]
+    assert len(on_the_key) == 1 and on_the_key[0].startswith("SELECT") and "FOR UPDATE" not in on_the_key[0]
+    assert fake_gemini.request_count == 1 and not RateLimit.objects.exists()
+
+    ratelimit.pause(get_backend(), 30)
+    with pytest.raises(SearchUnavailable, match=r"Try again in \d+ s"):
+        Article.objects.similar_to("words of a search while the key is paused")
+    assert fake_gemini.request_count == 1
