@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
-from django.db import models
+from django.db import NotSupportedError, models
 from django.db.models import Value
 from django.db.models.query import ModelIterable
 from pgvector.django import CosineDistance
@@ -60,6 +60,19 @@ SLICED = (
     "Cannot filter a query once a slice has been taken. Search first, then slice: qs.similar_to(q)[:10]. "
     "To search only the sliced rows, search qs.filter(pk__in=list(sliced.values_list('pk', flat=True)))."
 )
+
+#: A union's (intersection's, difference's) own filters are never compiled: a search of one
+#: would fail deep in Django (IndexError) after paying for the query's embedding.
+COMBINED = (
+    "{method}() works on the rows of one queryset, not a union() (nor intersection() or difference()): "
+    "filter one queryset, Model.objects.filter(Q(...) | Q(...)).{method}(...), or combine searches, "
+    "a.similar_to(q).union(b.similar_to(q)).order_by('distance')."
+)
+
+
+def refuse_combined(queryset: models.QuerySet, method: str) -> None:
+    if queryset.query.combinator:
+        raise NotSupportedError(COMBINED.format(method=method))
 
 
 class SemanticQuerySetMixin(BulkWritesMixin, _QuerySetBase):
@@ -206,6 +219,7 @@ class SemanticQuerySetMixin(BulkWritesMixin, _QuerySetBase):
         """
         if self.query.is_sliced:
             raise TypeError(SLICED)
+        refuse_combined(self, "similar_to")
         embedding_field = serving_field(self.model, field)
         filters_before = len(self.query.where.children)
         vector, exclude_pk = query_vector(self.model, embedding_field, query, task_type=task_type)
@@ -253,6 +267,7 @@ class SemanticQuerySetMixin(BulkWritesMixin, _QuerySetBase):
         another field's ``similar_to()``) and show the part of each row's long text that
         answers the query. ``query`` and ``task_type`` as for :meth:`similar_to`.
         """
+        refuse_combined(self, "with_passage")
         embedding_field = serving_field(self.model, field)
         require_passages(embedding_field)
         vector, _ = query_vector(self.model, embedding_field, query, task_type=task_type)
@@ -314,6 +329,7 @@ class SemanticQuerySetMixin(BulkWritesMixin, _QuerySetBase):
         from semantic.duplicates import find_pairs
 
         check_threshold(threshold, "threshold")
+        refuse_combined(self, "duplicates")
         embedding_field = serving_field(self.model, field)
         options = {"neighbours": neighbours, "ef_search": ef_search, "max_neighbours": max_neighbours}
         return find_pairs(self, embedding_field, threshold, workers=workers, **options)

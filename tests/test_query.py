@@ -14,7 +14,7 @@ from asgiref.sync import async_to_sync
 from django.core.cache import cache
 from django.core.exceptions import SynchronousOnlyOperation
 from django.core.paginator import Paginator
-from django.db import connection, connections, models, transaction
+from django.db import NotSupportedError, connection, connections, models, transaction
 from django.db.models.expressions import RawSQL
 from django.db.models.sql import Query
 from django.db.models.sql.compiler import SQLCompiler
@@ -36,7 +36,7 @@ from semantic.backends import CONFIG, EmbeddingError, get_backend
 from semantic.classify import suggest_label
 from semantic.keyword import keyword_search
 from semantic.models import EmbeddingFailure, RateLimit
-from semantic.query import SLICED
+from semantic.query import COMBINED, SLICED
 from semantic.query_vectors import query_task_type
 from semantic.ratelimit import configuration_problem, limit_key
 from semantic.registry import get_embedding_field
@@ -169,6 +169,26 @@ def test_two_searches_in_a_union_are_ordered_by_similarity(articles):
     merged = list(one.union(other).order_by("-similarity", "pk"))
     assert [(row.pk, row.similarity) for row in merged] == [(row.pk, row.similarity) for row in expected]
     assert [row.pk for row in one.union(other).order_by("-similarity", "pk")[:1]] == [expected[0].pk]
+
+
+@pytest.mark.parametrize("combine", ["union", "intersection", "difference"])
+def test_a_union_is_refused_with_the_recipe_before_the_text_is_embedded(articles, fake_gemini, combine):
+    """Django never compiles a union's own filters: searching one failed with an IndexError deep
+    in Django, after the query's text had been sent to the API."""
+    billing, other = Article.objects.filter(category="billing"), Article.objects.exclude(category="billing")
+    combined = getattr(billing, combine)(other)
+    sent = fake_gemini.request_count
+    for method, search in (
+        ("similar_to", lambda: combined.similar_to("export invoices")),
+        ("with_passage", lambda: combined.with_passage("export invoices")),
+        ("duplicates", lambda: combined.duplicates()),
+    ):
+        with pytest.raises(NotSupportedError, match=re.escape(COMBINED.format(method=method))):
+            search()
+    assert fake_gemini.request_count == sent
+    text = "export invoices"
+    searched = billing.similar_to(text).union(other.similar_to(text)).order_by("distance", "pk")
+    assert [row.pk for row in searched] == [row.pk for row in Article.objects.similar_to(text)]
 
 
 def test_a_search_or_ed_with_a_row_without_a_vector_gives_it_no_similarity(articles):
