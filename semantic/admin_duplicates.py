@@ -34,8 +34,9 @@ from semantic.companions import CompanionMixin
 from semantic.duplicates import DuplicateSearchCanceled
 from semantic.fields import EmbeddingField
 from semantic.models import DismissedPair
-from semantic.query import DEFAULT_DUPLICATE_THRESHOLD, SemanticQuerySet, check_threshold
+from semantic.query import DEFAULT_DUPLICATE_THRESHOLD, SemanticQuerySet
 from semantic.review import ReviewGroup, review_groups, similarities_to, with_objects
+from semantic.search_arguments import check_threshold
 
 __all__ = ["DismissedPairAdmin", "DuplicateReviewMixin"]
 

@@ -43,8 +43,9 @@ from django.utils.functional import Promise
 
 from semantic.keyword import keyword_search, keyword_settings
 from semantic.passage_search import NearestPassage, OuterRow, passage_annotations, require_passages
-from semantic.query import SLICED, SemanticQuerySet, SemanticQuerySetMixin
+from semantic.query import SemanticQuerySet, SemanticQuerySetMixin
 from semantic.query_vectors import query_vector
+from semantic.search_arguments import SLICED
 from semantic.switch import serving_field
 from semantic.vectors import EmptyQuery, blank, vector_literal
 

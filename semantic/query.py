@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
-from django.db import NotSupportedError, models
+from django.db import models
 from django.db.models import Value
 from django.db.models.query import ModelIterable
 from pgvector.django import CosineDistance
@@ -37,6 +37,7 @@ from pgvector.django import CosineDistance
 from semantic.bulk import BulkWritesMixin
 from semantic.passage_search import by_passages, require_passages, with_nearest_passage
 from semantic.query_vectors import query_vector
+from semantic.search_arguments import SLICED, check_threshold, refuse_combined
 from semantic.search_plan import SearchPlan, SemanticSearch, plan, rank, resort, search_statement
 from semantic.switch import serving_field
 from semantic.vectors import vector_literal
@@ -54,25 +55,6 @@ DUPLICATE_NEIGHBOURS = 5
 DUPLICATE_EF_SEARCH = 20
 #: Most duplicates duplicates() looks for per row unless told otherwise.
 DEFAULT_MAX_NEIGHBOURS = 200
-
-#: Searching a slice would rank the whole table and keep the slice's size: refused, as Django refuses filter().
-SLICED = (
-    "Cannot filter a query once a slice has been taken. Search first, then slice: qs.similar_to(q)[:10]. "
-    "To search only the sliced rows, search qs.filter(pk__in=list(sliced.values_list('pk', flat=True)))."
-)
-
-#: A union's (intersection's, difference's) own filters are never compiled: a search of one
-#: would fail deep in Django (IndexError) after paying for the query's embedding.
-COMBINED = (
-    "{method}() works on the rows of one queryset, not a union() (nor intersection() or difference()): "
-    "filter one queryset, Model.objects.filter(Q(...) | Q(...)).{method}(...), or combine searches, "
-    "a.similar_to(q).union(b.similar_to(q)).order_by('distance')."
-)
-
-
-def refuse_combined(queryset: models.QuerySet, method: str) -> None:
-    if queryset.query.combinator:
-        raise NotSupportedError(COMBINED.format(method=method))
 
 
 class SemanticQuerySetMixin(BulkWritesMixin, _QuerySetBase):
@@ -406,8 +388,3 @@ def with_semantic_methods(queryset: models.QuerySet) -> Any:
 @functools.cache
 def _with_mixin(queryset_class: type[models.QuerySet]) -> type[models.QuerySet]:
     return type(queryset_class.__name__, (SemanticQuerySetMixin, queryset_class), {})
-
-
-def check_threshold(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1.0 <= value <= 1.0:
-        raise ValueError(f"{name} is a cosine similarity from -1 to 1, not {value!r}.")

@@ -16,8 +16,8 @@ from django.utils.translation import gettext_lazy
 from semantic import EmptyQuery, HybridQuerySet, SemanticQuerySetMixin, context, embed_pending, hybrid
 from semantic.hybrid import OUTER_REF
 from semantic.keyword import keyword_search
-from semantic.query import SLICED
 from semantic.registry import get_embedding_field
+from semantic.search_arguments import SLICED
 from tests.docsapp.models import Doc, Page, Shelf
 
 pytestmark = pytest.mark.django_db(transaction=True)

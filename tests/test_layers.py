@@ -68,6 +68,7 @@ LAYERS = [
     "semantic.query_vectors",
     "semantic.duplicates",
     "semantic.review",
+    "semantic.search_arguments",
     "semantic.search_plan",
     "semantic.passage_search",
     "semantic.query",

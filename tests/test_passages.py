@@ -25,7 +25,7 @@ from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingFailure, Passage
 from semantic.passage_rows import current_rows, cut_marker
 from semantic.passages import split
-from semantic.query import SLICED
+from semantic.search_arguments import SLICED
 from semantic.text import sanitize, source_hash
 from tests.testapp.models import Article, LongRead
 

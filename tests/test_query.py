@@ -36,10 +36,10 @@ from semantic.backends import CONFIG, EmbeddingError, get_backend
 from semantic.classify import suggest_label
 from semantic.keyword import keyword_search
 from semantic.models import EmbeddingFailure, RateLimit
-from semantic.query import COMBINED, SLICED
 from semantic.query_vectors import query_task_type
 from semantic.ratelimit import configuration_problem, limit_key
 from semantic.registry import get_embedding_field
+from semantic.search_arguments import COMBINED, SLICED
 from tests.docsapp.models import Doc
 from tests.fake_gemini import BAD_KEY, PERMISSION_DENIED, api_error
 from tests.slow_statements import SLOW_ROWS
