@@ -1,6 +1,10 @@
-"""SQL expressions the field puts into queries and into users' migrations."""
+"""SQL expressions the field puts into queries and into users' migrations, and
+:func:`once_per_statement` for work several parts of one compiled statement share."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from django.db import models
 from django.db.models import Func
@@ -27,3 +31,14 @@ class VectorDims(Func):
 
     function = "vector_dims"
     output_field = models.IntegerField()
+
+
+def once_per_statement(compiler: Any, owner: object, make: Callable[[], Any]) -> Any:
+    """``make()``, computed the first time ``owner`` asks while ``compiler`` compiles one
+    statement, then given again: a search run once however many of its columns ask for it
+    (``hybrid()``), SQL compiled once however many subqueries repeat it (passage searches)."""
+    done = compiler.__dict__.setdefault("_semantic_once", {})
+    if id(owner) not in done:
+        # The owner is kept beside its result, so its id stays its own while the compiler lives.
+        done[id(owner)] = (owner, make())
+    return done[id(owner)][1]

@@ -41,11 +41,12 @@ from django.db.models.expressions import Expression
 from django.db.models.sql.where import AND
 from django.utils.functional import Promise
 
+from semantic.expressions import once_per_statement
 from semantic.keyword import keyword_search, keyword_settings
 from semantic.passage_search import NearestPassage, OuterRow, passage_annotations, require_passages
 from semantic.query import SemanticQuerySet, SemanticQuerySetMixin
 from semantic.query_vectors import query_vector
-from semantic.search_arguments import SLICED
+from semantic.search_arguments import SLICED, refuse_combined
 from semantic.switch import serving_field
 from semantic.vectors import EmptyQuery, blank, vector_literal
 
@@ -140,16 +141,16 @@ class HybridSearch:
 
     def fuse(self, compiler: Any) -> Fused:
         """Search both sides once per compiled statement, with the statement's filters."""
-        done = compiler.__dict__.setdefault("_semantic_hybrid", {})
-        if id(self) not in done:
-            keyword, meaning = self.sides(self.base(compiler))
-            done[id(self)] = Fused(
-                list(keyword) if keyword is not None else [],
-                [row["pk"] for row in meaning] if meaning is not None else [],
-                k=self.k,
-                weights=self.weights,
-            )
-        return done[id(self)]
+        return once_per_statement(compiler, self, lambda: self.fused(compiler))
+
+    def fused(self, compiler: Any) -> Fused:
+        keyword, meaning = self.sides(self.base(compiler))
+        return Fused(
+            list(keyword) if keyword is not None else [],
+            [row["pk"] for row in meaning] if meaning is not None else [],
+            k=self.k,
+            weights=self.weights,
+        )
 
     def base(self, compiler: Any) -> SemanticQuerySet:
         """The statement's rows and filters, without the fusion's own parts, order or slice."""
@@ -263,8 +264,7 @@ def hybrid(
         raise TypeError(NOT_SEMANTIC)
     if queryset.query.is_sliced:
         raise TypeError(SLICED)
-    if queryset.query.combinator:  # its own filters would not be compiled, nor searched
-        raise NotSupportedError(COMBINED)
+    refuse_combined(queryset, COMBINED)  # its own filters would not be compiled, nor searched
     if isinstance(text, Promise):  # gettext_lazy(): text, as similar_to() takes it
         text = str(text)
     if not isinstance(text, str):

@@ -48,6 +48,7 @@ from django.db.models.expressions import Expression, ExpressionWrapper, Value
 from django.db.models.functions import Coalesce
 from pgvector.django import CosineDistance
 
+from semantic.expressions import once_per_statement
 from semantic.fields import EmbeddingField
 from semantic.search_plan import rank
 from semantic.vectors import vector_literal
@@ -135,11 +136,7 @@ class OuterRow:
 def compiled_once(compiler: Any, expression: Any, make: Any = None) -> tuple[str, list[Any]]:
     """``compiler.compile(expression)`` (or ``make()``) for an expression several parts of one
     statement share: compiled the first time, then repeated."""
-    done = compiler.__dict__.setdefault("_semantic_compiled", {})
-    if id(expression) not in done:
-        # The expression is kept with its SQL, so its id stays its own while the compiler lives.
-        done[id(expression)] = (expression, *(make() if make else compiler.compile(expression)))
-    _, sql, params = done[id(expression)]
+    sql, params = once_per_statement(compiler, expression, make or (lambda: compiler.compile(expression)))
     return sql, list(params)
 
 

@@ -37,7 +37,7 @@ from pgvector.django import CosineDistance
 from semantic.bulk import BulkWritesMixin
 from semantic.passage_search import by_passages, require_passages, with_nearest_passage
 from semantic.query_vectors import query_vector
-from semantic.search_arguments import SLICED, check_threshold, refuse_combined
+from semantic.search_arguments import COMBINED, SLICED, check_threshold, refuse_combined
 from semantic.search_plan import SearchPlan, SemanticSearch, plan, rank, resort, search_statement
 from semantic.switch import serving_field
 from semantic.vectors import vector_literal
@@ -201,7 +201,7 @@ class SemanticQuerySetMixin(BulkWritesMixin, _QuerySetBase):
         """
         if self.query.is_sliced:
             raise TypeError(SLICED)
-        refuse_combined(self, "similar_to")
+        refuse_combined(self, COMBINED.format(method="similar_to"))
         embedding_field = serving_field(self.model, field)
         filters_before = len(self.query.where.children)
         vector, exclude_pk = query_vector(self.model, embedding_field, query, task_type=task_type)
@@ -249,7 +249,7 @@ class SemanticQuerySetMixin(BulkWritesMixin, _QuerySetBase):
         another field's ``similar_to()``) and show the part of each row's long text that
         answers the query. ``query`` and ``task_type`` as for :meth:`similar_to`.
         """
-        refuse_combined(self, "with_passage")
+        refuse_combined(self, COMBINED.format(method="with_passage"))
         embedding_field = serving_field(self.model, field)
         require_passages(embedding_field)
         vector, _ = query_vector(self.model, embedding_field, query, task_type=task_type)
@@ -311,7 +311,7 @@ class SemanticQuerySetMixin(BulkWritesMixin, _QuerySetBase):
         from semantic.duplicates import find_pairs
 
         check_threshold(threshold, "threshold")
-        refuse_combined(self, "duplicates")
+        refuse_combined(self, COMBINED.format(method="duplicates"))
         embedding_field = serving_field(self.model, field)
         options = {"neighbours": neighbours, "ef_search": ef_search, "max_neighbours": max_neighbours}
         return find_pairs(self, embedding_field, threshold, workers=workers, **options)

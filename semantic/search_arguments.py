@@ -22,9 +22,10 @@ COMBINED = (
 )
 
 
-def refuse_combined(queryset: models.QuerySet, method: str) -> None:
+def refuse_combined(queryset: models.QuerySet, message: str) -> None:
+    """Raise ``message`` for a ``union()`` (``intersection()``, ``difference()``)."""
     if queryset.query.combinator:
-        raise NotSupportedError(COMBINED.format(method=method))
+        raise NotSupportedError(message)
 
 
 def check_threshold(value: Any, name: str) -> None:
