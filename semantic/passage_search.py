@@ -254,10 +254,7 @@ def with_nearest_passage(queryset: models.QuerySet, field: EmbeddingField, vecto
     text = vector_literal(vector)
     qs = queryset._chain()
     outer = OuterRow(qs.query, field)
-    annotations = {**passage_annotations(outer, text), "passage_similarity": NearestPassage(outer, text, "similarity")}
-    for name, expression in annotations.items():
-        qs.query.add_annotation(expression, name)
-    return qs
+    return qs.annotate(**passage_annotations(outer, text), passage_similarity=NearestPassage(outer, text, "similarity"))
 
 
 def by_passages(
