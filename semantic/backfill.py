@@ -15,6 +15,7 @@ from typing import Any
 from django.db import models, router
 from django.db.models import BooleanField, ExpressionWrapper, Q, Value
 
+from semantic import tenancy
 from semantic.dispatch import queue_task
 from semantic.embedder import Embedder
 from semantic.fields import EmbeddingField
@@ -282,10 +283,12 @@ def hand_to_workers(
         pks = list(rows[:limit] if limit is not None else rows)
     elif limit is not None:
         pks = pks[:limit]
-    name = f"semantic: re-embed {model._meta.label}.{field.name}"
+    label, using = model._meta.label, router.db_for_write(model)
+    name = f"semantic: re-embed {label}.{field.name}"
     tasks = 0
     for start in range(0, len(pks), chunk):
         chunk_pks = pks[start : start + chunk]
-        queue_task("semantic.tasks.embed_chunk", model._meta.label, field.name, chunk_pks, batch_size, name=name)
+        task = tenancy.carried("semantic.tasks.embed_chunk", [label, field.name, chunk_pks, batch_size], using)
+        queue_task(*task, name=name)
         tasks += 1
     return tasks

@@ -13,6 +13,7 @@ from typing import Any
 
 from django.db import connections, models
 
+from semantic import tenancy
 from semantic.rows import pending_rows
 
 logger = logging.getLogger("semantic")
@@ -121,6 +122,10 @@ class RowClaimsMixin:
                 cursor.execute("SELECT pg_advisory_unlock(%s)", [self.lock_key()])
 
     def lock_key(self, bits: int = 64) -> int:
-        """A number naming this model's field, for PostgreSQL advisory locks."""
-        digest = hashlib.md5(f"semantic:{self.model._meta.label}.{self.field.name}".encode()).digest()
+        """A number naming this model's field, for PostgreSQL advisory locks: in a tenant's
+        schema, that schema's field (advisory locks are the database's, and tenants' tables
+        share their names and primary keys)."""
+        name = f"semantic:{self.model._meta.label}.{self.field.name}"
+        schema = tenancy.tenant_schema(self.using)
+        digest = hashlib.md5((name if schema is None else f"{name}@{schema}").encode()).digest()
         return int.from_bytes(digest[: bits // 8], "big", signed=True)

@@ -42,6 +42,7 @@ from django.db import DEFAULT_DB_ALIAS, connections, models, router, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
+from semantic import tenancy
 from semantic.conf import semantic_settings as conf
 
 #: The django-q2 schedule of the sweep that embeds rows no save announced.
@@ -243,10 +244,10 @@ def enqueue(model: type[models.Model], field_name: str, pks: Sequence[Any], *, u
 
 def _wakeup(model: type[models.Model], field_name: str, using: str | None) -> list[Any]:
     """The wake-up task of a field's rows in ``using``: its function and arguments."""
-    # The database travels with the wake-up, so rows saved with .using("other") are embedded there.
-    return ["semantic.tasks.embed_field", model._meta.label, field_name] + (
-        [using] if using not in (None, "default") else []
-    )
+    # The database travels with the wake-up, so rows saved with .using("other") are embedded there,
+    # and so does a tenant's schema (semantic.tenancy), so rows saved in it are embedded in it.
+    args = [model._meta.label, field_name] + ([using] if using not in (None, "default") else [])
+    return tenancy.carried("semantic.tasks.embed_field", args, using or DEFAULT_DB_ALIAS)
 
 
 def hand_over(model: type[models.Model], field_name: str, *, using: str | None = None) -> None:

@@ -15,9 +15,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from django.apps import apps
-from django.db import models, transaction
+from django.db import models, router, transaction
 
-from semantic import definitions
+from semantic import definitions, tenancy
 from semantic.backends import redact_keys
 from semantic.dispatch import SWEEP_SCHEDULE_NAME as SWEEP_SCHEDULE_NAME
 from semantic.dispatch import enqueue as enqueue
@@ -54,6 +54,12 @@ TASK_FOR_NEWER_CODE = (
     "Dropped the task %s for %s.%s: %s But the database records that field: the code that has it ran migrate, "
     "and this worker is older than that code. Restart it (qcluster) so that it loads the current code; "
     "the rows this task was for are embedded by the next sweep of a current worker."
+)
+
+#: Logged for a task queued in a tenant's schema that names a task this worker lacks (a newer release's).
+UNKNOWN_TASK = (
+    "Dropped the task %s queued in the schema %r: this worker has no such task. Restart it (qcluster) "
+    "so that it loads the current code; the rows are embedded by the next sweep of a current worker."
 )
 
 #: Seconds between a wake-up task's scans for pending rows within ``WAKE_WINDOW``.
@@ -188,21 +194,33 @@ def embed_pending(*targets: str | type[models.Model], limit: int | None = None) 
         return sweep(*targets)
     summary = {}
     for model, field in iter_fields(targets):
-        summary[f"{model._meta.label}.{field.name}"] = sweep_field(model, field, limit)
+        if tenancy.has_table(model, router.db_for_write(model)):
+            summary[f"{model._meta.label}.{field.name}"] = sweep_field(model, field, limit)
     return summary
 
 
 def sweep(*targets: str | type[models.Model]) -> dict[str, Any]:
-    """The sweep: :func:`embed_pending`, in shares.
+    """The sweep: :func:`embed_pending`, in shares, and in every tenant's schema.
 
     Each field's run embeds at most :data:`HAND_OVER_BATCHES` requests' worth of rows (fewer at
     its django-q2 deadline), then queues the rest as the field's wake-up behind the tasks waiting,
     as a wake-up does. Unbounded, the sweep after a ``bulk_create`` or an import held a project's
     only worker until the whole backlog was embedded.
+
+    With schemas per tenant (:mod:`semantic.tenancy`) it sweeps the public schema and then each
+    tenant's, each for the fields whose tables are there; their summaries are keyed
+    ``schema:label.field``.
     """
     summary = {}
-    for model, field in iter_fields(targets):
-        summary[f"{model._meta.label}.{field.name}"] = sweep_field(model, field, None, share=bool(wake_window()))
+    using = tenancy.database()
+    for schema in tenancy.schemas(using):
+        with tenancy.in_schema(using, schema) as present:
+            for model, field in iter_fields(targets) if present else ():
+                if tenancy.has_table(model, using):
+                    name = f"{model._meta.label}.{field.name}"
+                    summary[name if schema is None else f"{schema}:{name}"] = sweep_field(
+                        model, field, None, share=bool(wake_window())
+                    )
     return summary
 
 
@@ -277,6 +295,27 @@ def _savepoint(using: str) -> Iterator[None]:
 
 
 def queue_pending(*targets: str | type[models.Model]) -> str:
-    """Queue :func:`embed_pending` on django-q2; returns the task id."""
+    """Queue :func:`embed_pending` on django-q2 (in this tenant's schema, with schemas per tenant);
+    returns the task id."""
     labels = [t if isinstance(t, str) else t._meta.label for t in targets]
-    return queue_task("semantic.tasks.embed_pending", *labels, name="semantic: embed pending rows")
+    task = tenancy.carried("semantic.tasks.embed_pending", labels, tenancy.database())
+    return queue_task(*task, name="semantic: embed pending rows")
+
+
+def in_schema(schema: str, using: str, func: str, *args: Any) -> dict[str, Any]:
+    """Worker task: ``func(*args)``, one of this module's tasks, in the tenant schema ``schema``
+    of the database ``using``: what work queued in a tenant's schema is (:func:`semantic.tenancy.carried`).
+    Dropped, and logged, when no tenant has that schema any more."""
+    task = _IN_SCHEMA.get(func)
+    if task is None:
+        logger.warning(UNKNOWN_TASK, func, schema)
+        return {}
+    with tenancy.in_schema(using, schema) as present:
+        if not present:
+            logger.warning(tenancy.TENANT_GONE.format(task=func, schema=schema))
+            return {}
+        return task(*args)
+
+
+#: The tasks :func:`in_schema` runs, by the names their wrapped tasks give.
+_IN_SCHEMA = {f"semantic.tasks.{task.__name__}": task for task in (embed_rows, embed_field, embed_chunk, embed_pending)}

@@ -21,6 +21,7 @@ LAYERS = [
     "semantic.passages",
     "semantic.models",
     "semantic.operations",
+    "semantic.tenancy",
     # backends
     "semantic.backends.base",
     "semantic.backends.local_export",

@@ -1,0 +1,125 @@
+"""Schemas per tenant on one database, as django-tenants keeps them.
+
+django-tenants' database backend keeps each tenant's tables in a PostgreSQL schema of its
+own and points a connection at one of them (``connection.set_tenant()``; its middleware
+does so for each request, its ``tenant_command`` for a command). A django-q2 worker's
+connection starts in the public schema and would find none of a tenant's rows. So:
+
+- work queued from a tenant's schema names that schema: :func:`carried` wraps the task in
+  ``semantic.tasks.in_schema``, which runs it there (:func:`in_schema`);
+- the sweep visits the public schema and every tenant's (:func:`schemas`), and in each only
+  the models whose tables the project's router puts there (:func:`has_table`);
+- what is shared by name across schemas, as PostgreSQL's advisory locks are, is told apart
+  by the schema (:func:`tenant_schema`).
+
+Without django-tenants' backend, every function here leaves things as they are: a task is
+queued as itself, the sweep visits the one schema there is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, connections, models, router
+
+#: The worker task that runs a task queued in a tenant's schema in that schema.
+IN_SCHEMA_TASK = "semantic.tasks.in_schema"
+
+#: Why a task queued in a tenant's schema is dropped: the tenant was deleted since.
+TENANT_GONE = (
+    "Dropped the task {task} queued in the schema {schema!r}: no tenant has that schema any more "
+    "(deleted since the task was queued), so there is nothing left for it to embed."
+)
+
+
+def database() -> str:
+    """The database that holds the tenants' schemas (django-tenants' ``TENANT_DB_ALIAS``)."""
+    return getattr(settings, "TENANT_DB_ALIAS", DEFAULT_DB_ALIAS)
+
+
+def uses_tenant_schemas(using: str) -> bool:
+    """Whether the connection ``using`` is django-tenants' backend, with a tenant model set."""
+    return hasattr(connections[using], "set_tenant") and hasattr(settings, "TENANT_MODEL")
+
+
+def public_schema() -> str:
+    """The name of the schema shared by all tenants (django-tenants' ``PUBLIC_SCHEMA_NAME``)."""
+    return getattr(settings, "PUBLIC_SCHEMA_NAME", "public")
+
+
+def tenant_schema(using: str) -> str | None:
+    """The tenant schema the connection ``using`` works in now; None in the public schema,
+    or in a project without schemas per tenant."""
+    if not uses_tenant_schemas(using):
+        return None
+    name = connections[using].schema_name
+    return None if name in (None, public_schema()) else name
+
+
+def carried(func: str, args: Sequence[Any], using: str) -> list[Any]:
+    """The task to queue for ``func(*args)``, as ``[function, *arguments]``: itself, or, from
+    a tenant's schema, ``semantic.tasks.in_schema`` carrying the schema and the database.
+
+    A project without schemas per tenant queues exactly what it did before they were
+    supported, so its queued tasks and the sweep's look-ups of them do not change.
+    """
+    schema = tenant_schema(using)
+    if schema is None:
+        return [func, *args]
+    return [IN_SCHEMA_TASK, schema, using, func, *args]
+
+
+@contextmanager
+def in_schema(using: str, schema: str | None) -> Iterator[bool]:
+    """Point the connection ``using`` at the tenant whose schema is ``schema`` (None: leave it
+    where it is) for the block, then back where it was. Yields False, and changes nothing,
+    when no tenant has that schema any more."""
+    if schema is None:
+        yield True
+        return
+    with _pointed_at(using, None):
+        tenant = _tenants(using).filter(schema_name=schema).first()
+    if tenant is None:
+        yield False
+        return
+    with _pointed_at(using, tenant):
+        yield True
+
+
+def schemas(using: str) -> list[str | None]:
+    """The schemas the sweep visits on ``using``: the public one (None) and every tenant's."""
+    if not uses_tenant_schemas(using):
+        return [None]
+    with _pointed_at(using, None):
+        tenants = list(_tenants(using).exclude(schema_name=public_schema()).values_list("schema_name", flat=True))
+    return [None, *tenants]
+
+
+def has_table(model: type[models.Model], using: str) -> bool:
+    """Whether the schema the connection ``using`` works in has ``model``'s table: django-tenants'
+    router answers by the schema (``SHARED_APPS`` for the public one, ``TENANT_APPS`` for tenants').
+    Always true without schemas per tenant."""
+    return not uses_tenant_schemas(using) or router.allow_migrate_model(using, model)
+
+
+def _tenants(using: str) -> models.QuerySet:
+    return apps.get_model(settings.TENANT_MODEL)._default_manager.using(using)
+
+
+@contextmanager
+def _pointed_at(using: str, tenant: Any) -> Iterator[None]:
+    """The connection pointed at ``tenant`` (None: the public schema) for the block."""
+    connection = connections[using]
+    previous = connection.tenant
+    if tenant is None:
+        connection.set_schema_to_public()
+    else:
+        connection.set_tenant(tenant)
+    try:
+        yield
+    finally:
+        connection.set_tenant(previous)

@@ -1,0 +1,210 @@
+"""Schemas per tenant (django-tenants), in a project of its own, with a real worker.
+
+A throwaway project on django-tenants' backend gets the README's "Schemas per tenant"
+settings, as printed, and the README's model in a tenant app; two tenants each save six
+notes under the same primary keys, and one ``qcluster`` worker, whose connection starts in
+the public schema, must embed every one of them in its own schema. Rows written behind the
+ORM's back in each schema are the sweep's.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from django.db import connection
+
+from tests.test_adoption import NOTES, Project, readme_snippet, server_params
+
+TENANTS = ("alpha", "beta")
+
+CUSTOMERS_MODELS = """from django.db import models
+from django_tenants.models import DomainMixin, TenantMixin
+
+
+class Client(TenantMixin):
+    name = models.CharField(max_length=100)
+
+
+class Domain(DomainMixin):
+    pass
+"""
+
+#: The project as it was before this app: django-tenants' own settings, and the tenants' app.
+TENANT_SETTINGS = """
+import os
+SHARED_APPS = [
+    "django_tenants",
+    "customers",
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django.contrib.admin",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+]
+TENANT_APPS = ["django.contrib.contenttypes", "notes"]
+INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
+TENANT_MODEL = "customers.Client"
+TENANT_DOMAIN_MODEL = "customers.Domain"
+DATABASE_ROUTERS = ["django_tenants.routers.TenantSyncRouter"]
+MIDDLEWARE = ["django_tenants.middleware.main.TenantMainMiddleware", *MIDDLEWARE]
+DATABASES = {"default": {
+    "ENGINE": "django_tenants.postgresql_backend",
+    "NAME": os.environ["ADOPT_DB_NAME"], "HOST": os.environ["ADOPT_DB_HOST"],
+    "USER": os.environ["ADOPT_DB_USER"], "PORT": os.environ["ADOPT_DB_PORT"],
+}}
+"""
+
+#: Saves in each tenant's schema, the same primary keys in both (django-tenants' tenant_command
+#: would do one tenant per run; the loop is the same calls).
+SAVE_NOTES = """
+from django_tenants.utils import schema_context
+from notes.models import Note
+for schema in {tenants!r}:
+    with schema_context(schema):
+        for title, body in {notes!r}:
+            Note.objects.create(title=title, body=body)
+"""
+
+#: Two runs at once, one per tenant, each claiming rows 1-6 of its own schema: advisory locks are
+#: the database's, so a lock named by the field alone would let only the first run take them.
+CLAIM_BOTH = """
+import threading
+from django.db import connection
+from django_tenants.utils import schema_context
+from notes.models import Note
+from semantic.registry import get_embedding_field
+from semantic.embedder import Embedder
+
+def claim(schema):
+    with schema_context(schema):
+        embedder = Embedder(Note, get_embedding_field(Note, "embedding"))
+        return embedder.claim(list(Note.objects.order_by("pk")))
+
+held = claim("alpha")
+other = []
+thread = threading.Thread(target=lambda: other.append(claim("beta")))
+thread.start()
+thread.join()
+print("taken", len(held), len(other[0]))
+"""
+
+
+class TenantProject(Project):
+    def counts(self, schema: str) -> tuple[int, int]:
+        (row,) = self.sql(
+            "SELECT count(*), count(*) FILTER (WHERE embedding IS NOT NULL AND embedding_embedded_hash IS NOT NULL) "
+            f'FROM "{schema}".notes_note'
+        )
+        return row
+
+
+@pytest.fixture
+def tenant_project(tmp_path: Path, fake_gemini) -> Iterator[TenantProject]:
+    """A django-tenants project with the README's settings, and the tenants alpha and beta."""
+    database = f"tenants_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(**server_params("postgres"), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    try:
+        root = tmp_path / database
+        root.mkdir()
+        env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
+        env.pop("DJANGO_SETTINGS_MODULE", None)
+        env.update(ADOPT_DB_NAME=database, ADOPT_DB_HOST=connection.settings_dict["HOST"])
+        env.update(ADOPT_DB_USER=connection.settings_dict["USER"], ADOPT_DB_PORT=str(connection.settings_dict["PORT"]))
+        env.update(GEMINI_API_KEY="test-key-tenants", ADOPT_GEMINI_URL=fake_gemini.base_url)
+        subprocess.run(
+            [sys.executable, "-m", "django", "startproject", "mysite", str(root)], check=True, env=env, timeout=60
+        )
+        project = TenantProject(root, database, env)
+        project.manage("startapp", "customers")
+        project.manage("startapp", "notes")
+        project.write("customers/models.py", CUSTOMERS_MODELS)
+        settings = root / "mysite" / "settings.py"
+        settings.write_text(settings.read_text() + TENANT_SETTINGS + "\n" + readme_snippet("tenants"))
+        settings.write_text(settings.read_text() + 'SEMANTIC["BASE_URL"] = os.environ["ADOPT_GEMINI_URL"]\n')
+        project.write("notes/models.py", readme_snippet("model"))
+        project.manage("makemigrations", "customers", "notes")
+        project.manage("migrate_schemas", "--shared")
+        project.manage(
+            "shell",
+            "-c",
+            "from customers.models import Client\n"
+            + "".join(f"Client(schema_name={name!r}, name={name!r}).save()\n" for name in TENANTS),
+        )
+        yield project
+    finally:
+        with psycopg.connect(**server_params("postgres"), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def until(condition, *, limit: float = 120.0) -> None:
+    """Wait for a state the worker brings about (the limit only bounds a failing test)."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, "the worker did not get there"
+        time.sleep(0.2)
+
+
+@pytest.mark.django_db
+def test_a_worker_embeds_each_tenants_rows_in_its_own_schema(tenant_project):
+    project = tenant_project
+    project.manage("shell", "-c", SAVE_NOTES.format(tenants=TENANTS, notes=NOTES))
+    assert [project.counts(schema) for schema in TENANTS] == [(len(NOTES), 0)] * 2
+    # What the saves queued names each tenant's schema: the worker starts in the public one.
+    queued = project.sql("SELECT count(*) FROM public.django_q_ormq")
+    assert queued == [(2,)]
+
+    log = project.root / "qcluster.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster"],
+            cwd=project.root,
+            env=project.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+    try:
+        until(lambda: all(project.counts(schema) == (len(NOTES), len(NOTES)) for schema in TENANTS))
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+    text = log.read_text()
+    assert text.count("Processed 'semantic.tasks.in_schema'") == 2, text
+    assert project.sql("SELECT count(*) FROM public.django_q_task WHERE NOT success") == [(0,)]
+    # Each tenant's own bookkeeping: nothing of theirs in the public schema's tables.
+    assert project.sql("SELECT count(*) FROM public.semantic_embeddingfailure") == [(0,)]
+
+
+@pytest.mark.django_db
+def test_the_sweep_visits_every_tenants_schema(tenant_project):
+    project = tenant_project
+    for schema in TENANTS:
+        rows = ", ".join(f"('{title}', '{body}')" for title, body in NOTES)
+        project.sql(f'INSERT INTO "{schema}".notes_note (title, body) VALUES {rows}')
+    out = project.manage("shell", "-c", "from semantic.tasks import sweep\nprint(sorted(sweep()))")
+    assert "['alpha:notes.Note.embedding', 'beta:notes.Note.embedding']" in out, out
+    assert [project.counts(schema) for schema in TENANTS] == [(len(NOTES), len(NOTES))] * 2
+
+
+@pytest.mark.django_db
+def test_runs_in_two_tenants_take_rows_with_the_same_keys_at_once(tenant_project):
+    project = tenant_project
+    with psycopg.connect(**server_params(project.database), autocommit=True) as conn:
+        for schema in TENANTS:
+            conn.execute(f'INSERT INTO "{schema}".notes_note (title, body) SELECT t, t FROM unnest(%s::text[]) t', [
+                [title for title, _ in NOTES]
+            ])
+    out = project.manage("shell", "-c", textwrap.dedent(CLAIM_BOTH))
+    assert f"taken {len(NOTES)} {len(NOTES)}" in out, out
