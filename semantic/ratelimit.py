@@ -1,7 +1,8 @@
 """One rate limit for every worker and command that shares an API key.
 
 The count lives in the database (``semantic.RateLimit``), so it holds across
-processes and machines. ``SEMANTIC["REQUESTS_PER_MINUTE"]`` and
+processes and machines, and, with schemas per tenant, in the public schema, so it holds
+across tenants (:func:`semantic.tenancy.public`). ``SEMANTIC["REQUESTS_PER_MINUTE"]`` and
 ``SEMANTIC["TOKENS_PER_MINUTE"]`` cap what is sent per window
 (``RATE_LIMIT_WINDOW`` seconds, 60); a 429 answer that says how long to wait
 (``Retry-After``, or Gemini's ``RetryInfo`` in the body) pauses every process sharing
@@ -36,6 +37,7 @@ from django.db import connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
+from semantic import tenancy
 from semantic.backends import EmbeddingBackend, get_backend
 from semantic.backends.base import MAX_RETRY_AFTER
 from semantic.conf import semantic_settings as conf
@@ -170,8 +172,10 @@ def _paused(key: str, now: datetime) -> tuple[float, bool, str]:
     configuration problem's) to respect. Read, not locked or written: a search costs one
     SELECT, where counting costs a write transaction and, inside a caller's, a connection
     of its own (:func:`own_transaction`)."""
-    rows = RateLimit.objects.using(router.db_for_write(RateLimit)).filter(key=key, paused_until__gt=now)
-    paused = rows.values_list("paused_until", "problem").first()
+    using = router.db_for_write(RateLimit)
+    with tenancy.public(using):
+        rows = RateLimit.objects.using(using).filter(key=key, paused_until__gt=now)
+        paused = rows.values_list("paused_until", "problem").first()
     if paused is None:
         return 0.0, False, ""
     until, problem = paused
@@ -191,9 +195,10 @@ def own_transaction() -> Iterator[str]:
     """
     using = router.db_for_write(RateLimit)
     if not in_callers_transaction(connections[using]):
-        with transaction.atomic(using=using):
+        with tenancy.public(using), transaction.atomic(using=using):
             yield using
         return
+    # A connection of django-tenants' backend starts in the public schema, where the count is kept.
     alias = using + OWN_CONNECTION_SUFFIX
     own = connections.create_connection(using)  # the same settings, a test database's name too
     own.alias = alias  # the ORM, and contrib.postgres on connecting, find it under this name
@@ -262,8 +267,10 @@ def configuration_problem(backend: EmbeddingBackend | None = None) -> str | None
     and model it was seen with: after the key is changed, this returns None.
     """
     backend = backend or get_backend()
-    problems = RateLimit.objects.filter(key=limit_key(backend)).exclude(problem="")
-    return problems.values_list("problem", flat=True).first()
+    using = router.db_for_read(RateLimit)
+    with tenancy.public(using):
+        problems = RateLimit.objects.using(using).filter(key=limit_key(backend)).exclude(problem="")
+        return problems.values_list("problem", flat=True).first()
 
 
 def try_acquire(backend: EmbeddingBackend, *, tokens: int) -> float:

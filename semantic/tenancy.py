@@ -10,7 +10,9 @@ connection starts in the public schema and would find none of a tenant's rows. S
 - the sweep visits the public schema and every tenant's (:func:`schemas`), and in each only
   the models whose tables the project's router puts there (:func:`has_table`);
 - what is shared by name across schemas, as PostgreSQL's advisory locks are, is told apart
-  by the schema (:func:`tenant_schema`).
+  by the schema (:func:`tenant_schema`);
+- what all tenants share, the rate limit of the API key, is kept in the public schema
+  (:func:`public`).
 
 Without django-tenants' backend, every function here leaves things as they are: a task is
 queued as itself, the sweep visits the one schema there is.
@@ -104,6 +106,17 @@ def has_table(model: type[models.Model], using: str) -> bool:
     router answers by the schema (``SHARED_APPS`` for the public one, ``TENANT_APPS`` for tenants').
     Always true without schemas per tenant."""
     return not uses_tenant_schemas(using) or router.allow_migrate_model(using, model)
+
+
+@contextmanager
+def public(using: str) -> Iterator[None]:
+    """The connection ``using`` in the public schema for the block, for what all tenants share
+    (the rate limit of the API key they share), then back in its tenant's schema."""
+    if tenant_schema(using) is None:
+        yield
+        return
+    with _pointed_at(using, None):
+        yield
 
 
 def _tenants(using: str) -> models.QuerySet:

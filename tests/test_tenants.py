@@ -132,7 +132,11 @@ def tenant_project(tmp_path: Path, fake_gemini) -> Iterator[TenantProject]:
         project.write("customers/models.py", CUSTOMERS_MODELS)
         settings = root / "mysite" / "settings.py"
         settings.write_text(settings.read_text() + TENANT_SETTINGS + "\n" + readme_snippet("tenants"))
-        settings.write_text(settings.read_text() + 'SEMANTIC["BASE_URL"] = os.environ["ADOPT_GEMINI_URL"]\n')
+        # This machine reaches Gemini through the tests' fake server; a limit makes requests counted.
+        settings.write_text(
+            settings.read_text()
+            + 'SEMANTIC["BASE_URL"] = os.environ["ADOPT_GEMINI_URL"]\nSEMANTIC["REQUESTS_PER_MINUTE"] = 1000\n'
+        )
         project.write("notes/models.py", readme_snippet("model"))
         project.manage("makemigrations", "customers", "notes")
         project.manage("migrate_schemas", "--shared")
@@ -196,6 +200,10 @@ def test_the_sweep_visits_every_tenants_schema(tenant_project):
     out = project.manage("shell", "-c", "from semantic.tasks import sweep\nprint(sorted(sweep()))")
     assert "['alpha:notes.Note.embedding', 'beta:notes.Note.embedding']" in out, out
     assert [project.counts(schema) for schema in TENANTS] == [(len(NOTES), len(NOTES))] * 2
+    # One request per tenant, counted against the key they share, in the public schema.
+    assert project.sql("SELECT sum(requests) FROM public.semantic_ratelimit") == [(2,)]
+    for schema in TENANTS:
+        assert project.sql(f'SELECT count(*) FROM "{schema}".semantic_ratelimit') == [(0,)]
 
 
 @pytest.mark.django_db
@@ -203,8 +211,9 @@ def test_runs_in_two_tenants_take_rows_with_the_same_keys_at_once(tenant_project
     project = tenant_project
     with psycopg.connect(**server_params(project.database), autocommit=True) as conn:
         for schema in TENANTS:
-            conn.execute(f'INSERT INTO "{schema}".notes_note (title, body) SELECT t, t FROM unnest(%s::text[]) t', [
-                [title for title, _ in NOTES]
-            ])
+            conn.execute(
+                f'INSERT INTO "{schema}".notes_note (title, body) SELECT t, t FROM unnest(%s::text[]) t',
+                [[title for title, _ in NOTES]],
+            )
     out = project.manage("shell", "-c", textwrap.dedent(CLAIM_BOTH))
     assert f"taken {len(NOTES)} {len(NOTES)}" in out, out
