@@ -185,3 +185,48 @@ def check_worker_pool(app_configs: Any = None, **kwargs: Any) -> list[checks.CMe
         for alias, database in settings.DATABASES.items()
         if (database.get("OPTIONS") or {}).get("pool")
     ]
+
+
+#: semantic.E017: with schemas per tenant, the app's tables are needed in both kinds of schema.
+TENANT_APPS_MISSING = (
+    "'semantic' is not in {missing}: with schemas per tenant its tables are needed in the public schema "
+    "(the rate limit all tenants share) and in each tenant's (the rows' passages, failures and labels)."
+)
+TENANT_APPS_HINT = "Add 'semantic' to both SHARED_APPS and TENANT_APPS, as the README's \"Schemas per tenant\" shows."
+#: semantic.E018: django-q2's queue in a tenant's schema is a queue no worker reads.
+QUEUE_PER_TENANT = (
+    "'django_q' is in TENANT_APPS: each tenant's schema then has a queue of its own, which saves in that "
+    "schema write their work to, and the worker, which reads the public schema's, never sees it."
+)
+QUEUE_PER_TENANT_HINT = "Keep 'django_q' in SHARED_APPS only."
+
+
+@checks.register()
+def check_tenant_apps(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
+    """Schemas per tenant (django-tenants' ``SHARED_APPS`` and ``TENANT_APPS``): where the app and
+    django-q2 must be for the worker to serve every tenant (:mod:`semantic.tenancy`)."""
+    shared, tenant = getattr(settings, "SHARED_APPS", None), getattr(settings, "TENANT_APPS", None)
+    if shared is None or tenant is None:
+        return []
+    problems = []
+    missing = [
+        name
+        for name, listed in (("SHARED_APPS", shared), ("TENANT_APPS", tenant))
+        if not listed_app("semantic", listed)
+    ]
+    if missing:
+        problems.append(
+            checks.Error(
+                TENANT_APPS_MISSING.format(missing=" and ".join(missing)), hint=TENANT_APPS_HINT, id="semantic.E017"
+            )
+        )
+    if listed_app("django_q", tenant):
+        problems.append(checks.Error(QUEUE_PER_TENANT, hint=QUEUE_PER_TENANT_HINT, id="semantic.E018"))
+    return problems
+
+
+def listed_app(label: str, names: list[str]) -> bool:
+    """Whether the installed app ``label`` is in ``names``, by its module or its AppConfig's path
+    (as django-tenants' router reads those lists)."""
+    config = apps.app_configs.get(label)
+    return config is not None and (config.name in names or f"{config.__module__}.{type(config).__name__}" in names)

@@ -736,3 +736,19 @@ def test_a_manager_built_to_search_whose_get_queryset_names_another_class_is_a_w
     )
     assert not hasattr(Node.objects.all(), "similar_to")  # what the warning says
     assert hasattr(Node.fixed.all(), "similar_to") and hasattr(Node.fixed.all().filter(name="x"), "similar_to")
+
+
+def test_schemas_per_tenant_need_the_app_in_both_lists_and_the_queue_in_the_shared_one(settings):
+    """django-tenants' SHARED_APPS and TENANT_APPS, by module or by AppConfig path, as its router reads them."""
+    from semantic.checks import check_tenant_apps
+
+    assert check_tenant_apps() == []  # no schemas per tenant
+    settings.SHARED_APPS = ["django_tenants", "customers", "django_q", "semantic.apps.SemanticConfig"]
+    settings.TENANT_APPS = ["semantic", "notes"]
+    assert check_tenant_apps() == []
+    settings.TENANT_APPS = ["notes", "django_q"]
+    errors = check_tenant_apps()
+    assert ids(errors) == ["semantic.E017", "semantic.E018"]
+    assert "not in TENANT_APPS:" in errors[0].msg and "TENANT_APPS" in errors[0].hint
+    settings.SHARED_APPS = ["django_tenants", "customers"]
+    assert "not in SHARED_APPS and TENANT_APPS:" in check_tenant_apps()[0].msg
