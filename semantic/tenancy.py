@@ -20,13 +20,14 @@ queued as itself, the sweep visits the one schema there is.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from django.apps import apps
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, connections, models, router
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, models, router
 
 #: The worker task that runs a task queued in a tenant's schema in that schema.
 IN_SCHEMA_TASK = "semantic.tasks.in_schema"
@@ -136,3 +137,10 @@ def _pointed_at(using: str, tenant: Any) -> Iterator[None]:
         yield
     finally:
         connection.set_tenant(previous)
+        # django-tenants sets the search_path when the next cursor is opened; a cursor opened
+        # before the block (a search's, whose text the block's rate limit was for) would run its
+        # statement in the block's schema. So it is set again now, unless the transaction failed:
+        # the next cursor sets it then.
+        if connection.connection is not None and not connection.needs_rollback:
+            with contextlib.suppress(DatabaseError):
+                connection.cursor().close()

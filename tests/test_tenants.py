@@ -10,6 +10,7 @@ ORM's back in each schema are the sweep's.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -204,6 +205,11 @@ def test_the_sweep_visits_every_tenants_schema(tenant_project):
     assert project.sql("SELECT sum(requests) FROM public.semantic_ratelimit") == [(2,)]
     for schema in TENANTS:
         assert project.sql(f'SELECT count(*) FROM "{schema}".semantic_ratelimit') == [(0,)]
+    # The README's search in a tenant's schema: its text is counted in the public schema, and the
+    # search runs in the tenant's.
+    out = project.manage("tenant_command", "shell", "--schema=alpha", "-c", readme_snippet("search"))
+    assert re.findall(r"^-?\d\.\d\d  (.+)$", out, re.M)[0] == "Reset a forgotten password", out
+    assert project.sql("SELECT sum(requests) FROM public.semantic_ratelimit") == [(3,)]
 
 
 @pytest.mark.django_db
