@@ -109,6 +109,12 @@ def has_table(model: type[models.Model], using: str) -> bool:
     return not uses_tenant_schemas(using) or router.allow_migrate_model(using, model)
 
 
+def in_tenant_schemas_only(model: type[models.Model], using: str) -> bool:
+    """Whether ``model``'s rows are in tenants' schemas and the connection ``using`` is in the
+    public one, which has no table of it (a command run without ``tenant_command``)."""
+    return uses_tenant_schemas(using) and tenant_schema(using) is None and not has_table(model, using)
+
+
 @contextmanager
 def public(using: str) -> Iterator[None]:
     """The connection ``using`` in the public schema for the block, for what all tenants share

@@ -223,3 +223,19 @@ def test_runs_in_two_tenants_take_rows_with_the_same_keys_at_once(tenant_project
             )
     out = project.manage("shell", "-c", textwrap.dedent(CLAIM_BOTH))
     assert f"taken {len(NOTES)} {len(NOTES)}" in out, out
+
+
+@pytest.mark.django_db
+def test_commands_run_in_each_tenants_schema_and_say_so_in_the_public_one(tenant_project):
+    project = tenant_project
+    project.manage("shell", "-c", SAVE_NOTES.format(tenants=TENANTS, notes=NOTES))
+    for command in ("semantic_status", "semantic_embed"):
+        error = project.refused(command)
+        assert "notes.Note: the rows are in each tenant's schema" in error and "all_tenants_command" in error, error
+    assert "notes.Note: the rows are in each tenant's schema" in project.refused("semantic_status", "notes.Note")
+
+    out = project.manage("all_tenants_command", "semantic_embed")
+    assert out.count(f"{len(NOTES)} embedded") == 2, out
+    assert [project.counts(schema) for schema in TENANTS] == [(len(NOTES), len(NOTES))] * 2
+    status = project.manage("tenant_command", "semantic_status", "--schema=beta")
+    assert re.search(rf"^notes\.Note\.embedding\s+{len(NOTES)}\s+{len(NOTES)}\s+0\s", status, re.M), status

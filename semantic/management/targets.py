@@ -8,6 +8,7 @@ from django.apps import apps
 from django.core.management.base import CommandError
 from django.db import connections, models, router
 
+from semantic import tenancy
 from semantic.fields import EmbeddingField
 from semantic.registry import embedding_fields
 from semantic.schema import MIGRATION_NEEDED as MIGRATION_NEEDED
@@ -17,6 +18,11 @@ BAD_TARGET = "{target!r} is not app_label.Model or app_label.Model.field."
 UNKNOWN_MODEL = "Unknown model {label!r}; models with an EmbeddingField: {known}."
 NO_FIELD = "{label} has no EmbeddingField."
 UNKNOWN_FIELD = "{label} has no EmbeddingField named {name!r}; it has {names}."
+IN_TENANT_SCHEMAS = (
+    "{labels}: the rows are in each tenant's schema, and this command ran in the public one. "
+    "Run it in every tenant's schema with `manage.py all_tenants_command <command>`, or in one "
+    "with `manage.py tenant_command <command> --schema=<schema>`."
+)
 APP_MIGRATIONS_DUE = (
     "django-semantic's own tables are behind this version ({count} migration(s) not applied to "
     "the database {database!r}: {names}); run `manage.py migrate` first."
@@ -42,14 +48,20 @@ def resolve(target: str) -> list[tuple[type[models.Model], EmbeddingField]]:
             names = ", ".join(f.name for f in fields)
             raise CommandError(UNKNOWN_FIELD.format(label=model._meta.label, name=parts[2], names=names))
         fields = chosen
+    if tenancy.in_tenant_schemas_only(model, router.db_for_write(model)):
+        raise CommandError(IN_TENANT_SCHEMAS.format(labels=model._meta.label))
     return [(model, field) for field in fields]
 
 
 def resolve_all(targets: list[str]) -> list[tuple[type[models.Model], EmbeddingField]]:
-    if not targets:
-        # A proxy's or a multi-table child's field belongs to the model that declares it.
-        return [(m, f) for m in apps.get_models() for f in embedding_fields(m) if f.model is m]
-    return [pair for target in targets for pair in resolve(target)]
+    if targets:
+        return [pair for target in targets for pair in resolve(target)]
+    # A proxy's or a multi-table child's field belongs to the model that declares it.
+    found = [(m, f) for m in apps.get_models() for f in embedding_fields(m) if f.model is m]
+    elsewhere = [(m, f) for m, f in found if tenancy.in_tenant_schemas_only(m, router.db_for_write(m))]
+    if elsewhere and len(elsewhere) == len(found):
+        raise CommandError(IN_TENANT_SCHEMAS.format(labels=", ".join(sorted({m._meta.label for m, _ in elsewhere}))))
+    return [pair for pair in found if pair not in elsewhere]
 
 
 def known_models() -> list[str]:
