@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from django.apps import apps
-from django.db import models
+from django.db import models, router
 
+from semantic import tenancy
 from semantic.fields import EmbeddingField
 
 
@@ -19,8 +20,12 @@ def embedding_fields(model: type[models.Model]) -> list[EmbeddingField]:
 def iter_fields(
     targets: Iterable[str | type[models.Model]] = (),
 ) -> Iterator[tuple[type[models.Model], EmbeddingField]]:
-    """(model, field) for every EmbeddingField of ``targets`` (models or labels; all models by default)."""
-    models_ = [apps.get_model(t) if isinstance(t, str) else t for t in targets] or apps.get_models()
+    """(model, field) for every EmbeddingField of ``targets`` (models or labels; by default all
+    models whose tables are where the database connection works: with schemas per tenant, those
+    of the public schema or of the tenant's, :func:`semantic.tenancy.has_table`)."""
+    models_ = [apps.get_model(t) if isinstance(t, str) else t for t in targets] or [
+        model for model in apps.get_models() if tenancy.has_table(model, router.db_for_write(model))
+    ]
     for model in models_:
         for field in embedding_fields(model):
             # A proxy's or a multi-table child's rows are embedded with its parent's.

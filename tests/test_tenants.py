@@ -239,3 +239,49 @@ def test_commands_run_in_each_tenants_schema_and_say_so_in_the_public_one(tenant
     assert [project.counts(schema) for schema in TENANTS] == [(len(NOTES), len(NOTES))] * 2
     status = project.manage("tenant_command", "semantic_status", "--schema=beta")
     assert re.search(rf"^notes\.Note\.embedding\s+{len(NOTES)}\s+{len(NOTES)}\s+0\s", status, re.M), status
+
+
+NOTE_ADMIN = """from django.contrib import admin
+
+from semantic.admin import SemanticAdminMixin
+
+from .models import Note
+
+
+@admin.register(Note)
+class NoteAdmin(SemanticAdminMixin, admin.ModelAdmin):
+    list_display = ["title"]
+"""
+
+#: The admin through django-tenants' middleware: the public site and a tenant's, by host name.
+BROWSE_ADMIN = """
+from django.contrib.auth.models import User
+from django.test import Client as Browser
+from customers.models import Client, Domain
+public = Client(schema_name="public", name="public")
+public.save()
+Domain(domain="public.localhost", tenant=public, is_primary=True).save()
+Domain(domain="alpha.localhost", tenant=Client.objects.get(schema_name="alpha"), is_primary=True).save()
+user = User.objects.create_superuser("admin", "admin@example.com", "admin")
+pages = ["/admin/semantic/embeddingfailure/status/", "/admin/semantic/embeddingfailure/"]
+for host, urls in (("public.localhost", pages), ("alpha.localhost", [*pages, "/admin/notes/note/duplicates/"])):
+    browser = Browser(HTTP_HOST=host)
+    browser.force_login(user)
+    for url in urls:
+        print(host, url, browser.get(url).status_code)
+similar = browser.post("/admin/notes/note/", {"action": "find_similar", "_selected_action": [1]})
+print("find similar", similar.status_code, similar.content.decode().count("Note object ("))
+"""
+
+
+@pytest.mark.django_db
+def test_the_admin_pages_work_on_the_public_site_and_a_tenants(tenant_project):
+    project = tenant_project
+    project.write("notes/admin.py", NOTE_ADMIN)
+    project.manage("shell", "-c", SAVE_NOTES.format(tenants=TENANTS, notes=NOTES))
+    project.manage("all_tenants_command", "semantic_embed")
+    out = project.manage("shell", "-c", BROWSE_ADMIN)
+    pages = re.findall(r"^(\S+localhost) (\S+) (\d+)$", out, re.M)
+    assert len(pages) == 5 and {status for _, _, status in pages} == {"200"}, out
+    # The row itself and its five neighbours in its tenant's schema.
+    assert f"find similar 200 {len(NOTES)}" in out, out
