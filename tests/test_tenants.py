@@ -285,3 +285,38 @@ def test_the_admin_pages_work_on_the_public_site_and_a_tenants(tenant_project):
     assert len(pages) == 5 and {status for _, _, status in pages} == {"200"}, out
     # The row itself and its five neighbours in its tenant's schema.
     assert f"find similar 200 {len(NOTES)}" in out, out
+
+
+#: A long note: each paragraph a passage of its own at the sizes below.
+LONG_BODY = "\n\n".join(
+    f"Paragraph {n}: " + " ".join(f"{topic} needs care number {i}." for i in range(5))
+    for n, topic in enumerate(["The invoice export", "The password reset", "The dark mode", "The phone code"])
+)
+
+SEARCH_PASSAGES = """
+from notes.models import Note
+row = Note.objects.similar_to("password reset", passages=True).first()
+print("best", row.title, row.passage_position, "Paragraph 1: The password reset" in row.passage_text)
+"""
+
+
+@pytest.mark.django_db
+def test_passages_are_cut_embedded_and_searched_in_each_tenants_schema(tenant_project):
+    project = tenant_project
+    project.edit_model("from semantic import EmbeddingField", "from semantic import EmbeddingField, Passages")
+    project.edit_model(
+        'EmbeddingField(source=("title", "body"))',
+        'EmbeddingField(source="body", title_source="title", task_type="RETRIEVAL_DOCUMENT", '
+        "passages=Passages(max_chars=300, overlap=30))",
+    )
+    project.manage("makemigrations", "notes")
+    project.manage("migrate_schemas")
+    project.manage("shell", "-c", SAVE_NOTES.format(tenants=TENANTS, notes=[("Long", LONG_BODY), *NOTES]))
+    out = project.manage("shell", "-c", "from semantic.tasks import sweep\nprint(sweep())")
+    for schema in TENANTS:
+        assert f"'{schema}:notes.Note.embedding'" in out, out
+        passages = project.sql(f'SELECT count(*), count(vector) FROM "{schema}".semantic_passage')
+        assert passages == [(4 + len(NOTES),) * 2], (schema, passages, out)  # the long note has four
+    assert project.sql("SELECT count(*) FROM public.semantic_passage") == [(0,)]
+    found = project.manage("tenant_command", "shell", "--schema=beta", "-c", SEARCH_PASSAGES)
+    assert "best Long 1 True" in found, found
