@@ -167,8 +167,12 @@ def test_a_worker_embeds_each_tenants_rows_in_its_own_schema(tenant_project):
     project.manage("shell", "-c", SAVE_NOTES.format(tenants=TENANTS, notes=NOTES))
     assert [project.counts(schema) for schema in TENANTS] == [(len(NOTES), 0)] * 2
     # What the saves queued names each tenant's schema: the worker starts in the public one.
-    queued = project.sql("SELECT count(*) FROM public.django_q_ormq")
-    assert queued == [(2,)]
+    assert project.sql("SELECT count(*) FROM public.django_q_ormq") == [(2,)]
+    # So do a command's tasks, run in one tenant's schema.
+    assert "queued 6 rows as 1 django-q2 tasks" in project.manage(
+        "tenant_command", "semantic_embed", "--schema=beta", "--queue"
+    )
+    assert project.sql("SELECT count(*) FROM public.django_q_ormq") == [(3,)]
 
     log = project.root / "qcluster.log"
     with log.open("wb") as out:
@@ -181,12 +185,14 @@ def test_a_worker_embeds_each_tenants_rows_in_its_own_schema(tenant_project):
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     try:
-        until(lambda: all(project.counts(schema) == (len(NOTES), len(NOTES)) for schema in TENANTS))
+        # Each task is logged once done, as processed or failed (after django-q2 took it off the queue).
+        until(lambda: sum(log.read_text().count(word) for word in ("Processed '", "Failed '")) >= 3)
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
     text = log.read_text()
-    assert text.count("Processed 'semantic.tasks.in_schema'") == 2, text
+    assert text.count("Processed 'semantic.tasks.in_schema'") == 3, text
+    assert [project.counts(schema) for schema in TENANTS] == [(len(NOTES), len(NOTES))] * 2
     assert project.sql("SELECT count(*) FROM public.django_q_task WHERE NOT success") == [(0,)]
     # Each tenant's own bookkeeping: nothing of theirs in the public schema's tables.
     assert project.sql("SELECT count(*) FROM public.semantic_embeddingfailure") == [(0,)]
