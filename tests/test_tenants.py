@@ -101,6 +101,14 @@ print("taken", len(held), len(other[0]))
 """
 
 
+DROPPED_TASK = """
+import logging, sys
+logging.basicConfig(stream=sys.stdout, format="%(message)s")
+from semantic.tasks import in_schema
+print("returned", in_schema("gone", "default", "semantic.tasks.embed_field", "notes.Note", "embedding"))
+"""
+
+
 class TenantProject(Project):
     def counts(self, schema: str) -> tuple[int, int]:
         (row,) = self.sql(
@@ -245,6 +253,11 @@ def test_commands_run_in_each_tenants_schema_and_say_so_in_the_public_one(tenant
     assert [project.counts(schema) for schema in TENANTS] == [(len(NOTES), len(NOTES))] * 2
     status = project.manage("tenant_command", "semantic_status", "--schema=beta")
     assert re.search(rf"^notes\.Note\.embedding\s+{len(NOTES)}\s+{len(NOTES)}\s+0\s", status, re.M), status
+
+    # A task queued in the schema of a tenant deleted since is dropped, saying why, not retried.
+    dropped = project.manage("shell", "-c", DROPPED_TASK)
+    assert "Dropped the task semantic.tasks.embed_field queued in the schema 'gone': no tenant" in dropped, dropped
+    assert "returned {}" in dropped
 
 
 NOTE_ADMIN = """from django.contrib import admin
