@@ -134,7 +134,7 @@ def _tenants(using: str) -> models.QuerySet:
 def _pointed_at(using: str, tenant: Any) -> Iterator[None]:
     """The connection pointed at ``tenant`` (None: the public schema) for the block."""
     connection = connections[using]
-    previous = connection.tenant
+    previous, include_public = connection.tenant, connection.include_public_schema
     if tenant is None:
         connection.set_schema_to_public()
     else:
@@ -142,7 +142,7 @@ def _pointed_at(using: str, tenant: Any) -> Iterator[None]:
     try:
         yield
     finally:
-        connection.set_tenant(previous)
+        connection.set_tenant(previous, include_public)
         # django-tenants sets the search_path when the next cursor is opened; a cursor opened
         # before the block (a search's, whose text the block's rate limit was for) would run its
         # statement in the block's schema. So it is set again now, unless the transaction failed:
