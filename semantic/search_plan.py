@@ -253,7 +253,10 @@ class SearchStatement:
         self.sent = False
 
     def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
-        if self.sent:
+        if self.sent or sql.lstrip()[:4].upper() == "SET ":
+            # Not the search: a setting the backend sends as it opens the search's cursor, through
+            # Django's cursor wrapper (django-tenants' search_path, pointing at the tenant's schema).
+            # Taken for the search, the probe ran before it, in the schema before: another tenant's.
             return execute(sql, params, many, context)
         self.sent = True
         raw = context["connection"].connection

@@ -101,6 +101,16 @@ print("taken", len(held), len(other[0]))
 """
 
 
+SEARCH_EACH = """
+from django_tenants.utils import schema_context
+from customers.models import Client
+from notes.models import Note
+for schema in ("alpha", "beta", "alpha"):
+    Client.objects.get(schema_name=schema)  # as django-tenants' middleware finds the tenant, in public
+    with schema_context(schema):
+        print(schema, [note.title for note in Note.objects.similar_to("forgotten password")[:1]])
+"""
+
 DROPPED_TASK = """
 import logging, sys
 logging.basicConfig(stream=sys.stdout, format="%(message)s")
@@ -224,6 +234,10 @@ def test_the_sweep_visits_every_tenants_schema(tenant_project):
     out = project.manage("tenant_command", "shell", "--schema=alpha", "-c", readme_snippet("search"))
     assert re.findall(r"^-?\d\.\d\d  (.+)$", out, re.M)[0] == "Reset a forgotten password", out
     assert project.sql("SELECT sum(requests) FROM public.semantic_ratelimit") == [(3,)]
+    # The same text again in each schema, its vector from the cache: the search's first statement
+    # is then django-tenants' SET search_path, sent through Django's cursor wrapper.
+    out = project.manage("shell", "-c", SEARCH_EACH)
+    assert re.findall(r"^(\w+) \['Reset a forgotten password'\]$", out, re.M) == ["alpha", "beta", "alpha"], out
 
 
 @pytest.mark.django_db
