@@ -288,7 +288,7 @@ def hand_to_workers(
     tasks = 0
     for start in range(0, len(pks), chunk):
         chunk_pks = pks[start : start + chunk]
-        task = tenancy.carried("semantic.tasks.embed_chunk", [label, field.name, chunk_pks, batch_size], using)
+        task = tenancy.carried("semantic.tasks.embed_chunk", [label, field.name, chunk_pks, batch_size], using, model)
         queue_task(*task, name=name)
         tasks += 1
     return tasks

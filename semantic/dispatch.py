@@ -237,7 +237,12 @@ def enqueue(model: type[models.Model], field_name: str, pks: Sequence[Any], *, u
         pks = list(pks)
         # The worker's own task, named as a worker finds it, run inline.
         task = import_string("semantic.tasks.embed_rows")
-        transaction.on_commit(lambda: task(label, field_name, pks, using), using=using, robust=True)
+
+        def inline() -> None:
+            with tenancy.at_home(model, using or DEFAULT_DB_ALIAS):
+                task(label, field_name, pks, using)
+
+        transaction.on_commit(inline, using=using, robust=True)
         return
     wake(*_wakeup(model, field_name, using), name=f"semantic: embed {label}.{field_name}", using=using)
 
@@ -247,7 +252,7 @@ def _wakeup(model: type[models.Model], field_name: str, using: str | None) -> li
     # The database travels with the wake-up, so rows saved with .using("other") are embedded there,
     # and so does a tenant's schema (semantic.tenancy), so rows saved in it are embedded in it.
     args = [model._meta.label, field_name] + ([using] if using not in (None, "default") else [])
-    return tenancy.carried("semantic.tasks.embed_field", args, using or DEFAULT_DB_ALIAS)
+    return tenancy.carried("semantic.tasks.embed_field", args, using or DEFAULT_DB_ALIAS, model)
 
 
 def hand_over(model: type[models.Model], field_name: str, *, using: str | None = None) -> None:

@@ -63,15 +63,17 @@ def tenant_schema(using: str) -> str | None:
     return None if name in (None, public_schema()) else name
 
 
-def carried(func: str, args: Sequence[Any], using: str) -> list[Any]:
+def carried(func: str, args: Sequence[Any], using: str, model: type[models.Model] | None = None) -> list[Any]:
     """The task to queue for ``func(*args)``, as ``[function, *arguments]``: itself, or, from
     a tenant's schema, ``semantic.tasks.in_schema`` carrying the schema and the database.
+    Not for ``model``'s rows when its table is in the public schema (a shared app's, saved in
+    a tenant's request): their passages and failure records are kept there too.
 
     A project without schemas per tenant queues exactly what it did before they were
     supported, so its queued tasks and the sweep's look-ups of them do not change.
     """
     schema = tenant_schema(using)
-    if schema is None:
+    if schema is None or (model is not None and not has_table(model, using)):
         return [func, *args]
     return [IN_SCHEMA_TASK, schema, using, func, *args]
 
@@ -109,10 +111,15 @@ def has_table(model: type[models.Model], using: str) -> bool:
     return not uses_tenant_schemas(using) or router.allow_migrate_model(using, model)
 
 
-def in_tenant_schemas_only(model: type[models.Model], using: str) -> bool:
-    """Whether ``model``'s rows are in tenants' schemas and the connection ``using`` is in the
-    public one, which has no table of it (a command run without ``tenant_command``)."""
-    return uses_tenant_schemas(using) and tenant_schema(using) is None and not has_table(model, using)
+@contextmanager
+def at_home(model: type[models.Model], using: str) -> Iterator[None]:
+    """The connection ``using`` in the schema of ``model``'s table for the block: the public
+    one for a shared app's model seen from a tenant's schema, else where it is."""
+    if tenant_schema(using) is not None and not has_table(model, using):
+        with _pointed_at(using, None):
+            yield
+    else:
+        yield
 
 
 @contextmanager

@@ -353,3 +353,56 @@ def test_passages_are_cut_embedded_and_searched_in_each_tenants_schema(tenant_pr
     assert project.sql("SELECT count(*) FROM public.semantic_passage") == [(0,)]
     found = project.manage("tenant_command", "shell", "--schema=beta", "-c", SEARCH_PASSAGES)
     assert "best Long 1 True" in found, found
+
+
+PRODUCT_MODEL = """from django.db import models
+
+from semantic import EmbeddingField, SemanticManager
+
+
+class Product(models.Model):
+    name = models.CharField(max_length=200)
+    embedding = EmbeddingField(source="name")
+
+    objects = SemanticManager()
+"""
+
+#: A shared app's row saved in a tenant's schema (a tenant's request), and what that queued.
+SAVE_PRODUCT = """
+from django_q.models import OrmQ
+from django_tenants.utils import schema_context
+from catalog.models import Product
+with schema_context("alpha"):
+    Product.objects.create(name="Password manager")
+print("queued", [(task.task["func"], list(task.task["args"])) for task in OrmQ.objects.all()])
+"""
+
+
+@pytest.mark.django_db
+def test_a_shared_apps_rows_are_embedded_once_in_the_public_schema(tenant_project):
+    project = tenant_project
+    project.manage("startapp", "catalog")
+    project.write("catalog/models.py", PRODUCT_MODEL)
+    settings = project.root / "mysite" / "settings.py"
+    settings.write_text(
+        settings.read_text()
+        + 'SHARED_APPS += ["catalog"]\n'
+        + "INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]\n"
+    )
+    project.manage("makemigrations", "catalog")
+    project.manage("migrate_schemas", "--shared")
+
+    out = project.manage("shell", "-c", SAVE_PRODUCT)
+    assert "queued [('semantic.tasks.embed_field', ['catalog.Product', 'embedding'])]" in out, out
+    error = project.refused("tenant_command", "semantic_embed", "catalog.Product", "--schema=alpha")
+    assert "catalog.Product: the rows are in the public schema (a shared app's)" in error, error
+
+    project.manage("shell", "-c", SAVE_NOTES.format(tenants=TENANTS, notes=NOTES))
+    # The public schema's tenant, as django-tenants' setup makes it: all_tenants_command visits it too.
+    project.manage(
+        "shell", "-c", "from customers.models import Client\nClient(schema_name='public', name='public').save()"
+    )
+    out = project.manage("all_tenants_command", "semantic_embed")
+    assert out.count("catalog.Product.embedding: 1 embedded") == 1, out
+    assert out.count(f"notes.Note.embedding: {len(NOTES)} embedded") == 2, out
+    assert project.sql("SELECT count(*), count(embedding) FROM public.catalog_product") == [(1, 1)]

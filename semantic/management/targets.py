@@ -23,6 +23,10 @@ IN_TENANT_SCHEMAS = (
     "Run it in every tenant's schema with `manage.py all_tenants_command <command>`, or in one "
     "with `manage.py tenant_command <command> --schema=<schema>`."
 )
+IN_PUBLIC_SCHEMA = (
+    "{labels}: the rows are in the public schema (a shared app's), and this command ran in the tenant "
+    "schema {schema!r}. Run it without tenant_command."
+)
 APP_MIGRATIONS_DUE = (
     "django-semantic's own tables are behind this version ({count} migration(s) not applied to "
     "the database {database!r}: {names}); run `manage.py migrate` first."
@@ -48,8 +52,8 @@ def resolve(target: str) -> list[tuple[type[models.Model], EmbeddingField]]:
             names = ", ".join(f.name for f in fields)
             raise CommandError(UNKNOWN_FIELD.format(label=model._meta.label, name=parts[2], names=names))
         fields = chosen
-    if tenancy.in_tenant_schemas_only(model, router.db_for_write(model)):
-        raise CommandError(IN_TENANT_SCHEMAS.format(labels=model._meta.label))
+    if not tenancy.has_table(model, router.db_for_write(model)):
+        raise CommandError(elsewhere([model]))
     return [(model, field) for field in fields]
 
 
@@ -58,10 +62,23 @@ def resolve_all(targets: list[str]) -> list[tuple[type[models.Model], EmbeddingF
         return [pair for target in targets for pair in resolve(target)]
     # A proxy's or a multi-table child's field belongs to the model that declares it.
     found = [(m, f) for m in apps.get_models() for f in embedding_fields(m) if f.model is m]
-    elsewhere = [(m, f) for m, f in found if tenancy.in_tenant_schemas_only(m, router.db_for_write(m))]
-    if elsewhere and len(elsewhere) == len(found):
-        raise CommandError(IN_TENANT_SCHEMAS.format(labels=", ".join(sorted({m._meta.label for m, _ in elsewhere}))))
-    return [pair for pair in found if pair not in elsewhere]
+    # With schemas per tenant, the models whose tables are in the schema the command runs in:
+    # all_tenants_command runs it in the public schema and each tenant's, each model's rows once.
+    here = [(m, f) for m, f in found if tenancy.has_table(m, router.db_for_write(m))]
+    if found and not here:
+        raise CommandError(elsewhere([m for m, _ in found]))
+    return here
+
+
+def elsewhere(found: list[type[models.Model]]) -> str:
+    """Why a command in this schema has none of these models' rows (schemas per tenant)."""
+    labels = ", ".join(sorted({model._meta.label for model in found}))
+    schema = tenancy.tenant_schema(router.db_for_write(found[0]))
+    return (
+        IN_TENANT_SCHEMAS.format(labels=labels)
+        if schema is None
+        else IN_PUBLIC_SCHEMA.format(labels=labels, schema=schema)
+    )
 
 
 def known_models() -> list[str]:
