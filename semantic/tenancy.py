@@ -5,8 +5,9 @@ own and points a connection at one of them (``connection.set_tenant()``; its mid
 does so for each request, its ``tenant_command`` for a command). A django-q2 worker's
 connection starts in the public schema and would find none of a tenant's rows. So:
 
-- work queued from a tenant's schema names that schema: :func:`carried` wraps the task in
-  ``semantic.tasks.in_schema``, which runs it there (:func:`in_schema`);
+- work queued names its schema, the public one too: :func:`carried` wraps the task in
+  ``semantic.tasks.in_schema``, which runs it there (:func:`in_schema`), wherever the
+  worker's connection was left by the task before;
 - the sweep visits the public schema and every tenant's (:func:`schemas`), and in each only
   the models whose tables the project's router puts there (:func:`has_table`);
 - what is shared by name across schemas, as PostgreSQL's advisory locks are, is told apart
@@ -72,19 +73,27 @@ def carried(func: str, args: Sequence[Any], using: str, model: type[models.Model
     A project without schemas per tenant queues exactly what it did before they were
     supported, so its queued tasks and the sweep's look-ups of them do not change.
     """
+    if not uses_tenant_schemas(using):
+        return [func, *args]
+    # The public schema is named too: a worker's connection is where its last task left it
+    # (a project's own task that set a tenant and did not set it back).
     schema = tenant_schema(using)
     if schema is None or (model is not None and not has_table(model, using)):
-        return [func, *args]
+        schema = public_schema()
     return [IN_SCHEMA_TASK, schema, using, func, *args]
 
 
 @contextmanager
 def in_schema(using: str, schema: str | None) -> Iterator[bool]:
-    """Point the connection ``using`` at the tenant whose schema is ``schema`` (None: leave it
-    where it is) for the block, then back where it was. Yields False, and changes nothing,
-    when no tenant has that schema any more."""
-    if schema is None:
+    """Point the connection ``using`` at the tenant whose schema is ``schema`` (None: the public
+    schema) for the block, then back where it was. Yields False, and changes nothing, when no
+    tenant has that schema any more. Without schemas per tenant, changes nothing."""
+    if not uses_tenant_schemas(using):
         yield True
+        return
+    if schema in (None, public_schema()):
+        with _pointed_at(using, None):
+            yield True
         return
     with _pointed_at(using, None):
         tenant = _tenants(using).filter(schema_name=schema).first()
