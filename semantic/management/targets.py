@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.apps import apps
@@ -19,13 +20,13 @@ UNKNOWN_MODEL = "Unknown model {label!r}; models with an EmbeddingField: {known}
 NO_FIELD = "{label} has no EmbeddingField."
 UNKNOWN_FIELD = "{label} has no EmbeddingField named {name!r}; it has {names}."
 IN_TENANT_SCHEMAS = (
-    "{labels}: the rows are in each tenant's schema, and this command ran in the public one. "
+    "{labels}: the rows are in each tenant's schema, not in the public one this command ran in. "
     "Run it in every tenant's schema with `manage.py all_tenants_command <command>`, or in one "
     "with `manage.py tenant_command <command> --schema=<schema>`."
 )
 IN_PUBLIC_SCHEMA = (
-    "{labels}: the rows are in the public schema (a shared app's), and this command ran in the tenant "
-    "schema {schema!r}. Run it without tenant_command."
+    "{labels}: the rows are in the public schema (a shared app's), not in the tenant schema {schema!r} "
+    "this command ran in. Run it without tenant_command."
 )
 APP_MIGRATIONS_DUE = (
     "django-semantic's own tables are behind this version ({count} migration(s) not applied to "
@@ -33,8 +34,10 @@ APP_MIGRATIONS_DUE = (
 )
 
 
-def resolve(target: str) -> list[tuple[type[models.Model], EmbeddingField]]:
-    """The (model, field) pairs a target names: one field, or every one of a model."""
+def resolve(target: str, *, anywhere: bool = False) -> list[tuple[type[models.Model], EmbeddingField]]:
+    """The (model, field) pairs a target names: one field, or every one of a model. With schemas
+    per tenant, refused when the model's rows are not in the schema the command runs in, unless
+    ``anywhere``."""
     parts = target.split(".")
     if len(parts) not in (2, 3) or not all(parts):
         raise CommandError(BAD_TARGET.format(target=target))
@@ -52,21 +55,27 @@ def resolve(target: str) -> list[tuple[type[models.Model], EmbeddingField]]:
             names = ", ".join(f.name for f in fields)
             raise CommandError(UNKNOWN_FIELD.format(label=model._meta.label, name=parts[2], names=names))
         fields = chosen
-    if not tenancy.has_table(model, router.db_for_write(model)):
+    if not anywhere and not tenancy.has_table(model, router.db_for_write(model)):
         raise CommandError(elsewhere([model]))
     return [(model, field) for field in fields]
 
 
-def resolve_all(targets: list[str]) -> list[tuple[type[models.Model], EmbeddingField]]:
+def resolve_all(
+    targets: list[str], note: Callable[[str], Any] | None = None
+) -> list[tuple[type[models.Model], EmbeddingField]]:
+    """The (model, field) pairs the targets name (all by default). With schemas per tenant, only
+    those whose rows are in the schema the command runs in; ``note`` hears which were left out.
+    So ``all_tenants_command``, which runs a command in the public schema and each tenant's,
+    meets each model's rows once, and goes on past the schemas that have none of them."""
     if targets:
-        return [pair for target in targets for pair in resolve(target)]
-    # A proxy's or a multi-table child's field belongs to the model that declares it.
-    found = [(m, f) for m in apps.get_models() for f in embedding_fields(m) if f.model is m]
-    # With schemas per tenant, the models whose tables are in the schema the command runs in:
-    # all_tenants_command runs it in the public schema and each tenant's, each model's rows once.
+        found = [pair for target in targets for pair in resolve(target, anywhere=True)]
+    else:
+        # A proxy's or a multi-table child's field belongs to the model that declares it.
+        found = [(m, f) for m in apps.get_models() for f in embedding_fields(m) if f.model is m]
     here = [(m, f) for m, f in found if tenancy.has_table(m, router.db_for_write(m))]
-    if found and not here:
-        raise CommandError(elsewhere([m for m, _ in found]))
+    left_out = [m for m, f in found if (m, f) not in here]
+    if left_out and note is not None:
+        note(elsewhere(left_out))
     return here
 
 
@@ -74,11 +83,9 @@ def elsewhere(found: list[type[models.Model]]) -> str:
     """Why a command in this schema has none of these models' rows (schemas per tenant)."""
     labels = ", ".join(sorted({model._meta.label for model in found}))
     schema = tenancy.tenant_schema(router.db_for_write(found[0]))
-    return (
-        IN_TENANT_SCHEMAS.format(labels=labels)
-        if schema is None
-        else IN_PUBLIC_SCHEMA.format(labels=labels, schema=schema)
-    )
+    if schema is None:
+        return IN_TENANT_SCHEMAS.format(labels=labels)
+    return IN_PUBLIC_SCHEMA.format(labels=labels, schema=schema)
 
 
 def known_models() -> list[str]:

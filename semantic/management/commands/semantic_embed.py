@@ -150,7 +150,7 @@ class Command(QuietMixin, BaseCommand):
             raise CommandError("--switch embeds inline and then switches; it does not go with --queue or --dry-run.")
         if batch_api and (queue or failed):
             raise CommandError("--batch-api runs the jobs from this command; it does not go with --queue or --failed.")
-        resolved = resolve_all(targets)
+        resolved = resolve_all(targets, note=self.stderr.write)
         if switch and (len(resolved) != 1 or len(targets[0].split(".")) != 3):
             raise CommandError(self.SWITCH_ONE)
         if switch:

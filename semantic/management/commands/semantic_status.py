@@ -41,14 +41,18 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print JSON for monitoring")
 
     def handle(self, targets, json, **options):
-        resolved = resolve_all(targets)
+        elsewhere: list[str] = []  # with schemas per tenant, models whose rows are in other schemas
+        resolved = resolve_all(targets, note=elsewhere.append)
+        for note in elsewhere:
+            self.stderr.write(note)
         check_app_migrated(resolved)
         report = [field_status(model, field) for model, field in resolved]
         if json:
             self.stdout.write(_dumps(report))
             return
         if not report:
-            self.stdout.write(self.NOTHING)
+            if not elsewhere:
+                self.stdout.write(self.NOTHING)
             return
         self.stdout.write(self.HEADER.format("field", "total", *STATES, "oldest pending", "model|task type|dimensions"))
         for row in report:
