@@ -34,6 +34,7 @@ from django.apps import apps
 from django.db import models
 from django.utils import timezone
 
+from semantic import tenancy
 from semantic.batch_collect import collect, collect_passages, wait
 from semantic.embedder import Embedder
 from semantic.fields import EmbeddingField
@@ -53,6 +54,12 @@ MAX_JOB_BYTES = 8_000_000
 #: Share of the interactive price the Batch API charges.
 PRICE_FACTOR = 0.5
 
+#: run() where the model's table is not (schemas per tenant: a tenant model, from the public schema).
+ELSEWHERE = (
+    "{label}'s rows are not in the schema this ran in (with schemas per tenant, a tenant model's rows are "
+    "in each tenant's schema): run it there, for every tenant with `manage.py all_tenants_command "
+    "semantic_embed {label} --batch-api`, or call run() inside django-tenants' schema_context()."
+)
 NEEDS_GEMINI = "--batch-api needs the Gemini backend; {label} embeds with {model_id}."
 NO_TITLES = (
     "{label} sends a title with each row (title_source), which a batch job cannot; embed it without --batch-api."
@@ -103,6 +110,9 @@ def run(
     notify = on_event or (lambda kind, job, **details: None)
     # Jobs and rows are read where they are written: a read replica that lags would hide them.
     using = Embedder(model, field).using
+    if not tenancy.has_table(model, using):
+        # A schedule runs in the public schema; a tenant model's rows and jobs are in each tenant's.
+        raise ValueError(ELSEWHERE.format(label=model._meta.label))
     found = open_jobs(model, field, using=using)
     jobs = list(found.filter(name=job_name) if job_name else found)
     if job_name and not jobs:

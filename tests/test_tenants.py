@@ -113,6 +113,23 @@ for schema in ("alpha", "beta", "alpha"):
         print(schema, [note.title for note in Note.objects.similar_to("forgotten password")[:1]])
 """
 
+BATCH_IN_PUBLIC = """
+from semantic import batch
+try:
+    batch.run("notes.Note", "embedding")
+except ValueError as error:
+    print(error)
+"""
+
+#: Every note pending again, in each tenant's schema.
+RESET = """
+from django_tenants.utils import schema_context
+from notes.models import Note
+for schema in {tenants!r}:
+    with schema_context(schema):
+        Note.objects.update(embedding=None, embedding_embedded_hash=None)
+"""
+
 DROPPED_TASK = """
 import logging, sys
 logging.basicConfig(stream=sys.stdout, format="%(message)s")
@@ -285,6 +302,14 @@ def test_commands_run_in_each_tenants_schema_and_say_so_in_the_public_one(tenant
     assert [project.counts(schema) for schema in TENANTS] == [(len(NOTES), len(NOTES))] * 2
     status = project.manage("tenant_command", "semantic_status", "--schema=beta")
     assert re.search(rf"^notes\.Note\.embedding\s+{len(NOTES)}\s+{len(NOTES)}\s+0\s", status, re.M), status
+
+    # The Batch API: its scheduled run refuses in the public schema, the command runs in each tenant's.
+    batch = project.output("shell", "-c", BATCH_IN_PUBLIC)
+    assert "notes.Note's rows are not in the schema this ran in" in batch and "all_tenants_command" in batch
+    project.manage("shell", "-c", "from django.db import connection\n" + RESET.format(tenants=TENANTS))
+    out = project.output("all_tenants_command", "semantic_embed", "notes.Note", "--batch-api", "--poll-interval=0.05")
+    assert [project.counts(schema) for schema in TENANTS] == [(len(NOTES), len(NOTES))] * 2, out
+    assert project.sql("SELECT count(*) FROM alpha.semantic_embeddingbatchjob") == [(1,)]
 
     # A task queued in the schema of a tenant deleted since is dropped, saying why, not retried.
     dropped = project.manage("shell", "-c", DROPPED_TASK)
