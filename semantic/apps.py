@@ -1,3 +1,5 @@
+import logging
+
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate, pre_migrate
 
@@ -17,6 +19,7 @@ class SemanticConfig(AppConfig):
         from semantic.running_task import watch_tasks
         from semantic.sized_columns import unsize_vector_columns
         from semantic.tasks import install_sweep_schedule
+        from semantic.tenancy import SchemaInLog
         from semantic.warmup import connect as warm_up_where_needed
 
         # Before any app's migrations run, so models with an EmbeddingField can be
@@ -34,5 +37,7 @@ class SemanticConfig(AppConfig):
         connect_relations()
         # A run inside a django-q2 task stops before the task's timeout would kill it.
         watch_tasks()
+        # With schemas per tenant, the app's log lines say which tenant's rows they are about.
+        logging.getLogger("semantic").addFilter(SchemaInLog())
         # The local model loads in the background in web and worker processes only.
         warm_up_where_needed()

@@ -22,6 +22,7 @@ queued as itself, the sweep visits the one schema there is.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -105,12 +106,28 @@ def in_schema(using: str, schema: str | None) -> Iterator[bool]:
 
 
 def schemas(using: str) -> list[str | None]:
-    """The schemas the sweep visits on ``using``: the public one (None) and every tenant's."""
+    """The schemas the sweep visits on ``using``: the public one (None) and every tenant's that
+    is there (a tenant's row is saved before django-tenants creates its schema)."""
     if not uses_tenant_schemas(using):
         return [None]
     with _pointed_at(using, None):
-        tenants = list(_tenants(using).exclude(schema_name=public_schema()).values_list("schema_name", flat=True))
-    return [None, *tenants]
+        names = list(_tenants(using).exclude(schema_name=public_schema()).values_list("schema_name", flat=True))
+        with connections[using].cursor() as cursor:
+            cursor.execute("SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)", [names])
+            there = {name for (name,) in cursor.fetchall()}
+    return [None, *sorted(name for name in names if name in there)]
+
+
+class SchemaInLog(logging.Filter):
+    """Names the tenant schema in the app's log lines of work done in one: ``[alpha] ...``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        schema = tenant_schema(database())
+        if schema is not None and not getattr(record, "tenant_schema", None):
+            record.tenant_schema = schema
+            prefix = f"[{schema}] ".replace("%", "%%") if record.args else f"[{schema}] "
+            record.msg = prefix + str(record.msg)
+        return True
 
 
 def has_table(model: type[models.Model], using: str) -> bool:

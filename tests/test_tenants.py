@@ -103,6 +103,13 @@ print("taken", len(held), len(other[0]))
 
 SWEEP = "from semantic.tasks import sweep\nprint(sorted(sweep()))"
 
+NOT_CREATED_YET = """
+from customers.models import Client
+tenant = Client(schema_name="later", name="later")
+tenant.auto_create_schema = False
+tenant.save()
+"""
+
 SEARCH_EACH = """
 from django_tenants.utils import schema_context
 from customers.models import Client
@@ -249,23 +256,32 @@ def test_a_worker_embeds_each_tenants_rows_in_its_own_schema(tenant_project):
 
 
 @pytest.mark.django_db
-def test_the_sweep_visits_every_tenants_schema(tenant_project):
+def test_the_sweep_visits_every_tenants_schema(tenant_project, fake_gemini):
     project = tenant_project
     for schema in TENANTS:
         rows = ", ".join(f"('{title}', '{body}')" for title, body in NOTES)
         project.sql(f'INSERT INTO "{schema}".notes_note (title, body) VALUES {rows}')
-    out = project.manage("shell", "-c", SWEEP)
+    project.sql("INSERT INTO beta.notes_note (title, body) VALUES ('REJECTME', 'a text the API refuses')")
+    fake_gemini.reject_marker = "REJECTME"
+    # A tenant whose schema django-tenants has not created yet: nothing there to sweep, nothing to say.
+    project.manage("shell", "-c", NOT_CREATED_YET)
+    out = project.output("shell", "-c", SWEEP)
     assert "['alpha:notes.Note.embedding', 'beta:notes.Note.embedding']" in out, out
-    assert [project.counts(schema) for schema in TENANTS] == [(len(NOTES), len(NOTES))] * 2
-    # One request per tenant, counted against the key they share, in the public schema.
-    assert project.sql("SELECT sum(requests) FROM public.semantic_ratelimit") == [(2,)]
+    assert [project.counts(schema) for schema in TENANTS] == [(len(NOTES), len(NOTES)), (len(NOTES) + 1, len(NOTES))]
+    # Log lines name the tenant whose rows they are about.
+    (failed,) = [line for line in out.splitlines() if "failed" in line and "notes.Note.embedding" in line]
+    assert failed.startswith("[beta] "), out
+    assert "Sweep skipped" not in out and "later" not in out, out
+    # Every request, whichever tenant's rows it carried, counted against the key they share, in the public schema.
+    sent = fake_gemini.request_count
+    assert sent > 2 and project.sql("SELECT sum(requests) FROM public.semantic_ratelimit") == [(sent,)]
     for schema in TENANTS:
         assert project.sql(f'SELECT count(*) FROM "{schema}".semantic_ratelimit') == [(0,)]
     # The README's search in a tenant's schema: its text is counted in the public schema, and the
     # search runs in the tenant's.
     out = project.manage("tenant_command", "shell", "--schema=alpha", "-c", readme_snippet("search"))
     assert re.findall(r"^-?\d\.\d\d  (.+)$", out, re.M)[0] == "Reset a forgotten password", out
-    assert project.sql("SELECT sum(requests) FROM public.semantic_ratelimit") == [(3,)]
+    assert project.sql("SELECT sum(requests) FROM public.semantic_ratelimit") == [(sent + 1,)]
     # The same text again in each schema, its vector from the cache: the search's first statement
     # is then django-tenants' SET search_path, sent through Django's cursor wrapper.
     out = project.manage("shell", "-c", SEARCH_EACH)
