@@ -72,29 +72,29 @@ class Project:
         self.database = database
         self.env = env
 
-    def manage(self, *args: str, input: str | None = None, env: dict[str, str] | None = None) -> str:
-        result = subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=self.root,
-            env={**self.env, **(env or {})},
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=300,
+    def run(self, *args: str, input: str | None = None, env: dict[str, str] | None = None) -> Any:
+        """``manage.py *args``, its output captured: the CompletedProcess."""
+        command = [sys.executable, "manage.py", *args]
+        environment = {**self.env, **(env or {})}
+        return subprocess.run(
+            command, cwd=self.root, env=environment, input=input, capture_output=True, text=True, timeout=300
         )
+
+    def manage(self, *args: str, input: str | None = None, env: dict[str, str] | None = None) -> str:
+        """Runs a command that must succeed; returns its standard output."""
+        result = self.run(*args, input=input, env=env)
         assert result.returncode == 0, f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
         return result.stdout
 
+    def output(self, *args: str) -> str:
+        """Runs a command that must succeed; returns its standard output and error, in that order."""
+        result = self.run(*args)
+        assert result.returncode == 0, f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        return result.stdout + result.stderr
+
     def refused(self, *args: str) -> str:
         """Runs a command that must fail; returns its standard error."""
-        result = subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=self.root,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        result = self.run(*args)
         assert result.returncode != 0, f"manage.py {' '.join(args)} did not fail:\n{result.stdout}"
         return result.stderr
 
@@ -159,6 +159,21 @@ def server_params(database: str) -> dict[str, str]:
     return params
 
 
+def started_project(cls: type[Project], root: Path, database: str, api_key: str | None, gemini_url: str) -> Any:
+    """``django-admin startproject mysite`` in ``root``, its settings reading the database's name and
+    server (and, with ``api_key``, the fake Gemini server's address) from its environment."""
+    root.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    env.update(ADOPT_DB_NAME=database, ADOPT_DB_HOST=connection.settings_dict["HOST"])
+    env.update(ADOPT_DB_USER=connection.settings_dict["USER"], ADOPT_DB_PORT=str(connection.settings_dict["PORT"]))
+    if api_key:
+        env.update(GEMINI_API_KEY=api_key, ADOPT_GEMINI_URL=gemini_url)
+    command = [sys.executable, "-m", "django", "startproject", "mysite", str(root)]
+    subprocess.run(command, check=True, env=env, timeout=60)
+    return cls(root, database, env)
+
+
 @pytest.fixture
 def new_project(tmp_path: Path, fake_gemini) -> Iterator[callable]:
     """Makes projects: ``new_project(api_key=...)`` -> a Project with an app ``notes`` holding rows."""
@@ -169,20 +184,9 @@ def new_project(tmp_path: Path, fake_gemini) -> Iterator[callable]:
         with psycopg.connect(**server_params("postgres"), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{database}"')
         databases.append(database)
-        root = tmp_path / database
-        root.mkdir()
-        env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
-        env.pop("DJANGO_SETTINGS_MODULE", None)
-        env.update(ADOPT_DB_NAME=database, ADOPT_DB_HOST=connection.settings_dict["HOST"])
-        env.update(ADOPT_DB_USER=connection.settings_dict["USER"], ADOPT_DB_PORT=str(connection.settings_dict["PORT"]))
-        if api_key:
-            env.update(GEMINI_API_KEY=api_key, ADOPT_GEMINI_URL=fake_gemini.base_url)
-        subprocess.run(
-            [sys.executable, "-m", "django", "startproject", "mysite", str(root)], check=True, env=env, timeout=60
-        )
-        project = Project(root, database, env)
+        project = started_project(Project, tmp_path / database, database, api_key, fake_gemini.base_url)
         project.manage("startapp", "notes")
-        settings = root / "mysite" / "settings.py"
+        settings = project.root / "mysite" / "settings.py"
         # The project as it was before this app: its own app, on PostgreSQL.
         settings.write_text(
             settings.read_text()

@@ -9,7 +9,6 @@ ORM's back in each schema are the sweep's.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -22,9 +21,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from django.db import connection
 
-from tests.test_adoption import NOTES, Project, readme_snippet, server_params
+from tests.test_adoption import NOTES, Project, readme_snippet, server_params, started_project
 
 TENANTS = ("alpha", "beta")
 
@@ -146,19 +144,6 @@ print("returned", in_schema("gone", "default", "semantic.tasks.embed_field", "no
 
 
 class TenantProject(Project):
-    def output(self, *args: str) -> str:
-        """A command that must succeed: what it wrote to stdout and stderr."""
-        result = subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=self.root,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert result.returncode == 0, f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-        return result.stdout + result.stderr
-
     def counts(self, schema: str) -> tuple[int, int]:
         (row,) = self.sql(
             "SELECT count(*), count(*) FILTER (WHERE embedding IS NOT NULL AND embedding_embedded_hash IS NOT NULL) "
@@ -174,21 +159,13 @@ def tenant_project(tmp_path: Path, fake_gemini) -> Iterator[TenantProject]:
     with psycopg.connect(**server_params("postgres"), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{database}"')
     try:
-        root = tmp_path / database
-        root.mkdir()
-        env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
-        env.pop("DJANGO_SETTINGS_MODULE", None)
-        env.update(ADOPT_DB_NAME=database, ADOPT_DB_HOST=connection.settings_dict["HOST"])
-        env.update(ADOPT_DB_USER=connection.settings_dict["USER"], ADOPT_DB_PORT=str(connection.settings_dict["PORT"]))
-        env.update(GEMINI_API_KEY="test-key-tenants", ADOPT_GEMINI_URL=fake_gemini.base_url)
-        subprocess.run(
-            [sys.executable, "-m", "django", "startproject", "mysite", str(root)], check=True, env=env, timeout=60
+        project = started_project(
+            TenantProject, tmp_path / database, database, "test-key-tenants", fake_gemini.base_url
         )
-        project = TenantProject(root, database, env)
         project.manage("startapp", "customers")
         project.manage("startapp", "notes")
         project.write("customers/models.py", CUSTOMERS_MODELS)
-        settings = root / "mysite" / "settings.py"
+        settings = project.root / "mysite" / "settings.py"
         settings.write_text(settings.read_text() + TENANT_SETTINGS + "\n" + readme_snippet("tenants"))
         # This machine reaches Gemini through the tests' fake server; a limit makes requests counted.
         settings.write_text(
