@@ -28,6 +28,7 @@ from django.utils.http import urlencode
 from django.utils.text import Truncator, capfirst
 from django.utils.translation import gettext_lazy as _
 
+from semantic import tenancy
 from semantic.admin_dismissed import DismissedPairAdmin
 from semantic.admin_selection import keep_selection, kept_selection
 from semantic.companions import CompanionMixin
@@ -241,7 +242,10 @@ class DuplicateReviewMixin:
         """
         sql, params = rows.order_by().values("pk").query.sql_with_params()
         identity = repr((field.name, threshold, sql, params)).encode()
-        key = f"semantic:duplicates:{self.model._meta.label}:{hashlib.blake2b(identity, digest_size=16).hexdigest()}"  # type: ignore[attr-defined]
+        # The SQL is the same in every tenant's schema (django-tenants): the schema is part of the key.
+        scope = tenancy.scope(rows.db)
+        digest = hashlib.blake2b(identity, digest_size=16).hexdigest()
+        key = f"semantic:duplicates:{scope}{self.model._meta.label}:{digest}"  # type: ignore[attr-defined]
         kept = cache.get(key) if self.duplicate_cache_seconds else None
         if kept is not None:
             return kept

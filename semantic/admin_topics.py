@@ -44,12 +44,13 @@ from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import ChangeList
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
-from django.db import models
+from django.db import models, router
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.translation import gettext_lazy as _
 
+from semantic import tenancy
 from semantic.clusters import Cluster, choose_k, cluster, sample_rows
 from semantic.conf import semantic_settings as conf
 
@@ -91,7 +92,8 @@ def topic_token(group: Cluster, k: int) -> str:
 
 
 def topic_cache_key(model: type[models.Model], token: str) -> str:
-    return f"semantic:topic:{model._meta.label}:{token}"
+    """Where a topic's label and rows are kept: per schema with schemas per tenant, whose rows share keys."""
+    return f"semantic:topic:{tenancy.scope(router.db_for_read(model))}{model._meta.label}:{token}"
 
 
 def parse_topic(raw: str) -> tuple[int, int, str]:

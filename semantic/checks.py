@@ -14,9 +14,11 @@ from django.apps import apps
 from django.conf import settings
 from django.core import checks
 
+from semantic import tenancy
 from semantic.backends.gemini_client import sendable_key
 from semantic.conf import GEMINI_BACKEND, REMOVED
 from semantic.conf import semantic_settings as conf
+from semantic.registry import embedding_fields
 from semantic.running_task import STORE_SECONDS, TASK_TIME_HINT, task_time_problem
 
 #: semantic.E015: the key as configured cannot be sent; it names the character, never the key.
@@ -190,43 +192,42 @@ def check_worker_pool(app_configs: Any = None, **kwargs: Any) -> list[checks.CMe
 #: semantic.E017: with schemas per tenant, the app's tables are needed in both kinds of schema.
 TENANT_APPS_MISSING = (
     "'semantic' is not in {missing}: with schemas per tenant its tables are needed in the public schema "
-    "(the rate limit all tenants share) and in each tenant's (the rows' passages, failures and labels)."
+    "(the rate limit all tenants share) and in each schema with a model that has an EmbeddingField "
+    "(the rows' passages, failures and labels)."
 )
-TENANT_APPS_HINT = "Add 'semantic' to both SHARED_APPS and TENANT_APPS, as the README's \"Schemas per tenant\" shows."
+TENANT_APPS_HINT = "Add 'semantic' to those lists, as the README's \"Schemas per tenant\" shows."
 #: semantic.E018: django-q2's queue in a tenant's schema is a queue no worker reads.
 QUEUE_PER_TENANT = (
-    "'django_q' is in TENANT_APPS: each tenant's schema then has a queue of its own, which saves in that "
+    "'django_q' is in {lists}: each tenant's schema then has a queue of its own, which saves in that "
     "schema write their work to, and the worker, which reads the public schema's, never sees it."
 )
-QUEUE_PER_TENANT_HINT = "Keep 'django_q' in SHARED_APPS only."
+QUEUE_PER_TENANT_HINT = "Keep 'django_q' in the public schema's apps only (SHARED_APPS)."
 
 
 @checks.register()
 def check_tenant_apps(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
-    """Schemas per tenant (django-tenants' ``SHARED_APPS`` and ``TENANT_APPS``): where the app and
-    django-q2 must be for the worker to serve every tenant (:mod:`semantic.tenancy`)."""
-    shared, tenant = getattr(settings, "SHARED_APPS", None), getattr(settings, "TENANT_APPS", None)
-    if shared is None or tenant is None:
-        return []
-    problems = []
+    """Schemas per tenant (django-tenants' ``SHARED_APPS`` and ``TENANT_APPS``, or ``TENANT_TYPES``):
+    where the app and django-q2 must be for the worker to serve every tenant (:mod:`semantic.tenancy`)."""
+    lists = tenancy.app_lists()
+    embedded = {model._meta.app_label for model in apps.get_models() if embedding_fields(model)}
     missing = [
-        name
-        for name, listed in (("SHARED_APPS", shared), ("TENANT_APPS", tenant))
-        if not listed_app("semantic", listed)
+        setting
+        for setting, names, public in lists
+        if (public or any(tenancy.listed_app(label, names) for label in embedded))
+        and not tenancy.listed_app("semantic", names)
     ]
+    problems = []
     if missing:
         problems.append(
             checks.Error(
                 TENANT_APPS_MISSING.format(missing=" and ".join(missing)), hint=TENANT_APPS_HINT, id="semantic.E017"
             )
         )
-    if listed_app("django_q", tenant):
-        problems.append(checks.Error(QUEUE_PER_TENANT, hint=QUEUE_PER_TENANT_HINT, id="semantic.E018"))
+    queues = [setting for setting, names, public in lists if not public and tenancy.listed_app("django_q", names)]
+    if queues:
+        problems.append(
+            checks.Error(
+                QUEUE_PER_TENANT.format(lists=" and ".join(queues)), hint=QUEUE_PER_TENANT_HINT, id="semantic.E018"
+            )
+        )
     return problems
-
-
-def listed_app(label: str, names: list[str]) -> bool:
-    """Whether the installed app ``label`` is in ``names``, by its module or its AppConfig's path
-    (as django-tenants' router reads those lists)."""
-    config = apps.app_configs.get(label)
-    return config is not None and (config.name in names or f"{config.__module__}.{type(config).__name__}" in names)

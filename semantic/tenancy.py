@@ -132,9 +132,66 @@ class SchemaInLog(logging.Filter):
 
 def has_table(model: type[models.Model], using: str) -> bool:
     """Whether the schema the connection ``using`` works in has ``model``'s table: django-tenants'
-    router answers by the schema (``SHARED_APPS`` for the public one, ``TENANT_APPS`` for tenants').
-    Always true without schemas per tenant."""
-    return not uses_tenant_schemas(using) or router.allow_migrate_model(using, model)
+    router answers by the schema (``SHARED_APPS`` for the public one, ``TENANT_APPS`` for tenants',
+    or the tenant type's apps). Always true without schemas per tenant."""
+    if not uses_tenant_schemas(using):
+        return True
+    tenant = connections[using].tenant
+    if multi_type() and tenant.schema_name != public_schema() and tenant.get_tenant_type() is None:
+        # schema_context() points the connection by the schema's name alone, and the router reads
+        # the tenant's type (TENANT_TYPES[None]: KeyError): the type is the tenant row's.
+        kind = _tenant_type(using, tenant.schema_name)
+        return kind is None or listed_app(model._meta.app_label, settings.TENANT_TYPES[kind]["APPS"])
+    return router.allow_migrate_model(using, model)
+
+
+def in_public_schema(model: type[models.Model]) -> bool:
+    """Whether ``model``'s app is one of the public schema's (``SHARED_APPS``, or the public type's apps)."""
+    names = settings.TENANT_TYPES[public_schema()]["APPS"] if multi_type() else getattr(settings, "SHARED_APPS", [])
+    return listed_app(model._meta.app_label, names)
+
+
+def app_lists() -> list[tuple[str, list[str], bool]]:
+    """django-tenants' lists of apps, each with the setting that holds it and whether it is the
+    public schema's: ``SHARED_APPS`` and ``TENANT_APPS``, or each of ``TENANT_TYPES``' ``APPS``."""
+    if multi_type():
+        return [
+            (f"TENANT_TYPES[{kind!r}]['APPS']", list(spec.get("APPS", [])), kind == public_schema())
+            for kind, spec in settings.TENANT_TYPES.items()
+        ]
+    shared, tenant = getattr(settings, "SHARED_APPS", None), getattr(settings, "TENANT_APPS", None)
+    if shared is None or tenant is None:
+        return []
+    return [("SHARED_APPS", list(shared), True), ("TENANT_APPS", list(tenant), False)]
+
+
+def listed_app(label: str, names: list[str]) -> bool:
+    """Whether the installed app ``label`` is in ``names``, by its module or its AppConfig's path
+    (as django-tenants' router reads those lists)."""
+    config = apps.app_configs.get(label)
+    return config is not None and (config.name in names or f"{config.__module__}.{type(config).__name__}" in names)
+
+
+def multi_type() -> bool:
+    """Whether tenants are of several types, each with apps of its own (django-tenants' ``TENANT_TYPES``)."""
+    return bool(getattr(settings, "HAS_MULTI_TYPE_TENANTS", False))
+
+
+def scope(using: str) -> str:
+    """What keys of things kept for a schema's rows (the admin's cached duplicate pairs and topics)
+    begin with: the schema the connection ``using`` works in, with schemas per tenant; else nothing."""
+    return f"{connections[using].schema_name}:" if uses_tenant_schemas(using) else ""
+
+
+#: Each tenant schema's type, once read (multi-type tenants): it does not change.
+_types: dict[str, str | None] = {}
+
+
+def _tenant_type(using: str, schema: str) -> str | None:
+    if schema not in _types:
+        field = settings.MULTI_TYPE_DATABASE_FIELD
+        _types[schema] = _tenants(using).filter(schema_name=schema).values_list(field, flat=True).first()
+    return _types[schema]
 
 
 @contextmanager

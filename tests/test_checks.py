@@ -744,11 +744,30 @@ def test_schemas_per_tenant_need_the_app_in_both_lists_and_the_queue_in_the_shar
 
     assert check_tenant_apps() == []  # no schemas per tenant
     settings.SHARED_APPS = ["django_tenants", "customers", "django_q", "semantic.apps.SemanticConfig"]
-    settings.TENANT_APPS = ["semantic", "notes"]
+    settings.TENANT_APPS = ["semantic", "tests.testapp"]
     assert check_tenant_apps() == []
-    settings.TENANT_APPS = ["notes", "django_q"]
+    settings.TENANT_APPS = ["tests.testapp", "django_q"]
     errors = check_tenant_apps()
     assert ids(errors) == ["semantic.E017", "semantic.E018"]
-    assert "not in TENANT_APPS:" in errors[0].msg and "TENANT_APPS" in errors[0].hint
+    assert "not in TENANT_APPS:" in errors[0].msg and "TENANT_APPS" in errors[1].msg
     settings.SHARED_APPS = ["django_tenants", "customers"]
     assert "not in SHARED_APPS and TENANT_APPS:" in check_tenant_apps()[0].msg
+
+
+def test_tenant_types_need_the_app_in_the_public_ones_and_in_each_with_an_embedding_field(settings):
+    """django-tenants' multi-type tenants: each type's APPS; a type without such a model needs no app."""
+    from semantic.checks import check_tenant_apps
+
+    settings.HAS_MULTI_TYPE_TENANTS = True
+    settings.TENANT_TYPES = {
+        "public": {"APPS": ["django_tenants", "customers", "django_q", "semantic"]},
+        "shop": {"APPS": ["tests.testapp", "semantic"]},
+        "blog": {"APPS": ["django.contrib.contenttypes"]},
+    }
+    assert check_tenant_apps() == []
+    settings.TENANT_TYPES["shop"]["APPS"] = ["tests.testapp"]
+    settings.TENANT_TYPES["blog"]["APPS"] = ["django_q"]
+    errors = check_tenant_apps()
+    assert ids(errors) == ["semantic.E017", "semantic.E018"]
+    assert "not in TENANT_TYPES['shop']['APPS']:" in errors[0].msg
+    assert "'django_q' is in TENANT_TYPES['blog']['APPS']" in errors[1].msg

@@ -340,6 +340,13 @@ for host, urls in (("public.localhost", pages), ("alpha.localhost", [*pages, "/a
         print(host, url, browser.get(url).status_code)
 similar = browser.post("/admin/notes/note/", {"action": "find_similar", "_selected_action": [1]})
 print("find similar", similar.status_code, similar.content.decode().count("Note object ("))
+# Duplicate review in each tenant, alpha's first: only alpha has a pair, and its pairs are kept in the cache.
+Domain(domain="beta.localhost", tenant=Client.objects.get(schema_name="beta"), is_primary=True).save()
+for host in ("alpha.localhost", "beta.localhost"):
+    browser = Browser(HTTP_HOST=host)
+    browser.force_login(user)
+    page = browser.get("/admin/notes/note/duplicates/").content.decode()
+    print(host, "duplicate groups", page.count(" similar rows, similarity"))
 """
 
 
@@ -348,8 +355,12 @@ def test_the_admin_pages_work_on_the_public_site_and_a_tenants(tenant_project):
     project = tenant_project
     project.write("notes/admin.py", NOTE_ADMIN)
     project.manage("shell", "-c", SAVE_NOTES.format(tenants=TENANTS, notes=NOTES))
+    # A seventh note in each: in alpha the first one's duplicate, in beta a note of its own.
+    project.manage("shell", "-c", SAVE_NOTES.format(tenants=["alpha"], notes=NOTES[:1]))
+    project.manage("shell", "-c", SAVE_NOTES.format(tenants=["beta"], notes=[("Opera tickets", "Two for Saturday.")]))
     project.manage("all_tenants_command", "semantic_embed")
     out = project.manage("shell", "-c", BROWSE_ADMIN)
+    assert "alpha.localhost duplicate groups 1" in out and "beta.localhost duplicate groups 0" in out, out
     pages = re.findall(r"^(\S+localhost) (\S+) (\d+)$", out, re.M)
     assert len(pages) == 5 and {status for _, _, status in pages} == {"200"}, out
     # The row itself and its five neighbours in its tenant's schema.

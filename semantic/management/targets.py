@@ -28,6 +28,10 @@ IN_PUBLIC_SCHEMA = (
     "{labels}: the rows are in the public schema (a shared app's), not in the tenant schema {schema!r} "
     "this command ran in. Run it without tenant_command."
 )
+OTHER_TENANT_TYPES = (
+    "{labels}: the tenant schema {schema!r} this command ran in has no table of them: their apps are "
+    "other tenant types' (TENANT_TYPES)."
+)
 APP_MIGRATIONS_DUE = (
     "django-semantic's own tables are behind this version ({count} migration(s) not applied to "
     "the database {database!r}: {names}); run `manage.py migrate` first."
@@ -85,7 +89,9 @@ def elsewhere(found: list[type[models.Model]]) -> str:
     schema = tenancy.tenant_schema(router.db_for_write(found[0]))
     if schema is None:
         return IN_TENANT_SCHEMAS.format(labels=labels)
-    return IN_PUBLIC_SCHEMA.format(labels=labels, schema=schema)
+    if all(tenancy.in_public_schema(model) for model in found):
+        return IN_PUBLIC_SCHEMA.format(labels=labels, schema=schema)
+    return OTHER_TENANT_TYPES.format(labels=labels, schema=schema)
 
 
 def known_models() -> list[str]:
