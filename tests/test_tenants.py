@@ -17,6 +17,7 @@ import textwrap
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -38,8 +39,22 @@ class Domain(DomainMixin):
     pass
 """
 
+#: django-tenants' backend, router, middleware and models, on the test's server.
+TENANT_BACKEND = """
+TENANT_MODEL = "customers.Client"
+TENANT_DOMAIN_MODEL = "customers.Domain"
+DATABASE_ROUTERS = ["django_tenants.routers.TenantSyncRouter"]
+MIDDLEWARE = ["django_tenants.middleware.main.TenantMainMiddleware", *MIDDLEWARE]
+DATABASES = {"default": {
+    "ENGINE": "django_tenants.postgresql_backend",
+    "NAME": os.environ["ADOPT_DB_NAME"], "HOST": os.environ["ADOPT_DB_HOST"],
+    "USER": os.environ["ADOPT_DB_USER"], "PORT": os.environ["ADOPT_DB_PORT"],
+}}
+"""
+
 #: The project as it was before this app: django-tenants' own settings, and the tenants' app.
-TENANT_SETTINGS = """
+TENANT_SETTINGS = (
+    """
 import os
 SHARED_APPS = [
     "django_tenants",
@@ -53,16 +68,9 @@ SHARED_APPS = [
 ]
 TENANT_APPS = ["django.contrib.contenttypes", "notes"]
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
-TENANT_MODEL = "customers.Client"
-TENANT_DOMAIN_MODEL = "customers.Domain"
-DATABASE_ROUTERS = ["django_tenants.routers.TenantSyncRouter"]
-MIDDLEWARE = ["django_tenants.middleware.main.TenantMainMiddleware", *MIDDLEWARE]
-DATABASES = {"default": {
-    "ENGINE": "django_tenants.postgresql_backend",
-    "NAME": os.environ["ADOPT_DB_NAME"], "HOST": os.environ["ADOPT_DB_HOST"],
-    "USER": os.environ["ADOPT_DB_USER"], "PORT": os.environ["ADOPT_DB_PORT"],
-}}
 """
+    + TENANT_BACKEND
+)
 
 #: Saves in each tenant's schema, the same primary keys in both (django-tenants' tenant_command
 #: would do one tenant per run; the loop is the same calls).
@@ -152,13 +160,23 @@ class TenantProject(Project):
         return row
 
 
-@pytest.fixture
-def tenant_project(tmp_path: Path, fake_gemini) -> Iterator[TenantProject]:
-    """A django-tenants project with the README's settings, and the tenants alpha and beta."""
+@contextmanager
+def new_database() -> Iterator[str]:
+    """A database of its own for a project, dropped after the block."""
     database = f"tenants_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(**server_params("postgres"), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{database}"')
     try:
+        yield database
+    finally:
+        with psycopg.connect(**server_params("postgres"), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+@pytest.fixture
+def tenant_project(tmp_path: Path, fake_gemini) -> Iterator[TenantProject]:
+    """A django-tenants project with the README's settings, and the tenants alpha and beta."""
+    with new_database() as database:
         project = started_project(
             TenantProject, tmp_path / database, database, "test-key-tenants", fake_gemini.base_url
         )
@@ -182,9 +200,6 @@ def tenant_project(tmp_path: Path, fake_gemini) -> Iterator[TenantProject]:
             + "".join(f"Client(schema_name={name!r}, name={name!r}).save()\n" for name in TENANTS),
         )
         yield project
-    finally:
-        with psycopg.connect(**server_params("postgres"), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 def until(condition, *, limit: float = 120.0) -> None:
@@ -462,3 +477,71 @@ def test_a_shared_apps_rows_are_embedded_once_in_the_public_schema(tenant_projec
     out = project.output("all_tenants_command", "semantic_embed", "notes.Note", "--all")
     assert out.count(f"notes.Note.embedding: {len(NOTES)} embedded") == 2, out
     assert out.count("notes.Note: the rows are in each tenant's schema") == 1, out
+
+
+#: Tenants of two types (django-tenants' TENANT_TYPES): shops have notes, blogs do not.
+MULTI_TYPE_SETTINGS = (
+    """
+import os
+HAS_MULTI_TYPE_TENANTS = True
+MULTI_TYPE_DATABASE_FIELD = "type"
+_PUBLIC = ["django_tenants", "customers", "django.contrib.contenttypes", "django.contrib.auth", "django.contrib.admin",
+           "django.contrib.sessions", "django.contrib.messages", "django.contrib.staticfiles"]
+TENANT_TYPES = {
+    "public": {"APPS": [*_PUBLIC, "django.contrib.postgres", "django_q", "semantic"], "URLCONF": "mysite.urls"},
+    "shop": {"APPS": ["django.contrib.contenttypes", "semantic", "notes"], "URLCONF": "mysite.urls"},
+    "blog": {"APPS": ["django.contrib.contenttypes"], "URLCONF": "mysite.urls"},
+}
+INSTALLED_APPS = list(dict.fromkeys(app for spec in TENANT_TYPES.values() for app in spec["APPS"]))
+Q_CLUSTER = {"name": "mysite", "orm": "default", "workers": 1, "timeout": 300, "retry": 360}
+SEMANTIC = {"BASE_URL": os.environ["ADOPT_GEMINI_URL"]}
+"""
+    + TENANT_BACKEND
+)
+
+TYPED_CUSTOMERS_MODELS = CUSTOMERS_MODELS.replace(
+    "    name = models.CharField(max_length=100)\n",
+    "    name = models.CharField(max_length=100)\n    type = models.CharField(max_length=100)\n",
+)
+
+#: A save in schema_context(), which points the connection by the schema's name alone (no type).
+SAVE_IN_SHOP = """
+from django_q.models import OrmQ
+from django_tenants.utils import schema_context
+from notes.models import Note
+with schema_context("shop1"):
+    Note.objects.create(title="Reset a forgotten password", body="Use the link on the sign-in page.")
+print("queued", [list(task.task["args"][:3]) for task in OrmQ.objects.all()])
+"""
+
+
+@pytest.mark.django_db
+def test_tenants_of_several_types_each_with_its_own_apps(tmp_path, fake_gemini):
+    with new_database() as database:
+        project = started_project(TenantProject, tmp_path / database, database, "test-key-types", fake_gemini.base_url)
+        project.manage("startapp", "customers")
+        project.manage("startapp", "notes")
+        project.write("customers/models.py", TYPED_CUSTOMERS_MODELS)
+        project.write("notes/models.py", readme_snippet("model"))
+        settings = project.root / "mysite" / "settings.py"
+        settings.write_text(settings.read_text() + MULTI_TYPE_SETTINGS)
+        project.manage("makemigrations", "customers", "notes")
+        project.manage("migrate_schemas", "--shared")
+        tenants = [("shop1", "shop"), ("blog1", "blog")]
+        project.manage(
+            "shell",
+            "-c",
+            "from customers.models import Client\n"
+            + "".join(f"Client(schema_name={name!r}, name={name!r}, type={kind!r}).save()\n" for name, kind in tenants),
+        )
+        assert "queued [['shop1', 'default', 'semantic.tasks.embed_field']]" in project.manage(
+            "shell", "-c", SAVE_IN_SHOP
+        )
+        out = project.output("shell", "-c", SWEEP)
+        assert "['shop1:notes.Note.embedding']" in out, out  # blogs have no notes
+        assert project.counts("shop1") == (1, 1)
+        out = project.output("tenant_command", "semantic_status", "notes.Note", "--schema=blog1")
+        assert (
+            "the tenant schema 'blog1' this command ran in has no table of them: their apps are other tenant types'"
+            in out
+        )
