@@ -23,6 +23,7 @@ Collecting a finished job, rows or passages, is :mod:`semantic.batch_collect`'s.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -43,6 +44,7 @@ from semantic.passage_rows import CUT_ROWS, cut_all, fill_known, lagging_rows
 from semantic.passage_worker import PassageItem, passage_items
 from semantic.registry import get_embedding_field
 from semantic.rows import first_rows, mark_pending, open_jobs, pending_rows
+from semantic.running_task import running_task_of
 from semantic.text import clean
 from semantic.writer import Item
 
@@ -107,12 +109,30 @@ def run(
     """
     model, field = _resolved(model, field)
     check(model, field)
-    notify = on_event or (lambda kind, job, **details: None)
     # Jobs and rows are read where they are written: a read replica that lags would hide them.
     using = Embedder(model, field).using
-    if not tenancy.has_table(model, using):
-        # A schedule runs in the public schema; a tenant model's rows and jobs are in each tenant's.
-        raise ValueError(ELSEWHERE.format(label=model._meta.label))
+    # With schemas per tenant, it runs in the tenant's schema it is called in (schema_context()),
+    # else in the public one: a shared app's model's rows are there, and a schedule's run starts
+    # where the worker's task before left the connection.
+    here = not running_task_of("semantic.batch.run") and tenancy.home(model, using) is not None
+    with contextlib.nullcontext() if here else tenancy.in_schema(using, None):
+        if not tenancy.has_table(model, using):
+            # A tenant model's rows and jobs are in each tenant's schema.
+            raise ValueError(ELSEWHERE.format(label=model._meta.label))
+        return _run(model, field, using, everything, limit, job_name, poll_interval, on_event)
+
+
+def _run(
+    model: type[models.Model],
+    field: EmbeddingField,
+    using: str,
+    everything: bool,
+    limit: int | None,
+    job_name: str | None,
+    poll_interval: float,
+    on_event: Callable[..., None] | None,
+) -> list[EmbeddingBatchJob]:
+    notify = on_event or (lambda kind, job, **details: None)
     found = open_jobs(model, field, using=using)
     jobs = list(found.filter(name=job_name) if job_name else found)
     if job_name and not jobs:

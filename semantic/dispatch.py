@@ -237,10 +237,15 @@ def enqueue(model: type[models.Model], field_name: str, pks: Sequence[Any], *, u
         pks = list(pks)
         # The worker's own task, named as a worker finds it, run inline.
         task = import_string("semantic.tasks.embed_rows")
+        # The schema that holds the rows now, as a queued task's (schemas per tenant): at commit the
+        # connection may be in another (a loop over tenants inside one transaction).
+        db = using or DEFAULT_DB_ALIAS
+        schema = tenancy.home(model, db)
 
         def inline() -> None:
-            with tenancy.at_home(model, using or DEFAULT_DB_ALIAS):
-                task(label, field_name, pks, using)
+            with tenancy.in_schema(db, schema) as present:
+                if present:
+                    task(label, field_name, pks, using)
 
         transaction.on_commit(inline, using=using, robust=True)
         return

@@ -28,6 +28,9 @@ _run_deadline: float | None = None
 #: scheduled task its schedule's name as its group, which is how :func:`running_the_sweep` knows it.
 _run_group: str | None = None
 
+#: The dotted name of the django-q2 task this process is running, if it is named so (None outside one).
+_run_func: str | None = None
+
 
 def run_deadline() -> float | None:
     """When a run in the django-q2 task this process is running must send no more requests
@@ -73,12 +76,21 @@ def running_the_sweep() -> bool:
     return _run_group == SWEEP_SCHEDULE_NAME
 
 
+def running_task_of(func: str) -> bool:
+    """Whether the django-q2 task this process is running is ``func`` itself (a schedule's, say),
+    rather than a task that calls it: such a task starts with the database connection as the
+    task before left it (with django-tenants, perhaps in a tenant's schema)."""
+    return _run_func == func
+
+
 def task_started(sender: Any = None, **kwargs: Any) -> None:
     """django-q2's ``pre_execute``: the task's clock starts now (its timeout's follows at once)."""
     from django_q.conf import Conf
 
-    global _run_deadline, _run_group
+    global _run_deadline, _run_group, _run_func
     _run_group = (kwargs.get("task") or {}).get("group")
+    func = (kwargs.get("task") or {}).get("func")
+    _run_func = func if isinstance(func, str) else None
     timeout = Conf.TIMEOUT
     if not timeout or timeout < 0:
         _run_deadline = None
@@ -89,8 +101,8 @@ def task_started(sender: Any = None, **kwargs: Any) -> None:
 
 def task_ended(sender: Any = None, **kwargs: Any) -> None:
     """django-q2's ``post_execute_in_worker``: what runs next in this process is no task's."""
-    global _run_deadline, _run_group
-    _run_deadline = _run_group = None
+    global _run_deadline, _run_group, _run_func
+    _run_deadline = _run_group = _run_func = None
 
 
 def watch_tasks() -> None:

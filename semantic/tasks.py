@@ -216,7 +216,7 @@ def sweep(*targets: str | type[models.Model]) -> dict[str, Any]:
     for schema in tenancy.schemas(using):
         with tenancy.in_schema(using, schema) as present:
             for model, field in iter_fields(targets) if present else ():
-                if tenancy.has_table(model, using):
+                if tenancy.has_table(model, router.db_for_write(model)):
                     name = f"{model._meta.label}.{field.name}"
                     summary[name if schema is None else f"{schema}:{name}"] = sweep_field(
                         model, field, None, share=bool(wake_window())

@@ -22,6 +22,7 @@ queued as itself, the sweep visits the one schema there is.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -78,10 +79,15 @@ def carried(func: str, args: Sequence[Any], using: str, model: type[models.Model
         return [func, *args]
     # The public schema is named too: a worker's connection is where its last task left it
     # (a project's own task that set a tenant and did not set it back).
+    schema = tenant_schema(using) if model is None else home(model, using)
+    return [IN_SCHEMA_TASK, schema or public_schema(), using, func, *args]
+
+
+def home(model: type[models.Model], using: str) -> str | None:
+    """The tenant schema whose table holds the ``model`` rows the connection ``using`` sees now:
+    the one it works in, or None for the public schema (a shared app's model, seen from a tenant's)."""
     schema = tenant_schema(using)
-    if schema is None or (model is not None and not has_table(model, using)):
-        schema = public_schema()
-    return [IN_SCHEMA_TASK, schema, using, func, *args]
+    return schema if schema is not None and has_table(model, using) else None
 
 
 @contextmanager
@@ -135,7 +141,9 @@ def has_table(model: type[models.Model], using: str) -> bool:
     router answers by the schema (``SHARED_APPS`` for the public one, ``TENANT_APPS`` for tenants',
     or the tenant type's apps). Always true without schemas per tenant."""
     if not uses_tenant_schemas(using):
-        return True
+        # A database without schemas (or a project without tenants): in a tenants project, its
+        # models are the public pass's, so the sweep and all_tenants_command meet their rows once.
+        return tenant_schema(database()) is None
     tenant = connections[using].tenant
     if multi_type() and tenant.schema_name != public_schema() and tenant.get_tenant_type() is None:
         # schema_context() points the connection by the schema's name alone, and the router reads
@@ -180,7 +188,10 @@ def multi_type() -> bool:
 def scope(using: str) -> str:
     """What keys of things kept for a schema's rows (the admin's cached duplicate pairs and topics)
     begin with: the schema the connection ``using`` works in, with schemas per tenant; else nothing."""
-    return f"{connections[using].schema_name}:" if uses_tenant_schemas(using) else ""
+    if not uses_tenant_schemas(using):
+        return ""
+    # A digest: schema names may hold spaces, which memcached refuses in a key.
+    return hashlib.blake2b(connections[using].schema_name.encode(), digest_size=8).hexdigest() + ":"
 
 
 #: Each tenant schema's type, once read (multi-type tenants): it does not change.
@@ -192,17 +203,6 @@ def _tenant_type(using: str, schema: str) -> str | None:
         field = settings.MULTI_TYPE_DATABASE_FIELD
         _types[schema] = _tenants(using).filter(schema_name=schema).values_list(field, flat=True).first()
     return _types[schema]
-
-
-@contextmanager
-def at_home(model: type[models.Model], using: str) -> Iterator[None]:
-    """The connection ``using`` in the schema of ``model``'s table for the block: the public
-    one for a shared app's model seen from a tenant's schema, else where it is."""
-    if tenant_schema(using) is not None and not has_table(model, using):
-        with _pointed_at(using, None):
-            yield
-    else:
-        yield
 
 
 @contextmanager

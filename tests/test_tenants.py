@@ -417,6 +417,13 @@ def test_passages_are_cut_embedded_and_searched_in_each_tenants_schema(tenant_pr
     assert "best Long 1 True" in found, found
 
 
+BATCH_SHARED = """
+from django_tenants.utils import schema_context
+from semantic import batch
+with schema_context("alpha"):
+    print("jobs", len(batch.run("catalog.Product", "embedding", everything=True, poll_interval=0.05)))
+"""
+
 PRODUCT_MODEL = """from django.db import models
 
 from semantic import EmbeddingField, SemanticManager
@@ -461,6 +468,9 @@ def test_a_shared_apps_rows_are_embedded_once_in_the_public_schema(tenant_projec
     out = project.manage("shell", "-c", "from django.db import connection\nconnection.set_schema('alpha')\n" + SWEEP)
     assert "['alpha:notes.Note.embedding', 'beta:notes.Note.embedding', 'catalog.Product.embedding']" in out, out
     assert project.sql("SELECT count(*), count(embedding) FROM public.catalog_product") == [(1, 1)]
+    # The Batch API for the shared model, called in a tenant's schema, works on the public schema's rows.
+    out = project.output("shell", "-c", BATCH_SHARED)
+    assert "jobs 1" in out and project.sql("SELECT count(*) FROM public.semantic_embeddingbatchjob") == [(1,)], out
     out = project.output("tenant_command", "semantic_embed", "catalog.Product", "--all", "--schema=alpha")
     assert "catalog.Product: the rows are in the public schema (a shared app's), not in the tenant schema" in out
     assert "embedded" not in out, out
@@ -545,3 +555,24 @@ def test_tenants_of_several_types_each_with_its_own_apps(tmp_path, fake_gemini):
             "the tenant schema 'blog1' this command ran in has no table of them: their apps are other tenant types'"
             in out
         )
+
+
+#: SYNC, and saves in two tenants' schemas in one transaction: it commits in the public schema.
+SYNC_SAVES = """
+from django.conf import settings
+from django.db import transaction
+from django.test.utils import override_settings
+from django_tenants.utils import schema_context
+from notes.models import Note
+with override_settings(SEMANTIC={**settings.SEMANTIC, "SYNC": True}), transaction.atomic():
+    for schema in ("alpha", "beta"):
+        with schema_context(schema):
+            Note.objects.create(title="Export invoices", body="Every invoice of the year.")
+"""
+
+
+@pytest.mark.django_db
+def test_sync_embeds_each_row_in_the_schema_that_saved_it(tenant_project):
+    project = tenant_project
+    project.manage("shell", "-c", SYNC_SAVES)
+    assert [project.counts(schema) for schema in TENANTS] == [(1, 1)] * 2
