@@ -308,11 +308,11 @@ def in_schema(schema: str, using: str, func: str, *args: Any) -> dict[str, Any]:
     Dropped, and logged, when no tenant has that schema any more."""
     task = _IN_SCHEMA.get(func)
     if task is None:
-        logger.warning(UNKNOWN_TASK, func, schema)
+        logger.warning(UNKNOWN_TASK, func, schema, extra={"tenant_schema": schema})
         return {}
     with tenancy.in_schema(using, schema) as present:
         if not present:
-            logger.warning(tenancy.TENANT_GONE.format(task=func, schema=schema))
+            logger.warning(tenancy.TENANT_GONE.format(task=func, schema=schema), extra={"tenant_schema": schema})
             return {}
         return task(*args)
 

@@ -128,9 +128,10 @@ class SchemaInLog(logging.Filter):
     """Names the tenant schema in the app's log lines of work done in one: ``[alpha] ...``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        schema = tenant_schema(database())
-        if schema is not None and not getattr(record, "tenant_schema", None):
-            record.tenant_schema = schema
+        # A line about another schema than the connection's (a task dropped for a deleted tenant) names it.
+        schema = getattr(record, "tenant_schema", None) or tenant_schema(database())
+        if schema is not None and not getattr(record, "tenant_schema_shown", False):
+            record.tenant_schema, record.tenant_schema_shown = schema, True
             prefix = f"[{schema}] ".replace("%", "%%") if record.args else f"[{schema}] "
             record.msg = prefix + str(record.msg)
         return True
@@ -154,7 +155,10 @@ def has_table(model: type[models.Model], using: str) -> bool:
 
 
 def in_public_schema(model: type[models.Model]) -> bool:
-    """Whether ``model``'s app is one of the public schema's (``SHARED_APPS``, or the public type's apps)."""
+    """Whether ``model``'s rows are the public pass's: its app is one of the public schema's
+    (``SHARED_APPS``, or the public type's apps), or its database has no schemas per tenant."""
+    if not uses_tenant_schemas(router.db_for_write(model)):
+        return True
     names = settings.TENANT_TYPES[public_schema()]["APPS"] if multi_type() else getattr(settings, "SHARED_APPS", [])
     return listed_app(model._meta.app_label, names)
 
@@ -201,7 +205,10 @@ _types: dict[str, str | None] = {}
 def _tenant_type(using: str, schema: str) -> str | None:
     if schema not in _types:
         field = settings.MULTI_TYPE_DATABASE_FIELD
-        _types[schema] = _tenants(using).filter(schema_name=schema).values_list(field, flat=True).first()
+        kind = _tenants(using).filter(schema_name=schema).values_list(field, flat=True).first()
+        if kind is None:
+            return None  # no tenant row yet: asked again next time
+        _types[schema] = kind
     return _types[schema]
 
 

@@ -86,7 +86,7 @@ def resolve_all(
 def elsewhere(found: list[type[models.Model]]) -> str:
     """Why a command in this schema has none of these models' rows (schemas per tenant)."""
     labels = ", ".join(sorted({model._meta.label for model in found}))
-    schema = tenancy.tenant_schema(router.db_for_write(found[0]))
+    schema = tenancy.tenant_schema(tenancy.database())
     if schema is None:
         return IN_TENANT_SCHEMAS.format(labels=labels)
     if all(tenancy.in_public_schema(model) for model in found):
