@@ -321,7 +321,8 @@ def test_commands_run_in_each_tenants_schema_and_say_so_in_the_public_one(tenant
 
     # A task queued in the schema of a tenant deleted since is dropped, saying why, not retried.
     dropped = project.manage("shell", "-c", DROPPED_TASK)
-    assert "[gone] Dropped the task semantic.tasks.embed_field queued in the schema 'gone': no tenant" in dropped, dropped
+    gone = "[gone] Dropped the task semantic.tasks.embed_field queued in the schema 'gone': no tenant"
+    assert gone in dropped, dropped
     assert "returned {}" in dropped
 
 
