@@ -14,10 +14,11 @@ from contextvars import ContextVar
 from typing import Any
 
 from django.apps import apps
-from django.db import models
+from django.db import DEFAULT_DB_ALIAS, models
 from django.db.models.functions import Now
 from django.db.models.signals import class_prepared, post_delete, post_save
 
+from semantic import tenancy
 from semantic.companions import forget_source_hash
 from semantic.dispatch import enqueue
 from semantic.fields import EmbeddingField
@@ -139,10 +140,12 @@ def on_delete(sender: type[models.Model], instance: models.Model, using: str | N
     from semantic.passage_rows import delete_passages
     from semantic.rows import forget_deleted
 
-    for field in embedding_fields(sender):
-        forget_deleted(field, [instance.pk], using)
-        if field.passages:
-            delete_passages(field.model, field, [instance.pk], using)
+    db = using or DEFAULT_DB_ALIAS
+    with tenancy.at_home(sender, db):  # a shared app's row deleted in a tenant's schema: its records are public
+        for field in embedding_fields(sender):
+            forget_deleted(field, [instance.pk], using)
+            if field.passages:
+                delete_passages(field.model, field, [instance.pk], using)
 
 
 def saved_text(field: EmbeddingField, update_fields: frozenset[str] | None) -> bool:

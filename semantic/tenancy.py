@@ -213,6 +213,17 @@ def _tenant_type(using: str, schema: str) -> str | None:
 
 
 @contextmanager
+def at_home(model: type[models.Model], using: str) -> Iterator[None]:
+    """The connection ``using`` in the public schema for the block when ``model``'s rows are there
+    and it works in a tenant's (a shared app's model): where the app keeps what it knows of them."""
+    if tenant_schema(using) is not None and home(model, using) is None:
+        with _pointed_at(using, None):
+            yield
+    else:
+        yield
+
+
+@contextmanager
 def public(using: str) -> Iterator[None]:
     """The connection ``using`` in the public schema for the block, for what all tenants share
     (the rate limit of the API key they share), then back in its tenant's schema."""
