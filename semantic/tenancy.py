@@ -212,15 +212,10 @@ def _tenant_type(using: str, schema: str) -> str | None:
     return _types[schema]
 
 
-@contextmanager
-def at_home(model: type[models.Model], using: str) -> Iterator[None]:
+def at_home(model: type[models.Model], using: str) -> contextlib.AbstractContextManager[None]:
     """The connection ``using`` in the public schema for the block when ``model``'s rows are there
     and it works in a tenant's (a shared app's model): where the app keeps what it knows of them."""
-    if tenant_schema(using) is not None and home(model, using) is None:
-        with _pointed_at(using, None):
-            yield
-    else:
-        yield
+    return public(using) if home(model, using) is None else contextlib.nullcontext()
 
 
 @contextmanager
