@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
 
 from django.db import DatabaseError, router
@@ -21,13 +23,16 @@ NOT_ALLOWED = (
     "(a superuser, or the managed service's own admin role)."
 )
 
+#: A schema name PostgreSQL reads as written, unquoted (lower case, no spaces or dashes).
+PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_$]*")
+
 #: SQLSTATE insufficient_privilege: the extension is there to create, not by this role.
 INSUFFICIENT_PRIVILEGE = "42501"
 
 ELSEWHERE = (
     "The pgvector extension is installed in schema {schema!r} of database {alias!r}, which is not on the "
     "connection's search_path ({path}), so PostgreSQL cannot find its types (vector, halfvec). Put the "
-    'schema on the search_path: in DATABASES[{alias!r}], "OPTIONS": {{"options": "-c search_path={fixed}"}}, '
+    'schema on the search_path: in DATABASES[{alias!r}], "OPTIONS": {{"options": {options}}}, '
     "or ALTER ROLE {quoted_role} SET search_path = {fixed}; then run migrate again."
 )
 #: The schema may well be named on the search_path: PostgreSQL leaves out of it the schemas
@@ -121,16 +126,26 @@ def extension_elsewhere(connection: Any) -> str | None:
             quoted_schema=quoted_schema,
             quoted_role=quoted_role,
         )
-    fixed = fixed_path(path, schema)
-    return ELSEWHERE.format(schema=schema, alias=connection.alias, path=path, fixed=fixed, quoted_role=quoted_role)
+    fixed = fixed_path(path, schema, connection.ops.quote_name)
+    return ELSEWHERE.format(
+        schema=schema, alias=connection.alias, path=path, fixed=fixed, options=options(fixed), quoted_role=quoted_role
+    )
 
 
-def fixed_path(path: str, schema: str) -> str:
+def fixed_path(path: str, schema: str, quote: Callable[[str], str]) -> str:
     """The connection's search_path with ``schema`` last: the project's own schemas stay first,
     where its tables are. ``"$user"`` (the default's schema named as the role, rarely there) is left
-    out, since its quotes and the path's spaces would not survive ``-c`` in libpq's options."""
+    out. ``schema`` is quoted when its name needs it (capitals, spaces: managed services make such
+    names), as the search_path shows the others already."""
     kept = [name.strip() for name in path.split(",") if name.strip() and name.strip() != '"$user"']
-    return ",".join([*kept, schema])
+    return ",".join([*kept, schema if PLAIN_NAME.fullmatch(schema) else quote(schema)])
+
+
+def options(path: str) -> str:
+    """The Python literal of libpq's ``options`` that sets ``path``: a space in it escaped with a
+    backslash (libpq splits options at spaces), and single-quoted when it holds double quotes."""
+    value = "-c search_path=" + path.replace("\\", "\\\\").replace(" ", "\\ ")
+    return f'"{value}"' if '"' not in value and "\\" not in value else repr(value)
 
 
 def ensure_vector_extension(using: str = "default", **kwargs: Any) -> None:

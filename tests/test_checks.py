@@ -1,4 +1,5 @@
 import io
+import re
 import sys
 from types import SimpleNamespace
 
@@ -360,7 +361,12 @@ def test_an_extension_in_a_schema_off_the_search_path_is_named_with_the_fix(data
         cursor.execute("CREATE SCHEMA extensions; CREATE EXTENSION vector SCHEMA extensions")
     role = database_without_extension.settings_dict["USER"]
     expected = ELSEWHERE.format(
-        schema="extensions", alias="fresh", path='"$user", public', fixed="public,extensions", quoted_role=f'"{role}"'
+        schema="extensions",
+        alias="fresh",
+        path='"$user", public',
+        fixed="public,extensions",
+        options='"-c search_path=public,extensions"',
+        quoted_role=f'"{role}"',
     )
     with pytest.raises(DatabaseError) as info:
         create_extension(database_without_extension)
@@ -384,6 +390,35 @@ def test_an_extension_in_a_schema_off_the_search_path_is_named_with_the_fix(data
     finally:
         fixed.close()
         del connections["fixed"]
+
+
+@pytest.mark.django_db
+def test_a_schema_named_with_capitals_and_a_space_is_quoted_in_the_fix_that_works_as_pasted(
+    database_without_extension,
+):
+    import ast
+
+    from semantic.operations import extension_elsewhere
+
+    with database_without_extension.cursor() as cursor:
+        cursor.execute('CREATE SCHEMA "Vector Ext"; CREATE EXTENSION vector SCHEMA "Vector Ext"')
+    (error,) = check_extension(databases=["fresh"])
+    assert error.id == "semantic.E012"
+    # The fix, as a project pastes it: the OPTIONS literal, and the search_path of the ALTER ROLE.
+    literal = re.search(r'"OPTIONS": (\{.*?\}),', error.msg).group(1)
+    assert literal == """{"options": '-c search_path=public,"Vector\\\\ Ext"'}""", error.msg
+    path = re.search(r"SET search_path = (.*?); then", error.msg).group(1)
+    assert path == 'public,"Vector Ext"', error.msg
+    fixed = connected(database_without_extension, "fixed", OPTIONS=ast.literal_eval(literal))
+    try:
+        assert extension_elsewhere(fixed) is None
+        with fixed.cursor() as cursor:
+            cursor.execute("SELECT '[1,2]'::vector")
+            cursor.execute(f"SET search_path = {path}")
+            cursor.execute("SELECT '[1,2]'::vector, current_schemas(false)")
+            assert cursor.fetchone()[1] == ["public", "Vector Ext"]
+    finally:
+        disconnect(fixed)
 
 
 def connected(database, alias, **settings):
@@ -415,7 +450,12 @@ def test_an_extension_in_public_with_a_search_path_of_the_projects_own_keeps_tha
     try:
         role = project.settings_dict["USER"]
         expected = ELSEWHERE.format(
-            schema="public", alias="project", path="myapp", fixed="myapp,public", quoted_role=f'"{role}"'
+            schema="public",
+            alias="project",
+            path="myapp",
+            fixed="myapp,public",
+            options='"-c search_path=myapp,public"',
+            quoted_role=f'"{role}"',
         )
         assert [(e.id, e.msg) for e in check_extension(databases=["project"])] == [("semantic.E012", expected)]
         assert (
