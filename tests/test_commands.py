@@ -364,6 +364,21 @@ def test_duplicates_csv_is_safe_in_terminals_and_spreadsheets(fake_gemini, tmp_p
     assert {r["text"] for r in csv.DictReader(io.StringIO(target.read_text()))} == texts
 
 
+def test_topics_csv_is_safe_in_terminals_and_spreadsheets_and_json_keeps_the_text(fake_gemini):
+    titles = [f"{start}{HOSTILE} reset password" for start in "=+-@"]
+    for title in titles:
+        Article.objects.create(title=title, body="")
+    out, _ = call("semantic_topics", "testapp.Article", "--k", "1")
+    assert not any(c in out for c in "\x1b\x07\x9b\x08")
+    typical = [row["typical_text"] for row in csv.DictReader(io.StringIO(out))]
+    escaped = r"evil\x1b]0;owned\x07 title\x1b[2J\x9b31m\x08end reset password"
+    assert len(typical) == 3 and set(typical) <= {f"'{start}{escaped}" for start in "=+-@"}, typical
+    out, _ = call("semantic_topics", "testapp.Article", "--k", "1", "--format", "json")
+    assert not any(c in out for c in "\x1b\x07\x9b\x08")
+    (topic,) = json.loads(out)
+    assert {row["text"] for row in topic["typical"]} <= set(titles) and len(topic["typical"]) == 3
+
+
 def test_duplicates_json_keeps_the_text_and_escapes_controls(fake_gemini):
     Article.objects.create(title=HOSTILE + " reset password", body="")
     Article.objects.create(title="=1+1 reset password", body="")

@@ -34,6 +34,11 @@ def spreadsheet_safe(value: Any) -> str:
     return "'" + text if text.startswith(FORMULA_START) else text
 
 
+def csv_row(record: dict[str, Any]) -> dict[str, str]:
+    """A CSV row whose cells are safe to open in a spreadsheet and to print."""
+    return {key: terminal_safe(spreadsheet_safe(value)) for key, value in record.items()}
+
+
 def json_safe(document: str) -> str:
     """JSON text with DEL and C1 controls written as ``\\u00NN`` (``json`` escapes only C0).
 

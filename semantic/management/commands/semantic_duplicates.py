@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from semantic.duplicates import DuplicateSearchCanceled, connected_groups
-from semantic.management.output import QuietMixin, json_safe, spreadsheet_safe, terminal_safe
+from semantic.management.output import QuietMixin, csv_row, json_safe
 from semantic.management.targets import resolve, threshold_type
 from semantic.query import DEFAULT_DUPLICATE_THRESHOLD, with_semantic_methods
 
@@ -99,7 +99,5 @@ class Command(QuietMixin, BaseCommand):
         else:
             writer = csv.DictWriter(buffer, fieldnames=list(self.COLUMNS))
             writer.writeheader()
-            writer.writerows(
-                {key: terminal_safe(spreadsheet_safe(value)) for key, value in record.items()} for record in records
-            )
+            writer.writerows(csv_row(record) for record in records)
         return groups, buffer.getvalue()

@@ -5,14 +5,16 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 
 from semantic.clusters import PERIODS, cluster
-from semantic.management.output import QuietMixin
+from semantic.management.output import QuietMixin, csv_row, json_safe
 from semantic.management.targets import resolve
 
 
 class Command(QuietMixin, BaseCommand):
     help = (
         "Export groups of similar rows (topics) as CSV or JSON: size, label, the most typical rows, "
-        "and rows per period with --date-field."
+        "and rows per period with --date-field. "
+        "CSV cells are made safe to open in a spreadsheet (a leading ' before = + - @) and to print (control "
+        "characters shown as \\xNN); JSON keeps the text exactly."
     )
 
     WROTE = "Wrote {groups} topics ({rows} rows) to {output}."
@@ -52,8 +54,7 @@ class Command(QuietMixin, BaseCommand):
                 }
                 for topic in topics
             ]
-            json.dump(records, buffer, ensure_ascii=False, indent=2, default=str)
-            buffer.write("\n")
+            buffer.write(json_safe(json.dumps(records, ensure_ascii=False, indent=2, default=str)) + "\n")
         else:
             writer = csv.DictWriter(buffer, fieldnames=[*self.CSV_FIELDS, *([self.CSV_TREND] if date_field else [])])
             writer.writeheader()
@@ -61,15 +62,17 @@ class Command(QuietMixin, BaseCommand):
                 trend = {self.CSV_TREND: ";".join(f"{start.isoformat()}:{rows}" for start, rows in topic.trend)}
                 for row in topic.typical:
                     writer.writerow(
-                        {
-                            "topic": topic.number,
-                            "size": topic.size,
-                            "label": topic.label,
-                            "growth": "" if topic.growth is None else f"{topic.growth:.3f}",
-                            "typical_pk": row.pk,
-                            "typical_text": str(row),
-                            **(trend if date_field else {}),
-                        }
+                        csv_row(
+                            {
+                                "topic": topic.number,
+                                "size": topic.size,
+                                "label": topic.label,
+                                "growth": "" if topic.growth is None else round(topic.growth, 3),
+                                "typical_pk": row.pk,
+                                "typical_text": str(row),
+                                **(trend if date_field else {}),
+                            }
+                        )
                     )
         if output:
             try:
