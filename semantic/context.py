@@ -3,8 +3,11 @@
 ``semantic.context(Article.objects.filter(published=True), "When was the bridge opened?")``
 returns the nearest passages of those rows, best first, as many as fit in
 ``budget_chars`` once rendered, each with its row, offsets and similarity.
-``str()`` of the result is ready to paste into a prompt: numbered blocks, each
-headed by its row and character range, so the model can cite its sources.
+``str()`` of the result is ready to paste into a prompt: one numbered ``<source>`` block
+per passage, naming its row and character range, so the model can cite its sources. The
+passages are other people's text: ``&``, ``<`` and ``>`` in them are escaped, so no text can
+close its block or open one that claims to be another row's (prompt injection is still
+possible, since the model reads the text; the attribution is kept honest).
 
 The question is embedded with a question-side task type. For a ``RETRIEVAL_DOCUMENT``
 field it is ``QUESTION_ANSWERING`` by default, and ``FACT_VERIFICATION`` (to find
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from xml.sax.saxutils import escape, quoteattr
 
 from asgiref.sync import sync_to_async
 from django.db import models
@@ -49,7 +53,8 @@ class ContextPassage:
     similarity: float
 
     def render(self, number: int) -> str:
-        return f"[{number}] {self.row} (characters {self.start}-{self.end})\n{self.text}"
+        head = f'<source id="{number}" row={quoteattr(str(self.row))} characters="{self.start}-{self.end}">'
+        return f"{head}\n{escape(self.text)}\n</source>"
 
 
 class Context(list[ContextPassage]):

@@ -30,7 +30,7 @@ from semantic.switch import NOT_REPLACING
 from semantic.text import source_hash
 from tests.commands import call, manage
 from tests.fake_gemini import BAD_KEY, api_error, fake_vector
-from tests.testapp.models import Article, ArticleProxy, Bulletin, FeaturedArticle, Ledger, Note
+from tests.testapp.models import Article, ArticleProxy, Bulletin, Entry, FeaturedArticle, Ledger, Note
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -340,6 +340,10 @@ def test_search_escapes_control_characters_in_printed_text(fake_gemini):
     out, _ = call("semantic_search", "testapp.Article", "evil title")
     assert not any(c in out for c in "\x1b\x07\x9b\x08")
     assert r"evil\x1b]0;owned\x07 title\x1b[2J\x9b31m\x08end" in out
+    # A key is text too when it is a code or a slug that users chose.
+    Entry.objects.create(code="k\x1b]0;owned\x07", text="evil title")
+    out, _ = call("semantic_search", "testapp.Entry", "evil title")
+    assert not any(c in out for c in "\x1b\x07") and r"#k\x1b]0;owned\x07" in out, out
 
 
 def test_duplicates_csv_is_safe_in_terminals_and_spreadsheets(fake_gemini, tmp_path):

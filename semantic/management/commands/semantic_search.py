@@ -52,4 +52,4 @@ class Command(BaseCommand):
         self.stdout.write(self.HEADER.format(similarity="similarity", pk="id", text="text"))
         for row in results:
             line = terminal_safe(str(row)[:100].replace("\n", " "))
-            self.stdout.write(self.ROW.format(similarity=row.similarity, pk=f"#{row.pk}", text=line))
+            self.stdout.write(self.ROW.format(similarity=row.similarity, pk=terminal_safe(f"#{row.pk}"), text=line))
