@@ -512,7 +512,7 @@ def test_context_quotes_the_best_passages_within_the_budget(library, fake_gemini
     rendered = str(best)
     assert len(rendered) <= 7000
     first = f'<source id="1" row="{best[0].row}" characters="{best[0].start}-{best[0].end}">\n{best[0].text}\n</source>'
-    assert rendered.startswith(first + "\n\n<source id=\"2\" ")
+    assert rendered.startswith(first + '\n\n<source id="2" ')
     assert fake_gemini.requests[-1]["body"]["requests"][0]["taskType"] == "QUESTION_ANSWERING"
     assert len(context(LongRead, QUERY, budget_chars=3000)) == 1
     tighter = context(LongRead, QUERY, budget_chars=6000)  # row 4's passage no longer fits: a shorter one does
@@ -577,7 +577,7 @@ def test_async_code_quotes_with_acontext(library, fake_gemini):
 
     quoted = async_to_sync(quote)()
     assert quoted == context(even, QUERY, budget_chars=7000)
-    assert quoted and {p.row.section for p in quoted} == {"even"} and str(quoted).startswith("<source id=\"1\" ")
+    assert quoted and {p.row.section for p in quoted} == {"even"} and str(quoted).startswith('<source id="1" ')
 
 
 # -- status ------------------------------------------------------------------------
