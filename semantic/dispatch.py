@@ -243,8 +243,8 @@ def enqueue(model: type[models.Model], field_name: str, pks: Sequence[Any], *, u
         schema = tenancy.home(model, db)
 
         def inline() -> None:
-            with tenancy.in_schema(db, schema) as present:
-                if present:
+            with tenancy.in_schema(db, schema) as problem:
+                if problem is None:
                     task(label, field_name, pks, using)
 
         transaction.on_commit(inline, using=using, robust=True)

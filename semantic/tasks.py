@@ -214,8 +214,8 @@ def sweep(*targets: str | type[models.Model]) -> dict[str, Any]:
     summary = {}
     using = tenancy.database()
     for schema in tenancy.schemas(using):
-        with tenancy.in_schema(using, schema) as present:
-            for model, field in iter_fields(targets) if present else ():
+        with tenancy.in_schema(using, schema) as problem:
+            for model, field in iter_fields(targets) if problem is None else ():
                 if tenancy.has_table(model, router.db_for_write(model)):
                     name = f"{model._meta.label}.{field.name}"
                     summary[name if schema is None else f"{schema}:{name}"] = sweep_field(
@@ -305,14 +305,16 @@ def queue_pending(*targets: str | type[models.Model]) -> str:
 def in_schema(schema: str, using: str, func: str, *args: Any) -> dict[str, Any]:
     """Worker task: ``func(*args)``, one of this module's tasks, in the tenant schema ``schema``
     of the database ``using``: what work queued in a tenant's schema is (:func:`semantic.tenancy.carried`).
-    Dropped, and logged, when no tenant has that schema any more."""
+    Dropped, and logged, when no tenant has that schema any more, or when the schema does not have
+    the app's tables yet (the sweep embeds its rows once it has)."""
     task = _IN_SCHEMA.get(func)
     if task is None:
         logger.warning(UNKNOWN_TASK, func, schema, extra={"tenant_schema": schema})
         return {}
-    with tenancy.in_schema(using, schema) as present:
-        if not present:
-            logger.warning(tenancy.TENANT_GONE.format(task=func, schema=schema), extra={"tenant_schema": schema})
+    with tenancy.in_schema(using, schema) as problem:
+        if problem is not None:
+            level = logging.WARNING if problem is tenancy.TENANT_GONE else logging.INFO
+            logger.log(level, problem.format(task=func, schema=schema), extra={"tenant_schema": schema})
             return {}
         return task(*args)
 

@@ -22,6 +22,7 @@ queued as itself, the sweep visits the one schema there is.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 from collections.abc import Iterator, Sequence
@@ -39,6 +40,13 @@ IN_SCHEMA_TASK = "semantic.tasks.in_schema"
 TENANT_GONE = (
     "Dropped the task {task} queued in the schema {schema!r}: no tenant has that schema any more "
     "(deleted since the task was queued), so there is nothing left for it to embed."
+)
+#: Why it is left to the sweep: the schema does not have the app's tables as they are now.
+NOT_MIGRATED = (
+    "Left the task {task} queued in the schema {schema!r} to the sweep: the app's migrations are not all "
+    "applied there yet (django-tenants is still creating the schema, or migrate_schemas has not run since "
+    "a deploy), and until they are, its tables there are missing or incomplete. The sweep embeds the rows "
+    "once they are applied."
 )
 
 
@@ -91,37 +99,80 @@ def home(model: type[models.Model], using: str) -> str | None:
 
 
 @contextmanager
-def in_schema(using: str, schema: str | None) -> Iterator[bool]:
+def in_schema(using: str, schema: str | None) -> Iterator[str | None]:
     """Point the connection ``using`` at the tenant whose schema is ``schema`` (None: the public
-    schema) for the block, then back where it was. Yields False, and changes nothing, when no
-    tenant has that schema any more. Without schemas per tenant, changes nothing."""
+    schema) for the block, then back where it was. Yields None; or, changing nothing, why work
+    cannot be done there: no tenant has that schema any more (:data:`TENANT_GONE`), or it does not
+    have the app's tables yet (:data:`NOT_MIGRATED`, see :func:`migrated`), each a message to format
+    with ``task`` and ``schema``. Without schemas per tenant, changes nothing."""
     if not uses_tenant_schemas(using):
-        yield True
+        yield None
         return
     if schema in (None, public_schema()):
         with _pointed_at(using, None):
-            yield True
+            yield None
         return
     with _pointed_at(using, None):
         tenant = _tenants(using).filter(schema_name=schema).first()
-    if tenant is None:
-        yield False
+        ready = tenant is not None and migrated(using, [schema])
+    if tenant is None or not ready:
+        yield TENANT_GONE if tenant is None else NOT_MIGRATED
         return
     with _pointed_at(using, tenant):
-        yield True
+        yield None
 
 
 def schemas(using: str) -> list[str | None]:
     """The schemas the sweep visits on ``using``: the public one (None) and every tenant's that
-    is there (a tenant's row is saved before django-tenants creates its schema)."""
+    has the app's tables (:func:`migrated`): a tenant's row is saved before django-tenants creates
+    its schema, and the schema exists before its migrations are applied."""
     if not uses_tenant_schemas(using):
         return [None]
     with _pointed_at(using, None):
         names = list(_tenants(using).exclude(schema_name=public_schema()).values_list("schema_name", flat=True))
-        with connections[using].cursor() as cursor:
-            cursor.execute("SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)", [names])
-            there = {name for (name,) in cursor.fetchall()}
-    return [None, *sorted(name for name in names if name in there)]
+        return [None, *sorted(migrated(using, names))]
+
+
+def migrated(using: str, names: Sequence[str]) -> set[str]:
+    """The schemas among ``names`` that exist and record the app's last migrations as applied.
+
+    django-tenants makes a new tenant's schema and then applies every migration in it, in one
+    ``migrate_schemas``; an app whose label sorts before ``semantic`` gets its tables and rows
+    (a data migration's) first. Working in such a schema would find the app's tables missing
+    there, and PostgreSQL would take the public schema's, next on the ``search_path``: a tenant's
+    passages written among the public schema's.
+    """
+    if not names:
+        return set()
+    quote = connections[using].ops.quote_name
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s) "
+            "AND to_regclass(format('%%I.django_migrations', nspname)) IS NOT NULL",
+            [list(names)],
+        )
+        there = [name for (name,) in cursor.fetchall()]
+        if not there:
+            return set()
+        leaves = _last_migrations()
+        # One statement for all schemas: a schema's name can only be written into the SQL.
+        cursor.execute(
+            " UNION ALL ".join(
+                f"SELECT %s FROM {quote(name)}.django_migrations WHERE app = 'semantic' AND name = ANY(%s) "
+                "HAVING count(*) = %s"
+                for name in there
+            ),
+            [value for name in there for value in (name, leaves, len(leaves))],
+        )
+        return {name for (name,) in cursor.fetchall()}
+
+
+@functools.cache
+def _last_migrations() -> list[str]:
+    """The names of the app's last migrations (the leaves of its graph): applied in a schema, all are."""
+    from django.db.migrations.loader import MigrationLoader
+
+    return [name for _, name in MigrationLoader(None, ignore_no_migrations=True).graph.leaf_nodes("semantic")]
 
 
 class SchemaInLog(logging.Filter):

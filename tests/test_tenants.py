@@ -116,6 +116,24 @@ tenant.auto_create_schema = False
 tenant.save()
 """
 
+#: A tenant's schema as django-tenants leaves it while it creates it: made, and the migrations of the
+#: apps that sort before ``semantic`` applied (``migrate_schemas --schema=half notes`` stops there).
+HALF_CREATED = """
+from django.db import connection
+from customers.models import Client
+tenant = Client(schema_name="half", name="half")
+tenant.auto_create_schema = False
+tenant.save()
+connection.cursor().execute('CREATE SCHEMA "half"')
+"""
+
+QUEUED_IN_HALF = """
+import logging, sys
+logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
+from semantic.tasks import in_schema
+print("returned", in_schema("half", "default", "semantic.tasks.embed_field", "notes.Note", "embedding"))
+"""
+
 SEARCH_EACH = """
 from django_tenants.utils import schema_context
 from customers.models import Client
@@ -264,6 +282,21 @@ def test_the_sweep_visits_every_tenants_schema(tenant_project, fake_gemini):
     (failed,) = [line for line in out.splitlines() if "failed" in line and "notes.Note.embedding" in line]
     assert failed.startswith("[beta] "), out
     assert "Sweep skipped" not in out and "later" not in out, out
+    # A tenant's schema half made: its tables would be the public schema's, next on the search_path.
+    project.manage("shell", "-c", HALF_CREATED)
+    project.manage("migrate_schemas", "--schema=half", "notes")
+    project.sql("INSERT INTO half.notes_note (title, body) VALUES ('REJECTME', 'a text the API refuses')")
+    out = project.output("shell", "-c", SWEEP)
+    assert "['alpha:notes.Note.embedding', 'beta:notes.Note.embedding']" in out, out
+    out = project.output("shell", "-c", QUEUED_IN_HALF)
+    assert "[half] Left the task semantic.tasks.embed_field queued in the schema 'half' to the sweep" in out, out
+    assert "returned {}" in out and project.counts("half") == (1, 0), out
+    assert project.sql("SELECT count(*) FROM public.semantic_embeddingfailure") == [(0,)]
+    project.manage("migrate_schemas", "--schema=half")
+    out = project.output("shell", "-c", SWEEP)
+    assert "['alpha:notes.Note.embedding', 'beta:notes.Note.embedding', 'half:notes.Note.embedding']" in out, out
+    assert project.sql("SELECT count(*) FROM half.semantic_embeddingfailure") == [(1,)]
+    assert project.sql("SELECT count(*) FROM public.semantic_embeddingfailure") == [(0,)]
     # Every request, whichever tenant's rows it carried, counted against the key they share, in the public schema.
     sent = fake_gemini.request_count
     assert sent > 2 and project.sql("SELECT sum(requests) FROM public.semantic_ratelimit") == [(sent,)]
