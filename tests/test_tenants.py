@@ -336,7 +336,8 @@ def test_commands_run_in_each_tenants_schema_and_say_so_in_the_public_one(tenant
         assert "notes.Note: the rows are in each tenant's schema" in out and "all_tenants_command" in out, out
         assert "No model has" not in out and "embedded" not in out, out
     assert [project.counts(schema) for schema in TENANTS] == [(len(NOTES), 0)] * 2
-    assert "the rows are in each tenant's schema" in project.refused("semantic_search", "notes.Note", "password")
+    refused = project.refused("semantic_search", "notes.Note", "password")
+    assert "the rows are in each tenant's schema" in refused and "all_tenants_command --no-public <command>" in refused
 
     out = project.manage("all_tenants_command", "semantic_embed")
     assert out.count(f"{len(NOTES)} embedded") == 2, out
@@ -357,6 +358,12 @@ def test_commands_run_in_each_tenants_schema_and_say_so_in_the_public_one(tenant
     gone = "[gone] Dropped the task semantic.tasks.embed_field queued in the schema 'gone': no tenant"
     assert gone in dropped, dropped
     assert "returned {}" in dropped
+
+    # The advice of a command that stops in the public schema, as given, with the public schema's
+    # tenant that django-tenants' setup makes (all_tenants_command would visit it first and stop).
+    project.manage("shell", "-c", "from customers.models import Client\nClient(schema_name='public', name='public').save()")
+    out = project.manage("all_tenants_command", "--no-public", "semantic_search", "notes.Note", "password")
+    assert re.findall(r"^Applying command to: (\w+)\n.*\n\s+\d\.\d+\s+#1\s", out, re.M) == ["alpha", "beta"], out
 
 
 NOTE_ADMIN = """from django.contrib import admin

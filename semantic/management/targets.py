@@ -24,6 +24,14 @@ IN_TENANT_SCHEMAS = (
     "Run it in every tenant's schema with `manage.py all_tenants_command <command>`, or in one "
     "with `manage.py tenant_command <command> --schema=<schema>`."
 )
+#: The same, from a command that names the model and stops: all_tenants_command, which runs it in
+#: the public schema first when the public schema has a tenant row (django-tenants' setup makes
+#: one), would stop there too.
+IN_TENANT_SCHEMAS_STOPPED = (
+    "{labels}: the rows are in each tenant's schema, not in the public one this command ran in. "
+    "Run it in every tenant's schema with `manage.py all_tenants_command --no-public <command>`, or in one "
+    "with `manage.py tenant_command <command> --schema=<schema>`."
+)
 IN_PUBLIC_SCHEMA = (
     "{labels}: the rows are in the public schema (a shared app's), not in the tenant schema {schema!r} "
     "this command ran in. Run it without tenant_command."
@@ -60,7 +68,7 @@ def resolve(target: str, *, anywhere: bool = False) -> list[tuple[type[models.Mo
             raise CommandError(UNKNOWN_FIELD.format(label=model._meta.label, name=parts[2], names=names))
         fields = chosen
     if not anywhere and not tenancy.has_table(model, router.db_for_write(model)):
-        raise CommandError(elsewhere([model]))
+        raise CommandError(elsewhere([model], stopped=True))
     return [(model, field) for field in fields]
 
 
@@ -83,12 +91,13 @@ def resolve_all(
     return here
 
 
-def elsewhere(found: list[type[models.Model]]) -> str:
-    """Why a command in this schema has none of these models' rows (schemas per tenant)."""
+def elsewhere(found: list[type[models.Model]], *, stopped: bool = False) -> str:
+    """Why a command in this schema has none of these models' rows (schemas per tenant); ``stopped``
+    when the command stops for it, rather than going on with the other models."""
     labels = ", ".join(sorted({model._meta.label for model in found}))
     schema = tenancy.tenant_schema(tenancy.database())
     if schema is None:
-        return IN_TENANT_SCHEMAS.format(labels=labels)
+        return (IN_TENANT_SCHEMAS_STOPPED if stopped else IN_TENANT_SCHEMAS).format(labels=labels)
     if all(tenancy.in_public_schema(model) for model in found):
         return IN_PUBLIC_SCHEMA.format(labels=labels, schema=schema)
     return OTHER_TENANT_TYPES.format(labels=labels, schema=schema)
