@@ -134,6 +134,9 @@ from semantic.tasks import in_schema
 print("returned", in_schema("half", "default", "semantic.tasks.embed_field", "notes.Note", "embedding"))
 """
 
+#: The public schema's tenant row, as django-tenants' setup makes it (for the public site's domain).
+PUBLIC_TENANT = "from customers.models import Client\nClient(schema_name='public', name='public').save()"
+
 SEARCH_EACH = """
 from django_tenants.utils import schema_context
 from customers.models import Client
@@ -361,7 +364,7 @@ def test_commands_run_in_each_tenants_schema_and_say_so_in_the_public_one(tenant
 
     # The advice of a command that stops in the public schema, as given, with the public schema's
     # tenant that django-tenants' setup makes (all_tenants_command would visit it first and stop).
-    project.manage("shell", "-c", "from customers.models import Client\nClient(schema_name='public', name='public').save()")
+    project.manage("shell", "-c", PUBLIC_TENANT)
     out = project.manage("all_tenants_command", "--no-public", "semantic_search", "notes.Note", "password")
     assert re.findall(r"^Applying command to: (\w+)\n.*\n\s+\d\.\d+\s+#1\s", out, re.M) == ["alpha", "beta"], out
 
