@@ -529,9 +529,7 @@ def test_a_shared_apps_rows_are_embedded_once_in_the_public_schema(tenant_projec
 
     project.manage("shell", "-c", SAVE_NOTES.format(tenants=TENANTS, notes=NOTES))
     # The public schema's tenant, as django-tenants' setup makes it: all_tenants_command visits it too.
-    project.manage(
-        "shell", "-c", "from customers.models import Client\nClient(schema_name='public', name='public').save()"
-    )
+    project.manage("shell", "-c", PUBLIC_TENANT)
     out = project.output("all_tenants_command", "semantic_embed", "--all")
     assert out.count("catalog.Product.embedding: 1 embedded") == 1, out
     # Deleted in a tenant's schema, the shared row's passage goes from the public schema.
