@@ -27,6 +27,7 @@ from django.utils.http import urlencode
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from semantic import tenancy
 from semantic.admin_changelist import EmbeddingStateFilter
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingFailure
@@ -173,6 +174,8 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
             model = embedding_model(label, field_name.removesuffix(FAILURE_SUFFIX))
             if model is not None and router.db_for_read(model) != using:
                 continue  # rows saved to another database than the model is read from: not on this page
+            if model is not None and not tenancy.has_table(model, using):
+                model = None  # a tenant model's records left in the public schema: its rows are not here
             rows = self.model_rows(request, model, "change") if model else None
             if model is None or rows is None:
                 skipped += len(keys)

@@ -14,7 +14,7 @@ from typing import Any
 
 from django.db import DatabaseError, models, router
 
-from semantic import ratelimit
+from semantic import ratelimit, tenancy
 from semantic.backends import (
     BAD_INPUT,
     CONFIG,
@@ -48,6 +48,10 @@ class Embedder(RowClaimsMixin, RowWriterMixin, PassageWorkMixin):
         "makes {dimensions}."
     )
     WRITE_FAILED = "The database refused the vectors ({error}); the rows are retried later."
+    SCHEMA_DROPPED = (
+        "the tenant schema {schema!r} was dropped while its rows were embedded (the tenant was deleted); "
+        "nothing is left to write."
+    )
     #: Why a run stopped after a request spent its attempts on errors that may pass (5xx, time-outs, network).
     API_FAILING = (
         "The embedding API kept failing ({error}): one request failed {attempts} time(s), so the run sent no "
@@ -319,6 +323,10 @@ class Embedder(RowClaimsMixin, RowWriterMixin, PassageWorkMixin):
         try:
             self.write_all(list(zip(items, vectors)))
         except DatabaseError as exc:
+            if tenancy.dropped(self.using):
+                # Its failure records would go to the public schema's table.
+                self.stop(self.SCHEMA_DROPPED.format(schema=tenancy.tenant_schema(self.using)))
+                return
             # Its first line only: the rest quotes the statement, vectors and hashes included.
             reason = (str(exc).strip().splitlines() or [""])[0]
             message = self.redact(self.WRITE_FAILED.format(error=f"{type(exc).__name__}: {reason}"))

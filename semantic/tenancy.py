@@ -167,6 +167,14 @@ def migrated(using: str, names: Sequence[str]) -> set[str]:
         return {name for (name,) in cursor.fetchall()}
 
 
+def dropped(using: str) -> bool:
+    """Whether the connection ``using`` works in a tenant schema that no longer has the app's tables:
+    the tenant was deleted (django-tenants' ``auto_drop_schema``) while work ran there. What would be
+    written in that schema's tables then goes to the public schema's, next on the ``search_path``."""
+    schema = tenant_schema(using)
+    return schema is not None and not migrated(using, [schema])
+
+
 @functools.cache
 def _last_migrations() -> list[str]:
     """The names of the app's last migrations (the leaves of its graph): applied in a schema, all are."""
