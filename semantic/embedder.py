@@ -320,13 +320,13 @@ class Embedder(RowClaimsMixin, RowWriterMixin, PassageWorkMixin):
         the next batch. The write's own transaction (a savepoint in a caller's one) keeps a
         caller's transaction usable after the error.
         """
+        if tenancy.dropped(self.using):
+            # The app's tables found first would be the public schema's: passages and failure records there.
+            self.stop(self.SCHEMA_DROPPED.format(schema=tenancy.tenant_schema(self.using)))
+            return
         try:
             self.write_all(list(zip(items, vectors)))
         except DatabaseError as exc:
-            if tenancy.dropped(self.using):
-                # Its failure records would go to the public schema's table.
-                self.stop(self.SCHEMA_DROPPED.format(schema=tenancy.tenant_schema(self.using)))
-                return
             # Its first line only: the rest quotes the statement, vectors and hashes included.
             reason = (str(exc).strip().splitlines() or [""])[0]
             message = self.redact(self.WRITE_FAILED.format(error=f"{type(exc).__name__}: {reason}"))
