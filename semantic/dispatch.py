@@ -26,11 +26,16 @@ one is already on its way:
 
 Other brokers (Redis, SQS, ...) get ``async_task()`` after commit, coalesced per
 transaction and per window.
+
+A wake-up that cannot be sent (the broker down, the queue table locked past a timeout or not
+writable by the web role) is logged and dropped: the row is saved, the project's own on-commit
+callbacks after it still run, and the sweep embeds the row.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -44,6 +49,15 @@ from django.utils.module_loading import import_string
 
 from semantic import tenancy
 from semantic.conf import semantic_settings as conf
+
+logger = logging.getLogger("semantic")
+
+#: Why a save's row waits for the sweep: its wake-up could not be sent.
+WAKEUP_FAILED = (
+    "Could not queue the wake-up task %r after a save (%s: %s); the row is saved, and the sweep embeds it "
+    "within SEMANTIC['SWEEP_MINUTES'] minutes. Check that the worker's broker is up and that this "
+    "process's database role may insert into django-q2's queue table."
+)
 
 #: The django-q2 schedule of the sweep that embeds rows no save announced.
 SWEEP_SCHEDULE_NAME = "semantic.embed_pending"
@@ -129,6 +143,16 @@ class _WakeUp:
         self.using = using
 
     def __call__(self) -> None:
+        # Not left to on_commit(robust=True): Django 5.2 logs its callbacks' errors by the callable's
+        # __qualname__, which an instance has not, and that AttributeError failed the committed save
+        # and dropped the project's callbacks queued after this one.
+        try:
+            self.send()
+        except Exception as exc:
+            reason = (str(exc).strip().splitlines() or [""])[0]
+            logger.warning(WAKEUP_FAILED, self.name, type(exc).__name__, reason)
+
+    def send(self) -> None:
         from django_q.conf import Conf
 
         func, *args = self.wakeup_key

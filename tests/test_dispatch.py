@@ -105,6 +105,32 @@ def test_a_save_after_a_worker_claimed_the_wakeup_queues_a_new_one(queued):
     assert OrmQ.objects.filter(lock__lte=OrmQ.objects.latest("pk").lock).count() == 1
 
 
+def test_a_wakeup_that_cannot_be_queued_fails_no_save_and_no_callback_after_it(queued, caplog):
+    """The broker refuses (a web role without INSERT on django-q2's table, a Redis that is down):
+    the row is saved, the project's own on-commit callbacks still run, the log says why and what
+    happens next (the sweep)."""
+    refuse = "BEGIN RAISE EXCEPTION 'permission denied for table django_q_ormq'; END"
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ {refuse} $$")
+        cursor.execute("CREATE TRIGGER test_refuse BEFORE INSERT ON django_q_ormq EXECUTE FUNCTION test_refuse()")
+    ran = []
+    try:
+        with transaction.atomic():
+            Article.objects.create(title="Saved", body="")
+            transaction.on_commit(lambda: ran.append("the project's callback"))
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER test_refuse ON django_q_ormq; DROP FUNCTION test_refuse()")
+    assert ran == ["the project's callback"]
+    assert Article.objects.filter(title="Saved").exists() and queued() == []
+    (record,) = [r for r in caplog.records if r.name == "semantic"]
+    assert record.getMessage().startswith(
+        "Could not queue the wake-up task 'semantic: embed testapp.Article.embedding' after a save "
+        "(ProgrammingError: permission denied "
+        "for table django_q_ormq); the row is saved, and the sweep embeds it"
+    ), record.getMessage()
+
+
 def test_a_rolled_back_transaction_leaves_no_wakeup(queued):
     with pytest.raises(RuntimeError), transaction.atomic():
         Article.objects.create(title="Rolled back", body="")
