@@ -1,5 +1,7 @@
 """django-semantic: embeddings of your models' text in PostgreSQL, kept up to date by django-q2."""
 
+from typing import TYPE_CHECKING
+
 from semantic.classify import annotate_predictions, apply_predictions, predict_labels, suggest_label
 from semantic.clusters import cluster
 from semantic.context import Context, ContextPassage, acontext, context
@@ -38,6 +40,9 @@ __all__ = [
     "hybrid",
 ]
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # what __getattr__ below returns, for type checkers (not imported at run time)
+    from semantic.tasks import embed_pending
 
 
 def __getattr__(name: str) -> object:
