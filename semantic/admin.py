@@ -118,7 +118,7 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
         Django's own, rather than a server error where checks did not run."""
         return bool(embedding_fields(self.model))  # type: ignore[attr-defined]
 
-    def check(self, **kwargs: Any) -> list[checks.CMessage]:
+    def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
         """Django's admin checks, and that :attr:`semantic_field` names the field to use:
         every page of the admin reads it, so a wrong one would answer 500 everywhere."""
         errors = super().check(**kwargs)  # type: ignore[misc]

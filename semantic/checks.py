@@ -32,7 +32,7 @@ KEY_UNSENDABLE_HINT = (
 
 
 @checks.register()
-def check_backend(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
+def check_backend(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     try:
         backend_class = conf.BACKEND
     except ImportError as exc:
@@ -44,7 +44,7 @@ def check_backend(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessag
                 id="semantic.E001",
             )
         ]
-    errors: list[checks.CMessage] = []
+    errors: list[checks.CheckMessage] = []
     if getattr(backend_class, "name", "") == "gemini" and not (conf.API_KEY or conf.BACKEND_OPTIONS.get("api_key")):
         errors.append(
             checks.Error(
@@ -77,7 +77,7 @@ def check_backend(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessag
     return errors
 
 
-def _check_key(key: Any) -> list[checks.CMessage]:
+def _check_key(key: Any) -> list[checks.CheckMessage]:
     """A key pasted with typographic quotes fails before any request, in a way that looks like a network error."""
     key = key.strip() if isinstance(key, str) else ""  # as the backend reads it
     if not key or sendable_key(key):
@@ -108,7 +108,7 @@ TIMEOUTS = {
 
 
 @checks.register()
-def check_timeout(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
+def check_timeout(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """The API client counts whole milliseconds and takes 0 for no time-out at all: the
     backend rounds a smaller value up to one millisecond, so the setting would not say
     what happens, and a value that is no positive number has no time-out to give."""
@@ -130,7 +130,7 @@ def check_timeout(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessag
 
 
 @checks.register()
-def check_topics_max_rows(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
+def check_topics_max_rows(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """The Topics page groups a sample of this many rows: it takes a whole number, at least two
     (a group needs two rows); anything else would fail on the page, in a request."""
     value = conf.TOPICS_MAX_ROWS
@@ -146,7 +146,7 @@ def check_topics_max_rows(app_configs: Any = None, **kwargs: Any) -> list[checks
 
 
 @checks.register()
-def check_task_time(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
+def check_task_time(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """A project's own shorter ``Q_CLUSTER["timeout"]`` (60 s is common) must still fit one request."""
     if not apps.is_installed("django_q") or check_timeout():
         return []
@@ -173,7 +173,7 @@ POOL_IN_WORKER_HINT = (
 
 
 @checks.register()
-def check_worker_pool(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
+def check_worker_pool(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Only in the process that starts the worker: Django runs these checks as ``manage.py
     qcluster`` starts. A pool is right for the web processes, and settings can tell the worker
     apart only by its command line, as the README's fix does; ``manage.py check`` cannot know
@@ -205,7 +205,7 @@ QUEUE_PER_TENANT_HINT = "Keep 'django_q' in the public schema's apps only (SHARE
 
 
 @checks.register()
-def check_tenant_apps(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
+def check_tenant_apps(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Schemas per tenant (django-tenants' ``SHARED_APPS`` and ``TENANT_APPS``, or ``TENANT_TYPES``):
     where the app and django-q2 must be for the worker to serve every tenant (:mod:`semantic.tenancy`)."""
     lists = tenancy.app_lists()

@@ -19,8 +19,8 @@ from semantic.operations import extension_elsewhere
 
 
 @checks.register(checks.Tags.database)
-def check_extension(databases: Any = None, **kwargs: Any) -> list[checks.CMessage]:
-    errors: list[checks.CMessage] = []
+def check_extension(databases: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    errors: list[checks.CheckMessage] = []
     for alias in databases or []:
         connection = connections[alias]
         if connection.vendor != "postgresql":
@@ -43,14 +43,14 @@ def check_extension(databases: Any = None, **kwargs: Any) -> list[checks.CMessag
 
 
 @checks.register(checks.Tags.database)
-def check_encoding(databases: Any = None, **kwargs: Any) -> list[checks.CMessage]:
+def check_encoding(databases: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """A database whose text is not UTF-8 cannot hold embedded rows (see
     :func:`semantic.schema.encoding_problem`): an error, so that ``migrate`` stops before
     the first EmbeddingField is added there. Only databases that hold such a field."""
     from semantic.registry import embedding_fields
     from semantic.schema import NOT_UTF8_FIX, encoding_problem
 
-    errors: list[checks.CMessage] = []
+    errors: list[checks.CheckMessage] = []
     for alias in databases or []:
         if connections[alias].vendor != "postgresql":
             continue
@@ -72,14 +72,14 @@ UNMANAGED_HINT = (
 
 
 @checks.register(checks.Tags.database)
-def check_unmanaged_tables(databases: Any = None, **kwargs: Any) -> list[checks.CMessage]:
+def check_unmanaged_tables(databases: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """An unmanaged model's table gets the field's columns from whoever owns it, never from
     migrate. Only with ``check --database``; a warning, because ``migrate`` and test runs
     check databases too, and a table that does not exist yet is not reported at all."""
     from semantic.registry import embedding_fields
     from semantic.schema import has_table, schema_problem
 
-    errors: list[checks.CMessage] = []
+    errors: list[checks.CheckMessage] = []
     for alias in databases or []:
         if connections[alias].vendor != "postgresql":
             continue
@@ -95,14 +95,14 @@ def check_unmanaged_tables(databases: Any = None, **kwargs: Any) -> list[checks.
 
 
 @checks.register(checks.Tags.database)
-def check_spec_columns(databases: Any = None, **kwargs: Any) -> list[checks.CMessage]:
+def check_spec_columns(databases: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """A table made before 2026-11-27 whose spec column has its old name: the migration that
     renames it is not written or not applied (:mod:`semantic.spec_column`). A warning: the
     check also runs at the start of the ``migrate`` that renames it."""
     from semantic.registry import embedding_fields
     from semantic.schema import spec_column_problem
 
-    warnings: list[checks.CMessage] = []
+    warnings: list[checks.CheckMessage] = []
     for alias in databases or []:
         if connections[alias].vendor != "postgresql":
             continue

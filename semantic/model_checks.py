@@ -86,14 +86,14 @@ QUERYSET_WITHOUT_METHODS_HINT = (
 
 
 @checks.register(checks.Tags.models)
-def check_fields(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
+def check_fields(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     from semantic.registry import embedding_fields
 
     try:
         backend_class = conf.BACKEND
     except ImportError:
         return []  # reported by check_backend
-    errors: list[checks.CMessage] = []
+    errors: list[checks.CheckMessage] = []
     configs = app_configs or apps.get_app_configs()
     for model in (m for config in configs for m in config.get_models()):
         for field in embedding_fields(model):
@@ -109,7 +109,7 @@ def check_fields(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage
     return errors
 
 
-def _composite_key(model: type[models.Model], field: Any) -> checks.CMessage:
+def _composite_key(model: type[models.Model], field: Any) -> checks.CheckMessage:
     columns = list(model._meta.pk.field_names)
     return checks.Error(
         COMPOSITE_KEY.format(model=model._meta.label, columns=", ".join(columns), field=field.name),
@@ -119,7 +119,7 @@ def _composite_key(model: type[models.Model], field: Any) -> checks.CMessage:
     )
 
 
-def _name_too_long(model: type[models.Model], field: Any) -> checks.CMessage | None:
+def _name_too_long(model: type[models.Model], field: Any) -> checks.CheckMessage | None:
     """Django reports the hidden columns' names only at ``migrate`` (models.E018), after
     ``makemigrations`` wrote them, with a hint (``db_column``) the user cannot follow."""
     companions = (field.embedded_hash_name, field.spec_name, field.pending_since_name, field.source_hash_name)
@@ -136,11 +136,11 @@ def _name_too_long(model: type[models.Model], field: Any) -> checks.CMessage | N
     )
 
 
-def _check_field(model: type[models.Model], field: Any, backend: Any) -> list[checks.CMessage]:
+def _check_field(model: type[models.Model], field: Any, backend: Any) -> list[checks.CheckMessage]:
     from semantic.registry import embedding_fields
     from semantic.switch import UNKNOWN_REPLACED, UNKNOWN_REPLACED_HINT, once_had
 
-    errors: list[checks.CMessage] = []
+    errors: list[checks.CheckMessage] = []
     label = f"{model._meta.label}.{field.name}"
     if backend is not None and field.dimensions not in backend.supported_dimensions:
         # A warning, not an error: which backend embeds depends on the machine (a key or
@@ -228,13 +228,13 @@ TABLES_MISSING_HINT = (
 
 
 @checks.register(checks.Tags.models)
-def check_databases(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
+def check_databases(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Wherever a model with an EmbeddingField is migrated, the app's tables are too: its
     queries ask them about the model's rows in SQL, on the model's own database."""
     from semantic.registry import embedding_fields
 
     own_models = list(apps.get_app_config("semantic").get_models())
-    errors: list[checks.CMessage] = []
+    errors: list[checks.CheckMessage] = []
     configs = app_configs or apps.get_app_configs()
     for model in (m for config in configs for m in config.get_models()):
         if not any(field.model is model for field in embedding_fields(model)):
@@ -255,12 +255,12 @@ def check_databases(app_configs: Any = None, **kwargs: Any) -> list[checks.CMess
 
 
 @checks.register(checks.Tags.models)
-def check_keyword_indexes(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
+def check_keyword_indexes(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """A KeywordIndex over a generated column parses queries in its own ``config``: it
     must be the column's, or stemmed query words miss the column's words."""
     from semantic.keyword_index import KeywordIndex, column_config, unbounded_column
 
-    errors: list[checks.CMessage] = []
+    errors: list[checks.CheckMessage] = []
     configs = app_configs or apps.get_app_configs()
     for model in (m for config in configs for m in config.get_models()):
         for index in model._meta.indexes:
@@ -286,7 +286,7 @@ def check_keyword_indexes(app_configs: Any = None, **kwargs: Any) -> list[checks
 
 
 @checks.register(checks.Tags.models)
-def check_managers(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessage]:
+def check_managers(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """A manager built to search (``from_queryset()`` of a QuerySet with the mixin) must
     give querysets that can.
 
@@ -297,7 +297,7 @@ def check_managers(app_configs: Any = None, **kwargs: Any) -> list[checks.CMessa
     from semantic.query import SemanticQuerySetMixin
     from semantic.registry import embedding_fields
 
-    errors: list[checks.CMessage] = []
+    errors: list[checks.CheckMessage] = []
     configs = app_configs or apps.get_app_configs()
     for model in (m for config in configs for m in config.get_models()):
         if not embedding_fields(model):
