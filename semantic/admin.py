@@ -14,7 +14,7 @@ permission (change, for re-embedding and marking pairs "not a duplicate").
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from django.contrib import admin, messages
 from django.contrib.admin.options import IS_POPUP_VAR
@@ -54,6 +54,9 @@ from semantic.status import with_state
 from semantic.switch import primary_fields, serving_field
 from semantic.tasks import enqueue
 from semantic.vectors import EmptyQuery, SearchUnavailable
+
+if TYPE_CHECKING:  # django-stubs' type of a template: a name, a list of names, or a Template
+    from django.template.response import _TemplateForResponseT
 
 #: Shown instead of a server error when the embedding API cannot answer a query now.
 SEARCH_UNAVAILABLE = _("Search by meaning is unavailable right now ({reason}); showing results without it.")
@@ -97,8 +100,9 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
     #: How many selected rows "Find similar" answers for (one search each); the page says when it left some out.
     similar_rows_shown = 20
     similar_template = "semantic/admin/similar.html"
-    change_form_template = "semantic/admin/change_form.html"
-    change_list_template = "semantic/admin/change_list.html"
+    # Typed as django-stubs types ModelAdmin's, or mypy finds the two bases incompatible.
+    change_form_template: ClassVar[_TemplateForResponseT | None] = "semantic/admin/change_form.html"
+    change_list_template: ClassVar[_TemplateForResponseT | None] = "semantic/admin/change_list.html"
 
     # -- permissions (override to taste) ------------------------------------------------
 

@@ -11,8 +11,8 @@ here, so its ``bulk_update()`` leaves the old hash (README, "The field").
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from django.db import models
 
@@ -40,24 +40,25 @@ def with_source_hashes(model: type[models.Model], objs: Sequence[models.Model], 
 class BulkWritesMixin(_QuerySetBase):
     """``bulk_update()`` and upserts that also write the hash of text from Python."""
 
-    def bulk_update(self, objs: Iterable[models.Model], fields: Sequence[str], batch_size: int | None = None) -> int:
-        objs = tuple(objs)
-        return super().bulk_update(objs, with_source_hashes(self.model, objs, fields), batch_size=batch_size)
+    # Typed as django-stubs types QuerySet's (a project's QuerySet with the mixin must agree with both).
+    def bulk_update(self, objs: Iterable[Any], fields: Iterable[str], batch_size: int | None = None) -> int:
+        rows = tuple(objs)
+        return super().bulk_update(rows, with_source_hashes(self.model, rows, fields), batch_size=batch_size)
 
     def bulk_create(
         self,
-        objs: Iterable[models.Model],
+        objs: Iterable[Any],
         batch_size: int | None = None,
         ignore_conflicts: bool = False,
         update_conflicts: bool = False,
-        update_fields: Sequence[str] | None = None,
-        unique_fields: Sequence[str] | None = None,
-    ) -> list[models.Model]:
-        objs = tuple(objs)
+        update_fields: Collection[str] | None = None,
+        unique_fields: Collection[str] | None = None,
+    ) -> list[Any]:
+        rows = tuple(objs)
         if update_conflicts and update_fields:
-            update_fields = with_source_hashes(self.model, objs, update_fields)
+            update_fields = with_source_hashes(self.model, rows, update_fields)
         return super().bulk_create(
-            objs,
+            rows,
             batch_size=batch_size,
             ignore_conflicts=ignore_conflicts,
             update_conflicts=update_conflicts,
