@@ -13,6 +13,7 @@ from django.db import DatabaseError, OperationalError, connections, models, tran
 from django.db.models.expressions import RawSQL
 from pgvector.django import CosineDistance
 
+from semantic import tenancy
 from semantic.fields import EmbeddingField
 from semantic.operations import sqlstate
 
@@ -110,9 +111,23 @@ def _search(
     if len(parts) == 1:
         found = probe(parts[0], rows, field, threshold, neighbours, ef_search, max_neighbours)
     else:
+        # Each thread's own connection starts in the public schema: it is pointed at the caller's tenant.
+        tenant = tenancy.current(rows.db)
         with ThreadPoolExecutor(max_workers=len(parts)) as pool:
             jobs = [
-                pool.submit(in_own_connection, probe, p, rows, field, threshold, neighbours, ef_search, max_neighbours)
+                pool.submit(
+                    in_own_connection,
+                    tenant,
+                    rows.db,
+                    probe,
+                    p,
+                    rows,
+                    field,
+                    threshold,
+                    neighbours,
+                    ef_search,
+                    max_neighbours,
+                )
                 for p in parts
             ]
             found = [pair for job in jobs for pair in job.result()]
@@ -218,10 +233,12 @@ def probe_once(
     return pairs, [pk for pk, count in per_row.items() if count >= depth]
 
 
-def in_own_connection(function: Any, *args: Any) -> Any:
-    """Run ``function`` in this thread's own database connection, closed afterwards."""
+def in_own_connection(tenant: Any, using: str, function: Any, *args: Any) -> Any:
+    """Run ``function`` in this thread's own connection to ``using``, pointed at ``tenant``
+    (:func:`semantic.tenancy.current`: schemas per tenant), closed afterwards."""
     try:
-        return function(*args)
+        with tenancy.pointed_as(using, tenant):
+            return function(*args)
     finally:
         connections.close_all()
 

@@ -288,6 +288,18 @@ def public(using: str) -> Iterator[None]:
         yield
 
 
+def current(using: str) -> Any:
+    """Where the connection ``using`` points now (django-tenants' tenant, the public schema's
+    included), for another thread's connection to point there too (:func:`pointed_as`); None
+    without schemas per tenant. A new connection starts in the public schema."""
+    return connections[using].tenant if uses_tenant_schemas(using) else None
+
+
+def pointed_as(using: str, tenant: Any) -> contextlib.AbstractContextManager[None]:
+    """The connection ``using`` pointed at ``tenant``, from :func:`current`, for the block."""
+    return contextlib.nullcontext() if tenant is None else _pointed_at(using, tenant)
+
+
 def _tenants(using: str) -> models.QuerySet:
     return apps.get_model(settings.TENANT_MODEL)._default_manager.using(using)
 

@@ -418,6 +418,15 @@ print("public retry", browser.post("/admin/semantic/embeddingfailure/status/").s
 """
 
 
+#: Duplicates found by two threads, each on a connection of its own (a new one starts in the public schema).
+DUPLICATES_IN_THREADS = """
+from django_tenants.utils import schema_context
+from notes.models import Note
+with schema_context("alpha"):
+    print("pairs", [(a.pk, b.pk) for a, b, _ in Note.objects.duplicates(workers=2)])
+"""
+
+
 @pytest.mark.django_db
 def test_the_admin_pages_work_on_the_public_site_and_a_tenants(tenant_project):
     project = tenant_project
@@ -434,6 +443,8 @@ def test_the_admin_pages_work_on_the_public_site_and_a_tenants(tenant_project):
     # The row itself and its five neighbours in its tenant's schema.
     assert f"find similar 200 {len(NOTES)}" in out, out
     assert "public retry 302" in out, out
+    out = project.manage("shell", "-c", DUPLICATES_IN_THREADS)
+    assert f"pairs [(1, {len(NOTES) + 1})]" in out, out
 
 
 @pytest.mark.django_db
