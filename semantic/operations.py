@@ -35,6 +35,13 @@ ELSEWHERE = (
     'schema on the search_path: in DATABASES[{alias!r}], "OPTIONS": {{"options": {options}}}, '
     "or ALTER ROLE {quoted_role} SET search_path = {fixed}; then run migrate again."
 )
+#: The same with django-tenants' backend, which sets each connection's search_path itself.
+ELSEWHERE_TENANTS = (
+    "The pgvector extension is installed in schema {schema!r} of database {alias!r}, which is not on the "
+    "connection's search_path ({path}), so PostgreSQL cannot find its types (vector, halfvec). django-tenants "
+    "sets the search_path of each connection itself: add the schema to it in your settings, "
+    "PG_EXTRA_SEARCH_PATHS = [{schema!r}]; then run migrate_schemas again."
+)
 #: The schema may well be named on the search_path: PostgreSQL leaves out of it the schemas
 #: the role may not use, so putting it there again changes nothing.
 NO_USAGE = (
@@ -126,6 +133,8 @@ def extension_elsewhere(connection: Any) -> str | None:
             quoted_schema=quoted_schema,
             quoted_role=quoted_role,
         )
+    if hasattr(connection, "set_tenant"):
+        return ELSEWHERE_TENANTS.format(schema=schema, alias=connection.alias, path=path)
     fixed = fixed_path(path, schema, connection.ops.quote_name)
     return ELSEWHERE.format(
         schema=schema, alias=connection.alias, path=path, fixed=fixed, options=options(fixed), quoted_role=quoted_role

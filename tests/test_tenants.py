@@ -194,24 +194,28 @@ def new_database() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
+def tenants_site(tmp_path: Path, database: str, fake_gemini) -> TenantProject:
+    """A django-tenants project with the README's settings and model, not migrated yet."""
+    project = started_project(TenantProject, tmp_path / database, database, "test-key-tenants", fake_gemini.base_url)
+    project.manage("startapp", "customers")
+    project.manage("startapp", "notes")
+    project.write("customers/models.py", CUSTOMERS_MODELS)
+    settings = project.root / "mysite" / "settings.py"
+    settings.write_text(settings.read_text() + TENANT_SETTINGS + "\n" + readme_snippet("tenants"))
+    # This machine reaches Gemini through the tests' fake server; a limit makes requests counted.
+    settings.write_text(
+        settings.read_text()
+        + 'SEMANTIC["BASE_URL"] = os.environ["ADOPT_GEMINI_URL"]\nSEMANTIC["REQUESTS_PER_MINUTE"] = 1000\n'
+    )
+    project.write("notes/models.py", readme_snippet("model"))
+    return project
+
+
 @pytest.fixture
 def tenant_project(tmp_path: Path, fake_gemini) -> Iterator[TenantProject]:
     """A django-tenants project with the README's settings, and the tenants alpha and beta."""
     with new_database() as database:
-        project = started_project(
-            TenantProject, tmp_path / database, database, "test-key-tenants", fake_gemini.base_url
-        )
-        project.manage("startapp", "customers")
-        project.manage("startapp", "notes")
-        project.write("customers/models.py", CUSTOMERS_MODELS)
-        settings = project.root / "mysite" / "settings.py"
-        settings.write_text(settings.read_text() + TENANT_SETTINGS + "\n" + readme_snippet("tenants"))
-        # This machine reaches Gemini through the tests' fake server; a limit makes requests counted.
-        settings.write_text(
-            settings.read_text()
-            + 'SEMANTIC["BASE_URL"] = os.environ["ADOPT_GEMINI_URL"]\nSEMANTIC["REQUESTS_PER_MINUTE"] = 1000\n'
-        )
-        project.write("notes/models.py", readme_snippet("model"))
+        project = tenants_site(tmp_path, database, fake_gemini)
         project.manage("makemigrations", "customers", "notes")
         project.manage("migrate_schemas", "--shared")
         project.manage(
@@ -339,6 +343,9 @@ def test_commands_run_in_each_tenants_schema_and_say_so_in_the_public_one(tenant
         assert "notes.Note: the rows are in each tenant's schema" in out and "all_tenants_command" in out, out
         assert "No model has" not in out and "embedded" not in out, out
     assert [project.counts(schema) for schema in TENANTS] == [(len(NOTES), 0)] * 2
+    # So does --switch, named with its one field (all_tenants_command goes on past the public schema).
+    out = project.output("semantic_embed", "notes.Note.embedding", "--switch")
+    assert "notes.Note: the rows are in each tenant's schema" in out and "--switch takes" not in out, out
     refused = project.refused("semantic_search", "notes.Note", "password")
     assert "the rows are in each tenant's schema" in refused and "all_tenants_command --no-public <command>" in refused
 
@@ -672,3 +679,18 @@ def test_sync_embeds_each_row_in_the_schema_that_saved_it(tenant_project):
     project = tenant_project
     project.manage("shell", "-c", SYNC_SAVES)
     assert [project.counts(schema) for schema in TENANTS] == [(1, 1)] * 2
+
+
+@pytest.mark.django_db
+def test_pgvector_in_a_schema_of_its_own_is_found_with_the_setting_the_check_names(tmp_path, fake_gemini):
+    """django-tenants sets each connection's search_path itself: semantic.E012 names its setting,
+    not the database options it advises without django-tenants."""
+    with new_database() as database:
+        with psycopg.connect(**server_params(database), autocommit=True) as conn:  # as managed services do
+            conn.execute("CREATE SCHEMA extensions; CREATE EXTENSION vector SCHEMA extensions")
+        project = tenants_site(tmp_path, database, fake_gemini)
+        out = project.refused("check", "--database", "default")
+        assert "semantic.E012" in out and "PG_EXTRA_SEARCH_PATHS = ['extensions']" in out and "OPTIONS" not in out
+        settings = project.root / "mysite" / "settings.py"
+        settings.write_text(settings.read_text() + "PG_EXTRA_SEARCH_PATHS = ['extensions']\n")
+        project.manage("check", "--database", "default")

@@ -151,6 +151,8 @@ class Command(QuietMixin, BaseCommand):
         if batch_api and (queue or failed):
             raise CommandError("--batch-api runs the jobs from this command; it does not go with --queue or --failed.")
         resolved = resolve_all(targets, note=self.stderr.write)
+        if targets and not resolved:
+            return  # the rows are in other schemas than this one (schemas per tenant): the note says which
         if switch and (len(resolved) != 1 or len(targets[0].split(".")) != 3):
             raise CommandError(self.SWITCH_ONE)
         if switch:
