@@ -4,7 +4,8 @@ and test runs, for the databases they are given.
 The server must offer pgvector in the schema the field's columns will find it; the
 database's text must be UTF-8; an unmanaged model's table must already have the field's
 columns, since no migration will add them; a table made before 2026-11-27 must have its
-spec column renamed.
+spec column renamed; and PostgreSQL must not end a worker's session while it waits for the
+embedding API.
 """
 
 from __future__ import annotations
@@ -113,4 +114,48 @@ def check_spec_columns(databases: Any = None, **kwargs: Any) -> list[checks.Chec
                 if problem := spec_column_problem(field, alias):
                     what, fix = problem
                     warnings.append(checks.Warning(what, hint=fix, obj=field, id="semantic.W009"))
+    return warnings
+
+
+IDLE_SESSION_TIMEOUT = (
+    "PostgreSQL ends sessions of this role that are idle for {timeout} (idle_session_timeout) on database "
+    "{alias!r}, less than a worker waits for the embedding API ({wait:g} s: a request's TIMEOUT or a pause of "
+    "MAX_BACKOFF). A worker's connection is idle while it waits, and holds its row locks: ended, the run fails "
+    "after paying for the request, and so does every run after it."
+)
+IDLE_SESSION_TIMEOUT_HINT = (
+    "Turn it off for the role the worker connects as, ALTER ROLE {role} SET idle_session_timeout = 0; "
+    "or set it above {wait:g} s."
+)
+
+
+@checks.register(checks.Tags.database)
+def check_idle_session_timeout(databases: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """A worker waiting for the API must keep its session (semantic.W012): PostgreSQL 14's
+    ``idle_session_timeout``, which some providers and DBAs set, would end it at every request."""
+    from semantic.conf import semantic_settings as conf
+
+    warnings: list[checks.CheckMessage] = []
+    wait = max(conf.TIMEOUT, conf.MAX_BACKOFF)
+    for alias in databases or []:
+        connection = connections[alias]
+        if connection.vendor != "postgresql":
+            continue
+        with connection.cursor() as cursor:
+            # Milliseconds; 0 is off. No row before PostgreSQL 14, which has no such setting.
+            cursor.execute(
+                "SELECT setting::bigint, current_setting('idle_session_timeout'), current_user "
+                "FROM pg_settings WHERE name = 'idle_session_timeout'"
+            )
+            row = cursor.fetchone()
+        if row is None or not 0 < row[0] < wait * 1000:
+            continue
+        _, shown, role = row
+        warnings.append(
+            checks.Warning(
+                IDLE_SESSION_TIMEOUT.format(timeout=shown, alias=alias, wait=wait),
+                hint=IDLE_SESSION_TIMEOUT_HINT.format(role=connection.ops.quote_name(role), wait=wait),
+                id="semantic.W012",
+            )
+        )
     return warnings

@@ -811,3 +811,22 @@ def test_tenant_types_need_the_app_in_the_public_ones_and_in_each_with_an_embedd
     assert ids(errors) == ["semantic.E017", "semantic.E018"]
     assert "not in TENANT_TYPES['shop']['APPS']:" in errors[0].msg
     assert "'django_q' is in TENANT_TYPES['blog']['APPS']" in errors[1].msg
+
+
+@pytest.mark.django_db
+def test_an_idle_session_timeout_shorter_than_a_worker_waits_for_the_api_is_a_warning(semantic_settings):
+    from semantic.database_checks import check_idle_session_timeout
+
+    semantic_settings(TIMEOUT=30.0, MAX_BACKOFF=60.0)  # the defaults
+
+    assert check_idle_session_timeout(databases=["default"]) == []
+    with connection.cursor() as cursor:  # undone with the test's transaction
+        cursor.execute("SET idle_session_timeout = '20s'")
+    (warning,) = check_idle_session_timeout(databases=["default"])
+    assert warning.id == "semantic.W012"
+    assert "idle for 20s (idle_session_timeout) on database 'default'" in warning.msg and "(60 s:" in warning.msg
+    role = connection.settings_dict["USER"]
+    assert warning.hint.startswith(f'Turn it off for the role the worker connects as, ALTER ROLE "{role}" SET')
+    with connection.cursor() as cursor:
+        cursor.execute("SET idle_session_timeout = '2min'")
+    assert check_idle_session_timeout(databases=["default"]) == []
