@@ -72,7 +72,7 @@ class Cluster:
     label: str
     words: list[str]
     #: The rows nearest the centre, nearest first.
-    typical: list[models.Model]
+    typical: list[Any]  # the model's rows (Any: a type checker cannot know the model)
     pks: list[Any]
     #: ``(period start, rows)`` for every period from the queryset's first to the current one,
     #: oldest first, 0 where the group has no row (with ``date_field``).

@@ -46,7 +46,7 @@ class ContextPassage:
     """One passage chosen for the context."""
 
     text: str
-    row: models.Model
+    row: Any  # the model's row (Any: a type checker cannot know the model)
     position: int
     start: int
     end: int

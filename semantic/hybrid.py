@@ -235,7 +235,7 @@ class HybridPart(Expression):
 
 
 def hybrid(
-    queryset: SemanticQuerySet | models.Manager,
+    queryset: models.QuerySet[Any] | models.Manager[Any],
     text: str,
     *,
     field: str | None = None,
@@ -246,7 +246,7 @@ def hybrid(
     candidates: int = DEFAULT_CANDIDATES,
     match: str = "any",
     passages: bool = False,
-) -> SemanticQuerySet:
+) -> Any:
     """Rows of ``queryset`` (or a manager's) ranked by keywords and meaning together (see the module docstring).
 
     ``field`` is the EmbeddingField (needed when the model has several);
@@ -316,7 +316,7 @@ def hybrid(
     return qs
 
 
-async def ahybrid(queryset: models.QuerySet, text: str, **options: Any) -> SemanticQuerySet:
+async def ahybrid(queryset: models.QuerySet[Any] | models.Manager[Any], text: str, **options: Any) -> Any:
     """:func:`hybrid` for async code: the text is embedded in a thread (see
     ``SemanticQuerySetMixin.asimilar_to``); read the result with ``async for``."""
     return await sync_to_async(hybrid)(queryset, text, **options)
@@ -328,7 +328,7 @@ class HybridSearchMixin:
     if TYPE_CHECKING:
         model: type[models.Model]
 
-    def hybrid_search(self, text: str, **options: Any) -> SemanticQuerySet:
+    def hybrid_search(self, text: str, **options: Any) -> Any:
         """``hybrid(self, text, **options)``."""
         return hybrid(self, text, **options)  # type: ignore[arg-type]
 

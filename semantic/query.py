@@ -279,7 +279,7 @@ class SemanticQuerySetMixin(BulkWritesMixin, _QuerySetBase):
         ef_search: int = DUPLICATE_EF_SEARCH,
         max_neighbours: int | None = DEFAULT_MAX_NEIGHBOURS,
         workers: int | None = None,
-    ) -> list[tuple[models.Model, models.Model, float]]:
+    ) -> list[tuple[Any, Any, float]]:
         """Pairs ``(a, b, similarity)`` with ``a.pk < b.pk``, most similar first.
 
         Each row of the queryset probes the index for its ``neighbours`` nearest other
@@ -321,7 +321,7 @@ class SemanticQuerySetMixin(BulkWritesMixin, _QuerySetBase):
         threshold: float = DEFAULT_DUPLICATE_THRESHOLD,
         *,
         field: str | None = None,
-    ) -> list[list[models.Model]]:
+    ) -> list[list[Any]]:
         """Groups of rows linked by duplicate pairs (connected components), largest first."""
         from semantic.duplicates import connected_groups
 
@@ -361,8 +361,16 @@ class SemanticQuerySet(SemanticQuerySetMixin, models.QuerySet):
     """A QuerySet with the semantic methods, for models without a QuerySet of their own."""
 
 
-class SemanticManager(models.Manager.from_queryset(SemanticQuerySet)):  # type: ignore[misc]
-    """``objects = SemanticManager()``."""
+if TYPE_CHECKING:
+
+    class SemanticManager(SemanticQuerySet, models.Manager):  # type: ignore[misc]
+        """What type checkers read: from_queryset() gives the manager the QuerySet's methods, and a
+        base they cannot evaluate would hide them (pyright) or make the manager untyped (mypy)."""
+
+else:
+
+    class SemanticManager(models.Manager.from_queryset(SemanticQuerySet)):
+        """``objects = SemanticManager()``."""
 
 
 def with_semantic_methods(queryset: models.QuerySet) -> Any:
