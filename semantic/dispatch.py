@@ -74,11 +74,16 @@ TASK_OPTIONS: dict[str, Any] = {"save": False}
 #: task keeps looking for pending rows.
 WAKE_WINDOW = 1.0
 
+#: A wake-up in django-q2's ORM queue: its row's id and payload. The id alone is not enough: ids
+#: are handed out again after the queue's sequence goes back (a restore, a failover to a replica
+#: that lagged), and a row with that id may then be the project's own task.
+Queued = tuple[int, str]
+
 #: This process's last wake-up per (database, queue, task, arguments): its OrmQ id (None
 #: on other brokers), when it was sent or seen waiting (``time.monotonic()``), and the
 #: atomic block it was sent in, if any (run inside one, as a test's captured on-commit
 #: callbacks are, the insert may yet be rolled back: the memory holds only while it is open).
-_last_wakeup: dict[tuple[Any, ...], tuple[int | None, float, Any]] = {}
+_last_wakeup: dict[tuple[Any, ...], tuple[Queued | None, float, Any]] = {}
 _lock = threading.Lock()
 
 
@@ -185,10 +190,10 @@ def orm_queue_alias() -> str | None:
     return Conf.ORM or None
 
 
-def send_unless_waiting(func: str, *args: Any, name: str, using: str, previous: int | None) -> int:
-    """Queue ``func(*args)`` on the ORM broker unless the OrmQ row ``previous`` is still unclaimed.
+def send_unless_waiting(func: str, *args: Any, name: str, using: str, previous: Queued | None) -> Queued:
+    """Queue ``func(*args)`` on the ORM broker unless the wake-up ``previous`` is still unclaimed.
 
-    Returns the OrmQ id of the wake-up that is now waiting (new or ``previous``).
+    Returns the wake-up that is now waiting (new or ``previous``).
     """
     from django_q.conf import Conf
     from django_q.tasks import async_task
@@ -219,10 +224,10 @@ class _ConditionalInsert:
 
     list_key: str
 
-    def __init__(self, using: str, list_key: str, previous: int | None) -> None:
+    def __init__(self, using: str, list_key: str, previous: Queued | None) -> None:
         self.using = using
         self.previous = previous
-        self.waiting: int = 0
+        self.waiting: Queued | None = None
         super().__init__(list_key=list_key)  # type: ignore[call-arg]
 
     def get_connection(self, list_key: str | None = None) -> Any:
@@ -238,15 +243,17 @@ class _ConditionalInsert:
         table, pk = quote(OrmQ._meta.db_table), quote(OrmQ._meta.pk.column)
         key, payload, lock = (quote(OrmQ._meta.get_field(f).column) for f in ("key", "payload", "lock"))
         now = timezone.now()
+        previous_id, previous_payload = self.previous or (None, None)
         with connection.cursor() as cursor:
             cursor.execute(
-                f"INSERT INTO {table} ({key}, {payload}, {lock}) SELECT %s, %s, %s "
-                f"WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE {pk} = %s AND {lock} <= %s) RETURNING {pk}",
-                [self.list_key, task, now, self.previous, now],
+                f"INSERT INTO {table} ({key}, {payload}, {lock}) SELECT %s, %s, %s WHERE NOT EXISTS "
+                f"(SELECT 1 FROM {table} WHERE {pk} = %s AND {payload} = %s AND {lock} <= %s) RETURNING {pk}",
+                [self.list_key, task, now, previous_id, previous_payload, now],
             )
             row = cursor.fetchone()
-        self.waiting = row[0] if row else self.previous
-        return self.waiting
+        self.waiting = (row[0], task) if row else self.previous
+        assert self.waiting is not None
+        return self.waiting[0]
 
 
 def enqueue(model: type[models.Model], field_name: str, pks: Sequence[Any], *, using: str | None = None) -> None:
@@ -307,7 +314,8 @@ def hand_over(model: type[models.Model], field_name: str, *, using: str | None =
         previous = _last_wakeup.get(memo, (None,))[0]
     with transaction.atomic(using=using):
         if previous is not None:  # unless a worker claimed it (its lock then lies ahead)
-            OrmQ.objects.using(using).filter(pk=previous, lock__lte=timezone.now()).delete()
+            pk, payload = previous
+            OrmQ.objects.using(using).filter(pk=pk, payload=payload, lock__lte=timezone.now()).delete()
         waiting = send_unless_waiting(func, *args, name=name, using=using, previous=None)
     with _lock:
         _last_wakeup[memo] = (waiting, time.monotonic(), None)

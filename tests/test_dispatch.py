@@ -15,7 +15,7 @@ from django_q.brokers.orm import ORM
 from django_q.models import OrmQ
 from django_q.signing import SignedPackage
 
-from semantic.dispatch import WAKE_WINDOW, forget_wakeups, queue_task
+from semantic.dispatch import WAKE_WINDOW, forget_wakeups, hand_over, queue_task
 from semantic.embedder import Embedder
 from semantic.models import EmbeddingFailure
 from semantic.tasks import embed_field
@@ -129,6 +129,29 @@ def test_a_wakeup_that_cannot_be_queued_fails_no_save_and_no_callback_after_it(q
         "(ProgrammingError: permission denied "
         "for table django_q_ormq); the row is saved, and the sweep embeds it"
     ), record.getMessage()
+
+
+@pytest.mark.parametrize("then", ["save", "hand over"])
+def test_a_task_given_a_remembered_wakeups_id_again_is_not_taken_for_it(queued, then):
+    """The queue's ids go back after a restore from a dump or a failover to a replica that lagged:
+    the id this process remembers for its wake-up may then be the project's own task's, which
+    must neither stand in for a wake-up (a save's) nor be deleted (a hand-over's)."""
+    from django_q.tasks import async_task
+
+    Article.objects.create(title="First", body="")
+    (wakeup,) = OrmQ.objects.all()
+    OrmQ.objects.all().delete()  # run, and then the database restored from before it
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT setval(pg_get_serial_sequence('django_q_ormq', 'id'), %s, false)", [wakeup.pk])
+    async_task("math.floor", 1.5, task_name="the project's task")
+    assert OrmQ.objects.get().pk == wakeup.pk
+    if then == "save":
+        time.sleep(WAKE_WINDOW)  # past the window, the process looks for its wake-up in the queue
+        Article.objects.create(title="Saved after the restore", body="")
+    else:
+        hand_over(Article, "embedding")  # takes its wake-up out of the queue, and queues one behind the tasks
+    assert [task["name"] for task in queued()] == ["the project's task", "semantic: embed testapp.Article.embedding"]
+    assert OrmQ.objects.filter(pk=wakeup.pk).exists()
 
 
 def test_a_rolled_back_transaction_leaves_no_wakeup(queued):
