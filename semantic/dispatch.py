@@ -27,8 +27,8 @@ one is already on its way:
 Other brokers (Redis, SQS, ...) get ``async_task()`` after commit, coalesced per
 transaction and per window.
 
-A wake-up that cannot be sent (the broker down, the queue table locked past a timeout or not
-writable by the web role) is logged and dropped: the row is saved, the project's own on-commit
+A wake-up that cannot be sent (the broker down, the queue table locked for longer than
+:data:`WAKEUP_LOCK_TIMEOUT` or not writable by the web role) is logged and dropped: the row is saved, the project's own on-commit
 callbacks after it still run, and the sweep embeds the row.
 """
 
@@ -52,11 +52,14 @@ from semantic.conf import semantic_settings as conf
 
 logger = logging.getLogger("semantic")
 
+#: How long a save's wake-up waits for a lock on django-q2's queue table before it gives up.
+WAKEUP_LOCK_TIMEOUT = "2s"
+
 #: Why a save's row waits for the sweep: its wake-up could not be sent.
 WAKEUP_FAILED = (
     "Could not queue the wake-up task %r after a save (%s: %s); the row is saved, and the sweep embeds it "
-    "within SEMANTIC['SWEEP_MINUTES'] minutes. Check that the worker's broker is up and that this "
-    "process's database role may insert into django-q2's queue table."
+    "within SEMANTIC['SWEEP_MINUTES'] minutes. Check that the worker's broker is up, that this "
+    "process's database role may insert into django-q2's queue table, and that nothing holds that table locked."
 )
 
 #: The django-q2 schedule of the sweep that embeds rows no save announced.
@@ -244,12 +247,21 @@ class _ConditionalInsert:
         key, payload, lock = (quote(OrmQ._meta.get_field(f).column) for f in ("key", "payload", "lock"))
         now = timezone.now()
         previous_id, previous_payload = self.previous or (None, None)
+        insert = (
+            f"INSERT INTO {table} ({key}, {payload}, {lock}) SELECT %s, %s, %s WHERE NOT EXISTS "
+            f"(SELECT 1 FROM {table} WHERE {pk} = %s AND {payload} = %s AND {lock} <= %s) RETURNING {pk}"
+        )
+        params = [self.list_key, task, now, previous_id, previous_payload, now]
+        # A save's wake-up does not wait long for the queue table (a migration's ALTER TABLE, a
+        # VACUUM FULL holds it): the row is saved, and the sweep embeds it. Sent in the same message,
+        # the setting lasts as long as the insert's own transaction; not where the caller's is open.
+        limited = not connection.in_atomic_block and not connection.features.uses_server_side_binding
         with connection.cursor() as cursor:
-            cursor.execute(
-                f"INSERT INTO {table} ({key}, {payload}, {lock}) SELECT %s, %s, %s WHERE NOT EXISTS "
-                f"(SELECT 1 FROM {table} WHERE {pk} = %s AND {payload} = %s AND {lock} <= %s) RETURNING {pk}",
-                [self.list_key, task, now, previous_id, previous_payload, now],
-            )
+            if limited:
+                cursor.execute(f"SELECT set_config('lock_timeout', %s, true); {insert}", [WAKEUP_LOCK_TIMEOUT, *params])
+                cursor.cursor.nextset()
+            else:
+                cursor.execute(insert, params)
             row = cursor.fetchone()
         self.waiting = (row[0], task) if row else self.previous
         assert self.waiting is not None

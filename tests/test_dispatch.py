@@ -131,6 +131,30 @@ def test_a_wakeup_that_cannot_be_queued_fails_no_save_and_no_callback_after_it(q
     ), record.getMessage()
 
 
+def test_a_save_waits_a_bounded_time_for_a_locked_queue_table(queued, caplog):
+    """A migration's ALTER TABLE or a VACUUM FULL holds django-q2's queue table: the save's wake-up
+    gives up after WAKEUP_LOCK_TIMEOUT rather than hold the request until the lock goes."""
+    import psycopg
+
+    with connection.cursor() as cursor:  # what ends the wait without the limit, so that a failure does not hang
+        cursor.execute("SET statement_timeout = '20s'")
+    holder = psycopg.connect(**connection.get_connection_params())
+    try:
+        holder.execute("LOCK TABLE django_q_ormq IN ACCESS EXCLUSIVE MODE")
+        Article.objects.create(title="Saved while the queue is locked", body="")
+    finally:
+        holder.rollback()
+        holder.close()
+        with connection.cursor() as cursor:
+            cursor.execute("RESET statement_timeout")
+    assert Article.objects.filter(title="Saved while the queue is locked").exists() and queued() == []
+    (record,) = [r for r in caplog.records if r.name == "semantic"]
+    assert "(OperationalError: canceling statement due to lock timeout)" in record.getMessage(), record.getMessage()
+    with connection.cursor() as cursor:  # the limit was the insert's alone
+        cursor.execute("SHOW lock_timeout")
+        assert cursor.fetchone() == ("0",)
+
+
 @pytest.mark.parametrize("then", ["save", "hand over"])
 def test_a_task_given_a_remembered_wakeups_id_again_is_not_taken_for_it(queued, then):
     """The queue's ids go back after a restore from a dump or a failover to a replica that lagged:
