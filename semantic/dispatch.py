@@ -28,8 +28,8 @@ Other brokers (Redis, SQS, ...) get ``async_task()`` after commit, coalesced per
 transaction and per window.
 
 A wake-up that cannot be sent (the broker down, the queue table locked for longer than
-:data:`WAKEUP_LOCK_TIMEOUT` or not writable by the web role) is logged and dropped: the row is saved, the project's own on-commit
-callbacks after it still run, and the sweep embeds the row.
+:data:`WAKEUP_LOCK_TIMEOUT` or not writable by the web role) is logged and dropped: the row is
+saved, the project's own on-commit callbacks after it still run, and the sweep embeds the row.
 """
 
 from __future__ import annotations
