@@ -115,6 +115,9 @@ def in_schema(using: str, schema: str | None) -> Iterator[str | None]:
     with _pointed_at(using, None):
         tenant = _tenants(using).filter(schema_name=schema).first()
         ready = tenant is not None and migrated(using, [schema])
+    if tenant is not None and multi_type():
+        # The tenant row at hand: a schema's name may have been given to a tenant of another type.
+        _types[schema] = getattr(tenant, settings.MULTI_TYPE_DATABASE_FIELD)
     if tenant is None or not ready:
         yield TENANT_GONE if tenant is None else NOT_MIGRATED
         return
@@ -257,7 +260,8 @@ def scope(using: str) -> str:
     return hashlib.blake2b(connections[using].schema_name.encode(), digest_size=8).hexdigest() + ":"
 
 
-#: Each tenant schema's type, once read (multi-type tenants): it does not change.
+#: Each tenant schema's type, once read (multi-type tenants), and read again whenever work enters the
+#: schema (:func:`in_schema`): a deleted tenant's schema name may be given to one of another type.
 _types: dict[str, str | None] = {}
 
 

@@ -658,7 +658,25 @@ def test_tenants_of_several_types_each_with_its_own_apps(tmp_path, fake_gemini):
             "the tenant schema 'blog1' this command ran in has no table of them: their apps are other tenant types'"
             in out
         )
+        out = project.manage("shell", "-c", REUSED_SCHEMA)
+        assert re.findall(r"^shop1 has notes: (\w+)$", out, re.M) == ["True", "False"], out
 
+
+#: A shop deleted and its schema's name given to a blog, in one long-lived process (a worker's).
+REUSED_SCHEMA = """
+from django_tenants.utils import schema_context
+from customers.models import Client
+from notes.models import Note
+from semantic import tenancy
+from semantic.tasks import in_schema
+with schema_context("shop1"):
+    print("shop1 has notes:", tenancy.has_table(Note, "default"))
+Client.objects.get(schema_name="shop1").delete(force_drop=True)
+Client(schema_name="shop1", name="shop1 again", type="blog").save()
+in_schema("shop1", "default", "semantic.tasks.embed_pending")
+with schema_context("shop1"):
+    print("shop1 has notes:", tenancy.has_table(Note, "default"))
+"""
 
 #: SYNC, and saves in two tenants' schemas in one transaction: it commits in the public schema.
 SYNC_SAVES = """
