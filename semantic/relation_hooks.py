@@ -28,7 +28,7 @@ from django.apps import apps
 from django.db import models
 from django.db.models import Q
 from django.db.models.fields.related import ForeignObjectRel
-from django.db.models.signals import m2m_changed
+from django.db.models.signals import m2m_changed, post_save, pre_delete
 
 from semantic.dispatch import enqueue
 from semantic.fields import EmbeddingField
@@ -50,6 +50,44 @@ def connect() -> None:
             for through in relations(model):
                 uid = f"semantic:m2m_changed:{through._meta.label}"
                 m2m_changed.connect(on_m2m_changed, sender=through, weak=False, dispatch_uid=uid)
+                for related in linked_models(through, model):
+                    _readers.setdefault(related, set()).add((model, through))
+                    uid = f"semantic:related:{related._meta.label}"
+                    pre_delete.connect(on_related_changed, sender=related, weak=False, dispatch_uid=uid)
+                    post_save.connect(on_related_changed, sender=related, weak=False, dispatch_uid=uid)
+
+
+#: For each model on the other side of a relation: the models whose text from Python may read its
+#: rows, each with the through model that links them.
+_readers: dict[type[models.Model], set[tuple[type[models.Model], type[models.Model]]]] = {}
+
+
+def linked_models(through: type[models.Model], model: type[models.Model]) -> set[type[models.Model]]:
+    """The models ``through`` links to ``model`` by foreign keys (a tag model): a generic relation's
+    rows (django-taggit's) hold no foreign key to ``model``, and name none."""
+    links = [f.related_model for f in through._meta.fields if f.many_to_one and isinstance(f.related_model, type)]
+    if not any(issubclass(model, target) for target in links):
+        return set()
+    return {source for source in links if source is not model or links.count(model) > 1}
+
+
+def on_related_changed(
+    sender: type[models.Model],
+    instance: models.Model,
+    using: str | None = None,
+    created: bool = False,
+    raw: bool = False,
+    **kwargs: Any,
+) -> None:
+    """A linked row renamed or deleted (a tag): the rows that read it are left pending, as a change
+    of the relation leaves them. Before a delete, while its links are still there; a new row has no
+    links, and a fixture's (``raw``) are loaded after it."""
+    if created or raw:
+        return
+    for model, through in _readers.get(sender, ()):
+        keys = linked_keys(through, instance, model, using)
+        if keys:
+            forget(model, any_of(Q(pk__in=rows) for rows in keys), using)
 
 
 def relations(model: type[models.Model]) -> set[type[models.Model]]:

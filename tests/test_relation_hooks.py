@@ -74,6 +74,21 @@ def test_adding_removing_and_clearing_tags_on_either_side_embeds_the_new_text(fa
     assert state(post) == SETTLED
 
 
+def test_renaming_or_deleting_a_tag_embeds_the_rows_that_read_it(fake_gemini, topics):
+    """No m2m_changed: a tag renamed changes the text of the rows that read it, and a tag deleted
+    takes its links with it (a cascade, without signals)."""
+    post = Post.objects.create(title="A weekend away")
+    post.topics.set([topics["hiking"], topics["beach"]])
+    fake_gemini.reset()
+    topics["hiking"].name = "trekking"
+    topics["hiking"].save()
+    topics["beach"].delete()
+    Topic.objects.filter(name="swimming").delete()  # a queryset's delete: linked to no row
+    Topic.objects.create(name="sailing")  # a new tag: linked to no row yet
+    assert fake_gemini.texts() == ["A weekend away\n\nbeach, trekking", "A weekend away\n\ntrekking"]
+    assert state(post) == SETTLED
+
+
 def test_tags_changed_while_embedding_is_suspended_leave_the_row_pending(fake_gemini, topics):
     post = Post.objects.create(title="A weekend away")
     fake_gemini.reset()
