@@ -10,7 +10,10 @@ the rows of both sides: ``instance`` and those of ``pk_set``. For each side whos
 has such a field, the rows' hash is emptied, as :func:`semantic.hooks.forget_python_hashes`
 does after a raw save, and the worker is woken: a row without a hash is pending, and the
 worker hashes it and embeds it only if its text is not the one its vector was made from.
-Which relations a method reads is not known, so a change of any of them counts.
+Which relations a method reads is not known, so a change of any of them counts. So does a
+row on the other side saved (a tag renamed) or deleted (its links go in a cascade, which sends
+no ``m2m_changed``): :func:`on_related_changed`, for relations whose through model has a foreign
+key to each side.
 
 Nothing is hashed here: hashing reads each row's related rows in Python, a query per
 row in the request that changed the relation, and storing a hash must not skip rows
