@@ -29,17 +29,18 @@ PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_$]*")
 #: SQLSTATE insufficient_privilege: the extension is there to create, not by this role.
 INSUFFICIENT_PRIVILEGE = "42501"
 
-ELSEWHERE = (
+#: Why pgvector's types cannot be found (the fix follows, in ELSEWHERE or ELSEWHERE_TENANTS).
+OFF_THE_PATH = (
     "The pgvector extension is installed in schema {schema!r} of database {alias!r}, which is not on the "
-    "connection's search_path ({path}), so PostgreSQL cannot find its types (vector, halfvec). Put the "
-    'schema on the search_path: in DATABASES[{alias!r}], "OPTIONS": {{"options": {options}}}, '
+    "connection's search_path ({path}), so PostgreSQL cannot find its types (vector, halfvec). "
+)
+ELSEWHERE = OFF_THE_PATH + (
+    'Put the schema on the search_path: in DATABASES[{alias!r}], "OPTIONS": {{"options": {options}}}, '
     "or ALTER ROLE {quoted_role} SET search_path = {fixed}; then run migrate again."
 )
 #: The same with django-tenants' backend, which sets each connection's search_path itself.
-ELSEWHERE_TENANTS = (
-    "The pgvector extension is installed in schema {schema!r} of database {alias!r}, which is not on the "
-    "connection's search_path ({path}), so PostgreSQL cannot find its types (vector, halfvec). django-tenants "
-    "sets the search_path of each connection itself: add the schema to it in your settings, "
+ELSEWHERE_TENANTS = OFF_THE_PATH + (
+    "django-tenants sets the search_path of each connection itself: add the schema to it in your settings, "
     "PG_EXTRA_SEARCH_PATHS = [{schema!r}]; then run migrate_schemas again."
 )
 #: The schema may well be named on the search_path: PostgreSQL leaves out of it the schemas
