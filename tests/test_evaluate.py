@@ -122,6 +122,36 @@ def test_the_means_are_pytrec_evals_over_every_judged_query_with_a_text(tmp_path
 
 
 @pytest.mark.django_db
+def test_json_output_carries_the_same_figures_and_counts_for_scripts(tmp_path):
+    """--format json: what a CI script checks a threshold against, the text table's figures unrounded."""
+    create_docs()
+    queries = tmp_path / "queries.jsonl"
+    texts = {"q0": "coffee", "q2": "sleep", "q9": "tea"}
+    queries.write_text("\n".join(json.dumps({"_id": qid, "text": text}) for qid, text in texts.items()))
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\nq0\td1\t1\nq2\td3\t0\nq99\td1\t1\nq9\td4\t2\nq9\td1\t1\n")
+    arguments = ("--queries", str(queries), "--qrels", str(qrels), "--id-field", "corpus_id", "--methods", "keyword")
+    text, _ = call("semantic_evaluate", "docsapp.Doc", *arguments)
+    out, _ = call("semantic_evaluate", "docsapp.Doc", *arguments, "--format", "json")
+    report = json.loads(out)
+    assert {key: report[key] for key in ("model", "field", "rows", "averaged", "without_relevant", "without_text")} == {
+        "model": "docsapp.Doc",
+        "field": "embedding",
+        "rows": 4,
+        "averaged": 3,
+        "without_relevant": 1,
+        "without_text": 1,
+    }
+    assert list(report["methods"]) == ["keyword"]
+    figures = report["methods"]["keyword"]
+    ndcg10 = (1 + 0 + 2 / (2 + 1 / math.log2(3))) / 3
+    assert figures["ndcg@10"] == pytest.approx(ndcg10)
+    assert (figures["recall@100"], figures["mrr@10"], figures["queries"]) == (pytest.approx(1.5 / 3), 2 / 3, 3)
+    row = next(line.split()[1:4] for line in text.splitlines() if line.startswith("keyword"))
+    assert row == [f"{100 * figures[name]:.2f}" for name in ("ndcg@10", "recall@100", "mrr@10")]
+
+
+@pytest.mark.django_db
 def test_judgements_with_nothing_relevant_are_a_clear_error(files, tmp_path):
     queries, _ = files
     qrels = tmp_path / "zeros.tsv"

@@ -1,3 +1,5 @@
+import json
+
 from django.core.exceptions import FieldDoesNotExist
 from django.core.management.base import BaseCommand, CommandError
 
@@ -55,8 +57,14 @@ class Command(BaseCommand):
             "--methods",
             help=f"some of {','.join(METHODS)} (default: all the field has; passages need passages=True)",
         )
+        parser.add_argument(
+            "--format",
+            choices=["text", "json"],
+            default="text",
+            help="json: one object with the counts and each method's figures as fractions (for scripts and CI)",
+        )
 
-    def handle(self, target, queries, qrels, field, id_field, k_rrf, weights, methods, **options):
+    def handle(self, target, queries, qrels, field, id_field, k_rrf, weights, methods, format, **options):
         (model, embedding_field), *others = resolve(target if field is None else f"{target}.{field}")
         if others:
             raise CommandError(f"{model._meta.label} has several EmbeddingFields; pass --field.")
@@ -75,13 +83,13 @@ class Command(BaseCommand):
             weight_pair = parse_weights(weights)
             queryset = with_semantic_methods(model._default_manager.all())
             counts = coverage(texts, judgements)
-            self.stdout.write(
-                self.SUMMARY.format(queries=counts["averaged"], rows=queryset.count(), label=model._meta.label)
-            )
-            if counts["without_relevant"]:
-                self.stdout.write(self.WITHOUT_RELEVANT.format(count=counts["without_relevant"]))
-            if counts["without_text"]:
-                self.stdout.write(self.WITHOUT_TEXT.format(count=counts["without_text"]))
+            rows = queryset.count()
+            if format == "text":
+                self.stdout.write(self.SUMMARY.format(queries=counts["averaged"], rows=rows, label=model._meta.label))
+                if counts["without_relevant"]:
+                    self.stdout.write(self.WITHOUT_RELEVANT.format(count=counts["without_relevant"]))
+                if counts["without_text"]:
+                    self.stdout.write(self.WITHOUT_TEXT.format(count=counts["without_text"]))
             results = evaluate(
                 queryset,
                 texts,
@@ -96,6 +104,10 @@ class Command(BaseCommand):
             raise CommandError(self.UNAVAILABLE.format(error=error)) from None
         except (OSError, ValueError) as error:
             raise CommandError(str(error)) from None
+        if format == "json":
+            report = {"model": model._meta.label, "field": embedding_field.name, "rows": rows, **counts}
+            self.stdout.write(json.dumps({**report, "methods": results}, indent=2))
+            return
         for line in report_lines(results):
             self.stdout.write(line)
 
