@@ -14,6 +14,13 @@ this process and written by COPY). ``Doc``'s field has ``passages=True``, so the
 run scores rows ranked by their nearest passage ("passages").
 
     .venv/bin/python -m benchmarks.scifact [--reload] [--no-tune] [--latency]
+
+The training claims are the default; ``--queries``, ``--qrels`` and ``--corpus`` take
+other files in the same layout (BEIR's: a claim per JSON line, ``query-id<TAB>corpus-id
+<TAB>score`` with a header), such as the evaluation split:
+
+    .venv/bin/python -m benchmarks.scifact --no-tune \
+        --queries ../shared/data/scifact/queries-test.jsonl --qrels ../shared/data/scifact/qrels-test.tsv
 """
 
 from __future__ import annotations
@@ -25,12 +32,14 @@ import json
 import statistics
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
 from benchmarks.common import BASE_DIR, setup, start_worker, wait_for
 
 DATA = BASE_DIR.parent / "shared" / "data" / "scifact"
+CORPUS = DATA / "corpus.jsonl.gz"
 QUERIES = DATA / "queries-train.jsonl"
 QRELS = DATA / "qrels-train.tsv"
 #: (k, (keyword weight, meaning weight)) compared on the training claims.
@@ -42,13 +51,15 @@ LATENCY_QUERIES = 200
 SCALE_ROWS = 100_000
 
 
-def corpus() -> list[dict[str, str]]:
-    with gzip.open(DATA / "corpus.jsonl.gz", "rt", encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle]
+def corpus(path: Path = CORPUS) -> list[dict[str, str]]:
+    """The documents of a BEIR corpus file (``.jsonl`` or gzipped ``.jsonl.gz``)."""
+    opened = gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+    with opened as handle:
+        return [json.loads(line) for line in handle if line.strip()]
 
 
 def load_rows(documents: list[dict[str, str]], reload: bool) -> tuple[int, int, float]:
-    """Store the abstracts (kept from an earlier run unless ``reload``) and have a real
+    """Store the abstracts (kept from an earlier run of the same corpus unless ``reload``) and have a real
     worker cluster (two processes) embed the rows, and their passages, not embedded yet; how many rows and
     passages it embedded, and the seconds taken."""
     from semantic.backfill import hand_to_workers
@@ -57,7 +68,7 @@ def load_rows(documents: list[dict[str, str]], reload: bool) -> tuple[int, int, 
     from tests.docsapp.models import Doc
 
     field = Doc._meta.get_field("embedding")
-    if reload or Doc.objects.count() != len(documents):
+    if reload or set(Doc.objects.values_list("corpus_id", flat=True)) != {d["_id"] for d in documents}:
         Doc.objects.all().delete()
         Doc.objects.bulk_create(Doc(corpus_id=d["_id"], title=d["title"], text=d["text"]) for d in documents)
     missing = Doc.objects.filter(embedding__isnull=True).count()
@@ -155,12 +166,11 @@ def latency(queryset, texts: list[str]) -> None:
     print(f"  same top 10 from both fusions: {same}/{len(texts)} claims")
 
 
-def direct_ndcg(documents: list[dict[str, str]]) -> float:
+def direct_ndcg(documents: list[dict[str, str]], queries: dict[str, str], judgements: dict) -> float:
     """nDCG@10 of the model called directly: exact cosine search in numpy."""
     from semantic.backends.local import LocalBackend
-    from semantic.evaluate import load_qrels, load_queries, ndcg
+    from semantic.evaluate import ndcg
 
-    queries, judgements = load_queries(QUERIES), load_qrels(QRELS)
     model = LocalBackend(runtime="sentence-transformers").load()
     vectors = model.encode([f"{d['title']} {d['text']}" for d in documents], normalize_embeddings=True, batch_size=32)
     ids = [d["_id"] for d in documents]
@@ -214,17 +224,16 @@ def side_lists(queryset, queries: dict[str, str], judged: list[str], side: int) 
     return lists
 
 
-def quick(claims: int) -> None:
+def quick(claims: int, queries: dict[str, str], judgements: dict) -> None:
     """While the corpus is still being embedded: the embedded rows as the corpus, the
     claims whose relevant abstracts are all among them, no direct baseline. Compares each
     side with hybrid and checks stored vectors against the model called directly."""
     from semantic.backends.local import LocalBackend
-    from semantic.evaluate import evaluate, load_qrels, load_queries
+    from semantic.evaluate import evaluate
     from tests.docsapp.models import Doc
 
     queryset = Doc.objects.filter(embedding__isnull=False)
     present = set(queryset.values_list("corpus_id", flat=True))
-    queries, judgements = load_queries(QUERIES), load_qrels(QRELS)
     chosen = {q: rel for q, rel in judgements.items() if q in queries and set(rel) <= present}
     chosen = dict(list(chosen.items())[:claims])
     print(f"quick: {len(present)} embedded abstracts as the corpus, {len(chosen)} claims judged within them")
@@ -288,46 +297,76 @@ def main() -> None:
     parser.add_argument("--no-tune", action="store_true", help="skip the k and weights comparison")
     parser.add_argument("--quick", type=int, metavar="CLAIMS", help="only the rows embedded so far (see quick())")
     parser.add_argument("--latency", action="store_true", help="only the latencies (the corpus must be embedded)")
+    parser.add_argument("--corpus", type=Path, default=CORPUS, help="BEIR corpus.jsonl(.gz) (default: %(default)s)")
+    parser.add_argument("--queries", type=Path, default=QUERIES, help="BEIR queries.jsonl (default: %(default)s)")
+    parser.add_argument("--qrels", type=Path, default=QRELS, help="BEIR qrels .tsv (default: %(default)s)")
     arguments = parser.parse_args()
     setup()
+    from semantic.evaluate import load_qrels, load_queries, report_lines
+
+    # Read before anything is stored, so that a wrong path or layout stops the run at once.
+    queries, judgements = load_queries(arguments.queries), load_qrels(arguments.qrels)
+    claims = [queries[q] for q in judgements if q in queries]
+    print(f"{arguments.queries}: {len(queries)} queries, {len(claims)} of them judged in {arguments.qrels}")
     if arguments.quick:
-        quick(arguments.quick)
+        quick(arguments.quick, queries, judgements)
         return
     from django.core.management import call_command
 
-    from semantic.evaluate import load_qrels, load_queries
     from tests.docsapp.models import Doc
 
-    documents = corpus()
+    documents = corpus(arguments.corpus)
     if arguments.latency:
-        queries, judgements = load_queries(QUERIES), load_qrels(QRELS)
-        measure_latency(documents, [queries[q] for q in judgements if q in queries][:LATENCY_QUERIES])
+        measure_latency(documents, claims[:LATENCY_QUERIES])
         return
     # The direct baseline encodes in this process while the worker embeds the rows.
     direct: list[float] = []
-    baseline = threading.Thread(target=lambda: direct.append(direct_ndcg(documents)))
+    baseline = threading.Thread(target=lambda: direct.append(direct_ndcg(documents, queries, judgements)))
     baseline.start()
     embedded, passages, seconds = load_rows(documents, arguments.reload)
     print(
-        f"SciFact: {len(documents)} abstracts; the worker embedded {embedded} rows "
+        f"{arguments.corpus.name}: {len(documents)} documents; the worker embedded {embedded} rows "
         f"and {passages} passages in {seconds:.0f}s"
     )
     baseline.join()
     print(f"direct (sentence-transformers, exact cosine in numpy): nDCG@10 {direct[0]:.2f}")
 
-    print(f"semantic_evaluate docsapp.Doc --queries {QUERIES.name} --qrels {QRELS.name} --id-field corpus_id:")
+    names = f"--queries {arguments.queries.name} --qrels {arguments.qrels.name}"
+    print(f"semantic_evaluate docsapp.Doc {names} --id-field corpus_id --format json:")
     output = io.StringIO()
     call_command(
-        "semantic_evaluate", "docsapp.Doc", queries=str(QUERIES), qrels=str(QRELS), id_field="corpus_id", stdout=output
+        "semantic_evaluate",
+        "docsapp.Doc",
+        queries=str(arguments.queries),
+        qrels=str(arguments.qrels),
+        id_field="corpus_id",
+        format="json",
+        stdout=output,
     )
-    print(output.getvalue(), end="")
+    report = json.loads(output.getvalue())
+    print(f"{report['averaged']} judged queries averaged, {report['rows']} rows")
+    for line in report_lines(report["methods"]):
+        print(f"  {line}")
+    verdicts(direct[0], {method: 100 * row["ndcg@10"] for method, row in report["methods"].items()})
 
-    queries, judgements = load_queries(QUERIES), load_qrels(QRELS)
     queryset = Doc.objects.all()
     if not arguments.no_tune:
         tune(queryset, queries, judgements)
 
-    measure_latency(documents, [queries[q] for q in judgements if q in queries][:LATENCY_QUERIES])
+    measure_latency(documents, claims[:LATENCY_QUERIES])
+
+
+def verdicts(direct: float, ndcg: dict[str, float]) -> None:
+    """Issue 14's three nDCG@10 targets, each with its margin."""
+    meaning = ndcg["meaning"] - direct
+    passages = ndcg["passages"] - direct
+    hybrid = ndcg["hybrid"] - max(ndcg["meaning"], ndcg["keyword"])
+    for name, margin, met in (
+        ("meaning through the ORM within 0.5 of direct", meaning, abs(meaning) <= 0.5),
+        ("passages at least 1 above direct", passages, passages >= 1.0),
+        ("hybrid at least 2 above the better of its parts", hybrid, hybrid >= 2.0),
+    ):
+        print(f"  {name}: {margin:+.2f} {'met' if met else 'NOT MET'}")
 
 
 def measure_latency(documents: list[dict[str, str]], texts: list[str]) -> None:
