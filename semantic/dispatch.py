@@ -174,7 +174,9 @@ class _WakeUp:
                 return
             _last_wakeup[memo] = (previous, now, block)
         waiting = None
-        if orm_queue_alias() == self.using:
+        # The conditional insert is PostgreSQL's SQL; a queue on another database (a project's
+        # SQLite test settings) gets django-q2's own insert.
+        if orm_queue_alias() == self.using and connection.vendor == "postgresql":
             waiting = send_unless_waiting(func, *args, name=self.name, using=self.using, previous=previous)
         else:
             queue_task(func, *args, name=self.name)

@@ -74,6 +74,12 @@ NOT_UTF8 = (
     "row would be sent to the embedding API on every run and its vector thrown away. Its EmbeddingFields are "
     "not embedded until the database is UTF8."
 )
+#: Saves, migrations and the admin work on other databases (a project's SQLite test settings); embedding does not.
+NOT_POSTGRESQL = (
+    "{label}: database {alias!r} is {vendor}, and rows are embedded and searched only on PostgreSQL with "
+    "pgvector; its rows stay pending there. Point DATABASES (or your router) at PostgreSQL for this model "
+    "(README: Testing your code)."
+)
 #: How to fix it: the text must be stored as UTF-8.
 NOT_UTF8_FIX = (
     "Move the data to a UTF8 database: create one with CREATE DATABASE <name> ENCODING 'UTF8' TEMPLATE "
@@ -96,9 +102,9 @@ def schema_problem(field: EmbeddingField, using: str | None = None) -> str | Non
     model = field.model  # the table that holds the field (a proxy's or a child's parent)
     using = using or router.db_for_write(model)
     connection = connections[using]
-    if connection.vendor != "postgresql":
-        return None
     label = f"{model._meta.label}.{field.name}"
+    if connection.vendor != "postgresql":
+        return NOT_POSTGRESQL.format(label=label, alias=using, vendor=connection.display_name)
     if problem := encoding_problem(using):
         return f"{label}: {problem} {NOT_UTF8_FIX}"
     table = connection.ops.quote_name(model._meta.db_table)

@@ -44,7 +44,7 @@ from typing import Any
 
 import psycopg
 from django.core.exceptions import EmptyResultSet
-from django.db import connections, models, transaction
+from django.db import NotSupportedError, connections, models, transaction
 from django.db.models import F, FloatField, Q, Value
 from django.db.models.expressions import ExpressionWrapper
 from django.db.models.query import ModelIterable, ValuesIterable
@@ -70,6 +70,11 @@ SAVED_PREFIX = "semantic.saved_"
 #: index scan and sorts only the ties (an incremental sort on the presorted distance).
 SEARCH_ORDER = ("distance", "pk")
 
+#: A search on another database (a project's SQLite test settings) stops here, saying so.
+NOT_POSTGRESQL = (
+    "Semantic search runs only on PostgreSQL with pgvector, and database {alias!r} is {vendor}. "
+    "Run the tests that search on PostgreSQL (README: Testing your code)."
+)
 #: Run after ``semantic.probe`` is set to the caller's filters as SQL (their planner estimate decides).
 ESTIMATE_AND_CHOOSE = """DO $semantic$DECLARE estimate json;
 BEGIN
@@ -230,6 +235,8 @@ def search_statement(using: str, search_plan: SearchPlan | None) -> Iterator[Non
         yield
         return
     connection = connections[using]
+    if connection.vendor != "postgresql":
+        raise NotSupportedError(NOT_POSTGRESQL.format(alias=using, vendor=connection.display_name))
     restore = not connection.get_autocommit()
     if not connection.features.uses_server_side_binding:
         with connection.execute_wrapper(SearchStatement(search_plan, restore=restore, together=True)):

@@ -676,6 +676,71 @@ def test_renames_and_removals_carry_what_the_app_stored_for_the_rows(new_project
     assert everything() == set()
 
 
+SQLITE_TEST_SETTINGS = """from .settings import *  # noqa: F403
+
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+"""
+SQLITE_TESTS = """from django.contrib.auth.models import User
+from django.db import NotSupportedError
+from django.test import TestCase, TransactionTestCase
+from django_q.models import OrmQ
+
+from notes.models import Note
+from semantic import embed_pending
+from semantic.schema import NOT_POSTGRESQL
+from semantic.search_plan import NOT_POSTGRESQL as SEARCH_NOT_POSTGRESQL
+
+
+class Unrelated(TestCase):
+    def test_rows_and_the_admin(self):
+        note = Note.objects.create(title="a", body="b")
+        note.title = "changed"
+        note.save()
+        self.client.force_login(User.objects.create_superuser("admin", "a@example.com", "x"))
+        self.assertEqual(self.client.get("/admin/notes/note/").status_code, 200)
+        self.assertEqual(self.client.get(f"/admin/notes/note/{note.pk}/change/").status_code, 200)
+
+
+class Committed(TransactionTestCase):
+    def test_a_save_queues_its_wake_up_quietly(self):
+        with self.assertNoLogs("semantic", level="WARNING"):
+            Note.objects.create(title="a", body="b")
+        self.assertEqual(OrmQ.objects.count(), 1)
+
+    def test_embedding_and_searching_say_they_need_postgresql(self):
+        Note.objects.create(title="a", body="b")
+        summary = embed_pending(Note)["notes.Note.embedding"]
+        problem = NOT_POSTGRESQL.format(label="notes.Note.embedding", alias="default", vendor="SQLite")
+        self.assertIn(problem, summary["errors"])
+        search = SEARCH_NOT_POSTGRESQL.format(alias="default", vendor="SQLite")
+        with self.assertRaisesMessage(NotSupportedError, search):
+            list(Note.objects.similar_to("x")[:3])
+"""
+SQLITE_ADMIN = """from django.contrib import admin
+
+from notes.models import Note
+from semantic.admin import SemanticAdminMixin
+
+
+@admin.register(Note)
+class NoteAdmin(SemanticAdminMixin, admin.ModelAdmin):
+    list_display = ["title"]
+"""
+
+
+@pytest.mark.django_db
+def test_a_projects_tests_on_sqlite_run_with_the_app_installed(new_project):
+    """A project on PostgreSQL whose test settings use SQLite (a common pattern): its tests that do
+    not search pass, the app's migrations run there, and embedding and search say what they need."""
+    project = new_project(api_key=None)
+    project.write("mysite/settings_test.py", SQLITE_TEST_SETTINGS)
+    project.write("notes/tests.py", SQLITE_TESTS)
+    project.write("notes/admin.py", SQLITE_ADMIN)
+    result = project.run("test", "notes", "--settings=mysite.settings_test", "--noinput")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Ran 3 tests" in result.stderr and "\nOK" in result.stderr
+
+
 @pytest.mark.django_db
 def test_the_readme_testing_recipes_pass_in_the_projects_own_test_runs(new_project):
     """The README's "Testing your code", as printed: Django's runner and pytest-django, with the local model."""
