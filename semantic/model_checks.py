@@ -227,6 +227,18 @@ TABLES_MISSING_HINT = (
 )
 
 
+#: semantic.E019: the app's own models are used on a database the router does not let the app migrate.
+OWN_TABLES_MISSING = (
+    "The semantic app's own records ({models}) are read and written on database {alias!r}, where your "
+    "router sends them, but the router does not let the semantic app migrate there: its tables would not "
+    "exist, and the admin's pages and every embedding run would fail on them."
+)
+OWN_TABLES_MISSING_HINT = (
+    "Make your database router's allow_migrate() return True for app_label 'semantic' on {alias!r} too "
+    "(besides each database holding a model with an EmbeddingField), then run 'manage.py migrate --database={alias}'."
+)
+
+
 @checks.register(checks.Tags.models)
 def check_databases(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Wherever a model with an EmbeddingField is migrated, the app's tables are too: its
@@ -251,6 +263,19 @@ def check_databases(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
                         id="semantic.E008",
                     )
                 )
+    unmigrated: dict[str, list[str]] = {}
+    for own in own_models:
+        alias = router.db_for_write(own)
+        if not router.allow_migrate_model(alias, own):
+            unmigrated.setdefault(alias, []).append(own._meta.label)
+    for alias, labels in unmigrated.items():
+        errors.append(
+            checks.Error(
+                OWN_TABLES_MISSING.format(models=", ".join(labels), alias=alias),
+                hint=OWN_TABLES_MISSING_HINT.format(alias=alias),
+                id="semantic.E019",
+            )
+        )
     return errors
 
 

@@ -16,7 +16,7 @@ from semantic import backfill, embed_pending
 from semantic.dispatch import SWEEP_SCHEDULE_NAME
 from semantic.management.commands.semantic_embed import Command as Embed
 from semantic.management.commands.semantic_status import Command as Status
-from semantic.model_checks import TABLES_MISSING, TABLES_MISSING_HINT
+from semantic.model_checks import OWN_TABLES_MISSING_HINT, TABLES_MISSING, TABLES_MISSING_HINT
 from semantic.models import EmbeddingBatchJob, EmbeddingFailure, Passage
 from semantic.registry import get_embedding_field
 from semantic.status import field_status
@@ -104,6 +104,25 @@ def test_a_model_on_a_database_without_the_apps_tables_is_reported_with_the_rout
     assert {e.obj._meta.app_label for e in errors} == {"testapp"}  # the other apps stay on "default"
     with routers(SemanticEverywhere):
         assert not [e for e in checks.run_checks() if e.id == "semantic.E008"]
+
+
+class SemanticBesideTheModelsOnly(TestappOnOther):
+    """The app migrated only where a model with an EmbeddingField is (its own models still on "default")."""
+
+    def allow_migrate(self, db, app_label, **hints):
+        return db == "other" if app_label == "semantic" else super().allow_migrate(db, app_label, **hints)
+
+
+def test_the_apps_own_tables_where_the_router_sends_them_are_reported_when_not_migrated_there():
+    """The admin's pages and every run read the app's own records on db_for_write(), "default" here."""
+    with routers(SemanticBesideTheModelsOnly):
+        (error,) = [e for e in checks.run_checks() if e.id == "semantic.E019"]
+    assert error.msg.startswith("The semantic app's own records (semantic.")
+    assert "on database 'default', where your router sends them" in error.msg
+    assert error.hint == OWN_TABLES_MISSING_HINT.format(alias="default")
+    for router in (SemanticEverywhere, TestappOnOther):
+        with routers(router):
+            assert not [e for e in checks.run_checks() if e.id == "semantic.E019"]
 
 
 @pytest.fixture
