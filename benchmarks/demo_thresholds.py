@@ -16,6 +16,11 @@ threshold with the best F1 (0.01 steps). Runs without a database:
 
     .venv/bin/python -m benchmarks.demo_thresholds
 
+That F1 is measured on the pairs the threshold was chosen on. ``--halves N`` also chooses
+each threshold on the questions of half the pairs (split by pair, N random splits, each
+half in turn) and measures F1 on the other half's: what a threshold chosen this way
+keeps on questions it was not chosen on.
+
 For Gemini, run the same with ``--gemini`` and ``GEMINI_API_KEY`` set (one request of
 70 texts, then 35 titles), and put the two values into ``DEMO_THRESHOLDS["gemini"]`` in
 project/settings.py.
@@ -60,6 +65,33 @@ def best_threshold(similarities: np.ndarray, truth: np.ndarray) -> tuple[float, 
     return best
 
 
+def f1_at(threshold: float, similarities: np.ndarray, truth: np.ndarray) -> float:
+    predicted = similarities >= threshold
+    tp = float(np.sum(predicted & truth))
+    precision, recall = tp / max(1, predicted.sum()), tp / max(1, truth.sum())
+    return 2 * precision * recall / max(1e-9, precision + recall)
+
+
+def held_out(name: str, pairs_of, splits: int) -> None:
+    """Each threshold chosen on half the pairs' questions, its F1 on the other half's."""
+    rng = np.random.default_rng(0)
+    chosen, kept, best = [], [], []
+    for _ in range(splits):
+        order = rng.permutation(len(PAIRS))
+        halves = [[line - 1 for i in part for line in PAIRS[i]] for part in np.array_split(order, 2)]
+        for tuned, other in (halves, halves[::-1]):
+            threshold = best_threshold(*pairs_of(tuned))[0]
+            similarities, truth = pairs_of(other)
+            chosen.append(threshold)
+            kept.append(f1_at(threshold, similarities, truth))
+            best.append(best_threshold(similarities, truth)[1])
+    print(
+        f"  {name}, chosen on half the pairs ({2 * splits} choices): threshold median {np.median(chosen):.2f} "
+        f"(range {min(chosen):.2f}-{max(chosen):.2f}); F1 on the other half {np.mean(kept):.3f} "
+        f"(that half's own best {np.mean(best):.3f})"
+    )
+
+
 def describe(name: str, similarities: np.ndarray, truth: np.ndarray) -> float:
     true, other = similarities[truth], similarities[~truth]
     print(f"\n{name}: {truth.sum()} true pairs, {(~truth).sum()} non-pairs")
@@ -97,6 +129,7 @@ def embedder(gemini: bool):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gemini", action="store_true", help="measure Gemini (needs GEMINI_API_KEY) instead")
+    parser.add_argument("--halves", type=int, default=0, metavar="N", help="also N random half/half splits by pair")
     args = parser.parse_args()
     rows = load()
     embed = embedder(args.gemini)
@@ -108,9 +141,12 @@ def main() -> None:
     titles = embed([rows[i][0] for i in asked])
     print(f"{len(rows)} questions, {len(PAIRS)} paraphrase pairs ({'gemini' if args.gemini else 'local'})")
 
-    def pairs_of(queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def pairs_of(queries: np.ndarray, which: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Similarities of the questions ``which`` (all asked ones by default) to every other stored one."""
         similarities, truth = [], []
         for row, query in zip(asked, queries, strict=True):
+            if which is not None and row not in which:
+                continue
             for other in range(len(rows)):
                 if other != row:
                     similarities.append(float(query @ documents[other]))
@@ -119,6 +155,10 @@ def main() -> None:
 
     did_you_mean = describe("did you mean (question vs question)", *pairs_of(documents[asked]))
     minimum = describe("minimum search similarity (title as query vs question)", *pairs_of(titles))
+    if args.halves:
+        print()
+        held_out("did you mean", lambda which: pairs_of(documents[asked], which), args.halves)
+        held_out("minimum search similarity", lambda which: pairs_of(titles, which), args.halves)
     print()
     for query, line in CHECKS:
         similarity = float(embed([query])[0] @ documents[line - 1])
