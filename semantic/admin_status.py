@@ -63,6 +63,17 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
         installed = {model._meta.label for model, _ in iter_fields()}
         return records.filter(visible | ~Q(model_label__in=installed))
 
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        """The list shows one database's records; those kept on another (a model routed there) are counted."""
+        here = router.db_for_read(self.model)
+        elsewhere = [
+            (using, EmbeddingFailure.objects.using(using).filter(condition).count())
+            for using, condition in failure_conditions(self.visible_rows(request)).items()
+            if using != here
+        ]
+        context = {"semantic_failures_elsewhere": [(using, count) for using, count in elsewhere if count]}
+        return super().changelist_view(request, {**context, **(extra_context or {})})
+
     def visible_rows(self, request: HttpRequest) -> dict[type[models.Model], models.QuerySet | None]:
         """Each model with an EmbeddingField: the rows this user may view on this admin site, or None."""
         return {model: self.model_rows(request, model, "view") for model in {m for m, _ in iter_fields()}}

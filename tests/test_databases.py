@@ -169,6 +169,15 @@ def test_the_status_page_reads_each_models_rows_and_records_on_their_database(ro
     assert not Note.objects.using("other").filter(embedding__isnull=True).exists()
 
 
+def test_the_failure_list_counts_the_records_kept_on_another_database(routed, client):
+    """The list shows EmbeddingFailure's own database; the routed model's record is on "other"."""
+    client.force_login(User.objects.create_superuser("root", password="pw"))
+    page = client.get(reverse("admin:semantic_embeddingfailure_changelist"))
+    assert page.status_code == 200
+    assert page.context["semantic_failures_elsewhere"] == [("other", 1)]
+    assert "1 more failure record is kept on database “other”, beside its rows" in page.content.decode()
+
+
 def read_only(sender, connection, **kwargs):
     """Make "replica" refuse writes, as a hot standby does."""
     if connection.alias == "replica":
