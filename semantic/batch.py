@@ -136,7 +136,7 @@ def _run(
     found = open_jobs(model, field, using=using)
     jobs = list(found.filter(name=job_name) if job_name else found)
     if job_name and not jobs:
-        raise ValueError(_not_open(model, field, job_name))
+        raise ValueError(_not_open(model, field, job_name, using))
     for job in jobs:
         notify("resumed", job)
     finished = _collect_all(model, field, jobs, poll_interval, notify)
@@ -166,10 +166,11 @@ def _resolved(model: Any, field: Any) -> tuple[type[models.Model], EmbeddingFiel
     return model, field
 
 
-def _not_open(model: type[models.Model], field: EmbeddingField, name: str) -> str:
+def _not_open(model: type[models.Model], field: EmbeddingField, name: str, using: str) -> str:
     """Why ``name`` is not an open job of ``field``: collected, expired, or never submitted."""
     label = f"{model._meta.label}.{field.name}"
-    job = EmbeddingBatchJob.objects.filter(model_label=model._meta.label, field_name=field.name, name=name).first()
+    jobs = EmbeddingBatchJob.objects.using(using)
+    job = jobs.filter(model_label=model._meta.label, field_name=field.name, name=name).first()
     if job is None:
         return UNKNOWN_JOB.format(name=name, label=label)
     if job.finished_at is None:
@@ -255,13 +256,13 @@ def submit(
         if items and (len(items) == MAX_JOB_ROWS or size + text_size > MAX_JOB_BYTES):
             embedder.refresh_hashes([s for s in stale if s.pk != item.pk])
             stale = [s for s in stale if s.pk == item.pk]
-            yield _submit(model, field, items)
+            yield _submit(model, field, items, embedder.using)
             items, size = [], 0
         items.append(item)
         size += text_size
     embedder.refresh_hashes(stale)
     if items:
-        yield _submit(model, field, items)
+        yield _submit(model, field, items, embedder.using)
 
 
 def submit_passages(
@@ -282,12 +283,12 @@ def submit_passages(
     for row_items in _missing_passages(embedder, rows.iterator(chunk_size=CUT_ROWS)):
         row_size = sum(sent_size(item.text) for item in row_items)
         if items and (len(items) + len(row_items) > MAX_JOB_ROWS or size + row_size > MAX_JOB_BYTES):
-            yield _submit(model, field, items, passages=True)
+            yield _submit(model, field, items, embedder.using, passages=True)
             items, size = [], 0
         items.extend(row_items)
         size += row_size
     if items:
-        yield _submit(model, field, items, passages=True)
+        yield _submit(model, field, items, embedder.using, passages=True)
 
 
 def sent_size(text: str) -> int:
@@ -311,8 +312,10 @@ def _missing_passages(embedder: Embedder, rows: Iterator[models.Model]) -> Itera
 
 
 def _submit(
-    model: type[models.Model], field: EmbeddingField, items: list[Any], *, passages: bool = False
+    model: type[models.Model], field: EmbeddingField, items: list[Any], using: str, *, passages: bool = False
 ) -> EmbeddingBatchJob:
+    """Send ``items`` as one job and record it on ``using``, the rows' database, where every
+    reader of open jobs (workers leaving its rows alone, a rerun collecting it) looks."""
     label = f"{model._meta.label}.{field.name}"
     name = field.backend.submit_batch(
         [item.text for item in items],
@@ -324,7 +327,7 @@ def _submit(
         sent = [[str(item.pk), item.position, item.hash, item.row_hash] for item in items]
     else:
         sent = [[str(item.pk), item.hash] for item in items]
-    return EmbeddingBatchJob.objects.create(
+    return EmbeddingBatchJob.objects.using(using).create(
         name=name,
         model_label=model._meta.label,
         field_name=field.name,

@@ -105,8 +105,8 @@ def field_status(
     counts.update({row["_state"]: row["n"] for row in states})
     oldest = counted.filter(field.pending()).aggregate(oldest=Min(field.pending_since_name))["oldest"]
     # Pending rows an open Batch API job carries: no worker takes them until it is collected.
-    carried = in_flight(model, field)
-    jobs = list(open_jobs(model, field, passages=False).values_list("name", flat=True)) if carried else []
+    carried = in_flight(model, field, using=using)
+    jobs = list(open_jobs(model, field, passages=False, using=using).values_list("name", flat=True)) if carried else []
     return {
         **about,
         "total": sum(counts.values()),

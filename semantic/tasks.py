@@ -245,7 +245,7 @@ def sweep_field(
                 # Rows whose passages lag for reasons no save reports: passages newly turned on,
                 # a passage failure's wait over, a worker stopped between a row and its passages.
                 embedder.run_passages(limit=limit)
-                swept = sweep_orphans(model, field)
+                swept = sweep_orphans(model, field, embedder.using)
                 return {**embedder.outcome.as_dict(), **handed, **orphans, "passages_swept": swept}
         logger.error(SWEEP_SKIPPED, label, problem)
     except Exception as exc:

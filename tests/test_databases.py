@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django_q.models import Schedule
 
-from semantic import backfill, embed_pending
+from semantic import backfill, embed_pending, suspend_embedding
 from semantic.dispatch import SWEEP_SCHEDULE_NAME
 from semantic.management.commands.semantic_embed import Command as Embed
 from semantic.management.commands.semantic_status import Command as Status
@@ -145,6 +145,40 @@ def test_failures_are_kept_and_counted_beside_the_rows(routed):
     status = field_status(Note, field)
     assert (status["embedded"], status["failed"]) == (2, 1)
     assert backfill.count(Note, field, everything=False, failed=True, limit=None) == 1
+
+
+def test_the_sweep_removes_passages_of_rows_deleted_behind_the_orms_back_on_their_database(routed):
+    """The passages are on "other", beside the Report rows; the sweep looked on Passage's own database."""
+    report = Report.objects.using("other").get()
+    assert Passage.objects.using("other").filter(object_pk=str(report.pk)).exists()
+    with connections["other"].cursor() as cursor:
+        cursor.execute("DELETE FROM testapp_report")
+    with routers(NotesOnOther):
+        summary = embed_pending("testapp.Report")["testapp.Report.embedding"]
+    assert (summary["errors"], summary["passages_swept"]) == ([], 1)
+    assert not Passage.objects.using("other").filter(object_pk=str(report.pk)).exists()
+
+
+def test_a_batch_job_is_recorded_beside_its_rows_so_a_rerun_collects_it(routed):
+    """A --batch-api run stopped after submitting: workers leave the job's rows alone, and the
+    next run collects that job instead of paying for another."""
+    from semantic import batch
+    from semantic.rows import in_flight
+
+    field = get_embedding_field(Note)
+    with routers(NotesOnOther):
+        with suspend_embedding():
+            Note.objects.create(text="sent in a batch job")
+        (job,) = batch.submit(Note, field)  # what --batch-api does before it waits
+        assert EmbeddingBatchJob.objects.using("other").filter(name=job.name).exists()
+        assert not EmbeddingBatchJob.objects.using("default").exists()
+        assert in_flight(Note, field, using="other") is not None
+        out, _ = call("semantic_embed", "testapp.Note", "--batch-api", "--poll-interval", "0.01")
+    assert f"collecting Batch API job {job.name}" in out
+    assert "submitted Batch API job" not in out
+    assert len(routed.batch_requests) == 1  # collected, not paid for again
+    assert Note.objects.using("other").get(text="sent in a batch job").embedding is not None
+    assert EmbeddingBatchJob.objects.using("other").get(name=job.name).finished_at is not None
 
 
 def test_the_status_page_reads_each_models_rows_and_records_on_their_database(routed, client):

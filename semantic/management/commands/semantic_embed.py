@@ -1,6 +1,7 @@
 import time
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import router
 
 from semantic import backfill, batch, rows
 from semantic.backends import EmbeddingError
@@ -368,7 +369,8 @@ class Command(QuietMixin, BaseCommand):
         except EmbeddingError as exc:
             raise CommandError(f"{label}: {exc}") from None
         except KeyboardInterrupt:
-            names = ", ".join(batch.open_jobs(model, field).values_list("name", flat=True)) or "(none)"
+            jobs = batch.open_jobs(model, field, using=router.db_for_write(model))
+            names = ", ".join(jobs.values_list("name", flat=True)) or "(none)"
             self.stderr.write("\n" + self.BATCH_STOPPED.format(names=names))
             raise SystemExit(130) from None
         if not finished:
