@@ -23,7 +23,7 @@ from django.http import Http404, HttpRequest, HttpResponseRedirect, QueryDict
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils import timezone
+from django.utils import formats, timezone
 from django.utils.http import urlencode
 from django.utils.text import Truncator, capfirst
 from django.utils.translation import gettext_lazy as _
@@ -274,12 +274,13 @@ class DuplicateReviewMixin:
 
     def duplicate_page_threshold(self, request: HttpRequest) -> tuple[float, str, str | None]:
         """The threshold to search with, the one to show in the form (the user's own, even when
-        it is wrong), and what is wrong with it."""
+        it is wrong), and what is wrong with it. The number may be written as the active
+        language writes numbers ("0,9" in German), as the page shows them, or with a point."""
         raw = (request.GET.get("threshold") or request.POST.get("threshold") or "").strip()
         if not raw:
-            return self.duplicate_threshold, str(self.duplicate_threshold), None
+            return self.duplicate_threshold, formats.localize_input(self.duplicate_threshold), None
         try:
-            value = float(raw)
+            value = float(formats.sanitize_separators(raw))
             check_threshold(value, "threshold")
         except ValueError:
             return self.duplicate_threshold, raw, _("The threshold must be a number from -1 to 1; “%s” is not.") % raw

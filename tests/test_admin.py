@@ -18,7 +18,7 @@ from django.db import connection
 from django.db.backends.signals import connection_created
 from django.test.utils import CaptureQueriesContext
 from django.urls import path, reverse
-from django.utils import timezone
+from django.utils import timezone, translation
 
 from project.questions.models import Question
 from semantic import embed_pending, suspend_embedding
@@ -306,6 +306,24 @@ def test_duplicate_review_rejects_bad_thresholds_and_keeps_them_in_the_form(view
     assert "must be a number from -1 to 1" in page
     assert f'name="threshold" value="{bad}"' in page
     assert response.context["groups"] == []
+
+
+def test_duplicate_review_takes_the_threshold_as_the_language_writes_it(viewer, articles, settings):
+    """A German page shows "0,50", so a German "0,5" is the threshold 0.5 (a point still works),
+    and what the form and its links carry back is read the same way again."""
+    settings.LANGUAGE_CODE = "de"
+    with translation.override("de"):
+        comma = viewer.get(reverse(DUPLICATES), {"threshold": "0,5"})
+        assert comma.context["threshold_error"] is None
+        titles = [{a.title for a in group.rows} for group in comma.context["groups"]]
+        assert {"reset my account password", "reset the password of my account"} in titles
+        point = viewer.get(reverse(DUPLICATES), {"threshold": "0.5"})
+        assert titles == [{a.title for a in group.rows} for group in point.context["groups"]]
+        default = viewer.get(reverse(DUPLICATES))
+        shown = re.search(r'name="threshold" value="([^"]*)"', default.content.decode()).group(1)
+        assert shown == "0,81"
+        again = viewer.get(reverse(DUPLICATES), {"threshold": shown})
+        assert again.context["threshold_error"] is None
 
 
 def test_duplicate_review_is_bounded_and_says_what_it_left_out(viewer, fake_gemini):
