@@ -6,6 +6,7 @@ import json
 import re
 import signal
 import threading
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core.cache import cache
@@ -200,6 +201,17 @@ def test_status_table_and_json(backlog, fake_gemini):
     header = out.splitlines()[0]
     assert "oldest pending" in header and row.split()[-2] in ("0s", "1s", "2s", "3s")
     assert {r["model"] for r in data} >= {"testapp.Article", "testapp.Document", "questions.Question"}
+
+
+def test_status_json_gives_the_oldest_pending_time_with_its_offset_under_use_tz_false(backlog, settings):
+    """Naive local times (USE_TZ = False, TIME_ZONE 14 hours ahead of UTC) carry their offset, so
+    a monitor reading the ISO 8601 string gets the instant the row started waiting."""
+    settings.USE_TZ, settings.TIME_ZONE = False, "Pacific/Kiritimati"
+    data = json.loads(call("semantic_status", "testapp.Article", "--json")[0])
+    since = datetime.fromisoformat(data[0]["oldest_pending_since"])
+    assert since.utcoffset() == timedelta(hours=14)
+    waited = (datetime.now(UTC) - since).total_seconds()
+    assert 0 <= waited < 60 and abs(waited - data[0]["oldest_pending_seconds"]) <= 2
 
 
 def test_search_prints_nearest_rows(fake_gemini):

@@ -1,7 +1,9 @@
 import json
+from datetime import datetime
 
 from django.core.management.base import BaseCommand
 from django.core.serializers.json import DjangoJSONEncoder
+from django.utils import timezone
 
 from semantic import backfill
 from semantic.management.targets import check_app_migrated, resolve_all
@@ -107,5 +109,15 @@ def _age(seconds):
     return " ".join(parts[:2])
 
 
+class _Encoder(DjangoJSONEncoder):
+    """Every time with its UTC offset. Under ``USE_TZ = False`` the database hands back naive
+    local times (in ``TIME_ZONE``, the connection's zone), which a monitor would take for UTC."""
+
+    def default(self, o):
+        if isinstance(o, datetime) and timezone.is_naive(o):
+            o = timezone.make_aware(o, timezone.get_default_timezone())
+        return super().default(o)
+
+
 def _dumps(report):
-    return json.dumps(report, indent=2, cls=DjangoJSONEncoder)
+    return json.dumps(report, indent=2, cls=_Encoder)
