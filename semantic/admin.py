@@ -24,6 +24,7 @@ from django.core import checks
 from django.db import models
 from django.db.models import Value
 from django.http import HttpRequest
+from django.template.defaultfilters import floatformat
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
@@ -181,7 +182,8 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
 
     @admin.display(description=_("similarity"), ordering=SIMILARITY)
     def search_similarity(self, obj: models.Model) -> str:
-        """The row's similarity to the search text, as a number and a bar.
+        """The row's similarity to the search text, as a number (written as the page's language
+        writes numbers) and a bar.
 
         The bar is a ``<meter>``, whose length is an attribute: a width in a ``style``
         attribute is refused by a Content-Security-Policy without 'unsafe-inline'.
@@ -194,7 +196,7 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
             ' <span class="semantic-score">{}</span></span>',
             _("similarity to the search text"),
             f"{max(0.0, min(1.0, value)):.3f}",
-            f"{value:.3f}",
+            floatformat(value, 3),
         )
 
     def get_list_display(self, request: HttpRequest) -> list[Any]:

@@ -33,7 +33,9 @@ from django.contrib.admin.options import IS_POPUP_VAR
 from django.contrib.admin.views.main import ChangeList
 from django.db import models, router, transaction
 from django.http import HttpRequest
+from django.template.defaultfilters import floatformat
 from django.template.response import TemplateResponse
+from django.utils import formats
 from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
@@ -72,7 +74,7 @@ class SuggestionFilter(admin.SimpleListFilter):
         super().__init__(request, params, model, model_admin)
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        threshold = model_admin.semantic_label_confidence
+        threshold = formats.number_format(model_admin.semantic_label_confidence)
         return [
             ("confident", _("confident (%(t)s or more)") % {"t": threshold}),
             ("unsure", _("unsure (below %(t)s)") % {"t": threshold}),
@@ -186,7 +188,7 @@ class LabelSuggestionMixin:
         if found is None:
             return None
         name, confidence = found
-        return f"{name} ({confidence:.2f})"
+        return f"{name} ({floatformat(confidence, 2)})"
 
     def get_list_display(self, request: HttpRequest) -> list[Any]:
         shown = [*super().get_list_display(request)]  # type: ignore[misc]
@@ -244,7 +246,7 @@ class LabelSuggestionMixin:
                     "Labelled %(count)d rows with their suggested labels (confidence %(minimum)s or more).",
                     written,
                 )
-                % {"count": written, "minimum": minimum},
+                % {"count": written, "minimum": formats.number_format(minimum)},
                 messages.SUCCESS,
             )
             if left_out := len(chosen) - len(allowed):

@@ -48,6 +48,7 @@ from django.db import models, router
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
 from django.template.response import TemplateResponse
 from django.urls import path
+from django.utils import formats
 from django.utils.translation import gettext_lazy as _
 
 from semantic import tenancy
@@ -69,6 +70,8 @@ TOPIC_CHANGED = _(
 GROUPS_OUT_OF_RANGE = _(
     "The number of groups must be from 1 to %(available)s (the items of this list that have embeddings), not %(asked)s."
 )
+#: A topic's growth on the Topics page: "+100% (5 → 10)". A right-to-left language may turn the arrow.
+GROWTH = _("%(percent)s%% (%(before)s → %(after)s)")
 TOO_FEW_TO_GROUP = _("Grouping needs at least two items with embeddings; this list has %(count)s.")
 TOPIC_SHOWN = _("Showing topic %(number)s of %(k)s: “%(label)s” (%(size)s rows).")
 TOPICS_SAMPLED = _(
@@ -238,7 +241,8 @@ class TopicsMixin:
             "filters": list(filters.lists()),
             "list_url": f"{changelist}?{filters.urlencode()}" if filters else changelist,
             "rows_count": sum(g.size for g in groups),
-            "sampled": TOPICS_SAMPLED % {"sample": conf.TOPICS_MAX_ROWS, "total": total}
+            "sampled": TOPICS_SAMPLED
+            % {"sample": formats.number_format(conf.TOPICS_MAX_ROWS), "total": formats.number_format(total)}
             if groups and total > conf.TOPICS_MAX_ROWS
             else "",
             "with_growth": bool(groups) and self.topic_date_field() is not None,
@@ -287,8 +291,14 @@ def urlencode_with(query: QueryDict, name: str, value: str) -> str:
 
 
 def growth_text(group: Cluster) -> str:
-    """ "+100% (5 → 10)": the change from the second-last period to the last, and the rows of each."""
+    """ "+100% (5 → 10)": the change from the second-last period to the last, and the rows of
+    each, with numbers written as the page's language writes them."""
     if group.growth is None or group.compared is None:
         return "—"
     (_, before), (_, after) = group.compared
-    return f"{group.growth:+.0%} ({before} → {after})"
+    percent = round(group.growth * 100)
+    return GROWTH % {
+        "percent": ("+" if percent >= 0 else "") + formats.number_format(percent),
+        "before": formats.number_format(before),
+        "after": formats.number_format(after),
+    }

@@ -16,6 +16,7 @@ from django.core.cache import cache
 from django.core.management import call_command
 from django.db import connection
 from django.db.backends.signals import connection_created
+from django.template.defaultfilters import floatformat
 from django.test.utils import CaptureQueriesContext
 from django.urls import path, reverse
 from django.utils import timezone, translation
@@ -679,8 +680,12 @@ def test_meaning_results_show_similarity_and_rank_above_the_default_ordering(adm
     assert set(titles[:2]) == {"reset my account password", "reset the password of my account"}
     page = response.content.decode()
     best = response.context["cl"].result_list[0].semantic_similarity
-    assert f'<span class="semantic-score">{best:.3f}</span>' in page
+    assert f'<span class="semantic-score">{floatformat(best, 3)}</span>' in page  # as the other pages round
     assert f'<meter class="semantic-bar" min="0" max="1" value="{best:.3f}">' in page  # the bar
+    with translation.override("de"):  # the score as the page's language writes it; the attribute as HTML does
+        german = admin_client.get(url, {"q": MEANING_QUERY, "semantic": "1"}).content.decode()
+    assert f'<span class="semantic-score">{floatformat(best, 3)}</span>'.replace(".", ",") in german
+    assert f'<meter class="semantic-bar" min="0" max="1" value="{best:.3f}">' in german
 
     # A sort header sorts the same rows by its column, the similarity breaking ties; the toggle stays.
     columns = response.context["cl"].list_display

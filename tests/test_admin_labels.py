@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import re
 import warnings
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
 from django.contrib import admin
@@ -31,9 +31,10 @@ from semantic.admin_topics import (
     TOPIC_SHOWN,
     TOPIC_VAR,
     TOPICS_SAMPLED,
+    growth_text,
 )
 from semantic.classify import predict_labels
-from semantic.clusters import period_start
+from semantic.clusters import Cluster, period_start
 from semantic.models import EmbeddingFailure
 from tests.fake_gemini import api_error
 from tests.test_admin import assert_stays_on_other_site, staff
@@ -143,6 +144,22 @@ def test_the_filter_splits_unlabelled_rows_by_confidence(editor, tickets, ticket
     assert listed("none") == {waiting.pk}
     page = editor.get(reverse(CHANGELIST)).content.decode()
     assert "confident (0.99 or more)" in page and "no suggestion" in page
+
+
+def test_confidences_are_written_as_the_language_writes_numbers(editor, tickets, ticket_admin, monkeypatch, settings):
+    """A German page writes "0,99" (as its "At confidence" does): the column, the filter, the message."""
+    settings.LANGUAGE_CODE = "de"
+    monkeypatch.setattr(ticket_admin, "semantic_label_confidence", 0.99)
+    expected = suggestions()
+    with translation.override("de"):
+        response = editor.get(reverse(CHANGELIST))
+        for pk, text in cells(response, "suggested label").items():
+            if pk in expected:
+                number = f"{expected[pk].confidence:.2f}".replace(".", ",")
+                assert text == f"{NAMES[expected[pk].label]} ({number})"
+        assert "confident (0,99 or more)" in response.content.decode()
+        done = act(editor, {"_selected_action": list(expected), "min_confidence": "0.99", "post": "yes"})
+    assert str(next(iter(get_messages(done.wsgi_request)))).endswith("(confidence 0,99 or more).")
 
 
 # -- the action ------------------------------------------------------------------------------
@@ -581,6 +598,18 @@ def test_topics_show_growth_by_the_date_field(editor, tickets):
     assert by_intent["card_arrival"].growth_text == "—"  # nothing the week before
     page = response.content.decode()
     assert "Growth (last week)" in page and "+100% (5 → 10)" in page
+
+
+def test_growth_is_written_as_the_language_writes_numbers(settings):
+    settings.LANGUAGE_CODE, settings.USE_THOUSAND_SEPARATOR = "de", True
+    grown = Cluster(
+        1, 13500, "", [], [], [], compared=((date(2026, 1, 5), 1000), (date(2026, 1, 12), 13500)), growth=12.5
+    )
+    shrunk = Cluster(2, 1, "", [], [], [], compared=((date(2026, 1, 5), 2), (date(2026, 1, 12), 1)), growth=-0.5)
+    with translation.override("de"):
+        assert growth_text(grown) == "+1.250% (1.000 → 13.500)"
+        assert growth_text(shrunk) == "-50% (2 → 1)"
+    assert growth_text(shrunk) == "-50% (2 → 1)"
 
 
 def test_a_group_link_shows_the_rows_grouped_and_says_when_they_changed(editor, tickets):
