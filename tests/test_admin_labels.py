@@ -598,6 +598,9 @@ def test_topics_show_growth_by_the_date_field(editor, tickets):
     assert by_intent["card_arrival"].growth_text == "—"  # nothing the week before
     page = response.content.decode()
     assert "Growth (last week)" in page and "+100% (5 → 10)" in page
+    with translation.override("ar"):  # right to left: "5 → 10" must not be drawn "10 ← 5" reversed
+        arabic = editor.get(reverse(TOPICS), {"semantic_groups": "5"}).content.decode()
+    assert 'dir="rtl"' in arabic and '<bdi dir="ltr">+100% (5 → 10)</bdi>' in arabic
 
 
 def test_growth_is_written_as_the_language_writes_numbers(settings):
