@@ -37,6 +37,7 @@ from semantic.admin_changelist import (
     SIMILARITY,
     SIMILARITY_COLUMN,
     STATE_ANNOTATION,
+    STATE_LABELS,
     EmbeddingStateFilter,
     SemanticChangeList,
     semantic_changelist,
@@ -178,7 +179,8 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
 
     @admin.display(description=_("embedding"), ordering=STATE_ANNOTATION)
     def embedding_state(self, obj: models.Model) -> str:
-        return getattr(obj, STATE_ANNOTATION, "")
+        state = getattr(obj, STATE_ANNOTATION, "")
+        return STATE_LABELS.get(state, state)
 
     @admin.display(description=_("similarity"), ordering=SIMILARITY)
     def search_similarity(self, obj: models.Model) -> str:

@@ -25,6 +25,7 @@ from django.db import models
 from django.http import HttpRequest
 from django.utils.http import urlencode
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 from semantic.status import STATES
 
@@ -36,6 +37,15 @@ SIMILARITY = "semantic_similarity"
 SIMILARITY_COLUMN = "search_similarity"
 #: The annotation holding each row's embedding state (:data:`semantic.status.STATES`).
 STATE_ANNOTATION = "semantic_state"
+#: What the admin shows for each state; the states themselves (in URLs, JSON, the status
+#: command) stay the words of :data:`semantic.status.STATES`.
+STATE_LABELS = {
+    "embedded": pgettext_lazy("embedding state", "embedded"),
+    "pending": pgettext_lazy("embedding state", "pending"),
+    "stale": pgettext_lazy("embedding state", "stale"),
+    "failed": pgettext_lazy("embedding state", "failed"),
+    "empty": pgettext_lazy("embedding state", "empty"),
+}
 
 
 class EmbeddingStateFilter(admin.SimpleListFilter):
@@ -43,7 +53,7 @@ class EmbeddingStateFilter(admin.SimpleListFilter):
     parameter_name = "embedding_state"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(state, state) for state in STATES]
+        return [(state, STATE_LABELS[state]) for state in STATES]
 
     def queryset(self, request: HttpRequest, queryset: models.QuerySet) -> models.QuerySet:
         if self.value() in STATES:

@@ -28,7 +28,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from semantic import tenancy
-from semantic.admin_changelist import EmbeddingStateFilter
+from semantic.admin_changelist import STATE_LABELS, EmbeddingStateFilter
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingFailure
 from semantic.registry import embedding_fields
@@ -127,7 +127,7 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
             "opts": self.model._meta,
             "report": report,
             "any_passages": any(row["passages"] is not None for row in report),
-            "states": STATES,
+            "states": [STATE_LABELS[state] for state in STATES],
             "errors": visible_failures(visible, LAST_ERRORS),
             "can_retry": self.has_change_permission(request),
         }

@@ -70,6 +70,8 @@ TOPIC_CHANGED = _(
 GROUPS_OUT_OF_RANGE = _(
     "The number of groups must be from 1 to %(available)s (the items of this list that have embeddings), not %(asked)s."
 )
+#: The growth column's heading for each period (semantic.clusters.PERIODS): whole, for translators.
+GROWTH_HEADINGS = {"day": _("Growth (last day)"), "week": _("Growth (last week)"), "month": _("Growth (last month)")}
 #: A topic's growth on the Topics page: "+100% (5 → 10)". A right-to-left language may turn the arrow.
 GROWTH = _("%(percent)s%% (%(before)s → %(after)s)")
 TOO_FEW_TO_GROUP = _("Grouping needs at least two items with embeddings; this list has %(count)s.")
@@ -246,7 +248,7 @@ class TopicsMixin:
             if groups and total > conf.TOPICS_MAX_ROWS
             else "",
             "with_growth": bool(groups) and self.topic_date_field() is not None,
-            "period": self.semantic_topic_period,
+            "growth_heading": GROWTH_HEADINGS.get(self.semantic_topic_period, ""),
             "groups_var": GROUPS_VAR,
         }
         return self.render_semantic(request, self.topics_template, _("Topics"), context)  # type: ignore[attr-defined]

@@ -2,11 +2,12 @@ import logging
 
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate, pre_migrate
+from django.utils.translation import gettext_lazy as _
 
 
 class SemanticConfig(AppConfig):
     name = "semantic"
-    verbose_name = "Semantic search"
+    verbose_name = _("Semantic search")
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:

@@ -4,6 +4,8 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from django.utils import translation
+from django.utils.translation import trans_real
 
 from tests.fake_gemini import FakeGemini
 
@@ -109,3 +111,25 @@ def latin1_database(transactional_db):
         del connections["latin1"]
         admin.execute("DROP DATABASE IF EXISTS semantic_latin1")
         admin.close()
+
+
+@pytest.fixture
+def in_german(settings):
+    """German pages, and a way to put some of the app's own words in Django's German catalog for
+    the test, as a project's catalog would (the app ships none): to see which words a translator reaches."""
+    settings.LANGUAGE_CODE = "de"
+    catalog = trans_real.translation("de")._catalog._catalogs[0]
+    before: dict[str, str | None] = {}
+
+    def translate(entries: dict[str, str]) -> None:
+        for msgid, text in entries.items():
+            before.setdefault(msgid, catalog.get(msgid))
+            catalog[msgid] = text
+
+    with translation.override("de"):
+        yield translate
+    for msgid, text in before.items():
+        if text is None:
+            del catalog[msgid]
+        else:
+            catalog[msgid] = text

@@ -101,6 +101,23 @@ def test_changelist_shows_state_column_and_filters_by_it(editor, articles):
     assert [a.title for a in response.context["cl"].result_list] == ["waiting"]
 
 
+def test_the_app_name_and_state_names_reach_a_translator(admin_client, articles, in_german):
+    """The app's name, each state's name (column, filter, status table) and the wait: German
+    throughout once a catalog has them, the states' values in URLs unchanged."""
+    in_german({"Semantic search": "Semantische Suche", "embedding state\x04pending": "wartend"})
+    with suspend_embedding():
+        waiting = Article.objects.create(title="waiting for its vector")
+    Article.objects.filter(pk=waiting.pk).update(embedding_pending_since=timezone.now() - timedelta(hours=3))
+    assert "Semantische Suche" in admin_client.get(reverse("admin:index")).content.decode()
+    listed = admin_client.get(reverse(CHANGELIST))
+    assert '<td class="field-embedding_state">wartend</td>' in listed.content.decode()
+    cl = listed.context["cl"]
+    choices = [(c["display"], c["query_string"]) for f in cl.filter_specs for c in f.choices(cl)]
+    assert ("wartend", "?embedding_state=pending") in choices
+    status = admin_client.get(reverse("admin:semantic_status")).content.decode()
+    assert "<th>wartend</th>" in status and "3\xa0Stunden" in status and " ago" not in status
+
+
 def test_find_similar_lists_neighbours_with_scores(viewer, articles):
     response = act(viewer, "find_similar", articles["reset my account password"])
     assert response.status_code == 200
@@ -929,7 +946,7 @@ def test_status_page_shows_how_long_the_oldest_row_waited(editor, articles):
         embedding_pending_since=timezone.now() - timedelta(hours=3)
     )
     page = editor.get(reverse("admin:semantic_status")).content.decode()
-    assert "Oldest pending" in page and "3\xa0hours ago" in page
+    assert "Oldest pending" in page and ">3\xa0hours<" in page
 
 
 # -- a custom AdminSite (tests/urls.py mounts one named "myadmin" at /myadmin/) -------------------

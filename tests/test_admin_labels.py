@@ -615,6 +615,12 @@ def test_growth_is_written_as_the_language_writes_numbers(settings):
     assert growth_text(shrunk) == "-50% (2 → 1)"
 
 
+def test_the_apply_and_topics_pages_words_reach_a_translator(editor, tickets, in_german):
+    in_german({"(0 to 1)": "(0 bis 1)", "Growth (last week)": "Wachstum (letzte Woche)"})
+    assert "(0 bis 1)</label>" in act(editor, {"_selected_action": list(tickets)}).content.decode()
+    assert "Wachstum (letzte Woche)" in editor.get(reverse(TOPICS), {"semantic_groups": "5"}).content.decode()
+
+
 def test_a_group_link_shows_the_rows_grouped_and_says_when_they_changed(editor, tickets):
     group = editor.get(reverse(TOPICS), {"semantic_groups": "5"}).context["groups"][0]
     twin = Ticket.objects.create(text=Ticket.objects.get(pk=group.pks[0]).text)
