@@ -443,6 +443,19 @@ def test_search_says_when_the_api_is_unreachable(fake_gemini):
     assert "503" in str(info.value)
 
 
+def test_search_refuses_a_text_that_arrived_undecodable(fake_gemini):
+    """Under an ASCII locale without Python's UTF-8 mode, "Größe" arrives as "Gr\\udcc3\\udcb6e":
+    refused with what to do, never embedded and searched for."""
+    Article.objects.create(title="Größe der Rechnung", body="")
+    fake_gemini.reset()
+    ascii_only = {"LC_ALL": "C", "PYTHONUTF8": "0"}
+    process = manage(fake_gemini, "semantic_search", "testapp.Article", "Größe der Rechnung", env=ascii_only)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 1 and out == ""
+    assert err.strip() == "CommandError: " + Search.UNDECODABLE.format(encoding="ascii")
+    assert fake_gemini.request_count == 0
+
+
 def test_search_errors_print_one_line_without_a_traceback(fake_gemini):
     fake_gemini.fail_next(503, times=50)
     process = manage(fake_gemini, "semantic_search", "testapp.Article", "password reset")

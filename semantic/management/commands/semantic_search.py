@@ -1,3 +1,5 @@
+import sys
+
 from django.core.management.base import BaseCommand, CommandError
 
 from semantic.backends import EmbeddingError
@@ -19,6 +21,11 @@ class Command(BaseCommand):
     ROW = "{similarity:>10.3f}  {pk:<8}  {text}"
     EMPTY_QUERY = "Give a text to search for."
     UNAVAILABLE = "Could not embed the search text: {error}"
+    UNDECODABLE = (
+        "The search text is not valid {encoding}, the encoding this process reads its arguments in "
+        "(set by the locale), so it would be searched for garbled. Run the command under a UTF-8 locale "
+        "(LANG=C.UTF-8) or with PYTHONUTF8=1."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("target", help="app_label.Model or app_label.Model.field")
@@ -37,6 +44,9 @@ class Command(BaseCommand):
             raise CommandError("-k must be at least 1.")
         if not "".join(c for c in text if c.isprintable()).strip():
             raise CommandError(self.EMPTY_QUERY)
+        # Python hands over argument bytes its encoding cannot decode as lone surrogates (surrogateescape).
+        if any("\udc80" <= c <= "\udcff" for c in text):
+            raise CommandError(self.UNDECODABLE.format(encoding=sys.getfilesystemencoding()))
         (model, field), *others = resolve(target)
         if others:
             raise CommandError(f"{model._meta.label} has several EmbeddingFields; name one: {target}.<field>.")
