@@ -144,7 +144,7 @@ class TopicChangeList:
         field = self.model_admin.get_embedding_field().name  # type: ignore[attr-defined]
         try:
             sample = sample_rows(rows, field=field, limit=conf.TOPICS_MAX_ROWS, seed=SEED)[0]
-            groups = cluster(sample, field=field, k=k, seed=SEED)
+            groups = cluster(sample, field=field, k=k, seed=SEED, config=self.model_admin.semantic_topic_config)  # type: ignore[attr-defined]
         except ValueError as exc:
             raise IncorrectLookupParameters(exc) from None
         group = next((g for g in groups if g.number == number), None)
@@ -186,6 +186,9 @@ class TopicsMixin:
     semantic_topic_date_field: str | None = None
     #: Growth compares the last two of these: "day", "week" or "month".
     semantic_topic_period = "week"
+    #: The text search configuration whose stop words topic labels leave out ("german");
+    #: None: the model's KeywordIndex's, else "english".
+    semantic_topic_config: str | None = None
     topics_template = "semantic/admin/topics.html"
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
@@ -280,6 +283,7 @@ class TopicsMixin:
                 seed=SEED,
                 date_field=self.topic_date_field(),
                 period=self.semantic_topic_period,
+                config=self.semantic_topic_config,
             )
         except ValueError as exc:
             return [], k, str(exc), total

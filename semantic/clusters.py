@@ -11,8 +11,9 @@ Each group gets:
 
 - its size and its most typical rows (nearest its centre);
 - a short label: the words that most set its texts apart from the whole queryset,
-  counted by PostgreSQL's text search parser (``to_tsvector``; English stop words
-  dropped) on the text in Unicode NFC, and in Chinese and Japanese, which put no
+  counted by PostgreSQL's text search parser (``to_tsvector``; the stop words of a
+  text search configuration dropped: ``config``, else the model's KeywordIndex's, else
+  ``english``) on the text in Unicode NFC, and in Chinese and Japanese, which put no
   space between words, the pairs of characters (see :func:`distinctive_words`); or
   the most typical row's text when the text is not in columns;
 - with ``date_field``, rows per day, week or month and the growth between the last
@@ -39,6 +40,7 @@ from django.db import connections, models
 from django.utils import timezone
 
 from semantic.fields import EmbeddingField
+from semantic.keyword_index import keyword_index
 from semantic.streaming import BATCH_SIZE, normalised, sample_order, sample_vectors, vector_batches
 from semantic.switch import serving_field
 
@@ -95,6 +97,7 @@ def cluster(
     streaming: bool | None = None,
     seed: int = 0,
     today: date | None = None,
+    config: str | None = None,
 ) -> list[Cluster]:
     """The rows of ``queryset`` that have a vector, in ``k`` groups, largest first.
 
@@ -105,7 +108,9 @@ def cluster(
     with the best silhouette (cosine) on a sample of ``SAMPLE_ROWS`` rows, or one
     group when none splits the sample (rows that repeat one text).
     ``streaming`` chooses mini-batch k-means over batches of ``batch_size`` rows
-    (default: above ``IN_MEMORY_ROWS`` rows).
+    (default: above ``IN_MEMORY_ROWS`` rows). ``config`` is the PostgreSQL text search
+    configuration whose stop words labels leave out ("german", "simple" for none); by
+    default the model's KeywordIndex's, else "english".
     """
     if period not in PERIODS:
         raise ValueError(f"period must be one of {', '.join(PERIODS)}, not {period!r}.")
@@ -151,7 +156,10 @@ def cluster(
     members: dict[int, list[Any]] = {}
     for pk, group in zip(assigned_pks, assigned):
         members.setdefault(group, []).append(pk)
-    words = distinctive_words(rows, embedding, assigned_pks, assigned) if text_columns(model, embedding) else {}
+    if config is None:
+        index = keyword_index(model) or keyword_index(embedding.model)
+        config = index.config if index is not None else "english"
+    words = distinctive_words(rows, embedding, assigned_pks, assigned, config) if text_columns(model, embedding) else {}
     typical_pks = {group: [pk for _, _, pk in sorted(heap, reverse=True)] for group, heap in enumerate(nearest)}
     objects = model._default_manager.using(rows.db).in_bulk([pk for pks in typical_pks.values() for pk in pks])
     current = period_start(today or timezone.now(), period)
@@ -264,13 +272,13 @@ def text_columns(model: type[models.Model], embedding: EmbeddingField) -> list[s
 
 
 def distinctive_words(
-    rows: models.QuerySet, embedding: EmbeddingField, pks: list[Any], groups: list[int]
+    rows: models.QuerySet, embedding: EmbeddingField, pks: list[Any], groups: list[int], config: str = "english"
 ) -> dict[int, list[str]]:
     """Each group's ``LABEL_WORDS`` words most over-represented against the whole set.
 
     PostgreSQL splits the texts into words (``to_tsvector('simple', ...)``: lower
     case, unstemmed, so labels read as written) and counts, per group, the rows
-    each word appears in; a word the English dictionary drops is a stop word. A
+    each word appears in; a word the ``config`` configuration drops is a stop word. A
     word scores its share of the group's rows times how much more often it appears
     there than overall (its contribution to the groups' Kullback-Leibler divergence).
 
@@ -291,7 +299,7 @@ def distinctive_words(
     # The database is UTF8 (semantic.E013), which normalize() and UNSPACED's escapes need.
     words = f"""
         SELECT word FROM unnest(tsvector_to_array(to_tsvector('simple', b.body))) AS word
-        WHERE length(word) > 2 AND word !~ '^[0-9]' AND to_tsvector('english', word) <> ''::tsvector
+        WHERE length(word) > 2 AND word !~ '^[0-9]' AND to_tsvector(%s::regconfig, word) <> ''::tsvector
         AND word !~ '{UNSPACED}'
         UNION ALL
         SELECT substr(m.run[1], i, 2) FROM regexp_matches(b.body, '{UNSPACED}+', 'g') AS m(run),
@@ -306,7 +314,7 @@ def distinctive_words(
         GROUP BY a.grp, w.word
     """
     with connection.cursor() as cursor:
-        cursor.execute(sql, [pks, groups])
+        cursor.execute(sql, [pks, groups, config])
         counts = cursor.fetchall()
     sizes = Counter(groups)
     overall: Counter[str] = Counter()

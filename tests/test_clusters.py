@@ -18,7 +18,9 @@ from django.test import override_settings
 
 from semantic import embed_pending, suspend_embedding
 from semantic.clusters import cluster, period_start
+from semantic.keyword_index import keyword_index
 from tests.commands import call
+from tests.docsapp.models import Page
 from tests.testapp.models import Article, FeaturedArticle
 from tests.topicapp.banking77 import INTENTS, sentences
 from tests.topicapp.models import Ticket
@@ -284,6 +286,59 @@ def test_labels_count_a_word_once_in_any_normal_form_and_chinese_and_japanese_by
     assert {"北京", "下雨"} <= set(words["chinese"])
     assert "東京" in words["japanese"]
     assert words["password"] == ["password", "reset"]
+
+
+GERMAN = {
+    "password": [
+        "Ich habe mein Passwort vergessen und kann nicht rein",
+        "Mein Passwort geht nicht, ich habe es versucht",
+        "Ich habe das Passwort nicht mehr",
+        "Passwort funktioniert nicht, habe Hilfe nötig",
+    ],
+    "delivery": [
+        "Wo bleibt die Lieferung meiner Bestellung",
+        "Die Lieferung der Bestellung ist verspätet",
+        "Bestellung bestellt, Lieferung fehlt",
+        "Lieferung und Bestellung kommen nie",
+    ],
+}
+
+
+def german_rows(model, text_field):
+    spec = model._meta.get_field("embedding").spec()
+    with suspend_embedding():
+        for axis, texts in enumerate(GERMAN.values()):
+            for number, text in enumerate(texts):
+                values = [0.0] * 6
+                values[axis], values[2 + number] = 1.0, 0.1
+                model.objects.create(embedding=unit(*values), embedding_spec=spec, **{text_field: text})
+
+
+def label_words(queryset, **options):
+    return sorted(sorted(topic.words) for topic in cluster(queryset, k=2, **options))
+
+
+@pytest.mark.django_db
+def test_labels_leave_out_the_stop_words_of_the_configuration_given_else_the_keyword_index(monkeypatch, client):
+    """German function words ("habe", "nicht") fill English-only labels; German's stop words drop them."""
+    from django.contrib import admin
+    from django.urls import reverse
+
+    from tests.test_admin import staff
+
+    german_rows(Ticket, "text")
+    assert {"habe", "nicht"} <= {word for words in label_words(Ticket.objects.all()) for word in words}
+    assert label_words(Ticket.objects.all(), config="german") == [["bestellung", "lieferung"], ["passwort"]]
+    out, _ = call("semantic_topics", "topicapp.Ticket", "--k", "2", "--config", "german", "--format", "json")
+    assert sorted(topic["label"] for topic in json.loads(out)) == ["bestellung, lieferung", "passwort"]
+    monkeypatch.setattr(admin.site._registry[Ticket], "semantic_topic_config", "german")
+    client.force_login(staff("editor", "view_ticket"))
+    response = client.get(reverse("admin:topicapp_ticket_topics"), {"semantic_groups": "2"})
+    assert sorted(group.label for group in response.context["groups"]) == ["bestellung, lieferung", "passwort"]
+    # A model whose KeywordIndex searches German text: its configuration is the default.
+    german_rows(Page, "title")
+    monkeypatch.setattr(keyword_index(Page), "config", "german")
+    assert label_words(Page.objects.all()) == [["bestellung", "lieferung"], ["passwort"]]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -29,15 +29,22 @@ class Command(QuietMixin, BaseCommand):
         parser.add_argument("--k", type=int, help="number of topics (default: chosen automatically)")
         parser.add_argument("--date-field", help="a date field: rows per period and growth for each topic")
         parser.add_argument("--period", choices=PERIODS, default="week")
+        parser.add_argument(
+            "--config",
+            help="PostgreSQL text search configuration whose stop words labels leave out, e.g. german "
+            "(default: the model's KeywordIndex's, else english)",
+        )
         parser.add_argument("--format", choices=["csv", "json"], default="csv")
         parser.add_argument("--output", help="file to write (default: standard output)")
 
-    def handle(self, target, k, date_field, period, format, output, **options):
+    def handle(self, target, k, date_field, period, config, format, output, **options):
         (model, field), *others = resolve(target)
         if others:
             raise CommandError(self.SEVERAL_FIELDS.format(label=model._meta.label, target=target))
         try:
-            topics = cluster(model._default_manager.all(), field=field.name, k=k, date_field=date_field, period=period)
+            topics = cluster(
+                model._default_manager.all(), field=field.name, k=k, date_field=date_field, period=period, config=config
+            )
         except ValueError as error:
             raise CommandError(str(error)) from None
         buffer = io.StringIO()
