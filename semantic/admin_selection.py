@@ -15,6 +15,7 @@ server's processes (a local-memory cache is one per process).
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 from django.db import models
@@ -25,6 +26,8 @@ from semantic.models import ReviewSelection
 
 #: Selections a user keeps, the newest; a link to an older one finds nothing.
 KEPT = 10
+#: What :func:`keep_selection` makes: ``blake2b(digest_size=8)`` in hex.
+TOKEN = re.compile(r"[0-9a-f]{16}")
 
 
 def keep_selection(request: HttpRequest, model: type[models.Model], pks: list[Any]) -> str:
@@ -47,7 +50,13 @@ def keep_selection(request: HttpRequest, model: type[models.Model], pks: list[An
 
 
 def kept_selection(request: HttpRequest, model: type[models.Model], token: str) -> list[str] | None:
-    """The keys (as text) a token names, or None when this user has no such selection (any more)."""
+    """The keys (as text) a token names, or None when this user has no such selection (any more).
+
+    A token not shaped like :func:`keep_selection`'s (a garbled or hand-edited link) names
+    none, and is never queried: PostgreSQL refuses text holding a NUL byte with an error.
+    """
+    if TOKEN.fullmatch(token) is None:
+        return None
     found = ReviewSelection.objects.filter(
         token=token, user_pk=str(request.user.pk), model_label=model._meta.label
     ).first()

@@ -1248,6 +1248,16 @@ def test_a_selection_the_session_no_longer_holds_says_so(editor, articles):
     assert [str(m) for m in get_messages(response.wsgi_request)] == [str(DuplicateReviewMixin.SELECTION_GONE)]
 
 
+@pytest.mark.parametrize("token", ["\x00", "0123456789ABCDEF", "0123456789abcdef0", "x" * 200, "ab%00"])
+def test_a_garbled_selection_link_is_a_selection_no_longer_kept(editor, articles, token):
+    """A hand-edited token is never queried: PostgreSQL refuses text with a NUL byte (a server error)."""
+    from semantic.admin_duplicates import DuplicateReviewMixin
+
+    response = editor.get(reverse(DUPLICATES), {"selection": token, "_changelist_filters": "q=a"})
+    assert response.status_code == 302 and response["Location"] == reverse(CHANGELIST) + "?q=a"
+    assert [str(m) for m in get_messages(response.wsgi_request)] == [str(DuplicateReviewMixin.SELECTION_GONE)]
+
+
 DISMISS_FORM = re.compile(r'name="first" value="([^"]*)"><input type="hidden" name="second" value="([^"]*)"')
 
 
