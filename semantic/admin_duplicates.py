@@ -99,6 +99,10 @@ class DuplicateReviewMixin:
         "“Find duplicates among selected”, or raise statement_timeout for that role "
         "(ALTER ROLE … SET statement_timeout = …)."
     )
+    NONE_SELECTED_LEFT = _(
+        "None of the selected rows is left: they were deleted since the list was shown, or you may not see "
+        "them. Select rows in the list again."
+    )
     SELECTION_GONE = _(
         "The rows selected for that review are no longer kept. Select them in the list again and "
         "choose “Find duplicates among selected”."
@@ -115,6 +119,9 @@ class DuplicateReviewMixin:
         """
         visible = self.semantic_queryset(request).filter(pk__in=queryset.values("pk"))  # type: ignore[attr-defined]
         pks = list(visible.order_by("pk").values_list("pk", flat=True))
+        if not pks:  # an empty selection would otherwise read as none, and review the whole table
+            self.message_user(request, self.NONE_SELECTED_LEFT, messages.WARNING)  # type: ignore[attr-defined]
+            return None
         if len(pks) > self.duplicate_selection_max:
             message = self.TOO_MANY_SELECTED % {"count": len(pks), "max": self.duplicate_selection_max}
             self.message_user(request, message, messages.WARNING)  # type: ignore[attr-defined]
@@ -148,9 +155,10 @@ class DuplicateReviewMixin:
             if selected is None:
                 self.message_user(request, self.SELECTION_GONE, messages.WARNING)  # type: ignore[attr-defined]
                 return HttpResponseRedirect(self.changelist_back_url(review_state(request.GET)))
-        if selected:
+        # A selection none of whose rows is left reviews none, never the whole table.
+        if token or selected:
             rows = rows.filter(pk__in=[self.duplicate_pk(pk) for pk in selected])
-        return self.duplicate_page(request, rows, selected=bool(selected))
+        return self.duplicate_page(request, rows, selected=bool(token or selected))
 
     def dismiss_view(self, request: HttpRequest) -> HttpResponseRedirect:
         if request.method != "POST" or not self.has_semantic_change_permission(request):

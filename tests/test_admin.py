@@ -1224,6 +1224,31 @@ def test_find_duplicates_keeps_the_selection_through_threshold_pages_and_dismiss
     assert dismissed["Location"] == reverse(DUPLICATES) + f"?threshold=0.3&selection={token}"
 
 
+def test_find_duplicates_with_no_selected_row_left_says_so_and_never_reviews_the_table(editor, articles):
+    """Rows deleted since the list was shown, or all outside get_queryset() (Django still calls
+    the action, with no rows): an empty selection once read as none, and reviewed the whole table."""
+    from semantic.admin_duplicates import DuplicateReviewMixin
+
+    gone = [Article.objects.create(title=f"deleted since {n}") for n in range(2)]
+    gone_pks = [a.pk for a in gone]
+    Article.objects.filter(pk__in=gone_pks).delete()
+    hidden = articles["reset account password secret"]
+    for selected in (gone, [hidden]):
+        response = act(editor, "find_duplicates", *selected)
+        assert response.redirect_chain == [(reverse(CHANGELIST), 302)]
+        assert [str(m) for m in response.context["messages"]] == [str(DuplicateReviewMixin.NONE_SELECTED_LEFT)]
+    # A kept selection whose rows were all deleted since reviews none of the table's.
+    chosen = [articles["export invoices as csv"], articles["export all invoices to csv"]]
+    link = editor.post(
+        reverse(CHANGELIST), {"action": "find_duplicates", "index": 0, "_selected_action": [a.pk for a in chosen]}
+    )
+    Article.objects.filter(pk__in=[a.pk for a in chosen]).delete()
+    assert len(editor.get(reverse(DUPLICATES), {"threshold": "0.3"}).context["groups"]) >= 1
+    page = editor.get(link["Location"] + "&threshold=0.3")
+    assert page.context["groups"] == [] and page.context["selected_count"] == 0
+    assert "Among the 0 selected rows." in page.content.decode()
+
+
 def test_find_duplicates_of_500_rows_with_six_digit_keys_keeps_its_links_short(editor, fake_gemini):
     """The selection stays in the session: gunicorn refuses request lines over 4,094 bytes."""
     with suspend_embedding():
