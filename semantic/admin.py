@@ -77,6 +77,11 @@ FIND_SIMILAR_UNAVAILABLE = ngettext_lazy(
 FIND_SIMILAR_NO_TEXT = _("Similar items could not be found: {reason}")
 #: Said when the search text holds nothing to embed and there is no keyword search to run instead.
 NOTHING_TO_SEARCH = _("Nothing to search by meaning in “{query}”.")
+#: "Re-embed" leaves out the selected rows the ModelAdmin does not let the user change.
+REEMBED_LEFT_OUT = (
+    "%(count)d selected row is left out: you may not change it.",
+    "%(count)d selected rows are left out: you may not change them.",
+)
 #: How many rows a search by meaning returns, most similar first.
 MEANING_RESULTS = 100
 #: semantic.E010: the ModelAdmin does not say which EmbeddingField its pages use.
@@ -316,17 +321,23 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
 
     @admin.action(description=_("Re-embed"), permissions=["semantic_change"])
     def reembed(self, request: HttpRequest, queryset: models.QuerySet) -> None:
+        """Queue the selected rows the ModelAdmin lets this user change (``has_change_permission(request, obj)``,
+        as a row's change form asks): a row queued again has its bookkeeping columns written."""
         field = self.get_embedding_field()
-        pks = list(queryset.values_list("pk", flat=True))
-        # The same steps as `semantic_embed --all`, on these rows: pending, waiting since now, failures dropped.
-        mark_pending(self.model._base_manager.filter(pk__in=pks), field)  # type: ignore[attr-defined]
-        forget_failures(self.model, field, pks)  # type: ignore[arg-type]
-        enqueue(self.model, field.name, pks)  # type: ignore[attr-defined]
+        selected = list(queryset.values_list("pk", flat=True))
+        pks = list(self.changeable_rows(request, queryset, selected))
+        if pks:
+            # The same steps as `semantic_embed --all`, on these rows: pending, waiting since now, failures dropped.
+            mark_pending(self.model._base_manager.filter(pk__in=pks), field)  # type: ignore[attr-defined]
+            forget_failures(self.model, field, pks)  # type: ignore[arg-type]
+            enqueue(self.model, field.name, pks)  # type: ignore[attr-defined]
         self.message_user(  # type: ignore[attr-defined]
             request,
             ngettext("Queued %d row for embedding.", "Queued %d rows for embedding.", len(pks)) % len(pks),
             messages.SUCCESS,
         )
+        if left_out := len(selected) - len(pks):
+            self.message_user(request, ngettext(*REEMBED_LEFT_OUT, left_out) % {"count": left_out}, messages.WARNING)  # type: ignore[attr-defined]
 
     # -- pages ----------------------------------------------------------------------------
 

@@ -165,6 +165,8 @@ class DuplicateReviewMixin:
             raise PermissionDenied
         visible = self.semantic_queryset(request)  # type: ignore[attr-defined]
         a, b = (visible_object(visible, request.POST.get(key)) for key in ("first", "second"))
+        if not all(self.has_change_permission(request, obj) for obj in (a, b)):  # type: ignore[attr-defined]
+            raise PermissionDenied  # as the row's change form: the ModelAdmin refuses to change it
         first, second = DismissedPair.ordered(a.pk, b.pk)
         DismissedPair.objects.get_or_create(
             model_label=self.model._meta.label,  # type: ignore[attr-defined]
@@ -190,6 +192,8 @@ class DuplicateReviewMixin:
         field = self.get_embedding_field()  # type: ignore[attr-defined]
         page = None
         tables = []
+        can_dismiss = self.has_semantic_change_permission(request)  # type: ignore[attr-defined]
+        unchangeable: set[Any] = set()  # rows of the page the ModelAdmin refuses to change: no "Not a duplicate"
         kept_note = search_error = None
         if error is None:
             dismissed = set(
@@ -214,6 +218,9 @@ class DuplicateReviewMixin:
             page = Paginator(groups, self.duplicate_groups_per_page).get_page(request.GET.get("page"))
             with_objects(rows, page)
             tables = [(group, self.duplicate_rows(rows, group)) for group in page]
+            if can_dismiss:
+                shown = {obj.pk: obj for group in page for a, b, _ in group.pairs for obj in (a, b)}
+                unchangeable = {pk for pk, obj in shown.items() if not self.has_change_permission(request, obj)}  # type: ignore[attr-defined]
             if self.duplicate_cache_seconds and found_at is not None:
                 local = timezone.localtime(found_at) if timezone.is_aware(found_at) else found_at  # USE_TZ = False
                 moment = local.strftime("%H:%M:%S")
@@ -232,7 +239,8 @@ class DuplicateReviewMixin:
             "selected": selected,
             "selected_count": rows.count() if selected else None,
             "date_label": self.duplicate_date_label(),
-            "can_dismiss": self.has_semantic_change_permission(request),  # type: ignore[attr-defined]
+            "can_dismiss": can_dismiss,
+            "unchangeable": unchangeable,
             "compare_url": self.semantic_url("compare_duplicates"),  # type: ignore[attr-defined]
             "review_all_url": self.review_url([("threshold", shown_threshold)]),
             "back_url": self.changelist_back_url(state),
@@ -353,7 +361,7 @@ class DuplicateReviewMixin:
             "columns": columns,
             "lines": lines,
             "similarity": similarities_to(visible, a.pk, [b.pk], field).get(b.pk),
-            "can_dismiss": self.has_semantic_change_permission(request),  # type: ignore[attr-defined]
+            "can_dismiss": self.has_semantic_change_permission(request) and all(c["can_change"] for c in columns),  # type: ignore[attr-defined]
             "kept": state,
             "review_url": self.review_url(state),
         }

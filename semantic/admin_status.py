@@ -3,10 +3,11 @@
 The page reports on other models' rows, so the EmbeddingFailure permissions that open it
 are not enough: a model counts only when the user may view it through its ModelAdmin on
 this admin site, and then only the rows that ModelAdmin's ``get_queryset()`` admits.
-"Retry failed rows" re-queues only rows the user may change and sees, and drops the
-records of rows deleted since (as the sweep does). Failure rows that name a model or
-field that is gone, or a key the model cannot read, are skipped and reported: they must
-not turn the button into a server error.
+"Retry failed rows" re-queues only rows the user sees and may change (the ModelAdmin's
+``has_change_permission(request, obj)`` of each), and drops the records of rows deleted
+since (as the sweep does). Failure rows that name a model or field that is gone, or a key
+the model cannot read, are skipped and reported: they must not turn the button into a
+server error.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from semantic.models import EmbeddingFailure
 from semantic.registry import embedding_fields
 from semantic.rows import FAILURE_SUFFIX, readable_keys, sweep_orphan_failures
 from semantic.status import STATES, field_status
+from semantic.streaming import BATCH_SIZE
 from semantic.tasks import enqueue, iter_fields
 
 #: How many of the newest failures the status page lists.
@@ -192,7 +194,7 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
                 skipped += len(keys)
                 continue
             pks = readable_keys(model, keys)
-            allowed = list(rows.filter(pk__in=list(pks)).values_list("pk", flat=True))
+            allowed = self.changeable_keys(request, model, rows, list(pks))
             skipped += len(keys) - len(allowed)
             if not allowed:
                 continue
@@ -203,6 +205,20 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
             enqueue(model, field_name.removesuffix(FAILURE_SUFFIX), allowed)
             queued += len(allowed)
         return queued, skipped
+
+    def changeable_keys(
+        self, request: HttpRequest, model: type[models.Model], rows: models.QuerySet, pks: list[Any]
+    ) -> list[Any]:
+        """The keys among ``pks`` of ``rows`` this user may change: the model's ModelAdmin on this
+        site decides for each row (``has_change_permission(request, obj)``, as the row's change form asks)."""
+        model_admin = self.admin_site._registry.get(model)
+        if model_admin is None:
+            return list(rows.filter(pk__in=pks).values_list("pk", flat=True))
+        allowed = []
+        for start in range(0, len(pks), BATCH_SIZE):
+            batch = rows.filter(pk__in=pks[start : start + BATCH_SIZE])
+            allowed += [obj.pk for obj in batch if model_admin.has_change_permission(request, obj)]
+        return allowed
 
 
 class StatusPageMixin:

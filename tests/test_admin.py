@@ -255,6 +255,62 @@ def test_reembed_queues_and_says_how_many(editor, articles, fake_gemini):
     assert fake_gemini.request_count == 1 and len(fake_gemini.texts()) == 2  # SYNC in tests: done on commit
 
 
+@pytest.fixture
+def locked(monkeypatch):
+    """ArticleAdmin refuses to change rows titled "locked …", as a row's change form asks it
+    (``has_change_permission(request, obj)``); the model permission stays."""
+    model_admin = admin.site._registry[Article]
+    declared = type(model_admin).has_change_permission
+
+    def has_change_permission(request, obj=None):
+        if obj is not None and obj.title.startswith("locked"):
+            return False
+        return declared(model_admin, request, obj)
+
+    monkeypatch.setattr(model_admin, "has_change_permission", has_change_permission)
+
+
+def test_reembed_leaves_out_rows_the_modeladmin_refuses_to_change(editor, articles, fake_gemini, locked):
+    free = articles["export invoices as csv"]
+    held = Article.objects.create(title="locked export of invoices")
+    assert editor.post(reverse("admin:testapp_article_change", args=[held.pk]), {"title": "x"}).status_code == 403
+    fake_gemini.reset()
+    response = act(editor, "reembed", free, held)
+    assert [str(m) for m in response.context["messages"]] == [
+        "Queued 1 row for embedding.",
+        "1 selected row is left out: you may not change it.",
+    ]
+    assert len(fake_gemini.texts()) == 1 and "locked" not in fake_gemini.texts()[0]
+
+
+def test_not_a_duplicate_needs_the_modeladmin_to_let_the_user_change_both_rows(editor, articles, locked):
+    a, b = articles["export invoices as csv"], articles["export all invoices to csv"]
+    held = Article.objects.create(title="locked export invoices as csv")
+    assert editor.post(reverse(DISMISS), {"first": a.pk, "second": held.pk}).status_code == 403
+    assert not DismissedPair.objects.exists()
+    assert "Not a duplicate" not in editor.get(reverse(COMPARE), {"first": a.pk, "second": held.pk}).content.decode()
+    assert "Not a duplicate" in editor.get(reverse(COMPARE), {"first": a.pk, "second": b.pk}).content.decode()
+    review = editor.get(reverse(DUPLICATES), {"threshold": "0.5"})
+    assert any(held in group.rows for group in review.context["groups"])
+    offered = DISMISS_FORM.findall(review.content.decode())
+    assert (str(min(a.pk, b.pk)), str(max(a.pk, b.pk))) in {tuple(sorted(p, key=int)) for p in offered}
+    assert all(str(held.pk) not in pair for pair in offered)
+
+
+def test_retry_failed_rows_leaves_out_rows_the_modeladmin_refuses_to_change(editor, articles, fake_gemini, locked):
+    fake_gemini.reject_marker = "REJECT"
+    Article.objects.create(title="REJECT free")
+    held = Article.objects.create(title="locked REJECT")
+    assert EmbeddingFailure.objects.count() == 2
+    fake_gemini.reject_marker = None
+    retried = editor.post(reverse("admin:semantic_status"), follow=True)
+    assert [str(m) for m in retried.context["messages"]] == [
+        "Queued 1 failed row again.",
+        "Skipped 1 failed row: its model, field or row is gone, its key is malformed, or you may not change it.",
+    ]
+    assert list(EmbeddingFailure.objects.values_list("object_pk", flat=True)) == [str(held.pk)]
+
+
 def test_duplicate_review_page_with_adjustable_threshold(viewer, articles):
     response = viewer.get(reverse(DUPLICATES), {"threshold": "0.5"})
     assert response.status_code == 200
