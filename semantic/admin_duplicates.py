@@ -19,7 +19,7 @@ from django.core.cache import cache
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db import models
-from django.http import Http404, HttpRequest, HttpResponseRedirect, QueryDict
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect, QueryDict
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -160,11 +160,15 @@ class DuplicateReviewMixin:
             rows = rows.filter(pk__in=[self.duplicate_pk(pk) for pk in selected])
         return self.duplicate_page(request, rows, selected=bool(token or selected))
 
-    def dismiss_view(self, request: HttpRequest) -> HttpResponseRedirect:
-        if request.method != "POST" or not self.has_semantic_change_permission(request):
+    def dismiss_view(self, request: HttpRequest) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not self.has_semantic_change_permission(request):
             raise PermissionDenied
         visible = self.semantic_queryset(request)  # type: ignore[attr-defined]
         a, b = (visible_object(visible, request.POST.get(key)) for key in ("first", "second"))
+        if a.pk == b.pk:
+            raise Http404(_("A row is not a duplicate of itself."))
         if not all(self.has_change_permission(request, obj) for obj in (a, b)):  # type: ignore[attr-defined]
             raise PermissionDenied  # as the row's change form: the ModelAdmin refuses to change it
         first, second = DismissedPair.ordered(a.pk, b.pk)
