@@ -45,7 +45,7 @@ from django.contrib.admin.views.main import ChangeList
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.db import models, router
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect, QueryDict
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils import formats
@@ -221,8 +221,11 @@ class TopicsMixin:
         """The groups of the rows the changelist shows for the same query string.
 
         The rows come from the changelist's own view (its response is never rendered),
-        so every way the list narrows its rows applies here unchanged.
+        so every way the list narrows its rows applies here unchanged. GET only: the
+        changelist's view runs the actions posted to it.
         """
+        if request.method not in ("GET", "HEAD"):
+            return HttpResponseNotAllowed(["GET", "HEAD"])
         if not self.has_semantic_view_permission(request):  # type: ignore[attr-defined]
             raise PermissionDenied
         asked = request.GET.get(GROUPS_VAR, "").strip()

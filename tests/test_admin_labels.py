@@ -685,6 +685,16 @@ def test_topics_needs_the_view_permission(client, tickets, ticket_admin, monkeyp
     assert client.get(reverse(TOPICS)).status_code == 403
 
 
+def test_topics_answers_405_to_post_and_never_runs_an_action_posted_to_it(editor, tickets):
+    """The page reads the changelist's rows through its view, which runs the actions posted to it."""
+    unlabelled = Ticket.objects.filter(category="").count()
+    data = {"action": "apply_suggested_labels", "index": 0, "select_across": "1", "min_confidence": "0", "post": "yes"}
+    response = editor.post(reverse(TOPICS), {**data, "_selected_action": list(tickets)})
+    assert response.status_code == 405 and response["Allow"] == "GET, HEAD"
+    assert Ticket.objects.filter(category="").count() == unlabelled
+    assert not list(get_messages(response.wsgi_request))
+
+
 def test_topics_on_a_custom_admin_site(client, fake_gemini):
     Note.objects.bulk_create(
         [Note(text="reset my account password"), Note(text="reset the password of my account"), Note(text="dark mode")]
