@@ -26,7 +26,9 @@ few thousand rows. Instead:
 
 Both group at most ``TOPICS_MAX_ROWS`` rows (the same sample, :func:`~semantic.clusters.sample_rows`),
 and the page says when it grouped a sample: k-means runs in the web request, and over
-100,000 rows it took 55 s, past the 30 s a web server such as gunicorn waits.
+100,000 rows it took 55 s, past the 30 s a web server such as gunicorn waits. For the
+same reason both make at most ``semantic_topic_max_groups`` groups (its time grows with
+the groups too: 300 rows into 299 groups took 18 s on a busy 2-core machine).
 
 :class:`TopicsMixin` is a base of ``SemanticAdminMixin`` and uses its
 ``get_embedding_field()``, ``render_semantic()`` and permission hooks.
@@ -74,6 +76,10 @@ GROUPS_OUT_OF_RANGE = _(
 GROWTH_HEADINGS = {"day": _("Growth (last day)"), "week": _("Growth (last week)"), "month": _("Growth (last month)")}
 #: A topic's growth on the Topics page: "+100% (5 → 10)". A right-to-left language may turn the arrow.
 GROWTH = _("%(percent)s%% (%(before)s → %(after)s)")
+GROUPS_OVER_MOST = _(
+    "The number of groups must be from 1 to %(most)s (the most this page makes: grouping takes longer the more "
+    "groups it makes), not %(asked)s."
+)
 TOO_FEW_TO_GROUP = _("Grouping needs at least two items with embeddings; this list has %(count)s.")
 TOPIC_SHOWN = _("Showing topic %(number)s of %(k)s: “%(label)s” (%(size)s rows).")
 TOPICS_SAMPLED = _(
@@ -135,6 +141,9 @@ class TopicChangeList:
         return rows.filter(pk__in=self.topic_pks)
 
     def find_topic(self, request: HttpRequest, rows: models.QuerySet, number: int, k: int, fingerprint: str) -> list:
+        if k > self.model_admin.semantic_topic_max_groups:  # type: ignore[attr-defined]
+            # Never made by the page: a hand-made link, which would be clustered on a cache miss.
+            raise IncorrectLookupParameters(f"{TOPIC_VAR}: {k} groups is more than the page makes")
         kept = cache.get(topic_cache_key(self.model, f"{number}.{k}.{fingerprint}"))  # type: ignore[attr-defined]
         if kept is not None and not self.hides_some(kept[1]):
             label, pks = kept
@@ -189,6 +198,10 @@ class TopicsMixin:
     #: The text search configuration whose stop words topic labels leave out ("german");
     #: None: the model's KeywordIndex's, else "english".
     semantic_topic_config: str | None = None
+    #: The most groups the Topics page makes, and a topic link names: k-means runs in the web request
+    #: and takes longer the more groups it makes (and rows it groups, ``TOPICS_MAX_ROWS``).
+    #: The page chooses at most 20 by itself (fewer when this is lower).
+    semantic_topic_max_groups = 50
     topics_template = "semantic/admin/topics.html"
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
@@ -256,6 +269,7 @@ class TopicsMixin:
             "with_growth": bool(groups) and self.topic_date_field() is not None,
             "growth_heading": GROWTH_HEADINGS.get(self.semantic_topic_period, ""),
             "groups_var": GROUPS_VAR,
+            "max_groups": self.semantic_topic_max_groups,
         }
         return self.render_semantic(request, self.topics_template, _("Topics"), context)  # type: ignore[attr-defined]
 
@@ -274,10 +288,13 @@ class TopicsMixin:
                 k = int(asked)
             except ValueError:
                 return [], None, _("The number of groups must be a whole number; “%s” is not.") % asked, total
-            if not 1 <= k <= available:
-                return [], None, GROUPS_OUT_OF_RANGE % {"available": available, "asked": k}, total
+            most = self.semantic_topic_max_groups
+            if not 1 <= k <= min(available, most):
+                if available <= most:
+                    return [], None, GROUPS_OUT_OF_RANGE % {"available": available, "asked": k}, total
+                return [], None, GROUPS_OVER_MOST % {"most": most, "asked": k}, total
         else:
-            k = choose_k(rows.filter(embedding.searchable()), embedding, seed=SEED)
+            k = min(choose_k(rows.filter(embedding.searchable()), embedding, seed=SEED), self.semantic_topic_max_groups)
         try:
             groups = cluster(
                 rows,

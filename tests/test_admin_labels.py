@@ -26,6 +26,7 @@ from semantic.admin import SemanticAdminMixin
 from semantic.admin_labels import LABELS_UNAVAILABLE, LEFT_OUT
 from semantic.admin_topics import (
     GROUPS_OUT_OF_RANGE,
+    GROUPS_OVER_MOST,
     TOO_FEW_TO_GROUP,
     TOPIC_CHANGED,
     TOPIC_SHOWN,
@@ -558,7 +559,24 @@ def test_the_number_of_groups_can_be_chosen(editor, tickets):
     bad = editor.get(reverse(TOPICS), {"semantic_groups": "many"})
     assert "must be a whole number" in bad.content.decode()
     too_many = editor.get(reverse(TOPICS), {"semantic_groups": "500"})
-    assert html.escape(GROUPS_OUT_OF_RANGE % {"available": 75, "asked": 500}) in too_many.content.decode()
+    assert html.escape(GROUPS_OVER_MOST % {"most": 50, "asked": 500}) in too_many.content.decode()
+
+
+def test_the_number_of_groups_is_capped_on_the_page_and_in_topic_links(editor, tickets, ticket_admin, monkeypatch):
+    """k-means runs in the web request, longer the more groups it makes: a number over
+    semantic_topic_max_groups is refused, and a (hand-made) link naming one is an invalid filter."""
+    monkeypatch.setattr(ticket_admin, "semantic_topic_max_groups", 4)
+    page = editor.get(reverse(TOPICS), {"semantic_groups": "5"})
+    assert page.context["groups"] == []
+    assert html.escape(GROUPS_OVER_MOST % {"most": 4, "asked": 5}) in page.content.decode()
+    assert "at most 4." in page.content.decode()
+    assert len(editor.get(reverse(TOPICS), {"semantic_groups": "4"}).context["groups"]) == 4
+    monkeypatch.setattr(ticket_admin, "semantic_topic_max_groups", 2)
+    assert len(editor.get(reverse(TOPICS)).context["groups"]) == 2  # the number chosen is capped too
+    cache.clear()
+    linked = editor.get(reverse(CHANGELIST), {TOPIC_VAR: "1.3.0123456789"})
+    assert linked.status_code == 302 and linked["Location"] == reverse(CHANGELIST) + "?e=1"
+    assert editor.get(reverse(CHANGELIST), {TOPIC_VAR: "1.2.0123456789"}).status_code == 200
 
 
 def test_topics_of_a_long_list_group_a_sample_and_say_so(editor, tickets, semantic_settings):
