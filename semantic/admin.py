@@ -316,7 +316,12 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
         if failure:
             warning = FIND_SIMILAR_UNAVAILABLE % {"count": len(unavailable), "reason": failure}
             self.message_user(request, warning, messages.WARNING)  # type: ignore[attr-defined]
-        context = {"results": results, "unavailable": unavailable, "selected_count": queryset.count()}
+        context = {
+            "results": results,
+            "unavailable": unavailable,
+            "selected_count": queryset.count(),
+            "back_url": request.get_full_path(),  # the list the action was posted from, with its filters and page
+        }
         return self.render_semantic(request, self.similar_template, _("Similar items"), context)
 
     @admin.action(description=_("Re-embed"), permissions=["semantic_change"])

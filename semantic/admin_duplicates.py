@@ -368,6 +368,7 @@ class DuplicateReviewMixin:
             "can_dismiss": self.has_semantic_change_permission(request) and all(c["can_change"] for c in columns),  # type: ignore[attr-defined]
             "kept": state,
             "review_url": self.review_url(state),
+            "back_url": self.changelist_back_url(state),
         }
         return self.render_semantic(request, self.compare_template, _("Compare two rows"), context)  # type: ignore[attr-defined]
 

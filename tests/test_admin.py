@@ -129,6 +129,26 @@ def test_find_similar_lists_neighbours_with_scores(viewer, articles):
     assert f"{neighbours[0].similarity:.3f}" in page
 
 
+def test_pages_reached_from_a_filtered_list_lead_back_to_it_as_it_was(editor, articles):
+    """Find similar's back link and breadcrumb, the changelist's "Review duplicates" link (and
+    so the review's), and Compare's breadcrumb keep the list's filters, search and page."""
+    a, b = articles["export invoices as csv"], articles["export all invoices to csv"]
+    listed = reverse(CHANGELIST) + "?category__exact=&q=export&p=1"
+    back = f'href="{html.escape(listed)}"'
+    data = {"action": "find_similar", "index": 0, "_selected_action": [a.pk]}
+    similar = editor.post(listed, data).content.decode()
+    assert similar.count(back) == 2  # the breadcrumb and "Back to the list"
+
+    page = editor.get(listed).content.decode()
+    review_link = html.unescape(re.search(r'<a href="([^"]+)">Review duplicates</a>', page).group(1))
+    assert review_link == reverse(DUPLICATES) + "?_changelist_filters=category__exact%3D%26q%3Dexport%26p%3D1"
+    review = editor.get(review_link)
+    assert review.context["back_url"] == listed
+    compare = editor.get(reverse(COMPARE), {"first": a.pk, "second": b.pk, "_changelist_filters": listed.split("?")[1]})
+    breadcrumbs = re.search(r'<div class="breadcrumbs">.*?</div>', compare.content.decode(), re.S).group(0)
+    assert back in breadcrumbs
+
+
 def test_find_similar_for_several_rows_and_an_unembedded_one(viewer, articles):
     with suspend_embedding():
         new = Article.objects.create(title="not embedded yet")
