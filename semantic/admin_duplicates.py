@@ -14,9 +14,16 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.options import IS_POPUP_VAR
-from django.contrib.admin.utils import display_for_field, quote
+from django.contrib.admin.utils import (
+    display_for_field,
+    display_for_value,
+    flatten_fieldsets,
+    label_for_field,
+    lookup_field,
+    quote,
+)
 from django.core.cache import cache
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import FieldDoesNotExist, ObjectDoesNotExist, PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db import models
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect, QueryDict
@@ -351,19 +358,9 @@ class DuplicateReviewMixin:
             }
             for obj in (a, b)
         ]
-        fields = [
-            f
-            for f in self.model._meta.concrete_fields  # type: ignore[attr-defined]
-            if not isinstance(f, (EmbeddingField, CompanionMixin)) and not f.primary_key
-        ]
-        empty = self.get_empty_value_display()  # type: ignore[attr-defined]
-        lines = []
-        for f in fields:
-            values = [display_for_field(getattr(obj, f.name), f, empty) for obj in (a, b)]
-            lines.append((capfirst(f.verbose_name), values, values[0] != values[1]))
         context = {
             "columns": columns,
-            "lines": lines,
+            "lines": self.compare_lines(request, a, b),
             "similarity": similarities_to(visible, a.pk, [b.pk], field).get(b.pk),
             "can_dismiss": self.has_semantic_change_permission(request) and all(c["can_change"] for c in columns),  # type: ignore[attr-defined]
             "kept": state,
@@ -371,6 +368,39 @@ class DuplicateReviewMixin:
             "back_url": self.changelist_back_url(state),
         }
         return self.render_semantic(request, self.compare_template, _("Compare two rows"), context)  # type: ignore[attr-defined]
+
+    def compare_lines(self, request: HttpRequest, a: models.Model, b: models.Model) -> list[tuple[str, list, bool]]:
+        """Each field the change form shows of both rows (``get_fieldsets()``, so ``fields``,
+        ``exclude``, ``get_fields()`` and ``readonly_fields`` apply): its label, the two values as
+        the admin displays them, and whether they differ. A field kept off the form is not shown here either."""
+        shown_b = set(flatten_fieldsets(self.get_fieldsets(request, b)))  # type: ignore[attr-defined]
+        names = [name for name in flatten_fieldsets(self.get_fieldsets(request, a)) if name in shown_b]  # type: ignore[attr-defined]
+        empty = self.get_empty_value_display()  # type: ignore[attr-defined]
+        lines = []
+        for name in names:
+            if isinstance(name, str):
+                try:
+                    field = self.model._meta.get_field(name)  # type: ignore[attr-defined]
+                except FieldDoesNotExist:
+                    field = None
+                if isinstance(field, (EmbeddingField, CompanionMixin)) or getattr(field, "primary_key", False):
+                    continue
+            values = [self.compare_value(name, obj, empty) for obj in (a, b)]
+            label = capfirst(label_for_field(name, self.model, self))  # type: ignore[attr-defined]
+            lines.append((label, values, values[0] != values[1]))
+        return lines
+
+    def compare_value(self, name: Any, obj: models.Model, empty: str) -> Any:
+        """A field's value, or a readonly field's (a method, a callable), as the change form displays it."""
+        try:
+            field, attr, value = lookup_field(name, obj, self)
+        except (AttributeError, ObjectDoesNotExist):
+            return empty
+        if field is None:
+            return display_for_value(value, empty, boolean=getattr(attr, "boolean", False))
+        if field.many_to_many:
+            return ", ".join(str(related) for related in value.all()) or empty
+        return display_for_field(value, field, empty)
 
     def response_delete(self, request: HttpRequest, obj_display: str, obj_id: Any) -> Any:
         """After a deletion begun on the compare page, back to the duplicate review it came from."""

@@ -1261,6 +1261,31 @@ def test_compare_shows_both_rows_and_deletes_only_through_djangos_confirmation(a
     assert done["Location"] == reverse(DUPLICATES) + "?threshold=0.5"
 
 
+def test_compare_shows_only_the_fields_the_modeladmin_shows(admin_client, articles, monkeypatch):
+    """A field kept off the change form (an internal note, a cost price) stays off the compare page too."""
+    model_admin = admin.site._registry[Article]
+    a, b = articles["export invoices as csv"], articles["export all invoices to csv"]
+    monkeypatch.setattr(model_admin, "exclude", ["category"])
+    change_form = admin_client.get(reverse("admin:testapp_article_change", args=[a.pk])).content.decode()
+    assert 'name="category"' not in change_form
+    response = admin_client.get(reverse(COMPARE), {"first": a.pk, "second": b.pk})
+    assert [label for label, _, _ in response.context["lines"]] == ["Title", "Body"]
+
+    @admin.display(description="words")
+    def words(obj):
+        return len(obj.title.split())
+
+    monkeypatch.setattr(model_admin, "exclude", None)
+    monkeypatch.setattr(model_admin, "fields", ["category", "title", words])
+    monkeypatch.setattr(model_admin, "readonly_fields", [words])
+    response = admin_client.get(reverse(COMPARE), {"first": a.pk, "second": b.pk})
+    assert [(label, [str(v) for v in values], differs) for label, values, differs in response.context["lines"]] == [
+        ("Category", ["-", "-"], False),
+        ("Title", [a.title, b.title], True),
+        ("Words", ["4", "5"], True),
+    ]
+
+
 def test_compare_refusals_and_no_delete_links_without_delete_permission(viewer, articles, client):
     a, b = articles["export invoices as csv"], articles["export all invoices to csv"]
     hidden = articles["reset account password secret"]
