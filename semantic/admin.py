@@ -1,6 +1,7 @@
 """Django admin: search by meaning, "Find similar", duplicate review and re-embedding (the
 changelist's toggle and ranking are in :mod:`semantic.admin_changelist`, duplicate review
-in :mod:`semantic.admin_duplicates`, the embedding status page in :mod:`semantic.admin_status`).
+in :mod:`semantic.admin_duplicates` and :mod:`semantic.admin_compare`, the embedding status
+page in :mod:`semantic.admin_status`).
 
 Add :class:`SemanticAdminMixin` to the ModelAdmin of any model with an EmbeddingField::
 

@@ -89,6 +89,7 @@ LAYERS = [
     "semantic.admin_status",
     "semantic.admin_dismissed",
     "semantic.admin_selection",
+    "semantic.admin_compare",
     "semantic.admin_duplicates",
     "semantic.admin_labels",
     "semantic.admin_topics",
