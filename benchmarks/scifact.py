@@ -43,9 +43,8 @@ CORPUS = DATA / "corpus.jsonl.gz"
 QUERIES = DATA / "queries-train.jsonl"
 QRELS = DATA / "qrels-train.tsv"
 #: (k, (keyword weight, meaning weight)) compared on the training claims.
-GRID = [
-    (k, weights) for k in (3, 5, 10, 30, 60, 100) for weights in ((1.0, 1.0), (0.5, 1.0), (0.7, 1.0), (1.0, 0.7), (0.3, 1.0))
-]
+WEIGHTS = ((1.0, 1.0), (0.5, 1.0), (0.7, 1.0), (1.0, 0.7), (0.3, 1.0))
+GRID = [(k, weights) for k in (3, 5, 10, 30, 60, 100) for weights in WEIGHTS]
 LATENCY_QUERIES = 200
 #: Rows of ``docsapp.Excerpt`` for hybrid's latency at scale: pieces of the abstracts.
 SCALE_ROWS = 100_000
