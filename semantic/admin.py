@@ -78,10 +78,12 @@ FIND_SIMILAR_UNAVAILABLE = ngettext_lazy(
 FIND_SIMILAR_NO_TEXT = _("Similar items could not be found: {reason}")
 #: Said when the search text holds nothing to embed and there is no keyword search to run instead.
 NOTHING_TO_SEARCH = _("Nothing to search by meaning in “{query}”.")
-#: "Re-embed" leaves out the selected rows the ModelAdmin does not let the user change.
-REEMBED_LEFT_OUT = (
+#: "Re-embed" leaves out the selected rows the ModelAdmin does not let the user change
+#: (marked for translation; the count is passed when the message is shown).
+REEMBED_LEFT_OUT = ngettext_lazy(
     "%(count)d selected row is left out: you may not change it.",
     "%(count)d selected rows are left out: you may not change them.",
+    "count",
 )
 #: How many rows a search by meaning returns, most similar first.
 MEANING_RESULTS = 100
@@ -343,7 +345,7 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
             messages.SUCCESS,
         )
         if left_out := len(selected) - len(pks):
-            self.message_user(request, ngettext(*REEMBED_LEFT_OUT, left_out) % {"count": left_out}, messages.WARNING)  # type: ignore[attr-defined]
+            self.message_user(request, REEMBED_LEFT_OUT % {"count": left_out}, messages.WARNING)  # type: ignore[attr-defined]
 
     # -- pages ----------------------------------------------------------------------------
 
