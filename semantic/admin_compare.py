@@ -53,10 +53,7 @@ class CompareMixin:
         confirmation page, or to mark them not duplicates."""
         if not self.has_semantic_view_permission(request):
             raise PermissionDenied
-        visible = self.semantic_queryset(request)  # type: ignore[attr-defined]
-        a, b = (visible_object(visible, request.GET.get(key)) for key in ("first", "second"))
-        if a.pk == b.pk:
-            raise Http404(_("A row is not compared with itself."))
+        visible, a, b = self.requested_pair(request, request.GET, _("A row is not compared with itself."))
         field = self.get_embedding_field()  # type: ignore[attr-defined]
         state = review_state(request.GET)
         back = urlencode([(BACK, urlencode(state))])
@@ -81,6 +78,15 @@ class CompareMixin:
             "back_url": self.changelist_back_url(state),
         }
         return self.render_semantic(request, self.compare_template, _("Compare two rows"), context)  # type: ignore[attr-defined]
+
+    def requested_pair(self, request: HttpRequest, data: QueryDict, same_row: str) -> tuple[models.QuerySet, Any, Any]:
+        """The rows this user sees, and the two of them ``data`` names (``first``, ``second``);
+        404 for a missing, hidden or malformed key, or for one row named twice (``same_row`` says why)."""
+        visible = self.semantic_queryset(request)  # type: ignore[attr-defined]
+        a, b = (visible_object(visible, data.get(key)) for key in ("first", "second"))
+        if a.pk == b.pk:
+            raise Http404(same_row)
+        return visible, a, b
 
     def compare_lines(self, request: HttpRequest, a: models.Model, b: models.Model) -> list[tuple[str, list, bool]]:
         """Each field the change form shows of both rows (``get_fieldsets()``, so ``fields``,

@@ -17,7 +17,7 @@ from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import models
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils import formats, timezone
@@ -26,7 +26,7 @@ from django.utils.text import Truncator, capfirst
 from django.utils.translation import gettext_lazy as _
 
 from semantic import tenancy
-from semantic.admin_compare import CHANGELIST_FILTERS, SELECTION_VAR, CompareMixin, review_state, visible_object
+from semantic.admin_compare import CHANGELIST_FILTERS, SELECTION_VAR, CompareMixin, review_state
 from semantic.admin_dismissed import DismissedPairAdmin
 from semantic.admin_selection import keep_selection, kept_selection
 from semantic.duplicates import DuplicateSearchCanceled
@@ -153,10 +153,7 @@ class DuplicateReviewMixin(CompareMixin):
             return HttpResponseNotAllowed(["POST"])
         if not self.has_semantic_change_permission(request):
             raise PermissionDenied
-        visible = self.semantic_queryset(request)  # type: ignore[attr-defined]
-        a, b = (visible_object(visible, request.POST.get(key)) for key in ("first", "second"))
-        if a.pk == b.pk:
-            raise Http404(_("A row is not a duplicate of itself."))
+        a, b = self.requested_pair(request, request.POST, _("A row is not a duplicate of itself."))[1:]
         if not all(self.has_change_permission(request, obj) for obj in (a, b)):  # type: ignore[attr-defined]
             raise PermissionDenied  # as the row's change form: the ModelAdmin refuses to change it
         first, second = DismissedPair.ordered(a.pk, b.pk)
