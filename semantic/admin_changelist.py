@@ -28,6 +28,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import pgettext_lazy
 
 from semantic.status import STATES
+from semantic.streaming import BATCH_SIZE
 
 #: The query-string parameter of the "by meaning" toggle.
 SEMANTIC_VAR = "semantic"
@@ -117,3 +118,17 @@ def semantic_changelist(base: type[ChangeList]) -> type[SemanticChangeList]:
     if issubclass(base, SemanticChangeList):
         return base
     return type(f"Semantic{base.__name__}", (SemanticChangeList, base), {})
+
+
+def changeable_objects(
+    model_admin: Any, request: HttpRequest, rows: models.QuerySet, pks: list[Any]
+) -> dict[Any, models.Model]:
+    """The rows among ``pks`` of ``rows`` this user may change, by key, read in batches:
+    ``model_admin`` decides for each (``has_change_permission(request, obj)``, as the row's
+    change form asks)."""
+    allowed = {}
+    for start in range(0, len(pks), BATCH_SIZE):
+        for obj in rows.filter(pk__in=pks[start : start + BATCH_SIZE]):
+            if model_admin.has_change_permission(request, obj):
+                allowed[obj.pk] = obj
+    return allowed

@@ -40,6 +40,7 @@ from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from semantic.admin_changelist import changeable_objects
 from semantic.classify import DEFAULT_K, annotate_predictions, apply_predictions, predict_labels, unlabelled
 from semantic.labels import Prediction, label_field_of, labelled
 from semantic.streaming import BATCH_SIZE
@@ -285,12 +286,7 @@ class LabelSuggestionMixin:
 
     def changeable_rows(self, request: HttpRequest, queryset: models.QuerySet, pks: list[Any]) -> dict[Any, Any]:
         """The rows among ``pks`` this user may change, by key: the ModelAdmin decides for each row."""
-        allowed = {}
-        for start in range(0, len(pks), BATCH_SIZE):
-            for obj in queryset.filter(pk__in=pks[start : start + BATCH_SIZE]):
-                if self.has_change_permission(request, obj):  # type: ignore[attr-defined]
-                    allowed[obj.pk] = obj
-        return allowed
+        return changeable_objects(self, request, queryset, pks)
 
     def write_labels(self, request: HttpRequest, predictions: list[Prediction], rows: dict[Any, Any]) -> int:
         """Write the predictions as ``semantic_classify`` does (never over a label set meanwhile)

@@ -29,13 +29,12 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from semantic import tenancy
-from semantic.admin_changelist import STATE_LABELS, EmbeddingStateFilter
+from semantic.admin_changelist import STATE_LABELS, EmbeddingStateFilter, changeable_objects
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingFailure
 from semantic.registry import embedding_fields
 from semantic.rows import FAILURE_SUFFIX, readable_keys, sweep_orphan_failures
 from semantic.status import STATES, field_status
-from semantic.streaming import BATCH_SIZE
 from semantic.tasks import enqueue, iter_fields
 
 #: How many of the newest failures the status page lists.
@@ -214,11 +213,7 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
         model_admin = self.admin_site._registry.get(model)
         if model_admin is None:
             return list(rows.filter(pk__in=pks).values_list("pk", flat=True))
-        allowed = []
-        for start in range(0, len(pks), BATCH_SIZE):
-            batch = rows.filter(pk__in=pks[start : start + BATCH_SIZE])
-            allowed += [obj.pk for obj in batch if model_admin.has_change_permission(request, obj)]
-        return allowed
+        return list(changeable_objects(model_admin, request, rows, pks))
 
 
 class StatusPageMixin:
