@@ -1,6 +1,7 @@
-"""Django admin: search by meaning, "Find similar", duplicate review and re-embedding (the
-changelist's toggle and ranking are in :mod:`semantic.admin_changelist`, duplicate review
-in :mod:`semantic.admin_duplicates` and :mod:`semantic.admin_compare`, the embedding status
+"""Django admin: "Find similar", the changelist's state column and filter, and re-embedding
+(the search box by meaning is in :mod:`semantic.admin_search`, the changelist's toggle and
+ranking in :mod:`semantic.admin_changelist`, duplicate review in
+:mod:`semantic.admin_duplicates` and :mod:`semantic.admin_compare`, the embedding status
 page in :mod:`semantic.admin_status`).
 
 Add :class:`SemanticAdminMixin` to the ModelAdmin of any model with an EmbeddingField::
@@ -23,19 +24,14 @@ from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import SEARCH_VAR
 from django.core import checks
 from django.db import models
-from django.db.models import Value
 from django.http import HttpRequest
-from django.template.defaultfilters import floatformat
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext, ngettext_lazy
-from pgvector.django import CosineDistance
 
 from semantic.admin_changelist import (
     SEMANTIC_VAR,
-    SIMILARITY,
     SIMILARITY_COLUMN,
     STATE_ANNOTATION,
     STATE_LABELS,
@@ -45,12 +41,13 @@ from semantic.admin_changelist import (
 )
 from semantic.admin_duplicates import DuplicateReviewMixin
 from semantic.admin_labels import LabelSuggestionMixin
+from semantic.admin_search import MeaningSearchMixin
 from semantic.admin_status import EmbeddingFailureAdmin, StatusPageMixin
 from semantic.admin_topics import TopicsMixin
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingBatchJob, EmbeddingFailure
-from semantic.query import SemanticQuerySet, vector_literal, with_semantic_methods
-from semantic.query_vectors import current_vector, query_vector
+from semantic.query import SemanticQuerySet
+from semantic.query_vectors import current_vector
 from semantic.registry import embedding_fields
 from semantic.rows import forget_deleted, forget_failures, mark_pending
 from semantic.status import with_state
@@ -61,10 +58,6 @@ from semantic.vectors import EmptyQuery, SearchUnavailable
 if TYPE_CHECKING:  # django-stubs' type of a template: a name, a list of names, or a Template
     from django.template.response import _TemplateForResponseT
 
-#: Shown instead of a server error when the embedding API cannot answer a query now.
-SEARCH_UNAVAILABLE = _("Search by meaning is unavailable right now ({reason}); showing results without it.")
-#: The same, for a search box with no keyword search to fall back to.
-MEANING_ONLY_UNAVAILABLE = _("Search by meaning is unavailable right now ({reason}); try again later.")
 #: "Find similar" shows no neighbours for rows whose text it had to embed when the API could not;
 #: the reason (SearchUnavailable's message) says whether to wait or which setting to fix.
 FIND_SIMILAR_UNAVAILABLE = ngettext_lazy(
@@ -76,8 +69,6 @@ FIND_SIMILAR_UNAVAILABLE = ngettext_lazy(
 )
 #: "Find similar" on a row whose stored vector is out of date and whose text is now empty.
 FIND_SIMILAR_NO_TEXT = _("Similar items could not be found: {reason}")
-#: Said when the search text holds nothing to embed and there is no keyword search to run instead.
-NOTHING_TO_SEARCH = _("Nothing to search by meaning in “{query}”.")
 #: "Re-embed" leaves out the selected rows the ModelAdmin does not let the user change
 #: (marked for translation; the count is passed when the message is shown).
 REEMBED_LEFT_OUT = ngettext_lazy(
@@ -85,8 +76,6 @@ REEMBED_LEFT_OUT = ngettext_lazy(
     "%(count)d selected rows are left out: you may not change them.",
     "count",
 )
-#: How many rows a search by meaning returns, most similar first.
-MEANING_RESULTS = 100
 #: semantic.E010: the ModelAdmin does not say which EmbeddingField its pages use.
 SEVERAL_FIELDS = "{admin}: {label} has several EmbeddingFields ({fields}); the admin's pages need one."
 UNKNOWN_FIELD = "{admin}.semantic_field is {name!r}, which is no EmbeddingField of {label}."
@@ -98,10 +87,11 @@ NO_FIELD = (
 NO_FIELD_HINT = "Remove SemanticAdminMixin from {admin}; add it to the ModelAdmin of the model with the EmbeddingField."
 
 
-class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin, StatusPageMixin):
-    """Semantic actions, pages, list column and filter for a ModelAdmin (duplicate review:
-    :mod:`semantic.admin_duplicates`; suggested labels: :mod:`semantic.admin_labels`; the
-    Topics page: :mod:`semantic.admin_topics`; the status page: :mod:`semantic.admin_status`)."""
+class SemanticAdminMixin(MeaningSearchMixin, LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin, StatusPageMixin):
+    """Semantic actions, pages, list column and filter for a ModelAdmin (search by meaning:
+    :mod:`semantic.admin_search`; duplicate review: :mod:`semantic.admin_duplicates`;
+    suggested labels: :mod:`semantic.admin_labels`; the Topics page: :mod:`semantic.admin_topics`;
+    the status page: :mod:`semantic.admin_status`)."""
 
     #: Which EmbeddingField to use; None when the model has just one.
     semantic_field: str | None = None
@@ -183,31 +173,12 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
         for field in embedding_fields(self.model):  # type: ignore[attr-defined]
             forget_deleted(field, pks, using)
 
-    # -- changelist: state column, filter, search by meaning ------------------------------
+    # -- changelist: state column, filter, the similarity column of a search by meaning ---
 
     @admin.display(description=_("embedding"), ordering=STATE_ANNOTATION)
     def embedding_state(self, obj: models.Model) -> str:
         state = getattr(obj, STATE_ANNOTATION, "")
         return STATE_LABELS.get(state, state)
-
-    @admin.display(description=_("similarity"), ordering=SIMILARITY)
-    def search_similarity(self, obj: models.Model) -> str:
-        """The row's similarity to the search text, as a number (written as the page's language
-        writes numbers) and a bar.
-
-        The bar is a ``<meter>``, whose length is an attribute: a width in a ``style``
-        attribute is refused by a Content-Security-Policy without 'unsafe-inline'.
-        """
-        value = getattr(obj, SIMILARITY, None)
-        if value is None:
-            return self.get_empty_value_display()  # type: ignore[attr-defined]
-        return format_html(
-            '<span class="semantic-match" title="{}"><meter class="semantic-bar" min="0" max="1" value="{}"></meter>'
-            ' <span class="semantic-score">{}</span></span>',
-            _("similarity to the search text"),
-            f"{max(0.0, min(1.0, value)):.3f}",
-            floatformat(value, 3),
-        )
 
     def get_list_display(self, request: HttpRequest) -> list[Any]:
         columns = [*super().get_list_display(request), "embedding_state"]  # type: ignore[misc]
@@ -221,10 +192,6 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[SemanticChangeList]:
         return semantic_changelist(super().get_changelist(request, **kwargs))  # type: ignore[misc]
 
-    def searches_by_meaning(self, request: HttpRequest) -> bool:
-        """The toggle is on, or there is no keyword search: the box then searches by meaning only."""
-        return request.GET.get(SEMANTIC_VAR) == "1" or not self.get_search_fields(request)  # type: ignore[attr-defined]
-
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
         context = {
             "semantic_search": request.GET.get(SEMANTIC_VAR) == "1",
@@ -232,44 +199,6 @@ class SemanticAdminMixin(LabelSuggestionMixin, TopicsMixin, DuplicateReviewMixin
             **(extra_context or {}),
         }
         return super().changelist_view(request, context)  # type: ignore[misc]
-
-    def get_search_results(self, request: HttpRequest, queryset: models.QuerySet, search_term: str) -> Any:
-        """With the "by meaning" toggle on, or no ``search_fields``, the rows nearest to the search text.
-
-        A box without ``search_fields`` searches by meaning only: when that cannot run, it
-        shows no rows and says why, never every row as if they all matched.
-        """
-        if not self.searches_by_meaning(request):
-            return super().get_search_results(request, queryset, search_term)  # type: ignore[misc]
-        keyword = bool(self.get_search_fields(request))  # type: ignore[attr-defined]
-        if not search_term.strip():
-            return queryset, False
-        field = self.get_embedding_field()
-        try:
-            # Among the rows the list's filters keep (``queryset``), not the table's nearest filtered afterwards.
-            nearest = list(
-                self.semantic_queryset(request, queryset)
-                .similar_to(search_term, field=field.name)
-                .values_list("pk", flat=True)[:MEANING_RESULTS]
-            )
-            vector, _ = query_vector(self.model, field, search_term)  # type: ignore[attr-defined]
-        except EmptyQuery:  # nothing to embed (control characters): an ordinary search
-            if not keyword:
-                self.message_user(request, NOTHING_TO_SEARCH.format(query=search_term), messages.WARNING)  # type: ignore[attr-defined]
-                return queryset.none(), False
-            return super().get_search_results(request, queryset, search_term)  # type: ignore[misc]
-        except SearchUnavailable as exc:
-            message = SEARCH_UNAVAILABLE if keyword else MEANING_ONLY_UNAVAILABLE
-            self.message_user(request, message.format(reason=exc), messages.WARNING)  # type: ignore[attr-defined]
-            if not keyword:
-                return queryset.none(), False
-            return super().get_search_results(request, queryset, search_term)  # type: ignore[misc]
-        similarity = Value(1.0) - CosineDistance(field.indexed_vector(), Value(vector_literal(vector)))
-        # With the mixin, a QuerySet that copies annotations onto the rows it builds (model-utils'
-        # select_subclasses()) is told of the state column too, which this annotate() would drop.
-        ranked = with_semantic_methods(queryset.filter(pk__in=nearest)).annotate(**{SIMILARITY: similarity})
-        # Django sorted the rows before this search; SemanticChangeList puts a sort the user chose back first.
-        return ranked.order_by(f"-{SIMILARITY}", "-pk"), False
 
     # -- actions --------------------------------------------------------------------------
 

@@ -28,9 +28,9 @@ from semantic.admin import (
     FIND_SIMILAR_UNAVAILABLE,
     NO_FIELD,
     NO_FIELD_HINT,
-    SEARCH_UNAVAILABLE,
     SemanticAdminMixin,
 )
+from semantic.admin_search import SEARCH_UNAVAILABLE
 from semantic.duplicates import SPLIT_MIN_ROWS
 from semantic.management.commands.semantic_embed import Command
 from semantic.models import DismissedPair, EmbeddingBatchJob, EmbeddingFailure
@@ -702,7 +702,7 @@ def test_search_by_meaning_orders_by_similarity(viewer, articles):
 
 
 def test_search_by_meaning_ranks_the_rows_the_list_filters_keep(viewer, articles, monkeypatch):
-    monkeypatch.setattr("semantic.admin.MEANING_RESULTS", 2)  # the table's 2 nearest are not billing rows
+    monkeypatch.setattr("semantic.admin_search.MEANING_RESULTS", 2)  # the table's 2 nearest are not billing rows
     Article.objects.filter(title__startswith="export").update(category="billing")
     response = viewer.get(reverse(CHANGELIST), {"q": MEANING_QUERY, "semantic": "1", "category": "billing"})
     assert {a.title for a in response.context["cl"].result_list} == {

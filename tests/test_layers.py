@@ -93,6 +93,7 @@ LAYERS = [
     "semantic.admin_duplicates",
     "semantic.admin_labels",
     "semantic.admin_topics",
+    "semantic.admin_search",
     "semantic.admin",
     "semantic.database_checks",
     "semantic.checks",
