@@ -40,26 +40,39 @@ MAX_PAUSE = 3600.0
 
 
 class EmptyQuery(ValueError):
-    """The text has nothing to embed: empty, or only whitespace and control characters.
+    """The text has nothing to embed: empty, or only whitespace, control and format characters.
 
     A ``ValueError``; a search view treats it as "no query".
     """
 
-    MESSAGE = "Cannot embed an empty text (nothing is left once whitespace and control characters are removed)."
+    MESSAGE = (
+        "Cannot embed an empty text "
+        "(nothing is left once whitespace, control and invisible format characters are removed)."
+    )
     #: For a search that embeds nothing (a keyword search, a keyword-only hybrid()).
     SEARCH_MESSAGE = (
-        "Cannot search for an empty text (nothing is left once whitespace and control characters are removed)."
+        "Cannot search for an empty text "
+        "(nothing is left once whitespace, control and invisible format characters are removed)."
     )
 
 
+#: Unicode categories with nothing to search: controls (C0 and C1), format characters
+#: (zero-width space and joiners, the byte order mark, left-to-right and right-to-left
+#: marks, the soft hyphen, the word joiner) and lone surrogates.
+INVISIBLE = frozenset({"Cc", "Cf", "Cs"})
+
+
 def blank(text: str) -> bool:
-    """True for a text with nothing to search: only whitespace and control characters.
+    """True for a text with nothing to search: only whitespace, control and format characters.
 
     Whitespace of every script counts (the ideographic space U+3000 a CJK input method
     types, NBSP, em spaces), and so do C1 controls, so ``?q=%E3%80%80`` is "no query" on
-    every search, keyword or meaning, rather than an error on some of them.
+    every search, keyword or meaning, rather than an error on some of them. So do the
+    characters nobody sees (:data:`INVISIBLE`): a pasted zero-width space, a BOM, or the
+    mark an RTL keyboard types would otherwise be embedded and answered with whatever
+    rows lie nearest.
     """
-    return all(char.isspace() or unicodedata.category(char) == "Cc" for char in text)
+    return all(char.isspace() or unicodedata.category(char) in INVISIBLE for char in text)
 
 
 class SearchUnavailable(EmbeddingError):

@@ -426,7 +426,9 @@ def test_duplicates_output_file_is_left_alone_when_the_export_fails(fake_gemini,
     assert not new.exists()
 
 
-@pytest.mark.parametrize("text", ["", "   ", "\x01\x02"], ids=["empty", "spaces", "controls"])
+@pytest.mark.parametrize(
+    "text", ["", "   ", "\x01\x02", "\u200b\ufeff\u200e"], ids=["empty", "spaces", "controls", "invisible"]
+)
 def test_search_refuses_an_empty_query(fake_gemini, text):
     with pytest.raises(CommandError) as info:
         call("semantic_search", "testapp.Article", text)

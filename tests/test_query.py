@@ -825,8 +825,21 @@ def test_a_query_with_nothing_to_embed_is_an_empty_query_error(articles, fake_ge
 
 
 #: Texts with nothing to search: whitespace of any script (U+3000 is what a CJK input
-#: method types for a space), C0 and C1 controls.
-BLANK_QUERIES = ["", " ", "\u3000", "\x01", " \x01\x02\t", "\u3000\n\t\u00a0\u2003", "\x85\x80\x9f\x7f"]
+#: method types for a space), C0 and C1 controls, and characters nobody sees (zero-width
+#: space and joiner, BOM, left-to-right and right-to-left marks, soft hyphen, word joiner).
+BLANK_QUERIES = [
+    "",
+    " ",
+    "\u3000",
+    "\x01",
+    " \x01\x02\t",
+    "\u3000\n\t\u00a0\u2003",
+    "\x85\x80\x9f\x7f",
+    "\u200b",
+    "\ufeff",
+    "\u200e \u200f",
+    "\u200b\u200d\ufeff\u00ad\u2060",
+]
 
 #: Every public way to search with a text.
 QUERY_ENTRY_POINTS = {

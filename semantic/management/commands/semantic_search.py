@@ -7,6 +7,7 @@ from semantic.management.output import terminal_safe
 from semantic.management.targets import resolve, threshold_type
 from semantic.query import with_semantic_methods
 from semantic.switch import serving_field
+from semantic.vectors import blank
 
 
 class Command(BaseCommand):
@@ -42,7 +43,7 @@ class Command(BaseCommand):
     def handle(self, target, text, k, min_similarity, **options):
         if k < 1:
             raise CommandError("-k must be at least 1.")
-        if not "".join(c for c in text if c.isprintable()).strip():
+        if blank(text):
             raise CommandError(self.EMPTY_QUERY)
         # Python hands over argument bytes its encoding cannot decode as lone surrogates (surrogateescape).
         if any("\udc80" <= c <= "\udcff" for c in text):
