@@ -39,10 +39,35 @@ from semantic.vectors import EmptyQuery, blank
 
 #: Words are matched with OR (see the module docstring); "all" uses plainto_tsquery's AND.
 MATCH_MODES = ("any", "all")
+#: Characters of a query whose words are searched for; the rest of a longer text is left out.
+MAX_QUERY_CHARS = 10_000
+#: Distinct words (lexemes) a query matches with "any": the first ones of the text.
+MAX_QUERY_WORDS = 256
+
+#: The distinct lexemes of a text in the order they first occur, at most MAX_QUERY_WORDS,
+#: each quoted as tsquery input reads it ('' for a quote, a backslash doubled), OR-ed.
+ANY_WORDS = (
+    r"(SELECT coalesce(string_agg('''' || replace(replace(lexeme, '\', '\\'), '''', '''''') || '''', "
+    "' | ' ORDER BY first, lexeme), '')::tsquery "
+    "FROM (SELECT lexeme, positions[1] AS first FROM unnest(to_tsvector({config}::regconfig, {text})) "
+    f"ORDER BY first, lexeme LIMIT {MAX_QUERY_WORDS}) AS words)"
+)
 
 
 class WordsQuery(Func):
-    """``tsquery`` for a text typed by a user, matching any (or all) of its words."""
+    """``tsquery`` for a text typed by a user, matching any (or all) of its words.
+
+    A search box takes pasted text, and ``ts_rank`` takes time in proportion to the
+    query's terms for every matching row: a 100 KB paste of ten words repeated made a
+    tsquery of 15,000 OR-ed terms and two seconds of ranking over 1,000 rows. So only the
+    first :data:`MAX_QUERY_CHARS` characters are read, and "any" has each distinct word
+    once, the first :data:`MAX_QUERY_WORDS` of them. A shorter query ranks exactly as
+    before: ``ts_rank`` already counted a repeated query word once (it sorts and
+    de-duplicates the query's words), and a document matches the same words
+    (docs/benchmarks.md, "Keyword query bound"). "all" keeps ``plainto_tsquery``'s
+    structure over those characters (a dictionary that gives a word several lexemes
+    needs one of them, not all).
+    """
 
     output_field = models.TextField()
 
@@ -51,15 +76,16 @@ class WordsQuery(Func):
             raise ValueError(f"match is one of {', '.join(MATCH_MODES)}, not {match!r}.")
         self.match = match
         # Control characters as spaces: PostgreSQL refuses a NUL in any text parameter.
-        super().__init__(Value(config), Value(sanitize(text)))
+        super().__init__(Value(config), Value(sanitize(text[:MAX_QUERY_CHARS])))
 
     def as_sql(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, list[Any]]:
         (config_sql, config_params), (text_sql, text_params) = (
             compiler.compile(expression) for expression in self.get_source_expressions()
         )
-        sql = f"plainto_tsquery({config_sql}::regconfig, {text_sql})"
         if self.match == "any":
-            sql = f"replace({sql}::text, ' & ', ' | ')::tsquery"
+            sql = ANY_WORDS.format(config=config_sql, text=text_sql)
+        else:
+            sql = f"plainto_tsquery({config_sql}::regconfig, {text_sql})"
         return sql, [*config_params, *text_params]
 
 
