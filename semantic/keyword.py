@@ -29,11 +29,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import models
+from django.db import DataError, ProgrammingError, models, transaction
 from django.db.models import Func, Value
 from django.db.models.expressions import Expression
 
-from semantic.keyword_index import MAX_CHARS, WholeTextKeywordIndex, document_vector, keyword_index
+from semantic.keyword_index import MAX_CHARS, WholeTextKeywordIndex, column_config, document_vector, keyword_index
 from semantic.text import sanitize
 from semantic.vectors import EmptyQuery, blank
 
@@ -43,6 +43,18 @@ MATCH_MODES = ("any", "all")
 MAX_QUERY_CHARS = 10_000
 #: Distinct words (lexemes) a query matches with "any": the first ones of the text.
 MAX_QUERY_WORDS = 256
+
+#: (database alias, name) of the text search configurations found, each looked up once.
+KNOWN_CONFIGS: set[tuple[str, str]] = set()
+UNKNOWN_CONFIG = (
+    "The database has no text search configuration {config!r}: pass the name of one that "
+    "SELECT cfgname FROM pg_ts_config lists (such as 'english' or 'simple'), or leave config out "
+    "to use the KeywordIndex's."
+)
+OTHER_CONFIG = (
+    "{label}.{field} holds words made in the {stored!r} text search configuration, so words parsed "
+    "in config={config!r} would not match them: leave config out, or pass config={stored!r}."
+)
 
 #: The distinct lexemes of a text in the order they first occur, at most MAX_QUERY_WORDS,
 #: each quoted as tsquery input reads it ('' for a quote, a backslash doubled), OR-ed.
@@ -75,6 +87,7 @@ class WordsQuery(Func):
         if match not in MATCH_MODES:
             raise ValueError(f"match is one of {', '.join(MATCH_MODES)}, not {match!r}.")
         self.match = match
+        self.config = config
         # Control characters as spaces: PostgreSQL refuses a NUL in any text parameter.
         super().__init__(Value(config), Value(sanitize(text[:MAX_QUERY_CHARS])))
 
@@ -82,11 +95,31 @@ class WordsQuery(Func):
         (config_sql, config_params), (text_sql, text_params) = (
             compiler.compile(expression) for expression in self.get_source_expressions()
         )
+        require_config(connection, self.config)
         if self.match == "any":
             sql = ANY_WORDS.format(config=config_sql, text=text_sql)
         else:
             sql = f"plainto_tsquery({config_sql}::regconfig, {text_sql})"
         return sql, [*config_params, *text_params]
+
+
+def require_config(connection: Any, config: str) -> None:
+    """Raise ``ValueError`` for a text search configuration the database does not have.
+
+    Checked when the search is compiled, before it runs: PostgreSQL's own error would
+    come from the middle of the queryset's evaluation, as a ``ProgrammingError`` (a view
+    mapping a visitor's language to ``config=`` would answer 500). A name once found is
+    not looked up again in this process.
+    """
+    if (connection.alias, config) in KNOWN_CONFIGS:
+        return
+    try:
+        # A savepoint: the failed cast must not abort a transaction the caller is in.
+        with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+            cursor.execute("SELECT %s::regconfig", [config])
+    except (ProgrammingError, DataError):
+        raise ValueError(UNKNOWN_CONFIG.format(config=config)) from None
+    KNOWN_CONFIGS.add((connection.alias, config))
 
 
 class Matches(Func):
@@ -156,7 +189,11 @@ def keyword_search(
 def keyword_settings(
     model: type[models.Model], fields: list[str] | tuple[str, ...] | None, config: str | None
 ) -> tuple[tuple[str, ...], str]:
-    """The fields and configuration to search: given, or the KeywordIndex's."""
+    """The fields and configuration to search: given, or the KeywordIndex's.
+
+    A ``config`` other than the one a generated ``tsvector`` column is built in is
+    refused: the query's words, stemmed another way, would silently match nothing.
+    """
     index = keyword_index(model)
     if fields is None:
         if index is None:
@@ -169,7 +206,19 @@ def keyword_settings(
         raise ValueError("Keyword search needs at least one text field.")
     if config is None:
         config = index.config if index is not None and index.keyword_fields == fields else "english"
+    elif not isinstance(config, str) or not config.strip():
+        raise ValueError(f"config names a text search configuration such as 'english', not {config!r}.")
+    else:
+        stored = column_config(model, fields)
+        if stored is not None and config_name(config) != config_name(stored):
+            label = model._meta.label
+            raise ValueError(OTHER_CONFIG.format(label=label, field=fields[0], stored=stored, config=config))
     return fields, config
+
+
+def config_name(config: str) -> str:
+    """``config`` as PostgreSQL resolves it: without case, or the schema of the built-in ones."""
+    return config.strip().lower().removeprefix("pg_catalog.")
 
 
 def __getattr__(name: str) -> Any:

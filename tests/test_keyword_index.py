@@ -11,7 +11,7 @@ import random
 import string
 
 import pytest
-from django.db import connection, migrations, models
+from django.db import connection, migrations, models, transaction
 from django.db.migrations.autodetector import MigrationAutodetector
 from django.db.migrations.graph import MigrationGraph
 from django.db.migrations.questioner import MigrationQuestioner
@@ -133,3 +133,29 @@ def test_a_long_query_matches_its_first_distinct_words_only():
     assert query_terms(" ".join(words)) == MAX_QUERY_WORDS
     assert list(keyword_search(Doc.objects.all(), " ".join(words)).values_list("pk", flat=True)) == [first.pk]
     assert query_terms(" ".join(words), match="all") <= len(words)
+
+
+#: The two ways to search by keywords with a text.
+SEARCHES = [keyword_search, lambda rows, text, **options: hybrid(rows, text, weights=(1, 0), **options)]
+
+
+@pytest.mark.parametrize("search", SEARCHES, ids=["keyword_search", "hybrid by keywords"])
+def test_a_config_other_than_the_stored_columns_is_refused_at_the_call(search):
+    """Doc.search is built in 'english': 'passwords' parsed in 'simple' silently matched nothing."""
+    row = Doc.objects.create(title="Account help", text="Reset forgotten passwords here.")
+    with pytest.raises(ValueError, match=r"docsapp.Doc.search holds words made in the 'english' .* config='simple'"):
+        search(Doc.objects.all(), "passwords", config="simple")
+    for same in ("english", "English", "pg_catalog.english"):
+        assert [found.pk for found in search(Doc.objects.all(), "passwords", config=same)] == [row.pk]
+    page = Page.objects.create(title="Account help", text="Reset forgotten passwords here.")
+    # An expression index parses both sides in the config given: any is consistent.
+    assert [found.pk for found in search(Page.objects.all(), "passwords", config="simple")] == [page.pk]
+
+
+@pytest.mark.parametrize("search", SEARCHES, ids=["keyword_search", "hybrid by keywords"])
+def test_an_unknown_config_is_a_value_error_before_the_search_runs(search):
+    Page.objects.create(title="Account help", text="Reset forgotten passwords here.")
+    with transaction.atomic():
+        with pytest.raises(ValueError, match="The database has no text search configuration 'klingon'"):
+            list(search(Page.objects.all(), "passwords", config="klingon"))
+        assert Page.objects.count() == 1  # the transaction is still usable
