@@ -394,6 +394,8 @@ def install_sweep_schedule(**kwargs: Any) -> None:
         # Also after ``migrate semantic zero``, the step before taking the app out of INSTALLED_APPS:
         # a schedule left behind would have every run kill the worker that imports semantic.tasks.
         Schedule.objects.using(using).filter(name=SWEEP_SCHEDULE_NAME).delete()
+        if not _app_migrated(state):
+            drop_queued_tasks(using)
         return
     Schedule.objects.using(using).update_or_create(
         name=SWEEP_SCHEDULE_NAME,
@@ -406,6 +408,27 @@ def install_sweep_schedule(**kwargs: Any) -> None:
             "kwargs": repr({"q_options": {**TASK_OPTIONS, "group": SWEEP_SCHEDULE_NAME}}),
         },
     )
+
+
+def drop_queued_tasks(using: str) -> None:
+    """Delete this app's tasks still queued in django-q2's ORM broker (``migrate semantic zero``).
+
+    A wake-up queued before the fields were removed, and not yet run by a worker (one that
+    was stopped, or behind), would otherwise kill every worker that takes it once the app
+    is out of INSTALLED_APPS. A Redis or other broker's queue is not in the database: its
+    tasks are dropped with a warning while the app is still installed (README "Removing the app").
+    """
+    from django_q.models import OrmQ
+
+    stale = []
+    for task in OrmQ.objects.using(using).iterator():
+        try:
+            func = task.func()
+        except Exception:  # noqa: BLE001 - another app's payload, signed with another key: not ours to judge
+            continue
+        if isinstance(func, str) and func.startswith("semantic."):
+            stale.append(task.pk)
+    OrmQ.objects.using(using).filter(pk__in=stale).delete()
 
 
 def _app_migrated(state: Any) -> bool:

@@ -939,8 +939,12 @@ def test_taking_the_app_out_as_the_readme_says_leaves_no_schedule_behind(new_pro
     project = new_project(api_key=None)
     assert project.sql(SCHEDULED) == [("semantic.tasks.embed_pending",)]
     remove_the_field(project)
+    project.manage("shell", "-c", "from django_q.tasks import async_task; async_task('math.floor', 2.5)")
     project.manage("migrate", "semantic", "zero")
     assert project.sql(SCHEDULED) == []
+    # The wake-up queued before step 1, which no worker ran, is gone; another app's task stays.
+    queued = "from django_q.models import OrmQ; print(sorted(t.func() for t in OrmQ.objects.all()))"
+    assert project.manage("shell", "-c", queued).splitlines()[-1] == "['math.floor']"
     assert not project.sql("SELECT 1 FROM pg_tables WHERE tablename LIKE 'semantic_%'")
     take_out_of_installed_apps(project)
     project.manage("migrate")
