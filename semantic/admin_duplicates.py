@@ -183,6 +183,7 @@ class DuplicateReviewMixin(CompareMixin):
         tables = []
         can_dismiss = self.has_semantic_change_permission(request)  # type: ignore[attr-defined]
         unchangeable: set[Any] = set()  # rows of the page the ModelAdmin refuses to change: no "Not a duplicate"
+        unviewable: set[Any] = set()  # rows whose change form the ModelAdmin refuses: no excerpt, no "Compare"
         kept_note = search_error = None
         if error is None:
             dismissed = set(
@@ -206,9 +207,10 @@ class DuplicateReviewMixin(CompareMixin):
             groups = review_groups(pairs, pairs_shown=self.duplicate_pairs_shown)
             page = Paginator(groups, self.duplicate_groups_per_page).get_page(request.GET.get("page"))
             with_objects(rows, page)
-            tables = [(group, self.duplicate_rows(rows, group)) for group in page]
+            shown = {obj.pk: obj for group in page for a, b, _ in group.pairs for obj in (a, b)}
+            unviewable = {pk for pk, obj in shown.items() if not self.has_view_or_change_permission(request, obj)}  # type: ignore[attr-defined]
+            tables = [(group, self.duplicate_rows(request, rows, group, unviewable)) for group in page]
             if can_dismiss:
-                shown = {obj.pk: obj for group in page for a, b, _ in group.pairs for obj in (a, b)}
                 unchangeable = {pk for pk, obj in shown.items() if not self.has_change_permission(request, obj)}  # type: ignore[attr-defined]
             if self.duplicate_cache_seconds and found_at is not None:
                 local = timezone.localtime(found_at) if timezone.is_aware(found_at) else found_at  # USE_TZ = False
@@ -230,6 +232,7 @@ class DuplicateReviewMixin(CompareMixin):
             "date_label": self.duplicate_date_label(),
             "can_dismiss": can_dismiss,
             "unchangeable": unchangeable,
+            "unviewable": unviewable,
             "compare_url": self.semantic_url("compare_duplicates"),  # type: ignore[attr-defined]
             "review_all_url": self.review_url([("threshold", shown_threshold)]),
             "back_url": self.changelist_back_url(state),
@@ -260,8 +263,11 @@ class DuplicateReviewMixin(CompareMixin):
             cache.set(key, kept, self.duplicate_cache_seconds)
         return kept
 
-    def duplicate_rows(self, rows: SemanticQuerySet, group: ReviewGroup) -> list[ReviewRow]:
-        """The group's shown rows for its table: each one's similarity to the first, an excerpt, a date."""
+    def duplicate_rows(
+        self, request: HttpRequest, rows: SemanticQuerySet, group: ReviewGroup, unviewable: set[Any]
+    ) -> list[ReviewRow]:
+        """The group's shown rows for its table: each one's similarity to the first, an excerpt
+        and a date (neither of a row in ``unviewable``, whose change form the ModelAdmin refuses)."""
         field = self.get_embedding_field()  # type: ignore[attr-defined]
         shown = group.shown_rows
         scores = similarities_to(rows, shown[0].pk, [obj.pk for obj in shown[1:]], field)
@@ -270,12 +276,17 @@ class DuplicateReviewMixin(CompareMixin):
             ReviewRow(
                 obj=obj,
                 similarity=None if n == 0 else scores.get(obj.pk),
-                excerpt=Truncator(" ".join(field.source_text(obj).split())).chars(self.duplicate_excerpt_chars),
-                date=getattr(obj, date_field) if date_field else None,
+                excerpt="" if obj.pk in unviewable else self.duplicate_excerpt(request, obj),
+                date=getattr(obj, date_field) if date_field and obj.pk not in unviewable else None,
             )
             for n, obj in enumerate(shown)
         ]
         return table[:1] + sorted(table[1:], key=lambda row: -(row.similarity if row.similarity is not None else -2))
+
+    def duplicate_excerpt(self, request: HttpRequest, obj: models.Model) -> str:
+        """The start of a row's text."""
+        field = self.get_embedding_field()  # type: ignore[attr-defined]
+        return Truncator(" ".join(field.source_text(obj).split())).chars(self.duplicate_excerpt_chars)
 
     def duplicate_page_threshold(self, request: HttpRequest) -> tuple[float, str, str | None]:
         """The threshold to search with, the one to show in the form (the user's own, even when

@@ -317,6 +317,36 @@ def test_not_a_duplicate_needs_the_modeladmin_to_let_the_user_change_both_rows(e
     assert all(str(held.pk) not in pair for pair in offered)
 
 
+@pytest.fixture
+def confidential(monkeypatch):
+    """ArticleAdmin refuses to show rows titled "confidential …" per row (neither view nor
+    change: their change form answers 403), while the list still lists them."""
+    model_admin = admin.site._registry[Article]
+    for name in ("has_view_permission", "has_change_permission"):
+        declared = getattr(type(model_admin), name)
+
+        def refuse(request, obj=None, declared=declared):
+            if obj is not None and obj.title.startswith("confidential"):
+                return False
+            return declared(model_admin, request, obj)
+
+        monkeypatch.setattr(model_admin, name, refuse)
+
+
+def test_compare_and_review_show_no_field_of_a_row_the_modeladmin_refuses_to_show(editor, articles, confidential):
+    a = articles["export invoices as csv"]
+    secret = Article.objects.create(title="confidential export invoices as csv", body="salary cuts")
+    assert editor.get(reverse("admin:testapp_article_change", args=[secret.pk])).status_code == 403
+    for first, second in ((a, secret), (secret, a)):
+        assert editor.get(reverse(COMPARE), {"first": first.pk, "second": second.pk}).status_code == 403
+    review = editor.get(reverse(DUPLICATES), {"threshold": "0.3"})
+    assert any(secret in group.rows for group in review.context["groups"])  # listed, as the changelist lists it
+    page = review.content.decode()
+    assert "salary cuts" not in page
+    assert not re.search(rf"(first|second)={secret.pk}&", page)  # no "Compare" link that would answer 403
+    assert re.search(rf"(first|second)={a.pk}&", page)
+
+
 def test_retry_failed_rows_leaves_out_rows_the_modeladmin_refuses_to_change(editor, articles, fake_gemini, locked):
     fake_gemini.reject_marker = "REJECT"
     Article.objects.create(title="REJECT free")
