@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import flatten_fieldsets
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
@@ -30,6 +31,7 @@ from semantic.admin_compare import CHANGELIST_FILTERS, SELECTION_VAR, CompareMix
 from semantic.admin_dismissed import DismissedPairAdmin
 from semantic.admin_selection import keep_selection, kept_selection
 from semantic.duplicates import DuplicateSearchCanceled
+from semantic.field_text import read_part
 from semantic.fields import EmbeddingField
 from semantic.models import DismissedPair
 from semantic.query import DEFAULT_DUPLICATE_THRESHOLD, SemanticQuerySet
@@ -284,9 +286,13 @@ class DuplicateReviewMixin(CompareMixin):
         return table[:1] + sorted(table[1:], key=lambda row: -(row.similarity if row.similarity is not None else -2))
 
     def duplicate_excerpt(self, request: HttpRequest, obj: models.Model) -> str:
-        """The start of a row's text."""
+        """The start of a row's text, from the parts of the field's ``source`` its change form shows
+        this user (``get_fieldsets()``: ``fields``, ``exclude``, ``readonly_fields`` apply, as on the
+        Compare page); a part kept off the form (an excluded field, a method) is left out."""
         field = self.get_embedding_field()  # type: ignore[attr-defined]
-        return Truncator(" ".join(field.source_text(obj).split())).chars(self.duplicate_excerpt_chars)
+        on_form = set(flatten_fieldsets(self.get_fieldsets(request, obj)))  # type: ignore[attr-defined]
+        text = " ".join(read_part(obj, name) for name in field.source if name in on_form)
+        return Truncator(" ".join(text.split())).chars(self.duplicate_excerpt_chars)
 
     def duplicate_page_threshold(self, request: HttpRequest) -> tuple[float, str, str | None]:
         """The threshold to search with, the one to show in the form (the user's own, even when

@@ -1316,6 +1316,22 @@ def test_compare_shows_only_the_fields_the_modeladmin_shows(admin_client, articl
     ]
 
 
+def test_duplicate_review_excerpts_only_the_text_the_change_form_shows(editor, articles, monkeypatch):
+    """The excerpt is of the embedded text, but a source field kept off the form stays off it."""
+    a = articles["export invoices as csv"]
+    Article.objects.filter(pk=a.pk).update(body="payroll cuts")
+    model_admin = admin.site._registry[Article]
+    monkeypatch.setattr(model_admin, "get_exclude", lambda request, obj=None: ["body"])
+    assert "payroll" not in editor.get(reverse("admin:testapp_article_change", args=[a.pk])).content.decode()
+    review = editor.get(reverse(DUPLICATES), {"threshold": "0.3"})
+    (row,) = [row for _, rows in review.context["group_tables"] for row in rows if row.obj.pk == a.pk]
+    assert row.excerpt == a.title
+    assert "payroll" not in review.content.decode()
+    monkeypatch.setattr(model_admin, "get_exclude", lambda request, obj=None: None)
+    shown = editor.get(reverse(DUPLICATES), {"threshold": "0.3"}).context["group_tables"]
+    assert [row.excerpt for _, rows in shown for row in rows if row.obj.pk == a.pk] == [f"{a.title} payroll cuts"]
+
+
 def test_compare_refusals_and_no_delete_links_without_delete_permission(viewer, articles, client):
     a, b = articles["export invoices as csv"], articles["export all invoices to csv"]
     hidden = articles["reset account password secret"]
