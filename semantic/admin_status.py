@@ -2,7 +2,8 @@
 
 The page reports on other models' rows, so the EmbeddingFailure permissions that open it
 are not enough: a model counts only when the user may view it through its ModelAdmin on
-this admin site, and then only the rows that ModelAdmin's ``get_queryset()`` admits.
+this admin site (superusers see the models without one too), and then only the rows that
+ModelAdmin's ``get_queryset()`` admits.
 "Retry failed rows" re-queues only rows the user sees and may change (the ModelAdmin's
 ``has_change_permission(request, obj)`` of each), and drops the records of rows deleted
 since (as the sweep does). Failure rows that name a model or field that is gone, or a key
@@ -16,7 +17,6 @@ from typing import Any
 
 from django.apps import apps
 from django.contrib import admin, messages
-from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied
 from django.db import models, router
 from django.db.models import CharField, Q
@@ -156,18 +156,15 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
         """The rows of ``model`` this user may ``"view"`` or ``"change"`` on this admin site; None for none.
 
         A model's ModelAdmin decides, as on its own pages. A model without one on this site
-        falls back to Django's model permissions (what a ModelAdmin checks by default),
-        over every row.
+        is on this site's page for superusers only (every row: what ``semantic_status``
+        shows them), never through Django's model permissions: a staff user's ModelAdmin on
+        another site may admit fewer rows, and a URL under this site's prefix must not show more.
         """
         model_admin = self.admin_site._registry.get(model)
-        if model_admin is not None:
-            allowed = getattr(model_admin, f"has_{action}_permission")(request)
-            return model_admin.get_queryset(request) if allowed else None
-        opts = model._meta
-        actions = ("view", "change") if action == "view" else (action,)
-        if any(request.user.has_perm(f"{opts.app_label}.{get_permission_codename(a, opts)}") for a in actions):
-            return model._base_manager.all()
-        return None
+        if model_admin is None:
+            return model._base_manager.all() if request.user.is_superuser else None
+        allowed = getattr(model_admin, f"has_{action}_permission")(request)
+        return model_admin.get_queryset(request) if allowed else None
 
     def drop_records_of_deleted_rows(self, request: HttpRequest) -> int:
         """Drop the failure records of rows deleted behind the ORM's back (as the sweep does), of
@@ -211,7 +208,7 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
         """The keys among ``pks`` of ``rows`` this user may change: the model's ModelAdmin on this
         site decides for each row (``has_change_permission(request, obj)``, as the row's change form asks)."""
         model_admin = self.admin_site._registry.get(model)
-        if model_admin is None:
+        if model_admin is None:  # a superuser's, on a site without this model
             return list(rows.filter(pk__in=pks).values_list("pk", flat=True))
         return list(changeable_objects(model_admin, request, rows, pks))
 

@@ -926,6 +926,32 @@ def test_status_counts_of_a_model_without_a_semantic_changelist_are_not_links(ad
     assert linked_rows() == {"testapp.Entry.embedding", "testapp.Report.embedding"}
 
 
+def test_status_page_reports_to_staff_only_models_its_own_site_registers(client, articles, fake_gemini):
+    """tests/urls.py's "plainadmin" registers Note alone: under its prefix, Article's rows (of
+    which ArticleAdmin on admin.site hides some) are not counted, listed or retried for a staff
+    user holding Article's permissions; nor are Note's on admin.site, which has no ModelAdmin for it."""
+    fake_gemini.reject_marker = "REJECT"
+    hidden = Article.objects.create(title="REJECT hidden", category="hidden")
+    Note.objects.create(text="REJECT note")
+    fake_gemini.reject_marker = None
+    plain = reverse("plainadmin:testapp_note_semantic_status")
+    perms = ("view_embeddingfailure", "change_embeddingfailure", "change_article", "change_note")
+    client.force_login(staff("staff", *perms))
+    page = client.get(plain)
+    assert [row["model"] for row in page.context["report"]] == ["testapp.Note"]
+    assert [f.model_label for f in page.context["errors"]] == ["testapp.Note"]
+    on_admin = client.get(reverse("admin:semantic_status"))
+    assert "testapp.Note" not in {row["model"] for row in on_admin.context["report"]}
+    assert on_admin.context["errors"] == []  # ArticleAdmin hides category "hidden"
+    retried = client.post(plain, follow=True)
+    assert [str(m) for m in retried.context["messages"]][0] == "Queued 1 failed row again."  # Note's
+    assert list(EmbeddingFailure.objects.values_list("model_label", "object_pk", "permanent")) == [
+        ("testapp.Article", str(hidden.pk), True)
+    ]
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "pw"))
+    assert {"testapp.Article", "testapp.Note"} <= {row["model"] for row in client.get(plain).context["report"]}
+
+
 def test_failure_records_go_with_their_rows_however_the_rows_are_deleted(admin_client, fake_gemini):
     """A text the API refused is often junk that is then deleted: its record must not stay
     listed, and retried ("Skipped 1 failed row") on every press of the status page's button."""
