@@ -21,7 +21,7 @@ from django.core.exceptions import PermissionDenied
 from django.db import models, router
 from django.db.models import CharField, Q
 from django.db.models.functions import Cast
-from django.http import HttpRequest, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.http import urlencode
@@ -226,21 +226,30 @@ class StatusPageMixin:
         ]
 
     def embedding_status_view(self, request: HttpRequest) -> Any:
-        return EmbeddingFailureAdmin(EmbeddingFailure, self.admin_site).status_view(request)  # type: ignore[attr-defined]
+        """The page, on a site that registers no EmbeddingFailure admin; 404 on one that does:
+        there the page is that admin's, whose permissions (a subclass's stricter ones) must decide."""
+        site = self.admin_site  # type: ignore[attr-defined]
+        if EmbeddingFailure in site._registry:
+            raise Http404(_("This admin site shows the embedding status beside its embedding failures."))
+        return EmbeddingFailureAdmin(EmbeddingFailure, site).status_view(request)
 
     def embedding_status_url(self, request: HttpRequest) -> str | None:
-        """This site's embedding status page; None when this user may not open it.
+        """This site's embedding status page; None when this user may not open it, or the site has none.
 
         A site with an EmbeddingFailureAdmin (``admin.site``: the app registers one there)
-        serves the page beside the failures; any other site, from this ModelAdmin's URLs.
+        serves the page beside the failures, under that admin's permissions; a site that
+        registers another admin for EmbeddingFailure has no page; any other site serves it
+        from this ModelAdmin's URLs.
         """
         site = self.admin_site  # type: ignore[attr-defined]
         failure_admin = site._registry.get(EmbeddingFailure)
         name = "semantic_status"
-        if not isinstance(failure_admin, EmbeddingFailureAdmin):
+        if failure_admin is None:
             failure_admin = EmbeddingFailureAdmin(EmbeddingFailure, site)
             opts = self.model._meta  # type: ignore[attr-defined]
             name = f"{opts.app_label}_{opts.model_name}_semantic_status"
+        elif not isinstance(failure_admin, EmbeddingFailureAdmin):
+            return None
         if not failure_admin.has_view_permission(request):
             return None
         return reverse(f"admin:{name}", current_app=site.name)

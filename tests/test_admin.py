@@ -28,6 +28,7 @@ from semantic.admin import (
     FIND_SIMILAR_UNAVAILABLE,
     NO_FIELD,
     NO_FIELD_HINT,
+    EmbeddingFailureAdmin,
     SemanticAdminMixin,
 )
 from semantic.admin_search import SEARCH_UNAVAILABLE
@@ -950,6 +951,41 @@ def test_status_page_reports_to_staff_only_models_its_own_site_registers(client,
     ]
     client.force_login(User.objects.create_superuser("root", "root@example.com", "pw"))
     assert {"testapp.Article", "testapp.Note"} <= {row["model"] for row in client.get(plain).context["report"]}
+
+
+class SuperuserOnlyFailureAdmin(EmbeddingFailureAdmin):
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+
+def test_a_site_that_registers_a_failure_admin_serves_the_status_page_only_through_it(editor, articles, settings):
+    """A stricter EmbeddingFailureAdmin holds at the model's own status URL too: that URL is for
+    sites with none (404 here, as on admin.site, whose page is beside the failures)."""
+    site = admin.AdminSite(name="strictadmin")
+    site.register(Article, ArticleAdmin)
+    site.register(EmbeddingFailure, SuperuserOnlyFailureAdmin)
+    urlconf = ModuleType("strictadmin_urls")
+    urlconf.urlpatterns = [path("strictadmin/", site.urls)]
+    settings.ROOT_URLCONF = urlconf
+    EmbeddingFailure.objects.create(
+        model_label="testapp.Article",
+        field_name="embedding",
+        object_pk=str(articles["export invoices as csv"].pk),
+        error="refused",
+        permanent=True,
+    )
+    assert editor.get(reverse("strictadmin:semantic_status")).status_code == 403
+    assert "semantic-status-link" not in editor.get(reverse("strictadmin:testapp_article_changelist")).content.decode()
+    beside_the_model = reverse("strictadmin:testapp_article_semantic_status")
+    assert editor.get(beside_the_model).status_code == 404
+    assert editor.post(beside_the_model).status_code == 404
+    assert EmbeddingFailure.objects.get().permanent  # not retried
+    settings.ROOT_URLCONF = "tests.urls"
+    assert editor.get(reverse("admin:testapp_article_semantic_status")).status_code == 404
+    assert editor.get(reverse("admin:semantic_status")).status_code == 200
 
 
 def test_failure_records_go_with_their_rows_however_the_rows_are_deleted(admin_client, fake_gemini):
