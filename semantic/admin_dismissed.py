@@ -98,3 +98,9 @@ class DismissedPairAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def has_change_permission(self, request: HttpRequest, obj: DismissedPair | None = None) -> bool:
+        """Read-only: pairs are made by "Not a duplicate", which checks that the user may change
+        both rows; an editable form would let anyone name other rows, or another user. Deleting
+        one (to see the pair in the review again) stays."""
+        return False

@@ -1547,3 +1547,27 @@ def test_dismissed_pairs_name_both_rows_and_survive_deleted_ones(admin_client, a
         assert f'<a href="{reverse("admin:testapp_article_change", args=[obj.pk])}">{obj.title}</a>' in page
     assert f"{gone_pk} (deleted)" in page
     assert hidden.title not in page  # its admin hides it: the key only
+
+
+def test_dismissed_pairs_are_read_only_and_may_be_deleted(client, articles):
+    """Only "Not a duplicate" makes a pair (it checks both rows may be changed): the form cannot
+    re-point one at other rows, or at another user."""
+    a, b, c = (
+        articles[t] for t in ("export invoices as csv", "export all invoices to csv", "reset my account password")
+    )
+    first, second = DismissedPair.ordered(a.pk, b.pk)
+    pair = DismissedPair.objects.create(
+        model_label="testapp.Article", field_name="embedding", first_pk=first, second_pk=second, dismissed_by="root"
+    )
+    client.force_login(
+        staff("pairs", "view_article", "view_dismissedpair", "change_dismissedpair", "delete_dismissedpair")
+    )
+    url = reverse("admin:semantic_dismissedpair_change", args=[pair.pk])
+    form = client.get(url)
+    assert form.status_code == 200 and form.context["adminform"].form.fields == {}
+    data = {"model_label": "testapp.Article", "field_name": "embedding", "first_pk": c.pk, "second_pk": b.pk}
+    assert client.post(url, {**data, "dismissed_by": "someone else"}).status_code == 403
+    pair.refresh_from_db()
+    assert (pair.first_pk, pair.second_pk, pair.dismissed_by) == (first, second, "root")
+    deleted = client.post(reverse("admin:semantic_dismissedpair_delete", args=[pair.pk]), {"post": "yes"})
+    assert deleted.status_code == 302 and not DismissedPair.objects.exists()
