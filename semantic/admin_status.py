@@ -106,9 +106,9 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
                 self.message_user(request, message % dropped)
             if skipped:
                 message = ngettext(
-                    "Skipped %d failed row: its model, field or row is gone, its key is malformed, "
+                    "Skipped %d failed row: its model or field is gone, its key is malformed, "
                     "or you may not change it.",
-                    "Skipped %d failed rows: their model, field or row is gone, their key is malformed, "
+                    "Skipped %d failed rows: their model or field is gone, their key is malformed, "
                     "or you may not change them.",
                     skipped,
                 )
@@ -176,7 +176,11 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
         )
 
     def retry_failed(self, request: HttpRequest) -> tuple[int, int]:
-        """Queue the failed rows this user may change and sees; returns (queued, skipped)."""
+        """Queue the failed rows this user may change and sees; returns (queued, skipped).
+
+        Skipped counts only what this user may know of: the rows they see but may not change,
+        records of a model or field since removed, and malformed keys; never the records of
+        rows ``get_queryset()`` hides, whose number would tell how many of them fail."""
         queued = skipped = 0
         for using, (label, field_name), keys in failures_by_field():
             # A row whose passages failed is queued under its field: the worker retries its passages.
@@ -185,13 +189,17 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
                 continue  # rows saved to another database than the model is read from: not on this page
             if model is not None and not tenancy.has_table(model, using):
                 model = None  # a tenant model's records left in the public schema: its rows are not here
-            rows = self.model_rows(request, model, "change") if model else None
-            if model is None or rows is None:
+            if model is None:
                 skipped += len(keys)
                 continue
-            pks = readable_keys(model, keys)
-            allowed = self.changeable_keys(request, model, rows, list(pks))
-            skipped += len(keys) - len(allowed)
+            seen = self.model_rows(request, model, "view")
+            if seen is None:
+                continue  # a model this user does not see here: its records are not theirs to count
+            pks = readable_keys(model, keys)  # a malformed key is no one's row: counting it tells nothing
+            shown = list(seen.filter(pk__in=list(pks)).values_list("pk", flat=True))
+            rows = self.model_rows(request, model, "change")
+            allowed = self.changeable_keys(request, model, rows, shown) if rows is not None else []
+            skipped += len(keys) - len(pks) + len(shown) - len(allowed)
             if not allowed:
                 continue
             # Read where the rows are read from; changed where the worker wrote them (a replica refuses writes).
