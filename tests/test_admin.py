@@ -1545,8 +1545,34 @@ def test_dismissed_pairs_name_both_rows_and_survive_deleted_ones(admin_client, a
     page = response.content.decode()
     for obj in (a, b):
         assert f'<a href="{reverse("admin:testapp_article_change", args=[obj.pk])}">{obj.title}</a>' in page
-    assert f"{gone_pk} (deleted)" in page
-    assert hidden.title not in page  # its admin hides it: the key only
+    assert f"{gone_pk} (deleted, or hidden from you)" in page
+    assert f"{hidden.pk} (deleted, or hidden from you)" in page  # its admin hides it: alike, the key only
+    assert hidden.title not in page
+
+
+def test_dismissed_pairs_list_only_pairs_with_a_row_the_user_sees(client, articles):
+    """As the failures list: a pair of rows all hidden from the user is not listed (nor who marked
+    it), and a hidden row of a listed pair reads as a deleted one does, so existence never shows."""
+    a = articles["export invoices as csv"]
+    hidden = articles["reset account password secret"]
+    also_hidden = Article.objects.create(title="another hidden one", category="hidden")
+    gone = Article.objects.create(title="deleted since", category="hidden")
+    for x, y in ((a, hidden), (hidden, also_hidden), (hidden, gone)):
+        first, second = DismissedPair.ordered(x.pk, y.pk)
+        DismissedPair.objects.create(
+            model_label="testapp.Article", field_name="embedding", first_pk=first, second_pk=second, dismissed_by="root"
+        )
+    DismissedPair.objects.create(model_label="gone.Model", field_name="embedding", first_pk="1", second_pk="2")
+    gone.delete()
+    client.force_login(staff("pairs", "view_article", "view_dismissedpair"))
+    response = client.get(reverse("admin:semantic_dismissedpair_changelist"))
+    listed = {(p.model_label, p.first_pk, p.second_pk) for p in response.context["cl"].result_list}
+    assert listed == {("testapp.Article", *DismissedPair.ordered(a.pk, hidden.pk)), ("gone.Model", "1", "2")}
+    assert f"{hidden.pk} (deleted, or hidden from you)" in response.content.decode()
+    first, second = DismissedPair.ordered(hidden.pk, also_hidden.pk)
+    unseen = DismissedPair.objects.get(first_pk=first, second_pk=second)
+    change = client.get(reverse("admin:semantic_dismissedpair_change", args=[unseen.pk]))
+    assert change.status_code == 302  # Django's "doesn't exist. Perhaps it was deleted?"
 
 
 def test_dismissed_pairs_are_read_only_and_may_be_deleted(client, articles):
