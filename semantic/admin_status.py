@@ -164,6 +164,8 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
         if model_admin is None:
             return model._base_manager.all() if request.user.is_superuser else None
         allowed = getattr(model_admin, f"has_{action}_permission")(request)
+        if action == "change" and hasattr(model_admin, "has_semantic_change_permission"):
+            allowed = allowed and model_admin.has_semantic_change_permission(request)  # re-embedding is its feature
         return model_admin.get_queryset(request) if allowed else None
 
     def drop_records_of_deleted_rows(self, request: HttpRequest) -> int:

@@ -604,6 +604,39 @@ def test_pages_refuse_users_without_view_permission(client, articles):
     assert client.get(reverse("admin:semantic_status")).status_code == 403
 
 
+def test_the_semantic_permission_hooks_switch_off_every_semantic_feature_of_the_list(editor, articles, monkeypatch):
+    """has_semantic_view_permission() / has_semantic_change_permission() refusing: no link to a page
+    that would answer 403, no search or column by meaning, no suggested labels, no retry of its rows."""
+    from tests.urls import other_site
+
+    for model_admin in (admin.site._registry[Article], other_site._registry[Article]):
+        monkeypatch.setattr(model_admin, "has_semantic_view_permission", lambda request: False)
+        monkeypatch.setattr(model_admin, "has_semantic_change_permission", lambda request: False)
+    listed = editor.get(reverse(CHANGELIST))
+    page = listed.content.decode()
+    assert "Review duplicates" not in page and ">Topics<" not in page and "semantic-toggle" not in page
+    assert "find_similar" not in page and "reembed" not in page
+    searched = editor.get(reverse(CHANGELIST), {"q": "password", "semantic": "1"})
+    assert "similarity" not in [h["text"] for h in searched.context["result_headers"]]
+    assert {a.title for a in searched.context["cl"].result_list} == {
+        t for t in articles if "password" in t and "secret" not in t
+    }  # Django's keyword search
+    labelled = editor.get(reverse("myadmin:testapp_article_changelist"))
+    assert "suggested label" not in [h["text"] for h in labelled.context["result_headers"]]
+
+    Article.objects.filter(pk=articles["export invoices as csv"].pk).update(embedding=None)
+    EmbeddingFailure.objects.create(
+        model_label="testapp.Article",
+        field_name="embedding",
+        object_pk=str(articles["export invoices as csv"].pk),
+        error="refused",
+        permanent=True,
+    )
+    retried = editor.post(reverse("admin:semantic_status"), follow=True)
+    assert [str(m) for m in retried.context["messages"]][0] == "Queued 0 failed rows again."
+    assert EmbeddingFailure.objects.get().permanent
+
+
 def test_change_form_shows_similar_items(viewer, articles):
     obj = articles["reset my account password"]
     response = viewer.get(reverse("admin:testapp_article_change", args=[obj.pk]))
