@@ -193,8 +193,10 @@ class SemanticAdminMixin(MeaningSearchMixin, LabelSuggestionMixin, TopicsMixin, 
         return semantic_changelist(super().get_changelist(request, **kwargs))  # type: ignore[misc]
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        allowed = self.has_semantic_view_permission(request)
         context = {
-            "semantic_search": request.GET.get(SEMANTIC_VAR) == "1",
+            "semantic_allowed": allowed,
+            "semantic_search": allowed and request.GET.get(SEMANTIC_VAR) == "1",
             "semantic_status_url": self.embedding_status_url(request),
             **(extra_context or {}),
         }

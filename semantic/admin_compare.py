@@ -54,6 +54,8 @@ class CompareMixin:
         if not self.has_semantic_view_permission(request):
             raise PermissionDenied
         visible, a, b = self.requested_pair(request, request.GET, _("A row is not compared with itself."))
+        if not all(self.has_view_or_change_permission(request, obj) for obj in (a, b)):  # type: ignore[attr-defined]
+            raise PermissionDenied  # as the row's change form: the ModelAdmin refuses to show it
         field = self.get_embedding_field()  # type: ignore[attr-defined]
         state = review_state(request.GET)
         back = urlencode([(BACK, urlencode(state))])

@@ -1,9 +1,12 @@
 """The admin's list of pairs marked "not a duplicate", naming both rows.
 
 A pair stores a model label and two primary keys as text, so it outlives its rows. The
-list shows each row as its admin would (``str()``, linked to its change page) when this
-user may see it there, the bare key when the row's admin hides it, and "(deleted)" when
-the row is gone. Rows are fetched once per model for the page, not once per cell.
+list holds the pairs of which this user may see a row through its model's ModelAdmin on
+this admin site (and those of models no longer installed, which show no one's rows), as
+the list of embedding failures does. It shows each row as its admin would (``str()``,
+linked to its change page) when this user may see it there; a row hidden from them and a
+row deleted since look alike, so the list never tells which hidden rows exist. Rows are
+fetched once per model for the page, not once per cell.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from django.contrib.admin.exceptions import NotRegistered
 from django.contrib.admin.utils import quote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
@@ -26,7 +31,7 @@ from django.utils.translation import gettext_lazy as _
 
 from semantic.models import DismissedPair
 
-DELETED = _("%(pk)s (deleted)")
+NOT_SHOWN = _("%(pk)s (deleted, or hidden from you)")
 
 
 class PairChangeList(ChangeList):
@@ -54,36 +59,61 @@ def describe_rows(pairs: Iterable[DismissedPair], request: HttpRequest, site: ad
 
 
 def rows_of(label: str, raw_pks: set[str], request: HttpRequest, site: admin.AdminSite) -> dict[str, Any]:
-    """Each stored key of one model: a link, the bare key (hidden from this user), or "(deleted)"."""
+    """Each stored key of one model: a link to the row, or the key saying it is deleted or hidden."""
     try:
         model = apps.get_model(label)
     except (LookupError, ValueError):
         return {}
-    keys = {}
-    for raw in raw_pks:
-        try:
-            keys[raw] = model._meta.pk.to_python(raw)
-        except (ValueError, ValidationError):
-            continue
-    existing = {str(pk) for pk in model._base_manager.filter(pk__in=keys.values()).values_list("pk", flat=True)}
-    shown: dict[str, Any] = {raw: DELETED % {"pk": raw} for raw in raw_pks if raw not in existing}
+    shown: dict[str, Any] = {raw: NOT_SHOWN % {"pk": raw} for raw in raw_pks}
+    opts = model._meta
+    for obj, raw in visible_rows(model, raw_pks, request, site):
+        url = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[quote(obj.pk)], current_app=site.name)
+        shown[raw] = format_html('<a href="{}">{}</a>', url, obj)
+    return shown
+
+
+def visible_rows(
+    model: type[models.Model], raw_pks: Iterable[str], request: HttpRequest, site: admin.AdminSite
+) -> list[tuple[models.Model, str]]:
+    """The rows among stored keys ``raw_pks`` this user may see through ``model``'s ModelAdmin on ``site``,
+    each with its stored key."""
     try:
         model_admin = site.get_model_admin(model)
     except NotRegistered:
-        return shown
+        return []
     if not model_admin.has_view_permission(request):
-        return shown
-    opts = model._meta
-    for obj in model_admin.get_queryset(request).filter(pk__in=keys.values()):
-        url = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[quote(obj.pk)], current_app=site.name)
-        shown[str(obj.pk)] = format_html('<a href="{}">{}</a>', url, obj)
-    return shown
+        return []
+    keys = {}
+    for raw in raw_pks:
+        try:
+            keys[model._meta.pk.to_python(raw)] = raw
+        except (ValueError, ValidationError):
+            continue
+    return [(obj, keys[obj.pk]) for obj in model_admin.get_queryset(request).filter(pk__in=keys)]
 
 
 @admin.register(DismissedPair)
 class DismissedPairAdmin(admin.ModelAdmin):
     list_display = ["model_label", "field_name", "first_row", "second_row", "dismissed_by", "dismissed_at"]
     list_filter = ["model_label"]
+
+    def get_queryset(self, request: HttpRequest) -> models.QuerySet:
+        """The pairs with a row this user may see on this site, and those of models no longer installed."""
+        pairs = super().get_queryset(request)
+        keys: dict[str, set[str]] = defaultdict(set)
+        for label, first, second in pairs.values_list("model_label", "first_pk", "second_pk"):
+            keys[label].update((first, second))
+        shown = Q(pk__in=[])
+        for label, raw_pks in keys.items():
+            try:
+                model = apps.get_model(label)
+            except (LookupError, ValueError):
+                shown |= Q(model_label=label)
+                continue
+            seen = [raw for _, raw in visible_rows(model, raw_pks, request, self.admin_site)]
+            if seen:
+                shown |= Q(model_label=label) & (Q(first_pk__in=seen) | Q(second_pk__in=seen))
+        return pairs.filter(shown)
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return PairChangeList
@@ -97,4 +127,10 @@ class DismissedPairAdmin(admin.ModelAdmin):
         return getattr(pair, "semantic_rows", {}).get("second", pair.second_pk)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: DismissedPair | None = None) -> bool:
+        """Read-only: pairs are made by "Not a duplicate", which checks that the user may change
+        both rows; an editable form would let anyone name other rows, or another user. Deleting
+        one (to see the pair in the review again) stays."""
         return False

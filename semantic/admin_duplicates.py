@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import flatten_fieldsets
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
@@ -30,6 +31,7 @@ from semantic.admin_compare import CHANGELIST_FILTERS, SELECTION_VAR, CompareMix
 from semantic.admin_dismissed import DismissedPairAdmin
 from semantic.admin_selection import keep_selection, kept_selection
 from semantic.duplicates import DuplicateSearchCanceled
+from semantic.field_text import read_part
 from semantic.fields import EmbeddingField
 from semantic.models import DismissedPair
 from semantic.query import DEFAULT_DUPLICATE_THRESHOLD, SemanticQuerySet
@@ -183,6 +185,7 @@ class DuplicateReviewMixin(CompareMixin):
         tables = []
         can_dismiss = self.has_semantic_change_permission(request)  # type: ignore[attr-defined]
         unchangeable: set[Any] = set()  # rows of the page the ModelAdmin refuses to change: no "Not a duplicate"
+        unviewable: set[Any] = set()  # rows whose change form the ModelAdmin refuses: no excerpt, no "Compare"
         kept_note = search_error = None
         if error is None:
             dismissed = set(
@@ -206,9 +209,10 @@ class DuplicateReviewMixin(CompareMixin):
             groups = review_groups(pairs, pairs_shown=self.duplicate_pairs_shown)
             page = Paginator(groups, self.duplicate_groups_per_page).get_page(request.GET.get("page"))
             with_objects(rows, page)
-            tables = [(group, self.duplicate_rows(rows, group)) for group in page]
+            shown = {obj.pk: obj for group in page for a, b, _ in group.pairs for obj in (a, b)}
+            unviewable = {pk for pk, obj in shown.items() if not self.has_view_or_change_permission(request, obj)}  # type: ignore[attr-defined]
+            tables = [(group, self.duplicate_rows(request, rows, group, unviewable)) for group in page]
             if can_dismiss:
-                shown = {obj.pk: obj for group in page for a, b, _ in group.pairs for obj in (a, b)}
                 unchangeable = {pk for pk, obj in shown.items() if not self.has_change_permission(request, obj)}  # type: ignore[attr-defined]
             if self.duplicate_cache_seconds and found_at is not None:
                 local = timezone.localtime(found_at) if timezone.is_aware(found_at) else found_at  # USE_TZ = False
@@ -230,6 +234,7 @@ class DuplicateReviewMixin(CompareMixin):
             "date_label": self.duplicate_date_label(),
             "can_dismiss": can_dismiss,
             "unchangeable": unchangeable,
+            "unviewable": unviewable,
             "compare_url": self.semantic_url("compare_duplicates"),  # type: ignore[attr-defined]
             "review_all_url": self.review_url([("threshold", shown_threshold)]),
             "back_url": self.changelist_back_url(state),
@@ -260,8 +265,11 @@ class DuplicateReviewMixin(CompareMixin):
             cache.set(key, kept, self.duplicate_cache_seconds)
         return kept
 
-    def duplicate_rows(self, rows: SemanticQuerySet, group: ReviewGroup) -> list[ReviewRow]:
-        """The group's shown rows for its table: each one's similarity to the first, an excerpt, a date."""
+    def duplicate_rows(
+        self, request: HttpRequest, rows: SemanticQuerySet, group: ReviewGroup, unviewable: set[Any]
+    ) -> list[ReviewRow]:
+        """The group's shown rows for its table: each one's similarity to the first, an excerpt
+        and a date (neither of a row in ``unviewable``, whose change form the ModelAdmin refuses)."""
         field = self.get_embedding_field()  # type: ignore[attr-defined]
         shown = group.shown_rows
         scores = similarities_to(rows, shown[0].pk, [obj.pk for obj in shown[1:]], field)
@@ -270,12 +278,21 @@ class DuplicateReviewMixin(CompareMixin):
             ReviewRow(
                 obj=obj,
                 similarity=None if n == 0 else scores.get(obj.pk),
-                excerpt=Truncator(" ".join(field.source_text(obj).split())).chars(self.duplicate_excerpt_chars),
-                date=getattr(obj, date_field) if date_field else None,
+                excerpt="" if obj.pk in unviewable else self.duplicate_excerpt(request, obj),
+                date=getattr(obj, date_field) if date_field and obj.pk not in unviewable else None,
             )
             for n, obj in enumerate(shown)
         ]
         return table[:1] + sorted(table[1:], key=lambda row: -(row.similarity if row.similarity is not None else -2))
+
+    def duplicate_excerpt(self, request: HttpRequest, obj: models.Model) -> str:
+        """The start of a row's text, from the parts of the field's ``source`` its change form shows
+        this user (``get_fieldsets()``: ``fields``, ``exclude``, ``readonly_fields`` apply, as on the
+        Compare page); a part kept off the form (an excluded field, a method) is left out."""
+        field = self.get_embedding_field()  # type: ignore[attr-defined]
+        on_form = set(flatten_fieldsets(self.get_fieldsets(request, obj)))  # type: ignore[attr-defined]
+        text = " ".join(read_part(obj, name) for name in field.source if name in on_form)
+        return Truncator(" ".join(text.split())).chars(self.duplicate_excerpt_chars)
 
     def duplicate_page_threshold(self, request: HttpRequest) -> tuple[float, str, str | None]:
         """The threshold to search with, the one to show in the form (the user's own, even when

@@ -191,17 +191,21 @@ class LabelSuggestionMixin:
         name, confidence = found
         return f"{name} ({floatformat(confidence, 2)})"
 
+    def suggests_labels(self, request: HttpRequest) -> bool:
+        """The list suggests labels: ``semantic_label_field`` is set, and ``has_semantic_view_permission()`` allows."""
+        return bool(self.semantic_label_field) and self.has_semantic_view_permission(request)  # type: ignore[attr-defined]
+
     def get_list_display(self, request: HttpRequest) -> list[Any]:
         shown = [*super().get_list_display(request)]  # type: ignore[misc]
-        return [*shown, "suggested_label"] if self.semantic_label_field else shown
+        return [*shown, "suggested_label"] if self.suggests_labels(request) else shown
 
     def get_list_filter(self, request: HttpRequest) -> list[Any]:
         filters = [*super().get_list_filter(request)]  # type: ignore[misc]
-        return [*filters, SuggestionFilter] if self.semantic_label_field else filters
+        return [*filters, SuggestionFilter] if self.suggests_labels(request) else filters
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         base = super().get_changelist(request, **kwargs)  # type: ignore[misc]
-        return suggestion_changelist(base) if self.semantic_label_field else base
+        return suggestion_changelist(base) if self.suggests_labels(request) else base
 
     # -- the action -----------------------------------------------------------------------------
 

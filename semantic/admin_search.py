@@ -61,7 +61,10 @@ class MeaningSearchMixin:
         )
 
     def searches_by_meaning(self, request: HttpRequest) -> bool:
-        """The toggle is on, or there is no keyword search: the box then searches by meaning only."""
+        """The toggle is on, or there is no keyword search: the box then searches by meaning only.
+        Never for a user ``has_semantic_view_permission()`` refuses: Django's own search then."""
+        if not self.has_semantic_view_permission(request):  # type: ignore[attr-defined]
+            return False
         return request.GET.get(SEMANTIC_VAR) == "1" or not self.get_search_fields(request)  # type: ignore[attr-defined]
 
     def get_search_results(self, request: HttpRequest, queryset: models.QuerySet, search_term: str) -> Any:

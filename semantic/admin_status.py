@@ -2,7 +2,8 @@
 
 The page reports on other models' rows, so the EmbeddingFailure permissions that open it
 are not enough: a model counts only when the user may view it through its ModelAdmin on
-this admin site, and then only the rows that ModelAdmin's ``get_queryset()`` admits.
+this admin site (superusers see the models without one too), and then only the rows that
+ModelAdmin's ``get_queryset()`` admits.
 "Retry failed rows" re-queues only rows the user sees and may change (the ModelAdmin's
 ``has_change_permission(request, obj)`` of each), and drops the records of rows deleted
 since (as the sweep does). Failure rows that name a model or field that is gone, or a key
@@ -16,12 +17,11 @@ from typing import Any
 
 from django.apps import apps
 from django.contrib import admin, messages
-from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied
 from django.db import models, router
 from django.db.models import CharField, Q
 from django.db.models.functions import Cast
-from django.http import HttpRequest, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.http import urlencode
@@ -106,9 +106,9 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
                 self.message_user(request, message % dropped)
             if skipped:
                 message = ngettext(
-                    "Skipped %d failed row: its model, field or row is gone, its key is malformed, "
+                    "Skipped %d failed row: its model or field is gone, its key is malformed, "
                     "or you may not change it.",
-                    "Skipped %d failed rows: their model, field or row is gone, their key is malformed, "
+                    "Skipped %d failed rows: their model or field is gone, their key is malformed, "
                     "or you may not change them.",
                     skipped,
                 )
@@ -156,18 +156,17 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
         """The rows of ``model`` this user may ``"view"`` or ``"change"`` on this admin site; None for none.
 
         A model's ModelAdmin decides, as on its own pages. A model without one on this site
-        falls back to Django's model permissions (what a ModelAdmin checks by default),
-        over every row.
+        is on this site's page for superusers only (every row: what ``semantic_status``
+        shows them), never through Django's model permissions: a staff user's ModelAdmin on
+        another site may admit fewer rows, and a URL under this site's prefix must not show more.
         """
         model_admin = self.admin_site._registry.get(model)
-        if model_admin is not None:
-            allowed = getattr(model_admin, f"has_{action}_permission")(request)
-            return model_admin.get_queryset(request) if allowed else None
-        opts = model._meta
-        actions = ("view", "change") if action == "view" else (action,)
-        if any(request.user.has_perm(f"{opts.app_label}.{get_permission_codename(a, opts)}") for a in actions):
-            return model._base_manager.all()
-        return None
+        if model_admin is None:
+            return model._base_manager.all() if request.user.is_superuser else None
+        allowed = getattr(model_admin, f"has_{action}_permission")(request)
+        if action == "change" and hasattr(model_admin, "has_semantic_change_permission"):
+            allowed = allowed and model_admin.has_semantic_change_permission(request)  # re-embedding is its feature
+        return model_admin.get_queryset(request) if allowed else None
 
     def drop_records_of_deleted_rows(self, request: HttpRequest) -> int:
         """Drop the failure records of rows deleted behind the ORM's back (as the sweep does), of
@@ -179,7 +178,11 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
         )
 
     def retry_failed(self, request: HttpRequest) -> tuple[int, int]:
-        """Queue the failed rows this user may change and sees; returns (queued, skipped)."""
+        """Queue the failed rows this user may change and sees; returns (queued, skipped).
+
+        Skipped counts only what this user may know of: the rows they see but may not change,
+        records of a model or field since removed, and malformed keys; never the records of
+        rows ``get_queryset()`` hides, whose number would tell how many of them fail."""
         queued = skipped = 0
         for using, (label, field_name), keys in failures_by_field():
             # A row whose passages failed is queued under its field: the worker retries its passages.
@@ -188,13 +191,17 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
                 continue  # rows saved to another database than the model is read from: not on this page
             if model is not None and not tenancy.has_table(model, using):
                 model = None  # a tenant model's records left in the public schema: its rows are not here
-            rows = self.model_rows(request, model, "change") if model else None
-            if model is None or rows is None:
+            if model is None:
                 skipped += len(keys)
                 continue
-            pks = readable_keys(model, keys)
-            allowed = self.changeable_keys(request, model, rows, list(pks))
-            skipped += len(keys) - len(allowed)
+            seen = self.model_rows(request, model, "view")
+            if seen is None:
+                continue  # a model this user does not see here: its records are not theirs to count
+            pks = readable_keys(model, keys)  # a malformed key is no one's row: counting it tells nothing
+            shown = list(seen.filter(pk__in=list(pks)).values_list("pk", flat=True))
+            rows = self.model_rows(request, model, "change")
+            allowed = self.changeable_keys(request, model, rows, shown) if rows is not None else []
+            skipped += len(keys) - len(pks) + len(shown) - len(allowed)
             if not allowed:
                 continue
             # Read where the rows are read from; changed where the worker wrote them (a replica refuses writes).
@@ -211,7 +218,7 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
         """The keys among ``pks`` of ``rows`` this user may change: the model's ModelAdmin on this
         site decides for each row (``has_change_permission(request, obj)``, as the row's change form asks)."""
         model_admin = self.admin_site._registry.get(model)
-        if model_admin is None:
+        if model_admin is None:  # a superuser's, on a site without this model
             return list(rows.filter(pk__in=pks).values_list("pk", flat=True))
         return list(changeable_objects(model_admin, request, rows, pks))
 
@@ -229,21 +236,30 @@ class StatusPageMixin:
         ]
 
     def embedding_status_view(self, request: HttpRequest) -> Any:
-        return EmbeddingFailureAdmin(EmbeddingFailure, self.admin_site).status_view(request)  # type: ignore[attr-defined]
+        """The page, on a site that registers no EmbeddingFailure admin; 404 on one that does:
+        there the page is that admin's, whose permissions (a subclass's stricter ones) must decide."""
+        site = self.admin_site  # type: ignore[attr-defined]
+        if EmbeddingFailure in site._registry:
+            raise Http404(_("This admin site shows the embedding status beside its embedding failures."))
+        return EmbeddingFailureAdmin(EmbeddingFailure, site).status_view(request)
 
     def embedding_status_url(self, request: HttpRequest) -> str | None:
-        """This site's embedding status page; None when this user may not open it.
+        """This site's embedding status page; None when this user may not open it, or the site has none.
 
         A site with an EmbeddingFailureAdmin (``admin.site``: the app registers one there)
-        serves the page beside the failures; any other site, from this ModelAdmin's URLs.
+        serves the page beside the failures, under that admin's permissions; a site that
+        registers another admin for EmbeddingFailure has no page; any other site serves it
+        from this ModelAdmin's URLs.
         """
         site = self.admin_site  # type: ignore[attr-defined]
         failure_admin = site._registry.get(EmbeddingFailure)
         name = "semantic_status"
-        if not isinstance(failure_admin, EmbeddingFailureAdmin):
+        if failure_admin is None:
             failure_admin = EmbeddingFailureAdmin(EmbeddingFailure, site)
             opts = self.model._meta  # type: ignore[attr-defined]
             name = f"{opts.app_label}_{opts.model_name}_semantic_status"
+        elif not isinstance(failure_admin, EmbeddingFailureAdmin):
+            return None
         if not failure_admin.has_view_permission(request):
             return None
         return reverse(f"admin:{name}", current_app=site.name)

@@ -219,7 +219,11 @@ class TopicsMixin:
         # The raw query string: whatever the changelist strips from request.GET, Topics must see too.
         query = without(QueryDict(request.META.get("QUERY_STRING", "")), TOPIC_VAR, "p", "e")
         url = self.semantic_url("topics")  # type: ignore[attr-defined]
-        context = {"semantic_topics_url": f"{url}?{query.urlencode()}" if query else url, **(extra_context or {})}
+        if not self.has_semantic_view_permission(request):  # type: ignore[attr-defined]
+            url = None  # the page would answer 403
+        elif query:
+            url = f"{url}?{query.urlencode()}"
+        context = {"semantic_topics_url": url, **(extra_context or {})}
         return super().changelist_view(request, context)  # type: ignore[misc]
 
     def topic_date_field(self) -> str | None:

@@ -28,6 +28,7 @@ from semantic.admin import (
     FIND_SIMILAR_UNAVAILABLE,
     NO_FIELD,
     NO_FIELD_HINT,
+    EmbeddingFailureAdmin,
     SemanticAdminMixin,
 )
 from semantic.admin_search import SEARCH_UNAVAILABLE
@@ -317,6 +318,36 @@ def test_not_a_duplicate_needs_the_modeladmin_to_let_the_user_change_both_rows(e
     assert all(str(held.pk) not in pair for pair in offered)
 
 
+@pytest.fixture
+def confidential(monkeypatch):
+    """ArticleAdmin refuses to show rows titled "confidential …" per row (neither view nor
+    change: their change form answers 403), while the list still lists them."""
+    model_admin = admin.site._registry[Article]
+    for name in ("has_view_permission", "has_change_permission"):
+        declared = getattr(type(model_admin), name)
+
+        def refuse(request, obj=None, declared=declared):
+            if obj is not None and obj.title.startswith("confidential"):
+                return False
+            return declared(model_admin, request, obj)
+
+        monkeypatch.setattr(model_admin, name, refuse)
+
+
+def test_compare_and_review_show_no_field_of_a_row_the_modeladmin_refuses_to_show(editor, articles, confidential):
+    a = articles["export invoices as csv"]
+    secret = Article.objects.create(title="confidential export invoices as csv", body="salary cuts")
+    assert editor.get(reverse("admin:testapp_article_change", args=[secret.pk])).status_code == 403
+    for first, second in ((a, secret), (secret, a)):
+        assert editor.get(reverse(COMPARE), {"first": first.pk, "second": second.pk}).status_code == 403
+    review = editor.get(reverse(DUPLICATES), {"threshold": "0.3"})
+    assert any(secret in group.rows for group in review.context["groups"])  # listed, as the changelist lists it
+    page = review.content.decode()
+    assert "salary cuts" not in page
+    assert not re.search(rf"(first|second)={secret.pk}&", page)  # no "Compare" link that would answer 403
+    assert re.search(rf"(first|second)={a.pk}&", page)
+
+
 def test_retry_failed_rows_leaves_out_rows_the_modeladmin_refuses_to_change(editor, articles, fake_gemini, locked):
     fake_gemini.reject_marker = "REJECT"
     Article.objects.create(title="REJECT free")
@@ -326,7 +357,7 @@ def test_retry_failed_rows_leaves_out_rows_the_modeladmin_refuses_to_change(edit
     retried = editor.post(reverse("admin:semantic_status"), follow=True)
     assert [str(m) for m in retried.context["messages"]] == [
         "Queued 1 failed row again.",
-        "Skipped 1 failed row: its model, field or row is gone, its key is malformed, or you may not change it.",
+        "Skipped 1 failed row: its model or field is gone, its key is malformed, or you may not change it.",
     ]
     assert list(EmbeddingFailure.objects.values_list("object_pk", flat=True)) == [str(held.pk)]
 
@@ -571,6 +602,39 @@ def test_pages_refuse_users_without_view_permission(client, articles):
     client.force_login(staff("nobody"))
     assert client.get(reverse(DUPLICATES)).status_code == 403
     assert client.get(reverse("admin:semantic_status")).status_code == 403
+
+
+def test_the_semantic_permission_hooks_switch_off_every_semantic_feature_of_the_list(editor, articles, monkeypatch):
+    """has_semantic_view_permission() / has_semantic_change_permission() refusing: no link to a page
+    that would answer 403, no search or column by meaning, no suggested labels, no retry of its rows."""
+    from tests.urls import other_site
+
+    for model_admin in (admin.site._registry[Article], other_site._registry[Article]):
+        monkeypatch.setattr(model_admin, "has_semantic_view_permission", lambda request: False)
+        monkeypatch.setattr(model_admin, "has_semantic_change_permission", lambda request: False)
+    listed = editor.get(reverse(CHANGELIST))
+    page = listed.content.decode()
+    assert "Review duplicates" not in page and ">Topics<" not in page and "semantic-toggle" not in page
+    assert "find_similar" not in page and "reembed" not in page
+    searched = editor.get(reverse(CHANGELIST), {"q": "password", "semantic": "1"})
+    assert "similarity" not in [h["text"] for h in searched.context["result_headers"]]
+    assert {a.title for a in searched.context["cl"].result_list} == {
+        t for t in articles if "password" in t and "secret" not in t
+    }  # Django's keyword search
+    labelled = editor.get(reverse("myadmin:testapp_article_changelist"))
+    assert "suggested label" not in [h["text"] for h in labelled.context["result_headers"]]
+
+    Article.objects.filter(pk=articles["export invoices as csv"].pk).update(embedding=None)
+    EmbeddingFailure.objects.create(
+        model_label="testapp.Article",
+        field_name="embedding",
+        object_pk=str(articles["export invoices as csv"].pk),
+        error="refused",
+        permanent=True,
+    )
+    retried = editor.post(reverse("admin:semantic_status"), follow=True)
+    assert [str(m) for m in retried.context["messages"]][0] == "Queued 0 failed rows again."
+    assert EmbeddingFailure.objects.get().permanent
 
 
 def test_change_form_shows_similar_items(viewer, articles):
@@ -894,6 +958,67 @@ def test_status_counts_of_a_model_without_a_semantic_changelist_are_not_links(ad
     # Nor does a changelist whose ModelAdmin took the embedding filter away.
     monkeypatch.setattr(admin.site._registry[Article], "get_list_filter", lambda request: [])
     assert linked_rows() == {"testapp.Entry.embedding", "testapp.Report.embedding"}
+
+
+def test_status_page_reports_to_staff_only_models_its_own_site_registers(client, articles, fake_gemini):
+    """tests/urls.py's "plainadmin" registers Note alone: under its prefix, Article's rows (of
+    which ArticleAdmin on admin.site hides some) are not counted, listed or retried for a staff
+    user holding Article's permissions; nor are Note's on admin.site, which has no ModelAdmin for it."""
+    fake_gemini.reject_marker = "REJECT"
+    hidden = Article.objects.create(title="REJECT hidden", category="hidden")
+    Note.objects.create(text="REJECT note")
+    fake_gemini.reject_marker = None
+    plain = reverse("plainadmin:testapp_note_semantic_status")
+    perms = ("view_embeddingfailure", "change_embeddingfailure", "change_article", "change_note")
+    client.force_login(staff("staff", *perms))
+    page = client.get(plain)
+    assert [row["model"] for row in page.context["report"]] == ["testapp.Note"]
+    assert [f.model_label for f in page.context["errors"]] == ["testapp.Note"]
+    on_admin = client.get(reverse("admin:semantic_status"))
+    assert "testapp.Note" not in {row["model"] for row in on_admin.context["report"]}
+    assert on_admin.context["errors"] == []  # ArticleAdmin hides category "hidden"
+    retried = client.post(plain, follow=True)
+    assert [str(m) for m in retried.context["messages"]] == ["Queued 1 failed row again."]  # Note's
+    assert list(EmbeddingFailure.objects.values_list("model_label", "object_pk", "permanent")) == [
+        ("testapp.Article", str(hidden.pk), True)
+    ]
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "pw"))
+    assert {"testapp.Article", "testapp.Note"} <= {row["model"] for row in client.get(plain).context["report"]}
+
+
+class SuperuserOnlyFailureAdmin(EmbeddingFailureAdmin):
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+
+def test_a_site_that_registers_a_failure_admin_serves_the_status_page_only_through_it(editor, articles, settings):
+    """A stricter EmbeddingFailureAdmin holds at the model's own status URL too: that URL is for
+    sites with none (404 here, as on admin.site, whose page is beside the failures)."""
+    site = admin.AdminSite(name="strictadmin")
+    site.register(Article, ArticleAdmin)
+    site.register(EmbeddingFailure, SuperuserOnlyFailureAdmin)
+    urlconf = ModuleType("strictadmin_urls")
+    urlconf.urlpatterns = [path("strictadmin/", site.urls)]
+    settings.ROOT_URLCONF = urlconf
+    EmbeddingFailure.objects.create(
+        model_label="testapp.Article",
+        field_name="embedding",
+        object_pk=str(articles["export invoices as csv"].pk),
+        error="refused",
+        permanent=True,
+    )
+    assert editor.get(reverse("strictadmin:semantic_status")).status_code == 403
+    assert "semantic-status-link" not in editor.get(reverse("strictadmin:testapp_article_changelist")).content.decode()
+    beside_the_model = reverse("strictadmin:testapp_article_semantic_status")
+    assert editor.get(beside_the_model).status_code == 404
+    assert editor.post(beside_the_model).status_code == 404
+    assert EmbeddingFailure.objects.get().permanent  # not retried
+    settings.ROOT_URLCONF = "tests.urls"
+    assert editor.get(reverse("admin:testapp_article_semantic_status")).status_code == 404
+    assert editor.get(reverse("admin:semantic_status")).status_code == 200
 
 
 def test_failure_records_go_with_their_rows_however_the_rows_are_deleted(admin_client, fake_gemini):
@@ -1286,6 +1411,22 @@ def test_compare_shows_only_the_fields_the_modeladmin_shows(admin_client, articl
     ]
 
 
+def test_duplicate_review_excerpts_only_the_text_the_change_form_shows(editor, articles, monkeypatch):
+    """The excerpt is of the embedded text, but a source field kept off the form stays off it."""
+    a = articles["export invoices as csv"]
+    Article.objects.filter(pk=a.pk).update(body="payroll cuts")
+    model_admin = admin.site._registry[Article]
+    monkeypatch.setattr(model_admin, "get_exclude", lambda request, obj=None: ["body"])
+    assert "payroll" not in editor.get(reverse("admin:testapp_article_change", args=[a.pk])).content.decode()
+    review = editor.get(reverse(DUPLICATES), {"threshold": "0.3"})
+    (row,) = [row for _, rows in review.context["group_tables"] for row in rows if row.obj.pk == a.pk]
+    assert row.excerpt == a.title
+    assert "payroll" not in review.content.decode()
+    monkeypatch.setattr(model_admin, "get_exclude", lambda request, obj=None: None)
+    shown = editor.get(reverse(DUPLICATES), {"threshold": "0.3"}).context["group_tables"]
+    assert [row.excerpt for _, rows in shown for row in rows if row.obj.pk == a.pk] == [f"{a.title} payroll cuts"]
+
+
 def test_compare_refusals_and_no_delete_links_without_delete_permission(viewer, articles, client):
     a, b = articles["export invoices as csv"], articles["export all invoices to csv"]
     hidden = articles["reset account password secret"]
@@ -1437,5 +1578,55 @@ def test_dismissed_pairs_name_both_rows_and_survive_deleted_ones(admin_client, a
     page = response.content.decode()
     for obj in (a, b):
         assert f'<a href="{reverse("admin:testapp_article_change", args=[obj.pk])}">{obj.title}</a>' in page
-    assert f"{gone_pk} (deleted)" in page
-    assert hidden.title not in page  # its admin hides it: the key only
+    assert f"{gone_pk} (deleted, or hidden from you)" in page
+    assert f"{hidden.pk} (deleted, or hidden from you)" in page  # its admin hides it: alike, the key only
+    assert hidden.title not in page
+
+
+def test_dismissed_pairs_list_only_pairs_with_a_row_the_user_sees(client, articles):
+    """As the failures list: a pair of rows all hidden from the user is not listed (nor who marked
+    it), and a hidden row of a listed pair reads as a deleted one does, so existence never shows."""
+    a = articles["export invoices as csv"]
+    hidden = articles["reset account password secret"]
+    also_hidden = Article.objects.create(title="another hidden one", category="hidden")
+    gone = Article.objects.create(title="deleted since", category="hidden")
+    for x, y in ((a, hidden), (hidden, also_hidden), (hidden, gone)):
+        first, second = DismissedPair.ordered(x.pk, y.pk)
+        DismissedPair.objects.create(
+            model_label="testapp.Article", field_name="embedding", first_pk=first, second_pk=second, dismissed_by="root"
+        )
+    DismissedPair.objects.create(model_label="gone.Model", field_name="embedding", first_pk="1", second_pk="2")
+    gone.delete()
+    client.force_login(staff("pairs", "view_article", "view_dismissedpair"))
+    response = client.get(reverse("admin:semantic_dismissedpair_changelist"))
+    listed = {(p.model_label, p.first_pk, p.second_pk) for p in response.context["cl"].result_list}
+    assert listed == {("testapp.Article", *DismissedPair.ordered(a.pk, hidden.pk)), ("gone.Model", "1", "2")}
+    assert f"{hidden.pk} (deleted, or hidden from you)" in response.content.decode()
+    first, second = DismissedPair.ordered(hidden.pk, also_hidden.pk)
+    unseen = DismissedPair.objects.get(first_pk=first, second_pk=second)
+    change = client.get(reverse("admin:semantic_dismissedpair_change", args=[unseen.pk]))
+    assert change.status_code == 302  # Django's "doesn't exist. Perhaps it was deleted?"
+
+
+def test_dismissed_pairs_are_read_only_and_may_be_deleted(client, articles):
+    """Only "Not a duplicate" makes a pair (it checks both rows may be changed): the form cannot
+    re-point one at other rows, or at another user."""
+    a, b, c = (
+        articles[t] for t in ("export invoices as csv", "export all invoices to csv", "reset my account password")
+    )
+    first, second = DismissedPair.ordered(a.pk, b.pk)
+    pair = DismissedPair.objects.create(
+        model_label="testapp.Article", field_name="embedding", first_pk=first, second_pk=second, dismissed_by="root"
+    )
+    client.force_login(
+        staff("pairs", "view_article", "view_dismissedpair", "change_dismissedpair", "delete_dismissedpair")
+    )
+    url = reverse("admin:semantic_dismissedpair_change", args=[pair.pk])
+    form = client.get(url)
+    assert form.status_code == 200 and form.context["adminform"].form.fields == {}
+    data = {"model_label": "testapp.Article", "field_name": "embedding", "first_pk": c.pk, "second_pk": b.pk}
+    assert client.post(url, {**data, "dismissed_by": "someone else"}).status_code == 403
+    pair.refresh_from_db()
+    assert (pair.first_pk, pair.second_pk, pair.dismissed_by) == (first, second, "root")
+    deleted = client.post(reverse("admin:semantic_dismissedpair_delete", args=[pair.pk]), {"post": "yes"})
+    assert deleted.status_code == 302 and not DismissedPair.objects.exists()
