@@ -1,0 +1,125 @@
+"""What a screen reader gets from the admin pages the app adds, checked in their HTML the way
+Django's own admin templates do it: every table header has a name (visible or in a
+``visually-hidden`` span), headers say what they head (``scope``), an input with an error
+points at it (``aria-invalid``, ``aria-describedby``), a region is named by its heading, and
+a control repeated on every row says which row it is for.
+"""
+
+from html.parser import HTMLParser
+
+import pytest
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.core.cache import cache
+from django.urls import reverse
+
+from semantic import embed_pending
+from tests.testapp.models import Article
+from tests.topicapp.models import Ticket
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+class Element:
+    def __init__(self, tag, attrs, parent):
+        self.tag, self.attrs, self.parent, self.children = tag, dict(attrs), parent, []
+
+    def text(self):
+        """The text inside, visually hidden text included (a screen reader reads it)."""
+        parts = [c if isinstance(c, str) else c.text() for c in self.children]
+        return " ".join("".join(parts).split())
+
+    def spoken(self):
+        """The text inside without what ``aria-hidden`` hides: roughly what a screen reader says."""
+        if self.attrs.get("aria-hidden") == "true":
+            return ""
+        parts = [c if isinstance(c, str) else " " + c.spoken() + " " for c in self.children]
+        return " ".join("".join(parts).split())
+
+    def name(self):
+        """An accessible name, as far as these pages need: aria-label, else the text (or value of a button)."""
+        if "aria-label" in self.attrs:
+            return self.attrs["aria-label"]
+        return self.attrs.get("value", "") if self.tag == "input" else self.spoken()
+
+    def iter(self, tag=None, **attrs):
+        for child in self.children:
+            if isinstance(child, Element):
+                if (tag is None or child.tag == tag) and all(child.attrs.get(k) == v for k, v in attrs.items()):
+                    yield child
+                yield from child.iter(tag, **attrs)
+
+    def classes(self):
+        return self.attrs.get("class", "").split()
+
+
+class TreeBuilder(HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.root = self.current = Element("#document", {}, None)
+
+    def handle_starttag(self, tag, attrs):
+        element = Element(tag, attrs, self.current)
+        self.current.children.append(element)
+        if tag not in VOID:
+            self.current = element
+
+    def handle_endtag(self, tag):
+        open_element = self.current
+        while open_element is not None and open_element.tag != tag:
+            open_element = open_element.parent
+        if open_element is not None and open_element.parent is not None:
+            self.current = open_element.parent
+
+    def handle_data(self, data):
+        self.current.children.append(data)
+
+
+def parse(response):
+    assert response.status_code == 200
+    builder = TreeBuilder()
+    builder.feed(response.content.decode())
+    return builder.root
+
+
+def content(response):
+    """The page's #content-main: what the app renders, not Django's header and sidebar."""
+    return next(parse(response).iter(id="content-main"))
+
+
+def by_id(root, element_id):
+    found = list(root.iter(id=element_id))
+    assert len(found) == 1, element_id
+    return found[0]
+
+
+@pytest.fixture
+def rows(fake_gemini):
+    cache.clear()
+    Article.objects.bulk_create(
+        Article(title=title)
+        for title in [
+            "reset my account password",
+            "reset the password of my account",
+            "export invoices as csv",
+            "export all invoices to csv",
+        ]
+    )
+    Ticket.objects.bulk_create(
+        Ticket(text=text) for text in ["my card has not arrived", "where is my new card", "I forgot my passcode"]
+    )
+    embed_pending()
+    return list(Article.objects.order_by("pk"))
+
+
+def test_the_similarity_bar_is_hidden_and_the_number_read_once(admin_client, rows):
+    """The ``<meter>`` draws the number beside it: unnamed, it was read as a second, nameless value."""
+    response = admin_client.get(reverse("admin:testapp_article_changelist"), {"q": "reset password", "semantic": "1"})
+    cells = [cell for cell in parse(response).iter("td") if "field-search_similarity" in cell.classes()]
+    assert cells
+    for cell in cells:
+        (meter,) = cell.iter("meter")
+        assert meter.attrs.get("aria-hidden") == "true"
+        (score,) = cell.iter("span", **{"class": "semantic-score"})
+        assert cell.spoken() == score.text()
