@@ -198,6 +198,12 @@ def test_admin_search_by_meaning_survives_a_filter_and_a_sort(page):
     assert page.is_checked("#semantic-toggle")
     assert results(page) == ranked
 
+    # At 320 px (a 1280 px window zoomed to 400 %) the row wraps: the box keeps room for a few
+    # words beside the toggle and nothing sticks out of the page (WCAG 1.4.10).
+    page.set_viewport_size({"width": 320, "height": 640})
+    assert page.locator("#searchbar").bounding_box()["width"] >= 80
+    assert page.evaluate("document.documentElement.scrollWidth") <= 320
+
 
 #: A policy without 'unsafe-inline', as django-csp or Django 6's SECURE_CSP sends it.
 STRICT_CSP = "default-src 'self'; img-src 'self' data:"
