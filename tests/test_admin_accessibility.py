@@ -8,7 +8,6 @@ a control repeated on every row says which row it is for.
 from html.parser import HTMLParser
 
 import pytest
-from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.cache import cache
 from django.urls import reverse
 
@@ -123,3 +122,36 @@ def test_the_similarity_bar_is_hidden_and_the_number_read_once(admin_client, row
         assert meter.attrs.get("aria-hidden") == "true"
         (score,) = cell.iter("span", **{"class": "semantic-score"})
         assert cell.spoken() == score.text()
+
+
+def described_by(root, element):
+    """The texts of the elements an element's aria-describedby names, each id on the page once."""
+    return [by_id(root, element_id).text() for element_id in element.attrs.get("aria-describedby", "").split()]
+
+
+@pytest.mark.parametrize(
+    "url, name, bad, error",
+    [
+        ("admin:testapp_article_duplicates", "threshold", "abc", "The threshold must be a number from -1 to 1"),
+        ("admin:topicapp_ticket_topics", "semantic_groups", "abc", "The number of groups must be a whole number"),
+        ("admin:topicapp_ticket_topics", "semantic_groups", "99", "at most"),
+    ],
+)
+def test_a_refused_number_marks_its_input_and_points_at_the_error(admin_client, rows, url, name, bad, error):
+    """As Django's form fields do it (the Apply suggested labels page has one): aria-invalid,
+    and aria-describedby naming the error list, so the error is read when the input is focused."""
+    page = content(admin_client.get(reverse(url), {name: bad}))
+    (field,) = page.iter("input", name=name, type=None)  # the box, not a hidden copy
+    assert field.attrs.get("aria-invalid") == "true"
+    descriptions = described_by(page, field)
+    assert any(error in text for text in descriptions), descriptions
+
+
+def test_a_good_number_is_not_marked_and_the_topics_help_is_tied_to_its_input(admin_client, rows):
+    page = content(admin_client.get(reverse("admin:testapp_article_duplicates"), {"threshold": "0.5"}))
+    (field,) = page.iter("input", name="threshold", type=None)  # not the dismiss forms' hidden copies
+    assert "aria-invalid" not in field.attrs and "aria-describedby" not in field.attrs
+    page = content(admin_client.get(reverse("admin:topicapp_ticket_topics"), {"semantic_groups": "2"}))
+    (field,) = page.iter("input", name="semantic_groups", type=None)
+    assert "aria-invalid" not in field.attrs
+    assert described_by(page, field) == ["Leave blank to choose the number automatically; at most 50."]
