@@ -155,3 +155,29 @@ def test_a_good_number_is_not_marked_and_the_topics_help_is_tied_to_its_input(ad
     (field,) = page.iter("input", name="semantic_groups", type=None)
     assert "aria-invalid" not in field.attrs
     assert described_by(page, field) == ["Leave blank to choose the number automatically; at most 50."]
+
+
+@pytest.fixture
+def pages(admin_client, rows):
+    """The pages the app draws tables on, each with rows in its tables."""
+    a, b, c, _ = rows
+    articles = reverse("admin:testapp_article_changelist")
+    find_similar = {"action": "find_similar", "index": 0, "_selected_action": [a.pk, c.pk]}
+    return {
+        "find similar": admin_client.post(articles, find_similar, follow=True),
+        "duplicate review": admin_client.get(reverse("admin:testapp_article_duplicates"), {"threshold": "0.3"}),
+        "compare": admin_client.get(
+            reverse("admin:testapp_article_compare_duplicates"), {"first": a.pk, "second": b.pk}
+        ),
+        "topics": admin_client.get(reverse("admin:topicapp_ticket_topics"), {"semantic_groups": "2"}),
+        "embedding status": admin_client.get(reverse("admin:semantic_status")),
+    }
+
+
+def test_every_table_header_has_a_name(pages):
+    """A header cell with no text leaves its column (or row) unnamed; Django names such
+    columns in a ``visually-hidden`` span (admin/app_list.html), and so do these pages."""
+    for name, response in pages.items():
+        headers = list(content(response).iter("th"))
+        assert headers, name
+        assert [th for th in headers if not th.text()] == [], name
