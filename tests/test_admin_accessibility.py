@@ -181,3 +181,21 @@ def test_every_table_header_has_a_name(pages):
         headers = list(content(response).iter("th"))
         assert headers, name
         assert [th for th in headers if not th.text()] == [], name
+
+
+def test_each_pairs_controls_name_their_pair(admin_client, rows):
+    """A screen reader lists links and buttons out of their table: fifteen "Compare" and fifteen
+    "Not a duplicate" could not be told apart. Each name starts with the visible text."""
+    Article.objects.create(title="reset the account password")
+    embed_pending()
+    page = content(admin_client.get(reverse("admin:testapp_article_duplicates"), {"threshold": "0.3"}))
+    compare = [a for a in page.iter("a") if "semantic-compare" in a.classes()]
+    dismiss = [i for form in page.iter("form") for i in form.iter("input", type="submit")]
+    assert len(compare) >= 3 and len(dismiss) >= 2
+    for controls in (compare, dismiss):
+        names = [control.name() for control in controls]
+        assert len(set(names)) == len(names), names
+        assert all(control.name().startswith(control.text() or control.attrs["value"]) for control in controls)
+    pair = "“reset my account password” and “reset the password of my account”"
+    assert f"Not a duplicate: {pair}" in [control.name() for control in dismiss]
+    assert f"Compare: {pair}" in [control.name() for control in compare]
