@@ -199,3 +199,16 @@ def test_each_pairs_controls_name_their_pair(admin_client, rows):
     pair = "“reset my account password” and “reset the password of my account”"
     assert f"Not a duplicate: {pair}" in [control.name() for control in dismiss]
     assert f"Compare: {pair}" in [control.name() for control in compare]
+
+
+def test_compare_marks_a_differing_field_in_the_page_not_only_in_css(pages):
+    """A mark in CSS ``content`` is lost without styles and in reader modes, and "≠" is a
+    symbol screen readers may skip: the page holds the sign for the eye, words for the ear."""
+    rows = list(content(pages["compare"]).iter("tr"))
+    differing = [row for row in rows if "semantic-differs" in row.classes()]
+    same = [row for row in rows if "semantic-differs" not in row.classes() and row.parent.tag == "tbody"]
+    assert differing and same
+    for row in differing:
+        header = next(row.iter("th"))
+        assert header.text().endswith("≠(differs)") and header.spoken().endswith(" (differs)")
+    assert not any("differs" in next(row.iter("th")).text() for row in same)
