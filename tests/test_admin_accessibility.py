@@ -212,3 +212,17 @@ def test_compare_marks_a_differing_field_in_the_page_not_only_in_css(pages):
         header = next(row.iter("th"))
         assert header.text().endswith("≠(differs)") and header.spoken().endswith(" (differs)")
     assert not any("differs" in next(row.iter("th")).text() for row in same)
+
+
+def test_the_similar_items_panel_is_a_region_named_by_its_heading_and_says_what_its_numbers_are(admin_client, rows):
+    """Django names its own fieldsets by their heading (aria-labelledby); a screen reader heard
+    an unnamed group, then each link followed by a bare "0.336"."""
+    page = parse(admin_client.get(reverse("admin:testapp_article_change", args=[rows[0].pk])))
+    (panel,) = [element for element in page.iter() if "semantic-panel" in element.classes()]
+    assert panel.tag == "section"  # links, not form fields
+    assert by_id(page, panel.attrs["aria-labelledby"]).text().startswith("Similar items")
+    items = list(panel.iter("li"))
+    assert items
+    for item in items:
+        (score,) = item.iter("span", **{"class": "semantic-score"})
+        assert item.spoken().endswith(f" similarity {score.text()}")
