@@ -26,8 +26,10 @@ class Element:
 
     def text(self):
         """The text inside, visually hidden text included (a screen reader reads it)."""
-        parts = [c if isinstance(c, str) else c.text() for c in self.children]
-        return " ".join("".join(parts).split())
+        return " ".join(self.raw_text().split())
+
+    def raw_text(self):
+        return "".join(c if isinstance(c, str) else c.raw_text() for c in self.children)
 
     def spoken(self):
         """The text inside without what ``aria-hidden`` hides: roughly what a screen reader says."""
@@ -226,3 +228,29 @@ def test_the_similar_items_panel_is_a_region_named_by_its_heading_and_says_what_
     for item in items:
         (score,) = item.iter("span", **{"class": "semantic-score"})
         assert item.spoken().endswith(f" similarity {score.text()}")
+
+
+def test_every_table_header_says_what_it_heads(pages):
+    """``scope`` on every header, as Django's changelist has, and a row header naming each row."""
+    for name, response in pages.items():
+        headers = list(content(response).iter("th"))
+        assert [th.text() for th in headers if th.attrs.get("scope") not in ("col", "row")] == [], name
+
+
+def test_status_count_links_say_what_they_count_out_of_their_table(pages):
+    """A screen reader's list of links showed "72", "70", "1", "0": which model's "pending" a
+    "1" was, only the table could tell, and its rows had no row header."""
+    page = content(pages["embedding status"])
+    table = next(page.iter("table"))
+    rows = list(next(table.iter("tbody")).iter("tr"))
+    article = next(row for row in rows if next(row.iter("th")).text() == "testapp.Article.embedding")
+    assert next(article.iter("th")).attrs["scope"] == "row"
+    links = [link.text() for link in article.iter("a")]
+    assert links == [
+        "4 Total, testapp.Article.embedding",
+        "4 embedded, testapp.Article.embedding",
+        "0 pending, testapp.Article.embedding",
+        "0 stale, testapp.Article.embedding",
+        "0 failed, testapp.Article.embedding",
+        "0 empty, testapp.Article.embedding",
+    ]
