@@ -202,6 +202,7 @@ def test_admin_search_by_meaning_survives_a_filter_and_a_sort(page):
     # words beside the toggle and nothing sticks out of the page (WCAG 1.4.10).
     page.set_viewport_size({"width": 320, "height": 640})
     assert page.locator("#searchbar").bounding_box()["width"] >= 80
+    assert page.locator("label:has(#semantic-toggle)").bounding_box()["height"] < 30  # one line, not squeezed to two
     assert page.evaluate("document.documentElement.scrollWidth") <= 320
 
 
