@@ -47,15 +47,16 @@ class MeaningSearchMixin:
         writes numbers) and a bar.
 
         The bar is a ``<meter>``, whose length is an attribute: a width in a ``style``
-        attribute is refused by a Content-Security-Policy without 'unsafe-inline'.
+        attribute is refused by a Content-Security-Policy without 'unsafe-inline'. It draws
+        the number beside it, so it is hidden from screen readers, which would read the
+        value twice, the second time as an unnamed meter.
         """
         value = getattr(obj, SIMILARITY, None)
         if value is None:
             return self.get_empty_value_display()  # type: ignore[attr-defined]
         return format_html(
-            '<span class="semantic-match" title="{}"><meter class="semantic-bar" min="0" max="1" value="{}"></meter>'
-            ' <span class="semantic-score">{}</span></span>',
-            _("similarity to the search text"),
+            '<span class="semantic-match"><meter class="semantic-bar" min="0" max="1" value="{}" aria-hidden="true">'
+            '</meter> <span class="semantic-score">{}</span></span>',
             f"{max(0.0, min(1.0, value)):.3f}",
             floatformat(value, 3),
         )

@@ -128,7 +128,7 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
             "opts": self.model._meta,
             "report": report,
             "any_passages": any(row["passages"] is not None for row in report),
-            "states": [STATE_LABELS[state] for state in STATES],
+            "count_headings": count_headings(),
             "errors": visible_failures(visible, LAST_ERRORS),
             "can_retry": self.has_change_permission(request),
         }
@@ -265,14 +265,18 @@ class StatusPageMixin:
         return reverse(f"admin:{name}", current_app=site.name)
 
 
-def counts_with_links(row: dict[str, Any], changelist_url: str | None) -> list[tuple[int, str | None]]:
-    """The total and each state's count of a status row, each with the changelist URL showing those rows."""
+def counts_with_links(row: dict[str, Any], changelist_url: str | None) -> list[tuple[int, str | None, str]]:
+    """The total and each state's count of a status row, each with the changelist URL showing
+    those rows and its column's heading (a link's text names it: "1 pending", not a bare "1")."""
     if changelist_url is None:
-        return [(row[key], None) for key in ("total", *STATES)]
+        return [(row[key], None, heading) for key, heading in zip(("total", *STATES), count_headings())]
     parameter = EmbeddingStateFilter.parameter_name
-    return [(row["total"], changelist_url)] + [
-        (row[state], f"{changelist_url}?{urlencode({parameter: state})}") for state in STATES
-    ]
+    urls = [changelist_url] + [f"{changelist_url}?{urlencode({parameter: state})}" for state in STATES]
+    return [(row[key], url, heading) for key, url, heading in zip(("total", *STATES), urls, count_headings())]
+
+
+def count_headings() -> list[str]:
+    return [_("Total"), *(STATE_LABELS[state] for state in STATES)]
 
 
 def failure_conditions(visible: dict[type[models.Model], models.QuerySet | None]) -> dict[str, Q]:

@@ -116,7 +116,7 @@ def test_the_app_name_and_state_names_reach_a_translator(admin_client, articles,
     choices = [(c["display"], c["query_string"]) for f in cl.filter_specs for c in f.choices(cl)]
     assert ("wartend", "?embedding_state=pending") in choices
     status = admin_client.get(reverse("admin:semantic_status")).content.decode()
-    assert "<th>wartend</th>" in status and "3\xa0Stunden" in status and " ago" not in status
+    assert '<th scope="col">wartend</th>' in status and "3\xa0Stunden" in status and " ago" not in status
 
 
 def test_find_similar_lists_neighbours_with_scores(viewer, articles):
@@ -840,11 +840,11 @@ def test_meaning_results_show_similarity_and_rank_above_the_default_ordering(adm
     page = response.content.decode()
     best = response.context["cl"].result_list[0].semantic_similarity
     assert f'<span class="semantic-score">{floatformat(best, 3)}</span>' in page  # as the other pages round
-    assert f'<meter class="semantic-bar" min="0" max="1" value="{best:.3f}">' in page  # the bar
+    assert f'<meter class="semantic-bar" min="0" max="1" value="{best:.3f}"' in page  # the bar
     with translation.override("de"):  # the score as the page's language writes it; the attribute as HTML does
         german = admin_client.get(url, {"q": MEANING_QUERY, "semantic": "1"}).content.decode()
     assert f'<span class="semantic-score">{floatformat(best, 3)}</span>'.replace(".", ",") in german
-    assert f'<meter class="semantic-bar" min="0" max="1" value="{best:.3f}">' in german
+    assert f'<meter class="semantic-bar" min="0" max="1" value="{best:.3f}"' in german
 
     # A sort header sorts the same rows by its column, the similarity breaking ties; the toggle stays.
     columns = response.context["cl"].list_display
@@ -940,9 +940,11 @@ def test_status_counts_open_the_changelist_filtered_to_those_rows(editor, articl
     page = response.content.decode()
     for state in ("embedded", "pending", "failed", "stale"):
         url = f"{reverse(CHANGELIST)}?embedding_state={state}"
-        assert f'<a href="{url}">{row[state]}</a>' in page
+        named = f'<span class="visually-hidden"> {state}, testapp.Article.embedding</span>'  # not a bare number
+        assert f'<a href="{url}">{row[state]}{named}</a>' in page
         assert editor.get(url).context["cl"].result_count == row[state]
-    assert f'<a href="{reverse(CHANGELIST)}">{row["total"]}</a>' in page
+    named = '<span class="visually-hidden"> Total, testapp.Article.embedding</span>'
+    assert f'<a href="{reverse(CHANGELIST)}">{row["total"]}{named}</a>' in page
 
 
 def test_status_counts_of_a_model_without_a_semantic_changelist_are_not_links(admin_client, articles, monkeypatch):
@@ -950,7 +952,7 @@ def test_status_counts_of_a_model_without_a_semantic_changelist_are_not_links(ad
 
     def linked_rows():
         page = admin_client.get(reverse("admin:semantic_status")).content.decode()
-        rows = re.findall(r"<tr><td>(testapp\.\w+)\.<wbr>(\w+)</td>(.*?)</tr>", page, re.S)
+        rows = re.findall(r'<tr><th scope="row">(testapp\.\w+)\.<wbr>(\w+)</th>(.*?)</tr>', page, re.S)
         assert ("testapp.Note", "embedding") in {(model, field) for model, field, _ in rows}
         return {f"{model}.{field}" for model, field, cells in rows if "<a " in cells}
 
@@ -1117,7 +1119,7 @@ def test_status_page_shows_the_spec_readably(editor, articles):
     assert (row["backend"], row["embedding_model"]) == (backend, model)
     cell = f'<td class="semantic-spec">{model} ({backend})<br>SEMANTIC_SIMILARITY, 128 dimensions</td>'
     assert cell in page
-    assert "<th>Embedded with</th></tr>" in page
+    assert '<th scope="col">Embedded with</th></tr>' in page
 
 
 def test_status_retry_needs_change_permission(viewer, articles):
@@ -1229,7 +1231,7 @@ def test_every_semantic_page_and_action_on_a_custom_admin_site(client, notes, fa
     assert_stays_on_other_site(client.get(reverse("myadmin:semantic_embeddingfailure_changelist")))
     status_page = client.get(status)
     assert_stays_on_other_site(status_page)
-    assert f'href="{changelist}?embedding_state=failed">1</a>' in status_page.content.decode()
+    assert f'href="{changelist}?embedding_state=failed">1<span' in status_page.content.decode()
     retried = client.post(status, follow=True)
     assert retried.redirect_chain == [(status, 302)]
     assert_stays_on_other_site(retried)
@@ -1249,7 +1251,7 @@ def test_a_custom_site_with_only_the_models_admin_has_the_status_page(client, no
     assert f'href="{status}" class="semantic-status-link"' in page.content.decode()
     status_page = client.get(status)
     assert_stays_on_other_site(status_page, "/plainadmin/")
-    assert f'href="{changelist}?embedding_state=failed">1</a>' in status_page.content.decode()
+    assert f'href="{changelist}?embedding_state=failed">1<span' in status_page.content.decode()
     retried = client.post(status, follow=True)
     assert retried.redirect_chain == [(status, 302)]
     assert "Queued 1 failed row again." in retried.content.decode()
@@ -1322,7 +1324,7 @@ def test_duplicate_groups_have_the_same_columns_links_and_a_useful_head(viewer, 
     sections = SECTION.findall(page)
     assert len(groups) == len(sections) >= 2
     headers = {tuple(table(section, "semantic-rows")[0]) for section in sections}
-    assert headers == {("ID", "Article", "Similarity to the first", "Text", "")}  # no date: Article has none
+    assert headers == {("ID", "Article", "Similarity to the first", "Text", "Actions")}  # no date: Article has none
     for group, section in zip(groups, sections):
         low, high = f"{group.lowest:.2f}", f"{group.highest:.2f}"
         span = high if low == high else f"{low}–{high}"
@@ -1354,7 +1356,7 @@ def test_duplicate_rows_show_a_date_when_the_model_has_one(client, fake_gemini):
     response = client.get(reverse("admin:questions_question_duplicates"), {"threshold": "0.5"})
     (section,) = SECTION.findall(response.content.decode())
     headers, rows = table(section, "semantic-rows")
-    assert headers == ["ID", "Question", "Similarity to the first", "Text", "Created", ""]
+    assert headers == ["ID", "Question", "Similarity to the first", "Text", "Created", "Actions"]
     assert all(row[4] and row[4] != "–" for row in rows)
 
 

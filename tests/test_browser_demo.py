@@ -118,9 +118,15 @@ def test_a_duplicate_is_stopped_and_a_new_question_becomes_searchable(page, sema
     saved = Question.objects.get(title="Can I print my invoices?")
     assert (saved.category, saved.embedding) == ("data", None)
 
+    page.evaluate("window.notReloaded = true")
     embed_pending()  # the worker's part
-    page.wait_for_selector("ol.results li")  # the page refreshed itself
+    page.wait_for_selector("ol.results li")  # the page updated itself
     assert page.url == url
+    # In place, inside the role="status" region a screen reader announces, not by a reload
+    # that took the reader back to the top of the page.
+    assert page.evaluate("window.notReloaded") is True
+    assert page.locator("[role=status] ol.results li").count() >= 1
+    assert page.locator(".pending").count() == 0
     assert "How do I export my invoices as CSV?" in page.locator("ol.results").inner_text()
 
     search(page, "print invoices")

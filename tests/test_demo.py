@@ -353,6 +353,7 @@ def test_search_shows_the_part_of_each_answer_nearest_to_the_query(client, demo_
     assert "one invoice per row" in first.passage_text
     shown = response.content.decode()
     assert "From the answer:" in shown and escape(" ".join(first.passage_text.split()[:8])) in shown
+    assert '<p class="passage">' in shown  # no hover-only title: what a passage is, the page says
 
 
 def test_nonsense_finds_no_good_match_on_the_demo_board_despite_long_answers(client, demo_board):
@@ -371,3 +372,15 @@ def test_the_admin_lists_and_filters_questions_by_category(admin_client, demo_bo
         Question.objects.filter(category="integrations").values_list("title", flat=True)
     )
     assert len(shown) == 6
+
+
+def test_every_demo_page_holds_its_content_in_one_main_landmark(client, questions):
+    """Screen readers jump to <main>; outside it only the site's header (axe's landmark-one-main
+    and region rules), messages included."""
+    question = Question.objects.first()
+    urls = [reverse("questions:list"), reverse("questions:ask"), question.get_absolute_url()]
+    for url in [*urls, f"{urls[0]}?q=reset+password"]:
+        page = client.get(url).content.decode()
+        assert page.count("<main>") == page.count("</main>") == 1, url
+        between, main = re.search(r"</header>(.*?)<main>(.*)</main>\s*</body>", page, re.S).groups()
+        assert between.strip() == "" and "<h1>" in main, url

@@ -113,15 +113,21 @@ def test_a_question_being_embedded_tells_readers_without_javascript_to_reload(cl
 
 
 def test_a_question_being_embedded_polls_its_state(client, fake_gemini):
+    """The waiting text is in a role="status" region; once the state says embedded, the script
+    puts the similar questions of a fresh copy of the page (its #similar) there, without a reload."""
     from semantic import suspend_embedding
 
     with suspend_embedding():
         question = Question.objects.create(title="Brand new", body="")
     state = reverse("questions:state", args=[question.pk])
-    assert f'data-state="{state}"' in client.get(question.get_absolute_url()).content.decode()
+    page = client.get(question.get_absolute_url()).content.decode()
+    region = re.search(r'<div id="similar">\s*<div id="similar-status" role="status">\s*<p ([^>]*)>', page)
+    assert region and f'data-state="{state}"' in region[1] and "pending" in region[1]
     assert client.get(state).json() == {"embedded": False, "failed": False}
     embed_pending()
     assert client.get(state).json() == {"embedded": True, "failed": False}
+    page = client.get(question.get_absolute_url()).content.decode()
+    assert re.search(r'<div id="similar">\s*<ol class="results">', page)
 
 
 def test_a_question_whose_embedding_failed_says_so_instead_of_waiting(client, fake_gemini):

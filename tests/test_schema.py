@@ -264,7 +264,7 @@ def test_the_admin_status_page_shows_the_problem(legacy, admin_client):
     assert response.status_code == 200
     page = response.content.decode()
     assert escape(problem.splitlines()[0]) in page
-    row = page.split("testapp.LegacyDoc.<wbr>embedding</td>", 1)[1].split("</tr>", 1)[0]
+    row = page.split("testapp.LegacyDoc.<wbr>embedding</th>", 1)[1].split("</tr>", 1)[0]
     assert row.count('<td class="semantic-count">–</td>') == 6
 
 
