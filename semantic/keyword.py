@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import DataError, ProgrammingError, models, transaction
+from django.db import models
 from django.db.models import Func, Value
 from django.db.models.expressions import Expression
 
@@ -44,13 +44,6 @@ MAX_QUERY_CHARS = 10_000
 #: Distinct words (lexemes) a query matches with "any": the first ones of the text.
 MAX_QUERY_WORDS = 256
 
-#: (database alias, name) of the text search configurations found, each looked up once.
-KNOWN_CONFIGS: set[tuple[str, str]] = set()
-UNKNOWN_CONFIG = (
-    "The database has no text search configuration {config!r}: pass the name of one that "
-    "SELECT cfgname FROM pg_ts_config lists (such as 'english' or 'simple'), or leave config out "
-    "to use the KeywordIndex's."
-)
 OTHER_CONFIG = (
     "{label}.{field} holds words made in the {stored!r} text search configuration, so words parsed "
     "in config={config!r} would not match them: leave config out, or pass config={stored!r}."
@@ -87,7 +80,6 @@ class WordsQuery(Func):
         if match not in MATCH_MODES:
             raise ValueError(f"match is one of {', '.join(MATCH_MODES)}, not {match!r}.")
         self.match = match
-        self.config = config
         # Control characters as spaces: PostgreSQL refuses a NUL in any text parameter.
         super().__init__(Value(config), Value(sanitize(text[:MAX_QUERY_CHARS])))
 
@@ -95,31 +87,11 @@ class WordsQuery(Func):
         (config_sql, config_params), (text_sql, text_params) = (
             compiler.compile(expression) for expression in self.get_source_expressions()
         )
-        require_config(connection, self.config)
         if self.match == "any":
             sql = ANY_WORDS.format(config=config_sql, text=text_sql)
         else:
             sql = f"plainto_tsquery({config_sql}::regconfig, {text_sql})"
         return sql, [*config_params, *text_params]
-
-
-def require_config(connection: Any, config: str) -> None:
-    """Raise ``ValueError`` for a text search configuration the database does not have.
-
-    Checked when the search is compiled, before it runs: PostgreSQL's own error would
-    come from the middle of the queryset's evaluation, as a ``ProgrammingError`` (a view
-    mapping a visitor's language to ``config=`` would answer 500). A name once found is
-    not looked up again in this process.
-    """
-    if (connection.alias, config) in KNOWN_CONFIGS:
-        return
-    try:
-        # A savepoint: the failed cast must not abort a transaction the caller is in.
-        with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
-            cursor.execute("SELECT %s::regconfig", [config])
-    except (ProgrammingError, DataError):
-        raise ValueError(UNKNOWN_CONFIG.format(config=config)) from None
-    KNOWN_CONFIGS.add((connection.alias, config))
 
 
 class Matches(Func):
@@ -217,8 +189,13 @@ def keyword_settings(
 
 
 def config_name(config: str) -> str:
-    """``config`` as PostgreSQL resolves it: without case, or the schema of the built-in ones."""
-    return config.strip().lower().removeprefix("pg_catalog.")
+    """``config`` compared as a name: its last part (``public.english_custom`` and
+    ``english_custom`` are the same one on the usual search path), without case or quotes.
+
+    Two names this takes for one may still be two configurations (in two schemas, or
+    quoted names differing in case); refusing a right one would be worse than letting
+    that rare pair through."""
+    return config.strip().rsplit(".", 1)[-1].strip('"').lower()
 
 
 def __getattr__(name: str) -> Any:
