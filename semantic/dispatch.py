@@ -43,7 +43,7 @@ from typing import Any
 
 from django.apps import apps
 from django.core.signals import setting_changed
-from django.db import DEFAULT_DB_ALIAS, connections, models, router, transaction
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, models, router, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -395,7 +395,7 @@ def install_sweep_schedule(**kwargs: Any) -> None:
         # a schedule left behind would have every run kill the worker that imports semantic.tasks.
         Schedule.objects.using(using).filter(name=SWEEP_SCHEDULE_NAME).delete()
         if not _app_migrated(state):
-            drop_queued_tasks(using)
+            drop_queued_tasks()
         return
     Schedule.objects.using(using).update_or_create(
         name=SWEEP_SCHEDULE_NAME,
@@ -410,25 +410,34 @@ def install_sweep_schedule(**kwargs: Any) -> None:
     )
 
 
-def drop_queued_tasks(using: str) -> None:
+def drop_queued_tasks() -> None:
     """Delete this app's tasks still queued in django-q2's ORM broker (``migrate semantic zero``).
 
     A wake-up queued before the fields were removed, and not yet run by a worker (one that
     was stopped, or behind), would otherwise kill every worker that takes it once the app
-    is out of INSTALLED_APPS. A Redis or other broker's queue is not in the database: its
-    tasks are dropped with a warning while the app is still installed (README "Removing the app").
+    is out of INSTALLED_APPS. The queue is on the broker's database (``Q_CLUSTER["orm"]``),
+    whichever one ``migrate`` ran on. A Redis or other broker's queue is not in a database:
+    its tasks are dropped with a warning while the app is still installed (README "Removing
+    the app"). Reading each task's payload unpickles it, importing its function's module.
     """
     from django_q.models import OrmQ
 
+    using = orm_queue_alias()
+    if using is None:
+        return
     stale = []
-    for task in OrmQ.objects.using(using).iterator():
-        try:
-            func = task.func()
-        except Exception:  # noqa: BLE001 - another app's payload, signed with another key: not ours to judge
-            continue
-        if isinstance(func, str) and func.startswith("semantic."):
-            stale.append(task.pk)
-    OrmQ.objects.using(using).filter(pk__in=stale).delete()
+    try:
+        with transaction.atomic(using=using):  # a savepoint, should a caller's transaction be open there
+            for task in OrmQ.objects.using(using).iterator():
+                try:
+                    func = task.func()
+                except Exception:  # noqa: BLE001 - another app's payload, signed with another key: not ours to judge
+                    continue
+                if isinstance(func, str) and func.startswith("semantic."):
+                    stale.append(task.pk)
+            OrmQ.objects.using(using).filter(pk__in=stale).delete()
+    except DatabaseError:  # django_q's tables are not (yet) on that database: no queue to clean
+        return
 
 
 def _app_migrated(state: Any) -> bool:

@@ -2,6 +2,7 @@
 database, and models whose rows a router keeps on the second database ("other")."""
 
 import pytest
+from django.apps import apps
 from django.contrib.auth.models import User
 from django.core import checks
 from django.core.management import call_command
@@ -10,10 +11,12 @@ from django.db.backends.signals import connection_created
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
-from django_q.models import Schedule
+from django_q.conf import Conf
+from django_q.models import OrmQ, Schedule
+from django_q.signing import SignedPackage
 
 from semantic import backfill, embed_pending, suspend_embedding
-from semantic.dispatch import SWEEP_SCHEDULE_NAME
+from semantic.dispatch import SWEEP_SCHEDULE_NAME, install_sweep_schedule
 from semantic.management.commands.semantic_embed import Command as Embed
 from semantic.management.commands.semantic_status import Command as Status
 from semantic.model_checks import OWN_TABLES_MISSING_HINT, TABLES_MISSING, TABLES_MISSING_HINT
@@ -92,6 +95,32 @@ def test_migrate_on_a_database_without_django_qs_tables_succeeds():
         call_command("migrate", database="other", verbosity=0)
         transaction.set_rollback(True, using="other")
     assert Schedule.objects.using("default").filter(name=SWEEP_SCHEDULE_NAME).exists()
+
+
+class StateAfterZero:
+    """The migrated state ``post_migrate`` hands over after ``migrate semantic zero``: no semantic."""
+
+    def get_app_config(self, label):
+        if label == "semantic":
+            raise LookupError(label)
+        return apps.get_app_config(label)
+
+    def get_model(self, app_label, name):
+        return apps.get_model(app_label, name)
+
+
+def queue_task(using, func):
+    payload = SignedPackage.dumps({"id": func, "name": func, "func": func, "args": (), "kwargs": {}})
+    OrmQ.objects.using(using).create(key="semantic-tests", payload=payload, lock=None)
+
+
+def test_migrate_semantic_zero_empties_the_queue_on_the_brokers_database(monkeypatch):
+    """Q_CLUSTER = {"orm": "other"}: the wake-ups wait there, whichever database migrate ran on."""
+    monkeypatch.setattr(Conf, "ORM", "other")  # django-q2 reads Q_CLUSTER once, at import
+    queue_task("other", "semantic.tasks.embed_pending")
+    queue_task("other", "math.floor")
+    install_sweep_schedule(using="default", apps=StateAfterZero())
+    assert [task.func() for task in OrmQ.objects.using("other").all()] == ["math.floor"]
 
 
 def test_a_model_on_a_database_without_the_apps_tables_is_reported_with_the_router_rule():
