@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import os
 import re
 import signal
 import threading
@@ -23,6 +24,7 @@ from semantic.management.commands.semantic_duplicates import Command as Duplicat
 from semantic.management.commands.semantic_embed import Command as Embed
 from semantic.management.commands.semantic_evaluate import Command as Evaluate
 from semantic.management.commands.semantic_search import Command as Search
+from semantic.management.output import CLOSED_PIPE
 from semantic.management.targets import APP_MIGRATIONS_DUE, BAD_TARGET, NO_FIELD, UNKNOWN_FIELD, UNKNOWN_MODEL
 from semantic.models import EmbeddingFailure
 from semantic.registry import get_embedding_field
@@ -31,7 +33,7 @@ from semantic.switch import NOT_REPLACING
 from semantic.text import source_hash
 from tests.commands import call, manage
 from tests.fake_gemini import BAD_KEY, api_error, fake_vector
-from tests.testapp.models import Article, ArticleProxy, Bulletin, Entry, FeaturedArticle, Ledger, Note
+from tests.testapp.models import Article, ArticleProxy, Bulletin, Entry, FeaturedArticle, Ledger, Note, Report
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -401,6 +403,43 @@ def test_duplicates_json_keeps_the_text_and_escapes_controls(fake_gemini):
     out, _ = call("semantic_duplicates", "testapp.Article", "--threshold", "0.3", "--format", "json")
     assert not any(c in out for c in "\x1b\x07\x9b\x08")
     assert {r["text"] for r in json.loads(out)} == {HOSTILE + " reset password", "=1+1 reset password"}
+
+
+def test_duplicates_json_writes_uuid_keys_as_strings(fake_gemini):
+    first = Report.objects.create(title="first", body="reset my account password")
+    second = Report.objects.create(title="second", body="reset the password of my account")
+    out, _ = call("semantic_duplicates", "testapp.Report", "--threshold", "0.5", "--format", "json")
+    pairs = {(r["pk"], r["nearest_pk"]) for r in json.loads(out)}
+    assert pairs == {(str(first.pk), str(second.pk)), (str(second.pk), str(first.pk))}
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(fake_gemini):
+    """``manage.py semantic_search ... | head -1``: the pipe is closed before the command writes."""
+    Article.objects.create(title="reset my password", body="")
+    read, write = os.pipe()
+    os.close(read)
+    process = manage(fake_gemini, "semantic_search", "testapp.Article", "password", stdout=write, text=True)
+    os.close(write)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == CLOSED_PIPE, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_exports_to_standard_output_are_utf_8_whatever_the_locale(fake_gemini):
+    Article.objects.create(title="Größe reset my account password", body="")
+    Article.objects.create(title="Größe reset the password of my account", body="")
+    ascii_locale = {"PYTHONIOENCODING": "ascii"}
+    for export in ("csv", "json"):
+        args = ("semantic_duplicates", "testapp.Article", "--threshold", "0.5", "--format", export)
+        process = manage(fake_gemini, *args, env=ascii_locale, text=False)
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+        assert "Größe reset my account password" in out.decode("utf-8")
+    # Printed for people, a title the stream cannot hold is shown escaped.
+    process = manage(fake_gemini, "semantic_search", "testapp.Article", "password", env=ascii_locale)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert r"Gr\xf6\xdfe reset" in out
 
 
 @pytest.mark.parametrize("where", ["missing-directory/dups.csv", "."], ids=["no-directory", "a-directory"])

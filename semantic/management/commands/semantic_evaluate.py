@@ -16,11 +16,12 @@ from semantic.evaluate import (
 )
 from semantic.hybrid import DEFAULT_K
 from semantic.keyword import keyword_index
+from semantic.management.output import OutputMixin
 from semantic.management.targets import resolve
 from semantic.query import with_semantic_methods
 
 
-class Command(BaseCommand):
+class Command(OutputMixin, BaseCommand):
     help = (
         "Print nDCG@10, recall@100 and MRR@10 (as percentages) of meaning, keyword and hybrid search "
         "for queries with relevance judgements in BEIR's layout."

@@ -3,14 +3,14 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from semantic.backends import EmbeddingError
-from semantic.management.output import terminal_safe
+from semantic.management.output import OutputMixin, terminal_safe
 from semantic.management.targets import resolve, threshold_type
 from semantic.query import with_semantic_methods
 from semantic.switch import serving_field
 from semantic.vectors import blank
 
 
-class Command(BaseCommand):
+class Command(OutputMixin, BaseCommand):
     help = (
         "Print the rows nearest in meaning to a text, with their similarity (1 = same meaning, 0 = unrelated). "
         "Rows less similar than --min-similarity (default 0) are left out."

@@ -6,11 +6,12 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
 from semantic import backfill
+from semantic.management.output import OutputMixin
 from semantic.management.targets import check_app_migrated, resolve_all
 from semantic.status import STATES, field_status
 
 
-class Command(BaseCommand):
+class Command(OutputMixin, BaseCommand):
     help = (
         "Show, per model and EmbeddingField, how many rows are embedded, pending, stale "
         "(made by another model, task type or size), failed or empty, how long the oldest pending row "
