@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from semantic.duplicates import DuplicateSearchCanceled, connected_groups
 from semantic.management.output import QuietMixin, csv_row, json_export
-from semantic.management.targets import resolve, threshold_type
+from semantic.management.targets import ready, resolve, threshold_type
 from semantic.query import DEFAULT_DUPLICATE_THRESHOLD, with_semantic_methods
 
 
@@ -69,7 +69,7 @@ class Command(QuietMixin, BaseCommand):
         self.say(self.WROTE.format(groups=len(groups), rows=rows, output=output))
 
     def export(self, target, threshold, format):
-        (model, field), *others = resolve(target)
+        (model, field), *others = ready(resolve(target))
         if others:
             raise CommandError(f"{model._meta.label} has several EmbeddingFields; name one: {target}.<field>.")
         try:

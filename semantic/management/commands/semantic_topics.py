@@ -5,7 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from semantic.clusters import PERIODS, cluster
 from semantic.management.output import QuietMixin, csv_row, json_export
-from semantic.management.targets import resolve
+from semantic.management.targets import ready, resolve
 
 
 class Command(QuietMixin, BaseCommand):
@@ -37,7 +37,7 @@ class Command(QuietMixin, BaseCommand):
         parser.add_argument("--output", help="file to write (default: standard output)")
 
     def handle(self, target, k, date_field, period, config, format, output, **options):
-        (model, field), *others = resolve(target)
+        (model, field), *others = ready(resolve(target))
         if others:
             raise CommandError(self.SEVERAL_FIELDS.format(label=model._meta.label, target=target))
         try:
