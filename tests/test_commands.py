@@ -31,7 +31,7 @@ from semantic.registry import get_embedding_field
 from semantic.rows import pending_rows
 from semantic.switch import NOT_REPLACING
 from semantic.text import source_hash
-from tests.commands import call, manage
+from tests.commands import call, call_failing, manage
 from tests.fake_gemini import BAD_KEY, api_error, fake_vector
 from tests.testapp.models import Article, ArticleProxy, Bulletin, Entry, FeaturedArticle, Ledger, Note, Report
 
@@ -116,11 +116,17 @@ def test_all_with_a_limit_re_embeds_that_many_rows_and_leaves_the_rest_current(b
 
 def test_failed_retries_only_failed_rows(backlog, fake_gemini):
     fake_gemini.reject_marker = "number 3"
-    call("semantic_embed", "testapp.Article")
+    _, err, error = call_failing("semantic_embed", "testapp.Article")  # exit status 1, for scripts
+    assert error == Embed.SOME_FAILED.format(rows=1, labels="testapp.Article.embedding")
+    assert Embed.FAILED_HINT in err
     assert EmbeddingFailure.objects.count() == 1
     fake_gemini.reset()
     _, err = call("semantic_embed", "testapp.Article")  # permanent: not retried by default
     assert fake_gemini.request_count == 0
+    fake_gemini.reject_marker = "number 3"
+    _, _, error = call_failing("semantic_embed", "testapp.Article", "--failed")  # retried in vain: still 1
+    assert error == Embed.SOME_FAILED.format(rows=1, labels="testapp.Article.embedding")
+    fake_gemini.reset()
     out, _ = call("semantic_embed", "testapp.Article", "--failed")
     assert fake_gemini.texts() == ["Backlog article number 3"]
     assert not EmbeddingFailure.objects.exists()

@@ -55,6 +55,8 @@ class Command(QuietMixin, BaseCommand):
     STOPPED = "{label}: stopped before the end: {reason} The rows left are still pending; run this again once fixed."
     #: The command's last word (and exit status 1) when a run stopped: scripts and cron jobs see it.
     INCOMPLETE = "Not finished: {labels} stopped before the end (see above)."
+    #: The last word (and exit status 1) when rows or passages failed, also when --failed retried them in vain.
+    SOME_FAILED = "Embedding failed for {rows} row(s) or passage(s) of {labels} (see above)."
     STALE = (
         "{label}: {rows} rows hold vectors made with another {changed} than now; until they are re-embedded, "
         "search sees only the rows embedded by {spec}. To change the model with no gap, add a second field with "
@@ -169,6 +171,7 @@ class Command(QuietMixin, BaseCommand):
                     raise CommandError(str(exc)) from None
         check_app_migrated(resolved)
         stopped: list[str] = []
+        self.failed: dict[str, int] = {}  # label: rows and passages that failed
         try:
             for model, field in resolved:
                 label = f"{model._meta.label}.{field.name}"
@@ -213,6 +216,9 @@ class Command(QuietMixin, BaseCommand):
             raise SystemExit(130) from None
         if stopped:
             raise CommandError(self.INCOMPLETE.format(labels=", ".join(stopped)))
+        if self.failed:
+            labels = ", ".join(self.failed)
+            raise CommandError(self.SOME_FAILED.format(rows=sum(self.failed.values()), labels=labels))
 
     def rehash(self, model, field, label):
         if not field.text_from_python():
@@ -313,8 +319,9 @@ class Command(QuietMixin, BaseCommand):
             )
         if outcome.stopped:
             self.stderr.write(self.STOPPED.format(label=label, reason=outcome.stopped))
-        if outcome.failed:
+        if outcome.failed or outcome.passages_failed:
             self.stderr.write(self.FAILED_HINT)
+            self.failed[label] = outcome.failed + outcome.passages_failed
         return outcome.stopped
 
     def batch_api(self, model, field, label, everything, limit, job_name, poll_interval):
@@ -353,6 +360,7 @@ class Command(QuietMixin, BaseCommand):
                 self.say(line)
                 if job.failed:
                     self.stderr.write(self.FAILED_HINT)
+                    self.failed[label] = self.failed.get(label, 0) + job.failed
 
         try:
             finished = batch.run(
