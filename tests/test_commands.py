@@ -16,7 +16,7 @@ from django.core.management.base import CommandError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from semantic import suspend_embedding
+from semantic import batch, suspend_embedding
 from semantic.backends.gemini import NO_KEY
 from semantic.batch import NOT_DECLARED_HERE
 from semantic.embedder import Embedder
@@ -130,6 +130,31 @@ def test_failed_retries_only_failed_rows(backlog, fake_gemini):
     out, _ = call("semantic_embed", "testapp.Article", "--failed")
     assert fake_gemini.texts() == ["Backlog article number 3"]
     assert not EmbeddingFailure.objects.exists()
+
+
+def test_rows_waiting_to_retry_a_failure_are_named_and_left_out_of_all_as_it_counts(
+    backlog, fake_gemini, semantic_settings
+):
+    """After an outage: the rows of the batch that failed wait for their retry time, also for --all
+    (which counts only what it sends), and every run says so and how to retry them now."""
+    semantic_settings(MAX_ATTEMPTS=1)
+    fake_gemini.fail_every(503, body=api_error(503, "The service is currently unavailable.", "UNAVAILABLE"))
+    call_failing("semantic_embed", "testapp.Article", "--batch-size", "3")
+    fake_gemini.reset()
+    label = "testapp.Article.embedding"
+    next_retry = EmbeddingFailure.objects.order_by("retry_at").first().retry_at
+    waiting = Embed.WAITING.format(
+        label=label, rows=3, when=Embed.WAITING_UNTIL.format(time=batch.shown_time(next_retry))
+    )
+    out, err = call("semantic_embed", "testapp.Article")
+    assert "22 embedded" in out and waiting in err
+    out, err = call("semantic_embed", "testapp.Article")
+    assert Embed.NOTHING.format(label=label) in out and waiting in err
+    fake_gemini.reset()
+    out, err = call("semantic_embed", "testapp.Article", "--all")
+    assert "22/22 rows" in out and len(fake_gemini.texts()) == 22 and waiting in err
+    (status,) = json.loads(call("semantic_status", "testapp.Article", "--json")[0])
+    assert (status["pending"], status["failed"], status["oldest_pending_seconds"]) == (0, 3, None)
 
 
 def test_dry_run_counts_and_prices_without_writing(backlog, fake_gemini):

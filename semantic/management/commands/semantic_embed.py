@@ -15,9 +15,9 @@ from semantic.switch import switch_to, switched_name
 class Command(QuietMixin, BaseCommand):
     help = (
         "Embed the rows that need it: new, changed, stale (made by another model, task type or size) and failed "
-        "ones, for the named app_label.Model[.field] targets or every EmbeddingField. Runs inline with a "
-        "progress display, hands the work to django-q2 workers with --queue, or sends Gemini Batch API "
-        "jobs with --batch-api. Safe to interrupt: finished batches are kept, and running it again "
+        "ones whose retry time has come, for the named app_label.Model[.field] targets or every EmbeddingField. "
+        "Runs inline with a progress display, hands the work to django-q2 workers with --queue, or sends "
+        "Gemini Batch API jobs with --batch-api. Safe to interrupt: finished batches are kept, and running it again "
         "carries on. With --switch, fills a field declared with replaces= and then points queries at it. "
         "Tells you when a migration is due (e.g. the field's dimensions changed)."
     )
@@ -51,6 +51,13 @@ class Command(QuietMixin, BaseCommand):
         "(a text of one passage), {kept} kept from before, {failed} failed."
     )
     PROGRESS = "{label}: {visited}/{total} rows, {rate:.1f} rows/s, about {eta} left"
+    #: Rows a run leaves out, --all too: their last attempt failed and they wait to be retried.
+    WAITING = (
+        "{label}: {rows} rows whose embedding failed are left to their retry{when}; "
+        "`manage.py semantic_embed {label} --failed` retries them now."
+    )
+    WAITING_UNTIL = " (the next at {time}; rows the API refused wait for their text to change)"
+    WAITING_FOR_TEXT = " (the API refused their text: they wait for it to change)"
     FAILED_HINT = "Failed rows are listed in the admin (Embedding failures); retry them with --failed."
     STOPPED = "{label}: stopped before the end: {reason} The rows left are still pending; run this again once fixed."
     #: The command's last word (and exit status 1) when a run stopped: scripts and cron jobs see it.
@@ -98,7 +105,10 @@ class Command(QuietMixin, BaseCommand):
         parser.add_argument("targets", nargs="*", help="app_label.Model or app_label.Model.field (default: all)")
         which = parser.add_mutually_exclusive_group()
         which.add_argument(
-            "--all", action="store_true", dest="everything", help="re-embed every row, even current ones"
+            "--all",
+            action="store_true",
+            dest="everything",
+            help="re-embed every row, even current ones (not rows waiting to retry a failure: --failed takes those)",
         )
         which.add_argument("--failed", action="store_true", help="only retry rows whose embedding failed")
         which.add_argument(
@@ -209,6 +219,8 @@ class Command(QuietMixin, BaseCommand):
                 else:
                     if self.embed(model, field, label, batch_size=batch_size, limit=limit, **kwargs):
                         stopped.append(label)
+                if not failed and label not in self.failed:
+                    self.report_waiting(field, label, using)
                 if switch:
                     self.switch(model, field)
         except KeyboardInterrupt:
@@ -246,6 +258,12 @@ class Command(QuietMixin, BaseCommand):
         if jobs:
             names = ", ".join(name for name, _ in jobs)
             self.stderr.write(self.HELD.format(label=label, rows=sum(rows for _, rows in jobs), names=names))
+
+    def report_waiting(self, field, label, using):
+        count, retry_at = rows.waiting_failures(field.model, field, using)
+        if count:
+            when = self.WAITING_UNTIL.format(time=batch.shown_time(retry_at)) if retry_at else self.WAITING_FOR_TEXT
+            self.stderr.write(self.WAITING.format(label=label, rows=count, when=when))
 
     def report_plan(self, label, field, plan, batch_api):
         cost = ""
