@@ -22,7 +22,7 @@ from semantic.fields import EmbeddingField
 from semantic.passage_rows import CUT_ROWS, cut_all, fill_known, lagging_rows, passage_failures
 from semantic.passage_worker import passage_items
 from semantic.ratelimit import CHARS_PER_TOKEN
-from semantic.rows import failed_pks, failures, first_rows, mark_pending, pending_rows
+from semantic.rows import failed_pks, failures, first_rows, mark_pending, pending_rows, waiting_out_failure
 from semantic.streaming import pk_batches
 from semantic.text import clean, weighted_length
 from semantic.writer import Item, Outcome
@@ -65,6 +65,8 @@ def database(field: EmbeddingField) -> str:
 def select(model: type[models.Model], field: EmbeddingField, *, everything: bool, failed: bool) -> models.QuerySet:
     """The rows a run would embed: for a field with ``passages``, also the rows whose
     vector is current but whose passages lag (passages just turned on, sizes changed).
+    ``everything`` takes every row but those waiting out a failure, which only ``failed``
+    takes before their time: a run sends none of them.
 
     Rows of the table that holds the field (a proxy's or a multi-table child's parent),
     as the worker reads them (on :func:`database`); for a child, only the child's rows
@@ -74,7 +76,7 @@ def select(model: type[models.Model], field: EmbeddingField, *, everything: bool
     if failed:
         rows = table._base_manager.using(using).filter(pk__in=failed_keys(model, field, using))
     elif everything:
-        rows = table._base_manager.using(using).all()
+        rows = table._base_manager.using(using).exclude(waiting_out_failure(table, field))
     elif field.passages:
         pending = pending_rows(table, field, using).values("pk")
         lagging = lagging_rows(table, field, using).values("pk")
@@ -205,7 +207,7 @@ def rehash(model: type[models.Model], field: EmbeddingField) -> tuple[int, int]:
     if not field.text_from_python():
         return 0, 0
     writer = Embedder(model, field)
-    rows = select(model, field, everything=True, failed=False).using(writer.using).defer(field.attname)
+    rows = only_rows_of(model, field, field.model._base_manager.using(writer.using)).defer(field.attname)
     visited = changed = 0
     for batch in pk_batches(rows, CUT_ROWS):
         chunk = list(batch)
@@ -236,6 +238,8 @@ def embed_now(
     Interrupted, it loses only the batch in flight; run again, it carries on with the
     rows still pending.
     """
+    if everything and not failed:
+        return embed_every_row(model, field, batch_size=batch_size, limit=limit, on_batch=on_batch)
     pks = prepare(model, field, everything=everything, failed=failed, limit=limit)
     if pks is None and is_part_of_table(model, field):
         # The table's other rows are not this child's to embed: name the child's by key.
@@ -247,6 +251,40 @@ def embed_now(
         # Rows whose vector is current but whose passages lag (passages just turned on,
         # sizes changed): run() only brought the passages of the rows it wrote.
         embedder.run_passages(limit=limit)
+    return embedder.outcome
+
+
+def embed_every_row(
+    model: type[models.Model],
+    field: EmbeddingField,
+    *,
+    batch_size: int | None = None,
+    limit: int | None = None,
+    on_batch: Callable[[Outcome, int], None] | None = None,
+) -> Outcome:
+    """Re-embed every row inline (the first ``limit`` by primary key), each request's rows
+    made pending just before they are sent.
+
+    Interrupted, it leaves at most one request's rows pending for the sweep, and the rows
+    after them keep their current vectors. Made pending all at once, the whole table was left to the
+    workers, which paid for the re-embed that Ctrl-C was meant to stop.
+    """
+    embedder = Embedder(model, field, batch_size=batch_size)
+    rows = first_rows(select(model, field, everything=True, failed=False), limit)
+    visited = 0
+
+    def progress(outcome: Outcome, in_chunk: int) -> None:
+        if on_batch:
+            on_batch(outcome, visited + in_chunk)
+
+    for chunk in pk_batches(rows, embedder.batch_size):
+        pks = list(chunk.values_list("pk", flat=True))
+        mark_pending(chunk, field)
+        embedder.run(pks, fill=False, on_batch=progress)
+        embedder.written.clear()  # their passages are up to date: not brought again with the next chunk's
+        visited += len(pks)
+        if embedder.stopped or embedder.deferred:
+            break
     return embedder.outcome
 
 

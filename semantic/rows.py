@@ -14,7 +14,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import connections, models, router, transaction
-from django.db.models import Case, CharField, Exists, F, Func, JSONField, OuterRef, Q, When
+from django.db.models import Case, CharField, Exists, F, Func, JSONField, Min, OuterRef, Q, When
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, Now
 from django.db.models.lookups import Exact, IsNull
@@ -35,9 +35,8 @@ KEYS_PER_QUERY = 1000
 def pending_rows(model: type[models.Model], field: EmbeddingField, using: str | None = None) -> models.QuerySet:
     """Rows of ``model`` that need ``field`` embedded, are not waiting out a failure,
     and are not in an open Batch API job."""
-    waiting = _failure_of_row(model, field).filter(Q(retry_at__gt=timezone.now()) | _of_this_text(field))
     manager = model._base_manager if using is None else model._base_manager.using(using)
-    rows = field.with_stored_text(manager.filter(field.needs_embedding()).exclude(Exists(waiting)))
+    rows = field.with_stored_text(manager.filter(field.needs_embedding()).exclude(waiting_out_failure(model, field)))
     batched = in_flight(model, field, using=using)
     return rows.exclude(batched) if batched is not None else rows
 
@@ -81,6 +80,25 @@ def rejected(model: type[models.Model], field: EmbeddingField) -> Exists:
     """Rows whose present text the API refused for good (a 400): sending it again cannot
     help, only a new text can, so they are no work left to do."""
     return Exists(_failure_of_row(model, field).filter(_of_this_text(field)))
+
+
+def waiting_out_failure(model: type[models.Model], field: EmbeddingField) -> Exists:
+    """Whether a row's last attempt failed and it waits: for its retry time, or, refused by the
+    API for good, for its text to change. ``--failed`` takes such rows at once; nothing else does."""
+    return Exists(_failure_of_row(model, field).filter(Q(retry_at__gt=timezone.now()) | _of_this_text(field)))
+
+
+def waiting_failures(model: type[models.Model], field: EmbeddingField, using: str | None = None) -> tuple[int, Any]:
+    """How many rows that need embedding wait out a failure (:func:`waiting_out_failure`), and
+    the next retry time among them (None when every one waits for its text to change)."""
+    rows = model._base_manager.db_manager(using).filter(field.needs_embedding() & waiting_out_failure(model, field))
+    count = rows.count()
+    if not count:
+        return 0, None
+    records = EmbeddingFailure.objects.using(rows.db).filter(
+        model_label=model._meta.label, field_name=field.name, retry_at__gt=timezone.now()
+    )
+    return count, records.aggregate(next=Min("retry_at"))["next"]
 
 
 def _failure_of_row(model: type[models.Model], field: EmbeddingField) -> models.QuerySet[EmbeddingFailure]:

@@ -103,7 +103,9 @@ def field_status(
     states = counted.annotate(_state=state_expression(model, field)).values("_state").annotate(n=Count("pk")).order_by()
     counts = dict.fromkeys(STATES, 0)
     counts.update({row["_state"]: row["n"] for row in states})
-    oldest = counted.filter(field.pending()).aggregate(oldest=Min(field.pending_since_name))["oldest"]
+    # Of the rows counted as pending: a failed row's wait is its retry's, not the queue's.
+    pending = counted.alias(_state=state_expression(model, field)).filter(_state="pending")
+    oldest = pending.aggregate(oldest=Min(field.pending_since_name))["oldest"]
     # Pending rows an open Batch API job carries: no worker takes them until it is collected.
     carried = in_flight(model, field, using=using)
     jobs = list(open_jobs(model, field, passages=False, using=using).values_list("name", flat=True)) if carried else []

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection
 
 from tests.fake_gemini import FakeGemini
@@ -25,6 +25,17 @@ def call(*args: str) -> tuple[str, str]:
     out, err = io.StringIO(), io.StringIO()
     call_command(*args, stdout=out, stderr=err)
     return out.getvalue(), err.getvalue()
+
+
+def call_failing(*args: str) -> tuple[str, str, str]:
+    """``call_command(*args)`` that ends in a CommandError (exit status 1): what it wrote to
+    stdout and stderr, and the error's message."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        call_command(*args, stdout=out, stderr=err)
+    except CommandError as error:
+        return out.getvalue(), err.getvalue(), str(error)
+    raise AssertionError(f"{args} did not fail: {out.getvalue()} {err.getvalue()}")
 
 
 def manage(fake: FakeGemini, *args: str, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen:

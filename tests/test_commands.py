@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import os
 import re
 import signal
 import threading
@@ -15,7 +16,7 @@ from django.core.management.base import CommandError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from semantic import suspend_embedding
+from semantic import batch, suspend_embedding
 from semantic.backends.gemini import NO_KEY
 from semantic.batch import NOT_DECLARED_HERE
 from semantic.embedder import Embedder
@@ -23,15 +24,16 @@ from semantic.management.commands.semantic_duplicates import Command as Duplicat
 from semantic.management.commands.semantic_embed import Command as Embed
 from semantic.management.commands.semantic_evaluate import Command as Evaluate
 from semantic.management.commands.semantic_search import Command as Search
+from semantic.management.output import CLOSED_PIPE
 from semantic.management.targets import APP_MIGRATIONS_DUE, BAD_TARGET, NO_FIELD, UNKNOWN_FIELD, UNKNOWN_MODEL
 from semantic.models import EmbeddingFailure
 from semantic.registry import get_embedding_field
 from semantic.rows import pending_rows
 from semantic.switch import NOT_REPLACING
 from semantic.text import source_hash
-from tests.commands import call, manage
+from tests.commands import call, call_failing, manage
 from tests.fake_gemini import BAD_KEY, api_error, fake_vector
-from tests.testapp.models import Article, ArticleProxy, Bulletin, Entry, FeaturedArticle, Ledger, Note
+from tests.testapp.models import Article, ArticleProxy, Bulletin, Entry, FeaturedArticle, Ledger, Note, Report
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -92,6 +94,31 @@ def test_interrupted_run_keeps_written_batches(backlog, fake_gemini, sig):
     assert f"{25 - len(kept)} embedded" in out
 
 
+def test_an_interrupted_all_leaves_only_the_request_in_flight_to_the_sweep(backlog, fake_gemini):
+    """Ctrl-C on a re-embed of every row stops the spending: the rows not reached stay current
+    instead of pending for the workers, and semantic_status counts them embedded."""
+    call("semantic_embed", "testapp.Article")
+    fake_gemini.reset()
+    second_request, signalled = threading.Event(), threading.Event()
+
+    def hold_the_second_request(record):
+        if len(fake_gemini.requests) == 2:
+            second_request.set()
+            signalled.wait(timeout=60)
+
+    fake_gemini.on_request = hold_the_second_request
+    process = manage(fake_gemini, "semantic_embed", "testapp.Article", "--all", "--batch-size", "5")
+    assert second_request.wait(timeout=120), "the command never sent its second request"
+    process.send_signal(signal.SIGINT)
+    signalled.set()
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and Embed.RESUME_ALL_HINT in err, err
+    left = set(pending_rows(Article, get_embedding_field(Article)).values_list("pk", flat=True))
+    assert left == {a.pk for a in backlog[5:10]}  # the request in flight; the first was written
+    (status,) = json.loads(call("semantic_status", "testapp.Article", "--json")[0])
+    assert (status["embedded"], status["pending"]) == (20, 5)
+
+
 def test_all_re_embeds_current_rows(backlog, fake_gemini):
     call("semantic_embed")
     fake_gemini.reset()
@@ -114,14 +141,45 @@ def test_all_with_a_limit_re_embeds_that_many_rows_and_leaves_the_rest_current(b
 
 def test_failed_retries_only_failed_rows(backlog, fake_gemini):
     fake_gemini.reject_marker = "number 3"
-    call("semantic_embed", "testapp.Article")
+    _, err, error = call_failing("semantic_embed", "testapp.Article")  # exit status 1, for scripts
+    assert error == Embed.SOME_FAILED.format(rows=1, labels="testapp.Article.embedding")
+    assert Embed.FAILED_HINT in err
     assert EmbeddingFailure.objects.count() == 1
     fake_gemini.reset()
     _, err = call("semantic_embed", "testapp.Article")  # permanent: not retried by default
     assert fake_gemini.request_count == 0
+    fake_gemini.reject_marker = "number 3"
+    _, _, error = call_failing("semantic_embed", "testapp.Article", "--failed")  # retried in vain: still 1
+    assert error == Embed.SOME_FAILED.format(rows=1, labels="testapp.Article.embedding")
+    fake_gemini.reset()
     out, _ = call("semantic_embed", "testapp.Article", "--failed")
     assert fake_gemini.texts() == ["Backlog article number 3"]
     assert not EmbeddingFailure.objects.exists()
+
+
+def test_rows_waiting_to_retry_a_failure_are_named_and_left_out_of_all_as_it_counts(
+    backlog, fake_gemini, semantic_settings
+):
+    """After an outage: the rows of the batch that failed wait for their retry time, also for --all
+    (which counts only what it sends), and every run says so and how to retry them now."""
+    semantic_settings(MAX_ATTEMPTS=1)
+    fake_gemini.fail_every(503, body=api_error(503, "The service is currently unavailable.", "UNAVAILABLE"))
+    call_failing("semantic_embed", "testapp.Article", "--batch-size", "3")
+    fake_gemini.reset()
+    label = "testapp.Article.embedding"
+    next_retry = EmbeddingFailure.objects.order_by("retry_at").first().retry_at
+    waiting = Embed.WAITING.format(
+        label=label, rows=3, when=Embed.WAITING_UNTIL.format(time=batch.shown_time(next_retry))
+    )
+    out, err = call("semantic_embed", "testapp.Article")
+    assert "22 embedded" in out and waiting in err
+    out, err = call("semantic_embed", "testapp.Article")
+    assert Embed.NOTHING.format(label=label) in out and waiting in err
+    fake_gemini.reset()
+    out, err = call("semantic_embed", "testapp.Article", "--all")
+    assert "22/22 rows" in out and len(fake_gemini.texts()) == 22 and waiting in err
+    (status,) = json.loads(call("semantic_status", "testapp.Article", "--json")[0])
+    assert (status["pending"], status["failed"], status["oldest_pending_seconds"]) == (0, 3, None)
 
 
 def test_dry_run_counts_and_prices_without_writing(backlog, fake_gemini):
@@ -401,6 +459,43 @@ def test_duplicates_json_keeps_the_text_and_escapes_controls(fake_gemini):
     out, _ = call("semantic_duplicates", "testapp.Article", "--threshold", "0.3", "--format", "json")
     assert not any(c in out for c in "\x1b\x07\x9b\x08")
     assert {r["text"] for r in json.loads(out)} == {HOSTILE + " reset password", "=1+1 reset password"}
+
+
+def test_duplicates_json_writes_uuid_keys_as_strings(fake_gemini):
+    first = Report.objects.create(title="first", body="reset my account password")
+    second = Report.objects.create(title="second", body="reset the password of my account")
+    out, _ = call("semantic_duplicates", "testapp.Report", "--threshold", "0.5", "--format", "json")
+    pairs = {(r["pk"], r["nearest_pk"]) for r in json.loads(out)}
+    assert pairs == {(str(first.pk), str(second.pk)), (str(second.pk), str(first.pk))}
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(fake_gemini):
+    """``manage.py semantic_search ... | head -1``: the pipe is closed before the command writes."""
+    Article.objects.create(title="reset my password", body="")
+    read, write = os.pipe()
+    os.close(read)
+    process = manage(fake_gemini, "semantic_search", "testapp.Article", "password", stdout=write, text=True)
+    os.close(write)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == CLOSED_PIPE, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_exports_to_standard_output_are_utf_8_whatever_the_locale(fake_gemini):
+    Article.objects.create(title="Größe reset my account password", body="")
+    Article.objects.create(title="Größe reset the password of my account", body="")
+    ascii_locale = {"PYTHONIOENCODING": "ascii"}
+    for export in ("csv", "json"):
+        args = ("semantic_duplicates", "testapp.Article", "--threshold", "0.5", "--format", export)
+        process = manage(fake_gemini, *args, env=ascii_locale, text=False)
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+        assert "Größe reset my account password" in out.decode("utf-8")
+    # Printed for people, a title the stream cannot hold is shown escaped.
+    process = manage(fake_gemini, "semantic_search", "testapp.Article", "password", env=ascii_locale)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert r"Gr\xf6\xdfe reset" in out
 
 
 @pytest.mark.parametrize("where", ["missing-directory/dups.csv", "."], ids=["no-directory", "a-directory"])

@@ -18,9 +18,10 @@ from project.questions.models import Question
 from semantic import EmbeddingField, SemanticManager, suspend_embedding
 from semantic.database_checks import check_unmanaged_tables
 from semantic.management.commands.semantic_embed import Command as EmbedCommand
+from semantic.management.commands.semantic_status import Command as StatusCommand
 from semantic.schema import NOT_UTF8, NOT_UTF8_FIX, UNMANAGED_MISSING, UNMANAGED_NO_TABLE, schema_problem
 from semantic.tasks import SWEEP_FAILED, embed_pending
-from tests.commands import call
+from tests.commands import call, call_failing
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -188,16 +189,36 @@ def test_the_pending_index_of_a_table_in_another_schema_is_not_asked_for_twice(c
 def test_status_reports_the_table_and_counts_the_others(legacy, waiting_question):
     problem = schema_problem(legacy._meta.get_field("embedding"))
 
-    out, err = call("semantic_status")
+    out, err, error = call_failing("semantic_status")  # exit status 1, so `semantic_status || alert` works
     (line,) = [line for line in out.splitlines() if line.startswith("testapp.LegacyDoc.embedding")]
     assert line.split()[1:7] == ["-"] * 6
     assert problem in err
+    assert error == StatusCommand.STOPPED.format(labels="testapp.LegacyDoc.embedding")
     (question,) = [line for line in out.splitlines() if line.startswith("questions.Question.embedding ")]
     assert question.split()[1:3] == ["1", "0"]  # one row, pending
 
-    out, _ = call("semantic_status", "--json")
+    out, _, _ = call_failing("semantic_status", "--json")
     (row,) = [r for r in json.loads(out) if r["model"] == "testapp.LegacyDoc"]
     assert (row["total"], row["pending"], row["problem"]) == (None, None, problem)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("semantic_search", "testapp.LegacyDoc", "password"),
+        ("semantic_duplicates", "testapp.LegacyDoc"),
+        ("semantic_topics", "testapp.LegacyDoc"),
+        ("semantic_classify", "testapp.LegacyDoc", "--label", "title", "--dry-run"),
+        ("semantic_evaluate", "testapp.LegacyDoc", "--queries", "unread.jsonl", "--qrels", "unread.tsv"),
+    ],
+    ids=lambda args: args[0],
+)
+def test_commands_that_read_vectors_say_what_the_table_lacks(legacy, args):
+    """In one line, as semantic_embed does, rather than a ProgrammingError from the middle of a query."""
+    problem = schema_problem(legacy._meta.get_field("embedding"))
+    with pytest.raises(CommandError) as info:
+        call(*args)
+    assert str(info.value) == problem
 
 
 def test_a_missing_table_is_reported_but_not_checked(legacy):
@@ -296,5 +317,5 @@ def test_a_database_not_in_utf8_is_reported_and_its_rows_are_not_sent(latin1_dat
         assert summary["stopped"] == problem and summary["embedded"] == 0
     assert fake_gemini.request_count == 0  # no text is paid for, again and again, only to be thrown away
 
-    (status,) = json.loads(call("semantic_status", "testapp.Article", "--json")[0])
+    (status,) = json.loads(call_failing("semantic_status", "testapp.Article", "--json")[0])
     assert status["problem"] == problem

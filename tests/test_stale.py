@@ -6,8 +6,10 @@ only those (real PostgreSQL).
 """
 
 import pytest
+from django.core.management.base import CommandError
 from django.utils import timezone
 
+from semantic.management.commands.semantic_remove_stale import Command as RemoveStale
 from semantic.models import Classifier, DismissedPair, EmbeddingBatchJob, EmbeddingFailure, FieldSwitch, Passage
 from tests.commands import call
 
@@ -84,6 +86,21 @@ def test_it_lists_the_stale_rows_and_deletes_nothing_unless_told_yes(stored, mon
     assert "semantic.Classifier: 1 for testapp.Article.embedding (its label field 'no_such_label' is gone)" in out
     assert len(out.strip().splitlines()) == len(stale) + 1 and out.strip().endswith("Nothing deleted.")
     assert remaining(keep + stale) == keep + stale
+
+
+def test_without_an_answer_or_with_an_unknown_database_it_says_so_in_one_line(stored, monkeypatch):
+    keep, stale = stored
+
+    def closed(prompt):
+        raise EOFError
+
+    monkeypatch.setattr("builtins.input", closed)
+    with pytest.raises(CommandError) as info:
+        call("semantic_remove_stale")
+    assert str(info.value) == RemoveStale.NO_ANSWER
+    assert remaining(keep + stale) == keep + stale
+    with pytest.raises(CommandError, match="invalid choice: 'reporting'"):
+        call("semantic_remove_stale", "--noinput", "--database", "reporting")
 
 
 def test_it_deletes_only_the_stale_rows(stored):

@@ -192,7 +192,8 @@ def test_status_page_and_retry_survive_failures_of_deleted_models_and_malformed_
 
 
 def test_a_configuration_problem_is_shown_by_the_status_command_embed_and_the_admin(admin_client, fake_gemini):
-    from tests.commands import call
+    from semantic.management.commands.semantic_status import Command as Status
+    from tests.commands import call_failing
     from tests.fake_gemini import BAD_KEY
 
     with suspend_embedding():
@@ -203,8 +204,9 @@ def test_a_configuration_problem_is_shown_by_the_status_command_embed_and_the_ad
         call_command("semantic_embed", "testapp.Article", stdout=io.StringIO(), stderr=stderr)
     err = stderr.getvalue()
     assert "stopped before the end" in err and "SEMANTIC['API_KEY']" in err
-    _, err = call("semantic_status", "testapp.Article")
+    _, err, error = call_failing("semantic_status", "testapp.Article")  # exit status 1, for monitors
     assert "embedding is stopped" in err and "SEMANTIC['API_KEY']" in err
+    assert error == Status.STOPPED.format(labels="testapp.Article.embedding")
     assert settings.TEST_API_KEY not in err
     page = admin_client.get(reverse("admin:semantic_status")).content.decode()
     assert "embedding is stopped" in page and settings.TEST_API_KEY not in page

@@ -9,8 +9,13 @@ in a CSV file, a cell that starts with ``=`` is a formula to a spreadsheet
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import sys
 from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
 
 #: C0 controls but newline, DEL, and C1 controls (0x9b is a one-character CSI on many terminals).
 _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
@@ -47,7 +52,89 @@ def json_safe(document: str) -> str:
     return re.sub(r"[\x7f-\x9f]", lambda match: f"\\u{ord(match.group()):04x}", document)
 
 
-class QuietMixin:
+def json_export(records: Any) -> str:
+    """An export's JSON text: keys and dates as Django's serializers write them (a UUID key
+    as its string), the text exactly as stored (:func:`json_safe`)."""
+    return json_safe(json.dumps(records, ensure_ascii=False, indent=2, cls=DjangoJSONEncoder)) + "\n"
+
+
+#: The exit status of a command whose reader closed the pipe (``| head -1``): a shell's for SIGPIPE.
+CLOSED_PIPE = 128 + 13
+
+
+class _ReaderGone(Exception):
+    """Standard output's reader closed the pipe (``| head -1``, ``| grep -q``)."""
+
+
+class _Stdout:
+    """A command's standard output: text the stream's encoding cannot hold is written as
+    ``\\xNN`` rather than raising, and a closed pipe is told from other broken pipes
+    (a socket to the API or the database)."""
+
+    def __init__(self, out: Any) -> None:
+        self._out = out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._out, name)
+
+    def write(self, text: str) -> Any:
+        encoding = getattr(self._out, "encoding", None)
+        if encoding:
+            text = text.encode(encoding, "backslashreplace").decode(encoding)
+        try:
+            return self._out.write(text)
+        except BrokenPipeError:
+            raise _ReaderGone from None
+
+    def flush(self) -> None:
+        try:
+            self._out.flush()
+        except BrokenPipeError:
+            raise _ReaderGone from None
+
+    def export(self, text: str) -> None:
+        """Write an export (CSV, JSON) as UTF-8, as ``--output`` writes it, when standard
+        output goes to a file or a pipe; a terminal gets it in its own encoding."""
+        buffer = getattr(self._out, "buffer", None)
+        if buffer is None or self._out.isatty():
+            self.write(text)
+            return
+        self.flush()
+        try:
+            buffer.write(text.encode("utf-8"))
+            buffer.flush()
+        except BrokenPipeError:
+            raise _ReaderGone from None
+
+
+class OutputMixin:
+    """For every command: its standard output writes what the stream cannot encode as
+    ``\\xNN`` and exports as UTF-8 (:meth:`export`); a reader that stops early
+    (``| head -1``) ends the command quietly with status 141, as it ends ``git log``;
+    Ctrl-C prints one line and exits with status 130."""
+
+    INTERRUPTED = "Interrupted."
+
+    def execute(self, *args: Any, **options: Any) -> Any:
+        out = options.get("stdout") or self.stdout._out  # type: ignore[attr-defined]
+        options["stdout"] = out if isinstance(out, _Stdout) else _Stdout(out)
+        try:
+            return super().execute(*args, **options)  # type: ignore[misc]
+        except _ReaderGone:
+            if out is sys.stdout:
+                # Python flushes standard output once more on exit: into /dev/null, not the closed pipe.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(CLOSED_PIPE) from None
+        except KeyboardInterrupt:
+            self.stderr.write("\n" + self.INTERRUPTED)  # type: ignore[attr-defined]
+            raise SystemExit(130) from None
+
+    def write_export(self, text: str) -> None:
+        """Write an export's text to standard output (UTF-8 to a file or a pipe)."""
+        self.stdout._out.export(text)  # type: ignore[attr-defined]
+
+
+class QuietMixin(OutputMixin):
     """For a command whose standard output only reports progress and outcomes: ``-v 0``
     (``call_command(..., verbosity=0)``) silences it, as it silences Django's own commands,
     so cron jobs and test runs stay quiet. Problems still go to standard error."""

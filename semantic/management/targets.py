@@ -14,6 +14,7 @@ from semantic.fields import EmbeddingField
 from semantic.registry import embedding_fields
 from semantic.schema import MIGRATION_NEEDED as MIGRATION_NEEDED
 from semantic.schema import MISSING_COLUMN as MISSING_COLUMN
+from semantic.schema import schema_problem
 
 BAD_TARGET = "{target!r} is not app_label.Model or app_label.Model.field."
 UNKNOWN_MODEL = "Unknown model {label!r}; models with an EmbeddingField: {known}."
@@ -134,3 +135,16 @@ def check_app_migrated(resolved: list[tuple[type[models.Model], EmbeddingField]]
         due = [migration.name for migration, _ in executor.migration_plan(targets)]
         if due:
             raise CommandError(APP_MIGRATIONS_DUE.format(count=len(due), database=using, names=", ".join(due)))
+
+
+def ready(
+    resolved: list[tuple[type[models.Model], EmbeddingField]],
+) -> list[tuple[type[models.Model], EmbeddingField]]:
+    """``resolved``, once this app's tables are migrated and each field's table has its columns
+    where the rows are read from; else CommandError saying what to run (a query would fail
+    with a ProgrammingError from the middle of it)."""
+    check_app_migrated(resolved)
+    for model, field in resolved:
+        if problem := schema_problem(field, router.db_for_read(model)):
+            raise CommandError(problem)
+    return resolved

@@ -7,7 +7,7 @@ from semantic.backends import EmbeddingError
 from semantic.classify import DEFAULT_K, METHODS, apply_predictions, predict_labels, unlabelled
 from semantic.linear import classifier_model, train_classifier
 from semantic.management.output import QuietMixin
-from semantic.management.targets import resolve
+from semantic.management.targets import ready, resolve
 
 
 def confidence_type(value):
@@ -53,7 +53,7 @@ class Command(QuietMixin, BaseCommand):
         parser.add_argument("--train", action="store_true", help="(re)train the logistic regression first")
 
     def handle(self, target, label, method, k, min_confidence, dry_run, train, **options):
-        (model, field), *others = resolve(target)
+        (model, field), *others = ready(resolve(target))
         if others:
             raise CommandError(self.SEVERAL_FIELDS.format(label=model._meta.label, target=target))
         if not dry_run:

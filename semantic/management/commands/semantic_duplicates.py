@@ -1,14 +1,13 @@
 import csv
 import io
-import json
 import os
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
 from semantic.duplicates import DuplicateSearchCanceled, connected_groups
-from semantic.management.output import QuietMixin, csv_row, json_safe
-from semantic.management.targets import resolve, threshold_type
+from semantic.management.output import QuietMixin, csv_row, json_export
+from semantic.management.targets import ready, resolve, threshold_type
 from semantic.query import DEFAULT_DUPLICATE_THRESHOLD, with_semantic_methods
 
 
@@ -61,7 +60,7 @@ class Command(QuietMixin, BaseCommand):
                     os.remove(output)
             raise
         if not handle:
-            self.stdout.write(text, ending="")
+            self.write_export(text)
             return
         with handle:
             handle.truncate(0)
@@ -70,7 +69,7 @@ class Command(QuietMixin, BaseCommand):
         self.say(self.WROTE.format(groups=len(groups), rows=rows, output=output))
 
     def export(self, target, threshold, format):
-        (model, field), *others = resolve(target)
+        (model, field), *others = ready(resolve(target))
         if others:
             raise CommandError(f"{model._meta.label} has several EmbeddingFields; name one: {target}.<field>.")
         try:
@@ -95,7 +94,7 @@ class Command(QuietMixin, BaseCommand):
         ]
         buffer = io.StringIO()
         if format == "json":
-            buffer.write(json_safe(json.dumps(records, ensure_ascii=False, indent=2)) + "\n")
+            buffer.write(json_export(records))
         else:
             writer = csv.DictWriter(buffer, fieldnames=list(self.COLUMNS))
             writer.writeheader()

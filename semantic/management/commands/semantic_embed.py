@@ -15,9 +15,9 @@ from semantic.switch import switch_to, switched_name
 class Command(QuietMixin, BaseCommand):
     help = (
         "Embed the rows that need it: new, changed, stale (made by another model, task type or size) and failed "
-        "ones, for the named app_label.Model[.field] targets or every EmbeddingField. Runs inline with a "
-        "progress display, hands the work to django-q2 workers with --queue, or sends Gemini Batch API "
-        "jobs with --batch-api. Safe to interrupt: finished batches are kept, and running it again "
+        "ones whose retry time has come, for the named app_label.Model[.field] targets or every EmbeddingField. "
+        "Runs inline with a progress display, hands the work to django-q2 workers with --queue, or sends "
+        "Gemini Batch API jobs with --batch-api. Safe to interrupt: finished batches are kept, and running it again "
         "carries on. With --switch, fills a field declared with replaces= and then points queries at it. "
         "Tells you when a migration is due (e.g. the field's dimensions changed)."
     )
@@ -51,10 +51,19 @@ class Command(QuietMixin, BaseCommand):
         "(a text of one passage), {kept} kept from before, {failed} failed."
     )
     PROGRESS = "{label}: {visited}/{total} rows, {rate:.1f} rows/s, about {eta} left"
+    #: Rows a run leaves out, --all too: their last attempt failed and they wait to be retried.
+    WAITING = (
+        "{label}: {rows} rows whose embedding failed are left to their retry{when}; "
+        "`manage.py semantic_embed {label} --failed` retries them now."
+    )
+    WAITING_UNTIL = " (the next at {time}; rows the API refused wait for their text to change)"
+    WAITING_FOR_TEXT = " (the API refused their text: they wait for it to change)"
     FAILED_HINT = "Failed rows are listed in the admin (Embedding failures); retry them with --failed."
     STOPPED = "{label}: stopped before the end: {reason} The rows left are still pending; run this again once fixed."
     #: The command's last word (and exit status 1) when a run stopped: scripts and cron jobs see it.
     INCOMPLETE = "Not finished: {labels} stopped before the end (see above)."
+    #: The last word (and exit status 1) when rows or passages failed, also when --failed retried them in vain.
+    SOME_FAILED = "Embedding failed for {rows} row(s) or passage(s) of {labels} (see above)."
     STALE = (
         "{label}: {rows} rows hold vectors made with another {changed} than now; until they are re-embedded, "
         "search sees only the rows embedded by {spec}. To change the model with no gap, add a second field with "
@@ -74,6 +83,10 @@ class Command(QuietMixin, BaseCommand):
     )
     SWITCH_ONE = "--switch takes exactly one app_label.Model.field."
     RESUME_HINT = "Interrupted; batches already written are kept. Run the command again (without --all) to carry on."
+    RESUME_ALL_HINT = (
+        "Interrupted; batches already written are kept, and the rows not reached keep their vectors. "
+        "Run the command again with --all to re-embed every row from the first."
+    )
     BATCH_SUBMITTED = "{label}: submitted Batch API job {name} with {rows} rows."
     BATCH_PASSAGES_SUBMITTED = "{label}: submitted Batch API job {name} with {rows} passages."
     BATCH_RESUMING = "{label}: collecting Batch API job {name} ({rows} {unit}, submitted {submitted})."
@@ -96,7 +109,10 @@ class Command(QuietMixin, BaseCommand):
         parser.add_argument("targets", nargs="*", help="app_label.Model or app_label.Model.field (default: all)")
         which = parser.add_mutually_exclusive_group()
         which.add_argument(
-            "--all", action="store_true", dest="everything", help="re-embed every row, even current ones"
+            "--all",
+            action="store_true",
+            dest="everything",
+            help="re-embed every row, even current ones (not rows waiting to retry a failure: --failed takes those)",
         )
         which.add_argument("--failed", action="store_true", help="only retry rows whose embedding failed")
         which.add_argument(
@@ -169,6 +185,7 @@ class Command(QuietMixin, BaseCommand):
                     raise CommandError(str(exc)) from None
         check_app_migrated(resolved)
         stopped: list[str] = []
+        self.failed: dict[str, int] = {}  # label: rows and passages that failed
         try:
             for model, field in resolved:
                 label = f"{model._meta.label}.{field.name}"
@@ -206,13 +223,18 @@ class Command(QuietMixin, BaseCommand):
                 else:
                     if self.embed(model, field, label, batch_size=batch_size, limit=limit, **kwargs):
                         stopped.append(label)
+                if not failed and label not in self.failed:
+                    self.report_waiting(field, label, using)
                 if switch:
                     self.switch(model, field)
         except KeyboardInterrupt:
-            self.stderr.write("\n" + self.RESUME_HINT)
+            self.stderr.write("\n" + (self.RESUME_ALL_HINT if everything else self.RESUME_HINT))
             raise SystemExit(130) from None
         if stopped:
             raise CommandError(self.INCOMPLETE.format(labels=", ".join(stopped)))
+        if self.failed:
+            labels = ", ".join(self.failed)
+            raise CommandError(self.SOME_FAILED.format(rows=sum(self.failed.values()), labels=labels))
 
     def rehash(self, model, field, label):
         if not field.text_from_python():
@@ -240,6 +262,12 @@ class Command(QuietMixin, BaseCommand):
         if jobs:
             names = ", ".join(name for name, _ in jobs)
             self.stderr.write(self.HELD.format(label=label, rows=sum(rows for _, rows in jobs), names=names))
+
+    def report_waiting(self, field, label, using):
+        count, retry_at = rows.waiting_failures(field.model, field, using)
+        if count:
+            when = self.WAITING_UNTIL.format(time=batch.shown_time(retry_at)) if retry_at else self.WAITING_FOR_TEXT
+            self.stderr.write(self.WAITING.format(label=label, rows=count, when=when))
 
     def report_plan(self, label, field, plan, batch_api):
         cost = ""
@@ -313,8 +341,9 @@ class Command(QuietMixin, BaseCommand):
             )
         if outcome.stopped:
             self.stderr.write(self.STOPPED.format(label=label, reason=outcome.stopped))
-        if outcome.failed:
+        if outcome.failed or outcome.passages_failed:
             self.stderr.write(self.FAILED_HINT)
+            self.failed[label] = outcome.failed + outcome.passages_failed
         return outcome.stopped
 
     def batch_api(self, model, field, label, everything, limit, job_name, poll_interval):
@@ -353,6 +382,7 @@ class Command(QuietMixin, BaseCommand):
                 self.say(line)
                 if job.failed:
                     self.stderr.write(self.FAILED_HINT)
+                    self.failed[label] = self.failed.get(label, 0) + job.failed
 
         try:
             finished = batch.run(

@@ -16,11 +16,12 @@ from semantic.evaluate import (
 )
 from semantic.hybrid import DEFAULT_K
 from semantic.keyword import keyword_index
-from semantic.management.targets import resolve
+from semantic.management.output import OutputMixin
+from semantic.management.targets import ready, resolve
 from semantic.query import with_semantic_methods
 
 
-class Command(BaseCommand):
+class Command(OutputMixin, BaseCommand):
     help = (
         "Print nDCG@10, recall@100 and MRR@10 (as percentages) of meaning, keyword and hybrid search "
         "for queries with relevance judgements in BEIR's layout."
@@ -65,7 +66,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, target, queries, qrels, field, id_field, k_rrf, weights, methods, format, **options):
-        (model, embedding_field), *others = resolve(target if field is None else f"{target}.{field}")
+        (model, embedding_field), *others = ready(resolve(target if field is None else f"{target}.{field}"))
         if others:
             raise CommandError(f"{model._meta.label} has several EmbeddingFields; pass --field.")
         chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else default_methods(embedding_field)

@@ -1,5 +1,5 @@
-from django.core.management.base import BaseCommand
-from django.db import DEFAULT_DB_ALIAS, transaction
+from django.core.management.base import BaseCommand, CommandError
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from semantic.management.output import QuietMixin, terminal_safe
 from semantic.stale import find_stale
@@ -18,10 +18,16 @@ class Command(QuietMixin, BaseCommand):
     ASK = "Delete these? Type 'yes' to continue, or 'no' to cancel: "
     DELETED = "Deleted {rows} rows."
     CANCELLED = "Nothing deleted."
+    NO_ANSWER = "Nothing deleted: standard input closed before an answer. Pass --noinput to delete without asking."
 
     def add_arguments(self, parser):
         parser.add_argument("--noinput", "--no-input", action="store_false", dest="interactive", help="do not ask")
-        parser.add_argument("--database", default=DEFAULT_DB_ALIAS, help="the database to clean (default: default)")
+        parser.add_argument(
+            "--database",
+            default=DEFAULT_DB_ALIAS,
+            choices=tuple(connections),
+            help="the database to clean (default: default)",
+        )
 
     def handle(self, interactive, database, **options):
         stale = find_stale(database)
@@ -32,9 +38,15 @@ class Command(QuietMixin, BaseCommand):
         show = self.stdout.write if interactive else self.say
         for group in stale:
             show(terminal_safe(str(group)))
-        if interactive and input(self.ASK) != "yes":
+        if interactive and self.answer() != "yes":
             self.say(self.CANCELLED)
             return
         with transaction.atomic(using=database):
             deleted = sum(group.rows.delete()[0] for group in stale)
         self.say(self.DELETED.format(rows=deleted))
+
+    def answer(self):
+        try:
+            return input(self.ASK)
+        except EOFError:  # run from a script or cron with nothing on standard input
+            raise CommandError(self.NO_ANSWER) from None

@@ -3,14 +3,14 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from semantic.backends import EmbeddingError
-from semantic.management.output import terminal_safe
-from semantic.management.targets import resolve, threshold_type
+from semantic.management.output import OutputMixin, terminal_safe
+from semantic.management.targets import ready, resolve, threshold_type
 from semantic.query import with_semantic_methods
 from semantic.switch import serving_field
 from semantic.vectors import blank
 
 
-class Command(BaseCommand):
+class Command(OutputMixin, BaseCommand):
     help = (
         "Print the rows nearest in meaning to a text, with their similarity (1 = same meaning, 0 = unrelated). "
         "Rows less similar than --min-similarity (default 0) are left out."
@@ -48,7 +48,7 @@ class Command(BaseCommand):
         # Python hands over argument bytes its encoding cannot decode as lone surrogates (surrogateescape).
         if any("\udc80" <= c <= "\udcff" for c in text):
             raise CommandError(self.UNDECODABLE.format(encoding=sys.getfilesystemencoding()))
-        (model, field), *others = resolve(target)
+        (model, field), *others = ready(resolve(target))
         if others:
             raise CommandError(f"{model._meta.label} has several EmbeddingFields; name one: {target}.<field>.")
         rows = with_semantic_methods(model._default_manager.all())

@@ -1,16 +1,17 @@
 import json
 from datetime import datetime
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
 from semantic import backfill
+from semantic.management.output import OutputMixin
 from semantic.management.targets import check_app_migrated, resolve_all
 from semantic.status import STATES, field_status
 
 
-class Command(BaseCommand):
+class Command(OutputMixin, BaseCommand):
     help = (
         "Show, per model and EmbeddingField, how many rows are embedded, pending, stale "
         "(made by another model, task type or size), failed or empty, how long the oldest pending row "
@@ -19,7 +20,8 @@ class Command(BaseCommand):
         "problem says why, for a table without the field's columns). Fields with passages "
         "also show how many rows have current passages, lag or failed, how many passages there are, "
         "and the characters row vectors and passages read (about 4 a token). Counts come from the database "
-        "each model is read from (the router's db_for_read; database in --json)."
+        "each model is read from (the router's db_for_read; database in --json). Exits with status 1 when "
+        "a field cannot be embedded or counted (problem in --json), so a cron job or a monitor sees it."
     )
 
     HEADER = "{:<32} {:>8} " + " ".join("{:>9}" for _ in STATES) + " {:>14}  {}"
@@ -38,6 +40,9 @@ class Command(BaseCommand):
         "`manage.py semantic_embed {label} --batch-api` collects them."
     )
 
+    #: The last word (and exit status 1) when some field is stopped: the lines above say why.
+    STOPPED = "Embedding is stopped for {labels}: the problem is said above (in --json, as problem)."
+
     def add_arguments(self, parser):
         parser.add_argument("targets", nargs="*", help="app_label.Model[.field] (default: all)")
         parser.add_argument("--json", action="store_true", help="print JSON for monitoring")
@@ -51,11 +56,14 @@ class Command(BaseCommand):
         report = [field_status(model, field) for model, field in resolved]
         if json:
             self.stdout.write(_dumps(report))
-            return
-        if not report:
-            if not elsewhere:
-                self.stdout.write(self.NOTHING)
-            return
+        elif report:
+            self.print_table(resolved, report)
+        elif not elsewhere:
+            self.stdout.write(self.NOTHING)
+        if stopped := [f"{row['model']}.{row['field']}" for row in report if row["problem"]]:
+            raise CommandError(self.STOPPED.format(labels=", ".join(stopped)))
+
+    def print_table(self, resolved, report):
         self.stdout.write(self.HEADER.format("field", "total", *STATES, "oldest pending", "model|task type|dimensions"))
         for row in report:
             name = f"{row['model']}.{row['field']}"

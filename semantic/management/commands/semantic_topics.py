@@ -1,12 +1,11 @@
 import csv
 import io
-import json
 
 from django.core.management.base import BaseCommand, CommandError
 
 from semantic.clusters import PERIODS, cluster
-from semantic.management.output import QuietMixin, csv_row, json_safe
-from semantic.management.targets import resolve
+from semantic.management.output import QuietMixin, csv_row, json_export
+from semantic.management.targets import ready, resolve
 
 
 class Command(QuietMixin, BaseCommand):
@@ -38,7 +37,7 @@ class Command(QuietMixin, BaseCommand):
         parser.add_argument("--output", help="file to write (default: standard output)")
 
     def handle(self, target, k, date_field, period, config, format, output, **options):
-        (model, field), *others = resolve(target)
+        (model, field), *others = ready(resolve(target))
         if others:
             raise CommandError(self.SEVERAL_FIELDS.format(label=model._meta.label, target=target))
         try:
@@ -61,7 +60,7 @@ class Command(QuietMixin, BaseCommand):
                 }
                 for topic in topics
             ]
-            buffer.write(json_safe(json.dumps(records, ensure_ascii=False, indent=2, default=str)) + "\n")
+            buffer.write(json_export(records))
         else:
             writer = csv.DictWriter(buffer, fieldnames=[*self.CSV_FIELDS, *([self.CSV_TREND] if date_field else [])])
             writer.writeheader()
@@ -90,4 +89,4 @@ class Command(QuietMixin, BaseCommand):
             rows = sum(topic.size for topic in topics)
             self.say(self.WROTE.format(groups=len(topics), rows=rows, output=output))
         else:
-            self.stdout.write(buffer.getvalue(), ending="")
+            self.write_export(buffer.getvalue())
