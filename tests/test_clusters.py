@@ -19,7 +19,8 @@ from django.test import override_settings
 from semantic import embed_pending, suspend_embedding
 from semantic.clusters import cluster, period_start
 from semantic.keyword_index import keyword_index
-from tests.commands import call
+from semantic.management.commands.semantic_topics import Command
+from tests.commands import call, call_failing
 from tests.docsapp.models import Page
 from tests.testapp.models import Article, FeaturedArticle
 from tests.topicapp.banking77 import INTENTS, sentences
@@ -184,7 +185,6 @@ def test_bad_input_is_refused_clearly(tickets):
 
 @pytest.mark.django_db(transaction=True)
 def test_command_exports_topics_as_json_and_csv(tickets, tmp_path):
-    from semantic.management.commands.semantic_topics import Command
 
     out, _ = call("semantic_topics", "topicapp.Ticket", "--k", "5", "--format", "json")
     topics = json.loads(out)
@@ -331,6 +331,9 @@ def test_labels_leave_out_the_stop_words_of_the_configuration_given_else_the_key
     assert label_words(Ticket.objects.all(), config="german") == [["bestellung", "lieferung"], ["passwort"]]
     out, _ = call("semantic_topics", "topicapp.Ticket", "--k", "2", "--config", "german", "--format", "json")
     assert sorted(topic["label"] for topic in json.loads(out)) == ["bestellung, lieferung", "passwort"]
+    # A mistyped name: one line saying so (it was PostgreSQL's ProgrammingError, as a traceback).
+    *_, error = call_failing("semantic_topics", "topicapp.Ticket", "--config", "germna")
+    assert error == Command.UNKNOWN_CONFIG.format(config="germna")
     monkeypatch.setattr(admin.site._registry[Ticket], "semantic_topic_config", "german")
     client.force_login(staff("editor", "view_ticket"))
     response = client.get(reverse("admin:topicapp_ticket_topics"), {"semantic_groups": "2"})

@@ -2,6 +2,7 @@ import csv
 import io
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError, connections, router, transaction
 
 from semantic.clusters import PERIODS, cluster
 from semantic.management.output import QuietMixin, csv_row, json_export
@@ -19,9 +20,20 @@ class Command(QuietMixin, BaseCommand):
     WROTE = "Wrote {groups} topics ({rows} rows) to {output}."
     CANNOT_WRITE = "Cannot write {output}: {error}."
     SEVERAL_FIELDS = "{label} has several EmbeddingFields; name one: {target}.<field>."
+    UNKNOWN_CONFIG = (
+        "The database has no text search configuration {config!r}; "
+        "SELECT cfgname FROM pg_ts_config lists those it has (german, simple, ...)."
+    )
     CSV_FIELDS = ["topic", "size", "label", "growth", "typical_pk", "typical_text"]
     #: With --date-field: each period's start and its rows, as "2026-11-30:8;2026-12-07:3".
     CSV_TREND = "trend"
+
+    def check_config(self, using: str, config: str) -> None:
+        try:
+            with transaction.atomic(using=using), connections[using].cursor() as cursor:
+                cursor.execute("SELECT %s::regconfig", [config])
+        except DatabaseError:
+            raise CommandError(self.UNKNOWN_CONFIG.format(config=config)) from None
 
     def add_arguments(self, parser):
         parser.add_argument("target", help="app_label.Model or app_label.Model.field")
@@ -40,6 +52,8 @@ class Command(QuietMixin, BaseCommand):
         (model, field), *others = ready(resolve(target))
         if others:
             raise CommandError(self.SEVERAL_FIELDS.format(label=model._meta.label, target=target))
+        if config is not None:
+            self.check_config(router.db_for_read(model), config)  # before the clustering, which takes a while
         try:
             topics = cluster(
                 model._default_manager.all(), field=field.name, k=k, date_field=date_field, period=period, config=config
