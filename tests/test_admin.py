@@ -1610,6 +1610,32 @@ def test_dismissed_pairs_list_only_pairs_with_a_row_the_user_sees(client, articl
     assert change.status_code == 302  # Django's "doesn't exist. Perhaps it was deleted?"
 
 
+def test_superusers_see_dismissed_pairs_and_failures_of_a_model_registered_on_another_site(client, notes):
+    """Note's ModelAdmin is on "myadmin" only. On admin.site, the pairs list (where a pair is
+    undone) and the failures list keep the same rule: a superuser sees every row of such a
+    model (named, not linked: its change page is on the other site); staff, none."""
+    a, b = notes["reset my account password"], notes["reset the password of my account"]
+    first, second = DismissedPair.ordered(a.pk, b.pk)
+    DismissedPair.objects.create(
+        model_label="testapp.Note", field_name="embedding", first_pk=first, second_pk=second, dismissed_by="root"
+    )
+    EmbeddingFailure.objects.create(
+        model_label="testapp.Note", field_name="embedding", object_pk=str(a.pk), error="x", permanent=True
+    )
+    pairs_url = reverse("admin:semantic_dismissedpair_changelist")
+    failures_url = reverse("admin:semantic_embeddingfailure_changelist")
+
+    def listed(url):
+        return [p.model_label for p in client.get(url).context["cl"].result_list]
+
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "pw"))
+    assert listed(pairs_url) == listed(failures_url) == ["testapp.Note"]
+    page = client.get(pairs_url).content.decode()
+    assert str(a) in page and str(b) in page and "/admin/testapp/note/" not in page
+    client.force_login(staff("pairs", "view_note", "view_dismissedpair", "view_embeddingfailure"))
+    assert listed(pairs_url) == listed(failures_url) == []
+
+
 def test_dismissed_pairs_are_read_only_and_may_be_deleted(client, articles):
     """Only "Not a duplicate" makes a pair (it checks both rows may be changed): the form cannot
     re-point one at other rows, or at another user."""
