@@ -92,6 +92,13 @@ def act(client, action, *objs):
     return client.post(reverse(CHANGELIST), data, follow=True)
 
 
+def failed(obj):
+    """The failure record the worker leaves for ``obj`` when the API refuses its text for good."""
+    return EmbeddingFailure.objects.create(
+        model_label=obj._meta.label, field_name="embedding", object_pk=str(obj.pk), error="refused", permanent=True
+    )
+
+
 def test_changelist_shows_state_column_and_filters_by_it(editor, articles):
     with suspend_embedding():
         Article.objects.create(title="waiting")
@@ -625,13 +632,7 @@ def test_the_semantic_permission_hooks_switch_off_every_semantic_feature_of_the_
     assert "suggested label" not in [h["text"] for h in labelled.context["result_headers"]]
 
     Article.objects.filter(pk=articles["export invoices as csv"].pk).update(embedding=None)
-    EmbeddingFailure.objects.create(
-        model_label="testapp.Article",
-        field_name="embedding",
-        object_pk=str(articles["export invoices as csv"].pk),
-        error="refused",
-        permanent=True,
-    )
+    failed(articles["export invoices as csv"])
     retried = editor.post(reverse("admin:semantic_status"), follow=True)
     assert [str(m) for m in retried.context["messages"]][0] == "Queued 0 failed rows again."
     assert EmbeddingFailure.objects.get().permanent
@@ -1005,13 +1006,7 @@ def test_a_site_that_registers_a_failure_admin_serves_the_status_page_only_throu
     urlconf = ModuleType("strictadmin_urls")
     urlconf.urlpatterns = [path("strictadmin/", site.urls)]
     settings.ROOT_URLCONF = urlconf
-    EmbeddingFailure.objects.create(
-        model_label="testapp.Article",
-        field_name="embedding",
-        object_pk=str(articles["export invoices as csv"].pk),
-        error="refused",
-        permanent=True,
-    )
+    failed(articles["export invoices as csv"])
     assert editor.get(reverse("strictadmin:semantic_status")).status_code == 403
     assert "semantic-status-link" not in editor.get(reverse("strictadmin:testapp_article_changelist")).content.decode()
     beside_the_model = reverse("strictadmin:testapp_article_semantic_status")
@@ -1619,9 +1614,7 @@ def test_superusers_see_dismissed_pairs_and_failures_of_a_model_registered_on_an
     DismissedPair.objects.create(
         model_label="testapp.Note", field_name="embedding", first_pk=first, second_pk=second, dismissed_by="root"
     )
-    EmbeddingFailure.objects.create(
-        model_label="testapp.Note", field_name="embedding", object_pk=str(a.pk), error="x", permanent=True
-    )
+    failed(a)
     pairs_url = reverse("admin:semantic_dismissedpair_changelist")
     failures_url = reverse("admin:semantic_embeddingfailure_changelist")
 
