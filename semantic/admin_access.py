@@ -21,9 +21,9 @@ def site_rows(
     """The rows of ``model`` this user may ``"view"`` or ``"change"`` on ``site``; None for none.
 
     The model's ModelAdmin on ``site`` decides, as on its own pages: its
-    ``has_view_permission()`` / ``has_change_permission()`` (and, to change, a SemanticAdminMixin's
-    ``has_semantic_change_permission()``: re-embedding is its feature); the rows are its
-    ``get_queryset()``. A model without a
+    ``has_view_permission()`` / ``has_change_permission()``, then (a SemanticAdminMixin's)
+    ``has_semantic_view_permission()`` / ``has_semantic_change_permission()``, which take this
+    app's pages of the model away; the rows are its ``get_queryset()``. A model without a
     ModelAdmin on ``site`` (one on a project's own AdminSite) is here for superusers only,
     every row of it, never through Django's model permissions: a staff user's ModelAdmin on
     another site may admit fewer rows, and a URL under this site's prefix must not show more.
@@ -32,6 +32,7 @@ def site_rows(
     if model_admin is None:
         return model._base_manager.all() if request.user.is_superuser else None
     allowed = getattr(model_admin, f"has_{action}_permission")(request)
-    if action == "change" and hasattr(model_admin, "has_semantic_change_permission"):
-        allowed = allowed and model_admin.has_semantic_change_permission(request)
+    semantic = getattr(model_admin, f"has_semantic_{action}_permission", None)
+    if allowed and semantic is not None:
+        allowed = semantic(request)
     return model_admin.get_queryset(request) if allowed else None

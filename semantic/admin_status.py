@@ -2,8 +2,9 @@
 
 The page reports on other models' rows, so the EmbeddingFailure permissions that open it
 are not enough: a model counts only when the user may view it through its ModelAdmin on
-this admin site (superusers see the models without one too), and then only the rows that
-ModelAdmin's ``get_queryset()`` admits (:mod:`semantic.admin_access`).
+this admin site, its ``has_semantic_view_permission()`` too (superusers see the models
+without one as well), and then only the rows that ModelAdmin's ``get_queryset()`` admits
+(:mod:`semantic.admin_access`).
 "Retry failed rows" re-queues only rows the user sees and may change (the ModelAdmin's
 ``has_change_permission(request, obj)`` of each), and drops the records of rows deleted
 since (as the sweep does). Failure rows that name a model or field that is gone, or a key

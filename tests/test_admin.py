@@ -989,6 +989,29 @@ def test_status_page_reports_to_staff_only_models_its_own_site_registers(client,
     assert {"testapp.Article", "testapp.Note"} <= {row["model"] for row in client.get(plain).context["report"]}
 
 
+def test_a_model_whose_semantic_view_permission_refuses_is_not_on_the_status_page(editor, articles, monkeypatch):
+    """has_semantic_view_permission() refusing takes the model off the status page (counts,
+    errors, retry) and off the lists of its failure records and "not a duplicate" pairs."""
+    a, b = articles["export invoices as csv"], articles["export all invoices to csv"]
+    failed(a)
+    first, second = DismissedPair.ordered(a.pk, b.pk)
+    DismissedPair.objects.create(
+        model_label="testapp.Article", field_name="embedding", first_pk=first, second_pk=second
+    )
+    User.objects.get(username="editor").user_permissions.add(Permission.objects.get(codename="view_dismissedpair"))
+    status = reverse("admin:semantic_status")
+    assert "testapp.Article" in {row["model"] for row in editor.get(status).context["report"]}
+    monkeypatch.setattr(admin.site._registry[Article], "has_semantic_view_permission", lambda request: False)
+    page = editor.get(status)
+    assert "testapp.Article" not in {row["model"] for row in page.context["report"]}
+    assert page.context["errors"] == []
+    for url in ("admin:semantic_embeddingfailure_changelist", "admin:semantic_dismissedpair_changelist"):
+        assert list(editor.get(reverse(url)).context["cl"].result_list) == []
+    retried = editor.post(status, follow=True)
+    assert [str(m) for m in retried.context["messages"]] == ["Queued 0 failed rows again."]
+    assert EmbeddingFailure.objects.get().permanent
+
+
 class SuperuserOnlyFailureAdmin(EmbeddingFailureAdmin):
     def has_view_permission(self, request, obj=None):
         return request.user.is_superuser
