@@ -39,7 +39,7 @@ from semantic.registry import get_embedding_field
 from tests.fake_gemini import api_error
 from tests.slow_statements import SLOW_ROWS
 from tests.testapp.admin import ArticleAdmin
-from tests.testapp.models import Article, Entry, Note, Report
+from tests.testapp.models import Article, Entry, Ledger, Note, Report
 from tests.topicapp.models import Queue, Request
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -1445,6 +1445,30 @@ def test_duplicate_review_excerpts_only_the_text_the_change_form_shows(editor, a
     monkeypatch.setattr(model_admin, "get_exclude", lambda request, obj=None: None)
     shown = editor.get(reverse(DUPLICATES), {"threshold": "0.3"}).context["group_tables"]
     assert [row.excerpt for _, rows in shown for row in rows if row.obj.pk == a.pk] == [f"{a.title} payroll cuts"]
+
+
+class LedgerAdmin(SemanticAdminMixin, admin.ModelAdmin):
+    list_display = ["text"]
+
+
+def test_duplicate_review_excerpts_a_method_source_when_the_form_hides_no_field(admin_client, settings, monkeypatch):
+    """Ledger embeds its method upper(), which may read any field: shown while the change form
+    shows every field, as the form's own readonly field, and never once it hides one."""
+    cache.clear()
+    for text in ("reset my account password", "reset the password of my account", "export invoices as csv"):
+        Ledger.objects.create(text=text)
+    embed_pending()
+    model_admin = serve_admin_site(settings, "ledgeradmin", Ledger, LedgerAdmin)._registry[Ledger]
+
+    def excerpts():
+        review = admin_client.get(reverse("ledgeradmin:testapp_ledger_duplicates"), {"threshold": "0.3"})
+        return sorted(row.excerpt for _, rows in review.context["group_tables"] for row in rows)
+
+    assert excerpts() == ["RESET MY ACCOUNT PASSWORD", "RESET THE PASSWORD OF MY ACCOUNT"]
+    monkeypatch.setattr(model_admin, "exclude", ["text"])
+    assert excerpts() == ["", ""]
+    monkeypatch.setattr(model_admin, "readonly_fields", ["upper"])
+    assert excerpts() == ["RESET MY ACCOUNT PASSWORD", "RESET THE PASSWORD OF MY ACCOUNT"]
 
 
 def test_compare_refusals_and_no_delete_links_without_delete_permission(viewer, articles, client):
