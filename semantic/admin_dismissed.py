@@ -1,12 +1,14 @@
 """The admin's list of pairs marked "not a duplicate", naming both rows.
 
 A pair stores a model label and two primary keys as text, so it outlives its rows. The
-list holds the pairs of which this user may see a row through its model's ModelAdmin on
-this admin site (and those of models no longer installed, which show no one's rows), as
-the list of embedding failures does. It shows each row as its admin would (``str()``,
-linked to its change page) when this user may see it there; a row hidden from them and a
-row deleted since look alike, so the list never tells which hidden rows exist. Rows are
-fetched once per model for the page, not once per cell.
+list holds the pairs of which this user may see a row on this admin site (through its
+model's ModelAdmin there; a superuser, every row of a model without one), and those of
+models no longer installed, which show no one's rows: the rule of the list of embedding
+failures (:func:`semantic.admin_access.site_rows`). It shows each row as its admin would
+(``str()``, linked to its change page on this site when it has one) when this user may
+see it; a row hidden from them and a row deleted since look alike, so the list never
+tells which hidden rows exist. Rows are fetched once per model for the page, not once
+per cell.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from typing import Any
 
 from django.apps import apps
 from django.contrib import admin
-from django.contrib.admin.exceptions import NotRegistered
 from django.contrib.admin.utils import quote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import ValidationError
@@ -29,6 +30,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
+from semantic.admin_access import site_rows
 from semantic.models import DismissedPair
 
 NOT_SHOWN = _("%(pk)s (deleted, or hidden from you)")
@@ -67,6 +69,9 @@ def rows_of(label: str, raw_pks: set[str], request: HttpRequest, site: admin.Adm
     shown: dict[str, Any] = {raw: NOT_SHOWN % {"pk": raw} for raw in raw_pks}
     opts = model._meta
     for obj, raw in visible_rows(model, raw_pks, request, site):
+        if model not in site._registry:  # a superuser's: the row's change page is on another site
+            shown[raw] = str(obj)
+            continue
         url = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[quote(obj.pk)], current_app=site.name)
         shown[raw] = format_html('<a href="{}">{}</a>', url, obj)
     return shown
@@ -75,13 +80,9 @@ def rows_of(label: str, raw_pks: set[str], request: HttpRequest, site: admin.Adm
 def visible_rows(
     model: type[models.Model], raw_pks: Iterable[str], request: HttpRequest, site: admin.AdminSite
 ) -> list[tuple[models.Model, str]]:
-    """The rows among stored keys ``raw_pks`` this user may see through ``model``'s ModelAdmin on ``site``,
-    each with its stored key."""
-    try:
-        model_admin = site.get_model_admin(model)
-    except NotRegistered:
-        return []
-    if not model_admin.has_view_permission(request):
+    """The rows among stored keys ``raw_pks`` this user may see on ``site``, each with its stored key."""
+    rows = site_rows(site, request, model, "view")
+    if rows is None:
         return []
     keys = {}
     for raw in raw_pks:
@@ -89,7 +90,7 @@ def visible_rows(
             keys[model._meta.pk.to_python(raw)] = raw
         except (ValueError, ValidationError):
             continue
-    return [(obj, keys[obj.pk]) for obj in model_admin.get_queryset(request).filter(pk__in=keys)]
+    return [(obj, keys[obj.pk]) for obj in rows.filter(pk__in=keys)]
 
 
 @admin.register(DismissedPair)

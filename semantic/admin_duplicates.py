@@ -15,7 +15,7 @@ from typing import Any
 from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets
 from django.core.cache import cache
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import FieldDoesNotExist, PermissionDenied
 from django.core.paginator import Paginator
 from django.db import models
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
@@ -288,10 +288,18 @@ class DuplicateReviewMixin(CompareMixin):
     def duplicate_excerpt(self, request: HttpRequest, obj: models.Model) -> str:
         """The start of a row's text, from the parts of the field's ``source`` its change form shows
         this user (``get_fieldsets()``: ``fields``, ``exclude``, ``readonly_fields`` apply, as on the
-        Compare page); a part kept off the form (an excluded field, a method) is left out."""
+        Compare page); a model field kept off the form is left out.
+
+        A method or property part is no form field, and may read any field of the row: it is
+        shown when the form shows every field the model lets a form edit (the ModelAdmin hides
+        none), or lists it in ``readonly_fields``. Override this for a finer rule."""
         field = self.get_embedding_field()  # type: ignore[attr-defined]
         on_form = set(flatten_fieldsets(self.get_fieldsets(request, obj)))  # type: ignore[attr-defined]
-        text = " ".join(read_part(obj, name) for name in field.source if name in on_form)
+        opts = obj._meta
+        editable = {f.name for f in [*opts.concrete_fields, *opts.many_to_many] if f.editable and not f.auto_created}
+        hides_none = editable <= on_form
+        shown = [name for name in field.source if name in on_form or (hides_none and not is_model_field(opts, name))]
+        text = " ".join(read_part(obj, name) for name in shown)
         return Truncator(" ".join(text.split())).chars(self.duplicate_excerpt_chars)
 
     def duplicate_page_threshold(self, request: HttpRequest) -> tuple[float, str, str | None]:
@@ -327,3 +335,12 @@ class DuplicateReviewMixin(CompareMixin):
         if name is None:
             return None
         return capfirst(self.model._meta.get_field(name).verbose_name)  # type: ignore[attr-defined]
+
+
+def is_model_field(opts: Any, name: str) -> bool:
+    """True when ``name`` is a field of the model (the form may leave it out), not a method or property."""
+    try:
+        opts.get_field(name)
+    except FieldDoesNotExist:
+        return False
+    return True

@@ -2,8 +2,9 @@
 
 The page reports on other models' rows, so the EmbeddingFailure permissions that open it
 are not enough: a model counts only when the user may view it through its ModelAdmin on
-this admin site (superusers see the models without one too), and then only the rows that
-ModelAdmin's ``get_queryset()`` admits.
+this admin site, its ``has_semantic_view_permission()`` too (superusers see the models
+without one as well), and then only the rows that ModelAdmin's ``get_queryset()`` admits
+(:mod:`semantic.admin_access`).
 "Retry failed rows" re-queues only rows the user sees and may change (the ModelAdmin's
 ``has_change_permission(request, obj)`` of each), and drops the records of rows deleted
 since (as the sweep does). Failure rows that name a model or field that is gone, or a key
@@ -13,7 +14,7 @@ server error.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from django.apps import apps
 from django.contrib import admin, messages
@@ -29,6 +30,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from semantic import tenancy
+from semantic.admin_access import site_rows
 from semantic.admin_changelist import STATE_LABELS, EmbeddingStateFilter, changeable_objects
 from semantic.fields import EmbeddingField
 from semantic.models import EmbeddingFailure
@@ -152,21 +154,12 @@ class EmbeddingFailureAdmin(admin.ModelAdmin):
         opts = model._meta
         return reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist", current_app=self.admin_site.name)
 
-    def model_rows(self, request: HttpRequest, model: type[models.Model], action: str) -> models.QuerySet | None:
-        """The rows of ``model`` this user may ``"view"`` or ``"change"`` on this admin site; None for none.
-
-        A model's ModelAdmin decides, as on its own pages. A model without one on this site
-        is on this site's page for superusers only (every row: what ``semantic_status``
-        shows them), never through Django's model permissions: a staff user's ModelAdmin on
-        another site may admit fewer rows, and a URL under this site's prefix must not show more.
-        """
-        model_admin = self.admin_site._registry.get(model)
-        if model_admin is None:
-            return model._base_manager.all() if request.user.is_superuser else None
-        allowed = getattr(model_admin, f"has_{action}_permission")(request)
-        if action == "change" and hasattr(model_admin, "has_semantic_change_permission"):
-            allowed = allowed and model_admin.has_semantic_change_permission(request)  # re-embedding is its feature
-        return model_admin.get_queryset(request) if allowed else None
+    def model_rows(
+        self, request: HttpRequest, model: type[models.Model], action: Literal["view", "change"]
+    ) -> models.QuerySet | None:
+        """The rows of ``model`` this user may ``"view"`` or ``"change"`` on this admin site; None for none
+        (:func:`semantic.admin_access.site_rows`: the list of "not a duplicate" pairs asks it too)."""
+        return site_rows(self.admin_site, request, model, action)
 
     def drop_records_of_deleted_rows(self, request: HttpRequest) -> int:
         """Drop the failure records of rows deleted behind the ORM's back (as the sweep does), of

@@ -39,7 +39,7 @@ from semantic.registry import get_embedding_field
 from tests.fake_gemini import api_error
 from tests.slow_statements import SLOW_ROWS
 from tests.testapp.admin import ArticleAdmin
-from tests.testapp.models import Article, Entry, Note, Report
+from tests.testapp.models import Article, Entry, Ledger, Note, Report
 from tests.topicapp.models import Queue, Request
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -90,6 +90,13 @@ def editor(client):
 def act(client, action, *objs):
     data = {"action": action, "index": 0, "_selected_action": [o.pk for o in objs]}
     return client.post(reverse(CHANGELIST), data, follow=True)
+
+
+def failed(obj):
+    """The failure record the worker leaves for ``obj`` when the API refuses its text for good."""
+    return EmbeddingFailure.objects.create(
+        model_label=obj._meta.label, field_name="embedding", object_pk=str(obj.pk), error="refused", permanent=True
+    )
 
 
 def test_changelist_shows_state_column_and_filters_by_it(editor, articles):
@@ -625,13 +632,7 @@ def test_the_semantic_permission_hooks_switch_off_every_semantic_feature_of_the_
     assert "suggested label" not in [h["text"] for h in labelled.context["result_headers"]]
 
     Article.objects.filter(pk=articles["export invoices as csv"].pk).update(embedding=None)
-    EmbeddingFailure.objects.create(
-        model_label="testapp.Article",
-        field_name="embedding",
-        object_pk=str(articles["export invoices as csv"].pk),
-        error="refused",
-        permanent=True,
-    )
+    failed(articles["export invoices as csv"])
     retried = editor.post(reverse("admin:semantic_status"), follow=True)
     assert [str(m) for m in retried.context["messages"]][0] == "Queued 0 failed rows again."
     assert EmbeddingFailure.objects.get().permanent
@@ -988,6 +989,29 @@ def test_status_page_reports_to_staff_only_models_its_own_site_registers(client,
     assert {"testapp.Article", "testapp.Note"} <= {row["model"] for row in client.get(plain).context["report"]}
 
 
+def test_a_model_whose_semantic_view_permission_refuses_is_not_on_the_status_page(editor, articles, monkeypatch):
+    """has_semantic_view_permission() refusing takes the model off the status page (counts,
+    errors, retry) and off the lists of its failure records and "not a duplicate" pairs."""
+    a, b = articles["export invoices as csv"], articles["export all invoices to csv"]
+    failed(a)
+    first, second = DismissedPair.ordered(a.pk, b.pk)
+    DismissedPair.objects.create(
+        model_label="testapp.Article", field_name="embedding", first_pk=first, second_pk=second
+    )
+    User.objects.get(username="editor").user_permissions.add(Permission.objects.get(codename="view_dismissedpair"))
+    status = reverse("admin:semantic_status")
+    assert "testapp.Article" in {row["model"] for row in editor.get(status).context["report"]}
+    monkeypatch.setattr(admin.site._registry[Article], "has_semantic_view_permission", lambda request: False)
+    page = editor.get(status)
+    assert "testapp.Article" not in {row["model"] for row in page.context["report"]}
+    assert page.context["errors"] == []
+    for url in ("admin:semantic_embeddingfailure_changelist", "admin:semantic_dismissedpair_changelist"):
+        assert list(editor.get(reverse(url)).context["cl"].result_list) == []
+    retried = editor.post(status, follow=True)
+    assert [str(m) for m in retried.context["messages"]] == ["Queued 0 failed rows again."]
+    assert EmbeddingFailure.objects.get().permanent
+
+
 class SuperuserOnlyFailureAdmin(EmbeddingFailureAdmin):
     def has_view_permission(self, request, obj=None):
         return request.user.is_superuser
@@ -1005,13 +1029,7 @@ def test_a_site_that_registers_a_failure_admin_serves_the_status_page_only_throu
     urlconf = ModuleType("strictadmin_urls")
     urlconf.urlpatterns = [path("strictadmin/", site.urls)]
     settings.ROOT_URLCONF = urlconf
-    EmbeddingFailure.objects.create(
-        model_label="testapp.Article",
-        field_name="embedding",
-        object_pk=str(articles["export invoices as csv"].pk),
-        error="refused",
-        permanent=True,
-    )
+    failed(articles["export invoices as csv"])
     assert editor.get(reverse("strictadmin:semantic_status")).status_code == 403
     assert "semantic-status-link" not in editor.get(reverse("strictadmin:testapp_article_changelist")).content.decode()
     beside_the_model = reverse("strictadmin:testapp_article_semantic_status")
@@ -1429,6 +1447,30 @@ def test_duplicate_review_excerpts_only_the_text_the_change_form_shows(editor, a
     assert [row.excerpt for _, rows in shown for row in rows if row.obj.pk == a.pk] == [f"{a.title} payroll cuts"]
 
 
+class LedgerAdmin(SemanticAdminMixin, admin.ModelAdmin):
+    list_display = ["text"]
+
+
+def test_duplicate_review_excerpts_a_method_source_when_the_form_hides_no_field(admin_client, settings, monkeypatch):
+    """Ledger embeds its method upper(), which may read any field: shown while the change form
+    shows every field, as the form's own readonly field, and never once it hides one."""
+    cache.clear()
+    for text in ("reset my account password", "reset the password of my account", "export invoices as csv"):
+        Ledger.objects.create(text=text)
+    embed_pending()
+    model_admin = serve_admin_site(settings, "ledgeradmin", Ledger, LedgerAdmin)._registry[Ledger]
+
+    def excerpts():
+        review = admin_client.get(reverse("ledgeradmin:testapp_ledger_duplicates"), {"threshold": "0.3"})
+        return sorted(row.excerpt for _, rows in review.context["group_tables"] for row in rows)
+
+    assert excerpts() == ["RESET MY ACCOUNT PASSWORD", "RESET THE PASSWORD OF MY ACCOUNT"]
+    monkeypatch.setattr(model_admin, "exclude", ["text"])
+    assert excerpts() == ["", ""]
+    monkeypatch.setattr(model_admin, "readonly_fields", ["upper"])
+    assert excerpts() == ["RESET MY ACCOUNT PASSWORD", "RESET THE PASSWORD OF MY ACCOUNT"]
+
+
 def test_compare_refusals_and_no_delete_links_without_delete_permission(viewer, articles, client):
     a, b = articles["export invoices as csv"], articles["export all invoices to csv"]
     hidden = articles["reset account password secret"]
@@ -1608,6 +1650,30 @@ def test_dismissed_pairs_list_only_pairs_with_a_row_the_user_sees(client, articl
     unseen = DismissedPair.objects.get(first_pk=first, second_pk=second)
     change = client.get(reverse("admin:semantic_dismissedpair_change", args=[unseen.pk]))
     assert change.status_code == 302  # Django's "doesn't exist. Perhaps it was deleted?"
+
+
+def test_superusers_see_dismissed_pairs_and_failures_of_a_model_registered_on_another_site(client, notes):
+    """Note's ModelAdmin is on "myadmin" only. On admin.site, the pairs list (where a pair is
+    undone) and the failures list keep the same rule: a superuser sees every row of such a
+    model (named, not linked: its change page is on the other site); staff, none."""
+    a, b = notes["reset my account password"], notes["reset the password of my account"]
+    first, second = DismissedPair.ordered(a.pk, b.pk)
+    DismissedPair.objects.create(
+        model_label="testapp.Note", field_name="embedding", first_pk=first, second_pk=second, dismissed_by="root"
+    )
+    failed(a)
+    pairs_url = reverse("admin:semantic_dismissedpair_changelist")
+    failures_url = reverse("admin:semantic_embeddingfailure_changelist")
+
+    def listed(url):
+        return [p.model_label for p in client.get(url).context["cl"].result_list]
+
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "pw"))
+    assert listed(pairs_url) == listed(failures_url) == ["testapp.Note"]
+    page = client.get(pairs_url).content.decode()
+    assert str(a) in page and str(b) in page and "/admin/testapp/note/" not in page
+    client.force_login(staff("pairs", "view_note", "view_dismissedpair", "view_embeddingfailure"))
+    assert listed(pairs_url) == listed(failures_url) == []
 
 
 def test_dismissed_pairs_are_read_only_and_may_be_deleted(client, articles):

@@ -85,6 +85,7 @@ LAYERS = [
     "semantic.status",
     "semantic.stale",
     # admin, checks, commands, the app
+    "semantic.admin_access",
     "semantic.admin_changelist",
     "semantic.admin_status",
     "semantic.admin_dismissed",
