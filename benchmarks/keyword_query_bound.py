@@ -33,20 +33,12 @@ def main() -> None:
     from django.db import DatabaseError, connection
     from django.db.models.sql import Query
 
-    from benchmarks.scifact import QRELS, QUERIES, corpus
-    from semantic import suspend_embedding
-    from semantic.evaluate import load_qrels, load_queries, ndcg
+    from benchmarks.keyword_ranking import claims_and_abstracts, create_keyword_table
+    from semantic.evaluate import ndcg
     from semantic.keyword import WordsQuery
     from tests.docsapp.models import Doc
 
-    queries, qrels = load_queries(QUERIES), load_qrels(QRELS)
-    judged = [q for q in queries if q in qrels]
-    documents = corpus()
-    if Doc.objects.count() != len(documents):
-        Doc.objects.all().delete()
-        with suspend_embedding():
-            Doc.objects.bulk_create(Doc(corpus_id=d["_id"], title=d["title"], text=d["text"]) for d in documents)
-    print(f"{Doc.objects.count()} abstracts, {len(judged)} claims")
+    queries, qrels, judged, documents = claims_and_abstracts()
     compiler = Query(Doc).get_compiler(connection=connection)
 
     def after(text: str) -> tuple[str, list[object]]:
@@ -56,11 +48,7 @@ def main() -> None:
         return BEFORE, [text]
 
     with connection.cursor() as cursor:
-        cursor.execute(
-            "CREATE TEMP TABLE kw AS SELECT corpus_id, "
-            f"to_tsvector('english', coalesce(title, '') || ' ' || coalesce(text, '')) v FROM {Doc._meta.db_table}"
-        )
-        cursor.execute("CREATE INDEX ON kw USING gin (v)")
+        create_keyword_table(cursor)
         results = {}
         for name, build in (("before", before), ("after", after)):
             ranked, scores, took = {}, [], []

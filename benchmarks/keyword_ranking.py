@@ -28,13 +28,12 @@ RANKINGS = {
 }
 
 
-def main() -> None:
-    setup()
-    from django.db import connection
-
+def claims_and_abstracts() -> tuple[dict, dict, list, list]:
+    """SciFact's training claims, their judgements, the judged claims' ids and the abstracts,
+    the abstracts stored as ``docsapp.Doc`` rows (no vectors) unless the table holds them already."""
     from benchmarks.scifact import QRELS, QUERIES, corpus
     from semantic import suspend_embedding
-    from semantic.evaluate import load_qrels, load_queries, ndcg
+    from semantic.evaluate import load_qrels, load_queries
     from tests.docsapp.models import Doc
 
     queries, qrels = load_queries(QUERIES), load_qrels(QRELS)
@@ -45,12 +44,29 @@ def main() -> None:
         with suspend_embedding():
             Doc.objects.bulk_create(Doc(corpus_id=d["_id"], title=d["title"], text=d["text"]) for d in documents)
     print(f"{Doc.objects.count()} abstracts, {len(judged)} claims")
+    return queries, qrels, judged, documents
+
+
+def create_keyword_table(cursor) -> None:
+    """The temporary table ``kw``: each abstract's words, once, GIN-indexed."""
+    from tests.docsapp.models import Doc
+
+    cursor.execute(
+        "CREATE TEMP TABLE kw AS SELECT corpus_id, "
+        f"to_tsvector('english', coalesce(title, '') || ' ' || coalesce(text, '')) v FROM {Doc._meta.db_table}"
+    )
+    cursor.execute("CREATE INDEX ON kw USING gin (v)")
+
+
+def main() -> None:
+    setup()
+    from django.db import connection
+
+    from semantic.evaluate import ndcg
+
+    queries, qrels, judged, _ = claims_and_abstracts()
     with connection.cursor() as cursor:
-        cursor.execute(
-            "CREATE TEMP TABLE kw AS SELECT corpus_id, "
-            f"to_tsvector('english', coalesce(title, '') || ' ' || coalesce(text, '')) v FROM {Doc._meta.db_table}"
-        )
-        cursor.execute("CREATE INDEX ON kw USING gin (v)")
+        create_keyword_table(cursor)
         for name, rank in RANKINGS.items():
             scores = []
             started = time.monotonic()
