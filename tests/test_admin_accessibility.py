@@ -12,6 +12,7 @@ from django.core.cache import cache
 from django.urls import reverse
 
 from semantic import embed_pending
+from tests.test_admin_csp import TITLES
 from tests.testapp.models import Article
 from tests.topicapp.models import Ticket
 
@@ -98,15 +99,7 @@ def by_id(root, element_id):
 @pytest.fixture
 def rows(fake_gemini):
     cache.clear()
-    Article.objects.bulk_create(
-        Article(title=title)
-        for title in [
-            "reset my account password",
-            "reset the password of my account",
-            "export invoices as csv",
-            "export all invoices to csv",
-        ]
-    )
+    Article.objects.bulk_create(Article(title=title) for title in TITLES)
     Ticket.objects.bulk_create(
         Ticket(text=text) for text in ["my card has not arrived", "where is my new card", "I forgot my passcode"]
     )

@@ -36,19 +36,20 @@ def inline_parts(html):
     return {name: pattern.findall(html)[:3] for name, pattern in INLINE.items() if pattern.search(html)}
 
 
+#: Two pairs of near duplicates, for the duplicate review and Compare pages.
+TITLES = [
+    "reset my account password",
+    "reset the password of my account",
+    "export invoices as csv",
+    "export all invoices to csv",
+]
+
+
 @pytest.fixture
 def pages(admin_client, fake_gemini):
     """The pages the app adds (and the admin pages it changes), each with rows to show."""
     cache.clear()
-    Article.objects.bulk_create(
-        Article(title=title)
-        for title in [
-            "reset my account password",
-            "reset the password of my account",
-            "export invoices as csv",
-            "export all invoices to csv",
-        ]
-    )
+    Article.objects.bulk_create(Article(title=title) for title in TITLES)
     Ticket.objects.bulk_create(
         Ticket(text=text, category=category)
         for text, category in [

@@ -59,18 +59,26 @@ def test_limit_then_resume(backlog, fake_gemini):
     assert fake_gemini.request_count == 2
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
-def test_interrupted_run_keeps_written_batches(backlog, fake_gemini, sig):
-    """Stopped while its second request is in flight, deterministically: the fake server
-    holds that request until the signal has been sent, whatever the machine's load."""
+def hold_the_second_request(fake_gemini):
+    """Events for stopping a command while its second request is in flight, whatever the
+    machine's load: the fake server holds that request (``second_request`` set) until the
+    test sets ``signalled``."""
     second_request, signalled = threading.Event(), threading.Event()
 
-    def hold_the_second_request(record):
+    def hold(record):
         if len(fake_gemini.requests) == 2:
             second_request.set()
             signalled.wait(timeout=60)
 
-    fake_gemini.on_request = hold_the_second_request
+    fake_gemini.on_request = hold
+    return second_request, signalled
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
+def test_interrupted_run_keeps_written_batches(backlog, fake_gemini, sig):
+    """Stopped while its second request is in flight, deterministically: the fake server
+    holds that request until the signal has been sent, whatever the machine's load."""
+    second_request, signalled = hold_the_second_request(fake_gemini)
     process = manage(fake_gemini, "semantic_embed", "testapp.Article", "--batch-size", "5")
     embedded = Article.objects.filter(embedding__isnull=False)
     assert second_request.wait(timeout=120), "the command never sent its second request"
@@ -99,14 +107,7 @@ def test_an_interrupted_all_leaves_only_the_request_in_flight_to_the_sweep(backl
     instead of pending for the workers, and semantic_status counts them embedded."""
     call("semantic_embed", "testapp.Article")
     fake_gemini.reset()
-    second_request, signalled = threading.Event(), threading.Event()
-
-    def hold_the_second_request(record):
-        if len(fake_gemini.requests) == 2:
-            second_request.set()
-            signalled.wait(timeout=60)
-
-    fake_gemini.on_request = hold_the_second_request
+    second_request, signalled = hold_the_second_request(fake_gemini)
     process = manage(fake_gemini, "semantic_embed", "testapp.Article", "--all", "--batch-size", "5")
     assert second_request.wait(timeout=120), "the command never sent its second request"
     process.send_signal(signal.SIGINT)
