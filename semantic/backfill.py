@@ -238,8 +238,6 @@ def embed_now(
     Interrupted, it loses only the batch in flight; run again, it carries on with the
     rows still pending.
     """
-    if everything and not failed:
-        return embed_every_row(model, field, batch_size=batch_size, limit=limit, on_batch=on_batch)
     pks = prepare(model, field, everything=everything, failed=failed, limit=limit)
     if pks is None and is_part_of_table(model, field):
         # The table's other rows are not this child's to embed: name the child's by key.
@@ -251,40 +249,6 @@ def embed_now(
         # Rows whose vector is current but whose passages lag (passages just turned on,
         # sizes changed): run() only brought the passages of the rows it wrote.
         embedder.run_passages(limit=limit)
-    return embedder.outcome
-
-
-def embed_every_row(
-    model: type[models.Model],
-    field: EmbeddingField,
-    *,
-    batch_size: int | None = None,
-    limit: int | None = None,
-    on_batch: Callable[[Outcome, int], None] | None = None,
-) -> Outcome:
-    """Re-embed every row inline (the first ``limit`` by primary key), each request's rows
-    made pending just before they are sent.
-
-    Interrupted, it leaves at most one request's rows pending for the sweep, and the rows
-    after them keep their current vectors. Made pending all at once, the whole table was left to the
-    workers, which paid for the re-embed that Ctrl-C was meant to stop.
-    """
-    embedder = Embedder(model, field, batch_size=batch_size)
-    rows = first_rows(select(model, field, everything=True, failed=False), limit)
-    visited = 0
-
-    def progress(outcome: Outcome, in_chunk: int) -> None:
-        if on_batch:
-            on_batch(outcome, visited + in_chunk)
-
-    for chunk in pk_batches(rows, embedder.batch_size):
-        pks = list(chunk.values_list("pk", flat=True))
-        mark_pending(chunk, field)
-        embedder.run(pks, fill=False, on_batch=progress)
-        embedder.written.clear()  # their passages are up to date: not brought again with the next chunk's
-        visited += len(pks)
-        if embedder.stopped or embedder.deferred:
-            break
     return embedder.outcome
 
 

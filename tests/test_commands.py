@@ -102,24 +102,6 @@ def test_interrupted_run_keeps_written_batches(backlog, fake_gemini, sig):
     assert f"{25 - len(kept)} embedded" in out
 
 
-def test_an_interrupted_all_leaves_only_the_request_in_flight_to_the_sweep(backlog, fake_gemini):
-    """Ctrl-C on a re-embed of every row stops the spending: the rows not reached stay current
-    instead of pending for the workers, and semantic_status counts them embedded."""
-    call("semantic_embed", "testapp.Article")
-    fake_gemini.reset()
-    second_request, signalled = hold_the_second_request(fake_gemini)
-    process = manage(fake_gemini, "semantic_embed", "testapp.Article", "--all", "--batch-size", "5")
-    assert second_request.wait(timeout=120), "the command never sent its second request"
-    process.send_signal(signal.SIGINT)
-    signalled.set()
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 130 and Embed.RESUME_ALL_HINT in err, err
-    left = set(pending_rows(Article, get_embedding_field(Article)).values_list("pk", flat=True))
-    assert left == {a.pk for a in backlog[5:10]}  # the request in flight; the first was written
-    (status,) = json.loads(call("semantic_status", "testapp.Article", "--json")[0])
-    assert (status["embedded"], status["pending"]) == (20, 5)
-
-
 def test_all_re_embeds_current_rows(backlog, fake_gemini):
     call("semantic_embed")
     fake_gemini.reset()

@@ -83,10 +83,6 @@ class Command(QuietMixin, BaseCommand):
     )
     SWITCH_ONE = "--switch takes exactly one app_label.Model.field."
     RESUME_HINT = "Interrupted; batches already written are kept. Run the command again (without --all) to carry on."
-    RESUME_ALL_HINT = (
-        "Interrupted; batches already written are kept, and the rows not reached keep their vectors. "
-        "Run the command again with --all to re-embed every row from the first."
-    )
     BATCH_SUBMITTED = "{label}: submitted Batch API job {name} with {rows} rows."
     BATCH_PASSAGES_SUBMITTED = "{label}: submitted Batch API job {name} with {rows} passages."
     BATCH_RESUMING = "{label}: collecting Batch API job {name} ({rows} {unit}, submitted {submitted})."
@@ -228,7 +224,7 @@ class Command(QuietMixin, BaseCommand):
                 if switch:
                     self.switch(model, field)
         except KeyboardInterrupt:
-            self.stderr.write("\n" + (self.RESUME_ALL_HINT if everything else self.RESUME_HINT))
+            self.stderr.write("\n" + self.RESUME_HINT)
             raise SystemExit(130) from None
         if stopped:
             raise CommandError(self.INCOMPLETE.format(labels=", ".join(stopped)))
