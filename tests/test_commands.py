@@ -1,5 +1,6 @@
 """Management commands: semantic_embed, semantic_status, semantic_search, semantic_duplicates."""
 
+import contextlib
 import csv
 import io
 import json
@@ -452,16 +453,33 @@ def test_duplicates_json_writes_uuid_keys_as_strings(fake_gemini):
     assert pairs == {(str(first.pk), str(second.pk)), (str(second.pk), str(first.pk))}
 
 
-def test_a_reader_that_stops_early_ends_the_command_quietly(fake_gemini):
-    """``manage.py semantic_search ... | head -1``: the pipe is closed before the command writes."""
+@pytest.mark.parametrize("unbuffered", ["1", ""], ids=["unbuffered", "buffered"])
+def test_a_reader_that_stops_early_ends_the_command_quietly(fake_gemini, unbuffered):
+    """``manage.py semantic_search ... | head -1``: the pipe is closed before the command writes.
+    Buffered (no PYTHONUNBUFFERED), a short output is written only when the command is done."""
     Article.objects.create(title="reset my password", body="")
     read, write = os.pipe()
     os.close(read)
-    process = manage(fake_gemini, "semantic_search", "testapp.Article", "password", stdout=write, text=True)
+    env = {"PYTHONUNBUFFERED": unbuffered}
+    process = manage(fake_gemini, "semantic_search", "testapp.Article", "password", env=env, stdout=write, text=True)
     os.close(write)
     _, err = process.communicate(timeout=120)
     assert process.returncode == CLOSED_PIPE, err
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_call_command_hands_a_closed_pipe_to_its_caller(fake_gemini):
+    """Python code calling a command gets a BrokenPipeError, not a SystemExit that ends its process."""
+    Article.objects.create(title="reset my password", body="")
+    read, write = os.pipe()
+    os.close(read)
+    closed = open(write, "w", buffering=1)  # noqa: SIM115 - closed below, where its last flush fails
+    try:
+        with pytest.raises(BrokenPipeError):
+            call_command("semantic_search", "testapp.Article", "password", stdout=closed)
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            closed.close()
 
 
 def test_exports_to_standard_output_are_utf_8_whatever_the_locale(fake_gemini):

@@ -13,7 +13,7 @@ import json
 import os
 import re
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from django.core.serializers.json import DjangoJSONEncoder
 
@@ -62,8 +62,9 @@ def json_export(records: Any) -> str:
 CLOSED_PIPE = 128 + 13
 
 
-class _ReaderGone(Exception):
-    """Standard output's reader closed the pipe (``| head -1``, ``| grep -q``)."""
+class _ReaderGone(BrokenPipeError):
+    """Standard output's reader closed the pipe (``| head -1``, ``| grep -q``): a
+    ``BrokenPipeError`` to code that calls a command with ``call_command()``."""
 
 
 class _Stdout:
@@ -107,6 +108,13 @@ class _Stdout:
             raise _ReaderGone from None
 
 
+def reader_gone() -> NoReturn:
+    """End a command whose standard output's reader closed the pipe: status 141, no traceback."""
+    # Python flushes standard output once more on exit: into /dev/null, not the closed pipe.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise SystemExit(CLOSED_PIPE) from None
+
+
 class OutputMixin:
     """For every command: its standard output writes what the stream cannot encode as
     ``\\xNN`` and exports as UTF-8 (:meth:`export`); a reader that stops early
@@ -118,20 +126,32 @@ class OutputMixin:
     def execute(self, *args: Any, **options: Any) -> Any:
         out = options.get("stdout") or self.stdout._out  # type: ignore[attr-defined]
         options["stdout"] = out if isinstance(out, _Stdout) else _Stdout(out)
+        return super().execute(*args, **options)  # type: ignore[misc]
+
+    def run_from_argv(self, argv: list[str]) -> None:
+        """From the command line only (``call_command()`` callers get the exceptions):
+        a closed pipe exits 141 and Ctrl-C 130, each without a traceback."""
         try:
-            return super().execute(*args, **options)  # type: ignore[misc]
+            super().run_from_argv(argv)  # type: ignore[misc]
         except _ReaderGone:
-            if out is sys.stdout:
-                # Python flushes standard output once more on exit: into /dev/null, not the closed pipe.
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise SystemExit(CLOSED_PIPE) from None
+            reader_gone()
         except KeyboardInterrupt:
             self.stderr.write("\n" + self.INTERRUPTED)  # type: ignore[attr-defined]
             raise SystemExit(130) from None
+        try:
+            # What is still buffered is written now, while a closed pipe can be told from other
+            # errors, not by Python on exit ("Exception ignored ... BrokenPipeError", status 120).
+            sys.stdout.flush()
+        except BrokenPipeError:
+            reader_gone()
 
     def write_export(self, text: str) -> None:
         """Write an export's text to standard output (UTF-8 to a file or a pipe)."""
-        self.stdout._out.export(text)  # type: ignore[attr-defined]
+        out = self.stdout._out  # type: ignore[attr-defined]
+        if isinstance(out, _Stdout):
+            out.export(text)
+        else:  # handle() called directly, without execute()
+            self.stdout.write(text, ending="")  # type: ignore[attr-defined]
 
 
 class QuietMixin(OutputMixin):
