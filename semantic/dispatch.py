@@ -383,9 +383,13 @@ def install_sweep_schedule(**kwargs: Any) -> None:
     from django_q.models import Schedule
 
     using = kwargs.get("using", DEFAULT_DB_ALIAS)
+    state = kwargs.get("apps", apps)  # the migrated state, as Django's own post_migrate handlers check it
+    if not _app_migrated(state) and using == router.db_for_write(apps.get_model("semantic", "EmbeddingFailure")):
+        # Unapplied where the app keeps its records (not another database that also had it),
+        # whichever database django_q's tables are on.
+        drop_queued_tasks()
     if not router.allow_migrate_model(using, Schedule):
         return
-    state = kwargs.get("apps", apps)  # the migrated state, as Django's own post_migrate handlers check it
     try:
         state.get_model("django_q", "Schedule")
     except LookupError:
@@ -394,8 +398,6 @@ def install_sweep_schedule(**kwargs: Any) -> None:
         # Also after ``migrate semantic zero``, the step before taking the app out of INSTALLED_APPS:
         # a schedule left behind would have every run kill the worker that imports semantic.tasks.
         Schedule.objects.using(using).filter(name=SWEEP_SCHEDULE_NAME).delete()
-        if not _app_migrated(state):
-            drop_queued_tasks()
         return
     Schedule.objects.using(using).update_or_create(
         name=SWEEP_SCHEDULE_NAME,

@@ -114,12 +114,24 @@ def queue_task(using, func):
     OrmQ.objects.using(using).create(key="semantic-tests", payload=payload, lock=None)
 
 
+class QueueOnOther:
+    """django-q2's tables on a database of their own ("other"), every other app on "default"."""
+
+    def allow_migrate(self, db, app_label, **hints):
+        return db == "other" if app_label == "django_q" else db == "default"
+
+
 def test_migrate_semantic_zero_empties_the_queue_on_the_brokers_database(monkeypatch):
-    """Q_CLUSTER = {"orm": "other"}: the wake-ups wait there, whichever database migrate ran on."""
+    """Q_CLUSTER = {"orm": "other"}, and a router keeping django_q's tables there: the wake-ups
+    wait there, whichever database migrate ran on. Unapplying the app on another database
+    than the one it keeps its records on leaves them (that one still runs them)."""
     monkeypatch.setattr(Conf, "ORM", "other")  # django-q2 reads Q_CLUSTER once, at import
     queue_task("other", "semantic.tasks.embed_pending")
     queue_task("other", "math.floor")
-    install_sweep_schedule(using="default", apps=StateAfterZero())
+    with routers(QueueOnOther):
+        install_sweep_schedule(using="other", apps=StateAfterZero())
+        assert len(OrmQ.objects.using("other").all()) == 2
+        install_sweep_schedule(using="default", apps=StateAfterZero())
     assert [task.func() for task in OrmQ.objects.using("other").all()] == ["math.floor"]
 
 
