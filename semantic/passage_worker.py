@@ -208,6 +208,8 @@ class PassageWorkMixin:
         label = f"{self.model._meta.label}.{self.field.name}"
         logger.warning("Embedding %d passage(s) of %s failed: %s", len(items), label, message)
         self.outcome.passages_failed += len(items)
+        if permanent:
+            self.outcome.refused += len(items)
         if message not in self.outcome.errors:
             self.outcome.errors.append(message)
         retry_at = None if permanent else timezone.now() + timedelta(seconds=retry_in)

@@ -83,6 +83,9 @@ class Outcome:
     passages_from_row: int = 0
     passage_rows: int = 0
     passages_failed: int = 0
+    #: Of ``failed`` and ``passages_failed``: those whose text the API refused for good (a
+    #: permanent failure record). No retry cures them, only a change of the text.
+    refused: int = 0
     errors: list[str] = dataclass_field(default_factory=list)
     #: Why the run ended before visiting every row (a configuration problem, the API failing, a long pause), or None.
     stopped: str | None = None
@@ -310,6 +313,8 @@ class RowWriterMixin:
         label = f"{self.model._meta.label}.{self.field.name}"
         logger.warning("Embedding %d row(s) of %s failed: %s", len(items), label, message)
         self.outcome.failed += len(items)
+        if permanent:
+            self.outcome.refused += len(items)
         if message not in self.outcome.errors:
             self.outcome.errors.append(message)
         retry_at = None if permanent else timezone.now() + timedelta(seconds=retry_in)

@@ -165,9 +165,9 @@ def test_a_job_gemini_no_longer_knows_is_closed_and_its_rows_submitted_again(bac
 
 def test_rejected_inputs_are_recorded_as_failures(backlog, fake_gemini):
     fake_gemini.reject_batch_marker = "number 7"
-    out, err, _ = call_failing("semantic_embed", "testapp.Article", "--batch-api", *FAST)  # exit status 1
+    out, err = call("semantic_embed", "testapp.Article", "--batch-api", *FAST)  # refused for good: exit status 0
     assert "24 embedded, 1 failed" in out
-    assert Embed.FAILED_HINT in err
+    assert Embed.REFUSED.format(rows=1, labels=LABEL) in err and Embed.FAILED_HINT not in err
     (failure,) = EmbeddingFailure.objects.all()
     assert failure.object_pk == str(backlog[7].pk)
     assert failure.permanent and "Batch job batches/fake-" in failure.error
@@ -179,8 +179,9 @@ def test_rejected_inputs_are_recorded_as_failures(backlog, fake_gemini):
 def test_a_vector_of_nans_in_a_job_is_a_malformed_answer_the_worker_retries(backlog, fake_gemini):
     """Written, it would fail the whole statement (pgvector refuses NaN) and every row of the job with it."""
     fake_gemini.nan_batch_marker = "number 7"
-    out, _, _ = call_failing("semantic_embed", "testapp.Article", "--batch-api", *FAST)
+    out, err, error = call_failing("semantic_embed", "testapp.Article", "--batch-api", *FAST)  # a retry may cure it
     assert "24 embedded, 1 failed" in out
+    assert error == Embed.SOME_FAILED.format(rows=1, labels=LABEL) and Embed.FAILED_HINT in err
     (failure,) = EmbeddingFailure.objects.all()
     assert failure.object_pk == str(backlog[7].pk) and not failure.permanent
     assert "a malformed answer (a vector holding NaN or infinite values)" in failure.error
@@ -427,10 +428,10 @@ def test_a_refused_passage_is_recorded_against_its_row_and_the_other_rows_are_st
         other = Report.objects.create(title="Other", body=article([3, 4]))
     assert "satellite" not in refused.body[:8000]
     fake_gemini.reject_batch_marker = "satellite"
-    out, err, _ = call_failing("semantic_embed", "testapp.Report", "--batch-api", *FAST)
+    out, err = call("semantic_embed", "testapp.Report", "--batch-api", *FAST)
     # Four of its five passages came back, and are kept back with it: a row's passages are stored together.
     assert "6 passages embedded, 1 rows' passages stored, 1 passages failed" in out
-    assert Embed.FAILED_HINT in err
+    assert Embed.REFUSED.format(rows=1, labels="testapp.Report.embedding") in err
     (failure,) = EmbeddingFailure.objects.all()
     assert (failure.object_pk, failure.field_name) == (str(refused.pk), "embedding" + FAILURE_SUFFIX)
     assert failure.permanent and "Batch job batches/fake-" in failure.error

@@ -124,21 +124,43 @@ def test_all_with_a_limit_re_embeds_that_many_rows_and_leaves_the_rest_current(b
 
 
 def test_failed_retries_only_failed_rows(backlog, fake_gemini):
+    label = "testapp.Article.embedding"
     fake_gemini.reject_marker = "number 3"
-    _, err, error = call_failing("semantic_embed", "testapp.Article")  # exit status 1, for scripts
-    assert error == Embed.SOME_FAILED.format(rows=1, labels="testapp.Article.embedding")
-    assert Embed.FAILED_HINT in err
+    _, err = call("semantic_embed", "testapp.Article")  # refused for good: said, and no exit status 1
+    assert Embed.REFUSED.format(rows=1, labels=label) in err
     assert EmbeddingFailure.objects.count() == 1
     fake_gemini.reset()
     _, err = call("semantic_embed", "testapp.Article")  # permanent: not retried by default
     assert fake_gemini.request_count == 0
     fake_gemini.reject_marker = "number 3"
-    _, _, error = call_failing("semantic_embed", "testapp.Article", "--failed")  # retried in vain: still 1
-    assert error == Embed.SOME_FAILED.format(rows=1, labels="testapp.Article.embedding")
+    _, err = call("semantic_embed", "testapp.Article", "--failed")  # refused again: no exit status 1 either
+    assert Embed.REFUSED.format(rows=1, labels=label) in err and fake_gemini.request_count == 1
     fake_gemini.reset()
     out, _ = call("semantic_embed", "testapp.Article", "--failed")
     assert fake_gemini.texts() == ["Backlog article number 3"]
     assert not EmbeddingFailure.objects.exists()
+
+
+def test_a_run_whose_only_failure_is_a_text_refused_for_good_exits_0_and_says_so(backlog, fake_gemini):
+    """No rerun cures a refused text: a script that alerted or retried on it would do so on every run."""
+    fake_gemini.reject_marker = "number 3"
+    process = manage(fake_gemini, "semantic_embed", "testapp.Article")
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert "24 embedded" in out and "1 failed" in out
+    assert Embed.REFUSED.format(rows=1, labels="testapp.Article.embedding") in err
+    assert Embed.FAILED_HINT not in err  # --failed would send the same text to the same refusal
+    assert EmbeddingFailure.objects.get().permanent
+
+
+def test_a_row_failed_for_now_exits_1(backlog, fake_gemini):
+    """A failure a retry may cure (a 429 asking to wait longer than MAX_BACKOFF: the run does
+    not stop, its rows wait) is exit status 1, so a cron job sees it."""
+    fake_gemini.fail_next(429, retry_after="120")
+    _, err, error = call_failing("semantic_embed", "testapp.Article")
+    assert error == Embed.SOME_FAILED.format(rows=25, labels="testapp.Article.embedding")
+    assert Embed.FAILED_HINT in err and Embed.REFUSED.split("{")[0] not in err
+    assert not EmbeddingFailure.objects.filter(permanent=True).exists()
 
 
 def test_rows_waiting_to_retry_a_failure_are_named_and_left_out_of_all_as_it_counts(

@@ -62,8 +62,16 @@ class Command(QuietMixin, BaseCommand):
     STOPPED = "{label}: stopped before the end: {reason} The rows left are still pending; run this again once fixed."
     #: The command's last word (and exit status 1) when a run stopped: scripts and cron jobs see it.
     INCOMPLETE = "Not finished: {labels} stopped before the end (see above)."
-    #: The last word (and exit status 1) when rows or passages failed, also when --failed retried them in vain.
+    #: The last word (and exit status 1) when rows or passages failed in a way a retry may cure (an API
+    #: outage, a database error), also when --failed retried them in vain.
     SOME_FAILED = "Embedding failed for {rows} row(s) or passage(s) of {labels} (see above)."
+    #: Said, without exit status 1, of texts the API refused for good: no rerun cures them, and a
+    #: script that alerted or retried on them would do so on every run (a --switch that was made, too).
+    REFUSED = (
+        "The API refused the text of {rows} row(s) or passage(s) of {labels} for good; the run does not fail "
+        "for them. They are listed in the admin (Embedding failures, permanent) and counted as failed by "
+        "`manage.py semantic_status`; change their text (they are then embedded again) or delete them."
+    )
     STALE = (
         "{label}: {rows} rows hold vectors made with another {changed} than now; until they are re-embedded, "
         "search sees only the rows embedded by {spec}. To change the model with no gap, add a second field with "
@@ -181,7 +189,8 @@ class Command(QuietMixin, BaseCommand):
                     raise CommandError(str(exc)) from None
         check_app_migrated(resolved)
         stopped: list[str] = []
-        self.failed: dict[str, int] = {}  # label: rows and passages that failed
+        self.failed: dict[str, int] = {}  # label: rows and passages that failed, a retry may cure them
+        self.refused: dict[str, int] = {}  # label: rows and passages whose text the API refused for good
         try:
             for model, field in resolved:
                 label = f"{model._meta.label}.{field.name}"
@@ -219,13 +228,16 @@ class Command(QuietMixin, BaseCommand):
                 else:
                     if self.embed(model, field, label, batch_size=batch_size, limit=limit, **kwargs):
                         stopped.append(label)
-                if not failed and label not in self.failed:
+                if not failed and label not in self.failed and label not in self.refused:
                     self.report_waiting(field, label, using)
                 if switch:
                     self.switch(model, field)
         except KeyboardInterrupt:
             self.stderr.write("\n" + self.RESUME_HINT)
             raise SystemExit(130) from None
+        if self.refused:
+            labels = ", ".join(self.refused)
+            self.stderr.write(self.REFUSED.format(rows=sum(self.refused.values()), labels=labels))
         if stopped:
             raise CommandError(self.INCOMPLETE.format(labels=", ".join(stopped)))
         if self.failed:
@@ -251,6 +263,7 @@ class Command(QuietMixin, BaseCommand):
             pks = shown if len(switched.rejected) <= 20 else f"{shown}, ..."
             left_out = self.SWITCHED_WITHOUT.format(label=f"{label}.{field.name}", rows=len(switched.rejected), pks=pks)
             self.stderr.write(left_out)
+            self.refused.pop(f"{label}.{field.name}", None)  # said above, with their primary keys
 
     def report_held(self, field, label, using):
         """Say which rows an open Batch API job holds: no run without --batch-api takes them."""
@@ -337,10 +350,16 @@ class Command(QuietMixin, BaseCommand):
             )
         if outcome.stopped:
             self.stderr.write(self.STOPPED.format(label=label, reason=outcome.stopped))
-        if outcome.failed or outcome.passages_failed:
-            self.stderr.write(self.FAILED_HINT)
-            self.failed[label] = outcome.failed + outcome.passages_failed
+        self.count_failures(label, outcome.failed + outcome.passages_failed, outcome.refused)
         return outcome.stopped
+
+    def count_failures(self, label, failed, refused):
+        """Note ``failed`` rows or passages, ``refused`` of them for good: only the others fail the command."""
+        if failed > refused:
+            self.stderr.write(self.FAILED_HINT)
+            self.failed[label] = self.failed.get(label, 0) + failed - refused
+        if refused:
+            self.refused[label] = self.refused.get(label, 0) + refused
 
     def batch_api(self, model, field, label, everything, limit, job_name, poll_interval):
         last_wait = [0.0]
@@ -376,9 +395,7 @@ class Command(QuietMixin, BaseCommand):
                     changed=outcome.changed_in_flight,
                 )
                 self.say(line)
-                if job.failed:
-                    self.stderr.write(self.FAILED_HINT)
-                    self.failed[label] = self.failed.get(label, 0) + job.failed
+                self.count_failures(label, job.failed, outcome.refused)
 
         try:
             finished = batch.run(
