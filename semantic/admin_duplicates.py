@@ -291,13 +291,12 @@ class DuplicateReviewMixin(CompareMixin):
         Compare page); a model field kept off the form is left out.
 
         A method or property part is no form field, and may read any field of the row: it is
-        shown when the form shows every field the model lets a form edit (the ModelAdmin hides
-        none), or lists it in ``readonly_fields``. Override this for a finer rule."""
+        shown when the form shows every field Django's own form would (the ModelAdmin hides none:
+        see :func:`on_default_form`), or lists it in ``readonly_fields``. Override this for a finer rule."""
         field = self.get_embedding_field()  # type: ignore[attr-defined]
         on_form = set(flatten_fieldsets(self.get_fieldsets(request, obj)))  # type: ignore[attr-defined]
         opts = obj._meta
-        editable = {f.name for f in [*opts.concrete_fields, *opts.many_to_many] if f.editable and not f.auto_created}
-        hides_none = editable <= on_form
+        hides_none = {f.name for f in [*opts.concrete_fields, *opts.many_to_many] if on_default_form(f)} <= on_form
         shown = [name for name in field.source if name in on_form or (hides_none and not is_model_field(opts, name))]
         text = " ".join(read_part(obj, name) for name in shown)
         return Truncator(" ".join(text.split())).chars(self.duplicate_excerpt_chars)
@@ -344,3 +343,12 @@ def is_model_field(opts: Any, name: str) -> bool:
     except FieldDoesNotExist:
         return False
     return True
+
+
+def on_default_form(f: Any) -> bool:
+    """Whether a plain ModelAdmin's change form shows ``f``: Django's own leaves out fields that
+    are not editable, auto fields (an explicit ``id = models.AutoField(primary_key=True)`` too:
+    it makes no form field) and many-to-many relations through a model of one's own."""
+    if not f.editable or f.auto_created or isinstance(f, models.AutoField):
+        return False
+    return not (f.many_to_many and not f.remote_field.through._meta.auto_created)

@@ -17,7 +17,7 @@ from django.core.management import call_command
 from django.db import connection
 from django.db.backends.signals import connection_created
 from django.template.defaultfilters import floatformat
-from django.test.utils import CaptureQueriesContext
+from django.test.utils import CaptureQueriesContext, isolate_apps
 from django.urls import path, reverse
 from django.utils import timezone, translation
 
@@ -1469,6 +1469,60 @@ def test_duplicate_review_excerpts_a_method_source_when_the_form_hides_no_field(
     assert excerpts() == ["", ""]
     monkeypatch.setattr(model_admin, "readonly_fields", ["upper"])
     assert excerpts() == ["RESET MY ACCOUNT PASSWORD", "RESET THE PASSWORD OF MY ACCOUNT"]
+
+
+@isolate_apps("tests.testapp")
+def test_a_field_no_form_ever_shows_is_not_hidden_from_the_excerpt(rf, admin_user):
+    """An explicit ``AutoField`` primary key, or a many-to-many through a model of one's own, gets
+    no form field from Django: a plain ModelAdmin of such a model hides nothing, so its method
+    source is excerpted (no table needed: the excerpt reads the row in memory)."""
+    from django.db import models
+
+    from semantic import EmbeddingField
+
+    class Tag(models.Model):
+        class Meta:
+            app_label = "testapp"
+
+        name = models.CharField(max_length=20)
+
+    class Account(models.Model):
+        class Meta:
+            app_label = "testapp"
+
+        id = models.AutoField(primary_key=True)
+        text = models.TextField()
+        embedding = EmbeddingField(source="upper", dimensions=128)
+
+        def upper(self) -> str:
+            return self.text.upper()
+
+    class Tagged(models.Model):
+        class Meta:
+            app_label = "testapp"
+
+        text = models.TextField()
+        tags = models.ManyToManyField(Tag, through="Tagging")
+        embedding = EmbeddingField(source="upper", dimensions=128)
+
+        def upper(self) -> str:
+            return self.text.upper()
+
+    class Tagging(models.Model):
+        class Meta:
+            app_label = "testapp"
+
+        tagged = models.ForeignKey(Tagged, on_delete=models.CASCADE)
+        tag = models.ForeignKey(Tag, on_delete=models.CASCADE)
+
+    request = rf.get("/")
+    request.user = admin_user
+    for model in (Account, Tagged):
+        model_admin = type(f"{model.__name__}Admin", (SemanticAdminMixin, admin.ModelAdmin), {})
+        model_admin = model_admin(model, admin.AdminSite(name="isolated"))
+        assert model_admin.duplicate_excerpt(request, model(id=1, text="reset my password")) == "RESET MY PASSWORD"
+        model_admin.exclude = ["text"]
+        assert model_admin.duplicate_excerpt(request, model(id=1, text="reset my password")) == ""
 
 
 def test_compare_refusals_and_no_delete_links_without_delete_permission(viewer, articles, client):
