@@ -36,7 +36,8 @@ class Command(OutputMixin, BaseCommand):
     )
     PROBLEM = "{label}: embedding is stopped: {problem} The rows wait and are embedded once this is fixed."
     HELD = (
-        "{label}: {rows} of the pending rows are in open Batch API job(s) {names}, which no worker takes; "
+        "{label}: {rows} rows waiting for a vector (pending or failed) are in open Batch API job(s) {names}, "
+        "which no worker takes; "
         "`manage.py semantic_embed {label} --batch-api` collects them."
     )
 
