@@ -100,12 +100,20 @@ def field_status(
     if rows is not None:
         # A subquery, so the caller's annotations, ordering or distinct() cannot change the counts.
         counted = counted.filter(pk__in=rows.values("pk"))
-    states = counted.annotate(_state=state_expression(model, field)).values("_state").annotate(n=Count("pk")).order_by()
+    # Each state's rows and oldest wait, in one scan. The oldest pending is of the rows counted
+    # as pending: a failed row's wait is its retry's, not the queue's.
+    states = (
+        counted.annotate(_state=state_expression(model, field))
+        .values("_state")
+        .annotate(n=Count("pk"), oldest=Min(field.pending_since_name))
+        .order_by()
+    )
     counts = dict.fromkeys(STATES, 0)
-    counts.update({row["_state"]: row["n"] for row in states})
-    # Of the rows counted as pending: a failed row's wait is its retry's, not the queue's.
-    pending = counted.alias(_state=state_expression(model, field)).filter(_state="pending")
-    oldest = pending.aggregate(oldest=Min(field.pending_since_name))["oldest"]
+    oldest = None
+    for row in states:
+        counts[row["_state"]] = row["n"]
+        if row["_state"] == "pending":
+            oldest = row["oldest"]
     # Pending rows an open Batch API job carries: no worker takes them until it is collected.
     carried = in_flight(model, field, using=using)
     jobs = list(open_jobs(model, field, passages=False, using=using).values_list("name", flat=True)) if carried else []
