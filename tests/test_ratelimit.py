@@ -148,11 +148,23 @@ def test_a_429_pauses_another_process_on_the_same_key(fake_gemini):
 
 
 def test_concurrent_workers_never_send_the_same_row_twice(fake_gemini, semantic_settings):
-    """A sweep and a --queue chunk walking the same backlog at once share it out."""
-    semantic_settings(BATCH_SIZE=10)
-    fake_gemini.latency = 0.05
+    """A sweep and a --queue chunk walking the same backlog at once share it out.
+
+    The first request is answered only once the other worker has sent one (the first's worker
+    waits for its answer, so that one is the other's): both take part however late either thread
+    is scheduled, and TIMEOUT, raised here, only guards against a hang."""
+    semantic_settings(BATCH_SIZE=10, TIMEOUT=60)
     pks = rows("shared backlog", 60)
     results = []
+    other_sent = threading.Event()
+
+    def first_waits_for_the_other(record):
+        if record is fake_gemini.requests[0]:
+            other_sent.wait(timeout=30)
+        else:
+            other_sent.set()
+
+    fake_gemini.on_request = first_waits_for_the_other
 
     def sweep():
         try:
