@@ -38,7 +38,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.apps import apps
@@ -77,13 +77,17 @@ TASK_OPTIONS: dict[str, Any] = {"save": False}
 #: task keeps looking for pending rows.
 WAKE_WINDOW = 1.0
 
+#: The clock :data:`WAKE_WINDOW` is measured by. A module attribute, read at each call, so that
+#: tests can put one in its place that moves only when they say (tests/test_dispatch.py).
+clock: Callable[[], float] = time.monotonic
+
 #: A wake-up in django-q2's ORM queue: its row's id and payload. The id alone is not enough: ids
 #: are handed out again after the queue's sequence goes back (a restore, a failover to a replica
 #: that lagged), and a row with that id may then be the project's own task.
 Queued = tuple[int, str]
 
 #: This process's last wake-up per (database, queue, task, arguments): its OrmQ id (None
-#: on other brokers), when it was sent or seen waiting (``time.monotonic()``), and the
+#: on other brokers), when it was sent or seen waiting (:data:`clock`), and the
 #: atomic block it was sent in, if any (run inside one, as a test's captured on-commit
 #: callbacks are, the insert may yet be rolled back: the memory holds only while it is open).
 _last_wakeup: dict[tuple[Any, ...], tuple[Queued | None, float, Any]] = {}
@@ -165,7 +169,7 @@ class _WakeUp:
 
         func, *args = self.wakeup_key
         memo = (self.using, conf.QUEUE or Conf.CLUSTER_NAME, *self.wakeup_key)
-        now = time.monotonic()
+        now = clock()
         connection = transaction.get_connection(self.using)
         block = connection.atomic_blocks[-1] if connection.in_atomic_block else None
         with _lock:
@@ -332,7 +336,7 @@ def hand_over(model: type[models.Model], field_name: str, *, using: str | None =
             OrmQ.objects.using(using).filter(pk=pk, payload=payload, lock__lte=timezone.now()).delete()
         waiting = send_unless_waiting(func, *args, name=name, using=using, previous=None)
     with _lock:
-        _last_wakeup[memo] = (waiting, time.monotonic(), None)
+        _last_wakeup[memo] = (waiting, clock(), None)
 
 
 def hand_over_unless_queued(model: type[models.Model], field_name: str, *, using: str | None = None) -> bool:

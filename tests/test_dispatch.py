@@ -15,6 +15,7 @@ from django_q.brokers.orm import ORM
 from django_q.models import OrmQ
 from django_q.signing import SignedPackage
 
+from semantic import dispatch
 from semantic.dispatch import WAKE_WINDOW, forget_wakeups, hand_over, queue_task
 from semantic.embedder import Embedder
 from semantic.models import EmbeddingFailure
@@ -23,6 +24,29 @@ from tests.fake_gemini import api_error
 from tests.testapp.models import Article, Document
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class Clock:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture(autouse=True)
+def clock(monkeypatch):
+    """The clock the wake window is measured by, standing still unless a test advances it: saves
+    are "within the window" however slow the machine, and "past it" takes no sleeping."""
+    clock = Clock()
+    monkeypatch.setattr(dispatch, "clock", clock)
+    yield clock
+    forget_wakeups()  # times read from this clock mean nothing to the next test's
 
 
 @pytest.fixture
@@ -74,11 +98,11 @@ def test_a_transaction_holds_one_wakeup_per_field_however_many_rows_it_saves(que
     assert len(queued()) == 1
 
 
-def test_saves_in_separate_transactions_queue_nothing_while_a_wakeup_waits(queued):
+def test_saves_in_separate_transactions_queue_nothing_while_a_wakeup_waits(queued, clock):
     for i in range(20):
         Article.objects.create(title=f"Own transaction {i}", body="")
     for i in range(3):
-        time.sleep(WAKE_WINDOW)  # past the window, the process checks the queue: one still waits
+        clock.advance(WAKE_WINDOW)  # past the window, the process checks the queue: one still waits
         with transaction.atomic():
             Article.objects.create(title=f"Atomic {i}", body="")
     assert len(queued()) == 1
@@ -93,11 +117,11 @@ def test_a_save_soon_after_a_wakeup_was_sent_makes_no_query(queued):
     assert len(queued()) == 1
 
 
-def test_a_save_after_a_worker_claimed_the_wakeup_queues_a_new_one(queued):
+def test_a_save_after_a_worker_claimed_the_wakeup_queues_a_new_one(queued, clock):
     """The claimed task may already have looked for pending rows: this row needs a task of its own."""
     Article.objects.create(title="First", body="")
     claim_all()
-    time.sleep(WAKE_WINDOW)  # within the window, the claimed task itself looks again (test_worker.py)
+    clock.advance(WAKE_WINDOW)  # within the window, the claimed task itself looks again (test_worker.py)
     Article.objects.create(title="Saved while the worker is busy", body="")
     Article.objects.create(title="And another", body="")
     tasks = queued()
@@ -156,7 +180,7 @@ def test_a_save_waits_a_bounded_time_for_a_locked_queue_table(queued, caplog):
 
 
 @pytest.mark.parametrize("then", ["save", "hand over"])
-def test_a_task_given_a_remembered_wakeups_id_again_is_not_taken_for_it(queued, then):
+def test_a_task_given_a_remembered_wakeups_id_again_is_not_taken_for_it(queued, clock, then):
     """The queue's ids go back after a restore from a dump or a failover to a replica that lagged:
     the id this process remembers for its wake-up may then be the project's own task's, which
     must neither stand in for a wake-up (a save's) nor be deleted (a hand-over's)."""
@@ -170,7 +194,7 @@ def test_a_task_given_a_remembered_wakeups_id_again_is_not_taken_for_it(queued, 
     async_task("math.floor", 1.5, task_name="the project's task")
     assert OrmQ.objects.get().pk == wakeup.pk
     if then == "save":
-        time.sleep(WAKE_WINDOW)  # past the window, the process looks for its wake-up in the queue
+        clock.advance(WAKE_WINDOW)  # past the window, the process looks for its wake-up in the queue
         Article.objects.create(title="Saved after the restore", body="")
     else:
         hand_over(Article, "embedding")  # takes its wake-up out of the queue, and queues one behind the tasks
@@ -231,7 +255,7 @@ class OtherBroker(ORM):
     """django-q2's ORM broker under another name: what dispatch sees of Redis, SQS and the rest."""
 
 
-def test_other_brokers_get_async_task_once_per_transaction_and_window(queued, monkeypatch):
+def test_other_brokers_get_async_task_once_per_transaction_and_window(queued, clock, monkeypatch):
     from django_q.conf import Conf
 
     monkeypatch.setattr(Conf, "BROKER_CLASS", f"{__name__}.OtherBroker")
@@ -241,7 +265,7 @@ def test_other_brokers_get_async_task_once_per_transaction_and_window(queued, mo
     for i in range(5):
         Article.objects.create(title=f"Other broker, own transaction {i}", body="")
     assert [task["args"] for task in queued()] == [("testapp.Article", "embedding")]
-    time.sleep(WAKE_WINDOW)  # past the window another broker's queue cannot be asked: send again
+    clock.advance(WAKE_WINDOW)  # past the window another broker's queue cannot be asked: send again
     Article.objects.create(title="After the window", body="")
     assert len(queued()) == 2
 

@@ -100,15 +100,29 @@ def test_tokens_per_window_are_capped(fake_gemini, semantic_settings):
     assert windows == [0, 1]
 
 
+def waiting_on_the_pause():
+    """How many other connections' last statement read whether the key is paused (ratelimit._paused)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname = current_database() "
+            "AND query LIKE %s",
+            ['%"semantic_ratelimit"."paused_until" >%'],
+        )
+        return cursor.fetchone()[0]
+
+
 def test_a_429_pauses_another_process_on_the_same_key(fake_gemini):
-    """Two OS processes (two semantic_embed commands on different models) share one pause."""
+    """Two OS processes (two semantic_embed commands on different models) share one pause.
+
+    The pause lasts until the test lifts it, once both processes wait on it: how fast the second
+    one starts cannot decide whether it started inside the pause."""
     rows("process a", 3)
     with suspend_embedding():
         Snippet.objects.bulk_create(Snippet(escaped=f"process b {i}") for i in range(3))
-    fake_gemini.fail_next(429, retry_after="5")
+    fake_gemini.fail_next(429, retry_after="600")
 
     def command(target):
-        env = {"SEMANTIC_TEST_MAX_BACKOFF": "10"}  # wait out the 5 s Retry-After rather than give up
+        env = {"SEMANTIC_TEST_MAX_BACKOFF": "900"}  # wait out the Retry-After rather than give up
         return manage(fake_gemini, "semantic_embed", target, env=env, stderr=subprocess.STDOUT)
 
     first = command("testapp.Article")
@@ -117,23 +131,40 @@ def test_a_429_pauses_another_process_on_the_same_key(fake_gemini):
         assert time.monotonic() < deadline, "the 429 was not shared"
         time.sleep(0.02)
     second = command("testapp.Snippet")
-    second_started = time.monotonic()
+    deadline = time.monotonic() + 60
+    while waiting_on_the_pause() < 2:
+        assert fake_gemini.request_count == 1, "a process sent during the pause"
+        assert time.monotonic() < deadline, "the two processes did not both wait for the pause"
+        time.sleep(0.02)
+    assert fake_gemini.request_count == 1  # the 429: the second process found the pause and sent nothing
+    lifted = time.monotonic()
+    RateLimit.objects.update(paused_until=timezone.now())
     outputs = [p.communicate(timeout=60)[0] for p in (first, second)]
     assert [p.returncode for p in (first, second)] == [0, 0], outputs
     rejected, *later = fake_gemini.requests
     assert len(later) == 2
-    # The second process started well inside the pause and still sent nothing before it ended.
-    assert second_started - rejected["time"] < 2.5
-    assert all(r["time"] - rejected["time"] >= 4.9 for r in later)
+    assert all(r["time"] > lifted for r in later)  # neither sent before the pause ended
     assert "3 embedded" in outputs[0] and "3 embedded" in outputs[1]
 
 
 def test_concurrent_workers_never_send_the_same_row_twice(fake_gemini, semantic_settings):
-    """A sweep and a --queue chunk walking the same backlog at once share it out."""
-    semantic_settings(BATCH_SIZE=10)
-    fake_gemini.latency = 0.05
+    """A sweep and a --queue chunk walking the same backlog at once share it out.
+
+    The first request is answered only once the other worker has sent one (the first's worker
+    waits for its answer, so that one is the other's): both take part however late either thread
+    is scheduled, and TIMEOUT, raised here, only guards against a hang."""
+    semantic_settings(BATCH_SIZE=10, TIMEOUT=60)
     pks = rows("shared backlog", 60)
     results = []
+    other_sent = threading.Event()
+
+    def first_waits_for_the_other(record):
+        if record is fake_gemini.requests[0]:
+            other_sent.wait(timeout=30)
+        else:
+            other_sent.set()
+
+    fake_gemini.on_request = first_waits_for_the_other
 
     def sweep():
         try:

@@ -82,20 +82,40 @@ def test_the_new_field_stands_by_until_switched(reviews, fake_gemini):
     assert last_query(fake_gemini) == ("gemini-embedding-001", 128)
 
 
-def test_queries_during_the_switch_never_mix_models_or_come_up_empty(reviews, fake_gemini):
-    fake_gemini.latency = 0.02
+def test_queries_during_the_switch_never_mix_models_or_come_up_empty(reviews, fake_gemini, semantic_settings):
+    """Each of the command's requests is answered only once a search has finished after it arrived:
+    searches run during every batch however the search thread is scheduled (TIMEOUT, raised here,
+    only guards against a hang)."""
+    semantic_settings(TIMEOUT=60)
     seen, errors = [], []
     done = threading.Event()
+    searched = threading.Condition()
 
     def search():
         try:
             while not done.is_set():
                 rows = list(Review.objects.similar_to("good fish"))
-                seen.append((len(rows), rows[0].text if rows else None))
+                with searched:
+                    seen.append((len(rows), rows[0].text if rows else None))
+                    searched.notify_all()
         except Exception as exc:  # a query mixing 128- and 256-dimensional vectors fails in PostgreSQL
             errors.append(exc)
         finally:
+            with searched:
+                done.set()  # a failed search thread holds no request
+                searched.notify_all()
             connections.close_all()
+
+    def the_commands(request):
+        return "good fish" not in json.dumps(request["body"])  # not a search's
+
+    def answer_after_a_search(record):
+        if the_commands(record):
+            with searched:
+                searches = len(seen)
+                searched.wait_for(lambda: len(seen) > searches or done.is_set(), timeout=30)
+
+    fake_gemini.on_request = answer_after_a_search
 
     thread = threading.Thread(target=search)
     thread.start()
@@ -105,7 +125,8 @@ def test_queries_during_the_switch_never_mix_models_or_come_up_empty(reviews, fa
         done.set()
         thread.join()
     assert not errors
-    assert len(seen) >= 2
+    batches = sum(the_commands(request) for request in fake_gemini.requests)
+    assert batches == 4 and len(seen) >= batches  # a search during each batch
     assert set(seen) == {(len(TEXTS), TEXTS[1])}
     models = {request["model"] for request in fake_gemini.requests}
     assert models == {"gemini-embedding-001", "gemini-embedding-next"}
