@@ -147,6 +147,13 @@ def test_the_option_adds_only_its_value_to_migrations():
     assert "passages" in EmbeddingField.non_db_attrs
 
 
+def test_no_overlap_is_recorded_in_migrations():
+    """``overlap=0`` is a value set, not the default (an eighth of the passage size)."""
+    field = EmbeddingField(source="body", passages=Passages(overlap=0))
+    assert field.deconstruct()[3]["passages"] == {"overlap": 0}
+    assert field.clone().passages.sizes(1000) == field.passages.sizes(1000) == (1000, 0)  # as a migration's state
+
+
 def test_passage_sizes_follow_the_backend(semantic_settings):
     field = LongRead._meta.get_field("embedding")
     assert field.passage_sizes() == (8000, 1000)  # Gemini reads 2,048 tokens, about 8,000 characters
