@@ -98,6 +98,22 @@ def test_short_paragraphs_join_a_neighbour_and_headings_join_their_paragraph():
     assert [p.text for p in passages] == ["Heading\n\n" + "x" * 150, "y" * 150 + "\n\nEnd."]
 
 
+def test_a_paragraph_is_short_below_a_quarter_of_the_passage():
+    # 200 characters a passage: a paragraph of 50 stands alone, one of 49 joins the one before.
+    first = "a" * 40 + " " + "b" * 40 + " " + "c" * 18
+    for second, expected in (("d" * 24 + " " + "e" * 25, [(0, 100), (102, 152)]), ("d" * 49, [(0, 151)])):
+        assert [(p.start, p.end) for p in split(first + "\n\n" + second, max_chars=200)] == expected
+
+
+def test_an_overlap_of_half_the_passage_is_allowed():
+    text = ("Word " * 30 + "end.\n\n") * 10
+    assert Passages(max_chars=100, overlap=50).sizes(8000) == (100, 50)
+    passages = split(text, max_chars=100, overlap=50)
+    assert passages[-1].end == len(text.rstrip())
+    for before, after in zip(passages, passages[1:]):
+        assert len(before.text) <= 100 and before.end - after.start <= 50
+
+
 def test_editing_one_paragraph_leaves_the_other_passages_as_they_were():
     paragraphs = [
         f"Paragraph {n}. " + " ".join(f"Words of paragraph {n}, line {i}." for i in range(3)) for n in range(6)
