@@ -541,6 +541,10 @@ def test_context_quotes_the_best_passages_within_the_budget(library, fake_gemini
     tighter = context(LongRead, QUERY, budget_chars=6000)  # row 4's passage no longer fits: a shorter one does
     assert tighter[0] == best[0] and tighter[1].row.pk != library[4].pk and len(str(tighter)) <= 6000
     assert len(context(LongRead, QUERY, budget_chars=100)) == 0
+    # The blank line between blocks counts: one character short of both, the second no longer fits.
+    assert context(LongRead, QUERY, budget_chars=len(rendered)) == best
+    short = context(LongRead, QUERY, budget_chars=len(rendered) - 1)
+    assert short[0] == best[0] and short[1:2] != best[1:2] and len(str(short)) < len(rendered)
 
 
 @pytestmark_db
