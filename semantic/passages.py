@@ -112,7 +112,11 @@ class Passages:
 
     def as_option(self) -> bool | dict[str, int]:
         """What the field deconstructs to: True for the defaults, else a dict of what was set."""
-        values = {name: value for name, value in (("max_chars", self.max_chars), ("overlap", self.overlap)) if value}
+        values = {
+            name: value
+            for name, value in (("max_chars", self.max_chars), ("overlap", self.overlap))
+            if value is not None
+        }
         return values or True
 
     def sizes(self, default_chars: int) -> tuple[int, int]:

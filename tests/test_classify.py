@@ -146,6 +146,19 @@ def test_apply_writes_only_confident_labels_and_keeps_new_human_ones(tickets):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_min_confidence_of_one_writes_the_unanimous_labels(tickets):
+    """k neighbours that all agree give a confidence of exactly 1.0: "only unanimous votes"."""
+    predictions = list(predict_labels(Ticket.objects.all(), k=5))
+    unanimous = {p.pk for p in predictions if p.confidence == 1.0}
+    assert 0 < len(unanimous) < len(predictions)
+
+    assert apply_predictions(iter(predictions), Ticket, "category", min_confidence=1.0) == len(unanimous)
+    assert (
+        set(Ticket.objects.filter(pk__in=list(tickets)).exclude(category="").values_list("pk", flat=True)) == unanimous
+    )
+
+
+@pytest.mark.django_db(transaction=True)
 def test_command_dry_run_changes_nothing(tickets):
     from semantic.management.commands.semantic_classify import Command
 

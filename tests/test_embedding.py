@@ -355,6 +355,18 @@ def test_changing_the_model_makes_rows_stale_not_wrong(fake_gemini, semantic_set
     assert article.embedding_spec.startswith("gemini:gemini-embedding-002|")
 
 
+def test_a_vector_whose_spec_is_unknown_is_stale_and_the_sweep_embeds_it_again(fake_gemini):
+    """An earlier version's row, a ``loaddata`` or a raw copy can hold a vector with no spec:
+    no search finds it until the sweep makes it again."""
+    article = Article.objects.create(title="Glacier moraine", body="ice")
+    field = get_embedding_field(Article)
+    Article.objects.filter(pk=article.pk).update(embedding_spec=None)
+    assert Article.objects.filter(field.needs_embedding()).get() == article
+    assert not Article.objects.filter(field.searchable()).exists()
+    embed_pending()
+    assert Article.objects.filter(field.searchable()).get() == article
+
+
 def test_suspend_embedding_defers_to_the_sweep(fake_gemini):
     with suspend_embedding():
         Article.objects.create(title="Imported", body="")

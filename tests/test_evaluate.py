@@ -25,6 +25,7 @@ def test_ndcg_discounts_by_position_and_grades_by_score():
     assert ndcg(["a", "b", "c"], {"b": 1}) == pytest.approx(1 / math.log2(3))
     assert ndcg(["b", "a"], {"a": 2, "b": 1}) == pytest.approx((1 + 2 / math.log2(3)) / (2 + 1 / math.log2(3)))
     assert ndcg(["x"] * 10 + ["a"], {"a": 1}) == 0.0
+    assert ndcg(["bad", "good"], {"bad": -1, "good": 1}) == pytest.approx(1 / math.log2(3))  # a negative costs nothing
 
 
 def test_recall_and_mrr_count_only_positive_judgements():

@@ -101,6 +101,8 @@ def test_a_zero_weight_leaves_that_side_out(docs, model):
     rows = list(hybrid(model.objects.all(), QUERY, weights=(1.0, 0.0)))
     assert [row.pk for row in rows] == [docs["keyword"].pk]
     assert rows[0].meaning_rank is None
+    rows = list(hybrid(model.objects.all(), QUERY, weights=(0.0, 1.0), candidates=3))
+    assert [(row.meaning_rank, row.keyword_rank) for row in rows] == [(1, None), (2, None), (3, None)]
 
 
 def test_filters_before_and_after_rank_only_the_filtered_rows(docs, model):

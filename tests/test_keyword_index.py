@@ -11,6 +11,7 @@ import random
 import string
 
 import pytest
+from django.core.paginator import Paginator
 from django.db import ProgrammingError, connection, migrations, models
 from django.db.migrations.autodetector import MigrationAutodetector
 from django.db.migrations.graph import MigrationGraph
@@ -19,7 +20,7 @@ from django.db.migrations.state import ModelState, ProjectState
 from django.db.migrations.writer import MigrationWriter
 from django.db.models.sql import Query
 
-from semantic import KeywordIndex, embed_pending, hybrid
+from semantic import KeywordIndex, embed_pending, hybrid, suspend_embedding
 from semantic.keyword import MAX_QUERY_WORDS, WordsQuery, config_name, keyword_search
 from semantic.keyword_index import MAX_CHARS
 from tests.docsapp.models import Doc, Page
@@ -163,3 +164,15 @@ def test_a_keyword_search_runs_no_query_until_its_rows_are_read(django_assert_nu
             assert "to_tsvector" in str(keyword_search(Page.objects.all(), "passwords", config=config).query)
     with pytest.raises(ProgrammingError, match='text search configuration "klingon" does not exist'):
         list(keyword_search(Page.objects.all(), "passwords", config="klingon"))
+
+
+def test_rows_of_equal_relevance_come_by_primary_key_and_pages_neither_repeat_nor_skip():
+    """Ordered by relevance alone, ties came in whatever order each LIMIT's sort gave, so
+    pages of a search repeat some rows and never show others."""
+    with suspend_embedding():
+        Page.objects.bulk_create(Page(title="Glacier report", text=f"Glacier ice {'x' * (i % 7)}") for i in range(300))
+    found = keyword_search(Page.objects.all(), "glacier")
+    pages = Paginator(found, 20)
+    shown = [row.pk for number in pages.page_range for row in pages.page(number)]
+    ranked = sorted(found.values_list("keyword_relevance", "pk"), key=lambda row: (-row[0], row[1]))
+    assert shown == [pk for _, pk in ranked]

@@ -98,6 +98,22 @@ def test_short_paragraphs_join_a_neighbour_and_headings_join_their_paragraph():
     assert [p.text for p in passages] == ["Heading\n\n" + "x" * 150, "y" * 150 + "\n\nEnd."]
 
 
+def test_a_paragraph_is_short_below_a_quarter_of_the_passage():
+    # 200 characters a passage: a paragraph of 50 stands alone, one of 49 joins the one before.
+    first = "a" * 40 + " " + "b" * 40 + " " + "c" * 18
+    for second, expected in (("d" * 24 + " " + "e" * 25, [(0, 100), (102, 152)]), ("d" * 49, [(0, 151)])):
+        assert [(p.start, p.end) for p in split(first + "\n\n" + second, max_chars=200)] == expected
+
+
+def test_an_overlap_of_half_the_passage_is_allowed():
+    text = ("Word " * 30 + "end.\n\n") * 10
+    assert Passages(max_chars=100, overlap=50).sizes(8000) == (100, 50)
+    passages = split(text, max_chars=100, overlap=50)
+    assert passages[-1].end == len(text.rstrip())
+    for before, after in zip(passages, passages[1:]):
+        assert len(before.text) <= 100 and before.end - after.start <= 50
+
+
 def test_editing_one_paragraph_leaves_the_other_passages_as_they_were():
     paragraphs = [
         f"Paragraph {n}. " + " ".join(f"Words of paragraph {n}, line {i}." for i in range(3)) for n in range(6)
@@ -145,6 +161,13 @@ def test_the_option_adds_only_its_value_to_migrations():
     assert sized["passages"] == {"max_chars": 900, "overlap": 100}
     assert "passages" not in none
     assert "passages" in EmbeddingField.non_db_attrs
+
+
+def test_no_overlap_is_recorded_in_migrations():
+    """``overlap=0`` is a value set, not the default (an eighth of the passage size)."""
+    field = EmbeddingField(source="body", passages=Passages(overlap=0))
+    assert field.deconstruct()[3]["passages"] == {"overlap": 0}
+    assert field.clone().passages.sizes(1000) == field.passages.sizes(1000) == (1000, 0)  # as a migration's state
 
 
 def test_passage_sizes_follow_the_backend(semantic_settings):
@@ -518,6 +541,10 @@ def test_context_quotes_the_best_passages_within_the_budget(library, fake_gemini
     tighter = context(LongRead, QUERY, budget_chars=6000)  # row 4's passage no longer fits: a shorter one does
     assert tighter[0] == best[0] and tighter[1].row.pk != library[4].pk and len(str(tighter)) <= 6000
     assert len(context(LongRead, QUERY, budget_chars=100)) == 0
+    # The blank line between blocks counts: one character short of both, the second no longer fits.
+    assert context(LongRead, QUERY, budget_chars=len(rendered)) == best
+    short = context(LongRead, QUERY, budget_chars=len(rendered) - 1)
+    assert short[0] == best[0] and short[1:2] != best[1:2] and len(str(short)) < len(rendered)
 
 
 @pytestmark_db

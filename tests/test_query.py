@@ -122,6 +122,16 @@ def test_chains_with_filter_exclude_values_slicing_and_paginator(articles):
     assert Article.objects.similar_to("reset password").count() == 6
 
 
+def test_reverse_gives_the_farthest_first_filtered_or_not(articles):
+    """A filtered search's rows are sorted again after the fetch (relaxed order): in reverse,
+    farthest first, when the search was reversed."""
+    for qs in (Article.objects.all(), Article.objects.exclude(category="billing")):
+        nearest_first = qs.similar_to("export invoices")
+        assert titles(nearest_first.reverse()) == titles(nearest_first)[::-1]
+        assert nearest_first.last() == list(nearest_first)[-1]
+        assert list(nearest_first.reverse().values("title")) == list(nearest_first.values("title"))[::-1]
+
+
 def test_rows_at_the_same_distance_come_by_primary_key_and_pages_neither_repeat_nor_skip(fake_gemini):
     """Duplicates are at the same distance from any query. Ordered by distance alone, their
     order was whatever the plan gave (here a sort of rows stored in the opposite order to
