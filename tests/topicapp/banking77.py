@@ -1,8 +1,8 @@
 """Real Banking77 sentences for the tests, read from the shared data directory.
 
 The data is not copied into the repository (CC BY 4.0, 10,003 rows). It is looked for
-at ``$BANKING77_CSV``, else beside the checkout's parent (``../shared/data`` of a
-``/work/<name>`` checkout): a clone elsewhere sets the variable. Tests that need it are
+at ``$BANKING77_CSV``, else in ``../shared/data`` beside the checkout, as CI lays it out:
+a checkout elsewhere sets the variable. Tests that need it are
 skipped, saying where it was looked for, when it is absent.
 """
 
