@@ -125,21 +125,30 @@ def test_a_429_pauses_another_process_on_the_same_key(fake_gemini):
         env = {"SEMANTIC_TEST_MAX_BACKOFF": "900"}  # wait out the Retry-After rather than give up
         return manage(fake_gemini, "semantic_embed", target, env=env, stderr=subprocess.STDOUT)
 
-    first = command("testapp.Article")
-    deadline = time.monotonic() + 30
-    while not RateLimit.objects.filter(paused_until__isnull=False).exists():
-        assert time.monotonic() < deadline, "the 429 was not shared"
-        time.sleep(0.02)
-    second = command("testapp.Snippet")
-    deadline = time.monotonic() + 60
-    while waiting_on_the_pause() < 2:
-        assert fake_gemini.request_count == 1, "a process sent during the pause"
-        assert time.monotonic() < deadline, "the two processes did not both wait for the pause"
-        time.sleep(0.02)
-    assert fake_gemini.request_count == 1  # the 429: the second process found the pause and sent nothing
-    lifted = time.monotonic()
-    RateLimit.objects.update(paused_until=timezone.now())
-    outputs = [p.communicate(timeout=60)[0] for p in (first, second)]
+    children = []
+    try:
+        children.append(command("testapp.Article"))
+        deadline = time.monotonic() + 30
+        while not RateLimit.objects.filter(paused_until__isnull=False).exists():
+            assert time.monotonic() < deadline, "the 429 was not shared"
+            time.sleep(0.02)
+        children.append(command("testapp.Snippet"))
+        deadline = time.monotonic() + 60
+        while waiting_on_the_pause() < 2:
+            assert fake_gemini.request_count == 1, "a process sent during the pause"
+            assert time.monotonic() < deadline, "the two processes did not both wait for the pause"
+            time.sleep(0.02)
+        assert fake_gemini.request_count == 1  # the 429: the second process found the pause and sent nothing
+        lifted = time.monotonic()
+        RateLimit.objects.update(paused_until=timezone.now())
+        outputs = [p.communicate(timeout=60)[0] for p in children]
+    finally:
+        # A failed assertion above leaves them waiting out a 600 s pause, to embed the next tests' rows.
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    first, second = children
     assert [p.returncode for p in (first, second)] == [0, 0], outputs
     rejected, *later = fake_gemini.requests
     assert len(later) == 2
@@ -157,10 +166,11 @@ def test_concurrent_workers_never_send_the_same_row_twice(fake_gemini, semantic_
     pks = rows("shared backlog", 60)
     results = []
     other_sent = threading.Event()
+    held = []
 
     def first_waits_for_the_other(record):
         if record is fake_gemini.requests[0]:
-            other_sent.wait(timeout=30)
+            held.append(other_sent.wait(timeout=30))
         else:
             other_sent.set()
 
@@ -181,6 +191,7 @@ def test_concurrent_workers_never_send_the_same_row_twice(fake_gemini, semantic_
     assert sorted(sent) == sorted(f"shared backlog {i}" for i in range(60))  # each row once
     assert sum(r["embedded"] for r in results) == 60
     assert all(r["embedded"] for r in results), "both workers took part"
+    assert held == [True]  # the other worker sent while the first's request was held
     assert not Article.objects.filter(embedding__isnull=True).exists()
 
 
