@@ -3,7 +3,6 @@
 No worker runs here; test_worker.py has the end-to-end runs with a real ``qcluster``.
 """
 
-import time
 from datetime import timedelta
 
 import pytest
@@ -30,7 +29,9 @@ class Clock:
     """A monotonic clock that moves only when told to."""
 
     def __init__(self) -> None:
-        self.now = time.monotonic()
+        # Whole seconds from zero: advancing by WAKE_WINDOW lands exactly on the window's end, which
+        # a real reading plus 1.0 can miss by float rounding.
+        self.now = 0.0
 
     def __call__(self) -> float:
         return self.now
@@ -44,9 +45,10 @@ def clock(monkeypatch):
     """The clock the wake window is measured by, standing still unless a test advances it: saves
     are "within the window" however slow the machine, and "past it" takes no sleeping."""
     clock = Clock()
+    forget_wakeups()  # times read from the real clock mean nothing to this one, nor this one's to the next test's
     monkeypatch.setattr(dispatch, "clock", clock)
     yield clock
-    forget_wakeups()  # times read from this clock mean nothing to the next test's
+    forget_wakeups()
 
 
 @pytest.fixture
