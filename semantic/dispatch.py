@@ -77,8 +77,9 @@ TASK_OPTIONS: dict[str, Any] = {"save": False}
 #: task keeps looking for pending rows.
 WAKE_WINDOW = 1.0
 
-#: The clock :data:`WAKE_WINDOW` is measured by. A module attribute, read at each call, so that
-#: tests can put one in its place that moves only when they say (tests/test_dispatch.py).
+#: The clock saves measure :data:`WAKE_WINDOW` by (the task's own rescans, semantic/tasks.py, read
+#: ``time.monotonic``). A module attribute, read at each call, so that tests can put one in its
+#: place that moves only when they say (tests/test_dispatch.py).
 clock: Callable[[], float] = time.monotonic
 
 #: A wake-up in django-q2's ORM queue: its row's id and payload. The id alone is not enough: ids
