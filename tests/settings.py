@@ -88,6 +88,8 @@ if os.environ.get("SEMANTIC_TEST_BASE_URL"):
     SEMANTIC["BASE_URL"] = os.environ["SEMANTIC_TEST_BASE_URL"]
 if os.environ.get("SEMANTIC_TEST_MAX_BACKOFF"):
     SEMANTIC["MAX_BACKOFF"] = float(os.environ["SEMANTIC_TEST_MAX_BACKOFF"])
+if os.environ.get("SEMANTIC_TEST_BATCH_SIZE"):
+    SEMANTIC["BATCH_SIZE"] = int(os.environ["SEMANTIC_TEST_BATCH_SIZE"])
 if os.environ.get("SEMANTIC_TEST_REQUESTS_PER_MINUTE"):
     SEMANTIC["REQUESTS_PER_MINUTE"] = int(os.environ["SEMANTIC_TEST_REQUESTS_PER_MINUTE"])
 if os.environ.get("SEMANTIC_TEST_BACKEND"):

@@ -9,6 +9,7 @@ import os
 
 from tests.settings import *  # noqa: F403
 from tests.settings import Q_CLUSTER as ORM_CLUSTER
+from tests.settings import SEMANTIC as TEST_SEMANTIC
 
 
 def redis_connection(port: int) -> dict[str, object]:
@@ -17,4 +18,7 @@ def redis_connection(port: int) -> dict[str, object]:
 
 
 Q_CLUSTER = {key: value for key, value in ORM_CLUSTER.items() if key != "orm"}
+# Workers hand rows on as production workers do, as a task on the broker (the test settings'
+# SYNC would embed a hand-on inline, inside the worker that handed it on).
+SEMANTIC = {**TEST_SEMANTIC, "SYNC": False}
 Q_CLUSTER["redis"] = redis_connection(int(os.environ.get("SEMANTIC_TEST_REDIS_PORT", "6379")))
