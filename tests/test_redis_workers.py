@@ -13,8 +13,9 @@ import socket
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 from django.db import transaction
@@ -110,14 +111,19 @@ def workers(redis_port, redis_broker, fake_gemini, tmp_path) -> Iterator[None]:
     }
     broker = get_broker()
     with ExitStack() as stack:
-        for n in range(WORKERS):
-            stack.enter_context(running_qcluster(fake_gemini, tmp_path / f"qcluster-{n}.log", env=env))
+        for log in worker_logs(tmp_path):
+            stack.enter_context(running_qcluster(fake_gemini, log, env=env))
 
         def all_idle() -> bool:
             return [stat.status for stat in Stat.get_all(broker)] == [Conf.IDLE] * WORKERS
 
         assert wait_for(all_idle), "the two workers did not both report to Redis"
         yield
+
+
+def worker_logs(tmp_path) -> list[Path]:
+    """Each worker's ``qcluster`` log."""
+    return [tmp_path / f"qcluster-{n}.log" for n in range(WORKERS)]
 
 
 def wakeups_sent(port: int) -> int:
@@ -132,24 +138,21 @@ def enqueued(records) -> int:
     return sum(record.getMessage().startswith("Enqueued") for record in records)
 
 
-def settled(port: int, tmp_path) -> Callable[[], bool]:
+def settled(port: int, tmp_path) -> bool:
     """Whether every task pushed so far has run and none is left: done and nothing to hand on."""
     from django_q.brokers import get_broker
 
-    def check() -> bool:
-        return done(tmp_path) == wakeups_sent(port) and get_broker().queue_size() == 0
-
-    return check
+    return done(tmp_path) == wakeups_sent(port) and get_broker().queue_size() == 0
 
 
 def done(tmp_path) -> int:
     """The workers' successful embed_field runs: the app's successes are not stored, their logs count them."""
-    return sum(processed(tmp_path / f"qcluster-{n}.log", "semantic.tasks.embed_field") for n in range(WORKERS))
+    return sum(processed(log, "semantic.tasks.embed_field") for log in worker_logs(tmp_path))
 
 
 def handed_on(tmp_path) -> int:
     """Tasks the workers queued themselves (a run that left rows wakes another worker)."""
-    return sum((tmp_path / f"qcluster-{n}.log").read_text().count("Enqueued") for n in range(WORKERS))
+    return sum(log.read_text().count("Enqueued") for log in worker_logs(tmp_path))
 
 
 def test_two_workers_on_one_redis_broker_embed_every_row_once(
@@ -166,7 +169,7 @@ def test_two_workers_on_one_redis_broker_embed_every_row_once(
     saving = time.monotonic() - started
     ours = enqueued(caplog.records)
 
-    assert wait_for(settled(redis_port, tmp_path)), f"{done(tmp_path)} of {wakeups_sent(redis_port)} tasks done"
+    assert wait_for(lambda: settled(redis_port, tmp_path)), f"{done(tmp_path)} of {wakeups_sent(redis_port)} tasks done"
     assert not Article.objects.filter(embedding__isnull=True).exists()
     assert Counter(fake_gemini.texts()) == Counter(f"Shared broker article {i}\n\ntwo workers" for i in range(ROWS))
     assert not Task.objects.exists()  # no failure
@@ -190,7 +193,7 @@ def test_a_worker_hands_rows_on_to_the_other_through_redis(
         Article.objects.bulk_create(Article(title=f"Backlog article {i}", body="handed on") for i in range(rows))
         Article.objects.first().save()  # bulk_create queues nothing; a save queues the one wake-up
 
-    assert wait_for(settled(redis_port, tmp_path)), f"{done(tmp_path)} of {wakeups_sent(redis_port)} tasks done"
+    assert wait_for(lambda: settled(redis_port, tmp_path)), f"{done(tmp_path)} of {wakeups_sent(redis_port)} tasks done"
     assert not Article.objects.filter(embedding__isnull=True).exists()
     assert Counter(fake_gemini.texts()) == Counter(f"Backlog article {i}\n\nhanded on" for i in range(rows))
     assert not Task.objects.exists()  # no failure
